@@ -1,0 +1,78 @@
+"""The contract every benchmark implements: load items, build the prompt, check a completion.
+
+A benchmark's ``check`` uses that benchmark's real checker (IFEval's instruction checks, math-verify, HumanEval tests
+in a sandbox, the expected agent action). A check that cannot run returns ``unverifiable`` with the reason: it never
+counts as a pass or a fail.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+VerdictStatus = Literal["pass", "fail", "unverifiable"]
+
+
+@dataclass
+class Item:
+    """One benchmark item. ``prompt`` is what the model sees: plain text or chat messages (``{role, content}``)."""
+
+    id: str
+    benchmark: str
+    prompt: str | list[dict[str, str]]
+    reference: dict[str, Any] = field(default_factory=dict)  # whatever the checker needs (kwargs, answer, tests...)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "benchmark": self.benchmark, "prompt": self.prompt, "reference": self.reference,
+                "meta": self.meta}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Item:
+        return cls(id=str(d["id"]), benchmark=d["benchmark"], prompt=d["prompt"],
+                   reference=dict(d.get("reference", {})), meta=dict(d.get("meta", {})))
+
+
+@dataclass
+class Verdict:
+    """The checker's answer for one completion, with human-readable reasons (e.g. which instruction failed)."""
+
+    status: VerdictStatus
+    reasons: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "pass"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "reasons": self.reasons, "details": self.details}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Verdict:
+        return cls(status=d["status"], reasons=list(d.get("reasons", [])), details=dict(d.get("details", {})))
+
+
+@dataclass
+class LoadReport:
+    """Items that loaded and the problems met on the way (bad lines are reported with line numbers and skipped)."""
+
+    items: list[Item]
+    problems: list[str] = field(default_factory=list)
+
+
+class Benchmark(Protocol):
+    """What collection and pair-finding need from a benchmark."""
+
+    name: str
+    max_new_tokens: int  # default generation budget for this benchmark
+
+    def load(self, source: str, limit: int | None = None) -> LoadReport:
+        """Items from a local JSON/JSONL/Parquet file, or a hub dataset id where the hub is reachable."""
+        ...
+
+    def check(self, item: Item, completion: str) -> Verdict:
+        """Judge the model's completion for ``item`` with the benchmark's real checker."""
+        ...
+
+

@@ -1,0 +1,45 @@
+"""Chat templates: turn messages into token ids, with thinking mode off unless asked for."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from failtrace.errors import FailtraceError
+
+
+def chat_messages(prompt: str | list[dict[str, str]], system: str | None = None) -> list[dict[str, str]]:
+    """Normalise a prompt (a string or a list of ``{role, content}``) into chat messages."""
+    if isinstance(prompt, str):
+        msgs = [{"role": "user", "content": prompt}]
+    else:
+        msgs = [dict(m) for m in prompt]
+        for i, m in enumerate(msgs):
+            if "role" not in m or "content" not in m:
+                raise FailtraceError(f"chat message {i} must have 'role' and 'content' keys, got {sorted(m)}")
+    if system is not None:
+        msgs = [{"role": "system", "content": system}, *msgs]
+    return msgs
+
+
+def apply_chat_template(
+    tokenizer: Any,
+    prompt: str | list[dict[str, str]],
+    thinking: bool = False,
+    add_generation_prompt: bool = True,
+) -> list[int]:
+    """Token ids of ``prompt`` rendered with the tokenizer's chat template.
+
+    Templates that know ``enable_thinking`` (Qwen3 and others) get it explicitly; thinking is off by default so
+    the model answers directly, as in the paper's collection runs.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise FailtraceError("this tokenizer has no chat template; pass the prompt as plain text (drop --chat)")
+    msgs = chat_messages(prompt)
+    out = tokenizer.apply_chat_template(
+        msgs, add_generation_prompt=add_generation_prompt, tokenize=True, enable_thinking=thinking
+    )
+    if hasattr(out, "keys") and "input_ids" in out:  # transformers 5 returns a BatchEncoding
+        out = out["input_ids"]
+    if out and isinstance(out[0], list):
+        out = out[0]
+    return [int(t) for t in out]

