@@ -145,6 +145,23 @@ def _convert_gguf(gguf: Path, dtype: Any) -> tuple[Any, Any]:
     return model, tok
 
 
+def _dequantized_copy(model: Any) -> Any:
+    """A plain (non-GGUF-flagged) copy: transformers refuses to save a model loaded from GGUF as-is."""
+    from transformers import AutoModelForCausalLM
+
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    with _quiet_transformers():
+        plain = AutoModelForCausalLM.from_config(config, dtype=next(model.parameters()).dtype)
+    missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False)
+    missing = [k for k in missing if "lm_head" not in k or not getattr(config, "tie_word_embeddings", False)]
+    if missing or unexpected:
+        raise FailtraceError(f"converting the GGUF model failed: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    plain.tie_weights()
+    return plain
+
+
 def _bundled_cached_folder(progress: bool) -> Path:
     """Convert the bundled GGUF once into safetensors + tokenizer; later loads read the folder in seconds."""
     import torch
@@ -162,6 +179,7 @@ def _bundled_cached_folder(progress: bool) -> Path:
         status.start()
     try:
         model, tok = _convert_gguf(gguf, torch.float32)
+        model = _dequantized_copy(model)
         # Write into a temporary sibling and rename, so an interrupted conversion never leaves a half cache.
         tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
         model.save_pretrained(tmp, safe_serialization=True)

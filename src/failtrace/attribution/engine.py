@@ -1,0 +1,126 @@
+"""One forward and one backward pass that give the relevance of every hidden state for an objective.
+
+:func:`relevance_pass` is shared by :func:`failtrace.attribute` and by the graph builder: it runs the model on the
+input embeddings, captures the embedding output and every decoder layer's output, evaluates the objective on the
+logits of the last position only (the full logit matrix is never formed), and back-propagates once under the chosen
+LRP rules. R = h ⊙ g summed over the hidden dimension gives one number per (layer, token).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from failtrace.lrp.patch import decoder_layers, lrp_rules
+from failtrace.lrp.rules import identity_activation
+
+# Inputs longer than this run each decoder layer under activation checkpointing (recomputed in the backward pass),
+# which bounds memory to about one layer's activations plus the residual stream.
+CHECKPOINT_ABOVE = 1024
+
+
+@dataclass
+class PassResult:
+    """Hidden states h[l] (embeddings first, then each layer's output), their modified gradients, the objective."""
+
+    hidden: list[torch.Tensor]  # each [n, d], detached
+    grads: list[torch.Tensor]  # each [n, d]
+    value: float
+    logits: torch.Tensor  # [vocab] at the explained position, detached
+
+    def relevance(self) -> torch.Tensor:
+        """[L+1, n] relevance per (layer, token), in float64 for stable sums."""
+        return torch.stack([(h.double() * g.double()).sum(-1) for h, g in zip(self.hidden, self.grads)])
+
+
+def base_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """The base (decoder) model and the output projection, found through transformers' generic accessors."""
+    base = getattr(model, getattr(model, "base_model_prefix", "model"), None)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if base is None or head is None:
+        from failtrace.errors import UnsupportedModelError
+
+        raise UnsupportedModelError(f"{type(model).__name__} is not a causal LM with a base model and an LM head")
+    return base, head
+
+
+def final_logits(model: nn.Module, head: nn.Module, last_hidden: torch.Tensor) -> torch.Tensor:
+    """Logits from the final hidden state, with the model's final soft-capping (identity rule) if it has one."""
+    logits = head(last_hidden)
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = identity_activation(logits, cap * torch.tanh(logits / cap), at_zero=1.0)
+    return logits
+
+
+@contextlib.contextmanager
+def checkpointed_layers(layers: nn.ModuleList, enabled: bool) -> Iterator[None]:
+    """Run each decoder layer under non-reentrant activation checkpointing (instance-level, undone on exit)."""
+    if not enabled:
+        yield
+        return
+    patched = []
+    try:
+        for layer in layers:
+            original = layer.forward
+
+            def fwd(*args: Any, _orig: Callable[..., Any] = original, **kwargs: Any) -> Any:
+                return checkpoint(_orig, *args, use_reentrant=False, **kwargs)
+
+            layer.forward = fwd
+            patched.append(layer)
+        yield
+    finally:
+        for layer in patched:
+            layer.__dict__.pop("forward", None)
+
+
+def relevance_pass(
+    model: nn.Module,
+    input_ids: torch.Tensor | list[int],
+    objective: Callable[[torch.Tensor], torch.Tensor],
+    method: str = "attnlrp",
+    use_checkpoint: bool | None = None,
+    patched: bool = False,
+) -> PassResult:
+    """Forward + backward for ``objective(logits_at_last_position)`` under ``method``'s rules.
+
+    ``patched=True`` means the caller already holds :func:`lrp_rules` for this model.
+    """
+    device = next(model.parameters()).device
+    ids = torch.as_tensor(input_ids, device=device).reshape(1, -1)
+    n = ids.shape[1]
+    layers = decoder_layers(model)
+    base, head = base_and_head(model)
+    if use_checkpoint is None:
+        use_checkpoint = n > CHECKPOINT_ABOVE
+    outputs: list[torch.Tensor] = []
+
+    def keep(_mod: nn.Module, _inp: Any, out: Any) -> None:
+        h = out[0] if isinstance(out, (tuple, list)) else out
+        outputs.append(h)
+
+    rules = contextlib.nullcontext() if patched else lrp_rules(model, method)
+    with rules, checkpointed_layers(layers, use_checkpoint), torch.enable_grad():
+        handles = [layer.register_forward_hook(keep) for layer in layers]
+        try:
+            emb = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+            out = base(inputs_embeds=emb, use_cache=False)
+        finally:
+            for h in handles:
+                h.remove()
+        last = out[0] if isinstance(out, tuple) else out.last_hidden_state
+        logits = final_logits(model, head, last[0, -1])
+        value = objective(logits)
+        states = [emb] + outputs[-len(layers):]
+        for s in states:
+            s.retain_grad()
+        value.backward()
+    grads = [s.grad[0].detach() if s.grad is not None else torch.zeros_like(s[0]) for s in states]
+    return PassResult(hidden=[s[0].detach() for s in states], grads=grads, value=float(value.detach()),
+                      logits=logits.detach().float())

@@ -1,0 +1,108 @@
+"""Turn user input (text, chat messages or ids; target and contrast as ids or strings) into token ids."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from failtrace.attribution.record import TokenRef, visible
+from failtrace.errors import FailtraceError, TokenizationError
+from failtrace.models.chat import apply_chat_template
+
+Prompt = str | Sequence[dict[str, str]] | Sequence[int]
+
+
+@dataclass
+class PreparedInput:
+    """Token ids to run, how many belong to the prompt, and display strings."""
+
+    ids: list[int]
+    prompt_length: int
+    tokens: list[str]
+    special_mask: list[bool]
+
+
+def _is_ids(prompt: Any) -> bool:
+    return isinstance(prompt, (list, tuple)) and len(prompt) > 0 and all(isinstance(t, int) for t in prompt)
+
+
+def special_ids(tokenizer: Any) -> set[int]:
+    """Ids the tokenizer treats as special (BOS/EOS, chat-template markers such as <|im_start|>)."""
+    ids = set(int(i) for i in getattr(tokenizer, "all_special_ids", []) or [])
+    for tid, tok in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items():
+        if getattr(tok, "special", False):
+            ids.add(int(tid))
+    return ids
+
+
+def decode_tokens(tokenizer: Any, ids: Sequence[int]) -> list[str]:
+    """Each id decoded on its own (the string a user sees for that position)."""
+    return [tokenizer.decode([int(i)], skip_special_tokens=False, clean_up_tokenization_spaces=False) for i in ids]
+
+
+def resolve_token(tokenizer: Any, spec: int | str, role: str) -> TokenRef:
+    """A target/contrast given as an id or a string that must encode to exactly one token."""
+    vocab = len(tokenizer)
+    if isinstance(spec, bool):
+        raise TokenizationError(f"{role} must be a token id or a string, got {spec!r}")
+    if isinstance(spec, int) or (isinstance(spec, str) and spec.startswith("#") and spec[1:].isdigit()):
+        tid = int(spec[1:]) if isinstance(spec, str) else int(spec)
+        if not 0 <= tid < vocab:
+            raise TokenizationError(f"{role} id {tid} is out of range: the vocabulary has ids 0..{vocab - 1}")
+        return TokenRef(tid, tokenizer.decode([tid], clean_up_tokenization_spaces=False))
+    if not isinstance(spec, str) or spec == "":
+        raise TokenizationError(f"{role} must be a non-empty string or a token id, got {spec!r}")
+    ids = tokenizer.encode(spec, add_special_tokens=False)
+    if len(ids) != 1:
+        parts = " | ".join(repr(visible(t)) for t in decode_tokens(tokenizer, ids))
+        hint = ""
+        if not spec.startswith(" "):
+            alt = tokenizer.encode(" " + spec, add_special_tokens=False)
+            if len(alt) == 1:
+                hint = f"; with a leading space, {(' ' + spec)!r} is one token (id {alt[0]})"
+        raise TokenizationError(
+            f"{role} {spec!r} encodes to {len(ids)} tokens ({parts}); it must be exactly one token{hint}. "
+            f"Pass a single-token string or an id as '#ID'"
+        )
+    return TokenRef(int(ids[0]), tokenizer.decode([ids[0]], clean_up_tokenization_spaces=False))
+
+
+def prepare_input(
+    tokenizer: Any,
+    prompt: Prompt,
+    chat: bool = False,
+    answer_prefix: str | Sequence[int] | None = None,
+    thinking: bool = False,
+    position: int | None = None,
+) -> PreparedInput:
+    """Ids for prompt (+ answer prefix), truncated so that ``position`` (if given) is the last token."""
+    if prompt is None or (isinstance(prompt, (str, list, tuple)) and len(prompt) == 0) or (
+        isinstance(prompt, str) and not prompt.strip()
+    ):
+        raise FailtraceError("the prompt is empty; give some text, chat messages or token ids")
+    if _is_ids(prompt):
+        ids = [int(t) for t in prompt]  # type: ignore[union-attr]
+        vocab = len(tokenizer)
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if bad:
+            raise TokenizationError(f"prompt token ids out of range 0..{vocab - 1}: {bad[:5]}")
+    elif chat or not isinstance(prompt, str):
+        ids = apply_chat_template(tokenizer, prompt, thinking=thinking)  # type: ignore[arg-type]
+    else:
+        ids = tokenizer.encode(prompt, add_special_tokens=True)
+    prompt_length = len(ids)
+    if answer_prefix:
+        if isinstance(answer_prefix, str):
+            ids = ids + tokenizer.encode(answer_prefix, add_special_tokens=False)
+        else:
+            ids = ids + [int(t) for t in answer_prefix]
+    if position is not None:
+        if not -len(ids) <= position < len(ids):
+            raise FailtraceError(
+                f"position {position} is out of range: the input has {len(ids)} tokens (valid 0..{len(ids) - 1})"
+            )
+        ids = ids[: (position % len(ids)) + 1]
+        prompt_length = min(prompt_length, len(ids))
+    specials = special_ids(tokenizer)
+    return PreparedInput(ids=ids, prompt_length=prompt_length, tokens=decode_tokens(tokenizer, ids),
+                         special_mask=[i in specials for i in ids])
