@@ -1,0 +1,105 @@
+"""``failtrace attribute`` and ``failtrace demo``: one contrastive attribution, written as JSON, HTML and PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from failtrace.errors import FailtraceError
+
+DEMO_PROMPT = "Answer with one word. Which planet is known as the Red Planet?"
+DEMO_PREFIX = "The planet known as the Red Planet is"
+
+
+def _parse_token(value: str | None) -> int | str | None:
+    """'#123' or a plain integer string selects an id; anything else is a string that must be one token."""
+    if value is None:
+        return None
+    if value.startswith("#") and value[1:].isdigit():
+        return int(value[1:])
+    return value
+
+
+def _outputs(attr: object, json_path: Optional[Path], html_path: Optional[Path], png_path: Optional[Path]) -> list[str]:
+    from failtrace.report.heatmap import render_html, save_png
+
+    written = []
+    if json_path:
+        attr.save_json(json_path)  # type: ignore[attr-defined]
+        written.append(str(json_path))
+    if html_path:
+        html_path.parent.mkdir(parents=True, exist_ok=True)
+        html_path.write_text(render_html(attr), encoding="utf-8")  # type: ignore[arg-type]
+        written.append(str(html_path))
+    if png_path:
+        save_png(attr, png_path)  # type: ignore[arg-type]
+        written.append(str(png_path))
+    return written
+
+
+def run_attribute(
+    model: str | None, prompt: str, target: str | None, contrast: str | None, chat: bool, answer_prefix: str | None,
+    method: str, objective: str, position: int | None, json_path: Optional[Path], html_path: Optional[Path],
+    png_path: Optional[Path], dtype: str, ig_steps: int, quiet: bool,
+) -> None:
+    from rich.console import Console
+
+    import failtrace
+    from failtrace.report.heatmap import render_terminal
+
+    console = Console(stderr=True)
+    if not prompt or not prompt.strip():
+        raise FailtraceError("the prompt is empty; pass --prompt TEXT")
+    lm = failtrace.load_model(model, dtype=dtype)
+    with console.status(f"attributing with {method} ..."):
+        attr = failtrace.attribute(
+            lm, prompt, target=_parse_token(target), contrast=_parse_token(contrast), answer_prefix=answer_prefix,
+            chat=chat, method=method, objective=objective, position=position, ig_steps=ig_steps,
+        )
+    if not quiet:
+        render_terminal(attr)
+    for path in _outputs(attr, json_path, html_path, png_path):
+        console.print(f"wrote {path}")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("attribute")
+    def attribute_cmd(
+        prompt: str = typer.Option(..., "--prompt", "-p", help="Prompt text (or the user message with --chat)."),
+        target: Optional[str] = typer.Option(None, "--target", "-t",
+                                             help="Target (wrong) token: one-token string or '#ID'. "
+                                                  "Default: the model's own next token."),
+        contrast: Optional[str] = typer.Option(None, "--contrast", "-c",
+                                               help="Contrast (right) token: one-token string or '#ID'."),
+        model: Optional[str] = typer.Option(None, "--model", "-m",
+                                            help="Hub id, local folder, .gguf file, or smollm2-135m-instruct "
+                                                 "(default)."),
+        chat: bool = typer.Option(False, "--chat", help="Wrap the prompt in the model's chat template."),
+        answer_prefix: Optional[str] = typer.Option(None, "--answer-prefix",
+                                                    help="The model's own output before the explained token."),
+        method: str = typer.Option("attnlrp", "--method", help="attnlrp | cp-lrp | gradxinput | ig"),
+        objective: str = typer.Option("logit_diff", "--objective",
+                                      help="logit_diff | max_logit | topk_mean | vocab_mean"),
+        position: Optional[int] = typer.Option(None, "--position",
+                                               help="Explain the prediction after this token index (default last)."),
+        json_path: Optional[Path] = typer.Option(None, "--json", help="Write the record as JSON."),
+        html_path: Optional[Path] = typer.Option(None, "--html", help="Write a self-contained HTML heatmap."),
+        png_path: Optional[Path] = typer.Option(None, "--png", help="Write a PNG heatmap."),
+        dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16"),
+        ig_steps: int = typer.Option(32, "--ig-steps", help="Integrated-gradients steps (method ig)."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="Do not print the terminal view."),
+    ) -> None:
+        """Explain why the model prefers TARGET over CONTRAST as its next token."""
+        run_attribute(model, prompt, target, contrast, chat, answer_prefix, method, objective, position, json_path,
+                      html_path, png_path, dtype, ig_steps, quiet)
+
+    @app.command("demo")
+    def demo_cmd(
+        out: Path = typer.Option(Path("out"), "--out", help="Folder for demo.json, demo.html and demo.png."),
+        model: Optional[str] = typer.Option(None, "--model", "-m", help="Model (default: the bundled SmolLM2)."),
+    ) -> None:
+        """End-to-end run on the bundled model: why ' Mars' rather than ' Jupiter' after a chat question."""
+        run_attribute(model, DEMO_PROMPT, " Mars", " Jupiter", True, DEMO_PREFIX, "attnlrp", "logit_diff", None,
+                      out / "demo.json", out / "demo.html", out / "demo.png", "float32", 32, False)
