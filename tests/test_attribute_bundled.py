@@ -1,0 +1,107 @@
+"""attribute() on the real bundled SmolLM2-135M-Instruct: conservation, baselines, faithfulness, input handling."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+
+import failtrace
+from failtrace.analysis import masked_objective
+from failtrace.attribution import objective_value
+from failtrace.errors import FailtraceError, TokenizationError
+
+pytestmark = [pytest.mark.model, pytest.mark.tf4]
+
+CASES = [
+    ("What is the capital of France?", "The capital of France is", " Paris", " Lyon"),
+    ("Which planet is known as the Red Planet?", "The Red Planet is", " Mars", " Jupiter"),
+    ("Name the largest ocean on Earth.", "The largest ocean on Earth is the", " Pacific", " Atlantic"),
+    ("What color is the sky on a clear day?", "On a clear day the sky is", " blue", " green"),
+    ("How many legs does a spider have?", "A spider has", " eight", " six"),
+    ("Who wrote Romeo and Juliet?", "Romeo and Juliet was written by William", " Shakespeare", " Blake"),
+]
+
+
+def test_attnlrp_record_on_bundled_model(bundled):
+    prompt, prefix, tgt, con = CASES[0]
+    attr = failtrace.attribute(bundled, prompt, tgt, con, chat=True, answer_prefix=prefix)
+    n = len(attr.tokens)
+    assert attr.hidden_relevance.shape == (bundled.num_layers + 1, n)
+    assert np.isfinite(attr.hidden_relevance).all()
+    assert math.isclose(attr.last_layer_sum, attr.delta_logit, rel_tol=1e-4)
+    assert attr.delta_logit == pytest.approx(attr.extra["target_logit"] - attr.extra["contrast_logit"], rel=1e-5)
+    # AttnLRP does not conserve at the input: part of Δℓ is absorbed; it is reported next to Δℓ
+    assert 0.05 < attr.relevance_sum / attr.delta_logit < 1.5
+    assert any(attr.special_mask) and not all(attr.special_mask)
+    assert attr.tokens[attr.prompt_length:] and "".join(attr.tokens[attr.prompt_length:]).strip() == prefix
+    # normalised relevance: max |R| over non-special tokens is exactly 1
+    ns = ~np.asarray(attr.special_mask)
+    assert np.abs(attr.normalized[ns]).max() == pytest.approx(1.0)
+    d = json.loads(json.dumps(attr.to_dict()))
+    for key in ("tokens", "input_relevance", "hidden_relevance", "delta_logit", "relevance_sum", "target",
+                "contrast", "model"):
+        assert key in d
+    again = failtrace.Attribution.from_dict(d)
+    assert np.allclose(again.hidden_relevance, attr.hidden_relevance)
+
+
+def test_methods_share_delta_and_differ_in_relevance(bundled):
+    prompt, prefix, tgt, con = CASES[1]
+    out = {m: failtrace.attribute(bundled, prompt, tgt, con, chat=True, answer_prefix=prefix, method=m, ig_steps=8)
+           for m in ("attnlrp", "cp-lrp", "gradxinput", "ig")}
+    deltas = {m: a.delta_logit for m, a in out.items()}
+    assert max(deltas.values()) - min(deltas.values()) < 1e-3
+    # CP-LRP conserves (no biases in Llama): input sum ≈ Δℓ
+    assert out["cp-lrp"].relevance_sum == pytest.approx(out["cp-lrp"].delta_logit, rel=1e-3)
+    assert not np.allclose(out["attnlrp"].input_relevance, out["gradxinput"].input_relevance, atol=1e-3)
+    assert out["ig"].hidden_relevance.shape[0] == 1
+
+
+def test_masking_top_tokens_lowers_delta_more_than_random(bundled):
+    """Faithfulness: removing the 3 most positively attributed tokens hurts Δℓ more than removing 3 random ones."""
+    rng = random.Random(0)
+    top_drops, rand_drops = [], []
+    for prompt, prefix, tgt, con in CASES:
+        attr = failtrace.attribute(bundled, prompt, tgt, con, chat=True, answer_prefix=prefix)
+        cands = [i for i, s in enumerate(attr.special_mask) if not s and i != attr.position]
+        order = sorted(cands, key=lambda i: -attr.input_relevance[i])
+        top = order[:3]
+        randoms = [rng.sample(cands, 3) for _ in range(8)]
+        fn = lambda lg: objective_value(lg, "logit_diff", attr.target.id, attr.contrast.id)  # noqa: E731
+        vals = masked_objective(bundled.model, attr.token_ids, [[], top, *randoms], fn)
+        base = vals[0]
+        assert base == pytest.approx(attr.delta_logit, rel=1e-4)
+        top_drops.append(base - vals[1])
+        rand_drops.append(base - float(np.mean(vals[2:])))
+    assert np.mean(top_drops) > np.mean(rand_drops), (top_drops, rand_drops)
+
+
+def test_token_and_input_errors(bundled):
+    with pytest.raises(TokenizationError, match="exactly one token"):
+        failtrace.attribute(bundled, "Hello", " Constantinople is", " Paris")
+    with pytest.raises(FailtraceError, match="same token"):
+        failtrace.attribute(bundled, "Hello", " Paris", " Paris")
+    with pytest.raises(FailtraceError, match="empty"):
+        failtrace.attribute(bundled, "   ", " Paris", " Lyon")
+    with pytest.raises(FailtraceError, match="out of range"):
+        failtrace.attribute(bundled, "Hello there", " Paris", " Lyon", position=99)
+    with pytest.raises(TokenizationError, match="out of range"):
+        failtrace.attribute(bundled, "Hello", 10**9, " Lyon")
+
+
+def test_ids_prompt_and_position(bundled):
+    ids = bundled.tokenizer.encode("The capital of France is Paris and the capital of Italy is")
+    full = failtrace.attribute(bundled, ids, " Rome", " Milan")
+    cut = failtrace.attribute(bundled, ids, " Paris", " Lyon", position=4)
+    assert len(full.tokens) == len(ids) and len(cut.tokens) == 5 and cut.position == 4
+    assert full.target.text == " Rome"
+
+
+def test_default_target_is_greedy_token(bundled):
+    attr = failtrace.attribute(bundled, "The capital of France is", objective="max_logit")
+    assert attr.extra["target_rank"] == 0
+    assert attr.delta_logit == pytest.approx(attr.extra["target_logit"], rel=1e-5)

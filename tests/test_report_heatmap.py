@@ -1,0 +1,318 @@
+"""Tests of the attribution views: HTML heatmap, PNG/SVG figure and terminal rendering."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import struct
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from failtrace.attribution.record import Attribution, TokenRef, visible
+from failtrace.report.heatmap import relevant_segments, render_html, render_terminal, save_png, save_svg
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def make_record(
+    tokens: list[str] | None = None,
+    relevance: dict[int, float] | None = None,
+    special: set[int] | None = None,
+    num_layers: int = 4,
+    prompt_length: int | None = None,
+    contrast: TokenRef | None = TokenRef(30, " Lyon"),
+    seed: int = 0,
+    noise: float = 0.0,
+) -> Attribution:
+    """A hand-built record: ``relevance`` sets chosen positions, everything else is (optionally noisy) zero."""
+    if tokens is None:
+        tokens = ["<s>", "The", " capital", " of", " France", " is", "\n", " the", " city", " of"]
+    n = len(tokens)
+    rng = np.random.default_rng(seed)
+    r = rng.normal(0.0, noise, n) if noise else np.zeros(n)
+    for p, v in (relevance or {}).items():
+        r[p] = v
+    special = {0} if special is None else special
+    hidden = np.stack([r * (1 - l / (num_layers + 1)) for l in range(num_layers + 1)])
+    hidden[-1, -1] += 3.0
+    return Attribution(
+        model="test/tiny-model",
+        tokens=tokens,
+        token_ids=list(range(n)),
+        special_mask=[i in special for i in range(n)],
+        target=TokenRef(20, " Paris"),
+        contrast=contrast,
+        objective="logit_diff",
+        method="attnlrp",
+        delta_logit=3.0,
+        input_relevance=r,
+        hidden_relevance=hidden,
+        prompt_length=n - 2 if prompt_length is None else prompt_length,
+        position=n - 1,
+    )
+
+
+class _Spans(HTMLParser):
+    """Collect the token spans (elements with data-p) of a rendered heatmap: attributes and text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spans: dict[int, dict[str, str]] = {}
+        self._open: int | None = None
+        self.scripts: list[dict[str, str | None]] = []
+        self.links: list[tuple[str, str]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: (v or "") for k, v in attrs}
+        if "data-p" in a:
+            self._open = int(a["data-p"])
+            self.spans[self._open] = dict(a, text="")
+        if tag == "script":
+            self.scripts.append(dict(attrs))
+        for key in ("src", "href"):
+            if key in a:
+                self.links.append((tag, a[key]))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "span":
+            self._open = None
+
+    def handle_data(self, data: str) -> None:
+        if self._open is not None:
+            self.spans[self._open]["text"] += data
+
+
+def parse(html_text: str) -> _Spans:
+    p = _Spans()
+    p.feed(html_text)
+    return p
+
+
+def background(style: str) -> tuple[int, int, int]:
+    m = re.search(r"background:\s*rgb\((\d+),\s*(\d+),\s*(\d+)\)", style)
+    assert m, f"no rgb background in style {style!r}"
+    return int(m.group(1)), int(m.group(2)), int(m.group(3))
+
+
+# ---------------------------------------------------------------------------------------------------------------- HTML
+
+
+def test_html_has_no_external_resources() -> None:
+    page = render_html(make_record(relevance={2: 0.5, 4: -0.3}))
+    assert page.startswith("<!DOCTYPE html>")
+    assert not re.search(r"https?://", page), "the page must not reference anything on the network"
+    assert "@import" not in page
+    assert not re.search(r"url\(\s*['\"]?(https?:)?//", page)
+    parsed = parse(page)
+    for tag, target in parsed.links:
+        assert target.startswith(("data:", "#")), f"<{tag}> points outside the page: {target[:60]}"
+    for attrs in parsed.scripts:
+        assert "src" not in attrs, "scripts must be inline"
+
+
+def test_html_escapes_tokens() -> None:
+    tokens = ["<s>", "<script>alert(1)</script>", ' "q" & <b>', "x'y", " end"]
+    page = render_html(make_record(tokens=tokens, relevance={1: 0.7, 2: -0.4}))
+    assert "<script>alert(1)" not in page
+    assert "<b>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    spans = parse(page).spans
+    # every token is one span whose decoded text is the token with visible whitespace, in order
+    assert sorted(spans) == list(range(len(tokens)))
+    for i, tok in enumerate(tokens):
+        assert spans[i]["text"] == visible(tok)
+        assert visible(tok) in spans[i]["title"]
+
+
+def test_html_colours_follow_sign_and_special_tokens_are_grey() -> None:
+    rec = make_record(relevance={0: 5.0, 2: 0.8, 4: -0.8, 5: 0.0}, special={0})
+    spans = parse(render_html(rec)).spans
+    r, g, b = background(spans[2]["style"])
+    assert r > b + 60 and r > g + 60, f"positive relevance should be red-ish, got {(r, g, b)}"
+    r, g, b = background(spans[4]["style"])
+    assert b > r + 60 and b > g + 30, f"negative relevance should be blue-ish, got {(r, g, b)}"
+    assert background(spans[5]["style"]) == (255, 255, 255)
+    # the special token has by far the largest relevance, yet is drawn neutral grey
+    r, g, b = background(spans[0]["style"])
+    assert r == g == b and r < 240
+    assert "sp" in spans[0]["class"].split()
+    # intensity grows with |relevance|: scale is max |R| over non-special tokens = 0.8
+    weak = parse(render_html(make_record(relevance={2: 0.8, 3: 0.2}))).spans
+    assert background(weak[3]["style"])[1] > background(weak[2]["style"])[1]
+
+
+def test_html_hover_shows_position_token_and_raw_value() -> None:
+    rec = make_record(relevance={3: 0.0123456, 4: -0.5})
+    spans = parse(render_html(rec)).spans
+    title = spans[3]["title"]
+    assert "pos 3" in title
+    assert "‹·of›" in title
+    assert "+0.0123456" in title
+    assert f"{0.0123456 / 0.5:+.3f}" in title  # normalised value
+
+
+def test_html_marks_answer_prefix_explained_position_and_header() -> None:
+    rec = make_record(relevance={2: 0.5}, prompt_length=7)
+    page = render_html(rec)
+    spans = parse(page).spans
+    for i in range(len(rec.tokens)):
+        assert ("ans" in spans[i]["class"].split()) == (i >= 7)
+    assert "pos" in spans[rec.position]["class"].split()
+    assert page.count("answer ▸") == 1
+    # header shows both sums, target and contrast with visible whitespace
+    assert "‹·Paris›" in page and "‹·Lyon›" in page
+    assert f"{rec.relevance_sum:.4f}" in page and f"{rec.delta_logit:.4f}" in page
+    assert "test/tiny-model" in page and "attnlrp" in page and "logit_diff" in page
+    # the top-token table links to the token in the strip
+    anchor = re.search(r'<a href="#([^"]+)">2</a>', page)
+    assert anchor and f'id="{anchor.group(1)}"' in page
+
+
+def test_html_layer_map_is_an_embedded_png_with_hover_data() -> None:
+    rec = make_record(relevance={2: 0.5, 4: -0.5}, num_layers=6)
+    page = render_html(rec)
+    m = re.search(r'href="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert m, "per-layer map missing"
+    png = base64.b64decode(m.group(1))
+    assert png[:8] == PNG_MAGIC
+    width, height = struct.unpack(">II", png[16:24])
+    assert width >= len(rec.tokens) and height >= 7
+    data = json.loads(re.search(r'<script type="application/json" class="ft-ldata">(.*?)</script>', page).group(1))
+    assert data["rows"] == 7 and data["cols"] == len(rec.tokens)
+    assert data["v"][0][2] == pytest.approx(0.5)
+    assert data["names"][0] == "emb" and data["names"][-1] == "L5"
+
+
+def test_html_fragment_and_repr_html() -> None:
+    rec = make_record(relevance={2: 0.5})
+    frag = rec._repr_html_()
+    assert frag.startswith('<div class="ft-attr"') and frag.endswith("</div>")
+    assert "<html" not in frag and "<!DOCTYPE" not in frag
+    assert "·capital" in frag
+    assert render_html(rec, standalone=False).startswith('<div class="ft-attr"')
+
+
+def test_html_without_contrast_and_without_hidden_relevance() -> None:
+    rec = make_record(relevance={2: 0.5}, contrast=None)
+    rec.hidden_relevance = np.zeros((0,))
+    page = render_html(rec)
+    assert "ft-lmap" not in page
+    assert "‹·Paris›" in page
+    assert len(parse(page).spans) == len(rec.tokens)
+
+
+# ----------------------------------------------------------------------------------------------------------- PNG / SVG
+
+
+def _read_png(path: Path) -> np.ndarray:
+    from matplotlib import image
+
+    return image.imread(str(path))
+
+
+def test_png_is_written_valid_and_shows_both_colours(tmp_path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    figures_before = plt.get_fignums()
+    rec = make_record(relevance={2: 0.9, 4: -0.9}, noise=0.05)
+    out = save_png(rec, tmp_path / "sub" / "heat.png")
+    assert out == tmp_path / "sub" / "heat.png" and out.exists()
+    assert out.read_bytes()[:8] == PNG_MAGIC
+    img = _read_png(out)
+    assert img.ndim == 3 and img.shape[0] > 300 and img.shape[1] > 800
+    rgb = img[..., :3]
+    red = (rgb[..., 0] > 0.8) & (rgb[..., 1] < 0.3) & (rgb[..., 2] < 0.3)
+    blue = (rgb[..., 2] > 0.8) & (rgb[..., 0] < 0.3) & (rgb[..., 1] < 0.3)
+    assert red.sum() > 100 and blue.sum() > 100, "strong positive and negative tokens should appear red and blue"
+    assert plt.get_fignums() == figures_before, "rendering must not create pyplot figures"
+
+
+def test_png_survives_mathtext_and_odd_tokens(tmp_path: Path) -> None:
+    tokens = ["<s>", "$a^{$", "$\\nocommand{$", "\\frac", "_x_", "€", "日本", "", "\t", "\n\n", " end"]
+    rec = make_record(tokens=tokens, relevance={1: 0.5, 6: -0.5})
+    out = save_png(rec, tmp_path / "odd.png")
+    assert _read_png(out).shape[0] > 100
+    svg = save_svg(rec, tmp_path / "odd.svg")
+    assert "<svg" in svg.read_text()[:2000]
+
+
+# ------------------------------------------------------------------------------------------------------------ terminal
+
+
+def _terminal_text(rec: Attribution, **kw: object) -> str:
+    from rich.console import Console
+
+    console = Console(record=True, width=120, color_system="truecolor")
+    render_terminal(rec, console=console, **kw)  # type: ignore[arg-type]
+    return console.export_text()
+
+
+def test_terminal_shows_target_contrast_and_top_tokens() -> None:
+    rec = make_record(relevance={2: 0.9, 4: -0.6, 3: 0.1})
+    text = _terminal_text(rec)
+    assert "‹·Paris›" in text and "‹·Lyon›" in text
+    assert "·capital" in text and "·France" in text
+    assert f"{rec.relevance_sum:.4f}" in text and "3.0000" in text
+    top_pos_line = next(line for line in text.splitlines() if "·capital" in line and "+0.9000" in line)
+    assert "·France" in top_pos_line and "-0.6000" in top_pos_line  # the two top-k tables sit side by side
+
+
+def test_terminal_colours_tokens() -> None:
+    from rich.console import Console
+
+    rec = make_record(relevance={2: 0.9, 4: -0.9})
+    console = Console(record=True, width=120, color_system="truecolor", force_terminal=True)
+    render_terminal(rec, console=console)
+    ansi = console.export_text(styles=True)
+    assert "48;2;220;38;38" in ansi  # full-intensity red background
+    assert "48;2;37;99;235" in ansi  # full-intensity blue background
+
+
+def test_terminal_does_not_interpret_markup_in_tokens() -> None:
+    tokens = ["<s>", "[bold]", "[/]", " [red]x", " y"]
+    text = _terminal_text(make_record(tokens=tokens, relevance={1: 0.5, 3: -0.5}))
+    assert "[bold]" in text and "·[red]x" in text
+
+
+# ------------------------------------------------------------------------------------------------------- long inputs
+
+
+def test_relevant_segments_respects_budget_and_keeps_what_matters() -> None:
+    n = 5000
+    tokens = ["<s>"] + [" w"] * (n - 1)
+    rec = make_record(tokens=tokens, relevance={0: 9.0, 1200: 1.0, 3000: -0.8}, noise=0.01)
+    segs = relevant_segments(rec, 200)
+    covered = [p for a, b in segs for p in range(a, b)]
+    assert len(covered) <= 200 and len(set(covered)) == len(covered)
+    assert covered == sorted(covered)
+    assert {1200, 3000, n - 1} <= set(covered)
+    assert 0 not in covered  # a special token never attracts a window
+    assert relevant_segments(make_record(), 400) == [(0, 10)]
+    with pytest.raises(ValueError, match="max_tokens"):
+        relevant_segments(rec, 0)
+
+
+@pytest.mark.slow
+def test_twelve_thousand_tokens_render_quickly(tmp_path: Path) -> None:
+    n = 12_000
+    tokens = ["<s>"] + [f" t{i % 97}" if i % 50 else "\n" for i in range(1, n)]
+    rec = make_record(tokens=tokens, relevance={5000: 1.0, 7000: -0.9}, noise=0.02, num_layers=24)
+    start = time.perf_counter()
+    page = render_html(rec)
+    spans = parse(page).spans
+    assert len(spans) == n
+    data = json.loads(re.search(r'class="ft-ldata">(.*?)</script>', page).group(1))
+    assert data["cols"] <= 1000 and data["bin"] > 1
+    out = save_png(rec, tmp_path / "long.png", max_tokens=400)
+    assert out.read_bytes()[:8] == PNG_MAGIC
+    text = _terminal_text(rec)
+    elapsed = time.perf_counter() - start
+    assert "showing 600 of 12000 positions" in text
+    assert "·t53" in text  # the token at position 5000 (most relevant) is in the strip
+    assert len(text.splitlines()) < 200
+    assert elapsed < 30, f"rendering 12k tokens took {elapsed:.1f}s"
