@@ -1,0 +1,85 @@
+"""The ``failtrace attribute`` / ``demo`` commands: outputs, and one-line errors with non-zero exit on bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from failtrace.cli import main
+
+pytestmark = pytest.mark.model
+
+
+def test_attribute_writes_json_html_png(tmp_path, bundled, capsys):
+    out = tmp_path / "o"
+    code = main(["attribute", "--prompt", "What is the capital of France?", "--chat", "--answer-prefix",
+                 "The capital of France is", "--target", " Paris", "--contrast", " Lyon", "--json",
+                 str(out / "a.json"), "--html", str(out / "a.html"), "--png", str(out / "a.png"), "--quiet"])
+    assert code == 0
+    rec = json.loads((out / "a.json").read_text())
+    assert rec["target"]["text"] == " Paris" and rec["contrast"]["text"] == " Lyon"
+    assert len(rec["hidden_relevance"]) == 31 and len(rec["input_relevance"]) == len(rec["tokens"])
+    assert "Paris" in (out / "a.html").read_text()
+    assert (out / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--target", " Paris", "--contrast", " Paris"], "same token"),
+        (["--target", " Paris is lovely", "--contrast", " Lyon"], "exactly one token"),
+        (["--target", " Paris", "--contrast", " Lyon", "--position", "500"], "out of range"),
+        (["--target", " Paris", "--contrast", " Lyon", "--method", "magic"], "unknown method"),
+        (["--target", " Paris", "--contrast", " Lyon", "--model", "/no/such/model.gguf"], "not found"),
+    ],
+)
+def test_bad_input_is_one_line_error(args, message, capsys, bundled):
+    code = main(["attribute", "--prompt", "The capital of France is", "--quiet", *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("error:") and message in err and "Traceback" not in err
+    assert len(err.splitlines()) == 1
+
+
+def test_empty_prompt(capsys):
+    assert main(["attribute", "--prompt", "  ", "--target", "a", "--contrast", "b"]) == 2
+    assert "empty" in capsys.readouterr().err
+
+
+def _run(args: list[str], env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "failtrace.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+def test_unknown_hub_model_gets_clear_error_in_a_real_process():
+    res = _run(["attribute", "--model", "no-such-org/no-such-model", "--prompt", "hi", "--target", "a",
+                "--contrast", "b"])
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr
+    assert "cannot load model" in res.stderr and "local folder" in res.stderr
+
+
+def test_unsupported_architecture_from_local_folder(tmp_path: Path, bundled):
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(0)
+    cfg = tf.GPT2Config(vocab_size=len(bundled.tokenizer), n_embd=16, n_layer=1, n_head=2, n_positions=64)
+    tf.GPT2LMHeadModel(cfg).save_pretrained(tmp_path / "gpt2")
+    bundled.tokenizer.save_pretrained(tmp_path / "gpt2")
+    res = _run(["attribute", "--model", str(tmp_path / "gpt2"), "--prompt", "The capital of France is",
+                "--target", " Paris", "--contrast", " Lyon"])
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr and "not supported" in res.stderr
+
+
+def test_help_everywhere():
+    for cmd in ([], ["attribute"], ["demo"]):
+        res = _run([*cmd, "--help"])
+        assert res.returncode == 0 and "Usage" in res.stdout
