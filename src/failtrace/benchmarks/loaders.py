@@ -1,0 +1,235 @@
+"""Read benchmark records from local JSON / JSONL / Parquet files or from the Hugging Face hub.
+
+Records are plain dicts, each with a human-readable location ("line 7", "row 3") so every problem can be reported
+precisely. A bad JSONL line is reported and skipped; the rest of the file is still read. Benchmarks turn records into
+:class:`~failtrace.benchmarks.base.Item` objects with :func:`build_items`.
+
+Hub ids (``owner/name``, optionally ``owner/name:split``) go through ``datasets.load_dataset``; documented ids:
+``google/IFEval`` (split ``train``), ``HuggingFaceH4/MATH-500`` (``test``), ``openai/openai_humaneval`` (``test``).
+When the hub cannot be reached the error says to pass a local file instead.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+import socket
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import urlparse
+
+from failtrace.benchmarks.base import Item, LoadReport
+from failtrace.errors import FailtraceError
+
+#: Suffixes read as local files (``.gz`` may wrap JSON or JSONL).
+LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".jsonl.gz", ".json.gz")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(:[\w.-]+)?$")
+
+Record = tuple[str, dict[str, Any]]  # (location such as "line 3", the record)
+
+
+def _open_text(path: Path) -> IO[str]:
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8")
+    return path.open("r", encoding="utf-8")
+
+
+def _iter_jsonl(path: Path, problems: list[str]) -> Iterator[Record]:
+    """Stream a JSONL file; malformed or non-object lines are reported with their line number and skipped."""
+    with _open_text(path) as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                problems.append(f"{path.name} line {lineno}: malformed JSON ({exc.msg} at column {exc.colno})")
+                continue
+            if not isinstance(value, dict):
+                problems.append(f"{path.name} line {lineno}: expected a JSON object, got {type(value).__name__}")
+                continue
+            yield f"line {lineno}", value
+
+
+def _iter_json(path: Path, problems: list[str]) -> Iterator[Record]:
+    """A JSON file holding a list of objects, or one object (a list under "data"/"items"/"rows", or a single record).
+
+    A ``.json`` file that is really JSON Lines (several documents) is read as JSONL.
+    """
+    with _open_text(path) as fh:
+        text = fh.read()
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if exc.msg == "Extra data":  # several top-level documents: JSON Lines under a .json name
+            yield from _iter_jsonl(path, problems)
+            return
+        raise FailtraceError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
+                             "pass a JSON array of objects, or a JSONL file with one object per line") from exc
+    if isinstance(value, dict):
+        for key in ("data", "items", "rows", "examples"):
+            if isinstance(value.get(key), list):
+                value = value[key]
+                break
+        else:
+            value = [value]
+    if not isinstance(value, list):
+        raise FailtraceError(f"{path}: expected a JSON array of objects, got {type(value).__name__}")
+    for index, row in enumerate(value, start=1):
+        if not isinstance(row, dict):
+            problems.append(f"{path.name} item {index}: expected a JSON object, got {type(row).__name__}")
+            continue
+        yield f"item {index}", row
+
+
+def _iter_parquet(path: Path, problems: list[str]) -> Iterator[Record]:
+    """Stream a Parquet file batch by batch (so ``limit`` does not read the whole file)."""
+    import pyarrow.parquet as pq
+
+    try:
+        pfile = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises several types for a broken file
+        raise FailtraceError(f"{path}: not a readable Parquet file ({exc})") from exc
+    row = 0
+    for batch in pfile.iter_batches(batch_size=256):
+        for record in batch.to_pylist():
+            row += 1
+            yield f"row {row}", record
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub endpoint accepts a TCP connection: a quick probe, so an offline machine fails in seconds
+    instead of waiting through ``datasets``' retries (about 25 s)."""
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    parsed = urlparse(endpoint)
+    host = parsed.hostname or "huggingface.co"
+    port = parsed.port or (443 if parsed.scheme != "http" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _offline_mode() -> bool:
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def _iter_hub(source: str, default_split: str) -> Iterator[Record]:
+    """Rows of a hub dataset through ``datasets.load_dataset`` (uses the local cache under HF_HUB_OFFLINE=1)."""
+    dataset_id, _, split = source.partition(":")
+    split = split or default_split
+    hint = (f"pass a local JSON/JSONL/Parquet file instead (for example a copy of {dataset_id}), "
+            "or set HF_HUB_OFFLINE=1 to use a copy already in the Hugging Face cache")
+    if not _offline_mode() and not _hub_reachable():
+        raise FailtraceError(f"'{source}' is not a local file and the Hugging Face hub cannot be reached "
+                             f"to download it; {hint}")
+    try:
+        import datasets
+    except ImportError as exc:  # pragma: no cover - datasets is a dependency
+        raise FailtraceError(f"loading hub dataset '{source}' needs the 'datasets' package; {hint}") from exc
+    try:
+        rows = datasets.load_dataset(dataset_id, split=split)
+    except Exception as exc:  # network, auth, unknown split or dataset: all user-facing
+        raise FailtraceError(f"could not load hub dataset '{dataset_id}' split '{split}': {exc}; {hint}") from exc
+    for index, row in enumerate(rows, start=1):
+        yield f"row {index}", dict(row)
+
+
+def iter_records(source: str, problems: list[str], *, default_split: str = "train") -> Iterator[Record]:
+    """Records of ``source``: a local file (by suffix) or a hub dataset id. Problems are appended as met."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        name = path.name.lower()
+        if path.stat().st_size == 0:
+            raise FailtraceError(f"{path} is empty; pass a file with at least one benchmark item")
+        if name.endswith((".jsonl", ".jsonl.gz", ".ndjson")):
+            return _iter_jsonl(path, problems)
+        if name.endswith((".json", ".json.gz", ".traj")):
+            return _iter_json(path, problems)
+        if name.endswith(".parquet"):
+            return _iter_parquet(path, problems)
+        raise FailtraceError(f"{path}: unknown file type; use one of {', '.join(LOCAL_SUFFIXES)}")
+    if path.is_dir():
+        raise FailtraceError(f"{path} is a folder; pass one JSON, JSONL or Parquet file")
+    if _HUB_ID.match(source) and not source.lower().endswith(LOCAL_SUFFIXES):
+        return _iter_hub(source, default_split)
+    raise FailtraceError(f"{source}: no such file; pass a local JSON/JSONL/Parquet file or a hub dataset id "
+                         "such as google/IFEval")
+
+
+def missing_fields(record: dict[str, Any], required: Sequence[str]) -> list[str]:
+    """Required keys that are absent or null in ``record``."""
+    return [name for name in required if record.get(name) is None]
+
+
+def build_items(source: str, limit: int | None, required: Sequence[str],
+                to_item: Callable[[dict[str, Any], str], Item], *, default_split: str = "train") -> LoadReport:
+    """Read ``source`` and turn each record into an Item, stopping after ``limit`` good items.
+
+    Records missing a required field, or that ``to_item`` rejects with ValueError/TypeError/KeyError, are reported
+    with their location and skipped. A source that yields no item at all is an error.
+    """
+    _check_limit(limit)
+    problems: list[str] = []
+    records = iter_records(source, problems, default_split=default_split)
+    return items_from_records(records, source, limit, required, to_item, problems)
+
+
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and limit < 1:
+        raise FailtraceError(f"limit must be a positive number of items, got {limit}")
+
+
+def items_from_records(records: Iterator[Record], source: str, limit: int | None, required: Sequence[str],
+                       to_item: Callable[[dict[str, Any], str], Item],
+                       problems: list[str] | None = None) -> LoadReport:
+    """The part of :func:`build_items` after reading, for records that come from elsewhere (e.g. a converter)."""
+    _check_limit(limit)
+    problems = [] if problems is None else problems
+    items: list[Item] = []
+    try:
+        _collect(records, limit, required, to_item, items, problems)
+    finally:
+        close = getattr(records, "close", None)
+        if close is not None:
+            close()  # release the file handle when ``limit`` stopped reading early
+    if not items:
+        shown = "; ".join(problems[:5]) + (f"; ... and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise FailtraceError(f"no usable items in {source}" + (f": {shown}" if shown else
+                                                                ": it is empty or holds no records"))
+    return LoadReport(items=items, problems=problems)
+
+
+def _collect(records: Iterator[Record], limit: int | None, required: Sequence[str],
+             to_item: Callable[[dict[str, Any], str], Item], items: list[Item], problems: list[str]) -> None:
+    seen: set[str] = set()
+    for where, record in records:
+        missing = missing_fields(record, required)
+        if missing:
+            problems.append(f"{where}: missing field(s) {', '.join(repr(m) for m in missing)} "
+                            f"(each item needs {', '.join(required)})")
+            continue
+        try:
+            item = to_item(record, where)
+        except (ValueError, TypeError, KeyError) as exc:
+            problems.append(f"{where}: {exc}")
+            continue
+        if item.id in seen:
+            problems.append(f"{where}: duplicate id {item.id!r} (kept the first)")
+            continue
+        seen.add(item.id)
+        items.append(item)
+        if limit is not None and len(items) >= limit:
+            return  # stop reading: the rest of the file is never parsed
+
+
+def load_benchmark(name: str, source: str, limit: int | None = None) -> LoadReport:
+    """Load ``source`` with the benchmark called ``name`` (one of ``registry.BENCHMARK_NAMES``)."""
+    from failtrace.benchmarks.registry import get_benchmark  # late import: the registry imports the benchmarks
+
+    return get_benchmark(name).load(source, limit=limit)

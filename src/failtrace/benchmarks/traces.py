@@ -1,0 +1,352 @@
+"""Agent traces: given the conversation so far, the model must produce the next assistant turn.
+
+Items are JSONL records ``{id, messages: [{role, content}, ...], expected}``, where ``expected`` is a tool call
+``{"tool": name, "arguments": {...}}``, a final answer ``{"answer": text}``, or (for SWE-agent's text actions)
+``{"command": text}``. The checker finds the tool call in the completion (``<tool_call>`` blocks, Llama-style
+``<function=name>{...}</function>``, or any JSON object naming a tool, OpenAI ``tool_calls`` included) and compares
+tool name and arguments as normalised JSON; answers and commands are compared as normalised text.
+
+:func:`convert_trace` turns a tau-bench trajectory file or a SWE-agent ``.traj`` into such items, one per assistant
+action, with the messages before it as context. Everything here is linear in the input size, so 10k+ token
+conversations are no problem.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import unicodedata
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from failtrace.benchmarks.base import Item, LoadReport, Verdict
+from failtrace.benchmarks.loaders import build_items, items_from_records
+from failtrace.errors import FailtraceError
+
+REQUIRED_FIELDS = ("id", "messages", "expected")
+_ARG_KEYS = ("arguments", "parameters", "args", "input", "kwargs", "action_input")
+_NAME_KEYS = ("name", "tool", "tool_name", "function", "action")
+_TOOL_CALL_TAG = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.DOTALL)
+_FUNCTION_TAG = re.compile(r"<function=([\w.\-]+)>(.*?)</function>", re.DOTALL)
+_FENCE = re.compile(r"```[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+
+
+# --- messages and expected actions ------------------------------------------------------------------------------
+
+def render_tool_call(name: str, arguments: Any) -> str:
+    """How a past tool call appears in the context: the common ``<tool_call>`` JSON form."""
+    return "<tool_call>" + json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False) + "</tool_call>"
+
+
+def _json_arguments(raw: Any) -> Any:
+    if isinstance(raw, str):
+        try:
+            return json.loads(raw) if raw.strip() else {}
+        except json.JSONDecodeError:
+            return raw
+    return {} if raw is None else raw
+
+
+def _openai_calls(message: dict[str, Any]) -> list[tuple[str, Any]]:
+    calls = message.get("tool_calls") or []
+    if isinstance(calls, str):  # some dumps store the list as its Python repr
+        try:
+            calls = ast.literal_eval(calls)
+        except (ValueError, SyntaxError):
+            calls = []
+    out = []
+    for call in calls if isinstance(calls, list) else []:
+        fn = call.get("function", call) if isinstance(call, dict) else {}
+        if isinstance(fn, dict) and isinstance(fn.get("name"), str):
+            out.append((fn["name"], _json_arguments(fn.get("arguments"))))
+    return out
+
+
+def normalise_messages(messages: list[Any]) -> list[dict[str, str]]:
+    """Chat messages as ``{role, content}`` strings; an assistant's tool calls are rendered into its content."""
+    out = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise ValueError(f"message {i} must be an object with a 'role' string")
+        content = message.get("content")
+        if content is None:
+            content = ""
+        elif not isinstance(content, str):
+            content = json.dumps(content, ensure_ascii=False)
+        calls = _openai_calls(message) if message["role"] == "assistant" else []
+        if calls:
+            content = "\n".join([content, *(render_tool_call(n, a) for n, a in calls)]).strip("\n")
+        out.append({"role": message["role"], "content": content})
+    return out
+
+
+def parse_expected(expected: Any) -> dict[str, Any]:
+    """Validate an ``expected`` action: exactly one of tool (+ arguments), answer, command."""
+    if not isinstance(expected, dict):
+        raise ValueError("'expected' must be an object like {\"tool\": ..., \"arguments\": {...}} or {\"answer\": ...}")
+    if isinstance(expected.get("tool"), str):
+        return {"tool": expected["tool"], "arguments": _json_arguments(expected.get("arguments"))}
+    if isinstance(expected.get("answer"), str):
+        return {"answer": expected["answer"]}
+    if isinstance(expected.get("command"), str):
+        return {"command": expected["command"]}
+    raise ValueError("'expected' needs a 'tool' name, an 'answer' or a 'command' string")
+
+
+# --- finding a tool call in free text -----------------------------------------------------------------------------
+
+def json_object_spans(text: str) -> Iterator[tuple[int, int]]:
+    """Spans of top-level ``{...}`` groups, skipping braces inside JSON strings. One linear pass (trying
+    ``json.raw_decode`` at every brace would be quadratic on long outputs)."""
+    depth, start, in_string, escaped = 0, -1, False, False
+    for i, ch in enumerate(text):
+        if depth and in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"' and depth:
+            in_string = True
+        elif ch == "{":
+            if depth == 0:
+                start = i
+            depth += 1
+        elif ch == "}" and depth:
+            depth -= 1
+            if depth == 0:
+                yield start, i + 1
+
+
+def _load_object(span: str) -> Any:
+    try:
+        return json.loads(span)
+    except json.JSONDecodeError:
+        pass
+    if len(span) < 100_000:  # Python-style dicts ('single quotes', True/None) are common in model output
+        try:
+            value = ast.literal_eval(span)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            return None
+        try:  # keep only what JSON can hold (verdict details are stored as JSON): sets, bytes... become strings
+            return json.loads(json.dumps(value, default=repr))
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+def as_tool_call(obj: Any) -> dict[str, Any] | None:
+    """``{"name", "arguments"}`` if ``obj`` is a tool call in one of the common shapes, else None."""
+    if not isinstance(obj, dict):
+        return None
+    if isinstance(obj.get("tool_calls"), list) and obj["tool_calls"]:
+        return as_tool_call(obj["tool_calls"][0])
+    if isinstance(obj.get("function"), dict):
+        return as_tool_call(obj["function"])
+    name = next((obj[k] for k in _NAME_KEYS if isinstance(obj.get(k), str)), None)
+    if name is None:
+        return None
+    args_key = next((k for k in _ARG_KEYS if k in obj), None)
+    if args_key is None and set(obj) - set(_NAME_KEYS) - {"type", "id"}:
+        return None  # a name but no arguments and other keys: some other JSON, not a call
+    return {"name": name, "arguments": _json_arguments(obj.get(args_key)) if args_key else {}}
+
+
+def find_tool_calls(text: str) -> list[dict[str, Any]]:
+    """Every tool call in ``text``, in order: tagged forms first, then bare JSON objects."""
+    calls: list[dict[str, Any]] = []
+    for body in _TOOL_CALL_TAG.findall(text):
+        for start, end in json_object_spans(body):
+            if (call := as_tool_call(_load_object(body[start:end]))) is not None:
+                calls.append(call)
+    for name, body in _FUNCTION_TAG.findall(text):
+        obj = _load_object(body.strip() or "{}")
+        calls.append({"name": name, "arguments": obj if obj is not None else body.strip()})
+    if calls:
+        return calls
+    for start, end in json_object_spans(text):
+        if (call := as_tool_call(_load_object(text[start:end]))) is not None:
+            calls.append(call)
+    return calls
+
+
+# --- comparison ---------------------------------------------------------------------------------------------------
+
+def normalise_json(value: Any) -> Any:
+    """Keys and strings stripped and NFC-normalised, ints and equal floats alike; booleans stay booleans."""
+    if isinstance(value, dict):
+        return {unicodedata.normalize("NFC", str(k)).strip(): normalise_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [normalise_json(v) for v in value]
+    if isinstance(value, str):
+        return unicodedata.normalize("NFC", value).strip()
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def argument_differences(expected: Any, got: Any, path: str = "arguments") -> list[str]:
+    """Human-readable differences between normalised expected and actual arguments (empty when equal)."""
+    if isinstance(expected, dict) and isinstance(got, dict):
+        diffs = [f"{path}.{k}: missing" for k in expected if k not in got]
+        diffs += [f"{path}.{k}: not expected" for k in got if k not in expected]
+        for k in expected:
+            if k in got:
+                diffs += argument_differences(expected[k], got[k], f"{path}.{k}")
+        return diffs
+    if isinstance(expected, list) and isinstance(got, list) and len(expected) == len(got):
+        return [d for i, (e, g) in enumerate(zip(expected, got)) for d in argument_differences(e, g, f"{path}[{i}]")]
+    same = expected == got and isinstance(expected, bool) == isinstance(got, bool)
+    return [] if same else [f"{path}: expected {_short(expected)}, got {_short(got)}"]
+
+
+def normalise_text(text: str) -> str:
+    """Case-folded, whitespace collapsed, surrounding quotes and final punctuation dropped."""
+    text = " ".join(unicodedata.normalize("NFC", text).casefold().split())
+    return text.strip().strip("\"'`").rstrip(".!").strip()
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _command_text(completion: str) -> str:
+    blocks = _FENCE.findall(completion)
+    return " ".join((blocks[-1] if blocks else completion).split())
+
+
+class TracesBenchmark:
+    """Next-action prediction on agent traces (JSONL items, or a raw tau-bench / SWE-agent file converted on load)."""
+
+    name = "traces"
+    max_new_tokens = 256
+
+    def load(self, source: str, limit: int | None = None) -> LoadReport:
+        path = Path(source)
+        if path.is_file() and path.suffix in (".json", ".traj"):
+            raw = _read_json(path)
+            if _is_raw_trace(raw):
+                records = ((f"action {i}", rec) for i, rec in enumerate(convert_trace(raw, path.stem), start=1))
+                return items_from_records(records, source, limit, REQUIRED_FIELDS, _to_item)
+        return build_items(source, limit, REQUIRED_FIELDS, _to_item)
+
+    def check(self, item: Item, completion: str) -> Verdict:
+        expected = item.reference["expected"]
+        calls = find_tool_calls(completion)
+        details: dict[str, Any] = {"expected": expected, "tool_calls_found": calls[:5]}
+        if "tool" in expected:
+            if not calls:
+                reason = f"no tool call found in the completion (expected a call to {expected['tool']!r})"
+                return Verdict("fail", [reason], details)
+            call = calls[0]
+            if call["name"] != expected["tool"]:
+                return Verdict("fail", [f"called {call['name']!r} instead of {expected['tool']!r}"], details)
+            diffs = argument_differences(normalise_json(expected["arguments"]), normalise_json(call["arguments"]))
+            if diffs:
+                more = f" (and {len(diffs) - 5} more)" if len(diffs) > 5 else ""
+                return Verdict("fail", [f"{expected['tool']} arguments differ: " + "; ".join(diffs[:5]) + more],
+                               details | {"argument_differences": diffs})
+            return Verdict("pass", [], details)
+        if "answer" in expected:
+            if calls:
+                return Verdict("fail", [f"made a tool call ({calls[0]['name']!r}) where an answer was expected"],
+                               details)
+            if normalise_text(completion) == normalise_text(expected["answer"]):
+                return Verdict("pass", [], details)
+            reason = f"answer {_short(completion)} differs from the expected {_short(expected['answer'])}"
+            return Verdict("fail", [reason], details)
+        got = _command_text(completion)
+        if got == " ".join(expected["command"].split()):
+            return Verdict("pass", [], details)
+        return Verdict("fail", [f"command {_short(got)} differs from the expected {_short(expected['command'])}"],
+                       details)
+
+
+def _to_item(record: dict[str, Any], where: str) -> Item:
+    if not isinstance(record["messages"], list) or not record["messages"]:
+        raise ValueError("'messages' must be a non-empty list of {role, content} objects")
+    messages = normalise_messages(record["messages"])
+    expected = parse_expected(record["expected"])
+    meta = dict(record.get("meta") or {})
+    meta["n_messages"] = len(messages)
+    return Item(id=str(record["id"]), benchmark="traces", prompt=messages, reference={"expected": expected},
+                meta=meta)
+
+
+# --- converters from published trace formats ----------------------------------------------------------------------
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return None  # e.g. JSON Lines under .json: the normal loader reports it line by line
+    except OSError as exc:
+        raise FailtraceError(f"cannot read {path}: {exc}") from exc
+
+
+def _is_raw_trace(raw: Any) -> bool:
+    if isinstance(raw, dict):
+        return isinstance(raw.get("history"), list) or isinstance(raw.get("traj"), list)
+    return isinstance(raw, list) and bool(raw) and isinstance(raw[0], dict) and isinstance(raw[0].get("traj"), list)
+
+
+def _expected_action(message: dict[str, Any]) -> dict[str, Any] | None:
+    calls = _openai_calls(message)
+    if calls:
+        return {"tool": calls[0][0], "arguments": calls[0][1]}
+    if isinstance(message.get("action"), str) and message["action"].strip():  # SWE-agent text command
+        return {"command": message["action"].strip()}
+    content = message.get("content")
+    if isinstance(content, str) and content.strip():
+        return {"answer": content}
+    return None
+
+
+def _items_from_messages(messages: list[dict[str, Any]], base_id: str, meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """One item per assistant action; the context is the normalised messages before it (rendered once, sliced)."""
+    rendered = normalise_messages(messages)
+    items = []
+    for i, message in enumerate(messages):
+        if message.get("role") != "assistant" or i == 0:
+            continue
+        expected = _expected_action(message)
+        if expected is None:
+            continue
+        item_meta: dict[str, Any] = {**meta, "message_index": i}
+        items.append({"id": f"{base_id}-m{i}", "messages": rendered[:i], "expected": expected, "meta": item_meta})
+    return items
+
+
+def convert_trace(raw: Any, name: str = "trace") -> list[dict[str, Any]]:
+    """Items from a tau-bench trajectory list (``[{task_id, trial, traj, ...}]``) or a SWE-agent ``.traj``
+    (``{history: [...]}``)."""
+    if isinstance(raw, dict) and isinstance(raw.get("history"), list):
+        return _items_from_messages(raw["history"], f"swe-{name}", {"source": "swe-agent", "trace": name})
+    records = [raw] if isinstance(raw, dict) else raw
+    if not isinstance(records, list) or not all(isinstance(r, dict) and isinstance(r.get("traj"), list)
+                                                for r in records):
+        raise FailtraceError(f"{name}: not a tau-bench trajectory list or a SWE-agent .traj file")
+    items = []
+    for n, rec in enumerate(records):
+        base = f"tau-{rec.get('task_id', n)}-t{rec.get('trial', 0)}"
+        meta = {"source": "tau-bench", "task_id": rec.get("task_id"), "trial": rec.get("trial"),
+                "reward": rec.get("reward")}
+        items += _items_from_messages(rec["traj"], base, meta)
+    return items
+
+
+def convert_trace_file(path: str | Path, out: str | Path | None = None) -> list[dict[str, Any]]:
+    """Convert a trace file; with ``out``, also write the items as JSONL there."""
+    path = Path(path)
+    raw = _read_json(path)
+    if raw is None:
+        raise FailtraceError(f"{path}: not a JSON trace file")
+    items = convert_trace(raw, path.stem)
+    if out is not None:
+        with Path(out).open("w", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(item, ensure_ascii=False) + "\n" for item in items)
+    return items

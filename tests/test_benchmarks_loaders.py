@@ -1,0 +1,149 @@
+"""Loading benchmark files: formats, bad lines, missing fields, empty files, limits, hub ids, unknown names."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from failtrace.benchmarks import BENCHMARK_NAMES, get_benchmark, load_benchmark, loaders
+from failtrace.errors import FailtraceError
+
+
+def _math_record(i: int) -> dict:
+    return {"problem": f"What is {i} + {i}?", "solution": f"It is \\boxed{{{2 * i}}}.", "answer": str(2 * i),
+            "unique_id": f"p{i}"}
+
+
+def _write_jsonl(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_bad_lines_are_reported_with_line_numbers_and_the_rest_loads(tmp_path: Path) -> None:
+    path = _write_jsonl(tmp_path / "m.jsonl", [
+        json.dumps(_math_record(1)),
+        '{"problem": "broken", ',                 # line 2: malformed JSON
+        json.dumps({"solution": "no problem"}),  # line 3: missing field
+        "[1, 2]",                                # line 4: not an object
+        "",                                      # blank lines are fine
+        json.dumps(_math_record(6)),
+    ])
+    report = get_benchmark("math").load(str(path))
+    assert [item.id for item in report.items] == ["p1", "p6"]
+    text = "\n".join(report.problems)
+    assert "line 2" in text and "malformed JSON" in text
+    assert "line 3" in text and "'problem'" in text
+    assert "line 4" in text and "JSON object" in text
+    assert len(report.problems) == 3
+
+
+def test_limit_stops_reading(tmp_path: Path) -> None:
+    path = _write_jsonl(tmp_path / "m.jsonl", [json.dumps(_math_record(1)), json.dumps(_math_record(2)),
+                                               "not json at all", json.dumps(_math_record(4))])
+    report = get_benchmark("math").load(str(path), limit=2)
+    assert [i.id for i in report.items] == ["p1", "p2"]
+    assert report.problems == []  # line 3 was never read
+    with pytest.raises(FailtraceError, match="limit"):
+        get_benchmark("math").load(str(path), limit=0)
+
+
+@pytest.mark.parametrize("content", ["", "\n  \n"])
+def test_empty_file_is_a_clear_error(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "empty.jsonl"
+    path.write_text(content)
+    with pytest.raises(FailtraceError, match="empty"):
+        get_benchmark("math").load(str(path))
+
+
+def test_file_with_only_bad_lines_names_them(tmp_path: Path) -> None:
+    path = _write_jsonl(tmp_path / "bad.jsonl", ["{oops", json.dumps({"x": 1})])
+    with pytest.raises(FailtraceError, match="line 1.*line 2"):
+        get_benchmark("math").load(str(path))
+
+
+def test_json_array_object_and_jsonl_under_json_name(tmp_path: Path) -> None:
+    arr = tmp_path / "a.json"
+    arr.write_text(json.dumps([_math_record(1), _math_record(2)]))
+    wrapped = tmp_path / "w.json"
+    wrapped.write_text(json.dumps({"data": [_math_record(3)]}))
+    lines = tmp_path / "l.json"
+    lines.write_text(json.dumps(_math_record(4)) + "\n" + json.dumps(_math_record(5)) + "\n")
+    bench = get_benchmark("math")
+    assert [i.id for i in bench.load(str(arr)).items] == ["p1", "p2"]
+    assert [i.id for i in bench.load(str(wrapped)).items] == ["p3"]
+    assert [i.id for i in bench.load(str(lines)).items] == ["p4", "p5"]
+
+
+def test_parquet(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "m.parquet"
+    pq.write_table(pa.Table.from_pylist([_math_record(i) for i in range(5)]), path)
+    report = get_benchmark("math").load(str(path), limit=3)
+    assert [i.id for i in report.items] == ["p0", "p1", "p2"]
+    assert report.items[0].reference["answer"] == "0"
+
+
+def test_duplicate_ids_are_reported(tmp_path: Path) -> None:
+    path = _write_jsonl(tmp_path / "d.jsonl", [json.dumps(_math_record(1)), json.dumps(_math_record(1))])
+    report = get_benchmark("math").load(str(path))
+    assert len(report.items) == 1
+    assert "duplicate id 'p1'" in report.problems[0]
+
+
+def test_missing_file_and_folder(tmp_path: Path) -> None:
+    with pytest.raises(FailtraceError, match="no such file"):
+        get_benchmark("math").load(str(tmp_path / "nope.jsonl"))
+    with pytest.raises(FailtraceError, match="folder"):
+        get_benchmark("math").load(str(tmp_path))
+
+
+def test_unknown_benchmark_lists_valid_names() -> None:
+    with pytest.raises(FailtraceError) as err:
+        get_benchmark("gsm8k")
+    for name in ("ifeval", "math", "humaneval", "traces"):
+        assert name in str(err.value)
+    with pytest.raises(FailtraceError, match="valid names"):
+        load_benchmark("nope", "x.jsonl")
+    assert set(BENCHMARK_NAMES) == {"ifeval", "math", "humaneval", "traces"}
+
+
+def test_hub_id_offline_says_to_pass_a_local_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setattr(loaders, "_hub_reachable", lambda timeout=3.0: False)
+    with pytest.raises(FailtraceError, match="local JSON/JSONL/Parquet file"):
+        get_benchmark("ifeval").load("google/IFEval")
+
+
+def test_hub_id_goes_through_datasets_when_reachable(monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(name: str, split: str) -> list[dict]:
+        calls.append((name, split))
+        return [_math_record(7), _math_record(8)]
+
+    monkeypatch.setattr(loaders, "_hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    report = get_benchmark("math").load("HuggingFaceH4/MATH-500", limit=1)
+    assert calls == [("HuggingFaceH4/MATH-500", "test")]
+    assert [i.id for i in report.items] == ["p7"]
+    get_benchmark("math").load("someone/math:train")
+    assert calls[-1] == ("someone/math", "train")
+
+
+def test_hub_failure_becomes_failtrace_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets
+
+    def broken(name: str, split: str) -> None:
+        raise ConnectionError("Couldn't reach the Hub")
+
+    monkeypatch.setattr(loaders, "_hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(datasets, "load_dataset", broken)
+    with pytest.raises(FailtraceError, match="could not load hub dataset 'google/IFEval'"):
+        get_benchmark("ifeval").load("google/IFEval")

@@ -1,0 +1,88 @@
+"""MATH: last-\\boxed extraction and math-verify equivalence."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from failtrace.benchmarks import Item, get_benchmark
+from failtrace.benchmarks.mathbench import INSTRUCTION, MathBenchmark, last_boxed
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("so \\boxed{42}.", "42"),
+    ("first \\boxed{1} then \\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
+    ("\\fbox{x^{2}+1}", "x^{2}+1"),
+    ("\\boxed{\\{1, 2\\}}", "\\{1, 2\\}"),          # escaped braces do not close the group
+    ("$\\boxed 7$", "7"),
+    ("\\boxed{ \\left( 3, \\frac{\\pi}{2} \\right) }", "\\left( 3, \\frac{\\pi}{2} \\right)"),
+])
+def test_last_boxed(text: str, expected: str) -> None:
+    assert last_boxed(text) == (expected, None)
+
+
+@pytest.mark.parametrize("text, why", [
+    ("the answer is 5", "no \\boxed{} answer"),
+    ("\\boxed{3} and finally \\boxed{\\frac{1}{", "never closed"),
+    ("\\boxed{}", "empty"),
+])
+def test_no_usable_boxed(text: str, why: str) -> None:
+    content, reason = last_boxed(text)
+    assert content is None and reason is not None and why in reason
+
+
+def _item(answer: str, solution: str | None = None) -> Item:
+    return Item(id="m", benchmark="math", prompt="?", reference={"answer": answer, "solution": solution})
+
+
+def test_equivalent_forms_pass_and_wrong_answers_fail() -> None:
+    bench = MathBenchmark()
+    assert bench.check(_item("\\frac{1}{2}"), "Thus \\boxed{0.5}").status == "pass"
+    assert bench.check(_item("\\frac{\\sqrt{3}}{2}"), "\\boxed{\\sqrt{3}/2}").status == "pass"
+    assert bench.check(_item("\\left( 3, \\frac{\\pi}{2} \\right)"), "\\boxed{(3, \\pi/2)}").status == "pass"
+    wrong = bench.check(_item("10"), "I think \\boxed{11}")
+    assert wrong.status == "fail" and "'11'" in wrong.reasons[0] and "'10'" in wrong.reasons[0]
+    assert wrong.details["extracted"] == "11"
+
+
+def test_only_the_last_box_counts() -> None:
+    verdict = MathBenchmark().check(_item("4"), "maybe \\boxed{4}? no: \\boxed{5}")
+    assert verdict.status == "fail"
+
+
+def test_missing_box_fails_with_reason() -> None:
+    verdict = MathBenchmark().check(_item("4"), "The answer is 4.")
+    assert verdict.status == "fail" and "no \\boxed{}" in verdict.reasons[0]
+
+
+def test_reference_from_solution_and_unparseable_gold() -> None:
+    bench = MathBenchmark()
+    assert bench.check(_item("", "So we get \\boxed{12}."), "\\boxed{12}").status == "pass"
+    odd = bench.check(_item("\\text{}"), "\\boxed{3}")
+    assert odd.status == "unverifiable" and "reference answer" in odd.reasons[0]
+
+
+def test_check_works_off_the_main_thread() -> None:
+    results = []
+    thread = threading.Thread(target=lambda: results.append(MathBenchmark().check(_item("\\frac{2}{4}"),
+                                                                                    "\\boxed{\\frac12}")))
+    thread.start()
+    thread.join()
+    assert results[0].status == "pass"
+
+
+def test_load_builds_prompt_and_metadata(tmp_path: Path) -> None:
+    path = tmp_path / "m.jsonl"
+    rows = [{"problem": "Compute $1+1$.", "solution": "$\\boxed{2}$", "answer": "2", "subject": "Algebra",
+             "level": 1, "unique_id": "test/algebra/1.json"},
+            {"problem": "No answer here.", "solution": "none"}]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    report = get_benchmark("math").load(str(path))
+    item = report.items[0]
+    assert item.id == "test/algebra/1.json"
+    assert item.prompt.startswith("Compute $1+1$.") and item.prompt.endswith(INSTRUCTION)
+    assert item.meta == {"subject": "Algebra", "level": 1, "unique_id": "test/algebra/1.json"}
+    assert "line 2" in report.problems[0] and "no reference answer" in report.problems[0]

@@ -1,0 +1,171 @@
+"""Agent traces: tool-call parsing in common formats, argument comparison, answers, converters, long inputs."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from failtrace.benchmarks import Item, get_benchmark
+from failtrace.benchmarks.traces import (
+    TracesBenchmark,
+    convert_trace,
+    convert_trace_file,
+    find_tool_calls,
+    json_object_spans,
+)
+
+EXPECTED_CALL = {"tool": "get_weather", "arguments": {"city": "Paris", "days": 3, "metric": True}}
+
+
+def _item(expected: dict, messages: list[dict] | None = None) -> Item:
+    messages = messages or [{"role": "user", "content": "Weather in Paris for 3 days, metric?"}]
+    return Item(id="x", benchmark="traces", prompt=messages, reference={"expected": expected})
+
+
+@pytest.mark.parametrize("completion", [
+    '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris", "days": 3, "metric": true}}</tool_call>',
+    'Sure.\n```json\n{"name": "get_weather", "arguments": {"days": 3.0, "city": " Paris ", "metric": true}}\n```',
+    '{"tool": "get_weather", "args": {"city": "Paris", "days": 3, "metric": true}}',
+    ('{"tool_calls": [{"type": "function", "function": {"name": "get_weather", '
+     '"arguments": "{\\"city\\": \\"Paris\\", \\"days\\": 3, \\"metric\\": true}"}}]}'),
+    '<function=get_weather>{"city": "Paris", "days": 3, "metric": true}</function>',
+    "{'name': 'get_weather', 'parameters': {'city': 'Paris', 'days': 3, 'metric': True}}",
+])
+def test_tool_call_formats_pass(completion: str) -> None:
+    verdict = TracesBenchmark().check(_item(EXPECTED_CALL), completion)
+    assert verdict.status == "pass", verdict.reasons
+
+
+def test_wrong_tool_or_arguments_fail_with_reasons() -> None:
+    bench = TracesBenchmark()
+    other = bench.check(_item(EXPECTED_CALL), '{"name": "get_time", "arguments": {"city": "Paris"}}')
+    assert other.status == "fail" and other.reasons == ["called 'get_time' instead of 'get_weather'"]
+    args = bench.check(_item(EXPECTED_CALL),
+                       '{"name": "get_weather", "arguments": {"city": "Lyon", "days": 3, "metric": 1, "x": 0}}')
+    assert args.status == "fail"
+    reason = args.reasons[0]
+    assert "arguments.city: expected 'Paris', got 'Lyon'" in reason
+    assert "arguments.metric" in reason  # 1 is not true
+    assert "arguments.x: not expected" in reason
+    none = bench.check(_item(EXPECTED_CALL), "I would call the weather tool.")
+    assert none.status == "fail" and "no tool call found" in none.reasons[0]
+
+
+def test_details_stay_json_serialisable() -> None:
+    verdict = TracesBenchmark().check(_item(EXPECTED_CALL), "{'name': 'get_weather', 'arguments': {'city': {1, 2}}}")
+    assert verdict.status == "fail"
+    json.dumps(verdict.to_dict())  # a Python set in the model's output must not break storing the verdict
+
+
+def test_braces_inside_strings_do_not_confuse_the_scanner() -> None:
+    text = 'note {"name": "echo", "arguments": {"text": "a } b { c"}} end'
+    assert find_tool_calls(text) == [{"name": "echo", "arguments": {"text": "a } b { c"}}]
+    assert find_tool_calls('{"just": "data"} and {"name": "x", "color": "red"}') == []
+
+
+def test_answers_and_commands() -> None:
+    bench = TracesBenchmark()
+    answer = _item({"answer": "Your flight is booked."})
+    assert bench.check(answer, "  your flight is   BOOKED ").status == "pass"
+    differs = bench.check(answer, "Your flight is cancelled.")
+    assert differs.status == "fail" and "differs" in differs.reasons[0]
+    called = bench.check(answer, '{"name": "book", "arguments": {}}')
+    assert called.status == "fail" and "where an answer was expected" in called.reasons[0]
+    command = _item({"command": "find_file missing_colon.py"})
+    assert bench.check(command, "DISCUSSION\nLet me look.\n```\nfind_file  missing_colon.py\n```").status == "pass"
+    assert bench.check(command, "```\nls -a\n```").status == "fail"
+
+
+def test_load_reports_bad_lines(tmp_path: Path) -> None:
+    path = tmp_path / "t.jsonl"
+    good = {"id": "a", "messages": [{"role": "user", "content": "hi"}], "expected": {"answer": "hello"}}
+    path.write_text("\n".join([
+        json.dumps(good),
+        "{not json",
+        json.dumps({"id": "b", "messages": [{"role": "user", "content": "hi"}]}),
+        json.dumps({"id": "c", "messages": [{"content": "no role"}], "expected": {"answer": "x"}}),
+        json.dumps({"id": "d", "messages": [{"role": "user", "content": "q"}], "expected": {"foo": 1}}),
+    ]))
+    report = get_benchmark("traces").load(str(path))
+    assert [i.id for i in report.items] == ["a"]
+    assert report.items[0].prompt == [{"role": "user", "content": "hi"}]
+    problems = "\n".join(report.problems)
+    for line in ("line 2", "line 3", "line 4", "line 5"):
+        assert line in problems
+    assert "'expected'" in problems
+
+
+def _tau_like() -> list[dict]:
+    """A made-up trajectory in tau-bench's layout (OpenAI messages, tool_calls with JSON-string arguments)."""
+    return [{"task_id": 7, "trial": 1, "reward": 0.0, "info": {}, "traj": [
+        {"role": "system", "content": "You are a shop agent."},
+        {"role": "user", "content": "Cancel order 12."},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "get_order", "arguments": '{"order_id": 12}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "name": "get_order", "content": '{"status": "pending"}'},
+        {"role": "assistant", "content": "Order 12 is pending. Cancel it?"},
+        {"role": "user", "content": "Yes."},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c2", "type": "function", "function": {"name": "cancel_order", "arguments": '{"order_id": 12}'}}]},
+    ]}]
+
+
+def test_tau_bench_converter(tmp_path: Path) -> None:
+    items = convert_trace(_tau_like(), "shop")
+    assert [i["id"] for i in items] == ["tau-7-t1-m2", "tau-7-t1-m4", "tau-7-t1-m6"]
+    assert items[0]["expected"] == {"tool": "get_order", "arguments": {"order_id": 12}}
+    assert items[1]["expected"] == {"answer": "Order 12 is pending. Cancel it?"}
+    last = items[2]
+    assert len(last["messages"]) == 6 and last["messages"][-1] == {"role": "user", "content": "Yes."}
+    assert '<tool_call>{"name": "get_order"' in last["messages"][2]["content"]  # past calls are rendered
+    raw = tmp_path / "traj.json"
+    raw.write_text(json.dumps(_tau_like()))
+    report = TracesBenchmark().load(str(raw))  # a raw tau-bench file loads directly
+    assert [i.id for i in report.items] == [i["id"] for i in items]
+    out = tmp_path / "items.jsonl"
+    convert_trace_file(raw, out)
+    again = TracesBenchmark().load(str(out), limit=2)
+    assert [i.id for i in again.items] == ["tau-7-t1-m2", "tau-7-t1-m4"]
+    verdict = TracesBenchmark().check(again.items[0], '<tool_call>{"name": "get_order", "arguments": {"order_id": 12}}'
+                                                      '</tool_call>')
+    assert verdict.status == "pass"
+
+
+def test_swe_agent_converter(tmp_path: Path) -> None:
+    traj = {"environment": "toy", "trajectory": [], "info": {}, "history": [
+        {"role": "system", "content": "You are a programmer.", "agent": "primary"},
+        {"role": "user", "content": "Fix the bug in app.py", "agent": "primary"},
+        {"role": "assistant", "content": "Let me look.\n```\nopen app.py\n```", "thought": "Let me look.",
+         "action": "open app.py\n", "agent": "primary"},
+        {"role": "user", "content": "[File: app.py (3 lines total)]", "agent": "primary"},
+        {"role": "assistant", "content": "Edit it.", "action": "edit 1:1\nx = 1\nend_of_edit",
+         "tool_calls": [{"function": {"name": "edit", "arguments": '{"start": 1, "end": 1, "text": "x = 1"}'},
+                         "id": "c", "type": "function"}], "agent": "primary"},
+    ]}
+    path = tmp_path / "toy.traj"
+    path.write_text(json.dumps(traj))
+    report = TracesBenchmark().load(str(path))
+    assert [i.id for i in report.items] == ["swe-toy-m2", "swe-toy-m4"]
+    assert report.items[0].reference["expected"] == {"command": "open app.py"}
+    assert report.items[1].reference["expected"] == {"tool": "edit",
+                                                     "arguments": {"start": 1, "end": 1, "text": "x = 1"}}
+    assert len(report.items[1].prompt) == 4
+
+
+def test_long_inputs_are_fast() -> None:
+    filler = "log line with {braces} and \"quotes\" " * 12_000  # ~430k characters, over 100k tokens
+    messages = [{"role": "user", "content": "Summarise"}] + [
+        {"role": "tool" if i % 2 else "assistant", "content": filler} for i in range(20)]
+    started = time.monotonic()
+    items = convert_trace({"history": [*messages, {"role": "assistant", "content": "", "action": "submit"}]}, "big")
+    bench = TracesBenchmark()
+    loaded = [bench.check(_item({"tool": "submit", "arguments": {}}, items[-1]["messages"]),
+                          filler + '{"name": "submit", "arguments": {}}')]
+    spans = list(json_object_spans("{" * 200_000 + "}" * 200_000))
+    assert time.monotonic() - started < 5
+    assert loaded[0].status == "pass"
+    assert spans == [(0, 400_000)]
+    assert len(items[-1]["messages"]) == 21
