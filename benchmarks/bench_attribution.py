@@ -70,10 +70,10 @@ def _one(kind: str, method: str, n: int, repeats: int) -> dict:
     }
     run = runs[method]
     times = []
-    for i in range(repeats + 1):  # first call warms up
+    for i in range(repeats + 1):  # first call warms up (repeats=0: one cold, timed call)
         t0 = time.perf_counter()
         run()
-        if i:
+        if i or repeats == 0:
             times.append(time.perf_counter() - t0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return {"seconds": statistics.median(times), "peak_gib": peak}
