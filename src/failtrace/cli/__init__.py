@@ -24,6 +24,8 @@ app = typer.Typer(
 # Command modules, each with a ``register(app)`` function. Add a module here to add its commands.
 _COMMAND_MODULES = (
     "failtrace.cli.attribute",
+    "failtrace.cli.pipeline",
+    "failtrace.cli.graph",
 )
 
 for _name in _COMMAND_MODULES:

@@ -1,0 +1,160 @@
+"""Throughput of failure collection and of pair-finding on the bundled model (not a test).
+
+Measures, in one run and on the same failures:
+
+* collection throughput (items per minute, generated tokens per second), batch 1 and a left-padded batch, and
+  whether the batched tokens equal batch 1's;
+* pair-finding with the shared prefix cache + batched rollouts (failtrace's :class:`PairFinder`) versus recomputing
+  every rollout from scratch (its own forward pass over prompt + prefix, then its own cached greedy decoding, one
+  rollout at a time), with the speed-up ratio and whether both searches found the same pairs.
+
+The items are short questions written for this script, with a toy checker (pass iff the completion contains an
+expected word): the point is the cost of the search, not the benchmark.
+
+    .venv/bin/python benchmarks/bench_pairs.py [--max-new-tokens 48] [--top-k 5] [--max-positions 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from failtrace.benchmarks.base import Item, Verdict
+from failtrace.failures.collect import collect, safe_check
+from failtrace.failures.generation import (
+    decode_completion,
+    eos_token_ids,
+    greedy_generate,
+    pad_token_id,
+    prefix_forward,
+)
+from failtrace.failures.pairs import PairFinder, PairSettings
+from failtrace.models.loading import load_model
+from failtrace.store import open_store
+
+QUESTIONS: list[tuple[str, str]] = [
+    ("What is the capital of Australia? Answer in one word.", "Canberra"),
+    ("Name a fruit that is yellow. One word only.", "lemon"),
+    ("Give me a synonym for 'happy'. One word only.", "joyful"),
+    ("What is 7 times 8? Answer with the number only.", "56"),
+    ("Write the word hello in capital letters.", "HELLO"),
+    ("Count from 1 to 5, separated by commas.", "1, 2, 3, 4, 5"),
+    ("Name an animal that lives in the ocean.", "dolphin"),
+    ("What colour do you get by mixing blue and yellow? One word.", "green"),
+    ("Which is the largest planet of the solar system?", "Jupiter"),
+    ("Say one word that rhymes with 'cat'.", "hat"),
+]
+
+
+@dataclass
+class ContainsWord:
+    """Toy checker: pass iff the expected word occurs in the completion (case-insensitive)."""
+
+    name: str = "bench-words"
+    max_new_tokens: int = 48
+
+    def load(self, source: str, limit: int | None = None) -> Any:  # pragma: no cover - items are built in code
+        raise NotImplementedError
+
+    def check(self, item: Item, completion: str) -> Verdict:
+        word = item.reference["word"]
+        ok = word.lower() in completion.lower()
+        return Verdict("pass" if ok else "fail", [] if ok else [f"{word!r} missing"])
+
+
+def from_scratch(lm: Any, bench: ContainsWord, item: Item, prompt: list[int], comp: list[int], budget: int,
+                 settings: PairSettings) -> tuple[int | None, int | None, int]:
+    """The same search as PairFinder, recomputing everything per rollout; returns (offset, contrast, rollouts)."""
+    eos = eos_token_ids(lm.model, lm.tokenizer)
+    pad = pad_token_id(lm.tokenizer, eos)
+    n_rollouts = 0
+    for p in range(min(len(comp), settings.max_positions)):
+        row = prefix_forward(lm.model, prompt + comp[:p], n_logits=1, keep_cache=False).logits[0]
+        alts = [t for t in torch.topk(row, settings.top_k + 1).indices.tolist() if t != comp[p]][:settings.top_k]
+        for alt in alts:
+            n_rollouts += 1
+            rest = [] if alt in eos or budget - p <= 1 else \
+                greedy_generate(lm.model, [prompt + comp[:p] + [alt]], budget - p - 1, eos, pad)[0].token_ids
+            text = decode_completion(lm.tokenizer, comp[:p] + [alt] + rest, eos)
+            if safe_check(bench, item, text).passed:
+                return p, alt, n_rollouts
+    return None, None, n_rollouts
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--top-k", type=int, default=5)
+    ap.add_argument("--max-positions", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, default=4, help="batch size of the batched collection")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    lm = load_model(args.model)
+    bench = ContainsWord(max_new_tokens=args.max_new_tokens)
+    items = [Item(id=f"w{i:02d}", benchmark=bench.name, prompt=q, reference={"word": w})
+             for i, (q, w) in enumerate(QUESTIONS)]
+    settings = PairSettings(top_k=args.top_k, max_positions=args.max_positions, min_delta=1.0)
+    print(f"model {lm.name}, {len(items)} items, max_new_tokens {args.max_new_tokens}, top-k {args.top_k}, "
+          f"max-positions {args.max_positions}, torch threads {torch.get_num_threads()}")
+
+    rows: list[tuple[str, str, str]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        with open_store(Path(tmp) / "b1.duckdb") as st1, open_store(Path(tmp) / "bn.duckdb") as stn:
+            s1 = collect(st1, bench, items, lm, progress=False, batch_size=1)
+            sn = collect(stn, bench, items, lm, progress=False, batch_size=args.batch_size)
+            res1 = {r["item_id"]: r for r in st1.results(s1.run_id)}
+            resn = {r["item_id"]: r for r in stn.results(sn.run_id)}
+        tokens = sum(r["n_tokens"] for r in res1.values())
+        same = sum(res1[i]["token_ids"] == resn[i]["token_ids"] for i in res1)
+        rows.append(("collect, batch 1", f"{s1.items_per_minute:.1f} items/min",
+                     f"{tokens / s1.seconds:.1f} tok/s; {s1.passed} pass, {s1.failed} fail"))
+        rows.append((f"collect, batch {args.batch_size} (left padding)", f"{sn.items_per_minute:.1f} items/min",
+                     f"x{sn.items_per_minute / max(s1.items_per_minute, 1e-9):.2f}; identical tokens "
+                     f"{same}/{len(res1)}"))
+
+    failures = [r for r in res1.values() if r["status"] == "fail"]
+    finder = PairFinder(lm, settings)
+    fast_s = slow_s = 0.0
+    fast_n = slow_n = 0
+    agree = 0
+    statuses: dict[str, int] = {}
+    for r in failures:
+        item = next(it for it in items if it.id == r["item_id"])
+        t = time.perf_counter()
+        res = finder.find(bench, item, r["prompt_ids"], r["token_ids"], args.max_new_tokens, r["finish_reason"])
+        fast_s += time.perf_counter() - t
+        fast_n += res.rollouts
+        statuses[res.status] = statuses.get(res.status, 0) + 1
+        t = time.perf_counter()
+        offset, contrast, n = from_scratch(lm, bench, item, r["prompt_ids"], r["token_ids"], args.max_new_tokens,
+                                           settings)
+        slow_s += time.perf_counter() - t
+        slow_n += n
+        agree += int((offset, contrast) == (res.completion_offset, res.contrast_id))
+    if failures:
+        rows.append(("pairs, prefix cache + batched rollouts", f"{60 * len(failures) / fast_s:.2f} failures/min",
+                     f"{fast_n} rollouts in {fast_s:.1f} s ({fast_n / fast_s:.2f} rollouts/s); statuses {statuses}"))
+        rows.append(("pairs, every rollout from scratch", f"{60 * len(failures) / slow_s:.2f} failures/min",
+                     f"{slow_n} rollouts in {slow_s:.1f} s ({slow_n / slow_s:.2f} rollouts/s)"))
+        rows.append(("speed-up (same failures, same run)", f"x{slow_s / fast_s:.2f}",
+                     f"same pair found for {agree}/{len(failures)} failures"))
+    width = max(len(a) for a, _, _ in rows)
+    w2 = max(len(b) for _, b, _ in rows)
+    print(f"{'measure':<{width}}  {'throughput':>{w2}}  notes")
+    print("-" * (width + w2 + 60))
+    for a, b, c in rows:
+        print(f"{a:<{width}}  {b:>{w2}}  {c}")
+
+
+if __name__ == "__main__":
+    main()

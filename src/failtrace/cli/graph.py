@@ -1,0 +1,172 @@
+"""``failtrace graph``: an attribution graph of how relevance for Δℓ flows between hidden states across layers.
+
+Exit codes: 0 success; 2 bad input (one-line message, no traceback); 3 the graph was written but ``--method
+closed-form`` did not cover some layers, which fell back to the packed method (the message names them).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from failtrace.errors import FailtraceError
+
+EXIT_FALLBACK = 3
+
+
+def _parse_token(value: str | None) -> int | str | None:
+    if value is None:
+        return None
+    if value.startswith("#") and value[1:].isdigit():
+        return int(value[1:])
+    return value
+
+
+def _validate(method: str, node_threshold: float, prune: str, lrp_method: str) -> None:
+    """Check the options that need no model, before loading one."""
+    from failtrace.graph.build import EDGE_METHODS
+    from failtrace.graph.prune import PruneSpec, check_node_threshold
+    from failtrace.lrp.patch import METHODS
+
+    if method not in EDGE_METHODS:
+        raise FailtraceError(f"--method {method!r} is not an edge method; valid: {', '.join(EDGE_METHODS)}")
+    if lrp_method not in METHODS:
+        raise FailtraceError(f"--lrp-method {lrp_method!r} is not valid; valid: {', '.join(METHODS)}")
+    check_node_threshold(node_threshold)
+    PruneSpec.parse(prune)
+
+
+def _summary(graph: Any, pruned: Any, top_k: int) -> list[str]:
+    from failtrace.attribution.record import visible
+    from failtrace.graph.metrics import graph_metrics
+
+    m = graph_metrics(pruned, top_k=top_k)
+    meta = graph.metadata
+    used = sorted(set(meta.get("methods_used", {}).values()))
+    lines = [
+        f"{graph.n_tokens} tokens, {len(graph.stages)} stages, edges by {', '.join(used) or '-'} "
+        f"in {meta['seconds']['total']:.1f}s; objective {graph.objective_value:.4g}",
+        f"pruned (node >= {pruned.node_threshold:g}, {pruned.spec}): {m['nodes']} nodes, {m['edges']} edges",
+    ]
+    cons = graph.conservation_error()
+    if cons == cons:  # not NaN
+        lines.append(f"conservation check (Σ_j A[j,i] vs R_i, all rows computed): max relative error {cons:.1e}")
+    for p in m["top_paths"][:top_k]:
+        lines.append(f"  path {p['relevance']:+.4f}: {visible(p['tokens'][0])!r} [{p['input_token']}] "
+                     f"→ {p['nodes'][-1]}")
+    return lines
+
+
+def run_graph(
+    model: str | None, prompt: str, target: str | None, contrast: str | None, chat: bool, answer_prefix: str | None,
+    layers: str | None, mid_nodes: bool, method: str, prune: str, node_threshold: float, lrp_method: str,
+    objective: str, json_path: Optional[Path], ct_json_path: Optional[Path], html_path: Optional[Path],
+    png_path: Optional[Path], svg_path: Optional[Path], dtype: str, memory_budget: float, top_k: int, quiet: bool,
+) -> int:
+    """Build, prune and write the graph; returns the exit code (0, or 3 after a closed-form fallback)."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if not prompt or not prompt.strip():
+        raise FailtraceError("the prompt is empty; pass --prompt TEXT")
+    _validate(method, node_threshold, prune, lrp_method)
+    for p, suffixes in ((png_path, (".png",)), (svg_path, (".svg",))):
+        if p is not None and p.suffix.lower() not in suffixes:
+            raise FailtraceError(f"{p}: expected a file name ending in {suffixes[0]}")
+
+    import failtrace
+    from failtrace.graph import build_graph
+    from failtrace.graph.export import save_json
+    from failtrace.graph.views import save_html, save_static
+
+    lm = failtrace.load_model(model, dtype=dtype)
+    graph = build_graph(
+        lm, prompt, target=_parse_token(target), contrast=_parse_token(contrast), answer_prefix=answer_prefix,
+        chat=chat, objective=objective, method=method, lrp_method=lrp_method, layers=layers, mid_nodes=mid_nodes,
+        node_threshold=node_threshold, prune=prune, memory_budget_mb=memory_budget, progress=not quiet,
+        notify=lambda msg: console.print(f"note: {msg}", highlight=False),
+    )
+    pruned = graph.pruned
+    for msg in pruned.notes:
+        console.print(f"note: {msg}", highlight=False)
+    if not quiet:
+        for line in _summary(graph, pruned, top_k):
+            console.print(line, highlight=False, markup=False)
+    written = []
+    if json_path:
+        written.append(save_json(pruned, json_path))
+    if ct_json_path:
+        written.append(save_json(pruned, ct_json_path, variant="circuit-tracer"))
+    if html_path:
+        written.append(save_html(pruned, html_path))
+    if png_path:
+        written.append(save_static(pruned, png_path))
+    if svg_path:
+        written.append(save_static(pruned, svg_path))
+    for path in written:
+        console.print(f"wrote {path}", highlight=False)
+    fallback = graph.metadata.get("closed_form_fallback_layers") or []
+    if fallback:
+        console.print(
+            f"warning: --method closed-form does not cover layers {fallback} of {graph.metadata['architecture']}; "
+            "they were computed with the packed method (exact, slower). Use --method auto to accept this silently.",
+            highlight=False, markup=False)
+        return EXIT_FALLBACK
+    return 0
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("graph")
+    def graph_cmd(
+        prompt: str = typer.Option(..., "--prompt", "-p", help="Prompt text (or the user message with --chat)."),
+        target: Optional[str] = typer.Option(None, "--target", "-t",
+                                             help="Target (wrong) token: one-token string or '#ID'. "
+                                                  "Default: the model's own next token."),
+        contrast: Optional[str] = typer.Option(None, "--contrast", "-c",
+                                               help="Contrast (right) token: one-token string or '#ID'."),
+        model: Optional[str] = typer.Option(None, "--model", "-m",
+                                            help="Hub id, local folder, .gguf file, or smollm2-135m-instruct "
+                                                 "(default)."),
+        chat: bool = typer.Option(False, "--chat", help="Wrap the prompt in the model's chat template."),
+        answer_prefix: Optional[str] = typer.Option(None, "--answer-prefix",
+                                                    help="The model's own output before the explained token."),
+        layers: Optional[str] = typer.Option(None, "--layers",
+                                             help="Contiguous layer range whose incoming edges are computed, e.g. "
+                                                  "'20-29' or '5' (default: all layers)."),
+        mid_nodes: bool = typer.Option(False, "--mid-nodes",
+                                       help="Add a node after each attention block (before the MLP)."),
+        method: str = typer.Option("auto", "--method",
+                                   help="Edge method: auto (closed form where covered, else packed) | naive | "
+                                        "packed | closed-form."),
+        prune: str = typer.Option("cumulative:0.85", "--prune",
+                                  help="Edge pruning: cumulative:P (0 < P <= 1, mass per layer transition) or "
+                                       "global:TAU (|A| > TAU·|R_final|)."),
+        node_threshold: float = typer.Option(0.01, "--node-threshold",
+                                             help="Drop nodes whose normalised |R| is below this (0..1)."),
+        lrp_method: str = typer.Option("attnlrp", "--lrp-method", help="attnlrp | cp-lrp | gradxinput"),
+        objective: str = typer.Option("logit_diff", "--objective",
+                                      help="logit_diff | max_logit | topk_mean | vocab_mean"),
+        json_path: Optional[Path] = typer.Option(None, "--json", help="Write the pruned graph (failtrace schema)."),
+        ct_json_path: Optional[Path] = typer.Option(None, "--circuit-tracer-json",
+                                                    help="Write the circuit-tracer-style nodes/links JSON."),
+        html_path: Optional[Path] = typer.Option(None, "--html", help="Write the interactive self-contained HTML."),
+        png_path: Optional[Path] = typer.Option(None, "--png", help="Write the layered picture as PNG."),
+        svg_path: Optional[Path] = typer.Option(None, "--svg", help="Write the layered picture as SVG."),
+        dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16"),
+        memory_budget: float = typer.Option(1024.0, "--memory-budget",
+                                            help="MB for one block of edge computation (packed batch, closed-form "
+                                                 "row chunks)."),
+        top_k: int = typer.Option(5, "--top-k", help="Strongest input→final paths to print."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only warnings and written files."),
+    ) -> None:
+        """Attribution graph: relevance flow between hidden states (layer × token) for TARGET vs CONTRAST.
+
+        Exit code 3: written, but --method closed-form fell back to packed for some layers.
+        """
+        code = run_graph(model, prompt, target, contrast, chat, answer_prefix, layers, mid_nodes, method, prune,
+                         node_threshold, lrp_method, objective, json_path, ct_json_path, html_path, png_path,
+                         svg_path, dtype, memory_budget, top_k, quiet)
+        if code:
+            raise SystemExit(code)

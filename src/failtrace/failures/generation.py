@@ -1,0 +1,273 @@
+"""Greedy decoding primitives shared by collection and pair-finding.
+
+* :func:`greedy_generate` decodes a batch of prompts greedily with a KV cache. Prompts of different lengths are
+  left-padded and masked; a batch of one is plain unpadded decoding. Finished rows leave the batch, so a long
+  answer does not make the short ones pay for its steps.
+* :func:`prefix_forward` runs one forward pass over ``prompt + completion`` and keeps the KV cache and the logits of
+  the last positions: the next-token distribution at every completion position, from one pass.
+* :func:`rollouts` forces k alternative tokens after a shared prefix and continues all k greedily *as one batch*:
+  the prefix cache is sliced to the prefix length and expanded to k rows, so no prefix token is recomputed and no
+  padding is needed (every row has the same length).
+* :func:`naive_greedy` is the from-scratch reference (a full forward pass per new token, no cache), used by the
+  tests to prove that the cached, batched paths produce exactly the same tokens.
+
+Completions are recorded as token ids exactly as generated, including the EOS token when the model stopped; the
+text is decoded from the ids without the final EOS and without special tokens (:func:`decode_completion`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+FINISH_EOS = "eos"
+FINISH_LENGTH = "length"
+
+
+@dataclass
+class Generated:
+    """One greedy completion: token ids as generated (EOS included if the model stopped) and why it stopped."""
+
+    token_ids: list[int]
+    finish_reason: str  # FINISH_EOS or FINISH_LENGTH
+
+
+def eos_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    """Every id that ends a completion: the generation config's EOS id(s) and the tokenizer's EOS id."""
+    ids: set[int] = set()
+    gen_cfg = getattr(model, "generation_config", None)
+    for source in (getattr(gen_cfg, "eos_token_id", None), getattr(tokenizer, "eos_token_id", None)):
+        if source is None:
+            continue
+        if isinstance(source, int):
+            ids.add(int(source))
+        else:
+            ids.update(int(t) for t in source)
+    return frozenset(ids)
+
+
+def pad_token_id(tokenizer: Any, eos: frozenset[int]) -> int:
+    """The id fed for padding (its value never matters: padded positions are masked or their outputs ignored)."""
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if pad is not None:
+        return int(pad)
+    return min(eos) if eos else 0
+
+
+def decode_completion(tokenizer: Any, token_ids: Sequence[int], eos: frozenset[int]) -> str:
+    """The completion text the checker sees: ids without the final EOS, decoded without special tokens."""
+    ids = list(token_ids)
+    if ids and ids[-1] in eos:
+        ids = ids[:-1]
+    return str(tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
+
+
+def finish_reason(token_ids: Sequence[int], eos: frozenset[int]) -> str:
+    return FINISH_EOS if token_ids and token_ids[-1] in eos else FINISH_LENGTH
+
+
+def new_cache() -> Any:
+    """An empty dynamic KV cache (full length on every layer)."""
+    from transformers import DynamicCache
+
+    return DynamicCache()
+
+
+def cache_tensors(cache: Any) -> list[tuple[Any, Any]]:
+    """Per-layer (keys, values) tensors of a dynamic cache, shape (batch, kv_heads, length, head_dim)."""
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return list(zip(cache.key_cache, cache.value_cache, strict=True))  # older transformers
+
+
+def cache_from_prefix(kv: Sequence[tuple[Any, Any]], length: int, batch: int) -> Any:
+    """A new cache holding the first ``length`` positions of ``kv`` (batch 1), repeated for ``batch`` rows."""
+    cache = new_cache()
+    for layer, (k, v) in enumerate(kv):
+        cache.update(k[:, :, :length].expand(batch, -1, -1, -1), v[:, :, :length].expand(batch, -1, -1, -1), layer)
+    return cache
+
+
+def _select_rows(cache: Any, rows: Any) -> None:
+    if hasattr(cache, "batch_select_indices"):
+        cache.batch_select_indices(rows)
+        return
+    for layer in cache.layers:  # pragma: no cover - fallback for caches without the method
+        layer.keys = layer.keys[rows]
+        layer.values = layer.values[rows]
+
+
+def forward_logits(model: Any, keep: int | None = None, **kwargs: Any) -> Any:
+    """Call ``model`` and return its logits, asking for only the last ``keep`` positions where supported."""
+    if keep is not None:
+        try:
+            return model(logits_to_keep=keep, **kwargs).logits[:, -keep:]
+        except TypeError:  # models without logits_to_keep
+            pass
+    out = model(**kwargs).logits
+    return out if keep is None else out[:, -keep:]
+
+
+def _continue_greedy(model: Any, cache: Any, first: Any, budget: int, eos: frozenset[int],
+                     mask: Any | None = None) -> list[list[int]]:
+    """Continue every row greedily from its first token until EOS or ``budget`` tokens (first one included).
+
+    ``cache`` holds the context of every row; ``mask`` (batch, context) marks real tokens for left-padded rows, or is
+    None when no row is padded. Finished rows are dropped from the batch.
+    """
+    import torch
+
+    outs: list[list[int]] = [[int(t)] for t in first.tolist()]
+    done = [t[-1] in eos or len(t) >= budget for t in outs]
+    rows = list(range(len(outs)))  # original row of each batch element still decoding
+    nxt = first.clone()
+    while True:
+        keep = [j for j, r in enumerate(rows) if not done[r]]
+        if not keep:
+            break
+        if len(keep) < len(rows):
+            idx = torch.tensor(keep, dtype=torch.long, device=nxt.device)
+            _select_rows(cache, idx)
+            nxt = nxt[idx]
+            if mask is not None:
+                mask = mask[idx]
+            rows = [rows[j] for j in keep]
+        kwargs: dict[str, Any] = {"input_ids": nxt.view(-1, 1), "past_key_values": cache, "use_cache": True}
+        if mask is not None:
+            kwargs["position_ids"] = mask.sum(-1, keepdim=True)  # index of the new token among the real ones
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=-1)
+            kwargs["attention_mask"] = mask
+        logits = forward_logits(model, keep=1, **kwargs)
+        nxt = logits[:, -1].argmax(-1)
+        for j, r in enumerate(rows):
+            t = int(nxt[j])
+            outs[r].append(t)
+            if t in eos or len(outs[r]) >= budget:
+                done[r] = True
+    return outs
+
+
+def greedy_generate(model: Any, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos: frozenset[int],
+                    pad_id: int = 0) -> list[Generated]:
+    """Greedy completions of ``prompts`` (lists of token ids) decoded as one left-padded batch."""
+    import torch
+
+    if not prompts:
+        return []
+    if max_new_tokens <= 0:
+        return [Generated([], FINISH_LENGTH) for _ in prompts]
+    device = next(model.parameters()).device
+    width = max(len(p) for p in prompts)
+    if min(len(p) for p in prompts) == 0:
+        raise ValueError("cannot generate from an empty prompt")
+    padded = width != min(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long, device=device)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
+        mask[i, width - len(p):] = 1
+    cache = new_cache()
+    with torch.no_grad():
+        if padded:
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits = forward_logits(model, keep=1, input_ids=ids, attention_mask=mask, position_ids=pos,
+                                    past_key_values=cache, use_cache=True)
+        else:
+            logits = forward_logits(model, keep=1, input_ids=ids, past_key_values=cache, use_cache=True)
+        first = logits[:, -1].argmax(-1)
+        outs = _continue_greedy(model, cache, first, max_new_tokens, eos, mask if padded else None)
+    return [Generated(o, finish_reason(o, eos)) for o in outs]
+
+
+@dataclass
+class PrefixState:
+    """KV cache and next-token logits of one sequence (``prompt + completion prefix``), from one forward pass.
+
+    ``logits[j]`` is the distribution over the token at sequence index ``length - n_logits + 1 + j``, i.e. the
+    last row predicts the token after the whole sequence.
+    """
+
+    kv: list[tuple[Any, Any]]
+    logits: Any  # (n_logits, vocab), float32 (float64 for a float64 model)
+    length: int
+
+
+def prefix_forward(model: Any, ids: Sequence[int], n_logits: int, keep_cache: bool = True) -> PrefixState:
+    """One forward pass over ``ids``; keeps the KV cache (if asked) and the last ``n_logits`` next-token logits."""
+    import torch
+
+    device = next(model.parameters()).device
+    x = torch.tensor([list(ids)], dtype=torch.long, device=device)
+    cache = new_cache() if keep_cache else None
+    with torch.no_grad():
+        kwargs: dict[str, Any] = {"input_ids": x, "use_cache": keep_cache}
+        if keep_cache:
+            kwargs["past_key_values"] = cache
+        logits = forward_logits(model, keep=n_logits, **kwargs)[0]
+        if logits.dtype != torch.float64:
+            logits = logits.float()
+    return PrefixState(kv=cache_tensors(cache) if keep_cache else [], logits=logits, length=len(ids))
+
+
+DEFAULT_ROLLOUT_CACHE_BYTES = 2 * 1024**3
+
+
+def rollout_batch_limit(kv: Sequence[tuple[Any, Any]], length: int, budget: int,
+                        max_bytes: int = DEFAULT_ROLLOUT_CACHE_BYTES) -> int:
+    """How many rollout rows fit in ``max_bytes`` of KV cache (prefix + budget positions per row), at least 1."""
+    per_position = sum(k.shape[1] * k.shape[-1] * k.element_size() + v.shape[1] * v.shape[-1] * v.element_size()
+                       for k, v in kv)
+    return max(1, int(max_bytes // max(1, per_position * (length + budget))))
+
+
+def rollouts(model: Any, kv: Sequence[tuple[Any, Any]], prefix_length: int, forced: Sequence[int], budget: int,
+             eos: frozenset[int], batch_size: int | None = None) -> list[list[int]]:
+    """Greedy continuations after forcing each token of ``forced`` at position ``prefix_length``.
+
+    ``kv`` is a batch-1 cache covering at least ``prefix_length`` positions; it is not modified. Each result starts
+    with its forced token and has at most ``budget`` tokens (forced token included), ending at the first EOS.
+    Rows are decoded together, ``batch_size`` at a time (default: all at once, unless their KV cache would pass
+    2 GiB, as with very long prompts: then as many as fit).
+    """
+    import torch
+
+    if not forced:
+        return []
+    if budget <= 0:
+        raise ValueError("rollout budget must be at least 1 token (the forced token)")
+    device = kv[0][0].device
+    step = batch_size or min(len(forced), rollout_batch_limit(kv, prefix_length, budget))
+    out: list[list[int]] = []
+    with torch.no_grad():
+        for start in range(0, len(forced), step):
+            chunk = list(forced[start:start + step])
+            cache = cache_from_prefix(kv, prefix_length, len(chunk))
+            first = torch.tensor(chunk, dtype=torch.long, device=device)
+            out.extend(_continue_greedy(model, cache, first, budget, eos))
+    return out
+
+
+def naive_greedy(model: Any, ids: Sequence[int], budget: int, eos: frozenset[int],
+                 forced: int | None = None) -> list[int]:
+    """Reference decoding without any cache: a full forward pass over the whole sequence for every new token.
+
+    With ``forced``, that token is the first output (as in a rollout) and greedy decoding continues after it.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    seq = list(ids)
+    out: list[int] = []
+    with torch.no_grad():
+        while len(out) < budget:
+            if forced is not None and not out:
+                t = int(forced)
+            else:
+                logits = model(input_ids=torch.tensor([seq], dtype=torch.long, device=device), use_cache=False).logits
+                t = int(logits[0, -1].argmax(-1))
+            out.append(t)
+            seq.append(t)
+            if t in eos:
+                break
+    return out

@@ -1,0 +1,131 @@
+"""The results store's tables (DuckDB DDL) and its schema version.
+
+Tables, and the key that makes every write idempotent:
+
+``schema_version``
+    one row: the version of this layout. A store written by a newer failtrace is refused with a clear error.
+``runs`` (``run_id``)
+    one row per collection run (``stage='collect'``) and per pair-finding run (``stage='pairs'``, with
+    ``parent_run_id`` pointing at the collection run it read). ``run_id`` is a hash of everything that changes the
+    results (model, revision, dtype, benchmark, generation budget, thinking; for pairs also top-k, helper model,
+    min-delta, max-positions), so rerunning the same command finds the same run and resumes it.
+``run_items`` (``run_id, item_id``)
+    which items a collection run was asked to do (its denominator in ``failtrace status``).
+``items`` (``benchmark, item_id``)
+    the items themselves (prompt, reference, meta as JSON text) with a content hash: the same id with different
+    content is refused instead of silently mixing two datasets.
+``generations`` (``run_id, item_id``)
+    prompt token ids, completion text and token ids exactly as generated (EOS included when the model stopped),
+    finish reason (``eos`` or ``length``), token counts, seconds.
+``verdicts`` (``run_id, item_id``)
+    checker status (``pass``, ``fail``, ``unverifiable``), reasons and details (JSON text). Written in the same
+    transaction as its generation: a generation exists if and only if its verdict does.
+``pairs`` (``pair_run_id, item_id``)
+    one row per failure: its pair status and, when found, the failure point and the target/contrast tokens.
+
+JSON-valued columns are stored as text (``VARCHAR``) so the store needs no database extension.
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+
+PAIR_STATUSES = ("clean", "no_target", "no_contrast", "weak_preference", "unbounded", "unverifiable")
+VERDICT_STATUSES = ("pass", "fail", "unverifiable")
+
+TABLES = ("runs", "run_items", "items", "generations", "verdicts", "pairs")
+
+DDL: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS schema_version (
+        version INTEGER NOT NULL,
+        written_by VARCHAR
+    )""",
+    """CREATE TABLE IF NOT EXISTS runs (
+        run_id VARCHAR PRIMARY KEY,
+        stage VARCHAR NOT NULL,
+        parent_run_id VARCHAR,
+        benchmark VARCHAR NOT NULL,
+        model VARCHAR NOT NULL,
+        model_source VARCHAR,
+        revision VARCHAR,
+        dtype VARCHAR,
+        device VARCHAR,
+        seed INTEGER,
+        versions VARCHAR,
+        settings VARCHAR,
+        data VARCHAR,
+        created_at TIMESTAMP
+    )""",
+    """CREATE TABLE IF NOT EXISTS run_items (
+        run_id VARCHAR NOT NULL,
+        item_id VARCHAR NOT NULL,
+        ordinal INTEGER,
+        PRIMARY KEY (run_id, item_id)
+    )""",
+    """CREATE TABLE IF NOT EXISTS items (
+        benchmark VARCHAR NOT NULL,
+        item_id VARCHAR NOT NULL,
+        prompt VARCHAR NOT NULL,
+        reference VARCHAR,
+        meta VARCHAR,
+        content_hash VARCHAR NOT NULL,
+        PRIMARY KEY (benchmark, item_id)
+    )""",
+    """CREATE TABLE IF NOT EXISTS generations (
+        run_id VARCHAR NOT NULL,
+        item_id VARCHAR NOT NULL,
+        benchmark VARCHAR NOT NULL,
+        prompt_ids INTEGER[] NOT NULL,
+        prompt_tokens INTEGER NOT NULL,
+        completion VARCHAR NOT NULL,
+        token_ids INTEGER[] NOT NULL,
+        n_tokens INTEGER NOT NULL,
+        finish_reason VARCHAR NOT NULL,
+        seconds DOUBLE,
+        created_at TIMESTAMP,
+        PRIMARY KEY (run_id, item_id)
+    )""",
+    """CREATE TABLE IF NOT EXISTS verdicts (
+        run_id VARCHAR NOT NULL,
+        item_id VARCHAR NOT NULL,
+        status VARCHAR NOT NULL,
+        reasons VARCHAR,
+        details VARCHAR,
+        seconds DOUBLE,
+        PRIMARY KEY (run_id, item_id)
+    )""",
+    """CREATE TABLE IF NOT EXISTS pairs (
+        pair_run_id VARCHAR NOT NULL,
+        run_id VARCHAR NOT NULL,
+        item_id VARCHAR NOT NULL,
+        benchmark VARCHAR NOT NULL,
+        status VARCHAR NOT NULL,
+        reason VARCHAR,
+        position INTEGER,
+        completion_offset INTEGER,
+        target_id INTEGER,
+        target_text VARCHAR,
+        contrast_id INTEGER,
+        contrast_text VARCHAR,
+        contrast_source VARCHAR,
+        contrast_rank INTEGER,
+        contrast_model_rank INTEGER,
+        target_logit DOUBLE,
+        contrast_logit DOUBLE,
+        delta_logit DOUBLE,
+        recovered_completion VARCHAR,
+        rollouts INTEGER NOT NULL,
+        checks INTEGER NOT NULL,
+        positions_walked INTEGER NOT NULL,
+        unverifiable_rollouts INTEGER NOT NULL,
+        hit_length_limit BOOLEAN NOT NULL,
+        prompt_tokens INTEGER,
+        completion_tokens INTEGER,
+        seconds DOUBLE,
+        seconds_prefix DOUBLE,
+        seconds_rollouts DOUBLE,
+        seconds_check DOUBLE,
+        created_at TIMESTAMP,
+        PRIMARY KEY (pair_run_id, item_id)
+    )""",
+)

@@ -1,0 +1,155 @@
+"""Collection: greedy decoding paths agree exactly, results are stored once with verdicts, reruns resume."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from failtrace.benchmarks.base import Item, Verdict
+from failtrace.errors import FailtraceError
+from failtrace.failures.collect import collect, collect_run_record, register_benchmark, resolve_benchmark, safe_check
+from failtrace.failures.generation import (
+    decode_completion,
+    eos_token_ids,
+    greedy_generate,
+    naive_greedy,
+)
+from failtrace.failures.toy import ToyBenchmark, one_thread, toy_items, toy_loaded
+from failtrace.models.chat import apply_chat_template
+from failtrace.store import open_store
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread (and do not fight other processes for cores)."""
+    with one_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def toy64() -> object:
+    return toy_loaded(0, dtype="float64")
+
+
+@pytest.fixture(scope="module")
+def toy32() -> object:
+    return toy_loaded(0, dtype="float32")
+
+
+def _prompts(lm: object, n: int) -> list[list[int]]:
+    prompts = [apply_chat_template(lm.tokenizer, it.prompt) for it in toy_items(n)]  # type: ignore[attr-defined]
+    prompts[1] = prompts[1] + prompts[2][5:]  # make lengths differ: the batch needs left padding
+    prompts[3] = prompts[3][:-9] + prompts[3][-4:]
+    return prompts
+
+
+def test_batched_left_padded_greedy_equals_unbatched_and_naive(toy64: object) -> None:
+    model, tok = toy64.model, toy64.tokenizer  # type: ignore[attr-defined]
+    eos = eos_token_ids(model, tok)
+    prompts = _prompts(toy64, 6)
+    assert len({len(p) for p in prompts}) > 1
+    batched = greedy_generate(model, prompts, 30, eos, 0)
+    for p, b in zip(prompts, batched, strict=True):
+        single = greedy_generate(model, [p], 30, eos, 0)[0]
+        reference = naive_greedy(model, p, 30, eos)
+        assert b.token_ids == single.token_ids == reference
+        assert b.finish_reason == ("eos" if reference[-1] in eos else "length")
+    # both ways of finishing occur, so row removal from the batch was exercised
+    assert {b.finish_reason for b in batched} == {"eos", "length"}
+
+
+def test_decode_completion_drops_only_the_final_eos(toy32: object) -> None:
+    tok = toy32.tokenizer  # type: ignore[attr-defined]
+    ids = tok.encode("ab", add_special_tokens=False)
+    eos = frozenset({tok.eos_token_id})
+    assert decode_completion(tok, [*ids, tok.eos_token_id], eos) == "ab"
+    assert decode_completion(tok, ids, eos) == "ab"
+    assert greedy_generate(toy32.model, [ids], 0, eos)[0].token_ids == []  # type: ignore[attr-defined]
+
+
+def test_collect_stores_every_item_once_and_resumes(tmp_path: Path, toy32: object) -> None:
+    bench = ToyBenchmark(mode="contains", max_new_tokens=20)
+    items = toy_items(8, needle="-")
+    path = tmp_path / "s.duckdb"
+    seen: list[str] = []
+    with open_store(path) as st:
+        s1 = collect(st, bench, items[:5], toy32, progress=False, on_item=lambda it, g, v: seen.append(it.id))
+        assert (s1.items, s1.skipped, s1.generated) == (5, 0, 5)
+        assert s1.passed + s1.failed + s1.unverifiable == 5
+        s2 = collect(st, bench, items, toy32, progress=False)
+        assert (s2.items, s2.skipped, s2.generated) == (8, 5, 3)
+        s3 = collect(st, bench, items, toy32, progress=False)
+        assert s3.generated == 0 and s3.skipped == 8
+        assert s1.run_id == s2.run_id == s3.run_id
+        assert st.counts()["generations"] == 8 and st.counts()["verdicts"] == 8 and st.counts()["runs"] == 1
+        rows = {r["item_id"]: r for r in st.results(s1.run_id)}
+        run = st.get_run(s1.run_id)
+    assert seen == [it.id for it in items[:5]]
+    assert run is not None and run.versions["transformers"] and run.settings["max_new_tokens"] == 20
+    eos = eos_token_ids(toy32.model, toy32.tokenizer)  # type: ignore[attr-defined]
+    for it in items:
+        prompt = apply_chat_template(toy32.tokenizer, it.prompt)  # type: ignore[attr-defined]
+        expected = greedy_generate(toy32.model, [prompt], 20, eos)[0]  # type: ignore[attr-defined]
+        row = rows[it.id]
+        assert row["prompt_ids"] == prompt
+        assert row["token_ids"] == expected.token_ids  # exactly as generated, EOS included
+        assert row["finish_reason"] == expected.finish_reason
+        text = decode_completion(toy32.tokenizer, expected.token_ids, eos)  # type: ignore[attr-defined]
+        assert row["completion"] == text
+        assert row["status"] == ("pass" if "-" in text else "fail")
+        assert row["reasons"] == ([] if "-" in text else ["contains '-' not satisfied"])
+
+
+def test_batched_collection_matches_batch_one_in_float64(tmp_path: Path, toy64: object) -> None:
+    bench = ToyBenchmark(mode="contains", max_new_tokens=24)
+    items = toy_items(7)
+    with open_store(tmp_path / "a.duckdb") as a, open_store(tmp_path / "b.duckdb") as b:
+        ra = collect(a, bench, items, toy64, progress=False, batch_size=1)
+        rb = collect(b, bench, items, toy64, progress=False, batch_size=3)
+        assert ra.run_id == rb.run_id  # the batch size does not change the run's identity
+        ta = {r["item_id"]: r["token_ids"] for r in a.results(ra.run_id)}
+        tb = {r["item_id"]: r["token_ids"] for r in b.results(rb.run_id)}
+    assert ta == tb and len(ta) == 7
+
+
+def test_changed_settings_make_a_new_run(toy32: object) -> None:
+    a = collect_run_record(toy32, "toy", 20, False)
+    assert collect_run_record(toy32, "toy", 20, False).run_id == a.run_id
+    assert collect_run_record(toy32, "toy", 21, False).run_id != a.run_id
+    assert collect_run_record(toy32, "toy", 20, True).run_id != a.run_id
+    assert collect_run_record(toy32, "other", 20, False).run_id != a.run_id
+
+
+class _Crashy(ToyBenchmark):
+    def check(self, item: Item, completion: str) -> Verdict:
+        if item.id.endswith("1"):
+            raise RuntimeError("checker bug")
+        if item.id.endswith("2"):
+            return "pass"  # type: ignore[return-value]
+        return super().check(item, completion)
+
+
+def test_checker_crash_or_nonsense_is_unverifiable(tmp_path: Path, toy32: object) -> None:
+    bench = _Crashy(mode="never", max_new_tokens=4)
+    v = safe_check(bench, toy_items(2)[1], "x")
+    assert v.status == "unverifiable" and "checker raised RuntimeError: checker bug" in v.reasons[0]
+    with open_store(tmp_path / "s.duckdb") as st:
+        s = collect(st, bench, toy_items(3), toy32, progress=False)
+        assert (s.failed, s.unverifiable) == (1, 2)
+        statuses = {r["item_id"]: r["status"] for r in st.results(s.run_id)}
+    assert statuses == {"q000": "fail", "q001": "unverifiable", "q002": "unverifiable"}
+
+
+def test_bad_arguments_and_benchmark_lookup(tmp_path: Path, toy32: object) -> None:
+    bench = ToyBenchmark()
+    with open_store(tmp_path / "s.duckdb") as st:
+        with pytest.raises(FailtraceError, match="batch-size"):
+            collect(st, bench, toy_items(1), toy32, batch_size=0, progress=False)
+        with pytest.raises(FailtraceError, match="max-new-tokens"):
+            collect(st, bench, toy_items(1), toy32, max_new_tokens=0, progress=False)
+    mine = ToyBenchmark(name="toy-registered-here")
+    register_benchmark(mine)
+    assert resolve_benchmark("toy-registered-here") is mine
+    assert resolve_benchmark("x", overrides={"x": bench}) is bench

@@ -1,0 +1,115 @@
+"""``failtrace graph``: outputs, one-line errors with exit code 2, exit code 3 after a closed-form fallback."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from failtrace.cli import main
+
+BASE = ["graph", "--prompt", "The capital of France is", "--target", " Paris", "--contrast", " Lyon", "-q"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("extra,msg", [
+    (["--node-threshold", "1.5"], "node threshold must be in [0, 1]"),
+    (["--node-threshold", "-0.1"], "node threshold must be in [0, 1]"),
+    (["--prune", "cumulative:0"], "cumulative mass p must be in (0, 1]"),
+    (["--prune", "cumulative:1.2"], "cumulative mass p must be in (0, 1]"),
+    (["--prune", "global:-3"], "global edge threshold tau must be"),
+    (["--prune", "sometimes"], "use cumulative:P (0 < P <= 1) or global:TAU (TAU >= 0)"),
+    (["--prune", "median:0.5"], "unknown mode 'median'"),
+    (["--method", "magic"], "--method 'magic' is not an edge method; valid: auto, naive, packed, closed-form"),
+    (["--png", "out.jpg"], "expected a file name ending in .png"),
+])
+def test_bad_options_fail_before_loading(capsys, extra, msg):
+    assert main(BASE + extra) == 2
+    err = capsys.readouterr().err
+    assert msg in err and err.startswith("error: ") and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_empty_prompt(capsys):
+    assert main(["graph", "--prompt", "  ", "--contrast", " Lyon"]) == 2
+    assert "the prompt is empty" in capsys.readouterr().err
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("layers,msg", [("30", "layer 30 is out of range: the model has 30 layers"),
+                                        ("2,5", "is not contiguous")])
+def test_layers_out_of_range(capsys, layers, msg):
+    assert main(BASE + ["--layers", layers]) == 2
+    assert msg in capsys.readouterr().err
+
+
+@pytest.mark.model
+def test_graph_outputs(tmp_path, capsys):
+    out = {k: tmp_path / f"g.{k}" for k in ("json", "html", "png", "svg")}
+    ct = tmp_path / "ct.json"
+    rc = main(BASE[:-1] + ["--layers", "28-29", "--mid-nodes", "--json", str(out["json"]), "--html",
+                           str(out["html"]), "--png", str(out["png"]), "--svg", str(out["svg"]),
+                           "--circuit-tracer-json", str(ct), "--node-threshold", "0.05", "--prune", "cumulative:0.9"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    for path in list(out.values()) + [ct]:
+        assert path.exists() and path.stat().st_size > 0
+        assert f"wrote {path}" in captured.err.replace("\n", "")
+    data = json.loads(out["json"].read_text())
+    assert data["metadata"]["target"]["text"] == " Paris" and data["metadata"]["contrast"]["text"] == " Lyon"
+    assert data["metadata"]["node_threshold"] == 0.05 and data["metadata"]["prune"] == "cumulative:0.9"
+    assert data["metadata"]["methods_used"] == {"28": "closed-form", "29": "closed-form"}
+    assert [s["id"] for s in data["stages"]] == ["L27", "L28.mid", "L28", "L29.mid", "L29"]
+    assert "nodes" in json.loads(ct.read_text())
+    assert "pruned (node >= 0.05, cumulative:0.9)" in captured.err
+
+
+@pytest.mark.model
+def test_closed_form_fallback_exit_code(tmp_path, capsys):
+    """A model the closed form does not cover (Gemma-2 soft-capping): packed is used, the CLI says so, exit 3."""
+    import failtrace
+    from failtrace.graph.tiny import tiny_model
+
+    tok = failtrace.load_model(progress=False).tokenizer
+    model = tiny_model("gemma2", vocab=len(tok))
+    folder = tmp_path / "tiny-gemma2"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    args = ["graph", "--model", str(folder), "--prompt", "two plus two is", "--target", "#5", "--contrast", "#7",
+            "-q", "--json", str(tmp_path / "g.json")]
+    assert main(args + ["--method", "closed-form"]) == 3
+    err = capsys.readouterr().err
+    assert "does not cover layers [0, 1]" in err and "packed" in err and "soft-capping" in err
+    assert (tmp_path / "g.json").exists()
+    assert main(args + ["--method", "auto"]) == 0
+
+
+@pytest.mark.model
+def test_python_api_build_graph():
+    import failtrace
+    from failtrace.errors import FailtraceError
+    from failtrace.graph import AttributionGraph
+
+    lm = failtrace.load_model(progress=False)
+    g = failtrace.build_graph(lm, "The capital of France is", target=" Paris", contrast=" Lyon", layers="29",
+                              node_threshold=0.0, prune="global:0.01")
+    assert isinstance(g, failtrace.AttributionGraph) and isinstance(g, AttributionGraph)
+    assert [s.name for s in g.stages] == ["L28", "L29"]
+    assert g.metadata["target"]["text"] == " Paris" and g.metadata["model"] == "smollm2-135m-instruct"
+    assert abs(g.relevance[-1].sum() - g.objective_value) < 1e-3 * abs(g.objective_value)
+    assert g.conservation_error() < 1e-4
+    assert g.pruned.spec.mode == "global" and g.prune(0.0, "cumulative:0.5").num_edges >= 1
+    with pytest.raises(FailtraceError, match="needs a contrast token"):
+        failtrace.build_graph(lm, "The capital of France is", target=" Paris")
+    with pytest.raises(FailtraceError, match="the same token"):
+        failtrace.build_graph(lm, "The capital of France is", target=" Paris", contrast=" Paris")
+    with pytest.raises(FailtraceError, match="unknown edge method"):
+        failtrace.build_graph(lm, "The capital of France is", target=" Paris", contrast=" Lyon", method="fast")

@@ -1,0 +1,193 @@
+"""JSON exports (failtrace schema and circuit-tracer style), record round trip, static and interactive views."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from failtrace.graph import AttributionGraph, graph_from_ids
+from failtrace.graph.export import SCHEMA, save_json, to_circuit_tracer, to_json
+from failtrace.graph.prune import connect
+from failtrace.graph.tiny import tiny_model
+from failtrace.graph.views import html_data, render_html, save_static
+
+
+@pytest.fixture(scope="module")
+def graph() -> AttributionGraph:
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    model = tiny_model("qwen3")
+    ids = torch.randint(3, 128, (14,), generator=torch.Generator().manual_seed(1)).tolist()
+    tokens = [f"t{i}" for i in ids]
+    tokens[0] = "<s>"
+
+    def objective(logits: torch.Tensor) -> torch.Tensor:
+        return logits[5] - logits[7]
+
+    g = graph_from_ids(model, ids, objective, tokens=tokens, special_mask=[True] + [False] * 13, mid_nodes=True,
+                       node_threshold=0.01, prune="cumulative:0.9",
+                       metadata={"model": "tiny-qwen3", "target": {"id": 5, "text": "A"},
+                                 "contrast": {"id": 7, "text": "B"}, "objective": "logit_diff"})
+    torch.set_num_threads(old)
+    return g
+
+
+def test_failtrace_json_schema(graph, tmp_path):
+    data = json.loads(save_json(graph.pruned, tmp_path / "g.json").read_text())
+    assert data["schema"] == SCHEMA
+    meta = data["metadata"]
+    for key in ("model", "prompt", "target", "contrast", "objective", "objective_value", "node_threshold", "prune",
+                "tokens", "final_node", "lrp_method", "edge_method", "notes"):
+        assert key in meta, key
+    assert meta["model"] == "tiny-qwen3" and meta["prune"] == "cumulative:0.9" and meta["node_threshold"] == 0.01
+    ids = {n["id"] for n in data["nodes"]}
+    assert meta["final_node"] == "L1/13" and meta["final_node"] in ids
+    for node in data["nodes"]:
+        assert set(node) >= {"id", "layer", "kind", "token_index", "token", "relevance", "normalized", "special"}
+        assert node["token"] == graph.tokens[node["token_index"]]
+        assert node["id"] == f"{node['stage']}/{node['token_index']}"
+    assert data["links"], "a pruned graph of this model has edges"
+    for link in data["links"]:
+        assert link["source"] in ids and link["target"] in ids and isinstance(link["weight"], float)
+    assert len(data["links"]) == graph.pruned.num_edges
+    assert {s["kind"] for s in data["stages"]} == {"embed", "mid", "resid"}
+    assert data["metrics"]["edges"] == len(data["links"])
+
+
+def test_circuit_tracer_variant(graph):
+    data = to_circuit_tracer(graph.pruned)
+    assert set(data) == {"metadata", "qParams", "nodes", "links"}
+    assert data["metadata"]["prompt_tokens"] == graph.tokens
+    node_ids = {n["node_id"] for n in data["nodes"]}
+    logit = [n for n in data["nodes"] if n["feature_type"] == "logit"]
+    assert len(logit) == 1 and logit[0]["is_target_logit"] and logit[0]["ctx_idx"] == 13
+    assert {n["feature_type"] for n in data["nodes"]} == {"embedding", "mid residual", "residual", "logit"}
+    assert all(n["layer"] == "E" for n in data["nodes"] if n["feature_type"] == "embedding")
+    for n in data["nodes"]:
+        assert n["reverse_ctx_idx"] == graph.n_tokens - 1 - n["ctx_idx"]
+    for link in data["links"]:
+        assert link["source"] in node_ids and link["target"] in node_ids
+    into_logit = [lk for lk in data["links"] if lk["target"] == logit[0]["node_id"]]
+    assert into_logit[0]["weight"] == pytest.approx(graph.relevance[-1, -1])
+    json.dumps(data)  # serialisable
+
+
+def test_record_round_trip(graph, tmp_path):
+    loaded = AttributionGraph.load(graph.save(tmp_path / "full.json"))
+    assert loaded.tokens == graph.tokens and [s.name for s in loaded.stages] == [s.name for s in graph.stages]
+    np.testing.assert_allclose(np.nan_to_num(loaded.relevance), np.nan_to_num(graph.relevance))
+    assert to_json(loaded.pruned)["links"] == to_json(graph.pruned)["links"]
+
+
+def test_static_png_and_svg(graph, tmp_path):
+    png = save_static(graph.pruned, tmp_path / "g.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    svg = save_static(graph.pruned, tmp_path / "g.svg").read_text()
+    assert "<svg" in svg and "L1.mid" in svg  # stage labels are drawn
+    with pytest.raises(ValueError, match="suffix"):
+        save_static(graph.pruned, tmp_path / "g.bmp")
+
+
+def test_html_is_self_contained(graph):
+    page = render_html(graph.pruned)
+    assert page.startswith("<!DOCTYPE html>")
+    assert "<link" not in page and not re.search(r"<script[^>]*\bsrc=", page)
+    assert "https://" not in page
+    assert set(re.findall(r"http://[^\s'\"]+", page)) <= {"http://www.w3.org/2000/svg"}  # the SVG namespace only
+    blob = re.search(r'<script id="graph-data" type="application/json">(.*?)</script>', page, re.S).group(1)
+    data = json.loads(blob)
+    assert data["final"] == [len(graph.stages) - 1, graph.n_tokens - 1]
+    assert data["special"][0] is True
+    assert 'type="range"' in page and "grey special tokens" in page and "mouseenter" in page
+
+
+@pytest.mark.parametrize("p", [0.2, 0.5, 0.75, 0.9])
+def test_html_slider_rule_reproduces_pruning(graph, p):
+    """The page's re-pruning rule (mass before the edge < p·total, then connectivity) equals prune() at p."""
+    data = html_data(graph.pruned)
+    assert data["pmax"] >= 0.9
+    chosen: list[list[int]] = [[] for _ in graph.transitions]
+    lookup = {}
+    for t, es in enumerate(graph.transitions):
+        for k in range(len(es)):
+            lookup[(t, int(es.source[k]), int(es.target[k]))] = k
+    for t, si, ti, _w, before in data["edges"]:
+        if before < p:
+            chosen[t].append(lookup[(t, si, ti)])
+    reach, kept = connect(graph, [np.asarray(sorted(c), dtype=np.int64) for c in chosen])
+    ref = graph.prune(0.01, f"cumulative:{p}")
+    assert np.array_equal(reach, ref.nodes)
+    assert [sorted(k.tolist()) for k in kept] == [sorted(k.tolist()) for k in ref.edge_keep]
+
+
+_FAKE_DOM = r"""
+class El{constructor(tag){this.tag=tag;this.attrs={};this.children=[];this.dataset={};this.style={};this.ls={};
+  this.textContent='';const c=new Set();this.cls=c;this.classList={add:(...x)=>x.forEach(y=>c.add(y)),
+  remove:(...x)=>x.forEach(y=>c.delete(y)),toggle:(x,f)=>{if(f===undefined)f=!c.has(x);f?c.add(x):c.delete(x);},
+  contains:x=>c.has(x)};}
+  setAttribute(k,v){this.attrs[k]=v;} appendChild(x){this.children.push(x);}
+  removeChild(x){this.children=this.children.filter(y=>y!==x);} get firstChild(){return this.children[0];}
+  addEventListener(t,f){(this.ls[t]=this.ls[t]||[]).push(f);}
+  fire(t){(this.ls[t]||[]).forEach(f=>f({stopPropagation(){},clientX:0,clientY:0}));}
+  querySelectorAll(sel){const [tag,c]=sel.split('.');return this.children.filter(x=>x.tag===tag&&x.cls.has(c));}}
+const fs=require('fs'); const page=JSON.parse(fs.readFileSync(process.argv[2],'utf8'));
+const ids={}; ['g','tip','p','grey','count','pv','graph-data'].forEach(k=>ids[k]=new El(k));
+ids['graph-data'].textContent=page.data; ids['grey'].checked=true;
+global.document={getElementById:k=>ids[k],createElementNS:(ns,tag)=>new El(tag)};
+eval(page.script);
+const out={first:ids['count'].textContent};
+ids['p'].value=String(page.p); ids['p'].fire('input'); out.second=ids['count'].textContent;
+const svg=ids['g']; const circles=svg.children.filter(x=>x.tag==='circle');
+const final=circles.find(x=>x.dataset.k===page.final); final.fire('mouseenter');
+out.dimmedNodes=circles.filter(x=>x.cls.has('dim')).length;
+out.litNodes=circles.filter(x=>!x.cls.has('dim')).length;
+out.dimmedEdges=svg.children.filter(x=>x.tag==='line'&&x.cls.has('dim')).length;
+final.fire('mouseleave'); const low=circles.find(x=>x.dataset.k===page.hover); low.fire('mouseenter');
+out.hoverLit=circles.filter(x=>!x.cls.has('dim')).map(x=>x.dataset.k).sort();
+low.fire('click'); low.fire('mouseleave'); out.pinnedLit=circles.filter(x=>!x.cls.has('dim')).length;
+console.log(JSON.stringify(out));
+"""
+
+
+def test_html_script_runs_in_node(graph, tmp_path):
+    """Run the page's own script against a minimal DOM: counts, the slider and the hover highlight."""
+    import shutil
+    import subprocess
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    page = render_html(graph.pruned)
+    script = re.search(r"<script>(.*?)</script>", page, re.S).group(1)
+    blob = re.search(r'<script id="graph-data" type="application/json">(.*?)</script>', page, re.S).group(1)
+    final = f"{len(graph.stages) - 1}:{graph.n_tokens - 1}"
+    at_half = graph.prune(0.01, "cumulative:0.5")
+    bottom = sorted(tok for s, tok in at_half.node_list() if s == 0)
+    hover = f"0:{bottom[0]}"
+    (tmp_path / "page.json").write_text(json.dumps({"script": script, "data": blob, "p": 0.5, "final": final,
+                                                    "hover": hover}))
+    (tmp_path / "dom.js").write_text(_FAKE_DOM)
+    proc = subprocess.run([node, str(tmp_path / "dom.js"), str(tmp_path / "page.json")], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    at_default = graph.pruned
+    assert out["first"] == f"{at_default.num_nodes} nodes, {at_default.num_edges} edges"
+    assert out["second"] == f"{at_half.num_nodes} nodes, {at_half.num_edges} edges"
+    # hovering the final node lights up all its ancestors: every node kept at p = 0.5 reaches it
+    assert out["litNodes"] == at_half.num_nodes and out["dimmedNodes"] == 0 and out["dimmedEdges"] == 0
+    # hovering an input node lights up exactly its descendants (independent BFS over the pruned edges)
+    lit, frontier = {hover}, [hover]
+    edges = [(f"{ss}:{si}", f"{ts}:{ti}") for ss, si, ts, ti, _w in at_half.edges()]
+    while frontier:
+        x = frontier.pop()
+        for a, b in edges:
+            if a == x and b not in lit:
+                lit.add(b)
+                frontier.append(b)
+    assert out["hoverLit"] == sorted(lit) and len(lit) < at_half.num_nodes
+    assert out["pinnedLit"] == len(lit)  # a click pins the highlight after the mouse leaves

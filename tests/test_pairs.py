@@ -1,0 +1,254 @@
+"""Pair-finding: cached batched rollouts equal naive decoding; results equal a brute-force search; statuses."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from failtrace.benchmarks.base import Item
+from failtrace.errors import FailtraceError
+from failtrace.failures.collect import collect
+from failtrace.failures.generation import (
+    decode_completion,
+    eos_token_ids,
+    greedy_generate,
+    naive_greedy,
+    prefix_forward,
+    rollout_batch_limit,
+    rollouts,
+)
+from failtrace.failures.pairs import PairFinder, PairSettings, find_pairs
+from failtrace.failures.toy import ToyBenchmark, one_thread, toy_items, toy_loaded
+from failtrace.models.chat import apply_chat_template
+from failtrace.store import PAIR_STATUSES, open_store
+
+BUDGET = 16
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    with one_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def lm() -> Any:
+    return toy_loaded(0, dtype="float64")
+
+
+@pytest.fixture(scope="module")
+def helper() -> Any:
+    return toy_loaded(1, dtype="float64")
+
+
+def _case(lm: Any, index: int, budget: int = BUDGET) -> tuple[Item, list[int], list[int]]:
+    item = toy_items(index + 1)[index]
+    prompt = apply_chat_template(lm.tokenizer, item.prompt)
+    eos = eos_token_ids(lm.model, lm.tokenizer)
+    comp = greedy_generate(lm.model, [prompt], budget, eos)[0].token_ids
+    return item, prompt, comp
+
+
+def _alternatives(lm: Any, ids: list[int], target: int, k: int) -> list[int]:
+    """Top-k next tokens after ``ids`` other than ``target``, from a fresh cache-free forward pass."""
+    with torch.no_grad():
+        row = lm.model(input_ids=torch.tensor([ids]), use_cache=False).logits[0, -1]
+    return [t for t in torch.topk(row, k + 1).indices.tolist() if t != target][:k]
+
+
+def _brute_force(lm: Any, bench: ToyBenchmark, item: Item, prompt: list[int], comp: list[int], k: int,
+                 budget: int, max_positions: int = 64) -> tuple[int, int, int] | None:
+    """Reference search: every rollout decoded from scratch without any cache, one at a time."""
+    eos = eos_token_ids(lm.model, lm.tokenizer)
+    for p in range(min(len(comp), max_positions)):
+        for rank, alt in enumerate(_alternatives(lm, prompt + comp[:p], comp[p], k), start=1):
+            seq = naive_greedy(lm.model, prompt + comp[:p], budget - p, eos, forced=alt)
+            if bench.check(item, decode_completion(lm.tokenizer, comp[:p] + seq, eos)).passed:
+                return p, alt, rank
+    return None
+
+
+def _needle_from_rollout(lm: Any, prompt: list[int], comp: list[int], p: int, rank: int, k: int,
+                         budget: int = BUDGET) -> tuple[str, int]:
+    """A prefix needle that only the rollout forcing the rank-th alternative at p satisfies."""
+    eos = eos_token_ids(lm.model, lm.tokenizer)
+    alt = _alternatives(lm, prompt + comp[:p], comp[p], k)[rank - 1]
+    seq = naive_greedy(lm.model, prompt + comp[:p], budget - p, eos, forced=alt)
+    return decode_completion(lm.tokenizer, comp[:p] + seq, eos), alt
+
+
+def test_batched_cached_rollouts_equal_naive_greedy(lm: Any) -> None:
+    eos = eos_token_ids(lm.model, lm.tokenizer)
+    for index in (0, 5):
+        _, prompt, comp = _case(lm, index, budget=24)
+        state = prefix_forward(lm.model, prompt + comp, n_logits=len(comp) + 1)
+        n = len(prompt)
+        for p in (0, 2, len(comp) - 1):
+            alts = _alternatives(lm, prompt + comp[:p], comp[p], 8)
+            assert [t for t in torch.topk(state.logits[p], 9).indices.tolist() if t != comp[p]][:8] == alts
+            batched = rollouts(lm.model, state.kv, n + p, alts, 24 - p, eos)
+            in_pairs = rollouts(lm.model, state.kv, n + p, alts, 24 - p, eos, batch_size=3)
+            naive = [naive_greedy(lm.model, prompt + comp[:p], 24 - p, eos, forced=a) for a in alts]
+            assert batched == naive == in_pairs
+            assert all(seq[0] == a and len(seq) <= 24 - p for seq, a in zip(batched, alts, strict=True))
+            if eos & {t for seq in naive for t in seq}:  # some rollouts stop early: rows left the batch
+                assert len({len(s) for s in batched}) > 1
+
+
+def test_rollout_batches_shrink_to_fit_the_cache_budget(lm: Any) -> None:
+    eos = eos_token_ids(lm.model, lm.tokenizer)
+    _, prompt, comp = _case(lm, 3, budget=12)
+    state = prefix_forward(lm.model, prompt + comp, n_logits=2)
+    per_row = sum(2 * k.shape[1] * k.shape[-1] * 8 for k, _ in state.kv) * (len(prompt) + 12)
+    assert rollout_batch_limit(state.kv, len(prompt), 12, max_bytes=1) == 1
+    assert rollout_batch_limit(state.kv, len(prompt), 12, max_bytes=3 * per_row) == 3
+    alts = [5, 9, 40, 77]
+    assert rollouts(lm.model, state.kv, len(prompt), alts, 12, eos, batch_size=1) == \
+        rollouts(lm.model, state.kv, len(prompt), alts, 12, eos)
+
+
+@pytest.mark.parametrize(("index", "p_star", "rank_star"), [(1, 3, 2), (4, 0, 4), (6, 5, 1)])
+def test_found_pair_matches_brute_force_with_known_answer(lm: Any, index: int, p_star: int, rank_star: int) -> None:
+    item, prompt, comp = _case(lm, index)
+    assert len(comp) > p_star
+    needle, alt = _needle_from_rollout(lm, prompt, comp, p_star, rank_star, k=4)
+    item.reference["needle"] = needle
+    bench = ToyBenchmark(mode="prefix")
+    res = PairFinder(lm, PairSettings(top_k=4, min_delta=0.0)).find(bench, item, prompt, comp, BUDGET)
+    expected = _brute_force(lm, bench, item, prompt, comp, 4, BUDGET)
+    assert expected == (p_star, alt, rank_star)
+    assert (res.completion_offset, res.contrast_id, res.contrast_rank) == expected
+    assert res.position == len(prompt) + p_star and res.target_id == comp[p_star]
+    assert res.contrast_source == "model" and res.recovered_completion == needle
+    assert res.rollouts == 4 * (p_star + 1) and res.positions_walked == p_star + 1
+    assert res.checks <= res.rollouts + 1
+    with torch.no_grad():
+        row = lm.model(input_ids=torch.tensor([prompt + comp[:p_star]])).logits[0, -1]
+    assert res.delta_logit == pytest.approx(float(row[comp[p_star]] - row[alt]), abs=1e-9)
+    assert res.delta_logit >= 0
+    assert res.status == ("unbounded" if res.hit_length_limit else "clean" if res.delta_logit > 0 else "weak_preference")
+
+
+@pytest.mark.parametrize("index", [2, 3, 7])
+def test_substring_checker_matches_brute_force(lm: Any, index: int) -> None:
+    """A needle that several rollouts may contain: the search must agree with brute force on the first one."""
+    item, prompt, comp = _case(lm, index)
+    text, _ = _needle_from_rollout(lm, prompt, comp, min(4, len(comp) - 1), 3, k=5)
+    original = decode_completion(lm.tokenizer, comp, eos_token_ids(lm.model, lm.tokenizer))
+    needle = next((text[i:i + 2] for i in range(len(text) - 1) if text[i:i + 2] not in original), text)
+    item.reference["needle"] = needle
+    bench = ToyBenchmark(mode="contains")
+    assert not bench.check(item, original).passed
+    res = PairFinder(lm, PairSettings(top_k=5)).find(bench, item, prompt, comp, BUDGET)
+    expected = _brute_force(lm, bench, item, prompt, comp, 5, BUDGET)
+    assert expected is not None
+    assert (res.completion_offset, res.contrast_id, res.contrast_rank) == expected
+
+
+def test_min_delta_separates_clean_from_weak(lm: Any) -> None:
+    item, prompt, comp = _case(lm, 1)
+    needle, _ = _needle_from_rollout(lm, prompt, comp, 3, 2, k=4)
+    item.reference["needle"] = needle
+    bench = ToyBenchmark(mode="prefix")
+    finish = "eos"  # judged as if the model had stopped: the statuses below are about Δℓ only
+    loose = PairFinder(lm, PairSettings(top_k=4, min_delta=-1.0)).find(bench, item, prompt, comp, BUDGET, finish)
+    assert loose.status == "clean"
+    strict = PairFinder(lm, PairSettings(top_k=4, min_delta=loose.delta_logit)).find(bench, item, prompt, comp,
+                                                                                    BUDGET, finish)
+    assert strict.status == "weak_preference" and strict.contrast_id == loose.contrast_id
+
+
+def test_no_target_no_contrast_and_position_cap(lm: Any, helper: Any) -> None:
+    item, prompt, comp = _case(lm, 2)
+    bench = ToyBenchmark(mode="never")
+    res = PairFinder(lm, PairSettings(top_k=3, max_positions=4)).find(bench, item, prompt, comp, BUDGET, "eos")
+    assert res.status == "no_target" and res.contrast_id is None
+    assert res.positions_walked == 4 and res.rollouts == 12 and "capped by max-positions 4" in res.reason
+    res = PairFinder(lm, PairSettings(top_k=3, max_positions=2), helper).find(bench, item, prompt, comp, BUDGET,
+                                                                             "eos")
+    assert res.status == "no_contrast" and res.positions_walked == 2
+    assert 6 <= res.rollouts <= 12  # the helper's candidates that the model had not tried
+
+
+def test_helper_supplies_a_contrast_outside_the_models_top_k(lm: Any, helper: Any) -> None:
+    k, p_star = 3, 2
+    for index in range(8):
+        item, prompt, comp = _case(lm, index)
+        if len(comp) <= p_star:
+            continue
+        own = _alternatives(lm, prompt + comp[:p_star], comp[p_star], k)
+        theirs = _alternatives(helper, prompt + comp[:p_star], comp[p_star], k)
+        fresh = [t for t in theirs if t not in own]
+        if fresh:
+            break
+    else:  # pragma: no cover - depends on the seeds only
+        pytest.fail("no position where the helper proposes a token outside the model's top-k")
+    eos = eos_token_ids(lm.model, lm.tokenizer)
+    seq = naive_greedy(lm.model, prompt + comp[:p_star], BUDGET - p_star, eos, forced=fresh[0])
+    item.reference["needle"] = decode_completion(lm.tokenizer, comp[:p_star] + seq, eos)
+    bench = ToyBenchmark(mode="prefix")
+    assert _brute_force(lm, bench, item, prompt, comp, k, BUDGET) is None  # the model alone cannot recover
+    res = PairFinder(lm, PairSettings(top_k=k, min_delta=-1), helper).find(bench, item, prompt, comp, BUDGET)
+    assert res.contrast_source == "helper" and res.contrast_id == fresh[0]
+    assert res.contrast_rank == theirs.index(fresh[0]) + 1 and res.completion_offset == p_star
+    assert res.contrast_model_rank is not None and res.contrast_model_rank > k
+    alone = PairFinder(lm, PairSettings(top_k=k)).find(bench, item, prompt, comp, BUDGET)
+    assert alone.status in ("no_target", "unbounded") and alone.contrast_id is None
+
+
+def test_helper_with_another_tokenizer_is_refused(lm: Any) -> None:
+    other = toy_loaded(1)
+    other.tokenizer.add_tokens(["<extra-token>"])
+    with pytest.raises(FailtraceError, match="different tokenizer"):
+        PairFinder(lm, PairSettings(), other)
+
+
+def test_unverifiable_and_unbounded(lm: Any) -> None:
+    item, prompt, comp = _case(lm, 2)
+    res = PairFinder(lm, PairSettings(top_k=3, max_positions=3)).find(
+        ToyBenchmark(mode="contains", unverifiable_after=1), item, prompt, comp, BUDGET, "eos")
+    assert res.status == "unverifiable" and res.unverifiable_rollouts == res.rollouts == 9
+    eos = eos_token_ids(lm.model, lm.tokenizer)
+    item.reference["needle"] = decode_completion(lm.tokenizer, comp, eos)[:2]  # the stored answer passes now
+    res = PairFinder(lm, PairSettings()).find(ToyBenchmark(mode="prefix"), item, prompt, comp, BUDGET)
+    assert res.status == "unverifiable" and res.rollouts == 0 and "now says 'pass'" in res.reason
+    long_item, long_prompt, long_comp = _case(lm, 0, budget=6)
+    assert long_comp[-1] not in eos and len(long_comp) == 6
+    bench = ToyBenchmark(mode="never")
+    res = PairFinder(lm, PairSettings(top_k=2)).find(bench, long_item, long_prompt, long_comp, 6)
+    assert res.status == "unbounded" and res.hit_length_limit and res.rollouts == 12
+    res = PairFinder(lm, PairSettings(top_k=2, try_unbounded=False)).find(bench, long_item, long_prompt, long_comp, 6)
+    assert res.status == "unbounded" and res.rollouts == 0
+
+
+def test_find_pairs_over_a_store_is_resumable(tmp_path: Path, lm: Any) -> None:
+    bench = ToyBenchmark(mode="contains", max_new_tokens=BUDGET)
+    items = toy_items(6, needle="zz")
+    settings = PairSettings(top_k=3, max_positions=3)
+    with open_store(tmp_path / "s.duckdb") as st:
+        summary = collect(st, bench, items, lm, progress=False)
+        assert summary.failed == 6
+        first = find_pairs(st, settings, models={lm.name: lm}, benchmarks={"toy": bench}, limit=2, progress=False)
+        assert first.processed == 2 and sum(first.statuses.values()) == 2
+        rest = find_pairs(st, settings, models={lm.name: lm}, benchmarks={"toy": bench}, progress=False)
+        assert rest.processed == summary.failed - 2 and rest.skipped == 2
+        again = find_pairs(st, settings, models={lm.name: lm}, benchmarks={"toy": bench}, progress=False)
+        assert again.processed == 0 and again.skipped == summary.failed
+        assert first.pair_run_ids == rest.pair_run_ids == again.pair_run_ids
+        other = find_pairs(st, PairSettings(top_k=2, max_positions=3), models={lm.name: lm},
+                           benchmarks={"toy": bench}, progress=False)
+        assert other.pair_run_ids != first.pair_run_ids and other.processed == summary.failed
+        rows = st.pairs(first.pair_run_ids[0])
+        failed_ids = {r["item_id"] for r in st.results(summary.run_id, status="fail")}
+        assert {r["item_id"] for r in rows} == failed_ids and len(rows) == summary.failed
+        assert all(r["status"] in PAIR_STATUSES for r in rows)
+        status = [r for r in st.status_rows() if r.pair_run_id == first.pair_run_ids[0]][0]
+        assert sum(status.pairs.values()) == summary.failed
+        with pytest.raises(FailtraceError, match="no collection run"):
+            find_pairs(st, settings, run_ids=["nope"], progress=False)
+        with pytest.raises(FailtraceError, match="top-k"):
+            find_pairs(st, PairSettings(top_k=0), progress=False)

@@ -1,0 +1,107 @@
+"""The pipeline commands end to end on the toy model: collect, pairs, status, export, and their errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from failtrace.cli import main
+from failtrace.failures.collect import register_benchmark
+from failtrace.failures.toy import ToyBenchmark, one_thread, save_toy_model
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    with one_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    with one_thread():
+        return save_toy_model(tmp_path_factory.mktemp("toy") / "model", seed=0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _toy_benchmark() -> None:
+    register_benchmark(ToyBenchmark(name="toy-cli", mode="contains", max_new_tokens=16))
+
+
+def _data(tmp_path: Path) -> Path:
+    lines = [json.dumps({"id": f"a{i}", "prompt": f"Say {chr(97 + i)} please", "needle": "-"}) for i in range(5)]
+    lines.insert(2, "{this is not json")
+    path = tmp_path / "items.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_collect_pairs_status_export(tmp_path: Path, model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = tmp_path / "s.duckdb"
+    data = _data(tmp_path)
+    args = ["collect", "--benchmark", "toy-cli", "--data", str(data), "--model", str(model_dir), "--store",
+            str(store), "--max-new-tokens", "12", "--no-progress"]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert "5 items, 0 already done, 5 generated now" in out
+    assert "items.jsonl:3" in err  # the malformed line, named by its line number; the others were processed
+    assert main(args) == 0
+    assert "5 already done, 0 generated now" in capsys.readouterr().out
+
+    assert main(["pairs", "--store", str(store), "--top-k", "3", "--max-positions", "3", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "paired now" in out and "rollouts" in out
+
+    assert main(["status", "--store", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert "toy-cli" in out and "clean" in out and "k=3" in out
+    row = next(line for line in out.splitlines() if "toy-cli" in line)
+    cells = [c.strip() for c in row.split("│") if c.strip()]
+    assert cells[2:4] == ["5", "5"]  # items, generated
+    assert int(cells[4]) + int(cells[5]) + int(cells[6]) == 5  # passed + failed + unverifiable
+    assert sum(int(c) for c in cells[7:13]) == int(cells[5])  # one pair status per failure
+
+    for fmt in ("parquet", "jsonl"):
+        assert main(["export", "--store", str(store), "--format", fmt, "--out", str(tmp_path / fmt)]) == 0
+        assert (tmp_path / fmt / f"generations.{fmt}").exists() and (tmp_path / fmt / f"pairs.{fmt}").exists()
+    gens = (tmp_path / "jsonl" / "generations.jsonl").read_text().splitlines()
+    assert len(gens) == 5 and all(json.loads(g)["token_ids"] for g in gens)
+
+
+def test_bad_input_is_a_one_line_error(tmp_path: Path, model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    store = tmp_path / "s.duckdb"
+    cases = [
+        (["status", "--store", str(tmp_path / "missing.duckdb")], "no results store"),
+        (["pairs", "--store", str(tmp_path / "missing.duckdb")], "no results store"),
+        (["collect", "--benchmark", "toy-cli", "--data", str(empty), "--model", str(model_dir), "--store",
+          str(store)], "no toy-cli items"),
+        (["collect", "--benchmark", "toy-cli", "--data", str(empty), "--limit", "0"], "--limit"),
+        (["collect", "--benchmark", "toy-cli", "--data", str(tmp_path / "nope.jsonl")], "not found"),
+        (["export", "--store", str(store), "--format", "csv", "--out", str(tmp_path / "x")], "parquet or jsonl"),
+        (["pairs", "--store", str(store), "--top-k", "0"], "--top-k"),
+    ]
+    for args, message in cases:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and message in err and len(err.splitlines()) == 1, (args, err)
+    assert not store.exists()  # nothing was created by failed commands
+
+
+def test_unknown_benchmark_and_entry_point(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    cmd = [sys.executable, "-c", "from failtrace.cli import _entry; _entry()"]
+    res = subprocess.run([*cmd, "collect", "--benchmark", "no-such-benchmark", "--data", "x.jsonl"],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert res.returncode == 2 and res.stderr.startswith("error:") and len(res.stderr.strip().splitlines()) == 1
+    assert "no-such-benchmark" in res.stderr
+    res = subprocess.run([*cmd, "export", "--help"], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0 and "--format" in res.stdout

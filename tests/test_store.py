@@ -1,0 +1,182 @@
+"""The results store: schema, idempotent writes, version and content checks, locking, export."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from failtrace.benchmarks.base import Item, Verdict
+from failtrace.errors import FailtraceError
+from failtrace.store import PAIR_STATUSES, SCHEMA_VERSION, TABLES, GenerationRecord, RunRecord, open_store
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def _run(run_id: str = "r1", stage: str = "collect", parent: str | None = None) -> RunRecord:
+    return RunRecord(run_id=run_id, stage=stage, benchmark="toy", model="m", parent_run_id=parent, dtype="float32",
+                     versions={"torch": "x"}, settings={"max_new_tokens": 8})
+
+
+def _items(n: int = 3) -> list[Item]:
+    return [Item(id=f"i{i}", benchmark="toy", prompt=f"p{i}", reference={"needle": "x"}, meta={"n": i})
+            for i in range(n)]
+
+
+def _gen(tokens: list[int], reason: str = "eos") -> GenerationRecord:
+    return GenerationRecord(prompt_ids=[1, 2, 3], token_ids=tokens, completion="abc", finish_reason=reason,
+                            seconds=0.1)
+
+
+def test_new_store_has_schema_and_every_table(tmp_path: Path) -> None:
+    with open_store(tmp_path / "s.duckdb") as st:
+        assert st.schema_version == SCHEMA_VERSION
+        assert st.counts() == {t: 0 for t in TABLES}
+
+
+def test_writes_are_idempotent_and_roundtrip(tmp_path: Path) -> None:
+    path = tmp_path / "s.duckdb"
+    with open_store(path) as st:
+        assert st.ensure_run(_run()) is True
+        assert st.ensure_run(_run()) is False
+        st.add_items("r1", "toy", _items())
+        st.add_items("r1", "toy", _items())  # again: nothing duplicated
+        it = _items()[0]
+        assert st.write_result("r1", it, _gen([5, 6, 2]), Verdict("fail", ["no x"], {"k": 1})) is True
+        assert st.write_result("r1", it, _gen([9]), Verdict("pass")) is False  # the first record stays
+        assert st.done_item_ids("r1") == {"i0"}
+    with open_store(path, read_only=True) as st:
+        assert st.counts()["runs"] == 1 and st.counts()["items"] == 3 and st.counts()["run_items"] == 3
+        rows = st.results("r1")
+        assert len(rows) == 1
+        row = rows[0]
+        assert row["token_ids"] == [5, 6, 2] and row["status"] == "fail" and row["reasons"] == ["no x"]
+        assert row["details"] == {"k": 1} and row["n_tokens"] == 3 and row["prompt_tokens"] == 3
+        assert st.get_item("toy", "i2").meta == {"n": 2}
+        assert st.get_run("r1").settings == {"max_new_tokens": 8}
+        assert st.run_item_ids("r1") == ["i0", "i1", "i2"]
+
+
+def test_changed_item_content_is_refused(tmp_path: Path) -> None:
+    with open_store(tmp_path / "s.duckdb") as st:
+        st.ensure_run(_run())
+        st.add_items("r1", "toy", _items())
+        changed = _items()
+        changed[1].prompt = "something else"
+        with pytest.raises(FailtraceError, match="different content"):
+            st.add_items("r1", "toy", changed)
+        with pytest.raises(FailtraceError, match="more than once"):
+            st.add_items("r1", "toy", [_items()[0], _items()[0]])
+
+
+def test_newer_schema_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.duckdb"
+    with open_store(path) as st:
+        st.con.execute("UPDATE schema_version SET version = ?", [SCHEMA_VERSION + 1])
+    for read_only in (False, True):
+        with pytest.raises(FailtraceError, match="newer failtrace"):
+            open_store(path, read_only=read_only)
+
+
+def test_missing_foreign_and_corrupt_stores_give_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(FailtraceError, match="no results store"):
+        open_store(tmp_path / "missing.duckdb", read_only=True)
+    bad = tmp_path / "bad.duckdb"
+    bad.write_text("not a database")
+    with pytest.raises(FailtraceError, match="cannot open results store"):
+        open_store(bad)
+    import duckdb
+
+    other = tmp_path / "other.duckdb"
+    con = duckdb.connect(str(other))
+    con.execute("CREATE TABLE foo (x INTEGER)")
+    con.close()
+    with pytest.raises(FailtraceError, match="not a failtrace results store"):
+        open_store(other)
+    with pytest.raises(FailtraceError, match="is a folder"):
+        open_store(tmp_path)
+
+
+def test_pairs_status_rows_and_clean_rate(tmp_path: Path) -> None:
+    with open_store(tmp_path / "s.duckdb") as st:
+        st.ensure_run(_run())
+        st.add_items("r1", "toy", _items(4))
+        verdicts = ["pass", "fail", "fail", "unverifiable"]
+        for it, v in zip(_items(4), verdicts, strict=True):
+            st.write_result("r1", it, _gen([1] * (int(it.id[1]) + 1)), Verdict(v))  # type: ignore[arg-type]
+        st.ensure_run(_run("p1", "pairs", "r1"))
+        assert st.write_pair("p1", "r1", "i1", "toy", {"status": "clean", "rollouts": 3, "checks": 2,
+                                                       "positions_walked": 1, "unverifiable_rollouts": 0,
+                                                       "hit_length_limit": False, "delta_logit": 2.5})
+        assert not st.write_pair("p1", "r1", "i1", "toy", {"status": "no_target", "rollouts": 0, "checks": 0,
+                                                           "positions_walked": 0, "unverifiable_rollouts": 0,
+                                                           "hit_length_limit": False})
+        with pytest.raises(ValueError, match="pair status"):
+            st.write_pair("p1", "r1", "i2", "toy", {"status": "bogus"})
+        rows = st.status_rows()
+        assert len(rows) == 1
+        r = rows[0]
+        assert (r.items, r.generated, r.passed, r.failed, r.unverifiable) == (4, 4, 1, 2, 1)
+        assert r.pairs == {s: (1 if s == "clean" else 0) for s in PAIR_STATUSES}
+        assert r.clean_rate == pytest.approx(0.5)
+        assert r.avg_prompt_tokens == pytest.approx(3.0)
+        assert r.avg_completion_tokens == pytest.approx((1 + 2 + 3 + 4) / 4)
+        assert st.pairs("p1")[0]["delta_logit"] == pytest.approx(2.5)
+
+
+def test_export_parquet_and_jsonl(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "s.duckdb"
+    with open_store(path) as st:
+        st.ensure_run(_run())
+        st.add_items("r1", "toy", _items(2))
+        st.write_result("r1", _items()[0], _gen([7, 8, 2]), Verdict("fail", ["because"]))
+    with open_store(path, read_only=True) as st:
+        files = st.export(tmp_path / "pq", "parquet")
+        assert {f.name for f in files} == {f"{t}.parquet" for t in (*TABLES, "schema_version")}
+        st.export(tmp_path / "js", "jsonl")
+        with pytest.raises(FailtraceError, match="unknown export format"):
+            st.export(tmp_path / "x", "csv")
+    table = pq.read_table(tmp_path / "pq" / "generations.parquet").to_pylist()
+    assert table[0]["token_ids"] == [7, 8, 2] and table[0]["item_id"] == "i0"
+    lines = (tmp_path / "js" / "verdicts.jsonl").read_text().splitlines()
+    assert [json.loads(x)["reasons"] for x in lines] == [["because"]]
+    items = [json.loads(x) for x in (tmp_path / "js" / "items.jsonl").read_text().splitlines()]
+    assert [i["item_id"] for i in items] == ["i0", "i1"] and items[0]["reference"] == {"needle": "x"}
+
+
+_HOLDER = """
+import sys, time
+sys.path.insert(0, {src!r})
+from failtrace.store import open_store
+st = open_store({path!r})
+print("holding", flush=True)
+time.sleep(60)
+"""
+
+
+def test_locked_store_writer_error_and_reader_snapshot(tmp_path: Path) -> None:
+    path = tmp_path / "s.duckdb"
+    with open_store(path) as st:
+        st.ensure_run(_run())
+        st.add_items("r1", "toy", _items(2))
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER.format(src=SRC, path=str(path))],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "holding"
+        with pytest.raises(FailtraceError, match="in use by another process"):
+            open_store(path)
+        with open_store(path, read_only=True) as st:  # a snapshot of the committed state
+            assert st.is_snapshot
+            assert st.counts()["items"] == 2
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    time.sleep(0.1)
+    with open_store(path) as st:  # the lock is gone with the process
+        assert not st.is_snapshot and st.counts()["runs"] == 1
