@@ -51,7 +51,7 @@ def _one(kind: str, method: str, n: int, repeats: int) -> dict:
     from failtrace.attribution.baselines import integrated_gradients
     from failtrace.attribution.engine import base_and_head, final_logits
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", os.cpu_count() or 1)))
     model = _model(kind)
     vocab = model.config.vocab_size
     ids = torch.randint(100, min(vocab, 40000), (n,), generator=torch.Generator().manual_seed(n)).tolist()
@@ -109,7 +109,7 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (budget + 2**31, resource.RLIM_INFINITY))
     import torch
 
-    print(f"bundled SmolLM2-135M-Instruct (30 layers), fp32, CPU threads={os.cpu_count()}, torch {torch.__version__}")
+    print(f"bundled SmolLM2-135M-Instruct (30 layers), fp32, CPU threads={os.environ.get('BENCH_THREADS', os.cpu_count())}, torch {torch.__version__}")
     print(f"{'tokens':>7} {'plain f+b s':>12} {'AttnLRP s':>10} {'LRP/plain':>10} {'IG32 s':>9} {'IG/LRP':>8} "
           f"{'peak GiB (plain/LRP/IG)':>24}")
     for n in [int(x) for x in args.lengths.split(",")]:

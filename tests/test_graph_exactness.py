@@ -153,6 +153,27 @@ def test_packed_replicated_fallback(monkeypatch):
     assert _max_rel_diff(ref, g) < TOL
 
 
+def test_packed_switches_when_vmap_loops(monkeypatch):
+    """A vmap 'no batching rule' warning (per-sample loop) switches the transition to the replicated batch."""
+    import warnings
+
+    model = tiny_model("llama")
+    ref = _build(model, "naive")
+    original = torch.autograd.grad
+
+    def noisy_grad(*args, **kwargs):
+        if kwargs.get("is_grads_batched"):
+            warnings.warn("There is a performance drop because we have not yet implemented the batching rule for "
+                          "aten::fake_op", UserWarning)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", noisy_grad)
+    g = _build(model, "packed", batch_size=3)
+    assert {es.info["mode"] for es in g.transitions} == {"replicated-batch"}
+    assert all("aten::fake_op" in es.info["vmap_fallbacks"][0] for es in g.transitions)
+    assert _max_rel_diff(ref, g) < TOL
+
+
 def test_closed_form_falls_back_for_softcapping():
     """Gemma-2's attention logit soft-capping is outside the closed form: packed is used, and a note says so."""
     model = tiny_model("gemma2")
@@ -231,3 +252,19 @@ def bundled():
     lm = failtrace.load_model()
     yield lm
     torch.set_num_threads(old)
+
+
+def test_layer_without_the_two_block_form(monkeypatch):
+    """A layer that does not split into attention block + MLP block: no mid-nodes (clear error), packed edges."""
+    import failtrace.graph.build as build_mod
+    from failtrace.errors import FailtraceError
+
+    monkeypatch.setattr(build_mod, "split_layer", lambda *a, **k: None)
+    model = tiny_model("llama")
+    with pytest.raises(FailtraceError, match="mid-nodes are unavailable for this model"):
+        _build(model, "auto", mid_nodes=True)
+    notes: list[str] = []
+    g = _build(model, "auto", notify=notes.append)
+    assert g.metadata["methods_used"] == {"0": "packed", "1": "packed"}
+    assert "is not attention block then MLP block" in notes[0]
+    assert _max_rel_diff(_build(model, "naive"), g) < TOL

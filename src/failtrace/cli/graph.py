@@ -68,7 +68,7 @@ def run_graph(
     """Build, prune and write the graph; returns the exit code (0, or 3 after a closed-form fallback)."""
     from rich.console import Console
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     if not prompt or not prompt.strip():
         raise FailtraceError("the prompt is empty; pass --prompt TEXT")
     _validate(method, node_threshold, prune, lrp_method)

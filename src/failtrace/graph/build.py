@@ -12,7 +12,7 @@ Edge methods (``method``):
 * ``auto`` (default): ``closed-form`` where covered, else ``packed``.
 
 Only the rows of target nodes whose normalised |R| reaches ``retain_node_threshold`` (default: the node threshold)
-are computed, and each transition keeps at most ``edge_budget`` edges (the strongest; all of them for short inputs),
+and whose seed is not zero (at the top layer only the predicting position has one) are computed, and each transition keeps at most ``edge_budget`` edges (the strongest; all of them for short inputs),
 so memory stays bounded for long inputs: no dense n×n matrix is ever held for more than a block of rows.
 """
 
@@ -324,6 +324,8 @@ def graph_from_ids(
                         comp.close()
                     if isinstance(comp, PackedEdges):
                         info = {"batch_size": comp.batch_size, "mode": comp.mode}
+                        if comp.vmap_fallbacks:
+                            info["vmap_fallbacks"] = comp.vmap_fallbacks
                 transitions.append(acc.finish(s_idx, t_idx, layer_method, time.perf_counter() - t1, info))
             del cf
         t_edges = time.perf_counter() - t_edges

@@ -5,8 +5,9 @@ forward B times (a batch of B copies of the input), the B seeds go through *one*
 batched vector-Jacobian product, ``torch.autograd.grad(..., is_grads_batched=True)``, which vmaps the backward
 pass. The AttnLRP rules are detach identities and scalings, and transformers' SDPA attention backward has batching
 rules, so the vmapped backward is exact (tests compare every row with the naive single-target pass). If the
-vmapped backward raises for some op (an operator without a batching rule), the transition falls back to the
-replicated batch: the forward runs on B stacked copies and an ordinary backward gives B rows.
+vmapped backward raises, or warns that it ran an operator without a batching rule as a slow per-sample loop, the
+transition switches to the replicated batch: the forward runs on B stacked copies and an ordinary backward gives B
+rows.
 
 B is chosen from a memory budget (see :func:`batch_size_for`): ⌈n/B⌉ backward passes per transition.
 """
@@ -46,6 +47,7 @@ class PackedEdges:
         self.g_t = g_t.detach()
         self.batch_size = max(1, int(batch_size))
         self.mode = "batched-vjp"
+        self.vmap_fallbacks: list[str] = []
         self.x = self.h_s[None].clone().requires_grad_(True)
         with torch.enable_grad():
             self.y = fn(self.x)
@@ -61,9 +63,14 @@ class PackedEdges:
 
     def _batched(self, rows: list[int]) -> Tensor:
         seeds = self._seeds(rows, self.y[0:1].expand(len(rows), *self.y.shape[1:]))[:, None]  # [B, 1, n, d]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # vmap's "performance drop" notices are not errors
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             (grads,) = torch.autograd.grad(self.y, self.x, seeds, retain_graph=True, is_grads_batched=True)
+        slow = [str(w.message) for w in caught if "batching rule" in str(w.message)]
+        if slow:
+            # vmap ran some op as a per-sample loop: still exact, but the replicated batch is faster from here on
+            self.vmap_fallbacks.extend(slow[:3])
+            self.mode = "replicated-batch"
         return grads[:, 0]
 
     def _replicated(self, rows: list[int]) -> Tensor:

@@ -14,7 +14,8 @@ where each of the four norms may be absent: Llama/Qwen/Mistral have pre-norms on
 Gemma-2/3 both. The split is found *generically*: every assignment of the layer's norm modules to the four roles is
 tried and the first one that reproduces the layer's own output on the real input is kept (:func:`split_layer`).
 Layers that match no assignment (parallel attention/MLP, extra residual branches, ...) are reported as not
-splittable: mid-nodes are then unavailable and the closed form falls back to the packed method for them.
+splittable: mid-nodes are then unavailable and the closed form falls back to the packed method for them. The check
+runs once per layer class; every later use compares the recomputed output with the stored one again.
 """
 
 from __future__ import annotations
@@ -107,7 +108,6 @@ class LayerSplit:
         post = self.post_attn is not None or self.post_mlp is not None
         return {(True, False): "pre-norm", (False, True): "post-norm", (True, True): "pre+post-norm"}.get(
             (pre, post), "no-norm")
-
 
     def roles(self, layer: nn.Module) -> dict[str, str | None]:
         """The attribute names of the four norms in ``layer`` (to reuse the split on layers of the same class)."""
