@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from failtrace.cli import options as opts
+
 from failtrace.errors import FailtraceError
 
 DEMO_PROMPT = "Answer with one word. Which planet is known as the Red Planet?"
@@ -67,18 +69,12 @@ def run_attribute(
 def register(app: typer.Typer) -> None:
     @app.command("attribute")
     def attribute_cmd(
-        prompt: str = typer.Option(..., "--prompt", "-p", help="Prompt text (or the user message with --chat)."),
-        target: Optional[str] = typer.Option(None, "--target", "-t",
-                                             help="Target (wrong) token: one-token string or '#ID'. "
-                                                  "Default: the model's own next token."),
-        contrast: Optional[str] = typer.Option(None, "--contrast", "-c",
-                                               help="Contrast (right) token: one-token string or '#ID'."),
-        model: Optional[str] = typer.Option(None, "--model", "-m",
-                                            help="Hub id, local folder, .gguf file, or smollm2-135m-instruct "
-                                                 "(default)."),
-        chat: bool = typer.Option(False, "--chat", help="Wrap the prompt in the model's chat template."),
-        answer_prefix: Optional[str] = typer.Option(None, "--answer-prefix",
-                                                    help="The model's own output before the explained token."),
+        prompt: str = opts.PROMPT,
+        target: Optional[str] = opts.TARGET,
+        contrast: Optional[str] = opts.CONTRAST,
+        model: Optional[str] = opts.MODEL,
+        chat: bool = opts.CHAT,
+        answer_prefix: Optional[str] = opts.ANSWER_PREFIX,
         method: str = typer.Option("attnlrp", "--method", help="attnlrp | cp-lrp | gradxinput | ig"),
         objective: str = typer.Option("logit_diff", "--objective",
                                       help="logit_diff | max_logit | topk_mean | vocab_mean"),
