@@ -13,4 +13,4 @@ test: setup
 	PYTHONPATH=.venv/tf4 .venv/bin/python -m pytest -q -p no:cacheprovider -m tf4
 
 bench: setup
-	.venv/bin/python benchmarks/bench_attribution.py
+	.venv/bin/python perf/bench_attribution.py

@@ -12,7 +12,7 @@ import torch
 from failtrace.graph import AttributionGraph, graph_from_ids
 from failtrace.graph.export import SCHEMA, save_json, to_circuit_tracer, to_json
 from failtrace.graph.prune import connect
-from failtrace.graph.tiny import tiny_model
+from failtrace.testing.tiny import tiny_model
 from failtrace.graph.views import html_data, render_html, save_static
 
 

@@ -22,7 +22,7 @@ from failtrace.failures.generation import (
     rollouts,
 )
 from failtrace.failures.pairs import PairFinder, PairSettings, find_pairs
-from failtrace.failures.toy import ToyBenchmark, one_thread, toy_items, toy_loaded
+from failtrace.testing.toy import ToyBenchmark, one_thread, toy_items, toy_loaded
 from failtrace.models.chat import apply_chat_template
 from failtrace.store import PAIR_STATUSES, open_store
 

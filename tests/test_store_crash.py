@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from failtrace.failures.generation import decode_completion, eos_token_ids, greedy_generate
-from failtrace.failures.toy import one_thread, toy_items, toy_loaded
+from failtrace.testing.toy import one_thread, toy_items, toy_loaded
 from failtrace.models.chat import apply_chat_template
 from failtrace.store import open_store
 
@@ -31,7 +31,7 @@ import sys
 sys.path.insert(0, {src!r})
 import torch
 torch.set_num_threads(1)
-from failtrace.failures.toy import ToyBenchmark, toy_items, toy_loaded
+from failtrace.testing.toy import ToyBenchmark, toy_items, toy_loaded
 from failtrace.failures.collect import collect
 from failtrace.failures.pairs import PairSettings, find_pairs
 from failtrace.store import open_store

@@ -7,7 +7,7 @@ function), both returning an :class:`AttributionGraph`; ``graph.prune(...)`` re-
 from failtrace.graph.build import EDGE_METHODS, build_graph, graph_from_ids, parse_layers
 from failtrace.graph.prune import PrunedGraph, PruneSpec, prune
 from failtrace.graph.record import AttributionGraph, Stage
-from failtrace.graph.store import EdgeSet
+from failtrace.graph.edgestore import EdgeSet
 
 __all__ = ["EDGE_METHODS", "AttributionGraph", "EdgeSet", "PruneSpec", "PrunedGraph", "Stage", "build_graph",
            "graph_from_ids", "parse_layers", "prune"]

@@ -39,7 +39,7 @@ from failtrace.graph.layers import (
 )
 from failtrace.graph.prune import PruneSpec, check_node_threshold
 from failtrace.graph.record import AttributionGraph, Stage
-from failtrace.graph.store import EdgeAccumulator
+from failtrace.graph.edgestore import EdgeAccumulator
 from failtrace.lrp.patch import decoder_layers, lrp_rules
 
 Tensor = torch.Tensor

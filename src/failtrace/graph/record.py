@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from failtrace.graph.prune import PrunedGraph, PruneSpec, prune
-from failtrace.graph.store import EdgeSet
+from failtrace.graph.edgestore import EdgeSet
 
 SCHEMA = "failtrace.graph-record/1"
 

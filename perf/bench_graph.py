@@ -10,8 +10,8 @@ that the node threshold prunes rows as it would on real prompts. Packed timings 
 extrapolated from a sample of target rows on one layer (marked ``~``): the cost of the packed method is linear in the
 number of target rows and each layer has the same shape.
 
-    python benchmarks/bench_graph.py                  # the full table (about an hour on 2 cores)
-    python benchmarks/bench_graph.py --quick          # n = 128 and 512 only, no search for the largest n
+    python perf/bench_graph.py                  # the full table (about an hour on 2 cores)
+    python perf/bench_graph.py --quick          # n = 128 and 512 only, no search for the largest n
 """
 
 from __future__ import annotations

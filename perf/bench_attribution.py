@@ -5,7 +5,7 @@ Prints, at 64 / 512 / 2,048 tokens: AttnLRP time ÷ plain forward+backward time 
 AttnLRP attributes within the memory budget (goal ≥ 16,384 tokens); and one attribution on a randomly initialised
 model with Qwen3-0.6B's published shape (random weights cost the same as trained ones).
 
-Each measurement runs in a fresh subprocess so its peak RSS is its own. Run:  .venv/bin/python benchmarks/bench_attribution.py
+Each measurement runs in a fresh subprocess so its peak RSS is its own. Run:  .venv/bin/python perf/bench_attribution.py
 Options: --lengths 64,512,2048  --max-long 16384  --skip-long  --skip-qwen  --repeats 3
 """
 

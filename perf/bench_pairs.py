@@ -11,7 +11,7 @@ Measures, in one run and on the same failures:
 The items are short questions written for this script, with a toy checker (pass iff the completion contains an
 expected word): the point is the cost of the search, not the benchmark.
 
-    .venv/bin/python benchmarks/bench_pairs.py [--max-new-tokens 48] [--top-k 5] [--max-positions 4]
+    .venv/bin/python perf/bench_pairs.py [--max-new-tokens 48] [--top-k 5] [--max-positions 4]
 """
 
 from __future__ import annotations
