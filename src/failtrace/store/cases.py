@@ -44,6 +44,10 @@ def _json_default(obj: Any) -> Any:
     return str(obj)
 
 
+def _parsed(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
 def has_case_tables(store: ResultsStore) -> bool:
     """False for a version-1 store opened read-only (nothing analysed yet)."""
     tables = {r[0] for r in store.con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
@@ -96,7 +100,7 @@ def done_case_ids(store: ResultsStore, analysis_id: str | None = None) -> set[st
                                             [analysis_id]).fetchall()}
 
 
-def _latest_analyses(store: ResultsStore) -> set[str]:
+def _latest_analyses(store: ResultsStore) -> set[tuple[str, str]]:
     """Per pair run, the newest analysis run that has cases (so one report never mixes two settings)."""
     rows = store.con.execute(
         "SELECT c.pair_run_id, c.analysis_id, max(r.created_at) AS t, max(c.created_at) AS tc FROM cases c "
@@ -106,7 +110,7 @@ def _latest_analyses(store: ResultsStore) -> set[str]:
         key = (t or tc, analysis)
         if pair_run not in best or key > best[pair_run]:
             best[pair_run] = key
-    return {v[1] for v in best.values()}
+    return {(pair_run, v[1]) for pair_run, v in best.items()}
 
 
 def load_cases(store: ResultsStore, benchmark: str | None = None, model_fingerprint: str | None = None,
@@ -129,7 +133,7 @@ def load_cases(store: ResultsStore, benchmark: str | None = None, model_fingerpr
     rows = store._rows(sql + " ORDER BY benchmark, pair_run_id, item_id, case_id", params)
     if latest and analysis_id is None:
         keep = _latest_analyses(store)
-        rows = [r for r in rows if r["analysis_id"] in keep]
+        rows = [r for r in rows if (r["pair_run_id"], r["analysis_id"]) in keep]
     methods: dict[str, dict[str, MethodResult]] = {}
     for m in store._rows("SELECT * FROM case_methods"):
         m["segment_relevance"] = json.loads(m["segment_relevance"] or "{}")
@@ -161,7 +165,7 @@ def load_case_graph(store: ResultsStore, case_id: str) -> dict[str, Any] | None:
     nodes = [list(n) for n in zip(r["node_stage"], r["node_token"], r["node_relevance"], strict=True)]
     edges = [list(e) for e in zip(r["edge_source_stage"], r["edge_source_token"], r["edge_target_stage"],
                                   r["edge_target_token"], r["edge_weight"], strict=True)]
-    return {"settings": json.loads(r["settings"]), "stages": json.loads(r["stages"]),
+    return {"settings": _parsed(r["settings"]), "stages": _parsed(r["stages"]),
             "objective_value": r["objective_value"], "nodes": nodes, "edges": edges}
 
 
