@@ -83,10 +83,9 @@ def plain_delta(model: Any, ids: list[int], target_id: int, contrast_id: int) ->
     return float(logits[target_id] - logits[contrast_id])
 
 
-def _random_relevance(n: int, settings: CaseSettings, key: str) -> np.ndarray:
-    """Uniform (0, 1] values from a seed fixed by the settings and the case: a random masking order (the floor)."""
-    seed = int(hashlib.sha256(f"{settings.seed}:{key}".encode()).hexdigest()[:16], 16)
-    return 1.0 - np.random.default_rng(seed).random(n)
+def random_seed(settings: CaseSettings, key: str) -> int:
+    """The random baseline's seed: fixed by the settings' seed and the case id (another order per case)."""
+    return int(hashlib.sha256(f"{settings.seed}:{key}".encode()).hexdigest()[:15], 16)
 
 
 def method_relevance(lm: Any, method: str, ids: list[int], fn: Any, settings: CaseSettings, graph: Any,
@@ -110,7 +109,9 @@ def method_relevance(lm: Any, method: str, ids: list[int], fn: Any, settings: Ca
 
         return np.asarray(attention_relevance(lm.model, ids), dtype=np.float64), [], None
     if method == "random":
-        return _random_relevance(len(ids), settings, key), [], None
+        from failtrace.attribution.attention import random_relevance
+
+        return np.asarray(random_relevance(len(ids), random_seed(settings, key)), dtype=np.float64), [], None
     raise FailtraceError(f"unknown method {method!r}")
 
 
@@ -132,18 +133,56 @@ def _segments(lm: Any, context: list[int], special: list[bool], prompt_length: i
     from failtrace.analysis.segments import relevant_segments, segment_labels, spans_from_labels
 
     labels = segment_labels(lm.tokenizer, context, special, prompt_length, item)
-    return list(labels), spans_from_labels(labels), list(relevant_segments(item.benchmark))
+    return list(labels), spans_from_labels(labels), list(relevant_segments(item.benchmark, item))
+
+
+def _attributions(lm: Any, context: list[int], special: list[bool], labels: list[str], target: int,
+                  contrast: int, settings: CaseSettings, graph: Any, key: str,
+                  clock: _Clock) -> tuple[dict[str, MethodResult], np.ndarray]:
+    """Every method's relevance, segment sums, flip curve and k*; also AttnLRP's hidden relevance [L+1, n]."""
+    from failtrace.analysis.masking import flip_search
+    from failtrace.analysis.segments import segment_relevance
+
+    fn = logit_diff_fn(target, contrast)
+    methods: dict[str, MethodResult] = {}
+    attn_hidden = np.asarray(graph.relevance, dtype=np.float64)
+    for method in settings.methods:
+        t0 = time.perf_counter()
+        rel, sums, _ = method_relevance(lm, method, context, fn, settings, graph, key)
+        clock.lap(f"method:{method}")
+        curve, k_star = flip_search(lm.model, context, rel, special, target, contrast, settings.masking)
+        clock.lap(f"flip:{method}")
+        methods[method] = MethodResult(
+            method=method, input_relevance=[float(x) for x in rel], hidden_layer_sums=[float(x) for x in sums],
+            segment_relevance={k: float(v) for k, v in segment_relevance(rel, labels).items()},
+            flip_curve=[float(x) for x in curve], flip_k=k_star, seconds=round(time.perf_counter() - t0, 6))
+    return methods, attn_hidden
+
+
+def _category_and_pattern(lm: Any, context: list[int], special: list[bool], labels: list[str],
+                          relevant: list[str], target: int, contrast: int, attn: MethodResult,
+                          attn_hidden: np.ndarray, settings: CaseSettings,
+                          clock: _Clock) -> tuple[str, dict[str, Any], str, dict[str, Any]]:
+    from failtrace.analysis.categories import categorize, node_ablation
+    from failtrace.analysis.patterns import failure_pattern
+
+    kwargs: dict[str, Any] = {} if settings.ablation_budget is None else {"budget": settings.ablation_budget}
+    ablation = node_ablation(lm.model, context, attn_hidden, target, contrast, special_mask=special, **kwargs)
+    category, evidence = categorize(attn.flip_k, ablation, k_ia=settings.k_ia)
+    evidence = dict(evidence)
+    evidence.setdefault("ablation", ablation)
+    clock.lap("category")
+    pattern, pattern_evidence = failure_pattern(np.asarray(attn.input_relevance), special, labels, relevant,
+                                                **settings.pattern)
+    clock.lap("pattern")
+    return category, evidence, pattern, dict(pattern_evidence)
 
 
 def build_case(lm: Any, pair_row: dict[str, Any], item: Item, generation: dict[str, Any],
                settings: CaseSettings | None = None, *, fingerprint: str | None = None,
                analysis_id: str = "") -> Case:
     """Explain one clean pair (see the module docstring). ``generation``: its ``prompt_ids`` and ``token_ids``."""
-    from failtrace.analysis.categories import categorize, node_ablation
     from failtrace.analysis.graph_summary import graph_summary
-    from failtrace.analysis.masking import flip_search
-    from failtrace.analysis.patterns import failure_pattern
-    from failtrace.analysis.segments import segment_relevance
     from failtrace.attribution.inputs import decode_tokens, special_ids
     from failtrace.graph.build import graph_from_ids
     from failtrace.models.fingerprint import model_fingerprint
@@ -158,54 +197,29 @@ def build_case(lm: Any, pair_row: dict[str, Any], item: Item, generation: dict[s
     specials = special_ids(lm.tokenizer)
     special = [t in specials for t in context]
     prompt_length = len(generation["prompt_ids"])
-    fn = logit_diff_fn(target, contrast)
-    notes: list[str] = []
     clock.lap("setup")
 
     delta = plain_delta(lm.model, context, target, contrast)
+    notes: list[str] = []
     stored = pair_row.get("delta_logit")
     if stored is not None and abs(delta - float(stored)) > DELTA_TOLERANCE:
         notes.append(f"recomputed Δℓ {delta:.6f} differs from the stored pair's {float(stored):.6f} by "
                      f"{abs(delta - float(stored)):.2e} (> {DELTA_TOLERANCE:g}): the model is not the one that "
                      f"found the pair, or it runs in another dtype/device")
     clock.lap("delta_check")
-
-    graph = graph_from_ids(lm.model, context, fn, tokens=tokens, special_mask=special, method=settings.edge_method,
-                           lrp_method="attnlrp", node_threshold=settings.node_threshold, prune=settings.prune)
+    graph = graph_from_ids(lm.model, context, logit_diff_fn(target, contrast), tokens=tokens, special_mask=special,
+                           method=settings.edge_method, lrp_method="attnlrp", node_threshold=settings.node_threshold,
+                           prune=settings.prune)
     pruned = graph.pruned
     clock.lap("graph")
     labels, segments, relevant = _segments(lm, context, special, prompt_length, item)
     clock.lap("segments")
-
-    methods: dict[str, MethodResult] = {}
-    attn_hidden: np.ndarray | None = None
-    for method in settings.methods:
-        t0 = time.perf_counter()
-        rel, sums, hidden = method_relevance(lm, method, context, fn, settings, graph, cid)
-        if method == "attnlrp":
-            attn_hidden = hidden
-        clock.lap(f"method:{method}")
-        curve, k_star = flip_search(lm.model, context, rel, special, target, contrast, settings.masking)
-        clock.lap(f"flip:{method}")
-        methods[method] = MethodResult(
-            method=method, input_relevance=[float(x) for x in rel], hidden_layer_sums=[float(x) for x in sums],
-            segment_relevance={k: float(v) for k, v in segment_relevance(rel, labels).items()},
-            flip_curve=[float(x) for x in curve], flip_k=k_star, seconds=round(time.perf_counter() - t0, 6))
-
-    attn = methods["attnlrp"]
-    kwargs = {} if settings.ablation_budget is None else {"budget": settings.ablation_budget}
-    ablation = node_ablation(lm.model, context, attn_hidden, target, contrast, **kwargs)
-    category, category_evidence = categorize(attn.flip_k, ablation, k_ia=settings.k_ia)
-    category_evidence = dict(category_evidence)
-    category_evidence.setdefault("ablation", ablation)
-    clock.lap("category")
-    pattern, pattern_evidence = failure_pattern(np.asarray(attn.input_relevance), special, labels, relevant,
-                                                **settings.pattern)
-    clock.lap("pattern")
+    methods, attn_hidden = _attributions(lm, context, special, labels, target, contrast, settings, graph, cid, clock)
+    category, cat_evidence, pattern, pat_evidence = _category_and_pattern(
+        lm, context, special, labels, relevant, target, contrast, methods["attnlrp"], attn_hidden, settings, clock)
     summary = graph_summary(pruned, labels, bands=settings.bands)
     stored_graph = graph_record(graph, pruned)
     clock.lap("graph_summary")
-
     return Case(
         case_id=cid, pair_run_id=pair_row["pair_run_id"], run_id=pair_row["run_id"], item_id=pair_row["item_id"],
         benchmark=item.benchmark, model=getattr(lm, "name", ""), model_fingerprint=fingerprint, token_ids=context,
@@ -213,7 +227,7 @@ def build_case(lm: Any, pair_row: dict[str, Any], item: Item, generation: dict[s
         target_text=pair_row.get("target_text") or lm.tokenizer.decode([target]), contrast_id=contrast,
         contrast_text=pair_row.get("contrast_text") or lm.tokenizer.decode([contrast]), delta_logit=delta,
         segments=segments, relevant_segments=relevant, methods=methods, masking=settings.masking,
-        category=category, category_evidence=category_evidence, pattern=pattern,
-        pattern_evidence=dict(pattern_evidence), graph_summary=dict(summary), settings=settings.identity(),
-        analysis_id=analysis_id, notes=notes, seconds=clock.seconds, graph=stored_graph,
+        category=category, category_evidence=cat_evidence, pattern=pattern, pattern_evidence=pat_evidence,
+        graph_summary=dict(summary), settings=settings.identity(), analysis_id=analysis_id, notes=notes,
+        seconds=clock.seconds, graph=stored_graph,
     )
