@@ -92,3 +92,9 @@ def test_graph_summary(graph):
     best = max((b for b in _brute(graph, pruned) if b[1] == 1), key=lambda b: b[0])
     assert s["strongest_path"]["score"] == pytest.approx(best[0], rel=1e-6)
     assert s["strongest_path"]["segment"] == labels[best[2][0]]
+    content = [b for b in _brute(graph, pruned) if labels[b[2][0]] != "special"]
+    best_c = max((b for b in content if b[1] == 1), key=lambda b: b[0])
+    worst_c = max((b for b in content if b[1] == -1), key=lambda b: b[0])
+    assert s["strongest_content_path"]["score"] == pytest.approx(best_c[0], rel=1e-6)
+    assert s["strongest_content_path"]["input_token"] == best_c[2][0]
+    assert s["strongest_opposing_content_path"]["score"] == pytest.approx(worst_c[0], rel=1e-6)

@@ -8,7 +8,9 @@
   every node's relevance from the full AttnLRP pass (independent of pruning).
 * **Kept nodes** per band and segment: how many nodes of the pruned graph lie there.
 * **Strongest paths**: the best supporting and the best opposing input → prediction path of the pruned graph, with
-  the path score of :mod:`failtrace.graph.metrics` (product of edge fractions) and the input token's segment.
+  the path score of :mod:`failtrace.graph.metrics` (product of edge fractions) and the input token's segment; the
+  ``*_content_path`` variants only start at content tokens (not special ids, not template text), because attention
+  sinks such as BOS usually carry the strongest paths.
 """
 
 from __future__ import annotations
@@ -68,10 +70,15 @@ def graph_summary(pruned: PrunedGraph, labels: Sequence[str], bands: int = 3) ->
         })
     sup = top_paths(pruned, 1, sign=1)
     opp = top_paths(pruned, 1, sign=-1)
+    content = [i for i, g in enumerate(labels) if g != "special" and not graph.special_mask[i]]
+    sup_c = top_paths(pruned, 1, sign=1, inputs=content)
+    opp_c = top_paths(pruned, 1, sign=-1, inputs=content)
     return {
         "final_relevance": r_final, "objective": float(graph.objective_value), "segments": names,
         "bands": out_bands, "nodes": pruned.num_nodes, "edges": pruned.num_edges,
         "strongest_path": _path(sup[0] if sup else None, labels),
         "strongest_opposing_path": _path(opp[0] if opp else None, labels),
+        "strongest_content_path": _path(sup_c[0] if sup_c else None, labels),
+        "strongest_opposing_content_path": _path(opp_c[0] if opp_c else None, labels),
         "path_score": "product of edge fractions |A_e| / incoming |A| mass of the edge's target (graph.metrics)",
     }

@@ -24,7 +24,7 @@ edge relevances along a path, which double-counts the residual stream and gave +
 from __future__ import annotations
 
 import heapq
-from typing import Any
+from typing import Any, Collection
 
 import numpy as np
 
@@ -84,8 +84,10 @@ def edge_fractions(pruned: PrunedGraph, t: int) -> np.ndarray:
     return np.divide(mag, mass, out=np.zeros_like(mag), where=np.isfinite(mass) & (mass > 0))
 
 
-def top_paths(pruned: PrunedGraph, k: int = 5, sign: int = 1) -> list[dict[str, Any]]:
-    """The k bottom-stage → final-node paths of the given ``sign`` with the largest score (module docstring).
+def top_paths(pruned: PrunedGraph, k: int = 5, sign: int = 1,
+              inputs: Collection[int] | None = None) -> list[dict[str, Any]]:
+    """The k bottom-stage → final-node paths of the given ``sign`` with the largest score (module docstring);
+    ``inputs`` restricts the input token (e.g. to non-special tokens).
 
     A layered dynamic programme from the top: each node keeps, per path sign, its k best partial paths to the final
     node; a product of non-negative factors preserves the order, so this is exact.
@@ -110,8 +112,9 @@ def top_paths(pruned: PrunedGraph, k: int = 5, sign: int = 1) -> list[dict[str, 
         for key, lst in cand.items():
             best[key] = heapq.nlargest(k, lst, key=lambda x: x[0])
     bottom = min(s.source_stage for s in graph.transitions) if graph.transitions else top
+    allowed = None if inputs is None else set(int(i) for i in inputs)
     starts = [(entry[0], node, rank) for (node, sg), lst in best.items() if node[0] == bottom and sg == sign
-              for rank, entry in enumerate(lst)]
+              and (allowed is None or node[1] in allowed) for rank, entry in enumerate(lst)]
     r_final = abs(float(graph.relevance[top, final]))
     paths = []
     for score, node, rank in heapq.nlargest(k, starts, key=lambda x: x[0]):
