@@ -206,3 +206,21 @@ def test_normalize_ignores_special_tokens():
     r = np.array([10.0, -2.0, 1.0, 0.5])
     assert normalize(r, [True, False, False, False]).tolist() == [5.0, -1.0, 0.5, 0.25]
     assert normalize(r, [True, True, True, True]).tolist() == r.tolist()  # no non-special token: unchanged
+
+
+def test_demo_items_use_the_benchmark_they_imitate():
+    tok = toy_tokenizer()
+    item = Item(id="if-1", benchmark="demo", prompt="Describe a cat. Do not use any commas.",
+                reference={"kind": "ifeval", "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]})
+    _ids, labels, texts = _labels_by_char(tok, item)
+    assert _text_of(texts, labels, "instruction") == "Do not use any commas."
+    assert _text_of(texts, labels, "query") == "Describe a cat. "
+    assert "system" not in labels  # the toy template has no default system message
+    assert relevant_segments("demo", item) == ("instruction",)
+    math_item = Item(id="m", benchmark="demo", prompt="What is 2+3? Put only the final number in \\boxed{}.",
+                     reference={"kind": "math", "answer": "5"})
+    _ids, labels, texts = _labels_by_char(tok, math_item)
+    assert _text_of(texts, labels, "problem") == "What is 2+3?"
+    assert _text_of(texts, labels, "instruction") == "Put only the final number in \\boxed{}."
+    assert relevant_segments("demo", math_item) == ("problem",)
+    assert relevant_segments("toy") == ("query",)
