@@ -127,7 +127,7 @@ def test_ifeval_rule_agrees_with_prompt_without_instruction():
         visible = np.array([not c.isspace() for c in d["prompt"]])
         accs.append(float((pred == _truth(d["prompt"], d["prompt_without_instruction"]))[visible].mean()))
     assert len(accs) == 61
-    assert np.mean(accs) >= 0.90  # 0.939 when written; all 541 items: 0.892 (docs/ANALYSES.md)
+    assert np.mean(accs) >= 0.90  # 0.938 when written; all 541 items: 0.909 (docs/ANALYSES.md)
     assert np.median(accs) == 1.0
 
 

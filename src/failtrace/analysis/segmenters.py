@@ -4,12 +4,14 @@ A segmenter takes an :class:`~failtrace.benchmarks.base.Item` and the user messa
 ``name -> [(start, end), ...]`` character spans in that text; characters it does not name are ``query``.
 :mod:`failtrace.analysis.segments` maps them onto tokens. Rules (exact definitions in docs/ANALYSES.md):
 
-* **ifeval** — the prompt is split into sentences (NLTK Punkt, English parameters, plus line breaks). A sentence is
-  ``instruction`` when it contains a cue of one of the item's instruction ids (a fixed phrase list per id, plus the
-  item's own kwargs values such as forbidden words or the end phrase); the first sentence (the task) is instruction
-  only when it has a cue *and* another sentence does not. Failure mode: a constraint written inside the task sentence
-  ("Write a 300+ word summary of ...") stays in ``query``, and a task sentence that happens to contain a cue word
-  becomes ``instruction``; measured against llm-steer-instruct's ``prompt_without_instruction`` in the docs.
+* **ifeval** — the prompt is split into sentences (NLTK Punkt, English parameters, plus line breaks). A sentence after
+  the first is ``instruction`` when it contains a cue of one of the item's instruction ids (a fixed phrase list per
+  id, plus literal kwargs values such as the end phrase). In the first sentence (the task) only a trailing clause is:
+  from the last connector ("that", "without", "and", ", " ...) before its first cue to the sentence end. Quantity
+  phrases ("with at least 300 words", "300+ word") are ``instruction`` anywhere. Failure mode: cue words that belong
+  to the task ("Write a JSON schema" for a JSON-format instruction) pull task text into ``instruction``, and
+  constraints phrased without any cue stay ``query``; measured against llm-steer-instruct's
+  ``prompt_without_instruction`` in docs/ANALYSES.md.
 * **math** — the problem text is ``problem``; the appended "Please reason step by step ..." line is ``instruction``.
 * **humaneval** — the instruction preamble and code fences are ``instruction``; in the code, the entry point's
   docstring is ``docstring`` from its first line up to the first example line (a line starting with ``>>>`` or with
@@ -31,11 +33,13 @@ IFEVAL_CUES: dict[str, tuple[str, ...]] = {
     "length_constraints:number_sentences": (r"\bsentences?\b",),
     "length_constraints:number_paragraphs": (r"\bparagraphs?\b", r"\*\*\*", r"divider"),
     "length_constraints:nth_paragraph_first_word": (r"\bparagraphs?\b", r"first word", r"start with"),
-    "keywords:forbidden_words": (r"\bkeywords?\b", r"\bnot (?:use|include|say|mention|contain)",
-                                 r"\bwithout (?:using|the word)", r"\bavoid", r"should not (?:appear|be)",
-                                 r"\bforbidden\b", r"\bexclude"),
+    "keywords:forbidden_words": (r"\bkeywords?\b", r"\bnot (?:to )?(?:use|include|say|mention|contain)",
+                                 r"\bwithout (?:using|saying|mentioning|including|the word)", r"\bavoid",
+                                 r"should not (?:appear|be)", r"\bcannot\b", r"\bforbidden\b", r"\bexclude",
+                                 r"\bthe words?\b"),
     "keywords:existence": (r"\bkeywords?\b", r"\binclude\b", r"\bmention\b", r"\bcontain"),
-    "keywords:frequency": (r"\btimes?\b", r"\bkeywords?\b", r"\bappear", r"\bat least\b", r"\bat most\b"),
+    "keywords:frequency": (r"\btimes?\b", r"\bkeywords?\b", r"\bappear", r"\bat least\b", r"\bat most\b",
+                           r"\bonce\b", r"\btwice\b", r"\bthe words?\b"),
     "keywords:letter_frequency": (r"\bletter\s+['\"]?\w['\"]?(?:\s|$|[,.])",),
     "change_case:english_lowercase": (r"lower ?case", r"\bcapital", r"\bcapitalized?\b"),
     "change_case:english_capital": (r"\bcapital", r"upper ?case", r"\bcaps\b", r"\bcapitalized?\b"),
@@ -63,8 +67,9 @@ _LANGUAGES = {"ar": "Arabic", "bg": "Bulgarian", "bn": "Bengali", "de": "German"
               "ne": "Nepali", "pa": "Punjabi", "pt": "Portuguese", "ru": "Russian", "sw": "Swahili", "ta": "Tamil",
               "te": "Telugu", "th": "Thai", "ur": "Urdu", "vi": "Vietnamese", "es": "Spanish", "fr": "French",
               "ja": "Japanese", "zh": "Chinese", "en": "English"}
-_KWARG_TEXT = ("forbidden_words", "keywords", "keyword", "end_phrase", "postscript_marker", "section_spliter",
-               "first_word")
+# kwargs whose literal value marks an instruction sentence. Not forbidden words or keywords: the task text itself
+# usually contains them (that is what makes the instruction hard).
+_KWARG_TEXT = ("end_phrase", "postscript_marker", "section_spliter", "first_word")
 
 
 @functools.lru_cache(maxsize=1)
@@ -116,6 +121,23 @@ _QUANTITY = re.compile(
     re.IGNORECASE)
 
 
+# Words that open a trailing constraint clause inside the task sentence ("... about the UK without using commas").
+_CONNECTOR = re.compile(r"\s(?:that|which|without|but|and|using|with|while)\s|,\s", re.IGNORECASE)
+
+
+def _trailing_clause(text: str, s: int, e: int, pats: list[re.Pattern[str]],
+                     quantities: list[tuple[int, int]]) -> tuple[int, int] | None:
+    """In the task sentence [s, e): from the last connector before the first cue (outside quantity phrases and
+    after the sentence's first word) to the sentence end; None when there is no such cue or connector."""
+    first_word = s + len(text[s:e].split(" ", 1)[0])
+    starts = [m.start() for p in pats for m in p.finditer(text, s, e)
+              if not any(a <= m.start() < b for a, b in quantities)]
+    if not starts:
+        return None
+    cons = [m.start() for m in _CONNECTOR.finditer(text, first_word, min(starts))]
+    return (cons[-1] + 1, e) if cons else None
+
+
 def ifeval_spans(item: Any, text: str) -> Spans:
     """``instruction`` sentences and quantity phrases of an IFEval prompt (rule in the module docstring)."""
     ids = list(item.reference.get("instruction_id_list", []))
@@ -127,13 +149,12 @@ def ifeval_spans(item: Any, text: str) -> Spans:
         if hit and n > 0:
             spans.append((s, e))
             continue
-        spans += [(m.start(), m.end()) for m in _QUANTITY.finditer(text, s, e)]
-        if hit:  # the task sentence: only its clauses (split at , ; :) that hold a cue
-            cut = [s] + [m.end() for m in re.finditer(r"[,;:]\s", text[s:e])] + [e - s]
-            cut = [s] + [s + c for c in cut[1:-1]] + [e]
-            for a, b in zip(cut[1:-1], cut[2:]):  # never the first clause (the task itself)
-                if any(p.search(text, a, b) for p in pats):
-                    spans.append((a, b))
+        quantities = [(m.start(), m.end()) for m in _QUANTITY.finditer(text, s, e)]
+        spans += quantities
+        if hit:  # the task sentence: only a trailing clause that holds a cue
+            clause = _trailing_clause(text, s, e, pats, quantities)
+            if clause is not None:
+                spans.append(clause)
     return {"instruction": _merge(spans)}
 
 
