@@ -224,3 +224,26 @@ def test_demo_items_use_the_benchmark_they_imitate():
     assert _text_of(texts, labels, "instruction") == "Put only the final number in \\boxed{}."
     assert relevant_segments("demo", math_item) == ("problem",)
     assert relevant_segments("toy") == ("query",)
+
+
+def test_real_tau_bench_trace():
+    """A real τ-bench airline context (sierra-research/tau-bench, MIT), converted by benchmarks.traces."""
+    d = json.loads((DATA / "tau_bench_airline_item.json").read_text())
+    item = Item(id=d["id"], benchmark="traces", prompt=d["messages"])
+    _ids, labels, texts = _labels_by_char(toy_tokenizer(), item)
+    by_role = {r: [m["content"] for m in d["messages"] if m["role"] == r] for r in ("system", "user", "tool")}
+    assert _text_of(texts, labels, "system") == "".join(by_role["system"])
+    assert _text_of(texts, labels, "query") == "".join(by_role["user"])
+    assert _text_of(texts, labels, "tool_result") == "".join(by_role["tool"])
+    calls, prose = "", ""
+    for m in d["messages"]:
+        if m["role"] == "assistant":
+            c = m["content"]
+            a = c.find("<tool_call>")
+            if a >= 0:
+                b = c.index("</tool_call>", a) + len("</tool_call>")
+                calls, prose = calls + c[a:b], prose + c[:a] + c[b:]
+            else:
+                prose += c
+    assert calls and _text_of(texts, labels, "tool_call") == calls
+    assert _text_of(texts, labels, "assistant") == prose
