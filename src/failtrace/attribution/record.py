@@ -138,13 +138,3 @@ class Attribution:
     @classmethod
     def load_json(cls, path: str | Path) -> Attribution:
         return cls.from_dict(json.loads(Path(path).read_text()))
-
-    def to_html(self) -> str:
-        from failtrace.report.heatmap import render_html
-
-        return render_html(self)
-
-    def _repr_html_(self) -> str:  # notebook display
-        from failtrace.report.heatmap import render_html
-
-        return render_html(self, standalone=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from failtrace.benchmarks.base import Benchmark
+from failtrace.benchmarks.base import Benchmark, LoadReport
 from failtrace.errors import FailtraceError
 
 
@@ -49,3 +49,8 @@ def get_benchmark(name: str, **options: Any) -> Benchmark:
         return _FACTORIES[key](**options)
     except TypeError as exc:
         raise FailtraceError(f"bad options for benchmark {key!r}: {exc}") from exc
+
+
+def load_benchmark(name: str, source: str, limit: int | None = None) -> LoadReport:
+    """Load ``source`` with the benchmark called ``name`` (see :mod:`failtrace.benchmarks.loaders` for sources)."""
+    return get_benchmark(name).load(source, limit=limit)

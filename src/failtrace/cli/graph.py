@@ -81,7 +81,7 @@ def run_graph(
     import failtrace
     from failtrace.graph import build_graph
     from failtrace.graph.export import save_json
-    from failtrace.graph.views import save_html, save_static
+    from failtrace.views import save_graph_html, save_graph_png
 
     lm = failtrace.load_model(model, dtype=dtype)
     graph = build_graph(
@@ -102,11 +102,11 @@ def run_graph(
     if ct_json_path:
         written.append(save_json(pruned, ct_json_path, variant="circuit-tracer"))
     if html_path:
-        written.append(save_html(pruned, html_path))
+        written.append(save_graph_html(pruned, html_path))
     if png_path:
-        written.append(save_static(pruned, png_path))
+        written.append(save_graph_png(pruned, png_path))
     if svg_path:
-        written.append(save_static(pruned, svg_path))
+        written.append(save_graph_png(pruned, svg_path))
     for path in written:
         console.print(f"wrote {path}", highlight=False)
     fallback = graph.metadata.get("closed_form_fallback_layers") or []

@@ -105,11 +105,6 @@ class PrunedGraph:
             for k in keep.tolist():
                 yield es.source_stage, int(es.source[k]), es.target_stage, int(es.target[k]), float(es.weight[k])
 
-    def metrics(self, top_k: int = 5) -> dict[str, object]:
-        from failtrace.graph.metrics import graph_metrics
-
-        return graph_metrics(self, top_k=top_k)
-
 
 def normalised_relevance(graph: AttributionGraph) -> np.ndarray:
     """|R| per stage divided by the stage's largest |R| among non-special tokens ([S, n]; NaN where unknown)."""

@@ -139,22 +139,3 @@ class AttributionGraph:
     @classmethod
     def load(cls, path: str | Path) -> AttributionGraph:
         return cls.from_dict(json.loads(Path(path).read_text()))
-
-    # -- exports and views (thin wrappers) -----------------------------------------------------------------------
-    def to_json(self, pruned: PrunedGraph | None = None) -> dict[str, Any]:
-        """The pruned graph in failtrace's documented JSON schema (see :mod:`failtrace.graph.export`)."""
-        from failtrace.graph.export import to_json
-
-        return to_json(pruned or self.pruned)
-
-    def to_circuit_tracer(self, pruned: PrunedGraph | None = None) -> dict[str, Any]:
-        """The pruned graph as circuit-tracer-style ``nodes``/``links``/``metadata``."""
-        from failtrace.graph.export import to_circuit_tracer
-
-        return to_circuit_tracer(pruned or self.pruned)
-
-    def metrics(self, top_k: int = 5) -> dict[str, Any]:
-        """Per-transition metrics and the top-k paths of the pruned graph."""
-        from failtrace.graph.metrics import graph_metrics
-
-        return graph_metrics(self.pruned, top_k=top_k)
