@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from failtrace.attribution.normalize import normalize
 from failtrace.attribution.record import Attribution, visible
 
 # Endpoint colours of the diverging scale: positive -> red, negative -> blue, zero -> white.
@@ -165,10 +166,7 @@ def hidden(attr: Attribution) -> np.ndarray | None:
 
 def row_scaled(h: np.ndarray, special: np.ndarray) -> np.ndarray:
     """Each row divided by its largest |R| over non-special columns, clipped to [-1, 1]."""
-    ref = np.abs(h[:, ~special]) if (~special).any() else np.abs(h)
-    scale = ref.max(axis=1) if ref.size else np.ones(h.shape[0])
-    scale = np.where(scale > 0, scale, 1.0)
-    return np.clip(h / scale[:, None], -1.0, 1.0)
+    return np.clip(normalize(h, special), -1.0, 1.0)
 
 
 def bin_columns(h: np.ndarray, special: np.ndarray, max_cols: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
