@@ -1,4 +1,4 @@
-"""Analyses built on attributions: masking (faithfulness and flips), segments, patterns, comparisons."""
+"""Analyses built on attributions: today masking (how the objective moves when chosen input positions are zeroed)."""
 
 from failtrace.analysis.masking import masked_objective
 

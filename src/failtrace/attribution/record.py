@@ -129,7 +129,3 @@ class Attribution:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.to_dict(), indent=1))
         return path
-
-    @classmethod
-    def load_json(cls, path: str | Path) -> Attribution:
-        return cls.from_dict(json.loads(Path(path).read_text()))

@@ -90,15 +90,6 @@ class AttributionGraph:
         out[es.target, es.source] = es.weight
         return out
 
-    def stage_index(self, layer: int, kind: str = "resid") -> int:
-        """Index of the stage for ``layer`` (−1: embeddings) and ``kind`` (``resid`` or ``mid``)."""
-        if layer == -1:
-            kind = "embed"
-        for i, st in enumerate(self.stages):
-            if st.layer == layer and st.kind == kind:
-                return i
-        raise KeyError(f"no stage for layer {layer} ({kind}); stages: {[s.name for s in self.stages]}")
-
     def conservation_error(self) -> float:
         """max_i |Σ_j A[j, i] − R_s(i)| / max|R_s| over transitions whose rows were all computed (NaN if none)."""
         errs = []
