@@ -14,7 +14,7 @@ from failtrace.graph.export import SCHEMA, save_json, to_circuit_tracer, to_json
 from failtrace.graph.prune import connect
 from failtrace.testing.tiny import tiny_model
 from failtrace.views.graph_html import graph_data, graph_html
-from failtrace.views.graph_png import save_graph_png
+from failtrace.views.graph_png import graph_figure, save_graph_png
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +93,16 @@ def test_static_png_and_svg(graph, tmp_path):
         save_graph_png(graph.pruned, tmp_path / "g.bmp")
 
 
+def test_png_title_stays_inside_the_figure(graph):
+    """A long title is wrapped to the figure width instead of running off its right edge."""
+    long_title = "why " + " ".join(f"token{i}" for i in range(60)) + " rather than the contrast, explained"
+    fig = graph_figure(graph.pruned, title=long_title)
+    renderer = fig.canvas.get_renderer()
+    box = fig.axes[0].title.get_window_extent(renderer)
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.width, (box, fig.bbox.width)
+    assert fig.axes[0].title.get_text().count("\n") >= 1
+
+
 def test_html_is_self_contained(graph):
     page = graph_html(graph.pruned)
     assert page.startswith("<!DOCTYPE html>")
@@ -149,6 +159,7 @@ const final=circles.find(x=>x.dataset.k===page.final); final.fire('mouseenter');
 out.dimmedNodes=circles.filter(x=>x.cls.has('dim')).length;
 out.litNodes=circles.filter(x=>!x.cls.has('dim')).length;
 out.dimmedEdges=svg.children.filter(x=>x.tag==='line'&&x.cls.has('dim')).length;
+out.cx=circles.map(x=>+x.attrs.cx); out.width=+svg.attrs.width;
 final.fire('mouseleave'); const low=circles.find(x=>x.dataset.k===page.hover); low.fire('mouseenter');
 out.hoverLit=circles.filter(x=>!x.cls.has('dim')).map(x=>x.dataset.k).sort();
 low.fire('click'); low.fire('mouseleave'); out.pinnedLit=circles.filter(x=>!x.cls.has('dim')).length;
@@ -182,6 +193,9 @@ def test_html_script_runs_in_node(graph, tmp_path):
     at_default = graph.pruned
     assert out["first"] == f"{at_default.num_nodes} nodes, {at_default.num_edges} edges"
     assert out["second"] == f"{at_half.num_nodes} nodes, {at_half.num_edges} edges"
+    # the columns use the width of the page (1200 px here), not only its left part
+    assert out["width"] == 1200 and min(out["cx"]) >= 64 and max(out["cx"]) <= 1200 - 24
+    assert max(out["cx"]) - min(out["cx"]) > 0.6 * 1200
     # hovering the final node lights up all its ancestors: every node kept at p = 0.5 reaches it
     assert out["litNodes"] == at_half.num_nodes and out["dimmedNodes"] == 0 and out["dimmedEdges"] == 0
     # hovering an input node lights up exactly its descendants (independent BFS over the pruned edges)

@@ -97,8 +97,8 @@ _BODY = """<div class="ftg" id="__ROOT__"><style>__CSS__</style>
 <script type="application/json" class="ftg-data">__DATA__</script>
 <script>__JS__</script></div>"""
 
-# Layout: the columns share the width of the page (at least MIN_DX px each, scrolling beyond), the rows share about
-# three quarters of the window height (between 14 and 40 px each).
+# Layout: the columns share the width of the page (MIN_DX..MAX_DX px each, centred; scrolling beyond), the rows share
+# about three quarters of the window height (between 14 and 40 px each); redrawn when the window is resized.
 _JS = """
 (function(){
 const root=document.getElementById('__ROOT__'); if(!root)return;
@@ -106,7 +106,7 @@ const $=s=>root.querySelector(s);
 const D=JSON.parse($('.ftg-data').textContent);
 const NS='http://www.w3.org/2000/svg', svg=$('.ftg-svg'), tip=$('.ftg-tip'), wrap=$('.ftg-wrap');
 const slider=$('.ftg-p'); slider.max=D.pmax; slider.value=D.p;
-const LEFT=64, RIGHT=24, TOP=18, BOTTOM=110, MIN_DX=28, MAX_DX=140;
+const LEFT=64, RIGHT=24, TOP=18, BOTTOM=110, MIN_DX=28, MAX_DX=260;
 const key=(s,t)=>s+':'+t, node={};
 D.nodes.forEach(n=>{node[key(n[0],n[1])]={s:n[0],t:n[1],r:n[2],z:n[3]};});
 let keptE=[], keptN=new Set(), pinned=null;
@@ -125,9 +125,10 @@ function el(name,attrs,text){const e=document.createElementNS(NS,name);
 function draw(){
   while(svg.firstChild)svg.removeChild(svg.firstChild);
   const cols=[...new Set([...keptN].map(k=>+k.split(':')[1]))].sort((a,b)=>a-b);
-  const avail=Math.max(420,wrap.clientWidth-2);
+  const avail=Math.max(420,wrap.clientWidth);
   const dx=Math.min(MAX_DX,Math.max(MIN_DX,(avail-LEFT-RIGHT)/Math.max(1,cols.length)));
-  const X={}; cols.forEach((c,i)=>X[c]=LEFT+dx*(i+0.5));
+  const x0=LEFT+Math.max(0,(avail-LEFT-RIGHT-dx*cols.length)/2);  // few columns: centred, not crowded left
+  const X={}; cols.forEach((c,i)=>X[c]=x0+dx*(i+0.5));
   const S=D.stages.length, dy=Math.min(40,Math.max(14,(window.innerHeight*0.75-TOP-BOTTOM)/Math.max(1,S-1)));
   const H=TOP+BOTTOM+dy*Math.max(1,S-1), W=Math.max(avail,LEFT+RIGHT+dx*cols.length);
   svg.setAttribute('width',W); svg.setAttribute('height',H);

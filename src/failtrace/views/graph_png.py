@@ -19,6 +19,7 @@ from failtrace.graph.prune import PrunedGraph, normalised_relevance
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 RED, BLUE, GREY = "#c0392b", "#2e6fba", "#9a9a9a"
 TITLE_PT = 9.0
@@ -70,15 +71,11 @@ def _draw_nodes(ax: Axes, pruned: PrunedGraph, x_of: dict[int, int]) -> None:
                c=face, edgecolors="black", linewidths=0.4, zorder=2)
 
 
-def save_graph_png(pruned: PrunedGraph, path: str | Path, title: str | None = None, max_edges: int = 400) -> Path:
-    """Draw the pruned graph (its ``max_edges`` strongest edges) to ``path``; format from the suffix."""
+def graph_figure(pruned: PrunedGraph, title: str | None = None, max_edges: int = 400) -> Figure:
+    """The layered picture as a matplotlib figure (no pyplot state), its ``max_edges`` strongest edges drawn."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    path = Path(path)
-    suffix = path.suffix.lower().lstrip(".")
-    if suffix not in PICTURE_FORMATS:
-        raise ValueError(f"{path}: the picture format comes from the suffix; use .png, .svg or .pdf")
     g = pruned.graph
     cols = columns(pruned)
     x_of = {tok: i for i, tok in enumerate(cols)}
@@ -99,14 +96,22 @@ def save_graph_png(pruned: PrunedGraph, path: str | Path, title: str | None = No
     ax.set_ylim(-0.7, len(g.stages) - 0.3)
     for spine in ("top", "right"):
         ax.spines[spine].set_visible(False)
-    # wrap to the figure width: a 9 pt sans character is about 0.55 em wide, i.e. ~14.5 characters per inch
-    chars = max(40, int((width - 0.6) * 72 / (TITLE_PT * 0.55)))
+    # wrap to the figure width: a 9 pt sans character is at most ~0.6 em wide, i.e. ~13 characters per inch
+    chars = max(30, int((width - 0.4) * 72 / (TITLE_PT * 0.6)))
     text = title or default_title(pruned, len(edges))
     ax.set_title(textwrap.fill(text, width=chars), fontsize=TITLE_PT, parse_math=False)
     fig.tight_layout()
+    return fig
+
+
+def save_graph_png(pruned: PrunedGraph, path: str | Path, title: str | None = None, max_edges: int = 400) -> Path:
+    """Draw the pruned graph (:func:`graph_figure`) to ``path``; the format comes from the suffix."""
+    path = Path(path)
+    suffix = path.suffix.lower().lstrip(".")
+    if suffix not in PICTURE_FORMATS:
+        raise ValueError(f"{path}: the picture format comes from the suffix; use .png, .svg or .pdf")
+    fig = graph_figure(pruned, title=title, max_edges=max_edges)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # bbox_inches="tight" grows the canvas to everything drawn, so a long title or token label is never cut off
+    # bbox_inches="tight" grows the canvas to everything drawn, so a long token label is never cut off either
     fig.savefig(path, format=suffix, dpi=150, bbox_inches="tight", pad_inches=0.15)
     return path
-
-
