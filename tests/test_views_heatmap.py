@@ -299,7 +299,7 @@ def test_relevant_segments_respects_budget_and_keeps_what_matters() -> None:
 
 
 @pytest.mark.slow
-def test_twelve_thousand_tokens_render_in_budget(tmp_path: Path) -> None:
+def test_twelve_thousand_tokens_render_with_a_bounded_view(tmp_path: Path) -> None:
     n = 12_000
     tokens = ["<s>"] + [f" t{i % 97}" if i % 50 else "\n" for i in range(1, n)]
     rec = make_record(tokens=tokens, relevance={5000: 1.0, 7000: -0.9}, noise=0.02, num_layers=24)
