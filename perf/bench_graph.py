@@ -70,7 +70,7 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
     if args.sample_rows:
         out.update(_packed_sample(lm.model, ids, objective, args.sample_rows, args.memory_budget))
     else:
-        g = graph_from_ids(lm.model, ids, objective, method=args.method, node_threshold=args.node_threshold,
+        g = graph_from_ids(lm.model, ids, objective, edges=args.method, node_threshold=args.node_threshold,
                            layers=args.layers, memory_budget_mb=args.memory_budget)
         pruned = g.pruned
         out.update({
