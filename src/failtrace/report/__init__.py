@@ -15,6 +15,7 @@ _EXPORTS = {
     "save_png": "failtrace.report.heatmap",
     "save_svg": "failtrace.report.heatmap",
     "heatmap_figure": "failtrace.report.heatmap",
+    "build_report": "failtrace.report.build",
 }
 
 __all__ = sorted(_EXPORTS)
