@@ -91,7 +91,11 @@ def _strip(case: Case, method: str | None) -> str:
 
 def _legend(case: Case) -> str:
     segs = []
+    labels = case.segment_labels()
+    drawn = {lab for lab, sp in zip(labels, case.special_mask) if not sp}  # special tokens carry no underline
     for i, s in enumerate(case.segments):
+        if s not in drawn:
+            continue
         rel = " (relevant)" if s in case.relevant_segments else ""
         segs.append(f'<span><span class="sw" style="background:{SEGMENT_COLORS[i % len(SEGMENT_COLORS)]}"></span>'
                     f"{esc(s)}{rel}</span>")
