@@ -29,7 +29,7 @@ def esc(x: Any) -> str:
 
 
 def shown_token(tok: str) -> str:
-    """A token as HTML: whitespace drawn as faint ·, ↵, →; an empty token as ∅ so it can still be seen and hovered."""
+    """A token as HTML: whitespace drawn as faint ·, ↵, →; an empty token as ∅ (so it can still be hovered)."""
     if tok == "":
         return '<span class="ws">∅</span>'
     return "".join(f'<span class="ws">{_WS[ch]}</span>' if ch in _WS else esc(ch) for ch in tok)

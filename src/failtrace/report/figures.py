@@ -57,6 +57,8 @@ def _save(fig: Any, path: Path) -> Path:
 def _stacked(ax: Any, rows: Sequence[Mapping[str, Any]], benches: list[str], order: Sequence[str],
              colors: Mapping[str, str], title: str) -> None:
     """Horizontal 100 % bars, one per benchmark, split by label; each part is annotated with its count."""
+    from matplotlib.colors import to_rgb
+
     labels = list(order) + sorted({r["label"] for r in rows} - set(order))
     for bi, bench in enumerate(benches):
         left = 0.0
@@ -68,8 +70,9 @@ def _stacked(ax: Any, rows: Sequence[Mapping[str, Any]], benches: list[str], ord
             ax.barh(bi, share, left=left, color=_color(lab, colors, li), edgecolor="white", height=0.6,
                     label=lab if bi == 0 or lab not in ax.get_legend_handles_labels()[1] else None)
             if share >= 0.06:
-                ax.text(left + share / 2, bi, str(n), ha="center", va="center", fontsize=9, color="white",
-                        weight="bold")
+                r, g, b = to_rgb(_color(lab, colors, li))
+                ink = "#111827" if 0.299 * r + 0.587 * g + 0.114 * b > 0.7 else "white"  # readable on light bars
+                ax.text(left + share / 2, bi, str(n), ha="center", va="center", fontsize=9, color=ink, weight="bold")
             left += share
     ax.set_yticks(range(len(benches)), benches)
     ax.set_xlim(0, 1)

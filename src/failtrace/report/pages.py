@@ -20,7 +20,7 @@ from failtrace.report.tables import NON_CLEAN
 Col = tuple[str, str, str]  # (key, header, kind: text | int | float | pct | code)
 
 TABLE1_COLS: list[Col] = [
-    ("benchmark", "benchmark", "text"), ("model", "model", "text"), ("items", "items", "int"),
+    ("benchmark", "benchmark", "text"), ("model", "model", "text"), ("run", "run", "code"), ("items", "items", "int"),
     ("failures", "failures", "int"), ("clean_pairs", "clean pairs", "int"), ("clean_rate", "clean rate", "pct"),
     ("cases", "cases analysed", "int"), ("avg_tokens_per_case", "avg tokens / case", "float1"),
     ("passed", "passed", "int"), ("unverifiable", "unverifiable", "int"),
@@ -46,6 +46,8 @@ def _cell(v: Any, kind: str) -> str:
         return f'<td class="n">{int(v):,}</td>'
     if kind == "pct":
         return f'<td class="n">{100 * float(v):.1f}%</td>'
+    if kind == "code":
+        return f'<td><code title="{esc(v)}">{esc(str(v)[:10])}</code></td>'
     if kind.startswith("float"):
         return f'<td class="n">{float(v):.{int(kind[5:] or 3)}f}</td>'
     return f"<td>{esc(v)}</td>"
@@ -74,17 +76,20 @@ def summary_section(t: Mapping[str, Any], figs: Mapping[str, str]) -> str:
     """Table 1, the pair-status breakdown and the categories/patterns figure over all benchmarks."""
     status = (html_table(t["pair_status"], STATUS_COLS) if t["pair_status"]
               else '<p class="empty">no pair-finding runs in this store</p>')
+    table1 = [{**r, "run": r["pair_run_id"] or r["run_id"]} for r in t["table1"]]
     return (
         '<section class="block" id="summary"><h2>Summary</h2>'
         '<p class="lead">One row per collection run and pair-finding run (the paper\'s Table 1). <b>Failures</b>: '
         "items the benchmark's own checker failed. <b>Clean pairs</b>: failures pinned to a target/contrast token "
         "pair whose forced correction passes the checker. <b>Clean rate</b> = clean pairs / failures. <b>Avg tokens / "
         "case</b>: mean context length (prompt + answer before the wrong token) of the analysed cases.</p>"
-        f'{html_table(t["table1"], TABLE1_COLS, tid="table1")}'
+        f"{html_table(table1, TABLE1_COLS, tid='table1')}"
         '<h3>Why the other failures are not clean</h3><p class="lead">Status of each failure\'s pair search: '
-        "<i>no target</i> — no single wrong token found; <i>no contrast</i> — no alternative token makes the answer "
-        "pass; <i>weak preference</i> — Δℓ below the minimum; <i>unbounded</i> — the search ran past its budget; "
-        "<i>unverifiable</i> — the checker could not decide.</p>"
+        "<i>no target</i> — no alternative in the model's own top-k fixes the answer at any walked position; "
+        "<i>no contrast</i> — not even a helper model's candidates do; <i>weak preference</i> — a fixing token "
+        "exists but Δℓ ≤ the minimum; <i>unbounded</i> — the completion hit the token limit; "
+        "<i>unverifiable</i> — the checker no longer says fail, or could not decide a rollout; <i>not paired yet</i> — failures the pair "
+        "search has not reached.</p>"
         f"{status}"
         + figure(figs.get("categories"), "categories and patterns per benchmark",
                  "Share of cases per outcome category (M-IA: masking ≤ K_IA input tokens flips the prediction; "
