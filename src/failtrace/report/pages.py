@@ -88,8 +88,8 @@ def summary_section(t: Mapping[str, Any], figs: Mapping[str, str]) -> str:
         "<i>no target</i> — no alternative in the model's own top-k fixes the answer at any walked position; "
         "<i>no contrast</i> — not even a helper model's candidates do; <i>weak preference</i> — a fixing token "
         "exists but Δℓ ≤ the minimum; <i>unbounded</i> — the completion hit the token limit; "
-        "<i>unverifiable</i> — the checker no longer says fail, or could not decide a rollout; <i>not paired yet</i> — failures the pair "
-        "search has not reached.</p>"
+        "<i>unverifiable</i> — the checker no longer says fail, or could not decide a rollout; "
+        "<i>not paired yet</i> — failures the pair search has not reached.</p>"
         f"{status}"
         + figure(figs.get("categories"), "categories and patterns per benchmark",
                  "Share of cases per outcome category (M-IA: masking ≤ K_IA input tokens flips the prediction; "
