@@ -4,21 +4,12 @@ faithfulness, one section per case) as ``OUT/index.html`` with ``OUT/figures/*.p
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 
 from failtrace.errors import FailtraceError
 from failtrace.store.store import DEFAULT_STORE
-
-
-def _load_cases(st: Any, benchmark: str | None, graphs: bool) -> list[Any]:
-    """The store's cases (newest analysis per pair run), with graphs and overrides, via the cases stage."""
-    try:
-        from failtrace.store.cases import load_cases
-    except ImportError:  # pragma: no cover - only before the cases stage is merged: Table 1 and statuses only
-        return []
-    return load_cases(st, benchmark=benchmark, with_graph=graphs)
 
 
 def report_command(
@@ -29,22 +20,14 @@ def report_command(
     title: str = typer.Option("failtrace report", "--title", help="Page title."),
 ) -> None:
     """Write a self-contained HTML report of the analysed failures (opens offline, no network)."""
-    from failtrace.report.build import build_report
+    from failtrace.report.build import build_report_from_store
     from failtrace.store.store import open_store
 
     if out.exists() and not out.is_dir():
         raise FailtraceError(f"--out {out} is a file; give a folder for the report")
     with open_store(store, read_only=True) as st:
-        rows = st.status_rows()
-        pairs = st.pairs()
-        cases = _load_cases(st, benchmark, graphs)
-    if benchmark is not None:
-        rows = [r for r in rows if r.benchmark == benchmark]
-        pairs = [p for p in pairs if p.get("benchmark") == benchmark]
-        if not rows and not cases:
-            raise FailtraceError(f"no runs for benchmark {benchmark!r} in {store}")
-    index = build_report(cases, rows, out, pairs, title=title)
-    typer.echo(f"report: {len(cases)} cases, {len(rows)} runs -> {index}")
+        index, n = build_report_from_store(st, out, benchmark=benchmark, graphs=graphs, title=title)
+    typer.echo(f"report: {n} cases -> {index}")
 
 
 def register(app: typer.Typer) -> None:

@@ -2,8 +2,9 @@
 
 - Graph pictures: ``graph_html`` / ``save_graph_png`` (the graph views; ``failtrace.views`` once the views package
   lands, ``failtrace.graph.views`` until then).
-- Special-token normalisation: ``normalize`` (``failtrace.analysis.segments.normalize`` is THE helper once the
-  analyses stage lands; until then the same definition lives here, see below).
+- Special-token normalisation: ``normalize`` (the package's one helper once merged:
+  ``failtrace.attribution.normalize.normalize``, or ``failtrace.analysis.segments.normalize``; until then the same
+  definition lives here, see below).
 """
 
 from __future__ import annotations
@@ -22,9 +23,12 @@ except ImportError:  # pragma: no cover - depends on which branch is merged
     _save_graph_png = None
 
 try:
-    from failtrace.analysis.segments import normalize as _normalize  # type: ignore[attr-defined]
+    from failtrace.attribution.normalize import normalize as _normalize  # type: ignore[import-not-found]
 except ImportError:  # pragma: no cover - depends on which branch is merged
-    _normalize = None
+    try:
+        from failtrace.analysis.segments import normalize as _normalize  # type: ignore[import-not-found]
+    except ImportError:
+        _normalize = None
 
 
 def graph_html(pruned: Any, standalone: bool = False) -> str:

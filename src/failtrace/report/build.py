@@ -179,3 +179,23 @@ def build_report(cases: Sequence[Case], status_rows: Sequence[StatusRow], out_di
     os.chmod(tmp, 0o644)
     os.replace(tmp, index)
     return index
+
+
+def build_report_from_store(st: Any, out_dir: str | Path, *, benchmark: str | None = None, graphs: bool = True,
+                            title: str = "failtrace report") -> tuple[Path, int]:
+    """The report of an open results store (what ``failtrace report`` and ``failtrace demo`` write): its newest cases
+    (with their graphs and overrides), status rows and pairs, optionally one benchmark. Returns (index.html, cases)."""
+    rows = st.status_rows()
+    pairs = st.pairs()
+    try:
+        from failtrace.store.cases import load_cases
+    except ImportError:  # pragma: no cover - only before the cases stage is merged: Table 1 and statuses only
+        cases: list[Case] = []
+    else:
+        cases = load_cases(st, benchmark=benchmark, with_graph=graphs)
+    if benchmark is not None:
+        rows = [r for r in rows if r.benchmark == benchmark]
+        pairs = [p for p in pairs if p.get("benchmark") == benchmark]
+        if not rows and not cases:
+            raise FailtraceError(f"no runs for benchmark {benchmark!r} in {st.path}")
+    return build_report(cases, rows, out_dir, pairs, title=title), len(cases)
