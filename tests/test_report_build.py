@@ -231,3 +231,24 @@ def test_cli_report_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "none.duckdb").exists() and not (tmp_path / "r").exists()
+
+
+def test_not_computed_relevance_and_short_arrays_do_not_break_the_page(tmp_path):
+    import json
+
+    a = make_case(0, "math", "M-IA", "URT", {"attnlrp": 1, "ig": 2})
+    a.methods["attnlrp"].input_relevance[5] = float("nan")  # not computed
+    a.methods["ig"].input_relevance = a.methods["ig"].input_relevance[:-3]  # wrong length: cannot colour the strip
+    text = build_report([a], [], tmp_path).read_text(encoding="utf-8")
+
+    def strict(c: str) -> float:
+        raise AssertionError(f"non-JSON constant {c} in the embedded data")
+
+    blobs = re.findall(r'<script type="application/json" class="case-data">(.*?)</script>', text, re.S)
+    assert len(blobs) == 1
+    data = json.loads(blobs[0], parse_constant=strict)
+    assert list(data["norm"]) == ["attnlrp"] and data["norm"]["attnlrp"][5] is None
+    assert 'data-method="ig"' not in text  # no button for a method that cannot be drawn
+    p = _Cases()
+    p.feed(text)
+    assert p.tokens[a.case_id] == list(range(len(a.tokens)))

@@ -50,12 +50,16 @@ def save_graph_png(pruned: Any, path: str | Path, title: str | None = None) -> P
 
 
 def normalize(relevance: Sequence[float], special_mask: Sequence[bool]) -> np.ndarray:
-    """Relevance divided by the largest |R| among non-special tokens (all tokens if every one is special; 1 if that
-    maximum is 0). Special tokens are attention sinks and would otherwise set the scale for everything."""
+    """Relevance divided by the largest finite |R| among non-special tokens (among all finite ones if every token is
+    special; 1 if that maximum is 0). Special tokens are attention sinks and would otherwise set the scale for
+    everything; non-finite entries (not computed) are ignored by the scale and stay NaN."""
     if _normalize is not None:
         return np.asarray(_normalize(relevance, special_mask), dtype=np.float64)
-    r = np.nan_to_num(np.asarray(relevance, dtype=np.float64))
-    sp = np.asarray(special_mask, dtype=bool)[: len(r)]
-    ref = np.abs(r[~sp]) if (~sp).any() else np.abs(r)
-    scale = float(ref.max()) if ref.size else 0.0
+    r = np.asarray(relevance, dtype=np.float64)
+    sp = np.zeros(len(r), dtype=bool)
+    given = np.asarray(special_mask, dtype=bool)[: len(r)]
+    sp[: len(given)] = given
+    finite = np.isfinite(r)
+    pick = finite & ~sp if (finite & ~sp).any() else finite
+    scale = float(np.abs(r[pick]).max()) if pick.any() else 0.0
     return r / (scale if scale > 0 else 1.0)

@@ -57,15 +57,21 @@ def badge(label: str | None, colors: dict[str, str]) -> str:
     return f'<span class="badge" style="background:{colors.get(label, "#6b7280")}">{esc(label)}</span>'
 
 
-def _default_method(case: Case) -> str | None:
-    ms = methods_of([case])
-    return ms[0] if ms else None
+def _drawable(case: Case) -> list[str]:
+    """Methods whose relevance has one value per context token (the others cannot colour the strip)."""
+    return [m for m in methods_of([case]) if len(case.methods[m].input_relevance) == len(case.tokens)]
+
+
+def _finite(x: float, digits: int) -> float | None:
+    """A number for the embedded JSON: rounded to ``digits`` significant digits, None (null) when not finite."""
+    return float(f"{x:.{digits}g}") if math.isfinite(x) else None
 
 
 def _strip(case: Case, method: str | None) -> str:
     """The token heatmap: one span per context token (data-p = position), then the target/contrast pills."""
     n = len(case.tokens)
     norm = normalize(case.methods[method].input_relevance, case.special_mask) if method else [0.0] * n
+    norm = [float(v) if math.isfinite(v) else 0.0 for v in norm]  # not computed (NaN): drawn white
     labels = case.segment_labels()
     seg_index = {s: i for i, s in enumerate(case.segments)}
     parts = []
@@ -107,10 +113,10 @@ def _legend(case: Case) -> str:
 def _case_data(case: Case) -> str:
     """Per method: normalised and raw relevance per token, for the method buttons (compact JSON)."""
     norm, raw = {}, {}
-    for m, res in case.methods.items():
-        if len(res.input_relevance) == len(case.tokens):
-            norm[m] = [round(float(x), 3) for x in normalize(res.input_relevance, case.special_mask)]
-            raw[m] = [float(f"{x:.4g}") for x in res.input_relevance]
+    for m in _drawable(case):
+        res = case.methods[m]
+        norm[m] = [_finite(round(float(x), 3), 6) for x in normalize(res.input_relevance, case.special_mask)]
+        raw[m] = [_finite(float(x), 4) for x in res.input_relevance]
     blob = json.dumps({"norm": norm, "raw": raw}, separators=(",", ":")).replace("</", "<\\/")
     return f'<script type="application/json" class="case-data">{blob}</script>'
 
@@ -169,10 +175,11 @@ def _labels(case: Case, overrides: Overrides | None) -> str:
 
 def case_section(case: Case, overrides: Overrides | None = None, graph_src: str | None = None) -> str:
     """The HTML ``<article>`` for one case (``graph_src``: an image URL or data URI of its pruned graph)."""
-    method = _default_method(case)
+    drawable = _drawable(case)
+    method = drawable[0] if drawable else None
     n = len(case.tokens)
     buttons = "".join(f'<button type="button" data-method="{esc(m)}" aria-pressed="{str(m == method).lower()}">'
-                      f"{esc(m)}</button>" for m in methods_of([case]))
+                      f"{esc(m)}</button>" for m in drawable)
     facts = [("benchmark", case.benchmark), ("item", case.item_id), ("model", case.model),
              ("Δℓ = ℓ(target) − ℓ(contrast)", fmt(case.delta_logit)),
              ("tokens", f"{n} ({case.prompt_length} prompt + {n - case.prompt_length} answer)"),

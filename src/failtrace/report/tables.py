@@ -8,7 +8,7 @@ Every figure and HTML table of the report is drawn from these rows, and the same
 - *effective category* = a stored override's category when there is one, else the automatic ``case.category``.
 - *normalised segment relevance* of a case = Σ over the segment's non-special tokens of R_i / s, with
   s = max |R_j| over non-special tokens j (the one normalisation of the package); special tokens are left out of the
-  sums because they soak up relevance as attention sinks.
+  sums because they soak up relevance as attention sinks; tokens whose R was not computed (NaN) add nothing.
 - *flip rate at k* = share of cases whose k* (smallest number of masked top tokens that makes Δℓ < 0) is ≤ k;
   *mean/median k** are over the cases that flipped within K (their count is given beside them).
 """
@@ -21,6 +21,8 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from failtrace.cases.record import Case
 from failtrace.report._shared import normalize
@@ -143,12 +145,12 @@ def case_segment_relevance(case: Case, method: str = "attnlrp") -> dict[str, flo
     if res is None or not res.input_relevance:
         return {}
     norm = normalize(res.input_relevance, case.special_mask)
-    special = case.special_mask
+    special = list(case.special_mask) + [False] * max(0, len(norm) - len(case.special_mask))
     out: dict[str, float] = {}
     for name, spans in case.segments.items():
         idx = [i for a, b in spans for i in range(a, b) if i < len(norm) and not special[i]]
-        if idx:
-            out[name] = float(sum(norm[i] for i in idx))
+        if idx:  # tokens whose relevance was not computed (NaN) add nothing
+            out[name] = float(np.nansum(norm[idx]))
     return out
 
 
