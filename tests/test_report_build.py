@@ -252,3 +252,17 @@ def test_not_computed_relevance_and_short_arrays_do_not_break_the_page(tmp_path)
     p = _Cases()
     p.feed(text)
     assert p.tokens[a.case_id] == list(range(len(a.tokens)))
+
+
+def test_evidence_is_rendered_readably():
+    from failtrace.report.evidence import MAX_ROWS, dl
+
+    ev = {"k_star": 4, "flipped": True, "score": 0.123456789,
+          "path": {"nodes": ["emb/1", "L0/2", "L1/37"], "tokens": [" a", "\n"]},
+          "top": [{"position": i, "relevance": 1.0 / (i + 1)} for i in range(MAX_ROWS + 3)], "note": "<b>x</b>"}
+    out = dl(ev)
+    assert "<dt>score</dt><dd>0.1235</dd>" in out and "<dd>true</dd>" in out
+    assert "emb/1 → L0/2 → L1/37" in out and "‹·a›, ‹↵›" in out
+    assert out.count("<tr>") == 1 + MAX_ROWS + 1 and "… 3 more" in out  # header, MAX_ROWS rows, the "more" row
+    assert "&lt;b&gt;x&lt;/b&gt;" in out and "<b>x</b>" not in out
+    assert "none stored" in dl({})

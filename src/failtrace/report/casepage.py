@@ -17,6 +17,7 @@ from typing import Any
 
 from failtrace.cases.record import Case
 from failtrace.report._shared import normalize
+from failtrace.report.evidence import dl as evidence
 from failtrace.report.figures import CATEGORY_COLORS, PATTERN_COLORS
 from failtrace.report.tables import Overrides, effective_category, methods_of
 
@@ -145,19 +146,6 @@ def _methods_table(case: Case) -> str:
             "non-special tokens with the largest positive relevance (ties: lower position).</p>")
 
 
-def evidence(d: dict[str, Any]) -> str:
-    """A dict of evidence as a definition list (values as compact JSON, long ones cut)."""
-    if not d:
-        return '<span class="empty">none stored</span>'
-    items = []
-    for k, v in d.items():
-        text = v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, default=str)
-        if len(text) > 400:
-            text = text[:400] + " …"
-        items.append(f"<dt>{esc(k)}</dt><dd>{esc(text)}</dd>")
-    return f'<dl>{"".join(items)}</dl>'
-
-
 def _labels(case: Case, overrides: Overrides | None) -> str:
     o = (overrides or {}).get(case.case_id)
     over = ""
@@ -186,9 +174,10 @@ def case_section(case: Case, overrides: Overrides | None = None, graph_src: str 
              ("target position", str(case.position)), ("model fingerprint", case.model_fingerprint[:12])]
     facts_html = "".join(f'<div><span class="k">{esc(k)}</span><span class="v">{esc(v)}</span></div>'
                          for k, v in facts)
-    graph = (f'<figure><img src="{graph_src}" alt="pruned attribution graph of case {esc(case.case_id)}" '
-             f'loading="lazy"><figcaption>Pruned attribution graph: nodes are (layer, token) hidden states, red '
-             "supports the target, blue the contrast; edge width = |relevance flow|.</figcaption></figure>"
+    lazy = "" if (graph_src or "").startswith("data:") else ' loading="lazy"'  # a file beside the page
+    graph = (f'<figure><img src="{graph_src}" alt="pruned attribution graph of case {esc(case.case_id)}"{lazy}>'
+             "<figcaption>Pruned attribution graph: nodes are (layer, token) hidden states, red supports the target, "
+             "blue the contrast; edge width = |relevance flow|.</figcaption></figure>"
              if graph_src else '<p class="empty">no pruned graph stored for this case</p>')
     search = " ".join(str(x) for x in (case.item_id, case.benchmark, effective_category(case, overrides),
                                          case.pattern, plain_token(case.target_text), plain_token(case.contrast_text),
@@ -205,5 +194,5 @@ def case_section(case: Case, overrides: Overrides | None = None, graph_src: str 
         f'<div class="methods"><span class="note">colour by:</span>{buttons}</div>{_legend(case)}{_strip(case, method)}'
         f"{_case_data(case)}<h4>Faithfulness: k* per method</h4>{_methods_table(case)}{_labels(case, overrides)}"
         f'<details{" open" if graph_src else ""}><summary>Attribution graph</summary>'
-        f'<div class="ev">{evidence(case.graph_summary)}</div>{graph}</details></article>'
+        f'{graph}<h4>Graph summary</h4><div class="ev">{evidence(case.graph_summary)}</div></details></article>'
     )

@@ -37,6 +37,13 @@ def _style(ax: Any, grid: str = "y") -> None:
     ax.set_axisbelow(True)
 
 
+def _tight(fig: Any) -> None:
+    """tight_layout without its warning when long tick labels leave no room (bbox_inches='tight' still fits them)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        fig.tight_layout()
+
+
 def _save(fig: Any, path: Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
@@ -95,7 +102,7 @@ def categories_figure(cat_rows: Sequence[Mapping[str, Any]], pat_rows: Sequence[
     ax1, ax2 = fig.subplots(1, 2)
     _stacked(ax1, cat_rows, benches, CATEGORIES, CATEGORY_COLORS, "Outcome category (share of cases)")
     _stacked(ax2, pat_rows, benches, PATTERNS, PATTERN_COLORS, "Failure pattern (share of cases)")
-    fig.tight_layout()
+    _tight(fig)
     return _save(fig, path)
 
 
@@ -127,7 +134,7 @@ def segments_figure(rows: Sequence[Mapping[str, Any]], benchmark: str, path: Pat
                  weight="bold")
     ax.legend(fontsize=8, frameon=False)
     _style(ax)
-    fig.tight_layout()
+    _tight(fig)
     return _save(fig, path)
 
 
@@ -155,5 +162,5 @@ def faithfulness_figure(flip_rows: Sequence[Mapping[str, Any]], kstar: Sequence[
     ax.set_title(f"{benchmark}: faithfulness by masking", fontsize=10.5, loc="left", weight="bold")
     ax.legend(fontsize=8, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
     _style(ax)
-    fig.tight_layout()
+    _tight(fig)
     return _save(fig, path)

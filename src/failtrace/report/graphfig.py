@@ -29,7 +29,7 @@ def graph_record_figure(record: Mapping[str, Any], tokens: Sequence[str], specia
     from matplotlib.colors import to_rgb
     from matplotlib.figure import Figure
 
-    from failtrace.report.figures import _save
+    from failtrace.report.figures import _save, _tight
 
     nodes = [(int(s), int(t), float(r)) for s, t, r in record["nodes"]]
     edges = sorted(((int(a), int(b), int(c), int(d), float(w)) for a, b, c, d, w in record["edges"]),
@@ -68,5 +68,5 @@ def graph_record_figure(record: Mapping[str, Any], tokens: Sequence[str], specia
     shown = f"{len(nodes)} nodes, {len(record['edges'])} edges" + \
         (f" (strongest {len(edges)} drawn)" if len(edges) < len(record["edges"]) else "")
     ax.set_title(f"{title}  ·  {shown}" if title else shown, fontsize=9, loc="left")
-    fig.tight_layout()
+    _tight(fig)
     return _save(fig, path)
