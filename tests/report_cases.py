@@ -16,7 +16,8 @@ from failtrace.store.store import StatusRow
 METHODS = ("attnlrp", "cp-lrp", "gradxinput", "ig", "attention", "random")
 
 _PROMPTS = {
-    "ifeval": ("Write a haiku about the sea.", "Your answer must be in all lowercase letters.",
+    "ifeval": ("Write a haiku about the sea (see https://en.wikipedia.org/wiki/Sea).",
+               "Your answer must be in all lowercase letters.",
                ["The", " sea", " is", " calm"], "instruction"),
     "math": ("What is 17 * 3 + 4? Put the answer in \\boxed{}.", "",
              ["17", " *", " 3", " =", " 51", ",", " +", " 4", " =", " \\boxed{"], "problem"),

@@ -160,8 +160,12 @@ def test_every_case_on_the_page_with_all_its_tokens(built):
 def test_page_is_self_contained(built):
     index, *_ = built
     text = index.read_text(encoding="utf-8")
-    assert not re.search(r"https?://", text, re.I)  # no remote resource of any kind, not even a link
-    assert not re.search(r"<link\b|@import|<iframe\b", text, re.I)
+    # no remote resource of any kind: no attribute or CSS url() pointing at http(s) or a protocol-relative address,
+    # no stylesheet link, import, frame, or script source; a URL inside the prompt is only text
+    assert not re.search(r"""(?:src|href|srcset|poster|action|data)\s*=\s*["']?\s*(?:https?:)?//""", text, re.I)
+    assert not re.search(r"url\(\s*['\"]?\s*(?:https?:)?//", text, re.I)
+    assert not re.search(r"<link\b|@import|<iframe\b|<script[^>]*\bsrc=", text, re.I)
+    assert "·https://en.wikipedia.org/wiki/Sea)." in re.sub(r"<[^>]+>", "", text)  # shown as a token, not a link
     p = _Cases()
     p.feed(text)
     assert p.imgs and all(s.startswith("data:image/png;base64,") for s in p.imgs)
