@@ -100,7 +100,7 @@ def summary_section(t: Mapping[str, Any], figs: Mapping[str, str]) -> str:
     )
 
 
-def _bench_cases_table(cases: Sequence[Any], t: Mapping[str, Any], bench: str) -> str:
+def _bench_cases_table(t: Mapping[str, Any], bench: str) -> str:
     rows = [r for r in t["cases"] if r["benchmark"] == bench]
     methods = [k[len("k_star_"):] for k in (rows[0] if rows else {}) if k.startswith("k_star_")]
     head = "".join(f'<th class="n">k* {esc(m)}</th>' for m in methods)
@@ -149,7 +149,7 @@ def benchmark_section(bench: str, cases: Sequence[Any], t: Mapping[str, Any], fi
         + "</div></div><h3>k* per method</h3>"
         '<p class="lead">k* = smallest k that flips the prediction; mean and median over the cases that flipped '
         "within K.</p>"
-        f"{html_table(ks, KSTAR_COLS)}<h3>Cases</h3>{_bench_cases_table(mine, t, bench)}</section>"
+        f"{html_table(ks, KSTAR_COLS)}<h3>Cases</h3>{_bench_cases_table(t, bench)}</section>"
     )
 
 
