@@ -226,6 +226,8 @@ def test_cli_report_on_a_store(tmp_path):
     assert "No cases in this store yet" in text
     t1 = _csv(out / "tables" / "table1.csv")
     assert [(r["benchmark"], r["items"], r["failures"]) for r in t1] == [("math", "1", "0")]
+    assert main(["report", "--store", str(store), "--out", str(tmp_path / "r2"), "--benchmark", "ifeval"]) == 2
+    assert not (tmp_path / "r2").exists()
 
 
 def test_cli_report_errors(tmp_path, capsys):
