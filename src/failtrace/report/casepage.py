@@ -123,6 +123,8 @@ def _case_data(case: Case) -> str:
 
 
 def _curve(curve: list[float]) -> str:
+    if not curve:
+        return '<span class="dim">not computed</span>'
     cells = [f'<span class="{"neg" if v < 0 else ""}">{v:+.2f}</span>' for v in curve[:11]]
     more = " …" if len(curve) > 11 else ""
     return f'<span class="curve">{" ".join(cells)}{more}</span>'
