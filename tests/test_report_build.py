@@ -182,7 +182,7 @@ def test_stored_graph_is_drawn_and_budget_falls_back_to_files(tmp_path):
     n = len(case.token_ids)
     model = tiny_model("llama", layers=2)
     ids = [3 + (7 * i) % 120 for i in range(n)]
-    g = graph_from_ids(model, ids, lambda logits: logits[5] - logits[7], method="closed-form",
+    g = graph_from_ids(model, ids, lambda logits: logits[5] - logits[7],
                        tokens=case.tokens, special_mask=case.special_mask)
     pruned = g.pruned
     record = {"stages": [s.name for s in g.stages], "nodes": [[s, t, float(g.relevance[s, t])]

@@ -16,6 +16,7 @@ _EXPORTS = {
     "save_svg": "failtrace.report.heatmap",
     "heatmap_figure": "failtrace.report.heatmap",
     "build_report": "failtrace.report.build",
+    "build_report_from_store": "failtrace.report.build",
 }
 
 __all__ = sorted(_EXPORTS)

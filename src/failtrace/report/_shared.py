@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
-try:  # the views package (house helper) -- preferred
-    from failtrace.views import graph_html as _graph_html  # type: ignore[attr-defined]
-    from failtrace.views import save_graph_png as _save_graph_png  # type: ignore[attr-defined]
+try:  # the views package -- preferred. Imported from the submodules: ``failtrace.views.graph_html`` is both a lazy
+    # export and a submodule name, so ``from failtrace.views import graph_html`` can yield the module.
+    from failtrace.views.graph_html import graph_html as _graph_html  # type: ignore[import-not-found]
+    from failtrace.views.graph_png import save_graph_png as _save_graph_png  # type: ignore[import-not-found]
 except ImportError:  # pragma: no cover - depends on which branch is merged
     _graph_html = None
     _save_graph_png = None
