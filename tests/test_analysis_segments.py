@@ -205,7 +205,8 @@ def test_spans_and_segment_sums():
 def test_normalize_ignores_special_tokens():
     r = np.array([10.0, -2.0, 1.0, 0.5])
     assert normalize(r, [True, False, False, False]).tolist() == [5.0, -1.0, 0.5, 0.25]
-    assert normalize(r, [True, True, True, True]).tolist() == r.tolist()  # no non-special token: unchanged
+    # no non-special token: the scale falls back to all tokens (failtrace.attribution.normalize)
+    assert normalize(r, [True, True, True, True]).tolist() == (r / 10.0).tolist()
 
 
 def test_demo_items_use_the_benchmark_they_imitate():

@@ -236,8 +236,8 @@ def test_streaming_long_input_matches_unchunked(one_thread):
     def objective(logits: torch.Tensor) -> torch.Tensor:
         return logits[5] - logits[7]
 
-    full = graph_from_ids(model, ids, objective, method="closed-form", node_threshold=0.0, edge_budget=None)
-    small = graph_from_ids(model, ids, objective, method="closed-form", node_threshold=0.0, edge_budget=2000,
+    full = graph_from_ids(model, ids, objective, edges="closed-form", node_threshold=0.0, edge_budget=None)
+    small = graph_from_ids(model, ids, objective, edges="closed-form", node_threshold=0.0, edge_budget=2000,
                            memory_budget_mb=0.5)  # a few rows per block
     assert full.metadata["edge_budget"] is None and small.metadata["edge_budget"] == 2000
     for t in range(len(full.transitions)):

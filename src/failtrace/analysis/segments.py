@@ -19,6 +19,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from failtrace.attribution.normalize import normalize  # noqa: F401  (re-exported: the one normalisation)
+
 from failtrace.analysis.segmenters import SEGMENTERS, Spans
 from failtrace.errors import FailtraceError
 
@@ -45,15 +47,6 @@ def relevant_segments(benchmark: str, item: Any = None) -> tuple[str, ...]:
 
         benchmark = DEMO_KINDS.get(str(item.reference.get("kind")), benchmark)
     return RELEVANT_SEGMENTS.get(benchmark, DEFAULT_RELEVANT)
-
-
-def normalize(relevance: Sequence[float] | np.ndarray, special_mask: Sequence[bool]) -> np.ndarray:
-    """Relevance divided by the largest |R| among non-special tokens (special tokens, attention sinks, may exceed
-    1). Scale 1 when there is no non-special token or all are zero."""
-    r = np.asarray(relevance, dtype=np.float64)
-    keep = ~np.asarray(special_mask, dtype=bool)
-    scale = float(np.abs(r[keep]).max()) if keep.any() else 0.0
-    return r / scale if scale > 0 else r.copy()
 
 
 def token_texts(tokenizer: Any, token_ids: Sequence[int]) -> list[str]:

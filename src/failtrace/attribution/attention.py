@@ -13,7 +13,7 @@ The weights come from transformers' own eager attention (``output_attentions=Tru
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -61,3 +61,19 @@ def random_relevance(n: int, seed: int) -> np.ndarray:
     if n < 0:
         raise FailtraceError(f"random relevance needs n >= 0, got {n}")
     return 1.0 - np.random.default_rng(int(seed)).random(int(n))
+
+
+def attention_method(model: nn.Module, ids: Sequence[int], objective: Any, **_: Any) -> Any:
+    """The ``attention`` entry of the method registry: attention relevance as the input row, plus the objective at
+    the real input (one extra plain forward, so the record's Δℓ is the same as every other method's)."""
+    from failtrace.attribution.engine import base_and_head, final_logits
+    from failtrace.attribution.methods import MethodResult
+
+    relevance = attention_relevance(model, ids)
+    with torch.no_grad():
+        base, head = base_and_head(model)
+        device = next(model.parameters()).device
+        last = base(input_ids=torch.tensor([list(ids)], device=device), use_cache=False).last_hidden_state[0, -1]
+        logits = final_logits(model, head, last)
+        value = float(objective(logits))
+    return MethodResult(relevance[None, :], value, logits.detach(), {"note": "raw last-layer attention, mean of heads"})

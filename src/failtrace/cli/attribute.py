@@ -21,7 +21,7 @@ def _parse_token(value: str | None) -> int | str | None:
 
 
 def _outputs(attr: object, json_path: Optional[Path], html_path: Optional[Path], png_path: Optional[Path]) -> list[str]:
-    from failtrace.report.heatmap import render_html, save_png
+    from failtrace.views import heatmap_html, save_heatmap_png
 
     written = []
     if json_path:
@@ -29,10 +29,10 @@ def _outputs(attr: object, json_path: Optional[Path], html_path: Optional[Path],
         written.append(str(json_path))
     if html_path:
         html_path.parent.mkdir(parents=True, exist_ok=True)
-        html_path.write_text(render_html(attr), encoding="utf-8")  # type: ignore[arg-type]
+        html_path.write_text(heatmap_html(attr), encoding="utf-8")  # type: ignore[arg-type]
         written.append(str(html_path))
     if png_path:
-        save_png(attr, png_path)  # type: ignore[arg-type]
+        save_heatmap_png(attr, png_path)  # type: ignore[arg-type]
         written.append(str(png_path))
     return written
 
@@ -45,7 +45,7 @@ def run_attribute(
     from rich.console import Console
 
     import failtrace
-    from failtrace.report.heatmap import render_terminal
+    from failtrace.views import render_terminal
 
     console = Console(stderr=True)
     if not prompt or not prompt.strip():

@@ -1,7 +1,6 @@
-"""Views of failtrace records: token heatmaps (HTML, PNG/SVG, terminal), graph views and the HTML report.
+"""The HTML report of a failure study (built on :mod:`failtrace.views` and the stored cases).
 
-Submodules are imported lazily so that ``import failtrace.report`` does not pull in matplotlib or rich until a view is
-actually drawn.
+``build_report`` is imported lazily so that ``import failtrace.report`` does not pull in matplotlib.
 """
 
 from __future__ import annotations
@@ -10,11 +9,8 @@ from importlib import import_module
 from typing import Any
 
 _EXPORTS = {
-    "render_html": "failtrace.report.heatmap",
-    "render_terminal": "failtrace.report.heatmap",
-    "save_png": "failtrace.report.heatmap",
-    "save_svg": "failtrace.report.heatmap",
-    "heatmap_figure": "failtrace.report.heatmap",
+    "build_report": "failtrace.report.build",
+    "build_report_from_store": "failtrace.report.build",
 }
 
 __all__ = sorted(_EXPORTS)
