@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from failtrace.attribution.engine import relevance_pass
-from failtrace.attribution.inputs import Prompt, prepare_input, resolve_token
+from failtrace.attribution.inputs import Prompt, context_length, prepare_input, resolve_token
 from failtrace.attribution.objective import OBJECTIVES, objective_value
 from failtrace.attribution.record import Attribution, TokenRef
 from failtrace.errors import FailtraceError
@@ -33,19 +33,22 @@ def attribute(
     ig_steps: int = 32,
     topk: int = 10,
     use_checkpoint: bool | None = None,
+    allow_long: bool = False,
 ) -> Attribution:
     """Explain the model's preference for ``target`` over ``contrast`` after ``prompt`` (+ ``answer_prefix``).
 
     ``prompt``: raw text, chat messages (``[{"role", "content"}]``; or a string with ``chat=True``), or token ids.
     ``target`` / ``contrast``: token ids, ``"#ID"`` strings, or strings that encode to exactly one token. A missing
     target means the model's own greedy next token. ``method``: attnlrp (default), cp-lrp, gradxinput or ig.
+    An input longer than the model's context is refused unless ``allow_long``.
     """
     if method not in ALL_METHODS:
         raise FailtraceError(f"unknown method {method!r}; valid: {', '.join(ALL_METHODS)}")
     if objective not in OBJECTIVES:
         raise FailtraceError(f"unknown objective {objective!r}; valid: {', '.join(OBJECTIVES)}")
     tok = lm.tokenizer
-    prep = prepare_input(tok, prompt, chat=chat, answer_prefix=answer_prefix, thinking=thinking, position=position)
+    prep = prepare_input(tok, prompt, chat=chat, answer_prefix=answer_prefix, thinking=thinking, position=position,
+                         max_length=context_length(lm.model), allow_long=allow_long)
     tgt = resolve_token(tok, target, "target") if target is not None else None
     con = resolve_token(tok, contrast, "contrast") if contrast is not None else None
     if objective == "logit_diff" and con is None:

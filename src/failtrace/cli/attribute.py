@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from failtrace.cli import options as opts
-
+from failtrace.cli.checks import check_output_dir, check_output_file
 from failtrace.errors import FailtraceError
 
 DEMO_PROMPT = "Answer with one word. Which planet is known as the Red Planet?"
@@ -28,11 +28,13 @@ def _outputs(attr: object, json_path: Optional[Path], html_path: Optional[Path],
     from failtrace.report.heatmap import render_html, save_png
 
     written = []
+    for path in (json_path, html_path, png_path):
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
     if json_path:
         attr.save_json(json_path)  # type: ignore[attr-defined]
         written.append(str(json_path))
     if html_path:
-        html_path.parent.mkdir(parents=True, exist_ok=True)
         html_path.write_text(render_html(attr), encoding="utf-8")  # type: ignore[arg-type]
         written.append(str(html_path))
     if png_path:
@@ -41,24 +43,43 @@ def _outputs(attr: object, json_path: Optional[Path], html_path: Optional[Path],
     return written
 
 
+def _validate(prompt: str, method: str, objective: str, dtype: str, json_path: Optional[Path],
+              html_path: Optional[Path], png_path: Optional[Path]) -> None:
+    """Everything that can be checked without the model, checked before loading it."""
+    from failtrace.attribution.core import ALL_METHODS
+    from failtrace.attribution.objective import OBJECTIVES
+    from failtrace.models.loading import check_dtype
+
+    if not prompt or not prompt.strip():
+        raise FailtraceError("the prompt is empty; pass --prompt TEXT")
+    if method not in ALL_METHODS:
+        raise FailtraceError(f"unknown method --method {method!r}; valid: {', '.join(ALL_METHODS)}")
+    if objective not in OBJECTIVES:
+        raise FailtraceError(f"unknown objective --objective {objective!r}; valid: {', '.join(OBJECTIVES)}")
+    check_dtype(dtype)
+    check_output_file(json_path, "--json", "attribution.json")
+    check_output_file(html_path, "--html", "attribution.html")
+    check_output_file(png_path, "--png", "attribution.png")
+
+
 def run_attribute(
     model: str | None, prompt: str, target: str | None, contrast: str | None, chat: bool, answer_prefix: str | None,
     method: str, objective: str, position: int | None, json_path: Optional[Path], html_path: Optional[Path],
-    png_path: Optional[Path], dtype: str, ig_steps: int, quiet: bool,
+    png_path: Optional[Path], dtype: str, ig_steps: int, quiet: bool, allow_long: bool = False,
 ) -> None:
     from rich.console import Console
 
+    _validate(prompt, method, objective, dtype, json_path, html_path, png_path)
     import failtrace
     from failtrace.report.heatmap import render_terminal
 
     console = Console(stderr=True)
-    if not prompt or not prompt.strip():
-        raise FailtraceError("the prompt is empty; pass --prompt TEXT")
     lm = failtrace.load_model(model, dtype=dtype)
     with console.status(f"attributing with {method} ..."):
         attr = failtrace.attribute(
             lm, prompt, target=_parse_token(target), contrast=_parse_token(contrast), answer_prefix=answer_prefix,
             chat=chat, method=method, objective=objective, position=position, ig_steps=ig_steps,
+            allow_long=allow_long,
         )
     if not quiet:
         render_terminal(attr)
@@ -84,12 +105,14 @@ def register(app: typer.Typer) -> None:
         html_path: Optional[Path] = typer.Option(None, "--html", help="Write a self-contained HTML heatmap."),
         png_path: Optional[Path] = typer.Option(None, "--png", help="Write a PNG heatmap."),
         dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16"),
-        ig_steps: int = typer.Option(32, "--ig-steps", help="Integrated-gradients steps (method ig)."),
+        ig_steps: int = typer.Option(32, "--ig-steps", callback=opts.count(1),
+                                     help="Integrated-gradients steps (method ig), at least 1."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Do not print the terminal view."),
+        allow_long: bool = opts.ALLOW_LONG,
     ) -> None:
         """Explain why the model prefers TARGET over CONTRAST as its next token."""
         run_attribute(model, prompt, target, contrast, chat, answer_prefix, method, objective, position, json_path,
-                      html_path, png_path, dtype, ig_steps, quiet)
+                      html_path, png_path, dtype, ig_steps, quiet, allow_long)
 
     @app.command("demo")
     def demo_cmd(
@@ -97,5 +120,6 @@ def register(app: typer.Typer) -> None:
         model: Optional[str] = typer.Option(None, "--model", "-m", help="Model (default: the bundled SmolLM2)."),
     ) -> None:
         """End-to-end run on the bundled model: why ' Mars' rather than ' Jupiter' after a chat question."""
+        check_output_dir(out, "--out")
         run_attribute(model, DEMO_PROMPT, " Mars", " Jupiter", True, DEMO_PREFIX, "attnlrp", "logit_diff", None,
                       out / "demo.json", out / "demo.html", out / "demo.png", "float32", 32, False)

@@ -12,7 +12,7 @@ from typing import Any, Optional
 import typer
 
 from failtrace.cli import options as opts
-
+from failtrace.cli.checks import check_output_file
 from failtrace.errors import FailtraceError
 
 EXIT_FALLBACK = 3
@@ -38,6 +38,21 @@ def _validate(method: str, node_threshold: float, prune: str, lrp_method: str) -
         raise FailtraceError(f"--lrp-method {lrp_method!r} is not valid; valid: {', '.join(METHODS)}")
     check_node_threshold(node_threshold)
     PruneSpec.parse(prune)
+
+
+def _check_outputs(dtype: str, json_path: Optional[Path], ct_json_path: Optional[Path], html_path: Optional[Path],
+                   png_path: Optional[Path], svg_path: Optional[Path]) -> None:
+    """The dtype and every output path, checked before the model is loaded."""
+    from failtrace.models.loading import check_dtype
+
+    for p, suffixes in ((png_path, (".png",)), (svg_path, (".svg",))):
+        if p is not None and p.suffix.lower() not in suffixes:
+            raise FailtraceError(f"{p}: expected a file name ending in {suffixes[0]}")
+    check_dtype(dtype)
+    for p, option, example in ((json_path, "--json", "graph.json"), (ct_json_path, "--circuit-tracer-json", "ct.json"),
+                               (html_path, "--html", "graph.html"), (png_path, "--png", "graph.png"),
+                               (svg_path, "--svg", "graph.svg")):
+        check_output_file(p, option, example)
 
 
 def _summary(graph: Any, pruned: Any, top_k: int) -> list[str]:
@@ -66,6 +81,7 @@ def run_graph(
     layers: str | None, mid_nodes: bool, method: str, prune: str, node_threshold: float, lrp_method: str,
     objective: str, json_path: Optional[Path], ct_json_path: Optional[Path], html_path: Optional[Path],
     png_path: Optional[Path], svg_path: Optional[Path], dtype: str, memory_budget: float, top_k: int, quiet: bool,
+    allow_long: bool = False,
 ) -> int:
     """Build, prune and write the graph; returns the exit code (0, or 3 after a closed-form fallback)."""
     from rich.console import Console
@@ -74,9 +90,7 @@ def run_graph(
     if not prompt or not prompt.strip():
         raise FailtraceError("the prompt is empty; pass --prompt TEXT")
     _validate(method, node_threshold, prune, lrp_method)
-    for p, suffixes in ((png_path, (".png",)), (svg_path, (".svg",))):
-        if p is not None and p.suffix.lower() not in suffixes:
-            raise FailtraceError(f"{p}: expected a file name ending in {suffixes[0]}")
+    _check_outputs(dtype, json_path, ct_json_path, html_path, png_path, svg_path)
 
     import failtrace
     from failtrace.graph import build_graph
@@ -88,6 +102,7 @@ def run_graph(
         lm, prompt, target=_parse_token(target), contrast=_parse_token(contrast), answer_prefix=answer_prefix,
         chat=chat, objective=objective, method=method, lrp_method=lrp_method, layers=layers, mid_nodes=mid_nodes,
         node_threshold=node_threshold, prune=prune, memory_budget_mb=memory_budget, progress=not quiet,
+        allow_long=allow_long,
         notify=lambda msg: console.print(f"note: {msg}", highlight=False),
     )
     pruned = graph.pruned
@@ -97,6 +112,9 @@ def run_graph(
         for line in _summary(graph, pruned, top_k):
             console.print(line, highlight=False, markup=False)
     written = []
+    for p in (json_path, ct_json_path, html_path, png_path, svg_path):
+        if p is not None:
+            p.parent.mkdir(parents=True, exist_ok=True)
     if json_path:
         written.append(save_json(pruned, json_path))
     if ct_json_path:
@@ -139,7 +157,7 @@ def register(app: typer.Typer) -> None:
         prune: str = typer.Option("cumulative:0.85", "--prune",
                                   help="Edge pruning: cumulative:P (0 < P <= 1, mass per layer transition) or "
                                        "global:TAU (|A| > TAU·|R_final|)."),
-        node_threshold: float = typer.Option(0.01, "--node-threshold",
+        node_threshold: float = typer.Option(0.01, "--node-threshold", callback=opts.finite(0.0, 1.0),
                                              help="Drop nodes whose normalised |R| is below this (0..1)."),
         lrp_method: str = typer.Option("attnlrp", "--lrp-method", help="attnlrp | cp-lrp | gradxinput"),
         objective: str = typer.Option("logit_diff", "--objective",
@@ -151,11 +169,13 @@ def register(app: typer.Typer) -> None:
         png_path: Optional[Path] = typer.Option(None, "--png", help="Write the layered picture as PNG."),
         svg_path: Optional[Path] = typer.Option(None, "--svg", help="Write the layered picture as SVG."),
         dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16"),
-        memory_budget: float = typer.Option(1024.0, "--memory-budget",
+        memory_budget: float = typer.Option(1024.0, "--memory-budget", callback=opts.finite(0.0, open_min=True),
                                             help="MB for one block of edge computation (packed batch, closed-form "
                                                  "row chunks)."),
-        top_k: int = typer.Option(5, "--top-k", help="Strongest input→final paths to print."),
+        top_k: int = typer.Option(5, "--top-k", callback=opts.count(1),
+                                  help="Strongest input→final paths to print (at least 1)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only warnings and written files."),
+        allow_long: bool = opts.ALLOW_LONG,
     ) -> None:
         """Attribution graph: relevance flow between hidden states (layer × token) for TARGET vs CONTRAST.
 
@@ -163,6 +183,6 @@ def register(app: typer.Typer) -> None:
         """
         code = run_graph(model, prompt, target, contrast, chat, answer_prefix, layers, mid_nodes, method, prune,
                          node_threshold, lrp_method, objective, json_path, ct_json_path, html_path, png_path,
-                         svg_path, dtype, memory_budget, top_k, quiet)
+                         svg_path, dtype, memory_budget, top_k, quiet, allow_long)
         if code:
             raise SystemExit(code)

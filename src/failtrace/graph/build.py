@@ -370,6 +370,7 @@ def build_graph(
     objective: str = "logit_diff",
     position: int | None = None,
     topk: int = 10,
+    allow_long: bool = False,
     **kwargs: Any,
 ) -> AttributionGraph:
     """Attribution graph for the preference of ``target`` over ``contrast`` after ``prompt`` (+ ``answer_prefix``).
@@ -377,15 +378,17 @@ def build_graph(
     ``lm`` is a :class:`failtrace.models.LoadedModel`; prompt, target, contrast, answer prefix and objective work as
     in :func:`failtrace.attribute`. Keyword arguments go to :func:`graph_from_ids` (``method``, ``layers``,
     ``mid_nodes``, ``node_threshold``, ``prune``, ``lrp_method``, ``memory_budget_mb``, ``progress``, ...).
+    An input longer than the model's context is refused unless ``allow_long``.
     """
-    from failtrace.attribution.inputs import prepare_input, resolve_token
+    from failtrace.attribution.inputs import context_length, prepare_input, resolve_token
     from failtrace.attribution.objective import OBJECTIVES, objective_value
     from failtrace.attribution.record import TokenRef
 
     if objective not in OBJECTIVES:
         raise FailtraceError(f"unknown objective {objective!r}; valid: {', '.join(OBJECTIVES)}")
     tok = lm.tokenizer
-    prep = prepare_input(tok, prompt, chat=chat, answer_prefix=answer_prefix, thinking=thinking, position=position)
+    prep = prepare_input(tok, prompt, chat=chat, answer_prefix=answer_prefix, thinking=thinking, position=position,
+                         max_length=context_length(lm.model), allow_long=allow_long)
     tgt = resolve_token(tok, target, "target") if target is not None else None
     con = resolve_token(tok, contrast, "contrast") if contrast is not None else None
     if objective == "logit_diff" and con is None:

@@ -77,6 +77,12 @@ def _dtype(dtype: str | Any) -> Any:
         raise FailtraceError(f"unknown dtype {dtype!r}; use one of: float32, bfloat16, float16") from None
 
 
+def check_dtype(dtype: str) -> str:
+    """``dtype`` is a dtype name failtrace loads models in (else a FailtraceError listing the valid ones)."""
+    _dtype(dtype)
+    return dtype
+
+
 def _dtype_name(dtype: Any) -> str:
     return str(dtype).replace("torch.", "")
 
@@ -205,6 +211,102 @@ def _bundled_cached_folder(progress: bool) -> Path:
     return target
 
 
+def check_device(device: str) -> str:
+    """``device`` names a torch device this machine has (cpu, cuda, cuda:N, mps); else a FailtraceError saying why.
+
+    Called before anything is loaded, so ``--device cuda`` on a CPU-only torch fails in a second, not after loading.
+    """
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise FailtraceError(f"device {device!r} is not a torch device; use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = ("this torch build has no CUDA support" if torch.version.cuda is None
+                   else "no CUDA GPU is visible to this process")
+            raise FailtraceError(f"device {device!r}: {why} (torch {torch.__version__}); use --device cpu")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise FailtraceError(f"device {device!r}: this machine has {n} CUDA device(s); valid: "
+                                 + ", ".join(f"cuda:{i}" for i in range(n)))
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise FailtraceError(f"device {device!r}: MPS (Apple GPU) is not available here; use --device cpu")
+    elif dev.type != "cpu":
+        raise FailtraceError(f"device {device!r} is not supported; use cpu, cuda, cuda:N or mps")
+    return device
+
+
+_GGUF_MAGIC = b"GGUF"
+_GGUF_VERSIONS = (2, 3)
+
+
+def check_gguf_header(path: Path) -> None:
+    """The file starts like a GGUF model (magic ``GGUF``, format version 2 or 3, then two 64-bit counts).
+
+    Checked by hand (24 bytes) because a wrong file otherwise fails deep inside transformers' GGUF reader.
+    """
+    import struct
+
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(24)
+    except OSError as exc:
+        raise ModelNotFoundError(f"cannot read GGUF file {path}: {exc.strerror or exc}") from None
+    if head[:4] != _GGUF_MAGIC:
+        raise FailtraceError(f"{path} is not a GGUF model file (it starts with {head[:4]!r}, not b'GGUF'); pass a "
+                             f".gguf file, a Hugging Face model folder, or a hub id")
+    if len(head) < 24:
+        raise FailtraceError(f"{path} is a truncated GGUF file ({len(head)} bytes); download it again")
+    version = struct.unpack("<I", head[4:8])[0]
+    if version not in _GGUF_VERSIONS:
+        raise FailtraceError(f"{path} has GGUF format version {version}; readable versions: "
+                             f"{', '.join(map(str, _GGUF_VERSIONS))} (the file is damaged or from another format)")
+
+
+def check_model_folder(path: Path) -> None:
+    """A local model folder has a ``config.json`` holding a JSON object (else a message naming the file)."""
+    import json
+
+    config = path / "config.json"
+    if not config.is_file():
+        raise ModelNotFoundError(
+            f"{path} is a folder but has no config.json; point at a Hugging Face model folder "
+            f"(config.json + weights + tokenizer), a .gguf file, or use '{DEFAULT_MODEL}'"
+        )
+    try:
+        value = json.loads(config.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise FailtraceError(f"{config} is not UTF-8 text; a model's config.json must be a JSON object") from None
+    except json.JSONDecodeError as exc:
+        raise FailtraceError(f"{config} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
+                             f"a model's config.json must be a JSON object") from None
+    except OSError as exc:
+        raise FailtraceError(f"cannot read {config}: {exc.strerror or exc}") from None
+    if not isinstance(value, dict):
+        raise FailtraceError(f"{config} holds a JSON {type(value).__name__}, not an object; it must be a model config")
+
+
+def _explained(what: str, load: Any) -> Any:
+    """Run ``load()``; a failure of the third-party loader on the user's files becomes one FailtraceError line.
+
+    transformers, tokenizers, safetensors and gguf raise many exception types for a damaged or foreign file; which
+    one is not useful to the user, the file and the reason are. Running out of memory is not the file's fault and
+    passes through unchanged.
+    """
+    try:
+        return load()
+    except FailtraceError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise FailtraceError(f"cannot load {what}: {type(exc).__name__}: {first}") from exc
+
+
 def load_model(
     name_or_path: str | None = None,
     dtype: str | Any = "float32",
@@ -214,37 +316,43 @@ def load_model(
 ) -> LoadedModel:
     """Load a causal LM + tokenizer from a hub id, local folder, ``.gguf`` file, or the bundled default.
 
-    ``name_or_path=None`` or ``"smollm2-135m-instruct"`` gives the bundled SmolLM2-135M-Instruct.
+    ``name_or_path=None`` or ``"smollm2-135m-instruct"`` gives the bundled SmolLM2-135M-Instruct. The device and
+    dtype are checked first, and a damaged file gives a :class:`FailtraceError` naming it.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     name = name_or_path or DEFAULT_MODEL
     torch_dtype = _dtype(dtype)
+    check_device(device)
     info: dict[str, Any] = {}
     if name.lower() == DEFAULT_MODEL:
         folder = _bundled_cached_folder(progress)
         with _quiet_transformers():
-            model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype)
-            tok = AutoTokenizer.from_pretrained(str(folder))
+            model, tok = _explained(
+                f"the converted bundled model in {folder} (delete that folder to convert it again)",
+                lambda: (AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype),
+                         AutoTokenizer.from_pretrained(str(folder))))
         source = f"{_BUNDLED_DIST}:{_BUNDLED_FILE}"
         info["cache"] = str(folder)
     elif name.lower().endswith(".gguf"):
         path = Path(name).expanduser()
         if not path.is_file():
             raise ModelNotFoundError(f"GGUF file not found: {name}")
-        model, tok = _convert_gguf(path, torch_dtype)
+        check_gguf_header(path)
+        model, tok = _explained(f"GGUF file {path}", lambda: _convert_gguf(path, torch_dtype))
         source = str(path.resolve())
     elif Path(name).expanduser().exists():
         path = Path(name).expanduser()
-        if not (path / "config.json").exists():
-            raise ModelNotFoundError(
-                f"{name} is a folder but has no config.json; point at a Hugging Face model folder "
-                f"(config.json + weights + tokenizer), a .gguf file, or use '{DEFAULT_MODEL}'"
-            )
+        if not path.is_dir():
+            raise ModelNotFoundError(f"{name} is a file but not a .gguf file; pass a .gguf file, a Hugging Face "
+                                     f"model folder (config.json + weights + tokenizer), or a hub id")
+        check_model_folder(path)
         with _quiet_transformers():
-            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype)
-            tok = AutoTokenizer.from_pretrained(str(path))
+            model, tok = _explained(
+                f"the model in {path}",
+                lambda: (AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype),
+                         AutoTokenizer.from_pretrained(str(path))))
         source = str(path.resolve())
     else:
         try:
@@ -257,6 +365,8 @@ def load_model(
                 f"provide it ({str(exc).splitlines()[0][:160]}). Download it where the hub is reachable and pass the "
                 f"local folder (--model /path/to/folder), pass a .gguf file, or use the bundled '{DEFAULT_MODEL}'."
             ) from None
+        except (ValueError, KeyError) as exc:  # e.g. an architecture this transformers does not know
+            raise FailtraceError(f"cannot load hub model {name!r}: {str(exc).splitlines()[0][:300]}") from None
         source = f"hub:{name}"
     model.to(device)
     model.eval()
