@@ -144,8 +144,8 @@ CASES = [
     Case("attr-same-tokens", _a("-c", "#70", model="{m}"), ["same token"]),
     # graph
     Case("graph-top-k-0", _g("--top-k", "0"), ["--top-k", "0"], early=True),
-    Case("graph-node-threshold-nan", _g("--node-threshold", "nan"), ["--node-threshold", "nan"], early=True),
-    Case("graph-node-threshold-above-1", _g("--node-threshold", "1.5"), ["--node-threshold", "1.5"], early=True),
+    Case("graph-node-threshold-nan", _g("--node-threshold", "nan"), ["node threshold", "nan"], early=True),
+    Case("graph-node-threshold-above-1", _g("--node-threshold", "1.5"), ["node threshold", "1.5"], early=True),
     Case("graph-memory-budget-0", _g("--memory-budget", "0"), ["--memory-budget", "0"], early=True),
     Case("graph-memory-budget-inf", _g("--memory-budget", "inf"), ["--memory-budget", "inf"], early=True),
     Case("graph-prune-above-1", _g("--prune", "cumulative:2"), ["cumulative", "2"], early=True),
@@ -336,3 +336,36 @@ def test_real_processes(work: Path, tmp_path: Path) -> None:
     log = Path(res.stderr.strip().rsplit("details in ", 1)[1])
     assert "Traceback (most recent call last)" in log.read_text() and "Traceback" not in res.stdout + res.stderr
     assert _snapshot(work) == before
+
+
+def test_store_locked_by_another_writer(work: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """While another process holds the store for writing, collect and pairs refuse in one line; nothing changes."""
+    store = tmp_path / "locked.duckdb"
+    store.write_bytes((work / "store.duckdb").read_bytes())
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys; c = duckdb.connect(sys.argv[1]); print('ready', flush=True); "
+                               "sys.stdin.read()", str(store)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        digest = hashlib.sha256(store.read_bytes()).hexdigest()
+        for argv in (_c(store=str(store), model=str(work / "must-not-load.gguf")),
+                     _p(store=str(store))):
+            argv = [a.replace("{w}", str(work)) for a in argv]
+            assert main(argv) == 2
+            err = capsys.readouterr().err.strip()
+            assert err.startswith("error: ") and len(err.splitlines()) == 1 and "in use by another process" in err
+            assert str(store) in err and "must-not-load" not in err
+        assert hashlib.sha256(store.read_bytes()).hexdigest() == digest
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=60)
+
+
+def test_no_arguments_shows_help_and_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 0
+    out, err = capsys.readouterr()
+    assert "attribute" in out + err and "collect" in out + err and "Traceback" not in out + err
+    assert main(["pairs", "--help"]) == 0
+    assert "--min-delta" in capsys.readouterr().out

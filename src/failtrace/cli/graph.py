@@ -157,7 +157,7 @@ def register(app: typer.Typer) -> None:
         prune: str = typer.Option("cumulative:0.85", "--prune",
                                   help="Edge pruning: cumulative:P (0 < P <= 1, mass per layer transition) or "
                                        "global:TAU (|A| > TAU·|R_final|)."),
-        node_threshold: float = typer.Option(0.01, "--node-threshold", callback=opts.finite(0.0, 1.0),
+        node_threshold: float = typer.Option(0.01, "--node-threshold",
                                              help="Drop nodes whose normalised |R| is below this (0..1)."),
         lrp_method: str = typer.Option("attnlrp", "--lrp-method", help="attnlrp | cp-lrp | gradxinput"),
         objective: str = typer.Option("logit_diff", "--objective",

@@ -53,9 +53,11 @@ def _fmt(x: float | None, digits: int = 1) -> str:
 
 def _warn_problems(problems: list[str]) -> None:
     """The data loader's per-record problems as warnings (at most :data:`_MAX_PROBLEMS_SHOWN`)."""
+    from rich.markup import escape
+
     err = _console(stderr=True)
-    for problem in problems[:_MAX_PROBLEMS_SHOWN]:
-        err.print(f"[yellow]warning:[/] {problem}", markup=True, highlight=False)
+    for problem in problems[:_MAX_PROBLEMS_SHOWN]:  # escaped: a problem can quote the data file's own text
+        err.print(f"[yellow]warning:[/] {escape(problem)}", markup=True, highlight=False)
     if len(problems) > _MAX_PROBLEMS_SHOWN:
         err.print(f"[yellow]warning:[/] ... and {len(problems) - _MAX_PROBLEMS_SHOWN} more problems", markup=True)
 
