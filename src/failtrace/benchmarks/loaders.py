@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import re
-import socket
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import urlparse
 
 from failtrace.benchmarks.base import Item, LoadReport
 from failtrace.errors import FailtraceError
+from failtrace.hub import hub_reachable as _hub_reachable
+from failtrace.hub import offline_mode as _offline_mode
 
 #: Suffixes read as local files (``.gz`` may wrap JSON or JSONL).
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".jsonl.gz", ".json.gz")
@@ -164,25 +163,6 @@ def _iter_parquet(path: Path, problems: list[str]) -> Iterator[Record]:
         for record in batch.to_pylist():
             row += 1
             yield f"row {row}", record
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the hub endpoint accepts a TCP connection: a quick probe, so an offline machine fails in seconds
-    instead of waiting through ``datasets``' retries (about 25 s)."""
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    parsed = urlparse(endpoint)
-    host = parsed.hostname or "huggingface.co"
-    port = parsed.port or (443 if parsed.scheme != "http" else 80)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _offline_mode() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
 def _iter_hub(source: str, default_split: str) -> Iterator[Record]:

@@ -307,6 +307,22 @@ def _explained(what: str, load: Any) -> Any:
         raise FailtraceError(f"cannot load {what}: {type(exc).__name__}: {first}") from exc
 
 
+def _check_hub_name(name: str) -> None:
+    """Before asking the hub for ``name``: a missing local path is named as such, an unreachable hub fails fast."""
+    from failtrace.hub import hub_reachable, offline_mode
+
+    if name.startswith(("/", "./", "../", "~", ".\\")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name):
+        raise ModelNotFoundError(f"no such file or folder: {name}; pass an existing model folder, a .gguf file, a "
+                                 f"hub id such as HuggingFaceTB/SmolLM2-135M-Instruct, or '{DEFAULT_MODEL}'")
+    if not offline_mode() and not hub_reachable():
+        raise ModelNotFoundError(
+            f"cannot load model {name!r}: it is not a local folder or .gguf file, and the Hugging Face hub cannot be "
+            f"reached to download it. Download it where the hub is reachable and pass the local folder "
+            f"(--model /path/to/folder), pass a .gguf file, use the bundled '{DEFAULT_MODEL}', or set "
+            f"HF_HUB_OFFLINE=1 to use a copy already in the Hugging Face cache."
+        )
+
+
 def load_model(
     name_or_path: str | None = None,
     dtype: str | Any = "float32",
@@ -355,6 +371,7 @@ def load_model(
                          AutoTokenizer.from_pretrained(str(path))))
         source = str(path.resolve())
     else:
+        _check_hub_name(name)
         try:
             with _quiet_transformers():
                 model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype, revision=revision)
