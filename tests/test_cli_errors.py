@@ -321,17 +321,13 @@ def _run(args: list[str], env_extra: dict[str, str]) -> subprocess.CompletedProc
 
 
 def test_real_processes(work: Path, tmp_path: Path) -> None:
-    """As a user runs it: a bad model file, an unwritable output, and a crash (injected) in fresh interpreters."""
+    """As a user runs it, in fresh interpreters: a bad model file, and a crash (injected)."""
     logs = {"FAILTRACE_LOG_DIR": str(tmp_path / "logs")}
     before = _snapshot(work)
     res = _run(["-m", "failtrace.cli", "attribute", "-p", "hi", "-m", str(work / "bad.gguf"), "--json",
                 str(tmp_path / "a.json")], logs)
     assert res.returncode == 2 and res.stderr.startswith("error: ") and len(res.stderr.strip().splitlines()) == 1
     assert "bad.gguf" in res.stderr and "Traceback" not in res.stdout + res.stderr
-    res = _run(["-m", "failtrace.cli", "collect", "-b", "ifeval", "-d", str(work / "fake.jsonl.gz"), "-s",
-                "/proc/nope/runs.duckdb"], logs)
-    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
-    assert "/proc/nope/runs.duckdb" in res.stderr and "Traceback" not in res.stdout + res.stderr
     crash = ("import sys; import failtrace.store.store as s; "
              "s.ResultsStore.status_rows = lambda self: {}['missing']; "
              "from failtrace.cli import _entry; sys.argv[1:] = ['status', '-s', sys.argv[1]]; _entry()")
