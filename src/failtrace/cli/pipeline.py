@@ -83,7 +83,8 @@ def collect_command(
 ) -> None:
     """Generate greedily on benchmark items, check each answer, store generations and verdicts (resumable)."""
     from failtrace.failures.collect import collect, resolve_benchmark
-    from failtrace.models.loading import check_device, check_dtype, load_model
+    from failtrace.models.checks import check_device
+    from failtrace.models.loading import check_dtype, load_model
     from failtrace.store.store import open_store
 
     check_dtype(dtype)
@@ -134,7 +135,7 @@ def pairs_command(
 ) -> None:
     """Turn each failure into a clean target/contrast case, or say why not (resumable)."""
     from failtrace.failures.pairs import PairSettings, find_pairs
-    from failtrace.models.loading import check_device
+    from failtrace.models.checks import check_device
     from failtrace.store.store import open_store
 
     settings = PairSettings(top_k=top_k, min_delta=min_delta, max_positions=max_positions,
