@@ -286,12 +286,14 @@ def test_allow_long_lifts_the_context_check(work: Path, tmp_path: Path, capsys: 
     (short / "config.json").write_text(json.dumps(cfg))
     args = ["attribute", "-p", "b" * 40, "-t", "#70", "-c", "#71", "-q", "-m", str(short), "--json",
             str(tmp_path / "a.json")]
-    assert main(args) == 2
+    assert main([*args, "--png", str(tmp_path / "new" / "a.png")]) == 2
     err = capsys.readouterr().err
     assert "40 tokens" in err and "16 tokens" in err and not (tmp_path / "a.json").exists()
-    assert main([*args, "--allow-long"]) == 0
+    assert not (tmp_path / "new").exists()  # output folders are checked, not created, before the run
+    assert main([*args, "--allow-long", "--png", str(tmp_path / "new" / "a.png")]) == 0
     rec = json.loads((tmp_path / "a.json").read_text())
     assert len(rec["tokens"]) == 40
+    assert (tmp_path / "new" / "a.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_unexpected_exception_is_one_line_and_a_log(work: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -28,13 +28,11 @@ def _outputs(attr: object, json_path: Optional[Path], html_path: Optional[Path],
     from failtrace.report.heatmap import render_html, save_png
 
     written = []
-    for path in (json_path, html_path, png_path):
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
     if json_path:
         attr.save_json(json_path)  # type: ignore[attr-defined]
         written.append(str(json_path))
     if html_path:
+        html_path.parent.mkdir(parents=True, exist_ok=True)
         html_path.write_text(render_html(attr), encoding="utf-8")  # type: ignore[arg-type]
         written.append(str(html_path))
     if png_path:
@@ -83,6 +81,8 @@ def run_attribute(
         )
     if not quiet:
         render_terminal(attr)
+    if png_path is not None:  # the checked (possibly missing) folder is created only now, when there is output
+        png_path.parent.mkdir(parents=True, exist_ok=True)
     for path in _outputs(attr, json_path, html_path, png_path):
         console.print(f"wrote {path}")
 

@@ -45,9 +45,6 @@ def _check_outputs(dtype: str, json_path: Optional[Path], ct_json_path: Optional
     """The dtype and every output path, checked before the model is loaded."""
     from failtrace.models.loading import check_dtype
 
-    for p, suffixes in ((png_path, (".png",)), (svg_path, (".svg",))):
-        if p is not None and p.suffix.lower() not in suffixes:
-            raise FailtraceError(f"{p}: expected a file name ending in {suffixes[0]}")
     check_dtype(dtype)
     for p, option, example in ((json_path, "--json", "graph.json"), (ct_json_path, "--circuit-tracer-json", "ct.json"),
                                (html_path, "--html", "graph.html"), (png_path, "--png", "graph.png"),
@@ -90,6 +87,9 @@ def run_graph(
     if not prompt or not prompt.strip():
         raise FailtraceError("the prompt is empty; pass --prompt TEXT")
     _validate(method, node_threshold, prune, lrp_method)
+    for p, suffixes in ((png_path, (".png",)), (svg_path, (".svg",))):
+        if p is not None and p.suffix.lower() not in suffixes:
+            raise FailtraceError(f"{p}: expected a file name ending in {suffixes[0]}")
     _check_outputs(dtype, json_path, ct_json_path, html_path, png_path, svg_path)
 
     import failtrace
@@ -112,9 +112,6 @@ def run_graph(
         for line in _summary(graph, pruned, top_k):
             console.print(line, highlight=False, markup=False)
     written = []
-    for p in (json_path, ct_json_path, html_path, png_path, svg_path):
-        if p is not None:
-            p.parent.mkdir(parents=True, exist_ok=True)
     if json_path:
         written.append(save_json(pruned, json_path))
     if ct_json_path:
