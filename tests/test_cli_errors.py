@@ -372,3 +372,20 @@ def test_no_arguments_shows_help_and_help_exits_0(capsys: pytest.CaptureFixture[
     assert "attribute" in out + err and "collect" in out + err and "Traceback" not in out + err
     assert main(["pairs", "--help"]) == 0
     assert "--min-delta" in capsys.readouterr().out
+
+
+def test_device_check_on_a_machine_with_two_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU branch of check_device, on a (simulated: torch.cuda answers as on a 2-GPU machine) CUDA machine."""
+    from failtrace.errors import FailtraceError
+    from failtrace.models.checks import check_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert check_device("cuda") == "cuda" and check_device("cuda:1") == "cuda:1" and check_device("cpu") == "cpu"
+    with pytest.raises(FailtraceError, match=r"'cuda:2': this machine has 2 CUDA device\(s\); valid: cuda:0, cuda:1"):
+        check_device("cuda:2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(FailtraceError, match="use --device cpu"):
+        check_device("cuda:0")
+    with pytest.raises(FailtraceError, match="'meta' is not supported"):
+        check_device("meta")
