@@ -81,6 +81,7 @@ def _iter_jsonl(path: Path, problems: list[str]) -> Iterator[Record]:
 
 
 def _jsonl_records(path: Path, fh: IO[bytes], problems: list[str]) -> Iterator[Record]:
+    """Each line decoded on its own, so one bad line (not UTF-8, not JSON, not an object) costs only that line."""
     for lineno, raw in enumerate(fh, start=1):
         try:
             line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
