@@ -6,7 +6,7 @@ Run:  .venv/bin/python examples/quickstart.py
 from pathlib import Path
 
 import failtrace
-from failtrace.report.heatmap import render_terminal, save_png
+from failtrace.views import heatmap_html, render_terminal, save_heatmap_png
 
 lm = failtrace.load_model()  # bundled SmolLM2-135M-Instruct
 attr = failtrace.attribute(
@@ -20,6 +20,6 @@ attr = failtrace.attribute(
 render_terminal(attr)
 out = Path("out")
 attr.save_json(out / "spider.json")
-(out / "spider.html").write_text(attr.to_html(), encoding="utf-8")
-save_png(attr, out / "spider.png")
+(out / "spider.html").write_text(heatmap_html(attr), encoding="utf-8")
+save_heatmap_png(attr, out / "spider.png")
 print(f"Δℓ = {attr.delta_logit:.3f}; input relevance sums to {attr.relevance_sum:.3f}; wrote {out}/spider.*")

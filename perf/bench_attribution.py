@@ -2,7 +2,8 @@
 
 Prints, at 64 / 512 / 2,048 tokens: AttnLRP time ÷ plain forward+backward time (goal ≤ 1.15), integrated gradients
 (32 steps) ÷ AttnLRP (goal ≥ 25), and peak resident memory; then the largest input (doubling from 4,096) that
-AttnLRP attributes within the memory budget (goal ≥ 16,384 tokens); and one attribution on a randomly initialised
+AttnLRP attributes within the memory budget (goal ≥ 16,384 tokens), each against a plain forward+backward at the
+same length and with the same activation checkpointing; and one attribution on a randomly initialised
 model with Qwen3-0.6B's published shape (random weights cost the same as trained ones).
 
 Each measurement runs in a fresh subprocess so its peak RSS is its own. Run:  .venv/bin/python perf/bench_attribution.py
@@ -49,7 +50,8 @@ def _one(kind: str, method: str, n: int, repeats: int) -> dict:
 
     from failtrace.attribution import objective_value, relevance_pass
     from failtrace.attribution.baselines import integrated_gradients
-    from failtrace.attribution.engine import base_and_head, final_logits
+    from failtrace.attribution.engine import CHECKPOINT_ABOVE, base_and_head, checkpointed_layers, final_logits
+    from failtrace.lrp.patch import decoder_layers
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", os.cpu_count() or 1)))
     model = _model(kind)
@@ -58,10 +60,15 @@ def _one(kind: str, method: str, n: int, repeats: int) -> dict:
     fn = lambda lg: objective_value(lg, "logit_diff", 1000, 2000)  # noqa: E731
     base, head = base_and_head(model)
 
+    # The baseline gets the same memory setting as AttnLRP: above CHECKPOINT_ABOVE tokens both run every decoder
+    # layer under activation checkpointing (recomputed in the backward pass), below it neither does.
+    ckpt = n > CHECKPOINT_ABOVE
+
     def plain() -> None:
-        emb = model.get_input_embeddings()(torch.tensor([ids])).detach().requires_grad_(True)
-        last = base(inputs_embeds=emb, use_cache=False).last_hidden_state[0, -1]
-        fn(final_logits(model, head, last)).backward()
+        with checkpointed_layers(decoder_layers(model), ckpt), torch.enable_grad():
+            emb = model.get_input_embeddings()(torch.tensor([ids])).detach().requires_grad_(True)
+            last = base(inputs_embeds=emb, use_cache=False).last_hidden_state[0, -1]
+            fn(final_logits(model, head, last)).backward()
 
     runs = {
         "plain": plain,
@@ -126,7 +133,10 @@ def main() -> None:
             if r is None or "error" in r or r["peak_gib"] > args.budget_gib:
                 print(f"{n:>7} tokens: failed within {args.budget_gib:g} GiB ({r})")
                 break
-            print(f"{n:>7} tokens: AttnLRP {r['seconds']:.1f} s, peak {r['peak_gib']:.2f} GiB", flush=True)
+            b = measure("bundled", "plain", n, 0)
+            cmp = (f"; plain f+b {b['seconds']:.1f} s (same checkpointing), LRP/plain {r['seconds'] / b['seconds']:.3f}"
+                   if b and "seconds" in b else f"; plain f+b failed ({b})")
+            print(f"{n:>7} tokens: AttnLRP {r['seconds']:.1f} s, peak {r['peak_gib']:.2f} GiB{cmp}", flush=True)
             best, n = n, n * 2
         print(f"largest input attributed within {args.budget_gib:g} GiB: {best} tokens")
     if not args.skip_qwen:

@@ -7,7 +7,7 @@ within the time limit (10 minutes by default).
 Every measurement runs in its own subprocess so that its peak resident memory (``ru_maxrss``, which sees torch's
 allocations, unlike tracemalloc) is its own. Inputs are natural text (a paragraph repeated and cut to n tokens), so
 that the node threshold prunes rows as it would on real prompts. Packed timings that would take hours are
-extrapolated from a sample of target rows on one layer (marked ``~``): the cost of the packed method is linear in the
+extrapolated from a sample of target rows on one layer (marked ``est.``: an estimate, not a measured run): the cost of the packed method is linear in the
 number of target rows and each layer has the same shape.
 
     python perf/bench_graph.py                  # the full table (about an hour on 2 cores)
@@ -70,7 +70,7 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
     if args.sample_rows:
         out.update(_packed_sample(lm.model, ids, objective, args.sample_rows, args.memory_budget))
     else:
-        g = graph_from_ids(lm.model, ids, objective, method=args.method, node_threshold=args.node_threshold,
+        g = graph_from_ids(lm.model, ids, objective, edges=args.method, node_threshold=args.node_threshold,
                            layers=args.layers, memory_budget_mb=args.memory_budget)
         pruned = g.pruned
         out.update({
@@ -152,7 +152,7 @@ def _fmt_time(r: dict[str, Any] | None) -> str:
         return f">{r['seconds']:.0f}s"
     if "error" in r:
         return "error"
-    return ("~" if r.get("extrapolated") else "") + f"{r['seconds']:.1f}s"
+    return ("est. " if r.get("extrapolated") else "") + f"{r['seconds']:.1f}s"
 
 
 def main() -> int:
@@ -201,20 +201,27 @@ def main() -> int:
         ea, eb = a.get("edge_seconds", a["seconds"]), b.get("edge_seconds", b["seconds"])
         return f"{ea / max(eb, 1e-9):.0f}x"
 
+    def per_pass(r: dict[str, Any] | None) -> str:
+        if not r or "relevance_pass" not in r or r.get("timed_out"):
+            return "-"
+        return f"{r['seconds'] / max(r['relevance_pass'], 1e-9):.1f}x"
+
     print()
     print("All 30 layers, every target row (node threshold 0) unless noted. Times are wall clock for the whole graph")
-    print("(relevance pass + edges); ratios compare the edge computation only. '~' = extrapolated from a sample.")
+    print("(relevance pass + edges); ratios compare the edge computation only. 'est.' = an ESTIMATE extrapolated")
+    print("from a sample of target rows on one layer, not a measured run. 'graph/pass' = the whole closed-form graph's")
+    print("time as a multiple of the one AttnLRP relevance pass it starts from (same length, same run).")
     print()
-    header = (f"{'n':>6} | {'naive':>9} | {'packed':>9} | {'closed-form':>11} | {'packed/closed':>13} | "
-              f"{'naive/closed':>12} | {'closed, node 0.01':>17} | {'rows kept':>9} | {'peak MB (cf, pk)':>16}")
+    header = (f"{'n':>6} | {'naive':>9} | {'packed':>14} | {'closed-form':>11} | {'packed/closed':>13} | "
+              f"{'naive/closed':>12} | {'graph/pass':>10} | {'closed, node 0.01':>17} | {'rows kept':>9} | {'peak MB (cf, pk)':>16}")
     print(header)
     print("-" * len(header))
     for n, naive, packed, closed, pruned in rows:
         kept = (f"{pruned['rows_computed'] / pruned['rows_total']:.1%}" if pruned and "rows_total" in pruned
                 else "-")
         peak = f"{closed.get('peak_rss_mb', 0):.0f}, {packed.get('peak_rss_mb', 0):.0f}" if closed and packed else "-"
-        print(f"{n:>6} | {_fmt_time(naive):>9} | {_fmt_time(packed):>9} | {_fmt_time(closed):>11} | "
-              f"{ratio(packed, closed):>13} | {ratio(naive, closed):>12} | {_fmt_time(pruned):>17} | {kept:>9} | "
+        print(f"{n:>6} | {_fmt_time(naive):>9} | {_fmt_time(packed):>14} | {_fmt_time(closed):>11} | "
+              f"{ratio(packed, closed):>13} | {ratio(naive, closed):>12} | {per_pass(closed):>10} | {_fmt_time(pruned):>17} | {kept:>9} | "
               f"{peak:>16}")
     print()
     for n, naive, packed, closed, pruned in rows:

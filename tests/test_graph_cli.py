@@ -28,7 +28,8 @@ def _one_thread():
     (["--prune", "global:-3"], "global edge threshold tau must be"),
     (["--prune", "sometimes"], "use cumulative:P (0 < P <= 1) or global:TAU (TAU >= 0)"),
     (["--prune", "median:0.5"], "unknown mode 'median'"),
-    (["--method", "magic"], "--method 'magic' is not an edge method; valid: auto, naive, packed, closed-form"),
+    (["--edges", "magic"], "--edges 'magic' is not an edge algorithm; valid: auto, naive, packed, closed-form"),
+    (["--method", "closed-form"], "--method 'closed-form' is not an LRP method; valid: attnlrp, cp-lrp, gradxinput"),
     (["--png", "out.jpg"], "expected a file name ending in .png"),
 ])
 def test_bad_options_fail_before_loading(capsys, extra, msg):
@@ -85,11 +86,11 @@ def test_closed_form_fallback_exit_code(tmp_path, capsys):
     tok.save_pretrained(folder)
     args = ["graph", "--model", str(folder), "--prompt", "two plus two is", "--target", "#5", "--contrast", "#7",
             "-q", "--json", str(tmp_path / "g.json")]
-    assert main(args + ["--method", "closed-form"]) == 3
+    assert main(args + ["--edges", "closed-form"]) == 3
     err = capsys.readouterr().err
     assert "does not cover layers [0, 1]" in err and "packed" in err and "soft-capping" in err
     assert (tmp_path / "g.json").exists()
-    assert main(args + ["--method", "auto"]) == 0
+    assert main(args + ["--edges", "auto"]) == 0
 
 
 @pytest.mark.model
@@ -111,5 +112,7 @@ def test_python_api_build_graph():
         failtrace.build_graph(lm, "The capital of France is", target=" Paris")
     with pytest.raises(FailtraceError, match="the same token"):
         failtrace.build_graph(lm, "The capital of France is", target=" Paris", contrast=" Paris")
-    with pytest.raises(FailtraceError, match="unknown edge method"):
-        failtrace.build_graph(lm, "The capital of France is", target=" Paris", contrast=" Lyon", method="fast")
+    with pytest.raises(FailtraceError, match="unknown edge algorithm 'fast'"):
+        failtrace.build_graph(lm, "The capital of France is", target=" Paris", contrast=" Lyon", edges="fast")
+    with pytest.raises(FailtraceError, match="unknown method 'packed'; valid: attnlrp"):
+        failtrace.build_graph(lm, "The capital of France is", target=" Paris", contrast=" Lyon", method="packed")

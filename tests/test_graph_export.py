@@ -13,7 +13,8 @@ from failtrace.graph import AttributionGraph, graph_from_ids
 from failtrace.graph.export import SCHEMA, save_json, to_circuit_tracer, to_json
 from failtrace.graph.prune import connect
 from failtrace.testing.tiny import tiny_model
-from failtrace.graph.views import html_data, render_html, save_static
+from failtrace.views.graph_html import graph_data, graph_html
+from failtrace.views.graph_png import graph_figure, save_graph_png
 
 
 @pytest.fixture(scope="module")
@@ -84,21 +85,31 @@ def test_record_round_trip(graph, tmp_path):
 
 
 def test_static_png_and_svg(graph, tmp_path):
-    png = save_static(graph.pruned, tmp_path / "g.png")
+    png = save_graph_png(graph.pruned, tmp_path / "g.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
-    svg = save_static(graph.pruned, tmp_path / "g.svg").read_text()
+    svg = save_graph_png(graph.pruned, tmp_path / "g.svg").read_text()
     assert "<svg" in svg and "L1.mid" in svg  # stage labels are drawn
     with pytest.raises(ValueError, match="suffix"):
-        save_static(graph.pruned, tmp_path / "g.bmp")
+        save_graph_png(graph.pruned, tmp_path / "g.bmp")
+
+
+def test_png_title_stays_inside_the_figure(graph):
+    """A long title is wrapped to the figure width instead of running off its right edge."""
+    long_title = "why " + " ".join(f"token{i}" for i in range(60)) + " rather than the contrast, explained"
+    fig = graph_figure(graph.pruned, title=long_title)
+    renderer = fig.canvas.get_renderer()
+    box = fig.axes[0].title.get_window_extent(renderer)
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.width, (box, fig.bbox.width)
+    assert fig.axes[0].title.get_text().count("\n") >= 1
 
 
 def test_html_is_self_contained(graph):
-    page = render_html(graph.pruned)
+    page = graph_html(graph.pruned)
     assert page.startswith("<!DOCTYPE html>")
     assert "<link" not in page and not re.search(r"<script[^>]*\bsrc=", page)
     assert "https://" not in page
     assert set(re.findall(r"http://[^\s'\"]+", page)) <= {"http://www.w3.org/2000/svg"}  # the SVG namespace only
-    blob = re.search(r'<script id="graph-data" type="application/json">(.*?)</script>', page, re.S).group(1)
+    blob = re.search(r'<script type="application/json" class="ftg-data">(.*?)</script>', page, re.S).group(1)
     data = json.loads(blob)
     assert data["final"] == [len(graph.stages) - 1, graph.n_tokens - 1]
     assert data["special"][0] is True
@@ -108,7 +119,7 @@ def test_html_is_self_contained(graph):
 @pytest.mark.parametrize("p", [0.2, 0.5, 0.75, 0.9])
 def test_html_slider_rule_reproduces_pruning(graph, p):
     """The page's re-pruning rule (mass before the edge < p·total, then connectivity) equals prune() at p."""
-    data = html_data(graph.pruned)
+    data = graph_data(graph.pruned)
     assert data["pmax"] >= 0.9
     chosen: list[list[int]] = [[] for _ in graph.transitions]
     lookup = {}
@@ -135,17 +146,20 @@ class El{constructor(tag){this.tag=tag;this.attrs={};this.children=[];this.datas
   fire(t){(this.ls[t]||[]).forEach(f=>f({stopPropagation(){},clientX:0,clientY:0}));}
   querySelectorAll(sel){const [tag,c]=sel.split('.');return this.children.filter(x=>x.tag===tag&&x.cls.has(c));}}
 const fs=require('fs'); const page=JSON.parse(fs.readFileSync(process.argv[2],'utf8'));
-const ids={}; ['g','tip','p','grey','count','pv','graph-data'].forEach(k=>ids[k]=new El(k));
-ids['graph-data'].textContent=page.data; ids['grey'].checked=true;
-global.document={getElementById:k=>ids[k],createElementNS:(ns,tag)=>new El(tag)};
+const ids={}; ['ftg-svg','ftg-tip','ftg-p','ftg-grey','ftg-count','ftg-pv','ftg-data','ftg-wrap'].forEach(k=>ids[k]=new El(k));
+ids['ftg-data'].textContent=page.data; ids['ftg-grey'].checked=true; ids['ftg-wrap'].clientWidth=1200;
+const root={querySelector:s=>ids[s.replace(/^[a-z]*[.]/,'')]};
+global.window={innerHeight:900,addEventListener(){}};
+global.document={getElementById:k=>k===page.root?root:null,createElementNS:(ns,tag)=>new El(tag)};
 eval(page.script);
-const out={first:ids['count'].textContent};
-ids['p'].value=String(page.p); ids['p'].fire('input'); out.second=ids['count'].textContent;
-const svg=ids['g']; const circles=svg.children.filter(x=>x.tag==='circle');
+const out={first:ids['ftg-count'].textContent};
+ids['ftg-p'].value=String(page.p); ids['ftg-p'].fire('input'); out.second=ids['ftg-count'].textContent;
+const svg=ids['ftg-svg']; const circles=svg.children.filter(x=>x.tag==='circle');
 const final=circles.find(x=>x.dataset.k===page.final); final.fire('mouseenter');
 out.dimmedNodes=circles.filter(x=>x.cls.has('dim')).length;
 out.litNodes=circles.filter(x=>!x.cls.has('dim')).length;
 out.dimmedEdges=svg.children.filter(x=>x.tag==='line'&&x.cls.has('dim')).length;
+out.cx=circles.map(x=>+x.attrs.cx); out.width=+svg.attrs.width;
 final.fire('mouseleave'); const low=circles.find(x=>x.dataset.k===page.hover); low.fire('mouseenter');
 out.hoverLit=circles.filter(x=>!x.cls.has('dim')).map(x=>x.dataset.k).sort();
 low.fire('click'); low.fire('mouseleave'); out.pinnedLit=circles.filter(x=>!x.cls.has('dim')).length;
@@ -161,15 +175,16 @@ def test_html_script_runs_in_node(graph, tmp_path):
     node = shutil.which("node")
     if node is None:
         pytest.skip("node is not installed")
-    page = render_html(graph.pruned)
+    page = graph_html(graph.pruned)
     script = re.search(r"<script>(.*?)</script>", page, re.S).group(1)
-    blob = re.search(r'<script id="graph-data" type="application/json">(.*?)</script>', page, re.S).group(1)
+    blob = re.search(r'<script type="application/json" class="ftg-data">(.*?)</script>', page, re.S).group(1)
     final = f"{len(graph.stages) - 1}:{graph.n_tokens - 1}"
     at_half = graph.prune(0.01, "cumulative:0.5")
     bottom = sorted(tok for s, tok in at_half.node_list() if s == 0)
     hover = f"0:{bottom[0]}"
+    root = re.search(r'<div class="ftg" id="([^"]+)"', page).group(1)
     (tmp_path / "page.json").write_text(json.dumps({"script": script, "data": blob, "p": 0.5, "final": final,
-                                                    "hover": hover}))
+                                                    "hover": hover, "root": root}))
     (tmp_path / "dom.js").write_text(_FAKE_DOM)
     proc = subprocess.run([node, str(tmp_path / "dom.js"), str(tmp_path / "page.json")], capture_output=True,
                           text=True, timeout=60)
@@ -178,6 +193,9 @@ def test_html_script_runs_in_node(graph, tmp_path):
     at_default = graph.pruned
     assert out["first"] == f"{at_default.num_nodes} nodes, {at_default.num_edges} edges"
     assert out["second"] == f"{at_half.num_nodes} nodes, {at_half.num_edges} edges"
+    # the columns use the width of the page (1200 px here), not only its left part
+    assert out["width"] == 1200 and min(out["cx"]) >= 64 and max(out["cx"]) <= 1200 - 24
+    assert max(out["cx"]) - min(out["cx"]) > 0.6 * 1200
     # hovering the final node lights up all its ancestors: every node kept at p = 0.5 reaches it
     assert out["litNodes"] == at_half.num_nodes and out["dimmedNodes"] == 0 and out["dimmedEdges"] == 0
     # hovering an input node lights up exactly its descendants (independent BFS over the pruned edges)

@@ -54,13 +54,16 @@ def _brute_select(dense: np.ndarray, rows_ok: np.ndarray, p: float) -> set[tuple
 
 
 def _brute_paths(g: AttributionGraph, dense: list[np.ndarray], kept: list[set[tuple[int, int]]]):
-    """All bottom → final paths along the given edge sets, with their summed weights."""
+    """All bottom → final paths along the given edge sets, with their score (product over edges of |A| divided by
+    the |A| row sum of the edge's target in the dense matrix) and sign (product of the edge signs)."""
     n = g.n_tokens
     paths = []
     for seq in itertools.product(range(n), repeat=len(dense)):
         toks = list(seq) + [n - 1]
         if all((toks[k + 1], toks[k]) in kept[k] for k in range(len(dense))):
-            paths.append((sum(dense[k][toks[k + 1], toks[k]] for k in range(len(dense))), toks))
+            w = [dense[k][toks[k + 1], toks[k]] for k in range(len(dense))]
+            score = float(np.prod([abs(w[k]) / np.abs(dense[k][toks[k + 1]]).sum() for k in range(len(dense))]))
+            paths.append((score, int(np.prod(np.sign(w))), toks))
     return paths
 
 
@@ -191,12 +194,16 @@ def test_top_paths_match_brute_force(spec):
     kept = [{(int(es.target[k]), int(es.source[k])) for k in keep} for es, keep in zip(g.transitions, pr.edge_keep)]
     brute = _brute_paths(g, [A0, A1], kept)
     for sign in (1, -1):
-        want = sorted((s for s, _p in brute), reverse=(sign == 1))[:3]
+        want = sorted((s for s, sg, _p in brute if sg == sign), reverse=True)[:3]
         got = top_paths(pr, k=3, sign=sign)
-        assert [p["relevance"] for p in got] == pytest.approx(want, rel=1e-6)
+        assert [p["score"] for p in got] == pytest.approx(want, rel=1e-6)
         for p in got:
             toks = [int(x.split("/")[1]) for x in p["nodes"]]
-            assert A0[toks[1], toks[0]] + A1[toks[2], toks[1]] == pytest.approx(p["relevance"])
+            f0 = abs(A0[toks[1], toks[0]]) / np.abs(A0[toks[1]]).sum()
+            f1 = abs(A1[toks[2], toks[1]]) / np.abs(A1[toks[2]]).sum()
+            assert p["score"] == pytest.approx(f0 * f1) and p["bottleneck"] == pytest.approx(min(f0, f1))
+            assert np.sign(A0[toks[1], toks[0]] * A1[toks[2], toks[1]]) == sign == p["sign"]
+            assert p["flow"] == pytest.approx(sign * f0 * f1 * abs(g.relevance[2, 3]))
 
 
 def test_parse_layers():
@@ -229,8 +236,8 @@ def test_streaming_long_input_matches_unchunked(one_thread):
     def objective(logits: torch.Tensor) -> torch.Tensor:
         return logits[5] - logits[7]
 
-    full = graph_from_ids(model, ids, objective, method="closed-form", node_threshold=0.0, edge_budget=None)
-    small = graph_from_ids(model, ids, objective, method="closed-form", node_threshold=0.0, edge_budget=2000,
+    full = graph_from_ids(model, ids, objective, edges="closed-form", node_threshold=0.0, edge_budget=None)
+    small = graph_from_ids(model, ids, objective, edges="closed-form", node_threshold=0.0, edge_budget=2000,
                            memory_budget_mb=0.5)  # a few rows per block
     assert full.metadata["edge_budget"] is None and small.metadata["edge_budget"] == 2000
     for t in range(len(full.transitions)):

@@ -1,5 +1,19 @@
-"""Analyses built on attributions: masking (faithfulness and flips), segments, patterns, comparisons."""
+"""Analyses of a case (pure functions, no store access; definitions in docs/ANALYSES.md): segments and their
+relevance, the masking flip search, outcome categories with node ablation, failure patterns, graph summaries."""
 
-from failtrace.analysis.masking import masked_objective
+from failtrace.analysis.categories import CATEGORIES, categorize, node_ablation
+from failtrace.analysis.graph_summary import graph_summary
+from failtrace.analysis.masking import flip_search, masked_delta, masked_objective, top_positions
+from failtrace.analysis.patterns import PATTERNS, failure_pattern
+from failtrace.analysis.segments import (
+    RELEVANT_SEGMENTS,
+    normalize,
+    relevant_segments,
+    segment_labels,
+    segment_relevance,
+    spans_from_labels,
+)
 
-__all__ = ["masked_objective"]
+__all__ = ["CATEGORIES", "PATTERNS", "RELEVANT_SEGMENTS", "categorize", "failure_pattern", "flip_search",
+           "graph_summary", "masked_delta", "masked_objective", "node_ablation", "normalize", "relevant_segments",
+           "segment_labels", "segment_relevance", "spans_from_labels", "top_positions"]

@@ -1,18 +1,23 @@
-"""Masking: how the objective changes when chosen input positions are removed (their embeddings zeroed).
+"""Masking: how the objective changes when chosen input positions are removed; the flip search (k*).
 
 Zeroing an embedding removes what the token contributes while keeping positions and sequence length, so the masked
 run differs from the original only in the chosen positions. This is the perturbation used by the faithfulness check
-(masking the top-attributed tokens should move Δℓ more than masking random ones).
+(masking the top-attributed tokens should move Δℓ more than masking random ones) and by the flip search: k* is the
+smallest number of top positively attributed tokens whose masking makes the model prefer the contrast (Δℓ < 0).
+Definitions in docs/ANALYSES.md; the rules are :data:`failtrace.cases.record.MASK_RULES`.
 """
 
 from __future__ import annotations
 
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 from failtrace.attribution.engine import base_and_head, final_logits
+from failtrace.cases.record import MASK_RULES, MaskingSpec
+from failtrace.errors import FailtraceError
 
 
 @torch.no_grad()
@@ -37,3 +42,72 @@ def masked_objective(
         last = base(inputs_embeds=x, use_cache=False).last_hidden_state[:, -1]
         values.extend(float(v) for v in objective(final_logits(model, head, last)))
     return values
+
+
+def top_positions(relevance: Sequence[float] | np.ndarray, special_mask: Sequence[bool], k: int) -> list[int]:
+    """The (at most) k non-special positions with the largest *positive* relevance, ties broken by lower position."""
+    r = np.asarray(relevance, dtype=np.float64)
+    if len(special_mask) != r.shape[0]:
+        raise FailtraceError(f"special_mask has {len(special_mask)} entries for {r.shape[0]} relevance values")
+    cand = [i for i in range(r.shape[0]) if not special_mask[i] and r[i] > 0 and np.isfinite(r[i])]
+    cand.sort(key=lambda i: (-r[i], i))
+    return cand[:max(0, int(k))]
+
+
+def _check_spec(spec: MaskingSpec, vocab: int) -> None:
+    if spec.rule not in MASK_RULES:
+        raise FailtraceError(f"unknown masking rule {spec.rule!r}; valid: {', '.join(MASK_RULES)}")
+    if spec.rule == "replace" and (spec.token_id is None or not 0 <= int(spec.token_id) < vocab):
+        raise FailtraceError(f"masking rule 'replace' needs a token_id in 0..{vocab - 1}, got {spec.token_id!r}")
+    if int(spec.max_k) < 1:
+        raise FailtraceError(f"masking max_k must be at least 1, got {spec.max_k}")
+
+
+@torch.no_grad()
+def masked_delta(model: nn.Module, token_ids: Sequence[int], masks: Sequence[Sequence[int]], target_id: int,
+                 contrast_id: int, spec: MaskingSpec, batch: int = 8) -> list[float]:
+    """Δℓ = logit(target) − logit(contrast) at the last position with each set of positions masked by ``spec``.
+
+    ``zero-embedding``: the masked rows of the input embeddings (``model.get_input_embeddings()(ids)``) are set to
+    zero and the model runs on ``inputs_embeds``; ``replace``: the masked token ids become ``spec.token_id``.
+    One forward per mask set, ``batch`` sets per call (all rows have the same length: no padding).
+    """
+    device = next(model.parameters()).device
+    ids = torch.tensor([list(token_ids)], device=device)
+    _check_spec(spec, model.get_input_embeddings().weight.shape[0])
+    emb = model.get_input_embeddings()(ids)[0] if spec.rule == "zero-embedding" else None
+    out: list[float] = []
+    for start in range(0, len(masks), batch):
+        chunk = masks[start:start + batch]
+        if emb is not None:
+            x = emb.unsqueeze(0).repeat(len(chunk), 1, 1)
+            for row, pos in enumerate(chunk):
+                if len(pos):
+                    x[row, list(pos)] = 0
+            logits = model(inputs_embeds=x, use_cache=False, logits_to_keep=1).logits[:, -1]
+        else:
+            x_ids = ids.repeat(len(chunk), 1)
+            for row, pos in enumerate(chunk):
+                if len(pos):
+                    x_ids[row, list(pos)] = int(spec.token_id)  # type: ignore[arg-type]
+            logits = model(input_ids=x_ids, use_cache=False, logits_to_keep=1).logits[:, -1]
+        lg = logits.double()
+        out.extend(float(v) for v in (lg[:, target_id] - lg[:, contrast_id]))
+    return out
+
+
+def flip_search(model: nn.Module, token_ids: Sequence[int], relevance: Sequence[float] | np.ndarray,
+                special_mask: Sequence[bool], target_id: int, contrast_id: int,
+                spec: MaskingSpec | None = None, batch: int = 8) -> tuple[list[float], int | None]:
+    """Mask the top-k positively attributed non-special tokens for k = 0..K (K = ``spec.max_k``, fewer when fewer
+    tokens have positive relevance): the Δℓ curve (index k) and k* = the smallest k >= 1 with Δℓ < 0 (None if none).
+    """
+    spec = spec or MaskingSpec()
+    if len(relevance) != len(token_ids):
+        raise FailtraceError(f"relevance has {len(relevance)} values for {len(token_ids)} tokens")
+    _check_spec(spec, model.get_input_embeddings().weight.shape[0])
+    order = top_positions(relevance, special_mask, spec.max_k)
+    curve = masked_delta(model, token_ids, [order[:k] for k in range(len(order) + 1)], target_id, contrast_id,
+                         spec, batch=batch)
+    k_star = next((k for k in range(1, len(curve)) if curve[k] < 0), None)
+    return curve, k_star

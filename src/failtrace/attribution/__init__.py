@@ -2,8 +2,9 @@
 
 from failtrace.attribution.core import ALL_METHODS, attribute
 from failtrace.attribution.engine import PassResult, relevance_pass
-from failtrace.attribution.objective import OBJECTIVES, objective_value
+from failtrace.attribution.methods import ATTRIBUTION_METHODS, register_method
+from failtrace.attribution.objective import OBJECTIVES, objective_value, register_objective
 from failtrace.attribution.record import Attribution, TokenRef, visible
 
-__all__ = ["ALL_METHODS", "OBJECTIVES", "Attribution", "PassResult", "TokenRef", "attribute", "objective_value",
-           "relevance_pass", "visible"]
+__all__ = ["ALL_METHODS", "ATTRIBUTION_METHODS", "OBJECTIVES", "Attribution", "PassResult", "TokenRef", "attribute",
+           "objective_value", "register_method", "register_objective", "relevance_pass", "visible"]

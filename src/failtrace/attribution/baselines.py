@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 from torch import nn
 
 from failtrace.attribution.engine import base_and_head, final_logits
+
+if TYPE_CHECKING:
+    from failtrace.attribution.methods import MethodResult
 
 
 def integrated_gradients(
@@ -41,3 +44,13 @@ def integrated_gradients(
             value = float(objective(logits))
     relevance = (emb.float() * total / steps).sum(-1)
     return relevance.double().cpu().numpy(), value, logits.float()
+
+
+def ig_method(model: nn.Module, ids: list[int], objective: Callable[[torch.Tensor], torch.Tensor], *,
+              ig_steps: int = 32, **_: object) -> MethodResult:
+    """Integrated gradients as a registered attribution method (input relevance only)."""
+    from failtrace.attribution.methods import MethodResult
+
+    inp, value, logits = integrated_gradients(model, ids, objective, steps=ig_steps)
+    return MethodResult(inp[None, :], value, logits, {
+        "ig_steps": ig_steps, "hidden_relevance": "input only (integrated gradients explains the embeddings)"})

@@ -2,31 +2,69 @@
 
 ``logit_diff`` (default) is the paper's Δℓ = ℓ(target) − ℓ(contrast). The others are what users of attribution tools
 expect when no contrast is given: the target logit alone, the target minus the mean of the k largest other logits,
-and the target minus the mean over the vocabulary.
+and the target minus the mean over the vocabulary. Each is registered by name in :data:`OBJECTIVES`; a new one is one
+decorated function ``(logits [..., vocab], target id, contrast id or None, k) -> [...]`` (differentiable).
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
 from failtrace.errors import FailtraceError
 
-OBJECTIVES: tuple[str, ...] = ("logit_diff", "max_logit", "topk_mean", "vocab_mean")
+Tensor = torch.Tensor
+ObjectiveFn = Callable[[Tensor, int, "int | None", int], Tensor]
+OBJECTIVES: dict[str, ObjectiveFn] = {}
 
 
-def objective_value(logits: torch.Tensor, objective: str, target: int, contrast: int | None, k: int = 10) -> torch.Tensor:
+def register_objective(name: str) -> Callable[[ObjectiveFn], ObjectiveFn]:
+    """Decorator: make ``fn`` available as ``objective=name`` (and ``--objective name``)."""
+
+    def add(fn: ObjectiveFn) -> ObjectiveFn:
+        OBJECTIVES[name] = fn
+        return fn
+
+    return add
+
+
+@register_objective("logit_diff")
+def logit_diff(logits: Tensor, target: int, contrast: int | None, k: int = 10) -> Tensor:
+    """Δℓ = ℓ(target) − ℓ(contrast)."""
+    if contrast is None:
+        raise FailtraceError("objective 'logit_diff' needs a contrast token (--contrast)")
+    return logits[..., target] - logits[..., contrast]
+
+
+@register_objective("max_logit")
+def max_logit(logits: Tensor, target: int, contrast: int | None, k: int = 10) -> Tensor:
+    """ℓ(target)."""
+    return logits[..., target]
+
+
+@register_objective("topk_mean")
+def topk_mean(logits: Tensor, target: int, contrast: int | None, k: int = 10) -> Tensor:
+    """ℓ(target) − mean of the k largest other logits."""
+    others = logits.clone()
+    others[..., target] = float("-inf")
+    top = torch.topk(others, k=min(k, logits.shape[-1] - 1), dim=-1).values
+    return logits[..., target] - top.mean(dim=-1)
+
+
+@register_objective("vocab_mean")
+def vocab_mean(logits: Tensor, target: int, contrast: int | None, k: int = 10) -> Tensor:
+    """ℓ(target) − mean over the vocabulary."""
+    return logits[..., target] - logits.mean(dim=-1)
+
+
+def check_objective(objective: str) -> str:
+    """``objective`` if it is registered, else a :class:`FailtraceError` listing the valid names."""
+    if objective not in OBJECTIVES:
+        raise FailtraceError(f"unknown objective {objective!r}; valid: {', '.join(OBJECTIVES)}")
+    return objective
+
+
+def objective_value(logits: Tensor, objective: str, target: int, contrast: int | None, k: int = 10) -> Tensor:
     """The objective for each row of ``logits`` (shape [..., vocab]); differentiable."""
-    if objective == "logit_diff":
-        if contrast is None:
-            raise FailtraceError("objective 'logit_diff' needs a contrast token (--contrast)")
-        return logits[..., target] - logits[..., contrast]
-    if objective == "max_logit":
-        return logits[..., target]
-    if objective == "topk_mean":
-        others = logits.clone()
-        others[..., target] = float("-inf")
-        top = torch.topk(others, k=min(k, logits.shape[-1] - 1), dim=-1).values
-        return logits[..., target] - top.mean(dim=-1)
-    if objective == "vocab_mean":
-        return logits[..., target] - logits.mean(dim=-1)
-    raise FailtraceError(f"unknown objective {objective!r}; valid: {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[check_objective(objective)](logits, target, contrast, k)

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from failtrace.attribution.normalize import normalize, relevance_scale
+
 _SCHEMA = "failtrace.attribution/1"
 
 
@@ -68,19 +70,12 @@ class Attribution:
     @property
     def scale(self) -> float:
         """Largest |R| among non-special tokens (1.0 if there is none), the normalisation constant."""
-        mask = ~np.asarray(self.special_mask, dtype=bool)
-        vals = np.abs(self.input_relevance[mask]) if mask.any() else np.abs(self.input_relevance)
-        m = float(vals.max()) if vals.size else 0.0
-        return m if m > 0 else 1.0
+        return relevance_scale(self.input_relevance, self.special_mask)
 
     @property
     def normalized(self) -> np.ndarray:
         """Input relevance divided by the largest |R| among non-special tokens (special tokens may exceed 1)."""
-        return self.input_relevance / self.scale
-
-    @property
-    def visible_tokens(self) -> list[str]:
-        return [visible(t) for t in self.tokens]
+        return normalize(self.input_relevance, self.special_mask)
 
     def top_tokens(self, k: int = 10, sign: int = 1, include_special: bool = False) -> list[tuple[int, str, float]]:
         """The k positions with the largest relevance of the given sign: (position, token, relevance)."""
@@ -134,17 +129,3 @@ class Attribution:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.to_dict(), indent=1))
         return path
-
-    @classmethod
-    def load_json(cls, path: str | Path) -> Attribution:
-        return cls.from_dict(json.loads(Path(path).read_text()))
-
-    def to_html(self) -> str:
-        from failtrace.report.heatmap import render_html
-
-        return render_html(self)
-
-    def _repr_html_(self) -> str:  # notebook display
-        from failtrace.report.heatmap import render_html
-
-        return render_html(self, standalone=False)

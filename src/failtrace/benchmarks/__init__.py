@@ -5,7 +5,14 @@
 """
 
 from failtrace.benchmarks.base import Benchmark, Item, LoadReport, Verdict
-from failtrace.benchmarks.loaders import load_benchmark
-from failtrace.benchmarks.registry import BENCHMARK_NAMES, get_benchmark
+from failtrace.benchmarks.registry import (
+    BENCHMARK_NAMES,
+    benchmark_names,
+    get_benchmark,
+    load_benchmark,
+    register_benchmark,
+    resolve_benchmark,
+)
 
-__all__ = ["BENCHMARK_NAMES", "Benchmark", "Item", "LoadReport", "Verdict", "get_benchmark", "load_benchmark"]
+__all__ = ["BENCHMARK_NAMES", "Benchmark", "Item", "LoadReport", "Verdict", "benchmark_names", "get_benchmark",
+           "load_benchmark", "register_benchmark", "resolve_benchmark"]

@@ -273,10 +273,3 @@ def _collect(records: Iterator[Record], limit: int | None, required: Sequence[st
         items.append(item)
         if limit is not None and len(items) >= limit:
             return  # stop reading: the rest of the file is never parsed
-
-
-def load_benchmark(name: str, source: str, limit: int | None = None) -> LoadReport:
-    """Load ``source`` with the benchmark called ``name`` (one of ``registry.BENCHMARK_NAMES``)."""
-    from failtrace.benchmarks.registry import get_benchmark  # late import: the registry imports the benchmarks
-
-    return get_benchmark(name).load(source, limit=limit)

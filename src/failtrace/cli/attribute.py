@@ -25,7 +25,7 @@ def _parse_token(value: str | None) -> int | str | None:
 
 
 def _outputs(attr: object, json_path: Optional[Path], html_path: Optional[Path], png_path: Optional[Path]) -> list[str]:
-    from failtrace.report.heatmap import render_html, save_png
+    from failtrace.views import heatmap_html, save_heatmap_png
 
     written = []
     if json_path:
@@ -33,10 +33,10 @@ def _outputs(attr: object, json_path: Optional[Path], html_path: Optional[Path],
         written.append(str(json_path))
     if html_path:
         html_path.parent.mkdir(parents=True, exist_ok=True)
-        html_path.write_text(render_html(attr), encoding="utf-8")  # type: ignore[arg-type]
+        html_path.write_text(heatmap_html(attr), encoding="utf-8")  # type: ignore[arg-type]
         written.append(str(html_path))
     if png_path:
-        save_png(attr, png_path)  # type: ignore[arg-type]
+        save_heatmap_png(attr, png_path)  # type: ignore[arg-type]
         written.append(str(png_path))
     return written
 
@@ -44,16 +44,14 @@ def _outputs(attr: object, json_path: Optional[Path], html_path: Optional[Path],
 def _validate(prompt: str, method: str, objective: str, dtype: str, json_path: Optional[Path],
               html_path: Optional[Path], png_path: Optional[Path]) -> None:
     """Everything that can be checked without the model, checked before loading it."""
-    from failtrace.attribution.core import ALL_METHODS
-    from failtrace.attribution.objective import OBJECTIVES
+    from failtrace.attribution.methods import get_method
+    from failtrace.attribution.objective import check_objective
     from failtrace.models.loading import check_dtype
 
     if not prompt or not prompt.strip():
         raise FailtraceError("the prompt is empty; pass --prompt TEXT")
-    if method not in ALL_METHODS:
-        raise FailtraceError(f"unknown method --method {method!r}; valid: {', '.join(ALL_METHODS)}")
-    if objective not in OBJECTIVES:
-        raise FailtraceError(f"unknown objective --objective {objective!r}; valid: {', '.join(OBJECTIVES)}")
+    get_method(method)
+    check_objective(objective)
     check_dtype(dtype)
     check_output_file(json_path, "--json", "attribution.json")
     check_output_file(html_path, "--html", "attribution.html")
@@ -69,7 +67,7 @@ def run_attribute(
 
     _validate(prompt, method, objective, dtype, json_path, html_path, png_path)
     import failtrace
-    from failtrace.report.heatmap import render_terminal
+    from failtrace.views import render_terminal
 
     console = Console(stderr=True)
     lm = failtrace.load_model(model, dtype=dtype)

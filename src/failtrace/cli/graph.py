@@ -1,7 +1,10 @@
 """``failtrace graph``: an attribution graph of how relevance for Δℓ flows between hidden states across layers.
 
-Exit codes: 0 success; 2 bad input (one-line message, no traceback); 3 the graph was written but ``--method
-closed-form`` did not cover some layers, which fell back to the packed method (the message names them).
+``--edges`` chooses the edge algorithm (auto, naive, packed, closed-form); ``--method`` the LRP rule (attnlrp,
+cp-lrp, gradxinput), as in ``failtrace attribute``.
+
+Exit codes: 0 success; 2 bad input (one-line message, no traceback); 3 the graph was written but ``--edges
+closed-form`` did not cover some layers, which fell back to the packed algorithm (the message names them).
 """
 
 from __future__ import annotations
@@ -26,16 +29,16 @@ def _parse_token(value: str | None) -> int | str | None:
     return value
 
 
-def _validate(method: str, node_threshold: float, prune: str, lrp_method: str) -> None:
+def _validate(edges: str, node_threshold: float, prune: str, method: str) -> None:
     """Check the options that need no model, before loading one."""
-    from failtrace.graph.build import EDGE_METHODS
     from failtrace.graph.prune import PruneSpec, check_node_threshold
-    from failtrace.lrp.patch import METHODS
+    from failtrace.graph.settings import EDGE_ALGORITHMS
+    from failtrace.lrp.methods import LRP_METHODS
 
-    if method not in EDGE_METHODS:
-        raise FailtraceError(f"--method {method!r} is not an edge method; valid: {', '.join(EDGE_METHODS)}")
-    if lrp_method not in METHODS:
-        raise FailtraceError(f"--lrp-method {lrp_method!r} is not valid; valid: {', '.join(METHODS)}")
+    if edges not in EDGE_ALGORITHMS:
+        raise FailtraceError(f"--edges {edges!r} is not an edge algorithm; valid: {', '.join(EDGE_ALGORITHMS)}")
+    if method not in LRP_METHODS:
+        raise FailtraceError(f"--method {method!r} is not an LRP method; valid: {', '.join(LRP_METHODS)}")
     check_node_threshold(node_threshold)
     PruneSpec.parse(prune)
 
@@ -75,7 +78,7 @@ def _summary(graph: Any, pruned: Any, top_k: int) -> list[str]:
 
 def run_graph(
     model: str | None, prompt: str, target: str | None, contrast: str | None, chat: bool, answer_prefix: str | None,
-    layers: str | None, mid_nodes: bool, method: str, prune: str, node_threshold: float, lrp_method: str,
+    layers: str | None, mid_nodes: bool, edges: str, prune: str, node_threshold: float, method: str,
     objective: str, json_path: Optional[Path], ct_json_path: Optional[Path], html_path: Optional[Path],
     png_path: Optional[Path], svg_path: Optional[Path], dtype: str, memory_budget: float, top_k: int, quiet: bool,
     allow_long: bool = False,
@@ -86,7 +89,7 @@ def run_graph(
     console = Console(stderr=True, soft_wrap=True)
     if not prompt or not prompt.strip():
         raise FailtraceError("the prompt is empty; pass --prompt TEXT")
-    _validate(method, node_threshold, prune, lrp_method)
+    _validate(edges, node_threshold, prune, method)
     for p, suffixes in ((png_path, (".png",)), (svg_path, (".svg",))):
         if p is not None and p.suffix.lower() not in suffixes:
             raise FailtraceError(f"{p}: expected a file name ending in {suffixes[0]}")
@@ -95,12 +98,12 @@ def run_graph(
     import failtrace
     from failtrace.graph import build_graph
     from failtrace.graph.export import save_json
-    from failtrace.graph.views import save_html, save_static
+    from failtrace.views import save_graph_html, save_graph_png
 
     lm = failtrace.load_model(model, dtype=dtype)
     graph = build_graph(
         lm, prompt, target=_parse_token(target), contrast=_parse_token(contrast), answer_prefix=answer_prefix,
-        chat=chat, objective=objective, method=method, lrp_method=lrp_method, layers=layers, mid_nodes=mid_nodes,
+        chat=chat, objective=objective, edges=edges, method=method, layers=layers, mid_nodes=mid_nodes,
         node_threshold=node_threshold, prune=prune, memory_budget_mb=memory_budget, progress=not quiet,
         allow_long=allow_long,
         notify=lambda msg: console.print(f"note: {msg}", highlight=False),
@@ -117,18 +120,18 @@ def run_graph(
     if ct_json_path:
         written.append(save_json(pruned, ct_json_path, variant="circuit-tracer"))
     if html_path:
-        written.append(save_html(pruned, html_path))
+        written.append(save_graph_html(pruned, html_path))
     if png_path:
-        written.append(save_static(pruned, png_path))
+        written.append(save_graph_png(pruned, png_path))
     if svg_path:
-        written.append(save_static(pruned, svg_path))
+        written.append(save_graph_png(pruned, svg_path))
     for path in written:
         console.print(f"wrote {path}", highlight=False)
     fallback = graph.metadata.get("closed_form_fallback_layers") or []
     if fallback:
         console.print(
-            f"warning: --method closed-form does not cover layers {fallback} of {graph.metadata['architecture']}; "
-            "they were computed with the packed method (exact, slower). Use --method auto to accept this silently.",
+            f"warning: --edges closed-form does not cover layers {fallback} of {graph.metadata['architecture']}; "
+            "they were computed with the packed algorithm (exact, slower). Use --edges auto to accept this silently.",
             highlight=False, markup=False)
         return EXIT_FALLBACK
     return 0
@@ -148,15 +151,15 @@ def register(app: typer.Typer) -> None:
                                                   "'20-29' or '5' (default: all layers)."),
         mid_nodes: bool = typer.Option(False, "--mid-nodes",
                                        help="Add a node after each attention block (before the MLP)."),
-        method: str = typer.Option("auto", "--method",
-                                   help="Edge method: auto (closed form where covered, else packed) | naive | "
-                                        "packed | closed-form."),
+        edges: str = typer.Option("auto", "--edges",
+                                  help="Edge algorithm: auto (closed form where covered, else packed) | naive | "
+                                       "packed | closed-form."),
         prune: str = typer.Option("cumulative:0.85", "--prune",
                                   help="Edge pruning: cumulative:P (0 < P <= 1, mass per layer transition) or "
                                        "global:TAU (|A| > TAU·|R_final|)."),
         node_threshold: float = typer.Option(0.01, "--node-threshold",
                                              help="Drop nodes whose normalised |R| is below this (0..1)."),
-        lrp_method: str = typer.Option("attnlrp", "--lrp-method", help="attnlrp | cp-lrp | gradxinput"),
+        method: str = typer.Option("attnlrp", "--method", help="LRP rule: attnlrp | cp-lrp | gradxinput"),
         objective: str = typer.Option("logit_diff", "--objective",
                                       help="logit_diff | max_logit | topk_mean | vocab_mean"),
         json_path: Optional[Path] = typer.Option(None, "--json", help="Write the pruned graph (failtrace schema)."),
@@ -176,10 +179,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Attribution graph: relevance flow between hidden states (layer × token) for TARGET vs CONTRAST.
 
-        Exit code 3: written, but --method closed-form fell back to packed for some layers.
+        Exit code 3: written, but --edges closed-form fell back to packed for some layers.
         """
-        code = run_graph(model, prompt, target, contrast, chat, answer_prefix, layers, mid_nodes, method, prune,
-                         node_threshold, lrp_method, objective, json_path, ct_json_path, html_path, png_path,
+        code = run_graph(model, prompt, target, contrast, chat, answer_prefix, layers, mid_nodes, edges, prune,
+                         node_threshold, method, objective, json_path, ct_json_path, html_path, png_path,
                          svg_path, dtype, memory_budget, top_k, quiet, allow_long)
         if code:
             raise SystemExit(code)

@@ -18,37 +18,16 @@ import hashlib
 import json
 import platform
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from failtrace.benchmarks.base import Benchmark, Item, Verdict
+from failtrace.benchmarks.registry import register_benchmark, resolve_benchmark  # re-exported: one registry
 from failtrace.errors import FailtraceError
 from failtrace.failures.generation import decode_completion, eos_token_ids, greedy_generate, pad_token_id
 from failtrace.store.schema import VERDICT_STATUSES
 from failtrace.store.store import GenerationRecord, ResultsStore, RunRecord
-
-
-# Benchmarks registered from Python (custom checkers, toy benchmarks in tests): tried before the registry.
-EXTRA_BENCHMARKS: dict[str, Benchmark] = {}
-
-
-def register_benchmark(benchmark: Benchmark) -> None:
-    """Make ``benchmark`` available by its name to ``collect``/``pairs`` (CLI included) in this process."""
-    EXTRA_BENCHMARKS[benchmark.name] = benchmark
-
-
-def resolve_benchmark(name: str, overrides: Mapping[str, Benchmark] | None = None) -> Benchmark:
-    """The benchmark called ``name``: from ``overrides``, then :data:`EXTRA_BENCHMARKS`, then the registry."""
-    if overrides and name in overrides:
-        return overrides[name]
-    if name in EXTRA_BENCHMARKS:
-        return EXTRA_BENCHMARKS[name]
-    try:
-        from failtrace.benchmarks.registry import get_benchmark
-    except ImportError as exc:  # pragma: no cover - the registry ships with failtrace
-        raise FailtraceError(f"benchmark support is not available in this installation ({exc})") from None
-    return get_benchmark(name)
 
 
 def safe_check(benchmark: Benchmark, item: Item, completion: str) -> Verdict:
@@ -202,10 +181,6 @@ class _Bar:
     def advance(self, n: int = 1) -> None:
         if self._progress is not None:
             self._progress.advance(self._task, n)
-
-    def describe(self, text: str) -> None:
-        if self._progress is not None:
-            self._progress.update(self._task, description=text)
 
     def close(self) -> None:
         if self._progress is not None:

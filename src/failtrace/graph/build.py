@@ -1,34 +1,32 @@
-"""Build an attribution graph: one full AttnLRP pass for the nodes, then edges layer by layer, streamed and pruned.
+"""Build an attribution graph: one full relevance pass for the nodes, then edges layer by layer, streamed and pruned.
 
 :func:`build_graph` takes a loaded model and a prompt (like :func:`failtrace.attribute`); :func:`graph_from_ids`
-is the same on raw token ids and an objective function (used by the tests on tiny random models).
-
-Edge methods (``method``):
-
-* ``naive``: one backward per target token (the reference);
-* ``packed``: B targets per backward as a batched vector-Jacobian product over one forward (:mod:`.edges_packed`);
-* ``closed-form``: the per-head decomposition of :mod:`.closed_form`; layers it does not cover fall back to
-  ``packed`` and a note says so;
-* ``auto`` (default): ``closed-form`` where covered, else ``packed``.
+is the same on raw token ids and an objective function (used by the tests on tiny random models). The edge
+algorithms (``edges=``) are described in :mod:`.settings`; ``method=`` is the LRP rule, as everywhere.
 
 Only the rows of target nodes whose normalised |R| reaches ``retain_node_threshold`` (default: the node threshold)
-and whose seed is not zero (at the top layer only the predicting position has one) are computed, and each transition keeps at most ``edge_budget`` edges (the strongest; all of them for short inputs),
-so memory stays bounded for long inputs: no dense n×n matrix is ever held for more than a block of rows.
+and whose seed is not zero (at the top layer only the predicting position has one) are computed, and each transition
+keeps at most ``edge_budget`` edges (the strongest; all of them for short inputs), so memory stays bounded for long
+inputs: no dense n×n matrix is ever held for more than a block of rows.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from failtrace.attribution.engine import relevance_pass
+from failtrace.attribution.contrast import prepare_contrast
+from failtrace.attribution.engine import PassResult, relevance_pass
+from failtrace.attribution.normalize import normalize
 from failtrace.errors import FailtraceError
 from failtrace.graph.closed_form import ClosedFormLayer, ClosedFormUnsupported
 from failtrace.graph.edges_naive import NaiveEdges
 from failtrace.graph.edges_packed import PackedEdges, batch_size_for
+from failtrace.graph.edgestore import EdgeAccumulator, EdgeSet
 from failtrace.graph.layers import (
     LayerCallCapture,
     LayerSplit,
@@ -37,72 +35,18 @@ from failtrace.graph.layers import (
     split_from_roles,
     split_layer,
 )
-from failtrace.graph.prune import PruneSpec, check_node_threshold
+from failtrace.graph.prune import PruneSpec
 from failtrace.graph.record import AttributionGraph, Stage
-from failtrace.graph.edgestore import EdgeAccumulator
+from failtrace.graph.settings import EDGE_ALGORITHMS, GraphSettings, graph_settings, parse_layers
 from failtrace.lrp.patch import decoder_layers, lrp_rules
 
 Tensor = torch.Tensor
-EDGE_METHODS: tuple[str, ...] = ("auto", "naive", "packed", "closed-form")
-KEEP_ALL_EDGES_UP_TO = 512  # inputs up to this many tokens keep every edge (any re-pruning is exact)
-
-
-def parse_layers(spec: str | Sequence[int] | tuple[int, int] | None, num_layers: int) -> tuple[int, int]:
-    """Layer range (first, last), inclusive, from ``None`` (all), ``"A-B"``, ``"A"``, ``"A,B,C"`` (contiguous) or ints.
-
-    Edges are computed into every layer of the range (from the stage below it), so the range must be contiguous.
-    Negative numbers count from the end (``-1`` is the last layer).
-    """
-    valid = f"valid layers are 0..{num_layers - 1} (or negative, counting from the end)"
-    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "all")):
-        return 0, num_layers - 1
-    values: list[int]
-    if isinstance(spec, str):
-        text = spec.replace(" ", "")
-        try:
-            if "-" in text[1:] and "," not in text:
-                cut = text.index("-", 1)
-                lo, hi = int(text[:cut]), int(text[cut + 1:])
-                values = [lo, hi]
-                span = True
-            else:
-                values = [int(v) for v in text.split(",") if v]
-                span = False
-        except ValueError:
-            raise FailtraceError(f"--layers {spec!r} is not a layer range like '10-29', a layer '5' or a list "
-                                 f"'3,4,5'; {valid}") from None
-    else:
-        values = [int(v) for v in spec]
-        span = isinstance(spec, tuple) and len(values) == 2
-    if not values:
-        raise FailtraceError(f"--layers {spec!r} names no layer; {valid}")
-    resolved = []
-    for v in values:
-        r = v + num_layers if v < 0 else v
-        if not 0 <= r < num_layers:
-            raise FailtraceError(f"layer {v} is out of range: the model has {num_layers} layers; {valid}")
-        resolved.append(r)
-    if span:
-        lo, hi = resolved
-        if lo > hi:
-            raise FailtraceError(f"--layers {spec!r}: the first layer {lo} is above the last {hi}")
-        return lo, hi
-    ordered = sorted(set(resolved))
-    if ordered != list(range(ordered[0], ordered[-1] + 1)):
-        raise FailtraceError(f"--layers {spec!r} is not contiguous; edges link consecutive layers, so give a range "
-                             f"such as {ordered[0]}-{ordered[-1]}")
-    return ordered[0], ordered[-1]
-
-
-def _normalised_row(row: np.ndarray, special: np.ndarray) -> np.ndarray:
-    mag = np.abs(row)
-    pick = ~special if (~special).any() else np.ones_like(special)
-    scale = float(mag[pick].max()) if pick.any() else 0.0
-    return mag / scale if scale > 0 else np.zeros_like(mag)
+EDGE_METHODS = EDGE_ALGORITHMS  # earlier name, kept for callers
+__all__ = ["EDGE_ALGORITHMS", "EDGE_METHODS", "build_graph", "graph_from_ids", "parse_layers"]
 
 
 def _rows_to_compute(row: np.ndarray, special: np.ndarray, threshold: float, final: int | None) -> Tensor:
-    keep = _normalised_row(row, special) >= threshold
+    keep = np.abs(normalize(row, special)) >= threshold
     if final is not None:
         keep[final] = True
     return torch.as_tensor(np.nonzero(keep)[0], dtype=torch.long)
@@ -140,6 +84,171 @@ def _diagonal_rows(values: Tensor, n: int) -> Callable[[Tensor], Tensor]:
     return rows_fn
 
 
+@dataclass
+class _Step:
+    """One transition to compute: stages, the function from source states to target states, its seed."""
+
+    source_stage: int
+    target_stage: int
+    make_fn: Callable[[], Callable[[Tensor], Tensor]]
+    source: Tensor
+    seed: Tensor
+    token_local: bool  # the MLP transition mid → out: diagonal edges
+
+
+class _EdgeBuilder:
+    """Computes the edges of each layer of one graph, inside :func:`lrp_rules` and after the full pass."""
+
+    def __init__(self, model: torch.nn.Module, cap: LayerCallCapture, res: PassResult, cfg: GraphSettings,
+                 stages: list[Stage], relevance: np.ndarray, note: Callable[[str], None]) -> None:
+        self.model, self.cap, self.res, self.cfg = model, cap, res, cfg
+        self.relevance, self.note = relevance, note
+        self.n = int(relevance.shape[1])
+        self.stage_of = {(s.layer, s.kind): i for i, s in enumerate(stages)}
+        self.algorithms_used: dict[int, str] = {}
+        self.splits: dict[str, str] = {}  # layer structure found → layer class
+        self._roles: dict[type, dict[str, str | None]] = {}
+        self._unsplittable: set[type] = set()
+
+    def _split(self, t: int) -> LayerSplit | None:
+        """Attention block + MLP block of layer t; verified once per layer class, then reused by role names."""
+        layer, kw, res = self.cap.layers[t], self.cap.kwargs[t], self.res
+        roles = self._roles.get(type(layer))
+        split = split_from_roles(layer, roles) if roles is not None else None
+        if split is None and type(layer) not in self._unsplittable:
+            split = split_layer(layer, kw, res.hidden[t][None], reference=res.hidden[t + 1][None])
+            if split is not None:
+                self._roles[type(layer)] = split.roles(layer)
+                self.splits[split.describe()] = type(layer).__name__
+            else:
+                self._unsplittable.add(type(layer))
+        if self.cfg.mid_nodes and split is None:
+            raise FailtraceError(
+                f"mid-nodes need each layer to be 'residual + attention block' then 'residual + MLP block'; "
+                f"layer {t} ({type(layer).__name__}) does not match that form, so mid-nodes are unavailable "
+                "for this model (run without --mid-nodes)")
+        return split
+
+    def _closed_form(self, t: int, split: LayerSplit | None) -> ClosedFormLayer | None:
+        """The closed form of layer t, or None (with a note) where it does not apply."""
+        layer, res = self.cap.layers[t], self.res
+        if split is None:
+            reason = f"layer {t} ({type(layer).__name__}) is not attention block then MLP block"
+        else:
+            try:
+                return ClosedFormLayer(split, self.cap.kwargs[t], res.hidden[t], res.grads[t + 1],
+                                       h_t_reference=res.hidden[t + 1])
+            except ClosedFormUnsupported as exc:
+                reason = f"layer {t}: {exc}"
+        self.note(f"closed form does not cover {reason}; used packed for this layer")
+        return None
+
+    def _mid(self, t: int, split: LayerSplit, cf: ClosedFormLayer | None) -> tuple[Tensor, Tensor]:
+        """The mid-node states h_mid and their modified gradient G; stores the mid-node relevance h_mid · G."""
+        if cf is not None:
+            h_mid, G, mid_rel = cf.h_mid, cf.G, cf.mid_relevance
+        else:
+            h_s, g_t = self.res.hidden[t], self.res.grads[t + 1]
+            with torch.no_grad():
+                h_mid = attn_block(split, self.cap.kwargs[t], h_s[None])[0]
+            G, h_t_again = _mid_seed(split, h_mid, g_t)
+            if not _close(h_t_again, self.res.hidden[t + 1]):
+                raise FailtraceError(
+                    f"mid-nodes: layer {t} ({type(self.cap.layers[t]).__name__}) is not computed as residual + "
+                    "attention block then residual + MLP block like the first layer of its class; mid-nodes are "
+                    "unavailable for this model (run without --mid-nodes)")
+            mid_rel = (h_mid.double() * G.double()).sum(-1)
+        self.relevance[self.stage_of[(t, "mid")]] = mid_rel.cpu().numpy()
+        return h_mid, G
+
+    def _steps(self, t: int, split: LayerSplit | None, cf: ClosedFormLayer | None) -> list[_Step]:
+        cfg, res, cap = self.cfg, self.res, self.cap
+        src = 0 if t == cfg.first else self.stage_of[(t - 1, "resid")]
+        out = self.stage_of[(t, "resid")]
+        h_s, g_t = res.hidden[t], res.grads[t + 1]
+        if not cfg.mid_nodes:
+            return [_Step(src, out, lambda: (lambda x: cap.call(t, x)), h_s, g_t, False)]
+        assert split is not None
+        h_mid, G = self._mid(t, split, cf)
+        kw = cap.kwargs[t]
+        mid = self.stage_of[(t, "mid")]
+        return [_Step(src, mid, lambda: (lambda x: attn_block(split, kw, x)), h_s, G, False),
+                _Step(mid, out, lambda: (lambda x: mlp_block(split, x)), h_mid, g_t, True)]
+
+    def _transition(self, step: _Step, algorithm: str, cf: ClosedFormLayer | None, is_top: bool) -> EdgeSet:
+        """Stream the rows of one transition into an accumulator (only rows with a kept target and a seed)."""
+        cfg, n = self.cfg, self.n
+        t1 = time.perf_counter()
+        top_out = is_top and step.target_stage == self.stage_of[(cfg.last, "resid")]
+        final = n - 1 if top_out else None  # the final node's row is always computed
+        rows = _rows_to_compute(self.relevance[step.target_stage], cfg.special, cfg.retain, final)
+        acc = EdgeAccumulator(n, cfg.edge_budget)
+        zero_seed = (step.seed[rows] == 0).all(dim=-1).cpu()  # e.g. every row but the last at the top layer
+        acc.add_zero_rows(rows[zero_seed])
+        rows = rows[~zero_seed]
+        info: dict[str, Any] = {}
+        if cf is not None:
+            if step.token_local:
+                _stream(acc, rows, _diagonal_rows(cf.mid_relevance, n), max(1, cfg.budget_bytes // (4 * n)))
+            else:
+                _stream(acc, rows, lambda r: cf.rows(r).cpu(), cf.rows_per_chunk(cfg.budget_bytes))
+        elif len(rows):
+            if algorithm == "naive":
+                comp: Any = NaiveEdges(step.make_fn(), step.source, step.seed)
+            else:
+                pack = cfg.batch_size or batch_size_for(n, self.model.config, cfg.budget_bytes)
+                comp = PackedEdges(step.make_fn(), step.source, step.seed, pack)
+            try:
+                _stream(acc, rows, comp.rows, comp.rows_per_chunk(cfg.budget_bytes))
+            finally:
+                comp.close()
+            if isinstance(comp, PackedEdges):
+                info = {"batch_size": comp.batch_size, "mode": comp.mode}
+                if comp.vmap_fallbacks:
+                    info["vmap_fallbacks"] = comp.vmap_fallbacks
+        return acc.finish(step.source_stage, step.target_stage, algorithm, time.perf_counter() - t1, info)
+
+    def layer(self, t: int) -> list[EdgeSet]:
+        """The transitions into layer t (one, or two with mid-nodes)."""
+        wants_split = self.cfg.mid_nodes or self.cfg.edges in ("auto", "closed-form")
+        split = self._split(t) if wants_split else None
+        cf = self._closed_form(t, split) if self.cfg.edges in ("auto", "closed-form") else None
+        algorithm = "closed-form" if cf is not None else ("packed" if self.cfg.edges != "naive" else "naive")
+        self.algorithms_used[t] = algorithm
+        is_top = t == self.cfg.last
+        return [self._transition(step, algorithm, cf, is_top) for step in self._steps(t, split, cf)]
+
+
+def _stages(relevance_pass_rows: np.ndarray, cfg: GraphSettings) -> tuple[list[Stage], np.ndarray]:
+    """The stages (the one below the first layer, then [mid,] output per layer) and their relevance rows."""
+    n = relevance_pass_rows.shape[1]
+    stages = [Stage(cfg.first - 1, "embed" if cfg.first == 0 else "resid")]
+    rows = [relevance_pass_rows[cfg.first]]
+    for t in range(cfg.first, cfg.last + 1):
+        if cfg.mid_nodes:
+            stages.append(Stage(t, "mid"))
+            rows.append(np.full(n, np.nan))  # filled by the edge builder
+        stages.append(Stage(t, "resid"))
+        rows.append(relevance_pass_rows[t + 1])
+    return stages, np.stack(rows)
+
+
+def _metadata(model: torch.nn.Module, cfg: GraphSettings, builder: _EdgeBuilder, notes: list[str],
+              seconds: dict[str, float], value: float, extra: dict[str, Any] | None) -> dict[str, Any]:
+    used = builder.algorithms_used
+    fallbacks = sorted(t for t, m in used.items() if cfg.edges == "closed-form" and m != "closed-form")
+    meta: dict[str, Any] = dict(extra or {})
+    meta.update({
+        "architecture": type(model).__name__, "lrp_method": cfg.method, "edge_method": cfg.edges,
+        "methods_used": {str(k): v for k, v in used.items()}, "closed_form_fallback_layers": fallbacks,
+        "layer_structure": sorted(builder.splits), "layers": [cfg.first, cfg.last], "mid_nodes": cfg.mid_nodes,
+        "n_tokens": builder.n, "node_threshold": cfg.node_threshold, "retain_node_threshold": cfg.retain,
+        "prune": str(cfg.prune), "edge_budget": cfg.edge_budget, "notes": notes,
+        "seconds": {k: round(v, 4) for k, v in seconds.items()}, "objective_value": value,
+    })
+    return meta
+
+
 def graph_from_ids(
     model: torch.nn.Module,
     input_ids: Sequence[int] | Tensor,
@@ -147,8 +256,8 @@ def graph_from_ids(
     *,
     tokens: list[str] | None = None,
     special_mask: list[bool] | None = None,
-    method: str = "auto",
-    lrp_method: str = "attnlrp",
+    edges: str = "auto",
+    method: str = "attnlrp",
     layers: str | Sequence[int] | tuple[int, int] | None = None,
     mid_nodes: bool = False,
     node_threshold: float = 0.01,
@@ -163,36 +272,17 @@ def graph_from_ids(
 ) -> AttributionGraph:
     """Attribution graph of ``objective(logits at the last position)`` for ``input_ids`` (see the module docstring).
 
-    ``retain_node_threshold`` (default: ``node_threshold``) sets which target rows are computed; 0 computes all.
-    ``edge_budget``: edges kept per transition (``"auto"``: all for up to 512 tokens, else max(262144, 64·n);
-    ``None``: all). ``notify`` receives human-readable notes (fallbacks) as they happen.
+    ``edges``: the edge algorithm (auto, naive, packed, closed-form); ``method``: the LRP rule (attnlrp, cp-lrp,
+    gradxinput). ``retain_node_threshold`` (default: ``node_threshold``) sets which target rows are computed; 0
+    computes all. ``edge_budget``: edges kept per transition (``"auto"``: all for up to 512 tokens, else
+    max(262144, 64·n); ``None``: all). ``notify`` receives human-readable notes (fallbacks) as they happen.
     """
-    if method not in EDGE_METHODS:
-        raise FailtraceError(f"unknown edge method {method!r}; valid: {', '.join(EDGE_METHODS)}")
-    node_threshold = check_node_threshold(node_threshold)
-    spec = PruneSpec.parse(prune)
-    retain = node_threshold if retain_node_threshold is None else check_node_threshold(retain_node_threshold)
-    if retain > node_threshold:
-        raise FailtraceError(f"retain_node_threshold {retain:g} must not exceed the node threshold {node_threshold:g}")
-    if memory_budget_mb <= 0:
-        raise FailtraceError(f"memory budget must be positive, got {memory_budget_mb} MB")
     device = next(model.parameters()).device
     ids = torch.as_tensor(input_ids, device=device).reshape(-1)
-    n = int(ids.numel())
-    if n == 0:
-        raise FailtraceError("the input is empty; give at least one token")
-    num_layers = len(decoder_layers(model))
-    first, last = parse_layers(layers, num_layers)
-    if edge_budget == "auto":
-        budget: int | None = None if n <= KEEP_ALL_EDGES_UP_TO else max(262_144, 64 * n)
-    else:
-        budget = None if edge_budget is None else int(edge_budget)
-        if budget is not None and budget < 1:
-            raise FailtraceError(f"edge budget must be at least 1 edge per transition, got {budget}")
-    budget_bytes = int(memory_budget_mb * 2**20)
-    special = np.asarray(special_mask if special_mask is not None else [False] * n, dtype=bool)
-    if special.shape[0] != n:
-        raise FailtraceError(f"special_mask has {special.shape[0]} entries for {n} tokens")
+    cfg = graph_settings(
+        int(ids.numel()), len(decoder_layers(model)), edges=edges, method=method, layers=layers, mid_nodes=mid_nodes,
+        node_threshold=node_threshold, prune=prune, retain_node_threshold=retain_node_threshold,
+        edge_budget=edge_budget, memory_budget_mb=memory_budget_mb, batch_size=batch_size, special_mask=special_mask)
     notes: list[str] = []
 
     def note(msg: str) -> None:
@@ -201,161 +291,26 @@ def graph_from_ids(
             notify(msg)
 
     t0 = time.perf_counter()
-    with lrp_rules(model, lrp_method):
+    with lrp_rules(model, method):
         with LayerCallCapture(model) as cap:  # the layers' call arguments, recorded during the full pass
-            res = relevance_pass(model, ids.tolist(), objective, method=lrp_method, patched=True)
+            res = relevance_pass(model, ids.tolist(), objective, method=method, patched=True)
         t_pass = time.perf_counter() - t0
-        R = res.relevance().cpu().numpy()  # [L+1, n]: embeddings, then each layer's output
-
-        stages: list[Stage] = [Stage(first - 1, "embed" if first == 0 else "resid")]
-        rel_rows: list[np.ndarray] = [R[first]]
-        for t in range(first, last + 1):
-            if mid_nodes:
-                stages.append(Stage(t, "mid"))
-                rel_rows.append(np.full(n, np.nan))
-            stages.append(Stage(t, "resid"))
-            rel_rows.append(R[t + 1])
-        relevance = np.stack(rel_rows)
-        transitions = []
-        methods_used: dict[int, str] = {}
-        splits: dict[str, str] = {}
-        split_roles: dict[type, dict[str, str | None]] = {}
-        unsplittable: set[type] = set()
-        t_edges = time.perf_counter()
-        layer_iter: Any = range(first, last + 1)
+        stages, relevance = _stages(res.relevance().cpu().numpy(), cfg)
+        builder = _EdgeBuilder(model, cap, res, cfg, stages, relevance, note)
+        layer_iter: Any = range(cfg.first, cfg.last + 1)
         if progress:
             from tqdm.auto import tqdm
 
-            layer_iter = tqdm(layer_iter, desc=f"graph edges ({method})", unit="layer", leave=False)
-        stage_of = {(s.layer, s.kind): i for i, s in enumerate(stages)}
-        for t in layer_iter:
-            layer = cap.layers[t]
-            kw = cap.kwargs[t]
-            h_s, g_t = res.hidden[t], res.grads[t + 1]
-            h_t = res.hidden[t + 1]
-            src_stage = 0 if t == first else stage_of[(t - 1, "resid")]
-            out_stage = stage_of[(t, "resid")]
-            is_top = t == last
-            split = None
-            if mid_nodes or method in ("auto", "closed-form"):
-                # verified once per layer class; later layers are checked against their stored output where used
-                roles = split_roles.get(type(layer))
-                split = split_from_roles(layer, roles) if roles is not None else None
-                if split is None and type(layer) not in unsplittable:
-                    split = split_layer(layer, kw, h_s[None], reference=h_t[None])
-                    if split is not None:
-                        split_roles[type(layer)] = split.roles(layer)
-                        splits[split.describe()] = type(layer).__name__
-                    else:
-                        unsplittable.add(type(layer))
-            if mid_nodes and split is None:
-                raise FailtraceError(
-                    f"mid-nodes need each layer to be 'residual + attention block' then 'residual + MLP block'; "
-                    f"layer {t} ({type(layer).__name__}) does not match that form, so mid-nodes are unavailable "
-                    "for this model (run without --mid-nodes)")
-            layer_method = method
-            cf: ClosedFormLayer | None = None
-            if method in ("auto", "closed-form"):
-                if split is None:
-                    reason = f"layer {t} ({type(layer).__name__}) is not attention block then MLP block"
-                else:
-                    try:
-                        cf = ClosedFormLayer(split, kw, h_s, g_t, h_t_reference=h_t)
-                        reason = ""
-                    except ClosedFormUnsupported as exc:
-                        reason = f"layer {t}: {exc}"
-                if cf is None:
-                    layer_method = "packed"
-                    note(f"closed form does not cover {reason}; used packed for this layer")
-                else:
-                    layer_method = "closed-form"
-            methods_used[t] = layer_method
-            pack = batch_size or batch_size_for(n, model.config, budget_bytes)
-
-            def computer(fn: Callable[[Tensor], Tensor], src: Tensor, seed: Tensor) -> Any:
-                if layer_method == "naive":
-                    return NaiveEdges(fn, src, seed)
-                return PackedEdges(fn, src, seed, pack)
-
-            # (source stage, target stage, rows function factory) for this layer
-            if mid_nodes:
-                assert split is not None
-                mid_stage = stage_of[(t, "mid")]
-                if cf is not None:
-                    h_mid, G = cf.h_mid, cf.G
-                    mid_rel = cf.mid_relevance
-                else:
-                    with torch.no_grad():
-                        h_mid = attn_block(split, kw, h_s[None])[0]
-                    G, h_t_again = _mid_seed(split, h_mid, g_t)
-                    if not _close(h_t_again, h_t):
-                        raise FailtraceError(
-                            f"mid-nodes: layer {t} ({type(layer).__name__}) is not computed as residual + attention "
-                            "block then residual + MLP block like the first layer of its class; mid-nodes are "
-                            "unavailable for this model (run without --mid-nodes)")
-                    mid_rel = (h_mid.double() * G.double()).sum(-1)
-                relevance[mid_stage] = mid_rel.cpu().numpy()
-                plan = [
-                    (src_stage, mid_stage, lambda s=split, k=kw: (lambda x: attn_block(s, k, x)), h_s, G, False),
-                    (mid_stage, out_stage, lambda s=split: (lambda x: mlp_block(s, x)), h_mid, g_t, True),
-                ]
-            else:
-                plan = [(src_stage, out_stage, lambda tt=t: (lambda x: cap.call(tt, x)), h_s, g_t, False)]
-            for s_idx, t_idx, make_fn, src, seed, token_local in plan:
-                t1 = time.perf_counter()
-                final = n - 1 if (is_top and t_idx == out_stage) else None
-                rows = _rows_to_compute(relevance[t_idx], special, retain, final)
-                acc = EdgeAccumulator(n, budget)
-                zero_seed = (seed[rows] == 0).all(dim=-1).cpu()  # e.g. every row but the last at the top layer
-                acc.add_zero_rows(rows[zero_seed])
-                rows = rows[~zero_seed]
-                info: dict[str, Any] = {}
-                if cf is not None:
-                    if token_local:
-                        per = max(1, budget_bytes // (4 * n))
-                        _stream(acc, rows, _diagonal_rows(cf.mid_relevance, n), per)
-                    else:
-                        _stream(acc, rows, lambda r: cf.rows(r).cpu(), cf.rows_per_chunk(budget_bytes))
-                elif len(rows):
-                    comp = computer(make_fn(), src, seed)
-                    try:
-                        _stream(acc, rows, comp.rows, comp.rows_per_chunk(budget_bytes))
-                    finally:
-                        comp.close()
-                    if isinstance(comp, PackedEdges):
-                        info = {"batch_size": comp.batch_size, "mode": comp.mode}
-                        if comp.vmap_fallbacks:
-                            info["vmap_fallbacks"] = comp.vmap_fallbacks
-                transitions.append(acc.finish(s_idx, t_idx, layer_method, time.perf_counter() - t1, info))
-            del cf
-        t_edges = time.perf_counter() - t_edges
+            layer_iter = tqdm(layer_iter, desc=f"graph edges ({edges})", unit="layer", leave=False)
+        transitions = [es for t in layer_iter for es in builder.layer(t)]
     t_total = time.perf_counter() - t0
-    meta: dict[str, Any] = dict(metadata or {})
-    fallbacks = sorted(t for t, m in methods_used.items() if method == "closed-form" and m != "closed-form")
-    meta.update({
-        "architecture": type(model).__name__,
-        "lrp_method": lrp_method,
-        "edge_method": method,
-        "methods_used": {str(k): v for k, v in methods_used.items()},
-        "closed_form_fallback_layers": fallbacks,
-        "layer_structure": sorted(splits),
-        "layers": [first, last],
-        "mid_nodes": mid_nodes,
-        "n_tokens": n,
-        "node_threshold": node_threshold,
-        "retain_node_threshold": retain,
-        "prune": str(spec),
-        "edge_budget": budget,
-        "notes": notes,
-        "seconds": {"relevance_pass": round(t_pass, 4), "edges": round(t_edges, 4), "total": round(t_total, 4)},
-        "objective_value": res.value,
-    })
-    graph = AttributionGraph(
+    seconds = {"relevance_pass": t_pass, "edges": t_total - t_pass, "total": t_total}
+    return AttributionGraph(
         tokens=list(tokens) if tokens is not None else [str(int(i)) for i in ids.tolist()],
-        token_ids=[int(i) for i in ids.tolist()], special_mask=special.tolist(), stages=stages,
-        relevance=relevance, transitions=transitions, objective_value=res.value, metadata=meta,
+        token_ids=[int(i) for i in ids.tolist()], special_mask=cfg.special.tolist(), stages=stages,
+        relevance=relevance, transitions=transitions, objective_value=res.value,
+        metadata=_metadata(model, cfg, builder, notes, seconds, res.value, metadata),
     )
-    return graph
 
 
 def build_graph(
@@ -376,36 +331,13 @@ def build_graph(
     """Attribution graph for the preference of ``target`` over ``contrast`` after ``prompt`` (+ ``answer_prefix``).
 
     ``lm`` is a :class:`failtrace.models.LoadedModel`; prompt, target, contrast, answer prefix and objective work as
-    in :func:`failtrace.attribute`. Keyword arguments go to :func:`graph_from_ids` (``method``, ``layers``,
-    ``mid_nodes``, ``node_threshold``, ``prune``, ``lrp_method``, ``memory_budget_mb``, ``progress``, ...).
+    in :func:`failtrace.attribute`. Keyword arguments go to :func:`graph_from_ids` (``edges``, ``method``,
+    ``layers``, ``mid_nodes``, ``node_threshold``, ``prune``, ``memory_budget_mb``, ``progress``, ...).
     An input longer than the model's context is refused unless ``allow_long``.
     """
-    from failtrace.attribution.inputs import context_length, prepare_input, resolve_token
-    from failtrace.attribution.objective import OBJECTIVES, objective_value
-    from failtrace.attribution.record import TokenRef
-
-    if objective not in OBJECTIVES:
-        raise FailtraceError(f"unknown objective {objective!r}; valid: {', '.join(OBJECTIVES)}")
-    tok = lm.tokenizer
-    prep = prepare_input(tok, prompt, chat=chat, answer_prefix=answer_prefix, thinking=thinking, position=position,
-                         max_length=context_length(lm.model), allow_long=allow_long)
-    tgt = resolve_token(tok, target, "target") if target is not None else None
-    con = resolve_token(tok, contrast, "contrast") if contrast is not None else None
-    if objective == "logit_diff" and con is None:
-        raise FailtraceError("objective 'logit_diff' needs a contrast token; give --contrast or another --objective")
-    if tgt is None:
-        with torch.no_grad():
-            ids = torch.tensor([prep.ids], device=next(lm.model.parameters()).device)
-            logits = lm.model(input_ids=ids, use_cache=False, logits_to_keep=1).logits
-        tid = int(logits[0, -1].argmax())
-        tgt = TokenRef(tid, tok.decode([tid], clean_up_tokenization_spaces=False))
-    if con is not None and con.id == tgt.id:
-        raise FailtraceError(f"target and contrast are the same token ({tgt.text!r}, id {tgt.id}); pick two tokens")
-    tgt_id, con_id = tgt.id, (None if con is None else con.id)
-
-    def fn(logits: Tensor) -> Tensor:
-        return objective_value(logits, objective, tgt_id, con_id, k=topk)
-
+    c = prepare_contrast(lm, prompt, target, contrast, answer_prefix=answer_prefix, chat=chat, thinking=thinking,
+                         objective=objective, position=position, topk=topk, allow_long=allow_long)
+    prep, tgt, con, fn = c.prep, c.target, c.contrast, c.fn
     meta = {
         "model": getattr(lm, "name", type(lm.model).__name__),
         "prompt": prompt if isinstance(prompt, str) else list(prompt),

@@ -6,7 +6,8 @@ Notation (one layer, source stage h = h_s, target stage h_t; rows j are targets,
 
 Everything below is about the *modified* Jacobian J̃: the Jacobian of the patched layer, in which normalisers are
 frozen, the gated MLP uses the identity/uniform rules, and the gradients reaching q, k, v are scaled by
-f_q = f_k = ¼, f_v = ½ (``attnlrp``; ``cp-lrp``: 0, 0, 1; ``gradxinput``: 1, 1, 1).
+f_q = f_k = ¼, f_v = ½ (``attnlrp``; ``cp-lrp``: 0, 0, 1; ``gradxinput``: 1, 1, 1), read from the rule table
+:data:`failtrace.lrp.methods.LRP_METHODS` that the patch installs.
 
 **1. The MLP block is token-local.** h_t = h_mid + M(h_mid) with M acting on each token alone (pre/post norms with
 frozen σ, gated MLP), so ∂h_t^{(j)}/∂h^{(i)} = (I + J̃_M^{(j)}) ∂h_mid^{(j)}/∂h^{(i)}. With
@@ -62,16 +63,11 @@ import torch
 import torch.autograd.forward_ad as fwAD
 
 from failtrace.graph.layers import LayerSplit, attention_function, attn_block, mlp_block
+from failtrace.lrp.methods import LRP_METHODS
 
 Tensor = torch.Tensor
 
 CAPTURE_NAME = "failtrace_graph_capture"
-# The gradient factors each LRP method applies to q, k and v inside attention (see failtrace.lrp.patch).
-RULE_FACTORS: dict[str, tuple[float, float, float]] = {
-    "attnlrp": (0.25, 0.25, 0.5),
-    "cp-lrp": (0.0, 0.0, 1.0),
-    "gradxinput": (1.0, 1.0, 1.0),
-}
 # keyword arguments of the attention call that change the computation in ways the closed form does not model
 _UNSUPPORTED_KWARGS = ("softcap", "s_aux", "sinks", "position_bias", "attention_bias", "alibi")
 _WHAT = {"softcap": "logit soft-capping", "s_aux": "attention sinks", "sinks": "attention sinks",
@@ -82,6 +78,14 @@ _IGNORED_KWARGS = ("dropout", "sliding_window", "position_ids", "cache_position"
 
 class ClosedFormUnsupported(Exception):
     """This layer is outside what the closed form models; the caller falls back to the packed method."""
+
+
+def attention_factors(rule: str) -> tuple[float, float, float]:
+    """(f_q, f_k, f_v): the gradient factors the LRP method ``rule`` applies to q, k and v (the shared rule table)."""
+    if rule not in LRP_METHODS:
+        raise ClosedFormUnsupported(f"unknown attention rule {rule!r}")
+    m = LRP_METHODS[rule]
+    return m.q, m.k, m.v
 
 
 @dataclass
@@ -156,10 +160,7 @@ class ClosedFormLayer:
 
     def __init__(self, split: LayerSplit, kwargs: dict[str, Any], h_s: Tensor, g_t: Tensor,
                  h_t_reference: Tensor | None = None, compute_dtype: torch.dtype = torch.float32) -> None:
-        rule = getattr(split.attn, "_failtrace_rule", "gradxinput")
-        if rule not in RULE_FACTORS:
-            raise ClosedFormUnsupported(f"unknown attention rule {rule!r}")
-        self.fq, self.fk, self.fv = RULE_FACTORS[rule]
+        self.fq, self.fk, self.fv = attention_factors(getattr(split.attn, "_failtrace_rule", "gradxinput"))
         _register()
         self.dtype = compute_dtype
         n, d = h_s.shape

@@ -7,14 +7,24 @@ All metrics are computed on a :class:`~failtrace.graph.prune.PrunedGraph`:
 * ``gini``: Gini coefficient of the kept |A| (0: all equal, → 1: one edge carries everything);
 * ``verticality``: share of the kept |A| mass on edges that stay on the same token (i = j). ``verticality_all`` is
   the same over every stored edge of the transition, independent of pruning;
-* ``top_paths``: the k input → final-node paths (one node per stage, along kept edges) with the largest summed edge
-  relevance; ``bottom_paths``: the k with the most negative sum.
+* ``top_paths``: the k input → final-node paths (one node per stage, along kept edges) with the largest *path score*
+  among paths that support the prediction; ``bottom_paths``: the same among paths that oppose it.
+
+Path score. The fraction of an edge e = (i → j) is its share of the target node's incoming |A| mass,
+f_e = |A_{j,i}| / Σ_{i'} |A_{j,i'}| (the denominator over *all* sources of row j, stored or not, so pruning never
+inflates it). A path's score is the product of its edge fractions, Π_e f_e ∈ [0, 1]: the share of the final node's
+incoming |A| mass that reaches this input token when every node splits its mass among its sources in proportion to
+|A|. Over all paths of the unpruned graph (every row computed) the scores sum to 1, so 0.2 means "a fifth of the
+mass flows along this path". A path's ``sign`` is the product of its edge signs (+1: the chain of contributions
+supports the final node's relevance, −1: it opposes it); ``bottleneck`` is its smallest edge fraction; ``flow`` =
+sign · score · |R_final| puts the score in the objective's units (|flow| ≤ |Δℓ|). (Earlier versions summed raw
+edge relevances along a path, which double-counts the residual stream and gave +124 for a Δℓ of 9.)
 """
 
 from __future__ import annotations
 
 import heapq
-from typing import Any
+from typing import Any, Collection
 
 import numpy as np
 
@@ -65,49 +75,66 @@ def transition_metrics(pruned: PrunedGraph) -> list[dict[str, Any]]:
     return out
 
 
-def top_paths(pruned: PrunedGraph, k: int = 5, sign: int = 1) -> list[dict[str, Any]]:
-    """The k paths from the bottom stage to the final node with the largest (``sign=-1``: most negative) edge sums.
+def edge_fractions(pruned: PrunedGraph, t: int) -> np.ndarray:
+    """f_e = |A_e| / (incoming |A| mass of e's target node) for the kept edges of transition ``t``."""
+    es = pruned.graph.transitions[t]
+    keep = pruned.edge_keep[t]
+    mass = es.row_mass[es.target[keep]]
+    mag = np.abs(es.weight[keep].astype(np.float64))
+    return np.divide(mag, mass, out=np.zeros_like(mag), where=np.isfinite(mass) & (mass > 0))
 
-    A layered dynamic programme from the top: each node keeps its k best partial paths to the final node.
+
+def top_paths(pruned: PrunedGraph, k: int = 5, sign: int = 1,
+              inputs: Collection[int] | None = None) -> list[dict[str, Any]]:
+    """The k bottom-stage → final-node paths of the given ``sign`` with the largest score (module docstring);
+    ``inputs`` restricts the input token (e.g. to non-special tokens).
+
+    A layered dynamic programme from the top: each node keeps, per path sign, its k best partial paths to the final
+    node; a product of non-negative factors preserves the order, so this is exact.
     """
     graph = pruned.graph
     top, final = graph.final_node
-    # best[(stage, token)] = list of (score, next node or None) sorted best first; scores carry ``sign``
-    best: dict[tuple[int, int], list[tuple[float, tuple[int, int] | None, int]]] = {(top, final): [(0.0, None, 0)]}
+    # (node, path sign) -> best partial paths as (score, bottleneck, next node, its sign, its rank there)
+    best: dict[tuple[tuple[int, int], int], list[tuple[Any, ...]]] = {((top, final), 1): [(1.0, 1.0, None, 0, 0)]}
     order = sorted(range(len(graph.transitions)), key=lambda t: -graph.transitions[t].target_stage)
     for t in order:
         es = graph.transitions[t]
         keep = pruned.edge_keep[t]
-        cand: dict[tuple[int, int], list[tuple[float, tuple[int, int] | None, int]]] = {}
-        for e in keep.tolist():
+        frac = edge_fractions(pruned, t)
+        cand: dict[tuple[tuple[int, int], int], list[tuple[Any, ...]]] = {}
+        for e, f in zip(keep.tolist(), frac.tolist()):
             tgt = (es.target_stage, int(es.target[e]))
-            if tgt not in best:
-                continue
             src = (es.source_stage, int(es.source[e]))
-            w = sign * float(es.weight[e])
-            lst = cand.setdefault(src, [])
-            for rank, (score, _nxt, _r) in enumerate(best[tgt]):
-                lst.append((score + w, tgt, rank))
-        for node, lst in cand.items():
-            best[node] = heapq.nlargest(k, lst, key=lambda x: x[0])
+            s_e = 1 if es.weight[e] >= 0 else -1
+            for s_next in (1, -1):
+                for rank, (score, neck, _n, _s, _r) in enumerate(best.get((tgt, s_next), [])):
+                    cand.setdefault((src, s_e * s_next), []).append((score * f, min(neck, f), tgt, s_next, rank))
+        for key, lst in cand.items():
+            best[key] = heapq.nlargest(k, lst, key=lambda x: x[0])
     bottom = min(s.source_stage for s in graph.transitions) if graph.transitions else top
-    starts = [(score, node, rank) for node, lst in best.items() if node[0] == bottom
-              for rank, (score, _n, _r) in enumerate(lst)]
+    allowed = None if inputs is None else set(int(i) for i in inputs)
+    starts = [(entry[0], node, rank) for (node, sg), lst in best.items() if node[0] == bottom and sg == sign
+              and (allowed is None or node[1] in allowed) for rank, entry in enumerate(lst)]
+    r_final = abs(float(graph.relevance[top, final]))
     paths = []
     for score, node, rank in heapq.nlargest(k, starts, key=lambda x: x[0]):
-        seq = [node]
-        cur, r = node, rank
+        seq, cur, sg, r = [node], node, sign, rank
+        neck = best[(node, sign)][rank][1]
         while True:
-            _s, nxt, nr = best[cur][r]
+            _sc, _nk, nxt, nsg, nr = best[(cur, sg)][r]
             if nxt is None:
                 break
             seq.append(nxt)
-            cur, r = nxt, nr
+            cur, sg, r = nxt, nsg, nr
         paths.append({
             "nodes": [graph.stages[s].node_id(tok) for s, tok in seq],
             "tokens": [graph.tokens[tok] for _s, tok in seq],
             "input_token": seq[0][1],
-            "relevance": sign * score,
+            "score": score,
+            "bottleneck": neck,
+            "sign": sign,
+            "flow": sign * score * r_final,
+            "relevance": sign * score * r_final,  # alias of flow, kept for older callers
         })
     return paths
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
+from failtrace.attribution.normalize import normalize
 from failtrace.errors import FailtraceError
 
 if TYPE_CHECKING:
@@ -105,24 +106,10 @@ class PrunedGraph:
             for k in keep.tolist():
                 yield es.source_stage, int(es.source[k]), es.target_stage, int(es.target[k]), float(es.weight[k])
 
-    def metrics(self, top_k: int = 5) -> dict[str, object]:
-        from failtrace.graph.metrics import graph_metrics
-
-        return graph_metrics(self, top_k=top_k)
-
 
 def normalised_relevance(graph: AttributionGraph) -> np.ndarray:
     """|R| per stage divided by the stage's largest |R| among non-special tokens ([S, n]; NaN where unknown)."""
-    rel = np.abs(graph.relevance)
-    special = np.asarray(graph.special_mask, dtype=bool)
-    out = np.full_like(rel, np.nan)
-    for s in range(rel.shape[0]):
-        row = rel[s]
-        known = np.isfinite(row)
-        pick = known & ~special if (known & ~special).any() else known
-        scale = float(row[pick].max()) if pick.any() else 0.0
-        out[s] = row / scale if scale > 0 else np.where(known, 0.0, np.nan)
-    return out
+    return np.abs(normalize(graph.relevance, graph.special_mask))
 
 
 @dataclass

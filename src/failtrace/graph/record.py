@@ -90,15 +90,6 @@ class AttributionGraph:
         out[es.target, es.source] = es.weight
         return out
 
-    def stage_index(self, layer: int, kind: str = "resid") -> int:
-        """Index of the stage for ``layer`` (−1: embeddings) and ``kind`` (``resid`` or ``mid``)."""
-        if layer == -1:
-            kind = "embed"
-        for i, st in enumerate(self.stages):
-            if st.layer == layer and st.kind == kind:
-                return i
-        raise KeyError(f"no stage for layer {layer} ({kind}); stages: {[s.name for s in self.stages]}")
-
     def conservation_error(self) -> float:
         """max_i |Σ_j A[j, i] − R_s(i)| / max|R_s| over transitions whose rows were all computed (NaN if none)."""
         errs = []
@@ -139,22 +130,3 @@ class AttributionGraph:
     @classmethod
     def load(cls, path: str | Path) -> AttributionGraph:
         return cls.from_dict(json.loads(Path(path).read_text()))
-
-    # -- exports and views (thin wrappers) -----------------------------------------------------------------------
-    def to_json(self, pruned: PrunedGraph | None = None) -> dict[str, Any]:
-        """The pruned graph in failtrace's documented JSON schema (see :mod:`failtrace.graph.export`)."""
-        from failtrace.graph.export import to_json
-
-        return to_json(pruned or self.pruned)
-
-    def to_circuit_tracer(self, pruned: PrunedGraph | None = None) -> dict[str, Any]:
-        """The pruned graph as circuit-tracer-style ``nodes``/``links``/``metadata``."""
-        from failtrace.graph.export import to_circuit_tracer
-
-        return to_circuit_tracer(pruned or self.pruned)
-
-    def metrics(self, top_k: int = 5) -> dict[str, Any]:
-        """Per-transition metrics and the top-k paths of the pruned graph."""
-        from failtrace.graph.metrics import graph_metrics
-
-        return graph_metrics(self.pruned, top_k=top_k)

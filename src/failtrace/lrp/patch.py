@@ -31,10 +31,10 @@ import torch
 from torch import nn
 
 from failtrace.errors import FailtraceError, UnsupportedModelError
+from failtrace.lrp.methods import LRP_METHODS, lrp_method
 from failtrace.lrp.rules import frozen_scale, identity_activation, scale_grad, uniform_product
 
-Method = Literal["attnlrp", "cp-lrp", "gradxinput"]
-METHODS: tuple[str, ...] = ("attnlrp", "cp-lrp", "gradxinput")
+METHODS: tuple[str, ...] = tuple(LRP_METHODS)
 ATTN_NAME = "failtrace_lrp"
 _REGISTER_LOCK = threading.Lock()
 _REGISTERED = False
@@ -89,14 +89,11 @@ def lrp_attention(
     """The registered attention function: AttnLRP / CP-LRP gradients around transformers' SDPA attention."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    rule = getattr(module, "_failtrace_rule", "gradxinput")
+    rule = LRP_METHODS[getattr(module, "_failtrace_rule", "gradxinput")]
     module._failtrace_calls = getattr(module, "_failtrace_calls", 0) + 1
-    if rule == "attnlrp":
-        # uniform ε-rule on AV (½ to A, ½ to V) and on QKᵀ (½ of A's share to q and to k): q, k get ¼, v gets ½.
-        query, key, value = scale_grad(query, 0.25), scale_grad(key, 0.25), scale_grad(value, 0.5)
-    elif rule == "cp-lrp":
-        # conservative propagation: attention weights are constants, relevance flows through the values only.
-        query, key = query.detach(), key.detach()
+    # the table's factors on the gradients reaching q, k, v (see failtrace.lrp.methods); 0 means detached
+    query, key, value = (x.detach() if f == 0.0 else scale_grad(x, f)
+                         for x, f in ((query, rule.q), (key, rule.k), (value, rule.v)))
     if scaling is None:
         scaling = 1.0 / math.sqrt(query.shape[-1])
     softcap = kwargs.get("softcap") or getattr(module, "attn_logit_softcapping", None)
@@ -298,12 +295,11 @@ def lrp_rules(model: nn.Module, method: str = "attnlrp") -> Iterator[PatchReport
     ``method``: ``attnlrp`` (default), ``cp-lrp`` (attention weights constant) or ``gradxinput`` (no change).
     Unsupported architectures raise :class:`UnsupportedModelError` and leave the model as it was.
     """
-    if method not in METHODS:
-        raise FailtraceError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    rules = lrp_method(method)
     if getattr(model, "_failtrace_patched", False):
         raise FailtraceError("this model is already inside lrp_rules(); nesting is not supported")
     report = PatchReport(method=method)
-    if method == "gradxinput":
+    if rules.changes_nothing:
         yield report
         return
     _register_attention()
@@ -315,11 +311,11 @@ def lrp_rules(model: nn.Module, method: str = "attnlrp") -> Iterator[PatchReport
     try:
         model._failtrace_patched = True
         for name, mod in model.named_modules():
-            if _is_gated_mlp(mod):
+            if _is_gated_mlp(mod) and rules.mlp_rules:
                 mod.forward = _make_mlp_forward(mod)
                 patched.append(mod)
                 report.mlps.append(name)
-            elif not list(mod.children()) and _is_norm_like(name, mod):
+            elif rules.frozen_norms and not list(mod.children()) and _is_norm_like(name, mod):
                 kind = norm_kinds[name] if cache else _classify_norm(mod)
                 if kind is None:
                     raise UnsupportedModelError(
@@ -344,7 +340,7 @@ def lrp_rules(model: nn.Module, method: str = "attnlrp") -> Iterator[PatchReport
                     f"{type(model).__name__}: layer {i} has no gated MLP (gate_proj/up_proj/down_proj/act_fn); "
                     "only gated-MLP decoders are supported"
                 )
-            if not any(isinstance(m, nn.Module) and m in patched for m in layer.modules() if _is_norm_like("", m)):
+            if rules.frozen_norms and not any(m in patched for m in layer.modules() if _is_norm_like("", m)):
                 raise UnsupportedModelError(f"{type(model).__name__}: layer {i} has no recognised norm")
         _set_attn_impl(model, ATTN_NAME)
         if cache is None:

@@ -1,0 +1,79 @@
+"""Comparison baselines that are not gradients: raw attention, and seeded random relevance (the floor).
+
+``attention``: the last decoder layer's attention weights from the last position (the one whose next-token logits
+are explained) to every position, averaged over heads: R_i = (1/H) Σ_h softmax(q_h,last · k_h,i / √d)_i. It is not
+contrastive (it ignores target and contrast) and non-negative; it sums to 1 over positions. We chose raw last-layer
+attention over rollout because it needs no assumption about how the residual stream mixes (rollout's "add the
+identity and renormalise" is a heuristic) and it is what "the model looks at" usually means.
+
+The weights come from transformers' own eager attention (``output_attentions=True``): the model is switched to
+``eager`` for the call and switched back after (sdpa/flash kernels do not return the weights).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from failtrace.errors import FailtraceError
+
+
+@contextlib.contextmanager
+def eager_attention(model: nn.Module) -> Iterator[None]:
+    """Run ``model`` with eager attention inside the block (its previous implementation is restored after)."""
+    before = getattr(model.config, "_attn_implementation", None)
+    switch = before != "eager"
+    if switch:
+        if not hasattr(model, "set_attn_implementation"):
+            raise FailtraceError("this transformers release cannot switch attention implementations; "
+                                 "load the model with attn_implementation='eager' for the attention baseline")
+        model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        if switch and before is not None:
+            model.set_attn_implementation(before)
+
+
+@torch.no_grad()
+def attention_relevance(model: nn.Module, token_ids: Sequence[int]) -> np.ndarray:
+    """Mean over heads of the last layer's attention from the last position: one value per token (sums to 1)."""
+    if len(token_ids) == 0:
+        raise FailtraceError("attention relevance needs at least one token")
+    device = next(model.parameters()).device
+    ids = torch.tensor([list(token_ids)], device=device)
+    with eager_attention(model):
+        out = model(input_ids=ids, use_cache=False, output_attentions=True, logits_to_keep=1)
+    attn = out.attentions[-1] if out.attentions else None
+    if attn is None:
+        raise FailtraceError(f"{type(model).__name__} returned no attention weights; the attention baseline needs "
+                             "a model whose eager attention reports them")
+    return attn[0, :, -1, :].double().mean(0).cpu().numpy()
+
+
+def random_relevance(n: int, seed: int) -> np.ndarray:
+    """Seeded uniform relevance in (0, 1] for ``n`` tokens: every token positive, so the top-k masking order is a
+    random order fixed by ``seed`` (numpy's PCG64 via ``default_rng``)."""
+    if n < 0:
+        raise FailtraceError(f"random relevance needs n >= 0, got {n}")
+    return 1.0 - np.random.default_rng(int(seed)).random(int(n))
+
+
+def attention_method(model: nn.Module, ids: Sequence[int], objective: Any, **_: Any) -> Any:
+    """The ``attention`` entry of the method registry: attention relevance as the input row, plus the objective at
+    the real input (one extra plain forward, so the record's Δℓ is the same as every other method's)."""
+    from failtrace.attribution.engine import base_and_head, final_logits
+    from failtrace.attribution.methods import MethodResult
+
+    relevance = attention_relevance(model, ids)
+    with torch.no_grad():
+        base, head = base_and_head(model)
+        device = next(model.parameters()).device
+        last = base(input_ids=torch.tensor([list(ids)], device=device), use_cache=False).last_hidden_state[0, -1]
+        logits = final_logits(model, head, last)
+        value = float(objective(logits))
+    return MethodResult(relevance[None, :], value, logits.detach(), {"note": "raw last-layer attention, mean of heads"})

@@ -1,0 +1,75 @@
+"""What to explain, prepared once for every method: the input ids, the target and contrast tokens, the objective.
+
+:func:`failtrace.attribute` and :func:`failtrace.graph.build_graph` both start here, so a prompt, a target, a
+contrast and an objective mean the same thing (and fail with the same messages) in every command.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+
+from failtrace.attribution.inputs import PreparedInput, Prompt, context_length, prepare_input, resolve_token
+from failtrace.attribution.objective import check_objective, objective_value
+from failtrace.attribution.record import TokenRef
+from failtrace.errors import FailtraceError
+
+
+@dataclass
+class Contrast:
+    """The prepared input, the resolved tokens and ``fn(logits) -> objective`` (differentiable)."""
+
+    prep: PreparedInput
+    target: TokenRef
+    contrast: TokenRef | None
+    objective: str
+    fn: Callable[[torch.Tensor], torch.Tensor]
+
+
+def greedy_token(lm: Any, ids: Sequence[int]) -> TokenRef:
+    """The model's own greedy next token after ``ids``."""
+    with torch.no_grad():
+        x = torch.tensor([list(ids)], device=next(lm.model.parameters()).device)
+        logits = lm.model(input_ids=x, use_cache=False, logits_to_keep=1).logits
+    tid = int(logits[0, -1].argmax())
+    return TokenRef(tid, lm.tokenizer.decode([tid], clean_up_tokenization_spaces=False))
+
+
+def prepare_contrast(
+    lm: Any,
+    prompt: Prompt,
+    target: int | str | None = None,
+    contrast: int | str | None = None,
+    *,
+    answer_prefix: str | Sequence[int] | None = None,
+    chat: bool = False,
+    thinking: bool = False,
+    objective: str = "logit_diff",
+    position: int | None = None,
+    topk: int = 10,
+    allow_long: bool = False,
+) -> Contrast:
+    """Tokenise the prompt (+ answer prefix), resolve target/contrast (a missing target: the greedy next token).
+
+    ``lm`` is a :class:`failtrace.models.LoadedModel` (or anything with ``model`` and ``tokenizer``).
+    """
+    check_objective(objective)
+    tok = lm.tokenizer
+    prep = prepare_input(tok, prompt, chat=chat, answer_prefix=answer_prefix, thinking=thinking, position=position,
+                         max_length=context_length(lm.model), allow_long=allow_long)
+    tgt = resolve_token(tok, target, "target") if target is not None else None
+    con = resolve_token(tok, contrast, "contrast") if contrast is not None else None
+    if objective == "logit_diff" and con is None:
+        raise FailtraceError("objective 'logit_diff' needs a contrast token; give --contrast or another --objective")
+    if tgt is None:
+        tgt = greedy_token(lm, prep.ids)
+    if con is not None and con.id == tgt.id:
+        raise FailtraceError(f"target and contrast are the same token ({tgt.text!r}, id {tgt.id}); pick two tokens")
+    tgt_id, con_id = tgt.id, (None if con is None else con.id)
+
+    def fn(logits: torch.Tensor) -> torch.Tensor:
+        return objective_value(logits, objective, tgt_id, con_id, k=topk)
+
+    return Contrast(prep=prep, target=tgt, contrast=con, objective=objective, fn=fn)

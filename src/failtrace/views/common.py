@@ -1,0 +1,192 @@
+"""What every token-heatmap view shares: the colour convention, token display, number formatting, long-input
+segment selection and the per-layer matrix (row scaling and column binning).
+
+Colours: red backgrounds mark positive relevance (the token pushes the model towards the *target*, the wrong token it
+chose), blue negative (towards the *contrast*, the right token). Intensity is ``attr.normalized`` (relevance divided
+by the largest |R| among non-special tokens) clipped to [-1, 1]. Special tokens (BOS, chat markers) soak up relevance
+as attention sinks, so they are drawn grey whatever their value.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from failtrace.attribution.normalize import normalize
+from failtrace.attribution.record import Attribution, visible
+
+# Endpoint colours of the diverging scale: positive -> red, negative -> blue, zero -> white.
+RED = (220, 38, 38)
+BLUE = (37, 99, 235)
+WHITE = (255, 255, 255)
+SPECIAL_BG = (205, 205, 205)
+SPECIAL_MAP = (222, 222, 222)  # special-token columns in the per-layer map
+ANSWER = "#7c3aed"  # violet: answer-prefix marking
+MAX_LAYER_COLUMNS = 1000  # the per-layer map bins wider inputs to this many columns
+DARK_TEXT_ABOVE = 0.62  # |normalised R| above which a token's text is drawn white on its strong background
+
+
+def shown(token: str) -> str:
+    """A token as displayed: visible whitespace, and '∅' for an empty decoded string so it can still be hovered."""
+    v = visible(token)
+    return v if v else "∅"
+
+
+def quoted(ref: Any) -> str:
+    """A :class:`~failtrace.attribution.record.TokenRef` (or None) as ‹visible text›."""
+    if ref is None:
+        return "—"
+    return f"‹{visible(ref.text)}›"
+
+
+def mix(value: float) -> tuple[int, int, int]:
+    """Background colour for a normalised relevance: white blended towards red (positive) or blue (negative)."""
+    a = min(1.0, abs(float(value))) if math.isfinite(value) else 0.0
+    end = RED if value > 0 else BLUE
+    return tuple(int(round(w + (e - w) * a)) for w, e in zip(WHITE, end))  # type: ignore[return-value]
+
+
+def rgb_array(values: np.ndarray, grey: np.ndarray) -> np.ndarray:
+    """:func:`mix` for a whole (rows, cols) array of values in [-1, 1] → (rows, cols, 3) uint8; ``grey`` columns grey."""
+    a = np.abs(values)[..., None]
+    end = np.where(values[..., None] > 0, np.array(RED, float), np.array(BLUE, float))
+    rgb = 255.0 + (end - 255.0) * a
+    rgb[:, grey, :] = SPECIAL_MAP
+    return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
+
+
+def clipped(attr: Attribution) -> np.ndarray:
+    """``attr.normalized`` clipped to [-1, 1], with non-finite values set to 0."""
+    v = np.nan_to_num(np.asarray(attr.normalized, dtype=np.float64), nan=0.0, posinf=1.0, neginf=-1.0)
+    return np.clip(v, -1.0, 1.0)
+
+
+def special_of(attr: Attribution) -> np.ndarray:
+    """The record's special-token mask as a bool array of exactly ``len(attr.tokens)`` entries."""
+    n = len(attr.tokens)
+    m = np.zeros(n, dtype=bool)
+    sm = np.asarray(attr.special_mask, dtype=bool)[:n]
+    m[: len(sm)] = sm
+    return m
+
+
+def fmt(x: float, digits: int = 4) -> str:
+    """A signed number with ``digits`` decimals, switching to scientific notation for tiny or huge magnitudes."""
+    if not math.isfinite(x):
+        return str(x)
+    if x != 0 and (abs(x) < 10 ** (1 - digits) or abs(x) >= 1e5):
+        return f"{x:+.{max(1, digits - 2)}e}"
+    return f"{x:+.{digits}f}"
+
+
+def share(part: float, whole: float) -> str:
+    """``part`` as a percentage of ``whole`` ('n/a' when whole is ~0)."""
+    if not (math.isfinite(part) and math.isfinite(whole)) or abs(whole) < 1e-12:
+        return "n/a"
+    return f"{100.0 * part / whole:.0f}%"
+
+
+def sums(attr: Attribution) -> tuple[float, float, float]:
+    """(Δℓ, Σ input R, Σ last-layer R) as shown in every view's header (NaN where there is no hidden relevance)."""
+    h = hidden(attr)
+    in_sum = attr.relevance_sum if len(attr.tokens) else 0.0
+    return float(attr.delta_logit), in_sum, float(h[-1].sum()) if h is not None else float("nan")
+
+
+def relevant_segments(attr: Attribution, max_tokens: int, context: int = 8) -> list[tuple[int, int]]:
+    """Choose at most ``max_tokens`` positions worth showing from a long input, as sorted half-open ranges.
+
+    Always kept: the tokens just before the explained position (a fifth of the budget, at most 64), since they set
+    up the prediction. The rest of the budget goes to the non-special tokens with the largest |relevance|, each with
+    ``context`` tokens either side, in decreasing order of |relevance|. Returns ``[(0, n)]`` when everything fits.
+    """
+    n = len(attr.tokens)
+    if max_tokens <= 0:
+        raise ValueError(f"max_tokens must be a positive integer, got {max_tokens}")
+    if n <= max_tokens:
+        return [(0, n)] if n else []
+    keep = np.zeros(n, dtype=bool)
+    anchor = min(max(attr.position, 0), n - 1)
+    tail = max(1, min(64, max_tokens // 5))
+    keep[max(0, anchor - tail + 1) : anchor + 1] = True
+    budget = max_tokens - int(keep.sum())
+    mag = np.abs(np.nan_to_num(np.asarray(attr.input_relevance, dtype=np.float64)[:n]))
+    special = special_of(attr)
+    for p in np.argsort(-mag, kind="stable"):
+        if budget <= 0:
+            break
+        if special[p] or mag[p] == 0:
+            continue
+        lo, hi = max(0, int(p) - context), min(n, int(p) + context + 1)
+        new = np.flatnonzero(~keep[lo:hi]) + lo
+        if new.size > budget:  # keep the positions nearest to p
+            new = new[np.argsort(np.abs(new - p), kind="stable")[:budget]]
+        keep[new] = True
+        budget -= new.size
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], keep.astype(np.int8), [0]])))
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2])]
+
+
+def with_gaps(segments: list[tuple[int, int]], n: int) -> list[tuple[int, int, int]]:
+    """``(hidden tokens before, start, end)`` per segment, plus a final empty segment when the tail is hidden."""
+    out, prev_end = [], 0
+    tail = [(n, n)] if segments and segments[-1][1] < n else []
+    for a, b in segments + tail:
+        out.append((a - prev_end, a, b))
+        prev_end = b
+    return out
+
+
+def segments_note(segments: list[tuple[int, int]], n: int) -> str:
+    """How a selection of segments relates to the whole input, for titles and notes ('' when nothing is hidden)."""
+    count = sum(b - a for a, b in segments)
+    if count >= n:
+        return ""
+    return (
+        f"showing {count} of {n} positions in {len(segments)} segment{'s' if len(segments) != 1 else ''}: "
+        "the largest-|R| tokens with context, and the tokens just before the prediction"
+    )
+
+
+def layer_names(num_rows: int) -> list[str]:
+    """Row labels of ``hidden_relevance``: the embedding output, then decoder layers 0..L-1."""
+    return ["emb"] + [f"L{i}" for i in range(num_rows - 1)]
+
+
+def hidden(attr: Attribution) -> np.ndarray | None:
+    """``hidden_relevance`` as a finite float (rows, n) array, or None if it is missing or malformed."""
+    h = np.asarray(attr.hidden_relevance, dtype=np.float64)
+    n = len(attr.tokens)
+    if h.ndim != 2 or h.shape[0] == 0 or h.shape[1] != n or n == 0:
+        return None
+    return np.nan_to_num(h)
+
+
+def row_scaled(h: np.ndarray, special: np.ndarray) -> np.ndarray:
+    """Each row divided by its largest |R| over non-special columns, clipped to [-1, 1]."""
+    return np.clip(normalize(h, special), -1.0, 1.0)
+
+
+def bin_columns(h: np.ndarray, special: np.ndarray, max_cols: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Reduce ``h`` (rows, n) to at most ``max_cols`` columns.
+
+    Each bin of ``k`` consecutive positions is represented, row by row, by its value of largest magnitude (sign kept,
+    non-special tokens preferred), so isolated spikes survive. Returns ``(values, representative positions,
+    all-special mask per column, k)``.
+    """
+    rows, n = h.shape
+    k = max(1, math.ceil(n / max_cols))
+    if k == 1:
+        pos = np.tile(np.arange(n), (rows, 1))
+        return h, pos, special.copy(), 1
+    nb = math.ceil(n / k)
+    pad = nb * k - n
+    hp = np.pad(h, ((0, 0), (0, pad))).reshape(rows, nb, k)
+    sp = np.pad(special, (0, pad), constant_values=True).reshape(nb, k)
+    score = np.where(sp[None, :, :], -1.0, np.abs(hp))
+    arg = score.argmax(axis=2)
+    vals = np.take_along_axis(hp, arg[:, :, None], axis=2)[:, :, 0]
+    pos = arg + (np.arange(nb) * k)[None, :]
+    return vals, np.minimum(pos, n - 1), sp.all(axis=1), k

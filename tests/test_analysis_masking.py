@@ -1,0 +1,106 @@
+"""The masking flip search against a plain-transformers recomputation (one unbatched forward per k, no failtrace)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from failtrace.analysis.masking import flip_search, top_positions
+from failtrace.cases.record import MaskingSpec
+from failtrace.errors import FailtraceError
+
+
+def test_top_positions_by_hand():
+    r = [9.0, 0.5, 2.0, -3.0, 2.0, 0.0, 1.0]
+    special = [True, False, False, False, False, False, False]
+    # 9.0 is special, -3.0 and 0.0 are not positive; the tie 2.0/2.0 goes to the lower position
+    assert top_positions(r, special, 10) == [2, 4, 6, 1]
+    assert top_positions(r, special, 2) == [2, 4]
+    assert top_positions(r, special, 0) == []
+
+
+def _reference_curve(model, ids, relevance, special, target, contrast, spec):
+    """Plain transformers: top-k by numpy's lexsort, one forward per k, full logits."""
+    r = np.asarray(relevance)
+    order = [int(i) for i in np.lexsort((np.arange(len(r)), -r)) if r[i] > 0 and not special[i]][:spec.max_k]
+    curve, all_logits = [], []
+    with torch.no_grad():
+        for k in range(len(order) + 1):
+            if spec.rule == "zero-embedding":
+                emb = model.get_input_embeddings()(torch.tensor([ids])).clone()
+                emb[0, order[:k]] = 0.0
+                logits = model(inputs_embeds=emb).logits[0, -1].double()
+            else:
+                masked = list(ids)
+                for p in order[:k]:
+                    masked[p] = spec.token_id
+                logits = model(input_ids=torch.tensor([masked])).logits[0, -1].double()
+            all_logits.append(logits)
+            curve.append(float(logits[target] - logits[contrast]))
+    return curve, torch.stack(all_logits)
+
+
+def _flipping_contrast(logits: torch.Tensor, target: int) -> int:
+    """A contrast that is below the target unmasked but overtakes it at some k (so k* exists)."""
+    gain = (logits[1:] - logits[1:, target:target + 1]).max(0).values
+    gain[target] = -np.inf
+    gain[logits[0] >= logits[0, target]] = -np.inf
+    return int(gain.argmax())
+
+
+@pytest.mark.parametrize("rule", ["zero-embedding", "replace"])
+def test_flip_search_matches_plain_transformers_on_a_tiny_model(tiny, rule):
+    model = tiny("llama")
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, 97, (14,), generator=gen).tolist()
+    rel = np.random.default_rng(2).normal(size=14)
+    special = [True] + [False] * 13
+    spec = MaskingSpec(rule=rule, token_id=5 if rule == "replace" else None, max_k=8)
+    with torch.no_grad():
+        target = int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
+    _c, logits = _reference_curve(model, ids, rel, special, target, 0, spec)
+    contrast = _flipping_contrast(logits, target)
+    want, _ = _reference_curve(model, ids, rel, special, target, contrast, spec)
+    curve, k_star = flip_search(model, ids, rel, special, target, contrast, spec, batch=3)
+    assert len(curve) == 1 + min(8, int(((rel > 0) & ~np.array(special)).sum()))
+    assert curve == pytest.approx(want, abs=1e-4)
+    want_k = next((k for k in range(1, len(want)) if want[k] < 0), None)
+    assert want_k is not None and k_star == want_k
+
+
+def test_no_flip_gives_none(tiny):
+    model = tiny("qwen2")
+    ids = list(range(10, 22))
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+    target, contrast = int(logits.argmax()), int(logits.argmin())  # the least likely token will not overtake
+    curve, k_star = flip_search(model, ids, np.ones(12), [False] * 12, target, contrast, MaskingSpec(max_k=3))
+    want, _ = _reference_curve(model, ids, np.ones(12), [False] * 12, target, contrast, MaskingSpec(max_k=3))
+    assert curve == pytest.approx(want, abs=1e-4)
+    assert all(v >= 0 for v in want) and k_star is None
+
+
+def test_flip_search_on_the_bundled_model(bundled):
+    import failtrace
+
+    attr = failtrace.attribute(bundled, "What is the capital of France? Answer in one word.", chat=True,
+                               target=" Paris", contrast=" Lyon")
+    ids, special = attr.token_ids, attr.special_mask
+    target, contrast = attr.target.id, attr.contrast.id
+    for spec in (MaskingSpec(max_k=6),):  # the replace rule is checked on the tiny model
+        want, _ = _reference_curve(bundled.model, ids, attr.input_relevance, special, target, contrast, spec)
+        curve, k_star = flip_search(bundled.model, ids, attr.input_relevance, special, target, contrast, spec)
+        assert curve == pytest.approx(want, abs=2e-3)
+        assert curve[0] == pytest.approx(attr.delta_logit, abs=2e-3)
+        assert k_star == next((k for k in range(1, len(want)) if want[k] < 0), None)
+
+
+def test_bad_specs(tiny):
+    model = tiny("llama")
+    with pytest.raises(FailtraceError, match="unknown masking rule"):
+        flip_search(model, [5, 6, 7], [1, 1, 1], [False] * 3, 1, 2, MaskingSpec(rule="blur"))
+    with pytest.raises(FailtraceError, match="needs a token_id"):
+        flip_search(model, [5, 6, 7], [1, 1, 1], [False] * 3, 1, 2, MaskingSpec(rule="replace"))
+    with pytest.raises(FailtraceError, match="relevance has 2 values for 3 tokens"):
+        flip_search(model, [5, 6, 7], [1, 1], [False] * 3, 1, 2, MaskingSpec())
