@@ -29,6 +29,7 @@ _COMMAND_MODULES = (
     "failtrace.cli.attribute",
     "failtrace.cli.pipeline",
     "failtrace.cli.graph",
+    "failtrace.cli.report",
 )
 
 for _name in _COMMAND_MODULES:
