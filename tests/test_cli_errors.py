@@ -224,6 +224,12 @@ CASES = [
     Case("export-format", ["export", "-s", "{w}/store.duckdb", "-f", "csv", "-o", "{w}/out"], ["--format", "csv"]),
     Case("export-store-random-bytes", ["export", "-s", "{w}/junk.duckdb", "-f", "jsonl", "-o", "{w}/out"],
          ["junk.duckdb"]),
+    # report
+    Case("report-out-is-a-file", ["report", "-s", "{w}/store.duckdb", "-o", "{w}/afile"], ["--out", "afile"]),
+    Case("report-out-unwritable", ["report", "-s", "{w}/store.duckdb", "-o", "/proc/nope/report"],
+         ["--out", "/proc/nope/report"]),
+    Case("report-store-random-bytes", ["report", "-s", "{w}/junk.duckdb", "-o", "{w}/report"], ["junk.duckdb"]),
+    Case("report-store-missing", ["report", "-s", "{w}/missing.duckdb", "-o", "{w}/report"], ["missing.duckdb"]),
     # demo and the command line itself
     Case("demo-out-is-a-file", ["demo", "--out", "{w}/afile", "-m", "{x}"], ["--out", "afile"], early=True),
     Case("demo-out-unwritable", ["demo", "--out", "/proc/nope/demo", "-m", "{x}"], ["/proc/nope/demo"], early=True),
@@ -254,7 +260,8 @@ def _argv(case: Case, work: Path) -> list[str]:
 
 def test_the_table_is_large_and_covers_every_command() -> None:
     assert len(CASES) >= 40 and len({c.id for c in CASES}) == len(CASES)
-    assert {c.argv[0] for c in CASES} >= {"attribute", "graph", "collect", "pairs", "status", "export", "demo"}
+    assert {c.argv[0] for c in CASES} >= {"attribute", "graph", "collect", "pairs", "status", "export", "demo",
+                                          "report"}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
