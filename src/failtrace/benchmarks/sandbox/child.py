@@ -1,0 +1,118 @@
+"""The untrusted side: the first code of the sandboxed interpreter, before the completion's own code.
+
+Shipped as source (after ``plain.py``) into ``python -I -S -B -c`` inside the namespaces/chroot the runner set up, it
+sets the resource limits, drops to user ``nobody`` (when the host runs as root), installs the seccomp filter and
+then either runs a whole program (``mode == "run"``) or loads the candidate function and answers calls sent by the
+judge over a pipe (``mode == "serve"``). Nothing here decides a verdict: the code that follows may rewrite any of it
+and can then only change what it answers, exactly as a function can. Standard library only.
+"""
+
+try:  # inside the package for linters and tests; in the child these names come from plain.py's source before this
+    from failtrace.benchmarks.sandbox.plain import NotPlain, decode, digest, encode, receive, send
+except ImportError:
+    pass
+
+PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
+
+
+def install_seccomp(program):
+    """Load a classic-BPF seccomp filter (built by the parent) for this process; it can never be removed."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    class FilterProgram(ctypes.Structure):
+        _fields_ = [("length", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    buffer = ctypes.create_string_buffer(program, len(program))
+    fprog = FilterProgram(len(program) // 8, ctypes.addressof(buffer))
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
+    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP) failed")
+
+
+def describe(exc):
+    """``Type: message`` of an exception, even one whose ``__str__`` misbehaves."""
+    try:
+        text = str(exc)
+    except BaseException:
+        text = "<unprintable>"
+    return "%s: %s" % (type(exc).__name__, text[:500]) if text else type(exc).__name__
+
+
+def confine(cfg):
+    """Limits, user, seccomp: everything that must hold before the first line of untrusted code."""
+    import os
+    import resource
+
+    lim = cfg["limits"]
+    for name, value in (("RLIMIT_CORE", 0), ("RLIMIT_CPU", lim["cpu_s"]), ("RLIMIT_AS", lim["memory_mb"] << 20),
+                        ("RLIMIT_FSIZE", lim["max_output_bytes"]), ("RLIMIT_NOFILE", lim["max_open_files"]),
+                        ("RLIMIT_NPROC", cfg["nproc"])):
+        resource.setrlimit(getattr(resource, name), (value, value))
+    os.chdir(cfg["workdir"])
+    if cfg["seccomp"]:
+        import ctypes  # noqa: F401  (loaded while the interpreter's files are still readable to us)
+    if cfg["uid"] is not None:
+        os.setgroups([])
+        os.setgid(cfg["uid"])
+        os.setuid(cfg["uid"])
+    os.umask(0o077)
+    if cfg["seccomp"]:
+        install_seccomp(bytes.fromhex(cfg["seccomp"]))
+
+
+def serve(code, cfg):
+    """Load the candidate's module, say ready, then answer each call with its plain-data result."""
+    import builtins
+    import json
+    import os
+
+    stream, out = os.fdopen(cfg["fds"][0], "rb"), cfg["fds"][1]
+    module = {"__name__": "__candidate__", "__builtins__": builtins}
+    try:
+        exec(code, module)
+        function = module.get(cfg["entry"])
+        if not callable(function):
+            raise NameError("the code defines no function %r" % cfg["entry"])
+    except BaseException as exc:
+        send(out, {"load_error": describe(exc)})
+        os._exit(3)
+    send(out, {"ready": True})
+    while True:
+        request = receive(stream, cfg["max_message"])
+        if request is None:
+            os._exit(0)
+        try:
+            value = function(*decode(request["args"]), **decode(request["kwargs"]))
+            reply = {"value": encode(value)}
+            over = request.get("digest_over")  # answer very large values with their digest only
+            if over is not None and (over == 0 or len(json.dumps(reply["value"], separators=(",", ":"))) > over):
+                reply = {"digest": digest(value)}
+        except NotPlain as exc:
+            reply = {"not_plain": str(exc)}
+        except BaseException as exc:
+            reply = {"raised": type(exc).__name__, "message": describe(exc)}
+        send(out, reply)
+
+
+def child_main():
+    """Entry point of the sandboxed interpreter: read the config line, confine, then run or serve."""
+    import json
+    import sys
+
+    cfg = json.loads(sys.stdin.readline())
+    confine(cfg)
+    sys.set_int_max_str_digits(0)
+    with open(cfg["program"], encoding="utf-8") as fh:
+        source = fh.read()
+    if cfg["mode"] == "serve":
+        try:
+            code = compile(source, cfg["program"], "exec")
+        except BaseException as exc:
+            send(cfg["fds"][1], {"load_error": describe(exc)})
+            raise SystemExit(3) from None
+        serve(code, cfg)
+    sys.argv = [cfg["program"]]
+    exec(compile(source, cfg["program"], "exec"), {"__name__": "__main__", "__file__": cfg["program"]})
