@@ -32,6 +32,48 @@ def install_seccomp(program):
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP) failed")
 
 
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND = 1, 2, 4, 32, 4096
+
+
+def build_root(spec):
+    """Inside the new mount namespace: tmpfs root, read-only binds, device nodes, a size-capped /work holding the
+    input files, root remounted read-only, then chroot. Raw mount(2) through ctypes: no helper binaries needed."""
+    import ctypes
+    import os
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def mount(source, target, fstype, flags, data=None):
+        enc = [None if v is None else os.fsencode(v) for v in (source, target, fstype, data)]
+        if libc.mount(enc[0], enc[1], enc[2], ctypes.c_ulong(flags), enc[3]) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, "mount %s on %s: %s" % (source, target, os.strerror(err)))
+
+    root, safe = spec["dir"], MS_NOSUID | MS_NODEV
+    mount("failtrace-root", root, "tmpfs", safe, "size=1m,mode=0755")
+    for path in spec["binds"]:
+        os.makedirs(root + path)
+        mount(path, root + path, None, MS_BIND)
+        mount(None, root + path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | safe)
+    for path, target in spec["links"].items():
+        os.symlink(target, root + path)
+    os.mkdir(root + "/dev")
+    for name in spec["devices"]:
+        open(root + "/dev/" + name, "w").close()
+        mount("/dev/" + name, root + "/dev/" + name, None, MS_BIND)
+    os.mkdir(root + "/work")
+    mount("failtrace-work", root + "/work", "tmpfs", safe, spec["disk"])
+    for name in os.listdir(spec["inputs"]):
+        with open(os.path.join(spec["inputs"], name), "rb") as src, open(root + "/work/" + name, "wb") as dst:
+            dst.write(src.read())
+        if spec["owner"] is not None:
+            os.chown(root + "/work/" + name, spec["owner"], spec["owner"])
+    if spec["owner"] is not None:
+        os.chown(root + "/work", spec["owner"], spec["owner"])
+    mount(None, root, None, MS_REMOUNT | MS_RDONLY | safe)
+    os.chroot(root)
+
+
 def describe(exc):
     """``Type: message`` of an exception, even one whose ``__str__`` misbehaves."""
     try:
@@ -42,11 +84,13 @@ def describe(exc):
 
 
 def confine(cfg):
-    """Limits, user, seccomp: everything that must hold before the first line of untrusted code."""
+    """New root, limits, user, seccomp: everything that must hold before the first line of untrusted code."""
     import os
     import resource
 
     lim = cfg["limits"]
+    if cfg["root"]:
+        build_root(cfg["root"])
     for name, value in (("RLIMIT_CORE", 0), ("RLIMIT_CPU", lim["cpu_s"]), ("RLIMIT_AS", lim["memory_mb"] << 20),
                         ("RLIMIT_FSIZE", lim["max_output_bytes"]), ("RLIMIT_NOFILE", lim["max_open_files"]),
                         ("RLIMIT_NPROC", cfg["nproc"])):

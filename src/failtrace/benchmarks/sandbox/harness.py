@@ -30,6 +30,8 @@ _MAX_REPORT = 512 * 1024 * 1024
 class TestRun:
     """The outcome of one test run: ``status`` is pass, fail or unverifiable (the harness could not decide)."""
 
+    __test__ = False  # not a pytest test class, despite the name
+
     status: str
     reason: str
     calls: int = 0
@@ -124,6 +126,8 @@ def _decide(raw: bytes | None, child: Ending, judge: Ending, limits: SandboxLimi
     if raw is None:
         return TestRun("fail", f"the tests did not finish within the {limits.wall_s:g} s wall-time limit",
                        candidate=ended)
+    if raw.count(b"\n") > 1:  # the judge writes exactly one line; more means someone else wrote to the pipe
+        return TestRun("unverifiable", "the result pipe held more than one report", candidate=ended)
     try:
         report = json.loads(raw)
         verdict, reason, calls = report["verdict"], str(report["reason"]), int(report["calls"])

@@ -5,10 +5,10 @@ The layers, outermost first (each holds without the ones inside it; none lives i
 * namespaces (``unshare``): mount, PID, network, IPC, UTS, plus a user namespace when failtrace is not root. The
   network namespace has no interface but a down loopback, the PID namespace dies as a whole with its first process
   (no daemon survives), and nothing outside it can be signalled or traced;
-* filesystem: inside the mount namespace a new root on a small tmpfs holds read-only binds of ``/usr`` and the
-  Python prefix, four device nodes and ``/work``, a tmpfs capped at ``disk_mb``; the root tmpfs is then remounted
-  read-only and the child ``chroot``s into it. Nothing else of the host is visible, so nothing else can be read,
-  written or deleted;
+* filesystem: inside the mount namespace the child (still root there, before any untrusted code) builds a new root
+  on a small tmpfs: read-only binds of ``/usr`` and the Python prefix, four device nodes and ``/work``, a tmpfs
+  capped at ``disk_mb``; it remounts the root tmpfs read-only and ``chroot``s into it. Nothing else of the host is
+  visible, so nothing else can be read, written or deleted;
 * user: when the host runs as root the child drops to ``nobody`` (65534), which also makes ``RLIMIT_NPROC`` count;
 * rlimits: CPU seconds, address space, file size, open files, processes, no core dumps;
 * seccomp (x86-64): process creation other than threads, exec, sockets, signals to other processes, ptrace, mounts,
@@ -109,31 +109,6 @@ def seccomp_filter() -> bytes | None:
     return out
 
 
-# Runs as root of the new mount namespace: build the new root, then chroot into it. $1 root dir, $2 tmpfs size of
-# /work, $3 folder whose files go into /work, $4 owner of /work or "-", $5 ":"-separated folders to bind read-only.
-LAUNCH_SCRIPT = r"""set -eu
-R=$1 CAP=$2 IN=$3 OWNER=$4 BINDS=$5
-shift 5
-mount -t tmpfs -o size=1m,mode=0755,nosuid,nodev failtrace-root "$R"
-IFS=:
-for d in $BINDS; do
-  mkdir -p "$R$d"; mount --bind "$d" "$R$d"; mount -o remount,bind,ro,nosuid,nodev "$R$d"
-done
-unset IFS
-for l in /bin /lib /lib64 /sbin; do
-  if [ -L "$l" ]; then ln -s "$(readlink "$l")" "$R$l"; fi
-done
-mkdir "$R/dev"
-for n in null zero urandom random; do touch "$R/dev/$n"; mount --bind "/dev/$n" "$R/dev/$n"; done
-mkdir "$R/work"
-mount -t tmpfs -o "size=$CAP,mode=0700,nosuid,nodev" failtrace-work "$R/work"
-cp "$IN"/* "$R/work/"
-if [ "$OWNER" != - ]; then chown -R "$OWNER:$OWNER" "$R/work"; fi
-mount -o remount,ro,nosuid,nodev "$R"
-exec chroot "$R" "$@"
-"""
-
-
 def interpreter() -> str:
     """The real Python binary (not a venv symlink): the child runs it with -I -S, so it needs only the stdlib."""
     return os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
@@ -148,16 +123,21 @@ def read_only_binds() -> list[str]:
     return paths
 
 
-def launcher(iso: Isolation, root_dir: str, input_dir: str, limits: SandboxLimits, unshare: str) -> list[str]:
-    """The command in front of the interpreter: unshare with every namespace, then the new-root script."""
+def launcher(iso: Isolation, unshare: str) -> list[str]:
+    """The command in front of the interpreter: unshare with every namespace (the child builds its root itself)."""
     if not iso.namespaces:
         return []
     cmd = [unshare]
     if iso.user_namespace:
         cmd += ["--user", "--map-root-user"]
-    cmd += ["--mount", "--net", "--pid", "--ipc", "--uts", "--fork", "--kill-child"]
+    return [*cmd, "--mount", "--net", "--pid", "--ipc", "--uts", "--fork", "--kill-child"]
+
+
+def new_root(iso: Isolation, root_dir: str, input_dir: str, limits: SandboxLimits) -> dict[str, object] | None:
+    """What the child needs to build its root (see ``child.build_root``), or None without the filesystem layer."""
     if not iso.filesystem:
-        return cmd
-    owner = str(iso.drop_to) if iso.drop_to is not None else "-"
-    return [*cmd, "/bin/sh", "-c", LAUNCH_SCRIPT, "failtrace-launch", root_dir, f"{limits.disk_mb}m", input_dir,
-            owner, ":".join(read_only_binds())]
+        return None
+    links = {p: os.readlink(p) for p in ("/bin", "/lib", "/lib64", "/sbin") if os.path.islink(p)}
+    return {"dir": root_dir, "inputs": input_dir, "binds": read_only_binds(), "links": links,
+            "devices": ["null", "zero", "urandom", "random"], "disk": f"size={limits.disk_mb}m,mode=0700",
+            "owner": iso.drop_to}

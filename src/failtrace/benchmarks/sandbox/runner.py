@@ -20,7 +20,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from failtrace.benchmarks.sandbox.policy import Isolation, SandboxLimits, interpreter, launcher, seccomp_filter
+from failtrace.benchmarks.sandbox.policy import (Isolation, SandboxLimits, interpreter, launcher, new_root,
+                                                 seccomp_filter)
 
 _HERE = Path(__file__).parent
 _REPORT_BYTES = 64 * 1024  # how much of stdout/stderr a result keeps
@@ -63,8 +64,7 @@ class Ending:
 def _spawn(iso: Isolation, stage: str, cfg: dict, limits: SandboxLimits, pass_fds: tuple[int, ...],
            out: int, err: int) -> subprocess.Popen[bytes]:
     """Start the child: launcher + ``python -I -S -B -c <plain + child>``, config on stdin."""
-    root, inputs = os.path.join(stage, "root"), os.path.join(stage, "in")
-    cmd = [*launcher(iso, root, inputs, limits, shutil.which("unshare") or "unshare"), interpreter(), "-I", "-S",
+    cmd = [*launcher(iso, shutil.which("unshare") or "unshare"), interpreter(), "-I", "-S",
            "-B", "-c", _source("plain.py", "child.py") + "\nchild_main()\n"]
     env = {**_ENV, "HOME": cfg["workdir"], "TMPDIR": cfg["workdir"]}
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=out, stderr=err, cwd=stage, env=env,
@@ -81,7 +81,8 @@ def _child_config(iso: Isolation, stage: str, limits: SandboxLimits, mode: str) 
     inside = "/work" if iso.filesystem else os.path.join(stage, "in")
     nproc = limits.max_processes if iso.drop_to is not None else _user_task_count() + limits.max_processes
     sc = seccomp_filter() if iso.seccomp else None
-    return {"limits": asdict(limits), "nproc": nproc, "workdir": inside, "uid": iso.drop_to, "mode": mode,
+    root = new_root(iso, os.path.join(stage, "root"), os.path.join(stage, "in"), limits)
+    return {"root": root, "limits": asdict(limits), "nproc": nproc, "workdir": inside, "uid": iso.drop_to, "mode": mode,
             "seccomp": sc.hex() if sc else None, "program": "program.py", "max_message": limits.max_message_bytes}
 
 
