@@ -22,6 +22,7 @@ from failtrace.benchmarks import sandbox
 from failtrace.benchmarks.sandbox import SandboxLimits, TestRun, run_python, run_tests
 from failtrace.benchmarks.sandbox.policy import Isolation
 from failtrace.benchmarks.sandbox.runner import run_program
+from failtrace.errors import FailtraceError
 
 FAST = SandboxLimits(wall_s=5, cpu_s=2, memory_mb=512, max_output_bytes=1_000_000, disk_mb=16)
 TESTS = "assert candidate(1, 2) == 3\nassert candidate(-1, 1) == 0\n"
@@ -258,3 +259,33 @@ def test_os_layers_hold_without_seccomp(host: dict) -> None:
     fill = run_program(iso, "import itertools\nfor i in itertools.count():\n"
                             "    open('f%d' % i, 'wb').write(b'x' * 900_000)\n", FAST, {})
     assert fill.status == "error" and "No space left on device" in fill.reason
+
+
+def test_degraded_isolation_is_recorded_and_the_verdict_path_still_holds() -> None:
+    """Without namespaces (a machine where unshare fails) the run says which layers are off; the judge and the
+    system-call filter still decide: a rigged answer and a fork fail."""
+    from failtrace.benchmarks.sandbox.harness import run_tests as run_tests_under
+
+    degraded = Isolation(seccomp=sandbox.isolation().seccomp, drop_to=sandbox.isolation().drop_to)
+    rigged = run_tests_under(degraded, "class S:\n    def __eq__(self, o):\n        return True\n\n"
+                                       "def add(a, b):\n    return S()\n", "add", TESTS, FAST)
+    assert rigged.status == "fail" and "not plain data" in rigged.reason
+    assert rigged.layers["namespaces"] is False and rigged.layers["filesystem_readonly"] is False
+    assert rigged.layers["disk_cap"] is False and rigged.layers["network_off"] is False
+    fork = run_tests_under(degraded, toy("import os\nos.fork()\n"), "add", TESTS, FAST)
+    assert fork.status == "fail" and fork.violation == degraded.seccomp
+
+
+def test_require_sandbox_refuses_missing_layers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """FAILTRACE_REQUIRE_SANDBOX=1 claims every layer: a run without one is unverifiable, never pass."""
+    monkeypatch.setenv(sandbox.REQUIRE_ENV, "1")
+    monkeypatch.setattr(sandbox, "isolation", lambda: Isolation())
+    sandbox.expected_layers.cache_clear()
+    try:
+        assert "namespaces" in sandbox.missing_layers() and "seccomp" in sandbox.missing_layers()
+        run = run_tests(toy(""), "add", TESTS, limits=FAST)
+        assert run.status == "unverifiable" and "FAILTRACE_REQUIRE_SANDBOX=1" in run.reason
+        with pytest.raises(FailtraceError, match="sandbox lacks"):
+            run_python("print(1)\n", limits=FAST)
+    finally:
+        sandbox.expected_layers.cache_clear()

@@ -24,7 +24,8 @@ __all__ = ["Isolation", "SandboxLimits", "SandboxResult", "TestRun", "expected_l
            "missing_layers", "run_python", "run_tests"]
 REQUIRE_ENV = "FAILTRACE_REQUIRE_SANDBOX"
 # modules the boot code has not loaded yet: the child can read the standard library after dropping privileges
-_PROBE = "import decimal, fractions, statistics\nprint(statistics.mean([fractions.Fraction(3), 1]) + int(decimal.Decimal(0)))\n"
+_PROBE = ("import decimal, fractions, statistics\n"
+          "print(statistics.mean([fractions.Fraction(3), 1]) + int(decimal.Decimal(0)))\n")
 
 
 def _plans() -> list[Isolation]:
@@ -42,8 +43,7 @@ def _plans() -> list[Isolation]:
 def isolation() -> Isolation:
     """The strongest isolation that works on this machine, probed once per process."""
     for plan in _plans():
-        result = run_program(plan, _PROBE, SandboxLimits(wall_s=20),
-                             {})
+        result = run_program(plan, _PROBE, SandboxLimits(wall_s=20), {})
         if result.ok and result.stdout.strip() == "2":
             return plan
     return Isolation()

@@ -19,8 +19,8 @@ from typing import Any
 
 from failtrace.benchmarks.sandbox import plain
 from failtrace.benchmarks.sandbox.policy import Isolation, SandboxLimits, interpreter
-from failtrace.benchmarks.sandbox.runner import (_ENV, Ending, _child_config, _finish, _read_head, _source, _spawn,
-                                                 _stage)
+from failtrace.benchmarks.sandbox.runner import (CLEAN_ENV, Ending, child_config, finish, read_head,
+                                                 shipped_source, spawn_child, stage_dir)
 
 _GRACE_S = 0.5  # after the judge is done, how long the child may take to exit by itself before it is killed
 _MAX_REPORT = 512 * 1024 * 1024
@@ -69,9 +69,9 @@ def _read_report(fd: int, deadline: float) -> bytes | None:
 
 
 def _spawn_judge(stage: str, cfg: dict[str, Any], pass_fds: tuple[int, ...], err: int) -> subprocess.Popen[bytes]:
-    cmd = [interpreter(), "-I", "-S", "-B", "-c", _source("plain.py", "judge.py") + "\njudge_main()\n"]
+    cmd = [interpreter(), "-I", "-S", "-B", "-c", shipped_source("plain.py", "judge.py") + "\njudge_main()\n"]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err, cwd=stage,
-                            env=dict(_ENV), pass_fds=pass_fds, start_new_session=True)
+                            env=dict(CLEAN_ENV), pass_fds=pass_fds, start_new_session=True)
     assert proc.stdin is not None
     with contextlib.suppress(OSError):
         proc.stdin.write(json.dumps(cfg).encode() + b"\n")
@@ -86,15 +86,15 @@ def run_tests(iso: Isolation, candidate_source: str, entry: str, test_source: st
     function ``entry`` and ``DATA`` is ``data`` (plain data). The tests pass by returning without an exception."""
     started = time.monotonic()
     deadline = started + limits.wall_s
-    with _stage(candidate_source, {}) as stage:
+    with stage_dir(candidate_source, {}) as stage:
         j2c_r, j2c_w = os.pipe()
         c2j_r, c2j_w = os.pipe()
         res_r, res_w = os.pipe()
         out_path, err_path, judge_err = (os.path.join(stage, n) for n in ("stdout", "stderr", "judge.err"))
         try:
-            cfg = _child_config(iso, stage, limits, "serve") | {"fds": [j2c_r, c2j_w], "entry": entry}
+            cfg = child_config(iso, stage, limits, "serve") | {"fds": [j2c_r, c2j_w], "entry": entry}
             with open(out_path, "wb") as out, open(err_path, "wb") as err, open(judge_err, "wb") as jerr:
-                child = _spawn(iso, stage, cfg, limits, (j2c_r, c2j_w), out.fileno(), err.fileno())
+                child = spawn_child(iso, stage, cfg, (j2c_r, c2j_w), out.fileno(), err.fileno())
                 judge = _spawn_judge(stage, {"source": test_source, "data": plain.encode(data),
                                              "memory_mb": max(2 * limits.memory_mb, 1024),
                                              "max_message": limits.max_message_bytes, "to_child": j2c_w,
@@ -108,12 +108,12 @@ def run_tests(iso: Isolation, candidate_source: str, entry: str, test_source: st
         finally:
             os.close(res_r)
         now = time.monotonic()
-        child_end = _finish(child, min(deadline, now + _GRACE_S) if raw is not None else now)
+        child_end = finish(child, min(deadline, now + _GRACE_S) if raw is not None else now)
         if raw is None:
             child_end.timed_out, child_end.stopped = True, False
-        judge_end = _finish(judge, min(deadline, time.monotonic() + _GRACE_S) if raw is not None else None)
-        run = _decide(raw, child_end, judge_end, limits, _read_head(judge_err))
-        run.stdout, run.stderr = _read_head(out_path), _read_head(err_path)
+        judge_end = finish(judge, min(deadline, time.monotonic() + _GRACE_S) if raw is not None else None)
+        run = _decide(raw, child_end, judge_end, limits, read_head(judge_err))
+        run.stdout, run.stderr = read_head(out_path), read_head(err_path)
     run.wall_s, run.layers = time.monotonic() - started, iso.layers()
     return run
 

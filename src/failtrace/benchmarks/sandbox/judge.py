@@ -130,7 +130,8 @@ def judge_main():
         report("fail", "the candidate did not load: %.500s" % (
             "its process ended first" if hello is None else hello.get("load_error", "no ready message")))
     call, candidate = make_proxy(cfg["to_child"], stream, cfg["max_message"], counter)
-    scope = {"__name__": "__tests__", "candidate": candidate, "candidate_call": call, "Digest": Digest, "DATA": decode(cfg["data"])}
+    scope = {"__name__": "__tests__", "candidate": candidate, "candidate_call": call, "Digest": Digest,
+             "DATA": decode(cfg["data"])}
     try:
         exec(compile(cfg["source"], "<tests>", "exec"), scope)
     except HarnessError as exc:

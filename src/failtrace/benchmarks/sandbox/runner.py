@@ -11,24 +11,25 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import select
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from failtrace.benchmarks.sandbox.policy import (Isolation, SandboxLimits, interpreter, launcher, new_root,
                                                  seccomp_filter)
 
 _HERE = Path(__file__).parent
 _REPORT_BYTES = 64 * 1024  # how much of stdout/stderr a result keeps
-_ENV = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+CLEAN_ENV = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
 
 
-def _source(*names: str) -> str:
+def shipped_source(*names: str) -> str:
     return "\n".join((_HERE / name).read_text(encoding="utf-8") for name in names)
 
 
@@ -61,12 +62,12 @@ class Ending:
         return f"exited with status {rc}"
 
 
-def _spawn(iso: Isolation, stage: str, cfg: dict, limits: SandboxLimits, pass_fds: tuple[int, ...],
-           out: int, err: int) -> subprocess.Popen[bytes]:
+def spawn_child(iso: Isolation, stage: str, cfg: dict[str, Any], pass_fds: tuple[int, ...], out: int,
+                err: int) -> subprocess.Popen[bytes]:
     """Start the child: launcher + ``python -I -S -B -c <plain + child>``, config on stdin."""
-    cmd = [*launcher(iso, shutil.which("unshare") or "unshare"), interpreter(), "-I", "-S",
-           "-B", "-c", _source("plain.py", "child.py") + "\nchild_main()\n"]
-    env = {**_ENV, "HOME": cfg["workdir"], "TMPDIR": cfg["workdir"]}
+    cmd = [*launcher(iso, shutil.which("unshare") or "unshare"), interpreter(), "-I", "-S", "-B", "-c",
+           shipped_source("plain.py", "child.py") + "\nchild_main()\n"]
+    env = {**CLEAN_ENV, "HOME": cfg["workdir"], "TMPDIR": cfg["workdir"]}
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=out, stderr=err, cwd=stage, env=env,
                             pass_fds=pass_fds, start_new_session=True)
     assert proc.stdin is not None
@@ -77,13 +78,19 @@ def _spawn(iso: Isolation, stage: str, cfg: dict, limits: SandboxLimits, pass_fd
     return proc
 
 
-def _child_config(iso: Isolation, stage: str, limits: SandboxLimits, mode: str) -> dict:
+def child_config(iso: Isolation, stage: str, limits: SandboxLimits, mode: str) -> dict[str, Any]:
+    """The child's config line. Without the filesystem layer the child works in the host folder ``in/`` itself,
+    which then belongs to the user it drops to."""
     inside = "/work" if iso.filesystem else os.path.join(stage, "in")
+    if not iso.filesystem and iso.drop_to is not None:
+        for path in [inside, *(os.path.join(inside, n) for n in os.listdir(inside))]:
+            os.chown(path, iso.drop_to, iso.drop_to)
     nproc = limits.max_processes if iso.drop_to is not None else _user_task_count() + limits.max_processes
     sc = seccomp_filter() if iso.seccomp else None
     root = new_root(iso, os.path.join(stage, "root"), os.path.join(stage, "in"), limits)
-    return {"root": root, "limits": asdict(limits), "nproc": nproc, "workdir": inside, "uid": iso.drop_to, "mode": mode,
-            "seccomp": sc.hex() if sc else None, "program": "program.py", "max_message": limits.max_message_bytes}
+    return {"root": root, "limits": asdict(limits), "nproc": nproc, "workdir": inside, "uid": iso.drop_to,
+            "mode": mode, "seccomp": sc.hex() if sc else None, "program": "program.py",
+            "max_message": limits.max_message_bytes}
 
 
 def _user_task_count() -> int:
@@ -97,7 +104,7 @@ def _user_task_count() -> int:
     return count
 
 
-def _finish(proc: subprocess.Popen[bytes], deadline: float | None) -> Ending:
+def finish(proc: subprocess.Popen[bytes], deadline: float | None) -> Ending:
     """Wait for ``proc`` until ``deadline`` (None: it is no longer needed: kill at once if it still runs), then
     SIGKILL its whole process group; the PID namespace takes every process that left the group."""
     timed_out = stopped = False
@@ -122,18 +129,18 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
-def _read_head(path: str) -> str:
+def read_head(path: str) -> str:
     with open(path, "rb") as fh:
         return fh.read(_REPORT_BYTES).decode("utf-8", "replace")
 
 
 @contextlib.contextmanager
-def _stage(program: str, files: dict[str, bytes]):
+def stage_dir(program: str, files: dict[str, bytes]) -> Iterator[str]:
     """A host folder for one run: ``in/`` (copied into the child's /work tmpfs), ``root/``, stdout and stderr."""
     stage = tempfile.mkdtemp(prefix="failtrace-sandbox-")
     try:
         os.chmod(stage, 0o711)
-        os.mkdir(os.path.join(stage, "in"), 0o777)
+        os.mkdir(os.path.join(stage, "in"), 0o700)
         os.mkdir(os.path.join(stage, "root"), 0o755)
         for name, data in {"program.py": program.encode("utf-8"), **files}.items():
             if os.path.basename(name) != name or name in ("", ".", ".."):
@@ -175,13 +182,12 @@ class SandboxResult:
 def run_program(iso: Isolation, program: str, limits: SandboxLimits, files: dict[str, bytes]) -> SandboxResult:
     """Run a whole program under ``iso``; the parent classifies the run from the exit status alone."""
     started = time.monotonic()
-    with _stage(program, files) as stage:
+    with stage_dir(program, files) as stage:
         out_path, err_path = os.path.join(stage, "stdout"), os.path.join(stage, "stderr")
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            proc = _spawn(iso, stage, _child_config(iso, stage, limits, "run"), limits, (), out.fileno(),
-                          err.fileno())
-        end = _finish(proc, started + limits.wall_s)
-        stdout, stderr = _read_head(out_path), _read_head(err_path)
+            proc = spawn_child(iso, stage, child_config(iso, stage, limits, "run"), (), out.fileno(), err.fileno())
+        end = finish(proc, started + limits.wall_s)
+        stdout, stderr = read_head(out_path), read_head(err_path)
     if end.returncode == 0:
         status, reason = "ok", "exited with status 0"
     else:
