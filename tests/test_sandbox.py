@@ -172,8 +172,8 @@ def test_good_candidates_pass_and_answers_keep_their_types() -> None:
               "    t = threading.Thread(target=lambda: box.append(x))\n    t.start()\n    t.join()\n"
               "    with tempfile.TemporaryDirectory() as d:\n        open(os.path.join(d, 'f'), 'w').write('1')\n"
               "    return box[0]\n")
-    values = [None, True, 3, -0.0, float("inf"), 2 ** 100, "é\n", b"\x00", 1 + 2j, [1, (2, 3)], (), {1: {2}},
-              frozenset({"a"}), {(1, 2): [None]}]
+    values = [None, True, 3, -0.0, float("inf"), 2 ** 100, -(10 ** 5000), "é\n", b"\x00", 1 + 2j, [1, (2, 3)], (),
+              {1: {2}}, frozenset({"a"}), {(1, 2): [None]}]
     tests = ("RESULT = []\nfor v in DATA:\n    out = candidate(v)\n"
              "    assert out == v and type(out) is type(v), (out, v)\n    RESULT.append(out)\n")
     run = run_tests(source, "f", tests, limits=FAST, data=values)

@@ -6,8 +6,8 @@ any other object are refused. Written by hand because ``json`` alone merges tupl
 code on the trusted side. Standard library only: the runner also ships this file's source into the sandboxed child
 and the judge, which are fresh interpreters without failtrace on their path.
 
-Encoding: JSON null/bool/number/string/array are themselves (array = list); every other type is a one-key object
-``{"t": [...]}`` tuple, ``{"d": [[k, v], ...]}`` dict, ``{"s": [...]}`` set, ``{"f": [...]}`` frozenset,
+Encoding: JSON null/bool/number/string/array are themselves (array = list; ints within 2**53); every other type is a
+one-key object ``{"x": "hex"}`` int beyond 2**53, ``{"t": [...]}`` tuple, ``{"d": [[k, v], ...]}`` dict, ``{"s": [...]}`` set, ``{"f": [...]}`` frozenset,
 ``{"b": "hex"}`` bytes, ``{"c": [re, im]}`` complex. ``canonical=True`` sorts set members and dict items so equal
 values encode to equal text (used for digests of very large outputs).
 """
@@ -17,6 +17,7 @@ import json
 import os
 
 MAX_DEPTH = 100
+BIG_INT = 2 ** 53
 
 
 class NotPlain(TypeError):
@@ -32,8 +33,10 @@ def encode(value, canonical=False, depth=0):
     if depth > MAX_DEPTH:
         raise NotPlain("nested deeper than %d levels" % MAX_DEPTH)
     kind = type(value)
-    if value is None or kind is bool or kind is int or kind is float or kind is str:
+    if value is None or kind is bool or kind is float or kind is str:
         return value
+    if kind is int:  # big ints in hex: int <-> decimal text is quadratic in the digits, hex is linear
+        return value if -BIG_INT < value < BIG_INT else {"x": format(value, "x")}
     down = depth + 1
     if kind is list:
         return [encode(v, canonical, down) for v in value]
@@ -66,6 +69,8 @@ def decode(obj, depth=0):
         ((tag, body),) = obj.items()
         if tag == "b" and type(body) is str:
             return bytes.fromhex(body)
+        if tag == "x" and type(body) is str and len(body.lstrip("-")) > 13:
+            return int(body, 16)
         if type(body) is list:
             if tag == "t":
                 return tuple(decode(v, down) for v in body)
