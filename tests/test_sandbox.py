@@ -256,6 +256,10 @@ def test_os_layers_hold_without_seccomp(host: dict) -> None:
     assert write.status == "error" and "Read-only file system" in write.reason and not host["escape"].exists()
     remove = run_program(iso, f"import os\nos.remove({str(host['canary'])!r})\n", FAST, {})
     assert remove.status == "error" and host["canary"].read_text() == "alive"
+    read = run_program(iso, f"print(open({str(host['secret'])!r}).read())\n", FAST, {})
+    assert read.status == "error" and "FileNotFoundError" in read.reason
+    kill = run_program(iso, f"import os\nos.kill({host['bystander'].pid}, 9)\n", FAST, {})
+    assert kill.status == "error" and "ProcessLookupError" in kill.reason and host["bystander"].poll() is None
     fill = run_program(iso, "import itertools\nfor i in itertools.count():\n"
                             "    open('f%d' % i, 'wb').write(b'x' * 900_000)\n", FAST, {})
     assert fill.status == "error" and "No space left on device" in fill.reason

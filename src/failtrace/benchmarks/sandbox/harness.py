@@ -132,7 +132,9 @@ def _decide(raw: bytes | None, child: Ending, judge: Ending, limits: SandboxLimi
         report = json.loads(raw)
         verdict, reason, calls = report["verdict"], str(report["reason"]), int(report["calls"])
         value = plain.decode(report["value"])
-    except (ValueError, KeyError, TypeError, RecursionError):
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        if raw.strip():
+            return TestRun("unverifiable", f"the judge's report was unreadable ({str(exc)[:200]})", candidate=ended)
         tail = judge_err.strip().splitlines()[-1:] or [judge.describe(limits)]
         return TestRun("unverifiable", "the judge ended without a report: " + tail[0][:300], candidate=ended)
     if verdict == "pass":
