@@ -260,6 +260,11 @@ def test_os_layers_hold_without_seccomp(host: dict) -> None:
     assert read.status == "error" and "FileNotFoundError" in read.reason
     kill = run_program(iso, f"import os\nos.kill({host['bystander'].pid}, 9)\n", FAST, {})
     assert kill.status == "error" and "ProcessLookupError" in kill.reason and host["bystander"].poll() is None
+    escape = run_program(iso, "import os\ntry:\n    os.mkdir('/work/x')\n    os.chroot('/work/x')\n"
+                              "    for _ in range(20):\n        os.chdir('..')\n    os.chroot('.')\n"
+                              "except OSError as e:\n    print('refused', e.errno)\nprint(sorted(os.listdir('/')))\n",
+                         FAST, {})
+    assert escape.ok and "'etc'" not in escape.stdout and "'work'" in escape.stdout  # still inside the new root
     fill = run_program(iso, "import itertools\nfor i in itertools.count():\n"
                             "    open('f%d' % i, 'wb').write(b'x' * 900_000)\n", FAST, {})
     assert fill.status == "error" and "No space left on device" in fill.reason

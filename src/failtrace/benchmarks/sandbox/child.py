@@ -32,12 +32,13 @@ def install_seccomp(program):
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP) failed")
 
 
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND = 1, 2, 4, 32, 4096
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MNT_DETACH = 1, 2, 4, 32, 4096, 2
 
 
 def build_root(spec):
     """Inside the new mount namespace: tmpfs root, read-only binds, device nodes, a size-capped /work holding the
-    input files, root remounted read-only, then chroot. Raw mount(2) through ctypes: no helper binaries needed."""
+    input files, root remounted read-only, then pivot_root into it (chroot where the call number is unknown).
+    Raw mount(2) through ctypes: no helper binaries needed."""
     import ctypes
     import os
 
@@ -71,7 +72,17 @@ def build_root(spec):
     if spec["owner"] is not None:
         os.chown(root + "/work", spec["owner"], spec["owner"])
     mount(None, root, None, MS_REMOUNT | MS_RDONLY | safe)
-    os.chroot(root)
+    os.chdir(root)
+    number = spec["pivot_root"]
+    if number is None:
+        os.chroot(".")
+        return
+    # pivot_root(".", ".") stacks the old root on the new one; detaching it leaves no way back to the host tree,
+    # unlike chroot, which a process with CAP_SYS_CHROOT (root of a user namespace) could escape
+    if libc.syscall(number, b".", b".") != 0 or libc.umount2(b".", MNT_DETACH) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, "pivot_root: " + os.strerror(err))
+    os.chdir("/")
 
 
 def describe(exc):

@@ -7,8 +7,8 @@ The layers, outermost first (each holds without the ones inside it; none lives i
   (no daemon survives), and nothing outside it can be signalled or traced;
 * filesystem: inside the mount namespace the child (still root there, before any untrusted code) builds a new root
   on a small tmpfs: read-only binds of ``/usr`` and the Python prefix, four device nodes and ``/work``, a tmpfs
-  capped at ``disk_mb``; it remounts the root tmpfs read-only and ``chroot``s into it. Nothing else of the host is
-  visible, so nothing else can be read, written or deleted;
+  capped at ``disk_mb``; it remounts the root tmpfs read-only, ``pivot_root``s into it and detaches the old root.
+  Nothing else of the host is visible, so nothing else can be read, written or deleted;
 * user: when the host runs as root the child drops to ``nobody`` (65534), which also makes ``RLIMIT_NPROC`` count;
 * rlimits: CPU seconds, address space, file size, open files, processes, no core dumps;
 * seccomp (x86-64): process creation other than threads, exec, sockets, signals to other processes, ptrace, mounts,
@@ -138,6 +138,7 @@ def new_root(iso: Isolation, root_dir: str, input_dir: str, limits: SandboxLimit
     if not iso.filesystem:
         return None
     links = {p: os.readlink(p) for p in ("/bin", "/lib", "/lib64", "/sbin") if os.path.islink(p)}
-    return {"dir": root_dir, "inputs": input_dir, "binds": read_only_binds(), "links": links,
+    pivot = {"x86_64": 155, "aarch64": 41, "arm64": 41, "riscv64": 41}.get(platform.machine())
+    return {"dir": root_dir, "inputs": input_dir, "binds": read_only_binds(), "links": links, "pivot_root": pivot,
             "devices": ["null", "zero", "urandom", "random"], "disk": f"size={limits.disk_mb}m,mode=0700",
             "owner": iso.drop_to}

@@ -9,6 +9,7 @@ the run whatever the tests said.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -29,7 +30,9 @@ _REPORT_BYTES = 64 * 1024  # how much of stdout/stderr a result keeps
 CLEAN_ENV = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
 
 
+@functools.lru_cache(maxsize=None)
 def shipped_source(*names: str) -> str:
+    """Source text run by the child or the judge; read once, so a run never mixes two versions of the package."""
     return "\n".join((_HERE / name).read_text(encoding="utf-8") for name in names)
 
 
