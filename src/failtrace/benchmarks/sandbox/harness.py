@@ -1,6 +1,6 @@
 """Run benchmark test code against a sandboxed candidate: the judge (trusted) and the child (untrusted) side by side.
 
-Processes: the parent starts the child (namespaces, chroot, rlimits, seccomp; it loads the completion and answers
+Processes: the parent starts the child (namespaces, new root, rlimits, seccomp; it loads the completion and answers
 calls) and the judge (a fresh interpreter that runs only the benchmark's test code, with ``candidate`` proxied to
 the child over two pipes). The judge's one-line report comes back on a third pipe that the child never holds. The
 verdict is then: pass only if the judge reported pass and the child made no forbidden system call.

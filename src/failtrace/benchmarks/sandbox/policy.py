@@ -1,4 +1,4 @@
-"""What the sandbox enforces: limits, the isolation layers, the seccomp filter and the namespace/chroot launcher.
+"""What the sandbox enforces: limits, the isolation layers, the seccomp filter and the namespace launcher.
 
 The layers, outermost first (each holds without the ones inside it; none lives in the untrusted interpreter):
 
@@ -115,7 +115,7 @@ def interpreter() -> str:
 
 
 def read_only_binds() -> list[str]:
-    """Folders the chrooted interpreter needs: /usr (libc, libffi), real (non-symlink) /lib*, the Python prefix."""
+    """Folders the interpreter in the new root needs: /usr (libc, libffi), real (non-symlink) /lib*, Python's prefix."""
     paths = ["/usr"] + [p for p in ("/bin", "/lib", "/lib64", "/sbin") if os.path.isdir(p) and not os.path.islink(p)]
     for extra in (os.path.realpath(sys.base_prefix), os.path.dirname(interpreter())):
         if not any(extra == p or extra.startswith(p + os.sep) for p in paths):
