@@ -8,8 +8,8 @@ and the judge, which are fresh interpreters without failtrace on their path.
 
 Encoding: JSON null/bool/number/string/array are themselves (array = list; ints within 2**53); every other type is
 a one-key object: ``{"x": "hex"}`` int beyond 2**53, ``{"t": [...]}`` tuple, ``{"d": [[k, v], ...]}`` dict,
-``{"s": [...]}`` set, ``{"f": [...]}`` frozenset, ``{"b": "hex"}`` bytes, ``{"c": [re, im]}`` complex. ``canonical=True`` sorts set members and dict items so equal
-values encode to equal text (used for digests of very large outputs).
+``{"s": [...]}`` set, ``{"f": [...]}`` frozenset, ``{"b": "hex"}`` bytes, ``{"c": [re, im]}`` complex.
+``canonical=True`` sorts set members and dict items so equal values encode to equal text (digests of large outputs).
 """
 
 import hashlib
