@@ -11,7 +11,6 @@ from typing import Any, Optional
 
 import typer
 
-from failtrace.errors import FailtraceError
 
 
 def demo_source() -> tuple[Any, list[Any], dict[str, Any]]:
@@ -104,8 +103,9 @@ def demo_command(
     from failtrace.models.loading import load_model
     from failtrace.store.store import open_store
 
-    if out.exists() and not out.is_dir():
-        raise FailtraceError(f"--out {out} exists and is not a folder")
+    from failtrace.cli.checks import check_output_dir
+
+    check_output_dir(out, "--out")
     bench, items, cfg = demo_source()
     case_settings = CaseSettings(methods=CaseSettings.parse_methods(methods) if methods else
                                  tuple(cfg.get("methods") or CaseSettings().methods),
