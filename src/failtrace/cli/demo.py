@@ -113,9 +113,9 @@ def demo_command(
     pair_settings = PairSettings(top_k=int(cfg.get("top_k", 10)), min_delta=float(cfg.get("min_delta", 1.0)),
                                  max_positions=int(cfg.get("max_positions", 24)))
     pair_settings.validate()
+    loaded = load_model(model, progress=progress)  # a bad model fails here, before anything is written
     out.mkdir(parents=True, exist_ok=True)
     store_path = out / "runs.duckdb"
-    loaded = load_model(model, progress=progress)
     with open_store(store_path) as st:
         run = collect(st, bench, items, loaded, max_new_tokens=int(cfg.get("max_new_tokens", bench.max_new_tokens)),
                       data="builtin:demo", progress=progress)
