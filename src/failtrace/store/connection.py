@@ -120,7 +120,8 @@ def translate(path: Path, exc: BaseException, when: str) -> FailtraceError | Non
                                duckdb.FatalException, duckdb.PermissionException, duckdb.InvalidInputException))
     if damaged or "corrupt" in text.lower() or "checksum" in text.lower():
         what = ("cannot open results store {p}: it is not a DuckDB file, or it is truncated or damaged"
-                if when == "open" else "results store {p} is damaged or truncated: a query reached a part that cannot be read")
+                if when == "open" else
+                "results store {p} is damaged or truncated: a query reached a part that cannot be read")
         return FailtraceError(f"{what.format(p=path)} ({text}); the file was left unchanged. Restore it from a copy "
                               f"or give another --store")
     return None
