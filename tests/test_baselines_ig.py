@@ -6,12 +6,12 @@ whose error for a smooth f falls like 1/steps² (error ≈ (f'(1) − f'(0)) / (
 measures |Σ R − (f(x) − f(x'))|, with f(x) and f(x') recomputed by a plain transformers forward pass (``input_ids``,
 and ``inputs_embeds`` of zeros), and asserts that the gap is small and shrinks with the step count at about that rate.
 
-The path must be smooth for that: the tiny models get RMSNorm eps = 0.01 (and embeddings 10x larger). With the usual eps (1e-6) and a zero
-baseline the path is nearly discontinuous at α → 0: while the residual's RMS is below sqrt(eps) each RMSNorm is
-linear with gain |w|/sqrt(eps), so f jumps from f(0) = 0 to its O(1) values within a tiny α. Measured on the tiny
-float64 Llama (eps 1e-6, Δf = −0.082): gaps 0.28, 0.25, 0.13, 0.028 at 16, 64, 256, 1024 steps. On the bundled
-SmolLM2 (eps 1e-5, "The capital of France is", Δf = 2.48): f(1e-6·x) = −7.1 already, and the gap is 35.9 at 32
-steps and 178 at 128: its IG attributions do not add up to f(x) − f(0) at any practical step count.
+The path must be smooth for that: the tiny models get RMSNorm eps = 0.01 (and embeddings 10x larger). With the
+usual eps (1e-6) and a zero baseline the path is nearly discontinuous at α → 0: while the residual's RMS is below
+sqrt(eps) each RMSNorm is linear with gain |w|/sqrt(eps), so f jumps from f(0) = 0 to its O(1) values within a tiny
+α. Measured on the tiny float64 Llama (eps 1e-6, Δf = −0.082): gaps 0.28, 0.25, 0.13, 0.028 at 16, 64, 256, 1024
+steps. On the bundled SmolLM2 (eps 1e-5, "The capital of France is", Δf = 2.48): f(1e-6·x) = −7.1 already, and the
+gap is 35.9 at 32 steps and 178 at 128: its IG attributions do not add up to f(x) − f(0) at any practical step count.
 """
 
 from __future__ import annotations
