@@ -1,7 +1,7 @@
 """attribute() on the real bundled SmolLM2-135M-Instruct: conservation, baselines, faithfulness, input handling.
 
-Bounds are set from measured values (transformers 5, float32, CPU; measured values in the comments) with modest
-slack, so that a change in the numbers shows up as a failure instead of passing inside a wide band.
+Bounds are set from measured values (float32, CPU, transformers 5 and 4.57; measured values in the comments) with
+modest slack, so that a change in the numbers shows up as a failure instead of passing inside a wide band.
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ def test_attnlrp_record_on_bundled_model(bundled):
     # measured 5.2e-8
     assert attr.delta_logit == pytest.approx(attr.extra["target_logit"] - attr.extra["contrast_logit"], rel=1e-6)
     # AttnLRP does not conserve at the input: part of Δℓ is absorbed; it is reported next to Δℓ.
-    # Measured Δℓ = 9.163 and input sum / Δℓ = 0.380.
-    assert attr.delta_logit == pytest.approx(9.163, rel=0.01)
-    assert 0.30 < attr.relevance_sum / attr.delta_logit < 0.46
+    # Measured Δℓ = 9.163 and input sum / Δℓ = 0.380 on transformers 5; 9.034 and 0.364 on transformers 4.57.
+    assert attr.delta_logit == pytest.approx(9.10, rel=0.025)
+    assert 0.29 < attr.relevance_sum / attr.delta_logit < 0.46
     assert any(attr.special_mask) and not all(attr.special_mask)
     assert attr.tokens[attr.prompt_length:] and "".join(attr.tokens[attr.prompt_length:]).strip() == prefix
     # normalised relevance: max |R| over non-special tokens is exactly 1
