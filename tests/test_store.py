@@ -197,16 +197,15 @@ def full_store(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     path = tmp_path_factory.mktemp("full") / "s.duckdb"
     with open_store(path) as st:
         st.ensure_run(_run())
-        items = [Item(id=f"i{i:04d}", benchmark="toy", prompt="p" * 200 + str(i), reference={"n": i})
-                 for i in range(800)]
-        st.add_items("r1", "toy", items)
-        with st._transaction():
-            st.con.executemany(
-                "INSERT INTO generations VALUES (?, ?, 'toy', ?, 50, ?, ?, 100, 'eos', 0.1, NULL)",
-                [["r1", it.id, [1] * 50, f"completion {i} " * 30, list(range(i, i + 100))]
-                 for i, it in enumerate(items)])
-            st.con.executemany("INSERT INTO verdicts VALUES (?, ?, 'fail', '[]', '{}', 0.0)",
-                               [["r1", it.id] for it in items])
+        with st._transaction():  # set-based inserts: executemany of 800 rows is slow
+            st.con.execute("INSERT INTO items SELECT 'toy', printf('i%04d', i), '\"' || repeat('p', 200) || i || '\"', "
+                           "'{\"n\": ' || i || '}', '{}', md5(i::VARCHAR) FROM range(800) t(i)")
+            st.con.execute("INSERT INTO run_items SELECT 'r1', printf('i%04d', i), i FROM range(800) t(i)")
+            st.con.execute("INSERT INTO generations SELECT 'r1', printf('i%04d', i), 'toy', list_resize([1], 50, 1), 50, "
+                           "repeat('completion ' || i || ' ', 30), range(i, i + 100), 100, 'eos', 0.1, NULL "
+                           "FROM range(800) t(i)")
+            st.con.execute("INSERT INTO verdicts SELECT 'r1', printf('i%04d', i), 'fail', '[]', '{}', 0.0 "
+                           "FROM range(800) t(i)")
     return path.read_bytes()
 
 
