@@ -201,8 +201,8 @@ def full_store(tmp_path_factory: pytest.TempPathFactory) -> bytes:
             st.con.execute("INSERT INTO items SELECT 'toy', printf('i%04d', i), '\"' || repeat('p', 200) || i || '\"', "
                            "'{\"n\": ' || i || '}', '{}', md5(i::VARCHAR) FROM range(800) t(i)")
             st.con.execute("INSERT INTO run_items SELECT 'r1', printf('i%04d', i), i FROM range(800) t(i)")
-            st.con.execute("INSERT INTO generations SELECT 'r1', printf('i%04d', i), 'toy', list_resize([1], 50, 1), 50, "
-                           "repeat('completion ' || i || ' ', 30), range(i, i + 100), 100, 'eos', 0.1, NULL "
+            st.con.execute("INSERT INTO generations SELECT 'r1', printf('i%04d', i), 'toy', "
+                           "list_resize([1], 50, 1), 50, repeat('completion ' || i || ' ', 30), range(i, i + 100), 100, 'eos', 0.1, NULL "
                            "FROM range(800) t(i)")
             st.con.execute("INSERT INTO verdicts SELECT 'r1', printf('i%04d', i), 'fail', '[]', '{}', 0.0 "
                            "FROM range(800) t(i)")
