@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from failtrace.cases.record import CATEGORIES, Case, MaskingSpec, MethodResult
 from failtrace.errors import FailtraceError
-from failtrace.store.store import ResultsStore
+
+if TYPE_CHECKING:  # type only: the store's export imports this module
+    from failtrace.store.store import ResultsStore
 
 _CASE_JSON = ("tokens", "segments", "relevant_segments", "masking", "category_evidence", "pattern_evidence",
               "graph_summary", "settings", "notes", "seconds")
