@@ -113,6 +113,8 @@ ITEMS = [
      ["change_case:english_lowercase"], [{}]),
     ("1187", "Can you give me two different formal alternatives to \"What's up? I'm going to the beach today\" and "
              "do not use any commas in your response.", ["punctuation:no_comma"], [{}]),
+    ("1051", "Write a letter to a friend in all lowercase letters ask them to go and vote.",
+     ["change_case:english_lowercase"], [{}]),
 ]
 
 
