@@ -199,7 +199,9 @@ class PairFinder:
             assert status in PAIR_STATUSES
             return res
 
+        t = time.perf_counter()
         verdict = safe_check(benchmark, item, self._text(comp))
+        search.seconds_check += time.perf_counter() - t
         search.checks += 1
         if verdict.status != "fail":
             why = "; ".join(verdict.reasons)[:300]
