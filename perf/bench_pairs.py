@@ -13,7 +13,15 @@ Measures, in one run and on the same failures:
 The items are short questions written for this script, with a toy checker (pass iff the completion contains an
 expected word): the point is the cost of the search, not the benchmark.
 
+With ``--ifeval FILE`` (IFEval JSONL, e.g. ../shared/benchmarks/ifeval/input_data.jsonl), also on real IFEval
+items with the official checker: today's search (one position at a time, every rollout to the full budget: the
+algorithm before early stopping and multi-position batches, run by the same code with those switched off) against
+the new default search, alternating which goes first per failure, on the same failures in the same run: seconds,
+rollouts and tokens decoded per failure, statuses, and whether both found the same pair; then, for the failures
+that hit the length limit, how many a larger rollout budget (``--larger-budget``) resolves.
+
     .venv/bin/python perf/bench_pairs.py [--max-new-tokens 48] [--top-k 5] [--max-positions 4]
+    .venv/bin/python perf/bench_pairs.py --only-ifeval --ifeval FILE --ifeval-items 8 --ifeval-tokens 64
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from failtrace.failures.generation import (
     pad_token_id,
     prefix_forward,
 )
+from failtrace.benchmarks.ifeval import IFEvalBenchmark
 from failtrace.failures.pairs import PairFinder, PairSettings
 from failtrace.models.loading import load_model
 from failtrace.store import open_store
@@ -113,6 +122,71 @@ def _strip_eos(ids: list[int], lm: Any) -> list[int]:
     return list(ids)
 
 
+def ifeval_pairs(lm: Any, path: str, n_items: int, budget: int, top_k: int, max_positions: int,
+                 larger: int) -> list[tuple[str, str, str]]:
+    """Old vs new search on real IFEval failures (same failures, same run), then the larger rollout budget."""
+    from failtrace.models.chat import apply_chat_template
+
+    bench = IFEvalBenchmark()
+    eos = eos_token_ids(lm.model, lm.tokenizer)
+    pad = pad_token_id(lm.tokenizer, eos)
+    items = bench.load(path, n_items).items
+    failures = []
+    for it in items:
+        prompt = apply_chat_template(lm.tokenizer, it.prompt)
+        gen = greedy_generate(lm.model, [prompt], budget, eos, pad)[0]
+        if bench.check(it, decode_completion(lm.tokenizer, gen.token_ids, eos)).status == "fail":
+            failures.append((it, prompt, gen))
+    old = PairFinder(lm, PairSettings(top_k=top_k, max_positions=max_positions, early_stop=False,
+                                      position_batch=1))
+    new = PairFinder(lm, PairSettings(top_k=top_k, max_positions=max_positions))
+    cost = {"old": [0.0, 0, 0], "new": [0.0, 0, 0]}
+    parts = {"old": [0.0, 0.0, 0.0], "new": [0.0, 0.0, 0.0]}  # prefix pass, rollouts, checker
+    statuses: dict[str, dict[str, int]] = {"old": {}, "new": {}}
+    same = 0
+    for i, (it, prompt, gen) in enumerate(failures):
+        got = {}
+        for which in (("old", "new") if i % 2 == 0 else ("new", "old")):
+            finder = old if which == "old" else new
+            t = time.perf_counter()
+            res = finder.find(bench, it, prompt, gen.token_ids, budget, gen.finish_reason)
+            c = cost[which]
+            c[0] += time.perf_counter() - t
+            c[1] += res.rollouts
+            c[2] += res.tokens_decoded
+            for j, v in enumerate((res.seconds_prefix, res.seconds_rollouts, res.seconds_check)):
+                parts[which][j] += v
+            statuses[which][res.status] = statuses[which].get(res.status, 0) + 1
+            got[which] = (res.status, res.completion_offset, res.contrast_id)
+        same += got["old"] == got["new"]
+    rows: list[tuple[str, str, str]] = []
+    nf = max(1, len(failures))
+    for which, label in (("old", "today's search (1 position per batch, full rollouts)"),
+                         ("new", "new search (position blocks + early stopping)")):
+        sec, roll, tok = cost[which]
+        pre, rol, chk = (100 * v / max(sec, 1e-9) for v in parts[which])
+        rows.append((f"ifeval pairs, {label}", f"{sec / nf:.1f} s/failure",
+                     f"{roll / nf:.1f} rollouts, {tok / nf:.0f} tokens decoded per failure; time: prefix pass "
+                     f"{pre:.0f}%, rollouts {rol:.0f}%, checker {chk:.0f}%; {statuses[which]}"))
+    if failures:
+        rows.append(("ifeval pairs, speed-up (same failures, same run)", f"x{cost['old'][0] / cost['new'][0]:.2f}",
+                     f"tokens x{cost['old'][2] / max(1, cost['new'][2]):.2f}; same pair and status for "
+                     f"{same}/{len(failures)} failures ({len(items)} items, {len(failures)} failures)"))
+    unbounded = [(it, prompt, gen) for it, prompt, gen in failures if gen.finish_reason == "length"]
+    ends = {"stops and still fails": 0, "stops and passes": 0, "still at the limit": 0, "unverifiable": 0}
+    for it, prompt, gen in unbounded:
+        more = greedy_generate(lm.model, [prompt + gen.token_ids], larger - budget, eos, pad)[0]
+        ids = gen.token_ids + more.token_ids
+        if more.finish_reason == "length":
+            ends["still at the limit"] += 1
+            continue
+        verdict = bench.check(it, decode_completion(lm.tokenizer, ids, eos)).status
+        ends[{"fail": "stops and still fails", "pass": "stops and passes"}.get(verdict, "unverifiable")] += 1
+    rows.append((f"ifeval unbounded failures at {budget} tokens, continued to {larger}", f"{len(unbounded)} failures",
+                 "; ".join(f"{v} {k}" for k, v in ends.items())))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
@@ -121,11 +195,24 @@ def main() -> None:
     ap.add_argument("--max-positions", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=4, help="batch size of the batched collection")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--ifeval", default=None, help="IFEval JSONL file: also compare old and new search on it")
+    ap.add_argument("--ifeval-items", type=int, default=8)
+    ap.add_argument("--ifeval-tokens", type=int, default=64, help="generation budget of the IFEval items")
+    ap.add_argument("--larger-budget", type=int, default=256, help="rollout budget tried on unbounded failures")
+    ap.add_argument("--only-ifeval", action="store_true", help="skip the toy-question part")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     lm = load_model(args.model)
+    if args.only_ifeval:
+        if not args.ifeval:
+            ap.error("--only-ifeval needs --ifeval FILE")
+        print(f"model {lm.name}, ifeval {args.ifeval_items} items, max_new_tokens {args.ifeval_tokens}, top-k "
+              f"{args.top_k}, max-positions {args.max_positions}, torch threads {torch.get_num_threads()}")
+        _print(ifeval_pairs(lm, args.ifeval, args.ifeval_items, args.ifeval_tokens, args.top_k, args.max_positions,
+                            args.larger_budget))
+        return
     bench = ContainsWord(max_new_tokens=args.max_new_tokens)
     items = [Item(id=f"w{i:02d}", benchmark=bench.name, prompt=q, reference={"word": w})
              for i, (q, w) in enumerate(QUESTIONS)]
@@ -194,6 +281,13 @@ def main() -> None:
                      f"{slow_n} rollouts in {slow_s:.1f} s ({slow_n / slow_s:.2f} rollouts/s)"))
         rows.append(("speed-up (same failures, same run)", f"x{slow_s / fast_s:.2f}",
                      f"same pair found for {agree}/{len(failures)} failures"))
+    if args.ifeval:
+        rows += ifeval_pairs(lm, args.ifeval, args.ifeval_items, args.ifeval_tokens, args.top_k, args.max_positions,
+                             args.larger_budget)
+    _print(rows)
+
+
+def _print(rows: list[tuple[str, str, str]]) -> None:
     width = max(len(a) for a, _, _ in rows)
     w2 = max(len(b) for _, b, _ in rows)
     print(f"{'measure':<{width}}  {'throughput':>{w2}}  notes")

@@ -126,7 +126,16 @@ def test_found_pair_matches_brute_force_with_known_answer(lm: Any, index: int, p
     assert (res.completion_offset, res.contrast_id, res.contrast_rank) == expected
     assert res.position == len(prompt) + p_star and res.target_id == comp[p_star]
     assert res.contrast_source == "model" and res.recovered_completion == needle
-    assert res.rollouts == 4 * (p_star + 1) and res.positions_walked == p_star + 1
+    assert res.positions_walked == p_star + 1
+    blocks = [sum(min(2 ** i, 4) for i in range(j)) for j in range(8)]  # first position of each block: 0 1 3 7 ..
+    block_end = min(b for b in blocks if b > p_star)  # positions batched with p_star (default position_batch 4)
+    assert res.rollouts == 4 * min(block_end, len(comp))
+    one = PairFinder(lm, PairSettings(top_k=4, min_delta=0.0, position_batch=1)).find(bench, item, prompt, comp,
+                                                                                       BUDGET)
+    assert one.rollouts == 4 * (p_star + 1) and one.to_dict() | {"seconds": 0} == res.to_dict() | {
+        "seconds": 0, "rollouts": one.rollouts, "tokens_decoded": one.tokens_decoded, "checks": one.checks,
+        "reason": one.reason, "seconds_prefix": 0, "seconds_rollouts": 0, "seconds_check": 0} | {
+        k: one.to_dict()[k] for k in ("seconds_prefix", "seconds_rollouts", "seconds_check")}
     assert res.checks <= res.rollouts + 1
     with torch.no_grad():
         row = lm.model(input_ids=torch.tensor([prompt + comp[:p_star]])).logits[0, -1]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import re
 import threading
 import types
 from collections.abc import Iterator
@@ -154,8 +155,7 @@ class IFEvalBenchmark:
     def check(self, item: Item, completion: str) -> Verdict:
         ids = list(item.reference.get("instruction_id_list", []))
         kwargs_list = list(item.reference.get("kwargs", [])) or [{} for _ in ids]
-        prompt = item.prompt if isinstance(item.prompt, str) else "\n".join(
-            m.get("content", "") for m in item.prompt if m.get("role") == "user")
+        prompt = _prompt_text(item)
         try:
             registry, util_module, loose_variants = _checker_modules()
         except ImportError as exc:
@@ -180,6 +180,39 @@ class IFEvalBenchmark:
             return Verdict("pass", [], details)
         return Verdict("fail", reasons, details)
 
+    def prefix_decides_fail(self, item: Item, prefix: str) -> str | None:
+        """Why every completion starting with ``prefix`` fails under strict IFEval, or None (see :func:`prefix_fails`).
+
+        Strict mode only: the loose verdict also tries the text without its first or last line, so a prefix can
+        rarely decide it. Used by the pair search to end rollouts early; the verdict itself is always ``check``'s.
+        """
+        if self.mode != "strict" or not prefix:
+            return None
+        ids = list(item.reference.get("instruction_id_list", []))
+        kwargs_list = list(item.reference.get("kwargs", [])) or [{} for _ in ids]
+        registry, _, _ = _checker_modules()
+        for iid, kw in zip(ids, kwargs_list):
+            if iid not in registry:
+                return None  # the check cannot run: the verdict is unverifiable, not fail
+        for iid, kw in zip(ids, kwargs_list):
+            given = {k: v for k, v in kw.items() if v is not None}
+            if not set(_RULE_ARGS.get(iid, ())) <= set(given):
+                continue  # the checker would draw the missing arguments at random: nothing can be decided
+            checker = registry[iid](iid)
+            checker.build_description(**given)
+            args = checker.get_instruction_args()
+            if args and "prompt" in args:  # as check() does
+                checker.build_description(prompt=_prompt_text(item))
+            why = prefix_fails(iid, checker, prefix)
+            if why:
+                return f"{iid}: {why}"
+        return None
+
+
+def _prompt_text(item: Item) -> str:
+    return item.prompt if isinstance(item.prompt, str) else "\n".join(
+        m.get("content", "") for m in item.prompt if m.get("role") == "user")
+
 
 def _to_item(record: dict[str, Any], where: str) -> Item:
     ids = record["instruction_id_list"]
@@ -194,3 +227,58 @@ def _to_item(record: dict[str, Any], where: str) -> Item:
     clean = [{k: v for k, v in kw.items() if v is not None} for kw in kwargs]
     return Item(id=str(record["key"]), benchmark="ifeval", prompt=record["prompt"],
                 reference={"instruction_id_list": ids, "kwargs": clean}, meta={"key": record["key"]})
+
+
+_LITERAL = re.compile(r"[\w' -]+")
+# the arguments a rule reads; without them the official checker picks random values
+_RULE_ARGS = {"length_constraints:number_words": ("num_words", "relation"),
+              "keywords:letter_frequency": ("letter", "let_frequency", "let_relation"),
+              "keywords:frequency": ("keyword", "frequency", "relation"),
+              "keywords:forbidden_words": ("forbidden_words",),
+              "combination:repeat_prompt": ("prompt_to_repeat",)}
+
+
+def prefix_fails(instruction_id: str, checker: Any, prefix: str) -> str | None:
+    """A reason when no text starting with ``prefix`` can satisfy one official IFEval check (strict), else None.
+
+    Each rule reads the official checker's own parsed arguments and holds because the check is monotone in the
+    text: counts of regex matches, letters and ``\\w+`` words of a prefix never exceed those of a longer text, a
+    character that breaks ``islower``/``isupper`` stays, and ``strip().lower()`` of the longer text starts with that
+    of the prefix. No official check raises on any text (langdetect's errors are caught inside the checks), so a
+    decided prefix means the verdict ``fail``, never ``unverifiable``. Checks not listed are never decided early.
+    """
+    if instruction_id == "punctuation:no_comma":
+        return "a comma was written" if "," in prefix else None
+    if instruction_id == "change_case:english_lowercase":
+        return "an uppercase letter was written" if any(c.isupper() for c in prefix) else None
+    if instruction_id == "change_case:english_capital":
+        return "a lowercase letter was written" if any(c.islower() for c in prefix) else None
+    less = getattr(checker, "_comparison_relation", None) == "less than"
+    if instruction_id == "length_constraints:number_words" and less:
+        from if_verifiable.ifeval import instructions_util
+
+        words = instructions_util.count_words(prefix)
+        return f"{words} words already (limit: less than {checker._num_words})" \
+            if words >= checker._num_words else None
+    if instruction_id == "keywords:letter_frequency" and less and len(checker._letter) == 1:
+        count = prefix.lower().count(checker._letter)
+        return f"letter {checker._letter!r} {count} times already" if count >= checker._frequency else None
+    if instruction_id == "keywords:frequency" and less and _LITERAL.fullmatch(checker._keyword):
+        count = len(re.findall(checker._keyword, prefix, flags=re.IGNORECASE))
+        return f"{checker._keyword!r} {count} times already" if count >= checker._frequency else None
+    if instruction_id == "keywords:forbidden_words":
+        for word in checker._forbidden_words:
+            if not _LITERAL.fullmatch(word):
+                continue
+            # a match that ends before the prefix does keeps its closing word boundary whatever follows
+            if any(m.end() < len(prefix) for m in re.finditer(r"\b" + word + r"\b", prefix, flags=re.IGNORECASE)):
+                return f"forbidden word {word!r} was written"
+        return None
+    if instruction_id == "startend:quotation":
+        head = prefix.lstrip()
+        return "the response does not start with a double quote" if head and head[0] != '"' else None
+    if instruction_id == "combination:repeat_prompt":
+        said, wanted = prefix.strip().lower(), checker._prompt_to_repeat.strip().lower()
+        ok = said.startswith(wanted) or wanted.startswith(said)
+        return None if ok else "the response does not start by repeating the request"
+    return None

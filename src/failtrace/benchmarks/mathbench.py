@@ -127,6 +127,10 @@ class MathBenchmark:
             reason += f" ({how})"
         return Verdict("fail", [reason], details)
 
+    def prefix_decides_fail(self, item: Item, prefix: str) -> str | None:
+        """Never decided early: the checker judges the *last* ``\\boxed{}``, so a closed wrong boxed answer can
+        always be replaced by a later one (and a missing one can still come). Only the full rollout decides."""
+        return None
 
 def _to_item(record: dict[str, Any], where: str) -> Item:
     if not isinstance(record["problem"], str):

@@ -115,9 +115,10 @@ def pairs_command(
     store: Path = typer.Option(Path(DEFAULT_STORE), "--store", "-s", help="Results store written by collect."),
     top_k: int = typer.Option(10, "--top-k", "-k", callback=opts.count(1),
                               help="Alternatives tried per position (the model's own top-k)."),
-    helper_model: Optional[str] = typer.Option(None, "--helper-model",
-                                               help="A stronger model with the same tokenizer, asked for its top-k "
-                                                    "where the model's own alternatives do not recover."),
+    helper_model: Optional[str] = typer.Option(None, "--sibling", "--helper-model",
+                                               help="Stronger sibling model (same tokenizer required), asked for its "
+                                                    "top-k where the model's own alternatives do not recover. "
+                                                    "--helper-model is the old name."),
     min_delta: float = typer.Option(1.0, "--min-delta", callback=opts.finite(0.0),
                                     help="Clean needs logit(target) - logit(contrast) > this (>= 0)."),
     limit: Optional[int] = typer.Option(None, "--limit", "-n", callback=opts.count(1),
@@ -130,6 +131,15 @@ def pairs_command(
                                                      help="Rollouts decoded together (default: all k)."),
     try_unbounded: bool = typer.Option(True, "--try-unbounded/--skip-unbounded",
                                        help="Search failures that hit the length limit too (status stays unbounded)."),
+    rollout_tokens: Optional[int] = typer.Option(None, "--rollout-tokens", callback=opts.count(1),
+                                                 help="Rollout budget in completion tokens (default: the collection's "
+                                                      "--max-new-tokens). Larger: failures that hit the limit are "
+                                                      "continued and, if they then stop and still fail, searched."),
+    position_batch: int = typer.Option(4, "--position-batch", callback=opts.count(1),
+                                       help="Most positions whose rollouts are decoded as one batch (speed only)."),
+    early_stop: bool = typer.Option(True, "--early-stop/--no-early-stop",
+                                    help="End a rollout once the benchmark says its prefix already fails "
+                                         "(speed only)."),
     device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu or cuda."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
@@ -139,7 +149,8 @@ def pairs_command(
     from failtrace.store.store import open_store
 
     settings = PairSettings(top_k=top_k, min_delta=min_delta, max_positions=max_positions,
-                            try_unbounded=try_unbounded, rollout_batch_size=rollout_batch_size)
+                            try_unbounded=try_unbounded, rollout_batch_size=rollout_batch_size,
+                            rollout_tokens=rollout_tokens, position_batch=position_batch, early_stop=early_stop)
     settings.validate()
     check_device(device)
     check_store_path(store, create=False)
@@ -148,7 +159,8 @@ def pairs_command(
                              limit=limit, device=device, progress=progress)
     counts = ", ".join(f"{v} {k}" for k, v in sorted(summary.statuses.items())) or "nothing new"
     typer.echo(f"{summary.failures} failures, {summary.skipped} already paired, {summary.processed} paired now "
-               f"({counts}; {summary.rollouts} rollouts) in {summary.seconds:.1f} s -> {store}")
+               f"({counts}; {summary.rollouts} rollouts, {summary.tokens_decoded} tokens decoded) in "
+               f"{summary.seconds:.1f} s -> {store}")
 
 
 def status_command(

@@ -7,7 +7,9 @@
   the last positions: the next-token distribution at every completion position, from one pass.
 * :func:`rollouts` forces k alternative tokens after a shared prefix and continues all k greedily *as one batch*:
   the prefix cache is sliced to the prefix length and expanded to k rows, so no prefix token is recomputed and no
-  padding is needed (every row has the same length).
+  padding is needed (every row has the same length). :func:`rollouts_at` does the same for rows at *different*
+  prefix lengths of one cache (k alternatives at each of several positions), masking each row's unused tail of the
+  shared cache, and can end a row early once a callback says its verdict is decided.
 * :func:`naive_greedy` is the from-scratch reference (a full forward pass per new token, no cache), used by the
   tests to prove that the cached, batched paths produce exactly the same tokens.
 
@@ -17,7 +19,7 @@ text is decoded from the ids without the final EOS and without special tokens (:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,10 +118,24 @@ def _continue_greedy(model: Any, cache: Any, first: Any, budget: int, eos: froze
     ``cache`` holds the context of every row; ``mask`` (batch, context) marks real tokens for left-padded rows, or is
     None when no row is padded. Finished rows are dropped from the batch.
     """
+    return decode_rows(model, cache, first, [budget] * int(first.shape[0]), eos, mask)[0]
+
+
+def decode_rows(model: Any, cache: Any, first: Any, budgets: Sequence[int], eos: frozenset[int],
+                mask: Any | None = None, stop: Callable[[int, list[int]], bool] | None = None,
+                stop_every: int = 8) -> tuple[list[list[int]], list[bool]]:
+    """Greedy decoding of a batch of rows, each from its first token until EOS or its own budget (first included).
+
+    ``mask`` (batch, context) marks the real cache positions of each row (left padding, or a hole between a row's
+    shorter prefix and the shared cache's end), or is None when every row uses the whole cache. Every
+    ``stop_every`` tokens, ``stop(row, tokens)`` may end a row early (its verdict is already decided); the second
+    list says which rows ended so. Finished rows leave the batch, so no row pays for another's steps.
+    """
     import torch
 
     outs: list[list[int]] = [[int(t)] for t in first.tolist()]
-    done = [t[-1] in eos or len(t) >= budget for t in outs]
+    done = [t[-1] in eos or len(t) >= b for t, b in zip(outs, budgets, strict=True)]
+    stopped = [False] * len(outs)
     rows = list(range(len(outs)))  # original row of each batch element still decoding
     nxt = first.clone()
     while True:
@@ -143,9 +159,11 @@ def _continue_greedy(model: Any, cache: Any, first: Any, budget: int, eos: froze
         for j, r in enumerate(rows):
             t = int(nxt[j])
             outs[r].append(t)
-            if t in eos or len(outs[r]) >= budget:
+            if t in eos or len(outs[r]) >= budgets[r]:
                 done[r] = True
-    return outs
+            elif stop is not None and len(outs[r]) % stop_every == 0 and stop(r, outs[r]):
+                done[r] = stopped[r] = True
+    return outs, stopped
 
 
 def greedy_generate(model: Any, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos: frozenset[int],
@@ -230,22 +248,51 @@ def rollouts(model: Any, kv: Sequence[tuple[Any, Any]], prefix_length: int, forc
     Rows are decoded together, ``batch_size`` at a time (default: all at once, unless their KV cache would pass
     2 GiB, as with very long prompts: then as many as fit).
     """
+    if budget <= 0:
+        raise ValueError("rollout budget must be at least 1 token (the forced token)")
+    n = len(forced)
+    return rollouts_at(model, kv, [prefix_length] * n, forced, [budget] * n, eos, batch_size)[0]
+
+
+def rollouts_at(model: Any, kv: Sequence[tuple[Any, Any]], starts: Sequence[int], forced: Sequence[int],
+                budgets: Sequence[int], eos: frozenset[int], batch_size: int | None = None,
+                stop: Callable[[int, list[int]], bool] | None = None,
+                stop_every: int = 8) -> tuple[list[list[int]], list[bool]]:
+    """Rollouts at several prefix lengths in one batch: row i forces ``forced[i]`` after the first ``starts[i]``
+    positions of ``kv`` and continues greedily for at most ``budgets[i]`` tokens (forced token included).
+
+    The batch shares one slice of the cache, up to the longest prefix; a row with a shorter prefix masks the cache
+    positions between its prefix and that end (attention weight exactly 0 there) and gets position ids counted over
+    its real tokens, so it computes what a batch-1 rollout from its own prefix computes. ``stop`` (global row index,
+    tokens so far) ends a row early, see :func:`decode_rows`. Returns the sequences and which rows were stopped.
+    """
     import torch
 
     if not forced:
-        return []
-    if budget <= 0:
+        return [], []
+    if min(budgets) <= 0:
         raise ValueError("rollout budget must be at least 1 token (the forced token)")
     device = kv[0][0].device
-    step = batch_size or min(len(forced), rollout_batch_limit(kv, prefix_length, budget))
+    step = batch_size or min(len(forced), rollout_batch_limit(kv, max(starts), max(budgets)))
     out: list[list[int]] = []
+    stopped: list[bool] = []
     with torch.no_grad():
         for start in range(0, len(forced), step):
-            chunk = list(forced[start:start + step])
-            cache = cache_from_prefix(kv, prefix_length, len(chunk))
-            first = torch.tensor(chunk, dtype=torch.long, device=device)
-            out.extend(_continue_greedy(model, cache, first, budget, eos))
-    return out
+            rows = range(start, min(start + step, len(forced)))
+            width = max(starts[i] for i in rows)
+            cache = cache_from_prefix(kv, width, len(rows))
+            first = torch.tensor([forced[i] for i in rows], dtype=torch.long, device=device)
+            mask = None
+            if any(starts[i] != width for i in rows):
+                mask = torch.ones((len(rows), width), dtype=torch.long, device=device)
+                for j, i in enumerate(rows):
+                    mask[j, starts[i]:] = 0
+            row_stop = None if stop is None else (lambda j, toks, base=start: stop(base + j, toks))
+            seqs, ended = decode_rows(model, cache, first, [budgets[i] for i in rows], eos, mask, row_stop,
+                                      stop_every)
+            out.extend(seqs)
+            stopped.extend(ended)
+    return out, stopped
 
 
 def naive_greedy(model: Any, ids: Sequence[int], budget: int, eos: frozenset[int],

@@ -1,0 +1,116 @@
+"""The pair search's settings and its per-failure result record (shared by the search and the pairs stage)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from failtrace.errors import FailtraceError
+
+
+@dataclass
+class PairSettings:
+    """Knobs of the pair search. ``identity()`` holds those that change results; the rest only change speed.
+
+    ``rollout_tokens`` is the rollout budget (a rollout's completion has at most this many tokens); None means the
+    collection's ``max_new_tokens``. ``early_stop`` ends a rollout as soon as the benchmark says its prefix already
+    fails (``prefix_decides_fail``), ``position_batch`` is the most completion positions whose rollouts are decoded
+    as one batch, and ``stop_every`` is how many tokens a row decodes between two prefix checks.
+    """
+
+    top_k: int = 10
+    min_delta: float = 1.0
+    max_positions: int = 64
+    try_unbounded: bool = True
+    rollout_batch_size: int | None = None  # rows decoded together at most (default: as many as the cache allows)
+    rollout_tokens: int | None = None
+    early_stop: bool = True
+    position_batch: int = 4
+    stop_every: int = 8
+
+    def validate(self) -> None:
+        if self.top_k < 1:
+            raise FailtraceError(f"--top-k must be at least 1, got {self.top_k}")
+        if self.max_positions < 1:
+            raise FailtraceError(f"--max-positions must be at least 1, got {self.max_positions}")
+        if self.rollout_batch_size is not None and self.rollout_batch_size < 1:
+            raise FailtraceError(f"--rollout-batch-size must be at least 1, got {self.rollout_batch_size}")
+        if self.rollout_tokens is not None and self.rollout_tokens < 1:
+            raise FailtraceError(f"--rollout-tokens must be at least 1, got {self.rollout_tokens}")
+        if self.position_batch < 1:
+            raise FailtraceError(f"--position-batch must be at least 1, got {self.position_batch}")
+        if self.stop_every < 1:
+            raise FailtraceError(f"stop_every must be at least 1, got {self.stop_every}")
+
+    def identity(self, max_new_tokens: int | None = None) -> dict[str, Any]:
+        """What changes the results. Batching and early stopping only change speed; the rollout budget counts only
+        when it differs from the collection's budget (so default runs keep their ids)."""
+        out: dict[str, Any] = {"top_k": self.top_k, "min_delta": float(self.min_delta),
+                               "max_positions": self.max_positions, "try_unbounded": self.try_unbounded}
+        if self.rollout_tokens is not None and self.rollout_tokens != max_new_tokens:
+            out["rollout_tokens"] = self.rollout_tokens
+        return out
+
+
+@dataclass
+class PairResult:
+    """The outcome of the pair search for one failure (one row of the ``pairs`` table)."""
+
+    status: str
+    reason: str = ""
+    position: int | None = None  # index of the target token in the full sequence prompt + completion
+    completion_offset: int | None = None  # the same position counted from the completion's first token
+    target_id: int | None = None
+    target_text: str | None = None
+    contrast_id: int | None = None
+    contrast_text: str | None = None
+    contrast_source: str | None = None  # "model" or "helper" (the stronger sibling)
+    contrast_rank: int | None = None  # 1-based rank among its source's alternatives (target excluded)
+    contrast_model_rank: int | None = None  # 1-based rank under the model's logits (target excluded)
+    target_logit: float | None = None
+    contrast_logit: float | None = None
+    delta_logit: float | None = None
+    recovered_completion: str | None = None
+    rollouts: int = 0
+    checks: int = 0
+    positions_walked: int = 0
+    unverifiable_rollouts: int = 0
+    hit_length_limit: bool = False
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    seconds_prefix: float = 0.0
+    seconds_rollouts: float = 0.0
+    seconds_check: float = 0.0
+    # cost detail (not a store column yet; also written at the end of ``reason``)
+    tokens_decoded: int = 0  # tokens produced by all rollouts (forced tokens included)
+    rollouts_stopped: int = 0  # rollouts ended early because their prefix already decided the verdict (fail)
+    positions_decided: int = 0  # walked positions skipped because the completion's own prefix already fails
+
+    @property
+    def found(self) -> bool:
+        """A recovering contrast was found (whatever the final status)."""
+        return self.contrast_id is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PairResult:
+        names = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def visible(token: str) -> str:
+    """A decoded token with its whitespace shown (space '·', newline '↵', tab '→'), for messages."""
+    return token.replace(" ", "·").replace("\n", "↵").replace("\t", "→")
+
+
+def same_tokenizer(a: Any, b: Any) -> bool:
+    """True when two tokenizers map every token string to the same id."""
+    if a is b:
+        return True
+    try:
+        return bool(a.get_vocab() == b.get_vocab())
+    except Exception:  # pragma: no cover - exotic tokenizers
+        return False

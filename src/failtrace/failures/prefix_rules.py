@@ -1,0 +1,49 @@
+"""Early stopping of rollouts: ask the benchmark whether a completion prefix already decides the verdict (fail).
+
+A benchmark may define ``prefix_decides_fail(item, prefix) -> str | None``: a reason when *no* continuation of the
+text ``prefix`` can pass under its checker's own rules (e.g. IFEval strict "no commas" once a comma appears), else
+None. It must be sound: if it names a reason, the checker says ``fail`` for every completion that starts with
+``prefix``. Only a fail can be decided early: a pass always needs the full rollout.
+
+The text handed to the hook is the decoded token prefix with any trailing U+FFFD removed: a byte-level tokenizer's
+prefix may end inside a multi-byte character, which decodes to replacement characters until the character is
+complete; without them the decoded prefix is a prefix of the final completion text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from failtrace.benchmarks.base import Benchmark, Item
+
+
+def prefix_text(tokenizer: Any, ids: Sequence[int]) -> str:
+    """Decoded text of a token prefix that is a prefix of any longer completion's text (see the module docstring)."""
+    text = str(tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False))
+    return text.rstrip("\ufffd")
+
+
+class PrefixJudge:
+    """The benchmark's prefix rule for one item, or nothing when the benchmark has none."""
+
+    def __init__(self, benchmark: Benchmark, item: Item, tokenizer: Any, enabled: bool = True) -> None:
+        self.hook = getattr(benchmark, "prefix_decides_fail", None) if enabled else None
+        self.item = item
+        self.tokenizer = tokenizer
+        self.calls = 0
+
+    @property
+    def active(self) -> bool:
+        return self.hook is not None
+
+    def decided(self, ids: Sequence[int]) -> str | None:
+        """Why every completion starting with ``ids`` fails, or None (also when the rule itself errs)."""
+        if self.hook is None or not ids:
+            return None
+        self.calls += 1
+        try:
+            reason = self.hook(self.item, prefix_text(self.tokenizer, ids))
+        except Exception:  # a rule that cannot decide must never end a rollout
+            return None
+        return str(reason) if reason else None

@@ -1,0 +1,298 @@
+"""The pair search for one failure: the first completion position where one of the top-k alternatives recovers.
+
+For one failed item with prompt ids ``P`` (n tokens) and completion ids ``C`` (m tokens, exactly as generated, EOS
+included when the model stopped), with rollout budget ``R`` (default: the collection's ``max_new_tokens``):
+
+1. The stored completion is checked again; if the checker no longer says ``fail`` the case is ``unverifiable``.
+2. If ``C`` hit the length limit and ``R`` exceeds that limit, ``C`` is first continued greedily up to ``R`` tokens:
+   if it then stops and passes, the failure was an artefact of the budget (``unbounded``, said so); if it stops and
+   still fails, the failure is real and the search below treats it as bounded.
+3. One forward pass over ``P + C[:W-1]`` gives the KV cache and the next-token logits at every walked position,
+   ``W = min(m, max_positions)``. Nothing before a position is ever recomputed (the cache is shared by all).
+4. In-order semantics: position p = 0, 1, ..., W-1; at each, the model's top-k alternatives to ``C[p]`` (rank
+   order), then (with a stronger sibling) the sibling's top-k not tried yet. Each alternative ``a`` is forced after
+   ``P + C[:p]`` and decoding continues greedily with the model, the completion ``C[:p] + [a] + ...`` having at
+   most ``R`` tokens. The *first* alternative in this order whose rollout passes is the contrast; ``C[p]`` is the
+   target. ``Δℓ = logit(target) − logit(contrast)`` at p.
+
+Cost cuts that never change which pair is found (tested against the exhaustive in-order search):
+
+* positions are taken in blocks of 1, 2, 4, ... up to ``position_batch`` positions, and all rollouts of a block are
+  decoded as one batch (:func:`~failtrace.failures.generation.rollouts_at`); they are then *checked* in the order
+  above, so rollouts after the first pass are only wasted work, never a different answer;
+* with a benchmark prefix rule (:mod:`failtrace.failures.prefix_rules`) a rollout is ended as soon as its prefix
+  decides ``fail`` (checked every ``stop_every`` tokens), and a position whose own prefix ``C[:p]`` already fails is
+  not rolled out at all (neither is any later one: the rule is monotone in the prefix).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from failtrace.benchmarks.base import Benchmark, Item
+from failtrace.errors import FailtraceError
+from failtrace.failures.collect import safe_check
+from failtrace.failures.generation import (
+    FINISH_EOS,
+    FINISH_LENGTH,
+    decode_completion,
+    eos_token_ids,
+    finish_reason,
+    greedy_generate,
+    pad_token_id,
+    prefix_forward,
+    rollouts_at,
+)
+from failtrace.failures.pair_types import PairResult, PairSettings, same_tokenizer, visible
+from failtrace.failures.prefix_rules import PrefixJudge
+from failtrace.store.schema import PAIR_STATUSES
+
+
+@dataclass
+class _Row:
+    """One rollout of a block: completion offset, forced token, its source and rank there."""
+
+    p: int
+    token: int
+    source: str
+    rank: int
+
+
+@dataclass
+class _Search:
+    """Mutable counters of one search."""
+
+    rollouts: int = 0
+    checks: int = 0
+    unverifiable: int = 0
+    tokens: int = 0
+    stopped: int = 0
+    seconds_rollouts: float = 0.0
+    seconds_check: float = 0.0
+
+
+@dataclass
+class _Found:
+    row: _Row
+    text: str
+
+
+class PairFinder:
+    """Finds target/contrast pairs for the failures of one model (see the module docstring for the algorithm).
+
+    ``helper`` is the stronger sibling (same tokenizer required): its top-k is tried where the model's is not
+    enough; rollouts are still continued by the model being explained.
+    """
+
+    def __init__(self, loaded: Any, settings: PairSettings | None = None, helper: Any | None = None) -> None:
+        self.loaded = loaded
+        self.settings = settings or PairSettings()
+        self.settings.validate()
+        self.helper = helper
+        if helper is not None and not same_tokenizer(loaded.tokenizer, helper.tokenizer):
+            raise FailtraceError(
+                f"--sibling {helper.name} uses a different tokenizer than {loaded.name} (their vocabularies "
+                f"differ); the sibling must share the model's tokenizer so its tokens can be forced into the model"
+            )
+        self.eos = eos_token_ids(loaded.model, loaded.tokenizer)
+
+    def _token_text(self, token_id: int) -> str:
+        return str(self.loaded.tokenizer.decode([int(token_id)], clean_up_tokenization_spaces=False))
+
+    def _text(self, ids: Sequence[int]) -> str:
+        return decode_completion(self.loaded.tokenizer, ids, self.eos)
+
+    def _check(self, benchmark: Benchmark, item: Item, text: str, search: _Search) -> str:
+        t = time.perf_counter()
+        status = safe_check(benchmark, item, text).status
+        search.seconds_check += time.perf_counter() - t
+        search.checks += 1
+        return status
+
+    def _extend(self, prompt: list[int], comp: list[int], budget: int) -> tuple[list[int], str]:
+        """The stored completion continued greedily up to ``budget`` tokens (the rollout budget)."""
+        more = greedy_generate(self.loaded.model, [prompt + comp], budget - len(comp), self.eos,
+                               pad_token_id(self.loaded.tokenizer, self.eos))[0]
+        ids = comp + more.token_ids
+        return ids, finish_reason(ids, self.eos)
+
+    def _block_rows(self, block: Sequence[int], comp: list[int], model_top: list[list[int]],
+                    helper_top: list[list[int]] | None, vocab: int) -> list[_Row]:
+        """The rollouts of a block of positions, in the order they are checked."""
+        k = self.settings.top_k
+        rows: list[_Row] = []
+        for p in block:
+            cands = [c for c in model_top[p] if c != comp[p]][:k]
+            rows.extend(_Row(p, c, "model", r) for r, c in enumerate(cands, start=1))
+            if helper_top is not None:
+                ranked = [c for c in helper_top[p] if c != comp[p] and c < vocab][:k]
+                rows.extend(_Row(p, c, "helper", ranked.index(c) + 1) for c in ranked if c not in set(cands))
+        return rows
+
+    def _run_block(self, benchmark: Benchmark, item: Item, rows: list[_Row], comp: list[int], n: int, kv: Any,
+                   budget: int, judge: PrefixJudge, search: _Search) -> _Found | None:
+        """Decode a block's rollouts as one batch, then check them in order; the first pass is the answer."""
+        stop = None
+        if judge.active:
+            def stop(i: int, toks: list[int]) -> bool:
+                return judge.decided(comp[:rows[i].p] + toks) is not None
+        t = time.perf_counter()
+        seqs, stopped = rollouts_at(self.loaded.model, kv, [n + r.p for r in rows], [r.token for r in rows],
+                                    [budget - r.p for r in rows], self.eos, self.settings.rollout_batch_size,
+                                    stop, self.settings.stop_every)
+        search.seconds_rollouts += time.perf_counter() - t
+        search.rollouts += len(rows)
+        search.tokens += sum(len(s) for s in seqs)
+        search.stopped += sum(stopped)
+        for row, seq, ended in zip(rows, seqs, stopped, strict=True):
+            if ended:  # the rule proved every continuation fails: the checker would say fail
+                continue
+            text = self._text(comp[:row.p] + seq)
+            status = self._check(benchmark, item, text, search)
+            if status == "pass":
+                return _Found(row, text)
+            if status == "unverifiable":
+                search.unverifiable += 1
+        return None
+
+    def _walk(self, benchmark: Benchmark, item: Item, comp: list[int], n: int, kv: Any, positions: list[int],
+              model_top: list[list[int]], helper_top: list[list[int]] | None, vocab: int, budget: int,
+              judge: PrefixJudge, search: _Search) -> _Found | None:
+        """Blocks of 1, 2, 4, ... positions (at most ``position_batch``), in order, until one recovers."""
+        size, i = 1, 0
+        while i < len(positions):
+            block = positions[i:i + size]
+            rows = self._block_rows(block, comp, model_top, helper_top, vocab)
+            found = self._run_block(benchmark, item, rows, comp, n, kv, budget, judge, search)
+            if found is not None:
+                return found
+            i += len(block)
+            size = min(2 * size, self.settings.position_batch)
+        return None
+
+    def find(self, benchmark: Benchmark, item: Item, prompt_ids: Sequence[int], completion_ids: Sequence[int],
+             max_new_tokens: int, finish: str | None = None) -> PairResult:
+        """Search the failure point of one failed completion; always returns a result with one status."""
+        t0 = time.perf_counter()
+        prompt = [int(t) for t in prompt_ids]
+        comp = [int(t) for t in completion_ids]
+        n, m = len(prompt), len(comp)
+        finish = finish or finish_reason(comp, self.eos)
+        unbounded = finish == FINISH_LENGTH
+        budget = self.settings.rollout_tokens or max_new_tokens
+        res = PairResult(status="no_target", prompt_tokens=n, completion_tokens=m, hit_length_limit=unbounded)
+        search = _Search()
+        notes: list[str] = []
+
+        def done(status: str, reason: str) -> PairResult:
+            res.rollouts, res.checks, res.unverifiable_rollouts = search.rollouts, search.checks, search.unverifiable
+            res.seconds_rollouts, res.seconds_check = search.seconds_rollouts, search.seconds_check
+            res.tokens_decoded, res.rollouts_stopped = search.tokens, search.stopped
+            res.seconds = time.perf_counter() - t0
+            cost = (f" [{search.rollouts} rollouts, {search.tokens} tokens decoded, {search.stopped} stopped early, "
+                    f"{res.positions_decided} positions decided by the prefix]") if search.rollouts or \
+                res.positions_decided else ""
+            res.status, res.reason = status, reason + "".join(notes) + cost
+            assert status in PAIR_STATUSES
+            return res
+
+        t = time.perf_counter()
+        verdict = safe_check(benchmark, item, self._text(comp))
+        search.seconds_check += time.perf_counter() - t
+        search.checks += 1
+        if verdict.status != "fail":
+            why = "; ".join(verdict.reasons)[:300]
+            return done("unverifiable", f"the checker now says {verdict.status!r} for the stored completion, not "
+                                        f"'fail'{': ' + why if why else ''}; recoveries against it would mean nothing")
+        if unbounded and budget > max_new_tokens and m < budget:
+            longer, why_end = self._extend(prompt, comp, budget)
+            if why_end == FINISH_EOS:
+                status = self._check(benchmark, item, self._text(longer), search)
+                if status == "pass":
+                    return done("unbounded", f"the completion hit the {max_new_tokens}-token limit and passes when "
+                                             f"continued to {len(longer)} tokens (rollout budget {budget}): the "
+                                             f"failure is an artefact of the budget")
+                if status == "fail":
+                    unbounded = False
+                    notes.append(f"; the completion hit the {max_new_tokens}-token limit but stops at "
+                                 f"{len(longer)} tokens within the rollout budget {budget} and still fails")
+        if unbounded and not self.settings.try_unbounded:
+            return done("unbounded", f"the completion hit the {max_new_tokens}-token limit; search skipped")
+        return self._search(benchmark, item, prompt, comp, budget, max_new_tokens, unbounded, res, search, done)
+
+    def _search(self, benchmark: Benchmark, item: Item, prompt: list[int], comp: list[int], budget: int,
+                max_new_tokens: int, unbounded: bool, res: PairResult, search: _Search, done: Any) -> PairResult:
+        """Steps 3-4 of the module docstring, then the status."""
+        import torch
+
+        n, m, k = len(prompt), len(comp), self.settings.top_k
+        walk = min(m, self.settings.max_positions)
+        if walk == 0:
+            return done("unbounded" if unbounded else "no_target", "the completion is empty: no position to walk")
+        t = time.perf_counter()
+        state = prefix_forward(self.loaded.model, prompt + comp[:walk - 1], n_logits=walk)
+        helper_top: list[list[int]] | None = None
+        if self.helper is not None:
+            hstate = prefix_forward(self.helper.model, prompt + comp[:walk - 1], n_logits=walk, keep_cache=False)
+            helper_top = torch.topk(hstate.logits, min(k + 1, hstate.logits.shape[-1]), dim=-1).indices.tolist()
+        model_top = torch.topk(state.logits, min(k + 1, state.logits.shape[-1]), dim=-1).indices.tolist()
+        vocab = int(state.logits.shape[-1])  # a sibling with a padded embedding may rank ids the model lacks
+        res.seconds_prefix = time.perf_counter() - t
+
+        positions = [p for p in range(walk) if budget - p >= 1]
+        judge = PrefixJudge(benchmark, item, self.loaded.tokenizer, self.settings.early_stop)
+        live, decided = positions, None
+        for i, p in enumerate(positions):  # the completion's own prefix may already fail: no rollout can recover
+            decided = judge.decided(comp[:p]) if judge.active else None
+            if decided is not None:
+                live = positions[:i]
+                break
+        res.positions_decided = len(positions) - len(live)
+        found = self._walk(benchmark, item, comp, n, state.kv, live, model_top, helper_top, vocab, budget, judge,
+                           search)
+        res.positions_walked = found.row.p + 1 if found is not None else len(positions)
+        if found is not None:
+            return self._record(found, state.logits[found.row.p], comp, n, budget, unbounded, res, search, done)
+        capped = walk < m
+        scope = (f"the first {walk} of {m} completion positions (capped by max-positions "
+                 f"{self.settings.max_positions})" if capped else f"all {m} completion positions")
+        if res.positions_decided:
+            scope += f" (the last {res.positions_decided} not rolled out: their prefix already fails: {decided})"
+        if unbounded:
+            return done("unbounded", f"the completion hit the {max_new_tokens}-token limit and no alternative "
+                                     f"recovered in {scope}")
+        if search.unverifiable:
+            return done("unverifiable", f"no recovery in {scope}, but {search.unverifiable} rollout(s) could not "
+                                        f"be verified")
+        if self.helper is not None:
+            return done("no_contrast", f"no alternative in the top-{k} of {self.loaded.name} or of sibling "
+                                       f"{self.helper.name} recovers in {scope}")
+        return done("no_target", f"no alternative in the model's top-{k} recovers in {scope}")
+
+    def _record(self, found: _Found, row: Any, comp: list[int], n: int, budget: int, unbounded: bool,
+                res: PairResult, search: _Search, done: Any) -> PairResult:
+        """Fill the pair fields of a recovery and decide its status."""
+        p, contrast, target = found.row.p, found.row.token, comp[found.row.p]
+        res.position, res.completion_offset = n + p, p
+        res.target_id, res.target_text = target, self._token_text(target)
+        res.contrast_id, res.contrast_text = contrast, self._token_text(contrast)
+        res.contrast_source, res.contrast_rank = found.row.source, found.row.rank
+        higher = int((row > row[contrast]).sum()) - int(bool(row[target] > row[contrast]))
+        res.contrast_model_rank = higher + 1
+        res.target_logit, res.contrast_logit = float(row[target]), float(row[contrast])
+        res.delta_logit = res.target_logit - res.contrast_logit
+        res.recovered_completion = found.text
+        where = (f"at completion offset {p} (sequence position {n + p}): target '{visible(res.target_text)}' -> "
+                 f"contrast '{visible(res.contrast_text)}' ({found.row.source} rank {found.row.rank}), "
+                 f"Δℓ = {res.delta_logit:.3f}")
+        if unbounded:
+            return done("unbounded", f"the completion hit the length limit; a recovery was found {where}")
+        if search.unverifiable:
+            return done("unverifiable", f"{search.unverifiable} rollout(s) checked before the recovery {where} "
+                                        f"could not be verified, so it may not be the first recovering choice")
+        if res.delta_logit > self.settings.min_delta:
+            return done("clean", f"recovered {where}")
+        return done("weak_preference", f"recovered {where}, but Δℓ <= min-delta {self.settings.min_delta}")

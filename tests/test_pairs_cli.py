@@ -1,0 +1,65 @@
+"""``failtrace pairs --sibling`` (alias ``--helper-model``) and ``--rollout-tokens`` from the command line."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from failtrace.cli import main
+from failtrace.failures.collect import register_benchmark
+from failtrace.store import open_store
+from failtrace.testing.toy import ToyBenchmark, one_thread, save_toy_model, toy_tokenizer
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    with one_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    root = tmp_path_factory.mktemp("toys")
+    with one_thread():
+        own = save_toy_model(root / "own", seed=0)
+        sibling = save_toy_model(root / "sibling", seed=1)
+        other = save_toy_model(root / "other", seed=1)
+        tok = toy_tokenizer()
+        tok.add_tokens(["<extra-token>"])
+        tok.save_pretrained(other)
+    return own, sibling, other
+
+
+def test_sibling_option_alias_and_tokenizer_error(tmp_path: Path, models: tuple[Path, Path, Path],
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    own, sibling, other = models
+    register_benchmark(ToyBenchmark(name="toy-sib", mode="contains", max_new_tokens=10))
+    data = tmp_path / "items.jsonl"
+    data.write_text("\n".join(json.dumps({"id": f"a{i}", "prompt": f"Say {chr(97 + i)}", "needle": "\x7f\x7f"})
+                              for i in range(2)) + "\n")
+    store = tmp_path / "s.duckdb"
+    assert main(["collect", "-b", "toy-sib", "-d", str(data), "-m", str(own), "-s", str(store),
+                 "--max-new-tokens", "10", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["pairs", "-s", str(store), "-k", "2", "--max-positions", "2", "--sibling", str(other),
+                 "--no-progress"]) != 0
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "different tokenizer" in err and "--sibling" in err
+    assert "Traceback" not in err
+    with open_store(store, read_only=True) as st:
+        assert st.runs("pairs") == [] or all(not st.pairs(r.run_id) for r in st.runs("pairs"))
+    for flag in ("--sibling", "--helper-model"):
+        assert main(["pairs", "-s", str(store), "-k", "2", "--max-positions", "2", flag, str(sibling),
+                     "--no-progress"]) == 0
+        capsys.readouterr()
+    with open_store(store, read_only=True) as st:
+        runs = st.runs("pairs")
+        assert len(runs) == 1 and runs[0].settings["helper_model"] == str(sibling)  # the same run either way
+        assert {r["status"] for r in st.pairs(runs[0].run_id)} <= {"no_contrast", "unbounded", "clean",
+                                                                  "weak_preference"}
+    assert main(["pairs", "-s", str(store), "--rollout-tokens", "0", "--no-progress"]) != 0
+    err = capsys.readouterr().err  # refused by the option parser, before any model load
+    assert err.startswith("error: ") and "--rollout-tokens" in err and "at least 1" in err

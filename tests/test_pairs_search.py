@@ -1,0 +1,189 @@
+"""Batched multi-position rollouts and early stopping never change which pair is found (toy models, float64)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import torch
+
+from failtrace.benchmarks.base import Item, Verdict
+from failtrace.failures.generation import (
+    decode_completion,
+    eos_token_ids,
+    greedy_generate,
+    naive_greedy,
+    prefix_forward,
+    rollouts_at,
+)
+from failtrace.failures.pairs import PairFinder, PairSettings, pair_run_record
+from failtrace.failures.reference import _top, exhaustive_search
+from failtrace.models.chat import apply_chat_template
+from failtrace.store.store import RunRecord
+from failtrace.testing.toy import ToyBenchmark, one_thread, toy_items, toy_loaded
+
+BUDGET = 16
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    with one_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def lm() -> Any:
+    return toy_loaded(0, dtype="float64")
+
+
+@dataclass
+class Forbid(ToyBenchmark):
+    """Pass iff the needle occurs and the forbidden character does not; a prefix with it fails whatever follows."""
+
+    forbidden: str = "-"
+    rule_calls: int = 0
+
+    def check(self, item: Item, completion: str) -> Verdict:
+        self.calls += 1
+        ok = str(item.reference["needle"]) in completion and self.forbidden not in completion
+        return Verdict("pass" if ok else "fail")
+
+    def prefix_decides_fail(self, item: Item, prefix: str) -> str | None:
+        self.rule_calls += 1
+        return f"{self.forbidden!r} written" if self.forbidden in prefix else None
+
+
+def _case(lm: Any, index: int, budget: int = BUDGET) -> tuple[Item, list[int], list[int]]:
+    item = toy_items(index + 1)[index]
+    prompt = apply_chat_template(lm.tokenizer, item.prompt)
+    eos = eos_token_ids(lm.model, lm.tokenizer)
+    return item, prompt, greedy_generate(lm.model, [prompt], budget, eos)[0].token_ids
+
+
+def test_rollouts_at_several_prefix_lengths_equal_naive_greedy(lm: Any) -> None:
+    eos = eos_token_ids(lm.model, lm.tokenizer)
+    _, prompt, comp = _case(lm, 1, budget=20)
+    n = len(prompt)
+    state = prefix_forward(lm.model, prompt + comp, n_logits=2)
+    starts = [0, 3, 3, 7, 1, 7]
+    forced = [65, 80, 90, 40, 120, 7]
+    budgets = [20 - p for p in starts]
+    seqs, stopped = rollouts_at(lm.model, state.kv, [n + p for p in starts], forced, budgets, eos)
+    naive = [naive_greedy(lm.model, prompt + comp[:p], b, eos, forced=a) for p, a, b in zip(starts, forced, budgets)]
+    assert seqs == naive and stopped == [False] * len(starts)
+    two, _ = rollouts_at(lm.model, state.kv, [n + p for p in starts], forced, budgets, eos, batch_size=4)
+    assert two == naive
+    # a stop rule ends rows only at multiples of stop_every, and a stopped row is a prefix of its full rollout
+    seen: list[tuple[int, int]] = []
+
+    def stop(i: int, toks: list[int]) -> bool:
+        seen.append((i, len(toks)))
+        return i % 2 == 0
+    cut, ended = rollouts_at(lm.model, state.kv, [n + p for p in starts], forced, budgets, eos, stop=stop,
+                             stop_every=3)
+    assert all(length % 3 == 0 for _, length in seen)
+    for i, (c, full) in enumerate(zip(cut, naive, strict=True)):
+        assert full[:len(c)] == c
+        if ended[i]:
+            assert i % 2 == 0 and len(c) == 3 and len(full) > 3
+        else:
+            assert c == full
+    assert any(ended)
+
+
+def _compare(lm: Any, bench: Any, item: Item, prompt: list[int], comp: list[int], k: int, settings: PairSettings,
+             budget: int = BUDGET) -> Any:
+    res = PairFinder(lm, settings).find(bench, item, prompt, comp, budget, "eos")
+    ref = exhaustive_search(lm, bench, item, prompt, comp, budget, k, settings.max_positions, naive=True)
+    assert (res.completion_offset, res.contrast_id, res.contrast_rank) == (ref.offset, ref.contrast, ref.rank)
+    if ref.offset is not None:
+        with torch.no_grad():
+            row = lm.model(input_ids=torch.tensor([prompt + comp[:ref.offset]])).logits[0, -1]
+        assert res.delta_logit == pytest.approx(float(row[comp[ref.offset]] - row[ref.contrast]), abs=1e-9)
+        assert res.status in ("clean", "weak_preference")
+    else:
+        assert res.status == "no_target"
+    return res, ref
+
+
+def test_early_stopping_and_batching_match_the_exhaustive_search(lm: Any) -> None:
+    """The needle comes from a real rollout, the forbidden character from the stored completion but not that
+    rollout: the rule fires on rollouts and on the completion's own prefixes, and a recovery exists."""
+    k = 4
+    eos = eos_token_ids(lm.model, lm.tokenizer)
+    stopped = 0
+    for index, p_needle, rank in ((1, 2, 3), (4, 1, 4), (6, 3, 1)):
+        item, prompt, comp = _case(lm, index)
+        alt = _top(lm.model, prompt + comp[:p_needle], comp[p_needle], k)[rank - 1]
+        seq = naive_greedy(lm.model, prompt + comp[:p_needle], BUDGET - p_needle, eos, forced=alt)
+        text = decode_completion(lm.tokenizer, comp[:p_needle] + seq, eos)
+        original = decode_completion(lm.tokenizer, comp, eos)
+        forbidden = next(c for c in original[p_needle:] if c not in text)
+        item.reference["needle"] = text[-3:]
+        bench = Forbid(forbidden=forbidden)
+        results = [_compare(lm, bench, item, prompt, comp, k, PairSettings(top_k=k, min_delta=0.0, **kw))[0]
+                   for kw in ({"early_stop": False, "position_batch": 1}, {}, {"position_batch": 8, "stop_every": 1},
+                              {"position_batch": 3, "stop_every": 2, "rollout_batch_size": 5})]
+        plain = results[0]
+        assert plain.found and plain.rollouts_stopped == 0 and plain.positions_decided == 0
+        for r in results[1:]:
+            assert (r.status, r.completion_offset, r.contrast_id, r.recovered_completion) == \
+                (plain.status, plain.completion_offset, plain.contrast_id, plain.recovered_completion)
+        stopped += sum(r.rollouts_stopped for r in results)
+    assert stopped > 0  # the rule did end rollouts: the comparison is not vacuous
+
+
+def test_early_stopping_skips_positions_whose_own_prefix_fails(lm: Any) -> None:
+    item, prompt, comp = _case(lm, 2)
+    eos = eos_token_ids(lm.model, lm.tokenizer)
+    text = decode_completion(lm.tokenizer, comp, eos)
+    forbidden = text[3]  # written by the model at (about) its 4th character: later positions cannot recover
+    item.reference["needle"] = "\x00never\x00"
+    bench = Forbid(forbidden=forbidden)
+    res, ref = _compare(lm, bench, item, prompt, comp, 3, PairSettings(top_k=3))
+    assert res.status == "no_target" and res.positions_decided > 0
+    assert res.rollouts + 3 * res.positions_decided == ref.rollouts  # every skipped position had k rollouts
+    assert res.positions_walked == min(len(comp), 64) and "prefix already fails" in res.reason
+
+
+def test_rollout_budget_resolves_or_keeps_unbounded_failures(lm: Any) -> None:
+    item, prompt, full = _case(lm, 1, budget=40)
+    eos = eos_token_ids(lm.model, lm.tokenizer)
+    assert full[-1] in eos and len(full) == 15
+    comp = full[:8]  # what a collection with an 8-token budget stored: finish reason "length"
+    never = ToyBenchmark(mode="never")
+    res = PairFinder(lm, PairSettings(top_k=2)).find(never, item, prompt, comp, 8)
+    assert res.status == "unbounded"
+    longer = PairFinder(lm, PairSettings(top_k=2, rollout_tokens=24)).find(never, item, prompt, comp, 8)
+    assert longer.status == "no_target" and "stops at 15 tokens" in longer.reason and longer.hit_length_limit
+    item.reference["needle"] = decode_completion(lm.tokenizer, full, eos)
+    artefact = PairFinder(lm, PairSettings(top_k=2, rollout_tokens=24)).find(ToyBenchmark(mode="prefix"), item,
+                                                                             prompt, comp, 8)
+    assert artefact.status == "unbounded" and "artefact of the budget" in artefact.reason and artefact.rollouts == 0
+    # rollouts at the larger budget find exactly what the exhaustive search finds at that budget
+    bench = Forbid(forbidden="\x7f")
+    alt = _top(lm.model, prompt + comp[:1], comp[1], 3)[1]
+    seq = naive_greedy(lm.model, prompt + comp[:1], 23, eos, forced=alt)
+    item.reference["needle"] = decode_completion(lm.tokenizer, comp[:1] + seq, eos)[-4:]
+    assert item.reference["needle"] not in decode_completion(lm.tokenizer, full, eos)
+    res = PairFinder(lm, PairSettings(top_k=3, rollout_tokens=24)).find(bench, item, prompt, comp, 8)
+    ref = exhaustive_search(lm, bench, item, prompt, comp, 24, 3)
+    assert (res.completion_offset, res.contrast_id) == (ref.offset, ref.contrast) and ref.offset is not None
+    assert res.status in ("clean", "weak_preference")  # bounded now: the continued completion stops and fails
+
+
+def test_run_identity_ignores_speed_only_settings(lm: Any) -> None:
+    run = RunRecord(run_id="c1", stage="collect", parent_run_id=None, benchmark="toy", model=lm.name,
+                    model_source="x", revision=None, dtype="float64", device="cpu", seed=0, versions={},
+                    settings={"max_new_tokens": 32}, data=None)
+    base = pair_run_record(run, lm, PairSettings(), None).run_id
+    old_key = {"stage": "pairs", "parent": "c1", "helper": None, "top_k": 10, "min_delta": 1.0, "max_positions": 64,
+               "try_unbounded": True}  # the key before these settings existed: stores keep their pair run ids
+    assert base == hashlib.sha256(json.dumps(old_key, sort_keys=True).encode()).hexdigest()[:16]
+    fast = PairSettings(position_batch=16, early_stop=False, stop_every=2, rollout_tokens=32)
+    assert pair_run_record(run, lm, fast, None).run_id == base
+    assert pair_run_record(run, lm, PairSettings(rollout_tokens=64), None).run_id != base
