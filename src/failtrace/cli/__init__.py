@@ -27,6 +27,7 @@ _COMMAND_MODULES = (
     "failtrace.cli.pipeline",
     "failtrace.cli.graph",
     "failtrace.cli.report",
+    "failtrace.cli.analyse",
 )
 
 for _name in _COMMAND_MODULES:
