@@ -28,6 +28,7 @@ _COMMAND_MODULES = (
     "failtrace.cli.graph",
     "failtrace.cli.report",
     "failtrace.cli.analyse",
+    "failtrace.cli.serve",
 )
 
 for _name in _COMMAND_MODULES:
