@@ -132,7 +132,8 @@
       view.appendChild(el("section", {class: "block grid2"}, [
         el("div", {}, [el("h3", {}, "Masking flip curves"), el("p", {class: "note"},
           "Δℓ after masking each method's top-k tokens (" + (c.masking ? c.masking.rule : "") + "); below 0 the prediction flips. Bold: " + method + "."),
-          curves(c, method), methodsTable(c)]),
+          curves(c, method), el("p", {class: "note"}, "grey: the other methods (hover a line for its name and k*)"),
+          methodsTable(c)]),
         labels(c)]));
       view.appendChild(FT.views.reviewBox(c));
     });
