@@ -34,7 +34,12 @@ def _cursor(request: Request) -> Any:
     yield from _state(request).cursor()
 
 
+def _rows_cursor(request: Request) -> Any:
+    yield from _state(request).rows_cursor()
+
+
 Cursor = Annotated[Any, Depends(_cursor)]
+RowsCursor = Annotated[Any, Depends(_rows_cursor)]
 
 
 def _facet_values(values: list[str] | None) -> list[str]:
@@ -77,7 +82,7 @@ def meta(request: Request, cur: Cursor) -> dict[str, Any]:
 
 @router.get("/api/table", summary="The cases table: one page of rows, the total, counts per facet")
 def cases_table(
-    request: Request, cur: Cursor,
+    request: Request, cur: RowsCursor,
     benchmark: _VALUE = None, model: _VALUE = None, verdict: _VALUE = None, pair_status: _VALUE = None,
     category: _VALUE = None, pattern: _VALUE = None,
     dl_min: Annotated[float | None, Query(ge=-1e9, le=1e9, description="Δℓ at least")] = None,
@@ -94,7 +99,7 @@ def cases_table(
     tq = TableQuery(facets={k: _facet_values(v) for k, v in given.items() if v}, dl_min=dl_min, dl_max=dl_max,
                     k_min=k_min, k_max=k_max, has_case=has_case, search=q or None, sort=sort, desc=desc,
                     limit=limit, offset=offset)
-    return casedata.finite(table(cur, tq, _state(request).has_cases))
+    return casedata.finite(table(cur, tq))
 
 
 @router.get("/api/cases/{case_id}", summary="One case: tokens, relevance per method, flip curves, labels")
@@ -191,6 +196,7 @@ def add_override(case_id: CASE_ID, body: OverrideIn, request: Request) -> dict[s
             raise HTTPException(404, "no such case")
         saved = set_override(st.store, case_id, body.category, comment)
         review = _insert_review(st, row[0], row[1], case_id, "category", body.category, comment)
+        st.refresh_rows()  # the table shows the effective category
     return {"override": {k: str(v) if k == "created_at" else v for k, v in saved.items()}, "review": review}
 
 

@@ -83,6 +83,26 @@ class ServeState:
         tables = {r[0] for r in self.store.con.execute(
             "SELECT table_name FROM information_schema.tables").fetchall()}
         self.has_reviews = "reviews" in tables
+        from failtrace.serve.queries import RowIndex
+
+        self.rows = RowIndex()
+        self.refresh_rows()
+
+    def refresh_rows(self) -> None:
+        """Rebuild the cases table's join (at start and after each write)."""
+        cur = self.store.con.cursor()
+        try:
+            self.rows.refresh(cur, self.has_cases)
+        finally:
+            cur.close()
+
+    def rows_cursor(self) -> Iterator[Any]:
+        """A per-request cursor on the in-memory cases table (FastAPI dependency)."""
+        cur = self.rows.cursor()
+        try:
+            yield cur
+        finally:
+            cur.close()
 
     def cursor(self) -> Iterator[Any]:
         """A per-request cursor (FastAPI dependency), closed when the request ends."""
@@ -93,6 +113,7 @@ class ServeState:
             cur.close()
 
     def close(self) -> None:
+        self.rows.close()
         self.store.close()
 
 
