@@ -4,7 +4,9 @@ and a bounded sequential request loop (``--requests`` per endpoint, one client, 
 p50/p90/p99 per endpoint. Baseline in the same run: ``/api/meta`` (no table work), so the ratios say what the joins,
 facets and paging cost on top of a request round trip.
 
-    .venv/bin/python perf/bench_serve.py [--items 100000] [--requests 100] [--tokens 64]
+    .venv/bin/python perf/bench_serve.py [--items 100000] [--requests 100] [--tokens 64] [--browser /usr/bin/chromium]
+
+With ``--browser`` it also times the first render of the table and of a 16k-token case page in headless Chromium.
 """
 
 from __future__ import annotations
@@ -49,6 +51,16 @@ def build(path: Path, items: int, tokens: int) -> str:
         c.execute(f"""INSERT INTO case_methods SELECT case_id, 'attnlrp',
                       list_transform(range({tokens}), lambda x: (x % 13 - 6) / 6.0), [], '{{}}', [1.0, 0.5, -0.1],
                       2 + (hash(case_id) % 8)::INTEGER, 0.0 FROM cases""")
+        # one long case (an agent-trace-sized context) for the case page's first render
+        n = 16_000
+        c.execute(f"""INSERT INTO cases SELECT 'long' || lpad('', 20, '0'), 'a1', 'p1', 'r1', 'i0000000', 'synth', 'm',
+                      'f', range({n}), (SELECT json_group_array('w' || (i % 97)::VARCHAR) FROM range({n}) t(i)),
+                      [true] || list_transform(range({n - 1}), lambda x: false), {n - 100}, {n}, 7, 'a', 8, 'b', 1.0,
+                      '{{"system": [[0, 2000]], "query": [[2000, {n - 100}]], "answer": [[{n - 100}, {n}]]}}',
+                      '["query"]', '{{"rule": "zero-embedding", "token_id": null, "max_k": 10}}', 'M-IA', '{{}}',
+                      'none', '{{}}', '{{}}', '{{}}', '[]', '{{}}', now()""")
+        c.execute(f"""INSERT INTO case_methods SELECT 'long' || lpad('', 20, '0'), 'attnlrp',
+                      list_transform(range({n}), lambda x: sin(x / 50.0)), [], '{{}}', [1.0, -0.5], 1, 0.0""")
         return c.execute("SELECT min(case_id) FROM cases").fetchone()[0]
 
 
@@ -67,6 +79,7 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=100_000)
     ap.add_argument("--requests", type=int, default=100)
     ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--browser", default="", help="path of a chromium binary: also time the first render")
     args = ap.parse_args()
     import uvicorn
 
@@ -99,8 +112,30 @@ def main() -> None:
         q = statistics.quantiles(ms, n=100)
         base_p50 = base_p50 or q[49]
         print(f"{name:24} {q[49]:8.1f} {q[89]:8.1f} {q[98]:8.1f} {q[49] / base_p50:13.1f}")
+    if args.browser:
+        paint(base, args.browser)
     srv.should_exit = True
     th.join(10)
+
+
+def paint(base: str, chromium: str) -> None:
+    """Time from navigation to the rendered view (body[data-ready]) in headless Chromium, median of 3."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1360, "height": 900})
+        for name, url, ready in (("table", "/#/cases", "cases"), ("16k-token case", "/#/case/long" + "0" * 20, "case")):
+            times = []
+            for _ in range(3):
+                page.goto("about:blank")
+                t0 = time.perf_counter()
+                page.goto(base + url)
+                page.wait_for_selector(f"body[data-ready={ready}]", timeout=120_000)
+                times.append(time.perf_counter() - t0)
+            n = page.locator(".tok").count() if ready == "case" else page.locator("tr.row").count()
+            print(f"first render {name}: {statistics.median(times) * 1000:.0f} ms (median of 3; {n} elements)")
+        browser.close()
 
 
 if __name__ == "__main__":

@@ -86,7 +86,7 @@ var FT = (function () {
 
   FT.crumb = function (nodes) {
     var c = document.getElementById("nav-crumb"); c.textContent = "";
-    [].concat(nodes || []).forEach(function (n) { c.appendChild(FT.el("span", {class: "sep"}, "›")); c.appendChild(n); });
+    [].concat(nodes || []).filter(Boolean).forEach(function (n) { c.appendChild(FT.el("span", {class: "sep"}, "›")); c.appendChild(n); });
   };
 
   FT.error = function (view, err) {
