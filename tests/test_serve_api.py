@@ -5,6 +5,7 @@ reaches the filesystem; browsing never changes the store file (sha256)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from collections import Counter
@@ -230,3 +231,52 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
     (tmp_path / "s.duckdb").write_text("not a database")
     assert main(["serve", "--store", str(tmp_path / "s.duckdb"), "--port", "70000"]) == 2
     assert "--port 70000" in capsys.readouterr().err
+
+
+def test_cli_port_in_use_is_one_line(toy: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    from failtrace.cli import main
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        assert main(["serve", "--store", str(toy["store"]), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot serve on 127.0.0.1:{port}") and err.count("\n") == 1
+
+
+def test_cli_serves_and_stops_on_sigint(toy: dict[str, Any]) -> None:
+    """The real command in a subprocess: prints its loopback URL, answers, stops cleanly on Ctrl-C (SIGINT)."""
+    import os
+    import signal
+    import subprocess
+    import urllib.request
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "failtrace.cli", "serve", "--store", str(toy["store"]),
+                             "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("failtrace explorer on http://127.0.0.1:") and "read-only" in line
+        url = line.split()[3]
+        for _ in range(100):
+            try:
+                with urllib.request.urlopen(url + "/api/meta", timeout=5) as r:
+                    assert json.loads(r.read())["review"] is False
+                break
+            except OSError:
+                import time
+
+                time.sleep(0.1)
+        else:
+            pytest.fail("the server never answered")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert sha256(toy["store"]) == toy["sha"]

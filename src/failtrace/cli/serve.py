@@ -30,14 +30,31 @@ def serve_command(
     if host not in LOOPBACK:
         typer.echo(f"warning: binding {host}: anyone who can reach this address can read the store"
                    + (" and write reviews" if review else ""), err=True)
+    port = _check_bind(host, port)
     hosts = ["127.0.0.1", "localhost", "[::1]", "::1"] + ([] if host in LOOPBACK else ["*"])
     app = create_app(store, review=review, allowed_hosts=hosts)
     shown = f"[{host}]" if ":" in host else host
     typer.echo(f"failtrace explorer on http://{shown}:{port}  ({store}, {'review mode' if review else 'read-only'})")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def _check_bind(host: str, port: int) -> int:
+    """Fail with one clear line (not uvicorn's log) when the address cannot be bound, e.g. the port is in use.
+    Returns the port (a free one chosen now for ``--port 0``, so the printed URL is the real one)."""
+    import socket
+
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as exc:
-        raise FailtraceError(f"cannot serve on {host}:{port}: {exc}") from None
+        raise FailtraceError(f"--host {host!r} does not resolve: {exc}") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as exc:
+            raise FailtraceError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
+        return int(s.getsockname()[1])
 
 
 def register(app: typer.Typer) -> None:
