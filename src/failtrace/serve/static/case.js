@@ -37,24 +37,37 @@
         if (shut.length) p.set("closed", shut.filter(function (v, i, a) { return a.indexOf(v) === i; }).join(",")); else p.delete("closed");
         FT.go("case", c.case_id, p, true);
       });
-      for (var i = run[1]; i < run[2]; i++) d.appendChild(token(c, m, i, readout));
+      var frag = document.createDocumentFragment();
+      for (var i = run[1]; i < run[2]; i++) frag.appendChild(token(c, m, i));
+      d.appendChild(frag);
       box.appendChild(d);
     });
+    box.addEventListener("mouseover", function (ev) {
+      var t = ev.target.closest ? ev.target.closest(".tok") : null;
+      if (!t) { FT.tip(ev, null); return; }
+      var text = tokenText(c, m, +t.dataset.p);
+      readout.textContent = text.replace("\n", "   "); FT.tip(ev, text);
+    });
+    box.addEventListener("mouseleave", function (ev) { FT.tip(ev, null); });
     box.appendChild(el("span", {class: "next"}, ["⟶ ", el("span", {class: "pill tgt"}, FT.shown(c.target.text)), " vs ",
                                                   el("span", {class: "pill ctr"}, FT.shown(c.contrast.text))]));
     return [readout, box];
   }
 
-  function token(c, m, i, readout) {
-    var sp = c.special[i], v = m && m.drawable ? m.norm[i] : null, raw = m && m.drawable ? m.raw[i] : null;
-    var t = el("span", {class: "tok" + (sp ? " sp" : "") + (i === c.tokens.length - 1 ? " pos" : "") +
-                        (i >= c.prompt_length ? " ans" : ""), "data-p": i}, FT.shown(c.tokens[i]));
-    if (!sp && v !== null) { t.style.background = FT.mix(v); t.style.color = Math.abs(v) > 0.62 ? "#fff" : "#111"; }
-    var text = "pos " + i + " · ‹" + FT.shown(c.tokens[i]) + "› · " + (c.labels[i] || "no segment") +
-      (sp ? " · special (grey)" : "") + "\nR = " + FT.fmt(raw, 5) + "   normalised = " + FT.fmt(v, 3);
-    t.addEventListener("mouseenter", function (ev) { readout.textContent = text.replace("\n", "   "); FT.tip(ev, text); });
-    t.addEventListener("mouseleave", function (ev) { FT.tip(ev, null); });
+  function token(c, m, i) {  // one span; hover is handled once for the whole strip (see tokenText)
+    var sp = c.special[i], v = m && m.drawable ? m.norm[i] : null;
+    var t = document.createElement("span");
+    t.className = "tok" + (sp ? " sp" : "") + (i === c.tokens.length - 1 ? " pos" : "") + (i >= c.prompt_length ? " ans" : "");
+    t.dataset.p = i;
+    t.textContent = FT.shown(c.tokens[i]);
+    if (!sp && v !== null) t.style.cssText = "background:" + FT.mix(v) + ";color:" + (Math.abs(v) > 0.62 ? "#fff" : "#111");
     return t;
+  }
+
+  function tokenText(c, m, i) {
+    var sp = c.special[i], v = m && m.drawable ? m.norm[i] : null, raw = m && m.drawable ? m.raw[i] : null;
+    return "pos " + i + " · ‹" + FT.shown(c.tokens[i]) + "› · " + (c.labels[i] || "no segment") +
+      (sp ? " · special (grey)" : "") + "\nR = " + FT.fmt(raw, 5) + "   normalised = " + FT.fmt(v, 3);
   }
 
   function curves(c, method) {  // Δℓ after masking the top-k tokens, k = 0..K, one line per method
