@@ -44,30 +44,40 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
+def _start(store: Path, review: bool) -> tuple[Any, threading.Thread, str]:
     import uvicorn
 
     from failtrace.serve.app import create_app
 
-    info = analysed_toy_store(tmp_path_factory.mktemp("serve-browser"))
-    with open_store(info["store"], read_only=True) as st:
-        info["cases"] = load_cases(st, with_graph=True)
-        info["n_rows"] = st.con.execute("SELECT count(*) FROM verdicts").fetchone()[0]
-        info["n_clean"] = st.con.execute("SELECT count(*) FROM pairs WHERE status = 'clean'").fetchone()[0]
-    info["sha"] = sha256(info["store"])
     port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(info["store"]), host="127.0.0.1", port=port, log_level="warning"))
+    srv = uvicorn.Server(uvicorn.Config(create_app(store, review=review), host="127.0.0.1", port=port,
+                                        log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not srv.started:
         assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
         time.sleep(0.05)
-    info["base"] = f"http://127.0.0.1:{port}/"
+    return srv, thread, f"http://127.0.0.1:{port}/"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    info = analysed_toy_store(tmp_path_factory.mktemp("serve-browser"))
+    with open_store(info["store"], read_only=True) as st:
+        info["cases"] = load_cases(st, with_graph=True)
+        info["n_rows"] = st.con.execute("SELECT count(*) FROM verdicts").fetchone()[0]
+        info["n_clean"] = st.con.execute("SELECT count(*) FROM pairs WHERE status = 'clean'").fetchone()[0]
+    info["sha"] = sha256(info["store"])
+    review_store = info["store"].parent / "review.duckdb"
+    shutil.copy(info["store"], review_store)
+    srv, thread, info["base"] = _start(info["store"], review=False)
+    rsrv, rthread, info["review_base"] = _start(review_store, review=True)
+    info["review_store"] = review_store
     yield info
-    srv.should_exit = True
-    thread.join(10)
+    for s, t in ((srv, thread), (rsrv, rthread)):
+        s.should_exit = True
+        t.join(10)
 
 
 @pytest.fixture(scope="module")
@@ -198,10 +208,35 @@ def test_graph_slider_pin_and_export(page: Any, server: dict[str, Any], tmp_path
         {(n["stage"], n["token"]) for n in data["nodes"]}
 
 
+def test_item_page_for_a_row_without_case(page: Any, server: dict[str, Any]) -> None:
+    _open(page, server, "#/cases?has_case=false", "cases")
+    page.locator("tr.row").first.click()
+    page.wait_for_selector("body[data-ready=item]")
+    assert page.inner_text("main h2").startswith("Item q0")
+    assert "Completion" in page.inner_text("main")
+
+
+def test_review_mode_records_a_decision(page: Any, server: dict[str, Any]) -> None:
+    case = server["cases"][0]
+    page.goto(server["review_base"] + f"#/case/{case.case_id}")
+    page.wait_for_selector("body[data-ready=case]")
+    page.fill("#rv-comment", "the contrast is also wrong")
+    page.click("#rv-reject")
+    page.wait_for_function("document.body.dataset.ready === 'case' && document.querySelector('#review') && "
+                           "document.querySelector('#review').textContent.includes('reject: the contrast')")
+    assert "reject: the contrast is also wrong" in page.inner_text("#review")
+    _shot(page, "review")
+    import urllib.request
+
+    with urllib.request.urlopen(server["review_base"] + "api/reviews", timeout=10) as r:  # the server holds the file
+        rows = [(x["decision"], x["comment"], x["case_id"]) for x in json.loads(r.read())["reviews"]]
+    assert rows == [("reject", "the contrast is also wrong", case.case_id)]
+
+
 def test_no_request_left_loopback_and_store_unchanged(page: Any, server: dict[str, Any]) -> None:
     _open(page, server, "#/cases", "cases")
     assert server["requests"], "no request was recorded"
-    outside = [u for u in server["requests"] if not u.startswith(server["base"]) and not u.startswith("blob:")
+    outside = [u for u in server["requests"] if not u.startswith((server["base"], server["review_base"], "blob:"))
                and not u.startswith("data:")]
     assert outside == []
     assert server["errors"] == []
