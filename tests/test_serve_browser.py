@@ -108,6 +108,8 @@ def _open(page: Any, server: dict[str, Any], hash_: str, ready: str) -> None:
 def _shot(page: Any, name: str) -> None:
     folder = os.environ.get("FAILTRACE_SCREENSHOTS")
     if folder:
+        page.mouse.move(1, 1)
+        page.evaluate("window.scrollTo(0, 0)")
         page.screenshot(path=str(Path(folder) / f"explorer-{name}.png"), full_page=True)
 
 
