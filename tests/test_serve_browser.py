@@ -157,6 +157,13 @@ def test_case_page_heatmap_tokens_and_method_switch(page: Any, server: dict[str,
     style = page.get_attribute(f"#strip .tok[data-p='{i}']", "style")
     assert _rgb(float(norm[i])) in style and style != before
     assert page.locator("#flip polyline").count() == sum(bool(m.flip_curve) for m in case.methods.values())
+    # fold a segment: the URL keeps it folded when the link is reopened
+    seg = page.locator("details.seg").first.get_attribute("data-seg")
+    page.locator("details.seg > summary").first.click()
+    page.wait_for_function("location.hash.includes('closed=')")
+    _open(page, server, "#/case/" + page.url.split("#/case/", 1)[1], "case")
+    assert page.locator(f"details.seg[data-seg='{seg}']:not([open])").count() >= 1
+    assert page.locator("details.seg[open]").count() >= 1
 
 
 def _expected_graph(graph: dict[str, Any], p: float) -> tuple[int, int]:
@@ -193,6 +200,13 @@ def test_graph_slider_pin_and_export(page: Any, server: dict[str, Any], tmp_path
     assert f"{n_lo} edges drawn" in page.inner_text("#gcount")
     page.fill("#mass", "0.8")
     page.wait_for_function(f"document.querySelectorAll('line.e').length === {n_hi}")
+    # search by token text marks exactly the drawn nodes whose token contains it
+    drawn = [k.split(":") for k in page.locator("circle.n").evaluate_all("els => els.map(e => e.dataset.k)")]
+    text = next(case.tokens[int(t)] for _s, t in drawn if case.tokens[int(t)].strip())
+    page.fill("#gsearch", text)
+    want = sum(text.lower() in case.tokens[int(t)].lower() for _s, t in drawn)
+    page.wait_for_function(f"document.querySelectorAll('circle.n.match').length === {want}")
+    page.fill("#gsearch", "")
     # pin an embedding-row node: its subgraph is every kept path from it to the prediction
     node = page.locator("circle.n[data-k^='0:']").first
     key = node.get_attribute("data-k")
