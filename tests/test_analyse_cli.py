@@ -98,6 +98,11 @@ def test_bad_override_and_missing_store(toy: dict[str, Any], tmp_path: Path,
     missing = tmp_path / "none.duckdb"
     assert main(["analyse", "--store", str(missing)]) == 2
     assert "no results store" in capsys.readouterr().err and not missing.exists()
+    empty = tmp_path / "empty.duckdb"
+    with open_store(empty):
+        pass
+    assert main(["analyse", "--store", str(empty)]) == 2
+    assert "no pair runs" in capsys.readouterr().err and _counts(empty)["runs"] == 0
 
 
 def test_demo_runs_every_stage_into_out(tmp_path: Path, toy: dict[str, Any], capsys: pytest.CaptureFixture[str],

@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from failtrace.cli.checks import check_output_dir, check_store_path
 from failtrace.errors import FailtraceError
 from failtrace.store.store import DEFAULT_STORE
 
@@ -25,6 +26,8 @@ def report_command(
 
     if out.exists() and not out.is_dir():
         raise FailtraceError(f"--out {out} is a file; give a folder for the report")
+    check_store_path(store, create=False)
+    check_output_dir(out, "--out")
     with open_store(store, read_only=True) as st:
         index, n = build_report_from_store(st, out, benchmark=benchmark, graphs=graphs, title=title)
     typer.echo(f"report: {n} cases -> {index}")

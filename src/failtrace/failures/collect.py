@@ -182,11 +182,6 @@ class _Bar:
         if self._progress is not None:
             self._progress.advance(self._task, n)
 
-    def describe(self, text: str) -> None:
-        """Change the bar's label (``failtrace analyse`` shows the item in flight)."""
-        if self._progress is not None:
-            self._progress.update(self._task, description=text)
-
     def close(self) -> None:
         if self._progress is not None:
             self._progress.stop()
