@@ -187,6 +187,17 @@ def test_writes_refused_without_review_and_store_unchanged(client: TestClient, t
     assert not Path(str(toy["store"]) + ".wal").exists()
 
 
+def test_openapi_documents_the_api(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    assert {"/api/table", "/api/cases/{case_id}", "/api/cases/{case_id}/graph", "/api/reviews",
+            "/api/cases/{case_id}/override", "/api/item", "/api/meta"} <= set(spec["paths"])
+    names = {p["name"] for p in spec["paths"]["/api/table"]["get"]["parameters"]}
+    assert {"pair_status", "category", "dl_min", "k_max", "sort", "limit", "offset"} <= names
+    r = client.get("/docs", follow_redirects=False)
+    assert r.status_code == 307 and r.headers["location"] == "/#/api"
+    assert client.get("/redoc").status_code == 404  # no page that would load a CDN script
+
+
 def test_foreign_host_header_refused(client: TestClient) -> None:
     assert client.get("/api/meta", headers={"host": "evil.example"}).status_code == 400
 

@@ -249,6 +249,20 @@ def test_review_mode_records_a_decision(page: Any, server: dict[str, Any]) -> No
     assert rows == [("reject", "the contrast is also wrong", case.case_id)]
 
 
+def test_api_reference_from_openapi_without_cdn(page: Any, server: dict[str, Any]) -> None:
+    import urllib.request
+
+    with urllib.request.urlopen(server["base"] + "openapi.json", timeout=10) as r:
+        spec = json.loads(r.read())
+    ops = sum(len(v) for v in spec["paths"].values())
+    page.goto(server["base"] + "docs")  # FastAPI's own page would pull Swagger UI from a CDN; this one is ours
+    page.wait_for_selector("body[data-ready=api]")
+    assert page.url.endswith("/#/api")
+    assert page.locator("#api tr.api-op").count() == ops >= 8
+    assert "GET /api/table" in page.inner_text("#api")
+    _shot(page, "api")
+
+
 def test_no_request_left_loopback_and_store_unchanged(page: Any, server: dict[str, Any]) -> None:
     _open(page, server, "#/cases", "cases")
     assert server["requests"], "no request was recorded"

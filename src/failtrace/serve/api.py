@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
-from fastapi.responses import Response
+from fastapi.responses import RedirectResponse, Response
 from pydantic import BaseModel, Field
 
 from failtrace.cases.record import CATEGORIES, PATTERNS
@@ -53,6 +53,12 @@ def _facet_values(values: list[str] | None) -> list[str]:
 def index(request: Request) -> Response:
     body, media = request.app.state.static["index.html"]
     return Response(body, media_type=media)
+
+
+@router.get("/docs", include_in_schema=False)
+def docs() -> Response:
+    """The API reference is a view of the explorer (drawn from /openapi.json, no CDN)."""
+    return RedirectResponse("/#/api")
 
 
 @router.get("/static/{name}", include_in_schema=False)

@@ -32,6 +32,7 @@ STATIC_FILES: dict[str, tuple[str, str, str]] = {
     "case.js": ("failtrace.serve", "static/case.js", "text/javascript; charset=utf-8"),
     "graph.js": ("failtrace.serve", "static/graph.js", "text/javascript; charset=utf-8"),
     "app.js": ("failtrace.serve", "static/app.js", "text/javascript; charset=utf-8"),
+    "apidocs.js": ("failtrace.serve", "static/apidocs.js", "text/javascript; charset=utf-8"),
     "report.css": ("failtrace.report", "assets/report.css", "text/css; charset=utf-8"),
 }
 # No inline script, no other origin: the page can only talk to this server.
@@ -132,7 +133,8 @@ def create_app(store: str | Path, review: bool = False, allowed_hosts: list[str]
         yield
         state.close()
 
-    app = FastAPI(title="failtrace explorer", version="1", lifespan=lifespan,
+    # FastAPI's /docs and /redoc pages load their scripts from a CDN; the explorer draws the schema itself (#/api)
+    app = FastAPI(title="failtrace explorer", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Browse a failtrace results store: cases table, case pages, attribution graphs, "
                               "reviews (writes only with `failtrace serve --review`).")
     app.state.ft = state

@@ -22,7 +22,7 @@
   }
 
   function route() {
-    var h = FT.parseHash(), fn = {cases: FT.views.cases, case: FT.views.case, graph: FT.views.graph, item: item}[h.route];
+    var h = FT.parseHash(), fn = {cases: FT.views.cases, case: FT.views.case, graph: FT.views.graph, item: item, api: FT.views.api}[h.route];
     FT.tip(null, null);
     if (!fn) { FT.error(view, "unknown view: " + h.route); return; }
     document.body.dataset.view = h.route;
