@@ -31,6 +31,7 @@ _COMMAND_MODULES = (
     "failtrace.cli.graph",
     "failtrace.cli.analyse",
     "failtrace.cli.report",
+    "failtrace.cli.serve",
 )
 
 for _name in _COMMAND_MODULES:

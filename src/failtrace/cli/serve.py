@@ -1,0 +1,62 @@
+"""``failtrace serve``: the local web explorer over a results store (cases table, case pages, graphs, reviews)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from failtrace.errors import FailtraceError
+from failtrace.store.store import DEFAULT_STORE
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def serve_command(
+    store: Path = typer.Option(Path(DEFAULT_STORE), "--store", "-s", help="Results store to browse."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (default loopback only)."),
+    port: int = typer.Option(8765, "--port", help="TCP port (0 = any free port)."),
+    review: bool = typer.Option(False, "--review", help="Allow recording reviews and category overrides."),
+) -> None:
+    """Serve the explorer at http://HOST:PORT (Ctrl-C stops). Read-only unless --review is given."""
+    import uvicorn
+
+    from failtrace.serve.app import create_app
+
+    if not 0 <= port <= 65535:
+        raise FailtraceError(f"--port {port} is not a TCP port (0..65535)")
+    if not host or any(c in host for c in "/ \t\n"):
+        raise FailtraceError(f"--host {host!r} is not an address")
+    if host not in LOOPBACK:
+        typer.echo(f"warning: binding {host}: anyone who can reach this address can read the store"
+                   + (" and write reviews" if review else ""), err=True)
+    port = _check_bind(host, port)
+    hosts = ["127.0.0.1", "localhost", "[::1]", "::1"] + ([] if host in LOOPBACK else ["*"])
+    app = create_app(store, review=review, allowed_hosts=hosts)
+    shown = f"[{host}]" if ":" in host else host
+    typer.echo(f"failtrace explorer on http://{shown}:{port}  ({store}, {'review mode' if review else 'read-only'})")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def _check_bind(host: str, port: int) -> int:
+    """Fail with one clear line (not uvicorn's log) when the address cannot be bound, e.g. the port is in use.
+    Returns the port (a free one chosen now for ``--port 0``, so the printed URL is the real one)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise FailtraceError(f"--host {host!r} does not resolve: {exc}") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as exc:
+            raise FailtraceError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
+        return int(s.getsockname()[1])
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``serve`` to the ``failtrace`` app."""
+    app.command("serve")(serve_command)

@@ -1,0 +1,216 @@
+"""The explorer's JSON API (documented by FastAPI at /docs) and the fixed routes of the front end.
+
+Every parameter is typed and bounded, so bad input is a 422 with FastAPI's description of what is wrong; ids that
+are well formed but not stored are a 404; writes without ``--review`` are a 403.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from fastapi.responses import RedirectResponse, Response
+from pydantic import BaseModel, Field
+
+from failtrace.cases.record import CATEGORIES, PATTERNS
+from failtrace.serve import casedata
+from failtrace.serve.queries import FACETS, SORT_COLUMNS, TableQuery, table
+
+router = APIRouter()
+
+CASE_ID = Annotated[str, Path(pattern=r"^[0-9A-Za-z_-]{1,64}$", description="a stored case id")]
+_VALUE = Annotated[list[str] | None, Query(max_length=50)]  # a facet filter: up to 50 accepted values
+_TEXT = 200  # longest facet value / search text accepted
+SortColumn = Literal[tuple(sorted(SORT_COLUMNS))]  # type: ignore[valid-type]
+
+
+def _state(request: Request) -> Any:
+    return request.app.state.ft
+
+
+def _cursor(request: Request) -> Any:
+    yield from _state(request).cursor()
+
+
+def _rows_cursor(request: Request) -> Any:
+    yield from _state(request).rows_cursor()
+
+
+Cursor = Annotated[Any, Depends(_cursor)]
+RowsCursor = Annotated[Any, Depends(_rows_cursor)]
+
+
+def _facet_values(values: list[str] | None) -> list[str]:
+    values = values or []
+    if any(len(v) > _TEXT for v in values):
+        raise HTTPException(422, f"a filter value is longer than {_TEXT} characters")
+    return values
+
+
+@router.get("/", include_in_schema=False)
+def index(request: Request) -> Response:
+    body, media = request.app.state.static["index.html"]
+    return Response(body, media_type=media)
+
+
+@router.get("/docs", include_in_schema=False)
+def docs() -> Response:
+    """The API reference is a view of the explorer (drawn from /openapi.json, no CDN)."""
+    return RedirectResponse("/#/api")
+
+
+@router.get("/static/{name}", include_in_schema=False)
+def static(name: str, request: Request) -> Response:
+    """One of the package's own front-end files, by name from a fixed map; anything else is 404."""
+    found = request.app.state.static.get(name)
+    if found is None:
+        raise HTTPException(404, "no such file")
+    return Response(found[0], media_type=found[1], headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/api/meta", summary="What the store holds and how to draw it")
+def meta(request: Request, cur: Cursor) -> dict[str, Any]:
+    from failtrace.report.casepage import SEGMENT_COLORS
+    from failtrace.report.figures import CATEGORY_COLORS, PATTERN_COLORS
+    from failtrace.views.common import BLUE, RED, SPECIAL_BG
+
+    st = _state(request)
+    methods = [r[0] for r in cur.execute("SELECT DISTINCT method FROM case_methods ORDER BY 1").fetchall()] \
+        if st.has_cases else []
+    return {"store": st.path.name, "review": st.review, "has_cases": st.has_cases,
+            "schema_version": st.store.schema_version, "methods": methods, "categories": list(CATEGORIES),
+            "patterns": list(PATTERNS), "facets": list(FACETS), "sort_columns": sorted(SORT_COLUMNS),
+            "colors": {"red": list(RED), "blue": list(BLUE), "special": list(SPECIAL_BG),
+                       "segments": list(SEGMENT_COLORS), "categories": CATEGORY_COLORS, "patterns": PATTERN_COLORS}}
+
+
+@router.get("/api/table", summary="The cases table: one page of rows, the total, counts per facet")
+def cases_table(
+    request: Request, cur: RowsCursor,
+    benchmark: _VALUE = None, model: _VALUE = None, verdict: _VALUE = None, pair_status: _VALUE = None,
+    category: _VALUE = None, pattern: _VALUE = None,
+    dl_min: Annotated[float | None, Query(ge=-1e9, le=1e9, description="Δℓ at least")] = None,
+    dl_max: Annotated[float | None, Query(ge=-1e9, le=1e9, description="Δℓ at most")] = None,
+    k_min: Annotated[int | None, Query(ge=0, le=100_000, description="attnlrp k* at least")] = None,
+    k_max: Annotated[int | None, Query(ge=0, le=100_000, description="attnlrp k* at most")] = None,
+    has_case: bool | None = None,
+    q: Annotated[str | None, Query(max_length=_TEXT, description="text in the item id")] = None,
+    sort: SortColumn = "item_id", desc: bool = False,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Annotated[int, Query(ge=0, le=100_000_000)] = 0,
+) -> dict[str, Any]:
+    given = {"benchmark": benchmark, "model": model, "verdict": verdict, "pair_status": pair_status,
+             "category": category, "pattern": pattern}
+    tq = TableQuery(facets={k: _facet_values(v) for k, v in given.items() if v}, dl_min=dl_min, dl_max=dl_max,
+                    k_min=k_min, k_max=k_max, has_case=has_case, search=q or None, sort=sort, desc=desc,
+                    limit=limit, offset=offset)
+    return casedata.finite(table(cur, tq))
+
+
+@router.get("/api/cases/{case_id}", summary="One case: tokens, relevance per method, flip curves, labels")
+def case(case_id: CASE_ID, request: Request, cur: Cursor) -> dict[str, Any]:
+    st = _state(request)
+    found = casedata.case_detail(cur, case_id, st.has_reviews) if st.has_cases else None
+    if found is None:
+        raise HTTPException(404, "no such case")
+    return found
+
+
+@router.get("/api/cases/{case_id}/graph", summary="A case's stored pruned attribution graph")
+def case_graph(case_id: CASE_ID, request: Request, cur: Cursor) -> dict[str, Any]:
+    found = casedata.graph_detail(cur, case_id) if _state(request).has_cases else None
+    if found is None:
+        raise HTTPException(404, "no such case, or no graph stored for it")
+    return found
+
+
+@router.get("/api/item", summary="One item of a collection run (prompt, completion, verdict, pair)")
+def item(request: Request, cur: Cursor, run_id: Annotated[str, Query(min_length=1, max_length=_TEXT)],
+         item_id: Annotated[str, Query(min_length=1, max_length=_TEXT)]) -> dict[str, Any]:
+    found = casedata.item_detail(cur, run_id, item_id)
+    if found is None:
+        raise HTTPException(404, "no such item in that run")
+    return found
+
+
+class ReviewIn(BaseModel):
+    """A reviewer's decision on one pair (accept it as a real failure point, or reject it)."""
+
+    pair_run_id: str = Field(min_length=1, max_length=_TEXT)
+    item_id: str = Field(min_length=1, max_length=_TEXT)
+    decision: Literal["accept", "reject"]
+    comment: str = Field(default="", max_length=2000)
+
+
+class OverrideIn(BaseModel):
+    """A reviewer's category for a case, with the reason (stored in the ``overrides`` table)."""
+
+    category: Literal[CATEGORIES]  # type: ignore[valid-type]
+    comment: str = Field(min_length=1, max_length=2000)
+
+
+def _writable(request: Request) -> Any:
+    st = _state(request)
+    if not st.review:
+        raise HTTPException(403, "read-only explorer: start it with `failtrace serve --review` to record reviews")
+    return st
+
+
+def _review_id(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:24]
+
+
+def _insert_review(st: Any, pair_run_id: str, item_id: str, case_id: str | None, decision: str,
+                   category: str | None, comment: str) -> dict[str, Any]:
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    rid = _review_id(pair_run_id, item_id, decision, comment, now.isoformat())
+    st.store.con.execute("INSERT INTO reviews VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                         [rid, pair_run_id, item_id, case_id, decision, category, comment, now])
+    return {"review_id": rid, "pair_run_id": pair_run_id, "item_id": item_id, "case_id": case_id,
+            "decision": decision, "category": category, "comment": comment, "created_at": str(now)}
+
+
+@router.post("/api/reviews", status_code=201, summary="Accept or reject a pair (needs --review)")
+def add_review(body: ReviewIn, request: Request) -> dict[str, Any]:
+    st = _writable(request)
+    with st.write_lock:
+        pair = st.store.con.execute("SELECT count(*) FROM pairs WHERE pair_run_id = ? AND item_id = ?",
+                                    [body.pair_run_id, body.item_id]).fetchone()[0]
+        if not pair:
+            raise HTTPException(404, "no such pair")
+        case_id = None
+        if st.has_cases:
+            row = st.store.con.execute("SELECT max(case_id) FROM cases WHERE pair_run_id = ? AND item_id = ?",
+                                       [body.pair_run_id, body.item_id]).fetchone()
+            case_id = row[0] if row else None
+        return _insert_review(st, body.pair_run_id, body.item_id, case_id, body.decision, None, body.comment.strip())
+
+
+@router.post("/api/cases/{case_id}/override", status_code=201,
+             summary="Override a case's category with a reason (needs --review)")
+def add_override(case_id: CASE_ID, body: OverrideIn, request: Request) -> dict[str, Any]:
+    from failtrace.store.cases import set_override
+
+    st = _writable(request)
+    comment = body.comment.strip()
+    if not comment:
+        raise HTTPException(422, "an override needs a comment saying why")
+    with st.write_lock:
+        row = st.store.con.execute("SELECT pair_run_id, item_id FROM cases WHERE case_id = ?", [case_id]).fetchone()
+        if row is None:
+            raise HTTPException(404, "no such case")
+        saved = set_override(st.store, case_id, body.category, comment)
+        review = _insert_review(st, row[0], row[1], case_id, "category", body.category, comment)
+        st.refresh_rows()  # the table shows the effective category
+    return {"override": {k: str(v) if k == "created_at" else v for k, v in saved.items()}, "review": review}
+
+
+@router.get("/api/reviews", summary="Every stored review (the export of the review table)")
+def reviews(request: Request, cur: Cursor) -> dict[str, Any]:
+    if not _state(request).has_reviews:
+        return {"reviews": []}
+    rows = cur.execute("SELECT review_id, pair_run_id, item_id, case_id, decision, category, comment, "
+                       "CAST(created_at AS VARCHAR) FROM reviews ORDER BY created_at").fetchall()
+    keys = ("review_id", "pair_run_id", "item_id", "case_id", "decision", "category", "comment", "created_at")
+    return {"reviews": [dict(zip(keys, r)) for r in rows]}

@@ -1,0 +1,162 @@
+"""The explorer's web app: FastAPI over one results store, with the front end served from the package.
+
+Safety, by construction:
+
+- The store is opened once, read-only unless ``review`` is set; each request reads through its own DuckDB cursor
+  (a cheap handle on the same database, never a copy of the file). Writes (review mode only) are serialised by a lock.
+- No request path reaches the filesystem: the front end's files are read from the package at start-up into a fixed
+  map (:data:`STATIC_FILES`), and ``/static/{name}`` only looks names up in it.
+- Request bodies over :data:`MAX_BODY` bytes are refused (413) before they are read; the Host header must name the
+  address the server was started on (a page on another site cannot reach the API through DNS rebinding).
+- Any unexpected error answers a one-line JSON 500 with no traceback (the API is written so that none occurs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from failtrace.errors import FailtraceError
+
+MAX_BODY = 16 * 1024
+# name under /static/ -> (package, file in that package, media type). The report's stylesheet is reused as is.
+STATIC_FILES: dict[str, tuple[str, str, str]] = {
+    "index.html": ("failtrace.serve", "static/index.html", "text/html; charset=utf-8"),
+    "explorer.css": ("failtrace.serve", "static/explorer.css", "text/css; charset=utf-8"),
+    "common.js": ("failtrace.serve", "static/common.js", "text/javascript; charset=utf-8"),
+    "table.js": ("failtrace.serve", "static/table.js", "text/javascript; charset=utf-8"),
+    "case.js": ("failtrace.serve", "static/case.js", "text/javascript; charset=utf-8"),
+    "graph.js": ("failtrace.serve", "static/graph.js", "text/javascript; charset=utf-8"),
+    "app.js": ("failtrace.serve", "static/app.js", "text/javascript; charset=utf-8"),
+    "apidocs.js": ("failtrace.serve", "static/apidocs.js", "text/javascript; charset=utf-8"),
+    "report.css": ("failtrace.report", "assets/report.css", "text/css; charset=utf-8"),
+}
+# No inline script, no other origin: the page can only talk to this server.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+                               "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+REVIEWS_DDL = """CREATE TABLE IF NOT EXISTS reviews (
+    review_id VARCHAR PRIMARY KEY,
+    pair_run_id VARCHAR NOT NULL,
+    item_id VARCHAR NOT NULL,
+    case_id VARCHAR,
+    decision VARCHAR NOT NULL,
+    category VARCHAR,
+    comment VARCHAR NOT NULL,
+    created_at TIMESTAMP NOT NULL
+)"""
+
+
+def load_static() -> dict[str, tuple[bytes, str]]:
+    """The front end's files, read from the installed package (never from a request path)."""
+    out = {}
+    for name, (package, rel, media) in STATIC_FILES.items():
+        out[name] = (resources.files(package).joinpath(rel).read_bytes(), media)
+    return out
+
+
+class ServeState:
+    """The open store and what the API needs to know about it."""
+
+    def __init__(self, path: str | Path, review: bool = False) -> None:
+        from failtrace.store.cases import has_case_tables
+        from failtrace.store.store import open_store
+
+        path = Path(path)
+        if not path.exists():
+            raise FailtraceError(f"no results store at {path}; give the --store that `failtrace collect` wrote")
+        self.path = path
+        self.review = review
+        self.store = open_store(path, read_only=not review, create=False)
+        self.write_lock = threading.Lock()
+        if review:
+            with self.write_lock:
+                self.store.con.execute(REVIEWS_DDL)
+        self.has_cases = has_case_tables(self.store)
+        tables = {r[0] for r in self.store.con.execute(
+            "SELECT table_name FROM information_schema.tables").fetchall()}
+        self.has_reviews = "reviews" in tables
+        from failtrace.serve.queries import RowIndex
+
+        self.rows = RowIndex()
+        self.refresh_rows()
+
+    def refresh_rows(self) -> None:
+        """Rebuild the cases table's join (at start and after each write)."""
+        cur = self.store.con.cursor()
+        try:
+            self.rows.refresh(cur, self.has_cases)
+        finally:
+            cur.close()
+
+    def rows_cursor(self) -> Iterator[Any]:
+        """A per-request cursor on the in-memory cases table (FastAPI dependency)."""
+        cur = self.rows.cursor()
+        try:
+            yield cur
+        finally:
+            cur.close()
+
+    def cursor(self) -> Iterator[Any]:
+        """A per-request cursor (FastAPI dependency), closed when the request ends."""
+        cur = self.store.con.cursor()
+        try:
+            yield cur
+        finally:
+            cur.close()
+
+    def close(self) -> None:
+        self.rows.close()
+        self.store.close()
+
+
+def create_app(store: str | Path, review: bool = False, allowed_hosts: list[str] | None = None) -> Any:
+    """The FastAPI app over ``store``. ``allowed_hosts``: Host header values accepted (default: loopback names)."""
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+    from failtrace.serve.api import router
+
+    state = ServeState(store, review=review)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Any) -> AsyncIterator[None]:
+        yield
+        state.close()
+
+    # FastAPI's /docs and /redoc pages load their scripts from a CDN; the explorer draws the schema itself (#/api)
+    app = FastAPI(title="failtrace explorer", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description="Browse a failtrace results store: cases table, case pages, attribution graphs, "
+                              "reviews (writes only with `failtrace serve --review`).")
+    app.state.ft = state
+    app.state.static = load_static()
+    app.include_router(router)
+    app.add_middleware(TrustedHostMiddleware,
+                       allowed_hosts=allowed_hosts or ["127.0.0.1", "localhost", "[::1]", "::1"])
+
+    @app.middleware("http")
+    async def guard(request: Any, call_next: Any) -> Any:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+            return JSONResponse({"detail": f"request body over {MAX_BODY} bytes"}, status_code=413)
+        if request.method in ("POST", "PUT", "PATCH") and length is None:
+            return JSONResponse({"detail": "a Content-Length header is required"}, status_code=411)
+        response = await call_next(request)
+        for k, v in SECURITY_HEADERS.items():
+            response.headers.setdefault(k, v)
+        return response
+
+    @app.exception_handler(Exception)
+    async def internal(_request: Any, exc: Exception) -> Any:  # never a traceback to the client
+        return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, status_code=500)
+
+    return app

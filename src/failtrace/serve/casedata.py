@@ -1,0 +1,170 @@
+"""One case as the explorer's case and graph pages need it, read with plain SQL on a per-request cursor.
+
+Relevance is normalised with the package's one helper (:func:`failtrace.attribution.normalize.normalize`: divide by
+the largest |R| among non-special tokens), evidence is rendered by the report's evidence renderer, and colours come
+from the report, so the explorer and the static report always agree.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+
+from failtrace.attribution.normalize import normalize
+from failtrace.report.evidence import dl as evidence_html
+
+
+def finite(x: Any) -> Any:
+    """JSON-safe numbers: NaN/inf (a method not computed) become null; lists and dicts recursively."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [finite(v) for v in x]
+    if isinstance(x, np.generic):
+        return finite(x.item())
+    return x
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _one(con: Any, sql: str, params: list[Any]) -> dict[str, Any] | None:
+    cur = con.execute(sql, params)
+    row = cur.fetchone()
+    return None if row is None else dict(zip([d[0] for d in cur.description], row))
+
+
+def _labels(n: int, segments: dict[str, list[list[int]]]) -> list[str]:
+    labels = [""] * n
+    for name, spans in segments.items():
+        for start, end in spans:
+            for i in range(max(0, start), min(n, end)):
+                labels[i] = name
+    return labels
+
+
+def _methods(con: Any, case_id: str, special: list[bool], n: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for method, raw, sums, seg, curve, k in con.execute(
+            "SELECT method, input_relevance, hidden_layer_sums, segment_relevance, flip_curve, flip_k "
+            "FROM case_methods WHERE case_id = ? ORDER BY method", [case_id]).fetchall():
+        raw = [float(x) for x in raw]
+        drawable = len(raw) == n
+        norm = normalize(raw, special).tolist() if drawable else []
+        out[method] = {"raw": raw, "norm": norm, "drawable": drawable, "hidden_layer_sums": list(sums or []),
+                       "segment_relevance": _json(seg) or {}, "flip_curve": list(curve or []), "flip_k": k}
+    return out
+
+
+def case_detail(con: Any, case_id: str, reviews_table: bool) -> dict[str, Any] | None:
+    """Everything the case page shows, or None when no such case is stored."""
+    c = _one(con, "SELECT * EXCLUDE (token_ids) FROM cases WHERE case_id = ?", [case_id])
+    if c is None:
+        return None
+    tokens = _json(c["tokens"])
+    special = [bool(x) for x in c["special_mask"]]
+    segments = _json(c["segments"]) or {}
+    ev = {k: _json(c[k]) or {} for k in ("category_evidence", "pattern_evidence", "graph_summary")}
+    pair = _one(con, "SELECT status, reason, contrast_source, contrast_rank, contrast_model_rank, target_logit, "
+                     "contrast_logit, delta_logit, completion_offset FROM pairs WHERE pair_run_id = ? AND item_id = ?",
+                [c["pair_run_id"], c["item_id"]])
+    verdict = _one(con, "SELECT status, reasons FROM verdicts WHERE run_id = ? AND item_id = ?",
+                   [c["run_id"], c["item_id"]])
+    if verdict:
+        verdict["reasons"] = _json(verdict["reasons"])
+    override = _one(con, "SELECT category, reason, CAST(created_at AS VARCHAR) AS created_at FROM overrides "
+                         "WHERE case_id = ? ORDER BY created_at DESC LIMIT 1", [case_id])
+    reviews = review_rows(con, c["pair_run_id"], c["item_id"]) if reviews_table else []
+    has_graph = con.execute("SELECT count(*) FROM case_graphs WHERE case_id = ?", [case_id]).fetchone()[0] > 0
+    return finite({
+        "case_id": case_id, "item_id": c["item_id"], "benchmark": c["benchmark"], "model": c["model"],
+        "run_id": c["run_id"], "pair_run_id": c["pair_run_id"], "analysis_id": c["analysis_id"],
+        "tokens": tokens, "special": special, "prompt_length": c["prompt_length"], "position": c["position"],
+        "segments": segments, "labels": _labels(len(tokens), segments),
+        "relevant_segments": _json(c["relevant_segments"]) or [],
+        "target": {"id": c["target_id"], "text": c["target_text"]},
+        "contrast": {"id": c["contrast_id"], "text": c["contrast_text"]}, "delta_logit": c["delta_logit"],
+        "methods": _methods(con, case_id, special, len(tokens)), "masking": _json(c["masking"]),
+        "category": c["category"], "pattern": c["pattern"], "override": override,
+        "effective_category": override["category"] if override else c["category"],
+        "evidence": ev, "evidence_html": {k: evidence_html(v) if v else "" for k, v in ev.items()},
+        "notes": _json(c["notes"]) or [], "settings": _json(c["settings"]) or {}, "pair": pair, "verdict": verdict,
+        "reviews": reviews, "has_graph": has_graph,
+    })
+
+
+def review_rows(con: Any, pair_run_id: str, item_id: str) -> list[dict[str, Any]]:
+    """The reviews of one pair, newest first."""
+    cur = con.execute("SELECT review_id, decision, category, comment, CAST(created_at AS VARCHAR) AS created_at "
+                      "FROM reviews WHERE pair_run_id = ? AND item_id = ? ORDER BY created_at DESC",
+                      [pair_run_id, item_id])
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r)) for r in cur.fetchall()]
+
+
+def _mass_before(src_s: np.ndarray, tgt_s: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Per edge: the share of its transition's total |weight| held by the strictly stronger edges before it.
+
+    A slider at p keeps the edges with ``mass_before < p``: the smallest set of strongest edges per transition whose
+    mass reaches p (the cumulative pruning rule of failtrace.graph.prune, applied to the stored, already pruned
+    edges; ties are ordered by position so the result is deterministic).
+    """
+    out = np.zeros(len(w))
+    a = np.abs(w)
+    for s, t in {(int(x), int(y)) for x, y in zip(src_s, tgt_s)}:
+        idx = np.nonzero((src_s == s) & (tgt_s == t))[0]
+        order = idx[np.argsort(-a[idx], kind="stable")]
+        total = a[order].sum() or 1.0
+        out[order] = (np.cumsum(a[order]) - a[order]) / total
+    return out
+
+
+def graph_detail(con: Any, case_id: str) -> dict[str, Any] | None:
+    """The stored pruned graph with per-edge cumulative mass, or None when the case has no stored graph."""
+    g = _one(con, "SELECT g.*, c.tokens, c.special_mask, c.position FROM case_graphs g "
+                  "JOIN cases c ON c.case_id = g.case_id WHERE g.case_id = ?", [case_id])
+    if g is None:
+        return None
+    src_s, tgt_s = np.asarray(g["edge_source_stage"], int), np.asarray(g["edge_target_stage"], int)
+    w = np.asarray(g["edge_weight"], float)
+    mass = _mass_before(src_s, tgt_s, w)
+    rel = np.asarray(g["node_relevance"], float)
+    stages = _json(g["stages"])
+    special = [bool(x) for x in g["special_mask"]]
+    tokens = _json(g["tokens"])
+    # normalised |R| per stage, over non-special tokens (as the static graph view sizes its nodes)
+    norm = np.zeros(len(rel))
+    for s in set(g["node_stage"]):
+        idx = [i for i, st in enumerate(g["node_stage"]) if st == s]
+        keep = [i for i in idx if not special[g["node_token"][i]]] or idx
+        scale = max(abs(rel[i]) for i in keep) or 1.0
+        for i in idx:
+            norm[i] = min(1.0, abs(rel[i]) / scale)
+    nodes = [[int(s), int(t), float(r), float(z)] for s, t, r, z in zip(g["node_stage"], g["node_token"], rel, norm)]
+    edges = [[int(a), int(b), int(c), int(d), float(x), float(m)] for a, b, c, d, x, m in zip(
+        g["edge_source_stage"], g["edge_source_token"], g["edge_target_stage"], g["edge_target_token"], w, mass)]
+    return finite({"case_id": case_id, "stages": stages, "tokens": tokens, "special": special, "nodes": nodes,
+                   "edges": edges, "final": [len(stages) - 1, int(g["position"]) - 1],
+                   "objective_value": g["objective_value"], "settings": _json(g["settings"])})
+
+
+def item_detail(con: Any, run_id: str, item_id: str) -> dict[str, Any] | None:
+    """One item of a collection run: prompt, completion, verdict and its pairs (for rows without a case)."""
+    row = _one(con, "SELECT v.item_id, v.status, v.reasons, r.benchmark, r.model, g.completion, g.finish_reason, "
+                    "g.n_tokens, i.prompt FROM verdicts v JOIN runs r ON r.run_id = v.run_id "
+                    "LEFT JOIN generations g ON g.run_id = v.run_id AND g.item_id = v.item_id "
+                    "LEFT JOIN items i ON i.benchmark = r.benchmark AND i.item_id = v.item_id "
+                    "WHERE v.run_id = ? AND v.item_id = ?", [run_id, item_id])
+    if row is None:
+        return None
+    cur = con.execute("SELECT pair_run_id, status, reason, position, target_text, contrast_text, delta_logit "
+                      "FROM pairs WHERE run_id = ? AND item_id = ? ORDER BY pair_run_id", [run_id, item_id])
+    names = [d[0] for d in cur.description]
+    row["reasons"], row["prompt"] = _json(row["reasons"]), _json(row["prompt"])
+    return finite({"run_id": run_id, **row, "pairs": [dict(zip(names, r)) for r in cur.fetchall()]})

@@ -1,0 +1,41 @@
+/* The explorer's router: the URL hash names the view and its state, so every link reopens the same view. */
+(function (FT) {
+  "use strict";
+  var view = document.getElementById("view");
+
+  function item(view, params) {
+    return FT.api("/api/item?" + new URLSearchParams({run_id: params.get("run_id") || "", item_id: params.get("item_id") || ""}))
+      .then(function (it) {
+        var el = FT.el;
+        FT.crumb([el("span", {}, "item " + it.item_id)]);
+        view.textContent = "";
+        view.appendChild(el("section", {class: "block"}, [
+          el("h2", {}, "Item " + it.item_id),
+          el("div", {class: "kv"}, [["benchmark", it.benchmark], ["model", it.model], ["verdict", it.status],
+            ["finish", it.finish_reason || "—"], ["tokens", it.n_tokens === null ? "—" : it.n_tokens]].map(function (p) {
+            return el("div", {}, [el("span", {class: "k"}, p[0]), el("b", {}, String(p[1]))]); })),
+          el("h3", {}, "Prompt"), el("pre", {class: "strip"}, typeof it.prompt === "string" ? it.prompt : JSON.stringify(it.prompt, null, 1)),
+          el("h3", {}, "Completion"), el("pre", {class: "strip"}, it.completion || ""),
+          el("h3", {}, "Checker"), el("pre", {class: "note"}, JSON.stringify(it.reasons, null, 1)),
+          el("h3", {}, "Pairs"), el("pre", {class: "note"}, JSON.stringify(it.pairs, null, 1))]));
+      });
+  }
+
+  function route() {
+    var h = FT.parseHash(), fn = {cases: FT.views.cases, case: FT.views.case, graph: FT.views.graph, item: item, api: FT.views.api}[h.route];
+    FT.tip(null, null);
+    if (!fn) { FT.error(view, "unknown view: " + h.route); return; }
+    document.body.dataset.view = h.route;
+    view.setAttribute("aria-busy", "true");
+    fn(view, h.params, h.arg).catch(function (e) { FT.error(view, e); })
+      .then(function () { view.setAttribute("aria-busy", "false"); document.body.dataset.ready = h.route; });
+  }
+
+  FT.api("/api/meta").then(function (meta) {
+    FT.meta = meta;
+    document.getElementById("sub").textContent = meta.store + " · " + (meta.review ? "review mode (writes on)" : "read-only") +
+      (meta.has_cases ? "" : " · no analysed cases yet");
+    window.addEventListener("hashchange", function () { document.body.dataset.ready = ""; route(); });
+    route();
+  }, function (e) { FT.error(view, e); });
+})(FT);

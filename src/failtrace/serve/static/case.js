@@ -1,0 +1,175 @@
+/* One case: heatmap of the context (method switcher; hover = token, R, normalised R; special tokens grey; segments
+   marked and collapsible), target vs contrast, Δℓ, masking-flip curves, category and pattern with evidence, reviews.
+   State in the URL: #/case/<id>?method=attnlrp&closed=system,answer */
+(function (FT) {
+  "use strict";
+  var el = FT.el;
+  var ORDER = ["attnlrp", "cp-lrp", "gradxinput", "ig", "attention", "random"];
+
+  function methodsOf(c) {
+    return Object.keys(c.methods).sort(function (a, b) {
+      var ia = ORDER.indexOf(a), ib = ORDER.indexOf(b);
+      return (ia < 0 ? 99 : ia) - (ib < 0 ? 99 : ib) || (a < b ? -1 : 1);
+    });
+  }
+
+  function runs(labels) {  // contiguous spans of one segment: [[name, start, end), ...]
+    var out = [];
+    labels.forEach(function (s, i) {
+      if (out.length && out[out.length - 1][0] === s) out[out.length - 1][2] = i + 1; else out.push([s, i, i + 1]);
+    });
+    return out;
+  }
+
+  function strip(c, method, params) {
+    var m = c.methods[method], segs = Object.keys(c.segments), closed = (params.get("closed") || "").split(",");
+    var readout = el("div", {class: "readout", id: "readout"}, "hover a token");
+    var box = el("div", {class: "strip", id: "strip"});
+    runs(c.labels).forEach(function (run) {
+      var colour = FT.meta.colors.segments[Math.max(0, segs.indexOf(run[0])) % FT.meta.colors.segments.length];
+      var rel = c.relevant_segments.indexOf(run[0]) >= 0 ? " (relevant)" : "";
+      var d = el("details", {class: "seg", "data-seg": run[0], style: "--segc:" + colour,
+                             open: closed.indexOf(run[0]) < 0},
+                 el("summary", {title: "click to fold this segment"}, (run[0] || "no segment") + rel + " · " + (run[2] - run[1])));
+      d.addEventListener("toggle", function () {
+        var shut = [].slice.call(box.querySelectorAll("details.seg:not([open])")).map(function (x) { return x.dataset.seg; });
+        var p = new URLSearchParams(params.toString());
+        if (shut.length) p.set("closed", shut.filter(function (v, i, a) { return a.indexOf(v) === i; }).join(",")); else p.delete("closed");
+        FT.go("case", c.case_id, p, true);
+      });
+      var frag = document.createDocumentFragment();
+      for (var i = run[1]; i < run[2]; i++) frag.appendChild(token(c, m, i));
+      d.appendChild(frag);
+      box.appendChild(d);
+    });
+    box.addEventListener("mouseover", function (ev) {
+      var t = ev.target.closest ? ev.target.closest(".tok") : null;
+      if (!t) { FT.tip(ev, null); return; }
+      var text = tokenText(c, m, +t.dataset.p);
+      readout.textContent = text.replace("\n", "   "); FT.tip(ev, text);
+    });
+    box.addEventListener("mouseleave", function (ev) { FT.tip(ev, null); });
+    box.appendChild(el("span", {class: "next"}, ["⟶ ", el("span", {class: "pill tgt"}, FT.shown(c.target.text)), " vs ",
+                                                  el("span", {class: "pill ctr"}, FT.shown(c.contrast.text))]));
+    return [readout, box];
+  }
+
+  function token(c, m, i) {  // one span; hover is handled once for the whole strip (see tokenText)
+    var sp = c.special[i], v = m && m.drawable ? m.norm[i] : null;
+    var t = document.createElement("span");
+    t.className = "tok" + (sp ? " sp" : "") + (i === c.tokens.length - 1 ? " pos" : "") + (i >= c.prompt_length ? " ans" : "");
+    t.dataset.p = i;
+    t.textContent = FT.shown(c.tokens[i]);
+    if (!sp && v !== null) t.style.cssText = "background:" + FT.mix(v) + ";color:" + (Math.abs(v) > 0.62 ? "#fff" : "#111");
+    return t;
+  }
+
+  function tokenText(c, m, i) {
+    var sp = c.special[i], v = m && m.drawable ? m.norm[i] : null, raw = m && m.drawable ? m.raw[i] : null;
+    return "pos " + i + " · ‹" + FT.shown(c.tokens[i]) + "› · " + (c.labels[i] || "no segment") +
+      (sp ? " · special (grey)" : "") + "\nR = " + FT.fmt(raw, 5) + "   normalised = " + FT.fmt(v, 3);
+  }
+
+  function curves(c, method) {  // Δℓ after masking the top-k tokens, k = 0..K, one line per method
+    var W = 520, H = 200, L = 46, B = 28, ms = methodsOf(c).filter(function (m) { return c.methods[m].flip_curve.length; });
+    var all = []; ms.forEach(function (m) { all = all.concat(c.methods[m].flip_curve.filter(isFinite)); });
+    if (!all.length) return el("p", {class: "muted"}, "flip curves not computed");
+    var lo = Math.min(0, Math.min.apply(null, all)), hi = Math.max(0, Math.max.apply(null, all)), span = hi - lo || 1;
+    var K = Math.max.apply(null, ms.map(function (m) { return c.methods[m].flip_curve.length - 1; })) || 1;
+    var X = function (k) { return L + (W - L - 10) * k / K; }, Y = function (y) { return 10 + (H - B - 10) * (hi - y) / span; };
+    var svg = el("svg", {width: W, height: H, id: "flip", viewBox: "0 0 " + W + " " + H});
+    svg.appendChild(el("line", {x1: L, x2: W - 10, y1: Y(0), y2: Y(0), stroke: "#9ca3af", "stroke-dasharray": "4 3"}));
+    svg.appendChild(el("text", {x: 4, y: Y(0) + 4}, "Δℓ=0"));
+    svg.appendChild(el("text", {x: 4, y: Y(hi) + 10}, FT.fmt(hi, 2)));
+    svg.appendChild(el("text", {x: 4, y: Y(lo)}, FT.fmt(lo, 2)));
+    svg.appendChild(el("text", {x: W / 2 - 40, y: H - 6}, "k masked tokens (0.." + K + ")"));
+    ms.forEach(function (m) {
+      var pts = c.methods[m].flip_curve.map(function (y, k) { return isFinite(y) ? X(k) + "," + Y(y) : null; }).filter(Boolean);
+      var on = m === method;
+      var line = el("polyline", {points: pts.join(" "), fill: "none", stroke: on ? "#111827" : "#cbd5e1",
+                                 "stroke-width": on ? 2.5 : 1.2, "data-method": m});
+      line.appendChild(el("title", {}, m + ": k* = " + (c.methods[m].flip_k === null ? "none" : c.methods[m].flip_k)));
+      svg.appendChild(line);
+    });
+    return svg;
+  }
+
+  function methodsTable(c) {
+    var rows = methodsOf(c).map(function (m) {
+      var r = c.methods[m];
+      return el("tr", {}, [el("td", {}, m), el("td", {class: "n"}, r.flip_k === null ? "none" : String(r.flip_k)),
+                           el("td", {class: "n"}, FT.fmt(r.raw.reduce(function (a, b) { return a + (b || 0); }, 0), 4))]);
+    });
+    return el("table", {class: "t"}, [el("tr", {}, [el("th", {}, "method"), el("th", {class: "n"}, "k*"),
+                                                  el("th", {class: "n"}, "Σ input R")])].concat(rows));
+  }
+
+  function labels(c) {
+    var col = FT.meta.colors, o = c.override;
+    return el("div", {}, [
+      el("h3", {}, ["Category ", FT.badge(c.effective_category, col.categories),
+                    o ? el("span", {class: "muted"}, " (override of " + (c.category || "—") + ": " + o.reason + ")") : null]),
+      el("div", {class: "ev", html: c.evidence_html.category_evidence || "<em>no evidence</em>"}),
+      el("h3", {}, ["Pattern ", FT.badge(c.pattern, col.patterns)]),
+      el("div", {class: "ev", html: c.evidence_html.pattern_evidence || "<em>no evidence</em>"}),
+      el("details", {}, [el("summary", {}, "Graph summary"),
+                         el("div", {class: "ev", html: c.evidence_html.graph_summary || "<em>none</em>"})])]);
+  }
+
+  FT.views.case = function (view, params, id) {
+    return FT.api("/api/cases/" + encodeURIComponent(id)).then(function (c) {
+      var ms = methodsOf(c), method = params.get("method");
+      if (!c.methods[method]) method = ms.indexOf("attnlrp") >= 0 ? "attnlrp" : ms[0];
+      FT.crumb([el("a", {href: "#/case/" + id}, "case " + c.item_id),
+                c.has_graph ? el("a", {href: "#/graph/" + id, id: "to-graph"}, "graph") : null]);
+      view.textContent = "";
+      var buttons = el("div", {class: "methods", id: "methods"}, ["method: "].concat(ms.map(function (m) {
+        var b = el("button", {type: "button", "data-method": m, "aria-pressed": m === method ? "true" : "false",
+                              disabled: !c.methods[m].drawable}, m);
+        b.addEventListener("click", function () { var p = new URLSearchParams(params.toString()); p.set("method", m); FT.go("case", id, p); });
+        return b;
+      })));
+      var kv = [["item", c.item_id], ["benchmark", c.benchmark], ["model", c.model], ["verdict", c.verdict ? c.verdict.status : "—"],
+                ["Δℓ", FT.fmt(c.delta_logit, 4)], ["tokens", c.tokens.length + " (" + c.prompt_length + " prompt)"],
+                ["k* (" + method + ")", c.methods[method] && c.methods[method].flip_k !== null ? c.methods[method].flip_k : "none"],
+                ["contrast from", c.pair ? (c.pair.contrast_source || "—") + " rank " + (c.pair.contrast_rank === null ? "—" : c.pair.contrast_rank) : "—"]];
+      view.appendChild(el("section", {class: "block"}, [
+        el("h2", {}, ["Why ", el("span", {class: "pill tgt"}, FT.shown(c.target.text)), " rather than ",
+                      el("span", {class: "pill ctr"}, FT.shown(c.contrast.text)), "?"]),
+        el("div", {class: "kv"}, kv.map(function (p) { return el("div", {}, [el("span", {class: "k"}, p[0]), el("b", {}, String(p[1]))]); })),
+        c.notes.length ? el("p", {class: "note"}, c.notes.join(" · ")) : null,
+        buttons,
+        el("div", {class: "legend"}, [el("span", {}, "supports contrast"), el("span", {class: "grad"}), el("span", {}, "supports target"),
+                                      el("span", {}, "grey = special token · boxes = segments (click to fold)")])
+      ].concat(strip(c, method, params))));
+      view.appendChild(el("section", {class: "block grid2"}, [
+        el("div", {}, [el("h3", {}, "Masking flip curves"), el("p", {class: "note"},
+          "Δℓ after masking each method's top-k tokens (" + (c.masking ? c.masking.rule : "") + "); below 0 the prediction flips. Bold: " + method + "."),
+          curves(c, method), el("p", {class: "note"}, "grey: the other methods (hover a line for its name and k*)"),
+          methodsTable(c)]),
+        labels(c)]));
+      view.appendChild(FT.views.reviewBox(c));
+    });
+  };
+
+  FT.views.reviewBox = function (c) {
+    var box = el("section", {class: "block", id: "review"}, [el("h3", {}, "Review")]);
+    (c.reviews || []).forEach(function (r) {
+      box.appendChild(el("div", {class: "note"}, r.created_at + " · " + r.decision + (r.category ? " → " + r.category : "") + (r.comment ? ": " + r.comment : "")));
+    });
+    if (!FT.meta.review) { box.appendChild(el("p", {class: "muted"}, "read-only: start with `failtrace serve --review` to accept/reject pairs or override categories.")); return box; }
+    var comment = el("textarea", {id: "rv-comment", maxlength: 2000, placeholder: "comment (required for an override)"});
+    var cat = el("select", {id: "rv-category"}, FT.meta.categories.map(function (k) { return el("option", {value: k}, k); }));
+    var status = el("span", {id: "rv-status", class: "muted"});
+    function done(p) { p.then(function () { status.textContent = "saved"; window.dispatchEvent(new HashChangeEvent("hashchange")); },
+                              function (e) { status.textContent = e.message; }); }
+    function decide(d) { return function (ev) { ev.preventDefault(); done(FT.post("/api/reviews", {pair_run_id: c.pair_run_id, item_id: c.item_id, decision: d, comment: comment.value})); }; }
+    box.appendChild(el("form", {class: "rv"}, [comment,
+      el("button", {type: "button", id: "rv-accept", onclick: decide("accept")}, "accept pair"),
+      el("button", {type: "button", id: "rv-reject", onclick: decide("reject")}, "reject pair"), cat,
+      el("button", {type: "button", id: "rv-override", onclick: function () {
+        done(FT.post("/api/cases/" + encodeURIComponent(c.case_id) + "/override", {category: cat.value, comment: comment.value})); }}, "override category"),
+      status]));
+    return box;
+  };
+})(FT);

@@ -1,0 +1,97 @@
+/* failtrace explorer: shared helpers (FT namespace). No libraries, no other origin: every request goes to /api. */
+var FT = (function () {
+  "use strict";
+  var FT = {views: {}, meta: null};
+
+  FT.api = function (path, opts) {
+    return fetch(path, opts || {}).then(function (r) {
+      return r.json().catch(function () { return {}; }).then(function (body) {
+        if (!r.ok) {
+          var d = body && body.detail;
+          var msg = typeof d === "string" ? d : JSON.stringify(d || r.statusText);
+          var err = new Error(r.status + ": " + msg); err.status = r.status; throw err;
+        }
+        return body;
+      });
+    });
+  };
+
+  FT.post = function (path, body) {
+    return FT.api(path, {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
+  };
+
+  /* el("div", {class: "x", onclick: f}, [children or text]) */
+  FT.el = function (tag, attrs, children) {
+    var svg = ["svg", "line", "circle", "text", "g", "polyline", "path", "rect"].indexOf(tag) >= 0;
+    var e = svg ? document.createElementNS("http://www.w3.org/2000/svg", tag) : document.createElement(tag);
+    Object.keys(attrs || {}).forEach(function (k) {
+      var v = attrs[k];
+      if (v === null || v === undefined || v === false) return;
+      if (k.slice(0, 2) === "on") e.addEventListener(k.slice(2), v);
+      else if (k === "text") e.textContent = v;
+      else if (k === "html") e.innerHTML = v;  // only for HTML rendered by the server's own evidence renderer
+      else e.setAttribute(k, v === true ? "" : v);
+    });
+    [].concat(children === undefined ? [] : children).forEach(function (c) {
+      if (c === null || c === undefined) return;
+      e.appendChild(typeof c === "string" || typeof c === "number" ? document.createTextNode(String(c)) : c);
+    });
+    return e;
+  };
+
+  FT.fmt = function (x, d) {
+    if (x === null || x === undefined || !isFinite(x)) return "—";
+    d = d === undefined ? 3 : d;
+    return Math.abs(x) >= 1e4 || (x !== 0 && Math.abs(x) < Math.pow(10, -d)) ? Number(x).toExponential(2)
+      : Number(x).toFixed(d);
+  };
+
+  var WS = {" ": "·", "\n": "↵", "\t": "→", "\r": "␍"};
+  FT.shown = function (tok) {  // visible whitespace, ∅ for an empty token (so it can be hovered)
+    var s = String(tok === null || tok === undefined ? "" : tok);
+    return s ? s.replace(/[ \n\t\r]/g, function (c) { return WS[c]; }) : "∅";
+  };
+
+  /* white blended towards red (v > 0, supports the target) or blue (v < 0, the contrast); colours from /api/meta */
+  FT.mix = function (v) {
+    var c = FT.meta.colors, a = Math.min(1, Math.abs(v) || 0), end = v > 0 ? c.red : c.blue;
+    return "rgb(" + end.map(function (x) { return Math.round(255 + (x - 255) * a); }).join(",") + ")";
+  };
+
+  FT.badge = function (label, colours) {
+    if (!label) return FT.el("span", {class: "muted"}, "—");
+    return FT.el("span", {class: "badge", style: "background:" + ((colours || {})[label] || "#6b7280")}, label);
+  };
+
+  /* "#/route/arg?x=1&y=2" <-> {route, arg, params: URLSearchParams} */
+  FT.parseHash = function () {
+    var h = location.hash.replace(/^#\/?/, ""), q = h.indexOf("?");
+    var path = q >= 0 ? h.slice(0, q) : h, parts = path.split("/");
+    return {route: parts[0] || "cases", arg: decodeURIComponent(parts.slice(1).join("/")),
+            params: new URLSearchParams(q >= 0 ? h.slice(q + 1) : "")};
+  };
+  FT.go = function (route, arg, params, replace) {
+    var qs = params ? params.toString() : "";
+    var h = "#/" + route + (arg ? "/" + encodeURIComponent(arg) : "") + (qs ? "?" + qs : "");
+    if (replace) history.replaceState(null, "", h); else location.hash = h;
+  };
+
+  var tip = null;
+  FT.tip = function (ev, text) {
+    tip = tip || document.getElementById("tip");
+    if (!text) { tip.style.display = "none"; return; }
+    tip.textContent = text; tip.style.display = "block";
+    tip.style.left = Math.min(ev.clientX + 12, window.innerWidth - 260) + "px"; tip.style.top = (ev.clientY + 14) + "px";
+  };
+
+  FT.crumb = function (nodes) {
+    var c = document.getElementById("nav-crumb"); c.textContent = "";
+    [].concat(nodes || []).filter(Boolean).forEach(function (n) { c.appendChild(FT.el("span", {class: "sep"}, "›")); c.appendChild(n); });
+  };
+
+  FT.error = function (view, err) {
+    view.textContent = "";
+    view.appendChild(FT.el("p", {class: "err", id: "error"}, String(err.message || err)));
+  };
+  return FT;
+})();

@@ -1,0 +1,130 @@
+/* The stored pruned graph: layers (rows) × token positions (columns). The edge-mass slider keeps, per transition,
+   the strongest edges holding a share p of its |weight| (mass_before < p, computed by the server) and then only what
+   still reaches the prediction; hover highlights a node's inputs and outputs; click pins a node and shows the
+   subgraph connecting it to the prediction; search marks nodes by token text; Export saves the drawn subgraph.
+   State in the URL: #/graph/<id>?p=0.6&pin=1:37 */
+(function (FT) {
+  "use strict";
+  var el = FT.el, key = function (s, t) { return s + ":" + t; };
+
+  function prune(D, p) {  // edges kept at mass p that still reach the final node (walked from the top stage down)
+    var reach = {}, out = [];
+    reach[key(D.final[0], D.final[1])] = true;
+    D.edges.filter(function (e) { return e[5] < p; }).sort(function (a, b) { return b[2] - a[2]; }).forEach(function (e) {
+      if (reach[key(e[2], e[3])]) { out.push(e); reach[key(e[0], e[1])] = true; }
+    });
+    return {edges: out, nodes: reach};
+  }
+
+  function closure(adj, k) {
+    var seen = {}, stack = [k]; seen[k] = true;
+    while (stack.length) (adj[stack.pop()] || []).forEach(function (y) { if (!seen[y]) { seen[y] = true; stack.push(y); } });
+    return seen;
+  }
+
+  function subgraph(kept, k) {  // k's descendants = every path from k to the prediction (all kept edges reach it)
+    var up = {};
+    kept.edges.forEach(function (e) { (up[key(e[0], e[1])] = up[key(e[0], e[1])] || []).push(key(e[2], e[3])); });
+    var des = closure(up, k);
+    return {nodes: des, edges: kept.edges.filter(function (e) { return des[key(e[0], e[1])] && des[key(e[2], e[3])]; })};
+  }
+
+  function draw(D, svg, kept, state) {
+    while (svg.firstChild) svg.removeChild(svg.firstChild);
+    var info = {}; D.nodes.forEach(function (n) { info[key(n[0], n[1])] = n; });
+    var cols = Object.keys(kept.nodes).map(function (k) { return +k.split(":")[1]; })
+      .filter(function (v, i, a) { return a.indexOf(v) === i; }).sort(function (a, b) { return a - b; });
+    var S = D.stages.length, L = 56, B = 110, T = 16, dx = Math.max(26, Math.min(120, 1100 / Math.max(1, cols.length)));
+    var dy = Math.max(40, Math.min(110, 420 / Math.max(1, S - 1))), W = L + 20 + dx * cols.length, H = T + B + dy * (S - 1);
+    var X = {}; cols.forEach(function (c, i) { X[c] = L + dx * (i + 0.5); });
+    var Y = function (s) { return H - B - s * dy; };
+    svg.setAttribute("width", W); svg.setAttribute("height", H);
+    D.stages.forEach(function (name, s) { svg.appendChild(el("text", {x: 4, y: Y(s) + 4}, name)); });
+    cols.forEach(function (c) {
+      var tok = FT.shown(D.tokens[c]); tok = tok.length > 16 ? tok.slice(0, 15) + "…" : tok;
+      var t = el("text", {transform: "translate(" + (X[c] - 3) + "," + (H - B + 14) + ") rotate(60)"}, tok + " [" + c + "]");
+      if (D.special[c]) t.style.fill = "#9ca3af";
+      svg.appendChild(t);
+    });
+    var sub = state.pin && kept.nodes[state.pin] ? subgraph(kept, state.pin) : null;
+    var wmax = Math.max.apply(null, [1e-30].concat(kept.edges.map(function (e) { return Math.abs(e[4]); })));
+    var red = FT.mix(1), blue = FT.mix(-1);
+    kept.edges.slice().sort(function (a, b) { return Math.abs(a[4]) - Math.abs(b[4]); }).forEach(function (e) {
+      var a = Math.sqrt(Math.abs(e[4]) / wmax), on = !sub || (sub.nodes[key(e[0], e[1])] && sub.nodes[key(e[2], e[3])]);
+      svg.appendChild(el("line", {x1: X[e[1]], y1: Y(e[0]), x2: X[e[3]], y2: Y(e[2]), stroke: e[4] > 0 ? red : blue,
+        "stroke-width": 0.4 + 3 * a, "stroke-opacity": 0.15 + 0.8 * a, class: "e" + (on ? (sub ? " on" : "") : " dim"),
+        "data-a": key(e[0], e[1]), "data-b": key(e[2], e[3])}));
+    });
+    var q = (state.search || "").toLowerCase();
+    Object.keys(kept.nodes).forEach(function (k) {
+      var n = info[k] || [+k.split(":")[0], +k.split(":")[1], 0, 0], sp = D.special[n[1]];
+      var cls = "n" + (k === state.pin ? " pin" : "") + (sub && !sub.nodes[k] ? " dim" : "") + (sub && sub.nodes[k] ? " on" : "") +
+        (q && String(D.tokens[n[1]]).toLowerCase().indexOf(q) >= 0 ? " match" : "");
+      var c = el("circle", {cx: X[n[1]], cy: Y(n[0]), r: 2.5 + 6 * Math.min(1, n[3]), class: cls, "data-k": k,
+                            fill: sp ? "rgb(" + FT.meta.colors.special.join(",") + ")" : (n[2] > 0 ? red : blue)});
+      c.addEventListener("mouseenter", function (ev) {
+        FT.tip(ev, D.stages[n[0]] + " / pos " + n[1] + "  ‹" + FT.shown(D.tokens[n[1]]) + "›\nR = " + FT.fmt(n[2], 5) +
+               "\nnormalised |R| = " + FT.fmt(n[3], 3) + (sp ? "\n(special token)" : ""));
+        if (!sub) hover(svg, k);
+      });
+      c.addEventListener("mouseleave", function (ev) { FT.tip(ev, null); if (!sub) hover(svg, null); });
+      c.addEventListener("click", function (ev) { ev.stopPropagation(); state.setPin(state.pin === k ? null : k); });
+      svg.appendChild(c);
+    });
+    return sub;
+  }
+
+  function hover(svg, k) {  // a node's direct inputs and outputs, the rest dimmed
+    svg.querySelectorAll("line.e").forEach(function (l) { l.classList.toggle("dim", k !== null && l.dataset.a !== k && l.dataset.b !== k); });
+  }
+
+  function exportJSON(D, kept, sub, state) {
+    var g = sub || kept, nodes = D.nodes.filter(function (n) { return g.nodes[key(n[0], n[1])]; });
+    var blob = new Blob([JSON.stringify({case_id: D.case_id, p: state.p, pinned: state.pin, stages: D.stages,
+      final: D.final, nodes: nodes.map(function (n) { return {stage: n[0], token: n[1], text: D.tokens[n[1]], relevance: n[2]}; }),
+      edges: g.edges.map(function (e) { return {source: [e[0], e[1]], target: [e[2], e[3]], weight: e[4]}; })}, null, 1)],
+      {type: "application/json"});
+    var a = el("a", {href: URL.createObjectURL(blob), download: "failtrace-graph-" + D.case_id + (state.pin ? "-" + state.pin.replace(":", "_") : "") + ".json"});
+    document.body.appendChild(a); a.click(); a.remove();
+  }
+
+  FT.views.graph = function (view, params, id) {
+    return FT.api("/api/cases/" + encodeURIComponent(id) + "/graph").then(function (D) {
+      FT.crumb([el("a", {href: "#/case/" + id}, "case"), el("a", {href: "#/graph/" + id}, "graph")]);
+      var p = Math.min(1, Math.max(0.01, parseFloat(params.get("p")) || 0.8));
+      var state = {p: p, pin: params.get("pin"), search: params.get("q") || ""};
+      function save() {
+        var u = new URLSearchParams(); u.set("p", state.p.toFixed(2));
+        if (state.pin) u.set("pin", state.pin); if (state.search) u.set("q", state.search);
+        FT.go("graph", id, u, true);
+      }
+      view.textContent = "";
+      var slider = el("input", {type: "range", id: "mass", min: "0.01", max: "1", step: "0.01", value: String(p)});
+      var pv = el("span", {id: "mass-value"}), count = el("span", {id: "gcount"}), subInfo = el("span", {id: "gsub", class: "muted"});
+      var search = el("input", {type: "search", id: "gsearch", placeholder: "find token…", value: state.search});
+      var svg = el("svg", {id: "graph", xmlns: "http://www.w3.org/2000/svg"}), kept = null, sub = null;
+      function redraw() {
+        kept = prune(D, state.p); sub = draw(D, svg, kept, state);
+        if (state.pin && !kept.nodes[state.pin]) state.pin = null;
+        pv.textContent = state.p.toFixed(2);
+        count.textContent = Object.keys(kept.nodes).length + " nodes, " + kept.edges.length + " edges drawn (of " + D.edges.length + " stored)";
+        subInfo.textContent = sub ? "pinned " + state.pin + ": subgraph to the prediction has " + Object.keys(sub.nodes).length +
+          " nodes, " + sub.edges.length + " edges" : "click a node to pin it";
+        save();
+      }
+      state.setPin = function (k) { state.pin = k; redraw(); };
+      slider.addEventListener("input", function () { state.p = +slider.value; redraw(); });
+      search.addEventListener("input", function () { state.search = search.value; redraw(); });
+      svg.addEventListener("click", function () { if (state.pin) state.setPin(null); });
+      view.appendChild(el("section", {class: "block"}, [
+        el("h2", {}, "Attribution graph"),
+        el("p", {class: "note"}, "Rows: stages (embeddings, then each decoder layer's output); columns: token positions with a kept node. " +
+           "Red edges/nodes push towards the target, blue towards the contrast; node size = normalised |R| in its stage. " +
+           "Stored graph pruned with " + ((D.settings || {}).prune || "?") + "; the slider re-prunes those edges by cumulative mass."),
+        el("div", {class: "graphbar"}, [el("label", {}, ["edge mass p ", slider, " ", pv]), count, search,
+          el("button", {type: "button", id: "export", onclick: function () { exportJSON(D, kept, sub, state); }}, "export JSON"), subInfo]),
+        el("div", {class: "gwrap"}, svg)]));
+      redraw();
+    });
+  };
+})(FT);

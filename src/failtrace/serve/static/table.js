@@ -1,0 +1,113 @@
+/* The cases table (landing page): facets with counts, Δℓ / k* ranges, item search, sortable columns, server-side
+   paging. The whole state is the URL hash (#/cases?pair_status=clean&sort=delta_logit&desc=1&offset=50). */
+(function (FT) {
+  "use strict";
+  var el = FT.el;
+  var COLS = [["item_id", "item"], ["benchmark", "benchmark"], ["model", "model"], ["verdict", "verdict"],
+              ["pair_status", "pair"], ["target_text", "target"], ["contrast_text", "contrast"],
+              ["delta_logit", "Δℓ"], ["k_star", "k*"], ["category", "category"], ["pattern", "pattern"],
+              ["n_tokens", "tokens"]];
+  var RANGES = [["dl_min", "dl_max", "Δℓ range"], ["k_min", "k_max", "k* (attnlrp)"]];
+  var PAGE = 50;
+
+  function update(params, changes) {  // a new view state: any filter change goes back to the first page
+    var p = new URLSearchParams(params.toString());
+    Object.keys(changes).forEach(function (k) {
+      var v = changes[k];
+      p.delete(k);
+      [].concat(v === null || v === undefined || v === "" ? [] : v).forEach(function (x) { p.append(k, x); });
+    });
+    if (!("offset" in changes)) p.delete("offset");
+    FT.go("cases", "", p);
+  }
+
+  function facetBox(name, values, params) {
+    var chosen = params.getAll(name), box = el("div", {class: "facet", "data-facet": name});
+    box.appendChild(el("h4", {text: name.replace("_", " ")}));
+    values.forEach(function (f) {
+      var cb = el("input", {type: "checkbox", value: f.value, "data-facet": name,
+                            checked: chosen.indexOf(f.value) >= 0});
+      cb.addEventListener("change", function () {
+        var now = params.getAll(name).filter(function (v) { return v !== f.value; });
+        if (cb.checked) now.push(f.value);
+        var ch = {}; ch[name] = now; update(params, ch);
+      });
+      box.appendChild(el("label", {}, [cb, el("span", {}, f.value), el("span", {class: "c"}, String(f.count))]));
+    });
+    return box;
+  }
+
+  function rangeBox(lo, hi, label, params) {
+    function input(key, ph) {
+      var i = el("input", {type: "number", step: "any", placeholder: ph, value: params.get(key) || "", id: key});
+      i.addEventListener("change", function () { var ch = {}; ch[key] = i.value; update(params, ch); });
+      return i;
+    }
+    return el("div", {}, [el("h4", {text: label}), el("div", {class: "range"}, [input(lo, "min"), input(hi, "max")])]);
+  }
+
+  function sidebar(data, params) {
+    var side = el("aside", {class: "facets"});
+    var search = el("input", {type: "search", id: "search", placeholder: "item id contains…", value: params.get("q") || ""});
+    search.addEventListener("change", function () { update(params, {q: search.value}); });
+    side.appendChild(el("h4", {text: "search"})); side.appendChild(search);
+    RANGES.forEach(function (r) { side.appendChild(rangeBox(r[0], r[1], r[2], params)); });
+    FT.meta.facets.forEach(function (name) { side.appendChild(facetBox(name, data.facets[name] || [], params)); });
+    side.appendChild(el("button", {type: "button", id: "clear", onclick: function () { FT.go("cases", "", null); }},
+                        "clear filters"));
+    return side;
+  }
+
+  function header(params) {
+    var sort = params.get("sort") || "item_id", desc = params.get("desc") === "1";
+    return el("tr", {}, COLS.map(function (c) {
+      var on = c[0] === sort;
+      return el("th", {class: "s" + (on ? " on" : "") + (c[0] === "delta_logit" || c[0] === "k_star" ||
+                       c[0] === "n_tokens" ? " n" : ""), "data-col": c[0], title: "sort by " + c[1],
+                       onclick: function () { update(params, {sort: c[0], desc: on && !desc ? "1" : null}); }},
+                c[1] + (on ? (desc ? " ▼" : " ▲") : ""));
+    }));
+  }
+
+  function row(r) {
+    var c = FT.meta.colors;
+    var cells = [el("td", {}, r.item_id), el("td", {}, r.benchmark), el("td", {title: r.model},
+                 String(r.model).split("/").pop()), el("td", {}, r.verdict), el("td", {}, r.pair_status || "—"),
+                 el("td", {class: "tx"}, r.target_text === null ? "—" : "‹" + FT.shown(r.target_text) + "›"),
+                 el("td", {class: "tx"}, r.contrast_text === null ? "—" : "‹" + FT.shown(r.contrast_text) + "›"),
+                 el("td", {class: "n"}, FT.fmt(r.delta_logit)), el("td", {class: "n"}, r.k_star === null ? "—" : String(r.k_star)),
+                 el("td", {}, [FT.badge(r.category, c.categories), r.overridden ? el("span", {class: "muted", title: "overridden by a reviewer"}, " ✎") : null]),
+                 el("td", {}, FT.badge(r.pattern, c.patterns)), el("td", {class: "n"}, r.n_tokens === null ? "—" : String(r.n_tokens))];
+    var tr = el("tr", {class: "row" + (r.case_id ? " has-case" : ""), "data-case": r.case_id || ""}, cells);
+    tr.addEventListener("click", function () {
+      if (r.case_id) FT.go("case", r.case_id, null);
+      else FT.go("item", "", new URLSearchParams({run_id: r.run_id, item_id: r.item_id}));
+    });
+    return tr;
+  }
+
+  function pager(data, params) {
+    var from = data.total ? data.offset + 1 : 0, to = Math.min(data.total, data.offset + data.rows.length);
+    function to_(off) { return function () { update(params, {offset: off > 0 ? String(off) : null}); }; }
+    return el("div", {class: "toolbar"}, [
+      el("span", {id: "total"}, data.total + " rows"), el("span", {class: "muted", id: "span"}, from + "–" + to),
+      el("button", {type: "button", id: "prev", disabled: data.offset <= 0, onclick: to_(data.offset - data.limit)}, "◀ prev"),
+      el("button", {type: "button", id: "next", disabled: data.offset + data.limit >= data.total,
+                    onclick: to_(data.offset + data.limit)}, "next ▶")]);
+  }
+
+  FT.views.cases = function (view, params) {
+    var q = new URLSearchParams(params.toString());
+    if (!q.get("limit")) q.set("limit", String(PAGE));
+    if (q.get("desc") === "1") q.set("desc", "true");
+    FT.crumb([]);
+    return FT.api("/api/table?" + q.toString()).then(function (data) {
+      view.textContent = "";
+      var tbl = el("table", {class: "t cases", id: "cases"}, [el("thead", {}, header(params)),
+                   el("tbody", {}, data.rows.map(row))]);
+      var main = el("div", {}, [pager(data, params), el("div", {class: "scroll"}, tbl),
+                                data.rows.length ? null : el("p", {class: "muted"}, "no rows match these filters")]);
+      view.appendChild(el("div", {class: "layout"}, [sidebar(data, params), main]));
+    });
+  };
+})(FT);

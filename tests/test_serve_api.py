@@ -1,0 +1,293 @@
+"""The explorer's JSON API against a real analysed toy store: counts, facets, filters, sorting and paging checked
+against the store read independently (load_cases, pairs, verdicts), the case payload against explicit math, the
+graph's edge-mass shares against a brute-force recomputation; bad input gives 404/422/403/413, never 500; no path
+reaches the filesystem; browsing never changes the store file (sha256)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from serve_store import analysed_toy_store, sha256  # noqa: E402
+
+from failtrace.store import open_store  # noqa: E402
+from failtrace.store.cases import load_cases  # noqa: E402
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from failtrace.serve.app import MAX_BODY, create_app  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    info = analysed_toy_store(tmp_path_factory.mktemp("serve"))
+    with open_store(info["store"], read_only=True) as st:
+        info["cases"] = load_cases(st, with_graph=True)
+        info["pairs"] = st.pairs()
+        info["verdicts"] = st.results(info["run_id"])
+    assert len(info["cases"]) >= 3 and len(info["verdicts"]) == 8
+    info["sha"] = sha256(info["store"])
+    return info
+
+
+@pytest.fixture(scope="module")
+def client(toy: dict[str, Any]):
+    with TestClient(create_app(toy["store"]), base_url="http://127.0.0.1") as c:
+        yield c
+
+
+def _all_rows(client: TestClient, **params: Any) -> list[dict[str, Any]]:
+    r = client.get("/api/table", params={**params, "limit": 500})
+    assert r.status_code == 200
+    return r.json()["rows"]
+
+
+def test_total_and_facet_counts_match_the_store(client: TestClient, toy: dict[str, Any]) -> None:
+    data = client.get("/api/table").json()
+    assert data["total"] == len(toy["verdicts"])
+    facets = {k: {f["value"]: f["count"] for f in v} for k, v in data["facets"].items()}
+    assert facets["verdict"] == dict(Counter(v["status"] for v in toy["verdicts"]))
+    pair_status = Counter(p["status"] for p in toy["pairs"])
+    pair_status["(none)"] = sum(v["status"] == "pass" for v in toy["verdicts"])  # passed items have no pair
+    assert facets["pair_status"] == {k: n for k, n in pair_status.items() if n}
+    cats = Counter(c.effective_category for c in toy["cases"])
+    cats["(none)"] = len(toy["verdicts"]) - len(toy["cases"])
+    assert facets["category"] == dict(cats)
+    assert facets["pattern"] == {**Counter(c.pattern for c in toy["cases"]),
+                                 "(none)": len(toy["verdicts"]) - len(toy["cases"])}
+    assert facets["benchmark"] == {"toy": 8}
+
+
+def test_filters_narrow_exactly(client: TestClient, toy: dict[str, Any]) -> None:
+    clean = [p for p in toy["pairs"] if p["status"] == "clean"]
+    rows = _all_rows(client, pair_status="clean")
+    assert {r["item_id"] for r in rows} == {p["item_id"] for p in clean} and len(rows) < 8
+    # a facet's own counts ignore its own filter (faceted search), the others follow it
+    data = client.get("/api/table", params={"pair_status": "clean"}).json()
+    assert {f["value"] for f in data["facets"]["pair_status"]} >= {"clean", "unbounded"}
+    assert sum(f["count"] for f in data["facets"]["verdict"]) == len(clean)
+    deltas = sorted(c.delta_logit for c in toy["cases"])
+    lo, hi = deltas[1], deltas[-2]
+    rows = _all_rows(client, dl_min=lo, dl_max=hi, has_case=True)
+    assert len(rows) == sum(lo <= c.delta_logit <= hi for c in toy["cases"])
+    assert all(lo <= r["delta_logit"] <= hi for r in rows)
+    ks = [c.flip_k("attnlrp") for c in toy["cases"]]
+    k = sorted(x for x in ks if x is not None)[len([x for x in ks if x is not None]) // 2]
+    rows = _all_rows(client, k_min=k)
+    assert sorted(r["case_id"] for r in rows) == sorted(c.case_id for c in toy["cases"]
+                                                        if c.flip_k("attnlrp") is not None
+                                                        and c.flip_k("attnlrp") >= k)
+    pat = toy["cases"][0].pattern
+    assert len(_all_rows(client, pattern=pat)) == sum(c.pattern == pat for c in toy["cases"])
+    assert len(_all_rows(client, pattern=[pat, "(none)"])) == sum(c.pattern == pat for c in toy["cases"]) + 2
+    assert [r["item_id"] for r in _all_rows(client, q="Q003")] == ["q003"]  # case-insensitive substring
+    assert _all_rows(client, benchmark="nope") == []
+
+
+def test_sort_and_server_side_paging(client: TestClient, toy: dict[str, Any]) -> None:
+    full = _all_rows(client, sort="delta_logit", desc=True)
+    values = [r["delta_logit"] for r in full if r["delta_logit"] is not None]
+    assert values == sorted(values, reverse=True) and full[-1]["delta_logit"] is None  # NULLs last
+    pages, offset = [], 0
+    while True:
+        data = client.get("/api/table", params={"sort": "delta_logit", "desc": True, "limit": 3,
+                                                "offset": offset}).json()
+        assert data["total"] == len(full) and len(data["rows"]) <= 3
+        if not data["rows"]:
+            break
+        pages.append(data["rows"])
+        offset += 3
+    assert [len(p) for p in pages] == [3, 3, 2]
+    assert [r["item_id"] for p in pages for r in p] == [r["item_id"] for r in full]
+
+
+def test_case_payload_matches_the_stored_case(client: TestClient, toy: dict[str, Any]) -> None:
+    for case in toy["cases"]:
+        d = client.get(f"/api/cases/{case.case_id}").json()
+        assert d["tokens"] == case.tokens and d["special"] == case.special_mask
+        assert d["labels"] == case.segment_labels() and d["delta_logit"] == pytest.approx(case.delta_logit)
+        assert d["effective_category"] == case.effective_category and d["pattern"] == case.pattern
+        assert set(d["methods"]) == set(case.methods)
+        for name, m in case.methods.items():
+            raw = np.asarray(m.input_relevance)
+            plain = ~np.asarray(case.special_mask)
+            expected = raw / np.abs(raw[plain]).max()  # normalisation by hand: largest |R| of non-special tokens
+            assert np.allclose(d["methods"][name]["norm"], expected)
+            assert d["methods"][name]["flip_curve"] == pytest.approx(m.flip_curve)
+            assert d["methods"][name]["flip_k"] == m.flip_k
+        assert "<script" not in d["evidence_html"]["category_evidence"]
+        assert d["evidence_html"]["category_evidence"].startswith("<dl>")
+
+
+def test_graph_edges_and_mass_shares(client: TestClient, toy: dict[str, Any]) -> None:
+    case = toy["cases"][0]
+    d = client.get(f"/api/cases/{case.case_id}/graph").json()
+    assert len(d["edges"]) == len(case.graph["edges"]) and len(d["nodes"]) == len(case.graph["nodes"])
+    assert d["final"] == [len(case.graph["stages"]) - 1, case.position - 1]
+    edges = d["edges"]
+    for i, e in enumerate(edges):  # brute force: |w| of the strictly stronger edges of the same transition / total
+        same = [j for j, f in enumerate(edges) if (f[0], f[2]) == (e[0], e[2])]
+        total = sum(abs(edges[j][4]) for j in same)
+        stronger = sum(abs(edges[j][4]) for j in same if abs(edges[j][4]) > abs(e[4]))
+        ties = sum(abs(edges[j][4]) for j in same if abs(edges[j][4]) == abs(e[4]) and j < i)
+        assert e[5] == pytest.approx((stronger + ties) / total, abs=1e-9)
+
+
+def test_unknown_ids_404_malformed_422(client: TestClient, toy: dict[str, Any]) -> None:
+    assert client.get("/api/cases/" + "0" * 24).status_code == 404
+    assert client.get("/api/cases/" + "0" * 24 + "/graph").status_code == 404
+    for bad in ("bad!id", "x" * 65, "a%20b", "%00"):
+        assert client.get(f"/api/cases/{bad}").status_code == 422, bad
+    for params in ({"limit": 0}, {"limit": 501}, {"limit": "abc"}, {"offset": -1}, {"sort": "1;drop table cases"},
+                   {"dl_min": "nan"}, {"k_min": -1}, {"q": "x" * 201}, {"pair_status": "x" * 201}):
+        r = client.get("/api/table", params=params)
+        assert r.status_code == 422, params
+    assert client.get("/api/item", params={"run_id": toy["run_id"]}).status_code == 422
+    assert client.get("/api/item", params={"run_id": toy["run_id"], "item_id": "nope"}).status_code == 404
+    it = client.get("/api/item", params={"run_id": toy["run_id"], "item_id": "q007"}).json()
+    assert it["status"] == "pass" and it["pairs"] == []
+    assert client.get("/api/nothing").status_code == 404
+
+
+def test_no_path_reaches_the_filesystem(client: TestClient) -> None:
+    from importlib import resources
+
+    for path in ("/static/../../etc/passwd", "/static/..%2F..%2Fetc%2Fpasswd", "/static/%2e%2e/%2e%2e/etc/passwd",
+                 "/static/..\\..\\etc\\passwd", "/static/app.py", "/static/__init__.py", "/static/",
+                 "/static/static%2Fapp.js", "/etc/passwd", "/static/%2Fetc%2Fpasswd"):
+        r = client.get(path)
+        assert r.status_code == 404, path
+        assert "root:" not in r.text
+    r = client.get("/static/app.js")
+    assert r.status_code == 200
+    assert r.content == resources.files("failtrace.serve").joinpath("static/app.js").read_bytes()
+    assert client.get("/").headers["content-security-policy"].startswith("default-src 'self'")
+
+
+def test_writes_refused_without_review_and_store_unchanged(client: TestClient, toy: dict[str, Any]) -> None:
+    case = toy["cases"][0]
+    review = {"pair_run_id": case.pair_run_id, "item_id": case.item_id, "decision": "reject", "comment": "no"}
+    assert client.post("/api/reviews", json=review).status_code == 403
+    r = client.post(f"/api/cases/{case.case_id}/override", json={"category": "NC-IA+AG", "comment": "x"})
+    assert r.status_code == 403
+    for c in toy["cases"]:  # browse everything
+        assert client.get(f"/api/cases/{c.case_id}").status_code == 200
+        assert client.get(f"/api/cases/{c.case_id}/graph").status_code == 200
+    assert client.get("/api/reviews").json() == {"reviews": []}
+    assert client.get("/api/meta").json()["review"] is False
+    assert sha256(toy["store"]) == toy["sha"]
+    assert not Path(str(toy["store"]) + ".wal").exists()
+
+
+def test_openapi_documents_the_api(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    assert {"/api/table", "/api/cases/{case_id}", "/api/cases/{case_id}/graph", "/api/reviews",
+            "/api/cases/{case_id}/override", "/api/item", "/api/meta"} <= set(spec["paths"])
+    names = {p["name"] for p in spec["paths"]["/api/table"]["get"]["parameters"]}
+    assert {"pair_status", "category", "dl_min", "k_max", "sort", "limit", "offset"} <= names
+    r = client.get("/docs", follow_redirects=False)
+    assert r.status_code == 307 and r.headers["location"] == "/#/api"
+    assert client.get("/redoc").status_code == 404  # no page that would load a CDN script
+
+
+def test_foreign_host_header_refused(client: TestClient) -> None:
+    assert client.get("/api/meta", headers={"host": "evil.example"}).status_code == 400
+
+
+def test_review_mode_writes_validated_rows(toy: dict[str, Any], tmp_path: Path) -> None:
+    store = tmp_path / "review.duckdb"
+    shutil.copy(toy["store"], store)
+    case = toy["cases"][0]
+    other = next(c for c in ("M-IA", "NC-IA+M-AG", "NC-IA+AG") if c != case.category)
+    with TestClient(create_app(store, review=True), base_url="http://127.0.0.1") as c:
+        ok = {"pair_run_id": case.pair_run_id, "item_id": case.item_id, "decision": "reject", "comment": "bad pair"}
+        r = c.post("/api/reviews", json=ok)
+        assert r.status_code == 201 and r.json()["case_id"] == case.case_id
+        for bad, code in (({**ok, "decision": "maybe"}, 422), ({**ok, "comment": "x" * 2001}, 422),
+                          ({**ok, "item_id": "nope"}, 404), ({"decision": "accept"}, 422)):
+            assert c.post("/api/reviews", json=bad).status_code == code, bad
+        assert c.post("/api/reviews", content=b'{"a": "' + b"x" * MAX_BODY + b'"}',
+                      headers={"content-type": "application/json"}).status_code == 413
+        url = f"/api/cases/{case.case_id}/override"
+        assert c.post(url, json={"category": "nonsense", "comment": "x"}).status_code == 422
+        assert c.post(url, json={"category": other, "comment": "   "}).status_code == 422
+        assert c.post("/api/cases/" + "0" * 24 + "/override", json={"category": other, "comment": "x"}).status_code == 404
+        assert c.post(url, json={"category": other, "comment": "ablation says so"}).status_code == 201
+        d = c.get(f"/api/cases/{case.case_id}").json()
+        assert d["effective_category"] == other and d["override"]["reason"] == "ablation says so"
+        assert [r["decision"] for r in d["reviews"]] == ["category", "reject"]
+        assert c.get("/api/table", params={"category": other}).json()["total"] >= 1
+        assert len(c.get("/api/reviews").json()["reviews"]) == 2
+    with open_store(store, read_only=True) as st:  # what the rest of failtrace reads back
+        stored = {x.case_id: x for x in load_cases(st)}[case.case_id]
+        assert stored.effective_category == other and stored.category == case.category
+        rows = st.con.execute("SELECT decision, comment FROM reviews ORDER BY created_at").fetchall()
+        assert rows == [("reject", "bad pair"), ("category", "ablation says so")]
+
+
+def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from failtrace.cli import main
+
+    assert main(["serve", "--store", str(tmp_path / "missing.duckdb")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no results store") and "Traceback" not in err
+    (tmp_path / "s.duckdb").write_text("not a database")
+    assert main(["serve", "--store", str(tmp_path / "s.duckdb"), "--port", "70000"]) == 2
+    assert "--port 70000" in capsys.readouterr().err
+
+
+def test_cli_port_in_use_is_one_line(toy: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    from failtrace.cli import main
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        assert main(["serve", "--store", str(toy["store"]), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot serve on 127.0.0.1:{port}") and err.count("\n") == 1
+
+
+def test_cli_serves_and_stops_on_sigint(toy: dict[str, Any]) -> None:
+    """The real command in a subprocess: prints its loopback URL, answers, stops cleanly on Ctrl-C (SIGINT)."""
+    import os
+    import signal
+    import subprocess
+    import urllib.request
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "failtrace.cli", "serve", "--store", str(toy["store"]),
+                             "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("failtrace explorer on http://127.0.0.1:") and "read-only" in line
+        url = line.split()[3]
+        for _ in range(100):
+            try:
+                with urllib.request.urlopen(url + "/api/meta", timeout=5) as r:
+                    assert json.loads(r.read())["review"] is False
+                break
+            except OSError:
+                import time
+
+                time.sleep(0.1)
+        else:
+            pytest.fail("the server never answered")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert sha256(toy["store"]) == toy["sha"]
