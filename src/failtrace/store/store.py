@@ -298,6 +298,19 @@ class ResultsStore:
             )
         return True
 
+    def append_run_setting(self, run_id: str, key: str, entry: Any) -> None:
+        """Append ``entry`` to the list ``settings[key]`` of run ``run_id`` (e.g. the Ray workers of each call).
+
+        What is recorded never changes the run's id nor its results: a rerun of the same run adds its own entry.
+        """
+        with self._transaction():
+            row = self.con.execute("SELECT settings FROM runs WHERE run_id = ?", [run_id]).fetchone()
+            if row is None:
+                raise FailtraceError(f"no run {run_id!r} in {self.path}")
+            settings = json.loads(row[0]) if row[0] else {}
+            settings[key] = [*settings.get(key, []), entry]
+            self.con.execute("UPDATE runs SET settings = ? WHERE run_id = ?", [_dumps(settings), run_id])
+
     def get_run(self, run_id: str) -> RunRecord | None:
         rows = self._rows("SELECT * FROM runs WHERE run_id = ?", [run_id])
         return RunRecord.from_dict(rows[0]) if rows else None
