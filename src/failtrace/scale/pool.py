@@ -11,6 +11,7 @@ errored with the reason. An actor whose restarts are used up is dropped; when no
 from __future__ import annotations
 
 import collections
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,9 +42,10 @@ def ensure_ray(workers: int, address: str | None = None) -> bool:
         return False
     try:
         if address:
-            ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
+            ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, logging_level=logging.ERROR)
         else:
-            ray.init(num_cpus=workers, namespace=NAMESPACE, include_dashboard=False, log_to_driver=False)
+            ray.init(num_cpus=workers, namespace=NAMESPACE, include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.ERROR)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
         raise FailtraceError(f"could not start or join {where}: {str(exc).splitlines()[0][:300]}") from None
