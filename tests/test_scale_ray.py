@@ -192,3 +192,18 @@ def test_an_item_that_kills_every_worker_is_recorded_as_errored(cluster: Any) ->
     ref = {r["item_id"]: r for r in _rows(cluster["serial"])["generations"]}
     for item_id in ("q000", "q001", "q002"):
         assert rows[item_id]["token_ids"] == ref[item_id]["token_ids"]
+
+
+def test_cli_refuses_bad_scale_options_before_touching_anything(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from failtrace.cli import main
+
+    store = tmp_path / "s.duckdb"
+    base = ["collect", "--benchmark", "ifeval", "--data", "nope.jsonl", "--store", str(store)]
+    assert main([*base, "--ray-address", "auto"]) == 2
+    assert "error: --ray-address needs --workers N" in capsys.readouterr().err
+    assert main([*base, "--workers", "2", "--batch-size", "2"]) == 2
+    assert "error: --batch-size > 1 is not supported with --workers" in capsys.readouterr().err
+    assert main([*base, "--workers", "0"]) == 2
+    assert "--workers" in capsys.readouterr().err
+    assert not store.exists()

@@ -208,7 +208,8 @@ def pairs_command(
                                  limit=limit, device=device, progress=progress)
     counts = ", ".join(f"{v} {k}" for k, v in sorted(summary.statuses.items())) or "nothing new"
     typer.echo(f"{summary.failures} failures, {summary.skipped} already paired, {summary.processed} paired now "
-               f"({counts}; {summary.rollouts} rollouts) in {summary.seconds:.1f} s -> {store}")
+               f"({counts}; {summary.rollouts} rollouts) in {summary.seconds:.1f} s"
+               + (f" on {workers} Ray workers" if workers else "") + f" -> {store}")
 
 
 def status_command(

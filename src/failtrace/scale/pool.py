@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,7 +67,8 @@ class WorkerPool:
     """``workers`` Ray actors holding the model of ``spec`` (see the module docstring)."""
 
     def __init__(self, spec: ModelSpec, workers: int, *, max_attempts: int = 3, max_restarts: int = 2,
-                 inflight: int = 2, cpus_per_worker: float = 1.0, name: str | None = None) -> None:
+                 inflight: int = 2, cpus_per_worker: float = 1.0, name: str | None = None,
+                 start_timeout: float = 900.0) -> None:
         if workers < 1:
             raise FailtraceError(f"--workers must be at least 1, got {workers}")
         if max_attempts < 1:
@@ -83,10 +85,14 @@ class WorkerPool:
         else:
             self.actors = [actor_cls.remote(spec, max(1, int(cpus_per_worker))) for _ in range(workers)]
         try:
-            hellos = ray.get([a.hello.remote() for a in self.actors])
+            hellos = ray.get([a.hello.remote() for a in self.actors], timeout=start_timeout)
         except ray.exceptions.RayActorError as exc:
             self.close(force=True)
             raise FailtraceError(f"a Ray worker could not load {spec.name}: {_reason(exc)}") from None
+        except ray.exceptions.GetTimeoutError:
+            self.close(force=True)
+            raise FailtraceError(f"{workers} Ray worker(s) did not start within {start_timeout:.0f} s; does the "
+                                 f"cluster have {workers} free {'GPUs' if gpus else 'CPUs'}? (`ray status`)") from None
         self.model: DescribedModel = hellos[0]["model"]
         self.helper: DescribedModel | None = hellos[0]["helper"]
         self.provenance = [h["provenance"] for h in hellos]
@@ -159,5 +165,12 @@ class WorkerPool:
 
 
 def _reason(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:300]}"
+    """One line: the innermost exception Ray's text quotes (e.g. the model loader's error), else its first line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    raised = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Exit)\b[^:]*: ", line)]
+    if raised:
+        name, _, message = raised[-1].partition(":")
+        text = f"{name.rsplit('.', 1)[-1]}:{message}"
+    else:
+        text = " / ".join(lines[:1] + lines[-1:]) if len(lines) > 1 else (lines or [""])[0]
+    return f"{type(exc).__name__}: {' '.join(text.split())[:300]}"
