@@ -1,4 +1,8 @@
-"""attribute() on the real bundled SmolLM2-135M-Instruct: conservation, baselines, faithfulness, input handling."""
+"""attribute() on the real bundled SmolLM2-135M-Instruct: conservation, baselines, faithfulness, input handling.
+
+Bounds are set from measured values (float32, CPU, transformers 5 and 4.57; measured values in the comments) with
+modest slack, so that a change in the numbers shows up as a failure instead of passing inside a wide band.
+"""
 
 from __future__ import annotations
 
@@ -32,10 +36,13 @@ def test_attnlrp_record_on_bundled_model(bundled):
     n = len(attr.tokens)
     assert attr.hidden_relevance.shape == (bundled.num_layers + 1, n)
     assert np.isfinite(attr.hidden_relevance).all()
-    assert math.isclose(attr.last_layer_sum, attr.delta_logit, rel_tol=1e-4)
-    assert attr.delta_logit == pytest.approx(attr.extra["target_logit"] - attr.extra["contrast_logit"], rel=1e-5)
-    # AttnLRP does not conserve at the input: part of Δℓ is absorbed; it is reported next to Δℓ
-    assert 0.05 < attr.relevance_sum / attr.delta_logit < 1.5
+    assert math.isclose(attr.last_layer_sum, attr.delta_logit, rel_tol=1e-5)  # measured 3.5e-7
+    # measured 5.2e-8
+    assert attr.delta_logit == pytest.approx(attr.extra["target_logit"] - attr.extra["contrast_logit"], rel=1e-6)
+    # AttnLRP does not conserve at the input: part of Δℓ is absorbed; it is reported next to Δℓ.
+    # Measured Δℓ = 9.163 and input sum / Δℓ = 0.380 on transformers 5; 9.034 and 0.364 on transformers 4.57.
+    assert attr.delta_logit == pytest.approx(9.10, rel=0.025)
+    assert 0.29 < attr.relevance_sum / attr.delta_logit < 0.46
     assert any(attr.special_mask) and not all(attr.special_mask)
     assert attr.tokens[attr.prompt_length:] and "".join(attr.tokens[attr.prompt_length:]).strip() == prefix
     # normalised relevance: max |R| over non-special tokens is exactly 1
@@ -54,11 +61,14 @@ def test_methods_share_delta_and_differ_in_relevance(bundled):
     out = {m: failtrace.attribute(bundled, prompt, tgt, con, chat=True, answer_prefix=prefix, method=m, ig_steps=8)
            for m in ("attnlrp", "cp-lrp", "gradxinput", "ig")}
     deltas = {m: a.delta_logit for m, a in out.items()}
-    assert max(deltas.values()) - min(deltas.values()) < 1e-3
-    # CP-LRP conserves (no biases in Llama): input sum ≈ Δℓ
-    assert out["cp-lrp"].relevance_sum == pytest.approx(out["cp-lrp"].delta_logit, rel=1e-3)
-    assert not np.allclose(out["attnlrp"].input_relevance, out["gradxinput"].input_relevance, atol=1e-3)
-    assert out["ig"].hidden_relevance.shape[0] == 1
+    assert max(deltas.values()) - min(deltas.values()) < 1e-5  # measured 0.0 (one forward pass, Δℓ = 4.157)
+    # CP-LRP conserves (no biases in Llama): input sum ≈ Δℓ (measured relative gap 1.7e-7)
+    assert out["cp-lrp"].relevance_sum == pytest.approx(out["cp-lrp"].delta_logit, rel=1e-5)
+    # AttnLRP and gradient × input disagree: measured max |difference| 0.646, correlation 0.42
+    lrp, gxi = out["attnlrp"].input_relevance, out["gradxinput"].input_relevance
+    assert np.abs(lrp - gxi).max() > 0.3 and np.corrcoef(lrp, gxi)[0, 1] < 0.7
+    # integrated gradients explains the embeddings only (its completeness is tested in test_baselines_ig.py)
+    assert out["ig"].hidden_relevance.shape == (1, len(out["ig"].tokens))
 
 
 def test_masking_top_tokens_lowers_delta_more_than_random(bundled):
@@ -74,10 +84,13 @@ def test_masking_top_tokens_lowers_delta_more_than_random(bundled):
         fn = lambda lg: objective_value(lg, "logit_diff", attr.target.id, attr.contrast.id)  # noqa: E731
         vals = masked_objective(bundled.model, attr.token_ids, [[], top, *randoms], fn)
         base = vals[0]
-        assert base == pytest.approx(attr.delta_logit, rel=1e-4)
+        assert base == pytest.approx(attr.delta_logit, rel=5e-5)  # measured at most 5.9e-6
         top_drops.append(base - vals[1])
         rand_drops.append(base - float(np.mean(vals[2:])))
-    assert np.mean(top_drops) > np.mean(rand_drops), (top_drops, rand_drops)
+    # measured drops, top-3 vs random-3: 6.78/2.40, 2.07/0.94, 2.57/0.93, 2.44/0.22, 0.64/0.52, 4.37/1.08;
+    # means 3.15 vs 1.02
+    assert sum(t > r for t, r in zip(top_drops, rand_drops, strict=True)) >= 5, (top_drops, rand_drops)
+    assert np.mean(top_drops) > 2 * np.mean(rand_drops), (top_drops, rand_drops)
 
 
 def test_token_and_input_errors(bundled):
@@ -104,4 +117,4 @@ def test_ids_prompt_and_position(bundled):
 def test_default_target_is_greedy_token(bundled):
     attr = failtrace.attribute(bundled, "The capital of France is", objective="max_logit")
     assert attr.extra["target_rank"] == 0
-    assert attr.delta_logit == pytest.approx(attr.extra["target_logit"], rel=1e-5)
+    assert attr.delta_logit == pytest.approx(attr.extra["target_logit"], rel=1e-6)  # measured: equal

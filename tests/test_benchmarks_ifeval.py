@@ -106,3 +106,47 @@ def test_checks_that_cannot_run_are_unverifiable_not_fail() -> None:
 def test_empty_response_fails() -> None:
     verdict = IFEvalBenchmark().check(_item(["punctuation:no_comma"], [{}]), "   ")
     assert verdict.status == "fail" and verdict.reasons[0] == "empty response"
+
+
+# ---- against if_verifiable's own top-level evaluation, on real IFEval items -----------------------------------
+
+DATA = Path(__file__).parent / "data" / "ifeval_completions.jsonl"
+
+
+def test_verdicts_match_if_verifiable_on_real_items() -> None:
+    """41 hand-written completions for 22 real IFEval items (tests/data, copied from the IFEval input data with
+    their instruction kwargs), each written to pass, to fail, or to pass only under loose evaluation.
+
+    The reference is ``if_verifiable.api.evaluate_output_for_sample``, the package's own top-level evaluation (its
+    ``evaluate_instructions`` underneath): its binary strict/loose scores and per-instruction results must equal
+    failtrace's strict and loose verdicts. The reference runs under the same offline Punkt patch, since the official
+    code would otherwise try to download NLTK data (it only changes the sentence and word splitters).
+    """
+    from if_verifiable.api import evaluate_output_for_sample
+    from if_verifiable.ifeval import instructions_util
+    from if_verifiable.types import IFEvalSample
+
+    from failtrace.benchmarks.ifeval import offline_punkt
+
+    rows = [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines()]
+    items = {it.id: it for it in IFEvalBenchmark().load(str(DATA)).items}
+    assert len(items) >= 20 and len(rows) >= 40
+    strict, loose = IFEvalBenchmark("strict"), IFEvalBenchmark("loose")
+    outcomes = {"pass": 0, "fail": 0, "loose": 0}
+    for row in rows:
+        item, text = items[str(row["key"])], row["completion"]
+        sample = IFEvalSample(key=row["key"], prompt=row["prompt"], instruction_id_list=row["instruction_id_list"],
+                              kwargs=row["kwargs"])
+        with offline_punkt(instructions_util):
+            ref_results, ref_scores = evaluate_output_for_sample("ifeval", sample, text)
+        s, lo = strict.check(item, text), loose.check(item, text)
+        where = f"key {row['key']} ({row['written_to']}): {text[:60]!r}"
+        assert (s.status == "pass") == (ref_scores.binary_strict == 1.0), where
+        assert (lo.status == "pass") == (ref_scores.binary_loose == 1.0), where
+        ours = [(r["instruction_id"], r["strict"], r["loose"]) for r in s.details["instructions"]]
+        assert ours == [(r.instruction_id, r.strict_pass, r.loose_pass) for r in ref_results], where
+        # and both agree with what the completion was written to do
+        expected = {"pass": ("pass", "pass"), "fail": ("fail", "fail"), "loose": ("fail", "pass")}[row["written_to"]]
+        assert (s.status, lo.status) == expected, where
+        outcomes[row["written_to"]] += 1
+    assert min(outcomes.values()) >= 4, outcomes

@@ -86,3 +86,32 @@ def test_load_builds_prompt_and_metadata(tmp_path: Path) -> None:
     assert item.prompt.startswith("Compute $1+1$.") and item.prompt.endswith(INSTRUCTION)
     assert item.meta == {"subject": "Algebra", "level": 1, "unique_id": "test/algebra/1.json"}
     assert "line 2" in report.problems[0] and "no reference answer" in report.problems[0]
+
+
+# ---- real MATH-500 problems with known right and wrong answers --------------------------------------------------
+
+DATA = Path(__file__).parent / "data" / "math500_answers.jsonl"
+
+
+def test_real_math500_problems_right_and_wrong_answers() -> None:
+    """13 real MATH-500 problems (tests/data, copied with their solutions): each official solution, used as the
+    completion, passes; answers a grader counts right in other forms (fractions, degrees, reordered roots and
+    sums, ``x = 5``, equivalent radicals) pass; wrong answers (near misses, swapped tuples, extra or missing roots)
+    fail, with the extracted answer in the details."""
+    rows = [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines()]
+    bench = MathBenchmark()
+    items = {it.id: it for it in bench.load(str(DATA)).items}
+    assert len(items) == len(rows) >= 12
+    checked = {"pass": 0, "fail": 0}
+    for row in rows:
+        item = items[row["unique_id"]]
+        assert bench.check(item, row["solution"]).status == "pass", row["unique_id"]
+        for answers, status in ((row["right"], "pass"), (row["wrong"], "fail")):
+            for ans in answers:
+                verdict = bench.check(item, f"Let me work it out step by step. So the answer is $\\boxed{{{ans}}}$.")
+                assert verdict.status == status, (row["unique_id"], ans, verdict.reasons)
+                assert verdict.details["extracted"] == ans
+                checked[status] += 1
+        unboxed = bench.check(item, f"The answer is {row['answer']}.")  # right, but not in the required box
+        assert unboxed.status == "fail" and "no \\boxed{}" in unboxed.reasons[0]
+    assert checked["pass"] >= 30 and checked["fail"] >= 30, checked

@@ -45,6 +45,7 @@ def _prompts(lm: object, n: int) -> list[list[int]]:
     return prompts
 
 
+@pytest.mark.tf4  # generation with the KV cache, also on transformers 4.x
 def test_batched_left_padded_greedy_equals_unbatched_and_naive(toy64: object) -> None:
     model, tok = toy64.model, toy64.tokenizer  # type: ignore[attr-defined]
     eos = eos_token_ids(model, tok)
@@ -102,6 +103,7 @@ def test_collect_stores_every_item_once_and_resumes(tmp_path: Path, toy32: objec
         assert row["reasons"] == ([] if "-" in text else ["contains '-' not satisfied"])
 
 
+@pytest.mark.tf4  # generation with the KV cache, also on transformers 4.x
 def test_batched_collection_matches_batch_one_in_float64(tmp_path: Path, toy64: object) -> None:
     bench = ToyBenchmark(mode="contains", max_new_tokens=24)
     items = toy_items(7)

@@ -81,6 +81,7 @@ def _needle_from_rollout(lm: Any, prompt: list[int], comp: list[int], p: int, ra
     return decode_completion(lm.tokenizer, comp[:p] + seq, eos), alt
 
 
+@pytest.mark.tf4  # generation with the KV cache, also on transformers 4.x
 def test_batched_cached_rollouts_equal_naive_greedy(lm: Any) -> None:
     eos = eos_token_ids(lm.model, lm.tokenizer)
     for index in (0, 5):
@@ -99,6 +100,7 @@ def test_batched_cached_rollouts_equal_naive_greedy(lm: Any) -> None:
                 assert len({len(s) for s in batched}) > 1
 
 
+@pytest.mark.tf4  # generation with the KV cache, also on transformers 4.x
 def test_rollout_batches_shrink_to_fit_the_cache_budget(lm: Any) -> None:
     eos = eos_token_ids(lm.model, lm.tokenizer)
     _, prompt, comp = _case(lm, 3, budget=12)

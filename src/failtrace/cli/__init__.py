@@ -29,6 +29,7 @@ _COMMAND_MODULES = (
     "failtrace.cli.attribute",
     "failtrace.cli.pipeline",
     "failtrace.cli.graph",
+    "failtrace.cli.analyse",
     "failtrace.cli.report",
 )
 

@@ -9,7 +9,9 @@ have no committed result yet, so an interrupted collection resumes where it stop
 ``batch_size > 1`` decodes several prompts at once with left padding (:func:`greedy_generate`). In exact arithmetic
 the tokens are the same as unbatched decoding (the tests check it in float64); in float32 a padded batch can differ
 from batch 1 in the last bits and flip a near-tie, so the default is 1 for reproducible records. A killed batched
-run loses at most the batch in flight.
+run loses at most the uncommitted items of the batch in flight (up to ``batch_size``); batches are cut over all the
+items before the done ones are skipped, so a resume with the same items and batch size decodes the same batches
+and its records equal an uninterrupted run's (see :func:`_batches`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import hashlib
 import json
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -150,17 +152,17 @@ def collect(
                              passed=0, failed=0, unverifiable=0, seconds=0.0)
     eos = eos_token_ids(loaded.model, loaded.tokenizer)
     pad = pad_token_id(loaded.tokenizer, eos)
-    prompts = {it.id: apply_chat_template(loaded.tokenizer, it.prompt, thinking=thinking) for it in todo}
-    if batch_size > 1:  # similar lengths together: less padding
-        todo = sorted(todo, key=lambda it: len(prompts[it.id]))
+    batches = _batches(items if batch_size > 1 else todo, done, batch_size,
+                       lambda it: apply_chat_template(loaded.tokenizer, it.prompt, thinking=thinking))
     bar = _progress(progress, f"collect {benchmark.name}", len(todo))
     try:
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start:start + batch_size]
+        for batch, prompts in batches:
             tg = time.perf_counter()
             outs = greedy_generate(loaded.model, [prompts[it.id] for it in batch], budget, eos, pad)
             per_item = (time.perf_counter() - tg) / len(batch)
             for it, out in zip(batch, outs, strict=True):
+                if it.id in done:  # regenerated only to keep the batch as it was; its record is committed
+                    continue
                 gen, verdict, check_seconds = finish_item(loaded.tokenizer, benchmark, it, prompts[it.id], out, eos,
                                                           per_item)
                 if store.write_result(run.run_id, it, gen, verdict, check_seconds):
@@ -172,6 +174,28 @@ def collect(
         bar.close()
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _batches(items: Sequence[Item], done: set[str], batch_size: int,
+             render: Callable[[Item], list[int]]) -> Iterator[tuple[list[Item], dict[str, list[int]]]]:
+    """The batches to decode, with their prompt ids: those of ``items`` that hold an item not ``done``.
+
+    With ``batch_size > 1`` the items are sorted by prompt length (less padding) and cut into batches *before*
+    the done ones are dropped, so a resumed run decodes exactly the batches an uninterrupted run decodes: padding
+    changes float rounding, and a regrouped batch could flip a near-tie. A batch cut by a kill is decoded again in
+    full (its committed items are skipped), so at most ``batch_size - 1`` items are decoded twice per resume.
+    """
+    if batch_size == 1:
+        for it in items:
+            if it.id not in done:
+                yield [it], {it.id: render(it)}
+        return
+    prompts = {it.id: render(it) for it in items}
+    ordered = sorted(items, key=lambda it: len(prompts[it.id]))  # stable: ties keep the data order
+    for start in range(0, len(ordered), batch_size):
+        batch = ordered[start:start + batch_size]
+        if any(it.id not in done for it in batch):
+            yield batch, {it.id: prompts[it.id] for it in batch}
 
 
 class _Bar:

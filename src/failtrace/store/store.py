@@ -1,176 +1,67 @@
 """The results store: one DuckDB file holding runs, items, generations, verdicts and pairs.
 
 Crash safety. Every record that finishes a unit of work (one item's generation + verdict, one failure's pair) is
-written in its own transaction and keyed by a primary key, with ``INSERT OR IGNORE``. DuckDB makes a committed
-transaction durable (write-ahead log) before ``COMMIT`` returns, and replays the log when the file is opened again.
-So a process killed at any moment, even by SIGKILL, loses at most the unit it was working on, and a rerun skips
-everything already committed and can never write a record twice.
+written in its own transaction and keyed by a primary key. DuckDB makes a committed transaction durable
+(write-ahead log) before ``COMMIT`` returns, and replays the log when the file is opened again. So a process killed
+at any moment, even by SIGKILL, loses only units whose transaction had not committed (for ``collect --batch-size B``,
+at most the B items of the batch in flight), and a rerun skips everything already committed and can never write a
+record twice. ``tests/test_store_crash.py`` kills real runs and compares the store item by item with an
+uninterrupted run.
 
-Concurrency. DuckDB lets one process write a file at a time. Commands that only read (``status``, ``export``) open
-the file read-only; when a running ``collect``/``pairs`` holds the lock they read a snapshot copy instead (the
-committed state at the moment of the copy).
+Concurrency and bad files. DuckDB lets one process write a file at a time. Commands that only read (``status``,
+``export``) open the file read-only; when a running ``collect``/``pairs`` holds it they read a snapshot copy taken at
+a commit boundary. Files that are not stores, damaged or truncated files, and files held by another writer give a
+:class:`~failtrace.errors.FailtraceError`, at open or at the first query that meets the damage, and are never
+written to. Both are described in :mod:`failtrace.store.connection`. Summaries and export:
+:mod:`failtrace.store.export`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from failtrace.benchmarks.base import Item, Verdict
 from failtrace.errors import FailtraceError
-from failtrace.store.schema import DDL, PAIR_STATUSES, SCHEMA_VERSION, TABLES
+from failtrace.store import connection
+from failtrace.store.connection import CopyLock, GuardedConnection, is_lock_error
+from failtrace.store.records import (
+    DEFAULT_STORE,
+    GenerationRecord,
+    RunRecord,
+    StatusRow,
+    content_hash,
+    parse_json_columns,
+)
+from failtrace.store.records import dumps as _dumps
+from failtrace.store.records import now as _now
+from failtrace.store.schema import DDL, PAIR_STATUSES, SCHEMA_VERSION, TABLES, migrate
 
-DEFAULT_STORE = "failtrace.duckdb"
-
-# Columns holding JSON text: parsed back into objects by the JSONL export and the readers below.
-_JSON_COLUMNS = {"versions", "settings", "prompt", "reference", "meta", "reasons", "details"}
-
-_KEYS = {
-    "runs": ("run_id",),
-    "run_items": ("run_id", "ordinal", "item_id"),
-    "items": ("benchmark", "item_id"),
-    "generations": ("run_id", "item_id"),
-    "verdicts": ("run_id", "item_id"),
-    "pairs": ("pair_run_id", "item_id"),
-}
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
-
-
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, sort_keys=True, default=str)
-
-
-def content_hash(item: Item) -> str:
-    """Hash of an item's prompt and reference: two items with one id but different content are refused."""
-    payload = _dumps({"prompt": item.prompt, "reference": item.reference})
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
-
-
-@dataclass
-class RunRecord:
-    """One collection or pair-finding run: what produced the records that carry its ``run_id``."""
-
-    run_id: str
-    stage: str  # "collect" or "pairs"
-    benchmark: str
-    model: str
-    parent_run_id: str | None = None
-    model_source: str | None = None
-    revision: str | None = None
-    dtype: str | None = None
-    device: str | None = None
-    seed: int | None = None
-    versions: dict[str, Any] = field(default_factory=dict)
-    settings: dict[str, Any] = field(default_factory=dict)
-    data: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RunRecord:
-        names = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-
-@dataclass
-class GenerationRecord:
-    """One greedy generation: prompt ids, completion ids exactly as generated, decoded text, finish reason."""
-
-    prompt_ids: list[int]
-    token_ids: list[int]
-    completion: str
-    finish_reason: str  # "eos" or "length"
-    seconds: float = 0.0
-
-    @property
-    def n_tokens(self) -> int:
-        return len(self.token_ids)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> GenerationRecord:
-        return cls(prompt_ids=[int(t) for t in d["prompt_ids"]], token_ids=[int(t) for t in d["token_ids"]],
-                   completion=d["completion"], finish_reason=d["finish_reason"], seconds=float(d.get("seconds") or 0))
-
-
-@dataclass
-class StatusRow:
-    """One line of ``failtrace status``: a collection run and, if any, one pair-finding run over it."""
-
-    benchmark: str
-    model: str
-    run_id: str
-    pair_run_id: str | None
-    pair_settings: dict[str, Any]
-    items: int
-    generated: int
-    passed: int
-    failed: int
-    unverifiable: int
-    pairs: dict[str, int]
-    avg_prompt_tokens: float | None
-    avg_completion_tokens: float | None
-
-    @property
-    def clean_rate(self) -> float | None:
-        """Clean cases over failed items (``None`` when nothing failed)."""
-        return self.pairs.get("clean", 0) / self.failed if self.failed else None
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["clean_rate"] = self.clean_rate
-        return d
-
-
-def _is_lock_error(exc: Exception) -> bool:
-    text = str(exc).lower()
-    return "lock" in text and ("conflicting" in text or "could not set" in text)
+__all__ = ["DEFAULT_STORE", "GenerationRecord", "ResultsStore", "RunRecord", "StatusRow", "content_hash",
+           "open_store"]
 
 
 class ResultsStore:
     """A failtrace results store (a DuckDB file). Use as a context manager; see the module docstring."""
 
     def __init__(self, path: str | Path, read_only: bool = False, create: bool = True) -> None:
-        import duckdb
-
         self.path = Path(path)
         self.read_only = read_only
+        self.con: Any = None
         self._snapshot_dir: Path | None = None
-        if not self.path.exists():
-            if read_only or not create:
-                raise FailtraceError(f"no results store at {self.path}; run `failtrace collect --store {self.path}` "
-                                     f"first, or pass the right --store")
-            if self.path.parent and not self.path.parent.exists():
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-        elif self.path.is_dir():
-            raise FailtraceError(f"--store {self.path} is a folder; give a file path such as {DEFAULT_STORE}")
+        self._lock: CopyLock | None = None
+        existed = self._check_path(create)
         try:
-            self.con = duckdb.connect(str(self.path), read_only=read_only)
-        except duckdb.Error as exc:
-            if _is_lock_error(exc) and read_only:
-                self.con = self._open_snapshot(exc)
-            elif _is_lock_error(exc):
-                raise FailtraceError(
-                    f"results store {self.path} is in use by another process (DuckDB allows one writer at a time); "
-                    f"wait for it to finish or use another --store. ({str(exc).splitlines()[0][:200]})"
-                ) from None
+            if read_only:
+                self.con = self._open_reader()
             else:
-                raise FailtraceError(f"cannot open results store {self.path}: {str(exc).splitlines()[0][:300]}") \
-                    from None
-        try:
+                if existed:
+                    self._probe()
+                self.con = self._open_writer()
             self._check_schema()
         except BaseException:
             self.close()
@@ -178,27 +69,77 @@ class ResultsStore:
 
     # ---- opening -------------------------------------------------------------------------------------------------
 
-    def _open_snapshot(self, original: Exception) -> Any:
-        """Copy the locked file (and its write-ahead log) aside and open the copy read-only."""
+    def _check_path(self, create: bool) -> bool:
+        """Refuse paths that cannot be a store; make the parent folder of a new one. Returns whether it exists."""
+        if self.path.is_dir():
+            raise FailtraceError(f"--store {self.path} is a folder; give a file path such as {DEFAULT_STORE}")
+        if self.path.exists():
+            if not self.path.is_file():
+                raise FailtraceError(f"--store {self.path} is not a regular file; give a DuckDB file path such as "
+                                     f"{DEFAULT_STORE}")
+            return True
+        if self.read_only or not create:
+            raise FailtraceError(f"no results store at {self.path}; run `failtrace collect --store {self.path}` "
+                                 f"first, or pass the right --store")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FailtraceError(f"cannot create the folder of --store {self.path}: {exc.strerror or exc}; give a "
+                                 f"path in a writable folder") from None
+        return False
+
+    def _in_use(self, exc: BaseException) -> FailtraceError:
+        return FailtraceError(f"results store {self.path} is in use by another process (DuckDB allows one writer at "
+                              f"a time); wait for it to finish or use another --store. "
+                              f"({str(exc).splitlines()[0][:200]})")
+
+    def _open_reader(self) -> GuardedConnection:
+        """Read-only connection, or a snapshot copy when a writer holds the file."""
         import duckdb
 
-        self._snapshot_dir = Path(tempfile.mkdtemp(prefix="failtrace-store-"))
-        copy = self._snapshot_dir / self.path.name
         try:
-            shutil.copy2(self.path, copy)
-            wal = self.path.with_name(self.path.name + ".wal")
-            if wal.exists():
-                shutil.copy2(wal, copy.with_name(copy.name + ".wal"))
-            return duckdb.connect(str(copy), read_only=False)
-        except (OSError, duckdb.Error):
-            shutil.rmtree(self._snapshot_dir, ignore_errors=True)
-            self._snapshot_dir = None
-            raise FailtraceError(
-                f"results store {self.path} is being written by another process and no consistent snapshot could be "
-                f"read; try again when it finishes ({str(original).splitlines()[0][:200]})"
-            ) from None
+            con = connection.connect(self.path, read_only=True, lock=None)
+        except duckdb.Error as exc:
+            if not is_lock_error(exc):
+                raise
+            self._snapshot_dir = Path(tempfile.mkdtemp(prefix="failtrace-store-"))
+            return connection.snapshot(self.path, self._snapshot_dir)
+        guarded = GuardedConnection(con, self.path, None)
+        connection.count_tables(guarded)
+        return guarded
 
-    def _check_schema(self) -> None:
+    def _probe(self) -> None:
+        """Check an existing file read-only before writing it: a file that is not a store is never written to."""
+        import duckdb
+
+        try:
+            con = connection.connect(self.path, read_only=True, lock=None)
+        except duckdb.Error as exc:
+            raise self._in_use(exc) from None
+        self.con = GuardedConnection(con, self.path, None)
+        try:
+            self._check_schema(probe=True)
+            connection.count_tables(self.con)
+        finally:
+            self.con.close()
+            self.con = None
+
+    def _open_writer(self) -> GuardedConnection:
+        import duckdb
+
+        self._lock = CopyLock(self.path, shared=False)
+        if self._lock.fd is None and connection.fcntl is not None:
+            raise FailtraceError(f"cannot create {connection.lock_path(self.path)} beside the store; give a --store "
+                                 f"in a writable folder")
+        try:
+            con = connection.connect(self.path, read_only=False, lock=self._lock)
+        except duckdb.Error as exc:
+            raise self._in_use(exc) from None
+        return GuardedConnection(con, self.path, self._lock)
+
+    def _check_schema(self, probe: bool = False) -> None:
+        """Refuse files that are not failtrace stores or are newer; create the tables in a new (empty) file."""
+        reading = self.read_only or probe
         tables = {r[0] for r in self.con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
         if "schema_version" in tables:
             row = self.con.execute("SELECT max(version) FROM schema_version").fetchone()
@@ -211,11 +152,12 @@ class ResultsStore:
                     f"results store {self.path} was written by a newer failtrace (store schema version {version}; "
                     f"this failtrace reads versions up to {SCHEMA_VERSION}); upgrade failtrace to read it"
                 )
-            if not self.read_only and version < SCHEMA_VERSION:  # pragma: no cover - no older schema exists yet
-                raise FailtraceError(f"results store {self.path} has old schema version {version}; no migration "
-                                     f"to {SCHEMA_VERSION} is known")
+            if not reading and version < SCHEMA_VERSION:
+                migrate(self.con, version)  # one transaction, adds tables only; read-only opens read the old layout
+                tables = {r[0] for r in self.con.execute(
+                    "SELECT table_name FROM information_schema.tables").fetchall()}
             missing = [t for t in TABLES if t not in tables]
-            if missing and not self.read_only:
+            if missing and not reading:
                 self._create()
             return
         if tables - {"schema_version"}:
@@ -223,31 +165,33 @@ class ResultsStore:
                                  f"{sorted(tables)[:5]} and no schema_version); use another --store")
         if self.read_only:
             raise FailtraceError(f"results store {self.path} is empty; run `failtrace collect` first")
-        self._create()
+        if not probe:
+            self._create()
 
     def _create(self) -> None:
-        self.con.begin()
-        try:
+        with self._transaction():
             for stmt in DDL:
                 self.con.execute(stmt)
             if self.con.execute("SELECT count(*) FROM schema_version").fetchone()[0] == 0:
                 from failtrace import __version__ as ft_version
 
-                self.con.execute("INSERT INTO schema_version VALUES (?, ?)", [SCHEMA_VERSION, f"failtrace {ft_version}"])
-            self.con.commit()
-        except BaseException:
-            self.con.rollback()
-            raise
+                self.con.execute("INSERT INTO schema_version VALUES (?, ?)",
+                                 [SCHEMA_VERSION, f"failtrace {ft_version}"])
 
     def close(self) -> None:
-        """Close the connection (DuckDB checkpoints the log into the file)."""
-        con = getattr(self, "con", None)
-        if con is not None:
-            con.close()
-            self.con = None
-        if self._snapshot_dir is not None:
-            shutil.rmtree(self._snapshot_dir, ignore_errors=True)
-            self._snapshot_dir = None
+        """Close the connection (DuckDB checkpoints the log into the file, under the copy lock)."""
+        con = self.con
+        self.con = None
+        try:
+            if con is not None:
+                con.close()
+        finally:
+            if self._lock is not None:
+                self._lock.close()
+                self._lock = None
+            if self._snapshot_dir is not None:
+                shutil.rmtree(self._snapshot_dir, ignore_errors=True)
+                self._snapshot_dir = None
 
     def __enter__(self) -> ResultsStore:
         return self
@@ -269,16 +213,10 @@ class ResultsStore:
     def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
         cur = self.con.execute(sql, list(params))
         names = [d[0] for d in cur.description]
-        out = []
-        for row in cur.fetchall():
-            d = dict(zip(names, row, strict=True))
-            for k in _JSON_COLUMNS & d.keys():
-                if isinstance(d[k], str):
-                    d[k] = json.loads(d[k])
-            out.append(d)
-        return out
+        return [parse_json_columns(dict(zip(names, row, strict=True))) for row in cur.fetchall()]
 
     def _transaction(self) -> _Transaction:
+        """``with store._transaction():`` one atomic write (held under the copy lock until it commits)."""
         if self.read_only:
             raise FailtraceError(f"results store {self.path} was opened read-only")
         return _Transaction(self.con)
@@ -430,11 +368,12 @@ class ResultsStore:
         return True
 
     def pairs(self, pair_run_id: str | None = None) -> list[dict[str, Any]]:
+        """Pair rows (of one pair run), by pair run and item id."""
         if pair_run_id is None:
             return self._rows("SELECT * FROM pairs ORDER BY pair_run_id, item_id")
         return self._rows("SELECT * FROM pairs WHERE pair_run_id = ? ORDER BY item_id", [pair_run_id])
 
-    # ---- summaries and export ------------------------------------------------------------------------------------
+    # ---- summaries and export (failtrace.store.export) -----------------------------------------------------------
 
     def counts(self) -> dict[str, int]:
         """Number of rows per table."""
@@ -442,58 +381,15 @@ class ResultsStore:
 
     def status_rows(self) -> list[StatusRow]:
         """Per collection run (and per pair-finding run over it): the paper's Table 1 columns."""
-        out: list[StatusRow] = []
-        for run in self.runs("collect"):
-            items = self.con.execute("SELECT count(*) FROM run_items WHERE run_id = ?", [run.run_id]).fetchone()[0]
-            agg = self.con.execute(
-                "SELECT count(*), count(*) FILTER (v.status = 'pass'), count(*) FILTER (v.status = 'fail'), "
-                "count(*) FILTER (v.status = 'unverifiable'), avg(g.prompt_tokens), avg(g.n_tokens) "
-                "FROM generations g JOIN verdicts v USING (run_id, item_id) WHERE g.run_id = ?",
-                [run.run_id]).fetchone()
-            generated, passed, failed, unverif, avg_p, avg_c = agg
-            pair_runs = [r for r in self.runs("pairs") if r.parent_run_id == run.run_id]
-            base = dict(benchmark=run.benchmark, model=run.model, run_id=run.run_id, items=int(items),
-                        generated=int(generated), passed=int(passed), failed=int(failed), unverifiable=int(unverif),
-                        avg_prompt_tokens=None if avg_p is None else float(avg_p),
-                        avg_completion_tokens=None if avg_c is None else float(avg_c))
-            if not pair_runs:
-                out.append(StatusRow(pair_run_id=None, pair_settings={}, pairs={}, **base))
-            for pr in pair_runs:
-                counts = dict(self.con.execute("SELECT status, count(*) FROM pairs WHERE pair_run_id = ? "
-                                               "GROUP BY status", [pr.run_id]).fetchall())
-                pairs = {s: int(counts.get(s, 0)) for s in PAIR_STATUSES}
-                out.append(StatusRow(pair_run_id=pr.run_id, pair_settings=pr.settings, pairs=pairs, **base))
-        return out
+        from failtrace.store.export import status_rows
+
+        return status_rows(self)
 
     def export(self, out_dir: str | Path, fmt: str) -> list[Path]:
-        """Write every table to ``out_dir`` as ``<table>.parquet`` or ``<table>.jsonl``; returns the files.
+        """Write every table to ``out_dir`` as ``<table>.parquet`` or ``<table>.jsonl``; returns the files."""
+        from failtrace.store.export import export
 
-        Parquet keeps JSON-valued columns as JSON text; JSONL parses them into nested objects.
-        """
-        fmt = fmt.lower()
-        if fmt not in ("parquet", "jsonl"):
-            raise FailtraceError(f"unknown export format {fmt!r}; use parquet or jsonl")
-        out = Path(out_dir)
-        if out.exists() and not out.is_dir():
-            raise FailtraceError(f"--out {out} exists and is not a folder")
-        out.mkdir(parents=True, exist_ok=True)
-        files = []
-        for table in (*TABLES, "schema_version"):
-            order = ", ".join(_KEYS.get(table, ("version",)))
-            query = f"SELECT * FROM {table} ORDER BY {order}"
-            if fmt == "parquet":
-                path = out / f"{table}.parquet"
-                target = str(path).replace("'", "''")
-                self.con.execute(f"COPY ({query}) TO '{target}' (FORMAT PARQUET)")
-            else:
-                path = out / f"{table}.jsonl"
-                tmp = path.with_name(path.name + ".part")
-                with tmp.open("w", encoding="utf-8") as fh:
-                    for row in self._iter_rows(query):
-                        fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-                tmp.replace(path)
-            files.append(path)
-        return files
+        return export(self, out_dir, fmt)
 
     def _iter_rows(self, sql: str, batch: int = 1000) -> Iterator[dict[str, Any]]:
         cur = self.con.cursor()
@@ -505,11 +401,7 @@ class ResultsStore:
                 if not chunk:
                     break
                 for row in chunk:
-                    d = dict(zip(names, row, strict=True))
-                    for k in _JSON_COLUMNS & d.keys():
-                        if isinstance(d[k], str):
-                            d[k] = json.loads(d[k])
-                    yield d
+                    yield parse_json_columns(dict(zip(names, row, strict=True)))
         finally:
             cur.close()
 

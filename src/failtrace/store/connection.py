@@ -1,0 +1,287 @@
+"""Opening the store's DuckDB file safely: clear errors for bad files, a copy lock, consistent snapshots.
+
+Bad files. DuckDB reports a damaged file sometimes when it opens it (bad header, truncated metadata) and sometimes
+only when a query reaches a damaged block (checksum mismatch, short read). Every connection the store uses is a
+:class:`GuardedConnection`, which turns those DuckDB errors into a :class:`FailtraceError` naming the file, whenever
+they surface. A write that fails is rolled back, so the file is left as it was. An existing file is first opened
+read-only and checked (a DuckDB file, a failtrace store, not newer than this failtrace) before it is ever opened for
+writing: a file that is not a store is never written to, not even by DuckDB's checkpoint on close.
+
+Snapshots under a running writer. DuckDB lets one process hold the file; a reader that finds it held copies the file
+and its write-ahead log aside and opens the copy. Copying two files while the writer may commit or checkpoint between
+(or during) the two copies can give a pair that does not belong together. So every failtrace writer holds an
+exclusive ``flock`` on ``<store>.lock`` (a small file beside the store) whenever DuckDB may change the files: while
+it opens the store (log replay), during each transaction up to its commit (a commit may checkpoint), for statements
+run outside a transaction, and while it closes. A reader copies both files under a shared lock on the same file, so
+the copy is the state at a commit boundary. The copy is then opened and every table is counted; a copy that fails
+that (a writer that does not take the lock, e.g. an older failtrace, or a file system without ``flock``) is discarded
+and the copy is retried, a few times with back-off, before giving up with a clear error. That check is a second line
+only: without the lock a torn copy can also open and fail later, at a query (seen in the test). The writer waits
+while a reader copies: the cost of a file copy, once per snapshot.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from failtrace.errors import FailtraceError
+
+try:  # POSIX only; elsewhere snapshots rely on the validate-and-retry loop alone
+    import fcntl
+except ImportError:  # pragma: no cover - failtrace runs on Linux and macOS
+    fcntl = None  # type: ignore[assignment]
+
+SNAPSHOT_ATTEMPTS = 6
+
+
+def lock_path(path: Path) -> Path:
+    """The copy-lock file of the store at ``path``."""
+    return path.with_name(path.name + ".lock")
+
+
+def wal_path(path: Path) -> Path:
+    """DuckDB's write-ahead log of the file at ``path``."""
+    return path.with_name(path.name + ".wal")
+
+
+class CopyLock:
+    """A re-entrant ``flock`` on ``<store>.lock``: exclusive for the writer, shared for snapshot readers."""
+
+    def __init__(self, path: Path, shared: bool) -> None:
+        self.path = lock_path(path)
+        self.shared = shared
+        self.depth = 0
+        self.fd: int | None = None
+        if fcntl is None:
+            return
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            try:  # a reader in a folder it cannot write: a lock file made by the writer is still usable
+                self.fd = os.open(self.path, os.O_RDONLY)
+            except OSError:
+                self.fd = None  # no lock: the snapshot's validate-and-retry loop still applies
+
+    def acquire(self) -> None:
+        if self.depth == 0 and self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX)
+        self.depth += 1
+
+    def release(self) -> None:
+        self.depth -= 1
+        if self.depth == 0 and self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # also drops the flock
+            self.fd = None
+        self.depth = 0
+
+    def __enter__(self) -> CopyLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def is_lock_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "lock" in text and ("conflicting" in text or "could not set" in text)
+
+
+def _first_line(exc: BaseException, limit: int = 240) -> str:
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:limit]
+
+
+def translate(path: Path, exc: BaseException, when: str) -> FailtraceError | None:
+    """The user-facing error for a DuckDB error on the store at ``path`` (``None``: a bug, let it surface).
+
+    ``when`` is ``"open"`` or ``"query"``: damage found late is reported as damage all the same.
+    """
+    import duckdb
+
+    if not isinstance(exc, duckdb.Error):
+        return None
+    text = _first_line(exc)
+    if is_lock_error(exc):
+        return FailtraceError(f"results store {path} is in use by another process (DuckDB allows one writer at a "
+                              f"time); wait for it to finish or use another --store. ({text})")
+    if isinstance(exc, duckdb.CatalogException):
+        return FailtraceError(f"results store {path} lacks a table failtrace needs ({text}); it is damaged or was "
+                              f"not written by failtrace; use another --store")
+    damaged = isinstance(exc, (duckdb.IOException, duckdb.SerializationException, duckdb.InternalException,
+                               duckdb.FatalException, duckdb.PermissionException, duckdb.InvalidInputException))
+    if damaged or "corrupt" in text.lower() or "checksum" in text.lower():
+        what = ("cannot open results store {p}: it is not a DuckDB file, or it is truncated or damaged"
+                if when == "open" else
+                "results store {p} is damaged or truncated: a query reached a part that cannot be read")
+        return FailtraceError(f"{what.format(p=path)} ({text}); the file was left unchanged. Restore it from a copy "
+                              f"or give another --store")
+    return None
+
+
+def raise_translated(path: Path, exc: BaseException, when: str) -> None:
+    """Raise the user-facing form of ``exc`` if there is one (otherwise return and let the caller re-raise)."""
+    err = translate(path, exc, when)
+    if err is not None:
+        raise err from None
+
+
+class GuardedConnection:
+    """A DuckDB connection whose storage errors become :class:`FailtraceError` and whose writes hold the copy lock.
+
+    ``execute`` returns the guard itself (as DuckDB returns the connection), so ``con.execute(...).fetchone()`` reads
+    through the guard too. Anything else is passed to the DuckDB connection unchanged.
+    """
+
+    def __init__(self, con: Any, path: Path, lock: CopyLock | None) -> None:
+        self._con = con
+        self._path = path
+        self._lock = lock
+        self._in_transaction = False
+
+    def _call(self, fn: Any, *args: Any, locked: bool = False) -> Any:
+        hold = locked and self._lock is not None and not self._in_transaction
+        if hold:
+            self._lock.acquire()  # type: ignore[union-attr]
+        try:
+            return fn(*args)
+        except Exception as exc:
+            raise_translated(self._path, exc, "query")
+            raise
+        finally:
+            if hold:
+                self._lock.release()  # type: ignore[union-attr]
+
+    def execute(self, sql: str, params: Any = None) -> GuardedConnection:
+        args = (sql,) if params is None else (sql, params)
+        self._call(self._con.execute, *args, locked=True)
+        return self
+
+    def executemany(self, sql: str, params: Any) -> GuardedConnection:
+        self._call(self._con.executemany, sql, params, locked=True)
+        return self
+
+    def fetchone(self) -> Any:
+        return self._call(self._con.fetchone)
+
+    def fetchall(self) -> Any:
+        return self._call(self._con.fetchall)
+
+    def fetchmany(self, size: int = 1) -> Any:
+        return self._call(self._con.fetchmany, size)
+
+    def begin(self) -> None:
+        if self._lock is not None:
+            self._lock.acquire()
+        try:
+            self._call(self._con.begin)
+        except BaseException:
+            if self._lock is not None:
+                self._lock.release()
+            raise
+        self._in_transaction = True
+
+    def _end(self, fn: Any) -> None:
+        try:
+            self._call(fn)
+        finally:
+            if self._in_transaction:
+                self._in_transaction = False
+                if self._lock is not None:
+                    self._lock.release()
+
+    def commit(self) -> None:
+        self._end(self._con.commit)
+
+    def rollback(self) -> None:
+        self._end(self._con.rollback)
+
+    def cursor(self) -> GuardedConnection:
+        return GuardedConnection(self._call(self._con.cursor), self._path, self._lock)
+
+    def close(self) -> None:
+        """Close (DuckDB may checkpoint the log into the file: done under the copy lock)."""
+        self._call(self._con.close, locked=True)
+
+    @property
+    def description(self) -> Any:
+        return self._con.description
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._con, name)
+
+
+def connect(path: Path, read_only: bool, lock: CopyLock | None) -> Any:
+    """``duckdb.connect`` with open errors translated; a writer's open (log replay) runs under the copy lock."""
+    import duckdb
+
+    if lock is not None:
+        lock.acquire()
+    try:
+        return duckdb.connect(str(path), read_only=read_only)
+    except duckdb.Error as exc:
+        if is_lock_error(exc):
+            raise
+        raise_translated(path, exc, "open")
+        raise FailtraceError(f"cannot open results store {path}: {_first_line(exc)}") from None
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def count_tables(con: Any) -> dict[str, int]:
+    """Row count of every table: touches each table's storage, so most damage shows here rather than later."""
+    names = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables "
+                                       "WHERE table_schema = 'main'").fetchall()]
+    return {t: int(con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0]) for t in names}
+
+
+def snapshot(path: Path, folder: Path) -> Any:
+    """Copy the store (and its log) into ``folder`` at a commit boundary and open the copy; see the module docstring.
+
+    Returns a :class:`GuardedConnection` on the copy (opened writable so DuckDB can replay the copied log into it).
+    """
+    import duckdb
+
+    copy = folder / path.name
+    reader_lock = CopyLock(path, shared=True)
+    last: BaseException | None = None
+    try:
+        for attempt in range(SNAPSHOT_ATTEMPTS):
+            for stale in (copy, wal_path(copy)):
+                stale.unlink(missing_ok=True)
+            try:
+                with reader_lock:
+                    shutil.copyfile(path, copy)
+                    if wal_path(path).exists():
+                        shutil.copyfile(wal_path(path), wal_path(copy))
+            except FileNotFoundError as exc:  # the log vanished between the check and the copy: no lock held
+                last = exc
+                continue
+            except OSError as exc:
+                raise FailtraceError(f"cannot read results store {path} to take a snapshot: {exc}") from None
+            con = None
+            try:
+                con = duckdb.connect(str(copy), read_only=False)
+                count_tables(con)
+                return GuardedConnection(con, path, None)
+            except duckdb.Error as exc:
+                last = exc
+                if con is not None:
+                    con.close()
+                time.sleep(0.02 * 2 ** attempt)
+    finally:
+        reader_lock.close()
+    raise FailtraceError(
+        f"results store {path} is being written by another process and no consistent snapshot of it could be read "
+        f"in {SNAPSHOT_ATTEMPTS} tries ({_first_line(last) if last else 'unknown reason'}); try again, or when the "
+        f"writer has finished"
+    )

@@ -1,0 +1,93 @@
+"""Summaries of a results store (``failtrace status``) and its export to Parquet or JSONL (``failtrace export``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from failtrace.errors import FailtraceError
+from failtrace.store.records import KEYS, StatusRow
+from failtrace.store.schema import PAIR_STATUSES, TABLES
+
+if TYPE_CHECKING:
+    from failtrace.store.store import ResultsStore
+
+
+def status_rows(store: ResultsStore) -> list[StatusRow]:
+    """Per collection run (and per pair-finding run over it): items, generated, verdicts, pair statuses, tokens."""
+    out: list[StatusRow] = []
+    con = store.con
+    pair_runs_all = store.runs("pairs")
+    for run in store.runs("collect"):
+        items = con.execute("SELECT count(*) FROM run_items WHERE run_id = ?", [run.run_id]).fetchone()[0]
+        agg = con.execute(
+            "SELECT count(*), count(*) FILTER (v.status = 'pass'), count(*) FILTER (v.status = 'fail'), "
+            "count(*) FILTER (v.status = 'unverifiable'), avg(g.prompt_tokens), avg(g.n_tokens) "
+            "FROM generations g JOIN verdicts v USING (run_id, item_id) WHERE g.run_id = ?",
+            [run.run_id]).fetchone()
+        generated, passed, failed, unverif, avg_p, avg_c = agg
+        pair_runs = [r for r in pair_runs_all if r.parent_run_id == run.run_id]
+        base = dict(benchmark=run.benchmark, model=run.model, run_id=run.run_id, items=int(items),
+                    generated=int(generated), passed=int(passed), failed=int(failed), unverifiable=int(unverif),
+                    avg_prompt_tokens=None if avg_p is None else float(avg_p),
+                    avg_completion_tokens=None if avg_c is None else float(avg_c))
+        if not pair_runs:
+            out.append(StatusRow(pair_run_id=None, pair_settings={}, pairs={}, **base))
+        for pr in pair_runs:
+            counts = dict(con.execute("SELECT status, count(*) FROM pairs WHERE pair_run_id = ? GROUP BY status",
+                                      [pr.run_id]).fetchall())
+            pairs = {s: int(counts.get(s, 0)) for s in PAIR_STATUSES}
+            out.append(StatusRow(pair_run_id=pr.run_id, pair_settings=pr.settings, pairs=pairs, **base))
+    return out
+
+
+def _out_folder(out_dir: str | Path) -> Path:
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise FailtraceError(f"--out {out} exists and is not a folder; give a folder path")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FailtraceError(f"cannot create --out folder {out}: {exc.strerror or exc}; give a writable folder") \
+            from None
+    return out
+
+
+def export(store: ResultsStore, out_dir: str | Path, fmt: str) -> list[Path]:
+    """Write every table to ``out_dir`` as ``<table>.parquet`` or ``<table>.jsonl``; returns the files.
+
+    Parquet keeps JSON-valued columns as JSON text; JSONL parses them into nested objects. Each file is written
+    under a temporary name and renamed, so an interrupted export never leaves a half file under the final name.
+    """
+    fmt = fmt.lower()
+    if fmt not in ("parquet", "jsonl"):
+        raise FailtraceError(f"unknown export format {fmt!r}; use parquet or jsonl")
+    out = _out_folder(out_dir)
+    files = []
+    present = {r[0] for r in store.con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    try:
+        for table in (*TABLES, "schema_version"):
+            if table not in present or (fmt == "jsonl" and table in ("cases", "case_methods")):
+                continue  # an old read-only store; JSONL writes the cases as one cases.jsonl below
+            order = ", ".join(KEYS.get(table, ("version",)))
+            query = f"SELECT * FROM {table} ORDER BY {order}"
+            suffix = "parquet" if fmt == "parquet" else "jsonl"
+            path = out / f"{table}.{suffix}"
+            tmp = path.with_name(path.name + ".part")
+            if fmt == "parquet":
+                target = str(tmp).replace("'", "''")
+                store.con.execute(f"COPY ({query}) TO '{target}' (FORMAT PARQUET)")
+            else:
+                with tmp.open("w", encoding="utf-8") as fh:
+                    for row in store._iter_rows(query):
+                        fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+            tmp.replace(path)
+            files.append(path)
+        if fmt == "jsonl" and "cases" in present:
+            from failtrace.store.cases import export_cases_jsonl
+
+            files.append(export_cases_jsonl(store, out / "cases.jsonl"))
+    except OSError as exc:
+        raise FailtraceError(f"cannot write the export into {out}: {exc.strerror or exc}") from None
+    return files

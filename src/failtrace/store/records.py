@@ -1,0 +1,131 @@
+"""The records the results store reads and writes (runs, generations, status lines) and their JSON helpers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from failtrace.benchmarks.base import Item
+from failtrace.store.schema import CASE_KEYS
+
+DEFAULT_STORE = "failtrace.duckdb"
+
+# Columns holding JSON text: parsed back into objects by the JSONL export and the readers.
+JSON_COLUMNS = {"versions", "settings", "prompt", "reference", "meta", "reasons", "details"}
+
+# Each table's key: the order of exports and of comparisons between stores.
+KEYS = {
+    "runs": ("run_id",),
+    "run_items": ("run_id", "ordinal", "item_id"),
+    "items": ("benchmark", "item_id"),
+    "generations": ("run_id", "item_id"),
+    "verdicts": ("run_id", "item_id"),
+    "pairs": ("pair_run_id", "item_id"),
+    **CASE_KEYS,
+}
+
+
+def now() -> datetime:
+    """UTC now without a time zone (DuckDB ``TIMESTAMP``)."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def dumps(obj: Any) -> str:
+    """Canonical JSON text (sorted keys) for the JSON-valued columns."""
+    return json.dumps(obj, ensure_ascii=False, sort_keys=True, default=str)
+
+
+def parse_json_columns(row: dict[str, Any]) -> dict[str, Any]:
+    """Turn the JSON-text columns of one row back into objects (in place; returns the row)."""
+    for k in JSON_COLUMNS & row.keys():
+        if isinstance(row[k], str):
+            row[k] = json.loads(row[k])
+    return row
+
+
+def content_hash(item: Item) -> str:
+    """Hash of an item's prompt and reference: two items with one id but different content are refused."""
+    payload = dumps({"prompt": item.prompt, "reference": item.reference})
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
+
+
+@dataclass
+class RunRecord:
+    """One collection or pair-finding run: what produced the records that carry its ``run_id``."""
+
+    run_id: str
+    stage: str  # "collect" or "pairs"
+    benchmark: str
+    model: str
+    parent_run_id: str | None = None
+    model_source: str | None = None
+    revision: str | None = None
+    dtype: str | None = None
+    device: str | None = None
+    seed: int | None = None
+    versions: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    data: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunRecord:
+        names = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class GenerationRecord:
+    """One greedy generation: prompt ids, completion ids exactly as generated, decoded text, finish reason."""
+
+    prompt_ids: list[int]
+    token_ids: list[int]
+    completion: str
+    finish_reason: str  # "eos" or "length"
+    seconds: float = 0.0
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.token_ids)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GenerationRecord:
+        return cls(prompt_ids=[int(t) for t in d["prompt_ids"]], token_ids=[int(t) for t in d["token_ids"]],
+                   completion=d["completion"], finish_reason=d["finish_reason"], seconds=float(d.get("seconds") or 0))
+
+
+@dataclass
+class StatusRow:
+    """One line of ``failtrace status``: a collection run and, if any, one pair-finding run over it."""
+
+    benchmark: str
+    model: str
+    run_id: str
+    pair_run_id: str | None
+    pair_settings: dict[str, Any]
+    items: int
+    generated: int
+    passed: int
+    failed: int
+    unverifiable: int
+    pairs: dict[str, int]
+    avg_prompt_tokens: float | None
+    avg_completion_tokens: float | None
+
+    @property
+    def clean_rate(self) -> float | None:
+        """Clean cases over failed items (``None`` when nothing failed)."""
+        return self.pairs.get("clean", 0) / self.failed if self.failed else None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["clean_rate"] = self.clean_rate
+        return d
