@@ -80,3 +80,8 @@ ALLOW_LONG = typer.Option(False, "--allow-long",
                                "never saw such positions, and time and memory grow with the length).")
 
 DTYPES = ("float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
+WORKERS = typer.Option(None, "--workers", callback=count(1),
+                       help="Run on N Ray workers, one model each (needs the ray extra; starts a local cluster "
+                            "unless --ray-address is given). Without it everything runs in this process.")
+RAY_ADDRESS = typer.Option(None, "--ray-address",
+                           help="Join this Ray cluster (e.g. auto) instead of starting a local one; with --workers.")

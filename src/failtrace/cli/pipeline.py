@@ -80,35 +80,85 @@ def collect_command(
     seed: int = typer.Option(0, "--seed", callback=opts.count(0),
                              help="Seed recorded with the run (decoding is greedy)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    workers: Optional[int] = opts.WORKERS,
+    ray_address: Optional[str] = opts.RAY_ADDRESS,
 ) -> None:
     """Generate greedily on benchmark items, check each answer, store generations and verdicts (resumable)."""
-    from failtrace.failures.collect import collect, resolve_benchmark
+    from failtrace.failures.collect import resolve_benchmark
     from failtrace.models.checks import check_device
-    from failtrace.models.loading import check_dtype, load_model
-    from failtrace.store.store import open_store
+    from failtrace.models.loading import check_dtype
 
     check_dtype(dtype)
     check_device(device)
     check_store_path(store, create=True)
+    _check_scale(workers, ray_address, batch_size)
     bench = resolve_benchmark(benchmark)
     report = bench.load(data, limit)
     _warn_problems(report.problems)
     if not report.items:
         raise FailtraceError(f"no {benchmark} items could be loaded from {data}"
                              f"{' (' + str(len(report.problems)) + ' problems above)' if report.problems else ''}")
+    if workers is not None:
+        summary = _collect_on_ray(bench, report.items, store, model, dtype, device, workers, ray_address,
+                                  max_new_tokens, thinking, seed, data, progress)
+    else:
+        summary = _collect_here(bench, report.items, store, model, dtype, device, max_new_tokens, thinking,
+                                batch_size, seed, data, progress)
+    typer.echo(
+        f"run {summary.run_id}: {summary.items} items, {summary.skipped} already done, {summary.generated} generated "
+        f"now ({summary.passed} passed, {summary.failed} failed, {summary.unverifiable} unverifiable) in "
+        f"{summary.seconds:.1f} s" + (f" on {workers} Ray workers" if workers else "") + f" -> {store}"
+    )
+
+
+def _check_scale(workers: int | None, ray_address: str | None, batch_size: int = 1) -> None:
+    """--workers needs Ray; --ray-address needs --workers; batched decoding stays in-process."""
+    if workers is None:
+        if ray_address is not None:
+            raise FailtraceError("--ray-address needs --workers N (without --workers everything runs in-process)")
+        return
+    if batch_size != 1:
+        raise FailtraceError("--batch-size > 1 is not supported with --workers (each worker decodes one item at a "
+                             "time); drop one of them")
+    from failtrace.scale.pool import require_ray
+
+    require_ray()
+
+
+def _collect_on_ray(bench: Any, items: list[Any], store: Path, model: str, dtype: str, device: str, workers: int,
+                    ray_address: str | None, max_new_tokens: int | None, thinking: bool, seed: int, data: str,
+                    progress: bool) -> Any:
+    from failtrace.scale import ModelSpec, collect_on_ray
+    from failtrace.store.store import open_store
+
+    created = not store.exists()
+    try:
+        with _store_errors(store), open_store(store) as st:
+            return collect_on_ray(st, bench, items, ModelSpec(model, dtype, device), workers,
+                                  max_new_tokens=max_new_tokens, thinking=thinking, seed=seed, data=data,
+                                  address=ray_address, progress=progress)
+    except FailtraceError:
+        if created:  # e.g. the workers could not load the model: leave no empty store behind (as without Ray)
+            for path in (store, store.with_name(store.name + ".wal")):
+                path.unlink(missing_ok=True)
+        raise
+
+
+def _collect_here(bench: Any, items: list[Any], store: Path, model: str, dtype: str, device: str,
+                  max_new_tokens: int | None, thinking: bool, batch_size: int, seed: int, data: str,
+                  progress: bool) -> Any:
+    from failtrace.failures.collect import collect
+    from failtrace.models.loading import load_model
+    from failtrace.store.store import open_store
+
     with _store_errors(store), contextlib.ExitStack() as stack:
         # An existing store is opened (and so checked) before the slow model load; a new one is created only
         # once the model has loaded, so a failed load leaves no empty store behind.
         st = stack.enter_context(open_store(store)) if store.exists() else None
         loaded = load_model(model, dtype=dtype, device=device, progress=progress)
         st = st or stack.enter_context(open_store(store))
-        summary = collect(st, bench, report.items, loaded, max_new_tokens=max_new_tokens, thinking=thinking,
-                          batch_size=batch_size, seed=seed, data=data, progress=progress)
-    typer.echo(
-        f"run {summary.run_id}: {summary.items} items, {summary.skipped} already done, {summary.generated} generated "
-        f"now ({summary.passed} passed, {summary.failed} failed, {summary.unverifiable} unverifiable) in "
-        f"{summary.seconds:.1f} s -> {store}"
-    )
+        return collect(st, bench, items, loaded, max_new_tokens=max_new_tokens, thinking=thinking,
+                       batch_size=batch_size, seed=seed, data=data, progress=progress)
 
 
 def pairs_command(
@@ -142,6 +192,8 @@ def pairs_command(
                                          "(speed only)."),
     device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu or cuda."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    workers: Optional[int] = opts.WORKERS,
+    ray_address: Optional[str] = opts.RAY_ADDRESS,
 ) -> None:
     """Turn each failure into a clean target/contrast case, or say why not (resumable)."""
     from failtrace.failures.pairs import PairSettings, find_pairs
@@ -154,13 +206,21 @@ def pairs_command(
     settings.validate()
     check_device(device)
     check_store_path(store, create=False)
+    _check_scale(workers, ray_address)
     with _store_errors(store), open_store(store, create=False) as st:
-        summary = find_pairs(st, settings, helper=helper_model, run_ids=run or None, benchmark=benchmark,
-                             limit=limit, device=device, progress=progress)
+        if workers is not None:
+            from failtrace.scale import pairs_on_ray
+
+            summary = pairs_on_ray(st, settings, workers, helper=helper_model, run_ids=run or None,
+                                   benchmark=benchmark, limit=limit, device=device, address=ray_address,
+                                   progress=progress)
+        else:
+            summary = find_pairs(st, settings, helper=helper_model, run_ids=run or None, benchmark=benchmark,
+                                 limit=limit, device=device, progress=progress)
     counts = ", ".join(f"{v} {k}" for k, v in sorted(summary.statuses.items())) or "nothing new"
     typer.echo(f"{summary.failures} failures, {summary.skipped} already paired, {summary.processed} paired now "
-               f"({counts}; {summary.rollouts} rollouts, {summary.tokens_decoded} tokens decoded) in "
-               f"{summary.seconds:.1f} s -> {store}")
+               f"({counts}; {summary.rollouts} rollouts, {getattr(summary, 'tokens_decoded', 0)} tokens decoded) "
+               f"in {summary.seconds:.1f} s" + (f" on {workers} Ray workers" if workers else "") + f" -> {store}")
 
 
 def status_command(

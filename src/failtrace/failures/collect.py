@@ -27,7 +27,7 @@ from typing import Any
 from failtrace.benchmarks.base import Benchmark, Item, Verdict
 from failtrace.benchmarks.registry import register_benchmark, resolve_benchmark  # re-exported: one registry
 from failtrace.errors import FailtraceError
-from failtrace.failures.generation import decode_completion, eos_token_ids, greedy_generate, pad_token_id
+from failtrace.failures.generation import Generated, decode_completion, eos_token_ids, greedy_generate, pad_token_id
 from failtrace.store.schema import VERDICT_STATUSES
 from failtrace.store.store import GenerationRecord, ResultsStore, RunRecord
 
@@ -41,6 +41,17 @@ def safe_check(benchmark: Benchmark, item: Item, completion: str) -> Verdict:
     if not isinstance(verdict, Verdict) or verdict.status not in VERDICT_STATUSES:
         return Verdict("unverifiable", [f"checker returned {verdict!r}, not a Verdict with a pass/fail status"])
     return verdict
+
+
+def finish_item(tokenizer: Any, benchmark: Benchmark, item: Item, prompt_ids: list[int], out: Generated,
+                eos: frozenset[int], seconds: float) -> tuple[GenerationRecord, Verdict, float]:
+    """Decode one generated completion and check it: the per-item record, shared by the serial and Ray paths."""
+    text = decode_completion(tokenizer, out.token_ids, eos)
+    gen = GenerationRecord(prompt_ids=prompt_ids, token_ids=out.token_ids, completion=text,
+                           finish_reason=out.finish_reason, seconds=seconds)
+    t = time.perf_counter()
+    verdict = safe_check(benchmark, item, text)
+    return gen, verdict, time.perf_counter() - t
 
 
 def library_versions() -> dict[str, str]:
@@ -90,6 +101,16 @@ class CollectSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def count(self, status: str) -> None:
+        """Count one newly committed item with verdict ``status``."""
+        self.generated += 1
+        if status == "pass":
+            self.passed += 1
+        elif status == "fail":
+            self.failed += 1
+        else:
+            self.unverifiable += 1
 
     @property
     def items_per_minute(self) -> float:
@@ -142,19 +163,10 @@ def collect(
             for it, out in zip(batch, outs, strict=True):
                 if it.id in done:  # regenerated only to keep the batch as it was; its record is committed
                     continue
-                text = decode_completion(loaded.tokenizer, out.token_ids, eos)
-                gen = GenerationRecord(prompt_ids=prompts[it.id], token_ids=out.token_ids, completion=text,
-                                       finish_reason=out.finish_reason, seconds=per_item)
-                tc = time.perf_counter()
-                verdict = safe_check(benchmark, it, text)
-                if store.write_result(run.run_id, it, gen, verdict, time.perf_counter() - tc):
-                    summary.generated += 1
-                    if verdict.status == "pass":
-                        summary.passed += 1
-                    elif verdict.status == "fail":
-                        summary.failed += 1
-                    else:
-                        summary.unverifiable += 1
+                gen, verdict, check_seconds = finish_item(loaded.tokenizer, benchmark, it, prompts[it.id], out, eos,
+                                                          per_item)
+                if store.write_result(run.run_id, it, gen, verdict, check_seconds):
+                    summary.count(verdict.status)
                 if on_item is not None:
                     on_item(it, gen, verdict)
                 bar.advance()

@@ -36,7 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from failtrace.benchmarks.base import Benchmark
+from failtrace.benchmarks.base import Benchmark, Item
 from failtrace.errors import FailtraceError
 from failtrace.failures.collect import _progress, library_versions, resolve_benchmark
 from failtrace.failures.pair_types import PairResult, PairSettings, same_tokenizer, visible
@@ -85,6 +85,29 @@ def pair_run_record(collect_run: RunRecord, loaded: Any, settings: PairSettings,
                      versions=library_versions(), settings=settings_d, data=collect_run.data)
 
 
+def collection_runs(store: ResultsStore, run_ids: Sequence[str] | None = None,
+                    benchmark: str | None = None) -> list[RunRecord]:
+    """The collection runs the pairs stage works on (all, or those named / of one benchmark); none is an error."""
+    runs = store.runs("collect")
+    if run_ids:
+        unknown = set(run_ids) - {r.run_id for r in runs}
+        if unknown:
+            raise FailtraceError(f"no collection run {sorted(unknown)[0]!r} in {store.path}; `failtrace status` "
+                                 f"lists the runs")
+        runs = [r for r in runs if r.run_id in set(run_ids)]
+    if benchmark is not None:
+        runs = [r for r in runs if r.benchmark == benchmark]
+    if not runs:
+        raise FailtraceError(f"no collection runs{' for ' + benchmark if benchmark else ''} in {store.path}; "
+                             f"run `failtrace collect` first")
+    return runs
+
+
+def pair_one(finder: PairFinder, bench: Benchmark, item: Item, row: Mapping[str, Any], budget: int) -> PairResult:
+    """The per-item work of the stage: the pair search on one stored failure (``row`` from ``store.results``)."""
+    return finder.find(bench, item, row["prompt_ids"], row["token_ids"], budget, row["finish_reason"])
+
+
 def find_pairs(
     store: ResultsStore,
     settings: PairSettings | None = None,
@@ -114,18 +137,7 @@ def find_pairs(
     if limit is not None and limit < 1:
         raise FailtraceError(f"--limit must be at least 1, got {limit}")
     t0 = time.perf_counter()
-    runs = store.runs("collect")
-    if run_ids:
-        unknown = set(run_ids) - {r.run_id for r in runs}
-        if unknown:
-            raise FailtraceError(f"no collection run {sorted(unknown)[0]!r} in {store.path}; `failtrace status` "
-                                 f"lists the runs")
-        runs = [r for r in runs if r.run_id in set(run_ids)]
-    if benchmark is not None:
-        runs = [r for r in runs if r.benchmark == benchmark]
-    if not runs:
-        raise FailtraceError(f"no collection runs{' for ' + benchmark if benchmark else ''} in {store.path}; "
-                             f"run `failtrace collect` first")
+    runs = collection_runs(store, run_ids, benchmark)
     summary = PairsSummary()
     loaded_cache: dict[tuple[str, str | None, str | None], Any] = {}
     helper_loaded = helper
@@ -164,7 +176,7 @@ def find_pairs(
         try:
             for row in todo:
                 item = store.get_item(run.benchmark, row["item_id"])
-                result = finder.find(bench, item, row["prompt_ids"], row["token_ids"], budget, row["finish_reason"])
+                result = pair_one(finder, bench, item, row, budget)
                 if store.write_pair(prun.run_id, run.run_id, item.id, run.benchmark, result.to_dict()):
                     summary.processed += 1
                     summary.statuses[result.status] = summary.statuses.get(result.status, 0) + 1

@@ -17,6 +17,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -186,15 +187,51 @@ def _portable_tokenizer_config(folder: Path) -> None:
     cfg_path.write_text(json.dumps(cfg, indent=2))
 
 
+def _cached_model_complete(folder: Path) -> bool:
+    return (folder / "config.json").exists() and (folder / "model.safetensors").exists()
+
+
+def assemble_once(target: Path, build: Callable[[Path], None],
+                  complete: Callable[[Path], bool] = _cached_model_complete) -> Path:
+    """Build the folder ``target`` once, even when several processes (e.g. Ray workers on one node) race for it.
+
+    They serialise on a file lock next to it; the first builds into a temporary sibling and renames it into place
+    (atomic on one filesystem), so nobody ever sees half a folder; the others then find it complete and return.
+    """
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target.parent / f".{target.name}.lock")):
+        if complete(target):
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+        try:
+            build(tmp)
+            if target.exists():  # an incomplete leftover of an older layout: nobody can be reading it
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return target
+
+
 def _bundled_cached_folder(progress: bool) -> Path:
     """Convert the bundled GGUF once into safetensors + tokenizer; later loads read the folder in seconds."""
     import torch
 
     gguf = bundled_gguf_path()
     target = cache_dir() / "models" / f"{DEFAULT_MODEL}-{_CACHE_FORMAT}"
-    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+    if _cached_model_complete(target):
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+
+    def build(tmp: Path) -> None:
+        model, tok = _convert_gguf(gguf, torch.float32)
+        model = _dequantized_copy(model)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        _portable_tokenizer_config(tmp)
+
     status = None
     if progress:
         from rich.console import Console
@@ -202,20 +239,10 @@ def _bundled_cached_folder(progress: bool) -> Path:
         status = Console(stderr=True).status(f"converting the bundled {gguf.name} to fp32 (once, ~30 s)...")
         status.start()
     try:
-        model, tok = _convert_gguf(gguf, torch.float32)
-        model = _dequantized_copy(model)
-        # Write into a temporary sibling and rename, so an interrupted conversion never leaves a half cache.
-        tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        _portable_tokenizer_config(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        return assemble_once(target, build)
     finally:
         if status is not None:
             status.stop()
-    return target
 
 
 def load_model(

@@ -18,6 +18,7 @@ written to. Both are described in :mod:`failtrace.store.connection`. Summaries a
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -234,6 +235,19 @@ class ResultsStore:
                  run.dtype, run.device, run.seed, _dumps(run.versions), _dumps(run.settings), run.data, _now()],
             )
         return True
+
+    def append_run_setting(self, run_id: str, key: str, entry: Any) -> None:
+        """Append ``entry`` to the list ``settings[key]`` of run ``run_id`` (e.g. the Ray workers of each call).
+
+        What is recorded never changes the run's id nor its results: a rerun of the same run adds its own entry.
+        """
+        with self._transaction():
+            row = self.con.execute("SELECT settings FROM runs WHERE run_id = ?", [run_id]).fetchone()
+            if row is None:
+                raise FailtraceError(f"no run {run_id!r} in {self.path}")
+            settings = json.loads(row[0]) if row[0] else {}
+            settings[key] = [*settings.get(key, []), entry]
+            self.con.execute("UPDATE runs SET settings = ? WHERE run_id = ?", [_dumps(settings), run_id])
 
     def get_run(self, run_id: str) -> RunRecord | None:
         rows = self._rows("SELECT * FROM runs WHERE run_id = ?", [run_id])

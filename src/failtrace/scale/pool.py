@@ -1,0 +1,176 @@
+"""A pool of Ray actors, each holding one loaded model, that runs per-item tasks and survives dying workers.
+
+Ray gives the actors, the scheduling onto CPUs/GPUs and the restart of a dead actor (``max_restarts``); this module
+only adds what a failtrace run needs on top: keep ``inflight`` tasks per actor, hand every result to the driver's
+callback as it arrives (the driver is the only writer of the store), and when an actor dies put its in-flight items
+back in the queue for any live actor, up to ``max_attempts`` tries per item; after that the item is reported as
+errored with the reason. An actor whose restarts are used up is dropped; when none is left the pool raises
+(the items not done stay undone, and a rerun does them).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from failtrace.errors import FailtraceError
+from failtrace.scale.work import DescribedModel, ModelSpec, ModelWorker
+
+NAMESPACE = "failtrace"  # Ray namespace of failtrace's drivers: named worker pools are found across drivers
+
+
+def require_ray() -> Any:
+    """Import Ray, or explain how to install it (it is an optional extra)."""
+    try:
+        import ray
+    except ImportError:
+        raise FailtraceError("--workers runs the stage on Ray, which is not installed; install the extra: "
+                             "pip install 'failtrace[ray]'") from None
+    return ray
+
+
+def ensure_ray(workers: int, address: str | None = None) -> bool:
+    """Connect to Ray (``address``, e.g. ``auto``) or start a local cluster with ``workers`` CPUs.
+
+    Returns True when this call started it (the caller shuts it down). An already connected process is reused.
+    """
+    ray = require_ray()
+    if ray.is_initialized():
+        return False
+    try:
+        if address:
+            ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, logging_level=logging.ERROR)
+        else:
+            ray.init(num_cpus=workers, namespace=NAMESPACE, include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.ERROR)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
+        raise FailtraceError(f"could not start or join {where}: {str(exc).splitlines()[0][:300]}") from None
+    return True
+
+
+@dataclass
+class Task:
+    """One item's work: the actor method, its arguments, and the failures seen so far."""
+
+    key: str
+    method: str
+    args: tuple[Any, ...]
+    errors: list[str] = field(default_factory=list)
+
+
+class WorkerPool:
+    """``workers`` Ray actors holding the model of ``spec`` (see the module docstring)."""
+
+    def __init__(self, spec: ModelSpec, workers: int, *, max_attempts: int = 3, max_restarts: int = 2,
+                 inflight: int = 2, cpus_per_worker: float = 1.0, name: str | None = None,
+                 start_timeout: float = 900.0) -> None:
+        if workers < 1:
+            raise FailtraceError(f"--workers must be at least 1, got {workers}")
+        if max_attempts < 1:
+            raise FailtraceError(f"max_attempts must be at least 1, got {max_attempts}")
+        ray = require_ray()
+        self.spec, self.max_attempts, self.inflight, self.name = spec, max_attempts, inflight, name
+        self.retried = 0  # items put back in the queue after their worker died
+        gpus = 1 if spec.device.startswith("cuda") else 0
+        actor_cls = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus, max_restarts=max_restarts,
+                               max_task_retries=0)(ModelWorker)
+        if name is not None:  # named, detached actors outlive this driver: a later driver attaches to them
+            self.actors = [actor_cls.options(name=f"{name}-{i}", lifetime="detached", get_if_exists=True)
+                           .remote(spec, max(1, int(cpus_per_worker))) for i in range(workers)]
+        else:
+            self.actors = [actor_cls.remote(spec, max(1, int(cpus_per_worker))) for _ in range(workers)]
+        try:
+            hellos = ray.get([a.hello.remote() for a in self.actors], timeout=start_timeout)
+        except ray.exceptions.RayActorError as exc:
+            self.close(force=True)
+            raise FailtraceError(f"a Ray worker could not load {spec.name}: {_reason(exc)}") from None
+        except ray.exceptions.GetTimeoutError:
+            self.close(force=True)
+            raise FailtraceError(f"{workers} Ray worker(s) did not start within {start_timeout:.0f} s; does the "
+                                 f"cluster have {workers} free {'GPUs' if gpus else 'CPUs'}? (`ray status`)") from None
+        self.model: DescribedModel = hellos[0]["model"]
+        self.helper: DescribedModel | None = hellos[0]["helper"]
+        self.provenance = [h["provenance"] for h in hellos]
+        self._busy: dict[int, int] = {}  # actor index -> tasks in flight
+
+    def busy_actors(self) -> list[Any]:
+        """Handles of the actors that have work in flight right now (tests kill one of these)."""
+        return [self.actors[i] for i, n in self._busy.items() if n > 0]
+
+    def run(self, tasks: Iterable[Task], on_result: Callable[[Task, Any], None],
+            on_error: Callable[[Task], None], max_attempts: int | None = None) -> None:
+        """Run every task; ``on_result``/``on_error`` (the driver's writes) are called in this thread, one at a time.
+
+        ``max_attempts`` overrides the pool's tries per item for this call.
+        """
+        ray = require_ray()
+        attempts = self.max_attempts if max_attempts is None else max_attempts
+        if attempts < 1:
+            raise FailtraceError(f"max_attempts must be at least 1, got {attempts}")
+        queue = collections.deque(tasks)
+        live = set(range(len(self.actors)))
+        self._busy = dict.fromkeys(live, 0)
+        pending: dict[Any, tuple[int, Task | None]] = {}  # ref -> (actor, task); task None: a liveness probe
+        probing: set[int] = set()
+        while queue or any(t is not None for _, t in pending.values()):  # probes alone do not hold the run
+            for i in sorted(live - probing):
+                while queue and self._busy[i] < self.inflight:
+                    task = queue.popleft()
+                    pending[getattr(self.actors[i], task.method).remote(*task.args)] = (i, task)
+                    self._busy[i] += 1
+            if not pending:
+                raise FailtraceError(f"every Ray worker died; {len(queue)} item(s) were not done (rerun to do them)")
+            [ref], _ = ray.wait(list(pending), num_returns=1)
+            i, task = pending.pop(ref)
+            if task is None:  # a probe of an actor that failed: it answers once restarted, or it is gone
+                probing.discard(i)
+                try:
+                    ray.get(ref)
+                except ray.exceptions.RayActorError:
+                    live.discard(i)
+                continue
+            self._busy[i] -= 1
+            try:
+                value = ray.get(ref)
+            except ray.exceptions.RayActorError as exc:
+                task.errors.append(_reason(exc))
+                if len(task.errors) < attempts:
+                    queue.appendleft(task)
+                    self.retried += 1
+                else:
+                    on_error(task)
+                if i in live and i not in probing:
+                    probing.add(i)
+                    pending[self.actors[i].hello.remote()] = (i, None)
+                continue
+            except ray.exceptions.RayTaskError as exc:  # the work itself raised: as the serial path would
+                raise exc.as_instanceof_cause() from None
+            on_result(task, value)
+
+    def close(self, force: bool = False) -> None:
+        """Stop the actors (their models are freed); named pools stay up for the next driver unless ``force``."""
+        if self.name is not None and not force:
+            return
+        ray = require_ray()
+        for a in self.actors:
+            try:
+                ray.kill(a, no_restart=True)
+            except Exception:  # already gone
+                pass
+
+
+def _reason(exc: BaseException) -> str:
+    """One line: the innermost exception Ray's text quotes (e.g. the model loader's error), else its first line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    raised = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Exit)\b[^:]*: ", line)]
+    if raised:
+        name, _, message = raised[-1].partition(":")
+        text = f"{name.rsplit('.', 1)[-1]}:{message}"
+    else:
+        text = " / ".join(lines[:1] + lines[-1:]) if len(lines) > 1 else (lines or [""])[0]
+    return f"{type(exc).__name__}: {' '.join(text.split())[:300]}"

@@ -1,0 +1,139 @@
+"""The per-item work of the collect and pairs stages as functions of (model, settings, item) -> result record.
+
+A Ray worker (:class:`ModelWorker`) holds one loaded model and runs these functions; it never touches the store.
+The records are plain dicts (they cross process boundaries), turned back into store rows by the driver. The same
+code the serial path runs does the work (:func:`~failtrace.failures.collect.finish_item`,
+:func:`~failtrace.failures.pairs.pair_one`), so a record is the serial path's record for that item. Nothing here
+imports Ray: the actor class is wrapped by ``ray.remote`` in :mod:`failtrace.scale.pool`.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+from failtrace.benchmarks.base import Benchmark, Item
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a worker loads: the same arguments ``failtrace collect --model/--dtype/--device`` pass to load_model."""
+
+    name: str
+    dtype: str = "float32"
+    device: str = "cpu"
+    revision: str | None = None
+    helper: str | None = None  # a pairs sibling/helper model, loaded next to the model
+
+
+@dataclass
+class DescribedModel:
+    """A loaded model as the driver sees it: the fields run records use, without the weights."""
+
+    name: str
+    source: str
+    dtype: str
+    device: str
+    revision: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        return dict(self.info)
+
+    @classmethod
+    def of(cls, loaded: Any) -> DescribedModel:
+        return cls(name=loaded.name, source=loaded.source, dtype=loaded.dtype, device=loaded.device,
+                   revision=loaded.revision, info=loaded.describe())
+
+
+def worker_provenance(device: str) -> dict[str, Any]:
+    """Where a worker runs: host, process, device (GPU name when on CUDA), library versions, sandbox layers."""
+    import torch
+
+    from failtrace.failures.collect import library_versions
+
+    prov: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(), "device": device,
+                            "machine": platform.machine(), "torch_threads": torch.get_num_threads(),
+                            "versions": library_versions()}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        prov["gpu"] = torch.cuda.get_device_name(torch.device(device))
+        prov["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
+    try:
+        import ray
+
+        prov["ray"] = ray.__version__
+        prov["node_id"] = ray.get_runtime_context().get_node_id()
+    except Exception:  # outside Ray (tests of this module, the serial path)
+        pass
+    try:  # generated code runs in the sandbox of the worker's own machine: record which layers it has there
+        from failtrace.benchmarks.sandbox import isolation
+
+        prov["sandbox_layers"] = isolation().layers()
+    except Exception as exc:  # pragma: no cover - a machine where the probe itself fails
+        prov["sandbox_layers"] = {"probe_failed": f"{type(exc).__name__}: {exc}"[:200]}
+    return prov
+
+
+def collect_item(loaded: Any, benchmark: Benchmark, item: Item, budget: int, thinking: bool) -> dict[str, Any]:
+    """Generate greedily for one item and check it: ``{"generation", "verdict", "check_seconds"}``.
+
+    Exactly the serial path with ``batch_size=1`` (chat template, greedy decoding, decode, the benchmark's checker).
+    """
+    import time
+
+    from failtrace.failures.collect import finish_item
+    from failtrace.failures.generation import eos_token_ids, greedy_generate, pad_token_id
+    from failtrace.models.chat import apply_chat_template
+
+    eos = eos_token_ids(loaded.model, loaded.tokenizer)
+    prompt = apply_chat_template(loaded.tokenizer, item.prompt, thinking=thinking)
+    t = time.perf_counter()
+    out = greedy_generate(loaded.model, [prompt], budget, eos, pad_token_id(loaded.tokenizer, eos))[0]
+    gen, verdict, check_seconds = finish_item(loaded.tokenizer, benchmark, item, prompt, out, eos,
+                                              time.perf_counter() - t)
+    return {"generation": gen.to_dict(), "verdict": verdict.to_dict(), "check_seconds": check_seconds}
+
+
+def pair_item(finder: Any, benchmark: Benchmark, item: Item, row: dict[str, Any], budget: int) -> dict[str, Any]:
+    """The pair search on one stored failure (``row``: prompt_ids, token_ids, finish_reason): a pairs-table record."""
+    from failtrace.failures.pairs import pair_one
+
+    return pair_one(finder, benchmark, item, row, budget).to_dict()
+
+
+class ModelWorker:
+    """One Ray actor: loads the model once (and the pairs helper, if any), then serves per-item calls."""
+
+    def __init__(self, spec: ModelSpec, threads: int = 1) -> None:
+        import torch
+
+        from failtrace.models.loading import load_model
+
+        torch.set_num_threads(max(1, threads))
+        self.spec = spec
+        self.loaded = load_model(spec.name, dtype=spec.dtype, device=spec.device, revision=spec.revision,
+                                 progress=False)
+        self.helper = None if spec.helper is None else load_model(spec.helper, dtype=spec.dtype, device=spec.device,
+                                                                  progress=False)
+        self._finders: dict[str, Any] = {}
+
+    def hello(self) -> dict[str, Any]:
+        """The loaded models as run records need them, and this worker's provenance."""
+        return {"model": DescribedModel.of(self.loaded),
+                "helper": None if self.helper is None else DescribedModel.of(self.helper),
+                "provenance": worker_provenance(self.spec.device)}
+
+    def collect(self, benchmark: Benchmark, item: Item, budget: int, thinking: bool) -> dict[str, Any]:
+        return collect_item(self.loaded, benchmark, item, budget, thinking)
+
+    def pair(self, benchmark: Benchmark, settings: Any, item: Item, row: dict[str, Any],
+             budget: int) -> dict[str, Any]:
+        from failtrace.failures.pairs import PairFinder
+
+        key = repr(settings)
+        if key not in self._finders:
+            self._finders[key] = PairFinder(self.loaded, settings, self.helper)
+        return pair_item(self._finders[key], benchmark, item, row, budget)

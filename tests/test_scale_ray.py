@@ -1,0 +1,209 @@
+"""collect and pairs on a local Ray cluster (2 CPU workers) against the serial path, with workers and drivers killed.
+
+One module-scoped cluster and one named pool of 2 workers (each loads the toy model from a saved folder) pay Ray's
+start-up once. The reference is the serial stage run in this process on the same folder: every store row must be the
+same item by item (timings and commit times aside), whatever the completion order, after a worker is killed mid-run,
+and after the driver is SIGKILLed and rerun. Tests run in file order: the poisoned-item test, which leaves both
+workers restarting, is last.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ray = pytest.importorskip("ray", reason="the Ray extra (pip install 'failtrace[ray]') is not installed")
+
+from failtrace.benchmarks.base import Item, Verdict  # noqa: E402
+from failtrace.failures.collect import collect  # noqa: E402
+from failtrace.failures.pairs import PairSettings, find_pairs  # noqa: E402
+from failtrace.models.loading import load_model  # noqa: E402
+from failtrace.scale import ModelSpec, WorkerPool, collect_on_ray, pairs_on_ray  # noqa: E402
+from failtrace.store import open_store  # noqa: E402
+from failtrace.testing.toy import ToyBenchmark, one_thread, save_toy_model, toy_items  # noqa: E402
+
+pytestmark = pytest.mark.slow
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+N_ITEMS = 12
+SETTINGS = PairSettings(top_k=3, max_positions=3)
+POOL = "ft-test-pool"
+_TIMING = {"seconds", "seconds_prefix", "seconds_rollouts", "seconds_check", "created_at"}
+
+
+class PoisonBenchmark(ToyBenchmark):
+    """The toy checker, except that checking item ``poison`` kills the worker process (an OOM-like death)."""
+
+    def check(self, item: Item, completion: str) -> Verdict:
+        if item.id == "poison":
+            os._exit(1)
+        return super().check(item, completion)
+
+
+def _bench(delay: float = 0.0) -> ToyBenchmark:
+    return ToyBenchmark(mode="contains", max_new_tokens=12, delay=delay)
+
+
+def _rows(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """generations, verdicts and pairs rows keyed and sorted by item, without timings."""
+    with open_store(path) as st:
+        out = {}
+        for table in ("generations", "verdicts", "pairs"):
+            rows = st._rows(f"SELECT * FROM {table} ORDER BY item_id")
+            out[table] = [{k: v for k, v in r.items() if k not in _TIMING} for r in rows]
+    return out
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A local 2-CPU Ray cluster, the saved toy model, a named pool of 2 workers and the serial reference store."""
+    root = tmp_path_factory.mktemp("scale")
+    folder = save_toy_model(root / "toy")
+    serial = root / "serial.duckdb"
+    with one_thread(), open_store(serial) as st:
+        lm = load_model(str(folder), progress=False)
+        collect(st, _bench(), toy_items(N_ITEMS), lm, progress=False)
+        find_pairs(st, SETTINGS, models={lm.name: lm}, benchmarks={"toy": _bench()}, progress=False)
+    ray.init(num_cpus=2, include_dashboard=False, namespace="failtrace", log_to_driver=False)
+    pool = WorkerPool(ModelSpec(str(folder)), 2, name=POOL)
+    yield {"root": root, "folder": folder, "serial": serial, "pool": pool}
+    pool.close(force=True)
+    ray.shutdown()
+
+
+def _run_both(store: Path, cluster: Any, **kw: Any) -> tuple[Any, Any]:
+    spec = ModelSpec(str(cluster["folder"]))
+    with open_store(store) as st:
+        c = collect_on_ray(st, kw.pop("bench", _bench()), toy_items(N_ITEMS), spec, 2, pool=cluster["pool"],
+                           progress=False, **kw)
+        p = pairs_on_ray(st, SETTINGS, 2, benchmarks={"toy": _bench()}, pool=cluster["pool"], progress=False)
+    return c, p
+
+
+def test_ray_rows_equal_the_serial_rows_item_by_item(cluster: Any) -> None:
+    store = cluster["root"] / "ray.duckdb"
+    c, p = _run_both(store, cluster)
+    assert c.generated == N_ITEMS and p.processed == c.failed > 0
+    ref, got = _rows(cluster["serial"]), _rows(store)
+    for table in ref:
+        assert len(got[table]) == len(ref[table]) > 0
+        for a, b in zip(ref[table], got[table], strict=True):
+            assert a == b, (table, a["item_id"])
+    with open_store(store) as st:
+        run = st.runs("collect")[0]
+        workers = run.settings["scale"][0]["worker_info"]
+        assert len(workers) == 2 and len({w["pid"] for w in workers}) == 2
+        assert all(w["host"] and w["versions"]["torch"] and "sandbox_layers" in w for w in workers)
+        assert st.runs("pairs")[0].settings["scale"][0]["workers"] == 2
+    with open_store(cluster["serial"]) as st, open_store(store) as st2:  # same ids: a serial rerun resumes it
+        assert {r.run_id for r in st.runs()} == {r.run_id for r in st2.runs()}
+
+
+def test_a_worker_killed_mid_run_still_gives_complete_results(cluster: Any) -> None:
+    store = cluster["root"] / "killed.duckdb"
+    pool, killed = cluster["pool"], []
+
+    def kill_one(item: Item, gen: Any, verdict: Any) -> None:
+        if not killed and pool.busy_actors():
+            killed.append(pool.busy_actors()[0])
+            ray.kill(killed[0], no_restart=False)  # Ray restarts it; its in-flight items go to the other worker
+
+    retried = pool.retried
+    _run_both(store, cluster, bench=_bench(delay=0.05), on_item=kill_one)
+    assert killed and pool.retried > retried
+    ref, got = _rows(cluster["serial"]), _rows(store)
+    assert got == ref
+
+
+_DRIVER = """
+import sys
+sys.path.insert(0, {src!r})
+import ray
+from failtrace.failures.pairs import PairSettings
+from failtrace.scale import ModelSpec, WorkerPool, collect_on_ray, pairs_on_ray
+from failtrace.store import open_store
+from failtrace.testing.toy import ToyBenchmark, toy_items
+ray.init(address={address!r}, namespace="failtrace", log_to_driver=False)
+spec = ModelSpec({folder!r})
+pool = WorkerPool(spec, 2, name={pool!r})  # attaches to the running named workers
+bench = ToyBenchmark(mode="contains", max_new_tokens=12, delay=0.05)
+with open_store({store!r}) as st:
+    collect_on_ray(st, bench, toy_items({n}), spec, 2, pool=pool, progress=False,
+                   on_item=lambda it, g, v: print("item", it.id, flush=True))
+    pairs_on_ray(st, PairSettings(top_k=3, max_positions=3), 2, benchmarks={{"toy": bench}}, pool=pool,
+                 progress=False, on_pair=lambda i, r: print("pair", i, flush=True))
+print("finished", flush=True)
+"""
+
+
+def _driver(script: Path, kill_after: str | None) -> int:
+    """Run the driver; SIGKILL it after the progress line ``kill_after`` (item/pair N); return the lines seen."""
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True, env=env)
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.append(line.split()[0])
+        if kill_after and f"{seen[-1]} {seen.count(seen[-1])}" == kill_after:
+            proc.send_signal(signal.SIGKILL)
+            break
+    assert proc.wait(timeout=300) == (-signal.SIGKILL if kill_after else 0)
+    return len(seen)
+
+
+def test_driver_sigkill_and_rerun_lose_and_duplicate_nothing(cluster: Any) -> None:
+    store = cluster["root"] / "driver.duckdb"
+    script = cluster["root"] / "driver.py"
+    script.write_text(_DRIVER.format(src=SRC, address=ray.get_runtime_context().gcs_address, pool=POOL,
+                                     folder=str(cluster["folder"]), store=str(store), n=N_ITEMS))
+    _driver(script, "item 4")  # killed during collect
+    with open_store(store) as st:
+        assert 4 <= st.counts()["generations"] < N_ITEMS
+    _driver(script, "pair 2")  # killed during pairs
+    with open_store(store) as st:
+        assert st.counts()["generations"] == N_ITEMS and 2 <= st.counts()["pairs"]
+    _driver(script, None)
+    with open_store(store) as st:
+        for table in ("generations", "verdicts", "pairs"):
+            n, distinct = st.con.execute(f"SELECT count(*), count(DISTINCT item_id) FROM {table}").fetchone()
+            assert n == distinct  # nothing duplicated
+    assert _rows(store) == _rows(cluster["serial"])  # nothing lost, nothing different
+
+
+def test_an_item_that_kills_every_worker_is_recorded_as_errored(cluster: Any) -> None:
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
+    store = cluster["root"] / "poison.duckdb"
+    items = [*toy_items(3), Item(id="poison", benchmark="toy", prompt="Question: die", reference={"needle": "zz"})]
+    with open_store(store) as st:
+        s = collect_on_ray(st, PoisonBenchmark(mode="contains", max_new_tokens=12), items,
+                           ModelSpec(str(cluster["folder"])), 2, pool=cluster["pool"], max_attempts=2,
+                           progress=False)
+        rows = {r["item_id"]: r for r in st.results(s.run_id)}
+    assert s.generated == 4 and s.unverifiable == 1
+    poison = rows["poison"]
+    assert poison["status"] == "unverifiable" and poison["finish_reason"] == "error"
+    assert "died on this item 2 time(s)" in poison["reasons"][0] and len(poison["details"]["worker_errors"]) == 2
+    ref = {r["item_id"]: r for r in _rows(cluster["serial"])["generations"]}
+    for item_id in ("q000", "q001", "q002"):
+        assert rows[item_id]["token_ids"] == ref[item_id]["token_ids"]
+
+
+def test_cli_refuses_bad_scale_options_before_touching_anything(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from failtrace.cli import main
+
+    store = tmp_path / "s.duckdb"
+    base = ["collect", "--benchmark", "ifeval", "--data", "nope.jsonl", "--store", str(store)]
+    assert main([*base, "--ray-address", "auto"]) == 2
+    assert "error: --ray-address needs --workers N" in capsys.readouterr().err
+    assert main([*base, "--workers", "2", "--batch-size", "2"]) == 2
+    assert "error: --batch-size > 1 is not supported with --workers" in capsys.readouterr().err
+    assert main([*base, "--workers", "0"]) == 2
+    assert "--workers" in capsys.readouterr().err
+    assert not store.exists()
