@@ -20,6 +20,8 @@ from typing import Any
 # Masking rules for the flip search (see docs/ANALYSES.md): zero the input embeddings of the masked positions, or
 # replace their token ids by ``token_id``.
 MASK_RULES: tuple[str, ...] = ("zero-embedding", "replace")
+CATEGORIES: tuple[str, ...] = ("M-IA", "NC-IA+M-AG", "NC-IA+AG")
+PATTERNS: tuple[str, ...] = ("URT", "OIT", "URT+OIT", "none")
 
 
 @dataclass
@@ -103,6 +105,17 @@ class Case:
     pattern_evidence: dict[str, Any] = field(default_factory=dict)
     graph_summary: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    # Added by the cases stage (all optional, so older records still load):
+    analysis_id: str = ""  # the analysis run (stage "analyse" in the runs table) that produced this case
+    notes: list[str] = field(default_factory=list)  # e.g. the recomputed Δℓ differs from the stored pair's
+    seconds: dict[str, float] = field(default_factory=dict)  # where the time went (graph, method:X, flip:X, ...)
+    graph: dict[str, Any] | None = None  # the pruned graph (see failtrace.store.cases.graph_record); None = not loaded
+    override: dict[str, Any] | None = None  # newest person's label: {category, reason, created_at}
+
+    @property
+    def effective_category(self) -> str | None:
+        """The category a person set with ``failtrace override``, else the computed one."""
+        return self.override["category"] if self.override else self.category
 
     def segment_labels(self) -> list[str]:
         """One segment name per context token (the inverse of ``segments``)."""

@@ -26,6 +26,7 @@ _COMMAND_MODULES = (
     "failtrace.cli.attribute",
     "failtrace.cli.pipeline",
     "failtrace.cli.graph",
+    "failtrace.cli.analyse",
     "failtrace.cli.models",
 )
 

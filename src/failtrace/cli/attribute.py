@@ -1,4 +1,4 @@
-"""``failtrace attribute`` and ``failtrace demo``: one contrastive attribution, written as JSON, HTML and PNG."""
+"""``failtrace attribute``: one contrastive attribution, written as JSON, HTML and PNG (``demo`` is in cli/demo.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,6 @@ import typer
 from failtrace.cli import options as opts
 
 from failtrace.errors import FailtraceError
-
-DEMO_PROMPT = "Answer with one word. Which planet is known as the Red Planet?"
-DEMO_PREFIX = "The planet known as the Red Planet is"
-
 
 def _parse_token(value: str | None) -> int | str | None:
     """'#123' or a plain integer string selects an id; anything else is a string that must be one token."""
@@ -90,12 +86,3 @@ def register(app: typer.Typer) -> None:
         """Explain why the model prefers TARGET over CONTRAST as its next token."""
         run_attribute(model, prompt, target, contrast, chat, answer_prefix, method, objective, position, json_path,
                       html_path, png_path, dtype, ig_steps, quiet)
-
-    @app.command("demo")
-    def demo_cmd(
-        out: Path = typer.Option(Path("out"), "--out", help="Folder for demo.json, demo.html and demo.png."),
-        model: Optional[str] = typer.Option(None, "--model", "-m", help="Model (default: the bundled SmolLM2)."),
-    ) -> None:
-        """End-to-end run on the bundled model: why ' Mars' rather than ' Jupiter' after a chat question."""
-        run_attribute(model, DEMO_PROMPT, " Mars", " Jupiter", True, DEMO_PREFIX, "attnlrp", "logit_diff", None,
-                      out / "demo.json", out / "demo.html", out / "demo.png", "float32", 32, False)

@@ -23,17 +23,35 @@ Tables, and the key that makes every write idempotent:
 ``pairs`` (``pair_run_id, item_id``)
     one row per failure: its pair status and, when found, the failure point and the target/contrast tokens.
 
+Since version 2 (see docs/CASES.md; a version-1 store is migrated by adding these tables when opened for writing):
+
+``cases`` (``case_id``)
+    one explained clean pair: context token ids, position (= len(token_ids), the target's index in the full
+    sequence), target/contrast, Δℓ, segments, category and pattern with their evidence, graph summary, settings.
+``case_methods`` (``case_id, method``)
+    per attribution method: input relevance (``DOUBLE[]``), per-stage hidden relevance sums, segment relevance,
+    flip curve and k*.
+``case_graphs`` (``case_id``)
+    the pruned attribution graph (kept nodes and edges as parallel arrays) and the settings it was built with.
+``overrides`` (``case_id, created_at``)
+    a person's category label with the reason; the newest one per case wins.
+
 JSON-valued columns are stored as text (``VARCHAR``) so the store needs no database extension.
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 PAIR_STATUSES = ("clean", "no_target", "no_contrast", "weak_preference", "unbounded", "unverifiable")
 VERDICT_STATUSES = ("pass", "fail", "unverifiable")
 
-TABLES = ("runs", "run_items", "items", "generations", "verdicts", "pairs")
+CASE_TABLES = ("cases", "case_methods", "case_graphs", "overrides")
+TABLES = ("runs", "run_items", "items", "generations", "verdicts", "pairs", *CASE_TABLES)
+
+# Column order used by exports (a table's key).
+CASE_KEYS = {"cases": ("case_id",), "case_methods": ("case_id", "method"), "case_graphs": ("case_id",),
+             "overrides": ("case_id", "created_at")}
 
 DDL: tuple[str, ...] = (
     """CREATE TABLE IF NOT EXISTS schema_version (
@@ -128,4 +146,90 @@ DDL: tuple[str, ...] = (
         created_at TIMESTAMP,
         PRIMARY KEY (pair_run_id, item_id)
     )""",
+    """CREATE TABLE IF NOT EXISTS cases (
+        case_id VARCHAR PRIMARY KEY,
+        analysis_id VARCHAR NOT NULL,
+        pair_run_id VARCHAR NOT NULL,
+        run_id VARCHAR NOT NULL,
+        item_id VARCHAR NOT NULL,
+        benchmark VARCHAR NOT NULL,
+        model VARCHAR NOT NULL,
+        model_fingerprint VARCHAR NOT NULL,
+        token_ids INTEGER[] NOT NULL,
+        tokens VARCHAR NOT NULL,
+        special_mask BOOLEAN[] NOT NULL,
+        prompt_length INTEGER NOT NULL,
+        position INTEGER NOT NULL,
+        target_id INTEGER NOT NULL,
+        target_text VARCHAR,
+        contrast_id INTEGER NOT NULL,
+        contrast_text VARCHAR,
+        delta_logit DOUBLE NOT NULL,
+        segments VARCHAR NOT NULL,
+        relevant_segments VARCHAR,
+        masking VARCHAR NOT NULL,
+        category VARCHAR,
+        category_evidence VARCHAR,
+        pattern VARCHAR,
+        pattern_evidence VARCHAR,
+        graph_summary VARCHAR,
+        settings VARCHAR NOT NULL,
+        notes VARCHAR,
+        seconds VARCHAR,
+        created_at TIMESTAMP
+    )""",
+    """CREATE TABLE IF NOT EXISTS case_methods (
+        case_id VARCHAR NOT NULL,
+        method VARCHAR NOT NULL,
+        input_relevance DOUBLE[] NOT NULL,
+        hidden_layer_sums DOUBLE[],
+        segment_relevance VARCHAR,
+        flip_curve DOUBLE[],
+        flip_k INTEGER,
+        seconds DOUBLE,
+        PRIMARY KEY (case_id, method)
+    )""",
+    """CREATE TABLE IF NOT EXISTS case_graphs (
+        case_id VARCHAR PRIMARY KEY,
+        settings VARCHAR NOT NULL,
+        stages VARCHAR NOT NULL,
+        objective_value DOUBLE,
+        node_stage INTEGER[] NOT NULL,
+        node_token INTEGER[] NOT NULL,
+        node_relevance DOUBLE[] NOT NULL,
+        edge_source_stage INTEGER[] NOT NULL,
+        edge_source_token INTEGER[] NOT NULL,
+        edge_target_stage INTEGER[] NOT NULL,
+        edge_target_token INTEGER[] NOT NULL,
+        edge_weight DOUBLE[] NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS overrides (
+        case_id VARCHAR NOT NULL,
+        category VARCHAR NOT NULL,
+        reason VARCHAR NOT NULL,
+        created_at TIMESTAMP NOT NULL
+    )""",
 )
+
+
+def migrate(con: object, from_version: int) -> None:
+    """Bring a store of an older schema version to :data:`SCHEMA_VERSION` in one transaction.
+
+    1 -> 2 only adds the case tables (``CREATE TABLE IF NOT EXISTS``); no existing row changes.
+    """
+    if from_version not in (1,):
+        from failtrace.errors import FailtraceError
+
+        raise FailtraceError(f"store schema version {from_version} is unknown; no migration to {SCHEMA_VERSION}")
+    from failtrace import __version__ as ft_version
+
+    con.begin()  # type: ignore[attr-defined]
+    try:
+        for stmt in DDL:
+            con.execute(stmt)  # type: ignore[attr-defined]
+        con.execute("UPDATE schema_version SET version = ?, written_by = ?",  # type: ignore[attr-defined]
+                    [SCHEMA_VERSION, f"failtrace {ft_version} (migrated from {from_version})"])
+        con.commit()  # type: ignore[attr-defined]
+    except BaseException:
+        con.rollback()  # type: ignore[attr-defined]
+        raise

@@ -25,7 +25,7 @@ from typing import Any
 
 from failtrace.benchmarks.base import Item, Verdict
 from failtrace.errors import FailtraceError
-from failtrace.store.schema import DDL, PAIR_STATUSES, SCHEMA_VERSION, TABLES
+from failtrace.store.schema import CASE_KEYS, DDL, PAIR_STATUSES, SCHEMA_VERSION, TABLES, migrate
 
 DEFAULT_STORE = "failtrace.duckdb"
 
@@ -39,6 +39,7 @@ _KEYS = {
     "generations": ("run_id", "item_id"),
     "verdicts": ("run_id", "item_id"),
     "pairs": ("pair_run_id", "item_id"),
+    **CASE_KEYS,
 }
 
 
@@ -211,9 +212,10 @@ class ResultsStore:
                     f"results store {self.path} was written by a newer failtrace (store schema version {version}; "
                     f"this failtrace reads versions up to {SCHEMA_VERSION}); upgrade failtrace to read it"
                 )
-            if not self.read_only and version < SCHEMA_VERSION:  # pragma: no cover - no older schema exists yet
-                raise FailtraceError(f"results store {self.path} has old schema version {version}; no migration "
-                                     f"to {SCHEMA_VERSION} is known")
+            if not self.read_only and version < SCHEMA_VERSION:
+                migrate(self.con, version)  # adds tables only (store/schema.py); read-only opens read the old layout
+                tables = {r[0] for r in self.con.execute(
+                    "SELECT table_name FROM information_schema.tables").fetchall()}
             missing = [t for t in TABLES if t not in tables]
             if missing and not self.read_only:
                 self._create()
@@ -465,7 +467,10 @@ class ResultsStore:
             raise FailtraceError(f"--out {out} exists and is not a folder")
         out.mkdir(parents=True, exist_ok=True)
         files = []
+        present = {r[0] for r in self.con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
         for table in (*TABLES, "schema_version"):
+            if table not in present or (fmt == "jsonl" and table in ("cases", "case_methods")):
+                continue  # an old read-only store; JSONL writes cases as one cases.jsonl below
             order = ", ".join(_KEYS.get(table, ("version",)))
             query = f"SELECT * FROM {table} ORDER BY {order}"
             if fmt == "parquet":
@@ -480,6 +485,10 @@ class ResultsStore:
                         fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
                 tmp.replace(path)
             files.append(path)
+        if fmt == "jsonl" and "cases" in present:
+            from failtrace.store.cases import export_cases_jsonl
+
+            files.append(export_cases_jsonl(self, out / "cases.jsonl"))
         return files
 
     def _iter_rows(self, sql: str, batch: int = 1000) -> Iterator[dict[str, Any]]:

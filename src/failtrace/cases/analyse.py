@@ -1,0 +1,168 @@
+"""The ``analyse`` stage over a results store: every clean pair -> one stored case (resumable, keyed by content).
+
+An *analysis run* (a ``runs`` row with ``stage='analyse'``, its parent the pair run) is identified by the pair run,
+the model's content fingerprint and the :class:`CaseSettings`; each case id hashes the same plus the item. So a rerun
+with the same settings finds every committed case and does nothing, while other methods, other masking or another
+model file at the same path make new ids and never overwrite or mix with the old ones. Each case is committed in
+one transaction: a run killed at any moment loses only the case in flight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from failtrace.cases.build import build_case
+from failtrace.cases.record import Case, case_id
+from failtrace.cases.settings import CaseSettings
+from failtrace.errors import FailtraceError
+from failtrace.store.store import ResultsStore, RunRecord
+
+
+@dataclass
+class AnalyseSummary:
+    """What one ``analyse`` call did."""
+
+    analysis_ids: list[str] = field(default_factory=list)
+    clean_pairs: int = 0  # clean pairs considered
+    skipped: int = 0  # already analysed with these settings and this model
+    analysed: int = 0  # cases committed by this call
+    errors: list[str] = field(default_factory=list)  # pairs that could not be analysed (message per pair)
+    categories: dict[str, int] = field(default_factory=dict)
+    patterns: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def analysis_run_record(pair_run: RunRecord, loaded: Any, fingerprint: str, settings: CaseSettings) -> RunRecord:
+    """The ``runs`` row of an analysis; its id hashes the pair run, the model content and the settings."""
+    from failtrace.failures.collect import library_versions
+
+    key = {"stage": "analyse", "parent": pair_run.run_id, "model_fingerprint": fingerprint,
+           "settings": settings.identity()}
+    run_id = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return RunRecord(run_id=run_id, stage="analyse", parent_run_id=pair_run.run_id, benchmark=pair_run.benchmark,
+                     model=pair_run.model, model_source=loaded.source, revision=loaded.revision, dtype=loaded.dtype,
+                     device=loaded.device, seed=settings.seed, versions=library_versions(),
+                     settings={**settings.identity(), "model_fingerprint": fingerprint,
+                               "model_info": loaded.describe() if hasattr(loaded, "describe") else {}},
+                     data=pair_run.data)
+
+
+def _select_pair_runs(store: ResultsStore, pair_run_ids: Sequence[str] | None,
+                      benchmark: str | None) -> list[RunRecord]:
+    runs = store.runs("pairs")
+    if pair_run_ids:
+        unknown = set(pair_run_ids) - {r.run_id for r in runs}
+        if unknown:
+            raise FailtraceError(f"no pair run {sorted(unknown)[0]!r} in {store.path}; `failtrace status` lists "
+                                 f"them")
+        runs = [r for r in runs if r.run_id in set(pair_run_ids)]
+    if benchmark is not None:
+        runs = [r for r in runs if r.benchmark == benchmark]
+    if not runs:
+        raise FailtraceError(f"no pair runs{' for ' + benchmark if benchmark else ''} in {store.path}; run "
+                             f"`failtrace pairs --store {store.path}` first")
+    return runs
+
+
+def _loader(models: Mapping[str, Any] | None, device: str) -> Callable[[RunRecord], Any]:
+    from failtrace.models.loading import load_model
+
+    cache: dict[tuple[str, str | None, str | None], Any] = {}
+
+    def load(run: RunRecord) -> Any:
+        if models and run.model in models:
+            return models[run.model]
+        key = (run.model, run.dtype, run.revision)
+        if key not in cache:
+            cache[key] = load_model(run.model, dtype=run.dtype or "float32", device=device, revision=run.revision,
+                                    progress=False)
+        return cache[key]
+
+    return load
+
+
+def analyse(
+    store: ResultsStore,
+    settings: CaseSettings | None = None,
+    *,
+    models: Mapping[str, Any] | None = None,
+    pair_run_ids: Sequence[str] | None = None,
+    benchmark: str | None = None,
+    limit: int | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    on_case: Callable[[Case], None] | None = None,
+) -> AnalyseSummary:
+    """Build and commit a case for every clean pair not yet analysed with these settings and this model.
+
+    ``models`` maps a run's model name to an already loaded model (otherwise it is loaded like ``pairs`` does).
+    ``limit`` caps the cases built by this call. Pairs that cannot be analysed are listed in ``errors``.
+    """
+    from failtrace.failures.collect import _progress
+    from failtrace.models.fingerprint import model_fingerprint
+    from failtrace.store.cases import done_case_ids, write_case
+
+    settings = (settings or CaseSettings()).validate()
+    if limit is not None and limit < 1:
+        raise FailtraceError(f"--limit must be at least 1, got {limit}")
+    t0 = time.perf_counter()
+    summary = AnalyseSummary()
+    load = _loader(models, device)
+    remaining = limit
+    done = done_case_ids(store)
+    for prun in _select_pair_runs(store, pair_run_ids, benchmark):
+        clean = [p for p in store.pairs(prun.run_id) if p["status"] == "clean"]
+        summary.clean_pairs += len(clean)
+        if not clean or (remaining is not None and remaining <= 0):
+            continue
+        collect_run = store.get_run(prun.parent_run_id or "")
+        if collect_run is None:
+            raise FailtraceError(f"pair run {prun.run_id} names collection run {prun.parent_run_id!r}, which is "
+                                 f"not in {store.path}")
+        loaded = load(collect_run)
+        fingerprint = model_fingerprint(loaded)
+        arun = analysis_run_record(prun, loaded, fingerprint, settings)
+        store.ensure_run(arun)
+        summary.analysis_ids.append(arun.run_id)
+        ident = settings.identity()
+        todo = [p for p in clean if case_id(prun.run_id, p["item_id"], fingerprint, ident) not in done]
+        summary.skipped += len(clean) - len(todo)
+        if remaining is not None:
+            todo = todo[:remaining]
+        if not todo:
+            continue
+        generations = {g["item_id"]: g for g in store.results(collect_run.run_id)}
+        bar = _progress(progress, f"analyse {prun.benchmark} ({prun.model})", len(todo))
+        try:
+            for pair in todo:
+                bar.describe(f"analyse {prun.benchmark}: {pair['item_id']}")
+                try:
+                    item = store.get_item(prun.benchmark, pair["item_id"])
+                    case = build_case(loaded, pair, item, generations[pair["item_id"]], settings,
+                                      fingerprint=fingerprint, analysis_id=arun.run_id)
+                except FailtraceError as exc:
+                    summary.errors.append(f"{pair['item_id']}: {exc}")
+                    bar.advance()
+                    continue
+                if write_case(store, case):
+                    summary.analysed += 1
+                    cat, pat = str(case.category), str(case.pattern)
+                    summary.categories[cat] = summary.categories.get(cat, 0) + 1
+                    summary.patterns[pat] = summary.patterns.get(pat, 0) + 1
+                if on_case is not None:
+                    on_case(case)
+                bar.advance()
+                if remaining is not None:
+                    remaining -= 1
+        finally:
+            bar.close()
+    summary.seconds = time.perf_counter() - t0
+    return summary

@@ -1,0 +1,101 @@
+"""What an analysis computes per case: the methods, masking, graph and category settings (part of every case id)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from failtrace.cases.record import MASK_RULES, MaskingSpec
+from failtrace.errors import FailtraceError
+
+# Attribution methods compared per case, in this order everywhere (docs/ANALYSES.md defines each).
+ALL_METHODS: tuple[str, ...] = ("attnlrp", "cp-lrp", "gradxinput", "ig", "attention", "random")
+DEFAULT_METHODS = ALL_METHODS
+
+
+@dataclass
+class CaseSettings:
+    """Settings of one analysis. Everything here changes results, so all of it goes into the case id.
+
+    ``methods``: attribution methods (attnlrp is required: graph, category and pattern use it). ``max_k``: masking
+    search depth K. ``ig_steps``: integrated-gradients steps. ``mask_rule``/``mask_token_id``: masking (see
+    :class:`MaskingSpec`). ``k_ia``: input attribution explains the failure when k* <= k_ia. ``ablation_budget``:
+    hidden nodes ablated at most (None: the analysis' default). ``node_threshold``/``prune``/``edge_method``: the
+    graph (see :mod:`failtrace.graph`). ``bands``: layer bands in the graph summary. ``seed``: the random
+    baseline's seed. ``pattern``: keyword overrides for the failure-pattern thresholds (theta, theta_share, m).
+    """
+
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    max_k: int = 10
+    ig_steps: int = 16
+    mask_rule: str = "zero-embedding"
+    mask_token_id: int | None = None
+    k_ia: int = 5
+    ablation_budget: int | None = None
+    node_threshold: float = 0.01
+    prune: str = "cumulative:0.85"
+    edge_method: str = "auto"
+    bands: int = 3
+    seed: int = 0
+    pattern: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.methods = tuple(self.methods)
+
+    @classmethod
+    def parse_methods(cls, text: str | None) -> tuple[str, ...]:
+        """``"attnlrp,ig"`` -> methods in canonical order; ``None``/``"all"`` -> every method."""
+        if text is None or text.strip().lower() in ("", "all"):
+            return DEFAULT_METHODS
+        names = [t.strip().lower() for t in text.replace(" ", ",").split(",") if t.strip()]
+        unknown = [n for n in names if n not in ALL_METHODS]
+        if unknown:
+            raise FailtraceError(f"unknown method {unknown[0]!r}; valid: {', '.join(ALL_METHODS)}")
+        return tuple(m for m in ALL_METHODS if m in names)
+
+    def validate(self) -> CaseSettings:
+        """Raise :class:`FailtraceError` (one line) on any bad value; returns self."""
+        from failtrace.graph.build import EDGE_METHODS
+        from failtrace.graph.prune import PruneSpec, check_node_threshold
+
+        if not self.methods:
+            raise FailtraceError("--methods is empty; name at least attnlrp")
+        unknown = [m for m in self.methods if m not in ALL_METHODS]
+        if unknown:
+            raise FailtraceError(f"unknown method {unknown[0]!r}; valid: {', '.join(ALL_METHODS)}")
+        if "attnlrp" not in self.methods:
+            raise FailtraceError("--methods must include attnlrp: the graph, the category and the pattern use it")
+        if len(set(self.methods)) != len(self.methods):
+            raise FailtraceError(f"--methods names a method twice: {', '.join(self.methods)}")
+        for name, value, low in (("--max-k", self.max_k, 1), ("--ig-steps", self.ig_steps, 1),
+                                 ("k_ia", self.k_ia, 0), ("bands", self.bands, 1)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise FailtraceError(f"{name} must be an integer >= {low}, got {value!r}")
+        if self.ablation_budget is not None and (not isinstance(self.ablation_budget, int)
+                                                 or self.ablation_budget < 1):
+            raise FailtraceError(f"ablation budget must be a positive integer, got {self.ablation_budget!r}")
+        if self.mask_rule not in MASK_RULES:
+            raise FailtraceError(f"unknown mask rule {self.mask_rule!r}; valid: {', '.join(MASK_RULES)}")
+        if self.mask_rule == "replace" and self.mask_token_id is None:
+            raise FailtraceError("mask rule 'replace' needs --mask-token (the id that replaces masked tokens)")
+        if self.mask_rule == "zero-embedding" and self.mask_token_id is not None:
+            raise FailtraceError("--mask-token only applies to --mask-rule replace")
+        if self.edge_method not in EDGE_METHODS:
+            raise FailtraceError(f"unknown edge method {self.edge_method!r}; valid: {', '.join(EDGE_METHODS)}")
+        check_node_threshold(self.node_threshold)
+        self.prune = str(PruneSpec.parse(self.prune))
+        for key, value in self.pattern.items():
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise FailtraceError(f"pattern setting {key} must be a finite number, got {value!r}")
+        return self
+
+    @property
+    def masking(self) -> MaskingSpec:
+        return MaskingSpec(rule=self.mask_rule, token_id=self.mask_token_id, max_k=self.max_k)
+
+    def identity(self) -> dict[str, Any]:
+        """Everything that changes a case's content (the case id hashes it)."""
+        d = asdict(self)
+        d["methods"] = list(self.methods)
+        return d

@@ -1,0 +1,88 @@
+"""``failtrace analyse | override | demo``: clean pairs -> explained cases; a person's category label; the demo.
+
+``analyse`` is resumable (a rerun with the same settings and model does nothing) and never mixes settings or model
+files (cases are keyed by the model's content fingerprint and the settings). Bad input raises
+:class:`~failtrace.errors.FailtraceError` (one line on stderr, exit code 2) before any store is written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from failtrace.errors import FailtraceError
+from failtrace.store.store import DEFAULT_STORE
+
+
+def _settings(methods: Optional[str], max_k: int, ig_steps: int, mask_rule: str, mask_token: Optional[int]) -> Any:
+    from failtrace.cases.settings import CaseSettings
+
+    return CaseSettings(methods=CaseSettings.parse_methods(methods), max_k=max_k, ig_steps=ig_steps,
+                        mask_rule=mask_rule, mask_token_id=mask_token).validate()
+
+
+def _summary_line(summary: Any, store: Path) -> str:
+    cats = ", ".join(f"{v} {k}" for k, v in sorted(summary.categories.items())) or "no new cases"
+    pats = ", ".join(f"{v} {k}" for k, v in sorted(summary.patterns.items()))
+    text = (f"{summary.clean_pairs} clean pairs, {summary.skipped} already analysed, {summary.analysed} analysed now "
+            f"({cats}{'; patterns ' + pats if pats else ''}) in {summary.seconds:.1f} s -> {store}")
+    if summary.errors:
+        text += f"\n{len(summary.errors)} pair(s) could not be analysed: " + "; ".join(summary.errors[:3])
+    return text
+
+
+def analyse_command(
+    store: Path = typer.Option(Path(DEFAULT_STORE), "--store", "-s", help="Results store with clean pairs."),
+    methods: Optional[str] = typer.Option(None, "--methods",
+                                          help="Comma-separated attribution methods (default all: attnlrp, cp-lrp, "
+                                               "gradxinput, ig, attention, random; attnlrp is required)."),
+    max_k: int = typer.Option(10, "--max-k", help="Mask up to K top-attributed tokens when searching k*."),
+    ig_steps: int = typer.Option(16, "--ig-steps", help="Integrated-gradients steps."),
+    mask_rule: str = typer.Option("zero-embedding", "--mask-rule", help="zero-embedding | replace"),
+    mask_token: Optional[int] = typer.Option(None, "--mask-token", help="Token id used by --mask-rule replace."),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Analyse at most N cases in this call."),
+    pair_run: Optional[list[str]] = typer.Option(None, "--pair-run", help="Only this pair run id (repeatable)."),
+    benchmark: Optional[str] = typer.Option(None, "--benchmark", "-b", help="Only pair runs of this benchmark."),
+    device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu or cuda."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Explain every clean pair: attributions by several methods, the graph, category and pattern (resumable)."""
+    from failtrace.cases.analyse import analyse
+    from failtrace.store.store import open_store
+
+    settings = _settings(methods, max_k, ig_steps, mask_rule, mask_token)
+    if limit is not None and limit < 1:
+        raise FailtraceError(f"--limit must be at least 1, got {limit}")
+    with open_store(store, create=False) as st:
+        summary = analyse(st, settings, pair_run_ids=pair_run or None, benchmark=benchmark, limit=limit,
+                          device=device, progress=progress)
+    typer.echo(_summary_line(summary, store))
+
+
+def override_command(
+    store: Path = typer.Option(Path(DEFAULT_STORE), "--store", "-s", help="Results store."),
+    case: str = typer.Option(..., "--case", help="Case id (or a unique prefix)."),
+    category: str = typer.Option(..., "--category", help="M-IA | NC-IA+M-AG | NC-IA+AG"),
+    reason: str = typer.Option(..., "--reason", help="Why the computed category is wrong (stored and shown)."),
+) -> None:
+    """Set a case's category by hand, with a reason; the report shows it next to the computed one."""
+    from failtrace.cases.record import CATEGORIES
+    from failtrace.store.cases import set_override
+    from failtrace.store.store import open_store
+
+    if category not in CATEGORIES:
+        raise FailtraceError(f"unknown --category {category!r}; valid: {', '.join(CATEGORIES)}")
+    with open_store(store, create=False) as st:
+        row = set_override(st, case, category, reason)
+    typer.echo(f"case {row['case_id']}: category set to {category} ({row['reason']}) in {store}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``analyse``, ``override`` and ``demo`` to the ``failtrace`` app."""
+    from failtrace.cli.demo import demo_command
+
+    app.command("analyse")(analyse_command)
+    app.command("override")(override_command)
+    app.command("demo")(demo_command)

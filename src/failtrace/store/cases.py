@@ -1,0 +1,239 @@
+"""Cases in the results store: write one case (all its tables) per transaction, read them back, overrides, export.
+
+Layout (schema version 2, see docs/CASES.md): ``cases`` holds the scalar fields and JSON text for the small nested
+ones; ``case_methods`` one row per (case, method) with the per-token input relevance as ``DOUBLE[]``;
+``case_graphs`` the pruned graph as parallel arrays; ``overrides`` the labels people set. A case and all its rows
+are committed together or not at all, and a case id that is already stored is never written again, so an
+interrupted ``analyse`` loses at most the case in flight and duplicates nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from failtrace.cases.record import CATEGORIES, Case, MaskingSpec, MethodResult
+from failtrace.errors import FailtraceError
+from failtrace.store.store import ResultsStore
+
+_CASE_JSON = ("tokens", "segments", "relevant_segments", "masking", "category_evidence", "pattern_evidence",
+              "graph_summary", "settings", "notes", "seconds")
+_CASE_COLUMNS = ("case_id", "analysis_id", "pair_run_id", "run_id", "item_id", "benchmark", "model",
+                 "model_fingerprint", "token_ids", "tokens", "special_mask", "prompt_length", "position", "target_id",
+                 "target_text", "contrast_id", "contrast_text", "delta_logit", "segments", "relevant_segments",
+                 "masking", "category", "category_evidence", "pattern", "pattern_evidence", "graph_summary",
+                 "settings", "notes", "seconds", "created_at")
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, sort_keys=True, default=_json_default)
+
+
+def _json_default(obj: Any) -> Any:
+    """numpy scalars/arrays inside evidence dicts become plain numbers/lists."""
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if hasattr(obj, "item"):
+        return obj.item()
+    return str(obj)
+
+
+def _parsed(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def has_case_tables(store: ResultsStore) -> bool:
+    """False for a version-1 store opened read-only (nothing analysed yet)."""
+    tables = {r[0] for r in store.con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    return "cases" in tables
+
+
+def _case_row(case: Case) -> list[Any]:
+    d = case.to_dict()
+    d["masking"] = case.masking.to_dict()
+    d["created_at"] = _now()
+    row = []
+    for col in _CASE_COLUMNS:
+        value = d.get(col)
+        row.append(_dumps(value) if col in _CASE_JSON else value)
+    return row
+
+
+def _graph_row(case_id: str, g: dict[str, Any]) -> list[Any]:
+    nodes, edges = g["nodes"], g["edges"]
+    return [case_id, _dumps(g["settings"]), _dumps(g["stages"]), g.get("objective_value"),
+            [int(n[0]) for n in nodes], [int(n[1]) for n in nodes], [float(n[2]) for n in nodes],
+            [int(e[0]) for e in edges], [int(e[1]) for e in edges], [int(e[2]) for e in edges],
+            [int(e[3]) for e in edges], [float(e[4]) for e in edges]]
+
+
+def write_case(store: ResultsStore, case: Case) -> bool:
+    """Commit ``case`` with its method rows and graph in ONE transaction. False if its id is already stored."""
+    with store._transaction():
+        if store.con.execute("SELECT count(*) FROM cases WHERE case_id = ?", [case.case_id]).fetchone()[0]:
+            return False
+        store.con.execute(f"INSERT INTO cases VALUES ({', '.join('?' * len(_CASE_COLUMNS))})", _case_row(case))
+        rows = [[case.case_id, m.method, [float(x) for x in m.input_relevance], [float(x) for x in m.hidden_layer_sums],
+                 _dumps(m.segment_relevance), [float(x) for x in m.flip_curve], m.flip_k, float(m.seconds)]
+                for m in case.methods.values()]
+        if rows:
+            store.con.executemany("INSERT INTO case_methods VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        if case.graph is not None:
+            store.con.execute("INSERT INTO case_graphs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                              _graph_row(case.case_id, case.graph))
+    return True
+
+
+def done_case_ids(store: ResultsStore, analysis_id: str | None = None) -> set[str]:
+    """Ids of the cases already committed (of one analysis run, if given): a rerun skips them."""
+    if not has_case_tables(store):
+        return set()
+    if analysis_id is None:
+        return {r[0] for r in store.con.execute("SELECT case_id FROM cases").fetchall()}
+    return {r[0] for r in store.con.execute("SELECT case_id FROM cases WHERE analysis_id = ?",
+                                            [analysis_id]).fetchall()}
+
+
+def _latest_analyses(store: ResultsStore) -> set[tuple[str, str]]:
+    """Per pair run, the newest analysis run that has cases (so one report never mixes two settings)."""
+    rows = store.con.execute(
+        "SELECT c.pair_run_id, c.analysis_id, max(r.created_at) AS t, max(c.created_at) AS tc FROM cases c "
+        "LEFT JOIN runs r ON r.run_id = c.analysis_id GROUP BY c.pair_run_id, c.analysis_id").fetchall()
+    best: dict[str, tuple[Any, str]] = {}
+    for pair_run, analysis, t, tc in rows:
+        key = (t or tc, analysis)
+        if pair_run not in best or key > best[pair_run]:
+            best[pair_run] = key
+    return {(pair_run, v[1]) for pair_run, v in best.items()}
+
+
+def load_cases(store: ResultsStore, benchmark: str | None = None, model_fingerprint: str | None = None,
+               analysis_id: str | None = None, latest: bool = True, with_graph: bool = False) -> list[Case]:
+    """Stored cases, ordered by benchmark, pair run and item, with their methods and newest override.
+
+    ``latest`` (default): only the newest analysis run of each pair run, so cases built with other settings or
+    another model file are never mixed; ``latest=False`` returns every stored case. ``with_graph`` also loads each
+    case's pruned graph (:func:`load_case_graph`).
+    """
+    if not has_case_tables(store):
+        return []
+    where, params = [], []
+    for col, value in (("benchmark", benchmark), ("model_fingerprint", model_fingerprint),
+                       ("analysis_id", analysis_id)):
+        if value is not None:
+            where.append(f"{col} = ?")
+            params.append(value)
+    sql = "SELECT * FROM cases" + (" WHERE " + " AND ".join(where) if where else "")
+    rows = store._rows(sql + " ORDER BY benchmark, pair_run_id, item_id, case_id", params)
+    if latest and analysis_id is None:
+        keep = _latest_analyses(store)
+        rows = [r for r in rows if (r["pair_run_id"], r["analysis_id"]) in keep]
+    methods: dict[str, dict[str, MethodResult]] = {}
+    for m in store._rows("SELECT * FROM case_methods"):
+        m["segment_relevance"] = json.loads(m["segment_relevance"] or "{}")
+        methods.setdefault(m["case_id"], {})[m["method"]] = MethodResult.from_dict(m)
+    overrides = current_overrides(store)
+    out = []
+    for r in rows:
+        for col in _CASE_JSON:
+            if isinstance(r.get(col), str):
+                r[col] = json.loads(r[col])
+        r["masking"] = MaskingSpec.from_dict(r["masking"]).to_dict()
+        r["methods"] = {}
+        case = Case.from_dict(r)
+        case.methods = methods.get(case.case_id, {})
+        case.override = overrides.get(case.case_id)
+        if with_graph:
+            case.graph = load_case_graph(store, case.case_id)
+        out.append(case)
+    return out
+
+
+def load_case_graph(store: ResultsStore, case_id: str) -> dict[str, Any] | None:
+    """The pruned graph of a case: ``{settings, stages, objective_value, nodes: [[stage, token, R]], edges:
+    [[source stage, source token, target stage, target token, weight]]}`` or None."""
+    rows = store._rows("SELECT * FROM case_graphs WHERE case_id = ?", [case_id])
+    if not rows:
+        return None
+    r = rows[0]
+    nodes = [list(n) for n in zip(r["node_stage"], r["node_token"], r["node_relevance"], strict=True)]
+    edges = [list(e) for e in zip(r["edge_source_stage"], r["edge_source_token"], r["edge_target_stage"],
+                                  r["edge_target_token"], r["edge_weight"], strict=True)]
+    return {"settings": _parsed(r["settings"]), "stages": _parsed(r["stages"]),
+            "objective_value": r["objective_value"], "nodes": nodes, "edges": edges}
+
+
+def find_case_id(store: ResultsStore, prefix: str) -> str:
+    """The one stored case id starting with ``prefix`` (ids are long; a unique prefix is enough)."""
+    prefix = (prefix or "").strip()
+    if not prefix:
+        raise FailtraceError("--case is empty; give a case id (or a unique prefix of one)")
+    ids = [r[0] for r in store.con.execute("SELECT case_id FROM cases WHERE starts_with(case_id, ?) LIMIT 3",
+                                           [prefix]).fetchall()] if has_case_tables(store) else []
+    if not ids:
+        raise FailtraceError(f"no case {prefix!r} in {store.path}; `failtrace export --format jsonl` lists the cases")
+    if len(ids) > 1:
+        raise FailtraceError(f"case id prefix {prefix!r} matches several cases ({', '.join(ids[:2])}, ...); "
+                             f"give more characters")
+    return ids[0]
+
+
+def set_override(store: ResultsStore, case_id: str, category: str, reason: str) -> dict[str, Any]:
+    """Record a person's category for a case (kept with the computed one; the newest override wins)."""
+    if category not in CATEGORIES:
+        raise FailtraceError(f"unknown category {category!r}; valid: {', '.join(CATEGORIES)}")
+    if not reason or not reason.strip():
+        raise FailtraceError("an override needs a --reason saying why the computed category is wrong")
+    cid = find_case_id(store, case_id)
+    row = {"category": category, "reason": reason.strip(), "created_at": _now()}
+    with store._transaction():
+        store.con.execute("INSERT INTO overrides VALUES (?, ?, ?, ?)", [cid, category, row["reason"],
+                                                                        row["created_at"]])
+    return {"case_id": cid, **row}
+
+
+def current_overrides(store: ResultsStore) -> dict[str, dict[str, Any]]:
+    """case id -> its newest override {category, reason, created_at (ISO text)}."""
+    out: dict[str, dict[str, Any]] = {}
+    for cid, cat, reason, at in store.con.execute(
+            "SELECT case_id, category, reason, created_at FROM overrides ORDER BY created_at").fetchall():
+        out[cid] = {"category": cat, "reason": reason, "created_at": str(at)}
+    return out
+
+
+def case_export_record(case: Case) -> dict[str, Any]:
+    """One cases.jsonl line: the fields documented in docs/CASES.md (issue 9's list and a few more)."""
+    methods = case.methods
+    return {
+        "case_id": case.case_id, "item_id": case.item_id, "benchmark": case.benchmark, "model": case.model,
+        "model_fingerprint": case.model_fingerprint, "pair_run_id": case.pair_run_id, "run_id": case.run_id,
+        "analysis_id": case.analysis_id, "token_ids": case.token_ids, "tokens": case.tokens,
+        "special_mask": case.special_mask, "prompt_length": case.prompt_length, "position": case.position,
+        "target_id": case.target_id, "target_text": case.target_text, "contrast_id": case.contrast_id,
+        "contrast_text": case.contrast_text, "delta_logit": case.delta_logit, "segments": case.segments,
+        "relevant_segments": case.relevant_segments,
+        "segment_relevance": {m: r.segment_relevance for m, r in methods.items()},
+        "input_relevance": {m: r.input_relevance for m, r in methods.items()},
+        "flip_k": {m: r.flip_k for m, r in methods.items()},
+        "flip_curve": {m: r.flip_curve for m, r in methods.items()},
+        "masking": case.masking.to_dict(), "category": case.category, "category_evidence": case.category_evidence,
+        "override": case.override, "pattern": case.pattern, "pattern_evidence": case.pattern_evidence,
+        "graph_summary": case.graph_summary, "notes": case.notes, "settings": case.settings,
+    }
+
+
+def export_cases_jsonl(store: ResultsStore, path: str | Path) -> Path:
+    """Write every stored case (all analyses) as one JSON object per line; atomically (``.part`` then rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".part")
+    with tmp.open("w", encoding="utf-8") as fh:
+        for case in load_cases(store, latest=False):
+            fh.write(json.dumps(case_export_record(case), ensure_ascii=False, default=_json_default) + "\n")
+    tmp.replace(path)
+    return path

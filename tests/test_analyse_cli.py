@@ -1,0 +1,135 @@
+"""``failtrace analyse | override | demo`` on the toy model: outputs match the store, bad input gives one
+``error:`` line with exit code 2 and leaves the store as it was."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from failtrace.cli import main
+from failtrace.store import open_store
+from failtrace.store.cases import load_cases
+from failtrace.testing.toy import ToyBenchmark, one_thread, toy_items
+
+from cases_toy import BUDGET, PAIR_SETTINGS, _needles, build_toy_store
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    with one_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("cli")
+    with one_thread():
+        return build_toy_store(root / "s.duckdb", root / "model", n_items=4)
+
+
+def _counts(store: Path) -> dict[str, int]:
+    with open_store(store, read_only=True) as st:
+        return st.counts()
+
+
+def test_analyse_then_rerun_then_override(toy: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    store = str(toy["store"])
+    n = len(toy["clean"])
+    assert n >= 1
+    args = ["analyse", "--store", store, "--methods", "attnlrp,random", "--max-k", "3", "--no-progress"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert f"{n} clean pairs, 0 already analysed, {n} analysed now" in out
+    assert main(args) == 0
+    assert f"{n} clean pairs, {n} already analysed, 0 analysed now" in capsys.readouterr().out
+    with open_store(toy["store"], read_only=True) as st:
+        cases = load_cases(st)
+    assert len(cases) == n and all(set(c.methods) == {"attnlrp", "random"} for c in cases)
+    target = cases[0]
+    other = "NC-IA+AG" if target.category != "NC-IA+AG" else "M-IA"
+    assert main(["override", "--store", store, "--case", target.case_id[:10], "--category", other, "--reason",
+                 "the flip needs a token the model never reads"]) == 0
+    assert target.case_id in capsys.readouterr().out
+    with open_store(toy["store"], read_only=True) as st:
+        back = {c.case_id: c for c in load_cases(st)}[target.case_id]
+    assert back.effective_category == other and back.category == target.category
+    assert back.override["reason"] == "the flip needs a token the model never reads"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--methods", "bogus"], "unknown method 'bogus'"),
+    (["--methods", "ig,random"], "must include attnlrp"),
+    (["--max-k", "0"], "--max-k must be an integer >= 1"),
+    (["--ig-steps", "0"], "--ig-steps must be an integer >= 1"),
+    (["--mask-rule", "replace"], "needs --mask-token"),
+    (["--mask-rule", "blur"], "unknown mask rule"),
+    (["--limit", "0"], "--limit must be at least 1"),
+    (["--pair-run", "nope"], "no pair run 'nope'"),
+])
+def test_bad_analyse_input_is_one_line_and_harmless(toy: dict[str, Any], capsys: pytest.CaptureFixture[str],
+                                                    args: list[str], message: str) -> None:
+    before = _counts(toy["store"])
+    assert main(["analyse", "--store", str(toy["store"]), "--no-progress", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert _counts(toy["store"]) == before
+
+
+def test_bad_override_and_missing_store(toy: dict[str, Any], tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    before = _counts(toy["store"])
+    for args, message in [
+        (["--case", "x", "--category", "WHATEVER", "--reason", "r"], "unknown --category"),
+        (["--case", "zzzz", "--category", "M-IA", "--reason", "r"], "no case 'zzzz'"),
+        (["--case", "x", "--category", "M-IA", "--reason", " "], "needs a --reason"),
+    ]:
+        assert main(["override", "--store", str(toy["store"]), *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert _counts(toy["store"]) == before
+    missing = tmp_path / "none.duckdb"
+    assert main(["analyse", "--store", str(missing)]) == 2
+    assert "no results store" in capsys.readouterr().err and not missing.exists()
+
+
+def test_demo_runs_every_stage_into_out(tmp_path: Path, toy: dict[str, Any], capsys: pytest.CaptureFixture[str],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import failtrace.cli.demo as demo
+
+    items = toy_items(3)
+    _needles(toy["lm"], items)  # items whose failures give clean pairs on the toy model (see cases_toy)
+    source = (ToyBenchmark(mode="prefix", max_new_tokens=BUDGET), items,
+              {"max_new_tokens": BUDGET, "top_k": PAIR_SETTINGS.top_k, "min_delta": 0.0,
+               "max_positions": PAIR_SETTINGS.max_positions})
+    monkeypatch.setattr(demo, "demo_source", lambda: source)
+    out = tmp_path / "out"
+    assert main(["demo", "--out", str(out), "--model", str(toy["model_dir"]), "--methods", "attnlrp,random",
+                 "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    with open_store(out / "runs.duckdb", read_only=True) as st:
+        (row,) = st.status_rows()
+        cases = load_cases(st)
+    clean = row.pairs["clean"]
+    assert clean >= 1 and len(cases) == clean
+    assert f"{row.failed} failures, {clean} clean -> {clean} cases explained" in text
+    assert "report:" in text
+    assert main(["demo", "--out", str(out), "--model", str(toy["model_dir"]), "--methods", "attnlrp,random",
+                 "--no-progress"]) == 0  # resumes: nothing is done twice
+    with open_store(out / "runs.duckdb", read_only=True) as st:
+        assert len(load_cases(st, latest=False)) == clean and st.counts()["generations"] == 3
+
+
+def test_help_lists_the_options() -> None:
+    env = {**os.environ, "PYTHONPATH": SRC}
+    for cmd, option in (("analyse", "--max-k"), ("override", "--reason"), ("demo", "--out")):
+        res = subprocess.run([sys.executable, "-m", "failtrace.cli", cmd, "--help"], capture_output=True, text=True,
+                             env=env, timeout=300)
+        assert res.returncode == 0 and option in res.stdout

@@ -1,0 +1,232 @@
+"""``analyse`` on a real toy store (collect + pairs): stored cases against independent computations, resumability,
+keying by settings and by model content, an interrupted run resumed with nothing lost or duplicated."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import failtrace
+from failtrace.cases.analyse import analyse
+from failtrace.cases.record import CATEGORIES, PATTERNS, case_id
+from failtrace.cases.settings import ALL_METHODS, CaseSettings
+from failtrace.models.fingerprint import model_fingerprint
+from failtrace.store import open_store
+from failtrace.store.cases import load_case_graph, load_cases
+from failtrace.testing.toy import one_thread, save_toy_model
+
+from cases_toy import build_toy_store
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    with one_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("cases")
+    with one_thread():
+        info = build_toy_store(root / "s.duckdb", root / "model")
+        assert len(info["clean"]) >= 3
+        with open_store(info["store"]) as st:
+            info["summary"] = analyse(st, progress=False)
+    return info
+
+
+def _raw(store: Path, sql: str) -> list[tuple[Any, ...]]:
+    import duckdb
+
+    con = duckdb.connect(str(store), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def _plain_logits(model: Any, ids: list[int], masked: list[int] = ()) -> torch.Tensor:
+    """Last-position logits from plain transformers, optionally with the embeddings of ``masked`` set to zero."""
+    with torch.no_grad():
+        emb = model.get_input_embeddings()(torch.tensor([ids])).clone()
+        emb[0, list(masked)] = 0.0
+        return model(inputs_embeds=emb, use_cache=False).logits[0, -1].double()
+
+
+def test_cases_equal_independent_computations(toy: dict[str, Any]) -> None:
+    from transformers import AutoModelForCausalLM
+
+    summary = toy["summary"]
+    assert summary.analysed == len(toy["clean"]) and not summary.errors
+    plain = AutoModelForCausalLM.from_pretrained(str(toy["model_dir"])).eval()  # fresh weights, no failtrace code
+    raw = {item: (list(p), list(c), off, t, d) for item, p, c, off, t, d in _raw(
+        toy["store"], "SELECT g.item_id, g.prompt_ids, g.token_ids, p.completion_offset, p.target_id, p.delta_logit "
+                      "FROM generations g JOIN pairs p USING (run_id, item_id) WHERE p.status = 'clean'")}
+    with open_store(toy["store"], read_only=True) as st:
+        cases = load_cases(st)
+        graphs = {c.case_id: load_case_graph(st, c.case_id) for c in cases}
+    assert sorted(c.item_id for c in cases) == sorted(raw)
+    for case in cases:
+        prompt, comp, off, target, stored_delta = raw[case.item_id]
+        assert case.token_ids == prompt + comp[:off] and case.position == len(case.token_ids) == len(prompt) + off
+        assert case.target_id == target == comp[off] and case.prompt_length == len(prompt)
+        logits = _plain_logits(plain, case.token_ids)
+        reference = float(logits[case.target_id] - logits[case.contrast_id])
+        assert abs(case.delta_logit - reference) < 1e-3 and abs(case.delta_logit - stored_delta) < 1e-3
+        assert case.notes == [] and set(case.methods) == set(ALL_METHODS)
+        for method in ("attnlrp", "cp-lrp", "gradxinput"):
+            direct = failtrace.attribute(toy["lm"], case.token_ids, target=case.target_id,
+                                         contrast=case.contrast_id, method=method)
+            assert direct.position == case.position - 1
+            np.testing.assert_allclose(case.methods[method].input_relevance, direct.input_relevance, rtol=1e-5,
+                                       atol=1e-7)
+            np.testing.assert_allclose(case.methods[method].hidden_layer_sums,
+                                       direct.hidden_relevance.sum(axis=1), rtol=1e-5, atol=1e-7)
+        ig = failtrace.attribute(toy["lm"], case.token_ids, target=case.target_id, contrast=case.contrast_id,
+                                 method="ig", ig_steps=16)
+        np.testing.assert_allclose(case.methods["ig"].input_relevance, ig.input_relevance, rtol=1e-5, atol=1e-7)
+        _check_segments_and_masking(case, plain)
+        assert case.category in CATEGORIES and case.pattern in PATTERNS
+        k_attn = case.methods["attnlrp"].flip_k
+        assert (case.category == "M-IA") == (k_attn is not None and k_attn <= 5)
+        graph = graphs[case.case_id]
+        n_stages = len(graph["stages"])
+        assert [n_stages - 1, case.position - 1] in [n[:2] for n in graph["nodes"]] and graph["edges"]
+        assert graph["settings"]["prune"] == "cumulative:0.85" and graph["objective_value"] == pytest.approx(
+            case.delta_logit, abs=1e-3)
+
+
+def _check_segments_and_masking(case: Any, plain: Any) -> None:
+    covered = sorted((s, e) for spans in case.segments.values() for s, e in spans)
+    assert covered[0][0] == 0 and covered[-1][1] == len(case.token_ids)
+    assert all(a[1] == b[0] for a, b in zip(covered, covered[1:]))  # no gap, no overlap
+    assert case.special_mask == [t in (0, 1, 2) for t in case.token_ids]  # the toy tokenizer's three specials
+    for m, res in case.methods.items():
+        assert sum(res.segment_relevance.values()) == pytest.approx(sum(res.input_relevance), abs=1e-9)
+        # top-k by hand: non-special, positive relevance, largest first, ties to the lower position
+        order = sorted((i for i, r in enumerate(res.input_relevance) if r > 0 and not case.special_mask[i]),
+                       key=lambda i: (-res.input_relevance[i], i))
+        assert len(res.flip_curve) == min(case.masking.max_k, len(order)) + 1
+        assert res.flip_curve[0] == pytest.approx(case.delta_logit, abs=1e-4)
+        flips = [k for k in range(1, len(res.flip_curve)) if res.flip_curve[k] < 0]
+        assert res.flip_k == (flips[0] if flips else None)
+        for k in {1, res.flip_k or 1}:
+            logits = _plain_logits(plain, case.token_ids, order[:k])
+            assert res.flip_curve[k] == pytest.approx(float(logits[case.target_id] - logits[case.contrast_id]),
+                                                      abs=1e-4), m
+
+
+def test_rerun_does_no_work_and_other_methods_never_mix(toy: dict[str, Any]) -> None:
+    n = len(toy["clean"])
+    with open_store(toy["store"]) as st:
+        again = analyse(st, progress=False)
+        assert again.analysed == 0 and again.skipped == n and again.analysis_ids == toy["summary"].analysis_ids
+        first_ids = {c.case_id for c in load_cases(st)}
+        other = analyse(st, CaseSettings(methods=("attnlrp", "random"), max_k=3), progress=False)
+        assert other.analysed == n and other.analysis_ids != again.analysis_ids
+        latest = load_cases(st)
+        everything = load_cases(st, latest=False)
+    assert {c.case_id for c in latest}.isdisjoint(first_ids) and len(latest) == n
+    assert all(set(c.methods) == {"attnlrp", "random"} and c.masking.max_k == 3 for c in latest)
+    assert len(everything) == 2 * n
+    rows = _raw(toy["store"], "SELECT count(*), count(DISTINCT case_id) FROM cases")
+    assert rows == [(2 * n, 2 * n)]
+
+
+def test_another_model_file_at_the_same_path_gives_new_cases(tmp_path: Path) -> None:
+    info = build_toy_store(tmp_path / "s.duckdb", tmp_path / "model", n_items=4)
+    settings = CaseSettings(methods=("attnlrp",), max_k=2)
+    with open_store(info["store"]) as st:
+        old = analyse(st, settings, limit=2, progress=False)
+        old_cases = load_cases(st)
+    save_toy_model(tmp_path / "model", seed=1)  # same path, other weights
+    with open_store(info["store"]) as st:
+        new = analyse(st, settings, limit=2, progress=False)
+        new_cases = load_cases(st)
+        by_fp = load_cases(st, model_fingerprint=old_cases[0].model_fingerprint, latest=False)
+    assert old.analysed == new.analysed == 2 and new.analysis_ids != old.analysis_ids
+    assert {c.case_id for c in new_cases}.isdisjoint({c.case_id for c in old_cases})
+    assert new_cases[0].model_fingerprint != old_cases[0].model_fingerprint
+    assert {c.case_id for c in by_fp} == {c.case_id for c in old_cases}
+    assert all(c.notes and "differs from the stored pair" in c.notes[0] for c in new_cases)
+    assert all(not c.notes for c in old_cases)
+
+
+_KILLABLE = """
+import sys
+sys.path.insert(0, {src!r})
+from failtrace.cases.analyse import analyse
+from failtrace.store import open_store
+with open_store({store!r}) as st:
+    analyse(st, progress=False, on_case=lambda c: print("committed", c.case_id, flush=True))
+"""
+
+
+def test_killed_analyse_resumes_with_nothing_lost_or_duplicated(toy: dict[str, Any], tmp_path: Path) -> None:
+    store = tmp_path / "copy.duckdb"  # a copy of the module's store, its cases removed
+    shutil.copy(toy["store"], store)
+    with open_store(store) as st:
+        st.con.execute("DELETE FROM case_methods; DELETE FROM case_graphs; DELETE FROM cases")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": SRC}
+    proc = subprocess.Popen([sys.executable, "-c", _KILLABLE.format(src=SRC, store=str(store))],
+                            stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline().split()
+        assert first[:1] == ["committed"], first
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    with open_store(store) as st:
+        before = {r[0] for r in st.con.execute("SELECT case_id FROM cases").fetchall()}
+        assert first[1] in before and len(before) < len(toy["clean"])
+        resumed = analyse(st, progress=False)
+        fp = model_fingerprint(toy["lm"])
+        ident = CaseSettings().validate().identity()
+    expected = {case_id(toy["pair_run_id"], p["item_id"], fp, ident) for p in toy["clean"]}
+    assert resumed.analysed == len(expected) - len(before) and resumed.skipped == len(before)
+    per_table = _raw(store, "SELECT (SELECT count(*) FROM cases), (SELECT count(DISTINCT case_id) FROM cases), "
+                            "(SELECT count(*) FROM case_methods), (SELECT count(*) FROM case_graphs)")
+    assert per_table == [(len(expected), len(expected), len(expected) * len(ALL_METHODS), len(expected))]
+    assert {r[0] for r in _raw(store, "SELECT case_id FROM cases")} == expected
+
+
+def test_cases_jsonl_fields_and_position_convention(toy: dict[str, Any], tmp_path: Path) -> None:
+    from failtrace.cli import main
+
+    assert main(["export", "--store", str(toy["store"]), "--format", "jsonl", "--out", str(tmp_path / "x")]) == 0
+    lines = [json.loads(x) for x in (tmp_path / "x" / "cases.jsonl").read_text().splitlines()]
+    gens = {g["item_id"]: g for g in map(json.loads, (tmp_path / "x" / "generations.jsonl").read_text().splitlines())}
+    pairs = {(p["pair_run_id"], p["item_id"]): p
+             for p in map(json.loads, (tmp_path / "x" / "pairs.jsonl").read_text().splitlines())}
+    assert len(lines) >= len(toy["clean"])
+    required = {"item_id", "model_fingerprint", "token_ids", "tokens", "special_mask", "position", "target_id",
+                "contrast_id", "delta_logit", "segments", "segment_relevance", "input_relevance", "flip_k",
+                "masking", "category", "pattern"}
+    for rec in lines:
+        assert required <= set(rec)
+        g, p = gens[rec["item_id"]], pairs[(rec["pair_run_id"], rec["item_id"])]
+        n = len(rec["token_ids"])
+        assert rec["position"] == n == p["position"]  # the target's index in the full sequence
+        full = g["prompt_ids"] + g["token_ids"]
+        assert rec["token_ids"] == full[:n] and full[n] == rec["target_id"] == p["target_id"]
+        assert rec["contrast_id"] == p["contrast_id"] and len(rec["tokens"]) == len(rec["special_mask"]) == n
+        assert rec["masking"]["rule"] == "zero-embedding" and rec["masking"]["token_id"] is None
+        assert set(rec["input_relevance"]) == set(rec["flip_k"]) == set(rec["segment_relevance"])
+        assert all(len(v) == n for v in rec["input_relevance"].values())
+        assert all(k is None or 1 <= k <= rec["masking"]["max_k"] for k in rec["flip_k"].values())
+        assert rec["category"] in CATEGORIES and rec["pattern"] in PATTERNS

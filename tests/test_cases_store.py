@@ -1,0 +1,155 @@
+"""Case storage: schema migration 1 -> 2, one transaction per case, idempotent writes, overrides, exports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+
+from failtrace.cases.record import Case, MaskingSpec, MethodResult
+from failtrace.errors import FailtraceError
+from failtrace.store import SCHEMA_VERSION, open_store
+from failtrace.store.cases import (
+    done_case_ids,
+    export_cases_jsonl,
+    load_case_graph,
+    load_cases,
+    set_override,
+    write_case,
+)
+from failtrace.store.schema import CASE_TABLES, DDL
+from failtrace.store.store import RunRecord
+
+
+def _case(cid: str, n: int = 7, analysis: str = "a1", pair_run: str = "p1", seed: int = 0) -> Case:
+    rng = np.random.default_rng(seed)
+    methods = {m: MethodResult(method=m, input_relevance=rng.normal(size=n).tolist(),
+                               hidden_layer_sums=rng.normal(size=3).tolist() if m == "attnlrp" else [],
+                               segment_relevance={"query": 1.5, "answer": -0.25}, flip_curve=[2.0, 1.0, -0.5],
+                               flip_k=2 if m == "attnlrp" else None, seconds=0.1) for m in ("attnlrp", "random")}
+    graph = {"settings": {"prune": "cumulative:0.85"}, "stages": ["emb", "L0", "L1"], "objective_value": 2.0,
+             "nodes": [[0, 1, 0.5], [2, n - 1, 2.0]], "edges": [[0, 1, 1, n - 1, 0.25], [1, n - 1, 2, n - 1, 1.75]]}
+    return Case(case_id=cid, pair_run_id=pair_run, run_id="r1", item_id=f"i-{cid}", benchmark="toy", model="m",
+                model_fingerprint="f" * 32, token_ids=list(range(3, 3 + n)), tokens=[f"t{i}" for i in range(n)],
+                special_mask=[True] + [False] * (n - 1), prompt_length=4, position=n, target_id=40, target_text="x",
+                contrast_id=41, contrast_text="y", delta_logit=2.0, segments={"special": [[0, 1]], "query": [[1, 4]],
+                                                                              "answer": [[4, n]]},
+                relevant_segments=["query"], methods=methods, masking=MaskingSpec(max_k=2), category="M-IA",
+                category_evidence={"k_star": 2, "ablation": {"flipped": False, "delta": [np.float64(1.5)]}},
+                pattern="OIT", pattern_evidence={"share": 0.5}, graph_summary={"bands": [1.0]},
+                settings={"methods": ["attnlrp", "random"]}, analysis_id=analysis, notes=["a note"],
+                seconds={"graph": 0.5}, graph=graph)
+
+
+def _v1_store(path: Path) -> None:
+    """A store exactly as schema version 1 wrote it (its tables are the first statements of DDL, unchanged)."""
+    con = duckdb.connect(str(path))
+    for stmt in DDL[:7]:
+        con.execute(stmt)
+    con.execute("INSERT INTO schema_version VALUES (1, 'failtrace 0.1')")
+    con.execute("INSERT INTO items VALUES ('toy', 'i0', '\"p\"', '{}', '{}', 'h')")
+    con.close()
+
+
+def test_version_1_store_is_migrated_by_adding_tables(tmp_path: Path) -> None:
+    path = tmp_path / "old.duckdb"
+    _v1_store(path)
+    with open_store(path, read_only=True) as st:  # reading does not migrate, and finds no cases
+        assert st.schema_version == 1 and load_cases(st) == [] and done_case_ids(st) == set()
+        files = st.export(tmp_path / "old-export", "jsonl")
+        assert "cases.jsonl" not in {f.name for f in files}
+    with open_store(path) as st:
+        assert st.schema_version == SCHEMA_VERSION == 2
+        tables = {r[0] for r in st.con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        assert set(CASE_TABLES) <= tables
+        assert st.get_item("toy", "i0").prompt == "p"  # old rows untouched
+        assert write_case(st, _case("c1"))
+    with open_store(path, read_only=True) as st:
+        assert [c.case_id for c in load_cases(st)] == ["c1"]
+
+
+def test_roundtrip_idempotent_and_one_transaction(tmp_path: Path) -> None:
+    path = tmp_path / "s.duckdb"
+    case = _case("c1")
+    with open_store(path) as st:
+        assert write_case(st, case) is True
+        assert write_case(st, _case("c1", seed=5)) is False  # same id: never written twice
+        broken = _case("c2")
+        broken.graph = {"settings": {}, "stages": [], "nodes": []}  # no "edges": fails after the first inserts
+        with pytest.raises(KeyError):
+            write_case(st, broken)
+        assert done_case_ids(st) == {"c1"}
+        counts = {t: st.con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in CASE_TABLES}
+        assert counts == {"cases": 1, "case_methods": 2, "case_graphs": 1, "overrides": 0}
+    with open_store(path, read_only=True) as st:
+        (back,) = load_cases(st)
+        graph = load_case_graph(st, "c1")
+    expected = case.to_dict()
+    expected["category_evidence"]["ablation"]["delta"] = [1.5]
+    got = back.to_dict()
+    assert got.pop("graph") is None and expected.pop("graph") == graph
+    got.pop("override")
+    expected.pop("override")
+    assert got == expected
+
+
+def test_latest_analysis_per_pair_run_never_mixes(tmp_path: Path) -> None:
+    with open_store(tmp_path / "s.duckdb") as st:
+        for rid in ("a-old", "a-new"):
+            st.ensure_run(RunRecord(run_id=rid, stage="analyse", benchmark="toy", model="m", parent_run_id="p1"))
+        write_case(st, _case("c-old-1", analysis="a-old"))
+        write_case(st, _case("c-old-2", analysis="a-old"))
+        write_case(st, _case("c-new-1", analysis="a-new"))
+        write_case(st, _case("c-other", analysis="a-old", pair_run="p2"))
+        assert {c.case_id for c in load_cases(st)} == {"c-new-1", "c-other"}
+        assert len(load_cases(st, latest=False)) == 4
+        assert {c.case_id for c in load_cases(st, analysis_id="a-old")} == {"c-old-1", "c-old-2", "c-other"}
+        assert load_cases(st, model_fingerprint="nope") == [] and load_cases(st, benchmark="other") == []
+
+
+def test_overrides_are_stored_newest_wins_and_checked(tmp_path: Path) -> None:
+    with open_store(tmp_path / "s.duckdb") as st:
+        write_case(st, _case("abc123"))
+        write_case(st, _case("abd999"))
+        with pytest.raises(FailtraceError, match="unknown category"):
+            set_override(st, "abc123", "WRONG", "x")
+        with pytest.raises(FailtraceError, match="reason"):
+            set_override(st, "abc123", "NC-IA+AG", "  ")
+        with pytest.raises(FailtraceError, match="no case"):
+            set_override(st, "zzz", "NC-IA+AG", "why")
+        with pytest.raises(FailtraceError, match="several"):
+            set_override(st, "ab", "NC-IA+AG", "why")
+        assert set_override(st, "abc", "NC-IA+AG", "first look")["case_id"] == "abc123"
+        set_override(st, "abc123", "NC-IA+M-AG", "second look")
+        cases = {c.case_id: c for c in load_cases(st)}
+    assert cases["abc123"].category == "M-IA" and cases["abc123"].effective_category == "NC-IA+M-AG"
+    assert cases["abc123"].override["reason"] == "second look"
+    assert cases["abd999"].override is None and cases["abd999"].effective_category == "M-IA"
+
+
+def test_exports_write_cases_jsonl_and_case_tables(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "s.duckdb"
+    with open_store(path) as st:
+        write_case(st, _case("c1"))
+    with open_store(path, read_only=True) as st:
+        js = {f.name for f in st.export(tmp_path / "js", "jsonl")}
+        pq_files = {f.name for f in st.export(tmp_path / "pq", "parquet")}
+    assert "cases.jsonl" in js and "case_methods.jsonl" not in js and "overrides.jsonl" in js
+    assert {f"{t}.parquet" for t in CASE_TABLES} <= pq_files
+    rows = pq.read_table(tmp_path / "pq" / "case_methods.parquet").to_pylist()
+    assert {r["method"] for r in rows} == {"attnlrp", "random"}
+    assert [r["input_relevance"] for r in rows if r["method"] == "attnlrp"][0] == \
+        _case("c1").methods["attnlrp"].input_relevance
+    (line,) = (tmp_path / "js" / "cases.jsonl").read_text().splitlines()
+    rec = json.loads(line)
+    assert rec["position"] == len(rec["token_ids"]) == 7 and rec["flip_k"] == {"attnlrp": 2, "random": None}
+    assert rec["masking"] == {"rule": "zero-embedding", "token_id": None, "max_k": 2}
+    again = tmp_path / "again.jsonl"
+    with open_store(path, read_only=True) as st:
+        export_cases_jsonl(st, again)
+    assert again.read_text() == (tmp_path / "js" / "cases.jsonl").read_text()
