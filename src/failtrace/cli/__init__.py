@@ -28,6 +28,7 @@ _COMMAND_MODULES = (
     "failtrace.cli.graph",
     "failtrace.cli.analyse",
     "failtrace.cli.models",
+    "failtrace.cli.compare",
 )
 
 for _name in _COMMAND_MODULES:

@@ -182,6 +182,11 @@ class _Bar:
         if self._progress is not None:
             self._progress.advance(self._task, n)
 
+    def describe(self, text: str) -> None:
+        """Change the bar's label (cases/analyse.py names the item in flight; main removed this as dead code)."""
+        if self._progress is not None:
+            self._progress.update(self._task, description=text)
+
     def close(self) -> None:
         if self._progress is not None:
             self._progress.stop()

