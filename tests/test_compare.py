@@ -183,3 +183,41 @@ def test_cli_compare_and_errors(cmp: dict[str, Any], capsys: pytest.CaptureFixtu
     assert "corrected" in out and "mapped" in out
     assert main(["compare", "--store", store, "--models", cmp["names"][0], "--no-progress"]) == 2
     assert "error: --models needs at least two models" in capsys.readouterr().err
+
+
+def test_export_dpo_fields_weights_and_datasets(cmp: dict[str, Any], tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    import datasets
+    import numpy as np
+
+    from failtrace.cli import main
+    from failtrace.models.chat import apply_chat_template
+
+    out = tmp_path / "prefs.jsonl"
+    assert main(["export-dpo", "--store", str(cmp["store"]), "--out", str(out)]) == 0
+    assert f"wrote {len(cmp['cases'])} preference pairs" in capsys.readouterr().out
+    recs = [json.loads(x) for x in out.read_text().splitlines()]
+    cases = {c.case_id: c for c in cmp["cases"]}
+    with open_store(cmp["store"], read_only=True) as st:
+        pairs = {p["item_id"]: p for p in st.pairs()}
+        gens = {g["item_id"]: g for g in st.results(cmp["run_id"])}
+    tok = toy_tokenizer()
+    for rec in recs:
+        case = cases[rec["case_id"]]
+        assert rec["chosen"] == [{"role": "assistant", "content": pairs[case.item_id]["recovered_completion"]}]
+        assert rec["rejected"][0]["content"] == gens[case.item_id]["completion"]
+        prefix = case.token_ids[case.prompt_length:]
+        assert rec["prefix_ids"] == prefix and rec["rejected_ids"][: len(prefix) + 1] == [*prefix, case.target_id]
+        rel = np.asarray(case.methods["attnlrp"].input_relevance)
+        scale = np.abs(rel[~np.asarray(case.special_mask)]).max()
+        special = case.special_mask[case.prompt_length:]
+        want = [0.0 if special[i] else max(rel[case.prompt_length + i] / scale, 0.0) for i in range(len(prefix))]
+        want.append(1.0)
+        assert np.allclose(rec["response_weights"], want) and rec["tail_weight"] == 0.0
+        # what trl does with the conversational format: the chat template over prompt + answer
+        assert apply_chat_template(tok, rec["prompt"]) == rec["prompt_ids"]  # the case's own prompt tokens
+        text = tok.apply_chat_template(rec["prompt"] + rec["chosen"], tokenize=False)
+        assert text.endswith(rec["chosen"][0]["content"] + "<|im_end|>\n")
+    ds = datasets.load_dataset("json", data_files=str(out), split="train")
+    assert ds.num_rows == len(recs) and {"prompt", "chosen", "rejected"} <= set(ds.column_names)
+    assert main(["export-dpo", "--store", str(cmp["store"]), "--out", str(out), "--tail-weight", "2"]) == 2

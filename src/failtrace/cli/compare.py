@@ -66,6 +66,25 @@ def compare_command(
     Console().print(table)
 
 
+def export_dpo_command(
+    store: Path = typer.Option(Path(DEFAULT_STORE), "--store", "-s", help="Results store with analysed cases."),
+    out: Path = typer.Option(Path("prefs.jsonl"), "--out", "-o", help="Output JSONL file."),
+    benchmark: Optional[str] = typer.Option(None, "--benchmark", "-b", help="Only cases of this benchmark."),
+    tail_weight: float = typer.Option(0.0, "--tail-weight",
+                                      help="Weight of response tokens after the decision token (0..1)."),
+) -> None:
+    """Token-level preference data (prompt, chosen, rejected + attribution weights) from the clean cases."""
+    from failtrace.cases.preferences import export_dpo
+    from failtrace.store.store import open_store
+
+    if out.exists() and out.is_dir():
+        raise FailtraceError(f"--out {out} is a folder; give a file path such as prefs.jsonl")
+    with open_store(store, read_only=True) as st:
+        path, n = export_dpo(st, out, benchmark=benchmark, tail_weight=tail_weight)
+    typer.echo(f"wrote {n} preference pairs to {path}")
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``compare`` to the ``failtrace`` app."""
+    """Add ``compare`` and ``export-dpo`` to the ``failtrace`` app."""
     app.command("compare")(compare_command)
+    app.command("export-dpo")(export_dpo_command)
