@@ -89,6 +89,37 @@ def _loader(models: Mapping[str, Any] | None, device: str) -> Callable[[RunRecor
     return load
 
 
+def _build_and_write(store: ResultsStore, prun: RunRecord, arun: RunRecord, loaded: Any, fingerprint: str,
+                     settings: CaseSettings, todo: list[dict[str, Any]], generations: dict[str, dict[str, Any]],
+                     summary: AnalyseSummary, progress: bool, on_case: Callable[[Case], None] | None) -> None:
+    """Build each pair's case and commit it on its own (one transaction per case), with a progress bar."""
+    from failtrace.failures.collect import _progress
+    from failtrace.store.cases import write_case
+
+    bar = _progress(progress, f"analyse {prun.benchmark} ({prun.model})", len(todo))
+    try:
+        for pair in todo:
+            bar.describe(f"analyse {prun.benchmark}: {pair['item_id']}")
+            try:
+                item = store.get_item(prun.benchmark, pair["item_id"])
+                case = build_case(loaded, pair, item, generations[pair["item_id"]], settings,
+                                  fingerprint=fingerprint, analysis_id=arun.run_id)
+            except FailtraceError as exc:
+                summary.errors.append(f"{pair['item_id']}: {exc}")
+                bar.advance()
+                continue
+            if write_case(store, case):
+                summary.analysed += 1
+                cat, pat = str(case.category), str(case.pattern)
+                summary.categories[cat] = summary.categories.get(cat, 0) + 1
+                summary.patterns[pat] = summary.patterns.get(pat, 0) + 1
+            if on_case is not None:
+                on_case(case)
+            bar.advance()
+    finally:
+        bar.close()
+
+
 def analyse(
     store: ResultsStore,
     settings: CaseSettings | None = None,
@@ -106,9 +137,8 @@ def analyse(
     ``models`` maps a run's model name to an already loaded model (otherwise it is loaded like ``pairs`` does).
     ``limit`` caps the cases built by this call. Pairs that cannot be analysed are listed in ``errors``.
     """
-    from failtrace.failures.collect import _progress
     from failtrace.models.fingerprint import model_fingerprint
-    from failtrace.store.cases import done_case_ids, write_case
+    from failtrace.store.cases import done_case_ids
 
     settings = (settings or CaseSettings()).validate()
     if limit is not None and limit < 1:
@@ -140,29 +170,9 @@ def analyse(
         if not todo:
             continue
         generations = {g["item_id"]: g for g in store.results(collect_run.run_id)}
-        bar = _progress(progress, f"analyse {prun.benchmark} ({prun.model})", len(todo))
-        try:
-            for pair in todo:
-                bar.describe(f"analyse {prun.benchmark}: {pair['item_id']}")
-                try:
-                    item = store.get_item(prun.benchmark, pair["item_id"])
-                    case = build_case(loaded, pair, item, generations[pair["item_id"]], settings,
-                                      fingerprint=fingerprint, analysis_id=arun.run_id)
-                except FailtraceError as exc:
-                    summary.errors.append(f"{pair['item_id']}: {exc}")
-                    bar.advance()
-                    continue
-                if write_case(store, case):
-                    summary.analysed += 1
-                    cat, pat = str(case.category), str(case.pattern)
-                    summary.categories[cat] = summary.categories.get(cat, 0) + 1
-                    summary.patterns[pat] = summary.patterns.get(pat, 0) + 1
-                if on_case is not None:
-                    on_case(case)
-                bar.advance()
-                if remaining is not None:
-                    remaining -= 1
-        finally:
-            bar.close()
+        _build_and_write(store, prun, arun, loaded, fingerprint, settings, todo, generations, summary, progress,
+                         on_case)
+        if remaining is not None:
+            remaining -= len(todo)
     summary.seconds = time.perf_counter() - t0
     return summary

@@ -42,12 +42,18 @@ def toy_demo_source() -> tuple[Any, list[Any], dict[str, Any]]:
 def _report(st: Any, out: Path) -> Path | None:
     """Build the report with the report package when it is present (it is a separate stage)."""
     try:
-        from failtrace.report import build_report  # type: ignore[attr-defined]
+        import failtrace.report as report_pkg
     except ImportError:
+        return None
+    from_store = getattr(report_pkg, "build_report_from_store", None)
+    if from_store is not None:  # the newest cases with graphs and overrides, status rows, pairs
+        return Path(from_store(st, out)[0])
+    build = getattr(report_pkg, "build_report", None)
+    if build is None:
         return None
     from failtrace.store.cases import load_cases
 
-    return Path(build_report(load_cases(st), st.status_rows(), out, pairs_rows=st.pairs()))
+    return Path(build(load_cases(st, with_graph=True), st.status_rows(), out, pairs_rows=st.pairs()))
 
 
 def _print_summary(st: Any, run_id: str, report: Path | None, store_path: Path) -> None:
