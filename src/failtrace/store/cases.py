@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from failtrace.cases.record import CATEGORIES, Case, MaskingSpec, MethodResult
 from failtrace.errors import FailtraceError
-from failtrace.store.store import ResultsStore
+if TYPE_CHECKING:  # annotations only: store.store imports this module lazily for export (no import circle)
+    from failtrace.store.store import ResultsStore
 
 _CASE_JSON = ("tokens", "segments", "relevant_segments", "masking", "category_evidence", "pattern_evidence",
               "graph_summary", "settings", "notes", "seconds")

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from failtrace.store.store import ResultsStore
+if TYPE_CHECKING:  # annotations only: store.store imports this module lazily for export (no import circle)
+    from failtrace.store.store import ResultsStore
 
 DDL = """CREATE TABLE IF NOT EXISTS comparisons (
     case_id VARCHAR NOT NULL,
