@@ -91,12 +91,17 @@ def export_dpo(store: ResultsStore, out: str | Path, benchmark: str | None = Non
     n = 0
     with tmp.open("w", encoding="utf-8") as fh:
         for case in cases:
+            pair = pairs.get((case.pair_run_id, case.item_id))
+            if pair is None or not pair.get("recovered_completion"):
+                continue  # no verified recovery to prefer (e.g. a case made by hand): nothing honest to write
             if case.run_id not in generations:
                 generations[case.run_id] = {g["item_id"]: g for g in store.results(case.run_id)}
-            rec = preference_record(case, store.get_item(case.benchmark, case.item_id),
-                                    pairs[(case.pair_run_id, case.item_id)],
+            rec = preference_record(case, store.get_item(case.benchmark, case.item_id), pair,
                                     generations[case.run_id][case.item_id], tail_weight)
             fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
             n += 1
+    if n == 0:
+        tmp.unlink()
+        raise FailtraceError(f"none of the {len(cases)} cases in {store.path} has a pair with a recovered completion")
     tmp.replace(path)
     return path, n
