@@ -7,6 +7,13 @@
 # Idempotent: a stamp file skips the installs when pyproject.toml and this script have not changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Debian's chromium: the report's browser test renders report/index.html in it (driven by Playwright from PyPI through
+# its executable path; Playwright's own browser download is not used).
+if ! command -v chromium >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get install -y chromium >/dev/null \
+    || { $SUDO apt-get update >/dev/null && $SUDO apt-get install -y chromium >/dev/null; }
+fi
 PY="${PYTHON:-python3}"
 # torch: 2.13.0 is a CPU build on this project's machines; elsewhere set TORCH_SPEC (e.g. "torch" for the default).
 TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"

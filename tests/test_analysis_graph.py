@@ -22,7 +22,7 @@ def graph():
     model = tiny_model("llama", layers=3)
     ids = torch.randint(3, 128, (N,), generator=torch.Generator().manual_seed(11)).tolist()
     return graph_from_ids(model, ids, lambda logits: logits[5] - logits[7], tokens=[f"t{i}" for i in range(N)],
-                          special_mask=[True] + [False] * (N - 1), method="naive", node_threshold=0.0,
+                          special_mask=[True] + [False] * (N - 1), edges="naive", node_threshold=0.0,
                           retain_node_threshold=0.0, prune="global:0", edge_budget=None)
 
 

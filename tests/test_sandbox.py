@@ -1,169 +1,300 @@
-"""The code sandbox: hostile programs end as failures with a reason, quickly, and the host is untouched."""
+"""The code sandbox: hostile completions never pass, their side effects never happen, every run says its layers.
+
+Each hostile case runs a candidate ``add(a, b)`` through the real harness (judge + sandboxed child) against
+trusted tests; the case must not pass, and a check made here, outside the sandbox, shows the side effect did not
+happen. The layers are not assumed: ``test_every_claimed_layer_is_in_force`` fails when the machine claims a
+layer (``unshare`` works, the kernel has seccomp, or FAILTRACE_REQUIRE_SANDBOX=1) that the sandbox did not get.
+"""
 
 from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from failtrace.benchmarks import sandbox
-from failtrace.benchmarks.sandbox import SandboxLimits, run_python
+from failtrace.benchmarks.sandbox import SandboxLimits, TestRun, run_python, run_tests
+from failtrace.benchmarks.sandbox.policy import Isolation
+from failtrace.benchmarks.sandbox.runner import run_program
+from failtrace.errors import FailtraceError
 
-FAST = SandboxLimits(wall_s=3, cpu_s=2, memory_mb=512, max_output_bytes=200_000)
+FAST = SandboxLimits(wall_s=5, cpu_s=2, memory_mb=512, max_output_bytes=1_000_000, disk_mb=16)
+TESTS = "assert candidate(1, 2) == 3\nassert candidate(-1, 1) == 0\n"
+
+
+def toy(body: str, module: str = "") -> str:
+    """Candidate source: ``module`` code, then ``add`` running ``body`` before returning the right answer."""
+    indented = "".join(f"    {line}\n" for line in body.strip().splitlines())
+    return f"{module.strip()}\n\ndef add(a, b):\n{indented}    return a + b\n"
 
 
 @pytest.fixture()
-def canary(tmp_path: Path) -> Path:
-    folder = tmp_path / "host"
-    folder.mkdir()
-    path = folder / "canary.txt"
-    path.write_text("alive")
-    return path
-
-
-def _hostile(canary: Path, port: int) -> dict[str, tuple[str, tuple[str, ...]]]:
-    """name -> (program, acceptable statuses)."""
-    folder = str(canary.parent)
-    return {
-        "fork bomb": ("import os\nwhile True:\n    os.fork()\n", ("blocked",)),
-        "subprocess bomb": ("import subprocess\nwhile True:\n    subprocess.Popen(['sh', '-c', ':'])\n",
-                            ("blocked",)),
-        "infinite loop": ("while True:\n    pass\n", ("timeout", "cpu_limit")),
-        "huge allocation": ("x = bytearray(50 * 1024 ** 3)\n", ("memory",)),
-        "list allocation": ("x = [0] * (10 ** 10)\n", ("memory",)),
-        "delete canary": (f"import os\nos.remove({str(canary)!r})\n", ("blocked",)),
-        "rmtree host folder": (f"import shutil\nshutil.rmtree({folder!r})\n", ("blocked",)),
-        "write outside": (f"open({folder + '/evil.txt'!r}, 'w').write('x')\n", ("blocked",)),
-        "write via os.open": (f"import os\nos.open({folder + '/evil2.txt'!r}, os.O_CREAT | os.O_WRONLY)\n",
-                              ("blocked",)),
-        "socket to host": (f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)\n",
-                           ("blocked",)),
-        "socket caught": ("import socket\ntry:\n    socket.socket()\nexcept Exception:\n    pass\nprint('fine')\n",
-                          ("blocked",)),
-        "ctypes": ("import ctypes\nctypes.CDLL(None).fork()\n", ("blocked",)),
-        "sys.exit(0) trick": ("import sys\nsys.exit(0)\n", ("early_exit",)),
-        "os._exit(0) trick": ("import os\nos._exit(0)\n", ("early_exit",)),
-        "huge output": ("while True:\n    print('x' * 100000)\n", ("output_limit",)),
-        "kill parent": ("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n", ("blocked",)),
-    }
-
-
-def test_hostile_programs_fail_with_a_reason_and_leave_the_host_alone(canary: Path) -> None:
+def host(tmp_path: Path) -> dict[str, object]:
+    """Things outside the sandbox for the cases to attack: a canary file, a secret, a listener, a bystander."""
+    canary = tmp_path / "canary.txt"
+    canary.write_text("alive")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("s3cret-" + uuid.uuid4().hex)
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(5)
     listener.setblocking(False)
-    port = listener.getsockname()[1]
+    bystander = subprocess.Popen(["sleep", "60"])
+    yield {"dir": tmp_path, "canary": canary, "secret": secret, "listener": listener,
+           "port": listener.getsockname()[1], "bystander": bystander,
+           "escape": Path("/tmp") / f"failtrace-escape-{uuid.uuid4().hex}"}
+    listener.close()
+    bystander.kill()
+    bystander.wait()
+
+
+def _nothing_connected(h: dict) -> bool:
     try:
-        for name, (program, statuses) in _hostile(canary, port).items():
-            started = time.monotonic()
-            result = run_python(program, limits=FAST)
-            took = time.monotonic() - started
-            assert result.status in statuses, (name, result.status, result.reason, result.stderr[-500:])
-            assert not result.ok and result.reason, name
-            assert took < FAST.wall_s + 2, (name, took)
-        with pytest.raises(BlockingIOError):
-            listener.accept()  # nothing ever connected
-    finally:
-        listener.close()
-    assert canary.read_text() == "alive"
-    assert sorted(p.name for p in canary.parent.iterdir()) == ["canary.txt"]
+        h["listener"].accept()
+    except BlockingIOError:
+        return True
+    return False
 
 
-def test_reasons_say_what_happened(canary: Path) -> None:
-    blocked = run_python(f"import os\nos.remove({str(canary)!r})\n", limits=FAST)
-    assert "os.remove" in blocked.reason and str(canary) in blocked.reason
-    exited = run_python("import sys\nsys.exit(0)\n", limits=FAST)
-    assert "sys.exit" in exited.reason
-    slow = run_python("while True:\n    pass\n", limits=SandboxLimits(wall_s=1, cpu_s=5))
-    assert slow.status == "timeout" and "1 s wall-time" in slow.reason
+# name -> (candidate source from the host fixture, limits, check of the run and the host afterwards)
+Case = tuple[Callable[[dict], str], SandboxLimits, Callable[[TestRun, dict], bool]]
+CASES: dict[str, Case] = {
+    "frame-walk token trick then os._exit(0)": (
+        lambda h: toy("", "import sys, os\nf = sys._getframe()\nfound = []\nwhile f:\n"
+                          "    found += [v for v in f.f_locals.values() if isinstance(v, str)]\n    f = f.f_back\n"
+                          "print('\\n'.join('failtrace-sandbox-finished:' + v for v in found))\nos._exit(0)\n"),
+        FAST, lambda r, h: "did not load" in r.reason),
+    "catch the blocked socket error and clear every flag": (
+        lambda h: toy(f"import socket, sys\ntry:\n    socket.create_connection(('127.0.0.1', {h['port']}))\n"
+                      "except BaseException:\n    pass\nf = sys._getframe()\nwhile f:\n"
+                      "    for k in ('blocked', 'violation'):\n        f.f_globals.pop(k, None)\n    f = f.f_back\n"),
+        FAST, lambda r, h: r.violation and _nothing_connected(h)),
+    "fork bomb": (lambda h: toy("import os\nwhile True:\n    os.fork()\n"), FAST, lambda r, h: r.violation),
+    "subprocess": (lambda h: toy("import subprocess\nsubprocess.run(['sh', '-c', 'echo hi'])\n"), FAST,
+                   lambda r, h: r.violation),
+    "infinite loop": (lambda h: toy("while True:\n    pass\n"), SandboxLimits(wall_s=1.5, cpu_s=1),
+                      lambda r, h: r.wall_s < 4 and ("wall-time" in r.reason or "CPU" in r.reason)),
+    "20 GB allocation": (lambda h: toy("x = bytearray(20 * 1024 ** 3)\n"), FAST,
+                         lambda r, h: "MemoryError" in r.reason),
+    "write into /tmp": (lambda h: toy(f"open({str(h['escape'])!r}, 'w').write('x')\n"), FAST,
+                        lambda r, h: not h["escape"].exists()),
+    "create /tmp, then write into it": (
+        lambda h: toy(f"import os\nos.makedirs('/tmp', exist_ok=True)\nopen({str(h['escape'])!r}, 'w')\n"), FAST,
+        lambda r, h: not h["escape"].exists()),
+    "write into the test's own folder": (
+        lambda h: toy(f"open({str(h['dir'] / 'escape.txt')!r}, 'w').write('x')\n"), FAST,
+        lambda r, h: not (h["dir"] / "escape.txt").exists()),
+    "delete a host file": (lambda h: toy(f"import os\nos.remove({str(h['canary'])!r})\n"), FAST,
+                           lambda r, h: h["canary"].read_text() == "alive"),
+    "read a host file": (lambda h: toy(f"print(open({str(h['secret'])!r}).read())\n"), FAST,
+                         lambda r, h: h["secret"].read_text() not in r.stdout + r.reason),
+    "read /etc/passwd": (lambda h: toy("print(open('/etc/passwd').read())\n"), FAST,
+                         lambda r, h: "root:" not in r.stdout),
+    "connect to a loopback listener": (
+        lambda h: toy(f"import socket\nsocket.create_connection(('127.0.0.1', {h['port']}), timeout=1)\n"), FAST,
+        lambda r, h: r.violation and _nothing_connected(h)),
+    "kill the parent and a bystander": (
+        lambda h: toy(f"import os, signal\nos.kill({h['bystander'].pid}, signal.SIGKILL)\n"
+                      f"os.kill({os.getpid()}, signal.SIGKILL)\nos.kill(os.getppid(), signal.SIGKILL)\n"), FAST,
+        lambda r, h: r.violation and h["bystander"].poll() is None),
+    "sys.exit(0) before the tests": (lambda h: toy("", "import sys\nsys.exit(0)\n"), FAST,
+                                     lambda r, h: "did not load" in r.reason and r.calls == 0),
+    "os._exit(0) before the tests": (lambda h: toy("", "import os\nos._exit(0)\n"), FAST,
+                                     lambda r, h: "did not load" in r.reason),
+    "sys.exit(0) inside the call": (lambda h: toy("import sys\nsys.exit(0)\n"), FAST,
+                                    lambda r, h: "SystemExit" in r.reason),
+    "os._exit(0) inside the call": (lambda h: toy("import os\nos._exit(0)\n"), FAST,
+                                    lambda r, h: "ended during call 1" in r.reason),
+    "patch builtins and AssertionError, answer wrong": (
+        lambda h: "import builtins\nbuiltins.abs = lambda x: 0\nbuiltins.AssertionError = type('E', (Exception,), {})"
+                  "\n\ndef add(a, b):\n    return 0\n",
+        FAST, lambda r, h: r.reason.startswith("AssertionError at test line 1")),
+    "answer with an object whose __eq__ is always true": (
+        lambda h: "class Same:\n    def __eq__(self, other):\n        return True\n\ndef add(a, b):\n"
+                  "    return Same()\n", FAST, lambda r, h: "not plain data" in r.reason),
+    "answer with an int subclass": (
+        lambda h: "class Int(int):\n    def __eq__(self, other):\n        return True\n\ndef add(a, b):\n"
+                  "    return Int(0)\n", FAST, lambda r, h: "not plain data" in r.reason),
+    "fill the disk": (
+        lambda h: toy("import itertools\nfor i in itertools.count():\n"
+                      "    open('fill%d' % i, 'wb').write(b'x' * 900_000)\n"), FAST,
+        lambda r, h: "No space left on device" in r.reason),
+    "huge stdout": (lambda h: toy("while True:\n    print('x' * 100000)\n"), FAST,
+                    lambda r, h: "File too large" in r.reason),
+    "daemon that outlives the run": (
+        lambda h: toy("import os\nif os.fork() == 0:\n    os.setsid()\n    os.execv('/bin/sleep', "
+                      f"['sleep', '30'])\n"), FAST,
+        lambda r, h: r.violation),
+    "ctypes segfault": (lambda h: toy("import ctypes\nctypes.string_at(0)\n"), FAST,
+                        lambda r, h: "SIGSEGV" in r.reason),
+    "deep recursion": (lambda h: toy("import sys\nsys.setrecursionlimit(10 ** 7)\n"
+                                     "def down(n):\n    return down(n + 1) + 1\ndown(0)\n"),
+                       SandboxLimits(wall_s=3, cpu_s=2, memory_mb=128),  # unwinding millions of frames is slow
+                       lambda r, h: any(w in r.reason for w in ("SIGSEGV", "RecursionError", "MemoryError",
+                                                                "SystemError", "CPU", "wall-time"))),
+    "switch off an audit hook through gc, then write /tmp": (
+        lambda h: toy("import gc\nfor o in gc.get_objects():\n    if isinstance(o, dict) and 'busy' in o:\n"
+                      f"        o['busy'] = True\nimport os\nos.makedirs('/tmp', exist_ok=True)\n"
+                      f"open({str(h['escape'])!r}, 'w').write('x')\n"), FAST,
+        lambda r, h: not h["escape"].exists() and "Read-only file system" in r.reason),
+}
 
 
-def test_cpu_limit() -> None:
-    result = run_python("while True:\n    pass\n", limits=SandboxLimits(wall_s=10, cpu_s=1))
-    assert result.status == "cpu_limit" and result.wall_s < 5
+@pytest.mark.parametrize("name", list(CASES))
+def test_hostile_candidate_is_contained(name: str, host: dict) -> None:
+    source, limits, contained = CASES[name]
+    started = time.monotonic()
+    run = run_tests(source(host), "add", TESTS, limits=limits)
+    assert run.status != "pass", (name, run)
+    assert run.reason, name
+    assert contained(run, host), (name, run.reason, run.stderr[-600:])
+    assert time.monotonic() - started < limits.wall_s + 3, name
+    assert run.layers == sandbox.isolation().layers()
 
 
-def test_good_program_runs_and_can_use_its_own_directory() -> None:
-    program = ("import os, tempfile\n"
-               "open('data.txt', 'w').write('kept')\n"
-               "with tempfile.TemporaryDirectory() as d:\n"
-               "    open(os.path.join(d, 'f'), 'w').write('1')\n"
-               "print(open('in.txt').read(), os.getcwd())\n")
-    result = run_python(program, limits=FAST, files={"in.txt": b"hello"}, collect=["data.txt", "absent.txt"])
-    assert result.status == "ok", (result.reason, result.stderr)
-    text, workdir = result.stdout.split()
-    assert text == "hello"
-    assert result.files == {"data.txt": b"kept"}
-    assert not os.path.exists(workdir)  # the throwaway directory is gone
+def test_every_claimed_layer_is_in_force() -> None:
+    """Fails, never skips: a layer this machine claims must be in force, and every run records its layers."""
+    assert sandbox.missing_layers() == []
+    run = run_tests(toy(""), "add", TESTS, limits=FAST)
+    assert run.status == "pass", run
+    assert run.layers == sandbox.isolation().layers()
+    assert run.layers["separate_processes"] and run.layers["rlimits"]
 
 
-def test_failing_program_reports_the_exception() -> None:
-    result = run_python("def f():\n    return 1\nassert f() == 2, 'f is wrong'\n", limits=FAST)
-    assert result.status == "error" and result.reason == "raised AssertionError: f is wrong"
-    syntax = run_python("def f(:\n", limits=FAST)
-    assert syntax.status == "error" and "SyntaxError" in syntax.reason
+def test_good_candidates_pass_and_answers_keep_their_types() -> None:
+    source = ("import threading, tempfile, os\n\ndef f(x):\n    box = []\n"
+              "    t = threading.Thread(target=lambda: box.append(x))\n    t.start()\n    t.join()\n"
+              "    with tempfile.TemporaryDirectory() as d:\n        open(os.path.join(d, 'f'), 'w').write('1')\n"
+              "    return box[0]\n")
+    values = [None, True, 3, -0.0, float("inf"), 2 ** 100, -(10 ** 5000), "é\n", b"\x00", 1 + 2j, [1, (2, 3)], (),
+              {1: {2}}, frozenset({"a"}), {(1, 2): [None]}]
+    tests = ("RESULT = []\nfor v in DATA:\n    out = candidate(v)\n"
+             "    assert out == v and type(out) is type(v), (out, v)\n    RESULT.append(out)\n")
+    run = run_tests(source, "f", tests, limits=FAST, data=values)
+    assert run.status == "pass", run
+    assert run.calls == len(values)
+    assert [type(v) for v in run.value] == [type(v) for v in values] and run.value == values
+
+
+def test_wrong_answers_and_errors_fail_with_the_failing_line() -> None:
+    wrong = run_tests("def add(a, b):\n    return a - b\n", "add", TESTS, limits=FAST)
+    assert wrong.status == "fail" and wrong.reason == "AssertionError at test line 1: assert candidate(1, 2) == 3"
+    raised = run_tests("def add(a, b):\n    raise ValueError('no')\n", "add", TESTS, limits=FAST)
+    assert raised.status == "fail" and raised.reason.startswith("ValueError: the candidate raised ValueError: no")
+    syntax = run_tests("def add(a, b:\n", "add", TESTS, limits=FAST)
+    assert syntax.status == "fail" and "did not load: SyntaxError" in syntax.reason
+    missing = run_tests("def plus(a, b):\n    return a + b\n", "add", TESTS, limits=FAST)
+    assert missing.status == "fail" and "defines no function 'add'" in missing.reason
+
+
+def test_harness_problems_are_unverifiable_not_fail() -> None:
+    never = run_tests(toy(""), "add", "x = 1\n", limits=FAST)
+    assert never.status == "unverifiable" and "never called" in never.reason
+    unsendable = run_tests(toy(""), "add", "candidate(object(), 1)\n", limits=FAST)
+    assert unsendable.status == "unverifiable" and "cannot send" in unsendable.reason
+
+
+def test_whole_program_runs_report_exit_status() -> None:
+    ok = run_python("import os\nopen('out.txt', 'w').write('x')\nprint(sorted(os.listdir('.')))\n", limits=FAST,
+                    files={"in.txt": b"hello"})
+    assert ok.status == "ok" and ok.stdout.strip() == "['in.txt', 'out.txt', 'program.py']"
+    failed = run_python("raise KeyError('k')\n", limits=FAST)
+    assert failed.status == "error" and failed.reason == "raised KeyError: 'k'"
+    assert failed.layers == sandbox.isolation().layers()
 
 
 def test_nothing_leaks_in(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("FAILTRACE_TEST_SECRET", "hunter2")
-    leaked = tmp_path / "leak.txt"
-    fd = os.open(leaked, os.O_RDWR | os.O_CREAT)
+    fd = os.open(tmp_path / "leak.txt", os.O_RDWR | os.O_CREAT)
     os.set_inheritable(fd, True)
     try:
-        program = (f"import os\nprint(sorted(os.environ))\n"
-                   f"try:\n    os.fstat({fd})\n    print('FD OPEN')\nexcept OSError:\n    print('fd closed')\n")
-        result = run_python(program, limits=FAST)
+        run = run_python(f"import os\nprint(sorted(os.environ))\ntry:\n    os.fstat({fd})\n    print('FD OPEN')\n"
+                         "except OSError:\n    print('fd closed')\n", limits=FAST)
     finally:
         os.close(fd)
-    assert result.ok, result.reason
-    assert "FAILTRACE_TEST_SECRET" not in result.stdout and "hunter2" not in result.stdout
-    assert "fd closed" in result.stdout
+    assert run.ok, run.reason
+    assert "FAILTRACE_TEST_SECRET" not in run.stdout and "fd closed" in run.stdout
 
 
-def test_sandbox_reports_what_it_enforces() -> None:
-    enforced = run_python("pass\n", limits=FAST).enforced
-    assert any("audit hook" in e for e in enforced)
-    assert any("rlimits" in e for e in enforced)
-
-
-def _processes_of(uid: int) -> int:
-    count = 0
+def _marked_processes(marker: str) -> list[int]:
+    found = []
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
-                count += entry.stat().st_uid == uid
+                if marker in Path(entry.path, "cmdline").read_bytes().decode("utf-8", "replace"):
+                    found.append(int(entry.name))
             except OSError:
                 pass
-    return count
+    return found
 
 
-needs_os_layers = pytest.mark.skipif(
-    "--net" not in sandbox.plan().namespaces or (os.geteuid() == 0 and sandbox.plan().drop_to is None),
-    reason="this machine gives the sandbox no namespaces or unprivileged user")
+def test_os_layers_hold_without_seccomp(host: dict) -> None:
+    """With the system-call filter off, namespaces + read-only root + tmpfs cap alone contain the same attacks."""
+    if not sandbox.expected_layers()["namespaces"]:
+        pytest.skip("this machine offers no namespaces (unshare fails); test_every_claimed_layer_is_in_force "
+                    "covers machines that claim them")
+    full = sandbox.isolation()
+    iso = Isolation(namespaces=True, user_namespace=full.user_namespace, filesystem=True, seccomp=False,
+                    drop_to=full.drop_to)
+    marker = f"failtrace-daemon-{uuid.uuid4().hex}"
+    daemon = run_program(iso, "import os, time\nif os.fork() == 0:\n    os.setsid()\n"
+                              f"    os.execv('/bin/sleep', ['sleep', '30', {marker!r}])\ntime.sleep(0.5)\n", FAST, {})
+    assert daemon.ok, daemon.stderr
+    time.sleep(0.2)
+    assert _marked_processes(marker) == []  # the PID namespace took the daemon with it
+    net = run_program(iso, f"import socket\nsocket.create_connection(('127.0.0.1', {host['port']}), timeout=1)\n",
+                      FAST, {})
+    assert net.status == "error" and "Network is unreachable" in net.reason and _nothing_connected(host)
+    write = run_program(iso, f"import os\nos.makedirs('/tmp', exist_ok=True)\nopen({str(host['escape'])!r}, 'w')\n",
+                        FAST, {})
+    assert write.status == "error" and "Read-only file system" in write.reason and not host["escape"].exists()
+    remove = run_program(iso, f"import os\nos.remove({str(host['canary'])!r})\n", FAST, {})
+    assert remove.status == "error" and host["canary"].read_text() == "alive"
+    read = run_program(iso, f"print(open({str(host['secret'])!r}).read())\n", FAST, {})
+    assert read.status == "error" and "FileNotFoundError" in read.reason
+    kill = run_program(iso, f"import os\nos.kill({host['bystander'].pid}, 9)\n", FAST, {})
+    assert kill.status == "error" and "ProcessLookupError" in kill.reason and host["bystander"].poll() is None
+    escape = run_program(iso, "import os\ntry:\n    os.mkdir('/work/x')\n    os.chroot('/work/x')\n"
+                              "    for _ in range(20):\n        os.chdir('..')\n    os.chroot('.')\n"
+                              "except OSError as e:\n    print('refused', e.errno)\nprint(sorted(os.listdir('/')))\n",
+                         FAST, {})
+    assert escape.ok and "'etc'" not in escape.stdout and "'work'" in escape.stdout  # still inside the new root
+    fill = run_program(iso, "import itertools\nfor i in itertools.count():\n"
+                            "    open('f%d' % i, 'wb').write(b'x' * 900_000)\n", FAST, {})
+    assert fill.status == "error" and "No space left on device" in fill.reason
 
 
-@needs_os_layers
-def test_os_layers_hold_without_the_audit_hook(canary: Path) -> None:
-    """With the in-interpreter guard off, the namespaces, user and limits alone still protect the host."""
-    iso = sandbox.plan()
-    bomb = ("import _posixsubprocess, os, time\nr, w = os.pipe()\n"
-            "_posixsubprocess.fork_exec([b'/bin/sh', b'-c', b'f(){ f | f & }; f'], [b'/bin/sh'], True, (), None,"
-            " [b'PATH=/usr/bin:/bin'], -1, -1, -1, -1, -1, -1, r, w, True, False, -1, None, None, None, -1, None,"
-            " True)\ntime.sleep(1)\n")
-    uid = iso.drop_to if iso.drop_to is not None else os.getuid()
-    before = _processes_of(uid)
-    result = sandbox._run(iso, bomb, SandboxLimits(wall_s=3, max_processes=16), {}, (), audit_hook=False)
-    assert result.wall_s < 5
-    assert "Cannot fork" in result.stderr  # RLIMIT_NPROC stopped the bomb
-    assert _processes_of(uid) <= before  # and the PID namespace took every process it made
-    if iso.drop_to is not None:
-        remove = sandbox._run(iso, f"import os\nos.remove({str(canary)!r})\n", FAST, {}, (), audit_hook=False)
-        assert remove.status == "error" and "PermissionError" in remove.reason
-    net = sandbox._run(iso, "import socket\nsocket.create_connection(('127.0.0.1', 9), timeout=1)\n", FAST, {},
-                       (), audit_hook=False)
-    assert net.status == "error" and ("unreachable" in net.reason or "refused" in net.reason)
-    assert canary.read_text() == "alive"
+def test_degraded_isolation_is_recorded_and_the_verdict_path_still_holds() -> None:
+    """Without namespaces (a machine where unshare fails) the run says which layers are off; the judge and the
+    system-call filter still decide: a rigged answer and a fork fail."""
+    from failtrace.benchmarks.sandbox.harness import run_tests as run_tests_under
+
+    degraded = Isolation(seccomp=sandbox.isolation().seccomp, drop_to=sandbox.isolation().drop_to)
+    rigged = run_tests_under(degraded, "class S:\n    def __eq__(self, o):\n        return True\n\n"
+                                       "def add(a, b):\n    return S()\n", "add", TESTS, FAST)
+    assert rigged.status == "fail" and "not plain data" in rigged.reason
+    assert rigged.layers["namespaces"] is False and rigged.layers["filesystem_readonly"] is False
+    assert rigged.layers["disk_cap"] is False and rigged.layers["network_off"] is False
+    fork = run_tests_under(degraded, toy("import os\nos.fork()\n"), "add", TESTS, FAST)
+    assert fork.status == "fail" and fork.violation == degraded.seccomp
+
+
+def test_require_sandbox_refuses_missing_layers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """FAILTRACE_REQUIRE_SANDBOX=1 claims every layer: a run without one is unverifiable, never pass."""
+    monkeypatch.setenv(sandbox.REQUIRE_ENV, "1")
+    monkeypatch.setattr(sandbox, "isolation", lambda: Isolation())
+    sandbox.expected_layers.cache_clear()
+    try:
+        assert "namespaces" in sandbox.missing_layers() and "seccomp" in sandbox.missing_layers()
+        run = run_tests(toy(""), "add", TESTS, limits=FAST)
+        assert run.status == "unverifiable" and "FAILTRACE_REQUIRE_SANDBOX=1" in run.reason
+        with pytest.raises(FailtraceError, match="sandbox lacks"):
+            run_python("print(1)\n", limits=FAST)
+    finally:
+        sandbox.expected_layers.cache_clear()

@@ -26,3 +26,15 @@ class ModelNotFoundError(FailtraceError):
 
 class TokenizationError(FailtraceError):
     """A target or contrast string does not encode to exactly one token, or an id is out of range."""
+
+
+#: Exit codes of the ``failtrace`` command (documented in docs/ERRORS.md).
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2  # a FailtraceError or a bad command line: one ``error: ...`` line on stderr
+EXIT_INTERNAL = 70  # an unexpected exception (a bug): one line on stderr, the traceback in a log file (EX_SOFTWARE)
+EXIT_INTERRUPTED = 130  # Ctrl-C
+
+
+def one_line(message: str) -> str:
+    """``message`` with its lines joined, so the CLI's ``error: ...`` is always exactly one line."""
+    return " ".join(part.strip() for part in str(message).splitlines() if part.strip())

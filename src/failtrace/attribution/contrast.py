@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from failtrace.attribution.inputs import PreparedInput, Prompt, prepare_input, resolve_token
+from failtrace.attribution.inputs import PreparedInput, Prompt, context_length, prepare_input, resolve_token
 from failtrace.attribution.objective import check_objective, objective_value
 from failtrace.attribution.record import TokenRef
 from failtrace.errors import FailtraceError
@@ -49,6 +49,7 @@ def prepare_contrast(
     objective: str = "logit_diff",
     position: int | None = None,
     topk: int = 10,
+    allow_long: bool = False,
 ) -> Contrast:
     """Tokenise the prompt (+ answer prefix), resolve target/contrast (a missing target: the greedy next token).
 
@@ -56,7 +57,8 @@ def prepare_contrast(
     """
     check_objective(objective)
     tok = lm.tokenizer
-    prep = prepare_input(tok, prompt, chat=chat, answer_prefix=answer_prefix, thinking=thinking, position=position)
+    prep = prepare_input(tok, prompt, chat=chat, answer_prefix=answer_prefix, thinking=thinking, position=position,
+                         max_length=context_length(lm.model), allow_long=allow_long)
     tgt = resolve_token(tok, target, "target") if target is not None else None
     con = resolve_token(tok, contrast, "contrast") if contrast is not None else None
     if objective == "logit_diff" and con is None:

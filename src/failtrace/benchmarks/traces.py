@@ -282,8 +282,8 @@ def _to_item(record: dict[str, Any], where: str) -> Item:
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        return None  # e.g. JSON Lines under .json: the normal loader reports it line by line
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        return None  # e.g. JSON Lines under .json, or not UTF-8: the normal loader reports it precisely
     except OSError as exc:
         raise FailtraceError(f"cannot read {path}: {exc}") from exc
 

@@ -99,7 +99,6 @@ def _build_and_write(store: ResultsStore, prun: RunRecord, arun: RunRecord, load
     bar = _progress(progress, f"analyse {prun.benchmark} ({prun.model})", len(todo))
     try:
         for pair in todo:
-            bar.describe(f"analyse {prun.benchmark}: {pair['item_id']}")
             try:
                 item = store.get_item(prun.benchmark, pair["item_id"])
                 case = build_case(loaded, pair, item, generations[pair["item_id"]], settings,

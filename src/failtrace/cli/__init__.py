@@ -1,17 +1,20 @@
 """The ``failtrace`` command. Each sub-module registers its commands on :data:`app` through ``register(app)``.
 
-Errors caused by the user's input (:class:`failtrace.errors.FailtraceError`) are printed as one line on stderr with
-exit code 2, never as a traceback.
+The error contract (docs/ERRORS.md): whatever goes wrong, stderr gets exactly one ``error: ...`` line and the exit
+code is non-zero; a traceback is never printed. Bad input (:class:`failtrace.errors.FailtraceError`, a bad command
+line) exits with 2; an unexpected exception exits with 70 and its traceback goes to a log file named in the line.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import warnings
 from importlib import import_module
 
 import typer
 
-from failtrace.errors import FailtraceError
+from failtrace.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, FailtraceError, one_line
 
 app = typer.Typer(
     name="failtrace",
@@ -27,6 +30,7 @@ _COMMAND_MODULES = (
     "failtrace.cli.pipeline",
     "failtrace.cli.graph",
     "failtrace.cli.analyse",
+    "failtrace.cli.report",
     "failtrace.cli.models",
     "failtrace.cli.compare",
 )
@@ -35,26 +39,90 @@ for _name in _COMMAND_MODULES:
     import_module(_name).register(app)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Console entry point: run the app, turning user errors into a one-line message and exit code 2."""
+def _usage_error_types() -> tuple[type[BaseException], ...]:
+    """Command-line parsing errors: typer >= 0.22 raises its own (vendored click) classes, older typer click's."""
+    types: list[type[BaseException]] = []
+    if hasattr(typer, "TyperException"):
+        types.append(typer.TyperException)
     try:
-        app(args=argv, standalone_mode=False)
-    except FailtraceError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        return 2
-    except (typer.Abort, KeyboardInterrupt):
-        typer.echo("aborted", err=True)
-        return 130
-    except SystemExit as exc:  # typer/click exit paths (e.g. --help) raise SystemExit with a code
-        return int(exc.code or 0) if isinstance(exc.code, int) else 1
-    except Exception as exc:  # click usage errors arrive as ClickException subclasses
         import click
 
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
-        raise
+        types.append(click.ClickException)
+    except ImportError:  # pragma: no cover - typer without click
+        pass
+    return tuple(types)
+
+
+def _error(message: str) -> None:
+    typer.echo(f"error: {one_line(message)}", err=True)
+
+
+def _usage_error(exc: BaseException) -> int:
+    """One line for a bad command line, with where to look for the valid options."""
+    if type(exc).__name__ == "NoArgsIsHelpError":  # ``failtrace`` alone: the help was already printed
+        return 0
+    message = exc.format_message() if hasattr(exc, "format_message") else str(exc)  # type: ignore[union-attr]
+    ctx = getattr(exc, "ctx", None)
+    path = getattr(ctx, "command_path", None) or "failtrace"
+    _error(f"{message} (see '{path} --help')")
+    code = getattr(exc, "exit_code", EXIT_BAD_INPUT)
+    return code if isinstance(code, int) and code else EXIT_BAD_INPUT
+
+
+def _unexpected(exc: BaseException, argv: list[str] | None) -> int:
+    """An exception nobody anticipated: the traceback goes to a log file, the terminal gets one line."""
+    from failtrace.cli.crashlog import write_crash_log
+
+    log = write_crash_log(exc, argv)
+    where = f"details in {log}" if log else "no log file could be written"
+    text = one_line(str(exc))[:300] or "(no message)"
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        _error(f"out of memory ({text}); try a shorter input, a smaller --batch-size or --memory-budget, "
+               f"or --dtype bfloat16; {where}")
+        return EXIT_BAD_INPUT
+    if isinstance(exc, OSError) and getattr(exc, "filename", None):  # disk full, permissions, a vanished file
+        _error(f"cannot access {exc.filename}: {exc.strerror or text}; {where}")
+        return EXIT_BAD_INPUT
+    _error(f"unexpected {type(exc).__name__}: {text}; {where}")
+    return EXIT_INTERNAL
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: run the app; every failure becomes one ``error: ...`` line and a non-zero exit code."""
+    if not sys.warnoptions:  # library deprecation chatter is not for the command's users (PYTHONWARNINGS wins)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+    try:
+        app(args=argv, prog_name="failtrace", standalone_mode=False)
+    except FailtraceError as exc:
+        _error(str(exc))
+        return EXIT_BAD_INPUT
+    except (KeyboardInterrupt, typer.Abort):
+        _error("interrupted; everything committed to the store so far is kept, rerun the command to resume")
+        return EXIT_INTERRUPTED
+    except typer.Exit as exc:
+        return int(getattr(exc, "exit_code", 0) or 0)
+    except SystemExit as exc:  # commands that end with a specific code (e.g. graph's closed-form fallback: 3)
+        if exc.code is None or isinstance(exc.code, int):
+            return int(exc.code or 0)
+        _error(str(exc.code))
+        return EXIT_BAD_INPUT
+    except BrokenPipeError:  # e.g. ``failtrace status | head``: the reader left; say nothing more
+        _silence_stdout()
+        return 1
+    except Exception as exc:  # noqa: BLE001 - the one place that turns any failure into one line
+        if isinstance(exc, _usage_error_types()):
+            return _usage_error(exc)
+        return _unexpected(exc, argv)
     return 0
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def _entry() -> None:

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from failtrace.cli import options as opts
-
+from failtrace.cli.checks import check_output_file
 from failtrace.errors import FailtraceError
 
 def _parse_token(value: str | None) -> int | str | None:
@@ -37,27 +37,46 @@ def _outputs(attr: object, json_path: Optional[Path], html_path: Optional[Path],
     return written
 
 
+def _validate(prompt: str, method: str, objective: str, dtype: str, json_path: Optional[Path],
+              html_path: Optional[Path], png_path: Optional[Path]) -> None:
+    """Everything that can be checked without the model, checked before loading it."""
+    from failtrace.attribution.methods import get_method
+    from failtrace.attribution.objective import check_objective
+    from failtrace.models.loading import check_dtype
+
+    if not prompt or not prompt.strip():
+        raise FailtraceError("the prompt is empty; pass --prompt TEXT")
+    get_method(method)
+    check_objective(objective)
+    check_dtype(dtype)
+    check_output_file(json_path, "--json", "attribution.json")
+    check_output_file(html_path, "--html", "attribution.html")
+    check_output_file(png_path, "--png", "attribution.png")
+
+
 def run_attribute(
     model: str | None, prompt: str, target: str | None, contrast: str | None, chat: bool, answer_prefix: str | None,
     method: str, objective: str, position: int | None, json_path: Optional[Path], html_path: Optional[Path],
-    png_path: Optional[Path], dtype: str, ig_steps: int, quiet: bool,
+    png_path: Optional[Path], dtype: str, ig_steps: int, quiet: bool, allow_long: bool = False,
 ) -> None:
     from rich.console import Console
 
+    _validate(prompt, method, objective, dtype, json_path, html_path, png_path)
     import failtrace
     from failtrace.views import render_terminal
 
     console = Console(stderr=True)
-    if not prompt or not prompt.strip():
-        raise FailtraceError("the prompt is empty; pass --prompt TEXT")
     lm = failtrace.load_model(model, dtype=dtype)
     with console.status(f"attributing with {method} ..."):
         attr = failtrace.attribute(
             lm, prompt, target=_parse_token(target), contrast=_parse_token(contrast), answer_prefix=answer_prefix,
             chat=chat, method=method, objective=objective, position=position, ig_steps=ig_steps,
+            allow_long=allow_long,
         )
     if not quiet:
         render_terminal(attr)
+    if png_path is not None:  # the checked (possibly missing) folder is created only now, when there is output
+        png_path.parent.mkdir(parents=True, exist_ok=True)
     for path in _outputs(attr, json_path, html_path, png_path):
         console.print(f"wrote {path}")
 
@@ -80,9 +99,11 @@ def register(app: typer.Typer) -> None:
         html_path: Optional[Path] = typer.Option(None, "--html", help="Write a self-contained HTML heatmap."),
         png_path: Optional[Path] = typer.Option(None, "--png", help="Write a PNG heatmap."),
         dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16"),
-        ig_steps: int = typer.Option(32, "--ig-steps", help="Integrated-gradients steps (method ig)."),
+        ig_steps: int = typer.Option(32, "--ig-steps", callback=opts.count(1),
+                                     help="Integrated-gradients steps (method ig), at least 1."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Do not print the terminal view."),
+        allow_long: bool = opts.ALLOW_LONG,
     ) -> None:
         """Explain why the model prefers TARGET over CONTRAST as its next token."""
         run_attribute(model, prompt, target, contrast, chat, answer_prefix, method, objective, position, json_path,
-                      html_path, png_path, dtype, ig_steps, quiet)
+                      html_path, png_path, dtype, ig_steps, quiet, allow_long)

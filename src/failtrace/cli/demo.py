@@ -11,7 +11,6 @@ from typing import Any, Optional
 
 import typer
 
-from failtrace.errors import FailtraceError
 
 
 def demo_source() -> tuple[Any, list[Any], dict[str, Any]]:
@@ -104,8 +103,9 @@ def demo_command(
     from failtrace.models.loading import load_model
     from failtrace.store.store import open_store
 
-    if out.exists() and not out.is_dir():
-        raise FailtraceError(f"--out {out} exists and is not a folder")
+    from failtrace.cli.checks import check_output_dir
+
+    check_output_dir(out, "--out")
     bench, items, cfg = demo_source()
     case_settings = CaseSettings(methods=CaseSettings.parse_methods(methods) if methods else
                                  tuple(cfg.get("methods") or CaseSettings().methods),
@@ -113,9 +113,9 @@ def demo_command(
     pair_settings = PairSettings(top_k=int(cfg.get("top_k", 10)), min_delta=float(cfg.get("min_delta", 1.0)),
                                  max_positions=int(cfg.get("max_positions", 24)))
     pair_settings.validate()
+    loaded = load_model(model, progress=progress)  # a bad model fails here, before anything is written
     out.mkdir(parents=True, exist_ok=True)
     store_path = out / "runs.duckdb"
-    loaded = load_model(model, progress=progress)
     with open_store(store_path) as st:
         run = collect(st, bench, items, loaded, max_new_tokens=int(cfg.get("max_new_tokens", bench.max_new_tokens)),
                       data="builtin:demo", progress=progress)

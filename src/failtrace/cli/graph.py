@@ -15,7 +15,7 @@ from typing import Any, Optional
 import typer
 
 from failtrace.cli import options as opts
-
+from failtrace.cli.checks import check_output_file
 from failtrace.errors import FailtraceError
 
 EXIT_FALLBACK = 3
@@ -41,6 +41,18 @@ def _validate(edges: str, node_threshold: float, prune: str, method: str) -> Non
         raise FailtraceError(f"--method {method!r} is not an LRP method; valid: {', '.join(LRP_METHODS)}")
     check_node_threshold(node_threshold)
     PruneSpec.parse(prune)
+
+
+def _check_outputs(dtype: str, json_path: Optional[Path], ct_json_path: Optional[Path], html_path: Optional[Path],
+                   png_path: Optional[Path], svg_path: Optional[Path]) -> None:
+    """The dtype and every output path, checked before the model is loaded."""
+    from failtrace.models.loading import check_dtype
+
+    check_dtype(dtype)
+    for p, option, example in ((json_path, "--json", "graph.json"), (ct_json_path, "--circuit-tracer-json", "ct.json"),
+                               (html_path, "--html", "graph.html"), (png_path, "--png", "graph.png"),
+                               (svg_path, "--svg", "graph.svg")):
+        check_output_file(p, option, example)
 
 
 def _summary(graph: Any, pruned: Any, top_k: int) -> list[str]:
@@ -69,6 +81,7 @@ def run_graph(
     layers: str | None, mid_nodes: bool, edges: str, prune: str, node_threshold: float, method: str,
     objective: str, json_path: Optional[Path], ct_json_path: Optional[Path], html_path: Optional[Path],
     png_path: Optional[Path], svg_path: Optional[Path], dtype: str, memory_budget: float, top_k: int, quiet: bool,
+    allow_long: bool = False,
 ) -> int:
     """Build, prune and write the graph; returns the exit code (0, or 3 after a closed-form fallback)."""
     from rich.console import Console
@@ -80,6 +93,7 @@ def run_graph(
     for p, suffixes in ((png_path, (".png",)), (svg_path, (".svg",))):
         if p is not None and p.suffix.lower() not in suffixes:
             raise FailtraceError(f"{p}: expected a file name ending in {suffixes[0]}")
+    _check_outputs(dtype, json_path, ct_json_path, html_path, png_path, svg_path)
 
     import failtrace
     from failtrace.graph import build_graph
@@ -91,6 +105,7 @@ def run_graph(
         lm, prompt, target=_parse_token(target), contrast=_parse_token(contrast), answer_prefix=answer_prefix,
         chat=chat, objective=objective, edges=edges, method=method, layers=layers, mid_nodes=mid_nodes,
         node_threshold=node_threshold, prune=prune, memory_budget_mb=memory_budget, progress=not quiet,
+        allow_long=allow_long,
         notify=lambda msg: console.print(f"note: {msg}", highlight=False),
     )
     pruned = graph.pruned
@@ -154,11 +169,13 @@ def register(app: typer.Typer) -> None:
         png_path: Optional[Path] = typer.Option(None, "--png", help="Write the layered picture as PNG."),
         svg_path: Optional[Path] = typer.Option(None, "--svg", help="Write the layered picture as SVG."),
         dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16"),
-        memory_budget: float = typer.Option(1024.0, "--memory-budget",
+        memory_budget: float = typer.Option(1024.0, "--memory-budget", callback=opts.finite(0.0, open_min=True),
                                             help="MB for one block of edge computation (packed batch, closed-form "
                                                  "row chunks)."),
-        top_k: int = typer.Option(5, "--top-k", help="Strongest input→final paths to print."),
+        top_k: int = typer.Option(5, "--top-k", callback=opts.count(1),
+                                  help="Strongest input→final paths to print (at least 1)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only warnings and written files."),
+        allow_long: bool = opts.ALLOW_LONG,
     ) -> None:
         """Attribution graph: relevance flow between hidden states (layer × token) for TARGET vs CONTRAST.
 
@@ -166,6 +183,6 @@ def register(app: typer.Typer) -> None:
         """
         code = run_graph(model, prompt, target, contrast, chat, answer_prefix, layers, mid_nodes, edges, prune,
                          node_threshold, method, objective, json_path, ct_json_path, html_path, png_path,
-                         svg_path, dtype, memory_budget, top_k, quiet)
+                         svg_path, dtype, memory_budget, top_k, quiet, allow_long)
         if code:
             raise SystemExit(code)

@@ -1,8 +1,71 @@
-"""Options shared by the commands that explain one next-token decision (``attribute``, ``graph``)."""
+"""Options shared by the commands, and the checks that reject bad numbers while the command line is parsed.
+
+The checks are typer callbacks: a bad value ends the command before any file is opened or model loaded, with
+``error: Invalid value for '--ig-steps': ...`` naming the option, the value and what would be valid.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from typing import Any
+
 import typer
+
+Check = Callable[..., Any]
+
+
+def _bad(value: Any, valid: str) -> typer.BadParameter:
+    return typer.BadParameter(f"got {value!r}; {valid}")
+
+
+def count(minimum: int = 1) -> Check:
+    """A whole number of at least ``minimum`` (None passes: the option was not given)."""
+
+    def check(value: int | None) -> int | None:
+        if value is not None and value < minimum:
+            raise _bad(value, f"give a whole number of at least {minimum}")
+        return value
+
+    return check
+
+
+def finite(minimum: float | None = None, maximum: float | None = None, *, open_min: bool = False) -> Check:
+    """A finite float (NaN and ±inf are refused) inside ``[minimum, maximum]`` (``(minimum, ...`` if ``open_min``)."""
+
+    def check(value: float | None) -> float | None:
+        if value is None:
+            return value
+        low = "" if minimum is None else (f"> {minimum:g}" if open_min else f">= {minimum:g}")
+        high = "" if maximum is None else f"<= {maximum:g}"
+        valid = "give a finite number" + (f" {low}" if low else "") + (" and" if low and high else "") + \
+            (f" {high}" if high else "")
+        if not math.isfinite(value):
+            raise _bad(value, valid)
+        if minimum is not None and (value <= minimum if open_min else value < minimum):
+            raise _bad(value, valid)
+        if maximum is not None and value > maximum:
+            raise _bad(value, valid)
+        return value
+
+    return check
+
+
+def one_of(choices: tuple[str, ...] | Callable[[], tuple[str, ...]], *, lower: bool = False) -> Check:
+    """One of ``choices`` (or of what a function returns, so the list lives next to the code that uses it)."""
+
+    def check(value: str | None) -> str | None:
+        if value is None:
+            return value
+        valid = choices() if callable(choices) else choices
+        key = value.lower() if lower else value
+        if key not in valid:
+            shown = ", ".join(valid[:-1]) + (" or " if len(valid) > 1 else "") + valid[-1]
+            raise _bad(value, f"use {shown}")
+        return value
+
+    return check
+
 
 PROMPT = typer.Option(..., "--prompt", "-p", help="Prompt text (or the user message with --chat).")
 TARGET = typer.Option(None, "--target", "-t",
@@ -12,3 +75,8 @@ MODEL = typer.Option(None, "--model", "-m",
                      help="Registry name (failtrace models), .gguf file, local folder, hub id; default smollm2-135m-instruct.")
 CHAT = typer.Option(False, "--chat", help="Wrap the prompt in the model's chat template.")
 ANSWER_PREFIX = typer.Option(None, "--answer-prefix", help="The model's own output before the explained token.")
+ALLOW_LONG = typer.Option(False, "--allow-long",
+                          help="Run an input longer than the model's context window (refused by default: the model "
+                               "never saw such positions, and time and memory grow with the length).")
+
+DTYPES = ("float32", "bfloat16", "float16", "fp32", "bf16", "fp16")

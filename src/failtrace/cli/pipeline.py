@@ -6,14 +6,18 @@ Every command that writes is resumable: rerunning it skips what is already commi
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
-from failtrace.errors import FailtraceError
+from failtrace.cli import options as opts
+from failtrace.cli.checks import check_output_dir, check_store_path
+from failtrace.errors import FailtraceError, one_line
 from failtrace.store.store import DEFAULT_STORE
 
 _MAX_PROBLEMS_SHOWN = 20
@@ -27,8 +31,35 @@ def _console(stderr: bool = False) -> Any:
     return Console(file=stream, width=max(width, 100), soft_wrap=False)
 
 
+@contextlib.contextmanager
+def _store_errors(store: Path) -> Iterator[None]:
+    """A DuckDB error while using an open store (a damaged page, a full disk) as one line naming the store."""
+    try:
+        yield
+    except Exception as exc:
+        import duckdb
+
+        if not isinstance(exc, duckdb.Error):
+            raise
+        first = one_line(str(exc).split("\n")[0])[:300]
+        raise FailtraceError(f"results store {store} could not be used ({type(exc).__name__}: {first}); it may be "
+                             f"damaged, on a full disk, or not a failtrace store. Use another --store, or restore "
+                             f"it from a copy") from None
+
+
 def _fmt(x: float | None, digits: int = 1) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _warn_problems(problems: list[str]) -> None:
+    """The data loader's per-record problems as warnings (at most :data:`_MAX_PROBLEMS_SHOWN`)."""
+    from rich.markup import escape
+
+    err = _console(stderr=True)
+    for problem in problems[:_MAX_PROBLEMS_SHOWN]:  # escaped: a problem can quote the data file's own text
+        err.print(f"[yellow]warning:[/] {escape(problem)}", markup=True, highlight=False)
+    if len(problems) > _MAX_PROBLEMS_SHOWN:
+        err.print(f"[yellow]warning:[/] ... and {len(problems) - _MAX_PROBLEMS_SHOWN} more problems", markup=True)
 
 
 def collect_command(
@@ -36,42 +67,41 @@ def collect_command(
     data: str = typer.Option(..., "--data", "-d", help="Local JSON/JSONL/Parquet file, or a hub dataset id."),
     model: str = typer.Option("smollm2-135m-instruct", "--model", "-m",
                               help="Hub id, local model folder, .gguf file, or the bundled default."),
-    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Only the first N items of the data."),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", callback=opts.count(1),
+                                        help="Only the first N items of the data."),
     store: Path = typer.Option(Path(DEFAULT_STORE), "--store", "-s", help="Results store (DuckDB file)."),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens",
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", callback=opts.count(1),
                                                  help="Generation budget (default: the benchmark's)."),
     thinking: bool = typer.Option(False, "--thinking", help="Turn the chat template's thinking mode on."),
-    batch_size: int = typer.Option(1, "--batch-size",
+    batch_size: int = typer.Option(1, "--batch-size", callback=opts.count(1),
                                    help="Prompts decoded together (left padding). 1 is exact-reproducible."),
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
     device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu or cuda."),
-    seed: int = typer.Option(0, "--seed", help="Seed recorded with the run (decoding is greedy)."),
+    seed: int = typer.Option(0, "--seed", callback=opts.count(0),
+                             help="Seed recorded with the run (decoding is greedy)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Generate greedily on benchmark items, check each answer, store generations and verdicts (resumable)."""
     from failtrace.failures.collect import collect, resolve_benchmark
-    from failtrace.models.loading import load_model
+    from failtrace.models.checks import check_device
+    from failtrace.models.loading import check_dtype, load_model
     from failtrace.store.store import open_store
 
-    if limit is not None and limit < 1:
-        raise FailtraceError(f"--limit must be at least 1, got {limit}")
-    if batch_size < 1:
-        raise FailtraceError(f"--batch-size must be at least 1, got {batch_size}")
-    if max_new_tokens is not None and max_new_tokens < 1:
-        raise FailtraceError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    check_dtype(dtype)
+    check_device(device)
+    check_store_path(store, create=True)
     bench = resolve_benchmark(benchmark)
     report = bench.load(data, limit)
-    err = _console(stderr=True)
-    for problem in report.problems[:_MAX_PROBLEMS_SHOWN]:
-        err.print(f"[yellow]warning:[/] {problem}", markup=True, highlight=False)
-    if len(report.problems) > _MAX_PROBLEMS_SHOWN:
-        err.print(f"[yellow]warning:[/] ... and {len(report.problems) - _MAX_PROBLEMS_SHOWN} more problems",
-                  markup=True)
+    _warn_problems(report.problems)
     if not report.items:
         raise FailtraceError(f"no {benchmark} items could be loaded from {data}"
                              f"{' (' + str(len(report.problems)) + ' problems above)' if report.problems else ''}")
-    with open_store(store) as st:
+    with _store_errors(store), contextlib.ExitStack() as stack:
+        # An existing store is opened (and so checked) before the slow model load; a new one is created only
+        # once the model has loaded, so a failed load leaves no empty store behind.
+        st = stack.enter_context(open_store(store)) if store.exists() else None
         loaded = load_model(model, dtype=dtype, device=device, progress=progress)
+        st = st or stack.enter_context(open_store(store))
         summary = collect(st, bench, report.items, loaded, max_new_tokens=max_new_tokens, thinking=thinking,
                           batch_size=batch_size, seed=seed, data=data, progress=progress)
     typer.echo(
@@ -83,17 +113,20 @@ def collect_command(
 
 def pairs_command(
     store: Path = typer.Option(Path(DEFAULT_STORE), "--store", "-s", help="Results store written by collect."),
-    top_k: int = typer.Option(10, "--top-k", "-k", help="Alternatives tried per position (the model's own top-k)."),
+    top_k: int = typer.Option(10, "--top-k", "-k", callback=opts.count(1),
+                              help="Alternatives tried per position (the model's own top-k)."),
     helper_model: Optional[str] = typer.Option(None, "--helper-model",
                                                help="A stronger model with the same tokenizer, asked for its top-k "
                                                     "where the model's own alternatives do not recover."),
-    min_delta: float = typer.Option(1.0, "--min-delta", help="Clean needs logit(target) - logit(contrast) > this."),
-    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Process at most N failures in this call."),
-    max_positions: int = typer.Option(64, "--max-positions",
+    min_delta: float = typer.Option(1.0, "--min-delta", callback=opts.finite(0.0),
+                                    help="Clean needs logit(target) - logit(contrast) > this (>= 0)."),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", callback=opts.count(1),
+                                        help="Process at most N failures in this call."),
+    max_positions: int = typer.Option(64, "--max-positions", callback=opts.count(1),
                                       help="Completion positions walked at most per failure (bounds the cost)."),
     benchmark: Optional[str] = typer.Option(None, "--benchmark", "-b", help="Only runs of this benchmark."),
     run: Optional[list[str]] = typer.Option(None, "--run", help="Only this collection run id (repeatable)."),
-    rollout_batch_size: Optional[int] = typer.Option(None, "--rollout-batch-size",
+    rollout_batch_size: Optional[int] = typer.Option(None, "--rollout-batch-size", callback=opts.count(1),
                                                      help="Rollouts decoded together (default: all k)."),
     try_unbounded: bool = typer.Option(True, "--try-unbounded/--skip-unbounded",
                                        help="Search failures that hit the length limit too (status stays unbounded)."),
@@ -102,12 +135,15 @@ def pairs_command(
 ) -> None:
     """Turn each failure into a clean target/contrast case, or say why not (resumable)."""
     from failtrace.failures.pairs import PairSettings, find_pairs
+    from failtrace.models.checks import check_device
     from failtrace.store.store import open_store
 
     settings = PairSettings(top_k=top_k, min_delta=min_delta, max_positions=max_positions,
                             try_unbounded=try_unbounded, rollout_batch_size=rollout_batch_size)
     settings.validate()
-    with open_store(store, create=False) as st:
+    check_device(device)
+    check_store_path(store, create=False)
+    with _store_errors(store), open_store(store, create=False) as st:
         summary = find_pairs(st, settings, helper=helper_model, run_ids=run or None, benchmark=benchmark,
                              limit=limit, device=device, progress=progress)
     counts = ", ".join(f"{v} {k}" for k, v in sorted(summary.statuses.items())) or "nothing new"
@@ -124,7 +160,8 @@ def status_command(
     from failtrace.store.schema import PAIR_STATUSES
     from failtrace.store.store import open_store
 
-    with open_store(store, read_only=True) as st:
+    check_store_path(store, create=False)
+    with _store_errors(store), open_store(store, read_only=True) as st:
         rows = st.status_rows()
         snapshot = st.is_snapshot
     con = _console()
@@ -160,15 +197,16 @@ def status_command(
 
 def export_command(
     store: Path = typer.Option(Path(DEFAULT_STORE), "--store", "-s", help="Results store."),
-    fmt: str = typer.Option(..., "--format", "-f", help="parquet or jsonl."),
+    fmt: str = typer.Option(..., "--format", "-f", callback=opts.one_of(("parquet", "jsonl"), lower=True),
+                            help="parquet or jsonl."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for one file per table."),
 ) -> None:
     """Write every table of the store to Parquet or JSONL files (one per table)."""
     from failtrace.store.store import open_store
 
-    if fmt.lower() not in ("parquet", "jsonl"):
-        raise FailtraceError(f"unknown --format {fmt!r}; use parquet or jsonl")
-    with open_store(store, read_only=True) as st:
+    check_store_path(store, create=False)
+    check_output_dir(out, "--out")
+    with _store_errors(store), open_store(store, read_only=True) as st:
         files = st.export(out, fmt)
     typer.echo(f"wrote {len(files)} files to {out}: " + ", ".join(f.name for f in files))
 

@@ -325,6 +325,7 @@ def build_graph(
     objective: str = "logit_diff",
     position: int | None = None,
     topk: int = 10,
+    allow_long: bool = False,
     **kwargs: Any,
 ) -> AttributionGraph:
     """Attribution graph for the preference of ``target`` over ``contrast`` after ``prompt`` (+ ``answer_prefix``).
@@ -332,9 +333,10 @@ def build_graph(
     ``lm`` is a :class:`failtrace.models.LoadedModel`; prompt, target, contrast, answer prefix and objective work as
     in :func:`failtrace.attribute`. Keyword arguments go to :func:`graph_from_ids` (``edges``, ``method``,
     ``layers``, ``mid_nodes``, ``node_threshold``, ``prune``, ``memory_budget_mb``, ``progress``, ...).
+    An input longer than the model's context is refused unless ``allow_long``.
     """
     c = prepare_contrast(lm, prompt, target, contrast, answer_prefix=answer_prefix, chat=chat, thinking=thinking,
-                         objective=objective, position=position, topk=topk)
+                         objective=objective, position=position, topk=topk, allow_long=allow_long)
     prep, tgt, con, fn = c.prep, c.target, c.contrast, c.fn
     meta = {
         "model": getattr(lm, "name", type(lm.model).__name__),

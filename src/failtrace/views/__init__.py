@@ -29,9 +29,9 @@ _EXPORTS = {
     "save_heatmap_svg": "failtrace.views.figure",
     "render_terminal": "failtrace.views.terminal",
     "relevant_segments": "failtrace.views.common",
-    "graph_html": "failtrace.views.graph_html",
-    "save_graph_html": "failtrace.views.graph_html",
-    "save_graph_png": "failtrace.views.graph_png",
+    "graph_html": "failtrace.views.graph_interactive",
+    "save_graph_html": "failtrace.views.graph_interactive",
+    "save_graph_png": "failtrace.views.graph_static",
 }
 
 __all__ = sorted(_EXPORTS)

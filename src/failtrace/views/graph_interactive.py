@@ -20,7 +20,7 @@ import numpy as np
 
 from failtrace.attribution.record import visible
 from failtrace.graph.prune import PrunedGraph, PruneSpec, normalised_relevance, select_edges
-from failtrace.views.graph_png import BLUE, GREY, RED
+from failtrace.views.graph_static import BLUE, GREY, RED
 
 
 def _edge_rows(pruned: PrunedGraph, p_top: float, max_edges: int) -> tuple[list[tuple[Any, ...]], float]:

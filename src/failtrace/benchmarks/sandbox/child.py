@@ -1,0 +1,173 @@
+"""The untrusted side: the first code of the sandboxed interpreter, before the completion's own code.
+
+Shipped as source (after ``plain.py``) into ``python -I -S -B -c`` inside the namespaces the runner set up, it
+builds its new root, sets the resource limits, drops to user ``nobody`` (when the host runs as root), installs the
+seccomp filter and then either runs a whole program (``mode == "run"``) or loads the candidate function and answers
+calls sent by the judge over a pipe (``mode == "serve"``). Nothing here decides a verdict: the code that follows may
+rewrite any of it and can then only change what it answers, exactly as a function can. Standard library only.
+"""
+
+try:  # inside the package for linters and tests; in the child these names come from plain.py's source before this
+    from failtrace.benchmarks.sandbox.plain import NotPlain, decode, digest, encode, receive, send
+except ImportError:
+    pass
+
+PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
+
+
+def install_seccomp(program):
+    """Load a classic-BPF seccomp filter (built by the parent) for this process; it can never be removed."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    class FilterProgram(ctypes.Structure):
+        _fields_ = [("length", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    buffer = ctypes.create_string_buffer(program, len(program))
+    fprog = FilterProgram(len(program) // 8, ctypes.addressof(buffer))
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
+    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP) failed")
+
+
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MNT_DETACH = 1, 2, 4, 32, 4096, 2
+
+
+def build_root(spec):
+    """Inside the new mount namespace: tmpfs root, read-only binds, device nodes, a size-capped /work holding the
+    input files, root remounted read-only, then pivot_root into it (chroot where the call number is unknown).
+    Raw mount(2) through ctypes: no helper binaries needed."""
+    import ctypes
+    import os
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def mount(source, target, fstype, flags, data=None):
+        enc = [None if v is None else os.fsencode(v) for v in (source, target, fstype, data)]
+        if libc.mount(enc[0], enc[1], enc[2], ctypes.c_ulong(flags), enc[3]) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, "mount %s on %s: %s" % (source, target, os.strerror(err)))
+
+    root, safe = spec["dir"], MS_NOSUID | MS_NODEV
+    mount("failtrace-root", root, "tmpfs", safe, "size=1m,mode=0755")
+    for path in spec["binds"]:
+        os.makedirs(root + path)
+        mount(path, root + path, None, MS_BIND)
+        mount(None, root + path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | safe)
+    for path, target in spec["links"].items():
+        os.symlink(target, root + path)
+    os.mkdir(root + "/dev")
+    for name in spec["devices"]:
+        open(root + "/dev/" + name, "w").close()
+        mount("/dev/" + name, root + "/dev/" + name, None, MS_BIND)
+    os.mkdir(root + "/work")
+    mount("failtrace-work", root + "/work", "tmpfs", safe, spec["disk"])
+    for name in os.listdir(spec["inputs"]):
+        with open(os.path.join(spec["inputs"], name), "rb") as src, open(root + "/work/" + name, "wb") as dst:
+            dst.write(src.read())
+        if spec["owner"] is not None:
+            os.chown(root + "/work/" + name, spec["owner"], spec["owner"])
+    if spec["owner"] is not None:
+        os.chown(root + "/work", spec["owner"], spec["owner"])
+    mount(None, root, None, MS_REMOUNT | MS_RDONLY | safe)
+    os.chdir(root)
+    number = spec["pivot_root"]
+    if number is None:
+        os.chroot(".")
+        return
+    # pivot_root(".", ".") stacks the old root on the new one; detaching it leaves no way back to the host tree,
+    # unlike chroot, which a process with CAP_SYS_CHROOT (root of a user namespace) could escape
+    if libc.syscall(number, b".", b".") != 0 or libc.umount2(b".", MNT_DETACH) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, "pivot_root: " + os.strerror(err))
+    os.chdir("/")
+
+
+def describe(exc):
+    """``Type: message`` of an exception, even one whose ``__str__`` misbehaves."""
+    try:
+        text = str(exc)
+    except BaseException:
+        text = "<unprintable>"
+    return "%s: %s" % (type(exc).__name__, text[:500]) if text else type(exc).__name__
+
+
+def confine(cfg):
+    """New root, limits, user, seccomp: everything that must hold before the first line of untrusted code."""
+    import os
+    import resource
+
+    lim = cfg["limits"]
+    if cfg["root"]:
+        build_root(cfg["root"])
+    for name, value in (("RLIMIT_CORE", 0), ("RLIMIT_CPU", lim["cpu_s"]), ("RLIMIT_AS", lim["memory_mb"] << 20),
+                        ("RLIMIT_FSIZE", lim["max_output_bytes"]), ("RLIMIT_NOFILE", lim["max_open_files"]),
+                        ("RLIMIT_NPROC", cfg["nproc"])):
+        resource.setrlimit(getattr(resource, name), (value, value))
+    os.chdir(cfg["workdir"])
+    if cfg["seccomp"]:
+        import ctypes  # noqa: F401  (loaded while the interpreter's files are still readable to us)
+    if cfg["uid"] is not None:
+        os.setgroups([])
+        os.setgid(cfg["uid"])
+        os.setuid(cfg["uid"])
+    os.umask(0o077)
+    if cfg["seccomp"]:
+        install_seccomp(bytes.fromhex(cfg["seccomp"]))
+
+
+def serve(code, cfg):
+    """Load the candidate's module, say ready, then answer each call with its plain-data result."""
+    import builtins
+    import json
+    import os
+
+    stream, out = os.fdopen(cfg["fds"][0], "rb"), cfg["fds"][1]
+    module = {"__name__": "__candidate__", "__builtins__": builtins}
+    try:
+        exec(code, module)
+        function = module.get(cfg["entry"])
+        if not callable(function):
+            raise NameError("the code defines no function %r" % cfg["entry"])
+    except BaseException as exc:
+        send(out, {"load_error": describe(exc)})
+        os._exit(3)
+    send(out, {"ready": True})
+    while True:
+        request = receive(stream, cfg["max_message"])
+        if request is None:
+            os._exit(0)
+        try:
+            value = function(*decode(request["args"]), **decode(request["kwargs"]))
+            reply = {"value": encode(value)}
+            over = request.get("digest_over")  # answer very large values with their digest only
+            if over is not None and (over == 0 or len(json.dumps(reply["value"], separators=(",", ":"))) > over):
+                reply = {"digest": digest(value)}
+        except NotPlain as exc:
+            reply = {"not_plain": str(exc)}
+        except BaseException as exc:
+            reply = {"raised": type(exc).__name__, "message": describe(exc)}
+        send(out, reply)
+
+
+def child_main():
+    """Entry point of the sandboxed interpreter: read the config line, confine, then run or serve."""
+    import json
+    import sys
+
+    cfg = json.loads(sys.stdin.readline())
+    confine(cfg)
+    sys.set_int_max_str_digits(0)
+    with open(cfg["program"], encoding="utf-8") as fh:
+        source = fh.read()
+    if cfg["mode"] == "serve":
+        try:
+            code = compile(source, cfg["program"], "exec")
+        except BaseException as exc:
+            send(cfg["fds"][1], {"load_error": describe(exc)})
+            raise SystemExit(3) from None
+        serve(code, cfg)
+    sys.argv = [cfg["program"]]
+    exec(compile(source, cfg["program"], "exec"), {"__name__": "__main__", "__file__": cfg["program"]})

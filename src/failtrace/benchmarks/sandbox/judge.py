@@ -1,0 +1,149 @@
+"""The trusted side: runs the benchmark's test code in its own fresh interpreter, never the completion's code.
+
+``candidate`` in the test code is a proxy: each call sends its arguments (plain data) to the sandboxed child, which
+calls the real function and sends back the result as plain data. Comparisons, ``assert``, ``abs`` and every other
+builtin the tests use therefore run here, on values rebuilt from JSON, in an interpreter the completion never
+touched. The verdict goes to the parent on a pipe only this process holds. Shipped as source after ``plain.py``
+into ``python -I -S -B -c``; standard library only.
+"""
+
+try:  # inside the package for linters and tests; in the judge these names come from plain.py's source before this
+    from failtrace.benchmarks.sandbox.plain import NotPlain, decode, encode, receive, send
+except ImportError:
+    pass
+
+
+PR_SET_DUMPABLE = 4
+
+
+class CandidateGone(Exception):
+    """The candidate process stopped answering (it exited, crashed or was killed)."""
+
+
+class CandidateError(Exception):
+    """The candidate raised an exception that is not a builtin one, or returned something that is not plain data."""
+
+
+class Digest:
+    """What a call with ``digest_over`` returns for a value too large to send: the SHA-256 of its canonical form."""
+
+    def __init__(self, hexdigest):
+        self.hex = hexdigest
+
+    def __repr__(self):
+        return "<large output, sha256 %s>" % self.hex[:12]
+
+
+class HarnessError(Exception):
+    """The test code passed the candidate something this harness cannot send (not plain data)."""
+
+
+def make_proxy(to_child, stream, limit, counter):
+    """``call(args, kwargs, digest_over)`` and a ``candidate(*args, **kwargs)`` wrapper around it."""
+    import builtins
+
+    def call(args, kwargs=None, digest_over=None):
+        """One call of the candidate; with ``digest_over`` (bytes), larger answers come back as a Digest."""
+        try:
+            request = {"args": encode(list(args)), "kwargs": encode(dict(kwargs or {})), "digest_over": digest_over}
+        except NotPlain as exc:
+            raise HarnessError("cannot send the arguments to the candidate: %s" % exc) from None
+        counter[0] += 1
+        try:
+            send(to_child, request)
+            reply = receive(stream, limit)
+        except (OSError, ValueError, RecursionError) as exc:
+            raise CandidateError("call %d: unreadable answer (%s)" % (counter[0], exc)) from None
+        if reply is None:
+            raise CandidateGone("the candidate process ended during call %d" % counter[0])
+        if "value" in reply:
+            try:
+                return decode(reply["value"])
+            except (ValueError, TypeError, RecursionError) as exc:
+                raise CandidateError("call %d: unreadable answer (%s)" % (counter[0], exc)) from None
+        if digest_over is not None and type(reply.get("digest")) is str:
+            return Digest(reply["digest"])
+        if "not_plain" in reply:
+            raise CandidateError("call %d returned something that is not plain data: %.200s"
+                                 % (counter[0], reply["not_plain"]))
+        name, message = str(reply.get("raised")), str(reply.get("message", ""))[:500]
+        kind = builtins.__dict__.get(name)
+        if isinstance(kind, type) and issubclass(kind, Exception) and not issubclass(kind, AssertionError):
+            try:
+                error = kind("the candidate raised " + message)
+            except Exception:  # a builtin that wants other arguments (UnicodeDecodeError, ...)
+                error = None
+            if error is not None:
+                raise error
+        raise CandidateError("call %d: the candidate raised %s" % (counter[0], message or name))
+
+    def candidate(*args, **kwargs):
+        return call(args, kwargs)
+
+    return call, candidate
+
+
+def failure_reason(exc, source):
+    """A one-line reason for an exception raised while the tests ran, naming the failing test line."""
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == "<tests>"]
+    where = ""
+    if frames:
+        lines = source.splitlines()
+        number = frames[-1].lineno or 0
+        text = lines[number - 1].strip() if 0 < number <= len(lines) else ""
+        where = " at test line %d: %s" % (number, text[:200])
+    detail = str(exc)[:300]
+    return "%s%s%s" % (type(exc).__name__, (": " + detail) if detail else "", where)
+
+
+def judge_main():
+    """Read the config line, wait for the candidate to load, run the tests, report one line on the result pipe."""
+    import json
+    import os
+    import resource
+    import sys
+
+    cfg = json.loads(sys.stdin.readline())
+    try:  # not dumpable: a same-user process (degraded mode) cannot open our /proc files (fds, memory)
+        import ctypes
+
+        ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    except (ImportError, OSError, AttributeError):
+        pass
+    resource.setrlimit(resource.RLIMIT_AS, (cfg["memory_mb"] << 20,) * 2)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    sys.set_int_max_str_digits(0)
+    stream, result = os.fdopen(cfg["from_child"], "rb"), cfg["result_fd"]
+    counter = [0]
+
+    def report(verdict, reason="", value=None):
+        send(result, {"verdict": verdict, "reason": reason, "calls": counter[0], "value": value})
+        os._exit(0)
+
+    try:
+        hello = receive(stream, cfg["max_message"])
+    except (ValueError, RecursionError) as exc:
+        hello = {"load_error": "unreadable first message (%s)" % exc}
+    if hello is None or "ready" not in hello:
+        report("fail", "the candidate did not load: %.500s" % (
+            "its process ended first" if hello is None else hello.get("load_error", "no ready message")))
+    call, candidate = make_proxy(cfg["to_child"], stream, cfg["max_message"], counter)
+    scope = {"__name__": "__tests__", "candidate": candidate, "candidate_call": call, "Digest": Digest,
+             "DATA": decode(cfg["data"])}
+    try:
+        exec(compile(cfg["source"], "<tests>", "exec"), scope)
+    except HarnessError as exc:
+        report("error", str(exc))
+    except CandidateGone as exc:
+        report("fail", str(exc))
+    except BaseException as exc:  # anything the test code raised, an AssertionError most often
+        report("fail", failure_reason(exc, cfg["source"]))
+    if counter[0] == 0:
+        report("error", "the tests never called the candidate")
+    try:
+        value = encode(scope.get("RESULT"))
+    except NotPlain as exc:
+        report("error", "the test code's RESULT is not plain data: %s" % exc)
+    report("pass", "", value)

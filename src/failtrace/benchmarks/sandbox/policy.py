@@ -1,0 +1,144 @@
+"""What the sandbox enforces: limits, the isolation layers, the seccomp filter and the namespace launcher.
+
+The layers, outermost first (each holds without the ones inside it; none lives in the untrusted interpreter):
+
+* namespaces (``unshare``): mount, PID, network, IPC, UTS, plus a user namespace when failtrace is not root. The
+  network namespace has no interface but a down loopback, the PID namespace dies as a whole with its first process
+  (no daemon survives), and nothing outside it can be signalled or traced;
+* filesystem: inside the mount namespace the child (still root there, before any untrusted code) builds a new root
+  on a small tmpfs: read-only binds of ``/usr`` and the Python prefix, four device nodes and ``/work``, a tmpfs
+  capped at ``disk_mb``; it remounts the root tmpfs read-only, ``pivot_root``s into it and detaches the old root.
+  Nothing else of the host is visible, so nothing else can be read, written or deleted;
+* user: when the host runs as root the child drops to ``nobody`` (65534), which also makes ``RLIMIT_NPROC`` count;
+* rlimits: CPU seconds, address space, file size, open files, processes, no core dumps;
+* seccomp (x86-64): process creation other than threads, exec, sockets, signals to other processes, ptrace, mounts,
+  namespaces, bpf, io_uring and kernel keyrings kill the whole process (SIGSYS), which the parent sees in its exit
+  status: a forbidden call cannot be caught, and the parent records it as a violation.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import struct
+import sys
+from dataclasses import dataclass
+
+NOBODY = 65534
+CLONE_THREAD = 0x00010000
+AUDIT_ARCH_X86_64 = 0xC000003E
+X32_BIT = 0x40000000
+SECCOMP_RET_KILL_PROCESS, SECCOMP_RET_ERRNO, SECCOMP_RET_ALLOW = 0x80000000, 0x00050000, 0x7FFF0000
+ENOSYS = 38
+_LD_W_ABS, _JEQ, _JGE, _JSET, _RET = 0x20, 0x15, 0x35, 0x45, 0x06
+
+# x86-64 system calls that end the process. Grouped by why; numbers from arch/x86/entry/syscalls/syscall_64.tbl.
+FORBIDDEN_X86_64 = {
+    "network": {"socket": 41, "connect": 42, "accept": 43, "bind": 49, "listen": 50, "socketpair": 53,
+                "accept4": 288},
+    "processes": {"fork": 57, "vfork": 58, "execve": 59, "execveat": 322},
+    "signals and tracing": {"kill": 62, "tkill": 200, "tgkill": 234, "rt_sigqueueinfo": 129,
+                            "rt_tgsigqueueinfo": 297, "pidfd_send_signal": 424, "pidfd_open": 434,
+                            "pidfd_getfd": 438, "ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311},
+    "mounts and namespaces": {"mount": 165, "umount2": 166, "pivot_root": 155, "chroot": 161, "unshare": 272,
+                              "setns": 308, "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431,
+                              "fsmount": 432, "fspick": 433, "mount_setattr": 442},
+    "kernel interfaces": {"bpf": 321, "perf_event_open": 298, "userfaultfd": 323, "io_uring_setup": 425,
+                          "io_uring_enter": 426, "io_uring_register": 427, "keyctl": 250, "add_key": 248,
+                          "request_key": 249},
+}
+SYS_CLONE, SYS_CLONE3 = 56, 435
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """Limits for one run. ``max_output_bytes`` caps every file the code writes, stdout and stderr included;
+    ``disk_mb`` caps all of them together (the size of the work tmpfs); ``max_message_bytes`` caps one answer."""
+
+    wall_s: float = 10.0
+    cpu_s: int = 10
+    memory_mb: int = 1024
+    max_processes: int = 32
+    max_output_bytes: int = 2_000_000
+    max_open_files: int = 64
+    disk_mb: int = 64
+    max_message_bytes: int = 16_000_000
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """Which layers a run gets. Probed once per process by :func:`failtrace.benchmarks.sandbox.isolation`."""
+
+    namespaces: bool = False
+    user_namespace: bool = False
+    filesystem: bool = False
+    seccomp: bool = False
+    drop_to: int | None = None
+
+    def layers(self) -> dict[str, bool]:
+        """Every layer and whether it is in force; recorded in every result and verdict."""
+        return {"separate_processes": True, "rlimits": True, "namespaces": self.namespaces,
+                "network_off": self.namespaces, "pid_namespace": self.namespaces,
+                "filesystem_readonly": self.filesystem, "disk_cap": self.filesystem, "seccomp": self.seccomp,
+                "unprivileged_user": self.drop_to is not None or self.user_namespace}
+
+
+def seccomp_filter() -> bytes | None:
+    """The classic-BPF program (struct sock_filter array) the child loads, or None off x86-64 Linux.
+
+    Checked in order: wrong architecture or an x32 call number -> kill; clone without CLONE_THREAD (a new process,
+    not a thread) -> kill; clone3 -> ENOSYS, so libc falls back to clone, whose flags the filter can read; any
+    FORBIDDEN_X86_64 call -> kill; everything else -> allow. Offsets are into struct seccomp_data
+    (nr at 0, arch at 4, args[0] low 32 bits at 16 on little-endian)."""
+    if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return None
+    numbers = sorted({n for group in FORBIDDEN_X86_64.values() for n in group.values()})
+    code: list[tuple[int, str | int, str | int, int]] = [
+        (_LD_W_ABS, 0, 0, 4), (_JEQ, 0, "kill", AUDIT_ARCH_X86_64), (_LD_W_ABS, 0, 0, 0),
+        (_JGE, "kill", 0, X32_BIT), (_JEQ, "clone", 0, SYS_CLONE), (_JEQ, "enosys", 0, SYS_CLONE3),
+        *[(_JEQ, "kill", 0, n) for n in numbers], (_RET, 0, 0, SECCOMP_RET_ALLOW)]
+    labels = {"clone": len(code), "kill": len(code) + 2, "enosys": len(code) + 3}
+    code += [(_LD_W_ABS, 0, 0, 16), (_JSET, "allow", "kill", CLONE_THREAD), (_RET, 0, 0, SECCOMP_RET_KILL_PROCESS),
+             (_RET, 0, 0, SECCOMP_RET_ERRNO | ENOSYS), (_RET, 0, 0, SECCOMP_RET_ALLOW)]
+    labels["allow"] = len(code) - 1
+    out = b""
+    for pc, (op, jt, jf, k) in enumerate(code):
+        def rel(target: str | int) -> int:
+            return labels[target] - pc - 1 if isinstance(target, str) else target
+        out += struct.pack("=HBBI", op, rel(jt), rel(jf), k)
+    return out
+
+
+def interpreter() -> str:
+    """The real Python binary (not a venv symlink): the child runs it with -I -S, so it needs only the stdlib."""
+    return os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
+
+
+def read_only_binds() -> list[str]:
+    """Folders the interpreter in the new root needs: /usr (libc, libffi), real (non-symlink) /lib*, Python's prefix."""
+    paths = ["/usr"] + [p for p in ("/bin", "/lib", "/lib64", "/sbin") if os.path.isdir(p) and not os.path.islink(p)]
+    for extra in (os.path.realpath(sys.base_prefix), os.path.dirname(interpreter())):
+        if not any(extra == p or extra.startswith(p + os.sep) for p in paths):
+            paths.append(extra)
+    return paths
+
+
+def launcher(iso: Isolation, unshare: str) -> list[str]:
+    """The command in front of the interpreter: unshare with every namespace (the child builds its root itself)."""
+    if not iso.namespaces:
+        return []
+    cmd = [unshare]
+    if iso.user_namespace:
+        cmd += ["--user", "--map-root-user"]
+    return [*cmd, "--mount", "--net", "--pid", "--ipc", "--uts", "--fork", "--kill-child"]
+
+
+def new_root(iso: Isolation, root_dir: str, input_dir: str, limits: SandboxLimits) -> dict[str, object] | None:
+    """What the child needs to build its root (see ``child.build_root``), or None without the filesystem layer."""
+    if not iso.filesystem:
+        return None
+    links = {p: os.readlink(p) for p in ("/bin", "/lib", "/lib64", "/sbin") if os.path.islink(p)}
+    pivot = {"x86_64": 155, "aarch64": 41, "arm64": 41, "riscv64": 41}.get(platform.machine())
+    return {"dir": root_dir, "inputs": input_dir, "binds": read_only_binds(), "links": links, "pivot_root": pivot,
+            "devices": ["null", "zero", "urandom", "random"], "disk": f"size={limits.disk_mb}m,mode=0700",
+            "owner": iso.drop_to}

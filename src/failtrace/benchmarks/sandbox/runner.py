@@ -1,0 +1,203 @@
+"""Start the sandboxed child (and, for tests, the trusted judge), wait, kill everything, say what happened.
+
+The parent decides only from what it observes: the child's exit status and resource use (from ``wait4``), whether
+it ran out of wall time, and the one report line of the judge on a pipe that only the judge holds. A child killed
+by SIGSYS made a forbidden system call (seccomp, see ``policy``): that is recorded as a violation here and fails
+the run whatever the tests said.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from failtrace.benchmarks.sandbox.policy import (Isolation, SandboxLimits, interpreter, launcher, new_root,
+                                                 seccomp_filter)
+
+_HERE = Path(__file__).parent
+_REPORT_BYTES = 64 * 1024  # how much of stdout/stderr a result keeps
+CLEAN_ENV = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+
+
+@functools.lru_cache(maxsize=None)
+def shipped_source(*names: str) -> str:
+    """Source text run by the child or the judge; read once, so a run never mixes two versions of the package."""
+    return "\n".join((_HERE / name).read_text(encoding="utf-8") for name in names)
+
+
+@dataclass
+class Ending:
+    """How one sandboxed process ended, as the parent saw it."""
+
+    returncode: int | None
+    cpu_s: float
+    timed_out: bool
+    stopped: bool = False  # still running when its job was done; the parent killed it
+
+    def violation(self) -> bool:
+        return self.returncode == -signal.SIGSYS
+
+    def describe(self, limits: SandboxLimits) -> str:
+        rc = self.returncode
+        if self.timed_out:
+            return f"did not finish within the {limits.wall_s:g} s wall-time limit and was killed"
+        if self.violation():
+            return ("made a forbidden system call (a new process, exec, network, a signal to another process, "
+                    "ptrace or a mount) and was killed by the seccomp filter")
+        if self.stopped:
+            return "was still running when the tests ended and was killed"
+        # by CPU time used, not by signal: util-linux 2.38 unshare exits 1 when its child dies of SIGKILL
+        if rc != 0 and self.cpu_s >= limits.cpu_s - 0.05:
+            return f"used up its CPU-time limit of {limits.cpu_s} s and was killed"
+        if rc is not None and rc < 0:
+            return f"was killed by {signal.Signals(-rc).name}"
+        return f"exited with status {rc}"
+
+
+def spawn_child(iso: Isolation, stage: str, cfg: dict[str, Any], pass_fds: tuple[int, ...], out: int,
+                err: int) -> subprocess.Popen[bytes]:
+    """Start the child: launcher + ``python -I -S -B -c <plain + child>``, config on stdin."""
+    cmd = [*launcher(iso, shutil.which("unshare") or "unshare"), interpreter(), "-I", "-S", "-B", "-c",
+           shipped_source("plain.py", "child.py") + "\nchild_main()\n"]
+    env = {**CLEAN_ENV, "HOME": cfg["workdir"], "TMPDIR": cfg["workdir"]}
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=out, stderr=err, cwd=stage, env=env,
+                            pass_fds=pass_fds, start_new_session=True)
+    assert proc.stdin is not None
+    with contextlib.suppress(OSError):  # a child that died at once has closed the pipe
+        proc.stdin.write(json.dumps(cfg).encode() + b"\n")
+    with contextlib.suppress(OSError):
+        proc.stdin.close()
+    return proc
+
+
+def child_config(iso: Isolation, stage: str, limits: SandboxLimits, mode: str) -> dict[str, Any]:
+    """The child's config line. Without the filesystem layer the child works in the host folder ``in/`` itself,
+    which then belongs to the user it drops to."""
+    inside = "/work" if iso.filesystem else os.path.join(stage, "in")
+    if not iso.filesystem and iso.drop_to is not None:
+        for path in [inside, *(os.path.join(inside, n) for n in os.listdir(inside))]:
+            os.chown(path, iso.drop_to, iso.drop_to)
+    nproc = limits.max_processes if iso.drop_to is not None else _user_task_count() + limits.max_processes
+    sc = seccomp_filter() if iso.seccomp else None
+    root = new_root(iso, os.path.join(stage, "root"), os.path.join(stage, "in"), limits)
+    return {"root": root, "limits": asdict(limits), "nproc": nproc, "workdir": inside, "uid": iso.drop_to,
+            "mode": mode, "seccomp": sc.hex() if sc else None, "program": "program.py",
+            "max_message": limits.max_message_bytes}
+
+
+def _user_task_count() -> int:
+    """Tasks of this user: RLIMIT_NPROC counts them all, so a limit for the calling user must sit above this."""
+    uid, count = os.getuid(), 0
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if entry.stat().st_uid == uid:
+                    count += len(os.listdir(f"/proc/{entry.name}/task"))
+    return count
+
+
+def finish(proc: subprocess.Popen[bytes], deadline: float | None) -> Ending:
+    """Wait for ``proc`` until ``deadline`` (None: it is no longer needed: kill at once if it still runs), then
+    SIGKILL its whole process group; the PID namespace takes every process that left the group."""
+    timed_out = stopped = False
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        left = 0.0 if deadline is None else deadline - time.monotonic()
+        if left <= 0:
+            timed_out, stopped = deadline is not None, deadline is None
+            _kill_group(proc.pid)
+            pid, status, usage = os.wait4(proc.pid, 0)
+            break
+        time.sleep(min(0.005, left))
+    _kill_group(proc.pid)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return Ending(None if timed_out else proc.returncode, usage.ru_utime + usage.ru_stime, timed_out, stopped)
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def read_head(path: str) -> str:
+    with open(path, "rb") as fh:
+        return fh.read(_REPORT_BYTES).decode("utf-8", "replace")
+
+
+@contextlib.contextmanager
+def stage_dir(program: str, files: dict[str, bytes]) -> Iterator[str]:
+    """A host folder for one run: ``in/`` (copied into the child's /work tmpfs), ``root/``, stdout and stderr."""
+    stage = tempfile.mkdtemp(prefix="failtrace-sandbox-")
+    try:
+        os.chmod(stage, 0o711)
+        os.mkdir(os.path.join(stage, "in"), 0o700)
+        os.mkdir(os.path.join(stage, "root"), 0o755)
+        for name, data in {"program.py": program.encode("utf-8"), **files}.items():
+            if os.path.basename(name) != name or name in ("", ".", ".."):
+                raise ValueError(f"sandbox file names must be plain names, got {name!r}")
+            Path(stage, "in", name).write_bytes(data)
+        yield stage
+    finally:
+        _remove_tree(stage)
+
+
+def _remove_tree(path: str) -> None:
+    """Delete a stage even if the code (in degraded mode, where it runs in in/) chmod-ed parts of it away."""
+    def fix(func, p, _exc) -> None:  # type: ignore[no-untyped-def]
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(p), 0o700)
+            os.chmod(p, 0o700)
+            func(p)
+
+    shutil.rmtree(path, onerror=fix)
+
+
+@dataclass
+class SandboxResult:
+    """How a whole-program run ended. ``ok`` means exit status 0: a fact about the process, not a verdict."""
+
+    status: str  # "ok", "error" (non-zero exit), "timeout", "violation", "crashed"
+    reason: str
+    returncode: int | None
+    stdout: str
+    stderr: str
+    wall_s: float
+    layers: dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def run_program(iso: Isolation, program: str, limits: SandboxLimits, files: dict[str, bytes]) -> SandboxResult:
+    """Run a whole program under ``iso``; the parent classifies the run from the exit status alone."""
+    started = time.monotonic()
+    with stage_dir(program, files) as stage:
+        out_path, err_path = os.path.join(stage, "stdout"), os.path.join(stage, "stderr")
+        with open(out_path, "wb") as out, open(err_path, "wb") as err:
+            proc = spawn_child(iso, stage, child_config(iso, stage, limits, "run"), (), out.fileno(), err.fileno())
+        end = finish(proc, started + limits.wall_s)
+        stdout, stderr = read_head(out_path), read_head(err_path)
+    if end.returncode == 0:
+        status, reason = "ok", "exited with status 0"
+    else:
+        status = ("timeout" if end.timed_out else "violation" if end.violation() else
+                  "error" if (end.returncode or 0) > 0 else "crashed")
+        reason = end.describe(limits)
+        lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+        if status == "error" and lines:
+            reason = "raised " + lines[-1].strip()
+    return SandboxResult(status, reason, end.returncode, stdout, stderr, time.monotonic() - started, iso.layers())

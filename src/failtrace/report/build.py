@@ -1,0 +1,201 @@
+"""Build the HTML report of a store's cases: ``index.html`` (self-contained), ``figures/*.png``, ``tables/*.csv``.
+
+Data flows one way: cases and status rows -> :mod:`~failtrace.report.tables` rows -> CSV files and matplotlib
+figures (:mod:`~failtrace.report.figures`) -> HTML (:mod:`~failtrace.report.pages`, :mod:`~failtrace.report.casepage`).
+Summary figures are inlined into the page as data URIs; the per-case graph pictures too while their total stays under
+``inline_budget_mb`` (beyond it they are referenced as relative files beside the page, ``figures/graphs/*.png``).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from failtrace.cases.record import Case
+from failtrace.errors import FailtraceError
+from failtrace.report import figures as F
+from failtrace.report import tables as T
+from failtrace.report._shared import save_graph_png
+from failtrace.report.casepage import case_section, esc, plain_token
+from failtrace.report.graphfig import graph_record_figure, is_graph_record
+from failtrace.report.pages import benchmark_section, html_table, page, summary_section
+from failtrace.store.store import StatusRow
+
+GraphSource = Mapping[str, Any] | Callable[[str], Any]  # case_id -> PrunedGraph (or None)
+
+_PAIR_COLS = [("benchmark", "benchmark", "text"), ("item_id", "item", "text"), ("status", "status", "text"),
+              ("reason", "reason", "text")]
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def compute_tables(cases: Sequence[Case], status_rows: Sequence[StatusRow],
+                   overrides: T.Overrides | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Every table of the report, by name (the CSV file names without ``.csv``)."""
+    return {
+        "table1": T.table1_rows(status_rows, cases),
+        "pair_status": T.pair_status_rows(status_rows),
+        "categories": T.category_rows(cases, overrides),
+        "patterns": T.pattern_rows(cases),
+        "segments": T.segment_rows(cases, overrides),
+        "flip_rate": T.flip_rate_rows(cases),
+        "kstar": T.kstar_rows(cases),
+        "cases": T.case_rows(cases, overrides),
+    }
+
+
+def _write_tables(tables: Mapping[str, list[dict[str, Any]]], out: Path,
+                  pairs_rows: Sequence[Mapping[str, Any]] | None) -> None:
+    columns = {
+        "table1": ["benchmark", "model", "run_id", "pair_run_id", "items", "generated", "passed", "failures",
+                   "unverifiable", "clean_pairs", "clean_rate", "cases", "avg_tokens_per_case", "avg_prompt_tokens",
+                   "avg_completion_tokens"],
+        "pair_status": ["benchmark", "model", "pair_run_id", "failures", "clean", *T.NON_CLEAN, "not_paired"],
+        "categories": ["benchmark", "label", "cases", "share"],
+        "patterns": ["benchmark", "label", "cases", "share"],
+        "segments": ["benchmark", "method", "category", "segment", "cases", "mean_normalised_relevance"],
+        "flip_rate": ["benchmark", "method", "k", "cases", "flipped", "flip_rate"],
+        "kstar": ["benchmark", "method", "cases", "flipped", "flip_rate_at_K", "K", "mean_k_star", "median_k_star"],
+    }
+    for name, rows in tables.items():
+        T.write_csv(rows, out / "tables" / f"{name}.csv", columns.get(name))  # cases: columns from its rows
+    if pairs_rows is not None:
+        T.write_csv(_non_clean(pairs_rows), out / "tables" / "non_clean_pairs.csv",
+                    ["benchmark", "pair_run_id", "item_id", "status", "reason"])
+
+
+def _non_clean(pairs_rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: r.get(k) for k in ("benchmark", "pair_run_id", "item_id", "status", "reason")}
+            for r in pairs_rows if r.get("status") != "clean"]
+
+
+def _figures(tables: Mapping[str, list[dict[str, Any]]], benches: Sequence[str], fig_dir: Path) -> dict[str, str]:
+    """Draw the summary figures; returns name -> data URI."""
+    out: dict[str, str] = {}
+    if tables["categories"]:
+        out["categories"] = _data_uri(F.categories_figure(tables["categories"], tables["patterns"],
+                                                          fig_dir / "categories.png"))
+    for i, b in enumerate(benches):
+        name = f"{i:02d}-{''.join(ch if ch.isalnum() else '-' for ch in b)}"
+        if any(r["benchmark"] == b for r in tables["segments"]):
+            out[f"segments:{b}"] = _data_uri(F.segments_figure(tables["segments"], b,
+                                                               fig_dir / f"segments_{name}.png"))
+        if any(r["benchmark"] == b for r in tables["flip_rate"]):
+            out[f"faithfulness:{b}"] = _data_uri(F.faithfulness_figure(tables["flip_rate"], tables["kstar"], b,
+                                                                       fig_dir / f"faithfulness_{name}.png"))
+    return out
+
+
+def _draw_graph(case: Case, graph: Any, path: Path) -> Path:
+    title = f"{case.item_id}: ‹{plain_token(case.target_text)}› vs ‹{plain_token(case.contrast_text)}›, " \
+            f"Δℓ = {case.delta_logit:.2f}"
+    if is_graph_record(graph):  # the stored form (failtrace.store.cases)
+        return graph_record_figure(graph, case.tokens, case.special_mask, path, title=title)
+    return save_graph_png(graph, path, title=title)  # a live PrunedGraph: the graph views draw it
+
+
+def _graph_images(cases: Sequence[Case], graphs: GraphSource | None, out: Path, budget_bytes: int) -> dict[str, str]:
+    """Draw each case's pruned graph to figures/graphs/<case_id>.png; returns case_id -> data URI or relative path.
+
+    ``graphs`` (case id -> graph) wins; otherwise a case's own ``graph`` attribute (set by ``load_cases(...,
+    with_graph=True)``) is used."""
+    gdir = out / "figures" / "graphs"
+    if gdir.is_dir():
+        for old in gdir.glob("*.png"):  # this folder is the report's own: drop pictures of cases no longer shown
+            old.unlink()
+    get = (graphs if callable(graphs) else graphs.get) if graphs is not None else (lambda _cid: None)
+    srcs: dict[str, str] = {}
+    used = 0
+    for c in cases:
+        graph = get(c.case_id)
+        graph = graph if graph is not None else getattr(c, "graph", None)
+        if graph is None:
+            continue
+        path = _draw_graph(c, graph, gdir / f"{c.case_id}.png")
+        size = path.stat().st_size
+        if used + size <= budget_bytes:
+            srcs[c.case_id] = _data_uri(path)
+            used += size
+        else:
+            srcs[c.case_id] = path.relative_to(out).as_posix()
+    return srcs
+
+
+def _cases_section(cases: Sequence[Case], benches: Sequence[str], overrides: T.Overrides | None,
+                   graph_srcs: Mapping[str, str]) -> str:
+    opts = "".join(f'<option value="{esc(b)}">{esc(b)}</option>' for b in benches)
+    arts = "".join(case_section(c, overrides, graph_srcs.get(c.case_id)) for c in cases)
+    return ('<section class="block" id="cases"><h2>Cases</h2><p class="lead">One clean pair each: the context the '
+            "model saw (prompt, then its own answer up to the wrong token), coloured by input relevance for Δℓ = "
+            "ℓ(target) − ℓ(contrast). Red tokens push towards the wrong target, blue towards the contrast.</p>"
+            '<div class="filter"><input id="case-filter" type="search" placeholder="filter: item, category, '
+            f'pattern, token…"><select id="case-bench"><option value="">all benchmarks</option>{opts}</select>'
+            f'<span id="case-count" class="note">{len(cases)} shown</span></div>'
+            + (arts or '<p class="empty">No cases in this store yet.</p>') + "</section>")
+
+
+def build_report(cases: Sequence[Case], status_rows: Sequence[StatusRow], out_dir: str | Path,
+                 pairs_rows: Sequence[Mapping[str, Any]] | None = None, *, overrides: T.Overrides | None = None,
+                 graphs: GraphSource | None = None, title: str = "failtrace report",
+                 inline_budget_mb: float = 8.0) -> Path:
+    """Write the report into ``out_dir`` and return the path of ``index.html``.
+
+    ``pairs_rows`` (``store.pairs()``) adds the list of non-clean pairs with their reasons; ``overrides`` maps a
+    case id to ``{"category", "reason"}`` (a stored override, shown and counted instead of the automatic label);
+    (default: each case's own ``override``); ``graphs`` maps a case id to its pruned graph, a stored graph record or
+    a PrunedGraph (a dict or a function; default: each case's own ``graph``; none: no picture).
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise FailtraceError(f"--out {out} is a file; give a folder for the report")
+    out.mkdir(parents=True, exist_ok=True)
+    cases = list(cases)
+    if overrides is None:  # load_cases attaches each case's newest override
+        overrides = {c.case_id: c.override for c in cases if getattr(c, "override", None)}
+    benches = T.benchmarks_of(cases, status_rows)
+    tables = compute_tables(cases, status_rows, overrides)
+    _write_tables(tables, out, pairs_rows)
+    figs = _figures(tables, benches, out / "figures")
+    graph_srcs = _graph_images(cases, graphs, out, int(inline_budget_mb * 2**20))
+    body = summary_section(tables, figs)
+    if pairs_rows is not None:
+        nc = _non_clean(pairs_rows)
+        body = body.replace("</section>", f"<details><summary>Non-clean pairs ({len(nc)}) and their reasons"
+                            f"</summary>{html_table(nc, _PAIR_COLS)}</details></section>", 1)
+    body += "".join(benchmark_section(b, cases, tables, figs) for b in benches)
+    body += _cases_section(cases, benches, overrides, graph_srcs)
+    models = sorted({c.model for c in cases} | {r.model for r in status_rows})
+    subtitle = f"{', '.join(models) or 'no model'} · {', '.join(benches) or 'no benchmark'} · {len(cases)} cases"
+    index = out / "index.html"
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=".index-", suffix=".html")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(page(title, subtitle, benches, body))
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, index)
+    return index
+
+
+def build_report_from_store(st: Any, out_dir: str | Path, *, benchmark: str | None = None, graphs: bool = True,
+                            title: str = "failtrace report") -> tuple[Path, int]:
+    """The report of an open results store (what ``failtrace report`` and ``failtrace demo`` write): its newest cases
+    (with their graphs and overrides), status rows and pairs, optionally one benchmark. Returns (index.html, cases)."""
+    rows = st.status_rows()
+    pairs = st.pairs()
+    try:
+        from failtrace.store.cases import load_cases
+    except ImportError:  # pragma: no cover - only before the cases stage is merged: Table 1 and statuses only
+        cases: list[Case] = []
+    else:
+        cases = load_cases(st, benchmark=benchmark, with_graph=graphs)
+    if benchmark is not None:
+        rows = [r for r in rows if r.benchmark == benchmark]
+        pairs = [p for p in pairs if p.get("benchmark") == benchmark]
+        if not rows and not cases:
+            raise FailtraceError(f"no runs for benchmark {benchmark!r} in {st.path}")
+    return build_report(cases, rows, out_dir, pairs, title=title), len(cases)

@@ -1,0 +1,82 @@
+"""Evidence dictionaries (category, pattern, graph summary) as readable HTML, whatever their exact keys.
+
+Rules, applied recursively: a dict becomes a definition list; a list of dicts that share keys becomes a small table
+(at most ``MAX_ROWS`` rows, then "… N more"); a list of scalars becomes one line (``nodes``/``path`` lists are joined
+with arrows, as paths through the graph); numbers are shown with 4 significant digits; strings are escaped and
+tokens keep visible whitespace where the key says they are tokens.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+MAX_ROWS = 12
+_WS = {" ": "·", "\n": "↵", "\t": "→"}
+_PATH_KEYS = {"nodes", "path"}
+_TOKEN_KEYS = {"token", "tokens", "text", "input_token_text"}
+
+
+def _esc(x: Any) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def scalar(v: Any, key: str = "") -> str:
+    """One value as text: 4 significant digits for floats, visible whitespace for token strings."""
+    if isinstance(v, bool) or v is None:
+        return _esc("—" if v is None else str(v).lower())
+    if isinstance(v, float):
+        return _esc(f"{v:.4g}" if math.isfinite(v) else str(v))
+    if isinstance(v, str) and key in _TOKEN_KEYS:
+        return _esc("‹" + ("".join(_WS.get(c, c) for c in v) or "∅") + "›")
+    return _esc(v)
+
+
+def _is_scalar(v: Any) -> bool:
+    return v is None or isinstance(v, (str, int, float, bool))
+
+
+def _table(rows: Sequence[Mapping[str, Any]]) -> str:
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    head = "".join(f"<th>{_esc(c)}</th>" for c in cols)
+    body = []
+    for r in rows[:MAX_ROWS]:
+        cells = []
+        for c in cols:
+            v = r.get(c)
+            num = isinstance(v, (int, float)) and not isinstance(v, bool)
+            cells.append(f'<td class="{"n" if num else ""}">{value(v, c)}</td>')
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    more = f'<tr><td colspan="{len(cols)}" class="dim">… {len(rows) - MAX_ROWS} more</td></tr>' \
+        if len(rows) > MAX_ROWS else ""
+    return f'<table class="t ev-t"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}{more}</tbody></table>'
+
+
+def value(v: Any, key: str = "") -> str:
+    """Any evidence value as HTML (module docstring)."""
+    if _is_scalar(v):
+        return scalar(v, key)
+    if isinstance(v, Mapping):
+        return dl(v)
+    if isinstance(v, Sequence):
+        items = list(v)
+        if not items:
+            return '<span class="dim">none</span>'
+        if all(isinstance(x, Mapping) for x in items):
+            return _table(items)
+        if all(_is_scalar(x) for x in items):
+            sep = " → " if key in _PATH_KEYS else ", "
+            shown = [scalar(x, key if key in _TOKEN_KEYS else "") for x in items[: MAX_ROWS * 4]]
+            more = f" … ({len(items)} in all)" if len(items) > MAX_ROWS * 4 else ""
+            return sep.join(shown) + more
+        return "; ".join(value(x, key) for x in items[:MAX_ROWS]) + (" …" if len(items) > MAX_ROWS else "")
+    return _esc(v)
+
+
+def dl(d: Mapping[str, Any]) -> str:
+    """A dict as a definition list; an empty one as 'none stored'."""
+    if not d:
+        return '<span class="empty">none stored</span>'
+    return "<dl>" + "".join(f"<dt>{_esc(k)}</dt><dd>{value(v, str(k))}</dd>" for k, v in d.items()) + "</dl>"

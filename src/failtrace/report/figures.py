@@ -1,0 +1,166 @@
+"""The report's figures (matplotlib, Agg, no pyplot state), each drawn from the rows of :mod:`failtrace.report.tables`.
+
+- ``categories.png``: per benchmark, the share of cases per outcome category and per failure pattern (paper Fig. 1).
+- ``segments_<benchmark>.png``: mean normalised segment relevance, one bar group per segment, one bar per category.
+- ``faithfulness_<benchmark>.png``: flip rate against k, one line per attribution method; legend gives mean k*.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from failtrace.report.tables import CATEGORIES, PATTERNS
+
+CATEGORY_COLORS = {"M-IA": "#2563eb", "NC-IA+M-AG": "#f59e0b", "NC-IA+AG": "#dc2626", "unlabelled": "#cbd5e1"}
+PATTERN_COLORS = {"URT": "#7c3aed", "OIT": "#0d9488", "URT+OIT": "#db2777", "none": "#9ca3af",
+                  "unlabelled": "#cbd5e1"}
+METHOD_STYLE = {  # method -> (colour, line style)
+    "attnlrp": ("#dc2626", "-"), "cp-lrp": ("#f97316", "-"), "gradxinput": ("#2563eb", "-"),
+    "ig": ("#16a34a", "-"), "attention": ("#7c3aed", "-"), "random": ("#6b7280", "--"),
+}
+_FALLBACK = ("#0891b2", "#a16207", "#be185d", "#4d7c0f", "#1e40af", "#78716c")
+
+
+def _color(name: str, table: Mapping[str, str], i: int) -> str:
+    return table.get(name, _FALLBACK[i % len(_FALLBACK)])
+
+
+def _style(ax: Any, grid: str = "y") -> None:
+    for s in ("top", "right"):
+        ax.spines[s].set_visible(False)
+    ax.tick_params(labelsize=9)
+    ax.grid(axis=grid, color="#e5e7eb", lw=0.8)
+    ax.set_axisbelow(True)
+
+
+def _tight(fig: Any) -> None:
+    """tight_layout without its warning when long tick labels leave no room (bbox_inches='tight' still fits them)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        fig.tight_layout()
+
+
+def _save(fig: Any, path: Path) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    font_log = logging.getLogger("matplotlib.font_manager")
+    level = font_log.level
+    font_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():  # tokens and labels may hold glyphs no installed font has
+            warnings.filterwarnings("ignore", message=r".*[Gg]lyph.*")
+            fig.savefig(path, format="png", dpi=110, facecolor="white", bbox_inches="tight")
+    finally:
+        font_log.setLevel(level)
+    return path
+
+
+def _stacked(ax: Any, rows: Sequence[Mapping[str, Any]], benches: list[str], order: Sequence[str],
+             colors: Mapping[str, str], title: str) -> None:
+    """Horizontal 100 % bars, one per benchmark, split by label; each part is annotated with its count."""
+    from matplotlib.colors import to_rgb
+
+    labels = list(order) + sorted({r["label"] for r in rows} - set(order))
+    for bi, bench in enumerate(benches):
+        left = 0.0
+        for li, lab in enumerate(labels):
+            hit = [r for r in rows if r["benchmark"] == bench and r["label"] == lab]
+            if not hit:
+                continue
+            share, n = hit[0]["share"], hit[0]["cases"]
+            ax.barh(bi, share, left=left, color=_color(lab, colors, li), edgecolor="white", height=0.6,
+                    label=lab if bi == 0 or lab not in ax.get_legend_handles_labels()[1] else None)
+            if share >= 0.06:
+                r, g, b = to_rgb(_color(lab, colors, li))
+                ink = "#111827" if 0.299 * r + 0.587 * g + 0.114 * b > 0.7 else "white"  # readable on light bars
+                ax.text(left + share / 2, bi, str(n), ha="center", va="center", fontsize=9, color=ink, weight="bold")
+            left += share
+    ax.set_yticks(range(len(benches)), benches)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(len(benches) - 0.5, -0.5)
+    ax.xaxis.set_major_formatter(lambda x, _p: f"{x:.0%}")
+    ax.set_title(title, fontsize=11, loc="left", weight="bold")
+    handles, names = ax.get_legend_handles_labels()
+    ax.legend(handles, names, ncol=max(1, min(5, len(names))), fontsize=8, frameon=False, loc="upper center",
+              bbox_to_anchor=(0.5, -0.12))
+    _style(ax, grid="x")
+
+
+def categories_figure(cat_rows: Sequence[Mapping[str, Any]], pat_rows: Sequence[Mapping[str, Any]],
+                      path: Path) -> Path:
+    """Fig. 1-like: per benchmark, shares of outcome categories (left) and failure patterns (right)."""
+    from matplotlib.figure import Figure
+
+    benches = list(dict.fromkeys([r["benchmark"] for r in cat_rows] + [r["benchmark"] for r in pat_rows]))
+    fig = Figure(figsize=(11, 1.6 + 0.55 * max(1, len(benches))))
+    ax1, ax2 = fig.subplots(1, 2)
+    _stacked(ax1, cat_rows, benches, CATEGORIES, CATEGORY_COLORS, "Outcome category (share of cases)")
+    _stacked(ax2, pat_rows, benches, PATTERNS, PATTERN_COLORS, "Failure pattern (share of cases)")
+    _tight(fig)
+    return _save(fig, path)
+
+
+def segments_figure(rows: Sequence[Mapping[str, Any]], benchmark: str, path: Path) -> Path:
+    """Grouped bars: mean normalised relevance per segment (x), one bar per category, for one benchmark."""
+    from matplotlib.figure import Figure
+
+    mine = [r for r in rows if r["benchmark"] == benchmark]
+    segs = list(dict.fromkeys(r["segment"] for r in mine))
+    cats = list(dict.fromkeys(r["category"] for r in mine))
+    fig = Figure(figsize=(max(6.8, 1.1 * len(segs) + 2.0), 3.8))
+    ax = fig.subplots()
+    width = 0.8 / max(1, len(cats))
+    for ci, cat in enumerate(cats):
+        xs, ys, ns = [], [], []
+        for si, seg in enumerate(segs):
+            hit = [r for r in mine if r["category"] == cat and r["segment"] == seg]
+            if hit:
+                xs.append(si - 0.4 + width * (ci + 0.5))
+                ys.append(hit[0]["mean_normalised_relevance"])
+                ns.append(hit[0]["cases"])
+        n = max(ns) if ns else 0
+        ax.bar(xs, ys, width=width * 0.92, color=_color(cat, CATEGORY_COLORS, ci), label=f"{cat} (n={n})")
+    ax.axhline(0, color="#111", lw=0.8)
+    ax.set_xticks(range(len(segs)), segs)
+    ax.set_ylabel("mean Σ R / max|R| (non-special)", fontsize=9)
+    method = mine[0]["method"] if mine else ""
+    ax.set_title(f"{benchmark}: segment relevance by category ({method})", fontsize=10.5, loc="left",
+                 weight="bold")
+    ax.legend(fontsize=8, frameon=False)
+    _style(ax)
+    _tight(fig)
+    return _save(fig, path)
+
+
+def faithfulness_figure(flip_rows: Sequence[Mapping[str, Any]], kstar: Sequence[Mapping[str, Any]],
+                        benchmark: str, path: Path) -> Path:
+    """Flip rate against the number k of masked top tokens, one line per method, for one benchmark."""
+    from matplotlib.figure import Figure
+
+    mine = [r for r in flip_rows if r["benchmark"] == benchmark]
+    methods = list(dict.fromkeys(r["method"] for r in mine))
+    fig = Figure(figsize=(6.8, 3.8))
+    ax = fig.subplots()
+    for i, m in enumerate(methods):
+        pts = sorted((r["k"], r["flip_rate"]) for r in mine if r["method"] == m and r["flip_rate"] is not None)
+        ks = [r for r in kstar if r["benchmark"] == benchmark and r["method"] == m]
+        mk = ks[0]["mean_k_star"] if ks else None
+        label = f"{m} (mean k* {mk:.1f})" if mk is not None else f"{m} (no flip)"
+        color, ls = METHOD_STYLE.get(m, (_FALLBACK[i % len(_FALLBACK)], "-"))
+        ax.plot([0] + [k for k, _ in pts], [0.0] + [v for _, v in pts], ls, color=color, marker="o", ms=3.5,
+                lw=2.4 if m == "attnlrp" else 1.6, label=label)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("k = top positively attributed tokens masked", fontsize=9)
+    ax.set_ylabel("flip rate (Δℓ < 0)", fontsize=9)
+    ax.yaxis.set_major_formatter(lambda x, _p: f"{x:.0%}")
+    ax.set_title(f"{benchmark}: faithfulness by masking", fontsize=10.5, loc="left", weight="bold")
+    ax.legend(fontsize=8, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    _style(ax)
+    _tight(fig)
+    return _save(fig, path)

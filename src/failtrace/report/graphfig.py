@@ -1,0 +1,72 @@
+"""Picture of a case's stored pruned graph (the record ``failtrace.store.cases`` keeps: ``stages`` names, ``nodes``
+``[stage, token, R]``, ``edges`` ``[source stage, source token, target stage, target token, A]``).
+
+The graph views draw a live :class:`~failtrace.graph.prune.PrunedGraph`; a stored case only has this record (the
+full graph is not kept), so the report draws it here with the same conventions: one column per token position that
+has a kept node, one row per stage (embeddings at the bottom), red = positive relevance / flow, blue = negative,
+special tokens grey, node size by |R| over the largest non-special |R|, edge width and opacity by sqrt(|A|/max|A|).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from failtrace.report.casepage import plain_token
+
+RED, BLUE, GREY = "#c0392b", "#2e6fba", "#9a9a9a"
+
+
+def is_graph_record(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and "nodes" in obj and "edges" in obj and "stages" in obj
+
+
+def graph_record_figure(record: Mapping[str, Any], tokens: Sequence[str], special_mask: Sequence[bool], path: Path,
+                        title: str = "", max_edges: int = 400) -> Path:
+    """Draw ``record`` to ``path`` (PNG): the strongest ``max_edges`` edges and every kept node."""
+    from matplotlib.collections import LineCollection
+    from matplotlib.colors import to_rgb
+    from matplotlib.figure import Figure
+
+    from failtrace.report.figures import _save, _tight
+
+    nodes = [(int(s), int(t), float(r)) for s, t, r in record["nodes"]]
+    edges = sorted(((int(a), int(b), int(c), int(d), float(w)) for a, b, c, d, w in record["edges"]),
+                   key=lambda e: -abs(e[4]))[:max_edges]
+    stages = list(record["stages"])
+    cols = sorted({t for _s, t, _r in nodes} | {e[1] for e in edges} | {e[3] for e in edges}) or [len(tokens) - 1]
+    x_of = {t: i for i, t in enumerate(cols)}
+    fig = Figure(figsize=(min(22.0, max(6.0, 0.34 * len(cols) + 2.5)), min(10.0, max(3.6, 0.17 * len(stages) + 2))))
+    ax = fig.subplots()
+    if edges:
+        wmax = max(abs(e[4]) for e in edges) or 1.0
+        segs, colors, widths = [], [], []
+        for ss, si, ts, ti, w in reversed(edges):  # strongest drawn last, on top
+            a = (abs(w) / wmax) ** 0.5
+            segs.append([(x_of[si], ss), (x_of[ti], ts)])
+            colors.append((*to_rgb(RED if w > 0 else BLUE), 0.12 + 0.8 * a))
+            widths.append(0.3 + 2.7 * a)
+        ax.add_collection(LineCollection(segs, colors=colors, linewidths=widths, zorder=1))
+    special = [bool(special_mask[t]) if t < len(special_mask) else False for t in range(len(tokens))]
+    if nodes:
+        ref = max((abs(r) for _s, t, r in nodes if not special[t]), default=0.0) or 1.0
+        ax.scatter([x_of[t] for _s, t, _r in nodes], [s for s, _t, _r in nodes],
+                   s=[12 + 110 * min(1.0, abs(r) / ref) for *_x, r in nodes],
+                   c=[GREY if special[t] else (RED if r > 0 else BLUE) for _s, t, r in nodes],
+                   edgecolors="black", linewidths=0.4, zorder=2)
+    ax.set_xticks(range(len(cols)), [f"{plain_token(tokens[t])[:14]} [{t}]" if t < len(tokens) else str(t)
+                                     for t in cols], rotation=90, fontsize=7, family="DejaVu Sans Mono")
+    for lbl in ax.get_xticklabels():
+        lbl.set_parse_math(False)
+    step = max(1, len(stages) // 16)
+    ax.set_yticks(range(0, len(stages), step), [stages[i] for i in range(0, len(stages), step)], fontsize=7)
+    ax.set_xlim(-0.7, len(cols) - 0.3)
+    ax.set_ylim(-0.7, len(stages) - 0.3)
+    for spine in ("top", "right"):
+        ax.spines[spine].set_visible(False)
+    shown = f"{len(nodes)} nodes, {len(record['edges'])} edges" + \
+        (f" (strongest {len(edges)} drawn)" if len(edges) < len(record["edges"]) else "")
+    ax.set_title(f"{title}  ·  {shown}" if title else shown, fontsize=9, loc="left")
+    _tight(fig)
+    return _save(fig, path)

@@ -1,0 +1,170 @@
+"""The report page: header, sticky navigation, summary (Table 1, pair statuses, Fig. 1), one section per benchmark
+(categories and patterns, segment relevance, faithfulness, its cases) and one article per case.
+
+Everything is inlined (CSS and script from ``report/assets``, figures as data URIs) so ``index.html`` alone is the
+whole report and the page never touches the network.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from importlib import resources
+from typing import Any
+
+from failtrace.report.casepage import PATTERN_COLORS, badge, esc, fmt, plain_token
+from failtrace.report.figures import CATEGORY_COLORS
+from failtrace.report.tables import NON_CLEAN
+
+Col = tuple[str, str, str]  # (key, header, kind: text | int | float | pct | code)
+
+TABLE1_COLS: list[Col] = [
+    ("benchmark", "benchmark", "text"), ("model", "model", "text"), ("run", "run", "code"), ("items", "items", "int"),
+    ("failures", "failures", "int"), ("clean_pairs", "clean pairs", "int"), ("clean_rate", "clean rate", "pct"),
+    ("cases", "cases analysed", "int"), ("avg_tokens_per_case", "avg tokens / case", "float1"),
+    ("passed", "passed", "int"), ("unverifiable", "unverifiable", "int"),
+]
+STATUS_COLS: list[Col] = ([("benchmark", "benchmark", "text"), ("failures", "failures", "int"),
+                           ("clean", "clean", "int")] + [(s, s.replace("_", " "), "int") for s in NON_CLEAN]
+                          + [("not_paired", "not paired yet", "int")])
+KSTAR_COLS: list[Col] = [
+    ("method", "method", "text"), ("cases", "cases", "int"), ("flipped", "flipped ≤ K", "int"),
+    ("flip_rate_at_K", "flip rate at K", "pct"), ("mean_k_star", "mean k*", "float2"),
+    ("median_k_star", "median k*", "float1"), ("K", "K", "int"),
+]
+
+
+def asset(name: str) -> str:
+    return resources.files("failtrace.report").joinpath("assets", name).read_text(encoding="utf-8")
+
+
+def _cell(v: Any, kind: str) -> str:
+    if v is None or v == "":
+        return '<td class="n dim">—</td>' if kind != "text" else '<td class="dim">—</td>'
+    if kind == "int":
+        return f'<td class="n">{int(v):,}</td>'
+    if kind == "pct":
+        return f'<td class="n">{100 * float(v):.1f}%</td>'
+    if kind == "code":
+        return f'<td><code title="{esc(v)}">{esc(str(v)[:10])}</code></td>'
+    if kind.startswith("float"):
+        return f'<td class="n">{float(v):.{int(kind[5:] or 3)}f}</td>'
+    return f"<td>{esc(v)}</td>"
+
+
+def html_table(rows: Sequence[Mapping[str, Any]], cols: Sequence[Col], cls: str = "t", tid: str = "") -> str:
+    """A table with numbers right-aligned in tabular figures; None shows as a dash."""
+    head = "".join(f'<th class="{"n" if k != "text" else ""}">{esc(h)}</th>' for _key, h, k in cols)
+    body = "".join("<tr>" + "".join(_cell(r.get(key), kind) for key, _h, kind in cols) + "</tr>" for r in rows)
+    idattr = f' id="{tid}"' if tid else ""
+    return f'<div class="scroll"><table class="{cls}"{idattr}><thead><tr>{head}</tr></thead><tbody>{body}</tbody>' \
+           "</table></div>"
+
+
+def slug(name: str) -> str:
+    return "b-" + (re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-") or "x")
+
+
+def figure(src: str | None, alt: str, caption: str) -> str:
+    if not src:
+        return ""
+    return f'<figure><img src="{src}" alt="{esc(alt)}"><figcaption>{caption}</figcaption></figure>'
+
+
+def summary_section(t: Mapping[str, Any], figs: Mapping[str, str]) -> str:
+    """Table 1, the pair-status breakdown and the categories/patterns figure over all benchmarks."""
+    status = (html_table(t["pair_status"], STATUS_COLS) if t["pair_status"]
+              else '<p class="empty">no pair-finding runs in this store</p>')
+    table1 = [{**r, "run": r["pair_run_id"] or r["run_id"]} for r in t["table1"]]
+    return (
+        '<section class="block" id="summary"><h2>Summary</h2>'
+        '<p class="lead">One row per collection run and pair-finding run (the paper\'s Table 1). <b>Failures</b>: '
+        "items the benchmark's own checker failed. <b>Clean pairs</b>: failures pinned to a target/contrast token "
+        "pair whose forced correction passes the checker. <b>Clean rate</b> = clean pairs / failures. <b>Avg tokens / "
+        "case</b>: mean context length (prompt + answer before the wrong token) of the analysed cases.</p>"
+        f"{html_table(table1, TABLE1_COLS, tid='table1')}"
+        '<h3>Why the other failures are not clean</h3><p class="lead">Status of each failure\'s pair search: '
+        "<i>no target</i> — no alternative in the model's own top-k fixes the answer at any walked position; "
+        "<i>no contrast</i> — not even a helper model's candidates do; <i>weak preference</i> — a fixing token "
+        "exists but Δℓ ≤ the minimum; <i>unbounded</i> — the completion hit the token limit; "
+        "<i>unverifiable</i> — the checker no longer says fail, or could not decide a rollout; "
+        "<i>not paired yet</i> — failures the pair search has not reached.</p>"
+        f"{status}"
+        + figure(figs.get("categories"), "categories and patterns per benchmark",
+                 "Share of cases per outcome category (M-IA: masking ≤ K_IA input tokens flips the prediction; "
+                 "NC-IA+M-AG: it does not, but ablating top graph nodes does; NC-IA+AG: neither) and per failure "
+                 "pattern (URT: relevant tokens do not push against the target; OIT: an irrelevant token is among "
+                 "the strongest supporters). Numbers in the bars are case counts.")
+        + "</section>"
+    )
+
+
+def _bench_cases_table(t: Mapping[str, Any], bench: str) -> str:
+    rows = [r for r in t["cases"] if r["benchmark"] == bench]
+    methods = [k[len("k_star_"):] for k in (rows[0] if rows else {}) if k.startswith("k_star_")]
+    head = "".join(f'<th class="n">k* {esc(m)}</th>' for m in methods)
+    body = []
+    for r in rows:
+        ks = "".join(f'<td class="n">{"—" if r[f"k_star_{m}"] is None else r[f"k_star_{m}"]}</td>' for m in methods)
+        body.append(
+            f'<tr data-bench="{esc(bench)}"><td><a href="#case-{esc(r["case_id"])}">{esc(r["item_id"])}</a></td>'
+            f'<td><span class="pill tgt">{esc(plain_token(r["target"]))}</span> vs '
+            f'<span class="pill ctr">{esc(plain_token(r["contrast"]))}</span></td>'
+            f'<td class="n">{fmt(r["delta_logit"], 2)}</td><td class="n">{r["tokens"]}</td>'
+            f'<td>{badge(r["category"], CATEGORY_COLORS)}{" ✎" if r["override_reason"] else ""}</td>'
+            f'<td>{badge(r["pattern"], PATTERN_COLORS)}</td>{ks}</tr>')
+    return ('<div class="scroll"><table class="t"><thead><tr><th>item</th><th>target vs contrast</th>'
+            f'<th class="n">Δℓ</th><th class="n">tokens</th><th>category</th><th>pattern</th>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>')
+
+
+def benchmark_section(bench: str, cases: Sequence[Any], t: Mapping[str, Any], figs: Mapping[str, str]) -> str:
+    """Per benchmark: headline numbers, segment relevance, faithfulness (figure + k* table) and the case list."""
+    mine = [c for c in cases if c.benchmark == bench]
+    t1 = [r for r in t["table1"] if r["benchmark"] == bench]
+    fails = sum(r["failures"] or 0 for r in t1)
+    clean = sum(r["clean_pairs"] or 0 for r in t1)
+    ks = [r for r in t["kstar"] if r["benchmark"] == bench]
+    lrp = next((r for r in ks if r["method"] == "attnlrp"), None)
+    lead = f"{fails:,} failures, {clean:,} clean pairs, {len(mine):,} cases analysed."
+    if lrp and lrp["mean_k_star"] is not None:
+        lead += (f" With AttnLRP, masking on average {lrp['mean_k_star']:.1f} tokens (median "
+                 f"{lrp['median_k_star']:.1f}) flips the prediction in {lrp['flipped']} of {lrp['cases']} cases "
+                 f"(the paper reports about 2).")
+    if not mine:
+        return (f'<section class="block" id="{slug(bench)}"><h2>{esc(bench)}</h2><p class="lead">{esc(lead)}</p>'
+                '<p class="empty">No cases yet: run <code>failtrace analyse</code> on this store.</p></section>')
+    return (
+        f'<section class="block" id="{slug(bench)}"><h2>{esc(bench)}</h2><p class="lead">{esc(lead)}</p>'
+        '<div class="grid2"><div>'
+        + figure(figs.get(f"segments:{bench}"), f"segment relevance for {bench}",
+                 "Mean normalised segment relevance (Σ over the segment's non-special tokens of R / max|R|) per "
+                 "outcome category. Positive: the segment pushes towards the wrong target; negative: towards the "
+                 "contrast.")
+        + "</div><div>"
+        + figure(figs.get(f"faithfulness:{bench}"), f"faithfulness for {bench}",
+                 "Share of cases whose prediction flips (Δℓ < 0) after masking the top-k positively attributed "
+                 "non-special tokens, per attribution method. Random order is the floor.")
+        + "</div></div><h3>k* per method</h3>"
+        '<p class="lead">k* = smallest k that flips the prediction; mean and median over the cases that flipped '
+        "within K.</p>"
+        f"{html_table(ks, KSTAR_COLS)}<h3>Cases</h3>{_bench_cases_table(t, bench)}</section>"
+    )
+
+
+def page(title: str, subtitle: str, benches: Sequence[str], body: str) -> str:
+    """The whole HTML document with the sticky navigation bar."""
+    nav = ['<a href="#summary">Summary</a><span class="sep">|</span>']
+    nav += [f'<a href="#{slug(b)}">{esc(b)}</a>' for b in benches]
+    nav.append('<span class="sep">|</span><a href="#cases">Cases</a>')
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{esc(title)}</title><style>{asset('report.css')}</style></head><body>"
+        f'<header class="top"><h1>{esc(title)}</h1><div class="sub">{esc(subtitle)} · generated {stamp}</div></header>'
+        f'<nav class="bar">{"".join(nav)}</nav><main>{body}</main>'
+        '<footer>failtrace report · self-contained: no network requests · tables in tables/*.csv, figures in '
+        f"figures/*.png</footer><script>{asset('report.js')}</script></body></html>"
+    )

@@ -1,0 +1,398 @@
+"""The error contract of every command (docs/ERRORS.md), table-driven.
+
+Each bad input must give: exit code 2, exactly one stderr line starting with ``error:`` that names the bad input, no
+traceback anywhere, no crash log, and no change to any file in the work folder (the stores included: sha256 of every
+file before and after). Cases marked ``early`` pass a model that must not be loaded (``must-not-load.gguf`` is not a
+GGUF file): had the command loaded it before checking its input, the message would name that file instead.
+The CLI runs in-process (fast); a few cases run as real processes too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+
+from failtrace.cli import main
+from failtrace.failures.collect import register_benchmark
+from failtrace.testing.toy import ToyBenchmark, one_thread, save_toy_model
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+LONG = "a" * 100_000  # 100,000 byte tokens for the toy tokenizer; the toy model's context is 4,096
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_and_log_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("FAILTRACE_LOG_DIR", str(tmp_path / "logs"))
+    with one_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with a toy model, a real store, and every kind of bad file the cases point at."""
+    root = tmp_path_factory.mktemp("errors")
+    register_benchmark(ToyBenchmark(name="toy-errors", max_new_tokens=4))
+    with one_thread():
+        save_toy_model(root / "model")
+        (root / "items.jsonl").write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"Say {i}", "needle": "-"})
+                                                  + "\n" for i in range(2)))
+        assert main(["collect", "-b", "toy-errors", "-d", str(root / "items.jsonl"), "-m", str(root / "model"),
+                     "-s", str(root / "store.duckdb"), "--no-progress"]) == 0
+    store = (root / "store.duckdb").read_bytes()
+    rng = random.Random(0)
+    files: dict[str, bytes] = {
+        "must-not-load.gguf": b"NOPE, not a model",
+        "bad.gguf": b"GGUF" + (99).to_bytes(4, "little") + bytes(16),
+        "text.gguf": b"hello, I am text",
+        "afile": b"x",
+        "badcfg/config.json": b"{not json",
+        "listcfg/config.json": b"[1, 2]",
+        "noconfig/README": b"no config here",
+        "bin.jsonl": bytes(rng.randrange(256) for _ in range(2000)) + b"\0",
+        "latin.jsonl": '{"key": "café", "prompt": "x"}\n'.encode("latin-1"),
+        "latin.json": '[{"key": "café"}]'.encode("latin-1"),
+        "fake.jsonl.gz": b'{"key": 1}\n',
+        "arrays.jsonl": b'[1, 2]\n"text"\n3\n',
+        "notjson.json": b"{this is: not json",
+        "deep.jsonl": b"[" * 100_000 + b"\n",
+        "junk.parquet": bytes(rng.randrange(256) for _ in range(500)),
+        "empty.jsonl": b"",
+        "junk.duckdb": bytes(rng.randrange(256) for _ in range(20000)),
+        "trunc.duckdb": store[:20_000],  # cut inside the catalog (the file is mostly reserved empty blocks)
+    }
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    (root / "adir").mkdir()
+    (root / "data-folder").mkdir()
+    import duckdb
+
+    con = duckdb.connect(str(root / "plain.duckdb"))
+    con.execute("CREATE TABLE t (x INTEGER)")
+    con.close()
+    return root
+
+
+@dataclass
+class Case:
+    """One bad command line; ``{w}`` is the work folder, ``{m}`` the toy model, ``{x}`` the must-not-load model."""
+
+    id: str
+    argv: list[str]
+    names: list[str]  # substrings the one error line must contain (the bad input, the reason)
+    early: bool = field(default=False)
+
+
+def _a(*extra: str, model: str = "{x}") -> list[str]:
+    return ["attribute", "-p", "hello", "-t", "#70", "-c", "#71", "-q", "-m", model, *extra]
+
+
+def _g(*extra: str, model: str = "{x}") -> list[str]:
+    return ["graph", "-p", "hello", "-t", "#70", "-c", "#71", "-q", "-m", model, *extra]
+
+
+def _c(*extra: str, data: str = "{w}/items.jsonl", bench: str = "toy-errors", model: str = "{x}",
+       store: str = "{w}/store.duckdb") -> list[str]:
+    return ["collect", "-b", bench, "-d", data, "-m", model, "-s", store, "--no-progress", *extra]
+
+
+def _p(*extra: str, store: str = "{w}/store.duckdb") -> list[str]:
+    return ["pairs", "-s", store, "--no-progress", *extra]
+
+
+def _ifeval(data: str) -> list[str]:
+    return _c(data=data, bench="ifeval", store="{w}/new.duckdb")
+
+
+CASES = [
+    # attribute: numbers, names, output paths, models, inputs
+    Case("attr-ig-steps-0", _a("--method", "ig", "--ig-steps", "0"), ["--ig-steps", "0"], early=True),
+    Case("attr-ig-steps-negative", _a("--ig-steps", "-5"), ["--ig-steps", "-5"], early=True),
+    Case("attr-ig-steps-not-a-number", _a("--ig-steps", "many"), ["--ig-steps"], early=True),
+    Case("attr-method", _a("--method", "magic"), ["magic", "attnlrp"], early=True),
+    Case("attr-objective", _a("--objective", "nope"), ["nope", "logit_diff"], early=True),
+    Case("attr-dtype", _a("--dtype", "float8"), ["float8", "bfloat16"], early=True),
+    Case("attr-json-unwritable", _a("--json", "/proc/nope/a.json"), ["--json", "/proc/nope/a.json"], early=True),
+    Case("attr-json-is-folder", _a("--json", "{w}/adir"), ["--json", "adir", "folder"], early=True),
+    Case("attr-html-unwritable", _a("--html", "/proc/nope/a.html"), ["--html", "/proc/nope/a.html"], early=True),
+    Case("attr-png-is-folder", _a("--png", "{w}/adir"), ["--png", "adir", "folder"], early=True),
+    Case("attr-json-under-a-file", _a("--json", "{w}/afile/a.json"), ["afile", "not a folder"], early=True),
+    Case("attr-empty-prompt", ["attribute", "-p", "   ", "-m", "{x}"], ["prompt", "empty"], early=True),
+    Case("attr-missing-prompt", ["attribute", "-m", "{x}"], ["--prompt"], early=True),
+    Case("attr-unknown-option", _a("--frobnicate"), ["--frobnicate"], early=True),
+    Case("attr-position-not-int", _a("--position", "end"), ["--position"], early=True),
+    Case("attr-gguf-bad-version", _a(model="{w}/bad.gguf"), ["bad.gguf", "version 99"]),
+    Case("attr-gguf-not-gguf", _a(model="{w}/text.gguf"), ["text.gguf", "not a GGUF"]),
+    Case("attr-config-not-json", _a(model="{w}/badcfg"), ["config.json", "not valid JSON"]),
+    Case("attr-config-not-object", _a(model="{w}/listcfg"), ["config.json", "list"]),
+    Case("attr-folder-without-config", _a(model="{w}/noconfig"), ["noconfig", "config.json"]),
+    Case("attr-model-missing-path", _a(model="{w}/no-such-model"), ["no-such-model", "no such file or folder"]),
+    Case("attr-model-is-a-file", _a(model="{w}/afile"), ["afile", "not a .gguf"]),
+    Case("attr-prompt-too-long", ["attribute", "-p", LONG, "-t", "#70", "-c", "#71", "-q", "-m", "{m}"],
+         ["100,000 tokens", "4,096", "--allow-long"]),
+    Case("attr-target-many-tokens", _a("-t", "hello", model="{m}"), ["'hello'", "one token"]),
+    Case("attr-target-id-out-of-range", _a("-t", "#99999", model="{m}"), ["99999", "out of range"]),
+    Case("attr-position-out-of-range", _a("--position", "999", model="{m}"), ["position 999", "out of range"]),
+    Case("attr-same-tokens", _a("-c", "#70", model="{m}"), ["same token"]),
+    # graph
+    Case("graph-top-k-0", _g("--top-k", "0"), ["--top-k", "0"], early=True),
+    Case("graph-node-threshold-nan", _g("--node-threshold", "nan"), ["node threshold", "nan"], early=True),
+    Case("graph-node-threshold-above-1", _g("--node-threshold", "1.5"), ["node threshold", "1.5"], early=True),
+    Case("graph-memory-budget-0", _g("--memory-budget", "0"), ["--memory-budget", "0"], early=True),
+    Case("graph-memory-budget-inf", _g("--memory-budget", "inf"), ["--memory-budget", "inf"], early=True),
+    Case("graph-prune-above-1", _g("--prune", "cumulative:2"), ["cumulative", "2"], early=True),
+    Case("graph-json-unwritable", _g("--json", "/proc/nope/g.json"), ["--json", "/proc/nope/g.json"], early=True),
+    Case("graph-html-is-folder", _g("--html", "{w}/adir"), ["--html", "adir", "folder"], early=True),
+    Case("graph-png-suffix", _g("--png", "{w}/g.jpg"), ["g.jpg", ".png"], early=True),
+    Case("graph-svg-under-a-file", _g("--svg", "{w}/afile/g.svg"), ["afile", "not a folder"], early=True),
+    Case("graph-dtype", _g("--dtype", "int4"), ["int4"], early=True),
+    Case("graph-gguf-bad-version", _g(model="{w}/bad.gguf"), ["bad.gguf", "version"]),
+    Case("graph-prompt-too-long", ["graph", "-p", LONG, "-t", "#70", "-c", "#71", "-q", "-m", "{m}"],
+         ["100,000 tokens", "4,096"]),
+    # collect: numbers, device, data files, stores, models
+    Case("collect-limit-negative", _c("--limit", "-1"), ["--limit", "-1"], early=True),
+    Case("collect-limit-0", _c("--limit", "0"), ["--limit", "0"], early=True),
+    Case("collect-batch-size-0", _c("--batch-size", "0"), ["--batch-size", "0"], early=True),
+    Case("collect-max-new-tokens-0", _c("--max-new-tokens", "0"), ["--max-new-tokens", "0"], early=True),
+    Case("collect-seed-negative", _c("--seed", "-1"), ["--seed", "-1"], early=True),
+    Case("collect-device-cuda-99", _c("--device", "cuda:99"), ["cuda:99"], early=True),
+    Case("collect-device-unknown", _c("--device", "banana"), ["banana", "cpu"], early=True),
+    Case("collect-dtype", _c("--dtype", "float8"), ["float8"], early=True),
+    Case("collect-data-random-bytes", _ifeval("{w}/bin.jsonl"), ["bin.jsonl", "not a text file"], early=True),
+    Case("collect-data-not-utf8-jsonl", _ifeval("{w}/latin.jsonl"), ["latin.jsonl", "not UTF-8"], early=True),
+    Case("collect-data-not-utf8-json", _ifeval("{w}/latin.json"), ["latin.json", "not UTF-8"], early=True),
+    Case("collect-traces-not-utf8-json", _c(data="{w}/latin.json", bench="traces", store="{w}/new.duckdb"),
+         ["latin.json", "not UTF-8"], early=True),
+    Case("collect-data-fake-gz", _ifeval("{w}/fake.jsonl.gz"), ["fake.jsonl.gz", "not gzip"], early=True),
+    Case("collect-data-not-objects", _ifeval("{w}/arrays.jsonl"), ["arrays.jsonl", "expected a JSON object"],
+         early=True),
+    Case("collect-data-nested-too-deep", _ifeval("{w}/deep.jsonl"), ["deep.jsonl", "nested too deeply"], early=True),
+    Case("collect-data-invalid-json", _ifeval("{w}/notjson.json"), ["notjson.json", "not valid JSON"], early=True),
+    Case("collect-data-junk-parquet", _ifeval("{w}/junk.parquet"), ["junk.parquet", "Parquet"], early=True),
+    Case("collect-data-folder", _ifeval("{w}/data-folder"), ["data-folder", "folder"], early=True),
+    Case("collect-data-missing", _ifeval("{w}/nope.jsonl"), ["nope.jsonl", "no such file"], early=True),
+    Case("collect-data-empty", _ifeval("{w}/empty.jsonl"), ["empty.jsonl", "empty"], early=True),
+    Case("collect-store-unwritable", _c(store="/proc/nope/runs.duckdb"), ["--store", "/proc/nope/runs.duckdb"],
+         early=True),
+    Case("collect-store-is-folder", _c(store="{w}/adir"), ["--store", "adir", "folder"], early=True),
+    Case("collect-store-random-bytes", _c(store="{w}/junk.duckdb"), ["junk.duckdb"], early=True),
+    Case("collect-store-truncated", _c(store="{w}/trunc.duckdb"), ["trunc.duckdb"], early=True),
+    Case("collect-store-not-failtrace", _c(store="{w}/plain.duckdb"), ["plain.duckdb", "not a failtrace"],
+         early=True),
+    Case("collect-unknown-benchmark", _c(bench="no-such-bench"), ["no-such-bench"], early=True),
+    Case("collect-gguf-bad-version-existing-store", _c(model="{w}/bad.gguf"), ["bad.gguf", "version"]),
+    Case("collect-config-not-json-new-store", _c(model="{w}/badcfg", store="{w}/new.duckdb"), ["config.json"]),
+    # pairs
+    Case("pairs-min-delta-nan", _p("--min-delta", "nan"), ["--min-delta", "nan"]),
+    Case("pairs-min-delta-inf", _p("--min-delta", "inf"), ["--min-delta", "inf"]),
+    Case("pairs-min-delta-negative", _p("--min-delta", "-1"), ["--min-delta", "-1"]),
+    Case("pairs-top-k-0", _p("--top-k", "0"), ["--top-k", "0"]),
+    Case("pairs-limit-negative", _p("--limit", "-1"), ["--limit", "-1"]),
+    Case("pairs-max-positions-0", _p("--max-positions", "0"), ["--max-positions", "0"]),
+    Case("pairs-rollout-batch-size-0", _p("--rollout-batch-size", "0"), ["--rollout-batch-size", "0"]),
+    Case("pairs-device-cuda-99", _p("--device", "cuda:99"), ["cuda:99"]),
+    Case("pairs-store-random-bytes", _p(store="{w}/junk.duckdb"), ["junk.duckdb"]),
+    Case("pairs-store-truncated", _p(store="{w}/trunc.duckdb"), ["trunc.duckdb"]),
+    Case("pairs-store-missing", _p(store="{w}/missing.duckdb"), ["missing.duckdb", "no results store"]),
+    Case("pairs-store-is-folder", _p(store="{w}/adir"), ["adir", "folder"]),
+    Case("pairs-helper-model-bad-gguf", _p("--helper-model", "{w}/bad.gguf"), ["bad.gguf"]),
+    Case("pairs-unknown-run", _p("--run", "no-such-run"), ["no-such-run"]),
+    # status
+    Case("status-store-random-bytes", ["status", "-s", "{w}/junk.duckdb"], ["junk.duckdb"]),
+    Case("status-store-truncated", ["status", "-s", "{w}/trunc.duckdb"], ["trunc.duckdb"]),
+    Case("status-store-text-file", ["status", "-s", "{w}/afile"], ["afile"]),
+    Case("status-store-not-failtrace", ["status", "-s", "{w}/plain.duckdb"], ["plain.duckdb", "not a failtrace"]),
+    Case("status-store-missing", ["status", "-s", "{w}/missing.duckdb"], ["missing.duckdb"]),
+    Case("status-store-is-folder", ["status", "-s", "{w}/adir"], ["adir", "folder"]),
+    # export
+    Case("export-out-is-a-file", ["export", "-s", "{w}/store.duckdb", "-f", "jsonl", "-o", "{w}/afile"],
+         ["--out", "afile", "not a folder"]),
+    Case("export-out-unwritable", ["export", "-s", "{w}/store.duckdb", "-f", "parquet", "-o", "/proc/nope/x"],
+         ["--out", "/proc/nope/x"]),
+    Case("export-out-under-a-file", ["export", "-s", "{w}/store.duckdb", "-f", "jsonl", "-o", "{w}/afile/x"],
+         ["afile", "not a folder"]),
+    Case("export-format", ["export", "-s", "{w}/store.duckdb", "-f", "csv", "-o", "{w}/out"], ["--format", "csv"]),
+    Case("export-store-random-bytes", ["export", "-s", "{w}/junk.duckdb", "-f", "jsonl", "-o", "{w}/out"],
+         ["junk.duckdb"]),
+    # report
+    Case("report-out-is-a-file", ["report", "-s", "{w}/store.duckdb", "-o", "{w}/afile"], ["--out", "afile"]),
+    Case("report-out-unwritable", ["report", "-s", "{w}/store.duckdb", "-o", "/proc/nope/report"],
+         ["--out", "/proc/nope/report"]),
+    Case("report-store-random-bytes", ["report", "-s", "{w}/junk.duckdb", "-o", "{w}/report"], ["junk.duckdb"]),
+    Case("report-store-missing", ["report", "-s", "{w}/missing.duckdb", "-o", "{w}/report"], ["missing.duckdb"]),
+    # demo and the command line itself
+    Case("demo-out-is-a-file", ["demo", "--out", "{w}/afile", "-m", "{x}"], ["--out", "afile"], early=True),
+    Case("demo-out-unwritable", ["demo", "--out", "/proc/nope/demo", "-m", "{x}"], ["/proc/nope/demo"], early=True),
+    Case("demo-gguf-bad-version", ["demo", "--out", "{w}/demo-out", "-m", "{w}/bad.gguf"], ["bad.gguf"]),
+    Case("unknown-command", ["frobnicate"], ["frobnicate"]),
+    Case("option-without-value", ["status", "--store"], ["--store"]),
+]
+if not torch.cuda.is_available():  # on a CPU-only torch, plain ``cuda`` is a bad device too
+    CASES.append(Case("collect-device-cuda-on-cpu-torch", _c("--device", "cuda"), ["cuda", "--device cpu"],
+                      early=True))
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root`` (stores, model, data): a failed command must change none of them."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _argv(case: Case, work: Path) -> list[str]:
+    subs = {"{w}": str(work), "{m}": str(work / "model"), "{x}": str(work / "must-not-load.gguf")}
+    out = []
+    for arg in case.argv:
+        for key, value in subs.items():
+            arg = arg.replace(key, value)
+        out.append(arg)
+    return out
+
+
+def test_the_table_is_large_and_covers_every_command() -> None:
+    assert len(CASES) >= 40 and len({c.id for c in CASES}) == len(CASES)
+    assert {c.argv[0] for c in CASES} >= {"attribute", "graph", "collect", "pairs", "status", "export", "demo",
+                                          "report"}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_gives_one_error_line(case: Case, work: Path, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    before = _snapshot(work)
+    code = main(_argv(case, work))
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert code == 2, (code, err)
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in out + err
+    for name in case.names:
+        assert name in lines[0], (name, lines[0])
+    if case.early:  # checked before loading the model: the must-not-load model was never opened
+        assert "must-not-load" not in lines[0], lines[0]
+    assert _snapshot(work) == before, "a failed command changed a file"
+    assert not (tmp_path / "logs").exists(), "a handled error must not write a crash log"
+
+
+def test_allow_long_lifts_the_context_check(work: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A model whose config says 16 positions: 40 tokens are refused, and run with --allow-long."""
+    short = tmp_path / "short-model"
+    short.mkdir()
+    for f in (work / "model").iterdir():
+        (short / f.name).write_bytes(f.read_bytes())
+    cfg = json.loads((short / "config.json").read_text())
+    cfg["max_position_embeddings"] = 16
+    (short / "config.json").write_text(json.dumps(cfg))
+    args = ["attribute", "-p", "b" * 40, "-t", "#70", "-c", "#71", "-q", "-m", str(short), "--json",
+            str(tmp_path / "a.json")]
+    assert main([*args, "--png", str(tmp_path / "new" / "a.png")]) == 2
+    err = capsys.readouterr().err
+    assert "40 tokens" in err and "16 tokens" in err and not (tmp_path / "a.json").exists()
+    assert not (tmp_path / "new").exists()  # output folders are checked, not created, before the run
+    assert main([*args, "--allow-long", "--png", str(tmp_path / "new" / "a.png")]) == 0
+    rec = json.loads((tmp_path / "a.json").read_text())
+    assert len(rec["tokens"]) == 40
+    assert (tmp_path / "new" / "a.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_unexpected_exception_is_one_line_and_a_log(work: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """A bug (here: status_rows raising ZeroDivisionError) prints one line naming a log that holds the traceback."""
+    from failtrace.store.store import ResultsStore
+
+    def broken(self: ResultsStore) -> list[object]:
+        return [1 / 0]
+
+    monkeypatch.setattr(ResultsStore, "status_rows", broken)
+    code = main(["status", "-s", str(work / "store.duckdb")])
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert code == 70 and len(lines) == 1 and "Traceback" not in out + err
+    assert lines[0].startswith("error: unexpected ZeroDivisionError: division by zero; details in ")
+    log = Path(lines[0].rsplit("details in ", 1)[1])
+    assert log.parent == tmp_path / "logs"
+    text = log.read_text()
+    assert "Traceback (most recent call last)" in text and "1 / 0" in text and "status -s" in text
+
+
+def _run(args: list[str], env_extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1",
+           **env_extra}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_real_processes(work: Path, tmp_path: Path) -> None:
+    """As a user runs it, in fresh interpreters: a bad model file, and a crash (injected)."""
+    logs = {"FAILTRACE_LOG_DIR": str(tmp_path / "logs")}
+    before = _snapshot(work)
+    res = _run(["-m", "failtrace.cli", "attribute", "-p", "hi", "-m", str(work / "bad.gguf"), "--json",
+                str(tmp_path / "a.json")], logs)
+    assert res.returncode == 2 and res.stderr.startswith("error: ") and len(res.stderr.strip().splitlines()) == 1
+    assert "bad.gguf" in res.stderr and "Traceback" not in res.stdout + res.stderr
+    crash = ("import sys; import failtrace.store.store as s; "
+             "s.ResultsStore.status_rows = lambda self: {}['missing']; "
+             "from failtrace.cli import _entry; sys.argv[1:] = ['status', '-s', sys.argv[1]]; _entry()")
+    res = _run(["-c", crash, str(work / "store.duckdb")], logs)
+    assert res.returncode == 70 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert res.stderr.startswith("error: unexpected KeyError: 'missing'; details in ")
+    log = Path(res.stderr.strip().rsplit("details in ", 1)[1])
+    assert "Traceback (most recent call last)" in log.read_text() and "Traceback" not in res.stdout + res.stderr
+    assert _snapshot(work) == before
+
+
+def test_store_locked_by_another_writer(work: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """While another process holds the store for writing, collect and pairs refuse in one line; nothing changes."""
+    store = tmp_path / "locked.duckdb"
+    store.write_bytes((work / "store.duckdb").read_bytes())
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys; c = duckdb.connect(sys.argv[1]); print('ready', flush=True); "
+                               "sys.stdin.read()", str(store)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        digest = hashlib.sha256(store.read_bytes()).hexdigest()
+        for argv in (_c(store=str(store), model=str(work / "must-not-load.gguf")),
+                     _p(store=str(store))):
+            argv = [a.replace("{w}", str(work)) for a in argv]
+            assert main(argv) == 2
+            err = capsys.readouterr().err.strip()
+            assert err.startswith("error: ") and len(err.splitlines()) == 1 and "in use by another process" in err
+            assert str(store) in err and "must-not-load" not in err
+        assert hashlib.sha256(store.read_bytes()).hexdigest() == digest
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=60)
+
+
+def test_no_arguments_shows_help_and_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 0
+    out, err = capsys.readouterr()
+    assert "attribute" in out + err and "collect" in out + err and "Traceback" not in out + err
+    assert main(["pairs", "--help"]) == 0
+    assert "--min-delta" in capsys.readouterr().out
+
+
+def test_device_check_on_a_machine_with_two_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU branch of check_device, on a (simulated: torch.cuda answers as on a 2-GPU machine) CUDA machine."""
+    from failtrace.errors import FailtraceError
+    from failtrace.models.checks import check_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert check_device("cuda") == "cuda" and check_device("cuda:1") == "cuda:1" and check_device("cpu") == "cpu"
+    with pytest.raises(FailtraceError, match=r"'cuda:2': this machine has 2 CUDA device\(s\); valid: cuda:0, cuda:1"):
+        check_device("cuda:2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(FailtraceError, match="use --device cpu"):
+        check_device("cuda:0")
+    with pytest.raises(FailtraceError, match="'meta' is not supported"):
+        check_device("meta")

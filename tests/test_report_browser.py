@@ -1,0 +1,137 @@
+"""The report as a person sees it: rendered by headless Chromium (Debian's ``chromium``, installed by
+scripts/setup.sh, driven by Playwright through its executable path). The main elements must be visible, every figure
+must decode, each case must show all its tokens, the method buttons must recolour the heatmap, and the page must make
+no network request at all (every request is routed; only the file itself may load).
+
+Chromium missing is a failure, not a skip: the setup script installs it. ``FAILTRACE_CHROMIUM`` points at another
+binary.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from report_cases import sample  # noqa: E402
+
+from failtrace.report._shared import normalize  # noqa: E402
+from failtrace.report.build import build_report  # noqa: E402
+
+
+def _chromium() -> str:
+    path = os.environ.get("FAILTRACE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        pytest.fail("no chromium binary: run scripts/setup.sh (apt-get install -y chromium) or set FAILTRACE_CHROMIUM")
+    return path
+
+
+@pytest.fixture(scope="module")
+def page_and_cases(tmp_path_factory: pytest.TempPathFactory):
+    from playwright.sync_api import sync_playwright
+
+    cases, rows, pairs = sample()
+    out = tmp_path_factory.mktemp("report")
+    index = build_report(cases, rows, out, pairs)
+    requests: list[str] = []
+    blocked: list[str] = []
+
+    def route(r):  # every request passes here: only the page's own file may load
+        url = r.request.url
+        requests.append(url)
+        if url.startswith("file://") or url.startswith("data:"):
+            r.continue_()
+        else:
+            blocked.append(url)
+            r.abort()
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"], headless=True)
+        try:
+            ctx = browser.new_context(viewport={"width": 1360, "height": 900})
+            ctx.route("**/*", route)
+            page = ctx.new_page()
+            page.on("request", lambda req: requests.append(req.url))
+            page.goto(index.as_uri(), wait_until="load")
+            yield page, cases, requests, blocked, index
+        finally:
+            browser.close()
+
+
+def test_no_network_request(page_and_cases):
+    page, _cases, requests, blocked, index = page_and_cases
+    page.mouse.wheel(0, 20000)  # scroll everything (lazy images) into view, then back
+    page.wait_for_timeout(300)
+    page.evaluate("window.scrollTo(0, 0)")
+    assert blocked == []
+    assert index.as_uri() in requests
+    assert all(u.startswith("file://") or u.startswith("data:") for u in requests), requests
+
+
+def test_summary_table_nav_and_figures_visible(page_and_cases):
+    page, *_ = page_and_cases
+    assert page.locator("#table1").is_visible()
+    assert page.locator("#table1 tbody tr").count() == 3
+    assert page.locator("nav.bar").is_visible()
+    page.locator("#cases").scroll_into_view_if_needed()
+    box = page.locator("nav.bar").bounding_box()
+    assert box is not None and abs(box["y"]) < 1  # sticky: still at the top after scrolling
+    imgs = page.locator("main img")
+    assert imgs.count() == 5
+    for i in range(imgs.count()):
+        img = imgs.nth(i)
+        img.scroll_into_view_if_needed()
+        assert img.is_visible()
+        assert img.evaluate("e => e.complete && e.naturalWidth") > 100
+
+
+def test_each_case_shows_all_tokens(page_and_cases):
+    page, cases, *_ = page_and_cases
+    for c in cases:
+        art = page.locator(f"#case-{c.case_id}")
+        art.scroll_into_view_if_needed()
+        assert art.is_visible()
+        toks = art.locator(".strip .tok")
+        assert toks.count() == len(c.tokens)
+        assert toks.nth(len(c.tokens) - 1).is_visible()
+    # whitespace is drawn visibly: a token that is a newline shows ↵
+    art = page.locator(f"#case-{cases[0].case_id}")
+    nl = [i for i, t in enumerate(cases[0].tokens) if t == "\n"][0]
+    assert art.locator(f'.tok[data-p="{nl}"]').inner_text() == "↵"
+
+
+def _rgb(v: float) -> str:
+    a = min(1.0, abs(v))
+    end = (220, 38, 38) if v > 0 else (37, 99, 235)
+    return "rgb({}, {}, {})".format(*(math.floor(255 + (e - 255) * a + 0.5) for e in end))  # as Math.round
+
+
+def test_method_buttons_recolour_the_heatmap(page_and_cases):
+    page, cases, *_ = page_and_cases
+    c = cases[0]
+    art = page.locator(f"#case-{c.case_id}")
+    art.scroll_into_view_if_needed()
+    p = int(np.flatnonzero(~np.array(c.special_mask))[3])
+    tok = art.locator(f'.tok[data-p="{p}"]')
+    for m in ("gradxinput", "attnlrp"):
+        art.locator(f'.methods button[data-method="{m}"]').click()
+        want = round(float(normalize(c.methods[m].input_relevance, c.special_mask)[p]), 3)
+        assert tok.evaluate("e => getComputedStyle(e).backgroundColor") == _rgb(want)
+        assert art.locator(f'.methods button[data-method="{m}"]').get_attribute("aria-pressed") == "true"
+
+
+def test_case_filter(page_and_cases):
+    page, cases, *_ = page_and_cases
+    page.locator("#case-bench").select_option("math")
+    shown = [c for c in cases if page.locator(f"#case-{c.case_id}").is_visible()]
+    assert {c.benchmark for c in shown} == {"math"} and len(shown) == 3
+    page.locator("#case-bench").select_option("")
+    page.locator("#case-filter").fill("ifeval/3")
+    assert [c.item_id for c in cases if page.locator(f"#case-{c.case_id}").is_visible()] == ["ifeval/3"]
+    page.locator("#case-filter").fill("")

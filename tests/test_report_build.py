@@ -1,0 +1,274 @@
+"""The report builder: its CSV tables against an independent recomputation from hand-made cases, every case on the
+page with all its tokens, no network reference, the stored graph pictured, and the ``failtrace report`` command."""
+
+from __future__ import annotations
+
+import csv
+import re
+import statistics
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from report_cases import METHODS, make_case, sample  # noqa: E402
+
+from failtrace.report.build import build_report  # noqa: E402
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _num(s: str) -> float | None:
+    return None if s == "" else float(s)
+
+
+class _Cases(HTMLParser):
+    """Collects, per case article, the positions of its heatmap tokens (spans with class ``tok`` and ``data-p``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.current: str | None = None
+        self.depth = 0
+        self.tokens: dict[str, list[int]] = {}
+        self.imgs: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "article" and "case" in (a.get("class") or "").split():
+            self.current = (a.get("id") or "")[len("case-"):]
+            self.tokens[self.current] = []
+        if tag == "span" and self.current and "tok" in (a.get("class") or "").split() and a.get("data-p"):
+            self.tokens[self.current].append(int(a["data-p"]))
+        if tag == "img":
+            self.imgs.append(a.get("src") or "")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "article":
+            self.current = None
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list, list, list, dict]:
+    cases, rows, pairs = sample()
+    overrides = {cases[1].case_id: {"category": "NC-IA+AG", "reason": "flip masks the answer <i>itself</i>"}}
+    out = tmp_path_factory.mktemp("report")
+    index = build_report(cases, rows, out, pairs, overrides=overrides)
+    return index, cases, rows, pairs, overrides
+
+
+def test_table1_matches_status_rows_and_cases(built):
+    index, cases, rows, _pairs, _o = built
+    got = _csv(index.parent / "tables" / "table1.csv")
+    assert len(got) == len(rows)
+    for g, r in zip(got, rows):
+        assert g["benchmark"] == r.benchmark and int(g["failures"]) == r.failed
+        mine = [c for c in cases if r.pair_run_id and c.pair_run_id == r.pair_run_id]
+        assert int(g["cases"]) == len(mine)
+        if r.pair_run_id is None:  # no pair run: no clean count, no rate
+            assert g["clean_pairs"] == "" and g["clean_rate"] == "" and g["avg_tokens_per_case"] == ""
+            continue
+        assert int(g["clean_pairs"]) == r.pairs["clean"]
+        assert float(g["clean_rate"]) == pytest.approx(r.pairs["clean"] / r.failed)
+        assert float(g["avg_tokens_per_case"]) == pytest.approx(np.mean([len(c.token_ids) for c in mine]))
+    status = _csv(index.parent / "tables" / "pair_status.csv")
+    assert [s["benchmark"] for s in status] == ["ifeval", "math"]
+    assert int(status[0]["no_target"]) == 6 and int(status[0]["not_paired"]) == 20 - 18
+    assert int(status[1]["unverifiable"]) == 1 and int(status[1]["not_paired"]) == 12 - 11
+
+
+def test_categories_and_patterns_count_overrides(built):
+    index, cases, _rows, _pairs, overrides = built
+    want: dict[tuple[str, str], int] = {}
+    for c in cases:
+        cat = overrides[c.case_id]["category"] if c.case_id in overrides else (c.category or "unlabelled")
+        want[(c.benchmark, cat)] = want.get((c.benchmark, cat), 0) + 1
+    got = {(r["benchmark"], r["label"]): int(r["cases"]) for r in _csv(index.parent / "tables" / "categories.csv")}
+    assert got == want
+    assert got[("ifeval", "NC-IA+AG")] == 2 and got[("ifeval", "M-IA")] == 2  # the override moved one case
+    pats = {(r["benchmark"], r["label"]): float(r["share"]) for r in _csv(index.parent / "tables" / "patterns.csv")}
+    assert pats[("ifeval", "URT")] == pytest.approx(2 / 5) and pats[("math", "unlabelled")] == pytest.approx(1 / 3)
+
+
+def test_kstar_and_flip_rate_match_recomputation(built):
+    index, cases, _rows, _pairs, _o = built
+    kstar = _csv(index.parent / "tables" / "kstar.csv")
+    flips = _csv(index.parent / "tables" / "flip_rate.csv")
+    seen = 0
+    for bench in ("ifeval", "math"):
+        for m in METHODS:
+            ks = [c.methods[m].flip_k for c in cases if c.benchmark == bench and m in c.methods]
+            if not ks:
+                continue
+            hit = [k for k in ks if k is not None]
+            row = next(r for r in kstar if r["benchmark"] == bench and r["method"] == m)
+            assert int(row["cases"]) == len(ks) and int(row["flipped"]) == len(hit)
+            assert _num(row["mean_k_star"]) == (pytest.approx(sum(hit) / len(hit)) if hit else None)
+            assert _num(row["median_k_star"]) == (pytest.approx(statistics.median(hit)) if hit else None)
+            for k in range(1, 11):
+                f = next(r for r in flips if r["benchmark"] == bench and r["method"] == m and int(r["k"]) == k)
+                assert float(f["flip_rate"]) == pytest.approx(sum(1 for x in hit if x <= k) / len(ks))
+            seen += 1
+    assert seen == 12
+    lrp = next(r for r in kstar if r["benchmark"] == "ifeval" and r["method"] == "attnlrp")
+    assert float(lrp["mean_k_star"]) == pytest.approx((1 + 2 + 3 + 1) / 4)
+
+
+def test_segment_relevance_matches_recomputation(built):
+    index, cases, _rows, _pairs, overrides = built
+    got = {(r["benchmark"], r["category"], r["segment"]): (int(r["cases"]), float(r["mean_normalised_relevance"]))
+           for r in _csv(index.parent / "tables" / "segments.csv")}
+    want: dict[tuple[str, str, str], list[float]] = {}
+    for c in cases:
+        r = np.array(c.methods["attnlrp"].input_relevance)
+        sp = np.array(c.special_mask)
+        scale = np.abs(r[~sp]).max()  # normalisation over non-special tokens only
+        cat = overrides[c.case_id]["category"] if c.case_id in overrides else (c.category or "unlabelled")
+        for seg, spans in c.segments.items():
+            idx = [i for a, b in spans for i in range(a, b) if not sp[i]]
+            if idx:
+                want.setdefault((c.benchmark, cat, seg), []).append(float(r[idx].sum() / scale))
+    assert set(got) == set(want)
+    for key, vals in want.items():
+        assert got[key][0] == len(vals) and got[key][1] == pytest.approx(np.mean(vals))
+    assert not any(seg == "special" for _b, _c, seg in got)  # all-special segments are left out
+
+
+def test_every_case_on_the_page_with_all_its_tokens(built):
+    index, cases, _rows, pairs, overrides = built
+    text = index.read_text(encoding="utf-8")
+    p = _Cases()
+    p.feed(text)
+    assert set(p.tokens) == {c.case_id for c in cases}
+    for c in cases:
+        assert p.tokens[c.case_id] == list(range(len(c.tokens))), c.case_id
+    rows = _csv(index.parent / "tables" / "cases.csv")
+    assert [r["case_id"] for r in rows] == [c.case_id for c in cases]
+    assert rows[1]["category"] == "NC-IA+AG" and rows[1]["category_auto"] == "M-IA"
+    assert rows[0]["k_star_ig"] == "" and rows[1]["k_star_random"] == "9"
+    # the override's reason is shown, escaped; pair reasons too
+    assert "flip masks the answer &lt;i&gt;itself&lt;/i&gt;" in text
+    assert "reason 1 &lt;b&gt;not bold&lt;/b&gt;" in text
+    assert len(_csv(index.parent / "tables" / "non_clean_pairs.csv")) == 2
+
+
+def test_page_is_self_contained(built):
+    index, *_ = built
+    text = index.read_text(encoding="utf-8")
+    # no remote resource of any kind: no attribute or CSS url() pointing at http(s) or a protocol-relative address,
+    # no stylesheet link, import, frame, or script source; a URL inside the prompt is only text
+    assert not re.search(r"""(?:src|href|srcset|poster|action|data)\s*=\s*["']?\s*(?:https?:)?//""", text, re.I)
+    assert not re.search(r"url\(\s*['\"]?\s*(?:https?:)?//", text, re.I)
+    assert not re.search(r"<link\b|@import|<iframe\b|<script[^>]*\bsrc=", text, re.I)
+    assert "·https://en.wikipedia.org/wiki/Sea)." in re.sub(r"<[^>]+>", "", text)  # shown as a token, not a link
+    p = _Cases()
+    p.feed(text)
+    assert p.imgs and all(s.startswith("data:image/png;base64,") for s in p.imgs)
+    figs = sorted(f.name for f in (index.parent / "figures").glob("*.png"))
+    assert figs == ["categories.png", "faithfulness_00-ifeval.png", "faithfulness_01-math.png",
+                    "segments_00-ifeval.png", "segments_01-math.png"]
+
+
+def test_stored_graph_is_drawn_and_budget_falls_back_to_files(tmp_path):
+    from failtrace.graph.build import graph_from_ids
+    from failtrace.testing.tiny import tiny_model
+
+    case = make_case(0, "ifeval", "M-IA", "URT", {"attnlrp": 1})
+    n = len(case.token_ids)
+    model = tiny_model("llama", layers=2)
+    ids = [3 + (7 * i) % 120 for i in range(n)]
+    g = graph_from_ids(model, ids, lambda logits: logits[5] - logits[7],
+                       tokens=case.tokens, special_mask=case.special_mask)
+    pruned = g.pruned
+    record = {"stages": [s.name for s in g.stages], "nodes": [[s, t, float(g.relevance[s, t])]
+                                                               for s, t in pruned.node_list()],
+              "edges": [list(e) for e in pruned.edges()], "settings": {}, "objective_value": g.objective_value}
+    case.graph = record  # what load_cases(..., with_graph=True) attaches
+    other = make_case(1, "ifeval", "M-IA", "URT", {"attnlrp": 2})
+    index = build_report([case, other], [], tmp_path, graphs={other.case_id: pruned}, inline_budget_mb=0)
+    pngs = sorted(p.name for p in (tmp_path / "figures" / "graphs").glob("*.png"))
+    assert pngs == sorted([f"{case.case_id}.png", f"{other.case_id}.png"])
+    text = index.read_text(encoding="utf-8")
+    for c in (case, other):  # over the inline budget: referenced beside the page, relative
+        assert f'src="figures/graphs/{c.case_id}.png"' in text
+    index = build_report([case], [], tmp_path)  # a rebuild drops pictures of cases no longer in the report
+    assert [p.name for p in (tmp_path / "figures" / "graphs").glob("*.png")] == [f"{case.case_id}.png"]
+    assert "data:image/png;base64," in index.read_text(encoding="utf-8")
+
+
+def test_out_is_a_file(tmp_path):
+    from failtrace.errors import FailtraceError
+
+    f = tmp_path / "x"
+    f.write_text("keep")
+    with pytest.raises(FailtraceError, match="is a file"):
+        build_report([], [], f)
+    assert f.read_text() == "keep"
+
+
+def test_cli_report_on_a_store(tmp_path):
+    from failtrace.benchmarks.base import Item
+    from failtrace.cli import main
+    from failtrace.store.store import RunRecord, open_store
+
+    store = tmp_path / "runs.duckdb"
+    with open_store(store) as st:
+        st.ensure_run(RunRecord(run_id="collect-x", stage="collect", benchmark="math", model="m"))
+        st.add_items("collect-x", "math", [Item(id="a", benchmark="math", prompt="1+1?", reference={"answer": "2"})])
+    out = tmp_path / "rep"
+    assert main(["report", "--store", str(store), "--out", str(out)]) == 0
+    text = (out / "index.html").read_text(encoding="utf-8")
+    assert "No cases in this store yet" in text
+    t1 = _csv(out / "tables" / "table1.csv")
+    assert [(r["benchmark"], r["items"], r["failures"]) for r in t1] == [("math", "1", "0")]
+    assert main(["report", "--store", str(store), "--out", str(tmp_path / "r2"), "--benchmark", "ifeval"]) == 2
+    assert not (tmp_path / "r2").exists()
+
+
+def test_cli_report_errors(tmp_path, capsys):
+    from failtrace.cli import main
+
+    assert main(["report", "--store", str(tmp_path / "none.duckdb"), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "none.duckdb").exists() and not (tmp_path / "r").exists()
+
+
+def test_not_computed_relevance_and_short_arrays_do_not_break_the_page(tmp_path):
+    import json
+
+    a = make_case(0, "math", "M-IA", "URT", {"attnlrp": 1, "ig": 2})
+    a.methods["attnlrp"].input_relevance[5] = float("nan")  # not computed
+    a.methods["ig"].input_relevance = a.methods["ig"].input_relevance[:-3]  # wrong length: cannot colour the strip
+    text = build_report([a], [], tmp_path).read_text(encoding="utf-8")
+
+    def strict(c: str) -> float:
+        raise AssertionError(f"non-JSON constant {c} in the embedded data")
+
+    blobs = re.findall(r'<script type="application/json" class="case-data">(.*?)</script>', text, re.S)
+    assert len(blobs) == 1
+    data = json.loads(blobs[0], parse_constant=strict)
+    assert list(data["norm"]) == ["attnlrp"] and data["norm"]["attnlrp"][5] is None
+    assert 'data-method="ig"' not in text  # no button for a method that cannot be drawn
+    p = _Cases()
+    p.feed(text)
+    assert p.tokens[a.case_id] == list(range(len(a.tokens)))
+
+
+def test_evidence_is_rendered_readably():
+    from failtrace.report.evidence import MAX_ROWS, dl
+
+    ev = {"k_star": 4, "flipped": True, "score": 0.123456789,
+          "path": {"nodes": ["emb/1", "L0/2", "L1/37"], "tokens": [" a", "\n"]},
+          "top": [{"position": i, "relevance": 1.0 / (i + 1)} for i in range(MAX_ROWS + 3)], "note": "<b>x</b>"}
+    out = dl(ev)
+    assert "<dt>score</dt><dd>0.1235</dd>" in out and "<dd>true</dd>" in out
+    assert "emb/1 → L0/2 → L1/37" in out and "‹·a›, ‹↵›" in out
+    assert out.count("<tr>") == 1 + MAX_ROWS + 1 and "… 3 more" in out  # header, MAX_ROWS rows, the "more" row
+    assert "&lt;b&gt;x&lt;/b&gt;" in out and "<b>x</b>" not in out
+    assert "none stored" in dl({})
