@@ -32,6 +32,8 @@ _COMMAND_MODULES = (
     "failtrace.cli.analyse",
     "failtrace.cli.report",
     "failtrace.cli.serve",
+    "failtrace.cli.models",
+    "failtrace.cli.compare",
 )
 
 for _name in _COMMAND_MODULES:

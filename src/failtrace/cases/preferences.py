@@ -1,0 +1,107 @@
+"""Token-level preference data from clean cases (``failtrace export-dpo``): one JSON object per case.
+
+Sequence level (trl's conversational preference format, read by ``trl``'s DPO data utilities and ``datasets``):
+``prompt`` = the item's chat messages, ``chosen`` = the assistant's recovered completion (answer prefix + contrast
++ the rollout that passed the benchmark's checker), ``rejected`` = the failed completion (answer prefix + target +
+the greedy rest). Both answers share the answer prefix and diverge at the failure point.
+
+Token level (in the case model's tokenisation): ``prefix_ids`` (the answer tokens before the failure point),
+``rejected_decision_id`` = target, ``chosen_decision_id`` = contrast, and ``response_weights``: one weight per
+response token up to and including the decision token,
+
+    w_i = max(R_i, 0) / max_{j non-special} |R_j|   for the answer-prefix tokens i (AttnLRP relevance for
+                                                    Δℓ = logit(target) − logit(contrast) at the failure point),
+    w_decision = 1,
+
+and ``tail_weight`` (0 unless asked) for every response token after the decision. Why: the decision token is what
+the case explains, so it carries full weight; prefix tokens that pushed the model towards the wrong token carry their
+normalised positive relevance (the same normalisation as everywhere, :func:`failtrace.attribution.normalize`).
+Prefix tokens are identical in chosen and rejected, so in a DPO loss their weighted log-ratio terms cancel exactly;
+they matter to one-sided losses (SFT, unlikelihood). ``context_weights`` gives the normalised signed relevance of
+every context token (prompt included) for other uses. Format and derivation: docs/MODELS.md.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from failtrace.cases.record import Case
+from failtrace.errors import FailtraceError
+from failtrace.store.store import ResultsStore
+
+
+def response_weights(case: Case, tail_weight: float = 0.0) -> dict[str, Any]:
+    """The token-level fields of one case (see the module docstring)."""
+    from failtrace.attribution.normalize import normalize
+
+    attn = case.methods.get("attnlrp")
+    if attn is None:
+        raise FailtraceError(f"case {case.case_id} has no attnlrp attribution; re-run `failtrace analyse`")
+    norm = normalize(np.asarray(attn.input_relevance, dtype=np.float64), case.special_mask)
+    prefix = case.token_ids[case.prompt_length:]
+    prefix_w = [0.0 if case.special_mask[case.prompt_length + i] else max(float(norm[case.prompt_length + i]), 0.0)
+                for i in range(len(prefix))]
+    return {"prompt_ids": case.token_ids[:case.prompt_length], "prefix_ids": list(prefix),
+            "chosen_decision_id": case.contrast_id, "rejected_decision_id": case.target_id,
+            "response_weights": [*prefix_w, 1.0], "tail_weight": float(tail_weight),
+            "context_weights": [float(x) for x in norm]}
+
+
+def _messages(prompt: Any) -> list[dict[str, str]]:
+    from failtrace.models.chat import chat_messages
+
+    return chat_messages(prompt)
+
+
+def preference_record(case: Case, item: Any, pair: dict[str, Any], generation: dict[str, Any],
+                      tail_weight: float = 0.0) -> dict[str, Any]:
+    """One line of prefs.jsonl; FailtraceError when the pair has no recovered completion."""
+    chosen = pair.get("recovered_completion")
+    if not chosen:
+        raise FailtraceError(f"case {case.case_id}: its pair has no recovered completion")
+    rejected = generation["completion"]
+    return {"prompt": _messages(item.prompt), "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}],
+            "case_id": case.case_id, "item_id": case.item_id, "benchmark": case.benchmark, "model": case.model,
+            "model_fingerprint": case.model_fingerprint, "target_text": case.target_text,
+            "contrast_text": case.contrast_text, "delta_logit": case.delta_logit,
+            "flip_k": case.flip_k("attnlrp"), "category": case.effective_category,
+            "rejected_ids": [int(t) for t in generation["token_ids"]],
+            **response_weights(case, tail_weight)}
+
+
+def export_dpo(store: ResultsStore, out: str | Path, benchmark: str | None = None,
+               tail_weight: float = 0.0) -> tuple[Path, int]:
+    """Write prefs.jsonl (atomically: ``.part`` then rename); returns (path, lines)."""
+    from failtrace.store.cases import load_cases
+
+    cases = load_cases(store, benchmark=benchmark)
+    if not cases:
+        raise FailtraceError(f"no cases in {store.path}; run `failtrace analyse` first")
+    if not 0.0 <= tail_weight <= 1.0:
+        raise FailtraceError(f"--tail-weight must be in [0, 1], got {tail_weight}")
+    pairs = {(p["pair_run_id"], p["item_id"]): p for p in store.pairs()}
+    generations: dict[str, dict[str, dict[str, Any]]] = {}
+    path = Path(out)
+    tmp = path.with_name(path.name + ".part")
+    n = 0
+    with tmp.open("w", encoding="utf-8") as fh:
+        for case in cases:
+            pair = pairs.get((case.pair_run_id, case.item_id))
+            if pair is None or not pair.get("recovered_completion"):
+                continue  # no verified recovery to prefer (e.g. a case made by hand): nothing honest to write
+            if case.run_id not in generations:
+                generations[case.run_id] = {g["item_id"]: g for g in store.results(case.run_id)}
+            rec = preference_record(case, store.get_item(case.benchmark, case.item_id), pair,
+                                    generations[case.run_id][case.item_id], tail_weight)
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            n += 1
+    if n == 0:
+        tmp.unlink()
+        raise FailtraceError(f"none of the {len(cases)} cases in {store.path} has a pair with a recovered completion")
+    tmp.replace(path)
+    return path, n

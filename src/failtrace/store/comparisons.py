@@ -1,0 +1,101 @@
+"""Cross-model comparisons in the results store: one row per (case, model fingerprint), and comparisons.jsonl.
+
+The ``comparisons`` table is created on first write (``CREATE TABLE IF NOT EXISTS``; it only adds a table, so the
+store's schema version is unchanged and older failtrace versions still open the store). A row is written once per
+key and never rewritten, so an interrupted ``compare`` resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # annotations only: store.store imports this module lazily for export (no import circle)
+    from failtrace.store.store import ResultsStore
+
+DDL = """CREATE TABLE IF NOT EXISTS comparisons (
+    case_id VARCHAR NOT NULL,
+    model_fingerprint VARCHAR NOT NULL,
+    model VARCHAR NOT NULL,
+    item_id VARCHAR NOT NULL,
+    benchmark VARCHAR NOT NULL,
+    reference BOOLEAN NOT NULL,
+    mapped BOOLEAN NOT NULL,
+    token_ids INTEGER[],
+    prompt_length INTEGER,
+    position INTEGER,
+    target_text VARCHAR,
+    contrast_text VARCHAR,
+    target_id INTEGER,
+    contrast_id INTEGER,
+    delta_logit DOUBLE,
+    input_relevance DOUBLE[],
+    segment_relevance VARCHAR,
+    flip_curve DOUBLE[],
+    flip_k INTEGER,
+    step INTEGER,
+    split VARCHAR,
+    notes VARCHAR,
+    seconds DOUBLE,
+    created_at TIMESTAMP,
+    PRIMARY KEY (case_id, model_fingerprint)
+)"""
+
+COLUMNS = ("case_id", "model_fingerprint", "model", "item_id", "benchmark", "reference", "mapped", "token_ids",
+           "prompt_length", "position", "target_text", "contrast_text", "target_id", "contrast_id", "delta_logit",
+           "input_relevance", "segment_relevance", "flip_curve", "flip_k", "step", "split", "notes", "seconds")
+
+
+def _present(store: ResultsStore) -> bool:
+    tables = {r[0] for r in store.con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    return "comparisons" in tables
+
+
+def write_comparison(store: ResultsStore, row: dict[str, Any]) -> bool:
+    """Insert one comparison row (keys as in ``COLUMNS``); False when (case_id, model_fingerprint) is already stored."""
+    store.con.execute(DDL)
+    key = [row["case_id"], row["model_fingerprint"]]
+    if store.con.execute("SELECT 1 FROM comparisons WHERE case_id = ? AND model_fingerprint = ?", key).fetchone():
+        return False
+    values = [json.dumps(row.get(c) or {}, sort_keys=True) if c == "segment_relevance"
+              else json.dumps(row.get(c) or []) if c == "notes" else row.get(c) for c in COLUMNS]
+    cols = ", ".join((*COLUMNS, "created_at"))
+    marks = ", ".join("?" * (len(COLUMNS) + 1))
+    store.con.execute(f"INSERT INTO comparisons ({cols}) VALUES ({marks})",
+                      [*values, datetime.now(timezone.utc).replace(tzinfo=None)])
+    return True
+
+
+def done_comparisons(store: ResultsStore) -> set[tuple[str, str]]:
+    """(case_id, model_fingerprint) keys already stored."""
+    if not _present(store):
+        return set()
+    return {(a, b) for a, b in store.con.execute("SELECT case_id, model_fingerprint FROM comparisons").fetchall()}
+
+
+def load_comparisons(store: ResultsStore, case_ids: set[str] | None = None) -> list[dict[str, Any]]:
+    """Stored rows (JSON columns parsed), ordered by case, reference model first, then model name."""
+    if not _present(store):
+        return []
+    rows = store._rows("SELECT * FROM comparisons ORDER BY benchmark, item_id, case_id, reference DESC, model")
+    for r in rows:
+        r["segment_relevance"] = json.loads(r["segment_relevance"] or "{}")
+        r["notes"] = json.loads(r["notes"] or "[]")
+        r.pop("created_at", None)
+    return [r for r in rows if case_ids is None or r["case_id"] in case_ids]
+
+
+def export_comparisons_jsonl(store: ResultsStore, path: str | Path) -> Path:
+    """comparisons.jsonl: one line per (case, model), the fields of issue 10's Acceptance first; atomic write."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".part")
+    first = ("item_id", "model", "model_fingerprint", "token_ids", "position", "target_id", "contrast_id", "mapped",
+             "delta_logit", "segment_relevance", "flip_k", "step", "split")
+    with tmp.open("w", encoding="utf-8") as fh:
+        for r in load_comparisons(store):
+            rec = {k: r[k] for k in first} | {k: v for k, v in r.items() if k not in first}
+            fh.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+    tmp.replace(path)
+    return path

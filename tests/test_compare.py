@@ -1,0 +1,223 @@
+"""Cross-model comparison on two tiny random models sharing the toy tokenizer (seeds 0 and 1 = "two models"):
+Δℓ of every stored row against plain transformers (independently loaded), the flip curve against explicit masking,
+segment sums, mapping flags, resumability, comparisons.jsonl and the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import torch
+
+from cases_toy import build_toy_store
+from failtrace.cases.compare import compare, one_token, rescore
+from failtrace.models.loading import load_model
+from failtrace.store import open_store
+from failtrace.store.cases import load_cases
+from failtrace.store.comparisons import load_comparisons
+from failtrace.testing.toy import one_thread, save_toy_model, toy_tokenizer
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    with one_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def cmp(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("compare")
+    with one_thread():
+        info = build_toy_store(root / "s.duckdb", root / "model0", n_items=8)
+        save_toy_model(root / "model1", seed=1)
+        names = [str(root / "model0"), str(root / "model1")]
+        lms = {n: load_model(n, progress=False) for n in names}
+        with open_store(info["store"]) as st:
+            _write_cases(st, lms[names[0]], info)
+            info["summary"] = compare(st, names, models=lms, progress=False)
+            info["rows"] = load_comparisons(st)
+            info["cases"] = load_cases(st)
+    info.update(names=names, lms=lms, root=root)
+    return info
+
+
+def _write_cases(st: Any, lm: Any, info: dict[str, Any]) -> None:
+    """Cases of the seed-0 model for the store's clean pairs: Δℓ, AttnLRP relevance, segments, flip curve. (Built
+    here from the analysis functions rather than by ``analyse``, so this test needs only what ``compare`` reads.)"""
+    from failtrace.analysis.masking import flip_search
+    from failtrace.analysis.segments import segment_labels, segment_relevance, spans_from_labels
+    from failtrace.attribution.engine import relevance_pass
+    from failtrace.attribution.inputs import decode_tokens, special_ids
+    from failtrace.cases.build import context_of, logit_diff_fn, plain_delta
+    from failtrace.cases.record import Case, MaskingSpec, MethodResult, case_id
+    from failtrace.models.fingerprint import model_fingerprint
+    from failtrace.store.cases import write_case
+
+    fp, tok = model_fingerprint(lm), lm.tokenizer
+    gens = {g["item_id"]: g for g in st.results(info["run_id"])}
+    spec = MaskingSpec(max_k=4)
+    for pair in info["clean"]:
+        gen, item = gens[pair["item_id"]], st.get_item("toy", pair["item_id"])
+        ctx, t, c = context_of(pair, gen), int(pair["target_id"]), int(pair["contrast_id"])
+        special = [i in special_ids(tok) for i in ctx]
+        rel = relevance_pass(lm.model, ctx, logit_diff_fn(t, c), method="attnlrp").relevance()[0].numpy()
+        labels = segment_labels(tok, ctx, special, len(gen["prompt_ids"]), item)
+        curve, k = flip_search(lm.model, ctx, rel, special, t, c, spec)
+        method = MethodResult("attnlrp", [float(x) for x in rel], segment_relevance=segment_relevance(rel, labels),
+                              flip_curve=curve, flip_k=k)
+        write_case(st, Case(
+            case_id=case_id(pair["pair_run_id"], pair["item_id"], fp, {"test": 1}), pair_run_id=pair["pair_run_id"],
+            run_id=info["run_id"], item_id=pair["item_id"], benchmark="toy", model=lm.name, model_fingerprint=fp,
+            token_ids=ctx, tokens=decode_tokens(tok, ctx), special_mask=special,
+            prompt_length=len(gen["prompt_ids"]), position=len(ctx), target_id=t, target_text=tok.decode([t]),
+            contrast_id=c, contrast_text=tok.decode([c]), delta_logit=plain_delta(lm.model, ctx, t, c),
+            segments=spans_from_labels(labels), methods={"attnlrp": method}, masking=spec, analysis_id="test"))
+
+
+def _plain(folder: str) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+
+
+def _masked_delta(model: Any, ids: list[int], masked: list[int], t: int, c: int) -> float:
+    with torch.no_grad():
+        emb = model.get_input_embeddings()(torch.tensor([ids])).clone()
+        emb[0, masked] = 0.0
+        row = model(inputs_embeds=emb, use_cache=False).logits[0, -1].double()
+    return float(row[t] - row[c])
+
+
+def test_one_row_per_case_and_model(cmp: dict[str, Any]) -> None:
+    rows, cases, names = cmp["rows"], cmp["cases"], cmp["names"]
+    assert len(cases) >= 3 and len(rows) == 2 * len(cases)
+    assert cmp["summary"].written == {names[0]: len(cases), names[1]: len(cases)}
+    for case in cases:
+        mine = [r for r in rows if r["case_id"] == case.case_id]
+        assert [r["model"] for r in mine] == names and [r["reference"] for r in mine] == [True, False]
+        assert mine[0]["model_fingerprint"] == case.model_fingerprint != mine[1]["model_fingerprint"]
+
+
+def test_delta_equals_plain_transformers_on_both_models(cmp: dict[str, Any]) -> None:
+    plain = {n: _plain(n) for n in cmp["names"]}
+    mapped = [r for r in cmp["rows"] if r["mapped"]]
+    # random models emit stray bytes: a target decoding to U+FFFD is not one token when re-encoded (3 bytes)
+    clean_text = [c for c in cmp["cases"] if "\ufffd" not in c.target_text + c.contrast_text]
+    assert sum(not r["reference"] for r in mapped) == len(clean_text) >= 2
+    for r in mapped:
+        ids = r["token_ids"]
+        assert r["position"] == len(ids)
+        got = _masked_delta(plain[r["model"]], ids, [], r["target_id"], r["contrast_id"])
+        assert abs(got - r["delta_logit"]) < 1e-3
+    # the two models disagree somewhere (else "comparison" would be vacuous)
+    by_case: dict[str, list[float]] = {}
+    for r in mapped:
+        by_case.setdefault(r["case_id"], []).append(r["delta_logit"])
+    assert any(len(v) == 2 and abs(v[0] - v[1]) > 1e-2 for v in by_case.values())
+
+
+def test_same_tokenizer_maps_to_the_same_tokens(cmp: dict[str, Any]) -> None:
+    cases = {c.case_id: c for c in cmp["cases"]}
+    for r in cmp["rows"]:
+        case = cases[r["case_id"]]
+        if r["reference"] or "\ufffd" in case.target_text + case.contrast_text:
+            continue
+        assert r["mapped"] and (r["target_id"], r["contrast_id"]) == (case.target_id, case.contrast_id)
+        assert r["prompt_length"] == case.prompt_length
+
+
+def test_flip_curve_and_segments_by_explicit_masking(cmp: dict[str, Any]) -> None:
+    import numpy as np
+
+    plain = _plain(cmp["names"][1])
+    tok = toy_tokenizer()
+    specials = set(tok.all_special_ids)
+    rows = [r for r in cmp["rows"] if r["mapped"] and not r["reference"]]
+    for r in rows:
+        rel = np.asarray(r["input_relevance"])
+        assert abs(sum(r["segment_relevance"].values()) - rel.sum()) < 1e-9
+        order = [i for i in sorted(range(len(rel)), key=lambda i: (-rel[i], i))
+                 if rel[i] > 0 and r["token_ids"][i] not in specials]
+        for k, value in enumerate(r["flip_curve"]):
+            want = _masked_delta(plain, r["token_ids"], order[:k], r["target_id"], r["contrast_id"])
+            assert abs(want - value) < 1e-3
+        neg = [k for k, v in enumerate(r["flip_curve"]) if v < 0 and k >= 1]  # k* counts from one mask
+        assert r["flip_k"] == (neg[0] if neg else None)
+
+
+def test_unmapped_strings_are_flagged(cmp: dict[str, Any]) -> None:
+    tok = toy_tokenizer()
+    assert one_token(tok, "a") == tok.encode("a", add_special_tokens=False)[0]
+    assert one_token(tok, "ab") is None and one_token(tok, "é") is None  # two bytes = two tokens here
+    case = cmp["cases"][0]
+    case.target_text = "ab"
+    with open_store(cmp["store"]) as st:
+        item = st.get_item(case.benchmark, case.item_id)
+    lm = cmp["lms"][cmp["names"][1]]
+    row = rescore(lm, case, item, "", "m", "fp")
+    assert row["mapped"] is False and row["target_id"] is None and row["contrast_id"] is None
+    assert row["delta_logit"] is None and "target" in row["notes"][-1]
+
+
+def test_rerun_writes_nothing_and_export_has_the_fields(cmp: dict[str, Any], tmp_path: Path) -> None:
+    with open_store(cmp["store"]) as st:
+        again = compare(st, cmp["names"], models=cmp["lms"], progress=False)
+        assert sum(again.written.values()) == 0 and again.skipped == len(cmp["cases"])
+        files = st.export(tmp_path, "jsonl")
+    assert tmp_path / "comparisons.jsonl" in files
+    lines = [json.loads(x) for x in (tmp_path / "comparisons.jsonl").read_text().splitlines()]
+    assert len(lines) == len(cmp["rows"])
+    need = ["item_id", "model", "model_fingerprint", "token_ids", "position", "target_id", "contrast_id", "mapped",
+            "delta_logit", "segment_relevance", "flip_k", "step", "split"]
+    assert all(list(rec)[: len(need)] == need for rec in lines)
+
+
+def test_cli_compare_and_errors(cmp: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    from failtrace.cli import main
+
+    store = str(cmp["store"])
+    assert main(["compare", "--store", store, "--models", *cmp["names"], "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "corrected" in out and "mapped" in out
+    assert main(["compare", "--store", store, "--models", cmp["names"][0], "--no-progress"]) == 2
+    assert "error: --models needs at least two models" in capsys.readouterr().err
+
+
+def test_export_dpo_fields_weights_and_datasets(cmp: dict[str, Any], tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    import datasets
+    import numpy as np
+
+    from failtrace.cli import main
+    from failtrace.models.chat import apply_chat_template
+
+    out = tmp_path / "prefs.jsonl"
+    assert main(["export-dpo", "--store", str(cmp["store"]), "--out", str(out)]) == 0
+    assert f"wrote {len(cmp['cases'])} preference pairs" in capsys.readouterr().out
+    recs = [json.loads(x) for x in out.read_text().splitlines()]
+    cases = {c.case_id: c for c in cmp["cases"]}
+    with open_store(cmp["store"], read_only=True) as st:
+        pairs = {p["item_id"]: p for p in st.pairs()}
+        gens = {g["item_id"]: g for g in st.results(cmp["run_id"])}
+    tok = toy_tokenizer()
+    for rec in recs:
+        case = cases[rec["case_id"]]
+        assert rec["chosen"] == [{"role": "assistant", "content": pairs[case.item_id]["recovered_completion"]}]
+        assert rec["rejected"][0]["content"] == gens[case.item_id]["completion"]
+        prefix = case.token_ids[case.prompt_length:]
+        assert rec["prefix_ids"] == prefix and rec["rejected_ids"][: len(prefix) + 1] == [*prefix, case.target_id]
+        rel = np.asarray(case.methods["attnlrp"].input_relevance)
+        scale = np.abs(rel[~np.asarray(case.special_mask)]).max()
+        special = case.special_mask[case.prompt_length:]
+        want = [0.0 if special[i] else max(rel[case.prompt_length + i] / scale, 0.0) for i in range(len(prefix))]
+        want.append(1.0)
+        assert np.allclose(rec["response_weights"], want) and rec["tail_weight"] == 0.0
+        # what trl does with the conversational format: the chat template over prompt + answer
+        assert apply_chat_template(tok, rec["prompt"]) == rec["prompt_ids"]  # the case's own prompt tokens
+        text = tok.apply_chat_template(rec["prompt"] + rec["chosen"], tokenize=False)
+        assert text.endswith(rec["chosen"][0]["content"] + "<|im_end|>\n")
+    ds = datasets.load_dataset("json", data_files=str(out), split="train")
+    assert ds.num_rows == len(recs) and {"prompt", "chosen", "rejected"} <= set(ds.column_names)
+    assert main(["export-dpo", "--store", str(cmp["store"]), "--out", str(out), "--tail-weight", "2"]) == 2
