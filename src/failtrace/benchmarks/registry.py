@@ -33,9 +33,15 @@ def _traces(**options: Any) -> Benchmark:
     return TracesBenchmark(**options)
 
 
+def _demo(**options: Any) -> Benchmark:
+    from failtrace.benchmarks.demo import DemoBenchmark
+
+    return DemoBenchmark(**options)
+
+
 # Lazy factories: importing the registry does not import the checkers' dependencies.
 _FACTORIES: dict[str, Callable[..., Benchmark]] = {"ifeval": _ifeval, "math": _math, "humaneval": _humaneval,
-                                                    "traces": _traces}
+                                                    "traces": _traces, "demo": _demo}
 BENCHMARK_NAMES: tuple[str, ...] = tuple(_FACTORIES)
 
 
