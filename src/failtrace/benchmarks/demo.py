@@ -35,10 +35,10 @@ class DemoSettings:
     search's knobs (:class:`failtrace.failures.pairs.PairSettings`).
     """
 
-    max_new_tokens: int = 48
+    max_new_tokens: int = 40
     top_k: int = 10
     min_delta: float = 1.0
-    max_positions: int = 24
+    max_positions: int = 12
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,48 +73,24 @@ def _python(key: str, code: str, entry_point: str, asserts: list[str]) -> Item:
                 meta={"kind": "python", "entry_point": entry_point})
 
 
-def _candidates() -> list[Item]:
-    lc, uc = "change_case:english_lowercase", "change_case:english_capital"
+def _items() -> list[Item]:
+    lc = "change_case:english_lowercase"
     return [
         _ifeval("capital-lower", "What is the capital of France? Answer in one short sentence, all in lowercase "
                                  "letters.", [lc]),
-        _ifeval("dog-upper", "Describe a dog in one sentence. Write your entire answer in capital letters.", [uc]),
         _ifeval("colors-comma", "List three primary colors. Do not use any commas.", ["punctuation:no_comma"]),
         _ifeval("water-quote", 'Say what water is made of, in one sentence wrapped in double quotes ("like this").',
                 ["startend:quotation"]),
-        _ifeval("moon-end", "Describe the moon in one sentence. End your answer with the word 'goodnight'.",
-                ["startend:end_checker"], [{"end_phrase": "goodnight"}]),
-        _ifeval("tea-end", "Give one tip for making tea. Finish your response with the exact phrase 'Enjoy!'.",
-                ["startend:end_checker"], [{"end_phrase": "Enjoy!"}]),
         _ifeval("star-options", "Is the sun a star? Answer with one of the following options: ('My answer is yes.', "
                                 "'My answer is no.', 'My answer is maybe.')", ["detectable_format:constrained_response"]),
         _ifeval("cat-forbidden", "Describe a cat in one sentence without using the word 'cat'.",
                 ["keywords:forbidden_words"], [{"forbidden_words": ["cat"]}]),
-        _ifeval("bird-title", "Write one sentence about birds with a title wrapped in double angular brackets, "
-                              "such as <<my title>>.", ["detectable_format:title"]),
-        _math("mul", "What is 23 * 17?", "391"),
-        _math("mul2", "What is 12 * 14?", "168"),
-        _math("add", "What is 47 + 38?", "85"),
-        _math("sub", "What is 93 - 57?", "36"),
-        _math("mix", "What is 6 * 7 + 5?", "47"),
-        _math("half", "What is half of 86?", "43"),
-        _math("square", "What is 15 squared?", "225"),
         _math("small-add", "What is 9 + 8?", "17"),
         _math("small-mul", "What is 7 * 8?", "56"),
         _python("count-a", 'def count_a(s):\n    """Return how many times the letter "a" occurs in s."""\n',
                 "count_a", ["candidate('banana') == 3", "candidate('xyz') == 0"]),
-        _python("vowels", 'def vowels(s):\n    """Return the number of vowels in the string s."""\n', "vowels",
-                ["candidate('banana') == 3", "candidate('sky') == 0"]),
-        _python("second", 'def second(xs):\n    """Return the second largest number in xs."""\n', "second",
-                ["candidate([3, 9, 5]) == 5", "candidate([1, 2]) == 1"]),
-        _python("tens", 'def tens(x):\n    """Return x rounded down to a multiple of 10."""\n', "tens",
-                ["candidate(47) == 40", "candidate(30) == 30"]),
-        _python("cube", 'def cube(x):\n    """Return x to the power of three."""\n', "cube",
-                ["candidate(2) == 8", "candidate(-3) == -27"]),
         _python("first-word", 'def first_word(s):\n    """Return the first word of the sentence s."""\n',
                 "first_word", ["candidate('hello big world') == 'hello'", "candidate('one') == 'one'"]),
-        _python("halve", 'def halve(x):\n    """Return x divided by two, rounded down to an integer."""\n',
-                "halve", ["candidate(8) == 4", "candidate(7) == 3"]),
         _python("evens", 'def evens(xs):\n    """Return the even numbers of xs, in order."""\n', "evens",
                 ["candidate([1, 2, 3, 4]) == [2, 4]", "candidate([5]) == []"]),
     ]
@@ -122,7 +98,7 @@ def _candidates() -> list[Item]:
 
 def demo_items() -> list[Item]:
     """The demo's built-in items (fresh objects on every call)."""
-    return _candidates()
+    return _items()
 
 
 class DemoBenchmark:
