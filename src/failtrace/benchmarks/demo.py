@@ -9,9 +9,9 @@ Three kinds of item, each checked by the checker of the benchmark it imitates (n
 * ``python``: a one-line Python function in HumanEval's format (signature + docstring, our own ``check(candidate)``
   tests), run in the sandbox through :class:`~failtrace.benchmarks.humaneval.HumanEvalBenchmark`.
 
-The items are short (short prompts, answers of a few tokens) so that ``failtrace demo`` stays cheap on a CPU, and
-were chosen by running the bundled SmolLM2-135M-Instruct greedily with :data:`DEMO_SETTINGS`: it fails several of
-them, and several failures give clean target/contrast pairs (docs/DEMO.md has the measured outcome).
+The items are short (short prompts, answers of a few tokens) so that ``failtrace demo`` stays cheap on a CPU. They
+were picked from ~35 candidates by running the bundled SmolLM2-135M-Instruct greedily: it fails 9 of the 10; the
+pair outcomes measured so far are in docs/DEMO.md.
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ def _ifeval(key: str, prompt: str, ids: list[str], kwargs: list[dict[str, Any]] 
                 reference={"kind": "ifeval", "instruction_id_list": ids, "kwargs": kwargs}, meta={"kind": "ifeval"})
 
 
-MATH_SHOT = [{"role": "user", "content": f"What is 2 + 3? {MATH_SUFFIX}"}, {"role": "assistant", "content": "\\boxed{5}"}]
+MATH_SHOT = [{"role": "user", "content": f"What is 2 + 3? {MATH_SUFFIX}"},
+             {"role": "assistant", "content": "\\boxed{5}"}]
 PYTHON_SHOT_CODE = 'def inc(x):\n    """Return x plus one."""\n'
 PYTHON_SHOT = [{"role": "user", "content": PYTHON_TEMPLATE.format(code=PYTHON_SHOT_CODE)},
                {"role": "assistant", "content": "```python\ndef inc(x):\n    return x + 1\n```"}]
@@ -82,7 +83,8 @@ def _items() -> list[Item]:
         _ifeval("water-quote", 'Say what water is made of, in one sentence wrapped in double quotes ("like this").',
                 ["startend:quotation"]),
         _ifeval("star-options", "Is the sun a star? Answer with one of the following options: ('My answer is yes.', "
-                                "'My answer is no.', 'My answer is maybe.')", ["detectable_format:constrained_response"]),
+                                "'My answer is no.', 'My answer is maybe.')",
+                ["detectable_format:constrained_response"]),
         _ifeval("cat-forbidden", "Describe a cat in one sentence without using the word 'cat'.",
                 ["keywords:forbidden_words"], [{"forbidden_words": ["cat"]}]),
         _math("small-add", "What is 9 + 8?", "17"),
@@ -124,5 +126,6 @@ class DemoBenchmark:
         kind = item.reference.get("kind")
         checker = self._checkers.get(str(kind))
         if checker is None:
-            return Verdict("unverifiable", [f"demo item {item.id} has unknown kind {kind!r}; valid: {', '.join(KINDS)}"])
+            reason = f"demo item {item.id} has unknown kind {kind!r}; valid kinds: {', '.join(KINDS)}"
+            return Verdict("unverifiable", [reason])
         return checker.check(item, completion)
