@@ -24,6 +24,7 @@ _REGISTRY: dict[str, Factory | str | Benchmark] = {
     "math": "failtrace.benchmarks.mathbench:MathBenchmark",
     "humaneval": "failtrace.benchmarks.humaneval:HumanEvalBenchmark",
     "traces": "failtrace.benchmarks.traces:TracesBenchmark",
+    "demo": "failtrace.benchmarks.demo:DemoBenchmark",
 }
 BENCHMARK_NAMES: tuple[str, ...] = tuple(_REGISTRY)  # the built-in ones
 
