@@ -108,6 +108,19 @@ def pair_one(finder: PairFinder, bench: Benchmark, item: Item, row: Mapping[str,
     return finder.find(bench, item, row["prompt_ids"], row["token_ids"], budget, row["finish_reason"])
 
 
+def _run_model(run: RunRecord, models: Mapping[str, Any] | None, cache: dict[tuple[Any, ...], Any],
+               device: str) -> Any:
+    """The loaded model of a collection run: given by the caller, or loaded once with the run's dtype/revision."""
+    from failtrace.models.loading import load_model
+
+    if models and run.model in models:
+        return models[run.model]
+    key = (run.model, run.dtype, run.revision)
+    if key not in cache:
+        cache[key] = load_model(run.model, dtype=run.dtype or "float32", device=device, revision=run.revision)
+    return cache[key]
+
+
 def find_pairs(
     store: ResultsStore,
     settings: PairSettings | None = None,
@@ -150,14 +163,7 @@ def find_pairs(
         failures = store.results(run.run_id, status="fail")
         if not failures:
             continue
-        if models and run.model in models:
-            loaded = models[run.model]
-        else:
-            key = (run.model, run.dtype, run.revision)
-            if key not in loaded_cache:
-                loaded_cache[key] = load_model(run.model, dtype=run.dtype or "float32", device=device,
-                                               revision=run.revision)
-            loaded = loaded_cache[key]
+        loaded = _run_model(run, models, loaded_cache, device)
         if isinstance(helper, str) and helper_loaded is None:
             helper_loaded = load_model(helper, dtype=run.dtype or "float32", device=device)
         finder = PairFinder(loaded, settings, helper_loaded)
