@@ -53,3 +53,13 @@ def test_template_text_is_not_a_supporter():
     pattern, ev = failure_pattern(r, [True, False, False, False], labels, ["instruction"], m=1)
     assert [t["position"] for t in ev["top_supporters"]] == [3]
     assert ev["relevant_sum"] == pytest.approx(-0.8) and pattern == "OIT"
+
+
+def test_urt_is_undecided_without_relevant_tokens():
+    # the same vector as test_urt_and_oit, but the segmenter found no "docstring" token: the empty relevant sum (0)
+    # would pass URT's test (0 >= -0.1) and says nothing about the model, so URT is not flagged; OIT still is
+    r = [100.0, 1.0, 4.0, 0.5, -0.25, 2.0, 1.0]
+    pattern, ev = failure_pattern(r, SPECIAL, LABELS, ["docstring"])
+    assert pattern == "OIT" and ev["urt_decidable"] is False and ev["relevant_tokens"] == 0
+    # the instruction tokens 3, 4 are now irrelevant supporters candidates: top-3 unchanged (2, 5, 1)
+    assert ev["oit_tokens"] == [2, 5, 1]

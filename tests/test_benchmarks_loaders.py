@@ -104,11 +104,11 @@ def test_missing_file_and_folder(tmp_path: Path) -> None:
 def test_unknown_benchmark_lists_valid_names() -> None:
     with pytest.raises(FailtraceError) as err:
         get_benchmark("gsm8k")
-    for name in ("ifeval", "math", "humaneval", "traces"):
+    for name in ("ifeval", "math", "humaneval", "traces", "demo"):
         assert name in str(err.value)
     with pytest.raises(FailtraceError, match="valid names"):
         load_benchmark("nope", "x.jsonl")
-    assert set(BENCHMARK_NAMES) == {"ifeval", "math", "humaneval", "traces"}
+    assert set(BENCHMARK_NAMES) == {"ifeval", "math", "humaneval", "traces", "demo"}
 
 
 def test_hub_id_offline_says_to_pass_a_local_file(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -134,7 +134,8 @@ def _trailing_clause(text: str, s: int, e: int, pats: list[re.Pattern[str]],
               if not any(a <= m.start() < b for a, b in quantities)]
     if not starts:
         return None
-    cons = [m.start() for m in _CONNECTOR.finditer(text, first_word, min(starts))]
+    # a connector may itself open the cue ("... without using the word X"): it starts before the cue's first letter
+    cons = [m.start() for m in _CONNECTOR.finditer(text, first_word, e) if m.start() < min(starts)]
     return (cons[-1] + 1, e) if cons else None
 
 
