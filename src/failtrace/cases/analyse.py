@@ -57,19 +57,7 @@ def analysis_run_record(pair_run: RunRecord, loaded: Any, fingerprint: str, sett
 
 def _select_pair_runs(store: ResultsStore, pair_run_ids: Sequence[str] | None,
                       benchmark: str | None) -> list[RunRecord]:
-    runs = store.runs("pairs")
-    if pair_run_ids:
-        unknown = set(pair_run_ids) - {r.run_id for r in runs}
-        if unknown:
-            raise FailtraceError(f"no pair run {sorted(unknown)[0]!r} in {store.path}; `failtrace status` lists "
-                                 f"them")
-        runs = [r for r in runs if r.run_id in set(pair_run_ids)]
-    if benchmark is not None:
-        runs = [r for r in runs if r.benchmark == benchmark]
-    if not runs:
-        raise FailtraceError(f"no pair runs{' for ' + benchmark if benchmark else ''} in {store.path}; run "
-                             f"`failtrace pairs --store {store.path}` first")
-    return runs
+    return store.select_runs("pairs", pair_run_ids, benchmark, "pair run", f"failtrace pairs --store {store.path}")
 
 
 def _loader(models: Mapping[str, Any] | None, device: str) -> Callable[[RunRecord], Any]:

@@ -88,19 +88,7 @@ def pair_run_record(collect_run: RunRecord, loaded: Any, settings: PairSettings,
 def collection_runs(store: ResultsStore, run_ids: Sequence[str] | None = None,
                     benchmark: str | None = None) -> list[RunRecord]:
     """The collection runs the pairs stage works on (all, or those named / of one benchmark); none is an error."""
-    runs = store.runs("collect")
-    if run_ids:
-        unknown = set(run_ids) - {r.run_id for r in runs}
-        if unknown:
-            raise FailtraceError(f"no collection run {sorted(unknown)[0]!r} in {store.path}; `failtrace status` "
-                                 f"lists the runs")
-        runs = [r for r in runs if r.run_id in set(run_ids)]
-    if benchmark is not None:
-        runs = [r for r in runs if r.benchmark == benchmark]
-    if not runs:
-        raise FailtraceError(f"no collection runs{' for ' + benchmark if benchmark else ''} in {store.path}; "
-                             f"run `failtrace collect` first")
-    return runs
+    return store.select_runs("collect", run_ids, benchmark, "collection run", "failtrace collect")
 
 
 def pair_one(finder: PairFinder, bench: Benchmark, item: Item, row: Mapping[str, Any], budget: int) -> PairResult:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -260,6 +260,24 @@ class ResultsStore:
         else:
             rows = self._rows("SELECT * FROM runs WHERE stage = ? ORDER BY created_at, run_id", [stage])
         return [RunRecord.from_dict(r) for r in rows]
+
+    def select_runs(self, stage: str, run_ids: Sequence[str] | None, benchmark: str | None, noun: str,
+                    first: str) -> list[RunRecord]:
+        """Runs of ``stage`` (all, those named, or of one benchmark); an unknown id or an empty choice is an error
+        naming ``noun`` ("collection run", "pair run") and the command to run ``first``."""
+        runs = self.runs(stage)
+        if run_ids:
+            unknown = set(run_ids) - {r.run_id for r in runs}
+            if unknown:
+                raise FailtraceError(f"no {noun} {sorted(unknown)[0]!r} in {self.path}; `failtrace status` lists "
+                                     f"the runs")
+            runs = [r for r in runs if r.run_id in set(run_ids)]
+        if benchmark is not None:
+            runs = [r for r in runs if r.benchmark == benchmark]
+        if not runs:
+            raise FailtraceError(f"no {noun}s{' for ' + benchmark if benchmark else ''} in {self.path}; run "
+                                 f"`{first}` first")
+        return runs
 
     def add_items(self, run_id: str, benchmark: str, items: list[Item]) -> None:
         """Store ``items`` (once per benchmark and id) and note that run ``run_id`` covers them, in one transaction.
