@@ -51,3 +51,36 @@ def build_toy_store(store: Path, model_dir: Path, n_items: int = 8, seed: int = 
         clean = [p for p in st.pairs(pairs.pair_run_ids[0]) if p["status"] == "clean"]
     return {"lm": lm, "run_id": run.run_id, "pair_run_id": pairs.pair_run_ids[0], "clean": clean,
             "model_dir": model_dir, "store": store}
+
+
+def write_toy_cases(st: Any, lm: Any, info: dict[str, Any]) -> None:
+    """Cases of the seed-0 model for the store's clean pairs: Δℓ, AttnLRP relevance, segments, flip curve. (Built
+    here from the analysis functions rather than by ``analyse``, so this test needs only what ``compare`` reads.)"""
+    from failtrace.analysis.masking import flip_search
+    from failtrace.analysis.segments import segment_labels, segment_relevance, spans_from_labels
+    from failtrace.attribution.engine import relevance_pass
+    from failtrace.attribution.inputs import decode_tokens, special_ids
+    from failtrace.cases.build import context_of, logit_diff_fn, plain_delta
+    from failtrace.cases.record import Case, MaskingSpec, MethodResult, case_id
+    from failtrace.models.fingerprint import model_fingerprint
+    from failtrace.store.cases import write_case
+
+    fp, tok = model_fingerprint(lm), lm.tokenizer
+    gens = {g["item_id"]: g for g in st.results(info["run_id"])}
+    spec = MaskingSpec(max_k=4)
+    for pair in info["clean"]:
+        gen, item = gens[pair["item_id"]], st.get_item("toy", pair["item_id"])
+        ctx, t, c = context_of(pair, gen), int(pair["target_id"]), int(pair["contrast_id"])
+        special = [i in special_ids(tok) for i in ctx]
+        rel = relevance_pass(lm.model, ctx, logit_diff_fn(t, c), method="attnlrp").relevance()[0].numpy()
+        labels = segment_labels(tok, ctx, special, len(gen["prompt_ids"]), item)
+        curve, k = flip_search(lm.model, ctx, rel, special, t, c, spec)
+        method = MethodResult("attnlrp", [float(x) for x in rel], segment_relevance=segment_relevance(rel, labels),
+                              flip_curve=curve, flip_k=k)
+        write_case(st, Case(
+            case_id=case_id(pair["pair_run_id"], pair["item_id"], fp, {"test": 1}), pair_run_id=pair["pair_run_id"],
+            run_id=info["run_id"], item_id=pair["item_id"], benchmark="toy", model=lm.name, model_fingerprint=fp,
+            token_ids=ctx, tokens=decode_tokens(tok, ctx), special_mask=special,
+            prompt_length=len(gen["prompt_ids"]), position=len(ctx), target_id=t, target_text=tok.decode([t]),
+            contrast_id=c, contrast_text=tok.decode([c]), delta_logit=plain_delta(lm.model, ctx, t, c),
+            segments=spans_from_labels(labels), methods={"attnlrp": method}, masking=spec, analysis_id="test"))

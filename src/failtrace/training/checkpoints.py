@@ -1,0 +1,107 @@
+"""Checkpoint folders: plain transformers folders (``from_pretrained`` loads them) plus failtrace's metadata file.
+
+``OUT/step-N/`` holds ``config.json``, ``model.safetensors``, the tokenizer files and ``failtrace_checkpoint.json``:
+method, step, the run's settings, the base model's name and content fingerprint, and the trained and held-out case
+ids (the split ``compare --checkpoints`` reads). A folder is written into a temporary sibling and renamed into
+place, so a reader never sees half a checkpoint, and a folder overwritten by a later run gets new files (new inodes,
+new content fingerprint: :mod:`failtrace.models.fingerprint`), never mistaken for the old one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from failtrace.errors import FailtraceError
+
+METADATA_FILE = "failtrace_checkpoint.json"
+FORMAT = 1
+
+
+def step_folder(out: str | Path, step: int) -> Path:
+    return Path(out) / f"step-{int(step)}"
+
+
+def save_checkpoint(model: Any, tokenizer: Any, out: str | Path, step: int, meta: dict[str, Any]) -> Path:
+    """Write ``out/step-<step>/`` (weights in safetensors, tokenizer, metadata) atomically; returns the folder."""
+    from failtrace.models.loading import _portable_tokenizer_config, _quiet_transformers
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    target = step_folder(out, step)
+    tmp = Path(tempfile.mkdtemp(prefix=f".step-{step}-", dir=out))
+    try:
+        with _quiet_transformers():  # no per-shard progress bars
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+        _portable_tokenizer_config(tmp)
+        record = {"format": FORMAT, **meta, "step": int(step)}
+        (tmp / METADATA_FILE).write_text(json.dumps(record, indent=2, sort_keys=True), encoding="utf-8")
+        if target.exists():  # an older run's folder: move it aside first, so the rename below is atomic
+            old = Path(tempfile.mkdtemp(prefix=f".old-step-{step}-", dir=out))
+            os.replace(target, old / "x")
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def read_metadata(folder: str | Path) -> dict[str, Any]:
+    """The metadata of a checkpoint folder; FailtraceError naming the folder when it is not a failtrace checkpoint."""
+    folder = Path(folder)
+    path = folder / METADATA_FILE
+    if not folder.is_dir():
+        raise FailtraceError(f"checkpoint {folder} is not a folder; give folders written by `failtrace finetune` "
+                             f"(e.g. ckpts/step-0)")
+    if not path.is_file():
+        raise FailtraceError(f"{folder} has no {METADATA_FILE}: not a checkpoint written by `failtrace finetune` "
+                             f"(use --models for other model folders)")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise FailtraceError(f"{path} is not valid JSON ({exc}); the checkpoint is damaged") from None
+    need = ("method", "step", "base_model_fingerprint", "trained_case_ids", "held_out_case_ids")
+    if not isinstance(meta, dict) or any(k not in meta for k in need):
+        raise FailtraceError(f"{path} lacks {', '.join(need)}; the checkpoint is damaged or from another tool")
+    return meta
+
+
+def split_of(meta: dict[str, Any], case_id: str) -> str | None:
+    """``trained`` / ``held-out`` for a case of the checkpoint's run, None for a case it never saw in either role."""
+    if case_id in set(meta["trained_case_ids"]):
+        return "trained"
+    if case_id in set(meta["held_out_case_ids"]):
+        return "held-out"
+    return None
+
+
+def make_save_callback(tokenizer: Any, out: str | Path, every: int, meta: dict[str, Any],
+                       saved: list[Path]) -> Any:
+    """A transformers ``TrainerCallback`` that saves a checkpoint every ``every`` optimiser steps (appends the folders
+    to ``saved``), with ``meta['loss_history']`` = the training losses logged so far. It saves on the step's log
+    event (the trainer must log every step), which comes after the step's loss is in ``state.log_history``."""
+    from transformers import TrainerCallback
+
+    class SaveEvery(TrainerCallback):  # type: ignore[misc]
+        pending = False
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
+            self.pending = state.global_step % every == 0
+            return control
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, model: Any = None,
+                   **kw: Any) -> Any:
+            if self.pending and model is not None and "loss" in (logs or {}):
+                self.pending = False
+                history = [{"step": h["step"], "loss": h["loss"]} for h in state.log_history if "loss" in h]
+                saved.append(save_checkpoint(model, tokenizer, out, state.global_step,
+                                             meta | {"loss_history": history}))
+            return control
+
+    return SaveEvery()

@@ -1,0 +1,124 @@
+"""Training examples from a store's clean cases, in the explained model's own tokens, and the held-out split.
+
+One :class:`Example` per case whose pair has a verified recovery (the cases ``export-dpo`` writes):
+
+* ``prompt_ids``: the case's prompt (the item's chat prompt through the model's template);
+* ``rejected_ids``: the failed completion exactly as the model generated it (answer prefix + target + the rest);
+* ``chosen_ids``: answer prefix + contrast (the model's own ids) + the rest of the recovered completion, which is
+  stored as text: the text after ``decode(prefix + contrast)`` is encoded, and the completion's end-of-turn token is
+  appended (the rollout that passed the checker ended there);
+* ``chosen_weights`` / ``rejected_weights``: one weight per completion token, from
+  :func:`failtrace.cases.preferences.response_weights` (export-dpo's weights): the normalised positive attribution on
+  the answer-prefix tokens, 1 on the decision token (contrast / target), ``tail_weight`` after it.
+
+Token ids are built here rather than by trl's chat-template tokenisation because the weights refer to these exact
+tokens (a re-tokenised completion need not split the same way the model generated it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from failtrace.errors import FailtraceError
+from failtrace.store.store import ResultsStore
+
+
+@dataclass
+class Example:
+    """One training example (see the module docstring)."""
+
+    case_id: str
+    item_id: str
+    benchmark: str
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    chosen_weights: list[float]
+    rejected_weights: list[float]
+    decision_index: int  # index of the decision token (contrast / target) inside chosen_ids and rejected_ids
+    notes: list[str] = field(default_factory=list)
+
+
+def split_cases(case_ids: Sequence[str], held_out: float, seed: int) -> tuple[list[str], list[str]]:
+    """(trained, held-out) case ids: a fixed, seeded share held out.
+
+    Cases are ordered by SHA-256(seed:case_id) and the first round(held_out * n) are held out (at least one case
+    stays trained). The split depends only on the ids, the share and the seed, never on the store's row order.
+    """
+    if not 0.0 <= held_out < 1.0:
+        raise FailtraceError(f"--held-out must be in [0, 1), got {held_out}")
+    ranked = sorted(case_ids, key=lambda c: hashlib.sha256(f"{seed}:{c}".encode()).hexdigest())
+    n_held = min(int(math.floor(held_out * len(ranked) + 0.5)), max(len(ranked) - 1, 0))
+    held = set(ranked[:n_held])
+    return [c for c in case_ids if c not in held], [c for c in case_ids if c in held]
+
+
+def chosen_ids(tokenizer: Any, prefix: list[int], contrast: int, recovered: str, eos: int) -> tuple[list[int], str]:
+    """prefix + contrast + the encoded rest of the recovered completion + ``eos``; and a note when the text did not
+    start with the decoded prefix + contrast (then the whole text is encoded after prefix + contrast: never the case
+    for a recovery the pair search wrote, which decodes exactly those ids)."""
+    head = str(tokenizer.decode(prefix + [contrast], skip_special_tokens=True, clean_up_tokenization_spaces=False))
+    note = ""
+    if recovered.startswith(head):
+        rest = recovered[len(head):]
+    else:
+        rest, note = recovered, "recovered completion does not start with decode(prefix + contrast)"
+    tail = [int(t) for t in tokenizer.encode(rest, add_special_tokens=False)] if rest else []
+    return [*prefix, int(contrast), *tail, int(eos)], note
+
+
+def _weights(response_weights: list[float], n: int, tail_weight: float) -> list[float]:
+    """``response_weights`` (prefix + decision) then ``tail_weight`` for the remaining ``n - len`` tokens."""
+    head = [float(w) for w in response_weights[:n]]
+    return head + [float(tail_weight)] * (n - len(head))
+
+
+def build_example(tokenizer: Any, record: dict[str, Any], eos: frozenset[int], tail_weight: float) -> Example:
+    """An :class:`Example` from one export-dpo record (:func:`failtrace.cases.preferences.preference_record`)."""
+    prefix = [int(t) for t in record["prefix_ids"]]
+    rejected = [int(t) for t in record["rejected_ids"]]
+    end = rejected[-1] if rejected and rejected[-1] in eos else int(tokenizer.eos_token_id)
+    chosen, note = chosen_ids(tokenizer, prefix, int(record["chosen_decision_id"]),
+                              record["chosen"][0]["content"], end)
+    d = len(prefix)
+    if rejected[: d + 1] != [*prefix, int(record["rejected_decision_id"])]:
+        raise FailtraceError(f"case {record['case_id']}: the stored completion does not start with the case's "
+                             f"answer prefix and target; the store is inconsistent")
+    return Example(case_id=record["case_id"], item_id=record["item_id"], benchmark=record["benchmark"],
+                   prompt_ids=[int(t) for t in record["prompt_ids"]], chosen_ids=chosen, rejected_ids=rejected,
+                   chosen_weights=_weights(record["response_weights"], len(chosen), tail_weight),
+                   rejected_weights=_weights(record["response_weights"], len(rejected), tail_weight),
+                   decision_index=d, notes=[note] if note else [])
+
+
+def load_examples(store: ResultsStore, tokenizer: Any, eos: frozenset[int], model_fingerprint: str,
+                  benchmark: str | None = None, tail_weight: float = 0.0) -> list[Example]:
+    """Examples of every clean case of the model with ``model_fingerprint`` that has a verified recovery."""
+    from failtrace.cases.preferences import preference_record
+    from failtrace.store.cases import load_cases
+
+    cases = load_cases(store, benchmark=benchmark, model_fingerprint=model_fingerprint)
+    if not cases:
+        raise FailtraceError(f"no cases of this model (by its content fingerprint) in {store.path}; run "
+                             f"`failtrace analyse` with the same model first, or pass the model the cases were "
+                             f"built with (--model)")
+    pairs = {(p["pair_run_id"], p["item_id"]): p for p in store.pairs()}
+    generations: dict[str, dict[str, dict[str, Any]]] = {}
+    out = []
+    for case in cases:
+        pair = pairs.get((case.pair_run_id, case.item_id))
+        if pair is None or not pair.get("recovered_completion"):
+            continue  # no verified recovery: nothing to prefer or imitate
+        if case.run_id not in generations:
+            generations[case.run_id] = {g["item_id"]: g for g in store.results(case.run_id)}
+        rec = preference_record(case, store.get_item(case.benchmark, case.item_id), pair,
+                                generations[case.run_id][case.item_id], tail_weight)
+        out.append(build_example(tokenizer, rec, eos, tail_weight))
+    if not out:
+        raise FailtraceError(f"none of the {len(cases)} cases of this model in {store.path} has a pair with a "
+                             f"recovered completion; nothing to train on")
+    return out

@@ -1,0 +1,182 @@
+"""``failtrace finetune``: post-train the explained model on its clean cases with trl, saving real checkpoints.
+
+Methods (all through trl's trainers, on the examples of :mod:`failtrace.training.data`, trained cases only):
+
+* ``sft``: trl's SFTTrainer on prompt → recovered completion (completion-only loss: mean NLL of the completion
+  tokens);
+* ``dpo``: trl's DPOTrainer (sigmoid loss, β) on chosen = recovered completion, rejected = the failed completion,
+  against a frozen copy of the base model;
+* ``token-dpo``: the same with every token's log-ratio weighted by its attribution weight
+  (:mod:`failtrace.training.weighted_dpo`).
+
+The policy and the reference are copies of the model failtrace's loader returned (the converted weights the cases
+were computed with); the caller's model is never changed. A constant learning rate, no warm-up, fp32, no dropout,
+no gradient checkpointing: the few dozen steps a CPU allows are all spent at the given rate. Checkpoints:
+``step-0`` (untrained) before the first step, every ``save_every`` steps, and the last step
+(:mod:`failtrace.training.checkpoints`).
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from failtrace.errors import FailtraceError
+from failtrace.store.store import ResultsStore
+from failtrace.training.data import Example, load_examples, split_cases
+
+METHODS = ("sft", "dpo", "token-dpo")
+
+
+@dataclass
+class FinetuneSettings:
+    """What a finetune run does (all of it is recorded in every checkpoint's metadata)."""
+
+    method: str
+    steps: int = 200
+    save_every: int = 50
+    held_out: float = 0.3
+    seed: int = 0
+    lr: float = 1e-5
+    beta: float = 0.1
+    tail_weight: float = 0.0
+    batch_size: int = 1
+    benchmark: str | None = None
+
+    def check(self) -> None:
+        if self.method not in METHODS:
+            raise FailtraceError(f"unknown --method {self.method!r}; use one of: {', '.join(METHODS)}")
+        for name in ("steps", "save_every", "batch_size"):
+            if getattr(self, name) < 1:
+                raise FailtraceError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 <= self.held_out < 1.0:
+            raise FailtraceError(f"--held-out must be in [0, 1), got {self.held_out}")
+        if not (self.lr > 0 and self.lr < 1):
+            raise FailtraceError(f"--lr must be in (0, 1), got {self.lr}")
+        if not self.beta > 0 or self.beta != self.beta:
+            raise FailtraceError(f"--beta must be > 0, got {self.beta}")
+        if not 0.0 <= self.tail_weight <= 1.0:
+            raise FailtraceError(f"--tail-weight must be in [0, 1], got {self.tail_weight}")
+
+
+@dataclass
+class FinetuneResult:
+    """What a run wrote."""
+
+    out: Path
+    checkpoints: list[Path]
+    trained: list[str]
+    held_out: list[str]
+    losses: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _versions() -> dict[str, str]:
+    import torch
+    import transformers
+    import trl
+
+    import failtrace
+
+    return {"failtrace": getattr(failtrace, "__version__", "?"), "trl": trl.__version__,
+            "transformers": transformers.__version__, "torch": torch.__version__}
+
+
+def _trainable_copy(model: Any) -> Any:
+    policy = copy.deepcopy(model)
+    for p in policy.parameters():
+        p.requires_grad_(True)
+    policy.train()
+    return policy
+
+
+def _frozen_copy(model: Any) -> Any:
+    ref = copy.deepcopy(model)
+    ref.eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
+
+
+def _common_args(s: FinetuneSettings, work: str, progress: bool) -> dict[str, Any]:
+    """Trainer arguments shared by every method (module docstring)."""
+    return dict(output_dir=work, max_steps=s.steps, per_device_train_batch_size=s.batch_size, learning_rate=s.lr,
+                lr_scheduler_type="constant", warmup_steps=0, logging_steps=1, save_strategy="no", report_to=[],
+                use_cpu=True, seed=s.seed, data_seed=s.seed, bf16=False, fp16=False, gradient_checkpointing=False,
+                max_length=None, disable_tqdm=not progress, dataloader_num_workers=0)
+
+
+def _trainer(s: FinetuneSettings, lm: Any, train: list[Example], work: str, progress: bool,
+             callback: Any) -> Any:
+    """The trl trainer of ``s.method`` on the trained examples."""
+    from datasets import Dataset
+
+    common = _common_args(s, work, progress)
+    pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.tokenizer.eos_token_id
+    if s.method == "sft":
+        from trl import SFTConfig, SFTTrainer
+
+        rows = [{"input_ids": e.prompt_ids + e.chosen_ids,
+                 "completion_mask": [0] * len(e.prompt_ids) + [1] * len(e.chosen_ids)} for e in train]
+        return SFTTrainer(model=_trainable_copy(lm.model), processing_class=lm.tokenizer,
+                          args=SFTConfig(**common, completion_only_loss=True),
+                          train_dataset=Dataset.from_list(rows), callbacks=[callback])
+    from trl import DPOConfig
+
+    from failtrace.training.weighted_dpo import (
+        PretokenizedDPOTrainer,
+        TokenWeightedDPOTrainer,
+        WeightedPreferenceCollator,
+    )
+
+    rows = [{"prompt_ids": e.prompt_ids, "chosen_ids": e.chosen_ids, "rejected_ids": e.rejected_ids,
+             "chosen_weights": e.chosen_weights, "rejected_weights": e.rejected_weights} for e in train]
+    config = DPOConfig(**common, beta=s.beta, loss_type="sigmoid", precompute_ref_log_probs=False)
+    kwargs: dict[str, Any] = dict(model=_trainable_copy(lm.model), ref_model=_frozen_copy(lm.model), args=config,
+                                  processing_class=lm.tokenizer, train_dataset=Dataset.from_list(rows),
+                                  callbacks=[callback])
+    if s.method == "dpo":
+        return PretokenizedDPOTrainer(**kwargs)
+    return TokenWeightedDPOTrainer(**kwargs, data_collator=WeightedPreferenceCollator(pad_token_id=pad_id))
+
+
+def finetune(store: ResultsStore, lm: Any, out: str | Path, settings: FinetuneSettings,
+             progress: bool = False) -> FinetuneResult:
+    """Train ``lm`` (a :class:`~failtrace.models.LoadedModel`) by ``settings.method`` and write checkpoints to ``out``."""
+    from failtrace.failures.generation import eos_token_ids
+    from failtrace.models.fingerprint import model_fingerprint
+    from failtrace.training.checkpoints import make_save_callback, save_checkpoint
+
+    settings.check()
+    t0 = time.perf_counter()
+    base_fp = model_fingerprint(lm)
+    examples = load_examples(store, lm.tokenizer, eos_token_ids(lm.model, lm.tokenizer), base_fp,
+                             settings.benchmark, settings.tail_weight)
+    trained, held = split_cases([e.case_id for e in examples], settings.held_out, settings.seed)
+    by_id = {e.case_id: e for e in examples}
+    meta = {"method": settings.method, "settings": asdict(settings), "base_model": lm.name,
+            "base_model_source": lm.source, "base_model_fingerprint": base_fp, "store": str(store.path),
+            "trained_case_ids": trained, "held_out_case_ids": held,
+            "trained_item_ids": [by_id[c].item_id for c in trained],
+            "held_out_item_ids": [by_id[c].item_id for c in held], "versions": _versions(),
+            "example_notes": {e.case_id: e.notes for e in examples if e.notes}}
+    out = Path(out)
+    saved = [save_checkpoint(lm.model, lm.tokenizer, out, 0, meta | {"loss_history": []})]
+    with tempfile.TemporaryDirectory(prefix="failtrace-finetune-") as work:
+        callback = make_save_callback(lm.tokenizer, out, settings.save_every, meta, saved)
+        trainer = _trainer(settings, lm, [by_id[c] for c in trained], work, progress, callback)
+        if not progress:  # transformers prints every log dict when its progress bar is off
+            from transformers.trainer_callback import PrinterCallback
+
+            trainer.remove_callback(PrinterCallback)
+        trainer.train()
+        losses = [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h]
+        if settings.steps % settings.save_every:
+            saved.append(save_checkpoint(trainer.model, lm.tokenizer, out, trainer.state.global_step,
+                                         meta | {"loss_history": losses}))
+    return FinetuneResult(out=out, checkpoints=saved, trained=trained, held_out=held, losses=losses,
+                          seconds=time.perf_counter() - t0)
