@@ -34,6 +34,7 @@ _COMMAND_MODULES = (
     "failtrace.cli.serve",
     "failtrace.cli.models",
     "failtrace.cli.compare",
+    "failtrace.cli.finetune",
 )
 
 for _name in _COMMAND_MODULES:

@@ -1,4 +1,5 @@
-"""``failtrace compare``: re-score one model's clean cases on other models (Δℓ, segment relevance, k* per model).
+"""``failtrace compare``: re-score one model's clean cases on other models (Δℓ, segment relevance, k* per model),
+or the base model's cases on ``failtrace finetune`` checkpoints (``--checkpoints``; rows carry step and split).
 
 Rows go to the store's ``comparisons`` table (one per case and model fingerprint; a rerun skips stored rows);
 ``failtrace export --format jsonl`` writes them as comparisons.jsonl. The printed table: per model, how many cases
@@ -9,12 +10,16 @@ contrast, i.e. the failure is corrected on that model).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from failtrace.errors import FailtraceError
 from failtrace.store.store import DEFAULT_STORE
+
+if TYPE_CHECKING:
+    from failtrace.cases.checkpoints import CheckpointSummary
+    from failtrace.store.store import ResultsStore
 
 
 def comparison_table(rows: list[dict], models: list[str]) -> list[list[str]]:
@@ -33,18 +38,54 @@ def comparison_table(rows: list[dict], models: list[str]) -> list[list[str]]:
     return out
 
 
+def checkpoint_table(rows: list[dict], folders: list[str], fingerprints: dict[str, str]) -> list[list[str]]:
+    """Per checkpoint (in --checkpoints order, rows found by its content fingerprint): step, then per split the
+    cases, mean Δℓ and corrected (Δℓ < 0)."""
+    import statistics
+
+    out = []
+    for folder in folders:
+        mine = [r for r in rows if r["model_fingerprint"] == fingerprints.get(folder) and r["delta_logit"] is not None]
+        step = next((str(r["step"]) for r in mine if r["step"] is not None), "-")
+        cells = [folder, step]
+        for split in ("trained", "held-out"):
+            deltas = [float(r["delta_logit"]) for r in mine if r["split"] == split]
+            cells += [str(len(deltas)), f"{statistics.fmean(deltas):+.3f}" if deltas else "-",
+                      str(sum(d < 0 for d in deltas))]
+        out.append(cells)
+    return out
+
+
+def _print_checkpoints(st: ResultsStore, folders: list[str], summary: CheckpointSummary) -> None:
+    """A plain-text table (never truncated: checkpoint paths are long), one line per checkpoint."""
+    from failtrace.store.comparisons import load_comparisons
+
+    rows = checkpoint_table(load_comparisons(st), folders, summary.fingerprints)
+    head = ["checkpoint", "step", "trained", "mean Δℓ", "corrected", "held-out", "mean Δℓ", "corrected"]
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    typer.echo(f"{summary.cases} cases on {len(folders)} checkpoints ({summary.seconds:.1f} s); corrected = Δℓ < 0")
+    for r in [head, *rows]:
+        typer.echo("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+
+
 def compare_command(
     store: Path = typer.Option(Path(DEFAULT_STORE), "--store", "-s", help="Results store with analysed cases."),
-    models: list[str] = typer.Option(..., "--models", "-m",
-                                     help="First the model whose cases are compared, then the others (repeat or "
-                                          "space-separate): registry names, folders, .gguf files."),
-    more: Optional[list[str]] = typer.Argument(None, hidden=True, help="More models (--models A B C)."),
+    models: Optional[list[str]] = typer.Option(None, "--models", "-m",
+                                               help="First the model whose cases are compared, then the others "
+                                                    "(repeat or space-separate): registry names, folders, .gguf "
+                                                    "files."),
+    checkpoints: Optional[list[str]] = typer.Option(None, "--checkpoints",
+                                                    help="Checkpoint folders written by `failtrace finetune` (e.g. "
+                                                         "ckpts/step-0 ckpts/step-50): the base model's cases on "
+                                                         "each, with step and trained/held-out split."),
+    more: Optional[list[str]] = typer.Argument(None, hidden=True, help="More models or checkpoints (--models A B C)."),
     benchmark: Optional[str] = typer.Option(None, "--benchmark", "-b", help="Only cases of this benchmark."),
     limit: Optional[int] = typer.Option(None, "--limit", "-n", help="At most N cases."),
     device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu or cuda."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
-    """Re-score the first model's clean cases on the other models (same strings, re-tokenised) and store it."""
+    """Re-score the first model's clean cases on the other models (same strings, re-tokenised), or the base model's
+    cases on finetune checkpoints (--checkpoints), and store it."""
     from rich.console import Console
     from rich.table import Table
 
@@ -54,7 +95,19 @@ def compare_command(
 
     if limit is not None and limit < 1:
         raise FailtraceError(f"--limit must be at least 1, got {limit}")
-    models = [*models, *(more or [])]  # click options take one value: `--models A B` leaves B as an argument
+    if bool(models) == bool(checkpoints):
+        raise FailtraceError("give either --models (cross-model) or --checkpoints (finetune checkpoints), not both "
+                             "and not neither")
+    if checkpoints:  # click options take one value: `--checkpoints A B` leaves B as an argument
+        from failtrace.cases.checkpoints import compare_checkpoints
+
+        folders = [*checkpoints, *(more or [])]
+        with open_store(store, create=False) as st:
+            summary = compare_checkpoints(st, folders, benchmark=benchmark, limit=limit, device=device,
+                                          progress=progress)
+            _print_checkpoints(st, folders, summary)
+        return
+    models = [*(models or []), *(more or [])]
     with open_store(store, create=False) as st:
         summary = compare(st, models, benchmark=benchmark, limit=limit, device=device, progress=progress)
         rows = load_comparisons(st)

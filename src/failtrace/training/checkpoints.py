@@ -52,6 +52,13 @@ def save_checkpoint(model: Any, tokenizer: Any, out: str | Path, step: int, meta
     return target
 
 
+def vocab_digest(tokenizer: Any) -> str:
+    """SHA-256 of the tokenizer's token → id map: equal digests mean every id names the same token."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()
+
+
 def read_metadata(folder: str | Path) -> dict[str, Any]:
     """The metadata of a checkpoint folder; FailtraceError naming the folder when it is not a failtrace checkpoint."""
     folder = Path(folder)

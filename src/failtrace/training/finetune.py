@@ -116,13 +116,14 @@ def _trainer(s: FinetuneSettings, lm: Any, train: list[Example], work: str, prog
     from datasets import Dataset
 
     common = _common_args(s, work, progress)
-    pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.tokenizer.eos_token_id
+    tokenizer = copy.deepcopy(lm.tokenizer)  # trl sets a pad token on it: never on the caller's
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if s.method == "sft":
         from trl import SFTConfig, SFTTrainer
 
         rows = [{"input_ids": e.prompt_ids + e.chosen_ids,
                  "completion_mask": [0] * len(e.prompt_ids) + [1] * len(e.chosen_ids)} for e in train]
-        return SFTTrainer(model=_trainable_copy(lm.model), processing_class=lm.tokenizer,
+        return SFTTrainer(model=_trainable_copy(lm.model), processing_class=tokenizer,
                           args=SFTConfig(**common, completion_only_loss=True),
                           train_dataset=Dataset.from_list(rows), callbacks=[callback])
     from trl import DPOConfig
@@ -137,7 +138,7 @@ def _trainer(s: FinetuneSettings, lm: Any, train: list[Example], work: str, prog
              "chosen_weights": e.chosen_weights, "rejected_weights": e.rejected_weights} for e in train]
     config = DPOConfig(**common, beta=s.beta, loss_type="sigmoid", precompute_ref_log_probs=False)
     kwargs: dict[str, Any] = dict(model=_trainable_copy(lm.model), ref_model=_frozen_copy(lm.model), args=config,
-                                  processing_class=lm.tokenizer, train_dataset=Dataset.from_list(rows),
+                                  processing_class=tokenizer, train_dataset=Dataset.from_list(rows),
                                   callbacks=[callback])
     if s.method == "dpo":
         return PretokenizedDPOTrainer(**kwargs)
@@ -149,7 +150,7 @@ def finetune(store: ResultsStore, lm: Any, out: str | Path, settings: FinetuneSe
     """Train ``lm`` (a :class:`~failtrace.models.LoadedModel`) by ``settings.method`` and write checkpoints to ``out``."""
     from failtrace.failures.generation import eos_token_ids
     from failtrace.models.fingerprint import model_fingerprint
-    from failtrace.training.checkpoints import make_save_callback, save_checkpoint
+    from failtrace.training.checkpoints import make_save_callback, save_checkpoint, vocab_digest
 
     settings.check()
     t0 = time.perf_counter()
@@ -159,7 +160,8 @@ def finetune(store: ResultsStore, lm: Any, out: str | Path, settings: FinetuneSe
     trained, held = split_cases([e.case_id for e in examples], settings.held_out, settings.seed)
     by_id = {e.case_id: e for e in examples}
     meta = {"method": settings.method, "settings": asdict(settings), "base_model": lm.name,
-            "base_model_source": lm.source, "base_model_fingerprint": base_fp, "store": str(store.path),
+            "base_model_source": lm.source, "base_model_fingerprint": base_fp,
+            "base_vocab_digest": vocab_digest(lm.tokenizer), "store": str(store.path),
             "trained_case_ids": trained, "held_out_case_ids": held,
             "trained_item_ids": [by_id[c].item_id for c in trained],
             "held_out_item_ids": [by_id[c].item_id for c in held], "versions": _versions(),

@@ -1,0 +1,144 @@
+"""``compare --checkpoints``: re-score the base model's cases on the checkpoints ``failtrace finetune`` wrote.
+
+Each checkpoint folder carries its metadata (:mod:`failtrace.training.checkpoints`): the base model's content
+fingerprint picks the cases (those ``load_cases`` returns for it), and the trained / held-out case ids give each
+row's ``split``; ``step`` is the checkpoint's step. Rows are keyed by (case id, the checkpoint's *content*
+fingerprint, :func:`failtrace.models.fingerprint.model_fingerprint`), never by the folder name: a folder overwritten
+in place by another run is a new model with new rows, and the old rows stay.
+
+A checkpoint is scored on the case's own tokens: the same context ids, target and contrast (finetune never changes
+the vocabulary; a checkpoint whose vocabulary differs from its base model's is refused), so step 0 reproduces the
+case's Δℓ. On a row: Δℓ from a plain forward pass, AttnLRP input relevance for Δℓ, its segment sums (the benchmark's
+segmenter) and k* by the case's masking spec.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from failtrace.cases.record import Case
+from failtrace.errors import FailtraceError
+from failtrace.store.comparisons import done_comparisons, write_comparison
+from failtrace.store.store import ResultsStore
+
+
+@dataclass
+class CheckpointSummary:
+    """What one ``compare --checkpoints`` call did, per checkpoint as given."""
+
+    cases: int = 0
+    fingerprints: dict[str, str] = field(default_factory=dict)
+    written: dict[str, int] = field(default_factory=dict)
+    skipped: int = 0
+    seconds: float = 0.0
+
+
+def score_on_case_tokens(lm: Any, case: Case, item: Any, name: str, fingerprint: str) -> dict[str, Any]:
+    """A comparison row for ``lm`` on the case's own context ids, target and contrast (same tokenizer)."""
+    from failtrace.analysis.masking import flip_search
+    from failtrace.analysis.segments import segment_labels, segment_relevance
+    from failtrace.attribution.engine import relevance_pass
+    from failtrace.cases.build import logit_diff_fn, plain_delta
+
+    t0 = time.perf_counter()
+    ids, special = [int(t) for t in case.token_ids], [bool(s) for s in case.special_mask]
+    t, c = int(case.target_id), int(case.contrast_id)
+    delta = plain_delta(lm.model, ids, t, c)
+    rel = relevance_pass(lm.model, ids, logit_diff_fn(t, c), method="attnlrp").relevance()[0]
+    rel = rel.detach().cpu().numpy().astype(np.float64)
+    labels = segment_labels(lm.tokenizer, ids, special, case.prompt_length, item)
+    curve, k_star = flip_search(lm.model, ids, rel, special, t, c, case.masking)
+    return {"case_id": case.case_id, "model_fingerprint": fingerprint, "model": name, "item_id": case.item_id,
+            "benchmark": case.benchmark, "reference": False, "mapped": True, "token_ids": ids,
+            "prompt_length": case.prompt_length, "position": len(ids), "target_text": case.target_text,
+            "contrast_text": case.contrast_text, "target_id": t, "contrast_id": c, "delta_logit": delta,
+            "input_relevance": [float(x) for x in rel],
+            "segment_relevance": {k: float(v) for k, v in segment_relevance(rel, labels).items()},
+            "flip_curve": [float(x) for x in curve], "flip_k": k_star, "notes": ["case tokens (same tokenizer)"],
+            "tokens": list(case.tokens), "special_mask": special, "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def checkpoint_row(lm: Any, case: Case, item: Any, name: str, fingerprint: str,
+                   meta: dict[str, Any]) -> dict[str, Any]:
+    """One row on the case tokens, with the checkpoint's ``step`` and the case's ``split`` in its run."""
+    from failtrace.training.checkpoints import split_of
+
+    row = score_on_case_tokens(lm, case, item, name, fingerprint)
+    split = split_of(meta, case.case_id)
+    if split is None:
+        row["notes"] = [*row["notes"], "case not in this run's trained or held-out set"]
+    return row | {"step": int(meta["step"]), "split": split}
+
+
+def _load(folder: str, device: str) -> Any:
+    from failtrace.models.loading import load_model
+
+    return load_model(folder, device=device, progress=False)
+
+
+def _cases_of(store: ResultsStore, base_fp: str, benchmark: str | None, limit: int | None) -> list[Case]:
+    from failtrace.store.cases import load_cases
+
+    cases = load_cases(store, benchmark=benchmark, model_fingerprint=base_fp)
+    if not cases:
+        raise FailtraceError(f"no cases of the checkpoints' base model (fingerprint {base_fp[:12]}…) in {store.path}; "
+                             f"give the store the checkpoints were trained from (--store)")
+    return cases[: limit or None]
+
+
+def compare_checkpoints(store: ResultsStore, folders: Sequence[str], *, benchmark: str | None = None,
+                        limit: int | None = None, device: str = "cpu", progress: bool = True,
+                        models: Mapping[str, Any] | None = None) -> CheckpointSummary:
+    """Score the base model's cases on every checkpoint folder (resumable: stored keys are skipped).
+
+    Every folder's metadata is read before any model is loaded, so a bad folder fails in a second; all must share
+    one base model. ``models`` maps folder → loaded model (tests); by default each is loaded in turn and freed.
+    """
+    from failtrace.models.fingerprint import model_fingerprint
+    from failtrace.training.checkpoints import read_metadata, vocab_digest
+
+    if not folders:
+        raise FailtraceError("--checkpoints needs at least one checkpoint folder (e.g. ckpts/step-0)")
+    metas = {f: read_metadata(f) for f in folders}
+    bases = {m["base_model_fingerprint"] for m in metas.values()}
+    if len(bases) > 1:
+        raise FailtraceError("the checkpoints come from different base models; compare one base model's "
+                             "checkpoints at a time")
+    t0 = time.perf_counter()
+    cases = _cases_of(store, bases.pop(), benchmark, limit)
+    items = {c.case_id: store.get_item(c.benchmark, c.item_id) for c in cases}
+    summary = CheckpointSummary(cases=len(cases))
+    done = done_comparisons(store)
+    for folder in folders:
+        meta = metas[folder]
+        lm = models[folder] if models else _load(folder, device)
+        fp = model_fingerprint(lm)
+        summary.fingerprints[folder] = fp
+        if vocab_digest(lm.tokenizer) != meta.get("base_vocab_digest"):
+            raise FailtraceError(f"checkpoint {folder} has another vocabulary than its base model, so the cases' "
+                                 f"token ids mean other tokens there; compare it with --models instead")
+        todo = [c for c in cases if (c.case_id, fp) not in done]
+        summary.skipped += len(cases) - len(todo)
+        summary.written[folder] = 0
+        for case in _bar(todo, f"compare on {folder}", progress):
+            row = checkpoint_row(lm, case, items[case.case_id], folder, fp, meta)
+            summary.written[folder] += write_comparison(store, row)
+            done.add((case.case_id, fp))
+        del lm
+        gc.collect()
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _bar(seq: list[Any], label: str, enabled: bool) -> Any:
+    if not enabled or not seq:
+        return seq
+    from rich.progress import track
+
+    return track(seq, description=label, transient=False)

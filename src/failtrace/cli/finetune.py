@@ -1,0 +1,66 @@
+"""``failtrace finetune``: post-train the bundled (or another) model on a store's clean cases; write checkpoints.
+
+``--method sft`` imitates the recovered completions, ``dpo`` prefers them over the failed ones, ``token-dpo`` does
+the same with every token's log-ratio weighted by its attribution weight (docs/MODELS.md). A seeded share of the
+cases is held out; ``OUT/step-N/`` folders load with ``AutoModelForCausalLM.from_pretrained`` and are compared with
+``failtrace compare --checkpoints``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from failtrace.cli import options as opts
+from failtrace.store.store import DEFAULT_STORE
+from failtrace.training.finetune import METHODS
+
+
+def finetune_command(
+    store: Path = typer.Option(Path(DEFAULT_STORE), "--store", "-s", help="Results store with analysed cases."),
+    method: str = typer.Option(..., "--method", help="sft, dpo or token-dpo.", callback=opts.one_of(METHODS)),
+    steps: int = typer.Option(200, "--steps", help="Optimiser steps.", callback=opts.count(1)),
+    save_every: int = typer.Option(50, "--save-every", help="Save a checkpoint every N steps (and step 0, the end).",
+                                   callback=opts.count(1)),
+    out: Path = typer.Option(Path("ckpts"), "--out", "-o", help="Folder for the step-N checkpoint folders."),
+    held_out: float = typer.Option(0.3, "--held-out", help="Share of cases held out (seeded), in [0, 1).",
+                                   callback=opts.finite(0.0, 0.99)),
+    seed: int = typer.Option(0, "--seed", help="Seed of the held-out split and of training.", callback=opts.count(0)),
+    lr: float = typer.Option(1e-5, "--lr", help="Learning rate (constant).", callback=opts.finite(0.0, 1.0,
+                                                                                                 open_min=True)),
+    beta: float = typer.Option(0.1, "--beta", help="DPO β.", callback=opts.finite(0.0, open_min=True)),
+    tail_weight: float = typer.Option(0.0, "--tail-weight",
+                                      help="token-dpo: weight of the tokens after the decision token (0..1).",
+                                      callback=opts.finite(0.0, 1.0)),
+    batch_size: int = typer.Option(1, "--batch-size", help="Examples (pairs) per step.", callback=opts.count(1)),
+    benchmark: Optional[str] = typer.Option(None, "--benchmark", "-b", help="Only cases of this benchmark."),
+    model: Optional[str] = opts.MODEL,
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show trl's progress bar."),
+) -> None:
+    """Post-train the model on its clean cases with trl (CPU) and save checkpoints at step 0, every N steps, the end."""
+    from failtrace.cli.checks import check_output_dir, check_store_path
+    from failtrace.models.loading import load_model
+    from failtrace.store.store import open_store
+    from failtrace.training.finetune import FinetuneSettings, finetune
+
+    settings = FinetuneSettings(method=method, steps=steps, save_every=save_every, held_out=held_out, seed=seed,
+                                lr=lr, beta=beta, tail_weight=tail_weight, batch_size=batch_size, benchmark=benchmark)
+    settings.check()
+    check_output_dir(out, "--out")
+    check_store_path(store, create=False)
+    with open_store(store, read_only=True) as st:
+        lm = load_model(model, progress=progress)
+        result = finetune(st, lm, out, settings, progress=progress)
+    typer.echo(f"{method}: {len(result.trained)} cases trained, {len(result.held_out)} held out; "
+               f"{len(result.checkpoints)} checkpoints in {result.out} ({result.seconds:.0f} s)")
+    for h in result.losses[:: max(1, len(result.losses) // 10)] + result.losses[-1:]:
+        typer.echo(f"  step {h['step']:>4}  loss {h['loss']:.4f}")
+    for path in result.checkpoints:
+        typer.echo(f"  {path}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``finetune`` to the ``failtrace`` app."""
+    app.command("finetune")(finetune_command)

@@ -1,0 +1,269 @@
+"""failtrace finetune (trl SFT / DPO / token-dpo) and compare --checkpoints, on the toy model and a toy store.
+
+Everything numerical is checked against plain torch / plain transformers: the training losses before and after
+(recomputed from the checkpoint folders), the token-weighted DPO loss (per-token log-probs from plain logits and
+the formula), and every stored Δℓ (a forward pass of ``AutoModelForCausalLM.from_pretrained(folder)``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import torch
+
+from cases_toy import build_toy_store, write_toy_cases
+from failtrace.models.loading import load_model
+from failtrace.store import open_store
+from failtrace.store.cases import load_cases
+from failtrace.store.comparisons import load_comparisons
+from failtrace.testing.toy import one_thread, toy_model, toy_tokenizer
+from failtrace.training.checkpoints import read_metadata
+from failtrace.training.data import split_cases
+from failtrace.training.finetune import FinetuneSettings, finetune
+
+STEPS, EVERY, LR = 6, 3, 1e-3
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    with one_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A toy store with cases, and one finetune run per method (6 steps, checkpoints at 0, 3, 6)."""
+    root = tmp_path_factory.mktemp("train")
+    with one_thread():
+        info = build_toy_store(root / "s.duckdb", root / "model0", n_items=8)
+        lm = load_model(str(root / "model0"), progress=False)
+        with open_store(info["store"]) as st:
+            write_toy_cases(st, lm, info)
+        results = {}
+        with open_store(info["store"], read_only=True) as st:
+            for method in ("sft", "dpo", "token-dpo"):
+                results[method] = finetune(st, lm, root / method, FinetuneSettings(
+                    method=method, steps=STEPS, save_every=EVERY, lr=LR, held_out=0.3, seed=0))
+            cases = load_cases(st)
+    return info | {"root": root, "lm": lm, "results": results, "cases": cases}
+
+
+def _plain(folder: Path | str) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+
+
+def _token_logps(model: Any, prompt: list[int], completion: list[int]) -> torch.Tensor:
+    """log p(completion_t | prompt, completion_<t) for every completion token, from plain logits (float64)."""
+    ids = torch.tensor([prompt + completion])
+    with torch.no_grad():
+        logits = model(input_ids=ids, use_cache=False).logits[0, :-1].double()
+    lp = torch.log_softmax(logits, dim=-1)[torch.arange(ids.shape[1] - 1), ids[0, 1:]]
+    return lp[len(prompt) - 1:]
+
+
+def _examples(run: dict[str, Any]) -> dict[str, Any]:
+    from failtrace.failures.generation import eos_token_ids
+    from failtrace.models.fingerprint import model_fingerprint
+    from failtrace.training.data import load_examples
+
+    lm = run["lm"]
+    with open_store(run["store"], read_only=True) as st:
+        ex = load_examples(st, lm.tokenizer, eos_token_ids(lm.model, lm.tokenizer), model_fingerprint(lm))
+    return {e.case_id: e for e in ex}
+
+
+def test_checkpoints_are_plain_transformers_folders_with_metadata(run: dict[str, Any]) -> None:
+    from failtrace.models.fingerprint import model_fingerprint
+
+    base = _plain(run["root"] / "model0")
+    examples = _examples(run)
+    for method, res in run["results"].items():
+        assert [p.name for p in res.checkpoints] == ["step-0", "step-3", "step-6"]
+        for folder in res.checkpoints:
+            meta = read_metadata(folder)
+            assert meta["method"] == method and meta["step"] == int(folder.name[5:])
+            assert meta["base_model_fingerprint"] == model_fingerprint(run["lm"])
+            assert sorted(meta["trained_case_ids"] + meta["held_out_case_ids"]) == sorted(examples)
+            assert not set(meta["trained_case_ids"]) & set(meta["held_out_case_ids"])
+            assert len(meta["held_out_case_ids"]) == math.floor(0.3 * len(examples) + 0.5) >= 1
+        step0 = _plain(res.checkpoints[0]).state_dict()
+        assert all(torch.equal(v, step0[k]) for k, v in base.state_dict().items())  # step 0 = untrained
+        last = _plain(res.checkpoints[-1]).state_dict()
+        assert max(float((v - step0[k]).abs().max()) for k, v in last.items()) > 1e-4  # training moved weights
+        assert len(read_metadata(res.checkpoints[-1])["loss_history"]) == STEPS
+
+
+def test_split_is_seeded_and_fixed() -> None:
+    ids = [f"case{i}" for i in range(10)]
+    trained, held = split_cases(ids, 0.3, seed=7)
+    want = sorted(ids, key=lambda c: hashlib.sha256(f"7:{c}".encode()).hexdigest())[:3]
+    assert sorted(held) == sorted(want) and sorted(trained + held) == sorted(ids)
+    assert split_cases(list(reversed(ids)), 0.3, seed=7)[1] == [c for c in reversed(ids) if c in held]
+    assert split_cases(["a", "b"], 0.9, seed=0)[0]  # at least one case stays trained
+
+
+def test_sft_lowers_the_completion_nll_on_trained_cases(run: dict[str, Any]) -> None:
+    res, examples = run["results"]["sft"], _examples(run)
+    before, after = _plain(res.checkpoints[0]), _plain(res.checkpoints[-1])
+
+    def nll(model: Any) -> float:
+        lps = [_token_logps(model, examples[c].prompt_ids, examples[c].chosen_ids) for c in res.trained]
+        return float(-torch.cat(lps).mean())
+
+    assert nll(after) < nll(before) - 0.05
+
+
+@pytest.mark.parametrize("method", ["dpo", "token-dpo"])
+def test_dpo_lowers_its_loss_on_trained_cases(run: dict[str, Any], method: str) -> None:
+    """L = mean −log σ(β(s_w(y⁺) − s_w(y⁻))) with the step-0 model as reference: log 2 at step 0, lower after."""
+    res, examples = run["results"][method], _examples(run)
+    ref, pol = _plain(res.checkpoints[0]), _plain(res.checkpoints[-1])
+
+    def loss(e: Any) -> float:
+        ones = method == "dpo"
+        wc = torch.ones(len(e.chosen_ids)) if ones else torch.tensor(e.chosen_weights)
+        wr = torch.ones(len(e.rejected_ids)) if ones else torch.tensor(e.rejected_weights)
+        sc = ((_token_logps(pol, e.prompt_ids, e.chosen_ids) - _token_logps(ref, e.prompt_ids, e.chosen_ids))
+              * wc.double()).sum()
+        sr = ((_token_logps(pol, e.prompt_ids, e.rejected_ids) - _token_logps(ref, e.prompt_ids, e.rejected_ids))
+              * wr.double()).sum()
+        return float(-torch.nn.functional.logsigmoid(0.1 * (sc - sr)))
+
+    mean = sum(loss(examples[c]) for c in res.trained) / len(res.trained)
+    assert mean < math.log(2) - 0.01
+
+
+def _weighted_batch() -> list[dict[str, Any]]:
+    g = torch.Generator().manual_seed(3)
+
+    def ids(n: int) -> list[int]:
+        return torch.randint(3, 250, (n,), generator=g).tolist()
+
+    rows = []
+    for n_prompt, n_c, n_r in ((5, 4, 6), (7, 3, 3)):
+        rows.append({"prompt_ids": ids(n_prompt), "chosen_ids": ids(n_c), "rejected_ids": ids(n_r),
+                     "chosen_weights": torch.rand(n_c, generator=g).tolist(),
+                     "rejected_weights": torch.rand(n_r, generator=g).tolist()})
+    return rows
+
+
+def _dpo_trainer(kind: str, rows: list[dict[str, Any]], tmp: Path) -> Any:
+    from datasets import Dataset
+    from trl import DPOConfig
+
+    from failtrace.training.weighted_dpo import (
+        PretokenizedDPOTrainer,
+        TokenWeightedDPOTrainer,
+        WeightedPreferenceCollator,
+    )
+
+    policy, ref = toy_model(seed=0), toy_model(seed=1)  # a policy away from the reference: loss != log 2
+    cfg = DPOConfig(output_dir=str(tmp), use_cpu=True, bf16=False, gradient_checkpointing=False, report_to=[],
+                    beta=0.1, max_length=None, per_device_train_batch_size=2)
+    kwargs = dict(model=policy, ref_model=ref, args=cfg, processing_class=toy_tokenizer(),
+                  train_dataset=Dataset.from_list(rows))
+    if kind == "token-dpo":
+        return TokenWeightedDPOTrainer(**kwargs, data_collator=WeightedPreferenceCollator(pad_token_id=0)), policy, ref
+    return PretokenizedDPOTrainer(**kwargs), policy, ref
+
+
+def test_token_dpo_loss_equals_the_explicit_weighted_formula(tmp_path: Path) -> None:
+    rows = _weighted_batch()
+    trainer, policy, ref = _dpo_trainer("token-dpo", rows, tmp_path / "w")
+    batch = trainer.data_collator(rows)
+    got = float(trainer.compute_loss(trainer.model, batch))
+    pol_ref = (toy_model(seed=0), toy_model(seed=1))  # fresh, unpatched copies of the same weights
+    losses, plain = [], []
+    for r in rows:
+        terms = []
+        for side in ("chosen", "rejected"):
+            ratio = (_token_logps(pol_ref[0], r["prompt_ids"], r[f"{side}_ids"])
+                     - _token_logps(pol_ref[1], r["prompt_ids"], r[f"{side}_ids"]))
+            terms.append((ratio * torch.tensor(r[f"{side}_weights"], dtype=torch.float64)).sum())
+            terms.append(ratio.sum())
+        losses.append(-torch.nn.functional.logsigmoid(0.1 * (terms[0] - terms[2])))
+        plain.append(-torch.nn.functional.logsigmoid(0.1 * (terms[1] - terms[3])))
+    want, want_plain = float(torch.stack(losses).mean()), float(torch.stack(plain).mean())
+    assert abs(got - want) < 1e-5
+    assert abs(want - want_plain) > 1e-3  # the weights matter on this batch
+    dpo, _, _ = _dpo_trainer("dpo", rows, tmp_path / "p")  # and trl's own unweighted loss is the plain formula
+    assert abs(float(dpo.compute_loss(dpo.model, dpo.data_collator(rows))) - want_plain) < 1e-5
+
+
+def test_compare_checkpoints_rows_step_split_and_plain_delta(run: dict[str, Any]) -> None:
+    from failtrace.cases.checkpoints import compare_checkpoints
+
+    res = run["results"]["dpo"]
+    folders = [str(p) for p in res.checkpoints]
+    with open_store(run["store"]) as st:
+        summary = compare_checkpoints(st, folders, progress=False)
+        rows = [r for r in load_comparisons(st) if r["model"] in folders]
+    cases = {c.case_id: c for c in run["cases"]}
+    assert len(rows) == len(folders) * len(cases) and summary.written == {f: len(cases) for f in folders}
+    for folder in folders:
+        plain, meta = _plain(folder), read_metadata(folder)
+        for r in (r for r in rows if r["model"] == folder):
+            assert r["model_fingerprint"] == summary.fingerprints[folder] and r["step"] == meta["step"]
+            assert r["split"] == ("trained" if r["case_id"] in res.trained else "held-out")
+            ids = r["token_ids"]
+            with torch.no_grad():
+                row = plain(input_ids=torch.tensor([ids]), use_cache=False).logits[0, -1].double()
+            assert abs(float(row[r["target_id"]] - row[r["contrast_id"]]) - r["delta_logit"]) < 1e-3
+            if meta["step"] == 0:  # the untrained checkpoint reproduces the case
+                assert abs(r["delta_logit"] - cases[r["case_id"]].delta_logit) < 1e-4
+            assert abs(sum(r["segment_relevance"].values()) - sum(r["input_relevance"])) < 1e-9
+    assert len(set(summary.fingerprints.values())) == len(folders)
+
+
+def test_a_folder_overwritten_in_place_is_a_new_model(run: dict[str, Any], tmp_path: Path) -> None:
+    from failtrace.cases.checkpoints import compare_checkpoints
+
+    out = tmp_path / "ck"
+    shutil.copytree(run["results"]["sft"].out, out)
+    folder = str(out / "step-6")
+    with open_store(run["store"]) as st:
+        first = compare_checkpoints(st, [folder], progress=False)
+    with open_store(run["store"], read_only=True) as st:  # overwrite ck/ with another run (another lr)
+        finetune(st, run["lm"], out, FinetuneSettings(method="sft", steps=STEPS, save_every=EVERY, lr=LR / 10))
+    with open_store(run["store"]) as st:
+        second = compare_checkpoints(st, [folder], progress=False)
+        rows = [r for r in load_comparisons(st) if r["model"] == folder]
+    assert first.fingerprints[folder] != second.fingerprints[folder]
+    assert second.written[folder] == len(run["cases"]) and second.skipped == 0
+    assert {r["model_fingerprint"] for r in rows} == {first.fingerprints[folder], second.fingerprints[folder]}
+    plain = _plain(folder)  # the new rows are the new weights' numbers
+    for r in (r for r in rows if r["model_fingerprint"] == second.fingerprints[folder]):
+        with torch.no_grad():
+            row = plain(input_ids=torch.tensor([r["token_ids"]]), use_cache=False).logits[0, -1].double()
+        assert abs(float(row[r["target_id"]] - row[r["contrast_id"]]) - r["delta_logit"]) < 1e-3
+
+
+def test_cli_finetune_compare_and_export(run: dict[str, Any], tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from failtrace.cli import main
+
+    store, model = str(run["store"]), str(run["root"] / "model0")
+    out = tmp_path / "ck"
+    assert main(["finetune", "--store", store, "--model", model, "--method", "token-dpo", "--steps", "2",
+                 "--save-every", "1", "--out", str(out), "--lr", "1e-3", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "token-dpo:" in text and "3 checkpoints" in text
+    assert main(["compare", "--store", store, "--checkpoints", str(out / "step-0"), str(out / "step-2"),
+                 "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "held-out" in text and "step-2" in text
+    assert main(["export", "--store", store, "--format", "jsonl", "--out", str(tmp_path / "exp")]) == 0
+    lines = [json.loads(x) for x in (tmp_path / "exp" / "comparisons.jsonl").read_text().splitlines()]
+    mine = [r for r in lines if r["model"] in (str(out / "step-0"), str(out / "step-2"))]
+    assert len(mine) == 2 * len(run["cases"])
+    assert {r["step"] for r in mine} == {0, 2} and {r["split"] for r in mine} == {"trained", "held-out"}
+    assert main(["compare", "--store", store, "--checkpoints", str(out / "step-0"), "--models", model]) == 2
+    assert "not both" in capsys.readouterr().err
