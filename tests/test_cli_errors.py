@@ -110,6 +110,10 @@ def _p(*extra: str, store: str = "{w}/store.duckdb") -> list[str]:
     return ["pairs", "-s", store, "--no-progress", *extra]
 
 
+def _ft(*extra: str, store: str = "{w}/store.duckdb", model: str = "{x}") -> list[str]:
+    return ["finetune", "-s", store, "--method", "sft", "--out", "{w}/ckpts", "-m", model, "--no-progress", *extra]
+
+
 def _ifeval(data: str) -> list[str]:
     return _c(data=data, bench="ifeval", store="{w}/new.duckdb")
 
@@ -230,6 +234,25 @@ CASES = [
          ["--out", "/proc/nope/report"]),
     Case("report-store-random-bytes", ["report", "-s", "{w}/junk.duckdb", "-o", "{w}/report"], ["junk.duckdb"]),
     Case("report-store-missing", ["report", "-s", "{w}/missing.duckdb", "-o", "{w}/report"], ["missing.duckdb"]),
+    # finetune and compare --checkpoints
+    Case("finetune-method", _ft("--method", "ppo"), ["--method", "ppo", "token-dpo"], early=True),
+    Case("finetune-steps-0", _ft("--steps", "0"), ["--steps", "0"], early=True),
+    Case("finetune-save-every-0", _ft("--save-every", "0"), ["--save-every", "0"], early=True),
+    Case("finetune-held-out-1", _ft("--held-out", "1"), ["--held-out", "1"], early=True),
+    Case("finetune-held-out-nan", _ft("--held-out", "nan"), ["--held-out", "nan"], early=True),
+    Case("finetune-lr-0", _ft("--lr", "0"), ["--lr", "0"], early=True),
+    Case("finetune-beta-negative", _ft("--beta", "-1"), ["--beta", "-1"], early=True),
+    Case("finetune-out-is-a-file", _ft("--out", "{w}/afile"), ["--out", "afile", "not a folder"], early=True),
+    Case("finetune-store-missing", _ft(store="{w}/missing.duckdb"), ["missing.duckdb"], early=True),
+    Case("finetune-store-random-bytes", _ft(store="{w}/junk.duckdb"), ["junk.duckdb"], early=True),
+    Case("finetune-no-cases", _ft(model="{m}"), ["no cases of this model"]),
+    Case("compare-checkpoint-not-a-checkpoint", ["compare", "-s", "{w}/store.duckdb", "--checkpoints", "{m}"],
+         ["model", "failtrace_checkpoint.json"]),
+    Case("compare-checkpoint-missing", ["compare", "-s", "{w}/store.duckdb", "--checkpoints", "{w}/nope"],
+         ["nope", "not a folder"]),
+    Case("compare-models-and-checkpoints", ["compare", "-s", "{w}/store.duckdb", "--checkpoints", "{m}",
+                                            "--models", "{m}"], ["--models", "--checkpoints"]),
+    Case("compare-neither", ["compare", "-s", "{w}/store.duckdb"], ["--models", "--checkpoints"]),
     # demo and the command line itself
     Case("demo-out-is-a-file", ["demo", "--out", "{w}/afile", "-m", "{x}"], ["--out", "afile"], early=True),
     Case("demo-out-unwritable", ["demo", "--out", "/proc/nope/demo", "-m", "{x}"], ["/proc/nope/demo"], early=True),

@@ -199,7 +199,7 @@ def test_token_dpo_loss_equals_the_explicit_weighted_formula(tmp_path: Path) -> 
 
 
 def test_compare_checkpoints_rows_step_split_and_plain_delta(run: dict[str, Any]) -> None:
-    from failtrace.cases.checkpoints import compare_checkpoints
+    from failtrace.training.compare import compare_checkpoints
 
     res = run["results"]["dpo"]
     folders = [str(p) for p in res.checkpoints]
@@ -224,7 +224,7 @@ def test_compare_checkpoints_rows_step_split_and_plain_delta(run: dict[str, Any]
 
 
 def test_a_folder_overwritten_in_place_is_a_new_model(run: dict[str, Any], tmp_path: Path) -> None:
-    from failtrace.cases.checkpoints import compare_checkpoints
+    from failtrace.training.compare import compare_checkpoints
 
     out = tmp_path / "ck"
     shutil.copytree(run["results"]["sft"].out, out)

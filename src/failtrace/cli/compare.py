@@ -18,7 +18,7 @@ from failtrace.errors import FailtraceError
 from failtrace.store.store import DEFAULT_STORE
 
 if TYPE_CHECKING:
-    from failtrace.cases.checkpoints import CheckpointSummary
+    from failtrace.training.compare import CheckpointSummary
     from failtrace.store.store import ResultsStore
 
 
@@ -99,7 +99,7 @@ def compare_command(
         raise FailtraceError("give either --models (cross-model) or --checkpoints (finetune checkpoints), not both "
                              "and not neither")
     if checkpoints:  # click options take one value: `--checkpoints A B` leaves B as an argument
-        from failtrace.cases.checkpoints import compare_checkpoints
+        from failtrace.training.compare import compare_checkpoints
 
         folders = [*checkpoints, *(more or [])]
         with open_store(store, create=False) as st:

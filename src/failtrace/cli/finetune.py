@@ -43,11 +43,12 @@ def finetune_command(
     from failtrace.cli.checks import check_output_dir, check_store_path
     from failtrace.models.loading import load_model
     from failtrace.store.store import open_store
-    from failtrace.training.finetune import FinetuneSettings, finetune
+    from failtrace.training.finetune import FinetuneSettings, finetune, require_trl
 
     settings = FinetuneSettings(method=method, steps=steps, save_every=save_every, held_out=held_out, seed=seed,
                                 lr=lr, beta=beta, tail_weight=tail_weight, batch_size=batch_size, benchmark=benchmark)
     settings.check()
+    require_trl()
     check_output_dir(out, "--out")
     check_store_path(store, create=False)
     with open_store(store, read_only=True) as st:

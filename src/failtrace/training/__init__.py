@@ -5,8 +5,10 @@
 * :mod:`~failtrace.training.weighted_dpo`: the one piece written here, trl's DPO with per-token weights on the
   log-ratio terms (token-dpo);
 * :mod:`~failtrace.training.checkpoints`: plain transformers checkpoint folders with failtrace's metadata;
-* :mod:`~failtrace.training.finetune`: the run (SFT / DPO / token-dpo through trl's trainers).
+* :mod:`~failtrace.training.finetune`: the run (SFT / DPO / token-dpo through trl's trainers);
+* :mod:`~failtrace.training.compare`: ``failtrace compare --checkpoints``, the base model's cases re-scored on
+  each checkpoint (rows in the ``comparisons`` table with step and split).
 
-Data flows one way: store → examples → trainer → checkpoint folders; ``failtrace compare --checkpoints``
-(:mod:`failtrace.cases.compare`) reads the folders back.
+Data flows one way: store (cases) → examples → trainer → checkpoint folders → comparison rows. This package reads
+the cases stage (:mod:`failtrace.cases`), which never imports it.
 """

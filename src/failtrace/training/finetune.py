@@ -75,6 +75,15 @@ class FinetuneResult:
     seconds: float = 0.0
 
 
+def require_trl() -> None:
+    """trl is an optional dependency (``pip install 'failtrace[train]'``): one clear error when it is missing."""
+    try:
+        import trl  # noqa: F401
+    except ImportError:
+        raise FailtraceError("failtrace finetune needs trl; install it with: pip install 'failtrace[train]' "
+                             "(or pip install 'trl>=1.16,<2')") from None
+
+
 def _versions() -> dict[str, str]:
     import torch
     import transformers
@@ -153,6 +162,7 @@ def finetune(store: ResultsStore, lm: Any, out: str | Path, settings: FinetuneSe
     from failtrace.training.checkpoints import make_save_callback, save_checkpoint, vocab_digest
 
     settings.check()
+    require_trl()
     t0 = time.perf_counter()
     base_fp = model_fingerprint(lm)
     examples = load_examples(store, lm.tokenizer, eos_token_ids(lm.model, lm.tokenizer), base_fp,
