@@ -249,6 +249,7 @@ def test_a_folder_overwritten_in_place_is_a_new_model(run: dict[str, Any], tmp_p
 def test_cli_finetune_compare_and_export(run: dict[str, Any], tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     from failtrace.cli import main
+    from failtrace.models.fingerprint import model_fingerprint
 
     store, model = str(run["store"]), str(run["root"] / "model0")
     out = tmp_path / "ck"
@@ -262,8 +263,11 @@ def test_cli_finetune_compare_and_export(run: dict[str, Any], tmp_path: Path,
     assert "held-out" in text and "step-2" in text
     assert main(["export", "--store", store, "--format", "jsonl", "--out", str(tmp_path / "exp")]) == 0
     lines = [json.loads(x) for x in (tmp_path / "exp" / "comparisons.jsonl").read_text().splitlines()]
-    mine = [r for r in lines if r["model"] in (str(out / "step-0"), str(out / "step-2"))]
+    # rows are keyed by content: step-0 is the untrained model, already scored under another run's step-0 folder
+    fps = {model_fingerprint(load_model(str(out / s), progress=False)): s for s in ("step-0", "step-2")}
+    mine = [r for r in lines if r["model_fingerprint"] in fps]
     assert len(mine) == 2 * len(run["cases"])
     assert {r["step"] for r in mine} == {0, 2} and {r["split"] for r in mine} == {"trained", "held-out"}
+    assert all(r["model"] == str(out / "step-2") for r in mine if fps[r["model_fingerprint"]] == "step-2")
     assert main(["compare", "--store", store, "--checkpoints", str(out / "step-0"), "--models", model]) == 2
     assert "not both" in capsys.readouterr().err
