@@ -55,8 +55,8 @@ class FinetuneSettings:
                 raise FailtraceError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not 0.0 <= self.held_out < 1.0:
             raise FailtraceError(f"--held-out must be in [0, 1), got {self.held_out}")
-        if not (self.lr > 0 and self.lr < 1):
-            raise FailtraceError(f"--lr must be in (0, 1), got {self.lr}")
+        if not 0 < self.lr <= 1:
+            raise FailtraceError(f"--lr must be in (0, 1], got {self.lr}")
         if not self.beta > 0 or self.beta != self.beta:
             raise FailtraceError(f"--beta must be > 0, got {self.beta}")
         if not 0.0 <= self.tail_weight <= 1.0:
@@ -123,6 +123,10 @@ def _trainer(s: FinetuneSettings, lm: Any, train: list[Example], work: str, prog
              callback: Any) -> Any:
     """The trl trainer of ``s.method`` on the trained examples."""
     from datasets import Dataset
+    from datasets.utils.logging import disable_progress_bar
+
+    if not progress:  # trl maps the dataset (e.g. "Building labels"): no bars for that either
+        disable_progress_bar()
 
     common = _common_args(s, work, progress)
     tokenizer = copy.deepcopy(lm.tokenizer)  # trl sets a pad token on it: never on the caller's
