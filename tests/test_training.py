@@ -155,7 +155,8 @@ def _weighted_batch() -> list[dict[str, Any]]:
     return rows
 
 
-def _dpo_trainer(kind: str, rows: list[dict[str, Any]], tmp: Path) -> Any:
+def _dpo_trainer(kind: str, rows: list[dict[str, Any]], tmp: Path, models: tuple[Any, Any] | None = None,
+                 tokenizer: Any = None) -> Any:
     from datasets import Dataset
     from trl import DPOConfig
 
@@ -165,10 +166,10 @@ def _dpo_trainer(kind: str, rows: list[dict[str, Any]], tmp: Path) -> Any:
         WeightedPreferenceCollator,
     )
 
-    policy, ref = toy_model(seed=0), toy_model(seed=1)  # a policy away from the reference: loss != log 2
+    policy, ref = models or (toy_model(seed=0), toy_model(seed=1))  # a policy away from the reference: loss != log 2
     cfg = DPOConfig(output_dir=str(tmp), use_cpu=True, bf16=False, gradient_checkpointing=False, report_to=[],
                     beta=0.1, max_length=None, per_device_train_batch_size=2)
-    kwargs = dict(model=policy, ref_model=ref, args=cfg, processing_class=toy_tokenizer(),
+    kwargs = dict(model=policy, ref_model=ref, args=cfg, processing_class=tokenizer or toy_tokenizer(),
                   train_dataset=Dataset.from_list(rows))
     if kind == "token-dpo":
         return TokenWeightedDPOTrainer(**kwargs, data_collator=WeightedPreferenceCollator(pad_token_id=0)), policy, ref
@@ -196,6 +197,33 @@ def test_token_dpo_loss_equals_the_explicit_weighted_formula(tmp_path: Path) -> 
     assert abs(want - want_plain) > 1e-3  # the weights matter on this batch
     dpo, _, _ = _dpo_trainer("dpo", rows, tmp_path / "p")  # and trl's own unweighted loss is the plain formula
     assert abs(float(dpo.compute_loss(dpo.model, dpo.data_collator(rows))) - want_plain) < 1e-5
+
+
+@pytest.mark.model
+def test_token_dpo_formula_on_the_bundled_model(bundled: Any, tmp_path: Path) -> None:
+    """The same check on the real SmolLM2 (tied input/output embeddings, trl's fused head on its real vocabulary)."""
+    import copy
+
+    rows = _weighted_batch()
+    policy = copy.deepcopy(bundled.model)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
+    trainer, _, _ = _dpo_trainer("token-dpo", rows, tmp_path, (policy, copy.deepcopy(bundled.model)),
+                                 copy.deepcopy(bundled.tokenizer))
+    got = float(trainer.compute_loss(trainer.model, trainer.data_collator(rows)))
+    plain_policy = copy.deepcopy(bundled.model)  # unpatched, the same perturbation
+    with torch.no_grad():
+        for p in plain_policy.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
+    losses = []
+    for r in rows:
+        s = [((_token_logps(plain_policy, r["prompt_ids"], r[f"{side}_ids"])
+               - _token_logps(bundled.model, r["prompt_ids"], r[f"{side}_ids"]))
+              * torch.tensor(r[f"{side}_weights"], dtype=torch.float64)).sum() for side in ("chosen", "rejected")]
+        losses.append(-torch.nn.functional.logsigmoid(0.1 * (s[0] - s[1])))
+    want = float(torch.stack(losses).mean())
+    assert abs(want - math.log(2)) > 1e-3 and abs(got - want) < 1e-4
 
 
 def test_compare_checkpoints_rows_step_split_and_plain_delta(run: dict[str, Any]) -> None:
