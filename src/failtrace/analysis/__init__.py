@@ -16,6 +16,7 @@ from failtrace.analysis.segments import (
     spans_from_labels,
 )
 
-__all__ = ["CATEGORIES", "PATTERNS", "RELEVANT_SEGMENTS", "AblationView", "ablation_view", "categorize", "failure_pattern", "flip_search",
-           "graph_summary", "masked_delta", "masked_objective", "node_ablation", "normalize", "relevant_segments",
-           "segment_labels", "segment_relevance", "spans_from_labels", "top_positions"]
+__all__ = ["CATEGORIES", "PATTERNS", "RELEVANT_SEGMENTS", "AblationView", "ablation_view", "categorize",
+           "failure_pattern", "flip_search", "graph_summary", "masked_delta", "masked_objective", "node_ablation",
+           "normalize", "relevant_segments", "segment_labels", "segment_relevance", "spans_from_labels",
+           "top_positions"]
