@@ -64,7 +64,9 @@ def _draw_edges(ax: Any, view: AblationView, x_of: dict[int, int], max_edges: in
                                              gid="downstream-edges" if highlight else "other-edges"))
 
 
-def _draw_nodes(ax: Any, view: AblationView, x_of: dict[int, int], special: Sequence[bool]) -> None:
+def _draw_nodes(ax: Any, view: AblationView, x_of: dict[int, int], special: Sequence[bool], ring: float) -> None:
+    """Kept nodes (grey unless downstream), the prediction's gold ring, and a numbered ring × per ablated node
+    (``ring``: its marker area in pt², sized to the row spacing so stacked rings do not overlap)."""
     down = set(view.downstream_nodes)
     ref = max((abs(r) for _s, t, r in view.nodes if not (t < len(special) and special[t])), default=0.0) or 1.0
     for on in (False, True):
@@ -81,10 +83,11 @@ def _draw_nodes(ax: Any, view: AblationView, x_of: dict[int, int], special: Sequ
         if a.stage is None:
             continue
         x, y = x_of[a.position], a.stage
-        ax.scatter([x], [y], s=300, facecolors="none", edgecolors="black", linewidths=2.0, zorder=5,
+        ax.scatter([x], [y], s=ring, facecolors="none", edgecolors="black", linewidths=1.6, zorder=5,
                    linestyles="solid" if a.in_graph else (0, (2, 2)))
-        ax.scatter([x], [y], s=120, marker="x", c="black", linewidths=2.2, zorder=6, gid=f"ablated-{j}")
-        ax.annotate(str(j), (x, y), xytext=(7, 5), textcoords="offset points", fontsize=8, weight="bold", zorder=7)
+        ax.scatter([x], [y], s=ring * 0.4, marker="x", c="black", linewidths=1.8, zorder=6, gid=f"ablated-{j}")
+        ax.annotate(str(j), (x, y), xytext=(-(ring ** 0.5) / 2 - 1, 0), textcoords="offset points", fontsize=7,
+                    weight="bold", ha="right", va="center", zorder=7)
 
 
 def _draw_curve(ax: Any, view: AblationView, curve: Sequence[float]) -> None:
@@ -93,9 +96,8 @@ def _draw_curve(ax: Any, view: AblationView, curve: Sequence[float]) -> None:
     ax.plot(ks, curve, color="#333333", lw=1.4, marker="o", ms=3.5, zorder=2)
     ax.scatter([view.k], [view.delta_after], s=80, c=BLUE if view.delta_after < 0 else RED, zorder=3,
                edgecolors="black", linewidths=0.8)
-    right = view.k > (len(curve) - 1) / 2  # label on the side with room
-    ax.annotate(f"k = {view.k}\n{view.delta_after:+.2f}", (view.k, view.delta_after), xytext=(-8 if right else 8, 6),
-                textcoords="offset points", fontsize=8, ha="right" if right else "left")
+    ax.text(0.98, 0.98, f"marked: k = {view.k}, Δℓ = {view.delta_after:+.2f}", transform=ax.transAxes, ha="right",
+            va="top", fontsize=8, bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1.5})
     ax.set_xlabel("nodes ablated (largest relevance first)", fontsize=8)
     ax.set_ylabel("Δℓ = ℓ(target) − ℓ(contrast)", fontsize=8)
     ax.set_xticks(ks)
@@ -126,10 +128,14 @@ def draw_ablation(view: AblationView, curve: Sequence[float], tokens: Sequence[s
     x_of = {t: i for i, t in enumerate(cols)}
     graph_w = min(22.0, max(6.0, 0.34 * len(cols) + 2.5))
     fig = Figure(figsize=(graph_w + 3.6, min(10.0, max(4.2, 0.17 * len(view.stages) + 2.4))))
-    ax, cax = fig.subplots(1, 2, gridspec_kw={"width_ratios": [graph_w, 3.2]})
+    grid = fig.add_gridspec(2, 2, width_ratios=[graph_w, 3.2], height_ratios=[3, 1])
+    ax, cax, lax = fig.add_subplot(grid[:, 0]), fig.add_subplot(grid[0, 1]), fig.add_subplot(grid[1, 1])
+    # one row of the graph is about (figure height − ~2.6 in of labels and title) / stages inches; 72 pt per inch
+    row_pt = 72 * max(0.5, fig.get_figheight() - 2.6) / max(1, len(view.stages))
+    ring = float(min(300.0, max(40.0, (0.95 * row_pt) ** 2)))
     special = [bool(x) for x in special_mask]
     _draw_edges(ax, view, x_of, max_edges)
-    _draw_nodes(ax, view, x_of, special)
+    _draw_nodes(ax, view, x_of, special, ring)
     marked = {a.position for a in view.ablated}
     ax.set_xticks(range(len(cols)), [f"{plain_token(tokens[t])[:14]} [{t}]" if t < len(tokens) else str(t)
                                      for t in cols], rotation=90, fontsize=7, family="DejaVu Sans Mono")
@@ -157,6 +163,7 @@ def draw_ablation(view: AblationView, curve: Sequence[float], tokens: Sequence[s
     text = "\n".join(textwrap.fill(t, width=chars) for t in (ablation_title(view, title), detail))
     fig.suptitle(text, fontsize=9, x=0.01, ha="left", parse_math=False)
     _draw_curve(cax, view, curve)
-    cax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(-0.1, -0.28), frameon=False)
+    lax.axis("off")
+    lax.legend(handles=handles, fontsize=7, loc="center left", frameon=False)
     _tight(fig)
     return fig
