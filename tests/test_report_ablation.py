@@ -136,3 +136,15 @@ def test_picture_marks_the_ablated_nodes_and_their_paths_to_the_prediction(setup
     got = sorted(tuple(map(tuple, seg.tolist())) for seg in hl[0].get_segments()) if hl else []
     assert got == [tuple(map(tuple, w)) for w in want]
     assert want, "the fixture should give at least one ablated node with a path to the prediction"
+
+
+def test_evidence_that_does_not_fit_gives_the_plain_graph_only(setup, tmp_path):
+    _index, nc, _mia, ev = setup
+    import copy
+
+    bad = copy.deepcopy(nc)
+    bad.category_evidence["ablation"] = {**ev, "curve": ev["curve"][:1], "flipped": False}  # too short a curve
+    index = build_report([bad], [], tmp_path)
+    assert not (tmp_path / "figures" / "graphs" / f"{bad.case_id}-ablation.png").exists()
+    text = index.read_text(encoding="utf-8")
+    assert "pruned attribution graph of case" in text and "ablated attribution graph" not in text

@@ -102,11 +102,15 @@ def _draw_graph(case: Case, graph: Any, path: Path) -> Path:
 
 
 def _ablation_view(case: Case, graph: Any) -> AblationView | None:
-    """The Fig. 3 view of an NC-IA case (its computed category: the ablation is the evidence for it), else None."""
+    """The Fig. 3 view of an NC-IA case (its computed category: the ablation is the evidence for it), else None
+    (also when the stored evidence does not fit the graph: the page then shows the plain graph only)."""
     ablation = (case.category_evidence or {}).get("ablation")
     if not (case.category or "").startswith("NC-IA") or not isinstance(ablation, Mapping) or not ablation.get("nodes"):
         return None
-    return ablation_view(graph, ablation, n_tokens=len(case.tokens))
+    try:
+        return ablation_view(graph, ablation, n_tokens=len(case.tokens))
+    except FailtraceError:
+        return None
 
 
 def _graph_images(cases: Sequence[Case], graphs: GraphSource | None, out: Path,
