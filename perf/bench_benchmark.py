@@ -79,7 +79,8 @@ def run_stages(args: argparse.Namespace, lm: Any) -> None:
             items = load_benchmark(name, path, limit=n).items
             _stage(f"collect {name}", lambda: collect(st, bench, items, lm, max_new_tokens=tokens,
                                                       batch_size=args.batch_size, data=path, progress=False))
-        settings = PairSettings(top_k=args.top_k, max_positions=args.max_positions)
+        settings = PairSettings(top_k=args.top_k, max_positions=args.max_positions,
+                                try_unbounded=not args.skip_unbounded)
         _stage("pairs", lambda: find_pairs(st, settings, models={lm.name: lm}, progress=True))
         _stage("analyse", lambda: analyse(st, CaseSettings(), models={lm.name: lm}, progress=True))
 
@@ -98,7 +99,7 @@ def pair_tables(st: Any) -> None:
     cases = load_cases(st)
     t1 = []
     for r in rows:
-        if r.pair_run_id is None:
+        if r.pair_run_id is None or not sum(r.pairs.values()):  # no pair run, or one interrupted before its first
             continue
         mine = [c for c in cases if c.pair_run_id == r.pair_run_id]
         unb = r.pairs.get("unbounded", 0)
@@ -219,6 +220,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--top-k", type=int, default=PairSettings.top_k)
     ap.add_argument("--max-positions", type=int, default=PairSettings.max_positions)
+    ap.add_argument("--skip-unbounded", action="store_true", help="do not search failures that hit the budget")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--only-print", action="store_true", help="print the tables of the store, run nothing")
     ap.add_argument("--old-vs-new", type=int, default=0, help="also time the old search on N failures per bench")
@@ -229,7 +231,7 @@ def main() -> None:
     lm = load_model(args.model)
     print(f"model {lm.name}; ifeval {args.ifeval_items} items @ {args.ifeval_tokens} tokens; math "
           f"{args.math_items} items @ {args.math_tokens} tokens; pairs top-k {args.top_k}, max-positions "
-          f"{args.max_positions}; torch threads {torch.get_num_threads()}")
+          f"{args.max_positions}{', skip unbounded' if args.skip_unbounded else ''}; torch threads {torch.get_num_threads()}")
     if not args.only_print:
         run_stages(args, lm)
     with open_store(args.store, read_only=True) as st:
