@@ -52,3 +52,20 @@ def test_the_real_checker_gives_the_prefix_the_full_verdict() -> None:
         assert bench.check(item, text[:j] + "\n```python\ndef add(a, b):\n    return 0\n```").status == full
         seen.add(full)
     assert seen == {"pass", "fail"}
+
+
+def test_the_demo_benchmark_uses_its_checkers_own_prefix_rules() -> None:
+    from failtrace.benchmarks.demo import DemoBenchmark, demo_items
+    from failtrace.benchmarks.ifeval import IFEvalBenchmark
+
+    bench, strict = DemoBenchmark(), IFEvalBenchmark(mode="strict")
+    items = {it.id: it for it in demo_items()}
+    code = "Here:\n```python\ndef count_a(s):\n    return 0\n```\nIt counts."
+    py = items["py-count-a"]
+    fired = [j for j in range(len(code) + 1) if bench.prefix_final(py, code[:j])]
+    assert fired and code[:fired[0]].endswith("```") and bench.prefix_decides_fail(py, code) is None
+    comma = items["if-colors-comma"]
+    for text in ("Red, blue", "Red blue", "Red"):
+        assert bench.prefix_decides_fail(comma, text) == strict.prefix_decides_fail(comma, text)
+    assert bench.prefix_decides_fail(comma, "Red, blue") is not None and not bench.prefix_final(comma, "a```")
+    assert bench.prefix_decides_fail(items["math-small-add"], "\\boxed{3}") is None
