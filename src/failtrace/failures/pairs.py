@@ -1,7 +1,9 @@
 """The ``pairs`` stage: run the pair search (:mod:`failtrace.failures.search`) on every failure of a results store.
 
 The search itself, its in-order semantics and its cost cuts are described in :mod:`failtrace.failures.search`;
-early stopping rules in :mod:`failtrace.failures.prefix_rules`; docs/PAIRS.md has the measurements.
+early stopping and final-prefix rules in :mod:`failtrace.failures.prefix_rules`, the position order in
+:mod:`failtrace.failures.order`, the optional judge hint in :mod:`failtrace.failures.judge`; docs/PAIRS.md has the
+measurements.
 
 Statuses: every failure ends with exactly one, decided in this order:
 
