@@ -185,7 +185,9 @@ class PairFinder:
             status = self._check(benchmark, item, text, search)
             if status == "pass":
                 if ended:  # the verdict was fixed: decode the rest once, so the recorded completion is whole
-                    seq = seq + self._more(prompt + ids, budget - row.p - len(seq))
+                    rest = self._more(prompt + ids, budget - row.p - len(seq))
+                    search.tokens += len(rest)
+                    seq = seq + rest
                     text = self._text(comp[:row.p] + seq)
                 return _Found(row, text), unver
             if status == "unverifiable":
