@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from failtrace.errors import FailtraceError
 from failtrace.store.records import KEYS, StatusRow
@@ -19,6 +19,8 @@ def status_rows(store: ResultsStore) -> list[StatusRow]:
     out: list[StatusRow] = []
     con = store.con
     pair_runs_all = store.runs("pairs")
+    has_continued = bool(con.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'pairs' "
+                                     "AND column_name = 'continued'").fetchone()[0])
     for run in store.runs("collect"):
         items = con.execute("SELECT count(*) FROM run_items WHERE run_id = ?", [run.run_id]).fetchone()[0]
         agg = con.execute(
@@ -38,8 +40,21 @@ def status_rows(store: ResultsStore) -> list[StatusRow]:
             counts = dict(con.execute("SELECT status, count(*) FROM pairs WHERE pair_run_id = ? GROUP BY status",
                                       [pr.run_id]).fetchall())
             pairs = {s: int(counts.get(s, 0)) for s in PAIR_STATUSES}
-            out.append(StatusRow(pair_run_id=pr.run_id, pair_settings=pr.settings, pairs=pairs, **base))
+            out.append(StatusRow(pair_run_id=pr.run_id, pair_settings=pr.settings, pairs=pairs,
+                                 **_limit_counts(con, pr.run_id, has_continued), **base))
     return out
+
+
+def _limit_counts(con: Any, pair_run_id: str, has_continued: bool) -> dict[str, int | None]:
+    """How many paired failures hit the length limit, and how many of those passed / still failed when continued
+    to the rollout budget (None for a store read in its version-2 layout, which has no ``continued`` column)."""
+    hit = con.execute("SELECT count(*) FILTER (hit_length_limit) FROM pairs WHERE pair_run_id = ?",
+                      [pair_run_id]).fetchone()[0]
+    if not has_continued:
+        return {"limit_hit": int(hit), "continued_pass": None, "continued_fail": None}
+    passed, failed = con.execute("SELECT count(*) FILTER (continued = 'pass'), count(*) FILTER (continued = 'fail') "
+                                 "FROM pairs WHERE pair_run_id = ?", [pair_run_id]).fetchone()
+    return {"limit_hit": int(hit), "continued_pass": int(passed), "continued_fail": int(failed)}
 
 
 def _out_folder(out_dir: str | Path) -> Path:

@@ -39,7 +39,7 @@ from failtrace.store.records import (
 )
 from failtrace.store.records import dumps as _dumps
 from failtrace.store.records import now as _now
-from failtrace.store.schema import DDL, PAIR_STATUSES, SCHEMA_VERSION, TABLES, migrate
+from failtrace.store.schema import DDL, PAIR_COLUMNS_V3, PAIR_STATUSES, SCHEMA_VERSION, TABLES, migrate
 
 __all__ = ["DEFAULT_STORE", "GenerationRecord", "ResultsStore", "RunRecord", "StatusRow", "content_hash",
            "open_store"]
@@ -153,7 +153,7 @@ class ResultsStore:
                     f"this failtrace reads versions up to {SCHEMA_VERSION}); upgrade failtrace to read it"
                 )
             if not reading and version < SCHEMA_VERSION:
-                migrate(self.con, version)  # one transaction, adds tables only; read-only opens read the old layout
+                migrate(self.con, version)  # one transaction, adds tables/columns; read-only opens read the old layout
                 tables = {r[0] for r in self.con.execute(
                     "SELECT table_name FROM information_schema.tables").fetchall()}
             missing = [t for t in TABLES if t not in tables]
@@ -374,15 +374,17 @@ class ResultsStore:
                 "contrast_text", "contrast_source", "contrast_rank", "contrast_model_rank", "target_logit",
                 "contrast_logit", "delta_logit", "recovered_completion", "rollouts", "checks", "positions_walked",
                 "unverifiable_rollouts", "hit_length_limit", "prompt_tokens", "completion_tokens", "seconds",
-                "seconds_prefix", "seconds_rollouts", "seconds_check"]
+                "seconds_prefix", "seconds_rollouts", "seconds_check", *(c for c, _ in PAIR_COLUMNS_V3)]
         if pair.get("status") not in PAIR_STATUSES:
             raise ValueError(f"pair status must be one of {PAIR_STATUSES}, got {pair.get('status')!r}")
         with self._transaction():
             if self.con.execute("SELECT count(*) FROM pairs WHERE pair_run_id = ? AND item_id = ?",
                                 [pair_run_id, item_id]).fetchone()[0]:
                 return False
+            names = ["pair_run_id", "run_id", "item_id", "benchmark", *cols, "created_at"]
             values = [pair_run_id, run_id, item_id, benchmark] + [pair.get(c) for c in cols] + [_now()]
-            self.con.execute(f"INSERT INTO pairs VALUES ({', '.join('?' * len(values))})", values)
+            self.con.execute(f"INSERT INTO pairs ({', '.join(names)}) VALUES ({', '.join('?' * len(values))})",
+                             values)
         return True
 
     def pairs(self, pair_run_id: str | None = None) -> list[dict[str, Any]]:
