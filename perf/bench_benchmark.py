@@ -85,8 +85,11 @@ def run_stages(args: argparse.Namespace, lm: Any) -> None:
         _stage("analyse", lambda: analyse(st, CaseSettings(), models={lm.name: lm}, progress=True))
 
 
-def _decoded(reason: str | None) -> int:
-    m = re.search(r"(\d+) tokens decoded", reason or "")
+def _decoded(pair: dict[str, Any]) -> int:
+    """Tokens the search decoded: the schema-3 column, else the count older stores wrote into the reason."""
+    if pair.get("tokens_decoded") is not None:
+        return int(pair["tokens_decoded"])
+    m = re.search(r"(\d+) tokens decoded", pair.get("reason") or "")
     return int(m.group(1)) if m else 0
 
 
@@ -116,7 +119,7 @@ def pair_tables(st: Any) -> None:
     for b, ps in sorted(by_bench.items()):
         n = len(ps)
         cost.append([b, n, sum(p["seconds"] or 0 for p in ps) / n, sum(p["rollouts"] for p in ps) / n,
-                     sum(_decoded(p["reason"]) for p in ps) / n, statistics.median(p["seconds"] or 0 for p in ps)])
+                     sum(_decoded(p) for p in ps) / n, statistics.median(p["seconds"] or 0 for p in ps)])
     _table("Pair search cost per failure", ["benchmark", "failures", "mean s", "rollouts", "tokens decoded",
                                             "median s"], cost)
 
