@@ -37,9 +37,9 @@ def usable(row: Row) -> bool:
 
 def series_of(model: str) -> str:
     """The checkpoint series: the folder without a trailing step-N component (module docstring)."""
-    parts = [p for p in re.split(r"[\\/]+", str(model)) if p]
-    if len(parts) > 1 and _STEP_DIR.match(parts[-1]):
-        return "/".join(parts[:-1])
+    m = re.match(r"^(.*?)[\\/]+([^\\/]+)[\\/]*$", str(model))
+    if m and m.group(1) and _STEP_DIR.match(m.group(2)):
+        return m.group(1)
     return str(model)
 
 
