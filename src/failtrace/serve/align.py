@@ -5,9 +5,10 @@ the case's tokens nor cover exactly the same text. The explorer draws every mode
 
 1. Each token list is laid end to end: token i covers characters [o_i, o_i + len(text_i)) of its model's text.
 2. The two texts are matched with :class:`difflib.SequenceMatcher` on whitespace-led chunks (a word, or a run of
-   punctuation), which finds the shared prompt and answer and leaves each template's own markup unmatched; short
-   unmatched stretches between matches are matched again character by character (a word glued to other markup).
-   Inside a matched block character k of one text is character k of the other.
+   punctuation, with the whitespace before it), which finds the shared prompt and answer and leaves each template's
+   own markup unmatched; short unmatched stretches are matched again on the chunks without their leading whitespace
+   (the same word after other whitespace). Inside a matched chunk character k of one text is character k of the
+   other; a word is never matched to part of another word.
 3. A token's relevance R_i is spread evenly over its characters (R_i / len(text_i) each); a case token receives the
    sum over its characters that are matched. So Σ_j projected_j + unaligned = Σ_i R_i exactly (mass is conserved;
    ``unaligned`` is the relevance on characters with no counterpart, e.g. the other template's markup).
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 
 _CHUNK = re.compile(r"\s*\w+|\s*[^\w\s]+|\s+")
-_GAP = 400  # unmatched stretches up to this many characters on both sides are matched again character by character
+_GAP = 200  # unmatched stretches of up to this many chunks on both sides are matched again without whitespace
 
 
 def offsets(tokens: Sequence[str]) -> np.ndarray:
@@ -46,16 +47,21 @@ def char_map(text_a: str, text_b: str) -> np.ndarray:
     """For each character of ``text_b``: the index of the same character in ``text_a``, or -1 when unmatched."""
     ca, sa = _chunks(text_a)
     cb, sb = _chunks(text_b)
-    sa.append(len(text_a))
-    sb.append(len(text_b))
     out = np.full(len(text_b), -1, dtype=np.int64)
     for tag, i1, i2, j1, j2 in SequenceMatcher(None, ca, cb, autojunk=False).get_opcodes():
-        a0, a1, b0, b1 = sa[i1], sa[i2], sb[j1], sb[j2]  # the chunks' character ranges
         if tag == "equal":
-            out[b0:b1] = np.arange(a0, a1)
-        elif tag == "replace" and a1 - a0 <= _GAP and b1 - b0 <= _GAP:
-            for m in SequenceMatcher(None, text_a[a0:a1], text_b[b0:b1], autojunk=False).get_matching_blocks():
-                out[b0 + m.b:b0 + m.b + m.size] = np.arange(a0 + m.a, a0 + m.a + m.size)
+            for i, j in zip(range(i1, i2), range(j1, j2)):
+                out[sb[j]:sb[j] + len(cb[j])] = np.arange(sa[i], sa[i] + len(ca[i]))
+        elif tag == "replace" and i2 - i1 <= _GAP and j2 - j1 <= _GAP:
+            # the same words with other whitespace before them (e.g. "\n\nWrite" vs "\nWrite"): match again on
+            # the chunks without their leading whitespace, and map the words' own characters
+            xa, xb = [c.lstrip() for c in ca[i1:i2]], [c.lstrip() for c in cb[j1:j2]]
+            for m in SequenceMatcher(None, xa, xb, autojunk=False).get_matching_blocks():
+                for k in range(m.size):
+                    i, j = i1 + m.a + k, j1 + m.b + k
+                    n = len(xa[m.a + k])
+                    a0, b0 = sa[i] + len(ca[i]) - n, sb[j] + len(cb[j]) - n
+                    out[b0:b0 + n] = np.arange(a0, a0 + n)
     return out
 
 
