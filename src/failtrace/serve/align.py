@@ -14,7 +14,7 @@ the case's tokens nor cover exactly the same text. The explorer draws every mode
    ``unaligned`` is the relevance on characters with no counterpart, e.g. the other template's markup).
 
 difflib is used rather than a hand-written alignment; chunking by words keeps it fast (a character-level match of two
-60k-character texts is quadratic in practice).
+60k-character texts is quadratic in practice), and above 4000 chunks difflib's "popular element" heuristic is on.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 _CHUNK = re.compile(r"\s*\w+|\s*[^\w\s]+|\s+")
+_AUTOJUNK = 4000
 _GAP = 200  # unmatched stretches of up to this many chunks on both sides are matched again without whitespace
 
 
@@ -48,7 +49,10 @@ def char_map(text_a: str, text_b: str) -> np.ndarray:
     ca, sa = _chunks(text_a)
     cb, sb = _chunks(text_b)
     out = np.full(len(text_b), -1, dtype=np.int64)
-    for tag, i1, i2, j1, j2 in SequenceMatcher(None, ca, cb, autojunk=False).get_opcodes():
+    # Past _AUTOJUNK chunks difflib's own heuristic is used: a chunk in over 1 % of the other text (" the", " =")
+    # cannot start a match, only extend one, which keeps long inputs near linear (measured in perf/bench_serve.py).
+    big = max(len(ca), len(cb)) > _AUTOJUNK
+    for tag, i1, i2, j1, j2 in SequenceMatcher(None, ca, cb, autojunk=big).get_opcodes():
         if tag == "equal":
             for i, j in zip(range(i1, i2), range(j1, j2)):
                 out[sb[j]:sb[j] + len(cb[j])] = np.arange(sa[i], sa[i] + len(ca[i]))
@@ -93,7 +97,8 @@ def project(ref_tokens: Sequence[str], tokens: Sequence[str], values: Sequence[f
     np.maximum.at(last, ref_owner[cmap[hit]], owner[hit])
     zero_len = lengths == 0  # a token that decodes to "" has no characters: its relevance cannot be placed
     unaligned = float(per_char[~hit].sum() + vals[zero_len].sum())
-    return {"values": [float(v) if c else None for v, c in zip(sums, covered)],
-            "spans": [[int(a), int(b)] if b >= 0 else None for a, b in zip(first, last)],
+    keep = covered & np.isfinite(sums)  # plain lists via tolist(): a per-element loop costs ~1 s at 16k tokens
+    return {"values": [v if c else None for v, c in zip(sums.tolist(), keep.tolist())],
+            "spans": [s if s[1] >= 0 else None for s in np.stack([first, last], axis=1).tolist()],
             "unaligned": unaligned, "matched_chars": float(matched.mean()) if n_ref_chars else 0.0,
             "n_chars": n_chars}

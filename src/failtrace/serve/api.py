@@ -141,9 +141,13 @@ def case_compare(case_id: CASE_ID, request: Request, cur: Cursor) -> dict[str, A
 def compare_figures(request: Request, cur: Cursor) -> dict[str, Any]:
     from failtrace.serve.comparedata import figures
 
-    if not _state(request).has_comparisons:
+    st = _state(request)
+    if not st.has_comparisons:
         raise HTTPException(404, "no comparisons in this store (run `failtrace compare`)")
-    return figures(cur)
+    with st.figures_lock:  # the explorer never writes comparisons: computed once, on first request
+        if st.figures is None:
+            st.figures = figures(cur)
+    return st.figures
 
 
 @router.get("/api/item", summary="One item of a collection run (prompt, completion, verdict, pair)")

@@ -93,6 +93,8 @@ class ServeState:
             "SELECT table_name FROM information_schema.tables").fetchall()}
         self.has_reviews = "reviews" in tables
         self.has_comparisons = "comparisons" in tables and self.has_cases
+        self.figures: dict[str, Any] | None = None  # Fig. 4-7 data, computed on first request (api.compare_figures)
+        self.figures_lock = threading.Lock()
         from failtrace.serve.queries import RowIndex
 
         self.rows = RowIndex()

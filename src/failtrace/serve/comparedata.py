@@ -41,7 +41,7 @@ def _aligned(case_tokens: list[str], row: dict[str, Any], same: bool) -> dict[st
     special = row.get("special_mask") or [False] * len(rel)
     norm = normalize([float(x) for x in rel], [bool(x) for x in special]).tolist()
     if same:
-        return {"values": norm, "spans": [[i, i] for i in range(len(norm))], "unaligned": 0.0,
+        return {"values": finite(norm), "spans": [[i, i] for i in range(len(norm))], "unaligned": 0.0,
                 "matched_chars": 1.0, "identical": True}
     out = project(case_tokens, tokens, norm)
     return {k: out[k] for k in ("values", "spans", "unaligned", "matched_chars")} | {"identical": False}
@@ -70,9 +70,11 @@ def case_compare(cur: Any, case_id: str) -> dict[str, Any] | None:
                   "notes": json.loads(r["notes"] or "[]"), "n_tokens": len(r["token_ids"] or []),
                   "segment_relevance": r["segment_relevance"],
                   "segment_share": D.segment_share(r["segment_relevance"]),
-                  "other_tokens": None if same else r["tokens"], "aligned": _aligned(tokens, r, same)}
-        out.append(entry)
-    return finite({"case_id": case_id, "models": out})
+                  "other_tokens": None if same else r["tokens"]}
+        entry["aligned"] = _aligned(tokens, r, same)
+        aligned = entry.pop("aligned")  # already JSON-safe (align.project: None for non-finite values)
+        out.append(finite(entry) | {"aligned": aligned})
+    return {"case_id": case_id, "models": out}
 
 
 def figures(cur: Any) -> dict[str, Any]:
