@@ -84,7 +84,8 @@ def segments_figure(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     """Fig. 5: mean segment share per segment, bars per (model shown × corrected/uncorrected), one panel per other
     model. Hatched bars: the case's own model; plain: the other model."""
     models = list(dict.fromkeys(r["model"] for r in rows))
-    fig, axes = _figure(max(4.8, 0.9 * len({r["segment"] for r in rows}) + 2.5), 3.9, len(models))
+    width = max(4.8, 0.75 * len({r["segment"] for r in rows}) + 2.5)
+    fig, axes = _figure(width, 4.2, len(models), cols=1 if width > 7 else 2)  # many segments: panels stacked
     for ax, model in zip(axes, models):
         mine = [r for r in rows if r["model"] == model]
         segs = list(dict.fromkeys(r["segment"] for r in mine))
