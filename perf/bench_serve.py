@@ -193,7 +193,7 @@ def paint(base: str, chromium: str) -> None:
                 page.goto(base + url)
                 page.wait_for_selector(f"body[data-ready={ready}]", timeout=120_000)
                 times.append(time.perf_counter() - t0)
-            n = {"case": ".tok", "cases": "tr.row", "across": "a.pt"}[ready]
+            n = {"case": "#strip .tok", "cases": "tr.row", "across": "a.pt"}[ready]
             count = page.locator(n).count()
             extra = ""
             if ready == "case":  # the side-by-side section loads after the page is drawn

@@ -54,7 +54,9 @@
   FT.views.compareSection = function (c) {
     var sec = el("section", {class: "block", id: "compare"}, [el("h3", {}, "Across models and checkpoints"),
       el("p", {class: "muted"}, "loading…")]);
-    FT.api("/api/cases/" + encodeURIComponent(c.case_id) + "/compare").then(function (data) {
+    // fetched after the case itself has painted: on a 16k-token case the columns are tens of thousands of spans
+    var later = new Promise(function (ok) { requestAnimationFrame(function () { setTimeout(ok, 0); }); });
+    later.then(function () { return FT.api("/api/cases/" + encodeURIComponent(c.case_id) + "/compare"); }).then(function (data) {
       sec.textContent = "";
       sec.appendChild(el("h3", {}, "Across models and checkpoints"));
       sec.appendChild(el("p", {class: "note"}, "The same target and contrast re-scored on each model from the same text " +
