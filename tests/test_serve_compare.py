@@ -173,3 +173,27 @@ def test_pick_contrast_needs_review_and_writes_one_row(cmp: dict[str, Any], tmp_
     assert len(alts_lines) == len(cmp["cases"]) and isinstance(alts_lines[0]["tokens"], list)
     assert main(["export", "--store", str(store), "--out", str(tmp_path / "pq"), "--format", "parquet"]) == 0
     assert (tmp_path / "pq" / "reviews.parquet").stat().st_size > 0
+
+
+def test_comparisons_written_before_token_texts_were_kept(cmp: dict[str, Any], tmp_path: Path) -> None:
+    """A comparisons table of an older failtrace (no tokens/special_mask columns): the explorer shows each model's
+    numbers without a heatmap, load_comparisons reads it, and the next write adds the columns back."""
+    from failtrace.store.comparisons import write_comparison
+
+    store = tmp_path / "old.duckdb"
+    shutil.copy(cmp["store"], store)
+    with open_store(store) as st:
+        st.con.execute("ALTER TABLE comparisons DROP COLUMN tokens")
+        st.con.execute("ALTER TABLE comparisons DROP COLUMN special_mask")
+    case = cmp["cases"][0]
+    with TestClient(create_app(store), base_url="http://127.0.0.1") as c:
+        data = c.get(f"/api/cases/{case.case_id}/compare").json()
+    assert len(data["models"]) == 4 and all(m["aligned"] is None for m in data["models"])
+    assert [m["delta_logit"] for m in data["models"]][:1] == [case.delta_logit]
+    with open_store(store) as st:
+        rows = load_comparisons(st)
+        assert all(r["tokens"] is None for r in rows)
+        new = dict(rows[0], model_fingerprint="new", tokens=["a"], special_mask=[False])
+        assert write_comparison(st, new)
+        back = [r for r in load_comparisons(st) if r["model_fingerprint"] == "new"]
+    assert back[0]["tokens"] == ["a"] and list(back[0]["special_mask"]) == [False]
