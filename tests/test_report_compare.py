@@ -95,7 +95,8 @@ def test_checkpoint_tables_against_independent_math() -> None:
                 assert [seg[g] for g in SEGS] == pytest.approx(list(shares), abs=1e-12)
     lines = D.checkpoint_rows(rows)
     assert len(lines) == 12 * 2 * 3 and {p["series"] for p in lines} == {"ckpts/dpo", "ckpts/token-dpo"}
-    assert D.series_of("runs/a/checkpoint-300") == "runs/a" and D.series_of("qwen2.5-coder-0.5b") == "qwen2.5-coder-0.5b"
+    assert D.series_of("runs/a/checkpoint-300") == "runs/a"
+    assert D.series_of("qwen2.5-coder-0.5b") == "qwen2.5-coder-0.5b"
 
 
 def _csv(path: Path) -> list[dict[str, str]]:

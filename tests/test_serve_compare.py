@@ -73,7 +73,8 @@ def test_case_compare_lists_every_row_with_its_values(client: TestClient, cmp: d
                 continue
             # the stored token texts are that model's own per-token decodes (here all share the toy tokenizer, so
             # the alignment is the identity and the heatmap is the row's own normalised relevance)
-            assert r["tokens"] == [toy.decode([t]) for t in r["token_ids"]] and len(r["special_mask"]) == len(r["tokens"])
+            assert r["tokens"] == [toy.decode([t]) for t in r["token_ids"]]
+            assert len(r["special_mask"]) == len(r["tokens"])
             want = normalize(r["input_relevance"], r["special_mask"]).tolist()
             assert m["aligned"]["values"] == pytest.approx(want, abs=1e-12)
     assert client.get("/api/cases/nosuchcase/compare").status_code == 404

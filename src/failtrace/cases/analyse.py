@@ -108,7 +108,8 @@ def _build_and_write(store: ResultsStore, prun: RunRecord, arun: RunRecord, load
         bar.close()
 
 
-def _backfill_alternatives(store: ResultsStore, loaded: Any, pairs: list[dict[str, Any]], ids: dict[str, str], generations: dict[str, dict[str, Any]]) -> int:
+def _backfill_alternatives(store: ResultsStore, loaded: Any, pairs: list[dict[str, Any]], ids: dict[str, str],
+                           generations: dict[str, dict[str, Any]]) -> int:
     """Record the top-k alternatives of stored cases that lack them (one forward pass each; nothing else changes)."""
     from failtrace.cases.alternatives import alternatives, next_logits
     from failtrace.cases.build import context_of

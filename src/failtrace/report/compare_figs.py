@@ -123,7 +123,8 @@ def checkpoints_figure(points: Sequence[Mapping[str, Any]], summary: Sequence[Ma
         for i, split in enumerate(_splits(p["split"] for p in mine)):
             color = SPLIT_COLORS.get(split, _FALLBACK[i % len(_FALLBACK)])
             for cid in dict.fromkeys(p["case_id"] for p in mine if p["split"] == split):
-                line = sorted((p["step"], p["delta_logit"]) for p in mine if p["case_id"] == cid and p["split"] == split)
+                line = sorted((p["step"], p["delta_logit"]) for p in mine
+                              if p["case_id"] == cid and p["split"] == split)
                 ax.plot([a for a, _ in line], [b for _, b in line], color=color, lw=0.7, alpha=0.35)
             med = sorted((r["step"], r["median_delta_logit"], r["cases"]) for r in summary
                          if r["series"] == s and r["split"] == split)
