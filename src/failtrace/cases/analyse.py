@@ -31,6 +31,7 @@ class AnalyseSummary:
     clean_pairs: int = 0  # clean pairs considered
     skipped: int = 0  # already analysed with these settings and this model
     analysed: int = 0  # cases committed by this call
+    alternatives_added: int = 0  # cases analysed before alternatives were recorded, given theirs now
     errors: list[str] = field(default_factory=list)  # pairs that could not be analysed (message per pair)
     categories: dict[str, int] = field(default_factory=dict)
     patterns: dict[str, int] = field(default_factory=dict)
@@ -107,6 +108,23 @@ def _build_and_write(store: ResultsStore, prun: RunRecord, arun: RunRecord, load
         bar.close()
 
 
+def _backfill_alternatives(store: ResultsStore, loaded: Any, pairs: list[dict[str, Any]], ids: dict[str, str],
+                           generations: dict[str, dict[str, Any]]) -> int:
+    """Record the top-k alternatives of stored cases that lack them (one forward pass each; nothing else changes)."""
+    from failtrace.cases.alternatives import alternatives, next_logits
+    from failtrace.cases.build import context_of
+    from failtrace.store.alternatives import insert
+
+    added = 0
+    for pair in pairs:
+        context = context_of(pair, generations[pair["item_id"]])
+        logits = next_logits(loaded.model, context)
+        rec = alternatives(loaded.tokenizer, logits, int(pair["target_id"]), int(pair["contrast_id"]))
+        with store._transaction():
+            added += insert(store.con, ids[pair["item_id"]], rec)
+    return added
+
+
 def analyse(
     store: ResultsStore,
     settings: CaseSettings | None = None,
@@ -125,6 +143,7 @@ def analyse(
     ``limit`` caps the cases built by this call. Pairs that cannot be analysed are listed in ``errors``.
     """
     from failtrace.models.fingerprint import model_fingerprint
+    from failtrace.store.alternatives import done as done_alternatives
     from failtrace.store.cases import done_case_ids
 
     settings = (settings or CaseSettings()).validate()
@@ -150,15 +169,20 @@ def analyse(
         store.ensure_run(arun)
         summary.analysis_ids.append(arun.run_id)
         ident = settings.identity()
-        todo = [p for p in clean if case_id(prun.run_id, p["item_id"], fingerprint, ident) not in done]
+        ids = {p["item_id"]: case_id(prun.run_id, p["item_id"], fingerprint, ident) for p in clean}
+        todo = [p for p in clean if ids[p["item_id"]] not in done]
         summary.skipped += len(clean) - len(todo)
         if remaining is not None:
             todo = todo[:remaining]
-        if not todo:
+        have_alts = done_alternatives(store)
+        backfill = [p for p in clean if ids[p["item_id"]] in done and ids[p["item_id"]] not in have_alts]
+        if not todo and not backfill:
             continue
         generations = {g["item_id"]: g for g in store.results(collect_run.run_id)}
-        _build_and_write(store, prun, arun, loaded, fingerprint, settings, todo, generations, summary, progress,
-                         on_case)
+        summary.alternatives_added += _backfill_alternatives(store, loaded, backfill, ids, generations)
+        if todo:
+            _build_and_write(store, prun, arun, loaded, fingerprint, settings, todo, generations, summary,
+                             progress, on_case)
         if remaining is not None:
             remaining -= len(todo)
     summary.seconds = time.perf_counter() - t0

@@ -28,6 +28,8 @@ def _summary_line(summary: Any, store: Path) -> str:
     pats = ", ".join(f"{v} {k}" for k, v in sorted(summary.patterns.items()))
     text = (f"{summary.clean_pairs} clean pairs, {summary.skipped} already analysed, {summary.analysed} analysed now "
             f"({cats}{'; patterns ' + pats if pats else ''}) in {summary.seconds:.1f} s -> {store}")
+    if summary.alternatives_added:
+        text += f"\ntop-k alternatives recorded for {summary.alternatives_added} case(s) analysed before they were kept"
     if summary.errors:
         text += f"\n{len(summary.errors)} pair(s) could not be analysed: " + "; ".join(summary.errors[:3])
     return text

@@ -170,14 +170,17 @@ def _cases_section(cases: Sequence[Case], benches: Sequence[str], overrides: T.O
 def build_report(cases: Sequence[Case], status_rows: Sequence[StatusRow], out_dir: str | Path,
                  pairs_rows: Sequence[Mapping[str, Any]] | None = None, *, overrides: T.Overrides | None = None,
                  graphs: GraphSource | None = None, title: str = "failtrace report",
-                 inline_budget_mb: float = 8.0) -> Path:
+                 inline_budget_mb: float = 8.0, comparisons: Sequence[Mapping[str, Any]] = ()) -> Path:
     """Write the report into ``out_dir`` and return the path of ``index.html``.
 
     ``pairs_rows`` (``store.pairs()``) adds the list of non-clean pairs with their reasons; ``overrides`` maps a
     case id to ``{"category", "reason"}`` (a stored override, shown and counted instead of the automatic label);
     (default: each case's own ``override``); ``graphs`` maps a case id to its pruned graph, a stored graph record or
-    a PrunedGraph (a dict or a function; default: each case's own ``graph``; none: no picture).
+    a PrunedGraph (a dict or a function; default: each case's own ``graph``; none: no picture); ``comparisons``
+    (rows of the ``comparisons`` table) add the sections "Across models" / "Across checkpoints" (Fig. 4–7).
     """
+    from failtrace.report.compare_figs import across_sections
+
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise FailtraceError(f"--out {out} is a file; give a folder for the report")
@@ -196,13 +199,15 @@ def build_report(cases: Sequence[Case], status_rows: Sequence[StatusRow], out_di
         body = body.replace("</section>", f"<details><summary>Non-clean pairs ({len(nc)}) and their reasons"
                             f"</summary>{html_table(nc, _PAIR_COLS)}</details></section>", 1)
     body += "".join(benchmark_section(b, cases, tables, figs) for b in benches)
+    across, extra_nav = across_sections(comparisons, out)
+    body += across
     body += _cases_section(cases, benches, overrides, graph_srcs, ablations)
     models = sorted({c.model for c in cases} | {r.model for r in status_rows})
     subtitle = f"{', '.join(models) or 'no model'} · {', '.join(benches) or 'no benchmark'} · {len(cases)} cases"
     index = out / "index.html"
     fd, tmp = tempfile.mkstemp(dir=out, prefix=".index-", suffix=".html")
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(page(title, subtitle, benches, body))
+        fh.write(page(title, subtitle, benches, body, extra_nav))
     os.chmod(tmp, 0o644)
     os.replace(tmp, index)
     return index
@@ -220,9 +225,12 @@ def build_report_from_store(st: Any, out_dir: str | Path, *, benchmark: str | No
         cases: list[Case] = []
     else:
         cases = load_cases(st, benchmark=benchmark, with_graph=graphs)
+    from failtrace.store.comparisons import load_comparisons
+
+    comparisons = [r for r in load_comparisons(st) if benchmark is None or r["benchmark"] == benchmark]
     if benchmark is not None:
         rows = [r for r in rows if r.benchmark == benchmark]
         pairs = [p for p in pairs if p.get("benchmark") == benchmark]
         if not rows and not cases:
             raise FailtraceError(f"no runs for benchmark {benchmark!r} in {st.path}")
-    return build_report(cases, rows, out_dir, pairs, title=title), len(cases)
+    return build_report(cases, rows, out_dir, pairs, title=title, comparisons=comparisons), len(cases)

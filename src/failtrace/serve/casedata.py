@@ -15,7 +15,9 @@ import numpy as np
 
 from failtrace.analysis.ablation_view import ablation_view
 from failtrace.attribution.normalize import normalize
+from failtrace.cases.alternatives import rows as alt_rows
 from failtrace.errors import FailtraceError
+from failtrace.store.alternatives import read as read_alternatives
 from failtrace.report.evidence import dl as evidence_html
 
 
@@ -98,12 +100,13 @@ def case_detail(con: Any, case_id: str, reviews_table: bool) -> dict[str, Any] |
         "evidence": ev, "evidence_html": {k: evidence_html(v) if v else "" for k, v in ev.items()},
         "notes": _json(c["notes"]) or [], "settings": _json(c["settings"]) or {}, "pair": pair, "verdict": verdict,
         "reviews": reviews, "has_graph": has_graph,
+        "alternatives": alt_rows(read_alternatives(con, case_id), c["target_id"], c["contrast_id"]),
     })
 
 
 def review_rows(con: Any, pair_run_id: str, item_id: str) -> list[dict[str, Any]]:
     """The reviews of one pair, newest first."""
-    cur = con.execute("SELECT review_id, decision, category, comment, CAST(created_at AS VARCHAR) AS created_at "
+    cur = con.execute("SELECT * EXCLUDE (pair_run_id, item_id) REPLACE (CAST(created_at AS VARCHAR) AS created_at) "
                       "FROM reviews WHERE pair_run_id = ? AND item_id = ? ORDER BY created_at DESC",
                       [pair_run_id, item_id])
     names = [d[0] for d in cur.description]

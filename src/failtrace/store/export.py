@@ -69,6 +69,29 @@ def _out_folder(out_dir: str | Path) -> Path:
     return out
 
 
+# Tables created on first use, outside the versioned schema: (table, export order). ``reviews`` is written by
+# ``failtrace serve --review`` (docs/EXPLORER.md), ``case_alternatives`` by ``failtrace analyse``.
+_ADDED_TABLES = (("reviews", "created_at, review_id"), ("case_alternatives", "case_id"))
+
+
+def _export_added(store: ResultsStore, table: str, order: str, out: Path, fmt: str) -> Path:
+    """One such table as ``<table>.parquet`` or ``<table>.jsonl`` (JSON text columns parsed in JSONL)."""
+    path = out / f"{table}.{'parquet' if fmt == 'parquet' else 'jsonl'}"
+    tmp = path.with_name(path.name + ".part")
+    query = f"SELECT * FROM {table} ORDER BY {order}"
+    if fmt == "parquet":
+        target = str(tmp).replace("'", "''")
+        store.con.execute(f"COPY ({query}) TO '{target}' (FORMAT PARQUET)")
+    else:
+        with tmp.open("w", encoding="utf-8") as fh:
+            for row in store._iter_rows(query):
+                if table == "case_alternatives" and isinstance(row["tokens"], str):
+                    row["tokens"] = json.loads(row["tokens"])
+                fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+    tmp.replace(path)
+    return path
+
+
 def export(store: ResultsStore, out_dir: str | Path, fmt: str) -> list[Path]:
     """Write every table to ``out_dir`` as ``<table>.parquet`` or ``<table>.jsonl``; returns the files.
 
@@ -103,6 +126,9 @@ def export(store: ResultsStore, out_dir: str | Path, fmt: str) -> list[Path]:
             from failtrace.store.cases import export_cases_jsonl
 
             files.append(export_cases_jsonl(store, out / "cases.jsonl"))
+        for table, order in _ADDED_TABLES:
+            if table in present:
+                files.append(_export_added(store, table, order, out, fmt))
         if "comparisons" in present:  # created by `failtrace compare` on first write
             if fmt == "jsonl":
                 from failtrace.store.comparisons import export_comparisons_jsonl
