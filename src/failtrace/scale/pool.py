@@ -97,6 +97,22 @@ class WorkerPool:
         self.helper: DescribedModel | None = hellos[0]["helper"]
         self.provenance = [h["provenance"] for h in hellos]
         self._busy: dict[int, int] = {}  # actor index -> tasks in flight
+        self._fingerprint: str | None = None
+
+    def fingerprint(self) -> str:
+        """The content fingerprint of the workers' model (analyse keys cases by it); every worker must agree."""
+        ray = require_ray()
+        if self._fingerprint is None:
+            try:
+                prints = set(ray.get([a.fingerprint.remote() for a in self.actors]))
+            except ray.exceptions.RayActorError as exc:
+                raise FailtraceError(f"a Ray worker died while fingerprinting {self.spec.name}: "
+                                     f"{_reason(exc)}") from None
+            if len(prints) != 1:
+                raise FailtraceError(f"the Ray workers loaded different model files for {self.spec.name} "
+                                     f"({len(prints)} content fingerprints); give every node the same model")
+            self._fingerprint = prints.pop()
+        return self._fingerprint
 
     def busy_actors(self) -> list[Any]:
         """Handles of the actors that have work in flight right now (tests kill one of these)."""
