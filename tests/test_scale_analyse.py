@@ -28,7 +28,7 @@ ray = pytest.importorskip("ray", reason="the Ray extra (pip install 'failtrace[r
 
 from failtrace.cases.analyse import analyse  # noqa: E402
 from failtrace.cases.settings import CaseSettings  # noqa: E402
-from failtrace.scale import ModelSpec, WorkerPool, analyse_on_ray  # noqa: E402
+from failtrace.scale import ModelSpec, WorkerPool, analyse_on_ray, ensure_ray  # noqa: E402
 from failtrace.store import open_store  # noqa: E402
 from failtrace.testing.toy import one_thread  # noqa: E402
 
@@ -75,7 +75,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Any:
         with open_store(root / "serial.duckdb") as st:
             serial = analyse(st, SETTINGS, progress=False)
     assert serial.analysed == len(info["clean"]) and not serial.errors
-    ray.init(num_cpus=2, include_dashboard=False, namespace="failtrace", log_to_driver=False)
+    assert ensure_ray(2)  # a local cluster as the CLI starts it (workers at niceness 0)
     pool = WorkerPool(ModelSpec(str(root / "model")), 2, name=POOL)
     yield {"root": root, "serial": root / "serial.duckdb", "pool": pool, "n": len(info["clean"]),
            "model": root / "model"}
@@ -108,6 +108,8 @@ def test_ray_cases_equal_the_serial_cases_field_by_field(cluster: Any) -> None:
         run = st.runs("analyse")[0]
         workers = run.settings["scale"][0]["worker_info"]
         assert len(workers) == 2 and len({w["pid"] for w in workers}) == 2
+        # not Ray's default niceness 15 (other processes would take the CPU first); threads = the CPUs given
+        assert [(w["niceness"], w["torch_threads"], w["omp_num_threads"]) for w in workers] == [(0, 1, "1")] * 2
         again = analyse_on_ray(st, SETTINGS, 2, pool=cluster["pool"], progress=False)  # resumable: nothing to do
     assert again.analysed == 0 and again.skipped == cluster["n"]
     with open_store(store) as st:  # a serial rerun finds the Ray cases under the same ids, and the reverse

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -34,9 +35,13 @@ def require_ray() -> Any:
 
 
 def ensure_ray(workers: int, address: str | None = None) -> bool:
-    """Connect to Ray (``address``, e.g. ``auto``) or start a local cluster with ``workers`` CPUs.
+    """Connect to Ray (``address``, e.g. ``auto``) or start a local cluster over this machine's cores.
 
     Returns True when this call started it (the caller shuts it down). An already connected process is reused.
+    A local cluster gets ``max(workers, cores)`` CPUs and runs its workers at niceness 0: Ray's default (15, so
+    that its own daemons stay responsive) lets every other process on a shared machine take the CPU first, which
+    made 1 Ray worker ~2x slower than the same work in-process here (docs/SCALE.md). A joined cluster keeps the
+    niceness its operator chose (``RAY_worker_niceness=0 ray start ...``); each worker records its own.
     """
     ray = require_ray()
     if ray.is_initialized():
@@ -45,12 +50,25 @@ def ensure_ray(workers: int, address: str | None = None) -> bool:
         if address:
             ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, logging_level=logging.ERROR)
         else:
-            ray.init(num_cpus=workers, namespace=NAMESPACE, include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.ERROR)
+            ray.init(num_cpus=max(workers, os.cpu_count() or 1), namespace=NAMESPACE, include_dashboard=False,
+                     log_to_driver=False, logging_level=logging.ERROR, _system_config={"worker_niceness": 0})
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
         raise FailtraceError(f"could not start or join {where}: {str(exc).splitlines()[0][:300]}") from None
     return True
+
+
+def cpus_per_worker(workers: int, local: bool) -> int:
+    """CPUs (= torch threads) per worker: a local cluster's cores split evenly; 1 on a joined cluster.
+
+    Ray sets ``OMP_NUM_THREADS`` of an actor to its CPUs and the worker sets torch's threads to the same number, so
+    N workers never run more threads than the cores they were given (no oversubscription). On a joined cluster the
+    nodes may differ, and an actor's CPUs must fit on one node, so it asks for one (GPU workers barely use them).
+    """
+    if not local:
+        return 1
+    total = int(require_ray().cluster_resources().get("CPU", workers))
+    return max(1, total // workers)
 
 
 @dataclass

@@ -30,7 +30,7 @@ from failtrace.cases.settings import CaseSettings
 from failtrace.errors import FailtraceError
 from failtrace.failures.collect import CollectSummary, _progress, collect_run_record, resolve_benchmark
 from failtrace.failures.pairs import PairResult, PairSettings, PairsSummary, collection_runs, pair_run_record
-from failtrace.scale.pool import Task, WorkerPool, ensure_ray, require_ray
+from failtrace.scale.pool import Task, WorkerPool, cpus_per_worker, ensure_ray, require_ray
 from failtrace.scale.work import ModelSpec
 from failtrace.store.store import GenerationRecord, ResultsStore, RunRecord
 
@@ -54,7 +54,8 @@ def _cluster(workers: int, address: str | None, pool: WorkerPool | None,
              max_attempts: int) -> Iterator[Callable[[ModelSpec], WorkerPool]]:
     """Yield ``pool_for(spec)``: the given ``pool``, or one started per model spec; stop what was started here.
 
-    Without ``pool`` a local Ray cluster is started (unless this process is connected or ``address`` is given).
+    Without ``pool`` a local Ray cluster is started (unless this process is connected or ``address`` is given);
+    the workers of a cluster started here share its cores evenly (:func:`cpus_per_worker`).
     """
     started = ensure_ray(workers, address) if pool is None else False
     pools: dict[ModelSpec, WorkerPool] = {}
@@ -63,7 +64,8 @@ def _cluster(workers: int, address: str | None, pool: WorkerPool | None,
         if pool is not None:
             return pool
         if spec not in pools:
-            pools[spec] = WorkerPool(spec, workers, max_attempts=max_attempts)
+            pools[spec] = WorkerPool(spec, workers, max_attempts=max_attempts,
+                                     cpus_per_worker=cpus_per_worker(workers, started))
         return pools[spec]
 
     try:

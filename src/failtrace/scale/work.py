@@ -50,13 +50,15 @@ class DescribedModel:
 
 
 def worker_provenance(device: str) -> dict[str, Any]:
-    """Where a worker runs: host, process, device (GPU name when on CUDA), library versions, sandbox layers."""
+    """Where a worker runs: host, process, device (GPU name when on CUDA), threads, niceness, library versions and
+    sandbox layers."""
     import torch
 
     from failtrace.failures.collect import library_versions
 
     prov: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(), "device": device,
                             "machine": platform.machine(), "torch_threads": torch.get_num_threads(),
+                            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "niceness": os.nice(0),
                             "versions": library_versions()}
     if device.startswith("cuda") and torch.cuda.is_available():
         prov["gpu"] = torch.cuda.get_device_name(torch.device(device))
