@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -178,3 +179,26 @@ def test_driver_sigkill_and_rerun_lose_and_duplicate_no_case(cluster: Any) -> No
     assert 0 < rest <= cluster["n"] - 2  # the rerun did only what had no row yet
     _no_duplicates(store)
     _assert_same_as_serial(store, cluster)
+
+
+def test_cli_analyse_with_workers_joins_the_cluster_and_equals_serial(cluster: Any,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """``failtrace analyse --workers 2 --ray-address ...``: the command starts its own pool and stops it. Last in
+    the file: the named pool is stopped first, so the cluster's 2 CPUs are free for the command's workers."""
+    from failtrace.cli import main
+
+    cluster["pool"].close(force=True)
+    store = _copy(cluster, "cli")
+    address = ray.get_runtime_context().gcs_address
+    assert main(["analyse", "-s", str(store), "--ig-steps", "8", "--workers", "2", "--ray-address", address,
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"{cluster['n']} analysed now" in out and "on 2 Ray workers" in out
+    _assert_same_as_serial(store, cluster)
+    with open_store(store, read_only=True) as st:
+        scale = st.runs("analyse")[0].settings["scale"][0]
+    assert scale["address"] == address and scale["workers"] == 2
+    deadline = time.monotonic() + 60  # the command stopped its workers: their CPUs come back to the cluster
+    while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert ray.available_resources().get("CPU", 0) == ray.cluster_resources()["CPU"]

@@ -1,7 +1,8 @@
 """Scale-out: collect, pairs and analyse on Ray workers (optional extra ``failtrace[ray]``), one store, nothing lost.
 
 Importing this package does not import Ray; :func:`collect_on_ray`/:func:`pairs_on_ray`/:func:`analyse_on_ray` do,
-and say how to install it when it is missing. docs/SCALE.md describes the design, the fault handling and a plan for GPU clusters.
+and say how to install it when it is missing. docs/SCALE.md describes the design, the fault handling and a plan
+for GPU clusters.
 """
 
 from failtrace.scale.pool import Task, WorkerPool, ensure_ray

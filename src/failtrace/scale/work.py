@@ -3,8 +3,9 @@
 A Ray worker (:class:`ModelWorker`) holds one loaded model and runs these functions; it never touches the store.
 The records are plain dicts (they cross process boundaries), turned back into store rows by the driver. The same
 code the serial path runs does the work (:func:`~failtrace.failures.collect.finish_item`,
-:func:`~failtrace.failures.pairs.pair_one`, :func:`~failtrace.cases.build.build_case`), so a record is the serial path's record for that item. Nothing here
-imports Ray: the actor class is wrapped by ``ray.remote`` in :mod:`failtrace.scale.pool`.
+:func:`~failtrace.failures.pairs.pair_one`, :func:`~failtrace.cases.build.build_case`), so a record is the serial
+path's record for that item. Nothing here imports Ray: the actor class is wrapped by ``ray.remote`` in
+:mod:`failtrace.scale.pool`.
 """
 
 from __future__ import annotations
