@@ -4,7 +4,8 @@ The machine this runs on may be shared, so the modes are measured in ROUNDS: eac
 same items (each into a fresh copy of the input store), the order rotated from round to round, so a change in
 background load hits every mode alike. Reported per mode: items/min over all rounds, the ratio against the serial
 path, and the range of the per-round ratios (how much the load moved things). Worker start-up (Ray, imports, model
-load) is timed apart and not counted: pools are started once and reused by every round.
+load) is timed apart and not counted: pools are started once and reused by every round, after a warm-up round
+that is not counted either.
 
 Modes: ``serial 1t`` (torch on one thread: each Ray worker also gets one CPU and one thread, so ratios against it
 compare like with like), ``serial Nt`` (torch's default, all N cores: what ``failtrace collect`` without
@@ -64,7 +65,14 @@ class Pools:
 
 def _rounds(label: str, stage: str, modes: list[str], rounds: int, run: Callable[[str, int], tuple[int, float]],
             ) -> None:
-    """Run ``run(mode, round) -> (items, seconds)`` for every mode in every round (rotated); print the table."""
+    """Run ``run(mode, round) -> (items, seconds)`` for every mode in every round (rotated); print the table.
+
+    Round 0 is a warm-up, not counted: each mode's first run pays one-time costs (the checker's first use in each
+    worker, first-call kernel set-up) that would otherwise fall on whichever mode runs first.
+    """
+    warm = {m: run(m, -1) for m in modes}
+    print(f"[{label}] {stage} warm-up (not counted): " + ", ".join(f"{m} {v[1]:.1f} s" for m, v in warm.items()),
+          flush=True)
     done: dict[str, list[tuple[int, float]]] = {m: [] for m in modes}
     for r in range(rounds):
         for mode in modes[r % len(modes):] + modes[:r % len(modes)]:
@@ -106,7 +114,7 @@ def _collect_rounds(label: str, lm: Any, pools: Pools, bench: Any, items: list[A
         return s.generated, s.seconds
 
     _rounds(label, "collect", _modes(), rounds, run)
-    return tmp / f"{label}-collect-serial_1t-0.duckdb"
+    return tmp / f"{label}-collect-serial_1t--1.duckdb"
 
 
 def _modes() -> list[str]:
