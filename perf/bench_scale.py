@@ -9,8 +9,9 @@ that is not counted either.
 
 Modes: ``serial 1t`` (torch on one thread: each Ray worker also gets one CPU and one thread, so ratios against it
 compare like with like), ``serial Nt`` (torch's default, all N cores: what ``failtrace collect`` without
-``--workers`` does), ``ray 1``, ``ray 2``, and ``ray 2 nice15`` (2 workers reniced to 15, Ray's default worker
-niceness, which failtrace's local cluster no longer uses: it shows what that default cost on a shared machine).
+``--workers`` does), ``ray 1``, ``ray 2`` (this script's cluster runs its workers at niceness 0), and
+``ray 2 nice15`` (2 workers reniced to 15: Ray's default, which failtrace's own local cluster keeps; the pair
+shows what the workers' niceness changes on the machine at hand).
 
     PYTHONPATH=src .venv/bin/python perf/bench_scale.py [--rounds 3] [--items 24] [--bundled-items 4]
 
@@ -224,7 +225,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     t = time.perf_counter()
     # 5 actors of 1 CPU each live at once (1 + 2 + 2 workers); only one pool works at a time, so the extra logical
-    # CPUs never oversubscribe the cores. Niceness 0 as failtrace's own local cluster (see failtrace.scale.pool).
+    # CPUs never oversubscribe the cores. Workers at niceness 0; the "nice15" pool is reniced to Ray's default.
     ray.init(num_cpus=5, include_dashboard=False, namespace=NAMESPACE, log_to_driver=False,
              _system_config={"worker_niceness": 0})
     print(f"ray.init (local cluster): {time.perf_counter() - t:.1f} s; {CORES} cores; load average "

@@ -38,10 +38,9 @@ def ensure_ray(workers: int, address: str | None = None) -> bool:
     """Connect to Ray (``address``, e.g. ``auto``) or start a local cluster over this machine's cores.
 
     Returns True when this call started it (the caller shuts it down). An already connected process is reused.
-    A local cluster gets ``max(workers, cores)`` CPUs and runs its workers at niceness 0: Ray's default (15, so
-    that its own daemons stay responsive) lets every other process on a shared machine take the CPU first, which
-    made 1 Ray worker ~2x slower than the same work in-process here (docs/SCALE.md). A joined cluster keeps the
-    niceness its operator chose (``RAY_worker_niceness=0 ray start ...``); each worker records its own.
+    A local cluster gets ``max(workers, cores)`` CPUs. Its workers keep Ray's default niceness (15: Ray's daemons
+    and the driver come first within the session); ``RAY_worker_niceness=0`` in the environment changes it, and each
+    worker records its own. docs/SCALE.md has the measurements behind keeping the default.
     """
     ray = require_ray()
     if ray.is_initialized():
@@ -51,7 +50,7 @@ def ensure_ray(workers: int, address: str | None = None) -> bool:
             ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, logging_level=logging.ERROR)
         else:
             ray.init(num_cpus=max(workers, os.cpu_count() or 1), namespace=NAMESPACE, include_dashboard=False,
-                     log_to_driver=False, logging_level=logging.ERROR, _system_config={"worker_niceness": 0})
+                     log_to_driver=False, logging_level=logging.ERROR)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
         raise FailtraceError(f"could not start or join {where}: {str(exc).splitlines()[0][:300]}") from None
