@@ -138,7 +138,7 @@ def test_a_worker_killed_mid_analyse_still_gives_every_case(cluster: Any) -> Non
 
 
 _DRIVER = """
-import sys
+import sys, time
 sys.path.insert(0, {src!r})
 import ray
 from failtrace.cases.settings import CaseSettings
@@ -146,18 +146,28 @@ from failtrace.scale import ModelSpec, WorkerPool, analyse_on_ray
 from failtrace.store import open_store
 ray.init(address={address!r}, namespace="failtrace", log_to_driver=False)
 pool = WorkerPool(ModelSpec({model!r}), 2, name={pool!r})  # attaches to the running named workers
+pause_after, seen = int(sys.argv[1]), []
+
+
+def on_case(case):  # called right after the case's transaction committed
+    seen.append(case.case_id)
+    print("case", case.case_id, flush=True)
+    if len(seen) == pause_after:  # hold still here until the test's SIGKILL: exactly this many are committed
+        time.sleep(300)
+
+
 with open_store({store!r}) as st:
-    analyse_on_ray(st, CaseSettings(ig_steps=8), 2, pool=pool, progress=False,
-                   on_case=lambda c: print("case", c.case_id, flush=True))
+    analyse_on_ray(st, CaseSettings(ig_steps=8), 2, pool=pool, progress=False, on_case=on_case)
 print("finished", flush=True)
 """
 
 
 def _driver(script: Path, kill_after: int | None) -> int:
-    """Run the driver; SIGKILL it right after its ``kill_after``-th committed case; return the cases it printed."""
+    """Run the driver; SIGKILL it right after its ``kill_after``-th committed case (it waits there, so no more
+    are committed, whatever the load); return the cases it printed."""
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True, env=env)
+    proc = subprocess.Popen([sys.executable, str(script), str(kill_after or 0)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env=env)
     assert proc.stdout is not None
     cases = 0
     for line in proc.stdout:
@@ -176,9 +186,8 @@ def test_driver_sigkill_and_rerun_lose_and_duplicate_no_case(cluster: Any) -> No
                                      model=str(cluster["model"]), store=str(store)))
     _driver(script, 2)
     with open_store(store, read_only=True) as st:
-        assert 2 <= st.con.execute("SELECT count(*) FROM cases").fetchone()[0] < cluster["n"]
-    rest = _driver(script, None)
-    assert 0 < rest <= cluster["n"] - 2  # the rerun did only what had no row yet
+        assert st.con.execute("SELECT count(*) FROM cases").fetchone()[0] == 2  # the other cases were in flight
+    assert _driver(script, None) == cluster["n"] - 2  # the rerun did only what had no row yet
     _no_duplicates(store)
     _assert_same_as_serial(store, cluster)
 
