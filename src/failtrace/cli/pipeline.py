@@ -91,7 +91,7 @@ def collect_command(
     check_dtype(dtype)
     check_device(device)
     check_store_path(store, create=True)
-    _check_scale(workers, ray_address, batch_size)
+    opts.check_scale(workers, ray_address, batch_size)
     bench = resolve_benchmark(benchmark)
     report = bench.load(data, limit)
     _warn_problems(report.problems)
@@ -109,20 +109,6 @@ def collect_command(
         f"now ({summary.passed} passed, {summary.failed} failed, {summary.unverifiable} unverifiable) in "
         f"{summary.seconds:.1f} s" + (f" on {workers} Ray workers" if workers else "") + f" -> {store}"
     )
-
-
-def _check_scale(workers: int | None, ray_address: str | None, batch_size: int = 1) -> None:
-    """--workers needs Ray; --ray-address needs --workers; batched decoding stays in-process."""
-    if workers is None:
-        if ray_address is not None:
-            raise FailtraceError("--ray-address needs --workers N (without --workers everything runs in-process)")
-        return
-    if batch_size != 1:
-        raise FailtraceError("--batch-size > 1 is not supported with --workers (each worker decodes one item at a "
-                             "time); drop one of them")
-    from failtrace.scale.pool import require_ray
-
-    require_ray()
 
 
 def _collect_on_ray(bench: Any, items: list[Any], store: Path, model: str, dtype: str, device: str, workers: int,
@@ -215,7 +201,7 @@ def pairs_command(
     settings.validate()
     check_device(device)
     check_store_path(store, create=False)
-    _check_scale(workers, ray_address)
+    opts.check_scale(workers, ray_address)
     if judge is not None and workers is not None:
         raise FailtraceError("--judge is not supported with --workers yet (the judge runs in-process); drop one")
     with _store_errors(store), open_store(store, create=False) as st:
