@@ -21,7 +21,8 @@ rollouts and tokens decoded per failure, statuses, and whether both found the sa
 that hit the length limit, how many a larger rollout budget (``--larger-budget``) resolves.
 
     .venv/bin/python perf/bench_pairs.py [--max-new-tokens 48] [--top-k 5] [--max-positions 4]
-    .venv/bin/python perf/bench_pairs.py --only-ifeval --ifeval FILE --ifeval-items 8 --ifeval-tokens 64
+    .venv/bin/python perf/bench_pairs.py --only-ifeval --ifeval FILE --ifeval-items 8 --ifeval-tokens 64 \
+        [--orders in-order,margin,entropy]
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ def _strip_eos(ids: list[int], lm: Any) -> list[int]:
 
 
 def ifeval_pairs(lm: Any, path: str, n_items: int, budget: int, top_k: int, max_positions: int,
-                 larger: int) -> list[tuple[str, str, str]]:
+                 larger: int, orders: list[str] | None = None) -> list[tuple[str, str, str]]:
     """Old vs new search on real IFEval failures (same failures, same run), then the larger rollout budget."""
     from failtrace.models.chat import apply_chat_template
 
@@ -184,6 +185,31 @@ def ifeval_pairs(lm: Any, path: str, n_items: int, budget: int, top_k: int, max_
         ends[{"fail": "stops and still fails", "pass": "stops and passes"}.get(verdict, "unverifiable")] += 1
     rows.append((f"ifeval unbounded failures at {budget} tokens, continued to {larger}", f"{len(unbounded)} failures",
                  "; ".join(f"{v} {k}" for k, v in ends.items())))
+    return rows + order_rows(lm, bench, failures, budget, top_k, max_positions, orders or [])
+
+
+def order_rows(lm: Any, bench: Any, failures: list[Any], budget: int, top_k: int, max_positions: int,
+               orders: list[str]) -> list[tuple[str, str, str]]:
+    """The new search under each ``--orders`` position order on the same failures: cost, and the same pair?"""
+    if len(orders) < 2:
+        return []
+    runs: dict[str, list[Any]] = {}
+    secs: dict[str, float] = {}
+    for o in orders:
+        finder = PairFinder(lm, PairSettings(top_k=top_k, max_positions=max_positions, order=o))
+        t = time.perf_counter()
+        runs[o] = [finder.find(bench, it, prompt, gen.token_ids, budget, gen.finish_reason)
+                   for it, prompt, gen in failures]
+        secs[o] = time.perf_counter() - t
+    nf, base = max(1, len(failures)), runs[orders[0]]
+    rows = []
+    for o, res in runs.items():
+        same = sum((a.status, a.completion_offset, a.contrast_id) == (b.status, b.completion_offset, b.contrast_id)
+                   for a, b in zip(res, base, strict=True))
+        rows.append((f"ifeval pairs, order {o}", f"{secs[o] / nf:.1f} s/failure",
+                     f"{sum(r.rollouts for r in res) / nf:.1f} rollouts, {sum(r.positions_rolled for r in res) / nf:.1f}"
+                     f" positions rolled out, {sum(r.tokens_decoded for r in res) / nf:.0f} tokens per failure; same "
+                     f"pair as {orders[0]} {same}/{len(res)}"))
     return rows
 
 
@@ -200,6 +226,8 @@ def main() -> None:
     ap.add_argument("--ifeval-tokens", type=int, default=64, help="generation budget of the IFEval items")
     ap.add_argument("--larger-budget", type=int, default=256, help="rollout budget tried on unbounded failures")
     ap.add_argument("--only-ifeval", action="store_true", help="skip the toy-question part")
+    ap.add_argument("--orders", default="", help="comma-separated position orders to compare on the IFEval failures "
+                                                 "(e.g. in-order,margin,entropy; the first is the baseline)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -211,7 +239,7 @@ def main() -> None:
         print(f"model {lm.name}, ifeval {args.ifeval_items} items, max_new_tokens {args.ifeval_tokens}, top-k "
               f"{args.top_k}, max-positions {args.max_positions}, torch threads {torch.get_num_threads()}")
         _print(ifeval_pairs(lm, args.ifeval, args.ifeval_items, args.ifeval_tokens, args.top_k, args.max_positions,
-                            args.larger_budget))
+                            args.larger_budget, [o for o in args.orders.split(",") if o]))
         return
     bench = ContainsWord(max_new_tokens=args.max_new_tokens)
     items = [Item(id=f"w{i:02d}", benchmark=bench.name, prompt=q, reference={"word": w})
@@ -283,7 +311,7 @@ def main() -> None:
                      f"same pair found for {agree}/{len(failures)} failures"))
     if args.ifeval:
         rows += ifeval_pairs(lm, args.ifeval, args.ifeval_items, args.ifeval_tokens, args.top_k, args.max_positions,
-                             args.larger_budget)
+                             args.larger_budget, [o for o in args.orders.split(",") if o])
     _print(rows)
 
 

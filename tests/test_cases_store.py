@@ -62,7 +62,7 @@ def test_version_1_store_is_migrated_by_adding_tables(tmp_path: Path) -> None:
         files = st.export(tmp_path / "old-export", "jsonl")
         assert "cases.jsonl" not in {f.name for f in files}
     with open_store(path) as st:
-        assert st.schema_version == SCHEMA_VERSION == 2
+        assert st.schema_version == SCHEMA_VERSION == 3
         tables = {r[0] for r in st.con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
         assert set(CASE_TABLES) <= tables
         assert st.get_item("toy", "i0").prompt == "p"  # old rows untouched

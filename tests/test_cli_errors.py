@@ -211,6 +211,15 @@ CASES = [
     Case("pairs-store-is-folder", _p(store="{w}/adir"), ["adir", "folder"]),
     Case("pairs-helper-model-bad-gguf", _p("--helper-model", "{w}/bad.gguf"), ["bad.gguf"]),
     Case("pairs-unknown-run", _p("--run", "no-such-run"), ["no-such-run"]),
+    Case("pairs-workers-0", _p("--workers", "0"), ["--workers", "0"]),
+    Case("pairs-ray-address-without-workers", _p("--ray-address", "auto"), ["--ray-address", "--workers"]),
+    # analyse (the store has no clean pairs; each of these must stop before looking)
+    Case("analyse-workers-0", ["analyse", "-s", "{w}/store.duckdb", "--workers", "0"], ["--workers", "0"]),
+    Case("analyse-workers-negative", ["analyse", "-s", "{w}/store.duckdb", "--workers", "-2"], ["--workers", "-2"]),
+    Case("analyse-ray-address-without-workers", ["analyse", "-s", "{w}/store.duckdb", "--ray-address", "auto"],
+         ["--ray-address", "--workers"]),
+    Case("analyse-device-unknown", ["analyse", "-s", "{w}/store.duckdb", "--device", "banana", "--workers", "2"],
+         ["banana", "cpu"]),
     # status
     Case("status-store-random-bytes", ["status", "-s", "{w}/junk.duckdb"], ["junk.duckdb"]),
     Case("status-store-truncated", ["status", "-s", "{w}/trunc.duckdb"], ["trunc.duckdb"]),

@@ -134,6 +134,7 @@ def test_found_pair_matches_brute_force_with_known_answer(lm: Any, index: int, p
                                                                                        BUDGET)
     assert one.rollouts == 4 * (p_star + 1) and one.to_dict() | {"seconds": 0} == res.to_dict() | {
         "seconds": 0, "rollouts": one.rollouts, "tokens_decoded": one.tokens_decoded, "checks": one.checks,
+        "positions_rolled": one.positions_rolled,
         "reason": one.reason, "seconds_prefix": 0, "seconds_rollouts": 0, "seconds_check": 0} | {
         k: one.to_dict()[k] for k in ("seconds_prefix", "seconds_rollouts", "seconds_check")}
     assert res.checks <= res.rollouts + 1

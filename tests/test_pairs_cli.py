@@ -63,3 +63,30 @@ def test_sibling_option_alias_and_tokenizer_error(tmp_path: Path, models: tuple[
     assert main(["pairs", "-s", str(store), "--rollout-tokens", "0", "--no-progress"]) != 0
     err = capsys.readouterr().err  # refused by the option parser, before any model load
     assert err.startswith("error: ") and "--rollout-tokens" in err and "at least 1" in err
+
+
+def test_order_and_judge_are_speed_only(tmp_path: Path, models: tuple[Path, Path, Path],
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    own, sibling, _ = models
+    register_benchmark(ToyBenchmark(name="toy-order", mode="contains", max_new_tokens=8))
+    data = tmp_path / "items.jsonl"
+    data.write_text("\n".join(json.dumps({"id": f"a{i}", "prompt": f"Say {chr(97 + i)}", "needle": "\x7f\x7f"})
+                              for i in range(2)) + "\n")
+    store = tmp_path / "s.duckdb"
+    assert main(["collect", "-b", "toy-order", "-d", str(data), "-m", str(own), "-s", str(store),
+                 "--max-new-tokens", "8", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["pairs", "-s", str(store), "--order", "sideways", "--no-progress"]) != 0
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--order" in err and "margin" in err
+    assert main(["pairs", "-s", str(store), "-k", "2", "--max-positions", "3", "--order", "margin", "--judge",
+                 str(sibling), "--no-progress"]) == 0
+    assert "2 paired now" in capsys.readouterr().out
+    assert main(["pairs", "-s", str(store), "-k", "2", "--max-positions", "3", "--no-progress"]) == 0
+    assert "2 already paired, 0 paired now" in capsys.readouterr().out  # the same pair run: order/judge are speed
+    with open_store(store, read_only=True) as st:
+        (run,) = st.runs("pairs")
+        assert run.settings["order"] == "margin" and run.settings["judge_model"] == str(sibling)
+        rows = st.pairs(run.run_id)
+        assert len(rows) == 2 and all("judge hint: " in r["reason"] for r in rows)
+        assert all(r["seconds_judge"] > 0 and r["tokens_decoded"] > 0 for r in rows)

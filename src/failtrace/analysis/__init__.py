@@ -1,6 +1,8 @@
 """Analyses of a case (pure functions, no store access; definitions in docs/ANALYSES.md): segments and their
-relevance, the masking flip search, outcome categories with node ablation, failure patterns, graph summaries."""
+relevance, the masking flip search, outcome categories with node ablation, failure patterns, graph summaries and the
+Fig. 3 view of an ablated graph."""
 
+from failtrace.analysis.ablation_view import AblationView, ablation_view
 from failtrace.analysis.categories import CATEGORIES, categorize, node_ablation
 from failtrace.analysis.graph_summary import graph_summary
 from failtrace.analysis.masking import flip_search, masked_delta, masked_objective, top_positions
@@ -14,6 +16,7 @@ from failtrace.analysis.segments import (
     spans_from_labels,
 )
 
-__all__ = ["CATEGORIES", "PATTERNS", "RELEVANT_SEGMENTS", "categorize", "failure_pattern", "flip_search",
-           "graph_summary", "masked_delta", "masked_objective", "node_ablation", "normalize", "relevant_segments",
-           "segment_labels", "segment_relevance", "spans_from_labels", "top_positions"]
+__all__ = ["CATEGORIES", "PATTERNS", "RELEVANT_SEGMENTS", "AblationView", "ablation_view", "categorize",
+           "failure_pattern", "flip_search", "graph_summary", "masked_delta", "masked_objective", "node_ablation",
+           "normalize", "relevant_segments", "segment_labels", "segment_relevance", "spans_from_labels",
+           "top_positions"]

@@ -122,6 +122,16 @@ class DemoBenchmark:
         items = demo_items()
         return LoadReport(items[:limit] if limit is not None else items)
 
+    def prefix_decides_fail(self, item: Item, prefix: str) -> str | None:
+        """The prefix rule of the item's own checker (sound for the demo because ``check`` delegates to it)."""
+        hook = getattr(self._checkers.get(str(item.reference.get("kind"))), "prefix_decides_fail", None)
+        return hook(item, prefix) if hook is not None else None
+
+    def prefix_final(self, item: Item, prefix: str) -> bool:
+        """The final-prefix rule of the item's own checker (HumanEval: the checked code block is closed)."""
+        hook = getattr(self._checkers.get(str(item.reference.get("kind"))), "prefix_final", None)
+        return bool(hook(item, prefix)) if hook is not None else False
+
     def check(self, item: Item, completion: str) -> Verdict:
         kind = item.reference.get("kind")
         checker = self._checkers.get(str(kind))

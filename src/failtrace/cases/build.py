@@ -4,7 +4,8 @@ Steps, for context = prompt_ids + completion[:completion_offset] (so ``position 
 index in the full sequence, the same number as ``pairs.position``):
 
 1. Δℓ = logit(target) − logit(contrast) at the context's last index, from a plain forward pass (no LRP rules);
-   it must equal the stored pair's Δℓ within 1e-3, else a note says by how much (e.g. another model file).
+   it must equal the stored pair's Δℓ within 1e-3, else a note says by how much (e.g. another model file). The same
+   logits give the model's top-k alternatives there (:mod:`failtrace.cases.alternatives`).
 2. The attribution graph (closed-form edges where covered, pruned; :func:`failtrace.graph.build.graph_from_ids`).
    Its one full AttnLRP pass *is* the attnlrp attribution: its stage rows are AttnLRP's hidden relevance
    (row 0 = the input embeddings), so attnlrp costs no extra pass.
@@ -184,6 +185,7 @@ def build_case(lm: Any, pair_row: dict[str, Any], item: Item, generation: dict[s
     """Explain one clean pair (see the module docstring). ``generation``: its ``prompt_ids`` and ``token_ids``."""
     from failtrace.analysis.graph_summary import graph_summary
     from failtrace.attribution.inputs import decode_tokens, special_ids
+    from failtrace.cases.alternatives import alternatives, next_logits
     from failtrace.graph.build import graph_from_ids
     from failtrace.models.fingerprint import model_fingerprint
 
@@ -199,7 +201,9 @@ def build_case(lm: Any, pair_row: dict[str, Any], item: Item, generation: dict[s
     prompt_length = len(generation["prompt_ids"])
     clock.lap("setup")
 
-    delta = plain_delta(lm.model, context, target, contrast)
+    logits = next_logits(lm.model, context)  # the plain forward pass: Δℓ and the top-k alternatives
+    delta = float(logits[target] - logits[contrast])
+    alts = alternatives(lm.tokenizer, logits, target, contrast)
     notes: list[str] = []
     stored = pair_row.get("delta_logit")
     if stored is not None and abs(delta - float(stored)) > DELTA_TOLERANCE:
@@ -229,5 +233,5 @@ def build_case(lm: Any, pair_row: dict[str, Any], item: Item, generation: dict[s
         segments=segments, relevant_segments=relevant, methods=methods, masking=settings.masking,
         category=category, category_evidence=cat_evidence, pattern=pattern, pattern_evidence=pat_evidence,
         graph_summary=dict(summary), settings=settings.identity(), analysis_id=analysis_id, notes=notes,
-        seconds=clock.seconds, graph=stored_graph,
+        seconds=clock.seconds, graph=stored_graph, alternatives=alts,
     )

@@ -51,7 +51,8 @@ def reference_row(case: Case, model_name: str) -> dict[str, Any]:
             "contrast_id": case.contrast_id, "delta_logit": case.delta_logit,
             "input_relevance": attn.input_relevance if attn else None,
             "segment_relevance": attn.segment_relevance if attn else {}, "flip_curve": attn.flip_curve if attn else None,
-            "flip_k": attn.flip_k if attn else None, "step": None, "split": None, "notes": [], "seconds": 0.0}
+            "flip_k": attn.flip_k if attn else None, "step": None, "split": None, "notes": [], "seconds": 0.0,
+            "tokens": list(case.tokens), "special_mask": list(case.special_mask)}
 
 
 def one_token(tokenizer: Any, text: str) -> int | None:
@@ -81,7 +82,7 @@ def rescore(lm: Any, case: Case, item: Any, answer_prefix: str, model_name: str,
     from failtrace.analysis.masking import flip_search
     from failtrace.analysis.segments import segment_labels, segment_relevance
     from failtrace.attribution.engine import relevance_pass
-    from failtrace.attribution.inputs import special_ids
+    from failtrace.attribution.inputs import decode_tokens, special_ids
     from failtrace.cases.build import logit_diff_fn, plain_delta
 
     t0 = time.perf_counter()
@@ -89,18 +90,18 @@ def rescore(lm: Any, case: Case, item: Any, answer_prefix: str, model_name: str,
     ids, prompt_length = rebuild_context(tok, item, answer_prefix)
     target, contrast = one_token(tok, case.target_text), one_token(tok, case.contrast_text)
     notes = [] if getattr(tok, "chat_template", None) else ["no chat template: plain prompt text"]
+    specials = special_ids(tok)
+    special = [t in specials for t in ids]
     row = {"case_id": case.case_id, "model_fingerprint": fingerprint, "model": model_name, "item_id": case.item_id,
            "benchmark": case.benchmark, "reference": False, "token_ids": ids, "prompt_length": prompt_length,
            "position": len(ids), "target_text": case.target_text, "contrast_text": case.contrast_text,
-           "step": None, "split": None, "notes": notes}
+           "step": None, "split": None, "notes": notes, "tokens": decode_tokens(tok, ids), "special_mask": special}
     if target is None or contrast is None or target == contrast:
         which = [n for n, t in (("target", target), ("contrast", contrast)) if t is None] or ["target = contrast"]
         notes.append(f"not one token here: {', '.join(which)}")
         return row | {"mapped": False, "target_id": None, "contrast_id": None, "delta_logit": None,
                       "input_relevance": None, "segment_relevance": {}, "flip_curve": None, "flip_k": None,
                       "seconds": round(time.perf_counter() - t0, 3)}
-    specials = special_ids(tok)
-    special = [t in specials for t in ids]
     delta = plain_delta(lm.model, ids, target, contrast)
     hidden = relevance_pass(lm.model, ids, logit_diff_fn(target, contrast), method="attnlrp").relevance()
     rel = hidden[0].cpu().numpy().astype(np.float64)

@@ -111,6 +111,8 @@ class Case:
     seconds: dict[str, float] = field(default_factory=dict)  # where the time went (graph, method:X, flip:X, ...)
     graph: dict[str, Any] | None = None  # the pruned graph (see failtrace.store.cases.graph_record); None = not loaded
     override: dict[str, Any] | None = None  # newest person's label: {category, reason, created_at}
+    # the model's top-k next tokens at the failure point (failtrace.cases.alternatives); None = not recorded
+    alternatives: dict[str, Any] | None = None
 
     @property
     def effective_category(self) -> str | None:

@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 import typer
 
+from failtrace.cli import options as opts
 from failtrace.errors import FailtraceError
 from failtrace.store.store import DEFAULT_STORE
 
@@ -23,11 +24,14 @@ def _settings(methods: Optional[str], max_k: int, ig_steps: int, mask_rule: str,
                         mask_rule=mask_rule, mask_token_id=mask_token).validate()
 
 
-def _summary_line(summary: Any, store: Path) -> str:
+def _summary_line(summary: Any, store: Path, workers: Optional[int] = None) -> str:
     cats = ", ".join(f"{v} {k}" for k, v in sorted(summary.categories.items())) or "no new cases"
     pats = ", ".join(f"{v} {k}" for k, v in sorted(summary.patterns.items()))
     text = (f"{summary.clean_pairs} clean pairs, {summary.skipped} already analysed, {summary.analysed} analysed now "
-            f"({cats}{'; patterns ' + pats if pats else ''}) in {summary.seconds:.1f} s -> {store}")
+            f"({cats}{'; patterns ' + pats if pats else ''}) in {summary.seconds:.1f} s"
+            + (f" on {workers} Ray workers" if workers else "") + f" -> {store}")
+    if summary.alternatives_added:
+        text += f"\ntop-k alternatives recorded for {summary.alternatives_added} case(s) analysed before they were kept"
     if summary.errors:
         text += f"\n{len(summary.errors)} pair(s) could not be analysed: " + "; ".join(summary.errors[:3])
     return text
@@ -47,18 +51,30 @@ def analyse_command(
     benchmark: Optional[str] = typer.Option(None, "--benchmark", "-b", help="Only pair runs of this benchmark."),
     device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu or cuda."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    workers: Optional[int] = opts.WORKERS,
+    ray_address: Optional[str] = opts.RAY_ADDRESS,
 ) -> None:
     """Explain every clean pair: attributions by several methods, the graph, category and pattern (resumable)."""
     from failtrace.cases.analyse import analyse
+    from failtrace.models.checks import check_device
     from failtrace.store.store import open_store
 
     settings = _settings(methods, max_k, ig_steps, mask_rule, mask_token)
     if limit is not None and limit < 1:
         raise FailtraceError(f"--limit must be at least 1, got {limit}")
+    if ray_address is None:  # the work runs on this machine (a joined cluster's nodes may have devices it lacks)
+        check_device(device)
+    opts.check_scale(workers, ray_address)
     with open_store(store, create=False) as st:
-        summary = analyse(st, settings, pair_run_ids=pair_run or None, benchmark=benchmark, limit=limit,
-                          device=device, progress=progress)
-    typer.echo(_summary_line(summary, store))
+        if workers is not None:
+            from failtrace.scale import analyse_on_ray
+
+            summary = analyse_on_ray(st, settings, workers, pair_run_ids=pair_run or None, benchmark=benchmark,
+                                     limit=limit, device=device, address=ray_address, progress=progress)
+        else:
+            summary = analyse(st, settings, pair_run_ids=pair_run or None, benchmark=benchmark, limit=limit,
+                              device=device, progress=progress)
+    typer.echo(_summary_line(summary, store, workers))
 
 
 def override_command(

@@ -12,6 +12,8 @@ from typing import Any
 
 import typer
 
+from failtrace.errors import FailtraceError
+
 Check = Callable[..., Any]
 
 
@@ -85,3 +87,17 @@ WORKERS = typer.Option(None, "--workers", callback=count(1),
                             "unless --ray-address is given). Without it everything runs in this process.")
 RAY_ADDRESS = typer.Option(None, "--ray-address",
                            help="Join this Ray cluster (e.g. auto) instead of starting a local one; with --workers.")
+
+
+def check_scale(workers: int | None, ray_address: str | None, batch_size: int = 1) -> None:
+    """--workers needs Ray; --ray-address needs --workers; batched decoding stays in-process."""
+    if workers is None:
+        if ray_address is not None:
+            raise FailtraceError("--ray-address needs --workers N (without --workers everything runs in-process)")
+        return
+    if batch_size != 1:
+        raise FailtraceError("--batch-size > 1 is not supported with --workers (each worker decodes one item at a "
+                             "time); drop one of them")
+    from failtrace.scale.pool import require_ray
+
+    require_ray()

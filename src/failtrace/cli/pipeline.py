@@ -91,7 +91,7 @@ def collect_command(
     check_dtype(dtype)
     check_device(device)
     check_store_path(store, create=True)
-    _check_scale(workers, ray_address, batch_size)
+    opts.check_scale(workers, ray_address, batch_size)
     bench = resolve_benchmark(benchmark)
     report = bench.load(data, limit)
     _warn_problems(report.problems)
@@ -109,20 +109,6 @@ def collect_command(
         f"now ({summary.passed} passed, {summary.failed} failed, {summary.unverifiable} unverifiable) in "
         f"{summary.seconds:.1f} s" + (f" on {workers} Ray workers" if workers else "") + f" -> {store}"
     )
-
-
-def _check_scale(workers: int | None, ray_address: str | None, batch_size: int = 1) -> None:
-    """--workers needs Ray; --ray-address needs --workers; batched decoding stays in-process."""
-    if workers is None:
-        if ray_address is not None:
-            raise FailtraceError("--ray-address needs --workers N (without --workers everything runs in-process)")
-        return
-    if batch_size != 1:
-        raise FailtraceError("--batch-size > 1 is not supported with --workers (each worker decodes one item at a "
-                             "time); drop one of them")
-    from failtrace.scale.pool import require_ray
-
-    require_ray()
 
 
 def _collect_on_ray(bench: Any, items: list[Any], store: Path, model: str, dtype: str, device: str, workers: int,
@@ -190,6 +176,14 @@ def pairs_command(
     early_stop: bool = typer.Option(True, "--early-stop/--no-early-stop",
                                     help="End a rollout once the benchmark says its prefix already fails "
                                          "(speed only)."),
+    order: str = typer.Option("in-order", "--order", callback=opts.one_of(("in-order", "margin", "entropy")),
+                              help="Order in which positions are rolled out: in-order, margin (smallest top-1 minus "
+                                   "top-2 logit first) or entropy (largest first). Speed only: the pair found is "
+                                   "always the first recovering position; in-order needs the fewest rollouts."),
+    judge: Optional[str] = typer.Option(None, "--judge",
+                                        help="A model (name or path, may be the explained one) asked where the "
+                                             "response first breaks the instruction; that position is rolled out "
+                                             "first. Speed only; off by default."),
     device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu or cuda."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     workers: Optional[int] = opts.WORKERS,
@@ -202,11 +196,14 @@ def pairs_command(
 
     settings = PairSettings(top_k=top_k, min_delta=min_delta, max_positions=max_positions,
                             try_unbounded=try_unbounded, rollout_batch_size=rollout_batch_size,
-                            rollout_tokens=rollout_tokens, position_batch=position_batch, early_stop=early_stop)
+                            rollout_tokens=rollout_tokens, position_batch=position_batch, early_stop=early_stop,
+                            order=order)
     settings.validate()
     check_device(device)
     check_store_path(store, create=False)
-    _check_scale(workers, ray_address)
+    opts.check_scale(workers, ray_address)
+    if judge is not None and workers is not None:
+        raise FailtraceError("--judge is not supported with --workers yet (the judge runs in-process); drop one")
     with _store_errors(store), open_store(store, create=False) as st:
         if workers is not None:
             from failtrace.scale import pairs_on_ray
@@ -215,8 +212,8 @@ def pairs_command(
                                    benchmark=benchmark, limit=limit, device=device, address=ray_address,
                                    progress=progress)
         else:
-            summary = find_pairs(st, settings, helper=helper_model, run_ids=run or None, benchmark=benchmark,
-                                 limit=limit, device=device, progress=progress)
+            summary = find_pairs(st, settings, helper=helper_model, judge=judge, run_ids=run or None,
+                                 benchmark=benchmark, limit=limit, device=device, progress=progress)
     counts = ", ".join(f"{v} {k}" for k, v in sorted(summary.statuses.items())) or "nothing new"
     typer.echo(f"{summary.failures} failures, {summary.skipped} already paired, {summary.processed} paired now "
                f"({counts}; {summary.rollouts} rollouts, {getattr(summary, 'tokens_decoded', 0)} tokens decoded) "
@@ -226,7 +223,8 @@ def pairs_command(
 def status_command(
     store: Path = typer.Option(Path(DEFAULT_STORE), "--store", "-s", help="Results store."),
 ) -> None:
-    """Counts per benchmark and model: items, passes, failures, pair statuses, clean rate, average tokens."""
+    """Counts per benchmark and model: items, passes, failures, pair statuses, length-limit outcomes, clean rates
+    (over all failures and over decidable ones), average tokens."""
     from rich.table import Table
 
     from failtrace.store.schema import PAIR_STATUSES
@@ -247,24 +245,46 @@ def status_command(
         table.add_column(name, justify="left" if name in ("benchmark", "model") else "right")
     for s in PAIR_STATUSES:
         table.add_column(f"pairs\n{short[s]}", justify="right")
-    for name in ("clean\nrate", "avg prompt\ntokens", "avg compl.\ntokens", "pair settings"):
+    for name in ("limit\nhit", "cont.\npass", "cont.\nfail", "clean\nrate", "clean rate\ndecidable",
+                 "avg prompt\ntokens", "avg compl.\ntokens", "pair settings"):
         table.add_column(name, justify="right" if "settings" not in name else "left")
     for r in rows:
-        if r.pair_run_id is None:
-            pair_cells = ["-"] * len(PAIR_STATUSES)
-            settings = "(no pairs run)"
-            rate = "-"
-        else:
-            pair_cells = [str(r.pairs.get(s, 0)) for s in PAIR_STATUSES]
-            ps = r.pair_settings
-            settings = f"k={ps.get('top_k')} Δ>{ps.get('min_delta')} pos≤{ps.get('max_positions')}"
-            if ps.get("helper_model"):
-                settings += f" helper={ps['helper_model']}"
-            rate = "-" if r.clean_rate is None else f"{100 * r.clean_rate:.1f}%"
         table.add_row(r.benchmark, r.model, str(r.items), str(r.generated), str(r.passed), str(r.failed),
-                      str(r.unverifiable), *pair_cells, rate, _fmt(r.avg_prompt_tokens),
-                      _fmt(r.avg_completion_tokens), settings)
+                      str(r.unverifiable), *_pair_cells(r), _fmt(r.avg_prompt_tokens),
+                      _fmt(r.avg_completion_tokens), _pair_settings(r))
+    table.caption = ("unbnd: hit the token limit and never decided (not counted as decidable); limit hit: paired "
+                     "failures whose completion hit the limit; cont. pass / cont. fail: of those, continued to the "
+                     "rollout budget (--rollout-tokens), passed (an artefact of the budget, still unbnd) / stopped and "
+                     "still failed (a real failure, searched); clean rate = clean / failed; decidable = clean / "
+                     "(failed - unbnd)")
     con.print(table)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _pair_cells(r: Any) -> list[str]:
+    """Pair status counts, the length-limit counts and both clean rates of a status row ('-' without pairs)."""
+    from failtrace.store.schema import PAIR_STATUSES
+
+    if r.pair_run_id is None:
+        return ["-"] * (len(PAIR_STATUSES) + 5)
+    counts = [str(r.pairs.get(s, 0)) for s in PAIR_STATUSES]
+    limit = ["-" if v is None else str(v) for v in (r.limit_hit, r.continued_pass, r.continued_fail)]
+    return [*counts, *limit, _pct(r.clean_rate), _pct(r.decidable_clean_rate)]
+
+
+def _pair_settings(r: Any) -> str:
+    if r.pair_run_id is None:
+        return "(no pairs run)"
+    ps = r.pair_settings
+    settings = f"k={ps.get('top_k')} Δ>{ps.get('min_delta')} pos≤{ps.get('max_positions')}"
+    if ps.get("rollout_tokens") and ps.get("rollout_tokens") != ps.get("max_new_tokens"):
+        settings += f" rollout≤{ps['rollout_tokens']}"
+    if ps.get("helper_model"):
+        settings += f" helper={ps['helper_model']}"
+    return settings
 
 
 def export_command(

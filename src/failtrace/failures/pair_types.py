@@ -15,7 +15,9 @@ class PairSettings:
     ``rollout_tokens`` is the rollout budget (a rollout's completion has at most this many tokens); None means the
     collection's ``max_new_tokens``. ``early_stop`` ends a rollout as soon as the benchmark says its prefix already
     fails (``prefix_decides_fail``), ``position_batch`` is the most completion positions whose rollouts are decoded
-    as one batch, and ``stop_every`` is how many tokens a row decodes between two prefix checks.
+    as one batch, and ``stop_every`` is how many tokens a row decodes between two prefix checks. ``order`` is the
+    order in which walked positions are rolled out (:data:`~failtrace.failures.order.ORDERS`); whatever it is, the
+    reported pair is the in-order one, so it is speed-only like batching and early stopping.
     """
 
     top_k: int = 10
@@ -27,6 +29,7 @@ class PairSettings:
     early_stop: bool = True
     position_batch: int = 4
     stop_every: int = 8
+    order: str = "in-order"
 
     def validate(self) -> None:
         if self.top_k < 1:
@@ -41,10 +44,15 @@ class PairSettings:
             raise FailtraceError(f"--position-batch must be at least 1, got {self.position_batch}")
         if self.stop_every < 1:
             raise FailtraceError(f"stop_every must be at least 1, got {self.stop_every}")
+        from failtrace.failures.order import ORDERS
+
+        if self.order not in ORDERS:
+            raise FailtraceError(f"--order must be one of {', '.join(ORDERS)}, got {self.order!r}")
 
     def identity(self, max_new_tokens: int | None = None) -> dict[str, Any]:
-        """What changes the results. Batching and early stopping only change speed; the rollout budget counts only
-        when it differs from the collection's budget (so default runs keep their ids)."""
+        """What changes the results. Batching, early stopping, the position order and a judge's hint only change
+        speed; the rollout budget counts only when it differs from the collection's budget (so default runs keep
+        their ids)."""
         out: dict[str, Any] = {"top_k": self.top_k, "min_delta": float(self.min_delta),
                                "max_positions": self.max_positions, "try_unbounded": self.try_unbounded}
         if self.rollout_tokens is not None and self.rollout_tokens != max_new_tokens:
@@ -82,10 +90,18 @@ class PairResult:
     seconds_prefix: float = 0.0
     seconds_rollouts: float = 0.0
     seconds_check: float = 0.0
-    # cost detail (not a store column yet; also written at the end of ``reason``)
+    # cost detail (store columns since schema version 3)
     tokens_decoded: int = 0  # tokens produced by all rollouts (forced tokens included)
     rollouts_stopped: int = 0  # rollouts ended early because their prefix already decided the verdict (fail)
-    positions_decided: int = 0  # walked positions skipped because the completion's own prefix already fails
+    rollouts_final: int = 0  # rollouts ended early because the checker reads nothing after their prefix (checked)
+    positions_decided: int = 0  # walked positions skipped because the completion's own prefix already decides
+    positions_rolled: int = 0  # walked positions whose rollouts were decoded (in any order)
+    judge_position: int | None = None  # completion offset a judge model hinted (None: no judge, or no match)
+    seconds_judge: float = 0.0
+    # a completion that hit the length limit, continued to a larger rollout budget: "pass" (an artefact of the
+    # budget), "fail" (a real failure, then searched), "length" (hit that budget too), "unverifiable"; None: not tried
+    continued: str | None = None
+    continued_tokens: int | None = None
 
     @property
     def found(self) -> bool:

@@ -1,7 +1,9 @@
 """The ``pairs`` stage: run the pair search (:mod:`failtrace.failures.search`) on every failure of a results store.
 
 The search itself, its in-order semantics and its cost cuts are described in :mod:`failtrace.failures.search`;
-early stopping rules in :mod:`failtrace.failures.prefix_rules`; docs/PAIRS.md has the measurements.
+early stopping and final-prefix rules in :mod:`failtrace.failures.prefix_rules`, the position order in
+:mod:`failtrace.failures.order`, the optional judge hint in :mod:`failtrace.failures.judge`; docs/PAIRS.md has the
+measurements.
 
 Statuses: every failure ends with exactly one, decided in this order:
 
@@ -65,8 +67,10 @@ class PairsSummary:
         return asdict(self)
 
 
-def pair_run_record(collect_run: RunRecord, loaded: Any, settings: PairSettings, helper: Any | None) -> RunRecord:
-    """The record of a pair-finding run over ``collect_run``; its id hashes the run and the search settings."""
+def pair_run_record(collect_run: RunRecord, loaded: Any, settings: PairSettings, helper: Any | None,
+                    judge_name: str | None = None) -> RunRecord:
+    """The record of a pair-finding run over ``collect_run``; its id hashes the run and the search settings (not the
+    speed-only ones: batching, early stopping, the order and a judge are recorded but leave the id unchanged)."""
     helper_key = None if helper is None else {"model": helper.name, "source": helper.source,
                                               "revision": helper.revision, "dtype": helper.dtype}
     budget = collect_run.settings.get("max_new_tokens")
@@ -74,7 +78,8 @@ def pair_run_record(collect_run: RunRecord, loaded: Any, settings: PairSettings,
     run_id = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     settings_d = {**settings.identity(budget), "rollout_batch_size": settings.rollout_batch_size,
                   "rollout_tokens": settings.rollout_tokens or budget, "early_stop": settings.early_stop,
-                  "position_batch": settings.position_batch,
+                  "position_batch": settings.position_batch, "order": settings.order,
+                  "judge_model": judge_name,
                   "helper_model": None if helper is None else helper.name,
                   "helper_info": None if helper is None else helper.describe(),
                   "model_info": loaded.describe() if hasattr(loaded, "describe") else {},
@@ -109,11 +114,33 @@ def _run_model(run: RunRecord, models: Mapping[str, Any] | None, cache: dict[tup
     return cache[key]
 
 
+def _judge(judge: Any | None, run: RunRecord, loaded: Any, models: Mapping[str, Any] | None,
+           cache: dict[tuple[Any, ...], Any], device: str) -> Any | None:
+    """A :class:`PositionJudge` for ``--judge`` (a name/path, loaded once; the run's own model is reused)."""
+    from failtrace.failures.judge import PositionJudge
+
+    if judge is None or isinstance(judge, PositionJudge):
+        return judge
+    if not isinstance(judge, str):
+        return PositionJudge(judge)
+    if judge == run.model:
+        return PositionJudge(loaded)
+    if models and judge in models:
+        return PositionJudge(models[judge])
+    key = ("judge", judge, run.dtype)
+    if key not in cache:
+        from failtrace.models.loading import load_model
+
+        cache[key] = PositionJudge(load_model(judge, dtype=run.dtype or "float32", device=device))
+    return cache[key]
+
+
 def find_pairs(
     store: ResultsStore,
     settings: PairSettings | None = None,
     *,
     helper: Any | None = None,
+    judge: Any | None = None,
     models: Mapping[str, Any] | None = None,
     benchmarks: Mapping[str, Benchmark] | None = None,
     run_ids: Sequence[str] | None = None,
@@ -125,8 +152,8 @@ def find_pairs(
 ) -> PairsSummary:
     """Run the pair search on every failed item of the store's collection runs that has no pair record yet.
 
-    ``helper`` (``--sibling``) is a model name/path (loaded like ``--model``) or a loaded model. ``models`` maps a
-    run's model name
+    ``helper`` (``--sibling``) is a model name/path (loaded like ``--model``) or a loaded model; so is ``judge``
+    (``--judge``, a model asked which position to roll out first; speed only). ``models`` maps a run's model name
     to an already loaded model (otherwise it is loaded with the run's dtype and revision); ``benchmarks`` maps
     benchmark names to objects (otherwise the registry is asked). ``run_ids``/``benchmark`` select runs; ``limit``
     caps the failures processed by this call. Each pair is committed on its own, so the stage resumes after a crash.
@@ -140,7 +167,7 @@ def find_pairs(
     t0 = time.perf_counter()
     runs = collection_runs(store, run_ids, benchmark)
     summary = PairsSummary()
-    loaded_cache: dict[tuple[str, str | None, str | None], Any] = {}
+    loaded_cache: dict[tuple[Any, ...], Any] = {}
     helper_loaded = helper
     if isinstance(helper, str):
         helper_loaded = None  # loaded below with the first run's dtype
@@ -154,8 +181,9 @@ def find_pairs(
         loaded = _run_model(run, models, loaded_cache, device)
         if isinstance(helper, str) and helper_loaded is None:
             helper_loaded = load_model(helper, dtype=run.dtype or "float32", device=device)
-        finder = PairFinder(loaded, settings, helper_loaded)
-        prun = pair_run_record(run, loaded, settings, helper_loaded)
+        judge_obj = _judge(judge, run, loaded, models, loaded_cache, device)
+        finder = PairFinder(loaded, settings, helper_loaded, judge_obj)
+        prun = pair_run_record(run, loaded, settings, helper_loaded, None if judge_obj is None else judge_obj.name)
         store.ensure_run(prun)
         summary.pair_run_ids.append(prun.run_id)
         bench = resolve_benchmark(run.benchmark, benchmarks)

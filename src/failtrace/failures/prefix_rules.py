@@ -1,9 +1,14 @@
-"""Early stopping of rollouts: ask the benchmark whether a completion prefix already decides the verdict (fail).
+"""Early stopping of rollouts: ask the benchmark whether a completion prefix already decides the verdict.
 
-A benchmark may define ``prefix_decides_fail(item, prefix) -> str | None``: a reason when *no* continuation of the
-text ``prefix`` can pass under its checker's own rules (e.g. IFEval strict "no commas" once a comma appears), else
-None. It must be sound: if it names a reason, the checker says ``fail`` for every completion that starts with
-``prefix``. Only a fail can be decided early: a pass always needs the full rollout.
+A benchmark may define two hooks, each optional:
+
+* ``prefix_decides_fail(item, prefix) -> str | None``: a reason when *no* continuation of the text ``prefix`` can
+  pass under its checker's own rules (e.g. IFEval strict "no commas" once a comma appears), else None. Sound means:
+  if it names a reason, the checker says ``fail`` for every completion that starts with ``prefix``. Such a rollout
+  ends without a checker call.
+* ``prefix_final(item, prefix) -> bool``: True when the checker reads nothing after ``prefix`` (e.g. HumanEval once
+  the fenced block it will run is closed). Sound means: the checker's verdict is the same for ``prefix`` and for
+  every completion that starts with it. Such a rollout ends and is checked right away (it may pass).
 
 The text handed to the hook is the decoded token prefix with any trailing U+FFFD removed: a byte-level tokenizer's
 prefix may end inside a multi-byte character, which decodes to replacement characters until the character is
@@ -24,18 +29,39 @@ def prefix_text(tokenizer: Any, ids: Sequence[int]) -> str:
     return text.rstrip("\ufffd")
 
 
+FAIL = "fail"
+FINAL = "final"
+
+
 class PrefixJudge:
-    """The benchmark's prefix rule for one item, or nothing when the benchmark has none."""
+    """The benchmark's prefix rules for one item, or nothing when the benchmark has none."""
 
     def __init__(self, benchmark: Benchmark, item: Item, tokenizer: Any, enabled: bool = True) -> None:
         self.hook = getattr(benchmark, "prefix_decides_fail", None) if enabled else None
+        self.final_hook = getattr(benchmark, "prefix_final", None) if enabled else None
         self.item = item
         self.tokenizer = tokenizer
         self.calls = 0
 
     @property
     def active(self) -> bool:
-        return self.hook is not None
+        return self.hook is not None or self.final_hook is not None
+
+    def final(self, ids: Sequence[int]) -> bool:
+        """True when the checker reads nothing after the text of ``ids`` (False also when the rule itself errs)."""
+        if self.final_hook is None or not ids:
+            return False
+        self.calls += 1
+        try:
+            return bool(self.final_hook(self.item, prefix_text(self.tokenizer, ids)))
+        except Exception:  # a rule that cannot decide must never end a rollout
+            return False
+
+    def kind(self, ids: Sequence[int]) -> str | None:
+        """:data:`FAIL` (every continuation fails), :data:`FINAL` (the verdict is fixed: check now), or None."""
+        if self.decided(ids) is not None:
+            return FAIL
+        return FINAL if self.final(ids) else None
 
     def decided(self, ids: Sequence[int]) -> str | None:
         """Why every completion starting with ``ids`` fails, or None (also when the rule itself errs)."""

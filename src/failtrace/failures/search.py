@@ -21,15 +21,18 @@ Cost cuts that never change which pair is found (tested against the exhaustive i
   decoded as one batch (:func:`~failtrace.failures.generation.rollouts_at`); they are then *checked* in the order
   above, so rollouts after the first pass are only wasted work, never a different answer;
 * with a benchmark prefix rule (:mod:`failtrace.failures.prefix_rules`) a rollout is ended as soon as its prefix
-  decides ``fail`` (checked every ``stop_every`` tokens), and a position whose own prefix ``C[:p]`` already fails is
-  not rolled out at all (neither is any later one: the rule is monotone in the prefix).
+  decides ``fail`` (checked every ``stop_every`` tokens), or as soon as the checker reads nothing after it (then it
+  is checked at once); a position whose own prefix ``C[:p]`` already decides is not rolled out at all (neither is
+  any later one: the rules are monotone in the prefix, and a fixed verdict is the stored completion's ``fail``);
+* positions may be rolled out in another order (:mod:`failtrace.failures.order`, a judge's hint first); once a
+  position q recovers, only positions < q are still rolled out, and the smallest recovering one is reported.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from failtrace.benchmarks.base import Benchmark, Item
@@ -46,8 +49,9 @@ from failtrace.failures.generation import (
     prefix_forward,
     rollouts_at,
 )
+from failtrace.failures.order import rank_positions
 from failtrace.failures.pair_types import PairResult, PairSettings, same_tokenizer, visible
-from failtrace.failures.prefix_rules import PrefixJudge
+from failtrace.failures.prefix_rules import FAIL, FINAL, PrefixJudge, prefix_text
 from failtrace.store.schema import PAIR_STATUSES
 
 
@@ -70,8 +74,11 @@ class _Search:
     unverifiable: int = 0
     tokens: int = 0
     stopped: int = 0
+    final: int = 0
+    positions: int = 0
     seconds_rollouts: float = 0.0
     seconds_check: float = 0.0
+    notes: list[str] = field(default_factory=list)  # appended to the reason
 
 
 @dataclass
@@ -84,11 +91,14 @@ class PairFinder:
     """Finds target/contrast pairs for the failures of one model (see the module docstring for the algorithm).
 
     ``helper`` is the stronger sibling (same tokenizer required): its top-k is tried where the model's is not
-    enough; rollouts are still continued by the model being explained.
+    enough; rollouts are still continued by the model being explained. ``judge`` (a
+    :class:`~failtrace.failures.judge.PositionJudge`) hints a position to roll out first (speed only).
     """
 
-    def __init__(self, loaded: Any, settings: PairSettings | None = None, helper: Any | None = None) -> None:
+    def __init__(self, loaded: Any, settings: PairSettings | None = None, helper: Any | None = None,
+                 judge: Any | None = None) -> None:
         self.loaded = loaded
+        self.judge = judge
         self.settings = settings or PairSettings()
         self.settings.validate()
         self.helper = helper
@@ -98,6 +108,18 @@ class PairFinder:
                 f"differ); the sibling must share the model's tokenizer so its tokens can be forced into the model"
             )
         self.eos = eos_token_ids(loaded.model, loaded.tokenizer)
+
+    def _hint(self, item: Item, comp: list[int], live: list[int], res: PairResult, search: _Search) -> int | None:
+        """The judge's hinted completion offset (recorded in ``res``), or None without a judge or a usable hint."""
+        if self.judge is None:
+            return None
+        t = time.perf_counter()
+        hint = self.judge.hint(item, self._text(comp), comp, self.loaded.tokenizer, self.eos)
+        res.seconds_judge = time.perf_counter() - t
+        res.judge_position = hint.position
+        note = hint.describe() + ("" if hint.position is None or hint.position in live else " (not a live position)")
+        search.notes.append(f"; judge hint: {note}")
+        return hint.position
 
     def _token_text(self, token_id: int) -> str:
         return str(self.loaded.tokenizer.decode([int(token_id)], clean_up_tokenization_spaces=False))
@@ -132,46 +154,80 @@ class PairFinder:
                 rows.extend(_Row(p, c, "helper", ranked.index(c) + 1) for c in ranked if c not in set(cands))
         return rows
 
-    def _run_block(self, benchmark: Benchmark, item: Item, rows: list[_Row], comp: list[int], n: int, kv: Any,
-                   budget: int, judge: PrefixJudge, search: _Search) -> _Found | None:
-        """Decode a block's rollouts as one batch, then check them in order; the first pass is the answer."""
-        stop = None
+    def _run_block(self, benchmark: Benchmark, item: Item, rows: list[_Row], comp: list[int], prompt: list[int],
+                   kv: Any, budget: int, judge: PrefixJudge, search: _Search) -> tuple[_Found | None, dict[int, int]]:
+        """Decode a block's rollouts as one batch, then check them in order; the first pass is the answer.
+
+        Also returns, per position, how many of its rollouts checked before that pass were unverifiable.
+        """
+        stop, kinds = None, {}
         if judge.active:
             def stop(i: int, toks: list[int]) -> bool:
-                return judge.decided(comp[:rows[i].p] + toks) is not None
-        t = time.perf_counter()
+                kind = judge.kind(comp[:rows[i].p] + toks)
+                if kind is not None:
+                    kinds[i] = kind
+                return kind is not None
+        t, n = time.perf_counter(), len(prompt)
         seqs, stopped = rollouts_at(self.loaded.model, kv, [n + r.p for r in rows], [r.token for r in rows],
                                     [budget - r.p for r in rows], self.eos, self.settings.rollout_batch_size,
                                     stop, self.settings.stop_every)
         search.seconds_rollouts += time.perf_counter() - t
         search.rollouts += len(rows)
         search.tokens += sum(len(s) for s in seqs)
-        search.stopped += sum(stopped)
-        for row, seq, ended in zip(rows, seqs, stopped, strict=True):
-            if ended:  # the rule proved every continuation fails: the checker would say fail
+        search.stopped += sum(k == FAIL for k in kinds.values())
+        search.final += sum(k == FINAL for k in kinds.values())
+        unver: dict[int, int] = {}
+        for i, (row, seq, ended) in enumerate(zip(rows, seqs, stopped, strict=True)):
+            if ended and kinds[i] == FAIL:  # the rule proved every continuation fails: the checker would say fail
                 continue
-            text = self._text(comp[:row.p] + seq)
+            ids = comp[:row.p] + seq
+            text = prefix_text(self.loaded.tokenizer, ids) if ended else self._text(ids)
             status = self._check(benchmark, item, text, search)
             if status == "pass":
-                return _Found(row, text)
+                if ended:  # the verdict was fixed: decode the rest once, so the recorded completion is whole
+                    rest = self._more(prompt + ids, budget - row.p - len(seq))
+                    search.tokens += len(rest)
+                    seq = seq + rest
+                    text = self._text(comp[:row.p] + seq)
+                return _Found(row, text), unver
             if status == "unverifiable":
-                search.unverifiable += 1
-        return None
+                unver[row.p] = unver.get(row.p, 0) + 1
+        return None, unver
 
-    def _walk(self, benchmark: Benchmark, item: Item, comp: list[int], n: int, kv: Any, positions: list[int],
+    def _more(self, ids: list[int], budget: int) -> list[int]:
+        """Greedy continuation of ``ids`` for at most ``budget`` tokens."""
+        if budget <= 0:
+            return []
+        return greedy_generate(self.loaded.model, [ids], budget, self.eos,
+                               pad_token_id(self.loaded.tokenizer, self.eos))[0].token_ids
+
+    def _walk(self, benchmark: Benchmark, item: Item, comp: list[int], prompt: list[int], kv: Any, queue: list[int],
               model_top: list[list[int]], helper_top: list[list[int]] | None, vocab: int, budget: int,
               judge: PrefixJudge, search: _Search) -> _Found | None:
-        """Blocks of 1, 2, 4, ... positions (at most ``position_batch``), in order, until one recovers."""
-        size, i = 1, 0
-        while i < len(positions):
-            block = positions[i:i + size]
+        """Positions in ``queue`` order, in blocks of 1, 2, 4, ... (at most ``position_batch``); once a position q
+        recovers, only positions < q remain (in full blocks: all of them must be rolled out). The smallest
+        recovering position is the answer, as in order."""
+        best: _Found | None = None
+        done: set[int] = set()
+        unver: dict[int, int] = {}
+        size = 1
+        while True:
+            todo = [p for p in queue if p not in done and (best is None or p < best.row.p)]
+            if not todo:
+                break
+            block = sorted(todo[:size])  # checked in position order: the block's first pass is its smallest
             rows = self._block_rows(block, comp, model_top, helper_top, vocab)
-            found = self._run_block(benchmark, item, rows, comp, n, kv, budget, judge, search)
+            found, block_unver = self._run_block(benchmark, item, rows, comp, prompt, kv, budget, judge, search)
+            done.update(block)
+            for p, c in block_unver.items():
+                unver[p] = unver.get(p, 0) + c
             if found is not None:
-                return found
-            i += len(block)
-            size = min(2 * size, self.settings.position_batch)
-        return None
+                best = found  # every position still queued is smaller than the previous best
+            size = self.settings.position_batch if best is not None else min(2 * size, self.settings.position_batch)
+        # unverifiable rollouts count where in-order search would have checked them: before the answer
+        search.unverifiable = sum(c for p, c in unver.items() if best is None or p <= best.row.p)
+        search.positions = len(done)
+        return best
 
     def find(self, benchmark: Benchmark, item: Item, prompt_ids: Sequence[int], completion_ids: Sequence[int],
              max_new_tokens: int, finish: str | None = None) -> PairResult:
@@ -185,17 +241,15 @@ class PairFinder:
         budget = self.settings.rollout_tokens or max_new_tokens
         res = PairResult(status="no_target", prompt_tokens=n, completion_tokens=m, hit_length_limit=unbounded)
         search = _Search()
-        notes: list[str] = []
+        notes = search.notes
 
         def done(status: str, reason: str) -> PairResult:
             res.rollouts, res.checks, res.unverifiable_rollouts = search.rollouts, search.checks, search.unverifiable
             res.seconds_rollouts, res.seconds_check = search.seconds_rollouts, search.seconds_check
-            res.tokens_decoded, res.rollouts_stopped = search.tokens, search.stopped
+            res.tokens_decoded, res.rollouts_stopped, res.rollouts_final = search.tokens, search.stopped, search.final
+            res.positions_rolled = search.positions
             res.seconds = time.perf_counter() - t0
-            cost = (f" [{search.rollouts} rollouts, {search.tokens} tokens decoded, {search.stopped} stopped early, "
-                    f"{res.positions_decided} positions decided by the prefix]") if search.rollouts or \
-                res.positions_decided else ""
-            res.status, res.reason = status, reason + "".join(notes) + cost
+            res.status, res.reason = status, reason + "".join(notes)
             assert status in PAIR_STATUSES
             return res
 
@@ -209,8 +263,9 @@ class PairFinder:
                                         f"'fail'{': ' + why if why else ''}; recoveries against it would mean nothing")
         if unbounded and budget > max_new_tokens and m < budget:
             longer, why_end = self._extend(prompt, comp, budget)
+            res.continued, res.continued_tokens = "length", len(longer)
             if why_end == FINISH_EOS:
-                status = self._check(benchmark, item, self._text(longer), search)
+                res.continued = status = self._check(benchmark, item, self._text(longer), search)
                 if status == "pass":
                     return done("unbounded", f"the completion hit the {max_new_tokens}-token limit and passes when "
                                              f"continued to {len(longer)} tokens (rollout budget {budget}): the "
@@ -245,14 +300,17 @@ class PairFinder:
         positions = [p for p in range(walk) if budget - p >= 1]
         judge = PrefixJudge(benchmark, item, self.loaded.tokenizer, self.settings.early_stop)
         live, decided = positions, None
-        for i, p in enumerate(positions):  # the completion's own prefix may already fail: no rollout can recover
-            decided = judge.decided(comp[:p]) if judge.active else None
-            if decided is not None:
+        for i, p in enumerate(positions):  # the completion's own prefix may already decide: no rollout can recover
+            kind = judge.kind(comp[:p]) if judge.active else None
+            if kind is not None:
                 live = positions[:i]
+                decided = f"already fails: {judge.decided(comp[:p])}" if kind == FAIL else \
+                    "already fixes the verdict: the checker reads nothing after it, and the stored completion fails"
                 break
         res.positions_decided = len(positions) - len(live)
-        found = self._walk(benchmark, item, comp, n, state.kv, live, model_top, helper_top, vocab, budget, judge,
-                           search)
+        queue = rank_positions(live, state.logits, self.settings.order, self._hint(item, comp, live, res, search))
+        found = self._walk(benchmark, item, comp, prompt, state.kv, queue, model_top, helper_top, vocab, budget,
+                           judge, search)
         res.positions_walked = found.row.p + 1 if found is not None else len(positions)
         if found is not None:
             return self._record(found, state.logits[found.row.p], comp, n, budget, unbounded, res, search, done)
@@ -260,7 +318,7 @@ class PairFinder:
         scope = (f"the first {walk} of {m} completion positions (capped by max-positions "
                  f"{self.settings.max_positions})" if capped else f"all {m} completion positions")
         if res.positions_decided:
-            scope += f" (the last {res.positions_decided} not rolled out: their prefix already fails: {decided})"
+            scope += f" (the last {res.positions_decided} not rolled out: their prefix {decided})"
         if unbounded:
             return done("unbounded", f"the completion hit the {max_new_tokens}-token limit and no alternative "
                                      f"recovered in {scope}")

@@ -154,19 +154,33 @@ def _convert_gguf(gguf: Path, dtype: Any) -> tuple[Any, Any]:
 
 
 def _dequantized_copy(model: Any) -> Any:
-    """A plain (non-GGUF-flagged) copy: transformers refuses to save a model loaded from GGUF as-is."""
+    """A plain (non-GGUF-flagged) copy: transformers refuses to save a model loaded from GGUF as-is.
+
+    The copy *shares* the source's tensors instead of duplicating them: it is built on the meta device (no memory)
+    and then takes the source's parameters and buffers (``assign=True``), so converting a 1.5B model needs one set
+    of fp32 weights in memory, not two. Non-persistent buffers (e.g. rotary ``inv_freq``) are not in the state dict
+    and are taken from the source module of the same name; a tensor left on meta is an error, never a silent zero.
+    """
+    import torch
     from transformers import AutoModelForCausalLM
 
     config = model.config
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")
-    with _quiet_transformers():
+    with _quiet_transformers(), torch.device("meta"):
         plain = AutoModelForCausalLM.from_config(config, dtype=next(model.parameters()).dtype)
-    missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False)
+    missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False, assign=True)
     missing = [k for k in missing if "lm_head" not in k or not getattr(config, "tie_word_embeddings", False)]
     if missing or unexpected:
         raise FailtraceError(f"converting the GGUF model failed: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    persistent = set(model.state_dict())
+    for name, buf in model.named_buffers():
+        owner, _, attr = name.rpartition(".")
+        plain.get_submodule(owner).register_buffer(attr, buf, persistent=name in persistent)
     plain.tie_weights()
+    left = [n for n, t in [*plain.named_parameters(), *plain.named_buffers()] if t.is_meta]
+    if left:
+        raise FailtraceError(f"converting the GGUF model failed: {left[:3]} were not filled")
     return plain
 
 

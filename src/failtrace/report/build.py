@@ -19,7 +19,8 @@ from failtrace.cases.record import Case
 from failtrace.errors import FailtraceError
 from failtrace.report import figures as F
 from failtrace.report import tables as T
-from failtrace.report._shared import save_graph_png
+from failtrace.report._shared import AblationView, ablation_view, save_graph_png
+from failtrace.report.ablationfig import ablation_figure
 from failtrace.report.casepage import case_section, esc, plain_token
 from failtrace.report.graphfig import graph_record_figure, is_graph_record
 from failtrace.report.pages import benchmark_section, html_table, page, summary_section
@@ -100,8 +101,23 @@ def _draw_graph(case: Case, graph: Any, path: Path) -> Path:
     return save_graph_png(graph, path, title=title)  # a live PrunedGraph: the graph views draw it
 
 
-def _graph_images(cases: Sequence[Case], graphs: GraphSource | None, out: Path, budget_bytes: int) -> dict[str, str]:
-    """Draw each case's pruned graph to figures/graphs/<case_id>.png; returns case_id -> data URI or relative path.
+def _ablation_view(case: Case, graph: Any) -> AblationView | None:
+    """The Fig. 3 view of an NC-IA case (its computed category: the ablation is the evidence for it), else None
+    (also when the stored evidence does not fit the graph: the page then shows the plain graph only)."""
+    ablation = (case.category_evidence or {}).get("ablation")
+    if not (case.category or "").startswith("NC-IA") or not isinstance(ablation, Mapping) or not ablation.get("nodes"):
+        return None
+    try:
+        return ablation_view(graph, ablation, n_tokens=len(case.tokens))
+    except FailtraceError:
+        return None
+
+
+def _graph_images(cases: Sequence[Case], graphs: GraphSource | None, out: Path,
+                  budget_bytes: int) -> tuple[dict[str, str], dict[str, tuple[str, AblationView]]]:
+    """Draw each case's pruned graph to figures/graphs/<case_id>.png, and for NC-IA cases its Fig. 3 ablation view
+    to figures/graphs/<case_id>-ablation.png; returns case_id -> data URI or relative path, and case_id -> (that,
+    the view).
 
     ``graphs`` (case id -> graph) wins; otherwise a case's own ``graph`` attribute (set by ``load_cases(...,
     with_graph=True)``) is used."""
@@ -111,26 +127,37 @@ def _graph_images(cases: Sequence[Case], graphs: GraphSource | None, out: Path, 
             old.unlink()
     get = (graphs if callable(graphs) else graphs.get) if graphs is not None else (lambda _cid: None)
     srcs: dict[str, str] = {}
+    ablations: dict[str, tuple[str, AblationView]] = {}
     used = 0
+
+    def place(path: Path) -> str:
+        nonlocal used
+        size = path.stat().st_size
+        if used + size <= budget_bytes:
+            used += size
+            return _data_uri(path)
+        return path.relative_to(out).as_posix()
+
     for c in cases:
         graph = get(c.case_id)
         graph = graph if graph is not None else getattr(c, "graph", None)
         if graph is None:
             continue
-        path = _draw_graph(c, graph, gdir / f"{c.case_id}.png")
-        size = path.stat().st_size
-        if used + size <= budget_bytes:
-            srcs[c.case_id] = _data_uri(path)
-            used += size
-        else:
-            srcs[c.case_id] = path.relative_to(out).as_posix()
-    return srcs
+        srcs[c.case_id] = place(_draw_graph(c, graph, gdir / f"{c.case_id}.png"))
+        view = _ablation_view(c, graph)
+        if view is not None:
+            curve = [float(x) for x in c.category_evidence["ablation"].get("curve") or []]
+            title = f"{c.item_id}: ‹{plain_token(c.target_text)}› vs ‹{plain_token(c.contrast_text)}›"
+            path = ablation_figure(view, curve, c.tokens, c.special_mask, gdir / f"{c.case_id}-ablation.png",
+                                   title=title)
+            ablations[c.case_id] = (place(path), view)
+    return srcs, ablations
 
 
 def _cases_section(cases: Sequence[Case], benches: Sequence[str], overrides: T.Overrides | None,
-                   graph_srcs: Mapping[str, str]) -> str:
+                   graph_srcs: Mapping[str, str], ablations: Mapping[str, tuple[str, AblationView]]) -> str:
     opts = "".join(f'<option value="{esc(b)}">{esc(b)}</option>' for b in benches)
-    arts = "".join(case_section(c, overrides, graph_srcs.get(c.case_id)) for c in cases)
+    arts = "".join(case_section(c, overrides, graph_srcs.get(c.case_id), ablations.get(c.case_id)) for c in cases)
     return ('<section class="block" id="cases"><h2>Cases</h2><p class="lead">One clean pair each: the context the '
             "model saw (prompt, then its own answer up to the wrong token), coloured by input relevance for Δℓ = "
             "ℓ(target) − ℓ(contrast). Red tokens push towards the wrong target, blue towards the contrast.</p>"
@@ -143,14 +170,17 @@ def _cases_section(cases: Sequence[Case], benches: Sequence[str], overrides: T.O
 def build_report(cases: Sequence[Case], status_rows: Sequence[StatusRow], out_dir: str | Path,
                  pairs_rows: Sequence[Mapping[str, Any]] | None = None, *, overrides: T.Overrides | None = None,
                  graphs: GraphSource | None = None, title: str = "failtrace report",
-                 inline_budget_mb: float = 8.0) -> Path:
+                 inline_budget_mb: float = 8.0, comparisons: Sequence[Mapping[str, Any]] = ()) -> Path:
     """Write the report into ``out_dir`` and return the path of ``index.html``.
 
     ``pairs_rows`` (``store.pairs()``) adds the list of non-clean pairs with their reasons; ``overrides`` maps a
     case id to ``{"category", "reason"}`` (a stored override, shown and counted instead of the automatic label);
     (default: each case's own ``override``); ``graphs`` maps a case id to its pruned graph, a stored graph record or
-    a PrunedGraph (a dict or a function; default: each case's own ``graph``; none: no picture).
+    a PrunedGraph (a dict or a function; default: each case's own ``graph``; none: no picture); ``comparisons``
+    (rows of the ``comparisons`` table) add the sections "Across models" / "Across checkpoints" (Fig. 4–7).
     """
+    from failtrace.report.compare_figs import across_sections
+
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise FailtraceError(f"--out {out} is a file; give a folder for the report")
@@ -162,20 +192,22 @@ def build_report(cases: Sequence[Case], status_rows: Sequence[StatusRow], out_di
     tables = compute_tables(cases, status_rows, overrides)
     _write_tables(tables, out, pairs_rows)
     figs = _figures(tables, benches, out / "figures")
-    graph_srcs = _graph_images(cases, graphs, out, int(inline_budget_mb * 2**20))
+    graph_srcs, ablations = _graph_images(cases, graphs, out, int(inline_budget_mb * 2**20))
     body = summary_section(tables, figs)
     if pairs_rows is not None:
         nc = _non_clean(pairs_rows)
         body = body.replace("</section>", f"<details><summary>Non-clean pairs ({len(nc)}) and their reasons"
                             f"</summary>{html_table(nc, _PAIR_COLS)}</details></section>", 1)
     body += "".join(benchmark_section(b, cases, tables, figs) for b in benches)
-    body += _cases_section(cases, benches, overrides, graph_srcs)
+    across, extra_nav = across_sections(comparisons, out)
+    body += across
+    body += _cases_section(cases, benches, overrides, graph_srcs, ablations)
     models = sorted({c.model for c in cases} | {r.model for r in status_rows})
     subtitle = f"{', '.join(models) or 'no model'} · {', '.join(benches) or 'no benchmark'} · {len(cases)} cases"
     index = out / "index.html"
     fd, tmp = tempfile.mkstemp(dir=out, prefix=".index-", suffix=".html")
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(page(title, subtitle, benches, body))
+        fh.write(page(title, subtitle, benches, body, extra_nav))
     os.chmod(tmp, 0o644)
     os.replace(tmp, index)
     return index
@@ -193,9 +225,12 @@ def build_report_from_store(st: Any, out_dir: str | Path, *, benchmark: str | No
         cases: list[Case] = []
     else:
         cases = load_cases(st, benchmark=benchmark, with_graph=graphs)
+    from failtrace.store.comparisons import load_comparisons
+
+    comparisons = [r for r in load_comparisons(st) if benchmark is None or r["benchmark"] == benchmark]
     if benchmark is not None:
         rows = [r for r in rows if r.benchmark == benchmark]
         pairs = [p for p in pairs if p.get("benchmark") == benchmark]
         if not rows and not cases:
             raise FailtraceError(f"no runs for benchmark {benchmark!r} in {st.path}")
-    return build_report(cases, rows, out_dir, pairs, title=title), len(cases)
+    return build_report(cases, rows, out_dir, pairs, title=title, comparisons=comparisons), len(cases)

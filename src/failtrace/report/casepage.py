@@ -1,5 +1,6 @@
 """One case as an HTML section: the context as a token heatmap, target vs contrast, Δℓ, k* per method, category and
-pattern with their evidence (and any override), the graph summary and the pruned graph picture.
+pattern with their evidence (and any override), the graph summary, the pruned graph picture and, for NC-IA cases,
+the paper's Fig. 3 view of the graph with its ablated nodes.
 
 The heatmap is drawn here rather than with the single-attribution heatmap view because a case carries several
 methods and segments: the strip is coloured by one method at a time (buttons switch it, from data embedded in the
@@ -16,7 +17,7 @@ import math
 from typing import Any
 
 from failtrace.cases.record import Case
-from failtrace.report._shared import normalize
+from failtrace.report._shared import AblationView, normalize
 from failtrace.report.evidence import dl as evidence
 from failtrace.report.figures import CATEGORY_COLORS, PATTERN_COLORS
 from failtrace.report.tables import Overrides, effective_category, methods_of
@@ -163,8 +164,34 @@ def _labels(case: Case, overrides: Overrides | None) -> str:
             f'<span class="note">relevant segments: {rel}</span></h4>{evidence(case.pattern_evidence)}</div></div>')
 
 
-def case_section(case: Case, overrides: Overrides | None = None, graph_src: str | None = None) -> str:
-    """The HTML ``<article>`` for one case (``graph_src``: an image URL or data URI of its pruned graph)."""
+def _ablation(case: Case, ablation: tuple[str, AblationView] | None) -> str:
+    """The Fig. 3 view of an NC-IA case: its picture, what it shows in numbers, and the ablated nodes."""
+    if ablation is None:
+        return ""
+    src, v = ablation
+    lazy = "" if src.startswith("data:") else ' loading="lazy"'
+    verdict = "flips the prediction to the contrast" if v.flipped else "does not flip the prediction"
+    rows = "".join(
+        f'<tr><td class="n">{j}</td><td>L{a.layer}/{a.position}</td>'
+        f"<td>{esc(plain_token(case.tokens[a.position])) if a.position < len(case.tokens) else '—'}</td>"
+        f'<td class="n">{a.relevance:.4g}</td><td class="n">{fmt(a.delta_after, 2)}</td>'
+        f"<td>{'yes' if a.in_graph else 'no (pruned away)'}</td></tr>" for j, a in enumerate(v.ablated, 1))
+    return (f'<div class="ablation"><h4>Ablated graph (paper Fig. 3)</h4>'
+            f'<figure><img src="{src}" alt="ablated attribution graph of case {esc(case.case_id)}"{lazy}>'
+            f"<figcaption>Zeroing the hidden states of the {v.k} marked node{'s' if v.k != 1 else ''} (×, in "
+            f"ablation order) {verdict}: Δℓ {fmt(v.delta_before, 2)} → {fmt(v.delta_after, 2)}. Coloured edges "
+            f"are the {len(v.downstream_edges)} kept edges on a path from a marked node to the prediction; "
+            f"{v.through_share:.0%} of the prediction's kept |A| mass passes through the marked nodes."
+            "</figcaption></figure>"
+            '<table class="t"><thead><tr><th class="n">#</th><th>node (layer/position)</th><th>token</th>'
+            '<th class="n">relevance</th><th class="n">Δℓ after ablating 1…#</th><th>in pruned graph</th></tr>'
+            f"</thead><tbody>{rows}</tbody></table></div>")
+
+
+def case_section(case: Case, overrides: Overrides | None = None, graph_src: str | None = None,
+                 ablation: tuple[str, AblationView] | None = None) -> str:
+    """The HTML ``<article>`` for one case (``graph_src``: an image URL or data URI of its pruned graph;
+    ``ablation``: the picture and data of its Fig. 3 ablation view, for NC-IA cases)."""
     drawable = _drawable(case)
     method = drawable[0] if drawable else None
     n = len(case.tokens)
@@ -196,5 +223,6 @@ def case_section(case: Case, overrides: Overrides | None = None, graph_src: str 
         f'<div class="methods"><span class="note">colour by:</span>{buttons}</div>{_legend(case)}{_strip(case, method)}'
         f"{_case_data(case)}<h4>Faithfulness: k* per method</h4>{_methods_table(case)}{_labels(case, overrides)}"
         f'<details{" open" if graph_src else ""}><summary>Attribution graph</summary>'
-        f'{graph}<h4>Graph summary</h4><div class="ev">{evidence(case.graph_summary)}</div></details></article>'
+        f'{graph}{_ablation(case, ablation)}<h4>Graph summary</h4><div class="ev">{evidence(case.graph_summary)}</div>'
+        "</details></article>"
     )

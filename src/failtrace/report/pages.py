@@ -153,10 +153,12 @@ def benchmark_section(bench: str, cases: Sequence[Any], t: Mapping[str, Any], fi
     )
 
 
-def page(title: str, subtitle: str, benches: Sequence[str], body: str) -> str:
-    """The whole HTML document with the sticky navigation bar."""
+def page(title: str, subtitle: str, benches: Sequence[str], body: str,
+         extra_nav: Sequence[tuple[str, str]] = ()) -> str:
+    """The whole HTML document with the sticky navigation bar (``extra_nav``: (anchor, label) after the benchmarks)."""
     nav = ['<a href="#summary">Summary</a><span class="sep">|</span>']
     nav += [f'<a href="#{slug(b)}">{esc(b)}</a>' for b in benches]
+    nav += [f'<a href="#{esc(a)}">{esc(label)}</a>' for a, label in extra_nav]
     nav.append('<span class="sep">|</span><a href="#cases">Cases</a>')
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -34,9 +35,12 @@ def require_ray() -> Any:
 
 
 def ensure_ray(workers: int, address: str | None = None) -> bool:
-    """Connect to Ray (``address``, e.g. ``auto``) or start a local cluster with ``workers`` CPUs.
+    """Connect to Ray (``address``, e.g. ``auto``) or start a local cluster over this machine's cores.
 
     Returns True when this call started it (the caller shuts it down). An already connected process is reused.
+    A local cluster gets ``max(workers, cores)`` CPUs. Its workers keep Ray's default niceness (15: Ray's daemons
+    and the driver come first within the session); ``RAY_worker_niceness=0`` in the environment changes it, and each
+    worker records its own. docs/SCALE.md has the measurements behind keeping the default.
     """
     ray = require_ray()
     if ray.is_initialized():
@@ -45,12 +49,25 @@ def ensure_ray(workers: int, address: str | None = None) -> bool:
         if address:
             ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, logging_level=logging.ERROR)
         else:
-            ray.init(num_cpus=workers, namespace=NAMESPACE, include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.ERROR)
+            ray.init(num_cpus=max(workers, os.cpu_count() or 1), namespace=NAMESPACE, include_dashboard=False,
+                     log_to_driver=False, logging_level=logging.ERROR)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
         raise FailtraceError(f"could not start or join {where}: {str(exc).splitlines()[0][:300]}") from None
     return True
+
+
+def cpus_per_worker(workers: int, local: bool) -> int:
+    """CPUs (= torch threads) per worker: a local cluster's cores split evenly; 1 on a joined cluster.
+
+    Ray sets ``OMP_NUM_THREADS`` of an actor to its CPUs and the worker sets torch's threads to the same number, so
+    N workers never run more threads than the cores they were given (no oversubscription). On a joined cluster the
+    nodes may differ, and an actor's CPUs must fit on one node, so it asks for one (GPU workers barely use them).
+    """
+    if not local:
+        return 1
+    total = int(require_ray().cluster_resources().get("CPU", workers))
+    return max(1, total // workers)
 
 
 @dataclass
@@ -97,6 +114,22 @@ class WorkerPool:
         self.helper: DescribedModel | None = hellos[0]["helper"]
         self.provenance = [h["provenance"] for h in hellos]
         self._busy: dict[int, int] = {}  # actor index -> tasks in flight
+        self._fingerprint: str | None = None
+
+    def fingerprint(self) -> str:
+        """The content fingerprint of the workers' model (analyse keys cases by it); every worker must agree."""
+        ray = require_ray()
+        if self._fingerprint is None:
+            try:
+                prints = set(ray.get([a.fingerprint.remote() for a in self.actors]))
+            except ray.exceptions.RayActorError as exc:
+                raise FailtraceError(f"a Ray worker died while fingerprinting {self.spec.name}: "
+                                     f"{_reason(exc)}") from None
+            if len(prints) != 1:
+                raise FailtraceError(f"the Ray workers loaded different model files for {self.spec.name} "
+                                     f"({len(prints)} content fingerprints); give every node the same model")
+            self._fingerprint = prints.pop()
+        return self._fingerprint
 
     def busy_actors(self) -> list[Any]:
         """Handles of the actors that have work in flight right now (tests kill one of these)."""

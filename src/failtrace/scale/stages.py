@@ -1,4 +1,4 @@
-"""``collect`` and ``pairs`` on a pool of Ray workers, with this process as the single writer of the store.
+"""``collect``, ``pairs`` and ``analyse`` on a pool of Ray workers, with this process as the single writer of the store.
 
 The driver does what the serial stage does before and after the per-item work (run record, items, what is already
 done, one transaction per committed result, keyed by (run, item) and written with the store's insert-once writes),
@@ -7,23 +7,32 @@ it nor on the order results arrive, so the store holds the serial run's rows (ti
 loses only uncommitted work: a rerun finds the same run id and does the items that have no row yet.
 
 An item whose worker died ``max_attempts`` times is committed as errored with the reason: for collect an
-``unverifiable`` verdict (empty completion, finish reason ``error``), for pairs the ``unverifiable`` pair status.
+``unverifiable`` verdict (empty completion, finish reason ``error``), for pairs the ``unverifiable`` pair status, for
+analyse a line in the summary's errors and in the analysis run's ``settings["worker_errors"]`` (no case is stored,
+so a rerun tries it again, as the serial stage does with a pair it could not analyse).
+
+The three stages share one cluster/pool lifetime (:func:`_cluster`) and one per-item driver loop (:func:`_drive`);
+each stage only says how to make its tasks and how to commit a result or a given-up item.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
 from failtrace.benchmarks.base import Benchmark, Item, Verdict
+from failtrace.cases.analyse import AnalyseSummary, AnalysisJob, analysis_jobs, commit_case
+from failtrace.cases.record import Case
+from failtrace.cases.settings import CaseSettings
 from failtrace.errors import FailtraceError
 from failtrace.failures.collect import CollectSummary, _progress, collect_run_record, resolve_benchmark
 from failtrace.failures.pairs import PairResult, PairSettings, PairsSummary, collection_runs, pair_run_record
-from failtrace.scale.pool import Task, WorkerPool, ensure_ray, require_ray
+from failtrace.scale.pool import Task, WorkerPool, cpus_per_worker, ensure_ray, require_ray
 from failtrace.scale.work import ModelSpec
-from failtrace.store.store import GenerationRecord, ResultsStore
+from failtrace.store.store import GenerationRecord, ResultsStore, RunRecord
 
 FINISH_ERROR = "error"  # finish reason of a collect item whose workers kept dying: nothing was generated
 
@@ -40,6 +49,53 @@ def _died(task: Task) -> str:
             f"(last: {task.errors[-1]})")
 
 
+@contextlib.contextmanager
+def _cluster(workers: int, address: str | None, pool: WorkerPool | None,
+             max_attempts: int) -> Iterator[Callable[[ModelSpec], WorkerPool]]:
+    """Yield ``pool_for(spec)``: the given ``pool``, or one started per model spec; stop what was started here.
+
+    Without ``pool`` a local Ray cluster is started (unless this process is connected or ``address`` is given);
+    the workers of a cluster started here share its cores evenly (:func:`cpus_per_worker`).
+    """
+    started = ensure_ray(workers, address) if pool is None else False
+    pools: dict[ModelSpec, WorkerPool] = {}
+
+    def pool_for(spec: ModelSpec) -> WorkerPool:
+        if pool is not None:
+            return pool
+        if spec not in pools:
+            pools[spec] = WorkerPool(spec, workers, max_attempts=max_attempts,
+                                     cpus_per_worker=cpus_per_worker(workers, started))
+        return pools[spec]
+
+    try:
+        yield pool_for
+    finally:
+        for p in pools.values():
+            p.close()
+        if started:
+            require_ray().shutdown()
+
+
+def _drive(pool: WorkerPool, tasks: list[Task], label: str, on_result: Callable[[Task, Any], None],
+           on_error: Callable[[Task], None], max_attempts: int, progress: bool) -> None:
+    """The per-item driver loop of every stage: run ``tasks``, commit each result (or given-up item) as it arrives."""
+    bar = _progress(progress, f"{label} ({len(pool.actors)} Ray workers)", len(tasks))
+
+    def ok(task: Task, value: Any) -> None:
+        on_result(task, value)
+        bar.advance()
+
+    def given_up(task: Task) -> None:
+        on_error(task)
+        bar.advance()
+
+    try:
+        pool.run(tasks, ok, given_up, max_attempts)
+    finally:
+        bar.close()
+
+
 def collect_on_ray(store: ResultsStore, benchmark: Benchmark, items: Sequence[Item], spec: ModelSpec, workers: int,
                    *, max_new_tokens: int | None = None, thinking: bool = False, seed: int = 0,
                    data: str | None = None, address: str | None = None, max_attempts: int = 3,
@@ -54,11 +110,9 @@ def collect_on_ray(store: ResultsStore, benchmark: Benchmark, items: Sequence[It
     if budget < 1:
         raise FailtraceError(f"--max-new-tokens must be at least 1, got {budget}")
     t0 = time.perf_counter()
-    started = ensure_ray(workers, address) if pool is None else False
-    own = pool is None
-    try:
-        pool = pool or WorkerPool(spec, workers, max_attempts=max_attempts)
-        run = collect_run_record(pool.model, benchmark.name, budget, thinking, seed, data, batch_size=1)
+    with _cluster(workers, address, pool, max_attempts) as pool_for:
+        run_pool = pool_for(spec)
+        run = collect_run_record(run_pool.model, benchmark.name, budget, thinking, seed, data, batch_size=1)
         store.ensure_run(run)
         store.add_items(run.run_id, benchmark.name, list(items))
         done = store.done_item_ids(run.run_id)
@@ -66,17 +120,15 @@ def collect_on_ray(store: ResultsStore, benchmark: Benchmark, items: Sequence[It
         summary = CollectSummary(run_id=run.run_id, items=len(items), skipped=len(items) - len(todo), generated=0,
                                  passed=0, failed=0, unverifiable=0, seconds=0.0)
         if todo:
-            store.append_run_setting(run.run_id, "scale", _provenance(pool, address))
+            store.append_run_setting(run.run_id, "scale", _provenance(run_pool, address))
         by_id = {it.id: it for it in todo}
         bench_ref = require_ray().put(benchmark)
-        bar = _progress(progress, f"collect {benchmark.name} ({len(pool.actors)} Ray workers)", len(todo))
 
         def commit(item: Item, gen: GenerationRecord, verdict: Verdict, seconds: float) -> None:
             if store.write_result(run.run_id, item, gen, verdict, seconds):
                 summary.count(verdict.status)
             if on_item is not None:
                 on_item(item, gen, verdict)
-            bar.advance()
 
         def on_result(task: Task, rec: dict[str, Any]) -> None:
             commit(by_id[task.key], GenerationRecord.from_dict(rec["generation"]),
@@ -86,16 +138,8 @@ def collect_on_ray(store: ResultsStore, benchmark: Benchmark, items: Sequence[It
             gen = GenerationRecord(prompt_ids=[], token_ids=[], completion="", finish_reason=FINISH_ERROR)
             commit(by_id[task.key], gen, Verdict("unverifiable", [_died(task)], {"worker_errors": task.errors}), 0.0)
 
-        try:
-            pool.run([Task(it.id, "collect", (bench_ref, it, budget, thinking)) for it in todo], on_result, on_error,
-                     max_attempts)
-        finally:
-            bar.close()
-    finally:
-        if own and pool is not None:
-            pool.close()
-        if started:
-            require_ray().shutdown()
+        tasks = [Task(it.id, "collect", (bench_ref, it, budget, thinking)) for it in todo]
+        _drive(run_pool, tasks, f"collect {benchmark.name}", on_result, on_error, max_attempts, progress)
     summary.seconds = time.perf_counter() - t0
     return summary
 
@@ -114,30 +158,21 @@ def pairs_on_ray(store: ResultsStore, settings: PairSettings | None, workers: in
     t0 = time.perf_counter()
     runs = collection_runs(store, run_ids, benchmark)
     summary = PairsSummary()
-    started = ensure_ray(workers, address) if pool is None else False
-    pools: dict[ModelSpec, WorkerPool] = {}
     remaining = limit
-    try:
+    with _cluster(workers, address, pool, max_attempts) as pool_for:
         for run in runs:
             if remaining is not None and remaining <= 0:
                 break
             failures = store.results(run.run_id, status="fail")
             if not failures:
                 continue
-            spec = ModelSpec(run.model, run.dtype or "float32", device, run.revision, helper)
-            run_pool = pool or pools.get(spec) or pools.setdefault(spec, WorkerPool(spec, workers,
-                                                                                    max_attempts=max_attempts))
+            run_pool = pool_for(ModelSpec(run.model, run.dtype or "float32", device, run.revision, helper))
             todo = _pairs_of_run(store, run, failures, run_pool, settings, summary, remaining, address)
             bench = resolve_benchmark(run.benchmark, benchmarks)
             budget = int(run.settings.get("max_new_tokens") or bench.max_new_tokens)
             _pair_rows(store, run, todo, run_pool, settings, bench, budget, summary, progress, on_pair, max_attempts)
             if remaining is not None:
                 remaining -= len(todo)
-    finally:
-        for p in pools.values():
-            p.close()
-        if started:
-            require_ray().shutdown()
     summary.seconds = time.perf_counter() - t0
     return summary
 
@@ -167,7 +202,6 @@ def _pair_rows(store: ResultsStore, run: Any, todo: list[dict[str, Any]], pool: 
     """Send every failure of ``todo`` to the pool; commit each pair as it arrives."""
     rows = {r["item_id"]: r for r in todo}
     bench_ref = require_ray().put(bench)
-    bar = _progress(progress, f"pairs {run.benchmark} ({run.model}, {len(pool.actors)} Ray workers)", len(todo))
 
     def commit(item_id: str, result: PairResult) -> None:
         row = rows[item_id]
@@ -179,7 +213,6 @@ def _pair_rows(store: ResultsStore, run: Any, todo: list[dict[str, Any]], pool: 
                 summary.tokens_decoded += int(getattr(result, "tokens_decoded", 0) or 0)
         if on_pair is not None:
             on_pair(item_id, result)
-        bar.advance()
 
     def on_error(task: Task) -> None:
         row = rows[task.key]
@@ -192,7 +225,67 @@ def _pair_rows(store: ResultsStore, run: Any, todo: list[dict[str, Any]], pool: 
         item = store.get_item(run.benchmark, row["item_id"])
         slim = {"prompt_ids": row["prompt_ids"], "token_ids": row["token_ids"], "finish_reason": row["finish_reason"]}
         tasks.append(Task(item.id, "pair", (bench_ref, settings, item, slim, budget)))
-    try:
-        pool.run(tasks, lambda task, rec: commit(task.key, PairResult.from_dict(rec)), on_error, max_attempts)
-    finally:
-        bar.close()
+    _drive(pool, tasks, f"pairs {run.benchmark} ({run.model})", lambda task, rec: commit(task.key,
+           PairResult.from_dict(rec)), on_error, max_attempts, progress)
+
+
+def analyse_on_ray(store: ResultsStore, settings: CaseSettings | None, workers: int, *,
+                   pair_run_ids: Sequence[str] | None = None, benchmark: str | None = None, limit: int | None = None,
+                   device: str = "cpu", address: str | None = None, max_attempts: int = 3, progress: bool = True,
+                   pool: WorkerPool | None = None,
+                   on_case: Callable[[Case], None] | None = None) -> AnalyseSummary:
+    """:func:`failtrace.cases.analyse.analyse` over ``workers`` Ray actors (one pool per collection run's model).
+
+    The plan (analysis runs, case ids, ``--limit``) is the serial stage's own (:func:`analysis_jobs`), with the
+    model's content fingerprint taken from the workers, so the driver never loads weights.
+    """
+    settings = (settings or CaseSettings()).validate()
+    if limit is not None and limit < 1:
+        raise FailtraceError(f"--limit must be at least 1, got {limit}")
+    t0 = time.perf_counter()
+    summary = AnalyseSummary()
+    with _cluster(workers, address, pool, max_attempts) as pool_for:
+
+        def spec_of(run: RunRecord) -> ModelSpec:
+            return ModelSpec(run.model, run.dtype or "float32", device, run.revision)
+
+        def model_of(run: RunRecord) -> tuple[Any, str]:
+            run_pool = pool_for(spec_of(run))
+            return run_pool.model, run_pool.fingerprint()
+
+        for job in analysis_jobs(store, settings, model_of, summary, pair_run_ids=pair_run_ids, benchmark=benchmark,
+                                 limit=limit):
+            _analyse_job(store, job, pool_for(spec_of(job.collect_run)), settings, summary, address, max_attempts,
+                         progress, on_case)
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _analyse_job(store: ResultsStore, job: AnalysisJob, pool: WorkerPool, settings: CaseSettings,
+                 summary: AnalyseSummary, address: str | None, max_attempts: int, progress: bool,
+                 on_case: Callable[[Case], None] | None) -> None:
+    """Send the job's pairs to the pool; commit each case as it arrives (the serial stage's write)."""
+    prun, arun = job.pair_run, job.analysis_run
+    store.append_run_setting(arun.run_id, "scale", _provenance(pool, address))
+    tasks = []
+    for pair in job.todo:
+        try:
+            item = store.get_item(prun.benchmark, pair["item_id"])
+        except FailtraceError as exc:
+            summary.errors.append(f"{pair['item_id']}: {exc}")
+            continue
+        gen = job.generations[pair["item_id"]]
+        slim = {"prompt_ids": gen["prompt_ids"], "token_ids": gen["token_ids"]}
+        tasks.append(Task(pair["item_id"], "analyse", (settings, pair, item, slim, job.fingerprint, arun.run_id)))
+
+    def on_result(task: Task, rec: dict[str, Any]) -> None:
+        if "error" in rec:
+            summary.errors.append(rec["error"])
+        else:
+            commit_case(store, Case.from_dict(rec["case"]), summary, on_case)
+
+    def on_error(task: Task) -> None:
+        summary.errors.append(f"{task.key}: {_died(task)}")
+        store.append_run_setting(arun.run_id, "worker_errors", {"item_id": task.key, "errors": task.errors})
+
+    _drive(pool, tasks, f"analyse {prun.benchmark} ({prun.model})", on_result, on_error, max_attempts, progress)

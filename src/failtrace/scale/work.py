@@ -1,10 +1,11 @@
-"""The per-item work of the collect and pairs stages as functions of (model, settings, item) -> result record.
+"""The per-item work of the collect, pairs and analyse stages as functions of (model, settings, item) -> record.
 
 A Ray worker (:class:`ModelWorker`) holds one loaded model and runs these functions; it never touches the store.
 The records are plain dicts (they cross process boundaries), turned back into store rows by the driver. The same
 code the serial path runs does the work (:func:`~failtrace.failures.collect.finish_item`,
-:func:`~failtrace.failures.pairs.pair_one`), so a record is the serial path's record for that item. Nothing here
-imports Ray: the actor class is wrapped by ``ray.remote`` in :mod:`failtrace.scale.pool`.
+:func:`~failtrace.failures.pairs.pair_one`, :func:`~failtrace.cases.build.build_case`), so a record is the serial
+path's record for that item. Nothing here imports Ray: the actor class is wrapped by ``ray.remote`` in
+:mod:`failtrace.scale.pool`.
 """
 
 from __future__ import annotations
@@ -50,13 +51,15 @@ class DescribedModel:
 
 
 def worker_provenance(device: str) -> dict[str, Any]:
-    """Where a worker runs: host, process, device (GPU name when on CUDA), library versions, sandbox layers."""
+    """Where a worker runs: host, process, device (GPU name when on CUDA), threads, niceness, library versions and
+    sandbox layers."""
     import torch
 
     from failtrace.failures.collect import library_versions
 
     prov: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(), "device": device,
                             "machine": platform.machine(), "torch_threads": torch.get_num_threads(),
+                            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "niceness": os.nice(0),
                             "versions": library_versions()}
     if device.startswith("cuda") and torch.cuda.is_available():
         prov["gpu"] = torch.cuda.get_device_name(torch.device(device))
@@ -104,6 +107,24 @@ def pair_item(finder: Any, benchmark: Benchmark, item: Item, row: dict[str, Any]
     return pair_one(finder, benchmark, item, row, budget).to_dict()
 
 
+def analyse_item(loaded: Any, settings: Any, pair_row: dict[str, Any], item: Item, generation: dict[str, Any],
+                 fingerprint: str, analysis_id: str) -> dict[str, Any]:
+    """Explain one clean pair (attributions by every method, graph, analyses): ``{"case": Case.to_dict()}``.
+
+    A pair that cannot be analysed gives ``{"error": "item: reason"}``, the line the serial stage lists for it.
+    ``generation``: the stored ``prompt_ids`` and ``token_ids`` of the pair's item.
+    """
+    from failtrace.cases.build import build_case
+    from failtrace.errors import FailtraceError
+
+    try:
+        case = build_case(loaded, pair_row, item, generation, settings, fingerprint=fingerprint,
+                          analysis_id=analysis_id)
+    except FailtraceError as exc:
+        return {"error": f"{pair_row['item_id']}: {exc}"}
+    return {"case": case.to_dict()}
+
+
 class ModelWorker:
     """One Ray actor: loads the model once (and the pairs helper, if any), then serves per-item calls."""
 
@@ -119,6 +140,7 @@ class ModelWorker:
         self.helper = None if spec.helper is None else load_model(spec.helper, dtype=spec.dtype, device=spec.device,
                                                                   progress=False)
         self._finders: dict[str, Any] = {}
+        self._fingerprint: str | None = None
 
     def hello(self) -> dict[str, Any]:
         """The loaded models as run records need them, and this worker's provenance."""
@@ -137,3 +159,17 @@ class ModelWorker:
         if key not in self._finders:
             self._finders[key] = PairFinder(self.loaded, settings, self.helper)
         return pair_item(self._finders[key], benchmark, item, row, budget)
+
+    def fingerprint(self) -> str:
+        """The loaded model's content fingerprint (analysis runs and case ids hash it)."""
+        from failtrace.models.fingerprint import model_fingerprint
+
+        if self._fingerprint is None:
+            self._fingerprint = model_fingerprint(self.loaded)
+        return self._fingerprint
+
+    def analyse(self, settings: Any, pair_row: dict[str, Any], item: Item, generation: dict[str, Any],
+                fingerprint: str, analysis_id: str) -> dict[str, Any]:
+        """One case. The LRP rules are installed on this actor's own model copy for each pass (actors run one
+        call at a time, so two cases never share a patched model)."""
+        return analyse_item(self.loaded, settings, pair_row, item, generation, fingerprint, analysis_id)

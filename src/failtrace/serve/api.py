@@ -80,6 +80,7 @@ def meta(request: Request, cur: Cursor) -> dict[str, Any]:
     methods = [r[0] for r in cur.execute("SELECT DISTINCT method FROM case_methods ORDER BY 1").fetchall()] \
         if st.has_cases else []
     return {"store": st.path.name, "review": st.review, "has_cases": st.has_cases,
+            "has_comparisons": st.has_comparisons,
             "schema_version": st.store.schema_version, "methods": methods, "categories": list(CATEGORIES),
             "patterns": list(PATTERNS), "facets": list(FACETS), "sort_columns": sorted(SORT_COLUMNS),
             "colors": {"red": list(RED), "blue": list(BLUE), "special": list(SPECIAL_BG),
@@ -125,6 +126,30 @@ def case_graph(case_id: CASE_ID, request: Request, cur: Cursor) -> dict[str, Any
     return found
 
 
+@router.get("/api/cases/{case_id}/compare",
+            summary="One case on every compared model/checkpoint, heatmaps aligned to the case's tokens")
+def case_compare(case_id: CASE_ID, request: Request, cur: Cursor) -> dict[str, Any]:
+    from failtrace.serve.comparedata import case_compare as compare_rows
+
+    found = compare_rows(cur, case_id) if _state(request).has_comparisons else None
+    if found is None:
+        raise HTTPException(404, "no comparisons stored for this case (run `failtrace compare`)")
+    return found
+
+
+@router.get("/api/compare", summary="The data of Fig. 4-7 (across models and checkpoints)")
+def compare_figures(request: Request, cur: Cursor) -> dict[str, Any]:
+    from failtrace.serve.comparedata import figures
+
+    st = _state(request)
+    if not st.has_comparisons:
+        raise HTTPException(404, "no comparisons in this store (run `failtrace compare`)")
+    with st.figures_lock:  # the explorer never writes comparisons: computed once, on first request
+        if st.figures is None:
+            st.figures = figures(cur)
+    return st.figures
+
+
 @router.get("/api/item", summary="One item of a collection run (prompt, completion, verdict, pair)")
 def item(request: Request, cur: Cursor, run_id: Annotated[str, Query(min_length=1, max_length=_TEXT)],
          item_id: Annotated[str, Query(min_length=1, max_length=_TEXT)]) -> dict[str, Any]:
@@ -162,13 +187,15 @@ def _review_id(*parts: str) -> str:
 
 
 def _insert_review(st: Any, pair_run_id: str, item_id: str, case_id: str | None, decision: str,
-                   category: str | None, comment: str) -> dict[str, Any]:
+                   category: str | None, comment: str, contrast: tuple[int, str] | None = None) -> dict[str, Any]:
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     rid = _review_id(pair_run_id, item_id, decision, comment, now.isoformat())
-    st.store.con.execute("INSERT INTO reviews VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                         [rid, pair_run_id, item_id, case_id, decision, category, comment, now])
-    return {"review_id": rid, "pair_run_id": pair_run_id, "item_id": item_id, "case_id": case_id,
-            "decision": decision, "category": category, "comment": comment, "created_at": str(now)}
+    row = {"review_id": rid, "pair_run_id": pair_run_id, "item_id": item_id, "case_id": case_id,
+           "decision": decision, "category": category, "comment": comment, "created_at": now,
+           "contrast_id": contrast[0] if contrast else None, "contrast_text": contrast[1] if contrast else None}
+    st.store.con.execute(f"INSERT INTO reviews ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                         list(row.values()))
+    return row | {"created_at": str(now)}
 
 
 @router.post("/api/reviews", status_code=201, summary="Accept or reject a pair (needs --review)")
@@ -206,11 +233,40 @@ def add_override(case_id: CASE_ID, body: OverrideIn, request: Request) -> dict[s
     return {"override": {k: str(v) if k == "created_at" else v for k, v in saved.items()}, "review": review}
 
 
+class ContrastIn(BaseModel):
+    """A reviewer's pick of another contrast for a case, from its stored top-k alternatives, with the reason."""
+
+    contrast_id: int = Field(ge=0, le=10_000_000)
+    comment: str = Field(default="", max_length=2000)
+
+
+@router.post("/api/cases/{case_id}/contrast", status_code=201,
+             summary="Pick another contrast from the case's stored alternatives (needs --review)")
+def pick_contrast(case_id: CASE_ID, body: ContrastIn, request: Request) -> dict[str, Any]:
+    from failtrace.store.alternatives import read
+
+    st = _writable(request)
+    with st.write_lock:
+        row = st.store.con.execute("SELECT pair_run_id, item_id, target_id, contrast_id FROM cases WHERE case_id = ?",
+                                   [case_id]).fetchone()
+        if row is None:
+            raise HTTPException(404, "no such case")
+        alts = read(st.store.con, case_id)
+        if alts is None:
+            raise HTTPException(409, "no alternatives stored for this case: run `failtrace analyse` on the store "
+                                     "again (it records them for cases analysed before)")
+        if body.contrast_id not in alts["token_ids"] or body.contrast_id == row[2]:
+            raise HTTPException(422, "contrast_id must be one of the case's stored alternatives, not its target")
+        text = alts["tokens"][alts["token_ids"].index(body.contrast_id)]
+        return _insert_review(st, row[0], row[1], case_id, "contrast", None, body.comment.strip(),
+                              (body.contrast_id, text))
+
+
 @router.get("/api/reviews", summary="Every stored review (the export of the review table)")
 def reviews(request: Request, cur: Cursor) -> dict[str, Any]:
     if not _state(request).has_reviews:
         return {"reviews": []}
-    rows = cur.execute("SELECT review_id, pair_run_id, item_id, case_id, decision, category, comment, "
-                       "CAST(created_at AS VARCHAR) FROM reviews ORDER BY created_at").fetchall()
-    keys = ("review_id", "pair_run_id", "item_id", "case_id", "decision", "category", "comment", "created_at")
-    return {"reviews": [dict(zip(keys, r)) for r in rows]}
+    res = cur.execute("SELECT * REPLACE (CAST(created_at AS VARCHAR) AS created_at) FROM reviews "
+                      "ORDER BY created_at, review_id")
+    keys = [d[0] for d in res.description]
+    return {"reviews": [dict(zip(keys, r)) for r in res.fetchall()]}

@@ -33,6 +33,7 @@ STATIC_FILES: dict[str, tuple[str, str, str]] = {
     "graph.js": ("failtrace.serve", "static/graph.js", "text/javascript; charset=utf-8"),
     "app.js": ("failtrace.serve", "static/app.js", "text/javascript; charset=utf-8"),
     "apidocs.js": ("failtrace.serve", "static/apidocs.js", "text/javascript; charset=utf-8"),
+    "across.js": ("failtrace.serve", "static/across.js", "text/javascript; charset=utf-8"),
     "report.css": ("failtrace.report", "assets/report.css", "text/css; charset=utf-8"),
 }
 # No inline script, no other origin: the page can only talk to this server.
@@ -51,8 +52,13 @@ REVIEWS_DDL = """CREATE TABLE IF NOT EXISTS reviews (
     decision VARCHAR NOT NULL,
     category VARCHAR,
     comment VARCHAR NOT NULL,
-    created_at TIMESTAMP NOT NULL
+    created_at TIMESTAMP NOT NULL,
+    contrast_id INTEGER,
+    contrast_text VARCHAR
 )"""
+# added after the table's first release (a 'contrast' review names the contrast the reviewer picked instead)
+REVIEWS_ADDED = ("ALTER TABLE reviews ADD COLUMN IF NOT EXISTS contrast_id INTEGER",
+                 "ALTER TABLE reviews ADD COLUMN IF NOT EXISTS contrast_text VARCHAR")
 
 
 def load_static() -> dict[str, tuple[bytes, str]]:
@@ -80,10 +86,15 @@ class ServeState:
         if review:
             with self.write_lock:
                 self.store.con.execute(REVIEWS_DDL)
+                for stmt in REVIEWS_ADDED:
+                    self.store.con.execute(stmt)
         self.has_cases = has_case_tables(self.store)
         tables = {r[0] for r in self.store.con.execute(
             "SELECT table_name FROM information_schema.tables").fetchall()}
         self.has_reviews = "reviews" in tables
+        self.has_comparisons = "comparisons" in tables and self.has_cases
+        self.figures: dict[str, Any] | None = None  # Fig. 4-7 data, computed on first request (api.compare_figures)
+        self.figures_lock = threading.Lock()
         from failtrace.serve.queries import RowIndex
 
         self.rows = RowIndex()

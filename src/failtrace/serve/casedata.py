@@ -13,7 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from failtrace.analysis.ablation_view import ablation_view
 from failtrace.attribution.normalize import normalize
+from failtrace.cases.alternatives import rows as alt_rows
+from failtrace.errors import FailtraceError
+from failtrace.store.alternatives import read as read_alternatives
 from failtrace.report.evidence import dl as evidence_html
 
 
@@ -96,12 +100,13 @@ def case_detail(con: Any, case_id: str, reviews_table: bool) -> dict[str, Any] |
         "evidence": ev, "evidence_html": {k: evidence_html(v) if v else "" for k, v in ev.items()},
         "notes": _json(c["notes"]) or [], "settings": _json(c["settings"]) or {}, "pair": pair, "verdict": verdict,
         "reviews": reviews, "has_graph": has_graph,
+        "alternatives": alt_rows(read_alternatives(con, case_id), c["target_id"], c["contrast_id"]),
     })
 
 
 def review_rows(con: Any, pair_run_id: str, item_id: str) -> list[dict[str, Any]]:
     """The reviews of one pair, newest first."""
-    cur = con.execute("SELECT review_id, decision, category, comment, CAST(created_at AS VARCHAR) AS created_at "
+    cur = con.execute("SELECT * EXCLUDE (pair_run_id, item_id) REPLACE (CAST(created_at AS VARCHAR) AS created_at) "
                       "FROM reviews WHERE pair_run_id = ? AND item_id = ? ORDER BY created_at DESC",
                       [pair_run_id, item_id])
     names = [d[0] for d in cur.description]
@@ -127,8 +132,8 @@ def _mass_before(src_s: np.ndarray, tgt_s: np.ndarray, w: np.ndarray) -> np.ndar
 
 def graph_detail(con: Any, case_id: str) -> dict[str, Any] | None:
     """The stored pruned graph with per-edge cumulative mass, or None when the case has no stored graph."""
-    g = _one(con, "SELECT g.*, c.tokens, c.special_mask, c.position FROM case_graphs g "
-                  "JOIN cases c ON c.case_id = g.case_id WHERE g.case_id = ?", [case_id])
+    g = _one(con, "SELECT g.*, c.tokens, c.special_mask, c.position, c.category, c.category_evidence "
+                  "FROM case_graphs g JOIN cases c ON c.case_id = g.case_id WHERE g.case_id = ?", [case_id])
     if g is None:
         return None
     src_s, tgt_s = np.asarray(g["edge_source_stage"], int), np.asarray(g["edge_target_stage"], int)
@@ -149,9 +154,29 @@ def graph_detail(con: Any, case_id: str) -> dict[str, Any] | None:
     nodes = [[int(s), int(t), float(r), float(z)] for s, t, r, z in zip(g["node_stage"], g["node_token"], rel, norm)]
     edges = [[int(a), int(b), int(c), int(d), float(x), float(m)] for a, b, c, d, x, m in zip(
         g["edge_source_stage"], g["edge_source_token"], g["edge_target_stage"], g["edge_target_token"], w, mass)]
+    record = {"stages": stages, "nodes": [n[:3] for n in nodes], "edges": [e[:5] for e in edges]}
     return finite({"case_id": case_id, "stages": stages, "tokens": tokens, "special": special, "nodes": nodes,
                    "edges": edges, "final": [len(stages) - 1, int(g["position"]) - 1],
-                   "objective_value": g["objective_value"], "settings": _json(g["settings"])})
+                   "objective_value": g["objective_value"], "settings": _json(g["settings"]),
+                   "ablation": _ablation(record, g["category"], _json(g["category_evidence"]) or {}, len(tokens))})
+
+
+def _ablation(record: dict[str, Any], category: str | None, evidence: dict[str, Any],
+              n_tokens: int) -> dict[str, Any] | None:
+    """The Fig. 3 view of an NC-IA case (failtrace.analysis.ablation_view) for the graph page's "show ablation"
+    toggle: the ablated nodes in order, Δℓ before and after, the share of the kept mass through them; None for
+    other cases. The page recomputes the downstream edges itself after re-pruning with the slider."""
+    ev = evidence.get("ablation")
+    if not (category or "").startswith("NC-IA") or not isinstance(ev, dict) or not ev.get("nodes"):
+        return None
+    try:
+        v = ablation_view(record, ev, n_tokens=n_tokens)
+    except FailtraceError:  # evidence that does not fit the graph: no toggle rather than a failed page
+        return None
+    return {"category": category, "k": v.k, "flipped": v.flipped, "delta_before": v.delta_before,
+            "delta_after": v.delta_after, "through_share": v.through_share, "downstream_edges": len(v.downstream_edges),
+            "nodes": [{"layer": a.layer, "position": a.position, "stage": a.stage, "in_graph": a.in_graph,
+                       "delta_after": a.delta_after} for a in v.ablated]}
 
 
 def item_detail(con: Any, run_id: str, item_id: str) -> dict[str, Any] | None:

@@ -89,6 +89,10 @@ def write_case(store: ResultsStore, case: Case) -> bool:
         if case.graph is not None:
             store.con.execute("INSERT INTO case_graphs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                               _graph_row(case.case_id, case.graph))
+        if case.alternatives is not None:
+            from failtrace.store.alternatives import insert
+
+            insert(store.con, case.case_id, case.alternatives)
     return True
 
 

@@ -40,12 +40,19 @@ DDL = """CREATE TABLE IF NOT EXISTS comparisons (
     notes VARCHAR,
     seconds DOUBLE,
     created_at TIMESTAMP,
+    tokens VARCHAR,
+    special_mask BOOLEAN[],
     PRIMARY KEY (case_id, model_fingerprint)
 )"""
+# Columns added after the table's first release: a store written by an older failtrace gets them on its next write
+# (rows written before read NULL: the explorer then shows that model's numbers without its heatmap).
+ADDED = ("ALTER TABLE comparisons ADD COLUMN IF NOT EXISTS tokens VARCHAR",
+         "ALTER TABLE comparisons ADD COLUMN IF NOT EXISTS special_mask BOOLEAN[]")
 
 COLUMNS = ("case_id", "model_fingerprint", "model", "item_id", "benchmark", "reference", "mapped", "token_ids",
            "prompt_length", "position", "target_text", "contrast_text", "target_id", "contrast_id", "delta_logit",
-           "input_relevance", "segment_relevance", "flip_curve", "flip_k", "step", "split", "notes", "seconds")
+           "input_relevance", "segment_relevance", "flip_curve", "flip_k", "step", "split", "notes", "seconds",
+           "tokens", "special_mask")
 
 
 def _present(store: ResultsStore) -> bool:
@@ -56,11 +63,15 @@ def _present(store: ResultsStore) -> bool:
 def write_comparison(store: ResultsStore, row: dict[str, Any]) -> bool:
     """Insert one comparison row (keys as in ``COLUMNS``); False when (case_id, model_fingerprint) is already stored."""
     store.con.execute(DDL)
+    for stmt in ADDED:
+        store.con.execute(stmt)
     key = [row["case_id"], row["model_fingerprint"]]
     if store.con.execute("SELECT 1 FROM comparisons WHERE case_id = ? AND model_fingerprint = ?", key).fetchone():
         return False
     values = [json.dumps(row.get(c) or {}, sort_keys=True) if c == "segment_relevance"
-              else json.dumps(row.get(c) or []) if c == "notes" else row.get(c) for c in COLUMNS]
+              else json.dumps(row.get(c) or []) if c == "notes"
+              else None if c == "tokens" and row.get(c) is None
+              else json.dumps(row[c], ensure_ascii=False) if c == "tokens" else row.get(c) for c in COLUMNS]
     cols = ", ".join((*COLUMNS, "created_at"))
     marks = ", ".join("?" * (len(COLUMNS) + 1))
     store.con.execute(f"INSERT INTO comparisons ({cols}) VALUES ({marks})",
@@ -83,6 +94,8 @@ def load_comparisons(store: ResultsStore, case_ids: set[str] | None = None) -> l
     for r in rows:
         r["segment_relevance"] = json.loads(r["segment_relevance"] or "{}")
         r["notes"] = json.loads(r["notes"] or "[]")
+        r["tokens"] = json.loads(r["tokens"]) if r.get("tokens") else None  # None: written before tokens were kept
+        r.setdefault("special_mask", None)
         r.pop("created_at", None)
     return [r for r in rows if case_ids is None or r["case_id"] in case_ids]
 

@@ -285,3 +285,20 @@ def snapshot(path: Path, folder: Path) -> Any:
         f"in {SNAPSHOT_ATTEMPTS} tries ({_first_line(last) if last else 'unknown reason'}); try again, or when the "
         f"writer has finished"
     )
+
+
+class Transaction:
+    """``with`` block that commits on success and rolls back on any exception."""
+
+    def __init__(self, con: Any) -> None:
+        self.con = con
+
+    def __enter__(self) -> Transaction:
+        self.con.begin()
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.con.commit()
+        else:
+            self.con.rollback()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from failtrace.errors import FailtraceError
 from failtrace.store.records import KEYS, StatusRow
@@ -19,6 +19,8 @@ def status_rows(store: ResultsStore) -> list[StatusRow]:
     out: list[StatusRow] = []
     con = store.con
     pair_runs_all = store.runs("pairs")
+    has_continued = bool(con.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'pairs' "
+                                     "AND column_name = 'continued'").fetchone()[0])
     for run in store.runs("collect"):
         items = con.execute("SELECT count(*) FROM run_items WHERE run_id = ?", [run.run_id]).fetchone()[0]
         agg = con.execute(
@@ -38,8 +40,21 @@ def status_rows(store: ResultsStore) -> list[StatusRow]:
             counts = dict(con.execute("SELECT status, count(*) FROM pairs WHERE pair_run_id = ? GROUP BY status",
                                       [pr.run_id]).fetchall())
             pairs = {s: int(counts.get(s, 0)) for s in PAIR_STATUSES}
-            out.append(StatusRow(pair_run_id=pr.run_id, pair_settings=pr.settings, pairs=pairs, **base))
+            out.append(StatusRow(pair_run_id=pr.run_id, pair_settings=pr.settings, pairs=pairs,
+                                 **_limit_counts(con, pr.run_id, has_continued), **base))
     return out
+
+
+def _limit_counts(con: Any, pair_run_id: str, has_continued: bool) -> dict[str, int | None]:
+    """How many paired failures hit the length limit, and how many of those passed / still failed when continued
+    to the rollout budget (None for a store read in its version-2 layout, which has no ``continued`` column)."""
+    hit = con.execute("SELECT count(*) FILTER (hit_length_limit) FROM pairs WHERE pair_run_id = ?",
+                      [pair_run_id]).fetchone()[0]
+    if not has_continued:
+        return {"limit_hit": int(hit), "continued_pass": None, "continued_fail": None}
+    passed, failed = con.execute("SELECT count(*) FILTER (continued = 'pass'), count(*) FILTER (continued = 'fail') "
+                                 "FROM pairs WHERE pair_run_id = ?", [pair_run_id]).fetchone()
+    return {"limit_hit": int(hit), "continued_pass": int(passed), "continued_fail": int(failed)}
 
 
 def _out_folder(out_dir: str | Path) -> Path:
@@ -52,6 +67,29 @@ def _out_folder(out_dir: str | Path) -> Path:
         raise FailtraceError(f"cannot create --out folder {out}: {exc.strerror or exc}; give a writable folder") \
             from None
     return out
+
+
+# Tables created on first use, outside the versioned schema: (table, export order). ``reviews`` is written by
+# ``failtrace serve --review`` (docs/EXPLORER.md), ``case_alternatives`` by ``failtrace analyse``.
+_ADDED_TABLES = (("reviews", "created_at, review_id"), ("case_alternatives", "case_id"))
+
+
+def _export_added(store: ResultsStore, table: str, order: str, out: Path, fmt: str) -> Path:
+    """One such table as ``<table>.parquet`` or ``<table>.jsonl`` (JSON text columns parsed in JSONL)."""
+    path = out / f"{table}.{'parquet' if fmt == 'parquet' else 'jsonl'}"
+    tmp = path.with_name(path.name + ".part")
+    query = f"SELECT * FROM {table} ORDER BY {order}"
+    if fmt == "parquet":
+        target = str(tmp).replace("'", "''")
+        store.con.execute(f"COPY ({query}) TO '{target}' (FORMAT PARQUET)")
+    else:
+        with tmp.open("w", encoding="utf-8") as fh:
+            for row in store._iter_rows(query):
+                if table == "case_alternatives" and isinstance(row["tokens"], str):
+                    row["tokens"] = json.loads(row["tokens"])
+                fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+    tmp.replace(path)
+    return path
 
 
 def export(store: ResultsStore, out_dir: str | Path, fmt: str) -> list[Path]:
@@ -88,6 +126,9 @@ def export(store: ResultsStore, out_dir: str | Path, fmt: str) -> list[Path]:
             from failtrace.store.cases import export_cases_jsonl
 
             files.append(export_cases_jsonl(store, out / "cases.jsonl"))
+        for table, order in _ADDED_TABLES:
+            if table in present:
+                files.append(_export_added(store, table, order, out, fmt))
         if "comparisons" in present:  # created by `failtrace compare` on first write
             if fmt == "jsonl":
                 from failtrace.store.comparisons import export_comparisons_jsonl

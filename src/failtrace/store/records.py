@@ -119,13 +119,27 @@ class StatusRow:
     pairs: dict[str, int]
     avg_prompt_tokens: float | None
     avg_completion_tokens: float | None
+    # failures whose completion hit the length limit, and what continuing them to the rollout budget gave:
+    # passes (an artefact of the budget, status unbounded) or still fails (a real failure, then searched).
+    # None: unknown (a store read in its old layout).
+    limit_hit: int | None = None
+    continued_pass: int | None = None
+    continued_fail: int | None = None
 
     @property
     def clean_rate(self) -> float | None:
         """Clean cases over failed items (``None`` when nothing failed)."""
         return self.pairs.get("clean", 0) / self.failed if self.failed else None
 
+    @property
+    def decidable_clean_rate(self) -> float | None:
+        """Clean cases over *decidable* failures: failed items minus those left ``unbounded`` (a completion cut by
+        the token limit can never be verified as recovered). ``None`` when none is decidable."""
+        decidable = self.failed - self.pairs.get("unbounded", 0)
+        return self.pairs.get("clean", 0) / decidable if decidable > 0 else None
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["clean_rate"] = self.clean_rate
+        d["decidable_clean_rate"] = self.decidable_clean_rate
         return d

@@ -21,7 +21,12 @@ Tables, and the key that makes every write idempotent:
     checker status (``pass``, ``fail``, ``unverifiable``), reasons and details (JSON text). Written in the same
     transaction as its generation: a generation exists if and only if its verdict does.
 ``pairs`` (``pair_run_id, item_id``)
-    one row per failure: its pair status and, when found, the failure point and the target/contrast tokens.
+    one row per failure: its pair status and, when found, the failure point and the target/contrast tokens. Since
+    version 3 also the search's cost (tokens decoded, rollouts stopped or ended early, positions decided by a prefix
+    rule or rolled out, seconds spent by a judge model), the judge's hinted position, and for a completion that hit
+    the length limit what continuing it to the rollout budget gave (``continued``: ``pass`` = an artefact of the
+    budget, ``fail`` = a real failure, ``length`` = the larger budget was hit too, ``unverifiable``; NULL = not
+    tried) with its length (:data:`PAIR_COLUMNS_V3`).
 
 Since version 2 (see docs/CASES.md; a version-1 store is migrated by adding these tables when opened for writing):
 
@@ -36,12 +41,15 @@ Since version 2 (see docs/CASES.md; a version-1 store is migrated by adding thes
 ``overrides`` (``case_id, created_at``)
     a person's category label with the reason; the newest one per case wins.
 
+Version 3 adds columns to ``pairs`` (a version-1 or -2 store is migrated when opened for writing: columns added,
+their values filled in from the old rows' reason text where it holds them, no row lost).
+
 JSON-valued columns are stored as text (``VARCHAR``) so the store needs no database extension.
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 PAIR_STATUSES = ("clean", "no_target", "no_contrast", "weak_preference", "unbounded", "unverifiable")
 VERDICT_STATUSES = ("pass", "fail", "unverifiable")
@@ -52,6 +60,25 @@ TABLES = ("runs", "run_items", "items", "generations", "verdicts", "pairs", *CAS
 # Column order used by exports (a table's key).
 CASE_KEYS = {"cases": ("case_id",), "case_methods": ("case_id", "method"), "case_graphs": ("case_id",),
              "overrides": ("case_id", "created_at")}
+
+# Columns version 3 added to ``pairs`` (after created_at, so a migrated table has the same column order as a new one).
+PAIR_COLUMNS_V3: tuple[tuple[str, str], ...] = (
+    ("tokens_decoded", "INTEGER"), ("rollouts_stopped", "INTEGER"), ("rollouts_final", "INTEGER"),
+    ("positions_decided", "INTEGER"), ("positions_rolled", "INTEGER"), ("judge_position", "INTEGER"),
+    ("seconds_judge", "DOUBLE"), ("continued", "VARCHAR"), ("continued_tokens", "INTEGER"))
+
+# How a version-2 row's reason text held what version 3 stores in columns (written by failtrace before version 3).
+_BACKFILL: tuple[tuple[str, str], ...] = (
+    ("tokens_decoded", r"(\d+) tokens decoded, \d+ stopped early"),
+    ("rollouts_stopped", r"(\d+) stopped early, \d+ positions decided"),
+    ("positions_decided", r"(\d+) positions decided by the prefix\]"),
+    ("continued_tokens", r"limit and passes when continued to (\d+) tokens"),
+    ("continued_tokens", r"limit but stops at (\d+) tokens within the rollout budget"),
+)
+_BACKFILL_CONTINUED: tuple[tuple[str, str], ...] = (
+    ("pass", r"limit and passes when continued to \d+ tokens"),
+    ("fail", r"limit but stops at \d+ tokens within the rollout budget \d+ and still fails"),
+)
 
 DDL: tuple[str, ...] = (
     """CREATE TABLE IF NOT EXISTS schema_version (
@@ -144,6 +171,15 @@ DDL: tuple[str, ...] = (
         seconds_rollouts DOUBLE,
         seconds_check DOUBLE,
         created_at TIMESTAMP,
+        tokens_decoded INTEGER,
+        rollouts_stopped INTEGER,
+        rollouts_final INTEGER,
+        positions_decided INTEGER,
+        positions_rolled INTEGER,
+        judge_position INTEGER,
+        seconds_judge DOUBLE,
+        continued VARCHAR,
+        continued_tokens INTEGER,
         PRIMARY KEY (pair_run_id, item_id)
     )""",
     """CREATE TABLE IF NOT EXISTS cases (
@@ -215,20 +251,31 @@ DDL: tuple[str, ...] = (
 def migrate(con: object, from_version: int) -> None:
     """Bring a store of an older schema version to :data:`SCHEMA_VERSION` in one transaction.
 
-    1 -> 2 only adds the case tables (``CREATE TABLE IF NOT EXISTS``); no existing row changes.
+    1 -> 2 only adds the case tables (``CREATE TABLE IF NOT EXISTS``); 2 -> 3 adds the :data:`PAIR_COLUMNS_V3` to
+    ``pairs`` and fills them from each row's reason text where it has them (else they stay NULL: unknown). No
+    existing row is removed or loses a value.
     """
-    if from_version not in (1,):
+    if from_version not in (1, 2):
         from failtrace.errors import FailtraceError
 
         raise FailtraceError(f"store schema version {from_version} is unknown; no migration to {SCHEMA_VERSION}")
     from failtrace import __version__ as ft_version
 
+    run = con.execute  # type: ignore[attr-defined]
     con.begin()  # type: ignore[attr-defined]
     try:
         for stmt in DDL:
-            con.execute(stmt)  # type: ignore[attr-defined]
-        con.execute("UPDATE schema_version SET version = ?, written_by = ?",  # type: ignore[attr-defined]
-                    [SCHEMA_VERSION, f"failtrace {ft_version} (migrated from {from_version})"])
+            run(stmt)
+        for name, kind in PAIR_COLUMNS_V3:
+            run(f"ALTER TABLE pairs ADD COLUMN IF NOT EXISTS {name} {kind}")
+        for name, pattern in _BACKFILL:
+            run(f"UPDATE pairs SET {name} = CAST(regexp_extract(reason, ?, 1) AS INTEGER) "
+                f"WHERE {name} IS NULL AND regexp_matches(reason, ?)", [pattern, pattern])
+        for value, pattern in _BACKFILL_CONTINUED:
+            run("UPDATE pairs SET continued = ? WHERE continued IS NULL AND regexp_matches(reason, ?)",
+                [value, pattern])
+        run("UPDATE schema_version SET version = ?, written_by = ?",
+            [SCHEMA_VERSION, f"failtrace {ft_version} (migrated from {from_version})"])
         con.commit()  # type: ignore[attr-defined]
     except BaseException:
         con.rollback()  # type: ignore[attr-defined]

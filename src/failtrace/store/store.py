@@ -28,7 +28,7 @@ from typing import Any
 from failtrace.benchmarks.base import Item, Verdict
 from failtrace.errors import FailtraceError
 from failtrace.store import connection
-from failtrace.store.connection import CopyLock, GuardedConnection, is_lock_error
+from failtrace.store.connection import CopyLock, GuardedConnection, Transaction, is_lock_error
 from failtrace.store.records import (
     DEFAULT_STORE,
     GenerationRecord,
@@ -39,13 +39,14 @@ from failtrace.store.records import (
 )
 from failtrace.store.records import dumps as _dumps
 from failtrace.store.records import now as _now
-from failtrace.store.schema import DDL, PAIR_STATUSES, SCHEMA_VERSION, TABLES, migrate
+from failtrace.store.pairs_table import PairsTable
+from failtrace.store.schema import DDL, SCHEMA_VERSION, TABLES, migrate
 
 __all__ = ["DEFAULT_STORE", "GenerationRecord", "ResultsStore", "RunRecord", "StatusRow", "content_hash",
            "open_store"]
 
 
-class ResultsStore:
+class ResultsStore(PairsTable):
     """A failtrace results store (a DuckDB file). Use as a context manager; see the module docstring."""
 
     def __init__(self, path: str | Path, read_only: bool = False, create: bool = True) -> None:
@@ -153,7 +154,7 @@ class ResultsStore:
                     f"this failtrace reads versions up to {SCHEMA_VERSION}); upgrade failtrace to read it"
                 )
             if not reading and version < SCHEMA_VERSION:
-                migrate(self.con, version)  # one transaction, adds tables only; read-only opens read the old layout
+                migrate(self.con, version)  # one transaction, adds tables/columns; read-only opens read the old layout
                 tables = {r[0] for r in self.con.execute(
                     "SELECT table_name FROM information_schema.tables").fetchall()}
             missing = [t for t in TABLES if t not in tables]
@@ -215,11 +216,11 @@ class ResultsStore:
         names = [d[0] for d in cur.description]
         return [parse_json_columns(dict(zip(names, row, strict=True))) for row in cur.fetchall()]
 
-    def _transaction(self) -> _Transaction:
+    def _transaction(self) -> Transaction:
         """``with store._transaction():`` one atomic write (held under the copy lock until it commits)."""
         if self.read_only:
             raise FailtraceError(f"results store {self.path} was opened read-only")
-        return _Transaction(self.con)
+        return Transaction(self.con)
 
     # ---- runs and items ------------------------------------------------------------------------------------------
 
@@ -362,35 +363,6 @@ class ResultsStore:
             params.append(status)
         return self._rows(sql + " ORDER BY ri.ordinal NULLS LAST, g.item_id", params)
 
-    # ---- pairs ---------------------------------------------------------------------------------------------------
-
-    def done_pair_ids(self, pair_run_id: str) -> set[str]:
-        return {r[0] for r in self.con.execute("SELECT item_id FROM pairs WHERE pair_run_id = ?",
-                                               [pair_run_id]).fetchall()}
-
-    def write_pair(self, pair_run_id: str, run_id: str, item_id: str, benchmark: str, pair: dict[str, Any]) -> bool:
-        """Commit one failure's pair record. Returns False if this pair run already has it."""
-        cols = ["status", "reason", "position", "completion_offset", "target_id", "target_text", "contrast_id",
-                "contrast_text", "contrast_source", "contrast_rank", "contrast_model_rank", "target_logit",
-                "contrast_logit", "delta_logit", "recovered_completion", "rollouts", "checks", "positions_walked",
-                "unverifiable_rollouts", "hit_length_limit", "prompt_tokens", "completion_tokens", "seconds",
-                "seconds_prefix", "seconds_rollouts", "seconds_check"]
-        if pair.get("status") not in PAIR_STATUSES:
-            raise ValueError(f"pair status must be one of {PAIR_STATUSES}, got {pair.get('status')!r}")
-        with self._transaction():
-            if self.con.execute("SELECT count(*) FROM pairs WHERE pair_run_id = ? AND item_id = ?",
-                                [pair_run_id, item_id]).fetchone()[0]:
-                return False
-            values = [pair_run_id, run_id, item_id, benchmark] + [pair.get(c) for c in cols] + [_now()]
-            self.con.execute(f"INSERT INTO pairs VALUES ({', '.join('?' * len(values))})", values)
-        return True
-
-    def pairs(self, pair_run_id: str | None = None) -> list[dict[str, Any]]:
-        """Pair rows (of one pair run), by pair run and item id."""
-        if pair_run_id is None:
-            return self._rows("SELECT * FROM pairs ORDER BY pair_run_id, item_id")
-        return self._rows("SELECT * FROM pairs WHERE pair_run_id = ? ORDER BY item_id", [pair_run_id])
-
     # ---- summaries and export (failtrace.store.export) -----------------------------------------------------------
 
     def counts(self) -> dict[str, int]:
@@ -422,23 +394,6 @@ class ResultsStore:
                     yield parse_json_columns(dict(zip(names, row, strict=True)))
         finally:
             cur.close()
-
-
-class _Transaction:
-    """``with`` block that commits on success and rolls back on any exception."""
-
-    def __init__(self, con: Any) -> None:
-        self.con = con
-
-    def __enter__(self) -> _Transaction:
-        self.con.begin()
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            self.con.commit()
-        else:
-            self.con.rollback()
 
 
 def open_store(path: str | Path = DEFAULT_STORE, read_only: bool = False, create: bool = True) -> ResultsStore:

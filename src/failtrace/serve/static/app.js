@@ -22,7 +22,7 @@
   }
 
   function route() {
-    var h = FT.parseHash(), fn = {cases: FT.views.cases, case: FT.views.case, graph: FT.views.graph, item: item, api: FT.views.api}[h.route];
+    var h = FT.parseHash(), fn = {cases: FT.views.cases, case: FT.views.case, graph: FT.views.graph, item: item, api: FT.views.api, across: FT.views.across}[h.route];
     FT.tip(null, null);
     if (!fn) { FT.error(view, "unknown view: " + h.route); return; }
     document.body.dataset.view = h.route;
@@ -35,6 +35,7 @@
     FT.meta = meta;
     document.getElementById("sub").textContent = meta.store + " · " + (meta.review ? "review mode (writes on)" : "read-only") +
       (meta.has_cases ? "" : " · no analysed cases yet");
+    if (meta.has_comparisons) document.getElementById("nav-across").hidden = false;
     window.addEventListener("hashchange", function () { document.body.dataset.ready = ""; route(); });
     route();
   }, function (e) { FT.error(view, e); });

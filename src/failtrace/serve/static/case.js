@@ -147,15 +147,49 @@
           "Δℓ after masking each method's top-k tokens (" + (c.masking ? c.masking.rule : "") + "); below 0 the prediction flips. Bold: " + method + "."),
           curves(c, method), el("p", {class: "note"}, "grey: the other methods (hover a line for its name and k*)"),
           methodsTable(c)]),
-        labels(c)]));
+        el("div", {}, [alternativesBox(c), labels(c)])]));
+      if (FT.meta.has_comparisons) view.appendChild(FT.views.compareSection(c));
       view.appendChild(FT.views.reviewBox(c));
     });
   };
 
+  /* The model's top-k next tokens at the failure point (stored by analyse) with Δℓ = ℓ(target) − ℓ(a); in review
+     mode each row can be picked as the contrast instead (a 'contrast' review; the case itself is not changed). */
+  function alternativesBox(c) {
+    var box = el("div", {id: "alternatives"}, [el("h3", {}, "Target vs contrast: the model's top alternatives")]);
+    if (!c.alternatives) {
+      box.appendChild(el("p", {class: "muted"}, "not recorded for this case (analysed before failtrace kept them): run failtrace analyse on the store again to add them."));
+      return box;
+    }
+    var status = el("span", {id: "alt-status", class: "muted"});
+    var comment = el("input", {type: "text", id: "alt-comment", maxlength: 2000, placeholder: "why this contrast (optional)"});
+    var rows = c.alternatives.map(function (a) {
+      var role = a.is_target ? el("span", {class: "pill tgt"}, "target") : a.is_contrast ? el("span", {class: "pill ctr"}, "contrast") : "";
+      var pick = null;
+      if (FT.meta.review && !a.is_target && !a.is_contrast) {
+        pick = el("button", {type: "button", class: "pick", "data-token": a.token_id}, "use as contrast");
+        pick.addEventListener("click", function () {
+          FT.post("/api/cases/" + encodeURIComponent(c.case_id) + "/contrast", {contrast_id: a.token_id, comment: comment.value})
+            .then(function () { status.textContent = "saved"; window.dispatchEvent(new HashChangeEvent("hashchange")); },
+                  function (e) { status.textContent = e.message; });
+        });
+      }
+      return el("tr", {"data-token": a.token_id}, [el("td", {class: "n"}, String(a.rank)), el("td", {class: "tx"}, FT.shown(a.text)),
+        el("td", {class: "n"}, String(a.token_id)), el("td", {class: "n"}, FT.fmt(a.logit, 3)), el("td", {class: "n"}, FT.fmt(a.delta_logit, 3)),
+        el("td", {}, role), el("td", {}, pick)]);
+    });
+    box.appendChild(el("p", {class: "note"}, "At the failure point, the " + c.alternatives.length + " highest-logit tokens (and the contrast if it is not among them). Δℓ = ℓ(target) − ℓ(token): how much the model preferred its wrong token."));
+    box.appendChild(el("table", {class: "t alts"}, [el("tr", {}, ["rank", "token", "id", "logit", "Δℓ", "", ""].map(function (h, i) {
+      return el("th", {class: i && i < 5 && i !== 1 ? "n" : ""}, h); }))].concat(rows)));
+    if (FT.meta.review) box.appendChild(el("div", {class: "rv"}, [comment, status]));
+    return box;
+  }
+
   FT.views.reviewBox = function (c) {
     var box = el("section", {class: "block", id: "review"}, [el("h3", {}, "Review")]);
     (c.reviews || []).forEach(function (r) {
-      box.appendChild(el("div", {class: "note"}, r.created_at + " · " + r.decision + (r.category ? " → " + r.category : "") + (r.comment ? ": " + r.comment : "")));
+      box.appendChild(el("div", {class: "note"}, r.created_at + " · " + r.decision + (r.category ? " → " + r.category : "") +
+        (r.contrast_id !== null && r.contrast_id !== undefined ? " → ‹" + FT.shown(r.contrast_text) + "› (#" + r.contrast_id + ")" : "") + (r.comment ? ": " + r.comment : "")));
     });
     if (!FT.meta.review) { box.appendChild(el("p", {class: "muted"}, "read-only: start with `failtrace serve --review` to accept/reject pairs or override categories.")); return box; }
     var comment = el("textarea", {id: "rv-comment", maxlength: 2000, placeholder: "comment (required for an override)"});

@@ -2,7 +2,9 @@
    the strongest edges holding a share p of its |weight| (mass_before < p, computed by the server) and then only what
    still reaches the prediction; hover highlights a node's inputs and outputs; click pins a node and shows the
    subgraph connecting it to the prediction; search marks nodes by token text; Export saves the drawn subgraph.
-   State in the URL: #/graph/<id>?p=0.6&pin=1:37 */
+   NC-IA cases: "show ablation" marks the nodes whose ablation was tested (paper Fig. 3: ringed black, numbered)
+   and highlights every kept path from them to the prediction (recomputed after each re-pruning).
+   State in the URL: #/graph/<id>?p=0.6&pin=1:37&abl=1 */
 (function (FT) {
   "use strict";
   var el = FT.el, key = function (s, t) { return s + ":" + t; };
@@ -22,10 +24,10 @@
     return seen;
   }
 
-  function subgraph(kept, k) {  // k's descendants = every path from k to the prediction (all kept edges reach it)
-    var up = {};
+  function subgraph(kept, ks) {  // descendants of ks = every path from them to the prediction (all kept edges reach it)
+    var up = {}, des = {};
     kept.edges.forEach(function (e) { (up[key(e[0], e[1])] = up[key(e[0], e[1])] || []).push(key(e[2], e[3])); });
-    var des = closure(up, k);
+    [].concat(ks).forEach(function (k) { Object.assign(des, closure(up, k)); });
     return {nodes: des, edges: kept.edges.filter(function (e) { return des[key(e[0], e[1])] && des[key(e[2], e[3])]; })};
   }
 
@@ -46,7 +48,8 @@
       if (D.special[c]) t.style.fill = "#9ca3af";
       svg.appendChild(t);
     });
-    var sub = state.pin && kept.nodes[state.pin] ? subgraph(kept, state.pin) : null;
+    var abl = ablatedKeys(D, kept, state), sub = state.pin && kept.nodes[state.pin] ? subgraph(kept, state.pin)
+      : (abl.length ? subgraph(kept, abl) : null);
     var wmax = Math.max.apply(null, [1e-30].concat(kept.edges.map(function (e) { return Math.abs(e[4]); })));
     var red = FT.mix(1), blue = FT.mix(-1);
     kept.edges.slice().sort(function (a, b) { return Math.abs(a[4]) - Math.abs(b[4]); }).forEach(function (e) {
@@ -71,7 +74,26 @@
       c.addEventListener("click", function (ev) { ev.stopPropagation(); state.setPin(state.pin === k ? null : k); });
       svg.appendChild(c);
     });
+    abl.forEach(function (k, j) {  // a ring and the ablation order on each ablated node
+      var p = k.split(":"), x = X[+p[1]], y = Y(+p[0]);
+      svg.appendChild(el("circle", {cx: x, cy: y, r: 10, class: "abl", "data-k": k}));
+      svg.appendChild(el("text", {x: x + 9, y: y - 8, class: "abl-n"}, String(D.ablation.nodes.findIndex(function (a) {
+        return key(a.stage, a.position) === k; }) + 1)));
+    });
     return sub;
+  }
+
+  function ablatedKeys(D, kept, state) {  // the ablated nodes drawn at this p, when the toggle is on
+    if (!state.abl || !D.ablation) return [];
+    return D.ablation.nodes.filter(function (a) { return a.stage !== null && kept.nodes[key(a.stage, a.position)]; })
+      .map(function (a) { return key(a.stage, a.position); });
+  }
+
+  function ablationText(D, kept, state, sub) {
+    var A = D.ablation, shown = ablatedKeys(D, kept, state).length;
+    return "ablating " + A.k + " node" + (A.k === 1 ? "" : "s") + ": Δℓ " + FT.fmt(A.delta_before, 2) + " → " +
+      FT.fmt(A.delta_after, 2) + (A.flipped ? " (flipped)" : " (not flipped)") + "; " + shown + " of them drawn at this p, " +
+      (sub ? sub.edges.length : 0) + " edges lead from them to the prediction";
   }
 
   function hover(svg, k) {  // a node's direct inputs and outputs, the rest dimmed
@@ -92,10 +114,10 @@
     return FT.api("/api/cases/" + encodeURIComponent(id) + "/graph").then(function (D) {
       FT.crumb([el("a", {href: "#/case/" + id}, "case"), el("a", {href: "#/graph/" + id}, "graph")]);
       var p = Math.min(1, Math.max(0.01, parseFloat(params.get("p")) || 0.8));
-      var state = {p: p, pin: params.get("pin"), search: params.get("q") || ""};
+      var state = {p: p, pin: params.get("pin"), search: params.get("q") || "", abl: params.get("abl") === "1"};
       function save() {
         var u = new URLSearchParams(); u.set("p", state.p.toFixed(2));
-        if (state.pin) u.set("pin", state.pin); if (state.search) u.set("q", state.search);
+        if (state.pin) u.set("pin", state.pin); if (state.search) u.set("q", state.search); if (state.abl) u.set("abl", "1");
         FT.go("graph", id, u, true);
       }
       view.textContent = "";
@@ -108,20 +130,24 @@
         if (state.pin && !kept.nodes[state.pin]) state.pin = null;
         pv.textContent = state.p.toFixed(2);
         count.textContent = Object.keys(kept.nodes).length + " nodes, " + kept.edges.length + " edges drawn (of " + D.edges.length + " stored)";
-        subInfo.textContent = sub ? "pinned " + state.pin + ": subgraph to the prediction has " + Object.keys(sub.nodes).length +
-          " nodes, " + sub.edges.length + " edges" : "click a node to pin it";
+        subInfo.textContent = state.pin && sub ? "pinned " + state.pin + ": subgraph to the prediction has " + Object.keys(sub.nodes).length +
+          " nodes, " + sub.edges.length + " edges" : (state.abl && D.ablation ? ablationText(D, kept, state, sub) : "click a node to pin it");
         save();
       }
       state.setPin = function (k) { state.pin = k; redraw(); };
       slider.addEventListener("input", function () { state.p = +slider.value; redraw(); });
       search.addEventListener("input", function () { state.search = search.value; redraw(); });
+      var ablToggle = D.ablation ? el("label", {title: "paper Fig. 3: the nodes whose ablation was tested for the category " +
+        D.ablation.category}, [el("input", {type: "checkbox", id: "abl"}), " show ablation"]) : el("span");
+      var ablBox = ablToggle.querySelector("input");
+      if (ablBox) { ablBox.checked = state.abl; ablBox.addEventListener("change", function () { state.abl = ablBox.checked; redraw(); }); }
       svg.addEventListener("click", function () { if (state.pin) state.setPin(null); });
       view.appendChild(el("section", {class: "block"}, [
         el("h2", {}, "Attribution graph"),
         el("p", {class: "note"}, "Rows: stages (embeddings, then each decoder layer's output); columns: token positions with a kept node. " +
            "Red edges/nodes push towards the target, blue towards the contrast; node size = normalised |R| in its stage. " +
            "Stored graph pruned with " + ((D.settings || {}).prune || "?") + "; the slider re-prunes those edges by cumulative mass."),
-        el("div", {class: "graphbar"}, [el("label", {}, ["edge mass p ", slider, " ", pv]), count, search,
+        el("div", {class: "graphbar"}, [el("label", {}, ["edge mass p ", slider, " ", pv]), count, search, ablToggle,
           el("button", {type: "button", id: "export", onclick: function () { exportJSON(D, kept, sub, state); }}, "export JSON"), subInfo]),
         el("div", {class: "gwrap"}, svg)]));
       redraw();

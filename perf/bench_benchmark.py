@@ -1,0 +1,248 @@
+"""The whole flow on real benchmark items with the bundled model: the paper's Table 1, categories, patterns and the
+masking-flip table per attribution method (not a test; issue 9's acceptance run).
+
+Runs ``collect`` -> ``pairs`` -> ``analyse`` on the first N items of real IFEval and MATH-500 files into one results
+store (every stage is resumable and keyed, so a rerun of this script only does what is missing), then prints:
+
+* Table 1 per benchmark: items, failures, clean pairs, clean rate (of all failures and of the *decidable* ones, i.e.
+  failures that did not hit the token budget), average tokens per case;
+* the status of every non-clean failure (why it gave no clean pair);
+* the pair search's cost per failure (seconds, rollouts, tokens decoded; read from the stored pair rows);
+* outcome categories (paper Fig. 1) and failure patterns;
+* the masking-flip table: for every method the share of cases flipped by masking its top-k tokens, k = 1, 2, 3, 5,
+  10, and the mean/median k* (the paper: about 2 tokens);
+* mean normalised segment relevance (AttnLRP) by category;
+* ``analyse`` cost per case as *passes-equivalent*: the case's build seconds over one AttnLRP pass on the same
+  context measured in this run (the baseline does the same forward + backward under the same threads).
+
+    .venv/bin/python perf/bench_benchmark.py --store runs.duckdb \
+        --ifeval ../shared/benchmarks/ifeval/input_data.jsonl --ifeval-items 50 --ifeval-tokens 256 \
+        --math ../shared/benchmarks/math500/test.jsonl --math-items 30 --math-tokens 384
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import time
+from collections import Counter, defaultdict
+from typing import Any
+
+import torch
+
+from failtrace.benchmarks.registry import get_benchmark, load_benchmark
+from failtrace.cases.analyse import analyse
+from failtrace.cases.settings import CaseSettings
+from failtrace.failures.collect import collect
+from failtrace.failures.pairs import find_pairs
+from failtrace.failures.pair_types import PairSettings
+from failtrace.models.loading import load_model
+from failtrace.report import tables as T
+from failtrace.store import open_store
+from failtrace.store.cases import load_cases
+
+KS = (1, 2, 3, 5, 10)
+
+
+def _table(title: str, header: list[str], rows: list[list[Any]]) -> None:
+    """Print a plain fixed-width table (plain text so it pastes into Markdown as is)."""
+    def fmt(v: Any) -> str:
+        if v is None:
+            return "-"
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+    cells = [[fmt(v) for v in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(header)]
+    print(f"\n{title}")
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    print("  ".join("-" * w for w in widths))
+    for r in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+
+
+def _stage(name: str, fn: Any) -> Any:
+    t = time.perf_counter()
+    out = fn()
+    print(f"[{name}] {time.perf_counter() - t:.1f} s this call", flush=True)
+    return out
+
+
+def run_stages(args: argparse.Namespace, lm: Any) -> None:
+    """collect (per benchmark), pairs, analyse: each resumes where an earlier call stopped."""
+    jobs = [("ifeval", args.ifeval, args.ifeval_items, args.ifeval_tokens),
+            ("math", args.math, args.math_items, args.math_tokens)]
+    with open_store(args.store) as st:
+        for name, path, n, tokens in jobs:
+            if not path:
+                continue
+            bench = get_benchmark(name)
+            items = load_benchmark(name, path, limit=n).items
+            _stage(f"collect {name}", lambda: collect(st, bench, items, lm, max_new_tokens=tokens,
+                                                      batch_size=args.batch_size, data=path, progress=False))
+        settings = PairSettings(top_k=args.top_k, max_positions=args.max_positions,
+                                try_unbounded=not args.skip_unbounded)
+        _stage("pairs", lambda: find_pairs(st, settings, models={lm.name: lm}, progress=True))
+        _stage("analyse", lambda: analyse(st, CaseSettings(), models={lm.name: lm}, progress=True))
+
+
+def _decoded(pair: dict[str, Any]) -> int:
+    """Tokens the search decoded: the schema-3 column, else the count older stores wrote into the reason."""
+    if pair.get("tokens_decoded") is not None:
+        return int(pair["tokens_decoded"])
+    m = re.search(r"(\d+) tokens decoded", pair.get("reason") or "")
+    return int(m.group(1)) if m else 0
+
+
+def pair_tables(st: Any) -> None:
+    rows = st.status_rows()
+    pairs = st.pairs()
+    by_bench: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for p in pairs:
+        by_bench[p["benchmark"]].append(p)
+    cases = load_cases(st)
+    t1 = []
+    for r in rows:
+        if r.pair_run_id is None or not sum(r.pairs.values()):  # no pair run, or one interrupted before its first
+            continue
+        mine = [c for c in cases if c.pair_run_id == r.pair_run_id]
+        unb = r.pairs.get("unbounded", 0)
+        decidable = r.failed - unb
+        clean = r.pairs.get("clean", 0)
+        t1.append([r.benchmark, r.items, r.failed, clean, r.clean_rate, clean / decidable if decidable else None,
+                   unb, len(mine), statistics.mean(len(c.token_ids) for c in mine) if mine else None])
+    _table("Table 1 (paper): failures -> clean pairs -> cases", ["benchmark", "items", "failures", "clean",
+           "clean rate", "clean / decidable", "unbounded", "cases", "avg tokens/case"], t1)
+    statuses = sorted({p["status"] for p in pairs})
+    _table("Pair status of every failure", ["benchmark", *statuses],
+           [[b, *(sum(p["status"] == s for p in ps) for s in statuses)] for b, ps in sorted(by_bench.items())])
+    cost = []
+    for b, ps in sorted(by_bench.items()):
+        n = len(ps)
+        cost.append([b, n, sum(p["seconds"] or 0 for p in ps) / n, sum(p["rollouts"] for p in ps) / n,
+                     sum(_decoded(p) for p in ps) / n, statistics.median(p["seconds"] or 0 for p in ps)])
+    _table("Pair search cost per failure", ["benchmark", "failures", "mean s", "rollouts", "tokens decoded",
+                                            "median s"], cost)
+
+
+def case_tables(st: Any, lm: Any, baseline_cases: int) -> None:
+    cases = load_cases(st)
+    if not cases:
+        print("\nno cases")
+        return
+    for title, rows in (("Outcome categories (Fig. 1)", T.category_rows(cases)),
+                        ("Failure patterns (Fig. 1)", T.pattern_rows(cases))):
+        _table(title, ["benchmark", "label", "cases", "share"],
+               [[r["benchmark"], r["label"], r["cases"], r["share"]] for r in rows])
+    flips = {(r["benchmark"], r["method"], r["k"]): r["flip_rate"] for r in T.flip_rate_rows(cases)}
+    krows = []
+    for r in T.kstar_rows(cases):
+        krows.append([r["benchmark"], r["method"], r["cases"],
+                      *(flips.get((r["benchmark"], r["method"], k)) for k in KS),
+                      r["mean_k_star"], r["median_k_star"]])
+    _table(f"Masking flips the prediction: share of cases with k* <= k (K = {T.max_k(cases)})",
+           ["benchmark", "method", "cases", *(f"k<={k}" for k in KS), "mean k*", "median k*"], krows)
+    segs = T.segment_rows(cases)
+    _table("Mean normalised segment relevance (AttnLRP) by category",
+           ["benchmark", "category", "segment", "cases", "mean"],
+           [[r["benchmark"], r["category"], r["segment"], r["cases"], r["mean_normalised_relevance"]]
+            for r in segs if r["method"] == "attnlrp"])
+    analyse_cost(cases, lm, baseline_cases)
+
+
+def analyse_cost(cases: list[Any], lm: Any, n: int) -> None:
+    """Case build seconds (stored per case) over one AttnLRP pass on the same context, timed now."""
+    from failtrace.attribution.engine import relevance_pass
+    from failtrace.cases.build import logit_diff_fn
+
+    ratios, where = [], Counter()
+    for c in cases[:n]:
+        fn = logit_diff_fn(c.target_id, c.contrast_id)
+        relevance_pass(lm.model, c.token_ids, fn, method="attnlrp")  # warm-up
+        t = time.perf_counter()
+        relevance_pass(lm.model, c.token_ids, fn, method="attnlrp")
+        one = time.perf_counter() - t
+        total = sum(c.seconds.values())
+        ratios.append(total / one)
+        for k, v in c.seconds.items():
+            where[k.split(":")[0] if ":" not in k else f"{k.split(':')[0]} (all methods)"] += v / one
+    m = len(ratios)
+    _table(f"analyse cost per case in AttnLRP passes ({m} cases)", ["part", "passes-equivalent"],
+           [[k, v / m] for k, v in where.most_common()] + [["total (mean)", statistics.mean(ratios)],
+                                                           ["total (max)", max(ratios)]])
+
+
+def old_vs_new(st: Any, lm: Any, n: int, top_k: int, max_positions: int) -> None:
+    """The pair search before this project's cost cuts (one position per batch, every rollout to the full budget:
+    the same code with those switched off) against the default search, on the first ``n`` failures of every
+    benchmark in the store, alternating which goes first per failure, in this run."""
+    from failtrace.failures.search import PairFinder
+
+    old = PairFinder(lm, PairSettings(top_k=top_k, max_positions=max_positions, early_stop=False, position_batch=1))
+    new = PairFinder(lm, PairSettings(top_k=top_k, max_positions=max_positions))
+    rows = []
+    for run in st.runs("collect"):
+        bench = get_benchmark(run.benchmark)
+        fails = st.results(run.run_id, status="fail")[:n]
+        items = {r["item_id"]: st.get_item(run.benchmark, r["item_id"]) for r in fails}
+        cost: dict[str, list[float]] = {"old": [0.0, 0, 0], "new": [0.0, 0, 0]}
+        same = 0
+        for i, r in enumerate(fails):
+            got = {}
+            for which in (("old", "new") if i % 2 == 0 else ("new", "old")):
+                finder = old if which == "old" else new
+                t = time.perf_counter()
+                res = finder.find(bench, items[r["item_id"]], r["prompt_ids"], r["token_ids"],
+                                  run.settings["max_new_tokens"], r["finish_reason"])
+                c = cost[which]
+                c[0] += time.perf_counter() - t
+                c[1] += res.rollouts
+                c[2] += res.tokens_decoded
+                got[which] = (res.status, res.completion_offset, res.contrast_id)
+            same += got["old"] == got["new"]
+            print(f"  {run.benchmark} {r['item_id']}: old {got['old']} new {got['new']}", flush=True)
+        m = max(1, len(fails))
+        for which in ("old", "new"):
+            rows.append([run.benchmark, which, len(fails), cost[which][0] / m, cost[which][1] / m,
+                         cost[which][2] / m])
+        rows.append([run.benchmark, "old/new", len(fails), cost["old"][0] / max(cost["new"][0], 1e-9),
+                     cost["old"][1] / max(cost["new"][1], 1), f"same pair {same}/{len(fails)}"])
+    _table("Pair search before vs after the cost cuts (same failures, same run)",
+           ["benchmark", "search", "failures", "s/failure", "rollouts/failure", "tokens/failure"], rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--store", required=True)
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--ifeval", default=None)
+    ap.add_argument("--ifeval-items", type=int, default=50)
+    ap.add_argument("--ifeval-tokens", type=int, default=256)
+    ap.add_argument("--math", default=None)
+    ap.add_argument("--math-items", type=int, default=30)
+    ap.add_argument("--math-tokens", type=int, default=384)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--top-k", type=int, default=PairSettings.top_k)
+    ap.add_argument("--max-positions", type=int, default=PairSettings.max_positions)
+    ap.add_argument("--skip-unbounded", action="store_true", help="do not search failures that hit the budget")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--only-print", action="store_true", help="print the tables of the store, run nothing")
+    ap.add_argument("--old-vs-new", type=int, default=0, help="also time the old search on N failures per bench")
+    ap.add_argument("--baseline-cases", type=int, default=12, help="cases whose analyse cost is measured")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lm = load_model(args.model)
+    print(f"model {lm.name}; ifeval {args.ifeval_items} items @ {args.ifeval_tokens} tokens; math "
+          f"{args.math_items} items @ {args.math_tokens} tokens; pairs top-k {args.top_k}, max-positions "
+          f"{args.max_positions}{', skip unbounded' if args.skip_unbounded else ''}; torch threads {torch.get_num_threads()}")
+    if not args.only_print:
+        run_stages(args, lm)
+    with open_store(args.store, read_only=True) as st:
+        pair_tables(st)
+        case_tables(st, lm, args.baseline_cases)
+        if args.old_vs_new:
+            old_vs_new(st, lm, args.old_vs_new, args.top_k, args.max_positions)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""The data behind the report's Fig. 4–7 (and the explorer's "Across" view), from rows of the ``comparisons`` table
+(:func:`failtrace.store.comparisons.load_comparisons`). Pure functions of those rows: no matplotlib, no store.
+
+Definitions (docs/REPORT.md, "Across models / checkpoints"):
+
+* **Model rows** have ``step IS NULL`` (``failtrace compare --models``); the case's own model is the row with
+  ``reference = true``. **Checkpoint rows** have a ``step`` (``compare --checkpoints``).
+* **Corrected** in another model or checkpoint: its Δℓ = ℓ(target) − ℓ(contrast) < 0, i.e. that model now prefers
+  the contrast (the token that fixes the answer) at the same text position.
+* **Segment share** of one row: s_g = R_g / Σ_h |R_h|, the signed share of the absolute segment relevance held by
+  segment g (R_g = summed AttnLRP input relevance of the segment). It is scale free, so models whose relevance
+  magnitudes differ (another size, another tokenizer) can be averaged and compared; Σ_g |s_g| = 1.
+* **Series** of a checkpoint: its folder with a trailing ``step-N`` / ``checkpoint-N`` component removed
+  (``ckpts/dpo/step-50`` → ``ckpts/dpo``), so two post-training runs saved side by side are drawn apart.
+* **Split**: ``trained`` / ``held-out`` as stored (``all`` when a checkpoint row has none).
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+Row = Mapping[str, Any]
+_STEP_DIR = re.compile(r"^(step|checkpoint|ckpt)[-_]?\d+$", re.IGNORECASE)
+
+
+def is_checkpoint(row: Row) -> bool:
+    return row.get("step") is not None
+
+
+def usable(row: Row) -> bool:
+    """A row with a Δℓ: mapped (target and contrast are one token each in that model) and scored."""
+    return bool(row.get("mapped")) and row.get("delta_logit") is not None
+
+
+def series_of(model: str) -> str:
+    """The checkpoint series: the folder without a trailing step-N component (module docstring)."""
+    m = re.match(r"^(.*?)[\\/]+([^\\/]+)[\\/]*$", str(model))
+    if m and m.group(1) and _STEP_DIR.match(m.group(2)):
+        return m.group(1)
+    return str(model)
+
+
+def split_of(row: Row) -> str:
+    return str(row.get("split") or "all")
+
+
+def segment_share(seg: Mapping[str, float] | None) -> dict[str, float]:
+    """s_g = R_g / Σ_h |R_h| (module docstring); {} when there is no relevance."""
+    seg = {str(k): float(v) for k, v in (seg or {}).items()}
+    total = sum(abs(v) for v in seg.values())
+    return {k: v / total for k, v in seg.items()} if total > 0 else {}
+
+
+def scatter_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    """Fig. 4: one point per (case, other model): Δℓ in the case's model (x) and in the other model (y)."""
+    refs = {r["case_id"]: r for r in rows if r.get("reference") and not is_checkpoint(r) and usable(r)}
+    out = []
+    for r in rows:
+        ref = refs.get(r["case_id"])
+        if ref is None or r.get("reference") or is_checkpoint(r) or not usable(r):
+            continue
+        out.append({"case_id": r["case_id"], "item_id": r["item_id"], "benchmark": r["benchmark"],
+                    "reference_model": ref["model"], "model": r["model"], "dl_reference": float(ref["delta_logit"]),
+                    "dl_model": float(r["delta_logit"]), "corrected": float(r["delta_logit"]) < 0})
+    return out
+
+
+def unmapped_counts(rows: Sequence[Row]) -> dict[str, int]:
+    """Per other model: cases whose target or contrast is not one token there (left out of Fig. 4/5)."""
+    out: dict[str, int] = {}
+    for r in rows:
+        if not r.get("reference") and not is_checkpoint(r):
+            out.setdefault(r["model"], 0)
+            out[r["model"]] += 0 if r.get("mapped") else 1
+    return out
+
+
+def _mean_shares(rows: Sequence[Row]) -> dict[str, tuple[float, int]]:
+    """segment -> (mean share over the rows that have relevance, number of those rows)."""
+    acc: dict[str, list[float]] = {}
+    for r in rows:
+        share = segment_share(r.get("segment_relevance"))
+        for k, v in share.items():
+            acc.setdefault(k, []).append(v)
+    return {k: (sum(v) / len(v), len(v)) for k, v in acc.items()}
+
+
+def segment_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    """Fig. 5: per other model, group (corrected there or not), model shown (the case's model or the other) and
+    segment: the mean segment share over the group's cases."""
+    by_key = {(r["case_id"], r["model"]): r for r in rows if not is_checkpoint(r)}
+    points = scatter_rows(rows)
+    out = []
+    for model in dict.fromkeys(p["model"] for p in points):
+        for group in ("corrected", "uncorrected"):
+            mine = [p for p in points if p["model"] == model and p["corrected"] == (group == "corrected")]
+            for role in ("reference", "model"):
+                shown = [by_key[(p["case_id"], p["reference_model"] if role == "reference" else model)] for p in mine]
+                name = mine[0]["reference_model"] if role == "reference" and mine else model
+                for seg, (mean, n) in _mean_shares(shown).items():
+                    out.append({"model": model, "group": group, "role": role, "shown_model": name, "segment": seg,
+                                "cases": n, "mean_share": mean})
+    return out
+
+
+def checkpoint_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    """Fig. 6 (lines): one point per (case, checkpoint) with its Δℓ, series, step and split."""
+    out = []
+    for r in rows:
+        if is_checkpoint(r) and usable(r):
+            out.append({"case_id": r["case_id"], "item_id": r["item_id"], "benchmark": r["benchmark"],
+                        "series": series_of(r["model"]), "model": r["model"], "step": int(r["step"]),
+                        "split": split_of(r), "delta_logit": float(r["delta_logit"]),
+                        "corrected": float(r["delta_logit"]) < 0})
+    return sorted(out, key=lambda p: (p["series"], p["split"], p["case_id"], p["step"]))
+
+
+def checkpoint_summary(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    """Fig. 6 (bold lines): per series, split and step: cases, median Δℓ, how many are corrected (Δℓ < 0)."""
+    groups: dict[tuple[str, str, int], list[float]] = {}
+    for p in checkpoint_rows(rows):
+        groups.setdefault((p["series"], p["split"], p["step"]), []).append(p["delta_logit"])
+    return [{"series": s, "split": sp, "step": st, "cases": len(v), "median_delta_logit": statistics.median(v),
+             "corrected": sum(x < 0 for x in v), "corrected_share": sum(x < 0 for x in v) / len(v)}
+            for (s, sp, st), v in sorted(groups.items())]
+
+
+def checkpoint_segment_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    """Fig. 7: per series, split, step and segment: the mean segment share over that checkpoint's cases."""
+    groups: dict[tuple[str, str, int], list[Row]] = {}
+    for r in rows:
+        if is_checkpoint(r) and usable(r):
+            groups.setdefault((series_of(r["model"]), split_of(r), int(r["step"])), []).append(r)
+    out = []
+    for (s, sp, st), mine in sorted(groups.items()):
+        for seg, (mean, n) in _mean_shares(mine).items():
+            out.append({"series": s, "split": sp, "step": st, "segment": seg, "cases": n, "mean_share": mean})
+    return out
+
+
+def figure_data(rows: Sequence[Row]) -> dict[str, list[dict[str, Any]]]:
+    """Every table of Fig. 4–7 by name (the report's CSV names; the explorer's /api/compare payload)."""
+    return {"scatter": scatter_rows(rows), "segments": segment_rows(rows), "checkpoints": checkpoint_rows(rows),
+            "checkpoint_summary": checkpoint_summary(rows), "checkpoint_segments": checkpoint_segment_rows(rows)}

@@ -1,0 +1,149 @@
+"""The report's Fig. 4–7 data against an independent computation from the comparison rows (numpy / SQL over the
+stored table, not the module's loops), and the "Across models / checkpoints" sections: present with their PNG and CSV
+files only when the store holds that kind of comparison."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from failtrace.report import compare_data as D
+from failtrace.report.build import build_report, build_report_from_store
+from failtrace.store import open_store
+from failtrace.store.comparisons import load_comparisons, write_comparison
+
+SEGS = ("system", "instruction", "answer")
+
+
+def _row(case: int, model: str, *, ref: bool = False, dl: float | None = 0.0, step: int | None = None,
+         split: str | None = None, mapped: bool = True, seg: dict[str, float] | None = None) -> dict[str, Any]:
+    return {"case_id": f"c{case:02d}", "model_fingerprint": f"{model}@{step}", "model": model,
+            "item_id": f"item-{case}", "benchmark": "toy", "reference": ref, "mapped": mapped,
+            "token_ids": [1, 2, 3], "prompt_length": 2, "position": 3, "target_text": "a", "contrast_text": "b",
+            "target_id": 5 if mapped else None, "contrast_id": 6 if mapped else None,
+            "delta_logit": dl if mapped else None, "input_relevance": None, "segment_relevance": seg or {},
+            "flip_curve": None, "flip_k": None, "step": step, "split": split, "notes": [], "seconds": 0.0}
+
+
+def _rows(seed: int = 0) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    seg = lambda: {s: rng.uniform(-2, 3) for s in SEGS}  # noqa: E731
+    rows = []
+    for c in range(12):
+        rows.append(_row(c, "small", ref=True, dl=rng.uniform(0.1, 4), seg=seg()))
+        rows.append(_row(c, "large", dl=rng.uniform(-3, 3), seg=seg(), mapped=c != 5))
+        rows.append(_row(c, "other", dl=rng.uniform(-3, 3), seg=seg()))
+        for series in ("ckpts/dpo", "ckpts/token-dpo"):
+            for step in (0, 50, 100):
+                rows.append(_row(c, f"{series}/step-{step}", dl=rng.uniform(-2, 3) - step / 60, step=step,
+                                 split="trained" if c < 8 else "held-out", seg=seg()))
+    return rows
+
+
+def test_scatter_and_segments_against_independent_math() -> None:
+    rows = _rows()
+    pts = D.scatter_rows(rows)
+    # independent: for every non-reference model row that is mapped, pair with the reference row of its case
+    ref = {r["case_id"]: r["delta_logit"] for r in rows if r["reference"]}
+    expect = sorted((r["case_id"], r["model"], ref[r["case_id"]], r["delta_logit"]) for r in rows
+                    if not r["reference"] and r["step"] is None and r["mapped"])
+    assert sorted((p["case_id"], p["model"], p["dl_reference"], p["dl_model"]) for p in pts) == expect
+    assert len(pts) == 12 * 2 - 1  # one unmapped case of "large" is left out
+    assert all(p["corrected"] == (p["dl_model"] < 0) for p in pts)
+    assert D.unmapped_counts(rows) == {"large": 1, "other": 0}
+
+    got = {(r["model"], r["group"], r["role"], r["segment"]): (r["mean_share"], r["cases"])
+           for r in D.segment_rows(rows)}
+    for model in ("large", "other"):
+        for grp in ("corrected", "uncorrected"):
+            ids = [r["case_id"] for r in rows if r["model"] == model and r["mapped"]
+                   and (r["delta_logit"] < 0) == (grp == "corrected")]
+            assert ids, "the random rows cover both groups"
+            for role, name in (("reference", "small"), ("model", model)):
+                mats = np.array([[r["segment_relevance"][s] for s in SEGS] for r in rows
+                                 if r["model"] == name and r["case_id"] in ids])
+                shares = mats / np.abs(mats).sum(axis=1, keepdims=True)
+                for j, s in enumerate(SEGS):
+                    mean, n = got[(model, grp, role, s)]
+                    assert n == len(ids) and mean == pytest.approx(shares[:, j].mean(), abs=1e-12)
+
+
+def test_checkpoint_tables_against_independent_math() -> None:
+    rows = _rows(1)
+    summary = {(r["series"], r["split"], r["step"]): r for r in D.checkpoint_summary(rows)}
+    assert len(summary) == 2 * 2 * 3
+    for series in ("ckpts/dpo", "ckpts/token-dpo"):
+        for split in ("trained", "held-out"):
+            for step in (0, 50, 100):
+                v = np.array([r["delta_logit"] for r in rows
+                              if r["model"] == f"{series}/step-{step}" and r["split"] == split])
+                s = summary[(series, split, step)]
+                assert s["cases"] == len(v) == (8 if split == "trained" else 4)
+                assert s["median_delta_logit"] == pytest.approx(float(np.median(v)), abs=1e-12)
+                assert s["corrected"] == int((v < 0).sum())
+                mats = np.array([[r["segment_relevance"][g] for g in SEGS] for r in rows
+                                 if r["model"] == f"{series}/step-{step}" and r["split"] == split])
+                shares = (mats / np.abs(mats).sum(axis=1, keepdims=True)).mean(axis=0)
+                seg = {r["segment"]: r["mean_share"] for r in D.checkpoint_segment_rows(rows)
+                       if (r["series"], r["split"], r["step"]) == (series, split, step)}
+                assert [seg[g] for g in SEGS] == pytest.approx(list(shares), abs=1e-12)
+    lines = D.checkpoint_rows(rows)
+    assert len(lines) == 12 * 2 * 3 and {p["series"] for p in lines} == {"ckpts/dpo", "ckpts/token-dpo"}
+    assert D.series_of("runs/a/checkpoint-300") == "runs/a"
+    assert D.series_of("qwen2.5-coder-0.5b") == "qwen2.5-coder-0.5b"
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_sections_only_when_comparisons_exist(tmp_path: Path) -> None:
+    rows = _rows(2)
+    models_only = [r for r in rows if r["step"] is None]
+    index = build_report([], [], tmp_path / "m", comparisons=models_only)
+    html = index.read_text(encoding="utf-8")
+    assert 'id="across-models"' in html and 'id="across-checkpoints"' not in html
+    assert (tmp_path / "m/figures/fig4_scatter.png").stat().st_size > 5000
+    assert (tmp_path / "m/figures/fig5_segments.png").exists()
+    assert not (tmp_path / "m/figures/fig6_checkpoints.png").exists()
+    got = _csv(tmp_path / "m/tables/fig4_scatter.csv")
+    assert len(got) == len(D.scatter_rows(rows))
+    for r in got:
+        src = next(x for x in rows if x["case_id"] == r["case_id"] and x["model"] == r["model"])
+        assert float(r["dl_model"]) == src["delta_logit"] and (r["corrected"] == "True") == (src["delta_logit"] < 0)
+    html_all = build_report([], [], tmp_path / "m", comparisons=rows).read_text(encoding="utf-8")
+    assert 'href="#across-checkpoints"' in html_all and html_all.count("data:image/png;base64,") == 4
+    assert len(_csv(tmp_path / "m/tables/fig6_summary.csv")) == 12
+    # rebuilt without comparisons: the sections and their files are gone
+    plain = build_report([], [], tmp_path / "m").read_text(encoding="utf-8")
+    assert "across-models" not in plain and not (tmp_path / "m/figures/fig4_scatter.png").exists()
+    assert not (tmp_path / "m/tables/fig7_segments.csv").exists()
+
+
+def test_report_from_store_reads_the_comparisons_table(tmp_path: Path) -> None:
+    rows = _rows(3)
+    with open_store(tmp_path / "s.duckdb") as st:
+        for r in rows:
+            assert write_comparison(st, r)
+    with open_store(tmp_path / "s.duckdb", read_only=True) as st:
+        stored = load_comparisons(st)
+        index, n = build_report_from_store(st, tmp_path / "r", graphs=False)
+        # independent: the Fig. 6 medians straight from SQL
+        sql = dict(((s, st_), m) for s, st_, m in st.con.execute(
+            "SELECT model, split, median(delta_logit) FROM comparisons WHERE step IS NOT NULL GROUP BY 1, 2"
+        ).fetchall())
+    assert n == 0 and len(stored) == len(rows)
+    html = index.read_text(encoding="utf-8")
+    assert "Across models" in html and "Across checkpoints" in html
+    for r in _csv(tmp_path / "r/tables/fig6_summary.csv"):
+        model = f"{r['series']}/step-{r['step']}"
+        assert float(r["median_delta_logit"]) == pytest.approx(sql[(model, r["split"])], abs=1e-9)
+    seg = json.loads(json.dumps(stored[0]["segment_relevance"]))
+    assert set(seg) == set(SEGS)
