@@ -99,6 +99,21 @@ def test_checkpoint_tables_against_independent_math() -> None:
     assert D.series_of("qwen2.5-coder-0.5b") == "qwen2.5-coder-0.5b"
 
 
+def test_every_series_starts_at_the_shared_step0() -> None:
+    """``compare --checkpoints`` stores the base model (every run's step-0) once; each run's line still starts there."""
+    rows = [r for r in _rows(2) if not (r["model"] == "ckpts/token-dpo/step-0")]  # as stored: dpo's folder only
+    base = {r["case_id"]: r["delta_logit"] for r in rows if r["model"] == "ckpts/dpo/step-0"}
+    lines = D.checkpoint_rows(rows)
+    tok0 = {p["case_id"]: p for p in lines if p["series"] == "ckpts/token-dpo" and p["step"] == 0}
+    assert set(tok0) == set(base) and len(base) == 12
+    for cid, p in tok0.items():
+        assert p["delta_logit"] == base[cid]
+        assert p["split"] == ("trained" if int(cid[1:]) < 8 else "held-out")
+    summary = {(r["series"], r["split"], r["step"]): r["cases"] for r in D.checkpoint_summary(rows)}
+    assert summary[("ckpts/token-dpo", "trained", 0)] == 8 and summary[("ckpts/dpo", "trained", 0)] == 8
+    assert len([p for p in lines if p["series"] == "ckpts/dpo" and p["step"] == 0]) == 12  # not doubled
+
+
 def _csv(path: Path) -> list[dict[str, str]]:
     with path.open(encoding="utf-8") as fh:
         return list(csv.DictReader(fh))

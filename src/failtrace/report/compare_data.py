@@ -106,10 +106,29 @@ def segment_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
     return out
 
 
+def shared_step0(rows: Sequence[Row]) -> list[Row]:
+    """Checkpoint rows with step 0 given to every series that lacks it.
+
+    Every ``finetune`` run's ``step-0`` is the untrained base model, so ``compare --checkpoints`` stores its rows
+    once (rows are keyed by content fingerprint) under the first folder that had it. A series (one run's folder)
+    with rows for a case but no step-0 row for it borrows the stored step-0 row of that case, renamed to the series
+    and with the series' own split for the case, so each run's line starts at the base model.
+    """
+    ckpt = [r for r in rows if is_checkpoint(r)]
+    base = {r["case_id"]: r for r in ckpt if int(r["step"]) == 0}
+    have = {(series_of(r["model"]), r["case_id"]) for r in ckpt if int(r["step"]) == 0}
+    split = {(series_of(r["model"]), r["case_id"]): r.get("split") for r in ckpt}
+    extra = []
+    for (series, cid), sp in sorted(split.items()):
+        if (series, cid) not in have and cid in base:
+            extra.append({**base[cid], "model": f"{series}/step-0", "split": sp})
+    return [*rows, *extra]
+
+
 def checkpoint_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
     """Fig. 6 (lines): one point per (case, checkpoint) with its Δℓ, series, step and split."""
     out = []
-    for r in rows:
+    for r in shared_step0(rows):
         if is_checkpoint(r) and usable(r):
             out.append({"case_id": r["case_id"], "item_id": r["item_id"], "benchmark": r["benchmark"],
                         "series": series_of(r["model"]), "model": r["model"], "step": int(r["step"]),
@@ -131,7 +150,7 @@ def checkpoint_summary(rows: Sequence[Row]) -> list[dict[str, Any]]:
 def checkpoint_segment_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
     """Fig. 7: per series, split, step and segment: the mean segment share over that checkpoint's cases."""
     groups: dict[tuple[str, str, int], list[Row]] = {}
-    for r in rows:
+    for r in shared_step0(rows):
         if is_checkpoint(r) and usable(r):
             groups.setdefault((series_of(r["model"]), split_of(r), int(r["step"])), []).append(r)
     out = []
