@@ -159,7 +159,7 @@ def compare(store: ResultsStore, model_names: Sequence[str], *, benchmark: str |
         todo = [c for c in cases if (c.case_id, fp) not in done]
         summary.skipped += len(cases) - len(todo)
         summary.written[name], summary.unmapped[name] = 0, 0
-        for case in _bar(todo, f"compare on {name}", progress):
+        for case in progress_over(todo, f"compare on {name}", progress):
             row = rescore(lm, case, items[case.case_id], prefixes[case.case_id], name, fp)
             summary.written[name] += write_comparison(store, row)
             summary.unmapped[name] += not row["mapped"]
@@ -169,7 +169,8 @@ def compare(store: ResultsStore, model_names: Sequence[str], *, benchmark: str |
     return summary
 
 
-def _bar(seq: list[Any], label: str, enabled: bool) -> Any:
+def progress_over(seq: list[Any], label: str, enabled: bool) -> Any:
+    """``seq`` with a rich progress bar when enabled (and not empty); the plain list otherwise."""
     if not enabled or not seq:
         return seq
     from rich.progress import track

@@ -74,22 +74,32 @@ def _out_folder(out_dir: str | Path) -> Path:
 _ADDED_TABLES = (("reviews", "created_at, review_id"), ("case_alternatives", "case_id"))
 
 
-def _export_added(store: ResultsStore, table: str, order: str, out: Path, fmt: str) -> Path:
-    """One such table as ``<table>.parquet`` or ``<table>.jsonl`` (JSON text columns parsed in JSONL)."""
-    path = out / f"{table}.{'parquet' if fmt == 'parquet' else 'jsonl'}"
+def _write_table(store: ResultsStore, query: str, path: Path, fmt: str, fix: Any = None) -> Path:
+    """The rows of ``query`` as Parquet or JSONL at ``path``, written under a temporary name and renamed (so an
+    interrupted export never leaves a half file under the final name). ``fix`` may adjust each JSONL row."""
     tmp = path.with_name(path.name + ".part")
-    query = f"SELECT * FROM {table} ORDER BY {order}"
     if fmt == "parquet":
         target = str(tmp).replace("'", "''")
         store.con.execute(f"COPY ({query}) TO '{target}' (FORMAT PARQUET)")
     else:
         with tmp.open("w", encoding="utf-8") as fh:
             for row in store._iter_rows(query):
-                if table == "case_alternatives" and isinstance(row["tokens"], str):
-                    row["tokens"] = json.loads(row["tokens"])
-                fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+                fh.write(json.dumps(fix(row) if fix else row, ensure_ascii=False, default=str) + "\n")
     tmp.replace(path)
     return path
+
+
+def _tokens_parsed(row: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(row.get("tokens"), str):
+        row["tokens"] = json.loads(row["tokens"])
+    return row
+
+
+def _export_added(store: ResultsStore, table: str, order: str, out: Path, fmt: str) -> Path:
+    """One such table as ``<table>.parquet`` or ``<table>.jsonl`` (JSON text columns parsed in JSONL)."""
+    path = out / f"{table}.{'parquet' if fmt == 'parquet' else 'jsonl'}"
+    fix = _tokens_parsed if table == "case_alternatives" else None
+    return _write_table(store, f"SELECT * FROM {table} ORDER BY {order}", path, fmt, fix)
 
 
 def export(store: ResultsStore, out_dir: str | Path, fmt: str) -> list[Path]:
@@ -109,19 +119,8 @@ def export(store: ResultsStore, out_dir: str | Path, fmt: str) -> list[Path]:
             if table not in present or (fmt == "jsonl" and table in ("cases", "case_methods")):
                 continue  # an old read-only store; JSONL writes the cases as one cases.jsonl below
             order = ", ".join(KEYS.get(table, ("version",)))
-            query = f"SELECT * FROM {table} ORDER BY {order}"
-            suffix = "parquet" if fmt == "parquet" else "jsonl"
-            path = out / f"{table}.{suffix}"
-            tmp = path.with_name(path.name + ".part")
-            if fmt == "parquet":
-                target = str(tmp).replace("'", "''")
-                store.con.execute(f"COPY ({query}) TO '{target}' (FORMAT PARQUET)")
-            else:
-                with tmp.open("w", encoding="utf-8") as fh:
-                    for row in store._iter_rows(query):
-                        fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-            tmp.replace(path)
-            files.append(path)
+            path = out / f"{table}.{'parquet' if fmt == 'parquet' else 'jsonl'}"
+            files.append(_write_table(store, f"SELECT * FROM {table} ORDER BY {order}", path, fmt))
         if fmt == "jsonl" and "cases" in present:
             from failtrace.store.cases import export_cases_jsonl
 

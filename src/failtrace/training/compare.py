@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from failtrace.cases.compare import progress_over
 from failtrace.cases.record import Case
 from failtrace.errors import FailtraceError
 from failtrace.store.comparisons import done_comparisons, write_comparison
@@ -126,7 +127,7 @@ def compare_checkpoints(store: ResultsStore, folders: Sequence[str], *, benchmar
         todo = [c for c in cases if (c.case_id, fp) not in done]
         summary.skipped += len(cases) - len(todo)
         summary.written[folder] = 0
-        for case in _bar(todo, f"compare on {folder}", progress):
+        for case in progress_over(todo, f"compare on {folder}", progress):
             row = checkpoint_row(lm, case, items[case.case_id], folder, fp, meta)
             summary.written[folder] += write_comparison(store, row)
             done.add((case.case_id, fp))
@@ -134,11 +135,3 @@ def compare_checkpoints(store: ResultsStore, folders: Sequence[str], *, benchmar
         gc.collect()
     summary.seconds = time.perf_counter() - t0
     return summary
-
-
-def _bar(seq: list[Any], label: str, enabled: bool) -> Any:
-    if not enabled or not seq:
-        return seq
-    from rich.progress import track
-
-    return track(seq, description=label, transient=False)
