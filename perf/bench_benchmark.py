@@ -175,10 +175,11 @@ def analyse_cost(cases: list[Any], lm: Any, n: int) -> None:
                                                            ["total (max)", max(ratios)]])
 
 
-def old_vs_new(st: Any, lm: Any, n: int, top_k: int, max_positions: int) -> None:
+def old_vs_new(st: Any, lm: Any, n: int, top_k: int, max_positions: int, bounded_only: bool) -> None:
     """The pair search before this project's cost cuts (one position per batch, every rollout to the full budget:
     the same code with those switched off) against the default search, on the first ``n`` failures of every
-    benchmark in the store, alternating which goes first per failure, in this run."""
+    benchmark in the store (with ``bounded_only``: the first ``n`` that stopped within the budget, i.e. those the
+    search actually walks when unbounded failures are skipped), alternating which goes first per failure."""
     from failtrace.failures.search import PairFinder
 
     old = PairFinder(lm, PairSettings(top_k=top_k, max_positions=max_positions, early_stop=False, position_batch=1))
@@ -186,7 +187,8 @@ def old_vs_new(st: Any, lm: Any, n: int, top_k: int, max_positions: int) -> None
     rows = []
     for run in st.runs("collect"):
         bench = get_benchmark(run.benchmark)
-        fails = st.results(run.run_id, status="fail")[:n]
+        fails = [r for r in st.results(run.run_id, status="fail")
+                 if not bounded_only or r["finish_reason"] != "length"][:n]
         items = {r["item_id"]: st.get_item(run.benchmark, r["item_id"]) for r in fails}
         cost: dict[str, list[float]] = {"old": [0.0, 0, 0], "new": [0.0, 0, 0]}
         same = 0
@@ -247,7 +249,7 @@ def main() -> None:
         pair_tables(st)
         case_tables(st, lm, args.baseline_cases)
         if args.old_vs_new:
-            old_vs_new(st, lm, args.old_vs_new, args.top_k, args.max_positions)
+            old_vs_new(st, lm, args.old_vs_new, args.top_k, args.max_positions, args.skip_unbounded)
 
 
 if __name__ == "__main__":
