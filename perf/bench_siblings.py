@@ -79,8 +79,14 @@ def report(store: str) -> None:
            ["sibling", "failures", "clean", "clean rate", "clean / decidable", "statuses", "contrast from",
             "s/failure", "rollouts/failure"], rows)
     by_case: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
-    for c in comps:
+    seen: set[tuple[str, int | None, int | None, str]] = set()
+    for c in comps:  # both pair runs may give the same pair: one line per (item, pair, model)
+        key = (c["item_id"], c["target_id"], c["contrast_id"], c["model"])
+        if c["reference"] and key in seen:
+            continue
+        seen.add(key)
         by_case[c["case_id"]][c["model"]] = c
+    by_case = defaultdict(dict, {k: v for k, v in by_case.items() if any(r["reference"] for r in v.values())})
     models = sorted({c["model"] for c in comps}, key=lambda m: (not any(c["reference"] and c["model"] == m
                                                                          for c in comps), m))
     crow, seg = [], defaultdict(lambda: defaultdict(list))
@@ -93,7 +99,8 @@ def report(store: str) -> None:
                      None if not o or not o["mapped"] else o["delta_logit"] < 0]
         crow.append(line)
         for m, r in per.items():
-            rel = r["segment_relevance"].get("attnlrp") if isinstance(r["segment_relevance"], dict) else None
+            seg_rel = r["segment_relevance"] or {}
+            rel = seg_rel.get("attnlrp") if isinstance(seg_rel.get("attnlrp"), dict) else seg_rel
             total = sum(abs(v) for v in (rel or {}).values()) or 1.0
             for name, v in (rel or {}).items():
                 seg[m][name].append(v / total)
