@@ -159,6 +159,8 @@ def analyse_cost(cases: list[Any], lm: Any, n: int) -> None:
     from failtrace.cases.build import logit_diff_fn
 
     ratios, where = [], Counter()
+    if n < 1:
+        return
     for c in cases[:n]:
         fn = logit_diff_fn(c.target_id, c.contrast_id)
         relevance_pass(lm.model, c.token_ids, fn, method="attnlrp")  # warm-up
