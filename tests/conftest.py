@@ -71,3 +71,22 @@ def bundled() -> Any:
     import failtrace
 
     return failtrace.load_model(progress=False)
+
+
+@pytest.fixture
+def single_thread():
+    """One torch thread for the test (the toy pair-search tests compare exact float64 results; opt in with
+    ``pytestmark = pytest.mark.usefixtures("single_thread")``)."""
+    from failtrace.testing.toy import one_thread
+
+    with one_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def toy_lm() -> Any:
+    """The float64 toy model with its byte-level tokenizer (seed 0), loaded once per test module."""
+    from failtrace.testing.toy import one_thread, toy_loaded
+
+    with one_thread():
+        return toy_loaded(0, dtype="float64")

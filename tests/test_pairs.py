@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,22 +21,19 @@ from failtrace.failures.generation import (
     rollouts,
 )
 from failtrace.failures.pairs import PairFinder, PairSettings, find_pairs
-from failtrace.testing.toy import ToyBenchmark, one_thread, toy_items, toy_loaded
+from failtrace.testing.toy import ToyBenchmark, toy_items, toy_loaded
 from failtrace.models.chat import apply_chat_template
 from failtrace.store import PAIR_STATUSES, open_store
 
 BUDGET = 16
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
-def lm() -> Any:
-    return toy_loaded(0, dtype="float64")
+def lm(toy_lm: Any) -> Any:
+    return toy_lm
 
 
 @pytest.fixture(scope="module")

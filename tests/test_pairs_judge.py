@@ -3,7 +3,6 @@ exhaustive in-order search's pair; the right hint takes fewer rollouts than the 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,21 +13,17 @@ from failtrace.failures.judge import PositionJudge, candidates, locate, token_at
 from failtrace.failures.pairs import PairFinder, PairSettings
 from failtrace.failures.reference import _top, exhaustive_search
 from failtrace.models.chat import apply_chat_template
-from failtrace.testing.toy import ToyBenchmark, one_thread, toy_items, toy_loaded
+from failtrace.testing.toy import ToyBenchmark, toy_items, toy_loaded
 
 BUDGET, K, POSITIONS = 14, 3, 12
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
-def lm() -> Any:
-    with one_thread():
-        return toy_loaded(0, dtype="float64")
+def lm(toy_lm: Any) -> Any:
+    return toy_lm
 
 
 class FixedJudge(PositionJudge):

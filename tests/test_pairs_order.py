@@ -4,7 +4,6 @@ which pair is found: every combination equals the exhaustive in-order search (to
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,10 +21,7 @@ from failtrace.testing.toy import ToyBenchmark, one_thread, toy_items, toy_loade
 BUDGET, K, POSITIONS = 14, 3, 10
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

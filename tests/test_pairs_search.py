@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,20 +23,17 @@ from failtrace.failures.pairs import PairFinder, PairSettings, pair_run_record
 from failtrace.failures.reference import _top, exhaustive_search
 from failtrace.models.chat import apply_chat_template
 from failtrace.store.store import RunRecord
-from failtrace.testing.toy import ToyBenchmark, one_thread, toy_items, toy_loaded
+from failtrace.testing.toy import ToyBenchmark, toy_items
 
 BUDGET = 16
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
-def lm() -> Any:
-    return toy_loaded(0, dtype="float64")
+def lm(toy_lm: Any) -> Any:
+    return toy_lm
 
 
 @dataclass
