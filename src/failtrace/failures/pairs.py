@@ -90,6 +90,15 @@ def pair_run_record(collect_run: RunRecord, loaded: Any, settings: PairSettings,
                      versions=library_versions(), settings=settings_d, data=collect_run.data)
 
 
+def checked_settings(settings: PairSettings | None, limit: int | None) -> PairSettings:
+    """The pairs stage's settings (defaults when None), validated with ``--limit``, before any model is loaded."""
+    settings = settings or PairSettings()
+    settings.validate()
+    if limit is not None and limit < 1:
+        raise FailtraceError(f"--limit must be at least 1, got {limit}")
+    return settings
+
+
 def collection_runs(store: ResultsStore, run_ids: Sequence[str] | None = None,
                     benchmark: str | None = None) -> list[RunRecord]:
     """The collection runs the pairs stage works on (all, or those named / of one benchmark); none is an error."""
@@ -160,10 +169,7 @@ def find_pairs(
     """
     from failtrace.models.loading import load_model
 
-    settings = settings or PairSettings()
-    settings.validate()
-    if limit is not None and limit < 1:
-        raise FailtraceError(f"--limit must be at least 1, got {limit}")
+    settings = checked_settings(settings, limit)
     t0 = time.perf_counter()
     runs = collection_runs(store, run_ids, benchmark)
     summary = PairsSummary()

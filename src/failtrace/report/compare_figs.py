@@ -131,14 +131,19 @@ def checkpoints_figure(points: Sequence[Mapping[str, Any]], summary: Sequence[Ma
             n = max(c for _, _, c in med)
             ax.plot([a for a, _, _ in med], [b for _, b, _ in med], color=color, lw=2.6, marker="o", ms=4,
                     label=f"{split}: median (n={n})")
-        ax.axhline(0, color="#111", lw=0.8)
-        ax.set_xlabel("training step", fontsize=9)
-        ax.set_ylabel("Δℓ = ℓ(target) − ℓ(contrast)", fontsize=9)
-        ax.set_title(f"{s}: Δℓ per checkpoint", fontsize=10, loc="left", weight="bold")
-        ax.legend(fontsize=7.5, frameon=False)
-        _style(ax, grid="both")
+        _step_axes(ax, "Δℓ = ℓ(target) − ℓ(contrast)", f"{s}: Δℓ per checkpoint")
     _tight(fig)
     return _save(fig, path)
+
+
+def _step_axes(ax: Any, ylabel: str, title: str) -> None:
+    """The shared frame of the per-checkpoint panels (Fig. 6 and 7): zero line, step axis, labels, legend."""
+    ax.axhline(0, color="#111", lw=0.8)
+    ax.set_xlabel("training step", fontsize=9)
+    ax.set_ylabel(ylabel, fontsize=9)
+    ax.set_title(title, fontsize=10, loc="left", weight="bold")
+    ax.legend(fontsize=7.5, frameon=False)
+    _style(ax, grid="both")
 
 
 def checkpoint_segments_figure(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
@@ -155,12 +160,7 @@ def checkpoint_segments_figure(rows: Sequence[Mapping[str, Any]], path: Path) ->
             if line:
                 ax.plot([a for a, _ in line], [b for _, b in line], marker="o", ms=3.5, lw=1.6,
                         color=_FALLBACK[i % len(_FALLBACK)], label=seg)
-        ax.axhline(0, color="#111", lw=0.8)
-        ax.set_xlabel("training step", fontsize=9)
-        ax.set_ylabel("mean R_seg / Σ|R_seg|", fontsize=9)
-        ax.set_title(f"{s} · {split}", fontsize=10, loc="left", weight="bold")
-        ax.legend(fontsize=7.5, frameon=False)
-        _style(ax, grid="both")
+        _step_axes(ax, "mean R_seg / Σ|R_seg|", f"{s} · {split}")
     _tight(fig)
     return _save(fig, path)
 

@@ -29,7 +29,14 @@ from failtrace.cases.record import Case
 from failtrace.cases.settings import CaseSettings
 from failtrace.errors import FailtraceError
 from failtrace.failures.collect import CollectSummary, _progress, collect_run_record, resolve_benchmark
-from failtrace.failures.pairs import PairResult, PairSettings, PairsSummary, collection_runs, pair_run_record
+from failtrace.failures.pairs import (
+    PairResult,
+    PairSettings,
+    PairsSummary,
+    checked_settings,
+    collection_runs,
+    pair_run_record,
+)
 from failtrace.scale.pool import Task, WorkerPool, cpus_per_worker, ensure_ray, require_ray
 from failtrace.scale.work import ModelSpec
 from failtrace.store.store import GenerationRecord, ResultsStore, RunRecord
@@ -151,10 +158,7 @@ def pairs_on_ray(store: ResultsStore, settings: PairSettings | None, workers: in
                  pool: WorkerPool | None = None,
                  on_pair: Callable[[str, PairResult], None] | None = None) -> PairsSummary:
     """:func:`failtrace.failures.pairs.find_pairs` over ``workers`` Ray actors (one pool per run's model)."""
-    settings = settings or PairSettings()
-    settings.validate()
-    if limit is not None and limit < 1:
-        raise FailtraceError(f"--limit must be at least 1, got {limit}")
+    settings = checked_settings(settings, limit)
     t0 = time.perf_counter()
     runs = collection_runs(store, run_ids, benchmark)
     summary = PairsSummary()
