@@ -166,8 +166,10 @@ def _driver(script: Path, kill_after: int | None) -> int:
     """Run the driver; SIGKILL it right after its ``kill_after``-th committed case (it waits there, so no more
     are committed, whatever the load); return the cases it printed."""
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen([sys.executable, str(script), str(kill_after or 0)], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, env=env)
+    err = script.with_suffix(f".{kill_after or 0}.err")
+    with err.open("w") as err_fh:
+        proc = subprocess.Popen([sys.executable, str(script), str(kill_after or 0)], stdout=subprocess.PIPE,
+                                stderr=err_fh, text=True, env=env)
     assert proc.stdout is not None
     cases = 0
     for line in proc.stdout:
@@ -175,7 +177,8 @@ def _driver(script: Path, kill_after: int | None) -> int:
         if kill_after and cases == kill_after:
             proc.send_signal(signal.SIGKILL)
             break
-    assert proc.wait(timeout=300) == (-signal.SIGKILL if kill_after else 0)
+    code = proc.wait(timeout=300)
+    assert code == (-signal.SIGKILL if kill_after else 0), err.read_text()[-3000:]
     return cases
 
 
