@@ -96,7 +96,11 @@ def test_fig4_point_links_to_its_case(env: dict[str, Any]) -> None:
     points.first.locator("circle").click()
     page.wait_for_selector("body[data-ready=case]", timeout=20000)
     assert page.evaluate("location.hash") == f"#/case/{case_id}"
-    assert case_id in page.inner_text("#nav-crumb") or page.locator("#cmpgrid").count() == 1
+    # the side-by-side section is fetched after the case has painted: wait for it, not for data-ready
+    page.wait_for_selector("#cmpgrid", timeout=20000)
+    models = {r["model"] for r in env["rows"] if r["case_id"] == case_id}
+    cols = page.locator("#cmpgrid .cmpcol")
+    assert {cols.nth(i).get_attribute("data-model") for i in range(cols.count())} == models
 
 
 def test_checkpoints_tab_draws_cases_and_medians(env: dict[str, Any]) -> None:
