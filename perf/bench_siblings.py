@@ -1,12 +1,14 @@
-"""A real scaling pair on HumanEval+: Qwen2.5-Coder-0.5B's failures, pairs with and without the 1.5B sibling's
-top-k, and the 0.5B cases re-scored on the 1.5B model (not a test; issues 10 and 13).
+"""A real scaling pair on HumanEval+ or IFEval: Qwen2.5-Coder-0.5B's failures, pairs with and without the 1.5B
+sibling's top-k, and the 0.5B cases re-scored on the 1.5B model (not a test; issues 10 and 13).
 
 Runs the CLI stages into one store (each resumable and keyed, so a rerun only does what is missing):
 
 1. ``collect`` HumanEval+ items with the small model (greedy, the sandboxed checker);
 2. ``pairs`` without a sibling, then ``pairs --sibling LARGE`` (another pair run: the sibling is in its key);
 3. ``analyse`` the clean pairs of both runs (``--methods``, default AttnLRP and random);
-4. ``compare --models SMALL LARGE``: each case's context, target and contrast re-scored and attributed on LARGE.
+4. ``compare --models SMALL LARGE [ALSO ...]``: each case's context, target and contrast re-scored and attributed
+   on LARGE (and on ``--also`` models, e.g. the bundled SmolLM2 with its own tokenizer: a case whose target or
+   contrast is not one token there is shown unmapped).
 
 Then prints the clean rate with and without the sibling (and where each contrast came from), the pair cost per
 failure, and per case Δℓ on the small and the large model (corrected = Δℓ < 0 on the large one: it prefers the
@@ -14,6 +16,8 @@ contrast), plus the share of AttnLRP relevance per segment on each model.
 
     .venv/bin/python perf/bench_siblings.py --store he.duckdb \
         --data ../shared/benchmarks/humanevalplus/HumanEvalPlus-v0.1.10.jsonl.gz --items 12 --max-new-tokens 192
+    .venv/bin/python perf/bench_siblings.py --store if.duckdb --benchmark ifeval --data ifeval_subset.jsonl \
+        --items 19 --max-new-tokens 256 --skip-unbounded --also smollm2-135m-instruct
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ def _cli(*args: str) -> None:
 
 def run(args: argparse.Namespace) -> None:
     s = ["--store", args.store]
-    _cli("collect", "-b", "humaneval", "-d", args.data, "-n", str(args.items), "--model", args.small,
+    _cli("collect", "-b", args.benchmark, "-d", args.data, "-n", str(args.items), "--model", args.small,
          "--max-new-tokens", str(args.max_new_tokens), "--batch-size", str(args.batch_size), *s)
     pair = ["--top-k", str(args.top_k), "--max-positions", str(args.max_positions), *s]
     if args.skip_unbounded:
@@ -55,10 +59,10 @@ def run(args: argparse.Namespace) -> None:
     _cli("pairs", *pair)
     _cli("pairs", *pair, "--sibling", args.large)
     _cli("analyse", "--methods", args.methods, *s)
-    _cli("compare", "--models", args.small, args.large, *s)
+    _cli("compare", "--models", args.small, args.large, *args.also, *s)
 
 
-def report(store: str) -> None:
+def report(store: str, benchmark: str) -> None:
     with open_store(store, read_only=True) as st:
         runs = {r.run_id: r for r in st.runs("pairs")}
         pairs = st.pairs()
@@ -75,7 +79,7 @@ def report(store: str) -> None:
         rows.append([helper or "-", len(ps), st_counts.get("clean", 0), st_counts.get("clean", 0) / len(ps),
                      st_counts.get("clean", 0) / max(1, len(ps) - unb), dict(st_counts), dict(src),
                      statistics.mean(p["seconds"] or 0 for p in ps), statistics.mean(p["rollouts"] for p in ps)])
-    _table("HumanEval+ pairs of the small model, without and with the sibling's top-k",
+    _table(f"{benchmark} pairs of the small model, without and with the sibling's top-k",
            ["sibling", "failures", "clean", "clean rate", "clean / decidable", "statuses", "contrast from",
             "s/failure", "rollouts/failure"], rows)
     by_case: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
@@ -116,6 +120,7 @@ def report(store: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--store", required=True)
+    ap.add_argument("--benchmark", default="humaneval", help="humaneval (default) or ifeval")
     ap.add_argument("--data", required=False)
     ap.add_argument("--items", type=int, default=12)
     ap.add_argument("--max-new-tokens", type=int, default=192)
@@ -126,13 +131,14 @@ def main() -> None:
     ap.add_argument("--max-positions", type=int, default=8)
     ap.add_argument("--skip-unbounded", action="store_true")
     ap.add_argument("--methods", default="attnlrp,random")
+    ap.add_argument("--also", nargs="*", default=[], help="more models for compare (other tokenizers allowed)")
     ap.add_argument("--only-print", action="store_true")
     args = ap.parse_args()
     if not args.only_print:
         if not args.data:
             ap.error("--data is needed unless --only-print")
         run(args)
-    report(args.store)
+    report(args.store, args.benchmark)
 
 
 if __name__ == "__main__":
