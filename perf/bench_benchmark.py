@@ -177,20 +177,28 @@ def analyse_cost(cases: list[Any], lm: Any, n: int) -> None:
                                                            ["total (max)", max(ratios)]])
 
 
-def old_vs_new(st: Any, lm: Any, n: int, top_k: int, max_positions: int, bounded_only: bool) -> None:
-    """The pair search before this project's cost cuts (one position per batch, every rollout to the full budget:
-    the same code with those switched off) against the default search, on the first ``n`` failures of every
+def old_vs_new(st: Any, lm: Any, n: int, top_k: int, max_positions: int, bounded_only: bool,
+               baseline: str = "old", status: str | None = None) -> None:
+    """The pair search before this project's cost cuts (one position per batch, every rollout to the full budget,
+    no halting at the answer: the same code with those switched off; ``baseline="no-halt"``: the default search
+    with only halting at the answer switched off) against the default search, on the first ``n`` failures of every
     benchmark in the store (with ``bounded_only``: the first ``n`` that stopped within the budget, i.e. those the
-    search actually walks when unbounded failures are skipped), alternating which goes first per failure."""
+    search actually walks when unbounded failures are skipped; with ``status``: only failures whose stored pair
+    has that status), alternating which goes first per failure."""
     from failtrace.failures.search import PairFinder
 
-    old = PairFinder(lm, PairSettings(top_k=top_k, max_positions=max_positions, early_stop=False, position_batch=1))
+    base = PairSettings(top_k=top_k, max_positions=max_positions, halt_at_answer=False)
+    if baseline == "old":
+        base.early_stop, base.position_batch = False, 1
+    old = PairFinder(lm, base)
     new = PairFinder(lm, PairSettings(top_k=top_k, max_positions=max_positions))
+    with_status = {(p["run_id"], p["item_id"]) for p in st.pairs() if p["status"] == status}
     rows = []
     for run in st.runs("collect"):
         bench = get_benchmark(run.benchmark)
         fails = [r for r in st.results(run.run_id, status="fail")
-                 if not bounded_only or r["finish_reason"] != "length"][:n]
+                 if (not bounded_only or r["finish_reason"] != "length")
+                 and (status is None or (run.run_id, r["item_id"]) in with_status)][:n]
         items = {r["item_id"]: st.get_item(run.benchmark, r["item_id"]) for r in fails}
         cost: dict[str, list[float]] = {"old": [0.0, 0, 0], "new": [0.0, 0, 0]}
         same = 0
@@ -214,7 +222,8 @@ def old_vs_new(st: Any, lm: Any, n: int, top_k: int, max_positions: int, bounded
                          cost[which][2] / m])
         rows.append([run.benchmark, "old/new", len(fails), cost["old"][0] / max(cost["new"][0], 1e-9),
                      cost["old"][1] / max(cost["new"][1], 1), f"same pair {same}/{len(fails)}"])
-    _table("Pair search before vs after the cost cuts (same failures, same run)",
+    _table(f"Pair search, baseline {baseline!r} (old) vs the default search (new): same failures"
+           f"{f' (stored pair {status})' if status else ''}, same run",
            ["benchmark", "search", "failures", "s/failure", "rollouts/failure", "tokens/failure"], rows)
 
 
@@ -237,6 +246,9 @@ def main() -> None:
                     help="stages to run (e.g. analyse alone after a pairs stage stopped early)")
     ap.add_argument("--only-print", action="store_true", help="print the tables of the store, run nothing")
     ap.add_argument("--old-vs-new", type=int, default=0, help="also time the old search on N failures per bench")
+    ap.add_argument("--baseline", choices=("old", "no-halt"), default="old",
+                    help="--old-vs-new baseline: the search before the cost cuts, or only halting at the answer off")
+    ap.add_argument("--pair-status", default=None, help="--old-vs-new only on failures whose stored pair has it")
     ap.add_argument("--baseline-cases", type=int, default=12, help="cases whose analyse cost is measured")
     args = ap.parse_args()
     if args.threads:
@@ -251,7 +263,8 @@ def main() -> None:
         pair_tables(st)
         case_tables(st, lm, args.baseline_cases)
         if args.old_vs_new:
-            old_vs_new(st, lm, args.old_vs_new, args.top_k, args.max_positions, args.skip_unbounded)
+            old_vs_new(st, lm, args.old_vs_new, args.top_k, args.max_positions, args.skip_unbounded,
+                       args.baseline, args.pair_status)
 
 
 if __name__ == "__main__":

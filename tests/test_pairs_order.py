@@ -114,6 +114,12 @@ def _expect(lm: Any, bench: Any, item: Item, prompt: list[int], comp: list[int])
     return ref, float(row[comp[ref.offset]] - row[ref.contrast])
 
 
+def _variants() -> list[tuple[str, bool, int, bool]]:
+    """Every order x early stop x position batch, halting at the answer; and in order without halting."""
+    out = [(o, e, pb, True) for o in ORDERS for e in (True, False) for pb in (1, 3, 8)]
+    return out + [("in-order", e, pb, False) for e in (True, False) for pb in (1, 3, 8)]
+
+
 def test_every_order_batch_and_early_stop_equals_the_exhaustive_search(models: list[Any]) -> None:
     rng = random.Random(13)
     compared = found = stopped = final = reordered = unver = 0
@@ -127,30 +133,57 @@ def test_every_order_batch_and_early_stop_equals_the_exhaustive_search(models: l
                 status = ("unverifiable" if ref.unverifiable else "clean" if delta > 0 else "weak_preference") \
                     if ref.offset is not None else ("unverifiable" if ref.unverifiable else "no_target")
                 plain = None
-                for order in ORDERS:
-                    for early in (True, False):
-                        for pb in (1, 3, 8):
-                            s = PairSettings(top_k=K, min_delta=0.0, max_positions=POSITIONS, order=order,
-                                             early_stop=early, position_batch=pb, stop_every=2)
-                            res = PairFinder(lm, s).find(bench, item, prompt, comp, BUDGET, "eos")
-                            got = (res.completion_offset, res.contrast_id, res.contrast_rank, res.status,
-                                   res.unverifiable_rollouts)
-                            assert got == (ref.offset, ref.contrast, ref.rank, status, ref.unverifiable), \
-                                (order, early, pb, type(bench).__name__)
-                            if ref.offset is not None:
-                                assert res.target_id == comp[ref.offset]
-                                assert res.delta_logit == pytest.approx(delta, abs=1e-9)
-                            plain = plain or res.recovered_completion
-                            assert res.recovered_completion == plain  # whole, even when a final rule cut it
-                            compared += 1
-                            stopped += res.rollouts_stopped + res.positions_decided
-                            final += res.rollouts_final
-                            unver += res.unverifiable_rollouts != 0
-                            reordered += order != "in-order" and res.positions_rolled > (ref.offset or 0) + 1
+                for order, early, pb, halt in _variants():
+                    s = PairSettings(top_k=K, min_delta=0.0, max_positions=POSITIONS, order=order,
+                                     early_stop=early, position_batch=pb, stop_every=2,
+                                     halt_at_answer=halt)
+                    res = PairFinder(lm, s).find(bench, item, prompt, comp, BUDGET, "eos")
+                    got = (res.completion_offset, res.contrast_id, res.contrast_rank, res.status,
+                           res.unverifiable_rollouts)
+                    assert got == (ref.offset, ref.contrast, ref.rank, status, ref.unverifiable), \
+                        (order, early, pb, halt, type(bench).__name__)
+                    if ref.offset is not None:
+                        assert res.target_id == comp[ref.offset]
+                        assert res.delta_logit == pytest.approx(delta, abs=1e-9)
+                    plain = plain or res.recovered_completion
+                    assert res.recovered_completion == plain  # whole, even when a final rule cut it
+                    compared += 1
+                    stopped += res.rollouts_stopped + res.positions_decided
+                    final += res.rollouts_final
+                    unver += res.unverifiable_rollouts != 0
+                    reordered += order != "in-order" and res.positions_rolled > (ref.offset or 0) + 1
                 found += ref.offset is not None
 
     # not vacuous: pairs found, rules fired (both kinds), orders rolled out positions past the answer first
     assert compared >= 200 and found >= 6 and stopped > 0 and final > 0 and reordered > 0 and unver > 0
+
+
+def test_halting_at_the_answer_checks_the_same_rollouts_and_decodes_fewer_tokens(models: list[Any]) -> None:
+    """Rows after a block's answer stop decoding once the answer is known: the same checks (rows are checked in
+    order as they end, up to the answer), the same pair, never more tokens, and fewer where rows outlive it."""
+    rng = random.Random(3)
+    fewer = compared = 0
+    for lm in models:
+        for index in (1, 2, 6):
+            item, prompt, comp = _case(lm, index)
+            if len(comp) < 4:
+                continue
+            for bench in _benchmarks(lm, item, prompt, comp, rng):
+                got = {}
+                for halt in (True, False):
+                    s = PairSettings(top_k=K, min_delta=0.0, max_positions=POSITIONS, position_batch=8,
+                                     stop_every=2, halt_at_answer=halt)
+                    got[halt] = PairFinder(lm, s).find(bench, item, prompt, comp, BUDGET, "eos")
+                on, off = got[True], got[False]
+                assert (on.completion_offset, on.contrast_id, on.status, on.recovered_completion) == \
+                    (off.completion_offset, off.contrast_id, off.status, off.recovered_completion)
+                assert on.checks == off.checks and on.unverifiable_rollouts == off.unverifiable_rollouts
+                assert on.tokens_decoded <= off.tokens_decoded
+                if off.completion_offset is None:  # no answer: nothing to halt at, the same work
+                    assert on.tokens_decoded == off.tokens_decoded
+                fewer += on.tokens_decoded < off.tokens_decoded
+                compared += 1
+    assert compared >= 6 and fewer > 0
 
 
 def test_in_order_never_needs_more_rollouts_than_another_order(models: list[Any]) -> None:

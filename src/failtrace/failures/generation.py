@@ -123,19 +123,24 @@ def _continue_greedy(model: Any, cache: Any, first: Any, budget: int, eos: froze
 
 def decode_rows(model: Any, cache: Any, first: Any, budgets: Sequence[int], eos: frozenset[int],
                 mask: Any | None = None, stop: Callable[[int, list[int]], bool] | None = None,
-                stop_every: int = 8) -> tuple[list[list[int]], list[bool]]:
+                stop_every: int = 8,
+                on_end: Callable[[int, list[int], bool], bool] | None = None) -> tuple[list[list[int]], list[bool]]:
     """Greedy decoding of a batch of rows, each from its first token until EOS or its own budget (first included).
 
     ``mask`` (batch, context) marks the real cache positions of each row (left padding, or a hole between a row's
     shorter prefix and the shared cache's end), or is None when every row uses the whole cache. Every
     ``stop_every`` tokens, ``stop(row, tokens)`` may end a row early (its verdict is already decided); the second
     list says which rows ended so. Finished rows leave the batch, so no row pays for another's steps.
+    ``on_end(row, tokens, stopped)`` is called as each row ends; when it returns True, decoding of every row ends
+    there (rows still running keep the tokens they have).
     """
     import torch
 
     outs: list[list[int]] = [[int(t)] for t in first.tolist()]
     done = [t[-1] in eos or len(t) >= b for t, b in zip(outs, budgets, strict=True)]
     stopped = [False] * len(outs)
+    if on_end is not None and any(on_end(r, outs[r], False) for r in range(len(outs)) if done[r]):
+        return outs, stopped
     rows = list(range(len(outs)))  # original row of each batch element still decoding
     nxt = first.clone()
     while True:
@@ -156,13 +161,18 @@ def decode_rows(model: Any, cache: Any, first: Any, budgets: Sequence[int], eos:
             kwargs["attention_mask"] = mask
         logits = forward_logits(model, keep=1, **kwargs)
         nxt = logits[:, -1].argmax(-1)
+        ended = []
         for j, r in enumerate(rows):
             t = int(nxt[j])
             outs[r].append(t)
             if t in eos or len(outs[r]) >= budgets[r]:
                 done[r] = True
+                ended.append(r)
             elif stop is not None and len(outs[r]) % stop_every == 0 and stop(r, outs[r]):
                 done[r] = stopped[r] = True
+                ended.append(r)
+        if on_end is not None and any(on_end(r, outs[r], stopped[r]) for r in ended):
+            break
     return outs, stopped
 
 
@@ -256,15 +266,17 @@ def rollouts(model: Any, kv: Sequence[tuple[Any, Any]], prefix_length: int, forc
 
 def rollouts_at(model: Any, kv: Sequence[tuple[Any, Any]], starts: Sequence[int], forced: Sequence[int],
                 budgets: Sequence[int], eos: frozenset[int], batch_size: int | None = None,
-                stop: Callable[[int, list[int]], bool] | None = None,
-                stop_every: int = 8) -> tuple[list[list[int]], list[bool]]:
+                stop: Callable[[int, list[int]], bool] | None = None, stop_every: int = 8,
+                on_end: Callable[[int, list[int], bool], bool] | None = None) -> tuple[list[list[int]], list[bool]]:
     """Rollouts at several prefix lengths in one batch: row i forces ``forced[i]`` after the first ``starts[i]``
     positions of ``kv`` and continues greedily for at most ``budgets[i]`` tokens (forced token included).
 
     The batch shares one slice of the cache, up to the longest prefix; a row with a shorter prefix masks the cache
     positions between its prefix and that end (attention weight exactly 0 there) and gets position ids counted over
     its real tokens, so it computes what a batch-1 rollout from its own prefix computes. ``stop`` (global row index,
-    tokens so far) ends a row early, see :func:`decode_rows`. Returns the sequences and which rows were stopped.
+    tokens so far) ends a row early, see :func:`decode_rows`; so does ``on_end`` (global row index), and once it
+    returns True no further batch is started (rows never started come back empty). Returns the sequences and which
+    rows were stopped.
     """
     import torch
 
@@ -276,8 +288,18 @@ def rollouts_at(model: Any, kv: Sequence[tuple[Any, Any]], starts: Sequence[int]
     step = batch_size or min(len(forced), rollout_batch_limit(kv, max(starts), max(budgets)))
     out: list[list[int]] = []
     stopped: list[bool] = []
+    halted = [False]
+
+    def row_end(i: int, toks: list[int], was_stopped: bool) -> bool:
+        halted[0] = halted[0] or bool(on_end(i, toks, was_stopped))
+        return halted[0]
+
     with torch.no_grad():
         for start in range(0, len(forced), step):
+            if halted[0]:
+                out.extend([] for _ in range(start, min(start + step, len(forced))))
+                stopped.extend(False for _ in range(start, min(start + step, len(forced))))
+                continue
             rows = range(start, min(start + step, len(forced)))
             width = max(starts[i] for i in rows)
             cache = cache_from_prefix(kv, width, len(rows))
@@ -288,8 +310,9 @@ def rollouts_at(model: Any, kv: Sequence[tuple[Any, Any]], starts: Sequence[int]
                 for j, i in enumerate(rows):
                     mask[j, starts[i]:] = 0
             row_stop = None if stop is None else (lambda j, toks, base=start: stop(base + j, toks))
+            end = None if on_end is None else (lambda j, toks, e, base=start: row_end(base + j, toks, e))
             seqs, ended = decode_rows(model, cache, first, [budgets[i] for i in rows], eos, mask, row_stop,
-                                      stop_every)
+                                      stop_every, end)
             out.extend(seqs)
             stopped.extend(ended)
     return out, stopped

@@ -17,7 +17,9 @@ class PairSettings:
     fails (``prefix_decides_fail``), ``position_batch`` is the most completion positions whose rollouts are decoded
     as one batch, and ``stop_every`` is how many tokens a row decodes between two prefix checks. ``order`` is the
     order in which walked positions are rolled out (:data:`~failtrace.failures.order.ORDERS`); whatever it is, the
-    reported pair is the in-order one, so it is speed-only like batching and early stopping.
+    reported pair is the in-order one, so it is speed-only like batching and early stopping. ``halt_at_answer``
+    stops decoding a block's remaining rollouts as soon as its answer is known (rows are checked in order as they
+    end), also speed-only; off only to measure what it saves.
     """
 
     top_k: int = 10
@@ -30,6 +32,7 @@ class PairSettings:
     position_batch: int = 4
     stop_every: int = 8
     order: str = "in-order"
+    halt_at_answer: bool = True  # stop the rollouts after a block's answer at once (cost only, never the pair)
 
     def validate(self) -> None:
         if self.top_k < 1:

@@ -156,8 +156,11 @@ class PairFinder:
 
     def _run_block(self, benchmark: Benchmark, item: Item, rows: list[_Row], comp: list[int], prompt: list[int],
                    kv: Any, budget: int, judge: PrefixJudge, search: _Search) -> tuple[_Found | None, dict[int, int]]:
-        """Decode a block's rollouts as one batch, then check them in order; the first pass is the answer.
+        """Decode a block's rollouts as one batch and check them in order; the first pass is the answer.
 
+        Rows are checked in order *as they end*: row i as soon as rows 0..i have all ended and none passed. So the
+        checks are exactly those of decoding everything and then checking in order, but once the answer is known
+        (with ``halt_at_answer``) the rows after it, which could only be wasted work, stop decoding at once.
         Also returns, per position, how many of its rollouts checked before that pass were unverifiable.
         """
         stop, kinds = None, {}
@@ -167,32 +170,49 @@ class PairFinder:
                 if kind is not None:
                     kinds[i] = kind
                 return kind is not None
-        t, n = time.perf_counter(), len(prompt)
+        ended: dict[int, tuple[list[int], bool]] = {}
+        unver: dict[int, int] = {}
+        state = {"next": 0, "answer": None}
+
+        def on_end(i: int, toks: list[int], was_stopped: bool) -> bool:
+            ended[i] = (list(toks), was_stopped)
+            while state["answer"] is None and state["next"] in ended:
+                j = state["next"]
+                status = self._row_status(benchmark, item, rows[j], comp, *ended[j], kinds.get(j), search)
+                if status == "pass":
+                    state["answer"] = j
+                elif status == "unverifiable":
+                    unver[rows[j].p] = unver.get(rows[j].p, 0) + 1
+                state["next"] += 1
+            return state["answer"] is not None and self.settings.halt_at_answer
+
+        t, n, checking = time.perf_counter(), len(prompt), search.seconds_check
         seqs, stopped = rollouts_at(self.loaded.model, kv, [n + r.p for r in rows], [r.token for r in rows],
                                     [budget - r.p for r in rows], self.eos, self.settings.rollout_batch_size,
-                                    stop, self.settings.stop_every)
-        search.seconds_rollouts += time.perf_counter() - t
-        search.rollouts += len(rows)
-        search.tokens += sum(len(s) for s in seqs)
+                                    stop, self.settings.stop_every, on_end)
+        search.seconds_rollouts += time.perf_counter() - t - (search.seconds_check - checking)
+        search.rollouts += sum(1 for q in seqs if q)
+        search.tokens += sum(len(q) for q in seqs)
         search.stopped += sum(k == FAIL for k in kinds.values())
         search.final += sum(k == FINAL for k in kinds.values())
-        unver: dict[int, int] = {}
-        for i, (row, seq, ended) in enumerate(zip(rows, seqs, stopped, strict=True)):
-            if ended and kinds[i] == FAIL:  # the rule proved every continuation fails: the checker would say fail
-                continue
-            ids = comp[:row.p] + seq
-            text = prefix_text(self.loaded.tokenizer, ids) if ended else self._text(ids)
-            status = self._check(benchmark, item, text, search)
-            if status == "pass":
-                if ended:  # the verdict was fixed: decode the rest once, so the recorded completion is whole
-                    rest = self._more(prompt + ids, budget - row.p - len(seq))
-                    search.tokens += len(rest)
-                    seq = seq + rest
-                    text = self._text(comp[:row.p] + seq)
-                return _Found(row, text), unver
-            if status == "unverifiable":
-                unver[row.p] = unver.get(row.p, 0) + 1
-        return None, unver
+        if state["answer"] is None:
+            return None, unver
+        j = state["answer"]
+        row, (seq, was_stopped) = rows[j], ended[j]
+        if was_stopped:  # the verdict was fixed: decode the rest once, so the recorded completion is whole
+            rest = self._more(prompt + comp[:row.p] + seq, budget - row.p - len(seq))
+            search.tokens += len(rest)
+            seq = seq + rest
+        return _Found(row, self._text(comp[:row.p] + seq)), unver
+
+    def _row_status(self, benchmark: Benchmark, item: Item, row: _Row, comp: list[int], seq: list[int],
+                    was_stopped: bool, kind: str | None, search: _Search) -> str:
+        """The checker's verdict on one ended rollout; a rollout stopped by a fail rule is ``fail`` unchecked."""
+        if was_stopped and kind == FAIL:  # the rule proved every continuation fails: the checker would say fail
+            return "fail"
+        ids = comp[:row.p] + seq
+        text = prefix_text(self.loaded.tokenizer, ids) if was_stopped else self._text(ids)
+        return self._check(benchmark, item, text, search)
 
     def _more(self, ids: list[int], budget: int) -> list[int]:
         """Greedy continuation of ``ids`` for at most ``budget`` tokens."""
