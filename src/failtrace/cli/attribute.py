@@ -90,7 +90,7 @@ def register(app: typer.Typer) -> None:
         model: Optional[str] = opts.MODEL,
         chat: bool = opts.CHAT,
         answer_prefix: Optional[str] = opts.ANSWER_PREFIX,
-        method: str = typer.Option("attnlrp", "--method", help="attnlrp | cp-lrp | gradxinput | ig"),
+        method: str = typer.Option("attnlrp", "--method", help="attnlrp | cp-lrp | gradxinput | ig | attention"),
         objective: str = typer.Option("logit_diff", "--objective",
                                       help="logit_diff | max_logit | topk_mean | vocab_mean"),
         position: Optional[int] = typer.Option(None, "--position",

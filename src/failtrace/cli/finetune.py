@@ -25,7 +25,7 @@ def finetune_command(
     save_every: int = typer.Option(50, "--save-every", help="Save a checkpoint every N steps (and step 0, the end).",
                                    callback=opts.count(1)),
     out: Path = typer.Option(Path("ckpts"), "--out", "-o", help="Folder for the step-N checkpoint folders."),
-    held_out: float = typer.Option(0.3, "--held-out", help="Share of cases held out (seeded), in [0, 1).",
+    held_out: float = typer.Option(0.3, "--held-out", help="Share of cases held out (seeded), in [0, 0.99].",
                                    callback=opts.finite(0.0, 0.99)),
     seed: int = typer.Option(0, "--seed", help="Seed of the held-out split and of training.", callback=opts.count(0)),
     lr: float = typer.Option(1e-5, "--lr", help="Learning rate (constant).", callback=opts.finite(0.0, 1.0,

@@ -63,7 +63,7 @@ def _warn_problems(problems: list[str]) -> None:
 
 
 def collect_command(
-    benchmark: str = typer.Option(..., "--benchmark", "-b", help="Benchmark: ifeval, math, humaneval or traces."),
+    benchmark: str = typer.Option(..., "--benchmark", "-b", help="Benchmark: ifeval, math, humaneval, traces or demo."),
     data: str = typer.Option(..., "--data", "-d", help="Local JSON/JSONL/Parquet file, or a hub dataset id."),
     model: str = typer.Option("smollm2-135m-instruct", "--model", "-m",
                               help="Hub id, local model folder, .gguf file, or the bundled default."),
