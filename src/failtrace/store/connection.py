@@ -95,6 +95,12 @@ def is_lock_error(exc: BaseException) -> bool:
     return "lock" in text and ("conflicting" in text or "could not set" in text)
 
 
+def is_permission_error(exc: BaseException) -> bool:
+    """DuckDB's open error for a file this process may not open in the asked mode (read-only file, folder, mount)."""
+    text = str(exc).lower()
+    return any(t in text for t in ("permission denied", "operation not permitted", "read-only file system"))
+
+
 def _first_line(exc: BaseException, limit: int = 240) -> str:
     lines = str(exc).strip().splitlines()
     return (lines[0] if lines else type(exc).__name__)[:limit]
@@ -230,6 +236,12 @@ def connect(path: Path, read_only: bool, lock: CopyLock | None) -> Any:
     except duckdb.Error as exc:
         if is_lock_error(exc):
             raise
+        if is_permission_error(exc):  # not damage: the file is fine, this user may not open it this way
+            mode = "read" if read_only else "write"
+            raise FailtraceError(f"cannot open results store {path} for {'reading' if read_only else 'writing'}: "
+                                 f"permission denied ({_first_line(exc)}); this command needs to {mode} it: "
+                                 f"change its permissions or give a copy you can {mode} as --store; the file was "
+                                 f"left unchanged") from None
         raise_translated(path, exc, "open")
         raise FailtraceError(f"cannot open results store {path}: {_first_line(exc)}") from None
     finally:
