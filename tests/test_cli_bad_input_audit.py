@@ -1,7 +1,8 @@
 """Regression tests from an adversarial audit of the error contract (docs/ERRORS.md), on a real analysed store.
 
 Each test is a bad input a user makes that once broke the contract: Ctrl-C exited 0 with nothing said; a read-only
-store was called "not a DuckDB file, or damaged"; export-dpo's unwritable --out went to a crash log; a bad
+store was called "not a DuckDB file, or damaged"; export-dpo's unwritable --out went to a crash log, and an --out
+naming the store itself overwrote the store; a bad
 --mask-token ran the whole analysis, exited 0 and recorded an analysis run; an empty --methods meant "all"; a
 --benchmark typo cost a model load and then said "no cases of this model"; serve on a truncated store was an
 "unexpected" crash (exit 70) and with --review wrote to that damaged file; a bad non-loopback --host printed two
@@ -159,6 +160,22 @@ def test_export_dpo_out_checked_first(toy: dict[str, Any], tmp_path: Path, out: 
         assert name in line, (name, line)
     assert ".part" not in line and not (tmp_path / "logs").exists(), "a handled error must not write a crash log"
     assert sha256(toy["store"]) == toy["sha"]
+
+
+@pytest.mark.parametrize("how", ["same", "dotdot", "symlink", "hardlink", "wal"])
+def test_export_dpo_never_overwrites_the_store(toy: dict[str, Any], tmp_path: Path, how: str,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: ``export-dpo -s runs.duckdb -o runs.duckdb`` replaced the store with five lines of JSON."""
+    store = _copy(toy, tmp_path / "d")
+    out = {"same": store, "dotdot": tmp_path / "d" / ".." / "d" / store.name, "symlink": tmp_path / "link.duckdb",
+           "hardlink": tmp_path / "hard.duckdb", "wal": store.with_name(store.name + ".wal")}[how]
+    if how == "symlink":
+        out.symlink_to(store)
+    if how == "hardlink":
+        os.link(store, out)
+    line = _one_error_line(main(["export-dpo", "-s", str(store), "-o", str(out)]), capsys)
+    assert f"--out {out} is the results store's own file" in line, line
+    assert sha256(store) == toy["sha"] and not store.with_name(store.name + ".wal").exists()
 
 
 def test_export_dpo_tail_weight_and_new_folder(toy: dict[str, Any], tmp_path: Path,

@@ -133,10 +133,11 @@ def export_dpo_command(
 ) -> None:
     """Token-level preference data (prompt, chosen, rejected + attribution weights) from the clean cases."""
     from failtrace.cases.preferences import export_dpo
-    from failtrace.cli.checks import check_output_file
+    from failtrace.cli.checks import check_not_the_store, check_output_file
     from failtrace.store.cases import require_benchmark_cases
     from failtrace.store.store import open_store
 
+    check_not_the_store(out, store, "--out")
     check_output_file(out, "--out", "prefs.jsonl")  # before reading the store: one line, not a crash log
     with open_store(store, read_only=True) as st:
         require_benchmark_cases(st, benchmark)
