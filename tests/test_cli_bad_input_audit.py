@@ -4,7 +4,8 @@ Each test is a bad input a user makes that once broke the contract: Ctrl-C exite
 store was called "not a DuckDB file, or damaged"; export-dpo's unwritable --out went to a crash log, and an --out
 naming the store itself overwrote the store; a bad
 --mask-token ran the whole analysis, exited 0 and recorded an analysis run; an empty --methods meant "all"; a
---benchmark typo cost a model load and then said "no cases of this model"; serve on a truncated store was an
+--benchmark typo cost a model load and then said "no cases of this model"; pairs on a run of an unknown benchmark
+recorded a pair run before failing; serve on a truncated store was an
 "unexpected" crash (exit 70) and with --review wrote to that damaged file; a bad non-loopback --host printed two
 lines. Every check: the exit code, stderr exactly one ``error: ...`` line, no traceback, no crash log, and the
 store's sha256 unchanged.
@@ -223,6 +224,21 @@ def test_analyse_bad_settings_refused_and_store_unchanged(toy: dict[str, Any], t
     line = _one_error_line(main(["analyse", "-s", str(store), "--no-progress", *extra]), capsys)
     for name in names:
         assert name in line, (name, line)
+    assert sha256(store) == toy["sha"]
+
+
+# ---- pairs ---------------------------------------------------------------------------------------------------------
+
+
+def test_pairs_unknown_benchmark_records_nothing(toy: dict[str, Any], tmp_path: Path) -> None:
+    """A store whose runs are of a benchmark this process does not know (the toy one, registered only in-process by
+    the tests): before, pairs recorded a pair run and then failed. A fresh process, as a user runs it."""
+    store = _copy(toy, tmp_path)
+    res = subprocess.run([sys.executable, "-m", "failtrace.cli", "pairs", "-s", str(store), "--no-progress"],
+                         capture_output=True, text=True, env=_env(), timeout=300)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1, res.stderr
+    assert lines[0].startswith("error: unknown benchmark 'toy'") and "Traceback" not in res.stdout + res.stderr
     assert sha256(store) == toy["sha"]
 
 
