@@ -91,7 +91,7 @@ def compare_command(
     from rich.table import Table
 
     from failtrace.cases.compare import compare
-    from failtrace.store.cases import require_benchmark_cases
+    from failtrace.store.cases import require_cases
     from failtrace.store.comparisons import load_comparisons
     from failtrace.store.store import open_store
 
@@ -105,14 +105,15 @@ def compare_command(
 
         folders = [*checkpoints, *(more or [])]
         with open_store(store, create=False) as st:
-            require_benchmark_cases(st, benchmark)
+            if benchmark is not None:  # (without one, the checkpoints' own checks and messages come first)
+                require_cases(st, benchmark)
             summary = compare_checkpoints(st, folders, benchmark=benchmark, limit=limit, device=device,
                                           progress=progress)
             _print_checkpoints(st, folders, summary)
         return
     models = [*(models or []), *(more or [])]
     with open_store(store, create=False) as st:
-        require_benchmark_cases(st, benchmark)
+        require_cases(st, benchmark)
         summary = compare(st, models, benchmark=benchmark, limit=limit, device=device, progress=progress)
         rows = load_comparisons(st)
     table = Table(title=f"{summary.cases} cases of {models[0]} compared ({summary.seconds:.1f} s)")
@@ -134,13 +135,13 @@ def export_dpo_command(
     """Token-level preference data (prompt, chosen, rejected + attribution weights) from the clean cases."""
     from failtrace.cases.preferences import export_dpo
     from failtrace.cli.checks import check_not_the_store, check_output_file
-    from failtrace.store.cases import require_benchmark_cases
+    from failtrace.store.cases import require_cases
     from failtrace.store.store import open_store
 
     check_not_the_store(out, store, "--out")
     check_output_file(out, "--out", "prefs.jsonl")  # before reading the store: one line, not a crash log
     with open_store(store, read_only=True) as st:
-        require_benchmark_cases(st, benchmark)
+        require_cases(st, benchmark)
         path, n = export_dpo(st, out, benchmark=benchmark, tail_weight=tail_weight)
     typer.echo(f"wrote {n} preference pairs to {path}")
 

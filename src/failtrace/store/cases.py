@@ -56,16 +56,16 @@ def has_case_tables(store: ResultsStore) -> bool:
     return "cases" in tables
 
 
-def require_benchmark_cases(store: ResultsStore, benchmark: str | None) -> None:
-    """Refuse a ``--benchmark`` that has no cases in the store, naming those that have some (cheap: before any model
-    is loaded, so a typo does not cost a model load and then a misleading "no cases of this model")."""
-    if benchmark is None:
-        return
+def require_cases(store: ResultsStore, benchmark: str | None = None) -> None:
+    """Refuse a store with no cases (of ``benchmark``, naming the benchmarks that have some). Cheap, so commands call
+    it before loading a model: a typo or a store not analysed yet costs no model load and no misleading message."""
     have = sorted(r[0] for r in store.con.execute("SELECT DISTINCT benchmark FROM cases").fetchall()) \
         if has_case_tables(store) else []
-    if benchmark not in have:
+    if not have:
+        raise FailtraceError(f"no cases in {store.path}; run `failtrace analyse` on it first")
+    if benchmark is not None and benchmark not in have:
         raise FailtraceError(f"no cases of benchmark {benchmark!r} in {store.path}; benchmarks with cases: "
-                             f"{', '.join(have) or 'none (run `failtrace analyse` first)'}")
+                             f"{', '.join(have)}")
 
 
 def _case_row(case: Case) -> list[Any]:
