@@ -5,7 +5,7 @@ store was called "not a DuckDB file, or damaged"; export-dpo's unwritable --out 
 naming the store itself overwrote the store; a bad
 --mask-token ran the whole analysis, exited 0 and recorded an analysis run; an empty --methods meant "all"; a
 --benchmark typo cost a model load and then said "no cases of this model"; pairs on a run of an unknown benchmark
-recorded a pair run before failing; serve on a truncated store was an
+recorded a pair run before failing; a --store symlink to nothing was "damaged" (after the model load); serve on a truncated store was an
 "unexpected" crash (exit 70) and with --review wrote to that damaged file; a bad non-loopback --host printed two
 lines. Every check: the exit code, stderr exactly one ``error: ...`` line, no traceback, no crash log, and the
 store's sha256 unchanged.
@@ -144,6 +144,23 @@ def test_read_only_store_is_named_read_only_not_damaged(toy: dict[str, Any], arg
         assert sha256(store) == toy["sha"]
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.parametrize("cmd", ["collect", "status", "analyse"])
+def test_dangling_symlink_store_is_named(toy: dict[str, Any], tmp_path: Path, cmd: str,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: collect loaded the model, then called the store 'not a DuckDB file, or truncated or damaged'."""
+    link = tmp_path / "runs.duckdb"
+    link.symlink_to(tmp_path / "gone" / "runs.duckdb")
+    data = tmp_path / "items.jsonl"
+    data.write_text('{"key": 1, "prompt": "Say hi", "instruction_id_list": [], "kwargs": []}\n')
+    argv = {"collect": ["collect", "-b", "ifeval", "-d", str(data), "--no-progress",
+                        "-m", str(toy["store"].parent / "must-not-load.gguf")],
+            "status": ["status"], "analyse": ["analyse", "--no-progress"]}[cmd]
+    line = _one_error_line(main([*argv, "-s", str(link)]), capsys)
+    assert line == (f"error: --store {link} is a symbolic link to {tmp_path / 'gone' / 'runs.duckdb'}, which does "
+                    f"not exist; fix the link or give the store's real path"), line
+    assert not (tmp_path / "gone").exists()
 
 
 # ---- export-dpo ----------------------------------------------------------------------------------------------------

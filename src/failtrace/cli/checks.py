@@ -68,9 +68,12 @@ def check_store_path(path: Path, *, create: bool) -> None:
 
     Whether an existing file is a valid store is decided by opening it (:mod:`failtrace.store.store`).
     """
+    from failtrace.store.connection import check_not_dangling
+
     path = Path(path).expanduser()
     if path.is_dir():
         raise FailtraceError(f"--store {path} is a folder; give a file path such as {path / 'failtrace.duckdb'}")
+    check_not_dangling(path)
     if create and not path.exists():
         check_output_file(path, "--store", "failtrace.duckdb")
 

@@ -90,6 +90,13 @@ class CopyLock:
         self.release()
 
 
+def check_not_dangling(path: Path) -> None:
+    """A ``--store`` that is a symbolic link to nothing: say so (DuckDB would report the file as missing or damaged)."""
+    if path.is_symlink() and not path.exists():
+        raise FailtraceError(f"--store {path} is a symbolic link to {os.readlink(path)}, which does not exist; fix "
+                             f"the link or give the store's real path")
+
+
 def is_lock_error(exc: BaseException) -> bool:
     text = str(exc).lower()
     return "lock" in text and ("conflicting" in text or "could not set" in text)

@@ -74,6 +74,7 @@ class ResultsStore(PairsTable):
         """Refuse paths that cannot be a store; make the parent folder of a new one. Returns whether it exists."""
         if self.path.is_dir():
             raise FailtraceError(f"--store {self.path} is a folder; give a file path such as {DEFAULT_STORE}")
+        connection.check_not_dangling(self.path)
         if self.path.exists():
             if not self.path.is_file():
                 raise FailtraceError(f"--store {self.path} is not a regular file; give a DuckDB file path such as "
