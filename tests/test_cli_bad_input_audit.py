@@ -293,3 +293,28 @@ def test_serve_bad_public_host_is_one_line(toy: dict[str, Any]) -> None:
         res.stderr.strip()] and res.stderr.startswith("error: --host '999.1.1.1' does not resolve"), res.stderr
     assert sha256(toy["store"]) == toy["sha"]
 
+
+
+# ---- model names ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name,hint", [
+    ("smollm2", "did you mean the registry model 'smollm2-135m-instruct'?"),
+    ("Gemma3", "did you mean the registry model 'gemma-3-270m'?"),
+    ("no-such-model-xyz", "nor a registry name: `failtrace models` lists smollm2-135m-instruct,"),
+    ("someorg/some-model", None),  # an owner/name is a hub id: no registry hint
+])
+def test_unknown_model_name_points_at_the_registry(name: str, hint: str | None, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A registry name mistyped was reported only as an unreachable hub id; now the closest registry name is named.
+    The hub is made unreachable for real: its endpoint is a closed local port."""
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    line = _one_error_line(main(["attribute", "-p", "hi", "-m", name]), capsys)
+    assert line.startswith(f"error: cannot load model {name!r}: it is not a local folder or .gguf file"), line
+    assert "hub cannot be reached" in line
+    if hint is None:
+        assert "registry" not in line
+    else:
+        assert hint in line, line
