@@ -5,7 +5,8 @@ store was called "not a DuckDB file, or damaged"; export-dpo's unwritable --out 
 naming the store itself overwrote the store; a bad
 --mask-token ran the whole analysis, exited 0 and recorded an analysis run; an empty --methods meant "all"; a
 --benchmark typo cost a model load and then said "no cases of this model"; pairs on a run of an unknown benchmark
-recorded a pair run before failing; a --store symlink to nothing was "damaged" (after the model load); serve on a truncated store was an
+recorded a pair run before failing; a --store symlink to nothing was "damaged" (after the model load); a store in a folder that takes no new files
+failed at its first commit as an "unexpected" error; serve on a truncated store was an
 "unexpected" crash (exit 70) and with --review wrote to that damaged file; a bad non-loopback --host printed two
 lines. Every check: the exit code, stderr exactly one ``error: ...`` line, no traceback, no crash log, and the
 store's sha256 unchanged.
@@ -110,12 +111,14 @@ def test_real_sigint_mid_analyse_keeps_the_store_and_resumes(toy: dict[str, Any]
 
 
 @contextlib.contextmanager
-def _not_the_owner() -> Iterator[None]:
+def _not_the_owner(warm_up: list[str]) -> Iterator[None]:
     """Act as a user other than the files' owner: as root (who may write anything) switch the effective ids to
-    nobody for the block; otherwise the permission bits already apply."""
+    nobody for the block; otherwise the permission bits already apply. ``warm_up`` (the same command on a missing
+    store, run first as root) imports every module the command needs: nobody may not read the interpreter's files."""
     if os.geteuid() != 0:
         yield
         return
+    main(warm_up)
     os.setegid(65534)
     os.seteuid(65534)
     try:
@@ -136,13 +139,42 @@ def test_read_only_store_is_named_read_only_not_damaged(toy: dict[str, Any], arg
         os.chmod(folder, 0o777)
         store = _copy(toy, folder)
         os.chmod(store, 0o444)
-        with _not_the_owner():
+        with _not_the_owner([*argv, "-s", str(folder / "missing.duckdb")]):
+            capsys.readouterr()
             code = main([*argv, "-s", str(store)])
         line = _one_error_line(code, capsys)
         assert f"cannot open results store {store} for writing: permission denied" in line, line
         assert "damaged" not in line.split("(")[0] and "not a DuckDB file" not in line
         assert sha256(store) == toy["sha"]
     finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_store_in_a_folder_that_takes_no_new_files(toy: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    """Store and lock file writable, their folder not: DuckDB cannot create the log at the first commit. Before: the
+    override failed at its commit as an "unexpected TransactionException" (exit 70, crash log)."""
+    folder = Path(tempfile.mkdtemp(prefix="failtrace-rodir-"))
+    try:
+        store = _copy(toy, folder)
+        store.with_name(store.name + ".lock").touch()
+        for f in (store, store.with_name(store.name + ".lock")):
+            os.chmod(f, 0o666)
+        os.chmod(folder, 0o555)
+        from failtrace.store.cases import load_cases
+        from failtrace.store.store import open_store
+
+        with open_store(store, read_only=True) as st:
+            case_id = load_cases(st)[0].case_id
+        argv = ["override", "--case", case_id, "--category", "NC-IA+AG", "--reason", "r"]
+        with _not_the_owner([*argv, "-s", str(folder / "missing.duckdb")]):
+            capsys.readouterr()
+            code = main([*argv, "-s", str(store)])
+        line = _one_error_line(code, capsys)
+        assert line.startswith(f"error: cannot write results store {store}: its folder {folder} does not accept new "
+                               f"files"), line
+        assert "copy.duckdb.wal" in line and sha256(store) == toy["sha"]
+    finally:
+        os.chmod(folder, 0o755)
         shutil.rmtree(folder, ignore_errors=True)
 
 

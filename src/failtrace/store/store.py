@@ -133,6 +133,7 @@ class ResultsStore(PairsTable):
         if self._lock.fd is None and connection.fcntl is not None:
             raise FailtraceError(f"cannot create {connection.lock_path(self.path)} beside the store; give a --store "
                                  f"in a writable folder")
+        connection.check_log_folder(self.path)
         try:
             con = connection.connect(self.path, read_only=False, lock=self._lock)
         except duckdb.Error as exc:
