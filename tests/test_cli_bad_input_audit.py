@@ -6,7 +6,8 @@ naming the store itself overwrote the store; a bad
 --mask-token ran the whole analysis, exited 0 and recorded an analysis run; an empty --methods meant "all"; a
 --benchmark typo cost a model load and then said "no cases of this model"; pairs on a run of an unknown benchmark
 recorded a pair run before failing; a --store symlink to nothing was "damaged" (after the model load); a store in a folder that takes no new files
-failed at its first commit as an "unexpected" error; serve on a truncated store was an
+failed at its first commit as an "unexpected" error; an unwritable FAILTRACE_CACHE gave a crash log; a mistyped
+registry model name was reported only as an unreachable hub id; serve on a truncated store was an
 "unexpected" crash (exit 70) and with --review wrote to that damaged file; a bad non-loopback --host printed two
 lines. Every check: the exit code, stderr exactly one ``error: ...`` line, no traceback, no crash log, and the
 store's sha256 unchanged.
@@ -350,3 +351,16 @@ def test_unknown_model_name_points_at_the_registry(name: str, hint: str | None, 
         assert "registry" not in line
     else:
         assert hint in line, line
+
+
+def test_unwritable_model_cache_is_one_line_without_a_crash_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """FAILTRACE_CACHE under a file: the bundled model cannot be converted into it. Before: an OS error with a crash
+    log naming the folder; now the cache and the setting to change are named, and no log is written."""
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setenv("FAILTRACE_CACHE", str(tmp_path / "afile" / "cache"))
+    line = _one_error_line(main(["attribute", "-p", "The capital of France is", "-t", " Paris", "-c", " Lyon",
+                                 "-q"]), capsys)
+    assert line == (f"error: cannot write the model cache {tmp_path / 'afile' / 'cache' / 'models'} (Not a "
+                    f"directory); set FAILTRACE_CACHE to a writable folder"), line
+    assert not (tmp_path / "logs").exists()

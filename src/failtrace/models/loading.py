@@ -210,7 +210,12 @@ def assemble_once(target: Path, build: Callable[[Path], None],
     """
     from filelock import FileLock
 
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:  # a cache that cannot be written is the user's setting, not a bug: say which folder and what to set
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(prefix=".probe-", dir=target.parent))
+    except OSError as exc:
+        raise FailtraceError(f"cannot write the model cache {target.parent} ({exc.strerror or exc}); set "
+                             f"FAILTRACE_CACHE to a writable folder") from None
     with FileLock(str(target.parent / f".{target.name}.lock")):
         if complete(target):
             return target
