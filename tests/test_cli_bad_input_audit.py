@@ -2,15 +2,14 @@
 
 Each test is a bad input a user makes that once broke the contract: Ctrl-C exited 0 with nothing said; a read-only
 store was called "not a DuckDB file, or damaged"; export-dpo's unwritable --out went to a crash log, and an --out
-naming the store itself overwrote the store; a bad
---mask-token ran the whole analysis, exited 0 and recorded an analysis run; an empty --methods meant "all"; a
---benchmark typo cost a model load and then said "no cases of this model"; pairs on a run of an unknown benchmark
-recorded a pair run before failing; a --store symlink to nothing was "damaged" (after the model load); a store in a folder that takes no new files
-failed at its first commit as an "unexpected" error; an unwritable FAILTRACE_CACHE gave a crash log; a mistyped
-registry model name was reported only as an unreachable hub id; serve on a truncated store was an
-"unexpected" crash (exit 70) and with --review wrote to that damaged file; a bad non-loopback --host printed two
-lines. Every check: the exit code, stderr exactly one ``error: ...`` line, no traceback, no crash log, and the
-store's sha256 unchanged.
+naming the store itself overwrote the store; a bad --mask-token ran the whole analysis, exited 0 and recorded an
+analysis run; an empty --methods meant "all"; a --benchmark typo cost a model load and then said "no cases of this
+model"; pairs on a run of an unknown benchmark recorded a pair run before failing; a --store symlink to nothing was
+"damaged" (after the model load); a store in a folder that takes no new files failed at its first commit as an
+"unexpected" error; an unwritable FAILTRACE_CACHE gave a crash log; a mistyped registry model name was reported only
+as an unreachable hub id; serve on a truncated store was an "unexpected" crash (exit 70) and with --review wrote to
+that damaged file; a bad non-loopback --host printed two lines. Every check: the exit code, stderr exactly one
+``error: ...`` line, no traceback, no crash log, and the store's sha256 unchanged.
 """
 
 from __future__ import annotations
