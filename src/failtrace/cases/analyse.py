@@ -121,6 +121,7 @@ def analysis_jobs(store: ResultsStore, settings: CaseSettings, model_of: Callabl
             raise FailtraceError(f"pair run {prun.run_id} names collection run {prun.parent_run_id!r}, which is "
                                  f"not in {store.path}")
         model, fingerprint = model_of(collect_run)
+        settings.check_mask_token(model)
         arun = analysis_run_record(prun, model, fingerprint, settings)
         store.ensure_run(arun)
         summary.analysis_ids.append(arun.run_id)

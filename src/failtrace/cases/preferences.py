@@ -81,13 +81,16 @@ def export_dpo(store: ResultsStore, out: str | Path, benchmark: str | None = Non
 
     cases = load_cases(store, benchmark=benchmark)
     if not cases:
-        raise FailtraceError(f"no cases in {store.path}; run `failtrace analyse` first")
+        where = f"of benchmark {benchmark!r} " if benchmark else ""
+        raise FailtraceError(f"no cases {where}in {store.path}; run `failtrace analyse` first"
+                             + (" (`failtrace status` lists the benchmarks)" if benchmark else ""))
     if not 0.0 <= tail_weight <= 1.0:
         raise FailtraceError(f"--tail-weight must be in [0, 1], got {tail_weight}")
     pairs = {(p["pair_run_id"], p["item_id"]): p for p in store.pairs()}
     generations: dict[str, dict[str, dict[str, Any]]] = {}
     path = Path(out)
     tmp = path.with_name(path.name + ".part")
+    path.parent.mkdir(parents=True, exist_ok=True)  # like every other output: a missing folder is made
     n = 0
     with tmp.open("w", encoding="utf-8") as fh:
         for case in cases:

@@ -46,8 +46,8 @@ class CaseSettings:
     @classmethod
     def parse_methods(cls, text: str | None) -> tuple[str, ...]:
         """``"attnlrp,ig"`` -> methods in canonical order; ``None``/``"all"`` -> every method."""
-        if text is None or text.strip().lower() in ("", "all"):
-            return DEFAULT_METHODS
+        if text is None or text.strip().lower() == "all":
+            return DEFAULT_METHODS  # an empty --methods '' is refused by validate(), not read as "all"
         names = [t.strip().lower() for t in text.replace(" ", ",").split(",") if t.strip()]
         unknown = [n for n in names if n not in ALL_METHODS]
         if unknown:
@@ -79,6 +79,9 @@ class CaseSettings:
             raise FailtraceError(f"unknown mask rule {self.mask_rule!r}; valid: {', '.join(MASK_RULES)}")
         if self.mask_rule == "replace" and self.mask_token_id is None:
             raise FailtraceError("mask rule 'replace' needs --mask-token (the id that replaces masked tokens)")
+        if self.mask_token_id is not None and (not isinstance(self.mask_token_id, int)
+                                               or isinstance(self.mask_token_id, bool) or self.mask_token_id < 0):
+            raise FailtraceError(f"--mask-token must be a token id >= 0, got {self.mask_token_id!r}")
         if self.mask_rule == "zero-embedding" and self.mask_token_id is not None:
             raise FailtraceError("--mask-token only applies to --mask-rule replace")
         if self.edge_method not in EDGE_METHODS:
@@ -89,6 +92,18 @@ class CaseSettings:
             if not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise FailtraceError(f"pattern setting {key} must be a finite number, got {value!r}")
         return self
+
+    def check_mask_token(self, loaded: Any) -> None:
+        """``--mask-token`` against the loaded model's vocabulary, once, before any analysis run is recorded (a model
+        described without its weights, as the Ray driver holds it, is checked per case by the workers instead)."""
+        model = getattr(loaded, "model", None)
+        if self.mask_rule != "replace" or self.mask_token_id is None or not hasattr(model, "get_input_embeddings"):
+            return
+        vocab = int(model.get_input_embeddings().weight.shape[0])
+        if self.mask_token_id >= vocab:
+            name = getattr(loaded, "name", "the model")
+            raise FailtraceError(f"--mask-token {self.mask_token_id} is not a token id of {name} "
+                                 f"(valid: 0..{vocab - 1})")
 
     @property
     def masking(self) -> MaskingSpec:

@@ -59,6 +59,10 @@ def _error(message: str) -> None:
     typer.echo(f"error: {one_line(message)}", err=True)
 
 
+def _interrupted() -> None:
+    _error("interrupted; everything committed to the store so far is kept, rerun the command to resume")
+
+
 def _usage_error(exc: BaseException) -> int:
     """One line for a bad command line, with where to look for the valid options."""
     if type(exc).__name__ == "NoArgsIsHelpError":  # ``failtrace`` alone: the help was already printed
@@ -95,12 +99,18 @@ def main(argv: list[str] | None = None) -> int:
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
-        app(args=argv, prog_name="failtrace", standalone_mode=False)
+        code = app(args=argv, prog_name="failtrace", standalone_mode=False)
+        # typer >= 0.22 turns Ctrl-C into Exit(130) and, without standalone mode, *returns* an Exit's code
+        # instead of raising it: a returned non-zero code must become the exit code (an interrupted run is no success)
+        if isinstance(code, int) and not isinstance(code, bool) and code:
+            if code == EXIT_INTERRUPTED:
+                _interrupted()
+            return code
     except FailtraceError as exc:
         _error(str(exc))
         return EXIT_BAD_INPUT
     except (KeyboardInterrupt, typer.Abort):
-        _error("interrupted; everything committed to the store so far is kept, rerun the command to resume")
+        _interrupted()
         return EXIT_INTERRUPTED
     except typer.Exit as exc:
         return int(getattr(exc, "exit_code", 0) or 0)

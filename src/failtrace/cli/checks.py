@@ -68,8 +68,21 @@ def check_store_path(path: Path, *, create: bool) -> None:
 
     Whether an existing file is a valid store is decided by opening it (:mod:`failtrace.store.store`).
     """
+    from failtrace.store.connection import check_not_dangling
+
     path = Path(path).expanduser()
     if path.is_dir():
         raise FailtraceError(f"--store {path} is a folder; give a file path such as {path / 'failtrace.duckdb'}")
+    check_not_dangling(path)
     if create and not path.exists():
         check_output_file(path, "--store", "failtrace.duckdb")
+
+
+def check_not_the_store(path: Path, store: Path, option: str) -> None:
+    """An output file must not be the store itself (or its log or lock file): writing it would destroy the store."""
+    out = Path(path).expanduser().resolve()
+    store = Path(store).expanduser().resolve()
+    same = out.exists() and store.exists() and os.path.samefile(out, store)  # a hard link too
+    if same or out in (store, store.with_name(store.name + ".wal"), store.with_name(store.name + ".lock")):
+        raise FailtraceError(f"{option} {path} is the results store's own file; give another path such as "
+                             f"{store.parent / 'prefs.jsonl'}")

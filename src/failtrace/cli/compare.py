@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
+from failtrace.cli import options as opts
 from failtrace.errors import FailtraceError
 from failtrace.store.store import DEFAULT_STORE
 
@@ -90,6 +91,7 @@ def compare_command(
     from rich.table import Table
 
     from failtrace.cases.compare import compare
+    from failtrace.store.cases import require_cases
     from failtrace.store.comparisons import load_comparisons
     from failtrace.store.store import open_store
 
@@ -103,12 +105,15 @@ def compare_command(
 
         folders = [*checkpoints, *(more or [])]
         with open_store(store, create=False) as st:
+            if benchmark is not None:  # (without one, the checkpoints' own checks and messages come first)
+                require_cases(st, benchmark)
             summary = compare_checkpoints(st, folders, benchmark=benchmark, limit=limit, device=device,
                                           progress=progress)
             _print_checkpoints(st, folders, summary)
         return
     models = [*(models or []), *(more or [])]
     with open_store(store, create=False) as st:
+        require_cases(st, benchmark)
         summary = compare(st, models, benchmark=benchmark, limit=limit, device=device, progress=progress)
         rows = load_comparisons(st)
     table = Table(title=f"{summary.cases} cases of {models[0]} compared ({summary.seconds:.1f} s)")
@@ -124,15 +129,19 @@ def export_dpo_command(
     out: Path = typer.Option(Path("prefs.jsonl"), "--out", "-o", help="Output JSONL file."),
     benchmark: Optional[str] = typer.Option(None, "--benchmark", "-b", help="Only cases of this benchmark."),
     tail_weight: float = typer.Option(0.0, "--tail-weight",
-                                      help="Weight of response tokens after the decision token (0..1)."),
+                                      help="Weight of response tokens after the decision token (0..1).",
+                                      callback=opts.finite(0.0, 1.0)),
 ) -> None:
     """Token-level preference data (prompt, chosen, rejected + attribution weights) from the clean cases."""
     from failtrace.cases.preferences import export_dpo
+    from failtrace.cli.checks import check_not_the_store, check_output_file
+    from failtrace.store.cases import require_cases
     from failtrace.store.store import open_store
 
-    if out.exists() and out.is_dir():
-        raise FailtraceError(f"--out {out} is a folder; give a file path such as prefs.jsonl")
+    check_not_the_store(out, store, "--out")
+    check_output_file(out, "--out", "prefs.jsonl")  # before reading the store: one line, not a crash log
     with open_store(store, read_only=True) as st:
+        require_cases(st, benchmark)
         path, n = export_dpo(st, out, benchmark=benchmark, tail_weight=tail_weight)
     typer.echo(f"wrote {n} preference pairs to {path}")
 

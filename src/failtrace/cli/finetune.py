@@ -42,6 +42,7 @@ def finetune_command(
     """Post-train the model on its clean cases with trl (CPU) and save checkpoints at step 0, every N steps, the end."""
     from failtrace.cli.checks import check_output_dir, check_store_path
     from failtrace.models.loading import load_model
+    from failtrace.store.cases import require_cases
     from failtrace.store.store import open_store
     from failtrace.training.finetune import FinetuneSettings, finetune, require_trl
 
@@ -52,6 +53,7 @@ def finetune_command(
     check_output_dir(out, "--out")
     check_store_path(store, create=False)
     with open_store(store, read_only=True) as st:
+        require_cases(st, benchmark)
         lm = load_model(model, progress=progress)
         result = finetune(st, lm, out, settings, progress=progress)
     typer.echo(f"{method}: {len(result.trained)} cases trained, {len(result.held_out)} held out; "

@@ -27,12 +27,12 @@ def serve_command(
         raise FailtraceError(f"--port {port} is not a TCP port (0..65535)")
     if not host or any(c in host for c in "/ \t\n"):
         raise FailtraceError(f"--host {host!r} is not an address")
-    if host not in LOOPBACK:
-        typer.echo(f"warning: binding {host}: anyone who can reach this address can read the store"
-                   + (" and write reviews" if review else ""), err=True)
     port = _check_bind(host, port)
     hosts = ["127.0.0.1", "localhost", "[::1]", "::1"] + ([] if host in LOOPBACK else ["*"])
     app = create_app(store, review=review, allowed_hosts=hosts)
+    if host not in LOOPBACK:  # warned only once the address and the store are good: a failure stays one line
+        typer.echo(f"warning: binding {host}: anyone who can reach this address can read the store"
+                   + (" and write reviews" if review else ""), err=True)
     shown = f"[{host}]" if ":" in host else host
     typer.echo(f"failtrace explorer on http://{shown}:{port}  ({store}, {'review mode' if review else 'read-only'})")
     uvicorn.run(app, host=host, port=port, log_level="warning")

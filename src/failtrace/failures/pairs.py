@@ -184,6 +184,7 @@ def find_pairs(
         failures = store.results(run.run_id, status="fail")
         if not failures:
             continue
+        bench = resolve_benchmark(run.benchmark, benchmarks)  # first: an unknown one records no pair run
         loaded = _run_model(run, models, loaded_cache, device)
         if isinstance(helper, str) and helper_loaded is None:
             helper_loaded = load_model(helper, dtype=run.dtype or "float32", device=device)
@@ -192,7 +193,6 @@ def find_pairs(
         prun = pair_run_record(run, loaded, settings, helper_loaded, None if judge_obj is None else judge_obj.name)
         store.ensure_run(prun)
         summary.pair_run_ids.append(prun.run_id)
-        bench = resolve_benchmark(run.benchmark, benchmarks)
         done_ids = store.done_pair_ids(prun.run_id)
         todo = [f for f in failures if f["item_id"] not in done_ids]
         summary.failures += len(failures)

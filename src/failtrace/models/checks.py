@@ -120,8 +120,21 @@ def check_hub_name(name: str) -> None:
                                  f"hub id such as HuggingFaceTB/SmolLM2-135M-Instruct, or '{DEFAULT_MODEL}'")
     if not offline_mode() and not hub_reachable():
         raise ModelNotFoundError(
-            f"cannot load model {name!r}: it is not a local folder or .gguf file, and the Hugging Face hub cannot be "
-            f"reached to download it. Download it where the hub is reachable and pass the local folder "
-            f"(--model /path/to/folder), pass a .gguf file, use the bundled '{DEFAULT_MODEL}', or set "
+            f"cannot load model {name!r}: it is not a local folder or .gguf file{registry_hint(name)}, and the "
+            f"Hugging Face hub cannot be reached to download it. Download it where the hub is reachable and pass the "
+            f"local folder (--model /path/to/folder), pass a .gguf file, use the bundled '{DEFAULT_MODEL}', or set "
             f"HF_HUB_OFFLINE=1 to use a copy already in the Hugging Face cache."
         )
+
+
+def registry_hint(name: str) -> str:
+    """For a name without an owner (``smollm2``, not ``org/model``): the registry names, the closest first."""
+    import difflib
+
+    from failtrace.models.registry import REGISTRY
+
+    if "/" in name:
+        return ""
+    close = difflib.get_close_matches(name.lower(), list(REGISTRY), n=1, cutoff=0.5)
+    return (f" (did you mean the registry model '{close[0]}'?" if close else " (nor a registry name:") + \
+        f" `failtrace models` lists {', '.join(REGISTRY)})"

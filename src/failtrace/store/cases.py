@@ -56,6 +56,18 @@ def has_case_tables(store: ResultsStore) -> bool:
     return "cases" in tables
 
 
+def require_cases(store: ResultsStore, benchmark: str | None = None) -> None:
+    """Refuse a store with no cases (of ``benchmark``, naming the benchmarks that have some). Cheap, so commands call
+    it before loading a model: a typo or a store not analysed yet costs no model load and no misleading message."""
+    have = sorted(r[0] for r in store.con.execute("SELECT DISTINCT benchmark FROM cases").fetchall()) \
+        if has_case_tables(store) else []
+    if not have:
+        raise FailtraceError(f"no cases in {store.path}; run `failtrace analyse` on it first")
+    if benchmark is not None and benchmark not in have:
+        raise FailtraceError(f"no cases of benchmark {benchmark!r} in {store.path}; benchmarks with cases: "
+                             f"{', '.join(have)}")
+
+
 def _case_row(case: Case) -> list[Any]:
     d = case.to_dict()
     d["masking"] = case.masking.to_dict()

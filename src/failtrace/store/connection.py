@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -90,9 +91,33 @@ class CopyLock:
         self.release()
 
 
+def check_not_dangling(path: Path) -> None:
+    """A ``--store`` that is a symbolic link to nothing: say so (DuckDB would report the file as missing or damaged)."""
+    if path.is_symlink() and not path.exists():
+        raise FailtraceError(f"--store {path} is a symbolic link to {os.readlink(path)}, which does not exist; fix "
+                             f"the link or give the store's real path")
+
+
+def check_log_folder(path: Path) -> None:
+    """A writer's DuckDB creates ``<store>.wal`` beside the store at its first commit: refuse a folder that takes no
+    new files now, not after the first unit of work (root passes ``os.access`` anywhere, so make and remove one)."""
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".failtrace-probe-", dir=path.parent))
+    except OSError as exc:
+        raise FailtraceError(f"cannot write results store {path}: its folder {path.parent} does not accept new "
+                             f"files ({exc.strerror or exc}), and DuckDB writes its log {wal_path(path).name} there; "
+                             f"make the folder writable or give a --store in a writable folder") from None
+
+
 def is_lock_error(exc: BaseException) -> bool:
     text = str(exc).lower()
     return "lock" in text and ("conflicting" in text or "could not set" in text)
+
+
+def is_permission_error(exc: BaseException) -> bool:
+    """DuckDB's open error for a file this process may not open in the asked mode (read-only file, folder, mount)."""
+    text = str(exc).lower()
+    return any(t in text for t in ("permission denied", "operation not permitted", "read-only file system"))
 
 
 def _first_line(exc: BaseException, limit: int = 240) -> str:
@@ -113,6 +138,9 @@ def translate(path: Path, exc: BaseException, when: str) -> FailtraceError | Non
     if is_lock_error(exc):
         return FailtraceError(f"results store {path} is in use by another process (DuckDB allows one writer at a "
                               f"time); wait for it to finish or use another --store. ({text})")
+    if is_permission_error(exc):  # e.g. the log cannot be created at a commit: nothing was written
+        return FailtraceError(f"cannot write results store {path}: permission denied ({text}); make the store and "
+                              f"its folder writable or give another --store; the file was left unchanged")
     if isinstance(exc, duckdb.CatalogException):
         return FailtraceError(f"results store {path} lacks a table failtrace needs ({text}); it is damaged or was "
                               f"not written by failtrace; use another --store")
@@ -230,6 +258,12 @@ def connect(path: Path, read_only: bool, lock: CopyLock | None) -> Any:
     except duckdb.Error as exc:
         if is_lock_error(exc):
             raise
+        if is_permission_error(exc):  # not damage: the file is fine, this user may not open it this way
+            mode = "read" if read_only else "write"
+            raise FailtraceError(f"cannot open results store {path} for {'reading' if read_only else 'writing'}: "
+                                 f"permission denied ({_first_line(exc)}); this command needs to {mode} it: "
+                                 f"change its permissions or give a copy you can {mode} as --store; the file was "
+                                 f"left unchanged") from None
         raise_translated(path, exc, "open")
         raise FailtraceError(f"cannot open results store {path}: {_first_line(exc)}") from None
     finally:

@@ -74,6 +74,7 @@ class ResultsStore(PairsTable):
         """Refuse paths that cannot be a store; make the parent folder of a new one. Returns whether it exists."""
         if self.path.is_dir():
             raise FailtraceError(f"--store {self.path} is a folder; give a file path such as {DEFAULT_STORE}")
+        connection.check_not_dangling(self.path)
         if self.path.exists():
             if not self.path.is_file():
                 raise FailtraceError(f"--store {self.path} is not a regular file; give a DuckDB file path such as "
@@ -132,6 +133,7 @@ class ResultsStore(PairsTable):
         if self._lock.fd is None and connection.fcntl is not None:
             raise FailtraceError(f"cannot create {connection.lock_path(self.path)} beside the store; give a --store "
                                  f"in a writable folder")
+        connection.check_log_folder(self.path)
         try:
             con = connection.connect(self.path, read_only=False, lock=self._lock)
         except duckdb.Error as exc:
