@@ -185,9 +185,8 @@ def _driver(script: Path, kill_after: int | None) -> int:
 
 def test_driver_sigkill_and_rerun_lose_and_duplicate_no_case(cluster: Any) -> None:
     store = _copy(cluster, "driver")
-    # the previous test killed a worker and Ray restarts it in the background: let both answer before a new driver
-    # attaches to them, so this test starts from a settled pool whatever the machine's load
-    ray.get([a.hello.remote() for a in cluster["pool"].actors], timeout=300)
+    # the previous test killed a worker and Ray may still be restarting it: the new driver's pool waits for it
+    # (ActorUnavailableError is retried, scale/pool.py), it does not fail
     script = cluster["root"] / "driver.py"
     script.write_text(_DRIVER.format(src=SRC, address=ray.get_runtime_context().gcs_address, pool=POOL,
                                      model=str(cluster["model"]), store=str(store)))

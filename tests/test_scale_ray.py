@@ -207,3 +207,39 @@ def test_cli_refuses_bad_scale_options_before_touching_anything(tmp_path: Path,
     assert main([*base, "--workers", "0"]) == 2
     assert "--workers" in capsys.readouterr().err
     assert not store.exists()
+
+
+def test_calls_to_a_restarting_actor_are_submitted_again_until_it_answers() -> None:
+    """A driver attaching to a named pool while Ray restarts one of its workers gets ``ActorUnavailableError``:
+    the pool submits the calls again until they answer (or the timeout passes); a dead actor's error passes through."""
+    from failtrace.scale.pool import _get_when_up
+
+    class FakeRay:  # ray.get as Ray behaves for an actor that is restarting for its first ``down`` calls
+        exceptions = ray.exceptions
+
+        def __init__(self, down: int, then: BaseException | None = None) -> None:
+            self.down, self.then, self.calls = down, then, 0
+
+        def get(self, refs: list[Any], timeout: float) -> list[Any]:
+            self.calls += 1
+            if self.calls <= self.down:
+                raise ray.exceptions.ActorUnavailableError("The actor is restarting.", None)
+            if self.then is not None:
+                raise self.then
+            return [r * 10 for r in refs]
+
+    submitted: list[int] = []
+
+    def submit() -> list[int]:
+        submitted.append(1)
+        return [1, 2]
+
+    fake = FakeRay(down=2)
+    assert _get_when_up(fake, submit, timeout=30) == [10, 20]
+    assert fake.calls == 3 and len(submitted) == 3  # submitted again after each "restarting"
+    with pytest.raises(ray.exceptions.ActorUnavailableError):  # still restarting at the deadline: Ray's error
+        _get_when_up(FakeRay(down=10**6), submit, timeout=0.0)
+    dead = ray.exceptions.RayActorError()
+    with pytest.raises(ray.exceptions.RayActorError) as info:  # a dead actor is not waited for
+        _get_when_up(FakeRay(down=0, then=dead), submit, timeout=30)
+    assert info.value is dead

@@ -14,6 +14,7 @@ import collections
 import logging
 import os
 import re
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -102,7 +103,7 @@ class WorkerPool:
         else:
             self.actors = [actor_cls.remote(spec, max(1, int(cpus_per_worker))) for _ in range(workers)]
         try:
-            hellos = ray.get([a.hello.remote() for a in self.actors], timeout=start_timeout)
+            hellos = _get_when_up(ray, lambda: [a.hello.remote() for a in self.actors], start_timeout)
         except ray.exceptions.RayActorError as exc:
             self.close(force=True)
             raise FailtraceError(f"a Ray worker could not load {spec.name}: {_reason(exc)}") from None
@@ -121,7 +122,7 @@ class WorkerPool:
         ray = require_ray()
         if self._fingerprint is None:
             try:
-                prints = set(ray.get([a.fingerprint.remote() for a in self.actors]))
+                prints = set(_get_when_up(ray, lambda: [a.fingerprint.remote() for a in self.actors], 900.0))
             except ray.exceptions.RayActorError as exc:
                 raise FailtraceError(f"a Ray worker died while fingerprinting {self.spec.name}: "
                                      f"{_reason(exc)}") from None
@@ -164,6 +165,10 @@ class WorkerPool:
                 probing.discard(i)
                 try:
                     ray.get(ref)
+                except ray.exceptions.ActorUnavailableError:  # still restarting: ask again shortly
+                    time.sleep(0.2)
+                    probing.add(i)
+                    pending[self.actors[i].hello.remote()] = (i, None)
                 except ray.exceptions.RayActorError:
                     live.discard(i)
                 continue
@@ -195,6 +200,20 @@ class WorkerPool:
                 ray.kill(a, no_restart=True)
             except Exception:  # already gone
                 pass
+
+
+def _get_when_up(ray: Any, submit: Callable[[], list[Any]], timeout: float) -> list[Any]:
+    """``ray.get`` of the calls ``submit()`` makes, submitted again while an actor is only *restarting* (Ray's
+    ``ActorUnavailableError``: e.g. a driver attaching to a named pool right after one of its workers died), until
+    ``timeout`` seconds; a dead actor's error and the timeout go to the caller as Ray raises them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return list(ray.get(submit(), timeout=max(1.0, deadline - time.monotonic())))
+        except ray.exceptions.ActorUnavailableError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.5)
 
 
 def _reason(exc: BaseException) -> str:
