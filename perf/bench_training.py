@@ -79,6 +79,8 @@ def main() -> None:
     ap.add_argument("--beta", type=float, default=0.1)
     ap.add_argument("--held-out", type=float, default=0.3)
     ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--seed", type=int, default=0, help="seed of the held-out split and of training")
+    ap.add_argument("--tail-weight", type=float, default=0.0, help="token-dpo: weight after the decision token")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", default=None, help="work folder (default: a temporary one, removed)")
     args = ap.parse_args()
@@ -95,7 +97,7 @@ def main() -> None:
             t = time.perf_counter()
             runs[method] = finetune(st, lm, work / method, FinetuneSettings(
                 method=method, steps=args.steps, save_every=args.save_every, lr=args.lr, beta=args.beta,
-                held_out=args.held_out, seed=0))
+                held_out=args.held_out, seed=args.seed, tail_weight=args.tail_weight))
             seconds[method] = time.perf_counter() - t
     del lm
     folders = [str(p) for res in runs.values() for p in res.checkpoints]
@@ -106,8 +108,9 @@ def main() -> None:
     compare_s = time.perf_counter() - t
     first = next(iter(runs.values()))
     print(f"store {args.store} (copied): {summary.cases} cases of the bundled model; trained {len(first.trained)}, "
-          f"held out {len(first.held_out)} (share {args.held_out}, seed 0); steps {args.steps}, lr {args.lr:g} "
-          f"(constant), beta {args.beta:g}, batch 1, {args.threads} thread(s)")
+          f"held out {len(first.held_out)} (share {args.held_out}, seed {args.seed}); steps {args.steps}, lr {args.lr:g} "
+          f"(constant), beta {args.beta:g}, token-dpo tail weight {args.tail_weight:g}, batch 1, "
+          f"{args.threads} thread(s)")
     print("train seconds: " + ", ".join(f"{m} {s:.0f}" for m, s in seconds.items())
           + f"; compare {compare_s:.0f} s ({len(set(summary.fingerprints.values()))} distinct checkpoints); "
           f"total {time.perf_counter() - t0:.0f} s wall")
