@@ -108,7 +108,8 @@ def main() -> None:
     compare_s = time.perf_counter() - t
     first = next(iter(runs.values()))
     print(f"store {args.store} (copied): {summary.cases} cases of the bundled model; trained {len(first.trained)}, "
-          f"held out {len(first.held_out)} (share {args.held_out}, seed {args.seed}); steps {args.steps}, lr {args.lr:g} "
+          f"held out {len(first.held_out)} (share {args.held_out}, seed {args.seed}); steps {args.steps}, "
+          f"lr {args.lr:g} "
           f"(constant), beta {args.beta:g}, token-dpo tail weight {args.tail_weight:g}, batch 1, "
           f"{args.threads} thread(s)")
     print("train seconds: " + ", ".join(f"{m} {s:.0f}" for m, s in seconds.items())
