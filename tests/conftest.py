@@ -83,6 +83,13 @@ def single_thread():
         yield
 
 
+@pytest.fixture
+def cli_env(tmp_path: Any, monkeypatch: pytest.MonkeyPatch, single_thread: None) -> None:
+    """For tests of ``failtrace.cli.main``: crash logs go to the test's own folder (so a test can assert that none
+    was written), torch on one thread. Opt in with ``pytestmark = pytest.mark.usefixtures("cli_env")``."""
+    monkeypatch.setenv("FAILTRACE_LOG_DIR", str(tmp_path / "logs"))
+
+
 @pytest.fixture(scope="module")
 def toy_lm() -> Any:
     """The float64 toy model with its byte-level tokenizer (seed 0), loaded once per test module."""

@@ -28,16 +28,11 @@ import pytest
 from serve_store import analysed_toy_store, sha256
 
 from failtrace.cli import main
-from failtrace.testing.toy import one_thread
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
-@pytest.fixture(autouse=True)
-def _log_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("FAILTRACE_LOG_DIR", str(tmp_path / "logs"))
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("cli_env")  # crash logs into the test folder, one thread (conftest)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ import os
 import random
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,11 +29,7 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 LONG = "a" * 100_000  # 100,000 byte tokens for the toy tokenizer; the toy model's context is 4,096
 
 
-@pytest.fixture(autouse=True)
-def _one_thread_and_log_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("FAILTRACE_LOG_DIR", str(tmp_path / "logs"))
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("cli_env")  # crash logs into the test folder, one thread (conftest)
 
 
 @pytest.fixture(scope="module")
