@@ -19,6 +19,7 @@ text is decoded from the ids without the final EOS and without special tokens (:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -100,13 +101,15 @@ def _select_rows(cache: Any, rows: Any) -> None:
         layer.values = layer.values[rows]
 
 
-def _cache_argument(model: Any) -> str:
-    """The name of the KV-cache argument of ``model``'s forward: ``cache`` in recent transformers 5.x (where
-    ``past_key_values`` is a deprecated alias, to be removed), ``past_key_values`` in 4.x."""
+@functools.lru_cache(maxsize=None)
+def _cache_argument(model_class: type) -> str:
+    """The name of the KV-cache argument of a model class's forward: ``cache`` in recent transformers 5.x (where
+    ``past_key_values`` is a deprecated alias, to be removed), ``past_key_values`` in 4.x. Cached per class:
+    :func:`forward_logits` runs once per decoded token."""
     import inspect
 
     try:
-        return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+        return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
     except (TypeError, ValueError):  # pragma: no cover - a forward without a signature
         return "past_key_values"
 
@@ -114,7 +117,7 @@ def _cache_argument(model: Any) -> str:
 def forward_logits(model: Any, keep: int | None = None, **kwargs: Any) -> Any:
     """Call ``model`` and return its logits, asking for only the last ``keep`` positions where supported.
     A ``past_key_values`` argument is passed under the name this transformers version uses."""
-    if "past_key_values" in kwargs and _cache_argument(model) != "past_key_values":
+    if "past_key_values" in kwargs and _cache_argument(type(model)) != "past_key_values":
         kwargs["cache"] = kwargs.pop("past_key_values")
     if keep is not None:
         try:
