@@ -24,6 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from failtrace.failures.kvcache import cache_from_prefix, cache_tensors, new_cache, select_rows
+
 FINISH_EOS = "eos"
 FINISH_LENGTH = "length"
 
@@ -68,37 +70,6 @@ def decode_completion(tokenizer: Any, token_ids: Sequence[int], eos: frozenset[i
 
 def finish_reason(token_ids: Sequence[int], eos: frozenset[int]) -> str:
     return FINISH_EOS if token_ids and token_ids[-1] in eos else FINISH_LENGTH
-
-
-def new_cache() -> Any:
-    """An empty dynamic KV cache (full length on every layer)."""
-    from transformers import DynamicCache
-
-    return DynamicCache()
-
-
-def cache_tensors(cache: Any) -> list[tuple[Any, Any]]:
-    """Per-layer (keys, values) tensors of a dynamic cache, shape (batch, kv_heads, length, head_dim)."""
-    if hasattr(cache, "layers"):
-        return [(layer.keys, layer.values) for layer in cache.layers]
-    return list(zip(cache.key_cache, cache.value_cache, strict=True))  # older transformers
-
-
-def cache_from_prefix(kv: Sequence[tuple[Any, Any]], length: int, batch: int) -> Any:
-    """A new cache holding the first ``length`` positions of ``kv`` (batch 1), repeated for ``batch`` rows."""
-    cache = new_cache()
-    for layer, (k, v) in enumerate(kv):
-        cache.update(k[:, :, :length].expand(batch, -1, -1, -1), v[:, :, :length].expand(batch, -1, -1, -1), layer)
-    return cache
-
-
-def _select_rows(cache: Any, rows: Any) -> None:
-    if hasattr(cache, "batch_select_indices"):
-        cache.batch_select_indices(rows)
-        return
-    for layer in cache.layers:  # pragma: no cover - fallback for caches without the method
-        layer.keys = layer.keys[rows]
-        layer.values = layer.values[rows]
 
 
 @functools.lru_cache(maxsize=None)
@@ -166,7 +137,7 @@ def decode_rows(model: Any, cache: Any, first: Any, budgets: Sequence[int], eos:
             break
         if len(keep) < len(rows):
             idx = torch.tensor(keep, dtype=torch.long, device=nxt.device)
-            _select_rows(cache, idx)
+            select_rows(cache, idx)
             nxt = nxt[idx]
             if mask is not None:
                 mask = mask[idx]
@@ -212,7 +183,7 @@ def greedy_generate(model: Any, prompts: Sequence[Sequence[int]], max_new_tokens
     for i, p in enumerate(prompts):
         ids[i, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
         mask[i, width - len(p):] = 1
-    cache = new_cache()
+    cache = new_cache(width + max_new_tokens)
     with torch.no_grad():
         if padded:
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -244,7 +215,7 @@ def prefix_forward(model: Any, ids: Sequence[int], n_logits: int, keep_cache: bo
 
     device = next(model.parameters()).device
     x = torch.tensor([list(ids)], dtype=torch.long, device=device)
-    cache = new_cache() if keep_cache else None
+    cache = new_cache(len(ids)) if keep_cache else None
     with torch.no_grad():
         kwargs: dict[str, Any] = {"input_ids": x, "use_cache": keep_cache}
         if keep_cache:
@@ -319,7 +290,7 @@ def rollouts_at(model: Any, kv: Sequence[tuple[Any, Any]], starts: Sequence[int]
                 continue
             rows = range(start, min(start + step, len(forced)))
             width = max(starts[i] for i in rows)
-            cache = cache_from_prefix(kv, width, len(rows))
+            cache = cache_from_prefix(kv, width, len(rows), width + max(budgets[i] for i in rows))
             first = torch.tensor([forced[i] for i in rows], dtype=torch.long, device=device)
             mask = None
             if any(starts[i] != width for i in rows):
