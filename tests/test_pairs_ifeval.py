@@ -77,6 +77,45 @@ def test_a_decided_prefix_fails_whatever_follows(ids: list[str], kwargs: list[di
     assert IFEvalBenchmark(mode="loose").prefix_decides_fail(item, "Hello, WORLD") is None  # strict mode only
 
 
+JSON_TEXTS = [
+    '```json\n{"a": [1, 2]}\n```\nThis is the JSON.',
+    '{"name": "x, y"} and more',
+    'Sure! Here is {"a": 1}',
+    '  ```JSON\n["x", "y"]```',
+    '"just a string" trailing',
+    '```\n{"k": "v}"}\n```',
+    '```js\n{}\n```',
+    "NaN",
+    "[1, 2]\n\n```",
+    "```Json {\"a\": 1}``` ok",
+    "12 apples",
+    "tru story",
+]
+JSON_TAILS = ["", " ", "x", "`", "```", "\n```", "}", "]", ' {"b": 2}', "e5", "\n```\nDone.", '"', "1"]
+
+
+def test_the_json_rule_decides_only_what_the_official_check_fails() -> None:
+    """Every character prefix of texts that are, are not and are nearly JSON (fences, trailing prose, strings with
+    braces, NaN, numbers that may grow): when the rule decides, the official checker fails the prefix followed by
+    each continuation; the rule fires both at the start and after a closed value."""
+    bench = IFEvalBenchmark()
+    item = _item(["detectable_format:json_format"], [{}])
+    reasons = set()
+    for text in JSON_TEXTS:
+        for j in range(1, len(text) + 1):
+            why = bench.prefix_decides_fail(item, text[:j])
+            if why is None:
+                continue
+            reasons.add(why.split(": ", 1)[1].split()[0])
+            for tail in JSON_TAILS + [text[j:]]:
+                assert bench.check(item, text[:j] + tail).status == "fail", (text[:j], tail, why)
+    assert reasons == {"the", "text"}  # both kinds fired: a first character, and text after a closed value
+    passing = ['```json\n{"a": [1, 2]}\n```', '{"name": "x, y"}', '["x"]```', "NaN", "12"]
+    for text in passing:  # a passing text never has a decided prefix
+        assert bench.check(item, text).status == "pass"
+        assert all(bench.prefix_decides_fail(item, text[:j]) is None for j in range(1, len(text) + 1))
+
+
 def test_rules_need_the_checkers_own_arguments() -> None:
     bench = IFEvalBenchmark()
     # without num_words the official checker draws a random limit: nothing may be decided

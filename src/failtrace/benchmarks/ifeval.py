@@ -230,6 +230,42 @@ def _to_item(record: dict[str, Any], where: str) -> Item:
 
 
 _LITERAL = re.compile(r"[\w' -]+")
+# what the official JSON check removes, in its order, and the first characters json.loads accepts (NaN, Infinity)
+_JSON_FENCES = ("```json", "```Json", "```JSON", "```")
+_JSON_START = frozenset('{["-0123456789tfnNI')
+
+
+def _json_prefix_fails(prefix: str) -> str | None:
+    """Why no text starting with ``prefix`` passes IFEval's ``json_format`` check, or None.
+
+    The check is ``json.loads(text.strip()`` minus the fences ``_JSON_FENCES`` (in order) at the start and one
+    ```` ``` ```` at the end, ``.strip())``. ``prefix.strip()`` is a prefix of ``text.strip()``; each fence removal is
+    fixed once the prefix is longer than the fence or differs from it. After them, the first non-space character
+    ``c`` starts what ``json.loads`` reads unless it is a backtick (the end fence could remove it): ``c`` that no
+    JSON value starts with decides. If ``c`` opens an object, array or string that closes within the prefix (its end
+    is fixed by the closing character), any later non-space, non-backtick character is "Extra data" for every text.
+    Hand-written: the official check has no prefix form.
+    """
+    import json
+
+    rest = prefix.strip()
+    for fence in _JSON_FENCES:
+        if len(rest) < len(fence) and fence.startswith(rest):
+            return None  # whether this fence is removed depends on what follows
+        rest = rest.removeprefix(fence)
+    rest = rest.lstrip()
+    if not rest or rest[0] == "`":
+        return None
+    if rest[0] not in _JSON_START:
+        return f"the response cannot be JSON: it starts with {rest[0]!r}"
+    if rest[0] not in '{["':
+        return None  # a number or literal may still grow (1 -> 1e5)
+    try:
+        _value, end = json.JSONDecoder().raw_decode(rest)
+    except ValueError:
+        return None  # not closed yet (or invalid; not decided here)
+    extra = next((ch for ch in rest[end:] if not ch.isspace() and ch != "`"), None)
+    return f"text follows the JSON value: {extra!r}" if extra is not None else None
 # the arguments a rule reads; without them the official checker picks random values
 _RULE_ARGS = {"length_constraints:number_words": ("num_words", "relation"),
               "keywords:letter_frequency": ("letter", "let_frequency", "let_relation"),
@@ -277,6 +313,8 @@ def prefix_fails(instruction_id: str, checker: Any, prefix: str) -> str | None:
     if instruction_id == "startend:quotation":
         head = prefix.lstrip()
         return "the response does not start with a double quote" if head and head[0] != '"' else None
+    if instruction_id == "detectable_format:json_format":
+        return _json_prefix_fails(prefix)
     if instruction_id == "combination:repeat_prompt":
         said, wanted = prefix.strip().lower(), checker._prompt_to_repeat.strip().lower()
         ok = said.startswith(wanted) or wanted.startswith(said)
