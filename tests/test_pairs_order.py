@@ -186,6 +186,79 @@ def test_halting_at_the_answer_checks_the_same_rollouts_and_decodes_fewer_tokens
     assert compared >= 6 and fewer > 0
 
 
+@dataclass
+class Keyed(Rules):
+    """:class:`Rules` that says what its verdict depends on (three facts of the text) and counts its real calls."""
+
+    calls: int = 0
+
+    def verdict_key(self, item: Item, completion: str) -> str:
+        needle = str(item.reference["needle"])
+        return repr((needle in completion, bool(self.forbidden and self.forbidden in completion),
+                     bool(self.unknown and self.unknown in completion)))
+
+    def check(self, item: Item, completion: str) -> Verdict:
+        self.calls += 1
+        return super().check(item, completion)
+
+
+def test_a_verdict_key_runs_the_checker_once_per_key_and_finds_the_same_pair(models: list[Any]) -> None:
+    """Rollouts whose verdict key was checked before in the same search reuse that verdict: the same pair, status
+    and unverifiable count as the exhaustive search, the same checks in all (made + reused), and the checker called
+    only once per distinct key (at most 2^3 here, against dozens of checks)."""
+    rng = random.Random(5)
+    reused = compared = 0
+    for lm in models:
+        for index in (1, 6):
+            item, prompt, comp = _case(lm, index)
+            if len(comp) < 4:
+                continue
+            for plain in [b for b in _benchmarks(lm, item, prompt, comp, rng) if type(b) is Rules]:
+                keyed = Keyed(forbidden=plain.forbidden, unknown=plain.unknown)
+                ref, _ = _expect(lm, plain, item, prompt, comp)
+                s = PairSettings(top_k=K, min_delta=0.0, max_positions=POSITIONS, position_batch=3, stop_every=2)
+                a = PairFinder(lm, s).find(plain, item, prompt, comp, BUDGET, "eos")
+                b = PairFinder(lm, s).find(keyed, item, prompt, comp, BUDGET, "eos")
+                assert (b.completion_offset, b.contrast_id, b.contrast_rank, b.unverifiable_rollouts) == \
+                    (ref.offset, ref.contrast, ref.rank, ref.unverifiable)
+                assert (b.status, b.recovered_completion) == (a.status, a.recovered_completion)
+                assert b.checks + b.checks_reused == a.checks + a.checks_reused
+                assert b.checks == keyed.calls <= 8
+                reused += b.checks_reused
+                compared += 1
+    assert compared >= 4 and reused > 10
+
+
+def test_humaneval_verdict_key_is_the_code_the_sandbox_runs() -> None:
+    """Completions with the same code (other prose) share a key and get the same sandboxed verdict; other code has
+    another key."""
+    from failtrace.benchmarks.humaneval import HumanEvalBenchmark
+    from failtrace.benchmarks.sandbox import SandboxLimits
+
+    ref = {"prompt": 'def add(a, b):\n    """a + b"""\n', "entry_point": "add",
+           "test": "def check(candidate):\n    assert candidate(1, 2) == 3\n"}
+    bench = HumanEvalBenchmark(limits=SandboxLimits(wall_s=5, cpu_s=5, memory_mb=512))
+    item = Item(id="Toy/0", benchmark="humaneval", prompt=ref["prompt"], reference=ref)
+    good, bad = "def add(a, b):\n    return a + b\n", "def add(a, b):\n    return a - b\n"
+    texts = [f"Sure:\n```python\n{good}```\nIt adds.", f"```python\n{good}```", f"Here:\n```python\n{bad}```\nok",
+             f"```py\n{bad}```\n\nThis subtracts, sorry."]
+    keys = [bench.verdict_key(item, t) for t in texts]
+    assert keys[0] == keys[1] != keys[2] == keys[3]
+    assert [bench.check(item, t).status for t in texts] == ["pass", "pass", "fail", "fail"]
+
+
+def test_math_verdict_key_is_the_last_boxed_answer() -> None:
+    from failtrace.benchmarks.mathbench import MathBenchmark
+
+    bench = MathBenchmark()
+    item = Item(id="m", benchmark="math", prompt="1+1?", reference={"answer": "2"})
+    texts = ["So \\boxed{3}. Wait, \\boxed{2}.", "The answer is \\boxed{2}", "\\boxed{2} no: \\boxed{3}",
+             "It is 2.", "\\boxed{3}"]
+    keys = [bench.verdict_key(item, t) for t in texts]
+    assert keys[0] == keys[1] and keys[2] == keys[4] and len({keys[0], keys[2], keys[3]}) == 3
+    assert [bench.check(item, t).status for t in texts] == ["pass", "pass", "fail", "fail", "fail"]
+
+
 def test_in_order_never_needs_more_rollouts_than_another_order(models: list[Any]) -> None:
     """One position per block: any order must roll out every live position before the answer, so in-order (which
     rolls out exactly those and the answer) is the least; the others agree on the pair."""

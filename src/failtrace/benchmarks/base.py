@@ -75,4 +75,9 @@ class Benchmark(Protocol):
         """Judge the model's completion for ``item`` with the benchmark's real checker."""
         ...
 
+    # Optional hooks (looked up with getattr, so a benchmark without them is still a Benchmark):
+    # prefix_decides_fail / prefix_final (failures/prefix_rules.py: early stopping of rollouts) and
+    # verdict_key(item, completion) -> str: the part of the completion the verdict's *status* depends on (equal keys,
+    # equal status), so the pair search checks each distinct key once per failure (failures/search.py).
+
 

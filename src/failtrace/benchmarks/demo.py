@@ -132,6 +132,11 @@ class DemoBenchmark:
         hook = getattr(self._checkers.get(str(item.reference.get("kind"))), "prefix_final", None)
         return bool(hook(item, prefix)) if hook is not None else False
 
+    def verdict_key(self, item: Item, completion: str) -> str:
+        """The verdict key of the item's own checker (the whole text where it has none)."""
+        hook = getattr(self._checkers.get(str(item.reference.get("kind"))), "verdict_key", None)
+        return str(hook(item, completion)) if hook is not None else completion
+
     def check(self, item: Item, completion: str) -> Verdict:
         kind = item.reference.get("kind")
         checker = self._checkers.get(str(kind))

@@ -207,6 +207,11 @@ class HumanEvalBenchmark:
         still be followed by a block that defines the function."""
         return code_is_final(prefix, item.reference["entry_point"])
 
+    def verdict_key(self, item: Item, completion: str) -> str:
+        """What :meth:`check`'s status depends on: only the code it runs (:func:`candidate_code`). Two completions
+        whose code is the same get the same verdict, so the pair search runs the sandbox once for both."""
+        return candidate_code(item.reference, completion)[0]
+
     def check(self, item: Item, completion: str) -> Verdict:
         ref = item.reference
         code, style = candidate_code(ref, completion)

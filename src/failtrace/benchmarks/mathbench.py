@@ -127,6 +127,11 @@ class MathBenchmark:
             reason += f" ({how})"
         return Verdict("fail", [reason], details)
 
+    def verdict_key(self, item: Item, completion: str) -> str:
+        """What :meth:`check`'s status depends on: the last boxed answer (or that there is none)."""
+        answer, _why = last_boxed(completion)
+        return "none" if answer is None else f"boxed:{answer}"
+
     def prefix_decides_fail(self, item: Item, prefix: str) -> str | None:
         """Never decided early: the checker judges the *last* ``\\boxed{}``, so a closed wrong boxed answer can
         always be replaced by a later one (and a missing one can still come). Only the full rollout decides."""

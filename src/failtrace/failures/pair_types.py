@@ -20,12 +20,17 @@ class PairSettings:
     reported pair is the in-order one, so it is speed-only like batching and early stopping. ``halt_at_answer``
     stops decoding a block's remaining rollouts as soon as its answer is known (rows are checked in order as they
     end), also speed-only; off only to measure what it saves.
+
+    ``try_unbounded`` (off by default) also searches failures whose completion hit the token limit (after any
+    continuation to a larger ``rollout_tokens``). Their status is ``unbounded`` whatever the search finds (the
+    failure itself is not verified), so the search can only record where a recovery would be; it is by far the most
+    expensive part (long completions, rollouts that run to the budget) and never adds a clean pair.
     """
 
     top_k: int = 10
     min_delta: float = 1.0
     max_positions: int = 64
-    try_unbounded: bool = True
+    try_unbounded: bool = False  # search failures that hit the budget too (never clean: see the docstring)
     rollout_batch_size: int | None = None  # rows decoded together at most (default: as many as the cache allows)
     rollout_tokens: int | None = None
     early_stop: bool = True
@@ -105,6 +110,8 @@ class PairResult:
     # budget), "fail" (a real failure, then searched), "length" (hit that budget too), "unverifiable"; None: not tried
     continued: str | None = None
     continued_tokens: int | None = None
+    # not a store column: rollouts whose verdict key (benchmark.verdict_key) had been checked before in this search
+    checks_reused: int = 0
 
     @property
     def found(self) -> bool:

@@ -79,6 +79,20 @@ class _Search:
     seconds_rollouts: float = 0.0
     seconds_check: float = 0.0
     notes: list[str] = field(default_factory=list)  # appended to the reason
+    verdicts: dict[str, str] = field(default_factory=dict)  # verdict key -> status, this failure's checks so far
+    reused: int = 0  # checks answered from ``verdicts`` (no checker call)
+
+
+def _verdict_key(benchmark: Benchmark, item: Item, text: str) -> str | None:
+    """What the checker's status depends on (the benchmark's ``verdict_key`` hook, else the whole text); None when
+    the hook errs (then nothing is reused)."""
+    hook = getattr(benchmark, "verdict_key", None)
+    if hook is None:
+        return "text:" + text
+    try:
+        return "key:" + str(hook(item, text))
+    except Exception:  # a key that cannot be computed must never stand in for a check
+        return None
 
 
 @dataclass
@@ -128,8 +142,17 @@ class PairFinder:
         return decode_completion(self.loaded.tokenizer, ids, self.eos)
 
     def _check(self, benchmark: Benchmark, item: Item, text: str, search: _Search) -> str:
+        """The checker's status for ``text``, run once per distinct verdict key of this failure (the benchmark's
+        ``verdict_key``, else the text itself): on HumanEval many rollouts end in the same code, one sandbox run."""
         t = time.perf_counter()
+        key = _verdict_key(benchmark, item, text)
+        if key is not None and key in search.verdicts:
+            search.reused += 1
+            search.seconds_check += time.perf_counter() - t
+            return search.verdicts[key]
         status = safe_check(benchmark, item, text).status
+        if key is not None:
+            search.verdicts[key] = status
         search.seconds_check += time.perf_counter() - t
         search.checks += 1
         return status
@@ -267,7 +290,7 @@ class PairFinder:
             res.rollouts, res.checks, res.unverifiable_rollouts = search.rollouts, search.checks, search.unverifiable
             res.seconds_rollouts, res.seconds_check = search.seconds_rollouts, search.seconds_check
             res.tokens_decoded, res.rollouts_stopped, res.rollouts_final = search.tokens, search.stopped, search.final
-            res.positions_rolled = search.positions
+            res.positions_rolled, res.checks_reused = search.positions, search.reused
             res.seconds = time.perf_counter() - t0
             res.status, res.reason = status, reason + "".join(notes)
             assert status in PAIR_STATUSES
@@ -277,6 +300,9 @@ class PairFinder:
         verdict = safe_check(benchmark, item, self._text(comp))
         search.seconds_check += time.perf_counter() - t
         search.checks += 1
+        stored_key = _verdict_key(benchmark, item, self._text(comp))
+        if stored_key is not None:  # a rollout that ends in the stored completion's code/answer fails unchecked
+            search.verdicts[stored_key] = verdict.status
         if verdict.status != "fail":
             why = "; ".join(verdict.reasons)[:300]
             return done("unverifiable", f"the checker now says {verdict.status!r} for the stored completion, not "
@@ -295,7 +321,8 @@ class PairFinder:
                     notes.append(f"; the completion hit the {max_new_tokens}-token limit but stops at "
                                  f"{len(longer)} tokens within the rollout budget {budget} and still fails")
         if unbounded and not self.settings.try_unbounded:
-            return done("unbounded", f"the completion hit the {max_new_tokens}-token limit; search skipped")
+            return done("unbounded", f"the completion hit the {max_new_tokens}-token limit; not searched (it could "
+                                     f"not be clean; --try-unbounded searches it, --rollout-tokens continues it)")
         return self._search(benchmark, item, prompt, comp, budget, max_new_tokens, unbounded, res, search, done)
 
     def _search(self, benchmark: Benchmark, item: Item, prompt: list[int], comp: list[int], budget: int,
