@@ -80,7 +80,7 @@ def run_stages(args: argparse.Namespace, lm: Any) -> None:
             _stage(f"collect {name}", lambda: collect(st, bench, items, lm, max_new_tokens=tokens,
                                                       batch_size=args.batch_size, data=path, progress=False))
         settings = PairSettings(top_k=args.top_k, max_positions=args.max_positions,
-                                try_unbounded=not args.skip_unbounded)
+                                try_unbounded=args.try_unbounded)
         if "pairs" in args.stages:
             _stage("pairs", lambda: find_pairs(st, settings, models={lm.name: lm}, progress=True))
         if "analyse" in args.stages:
@@ -177,23 +177,58 @@ def analyse_cost(cases: list[Any], lm: Any, n: int) -> None:
                                                            ["total (max)", max(ratios)]])
 
 
+class _Old:
+    """Mixin for the old baseline: every check calls the checker (the verdict-key memo did not exist then), and its
+    caches are transformers' plain dynamic cache (``torch.cat`` per token, as then)."""
+
+    def find(self, *args: Any, **kwargs: Any) -> Any:
+        import failtrace.failures.kvcache as kvcache
+
+        saved = kvcache.growing_layer
+        kvcache.growing_layer = lambda: None  # type: ignore[assignment]
+        try:
+            return super().find(*args, **kwargs)  # type: ignore[misc]
+        finally:
+            kvcache.growing_layer = saved  # type: ignore[assignment]
+
+    def _check(self, benchmark: Any, item: Any, text: str, search: Any) -> str:
+        from failtrace.failures.collect import safe_check
+
+        t = time.perf_counter()
+        status = safe_check(benchmark, item, text).status
+        search.seconds_check += time.perf_counter() - t
+        search.checks += 1
+        return status
+
+
 def old_vs_new(st: Any, lm: Any, n: int, top_k: int, max_positions: int, bounded_only: bool,
-               baseline: str = "old", status: str | None = None) -> None:
-    """The pair search before this project's cost cuts (one position per batch, every rollout to the full budget,
-    no halting at the answer: the same code with those switched off; ``baseline="no-halt"``: the default search
-    with only halting at the answer switched off) against the default search, on the first ``n`` failures of every
-    benchmark in the store (with ``bounded_only``: the first ``n`` that stopped within the budget, i.e. those the
-    search actually walks when unbounded failures are skipped; with ``status``: only failures whose stored pair
-    has that status), alternating which goes first per failure."""
+               baseline: str = "old", status: str | None = None, old_positions: int | None = None,
+               budget_s: float | None = None) -> None:
+    """The pair search as it was when issue 13 was filed (one position per batch, every rollout to the full budget,
+    no halting at the answer, no verdict reuse, and failures that hit the token limit searched too: the same code
+    with those switched off; ``baseline="no-halt"``: the default search with only halting at the answer switched
+    off) against the default search, on the first ``n`` failures of every benchmark in the store (with
+    ``bounded_only``: the first ``n`` that stopped within the budget; with ``status``: only failures whose stored
+    pair has that status), alternating which goes first per failure.
+
+    ``old_positions``: the old search walks at most that many positions. It walks positions in order, one batch
+    each, so its work on them is exactly the start of its work at ``max_positions``: its time is a *lower bound* of
+    the old search's time (exact when it found its pair within them). Used where the old search at the default
+    settings takes hours per failure. ``budget_s``: no new failure is started after that many seconds (per
+    benchmark); the failures left out are counted."""
     from failtrace.failures.search import PairFinder
 
-    base = PairSettings(top_k=top_k, max_positions=max_positions, halt_at_answer=False)
+    class OldFinder(_Old, PairFinder):
+        pass
+
+    base = PairSettings(top_k=top_k, max_positions=old_positions or max_positions, halt_at_answer=False,
+                        try_unbounded=True)
     if baseline == "old":
         base.early_stop, base.position_batch = False, 1
-    old = PairFinder(lm, base)
+    old = OldFinder(lm, base) if baseline == "old" else PairFinder(lm, base)
     new = PairFinder(lm, PairSettings(top_k=top_k, max_positions=max_positions))
     with_status = {(p["run_id"], p["item_id"]) for p in st.pairs() if p["status"] == status}
-    rows = []
+    rows, statuses = [], []
     for run in st.runs("collect"):
         bench = get_benchmark(run.benchmark)
         fails = [r for r in st.results(run.run_id, status="fail")
@@ -201,8 +236,12 @@ def old_vs_new(st: Any, lm: Any, n: int, top_k: int, max_positions: int, bounded
                  and (status is None or (run.run_id, r["item_id"]) in with_status)][:n]
         items = {r["item_id"]: st.get_item(run.benchmark, r["item_id"]) for r in fails}
         cost: dict[str, list[float]] = {"old": [0.0, 0, 0], "new": [0.0, 0, 0]}
-        same = 0
+        same = exact = lower = 0
+        count: dict[str, Counter] = {"old": Counter(), "new": Counter()}
+        started, done = time.perf_counter(), 0
         for i, r in enumerate(fails):
+            if budget_s is not None and time.perf_counter() - started > budget_s:
+                break
             got = {}
             for which in (("old", "new") if i % 2 == 0 else ("new", "old")):
                 finder = old if which == "old" else new
@@ -214,17 +253,33 @@ def old_vs_new(st: Any, lm: Any, n: int, top_k: int, max_positions: int, bounded
                 c[1] += res.rollouts
                 c[2] += res.tokens_decoded
                 got[which] = (res.status, res.completion_offset, res.contrast_id)
-            same += got["old"] == got["new"]
-            print(f"  {run.benchmark} {r['item_id']}: old {got['old']} new {got['new']}", flush=True)
-        m = max(1, len(fails))
+                count[which][res.status] += 1
+            done += 1
+            # an unbounded failure: the old search records where a recovery would be, the new one skips it
+            cut = old_positions is not None and got["old"][1] is None and r["finish_reason"] != "length" \
+                and len(r["token_ids"]) > old_positions
+            lower += cut
+            if not cut:
+                exact += 1
+                same += got["old"] == got["new"] or (got["old"][0] == got["new"][0] == "unbounded")
+            print(f"  {run.benchmark} {r['item_id']} ({r['finish_reason']}, {len(r['token_ids'])} tokens): "
+                  f"old {got['old']}{' (first positions only)' if cut else ''} new {got['new']}", flush=True)
+        m = max(1, done)
+        bound = "≥ " if old_positions is not None else ""
         for which in ("old", "new"):
-            rows.append([run.benchmark, which, len(fails), cost[which][0] / m, cost[which][1] / m,
-                         cost[which][2] / m])
-        rows.append([run.benchmark, "old/new", len(fails), cost["old"][0] / max(cost["new"][0], 1e-9),
-                     cost["old"][1] / max(cost["new"][1], 1), f"same pair {same}/{len(fails)}"])
+            rows.append([run.benchmark, which, done, cost[which][0] / m, cost[which][1] / m, cost[which][2] / m,
+                         dict(count[which])])
+        rows.append([run.benchmark, "old/new", done, f"{bound}x{cost['old'][0] / max(cost['new'][0], 1e-9):.1f}",
+                     f"{bound}x{cost['old'][1] / max(cost['new'][1], 1):.1f}",
+                     f"{bound}x{cost['old'][2] / max(cost['new'][2], 1):.1f}",
+                     f"same status (and pair) {same}/{exact}" + (f"; {lower} old searches cut at "
+                                                                f"{old_positions} positions" if lower else "")
+                     + (f"; {len(fails) - done} failures not started (budget)" if done < len(fails) else "")])
+    walk = f"old walks at most {old_positions} positions (a lower bound), " if old_positions else ""
     _table(f"Pair search, baseline {baseline!r} (old) vs the default search (new): same failures"
-           f"{f' (stored pair {status})' if status else ''}, same run",
-           ["benchmark", "search", "failures", "s/failure", "rollouts/failure", "tokens/failure"], rows)
+           f"{f' (stored pair {status})' if status else ''}, same run; {walk}new at top-k {top_k}, "
+           f"max-positions {max_positions}",
+           ["benchmark", "search", "failures", "s/failure", "rollouts/failure", "tokens/failure", "statuses"], rows)
 
 
 def main() -> None:
@@ -240,7 +295,11 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--top-k", type=int, default=PairSettings.top_k)
     ap.add_argument("--max-positions", type=int, default=PairSettings.max_positions)
-    ap.add_argument("--skip-unbounded", action="store_true", help="do not search failures that hit the budget")
+    ap.add_argument("--skip-unbounded", action="store_true",
+                    help="do not search failures that hit the budget (the default now; kept for older commands)")
+    ap.add_argument("--try-unbounded", action="store_true", help="search failures that hit the budget too")
+    ap.add_argument("--bounded-only", action="store_true",
+                    help="--old-vs-new only on failures that stopped within the budget")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--stages", default="collect,pairs,analyse",
                     help="stages to run (e.g. analyse alone after a pairs stage stopped early)")
@@ -249,6 +308,10 @@ def main() -> None:
     ap.add_argument("--baseline", choices=("old", "no-halt"), default="old",
                     help="--old-vs-new baseline: the search before the cost cuts, or only halting at the answer off")
     ap.add_argument("--pair-status", default=None, help="--old-vs-new only on failures whose stored pair has it")
+    ap.add_argument("--old-positions", type=int, default=None,
+                    help="--old-vs-new: the old search walks at most this many positions (its time: a lower bound)")
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="--old-vs-new: start no new failure after this many seconds per benchmark")
     ap.add_argument("--baseline-cases", type=int, default=12, help="cases whose analyse cost is measured")
     args = ap.parse_args()
     if args.threads:
@@ -256,15 +319,15 @@ def main() -> None:
     lm = load_model(args.model)
     print(f"model {lm.name}; ifeval {args.ifeval_items} items @ {args.ifeval_tokens} tokens; math "
           f"{args.math_items} items @ {args.math_tokens} tokens; pairs top-k {args.top_k}, max-positions "
-          f"{args.max_positions}{', skip unbounded' if args.skip_unbounded else ''}; torch threads {torch.get_num_threads()}")
+          f"{args.max_positions}{', try unbounded' if args.try_unbounded else ''}; torch threads {torch.get_num_threads()}")
     if not args.only_print:
         run_stages(args, lm)
     with open_store(args.store, read_only=True) as st:
         pair_tables(st)
         case_tables(st, lm, args.baseline_cases)
         if args.old_vs_new:
-            old_vs_new(st, lm, args.old_vs_new, args.top_k, args.max_positions, args.skip_unbounded,
-                       args.baseline, args.pair_status)
+            old_vs_new(st, lm, args.old_vs_new, args.top_k, args.max_positions, args.bounded_only,
+                       args.baseline, args.pair_status, args.old_positions, args.budget_s)
 
 
 if __name__ == "__main__":

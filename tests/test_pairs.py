@@ -151,7 +151,7 @@ def test_substring_checker_matches_brute_force(lm: Any, index: int) -> None:
     item.reference["needle"] = needle
     bench = ToyBenchmark(mode="contains")
     assert not bench.check(item, original).passed
-    res = PairFinder(lm, PairSettings(top_k=5)).find(bench, item, prompt, comp, BUDGET)
+    res = PairFinder(lm, PairSettings(top_k=5, try_unbounded=True)).find(bench, item, prompt, comp, BUDGET)
     expected = _brute_force(lm, bench, item, prompt, comp, 5, BUDGET)
     assert expected is not None
     assert (res.completion_offset, res.contrast_id, res.contrast_rank) == expected
@@ -200,7 +200,8 @@ def test_helper_supplies_a_contrast_outside_the_models_top_k(lm: Any, helper: An
     item.reference["needle"] = decode_completion(lm.tokenizer, comp[:p_star] + seq, eos)
     bench = ToyBenchmark(mode="prefix")
     assert _brute_force(lm, bench, item, prompt, comp, k, BUDGET) is None  # the model alone cannot recover
-    res = PairFinder(lm, PairSettings(top_k=k, min_delta=-1), helper).find(bench, item, prompt, comp, BUDGET)
+    res = PairFinder(lm, PairSettings(top_k=k, min_delta=-1, try_unbounded=True), helper).find(
+        bench, item, prompt, comp, BUDGET)
     assert res.contrast_source == "helper" and res.contrast_id == fresh[0]
     assert res.contrast_rank == theirs.index(fresh[0]) + 1 and res.completion_offset == p_star
     assert res.contrast_model_rank is not None and res.contrast_model_rank > k
@@ -227,10 +228,11 @@ def test_unverifiable_and_unbounded(lm: Any) -> None:
     long_item, long_prompt, long_comp = _case(lm, 0, budget=6)
     assert long_comp[-1] not in eos and len(long_comp) == 6
     bench = ToyBenchmark(mode="never")
-    res = PairFinder(lm, PairSettings(top_k=2)).find(bench, long_item, long_prompt, long_comp, 6)
+    res = PairFinder(lm, PairSettings(top_k=2, try_unbounded=True)).find(bench, long_item, long_prompt, long_comp, 6)
     assert res.status == "unbounded" and res.hit_length_limit and res.rollouts == 12
-    res = PairFinder(lm, PairSettings(top_k=2, try_unbounded=False)).find(bench, long_item, long_prompt, long_comp, 6)
-    assert res.status == "unbounded" and res.rollouts == 0
+    res = PairFinder(lm, PairSettings(top_k=2)).find(bench, long_item, long_prompt, long_comp, 6)  # the default
+    assert res.status == "unbounded" and res.rollouts == 0 and res.tokens_decoded == 0 and res.checks == 1
+    assert "not searched" in res.reason and "--try-unbounded" in res.reason
 
 
 def test_find_pairs_over_a_store_is_resumable(tmp_path: Path, lm: Any) -> None:

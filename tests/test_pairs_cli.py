@@ -79,10 +79,12 @@ def test_order_and_judge_are_speed_only(tmp_path: Path, models: tuple[Path, Path
     assert main(["pairs", "-s", str(store), "--order", "sideways", "--no-progress"]) != 0
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "--order" in err and "margin" in err
+    # 8-token completions hit the limit: --try-unbounded so that they are searched (and the judge is asked)
     assert main(["pairs", "-s", str(store), "-k", "2", "--max-positions", "3", "--order", "margin", "--judge",
-                 str(sibling), "--no-progress"]) == 0
+                 str(sibling), "--try-unbounded", "--no-progress"]) == 0
     assert "2 paired now" in capsys.readouterr().out
-    assert main(["pairs", "-s", str(store), "-k", "2", "--max-positions", "3", "--no-progress"]) == 0
+    assert main(["pairs", "-s", str(store), "-k", "2", "--max-positions", "3", "--try-unbounded",
+                 "--no-progress"]) == 0
     assert "2 already paired, 0 paired now" in capsys.readouterr().out  # the same pair run: order/judge are speed
     with open_store(store, read_only=True) as st:
         (run,) = st.runs("pairs")

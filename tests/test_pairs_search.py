@@ -176,10 +176,14 @@ def test_run_identity_ignores_speed_only_settings(lm: Any) -> None:
     run = RunRecord(run_id="c1", stage="collect", parent_run_id=None, benchmark="toy", model=lm.name,
                     model_source="x", revision=None, dtype="float64", device="cpu", seed=0, versions={},
                     settings={"max_new_tokens": 32}, data=None)
-    base = pair_run_record(run, lm, PairSettings(), None).run_id
+    base = pair_run_record(run, lm, PairSettings(try_unbounded=True), None).run_id
     old_key = {"stage": "pairs", "parent": "c1", "helper": None, "top_k": 10, "min_delta": 1.0, "max_positions": 64,
                "try_unbounded": True}  # the key before these settings existed: stores keep their pair run ids
     assert base == hashlib.sha256(json.dumps(old_key, sort_keys=True).encode()).hexdigest()[:16]
-    fast = PairSettings(position_batch=16, early_stop=False, stop_every=2, rollout_tokens=32)
+    # the default skips unbounded failures (it records no recovery for them): a run of its own
+    default = pair_run_record(run, lm, PairSettings(), None).run_id
+    assert default == hashlib.sha256(json.dumps({**old_key, "try_unbounded": False},
+                                                sort_keys=True).encode()).hexdigest()[:16] != base
+    fast = PairSettings(position_batch=16, early_stop=False, stop_every=2, rollout_tokens=32, try_unbounded=True)
     assert pair_run_record(run, lm, fast, None).run_id == base
-    assert pair_run_record(run, lm, PairSettings(rollout_tokens=64), None).run_id != base
+    assert pair_run_record(run, lm, PairSettings(rollout_tokens=64, try_unbounded=True), None).run_id != base

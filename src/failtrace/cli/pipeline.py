@@ -165,8 +165,9 @@ def pairs_command(
     run: Optional[list[str]] = typer.Option(None, "--run", help="Only this collection run id (repeatable)."),
     rollout_batch_size: Optional[int] = typer.Option(None, "--rollout-batch-size", callback=opts.count(1),
                                                      help="Rollouts decoded together (default: all k)."),
-    try_unbounded: bool = typer.Option(True, "--try-unbounded/--skip-unbounded",
-                                       help="Search failures that hit the length limit too (status stays unbounded)."),
+    try_unbounded: bool = typer.Option(False, "--try-unbounded/--skip-unbounded",
+                                       help="Also search failures that hit the length limit (costly; their status "
+                                            "stays unbounded, so never clean). Default: skipped."),
     rollout_tokens: Optional[int] = typer.Option(None, "--rollout-tokens", callback=opts.count(1),
                                                  help="Rollout budget in completion tokens (default: the collection's "
                                                       "--max-new-tokens). Larger: failures that hit the limit are "
