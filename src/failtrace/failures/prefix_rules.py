@@ -1,4 +1,5 @@
-"""Early stopping of rollouts: ask the benchmark whether a completion prefix already decides the verdict.
+"""Early stopping of rollouts: ask the benchmark whether a completion prefix already decides the verdict (and, for
+reusing verdicts, what a verdict depends on).
 
 A benchmark may define two hooks, each optional:
 
@@ -73,3 +74,15 @@ class PrefixJudge:
         except Exception:  # a rule that cannot decide must never end a rollout
             return None
         return str(reason) if reason else None
+
+
+def verdict_key(benchmark: Benchmark, item: Item, text: str) -> str | None:
+    """What the checker's status depends on (the benchmark's ``verdict_key`` hook, else the whole text); None when
+    the hook errs (then nothing is reused)."""
+    hook = getattr(benchmark, "verdict_key", None)
+    if hook is None:
+        return "text:" + text
+    try:
+        return "key:" + str(hook(item, text))
+    except Exception:  # a key that cannot be computed must never stand in for a check
+        return None

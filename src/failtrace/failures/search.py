@@ -51,7 +51,7 @@ from failtrace.failures.generation import (
 )
 from failtrace.failures.order import rank_positions
 from failtrace.failures.pair_types import PairResult, PairSettings, same_tokenizer, visible
-from failtrace.failures.prefix_rules import FAIL, FINAL, PrefixJudge, prefix_text
+from failtrace.failures.prefix_rules import FAIL, FINAL, PrefixJudge, prefix_text, verdict_key
 from failtrace.store.schema import PAIR_STATUSES
 
 
@@ -81,18 +81,6 @@ class _Search:
     notes: list[str] = field(default_factory=list)  # appended to the reason
     verdicts: dict[str, str] = field(default_factory=dict)  # verdict key -> status, this failure's checks so far
     reused: int = 0  # checks answered from ``verdicts`` (no checker call)
-
-
-def _verdict_key(benchmark: Benchmark, item: Item, text: str) -> str | None:
-    """What the checker's status depends on (the benchmark's ``verdict_key`` hook, else the whole text); None when
-    the hook errs (then nothing is reused)."""
-    hook = getattr(benchmark, "verdict_key", None)
-    if hook is None:
-        return "text:" + text
-    try:
-        return "key:" + str(hook(item, text))
-    except Exception:  # a key that cannot be computed must never stand in for a check
-        return None
 
 
 @dataclass
@@ -145,7 +133,7 @@ class PairFinder:
         """The checker's status for ``text``, run once per distinct verdict key of this failure (the benchmark's
         ``verdict_key``, else the text itself): on HumanEval many rollouts end in the same code, one sandbox run."""
         t = time.perf_counter()
-        key = _verdict_key(benchmark, item, text)
+        key = verdict_key(benchmark, item, text)
         if key is not None and key in search.verdicts:
             search.reused += 1
             search.seconds_check += time.perf_counter() - t
@@ -300,7 +288,7 @@ class PairFinder:
         verdict = safe_check(benchmark, item, self._text(comp))
         search.seconds_check += time.perf_counter() - t
         search.checks += 1
-        stored_key = _verdict_key(benchmark, item, self._text(comp))
+        stored_key = verdict_key(benchmark, item, self._text(comp))
         if stored_key is not None:  # a rollout that ends in the stored completion's code/answer fails unchecked
             search.verdicts[stored_key] = verdict.status
         if verdict.status != "fail":
