@@ -181,7 +181,20 @@ class _Capped(Exception):
     """The old search ran past its time cap."""
 
 
-class _Old:
+class CheckEvery:
+    """Mixin for a PairFinder whose every check calls the checker (no verdict-key memo)."""
+
+    def _check(self, benchmark: Any, item: Any, text: str, search: Any) -> str:
+        from failtrace.failures.collect import safe_check
+
+        t = time.perf_counter()
+        status = safe_check(benchmark, item, text).status
+        search.seconds_check += time.perf_counter() - t
+        search.checks += 1
+        return status
+
+
+class _Old(CheckEvery):
     """Mixin for the old baseline: every check calls the checker (the verdict-key memo did not exist then), and its
     caches are transformers' plain dynamic cache (``torch.cat`` per token, as then)."""
 
@@ -212,14 +225,6 @@ class _Old:
         finally:
             kvcache.growing_layer, search.rollouts_at = saved, decode  # type: ignore[assignment]
 
-    def _check(self, benchmark: Any, item: Any, text: str, search: Any) -> str:
-        from failtrace.failures.collect import safe_check
-
-        t = time.perf_counter()
-        status = safe_check(benchmark, item, text).status
-        search.seconds_check += time.perf_counter() - t
-        search.checks += 1
-        return status
 
 
 def old_vs_new(st: Any, lm: Any, n: int, top_k: int, max_positions: int, bounded_only: bool,

@@ -19,22 +19,17 @@ from typing import Any
 import torch
 
 from failtrace.benchmarks.humaneval import HumanEvalBenchmark
-from failtrace.failures.collect import collect, safe_check
+from failtrace.failures.collect import collect
 from failtrace.failures.pair_types import PairSettings
 from failtrace.failures.search import PairFinder
 from failtrace.models.loading import load_model
 from failtrace.store import open_store
 
+from bench_benchmark import CheckEvery as CheckEveryMixin  # perf/ is on sys.path when run as a script
 
-class CheckEvery(PairFinder):
+
+class CheckEvery(CheckEveryMixin, PairFinder):
     """The same search with every check run by the checker (no verdict memo): the baseline."""
-
-    def _check(self, benchmark: Any, item: Any, text: str, search: Any) -> str:
-        t = time.perf_counter()
-        status = safe_check(benchmark, item, text).status
-        search.seconds_check += time.perf_counter() - t
-        search.checks += 1
-        return status
 
 
 def main() -> None:
