@@ -227,14 +227,15 @@ class _Old(CheckEvery):
 
 
 
-def old_vs_new(st: Any, lm: Any, n: int, top_k: int, max_positions: int, bounded_only: bool,
+def old_vs_new(st: Any, lm: Any, n: int, top_k: int, max_positions: int, bounded_only: bool | None,
                baseline: str = "old", status: str | None = None, old_cap_s: float | None = None,
                budget_s: float | None = None, only: str | None = None) -> None:
     """The pair search as it was when issue 13 was filed (one position per batch, every rollout to the full budget,
     no halting at the answer, no verdict reuse, transformers' dynamic cache, and failures that hit the token limit
     searched too: the same code with those switched off; ``baseline="no-halt"``: the default search with only
     halting at the answer switched off) against the default search, on the first ``n`` failures of every benchmark
-    in the store (with ``bounded_only``: the first ``n`` that stopped within the budget; with ``status``: only
+    in the store (with ``bounded_only``: the first ``n`` that stopped within the budget, False: the first ``n`` that
+    hit it; with ``status``: only
     failures whose stored pair has that status), alternating which goes first per failure.
 
     ``old_cap_s``: the old search is stopped after that many seconds on a failure (at defaults it can take hours per
@@ -257,7 +258,7 @@ def old_vs_new(st: Any, lm: Any, n: int, top_k: int, max_positions: int, bounded
             continue
         bench = get_benchmark(run.benchmark)
         fails = [r for r in st.results(run.run_id, status="fail")
-                 if (not bounded_only or r["finish_reason"] != "length")
+                 if (bounded_only is None or bounded_only == (r["finish_reason"] != "length"))
                  and (status is None or (run.run_id, r["item_id"]) in with_status)][:n]
         items = {r["item_id"]: st.get_item(run.benchmark, r["item_id"]) for r in fails}
         cost: dict[str, list[float]] = {"old": [0.0, 0, 0], "new": [0.0, 0, 0]}
@@ -328,6 +329,8 @@ def main() -> None:
     ap.add_argument("--try-unbounded", action="store_true", help="search failures that hit the budget too")
     ap.add_argument("--bounded-only", action="store_true",
                     help="--old-vs-new only on failures that stopped within the budget")
+    ap.add_argument("--unbounded-only", action="store_true",
+                    help="--old-vs-new only on failures that hit the budget")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--stages", default="collect,pairs,analyse",
                     help="stages to run (e.g. analyse alone after a pairs stage stopped early)")
@@ -355,7 +358,8 @@ def main() -> None:
         pair_tables(st)
         case_tables(st, lm, args.baseline_cases)
         if args.old_vs_new:
-            old_vs_new(st, lm, args.old_vs_new, args.top_k, args.max_positions, args.bounded_only,
+            old_vs_new(st, lm, args.old_vs_new, args.top_k, args.max_positions,
+                       True if args.bounded_only else (False if args.unbounded_only else None),
                        args.baseline, args.pair_status, args.old_cap_s, args.budget_s, args.only)
 
 
