@@ -226,7 +226,6 @@ class _Old(CheckEvery):
             kvcache.growing_layer, search.rollouts_at = saved, decode  # type: ignore[assignment]
 
 
-
 def old_vs_new(st: Any, lm: Any, n: int, top_k: int, max_positions: int, bounded_only: bool | None,
                baseline: str = "old", status: str | None = None, old_cap_s: float | None = None,
                budget_s: float | None = None, only: str | None = None) -> None:
@@ -234,9 +233,8 @@ def old_vs_new(st: Any, lm: Any, n: int, top_k: int, max_positions: int, bounded
     no halting at the answer, no verdict reuse, transformers' dynamic cache, and failures that hit the token limit
     searched too: the same code with those switched off; ``baseline="no-halt"``: the default search with only
     halting at the answer switched off) against the default search, on the first ``n`` failures of every benchmark
-    in the store (with ``bounded_only``: the first ``n`` that stopped within the budget, False: the first ``n`` that
-    hit it; with ``status``: only
-    failures whose stored pair has that status), alternating which goes first per failure.
+    in the store (``bounded_only`` True: the first ``n`` that stopped within the budget, False: the first ``n`` that
+    hit it; with ``status``: only failures whose stored pair has that status), alternating which goes first.
 
     ``old_cap_s``: the old search is stopped after that many seconds on a failure (at defaults it can take hours per
     failure on a CPU); its time there is then a *lower bound* (the cap), and its pair unknown. ``budget_s``: no new
@@ -327,10 +325,11 @@ def main() -> None:
     ap.add_argument("--skip-unbounded", action="store_true",
                     help="do not search failures that hit the budget (the default now; kept for older commands)")
     ap.add_argument("--try-unbounded", action="store_true", help="search failures that hit the budget too")
-    ap.add_argument("--bounded-only", action="store_true",
-                    help="--old-vs-new only on failures that stopped within the budget")
-    ap.add_argument("--unbounded-only", action="store_true",
-                    help="--old-vs-new only on failures that hit the budget")
+    which = ap.add_mutually_exclusive_group()
+    which.add_argument("--bounded-only", dest="bounded", action="store_const", const=True, default=None,
+                       help="--old-vs-new only on failures that stopped within the budget")
+    which.add_argument("--unbounded-only", dest="bounded", action="store_const", const=False,
+                       help="--old-vs-new only on failures that hit the budget")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--stages", default="collect,pairs,analyse",
                     help="stages to run (e.g. analyse alone after a pairs stage stopped early)")
@@ -349,18 +348,19 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     lm = load_model(args.model)
-    print(f"model {lm.name}; ifeval {args.ifeval_items} items @ {args.ifeval_tokens} tokens; math "
-          f"{args.math_items} items @ {args.math_tokens} tokens; pairs top-k {args.top_k}, max-positions "
-          f"{args.max_positions}{', try unbounded' if args.try_unbounded else ''}; torch threads {torch.get_num_threads()}")
+    collecting = not args.only_print and "collect" in args.stages  # else the store's runs have their own budgets
+    print(f"model {lm.name}; " + (f"collect ifeval {args.ifeval_items} items @ {args.ifeval_tokens} tokens, math "
+                                  f"{args.math_items} items @ {args.math_tokens} tokens; " if collecting else "")
+          + f"pairs top-k {args.top_k}, max-positions {args.max_positions}"
+          + f"{', try unbounded' if args.try_unbounded else ''}; torch threads {torch.get_num_threads()}")
     if not args.only_print:
         run_stages(args, lm)
     with open_store(args.store, read_only=True) as st:
         pair_tables(st)
         case_tables(st, lm, args.baseline_cases)
         if args.old_vs_new:
-            old_vs_new(st, lm, args.old_vs_new, args.top_k, args.max_positions,
-                       True if args.bounded_only else (False if args.unbounded_only else None),
-                       args.baseline, args.pair_status, args.old_cap_s, args.budget_s, args.only)
+            old_vs_new(st, lm, args.old_vs_new, args.top_k, args.max_positions, args.bounded, args.baseline,
+                       args.pair_status, args.old_cap_s, args.budget_s, args.only)
 
 
 if __name__ == "__main__":

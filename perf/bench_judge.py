@@ -2,8 +2,9 @@
 
 Reads a store whose collection and pair runs are done (e.g. the one ``perf/bench_benchmark.py`` fills). Two parts:
 
-* **accuracy**: for every bounded failure whose stored pair has a completion offset (clean or weak preference), the judge is asked where the response first breaks the instruction; its hinted offset is compared
-  with the stored target (the first recovering position): hit, before, after, or no usable hint;
+* **accuracy**: for every bounded failure whose stored pair has a completion offset (clean or weak preference), the
+  judge is asked where the response first breaks the instruction, exactly as the search asks it; its hinted offset
+  is compared with the stored target (the first recovering position): hit, before, after, or no usable hint;
 * **cost**: on the first ``--compare`` of those whose stored pair is clean, the default search with and without the
   hint, alternating which goes first: rollouts, tokens decoded and seconds, and whether both find the same pair
   (they must: the hint only orders positions).
@@ -26,7 +27,6 @@ from failtrace.failures.pair_types import PairSettings
 from failtrace.failures.search import PairFinder
 from failtrace.models.loading import load_model
 from failtrace.store import open_store
-
 
 
 def _where(hint: int | None, target: int) -> str:
@@ -53,17 +53,20 @@ def main() -> None:
                  and p["completion_offset"] is not None]
         results = {(r, x["item_id"]): x for r in runs for x in st.results(r, status="fail")}
         items = {(p["run_id"], p["item_id"]): st.get_item(args.only, p["item_id"]) for p in pairs}
-    models: dict[str, Any] = {}
+    finders: dict[str, Any] = {}  # one plain search per explained model: its text decoding and EOS, as the search's
     print(f"judge {judge.name}; {args.only}: {len(pairs)} failures with a stored target; torch threads "
           f"{torch.get_num_threads()}")
     where: Counter[str] = Counter()
     rows = []
     for p in pairs:
         run, r = runs[p["run_id"]], results[(p["run_id"], p["item_id"])]
-        lm = models.setdefault(run.model, judge_lm if run.model == judge_lm.name else load_model(run.model))
-        text = lm.tokenizer.decode(r["token_ids"], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        if run.model not in finders:
+            lm = judge_lm if run.model == judge_lm.name else load_model(run.model)
+            finders[run.model] = PairFinder(lm, PairSettings())
+        plain = finders[run.model]
         t = time.perf_counter()
-        hint = judge.hint(items[(p["run_id"], p["item_id"])], text, r["token_ids"], lm.tokenizer, frozenset())
+        hint = judge.hint(items[(p["run_id"], p["item_id"])], plain._text(r["token_ids"]), r["token_ids"],
+                          plain.loaded.tokenizer, plain.eos)
         w = _where(hint.position, p["completion_offset"])
         where[w] += 1
         rows.append((p, r, hint))
@@ -76,10 +79,11 @@ def main() -> None:
     same = 0
     for i, (p, r, hint) in enumerate(clean):
         run = runs[p["run_id"]]
-        bench, lm = get_benchmark(run.benchmark), models[run.model]
+        bench, plain = get_benchmark(run.benchmark), finders[run.model]
+        hinted = PairFinder(plain.loaded, PairSettings(), judge=judge)
         got = {}
         for which in (("plain", "hint") if i % 2 == 0 else ("hint", "plain")):
-            finder = PairFinder(lm, PairSettings(), judge=judge if which == "hint" else None)
+            finder = hinted if which == "hint" else plain
             t = time.perf_counter()
             res = finder.find(bench, items[(p["run_id"], p["item_id"])], r["prompt_ids"], r["token_ids"],
                               run.settings["max_new_tokens"], r["finish_reason"])
