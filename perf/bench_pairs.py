@@ -139,7 +139,7 @@ def ifeval_pairs(lm: Any, path: str, n_items: int, budget: int, top_k: int, max_
         if bench.check(it, decode_completion(lm.tokenizer, gen.token_ids, eos)).status == "fail":
             failures.append((it, prompt, gen))
     old = PairFinder(lm, PairSettings(top_k=top_k, max_positions=max_positions, early_stop=False,
-                                      position_batch=1, halt_at_answer=False))
+                                      position_batch=1, halt_at_answer=False, draft_tokens=0))
     new = PairFinder(lm, PairSettings(top_k=top_k, max_positions=max_positions))
     cost = {"old": [0.0, 0, 0], "new": [0.0, 0, 0]}
     parts = {"old": [0.0, 0.0, 0.0], "new": [0.0, 0.0, 0.0]}  # prefix pass, rollouts, checker

@@ -177,6 +177,9 @@ def pairs_command(
     early_stop: bool = typer.Option(True, "--early-stop/--no-early-stop",
                                     help="End a rollout once the benchmark says its prefix already fails "
                                          "(speed only)."),
+    draft_tokens: int = typer.Option(8, "--draft-tokens", callback=opts.count(0),
+                                     help="Most draft tokens, looked up in a rollout's own text, verified per forward "
+                                          "pass (0: off). Speed only: the tokens are greedy decoding's."),
     order: str = typer.Option("in-order", "--order", callback=opts.one_of(("in-order", "margin", "entropy")),
                               help="Order in which positions are rolled out: in-order, margin (smallest top-1 minus "
                                    "top-2 logit first) or entropy (largest first). Speed only: the pair found is "
@@ -198,7 +201,7 @@ def pairs_command(
     settings = PairSettings(top_k=top_k, min_delta=min_delta, max_positions=max_positions,
                             try_unbounded=try_unbounded, rollout_batch_size=rollout_batch_size,
                             rollout_tokens=rollout_tokens, position_batch=position_batch, early_stop=early_stop,
-                            order=order)
+                            order=order, draft_tokens=draft_tokens)
     settings.validate()
     check_device(device)
     check_store_path(store, create=False)

@@ -19,12 +19,12 @@ text is decoded from the ids without the final EOS and without special tokens (:
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from failtrace.failures.kvcache import cache_from_prefix, cache_tensors, new_cache, select_rows
+from failtrace.failures.decode import decode_rows, forward_logits
+from failtrace.failures.kvcache import cache_from_prefix, cache_tensors, new_cache
 
 FINISH_EOS = "eos"
 FINISH_LENGTH = "length"
@@ -72,101 +72,10 @@ def finish_reason(token_ids: Sequence[int], eos: frozenset[int]) -> str:
     return FINISH_EOS if token_ids and token_ids[-1] in eos else FINISH_LENGTH
 
 
-@functools.lru_cache(maxsize=None)
-def _cache_argument(model_class: type) -> str:
-    """The name of the KV-cache argument of a model class's forward: ``cache`` in recent transformers 5.x (where
-    ``past_key_values`` is a deprecated alias, to be removed), ``past_key_values`` in 4.x. Cached per class:
-    :func:`forward_logits` runs once per decoded token."""
-    import inspect
-
-    try:
-        return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
-    except (TypeError, ValueError):  # pragma: no cover - a forward without a signature
-        return "past_key_values"
-
-
-def forward_logits(model: Any, keep: int | None = None, **kwargs: Any) -> Any:
-    """Call ``model`` and return its logits, asking for only the last ``keep`` positions where supported.
-    A ``past_key_values`` argument is passed under the name this transformers version uses."""
-    if "past_key_values" in kwargs and _cache_argument(type(model)) != "past_key_values":
-        kwargs["cache"] = kwargs.pop("past_key_values")
-    if keep is not None:
-        try:
-            return model(logits_to_keep=keep, **kwargs).logits[:, -keep:]
-        except TypeError:  # models without logits_to_keep
-            pass
-    out = model(**kwargs).logits
-    return out if keep is None else out[:, -keep:]
-
-
-def _continue_greedy(model: Any, cache: Any, first: Any, budget: int, eos: frozenset[int],
-                     mask: Any | None = None) -> list[list[int]]:
-    """Continue every row greedily from its first token until EOS or ``budget`` tokens (first one included).
-
-    ``cache`` holds the context of every row; ``mask`` (batch, context) marks real tokens for left-padded rows, or is
-    None when no row is padded. Finished rows are dropped from the batch.
-    """
-    return decode_rows(model, cache, first, [budget] * int(first.shape[0]), eos, mask)[0]
-
-
-def decode_rows(model: Any, cache: Any, first: Any, budgets: Sequence[int], eos: frozenset[int],
-                mask: Any | None = None, stop: Callable[[int, list[int]], bool] | None = None,
-                stop_every: int = 8,
-                on_end: Callable[[int, list[int], bool], bool] | None = None) -> tuple[list[list[int]], list[bool]]:
-    """Greedy decoding of a batch of rows, each from its first token until EOS or its own budget (first included).
-
-    ``mask`` (batch, context) marks the real cache positions of each row (left padding, or a hole between a row's
-    shorter prefix and the shared cache's end), or is None when every row uses the whole cache. Every
-    ``stop_every`` tokens, ``stop(row, tokens)`` may end a row early (its verdict is already decided); the second
-    list says which rows ended so. Finished rows leave the batch, so no row pays for another's steps.
-    ``on_end(row, tokens, stopped)`` is called as each row ends; when it returns True, decoding of every row ends
-    there (rows still running keep the tokens they have).
-    """
-    import torch
-
-    outs: list[list[int]] = [[int(t)] for t in first.tolist()]
-    done = [t[-1] in eos or len(t) >= b for t, b in zip(outs, budgets, strict=True)]
-    stopped = [False] * len(outs)
-    if on_end is not None and any(on_end(r, outs[r], False) for r in range(len(outs)) if done[r]):
-        return outs, stopped
-    rows = list(range(len(outs)))  # original row of each batch element still decoding
-    nxt = first.clone()
-    while True:
-        keep = [j for j, r in enumerate(rows) if not done[r]]
-        if not keep:
-            break
-        if len(keep) < len(rows):
-            idx = torch.tensor(keep, dtype=torch.long, device=nxt.device)
-            select_rows(cache, idx)
-            nxt = nxt[idx]
-            if mask is not None:
-                mask = mask[idx]
-            rows = [rows[j] for j in keep]
-        kwargs: dict[str, Any] = {"input_ids": nxt.view(-1, 1), "past_key_values": cache, "use_cache": True}
-        if mask is not None:
-            kwargs["position_ids"] = mask.sum(-1, keepdim=True)  # index of the new token among the real ones
-            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=-1)
-            kwargs["attention_mask"] = mask
-        logits = forward_logits(model, keep=1, **kwargs)
-        nxt = logits[:, -1].argmax(-1)
-        ended = []
-        for j, r in enumerate(rows):
-            t = int(nxt[j])
-            outs[r].append(t)
-            if t in eos or len(outs[r]) >= budgets[r]:
-                done[r] = True
-                ended.append(r)
-            elif stop is not None and len(outs[r]) % stop_every == 0 and stop(r, outs[r]):
-                done[r] = stopped[r] = True
-                ended.append(r)
-        if on_end is not None and any(on_end(r, outs[r], stopped[r]) for r in ended):
-            break
-    return outs, stopped
-
-
 def greedy_generate(model: Any, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos: frozenset[int],
-                    pad_id: int = 0) -> list[Generated]:
-    """Greedy completions of ``prompts`` (lists of token ids) decoded as one left-padded batch."""
+                    pad_id: int = 0, max_draft: int = 0) -> list[Generated]:
+    """Greedy completions of ``prompts`` (lists of token ids) decoded as one left-padded batch; ``max_draft > 0``
+    verifies lookup drafts (:mod:`failtrace.failures.decode`; the same tokens, fewer passes on repetitive text)."""
     import torch
 
     if not prompts:
@@ -192,7 +101,8 @@ def greedy_generate(model: Any, prompts: Sequence[Sequence[int]], max_new_tokens
         else:
             logits = forward_logits(model, keep=1, input_ids=ids, past_key_values=cache, use_cache=True)
         first = logits[:, -1].argmax(-1)
-        outs = _continue_greedy(model, cache, first, max_new_tokens, eos, mask if padded else None)
+        outs = decode_rows(model, cache, first, [max_new_tokens] * len(prompts), eos, mask if padded else None,
+                           contexts=prompts, max_draft=max_draft)[0]
     return [Generated(o, finish_reason(o, eos)) for o in outs]
 
 
@@ -255,7 +165,9 @@ def rollouts(model: Any, kv: Sequence[tuple[Any, Any]], prefix_length: int, forc
 def rollouts_at(model: Any, kv: Sequence[tuple[Any, Any]], starts: Sequence[int], forced: Sequence[int],
                 budgets: Sequence[int], eos: frozenset[int], batch_size: int | None = None,
                 stop: Callable[[int, list[int]], bool] | None = None, stop_every: int = 8,
-                on_end: Callable[[int, list[int], bool], bool] | None = None) -> tuple[list[list[int]], list[bool]]:
+                on_end: Callable[[int, list[int], bool], bool] | None = None,
+                contexts: Sequence[Sequence[int]] | None = None,
+                max_draft: int = 0) -> tuple[list[list[int]], list[bool]]:
     """Rollouts at several prefix lengths in one batch: row i forces ``forced[i]`` after the first ``starts[i]``
     positions of ``kv`` and continues greedily for at most ``budgets[i]`` tokens (forced token included).
 
@@ -263,8 +175,9 @@ def rollouts_at(model: Any, kv: Sequence[tuple[Any, Any]], starts: Sequence[int]
     positions between its prefix and that end (attention weight exactly 0 there) and gets position ids counted over
     its real tokens, so it computes what a batch-1 rollout from its own prefix computes. ``stop`` (global row index,
     tokens so far) ends a row early, see :func:`decode_rows`; so does ``on_end`` (global row index), and once it
-    returns True no further batch is started (rows never started come back empty). Returns the sequences and which
-    rows were stopped.
+    returns True no further batch is started (rows never started come back empty). ``contexts`` (row i's tokens
+    before its forced one) and ``max_draft``: lookup drafts, see :func:`~failtrace.failures.decode.decode_rows`.
+    Returns the sequences and which rows were stopped.
     """
     import torch
 
@@ -300,7 +213,8 @@ def rollouts_at(model: Any, kv: Sequence[tuple[Any, Any]], starts: Sequence[int]
             row_stop = None if stop is None else (lambda j, toks, base=start: stop(base + j, toks))
             end = None if on_end is None else (lambda j, toks, e, base=start: row_end(base + j, toks, e))
             seqs, ended = decode_rows(model, cache, first, [budgets[i] for i in rows], eos, mask, row_stop,
-                                      stop_every, end)
+                                      stop_every, end, None if contexts is None else [contexts[i] for i in rows],
+                                      max_draft)
             out.extend(seqs)
             stopped.extend(ended)
     return out, stopped

@@ -106,3 +106,18 @@ def select_rows(cache: Any, rows: Any) -> None:
     for layer in cache.layers:  # pragma: no cover - fallback for caches without the method
         layer.keys = layer.keys[rows]
         layer.values = layer.values[rows]
+
+
+def gather_positions(cache: Any, index: Any) -> None:
+    """Replace every layer's positions by ``index`` (batch, length): row b keeps its positions ``index[b]``, in that
+    order. Attention reads keys as a set (their rotary positions are baked in), so moving a row's positions changes
+    nothing as long as its attention mask moves with them; used to squeeze out rejected draft positions."""
+    for layer in cache.layers:
+        k, v = layer.keys, layer.values
+        idx = index[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[-1])
+        k, v = k.gather(2, idx), v.gather(2, idx)
+        if hasattr(layer, "_n"):
+            layer._n, layer._kbuf, layer._vbuf = 0, None, None
+            layer.update(k, v)
+        else:
+            layer.keys, layer.values = k, v

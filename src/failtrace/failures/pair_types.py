@@ -19,7 +19,8 @@ class PairSettings:
     order in which walked positions are rolled out (:data:`~failtrace.failures.order.ORDERS`); whatever it is, the
     reported pair is the in-order one, so it is speed-only like batching and early stopping. ``halt_at_answer``
     stops decoding a block's remaining rollouts as soon as its answer is known (rows are checked in order as they
-    end), also speed-only; off only to measure what it saves.
+    end), also speed-only; off only to measure what it saves. ``draft_tokens`` is the most lookup-draft tokens a
+    rollout verifies per forward pass (:mod:`failtrace.failures.decode`; 0: plain greedy steps), speed-only too.
 
     ``try_unbounded`` (off by default) also searches failures whose completion hit the token limit (after any
     continuation to a larger ``rollout_tokens``). Their status is ``unbounded`` whatever the search finds (the
@@ -38,6 +39,7 @@ class PairSettings:
     stop_every: int = 8
     order: str = "in-order"
     halt_at_answer: bool = True  # stop the rollouts after a block's answer at once (cost only, never the pair)
+    draft_tokens: int = 8  # lookup-draft tokens verified per pass at most (0: off; cost only, never the pair)
 
     def validate(self) -> None:
         if self.top_k < 1:
@@ -50,6 +52,8 @@ class PairSettings:
             raise FailtraceError(f"--rollout-tokens must be at least 1, got {self.rollout_tokens}")
         if self.position_batch < 1:
             raise FailtraceError(f"--position-batch must be at least 1, got {self.position_batch}")
+        if self.draft_tokens < 0:
+            raise FailtraceError(f"--draft-tokens must be at least 0, got {self.draft_tokens}")
         if self.stop_every < 1:
             raise FailtraceError(f"stop_every must be at least 1, got {self.stop_every}")
         from failtrace.failures.order import ORDERS

@@ -148,7 +148,7 @@ class PairFinder:
     def _extend(self, prompt: list[int], comp: list[int], budget: int) -> tuple[list[int], str]:
         """The stored completion continued greedily up to ``budget`` tokens (the rollout budget)."""
         more = greedy_generate(self.loaded.model, [prompt + comp], budget - len(comp), self.eos,
-                               pad_token_id(self.loaded.tokenizer, self.eos))[0]
+                               pad_token_id(self.loaded.tokenizer, self.eos), self.settings.draft_tokens)[0]
         ids = comp + more.token_ids
         return ids, finish_reason(ids, self.eos)
 
@@ -200,7 +200,8 @@ class PairFinder:
         t, n, checking = time.perf_counter(), len(prompt), search.seconds_check
         seqs, stopped = rollouts_at(self.loaded.model, kv, [n + r.p for r in rows], [r.token for r in rows],
                                     [budget - r.p for r in rows], self.eos, self.settings.rollout_batch_size,
-                                    stop, self.settings.stop_every, on_end)
+                                    stop, self.settings.stop_every, on_end, [prompt + comp[:r.p] for r in rows],
+                                    self.settings.draft_tokens)
         search.seconds_rollouts += time.perf_counter() - t - (search.seconds_check - checking)
         search.rollouts += sum(1 for q in seqs if q)
         search.tokens += sum(len(q) for q in seqs)
@@ -230,7 +231,7 @@ class PairFinder:
         if budget <= 0:
             return []
         return greedy_generate(self.loaded.model, [ids], budget, self.eos,
-                               pad_token_id(self.loaded.tokenizer, self.eos))[0].token_ids
+                               pad_token_id(self.loaded.tokenizer, self.eos), self.settings.draft_tokens)[0].token_ids
 
     def _walk(self, benchmark: Benchmark, item: Item, comp: list[int], prompt: list[int], kv: Any, queue: list[int],
               model_top: list[list[int]], helper_top: list[list[int]] | None, vocab: int, budget: int,

@@ -1,0 +1,173 @@
+"""Decoding with lookup drafts gives exactly the tokens of cache-free greedy decoding, whatever the drafts (oracle,
+corrupted, random), with holes squeezed out of the cache, per-row budgets, stop rules and halting as in plain
+decoding; and the n-gram lookup proposes what a brute-force scan finds (float64 toy model)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+
+import failtrace.failures.decode as decode
+from failtrace.failures.generation import eos_token_ids, greedy_generate, naive_greedy, prefix_forward, rollouts_at
+from failtrace.failures.lookup import NGRAM_SIZES, NgramDrafts
+from failtrace.testing.tiny import tiny_model
+from failtrace.testing.toy import one_thread, toy_model
+
+
+def _brute_propose(h: list[int], k: int, sizes: tuple[int, ...] = NGRAM_SIZES) -> list[int]:
+    """The latest earlier occurrence of the longest suffix n-gram, scanned from the end; periodic past the end."""
+    for n in sizes:
+        if len(h) < n:
+            continue
+        for end in range(len(h) - 1, n - 1, -1):
+            if h[end - n:end] == h[-n:]:
+                out = []
+                for i in range(k):
+                    out.append(h[end + i] if end + i < len(h) else out[i - (len(h) - end)])
+                return out
+    return []
+
+
+def test_ngram_lookup_matches_a_brute_force_scan() -> None:
+    rng = random.Random(0)
+    for trial in range(40):
+        vocab = rng.choice([2, 3, 5, 20])
+        h = [rng.randrange(vocab) for _ in range(rng.randrange(1, 60))]
+        d = NgramDrafts(h[:5])
+        d.extend(h[5:])
+        for k in (1, 4, 9):
+            assert d.propose(k) == _brute_propose(h, k), (trial, h, k)
+    loop = NgramDrafts([9, 1, 2, 3, 1, 2, 3, 1, 2])
+    assert loop.propose(7) == [3, 1, 2, 3, 1, 2, 3]  # a loop of period 3 continues past the text's end
+    assert NgramDrafts([1, 2, 3, 4]).propose(5) == []  # no n-gram recurs: no draft
+
+
+@pytest.fixture()
+def lm() -> Iterator[Any]:
+    with one_thread():
+        yield toy_model(3, dtype=torch.float64, stops=False)
+
+
+class _Counter:
+    """Counts forward passes and how many of them verified drafts."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.passes = self.drafted = 0
+        real = decode.forward_logits
+
+        def counted(model: Any, keep: int | None = None, **kwargs: Any) -> Any:
+            self.passes += 1
+            self.drafted += int(kwargs["input_ids"].shape[1] > 1)
+            return real(model, keep, **kwargs)
+
+        monkeypatch.setattr(decode, "forward_logits", counted)
+
+
+def _oracle(truth: list[list[int]], wrong: float, seed: int) -> type:
+    """An NgramDrafts stand-in proposing the true greedy continuation of its row, each token replaced by a random
+    one with probability ``wrong``."""
+    rng = random.Random(seed)
+
+    class Oracle:
+        def __init__(self, tokens: list[int]) -> None:
+            self.tokens = list(tokens)
+            self.ref = next(t for t in truth if t[:len(self.tokens)] == self.tokens)
+
+        def extend(self, tokens: list[int]) -> None:
+            self.tokens.extend(tokens)
+
+        def propose(self, k: int) -> list[int]:
+            true = self.ref[len(self.tokens):len(self.tokens) + k]
+            return [t if rng.random() >= wrong else rng.randrange(259) for t in true]
+
+    return Oracle
+
+
+@pytest.mark.parametrize("wrong", [0.0, 0.3, 0.6, 1.0])
+def test_rollouts_with_drafts_are_token_identical_to_cache_free_decoding(lm: Any, wrong: float,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    eos = frozenset({2})
+    ids = [5, 17, 3, 99, 42, 8, 11, 12, 13, 14, 15]
+    state = prefix_forward(lm, ids, n_logits=1)
+    starts, forced, budgets = [6, 9, 11, 11, 7], [3, 4, 5, 6, 40], [70, 33, 90, 1, 64]
+    truth = [ids[:s] + naive_greedy(lm, ids[:s], b, eos, forced=f) for s, f, b in zip(starts, forced, budgets)]
+    monkeypatch.setattr(decode, "NgramDrafts", _oracle(truth, wrong, seed=1))
+    squeezes = []
+    real_gather = decode.gather_positions
+    monkeypatch.setattr(decode, "gather_positions", lambda c, i: (squeezes.append(1), real_gather(c, i)))
+    count = _Counter(monkeypatch)
+    seqs, stopped = rollouts_at(lm, state.kv, starts, forced, budgets, eos,
+                                contexts=[ids[:s] for s in starts], max_draft=8)
+    assert [ids[:s] + q for s, q in zip(starts, seqs)] == truth
+    assert stopped == [False] * 5
+    assert count.drafted > 0
+    if wrong == 0.0:  # every draft right: far fewer passes than the longest row has tokens
+        assert count.passes < max(budgets) / 3
+    if 0.0 < wrong < 1.0:  # drafts partly wrong: the holes they leave pile up and are squeezed out
+        assert squeezes
+    if wrong == 1.0:  # every draft wrong: drafting pauses, so most passes are plain steps
+        assert count.drafted < count.passes / 4
+
+
+def test_stop_rules_and_halting_end_rows_where_plain_decoding_does(lm: Any) -> None:
+    eos = frozenset({2})
+    ids = [7, 7, 21, 30, 31, 32]
+    state = prefix_forward(lm, ids, n_logits=1)
+    starts, forced = [3, 6, 6, 4], [100, 101, 102, 103]
+
+    def stop(i: int, toks: list[int]) -> bool:
+        return i % 2 == 0 and sum(toks) % 5 == 0  # an arbitrary rule, checked every 3 tokens
+
+    def run(max_draft: int, halt_after: int | None) -> tuple[list[list[int]], list[bool], list[int]]:
+        order: list[int] = []
+
+        def on_end(i: int, toks: list[int], was_stopped: bool) -> bool:
+            order.append(i)
+            return halt_after is not None and i == halt_after
+
+        seqs, stopped = rollouts_at(lm, state.kv, starts, forced, [50] * 4, eos, batch_size=2, stop=stop,
+                                    stop_every=3, on_end=on_end, contexts=[ids[:s] for s in starts],
+                                    max_draft=max_draft)
+        return seqs, stopped, sorted(order)
+
+    assert run(8, None) == run(0, None)
+    seqs, stopped, ended = run(8, 1)
+    plain_seqs, plain_stopped, _ = run(0, None)
+    # halted as row 1 ended: row 0, still running or ended in the same pass, keeps a prefix of its tokens, and the
+    # second batch never ran
+    assert seqs[1] == plain_seqs[1] and plain_seqs[0][:len(seqs[0])] == seqs[0] and seqs[2:] == [[], []]
+    assert 1 in ended and set(ended) <= {0, 1}
+
+
+def test_sliding_window_models_decode_without_drafts(monkeypatch: pytest.MonkeyPatch) -> None:
+    with one_thread():
+        model = tiny_model("gemma3", dtype=torch.float64)
+        assert decode.slides(model) and not decode.slides(tiny_model("llama"))
+        count = _Counter(monkeypatch)
+        prompt = [40, 41, 42, 43] * 4
+        out = greedy_generate(model, [prompt], 20, frozenset({2}), max_draft=8)[0]
+        assert count.drafted == 0
+        assert out.token_ids == naive_greedy(model, prompt, 20, frozenset({2}))
+
+
+def test_greedy_generate_with_drafts_on_the_bundled_model_matches_plain(bundled: Any,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real attention, a real loop: the small instruct model lists colours until the budget ("Red, Blue, Green,
+    Blue, Red, ..."), next to a row that does not loop."""
+    tok = bundled.tokenizer
+    eos = eos_token_ids(bundled.model, tok)
+    asks = ["List ten colours, one per line, and then list them again.",
+            "Write a dialogue between two people going to a nightly event. Use exactly three bullet points."]
+    prompts = [list(tok.apply_chat_template([{"role": "user", "content": a}], add_generation_prompt=True,
+                                            tokenize=True, return_dict=True)["input_ids"]) for a in asks]
+    plain = greedy_generate(bundled.model, prompts, 120, eos)
+    drafted = greedy_generate(bundled.model, prompts, 120, eos, max_draft=8)
+    assert [g.token_ids for g in drafted] == [g.token_ids for g in plain]
+    count = _Counter(monkeypatch)
+    alone = greedy_generate(bundled.model, prompts[:1], 120, eos, max_draft=8)[0]
+    assert alone.token_ids == plain[0].token_ids and len(alone.token_ids) == 120
+    assert count.passes < 120 / 2  # the loop was drafted: well under one pass per token
