@@ -7,6 +7,9 @@ import torch
 
 from failtrace.failures.generation import eos_token_ids, greedy_generate, naive_greedy, prefix_forward, rollouts_at
 from failtrace.failures.kvcache import cache_tensors, growing_layer, new_cache, select_rows
+import pytest
+
+from failtrace.testing.tiny import tiny_model
 from failtrace.testing.toy import one_thread, toy_loaded
 
 
@@ -49,3 +52,21 @@ def test_decoding_with_the_growing_cache_is_token_identical_to_no_cache() -> Non
         seqs, _ = rollouts_at(lm.model, state.kv, starts, forced, [30, 30, 30, 30], eos)
         for s, f, got in zip(starts, forced, seqs):
             assert got == naive_greedy(lm.model, ids[:s], 30, eos, forced=f)
+
+
+@pytest.mark.parametrize("arch", ["gemma3", "mistral", "olmo3"])
+def test_sliding_window_models_decode_batches_as_cache_free_decoding_does(arch: str) -> None:
+    """A sliding window (6 here) counts cache positions: rows of other prefix lengths and left padding must not
+    share a batch's cache (they did: the masked hole shifted the window, and the rollouts came out wrong)."""
+    with one_thread():
+        model = tiny_model(arch, dtype=torch.float64)
+        eos = frozenset({2})
+        ids = list(range(10, 30))
+        state = prefix_forward(model, ids, n_logits=1)
+        starts, forced = [8, 14, 20, 20], [3, 4, 5, 6]
+        seqs, _ = rollouts_at(model, state.kv, starts, forced, [15] * 4, eos)
+        for s, f, got in zip(starts, forced, seqs):
+            assert got == naive_greedy(model, ids[:s], 15, eos, forced=f)
+        prompts = [ids[:9], ids, ids[3:15]]
+        for p, out in zip(prompts, greedy_generate(model, prompts, 15, eos)):
+            assert out.token_ids == naive_greedy(model, p, 15, eos)

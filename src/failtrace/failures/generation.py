@@ -1,7 +1,8 @@
 """Greedy decoding primitives shared by collection and pair-finding.
 
 * :func:`greedy_generate` decodes a batch of prompts greedily with a KV cache. Prompts of different lengths are
-  left-padded and masked; a batch of one is plain unpadded decoding. Finished rows leave the batch, so a long
+  left-padded and masked (decoded one at a time for models with sliding-window layers, whose window counts cache
+  positions, padding included); a batch of one is plain unpadded decoding. Finished rows leave the batch, so a long
   answer does not make the short ones pay for its steps.
 * :func:`prefix_forward` runs one forward pass over ``prompt + completion`` and keeps the KV cache and the logits of
   the last positions: the next-token distribution at every completion position, from one pass.
@@ -23,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from failtrace.failures.decode import decode_rows, forward_logits
+from failtrace.failures.decode import decode_rows, forward_logits, slides
 from failtrace.failures.kvcache import cache_from_prefix, cache_tensors, new_cache
 
 FINISH_EOS = "eos"
@@ -87,6 +88,8 @@ def greedy_generate(model: Any, prompts: Sequence[Sequence[int]], max_new_tokens
     if min(len(p) for p in prompts) == 0:
         raise ValueError("cannot generate from an empty prompt")
     padded = width != min(len(p) for p in prompts)
+    if padded and slides(model):  # left padding would shift a sliding window that counts cache positions
+        return [greedy_generate(model, [p], max_new_tokens, eos, pad_id, max_draft)[0] for p in prompts]
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long, device=device)
     mask = torch.zeros((len(prompts), width), dtype=torch.long, device=device)
     for i, p in enumerate(prompts):
@@ -173,7 +176,9 @@ def rollouts_at(model: Any, kv: Sequence[tuple[Any, Any]], starts: Sequence[int]
 
     The batch shares one slice of the cache, up to the longest prefix; a row with a shorter prefix masks the cache
     positions between its prefix and that end (attention weight exactly 0 there) and gets position ids counted over
-    its real tokens, so it computes what a batch-1 rollout from its own prefix computes. ``stop`` (global row index,
+    its real tokens, so it computes what a batch-1 rollout from its own prefix computes (for a model with
+    sliding-window layers, whose window counts cache positions, only rows of one prefix length share a batch).
+    ``stop`` (global row index,
     tokens so far) ends a row early, see :func:`decode_rows`; so does ``on_end`` (global row index), and once it
     returns True no further batch is started (rows never started come back empty). ``contexts`` (row i's tokens
     before its forced one) and ``max_draft``: lookup drafts, see :func:`~failtrace.failures.decode.decode_rows`.
@@ -196,12 +201,12 @@ def rollouts_at(model: Any, kv: Sequence[tuple[Any, Any]], starts: Sequence[int]
         return halted[0]
 
     with torch.no_grad():
-        for start in range(0, len(forced), step):
+        for start, end_row in _chunks(starts, step, slides(model)):
             if halted[0]:
-                out.extend([] for _ in range(start, min(start + step, len(forced))))
-                stopped.extend(False for _ in range(start, min(start + step, len(forced))))
+                out.extend([] for _ in range(start, end_row))
+                stopped.extend(False for _ in range(start, end_row))
                 continue
-            rows = range(start, min(start + step, len(forced)))
+            rows = range(start, end_row)
             width = max(starts[i] for i in rows)
             cache = cache_from_prefix(kv, width, len(rows), width + max(budgets[i] for i in rows))
             first = torch.tensor([forced[i] for i in rows], dtype=torch.long, device=device)
@@ -218,6 +223,17 @@ def rollouts_at(model: Any, kv: Sequence[tuple[Any, Any]], starts: Sequence[int]
             out.extend(seqs)
             stopped.extend(ended)
     return out, stopped
+
+
+def _chunks(starts: Sequence[int], step: int, by_start: bool) -> list[tuple[int, int]]:
+    """Row ranges decoded as one batch: ``step`` rows at most and, with ``by_start``, one prefix length per batch
+    (a sliding window counts cache positions, so the masked hole of a shorter prefix would shift it)."""
+    out, begin = [], 0
+    for i in range(1, len(starts) + 1):
+        if i == len(starts) or i - begin == step or (by_start and starts[i] != starts[begin]):
+            out.append((begin, i))
+            begin = i
+    return out
 
 
 def naive_greedy(model: Any, ids: Sequence[int], budget: int, eos: frozenset[int],
