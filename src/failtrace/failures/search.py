@@ -25,7 +25,9 @@ Cost cuts that never change which pair is found (tested against the exhaustive i
   is checked at once); a position whose own prefix ``C[:p]`` already decides is not rolled out at all (neither is
   any later one: the rules are monotone in the prefix, and a fixed verdict is the stored completion's ``fail``);
 * positions may be rolled out in another order (:mod:`failtrace.failures.order`, a judge's hint first); once a
-  position q recovers, only positions < q are still rolled out, and the smallest recovering one is reported.
+  position q recovers, only positions < q are still rolled out, and the smallest recovering one is reported;
+* rollouts that repeat themselves are drafted from their own text and verified by the model, several tokens per
+  pass (:mod:`failtrace.failures.decode`): the same greedy tokens, fewer passes.
 """
 
 from __future__ import annotations
