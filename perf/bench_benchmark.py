@@ -232,7 +232,9 @@ def old_vs_new(st: Any, lm: Any, n: int, top_k: int, max_positions: int, bounded
     """The pair search as it was when issue 13 was filed (one position per batch, every rollout to the full budget,
     no halting at the answer, no verdict reuse, transformers' dynamic cache, and failures that hit the token limit
     searched too, no lookup drafts: the same code with those switched off; ``baseline="no-halt"``: the default
-    search with only halting at the answer and drafts switched off; ``"no-drafts"``: only the drafts) against the default search, on the first ``n`` failures of every benchmark
+    search with only halting at the answer and drafts switched off; ``"no-drafts"``: only the drafts;
+    ``"no-completion-drafts"``: only the drafts from the failing completion) against the default search, on the first
+    ``n`` failures of every benchmark
     in the store (``bounded_only`` True: the first ``n`` that stopped within the budget, False: the first ``n`` that
     hit it; with ``status``: only failures whose stored pair has that status), alternating which goes first.
 
@@ -250,6 +252,8 @@ def old_vs_new(st: Any, lm: Any, n: int, top_k: int, max_positions: int, bounded
         base.early_stop, base.position_batch = False, 1
     if baseline == "no-drafts":  # the default search with only the lookup drafts off
         base = PairSettings(top_k=top_k, max_positions=max_positions, draft_tokens=0)
+    if baseline == "no-completion-drafts":  # the default search drafting from each rollout's own text only
+        base = PairSettings(top_k=top_k, max_positions=max_positions, draft_from_completion=False)
     old = OldFinder(lm, base) if baseline == "old" else PairFinder(lm, base)
     new = PairFinder(lm, PairSettings(top_k=top_k, max_positions=max_positions))
     with_status = {(p["run_id"], p["item_id"]) for p in st.pairs() if p["status"] == status}
@@ -338,7 +342,7 @@ def main() -> None:
                     help="stages to run (e.g. analyse alone after a pairs stage stopped early)")
     ap.add_argument("--only-print", action="store_true", help="print the tables of the store, run nothing")
     ap.add_argument("--old-vs-new", type=int, default=0, help="also time the old search on N failures per bench")
-    ap.add_argument("--baseline", choices=("old", "no-halt", "no-drafts"), default="old",
+    ap.add_argument("--baseline", choices=("old", "no-halt", "no-drafts", "no-completion-drafts"), default="old",
                     help="--old-vs-new baseline: the search before the cost cuts, or the default search with only "
                          "halting at the answer, or only the lookup drafts, off")
     ap.add_argument("--pair-status", default=None, help="--old-vs-new only on failures whose stored pair has it")

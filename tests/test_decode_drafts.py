@@ -46,6 +46,41 @@ def test_ngram_lookup_matches_a_brute_force_scan() -> None:
     assert NgramDrafts([1, 2, 3, 4]).propose(5) == []  # no n-gram recurs: no draft
 
 
+def test_reference_lookup_reads_forward_as_a_brute_force_scan_does() -> None:
+    """A row with a reference: the longest suffix n-gram is looked up in the reference first (its first occurrence
+    after the last one used), then in the row's own tokens; checked against a scan of both, call after call."""
+    rng = random.Random(1)
+    for trial in range(60):
+        vocab = rng.choice([2, 3, 6])
+        ref = [rng.randrange(vocab) for _ in range(rng.randrange(0, 40))]
+        h = [rng.randrange(vocab) for _ in range(rng.randrange(1, 12))]
+        d = NgramDrafts(h, reference=ref)
+        cursor = 0
+        for step in range(15):
+            k = rng.choice([1, 3, 8])
+            want = None
+            for n in NGRAM_SIZES:
+                if len(h) < n:
+                    continue
+                ends = [e for e in range(n, len(ref)) if ref[e - n:e] == h[-n:] and e > cursor]
+                if ends:
+                    cursor = ends[0]
+                    want = ref[cursor:cursor + k]
+                    break
+                if any(h[e - n:e] == h[-n:] for e in range(n, len(h))):
+                    want = _brute_propose(h, k, (n,))
+                    break
+            assert d.propose(k) == (want or []), (trial, step, ref, h)
+            new = ([rng.randrange(vocab)] if rng.random() < 0.3 else (want or [0])[:rng.randrange(1, 4)])
+            h.extend(new)
+            d.extend(new)
+    # in step with a reference that repeats a phrase: drafted from where the row is, not from the first repeat
+    d = NgramDrafts([7, 1, 2], reference=[1, 2, 3, 9, 1, 2, 4, 5])
+    assert d.propose(2) == [3, 9]
+    d.extend([3, 9, 1, 2])
+    assert d.propose(3) == [4, 5]
+
+
 @pytest.fixture()
 def lm() -> Iterator[Any]:
     with one_thread():
@@ -73,7 +108,7 @@ def _oracle(truth: list[list[int]], wrong: float, seed: int) -> type:
     rng = random.Random(seed)
 
     class Oracle:
-        def __init__(self, tokens: list[int]) -> None:
+        def __init__(self, tokens: list[int], reference: list[int] | None = None) -> None:
             self.tokens = list(tokens)
             self.ref = next(t for t in truth if t[:len(self.tokens)] == self.tokens)
 
@@ -111,6 +146,34 @@ def test_rollouts_with_drafts_are_token_identical_to_cache_free_decoding(lm: Any
         assert squeezes
     if wrong == 1.0:  # every draft wrong: drafting pauses, so most passes are plain steps
         assert count.drafted < count.passes / 4
+
+
+def test_rollouts_drafted_from_the_completion_they_rejoin(lm: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rollouts of a greedy completion, each with the completion after its position as reference: the tokens are
+    cache-free greedy decoding's, and a rollout forcing the completion's own token (which then copies it) is
+    drafted from the reference in far fewer passes than tokens; a wrong reference changes no token."""
+    eos = frozenset({2})
+    ids = [5, 17, 3, 99, 42, 8]
+    comp = naive_greedy(lm, ids, 96, eos)
+    full = ids + comp
+    state = prefix_forward(lm, full, n_logits=1)
+    pos = [10, 25, 40]
+    starts = [len(ids) + p for p in pos]
+    forced = [comp[10], 77, comp[40]]
+    budgets = [len(comp) - p for p in pos]
+    truth = [naive_greedy(lm, full[:s], b, eos, forced=f) for s, f, b in zip(starts, forced, budgets)]
+    assert truth[0] == comp[10:] and truth[2] == comp[40:]
+    contexts = [full[:s] for s in starts]
+    runs = {}
+    for name, refs in (("none", None), ("completion", [comp[p + 1:] for p in pos]),
+                       ("shuffled", [random.Random(p).sample(comp, len(comp)) for p in pos])):
+        count = _Counter(monkeypatch)
+        seqs, _ = rollouts_at(lm, state.kv, starts, forced, budgets, eos, batch_size=1, contexts=contexts,
+                              max_draft=8, references=refs)
+        assert seqs == truth, name
+        runs[name] = count.passes
+    assert runs["completion"] < runs["none"]
+    assert runs["completion"] < (budgets[0] + budgets[2]) / 3 + budgets[1]
 
 
 def test_stop_rules_and_halting_end_rows_where_plain_decoding_does(lm: Any) -> None:

@@ -122,7 +122,8 @@ def test_early_stopping_and_batching_match_the_exhaustive_search(lm: Any) -> Non
         item.reference["needle"] = text[-3:]
         bench = Forbid(forbidden=forbidden)
         results = [_compare(lm, bench, item, prompt, comp, k, PairSettings(top_k=k, min_delta=0.0, **kw))[0]
-                   for kw in ({"early_stop": False, "position_batch": 1}, {}, {"position_batch": 8, "stop_every": 1},
+                   for kw in ({"early_stop": False, "position_batch": 1, "draft_tokens": 0}, {},
+                              {"position_batch": 8, "stop_every": 1}, {"draft_from_completion": False},
                               {"position_batch": 3, "stop_every": 2, "rollout_batch_size": 5})]
         plain = results[0]
         assert plain.found and plain.rollouts_stopped == 0 and plain.positions_decided == 0

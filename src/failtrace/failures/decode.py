@@ -4,6 +4,8 @@
 ``max_draft > 0`` and each row's context, a step may instead *verify drafts* (speculative decoding with drafts
 looked up in the row's own tokens, :mod:`failtrace.failures.lookup`):
 
+* drafts come from the row's own tokens and, where given, a reference text (a rollout's failing completion after
+  the forced position, which the rollout often rejoins and then copies);
 * every row feeds its last decided token followed by ``L`` draft tokens (a row without a draft feeds filler, which
   is checked like any draft), all rows the same width ``1 + L``, in one forward pass;
 * row j keeps draft tokens only while each equals the model's argmax after the tokens before it, so its ``1 + a_j``
@@ -96,7 +98,8 @@ def decode_rows(model: Any, cache: Any, first: Any, budgets: Sequence[int], eos:
                 mask: Any | None = None, stop: Callable[[int, list[int]], bool] | None = None,
                 stop_every: int = 8, on_end: Callable[[int, list[int], bool], bool] | None = None,
                 contexts: Sequence[Sequence[int]] | None = None,
-                max_draft: int = 0) -> tuple[list[list[int]], list[bool]]:
+                max_draft: int = 0,
+                references: Sequence[Sequence[int]] | None = None) -> tuple[list[list[int]], list[bool]]:
     """Greedy decoding of a batch of rows, each from its first token until EOS or its own budget (first included).
 
     ``mask`` (batch, context) marks the real cache positions of each row (left padding, or a hole between a row's
@@ -105,7 +108,8 @@ def decode_rows(model: Any, cache: Any, first: Any, budgets: Sequence[int], eos:
     list says which rows ended so. Finished rows leave the batch, so no row pays for another's steps.
     ``on_end(row, tokens, stopped)`` is called as each row ends; when it returns True, decoding of every row ends
     there (rows still running keep the tokens they have). ``contexts`` (each row's tokens before ``first``) and
-    ``max_draft > 0`` turn on lookup drafts (module docstring).
+    ``max_draft > 0`` turn on lookup drafts (module docstring); ``references``, text each row may copy without
+    having seen it (:class:`~failtrace.failures.lookup.NgramDrafts`), adds draft sources, never changes a token.
     """
     import torch
 
@@ -116,7 +120,8 @@ def decode_rows(model: Any, cache: Any, first: Any, budgets: Sequence[int], eos:
         return outs, stopped
     drafts = None
     if max_draft > 0 and contexts is not None and not slides(model):
-        drafts = [NgramDrafts(list(c) + o) for c, o in zip(contexts, outs, strict=True)]
+        refs = references if references is not None else [()] * len(outs)
+        drafts = [NgramDrafts(list(c) + o, reference=f) for c, o, f in zip(contexts, outs, refs, strict=True)]
     plan = _Drafting(max(1, max_draft))
     rows = list(range(len(outs)))  # original row of each batch element still decoding
     device = first.device

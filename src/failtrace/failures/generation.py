@@ -170,7 +170,8 @@ def rollouts_at(model: Any, kv: Sequence[tuple[Any, Any]], starts: Sequence[int]
                 stop: Callable[[int, list[int]], bool] | None = None, stop_every: int = 8,
                 on_end: Callable[[int, list[int], bool], bool] | None = None,
                 contexts: Sequence[Sequence[int]] | None = None,
-                max_draft: int = 0) -> tuple[list[list[int]], list[bool]]:
+                max_draft: int = 0,
+                references: Sequence[Sequence[int]] | None = None) -> tuple[list[list[int]], list[bool]]:
     """Rollouts at several prefix lengths in one batch: row i forces ``forced[i]`` after the first ``starts[i]``
     positions of ``kv`` and continues greedily for at most ``budgets[i]`` tokens (forced token included).
 
@@ -181,8 +182,8 @@ def rollouts_at(model: Any, kv: Sequence[tuple[Any, Any]], starts: Sequence[int]
     ``stop`` (global row index,
     tokens so far) ends a row early, see :func:`decode_rows`; so does ``on_end`` (global row index), and once it
     returns True no further batch is started (rows never started come back empty). ``contexts`` (row i's tokens
-    before its forced one) and ``max_draft``: lookup drafts, see :func:`~failtrace.failures.decode.decode_rows`.
-    Returns the sequences and which rows were stopped.
+    before its forced one), ``max_draft`` and ``references``: lookup drafts, see
+    :func:`~failtrace.failures.decode.decode_rows`. Returns the sequences and which rows were stopped.
     """
     import torch
 
@@ -219,7 +220,7 @@ def rollouts_at(model: Any, kv: Sequence[tuple[Any, Any]], starts: Sequence[int]
             end = None if on_end is None else (lambda j, toks, e, base=start: row_end(base + j, toks, e))
             seqs, ended = decode_rows(model, cache, first, [budgets[i] for i in rows], eos, mask, row_stop,
                                       stop_every, end, None if contexts is None else [contexts[i] for i in rows],
-                                      max_draft)
+                                      max_draft, None if references is None else [references[i] for i in rows])
             out.extend(seqs)
             stopped.extend(ended)
     return out, stopped

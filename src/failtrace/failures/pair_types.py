@@ -20,7 +20,9 @@ class PairSettings:
     reported pair is the in-order one, so it is speed-only like batching and early stopping. ``halt_at_answer``
     stops decoding a block's remaining rollouts as soon as its answer is known (rows are checked in order as they
     end), also speed-only; off only to measure what it saves. ``draft_tokens`` is the most lookup-draft tokens a
-    rollout verifies per forward pass (:mod:`failtrace.failures.decode`; 0: plain greedy steps), speed-only too.
+    rollout verifies per forward pass (:mod:`failtrace.failures.decode`; 0: plain greedy steps), speed-only too;
+    ``draft_from_completion`` also drafts a rollout from the failing completion after its position (which rollouts
+    often rejoin), speed-only; off only to measure what it saves.
 
     ``try_unbounded`` (off by default) also searches failures whose completion hit the token limit (after any
     continuation to a larger ``rollout_tokens``). Their status is ``unbounded`` whatever the search finds (the
@@ -40,6 +42,7 @@ class PairSettings:
     order: str = "in-order"
     halt_at_answer: bool = True  # stop the rollouts after a block's answer at once (cost only, never the pair)
     draft_tokens: int = 8  # lookup-draft tokens verified per pass at most (0: off; cost only, never the pair)
+    draft_from_completion: bool = True  # drafts from the failing completion too (cost only, never the pair)
 
     def validate(self) -> None:
         if self.top_k < 1:

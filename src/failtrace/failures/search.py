@@ -26,8 +26,9 @@ Cost cuts that never change which pair is found (tested against the exhaustive i
   any later one: the rules are monotone in the prefix, and a fixed verdict is the stored completion's ``fail``);
 * positions may be rolled out in another order (:mod:`failtrace.failures.order`, a judge's hint first); once a
   position q recovers, only positions < q are still rolled out, and the smallest recovering one is reported;
-* rollouts that repeat themselves are drafted from their own text and verified by the model, several tokens per
-  pass (:mod:`failtrace.failures.decode`): the same greedy tokens, fewer passes.
+* rollouts that repeat themselves or rejoin the failing completion are drafted from their own text or from the
+  completion after their position, and verified by the model, several tokens per pass
+  (:mod:`failtrace.failures.decode`): the same greedy tokens, fewer passes.
 """
 
 from __future__ import annotations
@@ -203,7 +204,8 @@ class PairFinder:
         seqs, stopped = rollouts_at(self.loaded.model, kv, [n + r.p for r in rows], [r.token for r in rows],
                                     [budget - r.p for r in rows], self.eos, self.settings.rollout_batch_size,
                                     stop, self.settings.stop_every, on_end, [prompt + comp[:r.p] for r in rows],
-                                    self.settings.draft_tokens)
+                                    self.settings.draft_tokens,
+                                    [comp[r.p + 1:] for r in rows] if self.settings.draft_from_completion else None)
         search.seconds_rollouts += time.perf_counter() - t - (search.seconds_check - checking)
         search.rollouts += sum(1 for q in seqs if q)
         search.tokens += sum(len(q) for q in seqs)
