@@ -234,3 +234,68 @@ def test_greedy_generate_with_drafts_on_the_bundled_model_matches_plain(bundled:
     alone = greedy_generate(bundled.model, prompts[:1], 120, eos, max_draft=8)[0]
     assert alone.token_ids == plain[0].token_ids and len(alone.token_ids) == 120
     assert count.passes < 120 / 2  # the loop was drafted: well under one pass per token
+
+
+def _expected_accepted(q: float, d: int) -> float:
+    """E[accepted draft tokens] by enumerating every hit/miss pattern of d guesses, each right with probability q:
+    tokens are accepted up to the first miss."""
+    total = 0.0
+    for pattern in range(2 ** d):
+        hits = [(pattern >> i) & 1 for i in range(d)]
+        p = 1.0
+        for h in hits:
+            p *= q if h else 1 - q
+        accepted = next((i for i, h in enumerate(hits) if not h), d)
+        total += p * accepted
+    return total
+
+
+def test_draft_length_maximises_expected_tokens_per_cost_by_enumeration() -> None:
+    """The chosen draft length is the argmax of (rows + expected accepted tokens) / the pass's cost, with the
+    expectation computed by enumerating hit/miss patterns, for wide and narrow batches, good and poor guessers."""
+    rng = random.Random(3)
+    for _ in range(60):
+        n, max_draft = rng.randint(1, 40), rng.choice([1, 4, 8])
+        cost = rng.choice([decode.CPU_COST, decode.ACCELERATOR_COST, decode.PassCost(4.0, 0.0, 1.0)])
+        plan = decode._Drafting(max_draft, n, cost)
+        for r in range(n):  # a history of hits and misses per row
+            for _ in range(rng.randint(0, 12)):
+                plan.learn(r, [1], [1 if rng.random() < rng.random() else 2])
+        guesses = [[0] * rng.choice([0, 2, 8]) for _ in range(n)]
+        room = rng.randint(0, 9)
+        value = {d: (n + sum(_expected_accepted(plan.rate(r), min(d, len(g))) for r, g in enumerate(guesses)))
+                 / cost.of(n, d) for d in range(min(room, max_draft) + 1)}
+        got = plan.length(list(range(n)), guesses, room)
+        assert value[got] == pytest.approx(max(value.values())), (n, cost, room, value, got)
+
+
+def test_guess_rate_counts_hits_up_to_the_first_miss() -> None:
+    plan = decode._Drafting(8, 1, decode.CPU_COST)
+    assert plan.rate(0) == 0.5
+    plan.learn(0, [5, 6, 7, 8], [5, 6, 9])  # two hits, then a miss: three tries; the rest is not scored
+    assert (plan.hits[0], plan.tries[0]) == (2.0, 3.0)
+    plan.learn(0, [5], [5, 1])  # a hit with nothing after it to score: one try, no miss seen
+    assert (plan.hits[0], plan.tries[0]) == pytest.approx((decode.MEMORY * 2 + 1, decode.MEMORY * 3 + 1))
+    plan.learn(0, [], [4])  # no guess: nothing learned
+    assert plan.tries[0] == pytest.approx(decode.MEMORY * 3 + 1)
+
+
+@pytest.mark.parametrize(("rows", "most_drafted"), [(40, 0), (4, 2)])
+def test_poor_guessers_on_a_cpu_stop_drafting(lm: Any, monkeypatch: pytest.MonkeyPatch, rows: int,
+                                              most_drafted: int) -> None:
+    """Rollouts whose drafts are always wrong: a wide batch never drafts (a pass of width 2 would cost more than
+    the prior guess rate of 1/2 gains), a narrow one drafts only while its guess rate is still near the prior (the
+    rate is learned on plain steps too); the tokens are plain decoding's."""
+    eos = frozenset({2})
+    ids = [5, 17, 3, 99, 42, 8, 11, 12, 13, 14, 15]
+    state = prefix_forward(lm, ids, n_logits=1)
+    starts = [6 + i % 5 for i in range(rows)]
+    forced = [30 + i for i in range(rows)]
+    truth = [ids[:s] + naive_greedy(lm, ids[:s], 24, eos, forced=f) for s, f in zip(starts, forced)]
+    monkeypatch.setattr(decode, "NgramDrafts", _oracle(truth, 1.0, seed=2))
+    count = _Counter(monkeypatch)
+    seqs, _ = rollouts_at(lm, state.kv, starts, forced, [24] * rows, eos, batch_size=rows,
+                          contexts=[ids[:s] for s in starts], max_draft=8)
+    assert [ids[:s] + q for s, q in zip(starts, seqs)] == truth
+    assert count.drafted <= most_drafted
+    assert count.passes >= 20  # the rows ran (plain steps) rather than ending at once

@@ -16,26 +16,48 @@ looked up in the row's own tokens, :mod:`failtrace.failures.lookup`):
   only a row's real tokens. Once holes make up a third of the cache, each row's real positions are gathered to the
   front (:func:`~failtrace.failures.kvcache.gather_positions`; attention reads keys as a set).
 
-A pass of width ``1 + L`` costs more than a plain step, so drafts are verified only when most rows have one, a
-pass feeds at most :data:`DRAFT_ROWS` token rows (a wide batch drafts less or not at all), and ``L`` adapts to what rows accepted (doubled when they took most of it, cut when they took little; a pass that
-gains nothing pauses drafting for a few steps). Rows stuck in a loop, the longest rollouts of a small model, then
-advance up to ``max_draft + 1`` tokens per pass. EOS, budgets and stop callbacks are applied token by token, so a
-row ends exactly where plain decoding ends it. Models with sliding-window layers never draft (:func:`slides`).
+A pass of width ``1 + L`` costs more than a plain step, so ``L`` is chosen each step by a cost model
+(:class:`_Drafting`, :class:`PassCost`): a plain step costs ``F + rows`` row units, a drafting pass
+``F + rows * (1 + s + c * L)`` (measured on a CPU), and row j is expected to gain ``q_j + q_j^2 + ... + q_j^L``
+tokens, where ``q_j`` is how often its lookup guessed its next token right lately. ``q_j`` is measured for free:
+every step, whether it drafts or not, compares each row's guess with the tokens greedy decoding then produced.
+``L = 0`` (a plain step) wins whenever the guesses are poor or the batch is wide; rows stuck in a loop, the
+longest rollouts of a small model, advance up to ``max_draft + 1`` tokens per pass. EOS, budgets and stop callbacks are applied token by token,
+so a row ends exactly where plain decoding ends it. Models with sliding-window layers never draft (:func:`slides`).
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from failtrace.failures.kvcache import gather_positions, select_rows
 from failtrace.failures.lookup import NgramDrafts
 
-# Token rows (rows x window width) a drafting pass may feed. On a CPU a step's fixed cost (reading the weights) is
-# about that of ~20-30 token rows of compute (SmolLM2-135M, one core: 137 ms for 8 rows x 1, 470 ms for 8 x 9), so
-# up to this many a pass costs at most about two plain steps; wide batches draft fewer tokens per row or none.
-DRAFT_ROWS = 48
+@dataclass(frozen=True)
+class PassCost:
+    """The cost of one decoding pass in units of one plain row's compute: ``fixed + rows`` for a plain step and
+    ``fixed + rows * (1 + switch + per_draft * d)`` for a pass verifying ``d`` draft tokens per row.
+
+    Measured by ``perf/bench_pass_cost.py`` (docs/PERF.md) on SmolLM2-135M, one CPU thread, 200-700 token caches: a
+    plain pass costs ~95-110 ms plus ~6-12 ms per row; any pass wider than one token costs about one more row's
+    worth per row (the masked many-token attention path), then ~0.45 of a row per draft token."""
+
+    fixed: float
+    switch: float
+    per_draft: float
+
+    def of(self, rows: int, drafts: int) -> float:
+        return self.fixed + rows * (1.0 + (self.switch + self.per_draft * drafts if drafts else 0.0))
+
+
+CPU_COST = PassCost(fixed=10.0, switch=1.0, per_draft=0.45)
+# Not measured (no accelerator was lent): a GPU pass is bound by latency until hundreds of token rows.
+ACCELERATOR_COST = PassCost(fixed=256.0, switch=0.0, per_draft=1.0)
+DRAFT_TOKEN_ROWS = 1024  # a memory bound: a pass keeps rows x width logits over the vocabulary
+MEMORY = 0.9  # weight of the older evidence in each row's guess rate, per step
 
 
 @functools.lru_cache(maxsize=None)
@@ -66,32 +88,48 @@ def forward_logits(model: Any, keep: int | None = None, **kwargs: Any) -> Any:
 
 
 class _Drafting:
-    """The adaptive draft length of one decoding call (see the module docstring)."""
+    """The draft length of each step: the one that decodes the most tokens per unit of cost (module docstring).
 
-    def __init__(self, max_draft: int) -> None:
+    Each row's guess rate is a decayed count of its lookup guesses that greedy decoding confirmed, ``(hits + 1) /
+    (tries + 2)`` (a row starts at 1/2); a try is one guessed token compared with the decoded one, and a guess is
+    compared only up to its first miss (the tokens after a miss were guessed from a wrong context)."""
+
+    def __init__(self, max_draft: int, rows: int, cost: PassCost) -> None:
         self.max_draft = max_draft
-        self.length = min(2, max_draft)
-        self.pause = 0  # plain steps left before drafts are tried again
-        self.backoff = 2
+        self.cost = cost
+        self.hits = [0.0] * rows
+        self.tries = [0.0] * rows
 
-    def wanted(self, have: int, rows: int) -> bool:
-        """Whether to verify drafts this step, ``have`` of ``rows`` rows having one."""
-        if self.pause > 0:
-            self.pause -= 1
-            return False
-        return 2 * have >= rows
+    def rate(self, row: int) -> float:
+        return (self.hits[row] + 1.0) / (self.tries[row] + 2.0)
 
-    def after(self, accepted: Sequence[int], length: int) -> None:
-        """Adapt after a pass with ``length`` draft positions in which the rows accepted ``accepted``."""
-        mean = sum(accepted) / len(accepted)
-        if mean == 0:
-            self.length, self.pause, self.backoff = 1, self.backoff, min(2 * self.backoff, 32)
-            return
-        self.backoff = 2
-        if mean >= 0.5 * length:
-            self.length = min(2 * length, self.max_draft)
-        else:
-            self.length = max(1, min(length, round(2 * mean)))
+    def length(self, rows: Sequence[int], guesses: Sequence[Sequence[int]], room: int) -> int:
+        """The draft length (0: a plain step) with the most expected tokens per cost for these rows and guesses."""
+        n = len(rows)
+        best, best_value = 0, n / self.cost.of(n, 0)
+        rates = [self.rate(r) for r in rows]
+        gain = 0.0
+        for d in range(1, min(room, self.max_draft, DRAFT_TOKEN_ROWS // n - 1) + 1):
+            gain += sum(q ** d for q, g in zip(rates, guesses) if len(g) >= d)  # E[accepted], geometric in q
+            value = (n + gain) / self.cost.of(n, d)
+            if value > best_value:
+                best, best_value = d, value
+        return best
+
+    def learn(self, row: int, guess: Sequence[int], new: Sequence[int]) -> None:
+        """Score ``guess`` against the tokens ``new`` greedy decoding produced at the same place."""
+        hits = 0
+        while hits < min(len(guess), len(new)) and guess[hits] == new[hits]:
+            hits += 1
+        tries = hits + int(hits < min(len(guess), len(new)))
+        if tries:
+            self.hits[row] = MEMORY * self.hits[row] + hits
+            self.tries[row] = MEMORY * self.tries[row] + tries
+
+
+def pass_cost(device: Any) -> PassCost:
+    """The pass cost model of ``device``: measured on a CPU, a latency-bound guess elsewhere."""
+    return CPU_COST if getattr(device, "type", str(device)) == "cpu" else ACCELERATOR_COST
 
 
 def decode_rows(model: Any, cache: Any, first: Any, budgets: Sequence[int], eos: frozenset[int],
@@ -122,9 +160,9 @@ def decode_rows(model: Any, cache: Any, first: Any, budgets: Sequence[int], eos:
     if max_draft > 0 and contexts is not None and not slides(model):
         refs = references if references is not None else [()] * len(outs)
         drafts = [NgramDrafts(list(c) + o, reference=f) for c, o, f in zip(contexts, outs, refs, strict=True)]
-    plan = _Drafting(max(1, max_draft))
-    rows = list(range(len(outs)))  # original row of each batch element still decoding
     device = first.device
+    plan = _Drafting(max(1, max_draft), len(outs), pass_cost(device))
+    rows = list(range(len(outs)))  # original row of each batch element still decoding
     while True:
         keep = [j for j, r in enumerate(rows) if not done[r]]
         if not keep:
@@ -137,11 +175,11 @@ def decode_rows(model: Any, cache: Any, first: Any, budgets: Sequence[int], eos:
             rows = [rows[j] for j in keep]
         width = 1
         windows = [[outs[r][-1]] for r in rows]
+        guesses: list[list[int]] = []
         if drafts is not None:
-            room = min(plan.length, DRAFT_ROWS // len(rows) - 1,
-                       max(budgets[r] - len(outs[r]) for r in rows))  # never past every budget
-            guesses = [drafts[r].propose(room) for r in rows]
-            if room > 0 and plan.wanted(sum(1 for g in guesses if g), len(rows)):
+            guesses = [drafts[r].propose(max_draft) for r in rows]
+            room = plan.length(rows, guesses, max(budgets[r] - len(outs[r]) for r in rows))  # never past every budget
+            if room > 0:
                 width += room
                 windows = [w + (g + w * room)[:room] for w, g in zip(windows, guesses)]  # filler: checked too
         if width > 1 and mask is None:
@@ -159,7 +197,6 @@ def decode_rows(model: Any, cache: Any, first: Any, budgets: Sequence[int], eos:
                 a += 1
             accepted.append(a)
         if width > 1:
-            plan.after(accepted, width - 1)
             keep_mask = torch.tensor([[1] * (a + 1) + [0] * (width - 1 - a) for a in accepted], dtype=mask.dtype,
                                      device=device)
             mask = torch.cat([mask, keep_mask], dim=-1)
@@ -178,8 +215,10 @@ def decode_rows(model: Any, cache: Any, first: Any, budgets: Sequence[int], eos:
                 if done[r]:
                     ended.append(r)
                     break
-            if drafts is not None and not done[r]:
-                drafts[r].extend(new)
+            if drafts is not None:
+                plan.learn(r, guesses[j], new)
+                if not done[r]:
+                    drafts[r].extend(new)
         if on_end is not None and any(on_end(r, outs[r], stopped[r]) for r in ended):
             break
     return outs, stopped
