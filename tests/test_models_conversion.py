@@ -32,3 +32,19 @@ def test_copy_is_the_same_model_without_a_second_set_of_weights(arch, tmp_path):
     again = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     with torch.no_grad():
         assert torch.equal(again(input_ids=ids).logits, want)
+
+
+def test_converting_the_bundled_gguf_prints_no_progress_bars(tmp_path, capfd):
+    """``--no-progress`` runs must not fill their logs with transformers' per-tensor bars: the GGUF converter calls
+    tqdm directly, and saving the shards uses transformers' own bar; both are silenced, then restored."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    from failtrace.models.loading import _convert_to_cache, bundled_gguf_path, is_converted
+
+    before = gguf_utils.tqdm
+    target = _convert_to_cache(bundled_gguf_path(), tmp_path / "smollm2", progress=False)
+    out, err = capfd.readouterr()
+    assert is_converted(target)
+    assert "Converting and de-quantizing" not in err + out
+    assert "Writing model shards" not in err + out
+    assert gguf_utils.tqdm is before

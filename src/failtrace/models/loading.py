@@ -120,7 +120,12 @@ def bundled_gguf_path() -> Path:
 
 
 def _quiet_transformers() -> contextlib.AbstractContextManager[None]:
-    """Silence transformers' per-tensor progress bars and warnings during loading (we show our own status)."""
+    """Silence transformers' per-tensor progress bars and warnings during loading (we show our own status).
+
+    The GGUF converter calls ``tqdm`` directly (not transformers' switchable wrapper), so its module's ``tqdm`` is
+    swapped for a disabled one while the block runs; otherwise ``--no-progress`` logs fill with its bar."""
+    import functools
+
     import transformers
 
     @contextlib.contextmanager
@@ -129,11 +134,17 @@ def _quiet_transformers() -> contextlib.AbstractContextManager[None]:
         transformers.logging.set_verbosity_error()
         bars = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS")
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+        gguf_utils = _gguf_utils_module()
+        gguf_tqdm = getattr(gguf_utils, "tqdm", None)
         try:
             with contextlib.suppress(Exception):
                 transformers.utils.logging.disable_progress_bar()
+            if gguf_tqdm is not None:
+                gguf_utils.tqdm = functools.partial(gguf_tqdm, disable=True)
             yield
         finally:
+            if gguf_tqdm is not None:
+                gguf_utils.tqdm = gguf_tqdm
             transformers.logging.set_verbosity(verbosity)
             with contextlib.suppress(Exception):
                 transformers.utils.logging.enable_progress_bar()
@@ -143,6 +154,15 @@ def _quiet_transformers() -> contextlib.AbstractContextManager[None]:
                 os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = bars
 
     return cm()
+
+
+def _gguf_utils_module() -> Any:
+    """transformers' GGUF conversion module, or None where this transformers has none (or it cannot import)."""
+    try:
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    except Exception:  # an older/newer layout: nothing to silence
+        return None
+    return gguf_utils
 
 
 def _convert_gguf(gguf: Path, dtype: Any) -> tuple[Any, Any]:
@@ -262,8 +282,9 @@ def _convert_to_cache(gguf: Path, target: Path, progress: bool) -> Path:
     def build(tmp: Path) -> None:
         model, tok = _convert_gguf(gguf, torch.float32)
         model = _dequantized_copy(model)
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
+        with _quiet_transformers():
+            model.save_pretrained(tmp, safe_serialization=True)
+            tok.save_pretrained(tmp)
         _portable_tokenizer_config(tmp)
 
     status = None
