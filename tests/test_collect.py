@@ -155,3 +155,21 @@ def test_bad_arguments_and_benchmark_lookup(tmp_path: Path, toy32: object) -> No
     register_benchmark(mine)
     assert resolve_benchmark("toy-registered-here") is mine
     assert resolve_benchmark("x", overrides={"x": bench}) is bench
+
+
+def test_progress_to_a_log_file_is_one_plain_line_per_step(capsys):
+    """stderr captured (not a terminal, like ``nohup ... 2> log``): a line per step instead of rich's single final
+    bar; with progress off, nothing at all."""
+    from failtrace.failures.collect import _progress
+
+    bar = _progress(True, "pairs humaneval (m)", 3)
+    for _ in range(3):
+        bar.advance()
+    bar.close()
+    bar.advance()  # after close: nothing more
+    quiet = _progress(False, "pairs humaneval (m)", 3)
+    quiet.advance()
+    quiet.close()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert [ln.split(",")[0] for ln in lines] == [f"pairs humaneval (m): {i}/3" for i in (1, 2, 3)]
+    assert all(ln.endswith(" s") for ln in lines)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -199,17 +200,28 @@ def _batches(items: Sequence[Item], done: set[str], batch_size: int,
 
 
 class _Bar:
-    """A rich progress bar on stderr (or nothing, when progress is off)."""
+    """A rich progress bar on stderr, or nothing when progress is off.
+
+    When stderr is not a terminal (a log file, ``nohup``), rich would print the bar only once, at the end; there a
+    plain line per step (``description: done/total, seconds``) is written instead, so a long job's log shows how far
+    it is."""
 
     def __init__(self, enabled: bool, description: str, total: int) -> None:
         self._progress = None
+        self._lines: Any = None
         if enabled and total > 0:
             from rich.console import Console
+
+            console = Console(stderr=True)
+            if not console.is_terminal:
+                self._lines = (sys.stderr, description, total, time.perf_counter())
+                self._done = 0
+                return
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                        TimeRemainingColumn)
 
             self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                      TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
+                                      TimeElapsedColumn(), TimeRemainingColumn(), console=console,
                                       transient=False)
             self._progress.start()
             self._task = self._progress.add_task(description, total=total)
@@ -217,11 +229,16 @@ class _Bar:
     def advance(self, n: int = 1) -> None:
         if self._progress is not None:
             self._progress.advance(self._task, n)
+        elif self._lines is not None:
+            stream, description, total, t0 = self._lines
+            self._done += n
+            print(f"{description}: {self._done}/{total}, {time.perf_counter() - t0:.0f} s", file=stream, flush=True)
 
     def close(self) -> None:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+        self._lines = None
 
 
 def _progress(enabled: bool, description: str, total: int) -> _Bar:
