@@ -163,8 +163,8 @@ def test_progress_to_a_log_file_is_one_plain_line_per_step(capsys):
     from failtrace.failures.collect import _progress
 
     bar = _progress(True, "pairs humaneval (m)", 3)
-    for _ in range(3):
-        bar.advance()
+    for i in range(3):
+        bar.advance(note="x: clean" if i == 2 else "")
     bar.close()
     bar.advance()  # after close: nothing more
     quiet = _progress(False, "pairs humaneval (m)", 3)
@@ -172,4 +172,4 @@ def test_progress_to_a_log_file_is_one_plain_line_per_step(capsys):
     quiet.close()
     lines = capsys.readouterr().err.strip().splitlines()
     assert [ln.split(",")[0] for ln in lines] == [f"pairs humaneval (m): {i}/3" for i in (1, 2, 3)]
-    assert all(ln.endswith(" s") for ln in lines)
+    assert all(ln.endswith(" s") for ln in lines[:2]) and lines[2].endswith(" s (x: clean)")

@@ -226,13 +226,15 @@ class _Bar:
             self._progress.start()
             self._task = self._progress.add_task(description, total=total)
 
-    def advance(self, n: int = 1) -> None:
+    def advance(self, n: int = 1, note: str = "") -> None:
+        """``note`` (e.g. the item and its outcome) is shown on the log line only."""
         if self._progress is not None:
             self._progress.advance(self._task, n)
         elif self._lines is not None:
             stream, description, total, t0 = self._lines
             self._done += n
-            print(f"{description}: {self._done}/{total}, {time.perf_counter() - t0:.0f} s", file=stream, flush=True)
+            print(f"{description}: {self._done}/{total}, {time.perf_counter() - t0:.0f} s" + (f" ({note})" if note else ""),
+                  file=stream, flush=True)
 
     def close(self) -> None:
         if self._progress is not None:

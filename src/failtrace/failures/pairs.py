@@ -213,7 +213,7 @@ def find_pairs(
                     summary.tokens_decoded += result.tokens_decoded
                 if on_pair is not None:
                     on_pair(item.id, result)
-                bar.advance()
+                bar.advance(note=f"{item.id}: {result.status}")
                 if remaining is not None:
                     remaining -= 1
         finally:
