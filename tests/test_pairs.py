@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from failtrace.benchmarks.base import Item
+from failtrace.benchmarks.base import Item, Verdict
 from failtrace.errors import FailtraceError
 from failtrace.failures.collect import collect
 from failtrace.failures.generation import (
@@ -262,3 +263,63 @@ def test_find_pairs_over_a_store_is_resumable(tmp_path: Path, lm: Any) -> None:
             find_pairs(st, settings, run_ids=["nope"], progress=False)
         with pytest.raises(FailtraceError, match="top-k"):
             find_pairs(st, PairSettings(top_k=0), progress=False)
+
+
+@dataclass
+class AnyOf(ToyBenchmark):
+    """Pass iff the completion is one of ``texts`` (recovered completions chosen by the test)."""
+
+    texts: tuple[str, ...] = ()
+
+    def check(self, item: Item, completion: str) -> Verdict:
+        self.calls += 1
+        return Verdict("pass" if completion in self.texts else "fail")
+
+
+def _rollout_text(lm: Any, prompt: list[int], comp: list[int], p: int, alt: int) -> str:
+    eos = eos_token_ids(lm.model, lm.tokenizer)
+    seq = naive_greedy(lm.model, prompt + comp[:p], BUDGET - p, eos, forced=alt)
+    return decode_completion(lm.tokenizer, comp[:p] + seq, eos)
+
+
+def test_sibling_rows_only_before_the_blocks_own_answer_same_pair(lm: Any, helper: Any) -> None:
+    """The sibling's rows are decoded in a second batch, only at a block's positions before its own first recovering
+    one; against the exhaustive in-order search with the sibling: the same pair whichever recovers where (sibling
+    earlier in the block, both at one position, the model earlier), and no sibling row where the model's own top-k
+    recovers at the block's first position. Blocks of positions 3..6 (position_batch 4: blocks 0 | 1-2 | 3-6)."""
+    from failtrace.failures.reference import _top, exhaustive_search
+
+    k = 3
+    settings = PairSettings(top_k=k, min_delta=-100.0, position_batch=4, try_unbounded=True)
+    cases = 0
+    for index in range(10):
+        item, prompt, comp = _case(lm, index)
+        if len(comp) < 7:
+            continue
+        own = {p: _top(lm.model, prompt + comp[:p], comp[p], k) for p in (3, 5)}
+        fresh = {p: [t for t in _top(helper.model, prompt + comp[:p], comp[p], k) if t not in own[p]]
+                 for p in (3, 5)}
+        if not fresh[3] or not fresh[5]:
+            continue
+        scenarios = {
+            "sibling earlier": [(3, fresh[3][0]), (5, own[5][0])],
+            "same position": [(3, own[3][1]), (3, fresh[3][0])],
+            "model earlier": [(3, own[3][2]), (5, fresh[5][0])],
+        }
+        for name, wins in scenarios.items():
+            bench = AnyOf(texts=tuple(_rollout_text(lm, prompt, comp, p, a) for p, a in wins))
+            ref = exhaustive_search(lm, bench, item, prompt, comp, BUDGET, k, settings.max_positions, helper=helper)
+            res = PairFinder(lm, settings, helper).find(bench, item, prompt, comp, BUDGET, "eos")
+            assert ref.offset is not None and ref.offset <= 3, (index, name)
+            got = (res.completion_offset, res.contrast_id, res.contrast_source, res.contrast_rank)
+            assert got == (ref.offset, ref.contrast, ref.source, ref.rank), (index, name, got, ref)
+            if ref.offset == 3 and ref.source == "model":
+                # the model's own answer at the block's first position: the sibling's rows of 3..6 never decoded
+                before = sum(len(_top(lm.model, prompt + comp[:p], comp[p], k)) for p in range(3)) + sum(
+                    len([t for t in _top(helper.model, prompt + comp[:p], comp[p], k)
+                         if t not in _top(lm.model, prompt + comp[:p], comp[p], k)]) for p in range(3))
+                assert res.rollouts <= before + 4 * k, (index, name, res.rollouts, before)
+            cases += 1
+        if cases >= 6:
+            break
+    assert cases >= 6
