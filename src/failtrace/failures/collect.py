@@ -203,19 +203,19 @@ class _Bar:
     """A rich progress bar on stderr, or nothing when progress is off.
 
     When stderr is not a terminal (a log file, ``nohup``), rich would print the bar only once, at the end; there a
-    plain line per step (``description: done/total, seconds``) is written instead, so a long job's log shows how far
-    it is."""
+    plain line per step (``description: done/total, seconds (note)``) is written instead, so a long job's log shows
+    how far it is."""
 
     def __init__(self, enabled: bool, description: str, total: int) -> None:
         self._progress = None
-        self._lines: Any = None
+        self._lines = False
+        self._description, self._total, self._done, self._t0 = description, total, 0, time.perf_counter()
         if enabled and total > 0:
             from rich.console import Console
 
             console = Console(stderr=True)
             if not console.is_terminal:
-                self._lines = (sys.stderr, description, total, time.perf_counter())
-                self._done = 0
+                self._lines = True
                 return
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                        TimeRemainingColumn)
@@ -230,17 +230,17 @@ class _Bar:
         """``note`` (e.g. the item and its outcome) is shown on the log line only."""
         if self._progress is not None:
             self._progress.advance(self._task, n)
-        elif self._lines is not None:
-            stream, description, total, t0 = self._lines
+        elif self._lines:
             self._done += n
-            print(f"{description}: {self._done}/{total}, {time.perf_counter() - t0:.0f} s" + (f" ({note})" if note else ""),
-                  file=stream, flush=True)
+            tail = f" ({note})" if note else ""
+            print(f"{self._description}: {self._done}/{self._total}, {time.perf_counter() - self._t0:.0f} s{tail}",
+                  file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
-        self._lines = None
+        self._lines = False
 
 
 def _progress(enabled: bool, description: str, total: int) -> _Bar:

@@ -168,7 +168,7 @@ class PairFinder:
                 rows.extend(_Row(p, c, "model", r) for r, c in enumerate(cands, start=1))
             else:
                 ranked = [c for c in helper_top[p] if c != comp[p] and c < vocab][:k]
-                rows.extend(_Row(p, c, "helper", ranked.index(c) + 1) for c in ranked if c not in set(cands))
+                rows.extend(_Row(p, c, "helper", r) for r, c in enumerate(ranked, start=1) if c not in cands)
         return rows
 
     def _run_block(self, benchmark: Benchmark, item: Item, rows: list[_Row], comp: list[int], prompt: list[int],

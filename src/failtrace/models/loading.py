@@ -120,12 +120,7 @@ def bundled_gguf_path() -> Path:
 
 
 def _quiet_transformers() -> contextlib.AbstractContextManager[None]:
-    """Silence transformers' per-tensor progress bars and warnings during loading (we show our own status).
-
-    The GGUF converter calls ``tqdm`` directly (not transformers' switchable wrapper), so its module's ``tqdm`` is
-    swapped for a disabled one while the block runs; otherwise ``--no-progress`` logs fill with its bar."""
-    import functools
-
+    """Silence transformers' per-tensor progress bars and warnings during loading (we show our own status)."""
     import transformers
 
     @contextlib.contextmanager
@@ -134,17 +129,11 @@ def _quiet_transformers() -> contextlib.AbstractContextManager[None]:
         transformers.logging.set_verbosity_error()
         bars = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS")
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-        gguf_utils = _gguf_utils_module()
-        gguf_tqdm = getattr(gguf_utils, "tqdm", None)
         try:
             with contextlib.suppress(Exception):
                 transformers.utils.logging.disable_progress_bar()
-            if gguf_tqdm is not None:
-                gguf_utils.tqdm = functools.partial(gguf_tqdm, disable=True)
             yield
         finally:
-            if gguf_tqdm is not None:
-                gguf_utils.tqdm = gguf_tqdm
             transformers.logging.set_verbosity(verbosity)
             with contextlib.suppress(Exception):
                 transformers.utils.logging.enable_progress_bar()
@@ -156,19 +145,32 @@ def _quiet_transformers() -> contextlib.AbstractContextManager[None]:
     return cm()
 
 
-def _gguf_utils_module() -> Any:
-    """transformers' GGUF conversion module, or None where this transformers has none (or it cannot import)."""
+@contextlib.contextmanager
+def _gguf_bar_off() -> Any:
+    """The GGUF converter calls ``tqdm`` directly (not transformers' switchable wrapper): its module's ``tqdm`` is
+    swapped for a disabled one while converting, or ``--no-progress`` logs fill with its per-tensor bar. Only the
+    conversion imports that module (a plain load never pays for it)."""
+    import functools
+
     try:
         import transformers.modeling_gguf_pytorch_utils as gguf_utils
-    except Exception:  # an older/newer layout: nothing to silence
-        return None
-    return gguf_utils
+    except Exception:  # another transformers layout: nothing to silence
+        yield
+        return
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is not None:
+        gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        if bar is not None:
+            gguf_utils.tqdm = bar
 
 
 def _convert_gguf(gguf: Path, dtype: Any) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    with _quiet_transformers():
+    with _quiet_transformers(), _gguf_bar_off():
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=dtype)
     return model, tok
