@@ -42,22 +42,10 @@ from failtrace.report import tables as T
 from failtrace.store import open_store
 from failtrace.store.cases import load_cases
 
+from oldnew import old_vs_new  # perf/ is on sys.path when run as a script
+from tablefmt import table as _table
+
 KS = (1, 2, 3, 5, 10)
-
-
-def _table(title: str, header: list[str], rows: list[list[Any]]) -> None:
-    """Print a plain fixed-width table (plain text so it pastes into Markdown as is)."""
-    def fmt(v: Any) -> str:
-        if v is None:
-            return "-"
-        return f"{v:.3g}" if isinstance(v, float) else str(v)
-    cells = [[fmt(v) for v in r] for r in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(header)]
-    print(f"\n{title}")
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
-    print("  ".join("-" * w for w in widths))
-    for r in cells:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
 
 
 def _stage(name: str, fn: Any) -> Any:
@@ -177,145 +165,6 @@ def analyse_cost(cases: list[Any], lm: Any, n: int) -> None:
                                                            ["total (max)", max(ratios)]])
 
 
-class _Capped(Exception):
-    """The old search ran past its time cap."""
-
-
-class CheckEvery:
-    """Mixin for a PairFinder whose every check calls the checker (no verdict-key memo)."""
-
-    def _check(self, benchmark: Any, item: Any, text: str, search: Any) -> str:
-        from failtrace.failures.collect import safe_check
-
-        t = time.perf_counter()
-        status = safe_check(benchmark, item, text).status
-        search.seconds_check += time.perf_counter() - t
-        search.checks += 1
-        return status
-
-
-class _Old(CheckEvery):
-    """Mixin for the old baseline: every check calls the checker (the verdict-key memo did not exist then), and its
-    caches are transformers' plain dynamic cache (``torch.cat`` per token, as then)."""
-
-    cap_s: float | None = None  # stop the search after this many seconds (its time is then a lower bound)
-
-    def find(self, *args: Any, **kwargs: Any) -> Any:
-        import failtrace.failures.kvcache as kvcache
-        import failtrace.failures.search as search
-
-        saved, decode = kvcache.growing_layer, search.rollouts_at
-        kvcache.growing_layer = lambda: None  # type: ignore[assignment]
-        deadline = None if self.cap_s is None else time.perf_counter() + self.cap_s
-
-        def capped(*a: Any, **kw: Any) -> Any:
-            """rollouts_at with a row callback that never stops a row but ends the search at the deadline."""
-            def stop(i: int, toks: list[int]) -> bool:
-                if time.perf_counter() > deadline:
-                    raise _Capped
-                return False
-            a = list(a)
-            a[7], a[8] = stop, 1  # stop, stop_every (the old search has no prefix rule: stop is None there)
-            return decode(*a, **kw)
-
-        if deadline is not None:
-            search.rollouts_at = capped  # type: ignore[assignment]
-        try:
-            return super().find(*args, **kwargs)  # type: ignore[misc]
-        finally:
-            kvcache.growing_layer, search.rollouts_at = saved, decode  # type: ignore[assignment]
-
-
-def old_vs_new(st: Any, lm: Any, n: int, top_k: int, max_positions: int, bounded_only: bool | None,
-               baseline: str = "old", status: str | None = None, old_cap_s: float | None = None,
-               budget_s: float | None = None, only: str | None = None) -> None:
-    """The pair search as it was when issue 13 was filed (one position per batch, every rollout to the full budget,
-    no halting at the answer, no verdict reuse, transformers' dynamic cache, and failures that hit the token limit
-    searched too, no lookup drafts: the same code with those switched off; ``baseline="no-halt"``: the default
-    search with only halting at the answer and drafts switched off; ``"no-drafts"``: only the drafts;
-    ``"no-completion-drafts"``: only the drafts from the failing completion) against the default search, on the first
-    ``n`` failures of every benchmark
-    in the store (``bounded_only`` True: the first ``n`` that stopped within the budget, False: the first ``n`` that
-    hit it; with ``status``: only failures whose stored pair has that status), alternating which goes first.
-
-    ``old_cap_s``: the old search is stopped after that many seconds on a failure (at defaults it can take hours per
-    failure on a CPU); its time there is then a *lower bound* (the cap), and its pair unknown. ``budget_s``: no new
-    failure is started after that many seconds (per benchmark); the failures left out are counted."""
-    from failtrace.failures.search import PairFinder
-
-    class OldFinder(_Old, PairFinder):
-        cap_s = old_cap_s
-
-    base = PairSettings(top_k=top_k, max_positions=max_positions, halt_at_answer=False, try_unbounded=True,
-                        draft_tokens=0)
-    if baseline == "old":
-        base.early_stop, base.position_batch = False, 1
-    if baseline == "no-drafts":  # the default search with only the lookup drafts off
-        base = PairSettings(top_k=top_k, max_positions=max_positions, draft_tokens=0)
-    if baseline == "no-completion-drafts":  # the default search drafting from each rollout's own text only
-        base = PairSettings(top_k=top_k, max_positions=max_positions, draft_from_completion=False)
-    old = OldFinder(lm, base) if baseline == "old" else PairFinder(lm, base)
-    new = PairFinder(lm, PairSettings(top_k=top_k, max_positions=max_positions))
-    with_status = {(p["run_id"], p["item_id"]) for p in st.pairs() if p["status"] == status}
-    rows = []
-    for run in st.runs("collect"):
-        if only is not None and run.benchmark != only:
-            continue
-        bench = get_benchmark(run.benchmark)
-        fails = [r for r in st.results(run.run_id, status="fail")
-                 if (bounded_only is None or bounded_only == (r["finish_reason"] != "length"))
-                 and (status is None or (run.run_id, r["item_id"]) in with_status)][:n]
-        items = {r["item_id"]: st.get_item(run.benchmark, r["item_id"]) for r in fails}
-        cost: dict[str, list[float]] = {"old": [0.0, 0, 0], "new": [0.0, 0, 0]}
-        same = capped = 0
-        count: dict[str, Counter] = {"old": Counter(), "new": Counter()}
-        started, done = time.perf_counter(), 0
-        for i, r in enumerate(fails):
-            if budget_s is not None and time.perf_counter() - started > budget_s:
-                break
-            got: dict[str, Any] = {}
-            for which in (("old", "new") if i % 2 == 0 else ("new", "old")):
-                finder = old if which == "old" else new
-                t = time.perf_counter()
-                try:
-                    res = finder.find(bench, items[r["item_id"]], r["prompt_ids"], r["token_ids"],
-                                      run.settings["max_new_tokens"], r["finish_reason"])
-                except _Capped:
-                    res = None
-                c = cost[which]
-                c[0] += time.perf_counter() - t
-                if res is None:
-                    got[which] = ("capped", None, None)
-                    count[which]["capped"] += 1
-                    continue
-                c[1] += res.rollouts
-                c[2] += res.tokens_decoded
-                got[which] = (res.status, res.completion_offset, res.contrast_id, round(time.perf_counter() - t, 1))
-                count[which][res.status] += 1
-            done += 1
-            capped += got["old"][0] == "capped"
-            # unbounded: the old search also records where a recovery would be, the new one does not search
-            same += got["old"][:3] == got["new"][:3] or got["old"][0] == got["new"][0] == "unbounded"
-            print(f"  {run.benchmark} {r['item_id']} ({r['finish_reason']}, {len(r['token_ids'])} tokens): "
-                  f"old {got['old']} new {got['new']}", flush=True)
-        m = max(1, done)
-        bound = "≥ " if capped else ""
-        for which in ("old", "new"):
-            rows.append([run.benchmark, which, done, cost[which][0] / m, cost[which][1] / m, cost[which][2] / m,
-                         dict(count[which])])
-        rows.append([run.benchmark, "old/new", done, f"{bound}x{cost['old'][0] / max(cost['new'][0], 1e-9):.1f}",
-                     "-" if capped else f"x{cost['old'][1] / max(cost['new'][1], 1):.1f}",
-                     "-" if capped else f"x{cost['old'][2] / max(cost['new'][2], 1):.1f}",
-                     f"same status (and pair) {same}/{done - capped} finished by both"
-                     + (f"; old stopped at {old_cap_s:g} s on {capped}" if capped else "")
-                     + (f"; {len(fails) - done} failures not started (budget)" if done < len(fails) else "")])
-    cap = f"old capped at {old_cap_s:g} s per failure (its time: a lower bound), " if old_cap_s else ""
-    _table(f"Pair search, baseline {baseline!r} (old) vs the default search (new): same failures"
-           f"{f' (stored pair {status})' if status else ''}, same run; {cap}top-k {top_k}, "
-           f"max-positions {max_positions}",
-           ["benchmark", "search", "failures", "s/failure", "rollouts/failure", "tokens/failure", "statuses"], rows)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--store", required=True)
@@ -351,6 +200,8 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="--old-vs-new only on this benchmark's runs")
     ap.add_argument("--budget-s", type=float, default=None,
                     help="--old-vs-new: start no new failure after this many seconds per benchmark")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="--old-vs-new: share the failures out to this many processes (one torch thread each)")
     ap.add_argument("--baseline-cases", type=int, default=12, help="cases whose analyse cost is measured")
     args = ap.parse_args()
     if args.threads:
@@ -368,7 +219,7 @@ def main() -> None:
         case_tables(st, lm, args.baseline_cases)
         if args.old_vs_new:
             old_vs_new(st, lm, args.old_vs_new, args.top_k, args.max_positions, args.bounded, args.baseline,
-                       args.pair_status, args.old_cap_s, args.budget_s, args.only)
+                       args.pair_status, args.old_cap_s, args.budget_s, args.only, args.workers)
 
 
 if __name__ == "__main__":

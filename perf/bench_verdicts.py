@@ -25,7 +25,7 @@ from failtrace.failures.search import PairFinder
 from failtrace.models.loading import load_model
 from failtrace.store import open_store
 
-from bench_benchmark import CheckEvery as CheckEveryMixin  # perf/ is on sys.path when run as a script
+from oldnew import CheckEvery as CheckEveryMixin  # perf/ is on sys.path when run as a script
 
 
 class CheckEvery(CheckEveryMixin, PairFinder):
