@@ -200,6 +200,8 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="--old-vs-new only on this benchmark's runs")
     ap.add_argument("--budget-s", type=float, default=None,
                     help="--old-vs-new: start no new failure after this many seconds per benchmark")
+    ap.add_argument("--every", type=int, default=1,
+                    help="--old-vs-new: every k-th failure of each run (a sample spread over the run), then N")
     ap.add_argument("--workers", type=int, default=1,
                     help="--old-vs-new: share the failures out to this many processes (one torch thread each)")
     ap.add_argument("--baseline-cases", type=int, default=12, help="cases whose analyse cost is measured")
@@ -219,7 +221,7 @@ def main() -> None:
         case_tables(st, lm, args.baseline_cases)
         if args.old_vs_new:
             old_vs_new(st, lm, args.old_vs_new, args.top_k, args.max_positions, args.bounded, args.baseline,
-                       args.pair_status, args.old_cap_s, args.budget_s, args.only, args.workers)
+                       args.pair_status, args.old_cap_s, args.budget_s, args.only, args.workers, args.every)
 
 
 if __name__ == "__main__":

@@ -139,20 +139,23 @@ def _task(job: tuple[int, str, dict[str, Any], dict[str, Any], int]) -> dict[str
     return search_both(_WORKER["pair"], i, benchmark, Item.from_dict(item), row, max_new)
 
 
-def _failures(st: Any, run: Any, n: int, bounded_only: bool | None, status: str | None) -> list[dict[str, Any]]:
-    """The first ``n`` failures of a run (item order of the store), filtered as :func:`old_vs_new` says."""
+def _failures(st: Any, run: Any, n: int, bounded_only: bool | None, status: str | None,
+              every: int = 1) -> list[dict[str, Any]]:
+    """The first ``n`` failures of a run (item order of the store) among every ``every``-th one (a systematic
+    sample: the 1st, the 1+every-th, ...), filtered as :func:`old_vs_new` says."""
     with_status = {(p["run_id"], p["item_id"]) for p in st.pairs() if p["status"] == status}
     return [r for r in st.results(run.run_id, status="fail")
             if (bounded_only is None or bounded_only == (r["finish_reason"] != "length"))
-            and (status is None or (run.run_id, r["item_id"]) in with_status)][:n]
+            and (status is None or (run.run_id, r["item_id"]) in with_status)][::every][:n]
 
 
 def old_vs_new(st: Any, lm: Any, n: int, top_k: int, max_positions: int, bounded_only: bool | None,
                baseline: str = "old", status: str | None = None, old_cap_s: float | None = None,
-               budget_s: float | None = None, only: str | None = None, workers: int = 1) -> None:
+               budget_s: float | None = None, only: str | None = None, workers: int = 1, every: int = 1) -> None:
     """Old (see :func:`finders`) against the default search on the first ``n`` failures of every benchmark in the
     store (``bounded_only`` True: the first ``n`` that stopped within the budget, False: the first ``n`` that hit it;
-    with ``status``: only failures whose stored pair has it); print one line per failure and the table.
+    with ``status``: only failures whose stored pair has it; ``every`` k: of those, every k-th, a sample spread over
+    the whole run); print one line per failure and the table.
     ``budget_s``: no new failure is started after that many seconds (per benchmark; one process only)."""
     if workers > 1 and budget_s is not None:
         raise SystemExit("--budget-s works with one process only (--workers 1)")
@@ -162,7 +165,7 @@ def old_vs_new(st: Any, lm: Any, n: int, top_k: int, max_positions: int, bounded
     for run in st.runs("collect"):
         if only is not None and run.benchmark != only:
             continue
-        fails = _failures(st, run, n, bounded_only, status)
+        fails = _failures(st, run, n, bounded_only, status, every)
         max_new = run.settings["max_new_tokens"]
         jobs = [(i, run.benchmark, st.get_item(run.benchmark, r["item_id"]).to_dict(),
                  {k: r[k] for k in ("item_id", "prompt_ids", "token_ids", "finish_reason")}, max_new)
@@ -209,8 +212,9 @@ def old_vs_new(st: Any, lm: Any, n: int, top_k: int, max_positions: int, bounded
                      + (f"; {len(fails) - done} failures not started (budget)" if done < len(fails) else "")
                      + f"; {wall:.0f} s wall"])
     cap = f"old capped at {old_cap_s:g} s per failure (its time: a lower bound), " if old_cap_s else ""
+    sample = f"one failure in {every} (the 1st, {every + 1}th, ...), " if every > 1 else ""
     procs = f"{workers} processes x {threads} torch thread(s), " if workers > 1 else f"torch threads {threads}, "
     table(f"Pair search, baseline {baseline!r} (old) vs the default search (new): same failures"
-          f"{f' (stored pair {status})' if status else ''}, same run; {cap}{procs}top-k {top_k}, "
+          f"{f' (stored pair {status})' if status else ''}, same run; {sample}{cap}{procs}top-k {top_k}, "
           f"max-positions {max_positions}",
           ["benchmark", "search", "failures", "s/failure", "rollouts/failure", "tokens/failure", "statuses"], rows)

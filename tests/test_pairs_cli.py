@@ -92,3 +92,31 @@ def test_order_and_judge_are_speed_only(tmp_path: Path, models: tuple[Path, Path
         rows = st.pairs(run.run_id)
         assert len(rows) == 2 and all("judge hint: " in r["reason"] for r in rows)
         assert all(r["seconds_judge"] > 0 and r["tokens_decoded"] > 0 for r in rows)
+
+
+def test_item_selects_failures_and_a_wrong_id_is_one_line(tmp_path: Path, models: tuple[Path, Path, Path],
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    own, _, _ = models
+    register_benchmark(ToyBenchmark(name="toy-item", mode="contains", max_new_tokens=6))
+    data = tmp_path / "items.jsonl"
+    data.write_text("\n".join(json.dumps({"id": f"a{i}", "prompt": f"Say {chr(97 + i)}", "needle": "\x7f\x7f"})
+                              for i in range(3)) + "\n")
+    store = tmp_path / "s.duckdb"
+    assert main(["collect", "-b", "toy-item", "-d", str(data), "-m", str(own), "-s", str(store),
+                 "--max-new-tokens", "6", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["pairs", "-s", str(store), "-k", "2", "--max-positions", "2", "--item", "a2", "--item", "a0",
+                 "--no-progress"]) == 0
+    assert capsys.readouterr().out.startswith("2 failures, 0 already paired, 2 paired now")
+    with open_store(store, read_only=True) as st:
+        assert sorted(r["item_id"] for r in st.pairs()) == ["a0", "a2"]
+    before = store.read_bytes()
+    assert main(["pairs", "-s", str(store), "-k", "2", "--max-positions", "2", "--item", "a7",
+                 "--no-progress"]) != 0
+    err = capsys.readouterr().err
+    assert err.startswith("error: --item 'a7' is not a failed item") and "3 failed: a0, a1, a2" in err
+    assert "Traceback" not in err and store.read_bytes() == before  # refused before the store is written
+    assert main(["pairs", "-s", str(store), "-k", "2", "--max-positions", "2", "--no-progress"]) == 0
+    assert capsys.readouterr().out.startswith("3 failures, 2 already paired, 1 paired now")  # the same pair run
+    with open_store(store, read_only=True) as st:
+        assert len(st.runs("pairs")) == 1 and sorted(r["item_id"] for r in st.pairs()) == ["a0", "a1", "a2"]

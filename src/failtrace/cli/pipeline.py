@@ -163,6 +163,8 @@ def pairs_command(
                                       help="Completion positions walked at most per failure (bounds the cost)."),
     benchmark: Optional[str] = typer.Option(None, "--benchmark", "-b", help="Only runs of this benchmark."),
     run: Optional[list[str]] = typer.Option(None, "--run", help="Only this collection run id (repeatable)."),
+    item: Optional[list[str]] = typer.Option(None, "--item", help="Only this failed item id (repeatable), e.g. "
+                                                                   "--item HumanEval/10."),
     rollout_batch_size: Optional[int] = typer.Option(None, "--rollout-batch-size", callback=opts.count(1),
                                                      help="Rollouts decoded together (default: all k)."),
     try_unbounded: bool = typer.Option(False, "--try-unbounded/--skip-unbounded",
@@ -213,11 +215,13 @@ def pairs_command(
             from failtrace.scale import pairs_on_ray
 
             summary = pairs_on_ray(st, settings, workers, helper=helper_model, run_ids=run or None,
-                                   benchmark=benchmark, limit=limit, device=device, address=ray_address,
+                                   benchmark=benchmark, limit=limit, items=item or None, device=device,
+                                   address=ray_address,
                                    progress=progress)
         else:
             summary = find_pairs(st, settings, helper=helper_model, judge=judge, run_ids=run or None,
-                                 benchmark=benchmark, limit=limit, device=device, progress=progress)
+                                 benchmark=benchmark, limit=limit, items=item or None, device=device,
+                                 progress=progress)
     counts = ", ".join(f"{v} {k}" for k, v in sorted(summary.statuses.items())) or "nothing new"
     typer.echo(f"{summary.failures} failures, {summary.skipped} already paired, {summary.processed} paired now "
                f"({counts}; {summary.rollouts} rollouts, {getattr(summary, 'tokens_decoded', 0)} tokens decoded) "

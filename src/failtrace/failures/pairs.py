@@ -34,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -106,6 +106,25 @@ def collection_runs(store: ResultsStore, run_ids: Sequence[str] | None = None,
     return store.select_runs("collect", run_ids, benchmark, "collection run", "failtrace collect")
 
 
+def run_failures(store: ResultsStore, run: RunRecord, items: Collection[str] | None = None) -> list[dict[str, Any]]:
+    """The failed rows of a collection run; only those of the named items when ``items`` is given (``--item``)."""
+    rows = store.results(run.run_id, status="fail")
+    return rows if items is None else [r for r in rows if r["item_id"] in items]
+
+
+def check_items(store: ResultsStore, runs: Sequence[RunRecord], items: Collection[str] | None) -> None:
+    """Every item named by ``--item`` must be a failure of one of the selected runs: say which is not before any
+    model is loaded (a typo must not cost a model load, nor pass silently as "nothing to do")."""
+    if not items:
+        return
+    failed = sorted({r["item_id"] for run in runs for r in store.results(run.run_id, status="fail")})
+    missing = [i for i in items if i not in failed]
+    if missing:
+        shown = ", ".join(failed[:5]) + (", ..." if len(failed) > 5 else "")
+        raise FailtraceError(f"--item {missing[0]!r} is not a failed item of the selected collection runs "
+                             f"({len(failed)} failed: {shown or 'none'})")
+
+
 def pair_one(finder: PairFinder, bench: Benchmark, item: Item, row: Mapping[str, Any], budget: int) -> PairResult:
     """The per-item work of the stage: the pair search on one stored failure (``row`` from ``store.results``)."""
     return finder.find(bench, item, row["prompt_ids"], row["token_ids"], budget, row["finish_reason"])
@@ -156,6 +175,7 @@ def find_pairs(
     run_ids: Sequence[str] | None = None,
     benchmark: str | None = None,
     limit: int | None = None,
+    items: Collection[str] | None = None,
     device: str = "cpu",
     progress: bool = True,
     on_pair: Callable[[str, PairResult], None] | None = None,
@@ -165,14 +185,15 @@ def find_pairs(
     ``helper`` (``--sibling``) is a model name/path (loaded like ``--model``) or a loaded model; so is ``judge``
     (``--judge``, a model asked which position to roll out first; speed only). ``models`` maps a run's model name
     to an already loaded model (otherwise it is loaded with the run's dtype and revision); ``benchmarks`` maps
-    benchmark names to objects (otherwise the registry is asked). ``run_ids``/``benchmark`` select runs; ``limit``
-    caps the failures processed by this call. Each pair is committed on its own, so the stage resumes after a crash.
+    benchmark names to objects (otherwise the registry is asked). ``run_ids``/``benchmark`` select runs, ``items``
+    failures of them by item id (``--item``); ``limit`` caps the failures processed by this call. Each pair is committed on its own, so the stage resumes after a crash.
     """
     from failtrace.models.loading import load_model
 
     settings = checked_settings(settings, limit)
     t0 = time.perf_counter()
     runs = collection_runs(store, run_ids, benchmark)
+    check_items(store, runs, items)
     summary = PairsSummary()
     loaded_cache: dict[tuple[Any, ...], Any] = {}
     helper_loaded = helper
@@ -182,7 +203,7 @@ def find_pairs(
     for run in runs:
         if remaining is not None and remaining <= 0:
             break
-        failures = store.results(run.run_id, status="fail")
+        failures = run_failures(store, run, items)
         if not failures:
             continue
         bench = resolve_benchmark(run.benchmark, benchmarks)  # first: an unknown one records no pair run

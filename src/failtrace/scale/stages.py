@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -33,9 +33,11 @@ from failtrace.failures.pairs import (
     PairResult,
     PairSettings,
     PairsSummary,
+    check_items,
     checked_settings,
     collection_runs,
     pair_run_record,
+    run_failures,
 )
 from failtrace.scale.pool import Task, WorkerPool, cpus_per_worker, ensure_ray, require_ray
 from failtrace.scale.work import ModelSpec
@@ -153,21 +155,22 @@ def collect_on_ray(store: ResultsStore, benchmark: Benchmark, items: Sequence[It
 
 def pairs_on_ray(store: ResultsStore, settings: PairSettings | None, workers: int, *, helper: str | None = None,
                  benchmarks: Mapping[str, Benchmark] | None = None, run_ids: Sequence[str] | None = None,
-                 benchmark: str | None = None, limit: int | None = None, device: str = "cpu",
-                 address: str | None = None, max_attempts: int = 3, progress: bool = True,
+                 benchmark: str | None = None, limit: int | None = None, items: Collection[str] | None = None,
+                 device: str = "cpu", address: str | None = None, max_attempts: int = 3, progress: bool = True,
                  pool: WorkerPool | None = None,
                  on_pair: Callable[[str, PairResult], None] | None = None) -> PairsSummary:
     """:func:`failtrace.failures.pairs.find_pairs` over ``workers`` Ray actors (one pool per run's model)."""
     settings = checked_settings(settings, limit)
     t0 = time.perf_counter()
     runs = collection_runs(store, run_ids, benchmark)
+    check_items(store, runs, items)
     summary = PairsSummary()
     remaining = limit
     with _cluster(workers, address, pool, max_attempts) as pool_for:
         for run in runs:
             if remaining is not None and remaining <= 0:
                 break
-            failures = store.results(run.run_id, status="fail")
+            failures = run_failures(store, run, items)
             if not failures:
                 continue
             bench = resolve_benchmark(run.benchmark, benchmarks)  # first: an unknown one records no pair run
