@@ -129,11 +129,14 @@ def test_status_shows_unbounded_and_the_decidable_clean_rate(tmp_path: Path,
                                                      "hit_length_limit": True, "continued": cont})
     assert main(["status", "--store", str(path)]) == 0
     out = capsys.readouterr().out
-    line = next(x for x in out.splitlines() if x.startswith("│ toy"))
-    cells = [c.strip() for c in line.split("│") if c.strip()]
-    # items generated passed failed unverif | clean no_tgt no_ctr weak unbnd unver | limit cont.pass cont.fail | rates
-    assert cells[2:7] == ["6", "6", "0", "6", "0"]
-    assert cells[7:13] == ["2", "1", "0", "0", "3", "0"]
-    assert cells[13:16] == ["6", "1", "2"]
-    assert cells[16:18] == ["33.3%", "66.7%"]  # 2 clean of 6 failures; of the 3 decidable ones
-    assert "decidable" in out and "unbnd: hit the token limit and never decided" in " ".join(out.split())
+    runs, pairs = [[c.strip() for c in x.split("│") if c.strip()] for x in out.splitlines() if x.startswith("│ 1 ")]
+    # the run: # benchmark model items generated passed failed unverif
+    assert runs[:8] == ["1", "toy", "m", "6", "6", "0", "6", "0"]
+    # its pairs: # failed | clean no_tgt no_ctr weak unbnd unver | limit cont.pass cont.fail | rates
+    assert pairs[:2] == ["1", "6"]
+    assert pairs[2:8] == ["2", "1", "0", "0", "3", "0"]
+    assert pairs[8:11] == ["6", "1", "2"]
+    assert pairs[11:13] == ["33.3%", "66.7%"]  # 2 clean of 6 failures; of the 3 decidable ones
+    flat = " ".join(out.split())
+    assert "decidable failures" in flat and "unbnd: hit the token limit and never decided" in flat
+    assert "pair settings #1: k=2 Δ>1.0 pos≤4" in out

@@ -233,9 +233,6 @@ def status_command(
 ) -> None:
     """Counts per benchmark and model: items, passes, failures, pair statuses, length-limit outcomes, clean rates
     (over all failures and over decidable ones), average tokens."""
-    from rich.table import Table
-
-    from failtrace.store.schema import PAIR_STATUSES
     from failtrace.store.store import open_store
 
     check_store_path(store, create=False)
@@ -246,26 +243,62 @@ def status_command(
     if not rows:
         con.print(f"{store}: no collection runs yet")
         return
-    short = {"clean": "clean", "no_target": "no tgt", "no_contrast": "no ctr", "weak_preference": "weak",
+    con.print(_runs_table(rows, f"failtrace status: {store}" + (" (snapshot: a run is writing it)" if snapshot
+                                                                  else "")))
+    paired = [(n, r) for n, r in enumerate(rows, 1) if r.pair_run_id is not None]
+    if paired:
+        con.print(_pairs_table(paired))
+        for n, r in paired:
+            con.print(f"pair settings #{n}: {_pair_settings(r)}", highlight=False)
+
+
+def _runs_table(rows: list[Any], title: str) -> Any:
+    """One row per collection run, numbered (the pair table below refers to the numbers)."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    cells = [[str(n), r.benchmark, r.model, str(r.items), str(r.generated), str(r.passed), str(r.failed),
+              str(r.unverifiable), _fmt(r.avg_prompt_tokens), _fmt(r.avg_completion_tokens)]
+             for n, r in enumerate(rows, 1)]
+    _columns(table, ["#", "benchmark", "model", "items", "generated", "passed", "failed", "unverif.",
+                     "avg\nprompt\ntokens", "avg\ncompl.\ntokens"], text=("benchmark", "model"))
+    for row in cells:
+        table.add_row(*row)
+    return table
+
+
+def _pairs_table(paired: list[tuple[int, Any]]) -> Any:
+    """The pair search of each collection run (its number in the table above): one status per failure, the
+    length-limit outcomes, both clean rates (the settings are printed below it). Not one table with the runs: together they
+    would not fit a 100-column terminal without cutting numbers."""
+    from rich.table import Table
+
+    from failtrace.store.schema import PAIR_STATUSES
+
+    short = {"clean": "clean", "no_target": "no\ntgt", "no_contrast": "no\nctr", "weak_preference": "weak",
              "unbounded": "unbnd", "unverifiable": "unver"}
-    table = Table(title=f"failtrace status: {store}" + (" (snapshot: a run is writing it)" if snapshot else ""))
-    for name in ("benchmark", "model", "items", "generated", "passed", "failed", "unverif."):
-        table.add_column(name, justify="left" if name in ("benchmark", "model") else "right")
-    for s in PAIR_STATUSES:
-        table.add_column(f"pairs\n{short[s]}", justify="right")
-    for name in ("limit\nhit", "cont.\npass", "cont.\nfail", "clean\nrate", "clean rate\ndecidable",
-                 "avg prompt\ntokens", "avg compl.\ntokens", "pair settings"):
-        table.add_column(name, justify="right" if "settings" not in name else "left")
-    for r in rows:
-        table.add_row(r.benchmark, r.model, str(r.items), str(r.generated), str(r.passed), str(r.failed),
-                      str(r.unverifiable), *_pair_cells(r), _fmt(r.avg_prompt_tokens),
-                      _fmt(r.avg_completion_tokens), _pair_settings(r))
-    table.caption = ("unbnd: hit the token limit and never decided (not counted as decidable); limit hit: paired "
-                     "failures whose completion hit the limit; cont. pass / cont. fail: of those, continued to the "
-                     "rollout budget (--rollout-tokens), passed (an artefact of the budget, still unbnd) / stopped and "
-                     "still failed (a real failure, searched); clean rate = clean / failed; decidable = clean / "
-                     "(failed - unbnd)")
-    con.print(table)
+    table = Table(title="pair search (one status per failure)", title_justify="left", caption_justify="left")
+    cells = [[str(n), str(r.failed), *_pair_cells(r)] for n, r in paired]
+    _columns(table, ["#", "failed", *(short[s] for s in PAIR_STATUSES), "limit\nhit", "cont.\npass", "cont.\nfail",
+                     "clean\nrate", "clean\nrate\ndecid."])
+    for row in cells:
+        table.add_row(*row)
+    table.caption = ("unbnd: hit the token limit and never decided (not counted as "
+                     "decidable); limit hit: paired failures whose completion hit the limit; cont. pass / cont. fail: "
+                     "of those, continued to the rollout budget (--rollout-tokens), passed (an artefact of the "
+                     "budget, still unbnd) / stopped and still failed (a real failure, searched); clean rate = clean "
+                     "/ failed; clean rate decid. = clean / (failed - unbnd), over the decidable failures")
+    return table
+
+
+def _columns(table: Any, names: list[str], text: tuple[str, ...] = ()) -> None:
+    """Numbers right-aligned and never wrapped (headers are split on lines to keep them narrow); ``text`` columns
+    left-aligned and folded, not cut, when the terminal is narrow: rich narrows those first."""
+    for name in names:
+        if name in text:
+            table.add_column(name, justify="left", overflow="fold")
+        else:
+            table.add_column(name, justify="right", no_wrap=True)
 
 
 def _pct(x: float | None) -> str:
@@ -291,7 +324,7 @@ def _pair_settings(r: Any) -> str:
     if ps.get("rollout_tokens") and ps.get("rollout_tokens") != ps.get("max_new_tokens"):
         settings += f" rollout≤{ps['rollout_tokens']}"
     if ps.get("helper_model"):
-        settings += f" helper={ps['helper_model']}"
+        settings += f" sibling={ps['helper_model']}"
     return settings
 
 
