@@ -109,8 +109,12 @@ def test_a_version_2_store_migrates_without_losing_rows(tmp_path: Path) -> None:
         assert row.clean_rate == pytest.approx(2 / 5) and row.decidable_clean_rate == pytest.approx(2 / 3)
 
 
-def test_status_shows_unbounded_and_the_decidable_clean_rate(tmp_path: Path,
+def test_status_shows_unbounded_and_the_decidable_clean_rate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from rich.console import Console
+
+    from failtrace.cli import pipeline
+
     path = tmp_path / "s.duckdb"
     with open_store(path) as st:
         st.ensure_run(RunRecord(run_id="c1", stage="collect", benchmark="toy", model="m", parent_run_id=None,
@@ -127,8 +131,10 @@ def test_status_shows_unbounded_and_the_decidable_clean_rate(tmp_path: Path,
             st.write_pair("p1", "c1", it.id, "toy", {"status": status, "rollouts": 1, "checks": 1,
                                                      "positions_walked": 1, "unverifiable_rollouts": 0,
                                                      "hit_length_limit": True, "continued": cont})
+    monkeypatch.setattr(pipeline, "_console", lambda stderr=False: Console(width=100))  # a 100-column terminal
     assert main(["status", "--store", str(path)]) == 0
     out = capsys.readouterr().out
+    assert max(map(len, out.splitlines())) <= 100
     runs, pairs = [[c.strip() for c in x.split("│") if c.strip()] for x in out.splitlines() if x.startswith("│ 1 ")]
     # the run: # benchmark model items generated passed failed unverif
     assert runs[:8] == ["1", "toy", "m", "6", "6", "0", "6", "0"]

@@ -33,7 +33,9 @@ def models_command(
         return
     table = Table(title="failtrace models (use with --model NAME)")
     for col in ("name", "model", "arch", "layers", "size", "packages", "status"):
-        table.add_column(col)
+        # the name is what --model takes: never cut; the rest folds in a narrow terminal
+        table.add_column(col, no_wrap=col in ("name", "arch", "layers", "size"),
+                         overflow="fold" if col != "name" else "ellipsis")
     for spec in REGISTRY.values():
         status = install_status(spec)
         if is_converted(converted_folder(spec.name)):
