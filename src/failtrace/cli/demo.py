@@ -6,6 +6,7 @@ exported and re-run afterwards (every stage resumes: a second run does no work t
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -77,7 +78,8 @@ def _print_summary(st: Any, run_id: str, report: Path | None, store_path: Path) 
         table.add_row(r.benchmark, str(r.items), str(r.passed), str(r.failed), str(r.pairs.get("clean", 0)),
                       str(len(mine)), ", ".join(f"{v} {k}" for k, v in sorted(cats.items())) or "-",
                       ", ".join(f"{v} {k}" for k, v in sorted(pats.items())) or "-")
-    console = Console(width=160)
+    # a terminal's own width (the category and pattern columns fold); a log or pipe gets 160 columns, no wrapping
+    console = Console() if sys.stdout.isatty() else Console(width=160)
     console.print(table)
     failed = sum(r.failed for r in rows)
     console.print(f"{failed} failures, {clean} clean -> {len(cases)} cases explained; store {store_path}",
