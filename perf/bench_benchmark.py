@@ -18,6 +18,13 @@ store (every stage is resumable and keyed, so a rerun of this script only does w
     .venv/bin/python perf/bench_benchmark.py --store runs.duckdb \
         --ifeval ../shared/benchmarks/ifeval/input_data.jsonl --ifeval-items 50 --ifeval-tokens 256 \
         --math ../shared/benchmarks/math500/test.jsonl --math-items 30 --math-tokens 384
+
+With ``--old-vs-new N`` it also runs the pair search as issue 13 found it against today's on the same stored
+failures, same run (``perf/oldnew.py``; ``--old-cap-s`` stops a slow old search, ``--every K`` samples one failure
+in K, ``--workers W`` shares them out to W one-thread processes), e.g. session 10's run:
+
+    .venv/bin/python perf/bench_benchmark.py --store ifeval.duckdb --stages none --old-vs-new 14 --every 3 \
+        --old-cap-s 600 --only ifeval --workers 2 --baseline-cases 0 --threads 1
 """
 
 from __future__ import annotations
