@@ -33,16 +33,22 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     return own, sibling, other
 
 
+def _collected(tmp_path: Path, model: Path, name: str, items: int, tokens: int) -> Path:
+    """A store with ``items`` failed toy items collected by ``model`` (the needle is never written)."""
+    register_benchmark(ToyBenchmark(name=name, mode="contains", max_new_tokens=tokens))
+    data = tmp_path / "items.jsonl"
+    data.write_text("\n".join(json.dumps({"id": f"a{i}", "prompt": f"Say {chr(97 + i)}", "needle": "\x7f\x7f"})
+                              for i in range(items)) + "\n")
+    store = tmp_path / "s.duckdb"
+    assert main(["collect", "-b", name, "-d", str(data), "-m", str(model), "-s", str(store),
+                 "--max-new-tokens", str(tokens), "--no-progress"]) == 0
+    return store
+
+
 def test_sibling_option_alias_and_tokenizer_error(tmp_path: Path, models: tuple[Path, Path, Path],
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     own, sibling, other = models
-    register_benchmark(ToyBenchmark(name="toy-sib", mode="contains", max_new_tokens=10))
-    data = tmp_path / "items.jsonl"
-    data.write_text("\n".join(json.dumps({"id": f"a{i}", "prompt": f"Say {chr(97 + i)}", "needle": "\x7f\x7f"})
-                              for i in range(2)) + "\n")
-    store = tmp_path / "s.duckdb"
-    assert main(["collect", "-b", "toy-sib", "-d", str(data), "-m", str(own), "-s", str(store),
-                 "--max-new-tokens", "10", "--no-progress"]) == 0
+    store = _collected(tmp_path, own, "toy-sib", 2, 10)
     capsys.readouterr()
     assert main(["pairs", "-s", str(store), "-k", "2", "--max-positions", "2", "--sibling", str(other),
                  "--no-progress"]) != 0
@@ -68,13 +74,7 @@ def test_sibling_option_alias_and_tokenizer_error(tmp_path: Path, models: tuple[
 def test_order_and_judge_are_speed_only(tmp_path: Path, models: tuple[Path, Path, Path],
                                         capsys: pytest.CaptureFixture[str]) -> None:
     own, sibling, _ = models
-    register_benchmark(ToyBenchmark(name="toy-order", mode="contains", max_new_tokens=8))
-    data = tmp_path / "items.jsonl"
-    data.write_text("\n".join(json.dumps({"id": f"a{i}", "prompt": f"Say {chr(97 + i)}", "needle": "\x7f\x7f"})
-                              for i in range(2)) + "\n")
-    store = tmp_path / "s.duckdb"
-    assert main(["collect", "-b", "toy-order", "-d", str(data), "-m", str(own), "-s", str(store),
-                 "--max-new-tokens", "8", "--no-progress"]) == 0
+    store = _collected(tmp_path, own, "toy-order", 2, 8)
     capsys.readouterr()
     assert main(["pairs", "-s", str(store), "--order", "sideways", "--no-progress"]) != 0
     err = capsys.readouterr().err
@@ -97,13 +97,7 @@ def test_order_and_judge_are_speed_only(tmp_path: Path, models: tuple[Path, Path
 def test_item_selects_failures_and_a_wrong_id_is_one_line(tmp_path: Path, models: tuple[Path, Path, Path],
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     own, _, _ = models
-    register_benchmark(ToyBenchmark(name="toy-item", mode="contains", max_new_tokens=6))
-    data = tmp_path / "items.jsonl"
-    data.write_text("\n".join(json.dumps({"id": f"a{i}", "prompt": f"Say {chr(97 + i)}", "needle": "\x7f\x7f"})
-                              for i in range(3)) + "\n")
-    store = tmp_path / "s.duckdb"
-    assert main(["collect", "-b", "toy-item", "-d", str(data), "-m", str(own), "-s", str(store),
-                 "--max-new-tokens", "6", "--no-progress"]) == 0
+    store = _collected(tmp_path, own, "toy-item", 3, 6)
     capsys.readouterr()
     assert main(["pairs", "-s", str(store), "-k", "2", "--max-positions", "2", "--item", "a2", "--item", "a0",
                  "--no-progress"]) == 0
