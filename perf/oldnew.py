@@ -212,7 +212,7 @@ def old_vs_new(st: Any, lm: Any, n: int, top_k: int, max_positions: int, bounded
                      + (f"; {len(fails) - done} failures not started (budget)" if done < len(fails) else "")
                      + f"; {wall:.0f} s wall"])
     cap = f"old capped at {old_cap_s:g} s per failure (its time: a lower bound), " if old_cap_s else ""
-    sample = f"one failure in {every} (the 1st, {every + 1}th, ...), " if every > 1 else ""
+    sample = f"one failure in {every} (positions 1, {every + 1}, {2 * every + 1}, ...), " if every > 1 else ""
     procs = f"{workers} processes x {threads} torch thread(s), " if workers > 1 else f"torch threads {threads}, "
     table(f"Pair search, baseline {baseline!r} (old) vs the default search (new): same failures"
           f"{f' (stored pair {status})' if status else ''}, same run; {sample}{cap}{procs}top-k {top_k}, "
