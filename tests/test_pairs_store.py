@@ -146,3 +146,15 @@ def test_status_shows_unbounded_and_the_decidable_clean_rate(tmp_path: Path, mon
     flat = " ".join(out.split())
     assert "decidable failures" in flat and "unbnd: hit the token limit and never decided" in flat
     assert "pair settings #1: k=2 Δ>1.0 pos≤4" in out
+    with open_store(path) as st:  # a second pair run over the same collection run (other settings)
+        st.ensure_run(RunRecord(run_id="p2", stage="pairs", benchmark="toy", model="m", parent_run_id="c1",
+                                settings={"top_k": 3, "min_delta": 1.0, "max_positions": 4, "helper_model": "big"}))
+        st.write_pair("p2", "c1", "i0", "toy", {"status": "no_contrast", "rollouts": 1, "checks": 1,
+                                                "positions_walked": 1, "unverifiable_rollouts": 0,
+                                                "hit_length_limit": True, "continued": None})
+    assert main(["status", "--store", str(path)]) == 0
+    out = capsys.readouterr().out
+    lines = [[c.strip() for c in x.split("│") if c.strip()] for x in out.splitlines() if x.startswith("│ ")]
+    assert [x[0] for x in lines] == ["1", "1a", "1b"]  # the collection run once, its two pair runs labelled
+    assert lines[1][2:8] == ["2", "1", "0", "0", "3", "0"] and lines[2][2:8] == ["0", "0", "1", "0", "0", "0"]
+    assert "pair settings #1a: k=2" in out and "pair settings #1b: k=3 Δ>1.0 pos≤4 sibling=big" in out

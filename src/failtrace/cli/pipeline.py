@@ -243,23 +243,32 @@ def status_command(
     if not rows:
         con.print(f"{store}: no collection runs yet")
         return
-    con.print(_runs_table(rows, f"failtrace status: {store}" + (" (snapshot: a run is writing it)" if snapshot
+    runs = list({r.run_id: r for r in rows}.values())  # a collection run with two pair runs has two status rows
+    number = {r.run_id: n for n, r in enumerate(runs, 1)}
+    con.print(_runs_table(runs, f"failtrace status: {store}" + (" (snapshot: a run is writing it)" if snapshot
                                                                   else "")))
-    paired = [(n, r) for n, r in enumerate(rows, 1) if r.pair_run_id is not None]
+    paired = [r for r in rows if r.pair_run_id is not None]
+    labels = [_pair_label(number[r.run_id], r, paired) for r in paired]
     if paired:
-        con.print(_pairs_table(paired))
-        for n, r in paired:
-            con.print(f"pair settings #{n}: {_pair_settings(r)}", highlight=False)
+        con.print(_pairs_table(list(zip(labels, paired))))
+        for label, r in zip(labels, paired):
+            con.print(f"pair settings #{label}: {_pair_settings(r)}", highlight=False)
 
 
-def _runs_table(rows: list[Any], title: str) -> Any:
+def _pair_label(n: int, row: Any, paired: list[Any]) -> str:
+    """``n`` for a collection run's only pair run; ``na``, ``nb``, ... when it has several (other settings)."""
+    mine = [r.pair_run_id for r in paired if r.run_id == row.run_id]
+    return str(n) if len(mine) == 1 else f"{n}{'abcdefghijklmnopqrstuvwxyz'[mine.index(row.pair_run_id) % 26]}"
+
+
+def _runs_table(runs: list[Any], title: str) -> Any:
     """One row per collection run, numbered (the pair table below refers to the numbers)."""
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
     cells = [[str(n), r.benchmark, r.model, str(r.items), str(r.generated), str(r.passed), str(r.failed),
               str(r.unverifiable), _fmt(r.avg_prompt_tokens), _fmt(r.avg_completion_tokens)]
-             for n, r in enumerate(rows, 1)]
+             for n, r in enumerate(runs, 1)]
     _columns(table, ["#", "benchmark", "model", "items", "generated", "passed", "failed", "unverif.",
                      "avg\nprompt\ntokens", "avg\ncompl.\ntokens"], text=("benchmark", "model"))
     for row in cells:
@@ -267,10 +276,10 @@ def _runs_table(rows: list[Any], title: str) -> Any:
     return table
 
 
-def _pairs_table(paired: list[tuple[int, Any]]) -> Any:
-    """The pair search of each collection run (its number in the table above): one status per failure, the
-    length-limit outcomes, both clean rates (the settings are printed below it). Not one table with the runs: together they
-    would not fit a 100-column terminal without cutting numbers."""
+def _pairs_table(paired: list[tuple[str, Any]]) -> Any:
+    """Each pair run, labelled by its collection run's number in the table above: one status per failure, the
+    length-limit outcomes, both clean rates (the settings are printed below it). Not one table with the runs:
+    together they would not fit a 100-column terminal without cutting numbers."""
     from rich.table import Table
 
     from failtrace.store.schema import PAIR_STATUSES
@@ -278,7 +287,7 @@ def _pairs_table(paired: list[tuple[int, Any]]) -> Any:
     short = {"clean": "clean", "no_target": "no\ntgt", "no_contrast": "no\nctr", "weak_preference": "weak",
              "unbounded": "unbnd", "unverifiable": "unver"}
     table = Table(title="pair search (one status per failure)", title_justify="left", caption_justify="left")
-    cells = [[str(n), str(r.failed), *_pair_cells(r)] for n, r in paired]
+    cells = [[label, str(r.failed), *_pair_cells(r)] for label, r in paired]
     _columns(table, ["#", "failed", *(short[s] for s in PAIR_STATUSES), "limit\nhit", "cont.\npass", "cont.\nfail",
                      "clean\nrate", "clean\nrate\ndecid."])
     for row in cells:
