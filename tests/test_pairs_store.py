@@ -135,26 +135,31 @@ def test_status_shows_unbounded_and_the_decidable_clean_rate(tmp_path: Path, mon
     assert main(["status", "--store", str(path)]) == 0
     out = capsys.readouterr().out
     assert max(map(len, out.splitlines())) <= 100
-    runs, pairs = [[c.strip() for c in x.split("│") if c.strip()] for x in out.splitlines() if x.startswith("│ 1 ")]
+    runs, pairs = [[c.strip() for c in x.split("│") if c.strip()] for x in out.splitlines() if x.startswith("│1 ")]
     # the run: # benchmark model items generated passed failed unverif
     assert runs[:8] == ["1", "toy", "m", "6", "6", "0", "6", "0"]
     # its pairs: # failed | clean no_tgt no_ctr weak unbnd unver | limit cont.pass cont.fail | rates
-    assert pairs[:2] == ["1", "6"]
+    assert pairs[:2] == ["1", "6/6"]
     assert pairs[2:8] == ["2", "1", "0", "0", "3", "0"]
     assert pairs[8:11] == ["6", "1", "2"]
     assert pairs[11:13] == ["33.3%", "66.7%"]  # 2 clean of 6 failures; of the 3 decidable ones
     flat = " ".join(out.split())
     assert "decidable failures" in flat and "unbnd: hit the token limit and never decided" in flat
     assert "pair settings #1: k=2 Δ>1.0 pos≤4" in out
-    with open_store(path) as st:  # a second pair run over the same collection run (other settings)
-        st.ensure_run(RunRecord(run_id="p2", stage="pairs", benchmark="toy", model="m", parent_run_id="c1",
-                                settings={"top_k": 3, "min_delta": 1.0, "max_positions": 4, "helper_model": "big"}))
-        st.write_pair("p2", "c1", "i0", "toy", {"status": "no_contrast", "rollouts": 1, "checks": 1,
-                                                "positions_walked": 1, "unverifiable_rollouts": 0,
-                                                "hit_length_limit": True, "continued": None})
+    with open_store(path) as st:  # two more pair runs over the same collection run (other settings)
+        for run_id, k, statuses in (("p2", 3, ["clean"] * 6), ("p3", 4, ["no_contrast"])):
+            st.ensure_run(RunRecord(run_id=run_id, stage="pairs", benchmark="toy", model="m", parent_run_id="c1",
+                                    settings={"top_k": k, "min_delta": 1.0, "max_positions": 4, "helper_model": "big"}))
+            for it, status in zip(items, statuses):
+                st.write_pair(run_id, "c1", it.id, "toy", {"status": status, "rollouts": 1, "checks": 1,
+                                                           "positions_walked": 1, "unverifiable_rollouts": 0,
+                                                           "hit_length_limit": True, "continued": None})
     assert main(["status", "--store", str(path)]) == 0
     out = capsys.readouterr().out
-    lines = [[c.strip() for c in x.split("│") if c.strip()] for x in out.splitlines() if x.startswith("│ ")]
-    assert [x[0] for x in lines] == ["1", "1a", "1b"]  # the collection run once, its two pair runs labelled
-    assert lines[1][2:8] == ["2", "1", "0", "0", "3", "0"] and lines[2][2:8] == ["0", "0", "1", "0", "0", "0"]
-    assert "pair settings #1a: k=2" in out and "pair settings #1b: k=3 Δ>1.0 pos≤4 sibling=big" in out
+    assert max(map(len, out.splitlines())) <= 100 and "…" not in out  # nothing cut at 100 columns
+    lines = [[c.strip() for c in x.split("│") if c.strip()] for x in out.splitlines() if x.startswith("│")]
+    assert [x[0] for x in lines] == ["1", "1a", "1b", "1c"]  # the collection run once, its pair runs labelled
+    assert lines[1][1:8] == ["6/6", "2", "1", "0", "0", "3", "0"]
+    assert lines[2][1:8] == ["6/6", "6", "0", "0", "0", "0", "0"] and lines[2][-2:] == ["100.0%", "100.0%"]
+    assert lines[3][1:8] == ["1/6", "0", "0", "1", "0", "0", "0"]  # a partial run says so
+    assert "pair settings #1a: k=2" in out and "pair settings #1c: k=4 Δ>1.0 pos≤4 sibling=big" in out

@@ -62,10 +62,10 @@ def test_collect_pairs_status_export(tmp_path: Path, model_dir: Path, capsys: py
     assert main(["status", "--store", str(store)]) == 0
     out = capsys.readouterr().out
     assert "toy-cli" in out and "clean" in out and "pair settings #1: k=3" in out
-    run, pairs = [[c.strip() for c in x.split("│") if c.strip()] for x in out.splitlines() if x.startswith("│ 1 ")]
+    run, pairs = [[c.strip() for c in x.split("│") if c.strip()] for x in out.splitlines() if x.startswith("│1 ")]
     assert run[1] == "toy-cli" and run[3:5] == ["5", "5"]  # items, generated
     assert int(run[5]) + int(run[6]) + int(run[7]) == 5  # passed + failed + unverifiable
-    assert pairs[1] == run[6] and sum(int(c) for c in pairs[2:8]) == int(run[6])  # one pair status per failure
+    assert pairs[1] == f"{run[6]}/{run[6]}" and sum(int(c) for c in pairs[2:8]) == int(run[6])  # one per failure
 
     for fmt in ("parquet", "jsonl"):
         assert main(["export", "--store", str(store), "--format", fmt, "--out", str(tmp_path / fmt)]) == 0

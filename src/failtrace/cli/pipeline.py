@@ -265,7 +265,7 @@ def _runs_table(runs: list[Any], title: str) -> Any:
     """One row per collection run, numbered (the pair table below refers to the numbers)."""
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left")
+    table = Table(title=title, title_justify="left", pad_edge=False)
     cells = [[str(n), r.benchmark, r.model, str(r.items), str(r.generated), str(r.passed), str(r.failed),
               str(r.unverifiable), _fmt(r.avg_prompt_tokens), _fmt(r.avg_completion_tokens)]
              for n, r in enumerate(runs, 1)]
@@ -286,13 +286,15 @@ def _pairs_table(paired: list[tuple[str, Any]]) -> Any:
 
     short = {"clean": "clean", "no_target": "no\ntgt", "no_contrast": "no\nctr", "weak_preference": "weak",
              "unbounded": "unbnd", "unverifiable": "unver"}
-    table = Table(title="pair search (one status per failure)", title_justify="left", caption_justify="left")
-    cells = [[label, str(r.failed), *_pair_cells(r)] for label, r in paired]
-    _columns(table, ["#", "failed", *(short[s] for s in PAIR_STATUSES), "limit\nhit", "cont.\npass", "cont.\nfail",
+    table = Table(title="pair search (one status per failure)", title_justify="left", caption_justify="left",
+                  pad_edge=False)
+    cells = [[label, f"{sum(r.pairs.values())}/{r.failed}", *_pair_cells(r)] for label, r in paired]
+    _columns(table, ["#", "paired/\nfailed", *(short[s] for s in PAIR_STATUSES), "limit\nhit", "cont.\npass", "cont.\nfail",
                      "clean\nrate", "clean\nrate\ndecid."])
     for row in cells:
         table.add_row(*row)
-    table.caption = ("unbnd: hit the token limit and never decided (not counted as "
+    table.caption = ("paired/failed: failures with a pair status so far (fewer while a run is partial, e.g. "
+                     "--limit or --item); unbnd: hit the token limit and never decided (not counted as "
                      "decidable); limit hit: paired failures whose completion hit the limit; cont. pass / cont. fail: "
                      "of those, continued to the rollout budget (--rollout-tokens), passed (an artefact of the "
                      "budget, still unbnd) / stopped and still failed (a real failure, searched); clean rate = clean "
