@@ -83,20 +83,20 @@ def finders(lm: Any, baseline: str, top_k: int, max_positions: int, old_cap_s: f
     answer, no verdict reuse, transformers' dynamic cache, unbounded failures searched too, no lookup drafts (the same
     code with those switched off); ``"no-halt"``: the default search with only halting at the answer and drafts off;
     ``"no-drafts"``: only the drafts off; ``"no-completion-drafts"``: only the drafts from the failing completion."""
+    new = PairFinder(lm, PairSettings(top_k=top_k, max_positions=max_positions))
+    if baseline == "no-drafts":
+        return PairFinder(lm, PairSettings(top_k=top_k, max_positions=max_positions, draft_tokens=0)), new
+    if baseline == "no-completion-drafts":
+        return PairFinder(lm, PairSettings(top_k=top_k, max_positions=max_positions,
+                                           draft_from_completion=False)), new
     base = PairSettings(top_k=top_k, max_positions=max_positions, halt_at_answer=False, try_unbounded=True,
                         draft_tokens=0)
-    if baseline == "old":
-        base.early_stop, base.position_batch = False, 1
-    if baseline == "no-drafts":
-        base = PairSettings(top_k=top_k, max_positions=max_positions, draft_tokens=0)
-    if baseline == "no-completion-drafts":
-        base = PairSettings(top_k=top_k, max_positions=max_positions, draft_from_completion=False)
-    if baseline == "old":
-        old = OldFinder(lm, base)
-        old.cap_s = old_cap_s
-    else:
-        old = PairFinder(lm, base)
-    return old, PairFinder(lm, PairSettings(top_k=top_k, max_positions=max_positions))
+    if baseline != "old":  # "no-halt"
+        return PairFinder(lm, base), new
+    base.early_stop, base.position_batch = False, 1
+    old = OldFinder(lm, base)
+    old.cap_s = old_cap_s
+    return old, new
 
 
 def search_both(pair: tuple[Any, Any], i: int, benchmark: str, item: Item, row: dict[str, Any],

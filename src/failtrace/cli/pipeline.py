@@ -258,7 +258,7 @@ def status_command(
 def _pair_label(n: int, row: Any, paired: list[Any]) -> str:
     """``n`` for a collection run's only pair run; ``na``, ``nb``, ... when it has several (other settings)."""
     mine = [r.pair_run_id for r in paired if r.run_id == row.run_id]
-    return str(n) if len(mine) == 1 else f"{n}{'abcdefghijklmnopqrstuvwxyz'[mine.index(row.pair_run_id) % 26]}"
+    return str(n) if len(mine) == 1 else f"{n}{chr(ord('a') + mine.index(row.pair_run_id) % 26)}"
 
 
 def _runs_table(runs: list[Any], title: str) -> Any:
@@ -289,8 +289,8 @@ def _pairs_table(paired: list[tuple[str, Any]]) -> Any:
     table = Table(title="pair search (one status per failure)", title_justify="left", caption_justify="left",
                   pad_edge=False)
     cells = [[label, f"{sum(r.pairs.values())}/{r.failed}", *_pair_cells(r)] for label, r in paired]
-    _columns(table, ["#", "paired/\nfailed", *(short[s] for s in PAIR_STATUSES), "limit\nhit", "cont.\npass", "cont.\nfail",
-                     "clean\nrate", "clean\nrate\ndecid."])
+    _columns(table, ["#", "paired/\nfailed", *(short[s] for s in PAIR_STATUSES), "limit\nhit", "cont.\npass",
+                     "cont.\nfail", "clean\nrate", "clean\nrate\ndecid."])
     for row in cells:
         table.add_row(*row)
     table.caption = ("paired/failed: failures with a pair status so far (fewer while a run is partial, e.g. "

@@ -106,23 +106,22 @@ def collection_runs(store: ResultsStore, run_ids: Sequence[str] | None = None,
     return store.select_runs("collect", run_ids, benchmark, "collection run", "failtrace collect")
 
 
-def run_failures(store: ResultsStore, run: RunRecord, items: Collection[str] | None = None) -> list[dict[str, Any]]:
-    """The failed rows of a collection run; only those of the named items when ``items`` is given (``--item``)."""
-    rows = store.results(run.run_id, status="fail")
-    return rows if items is None else [r for r in rows if r["item_id"] in items]
-
-
-def check_items(store: ResultsStore, runs: Sequence[RunRecord], items: Collection[str] | None) -> None:
-    """Every item named by ``--item`` must be a failure of one of the selected runs: say which is not before any
-    model is loaded (a typo must not cost a model load, nor pass silently as "nothing to do")."""
+def run_failures(store: ResultsStore, runs: Sequence[RunRecord],
+                 items: Collection[str] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """The failed rows of each selected collection run (run id -> rows in item order), only those of the named
+    items when ``items`` is given (``--item``). Every named item must be a failure of one of the runs: one that is
+    not is refused here, before any model is loaded (a typo must neither cost a load nor pass as "nothing to do")."""
+    rows = {run.run_id: store.results(run.run_id, status="fail") for run in runs}
     if not items:
-        return
-    failed = sorted({r["item_id"] for run in runs for r in store.results(run.run_id, status="fail")})
-    missing = [i for i in items if i not in failed]
+        return rows
+    known = {r["item_id"] for run_rows in rows.values() for r in run_rows}
+    missing = [i for i in items if i not in known]
     if missing:
+        failed = sorted(known)
         shown = ", ".join(failed[:5]) + (", ..." if len(failed) > 5 else "")
         raise FailtraceError(f"--item {missing[0]!r} is not a failed item of the selected collection runs "
                              f"({len(failed)} failed: {shown or 'none'})")
+    return {run_id: [r for r in run_rows if r["item_id"] in items] for run_id, run_rows in rows.items()}
 
 
 def pair_one(finder: PairFinder, bench: Benchmark, item: Item, row: Mapping[str, Any], budget: int) -> PairResult:
@@ -186,14 +185,15 @@ def find_pairs(
     (``--judge``, a model asked which position to roll out first; speed only). ``models`` maps a run's model name
     to an already loaded model (otherwise it is loaded with the run's dtype and revision); ``benchmarks`` maps
     benchmark names to objects (otherwise the registry is asked). ``run_ids``/``benchmark`` select runs, ``items``
-    failures of them by item id (``--item``); ``limit`` caps the failures processed by this call. Each pair is committed on its own, so the stage resumes after a crash.
+    failures of them by item id (``--item``); ``limit`` caps the failures processed by this call. Each pair is
+    committed on its own, so the stage resumes after a crash.
     """
     from failtrace.models.loading import load_model
 
     settings = checked_settings(settings, limit)
     t0 = time.perf_counter()
     runs = collection_runs(store, run_ids, benchmark)
-    check_items(store, runs, items)
+    failures_of = run_failures(store, runs, items)
     summary = PairsSummary()
     loaded_cache: dict[tuple[Any, ...], Any] = {}
     helper_loaded = helper
@@ -203,7 +203,7 @@ def find_pairs(
     for run in runs:
         if remaining is not None and remaining <= 0:
             break
-        failures = run_failures(store, run, items)
+        failures = failures_of[run.run_id]
         if not failures:
             continue
         bench = resolve_benchmark(run.benchmark, benchmarks)  # first: an unknown one records no pair run

@@ -33,7 +33,6 @@ from failtrace.failures.pairs import (
     PairResult,
     PairSettings,
     PairsSummary,
-    check_items,
     checked_settings,
     collection_runs,
     pair_run_record,
@@ -163,14 +162,14 @@ def pairs_on_ray(store: ResultsStore, settings: PairSettings | None, workers: in
     settings = checked_settings(settings, limit)
     t0 = time.perf_counter()
     runs = collection_runs(store, run_ids, benchmark)
-    check_items(store, runs, items)
+    failures_of = run_failures(store, runs, items)
     summary = PairsSummary()
     remaining = limit
     with _cluster(workers, address, pool, max_attempts) as pool_for:
         for run in runs:
             if remaining is not None and remaining <= 0:
                 break
-            failures = run_failures(store, run, items)
+            failures = failures_of[run.run_id]
             if not failures:
                 continue
             bench = resolve_benchmark(run.benchmark, benchmarks)  # first: an unknown one records no pair run
