@@ -114,10 +114,10 @@ def run_failures(store: ResultsStore, runs: Sequence[RunRecord],
     rows = {run.run_id: store.results(run.run_id, status="fail") for run in runs}
     if not items:
         return rows
-    known = {r["item_id"] for run_rows in rows.values() for r in run_rows}
+    failed = list(dict.fromkeys(r["item_id"] for run_rows in rows.values() for r in run_rows))  # store order
+    known = set(failed)
     missing = [i for i in items if i not in known]
     if missing:
-        failed = sorted(known)
         shown = ", ".join(failed[:5]) + (", ..." if len(failed) > 5 else "")
         raise FailtraceError(f"--item {missing[0]!r} is not a failed item of the selected collection runs "
                              f"({len(failed)} failed: {shown or 'none'})")
