@@ -113,6 +113,13 @@ def _shot(page: Any, name: str) -> None:
         page.screenshot(path=str(Path(folder) / f"explorer-{name}.png"), full_page=True)
 
 
+def _painted(page: Any, route: str, key: str) -> None:
+    """Wait until the view of the new URL state (its hash holds ``key``) is painted: the hash changes at once, the
+    view later, and ``data-ready`` alone may still be the previous state's."""
+    page.wait_for_function(f"location.hash.includes('{key}') && document.body.dataset.ready === '{route}' "
+                           "&& document.body.dataset.readyHash === location.hash")
+
+
 def test_table_count_filter_and_url_state(page: Any, server: dict[str, Any]) -> None:
     _open(page, server, "#/cases", "cases")
     assert page.inner_text("#total") == f"{server['n_rows']} rows"
@@ -125,8 +132,7 @@ def test_table_count_filter_and_url_state(page: Any, server: dict[str, Any]) -> 
     _open(page, server, "#/cases?" + page.url.split("?", 1)[1], "cases")  # a link reopens the filtered view
     assert page.inner_text("#total") == f"{server['n_clean']} rows"
     page.click("th[data-col=delta_logit]")
-    page.wait_for_function("location.hash.includes('sort=delta_logit')")
-    page.wait_for_selector("body[data-ready=cases]")
+    _painted(page, "cases", "sort=delta_logit")
     shown = [float(x) for x in page.locator("tr.row td:nth-child(8)").all_inner_texts()]
     assert shown == sorted(shown) and len(shown) == server["n_clean"]
 
@@ -152,8 +158,7 @@ def test_case_page_heatmap_tokens_and_method_switch(page: Any, server: dict[str,
     i = max((j for j, sp in enumerate(case.special_mask) if not sp), key=lambda j: abs(norm[j]) * (abs(norm[j]) < 0.9))
     before = page.get_attribute(f"#strip .tok[data-p='{i}']", "style")
     page.click("#methods button[data-method='cp-lrp']")
-    page.wait_for_function("location.hash.includes('method=cp-lrp')")
-    page.wait_for_selector("body[data-ready=case]")
+    _painted(page, "case", "method=cp-lrp")
     style = page.get_attribute(f"#strip .tok[data-p='{i}']", "style")
     assert _rgb(float(norm[i])) in style and style != before
     assert page.locator("#flip polyline").count() == sum(bool(m.flip_curve) for m in case.methods.values())

@@ -27,8 +27,15 @@
     if (!fn) { FT.error(view, "unknown view: " + h.route); return; }
     document.body.dataset.view = h.route;
     view.setAttribute("aria-busy", "true");
+    // data-ready-hash names the URL state painted: setting the hash fires hashchange only later, so data-ready
+    // alone can still be the previous state's (tests and scripts wait for data-ready-hash === location.hash)
+    var at = location.hash;
     fn(view, h.params, h.arg).catch(function (e) { FT.error(view, e); })
-      .then(function () { view.setAttribute("aria-busy", "false"); document.body.dataset.ready = h.route; });
+      .then(function () {
+        view.setAttribute("aria-busy", "false");
+        document.body.dataset.ready = h.route;
+        document.body.dataset.readyHash = at;
+      });
   }
 
   FT.api("/api/meta").then(function (meta) {
