@@ -11,7 +11,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from failtrace.attribution.inputs import PreparedInput, Prompt, context_length, prepare_input, resolve_token
+from failtrace.attribution.inputs import PreparedInput, Prompt, prepare_input, resolve_token
+from failtrace.models.limits import context_length
 from failtrace.attribution.objective import check_objective, objective_value
 from failtrace.attribution.record import TokenRef
 from failtrace.errors import FailtraceError
@@ -63,6 +64,9 @@ def prepare_contrast(
     con = resolve_token(tok, contrast, "contrast") if contrast is not None else None
     if objective == "logit_diff" and con is None:
         raise FailtraceError("objective 'logit_diff' needs a contrast token; give --contrast or another --objective")
+    if objective != "logit_diff" and con is not None:  # it would be recorded yet never enter the objective
+        raise FailtraceError(f"objective {objective!r} does not use a contrast token; drop --contrast or use "
+                             f"--objective logit_diff")
     if tgt is None:
         tgt = greedy_token(lm, prep.ids)
     if con is not None and con.id == tgt.id:

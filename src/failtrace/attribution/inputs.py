@@ -71,18 +71,6 @@ class InputTooLongError(FailtraceError):
     """The input has more tokens than the model's context window and the caller did not allow that."""
 
 
-def context_length(model: Any) -> int | None:
-    """The longest input the model was built for (its config's position limit), or None when it states none."""
-    config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "get_text_config"):
-        config = config.get_text_config()
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return None
-
-
 def check_length(n_tokens: int, limit: int | None, allow_long: bool = False) -> None:
     """Refuse ``n_tokens`` beyond the context ``limit`` unless ``allow_long``.
 
@@ -111,7 +99,8 @@ def prepare_input(
 ) -> PreparedInput:
     """Ids for prompt (+ answer prefix), truncated so that ``position`` (if given) is the last token.
 
-    More than ``max_length`` ids (the model's context, see :func:`context_length`) is refused unless ``allow_long``.
+    More than ``max_length`` ids (the model's context, see :func:`failtrace.models.limits.context_length`) is
+    refused unless ``allow_long``.
     """
     if prompt is None or (isinstance(prompt, (str, list, tuple)) and len(prompt) == 0) or (
         isinstance(prompt, str) and not prompt.strip()
@@ -136,7 +125,8 @@ def prepare_input(
     if position is not None:
         if not -len(ids) <= position < len(ids):
             raise FailtraceError(
-                f"position {position} is out of range: the input has {len(ids)} tokens (valid 0..{len(ids) - 1})"
+                f"position {position} is out of range: the input has {len(ids)} tokens (valid 0..{len(ids) - 1}, or "
+                f"-{len(ids)}..-1 counting from the end)"
             )
         ids = ids[: (position % len(ids)) + 1]
         prompt_length = min(prompt_length, len(ids))

@@ -139,6 +139,14 @@ def compare(store: ResultsStore, model_names: Sequence[str], *, benchmark: str |
 
     if len(model_names) < 2:
         raise FailtraceError("--models needs at least two models: the one whose cases are compared, then others")
+    if len({n.lower() for n in model_names}) < len(model_names):
+        twice = next(n for n in model_names if sum(m.lower() == n.lower() for m in model_names) > 1)
+        raise FailtraceError(f"--models names {twice!r} twice; a model compared with itself says nothing")
+    if not models:  # every name checked before the first model is used: a bad later one leaves the store as it was
+        from failtrace.models.checks import check_model_name
+
+        for name in model_names:
+            check_model_name(name)
     load = (lambda n: models[n]) if models else _default_loader(device)
     t0 = time.perf_counter()
     summary = CompareSummary()
@@ -149,12 +157,14 @@ def compare(store: ResultsStore, model_names: Sequence[str], *, benchmark: str |
                                                 clean_up_tokenization_spaces=False) for c in cases}
     summary.cases = len(cases)
     done = done_comparisons(store)
-    summary.written[model_names[0]] = sum(
-        write_comparison(store, reference_row(c, model_names[0])) for c in cases if (c.case_id, c.model_fingerprint)
-        not in done)
+    ref_rows = [reference_row(c, model_names[0]) for c in cases if (c.case_id, c.model_fingerprint) not in done]
+    summary.written[model_names[0]] = 0
     del ref
     for name in model_names[1:]:
         lm = load(name)
+        if ref_rows:  # written once another model loaded: a model that cannot load leaves the store unchanged
+            summary.written[model_names[0]] = sum(write_comparison(store, row) for row in ref_rows)
+            ref_rows = []
         fp = model_fingerprint(lm)
         todo = [c for c in cases if (c.case_id, fp) not in done]
         summary.skipped += len(cases) - len(todo)

@@ -99,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
+        from failtrace.cli.checks import refuse_empty_values
+
+        refuse_empty_values(typer.main.get_command(app), list(sys.argv[1:] if argv is None else argv))
         code = app(args=argv, prog_name="failtrace", standalone_mode=False)
         # typer >= 0.22 turns Ctrl-C into Exit(130) and, without standalone mode, *returns* an Exit's code
         # instead of raising it: a returned non-zero code must become the exit code (an interrupted run is no success)

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from failtrace.cli import options as opts
-from failtrace.cli.checks import check_output_file
+from failtrace.cli.checks import check_outputs
 from failtrace.errors import FailtraceError
 
 def _parse_token(value: str | None) -> int | str | None:
@@ -49,9 +49,8 @@ def _validate(prompt: str, method: str, objective: str, dtype: str, json_path: O
     get_method(method)
     check_objective(objective)
     check_dtype(dtype)
-    check_output_file(json_path, "--json", "attribution.json")
-    check_output_file(html_path, "--html", "attribution.html")
-    check_output_file(png_path, "--png", "attribution.png")
+    check_outputs((json_path, "--json", "attribution.json"), (html_path, "--html", "attribution.html"),
+                  (png_path, "--png", "attribution.png"))
 
 
 def run_attribute(
@@ -94,11 +93,12 @@ def register(app: typer.Typer) -> None:
         objective: str = typer.Option("logit_diff", "--objective",
                                       help="logit_diff | max_logit | topk_mean | vocab_mean"),
         position: Optional[int] = typer.Option(None, "--position",
-                                               help="Explain the prediction after this token index (default last)."),
+                                               help="Explain the prediction after this token index (default last; "
+                                                    "negative counts from the end, -1 = last)."),
         json_path: Optional[Path] = typer.Option(None, "--json", help="Write the record as JSON."),
         html_path: Optional[Path] = typer.Option(None, "--html", help="Write a self-contained HTML heatmap."),
         png_path: Optional[Path] = typer.Option(None, "--png", help="Write a PNG heatmap."),
-        dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16"),
+        dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16"),
         ig_steps: int = typer.Option(32, "--ig-steps", callback=opts.count(1),
                                      help="Integrated-gradients steps (method ig), at least 1."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Do not print the terminal view."),

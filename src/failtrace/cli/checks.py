@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from failtrace.errors import FailtraceError
 
@@ -34,13 +35,46 @@ def _probe(folder: Path, option: str, target: Path) -> None:
                              f"({exc.strerror or exc}); choose a writable location") from None
 
 
+# Options whose empty value means something (no answer prefix); every other option's empty value is refused.
+EMPTY_ALLOWED = frozenset({"--answer-prefix"})
+
+
+def refuse_empty_values(command: Any, argv: list[str]) -> None:
+    """Refuse ``--option ""`` (or ``--option=``) for any option of the invoked sub-command that takes a value.
+
+    An empty string is never a useful model, store, path or layer range, and typer would silently turn it into a
+    default (``Path("")`` is ``.``, the current folder); this runs on the raw command line, before typer converts.
+    ``command`` is the click group built from the app.
+    """
+    sub = getattr(command, "commands", {}).get(argv[0]) if argv else None
+    if sub is None:
+        return
+    takes_value = {name for p in sub.params if getattr(p, "opts", None) and not getattr(p, "is_flag", False)
+                   and getattr(p, "param_type_name", "") == "option" for name in p.opts + p.secondary_opts}
+    for i, arg in enumerate(argv[1:], start=1):
+        if arg == "--":
+            return
+        name, eq, value = arg.partition("=")
+        if eq and name in takes_value and name not in EMPTY_ALLOWED and value == "":
+            raise FailtraceError(f"{name} is empty; give a value (see 'failtrace {argv[0]} --help')")
+        if (not eq and arg in takes_value and arg not in EMPTY_ALLOWED and i + 1 < len(argv)
+                and argv[i + 1] == ""):
+            raise FailtraceError(f"{arg} is empty; give a value (see 'failtrace {argv[0]} --help')")
+
+
 def check_output_file(path: Path | None, option: str, example: str = "out.json") -> None:
-    """``path`` can be written as a file: it is not a folder, and it or its nearest existing folder is writable."""
+    """``path`` can be written as a file: it is not a folder, not an existing results store (writing over one would
+    destroy it; no option writing a file produces a store), and it or its nearest existing folder is writable."""
     if path is None:
         return
     path = Path(path).expanduser()
     if path.is_dir():
         raise FailtraceError(f"{option} {path} is a folder; give a file path such as {path / example}")
+    from failtrace.store.connection import is_duckdb_file
+
+    if is_duckdb_file(path):
+        raise FailtraceError(f"{option} {path} is a DuckDB results store; failtrace never writes over one: give "
+                             f"another path such as {path.parent / example}")
     if path.exists():
         try:
             with path.open("ab"):  # opening for append changes neither content nor modification time
@@ -50,6 +84,24 @@ def check_output_file(path: Path | None, option: str, example: str = "out.json")
                                  f"location") from None
         return
     _probe(_nearest_existing(path.parent), option, path)
+
+
+def check_outputs(*specs: tuple[Path | None, str, str]) -> None:
+    """Several output files of one command, each ``(path, option, example)`` (``None`` paths skipped): each checked
+    as by :func:`check_output_file`, a picture's name ending as its example's (``.png``, ``.svg``: the writer's
+    format), and no two naming the same file (the second write would silently replace the first)."""
+    seen: dict[Path, str] = {}
+    for path, option, example in specs:
+        if path is None:
+            continue
+        check_output_file(path, option, example)
+        suffix = Path(example).suffix.lower()
+        if suffix in (".png", ".svg") and Path(path).suffix.lower() != suffix:
+            raise FailtraceError(f"{option} {path}: expected a file name ending in {suffix}")
+        key = Path(path).expanduser().resolve()
+        if key in seen:
+            raise FailtraceError(f"{seen[key]} and {option} name the same file {path}; give each its own path")
+        seen[key] = option
 
 
 def check_output_dir(path: Path | None, option: str) -> None:

@@ -15,7 +15,7 @@ from typing import Any, Optional
 import typer
 
 from failtrace.cli import options as opts
-from failtrace.cli.checks import check_output_file
+from failtrace.cli.checks import check_outputs
 from failtrace.errors import FailtraceError
 
 EXIT_FALLBACK = 3
@@ -49,10 +49,9 @@ def _check_outputs(dtype: str, json_path: Optional[Path], ct_json_path: Optional
     from failtrace.models.loading import check_dtype
 
     check_dtype(dtype)
-    for p, option, example in ((json_path, "--json", "graph.json"), (ct_json_path, "--circuit-tracer-json", "ct.json"),
-                               (html_path, "--html", "graph.html"), (png_path, "--png", "graph.png"),
-                               (svg_path, "--svg", "graph.svg")):
-        check_output_file(p, option, example)
+    check_outputs((json_path, "--json", "graph.json"), (ct_json_path, "--circuit-tracer-json", "ct.json"),
+                  (html_path, "--html", "graph.html"), (png_path, "--png", "graph.png"),
+                  (svg_path, "--svg", "graph.svg"))
 
 
 def _summary(graph: Any, pruned: Any, top_k: int) -> list[str]:
@@ -90,9 +89,6 @@ def run_graph(
     if not prompt or not prompt.strip():
         raise FailtraceError("the prompt is empty; pass --prompt TEXT")
     _validate(edges, node_threshold, prune, method)
-    for p, suffixes in ((png_path, (".png",)), (svg_path, (".svg",))):
-        if p is not None and p.suffix.lower() not in suffixes:
-            raise FailtraceError(f"{p}: expected a file name ending in {suffixes[0]}")
     _check_outputs(dtype, json_path, ct_json_path, html_path, png_path, svg_path)
 
     import failtrace
@@ -168,7 +164,7 @@ def register(app: typer.Typer) -> None:
         html_path: Optional[Path] = typer.Option(None, "--html", help="Write the interactive self-contained HTML."),
         png_path: Optional[Path] = typer.Option(None, "--png", help="Write the layered picture as PNG."),
         svg_path: Optional[Path] = typer.Option(None, "--svg", help="Write the layered picture as SVG."),
-        dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16"),
+        dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16"),
         memory_budget: float = typer.Option(1024.0, "--memory-budget", callback=opts.finite(0.0, open_min=True),
                                             help="MB for one block of edge computation (packed batch, closed-form "
                                                  "row chunks)."),

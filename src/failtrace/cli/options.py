@@ -21,12 +21,13 @@ def _bad(value: Any, valid: str) -> typer.BadParameter:
     return typer.BadParameter(f"got {value!r}; {valid}")
 
 
-def count(minimum: int = 1) -> Check:
-    """A whole number of at least ``minimum`` (None passes: the option was not given)."""
+def count(minimum: int = 1, maximum: int | None = None) -> Check:
+    """A whole number of at least ``minimum`` (and at most ``maximum``; None passes: the option was not given)."""
 
     def check(value: int | None) -> int | None:
-        if value is not None and value < minimum:
-            raise _bad(value, f"give a whole number of at least {minimum}")
+        if value is not None and (value < minimum or (maximum is not None and value > maximum)):
+            raise _bad(value, f"give a whole number of at least {minimum}"
+                       + (f" and at most {maximum}" if maximum is not None else ""))
         return value
 
     return check

@@ -77,7 +77,7 @@ def collect_command(
                                    help="Prompts decoded together (left padding). 1 is exact-reproducible."),
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
     device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu or cuda."),
-    seed: int = typer.Option(0, "--seed", callback=opts.count(0),
+    seed: int = typer.Option(0, "--seed", callback=opts.count(0, 2**31 - 1),  # the store keeps it as INTEGER
                              help="Seed recorded with the run (decoding is greedy)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     workers: Optional[int] = opts.WORKERS,
@@ -130,6 +130,20 @@ def _collect_on_ray(bench: Any, items: list[Any], store: Path, model: str, dtype
         raise
 
 
+def _remove_if_empty(store: Path) -> None:
+    """Delete a store this command created if it holds no run (nothing of value is lost)."""
+    from failtrace.store.store import open_store
+
+    try:
+        with open_store(store, read_only=True) as st:
+            if st.runs():
+                return
+    except FailtraceError:
+        return
+    for path in (store, store.with_name(store.name + ".wal"), store.with_name(store.name + ".lock")):
+        path.unlink(missing_ok=True)
+
+
 def _collect_here(bench: Any, items: list[Any], store: Path, model: str, dtype: str, device: str,
                   max_new_tokens: int | None, thinking: bool, batch_size: int, seed: int, data: str,
                   progress: bool) -> Any:
@@ -137,14 +151,20 @@ def _collect_here(bench: Any, items: list[Any], store: Path, model: str, dtype: 
     from failtrace.models.loading import load_model
     from failtrace.store.store import open_store
 
-    with _store_errors(store), contextlib.ExitStack() as stack:
-        # An existing store is opened (and so checked) before the slow model load; a new one is created only
-        # once the model has loaded, so a failed load leaves no empty store behind.
-        st = stack.enter_context(open_store(store)) if store.exists() else None
-        loaded = load_model(model, dtype=dtype, device=device, progress=progress)
-        st = st or stack.enter_context(open_store(store))
-        return collect(st, bench, items, loaded, max_new_tokens=max_new_tokens, thinking=thinking,
-                       batch_size=batch_size, seed=seed, data=data, progress=progress)
+    created = not store.exists()
+    try:
+        with _store_errors(store), contextlib.ExitStack() as stack:
+            # An existing store is opened (and so checked) before the slow model load; a new one is created only
+            # once the model has loaded, so a failed load leaves no empty store behind.
+            st = None if created else stack.enter_context(open_store(store))
+            loaded = load_model(model, dtype=dtype, device=device, progress=progress)
+            st = st or stack.enter_context(open_store(store))
+            return collect(st, bench, items, loaded, max_new_tokens=max_new_tokens, thinking=thinking,
+                           batch_size=batch_size, seed=seed, data=data, progress=progress)
+    except FailtraceError:
+        if created:  # refused before any item (e.g. a budget beyond the model's context): no empty store behind
+            _remove_if_empty(store)
+        raise
 
 
 def pairs_command(

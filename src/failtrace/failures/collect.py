@@ -143,6 +143,12 @@ def collect(
     budget = int(max_new_tokens if max_new_tokens is not None else benchmark.max_new_tokens)
     if budget < 1:
         raise FailtraceError(f"--max-new-tokens must be at least 1, got {budget}")
+    from failtrace.models.limits import context_length
+
+    window = context_length(getattr(loaded, "model", None))
+    if window is not None and budget > window:  # checked before a run is recorded: the store stays as it was
+        raise FailtraceError(f"--max-new-tokens {budget} is more than {loaded.name}'s context window ({window} "
+                             f"tokens); give at most {window}")
     t0 = time.perf_counter()
     run = collect_run_record(loaded, benchmark.name, budget, thinking, seed, data, batch_size)
     store.ensure_run(run)

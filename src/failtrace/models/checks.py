@@ -138,3 +138,29 @@ def registry_hint(name: str) -> str:
     close = difflib.get_close_matches(name.lower(), list(REGISTRY), n=1, cutoff=0.5)
     return (f" (did you mean the registry model '{close[0]}'?" if close else " (nor a registry name:") + \
         f" `failtrace models` lists {', '.join(REGISTRY)})"
+
+
+def check_model_name(name: str) -> None:
+    """Everything :func:`failtrace.models.loading.load_model` checks about ``name`` before loading weights: a
+    registry name (installed on first load), a readable ``.gguf`` file, a model folder with a config, or else a hub
+    id the hub could serve. For commands that take several models, so a bad later one fails before the first is
+    used (and before anything is written)."""
+    from failtrace.models.registry import is_registry_name
+
+    if not name or not name.strip():
+        raise FailtraceError(f"a model name is empty; give a registry name such as '{DEFAULT_MODEL}', a model folder "
+                             f"or a .gguf file")
+    path = Path(name).expanduser()
+    if name.lower() == DEFAULT_MODEL or (is_registry_name(name) and not path.exists()):
+        return
+    if name.lower().endswith(".gguf"):
+        if not path.is_file():
+            raise ModelNotFoundError(f"GGUF file not found: {name}")
+        check_gguf_header(path)
+    elif path.exists():
+        if not path.is_dir():
+            raise ModelNotFoundError(f"{name} is a file but not a .gguf file; pass a .gguf file, a Hugging Face "
+                                     f"model folder (config.json + weights + tokenizer), or a hub id")
+        check_model_folder(path)
+    else:
+        check_hub_name(name)

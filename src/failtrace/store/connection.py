@@ -39,6 +39,15 @@ except ImportError:  # pragma: no cover - failtrace runs on Linux and macOS
 SNAPSHOT_ATTEMPTS = 6
 
 
+def is_duckdb_file(path: Path) -> bool:
+    """Whether ``path`` is a DuckDB database file: its header holds the magic bytes ``DUCK`` at offset 8."""
+    try:
+        with Path(path).open("rb") as f:
+            return f.read(12)[8:12] == b"DUCK"
+    except OSError:
+        return False
+
+
 def lock_path(path: Path) -> Path:
     """The copy-lock file of the store at ``path``."""
     return path.with_name(path.name + ".lock")

@@ -55,7 +55,8 @@ PAIR_STATUSES = ("clean", "no_target", "no_contrast", "weak_preference", "unboun
 VERDICT_STATUSES = ("pass", "fail", "unverifiable")
 
 CASE_TABLES = ("cases", "case_methods", "case_graphs", "overrides")
-TABLES = ("runs", "run_items", "items", "generations", "verdicts", "pairs", *CASE_TABLES)
+RUN_TABLES = ("runs", "run_items", "items", "generations", "verdicts", "pairs")  # schema version 1
+TABLES = (*RUN_TABLES, *CASE_TABLES)
 
 # Column order used by exports (a table's key).
 CASE_KEYS = {"cases": ("case_id",), "case_methods": ("case_id", "method"), "case_graphs": ("case_id",),

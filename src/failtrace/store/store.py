@@ -40,7 +40,7 @@ from failtrace.store.records import (
 from failtrace.store.records import dumps as _dumps
 from failtrace.store.records import now as _now
 from failtrace.store.pairs_table import PairsTable
-from failtrace.store.schema import DDL, SCHEMA_VERSION, TABLES, migrate
+from failtrace.store.schema import DDL, RUN_TABLES, SCHEMA_VERSION, TABLES, migrate
 
 __all__ = ["DEFAULT_STORE", "GenerationRecord", "ResultsStore", "RunRecord", "StatusRow", "content_hash",
            "open_store"]
@@ -79,6 +79,10 @@ class ResultsStore(PairsTable):
             if not self.path.is_file():
                 raise FailtraceError(f"--store {self.path} is not a regular file; give a DuckDB file path such as "
                                      f"{DEFAULT_STORE}")
+            if not connection.is_duckdb_file(self.path):  # by its header: DuckDB alone judges some names (*.json)
+                raise FailtraceError(f"cannot open results store {self.path}: it is not a DuckDB file (no DuckDB "
+                                     f"header), or it is truncated; the file was left unchanged. Give a store "
+                                     f"written by failtrace")
             return True
         if self.read_only or not create:
             raise FailtraceError(f"no results store at {self.path}; run `failtrace collect --store {self.path}` "
@@ -150,6 +154,9 @@ class ResultsStore(PairsTable):
             if version is None:
                 raise FailtraceError(f"results store {self.path} has an empty schema_version table; it is damaged or "
                                      f"was not written by failtrace")
+            if version < 1:
+                raise FailtraceError(f"results store {self.path} has schema version {version}, which no failtrace "
+                                     f"wrote (versions start at 1); it is damaged or was not written by failtrace")
             if version > SCHEMA_VERSION:
                 raise FailtraceError(
                     f"results store {self.path} was written by a newer failtrace (store schema version {version}; "
@@ -159,9 +166,12 @@ class ResultsStore(PairsTable):
                 migrate(self.con, version)  # one transaction, adds tables/columns; read-only opens read the old layout
                 tables = {r[0] for r in self.con.execute(
                     "SELECT table_name FROM information_schema.tables").fetchall()}
-            missing = [t for t in TABLES if t not in tables]
-            if missing and not reading:
-                self._create()
+            required = TABLES if version >= 2 else RUN_TABLES  # version 1 had no case tables (old layouts are read)
+            missing = [t for t in required if t not in tables]
+            if missing:  # never recreated: an empty table in place of a lost one would hide the damage
+                raise FailtraceError(f"results store {self.path} lacks table(s) {', '.join(missing)} of its schema "
+                                     f"version {version}; it is damaged; the file was left unchanged. Restore it "
+                                     f"from a copy or give another --store")
             return
         if tables - {"schema_version"}:
             raise FailtraceError(f"{self.path} is a DuckDB file but not a failtrace results store (it has tables "

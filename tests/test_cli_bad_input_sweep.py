@@ -1,0 +1,215 @@
+"""Regression tests from a second sweep of the error contract (docs/ERRORS.md): about 230 bad inputs, each run
+against a copy of a real store whose sha256 was compared before and after.
+
+What broke the contract then: an output option (``attribute --json/--html/--png``, ``graph --json/--html/
+--circuit-tracer-json``, ``export-dpo --out``) naming an existing store overwrote it with exit 0; ``compare`` with a
+bad second model wrote the first model's rows before failing; ``override`` on a store that had lost a table quietly
+recreated it (and ``export`` read such a store with exit 0); a store of schema version 0 was read; a text file named
+``*.jsonl`` given as a store was called "lacks a table"; an empty value (``--data ""``, ``--store ""``, ``-o ""``,
+``--layers ""``) silently meant a default (the packaged data, the current folder, every layer); ``--seed`` beyond 32
+bits was blamed on the store and left an empty one behind; ``--max-new-tokens`` beyond the model's context and
+``--contrast`` with an objective that ignores it were accepted; two outputs naming one file wrote it twice.
+Every check: exit code 2, stderr exactly one ``error: ...`` line, no traceback, and the store's bytes unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+from serve_store import analysed_toy_store, sha256
+
+from failtrace.cli import main
+
+pytestmark = pytest.mark.usefixtures("cli_env")  # crash logs into the test folder, one thread (conftest)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A store with collect + pairs + analyse on the toy model (cases of benchmark 'toy'), and its sha256."""
+    info = analysed_toy_store(tmp_path_factory.mktemp("sweep"), n_items=6)
+    info["sha"] = sha256(info["store"])
+    return info
+
+
+def _copy(toy: dict[str, Any], folder: Path, name: str = "copy.duckdb") -> Path:
+    path = folder / name
+    shutil.copyfile(toy["store"], path)
+    return path
+
+
+def _one_error_line(code: int, capsys: pytest.CaptureFixture[str]) -> str:
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert code == 2, (code, err)
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in out + err
+    return lines[0]
+
+
+_PROMPT = ["--chat", "-p", "What is the capital of France?", "-t", " Paris", "-c", " Lyon", "-q"]
+
+
+@pytest.mark.parametrize("argv", [
+    ["attribute", *_PROMPT, "--json", "{s}"],
+    ["attribute", *_PROMPT, "--html", "{s}"],
+    ["attribute", *_PROMPT, "--png", "{s}.png"],  # a store may have any name
+    ["graph", *_PROMPT, "--json", "{s}"],
+    ["graph", *_PROMPT, "--html", "{s}"],
+    ["graph", *_PROMPT, "--circuit-tracer-json", "{s}"],
+    ["export-dpo", "--store", "{toy}", "--out", "{s}"],  # another store than the one read
+], ids=["attr-json", "attr-html", "attr-png", "graph-json", "graph-html", "graph-ct", "export-dpo"])
+def test_an_output_never_overwrites_a_store(toy: dict[str, Any], tmp_path: Path, argv: list[str],
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: exit 0 and 'wrote …', the store replaced by a JSON, HTML or PNG file. Refused before any model load
+    (``-m`` names a file that is not a model)."""
+    store = _copy(toy, tmp_path)
+    if "{s}.png" in argv:
+        store = store.rename(tmp_path / "store.duckdb.png")
+    args = [a.replace("{s}.png", str(store)).replace("{s}", str(store)).replace("{toy}", str(toy["store"]))
+            for a in argv]
+    if argv[0] != "export-dpo":
+        args += ["-m", str(tmp_path / "must-not-load.gguf")]
+    line = _one_error_line(main(args), capsys)
+    assert f"{store} is a DuckDB results store; failtrace never writes over one" in line, line
+    assert sha256(store) == toy["sha"] and sha256(toy["store"]) == toy["sha"]
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["attribute", *_PROMPT, "--json", "{d}/a.json", "--html", "{d}/a.json"], "--json and --html name the same file"),
+    (["graph", *_PROMPT, "--json", "{d}/g", "--circuit-tracer-json", "{d}/./g"],
+     "--json and --circuit-tracer-json name the same file"),
+    (["attribute", *_PROMPT, "--png", "{d}/a.jpg"], "--png {d}/a.jpg: expected a file name ending in .png"),
+])
+def test_outputs_one_file_each_and_pictures_by_suffix(tmp_path: Path, argv: list[str], msg: str,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: both writes ran (the second replaced the first) and ``attribute --png a.jpg`` wrote a PNG there."""
+    args = [a.replace("{d}", str(tmp_path)) for a in argv] + ["-m", str(tmp_path / "must-not-load.gguf")]
+    line = _one_error_line(main(args), capsys)
+    assert msg.replace("{d}", str(tmp_path)) in line, line
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv,option", [
+    (["status", "--store", ""], "--store"),
+    (["export", "--store", "{s}", "--format", "jsonl", "-o", ""], "-o"),
+    (["report", "--store", "{s}", "--out="], "--out"),
+    (["collect", "-b", "ifeval", "-d", ""], "-d"),
+    (["collect", "-b", "ifeval", "-d", "x.jsonl", "--model", ""], "--model"),
+    (["pairs", "--store", "{s}", "--sibling", ""], "--sibling"),
+    (["graph", *_PROMPT, "--layers", ""], "--layers"),
+])
+def test_an_empty_value_is_refused_not_a_default(toy: dict[str, Any], tmp_path: Path, argv: list[str], option: str,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: exit 0 with the packaged data, the default model, the current folder or every layer."""
+    store = _copy(toy, tmp_path)
+    line = _one_error_line(main([a.replace("{s}", str(store)) for a in argv]), capsys)
+    assert line.startswith(f"error: {option} is empty; give a value"), line
+    assert sha256(store) == toy["sha"] and sorted(p.name for p in tmp_path.iterdir()) == ["copy.duckdb"]
+
+
+def test_answer_prefix_may_be_empty() -> None:
+    """The one option whose empty value means something (no prefix) passes the empty-value check."""
+    import typer
+
+    from failtrace.cli import app
+    from failtrace.cli.checks import refuse_empty_values
+
+    command = typer.main.get_command(app)
+    refuse_empty_values(command, ["attribute", "-p", "x", "--answer-prefix", ""])
+    refuse_empty_values(command, ["attribute", "-p", "x", "--answer-prefix="])
+    with pytest.raises(Exception, match="--model is empty"):
+        refuse_empty_values(command, ["attribute", "-p", "x", "--model", ""])
+
+
+def _damaged(toy: dict[str, Any], folder: Path, sql: str) -> tuple[Path, str]:
+    store = _copy(toy, folder)
+    con = duckdb.connect(str(store))
+    con.execute(sql)
+    con.close()
+    return store, sha256(store)
+
+
+@pytest.mark.parametrize("argv", [
+    ["override", "--case", "x", "--category", "M-IA", "--reason", "r"],
+    ["status"],
+    ["export", "--format", "jsonl", "-o", "{d}/exp"],
+], ids=["override", "status", "export"])
+def test_a_store_that_lost_a_table_is_called_damaged(toy: dict[str, Any], tmp_path: Path, argv: list[str],
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: override recreated the lost table (the file changed) and export wrote its files with exit 0."""
+    store, sha = _damaged(toy, tmp_path, "DROP TABLE pairs")
+    line = _one_error_line(main([*[a.replace("{d}", str(tmp_path)) for a in argv], "-s", str(store)]), capsys)
+    assert line.startswith(f"error: results store {store} lacks table(s) pairs of its schema version 3; it is "
+                           f"damaged"), line
+    assert sha256(store) == sha and not (tmp_path / "exp").exists()
+
+
+def test_schema_version_zero_is_refused_on_read(toy: dict[str, Any], tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    store, sha = _damaged(toy, tmp_path, "UPDATE schema_version SET version = 0")
+    line = _one_error_line(main(["status", "-s", str(store)]), capsys)
+    assert "has schema version 0, which no failtrace wrote" in line and sha256(store) == sha
+
+
+@pytest.mark.parametrize("name", ["notes.jsonl", "table.csv", "empty.duckdb"])
+def test_a_file_that_is_not_duckdb_is_named_so(tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: a text file named *.jsonl or *.csv was 'lacks a table failtrace needs (Catalog Error: Cannot launch
+    in-memory database in read-only mode!)'."""
+    path = tmp_path / name
+    path.write_text("" if name.startswith("empty") else '{"a": 1}\n')
+    for argv in (["status"], ["override", "--case", "x", "--category", "M-IA", "--reason", "r"]):
+        line = _one_error_line(main([*argv, "-s", str(path)]), capsys)
+        assert line.startswith(f"error: cannot open results store {path}: it is not a DuckDB file"), line
+        assert path.read_text() == ("" if name.startswith("empty") else '{"a": 1}\n')
+
+
+def _items(tmp_path: Path) -> Path:
+    data = tmp_path / "items.jsonl"
+    data.write_text(json.dumps({"key": 1, "prompt": "Say hi", "instruction_id_list": [], "kwargs": []}) + "\n")
+    return data
+
+
+def test_seed_beyond_32_bits_refused_before_any_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: the store was blamed ('could not be used … INT32'), and an empty new store was left behind."""
+    store = tmp_path / "new.duckdb"
+    line = _one_error_line(main(["collect", "-b", "ifeval", "-d", str(_items(tmp_path)), "-s", str(store),
+                                 "--seed", str(2**31), "-m", str(tmp_path / "must-not-load.gguf")]), capsys)
+    assert "--seed" in line and "at most 2147483647" in line, line
+    assert not store.exists()
+
+
+def test_budget_beyond_the_context_refused_and_no_store_left(toy: dict[str, Any], tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """The toy model's context is 4,096 tokens; before, --max-new-tokens 999999999999 ran with exit 0."""
+    argv = ["collect", "-b", "ifeval", "-d", str(_items(tmp_path)), "-m", str(toy["model_dir"]), "--no-progress",
+            "--max-new-tokens", "4097", "-s"]
+    store = tmp_path / "new.duckdb"
+    line = _one_error_line(main([*argv, str(store)]), capsys)
+    assert line == (f"error: --max-new-tokens 4097 is more than {toy['model_dir']}'s context window (4096 tokens); "
+                    f"give at most 4096"), line
+    assert not store.exists() and not (tmp_path / "new.duckdb.lock").exists()
+    existing = _copy(toy, tmp_path)  # an existing store: refused the same, and left as it was (no run recorded)
+    assert main([*argv, str(existing)]) == 2 and sha256(existing) == toy["sha"]
+
+
+def test_compare_checks_every_model_before_writing(toy: dict[str, Any], tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: the first model was loaded and its rows written, then the bad second model failed (store changed)."""
+    store = _copy(toy, tmp_path)
+    ref = str(toy["model_dir"])
+    broken = tmp_path / "broken"  # passes the pre-checks (a folder with a JSON config), fails in transformers
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+    for second, msg in ((str(tmp_path / "gone" / "model"), "no such file or folder"),
+                        (str(tmp_path / "notes.txt"), "is a file but not a .gguf file"),
+                        (str(broken), "cannot load"),
+                        (ref, "names"), ):
+        (tmp_path / "notes.txt").write_text("not a model")
+        line = _one_error_line(main(["compare", "-s", str(store), "-m", ref, second, "--no-progress"]), capsys)
+        assert msg in line, (second, line)
+        assert sha256(store) == toy["sha"], second
