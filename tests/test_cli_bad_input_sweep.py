@@ -83,11 +83,12 @@ def test_an_output_never_overwrites_a_store(toy: dict[str, Any], tmp_path: Path,
     (["attribute", *_PROMPT, "--json", "{d}/a.json", "--html", "{d}/a.json"], "--json and --html name the same file"),
     (["graph", *_PROMPT, "--json", "{d}/g", "--circuit-tracer-json", "{d}/./g"],
      "--json and --circuit-tracer-json name the same file"),
-    (["attribute", *_PROMPT, "--png", "{d}/a.jpg"], "--png {d}/a.jpg: expected a file name ending in .png"),
+    (["graph", *_PROMPT, "--svg", "{d}/a.png"], "--svg {d}/a.png: expected a file name ending in .svg"),
 ])
 def test_outputs_one_file_each_and_pictures_by_suffix(tmp_path: Path, argv: list[str], msg: str,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    """Before: both writes ran (the second replaced the first) and ``attribute --png a.jpg`` wrote a PNG there."""
+    """Before: both writes ran (the second replaced the first). ``graph`` takes a picture's format from its name
+    (``attribute --png`` always writes PNG, so any name is fine there)."""
     args = [a.replace("{d}", str(tmp_path)) for a in argv] + ["-m", str(tmp_path / "must-not-load.gguf")]
     line = _one_error_line(main(args), capsys)
     assert msg.replace("{d}", str(tmp_path)) in line, line
@@ -112,8 +113,9 @@ def test_an_empty_value_is_refused_not_a_default(toy: dict[str, Any], tmp_path: 
     assert sha256(store) == toy["sha"] and sorted(p.name for p in tmp_path.iterdir()) == ["copy.duckdb"]
 
 
-def test_answer_prefix_may_be_empty() -> None:
-    """The one option whose empty value means something (no prefix) passes the empty-value check."""
+def test_answer_prefix_and_title_may_be_empty() -> None:
+    """The options whose empty value means something (no prefix, an empty title) pass the empty-value check, and an
+    option's value is never read as an option (``-p "--json="`` is a prompt)."""
     import typer
 
     from failtrace.cli import app
@@ -122,6 +124,8 @@ def test_answer_prefix_may_be_empty() -> None:
     command = typer.main.get_command(app)
     refuse_empty_values(command, ["attribute", "-p", "x", "--answer-prefix", ""])
     refuse_empty_values(command, ["attribute", "-p", "x", "--answer-prefix="])
+    refuse_empty_values(command, ["report", "--title", ""])
+    refuse_empty_values(command, ["attribute", "-p", "--json=", "--answer-prefix", "--model="])  # option values
     with pytest.raises(Exception, match="--model is empty"):
         refuse_empty_values(command, ["attribute", "-p", "x", "--model", ""])
 
@@ -191,7 +195,7 @@ def test_budget_beyond_the_context_refused_and_no_store_left(toy: dict[str, Any]
     store = tmp_path / "new.duckdb"
     line = _one_error_line(main([*argv, str(store)]), capsys)
     assert line == (f"error: --max-new-tokens 4097 is more than {toy['model_dir']}'s context window (4096 tokens); "
-                    f"give at most 4096"), line
+                    f"give --max-new-tokens 4096 or less"), line
     assert not store.exists() and not (tmp_path / "new.duckdb.lock").exists()
     existing = _copy(toy, tmp_path)  # an existing store: refused the same, and left as it was (no run recorded)
     assert main([*argv, str(existing)]) == 2 and sha256(existing) == toy["sha"]
@@ -208,8 +212,24 @@ def test_compare_checks_every_model_before_writing(toy: dict[str, Any], tmp_path
     for second, msg in ((str(tmp_path / "gone" / "model"), "no such file or folder"),
                         (str(tmp_path / "notes.txt"), "is a file but not a .gguf file"),
                         (str(broken), "cannot load"),
-                        (ref, "names"), ):
+                        (ref, "names"), (ref + "/.", "names")):  # the same folder twice, however written
         (tmp_path / "notes.txt").write_text("not a model")
         line = _one_error_line(main(["compare", "-s", str(store), "-m", ref, second, "--no-progress"]), capsys)
         assert msg in line, (second, line)
         assert sha256(store) == toy["sha"], second
+
+
+def test_output_checks_never_read_a_pipe(tmp_path: Path) -> None:
+    """Before: the store-header check opened every output for reading, so ``--json /dev/stdout`` (a pipe or a
+    terminal) or a named pipe blocked the command forever. Run in a child process so a regression fails, not hangs."""
+    import os
+    import subprocess
+    import sys
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    code = ("from pathlib import Path; from failtrace.cli.checks import check_outputs; "
+            f"check_outputs((Path({str(fifo)!r}), '--json', 'a.json')); print('ok')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

@@ -20,6 +20,7 @@ import gc
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -131,6 +132,13 @@ def _reference_cases(store: ResultsStore, lm: Any, name: str, benchmark: str | N
     return cases
 
 
+def _model_key(name: str) -> str:
+    """What makes two --models entries the same model: the resolved path of a file or folder (``m`` and ``./m``),
+    else the name without case (registry names and hub ids are case-insensitive)."""
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name.lower()
+
+
 def compare(store: ResultsStore, model_names: Sequence[str], *, benchmark: str | None = None,
             limit: int | None = None, models: Mapping[str, Any] | None = None, device: str = "cpu",
             progress: bool = True) -> CompareSummary:
@@ -139,8 +147,9 @@ def compare(store: ResultsStore, model_names: Sequence[str], *, benchmark: str |
 
     if len(model_names) < 2:
         raise FailtraceError("--models needs at least two models: the one whose cases are compared, then others")
-    if len({n.lower() for n in model_names}) < len(model_names):
-        twice = next(n for n in model_names if sum(m.lower() == n.lower() for m in model_names) > 1)
+    keys = [_model_key(n) for n in model_names]
+    if len(set(keys)) < len(keys):
+        twice = next(n for n, k in zip(model_names, keys) if keys.count(k) > 1)
         raise FailtraceError(f"--models names {twice!r} twice; a model compared with itself says nothing")
     if not models:  # every name checked before the first model is used: a bad later one leaves the store as it was
         from failtrace.models.checks import check_model_name

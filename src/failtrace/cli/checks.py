@@ -35,8 +35,8 @@ def _probe(folder: Path, option: str, target: Path) -> None:
                              f"({exc.strerror or exc}); choose a writable location") from None
 
 
-# Options whose empty value means something (no answer prefix); every other option's empty value is refused.
-EMPTY_ALLOWED = frozenset({"--answer-prefix"})
+# Options whose empty value means something (no answer prefix, an empty title); every other one's is refused.
+EMPTY_ALLOWED = frozenset({"--answer-prefix", "--title"})
 
 
 def refuse_empty_values(command: Any, argv: list[str]) -> None:
@@ -51,15 +51,17 @@ def refuse_empty_values(command: Any, argv: list[str]) -> None:
         return
     takes_value = {name for p in sub.params if getattr(p, "opts", None) and not getattr(p, "is_flag", False)
                    and getattr(p, "param_type_name", "") == "option" for name in p.opts + p.secondary_opts}
-    for i, arg in enumerate(argv[1:], start=1):
+    i = 1
+    while i < len(argv):
+        arg = argv[i]
         if arg == "--":
             return
         name, eq, value = arg.partition("=")
-        if eq and name in takes_value and name not in EMPTY_ALLOWED and value == "":
+        if not eq and arg in takes_value:  # the next word is this option's value (whatever it looks like)
+            name, value, i = arg, (argv[i + 1] if i + 1 < len(argv) else None), i + 1
+        if name in takes_value and name not in EMPTY_ALLOWED and value == "":
             raise FailtraceError(f"{name} is empty; give a value (see 'failtrace {argv[0]} --help')")
-        if (not eq and arg in takes_value and arg not in EMPTY_ALLOWED and i + 1 < len(argv)
-                and argv[i + 1] == ""):
-            raise FailtraceError(f"{arg} is empty; give a value (see 'failtrace {argv[0]} --help')")
+        i += 1
 
 
 def check_output_file(path: Path | None, option: str, example: str = "out.json") -> None:
@@ -70,12 +72,14 @@ def check_output_file(path: Path | None, option: str, example: str = "out.json")
     path = Path(path).expanduser()
     if path.is_dir():
         raise FailtraceError(f"{option} {path} is a folder; give a file path such as {path / example}")
-    from failtrace.store.connection import is_duckdb_file
+    from failtrace.store.connection import duckdb_header
 
-    if is_duckdb_file(path):
+    if duckdb_header(path):
         raise FailtraceError(f"{option} {path} is a DuckDB results store; failtrace never writes over one: give "
                              f"another path such as {path.parent / example}")
     if path.exists():
+        if not path.is_file():  # a pipe, /dev/stdout, a terminal: opening one here could block; the write will tell
+            return
         try:
             with path.open("ab"):  # opening for append changes neither content nor modification time
                 pass
@@ -86,17 +90,18 @@ def check_output_file(path: Path | None, option: str, example: str = "out.json")
     _probe(_nearest_existing(path.parent), option, path)
 
 
-def check_outputs(*specs: tuple[Path | None, str, str]) -> None:
+def check_outputs(*specs: tuple[Path | None, str, str], pictures_by_suffix: bool = False) -> None:
     """Several output files of one command, each ``(path, option, example)`` (``None`` paths skipped): each checked
-    as by :func:`check_output_file`, a picture's name ending as its example's (``.png``, ``.svg``: the writer's
-    format), and no two naming the same file (the second write would silently replace the first)."""
+    as by :func:`check_output_file`, no two naming the same file (the second write would silently replace the
+    first), and with ``pictures_by_suffix`` (a writer that takes the format from the name) a picture's name ending
+    as its example's (``.png``, ``.svg``)."""
     seen: dict[Path, str] = {}
     for path, option, example in specs:
         if path is None:
             continue
         check_output_file(path, option, example)
         suffix = Path(example).suffix.lower()
-        if suffix in (".png", ".svg") and Path(path).suffix.lower() != suffix:
+        if pictures_by_suffix and suffix in (".png", ".svg") and Path(path).suffix.lower() != suffix:
             raise FailtraceError(f"{option} {path}: expected a file name ending in {suffix}")
         key = Path(path).expanduser().resolve()
         if key in seen:

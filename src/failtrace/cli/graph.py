@@ -51,7 +51,7 @@ def _check_outputs(dtype: str, json_path: Optional[Path], ct_json_path: Optional
     check_dtype(dtype)
     check_outputs((json_path, "--json", "graph.json"), (ct_json_path, "--circuit-tracer-json", "ct.json"),
                   (html_path, "--html", "graph.html"), (png_path, "--png", "graph.png"),
-                  (svg_path, "--svg", "graph.svg"))
+                  (svg_path, "--svg", "graph.svg"), pictures_by_suffix=True)  # the writer takes the format by name
 
 
 def _summary(graph: Any, pruned: Any, top_k: int) -> list[str]:

@@ -117,21 +117,23 @@ def _collect_on_ray(bench: Any, items: list[Any], store: Path, model: str, dtype
     from failtrace.scale import ModelSpec, collect_on_ray
     from failtrace.store.store import open_store
 
+    made = False  # set once this command's own open created the store (never for one another process made)
     created = not store.exists()
     try:
         with _store_errors(store), open_store(store) as st:
+            made = created
             return collect_on_ray(st, bench, items, ModelSpec(model, dtype, device), workers,
                                   max_new_tokens=max_new_tokens, thinking=thinking, seed=seed, data=data,
                                   address=ray_address, progress=progress)
     except FailtraceError:
-        if created:  # e.g. the workers could not load the model: leave no empty store behind (as without Ray)
-            for path in (store, store.with_name(store.name + ".wal")):
-                path.unlink(missing_ok=True)
+        if made:  # e.g. the workers could not load the model: leave no empty store behind (as without Ray)
+            _remove_if_empty(store)
         raise
 
 
 def _remove_if_empty(store: Path) -> None:
-    """Delete a store this command created if it holds no run (nothing of value is lost)."""
+    """Delete a store this command created (the caller knows) if it holds no run: nothing of value is lost. A store
+    holding a run is kept, whatever failed after it was recorded."""
     from failtrace.store.store import open_store
 
     try:
@@ -151,18 +153,21 @@ def _collect_here(bench: Any, items: list[Any], store: Path, model: str, dtype: 
     from failtrace.models.loading import load_model
     from failtrace.store.store import open_store
 
-    created = not store.exists()
+    made = False  # set once this command's own open created the store (never for one another process made)
     try:
         with _store_errors(store), contextlib.ExitStack() as stack:
             # An existing store is opened (and so checked) before the slow model load; a new one is created only
             # once the model has loaded, so a failed load leaves no empty store behind.
-            st = None if created else stack.enter_context(open_store(store))
+            st = stack.enter_context(open_store(store)) if store.exists() else None
             loaded = load_model(model, dtype=dtype, device=device, progress=progress)
-            st = st or stack.enter_context(open_store(store))
+            if st is None:
+                created = not store.exists()
+                st = stack.enter_context(open_store(store))
+                made = created
             return collect(st, bench, items, loaded, max_new_tokens=max_new_tokens, thinking=thinking,
                            batch_size=batch_size, seed=seed, data=data, progress=progress)
     except FailtraceError:
-        if created:  # refused before any item (e.g. a budget beyond the model's context): no empty store behind
+        if made:  # refused before any item (e.g. a budget beyond the model's context): no empty store behind
             _remove_if_empty(store)
         raise
 

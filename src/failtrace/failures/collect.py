@@ -147,8 +147,9 @@ def collect(
 
     window = context_length(getattr(loaded, "model", None))
     if window is not None and budget > window:  # checked before a run is recorded: the store stays as it was
-        raise FailtraceError(f"--max-new-tokens {budget} is more than {loaded.name}'s context window ({window} "
-                             f"tokens); give at most {window}")
+        given = "--max-new-tokens" if max_new_tokens is not None else f"the {benchmark.name} default budget"
+        raise FailtraceError(f"{given} {budget} is more than {loaded.name}'s context window ({window} tokens); "
+                             f"give --max-new-tokens {window} or less")
     t0 = time.perf_counter()
     run = collect_run_record(loaded, benchmark.name, budget, thinking, seed, data, batch_size)
     store.ensure_run(run)

@@ -39,13 +39,17 @@ except ImportError:  # pragma: no cover - failtrace runs on Linux and macOS
 SNAPSHOT_ATTEMPTS = 6
 
 
-def is_duckdb_file(path: Path) -> bool:
-    """Whether ``path`` is a DuckDB database file: its header holds the magic bytes ``DUCK`` at offset 8."""
+def duckdb_header(path: Path) -> bool | None:
+    """Whether the regular file ``path`` starts like a DuckDB database (magic bytes ``DUCK`` at offset 8); None when
+    that cannot be told without blocking or failing: not a regular file (a pipe, ``/dev/stdout``, a terminal would
+    block on the read), or unreadable (permissions: reported as such by the store's own open)."""
     try:
+        if not Path(path).is_file():
+            return None
         with Path(path).open("rb") as f:
             return f.read(12)[8:12] == b"DUCK"
     except OSError:
-        return False
+        return None
 
 
 def lock_path(path: Path) -> Path:

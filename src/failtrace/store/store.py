@@ -79,7 +79,7 @@ class ResultsStore(PairsTable):
             if not self.path.is_file():
                 raise FailtraceError(f"--store {self.path} is not a regular file; give a DuckDB file path such as "
                                      f"{DEFAULT_STORE}")
-            if not connection.is_duckdb_file(self.path):  # by its header: DuckDB alone judges some names (*.json)
+            if connection.duckdb_header(self.path) is False:  # by its header: DuckDB judges some names (*.json)
                 raise FailtraceError(f"cannot open results store {self.path}: it is not a DuckDB file (no DuckDB "
                                      f"header), or it is truncated; the file was left unchanged. Give a store "
                                      f"written by failtrace")
