@@ -8,7 +8,8 @@ recreated it (and ``export`` read such a store with exit 0); a store of schema v
 ``*.jsonl`` given as a store was called "lacks a table"; an empty value (``--data ""``, ``--store ""``, ``-o ""``,
 ``--layers ""``) silently meant a default (the packaged data, the current folder, every layer); ``--seed`` beyond 32
 bits was blamed on the store and left an empty one behind; ``--max-new-tokens`` beyond the model's context and
-``--contrast`` with an objective that ignores it were accepted; two outputs naming one file wrote it twice.
+``--contrast`` with an objective that ignores it were accepted; two outputs naming one file wrote it twice;
+``export-dpo --out`` renamed its file over a symbolic link or a pipe (as root: over ``/dev/stdout``).
 Every check: exit code 2, stderr exactly one ``error: ...`` line, no traceback, and the store's bytes unchanged.
 """
 
@@ -233,3 +234,28 @@ def test_output_checks_never_read_a_pipe(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                           stdin=subprocess.DEVNULL)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_export_dpo_writes_through_a_link_and_into_a_pipe(toy: dict[str, Any], tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: the ``.part`` file was renamed over ``--out``, replacing a symbolic link by a plain file and, as root,
+    ``/dev/stdout`` itself by a regular file. Now a link is written through and a pipe is written in place."""
+    import os
+    import threading
+
+    real = tmp_path / "real.jsonl"
+    real.write_text("old\n")
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(real)
+    assert main(["export-dpo", "-s", str(toy["store"]), "-o", str(link)]) == 0
+    assert link.is_symlink() and len(real.read_text().splitlines()) == 5
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()), daemon=True)
+    reader.start()
+    assert main(["export-dpo", "-s", str(toy["store"]), "-o", str(fifo)]) == 0
+    reader.join(timeout=30)
+    assert len(got) == 1 and len(got[0].splitlines()) == 5 and not fifo.is_file()
+    assert not list(tmp_path.glob("*.part")) and sha256(toy["store"]) == toy["sha"]
+    capsys.readouterr()

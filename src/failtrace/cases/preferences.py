@@ -76,7 +76,7 @@ def preference_record(case: Case, item: Any, pair: dict[str, Any], generation: d
 
 def export_dpo(store: ResultsStore, out: str | Path, benchmark: str | None = None,
                tail_weight: float = 0.0) -> tuple[Path, int]:
-    """Write prefs.jsonl (atomically: ``.part`` then rename); returns (path, lines)."""
+    """Write prefs.jsonl (atomically: ``.part`` then rename; a pipe or device in place); returns (path, lines)."""
     from failtrace.store.cases import load_cases
 
     cases = load_cases(store, benchmark=benchmark)
@@ -89,7 +89,12 @@ def export_dpo(store: ResultsStore, out: str | Path, benchmark: str | None = Non
     pairs = {(p["pair_run_id"], p["item_id"]): p for p in store.pairs()}
     generations: dict[str, dict[str, dict[str, Any]]] = {}
     path = Path(out)
-    tmp = path.with_name(path.name + ".part")
+    # A pipe, /dev/stdout or a device is written in place: renaming over it would replace it by a regular file. A
+    # symbolic link is written through: the rename replaces the file it points at, never the link.
+    direct = path.exists() and not path.is_file()
+    if not direct and path.is_symlink():
+        path = path.resolve()
+    tmp = path if direct else path.with_name(path.name + ".part")
     path.parent.mkdir(parents=True, exist_ok=True)  # like every other output: a missing folder is made
     n = 0
     with tmp.open("w", encoding="utf-8") as fh:
@@ -104,7 +109,9 @@ def export_dpo(store: ResultsStore, out: str | Path, benchmark: str | None = Non
             fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
             n += 1
     if n == 0:
-        tmp.unlink()
+        if not direct:
+            tmp.unlink()
         raise FailtraceError(f"none of the {len(cases)} cases in {store.path} has a pair with a recovered completion")
-    tmp.replace(path)
+    if not direct:
+        tmp.replace(path)
     return path, n
