@@ -259,3 +259,20 @@ def test_export_dpo_writes_through_a_link_and_into_a_pipe(toy: dict[str, Any], t
     assert len(got) == 1 and len(got[0].splitlines()) == 5 and not fifo.is_file()
     assert not list(tmp_path.glob("*.part")) and sha256(toy["store"]) == toy["sha"]
     capsys.readouterr()
+
+
+def test_pairs_top_k_beyond_the_vocabulary_records_nothing(toy: dict[str, Any], tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: accepted (torch.topk was clipped to the vocabulary), i.e. every token of the vocabulary rolled out at
+    every position under a recorded pair run."""
+    from cases_toy import BUDGET
+
+    from failtrace.failures.collect import register_benchmark
+    from failtrace.testing.toy import ToyBenchmark
+
+    register_benchmark(ToyBenchmark(mode="prefix", max_new_tokens=BUDGET))  # the toy store's benchmark, for the CLI
+    vocab = json.loads((toy["model_dir"] / "config.json").read_text())["vocab_size"]
+    store = _copy(toy, tmp_path)
+    line = _one_error_line(main(["pairs", "-s", str(store), "--top-k", str(vocab), "--no-progress"]), capsys)
+    assert f"--top-k {vocab} is not below" in line and f"give at most {vocab - 1}" in line, line
+    assert sha256(store) == toy["sha"]

@@ -114,6 +114,10 @@ class PairFinder:
                 f"differ); the sibling must share the model's tokenizer so its tokens can be forced into the model"
             )
         self.eos = eos_token_ids(loaded.model, loaded.tokenizer)
+        vocab = getattr(getattr(loaded.model, "config", None), "vocab_size", None)
+        if isinstance(vocab, int) and self.settings.top_k >= vocab:  # before any pair run is recorded
+            raise FailtraceError(f"--top-k {self.settings.top_k} is not below {loaded.name}'s vocabulary of {vocab} "
+                                 f"tokens (the alternatives exclude the target); give at most {vocab - 1}")
 
     def _hint(self, item: Item, comp: list[int], live: list[int], res: PairResult, search: _Search) -> int | None:
         """The judge's hinted completion offset (recorded in ``res``), or None without a judge or a usable hint."""
