@@ -91,6 +91,22 @@ def test_summary_table_nav_and_figures_visible(page_and_cases):
         assert img.evaluate("e => e.complete && e.naturalWidth") > 100
 
 
+def test_figures_side_by_side_print_at_one_scale(page_and_cases):
+    """The segment figure grows with the number of segments; squeezed into half the row it printed its text at about
+    half the faithfulness figure's size. Each pair of figures must be shown at the same scale (displayed width over
+    the PNG's own width, both drawn at one dpi), within 5 %."""
+    page, *_ = page_and_cases
+    rows = page.locator("section.block .grid2")
+    pairs = [rows.nth(i).locator("img") for i in range(rows.count()) if rows.nth(i).locator("img").count() == 2]
+    assert pairs  # the sample's benchmark sections (segment relevance beside faithfulness)
+    for imgs in pairs:
+        scales = []
+        for j in range(2):
+            imgs.nth(j).scroll_into_view_if_needed()
+            scales.append(imgs.nth(j).evaluate("e => e.getBoundingClientRect().width / e.naturalWidth"))
+        assert abs(scales[0] / scales[1] - 1) < 0.05, scales
+
+
 def test_each_case_shows_all_tokens(page_and_cases):
     page, cases, *_ = page_and_cases
     for c in cases:

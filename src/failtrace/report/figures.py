@@ -106,6 +106,15 @@ def categories_figure(cat_rows: Sequence[Mapping[str, Any]], pat_rows: Sequence[
     return _save(fig, path)
 
 
+FAITHFULNESS_WIDTH = 6.8  # inches
+
+
+def segments_width(n_segments: int) -> float:
+    """Inches of the segment figure: wider with more segments, never narrower than the faithfulness figure beside it
+    (the report sizes the two columns in this ratio, so both print their text at one scale)."""
+    return max(FAITHFULNESS_WIDTH, 1.1 * n_segments + 2.0)
+
+
 def segments_figure(rows: Sequence[Mapping[str, Any]], benchmark: str, path: Path) -> Path:
     """Grouped bars: mean normalised relevance per segment (x), one bar per category, for one benchmark."""
     from matplotlib.figure import Figure
@@ -113,7 +122,7 @@ def segments_figure(rows: Sequence[Mapping[str, Any]], benchmark: str, path: Pat
     mine = [r for r in rows if r["benchmark"] == benchmark]
     segs = list(dict.fromkeys(r["segment"] for r in mine))
     cats = list(dict.fromkeys(r["category"] for r in mine))
-    fig = Figure(figsize=(max(6.8, 1.1 * len(segs) + 2.0), 3.8))
+    fig = Figure(figsize=(segments_width(len(segs)), 3.8))
     ax = fig.subplots()
     width = 0.8 / max(1, len(cats))
     for ci, cat in enumerate(cats):
@@ -145,7 +154,7 @@ def faithfulness_figure(flip_rows: Sequence[Mapping[str, Any]], kstar: Sequence[
 
     mine = [r for r in flip_rows if r["benchmark"] == benchmark]
     methods = list(dict.fromkeys(r["method"] for r in mine))
-    fig = Figure(figsize=(6.8, 3.8))
+    fig = Figure(figsize=(FAITHFULNESS_WIDTH, 3.8))
     ax = fig.subplots()
     for i, m in enumerate(methods):
         pts = sorted((r["k"], r["flip_rate"]) for r in mine if r["method"] == m and r["flip_rate"] is not None)

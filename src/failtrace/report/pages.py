@@ -14,7 +14,7 @@ from importlib import resources
 from typing import Any
 
 from failtrace.report.casepage import PATTERN_COLORS, badge, esc, fmt, plain_token
-from failtrace.report.figures import CATEGORY_COLORS
+from failtrace.report.figures import CATEGORY_COLORS, FAITHFULNESS_WIDTH, segments_width
 from failtrace.report.tables import NON_CLEAN
 
 Col = tuple[str, str, str]  # (key, header, kind: text | int | float | pct | code)
@@ -119,6 +119,14 @@ def _bench_cases_table(t: Mapping[str, Any], bench: str) -> str:
             f'<tbody>{"".join(body)}</tbody></table></div>')
 
 
+def _columns(bench: str, t: Mapping[str, Any]) -> str:
+    """The two figure columns in the ratio of the figures' widths: a wide segment figure (many segments) squeezed
+    into half the row printed its text at about half the size of the faithfulness figure's."""
+    n = len({r["segment"] for r in t.get("segments", []) if r["benchmark"] == bench})
+    ratio = segments_width(n) / FAITHFULNESS_WIDTH
+    return f"--first:{ratio:.2f}fr"  # report.css: the first column's share (narrow screens still stack them)
+
+
 def benchmark_section(bench: str, cases: Sequence[Any], t: Mapping[str, Any], figs: Mapping[str, str]) -> str:
     """Per benchmark: headline numbers, segment relevance, faithfulness (figure + k* table) and the case list."""
     mine = [c for c in cases if c.benchmark == bench]
@@ -137,7 +145,7 @@ def benchmark_section(bench: str, cases: Sequence[Any], t: Mapping[str, Any], fi
                 '<p class="empty">No cases yet: run <code>failtrace analyse</code> on this store.</p></section>')
     return (
         f'<section class="block" id="{slug(bench)}"><h2>{esc(bench)}</h2><p class="lead">{esc(lead)}</p>'
-        '<div class="grid2"><div>'
+        f'<div class="grid2" style="{_columns(bench, t)}"><div>'
         + figure(figs.get(f"segments:{bench}"), f"segment relevance for {bench}",
                  "Mean normalised segment relevance (Σ over the segment's non-special tokens of R / max|R|) per "
                  "outcome category. Positive: the segment pushes towards the wrong target; negative: towards the "
