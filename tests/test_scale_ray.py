@@ -21,6 +21,7 @@ import pytest
 ray = pytest.importorskip("ray", reason="the Ray extra (pip install 'failtrace[ray]') is not installed")
 
 from failtrace.benchmarks.base import Item, Verdict  # noqa: E402
+from failtrace.errors import FailtraceError  # noqa: E402
 from failtrace.failures.collect import collect  # noqa: E402
 from failtrace.failures.pairs import PairSettings, find_pairs  # noqa: E402
 from failtrace.models.loading import load_model  # noqa: E402
@@ -192,6 +193,18 @@ def test_an_item_that_kills_every_worker_is_recorded_as_errored(cluster: Any) ->
     ref = {r["item_id"]: r for r in _rows(cluster["serial"])["generations"]}
     for item_id in ("q000", "q001", "q002"):
         assert rows[item_id]["token_ids"] == ref[item_id]["token_ids"]
+
+
+def test_a_budget_beyond_the_context_is_refused_before_a_run_is_recorded(cluster: Any) -> None:
+    """The driver loads no model: the workers report the context window with the model's description, and the
+    budget is checked against it (as in-process) before the run is recorded. The toy model's window is 4,096."""
+    store = cluster["root"] / "budget.duckdb"
+    with open_store(store) as st:
+        with pytest.raises(FailtraceError, match=r"--max-new-tokens 4097 is more than .*window \(4096 tokens\)"):
+            collect_on_ray(st, _bench(), toy_items(2), ModelSpec(str(cluster["folder"])), 2, pool=cluster["pool"],
+                           max_new_tokens=4097, progress=False)
+        assert st.runs() == []
+    assert cluster["pool"].model.context == 4096
 
 
 def test_cli_refuses_bad_scale_options_before_touching_anything(tmp_path: Path,

@@ -118,6 +118,16 @@ class CollectSummary:
         return 60.0 * self.generated / self.seconds if self.seconds > 0 else 0.0
 
 
+def check_budget(budget: int, model: str, window: int | None, given: bool, benchmark: str) -> None:
+    """A generation budget beyond the model's context window (its config's position limit) is refused: the model
+    never saw such positions, and an item that never stops would run for hours. ``given``: from --max-new-tokens
+    (else the benchmark's default budget, named as such)."""
+    if window is not None and budget > window:
+        what = "--max-new-tokens" if given else f"the {benchmark} default budget"
+        raise FailtraceError(f"{what} {budget} is more than {model}'s context window ({window} tokens); give "
+                             f"--max-new-tokens {window} or less")
+
+
 def collect(
     store: ResultsStore,
     benchmark: Benchmark,
@@ -145,11 +155,8 @@ def collect(
         raise FailtraceError(f"--max-new-tokens must be at least 1, got {budget}")
     from failtrace.models.limits import context_length
 
-    window = context_length(getattr(loaded, "model", None))
-    if window is not None and budget > window:  # checked before a run is recorded: the store stays as it was
-        given = "--max-new-tokens" if max_new_tokens is not None else f"the {benchmark.name} default budget"
-        raise FailtraceError(f"{given} {budget} is more than {loaded.name}'s context window ({window} tokens); "
-                             f"give --max-new-tokens {window} or less")
+    check_budget(budget, loaded.name, context_length(getattr(loaded, "model", None)), max_new_tokens is not None,
+                 benchmark.name)  # before a run is recorded: the store stays as it was
     t0 = time.perf_counter()
     run = collect_run_record(loaded, benchmark.name, budget, thinking, seed, data, batch_size)
     store.ensure_run(run)

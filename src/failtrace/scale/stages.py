@@ -28,7 +28,7 @@ from failtrace.cases.analyse import AnalyseSummary, AnalysisJob, analysis_jobs, 
 from failtrace.cases.record import Case
 from failtrace.cases.settings import CaseSettings
 from failtrace.errors import FailtraceError
-from failtrace.failures.collect import CollectSummary, _progress, collect_run_record, resolve_benchmark
+from failtrace.failures.collect import CollectSummary, _progress, check_budget, collect_run_record, resolve_benchmark
 from failtrace.failures.pairs import (
     PairResult,
     PairSettings,
@@ -120,6 +120,8 @@ def collect_on_ray(store: ResultsStore, benchmark: Benchmark, items: Sequence[It
     t0 = time.perf_counter()
     with _cluster(workers, address, pool, max_attempts) as pool_for:
         run_pool = pool_for(spec)
+        check_budget(budget, run_pool.model.name, run_pool.model.context, max_new_tokens is not None,
+                     benchmark.name)  # as in-process: before a run is recorded
         run = collect_run_record(run_pool.model, benchmark.name, budget, thinking, seed, data, batch_size=1)
         store.ensure_run(run)
         store.add_items(run.run_id, benchmark.name, list(items))

@@ -40,14 +40,17 @@ class DescribedModel:
     device: str
     revision: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    context: int | None = None  # the context window (the driver checks budgets against it before recording a run)
 
     def describe(self) -> dict[str, Any]:
         return dict(self.info)
 
     @classmethod
     def of(cls, loaded: Any) -> DescribedModel:
+        from failtrace.models.limits import context_length
+
         return cls(name=loaded.name, source=loaded.source, dtype=loaded.dtype, device=loaded.device,
-                   revision=loaded.revision, info=loaded.describe())
+                   revision=loaded.revision, info=loaded.describe(), context=context_length(loaded.model))
 
 
 def worker_provenance(device: str) -> dict[str, Any]:
