@@ -29,6 +29,7 @@ from failtrace.benchmarks.base import Benchmark, Item, Verdict
 from failtrace.benchmarks.registry import register_benchmark, resolve_benchmark  # re-exported: one registry
 from failtrace.errors import FailtraceError
 from failtrace.failures.generation import Generated, decode_completion, eos_token_ids, greedy_generate, pad_token_id
+from failtrace.models.limits import context_length
 from failtrace.store.schema import VERDICT_STATUSES
 from failtrace.store.store import GenerationRecord, ResultsStore, RunRecord
 
@@ -153,8 +154,6 @@ def collect(
     budget = int(max_new_tokens if max_new_tokens is not None else benchmark.max_new_tokens)
     if budget < 1:
         raise FailtraceError(f"--max-new-tokens must be at least 1, got {budget}")
-    from failtrace.models.limits import context_length
-
     check_budget(budget, loaded.name, context_length(getattr(loaded, "model", None)), max_new_tokens is not None,
                  benchmark.name)  # before a run is recorded: the store stays as it was
     t0 = time.perf_counter()

@@ -30,9 +30,7 @@ from failtrace.models.cache import cache_dir
 from failtrace.models.checks import (
     DEFAULT_MODEL,
     check_device,
-    check_gguf_header,
-    check_hub_name,
-    check_model_folder,
+    check_model_name,
     explained,
     registry_hint,
 )
@@ -335,6 +333,7 @@ def load_model(
     name = name_or_path or DEFAULT_MODEL
     torch_dtype = _dtype(dtype)
     check_device(device)
+    check_model_name(name)  # file, folder and hub checks, the same ones commands run before loading several models
     info: dict[str, Any] = {}
     if name.lower() == DEFAULT_MODEL:
         folder = _bundled_cached_folder(progress)
@@ -357,17 +356,10 @@ def load_model(
         info["cache"] = str(folder)
     elif name.lower().endswith(".gguf"):
         path = Path(name).expanduser()
-        if not path.is_file():
-            raise ModelNotFoundError(f"GGUF file not found: {name}")
-        check_gguf_header(path)
         model, tok = explained(f"GGUF file {path}", lambda: _convert_gguf(path, torch_dtype))
         source = str(path.resolve())
     elif Path(name).expanduser().exists():
         path = Path(name).expanduser()
-        if not path.is_dir():
-            raise ModelNotFoundError(f"{name} is a file but not a .gguf file; pass a .gguf file, a Hugging Face "
-                                     f"model folder (config.json + weights + tokenizer), or a hub id")
-        check_model_folder(path)
         with _quiet_transformers():
             model, tok = explained(
                 f"the model in {path}",
@@ -375,7 +367,6 @@ def load_model(
                          AutoTokenizer.from_pretrained(str(path))))
         source = str(path.resolve())
     else:
-        check_hub_name(name)
         try:
             with _quiet_transformers():
                 model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype, revision=revision)
