@@ -41,6 +41,7 @@ class _Clock:
         self._t = time.perf_counter()
 
     def lap(self, name: str) -> float:
+        """Add the seconds since the last lap to stage ``name`` and return them."""
         now = time.perf_counter()
         dt = now - self._t
         self.seconds[name] = round(self.seconds.get(name, 0.0) + dt, 6)

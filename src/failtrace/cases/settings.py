@@ -107,6 +107,7 @@ class CaseSettings:
 
     @property
     def masking(self) -> MaskingSpec:
+        """The masking flip search's settings (rule, mask token, largest k) as one spec."""
         return MaskingSpec(rule=self.mask_rule, token_id=self.mask_token_id, max_k=self.max_k)
 
     def identity(self) -> dict[str, Any]:

@@ -58,6 +58,8 @@ def run_attribute(
     method: str, objective: str, position: int | None, json_path: Optional[Path], html_path: Optional[Path],
     png_path: Optional[Path], dtype: str, ig_steps: int, quiet: bool, allow_long: bool = False,
 ) -> None:
+    """The ``attribute`` command: check every input before the model loads, then explain one prompt and write the
+    views."""
     from rich.console import Console
 
     _validate(prompt, method, objective, dtype, json_path, html_path, png_path)
@@ -81,6 +83,7 @@ def run_attribute(
 
 
 def register(app: typer.Typer) -> None:
+    """Add the ``attribute`` command to the typer app."""
     @app.command("attribute")
     def attribute_cmd(
         prompt: str = opts.PROMPT,

@@ -134,6 +134,7 @@ def run_graph(
 
 
 def register(app: typer.Typer) -> None:
+    """Add the ``graph`` command to the typer app."""
     @app.command("graph")
     def graph_cmd(
         prompt: str = opts.PROMPT,

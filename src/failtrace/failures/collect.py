@@ -116,6 +116,7 @@ class CollectSummary:
 
     @property
     def items_per_minute(self) -> float:
+        """Generation speed of this run, items per minute."""
         return 60.0 * self.generated / self.seconds if self.seconds > 0 else 0.0
 
 

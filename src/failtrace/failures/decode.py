@@ -50,6 +50,8 @@ class PassCost:
     per_draft: float
 
     def of(self, rows: int, drafts: int) -> float:
+        """Cost of one pass over ``rows`` token rows with ``drafts`` drafted tokens each:
+        fixed + rows·(1 + switch + per_draft·drafts), the bracket 1 when drafts = 0."""
         return self.fixed + rows * (1.0 + (self.switch + self.per_draft * drafts if drafts else 0.0))
 
 
@@ -101,6 +103,7 @@ class _Drafting:
         self.tries = [0.0] * rows
 
     def rate(self, row: int) -> float:
+        """Row's draft acceptance rate, Laplace-smoothed ((hits + 1) / (tries + 2)) so a new row starts at 1/2."""
         return (self.hits[row] + 1.0) / (self.tries[row] + 2.0)
 
     def length(self, rows: Sequence[int], guesses: Sequence[Sequence[int]], room: int) -> int:

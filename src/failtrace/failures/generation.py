@@ -70,6 +70,7 @@ def decode_completion(tokenizer: Any, token_ids: Sequence[int], eos: frozenset[i
 
 
 def finish_reason(token_ids: Sequence[int], eos: frozenset[int]) -> str:
+    """``eos`` when the completion ended on an end-of-sequence token, else ``length`` (it hit the budget)."""
     return FINISH_EOS if token_ids and token_ids[-1] in eos else FINISH_LENGTH
 
 

@@ -38,6 +38,7 @@ class Hint:
     position: int | None = None
 
     def describe(self) -> str:
+        """The hint in words, for logs: the completion offset the judge pointed at, or why there is none."""
         if self.position is None:
             return f"none (the judge's answer {self.answer.strip()[:60]!r} is not in the completion)"
         return f"completion offset {self.position} (quoted {self.quote[:40]!r})"  # type: ignore[index]
@@ -92,6 +93,7 @@ class PositionJudge:
 
     @property
     def name(self) -> str:
+        """The judge model's registry name or path."""
         return str(self.loaded.name)
 
     def ask(self, item: Item, completion: str) -> str:

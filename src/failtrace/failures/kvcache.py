@@ -68,6 +68,8 @@ def _growing_layer_class() -> type | None:
 
 @functools.lru_cache(maxsize=1)
 def growing_layer() -> type | None:
+    """The in-place growing cache layer class for the installed transformers (None where its cache has no
+    layers), built once."""
     return _growing_layer_class()
 
 

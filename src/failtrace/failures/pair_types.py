@@ -45,6 +45,7 @@ class PairSettings:
     draft_from_completion: bool = True  # drafts from the failing completion too (cost only, never the pair)
 
     def validate(self) -> None:
+        """Refuse settings that cannot run (one clear line naming the option), before any model loads."""
         if self.top_k < 1:
             raise FailtraceError(f"--top-k must be at least 1, got {self.top_k}")
         if self.max_positions < 1:

@@ -46,6 +46,7 @@ class PrefixJudge:
 
     @property
     def active(self) -> bool:
+        """True when the benchmark gave a rule that can decide a verdict before a rollout ends."""
         return self.hook is not None or self.final_hook is not None
 
     def final(self, ids: Sequence[int]) -> bool:

@@ -123,6 +123,7 @@ def tensors_digest(model: Any) -> str:
 
 
 def config_digest(model: Any) -> str:
+    """sha256 of the model's config without volatile keys: two loads of one model give one digest."""
     config = getattr(model, "config", None)
     d = config.to_dict() if config is not None and hasattr(config, "to_dict") else {}
     d = {k: v for k, v in d.items() if k not in _VOLATILE_CONFIG_KEYS}

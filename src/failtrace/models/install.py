@@ -44,6 +44,7 @@ def packages_dir(spec: ModelSpec) -> Path:
 
 
 def is_offline() -> bool:
+    """True when ``FAILTRACE_OFFLINE`` forbids reaching a package index."""
     return os.environ.get("FAILTRACE_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 

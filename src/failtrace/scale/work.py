@@ -43,10 +43,12 @@ class DescribedModel:
     context: int | None = None  # the context window (the driver checks budgets against it before recording a run)
 
     def describe(self) -> dict[str, Any]:
+        """The model's description, as stored next to every result."""
         return dict(self.info)
 
     @classmethod
     def of(cls, loaded: Any) -> DescribedModel:
+        """Describe a loaded model for the driver: name, source, versions and context window, no weights."""
         from failtrace.models.limits import context_length
 
         return cls(name=loaded.name, source=loaded.source, dtype=loaded.dtype, device=loaded.device,
@@ -152,10 +154,12 @@ class ModelWorker:
                 "provenance": worker_provenance(self.spec.device)}
 
     def collect(self, benchmark: Benchmark, item: Item, budget: int, thinking: bool) -> dict[str, Any]:
+        """Generate and judge one item (the same code as the in-process path)."""
         return collect_item(self.loaded, benchmark, item, budget, thinking)
 
     def pair(self, benchmark: Benchmark, settings: Any, item: Item, row: dict[str, Any],
              budget: int) -> dict[str, Any]:
+        """Search one failure's pair, reusing one PairFinder per settings (its prefix caches survive between items)."""
         from failtrace.failures.pairs import PairFinder
 
         key = repr(settings)

@@ -23,6 +23,7 @@ DDL = """CREATE TABLE IF NOT EXISTS case_alternatives (
 
 
 def present(con: Any) -> bool:
+    """True when the store has the ``case_alternatives`` table (stores from before it lack it)."""
     return bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'case_alternatives'"
                             ).fetchone()[0])
 

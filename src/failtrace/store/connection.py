@@ -123,6 +123,7 @@ def check_log_folder(path: Path) -> None:
 
 
 def is_lock_error(exc: BaseException) -> bool:
+    """True for DuckDB's error when another process holds the store's write lock."""
     text = str(exc).lower()
     return "lock" in text and ("conflicting" in text or "could not set" in text)
 

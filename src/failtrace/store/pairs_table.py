@@ -20,6 +20,7 @@ class PairsTable:
     _transaction: Any
 
     def done_pair_ids(self, pair_run_id: str) -> set[str]:
+        """Failures this pair run already has a pair record for (skipped on resume)."""
         return {r[0] for r in self.con.execute("SELECT item_id FROM pairs WHERE pair_run_id = ?",
                                                [pair_run_id]).fetchall()}
 

@@ -219,6 +219,7 @@ class ResultsStore(PairsTable):
 
     @property
     def schema_version(self) -> int:
+        """The store's schema version (the highest applied migration)."""
         return int(self.con.execute("SELECT max(version) FROM schema_version").fetchone()[0])
 
     # ---- helpers -------------------------------------------------------------------------------------------------
@@ -263,6 +264,7 @@ class ResultsStore(PairsTable):
             self.con.execute("UPDATE runs SET settings = ? WHERE run_id = ?", [_dumps(settings), run_id])
 
     def get_run(self, run_id: str) -> RunRecord | None:
+        """The run with this id, or None."""
         rows = self._rows("SELECT * FROM runs WHERE run_id = ?", [run_id])
         return RunRecord.from_dict(rows[0]) if rows else None
 
@@ -329,6 +331,7 @@ class ResultsStore(PairsTable):
                                      [[run_id, it.id, ordinal0 + i] for i, it in enumerate(new_links)])
 
     def get_item(self, benchmark: str, item_id: str) -> Item:
+        """The stored item (prompt and reference), as the benchmark's checker reads it."""
         rows = self._rows("SELECT * FROM items WHERE benchmark = ? AND item_id = ?", [benchmark, item_id])
         if not rows:
             raise FailtraceError(f"item {item_id!r} of benchmark {benchmark} is not in {self.path}")
@@ -337,6 +340,7 @@ class ResultsStore(PairsTable):
                     meta=r["meta"] or {})
 
     def run_item_ids(self, run_id: str) -> list[str]:
+        """The items of a run, in the order it took them."""
         return [r[0] for r in self.con.execute("SELECT item_id FROM run_items WHERE run_id = ? ORDER BY ordinal",
                                                [run_id]).fetchall()]
 

@@ -23,6 +23,7 @@ FORMAT = 1
 
 
 def step_folder(out: str | Path, step: int) -> Path:
+    """The folder of the checkpoint saved at ``step``."""
     return Path(out) / f"step-{int(step)}"
 
 

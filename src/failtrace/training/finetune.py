@@ -48,6 +48,7 @@ class FinetuneSettings:
     benchmark: str | None = None
 
     def check(self) -> None:
+        """Refuse settings that cannot train (one clear line naming the option), before any model loads."""
         if self.method not in METHODS:
             raise FailtraceError(f"unknown --method {self.method!r}; use one of: {', '.join(METHODS)}")
         for name in ("steps", "save_every", "batch_size"):

@@ -42,6 +42,8 @@ class WeightedPreferenceCollator(DataCollatorForPreference):
     """trl's preference collator plus ``token_weights``: [chosen rows; rejected rows] × sequence, like ``input_ids``."""
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        """The parent's padded batch plus a per-token weight row for every chosen and rejected completion (prompt
+        tokens weigh 0)."""
         out = super().torch_call(examples)
         rows = ([[0.0] * len(e["prompt_ids"]) + [float(w) for w in e["chosen_weights"]] for e in examples]
                 + [[0.0] * len(e["prompt_ids"]) + [float(w) for w in e["rejected_weights"]] for e in examples])

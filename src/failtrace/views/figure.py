@@ -93,6 +93,7 @@ class _Boxes:
     kinds: list[tuple[str, int]]
 
     def add(self, text: str, brk: int, kind: str, pos: int = -1) -> None:
+        """Append one token's text, its line-break flag and its kind (and position) to the layout."""
         self.texts.append(text)
         self.breaks.append(brk)
         self.kinds.append((kind, pos))

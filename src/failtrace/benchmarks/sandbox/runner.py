@@ -46,9 +46,11 @@ class Ending:
     stopped: bool = False  # still running when its job was done; the parent killed it
 
     def violation(self) -> bool:
+        """True when the seccomp filter killed the program (SIGSYS): it tried a forbidden system call."""
         return self.returncode == -signal.SIGSYS
 
     def describe(self, limits: SandboxLimits) -> str:
+        """One sentence saying why the run failed, from its exit status and flags alone (never from its output)."""
         rc = self.returncode
         if self.timed_out:
             return f"did not finish within the {limits.wall_s:g} s wall-time limit and was killed"
@@ -133,6 +135,7 @@ def _kill_group(pgid: int) -> None:
 
 
 def read_head(path: str) -> str:
+    """The first bytes of a captured stream, as text (bounded: a program may print without limit)."""
     with open(path, "rb") as fh:
         return fh.read(_REPORT_BYTES).decode("utf-8", "replace")
 
