@@ -71,7 +71,7 @@ def test_analyse_then_rerun_then_override(toy: dict[str, Any], capsys: pytest.Ca
     (["--ig-steps", "0"], "--ig-steps must be an integer >= 1"),
     (["--mask-rule", "replace"], "needs --mask-token"),
     (["--mask-rule", "blur"], "unknown mask rule"),
-    (["--limit", "0"], "--limit must be at least 1"),
+    (["--limit", "0"], "'--limit' / '-n': got 0; give a whole number of at least 1"),
     (["--pair-run", "nope"], "no pair run 'nope'"),
 ])
 def test_bad_analyse_input_is_one_line_and_harmless(toy: dict[str, Any], capsys: pytest.CaptureFixture[str],

@@ -276,3 +276,26 @@ def test_pairs_top_k_beyond_the_vocabulary_records_nothing(toy: dict[str, Any], 
     line = _one_error_line(main(["pairs", "-s", str(store), "--top-k", str(vocab), "--no-progress"]), capsys)
     assert f"--top-k {vocab} is not below" in line and f"give at most {vocab - 1}" in line, line
     assert sha256(store) == toy["sha"]
+
+
+@pytest.mark.parametrize("argv", [
+    ["export", "--store", "{s}", "--format", "jsonl", "--out", "{s}.wal"],
+    ["report", "--store", "{s}", "--no-graphs", "--out", "{s}.wal"],
+    ["report", "--store", "{s}", "--no-graphs", "--out", "{s}.lock"],
+    ["export-dpo", "--store", "{toy}", "--out", "{s}.wal"],  # the log of another store than the one read
+    ["attribute", *_PROMPT, "--json", "{s}.wal", "-m", "{tmp}/must-not-load.gguf"],
+    ["collect", "-b", "ifeval", "-d", "{items}", "--store", "{s}.wal", "-m", "{tmp}/must-not-load.gguf"],
+], ids=["export-wal", "report-wal", "report-lock", "export-dpo-wal", "attribute-wal", "store-is-a-wal"])
+def test_an_output_never_takes_a_stores_log_or_lock(toy: dict[str, Any], tmp_path: Path, argv: list[str],
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: ``export/report --out <store>.wal`` made a folder there with exit 0, and every later open of the
+    store failed replaying its "log" (a folder). Refused; nothing is created at that path and the store still opens."""
+    store = _copy(toy, tmp_path)
+    args = [a.replace("{s}", str(store)).replace("{toy}", str(toy["store"])).replace("{tmp}", str(tmp_path))
+            .replace("{items}", str(_items(tmp_path))) for a in argv]
+    suffix = ".lock" if "{s}.lock" in argv else ".wal"
+    line = _one_error_line(main(args), capsys)
+    assert f"is the {suffix[1:]} file of the results store {store}" in line, line
+    assert not (tmp_path / f"copy.duckdb{suffix}").exists()
+    assert sha256(store) == toy["sha"]
+    assert main(["status", "--store", str(store)]) == 0, capsys.readouterr().err

@@ -46,7 +46,8 @@ def analyse_command(
     ig_steps: int = typer.Option(16, "--ig-steps", help="Integrated-gradients steps."),
     mask_rule: str = typer.Option("zero-embedding", "--mask-rule", help="zero-embedding | replace"),
     mask_token: Optional[int] = typer.Option(None, "--mask-token", help="Token id used by --mask-rule replace."),
-    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Analyse at most N cases in this call."),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Analyse at most N cases in this call.",
+                                         callback=opts.count(1)),
     pair_run: Optional[list[str]] = typer.Option(None, "--pair-run", help="Only this pair run id (repeatable)."),
     benchmark: Optional[str] = typer.Option(None, "--benchmark", "-b", help="Only pair runs of this benchmark."),
     device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu or cuda."),
@@ -60,8 +61,6 @@ def analyse_command(
     from failtrace.store.store import open_store
 
     settings = _settings(methods, max_k, ig_steps, mask_rule, mask_token)
-    if limit is not None and limit < 1:
-        raise FailtraceError(f"--limit must be at least 1, got {limit}")
     if ray_address is None:  # the work runs on this machine (a joined cluster's nodes may have devices it lacks)
         check_device(device)
     opts.check_scale(workers, ray_address)

@@ -64,6 +64,24 @@ def refuse_empty_values(command: Any, argv: list[str]) -> None:
         i += 1
 
 
+# Files DuckDB (and failtrace's lock) keep beside a store ``X``: ``X.wal`` is replayed when ``X`` opens, so anything
+# else at that path (a folder, JSON) leaves the store unopenable; ``X.lock`` is the readers' and writer's lock.
+STORE_COMPANIONS = (".wal", ".lock")
+
+
+def check_not_store_companion(path: Path, option: str) -> None:
+    """Refuse an output at ``<store>.wal`` or ``<store>.lock`` of an existing results store (whatever the store)."""
+    from failtrace.store.connection import duckdb_header
+
+    path = Path(path).expanduser()
+    for suffix in STORE_COMPANIONS:
+        if path.name.endswith(suffix) and len(path.name) > len(suffix):
+            store = path.with_name(path.name[: -len(suffix)])
+            if duckdb_header(store):
+                raise FailtraceError(f"{option} {path} is the {suffix[1:]} file of the results store {store}; "
+                                     f"writing there would leave the store unopenable: give another path")
+
+
 def check_output_file(path: Path | None, option: str, example: str = "out.json") -> None:
     """``path`` can be written as a file: it is not a folder, not an existing results store (writing over one would
     destroy it; no option writing a file produces a store), and it or its nearest existing folder is writable."""
@@ -77,6 +95,7 @@ def check_output_file(path: Path | None, option: str, example: str = "out.json")
     if duckdb_header(path):
         raise FailtraceError(f"{option} {path} is a DuckDB results store; failtrace never writes over one: give "
                              f"another path such as {path.parent / example}")
+    check_not_store_companion(path, option)
     if path.exists():
         if not path.is_file():  # a pipe, /dev/stdout, a terminal: opening one here could block; the write will tell
             return
@@ -117,6 +136,7 @@ def check_output_dir(path: Path | None, option: str) -> None:
     if path.exists() and not path.is_dir():
         raise FailtraceError(f"{option} {path} is a file, not a folder; give a folder path (it is created if "
                              f"missing)")
+    check_not_store_companion(path, option)
     _probe(_nearest_existing(path), option, path)
 
 
