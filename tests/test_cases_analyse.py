@@ -87,6 +87,8 @@ def test_cases_equal_independent_computations(toy: dict[str, Any]) -> None:
         reference = float(logits[case.target_id] - logits[case.contrast_id])
         assert abs(case.delta_logit - reference) < 1e-3 and abs(case.delta_logit - stored_delta) < 1e-3
         assert case.notes == [] and set(case.methods) == set(ALL_METHODS)
+        # storage and wiring (the stored relevance is the one attribute() gives); the LRP math itself is checked
+        # against explicit formulas in test_lrp_rules.py and IG by completeness in test_baselines_ig.py
         for method in ("attnlrp", "cp-lrp", "gradxinput"):
             direct = failtrace.attribute(toy["lm"], case.token_ids, target=case.target_id,
                                          contrast=case.contrast_id, method=method)
@@ -101,12 +103,66 @@ def test_cases_equal_independent_computations(toy: dict[str, Any]) -> None:
         _check_segments_and_masking(case, plain)
         assert case.category in CATEGORIES and case.pattern in PATTERNS
         k_attn = case.methods["attnlrp"].flip_k
-        assert (case.category == "M-IA") == (k_attn is not None and k_attn <= 5)
+        assert (case.category == "M-IA") == (k_attn is not None and k_attn <= CaseSettings().k_ia)
         graph = graphs[case.case_id]
         n_stages = len(graph["stages"])
         assert [n_stages - 1, case.position - 1] in [n[:2] for n in graph["nodes"]] and graph["edges"]
         assert graph["settings"]["prune"] == "cumulative:0.85" and graph["objective_value"] == pytest.approx(
             case.delta_logit, abs=1e-3)
+
+
+def test_category_and_pattern_are_of_the_cases_own_relevance(toy: dict[str, Any]) -> None:
+    """The category's node ablation and the failure pattern are recomputed here from AttnLRP's relevance of the
+    case's context (``attribute``), the stored segment spans and a fresh plain-transformers model: a case whose
+    ablation or pattern was fed other relevance (another method's, a sign slip, another case's) differs."""
+    from transformers import AutoModelForCausalLM
+
+    from failtrace.analysis.categories import categorize, node_ablation
+    from failtrace.analysis.patterns import failure_pattern
+
+    plain = AutoModelForCausalLM.from_pretrained(str(toy["model_dir"])).eval()
+    settings = CaseSettings()
+    with open_store(toy["store"], read_only=True) as st:
+        cases = load_cases(st)
+    assert cases
+    for case in cases:
+        labels: list[str | None] = [None] * len(case.token_ids)
+        for label, spans in case.segments.items():
+            for start, end in spans:
+                labels[start:end] = [label] * (end - start)
+        assert None not in labels
+        direct = failtrace.attribute(toy["lm"], case.token_ids, target=case.target_id, contrast=case.contrast_id,
+                                     method="attnlrp")
+        pattern, evidence = failure_pattern(direct.input_relevance, case.special_mask, labels,
+                                            case.relevant_segments)
+        assert case.pattern == pattern
+        _assert_close(case.pattern_evidence, json.loads(json.dumps(evidence)))
+        budget = {} if settings.ablation_budget is None else {"budget": settings.ablation_budget}
+        ablation = node_ablation(plain, case.token_ids, direct.hidden_relevance, case.target_id, case.contrast_id,
+                                 special_mask=case.special_mask, **budget)
+        stored = case.category_evidence["ablation"]
+        assert [(n["layer"], n["position"]) for n in stored["nodes"]] == [
+            (n["layer"], n["position"]) for n in ablation["nodes"]]
+        assert stored["k"] == ablation["k"] and stored["flipped"] == ablation["flipped"]
+        np.testing.assert_allclose(stored["curve"], ablation["curve"], atol=1e-4)
+        category, _ = categorize(case.methods["attnlrp"].flip_k, ablation, k_ia=settings.k_ia)
+        assert case.category == category
+
+
+def _assert_close(got: Any, want: Any, path: str = "") -> None:
+    """Equal structure, numbers within 1e-5 (relative) / 1e-7: JSON-like values, recursively."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and sorted(got) == sorted(want), path
+        for k in want:
+            _assert_close(got[k], want[k], f"{path}.{k}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), path
+        for i, (g, w) in enumerate(zip(got, want)):
+            _assert_close(g, w, f"{path}[{i}]")
+    elif isinstance(want, float) and not isinstance(want, bool):
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-7), path
+    else:
+        assert got == want, path
 
 
 def _check_segments_and_masking(case: Any, plain: Any) -> None:
