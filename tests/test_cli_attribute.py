@@ -28,6 +28,27 @@ def test_attribute_writes_json_html_png(tmp_path, bundled, capsys):
     assert (out / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.parametrize("method, extra", [("cp-lrp", []), ("gradxinput", []), ("ig", ["--ig-steps", "3"]),
+                                           ("attention", [])])
+def test_attribute_method_option_reaches_the_method(method, extra, tmp_path, bundled):
+    """``--method`` (and ``--ig-steps``) reach the computation: the JSON's relevance equals ``failtrace.attribute``
+    with that method, and differs from the default method's (a command that ignored the option would give AttnLRP)."""
+    import numpy as np
+
+    import failtrace
+
+    prompt = "The capital of France is"
+    out = tmp_path / f"{method}.json"
+    assert main(["attribute", "--prompt", prompt, "--target", " Paris", "--contrast", " Lyon", "--method", method,
+                 *extra, "--json", str(out), "--quiet"]) == 0
+    rec = json.loads(out.read_text())
+    options = {"ig_steps": 3} if method == "ig" else {}
+    direct = failtrace.attribute(bundled, prompt, target=" Paris", contrast=" Lyon", method=method, **options)
+    default = failtrace.attribute(bundled, prompt, target=" Paris", contrast=" Lyon")
+    np.testing.assert_allclose(rec["input_relevance"], direct.input_relevance, rtol=1e-4, atol=1e-6)
+    assert np.abs(np.asarray(rec["input_relevance"]) - default.input_relevance).max() > 1e-3
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
