@@ -8,11 +8,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Debian's chromium: the report's browser test renders report/index.html in it (driven by Playwright from PyPI through
-# its executable path; Playwright's own browser download is not used).
-if ! command -v chromium >/dev/null 2>&1; then
+# its executable path; Playwright's own browser download is not used). Debian's nodejs: a test runs the script of
+# `failtrace graph --html` pages against a minimal DOM.
+APT_PKGS=""
+command -v chromium >/dev/null 2>&1 || APT_PKGS="chromium"
+command -v node >/dev/null 2>&1 || APT_PKGS="$APT_PKGS nodejs"
+if [ -n "$APT_PKGS" ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-  $SUDO apt-get install -y chromium >/dev/null \
-    || { $SUDO apt-get update >/dev/null && $SUDO apt-get install -y chromium >/dev/null; }
+  $SUDO apt-get install -y $APT_PKGS >/dev/null \
+    || { $SUDO apt-get update >/dev/null && $SUDO apt-get install -y $APT_PKGS >/dev/null; }
 fi
 PY="${PYTHON:-python3}"
 # torch: 2.13.0 is a CPU build on this project's machines; elsewhere set TORCH_SPEC (e.g. "torch" for the default).

@@ -126,16 +126,8 @@ def test_demo_runs_every_stage_into_out(tmp_path: Path, toy: dict[str, Any], cap
     assert clean >= 1 and len(cases) == clean
     assert f"{row.failed} failures, {clean} clean -> {clean} cases explained" in text
     (report_line,) = [line for line in text.splitlines() if line.startswith("report: ")]
-    try:
-        import failtrace.report as report_pkg
-        has_report = hasattr(report_pkg, "build_report")
-    except ImportError:  # the report stage is a separate package; the demo says when it is absent
-        has_report = False
-    if has_report:
-        assert report_line == f"report: {out / 'report' / 'index.html'}"
-        assert (out / "report" / "index.html").stat().st_size > 1000
-    else:
-        assert "not built" in report_line
+    assert report_line == f"report: {out / 'report' / 'index.html'}"  # the report is part of the package
+    assert (out / "report" / "index.html").stat().st_size > 1000
     assert main(["demo", "--out", str(out), "--model", str(toy["model_dir"]), "--methods", "attnlrp,random",
                  "--no-progress"]) == 0  # resumes: nothing is done twice
     with open_store(out / "runs.duckdb", read_only=True) as st:

@@ -18,12 +18,15 @@ N = 6
 
 @pytest.fixture(scope="module")
 def graph():
-    torch.set_num_threads(1)
+    from failtrace.testing.toy import one_thread
+
     model = tiny_model("llama", layers=3)
     ids = torch.randint(3, 128, (N,), generator=torch.Generator().manual_seed(11)).tolist()
-    return graph_from_ids(model, ids, lambda logits: logits[5] - logits[7], tokens=[f"t{i}" for i in range(N)],
-                          special_mask=[True] + [False] * (N - 1), edges="naive", node_threshold=0.0,
-                          retain_node_threshold=0.0, prune="global:0", edge_budget=None)
+    with one_thread():  # the thread count is restored for the tests after this module
+        return graph_from_ids(model, ids, lambda logits: logits[5] - logits[7],
+                              tokens=[f"t{i}" for i in range(N)], special_mask=[True] + [False] * (N - 1),
+                              edges="naive", node_threshold=0.0, retain_node_threshold=0.0, prune="global:0",
+                              edge_budget=None)
 
 
 def _brute(graph, pruned):

@@ -4,6 +4,7 @@ segment sums, mapping flags, resumability, comparisons.jsonl and the CLI."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Iterator
@@ -118,8 +119,7 @@ def test_unmapped_strings_are_flagged(cmp: dict[str, Any]) -> None:
     tok = toy_tokenizer()
     assert one_token(tok, "a") == tok.encode("a", add_special_tokens=False)[0]
     assert one_token(tok, "ab") is None and one_token(tok, "é") is None  # two bytes = two tokens here
-    case = cmp["cases"][0]
-    case.target_text = "ab"
+    case = dataclasses.replace(cmp["cases"][0], target_text="ab")  # a copy: the module's fixture stays as built
     with open_store(cmp["store"]) as st:
         item = st.get_item(case.benchmark, case.item_id)
     lm = cmp["lms"][cmp["names"][1]]

@@ -51,7 +51,7 @@ def test_sibling_option_alias_and_tokenizer_error(tmp_path: Path, models: tuple[
     store = _collected(tmp_path, own, "toy-sib", 2, 10)
     capsys.readouterr()
     assert main(["pairs", "-s", str(store), "-k", "2", "--max-positions", "2", "--sibling", str(other),
-                 "--no-progress"]) != 0
+                 "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "different tokenizer" in err and "--sibling" in err
     assert "Traceback" not in err
@@ -66,7 +66,7 @@ def test_sibling_option_alias_and_tokenizer_error(tmp_path: Path, models: tuple[
         assert len(runs) == 1 and runs[0].settings["helper_model"] == str(sibling)  # the same run either way
         assert {r["status"] for r in st.pairs(runs[0].run_id)} <= {"no_contrast", "unbounded", "clean",
                                                                   "weak_preference"}
-    assert main(["pairs", "-s", str(store), "--rollout-tokens", "0", "--no-progress"]) != 0
+    assert main(["pairs", "-s", str(store), "--rollout-tokens", "0", "--no-progress"]) == 2
     err = capsys.readouterr().err  # refused by the option parser, before any model load
     assert err.startswith("error: ") and "--rollout-tokens" in err and "at least 1" in err
 
@@ -76,7 +76,7 @@ def test_order_and_judge_are_speed_only(tmp_path: Path, models: tuple[Path, Path
     own, sibling, _ = models
     store = _collected(tmp_path, own, "toy-order", 2, 8)
     capsys.readouterr()
-    assert main(["pairs", "-s", str(store), "--order", "sideways", "--no-progress"]) != 0
+    assert main(["pairs", "-s", str(store), "--order", "sideways", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "--order" in err and "margin" in err
     # 8-token completions hit the limit: --try-unbounded so that they are searched (and the judge is asked)
@@ -106,7 +106,7 @@ def test_item_selects_failures_and_a_wrong_id_is_one_line(tmp_path: Path, models
         assert sorted(r["item_id"] for r in st.pairs()) == ["a0", "a2"]
     before = store.read_bytes()
     assert main(["pairs", "-s", str(store), "-k", "2", "--max-positions", "2", "--item", "a7",
-                 "--no-progress"]) != 0
+                 "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --item 'a7' is not a failed item") and "3 failed: a0, a1, a2" in err
     assert "Traceback" not in err and store.read_bytes() == before  # refused before the store is written

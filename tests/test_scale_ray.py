@@ -18,16 +18,16 @@ from typing import Any
 
 import pytest
 
-ray = pytest.importorskip("ray", reason="the Ray extra (pip install 'failtrace[ray]') is not installed")
+import ray  # a dev dependency (pyproject.toml): a broken install fails here, it is never skipped
 
-from failtrace.benchmarks.base import Item, Verdict  # noqa: E402
-from failtrace.errors import FailtraceError  # noqa: E402
-from failtrace.failures.collect import collect  # noqa: E402
-from failtrace.failures.pairs import PairSettings, find_pairs  # noqa: E402
-from failtrace.models.loading import load_model  # noqa: E402
-from failtrace.scale import ModelSpec, WorkerPool, collect_on_ray, pairs_on_ray  # noqa: E402
-from failtrace.store import open_store  # noqa: E402
-from failtrace.testing.toy import ToyBenchmark, one_thread, save_toy_model, toy_items  # noqa: E402
+from failtrace.benchmarks.base import Item, Verdict
+from failtrace.errors import FailtraceError
+from failtrace.failures.collect import collect
+from failtrace.failures.pairs import PairSettings, find_pairs
+from failtrace.models.loading import load_model
+from failtrace.scale import ModelSpec, WorkerPool, collect_on_ray, pairs_on_ray
+from failtrace.store import open_store
+from failtrace.testing.toy import ToyBenchmark, one_thread, save_toy_model, toy_items
 
 pytestmark = pytest.mark.slow
 SRC = str(Path(__file__).resolve().parents[1] / "src")
