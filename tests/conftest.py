@@ -65,6 +65,13 @@ def tiny() -> Callable[..., torch.nn.Module]:
     return make_tiny
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that takes the ``bundled`` fixture is marked ``model``, so ``-m "not model"`` never loads it."""
+    for item in items:
+        if "bundled" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.model)
+
+
 @pytest.fixture(scope="session")
 def bundled() -> Any:
     """The real bundled SmolLM2-135M-Instruct (converted once per cache, then loaded in a few seconds)."""

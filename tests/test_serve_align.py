@@ -74,6 +74,7 @@ def test_other_markup_is_unaligned_and_mass_is_conserved() -> None:
     assert 0 < got["matched_chars"] < 1 and len(head) > 0
 
 
+@pytest.mark.model  # loads the bundled model's tokenizer
 def test_real_tokenizers_char_counts_land_exactly() -> None:
     """Relevance = the token's own length puts exactly 1 on each character, so every fully matched reference token
     receives its own length: a check of the spans that needs no second implementation of the matching."""
