@@ -94,6 +94,11 @@ def test_figures_equal_the_report_data_and_sql(client: TestClient, cmp: dict[str
     got = sorted((p["case_id"], p["model"], p["dl_reference"], p["dl_model"]) for p in data["scatter"])
     assert got == [tuple(r) for r in sql] and len(got) >= 1
     assert {p["split"] for p in data["checkpoints"]} == {"trained", "held-out"}
+    with open_store(cmp["store"], read_only=True) as st:  # Fig. 6's points against the stored checkpoint rows
+        ckpt = st.con.execute("SELECT case_id, step, split, delta_logit FROM comparisons WHERE step IS NOT NULL "
+                              "AND mapped AND delta_logit IS NOT NULL").fetchall()
+    assert {(p["case_id"], p["step"], p["split"], p["delta_logit"]) for p in data["checkpoints"]} == \
+        {tuple(r) for r in ckpt} and ckpt
 
 
 def test_alternatives_equal_a_plain_forward(client: TestClient, cmp: dict[str, Any]) -> None:
