@@ -53,7 +53,7 @@ def test_layers_out_of_range(capsys, layers, msg):
 
 
 @pytest.mark.model
-def test_graph_outputs(tmp_path, capsys):
+def test_graph_outputs(tmp_path, capsys, bundled):
     out = {k: tmp_path / f"g.{k}" for k in ("json", "html", "png", "svg")}
     ct = tmp_path / "ct.json"
     rc = main(BASE[:-1] + ["--layers", "28-29", "--mid-nodes", "--json", str(out["json"]), "--html",
@@ -71,6 +71,15 @@ def test_graph_outputs(tmp_path, capsys):
     assert [s["id"] for s in data["stages"]] == ["L27", "L28.mid", "L28", "L29.mid", "L29"]
     assert "nodes" in json.loads(ct.read_text())
     assert "pruned (node >= 0.05, cumulative:0.9)" in captured.err
+    # the options reach the computation: the file is the API's graph for the same options, node for node
+    import failtrace
+
+    api = failtrace.build_graph(bundled, "The capital of France is", target=" Paris", contrast=" Lyon",
+                                layers="28-29", mid_nodes=True, node_threshold=0.05, prune="cumulative:0.9").pruned
+    g = api.graph
+    want = {g.stages[st].node_id(tok): float(g.relevance[st, tok]) for st, tok in api.node_list()}
+    assert {n["id"]: n["relevance"] for n in data["nodes"]} == pytest.approx(want, rel=1e-5, abs=1e-7)
+    assert len(data["links"]) == api.num_edges and 0 < api.num_nodes < g.relevance.size
 
 
 @pytest.mark.model
