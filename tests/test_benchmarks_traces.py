@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -155,17 +154,16 @@ def test_swe_agent_converter(tmp_path: Path) -> None:
     assert len(report.items[1].prompt) == 4
 
 
-def test_long_inputs_are_fast() -> None:
+@pytest.mark.timeout(300)  # a hang guard, not a timing: a quadratic scan of these 400k characters takes hours
+def test_long_inputs_are_linear() -> None:
     filler = "log line with {braces} and \"quotes\" " * 12_000  # ~430k characters, over 100k tokens
     messages = [{"role": "user", "content": "Summarise"}] + [
         {"role": "tool" if i % 2 else "assistant", "content": filler} for i in range(20)]
-    started = time.monotonic()
     items = convert_trace({"history": [*messages, {"role": "assistant", "content": "", "action": "submit"}]}, "big")
     bench = TracesBenchmark()
     loaded = [bench.check(_item({"tool": "submit", "arguments": {}}, items[-1]["messages"]),
                           filler + '{"name": "submit", "arguments": {}}')]
     spans = list(json_object_spans("{" * 200_000 + "}" * 200_000))
-    assert time.monotonic() - started < 5
     assert loaded[0].status == "pass"
     assert spans == [(0, 400_000)]
     assert len(items[-1]["messages"]) == 21
