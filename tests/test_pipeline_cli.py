@@ -70,8 +70,22 @@ def test_collect_pairs_status_export(tmp_path: Path, model_dir: Path, capsys: py
     for fmt in ("parquet", "jsonl"):
         assert main(["export", "--store", str(store), "--format", fmt, "--out", str(tmp_path / fmt)]) == 0
         assert (tmp_path / fmt / f"generations.{fmt}").exists() and (tmp_path / fmt / f"pairs.{fmt}").exists()
-    gens = (tmp_path / "jsonl" / "generations.jsonl").read_text().splitlines()
-    assert len(gens) == 5 and all(json.loads(g)["token_ids"] for g in gens)
+    gens = [json.loads(g) for g in (tmp_path / "jsonl" / "generations.jsonl").read_text().splitlines()]
+    assert len(gens) == 5 and all(g["token_ids"] for g in gens)
+    # the exports are the store's rows: token ids and texts as stored, the Parquet file the same rows as the JSONL
+    import duckdb
+
+    con = duckdb.connect(str(store), read_only=True)
+    try:
+        stored = {r[0]: (list(r[1]), r[2]) for r in con.execute(
+            "SELECT item_id, token_ids, completion FROM generations").fetchall()}
+        parquet = {r[0]: list(r[1]) for r in con.execute(
+            f"SELECT item_id, token_ids FROM read_parquet('{tmp_path / 'parquet' / 'generations.parquet'}')"
+        ).fetchall()}
+    finally:
+        con.close()
+    assert {g["item_id"]: (g["token_ids"], g["completion"]) for g in gens} == stored
+    assert parquet == {k: v[0] for k, v in stored.items()}
 
 
 def test_bad_input_is_a_one_line_error(tmp_path: Path, model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
