@@ -68,6 +68,9 @@ def server(tmp_path_factory: pytest.TempPathFactory):
         info["cases"] = load_cases(st, with_graph=True)
         info["n_rows"] = st.con.execute("SELECT count(*) FROM verdicts").fetchone()[0]
         info["n_clean"] = st.con.execute("SELECT count(*) FROM pairs WHERE status = 'clean'").fetchone()[0]
+        info["items"] = {r[0]: (r[1], r[2]) for r in st.con.execute(
+            "SELECT g.item_id, g.completion, v.status FROM generations g JOIN verdicts v USING (run_id, item_id)"
+        ).fetchall()}
     info["sha"] = sha256(info["store"])
     review_store = info["store"].parent / "review.duckdb"
     shutil.copy(info["store"], review_store)
@@ -233,8 +236,13 @@ def test_item_page_for_a_row_without_case(page: Any, server: dict[str, Any]) -> 
     _open(page, server, "#/cases?has_case=false", "cases")
     page.locator("tr.row").first.click()
     page.wait_for_selector("body[data-ready=item]")
-    assert page.inner_text("main h2").startswith("Item q0")
-    assert "Completion" in page.inner_text("main")
+    heading = page.inner_text("main h2")
+    assert heading.startswith("Item q0")
+    item_id = heading.split()[1]
+    completion, status = server["items"][item_id]  # read from the store before the server started
+    text = page.inner_text("main")
+    assert "Completion" in text and status in text and completion.strip()
+    assert " ".join(completion.split())[:60] in " ".join(text.split())  # the stored completion is shown
 
 
 def test_review_mode_records_a_decision(page: Any, server: dict[str, Any]) -> None:
