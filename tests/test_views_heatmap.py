@@ -238,8 +238,14 @@ def test_png_survives_mathtext_and_odd_tokens(tmp_path: Path) -> None:
     rec = make_record(tokens=tokens, relevance={1: 0.5, 6: -0.5})
     out = save_png(rec, tmp_path / "odd.png")
     assert _read_png(out).shape[0] > 100
-    svg = save_svg(rec, tmp_path / "odd.svg")
-    assert "<svg" in svg.read_text()[:2000]
+    import matplotlib
+
+    with matplotlib.rc_context({"svg.fonttype": "none"}):  # text stays text in the SVG, so it can be read back
+        svg = save_svg(rec, tmp_path / "odd.svg").read_text()
+    assert "<svg" in svg[:2000]
+    # shown literally: '$…$' is not typeset as mathtext (parse_math off), '\\frac' is not a command
+    for token in ("$a^{$", "$\\nocommand{$", "\\frac", "_x_", "日本", "€"):
+        assert token in svg, token
 
 
 # ------------------------------------------------------------------------------------------------------------ terminal
