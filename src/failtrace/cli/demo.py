@@ -39,24 +39,14 @@ def toy_demo_source() -> tuple[Any, list[Any], dict[str, Any]]:
                                                                         "min_delta": 1.0, "max_positions": 16}
 
 
-def _report(st: Any, out: Path) -> Path | None:
-    """Build the report with the report package when it is present (it is a separate stage)."""
-    try:
-        import failtrace.report as report_pkg
-    except ImportError:
-        return None
-    from_store = getattr(report_pkg, "build_report_from_store", None)
-    if from_store is not None:  # the newest cases with graphs and overrides, status rows, pairs
-        return Path(from_store(st, out)[0])
-    build = getattr(report_pkg, "build_report", None)
-    if build is None:
-        return None
-    from failtrace.store.cases import load_cases
+def _report(st: Any, out: Path) -> Path:
+    """The report of the store (the newest cases with graphs and overrides, status rows, pairs)."""
+    from failtrace.report.build import build_report_from_store
 
-    return Path(build(load_cases(st, with_graph=True), st.status_rows(), out, pairs_rows=st.pairs()))
+    return Path(build_report_from_store(st, out)[0])
 
 
-def _print_summary(st: Any, run_id: str, report: Path | None, store_path: Path) -> None:
+def _print_summary(st: Any, run_id: str, report: Path, store_path: Path) -> None:
     from collections import Counter
 
     from rich.console import Console
@@ -84,11 +74,7 @@ def _print_summary(st: Any, run_id: str, report: Path | None, store_path: Path) 
     failed = sum(r.failed for r in rows)
     console.print(f"{failed} failures, {clean} clean -> {len(cases)} cases explained; store {store_path}",
                   highlight=False, markup=False)
-    if report is not None:
-        console.print(f"report: {report}", highlight=False, markup=False)
-    else:
-        console.print("report: not built (this installation has no failtrace.report.build_report)",
-                      highlight=False, markup=False)
+    console.print(f"report: {report}", highlight=False, markup=False)
 
 
 def demo_command(
