@@ -13,30 +13,14 @@ from typing import Any, Optional
 import typer
 
 
-
 def demo_source() -> tuple[Any, list[Any], dict[str, Any]]:
-    """(benchmark, items, settings) of the demo: the built-in ``demo`` benchmark and its ``DEMO_SETTINGS``.
-
-    Fallback while ``failtrace.benchmarks.demo`` is absent from this build: the toy benchmark's items (its checker
-    is a string rule; on the bundled model they fail but rarely give clean pairs). Named so a reader sees which.
-    """
-    try:
-        from failtrace.benchmarks.demo import DEMO_SETTINGS, demo_items
-    except ImportError:
-        return toy_demo_source()
+    """(benchmark, items, settings) of the demo: the built-in ``demo`` benchmark and its ``DEMO_SETTINGS``."""
+    from failtrace.benchmarks.demo import DEMO_SETTINGS, demo_items
     from failtrace.failures.collect import resolve_benchmark
 
     names = ("max_new_tokens", "top_k", "min_delta", "max_positions", "methods", "max_k", "ig_steps")
-    settings = {n: getattr(DEMO_SETTINGS, n) for n in names if hasattr(DEMO_SETTINGS, n)}
+    settings = {n: getattr(DEMO_SETTINGS, n) for n in names}
     return resolve_benchmark("demo"), list(demo_items()), settings
-
-
-def toy_demo_source() -> tuple[Any, list[Any], dict[str, Any]]:
-    """The stand-in demo source (toy benchmark) used only when the demo benchmark is not installed."""
-    from failtrace.testing.toy import ToyBenchmark, toy_items
-
-    return ToyBenchmark(mode="contains"), toy_items(6, needle="Mars"), {"max_new_tokens": 24, "top_k": 10,
-                                                                        "min_delta": 1.0, "max_positions": 16}
 
 
 def _report(st: Any, out: Path) -> Path:

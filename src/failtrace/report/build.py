@@ -219,12 +219,9 @@ def build_report_from_store(st: Any, out_dir: str | Path, *, benchmark: str | No
     (with their graphs and overrides), status rows and pairs, optionally one benchmark. Returns (index.html, cases)."""
     rows = st.status_rows()
     pairs = st.pairs()
-    try:
-        from failtrace.store.cases import load_cases
-    except ImportError:  # pragma: no cover - only before the cases stage is merged: Table 1 and statuses only
-        cases: list[Case] = []
-    else:
-        cases = load_cases(st, benchmark=benchmark, with_graph=graphs)
+    from failtrace.store.cases import load_cases
+
+    cases = load_cases(st, benchmark=benchmark, with_graph=graphs)
     from failtrace.store.comparisons import load_comparisons
 
     comparisons = [r for r in load_comparisons(st) if benchmark is None or r["benchmark"] == benchmark]
