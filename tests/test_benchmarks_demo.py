@@ -80,3 +80,14 @@ def test_registered_and_load_ignores_the_source() -> None:
     assert report.problems == []
     assert [it.id for it in bench.load("builtin", limit=3).items] == [it.id for it in ITEMS[:3]]
     assert all(it.benchmark == "demo" for it in report.items)
+
+
+def test_demo_command_source_is_the_demo_benchmark() -> None:
+    """What ``failtrace demo`` runs (the demo tests of the CLI replace it with toy items): the built-in benchmark,
+    its items and its settings, every setting a field of DemoSettings."""
+    from failtrace.cli.demo import demo_source
+
+    bench, items, settings = demo_source()
+    assert isinstance(bench, DemoBenchmark) and [it.id for it in items] == [it.id for it in ITEMS]
+    assert settings == {"max_new_tokens": DEMO_SETTINGS.max_new_tokens, "top_k": DEMO_SETTINGS.top_k,
+                        "min_delta": DEMO_SETTINGS.min_delta, "max_positions": DEMO_SETTINGS.max_positions}

@@ -18,9 +18,7 @@ def demo_source() -> tuple[Any, list[Any], dict[str, Any]]:
     from failtrace.benchmarks.demo import DEMO_SETTINGS, demo_items
     from failtrace.failures.collect import resolve_benchmark
 
-    names = ("max_new_tokens", "top_k", "min_delta", "max_positions", "methods", "max_k", "ig_steps")
-    settings = {n: getattr(DEMO_SETTINGS, n) for n in names}
-    return resolve_benchmark("demo"), list(demo_items()), settings
+    return resolve_benchmark("demo"), list(demo_items()), DEMO_SETTINGS.to_dict()
 
 
 def _report(st: Any, out: Path) -> Path:
