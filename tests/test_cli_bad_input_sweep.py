@@ -120,7 +120,7 @@ def test_answer_prefix_and_title_may_be_empty() -> None:
     import typer
 
     from failtrace.cli import app
-    from failtrace.cli.checks import refuse_empty_values
+    from failtrace.cli.options import refuse_empty_values
 
     command = typer.main.get_command(app)
     refuse_empty_values(command, ["attribute", "-p", "x", "--answer-prefix", ""])

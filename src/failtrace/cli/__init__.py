@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
-        from failtrace.cli.checks import refuse_empty_values
+        from failtrace.cli.options import refuse_empty_values
 
         refuse_empty_values(typer.main.get_command(app), list(sys.argv[1:] if argv is None else argv))
         code = app(args=argv, prog_name="failtrace", standalone_mode=False)

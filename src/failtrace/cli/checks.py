@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from failtrace.errors import FailtraceError
 
@@ -33,35 +32,6 @@ def _probe(folder: Path, option: str, target: Path) -> None:
     except OSError as exc:
         raise FailtraceError(f"cannot write {option} {target}: cannot create anything in {folder} "
                              f"({exc.strerror or exc}); choose a writable location") from None
-
-
-# Options whose empty value means something (no answer prefix, an empty title); every other one's is refused.
-EMPTY_ALLOWED = frozenset({"--answer-prefix", "--title"})
-
-
-def refuse_empty_values(command: Any, argv: list[str]) -> None:
-    """Refuse ``--option ""`` (or ``--option=``) for any option of the invoked sub-command that takes a value.
-
-    An empty string is never a useful model, store, path or layer range, and typer would silently turn it into a
-    default (``Path("")`` is ``.``, the current folder); this runs on the raw command line, before typer converts.
-    ``command`` is the click group built from the app.
-    """
-    sub = getattr(command, "commands", {}).get(argv[0]) if argv else None
-    if sub is None:
-        return
-    takes_value = {name for p in sub.params if getattr(p, "opts", None) and not getattr(p, "is_flag", False)
-                   and getattr(p, "param_type_name", "") == "option" for name in p.opts + p.secondary_opts}
-    i = 1
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "--":
-            return
-        name, eq, value = arg.partition("=")
-        if not eq and arg in takes_value:  # the next word is this option's value (whatever it looks like)
-            name, value, i = arg, (argv[i + 1] if i + 1 < len(argv) else None), i + 1
-        if name in takes_value and name not in EMPTY_ALLOWED and value == "":
-            raise FailtraceError(f"{name} is empty; give a value (see 'failtrace {argv[0]} --help')")
-        i += 1
 
 
 # Files DuckDB (and failtrace's lock) keep beside a store ``X``: ``X.wal`` is replayed when ``X`` opens, so anything
@@ -160,6 +130,6 @@ def check_not_the_store(path: Path, store: Path, option: str) -> None:
     out = Path(path).expanduser().resolve()
     store = Path(store).expanduser().resolve()
     same = out.exists() and store.exists() and os.path.samefile(out, store)  # a hard link too
-    if same or out in (store, store.with_name(store.name + ".wal"), store.with_name(store.name + ".lock")):
+    if same or out in (store, *(store.with_name(store.name + suffix) for suffix in STORE_COMPANIONS)):
         raise FailtraceError(f"{option} {path} is the results store's own file; give another path such as "
                              f"{store.parent / 'prefs.jsonl'}")

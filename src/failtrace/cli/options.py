@@ -1,4 +1,5 @@
-"""Options shared by the commands, and the checks that reject bad numbers while the command line is parsed.
+"""Options shared by the commands, and the checks that reject bad values while the command line is parsed (empty
+values on the raw command line; numbers in typer callbacks).
 
 The checks are typer callbacks: a bad value ends the command before any file is opened or model loaded, with
 ``error: Invalid value for '--ig-steps': ...`` naming the option, the value and what would be valid.
@@ -15,6 +16,35 @@ import typer
 from failtrace.errors import FailtraceError
 
 Check = Callable[..., Any]
+
+
+# Options whose empty value means something (no answer prefix, an empty title); every other one's is refused.
+EMPTY_ALLOWED = frozenset({"--answer-prefix", "--title"})
+
+
+def refuse_empty_values(command: Any, argv: list[str]) -> None:
+    """Refuse ``--option ""`` (or ``--option=``) for any option of the invoked sub-command that takes a value.
+
+    An empty string is never a useful model, store, path or layer range, and typer would silently turn it into a
+    default (``Path("")`` is ``.``, the current folder); this runs on the raw command line, before typer converts.
+    ``command`` is the click group built from the app.
+    """
+    sub = getattr(command, "commands", {}).get(argv[0]) if argv else None
+    if sub is None:
+        return
+    takes_value = {name for p in sub.params if getattr(p, "opts", None) and not getattr(p, "is_flag", False)
+                   and getattr(p, "param_type_name", "") == "option" for name in p.opts + p.secondary_opts}
+    i = 1
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            return
+        name, eq, value = arg.partition("=")
+        if not eq and arg in takes_value:  # the next word is this option's value (whatever it looks like)
+            name, value, i = arg, (argv[i + 1] if i + 1 < len(argv) else None), i + 1
+        if name in takes_value and name not in EMPTY_ALLOWED and value == "":
+            raise FailtraceError(f"{name} is empty; give a value (see 'failtrace {argv[0]} --help')")
+        i += 1
 
 
 def _bad(value: Any, valid: str) -> typer.BadParameter:
