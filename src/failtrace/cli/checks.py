@@ -34,9 +34,11 @@ def _probe(folder: Path, option: str, target: Path) -> None:
                              f"({exc.strerror or exc}); choose a writable location") from None
 
 
-# Files DuckDB (and failtrace's lock) keep beside a store ``X``: ``X.wal`` is replayed when ``X`` opens, so anything
-# else at that path (a folder, JSON) leaves the store unopenable; ``X.lock`` is the readers' and writer's lock.
-STORE_COMPANIONS = (".wal", ".lock")
+# Files kept beside a store ``X``, and why nothing else may take their path: DuckDB replays ``X.wal`` when ``X``
+# opens, and failtrace's readers and writer lock ``X.lock``.
+STORE_COMPANIONS = {".wal": "DuckDB replays it when the store opens, so anything else there leaves the store "
+                            "unopenable",
+                    ".lock": "the store's readers and writer lock it, so anything else there breaks that lock"}
 
 
 def check_not_store_companion(path: Path, option: str) -> None:
@@ -44,12 +46,12 @@ def check_not_store_companion(path: Path, option: str) -> None:
     from failtrace.store.connection import duckdb_header
 
     path = Path(path).expanduser()
-    for suffix in STORE_COMPANIONS:
+    for suffix, why in STORE_COMPANIONS.items():
         if path.name.endswith(suffix) and len(path.name) > len(suffix):
             store = path.with_name(path.name[: -len(suffix)])
             if duckdb_header(store):
-                raise FailtraceError(f"{option} {path} is the {suffix[1:]} file of the results store {store}; "
-                                     f"writing there would leave the store unopenable: give another path")
+                raise FailtraceError(f"{option} {path} is the {suffix[1:]} file of the results store {store} ({why}); "
+                                     f"give another path")
 
 
 def check_output_file(path: Path | None, option: str, example: str = "out.json") -> None:
