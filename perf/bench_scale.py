@@ -36,7 +36,7 @@ CORES = os.cpu_count() or 1
 
 
 def _toy_folder(folder: Path) -> Path:
-    from failtrace.testing.toy import toy_model, toy_tokenizer
+    from failtrace_testkit.toy import toy_model, toy_tokenizer
 
     toy_model(0, hidden_size=256, layers=4).save_pretrained(folder, safe_serialization=True)
     toy_tokenizer().save_pretrained(folder)
@@ -144,7 +144,7 @@ def _toy(args: argparse.Namespace, tmp: Path) -> None:
     from failtrace.failures.pairs import PairSettings, find_pairs
     from failtrace.models.loading import load_model
     from failtrace.scale import pairs_on_ray
-    from failtrace.testing.toy import ToyBenchmark, toy_items
+    from failtrace_testkit.toy import ToyBenchmark, toy_items
 
     folder = _toy_folder(tmp / "toy")
     lm = load_model(str(folder), progress=False)

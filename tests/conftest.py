@@ -84,7 +84,7 @@ def bundled() -> Any:
 def single_thread():
     """One torch thread for the test (the toy pair-search tests compare exact float64 results; opt in with
     ``pytestmark = pytest.mark.usefixtures("single_thread")``)."""
-    from failtrace.testing.toy import one_thread
+    from failtrace_testkit.toy import one_thread
 
     with one_thread():
         yield
@@ -100,7 +100,7 @@ def cli_env(tmp_path: Any, monkeypatch: pytest.MonkeyPatch, single_thread: None)
 @pytest.fixture(scope="module")
 def toy_lm() -> Any:
     """The float64 toy model with its byte-level tokenizer (seed 0), loaded once per test module."""
-    from failtrace.testing.toy import one_thread, toy_loaded
+    from failtrace_testkit.toy import one_thread, toy_loaded
 
     with one_thread():
         return toy_loaded(0, dtype="float64")

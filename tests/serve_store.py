@@ -11,7 +11,7 @@ from cases_toy import build_toy_store
 
 from failtrace.cases.analyse import analyse
 from failtrace.store import open_store
-from failtrace.testing.toy import one_thread
+from failtrace_testkit.toy import one_thread
 
 
 def analysed_toy_store(folder: Path, n_items: int = 8) -> dict[str, Any]:
@@ -37,7 +37,7 @@ def compared_toy_store(folder: Path, n_items: int = 8) -> dict[str, Any]:
     from failtrace.models.loading import load_model
     from failtrace.store.cases import load_cases
     from failtrace.store.comparisons import write_comparison
-    from failtrace.testing.toy import save_toy_model
+    from failtrace_testkit.toy import save_toy_model
 
     info = analysed_toy_store(folder, n_items)
     with one_thread():

@@ -15,7 +15,7 @@ import pytest
 from failtrace.cli import main
 from failtrace.store import open_store
 from failtrace.store.cases import load_cases
-from failtrace.testing.toy import ToyBenchmark, one_thread, toy_items
+from failtrace_testkit.toy import ToyBenchmark, one_thread, toy_items
 
 from cases_toy import BUDGET, PAIR_SETTINGS, _needles, build_toy_store
 

@@ -124,7 +124,7 @@ def test_tiny_model_ablating_the_view_nodes_reproduces_delta_after():
     from failtrace.analysis.categories import node_ablation
     from failtrace.cases.build import graph_record, logit_diff_fn
     from failtrace.graph.build import graph_from_ids
-    from failtrace.testing.tiny import tiny_model
+    from failtrace_testkit.tiny import tiny_model
 
     model = tiny_model("llama", layers=3)
     n = 14

@@ -11,14 +11,14 @@ import torch
 from failtrace.analysis.graph_summary import graph_summary, layer_bands
 from failtrace.graph import graph_from_ids
 from failtrace.graph.metrics import top_paths
-from failtrace.testing.tiny import tiny_model
+from failtrace_testkit.tiny import tiny_model
 
 N = 6
 
 
 @pytest.fixture(scope="module")
 def graph():
-    from failtrace.testing.toy import one_thread
+    from failtrace_testkit.toy import one_thread
 
     model = tiny_model("llama", layers=3)
     ids = torch.randint(3, 128, (N,), generator=torch.Generator().manual_seed(11)).tolist()

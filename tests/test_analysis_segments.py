@@ -28,7 +28,7 @@ from failtrace.benchmarks.base import Item
 from failtrace.benchmarks.humaneval import INSTRUCTION as HE_INSTRUCTION
 from failtrace.benchmarks.mathbench import INSTRUCTION as MATH_INSTRUCTION
 from failtrace.models.chat import apply_chat_template
-from failtrace.testing.toy import toy_tokenizer
+from failtrace_testkit.toy import toy_tokenizer
 
 DATA = Path(__file__).parent / "data"
 

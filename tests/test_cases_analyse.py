@@ -24,7 +24,7 @@ from failtrace.cases.settings import ALL_METHODS, CaseSettings
 from failtrace.models.fingerprint import model_fingerprint
 from failtrace.store import open_store
 from failtrace.store.cases import load_case_graph, load_cases
-from failtrace.testing.toy import one_thread, save_toy_model
+from failtrace_testkit.toy import one_thread, save_toy_model
 
 from cases_toy import build_toy_store
 

@@ -11,7 +11,7 @@ import torch
 
 from failtrace.models.fingerprint import file_digest, model_fingerprint, tensors_digest, weight_files
 from failtrace.models.loading import load_model
-from failtrace.testing.toy import save_toy_model, toy_loaded
+from failtrace_testkit.toy import save_toy_model, toy_loaded
 
 
 @pytest.fixture(autouse=True)

@@ -268,7 +268,7 @@ def test_pairs_top_k_beyond_the_vocabulary_records_nothing(toy: dict[str, Any], 
     from cases_toy import BUDGET
 
     from failtrace.failures.collect import register_benchmark
-    from failtrace.testing.toy import ToyBenchmark
+    from failtrace_testkit.toy import ToyBenchmark
 
     register_benchmark(ToyBenchmark(mode="prefix", max_new_tokens=BUDGET))  # the toy store's benchmark, for the CLI
     vocab = json.loads((toy["model_dir"] / "config.json").read_text())["vocab_size"]

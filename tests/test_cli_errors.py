@@ -23,7 +23,7 @@ import torch
 
 from failtrace.cli import main
 from failtrace.failures.collect import register_benchmark
-from failtrace.testing.toy import ToyBenchmark, one_thread, save_toy_model
+from failtrace_testkit.toy import ToyBenchmark, one_thread, save_toy_model
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 LONG = "a" * 100_000  # 100,000 byte tokens for the toy tokenizer; the toy model's context is 4,096

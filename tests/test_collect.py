@@ -16,7 +16,7 @@ from failtrace.failures.generation import (
     greedy_generate,
     naive_greedy,
 )
-from failtrace.testing.toy import ToyBenchmark, one_thread, toy_items, toy_loaded
+from failtrace_testkit.toy import ToyBenchmark, one_thread, toy_items, toy_loaded
 from failtrace.models.chat import apply_chat_template
 from failtrace.store import open_store
 

@@ -18,7 +18,7 @@ from failtrace.models.loading import load_model
 from failtrace.store import open_store
 from failtrace.store.cases import load_cases
 from failtrace.store.comparisons import load_comparisons
-from failtrace.testing.toy import one_thread, save_toy_model, toy_tokenizer
+from failtrace_testkit.toy import one_thread, save_toy_model, toy_tokenizer
 
 
 @pytest.fixture(autouse=True)

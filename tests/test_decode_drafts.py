@@ -14,8 +14,8 @@ import torch
 import failtrace.failures.decode as decode
 from failtrace.failures.generation import eos_token_ids, greedy_generate, naive_greedy, prefix_forward, rollouts_at
 from failtrace.failures.lookup import NGRAM_SIZES, NgramDrafts
-from failtrace.testing.tiny import tiny_model
-from failtrace.testing.toy import one_thread, toy_model
+from failtrace_testkit.tiny import tiny_model
+from failtrace_testkit.toy import one_thread, toy_model
 
 
 def _brute_propose(h: list[int], k: int, sizes: tuple[int, ...] = NGRAM_SIZES) -> list[int]:

@@ -86,7 +86,7 @@ def test_graph_outputs(tmp_path, capsys, bundled):
 def test_closed_form_fallback_exit_code(tmp_path, capsys):
     """A model the closed form does not cover (Gemma-2 soft-capping): packed is used, the CLI says so, exit 3."""
     import failtrace
-    from failtrace.testing.tiny import tiny_model
+    from failtrace_testkit.tiny import tiny_model
 
     tok = failtrace.load_model(progress=False).tokenizer
     model = tiny_model("gemma2", vocab=len(tok))

@@ -14,7 +14,7 @@ import torch
 from failtrace.graph import AttributionGraph, graph_from_ids
 from failtrace.graph import closed_form as cf_mod
 from failtrace.graph.edges_packed import PackedEdges
-from failtrace.testing.tiny import ARCHITECTURES, tiny_model
+from failtrace_testkit.tiny import ARCHITECTURES, tiny_model
 
 N_TOKENS = 10
 TOL = 2e-5  # relative to the transition's largest |edge|, float32

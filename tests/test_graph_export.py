@@ -12,7 +12,7 @@ import torch
 from failtrace.graph import AttributionGraph, graph_from_ids
 from failtrace.graph.export import SCHEMA, save_json, to_circuit_tracer, to_json
 from failtrace.graph.prune import connect
-from failtrace.testing.tiny import tiny_model
+from failtrace_testkit.tiny import tiny_model
 from failtrace.views.graph_interactive import graph_data, graph_html
 from failtrace.views.graph_static import graph_figure, save_graph_png
 

@@ -13,7 +13,7 @@ from failtrace.graph import AttributionGraph, PruneSpec, Stage, graph_from_ids, 
 from failtrace.graph.metrics import gini, top_paths, transition_metrics
 from failtrace.graph.prune import check_node_threshold
 from failtrace.graph.edgestore import EdgeAccumulator
-from failtrace.testing.tiny import tiny_model
+from failtrace_testkit.tiny import tiny_model
 
 
 def _edge_set(dense: np.ndarray, s: int, t: int, budget: int | None = None):

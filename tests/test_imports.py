@@ -130,3 +130,17 @@ def test_records_import_no_views_or_exports(record: str) -> None:
 @pytest.mark.parametrize("name", sorted(m for m in MODULES if not m.endswith(".__main__")))  # __main__ runs the CLI
 def test_every_module_imports(name: str) -> None:
     importlib.import_module(name)
+
+
+def test_library_never_imports_the_test_scaffolding() -> None:
+    """Test scaffolding lives outside the library (testkit/, package failtrace_testkit): no failtrace module may
+    import it, lazily or not, and the failtrace package holds no module of it."""
+    importers = []
+    for name, path in MODULES.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in _runtime_imports(tree) + [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]:
+            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            if any(m.split(".")[0] == "failtrace_testkit" for m in mods):
+                importers.append(name)
+    assert not importers, f"the library imports the test scaffolding: {sorted(set(importers))}"
+    assert not any(m.startswith("failtrace.testing") for m in MODULES)

@@ -9,8 +9,8 @@ from failtrace.failures.generation import eos_token_ids, greedy_generate, naive_
 from failtrace.failures.kvcache import cache_tensors, growing_layer, new_cache, select_rows
 import pytest
 
-from failtrace.testing.tiny import tiny_model
-from failtrace.testing.toy import one_thread, toy_loaded
+from failtrace_testkit.tiny import tiny_model
+from failtrace_testkit.toy import one_thread, toy_loaded
 
 
 def test_growing_layers_match_the_dynamic_cache_through_growth_and_row_selection() -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from failtrace.models.loading import _dequantized_copy
-from failtrace.testing.tiny import tiny_model
+from failtrace_testkit.tiny import tiny_model
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])

@@ -22,7 +22,7 @@ from failtrace.failures.generation import (
     rollouts,
 )
 from failtrace.failures.pairs import PairFinder, PairSettings, find_pairs
-from failtrace.testing.toy import ToyBenchmark, toy_items, toy_loaded
+from failtrace_testkit.toy import ToyBenchmark, toy_items, toy_loaded
 from failtrace.models.chat import apply_chat_template
 from failtrace.store import PAIR_STATUSES, open_store
 

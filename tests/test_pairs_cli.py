@@ -11,7 +11,7 @@ import pytest
 from failtrace.cli import main
 from failtrace.failures.collect import register_benchmark
 from failtrace.store import open_store
-from failtrace.testing.toy import ToyBenchmark, one_thread, save_toy_model, toy_tokenizer
+from failtrace_testkit.toy import ToyBenchmark, one_thread, save_toy_model, toy_tokenizer
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,7 @@ from failtrace.failures.pairs import PairFinder, PairSettings
 from failtrace.failures.prefix_rules import prefix_text
 from failtrace.failures.reference import exhaustive_search
 from failtrace.models.chat import apply_chat_template
-from failtrace.testing.toy import one_thread
+from failtrace_testkit.toy import one_thread
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ from failtrace.failures.judge import PositionJudge, candidates, locate, token_at
 from failtrace.failures.pairs import PairFinder, PairSettings
 from failtrace.failures.reference import _top, exhaustive_search
 from failtrace.models.chat import apply_chat_template
-from failtrace.testing.toy import ToyBenchmark, toy_items, toy_loaded
+from failtrace_testkit.toy import ToyBenchmark, toy_items, toy_loaded
 
 BUDGET, K, POSITIONS = 14, 3, 12
 

@@ -16,7 +16,7 @@ from failtrace.failures.order import ORDERS, rank_positions
 from failtrace.failures.pairs import PairFinder, PairSettings
 from failtrace.failures.reference import _top, exhaustive_search
 from failtrace.models.chat import apply_chat_template
-from failtrace.testing.toy import ToyBenchmark, one_thread, toy_items, toy_loaded
+from failtrace_testkit.toy import ToyBenchmark, one_thread, toy_items, toy_loaded
 
 BUDGET, K, POSITIONS = 14, 3, 10
 

@@ -23,7 +23,7 @@ from failtrace.failures.pairs import PairFinder, PairSettings, pair_run_record
 from failtrace.failures.reference import _top, exhaustive_search
 from failtrace.models.chat import apply_chat_template
 from failtrace.store.store import RunRecord
-from failtrace.testing.toy import ToyBenchmark, toy_items
+from failtrace_testkit.toy import ToyBenchmark, toy_items
 
 BUDGET = 16
 

@@ -13,7 +13,7 @@ import pytest
 
 from failtrace.cli import main
 from failtrace.failures.collect import register_benchmark
-from failtrace.testing.toy import ToyBenchmark, one_thread, save_toy_model
+from failtrace_testkit.toy import ToyBenchmark, one_thread, save_toy_model
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 

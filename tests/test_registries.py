@@ -11,7 +11,7 @@ from failtrace.attribution.methods import ATTRIBUTION_METHODS, MethodResult, get
 from failtrace.attribution.objective import OBJECTIVES, objective_value, register_objective
 from failtrace.errors import FailtraceError
 from failtrace.lrp.methods import LRP_METHODS
-from failtrace.testing.toy import toy_loaded
+from failtrace_testkit.toy import toy_loaded
 
 
 def test_every_lrp_method_is_an_attribution_method_and_a_graph_method() -> None:
@@ -84,7 +84,7 @@ def test_one_benchmark_registry_for_python_cli_and_pipeline() -> None:
     import importlib
 
     from failtrace.benchmarks import registry
-    from failtrace.testing.toy import ToyBenchmark
+    from failtrace_testkit.toy import ToyBenchmark
 
     collect_mod = importlib.import_module("failtrace.failures.collect")  # the package exports a function "collect"
 
@@ -92,7 +92,7 @@ def test_one_benchmark_registry_for_python_cli_and_pipeline() -> None:
     assert not hasattr(collect_mod, "EXTRA_BENCHMARKS")
     ready = ToyBenchmark(name="toy-ready")
     registry.register_benchmark(ready)
-    registry.register_benchmark("toy-built", "failtrace.testing.toy:ToyBenchmark")  # one line, lazy
+    registry.register_benchmark("toy-built", "failtrace_testkit.toy:ToyBenchmark")  # one line, lazy
     try:
         assert registry.get_benchmark("toy-ready") is ready
         built = registry.get_benchmark("TOY-built", name="toy-built", mode="contains")

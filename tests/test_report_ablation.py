@@ -60,7 +60,7 @@ def setup(tmp_path_factory):
     from failtrace.analysis.categories import node_ablation
     from failtrace.cases.build import graph_record, logit_diff_fn
     from failtrace.graph.build import graph_from_ids
-    from failtrace.testing.tiny import tiny_model
+    from failtrace_testkit.tiny import tiny_model
 
     nc = make_case(2, "ifeval", "NC-IA+M-AG", "URT", {"attnlrp": None})
     mia = make_case(2, "ifeval", "M-IA", "URT", {"attnlrp": 1}, seed=1)  # same tokens, another id

@@ -176,7 +176,7 @@ def test_page_is_self_contained(built):
 
 def test_stored_graph_is_drawn_and_budget_falls_back_to_files(tmp_path):
     from failtrace.graph.build import graph_from_ids
-    from failtrace.testing.tiny import tiny_model
+    from failtrace_testkit.tiny import tiny_model
 
     case = make_case(0, "ifeval", "M-IA", "URT", {"attnlrp": 1})
     n = len(case.token_ids)

@@ -31,7 +31,7 @@ from failtrace.cases.analyse import analyse
 from failtrace.cases.settings import CaseSettings
 from failtrace.scale import ModelSpec, WorkerPool, analyse_on_ray, ensure_ray
 from failtrace.store import open_store
-from failtrace.testing.toy import one_thread
+from failtrace_testkit.toy import one_thread
 
 from cases_toy import build_toy_store
 

@@ -27,7 +27,7 @@ from failtrace.failures.pairs import PairSettings, find_pairs
 from failtrace.models.loading import load_model
 from failtrace.scale import ModelSpec, WorkerPool, collect_on_ray, pairs_on_ray
 from failtrace.store import open_store
-from failtrace.testing.toy import ToyBenchmark, one_thread, save_toy_model, toy_items
+from failtrace_testkit.toy import ToyBenchmark, one_thread, save_toy_model, toy_items
 
 pytestmark = pytest.mark.slow
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -128,7 +128,7 @@ import ray
 from failtrace.failures.pairs import PairSettings
 from failtrace.scale import ModelSpec, WorkerPool, collect_on_ray, pairs_on_ray
 from failtrace.store import open_store
-from failtrace.testing.toy import ToyBenchmark, toy_items
+from failtrace_testkit.toy import ToyBenchmark, toy_items
 ray.init(address={address!r}, namespace="failtrace", log_to_driver=False)
 spec = ModelSpec({folder!r})
 pool = WorkerPool(spec, 2, name={pool!r})  # attaches to the running named workers

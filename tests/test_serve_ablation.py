@@ -22,7 +22,7 @@ from failtrace.serve.app import create_app  # noqa: E402
 from failtrace.serve.casedata import _ablation  # noqa: E402
 from failtrace.store import open_store  # noqa: E402
 from failtrace.store.cases import load_cases  # noqa: E402
-from failtrace.testing.toy import one_thread  # noqa: E402
+from failtrace_testkit.toy import one_thread  # noqa: E402
 
 
 @pytest.fixture(scope="module")

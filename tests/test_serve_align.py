@@ -81,7 +81,7 @@ def test_real_tokenizers_char_counts_land_exactly() -> None:
     from failtrace.attribution.inputs import decode_tokens
     from failtrace.models.chat import apply_chat_template
     from failtrace.models.loading import load_model
-    from failtrace.testing.toy import toy_tokenizer
+    from failtrace_testkit.toy import toy_tokenizer
 
     smol = load_model(progress=False).tokenizer
     toy = toy_tokenizer()

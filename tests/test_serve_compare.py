@@ -53,7 +53,7 @@ def client(cmp: dict[str, Any]):
 
 def test_case_compare_lists_every_row_with_its_values(client: TestClient, cmp: dict[str, Any]) -> None:
     assert client.get("/api/meta").json()["has_comparisons"] is True
-    from failtrace.testing.toy import toy_tokenizer
+    from failtrace_testkit.toy import toy_tokenizer
 
     toy = toy_tokenizer()
     n_models = 2 + len(cmp["checkpoints"])
@@ -124,7 +124,7 @@ def test_alternatives_equal_a_plain_forward(client: TestClient, cmp: dict[str, A
 
 def test_analyse_records_missing_alternatives(cmp: dict[str, Any], tmp_path: Path) -> None:
     from failtrace.cases.analyse import analyse
-    from failtrace.testing.toy import one_thread
+    from failtrace_testkit.toy import one_thread
 
     store = tmp_path / "old.duckdb"
     shutil.copy(cmp["store"], store)

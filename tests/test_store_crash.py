@@ -38,7 +38,7 @@ import os, sys
 sys.path.insert(0, {src!r})
 import torch
 torch.set_num_threads(1)
-from failtrace.testing.toy import ToyBenchmark, toy_items, toy_loaded
+from failtrace_testkit.toy import ToyBenchmark, toy_items, toy_loaded
 from failtrace.failures.collect import collect
 from failtrace.failures.pairs import PairSettings, find_pairs
 from failtrace.store import open_store

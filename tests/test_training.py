@@ -22,7 +22,7 @@ from failtrace.models.loading import load_model
 from failtrace.store import open_store
 from failtrace.store.cases import load_cases
 from failtrace.store.comparisons import load_comparisons
-from failtrace.testing.toy import one_thread, toy_model, toy_tokenizer
+from failtrace_testkit.toy import one_thread, toy_model, toy_tokenizer
 from failtrace.training.checkpoints import read_metadata
 from failtrace.training.data import split_cases
 from failtrace.training.finetune import FinetuneSettings, finetune
