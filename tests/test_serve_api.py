@@ -256,8 +256,14 @@ def test_cli_port_in_use_is_one_line(toy: dict[str, Any], capsys: pytest.Capture
         s.listen(1)
         port = s.getsockname()[1]
         assert main(["serve", "--store", str(toy["store"]), "--port", str(port)]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith(f"error: cannot serve on 127.0.0.1:{port}") and err.count("\n") == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: cannot serve on 127.0.0.1:{port}") and err.count("\n") == 1
+        # a missing store is named first, whatever the port; and --review on a busy port writes nothing
+        assert main(["serve", "--store", str(toy["store"]) + ".missing", "--port", str(port)]) == 2
+        assert capsys.readouterr().err.startswith("error: no results store")
+        assert main(["serve", "--store", str(toy["store"]), "--port", str(port), "--review"]) == 2
+        assert capsys.readouterr().err.startswith(f"error: cannot serve on 127.0.0.1:{port}")
+    assert sha256(toy["store"]) == toy["sha"] and not Path(str(toy["store"]) + ".wal").exists()
 
 
 def test_cli_serves_and_stops_on_sigint(toy: dict[str, Any]) -> None:

@@ -69,6 +69,12 @@ def load_static() -> dict[str, tuple[bytes, str]]:
     return out
 
 
+def require_store(path: Path) -> None:
+    """One clear line when there is no store at ``path`` (checked before anything is opened or bound)."""
+    if not path.exists():
+        raise FailtraceError(f"no results store at {path}; give the --store that `failtrace collect` wrote")
+
+
 class ServeState:
     """The open store and what the API needs to know about it."""
 
@@ -77,8 +83,7 @@ class ServeState:
         from failtrace.store.store import open_store
 
         path = Path(path)
-        if not path.exists():
-            raise FailtraceError(f"no results store at {path}; give the --store that `failtrace collect` wrote")
+        require_store(path)
         self.path = path
         self.review = review
         from failtrace.serve.queries import RowIndex

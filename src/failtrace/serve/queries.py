@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from failtrace.store.natural import natural_key
+
 # The newest analysis run per pair run (the rule of failtrace.store.cases.load_cases, latest=True), then its cases
 # with the newest override and the attnlrp k*.
 _CASES_CTE = """
@@ -119,6 +121,8 @@ class RowIndex:
         import duckdb
 
         self.mem = duckdb.connect(":memory:")
+        # the item column sorts in natural order (HumanEval/2 before HumanEval/10), by the report's own key
+        self.mem.create_function("natural_key", natural_key, ["VARCHAR"], "VARCHAR")
 
     def refresh(self, store_con: Any, has_cases: bool) -> int:
         """Recompute the join from the store (read through ``store_con``); returns the number of rows."""
@@ -126,7 +130,7 @@ class RowIndex:
         cur = self.mem.cursor()
         try:
             cur.register("joined", arrow)
-            cur.execute("CREATE OR REPLACE TABLE rows AS SELECT * FROM joined")
+            cur.execute("CREATE OR REPLACE TABLE rows AS SELECT *, natural_key(item_id) AS item_key FROM joined")
             cur.unregister("joined")
         finally:
             cur.close()
@@ -148,8 +152,9 @@ def table(con: Any, q: TableQuery) -> dict[str, Any]:
     where, params = _where(q)
     order = q.sort if q.sort in SORT_COLUMNS else "item_id"
     direction = "DESC" if q.desc else "ASC"
+    by = "item_key" if order == "item_id" else order  # natural order of item ids
     page = con.execute(f"SELECT {', '.join(COLUMNS)} FROM rows{where} "
-                       f"ORDER BY {order} {direction} NULLS LAST, run_id, item_id, pair_run_id "
+                       f"ORDER BY {by} {direction} NULLS LAST, run_id, item_key, pair_run_id "
                        f"LIMIT ? OFFSET ?", [*params, q.limit, q.offset])
     names = [d[0] for d in page.description]
     rows = [dict(zip(names, r)) for r in page.fetchall()]

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from failtrace.cases.record import CATEGORIES, Case, MaskingSpec, MethodResult
 from failtrace.errors import FailtraceError
+from failtrace.store.natural import natural_key
 
 if TYPE_CHECKING:  # type only: the store's export imports this module
     from failtrace.store.store import ResultsStore
@@ -133,7 +134,8 @@ def _latest_analyses(store: ResultsStore) -> set[tuple[str, str]]:
 
 def load_cases(store: ResultsStore, benchmark: str | None = None, model_fingerprint: str | None = None,
                analysis_id: str | None = None, latest: bool = True, with_graph: bool = False) -> list[Case]:
-    """Stored cases, ordered by benchmark, pair run and item, with their methods and newest override.
+    """Stored cases, ordered by benchmark, pair run and item (natural order: ``HumanEval/2`` before ``/10``), with
+    their methods and newest override.
 
     ``latest`` (default): only the newest analysis run of each pair run, so cases built with other settings or
     another model file are never mixed; ``latest=False`` returns every stored case. ``with_graph`` also loads each
@@ -149,6 +151,7 @@ def load_cases(store: ResultsStore, benchmark: str | None = None, model_fingerpr
             params.append(value)
     sql = "SELECT * FROM cases" + (" WHERE " + " AND ".join(where) if where else "")
     rows = store._rows(sql + " ORDER BY benchmark, pair_run_id, item_id, case_id", params)
+    rows.sort(key=lambda r: (r["benchmark"], r["pair_run_id"], natural_key(r["item_id"]), r["case_id"]))
     if latest and analysis_id is None:
         keep = _latest_analyses(store)
         rows = [r for r in rows if (r["pair_run_id"], r["analysis_id"]) in keep]
