@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from failtrace.cases.record import CATEGORIES  # the one list of category names (re-exported here)
 from failtrace.errors import FailtraceError
 from failtrace.lrp.patch import decoder_layers
 
-CATEGORIES: tuple[str, ...] = ("M-IA", "NC-IA+M-AG", "NC-IA+AG")
 DEFAULT_BUDGET = 10
 RULE = "zero the residual stream (decoder layer output) at (layer, position); cumulative, largest relevance first"
 

@@ -21,9 +21,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from failtrace.analysis.segments import normalize
+from failtrace.cases.record import PATTERNS  # the one list of pattern names (re-exported here)
 from failtrace.errors import FailtraceError
 
-PATTERNS: tuple[str, ...] = ("URT", "OIT", "URT+OIT", "none")
 THETA = 0.1
 THETA_SHARE = 0.05
 TOP_M = 3

@@ -20,6 +20,8 @@ from typing import Any
 # Masking rules for the flip search (see docs/ANALYSES.md): zero the input embeddings of the masked positions, or
 # replace their token ids by ``token_id``.
 MASK_RULES: tuple[str, ...] = ("zero-embedding", "replace")
+# The outcome categories and failure patterns (definitions: docs/ANALYSES.md); the one list of each, used by the
+# analyses that compute them, the store, the report and the explorer.
 CATEGORIES: tuple[str, ...] = ("M-IA", "NC-IA+M-AG", "NC-IA+AG")
 PATTERNS: tuple[str, ...] = ("URT", "OIT", "URT+OIT", "none")
 

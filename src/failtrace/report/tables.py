@@ -24,14 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from failtrace.cases.record import Case
+from failtrace.cases.record import CATEGORIES, PATTERNS, Case
+from failtrace.cases.settings import ALL_METHODS as METHODS  # the report's method order: analyse's list
 from failtrace.report._shared import normalize
 from failtrace.store.schema import PAIR_STATUSES
 from failtrace.store.store import StatusRow
 
-CATEGORIES: tuple[str, ...] = ("M-IA", "NC-IA+M-AG", "NC-IA+AG")
-PATTERNS: tuple[str, ...] = ("URT", "OIT", "URT+OIT", "none")
-METHODS: tuple[str, ...] = ("attnlrp", "cp-lrp", "gradxinput", "ig", "attention", "random")
 NON_CLEAN: tuple[str, ...] = tuple(s for s in PAIR_STATUSES if s != "clean")
 UNLABELLED = "unlabelled"  # a case without a category / pattern yet
 
