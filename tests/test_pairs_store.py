@@ -113,7 +113,7 @@ def test_status_shows_unbounded_and_the_decidable_clean_rate(tmp_path: Path, mon
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     from rich.console import Console
 
-    from failtrace.cli import pipeline
+    from failtrace.cli import status as status_cli
 
     path = tmp_path / "s.duckdb"
     with open_store(path) as st:
@@ -131,7 +131,7 @@ def test_status_shows_unbounded_and_the_decidable_clean_rate(tmp_path: Path, mon
             st.write_pair("p1", "c1", it.id, "toy", {"status": status, "rollouts": 1, "checks": 1,
                                                      "positions_walked": 1, "unverifiable_rollouts": 0,
                                                      "hit_length_limit": True, "continued": cont})
-    monkeypatch.setattr(pipeline, "_console", lambda stderr=False: Console(width=100))  # a 100-column terminal
+    monkeypatch.setattr(status_cli, "_console", lambda stderr=False: Console(width=100))  # a 100-column terminal
     assert main(["status", "--store", str(path)]) == 0
     out = capsys.readouterr().out
     assert max(map(len, out.splitlines())) <= 100

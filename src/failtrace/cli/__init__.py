@@ -28,6 +28,7 @@ app = typer.Typer(
 _COMMAND_MODULES = (
     "failtrace.cli.attribute",
     "failtrace.cli.pipeline",
+    "failtrace.cli.status",
     "failtrace.cli.graph",
     "failtrace.cli.analyse",
     "failtrace.cli.report",

@@ -1,4 +1,4 @@
-"""``failtrace collect | pairs | status | export``: the failure pipeline over a results store.
+"""``failtrace collect | pairs | export``: the failure pipeline over a results store (``status``: cli/status.py).
 
 Every command that writes is resumable: rerunning it skips what is already committed. Bad input raises
 :class:`~failtrace.errors.FailtraceError` (one line on stderr, exit code 2).
@@ -7,9 +7,6 @@ Every command that writes is resumable: rerunning it skips what is already commi
 from __future__ import annotations
 
 import contextlib
-import shutil
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
@@ -17,38 +14,13 @@ import typer
 
 from failtrace.cli import options as opts
 from failtrace.cli.checks import check_output_dir, check_store_path
-from failtrace.errors import FailtraceError, one_line
+from failtrace.cli.console import console as _console
+from failtrace.cli.console import fmt as _fmt
+from failtrace.cli.console import store_errors as _store_errors
+from failtrace.errors import FailtraceError
 from failtrace.store.store import DEFAULT_STORE
 
 _MAX_PROBLEMS_SHOWN = 20
-
-
-def _console(stderr: bool = False) -> Any:
-    from rich.console import Console
-
-    stream = sys.stderr if stderr else sys.stdout
-    width = shutil.get_terminal_size((200, 24)).columns if stream.isatty() else 200
-    return Console(file=stream, width=max(width, 100), soft_wrap=False)
-
-
-@contextlib.contextmanager
-def _store_errors(store: Path) -> Iterator[None]:
-    """A DuckDB error while using an open store (a damaged page, a full disk) as one line naming the store."""
-    try:
-        yield
-    except Exception as exc:
-        import duckdb
-
-        if not isinstance(exc, duckdb.Error):
-            raise
-        first = one_line(str(exc).split("\n")[0])[:300]
-        raise FailtraceError(f"results store {store} could not be used ({type(exc).__name__}: {first}); it may be "
-                             f"damaged, on a full disk, or not a failtrace store. Use another --store, or restore "
-                             f"it from a copy") from None
-
-
-def _fmt(x: float | None, digits: int = 1) -> str:
-    return "-" if x is None else f"{x:.{digits}f}"
 
 
 def _warn_problems(problems: list[str]) -> None:
@@ -253,117 +225,6 @@ def pairs_command(
                f"in {summary.seconds:.1f} s" + (f" on {workers} Ray workers" if workers else "") + f" -> {store}")
 
 
-def status_command(
-    store: Path = typer.Option(Path(DEFAULT_STORE), "--store", "-s", help="Results store."),
-) -> None:
-    """Counts per benchmark and model: items, passes, failures, pair statuses, length-limit outcomes, clean rates
-    (over all failures and over decidable ones), average tokens."""
-    from failtrace.store.store import open_store
-
-    check_store_path(store, create=False)
-    with _store_errors(store), open_store(store, read_only=True) as st:
-        rows = st.status_rows()
-        snapshot = st.is_snapshot
-    con = _console()
-    if not rows:
-        con.print(f"{store}: no collection runs yet")
-        return
-    runs = list({r.run_id: r for r in rows}.values())  # a collection run with two pair runs has two status rows
-    number = {r.run_id: n for n, r in enumerate(runs, 1)}
-    con.print(_runs_table(runs, f"failtrace status: {store}" + (" (snapshot: a run is writing it)" if snapshot
-                                                                  else "")))
-    paired = [r for r in rows if r.pair_run_id is not None]
-    labels = [_pair_label(number[r.run_id], r, paired) for r in paired]
-    if paired:
-        con.print(_pairs_table(list(zip(labels, paired))))
-        for label, r in zip(labels, paired):
-            con.print(f"pair settings #{label}: {_pair_settings(r)}", highlight=False)
-
-
-def _pair_label(n: int, row: Any, paired: list[Any]) -> str:
-    """``n`` for a collection run's only pair run; ``na``, ``nb``, ... when it has several (other settings)."""
-    mine = [r.pair_run_id for r in paired if r.run_id == row.run_id]
-    return str(n) if len(mine) == 1 else f"{n}{chr(ord('a') + mine.index(row.pair_run_id) % 26)}"
-
-
-def _runs_table(runs: list[Any], title: str) -> Any:
-    """One row per collection run, numbered (the pair table below refers to the numbers)."""
-    from rich.table import Table
-
-    table = Table(title=title, title_justify="left", pad_edge=False)
-    cells = [[str(n), r.benchmark, r.model, str(r.items), str(r.generated), str(r.passed), str(r.failed),
-              str(r.unverifiable), _fmt(r.avg_prompt_tokens), _fmt(r.avg_completion_tokens)]
-             for n, r in enumerate(runs, 1)]
-    _columns(table, ["#", "benchmark", "model", "items", "generated", "passed", "failed", "unverif.",
-                     "avg\nprompt\ntokens", "avg\ncompl.\ntokens"], text=("benchmark", "model"))
-    for row in cells:
-        table.add_row(*row)
-    return table
-
-
-def _pairs_table(paired: list[tuple[str, Any]]) -> Any:
-    """Each pair run, labelled by its collection run's number in the table above: one status per failure, the
-    length-limit outcomes, both clean rates (the settings are printed below it). Not one table with the runs:
-    together they would not fit a 100-column terminal without cutting numbers."""
-    from rich.table import Table
-
-    from failtrace.store.schema import PAIR_STATUSES
-
-    short = {"clean": "clean", "no_target": "no\ntgt", "no_contrast": "no\nctr", "weak_preference": "weak",
-             "unbounded": "unbnd", "unverifiable": "unver"}
-    table = Table(title="pair search (one status per failure)", title_justify="left", caption_justify="left",
-                  pad_edge=False)
-    cells = [[label, f"{sum(r.pairs.values())}/{r.failed}", *_pair_cells(r)] for label, r in paired]
-    _columns(table, ["#", "paired/\nfailed", *(short[s] for s in PAIR_STATUSES), "limit\nhit", "cont.\npass",
-                     "cont.\nfail", "clean\nrate", "clean\nrate\ndecid."])
-    for row in cells:
-        table.add_row(*row)
-    table.caption = ("paired/failed: failures with a pair status so far (fewer while a run is partial, e.g. "
-                     "--limit or --item); unbnd: hit the token limit and never decided (not counted as "
-                     "decidable); limit hit: paired failures whose completion hit the limit; cont. pass / cont. fail: "
-                     "of those, continued to the rollout budget (--rollout-tokens), passed (an artefact of the "
-                     "budget, still unbnd) / stopped and still failed (a real failure, searched); clean rate = clean "
-                     "/ failed; clean rate decid. = clean / (failed - unbnd), over the decidable failures")
-    return table
-
-
-def _columns(table: Any, names: list[str], text: tuple[str, ...] = ()) -> None:
-    """Numbers right-aligned and never wrapped (headers are split on lines to keep them narrow); ``text`` columns
-    left-aligned and folded, not cut, when the terminal is narrow: rich narrows those first."""
-    for name in names:
-        if name in text:
-            table.add_column(name, justify="left", overflow="fold")
-        else:
-            table.add_column(name, justify="right", no_wrap=True)
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
-
-
-def _pair_cells(r: Any) -> list[str]:
-    """Pair status counts, the length-limit counts and both clean rates of a status row ('-' without pairs)."""
-    from failtrace.store.schema import PAIR_STATUSES
-
-    if r.pair_run_id is None:
-        return ["-"] * (len(PAIR_STATUSES) + 5)
-    counts = [str(r.pairs.get(s, 0)) for s in PAIR_STATUSES]
-    limit = ["-" if v is None else str(v) for v in (r.limit_hit, r.continued_pass, r.continued_fail)]
-    return [*counts, *limit, _pct(r.clean_rate), _pct(r.decidable_clean_rate)]
-
-
-def _pair_settings(r: Any) -> str:
-    if r.pair_run_id is None:
-        return "(no pairs run)"
-    ps = r.pair_settings
-    settings = f"k={ps.get('top_k')} Δ>{ps.get('min_delta')} pos≤{ps.get('max_positions')}"
-    if ps.get("rollout_tokens") and ps.get("rollout_tokens") != ps.get("max_new_tokens"):
-        settings += f" rollout≤{ps['rollout_tokens']}"
-    if ps.get("helper_model"):
-        settings += f" sibling={ps['helper_model']}"
-    return settings
-
-
 def export_command(
     store: Path = typer.Option(Path(DEFAULT_STORE), "--store", "-s", help="Results store."),
     fmt: str = typer.Option(..., "--format", "-f", callback=opts.one_of(("parquet", "jsonl"), lower=True),
@@ -384,5 +245,4 @@ def register(app: typer.Typer) -> None:
     """Add the pipeline commands to the ``failtrace`` app."""
     app.command("collect")(collect_command)
     app.command("pairs")(pairs_command)
-    app.command("status")(status_command)
     app.command("export")(export_command)

@@ -219,6 +219,37 @@ def set_override(store: ResultsStore, case_id: str, category: str, reason: str) 
     return {"case_id": cid, **row}
 
 
+def case_summaries(store: ResultsStore) -> dict[str, dict[str, Any]]:
+    """Per pair run, its newest analysis (the cases :func:`load_cases` returns) in a few numbers, read without the
+    relevance arrays: ``cases``, ``categories`` and ``patterns`` (name -> count; a person's override wins, as in the
+    report), ``mean_delta`` (Δℓ), ``flipped`` (AttnLRP k* found within K) and ``median_k`` (over those)."""
+    if not has_case_tables(store):
+        return {}
+    keep = _latest_analyses(store)
+    overrides = current_overrides(store)
+    rows = store.con.execute(
+        "SELECT c.pair_run_id, c.analysis_id, c.case_id, c.category, c.pattern, c.delta_logit, m.flip_k FROM cases c "
+        "LEFT JOIN case_methods m ON m.case_id = c.case_id AND m.method = 'attnlrp'").fetchall()
+    out: dict[str, dict[str, Any]] = {}
+    for pair_run, analysis, cid, category, pattern, delta, k in rows:
+        if (pair_run, analysis) not in keep:
+            continue
+        s = out.setdefault(pair_run, {"cases": 0, "categories": {}, "patterns": {}, "deltas": [], "ks": []})
+        s["cases"] += 1
+        category = overrides[cid]["category"] if cid in overrides else category
+        s["categories"][category] = s["categories"].get(category, 0) + 1
+        s["patterns"][pattern] = s["patterns"].get(pattern, 0) + 1
+        s["deltas"].append(float(delta))
+        if k is not None:
+            s["ks"].append(int(k))
+    for s in out.values():
+        deltas, ks = s.pop("deltas"), sorted(s.pop("ks"))
+        s["mean_delta"] = sum(deltas) / len(deltas)
+        s["flipped"] = len(ks)
+        s["median_k"] = None if not ks else (ks[(len(ks) - 1) // 2] + ks[len(ks) // 2]) / 2
+    return out
+
+
 def current_overrides(store: ResultsStore) -> dict[str, dict[str, Any]]:
     """case id -> its newest override {category, reason, created_at (ISO text)}."""
     out: dict[str, dict[str, Any]] = {}

@@ -1,0 +1,42 @@
+"""What the store commands share for output: a rich console sized to the terminal, one-line store errors, numbers."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from failtrace.errors import FailtraceError, one_line
+
+
+def console(stderr: bool = False) -> Any:
+    """A rich console as wide as the terminal (at least 100 columns; 200 when not a terminal), never soft-wrapped."""
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    width = shutil.get_terminal_size((200, 24)).columns if stream.isatty() else 200
+    return Console(file=stream, width=max(width, 100), soft_wrap=False)
+
+
+@contextlib.contextmanager
+def store_errors(store: Path) -> Iterator[None]:
+    """A DuckDB error while using an open store (a damaged page, a full disk) as one line naming the store."""
+    try:
+        yield
+    except Exception as exc:
+        import duckdb
+
+        if not isinstance(exc, duckdb.Error):
+            raise
+        first = one_line(str(exc).split("\n")[0])[:300]
+        raise FailtraceError(f"results store {store} could not be used ({type(exc).__name__}: {first}); it may be "
+                             f"damaged, on a full disk, or not a failtrace store. Use another --store, or restore "
+                             f"it from a copy") from None
+
+
+def fmt(x: float | None, digits: int = 1) -> str:
+    """``x`` with ``digits`` decimals, ``-`` for None."""
+    return "-" if x is None else f"{x:.{digits}f}"

@@ -1,0 +1,170 @@
+"""``failtrace status``: what a results store holds, run by run: collection, pair search, analysed cases.
+
+Three tables, numbered by collection run: the runs (items, passes, failures, tokens), each pair run's statuses and
+clean rates, and each pair run's newest analysis (categories, patterns, Δℓ, AttnLRP k*), so one command says how far
+a study has got. Read-only: a store being written is read from a consistent snapshot.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from failtrace.cli.checks import check_store_path
+from failtrace.cli.console import console as _console
+from failtrace.cli.console import fmt as _fmt
+from failtrace.cli.console import store_errors as _store_errors
+from failtrace.store.store import DEFAULT_STORE
+
+
+def status_command(
+    store: Path = typer.Option(Path(DEFAULT_STORE), "--store", "-s", help="Results store."),
+) -> None:
+    """Counts per benchmark and model: items, passes, failures, pair statuses, length-limit outcomes, clean rates
+    (over all failures and over decidable ones), average tokens; and the analysed cases' categories and patterns."""
+    from failtrace.store.cases import case_summaries
+    from failtrace.store.store import open_store
+
+    check_store_path(store, create=False)
+    with _store_errors(store), open_store(store, read_only=True) as st:
+        rows = st.status_rows()
+        cases = case_summaries(st)
+        snapshot = st.is_snapshot
+    con = _console()
+    if not rows:
+        con.print(f"{store}: no collection runs yet")
+        return
+    runs = list({r.run_id: r for r in rows}.values())  # a collection run with two pair runs has two status rows
+    number = {r.run_id: n for n, r in enumerate(runs, 1)}
+    con.print(_runs_table(runs, f"failtrace status: {store}" + (" (snapshot: a run is writing it)" if snapshot
+                                                                  else "")))
+    paired = [r for r in rows if r.pair_run_id is not None]
+    labels = [_pair_label(number[r.run_id], r, paired) for r in paired]
+    if paired:
+        con.print(_pairs_table(list(zip(labels, paired))))
+        for label, r in zip(labels, paired):
+            con.print(f"pair settings #{label}: {_pair_settings(r)}", highlight=False)
+    analysed = [(label, cases[r.pair_run_id]) for label, r in zip(labels, paired) if r.pair_run_id in cases]
+    if analysed:
+        con.print(_cases_table(analysed))
+    else:
+        con.print("no analysed cases yet (`failtrace analyse` explains the clean pairs)", highlight=False)
+
+
+def _pair_label(n: int, row: Any, paired: list[Any]) -> str:
+    """``n`` for a collection run's only pair run; ``na``, ``nb``, ... when it has several (other settings)."""
+    mine = [r.pair_run_id for r in paired if r.run_id == row.run_id]
+    return str(n) if len(mine) == 1 else f"{n}{chr(ord('a') + mine.index(row.pair_run_id) % 26)}"
+
+
+def _runs_table(runs: list[Any], title: str) -> Any:
+    """One row per collection run, numbered (the pair table below refers to the numbers)."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", pad_edge=False)
+    cells = [[str(n), r.benchmark, r.model, str(r.items), str(r.generated), str(r.passed), str(r.failed),
+              str(r.unverifiable), _fmt(r.avg_prompt_tokens), _fmt(r.avg_completion_tokens)]
+             for n, r in enumerate(runs, 1)]
+    _columns(table, ["#", "benchmark", "model", "items", "generated", "passed", "failed", "unverif.",
+                     "avg\nprompt\ntokens", "avg\ncompl.\ntokens"], text=("benchmark", "model"))
+    for row in cells:
+        table.add_row(*row)
+    return table
+
+
+def _pairs_table(paired: list[tuple[str, Any]]) -> Any:
+    """Each pair run, labelled by its collection run's number in the table above: one status per failure, the
+    length-limit outcomes, both clean rates (the settings are printed below it). Not one table with the runs:
+    together they would not fit a 100-column terminal without cutting numbers."""
+    from rich.table import Table
+
+    from failtrace.store.schema import PAIR_STATUSES
+
+    short = {"clean": "clean", "no_target": "no\ntgt", "no_contrast": "no\nctr", "weak_preference": "weak",
+             "unbounded": "unbnd", "unverifiable": "unver"}
+    table = Table(title="pair search (one status per failure)", title_justify="left", caption_justify="left",
+                  pad_edge=False)
+    cells = [[label, f"{sum(r.pairs.values())}/{r.failed}", *_pair_cells(r)] for label, r in paired]
+    _columns(table, ["#", "paired/\nfailed", *(short[s] for s in PAIR_STATUSES), "limit\nhit", "cont.\npass",
+                     "cont.\nfail", "clean\nrate", "clean\nrate\ndecid."])
+    for row in cells:
+        table.add_row(*row)
+    table.caption = ("paired/failed: failures with a pair status so far (fewer while a run is partial, e.g. "
+                     "--limit or --item); unbnd: hit the token limit and never decided (not counted as "
+                     "decidable); limit hit: paired failures whose completion hit the limit; cont. pass / cont. fail: "
+                     "of those, continued to the rollout budget (--rollout-tokens), passed (an artefact of the "
+                     "budget, still unbnd) / stopped and still failed (a real failure, searched); clean rate = clean "
+                     "/ failed; clean rate decid. = clean / (failed - unbnd), over the decidable failures")
+    return table
+
+
+def _columns(table: Any, names: list[str], text: tuple[str, ...] = ()) -> None:
+    """Numbers right-aligned and never wrapped (headers are split on lines to keep them narrow); ``text`` columns
+    left-aligned and folded, not cut, when the terminal is narrow: rich narrows those first."""
+    for name in names:
+        if name in text:
+            table.add_column(name, justify="left", overflow="fold")
+        else:
+            table.add_column(name, justify="right", no_wrap=True)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _pair_cells(r: Any) -> list[str]:
+    """Pair status counts, the length-limit counts and both clean rates of a status row ('-' without pairs)."""
+    from failtrace.store.schema import PAIR_STATUSES
+
+    if r.pair_run_id is None:
+        return ["-"] * (len(PAIR_STATUSES) + 5)
+    counts = [str(r.pairs.get(s, 0)) for s in PAIR_STATUSES]
+    limit = ["-" if v is None else str(v) for v in (r.limit_hit, r.continued_pass, r.continued_fail)]
+    return [*counts, *limit, _pct(r.clean_rate), _pct(r.decidable_clean_rate)]
+
+
+def _pair_settings(r: Any) -> str:
+    if r.pair_run_id is None:
+        return "(no pairs run)"
+    ps = r.pair_settings
+    settings = f"k={ps.get('top_k')} Δ>{ps.get('min_delta')} pos≤{ps.get('max_positions')}"
+    if ps.get("rollout_tokens") and ps.get("rollout_tokens") != ps.get("max_new_tokens"):
+        settings += f" rollout≤{ps['rollout_tokens']}"
+    if ps.get("helper_model"):
+        settings += f" sibling={ps['helper_model']}"
+    return settings
+
+
+def _cases_table(analysed: list[tuple[str, dict[str, Any]]]) -> Any:
+    """Each pair run's newest analysis (labelled like the pair table): case count, categories (a person's override
+    wins, as in the report), patterns, mean Δℓ, and AttnLRP's k* (how many flip within K, their median)."""
+    from rich.table import Table
+
+    from failtrace.cases.record import CATEGORIES, PATTERNS
+
+    table = Table(title="analysed cases (newest analysis of each pair run)", title_justify="left",
+                  caption_justify="left", pad_edge=False)
+    cells = []
+    for label, s in analysed:
+        cats = [str(s["categories"].get(c, 0)) for c in CATEGORIES]
+        pats = [str(s["patterns"].get(p, 0)) for p in PATTERNS]
+        cells.append([label, str(s["cases"]), *cats, *pats, f"{s['mean_delta']:+.2f}", f"{s['flipped']}/{s['cases']}",
+                      _fmt(s["median_k"])])
+    _columns(table, ["#", "cases", *(c.replace("+", "+\n") for c in CATEGORIES), *(p.replace("+", "+\n")
+                                                                                  for p in PATTERNS),
+                     "mean\nΔℓ", "k*\nfound", "median\nk*"])
+    for row in cells:
+        table.add_row(*row)
+    table.caption = ("M-IA: masking <= k_ia top input tokens flips it; NC-IA+M-AG: only ablating top graph nodes "
+                     "does; NC-IA+AG: neither. URT: the relevant segment does not push against the target; OIT: an "
+                     "irrelevant token is among its strongest supporters. k* found: cases whose AttnLRP k* (fewest "
+                     "top tokens masked to flip it) is within K; median k* over those. `failtrace report` shows "
+                     "each case")
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``status`` to the ``failtrace`` app."""
+    app.command("status")(status_command)

@@ -1,0 +1,88 @@
+"""`failtrace status`'s analysed-cases table against the cases read independently (load_cases, each case's own
+category, override, pattern, Δℓ and AttnLRP flip curve), before and after a person's override; a store with pairs but
+no analysis says so."""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from serve_store import analysed_toy_store  # noqa: E402
+
+from failtrace.cases.record import CATEGORIES, PATTERNS  # noqa: E402
+from failtrace.cli import main  # noqa: E402
+from failtrace.store import open_store  # noqa: E402
+from failtrace.store.cases import load_cases  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return analysed_toy_store(tmp_path_factory.mktemp("status"))
+
+
+def _status(path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> str:
+    from rich.console import Console
+
+    from failtrace.cli import status as status_cli
+
+    monkeypatch.setattr(status_cli, "_console", lambda stderr=False: Console(width=100))
+    assert main(["status", "--store", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert max(map(len, out.splitlines())) <= 100
+    return out
+
+
+def _expected(path: Path) -> list[str]:
+    """The table's row for the (only) pair run, computed from the cases themselves."""
+    with open_store(path, read_only=True) as st:
+        cases = load_cases(st)
+    cats = Counter(c.effective_category for c in cases)
+    pats = Counter(c.pattern for c in cases)
+    ks = [c.methods["attnlrp"].flip_k for c in cases]
+    found = [k for k in ks if k is not None]
+    mean = sum(c.delta_logit for c in cases) / len(cases)
+    return ["1", str(len(cases)), *(str(cats[c]) for c in CATEGORIES), *(str(pats[p]) for p in PATTERNS),
+            f"{mean:+.2f}", f"{len(found)}/{len(cases)}", f"{statistics.median(found):.1f}" if found else "-"]
+
+
+def _cases_row(out: str) -> list[str]:
+    rows = [[c.strip() for c in x.split("│") if c.strip()] for x in out.splitlines() if x.startswith("│1 ")]
+    assert len(rows) == 3  # runs, pairs, cases
+    return rows[2]
+
+
+def test_cases_table_matches_the_cases(toy: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "runs.duckdb"
+    shutil.copy(toy["store"], path)
+    out = _status(path, capsys, monkeypatch)
+    assert "analysed cases" in out and _cases_row(out) == _expected(path)
+    with open_store(path, read_only=True) as st:
+        case = load_cases(st)[0]
+    other = next(c for c in CATEGORIES if c != case.category)
+    assert main(["override", "--store", str(path), "--case", case.case_id, "--category", other,
+                 "--reason", "checked by hand"]) == 0
+    capsys.readouterr()
+    row = _cases_row(_status(path, capsys, monkeypatch))
+    assert row == _expected(path)
+    with open_store(path, read_only=True) as st:
+        computed = Counter(c.category for c in load_cases(st))
+    assert row[2:5] != [str(computed[c]) for c in CATEGORIES]  # the override is counted, not the computed category
+
+
+def test_pairs_without_analysis_say_so(toy: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "runs.duckdb"
+    shutil.copy(toy["store"], path)
+    with open_store(path) as st:
+        for table in ("case_methods", "case_graphs", "overrides", "cases"):
+            st.con.execute(f"DELETE FROM {table}")
+    out = _status(path, capsys, monkeypatch)
+    assert "no analysed cases yet" in out and "analysed cases (" not in out
