@@ -64,6 +64,35 @@ def test_analyse_then_rerun_then_override(toy: dict[str, Any], capsys: pytest.Ca
     assert back.override["reason"] == "the flip needs a token the model never reads"
 
 
+def test_mask_template_keeps_template_text_maskable(toy: dict[str, Any], tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """By default the chat template's text is never masked; --mask-template is the older rule: a separate analysis
+    (another case id) whose top-k may pick it. Both orders recomputed by hand from the stored relevance and spans."""
+    import shutil
+
+    store = tmp_path / "s.duckdb"
+    shutil.copy(toy["store"], store)
+    picked = {}
+    for extra in ([], ["--mask-template"]):
+        assert main(["analyse", "--store", str(store), "--methods", "attnlrp", "--max-k", "10", "--no-progress",
+                     *extra]) == 0
+        capsys.readouterr()
+        with open_store(store, read_only=True) as st:
+            cases = load_cases(st)
+        skip = not extra
+        assert cases and all(c.masking.skip_template is skip for c in cases)
+        for c in cases:
+            rel = c.methods["attnlrp"].input_relevance
+            template = {i for s, e in c.segments.get("special", []) for i in range(s, e)}
+            free = [i for i in range(len(rel)) if rel[i] > 0 and not c.special_mask[i]
+                    and not (skip and i in template)]
+            order = sorted(free, key=lambda i: (-rel[i], i))[:10]
+            assert len(c.methods["attnlrp"].flip_curve) == len(order) + 1
+            picked.setdefault(c.item_id, {})[skip] = set(order) & template
+    assert all(not p[True] for p in picked.values())  # the default never picks template text
+    assert any(p[False] for p in picked.values())  # the older rule does, on these cases
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--methods", "bogus"], "unknown method 'bogus'"),
     (["--methods", "ig,random"], "must include attnlrp"),

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from failtrace.analysis.masking import flip_search, top_positions
+from failtrace.analysis.masking import flip_search, never_masked, top_positions
 from failtrace.cases.record import MaskingSpec
 from failtrace.errors import FailtraceError
 
@@ -104,3 +104,36 @@ def test_bad_specs(tiny):
         flip_search(model, [5, 6, 7], [1, 1, 1], [False] * 3, 1, 2, MaskingSpec(rule="replace"))
     with pytest.raises(FailtraceError, match="relevance has 2 values for 3 tokens"):
         flip_search(model, [5, 6, 7], [1, 1], [False] * 3, 1, 2, MaskingSpec())
+
+
+def test_never_masked_adds_the_template_text_to_the_special_ids():
+    special = [True, False, False, False, False, True, False]
+    labels = ["special", "special", "system", "query", "instruction", "special", "special"]
+    assert never_masked(special, labels, MaskingSpec()) == [True, True, False, False, False, True, True]
+    assert never_masked(special, labels, MaskingSpec(skip_template=False)) == special
+    assert never_masked(special, None, MaskingSpec(skip_template=False)) == special
+    with pytest.raises(FailtraceError, match="one segment label per token"):
+        never_masked(special, labels[:-1], MaskingSpec())
+    # a spec stored before the option existed masked template text: it reads back as such
+    assert MaskingSpec.from_dict({"rule": "zero-embedding", "token_id": None, "max_k": 4}).skip_template is False
+    assert MaskingSpec.from_dict(MaskingSpec(max_k=4).to_dict()) == MaskingSpec(max_k=4)
+
+
+def test_the_bundled_chat_template_header_is_never_masked(bundled):
+    """SmolLM2's chat template puts ``<|im_start|>assistant\\n`` right before the prediction: those tokens are labelled
+    ``special`` and never masked, the user's question is."""
+    import failtrace
+    from failtrace.analysis.segments import segment_labels
+    from failtrace.benchmarks.base import Item
+
+    question = "What is the capital of France? Answer in one word."
+    attr = failtrace.attribute(bundled, question, chat=True, target=" Paris", contrast=" Lyon")
+    labels = segment_labels(bundled.tokenizer, attr.token_ids, attr.special_mask, len(attr.token_ids),
+                            Item(id="q", benchmark="demo", prompt=question))
+    fixed = never_masked(attr.special_mask, labels, MaskingSpec())
+    assert "".join(attr.tokens[-3:]) == "assistant\n" and fixed[-3:] == [True, True, True]
+    assert not attr.special_mask[-1]  # the newline is an ordinary token: only the template rule keeps it
+    words = [i for i, t in enumerate(attr.tokens) if t.strip() in {"capital", "France"}]
+    assert len(words) == 2 and not any(fixed[i] for i in words)
+    top = top_positions(attr.input_relevance, fixed, 10)
+    assert top and not any(fixed[i] for i in top)

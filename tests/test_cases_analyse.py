@@ -139,7 +139,7 @@ def test_category_and_pattern_are_of_the_cases_own_relevance(toy: dict[str, Any]
         _assert_close(case.pattern_evidence, json.loads(json.dumps(evidence)))
         budget = {} if settings.ablation_budget is None else {"budget": settings.ablation_budget}
         ablation = node_ablation(plain, case.token_ids, direct.hidden_relevance, case.target_id, case.contrast_id,
-                                 special_mask=case.special_mask, **budget)
+                                 special_mask=_fixed(case), **budget)
         stored = case.category_evidence["ablation"]
         assert [(n["layer"], n["position"]) for n in stored["nodes"]] == [
             (n["layer"], n["position"]) for n in ablation["nodes"]]
@@ -165,6 +165,14 @@ def _assert_close(got: Any, want: Any, path: str = "") -> None:
         assert got == want, path
 
 
+def _fixed(case: Any) -> list[bool]:
+    """Positions masking and ablation may not pick, from the stored spans: special ids and, by default, every token of
+    the ``special`` segment (the chat template's own text)."""
+    template = {i for s, e in case.segments.get("special", []) for i in range(s, e)}
+    assert case.masking.skip_template
+    return [bool(sp) or i in template for i, sp in enumerate(case.special_mask)]
+
+
 def _check_segments_and_masking(case: Any, plain: Any) -> None:
     covered = sorted((s, e) for spans in case.segments.values() for s, e in spans)
     assert covered[0][0] == 0 and covered[-1][1] == len(case.token_ids)
@@ -172,8 +180,9 @@ def _check_segments_and_masking(case: Any, plain: Any) -> None:
     assert case.special_mask == [t in (0, 1, 2) for t in case.token_ids]  # the toy tokenizer's three specials
     for m, res in case.methods.items():
         assert sum(res.segment_relevance.values()) == pytest.approx(sum(res.input_relevance), abs=1e-9)
-        # top-k by hand: non-special, positive relevance, largest first, ties to the lower position
-        order = sorted((i for i, r in enumerate(res.input_relevance) if r > 0 and not case.special_mask[i]),
+        # top-k by hand: not special nor template text, positive relevance, largest first, ties to the lower position
+        fixed = _fixed(case)
+        order = sorted((i for i, r in enumerate(res.input_relevance) if r > 0 and not fixed[i]),
                        key=lambda i: (-res.input_relevance[i], i))
         assert len(res.flip_curve) == min(case.masking.max_k, len(order)) + 1
         assert res.flip_curve[0] == pytest.approx(case.delta_logit, abs=1e-4)

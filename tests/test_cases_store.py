@@ -148,7 +148,7 @@ def test_exports_write_cases_jsonl_and_case_tables(tmp_path: Path) -> None:
     (line,) = (tmp_path / "js" / "cases.jsonl").read_text().splitlines()
     rec = json.loads(line)
     assert rec["position"] == len(rec["token_ids"]) == 7 and rec["flip_k"] == {"attnlrp": 2, "random": None}
-    assert rec["masking"] == {"rule": "zero-embedding", "token_id": None, "max_k": 2}
+    assert rec["masking"] == {"rule": "zero-embedding", "token_id": None, "max_k": 2, "skip_template": True}
     again = tmp_path / "again.jsonl"
     with open_store(path, read_only=True) as st:
         export_cases_jsonl(st, again)

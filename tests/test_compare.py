@@ -103,11 +103,16 @@ def test_flip_curve_and_segments_by_explicit_masking(cmp: dict[str, Any]) -> Non
     tok = toy_tokenizer()
     specials = set(tok.all_special_ids)
     rows = [r for r in cmp["rows"] if r["mapped"] and not r["reference"]]
+    cases = {c.case_id: c for c in cmp["cases"]}
     for r in rows:
         rel = np.asarray(r["input_relevance"])
         assert abs(sum(r["segment_relevance"].values()) - rel.sum()) < 1e-9
+        # same tokenizer, so the rebuilt context is the case's own: its stored template span is never masked
+        case = cases[r["case_id"]]
+        assert r["token_ids"] == case.token_ids and case.masking.skip_template
+        template = {i for s, e in case.segments.get("special", []) for i in range(s, e)}
         order = [i for i in sorted(range(len(rel)), key=lambda i: (-rel[i], i))
-                 if rel[i] > 0 and r["token_ids"][i] not in specials]
+                 if rel[i] > 0 and r["token_ids"][i] not in specials and i not in template]
         for k, value in enumerate(r["flip_curve"]):
             want = _masked_delta(plain, r["token_ids"], order[:k], r["target_id"], r["contrast_id"])
             assert abs(want - value) < 1e-3

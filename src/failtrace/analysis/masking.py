@@ -44,6 +44,17 @@ def masked_objective(
     return values
 
 
+def never_masked(special_mask: Sequence[bool], labels: Sequence[str] | None, spec: MaskingSpec) -> list[bool]:
+    """Positions no masking or node ablation may pick: special ids, and with ``spec.skip_template`` every position
+    labelled ``special`` (the chat template's text outside the messages, e.g. ``<|im_start|>assistant\n`` right
+    before the prediction) -- the same tokens the failure patterns leave out of the content tokens."""
+    if not spec.skip_template:
+        return [bool(s) for s in special_mask]
+    if labels is None or len(labels) != len(special_mask):
+        raise FailtraceError("skipping template text needs one segment label per token")
+    return [bool(s) or lab == "special" for s, lab in zip(special_mask, labels)]
+
+
 def top_positions(relevance: Sequence[float] | np.ndarray, special_mask: Sequence[bool], k: int) -> list[int]:
     """The (at most) k non-special positions with the largest *positive* relevance, ties broken by lower position."""
     r = np.asarray(relevance, dtype=np.float64)

@@ -142,17 +142,18 @@ def _attributions(lm: Any, context: list[int], special: list[bool], labels: list
                   contrast: int, settings: CaseSettings, graph: Any, key: str,
                   clock: _Clock) -> tuple[dict[str, MethodResult], np.ndarray]:
     """Every method's relevance, segment sums, flip curve and k*; also AttnLRP's hidden relevance [L+1, n]."""
-    from failtrace.analysis.masking import flip_search
+    from failtrace.analysis.masking import flip_search, never_masked
     from failtrace.analysis.segments import segment_relevance
 
     fn = logit_diff_fn(target, contrast)
+    fixed = never_masked(special, labels, settings.masking)
     methods: dict[str, MethodResult] = {}
     attn_hidden = np.asarray(graph.relevance, dtype=np.float64)
     for method in settings.methods:
         t0 = time.perf_counter()
         rel, sums, _ = method_relevance(lm, method, context, fn, settings, graph, key)
         clock.lap(f"method:{method}")
-        curve, k_star = flip_search(lm.model, context, rel, special, target, contrast, settings.masking)
+        curve, k_star = flip_search(lm.model, context, rel, fixed, target, contrast, settings.masking)
         clock.lap(f"flip:{method}")
         methods[method] = MethodResult(
             method=method, input_relevance=[float(x) for x in rel], hidden_layer_sums=[float(x) for x in sums],
@@ -166,10 +167,12 @@ def _category_and_pattern(lm: Any, context: list[int], special: list[bool], labe
                           attn_hidden: np.ndarray, settings: CaseSettings,
                           clock: _Clock) -> tuple[str, dict[str, Any], str, dict[str, Any]]:
     from failtrace.analysis.categories import categorize, node_ablation
+    from failtrace.analysis.masking import never_masked
     from failtrace.analysis.patterns import failure_pattern
 
     kwargs: dict[str, Any] = {} if settings.ablation_budget is None else {"budget": settings.ablation_budget}
-    ablation = node_ablation(lm.model, context, attn_hidden, target, contrast, special_mask=special, **kwargs)
+    fixed = never_masked(special, labels, settings.masking)  # the same positions input masking leaves alone
+    ablation = node_ablation(lm.model, context, attn_hidden, target, contrast, special_mask=fixed, **kwargs)
     category, evidence = categorize(attn.flip_k, ablation, k_ia=settings.k_ia)
     evidence = dict(evidence)
     evidence.setdefault("ablation", ablation)

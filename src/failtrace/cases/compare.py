@@ -80,7 +80,7 @@ def rebuild_context(tokenizer: Any, item: Any, answer_prefix: str) -> tuple[list
 
 def rescore(lm: Any, case: Case, item: Any, answer_prefix: str, model_name: str, fingerprint: str) -> dict[str, Any]:
     """One comparison row for a non-reference model (see the module docstring)."""
-    from failtrace.analysis.masking import flip_search
+    from failtrace.analysis.masking import flip_search, never_masked
     from failtrace.analysis.segments import segment_labels, segment_relevance
     from failtrace.attribution.engine import relevance_pass
     from failtrace.attribution.inputs import decode_tokens, special_ids
@@ -107,7 +107,8 @@ def rescore(lm: Any, case: Case, item: Any, answer_prefix: str, model_name: str,
     hidden = relevance_pass(lm.model, ids, logit_diff_fn(target, contrast), method="attnlrp").relevance()
     rel = hidden[0].cpu().numpy().astype(np.float64)
     labels = segment_labels(tok, ids, special, prompt_length, item)
-    curve, k_star = flip_search(lm.model, ids, rel, special, target, contrast, case.masking)
+    curve, k_star = flip_search(lm.model, ids, rel, never_masked(special, labels, case.masking), target, contrast,
+                                case.masking)
     return row | {"mapped": True, "target_id": target, "contrast_id": contrast, "delta_logit": delta,
                   "input_relevance": [float(x) for x in rel],
                   "segment_relevance": {k: float(v) for k, v in segment_relevance(rel, labels).items()},

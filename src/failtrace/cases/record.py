@@ -29,20 +29,25 @@ PATTERNS: tuple[str, ...] = ("URT", "OIT", "URT+OIT", "none")
 @dataclass
 class MaskingSpec:
     """How top-k masking is done: ``rule`` (``zero-embedding`` default, or ``replace`` with ``token_id``), up to
-    ``max_k`` positions. Top-k = the k non-special positions with the largest positive relevance, ties broken by
-    the lower position."""
+    ``max_k`` positions. Top-k = the k maskable positions with the largest positive relevance, ties broken by the
+    lower position. Never maskable: special ids, and with ``skip_template`` (the default) also the chat template's
+    own text (role headers such as ``assistant\n``, segment label ``special``): masking the turn the model answers
+    flips a prediction for a reason that is not the input's (see :func:`failtrace.analysis.masking.never_masked`)."""
 
     rule: str = "zero-embedding"
     token_id: int | None = None
     max_k: int = 10
+    skip_template: bool = True
 
     def to_dict(self) -> dict[str, Any]:
+        """The spec as stored with each case."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MaskingSpec:
+        """A stored spec; one stored before ``skip_template`` existed masked template text, so it reads False."""
         return cls(rule=str(d["rule"]), token_id=None if d.get("token_id") is None else int(d["token_id"]),
-                   max_k=int(d["max_k"]))
+                   max_k=int(d["max_k"]), skip_template=bool(d.get("skip_template", False)))
 
 
 @dataclass

@@ -19,8 +19,9 @@ class CaseSettings:
     """Settings of one analysis. Everything here changes results, so all of it goes into the case id.
 
     ``methods``: attribution methods (attnlrp is required: graph, category and pattern use it). ``max_k``: masking
-    search depth K. ``ig_steps``: integrated-gradients steps. ``mask_rule``/``mask_token_id``: masking (see
-    :class:`MaskingSpec`). ``k_ia``: input attribution explains the failure when k* <= k_ia. ``ablation_budget``:
+    search depth K. ``ig_steps``: integrated-gradients steps. ``mask_rule``/``mask_token_id``/``skip_template``:
+    masking (see :class:`MaskingSpec`; ``skip_template`` also keeps node ablation off the template text).
+    ``k_ia``: input attribution explains the failure when k* <= k_ia. ``ablation_budget``:
     hidden nodes ablated at most (None: the analysis' default). ``node_threshold``/``prune``/``edge_method``: the
     graph (see :mod:`failtrace.graph`). ``bands``: layer bands in the graph summary. ``seed``: the random
     baseline's seed. ``pattern``: keyword overrides for the failure-pattern thresholds (theta, theta_share, m).
@@ -31,6 +32,7 @@ class CaseSettings:
     ig_steps: int = 16
     mask_rule: str = "zero-embedding"
     mask_token_id: int | None = None
+    skip_template: bool = True
     k_ia: int = 5
     ablation_budget: int | None = None
     node_threshold: float = 0.01
@@ -75,6 +77,8 @@ class CaseSettings:
         if self.ablation_budget is not None and (not isinstance(self.ablation_budget, int)
                                                  or self.ablation_budget < 1):
             raise FailtraceError(f"ablation budget must be a positive integer, got {self.ablation_budget!r}")
+        if not isinstance(self.skip_template, bool):
+            raise FailtraceError(f"skip_template must be true or false, got {self.skip_template!r}")
         if self.mask_rule not in MASK_RULES:
             raise FailtraceError(f"unknown mask rule {self.mask_rule!r}; valid: {', '.join(MASK_RULES)}")
         if self.mask_rule == "replace" and self.mask_token_id is None:
@@ -107,8 +111,9 @@ class CaseSettings:
 
     @property
     def masking(self) -> MaskingSpec:
-        """The masking flip search's settings (rule, mask token, largest k) as one spec."""
-        return MaskingSpec(rule=self.mask_rule, token_id=self.mask_token_id, max_k=self.max_k)
+        """The masking flip search's settings (rule, mask token, largest k, template text skipped) as one spec."""
+        return MaskingSpec(rule=self.mask_rule, token_id=self.mask_token_id, max_k=self.max_k,
+                           skip_template=self.skip_template)
 
     def identity(self) -> dict[str, Any]:
         """Everything that changes a case's content (the case id hashes it)."""

@@ -17,11 +17,12 @@ from failtrace.errors import FailtraceError
 from failtrace.store.store import DEFAULT_STORE
 
 
-def _settings(methods: Optional[str], max_k: int, ig_steps: int, mask_rule: str, mask_token: Optional[int]) -> Any:
+def _settings(methods: Optional[str], max_k: int, ig_steps: int, mask_rule: str, mask_token: Optional[int],
+              mask_template: bool = False) -> Any:
     from failtrace.cases.settings import CaseSettings
 
     return CaseSettings(methods=CaseSettings.parse_methods(methods), max_k=max_k, ig_steps=ig_steps,
-                        mask_rule=mask_rule, mask_token_id=mask_token).validate()
+                        mask_rule=mask_rule, mask_token_id=mask_token, skip_template=not mask_template).validate()
 
 
 def _summary_line(summary: Any, store: Path, workers: Optional[int] = None) -> str:
@@ -46,6 +47,10 @@ def analyse_command(
     ig_steps: int = typer.Option(16, "--ig-steps", help="Integrated-gradients steps."),
     mask_rule: str = typer.Option("zero-embedding", "--mask-rule", help="zero-embedding | replace"),
     mask_token: Optional[int] = typer.Option(None, "--mask-token", help="Token id used by --mask-rule replace."),
+    mask_template: bool = typer.Option(False, "--mask-template",
+                                       help="Let masking and node ablation pick the chat template's own text (role "
+                                            "headers such as 'assistant\\n'), as analyses before 4 Dec 2026 did; "
+                                            "by default only the input's content is."),
     limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Analyse at most N cases in this call.",
                                          callback=opts.count(1)),
     pair_run: Optional[list[str]] = typer.Option(None, "--pair-run", help="Only this pair run id (repeatable)."),
@@ -60,7 +65,7 @@ def analyse_command(
     from failtrace.models.checks import check_device
     from failtrace.store.store import open_store
 
-    settings = _settings(methods, max_k, ig_steps, mask_rule, mask_token)
+    settings = _settings(methods, max_k, ig_steps, mask_rule, mask_token, mask_template)
     if ray_address is None:  # the work runs on this machine (a joined cluster's nodes may have devices it lacks)
         check_device(device)
     opts.check_scale(workers, ray_address)

@@ -146,7 +146,8 @@ def _methods_table(case: Case) -> str:
     return ('<table class="t"><thead><tr><th>method</th><th class="n">k*</th><th class="n">Σ input R</th>'
             f'<th>Δℓ after masking the top k = 0, 1, 2, … (negative = flipped)</th></tr></thead><tbody>'
             f'{"".join(rows)}</tbody></table><p class="note">Masking: {esc(rule)}, K = {mk.max_k}; top-k = the k '
-            "non-special tokens with the largest positive relevance (ties: lower position).</p>")
+            "tokens with the largest positive relevance (ties: lower position), never special tokens"
+            + (" nor the chat template's own text" if mk.skip_template else "") + ".</p>")
 
 
 def _labels(case: Case, overrides: Overrides | None) -> str:

@@ -42,7 +42,7 @@ class CheckpointSummary:
 
 def score_on_case_tokens(lm: Any, case: Case, item: Any, name: str, fingerprint: str) -> dict[str, Any]:
     """A comparison row for ``lm`` on the case's own context ids, target and contrast (same tokenizer)."""
-    from failtrace.analysis.masking import flip_search
+    from failtrace.analysis.masking import flip_search, never_masked
     from failtrace.analysis.segments import segment_labels, segment_relevance
     from failtrace.attribution.engine import relevance_pass
     from failtrace.cases.build import logit_diff_fn, plain_delta
@@ -54,7 +54,7 @@ def score_on_case_tokens(lm: Any, case: Case, item: Any, name: str, fingerprint:
     rel = relevance_pass(lm.model, ids, logit_diff_fn(t, c), method="attnlrp").relevance()[0]
     rel = rel.detach().cpu().numpy().astype(np.float64)
     labels = segment_labels(lm.tokenizer, ids, special, case.prompt_length, item)
-    curve, k_star = flip_search(lm.model, ids, rel, special, t, c, case.masking)
+    curve, k_star = flip_search(lm.model, ids, rel, never_masked(special, labels, case.masking), t, c, case.masking)
     return {"case_id": case.case_id, "model_fingerprint": fingerprint, "model": name, "item_id": case.item_id,
             "benchmark": case.benchmark, "reference": False, "mapped": True, "token_ids": ids,
             "prompt_length": case.prompt_length, "position": len(ids), "target_text": case.target_text,

@@ -144,7 +144,9 @@
       ].concat(strip(c, method, params))));
       view.appendChild(el("section", {class: "block grid2"}, [
         el("div", {}, [el("h3", {}, "Masking flip curves"), el("p", {class: "note"},
-          "Δℓ after masking each method's top-k tokens (" + (c.masking ? c.masking.rule : "") + "); below 0 the prediction flips. Bold: " + method + "."),
+          "Δℓ after masking each method's top-k tokens (" + (c.masking ? c.masking.rule : "") +
+          (c.masking && c.masking.skip_template ? "; never the chat template's own text" : "") +
+          "); below 0 the prediction flips. Bold: " + method + "."),
           curves(c, method), el("p", {class: "note"}, "grey: the other methods (hover a line for its name and k*)"),
           methodsTable(c)]),
         el("div", {}, [alternativesBox(c), labels(c)])]));
