@@ -140,7 +140,7 @@ def benchmark_section(bench: str, cases: Sequence[Any], t: Mapping[str, Any], fi
     if lrp and lrp["mean_k_star"] is not None:
         lead += (f" With AttnLRP, masking on average {lrp['mean_k_star']:.1f} tokens (median "
                  f"{lrp['median_k_star']:.1f}) flips the prediction in {lrp['flipped']} of {lrp['cases']} cases "
-                 f"(the paper reports about 2).")
+                 f"(about 2 is the figure quoted for the paper).")
     if not mine:
         return (f'<section class="block" id="{slug(bench)}"><h2>{esc(bench)}</h2><p class="lead">{esc(lead)}</p>'
                 '<p class="empty">No cases yet: run <code>failtrace analyse</code> on this store.</p></section>')
