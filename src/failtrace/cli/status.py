@@ -61,14 +61,20 @@ def _pair_label(n: int, row: Any, paired: list[Any]) -> str:
 
 def _runs_table(runs: list[Any], title: str) -> Any:
     """One row per collection run, numbered (the pair table below refers to the numbers)."""
-    from rich.table import Table
-
-    table = Table(title=title, title_justify="left", pad_edge=False)
     cells = [[str(n), r.benchmark, r.model, str(r.items), str(r.generated), str(r.passed), str(r.failed),
               str(r.unverifiable), _fmt(r.avg_prompt_tokens), _fmt(r.avg_completion_tokens)]
              for n, r in enumerate(runs, 1)]
-    _columns(table, ["#", "benchmark", "model", "items", "generated", "passed", "failed", "unverif.",
-                     "avg\nprompt\ntokens", "avg\ncompl.\ntokens"], text=("benchmark", "model"))
+    return _table(title, ["#", "benchmark", "model", "items", "generated", "passed", "failed", "unverif.",
+                          "avg\nprompt\ntokens", "avg\ncompl.\ntokens"], cells, text=("benchmark", "model"))
+
+
+def _table(title: str, headers: list[str], cells: list[list[str]], caption: str | None = None,
+           text: tuple[str, ...] = ()) -> Any:
+    """A status table: left-aligned title and caption, the columns of :func:`_columns`, one row per cell list."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", caption_justify="left", pad_edge=False, caption=caption)
+    _columns(table, headers, text=text)
     for row in cells:
         table.add_row(*row)
     return table
@@ -78,26 +84,20 @@ def _pairs_table(paired: list[tuple[str, Any]]) -> Any:
     """Each pair run, labelled by its collection run's number in the table above: one status per failure, the
     length-limit outcomes, both clean rates (the settings are printed below it). Not one table with the runs:
     together they would not fit a 100-column terminal without cutting numbers."""
-    from rich.table import Table
-
     from failtrace.store.schema import PAIR_STATUSES
 
     short = {"clean": "clean", "no_target": "no\ntgt", "no_contrast": "no\nctr", "weak_preference": "weak",
              "unbounded": "unbnd", "unverifiable": "unver"}
-    table = Table(title="pair search (one status per failure)", title_justify="left", caption_justify="left",
-                  pad_edge=False)
     cells = [[label, f"{sum(r.pairs.values())}/{r.failed}", *_pair_cells(r)] for label, r in paired]
-    _columns(table, ["#", "paired/\nfailed", *(short[s] for s in PAIR_STATUSES), "limit\nhit", "cont.\npass",
-                     "cont.\nfail", "clean\nrate", "clean\nrate\ndecid."])
-    for row in cells:
-        table.add_row(*row)
-    table.caption = ("paired/failed: failures with a pair status so far (fewer while a run is partial, e.g. "
-                     "--limit or --item); unbnd: hit the token limit and never decided (not counted as "
-                     "decidable); limit hit: paired failures whose completion hit the limit; cont. pass / cont. fail: "
-                     "of those, continued to the rollout budget (--rollout-tokens), passed (an artefact of the "
-                     "budget, still unbnd) / stopped and still failed (a real failure, searched); clean rate = clean "
-                     "/ failed; clean rate decid. = clean / (failed - unbnd), over the decidable failures")
-    return table
+    headers = ["#", "paired/\nfailed", *(short[s] for s in PAIR_STATUSES), "limit\nhit", "cont.\npass", "cont.\nfail",
+               "clean\nrate", "clean\nrate\ndecid."]
+    caption = ("paired/failed: failures with a pair status so far (fewer while a run is partial, e.g. "
+               "--limit or --item); unbnd: hit the token limit and never decided (not counted as "
+               "decidable); limit hit: paired failures whose completion hit the limit; cont. pass / cont. fail: "
+               "of those, continued to the rollout budget (--rollout-tokens), passed (an artefact of the "
+               "budget, still unbnd) / stopped and still failed (a real failure, searched); clean rate = clean "
+               "/ failed; clean rate decid. = clean / (failed - unbnd), over the decidable failures")
+    return _table("pair search (one status per failure)", headers, cells, caption)
 
 
 def _columns(table: Any, names: list[str], text: tuple[str, ...] = ()) -> None:
@@ -140,29 +140,22 @@ def _pair_settings(r: Any) -> str:
 def _cases_table(analysed: list[tuple[str, dict[str, Any]]]) -> Any:
     """Each pair run's newest analysis (labelled like the pair table): case count, categories (a person's override
     wins, as in the report), patterns, mean Δℓ, and AttnLRP's k* (how many flip within K, their median)."""
-    from rich.table import Table
-
     from failtrace.cases.record import CATEGORIES, PATTERNS
 
-    table = Table(title="analysed cases (newest analysis of each pair run)", title_justify="left",
-                  caption_justify="left", pad_edge=False)
     cells = []
     for label, s in analysed:
         cats = [str(s["categories"].get(c, 0)) for c in CATEGORIES]
         pats = [str(s["patterns"].get(p, 0)) for p in PATTERNS]
         cells.append([label, str(s["cases"]), *cats, *pats, f"{s['mean_delta']:+.2f}", f"{s['flipped']}/{s['cases']}",
                       _fmt(s["median_k"])])
-    _columns(table, ["#", "cases", *(c.replace("+", "+\n") for c in CATEGORIES), *(p.replace("+", "+\n")
-                                                                                  for p in PATTERNS),
-                     "mean\nΔℓ", "k*\nfound", "median\nk*"])
-    for row in cells:
-        table.add_row(*row)
-    table.caption = ("M-IA: masking <= k_ia top input tokens flips it; NC-IA+M-AG: only ablating top graph nodes "
-                     "does; NC-IA+AG: neither. URT: the relevant segment does not push against the target; OIT: an "
-                     "irrelevant token is among its strongest supporters. k* found: cases whose AttnLRP k* (fewest "
-                     "top tokens masked to flip it) is within K; median k* over those. `failtrace report` shows "
-                     "each case")
-    return table
+    headers = ["#", "cases", *(c.replace("+", "+\n") for c in CATEGORIES),
+               *(p.replace("+", "+\n") for p in PATTERNS), "mean\nΔℓ", "k*\nfound", "median\nk*"]
+    caption = ("M-IA: masking <= k_ia top input tokens flips it; NC-IA+M-AG: only ablating top graph nodes "
+               "does; NC-IA+AG: neither. URT: the relevant segment does not push against the target; OIT: an "
+               "irrelevant token is among its strongest supporters. k* found: cases whose AttnLRP k* (fewest "
+               "top tokens masked to flip it) is within K; median k* over those. `failtrace report` shows "
+               "each case")
+    return _table("analysed cases (newest analysis of each pair run)", headers, cells, caption)
 
 
 def register(app: typer.Typer) -> None:
