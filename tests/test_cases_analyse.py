@@ -295,3 +295,26 @@ def test_cases_jsonl_fields_and_position_convention(toy: dict[str, Any], tmp_pat
         assert all(len(v) == n for v in rec["input_relevance"].values())
         assert all(k is None or 1 <= k <= rec["masking"]["max_k"] for k in rec["flip_k"].values())
         assert rec["category"] in CATEGORIES and rec["pattern"] in PATTERNS
+
+
+def test_a_context_with_nothing_maskable_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chat template that swallows the whole prompt (every token labelled ``special``): nothing is masked or
+    ablated, and the case's notes say why k* and the category are empty of meaning."""
+    import failtrace.cases.build as build
+
+    info = build_toy_store(tmp_path / "s.duckdb", tmp_path / "model", n_items=4)
+    real = build._segments
+
+    def all_template(*args: Any, **kwargs: Any) -> Any:
+        labels, segments, relevant = real(*args, **kwargs)
+        return ["special"] * len(labels), {"special": [[0, len(labels)]]}, relevant
+
+    monkeypatch.setattr(build, "_segments", all_template)
+    with open_store(info["store"]) as st:
+        analyse(st, CaseSettings(methods=("attnlrp", "random")), progress=False)
+        cases = load_cases(st)
+    assert cases
+    for c in cases:
+        assert any("nothing may be masked or ablated" in n for n in c.notes)
+        assert all(len(m.flip_curve) == 1 and m.flip_k is None for m in c.methods.values())
+        assert c.category_evidence["ablation"]["nodes"] == []

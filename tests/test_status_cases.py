@@ -86,3 +86,31 @@ def test_pairs_without_analysis_say_so(toy: dict[str, Any], tmp_path: Path, caps
             st.con.execute(f"DELETE FROM {table}")
     out = _status(path, capsys, monkeypatch)
     assert "no analysed cases yet" in out and "analysed cases (" not in out
+
+
+def test_cases_without_a_category_are_named_not_dropped(toy: dict[str, Any], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "runs.duckdb"
+    shutil.copy(toy["store"], path)
+    with open_store(path) as st:
+        cid = st.con.execute("SELECT min(case_id) FROM cases").fetchone()[0]
+        st.con.execute("UPDATE cases SET category = NULL WHERE case_id = ?", [cid])
+    out = _status(path, capsys, monkeypatch)
+    row = _cases_row(out)
+    assert sum(map(int, row[2:2 + len(CATEGORIES)])) == int(row[1]) - 1
+    assert "#1: 1 without a category, 0 without a pattern" in " ".join(out.split())
+
+
+def test_the_older_rule_keeps_the_older_ids() -> None:
+    """--mask-template analyses hash the settings as before the option existed, so a store analysed then is not
+    analysed again; the default rule is a different analysis."""
+    from dataclasses import asdict
+
+    from failtrace.cases.settings import CaseSettings
+
+    old = CaseSettings(skip_template=False).identity()
+    assert "skip_template" not in old
+    assert old == {k: (list(v) if k == "methods" else v) for k, v in asdict(CaseSettings()).items()
+                   if k != "skip_template"}
+    assert CaseSettings().identity()["skip_template"] is True

@@ -29,7 +29,8 @@ from failtrace.errors import FailtraceError
 from failtrace.lrp.patch import decoder_layers
 
 DEFAULT_BUDGET = 10
-RULE = "zero the residual stream (decoder layer output) at (layer, position); cumulative, largest relevance first"
+RULE = ("zero the residual stream (decoder layer output) at (layer, position); cumulative, largest relevance first; "
+        "never the last position nor one the analysis marks unmaskable")
 
 
 def ablation_candidates(hidden_relevance: np.ndarray, budget: int,
@@ -82,7 +83,8 @@ def ablated_delta(model: nn.Module, token_ids: Sequence[int], node_sets: Sequenc
 def node_ablation(model: nn.Module, token_ids: Sequence[int], hidden_relevance: np.ndarray, target_id: int,
                   contrast_id: int, budget: int = DEFAULT_BUDGET, special_mask: Sequence[bool] | None = None,
                   batch: int = 8) -> dict[str, Any]:
-    """Ablate the top graph nodes cumulatively (module docstring): the nodes in order, Δℓ after each, the flip."""
+    """Ablate the top graph nodes cumulatively (module docstring): the nodes in order, Δℓ after each, the flip.
+    ``special_mask``: positions never ablated; analyses pass :func:`failtrace.analysis.masking.never_masked`."""
     if hidden_relevance is None:
         raise FailtraceError("node ablation needs the AttnLRP hidden relevance [layers + 1, tokens]")
     h = np.asarray(hidden_relevance, dtype=np.float64)

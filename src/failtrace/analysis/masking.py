@@ -110,9 +110,10 @@ def masked_delta(model: nn.Module, token_ids: Sequence[int], masks: Sequence[Seq
 def flip_search(model: nn.Module, token_ids: Sequence[int], relevance: Sequence[float] | np.ndarray,
                 special_mask: Sequence[bool], target_id: int, contrast_id: int,
                 spec: MaskingSpec | None = None, batch: int = 8) -> tuple[list[float], int | None]:
-    """Mask the top-k positively attributed non-special tokens for k = 0..K (K = ``spec.max_k``, fewer when fewer
-    tokens have positive relevance): the Δℓ curve (index k) and k* = the smallest k >= 1 with Δℓ < 0 (None if none).
-    """
+    """Mask the top-k positively attributed tokens outside ``special_mask`` for k = 0..K (K = ``spec.max_k``, fewer
+    when fewer tokens have positive relevance): the Δℓ curve (index k) and k* = the smallest k >= 1 with Δℓ < 0 (None
+    if none). ``special_mask`` is taken as given: pass :func:`never_masked` (special ids plus, when
+    ``spec.skip_template``, the template text) to follow the spec's rule, as every caller in failtrace does."""
     spec = spec or MaskingSpec()
     if len(relevance) != len(token_ids):
         raise FailtraceError(f"relevance has {len(relevance)} values for {len(token_ids)} tokens")

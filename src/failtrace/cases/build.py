@@ -222,6 +222,9 @@ def build_case(lm: Any, pair_row: dict[str, Any], item: Item, generation: dict[s
     clock.lap("graph")
     labels, segments, relevant = _segments(lm, context, special, prompt_length, item)
     clock.lap("segments")
+    if settings.skip_template and all(lab == "special" or sp for lab, sp in zip(labels, special)):
+        notes.append("every token is special or chat-template text, so nothing may be masked or ablated (k* and the "
+                     "category say nothing); `analyse --mask-template` allows template text")
     methods, attn_hidden = _attributions(lm, context, special, labels, target, contrast, settings, graph, cid, clock)
     category, cat_evidence, pattern, pat_evidence = _category_and_pattern(
         lm, context, special, labels, relevant, target, contrast, methods["attnlrp"], attn_hidden, settings, clock)

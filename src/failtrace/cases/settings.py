@@ -116,7 +116,11 @@ class CaseSettings:
                            skip_template=self.skip_template)
 
     def identity(self) -> dict[str, Any]:
-        """Everything that changes a case's content (the case id hashes it)."""
+        """Everything that changes a case's content (the case id hashes it). ``skip_template`` only when True (the
+        default since it exists): with the older rule (``--mask-template``) ids equal those of analyses made before,
+        so such a store is not analysed again."""
         d = asdict(self)
         d["methods"] = list(self.methods)
+        if not self.skip_template:
+            del d["skip_template"]
         return d

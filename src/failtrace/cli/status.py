@@ -142,8 +142,11 @@ def _cases_table(analysed: list[tuple[str, dict[str, Any]]]) -> Any:
     wins, as in the report), patterns, mean Δℓ, and AttnLRP's k* (how many flip within K, their median)."""
     from failtrace.cases.record import CATEGORIES, PATTERNS
 
-    cells = []
+    cells, unlabelled = [], []
     for label, s in analysed:
+        n_cat, n_pat = s["categories"].get(None, 0), s["patterns"].get(None, 0)
+        if n_cat or n_pat:  # no column for them (the table must fit 100 columns): named under it instead
+            unlabelled.append(f"#{label}: {n_cat} without a category, {n_pat} without a pattern")
         cats = [str(s["categories"].get(c, 0)) for c in CATEGORIES]
         pats = [str(s["patterns"].get(p, 0)) for p in PATTERNS]
         cells.append([label, str(s["cases"]), *cats, *pats, f"{s['mean_delta']:+.2f}", f"{s['flipped']}/{s['cases']}",
@@ -154,7 +157,7 @@ def _cases_table(analysed: list[tuple[str, dict[str, Any]]]) -> Any:
                "does; NC-IA+AG: neither. URT: the relevant segment does not push against the target; OIT: an "
                "irrelevant token is among its strongest supporters. k* found: cases whose AttnLRP k* (fewest "
                "top tokens masked to flip it) is within K; median k* over those. `failtrace report` shows "
-               "each case")
+               "each case" + ("; not counted in the columns: " + "; ".join(unlabelled) if unlabelled else ""))
     return _table("analysed cases (newest analysis of each pair run)", headers, cells, caption)
 
 
