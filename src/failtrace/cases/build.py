@@ -138,15 +138,15 @@ def _segments(lm: Any, context: list[int], special: list[bool], prompt_length: i
     return list(labels), spans_from_labels(labels), list(relevant_segments(item.benchmark, item))
 
 
-def _attributions(lm: Any, context: list[int], special: list[bool], labels: list[str], target: int,
+def _attributions(lm: Any, context: list[int], fixed: list[bool], labels: list[str], target: int,
                   contrast: int, settings: CaseSettings, graph: Any, key: str,
                   clock: _Clock) -> tuple[dict[str, MethodResult], np.ndarray]:
-    """Every method's relevance, segment sums, flip curve and k*; also AttnLRP's hidden relevance [L+1, n]."""
-    from failtrace.analysis.masking import flip_search, never_masked
+    """Every method's relevance, segment sums, flip curve and k* (``fixed``: positions never masked); also AttnLRP's
+    hidden relevance [L+1, n]."""
+    from failtrace.analysis.masking import flip_search
     from failtrace.analysis.segments import segment_relevance
 
     fn = logit_diff_fn(target, contrast)
-    fixed = never_masked(special, labels, settings.masking)
     methods: dict[str, MethodResult] = {}
     attn_hidden = np.asarray(graph.relevance, dtype=np.float64)
     for method in settings.methods:
@@ -162,16 +162,15 @@ def _attributions(lm: Any, context: list[int], special: list[bool], labels: list
     return methods, attn_hidden
 
 
-def _category_and_pattern(lm: Any, context: list[int], special: list[bool], labels: list[str],
+def _category_and_pattern(lm: Any, context: list[int], special: list[bool], fixed: list[bool], labels: list[str],
                           relevant: list[str], target: int, contrast: int, attn: MethodResult,
                           attn_hidden: np.ndarray, settings: CaseSettings,
                           clock: _Clock) -> tuple[str, dict[str, Any], str, dict[str, Any]]:
+    """Node ablation (never at ``fixed`` positions, as input masking), the category, and the failure pattern."""
     from failtrace.analysis.categories import categorize, node_ablation
-    from failtrace.analysis.masking import never_masked
     from failtrace.analysis.patterns import failure_pattern
 
     kwargs: dict[str, Any] = {} if settings.ablation_budget is None else {"budget": settings.ablation_budget}
-    fixed = never_masked(special, labels, settings.masking)  # the same positions input masking leaves alone
     ablation = node_ablation(lm.model, context, attn_hidden, target, contrast, special_mask=fixed, **kwargs)
     category, evidence = categorize(attn.flip_k, ablation, k_ia=settings.k_ia)
     evidence = dict(evidence)
@@ -188,6 +187,7 @@ def build_case(lm: Any, pair_row: dict[str, Any], item: Item, generation: dict[s
                analysis_id: str = "") -> Case:
     """Explain one clean pair (see the module docstring). ``generation``: its ``prompt_ids`` and ``token_ids``."""
     from failtrace.analysis.graph_summary import graph_summary
+    from failtrace.analysis.masking import never_masked
     from failtrace.attribution.inputs import decode_tokens, special_ids
     from failtrace.cases.alternatives import alternatives, next_logits
     from failtrace.graph.build import graph_from_ids
@@ -222,12 +222,14 @@ def build_case(lm: Any, pair_row: dict[str, Any], item: Item, generation: dict[s
     clock.lap("graph")
     labels, segments, relevant = _segments(lm, context, special, prompt_length, item)
     clock.lap("segments")
-    if settings.skip_template and all(lab == "special" or sp for lab, sp in zip(labels, special)):
+    fixed = never_masked(special, labels, settings.masking)  # one rule for input masking and node ablation
+    if settings.skip_template and all(fixed):
         notes.append("every token is special or chat-template text, so nothing may be masked or ablated (k* and the "
                      "category say nothing); `analyse --mask-template` allows template text")
-    methods, attn_hidden = _attributions(lm, context, special, labels, target, contrast, settings, graph, cid, clock)
+    methods, attn_hidden = _attributions(lm, context, fixed, labels, target, contrast, settings, graph, cid, clock)
     category, cat_evidence, pattern, pat_evidence = _category_and_pattern(
-        lm, context, special, labels, relevant, target, contrast, methods["attnlrp"], attn_hidden, settings, clock)
+        lm, context, special, fixed, labels, relevant, target, contrast, methods["attnlrp"], attn_hidden, settings,
+        clock)
     summary = graph_summary(pruned, labels, bands=settings.bands)
     stored_graph = graph_record(graph, pruned)
     clock.lap("graph_summary")

@@ -10,6 +10,7 @@ interrupted ``analyse`` loses at most the case in flight and duplicates nothing.
 from __future__ import annotations
 
 import json
+import statistics
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -150,7 +151,7 @@ def load_cases(store: ResultsStore, benchmark: str | None = None, model_fingerpr
             where.append(f"{col} = ?")
             params.append(value)
     sql = "SELECT * FROM cases" + (" WHERE " + " AND ".join(where) if where else "")
-    rows = store._rows(sql + " ORDER BY benchmark, pair_run_id, item_id, case_id", params)
+    rows = store._rows(sql, params)
     rows.sort(key=lambda r: (r["benchmark"], r["pair_run_id"], natural_key(r["item_id"]), r["case_id"]))
     if latest and analysis_id is None:
         keep = _latest_analyses(store)
@@ -243,10 +244,10 @@ def case_summaries(store: ResultsStore) -> dict[str, dict[str, Any]]:
         if k is not None:
             s["ks"].append(int(k))
     for s in out.values():
-        deltas, ks = s.pop("deltas"), sorted(s.pop("ks"))
-        s["mean_delta"] = sum(deltas) / len(deltas)
+        deltas, ks = s.pop("deltas"), s.pop("ks")
+        s["mean_delta"] = statistics.fmean(deltas)
         s["flipped"] = len(ks)
-        s["median_k"] = None if not ks else (ks[(len(ks) - 1) // 2] + ks[len(ks) // 2]) / 2
+        s["median_k"] = statistics.median(ks) if ks else None
     return out
 
 
