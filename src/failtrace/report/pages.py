@@ -154,8 +154,8 @@ def benchmark_section(bench: str, cases: Sequence[Any], t: Mapping[str, Any], fi
         + "</div><div>"
         + figure(figs.get(f"faithfulness:{bench}"), f"faithfulness for {bench}",
                  "Share of cases whose prediction flips (Δℓ < 0) after masking the top-k positively attributed "
-                 "tokens (never special tokens nor, since 4 Dec 2026, the chat template's own text), per "
-                 "attribution method. Random order is the floor.")
+                 "tokens (never special tokens, nor the chat template's own text unless analysed with "
+                 "--mask-template), per attribution method. Random order is the floor.")
         + "</div></div><h3>k* per method</h3>"
         '<p class="lead">k* = smallest k that flips the prediction; mean and median over the cases that flipped '
         "within K.</p>"
