@@ -80,8 +80,9 @@
     var svg = el("svg", {width: W, height: H, id: "flip", viewBox: "0 0 " + W + " " + H});
     svg.appendChild(el("line", {x1: L, x2: W - 10, y1: Y(0), y2: Y(0), stroke: "#9ca3af", "stroke-dasharray": "4 3"}));
     svg.appendChild(el("text", {x: 4, y: Y(0) + 4}, "Δℓ=0"));
-    svg.appendChild(el("text", {x: 4, y: Y(hi) + 10}, FT.fmt(hi, 2)));
-    svg.appendChild(el("text", {x: 4, y: Y(lo)}, FT.fmt(lo, 2)));
+    // the extremes, unless they sit on the zero line (no curve above / below 0): their labels would overprint "Δℓ=0"
+    if (Y(0) - Y(hi) > 14) svg.appendChild(el("text", {x: 4, y: Y(hi) + 10}, FT.fmt(hi, 2)));
+    if (Y(lo) - Y(0) > 14) svg.appendChild(el("text", {x: 4, y: Y(lo)}, FT.fmt(lo, 2)));
     svg.appendChild(el("text", {x: W / 2 - 40, y: H - 6}, "k masked tokens (0.." + K + ")"));
     ms.forEach(function (m) {
       var pts = c.methods[m].flip_curve.map(function (y, k) { return isFinite(y) ? X(k) + "," + Y(y) : null; }).filter(Boolean);
