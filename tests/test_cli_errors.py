@@ -360,10 +360,11 @@ def test_real_processes(work: Path, tmp_path: Path) -> None:
     """As a user runs it, in fresh interpreters: a bad model file, and a crash (injected)."""
     logs = {"FAILTRACE_LOG_DIR": str(tmp_path / "logs")}
     before = _snapshot(work)
-    res = _run(["-m", "failtrace.cli", "attribute", "-p", "hi", "-m", str(work / "bad.gguf"), "--json",
-                str(tmp_path / "a.json")], logs)
-    assert res.returncode == 2 and res.stderr.startswith("error: ") and len(res.stderr.strip().splitlines()) == 1
-    assert "bad.gguf" in res.stderr and "Traceback" not in res.stdout + res.stderr
+    for module in ("failtrace", "failtrace.cli"):  # `python -m failtrace` is the same command as `failtrace`
+        res = _run(["-m", module, "attribute", "-p", "hi", "-m", str(work / "bad.gguf"), "--json",
+                    str(tmp_path / "a.json")], logs)
+        assert res.returncode == 2 and res.stderr.startswith("error: ") and len(res.stderr.strip().splitlines()) == 1
+        assert "bad.gguf" in res.stderr and "Traceback" not in res.stdout + res.stderr
     crash = ("import sys; import failtrace.store.store as s; "
              "s.ResultsStore.status_rows = lambda self: {}['missing']; "
              "from failtrace.cli import _entry; sys.argv[1:] = ['status', '-s', sys.argv[1]]; _entry()")
