@@ -18,7 +18,8 @@ def report_command(
     out: Path = typer.Option(..., "--out", "-o", help="Folder for index.html, figures/ and tables/."),
     benchmark: Optional[str] = typer.Option(None, "--benchmark", "-b", help="Only this benchmark."),
     graphs: bool = typer.Option(True, "--graphs/--no-graphs", help="Draw each case's pruned graph."),
-    title: str = typer.Option("failtrace report", "--title", help="Page title."),
+    title: str = typer.Option("failtrace report", "--title",
+                              help='Page title ("": no heading; the tab shows the models instead).'),
 ) -> None:
     """Write a self-contained HTML report of the analysed failures (opens offline, no network)."""
     from failtrace.report.build import build_report_from_store

@@ -24,6 +24,7 @@ from failtrace.report.ablationfig import ablation_figure
 from failtrace.report.casepage import case_section, esc, plain_token
 from failtrace.report.graphfig import graph_record_figure, is_graph_record
 from failtrace.report.pages import benchmark_section, html_table, page, summary_section
+from failtrace.store.connection import refuse_over_stores
 from failtrace.store.store import StatusRow
 
 GraphSource = Mapping[str, Any] | Callable[[str], Any]  # case_id -> PrunedGraph (or None)
@@ -167,6 +168,16 @@ def _cases_section(cases: Sequence[Case], benches: Sequence[str], overrides: T.O
             + (arts or '<p class="empty">No cases in this store yet.</p>') + "</section>")
 
 
+def _own_files(out: Path) -> list[Path]:
+    """The files a report in ``out`` may write over or remove: index.html and everything under its own folders
+    ``tables/`` and ``figures/`` (links included: a write follows them)."""
+    files = [out / "index.html"]
+    for sub in ("tables", "figures"):
+        if (out / sub).is_dir():
+            files += [p for p in sorted((out / sub).rglob("*")) if p.is_symlink() or p.is_file()]
+    return files
+
+
 def build_report(cases: Sequence[Case], status_rows: Sequence[StatusRow], out_dir: str | Path,
                  pairs_rows: Sequence[Mapping[str, Any]] | None = None, *, overrides: T.Overrides | None = None,
                  graphs: GraphSource | None = None, title: str = "failtrace report",
@@ -184,6 +195,7 @@ def build_report(cases: Sequence[Case], status_rows: Sequence[StatusRow], out_di
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise FailtraceError(f"--out {out} is a file; give a folder for the report")
+    refuse_over_stores(_own_files(out), "the report")
     out.mkdir(parents=True, exist_ok=True)
     cases = list(cases)
     if overrides is None:  # load_cases attaches each case's newest override
@@ -217,17 +229,18 @@ def build_report_from_store(st: Any, out_dir: str | Path, *, benchmark: str | No
                             title: str = "failtrace report") -> tuple[Path, int]:
     """The report of an open results store (what ``failtrace report`` and ``failtrace demo`` write): its newest cases
     (with their graphs and overrides), status rows and pairs, optionally one benchmark. Returns (index.html, cases)."""
-    rows = st.status_rows()
-    pairs = st.pairs()
     from failtrace.store.cases import load_cases
-
-    cases = load_cases(st, benchmark=benchmark, with_graph=graphs)
     from failtrace.store.comparisons import load_comparisons
 
+    rows = st.status_rows()
+    if benchmark is not None and benchmark not in {r.benchmark for r in rows}:
+        have = sorted({r.benchmark for r in rows})
+        raise FailtraceError(f"no runs for benchmark {benchmark!r} in {st.path}; "
+                             + (f"benchmarks there: {', '.join(have)}" if have else "the store has no runs yet"))
+    pairs = st.pairs()
+    cases = load_cases(st, benchmark=benchmark, with_graph=graphs)
     comparisons = [r for r in load_comparisons(st) if benchmark is None or r["benchmark"] == benchmark]
     if benchmark is not None:
         rows = [r for r in rows if r.benchmark == benchmark]
         pairs = [p for p in pairs if p.get("benchmark") == benchmark]
-        if not rows and not cases:
-            raise FailtraceError(f"no runs for benchmark {benchmark!r} in {st.path}")
     return build_report(cases, rows, out_dir, pairs, title=title, comparisons=comparisons), len(cases)

@@ -171,11 +171,13 @@ def page(title: str, subtitle: str, benches: Sequence[str], body: str,
     nav += [f'<a href="#{esc(a)}">{esc(label)}</a>' for a, label in extra_nav]
     nav.append('<span class="sep">|</span><a href="#cases">Cases</a>')
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    heading = f"<h1>{esc(title)}</h1>" if title.strip() else ""  # --title "": no heading; the tab names the models
+    tab = title.strip() or f"failtrace report · {subtitle}"
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{esc(title)}</title><style>{asset('report.css')}</style></head><body>"
-        f'<header class="top"><h1>{esc(title)}</h1><div class="sub">{esc(subtitle)} · generated {stamp}</div></header>'
+        f"<title>{esc(tab)}</title><style>{asset('report.css')}</style></head><body>"
+        f'<header class="top">{heading}<div class="sub">{esc(subtitle)} · generated {stamp}</div></header>'
         f'<nav class="bar">{"".join(nav)}</nav><main>{body}</main>'
         '<footer>failtrace report · self-contained: no network requests · tables in tables/*.csv, figures in '
         f"figures/*.png</footer><script>{asset('report.js')}</script></body></html>"

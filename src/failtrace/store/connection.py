@@ -27,7 +27,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from failtrace.errors import FailtraceError
 
@@ -50,6 +50,16 @@ def duckdb_header(path: Path) -> bool | None:
             return f.read(12)[8:12] == b"DUCK"
     except OSError:
         return None
+
+
+def refuse_over_stores(paths: Iterable[Path], what: str) -> None:
+    """Refuse, before anything is written, when one of the files a command writes or removes (``paths``, followed
+    through links) is a DuckDB results store: writing over one, under any name, would destroy it."""
+    for path in paths:
+        if duckdb_header(path):
+            via = f" (through the link {path} -> {os.path.realpath(path)})" if Path(path).is_symlink() else ""
+            raise FailtraceError(f"{what} would write over {path}, which is a DuckDB results store{via}; failtrace "
+                                 f"never writes over a store: move it or choose another --out")
 
 
 def lock_path(path: Path) -> Path:

@@ -102,15 +102,28 @@ def _export_added(store: ResultsStore, table: str, order: str, out: Path, fmt: s
     return _write_table(store, f"SELECT * FROM {table} ORDER BY {order}", path, fmt, fix)
 
 
+def export_names(fmt: str) -> list[str]:
+    """Every file name an export in ``fmt`` may write (whatever the store holds): its own names in its folder."""
+    ext = "parquet" if fmt == "parquet" else "jsonl"
+    tables = (*TABLES, "schema_version", *(t for t, _ in _ADDED_TABLES), "comparisons")
+    return [f"{t}.{ext}" for t in tables]
+
+
 def export(store: ResultsStore, out_dir: str | Path, fmt: str) -> list[Path]:
     """Write every table to ``out_dir`` as ``<table>.parquet`` or ``<table>.jsonl``; returns the files.
 
     Parquet keeps JSON-valued columns as JSON text; JSONL parses them into nested objects. Each file is written
     under a temporary name and renamed, so an interrupted export never leaves a half file under the final name.
+    A file of an earlier export in the same format whose table this store lacks is removed afterwards (so the folder
+    never mixes two stores); none of these names may be a results store (refused before anything is written).
     """
+    from failtrace.store.connection import refuse_over_stores
+
     fmt = fmt.lower()
     if fmt not in ("parquet", "jsonl"):
         raise FailtraceError(f"unknown export format {fmt!r}; use parquet or jsonl")
+    names = export_names(fmt)
+    refuse_over_stores([Path(out_dir) / n for n in names] + [Path(out_dir) / f"{n}.part" for n in names], "export")
     out = _out_folder(out_dir)
     files = []
     present = {r[0] for r in store.con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
@@ -140,6 +153,11 @@ def export(store: ResultsStore, out_dir: str | Path, fmt: str) -> list[Path]:
                                   f"(FORMAT PARQUET)")
                 Path(tmp.replace("''", "'")).replace(path)
                 files.append(path)
+        written = {f.name for f in files}
+        for name in names:  # an earlier export's table this store does not have
+            stale = out / name
+            if name not in written and (stale.is_file() or stale.is_symlink()):
+                stale.unlink()
     except OSError as exc:
         raise FailtraceError(f"cannot write the export into {out}: {exc.strerror or exc}") from None
     return files
