@@ -10,6 +10,7 @@ FAILTRACE_SCREENSHOTS=DIR keeps explorer-{compare,across,across-checkpoints,alte
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -78,6 +79,21 @@ def test_side_by_side_has_one_column_per_compared_model(env: dict[str, Any]) -> 
         tokens = cols.nth(i).locator(".tok").count()
         assert tokens == (len(case.tokens) if row["mapped"] else 0)  # every case token, aligned, or no heatmap
     assert page.locator("#alternatives tr[data-token]").count() >= 10
+    # the note counts the top tokens, not the contrast listed below them (it said "11 highest" for a top 10 + 1)
+    table = page.locator("#alternatives tr[data-token]")
+    ranks = [int(table.nth(i).locator("td").first.inner_text()) for i in range(table.count())]
+    contrast = [int(table.nth(i).locator("td").first.inner_text()) for i in range(table.count())
+                if table.nth(i).locator(".pill.ctr").count()]
+    top = [r for r in ranks if not contrast or r != contrast[0] or r <= len(ranks) - 1]
+    assert sorted(top) == list(range(len(top)))  # ranks 0..n-1: the target (0) and the next highest
+    note = page.locator("#alternatives p.note").inner_text()
+    assert f"the {len(top)} highest-logit tokens" in note
+    assert ("the contrast below them" in note) == (len(top) < len(ranks))
+    meta = page.locator("body").inner_text()
+    lines = [ln for ln in meta.splitlines() if "helper" in ln or "contrast from" in ln]
+    found = re.fullmatch(r"contrast from\s*the model's own top-k, rank (\d+) \(1: its best token after the wrong one\)",
+                         lines[0]) if len(lines) == 1 else None
+    assert found and [int(found.group(1))] == contrast, (lines, contrast)  # the search's rank = the table's rank
     assert page.locator("button.pick").count() == 0  # read-only: nothing to pick
     page.locator("#compare").scroll_into_view_if_needed()
     _shot(page, "compare")

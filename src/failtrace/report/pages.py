@@ -87,7 +87,7 @@ def summary_section(t: Mapping[str, Any], figs: Mapping[str, str]) -> str:
         f"{html_table(table1, TABLE1_COLS, tid='table1')}"
         '<h3>Why the other failures are not clean</h3><p class="lead">Status of each failure\'s pair search: '
         "<i>no target</i> — no alternative in the model's own top-k fixes the answer at any walked position; "
-        "<i>no contrast</i> — not even a helper model's candidates do; <i>weak preference</i> — a fixing token "
+        "<i>no contrast</i> — not even the --sibling model's top-k does; <i>weak preference</i> — a fixing token "
         "exists but Δℓ ≤ the minimum; <i>unbounded</i> — the completion hit the token limit; "
         "<i>unverifiable</i> — the checker no longer says fail, or could not decide a rollout; "
         "<i>not paired yet</i> — failures the pair search has not reached.</p>"

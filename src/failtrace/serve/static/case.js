@@ -95,6 +95,12 @@
     return svg;
   }
 
+  function contrastFrom(pair) {  // the pair search's wording: the model's own top-k, or the --sibling model's
+    if (!pair || !pair.contrast_source) return "—";
+    var who = pair.contrast_source === "helper" ? "the sibling model's top-k" : pair.contrast_source === "model" ? "the model's own top-k" : pair.contrast_source;
+    return pair.contrast_rank === null || pair.contrast_rank === undefined ? who : who + ", rank " + pair.contrast_rank + " (1: its best token after the wrong one)";
+  }
+
   function methodsTable(c) {
     var rows = methodsOf(c).map(function (m) {
       var r = c.methods[m];
@@ -133,7 +139,7 @@
       var kv = [["item", c.item_id], ["benchmark", c.benchmark], ["model", c.model], ["verdict", c.verdict ? c.verdict.status : "—"],
                 ["Δℓ", FT.fmt(c.delta_logit, 4)], ["tokens", c.tokens.length + " (" + c.prompt_length + " prompt)"],
                 ["k* (" + method + ")", c.methods[method] && c.methods[method].flip_k !== null ? c.methods[method].flip_k : "none"],
-                ["contrast from", c.pair ? (c.pair.contrast_source || "—") + " rank " + (c.pair.contrast_rank === null ? "—" : c.pair.contrast_rank) : "—"]];
+                ["contrast from", contrastFrom(c.pair)]];
       view.appendChild(el("section", {class: "block"}, [
         el("h2", {}, ["Why ", el("span", {class: "pill tgt"}, FT.shown(c.target.text)), " rather than ",
                       el("span", {class: "pill ctr"}, FT.shown(c.contrast.text)), "?"]),
@@ -181,7 +187,11 @@
         el("td", {class: "n"}, String(a.token_id)), el("td", {class: "n"}, FT.fmt(a.logit, 3)), el("td", {class: "n"}, FT.fmt(a.delta_logit, 3)),
         el("td", {}, role), el("td", {}, pick)]);
     });
-    box.appendChild(el("p", {class: "note"}, "At the failure point, the " + c.alternatives.length + " highest-logit tokens (and the contrast if it is not among them). Δℓ = ℓ(target) − ℓ(token): how much the model preferred its wrong token."));
+    var others = c.alternatives.filter(function (a) { return !a.is_contrast; }).length;
+    var extra = c.alternatives.some(function (a) { return a.is_contrast && a.rank > others; });  // listed beyond the top
+    box.appendChild(el("p", {class: "note"}, "At the failure point, the " + (extra ? others : c.alternatives.length) +
+      " highest-logit tokens (rank 0: the target, the model's own choice)" + (extra ? ", and the contrast below them" : "") +
+      ". Δℓ = ℓ(target) − ℓ(token): how much the model preferred its wrong token."));
     box.appendChild(el("table", {class: "t alts"}, [el("tr", {}, ["rank", "token", "id", "logit", "Δℓ", "", ""].map(function (h, i) {
       return el("th", {class: i && i < 5 && i !== 1 ? "n" : ""}, h); }))].concat(rows)));
     if (FT.meta.review) box.appendChild(el("div", {class: "rv"}, [comment, status]));
