@@ -116,7 +116,7 @@ def _bench_cases_table(t: Mapping[str, Any], bench: str) -> str:
             f'<td>{badge(r["category"], CATEGORY_COLORS)}{" ✎" if r["override_reason"] else ""}</td>'
             f'<td>{badge(r["pattern"], PATTERN_COLORS)}</td>{ks}</tr>')
     return ('<div class="scroll"><table class="t"><thead><tr><th>item</th><th>target vs contrast</th>'
-            f'<th class="n">Δℓ</th><th class="n">tokens</th><th>category</th><th>pattern</th>{head}</tr></thead>'
+            f'<th class="n">Δℓ</th><th class="n" title="prompt + the answer up to the wrong token">context tokens</th><th>category</th><th>pattern</th>{head}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table></div>')
 
 

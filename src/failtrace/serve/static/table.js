@@ -6,7 +6,7 @@
   var COLS = [["item_id", "item"], ["benchmark", "benchmark"], ["model", "model"], ["verdict", "verdict"],
               ["pair_status", "pair"], ["target_text", "target"], ["contrast_text", "contrast"],
               ["delta_logit", "Δℓ"], ["k_star", "k*"], ["category", "category"], ["pattern", "pattern"],
-              ["n_tokens", "tokens"]];
+              ["n_tokens", "answer tokens"]];  // the whole completion (a case page counts its context instead)
   var RANGES = [["dl_min", "dl_max", "Δℓ range"], ["k_min", "k_max", "k* (attnlrp)"]];
   var PAGE = 50;
 
