@@ -424,3 +424,36 @@ def test_device_check_on_a_machine_with_two_gpus(monkeypatch: pytest.MonkeyPatch
         check_device("cuda:0")
     with pytest.raises(FailtraceError, match="'meta' is not supported"):
         check_device("meta")
+
+
+@pytest.mark.parametrize("argv, where", [
+    (["status", "-s"], "failtrace status"),  # reported by the group's parser: still the sub-command's help
+    (["export", "-f", "jsonl"], "failtrace export"),
+    (["nosuch"], "failtrace"),
+])
+def test_usage_errors_point_at_the_right_help(argv: list[str], where: str,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.endswith(f"; see '{where} --help'"), err
+    assert ". ;" not in err and ".;" not in err
+
+
+def test_help_version_and_flags(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """-h is --help; --version/-V print the version; a flag shows no value type (typer 0.29 printed ``<bool>``
+    beside each, which invited ``--review true``); the command list wraps whole sentences (docstrings' own line
+    breaks left ragged lines)."""
+    from failtrace import __version__
+
+    monkeypatch.setenv("COLUMNS", "100")
+    for flag in ("--version", "-V"):
+        assert main([flag]) == 0
+        assert capsys.readouterr().out == f"failtrace {__version__}\n"
+    assert main(["serve", "-h"]) == 0
+    out = capsys.readouterr().out
+    review = next(ln for ln in out.splitlines() if ln.startswith("│ --review"))
+    assert "<bool>" not in out and "<int>" in out and "Allow recording reviews" in review, out
+    assert main(["-h"]) == 0
+    lines = [ln.strip("│ ") for ln in capsys.readouterr().out.splitlines()]
+    status = lines.index(next(ln for ln in lines if ln.startswith("status ")))
+    assert lines[status].endswith("length-limit"), lines[status]  # filled to the width, not broken at "clean rates"

@@ -66,6 +66,11 @@ def test_sibling_option_alias_and_tokenizer_error(tmp_path: Path, models: tuple[
         assert len(runs) == 1 and runs[0].settings["helper_model"] == str(sibling)  # the same run either way
         assert {r["status"] for r in st.pairs(runs[0].run_id)} <= {"no_contrast", "unbounded", "clean",
                                                                   "weak_preference"}
+    assert main(["pairs", "-s", str(store), "--sibling", str(sibling), "--helper-model", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: --sibling and --helper-model (its old name) name different models; give one\n"
+    assert main(["pairs", "--help"]) == 0
+    assert "--helper-model" not in capsys.readouterr().out  # the old name works, but help shows only --sibling
     assert main(["pairs", "-s", str(store), "--rollout-tokens", "0", "--no-progress"]) == 2
     err = capsys.readouterr().err  # refused by the option parser, before any model load
     assert err.startswith("error: ") and "--rollout-tokens" in err and "at least 1" in err

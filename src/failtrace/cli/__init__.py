@@ -7,10 +7,12 @@ line) exits with 2; an unexpected exception exits with 70 and its traceback goes
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 import warnings
 from importlib import import_module
+from typing import Any
 
 import typer
 
@@ -22,7 +24,41 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from failtrace import __version__
+
+        typer.echo(f"failtrace {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", "-V", is_eager=True, callback=_print_version,
+                                       help="Print failtrace's version and exit.")) -> None:
+    """Explain why a language model got a benchmark item wrong (contrastive AttnLRP attribution)."""
+
+def _flags_without_type() -> None:
+    """typer 0.29's help prints ``<bool>`` beside every flag (``--review <bool>``), which reads as if the flag took a
+    value (``serve --review true`` then fails): show no type for options that take none. Older typer has no such
+    method and prints none."""
+    core = getattr(typer, "core", None)
+    option = getattr(core, "TyperOption", None)
+    shown = getattr(option, "display_type_rich", None)
+    if shown is None or getattr(shown, "_failtrace", False):
+        return
+
+    def display_type_rich(self: Any, ctx: Any) -> str | None:
+        return None if getattr(self, "is_flag", False) and self.metavar is None else shown(self, ctx)
+
+    display_type_rich._failtrace = True  # type: ignore[attr-defined]
+    option.display_type_rich = display_type_rich
+
+
+_flags_without_type()
 
 # Command modules, each with a ``register(app)`` function. Add a module here to add its commands.
 _COMMAND_MODULES = (
@@ -40,6 +76,14 @@ _COMMAND_MODULES = (
 
 for _name in _COMMAND_MODULES:
     import_module(_name).register(app)
+
+# A docstring wrapped at the code's line length would keep its line breaks in typer's rich help (ragged lines in the
+# command list): each command's first paragraph becomes one line, which the help then wraps to the terminal.
+for _info in app.registered_commands:
+    _doc = inspect.getdoc(_info.callback) or ""
+    if _info.help is None and _doc:
+        _first, _sep, _rest = _doc.partition("\n\n")
+        _info.help = " ".join(_first.split()) + _sep + _rest
 
 
 def _usage_error_types() -> tuple[type[BaseException], ...]:
@@ -64,14 +108,18 @@ def _interrupted() -> None:
     _error("interrupted; everything committed to the store so far is kept, rerun the command to resume")
 
 
-def _usage_error(exc: BaseException) -> int:
-    """One line for a bad command line, with where to look for the valid options."""
+def _usage_error(exc: BaseException, argv: list[str]) -> int:
+    """One line for a bad command line, with where to look for the valid options (the sub-command's help when one
+    was named: an option missing its value is reported by the group's parser, whose path is plain ``failtrace``)."""
     if type(exc).__name__ == "NoArgsIsHelpError":  # ``failtrace`` alone: the help was already printed
         return 0
     message = exc.format_message() if hasattr(exc, "format_message") else str(exc)  # type: ignore[union-attr]
     ctx = getattr(exc, "ctx", None)
     path = getattr(ctx, "command_path", None) or "failtrace"
-    _error(f"{message} (see '{path} --help')")
+    commands = getattr(typer.main.get_command(app), "commands", {})
+    if path == "failtrace" and argv and argv[0] in commands:
+        path = f"failtrace {argv[0]}"
+    _error(f"{message.rstrip().rstrip('.')}; see '{path} --help'")
     code = getattr(exc, "exit_code", EXIT_BAD_INPUT)
     return code if isinstance(code, int) and code else EXIT_BAD_INPUT
 
@@ -128,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except Exception as exc:  # noqa: BLE001 - the one place that turns any failure into one line
         if isinstance(exc, _usage_error_types()):
-            return _usage_error(exc)
+            return _usage_error(exc, list(sys.argv[1:] if argv is None else argv))
         return _unexpected(exc, argv)
     return 0
 

@@ -79,7 +79,8 @@ def compare_command(
                                                     help="Checkpoint folders written by `failtrace finetune` (e.g. "
                                                          "ckpts/step-0 ckpts/step-50): the base model's cases on "
                                                          "each, with step and trained/held-out split."),
-    more: Optional[list[str]] = typer.Argument(None, hidden=True, help="More models or checkpoints (--models A B C)."),
+    more: Optional[list[str]] = typer.Argument(None, hidden=True, metavar="MODEL",  # --models A B C: B, C
+                                               help="More models or checkpoints (--models A B C)."),
     benchmark: Optional[str] = typer.Option(None, "--benchmark", "-b", help="Only cases of this benchmark."),
     limit: Optional[int] = typer.Option(None, "--limit", "-n", help="At most N cases."),
     device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu or cuda."),

@@ -43,7 +43,7 @@ def refuse_empty_values(command: Any, argv: list[str]) -> None:
         if not eq and arg in takes_value:  # the next word is this option's value (whatever it looks like)
             name, value, i = arg, (argv[i + 1] if i + 1 < len(argv) else None), i + 1
         if name in takes_value and name not in EMPTY_ALLOWED and value == "":
-            raise FailtraceError(f"{name} is empty; give a value (see 'failtrace {argv[0]} --help')")
+            raise FailtraceError(f"{name} is empty; give a value; see 'failtrace {argv[0]} --help'")
         i += 1
 
 

@@ -148,10 +148,10 @@ def pairs_command(
     store: Path = typer.Option(Path(DEFAULT_STORE), "--store", "-s", help="Results store written by collect."),
     top_k: int = typer.Option(10, "--top-k", "-k", callback=opts.count(1),
                               help="Alternatives tried per position (the model's own top-k)."),
-    helper_model: Optional[str] = typer.Option(None, "--sibling", "--helper-model",
+    helper_model: Optional[str] = typer.Option(None, "--sibling",
                                                help="Stronger sibling model (same tokenizer required), asked for its "
-                                                    "top-k where the model's own alternatives do not recover. "
-                                                    "--helper-model is the old name."),
+                                                    "top-k where the model's own alternatives do not recover."),
+    old_helper: Optional[str] = typer.Option(None, "--helper-model", hidden=True, help="The old name of --sibling."),
     min_delta: float = typer.Option(1.0, "--min-delta", callback=opts.finite(0.0),
                                     help="Clean needs logit(target) - logit(contrast) > this (>= 0)."),
     limit: Optional[int] = typer.Option(None, "--limit", "-n", callback=opts.count(1),
@@ -202,6 +202,9 @@ def pairs_command(
                             rollout_tokens=rollout_tokens, position_batch=position_batch, early_stop=early_stop,
                             order=order, draft_tokens=draft_tokens)
     settings.validate()
+    if old_helper is not None and helper_model not in (None, old_helper):
+        raise FailtraceError("--sibling and --helper-model (its old name) name different models; give one")
+    helper_model = helper_model or old_helper
     check_device(device)
     check_store_path(store, create=False)
     opts.check_scale(workers, ray_address)
