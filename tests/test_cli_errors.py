@@ -392,7 +392,7 @@ def test_store_locked_by_another_writer(work: Path, tmp_path: Path, capsys: pyte
             argv = [a.replace("{w}", str(work)) for a in argv]
             assert main(argv) == 2
             err = capsys.readouterr().err.strip()
-            assert err.startswith("error: ") and len(err.splitlines()) == 1 and "in use by another process" in err
+            assert err.startswith("error: ") and len(err.splitlines()) == 1 and f"in use by process {holder.pid} " in err
             assert str(store) in err and "must-not-load" not in err
         assert hashlib.sha256(store.read_bytes()).hexdigest() == digest
     finally:

@@ -23,6 +23,7 @@ while a reader copies: the cost of a file copy, once per snapshot.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -60,6 +61,15 @@ def refuse_over_stores(paths: Iterable[Path], what: str) -> None:
             via = f" (through the link {path} -> {os.path.realpath(path)})" if Path(path).is_symlink() else ""
             raise FailtraceError(f"{what} would write over {path}, which is a DuckDB results store{via}; failtrace "
                                  f"never writes over a store: move it or choose another --out")
+
+
+def in_use_error(path: Path, exc: BaseException) -> FailtraceError:
+    """DuckDB's lock conflict in one sentence: who holds the store (its PID, when DuckDB says), without DuckDB's
+    trailing documentation link (which the one-line error cut in the middle)."""
+    holder = re.search(r"held in (\S+) \(PID (\d+)\)", str(exc))
+    who = f"process {holder.group(2)} ({Path(holder.group(1)).name})" if holder else "another process"
+    return FailtraceError(f"results store {path} is in use by {who} (DuckDB allows one writer at a time, and no "
+                          f"reader beside it); wait for it to finish or use another --store")
 
 
 def lock_path(path: Path) -> Path:
@@ -160,8 +170,7 @@ def translate(path: Path, exc: BaseException, when: str) -> FailtraceError | Non
         return None
     text = _first_line(exc)
     if is_lock_error(exc):
-        return FailtraceError(f"results store {path} is in use by another process (DuckDB allows one writer at a "
-                              f"time); wait for it to finish or use another --store. ({text})")
+        return in_use_error(path, exc)
     if is_permission_error(exc):  # e.g. the log cannot be created at a commit: nothing was written
         return FailtraceError(f"cannot write results store {path}: permission denied ({text}); make the store and "
                               f"its folder writable or give another --store; the file was left unchanged")

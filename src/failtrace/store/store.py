@@ -95,9 +95,7 @@ class ResultsStore(PairsTable):
         return False
 
     def _in_use(self, exc: BaseException) -> FailtraceError:
-        return FailtraceError(f"results store {self.path} is in use by another process (DuckDB allows one writer at "
-                              f"a time); wait for it to finish or use another --store. "
-                              f"({str(exc).splitlines()[0][:200]})")
+        return connection.in_use_error(self.path, exc)
 
     def _open_reader(self) -> GuardedConnection:
         """Read-only connection, or a snapshot copy when a writer holds the file."""
