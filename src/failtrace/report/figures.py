@@ -162,8 +162,11 @@ def faithfulness_figure(flip_rows: Sequence[Mapping[str, Any]], kstar: Sequence[
         mk = ks[0]["mean_k_star"] if ks else None
         label = f"{m} (mean k* {mk:.1f})" if mk is not None else f"{m} (no flip)"
         color, ls = METHOD_STYLE.get(m, (_FALLBACK[i % len(_FALLBACK)], "-"))
-        ax.plot([0] + [k for k, _ in pts], [0.0] + [v for _, v in pts], ls, color=color, marker="o", ms=3.5,
-                lw=2.4 if m == "attnlrp" else 1.6, label=label)
+        # AttnLRP: a broad band under thin lines, so a method with the same curve shows inside it, not hidden
+        wide = m == "attnlrp"
+        ax.plot([0] + [k for k, _ in pts], [0.0] + [v for _, v in pts], ls, color=color, marker="o",
+                ms=7 if wide else 3.5, lw=5.0 if wide else 1.4, alpha=0.55 if wide else 1.0, zorder=2 if wide else 3,
+                label=label)
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("k = top positively attributed tokens masked", fontsize=9)
     ax.set_ylabel("flip rate (Δℓ < 0)", fontsize=9)
