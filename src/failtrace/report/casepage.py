@@ -87,7 +87,7 @@ def _strip(case: Case, method: str | None) -> str:
         style = "" if special else f"background:{_mix(v)};color:{'#fff' if abs(v) > 0.62 else '#111'};"
         if seg in seg_index and not special:
             style += f"border-bottom-color:{SEGMENT_COLORS[seg_index[seg] % len(SEGMENT_COLORS)]}"
-        base = f"pos {i} · {seg or 'no segment'}{' · special' if special else ''} · ‹{plain_token(tok)}›"
+        base = f"pos {i} · {seg or 'no segment'}{' · special token id' if special else ''} · ‹{plain_token(tok)}›"
         title = base + (f"\n{method}: normalised = {v:.3f}" if method else "")
         parts.append(f'<span class="{cls}" data-p="{i}" data-base="{esc(base)}" style="{style}" '
                      f'title="{esc(title)}">{shown_token(tok)}</span>')
@@ -104,11 +104,11 @@ def _legend(case: Case) -> str:
     for i, s in enumerate(case.segments):
         if s not in drawn:
             continue
-        rel = " (relevant)" if s in case.relevant_segments else ""
+        rel = " (relevant)" if s in case.relevant_segments else " (chat-template text)" if s == "special" else ""
         segs.append(f'<span><span class="sw" style="background:{SEGMENT_COLORS[i % len(SEGMENT_COLORS)]}"></span>'
                     f"{esc(s)}{rel}</span>")
     return (f'<div class="legend"><span>supports contrast</span><span class="grad"></span><span>supports target</span>'
-            f'<span><span class="sw" style="background:#e5e7eb"></span>special (grey)</span>'
+            f'<span><span class="sw" style="background:#e5e7eb"></span>special token ids (grey)</span>'
             f'<span>underline = segment:</span>{"".join(segs)}<span>· space ↵ newline → tab</span></div>')
 
 

@@ -67,7 +67,7 @@
   function tokenText(c, m, i) {
     var sp = c.special[i], v = m && m.drawable ? m.norm[i] : null, raw = m && m.drawable ? m.raw[i] : null;
     return "pos " + i + " · ‹" + FT.shown(c.tokens[i]) + "› · " + (c.labels[i] || "no segment") +
-      (sp ? " · special (grey)" : "") + "\nR = " + FT.fmt(raw, 5) + "   normalised = " + FT.fmt(v, 3);
+      (sp ? " · special token id (grey)" : "") + "\nR = " + FT.fmt(raw, 5) + "   normalised = " + FT.fmt(v, 3);
   }
 
   function curves(c, method) {  // Δℓ after masking the top-k tokens, k = 0..K, one line per method
@@ -147,7 +147,7 @@
         c.notes.length ? el("p", {class: "note"}, c.notes.join(" · ")) : null,
         buttons,
         el("div", {class: "legend"}, [el("span", {}, "supports contrast"), el("span", {class: "grad"}), el("span", {}, "supports target"),
-                                      el("span", {}, "grey = special token · boxes = segments (click to fold)")])
+                                      el("span", {}, "grey = special token id · boxes = segments (click to fold; \u2018special\u2019 = the chat template\u2019s own text)")])
       ].concat(strip(c, method, params))));
       view.appendChild(el("section", {class: "block grid2"}, [
         el("div", {}, [el("h3", {}, "Masking flip curves"), el("p", {class: "note"},
