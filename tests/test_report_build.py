@@ -272,3 +272,7 @@ def test_evidence_is_rendered_readably():
     assert out.count("<tr>") == 1 + MAX_ROWS + 1 and "… 3 more" in out  # header, MAX_ROWS rows, the "more" row
     assert "&lt;b&gt;x&lt;/b&gt;" in out and "<b>x</b>" not in out
     assert "none stored" in dl({})
+    empty = dl({"ablated_nodes": [], "other": []})  # an empty list says what "none" means where it could mislead
+    assert "<dt>ablated_nodes</dt><dd><span class=\"dim\">none: no ablation of the top nodes within the budget " \
+           "flipped the prediction</span></dd>" in empty
+    assert "<dt>other</dt><dd><span class=\"dim\">none</span></dd>" in empty

@@ -17,6 +17,9 @@ MAX_ROWS = 12
 _WS = {" ": "·", "\n": "↵", "\t": "→"}
 _PATH_KEYS = {"nodes", "path"}
 _TOKEN_KEYS = {"token", "tokens", "text", "input_token_text"}
+# What an empty list means where a bare "none" reads as a contradiction (the ablation table beside it lists nodes)
+_EMPTY = {"ablated_nodes": "none: no ablation of the top nodes within the budget flipped the prediction",
+          "oit_tokens": "none: no irrelevant token among the top supporters"}
 
 
 def _esc(x: Any) -> str:
@@ -63,7 +66,7 @@ def value(v: Any, key: str = "") -> str:
     if isinstance(v, Sequence):
         items = list(v)
         if not items:
-            return '<span class="dim">none</span>'
+            return f'<span class="dim">{_esc(_EMPTY.get(key, "none"))}</span>'
         if all(isinstance(x, Mapping) for x in items):
             return _table(items)
         if all(_is_scalar(x) for x in items):
