@@ -50,7 +50,7 @@ def status_command(
     if analysed:
         con.print(_cases_table(analysed))
     else:
-        con.print("no analysed cases yet (`failtrace analyse` explains the clean pairs)", highlight=False)
+        con.print("no analysed cases yet (failtrace analyse explains the clean pairs)", highlight=False)
 
 
 def _pair_label(n: int, row: Any, paired: list[Any]) -> str:
@@ -73,6 +73,7 @@ def _table(title: str, headers: list[str], cells: list[list[str]], caption: str 
     """A status table: left-aligned title and caption, the columns of :func:`_columns`, one row per cell list."""
     from rich.table import Table
 
+    # pad_edge=False: the pair table's 13 columns fit 100 terminal columns only without the outer padding
     table = Table(title=title, title_justify="left", caption_justify="left", pad_edge=False, caption=caption)
     _columns(table, headers, text=text)
     for row in cells:
@@ -96,7 +97,7 @@ def _pairs_table(paired: list[tuple[str, Any]]) -> Any:
                "decidable); limit hit: paired failures whose completion hit the limit; cont. pass / cont. fail: "
                "of those, continued to the rollout budget (--rollout-tokens), passed (an artefact of the "
                "budget, still unbnd) / stopped and still failed (a real failure, searched); clean rate = clean "
-               "/ failed; clean rate decid. = clean / (failed - unbnd), over the decidable failures")
+               "/ failed; clean rate decid. = clean / (failed - unbnd), over the decidable failures.")
     return _table("pair search (one status per failure)", headers, cells, caption)
 
 
@@ -156,8 +157,8 @@ def _cases_table(analysed: list[tuple[str, dict[str, Any]]]) -> Any:
     caption = ("M-IA: masking <= k_ia top input tokens flips it; NC-IA+M-AG: only ablating top graph nodes "
                "does; NC-IA+AG: neither. URT: the relevant segment does not push against the target; OIT: an "
                "irrelevant token is among its strongest supporters. k* found: cases whose AttnLRP k* (fewest "
-               "top tokens masked to flip it) is within K; median k* over those. `failtrace report` shows "
-               "each case" + ("; not counted in the columns: " + "; ".join(unlabelled) if unlabelled else ""))
+               "top tokens masked to flip it) is within K; median k* over those. failtrace report shows "
+               "each case" + ("; not counted in the columns: " + "; ".join(unlabelled) if unlabelled else "") + ".")
     return _table("analysed cases (newest analysis of each pair run)", headers, cells, caption)
 
 
