@@ -154,6 +154,34 @@ def test_a_store_that_lost_a_table_is_called_damaged(toy: dict[str, Any], tmp_pa
     assert sha256(store) == sha and not (tmp_path / "exp").exists()
 
 
+@pytest.mark.parametrize("argv", [
+    ["status"], ["export", "--format", "jsonl", "-o", "{d}/exp"], ["report", "-o", "{d}/exp"],
+    ["override", "--case", "x", "--category", "M-IA", "--reason", "r"],
+], ids=["status", "export", "report", "override"])
+def test_a_store_that_lost_a_column_is_called_damaged(toy: dict[str, Any], tmp_path: Path, argv: list[str],
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Before (third sweep): report and export read a store without ``cases.pattern`` with exit 0 (the report
+    called every case unlabelled); only status noticed."""
+    store, sha = _damaged(toy, tmp_path, "ALTER TABLE cases DROP COLUMN pattern")
+    line = _one_error_line(main([*[a.replace("{d}", str(tmp_path)) for a in argv], "-s", str(store)]), capsys)
+    assert line == (f"error: results store {store} lacks column(s) cases.pattern of its schema version 3; it is "
+                    f"damaged; the file was left unchanged. Restore it from a copy or give another --store"), line
+    assert sha256(store) == sha and not (tmp_path / "exp").exists()
+
+
+def test_text_that_is_not_json_in_a_case_is_called_damaged(toy: dict[str, Any], tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Before (third sweep): hand-corrupted case JSON made report exit 70 ("unexpected JSONDecodeError")."""
+    store, sha = _damaged(toy, tmp_path, "UPDATE cases SET segments = '{not json' WHERE case_id = "
+                                         "(SELECT min(case_id) FROM cases)")
+    for argv in (["report", "-o", str(tmp_path / "rep")], ["export", "-f", "jsonl", "-o", str(tmp_path / "exp")]):
+        line = _one_error_line(main([*argv, "-s", str(store)]), capsys)
+        assert line.startswith(f"error: results store {store} holds text that is not JSON in cases.segments of "
+                               f"case "), line
+        assert "it is damaged; restore it from a copy" in line
+    assert sha256(store) == sha and not (tmp_path / "rep" / "index.html").exists()
+
+
 def test_schema_version_zero_is_refused_on_read(toy: dict[str, Any], tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     store, sha = _damaged(toy, tmp_path, "UPDATE schema_version SET version = 0")

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from failtrace.store.records import loads
+
 if TYPE_CHECKING:
     from failtrace.store.store import ResultsStore
 
@@ -48,7 +50,8 @@ def read(con: Any, case_id: str) -> dict[str, Any] | None:
                       "WHERE case_id = ?", [case_id]).fetchone()
     if row is None:
         return None
-    return {"k": row[0], "target_logit": row[1], "token_ids": list(row[2]), "tokens": json.loads(row[3]),
+    tokens = loads(row[3], f"case_alternatives.tokens of case {case_id}")
+    return {"k": row[0], "target_logit": row[1], "token_ids": list(row[2]), "tokens": tokens,
             "logits": list(row[4]), "ranks": list(row[5])}
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from failtrace.cases.record import CATEGORIES, Case, MaskingSpec, MethodResult
 from failtrace.errors import FailtraceError
 from failtrace.store.natural import natural_key
+from failtrace.store.records import loads
 
 if TYPE_CHECKING:  # type only: the store's export imports this module
     from failtrace.store.store import ResultsStore
@@ -48,8 +49,9 @@ def _json_default(obj: Any) -> Any:
     return str(obj)
 
 
-def _parsed(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, str) else value
+def _parsed(value: Any, store: ResultsStore | None = None, where: str = "a JSON column") -> Any:
+    """A JSON text column's value (other values as they are; :func:`failtrace.store.records.loads`)."""
+    return loads(value, where, store.path if store is not None else None) if isinstance(value, str) else value
 
 
 def has_case_tables(store: ResultsStore) -> bool:
@@ -158,14 +160,14 @@ def load_cases(store: ResultsStore, benchmark: str | None = None, model_fingerpr
         rows = [r for r in rows if (r["pair_run_id"], r["analysis_id"]) in keep]
     methods: dict[str, dict[str, MethodResult]] = {}
     for m in store._rows("SELECT * FROM case_methods"):
-        m["segment_relevance"] = json.loads(m["segment_relevance"] or "{}")
+        m["segment_relevance"] = _parsed(m["segment_relevance"] or "{}", store,
+                                         f"case_methods.segment_relevance of case {m['case_id']}")
         methods.setdefault(m["case_id"], {})[m["method"]] = MethodResult.from_dict(m)
     overrides = current_overrides(store)
     out = []
     for r in rows:
         for col in _CASE_JSON:
-            if isinstance(r.get(col), str):
-                r[col] = json.loads(r[col])
+            r[col] = _parsed(r.get(col), store, f"cases.{col} of case {r['case_id']}")
         r["masking"] = MaskingSpec.from_dict(r["masking"]).to_dict()
         r["methods"] = {}
         case = Case.from_dict(r)

@@ -12,6 +12,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from failtrace.store.records import loads
+
 if TYPE_CHECKING:  # annotations only: store.store imports this module lazily for export (no import circle)
     from failtrace.store.store import ResultsStore
 
@@ -92,9 +94,10 @@ def load_comparisons(store: ResultsStore, case_ids: set[str] | None = None) -> l
         return []
     rows = store._rows("SELECT * FROM comparisons ORDER BY benchmark, item_id, case_id, reference DESC, model")
     for r in rows:
-        r["segment_relevance"] = json.loads(r["segment_relevance"] or "{}")
-        r["notes"] = json.loads(r["notes"] or "[]")
-        r["tokens"] = json.loads(r["tokens"]) if r.get("tokens") else None  # None: written before tokens were kept
+        where = f"comparisons row of case {r['case_id']} on {r['model']}"
+        r["segment_relevance"] = loads(r["segment_relevance"] or "{}", where, store.path)
+        r["notes"] = loads(r["notes"] or "[]", where, store.path)
+        r["tokens"] = loads(r["tokens"], where, store.path) if r.get("tokens") else None  # None: written before
         r.setdefault("special_mask", None)
         r.pop("created_at", None)
     return [r for r in rows if case_ids is None or r["case_id"] in case_ids]

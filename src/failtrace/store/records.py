@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from failtrace.benchmarks.base import Item
+from failtrace.errors import FailtraceError
 from failtrace.store.schema import CASE_KEYS
 
 DEFAULT_STORE = "failtrace.duckdb"
@@ -38,11 +39,23 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, sort_keys=True, default=str)
 
 
-def parse_json_columns(row: dict[str, Any]) -> dict[str, Any]:
+def loads(text: str, where: str, store: Any = None) -> Any:
+    """A JSON text column's value; text that is not JSON means a damaged store, said in one line (not a bug's
+    traceback). ``where``: the column (and row) it came from; ``store``: its path, for the message."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        name = f"results store {store}" if store else "the results store"
+        raise FailtraceError(f"{name} holds text that is not JSON in {where} ({exc.msg} at character {exc.pos}); it "
+                             f"is damaged; restore it from a copy, or write the stage again into another --store") \
+            from None
+
+
+def parse_json_columns(row: dict[str, Any], store: Any = None) -> dict[str, Any]:
     """Turn the JSON-text columns of one row back into objects (in place; returns the row)."""
     for k in JSON_COLUMNS & row.keys():
         if isinstance(row[k], str):
-            row[k] = json.loads(row[k])
+            row[k] = loads(row[k], f"column {k}", store)
     return row
 
 

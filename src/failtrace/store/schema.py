@@ -49,6 +49,10 @@ JSON-valued columns are stored as text (``VARCHAR``) so the store needs no datab
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
+from typing import Any
+
 SCHEMA_VERSION = 3
 
 PAIR_STATUSES = ("clean", "no_target", "no_contrast", "weak_preference", "unbounded", "unverifiable")
@@ -247,6 +251,71 @@ DDL: tuple[str, ...] = (
         created_at TIMESTAMP NOT NULL
     )""",
 )
+
+
+@functools.lru_cache(maxsize=1)
+def expected_columns() -> dict[str, frozenset[str]]:
+    """Each table's columns at :data:`SCHEMA_VERSION`, read off :data:`DDL` run in an in-memory DuckDB (so the list
+    is never written twice): a store of this version lacking one was damaged."""
+    import duckdb
+
+    con = duckdb.connect(":memory:")
+    try:
+        for stmt in DDL:
+            con.execute(stmt)
+        rows = con.execute("SELECT table_name, column_name FROM information_schema.columns").fetchall()
+    finally:
+        con.close()
+    out: dict[str, set[str]] = {}
+    for table, column in rows:
+        out.setdefault(table, set()).add(column)
+    return {t: frozenset(c) for t, c in out.items()}
+
+
+def check_schema(con: Any, path: Any, *, reading: bool, read_only: bool) -> bool:
+    """Refuse a file that is not a failtrace store, is newer, empty for a reader, or damaged (a lost table, or a lost
+    column at the current version); migrate an older one opened for writing. True: a new, empty file to create."""
+    from failtrace.errors import FailtraceError
+
+    tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    if "schema_version" not in tables:
+        if tables:
+            raise FailtraceError(f"{path} is a DuckDB file but not a failtrace results store (it has tables "
+                                 f"{sorted(tables)[:5]} and no schema_version); use another --store")
+        if read_only:
+            raise FailtraceError(f"results store {path} is empty; run `failtrace collect` first")
+        return True
+    row = con.execute("SELECT max(version) FROM schema_version").fetchone()
+    version = int(row[0]) if row and row[0] is not None else None
+    if version is None:
+        raise FailtraceError(f"results store {path} has an empty schema_version table; it is damaged or was not "
+                             f"written by failtrace")
+    if version < 1:
+        raise FailtraceError(f"results store {path} has schema version {version}, which no failtrace wrote "
+                             f"(versions start at 1); it is damaged or was not written by failtrace")
+    if version > SCHEMA_VERSION:
+        raise FailtraceError(f"results store {path} was written by a newer failtrace (store schema version {version}; "
+                             f"this failtrace reads versions up to {SCHEMA_VERSION}); upgrade failtrace to read it")
+    if not reading and version < SCHEMA_VERSION:
+        migrate(con, version)  # one transaction, adds tables/columns; read-only opens read the old layout
+        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    required = TABLES if version >= 2 else RUN_TABLES  # version 1 had no case tables (old layouts are read)
+    missing = [t for t in required if t not in tables]  # never recreated: an empty table would hide the damage
+    lost = lost_columns(con, TABLES) if not missing and version >= SCHEMA_VERSION else []  # read as empty, a lost
+    if missing or lost:  # column would make a report call every case unlabelled
+        what = f"table(s) {', '.join(missing)}" if missing else f"column(s) {', '.join(lost[:6])}"
+        raise FailtraceError(f"results store {path} lacks {what} of its schema version {version}; it is damaged; "
+                             f"the file was left unchanged. Restore it from a copy or give another --store")
+    return False
+
+
+def lost_columns(con: Any, tables: Sequence[str]) -> list[str]:
+    """``table.column`` for every column of :func:`expected_columns` that ``tables`` lack in the open store ``con``."""
+    have: dict[str, set[str]] = {}
+    for table, column in con.execute("SELECT table_name, column_name FROM information_schema.columns").fetchall():
+        have.setdefault(table, set()).add(column)
+    expected = expected_columns()
+    return [f"{t}.{c}" for t in tables for c in sorted(expected.get(t, frozenset()) - have.get(t, set()))]
 
 
 def migrate(con: object, from_version: int) -> None:

@@ -18,7 +18,6 @@ written to. Both are described in :mod:`failtrace.store.connection`. Summaries a
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -35,12 +34,13 @@ from failtrace.store.records import (
     RunRecord,
     StatusRow,
     content_hash,
+    loads,
     parse_json_columns,
 )
 from failtrace.store.records import dumps as _dumps
 from failtrace.store.records import now as _now
 from failtrace.store.pairs_table import PairsTable
-from failtrace.store.schema import DDL, RUN_TABLES, SCHEMA_VERSION, TABLES, migrate
+from failtrace.store.schema import DDL, SCHEMA_VERSION, TABLES, check_schema
 
 __all__ = ["DEFAULT_STORE", "GenerationRecord", "ResultsStore", "RunRecord", "StatusRow", "content_hash",
            "open_store"]
@@ -144,39 +144,7 @@ class ResultsStore(PairsTable):
 
     def _check_schema(self, probe: bool = False) -> None:
         """Refuse files that are not failtrace stores or are newer; create the tables in a new (empty) file."""
-        reading = self.read_only or probe
-        tables = {r[0] for r in self.con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-        if "schema_version" in tables:
-            row = self.con.execute("SELECT max(version) FROM schema_version").fetchone()
-            version = int(row[0]) if row and row[0] is not None else None
-            if version is None:
-                raise FailtraceError(f"results store {self.path} has an empty schema_version table; it is damaged or "
-                                     f"was not written by failtrace")
-            if version < 1:
-                raise FailtraceError(f"results store {self.path} has schema version {version}, which no failtrace "
-                                     f"wrote (versions start at 1); it is damaged or was not written by failtrace")
-            if version > SCHEMA_VERSION:
-                raise FailtraceError(
-                    f"results store {self.path} was written by a newer failtrace (store schema version {version}; "
-                    f"this failtrace reads versions up to {SCHEMA_VERSION}); upgrade failtrace to read it"
-                )
-            if not reading and version < SCHEMA_VERSION:
-                migrate(self.con, version)  # one transaction, adds tables/columns; read-only opens read the old layout
-                tables = {r[0] for r in self.con.execute(
-                    "SELECT table_name FROM information_schema.tables").fetchall()}
-            required = TABLES if version >= 2 else RUN_TABLES  # version 1 had no case tables (old layouts are read)
-            missing = [t for t in required if t not in tables]
-            if missing:  # never recreated: an empty table in place of a lost one would hide the damage
-                raise FailtraceError(f"results store {self.path} lacks table(s) {', '.join(missing)} of its schema "
-                                     f"version {version}; it is damaged; the file was left unchanged. Restore it "
-                                     f"from a copy or give another --store")
-            return
-        if tables - {"schema_version"}:
-            raise FailtraceError(f"{self.path} is a DuckDB file but not a failtrace results store (it has tables "
-                                 f"{sorted(tables)[:5]} and no schema_version); use another --store")
-        if self.read_only:
-            raise FailtraceError(f"results store {self.path} is empty; run `failtrace collect` first")
-        if not probe:
+        if check_schema(self.con, self.path, reading=self.read_only or probe, read_only=self.read_only) and not probe:
             self._create()
 
     def _create(self) -> None:
@@ -257,7 +225,7 @@ class ResultsStore(PairsTable):
             row = self.con.execute("SELECT settings FROM runs WHERE run_id = ?", [run_id]).fetchone()
             if row is None:
                 raise FailtraceError(f"no run {run_id!r} in {self.path}")
-            settings = json.loads(row[0]) if row[0] else {}
+            settings = loads(row[0], f"runs.settings of run {run_id}", self.path) if row[0] else {}
             settings[key] = [*settings.get(key, []), entry]
             self.con.execute("UPDATE runs SET settings = ? WHERE run_id = ?", [_dumps(settings), run_id])
 
