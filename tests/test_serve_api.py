@@ -266,6 +266,33 @@ def test_cli_port_in_use_is_one_line(toy: dict[str, Any], capsys: pytest.Capture
     assert sha256(toy["store"]) == toy["sha"] and not Path(str(toy["store"]) + ".wal").exists()
 
 
+def test_all_addresses_print_the_url_to_open(toy: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """--host 0.0.0.0 printed http://0.0.0.0:PORT, which is not an address to open; uvicorn.run is replaced here."""
+    import uvicorn
+
+    from failtrace.cli import main
+
+    served: dict[str, Any] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: served.update(host=host, port=port))
+    assert main(["serve", "--store", str(toy["store"]), "--host", "0.0.0.0", "--port", "0"]) == 0
+    out, err = capsys.readouterr()
+    assert served["host"] == "0.0.0.0" and served["port"] > 0
+    assert out == (f"failtrace explorer on http://127.0.0.1:{served['port']} (and this machine's other addresses)  "
+                   f"({toy['store']}, read-only)\n")
+    assert err.startswith("warning: binding 0.0.0.0: anyone who can reach this address can read the store")
+
+
+def test_head_and_version(client: TestClient) -> None:
+    from failtrace import __version__
+
+    for path in ("/", "/static/app.js"):
+        r = client.head(path)
+        assert r.status_code == 200 and r.content == b"" and int(r.headers["content-length"]) > 100, path
+    spec = client.get("/openapi.json").json()["info"]
+    assert spec["version"] == __version__ and "`" not in spec["description"]
+
+
 def test_cli_serves_and_stops_on_sigint(toy: dict[str, Any]) -> None:
     """The real command in a subprocess: prints its loopback URL, answers, stops cleanly on Ctrl-C (SIGINT)."""
     import os

@@ -34,8 +34,11 @@ def serve_command(
     if host not in LOOPBACK:  # warned only once the address and the store are good: a failure stays one line
         typer.echo(f"warning: binding {host}: anyone who can reach this address can read the store"
                    + (" and write reviews" if review else ""), err=True)
-    shown = f"[{host}]" if ":" in host else host
-    typer.echo(f"failtrace explorer on http://{shown}:{port}  ({store}, {'review mode' if review else 'read-only'})")
+    anywhere = host in ("0.0.0.0", "::")  # every address: the URL to open here is the loopback one
+    shown = "127.0.0.1" if anywhere else f"[{host}]" if ":" in host else host
+    typer.echo(f"failtrace explorer on http://{shown}:{port}" + (" (and this machine's other addresses)" if anywhere
+                                                                 else "")
+               + f"  ({store}, {'review mode' if review else 'read-only'})")
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 

@@ -159,9 +159,12 @@ def create_app(store: str | Path, review: bool = False, allowed_hosts: list[str]
         state.close()
 
     # FastAPI's /docs and /redoc pages load their scripts from a CDN; the explorer draws the schema itself (#/api)
-    app = FastAPI(title="failtrace explorer", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="Browse a failtrace results store: cases table, case pages, attribution graphs, "
-                              "reviews (writes only with `failtrace serve --review`).")
+    from failtrace import __version__
+
+    app = FastAPI(title="failtrace explorer", version=__version__, lifespan=lifespan, docs_url=None,
+                  redoc_url=None, description="Browse a failtrace results store: cases table, case pages, "
+                                              "attribution graphs, reviews (writes only with failtrace serve "
+                                              "--review).")
     app.state.ft = state
     app.state.static = load_static()
     app.include_router(router)
