@@ -20,7 +20,7 @@ from failtrace.report.tables import NON_CLEAN
 Col = tuple[str, str, str]  # (key, header, kind: text | int | float | pct | code)
 
 TABLE1_COLS: list[Col] = [
-    ("benchmark", "benchmark", "text"), ("model", "model", "text"), ("run", "run", "code"), ("items", "items", "int"),
+    ("benchmark", "benchmark", "text"), ("model", "model", "text"), ("run", "pair run", "code"), ("items", "items", "int"),
     ("failures", "failures", "int"), ("clean_pairs", "clean pairs", "int"), ("clean_rate", "clean rate", "pct"),
     ("cases", "cases analysed", "int"), ("avg_tokens_per_case", "avg tokens / case", "float1"),
     ("passed", "passed", "int"), ("unverifiable", "unverifiable", "int"),
@@ -77,7 +77,7 @@ def summary_section(t: Mapping[str, Any], figs: Mapping[str, str]) -> str:
     """Table 1, the pair-status breakdown and the categories/patterns figure over all benchmarks."""
     status = (html_table(t["pair_status"], STATUS_COLS) if t["pair_status"]
               else '<p class="empty">no pair-finding runs in this store</p>')
-    table1 = [{**r, "run": r["pair_run_id"] or r["run_id"]} for r in t["table1"]]
+    table1 = [{**r, "run": r["pair_run_id"] or "not paired"} for r in t["table1"]]  # both ids: tables/table1.csv
     return (
         '<section class="block" id="summary"><h2>Summary</h2>'
         '<p class="lead">One row per collection run and pair-finding run (the paper\'s Table 1). <b>Failures</b>: '
