@@ -457,3 +457,19 @@ def test_help_version_and_flags(capsys: pytest.CaptureFixture[str], monkeypatch:
     lines = [ln.strip("│ ") for ln in capsys.readouterr().out.splitlines()]
     status = lines.index(next(ln for ln in lines if ln.startswith("status ")))
     assert lines[status].endswith("length-limit"), lines[status]  # filled to the width, not broken at "clean rates"
+
+
+@pytest.mark.parametrize("command", ["collect", "pairs", "analyse"])
+def test_an_unreachable_ray_address_is_one_line_at_once(work: Path, tmp_path: Path, command: str,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: ray.init retried an address where nothing listens for minutes, printing Ray's own log lines. A
+    device this machine lacks is not refused when the work runs on another cluster's nodes (as analyse did)."""
+    store = tmp_path / "store.duckdb"
+    store.write_bytes((work / "store.duckdb").read_bytes())
+    extra = ["-b", "toy-errors", "-d", str(work / "items.jsonl"), "-m", str(work / "model")] \
+        if command == "collect" else []
+    code = main([command, "-s", str(store), *extra, "--workers", "1", "--ray-address", "127.0.0.1:1",
+                 "--device", "cuda:3", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("error: could not start or join the Ray cluster at 127.0.0.1:1: nothing answers there")

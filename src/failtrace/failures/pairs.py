@@ -8,12 +8,14 @@ measurements.
 Statuses: every failure ends with exactly one, decided in this order:
 
 ``unverifiable``
-    the stored completion is no longer judged ``fail`` by the checker, or a rollout that could have been the
-    answer (checked before the decision) was ``unverifiable``: the first recovering position is then unknown.
+    the stored completion is no longer judged ``fail`` by the checker.
 ``unbounded``
     the completion hit the ``max_new_tokens`` limit (finish reason ``length``) and was not resolved by a larger
     rollout budget: the failure may be an artefact of the budget. The search still runs (unless switched off) and
-    any target/contrast found is recorded for reference.
+    any target/contrast found is recorded for reference (also when some rollouts were unverifiable).
+``unverifiable``
+    a rollout that could have been the answer (checked before the decision) was ``unverifiable``: the first
+    recovering position is then unknown.
 ``clean``
     a recovering contrast was found and ``Δℓ > min_delta``.
 ``weak_preference``

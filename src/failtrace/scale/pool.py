@@ -46,6 +46,8 @@ def ensure_ray(workers: int, address: str | None = None) -> bool:
     ray = require_ray()
     if ray.is_initialized():
         return False
+    if address:
+        check_reachable(address)
     try:
         if address:
             ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, logging_level=logging.ERROR)
@@ -56,6 +58,24 @@ def ensure_ray(workers: int, address: str | None = None) -> bool:
         where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
         raise FailtraceError(f"could not start or join {where}: {str(exc).splitlines()[0][:300]}") from None
     return True
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Refuse a ``HOST:PORT`` (or ``ray://HOST:PORT``) cluster address that takes no TCP connection within
+    ``timeout_s``: ``ray.init`` would retry for minutes, printing its own log lines, before failing. ``auto`` and
+    other forms are left to Ray (it answers those at once)."""
+    import socket
+
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise FailtraceError(f"could not start or join the Ray cluster at {address}: nothing answers there "
+                             f"({exc.strerror or exc}); start it with `ray start --head` or fix --ray-address") \
+            from None
 
 
 def cpus_per_worker(workers: int, local: bool) -> int:
