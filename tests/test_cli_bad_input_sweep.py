@@ -182,6 +182,14 @@ def test_text_that_is_not_json_in_a_case_is_called_damaged(toy: dict[str, Any], 
     assert sha256(store) == sha and not (tmp_path / "rep" / "index.html").exists()
 
 
+def test_text_that_is_not_json_in_alternatives_is_called_damaged(toy: dict[str, Any], tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    store, sha = _damaged(toy, tmp_path, "UPDATE case_alternatives SET tokens = '[oops'")
+    line = _one_error_line(main(["export", "-f", "jsonl", "-o", str(tmp_path / "exp"), "-s", str(store)]), capsys)
+    assert "holds text that is not JSON in case_alternatives.tokens of case " in line, line
+    assert sha256(store) == sha and not list((tmp_path / "exp").glob("*.part"))  # no half file left behind
+
+
 def test_schema_version_zero_is_refused_on_read(toy: dict[str, Any], tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     store, sha = _damaged(toy, tmp_path, "UPDATE schema_version SET version = 0")

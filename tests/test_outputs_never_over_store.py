@@ -39,14 +39,22 @@ def _error(code: int, capsys: pytest.CaptureFixture[str]) -> str:
 @pytest.mark.parametrize("where, link", [
     ("index.html", False), ("tables/cases.csv", False), ("tables/cases.csv", True), ("figures/categories.png", True),
     ("figures/graphs/old-case.png", False),  # the report removes stale graph pictures: never a store
+    ("figures/graphs/x.png", "dir"),  # through a linked graphs folder (its pictures are removed through the link)
 ])
-def test_report_refuses_a_store_at_its_own_names(toy: dict[str, Any], tmp_path: Path, where: str, link: bool,
+def test_report_refuses_a_store_at_its_own_names(toy: dict[str, Any], tmp_path: Path, where: str, link: Any,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     victim = tmp_path / "victim.duckdb"
     shutil.copyfile(toy["store"], victim)
     out = tmp_path / "rep"
     (out / where).parent.mkdir(parents=True)
-    if link:
+    if link == "dir":  # the graphs folder itself is a link to a folder that holds the store
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        shutil.move(victim, elsewhere / "x.png")
+        victim = elsewhere / "x.png"
+        (out / where).parent.rmdir()
+        os.symlink(elsewhere, (out / where).parent)
+    elif link:
         os.symlink(victim, out / where)
     else:
         shutil.move(victim, out / where)
@@ -54,7 +62,7 @@ def test_report_refuses_a_store_at_its_own_names(toy: dict[str, Any], tmp_path: 
     before = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
     line = _error(main(["report", "-s", str(toy["store"]), "-o", str(out), "--no-graphs"]), capsys)
     assert "would write over" in line and "DuckDB results store" in line and where.split("/")[-1] in line, line
-    assert ("through the link" in line) == link
+    assert ("through the link" in line) == (link is True)
     assert sha256(victim) == toy["sha"]
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == before  # nothing written
 
@@ -97,3 +105,21 @@ def test_empty_title_gives_no_empty_heading(toy: dict[str, Any], tmp_path: Path)
     assert main(["report", "-s", str(toy["store"]), "-o", str(tmp_path / "r"), "--no-graphs", "--title", ""]) == 0
     html = (tmp_path / "r" / "index.html").read_text()
     assert "<h1></h1>" not in html and "<title></title>" not in html and "<title>failtrace report · " in html
+
+
+def test_report_leaves_a_store_it_never_writes_alone(toy: dict[str, Any], tmp_path: Path) -> None:
+    """Only the report's own names are refused: a store kept under figures/ by another name is no obstacle."""
+    out = tmp_path / "rep"
+    (out / "figures").mkdir(parents=True)
+    shutil.copyfile(toy["store"], out / "figures" / "keep.duckdb")
+    assert main(["report", "-s", str(toy["store"]), "-o", str(out), "--no-graphs"]) == 0
+    assert sha256(out / "figures" / "keep.duckdb") == toy["sha"] and (out / "index.html").is_file()
+
+
+def test_export_jsonl_never_removes_a_case_methods_file(toy: dict[str, Any], tmp_path: Path) -> None:
+    """JSONL exports write case_methods inside cases.jsonl, so a case_methods.jsonl there is not theirs."""
+    out = tmp_path / "ex"
+    out.mkdir()
+    (out / "case_methods.jsonl").write_text("mine\n")
+    assert main(["export", "-s", str(toy["store"]), "-f", "jsonl", "-o", str(out)]) == 0
+    assert (out / "case_methods.jsonl").read_text() == "mine\n" and not list(out.glob("*.part"))

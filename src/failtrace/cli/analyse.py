@@ -66,8 +66,7 @@ def analyse_command(
     from failtrace.store.store import open_store
 
     settings = _settings(methods, max_k, ig_steps, mask_rule, mask_token, mask_template)
-    if ray_address is None:  # the work runs on this machine (a joined cluster's nodes may have devices it lacks)
-        check_device(device)
+    check_device(device, here=ray_address is None)  # a joined cluster's nodes may have devices this one lacks
     opts.check_scale(workers, ray_address)
     with open_store(store, create=False) as st:
         if workers is not None:

@@ -61,8 +61,7 @@ def collect_command(
     from failtrace.models.loading import check_dtype
 
     check_dtype(dtype)
-    if ray_address is None:  # the work runs on this machine (a joined cluster's nodes may have devices it lacks)
-        check_device(device)
+    check_device(device, here=ray_address is None)  # a joined cluster's nodes may have devices this one lacks
     check_store_path(store, create=True)
     opts.check_scale(workers, ray_address, batch_size)
     bench = resolve_benchmark(benchmark)
@@ -206,8 +205,7 @@ def pairs_command(
     if old_helper is not None and helper_model not in (None, old_helper):
         raise FailtraceError("--sibling and --helper-model (its old name) name different models; give one")
     helper_model = helper_model or old_helper
-    if ray_address is None:  # as collect: on a joined cluster the workers' nodes hold the device
-        check_device(device)
+    check_device(device, here=ray_address is None)  # as collect
     check_store_path(store, create=False)
     opts.check_scale(workers, ray_address)
     if judge is not None and workers is not None:

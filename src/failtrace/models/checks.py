@@ -15,10 +15,11 @@ from failtrace.errors import FailtraceError, ModelNotFoundError
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
-def check_device(device: str) -> str:
+def check_device(device: str, here: bool = True) -> str:
     """``device`` names a torch device this machine has (cpu, cuda, cuda:N, mps); else a FailtraceError saying why.
 
     Called before anything is loaded, so ``--device cuda`` on a CPU-only torch fails in a second, not after loading.
+    ``here=False`` (the work runs on another cluster's nodes): only whether it names a supported kind of device.
     """
     import torch
 
@@ -26,6 +27,10 @@ def check_device(device: str) -> str:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
         raise FailtraceError(f"device {device!r} is not a torch device; use cpu, cuda, cuda:N or mps") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise FailtraceError(f"device {device!r} is not supported; use cpu, cuda, cuda:N or mps")
+    if not here:
+        return device
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             why = ("this torch build has no CUDA support" if torch.version.cuda is None
@@ -38,8 +43,6 @@ def check_device(device: str) -> str:
     elif dev.type == "mps":
         if not torch.backends.mps.is_available():
             raise FailtraceError(f"device {device!r}: MPS (Apple GPU) is not available here; use --device cpu")
-    elif dev.type != "cpu":
-        raise FailtraceError(f"device {device!r} is not supported; use cpu, cuda, cuda:N or mps")
     return device
 
 

@@ -169,12 +169,11 @@ def _cases_section(cases: Sequence[Case], benches: Sequence[str], overrides: T.O
 
 
 def _own_files(out: Path) -> list[Path]:
-    """The files a report in ``out`` may write over or remove: index.html and everything under its own folders
-    ``tables/`` and ``figures/`` (links included: a write follows them)."""
+    """The files a report in ``out`` may write over or remove: index.html, ``tables/*.csv``, ``figures/*.png`` and
+    ``figures/graphs/*.png`` (glob follows a linked folder as the writes and removals do; a link is followed)."""
     files = [out / "index.html"]
-    for sub in ("tables", "figures"):
-        if (out / sub).is_dir():
-            files += [p for p in sorted((out / sub).rglob("*")) if p.is_symlink() or p.is_file()]
+    for pattern in ("tables/*.csv", "figures/*.png", "figures/graphs/*.png"):
+        files += sorted(out.glob(pattern))
     return files
 
 

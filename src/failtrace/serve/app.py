@@ -185,6 +185,8 @@ def create_app(store: str | Path, review: bool = False, allowed_hosts: list[str]
 
     @app.exception_handler(Exception)
     async def internal(_request: Any, exc: Exception) -> Any:  # never a traceback to the client
+        if isinstance(exc, FailtraceError):  # e.g. a damaged store: its one line says what and where
+            return JSONResponse({"detail": str(exc)}, status_code=500)
         return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, status_code=500)
 
     return app

@@ -7,7 +7,6 @@ from the report, so the explorer and the static report always agree.
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
@@ -18,6 +17,7 @@ from failtrace.attribution.normalize import normalize
 from failtrace.cases.alternatives import rows as alt_rows
 from failtrace.errors import FailtraceError
 from failtrace.store.alternatives import read as read_alternatives
+from failtrace.store.records import loads
 from failtrace.report.evidence import dl as evidence_html
 
 
@@ -35,7 +35,7 @@ def finite(x: Any) -> Any:
 
 
 def _json(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, str) else value
+    return loads(value, "a stored JSON column") if isinstance(value, str) else value  # damaged: one line
 
 
 def _one(con: Any, sql: str, params: list[Any]) -> dict[str, Any] | None:

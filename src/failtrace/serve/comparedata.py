@@ -8,13 +8,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from failtrace.attribution.normalize import normalize
 from failtrace.report import compare_data as D
 from failtrace.serve.align import project
 from failtrace.serve.casedata import finite
+from failtrace.store.records import loads
 
 _LIGHT = ("case_id, model, model_fingerprint, item_id, benchmark, reference, mapped, delta_logit, "
           "segment_relevance, flip_k, step, split")
@@ -56,18 +56,18 @@ def case_compare(cur: Any, case_id: str) -> dict[str, Any] | None:
                  [case_id])
     if not case:
         return None
-    tokens = json.loads(case[0]["tokens"])
+    tokens = loads(case[0]["tokens"], "cases.tokens")
     ids = list(case[0]["token_ids"])
     out = []
     for r in sorted(rows, key=_order):
-        r["tokens"] = json.loads(r["tokens"]) if r.get("tokens") else None
-        r["segment_relevance"] = json.loads(r["segment_relevance"] or "{}")
+        r["tokens"] = loads(r["tokens"], "comparisons.tokens") if r.get("tokens") else None
+        r["segment_relevance"] = loads(r["segment_relevance"] or "{}", "comparisons.segment_relevance")
         same = r["tokens"] == tokens and list(r["token_ids"] or []) == ids
         entry = {k: r[k] for k in ("model", "model_fingerprint", "reference", "mapped", "delta_logit", "flip_k",
                                    "step", "split", "target_id", "contrast_id", "prompt_length", "position")}
         entry |= {"corrected": None if r["delta_logit"] is None else r["delta_logit"] < 0,
                   "series": D.series_of(r["model"]) if r["step"] is not None else None,
-                  "notes": json.loads(r["notes"] or "[]"), "n_tokens": len(r["token_ids"] or []),
+                  "notes": loads(r["notes"] or "[]", "comparisons.notes"), "n_tokens": len(r["token_ids"] or []),
                   "segment_relevance": r["segment_relevance"],
                   "segment_share": D.segment_share(r["segment_relevance"]),
                   "other_tokens": None if same else r["tokens"]}
@@ -82,6 +82,6 @@ def figures(cur: Any) -> dict[str, Any]:
     rows = _rows(cur, f"SELECT {_LIGHT} FROM comparisons ORDER BY benchmark, item_id, case_id, reference DESC, "
                       "model", [])
     for r in rows:
-        r["segment_relevance"] = json.loads(r["segment_relevance"] or "{}")
+        r["segment_relevance"] = loads(r["segment_relevance"] or "{}", "comparisons.segment_relevance")
     data = D.figure_data(rows)
     return finite(data | {"unmapped": D.unmapped_counts(rows), "rows": len(rows)})

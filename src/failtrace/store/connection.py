@@ -66,10 +66,15 @@ def refuse_over_stores(paths: Iterable[Path], what: str) -> None:
 def in_use_error(path: Path, exc: BaseException) -> FailtraceError:
     """DuckDB's lock conflict in one sentence: who holds the store (its PID, when DuckDB says), without DuckDB's
     trailing documentation link (which the one-line error cut in the middle)."""
-    holder = re.search(r"held in (\S+) \(PID (\d+)\)", str(exc))
-    who = f"process {holder.group(2)} ({Path(holder.group(1)).name})" if holder else "another process"
-    return FailtraceError(f"results store {path} is in use by {who} (DuckDB allows one writer at a time, and no "
-                          f"reader beside it); wait for it to finish or use another --store")
+    text = str(exc)
+    holder = re.search(r"held in (.+?) \(PID (\d+)\)", text)
+    if holder is None:  # not a conflicting process (e.g. a file system without locks): keep DuckDB's words
+        said = re.sub(r"\s*See also https?://\S+", "", _first_line(exc)).strip()
+        return FailtraceError(f"results store {path} could not be locked ({said}); if another process uses it, wait "
+                              f"for it to finish, or use another --store")
+    return FailtraceError(f"results store {path} is in use by process {holder.group(2)} "
+                          f"({Path(holder.group(1)).name}) (DuckDB allows one writer at a time, and no reader beside "
+                          f"it); wait for it to finish or use another --store")
 
 
 def lock_path(path: Path) -> Path:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from failtrace.errors import FailtraceError
-from failtrace.store.records import KEYS, StatusRow
+from failtrace.store.records import KEYS, StatusRow, loads
 from failtrace.store.schema import PAIR_STATUSES, TABLES
 
 if TYPE_CHECKING:
@@ -78,20 +78,24 @@ def _write_table(store: ResultsStore, query: str, path: Path, fmt: str, fix: Any
     """The rows of ``query`` as Parquet or JSONL at ``path``, written under a temporary name and renamed (so an
     interrupted export never leaves a half file under the final name). ``fix`` may adjust each JSONL row."""
     tmp = path.with_name(path.name + ".part")
-    if fmt == "parquet":
-        target = str(tmp).replace("'", "''")
-        store.con.execute(f"COPY ({query}) TO '{target}' (FORMAT PARQUET)")
-    else:
-        with tmp.open("w", encoding="utf-8") as fh:
-            for row in store._iter_rows(query):
-                fh.write(json.dumps(fix(row) if fix else row, ensure_ascii=False, default=str) + "\n")
+    try:
+        if fmt == "parquet":
+            target = str(tmp).replace("'", "''")
+            store.con.execute(f"COPY ({query}) TO '{target}' (FORMAT PARQUET)")
+        else:
+            with tmp.open("w", encoding="utf-8") as fh:
+                for row in store._iter_rows(query):
+                    fh.write(json.dumps(fix(row) if fix else row, ensure_ascii=False, default=str) + "\n")
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a damaged row, a full disk, Ctrl-C: no half file left behind
+        raise
     tmp.replace(path)
     return path
 
 
 def _tokens_parsed(row: dict[str, Any]) -> dict[str, Any]:
     if isinstance(row.get("tokens"), str):
-        row["tokens"] = json.loads(row["tokens"])
+        row["tokens"] = loads(row["tokens"], f"case_alternatives.tokens of case {row.get('case_id')}")
     return row
 
 
@@ -106,7 +110,7 @@ def export_names(fmt: str) -> list[str]:
     """Every file name an export in ``fmt`` may write (whatever the store holds): its own names in its folder."""
     ext = "parquet" if fmt == "parquet" else "jsonl"
     tables = (*TABLES, "schema_version", *(t for t, _ in _ADDED_TABLES), "comparisons")
-    return [f"{t}.{ext}" for t in tables]
+    return [f"{t}.{ext}" for t in tables if not (ext == "jsonl" and t == "case_methods")]  # JSONL: in cases.jsonl
 
 
 def export(store: ResultsStore, out_dir: str | Path, fmt: str) -> list[Path]:

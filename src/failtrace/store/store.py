@@ -193,7 +193,7 @@ class ResultsStore(PairsTable):
     def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
         cur = self.con.execute(sql, list(params))
         names = [d[0] for d in cur.description]
-        return [parse_json_columns(dict(zip(names, row, strict=True))) for row in cur.fetchall()]
+        return [parse_json_columns(dict(zip(names, row, strict=True)), self.path) for row in cur.fetchall()]
 
     def _transaction(self) -> Transaction:
         """``with store._transaction():`` one atomic write (held under the copy lock until it commits)."""
@@ -373,7 +373,7 @@ class ResultsStore(PairsTable):
                 if not chunk:
                     break
                 for row in chunk:
-                    yield parse_json_columns(dict(zip(names, row, strict=True)))
+                    yield parse_json_columns(dict(zip(names, row, strict=True)), self.path)
         finally:
             cur.close()
 
