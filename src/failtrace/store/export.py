@@ -101,16 +101,20 @@ def _tokens_parsed(row: dict[str, Any]) -> dict[str, Any]:
 
 def _export_added(store: ResultsStore, table: str, order: str, out: Path, fmt: str) -> Path:
     """One such table as ``<table>.parquet`` or ``<table>.jsonl`` (JSON text columns parsed in JSONL)."""
-    path = out / f"{table}.{'parquet' if fmt == 'parquet' else 'jsonl'}"
+    path = out / file_name(table, fmt)
     fix = _tokens_parsed if table == "case_alternatives" else None
     return _write_table(store, f"SELECT * FROM {table} ORDER BY {order}", path, fmt, fix)
 
 
+def file_name(table: str, fmt: str) -> str:
+    """The export file of ``table`` in ``fmt`` (``<table>.parquet`` or ``<table>.jsonl``)."""
+    return f"{table}.{'parquet' if fmt == 'parquet' else 'jsonl'}"
+
+
 def export_names(fmt: str) -> list[str]:
     """Every file name an export in ``fmt`` may write (whatever the store holds): its own names in its folder."""
-    ext = "parquet" if fmt == "parquet" else "jsonl"
     tables = (*TABLES, "schema_version", *(t for t, _ in _ADDED_TABLES), "comparisons")
-    return [f"{t}.{ext}" for t in tables if not (ext == "jsonl" and t == "case_methods")]  # JSONL: in cases.jsonl
+    return [file_name(t, fmt) for t in tables if not (fmt == "jsonl" and t == "case_methods")]  # JSONL: cases.jsonl
 
 
 def export(store: ResultsStore, out_dir: str | Path, fmt: str) -> list[Path]:
@@ -136,7 +140,7 @@ def export(store: ResultsStore, out_dir: str | Path, fmt: str) -> list[Path]:
             if table not in present or (fmt == "jsonl" and table in ("cases", "case_methods")):
                 continue  # an old read-only store; JSONL writes the cases as one cases.jsonl below
             order = ", ".join(KEYS.get(table, ("version",)))
-            path = out / f"{table}.{'parquet' if fmt == 'parquet' else 'jsonl'}"
+            path = out / file_name(table, fmt)
             files.append(_write_table(store, f"SELECT * FROM {table} ORDER BY {order}", path, fmt))
         if fmt == "jsonl" and "cases" in present:
             from failtrace.store.cases import export_cases_jsonl
