@@ -282,3 +282,18 @@ def test_layer_without_the_two_block_form(monkeypatch):
     assert g.metadata["methods_used"] == {"0": "packed", "1": "packed"}
     assert "is not attention block then MLP block" in notes[0]
     assert _max_rel_diff(_build(model, "naive"), g) < TOL
+
+
+@pytest.mark.tf4
+def test_attention_blocks_are_called_without_a_cache_argument_warning():
+    """The attention block is recomputed without a KV cache; passing transformers' old cache name beside the new one
+    warned once per layer and graph (seen by API users: the CLI silences FutureWarnings)."""
+    import warnings
+
+    model = tiny_model("llama")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        g = _build(model, "closed-form", mid_nodes=True)
+    assert set(g.metadata["methods_used"].values()) == {"closed-form"} and g.metadata["closed_form_fallback_layers"] == []
+    cache_words = [str(w.message) for w in seen if "past_key_value" in str(w.message) or "`cache`" in str(w.message)]
+    assert cache_words == []

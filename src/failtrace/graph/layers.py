@@ -137,11 +137,12 @@ def _apply(norm: nn.Module | None, x: Tensor) -> Tensor:
 
 
 def attention_call_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The captured layer keyword arguments as the attention module expects them."""
-    kw = {k: v for k, v in kwargs.items() if k != "__args__"}
-    kw.pop("use_cache", None)
-    kw["past_key_values"] = None
-    return kw
+    """The captured layer keyword arguments as the attention module expects them, without any KV cache: the block
+    is recomputed on the whole context. The cache's name differs across transformers versions (``past_key_value``,
+    ``past_key_values``, ``cache``) and every one defaults to None, so none is passed (passing the old name beside
+    the new one makes transformers 5 warn on every layer)."""
+    drop = {"__args__", "use_cache", "past_key_value", "past_key_values", "cache"}
+    return {k: v for k, v in kwargs.items() if k not in drop}
 
 
 def attn_block(split: LayerSplit, kwargs: dict[str, Any], hidden: Tensor) -> Tensor:
