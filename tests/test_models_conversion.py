@@ -48,3 +48,59 @@ def test_converting_the_bundled_gguf_prints_no_progress_bars(tmp_path, capfd):
     assert "Converting and de-quantizing" not in err + out
     assert "Writing model shards" not in err + out
     assert gguf_utils.tqdm is before
+
+
+def _saved_as_transformers5(folder, arch: str, theta: float):
+    """A tiny model folder whose config.json holds its rotary θ only as transformers 5 writes it
+    (``rope_parameters``), whichever transformers saved it; with the toy tokenizer."""
+    import json
+
+    from failtrace.models.portable import portable_tokenizer_config
+    from failtrace_testkit.toy import toy_tokenizer
+
+    model = tiny_model(arch, seed=1)
+    model.save_pretrained(folder)
+    tok = toy_tokenizer()
+    tok.save_pretrained(folder)
+    portable_tokenizer_config(folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    for key in ("rope_theta", "rope_scaling", "rope_parameters"):
+        cfg.pop(key, None)
+    cfg["rope_parameters"] = {"rope_theta": theta, "rope_type": "default"}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return model
+
+
+@pytest.mark.tf4
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_a_folder_saved_by_transformers_5_keeps_its_rotary_theta(arch, tmp_path):
+    """transformers 4.57 reads ``rope_theta``, not 5's ``rope_parameters``, and silently fell back to θ = 10,000:
+    the bundled SmolLM2 (θ = 100,000) gave Δℓ 9.034 instead of 9.163 on the tf4 pass. The rotation frequencies of
+    the loaded model against the formula 1 / θ^(2i/d)."""
+    from failtrace.models.loading import load_model
+
+    _saved_as_transformers5(tmp_path, arch, 100000.0)
+    lm = load_model(str(tmp_path), progress=False)
+    cfg = lm.model.config
+    d = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    want = 1.0 / 100000.0 ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
+    assert torch.allclose(lm.model.model.rotary_emb.inv_freq.double(), want, rtol=1e-6)
+
+
+@pytest.mark.tf4
+def test_gemma3_rotary_settings_per_attention_type_reach_4x_names():
+    import transformers
+
+    from failtrace.models.portable import rope_settings_for_4x
+
+    cfg = transformers.Gemma3TextConfig(num_hidden_layers=2)
+    params = {"full_attention": {"rope_theta": 1e6, "rope_type": "linear", "factor": 8.0},
+              "sliding_attention": {"rope_theta": 1e4, "rope_type": "default"}}
+    cfg.rope_parameters = params
+    out = rope_settings_for_4x(cfg)
+    assert out is cfg
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        assert cfg.rope_parameters == params  # 5.x reads them as written: left alone
+    else:
+        assert (cfg.rope_theta, cfg.rope_local_base_freq) == (1e6, 1e4)
+        assert cfg.rope_scaling == {"rope_type": "linear", "factor": 8.0}

