@@ -1,0 +1,175 @@
+"""AttnLRP through a whole Llama-family decoder, written out as explicit relevance propagation (test reference).
+
+An independent reference for :func:`failtrace.attribution.engine.relevance_pass`: no autograd and no modified
+gradients. The forward pass is recomputed here from the weights alone (float64), and relevance is carried back by
+the rules themselves (Achtibat et al., 2024), dividing relevance by activations where the rule says so:
+
+* ε-rule for a linear map y = W x (+ b):      R_x = x ⊙ Wᵀ (R_y / y)   (the bias absorbs its share)
+* ε-rule for a sum z = a + b (residual):      R_a = a ⊙ R_z / z,  R_b = b ⊙ R_z / z
+* identity rule for RMSNorm and SiLU:         R_in = R_out elementwise
+* uniform rule for a product p = a · b:       R_a = R_b = ½ (ε-rule share), for the gate, for A·V and for Q·Kᵀ
+* softmax rule (AttnLRP):                     R_S = S ⊙ (R_A − A Σ_j R_A)
+
+The objective is Δℓ = ℓ(target) − ℓ(contrast) at the last position, so the head passes R = f ⊙ (W_t − W_c) to the
+final hidden state f of the last token. Covers Llama, Qwen2 (q/k/v biases) and SmolLM2: RMSNorm, rotary position
+embeddings of the default type, grouped-query attention without a sliding window, a SiLU-gated MLP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+EPS = 1e-30  # only keeps a 0/0 at 0; the rules themselves have no stabiliser
+
+
+def _div(a: Tensor, b: Tensor) -> Tensor:
+    return a / torch.where(b.abs() < EPS, torch.full_like(b, EPS), b)
+
+
+def _linear(x: Tensor, lin: Any) -> Tensor:
+    y = x @ lin.weight.double().T
+    return y if lin.bias is None else y + lin.bias.double()
+
+
+def _eps_linear(x: Tensor, y: Tensor, lin: Any, r_y: Tensor) -> Tensor:
+    """ε-rule: R_x = x ⊙ Wᵀ (R_y / y)."""
+    return x * (_div(r_y, y) @ lin.weight.double())
+
+
+def _rms(x: Tensor, norm: Any) -> Tensor:
+    eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
+    x32 = x.float()  # transformers normalises in float32 whatever the dtype; so here, to agree to float64 rounding
+    return norm.weight.double() * (x32 * torch.rsqrt((x32 * x32).mean(-1, keepdim=True) + eps)).double()
+
+
+def _rotate_half(x: Tensor) -> Tensor:
+    h = x.shape[-1] // 2
+    return torch.cat([-x[..., h:], x[..., :h]], -1)
+
+
+def _rotate_half_t(y: Tensor) -> Tensor:
+    """The transpose of rotate_half: rotate_half(x) = [−x₂, x₁], so its transpose maps [y₁, y₂] to [y₂, −y₁]."""
+    h = y.shape[-1] // 2
+    return torch.cat([y[..., h:], -y[..., :h]], -1)
+
+
+def _rope_tables(config: Any, n: int, head_dim: int) -> tuple[Tensor, Tensor]:
+    params = getattr(config, "rope_parameters", None) or {}
+    if params.get("rope_type", "default") != "default":
+        raise ValueError(f"explicit reference covers default rotary embeddings only, not {params['rope_type']!r}")
+    theta = float(params.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
+    # in float32, as transformers computes the tables whatever the model's dtype, so that a float64 model's own
+    # forward and this one agree to float64 rounding (float64 tables here would differ from it by ~1e-7)
+    inv = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim)
+    ang = torch.arange(n, dtype=torch.float32)[:, None] * inv[None]
+    ang = torch.cat([ang, ang], -1)  # [n, head_dim]
+    return ang.cos().double(), ang.sin().double()
+
+
+@dataclass
+class ExplicitRelevance:
+    """Per-token relevance of the embeddings (``input``) and of each layer's output stream (``layers``), and Δℓ."""
+
+    input: Tensor  # [n]
+    layers: list[Tensor]  # [n] per decoder layer output
+    delta: float
+
+
+def _attention_back(q: Tensor, k: Tensor, v: Tensor, r_o: Tensor, scaling: float) -> tuple[Tensor, Tensor, Tensor]:
+    """AttnLRP on one attention, heads [H, n, d] (k, v already repeated to H heads): R_q, R_k, R_v."""
+    n = q.shape[-2]
+    causal = torch.ones(n, n, dtype=torch.bool).tril()
+    s = scaling * q @ k.transpose(-1, -2)
+    a = torch.softmax(s.masked_fill(~causal, float("-inf")), -1)
+    o = a @ v
+    share = _div(r_o, o)  # ε-rule on each term A_ji V_id of O_jd, then the uniform split between A and V
+    r_a = 0.5 * a * (share @ v.transpose(-1, -2))
+    r_v = 0.5 * v * (a.transpose(-1, -2) @ share)
+    s0 = torch.where(causal, s, torch.zeros_like(s))
+    r_s = s0 * (r_a - a * r_a.sum(-1, keepdim=True))  # softmax rule; masked scores carry nothing
+    share_s = _div(r_s, torch.where(causal, s, torch.ones_like(s)))
+    r_q = 0.5 * q * (scaling * share_s @ k)
+    r_k = 0.5 * k * (scaling * share_s.transpose(-1, -2) @ q)
+    return r_q, r_k, r_v
+
+
+def explicit_attnlrp(model: Any, ids: list[int], target: int, contrast: int) -> ExplicitRelevance:
+    """AttnLRP relevance of Δℓ = ℓ(target) − ℓ(contrast) at the last position of ``ids`` (module docstring)."""
+    cfg, base = model.config, model.model
+    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True) \
+            and cfg.sliding_window < len(ids):
+        raise ValueError("explicit reference: no sliding-window attention")
+    n, H, Hkv = len(ids), cfg.num_attention_heads, cfg.num_key_value_heads
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
+    cos, sin = _rope_tables(cfg, n, hd)
+    scaling = hd ** -0.5
+    with torch.no_grad():
+        h = base.embed_tokens.weight.double()[torch.as_tensor(ids)]
+        saved = []
+        for layer in base.layers:
+            at = layer.self_attn
+            a_in = _rms(h, layer.input_layernorm)
+            q_lin, k_lin, v_lin = (_linear(a_in, p) for p in (at.q_proj, at.k_proj, at.v_proj))
+            q = q_lin.view(n, H, hd).transpose(0, 1)
+            k = k_lin.view(n, Hkv, hd).transpose(0, 1)
+            v = v_lin.view(n, Hkv, hd).transpose(0, 1)
+            q_r, k_r = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+            rep = H // Hkv
+            k_h, v_h = k_r.repeat_interleave(rep, 0), v.repeat_interleave(rep, 0)
+            causal = torch.ones(n, n, dtype=torch.bool).tril()
+            s = scaling * q_r @ k_h.transpose(-1, -2)
+            o = torch.softmax(s.masked_fill(~causal, float("-inf")), -1) @ v_h
+            o_flat = o.transpose(0, 1).reshape(n, H * hd)
+            attn = _linear(o_flat, at.o_proj)
+            mid = h + attn
+            m_in = _rms(mid, layer.post_attention_layernorm)
+            mlp = layer.mlp
+            zg, zu = _linear(m_in, mlp.gate_proj), _linear(m_in, mlp.up_proj)
+            p = torch.nn.functional.silu(zg) * zu
+            down = _linear(p, mlp.down_proj)
+            out = mid + down
+            saved.append(dict(h=h, a_in=a_in, q=(q, q_lin), k=(k, k_lin), v=(v, v_lin), q_r=q_r, k_h=k_h, v_h=v_h,
+                              o=o, o_flat=o_flat, attn=attn, mid=mid, m_in=m_in, zg=zg, zu=zu, p=p, down=down,
+                              out=out))
+            h = out
+        f = _rms(h, base.norm)
+        head = model.get_output_embeddings().weight.double()
+        w = head[target] - head[contrast]
+        delta = float(f[-1] @ w)
+
+        r = torch.zeros_like(f)
+        r[-1] = f[-1] * w  # ε-rule through the head for the difference objective; final norm: identity
+        per_layer: list[Tensor] = []
+        for layer, sv in zip(reversed(base.layers), reversed(saved)):
+            per_layer.append(r.sum(-1))
+            at, mlp = layer.self_attn, layer.mlp
+            r_mid = sv["mid"] * _div(r, sv["out"])  # residual: ε-rule on the sum
+            r_down = sv["down"] * _div(r, sv["out"])
+            r_p = _eps_linear(sv["p"], sv["down"], mlp.down_proj, r_down)
+            r_half = 0.5 * r_p  # uniform rule on silu(zg) · zu; identity on SiLU
+            r_m_in = _eps_linear(sv["m_in"], sv["zg"], mlp.gate_proj, r_half) + \
+                _eps_linear(sv["m_in"], sv["zu"], mlp.up_proj, r_half)
+            r_mid = r_mid + r_m_in  # identity rule on the post-attention RMSNorm
+            r_h = sv["h"] * _div(r_mid, sv["mid"])
+            r_attn = sv["attn"] * _div(r_mid, sv["mid"])
+            r_o = _eps_linear(sv["o_flat"], sv["attn"], at.o_proj, r_attn).view(n, H, hd).transpose(0, 1)
+            r_qr, r_kh, r_vh = _attention_back(sv["q_r"], sv["k_h"], sv["v_h"], r_o, scaling)
+            rep = H // Hkv
+            r_kr = r_kh.view(Hkv, rep, n, hd).sum(1)  # repeated heads: their relevances add up
+            r_v = r_vh.view(Hkv, rep, n, hd).sum(1)
+            r_a_in = torch.zeros_like(sv["a_in"])
+            for (x, x_lin), r_rot, lin in ((sv["q"], r_qr, at.q_proj), (sv["k"], r_kr, at.k_proj),
+                                           (sv["v"], r_v, at.v_proj)):
+                if lin is not at.v_proj:  # rotary embedding: linear, ε-rule with J = cos·I + sin·rotate_half
+                    rot = x * cos + _rotate_half(x) * sin
+                    u = _div(r_rot, rot)
+                    r_rot = x * (u * cos + _rotate_half_t(u * sin))
+                r_lin = r_rot.transpose(0, 1).reshape(n, -1)
+                r_a_in = r_a_in + _eps_linear(sv["a_in"], x_lin, lin, r_lin)
+            r = r_h + r_a_in  # identity rule on the input RMSNorm
+        per_layer.reverse()
+        return ExplicitRelevance(input=r.sum(-1), layers=per_layer, delta=delta)
