@@ -297,24 +297,37 @@ def test_cases_jsonl_fields_and_position_convention(toy: dict[str, Any], tmp_pat
         assert rec["category"] in CATEGORIES and rec["pattern"] in PATTERNS
 
 
-def test_a_context_with_nothing_maskable_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A chat template that swallows the whole prompt (every token labelled ``special``): nothing is masked or
-    ablated, and the case's notes say why k* and the category are empty of meaning."""
-    import failtrace.cases.build as build
+def test_a_context_with_nothing_maskable_says_so(tmp_path: Path) -> None:
+    """An empty prompt explained at the first answer token: the context is the chat template's text and special
+    ids only, so nothing is masked or ablated, and the case's notes say why k* and the category mean nothing."""
+    from failtrace.benchmarks.base import Item
+    from failtrace.failures.collect import collect
+    from failtrace.failures.generation import decode_completion, eos_token_ids, greedy_generate, naive_greedy
+    from failtrace.failures.pairs import PairSettings, find_pairs
+    from failtrace.models.chat import apply_chat_template
+    from failtrace.models.loading import load_model
+    from failtrace_testkit.toy import ToyBenchmark
 
-    info = build_toy_store(tmp_path / "s.duckdb", tmp_path / "model", n_items=4)
-    real = build._segments
-
-    def all_template(*args: Any, **kwargs: Any) -> Any:
-        labels, segments, relevant = real(*args, **kwargs)
-        return ["special"] * len(labels), {"special": [[0, len(labels)]]}, relevant
-
-    monkeypatch.setattr(build, "_segments", all_template)
-    with open_store(info["store"]) as st:
-        analyse(st, CaseSettings(methods=("attnlrp", "random")), progress=False)
-        cases = load_cases(st)
-    assert cases
-    for c in cases:
-        assert any("nothing may be masked or ablated" in n for n in c.notes)
-        assert all(len(m.flip_curve) == 1 and m.flip_k is None for m in c.methods.values())
-        assert c.category_evidence["ablation"]["nodes"] == []
+    with one_thread():
+        lm = load_model(str(save_toy_model(tmp_path / "model")), progress=False)
+        eos = eos_token_ids(lm.model, lm.tokenizer)
+        prompt = apply_chat_template(lm.tokenizer, "")
+        first = greedy_generate(lm.model, [prompt], 16, eos)[0].token_ids[0]
+        with torch.no_grad():
+            row = lm.model(input_ids=torch.tensor([prompt]), use_cache=False).logits[0, -1]
+        alt = next(t for t in torch.topk(row, 10).indices.tolist()
+                   if t != first and lm.tokenizer.decode([t]).isprintable() and "\ufffd" not in lm.tokenizer.decode([t]))
+        needle = decode_completion(lm.tokenizer, naive_greedy(lm.model, prompt, 16, eos, forced=alt), eos)
+        bench = ToyBenchmark(mode="prefix", max_new_tokens=16)
+        with open_store(tmp_path / "s.duckdb") as st:
+            collect(st, bench, [Item(id="empty", benchmark="toy", prompt="", reference={"needle": needle})], lm,
+                    progress=False)
+            find_pairs(st, PairSettings(top_k=10, min_delta=0.0, max_positions=8), models={lm.name: lm},
+                       benchmarks={"toy": bench}, progress=False)
+            assert [(p["status"], p["position"]) for p in st.pairs()] == [("clean", len(prompt))]
+            analyse(st, CaseSettings(methods=("attnlrp", "random")), progress=False)
+            (c,) = load_cases(st)
+    assert c.token_ids == prompt and c.segments == {"special": [[0, len(prompt)]]}  # template text and ids only
+    assert any("nothing may be masked or ablated" in n for n in c.notes)
+    assert all(len(m.flip_curve) == 1 and m.flip_k is None for m in c.methods.values())
+    assert c.category_evidence["ablation"]["nodes"] == []
