@@ -11,8 +11,9 @@ the rules themselves (Achtibat et al., 2024), dividing relevance by activations 
 * softmax rule (AttnLRP):                     R_S = S ⊙ (R_A − A Σ_j R_A)
 
 The objective is Δℓ = ℓ(target) − ℓ(contrast) at the last position, so the head passes R = f ⊙ (W_t − W_c) to the
-final hidden state f of the last token. Covers Llama, Qwen2 (q/k/v biases) and SmolLM2: RMSNorm, rotary position
-embeddings of the default type, grouped-query attention without a sliding window, a SiLU-gated MLP.
+final hidden state f of the last token. Covers Llama and SmolLM2, Qwen2 (q/k/v biases), Qwen3 (per-head q/k norms)
+and OLMo-2 (norms after each block, q/k norms over the width): RMSNorms, rotary position embeddings of the default
+type, grouped-query attention without a sliding window, a SiLU-gated MLP.
 """
 
 from __future__ import annotations
@@ -44,6 +45,18 @@ def _rms(x: Tensor, norm: Any) -> Tensor:
     eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
     x32 = x.float()  # transformers normalises in float32 whatever the dtype; so here, to agree to float64 rounding
     return norm.weight.double() * (x32 * torch.rsqrt((x32 * x32).mean(-1, keepdim=True) + eps)).double()
+
+
+def _heads(x_lin: Tensor, norm: Any, heads: int, head_dim: int) -> Tensor:
+    """[n, heads·d] → [heads, n, d], through a q/k RMSNorm over each head (Qwen3) or over the whole width (OLMo-2)."""
+    n = x_lin.shape[0]
+    if norm is None:
+        y = x_lin.view(n, heads, head_dim)
+    elif norm.weight.shape[0] == head_dim:
+        y = _rms(x_lin.view(n, heads, head_dim), norm)
+    else:
+        y = _rms(x_lin, norm).view(n, heads, head_dim)
+    return y.transpose(0, 1)
 
 
 def _rotate_half(x: Tensor) -> Tensor:
@@ -112,11 +125,12 @@ def explicit_attnlrp(model: Any, ids: list[int], target: int, contrast: int) -> 
         saved = []
         for layer in base.layers:
             at = layer.self_attn
-            a_in = _rms(h, layer.input_layernorm)
+            post = hasattr(layer, "post_feedforward_layernorm")  # OLMo-2: norms after each block, none before
+            a_in = h if post else _rms(h, layer.input_layernorm)
             q_lin, k_lin, v_lin = (_linear(a_in, p) for p in (at.q_proj, at.k_proj, at.v_proj))
-            q = q_lin.view(n, H, hd).transpose(0, 1)
-            k = k_lin.view(n, Hkv, hd).transpose(0, 1)
-            v = v_lin.view(n, Hkv, hd).transpose(0, 1)
+            q = _heads(q_lin, getattr(at, "q_norm", None), H, hd)
+            k = _heads(k_lin, getattr(at, "k_norm", None), Hkv, hd)
+            v = _heads(v_lin, None, Hkv, hd)
             q_r, k_r = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
             rep = H // Hkv
             k_h, v_h = k_r.repeat_interleave(rep, 0), v.repeat_interleave(rep, 0)
@@ -125,16 +139,18 @@ def explicit_attnlrp(model: Any, ids: list[int], target: int, contrast: int) -> 
             o = torch.softmax(s.masked_fill(~causal, float("-inf")), -1) @ v_h
             o_flat = o.transpose(0, 1).reshape(n, H * hd)
             attn = _linear(o_flat, at.o_proj)
-            mid = h + attn
-            m_in = _rms(mid, layer.post_attention_layernorm)
+            attn_out = _rms(attn, layer.post_attention_layernorm) if post else attn
+            mid = h + attn_out
+            m_in = mid if post else _rms(mid, layer.post_attention_layernorm)
             mlp = layer.mlp
             zg, zu = _linear(m_in, mlp.gate_proj), _linear(m_in, mlp.up_proj)
             p = torch.nn.functional.silu(zg) * zu
             down = _linear(p, mlp.down_proj)
-            out = mid + down
+            down_out = _rms(down, layer.post_feedforward_layernorm) if post else down
+            out = mid + down_out
             saved.append(dict(h=h, a_in=a_in, q=(q, q_lin), k=(k, k_lin), v=(v, v_lin), q_r=q_r, k_h=k_h, v_h=v_h,
-                              o=o, o_flat=o_flat, attn=attn, mid=mid, m_in=m_in, zg=zg, zu=zu, p=p, down=down,
-                              out=out))
+                              o=o, o_flat=o_flat, attn=attn, attn_out=attn_out, mid=mid, m_in=m_in, zg=zg, zu=zu, p=p,
+                              down=down, down_out=down_out, out=out))
             h = out
         f = _rms(h, base.norm)
         head = model.get_output_embeddings().weight.double()
@@ -148,14 +164,14 @@ def explicit_attnlrp(model: Any, ids: list[int], target: int, contrast: int) -> 
             per_layer.append(r.sum(-1))
             at, mlp = layer.self_attn, layer.mlp
             r_mid = sv["mid"] * _div(r, sv["out"])  # residual: ε-rule on the sum
-            r_down = sv["down"] * _div(r, sv["out"])
+            r_down = sv["down_out"] * _div(r, sv["out"])  # then the identity rule of a post-MLP norm
             r_p = _eps_linear(sv["p"], sv["down"], mlp.down_proj, r_down)
             r_half = 0.5 * r_p  # uniform rule on silu(zg) · zu; identity on SiLU
             r_m_in = _eps_linear(sv["m_in"], sv["zg"], mlp.gate_proj, r_half) + \
                 _eps_linear(sv["m_in"], sv["zu"], mlp.up_proj, r_half)
-            r_mid = r_mid + r_m_in  # identity rule on the post-attention RMSNorm
+            r_mid = r_mid + r_m_in  # identity rule on the pre-MLP RMSNorm (or none)
             r_h = sv["h"] * _div(r_mid, sv["mid"])
-            r_attn = sv["attn"] * _div(r_mid, sv["mid"])
+            r_attn = sv["attn_out"] * _div(r_mid, sv["mid"])  # then the identity rule of a post-attention norm
             r_o = _eps_linear(sv["o_flat"], sv["attn"], at.o_proj, r_attn).view(n, H, hd).transpose(0, 1)
             r_qr, r_kh, r_vh = _attention_back(sv["q_r"], sv["k_h"], sv["v_h"], r_o, scaling)
             rep = H // Hkv
@@ -168,8 +184,8 @@ def explicit_attnlrp(model: Any, ids: list[int], target: int, contrast: int) -> 
                     rot = x * cos + _rotate_half(x) * sin
                     u = _div(r_rot, rot)
                     r_rot = x * (u * cos + _rotate_half_t(u * sin))
-                r_lin = r_rot.transpose(0, 1).reshape(n, -1)
+                r_lin = r_rot.transpose(0, 1).reshape(n, -1)  # identity rule on a q/k norm
                 r_a_in = r_a_in + _eps_linear(sv["a_in"], x_lin, lin, r_lin)
-            r = r_h + r_a_in  # identity rule on the input RMSNorm
+            r = r_h + r_a_in  # identity rule on the input RMSNorm (or none)
         per_layer.reverse()
         return ExplicitRelevance(input=r.sum(-1), layers=per_layer, delta=delta)
