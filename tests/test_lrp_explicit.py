@@ -3,9 +3,9 @@
 test_lrp_rules.py checks each rule on its own module; here the whole forward + backward of
 :func:`relevance_pass` (every rule, residual, rotary embedding, grouped-query head and the head's difference
 objective, composed) is checked against an explicit float64 propagation that uses no autograd: the relevance of the
-embeddings and of every layer's output stream, per token. Float64 tiny models agree to ~1e-7 of the largest |R|
-(transformers computes RMSNorm and the rotary tables in float32, where the rules divide by those outputs); a wrong
-rule (CP-LRP's constant attention, for one) is off by far more.
+embeddings and of every layer's output stream, per token. Float64 tiny models agree to ~1e-7 to 1e-6 of the largest
+|R| (transformers computes RMSNorm and the rotary tables in float32, where the rules divide by those outputs); a wrong
+rule (CP-LRP's constant attention, for one) is off by 0.3 or more.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from failtrace_testkit.explicit_lrp import explicit_attnlrp
 from failtrace_testkit.tiny import tiny_model
 
 pytestmark = pytest.mark.tf4
-TOL = 1e-6  # of the largest |R| of a compared row; measured 0.8e-7 to 1.6e-7 (all four), on transformers 5 and 4.57
+TOL = 3e-6  # of the largest |R| of a compared row; measured up to 5.5e-7 (Llama, Qwen, OLMo-2) and 1.4e-6 (Gemma-3,
+# whose norms multiply by (1 + w) in float32 as well), on transformers 5 and 4.57
 
 
-def _ids(n: int = 12) -> list[int]:
+def _ids(n: int) -> list[int]:
     return torch.randint(3, 128, (n,), generator=torch.Generator().manual_seed(3)).tolist()
 
 
@@ -29,11 +30,12 @@ def _worst(rel: torch.Tensor, ref: list[torch.Tensor]) -> float:
     return max(float((rel[i] - r).abs().max() / r.abs().max()) for i, r in enumerate(ref))
 
 
-# qwen2: q/k/v biases (their shares absorbed by the ε-rule); qwen3: q/k norms per head; olmo2: post-block norms
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "olmo2"])
+# qwen2: q/k/v biases (their shares absorbed by the ε-rule); qwen3: q/k norms per head; olmo2: post-block norms;
+# gemma3: norms before and after each block, scaled embeddings, local/global θ (6 tokens: its tiny sliding window)
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "olmo2", "gemma3"])
 def test_whole_model_attnlrp_equals_the_explicit_rules(arch: str) -> None:
     model = tiny_model(arch, dtype=torch.float64, layers=3)
-    ids = _ids()
+    ids = _ids(6 if arch == "gemma3" else 12)
     ref = explicit_attnlrp(model, ids, 5, 7)
     res = relevance_pass(model, ids, lambda logits: logits[5] - logits[7])
     assert res.value == pytest.approx(ref.delta, rel=1e-12, abs=1e-12)
@@ -47,7 +49,7 @@ def test_whole_model_attnlrp_equals_the_explicit_rules(arch: str) -> None:
 
 def test_the_comparison_tells_a_wrong_attention_rule_apart() -> None:
     model = tiny_model("llama", dtype=torch.float64, layers=3)
-    ids = _ids()
+    ids = _ids(12)
     ref = explicit_attnlrp(model, ids, 5, 7)
     wrong = relevance_pass(model, ids, lambda logits: logits[5] - logits[7], method="cp-lrp").relevance()
     assert _worst(wrong, [ref.input, *ref.layers]) > 1e-2

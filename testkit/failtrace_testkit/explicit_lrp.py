@@ -12,8 +12,9 @@ the rules themselves (Achtibat et al., 2024), dividing relevance by activations 
 
 The objective is Δℓ = ℓ(target) − ℓ(contrast) at the last position, so the head passes R = f ⊙ (W_t − W_c) to the
 final hidden state f of the last token. Covers Llama and SmolLM2, Qwen2 (q/k/v biases), Qwen3 (per-head q/k norms)
-and OLMo-2 (norms after each block, q/k norms over the width): RMSNorms, rotary position embeddings of the default
-type, grouped-query attention without a sliding window, a SiLU-gated MLP.
+OLMo-2 (norms after each block, q/k norms over the width) and Gemma-3 text ((1 + w) norms before and after each
+block, √d-scaled embeddings, its own attention scale, local and global rotary θ, a GELU gate): RMSNorms, rotary
+embeddings of the default type, grouped-query attention on inputs no longer than any sliding window.
 """
 
 from __future__ import annotations
@@ -42,9 +43,24 @@ def _eps_linear(x: Tensor, y: Tensor, lin: Any, r_y: Tensor) -> Tensor:
 
 
 def _rms(x: Tensor, norm: Any) -> Tensor:
+    """RMSNorm: x / rms(x) · w, or · (1 + w) for Gemma's; the identity when ``norm`` is None."""
+    if norm is None:
+        return x
     eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
     x32 = x.float()  # transformers normalises in float32 whatever the dtype; so here, to agree to float64 rounding
-    return norm.weight.double() * (x32 * torch.rsqrt((x32 * x32).mean(-1, keepdim=True) + eps)).double()
+    normed = x32 * torch.rsqrt((x32 * x32).mean(-1, keepdim=True) + eps)
+    if "Gemma" in type(norm).__name__:  # (1 + w), multiplied in float32 too
+        return (normed * (1.0 + norm.weight.float())).double()
+    return norm.weight.double() * normed.double()
+
+
+def _norms(layer: Any) -> tuple[Any, Any, Any, Any]:
+    """(before attention, after attention, before the MLP, after the MLP): Llama/Qwen have the first and third,
+    OLMo-2 the second and fourth, Gemma-3 all four (None where absent)."""
+    post = getattr(layer, "post_feedforward_layernorm", None)
+    pre_mlp = getattr(layer, "pre_feedforward_layernorm", None) if post is not None else layer.post_attention_layernorm
+    return (getattr(layer, "input_layernorm", None), layer.post_attention_layernorm if post is not None else None,
+            pre_mlp, post)
 
 
 def _heads(x_lin: Tensor, norm: Any, heads: int, head_dim: int) -> Tensor:
@@ -70,11 +86,13 @@ def _rotate_half_t(y: Tensor) -> Tensor:
     return torch.cat([y[..., h:], -y[..., :h]], -1)
 
 
-def _rope_tables(config: Any, n: int, head_dim: int) -> tuple[Tensor, Tensor]:
+def _rope_tables(config: Any, n: int, head_dim: int, layer_type: str) -> tuple[Tensor, Tensor]:
     params = getattr(config, "rope_parameters", None) or {}
+    params = params.get(layer_type, params)  # Gemma-3: one set per attention type
     if params.get("rope_type", "default") != "default":
         raise ValueError(f"explicit reference covers default rotary embeddings only, not {params['rope_type']!r}")
-    theta = float(params.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
+    fallback = getattr(config, "rope_local_base_freq" if layer_type == "sliding_attention" else "rope_theta", None)
+    theta = float(params.get("rope_theta", fallback or 10000.0))
     # in float32, as transformers computes the tables whatever the model's dtype, so that a float64 model's own
     # forward and this one agree to float64 rounding (float64 tables here would differ from it by ~1e-7)
     inv = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim)
@@ -115,18 +133,23 @@ def explicit_attnlrp(model: Any, ids: list[int], target: int, contrast: int) -> 
     cfg, base = model.config, model.model
     if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True) \
             and cfg.sliding_window < len(ids):
-        raise ValueError("explicit reference: no sliding-window attention")
+        raise ValueError("explicit reference: no sliding-window attention (inputs up to the window only)")
     n, H, Hkv = len(ids), cfg.num_attention_heads, cfg.num_key_value_heads
     hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
-    cos, sin = _rope_tables(cfg, n, hd)
-    scaling = hd ** -0.5
+    types = getattr(cfg, "layer_types", None) or ["full_attention"] * len(base.layers)
+    scaling = float(getattr(cfg, "query_pre_attn_scalar", None) or hd) ** -0.5  # Gemma-3 scales by its own scalar
+    gelu = "gelu" in str(getattr(cfg, "hidden_activation", None) or getattr(cfg, "hidden_act", ""))
     with torch.no_grad():
-        h = base.embed_tokens.weight.double()[torch.as_tensor(ids)]
+        emb = base.embed_tokens
+        h = emb.weight.double()[torch.as_tensor(ids)]
+        if hasattr(emb, "embed_scale"):  # Gemma: √d, in the weights' dtype
+            h = h * emb.embed_scale.to(emb.weight.dtype).double()
         saved = []
-        for layer in base.layers:
+        for layer, kind in zip(base.layers, types):
             at = layer.self_attn
-            post = hasattr(layer, "post_feedforward_layernorm")  # OLMo-2: norms after each block, none before
-            a_in = h if post else _rms(h, layer.input_layernorm)
+            cos, sin = _rope_tables(cfg, n, hd, kind)
+            pre_attn, post_attn, pre_mlp, post_mlp = _norms(layer)
+            a_in = _rms(h, pre_attn)
             q_lin, k_lin, v_lin = (_linear(a_in, p) for p in (at.q_proj, at.k_proj, at.v_proj))
             q = _heads(q_lin, getattr(at, "q_norm", None), H, hd)
             k = _heads(k_lin, getattr(at, "k_norm", None), Hkv, hd)
@@ -139,16 +162,17 @@ def explicit_attnlrp(model: Any, ids: list[int], target: int, contrast: int) -> 
             o = torch.softmax(s.masked_fill(~causal, float("-inf")), -1) @ v_h
             o_flat = o.transpose(0, 1).reshape(n, H * hd)
             attn = _linear(o_flat, at.o_proj)
-            attn_out = _rms(attn, layer.post_attention_layernorm) if post else attn
+            attn_out = _rms(attn, post_attn)
             mid = h + attn_out
-            m_in = mid if post else _rms(mid, layer.post_attention_layernorm)
+            m_in = _rms(mid, pre_mlp)
             mlp = layer.mlp
             zg, zu = _linear(m_in, mlp.gate_proj), _linear(m_in, mlp.up_proj)
-            p = torch.nn.functional.silu(zg) * zu
+            act = torch.nn.functional.gelu(zg, approximate="tanh") if gelu else torch.nn.functional.silu(zg)
+            p = act * zu
             down = _linear(p, mlp.down_proj)
-            down_out = _rms(down, layer.post_feedforward_layernorm) if post else down
+            down_out = _rms(down, post_mlp)
             out = mid + down_out
-            saved.append(dict(h=h, a_in=a_in, q=(q, q_lin), k=(k, k_lin), v=(v, v_lin), q_r=q_r, k_h=k_h, v_h=v_h,
+            saved.append(dict(cos=cos, sin=sin, h=h, a_in=a_in, q=(q, q_lin), k=(k, k_lin), v=(v, v_lin), q_r=q_r, k_h=k_h, v_h=v_h,
                               o=o, o_flat=o_flat, attn=attn, attn_out=attn_out, mid=mid, m_in=m_in, zg=zg, zu=zu, p=p,
                               down=down, down_out=down_out, out=out))
             h = out
@@ -166,7 +190,7 @@ def explicit_attnlrp(model: Any, ids: list[int], target: int, contrast: int) -> 
             r_mid = sv["mid"] * _div(r, sv["out"])  # residual: ε-rule on the sum
             r_down = sv["down_out"] * _div(r, sv["out"])  # then the identity rule of a post-MLP norm
             r_p = _eps_linear(sv["p"], sv["down"], mlp.down_proj, r_down)
-            r_half = 0.5 * r_p  # uniform rule on silu(zg) · zu; identity on SiLU
+            r_half = 0.5 * r_p  # uniform rule on act(zg) · zu; identity on the activation
             r_m_in = _eps_linear(sv["m_in"], sv["zg"], mlp.gate_proj, r_half) + \
                 _eps_linear(sv["m_in"], sv["zu"], mlp.up_proj, r_half)
             r_mid = r_mid + r_m_in  # identity rule on the pre-MLP RMSNorm (or none)
@@ -177,7 +201,7 @@ def explicit_attnlrp(model: Any, ids: list[int], target: int, contrast: int) -> 
             rep = H // Hkv
             r_kr = r_kh.view(Hkv, rep, n, hd).sum(1)  # repeated heads: their relevances add up
             r_v = r_vh.view(Hkv, rep, n, hd).sum(1)
-            r_a_in = torch.zeros_like(sv["a_in"])
+            r_a_in, cos, sin = torch.zeros_like(sv["a_in"]), sv["cos"], sv["sin"]
             for (x, x_lin), r_rot, lin in ((sv["q"], r_qr, at.q_proj), (sv["k"], r_kr, at.k_proj),
                                            (sv["v"], r_v, at.v_proj)):
                 if lin is not at.v_proj:  # rotary embedding: linear, ε-rule with J = cos·I + sin·rotate_half
