@@ -31,11 +31,12 @@ def _worst(rel: torch.Tensor, ref: list[torch.Tensor]) -> float:
 
 
 # qwen2: q/k/v biases (their shares absorbed by the ε-rule); qwen3: q/k norms per head; olmo2: post-block norms;
-# gemma3: norms before and after each block, scaled embeddings, local/global θ (6 tokens: its tiny sliding window)
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "olmo2", "gemma3"])
+# gemma3: norms before and after each block, scaled embeddings, local/global θ; mistral and gemma3: 12 tokens under a
+# 6-token sliding window (every layer of mistral, gemma3's local ones)
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3", "olmo2", "gemma3"])
 def test_whole_model_attnlrp_equals_the_explicit_rules(arch: str) -> None:
     model = tiny_model(arch, dtype=torch.float64, layers=3)
-    ids = _ids(6 if arch == "gemma3" else 12)
+    ids = _ids(12)
     ref = explicit_attnlrp(model, ids, 5, 7)
     res = relevance_pass(model, ids, lambda logits: logits[5] - logits[7])
     assert res.value == pytest.approx(ref.delta, rel=1e-12, abs=1e-12)

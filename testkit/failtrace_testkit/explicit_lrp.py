@@ -14,7 +14,7 @@ The objective is Δℓ = ℓ(target) − ℓ(contrast) at the last position, so 
 final hidden state f of the last token. Covers Llama and SmolLM2, Qwen2 (q/k/v biases), Qwen3 (per-head q/k norms)
 OLMo-2 (norms after each block, q/k norms over the width) and Gemma-3 text ((1 + w) norms before and after each
 block, √d-scaled embeddings, its own attention scale, local and global rotary θ, a GELU gate): RMSNorms, rotary
-embeddings of the default type, grouped-query attention on inputs no longer than any sliding window.
+embeddings of the default type, grouped-query attention, sliding windows (Mistral, Gemma-3's local layers).
 """
 
 from __future__ import annotations
@@ -110,10 +110,24 @@ class ExplicitRelevance:
     delta: float
 
 
-def _attention_back(q: Tensor, k: Tensor, v: Tensor, r_o: Tensor, scaling: float) -> tuple[Tensor, Tensor, Tensor]:
-    """AttnLRP on one attention, heads [H, n, d] (k, v already repeated to H heads): R_q, R_k, R_v."""
-    n = q.shape[-2]
-    causal = torch.ones(n, n, dtype=torch.bool).tril()
+def _visible(n: int, window: int | None) -> Tensor:
+    """[n, n]: may query i see key j? Causal (j ≤ i), and within a sliding window when there is one (i − j < W)."""
+    i, j = torch.arange(n)[:, None], torch.arange(n)[None]
+    return (j <= i) & ((i - j < window) if window else True)
+
+
+def _window(cfg: Any, layer_type: str) -> int | None:
+    """The layer's sliding window: by layer type where the config lists them (Gemma-3), else the config's own."""
+    if getattr(cfg, "layer_types", None):
+        return cfg.sliding_window if layer_type == "sliding_attention" else None
+    return cfg.sliding_window if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True) \
+        else None
+
+
+def _attention_back(q: Tensor, k: Tensor, v: Tensor, r_o: Tensor, scaling: float,
+                    causal: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """AttnLRP on one attention, heads [H, n, d] (k, v already repeated to H heads; ``causal``: the visible pairs):
+    R_q, R_k, R_v."""
     s = scaling * q @ k.transpose(-1, -2)
     a = torch.softmax(s.masked_fill(~causal, float("-inf")), -1)
     o = a @ v
@@ -131,9 +145,6 @@ def _attention_back(q: Tensor, k: Tensor, v: Tensor, r_o: Tensor, scaling: float
 def explicit_attnlrp(model: Any, ids: list[int], target: int, contrast: int) -> ExplicitRelevance:
     """AttnLRP relevance of Δℓ = ℓ(target) − ℓ(contrast) at the last position of ``ids`` (module docstring)."""
     cfg, base = model.config, model.model
-    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True) \
-            and cfg.sliding_window < len(ids):
-        raise ValueError("explicit reference: no sliding-window attention (inputs up to the window only)")
     n, H, Hkv = len(ids), cfg.num_attention_heads, cfg.num_key_value_heads
     hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
     types = getattr(cfg, "layer_types", None) or ["full_attention"] * len(base.layers)
@@ -157,7 +168,7 @@ def explicit_attnlrp(model: Any, ids: list[int], target: int, contrast: int) -> 
             q_r, k_r = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
             rep = H // Hkv
             k_h, v_h = k_r.repeat_interleave(rep, 0), v.repeat_interleave(rep, 0)
-            causal = torch.ones(n, n, dtype=torch.bool).tril()
+            causal = _visible(n, _window(cfg, kind))
             s = scaling * q_r @ k_h.transpose(-1, -2)
             o = torch.softmax(s.masked_fill(~causal, float("-inf")), -1) @ v_h
             o_flat = o.transpose(0, 1).reshape(n, H * hd)
@@ -172,7 +183,7 @@ def explicit_attnlrp(model: Any, ids: list[int], target: int, contrast: int) -> 
             down = _linear(p, mlp.down_proj)
             down_out = _rms(down, post_mlp)
             out = mid + down_out
-            saved.append(dict(cos=cos, sin=sin, h=h, a_in=a_in, q=(q, q_lin), k=(k, k_lin), v=(v, v_lin), q_r=q_r, k_h=k_h, v_h=v_h,
+            saved.append(dict(causal=causal, cos=cos, sin=sin, h=h, a_in=a_in, q=(q, q_lin), k=(k, k_lin), v=(v, v_lin), q_r=q_r, k_h=k_h, v_h=v_h,
                               o=o, o_flat=o_flat, attn=attn, attn_out=attn_out, mid=mid, m_in=m_in, zg=zg, zu=zu, p=p,
                               down=down, down_out=down_out, out=out))
             h = out
@@ -197,7 +208,8 @@ def explicit_attnlrp(model: Any, ids: list[int], target: int, contrast: int) -> 
             r_h = sv["h"] * _div(r_mid, sv["mid"])
             r_attn = sv["attn_out"] * _div(r_mid, sv["mid"])  # then the identity rule of a post-attention norm
             r_o = _eps_linear(sv["o_flat"], sv["attn"], at.o_proj, r_attn).view(n, H, hd).transpose(0, 1)
-            r_qr, r_kh, r_vh = _attention_back(sv["q_r"], sv["k_h"], sv["v_h"], r_o, scaling)
+            r_qr, r_kh, r_vh = _attention_back(sv["q_r"], sv["k_h"], sv["v_h"], r_o, scaling,
+                                                 sv["causal"])
             rep = H // Hkv
             r_kr = r_kh.view(Hkv, rep, n, hd).sum(1)  # repeated heads: their relevances add up
             r_v = r_vh.view(Hkv, rep, n, hd).sum(1)
