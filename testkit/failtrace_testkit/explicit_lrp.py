@@ -12,7 +12,7 @@ the rules themselves (Achtibat et al., 2024), dividing relevance by activations 
 
 The objective is Δℓ = ℓ(target) − ℓ(contrast) at the last position, so the head passes R = f ⊙ (W_t − W_c) to the
 final hidden state f of the last token. Covers Llama and SmolLM2, Qwen2 (q/k/v biases), Qwen3 (per-head q/k norms)
-OLMo-2 (norms after each block, q/k norms over the width) and Gemma-3 text ((1 + w) norms before and after each
+OLMo-2/3 (norms after each block, q/k norms over the width) and Gemma-3 text ((1 + w) norms before and after each
 block, √d-scaled embeddings, its own attention scale, local and global rotary θ, a GELU gate): RMSNorms, rotary
 embeddings of the default type, grouped-query attention, sliding windows (Mistral, Gemma-3's local layers).
 """
