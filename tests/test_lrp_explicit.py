@@ -30,9 +30,9 @@ def _worst(rel: torch.Tensor, ref: list[torch.Tensor]) -> float:
     return max(float((rel[i] - r).abs().max() / r.abs().max()) for i, r in enumerate(ref))
 
 
-# qwen2: q/k/v biases (their shares absorbed by the ε-rule); qwen3: q/k norms per head; olmo2 and olmo3: post-block norms;
-# gemma3: norms before and after each block, scaled embeddings, local/global θ; mistral and gemma3: 12 tokens under a
-# 6-token sliding window (every layer of mistral, the local ones of olmo3 and gemma3)
+# qwen2: q/k/v biases (their shares absorbed by the ε-rule); qwen3: q/k norms per head; olmo2/olmo3: post-block
+# norms; gemma3: norms before and after each block, scaled embeddings, local/global θ. 12 tokens under the tiny
+# configs' 6-token sliding window (every layer of mistral, the local layers of olmo3 and gemma3).
 @pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3", "olmo2", "olmo3", "gemma3"])
 def test_whole_model_attnlrp_equals_the_explicit_rules(arch: str) -> None:
     model = tiny_model(arch, dtype=torch.float64, layers=3)
