@@ -315,8 +315,9 @@ def test_a_context_with_nothing_maskable_says_so(tmp_path: Path) -> None:
         first = greedy_generate(lm.model, [prompt], 16, eos)[0].token_ids[0]
         with torch.no_grad():
             row = lm.model(input_ids=torch.tensor([prompt]), use_cache=False).logits[0, -1]
-        alt = next(t for t in torch.topk(row, 10).indices.tolist()
-                   if t != first and lm.tokenizer.decode([t]).isprintable() and "\ufffd" not in lm.tokenizer.decode([t]))
+        printable = [t for t in torch.topk(row, 10).indices.tolist()
+                     if lm.tokenizer.decode([t]).isprintable() and "\ufffd" not in lm.tokenizer.decode([t])]
+        alt = next(t for t in printable if t != first)
         needle = decode_completion(lm.tokenizer, naive_greedy(lm.model, prompt, 16, eos, forced=alt), eos)
         bench = ToyBenchmark(mode="prefix", max_new_tokens=16)
         with open_store(tmp_path / "s.duckdb") as st:

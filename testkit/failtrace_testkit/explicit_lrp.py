@@ -183,7 +183,8 @@ def explicit_attnlrp(model: Any, ids: list[int], target: int, contrast: int) -> 
             down = _linear(p, mlp.down_proj)
             down_out = _rms(down, post_mlp)
             out = mid + down_out
-            saved.append(dict(causal=causal, cos=cos, sin=sin, h=h, a_in=a_in, q=(q, q_lin), k=(k, k_lin), v=(v, v_lin), q_r=q_r, k_h=k_h, v_h=v_h,
+            saved.append(dict(causal=causal, cos=cos, sin=sin, h=h, a_in=a_in, q=(q, q_lin), k=(k, k_lin),
+                              v=(v, v_lin), q_r=q_r, k_h=k_h, v_h=v_h,
                               o=o, o_flat=o_flat, attn=attn, attn_out=attn_out, mid=mid, m_in=m_in, zg=zg, zu=zu, p=p,
                               down=down, down_out=down_out, out=out))
             h = out
