@@ -181,16 +181,38 @@ def test_pick_contrast_needs_review_and_writes_one_row(cmp: dict[str, Any], tmp_
     assert (tmp_path / "pq" / "reviews.parquet").stat().st_size > 0
 
 
+# The comparisons table as the first failtrace with it wrote it: no token texts, keyed by (case, fingerprint) alone.
+_FIRST_DDL = """CREATE TABLE comparisons (case_id VARCHAR NOT NULL, model_fingerprint VARCHAR NOT NULL,
+    model VARCHAR NOT NULL, item_id VARCHAR NOT NULL, benchmark VARCHAR NOT NULL, reference BOOLEAN NOT NULL,
+    mapped BOOLEAN NOT NULL, token_ids INTEGER[], prompt_length INTEGER, position INTEGER, target_text VARCHAR,
+    contrast_text VARCHAR, target_id INTEGER, contrast_id INTEGER, delta_logit DOUBLE, input_relevance DOUBLE[],
+    segment_relevance VARCHAR, flip_curve DOUBLE[], flip_k INTEGER, step INTEGER, split VARCHAR, notes VARCHAR,
+    seconds DOUBLE, created_at TIMESTAMP, PRIMARY KEY (case_id, model_fingerprint))"""
+
+
+def as_first_table(store: Path) -> int:
+    """Rewrite the store's comparisons table in the first format (same rows); returns how many rows it has."""
+    with open_store(store) as st:
+        cols = [r[0] for r in st.con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'comparisons' "
+            "AND column_name NOT IN ('tokens', 'special_mask', 'checkpoint') ORDER BY ordinal_position").fetchall()]
+        st.con.execute(f"CREATE TABLE first_rows AS SELECT {', '.join(cols)} FROM comparisons")
+        st.con.execute("DROP TABLE comparisons")
+        st.con.execute(_FIRST_DDL)
+        st.con.execute(f"INSERT INTO comparisons ({', '.join(cols)}) SELECT * FROM first_rows")
+        st.con.execute("DROP TABLE first_rows")
+        return st.con.execute("SELECT count(*) FROM comparisons").fetchone()[0]
+
+
 def test_comparisons_written_before_token_texts_were_kept(cmp: dict[str, Any], tmp_path: Path) -> None:
-    """A comparisons table of an older failtrace (no tokens/special_mask columns): the explorer shows each model's
-    numbers without a heatmap, load_comparisons reads it, and the next write adds the columns back."""
+    """A comparisons table of an older failtrace (no tokens/special_mask columns, keyed without the row's kind): the
+    explorer shows each model's numbers without a heatmap, load_comparisons reads it, and the next write adds the
+    columns and the key back, keeping every row."""
     from failtrace.store.comparisons import write_comparison
 
     store = tmp_path / "old.duckdb"
     shutil.copy(cmp["store"], store)
-    with open_store(store) as st:
-        st.con.execute("ALTER TABLE comparisons DROP COLUMN tokens")
-        st.con.execute("ALTER TABLE comparisons DROP COLUMN special_mask")
+    n_rows = as_first_table(store)
     case = cmp["cases"][0]
     with TestClient(create_app(store), base_url="http://127.0.0.1") as c:
         data = c.get(f"/api/cases/{case.case_id}/compare").json()
@@ -201,5 +223,11 @@ def test_comparisons_written_before_token_texts_were_kept(cmp: dict[str, Any], t
         assert all(r["tokens"] is None for r in rows)
         new = dict(rows[0], model_fingerprint="new", tokens=["a"], special_mask=[False])
         assert write_comparison(st, new)
-        back = [r for r in load_comparisons(st) if r["model_fingerprint"] == "new"]
+        everything = load_comparisons(st)
+        back = [r for r in everything if r["model_fingerprint"] == "new"]
+        key = [r[0] for r in st.con.execute("SELECT unnest(constraint_column_names) FROM duckdb_constraints() "
+                                            "WHERE table_name = 'comparisons' AND constraint_type = 'PRIMARY KEY'")
+               .fetchall()]
     assert back[0]["tokens"] == ["a"] and list(back[0]["special_mask"]) == [False]
+    assert len(everything) == n_rows + 1 and key == ["case_id", "model_fingerprint", "checkpoint"]
+    assert {r["case_id"] for r in everything} >= {r["case_id"] for r in rows}

@@ -299,3 +299,73 @@ def test_cli_finetune_compare_and_export(run: dict[str, Any], tmp_path: Path,
     assert all(r["model"] == str(out / "step-2") for r in mine if fps[r["model_fingerprint"]] == "step-2")
     assert main(["compare", "--store", store, "--checkpoints", str(out / "step-0"), "--models", model]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def _ckpt_counts(text: str, folder: str) -> tuple[int, int]:
+    """(trained, held-out) case counts of ``folder``'s line in compare --checkpoints' printed table."""
+    cells = next(ln.split() for ln in text.splitlines() if ln.startswith(folder + " "))
+    return int(cells[2]), int(cells[5])
+
+
+def test_model_rows_and_checkpoint_rows_never_stand_in_for_each_other(run: dict[str, Any], tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """The same weights as a --models model and as a checkpoint (every run's step 0 is the base model): each mode
+    writes and counts its own rows, in either order; a step-0 row stored for one run is counted in the split of the
+    run whose folder is given; the printed counts cover this call's cases only."""
+    from failtrace.cli import main
+
+    model, dpo = str(run["root"] / "model0"), run["results"]["dpo"]
+    n = len(run["cases"])
+    store = tmp_path / "s.duckdb"
+    shutil.copy(run["store"], store)
+    with open_store(store) as st:
+        st.con.execute("DROP TABLE IF EXISTS comparisons")
+        other = finetune(st, run["lm"], tmp_path / "other", FinetuneSettings(
+            method="sft", steps=2, save_every=2, lr=LR, held_out=0.7, seed=1))
+    step0, step6 = str(dpo.checkpoints[0]), str(dpo.checkpoints[-1])
+    # checkpoints first, then the same base model as the reference of --models: its reference rows are written
+    assert main(["compare", "-s", str(store), "--checkpoints", step0, step6, "--no-progress"]) == 0
+    trained = sum(c.case_id in dpo.trained for c in run["cases"])
+    text = capsys.readouterr().out
+    assert _ckpt_counts(text, step0) == _ckpt_counts(text, step6) == (trained, n - trained)
+    assert main(["compare", "-s", str(store), "--models", model, step6, "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    lines = {ln.split("│")[1].strip(): [c.strip() for c in ln.split("│")[2:-1]] for ln in text.splitlines()
+             if ln.count("│") >= 3 and (model in ln or step6 in ln)}
+    assert lines[model][0] == lines[step6][0] == str(n)  # rows: the reference's and the checkpoint's own
+    with open_store(store, read_only=True) as st:
+        kinds = st.con.execute("SELECT step IS NULL, count(*) FROM comparisons GROUP BY 1 ORDER BY 1").fetchall()
+    assert kinds == [(False, 2 * n), (True, 2 * n)]
+    # another run (another seed and held-out share): its step 0 is the same model, counted in ITS split
+    o0, o2 = str(other.checkpoints[0]), str(other.checkpoints[-1])
+    assert main(["compare", "-s", str(store), "--checkpoints", o0, o2, "--limit", "3", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    first3 = [c.case_id for c in run["cases"]][:3]
+    want = (sum(c in other.trained for c in first3), sum(c not in other.trained for c in first3))
+    assert _ckpt_counts(text, o0) == _ckpt_counts(text, o2) == want and want != (0, 0)
+    assert text.startswith("3 cases on 2 checkpoints")
+
+
+def test_checkpoints_twice_or_with_another_vocabulary_leave_the_store_unchanged(
+        run: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import hashlib
+
+    from failtrace.cli import main
+    from failtrace_testkit.toy import toy_tokenizer
+
+    dpo = run["results"]["dpo"]
+    store = tmp_path / "s.duckdb"
+    shutil.copy(run["store"], store)
+    fake = tmp_path / "fake"
+    shutil.copytree(dpo.checkpoints[-1], fake)
+    tok = toy_tokenizer()
+    tok.add_tokens(["<extra-token>"])
+    tok.save_pretrained(fake)
+    before = hashlib.sha256(store.read_bytes()).hexdigest()
+    step0 = str(dpo.checkpoints[0])
+    for args, words in ((["--checkpoints", step0, str(fake)], "another vocabulary"),
+                        (["--checkpoints", step0, step0 + "/"], "twice")):
+        assert main(["compare", "-s", str(store), *args, "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and words in err and "Traceback" not in err
+        assert hashlib.sha256(store.read_bytes()).hexdigest() == before  # refused before any row is written

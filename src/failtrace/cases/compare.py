@@ -36,6 +36,8 @@ class CompareSummary:
     """What one ``compare`` call did, per model name."""
 
     cases: int = 0
+    case_ids: list[str] = field(default_factory=list)
+    fingerprints: dict[str, str] = field(default_factory=dict)  # per model name: the rows' model_fingerprint
     written: dict[str, int] = field(default_factory=dict)
     skipped: int = 0
     unmapped: dict[str, int] = field(default_factory=dict)
@@ -165,8 +167,9 @@ def compare(store: ResultsStore, model_names: Sequence[str], *, benchmark: str |
     items = {c.case_id: store.get_item(c.benchmark, c.item_id) for c in cases}
     prefixes = {c.case_id: ref.tokenizer.decode(c.token_ids[c.prompt_length:], skip_special_tokens=False,
                                                 clean_up_tokenization_spaces=False) for c in cases}
-    summary.cases = len(cases)
-    done = done_comparisons(store)
+    summary.cases, summary.case_ids = len(cases), [c.case_id for c in cases]
+    summary.fingerprints[model_names[0]] = cases[0].model_fingerprint  # the reference's (cases are found by it)
+    done = done_comparisons(store, checkpoint=False)
     ref_rows = [reference_row(c, model_names[0]) for c in cases if (c.case_id, c.model_fingerprint) not in done]
     summary.written[model_names[0]] = 0
     del ref
@@ -176,6 +179,7 @@ def compare(store: ResultsStore, model_names: Sequence[str], *, benchmark: str |
             summary.written[model_names[0]] = sum(write_comparison(store, row) for row in ref_rows)
             ref_rows = []
         fp = model_fingerprint(lm)
+        summary.fingerprints[name] = fp
         todo = [c for c in cases if (c.case_id, fp) not in done]
         summary.skipped += len(cases) - len(todo)
         summary.written[name], summary.unmapped[name] = 0, 0

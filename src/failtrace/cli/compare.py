@@ -9,6 +9,7 @@ contrast, i.e. the failure is corrected on that model).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -23,13 +24,20 @@ if TYPE_CHECKING:
     from failtrace.store.store import ResultsStore
 
 
-def comparison_table(rows: list[dict], models: list[str]) -> list[list[str]]:
-    """Per model (in --models order): cases, mapped, mean Δℓ over mapped, corrected (Δℓ < 0), median k*."""
+def _n(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def comparison_table(rows: list[dict], models: list[str], fingerprints: dict[str, str],
+                     case_ids: list[str]) -> list[list[str]]:
+    """Per model (in --models order; its rows found by content fingerprint among this call's cases, whatever name
+    they were stored under): cases, mapped, mean Δℓ over mapped, corrected (Δℓ < 0), median k*."""
     import statistics
 
-    out = []
-    for name in models:
-        mine = [r for r in rows if r["model"] == name]
+    wanted, out = set(case_ids), []
+    for i, name in enumerate(models):
+        mine = [r for r in rows if r["step"] is None and r["case_id"] in wanted and bool(r["reference"]) == (i == 0)
+                and r["model_fingerprint"] == fingerprints.get(name)]
         mapped = [r for r in mine if r["mapped"] and r["delta_logit"] is not None]
         deltas = [float(r["delta_logit"]) for r in mapped]
         ks = [r["flip_k"] for r in mapped if r["flip_k"] is not None]
@@ -39,18 +47,22 @@ def comparison_table(rows: list[dict], models: list[str]) -> list[list[str]]:
     return out
 
 
-def checkpoint_table(rows: list[dict], folders: list[str], fingerprints: dict[str, str]) -> list[list[str]]:
-    """Per checkpoint (in --checkpoints order, rows found by its content fingerprint): step, then per split the
-    cases, mean Δℓ and corrected (Δℓ < 0)."""
+def checkpoint_table(rows: list[dict], folders: list[str], summary: CheckpointSummary) -> list[list[str]]:
+    """Per checkpoint (in --checkpoints order; its rows found by content fingerprint among this call's cases): step,
+    then per split of *its own* run (the folder's metadata: a step-0 row stored for another run is the same model
+    but may sit in another split there) the cases, mean Δℓ and corrected (Δℓ < 0)."""
     import statistics
 
-    out = []
+    from failtrace.training.checkpoints import split_of
+
+    wanted, out = set(summary.case_ids), []
     for folder in folders:
-        mine = [r for r in rows if r["model_fingerprint"] == fingerprints.get(folder) and r["delta_logit"] is not None]
-        step = next((str(r["step"]) for r in mine if r["step"] is not None), "-")
-        cells = [folder, step]
+        meta = summary.metas[folder]
+        mine = [r for r in rows if r["step"] is not None and r["case_id"] in wanted and r["delta_logit"] is not None
+                and r["model_fingerprint"] == summary.fingerprints.get(folder)]
+        cells = [folder, str(meta["step"])]
         for split in ("trained", "held-out"):
-            deltas = [float(r["delta_logit"]) for r in mine if r["split"] == split]
+            deltas = [float(r["delta_logit"]) for r in mine if split_of(meta, r["case_id"]) == split]
             cells += [str(len(deltas)), f"{statistics.fmean(deltas):+.3f}" if deltas else "-",
                       str(sum(d < 0 for d in deltas))]
         out.append(cells)
@@ -61,10 +73,16 @@ def _print_checkpoints(st: ResultsStore, folders: list[str], summary: Checkpoint
     """A plain-text table (never truncated: checkpoint paths are long), one line per checkpoint."""
     from failtrace.store.comparisons import load_comparisons
 
-    rows = checkpoint_table(load_comparisons(st), folders, summary.fingerprints)
+    rows = checkpoint_table(load_comparisons(st), folders, summary)
     head = ["checkpoint", "step", "trained", "mean Δℓ", "corrected", "held-out", "mean Δℓ", "corrected"]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    typer.echo(f"{summary.cases} cases on {len(folders)} checkpoints ({summary.seconds:.1f} s); corrected = Δℓ < 0")
+    typer.echo(f"{_n(summary.cases, 'case')} on {_n(len(folders), 'checkpoint')} ({summary.seconds:.1f} s); "
+               f"corrected = Δℓ < 0")
+    runs = {json.dumps(summary.metas[f].get("settings"), sort_keys=True, default=str) for f in folders}
+    if len(runs) > 1:  # e.g. an --out folder rewritten by a shorter run keeps the longer run's later steps
+        methods = sorted({str(summary.metas[f].get("method")) for f in folders})
+        typer.echo(f"note: these checkpoints come from {len(runs)} different finetune runs (settings differ; "
+                   f"method {', '.join(methods)}): each row's split is its own run's")
     for r in [head, *rows]:
         typer.echo("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
 
@@ -88,10 +106,10 @@ def compare_command(
 ) -> None:
     """Re-score the first model's clean cases on the other models (same strings, re-tokenised), or the base model's
     cases on finetune checkpoints (--checkpoints), and store it."""
-    from rich.console import Console
     from rich.table import Table
 
     from failtrace.cases.compare import compare
+    from failtrace.cli.console import console
     from failtrace.store.cases import require_cases
     from failtrace.store.comparisons import load_comparisons
     from failtrace.store.store import open_store
@@ -117,12 +135,12 @@ def compare_command(
         require_cases(st, benchmark)
         summary = compare(st, models, benchmark=benchmark, limit=limit, device=device, progress=progress)
         rows = load_comparisons(st)
-    table = Table(title=f"{summary.cases} cases of {models[0]} compared ({summary.seconds:.1f} s)")
+    table = Table(title=f"{_n(summary.cases, 'case')} of {models[0]} compared ({summary.seconds:.1f} s)")
     for col in ("model", "rows", "mapped", "mean Δℓ", "corrected (Δℓ<0)", "median k*"):
         table.add_column(col)
-    for r in comparison_table(rows, list(models)):
+    for r in comparison_table(rows, list(models), summary.fingerprints, summary.case_ids):
         table.add_row(*r)
-    Console().print(table)
+    console().print(table)
 
 
 def export_dpo_command(

@@ -1,8 +1,13 @@
-"""Cross-model comparisons in the results store: one row per (case, model fingerprint), and comparisons.jsonl.
+"""Cross-model comparisons in the results store: one row per (case, model fingerprint, kind), and comparisons.jsonl.
+
+The kind (column ``checkpoint``) keeps ``compare --models`` rows (no step) and ``compare --checkpoints`` rows (a
+step) apart: the same weights may be both a model of the cross-model comparison and a checkpoint (every run's step 0
+is the base model), and neither must stand in for the other.
 
 The ``comparisons`` table is created on first write (``CREATE TABLE IF NOT EXISTS``; it only adds a table, so the
 store's schema version is unchanged and older failtrace versions still open the store). A row is written once per
-key and never rewritten, so an interrupted ``compare`` resumes where it stopped.
+key and never rewritten, so an interrupted ``compare`` resumes where it stopped. A table of an older failtrace, keyed
+by (case, fingerprint) alone, is rebuilt with the kind in one transaction on the next write.
 """
 
 from __future__ import annotations
@@ -44,7 +49,8 @@ DDL = """CREATE TABLE IF NOT EXISTS comparisons (
     created_at TIMESTAMP,
     tokens VARCHAR,
     special_mask BOOLEAN[],
-    PRIMARY KEY (case_id, model_fingerprint)
+    checkpoint BOOLEAN NOT NULL,
+    PRIMARY KEY (case_id, model_fingerprint, checkpoint)
 )"""
 # Columns added after the table's first release: a store written by an older failtrace gets them on its next write
 # (rows written before read NULL: the explorer then shows that model's numbers without its heatmap).
@@ -62,30 +68,57 @@ def _present(store: ResultsStore) -> bool:
     return "comparisons" in tables
 
 
+def _keyed_by_kind(store: ResultsStore) -> None:
+    """Rebuild a table keyed by (case, fingerprint) alone with the ``checkpoint`` column in its key (one transaction:
+    an interruption leaves the old table as it was)."""
+    cols = {r[0] for r in store.con.execute("SELECT column_name FROM information_schema.columns "
+                                            "WHERE table_name = 'comparisons'").fetchall()}
+    if "checkpoint" in cols:
+        return
+    for stmt in ADDED:  # a table older still gets the columns added since, then the rebuild copies them
+        store.con.execute(stmt)
+    with store._transaction():
+        store.con.execute(DDL.replace("IF NOT EXISTS comparisons", "comparisons_rekeyed"))
+        names = ", ".join((*COLUMNS, "created_at"))
+        store.con.execute(f"INSERT INTO comparisons_rekeyed ({names}, checkpoint) "
+                          f"SELECT {names}, step IS NOT NULL FROM comparisons")
+        store.con.execute("DROP TABLE comparisons")
+        store.con.execute("ALTER TABLE comparisons_rekeyed RENAME TO comparisons")
+
+
+def _kind(row: dict[str, Any]) -> bool:
+    """True for a ``compare --checkpoints`` row (it has a training step)."""
+    return row.get("step") is not None
+
+
 def write_comparison(store: ResultsStore, row: dict[str, Any]) -> bool:
-    """Insert one comparison row (keys as in ``COLUMNS``); False when (case_id, model_fingerprint) is already stored."""
+    """Insert one comparison row (keys as in ``COLUMNS``); False when its (case, fingerprint, kind) is stored."""
+    if _present(store):
+        _keyed_by_kind(store)
     store.con.execute(DDL)
     for stmt in ADDED:
         store.con.execute(stmt)
-    key = [row["case_id"], row["model_fingerprint"]]
-    if store.con.execute("SELECT 1 FROM comparisons WHERE case_id = ? AND model_fingerprint = ?", key).fetchone():
+    key = [row["case_id"], row["model_fingerprint"], _kind(row)]
+    if store.con.execute("SELECT 1 FROM comparisons WHERE case_id = ? AND model_fingerprint = ? AND checkpoint = ?",
+                         key).fetchone():
         return False
     values = [json.dumps(row.get(c) or {}, sort_keys=True) if c == "segment_relevance"
               else json.dumps(row.get(c) or []) if c == "notes"
               else None if c == "tokens" and row.get(c) is None
               else json.dumps(row[c], ensure_ascii=False) if c == "tokens" else row.get(c) for c in COLUMNS]
-    cols = ", ".join((*COLUMNS, "created_at"))
-    marks = ", ".join("?" * (len(COLUMNS) + 1))
+    cols = ", ".join((*COLUMNS, "created_at", "checkpoint"))
+    marks = ", ".join("?" * (len(COLUMNS) + 2))
     store.con.execute(f"INSERT INTO comparisons ({cols}) VALUES ({marks})",
-                      [*values, datetime.now(timezone.utc).replace(tzinfo=None)])
+                      [*values, datetime.now(timezone.utc).replace(tzinfo=None), key[2]])
     return True
 
 
-def done_comparisons(store: ResultsStore) -> set[tuple[str, str]]:
-    """(case_id, model_fingerprint) keys already stored."""
+def done_comparisons(store: ResultsStore, checkpoint: bool) -> set[tuple[str, str]]:
+    """(case_id, model_fingerprint) keys already stored as model rows, or as checkpoint rows (``checkpoint``)."""
     if not _present(store):
         return set()
-    return {(a, b) for a, b in store.con.execute("SELECT case_id, model_fingerprint FROM comparisons").fetchall()}
+    rows = store.con.execute("SELECT case_id, model_fingerprint, step IS NOT NULL FROM comparisons").fetchall()
+    return {(a, b) for a, b, kind in rows if kind == checkpoint}
 
 
 def load_comparisons(store: ResultsStore, case_ids: set[str] | None = None) -> list[dict[str, Any]]:
@@ -100,6 +133,7 @@ def load_comparisons(store: ResultsStore, case_ids: set[str] | None = None) -> l
         r["tokens"] = loads(r["tokens"], where, store.path) if r.get("tokens") else None  # None: written before
         r.setdefault("special_mask", None)
         r.pop("created_at", None)
+        r.pop("checkpoint", None)  # the same as "step is not null"
     return [r for r in rows if case_ids is None or r["case_id"] in case_ids]
 
 

@@ -18,6 +18,7 @@ import gc
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,8 @@ class CheckpointSummary:
     """What one ``compare --checkpoints`` call did, per checkpoint as given."""
 
     cases: int = 0
+    case_ids: list[str] = field(default_factory=list)
+    metas: dict[str, dict[str, Any]] = field(default_factory=dict)
     fingerprints: dict[str, str] = field(default_factory=dict)
     written: dict[str, int] = field(default_factory=dict)
     skipped: int = 0
@@ -77,6 +80,21 @@ def checkpoint_row(lm: Any, case: Case, item: Any, name: str, fingerprint: str,
     return row | {"step": int(meta["step"]), "split": split}
 
 
+def _vocab_of(folder: str) -> str:
+    """The vocabulary digest of a checkpoint folder's tokenizer (read without loading the weights)."""
+    from transformers import AutoTokenizer
+
+    from failtrace.models.loading import _quiet_transformers
+    from failtrace.training.checkpoints import vocab_digest
+
+    try:
+        with _quiet_transformers():
+            return vocab_digest(AutoTokenizer.from_pretrained(folder))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise FailtraceError(f"checkpoint {folder}: its tokenizer cannot be read ({str(exc).splitlines()[0][:200]}); "
+                             f"the checkpoint is damaged") from None
+
+
 def _load(folder: str, device: str) -> Any:
     from failtrace.models.loading import load_model
 
@@ -98,15 +116,26 @@ def compare_checkpoints(store: ResultsStore, folders: Sequence[str], *, benchmar
                         models: Mapping[str, Any] | None = None) -> CheckpointSummary:
     """Score the base model's cases on every checkpoint folder (resumable: stored keys are skipped).
 
-    Every folder's metadata is read before any model is loaded, so a bad folder fails in a second; all must share
-    one base model. ``models`` maps folder → loaded model (tests); by default each is loaded in turn and freed.
+    Every folder's metadata and vocabulary are read before any model is loaded, so a bad folder fails in seconds
+    and leaves the store as it was; all must share one base model and its vocabulary, and no folder may be given
+    twice. ``models`` maps folder → loaded model (tests); by default each is loaded in turn and freed.
     """
     from failtrace.models.fingerprint import model_fingerprint
     from failtrace.training.checkpoints import read_metadata, vocab_digest
 
     if not folders:
         raise FailtraceError("--checkpoints needs at least one checkpoint folder (e.g. ckpts/step-0)")
+    seen: dict[Path, str] = {}
+    for f in folders:
+        if Path(f).resolve() in seen:
+            raise FailtraceError(f"--checkpoints names {f!r} twice (as {seen[Path(f).resolve()]!r} too)")
+        seen[Path(f).resolve()] = f
     metas = {f: read_metadata(f) for f in folders}
+    for f in folders:  # the cases' token ids must name the same tokens on every checkpoint
+        vocab = vocab_digest(models[f].tokenizer) if models else _vocab_of(f)
+        if vocab != metas[f].get("base_vocab_digest"):
+            raise FailtraceError(f"checkpoint {f} has another vocabulary than its base model, so the cases' "
+                                 f"token ids mean other tokens there; compare it with --models instead")
     bases = {m["base_model_fingerprint"] for m in metas.values()}
     if len(bases) > 1:
         raise FailtraceError("the checkpoints come from different base models; compare one base model's "
@@ -114,16 +143,13 @@ def compare_checkpoints(store: ResultsStore, folders: Sequence[str], *, benchmar
     t0 = time.perf_counter()
     cases = _cases_of(store, bases.pop(), benchmark, limit)
     items = {c.case_id: store.get_item(c.benchmark, c.item_id) for c in cases}
-    summary = CheckpointSummary(cases=len(cases))
-    done = done_comparisons(store)
+    summary = CheckpointSummary(cases=len(cases), case_ids=[c.case_id for c in cases], metas=metas)
+    done = done_comparisons(store, checkpoint=True)
     for folder in folders:
         meta = metas[folder]
         lm = models[folder] if models else _load(folder, device)
         fp = model_fingerprint(lm)
         summary.fingerprints[folder] = fp
-        if vocab_digest(lm.tokenizer) != meta.get("base_vocab_digest"):
-            raise FailtraceError(f"checkpoint {folder} has another vocabulary than its base model, so the cases' "
-                                 f"token ids mean other tokens there; compare it with --models instead")
         todo = [c for c in cases if (c.case_id, fp) not in done]
         summary.skipped += len(cases) - len(todo)
         summary.written[folder] = 0
