@@ -15,6 +15,7 @@ that damaged file; a bad non-loopback --host printed two lines. Every check: the
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -77,8 +78,27 @@ def test_ctrl_c_exits_130_with_one_line(toy: dict[str, Any], tmp_path: Path, mon
 
     monkeypatch.setattr(ResultsStore, "status_rows", interrupted)
     line = _one_error_line(main(["status", "-s", str(toy["store"])]), capsys, expected_code=130)
-    assert line.startswith("error: interrupted; everything committed to the store so far is kept")
+    assert line == "error: interrupted"  # status writes nothing: no promise of a resume
     assert sha256(toy["store"]) == toy["sha"] and not (tmp_path / "logs").exists()
+
+
+def test_ctrl_c_in_finetune_says_it_does_not_resume(toy: dict[str, Any], tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """finetune never writes the store and starts again from step 0: the resume promise of collect/pairs/analyse
+    was wrong for it."""
+    import failtrace.training.finetune as ft
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ft, "finetune", interrupted)
+    monkeypatch.setattr(ft, "require_trl", lambda: None)
+    code = main(["finetune", "-s", str(toy["store"]), "--method", "sft", "--model", str(toy["model_dir"]),
+                 "--out", str(tmp_path / "ck"), "--no-progress"])
+    line = _one_error_line(code, capsys, expected_code=130)
+    assert line.startswith("error: interrupted; the checkpoints saved so far stay in --out") and "step 0" in line
+    assert sha256(toy["store"]) == toy["sha"]
 
 
 def test_real_sigint_mid_analyse_keeps_the_store_and_resumes(toy: dict[str, Any], tmp_path: Path) -> None:
@@ -235,6 +255,17 @@ def test_export_dpo_tail_weight_and_new_folder(toy: dict[str, Any], tmp_path: Pa
     assert main(["export-dpo", "-s", str(toy["store"]), "-o", str(out)]) == 0  # a missing folder is made
     assert "wrote 5 preference pairs" in capsys.readouterr().out
     assert len(out.read_text().splitlines()) == 5 and sha256(toy["store"]) == toy["sha"]
+
+
+def test_export_dpo_to_stdout_keeps_the_stream_json(toy: dict[str, Any]) -> None:
+    """``--out /dev/stdout | consumer``: the records on stdout, the status line on stderr (it was a non-JSON line
+    in the data stream)."""
+    res = subprocess.run([sys.executable, "-m", "failtrace.cli", "export-dpo", "-s", str(toy["store"]), "-o",
+                          "/dev/stdout"], capture_output=True, text=True, env=_env(), timeout=300)
+    assert res.returncode == 0, res.stderr
+    records = [json.loads(line) for line in res.stdout.splitlines()]
+    assert len(records) == 5 and all("chosen" in r and "rejected" in r for r in records)
+    assert res.stderr.strip() == "wrote 5 preference pairs to /dev/stdout"
 
 
 # ---- --benchmark with no cases -------------------------------------------------------------------------------------

@@ -222,6 +222,11 @@ def test_seed_beyond_32_bits_refused_before_any_store(tmp_path: Path, capsys: py
                                  "--seed", str(2**31), "-m", str(tmp_path / "must-not-load.gguf")]), capsys)
     assert "--seed" in line and "at most 2147483647" in line, line
     assert not store.exists()
+    # finetune too (it crashed in trl's set_seed with exit 70, after writing step-0)
+    line = _one_error_line(main(["finetune", "-s", str(store), "--method", "sft", "--seed", str(2**31),
+                                 "--out", str(tmp_path / "ck"), "-m", str(tmp_path / "must-not-load.gguf")]), capsys)
+    assert "--seed" in line and "at most 2147483647" in line, line
+    assert not (tmp_path / "ck").exists()
 
 
 def test_budget_beyond_the_context_refused_and_no_store_left(toy: dict[str, Any], tmp_path: Path,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Iterator
@@ -22,7 +23,7 @@ from failtrace.models.loading import load_model
 from failtrace.store import open_store
 from failtrace.store.cases import load_cases
 from failtrace.store.comparisons import load_comparisons
-from failtrace_testkit.toy import one_thread, toy_model, toy_tokenizer
+from failtrace_testkit.toy import one_thread, save_toy_model, toy_model, toy_tokenizer
 from failtrace.training.checkpoints import read_metadata
 from failtrace.training.data import split_cases
 from failtrace.training.finetune import FinetuneSettings, finetune
@@ -285,6 +286,15 @@ def test_cli_finetune_compare_and_export(run: dict[str, Any], tmp_path: Path,
                  "--save-every", "1", "--out", str(out), "--lr", "1e-3", "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "token-dpo:" in text and "3 checkpoints" in text
+    assert main(["finetune", "--store", store, "--model", model, "--method", "sft", "--steps", "2",
+                 "--save-every", "2", "--out", str(tmp_path / "bar")]) == 0  # with the progress bar
+    shown = capsys.readouterr()
+    assert "{'loss'" not in shown.out + shown.err and "'loss':" not in shown.out + shown.err  # no log dict per step
+    losses = [ln for ln in text.splitlines() if ln.strip().startswith("step ")]
+    assert [ln.split()[1] for ln in losses] == ["1", "2"]  # each logged step once (the last was printed twice)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert all((out / s).stat().st_mode & 0o777 == 0o777 & ~mask for s in ("step-0", "step-1", "step-2"))
     assert main(["compare", "--store", store, "--checkpoints", str(out / "step-0"), str(out / "step-2"),
                  "--no-progress"]) == 0
     text = capsys.readouterr().out
@@ -299,6 +309,11 @@ def test_cli_finetune_compare_and_export(run: dict[str, Any], tmp_path: Path,
     assert all(r["model"] == str(out / "step-2") for r in mine if fps[r["model_fingerprint"]] == "step-2")
     assert main(["compare", "--store", store, "--checkpoints", str(out / "step-0"), "--models", model]) == 2
     assert "not both" in capsys.readouterr().err
+    other = str(save_toy_model(tmp_path / "other", seed=1))  # a model without cases here: named, and who has them
+    assert main(["finetune", "--store", store, "--model", other, "--method", "sft", "--steps", "1",
+                 "--out", str(tmp_path / "ck2"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"no cases of model {other!r}" in err and f"its cases are of {model}:" in err
 
 
 def _ckpt_counts(text: str, folder: str) -> tuple[int, int]:

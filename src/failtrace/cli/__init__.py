@@ -104,8 +104,19 @@ def _error(message: str) -> None:
     typer.echo(f"error: {one_line(message)}", err=True)
 
 
-def _interrupted() -> None:
-    _error("interrupted; everything committed to the store so far is kept, rerun the command to resume")
+_RESUMABLE = frozenset({"collect", "pairs", "analyse", "compare", "demo"})  # store writers that skip what is stored
+
+
+def _interrupted(argv: list[str]) -> None:
+    """Say what an interrupted command left behind: it depends on the command."""
+    command = next((a for a in argv if not a.startswith("-")), "")
+    if command in _RESUMABLE:
+        _error("interrupted; everything committed to the store so far is kept, rerun the command to resume")
+    elif command == "finetune":
+        _error("interrupted; the checkpoints saved so far stay in --out, but finetune does not resume: a rerun "
+               "trains again from step 0")
+    else:
+        _error("interrupted")
 
 
 def _usage_error(exc: BaseException, argv: list[str]) -> int:
@@ -147,22 +158,23 @@ def main(argv: list[str] | None = None) -> int:
     if not sys.warnoptions:  # library deprecation chatter is not for the command's users (PYTHONWARNINGS wins)
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
         from failtrace.cli.options import refuse_empty_values
 
-        refuse_empty_values(typer.main.get_command(app), list(sys.argv[1:] if argv is None else argv))
+        refuse_empty_values(typer.main.get_command(app), args)
         code = app(args=argv, prog_name="failtrace", standalone_mode=False)
         # typer >= 0.22 turns Ctrl-C into Exit(130) and, without standalone mode, *returns* an Exit's code
         # instead of raising it: a returned non-zero code must become the exit code (an interrupted run is no success)
         if isinstance(code, int) and not isinstance(code, bool) and code:
             if code == EXIT_INTERRUPTED:
-                _interrupted()
+                _interrupted(args)
             return code
     except FailtraceError as exc:
         _error(str(exc))
         return EXIT_BAD_INPUT
     except (KeyboardInterrupt, typer.Abort):
-        _interrupted()
+        _interrupted(args)
         return EXIT_INTERRUPTED
     except typer.Exit as exc:
         return int(getattr(exc, "exit_code", 0) or 0)

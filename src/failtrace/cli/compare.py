@@ -162,7 +162,8 @@ def export_dpo_command(
     with open_store(store, read_only=True) as st:
         require_cases(st, benchmark)
         path, n = export_dpo(st, out, benchmark=benchmark, tail_weight=tail_weight)
-    typer.echo(f"wrote {n} preference pairs to {path}")
+    # written to a pipe or terminal (--out /dev/stdout): the data stream gets the records only
+    typer.echo(f"wrote {n} preference pairs to {path}", err=not Path(path).resolve().is_file())
 
 
 def register(app: typer.Typer) -> None:

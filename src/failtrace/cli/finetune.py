@@ -27,7 +27,7 @@ def finetune_command(
     out: Path = typer.Option(Path("ckpts"), "--out", "-o", help="Folder for the step-N checkpoint folders."),
     held_out: float = typer.Option(0.3, "--held-out", help="Share of cases held out (seeded), in [0, 0.99].",
                                    callback=opts.finite(0.0, 0.99)),
-    seed: int = typer.Option(0, "--seed", help="Seed of the held-out split and of training.", callback=opts.count(0)),
+    seed: int = typer.Option(0, "--seed", help="Seed of the held-out split and of training.", callback=opts.count(0, 2**31 - 1)),
     lr: float = typer.Option(1e-5, "--lr", help="Learning rate (constant).", callback=opts.finite(0.0, 1.0,
                                                                                                  open_min=True)),
     beta: float = typer.Option(0.1, "--beta", help="DPO β.", callback=opts.finite(0.0, open_min=True)),
@@ -58,7 +58,8 @@ def finetune_command(
         result = finetune(st, lm, out, settings, progress=progress)
     typer.echo(f"{method}: {len(result.trained)} cases trained, {len(result.held_out)} held out; "
                f"{len(result.checkpoints)} checkpoints in {result.out} ({result.seconds:.0f} s)")
-    for h in result.losses[:: max(1, len(result.losses) // 10)] + result.losses[-1:]:
+    shown = result.losses[:: max(1, len(result.losses) // 10)]
+    for h in shown + [h for h in result.losses[-1:] if h not in shown]:  # about ten, and always the last
         typer.echo(f"  step {h['step']:>4}  loss {h['loss']:.4f}")
     for path in result.checkpoints:
         typer.echo(f"  {path}")

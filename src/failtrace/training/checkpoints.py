@@ -22,6 +22,13 @@ METADATA_FILE = "failtrace_checkpoint.json"
 FORMAT = 1
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def step_folder(out: str | Path, step: int) -> Path:
     """The folder of the checkpoint saved at ``step``."""
     return Path(out) / f"step-{int(step)}"
@@ -36,6 +43,7 @@ def save_checkpoint(model: Any, tokenizer: Any, out: str | Path, step: int, meta
     out.mkdir(parents=True, exist_ok=True)
     target = step_folder(out, step)
     tmp = Path(tempfile.mkdtemp(prefix=f".step-{step}-", dir=out))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private (0700); a checkpoint is an ordinary folder
     try:
         with _quiet_transformers():  # no per-shard progress bars
             model.save_pretrained(tmp, safe_serialization=True)

@@ -96,16 +96,19 @@ def build_example(tokenizer: Any, record: dict[str, Any], eos: frozenset[int], t
 
 
 def load_examples(store: ResultsStore, tokenizer: Any, eos: frozenset[int], model_fingerprint: str,
-                  benchmark: str | None = None, tail_weight: float = 0.0) -> list[Example]:
+                  benchmark: str | None = None, tail_weight: float = 0.0,
+                  model_name: str | None = None) -> list[Example]:
     """Examples of every clean case of the model with ``model_fingerprint`` that has a verified recovery."""
     from failtrace.cases.preferences import preference_record
     from failtrace.store.cases import load_cases
 
     cases = load_cases(store, benchmark=benchmark, model_fingerprint=model_fingerprint)
     if not cases:
-        raise FailtraceError(f"no cases of this model (by its content fingerprint) in {store.path}; run "
-                             f"`failtrace analyse` with the same model first, or pass the model the cases were "
-                             f"built with (--model)")
+        have = [r[0] for r in store.con.execute("SELECT DISTINCT model FROM cases ORDER BY 1").fetchall()]
+        which = f"model {model_name!r}" if model_name else "this model"
+        raise FailtraceError(f"no cases of {which} (by its content fingerprint{', in ' + benchmark if benchmark else ''}"
+                             f") in {store.path}; its cases are of {', '.join(have) or 'no model'}: pass one of "
+                             f"those with --model, or run `failtrace analyse` with this model first")
     pairs = {(p["pair_run_id"], p["item_id"]): p for p in store.pairs()}
     generations: dict[str, dict[str, dict[str, Any]]] = {}
     out = []

@@ -159,6 +159,21 @@ def _trainer(s: FinetuneSettings, lm: Any, train: list[Example], work: str, prog
     return TokenWeightedDPOTrainer(**kwargs, data_collator=WeightedPreferenceCollator(pad_token_id=pad_id))
 
 
+def _quiet_logs(trainer: Any, progress: bool) -> None:
+    """No log dict per step on the terminal (the command prints the losses once, at the end): transformers prints
+    each one without its progress bar (PrinterCallback) and under it (ProgressCallback.on_log)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    if progress:
+        class BarOnly(ProgressCallback):  # type: ignore[misc]
+            def on_log(self, *args: Any, **kwargs: Any) -> None:
+                return None
+
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(BarOnly())
+
+
 def finetune(store: ResultsStore, lm: Any, out: str | Path, settings: FinetuneSettings,
              progress: bool = False) -> FinetuneResult:
     """Train ``lm`` (a :class:`~failtrace.models.LoadedModel`) by ``settings.method`` and write checkpoints to ``out``."""
@@ -171,7 +186,7 @@ def finetune(store: ResultsStore, lm: Any, out: str | Path, settings: FinetuneSe
     t0 = time.perf_counter()
     base_fp = model_fingerprint(lm)
     examples = load_examples(store, lm.tokenizer, eos_token_ids(lm.model, lm.tokenizer), base_fp,
-                             settings.benchmark, settings.tail_weight)
+                             settings.benchmark, settings.tail_weight, model_name=lm.name)
     trained, held = split_cases([e.case_id for e in examples], settings.held_out, settings.seed)
     by_id = {e.case_id: e for e in examples}
     meta = {"method": settings.method, "settings": asdict(settings), "base_model": lm.name,
@@ -186,10 +201,7 @@ def finetune(store: ResultsStore, lm: Any, out: str | Path, settings: FinetuneSe
     with tempfile.TemporaryDirectory(prefix="failtrace-finetune-") as work:
         callback = make_save_callback(lm.tokenizer, out, settings.save_every, meta, saved)
         trainer = _trainer(settings, lm, [by_id[c] for c in trained], work, progress, callback)
-        if not progress:  # transformers prints every log dict when its progress bar is off
-            from transformers.trainer_callback import PrinterCallback
-
-            trainer.remove_callback(PrinterCallback)
+        _quiet_logs(trainer, progress)
         trainer.train()
         losses = [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h]
         if settings.steps % settings.save_every:
