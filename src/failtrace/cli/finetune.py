@@ -56,8 +56,11 @@ def finetune_command(
         require_cases(st, benchmark)
         lm = load_model(model, progress=progress)
         result = finetune(st, lm, out, settings, progress=progress)
-    typer.echo(f"{method}: {len(result.trained)} cases trained, {len(result.held_out)} held out; "
-               f"{len(result.checkpoints)} checkpoints in {result.out} ({result.seconds:.0f} s)")
+    def n(count: int, word: str) -> str:
+        return f"{count} {word}" + ("" if count == 1 else "s")
+
+    typer.echo(f"{method}: {n(len(result.trained), 'case')} trained, {len(result.held_out)} held out; "
+               f"{n(len(result.checkpoints), 'checkpoint')} in {result.out} ({result.seconds:.0f} s)")
     shown = result.losses[:: max(1, len(result.losses) // 10)]
     for h in shown + [h for h in result.losses[-1:] if h not in shown]:  # about ten, and always the last
         typer.echo(f"  step {h['step']:>4}  loss {h['loss']:.4f}")
