@@ -43,8 +43,8 @@ def test_whole_model_attnlrp_equals_the_explicit_rules(arch: str) -> None:
     rel = res.relevance()
     assert rel.shape == (4, len(ids))
     assert _worst(rel, [ref.input, *ref.layers]) < TOL
-    # not conservative at the input (the softmax rule absorbs), and the last layer's stream carries exactly Δℓ
-    assert float(ref.layers[-1].sum()) == pytest.approx(ref.delta, rel=1e-9)
+    # the implementation's last layer carries Δℓ; neither conserves at the input (the softmax rule absorbs)
+    assert float(rel[-1].sum()) == pytest.approx(res.value, rel=1e-6)  # measured 2.6e-8 (float32 norms)
     assert abs(float(ref.input.sum()) - ref.delta) > 1e-3
 
 

@@ -6,6 +6,8 @@ itself (a plain transformers model) and, after ``save_pretrained``, transformers
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -104,3 +106,26 @@ def test_gemma3_rotary_settings_per_attention_type_reach_4x_names():
     else:
         assert (cfg.rope_theta, cfg.rope_local_base_freq) == (1e6, 1e4)
         assert cfg.rope_scaling == {"rope_type": "linear", "factor": 8.0}
+
+
+@pytest.mark.tf4
+def test_olmo3_with_its_own_sliding_rotation_is_refused_on_4x_not_misread():
+    """4.57's OLMo-3 rotates its sliding layers like its full ones: a 5.x config with two θ cannot be read there."""
+    import transformers
+
+    from failtrace.errors import FailtraceError
+    from failtrace.models.portable import rope_settings_for_4x
+
+    def config(local: float) -> Any:
+        cfg = transformers.Olmo3Config(num_hidden_layers=2)
+        cfg.rope_parameters = {"full_attention": {"rope_theta": 5e5, "rope_type": "default"},
+                               "sliding_attention": {"rope_theta": local, "rope_type": "default"}}
+        return cfg
+
+    same = rope_settings_for_4x(config(5e5))  # one θ for both: read as it is on either version
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        assert rope_settings_for_4x(config(2e4)).rope_parameters["sliding_attention"]["rope_theta"] == 2e4
+    else:
+        assert same.rope_theta == 5e5
+        with pytest.raises(FailtraceError, match="cannot represent"):
+            rope_settings_for_4x(config(2e4))

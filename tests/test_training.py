@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from cases_toy import build_toy_store, write_toy_cases
+from failtrace.errors import FailtraceError
 from failtrace.models.loading import load_model
 from failtrace.store import open_store
 from failtrace.store.cases import load_cases
@@ -100,6 +101,13 @@ def test_checkpoints_are_plain_transformers_folders_with_metadata(run: dict[str,
         last = _plain(res.checkpoints[-1]).state_dict()
         assert max(float((v - step0[k]).abs().max()) for k, v in last.items()) > 1e-4  # training moved weights
         assert len(read_metadata(res.checkpoints[-1])["loss_history"]) == STEPS
+
+
+def test_settings_refuse_a_seed_torch_cannot_take() -> None:
+    """The API checks what the CLI checks (trl's set_seed crashed after step-0 was written)."""
+    with pytest.raises(FailtraceError, match="--seed"):
+        FinetuneSettings(method="sft", seed=2**31).check()
+    FinetuneSettings(method="sft", seed=2**31 - 1).check()
 
 
 def test_split_is_seeded_and_fixed() -> None:
@@ -358,7 +366,10 @@ def test_model_rows_and_checkpoint_rows_never_stand_in_for_each_other(run: dict[
     first3 = [c.case_id for c in run["cases"]][:3]
     want = (sum(c in other.trained for c in first3), sum(c not in other.trained for c in first3))
     assert _ckpt_counts(text, o0) == _ckpt_counts(text, o2) == want and want != (0, 0)
-    assert text.startswith("3 cases on 2 checkpoints")
+    assert text.startswith("3 cases on 2 checkpoints") and "note:" not in text  # one run: no note
+    assert main(["compare", "-s", str(store), "--checkpoints", step6, o2, "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "note: these checkpoints come from 2 different finetune runs" in text and "dpo, sft" in text
 
 
 def test_checkpoints_twice_or_with_another_vocabulary_leave_the_store_unchanged(

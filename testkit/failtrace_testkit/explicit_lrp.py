@@ -89,10 +89,13 @@ def _rotate_half_t(y: Tensor) -> Tensor:
 def _rope_tables(config: Any, n: int, head_dim: int, layer_type: str) -> tuple[Tensor, Tensor]:
     params = getattr(config, "rope_parameters", None) or {}
     params = params.get(layer_type, params)  # Gemma-3: one set per attention type
-    if params.get("rope_type", "default") != "default":
-        raise ValueError(f"explicit reference covers default rotary embeddings only, not {params['rope_type']!r}")
-    fallback = getattr(config, "rope_local_base_freq" if layer_type == "sliding_attention" else "rope_theta", None)
-    theta = float(params.get("rope_theta", fallback or 10000.0))
+    scaling = getattr(config, "rope_scaling", None) or {}  # transformers 4.x's name
+    kind = params.get("rope_type", scaling.get("rope_type", scaling.get("type", "default")))
+    if kind != "default":
+        raise ValueError(f"explicit reference covers default rotary embeddings only, not {kind!r}")
+    # 4.x: Gemma-3's sliding layers have their own θ (rope_local_base_freq); every other family uses rope_theta
+    local = getattr(config, "rope_local_base_freq", None) if layer_type == "sliding_attention" else None
+    theta = float(params.get("rope_theta", local or getattr(config, "rope_theta", None) or 10000.0))
     # in float32, as transformers computes the tables whatever the model's dtype, so that a float64 model's own
     # forward and this one agree to float64 rounding (float64 tables here would differ from it by ~1e-7)
     inv = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim)

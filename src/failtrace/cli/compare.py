@@ -1,10 +1,10 @@
 """``failtrace compare``: re-score one model's clean cases on other models (Δℓ, segment relevance, k* per model),
 or the base model's cases on ``failtrace finetune`` checkpoints (``--checkpoints``; rows carry step and split).
 
-Rows go to the store's ``comparisons`` table (one per case and model fingerprint; a rerun skips stored rows);
-``failtrace export --format jsonl`` writes them as comparisons.jsonl. The printed table: per model, how many cases
-map (target and contrast one token there), the mean Δℓ, and how many the model gets right (Δℓ < 0: it prefers the
-contrast, i.e. the failure is corrected on that model).
+Rows go to the store's ``comparisons`` table (one per case, model fingerprint and kind, model or checkpoint; a rerun
+skips stored rows); ``failtrace export --format jsonl`` writes them as comparisons.jsonl. The printed table: per
+model, how many cases map (target and contrast one token there), the mean Δℓ, and how many the model gets right
+(Δℓ < 0: it prefers the contrast, i.e. the failure is corrected on that model).
 """
 
 from __future__ import annotations
@@ -78,11 +78,12 @@ def _print_checkpoints(st: ResultsStore, folders: list[str], summary: Checkpoint
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     typer.echo(f"{_n(summary.cases, 'case')} on {_n(len(folders), 'checkpoint')} ({summary.seconds:.1f} s); "
                f"corrected = Δℓ < 0")
-    runs = {json.dumps(summary.metas[f].get("settings"), sort_keys=True, default=str) for f in folders}
+    runs = {json.dumps([summary.metas[f].get(k) for k in ("settings", "trained_case_ids", "held_out_case_ids")],
+                       sort_keys=True, default=str) for f in folders}
     if len(runs) > 1:  # e.g. an --out folder rewritten by a shorter run keeps the longer run's later steps
         methods = sorted({str(summary.metas[f].get("method")) for f in folders})
-        typer.echo(f"note: these checkpoints come from {len(runs)} different finetune runs (settings differ; "
-                   f"method {', '.join(methods)}): each row's split is its own run's")
+        typer.echo(f"note: these checkpoints come from {len(runs)} different finetune runs (settings or case splits "
+                   f"differ; method {', '.join(methods)}): each row's split is its own run's")
     for r in [head, *rows]:
         typer.echo("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
 

@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from failtrace.errors import FailtraceError
+
 
 def portable_tokenizer_config(folder: Path) -> None:
     """Name the generic fast tokenizer class, which both transformers 4.x and 5.x can load (5.x writes its own
@@ -20,10 +22,14 @@ def portable_tokenizer_config(folder: Path) -> None:
     cfg_path.write_text(json.dumps(cfg, indent=2))
 
 
-def _transformers_major() -> int:
+def _transformers_version() -> str:
     import transformers
 
-    return int(transformers.__version__.split(".")[0])
+    return str(transformers.__version__)
+
+
+def _transformers_major() -> int:
+    return int(_transformers_version().split(".")[0])
 
 
 def rope_settings_for_4x(config: Any) -> Any:
@@ -47,7 +53,13 @@ def rope_settings_for_4x(config: Any) -> Any:
                 cfg.rope_scaling = {k: v for k, v in full.items() if k != "rope_theta"}
         local = params.get("sliding_attention")
         if isinstance(local, dict) and "rope_theta" in local:
-            cfg.rope_local_base_freq = float(local["rope_theta"])
+            if "gemma" in str(getattr(cfg, "model_type", "")):  # 4.x's Gemma-3 has a θ of its own for them
+                cfg.rope_local_base_freq = float(local["rope_theta"])
+            elif local != full:  # e.g. OLMo-3 on 4.x: its sliding layers can only use the full layers' rotation
+                raise FailtraceError(
+                    f"this {getattr(cfg, 'model_type', 'model')} config rotates its sliding-window layers "
+                    f"differently from its full-attention layers ({local} vs {full}), which transformers "
+                    f"{_transformers_version()} cannot represent; use transformers 5")
     return config
 
 

@@ -1,13 +1,13 @@
 """Cross-model comparisons in the results store: one row per (case, model fingerprint, kind), and comparisons.jsonl.
 
-The kind (column ``checkpoint``) keeps ``compare --models`` rows (no step) and ``compare --checkpoints`` rows (a
-step) apart: the same weights may be both a model of the cross-model comparison and a checkpoint (every run's step 0
+The kind keeps ``compare --models`` rows (no step) and ``compare --checkpoints`` rows (a step) apart: the same weights may be both a model of the cross-model comparison and a checkpoint (every run's step 0
 is the base model), and neither must stand in for the other.
 
 The ``comparisons`` table is created on first write (``CREATE TABLE IF NOT EXISTS``; it only adds a table, so the
 store's schema version is unchanged and older failtrace versions still open the store). A row is written once per
-key and never rewritten, so an interrupted ``compare`` resumes where it stopped. A table of an older failtrace, keyed
-by (case, fingerprint) alone, is rebuilt with the kind in one transaction on the next write.
+key and never rewritten, so an interrupted ``compare`` resumes where it stopped. A table of an older failtrace, whose
+primary key is (case, fingerprint) alone, is rebuilt under the new key in one transaction on the next write; an
+older failtrace still reads and writes the rebuilt table (its writer skips a (case, fingerprint) it finds stored).
 """
 
 from __future__ import annotations
@@ -48,10 +48,12 @@ DDL = """CREATE TABLE IF NOT EXISTS comparisons (
     seconds DOUBLE,
     created_at TIMESTAMP,
     tokens VARCHAR,
-    special_mask BOOLEAN[],
-    checkpoint BOOLEAN NOT NULL,
-    PRIMARY KEY (case_id, model_fingerprint, checkpoint)
+    special_mask BOOLEAN[]
 )"""
+# The key: one row per case, model fingerprint and kind (a checkpoint row has a step). An index on an expression, not
+# a stored kind column: a failtrace from before the kind writes its columns only, and still can.
+KEY = ("CREATE UNIQUE INDEX IF NOT EXISTS comparisons_key "
+       "ON comparisons (case_id, model_fingerprint, (step IS NOT NULL))")
 # Columns added after the table's first release: a store written by an older failtrace gets them on its next write
 # (rows written before read NULL: the explorer then shows that model's numbers without its heatmap).
 ADDED = ("ALTER TABLE comparisons ADD COLUMN IF NOT EXISTS tokens VARCHAR",
@@ -69,21 +71,21 @@ def _present(store: ResultsStore) -> bool:
 
 
 def _keyed_by_kind(store: ResultsStore) -> None:
-    """Rebuild a table keyed by (case, fingerprint) alone with the ``checkpoint`` column in its key (one transaction:
-    an interruption leaves the old table as it was)."""
-    cols = {r[0] for r in store.con.execute("SELECT column_name FROM information_schema.columns "
-                                            "WHERE table_name = 'comparisons'").fetchall()}
-    if "checkpoint" in cols:
+    """Rebuild a table whose primary key is (case, fingerprint) alone without that key, then key it by kind too (one
+    transaction: an interruption leaves the old table as it was)."""
+    old_key = store.con.execute("SELECT count(*) FROM duckdb_constraints() WHERE table_name = 'comparisons' "
+                                "AND constraint_type = 'PRIMARY KEY'").fetchone()[0]
+    if not old_key:
         return
     for stmt in ADDED:  # a table older still gets the columns added since, then the rebuild copies them
         store.con.execute(stmt)
     with store._transaction():
         store.con.execute(DDL.replace("IF NOT EXISTS comparisons", "comparisons_rekeyed"))
         names = ", ".join((*COLUMNS, "created_at"))
-        store.con.execute(f"INSERT INTO comparisons_rekeyed ({names}, checkpoint) "
-                          f"SELECT {names}, step IS NOT NULL FROM comparisons")
+        store.con.execute(f"INSERT INTO comparisons_rekeyed ({names}) SELECT {names} FROM comparisons")
         store.con.execute("DROP TABLE comparisons")
         store.con.execute("ALTER TABLE comparisons_rekeyed RENAME TO comparisons")
+        store.con.execute(KEY)
 
 
 def _kind(row: dict[str, Any]) -> bool:
@@ -98,18 +100,19 @@ def write_comparison(store: ResultsStore, row: dict[str, Any]) -> bool:
     store.con.execute(DDL)
     for stmt in ADDED:
         store.con.execute(stmt)
+    store.con.execute(KEY)
     key = [row["case_id"], row["model_fingerprint"], _kind(row)]
-    if store.con.execute("SELECT 1 FROM comparisons WHERE case_id = ? AND model_fingerprint = ? AND checkpoint = ?",
-                         key).fetchone():
+    if store.con.execute("SELECT 1 FROM comparisons WHERE case_id = ? AND model_fingerprint = ? "
+                         "AND (step IS NOT NULL) = ?", key).fetchone():
         return False
     values = [json.dumps(row.get(c) or {}, sort_keys=True) if c == "segment_relevance"
               else json.dumps(row.get(c) or []) if c == "notes"
               else None if c == "tokens" and row.get(c) is None
               else json.dumps(row[c], ensure_ascii=False) if c == "tokens" else row.get(c) for c in COLUMNS]
-    cols = ", ".join((*COLUMNS, "created_at", "checkpoint"))
-    marks = ", ".join("?" * (len(COLUMNS) + 2))
+    cols = ", ".join((*COLUMNS, "created_at"))
+    marks = ", ".join("?" * (len(COLUMNS) + 1))
     store.con.execute(f"INSERT INTO comparisons ({cols}) VALUES ({marks})",
-                      [*values, datetime.now(timezone.utc).replace(tzinfo=None), key[2]])
+                      [*values, datetime.now(timezone.utc).replace(tzinfo=None)])
     return True
 
 
@@ -125,7 +128,8 @@ def load_comparisons(store: ResultsStore, case_ids: set[str] | None = None) -> l
     """Stored rows (JSON columns parsed), ordered by case, reference model first, then model name."""
     if not _present(store):
         return []
-    rows = store._rows("SELECT * FROM comparisons ORDER BY benchmark, item_id, case_id, reference DESC, model")
+    rows = store._rows("SELECT * FROM comparisons ORDER BY benchmark, item_id, case_id, reference DESC, model, "
+                       "step NULLS FIRST")
     for r in rows:
         where = f"comparisons row of case {r['case_id']} on {r['model']}"
         r["segment_relevance"] = loads(r["segment_relevance"] or "{}", where, store.path)
@@ -133,7 +137,6 @@ def load_comparisons(store: ResultsStore, case_ids: set[str] | None = None) -> l
         r["tokens"] = loads(r["tokens"], where, store.path) if r.get("tokens") else None  # None: written before
         r.setdefault("special_mask", None)
         r.pop("created_at", None)
-        r.pop("checkpoint", None)  # the same as "step is not null"
     return [r for r in rows if case_ids is None or r["case_id"] in case_ids]
 
 

@@ -157,8 +157,8 @@ def export(store: ResultsStore, out_dir: str | Path, fmt: str) -> list[Path]:
             else:
                 path = out / "comparisons.parquet"
                 tmp = str(path.with_name(path.name + ".part")).replace("'", "''")
-                store.con.execute(f"COPY (SELECT * FROM comparisons ORDER BY case_id, model_fingerprint) TO '{tmp}' "
-                                  f"(FORMAT PARQUET)")
+                store.con.execute("COPY (SELECT * FROM comparisons ORDER BY case_id, model_fingerprint, step NULLS FIRST) "
+                                  f"TO '{tmp}' (FORMAT PARQUET)")
                 Path(tmp.replace("''", "'")).replace(path)
                 files.append(path)
         written = {f.name for f in files}

@@ -104,11 +104,17 @@ def load_examples(store: ResultsStore, tokenizer: Any, eos: frozenset[int], mode
 
     cases = load_cases(store, benchmark=benchmark, model_fingerprint=model_fingerprint)
     if not cases:
-        have = [r[0] for r in store.con.execute("SELECT DISTINCT model FROM cases ORDER BY 1").fetchall()]
+        have = [r[0] for r in store.con.execute("SELECT DISTINCT model FROM cases WHERE ? IS NULL OR benchmark = ? "
+                                                "ORDER BY 1", [benchmark, benchmark]).fetchall()]
         which = f"model {model_name!r}" if model_name else "this model"
-        raise FailtraceError(f"no cases of {which} (by its content fingerprint{', in ' + benchmark if benchmark else ''}"
-                             f") in {store.path}; its cases are of {', '.join(have) or 'no model'}: pass one of "
-                             f"those with --model, or run `failtrace analyse` with this model first")
+        where = f"{store.path}" + (f" for benchmark {benchmark}" if benchmark else "")
+        if model_name in have:  # the same name, other weights
+            raise FailtraceError(f"no cases of {which} by its content fingerprint in {where}: the cases under that "
+                                 f"name were built from other weights (another dtype, revision or transformers "
+                                 f"version); load it as it was then, or run `failtrace analyse` with it first")
+        raise FailtraceError(f"no cases of {which} (by its content fingerprint) in {where}; its cases are of "
+                             f"{', '.join(have) or 'no model'}: pass one of those with --model, or run "
+                             f"`failtrace analyse` with this model first")
     pairs = {(p["pair_run_id"], p["item_id"]): p for p in store.pairs()}
     generations: dict[str, dict[str, dict[str, Any]]] = {}
     out = []
