@@ -35,7 +35,8 @@ def _worst(rel: torch.Tensor, ref: list[torch.Tensor]) -> float:
 # configs' 6-token sliding window (every layer of mistral, the local layers of olmo3 and gemma3).
 @pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3", "olmo2", "olmo3", "gemma3"])
 def test_whole_model_attnlrp_equals_the_explicit_rules(arch: str) -> None:
-    model = tiny_model(arch, dtype=torch.float64, layers=3)
+    # θ other than every family's default (and a local θ of its own on gemma3), so a reference reading the wrong θ fails
+    model = tiny_model(arch, dtype=torch.float64, layers=3, rope=(5e4, 2e3))
     ids = _ids(12)
     ref = explicit_attnlrp(model, ids, 5, 7)
     res = relevance_pass(model, ids, lambda logits: logits[5] - logits[7])

@@ -15,6 +15,24 @@ ARCHITECTURES: tuple[str, ...] = ("llama", "qwen2", "qwen3", "mistral", "olmo2",
 FALLBACK_ARCHITECTURES: tuple[str, ...] = ("gemma2",)
 
 
+def with_rope_theta(config: Any, theta: float, local_theta: float | None = None) -> Any:
+    """``config`` rotating by θ = ``theta`` (and its sliding layers by ``local_theta`` where the running transformers
+    gives them a θ of their own: 5.x's per-attention-type ``rope_parameters``, 4.x's Gemma-3), written where that
+    version reads it (5.x: ``rope_parameters``; 4.x: ``rope_theta`` / ``rope_local_base_freq``)."""
+    params = getattr(config, "rope_parameters", None)
+    if isinstance(params, dict):  # transformers 5
+        if "full_attention" in params or "sliding_attention" in params:
+            for kind, sub in params.items():
+                sub["rope_theta"] = local_theta if kind == "sliding_attention" and local_theta else theta
+        else:
+            params["rope_theta"] = theta
+    else:
+        config.rope_theta = theta
+        if local_theta and hasattr(config, "rope_local_base_freq"):
+            config.rope_local_base_freq = local_theta
+    return config
+
+
 def tiny_config(arch: str, layers: int = 2, hidden: int = 64, heads: int = 4, kv_heads: int = 2,
                 vocab: int = 128, sliding_window: int = 6) -> Any:
     """A small config for ``arch`` (one of :data:`ARCHITECTURES`)."""
@@ -49,11 +67,15 @@ def tiny_config(arch: str, layers: int = 2, hidden: int = 64, heads: int = 4, kv
     raise ValueError(f"unknown architecture {arch!r}; valid: {', '.join(ARCHITECTURES)}")
 
 
-def tiny_model(arch: str, seed: int = 0, dtype: torch.dtype = torch.float32, **kwargs: Any) -> torch.nn.Module:
-    """A tiny causal LM of architecture ``arch`` in eval mode (see :func:`tiny_config` for ``kwargs``)."""
+def tiny_model(arch: str, seed: int = 0, dtype: torch.dtype = torch.float32, rope: tuple[float, float] | None = None,
+               **kwargs: Any) -> torch.nn.Module:
+    """A tiny causal LM of architecture ``arch`` in eval mode (see :func:`tiny_config` for ``kwargs``); ``rope`` =
+    (θ, sliding layers' θ) other than the family's defaults (:func:`with_rope_theta`)."""
     from transformers import AutoModelForCausalLM
 
     config = tiny_config(arch, **kwargs)
+    if rope is not None:
+        with_rope_theta(config, *rope)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     gen = torch.Generator().manual_seed(seed + 1)
