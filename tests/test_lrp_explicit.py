@@ -33,14 +33,16 @@ def _worst(rel: torch.Tensor, ref: list[torch.Tensor]) -> float:
 # qwen2: q/k/v biases (their shares absorbed by the ε-rule); qwen3: q/k norms per head; olmo2/olmo3: post-block
 # norms; gemma3: norms before and after each block, scaled embeddings, local/global θ. 12 tokens under the tiny
 # configs' 6-token sliding window (every layer of mistral, the local layers of olmo3 and gemma3).
-@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3", "olmo2", "olmo3", "gemma3"])
+# gemma2: attention and final logit soft-capping (identity rule on tanh)
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3", "olmo2", "olmo3", "gemma3", "gemma2"])
 def test_whole_model_attnlrp_equals_the_explicit_rules(arch: str) -> None:
     # θ other than every family's default (and a local θ of its own on gemma3), so a reference reading the wrong θ fails
     model = tiny_model(arch, dtype=torch.float64, layers=3, rope=(5e4, 2e3))
     ids = _ids(12)
     ref = explicit_attnlrp(model, ids, 5, 7)
     res = relevance_pass(model, ids, lambda logits: logits[5] - logits[7])
-    assert res.value == pytest.approx(ref.delta, rel=1e-12, abs=1e-12)
+    # the models' own forwards agree to float64 rounding, Gemma-2's to 2e-7 (measured 1.8e-7 relative)
+    assert res.value == pytest.approx(ref.delta, rel=1e-6 if arch == "gemma2" else 1e-12, abs=1e-12)
     rel = res.relevance()
     assert rel.shape == (4, len(ids))
     assert _worst(rel, [ref.input, *ref.layers]) < TOL

@@ -12,9 +12,10 @@ the rules themselves (Achtibat et al., 2024), dividing relevance by activations 
 
 The objective is Δℓ = ℓ(target) − ℓ(contrast) at the last position, so the head passes R = f ⊙ (W_t − W_c) to the
 final hidden state f of the last token. Covers Llama and SmolLM2, Qwen2 (q/k/v biases), Qwen3 (per-head q/k norms)
-OLMo-2/3 (norms after each block, q/k norms over the width) and Gemma-3 text ((1 + w) norms before and after each
-block, √d-scaled embeddings, its own attention scale, local and global rotary θ, a GELU gate): RMSNorms, rotary
-embeddings of the default type, grouped-query attention, sliding windows (Mistral, Gemma-3's local layers).
+OLMo-2/3 (norms after each block, q/k norms over the width), Gemma-3 text ((1 + w) norms before and after each
+block, √d-scaled embeddings, its own attention scale, local and global rotary θ, a GELU gate) and Gemma-2 (the
+same, plus attention and final logit soft-capping c·tanh(x/c) under the identity rule): RMSNorms, rotary embeddings
+of the default type, grouped-query attention, sliding windows (Mistral, the local layers of OLMo-3 and Gemma).
 """
 
 from __future__ import annotations
@@ -127,11 +128,17 @@ def _window(cfg: Any, layer_type: str) -> int | None:
         else None
 
 
-def _attention_back(q: Tensor, k: Tensor, v: Tensor, r_o: Tensor, scaling: float,
-                    causal: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """AttnLRP on one attention, heads [H, n, d] (k, v already repeated to H heads; ``causal``: the visible pairs):
-    R_q, R_k, R_v."""
-    s = scaling * q @ k.transpose(-1, -2)
+def _capped(x: Tensor, cap: float | None) -> Tensor:
+    """Soft-capping c · tanh(x / c) (Gemma-2), or x."""
+    return cap * torch.tanh(x / cap) if cap else x
+
+
+def _attention_back(q: Tensor, k: Tensor, v: Tensor, r_o: Tensor, scaling: float, causal: Tensor,
+                    cap: float | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """AttnLRP on one attention, heads [H, n, d] (k, v already repeated to H heads; ``causal``: the visible pairs;
+    ``cap``: logit soft-capping before the softmax, under the identity rule): R_q, R_k, R_v."""
+    raw = scaling * q @ k.transpose(-1, -2)
+    s = _capped(raw, cap)
     a = torch.softmax(s.masked_fill(~causal, float("-inf")), -1)
     o = a @ v
     share = _div(r_o, o)  # ε-rule on each term A_ji V_id of O_jd, then the uniform split between A and V
@@ -139,7 +146,7 @@ def _attention_back(q: Tensor, k: Tensor, v: Tensor, r_o: Tensor, scaling: float
     r_v = 0.5 * v * (a.transpose(-1, -2) @ share)
     s0 = torch.where(causal, s, torch.zeros_like(s))
     r_s = s0 * (r_a - a * r_a.sum(-1, keepdim=True))  # softmax rule; masked scores carry nothing
-    share_s = _div(r_s, torch.where(causal, s, torch.ones_like(s)))
+    share_s = _div(r_s, torch.where(causal, raw, torch.ones_like(raw)))  # identity through the cap, then ε on QKᵀ
     r_q = 0.5 * q * (scaling * share_s @ k)
     r_k = 0.5 * k * (scaling * share_s.transpose(-1, -2) @ q)
     return r_q, r_k, r_v
@@ -153,11 +160,15 @@ def explicit_attnlrp(model: Any, ids: list[int], target: int, contrast: int) -> 
     types = getattr(cfg, "layer_types", None) or ["full_attention"] * len(base.layers)
     scaling = float(getattr(cfg, "query_pre_attn_scalar", None) or hd) ** -0.5  # Gemma-3 scales by its own scalar
     gelu = "gelu" in str(getattr(cfg, "hidden_activation", None) or getattr(cfg, "hidden_act", ""))
+    attn_cap = getattr(cfg, "attn_logit_softcapping", None)  # Gemma-2
+    final_cap = getattr(cfg, "final_logit_softcapping", None)
     with torch.no_grad():
         emb = base.embed_tokens
         h = emb.weight.double()[torch.as_tensor(ids)]
         if hasattr(emb, "embed_scale"):  # Gemma: √d, in the weights' dtype
             h = h * emb.embed_scale.to(emb.weight.dtype).double()
+        elif "gemma" in str(getattr(cfg, "model_type", "")):  # transformers 4.x's Gemma-2 scales inside the model
+            h = h * torch.tensor(cfg.hidden_size ** 0.5, dtype=emb.weight.dtype).double()
         saved = []
         for layer, kind in zip(base.layers, types):
             at = layer.self_attn
@@ -172,7 +183,7 @@ def explicit_attnlrp(model: Any, ids: list[int], target: int, contrast: int) -> 
             rep = H // Hkv
             k_h, v_h = k_r.repeat_interleave(rep, 0), v.repeat_interleave(rep, 0)
             causal = _visible(n, _window(cfg, kind))
-            s = scaling * q_r @ k_h.transpose(-1, -2)
+            s = _capped(scaling * q_r @ k_h.transpose(-1, -2), attn_cap)
             o = torch.softmax(s.masked_fill(~causal, float("-inf")), -1) @ v_h
             o_flat = o.transpose(0, 1).reshape(n, H * hd)
             attn = _linear(o_flat, at.o_proj)
@@ -193,11 +204,14 @@ def explicit_attnlrp(model: Any, ids: list[int], target: int, contrast: int) -> 
             h = out
         f = _rms(h, base.norm)
         head = model.get_output_embeddings().weight.double()
-        w = head[target] - head[contrast]
-        delta = float(f[-1] @ w)
+        z_t, z_c = f[-1] @ head[target], f[-1] @ head[contrast]
+        l_t, l_c = _capped(z_t, final_cap), _capped(z_c, final_cap)
+        delta = float(l_t - l_c)
 
         r = torch.zeros_like(f)
-        r[-1] = f[-1] * w  # ε-rule through the head for the difference objective; final norm: identity
+        # ε-rule through the head for the difference objective (R = ℓ_t for the target's logit, −ℓ_c for the
+        # contrast's), through a final soft-cap by the identity rule; final norm: identity
+        r[-1] = f[-1] * (head[target] * _div(l_t, z_t) - head[contrast] * _div(l_c, z_c))
         per_layer: list[Tensor] = []
         for layer, sv in zip(reversed(base.layers), reversed(saved)):
             per_layer.append(r.sum(-1))
@@ -213,7 +227,7 @@ def explicit_attnlrp(model: Any, ids: list[int], target: int, contrast: int) -> 
             r_attn = sv["attn_out"] * _div(r_mid, sv["mid"])  # then the identity rule of a post-attention norm
             r_o = _eps_linear(sv["o_flat"], sv["attn"], at.o_proj, r_attn).view(n, H, hd).transpose(0, 1)
             r_qr, r_kh, r_vh = _attention_back(sv["q_r"], sv["k_h"], sv["v_h"], r_o, scaling,
-                                                 sv["causal"])
+                                                 sv["causal"], attn_cap)
             rep = H // Hkv
             r_kr = r_kh.view(Hkv, rep, n, hd).sum(1)  # repeated heads: their relevances add up
             r_v = r_vh.view(Hkv, rep, n, hd).sum(1)
