@@ -322,6 +322,14 @@ def test_cli_finetune_compare_and_export(run: dict[str, Any], tmp_path: Path,
                  "--out", str(tmp_path / "ck2"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert f"no cases of model {other!r}" in err and f"its cases are of {model}:" in err
+    renamed = tmp_path / "renamed.duckdb"  # cases under the other model's name, from other weights
+    shutil.copy(store, renamed)
+    with open_store(renamed) as st:
+        st.con.execute("UPDATE cases SET model = ?", [other])
+    assert main(["finetune", "--store", str(renamed), "--model", other, "--method", "sft", "--steps", "1",
+                 "--out", str(tmp_path / "ck3"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "the cases under that name were built from other weights" in err and "its cases are of" not in err
 
 
 def _ckpt_counts(text: str, folder: str) -> tuple[int, int]:
