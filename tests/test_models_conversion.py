@@ -129,3 +129,21 @@ def test_olmo3_with_its_own_sliding_rotation_is_refused_on_4x_not_misread():
         assert same.rope_theta == 5e5
         with pytest.raises(FailtraceError, match="cannot represent"):
             rope_settings_for_4x(config(2e4))
+
+
+@pytest.mark.tf4
+def test_a_soft_capped_model_loads_with_the_capping_in_its_plain_forward(tmp_path):
+    """transformers 4.57 ran Gemma-2 under SDPA, which drops attention soft-capping: the plain forward (cases' Δℓ)
+    differed from the soft-capped relevance pass. Loaded through load_model, both agree on either version."""
+    from failtrace.attribution.engine import relevance_pass
+    from failtrace.models.loading import load_model
+    from failtrace_testkit.toy import toy_tokenizer
+
+    tiny_model("gemma2", seed=2).save_pretrained(tmp_path)
+    toy_tokenizer().save_pretrained(tmp_path)
+    lm = load_model(str(tmp_path), progress=False)
+    ids = torch.randint(3, 128, (12,), generator=torch.Generator().manual_seed(3)).tolist()
+    with torch.no_grad():
+        logits = lm.model(input_ids=torch.tensor([ids]), use_cache=False).logits[0, -1]
+    lrp = relevance_pass(lm.model, ids, lambda lo: lo[5] - lo[7])
+    assert float(logits[5] - logits[7]) == pytest.approx(lrp.value, rel=1e-5)  # SDPA was ~6 % off

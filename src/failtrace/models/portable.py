@@ -68,5 +68,10 @@ def load_pretrained(source: str, dtype: Any, revision: str | None = None) -> tup
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     config = rope_settings_for_4x(AutoConfig.from_pretrained(source, revision=revision))
-    model = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=dtype, revision=revision)
+    extra: dict[str, Any] = {}
+    if _transformers_major() < 5 and getattr(config, "attn_logit_softcapping", None):
+        # 4.x defaults to SDPA, which drops attention soft-capping (Gemma-2): the plain forward would be another
+        # model's than the relevance pass's eager, soft-capped one
+        extra["attn_implementation"] = "eager"
+    model = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=dtype, revision=revision, **extra)
     return model, AutoTokenizer.from_pretrained(source, revision=revision)
