@@ -16,16 +16,13 @@ from typing import TYPE_CHECKING, Optional
 import typer
 
 from failtrace.cli import options as opts
+from failtrace.cli.console import count_of
 from failtrace.errors import FailtraceError
 from failtrace.store.store import DEFAULT_STORE
 
 if TYPE_CHECKING:
     from failtrace.training.compare import CheckpointSummary
     from failtrace.store.store import ResultsStore
-
-
-def _n(count: int, word: str) -> str:
-    return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
 def comparison_table(rows: list[dict], models: list[str], fingerprints: dict[str, str],
@@ -76,8 +73,8 @@ def _print_checkpoints(st: ResultsStore, folders: list[str], summary: Checkpoint
     rows = checkpoint_table(load_comparisons(st), folders, summary)
     head = ["checkpoint", "step", "trained", "mean Δℓ", "corrected", "held-out", "mean Δℓ", "corrected"]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    typer.echo(f"{_n(summary.cases, 'case')} on {_n(len(folders), 'checkpoint')} ({summary.seconds:.1f} s); "
-               f"corrected = Δℓ < 0")
+    typer.echo(f"{count_of(summary.cases, 'case')} on {count_of(len(folders), 'checkpoint')} "
+               f"({summary.seconds:.1f} s); corrected = Δℓ < 0")
     runs = {json.dumps([summary.metas[f].get(k) for k in ("settings", "trained_case_ids", "held_out_case_ids")],
                        sort_keys=True, default=str) for f in folders}
     if len(runs) > 1:  # e.g. an --out folder rewritten by a shorter run keeps the longer run's later steps
@@ -136,7 +133,7 @@ def compare_command(
         require_cases(st, benchmark)
         summary = compare(st, models, benchmark=benchmark, limit=limit, device=device, progress=progress)
         rows = load_comparisons(st)
-    table = Table(title=f"{_n(summary.cases, 'case')} of {models[0]} compared ({summary.seconds:.1f} s)")
+    table = Table(title=f"{count_of(summary.cases, 'case')} of {models[0]} compared ({summary.seconds:.1f} s)")
     for col in ("model", "rows", "mapped", "mean Δℓ", "corrected (Δℓ<0)", "median k*"):
         table.add_column(col)
     for r in comparison_table(rows, list(models), summary.fingerprints, summary.case_ids):

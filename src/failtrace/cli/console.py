@@ -12,6 +12,11 @@ from typing import Any
 from failtrace.errors import FailtraceError, one_line
 
 
+def count_of(count: int, word: str) -> str:
+    """``1 case``, ``2 cases``: a count and its noun for terminal lines."""
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
 def console(stderr: bool = False) -> Any:
     """A rich console as wide as the terminal (at least 100 columns; 200 when not a terminal), never soft-wrapped."""
     from rich.console import Console

@@ -14,6 +14,7 @@ from typing import Optional
 import typer
 
 from failtrace.cli import options as opts
+from failtrace.cli.console import count_of
 from failtrace.store.store import DEFAULT_STORE
 from failtrace.training.finetune import METHODS
 
@@ -56,11 +57,8 @@ def finetune_command(
         require_cases(st, benchmark)
         lm = load_model(model, progress=progress)
         result = finetune(st, lm, out, settings, progress=progress)
-    def n(count: int, word: str) -> str:
-        return f"{count} {word}" + ("" if count == 1 else "s")
-
-    typer.echo(f"{method}: {n(len(result.trained), 'case')} trained, {len(result.held_out)} held out; "
-               f"{n(len(result.checkpoints), 'checkpoint')} in {result.out} ({result.seconds:.0f} s)")
+    typer.echo(f"{method}: {count_of(len(result.trained), 'case')} trained, {len(result.held_out)} held out; "
+               f"{count_of(len(result.checkpoints), 'checkpoint')} in {result.out} ({result.seconds:.0f} s)")
     shown = result.losses[:: max(1, len(result.losses) // 10)]
     for h in shown + [h for h in result.losses[-1:] if h not in shown]:  # about ten, and always the last
         typer.echo(f"  step {h['step']:>4}  loss {h['loss']:.4f}")

@@ -1,7 +1,8 @@
 """Cross-model comparisons in the results store: one row per (case, model fingerprint, kind), and comparisons.jsonl.
 
-The kind keeps ``compare --models`` rows (no step) and ``compare --checkpoints`` rows (a step) apart: the same weights may be both a model of the cross-model comparison and a checkpoint (every run's step 0
-is the base model), and neither must stand in for the other.
+The kind keeps ``compare --models`` rows (no step) and ``compare --checkpoints`` rows (a step) apart: the same
+weights may be both a model of the cross-model comparison and a checkpoint (every run's step 0 is the base model),
+and neither must stand in for the other.
 
 The ``comparisons`` table is created on first write (``CREATE TABLE IF NOT EXISTS``; it only adds a table, so the
 store's schema version is unchanged and older failtrace versions still open the store). A row is written once per
@@ -13,6 +14,7 @@ older failtrace still reads and writes the rebuilt table (its writer skips a (ca
 from __future__ import annotations
 
 import json
+import weakref
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -70,6 +72,22 @@ def _present(store: ResultsStore) -> bool:
     return "comparisons" in tables
 
 
+_READY: weakref.WeakSet[Any] = weakref.WeakSet()  # open stores whose table is created, migrated and keyed
+
+
+def _prepare(store: ResultsStore) -> None:
+    """Create, migrate and key the table once per open store (not once per written row)."""
+    if store in _READY:
+        return
+    if _present(store):
+        _keyed_by_kind(store)
+    store.con.execute(DDL)
+    for stmt in ADDED:
+        store.con.execute(stmt)
+    store.con.execute(KEY)
+    _READY.add(store)
+
+
 def _keyed_by_kind(store: ResultsStore) -> None:
     """Rebuild a table whose primary key is (case, fingerprint) alone without that key, then key it by kind too (one
     transaction: an interruption leaves the old table as it was)."""
@@ -95,12 +113,7 @@ def _kind(row: dict[str, Any]) -> bool:
 
 def write_comparison(store: ResultsStore, row: dict[str, Any]) -> bool:
     """Insert one comparison row (keys as in ``COLUMNS``); False when its (case, fingerprint, kind) is stored."""
-    if _present(store):
-        _keyed_by_kind(store)
-    store.con.execute(DDL)
-    for stmt in ADDED:
-        store.con.execute(stmt)
-    store.con.execute(KEY)
+    _prepare(store)
     key = [row["case_id"], row["model_fingerprint"], _kind(row)]
     if store.con.execute("SELECT 1 FROM comparisons WHERE case_id = ? AND model_fingerprint = ? "
                          "AND (step IS NOT NULL) = ?", key).fetchone():
