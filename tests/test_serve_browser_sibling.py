@@ -115,6 +115,8 @@ def test_case_page_says_the_contrast_is_the_siblings_and_below_the_top(env: dict
         assert ranks == list(range(ALT_K)) + [own_rank] and contrast == [own_rank]
         note = page.locator("#alternatives p.note").inner_text()
         assert f"the {ALT_K} highest-logit tokens" in note and "and the contrast below them" in note
+        gap = page.locator("#alternatives tr.gap")  # one marked gap, right before the contrast's row
+        assert gap.count() == 1 and gap.inner_text().split() == ["⋮", str(own_rank - ALT_K), "tokens", "not", "listed"]
         lines = [ln for ln in page.locator("body").inner_text().splitlines() if "contrast from" in ln]
         found = re.fullmatch(r"contrast from\s*the sibling model's top-k, rank (\d+) \(1: its best token after the "
                              r"wrong one\)", lines[0]) if len(lines) == 1 else None

@@ -193,9 +193,19 @@
       " highest-logit tokens (rank 0: the target, the model's own choice)" + (extra ? ", and the contrast below them" : "") +
       ". Δℓ = ℓ(target) − ℓ(token): how much the model preferred its wrong token."));
     box.appendChild(el("table", {class: "t alts"}, [el("tr", {}, ["rank", "token", "id", "logit", "Δℓ", "", ""].map(function (h, i) {
-      return el("th", {class: i && i < 5 && i !== 1 ? "n" : ""}, h); }))].concat(rows)));
+      return el("th", {class: i && i < 5 && i !== 1 ? "n" : ""}, h); }))].concat(extra ? gapBefore(rows, c.alternatives) : rows)));
     if (FT.meta.review) box.appendChild(el("div", {class: "rv"}, [comment, status]));
     return box;
+  }
+
+  function gapBefore(rows, alts) {  // a "⋮" row where the ranks jump from the top to a contrast listed below them
+    var out = [];
+    rows.forEach(function (r, i) {
+      if (i && alts[i].rank > alts[i - 1].rank + 1) out.push(el("tr", {class: "gap"}, [el("td", {class: "n muted"}, "⋮"),
+        el("td", {class: "muted", colspan: 6}, (alts[i].rank - alts[i - 1].rank - 1) + " tokens not listed")]));
+      out.push(r);
+    });
+    return out;
   }
 
   FT.views.reviewBox = function (c) {
