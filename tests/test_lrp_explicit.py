@@ -51,6 +51,30 @@ def test_whole_model_attnlrp_equals_the_explicit_rules(arch: str) -> None:
     assert abs(float(ref.input.sum()) - ref.delta) > 1e-3
 
 
+SCALINGS = {
+    "linear": {"rope_type": "linear", "factor": 4.0},  # Gemma-3 4B and larger: its global layers
+    "llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 64},  # Llama-3.1/3.2
+    "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64},  # Qwen2.5/3 long context
+}
+
+
+# θ = 500 over an original context of 64 puts the llama3 and yarn blends mid-spectrum (some frequencies kept, some
+# divided, some between); gemma3 scales its global layers only, mistral every (sliding) layer
+@pytest.mark.parametrize(("arch", "kind"), [("llama", "llama3"), ("qwen3", "llama3"), ("qwen2", "yarn"),
+                                            ("gemma3", "linear"), ("mistral", "linear")])
+def test_scaled_rotary_embeddings_equal_the_explicit_rules(arch: str, kind: str) -> None:
+    model = tiny_model(arch, dtype=torch.float64, layers=3, rope=(500.0, 2e3), rope_scaling=SCALINGS[kind])
+    unscaled = tiny_model(arch, dtype=torch.float64, layers=3, rope=(500.0, 2e3))
+    ids = _ids(12)
+    ref = explicit_attnlrp(model, ids, 5, 7)
+    res = relevance_pass(model, ids, lambda logits: logits[5] - logits[7])
+    plain = relevance_pass(unscaled, ids, lambda logits: logits[5] - logits[7])
+    assert abs(plain.value - res.value) > 0.05  # the scaling is in effect (measured 0.21 to 1.35)
+    assert res.value == pytest.approx(ref.delta, rel=1e-12, abs=1e-12)  # the reference's tables are the model's
+    assert _worst(res.relevance(), [ref.input, *ref.layers]) < TOL  # measured 6.3e-8 to 3.1e-7
+
+
 def test_the_comparison_tells_a_wrong_attention_rule_apart() -> None:
     model = tiny_model("llama", dtype=torch.float64, layers=3)
     ids = _ids(12)

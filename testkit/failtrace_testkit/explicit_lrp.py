@@ -15,7 +15,8 @@ final hidden state f of the last token. Covers Llama and SmolLM2, Qwen2 (q/k/v b
 OLMo-2/3 (norms after each block, q/k norms over the width), Gemma-3 text ((1 + w) norms before and after each
 block, √d-scaled embeddings, its own attention scale, local and global rotary θ, a GELU gate) and Gemma-2 (the
 same, plus attention and final logit soft-capping c·tanh(x/c) under the identity rule): RMSNorms, rotary embeddings
-of the default type, grouped-query attention, sliding windows (Mistral, the local layers of OLMo-3 and Gemma).
+unscaled or scaled (linear, llama3, yarn), grouped-query attention, sliding windows (Mistral, the local layers of
+OLMo-3 and Gemma).
 """
 
 from __future__ import annotations
@@ -87,22 +88,66 @@ def _rotate_half_t(y: Tensor) -> Tensor:
     return torch.cat([y[..., h:], -y[..., :h]], -1)
 
 
-def _rope_tables(config: Any, n: int, head_dim: int, layer_type: str) -> tuple[Tensor, Tensor]:
+def _rope_settings(config: Any, layer_type: str) -> dict[str, Any]:
+    """The rotary settings of layers of ``layer_type``: θ, the scaling type and its parameters, on either version."""
     params = getattr(config, "rope_parameters", None) or {}
-    params = params.get(layer_type, params)  # Gemma-3: one set per attention type
-    scaling = getattr(config, "rope_scaling", None) or {}  # transformers 4.x's name
-    kind = params.get("rope_type", scaling.get("rope_type", scaling.get("type", "default")))
-    if kind != "default":
-        raise ValueError(f"explicit reference covers default rotary embeddings only, not {kind!r}")
-    # 4.x: Gemma-3's sliding layers have their own θ (rope_local_base_freq); every other family uses rope_theta
+    params = params.get(layer_type, params)  # 5.x Gemma-3: one set per attention type
+    if "rope_theta" in params:  # transformers 5
+        return dict(params)
+    # 4.x: rope_theta and rope_scaling; Gemma-3's sliding layers turn by rope_local_base_freq, unscaled
     local = getattr(config, "rope_local_base_freq", None) if layer_type == "sliding_attention" else None
-    theta = float(params.get("rope_theta", local or getattr(config, "rope_theta", None) or 10000.0))
+    if local is not None:
+        return {"rope_theta": local, "rope_type": "default"}
+    scaling = dict(getattr(config, "rope_scaling", None) or {})
+    scaling.setdefault("rope_type", scaling.get("type", "default"))
+    return {**scaling, "rope_theta": getattr(config, "rope_theta", None) or 10000.0}
+
+
+def _scaled_frequencies(inv: Tensor, p: dict[str, Any], theta: float, dim: int) -> tuple[Tensor, float]:
+    """Inverse frequencies under the scaling types of long-context models, and the factor on cos and sin.
+
+    * linear (Gemma-3 ≥ 4B): every frequency divided by the factor s (positions interpolated);
+    * llama3 (Llama-3.1/3.2): wavelengths 2π/ω longer than L/low_freq_factor divided by s, shorter than
+      L/high_freq_factor kept, in between blended by how many turns fit in L (L = the original context);
+    * yarn (Peng et al., 2023): frequency index i blended between ω_i/s and ω_i by a ramp over the index range
+      whose wavelengths fit between β_fast and β_slow turns in L (bounds rounded outward), and cos, sin scaled by
+      0.1 ln s + 1.
+    """
+    kind, s = p.get("rope_type", "default"), float(p.get("factor") or 1.0)
+    if kind == "default":
+        return inv, 1.0
+    if kind == "linear":
+        return inv / s, 1.0
+    L = float(p["original_max_position_embeddings"])
+    if kind == "llama3":
+        wavelength = 2 * torch.pi / inv
+        turns = L / wavelength  # how many times each frequency turns over the original context
+        lo, hi = float(p["low_freq_factor"]), float(p["high_freq_factor"])
+        blend = ((turns - lo) / (hi - lo)).clamp(0, 1)  # 0: slow (divided by s), 1: fast (kept)
+        return (1 - blend) * inv / s + blend * inv, 1.0
+    if kind == "yarn":
+        def index_of(turns: float) -> float:  # the (fractional) frequency index that turns `turns` times in L
+            return dim * torch.log(torch.tensor(L / (turns * 2 * torch.pi))).item() / (2 * torch.log(
+                torch.tensor(float(theta))).item())
+        lo = max(float(torch.floor(torch.tensor(index_of(float(p.get("beta_fast") or 32))))), 0.0)
+        hi = min(float(torch.ceil(torch.tensor(index_of(float(p.get("beta_slow") or 1))))), dim - 1.0)
+        hi = hi + 1e-3 if hi == lo else hi
+        keep = 1 - ((torch.arange(dim // 2, dtype=torch.float32) - lo) / (hi - lo)).clamp(0, 1)
+        factor = p.get("attention_factor") or (0.1 * torch.log(torch.tensor(s)).item() + 1.0 if s > 1 else 1.0)
+        return inv / s * (1 - keep) + inv * keep, float(factor)
+    raise ValueError(f"explicit reference covers default, linear, llama3 and yarn rotary embeddings, not {kind!r}")
+
+
+def _rope_tables(config: Any, n: int, head_dim: int, layer_type: str) -> tuple[Tensor, Tensor]:
+    p = _rope_settings(config, layer_type)
+    theta = float(p["rope_theta"])
     # in float32, as transformers computes the tables whatever the model's dtype, so that a float64 model's own
     # forward and this one agree to float64 rounding (float64 tables here would differ from it by ~1e-7)
     inv = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim)
+    inv, factor = _scaled_frequencies(inv, p, theta, head_dim)
     ang = torch.arange(n, dtype=torch.float32)[:, None] * inv[None]
     ang = torch.cat([ang, ang], -1)  # [n, head_dim]
-    return ang.cos().double(), ang.sin().double()
+    return (ang.cos() * factor).double(), (ang.sin() * factor).double()
 
 
 @dataclass

@@ -15,21 +15,29 @@ ARCHITECTURES: tuple[str, ...] = ("llama", "qwen2", "qwen3", "mistral", "olmo2",
 FALLBACK_ARCHITECTURES: tuple[str, ...] = ("gemma2",)
 
 
-def with_rope_theta(config: Any, theta: float, local_theta: float | None = None) -> Any:
+def with_rope_theta(config: Any, theta: float, local_theta: float | None = None,
+                    scaling: dict[str, Any] | None = None) -> Any:
     """``config`` rotating by θ = ``theta`` (and its sliding layers by ``local_theta`` where the running transformers
     gives them a θ of their own: 5.x's per-attention-type ``rope_parameters``, 4.x's Gemma-3), written where that
-    version reads it (5.x: ``rope_parameters``; 4.x: ``rope_theta`` / ``rope_local_base_freq``)."""
+    version reads it (5.x: ``rope_parameters``; 4.x: ``rope_theta`` / ``rope_local_base_freq``). ``scaling`` (a
+    ``rope_type`` and its parameters, e.g. ``{"rope_type": "linear", "factor": 8.0}``) applies to the layers that
+    ``theta`` turns (5.x: ``rope_parameters``, 4.x: ``rope_scaling``), as Gemma-3 4B scales its global layers only."""
     params = getattr(config, "rope_parameters", None)
     if isinstance(params, dict):  # transformers 5
         if "full_attention" in params or "sliding_attention" in params:
             for kind, sub in params.items():
                 sub["rope_theta"] = local_theta if kind == "sliding_attention" and local_theta else theta
+                if scaling and not (kind == "sliding_attention" and local_theta):
+                    sub.update(scaling)
         else:
             params["rope_theta"] = theta
+            params.update(scaling or {})
     else:
         config.rope_theta = theta
         if local_theta and hasattr(config, "rope_local_base_freq"):
             config.rope_local_base_freq = local_theta
+        if scaling:
+            config.rope_scaling = dict(scaling)
     return config
 
 
@@ -68,14 +76,15 @@ def tiny_config(arch: str, layers: int = 2, hidden: int = 64, heads: int = 4, kv
 
 
 def tiny_model(arch: str, seed: int = 0, dtype: torch.dtype = torch.float32, rope: tuple[float, float] | None = None,
-               **kwargs: Any) -> torch.nn.Module:
+               rope_scaling: dict[str, Any] | None = None, **kwargs: Any) -> torch.nn.Module:
     """A tiny causal LM of architecture ``arch`` in eval mode (see :func:`tiny_config` for ``kwargs``); ``rope`` =
-    (θ, sliding layers' θ) other than the family's defaults (:func:`with_rope_theta`)."""
+    (θ, sliding layers' θ) other than the family's defaults, ``rope_scaling`` a scaled rotation of the layers θ turns
+    (:func:`with_rope_theta`)."""
     from transformers import AutoModelForCausalLM
 
     config = tiny_config(arch, **kwargs)
     if rope is not None:
-        with_rope_theta(config, *rope)
+        with_rope_theta(config, *rope, scaling=rope_scaling)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     gen = torch.Generator().manual_seed(seed + 1)
