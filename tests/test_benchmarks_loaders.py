@@ -39,6 +39,21 @@ def test_bad_lines_are_reported_with_line_numbers_and_the_rest_loads(tmp_path: P
     assert len(report.problems) == 3
 
 
+def test_an_unpaired_surrogate_escape_costs_its_record_and_a_pair_loads(tmp_path: Path) -> None:
+    # json reads "\ud800" into a str that cannot be encoded (nor stored); "\ud83d\ude00" is an emoji
+    lone, pair = json.dumps(_math_record(1)).replace("What", "\\ud800"), json.dumps(_math_record(2))
+    pair = pair.replace("What", "\\ud83d\\ude00")
+    lines = _write_jsonl(tmp_path / "m.jsonl", [lone, pair])
+    report = get_benchmark("math").load(str(lines))
+    assert [item.id for item in report.items] == ["p2"] and report.items[0].prompt.startswith("\U0001f600")
+    assert len(report.problems) == 1 and "line 1" in report.problems[0] and "surrogate" in report.problems[0]
+    array = tmp_path / "m.json"
+    array.write_text(f"[{lone}, {json.dumps(_math_record(3))}]", encoding="utf-8")
+    report = get_benchmark("math").load(str(array))
+    assert [item.id for item in report.items] == ["p3"]
+    assert len(report.problems) == 1 and "item 1" in report.problems[0] and "surrogate" in report.problems[0]
+
+
 def test_limit_stops_reading(tmp_path: Path) -> None:
     path = _write_jsonl(tmp_path / "m.jsonl", [json.dumps(_math_record(1)), json.dumps(_math_record(2)),
                                                "not json at all", json.dumps(_math_record(4))])

@@ -82,6 +82,34 @@ def test_newer_schema_version_is_refused(tmp_path: Path) -> None:
             open_store(path, read_only=read_only)
 
 
+@pytest.mark.parametrize(("ddl", "value", "match"), [
+    ("version DOUBLE, written_by VARCHAR", "'inf'", "not a whole number"),
+    ("version DOUBLE, written_by VARCHAR", "'nan'", "not a whole number"),
+    ("version DOUBLE, written_by VARCHAR", "1.5", "not a whole number"),
+    ("version VARCHAR, written_by VARCHAR", "'abc'", "not a whole number"),
+    ("v INTEGER, written_by VARCHAR", "1", "no version column"),
+    ("version INTEGER, written_by VARCHAR", None, "empty schema_version"),
+])
+def test_a_damaged_schema_version_is_refused_without_writing(tmp_path: Path, ddl: str, value: str | None,
+                                                             match: str) -> None:
+    path = tmp_path / "s.duckdb"
+    with open_store(path):
+        pass
+    import duckdb
+
+    con = duckdb.connect(str(path))
+    con.execute("DROP TABLE schema_version")
+    con.execute(f"CREATE TABLE schema_version ({ddl})")
+    if value is not None:
+        con.execute(f"INSERT INTO schema_version VALUES ({value}, 'someone')")
+    con.close()
+    before = _sha(path)
+    for read_only in (False, True):
+        with pytest.raises(FailtraceError, match=match):
+            open_store(path, read_only=read_only)
+    assert _sha(path) == before
+
+
 def test_missing_foreign_and_corrupt_stores_give_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(FailtraceError, match="no results store"):
         open_store(tmp_path / "missing.duckdb", read_only=True)

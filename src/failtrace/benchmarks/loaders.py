@@ -59,6 +59,28 @@ def _utf8_problem(exc: UnicodeDecodeError, where: str = "column") -> str:
     return f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at {where} {exc.start + 1}); save the file as UTF-8"
 
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _lone_surrogate(value: Any) -> bool:
+    """A string anywhere in ``value`` holding half of a UTF-16 pair (JSON's ``"\\ud800"`` escape alone): Python
+    reads it, but it is no text and cannot be written to the store or shown."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_lone_surrogate(k) or _lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_lone_surrogate(v) for v in value)
+    return False
+
+
+_NOT_TEXT = "holds an unpaired UTF-16 surrogate escape (such as \\ud800), which is not text"
+
+
 def _looks_binary(path: Path) -> bool:
     """A NUL byte in the first 8 KB: this is no JSON text file (JSON text never holds a raw NUL)."""
     with _open_bytes(path) as fh:
@@ -101,6 +123,9 @@ def _jsonl_records(path: Path, fh: IO[bytes], problems: list[str]) -> Iterator[R
         if not isinstance(value, dict):
             problems.append(f"{path.name} line {lineno}: expected a JSON object, got {type(value).__name__}")
             continue
+        if _SURROGATE_ESCAPE.search(line) and _lone_surrogate(value):
+            problems.append(f"{path.name} line {lineno}: {_NOT_TEXT}")
+            continue
         yield f"line {lineno}", value
 
 
@@ -137,9 +162,13 @@ def _iter_json(path: Path, problems: list[str]) -> Iterator[Record]:
             value = [value]
     if not isinstance(value, list):
         raise FailtraceError(f"{path}: expected a JSON array of objects, got {type(value).__name__}")
+    surrogates = bool(_SURROGATE_ESCAPE.search(text))
     for index, row in enumerate(value, start=1):
         if not isinstance(row, dict):
             problems.append(f"{path.name} item {index}: expected a JSON object, got {type(row).__name__}")
+            continue
+        if surrogates and _lone_surrogate(row):
+            problems.append(f"{path.name} item {index}: {_NOT_TEXT}")
             continue
         yield f"item {index}", row
 

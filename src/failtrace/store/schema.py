@@ -272,6 +272,31 @@ def expected_columns() -> dict[str, frozenset[str]]:
     return {t: frozenset(c) for t, c in out.items()}
 
 
+def stored_version(con: Any, path: Any) -> int:
+    """The store's schema version (the highest recorded); a missing, empty or non-integer one is a damaged store."""
+    import duckdb
+
+    from failtrace.errors import FailtraceError
+
+    damaged = f"results store {path} has a damaged schema_version table"
+    try:
+        row = con.execute("SELECT max(version) FROM schema_version").fetchone()
+    except duckdb.Error:
+        raise FailtraceError(f"{damaged} (no version column); it was not written by failtrace") from None
+    value = row[0] if row else None
+    if value is None:
+        raise FailtraceError(f"results store {path} has an empty schema_version table; it is damaged or was not "
+                             f"written by failtrace")
+    try:
+        version = int(value)
+        if version != value:  # 1.5, or text such as '2'
+            raise ValueError(value)
+    except (TypeError, ValueError, OverflowError):
+        raise FailtraceError(f"{damaged} (version {value!r} is not a whole number); it was not written by "
+                             f"failtrace") from None
+    return version
+
+
 def check_schema(con: Any, path: Any, *, reading: bool, read_only: bool) -> bool:
     """Refuse a file that is not a failtrace store, is newer, empty for a reader, or damaged (a lost table, or a lost
     column at the current version); migrate an older one opened for writing. True: a new, empty file to create."""
@@ -285,11 +310,7 @@ def check_schema(con: Any, path: Any, *, reading: bool, read_only: bool) -> bool
         if read_only:
             raise FailtraceError(f"results store {path} is empty; run `failtrace collect` first")
         return True
-    row = con.execute("SELECT max(version) FROM schema_version").fetchone()
-    version = int(row[0]) if row and row[0] is not None else None
-    if version is None:
-        raise FailtraceError(f"results store {path} has an empty schema_version table; it is damaged or was not "
-                             f"written by failtrace")
+    version = stored_version(con, path)
     if version < 1:
         raise FailtraceError(f"results store {path} has schema version {version}, which no failtrace wrote "
                              f"(versions start at 1); it is damaged or was not written by failtrace")

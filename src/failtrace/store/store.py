@@ -40,7 +40,7 @@ from failtrace.store.records import (
 from failtrace.store.records import dumps as _dumps
 from failtrace.store.records import now as _now
 from failtrace.store.pairs_table import PairsTable
-from failtrace.store.schema import DDL, SCHEMA_VERSION, TABLES, check_schema
+from failtrace.store.schema import DDL, SCHEMA_VERSION, TABLES, check_schema, stored_version
 
 __all__ = ["DEFAULT_STORE", "GenerationRecord", "ResultsStore", "RunRecord", "StatusRow", "content_hash",
            "open_store"]
@@ -186,7 +186,7 @@ class ResultsStore(PairsTable):
     @property
     def schema_version(self) -> int:
         """The store's schema version (the highest applied migration)."""
-        return int(self.con.execute("SELECT max(version) FROM schema_version").fetchone()[0])
+        return stored_version(self.con, self.path)
 
     # ---- helpers -------------------------------------------------------------------------------------------------
 
