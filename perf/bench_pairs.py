@@ -81,8 +81,11 @@ class ContainsWord:
 
 
 def from_scratch(lm: Any, bench: ContainsWord, item: Item, prompt: list[int], comp: list[int], budget: int,
-                 settings: PairSettings) -> tuple[int | None, int | None, int]:
-    """The same search as PairFinder, recomputing everything per rollout; returns (offset, contrast, rollouts)."""
+                 settings: PairSettings, finish_reason: str) -> tuple[int | None, int | None, int]:
+    """The same search as PairFinder, recomputing everything per rollout; returns (offset, contrast, rollouts).
+    Like PairFinder, a failure that hit the token budget is not searched unless ``settings.try_unbounded``."""
+    if finish_reason == "length" and not settings.try_unbounded:
+        return None, None, 0
     eos = eos_token_ids(lm.model, lm.tokenizer)
     pad = pad_token_id(lm.tokenizer, eos)
     n_rollouts = 0
@@ -298,7 +301,7 @@ def main() -> None:
         statuses[res.status] = statuses.get(res.status, 0) + 1
         t = time.perf_counter()
         offset, contrast, n = from_scratch(lm, bench, item, r["prompt_ids"], r["token_ids"], args.max_new_tokens,
-                                           settings)
+                                           settings, r["finish_reason"])
         slow_s += time.perf_counter() - t
         slow_n += n
         agree += int((offset, contrast) == (res.completion_offset, res.contrast_id))
