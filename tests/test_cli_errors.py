@@ -9,6 +9,7 @@ The CLI runs in-process (fast); a few cases run as real processes too.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -17,7 +18,9 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import duckdb
 import pytest
 import torch
 
@@ -348,6 +351,29 @@ def test_unexpected_exception_is_one_line_and_a_log(work: Path, tmp_path: Path, 
     assert log.parent == tmp_path / "logs"
     text = log.read_text()
     assert "Traceback (most recent call last)" in text and "1 / 0" in text and "status -s" in text
+
+
+@pytest.mark.parametrize(("make", "start"), [
+    (lambda: OSError(errno.ENOSPC, "No space left on device"), "error: the disk is full (No space left"),
+    (lambda: duckdb.TransactionException('Failed to commit: Could not write file "s.duckdb.wal": No space left on '
+                                         'device'), "error: the disk is full (Failed to commit"),
+    (lambda: OSError(errno.EROFS, "Read-only file system"), "error: cannot write or read a file: Read-only"),
+])
+def test_a_full_or_read_only_disk_is_one_line_not_a_bug(work: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str], make: Any,
+                                                       start: str) -> None:
+    """Writes that fail for want of space (an open file's write has no file name; DuckDB's has no errno) are the
+    machine's state, not failtrace's bug: exit 2 and a line that says so, not 'unexpected' and exit 70."""
+    import failtrace.store.cases as cases
+
+    def full(*args: object) -> dict[str, str]:
+        raise make()
+
+    monkeypatch.setattr(cases, "set_override", full)
+    code = main(["override", "-s", str(work / "store.duckdb"), "--case", "c", "--category", "M-IA", "--reason", "r"])
+    out, err = capsys.readouterr()
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in out + err
+    assert err.startswith(start) and "details in " in err
 
 
 def _run(args: list[str], env_extra: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -7,6 +7,7 @@ line) exits with 2; an unexpected exception exits with 70 and its traceback goes
 
 from __future__ import annotations
 
+import errno
 import inspect
 import os
 import sys
@@ -135,6 +136,17 @@ def _usage_error(exc: BaseException, argv: list[str]) -> int:
     return code if isinstance(code, int) and code else EXIT_BAD_INPUT
 
 
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG, errno.EACCES, errno.EPERM}
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """ENOSPC/EDQUOT from Python, or DuckDB's error for a store write that found no space (it has no errno)."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return type(exc).__module__.split(".")[0].lstrip("_") == "duckdb" and (
+        "No space left on device" in str(exc) or "Disk quota exceeded" in str(exc))
+
+
 def _unexpected(exc: BaseException, argv: list[str] | None) -> int:
     """An exception nobody anticipated: the traceback goes to a log file, the terminal gets one line."""
     from failtrace.cli.crashlog import write_crash_log
@@ -148,6 +160,13 @@ def _unexpected(exc: BaseException, argv: list[str] | None) -> int:
         return EXIT_BAD_INPUT
     if isinstance(exc, OSError) and getattr(exc, "filename", None):  # disk full, permissions, a vanished file
         _error(f"cannot access {exc.filename}: {exc.strerror or text}; {where}")
+        return EXIT_BAD_INPUT
+    if _disk_full(exc):  # a write to an open file, or DuckDB's own write of the store or its WAL
+        _error(f"the disk is full ({getattr(exc, 'strerror', None) or text}); free some space, or write to another folder, and run it again "
+               f"(a store's unfinished transaction was not committed); {where}")
+        return EXIT_BAD_INPUT
+    if isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS:  # read-only disk, I/O error, quota
+        _error(f"cannot write or read a file: {exc.strerror or text}; {where}")
         return EXIT_BAD_INPUT
     _error(f"unexpected {type(exc).__name__}: {text}; {where}")
     return EXIT_INTERNAL
