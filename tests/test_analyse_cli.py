@@ -98,6 +98,7 @@ def test_mask_template_keeps_template_text_maskable(toy: dict[str, Any], tmp_pat
     (["--methods", "ig,random"], "must include attnlrp"),
     (["--max-k", "0"], "--max-k must be an integer >= 1"),
     (["--ig-steps", "0"], "--ig-steps must be an integer >= 1"),
+    (["--methods", "attnlrp,ig", "--ig-steps", "99999999999999999999"], "--ig-steps must be at most 10000"),
     (["--mask-rule", "replace"], "needs --mask-token"),
     (["--mask-rule", "blur"], "unknown mask rule"),
     (["--limit", "0"], "'--limit' / '-n': got 0; give a whole number of at least 1"),

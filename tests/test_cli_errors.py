@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -374,6 +375,34 @@ def test_a_full_or_read_only_disk_is_one_line_not_a_bug(work: Path, tmp_path: Pa
     out, err = capsys.readouterr()
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in out + err
     assert err.startswith(start) and "details in " in err
+
+
+def test_ctrl_c_inside_a_duckdb_query_is_an_interruption(work: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """DuckDB turns Ctrl-C during a query into its own RuntimeError('Query interrupted'): exit 130, not a bug."""
+    from failtrace.store.store import ResultsStore
+
+    def interrupted(self: ResultsStore) -> list[object]:
+        raise RuntimeError("Query interrupted")
+
+    monkeypatch.setattr(ResultsStore, "status_rows", interrupted)
+    assert main(["status", "-s", str(work / "store.duckdb")]) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("error: interrupted") and len(err.strip().splitlines()) == 1
+
+
+def test_a_store_path_that_is_not_utf8(work: Path, tmp_path: Path) -> None:
+    """A Latin-1 file name reaches Python as lone surrogates; DuckDB cannot open it: one line, no lock left, and a
+    crash log can still be written for such a command line (it used to fail with its own traceback)."""
+    from failtrace.cli.crashlog import write_crash_log
+
+    odd = Path(os.fsdecode(bytes(tmp_path) + b"/s\xff.duckdb"))
+    shutil.copy(work / "store.duckdb", odd)
+    res = _run(["-m", "failtrace", "status", "-s", os.fsdecode(bytes(odd))], {"FAILTRACE_LOG_DIR": str(tmp_path)})
+    assert res.returncode == 2 and "not UTF-8" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [odd.name]
+    log = write_crash_log(ValueError("x"), ["status", "-s", str(odd)])
+    assert log is not None and "s\\udcff.duckdb" in log.read_text(encoding="utf-8")
 
 
 def _run(args: list[str], env_extra: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Iterator
@@ -330,6 +331,52 @@ def test_cli_finetune_compare_and_export(run: dict[str, Any], tmp_path: Path,
                  "--out", str(tmp_path / "ck3"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "the cases under that name were built from other weights" in err and "its cases are of" not in err
+
+
+def test_finetune_never_replaces_what_it_did_not_write(run: dict[str, Any], tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A step-N that is not a failtrace checkpoint (a user's folder, a file, the store's own folder) is refused
+    before training; a checkpoint of an earlier run is replaced."""
+    from failtrace.cli import main
+
+    model = str(run["root"] / "model0")
+    args = ["--model", model, "--method", "sft", "--steps", "1", "--no-progress"]
+    user = tmp_path / "a" / "step-0"
+    user.mkdir(parents=True)
+    (user / "notes.txt").write_text("mine")
+    single = tmp_path / "b"
+    single.mkdir()
+    (single / "step-1").write_text("a file")
+    inside = tmp_path / "c" / "step-0"  # a real checkpoint folder that also holds the store
+    assert main(["finetune", "--store", str(run["store"]), *args, "--out", str(tmp_path / "c")]) == 0
+    shutil.copy(run["store"], inside / "runs.duckdb")
+    capsys.readouterr()
+    for out, store, says in ((user.parent, run["store"], "step-0 is a folder without failtrace_checkpoint.json"),
+                             (single, run["store"], "step-1 is a file"),
+                             (inside.parent, inside / "runs.duckdb", "lies in")):
+        assert main(["finetune", "--store", str(store), *args, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert says in err and len(err.strip().splitlines()) == 1
+    assert (user / "notes.txt").read_text() == "mine" and (single / "step-1").read_text() == "a file"
+    assert (inside / "runs.duckdb").exists()
+    first = (inside / "failtrace_checkpoint.json").stat().st_mtime_ns
+    assert main(["finetune", "--store", str(run["store"]), *args, "--out", str(inside.parent)]) == 0
+    assert (inside / "failtrace_checkpoint.json").stat().st_mtime_ns != first  # our own checkpoint: replaced
+
+
+@pytest.mark.parametrize(("field", "value", "says"), [
+    ("step", "x", "step 'x' is not a whole number"), ("step", -5, "step -5 is not a whole number"),
+    ("step", True, "step True"), ("held_out_case_ids", 5, "held_out_case_ids is not a list"),
+    ("trained_case_ids", [1, 2], "trained_case_ids is not a list of case ids"),
+])
+def test_damaged_checkpoint_metadata_is_named(run: dict[str, Any], tmp_path: Path, field: str, value: Any,
+                                              says: str) -> None:
+    folder = tmp_path / "ck"
+    shutil.copytree(run["results"]["sft"].checkpoints[0], folder)
+    meta = json.loads((folder / "failtrace_checkpoint.json").read_text())
+    (folder / "failtrace_checkpoint.json").write_text(json.dumps({**meta, field: value}))
+    with pytest.raises(FailtraceError, match=re.escape(says)):
+        read_metadata(folder)
 
 
 def _ckpt_counts(text: str, folder: str) -> tuple[int, int]:

@@ -9,10 +9,14 @@ import torch
 from torch import nn
 
 from failtrace.attribution.engine import base_and_head, final_logits
+from failtrace.errors import FailtraceError
 
 if TYPE_CHECKING:
     from failtrace.attribution.methods import MethodResult
 
+
+
+MAX_IG_STEPS = 10_000  # one forward + backward each; published IG uses 20-300 steps
 
 def integrated_gradients(
     model: nn.Module,
@@ -25,6 +29,8 @@ def integrated_gradients(
 
     Returns per-token relevance, the objective at the real input, and its logits. Alphas are run ``batch`` at a time.
     """
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_IG_STEPS:
+        raise FailtraceError(f"--ig-steps must be a whole number from 1 to {MAX_IG_STEPS}, got {steps!r}")
     device = next(model.parameters()).device
     base, head = base_and_head(model)
     emb = model.get_input_embeddings()(torch.tensor([ids], device=device)).detach()[0]

@@ -74,6 +74,10 @@ class CaseSettings:
                                  ("k_ia", self.k_ia, 0), ("bands", self.bands, 1)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise FailtraceError(f"{name} must be an integer >= {low}, got {value!r}")
+        from failtrace.attribution.baselines import MAX_IG_STEPS
+
+        if self.ig_steps > MAX_IG_STEPS:
+            raise FailtraceError(f"--ig-steps must be at most {MAX_IG_STEPS}, got {self.ig_steps}")
         if self.ablation_budget is not None and (not isinstance(self.ablation_budget, int)
                                                  or self.ablation_budget < 1):
             raise FailtraceError(f"ablation budget must be a positive integer, got {self.ablation_budget!r}")

@@ -206,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         _silence_stdout()
         return 1
     except Exception as exc:  # noqa: BLE001 - the one place that turns any failure into one line
+        if "Query interrupted" in str(exc):  # Ctrl-C while DuckDB runs a query: DuckDB raises its own error
+            _interrupted(args)
+            return EXIT_INTERRUPTED
         if isinstance(exc, _usage_error_types()):
             return _usage_error(exc, list(sys.argv[1:] if argv is None else argv))
         return _unexpected(exc, argv)

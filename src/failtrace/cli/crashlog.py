@@ -56,7 +56,8 @@ def write_crash_log(exc: BaseException, argv: list[str] | None = None) -> Path |
         try:
             folder.mkdir(parents=True, exist_ok=True)
             path = folder / f"crash-{stamp}-{os.getpid()}.log"
-            path.write_text(text, encoding="utf-8")
+            # backslashreplace: an argument that is not UTF-8 (a Latin-1 file name) arrives as lone surrogates
+            path.write_bytes(text.encode("utf-8", "backslashreplace"))
         except OSError:
             continue
         _prune(folder)

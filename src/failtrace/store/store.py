@@ -72,6 +72,11 @@ class ResultsStore(PairsTable):
 
     def _check_path(self, create: bool) -> bool:
         """Refuse paths that cannot be a store; make the parent folder of a new one. Returns whether it exists."""
+        try:
+            str(self.path.absolute()).encode("utf-8")
+        except UnicodeEncodeError:  # a byte that is not UTF-8 in the name: DuckDB cannot open such a path
+            raise FailtraceError(f"--store {str(self.path)!r}: its path is not UTF-8 text, which DuckDB cannot "
+                                 f"open; rename the file or a folder above it") from None
         if self.path.is_dir():
             raise FailtraceError(f"--store {self.path} is a folder; give a file path such as {DEFAULT_STORE}")
         connection.check_not_dangling(self.path)

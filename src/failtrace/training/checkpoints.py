@@ -39,12 +39,34 @@ def step_folder(out: str | Path, step: int) -> Path:
     return Path(out) / f"step-{int(step)}"
 
 
+def check_replaceable(out: str | Path, store: str | Path | None = None) -> None:
+    """Refuse an ``out`` whose ``step-N`` entries are not all failtrace checkpoint folders, or that holds ``store``:
+    saving replaces a ``step-N`` whole, and what some other program wrote there (a results store, for one) is not
+    ours to delete."""
+    out = Path(out).expanduser()
+    if not out.is_dir():
+        return
+    if store is not None:
+        held = Path(store).expanduser().resolve()
+        for entry in out.glob("step-*"):
+            if entry.resolve() == held or entry.resolve() in held.parents:
+                raise FailtraceError(f"--store {store} lies in {entry}, which finetune replaces with a checkpoint; "
+                                     f"give another --out, or move the store")
+    for entry in sorted(out.glob("step-*")):
+        if entry.name[5:].isdigit() and not (entry.is_dir() and not entry.is_symlink()
+                                             and (entry / METADATA_FILE).is_file()):
+            what = "a file" if not entry.is_dir() or entry.is_symlink() else f"a folder without {METADATA_FILE}"
+            raise FailtraceError(f"--out {out}: {entry.name} is {what}, not a checkpoint written by `failtrace "
+                                 f"finetune`; saving would replace it. Give another --out, or move it away")
+
+
 def save_checkpoint(model: Any, tokenizer: Any, out: str | Path, step: int, meta: dict[str, Any]) -> Path:
     """Write ``out/step-<step>/`` (weights in safetensors, tokenizer, metadata) atomically; returns the folder."""
     from failtrace.models.loading import _quiet_transformers
     from failtrace.models.portable import portable_tokenizer_config
 
     out = Path(out)
+    check_replaceable(out)
     out.mkdir(parents=True, exist_ok=True)
     target = step_folder(out, step)
     tmp = Path(tempfile.mkdtemp(prefix=f".step-{step}-", dir=out))
@@ -91,6 +113,12 @@ def read_metadata(folder: str | Path) -> dict[str, Any]:
     need = ("method", "step", "base_model_fingerprint", "trained_case_ids", "held_out_case_ids")
     if not isinstance(meta, dict) or any(k not in meta for k in need):
         raise FailtraceError(f"{path} lacks {', '.join(need)}; the checkpoint is damaged or from another tool")
+    step = meta["step"]
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise FailtraceError(f"{path}: step {step!r} is not a whole number ≥ 0; the checkpoint is damaged")
+    for key in ("trained_case_ids", "held_out_case_ids"):
+        if not isinstance(meta[key], list) or not all(isinstance(c, str) for c in meta[key]):
+            raise FailtraceError(f"{path}: {key} is not a list of case ids; the checkpoint is damaged")
     return meta
 
 
