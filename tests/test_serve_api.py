@@ -220,6 +220,13 @@ def test_review_mode_writes_validated_rows(toy: dict[str, Any], tmp_path: Path) 
                       headers={"content-type": "application/json"}).status_code == 413
         url = f"/api/cases/{case.case_id}/override"
         assert c.post(url, json={"category": "nonsense", "comment": "x"}).status_code == 422
+        # a lone surrogate escape: a 422 that says so (its echo used to fail the response: a 500 and a traceback)
+        lone = json.dumps({**ok, "comment": "A"}).replace('"A"', '"\\ud800"').encode()
+        lone_reason = json.dumps({"category": other, "comment": "A"}).replace('"A"', '"\\udfff"').encode()
+        for where, body in (("/api/reviews", lone), (url, b'{"category": "\\ud800", "comment": "x"}'),
+                            (url, lone_reason)):
+            r = c.post(where, content=body, headers={"content-type": "application/json"})
+            assert r.status_code == 422 and "\\ud" in r.text, (where, r.text)
         assert c.post(url, json={"category": other, "comment": "   "}).status_code == 422
         assert c.post("/api/cases/" + "0" * 24 + "/override", json={"category": other, "comment": "x"}).status_code == 404
         assert c.post(url, json={"category": other, "comment": "ablation says so"}).status_code == 201

@@ -316,6 +316,29 @@ def test_foreign_and_newer_duckdb_files_are_never_written(tmp_path: Path) -> Non
         assert _sha(path) == before and not path.with_name(path.name + ".wal").exists()
 
 
+def test_a_disk_full_while_creating_leaves_no_file_and_never_removes_a_store(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """DuckDB's header written, then no space for the tables: the new file goes (every later open would call it
+    damaged); the same failure on an existing store leaves it alone."""
+    from failtrace.store.store import ResultsStore
+
+    def full(self: ResultsStore, probe: bool = False) -> None:
+        raise FailtraceError('cannot open results store: (IO Error: Could not write file: No space left on device)')
+
+    existing = tmp_path / "old.duckdb"
+    with open_store(existing):
+        pass
+    before = _sha(existing)
+    monkeypatch.setattr(ResultsStore, "_check_schema", full)
+    new = tmp_path / "new.duckdb"
+    with pytest.raises(FailtraceError, match="the disk is full .*nothing was kept"):
+        open_store(new)
+    assert not new.exists() and not new.with_name("new.duckdb.wal").exists()
+    with pytest.raises(FailtraceError, match="No space left on device"):
+        open_store(existing)
+    assert _sha(existing) == before
+
+
 def test_paths_that_cannot_be_stores(tmp_path: Path) -> None:
     with pytest.raises(FailtraceError, match="cannot create the folder"):
         open_store("/proc/nope/runs.duckdb")

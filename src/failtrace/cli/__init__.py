@@ -162,7 +162,8 @@ def _unexpected(exc: BaseException, argv: list[str] | None) -> int:
         _error(f"cannot access {exc.filename}: {exc.strerror or text}; {where}")
         return EXIT_BAD_INPUT
     if _disk_full(exc):  # a write to an open file, or DuckDB's own write of the store or its WAL
-        _error(f"the disk is full ({getattr(exc, 'strerror', None) or text}); free some space, or write to another folder, and run it again "
+        cause = getattr(exc, "strerror", None) or text
+        _error(f"the disk is full ({cause}); free some space, or write to another folder, and run it again "
                f"(a store's unfinished transaction was not committed); {where}")
         return EXIT_BAD_INPUT
     if isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS:  # read-only disk, I/O error, quota

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import RedirectResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from failtrace.cases.record import CATEGORIES, PATTERNS
 from failtrace.serve import casedata
@@ -159,20 +159,32 @@ def item(request: Request, cur: Cursor, run_id: Annotated[str, Query(min_length=
     return found
 
 
+def _text(value: str) -> str:
+    """Text fields hold text: a lone UTF-16 surrogate (JSON "\\ud800") cannot be stored, so it is a 422 here."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("holds an unpaired UTF-16 surrogate, which is not text") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_text)]
+
+
 class ReviewIn(BaseModel):
     """A reviewer's decision on one pair (accept it as a real failure point, or reject it)."""
 
-    pair_run_id: str = Field(min_length=1, max_length=_TEXT)
-    item_id: str = Field(min_length=1, max_length=_TEXT)
+    pair_run_id: Text = Field(min_length=1, max_length=_TEXT)
+    item_id: Text = Field(min_length=1, max_length=_TEXT)
     decision: Literal["accept", "reject"]
-    comment: str = Field(default="", max_length=2000)
+    comment: Text = Field(default="", max_length=2000)
 
 
 class OverrideIn(BaseModel):
     """A reviewer's category for a case, with the reason (stored in the ``overrides`` table)."""
 
     category: Literal[CATEGORIES]  # type: ignore[valid-type]
-    comment: str = Field(min_length=1, max_length=2000)
+    comment: Text = Field(min_length=1, max_length=2000)
 
 
 def _writable(request: Request) -> Any:

@@ -143,9 +143,23 @@ class ServeState:
         self.store.close()
 
 
+def _escaped(value: Any) -> Any:
+    """``value`` with every string UTF-8 encodable: a JSON body's lone surrogate ("\\ud800"), echoed back in a
+    422's ``input``, would otherwise fail the response itself (a 500 and a traceback on the server's terminal)."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_escaped(k): _escaped(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_escaped(v) for v in value]
+    return value
+
+
 def create_app(store: str | Path, review: bool = False, allowed_hosts: list[str] | None = None) -> Any:
     """The FastAPI app over ``store``. ``allowed_hosts``: Host header values accepted (default: loopback names)."""
     from fastapi import FastAPI
+    from fastapi.encoders import jsonable_encoder
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from starlette.middleware.trustedhost import TrustedHostMiddleware
 
@@ -182,6 +196,10 @@ def create_app(store: str | Path, review: bool = False, allowed_hosts: list[str]
         for k, v in SECURITY_HEADERS.items():
             response.headers.setdefault(k, v)
         return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Any, exc: RequestValidationError) -> Any:  # FastAPI's 422, always encodable
+        return JSONResponse({"detail": _escaped(jsonable_encoder(exc.errors()))}, status_code=422)
 
     @app.exception_handler(Exception)
     async def internal(_request: Any, exc: Exception) -> Any:  # never a traceback to the client

@@ -64,9 +64,23 @@ class ResultsStore(PairsTable):
                     self._probe()
                 self.con = self._open_writer()
             self._check_schema()
-        except BaseException:
+        except BaseException as exc:
             self.close()
+            if not existed and not read_only and "No space left on device" in str(exc):
+                self._forget_new_file()
+                raise FailtraceError(f"cannot create results store {self.path}: the disk is full (No space left "
+                                     f"on device); nothing was kept. Free some space or give another --store") from None
             raise
+
+    def _forget_new_file(self) -> None:
+        """Remove the file this open began to create when the disk filled before its tables were written: DuckDB
+        leaves a header that every later open would call damaged (a store that existed before is never touched)."""
+        for path in (self.path, self.path.with_name(self.path.name + ".wal")):
+            try:
+                if path.is_file() and path.stat().st_size <= 1 << 20:
+                    path.unlink()
+            except OSError:
+                pass
 
     # ---- opening -------------------------------------------------------------------------------------------------
 
