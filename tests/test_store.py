@@ -339,6 +339,27 @@ def test_a_disk_full_while_creating_leaves_no_file_and_never_removes_a_store(tmp
     assert _sha(existing) == before
 
 
+def test_storage_errors_name_their_cause(tmp_path: Path) -> None:
+    """DuckDB's errors for a full disk (an export's COPY, a commit) and for text that is not UTF-8 (a Latin-1 byte
+    in an argument) are not a damaged store, and the message says which it is."""
+    import duckdb
+
+    from failtrace.store.connection import translate
+
+    path = tmp_path / "s.duckdb"
+    full = translate(path, duckdb.IOException('Could not write file "x/pairs.parquet.part": No space left on '
+                                              'device'), "query")
+    assert full is not None and str(full).startswith("the disk is full") and "damaged" not in str(full)
+    latin = translate(path, duckdb.InvalidInputException("Python Conversion Failure: cannot encode str as UTF-8, "
+                                                         "surrogate '\\udcff'"), "query")
+    assert latin is not None and "not UTF-8 text" in str(latin) and "damaged" not in str(latin)
+    broken = translate(path, duckdb.IOException("Could not read enough bytes from file"), "query")
+    assert broken is not None and "damaged or truncated" in str(broken)
+    with open_store(path) as st:  # as a user meets it: an id with a Latin-1 byte, looked up in a real store
+        with pytest.raises(FailtraceError, match="not UTF-8 text"):
+            st.con.execute("SELECT count(*) FROM cases WHERE case_id = ?", ["\udcff"]).fetchone()
+
+
 def test_paths_that_cannot_be_stores(tmp_path: Path) -> None:
     with pytest.raises(FailtraceError, match="cannot create the folder"):
         open_store("/proc/nope/runs.duckdb")

@@ -182,6 +182,13 @@ def translate(path: Path, exc: BaseException, when: str) -> FailtraceError | Non
     if isinstance(exc, duckdb.CatalogException):
         return FailtraceError(f"results store {path} lacks a table failtrace needs ({text}); it is damaged or was "
                               f"not written by failtrace; use another --store")
+    if "No space left on device" in text or "Disk quota exceeded" in text:  # the disk, not the store
+        return FailtraceError(f"the disk is full ({text}); results store {path} was not changed by the step that "
+                              f"failed (it is not committed); free some space or write to another folder")
+    if "cannot encode str as UTF-8" in text:  # a lone surrogate: an argument or a value that is not UTF-8 text
+        return FailtraceError(f"a value is not UTF-8 text (a byte such as 0xff in an argument or file name, or an "
+                              f"unpaired surrogate) and cannot be stored or looked up in {path}; it was left "
+                              f"unchanged ({text})")
     damaged = isinstance(exc, (duckdb.IOException, duckdb.SerializationException, duckdb.InternalException,
                                duckdb.FatalException, duckdb.PermissionException, duckdb.InvalidInputException))
     if damaged or "corrupt" in text.lower() or "checksum" in text.lower():
