@@ -431,6 +431,15 @@ def test_real_processes(work: Path, tmp_path: Path) -> None:
     assert _snapshot(work) == before
 
 
+def test_a_closed_stdout_is_not_a_crash(work: Path, tmp_path: Path) -> None:
+    """`failtrace status >&-` (stdout closed, so Python's sys.stdout is None) used to exit 70 on `.isatty()`."""
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "FAILTRACE_LOG_DIR": str(tmp_path / "logs")}
+    res = subprocess.run(["sh", "-c", f'"{sys.executable}" -m failtrace status -s "{work / "store.duckdb"}" >&-'],
+                         capture_output=False, stderr=subprocess.PIPE, text=True, env=env, timeout=300)
+    assert res.returncode == 0 and res.stderr == "" and not (tmp_path / "logs").exists()
+
+
 def test_store_locked_by_another_writer(work: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """While another process holds the store for writing, collect and pairs refuse in one line; nothing changes."""
     store = tmp_path / "locked.duckdb"

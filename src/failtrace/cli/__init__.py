@@ -179,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
     args = list(sys.argv[1:] if argv is None else argv)
+    for name in ("stdout", "stderr"):  # started with a closed descriptor (`failtrace status >&-`): Python gives None
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115 - lives as long as the process
     try:
         from failtrace.cli.options import refuse_empty_values
 
