@@ -125,6 +125,16 @@ def test_missing_foreign_and_corrupt_stores_give_clear_errors(tmp_path: Path) ->
     con.close()
     with pytest.raises(FailtraceError, match="not a failtrace results store"):
         open_store(other)
+    for i, ddl in enumerate(("CREATE SEQUENCE s", "CREATE MACRO m(a) AS a + 1", "CREATE TYPE t AS ENUM ('x')")):
+        mine = tmp_path / f"mine{i}.duckdb"  # no tables, but not empty: someone's objects, never filled with ours
+        con = duckdb.connect(str(mine))
+        con.execute(ddl)
+        con.close()
+        with pytest.raises(FailtraceError, match="holds sequences, macros or types"):
+            open_store(mine)
+        con = duckdb.connect(str(mine), read_only=True)
+        assert con.execute("SELECT count(*) FROM information_schema.tables").fetchone()[0] == 0
+        con.close()
     with pytest.raises(FailtraceError, match="is a folder"):
         open_store(tmp_path)
 

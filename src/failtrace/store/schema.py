@@ -297,6 +297,13 @@ def stored_version(con: Any, path: Any) -> int:
     return version
 
 
+def _user_objects(con: Any) -> int:
+    """Sequences, macros and types that someone created in this file (DuckDB's own are ``internal``)."""
+    return int(con.execute("SELECT (SELECT count(*) FROM duckdb_sequences()) + (SELECT count(*) FROM "
+                           "duckdb_functions() WHERE NOT internal) + (SELECT count(*) FROM duckdb_types() "
+                           "WHERE NOT internal)").fetchone()[0])
+
+
 def check_schema(con: Any, path: Any, *, reading: bool, read_only: bool) -> bool:
     """Refuse a file that is not a failtrace store, is newer, empty for a reader, or damaged (a lost table, or a lost
     column at the current version); migrate an older one opened for writing. True: a new, empty file to create."""
@@ -307,6 +314,9 @@ def check_schema(con: Any, path: Any, *, reading: bool, read_only: bool) -> bool
         if tables:
             raise FailtraceError(f"{path} is a DuckDB file but not a failtrace results store (it has tables "
                                  f"{sorted(tables)[:5]} and no schema_version); use another --store")
+        if _user_objects(con):  # no tables, but someone's sequences, macros or types: not an empty file to fill
+            raise FailtraceError(f"{path} is a DuckDB file but not a failtrace results store (it holds sequences, "
+                                 f"macros or types and no failtrace tables); use another --store")
         if read_only:
             raise FailtraceError(f"results store {path} is empty; run `failtrace collect` first")
         return True
