@@ -54,6 +54,18 @@ def test_an_unpaired_surrogate_escape_costs_its_record_and_a_pair_loads(tmp_path
     assert len(report.problems) == 1 and "item 1" in report.problems[0] and "surrogate" in report.problems[0]
 
 
+@pytest.mark.parametrize("name", ["m.jsonl.gz", "M.JSONL.GZ", "m.Json.Gz"])
+def test_gzip_files_are_read_whatever_the_case_of_their_suffix(tmp_path: Path, name: str) -> None:
+    import gzip
+
+    path = tmp_path / name
+    records = [_math_record(1), _math_record(2)]
+    text = "\n".join(json.dumps(r) for r in records) if "jsonl" in name.lower() else json.dumps(records)
+    path.write_bytes(gzip.compress(text.encode()))
+    report = get_benchmark("math").load(str(path))
+    assert [item.id for item in report.items] == ["p1", "p2"] and report.problems == []
+
+
 def test_limit_stops_reading(tmp_path: Path) -> None:
     path = _write_jsonl(tmp_path / "m.jsonl", [json.dumps(_math_record(1)), json.dumps(_math_record(2)),
                                                "not json at all", json.dumps(_math_record(4))])

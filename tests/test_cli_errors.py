@@ -129,6 +129,7 @@ CASES = [
     Case("attr-json-is-folder", _a("--json", "{w}/adir"), ["--json", "adir", "folder"], early=True),
     Case("attr-html-unwritable", _a("--html", "/proc/nope/a.html"), ["--html", "/proc/nope/a.html"], early=True),
     Case("attr-png-is-folder", _a("--png", "{w}/adir"), ["--png", "adir", "folder"], early=True),
+    Case("attr-png-suffix", _a("--png", "{w}/a.svg"), ["a.svg", ".png"], early=True),  # PNG bytes in a .svg
     Case("attr-json-under-a-file", _a("--json", "{w}/afile/a.json"), ["afile", "not a folder"], early=True),
     Case("attr-empty-prompt", ["attribute", "-p", "   ", "-m", "{x}"], ["prompt", "empty"], early=True),
     Case("attr-missing-prompt", ["attribute", "-m", "{x}"], ["--prompt"], early=True),

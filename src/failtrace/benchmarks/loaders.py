@@ -36,7 +36,7 @@ _GZIP_MAGIC = b"\x1f\x8b"
 def _open_bytes(path: Path) -> IO[bytes]:
     """The file's bytes, gunzipped for ``.gz`` names; a ``.gz`` that is not gzip is refused up front."""
     try:
-        if path.name.endswith(".gz"):
+        if path.name.lower().endswith(".gz"):
             with path.open("rb") as fh:
                 magic = fh.read(2)
             if magic != _GZIP_MAGIC:

@@ -50,7 +50,7 @@ def _validate(prompt: str, method: str, objective: str, dtype: str, json_path: O
     check_objective(objective)
     check_dtype(dtype)
     check_outputs((json_path, "--json", "attribution.json"), (html_path, "--html", "attribution.html"),
-                  (png_path, "--png", "attribution.png"))
+                  (png_path, "--png", "attribution.png"), pictures_by_suffix=True)  # PNG bytes need a .png name
 
 
 def run_attribute(
