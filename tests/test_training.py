@@ -111,6 +111,14 @@ def test_settings_refuse_a_seed_torch_cannot_take() -> None:
     FinetuneSettings(method="sft", seed=2**31 - 1).check()
 
 
+@pytest.mark.parametrize("method", ["sft", "dpo"])
+def test_a_tail_weight_is_refused_where_no_token_is_weighted(method: str) -> None:
+    with pytest.raises(FailtraceError, match="token-dpo only"):
+        FinetuneSettings(method=method, tail_weight=0.5).check()
+    FinetuneSettings(method=method).check()
+    FinetuneSettings(method="token-dpo", tail_weight=0.5).check()
+
+
 def test_split_is_seeded_and_fixed() -> None:
     ids = [f"case{i}" for i in range(10)]
     trained, held = split_cases(ids, 0.3, seed=7)

@@ -62,6 +62,8 @@ class FinetuneSettings:
             raise FailtraceError(f"--beta must be > 0, got {self.beta}")
         if not 0.0 <= self.tail_weight <= 1.0:
             raise FailtraceError(f"--tail-weight must be in [0, 1], got {self.tail_weight}")
+        if self.tail_weight and self.method != "token-dpo":  # sft and dpo weigh no tokens: it would do nothing
+            raise FailtraceError(f"--tail-weight applies to --method token-dpo only, not {self.method}")
         if not 0 <= self.seed <= 2**31 - 1:  # torch/numpy seeds; checked before step-0 is written
             raise FailtraceError(f"--seed must be in [0, 2147483647], got {self.seed}")
 
