@@ -142,8 +142,22 @@ def test_hub_id_offline_says_to_pass_a_local_file(monkeypatch: pytest.MonkeyPatc
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.setattr(loaders, "_hub_reachable", lambda timeout=3.0: False)
-    with pytest.raises(FailtraceError, match="local JSON/JSONL/Parquet file"):
+    with pytest.raises(FailtraceError, match="local JSON/JSONL/Parquet file") as err:
         get_benchmark("ifeval").load("google/IFEval")
+    assert "set HF_HUB_OFFLINE=1" in str(err.value)
+
+
+def test_hub_id_in_offline_mode_does_not_say_to_set_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets
+
+    def not_cached(name: str, split: str) -> None:
+        raise ConnectionError("Couldn't reach 'x' on the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(datasets, "load_dataset", not_cached)
+    with pytest.raises(FailtraceError, match="offline mode is set") as err:
+        get_benchmark("ifeval").load("google/IFEval")
+    assert "set HF_HUB_OFFLINE=1" not in str(err.value)
 
 
 def test_hub_id_goes_through_datasets_when_reachable(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -199,8 +199,9 @@ def _iter_hub(source: str, default_split: str) -> Iterator[Record]:
     """Rows of a hub dataset through ``datasets.load_dataset`` (uses the local cache under HF_HUB_OFFLINE=1)."""
     dataset_id, _, split = source.partition(":")
     split = split or default_split
-    hint = (f"pass a local JSON/JSONL/Parquet file instead (for example a copy of {dataset_id}), "
-            "or set HF_HUB_OFFLINE=1 to use a copy already in the Hugging Face cache")
+    hint = (f"pass a local JSON/JSONL/Parquet file instead (for example a copy of {dataset_id})"
+            + (" (offline mode is set: only the Hugging Face cache is read)" if _offline_mode() else
+               ", or set HF_HUB_OFFLINE=1 to use a copy already in the Hugging Face cache"))
     if not _offline_mode() and not _hub_reachable():
         raise FailtraceError(f"'{source}' is not a local file and the Hugging Face hub cannot be reached "
                              f"to download it; {hint}")
