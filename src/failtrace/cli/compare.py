@@ -114,9 +114,12 @@ def compare_command(
 
     if limit is not None and limit < 1:
         raise FailtraceError(f"--limit must be at least 1, got {limit}")
-    if bool(models) == bool(checkpoints):
-        raise FailtraceError("give either --models (cross-model) or --checkpoints (finetune checkpoints), not both "
-                             "and not neither")
+    if models and checkpoints:
+        raise FailtraceError("give either --models (cross-model) or --checkpoints (finetune checkpoints), not both")
+    if not models and not checkpoints:
+        named = f" (got {' '.join(more)} without an option before them)" if more else ""
+        raise FailtraceError(f"say what to compare: --models A B ... (cross-model) or --checkpoints C D ... "
+                             f"(finetune checkpoints){named}")
     if checkpoints:  # click options take one value: `--checkpoints A B` leaves B as an argument
         from failtrace.training.compare import compare_checkpoints
 
