@@ -394,6 +394,36 @@ def test_ctrl_c_inside_a_duckdb_query_is_an_interruption(work: Path, monkeypatch
     assert err.startswith("error: interrupted") and len(err.strip().splitlines()) == 1
 
 
+def test_sigterm_unwinds_like_ctrl_c_and_exits_143(work: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """`kill PID` mid-command: the store is closed on the way out (as after Ctrl-C), one line, exit 128 + 15;
+    the handler is only the command's (the previous one is back afterwards)."""
+    import signal
+    import time
+
+    from failtrace.store.store import ResultsStore
+
+    closed: list[bool] = []
+    real_close = ResultsStore.close
+
+    def close(self: ResultsStore) -> None:
+        closed.append(True)
+        real_close(self)
+
+    def killed(self: ResultsStore) -> list[object]:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler interrupts this
+        return []
+
+    monkeypatch.setattr(ResultsStore, "close", close)
+    monkeypatch.setattr(ResultsStore, "status_rows", killed)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["status", "-s", str(work / "store.duckdb")]) == 143
+    err = capsys.readouterr().err
+    assert err.startswith("error: interrupted") and len(err.strip().splitlines()) == 1 and closed
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 def test_a_store_path_that_is_not_utf8(work: Path, tmp_path: Path) -> None:
     """A Latin-1 file name reaches Python as lone surrogates; DuckDB cannot open it: one line, no lock left, and a
     crash log can still be written for such a command line (it used to fail with its own traceback)."""

@@ -10,7 +10,9 @@ from __future__ import annotations
 import errno
 import inspect
 import os
+import signal
 import sys
+import threading
 import warnings
 from importlib import import_module
 from typing import Any
@@ -174,7 +176,28 @@ def _unexpected(exc: BaseException, argv: list[str] | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: run the app; every failure becomes one ``error: ...`` line and a non-zero exit code."""
+    """Console entry point: run the app; every failure becomes one ``error: ...`` line and a non-zero exit code.
+
+    SIGTERM (a job scheduler, ``kill``) unwinds like Ctrl-C, so stores close and snapshot copies are removed; the exit
+    code is then 143 (128 + SIGTERM) rather than 130."""
+    terminated: list[int] = []
+
+    def on_term(signum: int, _frame: Any) -> None:
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
+        previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        code = _main(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return 128 + signal.SIGTERM if terminated and code == EXIT_INTERRUPTED else code
+
+
+def _main(argv: list[str] | None) -> int:
     if not sys.warnoptions:  # library deprecation chatter is not for the command's users (PYTHONWARNINGS wins)
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
