@@ -6,6 +6,8 @@ exits non-zero, without a traceback. Messages name the bad input and say what wo
 
 from __future__ import annotations
 
+import errno
+
 
 class FailtraceError(Exception):
     """An error caused by the user's input or environment, with a message meant for people."""
@@ -38,3 +40,12 @@ EXIT_INTERRUPTED = 130  # Ctrl-C
 def one_line(message: str) -> str:
     """``message`` with its lines joined, so the CLI's ``error: ...`` is always exactly one line."""
     return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC/EDQUOT from Python, or the same in a message (DuckDB's errors, and failtrace's lines quoting them,
+    carry no errno): the disk, not the data, is at fault."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    text = str(exc)
+    return "No space left on device" in text or "Disk quota exceeded" in text

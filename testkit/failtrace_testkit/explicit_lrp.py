@@ -21,6 +21,7 @@ OLMo-3 and Gemma).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,13 +128,12 @@ def _scaled_frequencies(inv: Tensor, p: dict[str, Any], theta: float, dim: int) 
         return (1 - blend) * inv / s + blend * inv, 1.0
     if kind == "yarn":
         def index_of(turns: float) -> float:  # the (fractional) frequency index that turns `turns` times in L
-            return dim * torch.log(torch.tensor(L / (turns * 2 * torch.pi))).item() / (2 * torch.log(
-                torch.tensor(float(theta))).item())
-        lo = max(float(torch.floor(torch.tensor(index_of(float(p.get("beta_fast") or 32))))), 0.0)
-        hi = min(float(torch.ceil(torch.tensor(index_of(float(p.get("beta_slow") or 1))))), dim - 1.0)
+            return dim * math.log(L / (turns * 2 * math.pi)) / (2 * math.log(theta))
+        lo = max(math.floor(index_of(float(p.get("beta_fast") or 32))), 0)
+        hi = min(math.ceil(index_of(float(p.get("beta_slow") or 1))), dim - 1)
         hi = hi + 1e-3 if hi == lo else hi
         keep = 1 - ((torch.arange(dim // 2, dtype=torch.float32) - lo) / (hi - lo)).clamp(0, 1)
-        factor = p.get("attention_factor") or (0.1 * torch.log(torch.tensor(s)).item() + 1.0 if s > 1 else 1.0)
+        factor = p.get("attention_factor") or (0.1 * math.log(s) + 1.0 if s > 1 else 1.0)
         return inv / s * (1 - keep) + inv * keep, float(factor)
     raise ValueError(f"explicit reference covers default, linear, llama3 and yarn rotary embeddings, not {kind!r}")
 

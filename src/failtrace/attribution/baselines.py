@@ -15,8 +15,8 @@ if TYPE_CHECKING:
     from failtrace.attribution.methods import MethodResult
 
 
-
 MAX_IG_STEPS = 10_000  # one forward + backward each; published IG uses 20-300 steps
+
 
 def integrated_gradients(
     model: nn.Module,

@@ -19,7 +19,8 @@ from typing import Any
 
 import typer
 
-from failtrace.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, FailtraceError, one_line
+from failtrace.errors import (EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, FailtraceError, is_disk_full,
+                             one_line)
 
 app = typer.Typer(
     name="failtrace",
@@ -138,15 +139,7 @@ def _usage_error(exc: BaseException, argv: list[str]) -> int:
     return code if isinstance(code, int) and code else EXIT_BAD_INPUT
 
 
-_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG, errno.EACCES, errno.EPERM}
-
-
-def _disk_full(exc: BaseException) -> bool:
-    """ENOSPC/EDQUOT from Python, or DuckDB's error for a store write that found no space (it has no errno)."""
-    if isinstance(exc, OSError):
-        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    return type(exc).__module__.split(".")[0].lstrip("_") == "duckdb" and (
-        "No space left on device" in str(exc) or "Disk quota exceeded" in str(exc))
+_ENVIRONMENT_ERRNOS = {errno.EROFS, errno.EIO, errno.EFBIG, errno.EACCES, errno.EPERM}  # a full disk: is_disk_full
 
 
 def _unexpected(exc: BaseException, argv: list[str] | None) -> int:
@@ -163,12 +156,12 @@ def _unexpected(exc: BaseException, argv: list[str] | None) -> int:
     if isinstance(exc, OSError) and getattr(exc, "filename", None):  # disk full, permissions, a vanished file
         _error(f"cannot access {exc.filename}: {exc.strerror or text}; {where}")
         return EXIT_BAD_INPUT
-    if _disk_full(exc):  # a write to an open file, or DuckDB's own write of the store or its WAL
+    if is_disk_full(exc):  # a write to an open file, or DuckDB's own write of the store or its WAL
         cause = getattr(exc, "strerror", None) or text
         _error(f"the disk is full ({cause}); free some space, or write to another folder, and run it again "
                f"(a store's unfinished transaction was not committed); {where}")
         return EXIT_BAD_INPUT
-    if isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS:  # read-only disk, I/O error, quota
+    if isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS:  # read-only disk, I/O error, permissions
         _error(f"cannot write or read a file: {exc.strerror or text}; {where}")
         return EXIT_BAD_INPUT
     _error(f"unexpected {type(exc).__name__}: {text}; {where}")

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from failtrace.errors import FailtraceError
+from failtrace.errors import FailtraceError, is_disk_full
 
 try:  # POSIX only; elsewhere snapshots rely on the validate-and-retry loop alone
     import fcntl
@@ -182,7 +182,7 @@ def translate(path: Path, exc: BaseException, when: str) -> FailtraceError | Non
     if isinstance(exc, duckdb.CatalogException):
         return FailtraceError(f"results store {path} lacks a table failtrace needs ({text}); it is damaged or was "
                               f"not written by failtrace; use another --store")
-    if "No space left on device" in text or "Disk quota exceeded" in text:  # the disk, not the store
+    if is_disk_full(exc):  # the disk, not the store
         return FailtraceError(f"the disk is full ({text}); results store {path} was not changed by the step that "
                               f"failed (it is not committed); free some space or write to another folder")
     if "cannot encode str as UTF-8" in text:  # a lone surrogate: an argument or a value that is not UTF-8 text

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from failtrace.benchmarks.base import Item, Verdict
-from failtrace.errors import FailtraceError
+from failtrace.errors import FailtraceError, is_disk_full
 from failtrace.store import connection
 from failtrace.store.connection import CopyLock, GuardedConnection, Transaction, is_lock_error
 from failtrace.store.records import (
@@ -66,7 +66,7 @@ class ResultsStore(PairsTable):
             self._check_schema()
         except BaseException as exc:
             self.close()
-            if not existed and not read_only and "No space left on device" in str(exc):
+            if not existed and not read_only and is_disk_full(exc):
                 self._forget_new_file()
                 raise FailtraceError(f"cannot create results store {self.path}: the disk is full (No space left "
                                      f"on device); nothing was kept. Free some space or give another --store") from None
