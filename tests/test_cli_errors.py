@@ -263,7 +263,7 @@ CASES = [
                                             "--models", "{m}"], ["--models", "--checkpoints"]),
     Case("compare-neither", ["compare", "-s", "{w}/store.duckdb"], ["--models", "--checkpoints"]),
     Case("compare-folders-without-option", ["compare", "-s", "{w}/store.duckdb", "{m}", "{m}"],
-         ["say what to compare", "without an option before them"]),
+         ["say what to compare", "came without an option before them"]),
     # demo and the command line itself
     Case("demo-out-is-a-file", ["demo", "--out", "{w}/afile", "-m", "{x}"], ["--out", "afile"], early=True),
     Case("demo-out-unwritable", ["demo", "--out", "/proc/nope/demo", "-m", "{x}"], ["/proc/nope/demo"], early=True),

@@ -117,7 +117,7 @@ def compare_command(
     if models and checkpoints:
         raise FailtraceError("give either --models (cross-model) or --checkpoints (finetune checkpoints), not both")
     if not models and not checkpoints:
-        named = f" (got {' '.join(more)} without an option before them)" if more else ""
+        named = f"; {' '.join(more)} came without an option before them" if more else ""
         raise FailtraceError(f"say what to compare: --models A B ... (cross-model) or --checkpoints C D ... "
                              f"(finetune checkpoints){named}")
     if checkpoints:  # click options take one value: `--checkpoints A B` leaves B as an argument
