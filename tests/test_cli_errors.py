@@ -464,6 +464,33 @@ def test_real_processes(work: Path, tmp_path: Path) -> None:
     assert _snapshot(work) == before
 
 
+def test_ctrl_c_while_the_cli_is_still_importing(tmp_path: Path) -> None:
+    """A Ctrl-C before the CLI has finished importing (the first few hundred ms) is one line and exit 130.
+
+    The interrupt is injected deterministically: a ``sitecustomize`` makes the import of ``failtrace.cli`` raise
+    KeyboardInterrupt, as Python's default SIGINT handler would at that moment. Without the guard in
+    ``failtrace._launch`` this prints Python's traceback.
+    """
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _Interrupt:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'failtrace.cli':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, _Interrupt())\n")
+    script = Path(sys.executable).parent / "failtrace"  # the console script pip wrote from pyproject.toml
+    assert script.exists(), script
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), SRC, os.environ.get("PYTHONPATH", "")]),
+           "FAILTRACE_LOG_DIR": str(tmp_path / "logs")}
+    for cmd in ([str(script), "status", "-s", str(tmp_path / "none.duckdb")], [sys.executable, "-m", "failtrace"]):
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        assert res.returncode == 130, (cmd, res.returncode, res.stderr)
+        assert res.stderr == "error: interrupted (while starting; nothing was run)\n", res.stderr
+        assert res.stdout == "" and not (tmp_path / "logs").exists()
+
+
 def test_a_closed_stdout_is_not_a_crash(work: Path, tmp_path: Path) -> None:
     """`failtrace status >&-` (stdout closed, so Python's sys.stdout is None) used to exit 70 on `.isatty()`."""
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),

@@ -1,5 +1,5 @@
 """``python -m failtrace``: the same as the ``failtrace`` command (and ``python -m failtrace.cli``)."""
 
-from failtrace.cli import _entry
+from failtrace._launch import main
 
-_entry()
+main()
