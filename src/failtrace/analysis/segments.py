@@ -134,10 +134,12 @@ def _char_labels(tokenizer: Any, item: Any, text: str, char_spans: dict[str, Any
             continue  # the template dropped or rewrote this message: its characters stay template text
         cursor = at + len(content)
         if msg["role"] == "user":
-            parts: Spans
+            # only the item's own turn (the last) is cut: an earlier user turn (a one-shot example) is context, and
+            # its "problem" must not count as the item's relevant segment
+            parts: Spans = {}
             if char_spans is not None and idx == last_user:
                 parts = {str(k): [(int(a), int(b)) for a, b in v] for k, v in char_spans.items()}
-            else:
+            elif idx == last_user:
                 seg = SEGMENTERS.get(getattr(item, "benchmark", ""))
                 parts = seg(item, content) if seg is not None else {}
             sub = ["query"] * len(content)
