@@ -256,3 +256,31 @@ def test_calls_to_a_restarting_actor_are_submitted_again_until_it_answers() -> N
     with pytest.raises(ray.exceptions.RayActorError) as info:  # a dead actor is not waited for
         _get_when_up(FakeRay(down=0, then=dead), submit, timeout=30)
     assert info.value is dead
+
+
+_SIGNALS = """
+import os, signal, sys
+sys.path.insert(0, {src!r})
+from failtrace.scale.pool import ensure_ray, shutdown_ray
+seen = []
+signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))  # the command's handler (cli.main)
+assert ensure_ray(1)
+os.kill(os.getpid(), signal.SIGTERM)
+print("after start", seen, flush=True)
+shutdown_ray()
+os.kill(os.getpid(), signal.SIGTERM)
+print("after shutdown", seen, flush=True)
+"""
+
+
+def test_starting_and_stopping_a_local_cluster_keeps_the_commands_sigterm_handler(tmp_path: Path) -> None:
+    """ray.init installs Ray's SIGTERM handler in the driver and ray.shutdown resets SIGTERM to the default action:
+    either way a SIGTERM (a scheduler, `kill`) killed `--workers` runs without the command's unwinding (store closed,
+    one line, exit 143). Both signals here must reach the command's own handler, and the process must live."""
+    script = tmp_path / "signals.py"
+    script.write_text(_SIGNALS.format(src=SRC))
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, (res.returncode, res.stdout, res.stderr[-2000:])
+    sig = int(signal.SIGTERM)
+    assert res.stdout.splitlines() == [f"after start [{sig}]", f"after shutdown [{sig}, {sig}]"]

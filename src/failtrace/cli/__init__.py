@@ -186,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         code = _main(argv)
     finally:
         if previous is not None:
+            _flush_outputs()  # what the command printed is out before a SIGTERM during exit could drop it
             signal.signal(signal.SIGTERM, previous)
     return 128 + signal.SIGTERM if terminated and code == EXIT_INTERRUPTED else code
 
@@ -233,6 +234,15 @@ def _main(argv: list[str] | None) -> int:
             return _usage_error(exc, list(sys.argv[1:] if argv is None else argv))
         return _unexpected(exc, argv)
     return 0
+
+
+def _flush_outputs() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):  # closed, or the reader left: nothing more can be said there
+            pass
 
 
 def _silence_stdout() -> None:

@@ -11,11 +11,12 @@ errored with the reason. An actor whose restarts are used up is dropped; when no
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,15 +50,42 @@ def ensure_ray(workers: int, address: str | None = None) -> bool:
     if address:
         check_reachable(address)
     try:
-        if address:
-            ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, logging_level=logging.ERROR)
-        else:
-            ray.init(num_cpus=max(workers, os.cpu_count() or 1), namespace=NAMESPACE, include_dashboard=False,
-                     log_to_driver=False, logging_level=logging.ERROR)
+        with _keeping_signal_handlers():
+            if address:
+                ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, logging_level=logging.ERROR)
+            else:
+                ray.init(num_cpus=max(workers, os.cpu_count() or 1), namespace=NAMESPACE, include_dashboard=False,
+                         log_to_driver=False, logging_level=logging.ERROR)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
         raise FailtraceError(f"could not start or join {where}: {str(exc).splitlines()[0][:300]}") from None
     return True
+
+
+def shutdown_ray() -> None:
+    """Stop the Ray cluster this process started, keeping the command's signal handlers (see below)."""
+    with _keeping_signal_handlers():
+        require_ray().shutdown()
+
+
+@contextlib.contextmanager
+def _keeping_signal_handlers() -> Iterator[None]:
+    """Give SIGTERM and SIGINT back to the command after ``ray.init`` and ``ray.shutdown``. Starting a local cluster
+    installs Ray's SIGTERM handler in the driver and shutting it down resets SIGTERM to the default action; either
+    way a SIGTERM killed the command without closing the store, its one-line message or exit 143 (and, after the
+    shutdown, before the summary was printed). The command's handler unwinds; leaving ``_cluster`` stops Ray."""
+    import signal
+    import threading
+
+    kept: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():  # handlers can only be set from the main thread
+        kept = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in kept.items():
+            if handler is not None:  # None: set outside Python, nothing to give back
+                signal.signal(sig, handler)
 
 
 def check_reachable(address: str, timeout_s: float = 5.0) -> None:

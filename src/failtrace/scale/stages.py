@@ -38,7 +38,7 @@ from failtrace.failures.pairs import (
     pair_run_record,
     run_failures,
 )
-from failtrace.scale.pool import Task, WorkerPool, cpus_per_worker, ensure_ray, require_ray
+from failtrace.scale.pool import Task, WorkerPool, cpus_per_worker, ensure_ray, require_ray, shutdown_ray
 from failtrace.scale.work import ModelSpec
 from failtrace.store.store import GenerationRecord, ResultsStore, RunRecord
 
@@ -82,7 +82,7 @@ def _cluster(workers: int, address: str | None, pool: WorkerPool | None,
         for p in pools.values():
             p.close()
         if started:
-            require_ray().shutdown()
+            shutdown_ray()
 
 
 def _drive(pool: WorkerPool, tasks: list[Task], label: str, on_result: Callable[[Task, Any], None],
