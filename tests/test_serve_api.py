@@ -132,6 +132,7 @@ def test_case_payload_matches_the_stored_case(client: TestClient, toy: dict[str,
 def test_graph_edges_and_mass_shares(client: TestClient, toy: dict[str, Any]) -> None:
     case = toy["cases"][0]
     d = client.get(f"/api/cases/{case.case_id}/graph").json()
+    assert d["case_id"] == case.case_id and d["item_id"] == case.item_id  # the page's breadcrumb names the item
     assert len(d["edges"]) == len(case.graph["edges"]) and len(d["nodes"]) == len(case.graph["nodes"])
     assert d["final"] == [len(case.graph["stages"]) - 1, case.position - 1]
     edges = d["edges"]

@@ -198,6 +198,7 @@ def _expected_graph(graph: dict[str, Any], p: float) -> tuple[int, int]:
 def test_graph_slider_pin_and_export(page: Any, server: dict[str, Any], tmp_path: Path) -> None:
     case = max(server["cases"], key=lambda c: len(c.graph["edges"]))
     _open(page, server, f"#/graph/{case.case_id}?p=0.80", "graph")
+    assert page.inner_text("#nav-crumb").replace("›", " ").split() == ["case", case.item_id, "graph"]
     n_hi = page.locator("line.e").count()
     assert (page.locator("circle.n").count(), n_hi) == _expected_graph(case.graph, 0.80)
     page.fill("#mass", "0.3")  # a range input: fill sets the value and fires input

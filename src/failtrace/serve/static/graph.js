@@ -112,7 +112,7 @@
 
   FT.views.graph = function (view, params, id) {
     return FT.api("/api/cases/" + encodeURIComponent(id) + "/graph").then(function (D) {
-      FT.crumb([el("a", {href: "#/case/" + id}, "case"), el("a", {href: "#/graph/" + id}, "graph")]);
+      FT.crumb([el("a", {href: "#/case/" + id}, "case " + D.item_id), el("a", {href: "#/graph/" + id}, "graph")]);
       var p = Math.min(1, Math.max(0.01, parseFloat(params.get("p")) || 0.8));
       var state = {p: p, pin: params.get("pin"), search: params.get("q") || "", abl: params.get("abl") === "1"};
       function save() {
