@@ -82,11 +82,11 @@ def test_ctrl_c_exits_130_with_one_line(toy: dict[str, Any], tmp_path: Path, mon
     assert sha256(toy["store"]) == toy["sha"] and not (tmp_path / "logs").exists()
 
 
-def test_ctrl_c_in_finetune_says_it_does_not_resume(toy: dict[str, Any], tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    """finetune never writes the store and starts again from step 0: the resume promise of collect/pairs/analyse
-    was wrong for it."""
+def test_ctrl_c_in_finetune_says_how_it_resumes(toy: dict[str, Any], tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """finetune never writes the store: the store writers' promise ("everything committed to the store") is wrong
+    for it; it resumes from its own last saved step instead (tests/test_training.py)."""
     import failtrace.training.finetune as ft
 
     def interrupted(*args: object, **kwargs: object) -> None:
@@ -97,7 +97,8 @@ def test_ctrl_c_in_finetune_says_it_does_not_resume(toy: dict[str, Any], tmp_pat
     code = main(["finetune", "-s", str(toy["store"]), "--method", "sft", "--model", str(toy["model_dir"]),
                  "--out", str(tmp_path / "ck"), "--no-progress"])
     line = _one_error_line(code, capsys, expected_code=130)
-    assert line.startswith("error: interrupted; the checkpoints saved so far stay in --out") and "step 0" in line
+    assert line.startswith("error: interrupted; the checkpoints saved so far stay in --out") and "store" not in line
+    assert "rerun the same command to resume from the last saved step" in line
     assert sha256(toy["store"]) == toy["sha"]
 
 

@@ -458,3 +458,148 @@ def test_checkpoints_twice_or_with_another_vocabulary_leave_the_store_unchanged(
         err = capsys.readouterr().err
         assert err.startswith("error: ") and words in err and "Traceback" not in err
         assert hashlib.sha256(store.read_bytes()).hexdigest() == before  # refused before any row is written
+
+
+class _Interrupt:
+    """A trainer callback that stops the run like Ctrl-C once ``after`` optimiser steps are done."""
+
+    def __init__(self, after: int) -> None:
+        from transformers import TrainerCallback
+
+        outer = self
+
+        class Stop(TrainerCallback):  # type: ignore[misc]
+            def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
+                if state.global_step >= outer.after:
+                    raise KeyboardInterrupt
+                return control
+
+        self.after, self.callback = after, Stop()
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+@pytest.mark.parametrize("method", ["sft", "token-dpo"])
+def test_an_interrupted_finetune_resumes_and_ends_where_an_uninterrupted_one_does(
+        run: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str) -> None:
+    """Stopped after step 4 (its newest saved step is 3), a rerun with the same settings continues from step 3: the
+    step-6 weights and the loss history equal the uninterrupted run's (the module's run), and .resume is gone."""
+    import failtrace.training.finetune as ft
+
+    out = tmp_path / method
+    settings = FinetuneSettings(method=method, steps=STEPS, save_every=EVERY, lr=LR, held_out=0.3, seed=0)
+    stop = _Interrupt(after=4)
+    make = ft._trainer
+
+    def with_stop(*args: Any, **kwargs: Any) -> Any:
+        trainer = make(*args, **kwargs)
+        trainer.add_callback(stop.callback)
+        return trainer
+
+    with open_store(run["store"], read_only=True) as st:
+        monkeypatch.setattr(ft, "_trainer", with_stop)
+        with pytest.raises(KeyboardInterrupt):
+            finetune(st, run["lm"], out, settings)
+        assert sorted(p.name for p in out.glob("step-*")) == ["step-0", "step-3"]
+        assert sorted(p.name for p in (out / ".resume").glob("checkpoint-*")) == ["checkpoint-3"]
+        done: list[int] = []
+        counter = _Interrupt(after=10**9)  # never stops; counts the steps the rerun trains
+        counter.callback.on_step_end = lambda args, state, control, **kw: done.append(state.global_step)
+        monkeypatch.setattr(ft, "_trainer", lambda *a, **k: (lambda t: (t.add_callback(counter.callback), t)[1])(
+            make(*a, **k)))
+        again = finetune(st, run["lm"], out, settings)
+    ref = run["results"][method]
+    assert done == [4, 5, 6]  # steps 1-3 were not trained again: weights, optimiser and RNG came from step 3
+    assert again.resumed_from == 3 and [p.name for p in again.checkpoints] == ["step-0", "step-3", "step-6"]
+    assert again.losses == ref.losses and again.trained == ref.trained
+    for step in (3, 6):
+        got, want = _weights(out / f"step-{step}"), _weights(ref.out / f"step-{step}")
+        assert got.keys() == want.keys()
+        assert all(torch.equal(got[k], want[k]) for k in want), step
+    assert read_metadata(out / "step-6")["loss_history"] == read_metadata(ref.out / "step-6")["loss_history"]
+    assert not (out / ".resume").exists()
+
+
+def test_a_rerun_with_other_settings_starts_again_from_step_zero(run: dict[str, Any], tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """An interrupted run's state is only for the same identity: with another learning rate the rerun trains from
+    step 0, and its step-3 weights differ from the interrupted run's."""
+    import failtrace.training.finetune as ft
+
+    out = tmp_path / "other"
+    first = FinetuneSettings(method="sft", steps=STEPS, save_every=EVERY, lr=LR, held_out=0.3, seed=0)
+    stop, make = _Interrupt(after=4), ft._trainer
+    monkeypatch.setattr(ft, "_trainer", lambda *a, **k: (lambda t: (t.add_callback(stop.callback), t)[1])(
+        make(*a, **k)))
+    with open_store(run["store"], read_only=True) as st:
+        with pytest.raises(KeyboardInterrupt):
+            finetune(st, run["lm"], out, first)
+        monkeypatch.setattr(ft, "_trainer", make)
+        before = _weights(out / "step-3")
+        other = finetune(st, run["lm"], out, FinetuneSettings(method="sft", steps=STEPS, save_every=EVERY,
+                                                              lr=LR / 2, held_out=0.3, seed=0))
+    assert other.resumed_from is None and len(other.losses) == STEPS
+    assert not all(torch.equal(before[k], v) for k, v in _weights(out / "step-3").items())
+
+
+def test_cli_rerun_says_where_it_resumed(run: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """`failtrace finetune`, interrupted after step 4 (exit 130, the line says how to resume), then the same command:
+    it continues from step 3 and says so."""
+    import failtrace.training.finetune as ft
+    from failtrace.cli import main
+
+    out = tmp_path / "ck"
+    args = ["finetune", "--store", str(run["store"]), "--model", str(run["root"] / "model0"), "--method", "sft",
+            "--steps", str(STEPS), "--save-every", str(EVERY), "--lr", str(LR), "--out", str(out), "--no-progress"]
+    stop, make = _Interrupt(after=4), ft._trainer
+    monkeypatch.setattr(ft, "_trainer", lambda *a, **k: (lambda t: (t.add_callback(stop.callback), t)[1])(
+        make(*a, **k)))
+    assert main(args) == 130
+    assert "rerun the same command to resume from the last saved step" in capsys.readouterr().err
+    monkeypatch.setattr(ft, "_trainer", make)
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "3 checkpoints" in text and "resumed from step 3" in text
+    assert [ln.split()[1] for ln in text.splitlines() if ln.strip().startswith("step ")] == ["1", "2", "3", "4",
+                                                                                            "5", "6"]
+
+
+def test_without_resume_state_nothing_is_kept_and_a_rerun_starts_over(run: dict[str, Any], tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """--no-resume-state: no OUT/.resume at any point; after an interruption the rerun trains all steps again."""
+    import failtrace.training.finetune as ft
+
+    out = tmp_path / "light"
+    settings = FinetuneSettings(method="sft", steps=STEPS, save_every=EVERY, lr=LR, held_out=0.3, seed=0,
+                                resume_state=False)
+    stop, make = _Interrupt(after=4), ft._trainer
+    monkeypatch.setattr(ft, "_trainer", lambda *a, **k: (lambda t: (t.add_callback(stop.callback), t)[1])(
+        make(*a, **k)))
+    with open_store(run["store"], read_only=True) as st:
+        with pytest.raises(KeyboardInterrupt):
+            finetune(st, run["lm"], out, settings)
+        assert sorted(p.name for p in out.iterdir()) == ["step-0", "step-3"]
+        monkeypatch.setattr(ft, "_trainer", make)
+        again = finetune(st, run["lm"], out, settings)
+    assert again.resumed_from is None and len(again.losses) == STEPS and not (out / ".resume").exists()
+    assert again.losses == run["results"]["sft"].losses  # the same training, from step 0
+
+
+def test_quiet_transformers_nested_keeps_the_bars_off_until_the_outer_one_ends() -> None:
+    """finetune silences transformers' bars around training, and each checkpoint save silences them again inside:
+    the inner exit turned them back on, so every later trainer checkpoint printed a 'Writing model shards' bar."""
+    from transformers.utils import logging as hf_logging
+
+    from failtrace.models.loading import _quiet_transformers
+
+    assert hf_logging.is_progress_bar_enabled()
+    with _quiet_transformers():
+        with _quiet_transformers():
+            assert not hf_logging.is_progress_bar_enabled()
+        assert not hf_logging.is_progress_bar_enabled()
+    assert hf_logging.is_progress_bar_enabled()

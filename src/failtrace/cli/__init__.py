@@ -117,8 +117,8 @@ def _interrupted(argv: list[str]) -> None:
     if command in _RESUMABLE:
         _error("interrupted; everything committed to the store so far is kept, rerun the command to resume")
     elif command == "finetune":
-        _error("interrupted; the checkpoints saved so far stay in --out, but finetune does not resume: a rerun "
-               "trains again from step 0")
+        _error("interrupted; the checkpoints saved so far stay in --out; rerun the same command to resume from the "
+               "last saved step (other options start again from step 0)")
     else:
         _error("interrupted")
 

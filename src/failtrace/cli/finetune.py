@@ -3,7 +3,8 @@
 ``--method sft`` imitates the recovered completions, ``dpo`` prefers them over the failed ones, ``token-dpo`` does
 the same with every token's log-ratio weighted by its attribution weight (docs/MODELS.md). A seeded share of the
 cases is held out; ``OUT/step-N/`` folders load with ``AutoModelForCausalLM.from_pretrained`` and are compared with
-``failtrace compare --checkpoints``.
+``failtrace compare --checkpoints``. An interrupted run resumes when the same command is run again
+(``OUT/.resume/``, :mod:`failtrace.training.resume`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ def finetune_command(
     batch_size: int = typer.Option(1, "--batch-size", help="Examples (pairs) per step.", callback=opts.count(1)),
     benchmark: Optional[str] = typer.Option(None, "--benchmark", "-b", help="Only cases of this benchmark."),
     model: Optional[str] = opts.MODEL,
+    resume_state: bool = typer.Option(True, "--resume-state/--no-resume-state",
+                                      help="Keep the trainer's state (about 3x the weights) in OUT/.resume at each "
+                                           "saved step, so that the same command resumes an interrupted run."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show trl's progress bar."),
 ) -> None:
     """Post-train the model on its clean cases with trl (CPU) and save checkpoints at step 0, every N steps, the end."""
@@ -49,7 +53,8 @@ def finetune_command(
     from failtrace.training.finetune import FinetuneSettings, finetune, require_trl
 
     settings = FinetuneSettings(method=method, steps=steps, save_every=save_every, held_out=held_out, seed=seed,
-                                lr=lr, beta=beta, tail_weight=tail_weight, batch_size=batch_size, benchmark=benchmark)
+                                lr=lr, beta=beta, tail_weight=tail_weight, batch_size=batch_size, benchmark=benchmark,
+                                resume_state=resume_state)
     settings.check()
     require_trl()
     check_output_dir(out, "--out")
@@ -59,8 +64,9 @@ def finetune_command(
         require_cases(st, benchmark)
         lm = load_model(model, progress=progress)
         result = finetune(st, lm, out, settings, progress=progress)
+    resumed = "" if result.resumed_from is None else f"; resumed from step {result.resumed_from}"
     typer.echo(f"{method}: {count_of(len(result.trained), 'case')} trained, {len(result.held_out)} held out; "
-               f"{count_of(len(result.checkpoints), 'checkpoint')} in {result.out} ({result.seconds:.0f} s)")
+               f"{count_of(len(result.checkpoints), 'checkpoint')} in {result.out} ({result.seconds:.0f} s{resumed})")
     shown = result.losses[:: max(1, len(result.losses) // 10)]
     for h in shown + [h for h in result.losses[-1:] if h not in shown]:  # about ten, and always the last
         typer.echo(f"  step {h['step']:>4}  loss {h['loss']:.4f}")

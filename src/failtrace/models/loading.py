@@ -129,14 +129,17 @@ def _quiet_transformers() -> contextlib.AbstractContextManager[None]:
         transformers.logging.set_verbosity_error()
         bars = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS")
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+        shown = True
         try:
             with contextlib.suppress(Exception):
+                shown = transformers.utils.logging.is_progress_bar_enabled()
                 transformers.utils.logging.disable_progress_bar()
             yield
         finally:
             transformers.logging.set_verbosity(verbosity)
-            with contextlib.suppress(Exception):
-                transformers.utils.logging.enable_progress_bar()
+            if shown:  # as it was: a nested use must not turn the bars back on inside the outer one
+                with contextlib.suppress(Exception):
+                    transformers.utils.logging.enable_progress_bar()
             if bars is None:
                 os.environ.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
             else:

@@ -14,10 +14,16 @@ were computed with); the caller's model is never changed. A constant learning ra
 no gradient checkpointing: the few dozen steps a CPU allows are all spent at the given rate. Checkpoints:
 ``step-0`` (untrained) before the first step, every ``save_every`` steps, and the last step
 (:mod:`failtrace.training.checkpoints`).
+
+Resuming: at every saved step the trainer's own checkpoint (weights, optimiser, scheduler, RNG and trainer state;
+transformers' format, only the newest kept) goes to ``OUT/.resume/`` with the run's identity (settings, base model,
+split, library versions). A rerun with the same identity continues from it, and its later checkpoints equal those
+of an uninterrupted run (tested); another identity starts again from step 0. A finished run removes ``.resume``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import tempfile
 import time
@@ -46,6 +52,7 @@ class FinetuneSettings:
     tail_weight: float = 0.0
     batch_size: int = 1
     benchmark: str | None = None
+    resume_state: bool = True  # keep the trainer's state in OUT/.resume (about 3x the weights) so a rerun resumes
 
     def check(self) -> None:
         """Refuse settings that cannot train (one clear line naming the option), before any model loads."""
@@ -78,6 +85,7 @@ class FinetuneResult:
     held_out: list[str]
     losses: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+    resumed_from: int | None = None  # the step an interrupted run with the same identity was continued from
 
 
 def require_trl() -> None:
@@ -119,7 +127,9 @@ def _frozen_copy(model: Any) -> Any:
 def _common_args(s: FinetuneSettings, work: str, progress: bool) -> dict[str, Any]:
     """Trainer arguments shared by every method (module docstring)."""
     return dict(output_dir=work, max_steps=s.steps, per_device_train_batch_size=s.batch_size, learning_rate=s.lr,
-                lr_scheduler_type="constant", warmup_steps=0, logging_steps=1, save_strategy="no", report_to=[],
+                lr_scheduler_type="constant", warmup_steps=0, logging_steps=1, report_to=[],
+                save_strategy="steps" if s.resume_state else "no", save_steps=s.save_every, save_total_limit=1,
+                save_only_model=False,
                 use_cpu=True, seed=s.seed, data_seed=s.seed, bf16=False, fp16=False, gradient_checkpointing=False,
                 max_length=None, disable_tqdm=not progress, dataloader_num_workers=0)
 
@@ -180,10 +190,13 @@ def _quiet_logs(trainer: Any, progress: bool) -> None:
 
 def finetune(store: ResultsStore, lm: Any, out: str | Path, settings: FinetuneSettings,
              progress: bool = False) -> FinetuneResult:
-    """Train ``lm`` (a :class:`~failtrace.models.LoadedModel`) by ``settings.method`` and write checkpoints to ``out``."""
+    """Train ``lm`` (a :class:`~failtrace.models.LoadedModel`) by ``settings.method``; write checkpoints to ``out``
+    (resuming an interrupted run of the same identity: module docstring)."""
     from failtrace.failures.generation import eos_token_ids
     from failtrace.models.fingerprint import model_fingerprint
-    from failtrace.training.checkpoints import make_save_callback, save_checkpoint, vocab_digest
+    from failtrace.models.loading import _quiet_transformers
+    from failtrace.training.checkpoints import make_save_callback, save_checkpoint, step_folder, vocab_digest
+    from failtrace.training.resume import RESUME_DIR, finish_resume, resume_point, start_resume
 
     settings.check()
     require_trl()
@@ -201,15 +214,28 @@ def finetune(store: ResultsStore, lm: Any, out: str | Path, settings: FinetuneSe
             "held_out_item_ids": [by_id[c].item_id for c in held], "versions": _versions(),
             "example_notes": {e.case_id: e.notes for e in examples if e.notes}}
     out = Path(out)
-    saved = [save_checkpoint(lm.model, lm.tokenizer, out, 0, meta | {"loss_history": []})]
-    with tempfile.TemporaryDirectory(prefix="failtrace-finetune-") as work:
+    identity = {k: meta[k] for k in ("method", "settings", "base_model_fingerprint", "base_vocab_digest",
+                                     "trained_case_ids", "held_out_case_ids", "versions")}
+    state, resumed = resume_point(out, identity)
+    if resumed is None:
+        finish_resume(out)  # another run's state (or none): this run starts at step 0
+        saved = [save_checkpoint(lm.model, lm.tokenizer, out, 0, meta | {"loss_history": []})]
+        if settings.resume_state:
+            start_resume(out, identity)
+    else:
+        saved = [step_folder(out, k) for k in range(0, resumed + 1, settings.save_every)]
+    with contextlib.ExitStack() as stack:
+        work = str(out / RESUME_DIR) if settings.resume_state else stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="failtrace-finetune-"))
         callback = make_save_callback(lm.tokenizer, out, settings.save_every, meta, saved)
         trainer = _trainer(settings, lm, [by_id[c] for c in trained], work, progress, callback)
         _quiet_logs(trainer, progress)
-        trainer.train()
+        with _quiet_transformers():  # no "Writing model shards" bar per resume save; trl's own bar stays
+            trainer.train(resume_from_checkpoint=str(state) if state is not None else None)
         losses = [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h]
         if settings.steps % settings.save_every:
             saved.append(save_checkpoint(trainer.model, lm.tokenizer, out, trainer.state.global_step,
                                          meta | {"loss_history": losses}))
+    finish_resume(out)
     return FinetuneResult(out=out, checkpoints=saved, trained=trained, held_out=held, losses=losses,
-                          seconds=time.perf_counter() - t0)
+                          seconds=time.perf_counter() - t0, resumed_from=resumed)

@@ -1,0 +1,58 @@
+"""Where an interrupted ``failtrace finetune`` continues from: ``OUT/.resume/``.
+
+The folder holds the run's identity (``identity.json``: method, settings, base model fingerprint and vocabulary,
+the trained / held-out split, library versions) and transformers' own newest trainer checkpoint (``checkpoint-N``:
+weights, optimiser, scheduler, RNG and trainer state). transformers writes and rotates the checkpoints; this module
+only decides whether a rerun may continue from one: the identity must be equal and failtrace's own ``step-K``
+folders up to N must all be there, else the run starts again from step 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+RESUME_DIR = ".resume"
+IDENTITY_FILE = "identity.json"
+_NEEDED = ("trainer_state.json", "optimizer.pt", "scheduler.pt")  # what transformers reads to continue exactly
+
+
+def resume_point(out: str | Path, identity: dict[str, Any]) -> tuple[Path | None, int | None]:
+    """The newest trainer checkpoint of an interrupted run with this ``identity`` and its step, or (None, None)."""
+    from failtrace.training.checkpoints import METADATA_FILE, step_folder
+
+    folder = Path(out) / RESUME_DIR
+    try:
+        stored = json.loads((folder / IDENTITY_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None, None
+    if stored != json.loads(json.dumps(identity)):  # compared as JSON (tuples are lists there)
+        return None, None
+    every = int(identity["settings"]["save_every"])
+    steps = sorted((int(p.name.split("-", 1)[1]), p) for p in folder.glob("checkpoint-*")
+                   if p.name.split("-", 1)[1].isdigit() and all((p / f).is_file() for f in _NEEDED))
+    for step, path in reversed(steps):
+        ours = [step_folder(out, k) / METADATA_FILE for k in range(0, step + 1, every)]
+        if step % every == 0 and all(f.is_file() for f in ours):
+            return path, step
+    return None, None
+
+
+def start_resume(out: str | Path, identity: dict[str, Any]) -> None:
+    """A fresh ``OUT/.resume/`` holding only ``identity`` (an older run's state is removed)."""
+    folder = Path(out) / RESUME_DIR
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    fd, tmp = tempfile.mkstemp(prefix=".identity-", dir=folder)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(identity, fh, indent=2, sort_keys=True)
+    os.replace(tmp, folder / IDENTITY_FILE)
+
+
+def finish_resume(out: str | Path) -> None:
+    """A finished run needs no resume state: remove it (it holds the optimiser, twice the model's size)."""
+    shutil.rmtree(Path(out) / RESUME_DIR, ignore_errors=True)
