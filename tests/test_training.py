@@ -603,3 +603,28 @@ def test_quiet_transformers_nested_keeps_the_bars_off_until_the_outer_one_ends()
             assert not hf_logging.is_progress_bar_enabled()
         assert not hf_logging.is_progress_bar_enabled()
     assert hf_logging.is_progress_bar_enabled()
+
+
+def test_a_trainer_state_cut_short_is_not_resumed_from(run: dict[str, Any], tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed while transformers wrote checkpoint-3's trainer_state.json (the file it writes last): that checkpoint
+    is not whole, so the rerun starts from step 0 rather than failing on it."""
+    import failtrace.training.finetune as ft
+    from failtrace.training.resume import resume_point
+
+    out = tmp_path / "cut"
+    settings = FinetuneSettings(method="sft", steps=STEPS, save_every=EVERY, lr=LR, held_out=0.3, seed=0)
+    stop, make = _Interrupt(after=4), ft._trainer
+    monkeypatch.setattr(ft, "_trainer", lambda *a, **k: (lambda t: (t.add_callback(stop.callback), t)[1])(
+        make(*a, **k)))
+    with open_store(run["store"], read_only=True) as st:
+        with pytest.raises(KeyboardInterrupt):
+            finetune(st, run["lm"], out, settings)
+        state = out / ".resume" / "checkpoint-3" / "trainer_state.json"
+        identity = json.loads((out / ".resume" / "identity.json").read_text())
+        assert resume_point(out, identity) == (state.parent, 3)
+        state.write_text(state.read_text()[:40])
+        assert resume_point(out, identity) == (None, None)
+        monkeypatch.setattr(ft, "_trainer", make)
+        again = finetune(st, run["lm"], out, settings)
+    assert again.resumed_from is None and again.losses == run["results"]["sft"].losses

@@ -35,11 +35,20 @@ def resume_point(out: str | Path, identity: dict[str, Any]) -> tuple[Path | None
     every = int(identity["settings"]["save_every"])
     steps = sorted((int(p.name.split("-", 1)[1]), p) for p in folder.glob("checkpoint-*")
                    if p.name.split("-", 1)[1].isdigit() and all((p / f).is_file() for f in _NEEDED))
-    for step, path in reversed(steps):
+    for step, path in reversed(steps):  # the newest whole one: a run killed while saving leaves the older too
         ours = [step_folder(out, k) / METADATA_FILE for k in range(0, step + 1, every)]
-        if step % every == 0 and all(f.is_file() for f in ours):
+        if step % every == 0 and all(f.is_file() for f in ours) and _state_step(path) == step:
             return path, step
     return None, None
+
+
+def _state_step(checkpoint: Path) -> int | None:
+    """The step in the checkpoint's trainer_state.json (written last), None when it is cut short or unreadable."""
+    try:
+        step = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8")).get("global_step")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
 
 
 def start_resume(out: str | Path, identity: dict[str, Any]) -> None:
