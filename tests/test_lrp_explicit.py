@@ -75,6 +75,35 @@ def test_scaled_rotary_embeddings_equal_the_explicit_rules(arch: str, kind: str)
     assert _worst(res.relevance(), [ref.input, *ref.layers]) < TOL  # measured 6.3e-8 to 3.1e-7
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_dynamic_ntk_rotary_equals_its_definition_whatever_the_model_ran_before(arch: str) -> None:
+    """Dynamic NTK over a trained context of 8 at 12 tokens: θ' = θ·(s·12/8 − (s − 1))^(d/(d−2)). transformers
+    keeps the frequencies of the longest sequence it has seen; after failtrace's reset (models/rotary.py, installed
+    by load_model) a forward pass run after a longer one still equals the definition, and without it, it does not."""
+    from failtrace.models.rotary import forget_rotary_history
+
+    scaling = {"rope_type": "dynamic", "factor": 4.0}
+    ids, longer = _ids(12), _ids(24)
+    fn = lambda logits: logits[5] - logits[7]  # noqa: E731
+    model = tiny_model(arch, dtype=torch.float64, layers=3, rope=(500.0, 2e3), rope_scaling=scaling, max_positions=8)
+    within = tiny_model(arch, dtype=torch.float64, layers=3, rope=(500.0, 2e3), rope_scaling=scaling)
+    plain = tiny_model(arch, dtype=torch.float64, layers=3, rope=(500.0, 2e3))
+    assert relevance_pass(within, ids, fn).value == pytest.approx(relevance_pass(plain, ids, fn).value, abs=1e-12)
+    ref = explicit_attnlrp(model, ids, 5, 7)
+    assert abs(ref.delta - relevance_pass(plain, ids, fn).value) > 0.05  # past L the scaling is in effect
+    # a first pass runs lrp_rules' one-time 4-token probe (which happens to reset transformers' memory)
+    assert relevance_pass(model, ids, fn).value == pytest.approx(ref.delta, rel=1e-12, abs=1e-12)
+    with torch.no_grad():
+        model(input_ids=torch.tensor([longer]))  # transformers now remembers 24 positions
+    assert abs(relevance_pass(model, ids, fn).value - ref.delta) > 1e-2  # ... and rotates 12 tokens by θ'(24)
+    assert forget_rotary_history(model) == 1
+    with torch.no_grad():
+        model(input_ids=torch.tensor([longer]))
+    res = relevance_pass(model, ids, fn)
+    assert res.value == pytest.approx(ref.delta, rel=1e-12, abs=1e-12)
+    assert _worst(res.relevance(), [ref.input, *ref.layers]) < TOL
+
+
 def test_the_comparison_tells_a_wrong_attention_rule_apart() -> None:
     model = tiny_model("llama", dtype=torch.float64, layers=3)
     ids = _ids(12)

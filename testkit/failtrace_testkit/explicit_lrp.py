@@ -15,7 +15,7 @@ final hidden state f of the last token. Covers Llama and SmolLM2, Qwen2 (q/k/v b
 OLMo-2/3 (norms after each block, q/k norms over the width), Gemma-3 text ((1 + w) norms before and after each
 block, √d-scaled embeddings, its own attention scale, local and global rotary θ, a GELU gate) and Gemma-2 (the
 same, plus attention and final logit soft-capping c·tanh(x/c) under the identity rule): RMSNorms, rotary embeddings
-unscaled or scaled (linear, llama3, yarn), grouped-query attention, sliding windows (Mistral, the local layers of
+unscaled or scaled (linear, llama3, yarn, dynamic NTK), grouped-query attention, sliding windows (Mistral, the local layers of
 OLMo-3 and Gemma).
 """
 
@@ -135,12 +135,18 @@ def _scaled_frequencies(inv: Tensor, p: dict[str, Any], theta: float, dim: int) 
         keep = 1 - ((torch.arange(dim // 2, dtype=torch.float32) - lo) / (hi - lo)).clamp(0, 1)
         factor = p.get("attention_factor") or (0.1 * math.log(s) + 1.0 if s > 1 else 1.0)
         return inv / s * (1 - keep) + inv * keep, float(factor)
-    raise ValueError(f"explicit reference covers default, linear, llama3 and yarn rotary embeddings, not {kind!r}")
+    raise ValueError(f"explicit reference covers default, linear, llama3, yarn and dynamic rotary embeddings, not "
+                     f"{kind!r}")
 
 
 def _rope_tables(config: Any, n: int, head_dim: int, layer_type: str) -> tuple[Tensor, Tensor]:
     p = _rope_settings(config, layer_type)
     theta = float(p["rope_theta"])
+    if p.get("rope_type") == "dynamic":  # dynamic NTK: θ' = θ·(s·n/L − (s − 1))^(d/(d−2)) past the trained context L
+        s, L = float(p["factor"]), float(config.max_position_embeddings)
+        grown = (s * torch.tensor(max(float(n), L)) / L - (s - 1)) ** (head_dim / (head_dim - 2))  # float32 too
+        theta = theta * grown  # type: ignore[assignment]  (a float32 scalar tensor from here on)
+        p = {**p, "rope_type": "default"}
     # in float32, as transformers computes the tables whatever the model's dtype, so that a float64 model's own
     # forward and this one agree to float64 rounding (float64 tables here would differ from it by ~1e-7)
     inv = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim)

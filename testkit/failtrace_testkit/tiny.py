@@ -42,13 +42,14 @@ def with_rope_theta(config: Any, theta: float, local_theta: float | None = None,
 
 
 def tiny_config(arch: str, layers: int = 2, hidden: int = 64, heads: int = 4, kv_heads: int = 2,
-                vocab: int = 128, sliding_window: int = 6) -> Any:
-    """A small config for ``arch`` (one of :data:`ARCHITECTURES`)."""
+                vocab: int = 128, sliding_window: int = 6, max_positions: int = 256) -> Any:
+    """A small config for ``arch`` (one of :data:`ARCHITECTURES`); ``max_positions`` is its trained context (the L
+    of dynamic rotary scaling)."""
     import transformers as tf
 
     common: dict[str, Any] = dict(
         vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=256,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=max_positions,
         initializer_range=0.2, tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2,
     )
     if arch == "llama":

