@@ -7,6 +7,7 @@ the formula), and every stored Δℓ (a forward pass of ``AutoModelForCausalLM.f
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -460,21 +461,54 @@ def test_checkpoints_twice_or_with_another_vocabulary_leave_the_store_unchanged(
         assert hashlib.sha256(store.read_bytes()).hexdigest() == before  # refused before any row is written
 
 
-class _Interrupt:
-    """A trainer callback that stops the run like Ctrl-C once ``after`` optimiser steps are done."""
+def _steps_callback(stop_after: int | None = None, seen: list[int] | None = None) -> Any:
+    """A trainer callback that records each finished step in ``seen`` and stops the run like Ctrl-C (KeyboardInterrupt)
+    before step ``stop_after + 1``."""
+    from transformers import TrainerCallback
 
-    def __init__(self, after: int) -> None:
-        from transformers import TrainerCallback
+    class Steps(TrainerCallback):  # type: ignore[misc]
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
+            if stop_after is not None and state.global_step >= stop_after:
+                raise KeyboardInterrupt
+            return control
 
-        outer = self
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
+            if seen is not None:
+                seen.append(state.global_step)
+            return control
 
-        class Stop(TrainerCallback):  # type: ignore[misc]
-            def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
-                if state.global_step >= outer.after:
-                    raise KeyboardInterrupt
-                return control
+    return Steps()
 
-        self.after, self.callback = after, Stop()
+
+@contextlib.contextmanager
+def _with_callback(monkeypatch: pytest.MonkeyPatch, callback: Any) -> Iterator[None]:
+    """Inside: every trainer finetune builds also runs ``callback``."""
+    import failtrace.training.finetune as ft
+
+    make = ft._trainer
+
+    def build(*args: Any, **kwargs: Any) -> Any:
+        trainer = make(*args, **kwargs)
+        trainer.add_callback(callback)
+        return trainer
+
+    monkeypatch.setattr(ft, "_trainer", build)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(ft, "_trainer", make)
+
+
+def _settings(**changes: Any) -> FinetuneSettings:
+    return FinetuneSettings(**{"method": "sft", "steps": STEPS, "save_every": EVERY, "lr": LR, "held_out": 0.3,
+                               "seed": 0, **changes})
+
+
+def _stopped_after_step_4(run: dict[str, Any], out: Path, settings: FinetuneSettings,
+                          monkeypatch: pytest.MonkeyPatch) -> None:
+    with _with_callback(monkeypatch, _steps_callback(stop_after=4)), pytest.raises(KeyboardInterrupt), \
+            open_store(run["store"], read_only=True) as st:
+        finetune(st, run["lm"], out, settings)
 
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -488,29 +522,12 @@ def test_an_interrupted_finetune_resumes_and_ends_where_an_uninterrupted_one_doe
         run: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str) -> None:
     """Stopped after step 4 (its newest saved step is 3), a rerun with the same settings continues from step 3: the
     step-6 weights and the loss history equal the uninterrupted run's (the module's run), and .resume is gone."""
-    import failtrace.training.finetune as ft
-
-    out = tmp_path / method
-    settings = FinetuneSettings(method=method, steps=STEPS, save_every=EVERY, lr=LR, held_out=0.3, seed=0)
-    stop = _Interrupt(after=4)
-    make = ft._trainer
-
-    def with_stop(*args: Any, **kwargs: Any) -> Any:
-        trainer = make(*args, **kwargs)
-        trainer.add_callback(stop.callback)
-        return trainer
-
-    with open_store(run["store"], read_only=True) as st:
-        monkeypatch.setattr(ft, "_trainer", with_stop)
-        with pytest.raises(KeyboardInterrupt):
-            finetune(st, run["lm"], out, settings)
-        assert sorted(p.name for p in out.glob("step-*")) == ["step-0", "step-3"]
-        assert sorted(p.name for p in (out / ".resume").glob("checkpoint-*")) == ["checkpoint-3"]
-        done: list[int] = []
-        counter = _Interrupt(after=10**9)  # never stops; counts the steps the rerun trains
-        counter.callback.on_step_end = lambda args, state, control, **kw: done.append(state.global_step)
-        monkeypatch.setattr(ft, "_trainer", lambda *a, **k: (lambda t: (t.add_callback(counter.callback), t)[1])(
-            make(*a, **k)))
+    out, settings = tmp_path / method, _settings(method=method)
+    _stopped_after_step_4(run, out, settings, monkeypatch)
+    assert sorted(p.name for p in out.glob("step-*")) == ["step-0", "step-3"]
+    assert sorted(p.name for p in (out / ".resume").glob("checkpoint-*")) == ["checkpoint-3"]
+    done: list[int] = []
+    with _with_callback(monkeypatch, _steps_callback(seen=done)), open_store(run["store"], read_only=True) as st:
         again = finetune(st, run["lm"], out, settings)
     ref = run["results"][method]
     assert done == [4, 5, 6]  # steps 1-3 were not trained again: weights, optimiser and RNG came from step 3
@@ -528,20 +545,11 @@ def test_a_rerun_with_other_settings_starts_again_from_step_zero(run: dict[str, 
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """An interrupted run's state is only for the same identity: with another learning rate the rerun trains from
     step 0, and its step-3 weights differ from the interrupted run's."""
-    import failtrace.training.finetune as ft
-
     out = tmp_path / "other"
-    first = FinetuneSettings(method="sft", steps=STEPS, save_every=EVERY, lr=LR, held_out=0.3, seed=0)
-    stop, make = _Interrupt(after=4), ft._trainer
-    monkeypatch.setattr(ft, "_trainer", lambda *a, **k: (lambda t: (t.add_callback(stop.callback), t)[1])(
-        make(*a, **k)))
+    _stopped_after_step_4(run, out, _settings(), monkeypatch)
+    before = _weights(out / "step-3")
     with open_store(run["store"], read_only=True) as st:
-        with pytest.raises(KeyboardInterrupt):
-            finetune(st, run["lm"], out, first)
-        monkeypatch.setattr(ft, "_trainer", make)
-        before = _weights(out / "step-3")
-        other = finetune(st, run["lm"], out, FinetuneSettings(method="sft", steps=STEPS, save_every=EVERY,
-                                                              lr=LR / 2, held_out=0.3, seed=0))
+        other = finetune(st, run["lm"], out, _settings(lr=LR / 2))
     assert other.resumed_from is None and len(other.losses) == STEPS
     assert not all(torch.equal(before[k], v) for k, v in _weights(out / "step-3").items())
 
@@ -550,18 +558,14 @@ def test_cli_rerun_says_where_it_resumed(run: dict[str, Any], tmp_path: Path, mo
                                          capsys: pytest.CaptureFixture[str]) -> None:
     """`failtrace finetune`, interrupted after step 4 (exit 130, the line says how to resume), then the same command:
     it continues from step 3 and says so."""
-    import failtrace.training.finetune as ft
     from failtrace.cli import main
 
     out = tmp_path / "ck"
     args = ["finetune", "--store", str(run["store"]), "--model", str(run["root"] / "model0"), "--method", "sft",
             "--steps", str(STEPS), "--save-every", str(EVERY), "--lr", str(LR), "--out", str(out), "--no-progress"]
-    stop, make = _Interrupt(after=4), ft._trainer
-    monkeypatch.setattr(ft, "_trainer", lambda *a, **k: (lambda t: (t.add_callback(stop.callback), t)[1])(
-        make(*a, **k)))
-    assert main(args) == 130
+    with _with_callback(monkeypatch, _steps_callback(stop_after=4)):
+        assert main(args) == 130
     assert "rerun the same command to resume from the last saved step" in capsys.readouterr().err
-    monkeypatch.setattr(ft, "_trainer", make)
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "3 checkpoints" in text and "resumed from step 3" in text
@@ -572,22 +576,31 @@ def test_cli_rerun_says_where_it_resumed(run: dict[str, Any], tmp_path: Path, mo
 def test_without_resume_state_nothing_is_kept_and_a_rerun_starts_over(run: dict[str, Any], tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """--no-resume-state: no OUT/.resume at any point; after an interruption the rerun trains all steps again."""
-    import failtrace.training.finetune as ft
-
-    out = tmp_path / "light"
-    settings = FinetuneSettings(method="sft", steps=STEPS, save_every=EVERY, lr=LR, held_out=0.3, seed=0,
-                                resume_state=False)
-    stop, make = _Interrupt(after=4), ft._trainer
-    monkeypatch.setattr(ft, "_trainer", lambda *a, **k: (lambda t: (t.add_callback(stop.callback), t)[1])(
-        make(*a, **k)))
+    out, settings = tmp_path / "light", _settings(resume_state=False)
+    _stopped_after_step_4(run, out, settings, monkeypatch)
+    assert sorted(p.name for p in out.iterdir()) == ["step-0", "step-3"]
     with open_store(run["store"], read_only=True) as st:
-        with pytest.raises(KeyboardInterrupt):
-            finetune(st, run["lm"], out, settings)
-        assert sorted(p.name for p in out.iterdir()) == ["step-0", "step-3"]
-        monkeypatch.setattr(ft, "_trainer", make)
         again = finetune(st, run["lm"], out, settings)
     assert again.resumed_from is None and len(again.losses) == STEPS and not (out / ".resume").exists()
     assert again.losses == run["results"]["sft"].losses  # the same training, from step 0
+
+
+def test_a_trainer_state_cut_short_is_not_resumed_from(run: dict[str, Any], tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed while transformers wrote checkpoint-3's trainer_state.json (the file it writes last): that checkpoint
+    is not whole, so the rerun starts from step 0 rather than failing on it."""
+    from failtrace.training.resume import resume_point
+
+    out = tmp_path / "cut"
+    _stopped_after_step_4(run, out, _settings(), monkeypatch)
+    state = out / ".resume" / "checkpoint-3" / "trainer_state.json"
+    identity = json.loads((out / ".resume" / "identity.json").read_text())
+    assert resume_point(out, identity) == (state.parent, 3)
+    state.write_text(state.read_text()[:40])
+    assert resume_point(out, identity) == (None, None)
+    with open_store(run["store"], read_only=True) as st:
+        again = finetune(st, run["lm"], out, _settings())
+    assert again.resumed_from is None and again.losses == run["results"]["sft"].losses
 
 
 def test_quiet_transformers_nested_keeps_the_bars_off_until_the_outer_one_ends() -> None:
@@ -603,28 +616,3 @@ def test_quiet_transformers_nested_keeps_the_bars_off_until_the_outer_one_ends()
             assert not hf_logging.is_progress_bar_enabled()
         assert not hf_logging.is_progress_bar_enabled()
     assert hf_logging.is_progress_bar_enabled()
-
-
-def test_a_trainer_state_cut_short_is_not_resumed_from(run: dict[str, Any], tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """Killed while transformers wrote checkpoint-3's trainer_state.json (the file it writes last): that checkpoint
-    is not whole, so the rerun starts from step 0 rather than failing on it."""
-    import failtrace.training.finetune as ft
-    from failtrace.training.resume import resume_point
-
-    out = tmp_path / "cut"
-    settings = FinetuneSettings(method="sft", steps=STEPS, save_every=EVERY, lr=LR, held_out=0.3, seed=0)
-    stop, make = _Interrupt(after=4), ft._trainer
-    monkeypatch.setattr(ft, "_trainer", lambda *a, **k: (lambda t: (t.add_callback(stop.callback), t)[1])(
-        make(*a, **k)))
-    with open_store(run["store"], read_only=True) as st:
-        with pytest.raises(KeyboardInterrupt):
-            finetune(st, run["lm"], out, settings)
-        state = out / ".resume" / "checkpoint-3" / "trainer_state.json"
-        identity = json.loads((out / ".resume" / "identity.json").read_text())
-        assert resume_point(out, identity) == (state.parent, 3)
-        state.write_text(state.read_text()[:40])
-        assert resume_point(out, identity) == (None, None)
-        monkeypatch.setattr(ft, "_trainer", make)
-        again = finetune(st, run["lm"], out, settings)
-    assert again.resumed_from is None and again.losses == run["results"]["sft"].losses
