@@ -359,14 +359,19 @@ def test_finetune_never_replaces_what_it_did_not_write(run: dict[str, Any], tmp_
     inside = tmp_path / "c" / "step-0"  # a real checkpoint folder that also holds the store
     assert main(["finetune", "--store", str(run["store"]), *args, "--out", str(tmp_path / "c")]) == 0
     shutil.copy(run["store"], inside / "runs.duckdb")
+    hidden = tmp_path / "d" / ".resume"  # someone's own .resume folder (finetune's resume state has identity.json)
+    hidden.mkdir(parents=True)
+    (hidden / "todo.txt").write_text("mine too")
     capsys.readouterr()
     for out, store, says in ((user.parent, run["store"], "step-0 is a folder without failtrace_checkpoint.json"),
                              (single, run["store"], "step-1 is a file"),
-                             (inside.parent, inside / "runs.duckdb", "lies in")):
+                             (inside.parent, inside / "runs.duckdb", "lies in"),
+                             (hidden.parent, run["store"], ".resume is not finetune's resume state")):
         assert main(["finetune", "--store", str(store), *args, "--out", str(out)]) == 2
         err = capsys.readouterr().err
         assert says in err and len(err.strip().splitlines()) == 1
     assert (user / "notes.txt").read_text() == "mine" and (single / "step-1").read_text() == "a file"
+    assert (hidden / "todo.txt").read_text() == "mine too" and not list(hidden.parent.glob("step-*"))
     assert (inside / "runs.duckdb").exists()
     first = (inside / "failtrace_checkpoint.json").stat().st_mtime_ns
     assert main(["finetune", "--store", str(run["store"]), *args, "--out", str(inside.parent)]) == 0
