@@ -229,6 +229,9 @@ def test_review_mode_writes_validated_rows(toy: dict[str, Any], tmp_path: Path) 
             r = c.post(where, content=body, headers={"content-type": "application/json"})
             assert r.status_code == 422 and "\\ud" in r.text, (where, r.text)
         assert c.post(url, json={"category": other, "comment": "   "}).status_code == 422
+        for ctrl in ("\x00", "\x1b[31m", "\x7f"):  # stored, exported and drawn as boxes: refused, named
+            r = c.post("/api/reviews", json={**ok, "comment": f"x{ctrl}y"})
+            assert r.status_code == 422 and "control character U+00" in r.text, ctrl
         assert c.post("/api/cases/" + "0" * 24 + "/override", json={"category": other, "comment": "x"}).status_code == 404
         assert c.post(url, json={"category": other, "comment": "ablation says so"}).status_code == 201
         d = c.get(f"/api/cases/{case.case_id}").json()
@@ -236,11 +239,13 @@ def test_review_mode_writes_validated_rows(toy: dict[str, Any], tmp_path: Path) 
         assert [r["decision"] for r in d["reviews"]] == ["category", "reject"]
         assert c.get("/api/table", params={"category": other}).json()["total"] >= 1
         assert len(c.get("/api/reviews").json()["reviews"]) == 2
+        assert c.post("/api/reviews", json={**ok, "comment": "two\nlines\tand a tab"}).status_code == 201
+        assert len(c.get("/api/reviews").json()["reviews"]) == 3
     with open_store(store, read_only=True) as st:  # what the rest of failtrace reads back
         stored = {x.case_id: x for x in load_cases(st)}[case.case_id]
         assert stored.effective_category == other and stored.category == case.category
         rows = st.con.execute("SELECT decision, comment FROM reviews ORDER BY created_at").fetchall()
-        assert rows == [("reject", "bad pair"), ("category", "ablation says so")]
+        assert rows == [("reject", "bad pair"), ("category", "ablation says so"), ("reject", "two\nlines\tand a tab")]
 
 
 def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -246,6 +246,35 @@ def test_item_page_for_a_row_without_case(page: Any, server: dict[str, Any]) -> 
     assert " ".join(completion.split())[:60] in " ".join(text.split())  # the stored completion is shown
 
 
+def test_keyboard_errors_crumbs_and_paging_as_a_user_meets_them(page: Any, server: dict[str, Any]) -> None:
+    """Rows and sort headers are reached with Tab and opened with Enter; a bad URL parameter reads as "where: what"
+    (not pydantic's JSON); a view that fails keeps no other view's breadcrumb; past the last page the pager says so
+    and offers the first page."""
+    _open(page, server, "#/cases", "cases")
+    page.focus("th[data-col=delta_logit]")
+    page.keyboard.press("Enter")
+    _painted(page, "cases", "sort=delta_logit")
+    assert page.get_attribute("th[data-col=delta_logit]", "aria-sort") == "ascending"
+    first = page.locator("tr.row").first
+    target = first.get_attribute("data-case")
+    first.focus()
+    page.keyboard.press("Enter")
+    page.wait_for_selector("body[data-ready=case]" if target else "body[data-ready=item]")
+    assert (target or "item") in page.url
+    crumb = page.inner_text("#nav-crumb")
+    assert crumb.strip()
+    _open(page, server, "#/case/" + "0" * 24, "case")  # no such case
+    assert "404" in page.inner_text("#error") and page.inner_text("#nav-crumb").strip() == ""
+    _open(page, server, "#/cases?sort=bogus", "cases")
+    err = page.inner_text("#error")
+    assert err.startswith("422: sort: ") and "[{" not in err and "literal_error" not in err
+    _open(page, server, "#/cases?offset=1000", "cases")
+    assert page.inner_text("#span") == "none on this page"
+    page.click("#first")
+    page.wait_for_function("document.querySelector('#span') && document.querySelector('#span').textContent === "
+                           f"'1–{server['n_rows']}'")
+
+
 def test_review_mode_records_a_decision(page: Any, server: dict[str, Any]) -> None:
     case = server["cases"][0]
     page.goto(server["review_base"] + f"#/case/{case.case_id}")

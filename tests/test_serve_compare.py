@@ -157,6 +157,11 @@ def test_pick_contrast_needs_review_and_writes_one_row(cmp: dict[str, Any], tmp_
         assert rw.post(url, json={"contrast_id": case.target_id}).status_code == 422  # the target itself
         assert rw.post(url, json={"contrast_id": 99999}).status_code == 422  # not a stored alternative
         assert rw.post(url, json={"contrast_id": "x"}).status_code == 422
+        for loose in (str(other["token_id"]), float(other["token_id"]), True):  # a JSON integer, nothing coerced
+            assert rw.post(url, json={"contrast_id": loose}).status_code == 422, loose
+        same = rw.post(url, json={"contrast_id": case.contrast_id})  # the case's own contrast: no review to write
+        assert same.status_code == 422 and "already the case's contrast" in same.json()["detail"]
+        assert rw.post(url, json={"contrast_id": other["token_id"], "comment": "a\x00b"}).status_code == 422
         assert rw.post("/api/cases/nosuchcase/contrast", json={"contrast_id": 1}).status_code == 404
         r = rw.post(url, json={"contrast_id": other["token_id"], "comment": "reads better"})
         assert r.status_code == 201

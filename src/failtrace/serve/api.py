@@ -7,6 +7,7 @@ are well formed but not stored are a 404; writes without ``--review`` are a 403.
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
@@ -159,12 +160,19 @@ def item(request: Request, cur: Cursor, run_id: Annotated[str, Query(min_length=
     return found
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # control characters other than tab and line breaks
+
+
 def _text(value: str) -> str:
-    """Text fields hold text: a lone UTF-16 surrogate (JSON "\\ud800") cannot be stored, so it is a 422 here."""
+    """Text fields hold text: a lone UTF-16 surrogate (JSON "\\ud800") cannot be stored, and a control character
+    (NUL, escape, ...) would be stored, exported and drawn as a box; both are a 422 here."""
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise ValueError("holds an unpaired UTF-16 surrogate, which is not text") from None
+    bad = _CONTROL.search(value)
+    if bad:
+        raise ValueError(f"holds the control character U+{ord(bad.group()):04X}; write plain text")
     return value
 
 
@@ -248,8 +256,8 @@ def add_override(case_id: CASE_ID, body: OverrideIn, request: Request) -> dict[s
 class ContrastIn(BaseModel):
     """A reviewer's pick of another contrast for a case, from its stored top-k alternatives, with the reason."""
 
-    contrast_id: int = Field(ge=0, le=10_000_000)
-    comment: str = Field(default="", max_length=2000)
+    contrast_id: int = Field(ge=0, le=10_000_000, strict=True)  # a JSON integer: not "504", 504.0 or true
+    comment: Text = Field(default="", max_length=2000)
 
 
 @router.post("/api/cases/{case_id}/contrast", status_code=201,
@@ -269,6 +277,8 @@ def pick_contrast(case_id: CASE_ID, body: ContrastIn, request: Request) -> dict[
                                      "again (it records them for cases analysed before)")
         if body.contrast_id not in alts["token_ids"] or body.contrast_id == row[2]:
             raise HTTPException(422, "contrast_id must be one of the case's stored alternatives, not its target")
+        if body.contrast_id == row[3]:
+            raise HTTPException(422, "contrast_id is already the case's contrast; pick another alternative")
         text = alts["tokens"][alts["token_ids"].index(body.contrast_id)]
         return _insert_review(st, row[0], row[1], case_id, "contrast", None, body.comment.strip(),
                               (body.contrast_id, text))

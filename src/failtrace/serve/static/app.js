@@ -24,6 +24,7 @@
   function route() {
     var h = FT.parseHash(), fn = {cases: FT.views.cases, case: FT.views.case, graph: FT.views.graph, item: item, api: FT.views.api, across: FT.views.across}[h.route];
     FT.tip(null, null);
+    FT.crumb([]);  // each view names itself once its data is in; a view that fails leaves no other view's crumb
     if (!fn) { FT.error(view, "unknown view: " + h.route); return; }
     document.body.dataset.view = h.route;
     view.setAttribute("aria-busy", "true");

@@ -8,12 +8,20 @@ var FT = (function () {
       return r.json().catch(function () { return {}; }).then(function (body) {
         if (!r.ok) {
           var d = body && body.detail;
-          var msg = typeof d === "string" ? d : JSON.stringify(d || r.statusText);
+          var msg = typeof d === "string" ? d : Array.isArray(d) ? d.map(FT.problem).join("; ")
+            : JSON.stringify(d || r.statusText);
           var err = new Error(r.status + ": " + msg); err.status = r.status; throw err;
         }
         return body;
       });
     });
+  };
+
+  /* one validation problem of a 422 (FastAPI's [{loc, msg}, ...]) as "where: what", e.g. "sort: Input should be ..." */
+  FT.problem = function (p) {
+    if (!p || typeof p !== "object") return String(p);
+    var at = (p.loc || []).filter(function (x) { return x !== "query" && x !== "body" && x !== "path"; }).join(".");
+    return (at ? at + ": " : "") + (p.msg || JSON.stringify(p));
   };
 
   FT.post = function (path, body) {

@@ -64,9 +64,15 @@
       var on = c[0] === sort;
       return el("th", {class: "s" + (on ? " on" : "") + (c[0] === "delta_logit" || c[0] === "k_star" ||
                        c[0] === "n_tokens" ? " n" : ""), "data-col": c[0], title: "sort by " + c[1],
-                       onclick: function () { update(params, {sort: c[0], desc: on && !desc ? "1" : null}); }},
+                       tabindex: "0", "aria-sort": on ? (desc ? "descending" : "ascending") : null,
+                       onclick: function () { update(params, {sort: c[0], desc: on && !desc ? "1" : null}); },
+                       onkeydown: activateOnEnter},
                 c[1] + (on ? (desc ? " ▼" : " ▲") : ""));
     }));
+  }
+
+  function activateOnEnter(ev) {  // rows and sort headers are reachable with Tab and open with Enter or Space
+    if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); ev.currentTarget.click(); }
   }
 
   function row(r) {
@@ -78,7 +84,8 @@
                  el("td", {class: "n"}, FT.fmt(r.delta_logit)), el("td", {class: "n"}, r.k_star === null ? "—" : String(r.k_star)),
                  el("td", {}, [FT.badge(r.category, c.categories), r.overridden ? el("span", {class: "muted", title: "overridden by a reviewer"}, " ✎") : null]),
                  el("td", {}, FT.badge(r.pattern, c.patterns)), el("td", {class: "n"}, r.n_tokens === null ? "—" : String(r.n_tokens))];
-    var tr = el("tr", {class: "row" + (r.case_id ? " has-case" : ""), "data-case": r.case_id || ""}, cells);
+    var tr = el("tr", {class: "row" + (r.case_id ? " has-case" : ""), "data-case": r.case_id || "", tabindex: "0",
+                       onkeydown: activateOnEnter, title: r.case_id ? "open the case" : "open the item"}, cells);
     tr.addEventListener("click", function () {
       if (r.case_id) FT.go("case", r.case_id, null);
       else FT.go("item", "", new URLSearchParams({run_id: r.run_id, item_id: r.item_id}));
@@ -89,8 +96,11 @@
   function pager(data, params) {
     var from = data.total ? data.offset + 1 : 0, to = Math.min(data.total, data.offset + data.rows.length);
     function to_(off) { return function () { update(params, {offset: off > 0 ? String(off) : null}); }; }
+    var span = data.rows.length ? from + "–" + to : data.total ? "none on this page" : "";
     return el("div", {class: "toolbar"}, [
-      el("span", {id: "total"}, data.total + " rows"), el("span", {class: "muted", id: "span"}, from + "–" + to),
+      el("span", {id: "total"}, data.total + " rows"), el("span", {class: "muted", id: "span"}, span),
+      data.offset > 0 && !data.rows.length && data.total ? el("button", {type: "button", id: "first",
+        onclick: to_(0)}, "first page") : null,
       el("button", {type: "button", id: "prev", disabled: data.offset <= 0, onclick: to_(data.offset - data.limit)}, "◀ prev"),
       el("button", {type: "button", id: "next", disabled: data.offset + data.limit >= data.total,
                     onclick: to_(data.offset + data.limit)}, "next ▶")]);
