@@ -36,7 +36,8 @@
     var info = {}; D.nodes.forEach(function (n) { info[key(n[0], n[1])] = n; });
     var cols = Object.keys(kept.nodes).map(function (k) { return +k.split(":")[1]; })
       .filter(function (v, i, a) { return a.indexOf(v) === i; }).sort(function (a, b) { return a - b; });
-    var S = D.stages.length, L = 56, B = 110, T = 16, dx = Math.max(26, Math.min(120, 1100 / Math.max(1, cols.length)));
+    // token labels below the embeddings and again above the last layer (T), so a tall graph shows them at once
+    var S = D.stages.length, L = 56, B = 110, T = 100, dx = Math.max(26, Math.min(120, 1100 / Math.max(1, cols.length)));
     var dy = Math.max(40, Math.min(110, 420 / Math.max(1, S - 1))), W = L + 20 + dx * cols.length, H = T + B + dy * (S - 1);
     var X = {}; cols.forEach(function (c, i) { X[c] = L + dx * (i + 0.5); });
     var Y = function (s) { return H - B - s * dy; };
@@ -44,9 +45,9 @@
     D.stages.forEach(function (name, s) { svg.appendChild(el("text", {x: 4, y: Y(s) + 4}, name)); });
     cols.forEach(function (c) {
       var tok = FT.shown(D.tokens[c]); tok = tok.length > 16 ? tok.slice(0, 15) + "…" : tok;
-      var t = el("text", {transform: "translate(" + (X[c] - 3) + "," + (H - B + 14) + ") rotate(60)"}, tok + " [" + c + "]");
-      if (D.special[c]) t.style.fill = "#9ca3af";
-      svg.appendChild(t);
+      [el("text", {transform: "translate(" + (X[c] - 3) + "," + (H - B + 14) + ") rotate(60)"}, tok + " [" + c + "]"),
+       el("text", {transform: "translate(" + (X[c] + 3) + "," + (T - 14) + ") rotate(-60)"}, tok + " [" + c + "]")]
+        .forEach(function (t) { if (D.special[c]) t.style.fill = "#9ca3af"; svg.appendChild(t); });
     });
     var abl = ablatedKeys(D, kept, state), sub = state.pin && kept.nodes[state.pin] ? subgraph(kept, state.pin)
       : (abl.length ? subgraph(kept, abl) : null);
