@@ -82,7 +82,7 @@
                  el("td", {class: "tx"}, r.target_text === null ? "—" : "‹" + FT.shown(r.target_text) + "›"),
                  el("td", {class: "tx"}, r.contrast_text === null ? "—" : "‹" + FT.shown(r.contrast_text) + "›"),
                  el("td", {class: "n"}, FT.fmt(r.delta_logit)), el("td", {class: "n"}, r.k_star === null ? "—" : String(r.k_star)),
-                 el("td", {}, [FT.badge(r.category, c.categories), r.overridden ? el("span", {class: "muted", title: "overridden by a reviewer"}, " ✎") : null]),
+                 el("td", {class: "nw"}, [FT.badge(r.category, c.categories), r.overridden ? el("span", {class: "muted", title: "overridden by a reviewer"}, " ✎") : null]),
                  el("td", {}, FT.badge(r.pattern, c.patterns)), el("td", {class: "n"}, r.n_tokens === null ? "—" : String(r.n_tokens))];
     var tr = el("tr", {class: "row" + (r.case_id ? " has-case" : ""), "data-case": r.case_id || "", tabindex: "0",
                        onkeydown: activateOnEnter, title: r.case_id ? "open the case" : "open the item"}, cells);
