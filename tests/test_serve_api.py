@@ -245,7 +245,8 @@ def test_review_mode_writes_validated_rows(toy: dict[str, Any], tmp_path: Path) 
         stored = {x.case_id: x for x in load_cases(st)}[case.case_id]
         assert stored.effective_category == other and stored.category == case.category
         rows = st.con.execute("SELECT decision, comment FROM reviews ORDER BY created_at").fetchall()
-        assert rows == [("reject", "bad pair"), ("category", "ablation says so"), ("reject", "two\nlines\tand a tab")]
+        assert rows == [("reject", "bad pair"), ("category", "ablation says so"),
+                        ("reject", "two\nlines\tand a tab")]
 
 
 def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

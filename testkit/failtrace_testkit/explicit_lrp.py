@@ -15,8 +15,8 @@ final hidden state f of the last token. Covers Llama and SmolLM2, Qwen2 (q/k/v b
 OLMo-2/3 (norms after each block, q/k norms over the width), Gemma-3 text ((1 + w) norms before and after each
 block, √d-scaled embeddings, its own attention scale, local and global rotary θ, a GELU gate) and Gemma-2 (the
 same, plus attention and final logit soft-capping c·tanh(x/c) under the identity rule): RMSNorms, rotary embeddings
-unscaled or scaled (linear, llama3, yarn, dynamic NTK), grouped-query attention, sliding windows (Mistral, the local layers of
-OLMo-3 and Gemma).
+unscaled or scaled (linear, llama3, yarn, dynamic NTK), grouped-query attention, sliding windows (Mistral, the local
+layers of OLMo-3 and Gemma).
 """
 
 from __future__ import annotations

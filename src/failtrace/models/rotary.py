@@ -4,10 +4,11 @@ transformers' ``dynamic`` rotary scaling (θ' = θ·(s·n/L − (s − 1))^(d/(d
 L the trained context, s the factor, d the rotary dimension) keeps the frequencies of the *longest* sequence the
 module has seen until a sequence shorter than L comes: after a rollout of 300 tokens, the forward pass on a
 200-token prefix rotates by θ'(300), not θ'(200). A case's Δℓ and relevance would then depend on what the model ran
-before (its rollouts, another case, a Ray worker's history). :func:`forget_rotary_history` resets that memory before
-every call of the rotary module: each call then rotates as a fresh model would, and along one cached generation
-(whose lengths only grow) the frequencies are those a fresh model reaches step by step. Measured on a tiny Llama (L = 8, s = 2): the same
-12-token forward after a 24-token one differed by up to 3.3 in the logits; with the reset, by 0.
+before (its rollouts, another case, a Ray worker's history). :func:`forget_rotary_history` resets that memory
+before every call of the rotary module: each call then rotates as a fresh model would, and along one cached
+generation (whose lengths only grow) the frequencies are those a fresh model reaches step by step. Measured on a
+tiny Llama (L = 8, s = 2): the same 12-token forward after a 24-token one differed by up to 3.3 in the logits; with
+the reset, by 0.
 """
 
 from __future__ import annotations

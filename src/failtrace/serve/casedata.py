@@ -155,7 +155,8 @@ def graph_detail(con: Any, case_id: str) -> dict[str, Any] | None:
     edges = [[int(a), int(b), int(c), int(d), float(x), float(m)] for a, b, c, d, x, m in zip(
         g["edge_source_stage"], g["edge_source_token"], g["edge_target_stage"], g["edge_target_token"], w, mass)]
     record = {"stages": stages, "nodes": [n[:3] for n in nodes], "edges": [e[:5] for e in edges]}
-    return finite({"case_id": case_id, "item_id": g["item_id"], "stages": stages, "tokens": tokens, "special": special, "nodes": nodes,
+    return finite({"case_id": case_id, "item_id": g["item_id"], "stages": stages, "tokens": tokens,
+                   "special": special, "nodes": nodes,
                    "edges": edges, "final": [len(stages) - 1, int(g["position"]) - 1],
                    "objective_value": g["objective_value"], "settings": _json(g["settings"]),
                    "ablation": _ablation(record, g["category"], _json(g["category_evidence"]) or {}, len(tokens))})
