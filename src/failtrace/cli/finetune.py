@@ -50,6 +50,7 @@ def finetune_command(
     from failtrace.store.cases import require_cases
     from failtrace.store.store import open_store
     from failtrace.training.checkpoints import check_replaceable
+    from failtrace.training.resume import check_resume_dir
     from failtrace.training.finetune import FinetuneSettings, finetune, require_trl
 
     settings = FinetuneSettings(method=method, steps=steps, save_every=save_every, held_out=held_out, seed=seed,
@@ -59,6 +60,7 @@ def finetune_command(
     require_trl()
     check_output_dir(out, "--out")
     check_replaceable(out, store)
+    check_resume_dir(out)
     check_store_path(store, create=False)
     with open_store(store, read_only=True) as st:
         require_cases(st, benchmark)

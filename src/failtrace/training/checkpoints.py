@@ -58,13 +58,6 @@ def check_replaceable(out: str | Path, store: str | Path | None = None) -> None:
             what = "a file" if not entry.is_dir() or entry.is_symlink() else f"a folder without {METADATA_FILE}"
             raise FailtraceError(f"--out {out}: {entry.name} is {what}, not a checkpoint written by `failtrace "
                                  f"finetune`; saving would replace it. Give another --out, or move it away")
-    from failtrace.training.resume import IDENTITY_FILE, RESUME_DIR
-
-    state = out / RESUME_DIR
-    if state.is_symlink() or state.exists() and not (state.is_dir() and (
-            (state / IDENTITY_FILE).is_file() or not any(state.iterdir()))):
-        raise FailtraceError(f"--out {out}: {RESUME_DIR} is not finetune's resume state (no {IDENTITY_FILE}); "
-                             f"finetune replaces that folder. Give another --out, or move it away")
 
 
 def save_checkpoint(model: Any, tokenizer: Any, out: str | Path, step: int, meta: dict[str, Any]) -> Path:

@@ -196,7 +196,7 @@ def finetune(store: ResultsStore, lm: Any, out: str | Path, settings: FinetuneSe
     from failtrace.models.fingerprint import model_fingerprint
     from failtrace.models.loading import _quiet_transformers
     from failtrace.training.checkpoints import make_save_callback, save_checkpoint, step_folder, vocab_digest
-    from failtrace.training.resume import RESUME_DIR, finish_resume, resume_point, start_resume
+    from failtrace.training.resume import RESUME_DIR, check_resume_dir, finish_resume, resume_point, start_resume
 
     settings.check()
     require_trl()
@@ -216,6 +216,7 @@ def finetune(store: ResultsStore, lm: Any, out: str | Path, settings: FinetuneSe
     out = Path(out)
     identity = {k: meta[k] for k in ("method", "settings", "base_model_fingerprint", "base_vocab_digest",
                                      "trained_case_ids", "held_out_case_ids", "versions")}
+    check_resume_dir(out)
     state, resumed = resume_point(out, identity)
     if resumed is None:
         finish_resume(out)  # another run's state (or none): this run starts at step 0

@@ -62,6 +62,17 @@ def start_resume(out: str | Path, identity: dict[str, Any]) -> None:
     os.replace(tmp, folder / IDENTITY_FILE)
 
 
+def check_resume_dir(out: str | Path) -> None:
+    """Refuse an ``OUT/.resume`` that finetune did not write (no identity file): finetune replaces that folder."""
+    from failtrace.errors import FailtraceError
+
+    state = Path(out).expanduser() / RESUME_DIR
+    if state.is_symlink() or state.exists() and not (state.is_dir() and (
+            (state / IDENTITY_FILE).is_file() or not any(state.iterdir()))):
+        raise FailtraceError(f"--out {out}: {RESUME_DIR} is not finetune's resume state (no {IDENTITY_FILE}); "
+                             f"finetune replaces that folder. Give another --out, or move it away")
+
+
 def finish_resume(out: str | Path) -> None:
     """A finished run needs no resume state: remove it (it holds the optimiser, twice the model's size)."""
     shutil.rmtree(Path(out) / RESUME_DIR, ignore_errors=True)
