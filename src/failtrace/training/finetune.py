@@ -27,6 +27,7 @@ import contextlib
 import copy
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -229,7 +230,10 @@ def finetune(store: ResultsStore, lm: Any, out: str | Path, settings: FinetuneSe
         work = str(out / RESUME_DIR) if settings.resume_state else stack.enter_context(
             tempfile.TemporaryDirectory(prefix="failtrace-finetune-"))
         callback = make_save_callback(lm.tokenizer, out, settings.save_every, meta, saved)
-        trainer = _trainer(settings, lm, [by_id[c] for c in trained], work, progress, callback)
+        with warnings.catch_warnings():  # trl's configs turn gradient checkpointing on by default; failtrace turns it
+            # off by the name trl sets, which transformers 5 calls deprecated: a FutureWarning on every run otherwise
+            warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)
+            trainer = _trainer(settings, lm, [by_id[c] for c in trained], work, progress, callback)
         _quiet_logs(trainer, progress)
         with _quiet_transformers():  # no "Writing model shards" bar per resume save; trl's own bar stays
             trainer.train(resume_from_checkpoint=str(state) if state is not None else None)
