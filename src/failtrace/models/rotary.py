@@ -23,12 +23,18 @@ def _dynamic(rope_type: Any) -> bool:
     return any("dynamic" in str(k) for k in kinds)
 
 
+def _originals(module: Any) -> list[str]:
+    """The saved initial frequencies: ``original_inv_freq`` (an attribute in transformers 4.x, a buffer in 5.x), or
+    ``<layer type>_original_inv_freq`` per attention type."""
+    names = [*vars(module), *(n for n, _ in module.named_buffers(recurse=False))]
+    return [n for n in names if n.endswith("original_inv_freq")]
+
+
 def _reset(module: Any) -> None:
     """Put a dynamic rotary module back in its initial state (transformers' own reset branch, for any length)."""
     original = getattr(module, "original_max_seq_len", None)
-    for name in [n for n in vars(module) if n.endswith("original_inv_freq")] + [
-            n for n, _ in module.named_buffers(recurse=False) if n.endswith("original_inv_freq")]:
-        prefix = name[: -len("original_inv_freq")]  # "" or "<layer type>_" (per-attention-type rotations)
+    for name in _originals(module):
+        prefix = name[: -len("original_inv_freq")]  # "" or "<layer type>_"
         freq = getattr(module, name)
         module.register_buffer(f"{prefix}inv_freq", freq.to(getattr(module, f"{prefix}inv_freq").device),
                                persistent=False)
@@ -42,8 +48,7 @@ def forget_rotary_history(model: Any) -> int:
     A forward pre-hook on each such module resets it before every call, so it holds whichever way the model is
     entered (the attribution engine calls the inner decoder with embeddings); other rotary types are left alone
     (they are stateless already), and a second call adds nothing."""
-    modules = [m for m in model.modules() if _dynamic(getattr(m, "rope_type", None))
-               and any(n.endswith("original_inv_freq") for n in [*vars(m), *dict(m.named_buffers(recurse=False))])]
+    modules = [m for m in model.modules() if _dynamic(getattr(m, "rope_type", None)) and _originals(m)]
     for m in modules:
         if not getattr(m, _HOOKED, False):
             m.register_forward_pre_hook(lambda module, _args: _reset(module))

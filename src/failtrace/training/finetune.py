@@ -219,11 +219,12 @@ def finetune(store: ResultsStore, lm: Any, out: str | Path, settings: FinetuneSe
                                      "trained_case_ids", "held_out_case_ids", "versions")}
     check_resume_dir(out)
     state, resumed = resume_point(out, identity)
-    if resumed is None:
-        finish_resume(out)  # another run's state (or none): this run starts at step 0
+    if resumed is None:  # this run starts at step 0; another run's resume state is replaced (or dropped)
         saved = [save_checkpoint(lm.model, lm.tokenizer, out, 0, meta | {"loss_history": []})]
         if settings.resume_state:
             start_resume(out, identity)
+        else:
+            finish_resume(out)
     else:
         saved = [step_folder(out, k) for k in range(0, resumed + 1, settings.save_every)]
     with contextlib.ExitStack() as stack:

@@ -21,7 +21,6 @@
 
   FT.views.api = function (view) {
     return FT.api("/openapi.json").then(function (spec) {
-      FT.crumb([]);
       view.textContent = "";
       var rows = [];
       Object.keys(spec.paths).forEach(function (path) {

@@ -110,7 +110,6 @@
     var q = new URLSearchParams(params.toString());
     if (!q.get("limit")) q.set("limit", String(PAGE));
     if (q.get("desc") === "1") q.set("desc", "true");
-    FT.crumb([]);
     return FT.api("/api/table?" + q.toString()).then(function (data) {
       view.textContent = "";
       var tbl = el("table", {class: "t cases", id: "cases"}, [el("thead", {}, header(params)),
