@@ -115,7 +115,7 @@
       var tbl = el("table", {class: "t cases", id: "cases"}, [el("thead", {}, header(params)),
                    el("tbody", {}, data.rows.map(row))]);
       var main = el("div", {}, [pager(data, params), el("div", {class: "scroll"}, tbl),
-                                data.rows.length ? null : el("p", {class: "muted"}, "no rows match these filters")]);
+                                data.total ? null : el("p", {class: "muted"}, "no rows match these filters")]);
       view.appendChild(el("div", {class: "layout"}, [sidebar(data, params), main]));
     });
   };
