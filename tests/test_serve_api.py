@@ -300,9 +300,18 @@ def test_all_addresses_print_the_url_to_open(toy: dict[str, Any], monkeypatch: p
 def test_head_and_version(client: TestClient) -> None:
     from failtrace import __version__
 
-    for path in ("/", "/static/app.js"):
-        r = client.head(path)
+    case_id = next(r["case_id"] for r in _all_rows(client) if r["case_id"])
+    for path in ("/", "/static/app.js", "/api/meta", "/api/table?limit=3", f"/api/cases/{case_id}"):
+        got, r = client.get(path), client.head(path)
         assert r.status_code == 200 and r.content == b"" and int(r.headers["content-length"]) > 100, path
+        assert r.headers["content-length"] == str(len(got.content)), path  # the GET's length, not the body's
+        assert r.headers["content-type"] == got.headers["content-type"], path
+        assert r.headers["content-security-policy"] == got.headers["content-security-policy"], path
+    assert client.head("/api/cases/no-such-case").status_code == 404
+    assert client.head("/api/reviews", params={"x": 1}).status_code == 200  # GET route; the POST one is not HEAD
+    assert client.head("/api/cases/x/override").status_code == 405  # POST only: HEAD stands for a GET
+    assert client.head("/api/meta", headers={"host": "evil.example"}).status_code == 400
+    assert "head" not in json.dumps(client.get("/openapi.json").json()["paths"]).lower().replace("header", "")
     spec = client.get("/openapi.json").json()["info"]
     assert spec["version"] == __version__ and "`" not in spec["description"]
 

@@ -50,7 +50,7 @@ def _facet_values(values: list[str] | None) -> list[str]:
     return values
 
 
-@router.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)  # HEAD: uptime checks, curl -I
+@router.get("/", include_in_schema=False)  # HEAD too, on every GET route (app.HeadAsGet)
 def index(request: Request) -> Response:
     body, media = request.app.state.static["index.html"]
     return Response(body, media_type=media)
@@ -62,7 +62,7 @@ def docs() -> Response:
     return RedirectResponse("/#/api")
 
 
-@router.api_route("/static/{name}", methods=["GET", "HEAD"], include_in_schema=False)
+@router.get("/static/{name}", include_in_schema=False)
 def static(name: str, request: Request) -> Response:
     """One of the package's own front-end files, by name from a fixed map; anything else is 404."""
     found = request.app.state.static.get(name)

@@ -155,6 +155,27 @@ def _escaped(value: Any) -> Any:
     return value
 
 
+class HeadAsGet:
+    """ASGI wrapper answering ``HEAD`` on every GET route (uptime checks, ``curl -I``): the request goes on as a GET
+    and only the response's status and headers go back, so the API schema lists each route once (FastAPI would
+    otherwise answer 405, or document a second HEAD operation per route)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.body":  # same Content-Length as the GET, no body
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)
+
+
 def create_app(store: str | Path, review: bool = False, allowed_hosts: list[str] | None = None) -> Any:
     """The FastAPI app over ``store``. ``allowed_hosts``: Host header values accepted (default: loopback names)."""
     from fastapi import FastAPI
@@ -184,6 +205,7 @@ def create_app(store: str | Path, review: bool = False, allowed_hosts: list[str]
     app.include_router(router)
     app.add_middleware(TrustedHostMiddleware,
                        allowed_hosts=allowed_hosts or ["127.0.0.1", "localhost", "[::1]", "::1"])
+    app.add_middleware(HeadAsGet)  # outside the host check: a HEAD is checked as the GET it stands for
 
     @app.middleware("http")
     async def guard(request: Any, call_next: Any) -> Any:
