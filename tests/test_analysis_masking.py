@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from failtrace.analysis.masking import flip_search, never_masked, top_positions
+from failtrace.analysis.masking import flip_search, masked_objective, never_masked, top_positions
 from failtrace.cases.record import MaskingSpec
 from failtrace.errors import FailtraceError
 
@@ -79,6 +79,38 @@ def test_no_flip_gives_none(tiny):
     want, _ = _reference_curve(model, ids, np.ones(12), [False] * 12, target, contrast, MaskingSpec(max_k=3))
     assert curve == pytest.approx(want, abs=1e-4)
     assert all(v >= 0 for v in want) and k_star is None
+
+
+def test_a_contrast_already_preferred_is_not_a_flip_at_k0(tiny):
+    """k* counts masked tokens: Δℓ < 0 before any masking is not k* = 0 (the smallest k >= 1 with Δℓ < 0)."""
+    model = tiny("llama")
+    ids = list(range(20, 33))
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+    target, contrast = int(logits.argmin()), int(logits.argmax())  # the contrast is ahead from the start
+    rel = np.linspace(1.0, 2.0, 13)
+    curve, k_star = flip_search(model, ids, rel, [False] * 13, target, contrast, MaskingSpec(max_k=4))
+    want, _ = _reference_curve(model, ids, rel, [False] * 13, target, contrast, MaskingSpec(max_k=4))
+    assert curve == pytest.approx(want, abs=1e-4) and want[0] < 0
+    assert k_star == next(k for k in range(1, len(want)) if want[k] < 0) and k_star >= 1
+
+
+def test_masked_objective_zeroes_every_chosen_position(tiny):
+    """Each mask set against one plain forward on inputs_embeds with those rows zeroed (sets batched 3 at a time)."""
+    model = tiny("qwen2")
+    ids = torch.randint(3, 97, (12,), generator=torch.Generator().manual_seed(4)).tolist()
+    masks = [[], [2, 5], [1, 3, 7, 9], [0], [11], list(range(12))]
+    t, c = 7, 11
+    got = masked_objective(model, ids, masks, lambda lg: lg[:, t] - lg[:, c], batch=3)
+    want = []
+    with torch.no_grad():
+        for m in masks:
+            emb = model.get_input_embeddings()(torch.tensor([ids])).clone()
+            emb[0, m] = 0.0
+            lg = model(inputs_embeds=emb).logits[0, -1]
+            want.append(float(lg[t] - lg[c]))
+    assert got == pytest.approx(want, abs=1e-4)
+    assert len({round(v, 4) for v in want}) == len(want)  # every mask set changes the objective: none is a no-op
 
 
 def test_flip_search_on_the_bundled_model(bundled):

@@ -139,6 +139,8 @@ def test_found_pair_matches_brute_force_with_known_answer(lm: Any, index: int, p
         row = lm.model(input_ids=torch.tensor([prompt + comp[:p_star]])).logits[0, -1]
     assert res.delta_logit == pytest.approx(float(row[comp[p_star]] - row[alt]), abs=1e-9)
     assert res.delta_logit >= 0
+    others = [t for t in torch.argsort(row, descending=True).tolist() if t != comp[p_star]]  # target excluded
+    assert res.contrast_model_rank == others.index(alt) + 1 == rank_star
     assert res.status == ("unbounded" if res.hit_length_limit else "clean" if res.delta_logit > 0 else "weak_preference")
 
 
@@ -205,7 +207,10 @@ def test_helper_supplies_a_contrast_outside_the_models_top_k(lm: Any, helper: An
         bench, item, prompt, comp, BUDGET)
     assert res.contrast_source == "helper" and res.contrast_id == fresh[0]
     assert res.contrast_rank == theirs.index(fresh[0]) + 1 and res.completion_offset == p_star
-    assert res.contrast_model_rank is not None and res.contrast_model_rank > k
+    with torch.no_grad():
+        row = lm.model(input_ids=torch.tensor([prompt + comp[:p_star]])).logits[0, -1]
+    others = [t for t in torch.argsort(row, descending=True).tolist() if t != comp[p_star]]  # the model's own order
+    assert res.contrast_model_rank == others.index(fresh[0]) + 1 and res.contrast_model_rank > k
     alone = PairFinder(lm, PairSettings(top_k=k)).find(bench, item, prompt, comp, BUDGET)
     assert alone.status in ("no_target", "unbounded") and alone.contrast_id is None
 
