@@ -11,7 +11,7 @@ import torch
 from failtrace.errors import FailtraceError
 from failtrace.graph import AttributionGraph, PruneSpec, Stage, graph_from_ids, parse_layers, prune
 from failtrace.graph.metrics import gini, top_paths, transition_metrics
-from failtrace.graph.prune import check_node_threshold
+from failtrace.graph.prune import check_node_threshold, select_edges
 from failtrace.graph.edgestore import EdgeAccumulator
 from failtrace_testkit.tiny import tiny_model
 
@@ -84,6 +84,23 @@ def test_cumulative_mass_and_connectivity(p):
     for t, dense in enumerate((A0, A1)):
         kept_mass = sum(abs(dense[j, i]) for j, i in got[t])
         assert pr.coverage[t] == pytest.approx(kept_mass / np.abs(dense).sum())
+
+
+@pytest.mark.parametrize("p", [0.4, 0.7, 0.9])
+def test_cumulative_mass_counts_only_rows_the_node_threshold_keeps(p):
+    """With a node threshold, p is a share of the mass into *kept* target nodes: L0 node 1 (1/6 of the stage's
+    largest |R|) and the non-final L1 nodes (at most 3/8.7) fall below 0.5, and their rows neither count in the
+    total nor give edges. Edges are chosen by that share first, then those from a dropped source node go (embedding
+    nodes 1 and 2: 0.9/5.7 and 0.5/5.7)."""
+    rel = np.stack([A0.sum(0), [5.2, 1.0, 3.2, 6.0], A1.sum(1)])
+    g = _graph(rel=rel)
+    sel = select_edges(g, 0.5, f"cumulative:{p}")
+    nodes_ok = [np.array([True, False, False, True]), np.array([True, False, True, True]),
+                np.array([False, False, False, True])]  # per stage: |R| / the stage's largest |R| >= 0.5
+    for t, (es, dense) in enumerate(zip(g.transitions, (A0, A1))):
+        got = {(int(es.target[k]), int(es.source[k])) for k in sel.chosen[t]}
+        assert got == {(j, i) for j, i in _brute_select(dense, nodes_ok[t + 1], p) if nodes_ok[t][i]}, t
+        assert sel.totals[t] == pytest.approx(np.abs(dense[nodes_ok[t + 1]]).sum()), t
 
 
 def test_global_threshold_is_relative_to_final_node():
