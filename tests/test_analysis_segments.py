@@ -177,6 +177,20 @@ def test_trace_segments():
     assert special_text.count("<|im_start|>") == 5 and "assistant\n" in special_text
 
 
+def test_trace_segments_cut_short_call_and_special_answer_tokens():
+    """A trace cut off inside a call (no ``</tool_call>``) still labels the call's text ``tool_call``; a special id
+    inside the answer (the model's own end-of-turn) is ``special``, not ``answer``."""
+    tok = toy_tokenizer()
+    cut = '<tool_call>{"name": "find", "argu'
+    msgs = [{"role": "user", "content": "Find x."}, {"role": "assistant", "content": "Looking. " + cut}]
+    item = Item(id="t", benchmark="traces", prompt=msgs)
+    ids, labels, texts = _labels_by_char(tok, item, answer="x=3<|im_end|>")
+    assert _text_of(texts, labels, "assistant") == "Looking. "
+    assert _text_of(texts, labels, "tool_call") == cut
+    assert _text_of(texts, labels, "answer") == "x=3"
+    assert texts[-1] == "<|im_end|>" and _mask(tok, ids)[-1] and labels[-1] == "special"
+
+
 @pytest.mark.parametrize("item_id", ["math-small-add", "py-count-a"])
 def test_only_the_items_own_user_turn_is_cut(item_id):
     """A one-shot example turn is context: all of it is `query`, never the item's relevant segment, whichever
