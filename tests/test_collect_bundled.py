@@ -27,16 +27,21 @@ def bundled() -> Any:
     return load_model(progress=False)
 
 
+def _hf_greedy(bundled: Any, ids: list[int], budget: int, eos: frozenset[int]) -> list[int]:
+    """transformers' own greedy ``generate``: the reference, no failtrace decoding involved."""
+    with torch.no_grad():
+        ref = bundled.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                     max_new_tokens=budget, do_sample=False, eos_token_id=sorted(eos),
+                                     pad_token_id=pad_token_id(bundled.tokenizer, eos), top_p=None, top_k=None,
+                                     temperature=None)
+    return ref[0, len(ids):].tolist()
+
+
 def test_greedy_generate_equals_transformers_generate(bundled: Any) -> None:
     eos = eos_token_ids(bundled.model, bundled.tokenizer)
     prompt = apply_chat_template(bundled.tokenizer, "What is the capital of France?")
     ours = greedy_generate(bundled.model, [prompt], 10, eos, pad_token_id(bundled.tokenizer, eos))[0]
-    with torch.no_grad():
-        ref = bundled.model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                                     max_new_tokens=10, do_sample=False, eos_token_id=sorted(eos),
-                                     pad_token_id=pad_token_id(bundled.tokenizer, eos), top_p=None, top_k=None,
-                                     temperature=None)
-    assert ours.token_ids == ref[0, len(prompt):].tolist()
+    assert ours.token_ids == _hf_greedy(bundled, prompt, 10, eos)
     assert len(ours.token_ids) >= 2
 
 
@@ -53,5 +58,5 @@ def test_batched_rollouts_equal_from_scratch_on_the_bundled_model(bundled: Any) 
         if alt in eos:
             assert seq == [alt]
             continue
-        scratch = greedy_generate(bundled.model, [prompt + comp[:p] + [alt]], 5, eos, pad)[0].token_ids
+        scratch = _hf_greedy(bundled, prompt + comp[:p] + [alt], 5, eos)
         assert seq == [alt, *scratch]
