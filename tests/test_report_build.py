@@ -201,6 +201,41 @@ def test_stored_graph_is_drawn_and_budget_falls_back_to_files(tmp_path):
     assert "data:image/png;base64," in index.read_text(encoding="utf-8")
 
 
+def test_dollar_signs_in_tokens_and_names_are_drawn_literally(tmp_path, monkeypatch):
+    """Token text and item ids are user data: a ``$x^$`` pair in a figure's title used to reach matplotlib's
+    mathtext and crash the whole report with a ParseSyntaxException."""
+    from failtrace.report.graphfig import graph_record_figure
+
+    case = make_case(0, "ifeval", "M-IA", "URT", {"attnlrp": 1})
+    case.item_id, case.target_text, case.contrast_text = "ifeval/$x^$", "$x^", "$\\frac"
+    n = len(case.tokens)
+    case.tokens = ["$x^$" if i % 2 else tok for i, tok in enumerate(case.tokens)]
+    case.graph = {"stages": ["emb", "L0", "out"], "nodes": [[0, 1, 1.0], [2, n - 1, 0.5]],
+                  "edges": [[0, 1, 2, n - 1, 0.3]], "settings": {}, "objective_value": case.delta_logit}
+    index = build_report([case], [], tmp_path, inline_budget_mb=0)
+    png = tmp_path / "figures" / "graphs" / f"{case.case_id}.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f'src="figures/graphs/{case.case_id}.png"' in index.read_text(encoding="utf-8")
+
+    # the text is drawn as written, not as mathtext: the figure keeps every literal dollar
+    from matplotlib.figure import Figure
+    from matplotlib.text import Text
+
+    import failtrace.report.figures as F
+
+    seen: list[str] = []
+    real = F._save
+
+    def spy(fig: Figure, path: Path) -> Path:
+        out = real(fig, path)
+        seen.extend(t.get_text() for t in fig.findobj(Text) if "$" in t.get_text() and not t.get_parse_math())
+        return out
+
+    monkeypatch.setattr(F, "_save", spy)  # graphfig imports _save at call time
+    graph_record_figure(case.graph, case.tokens, case.special_mask, tmp_path / "g.png", title="cost $5 or $6")
+    assert any("cost $5 or $6" in t for t in seen) and any("$x^$" in t for t in seen)
+
+
 def test_out_is_a_file(tmp_path):
     from failtrace.errors import FailtraceError
 
