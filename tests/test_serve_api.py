@@ -205,6 +205,28 @@ def test_foreign_host_header_refused(client: TestClient) -> None:
     assert client.get("/api/meta", headers={"host": "evil.example"}).status_code == 400
 
 
+def test_review_names_the_case_of_the_newest_analysis(toy: dict[str, Any], tmp_path: Path) -> None:
+    """A pair analysed twice has two cases; a review belongs to the one the table shows (the newest analysis), not
+    to whichever id sorts last."""
+    store = tmp_path / "two-analyses.duckdb"
+    shutil.copy(toy["store"], store)
+    case = toy["cases"][0]
+    old_id = "f" * 24  # sorts after every real case id
+    with open_store(store) as st:
+        analysis = st.con.execute("SELECT analysis_id FROM cases WHERE case_id = ?", [case.case_id]).fetchone()[0]
+        st.con.execute("INSERT INTO runs SELECT * REPLACE ('analysis-older' AS run_id, "
+                       "TIMESTAMP '2001-01-01' AS created_at) FROM runs WHERE run_id = ?", [analysis])
+        st.con.execute("INSERT INTO cases SELECT * REPLACE (? AS case_id, 'analysis-older' AS analysis_id) "
+                       "FROM cases WHERE case_id = ?", [old_id, case.case_id])
+    with TestClient(create_app(store, review=True), base_url="http://127.0.0.1") as c:
+        shown = _all_rows(c, has_case=True)
+        row = next(r for r in shown if r["pair_run_id"] == case.pair_run_id and r["item_id"] == case.item_id)
+        assert row["case_id"] == case.case_id
+        r = c.post("/api/reviews", json={"pair_run_id": case.pair_run_id, "item_id": case.item_id,
+                                         "decision": "accept", "comment": "fine"})
+        assert r.status_code == 201 and r.json()["case_id"] == case.case_id
+
+
 def test_review_mode_writes_validated_rows(toy: dict[str, Any], tmp_path: Path) -> None:
     store = tmp_path / "review.duckdb"
     shutil.copy(toy["store"], store)

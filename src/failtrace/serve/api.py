@@ -18,6 +18,7 @@ from pydantic import AfterValidator, BaseModel, Field
 from failtrace.cases.record import CATEGORIES, PATTERNS
 from failtrace.serve import casedata
 from failtrace.serve.queries import FACETS, SORT_COLUMNS, TableQuery, table
+from failtrace.store.cases import newest_case_id
 
 router = APIRouter()
 
@@ -226,11 +227,7 @@ def add_review(body: ReviewIn, request: Request) -> dict[str, Any]:
                                     [body.pair_run_id, body.item_id]).fetchone()[0]
         if not pair:
             raise HTTPException(404, "no such pair")
-        case_id = None
-        if st.has_cases:
-            row = st.store.con.execute("SELECT max(case_id) FROM cases WHERE pair_run_id = ? AND item_id = ?",
-                                       [body.pair_run_id, body.item_id]).fetchone()
-            case_id = row[0] if row else None
+        case_id = newest_case_id(st.store, body.pair_run_id, body.item_id) if st.has_cases else None
         return _insert_review(st, body.pair_run_id, body.item_id, case_id, body.decision, None, body.comment.strip())
 
 

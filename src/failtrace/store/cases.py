@@ -222,6 +222,17 @@ def set_override(store: ResultsStore, case_id: str, category: str, reason: str) 
     return {"case_id": cid, **row}
 
 
+def newest_case_id(store: ResultsStore, pair_run_id: str, item_id: str) -> str | None:
+    """The case of ``item_id`` in its pair run's newest analysis: the one :func:`load_cases`, the report and the
+    explorer's table show (an older analysis of the same pair keeps its own case id)."""
+    analysis = dict(_latest_analyses(store)).get(pair_run_id)
+    if analysis is None:
+        return None
+    row = store.con.execute("SELECT case_id FROM cases WHERE pair_run_id = ? AND item_id = ? AND analysis_id = ?",
+                            [pair_run_id, item_id, analysis]).fetchone()
+    return row[0] if row else None
+
+
 def case_summaries(store: ResultsStore) -> dict[str, dict[str, Any]]:
     """Per pair run, its newest analysis (the cases :func:`load_cases` returns) in a few numbers, read without the
     relevance arrays: ``cases``, ``categories`` and ``patterns`` (name -> count; a person's override wins, as in the
