@@ -174,6 +174,36 @@ def test_case_page_heatmap_tokens_and_method_switch(page: Any, server: dict[str,
     assert page.locator("details.seg[open]").count() >= 1
 
 
+def test_flip_curves_skip_missing_points_and_carry_svg_tooltips(page: Any, server: dict[str, Any]) -> None:
+    """A curve point that was not computed arrives as null: it is left out (it used to be drawn at Δℓ = 0); each
+    curve's hover text is an SVG <title>, the only kind a browser shows on a polyline."""
+    case = max(server["cases"], key=lambda c: len(c.tokens))
+    method = next(m for m, r in case.methods.items() if len(r.flip_curve) >= 3)
+    hole = 1
+
+    def punch(route: Any) -> None:
+        body = route.fetch().json()
+        body["methods"][method]["flip_curve"][hole] = None
+        route.fulfill(json=body)
+
+    page.route(f"**/api/cases/{case.case_id}", punch)
+    try:
+        _open(page, server, f"#/case/{case.case_id}?method={method}", "case")
+        line = page.locator(f"#flip polyline[data-method='{method}']")
+        points = line.get_attribute("points").split()
+        assert len(points) == len(case.methods[method].flip_curve) - 1
+        xs = [float(pt.split(",")[0]) for pt in points]
+        assert xs == sorted(xs) and len(set(xs)) == len(xs)
+        titles = page.eval_on_selector_all("#flip polyline > title", "ts => ts.map(t => [t.namespaceURI, "
+                                           "t.textContent, t.parentNode.dataset.method])")
+        assert len(titles) == page.locator("#flip polyline").count() > 0
+        for ns, text, m in titles:
+            k = case.methods[m].flip_k
+            assert ns == "http://www.w3.org/2000/svg" and text == f"{m}: k* = {'none' if k is None else k}"
+    finally:
+        page.unroute(f"**/api/cases/{case.case_id}")
+
+
 def _expected_graph(graph: dict[str, Any], p: float) -> tuple[int, int]:
     """Pruning by hand: per transition keep the strongest edges until mass p is reached, then keep only edges whose
     target still reaches the final node (walking down from the top stage)."""

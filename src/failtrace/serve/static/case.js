@@ -70,9 +70,11 @@
       (sp ? " · special token id (grey)" : "") + "\nR = " + FT.fmt(raw, 5) + "   normalised = " + FT.fmt(v, 3);
   }
 
-  function curves(c, method) {  // Δℓ after masking the top-k tokens, k = 0..K, one line per method
+  // Δℓ after masking the top-k tokens, k = 0..K, one line per method; a null point (not computed) is left out
+  // (isFinite(null) is true: it would be drawn at Δℓ = 0)
+  function curves(c, method) {
     var W = 520, H = 200, L = 46, B = 28, ms = methodsOf(c).filter(function (m) { return c.methods[m].flip_curve.length; });
-    var all = []; ms.forEach(function (m) { all = all.concat(c.methods[m].flip_curve.filter(isFinite)); });
+    var all = []; ms.forEach(function (m) { all = all.concat(c.methods[m].flip_curve.filter(Number.isFinite)); });
     if (!all.length) return el("p", {class: "muted"}, "flip curves not computed");
     var lo = Math.min(0, Math.min.apply(null, all)), hi = Math.max(0, Math.max.apply(null, all)), span = hi - lo || 1;
     var K = Math.max.apply(null, ms.map(function (m) { return c.methods[m].flip_curve.length - 1; })) || 1;
@@ -85,7 +87,7 @@
     if (Y(lo) - Y(0) > 14) svg.appendChild(el("text", {x: 4, y: Y(lo)}, FT.fmt(lo, 2)));
     svg.appendChild(el("text", {x: W / 2 - 40, y: H - 6}, "k masked tokens (0.." + K + ")"));
     ms.forEach(function (m) {
-      var pts = c.methods[m].flip_curve.map(function (y, k) { return isFinite(y) ? X(k) + "," + Y(y) : null; }).filter(Boolean);
+      var pts = c.methods[m].flip_curve.map(function (y, k) { return Number.isFinite(y) ? X(k) + "," + Y(y) : null; }).filter(Boolean);
       var on = m === method;
       var line = el("polyline", {points: pts.join(" "), fill: "none", stroke: on ? "#111827" : "#cbd5e1",
                                  "stroke-width": on ? 2.5 : 1.2, "data-method": m});

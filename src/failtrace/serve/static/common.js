@@ -29,8 +29,8 @@ var FT = (function () {
   };
 
   /* el("div", {class: "x", onclick: f}, [children or text]) */
-  FT.el = function (tag, attrs, children) {
-    var svg = ["svg", "line", "circle", "text", "g", "polyline", "path", "rect"].indexOf(tag) >= 0;
+  FT.el = function (tag, attrs, children) {  // "title" is SVG's tooltip here: the page's own <title> is static
+    var svg = ["svg", "line", "circle", "text", "g", "polyline", "path", "rect", "title"].indexOf(tag) >= 0;
     var e = svg ? document.createElementNS("http://www.w3.org/2000/svg", tag) : document.createElement(tag);
     Object.keys(attrs || {}).forEach(function (k) {
       var v = attrs[k];
