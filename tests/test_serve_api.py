@@ -205,6 +205,49 @@ def test_foreign_host_header_refused(client: TestClient) -> None:
     assert client.get("/api/meta", headers={"host": "evil.example"}).status_code == 400
 
 
+def test_a_chosen_facet_value_stays_listed_at_zero(client: TestClient) -> None:
+    """Two filters that exclude each other: each chosen value is still listed (count 0), so its box can be
+    unticked; it used to vanish, leaving a filter the page no longer showed."""
+    data = client.get("/api/table", params={"verdict": "pass", "pair_status": "clean"}).json()
+    assert data["total"] == 0 and data["rows"] == []
+    facets = {k: {f["value"]: f["count"] for f in v} for k, v in data["facets"].items()}
+    assert facets["pair_status"]["clean"] == 0 and facets["pair_status"]["(none)"] > 0
+    assert facets["verdict"]["pass"] == 0 and facets["verdict"]["fail"] > 0
+    assert [f["value"] for f in data["facets"]["verdict"]].count("pass") == 1
+
+
+def test_page_total_and_counts_read_one_snapshot(toy: dict[str, Any]) -> None:
+    """A rebuild of the rows table between the page query and the total (a review written meanwhile) must not make
+    them disagree: the table reads one snapshot."""
+    from failtrace.serve.queries import RowIndex, TableQuery, table
+
+    index = RowIndex()
+    with open_store(toy["store"], read_only=True) as st:
+        n = index.refresh(st.con, True)
+
+    class RebuildAfterFirstSelect:
+        """A cursor that, right after the page query, replaces ``rows`` with one row from another cursor."""
+
+        def __init__(self, cur: Any) -> None:
+            self.cur, self.selects = cur, 0
+
+        def execute(self, sql: str, params: Any = None) -> Any:
+            out = self.cur.execute(sql, params) if params is not None else self.cur.execute(sql)
+            if sql.startswith("SELECT"):
+                self.selects += 1
+                if self.selects == 1:
+                    other = index.cursor()
+                    other.execute("CREATE OR REPLACE TABLE rows AS SELECT * FROM rows LIMIT 1")
+                    other.close()
+            return out
+
+    got = table(RebuildAfterFirstSelect(index.cursor()), TableQuery(limit=500))
+    assert len(got["rows"]) == got["total"] == n > 1
+    assert sum(f["count"] for f in got["facets"]["verdict"]) == n
+    assert table(index.cursor(), TableQuery(limit=500))["total"] == 1  # the rebuild did land, afterwards
+    index.close()
+
+
 def test_review_names_the_case_of_the_newest_analysis(toy: dict[str, Any], tmp_path: Path) -> None:
     """A pair analysed twice has two cases; a review belongs to the one the table shows (the newest analysis), not
     to whichever id sorts last."""

@@ -147,8 +147,18 @@ def table(con: Any, q: TableQuery) -> dict[str, Any]:
     """One page of rows, the total that match, and the count per value of every facet (``con``: a RowIndex cursor).
 
     Facet counts follow the usual rule of faceted search: each facet is counted under all the *other* filters, so
-    its values show what choosing them would give.
+    its values show what choosing them would give; a chosen value stays listed at count 0, so it can be unchosen.
+    All the queries read one snapshot: a review's rebuild of ``rows`` between them cannot make page, total and
+    counts disagree.
     """
+    con.execute("BEGIN TRANSACTION")
+    try:
+        return _table(con, q)
+    finally:
+        con.execute("ROLLBACK")  # read only: nothing to keep
+
+
+def _table(con: Any, q: TableQuery) -> dict[str, Any]:
     where, params = _where(q)
     order = q.sort if q.sort in SORT_COLUMNS else "item_id"
     direction = "DESC" if q.desc else "ASC"
@@ -165,6 +175,8 @@ def table(con: Any, q: TableQuery) -> dict[str, Any]:
         counts = con.execute(f"SELECT {col}, count(*) FROM rows{fw} GROUP BY {col} "
                              f"ORDER BY count(*) DESC, {col} NULLS LAST", fp).fetchall()
         facets[name] = [{"value": NONE_VALUE if v is None else v, "count": int(n)} for v, n in counts]
+        listed = {f["value"] for f in facets[name]}
+        facets[name] += [{"value": v, "count": 0} for v in dict.fromkeys(q.facets.get(name) or []) if v not in listed]
     ranges = con.execute(f"SELECT min(delta_logit), max(delta_logit), min(k_star), max(k_star) FROM rows"
                          ).fetchone()
     return {"total": int(total), "limit": q.limit, "offset": q.offset, "sort": order, "desc": q.desc,
