@@ -295,6 +295,10 @@ def test_keyboard_errors_crumbs_and_paging_as_a_user_meets_them(page: Any, serve
     assert crumb.strip()
     _open(page, server, "#/case/" + "0" * 24, "case")  # no such case
     assert "404" in page.inner_text("#error") and page.inner_text("#nav-crumb").strip() == ""
+    _open(page, server, "#/case/%E0", "case")  # not valid percent-encoding: a message, not a blank page
+    assert page.inner_text("#error") == "malformed link: '%E0' is not valid percent-encoding"
+    _open(page, server, "#/nowhere", "nowhere")
+    assert page.inner_text("#error") == "unknown view: nowhere"
     _open(page, server, "#/cases?sort=bogus", "cases")
     err = page.inner_text("#error")
     assert err.startswith("422: sort: ") and "[{" not in err and "literal_error" not in err

@@ -25,13 +25,14 @@
     var h = FT.parseHash(), fn = {cases: FT.views.cases, case: FT.views.case, graph: FT.views.graph, item: item, api: FT.views.api, across: FT.views.across}[h.route];
     FT.tip(null, null);
     FT.crumb([]);  // each view names itself once its data is in; a view that fails leaves no other view's crumb
-    if (!fn) { FT.error(view, "unknown view: " + h.route); return; }
     document.body.dataset.view = h.route;
     view.setAttribute("aria-busy", "true");
     // data-ready-hash names the URL state painted: setting the hash fires hashchange only later, so data-ready
     // alone can still be the previous state's (tests and scripts wait for data-ready-hash === location.hash)
     var at = location.hash;
-    fn(view, h.params, h.arg).catch(function (e) { FT.error(view, e); })
+    var shown = !fn ? Promise.reject(new Error("unknown view: " + h.route)) : h.bad ? Promise.reject(new Error(h.bad))
+      : fn(view, h.params, h.arg);
+    shown.catch(function (e) { FT.error(view, e); })
       .then(function () {
         view.setAttribute("aria-busy", "false");
         document.body.dataset.ready = h.route;

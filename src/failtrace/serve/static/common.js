@@ -71,12 +71,13 @@ var FT = (function () {
     return FT.el("span", {class: "badge", style: "background:" + ((colours || {})[label] || "#6b7280")}, label);
   };
 
-  /* "#/route/arg?x=1&y=2" <-> {route, arg, params: URLSearchParams} */
+  /* "#/route/arg?x=1&y=2" <-> {route, arg, params: URLSearchParams}; a hand-edited link whose arg is not valid
+     percent-encoding (#/case/%E0) gets bad: the message, instead of a URIError that would leave the page blank */
   FT.parseHash = function () {
     var h = location.hash.replace(/^#\/?/, ""), q = h.indexOf("?");
-    var path = q >= 0 ? h.slice(0, q) : h, parts = path.split("/");
-    return {route: parts[0] || "cases", arg: decodeURIComponent(parts.slice(1).join("/")),
-            params: new URLSearchParams(q >= 0 ? h.slice(q + 1) : "")};
+    var path = q >= 0 ? h.slice(0, q) : h, parts = path.split("/"), raw = parts.slice(1).join("/"), arg = raw, bad = null;
+    try { arg = decodeURIComponent(raw); } catch (e) { bad = "malformed link: '" + raw + "' is not valid percent-encoding"; }
+    return {route: parts[0] || "cases", arg: arg, bad: bad, params: new URLSearchParams(q >= 0 ? h.slice(q + 1) : "")};
   };
   FT.go = function (route, arg, params, replace) {
     var qs = params ? params.toString() : "";
