@@ -248,6 +248,44 @@ def test_page_total_and_counts_read_one_snapshot(toy: dict[str, Any]) -> None:
     index.close()
 
 
+def test_a_failing_request_is_one_line_for_client_and_terminal(toy: dict[str, Any], tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """A damaged JSON column answers a 500 naming the table, column and case, and logs that one line; the error no
+    longer reaches Starlette's outer handler, which re-raised it for uvicorn to print a traceback (and which makes
+    this TestClient raise)."""
+    import logging
+
+    from failtrace.serve import casedata
+
+    store = tmp_path / "damaged.duckdb"
+    shutil.copy(toy["store"], store)
+    case = toy["cases"][0]
+    with open_store(store) as st:
+        st.con.execute("UPDATE cases SET category_evidence = '{oops' WHERE case_id = ?", [case.case_id])
+    with caplog.at_level(logging.ERROR, logger="uvicorn.error"), \
+            TestClient(create_app(store), base_url="http://127.0.0.1") as c:
+        for url in (f"/api/cases/{case.case_id}", f"/api/cases/{case.case_id}/graph"):
+            r = c.get(url)
+            assert r.status_code == 500, url
+            detail = r.json()["detail"]
+            assert f"cases.category_evidence of case {case.case_id}" in detail and "\n" not in detail
+            assert r.headers["x-content-type-options"] == "nosniff"  # still passes the security headers
+        other = toy["cases"][1].case_id
+        assert c.get(f"/api/cases/{other}").status_code == 200  # one damaged row spoils only its own page
+
+        def boom(*_a: Any, **_k: Any) -> Any:
+            raise RuntimeError("boom\nsecond line")
+
+        monkeypatch.setattr(casedata, "case_detail", boom)
+        r = c.get(f"/api/cases/{other}")
+        assert r.status_code == 500 and r.json() == {"detail": "internal error: RuntimeError"}
+    lines = [rec.getMessage() for rec in caplog.records if rec.name == "uvicorn.error"]
+    assert len(lines) == 3 and all(rec.exc_info is None for rec in caplog.records)
+    assert lines[0].startswith(f"GET /api/cases/{case.case_id} failed: ") and "category_evidence" in lines[0]
+    assert lines[2] == f"GET /api/cases/{other} failed: internal error: RuntimeError: boom"
+
+
 def test_review_names_the_case_of_the_newest_analysis(toy: dict[str, Any], tmp_path: Path) -> None:
     """A pair analysed twice has two cases; a review belongs to the one the table shows (the newest analysis), not
     to whichever id sorts last."""

@@ -8,12 +8,14 @@ Safety, by construction:
   map (:data:`STATIC_FILES`), and ``/static/{name}`` only looks names up in it.
 - Request bodies over :data:`MAX_BODY` bytes are refused (413) before they are read; the Host header must name the
   address the server was started on (a page on another site cannot reach the API through DNS rebinding).
-- Any unexpected error answers a one-line JSON 500 with no traceback (the API is written so that none occurs).
+- Any unexpected error answers a one-line JSON 500 and logs one line, with no traceback (the API is written so
+  that none occurs; a damaged store's line names the table, column and case).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import AsyncIterator, Iterator
 from importlib import resources
@@ -155,6 +157,18 @@ def _escaped(value: Any) -> Any:
     return value
 
 
+def _internal_error(request: Any, exc: Exception) -> Any:
+    """A request that failed: one JSON line to the client and one log line on the server's terminal, no traceback.
+    A damaged store's FailtraceError says what and where (table, column, case); anything else only its type."""
+    from fastapi.responses import JSONResponse
+
+    detail = str(exc) if isinstance(exc, FailtraceError) else f"internal error: {type(exc).__name__}"
+    first = (str(exc).splitlines() or [""])[0][:300]
+    logging.getLogger("uvicorn.error").error("%s %s failed: %s", request.method, request.url.path,
+                                             detail if isinstance(exc, FailtraceError) else f"{detail}: {first}")
+    return JSONResponse({"detail": detail}, status_code=500)
+
+
 class HeadAsGet:
     """ASGI wrapper answering ``HEAD`` on every GET route (uptime checks, ``curl -I``): the request goes on as a GET
     and only the response's status and headers go back, so the API schema lists each route once (FastAPI would
@@ -214,7 +228,10 @@ def create_app(store: str | Path, review: bool = False, allowed_hosts: list[str]
             return JSONResponse({"detail": f"request body over {MAX_BODY} bytes"}, status_code=413)
         if request.method in ("POST", "PUT", "PATCH") and length is None:
             return JSONResponse({"detail": "a Content-Length header is required"}, status_code=411)
-        response = await call_next(request)
+        try:
+            response = await call_next(request)
+        except Exception as exc:  # noqa: BLE001 - answered here, Starlette's outer handler would log a traceback
+            response = _internal_error(request, exc)
         for k, v in SECURITY_HEADERS.items():
             response.headers.setdefault(k, v)
         return response
@@ -224,9 +241,7 @@ def create_app(store: str | Path, review: bool = False, allowed_hosts: list[str]
         return JSONResponse({"detail": _escaped(jsonable_encoder(exc.errors()))}, status_code=422)
 
     @app.exception_handler(Exception)
-    async def internal(_request: Any, exc: Exception) -> Any:  # never a traceback to the client
-        if isinstance(exc, FailtraceError):  # e.g. a damaged store: its one line says what and where
-            return JSONResponse({"detail": str(exc)}, status_code=500)
-        return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, status_code=500)
+    async def internal(request: Any, exc: Exception) -> Any:  # an error outside the guard (never a traceback)
+        return _internal_error(request, exc)
 
     return app

@@ -34,8 +34,9 @@ def finite(x: Any) -> Any:
     return x
 
 
-def _json(value: Any) -> Any:
-    return loads(value, "a stored JSON column") if isinstance(value, str) else value  # damaged: one line
+def _json(value: Any, where: str) -> Any:
+    """A stored JSON column's value; damaged text is one line naming ``where`` (table, column and row)."""
+    return loads(value, where) if isinstance(value, str) else value
 
 
 def _one(con: Any, sql: str, params: list[Any]) -> dict[str, Any] | None:
@@ -61,8 +62,9 @@ def _methods(con: Any, case_id: str, special: list[bool], n: int) -> dict[str, A
         raw = [float(x) for x in raw]
         drawable = len(raw) == n
         norm = normalize(raw, special).tolist() if drawable else []
+        seg = _json(seg, f"case_methods.segment_relevance of case {case_id} ({method})") or {}
         out[method] = {"raw": raw, "norm": norm, "drawable": drawable, "hidden_layer_sums": list(sums or []),
-                       "segment_relevance": _json(seg) or {}, "flip_curve": list(curve or []), "flip_k": k}
+                       "segment_relevance": seg, "flip_curve": list(curve or []), "flip_k": k}
     return out
 
 
@@ -71,17 +73,21 @@ def case_detail(con: Any, case_id: str, reviews_table: bool) -> dict[str, Any] |
     c = _one(con, "SELECT * EXCLUDE (token_ids) FROM cases WHERE case_id = ?", [case_id])
     if c is None:
         return None
-    tokens = _json(c["tokens"])
+
+    def col(name: str) -> Any:
+        return _json(c[name], f"cases.{name} of case {case_id}")
+
+    tokens = col("tokens")
     special = [bool(x) for x in c["special_mask"]]
-    segments = _json(c["segments"]) or {}
-    ev = {k: _json(c[k]) or {} for k in ("category_evidence", "pattern_evidence", "graph_summary")}
+    segments = col("segments") or {}
+    ev = {k: col(k) or {} for k in ("category_evidence", "pattern_evidence", "graph_summary")}
     pair = _one(con, "SELECT status, reason, contrast_source, contrast_rank, contrast_model_rank, target_logit, "
                      "contrast_logit, delta_logit, completion_offset FROM pairs WHERE pair_run_id = ? AND item_id = ?",
                 [c["pair_run_id"], c["item_id"]])
     verdict = _one(con, "SELECT status, reasons FROM verdicts WHERE run_id = ? AND item_id = ?",
                    [c["run_id"], c["item_id"]])
     if verdict:
-        verdict["reasons"] = _json(verdict["reasons"])
+        verdict["reasons"] = _json(verdict["reasons"], f"verdicts.reasons of item {c['item_id']}")
     override = _one(con, "SELECT category, reason, CAST(created_at AS VARCHAR) AS created_at FROM overrides "
                          "WHERE case_id = ? ORDER BY created_at DESC LIMIT 1", [case_id])
     reviews = review_rows(con, c["pair_run_id"], c["item_id"]) if reviews_table else []
@@ -91,14 +97,14 @@ def case_detail(con: Any, case_id: str, reviews_table: bool) -> dict[str, Any] |
         "run_id": c["run_id"], "pair_run_id": c["pair_run_id"], "analysis_id": c["analysis_id"],
         "tokens": tokens, "special": special, "prompt_length": c["prompt_length"], "position": c["position"],
         "segments": segments, "labels": _labels(len(tokens), segments),
-        "relevant_segments": _json(c["relevant_segments"]) or [],
+        "relevant_segments": col("relevant_segments") or [],
         "target": {"id": c["target_id"], "text": c["target_text"]},
         "contrast": {"id": c["contrast_id"], "text": c["contrast_text"]}, "delta_logit": c["delta_logit"],
-        "methods": _methods(con, case_id, special, len(tokens)), "masking": _json(c["masking"]),
+        "methods": _methods(con, case_id, special, len(tokens)), "masking": col("masking"),
         "category": c["category"], "pattern": c["pattern"], "override": override,
         "effective_category": override["category"] if override else c["category"],
         "evidence": ev, "evidence_html": {k: evidence_html(v) if v else "" for k, v in ev.items()},
-        "notes": _json(c["notes"]) or [], "settings": _json(c["settings"]) or {}, "pair": pair, "verdict": verdict,
+        "notes": col("notes") or [], "settings": col("settings") or {}, "pair": pair, "verdict": verdict,
         "reviews": reviews, "has_graph": has_graph,
         "alternatives": alt_rows(read_alternatives(con, case_id), c["target_id"], c["contrast_id"]),
     })
@@ -140,9 +146,13 @@ def graph_detail(con: Any, case_id: str) -> dict[str, Any] | None:
     w = np.asarray(g["edge_weight"], float)
     mass = _mass_before(src_s, tgt_s, w)
     rel = np.asarray(g["node_relevance"], float)
-    stages = _json(g["stages"])
+
+    def col(name: str, table: str = "case_graphs") -> Any:
+        return _json(g[name], f"{table}.{name} of case {case_id}")
+
+    stages = col("stages")
     special = [bool(x) for x in g["special_mask"]]
-    tokens = _json(g["tokens"])
+    tokens = col("tokens", "cases")
     # normalised |R| per stage, over non-special tokens (as the static graph view sizes its nodes)
     norm = np.zeros(len(rel))
     for s in set(g["node_stage"]):
@@ -158,8 +168,8 @@ def graph_detail(con: Any, case_id: str) -> dict[str, Any] | None:
     return finite({"case_id": case_id, "item_id": g["item_id"], "stages": stages, "tokens": tokens,
                    "special": special, "nodes": nodes,
                    "edges": edges, "final": [len(stages) - 1, int(g["position"]) - 1],
-                   "objective_value": g["objective_value"], "settings": _json(g["settings"]),
-                   "ablation": _ablation(record, g["category"], _json(g["category_evidence"]) or {}, len(tokens))})
+                   "objective_value": g["objective_value"], "settings": col("settings"),
+                   "ablation": _ablation(record, g["category"], col("category_evidence", "cases") or {}, len(tokens))})
 
 
 def _ablation(record: dict[str, Any], category: str | None, evidence: dict[str, Any],
@@ -192,5 +202,6 @@ def item_detail(con: Any, run_id: str, item_id: str) -> dict[str, Any] | None:
     cur = con.execute("SELECT pair_run_id, status, reason, position, target_text, contrast_text, delta_logit "
                       "FROM pairs WHERE run_id = ? AND item_id = ? ORDER BY pair_run_id", [run_id, item_id])
     names = [d[0] for d in cur.description]
-    row["reasons"], row["prompt"] = _json(row["reasons"]), _json(row["prompt"])
+    row["reasons"] = _json(row["reasons"], f"verdicts.reasons of item {item_id} in run {run_id}")
+    row["prompt"] = _json(row["prompt"], f"items.prompt of item {item_id}")
     return finite({"run_id": run_id, **row, "pairs": [dict(zip(names, r)) for r in cur.fetchall()]})
