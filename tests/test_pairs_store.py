@@ -145,7 +145,7 @@ def test_status_shows_unbounded_and_the_decidable_clean_rate(tmp_path: Path, mon
     assert pairs[11:13] == ["33.3%", "66.7%"]  # 2 clean of 6 failures; of the 3 decidable ones
     flat = " ".join(out.split())
     assert "decidable failures" in flat and "unbnd: hit the token limit and never decided" in flat
-    assert "pair settings #1: k=2 Δ>1.0 pos≤4" in out
+    assert "collection run #1: c1\n" in out and "pair run #1: p1  k=2 Δ>1.0 pos≤4\n" in out
     with open_store(path) as st:  # two more pair runs over the same collection run (other settings)
         for run_id, k, statuses in (("p2", 3, ["clean"] * 6), ("p3", 4, ["no_contrast"])):
             st.ensure_run(RunRecord(run_id=run_id, stage="pairs", benchmark="toy", model="m", parent_run_id="c1",
@@ -162,4 +162,4 @@ def test_status_shows_unbounded_and_the_decidable_clean_rate(tmp_path: Path, mon
     assert lines[1][1:8] == ["6/6", "2", "1", "0", "0", "3", "0"]
     assert lines[2][1:8] == ["6/6", "6", "0", "0", "0", "0", "0"] and lines[2][-2:] == ["100.0%", "100.0%"]
     assert lines[3][1:8] == ["1/6", "0", "0", "1", "0", "0", "0"]  # a partial run says so
-    assert "pair settings #1a: k=2" in out and "pair settings #1c: k=4 Δ>1.0 pos≤4 sibling=big" in out
+    assert "pair run #1a: p1  k=2" in out and "pair run #1c: p3  k=4 Δ>1.0 pos≤4 sibling=big" in out

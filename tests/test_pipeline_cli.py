@@ -61,7 +61,7 @@ def test_collect_pairs_status_export(tmp_path: Path, model_dir: Path, capsys: py
 
     assert main(["status", "--store", str(store)]) == 0
     out = capsys.readouterr().out
-    assert "toy-cli" in out and "clean" in out and "pair settings #1: k=3" in out
+    assert "toy-cli" in out and "clean" in out and "pair run #1: " in out and " k=3 Δ>" in out
     run, pairs = [[c.strip() for c in x.split("│") if c.strip()] for x in out.splitlines() if x.startswith("│1 ")]
     assert run[1] == "toy-cli" and run[3:5] == ["5", "5"]  # items, generated
     assert int(run[5]) + int(run[6]) + int(run[7]) == 5  # passed + failed + unverifiable

@@ -166,6 +166,34 @@ def test_pairs_status_rows_and_clean_rate(tmp_path: Path) -> None:
         assert st.pairs("p1")[0]["delta_logit"] == pytest.approx(2.5)
 
 
+def test_runs_are_chosen_by_id_or_unique_prefix(tmp_path: Path) -> None:
+    """``--run``/``--pair-run`` take an id or a unique prefix of one (the report prints ids cut to 10 characters);
+    an ambiguous prefix and an unknown id are one line that names the ids there are."""
+    with open_store(tmp_path / "s.duckdb") as st:
+        for run_id, bench in (("abc1230000000001", "a"), ("abd4560000000002", "a"), ("ffe0000000000003", "b")):
+            st.ensure_run(RunRecord(run_id=run_id, stage="pairs", benchmark=bench, model="m", parent_run_id=None))
+
+        def pick(ids: list[str], bench: str | None = None) -> list[str]:
+            return [r.run_id for r in st.select_runs("pairs", ids, bench, "pair run", "x")]
+
+        assert pick(["abc1230000000001"]) == ["abc1230000000001"]
+        assert pick(["abc1230000"]) == ["abc1230000000001"]  # the report's 10 characters
+        assert pick(["abd", "ffe"]) == ["abd4560000000002", "ffe0000000000003"]
+        assert pick(["abd", "abd456"]) == ["abd4560000000002"]  # the same run twice is one run
+        assert pick(["abc", "ffe"], "b") == ["ffe0000000000003"]  # then the benchmark filter
+    with open_store(tmp_path / "s.duckdb", read_only=True) as st:
+        with pytest.raises(FailtraceError, match=r"pair run id prefix 'ab' matches several in .* \(abc1230000000001, "
+                                                 r"abd4560000000002\); give more characters"):
+            st.select_runs("pairs", ["ab"], None, "pair run", "x")
+        with pytest.raises(FailtraceError, match=r"no pair run 'zz' in .*; its pair runs: abc1230000000001, "
+                                                 r"abd4560000000002, ffe0000000000003 \(`failtrace status` lists them\)"):
+            st.select_runs("pairs", ["zz"], None, "pair run", "x")
+        with pytest.raises(FailtraceError, match=r"no collection run 'abc' in .*; it has no collection runs"):
+            st.select_runs("collect", ["abc"], None, "collection run", "x")
+        with pytest.raises(FailtraceError, match="no pair run ''"):  # an empty id is not a prefix of everything
+            st.select_runs("pairs", [""], None, "pair run", "x")
+
+
 def test_export_parquet_and_jsonl(tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 

@@ -53,7 +53,9 @@ def analyse_command(
                                             "by default only the input's content is."),
     limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Analyse at most N cases in this call.",
                                          callback=opts.count(1)),
-    pair_run: Optional[list[str]] = typer.Option(None, "--pair-run", help="Only this pair run id (repeatable)."),
+    pair_run: Optional[list[str]] = typer.Option(
+        None, "--pair-run", help="Only this pair run: its id or a unique prefix, as `failtrace status` prints it "
+                             "(repeatable)."),
     benchmark: Optional[str] = typer.Option(None, "--benchmark", "-b", help="Only pair runs of this benchmark."),
     device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu or cuda."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),

@@ -159,7 +159,9 @@ def pairs_command(
     max_positions: int = typer.Option(64, "--max-positions", callback=opts.count(1),
                                       help="Completion positions walked at most per failure (bounds the cost)."),
     benchmark: Optional[str] = typer.Option(None, "--benchmark", "-b", help="Only runs of this benchmark."),
-    run: Optional[list[str]] = typer.Option(None, "--run", help="Only this collection run id (repeatable)."),
+    run: Optional[list[str]] = typer.Option(
+        None, "--run", help="Only this collection run: its id or a unique prefix, as `failtrace status` prints it "
+                             "(repeatable)."),
     item: Optional[list[str]] = typer.Option(None, "--item", help="Only this failed item id (repeatable), e.g. "
                                                                    "--item HumanEval/10."),
     rollout_batch_size: Optional[int] = typer.Option(None, "--rollout-batch-size", callback=opts.count(1),

@@ -2,7 +2,7 @@
 
 Three tables, numbered by collection run: the runs (items, passes, failures, tokens), each pair run's statuses and
 clean rates, and each pair run's newest analysis (categories, patterns, Δℓ, AttnLRP k*), so one command says how far
-a study has got. Read-only: a store being written is read from a consistent snapshot.
+a study has got. Each run's id is printed under its table (what ``--run`` and ``--pair-run`` take). Read-only: a store being written is read from a consistent snapshot.
 """
 
 from __future__ import annotations
@@ -40,12 +40,14 @@ def status_command(
     number = {r.run_id: n for n, r in enumerate(runs, 1)}
     con.print(_runs_table(runs, f"failtrace status: {store}" + (" (snapshot: a run is writing it)" if snapshot
                                                                   else "")))
+    for n, r in enumerate(runs, 1):  # the ids --run and --pair-run take (a unique prefix is enough)
+        con.print(f"collection run #{n}: {r.run_id}", highlight=False)
     paired = [r for r in rows if r.pair_run_id is not None]
     labels = [_pair_label(number[r.run_id], r, paired) for r in paired]
     if paired:
         con.print(_pairs_table(list(zip(labels, paired))))
         for label, r in zip(labels, paired):
-            con.print(f"pair settings #{label}: {_pair_settings(r)}", highlight=False)
+            con.print(f"pair run #{label}: {r.pair_run_id}  {_pair_settings(r)}", highlight=False)
     analysed = [(label, cases[r.pair_run_id]) for label, r in zip(labels, paired) if r.pair_run_id in cases]
     if analysed:
         con.print(_cases_table(analysed))

@@ -6,6 +6,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from collections.abc import Sequence
 from typing import Any
 
 from failtrace.benchmarks.base import Item
@@ -156,3 +157,18 @@ class StatusRow:
         d["clean_rate"] = self.clean_rate
         d["decidable_clean_rate"] = self.decidable_clean_rate
         return d
+
+
+def pick_run_id(ids: Sequence[str], run_id: str, noun: str, where: Any) -> str:
+    """The one id of ``ids`` that is ``run_id`` or starts with it (the report prints ids cut short); an unknown or
+    ambiguous one is a one-line error naming ``noun`` ("pair run") and the ids there are."""
+    if run_id in ids:
+        return run_id
+    hits = [i for i in ids if run_id and i.startswith(run_id)]
+    if len(hits) == 1:
+        return hits[0]
+    if hits:
+        raise FailtraceError(f"{noun} id prefix {run_id!r} matches several in {where} ({', '.join(hits[:3])}"
+                             f"{', ...' if len(hits) > 3 else ''}); give more characters")
+    known = f"its {noun}s: {', '.join(ids[:4])}{', ...' if len(ids) > 4 else ''}" if ids else f"it has no {noun}s"
+    raise FailtraceError(f"no {noun} {run_id!r} in {where}; {known} (`failtrace status` lists them)")

@@ -36,6 +36,7 @@ from failtrace.store.records import (
     content_hash,
     loads,
     parse_json_columns,
+    pick_run_id,
 )
 from failtrace.store.records import dumps as _dumps
 from failtrace.store.records import now as _now
@@ -263,15 +264,14 @@ class ResultsStore(PairsTable):
 
     def select_runs(self, stage: str, run_ids: Sequence[str] | None, benchmark: str | None, noun: str,
                     first: str) -> list[RunRecord]:
-        """Runs of ``stage`` (all, those named, or of one benchmark); an unknown id or an empty choice is an error
-        naming ``noun`` ("collection run", "pair run") and the command to run ``first``."""
+        """Runs of ``stage`` (all, those named, or of one benchmark); an id may be a unique prefix of one (as the
+        report prints them). An unknown or ambiguous id or an empty choice is an error naming ``noun`` ("collection
+        run", "pair run"), the ids there are, and the command to run ``first``."""
         runs = self.runs(stage)
         if run_ids:
-            unknown = set(run_ids) - {r.run_id for r in runs}
-            if unknown:
-                raise FailtraceError(f"no {noun} {sorted(unknown)[0]!r} in {self.path}; `failtrace status` lists "
-                                     f"the runs")
-            runs = [r for r in runs if r.run_id in set(run_ids)]
+            ids = [r.run_id for r in runs]
+            chosen = {pick_run_id(ids, run_id, noun, self.path) for run_id in run_ids}
+            runs = [r for r in runs if r.run_id in chosen]
         if benchmark is not None:
             runs = [r for r in runs if r.benchmark == benchmark]
         if not runs:
