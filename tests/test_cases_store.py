@@ -153,3 +153,29 @@ def test_exports_write_cases_jsonl_and_case_tables(tmp_path: Path) -> None:
     with open_store(path, read_only=True) as st:
         export_cases_jsonl(st, again)
     assert again.read_text() == (tmp_path / "js" / "cases.jsonl").read_text()
+
+
+def test_an_export_that_fails_leaves_the_folder_as_it_was(tmp_path: Path) -> None:
+    """A damaged cases row stops the JSONL export midway (after the other tables): an earlier export in the folder
+    keeps every byte, no staged or .part file stays, and a folder the export created is gone again."""
+    from failtrace.errors import FailtraceError
+
+    path = tmp_path / "s.duckdb"
+    with open_store(path) as st:
+        write_case(st, _case("c1"))
+        write_case(st, _case("c2", seed=1))
+    with open_store(path, read_only=True) as st:
+        st.export(tmp_path / "old", "jsonl")
+    before = {f.name: f.read_bytes() for f in (tmp_path / "old").iterdir()}
+    assert "cases.jsonl" in before and len(before) >= 5
+    with open_store(path) as st:
+        st.con.execute("UPDATE cases SET pattern_evidence = '{oops' WHERE case_id = 'c2'")
+        st.con.execute("INSERT INTO overrides VALUES ('c1', 'NC-IA+AG', 'newer', now())")  # a changed table too
+    for out in (tmp_path / "old", tmp_path / "new" / "deeper"):
+        with open_store(path, read_only=True) as st, pytest.raises(FailtraceError, match="pattern_evidence"):
+            st.export(out, "jsonl")
+    assert {f.name: f.read_bytes() for f in (tmp_path / "old").iterdir()} == before
+    assert not (tmp_path / "new").exists()
+    with open_store(path, read_only=True) as st, pytest.raises(FailtraceError, match="pattern_evidence"):
+        export_cases_jsonl(st, tmp_path / "alone.jsonl")
+    assert not list(tmp_path.glob("alone.jsonl*"))  # no cases.jsonl.part of the lone writer either

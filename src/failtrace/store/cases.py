@@ -299,8 +299,12 @@ def export_cases_jsonl(store: ResultsStore, path: str | Path) -> Path:
     """Write every stored case (all analyses) as one JSON object per line; atomically (``.part`` then rename)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".part")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for case in load_cases(store, latest=False):
-            fh.write(json.dumps(case_export_record(case), ensure_ascii=False, default=_json_default) + "\n")
+    try:
+        with tmp.open("w", encoding="utf-8") as fh:
+            for case in load_cases(store, latest=False):
+                fh.write(json.dumps(case_export_record(case), ensure_ascii=False, default=_json_default) + "\n")
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a damaged row, a full disk, Ctrl-C: no half file left behind
+        raise
     tmp.replace(path)
     return path

@@ -159,9 +159,13 @@ def export_comparisons_jsonl(store: ResultsStore, path: str | Path) -> Path:
     tmp = path.with_name(path.name + ".part")
     first = ("item_id", "model", "model_fingerprint", "token_ids", "position", "target_id", "contrast_id", "mapped",
              "delta_logit", "segment_relevance", "flip_k", "step", "split")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for r in load_comparisons(store):
-            rec = {k: r[k] for k in first} | {k: v for k, v in r.items() if k not in first}
-            fh.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+    try:
+        with tmp.open("w", encoding="utf-8") as fh:
+            for r in load_comparisons(store):
+                rec = {k: r[k] for k in first} | {k: v for k, v in r.items() if k not in first}
+                fh.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a damaged row, a full disk, Ctrl-C: no half file left behind
+        raise
     tmp.replace(path)
     return path

@@ -120,11 +120,15 @@ def export_names(fmt: str) -> list[str]:
 def export(store: ResultsStore, out_dir: str | Path, fmt: str) -> list[Path]:
     """Write every table to ``out_dir`` as ``<table>.parquet`` or ``<table>.jsonl``; returns the files.
 
-    Parquet keeps JSON-valued columns as JSON text; JSONL parses them into nested objects. Each file is written
-    under a temporary name and renamed, so an interrupted export never leaves a half file under the final name.
+    Parquet keeps JSON-valued columns as JSON text; JSONL parses them into nested objects. All files are written
+    into a hidden staging folder inside ``out_dir`` and moved into place only once every one is whole, so an export
+    that fails (a damaged row, a full disk, Ctrl-C) leaves the folder as it was, and a folder it created is removed.
     A file of an earlier export in the same format whose table this store lacks is removed afterwards (so the folder
     never mixes two stores); none of these names may be a results store (refused before anything is written).
     """
+    import shutil
+    import tempfile
+
     from failtrace.store.connection import refuse_over_stores
 
     fmt = fmt.lower()
@@ -132,40 +136,61 @@ def export(store: ResultsStore, out_dir: str | Path, fmt: str) -> list[Path]:
         raise FailtraceError(f"unknown export format {fmt!r}; use parquet or jsonl")
     names = export_names(fmt)
     refuse_over_stores([Path(out_dir) / n for n in names] + [Path(out_dir) / f"{n}.part" for n in names], "export")
+    created: Path | None = None  # the outermost folder this export creates (removed again if it fails)
+    if not Path(out_dir).exists():
+        created = Path(out_dir)
+        while not created.parent.exists():
+            created = created.parent
     out = _out_folder(out_dir)
-    files = []
-    present = {r[0] for r in store.con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    stage: Path | None = None
     try:
-        for table in (*TABLES, "schema_version"):
-            if table not in present or (fmt == "jsonl" and table in ("cases", "case_methods")):
-                continue  # an old read-only store; JSONL writes the cases as one cases.jsonl below
-            order = ", ".join(KEYS.get(table, ("version",)))
-            path = out / file_name(table, fmt)
-            files.append(_write_table(store, f"SELECT * FROM {table} ORDER BY {order}", path, fmt))
-        if fmt == "jsonl" and "cases" in present:
-            from failtrace.store.cases import export_cases_jsonl
-
-            files.append(export_cases_jsonl(store, out / "cases.jsonl"))
-        for table, order in _ADDED_TABLES:
-            if table in present:
-                files.append(_export_added(store, table, order, out, fmt))
-        if "comparisons" in present:  # created by `failtrace compare` on first write
-            if fmt == "jsonl":
-                from failtrace.store.comparisons import export_comparisons_jsonl
-
-                files.append(export_comparisons_jsonl(store, out / "comparisons.jsonl"))
-            else:
-                path = out / "comparisons.parquet"
-                tmp = str(path.with_name(path.name + ".part")).replace("'", "''")
-                store.con.execute("COPY (SELECT * FROM comparisons ORDER BY case_id, model_fingerprint, step NULLS FIRST) "
-                                  f"TO '{tmp}' (FORMAT PARQUET)")
-                Path(tmp.replace("''", "'")).replace(path)
-                files.append(path)
+        stage = Path(tempfile.mkdtemp(prefix=".export-", suffix=".part", dir=out))
+        staged = _write_all(store, stage, fmt)
+        files = []
+        for f in staged:
+            f.replace(out / f.name)
+            files.append(out / f.name)
         written = {f.name for f in files}
         for name in names:  # an earlier export's table this store does not have
             stale = out / name
             if name not in written and (stale.is_file() or stale.is_symlink()):
                 stale.unlink()
-    except OSError as exc:
-        raise FailtraceError(f"cannot write the export into {out}: {exc.strerror or exc}") from None
+        return files
+    except BaseException as exc:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise FailtraceError(f"cannot write the export into {out}: {exc.strerror or exc}") from None
+        raise
+    finally:
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+def _write_all(store: ResultsStore, out: Path, fmt: str) -> list[Path]:
+    """Every table of ``store`` written into ``out`` (the staging folder of :func:`export`)."""
+    files = []
+    present = {r[0] for r in store.con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    for table in (*TABLES, "schema_version"):
+        if table not in present or (fmt == "jsonl" and table in ("cases", "case_methods")):
+            continue  # an old read-only store; JSONL writes the cases as one cases.jsonl below
+        order = ", ".join(KEYS.get(table, ("version",)))
+        path = out / file_name(table, fmt)
+        files.append(_write_table(store, f"SELECT * FROM {table} ORDER BY {order}", path, fmt))
+    if fmt == "jsonl" and "cases" in present:
+        from failtrace.store.cases import export_cases_jsonl
+
+        files.append(export_cases_jsonl(store, out / "cases.jsonl"))
+    for table, order in _ADDED_TABLES:
+        if table in present:
+            files.append(_export_added(store, table, order, out, fmt))
+    if "comparisons" in present:  # created by `failtrace compare` on first write
+        if fmt == "jsonl":
+            from failtrace.store.comparisons import export_comparisons_jsonl
+
+            files.append(export_comparisons_jsonl(store, out / "comparisons.jsonl"))
+        else:
+            order = "case_id, model_fingerprint, step NULLS FIRST"
+            files.append(_write_table(store, f"SELECT * FROM comparisons ORDER BY {order}",
+                                      out / "comparisons.parquet", fmt))
     return files
