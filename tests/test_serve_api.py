@@ -419,8 +419,10 @@ def test_head_and_version(client: TestClient) -> None:
     assert spec["version"] == __version__ and "`" not in spec["description"]
 
 
-def test_cli_serves_and_stops_on_sigint(toy: dict[str, Any]) -> None:
-    """The real command in a subprocess: prints its loopback URL, answers, stops cleanly on Ctrl-C (SIGINT)."""
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_cli_serves_and_stops_on_sigint(toy: dict[str, Any], sig: str) -> None:
+    """The real command in a subprocess: prints its loopback URL, answers, stops cleanly on Ctrl-C (SIGINT) or a
+    scheduler's SIGTERM: exit 0 (a server's normal end) and a line saying it stopped."""
     import os
     import signal
     import subprocess
@@ -445,8 +447,9 @@ def test_cli_serves_and_stops_on_sigint(toy: dict[str, Any]) -> None:
                 time.sleep(0.1)
         else:
             pytest.fail("the server never answered")
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(getattr(signal, sig))
         assert proc.wait(timeout=20) == 0
+        assert proc.stdout.read() == "failtrace explorer stopped\n"
         assert "Traceback" not in proc.stderr.read()
     finally:
         if proc.poll() is None:

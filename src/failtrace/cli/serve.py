@@ -18,7 +18,7 @@ def serve_command(
     port: int = typer.Option(8765, "--port", help="TCP port (0 = any free port)."),
     review: bool = typer.Option(False, "--review", help="Allow recording reviews and category overrides."),
 ) -> None:
-    """Serve the explorer at http://HOST:PORT (Ctrl-C stops). Read-only unless --review is given."""
+    """Serve the explorer at http://HOST:PORT (Ctrl-C or SIGTERM stops it, exit 0). Read-only unless --review."""
     import uvicorn
 
     from failtrace.serve.app import create_app, require_store
@@ -39,7 +39,8 @@ def serve_command(
     typer.echo(f"failtrace explorer on http://{shown}:{port}" + (" (and this machine's other addresses)" if anywhere
                                                                  else "")
                + f"  ({store}, {'review mode' if review else 'read-only'})")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.run(app, host=host, port=port, log_level="warning")  # returns on Ctrl-C or SIGTERM (after open requests)
+    typer.echo("failtrace explorer stopped")  # the normal way a server ends: exit 0, store closed
 
 
 def _check_bind(host: str, port: int) -> int:
