@@ -74,6 +74,28 @@ def test_scatter_and_segments_against_independent_math() -> None:
                     assert n == len(ids) and mean == pytest.approx(shares[:, j].mean(), abs=1e-12)
 
 
+def test_two_models_under_one_name_keep_their_own_relevance() -> None:
+    """The same model path compared twice with other weights gives two rows with one name: each Fig. 5 point
+    averages its own row's segment shares (they were looked up by name, so both took the last row's)."""
+    rows = _rows()
+    again = _row(0, "other", dl=-1.5, seg={"system": 5.0, "instruction": -1.0, "answer": 0.5})
+    again["model_fingerprint"] = "other@new-weights"
+    first = next(r for r in rows if r["case_id"] == "c00" and r["model"] == "other")
+    first["delta_logit"] = -0.5  # both rows of c00 in the "corrected" group of "other"
+    rows.append(again)
+    got = {(r["group"], r["role"], r["segment"]): (r["mean_share"], r["cases"]) for r in D.segment_rows(rows)
+           if r["model"] == "other"}
+    ref = {r["case_id"]: r for r in rows if r["reference"]}
+    mine = [r for r in rows if r["model"] == "other" and r["delta_logit"] < 0]
+    assert first in mine and again in mine
+    for role, shown in (("model", mine), ("reference", [ref[r["case_id"]] for r in mine])):
+        mats = np.array([[r["segment_relevance"][s] for s in SEGS] for r in shown])
+        shares = mats / np.abs(mats).sum(axis=1, keepdims=True)
+        for j, s in enumerate(SEGS):
+            mean, n = got[("corrected", role, s)]
+            assert n == len(mine) and mean == pytest.approx(shares[:, j].mean(), abs=1e-12)
+
+
 def test_checkpoint_tables_against_independent_math() -> None:
     rows = _rows(1)
     summary = {(r["series"], r["split"], r["step"]): r for r in D.checkpoint_summary(rows)}

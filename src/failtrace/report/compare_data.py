@@ -66,7 +66,9 @@ def scatter_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
             continue
         out.append({"case_id": r["case_id"], "item_id": r["item_id"], "benchmark": r["benchmark"],
                     "reference_model": ref["model"], "model": r["model"], "dl_reference": float(ref["delta_logit"]),
-                    "dl_model": float(r["delta_logit"]), "corrected": float(r["delta_logit"]) < 0})
+                    "dl_model": float(r["delta_logit"]), "corrected": float(r["delta_logit"]) < 0,
+                    "reference_fingerprint": ref.get("model_fingerprint"),
+                    "model_fingerprint": r.get("model_fingerprint")})
     return out
 
 
@@ -93,14 +95,15 @@ def _mean_shares(rows: Sequence[Row]) -> dict[str, tuple[float, int]]:
 def segment_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
     """Fig. 5: per other model, group (corrected there or not), model shown (the case's model or the other) and
     segment: the mean segment share over the group's cases."""
-    by_key = {(r["case_id"], r["model"]): r for r in rows if not is_checkpoint(r)}
+    # keyed by fingerprint, not name: one path may hold two models' weights over time (two rows, one name)
+    by_key = {(r["case_id"], r.get("model_fingerprint")): r for r in rows if not is_checkpoint(r)}
     points = scatter_rows(rows)
     out = []
     for model in dict.fromkeys(p["model"] for p in points):
         for group in ("corrected", "uncorrected"):
             mine = [p for p in points if p["model"] == model and p["corrected"] == (group == "corrected")]
             for role in ("reference", "model"):
-                shown = [by_key[(p["case_id"], p["reference_model"] if role == "reference" else model)] for p in mine]
+                shown = [by_key[(p["case_id"], p[f"{role}_fingerprint"])] for p in mine]
                 name = mine[0]["reference_model"] if role == "reference" and mine else model
                 for seg, (mean, n) in _mean_shares(shown).items():
                     out.append({"model": model, "group": group, "role": role, "shown_model": name, "segment": seg,
