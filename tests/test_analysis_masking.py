@@ -41,6 +41,12 @@ def _reference_curve(model, ids, relevance, special, target, contrast, spec):
     return curve, torch.stack(all_logits)
 
 
+def _last_logits(model, ids: list[int]) -> torch.Tensor:
+    """The plain model's next-token logits after ``ids`` (no masking)."""
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([ids])).logits[0, -1]
+
+
 def _flipping_contrast(logits: torch.Tensor, target: int) -> int:
     """A contrast that is below the target unmasked but overtakes it at some k (so k* exists)."""
     gain = (logits[1:] - logits[1:, target:target + 1]).max(0).values
@@ -57,8 +63,7 @@ def test_flip_search_matches_plain_transformers_on_a_tiny_model(tiny, rule):
     rel = np.random.default_rng(2).normal(size=14)
     special = [True] + [False] * 13
     spec = MaskingSpec(rule=rule, token_id=5 if rule == "replace" else None, max_k=8)
-    with torch.no_grad():
-        target = int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
+    target = int(_last_logits(model, ids).argmax())
     _c, logits = _reference_curve(model, ids, rel, special, target, 0, spec)
     contrast = _flipping_contrast(logits, target)
     want, _ = _reference_curve(model, ids, rel, special, target, contrast, spec)
@@ -72,8 +77,7 @@ def test_flip_search_matches_plain_transformers_on_a_tiny_model(tiny, rule):
 def test_no_flip_gives_none(tiny):
     model = tiny("qwen2")
     ids = list(range(10, 22))
-    with torch.no_grad():
-        logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+    logits = _last_logits(model, ids)
     target, contrast = int(logits.argmax()), int(logits.argmin())  # the least likely token will not overtake
     curve, k_star = flip_search(model, ids, np.ones(12), [False] * 12, target, contrast, MaskingSpec(max_k=3))
     want, _ = _reference_curve(model, ids, np.ones(12), [False] * 12, target, contrast, MaskingSpec(max_k=3))
@@ -85,8 +89,7 @@ def test_a_contrast_already_preferred_is_not_a_flip_at_k0(tiny):
     """k* counts masked tokens: Δℓ < 0 before any masking is not k* = 0 (the smallest k >= 1 with Δℓ < 0)."""
     model = tiny("llama")
     ids = list(range(20, 33))
-    with torch.no_grad():
-        logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+    logits = _last_logits(model, ids)
     target, contrast = int(logits.argmin()), int(logits.argmax())  # the contrast is ahead from the start
     rel = np.linspace(1.0, 2.0, 13)
     curve, k_star = flip_search(model, ids, rel, [False] * 13, target, contrast, MaskingSpec(max_k=4))
