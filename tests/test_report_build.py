@@ -234,6 +234,7 @@ def test_dollar_signs_in_tokens_and_names_are_drawn_literally(tmp_path, monkeypa
     monkeypatch.setattr(F, "_save", spy)  # graphfig imports _save at call time
     graph_record_figure(case.graph, case.tokens, case.special_mask, tmp_path / "g.png", title="cost $5 or $6")
     assert any("cost $5 or $6" in t for t in seen) and any("$x^$" in t for t in seen)
+    assert any(t.endswith("cost $5 or $6  ·  2 nodes, 1 edge") for t in seen)  # one edge, not "1 edges"
 
 
 def test_out_is_a_file(tmp_path):

@@ -66,7 +66,8 @@ def graph_record_figure(record: Mapping[str, Any], tokens: Sequence[str], specia
     ax.set_ylim(-0.7, len(stages) - 0.3)
     for spine in ("top", "right"):
         ax.spines[spine].set_visible(False)
-    shown = f"{len(nodes)} nodes, {len(record['edges'])} edges" + \
+    n_nodes, n_edges = len(nodes), len(record["edges"])
+    shown = f"{n_nodes} node{'s' * (n_nodes != 1)}, {n_edges} edge{'s' * (n_edges != 1)}" + \
         (f" (strongest {len(edges)} drawn)" if len(edges) < len(record["edges"]) else "")
     ax.set_title(f"{title}  ·  {shown}" if title else shown, fontsize=9, loc="left")
     _tight(fig)
