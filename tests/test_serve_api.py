@@ -396,7 +396,7 @@ def test_all_addresses_print_the_url_to_open(toy: dict[str, Any], monkeypatch: p
     out, err = capsys.readouterr()
     assert served["host"] == "0.0.0.0" and served["port"] > 0
     assert out == (f"failtrace explorer on http://127.0.0.1:{served['port']} (and this machine's other addresses)  "
-                   f"({toy['store']}, read-only)\n")
+                   f"({toy['store']}, read-only)\nfailtrace explorer stopped\n")
     assert err.startswith("warning: binding 0.0.0.0: anyone who can reach this address can read the store")
 
 
