@@ -63,3 +63,15 @@ def test_urt_is_undecided_without_relevant_tokens():
     assert pattern == "OIT" and ev["urt_decidable"] is False and ev["relevant_tokens"] == 0
     # the instruction tokens 3, 4 are now irrelevant supporters candidates: top-3 unchanged (2, 5, 1)
     assert ev["oit_tokens"] == [2, 5, 1]
+
+
+def test_urt_is_undecided_when_a_relevant_token_has_no_relevance():
+    """A NaN (not computed) among the relevant tokens makes their sum unknown: URT is undecided, not silently False
+    (NaN >= -θ is False) under an evidence that said it was decided; OIT ranks the finite tokens only."""
+    r = [100.0, 1.0, 4.0, float("nan"), -0.25, 2.0, 1.0]
+    pattern, ev = failure_pattern(r, SPECIAL, LABELS, ["instruction"])
+    assert ev["urt_decidable"] is False and ev["relevant_not_finite"] == 1 and ev["relevant_sum"] is None
+    assert pattern == "OIT" and ev["oit_tokens"] == [2, 5, 1]
+    finite = [100.0, 1.0, 4.0, 0.5, -0.25, 2.0, 1.0]
+    _p, ev = failure_pattern(finite, SPECIAL, LABELS, ["instruction"])
+    assert ev["urt_decidable"] is True and ev["relevant_not_finite"] == 0 and ev["relevant_sum"] is not None

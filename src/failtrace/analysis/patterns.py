@@ -7,7 +7,8 @@ labelled ``special`` (chat-template text):
 
 * **URT** (under-used relevant tokens): the relevant tokens do not push against the target:
   Σ_{content i in a relevant segment} r_i ≥ −θ (default θ = 0.1). Undecided (never flagged) when the segmenter
-  found no content token in the relevant segments: an empty sum says nothing about the model.
+  found no content token in the relevant segments (an empty sum says nothing about the model), or when one of them
+  has no finite relevance (NaN: not computed; the sum is unknown).
 * **OIT** (over-reliance on irrelevant tokens): among the m strongest supporters of the target (content tokens with
   the largest positive r; default m = 3) there is one outside the relevant segments whose share of the positive
   relevance, r_i / Σ_{content j, r_j > 0} r_j, is at least θ' (default 0.05).
@@ -39,8 +40,10 @@ def failure_pattern(relevance: Sequence[float] | np.ndarray, special_mask: Seque
                              f"({len(labels)}) must have one entry per token")
     content = np.array([not s and lab != "special" for s, lab in zip(special_mask, labels)], dtype=bool)
     in_rel = np.array([lab in set(relevant) for lab in labels], dtype=bool) & content
-    rel_sum = float(r[in_rel].sum())
-    urt = bool(in_rel.any()) and rel_sum >= -theta
+    unknown = int((in_rel & ~np.isfinite(r)).sum())  # relevance not computed there: the sum would be NaN
+    decidable = bool(in_rel.any()) and not unknown
+    rel_sum = float(r[in_rel].sum()) if decidable else None
+    urt = decidable and rel_sum >= -theta
     positive = content & (r > 0)
     mass = float(r[positive].sum())
     order = sorted(np.nonzero(positive)[0].tolist(), key=lambda i: (-r[i], i))[:max(0, int(m))]
@@ -50,7 +53,7 @@ def failure_pattern(relevance: Sequence[float] | np.ndarray, special_mask: Seque
     oit = bool(offenders)
     pattern = "URT+OIT" if urt and oit else "URT" if urt else "OIT" if oit else "none"
     evidence = {"relevant_segments": list(relevant), "relevant_tokens": int(in_rel.sum()),
-                "urt_decidable": bool(in_rel.any()),
+                "urt_decidable": decidable, "relevant_not_finite": unknown,
                 "relevant_sum": rel_sum, "top_supporters": top, "oit_tokens": [t["position"] for t in offenders],
                 "theta": float(theta), "theta_share": float(theta_share), "m": int(m)}
     return pattern, evidence
