@@ -85,8 +85,9 @@ def test_no_flip_gives_none(tiny):
     assert all(v >= 0 for v in want) and k_star is None
 
 
-def test_a_contrast_already_preferred_is_not_a_flip_at_k0(tiny):
-    """k* counts masked tokens: Δℓ < 0 before any masking is not k* = 0 (the smallest k >= 1 with Δℓ < 0)."""
+def test_a_contrast_already_preferred_has_no_k_star(tiny):
+    """Δℓ < 0 before any masking (a corrected row of compare): nothing to flip, so k* is None, neither 0 nor the
+    first k whose masking kept it below 0 (that used to be reported, usually 1, and counted in the median k*)."""
     model = tiny("llama")
     ids = list(range(20, 33))
     logits = _last_logits(model, ids)
@@ -95,7 +96,11 @@ def test_a_contrast_already_preferred_is_not_a_flip_at_k0(tiny):
     curve, k_star = flip_search(model, ids, rel, [False] * 13, target, contrast, MaskingSpec(max_k=4))
     want, _ = _reference_curve(model, ids, rel, [False] * 13, target, contrast, MaskingSpec(max_k=4))
     assert curve == pytest.approx(want, abs=1e-4) and want[0] < 0
-    assert k_star == next(k for k in range(1, len(want)) if want[k] < 0) and k_star >= 1
+    assert any(v < 0 for v in want[1:]) and k_star is None
+    from failtrace.analysis.masking import first_flip
+
+    assert first_flip([2.0, 0.5, -0.1, -3.0]) == 2 and first_flip([0.0, -1.0]) == 1  # Δℓ = 0 is not corrected
+    assert first_flip([-0.5, -1.0]) is None and first_flip([1.0, 0.2]) is None and first_flip([]) is None
 
 
 def test_masked_objective_zeroes_every_chosen_position(tiny):

@@ -117,7 +117,9 @@ def test_flip_curve_and_segments_by_explicit_masking(cmp: dict[str, Any]) -> Non
             want = _masked_delta(plain, r["token_ids"], order[:k], r["target_id"], r["contrast_id"])
             assert abs(want - value) < 1e-3
         neg = [k for k, v in enumerate(r["flip_curve"]) if v < 0 and k >= 1]  # k* counts from one mask
-        assert r["flip_k"] == (neg[0] if neg else None)
+        corrected = r["flip_curve"][0] < 0  # that model prefers the contrast unmasked: nothing to flip
+        assert r["flip_curve"][0] == r["delta_logit"] or abs(r["flip_curve"][0] - r["delta_logit"]) < 1e-3
+        assert r["flip_k"] == (None if corrected or not neg else neg[0])
 
 
 def test_unmapped_strings_are_flagged(cmp: dict[str, Any]) -> None:

@@ -13,7 +13,8 @@ predicting position's state removes the prediction itself rather than a reason f
 (attention sinks: zeroing one breaks every position at once). They are ranked by relevance, largest first (ties:
 lower layer, then lower position). Ablating the first k nodes sets all k hidden states to zero at once (a forward
 hook on each decoder layer that zeroes those rows of its output, so later layers see the zeroed state and build on
-it); Δℓ is recorded for k = 0..budget and the first k with Δℓ < 0 is the flip.
+it); Δℓ is recorded for k = 0..budget and the first k with Δℓ < 0 is the flip (none when Δℓ < 0 already
+at k = 0: :func:`failtrace.analysis.masking.first_flip`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from failtrace.analysis.masking import first_flip
 from failtrace.cases.record import CATEGORIES  # the one list of category names (re-exported here)
 from failtrace.errors import FailtraceError
 from failtrace.lrp.patch import decoder_layers
@@ -96,7 +98,7 @@ def node_ablation(model: nn.Module, token_ids: Sequence[int], hidden_relevance: 
     nodes = ablation_candidates(h, budget, special_mask)
     sets = [[(l, i) for l, i, _r in nodes[:k]] for k in range(len(nodes) + 1)]
     curve = ablated_delta(model, token_ids, sets, target_id, contrast_id, batch=batch)
-    k = next((k for k in range(1, len(curve)) if curve[k] < 0), None)
+    k = first_flip(curve)
     return {"rule": RULE, "budget": int(budget),
             "nodes": [{"layer": l, "position": i, "relevance": r} for l, i, r in nodes],
             "curve": curve, "flipped": k is not None, "k": k}

@@ -111,8 +111,8 @@ def flip_search(model: nn.Module, token_ids: Sequence[int], relevance: Sequence[
                 special_mask: Sequence[bool], target_id: int, contrast_id: int,
                 spec: MaskingSpec | None = None, batch: int = 8) -> tuple[list[float], int | None]:
     """Mask the top-k positively attributed tokens outside ``special_mask`` for k = 0..K (K = ``spec.max_k``, fewer
-    when fewer tokens have positive relevance): the Δℓ curve (index k) and k* = the smallest k >= 1 with Δℓ < 0 (None
-    if none). ``special_mask`` is taken as given: pass :func:`never_masked` (special ids plus, when
+    when fewer tokens have positive relevance): the Δℓ curve (index k) and k* = :func:`first_flip` (the smallest
+    k >= 1 with Δℓ < 0; None if none, or if Δℓ < 0 unmasked). ``special_mask`` is taken as given: pass :func:`never_masked` (special ids plus, when
     ``spec.skip_template``, the template text) to follow the spec's rule, as every caller in failtrace does."""
     spec = spec or MaskingSpec()
     if len(relevance) != len(token_ids):
@@ -121,5 +121,13 @@ def flip_search(model: nn.Module, token_ids: Sequence[int], relevance: Sequence[
     order = top_positions(relevance, special_mask, spec.max_k)
     curve = masked_delta(model, token_ids, [order[:k] for k in range(len(order) + 1)], target_id, contrast_id,
                          spec, batch=batch)
-    k_star = next((k for k in range(1, len(curve)) if curve[k] < 0), None)
-    return curve, k_star
+    return curve, first_flip(curve)
+
+
+def first_flip(curve: Sequence[float]) -> int | None:
+    """The smallest k >= 1 with Δℓ < 0 on a masking or ablation curve (index 0 = nothing removed); None when there is
+    none, and when Δℓ < 0 already at k = 0: that model prefers the contrast unaided (a corrected row of ``compare``),
+    so there is no failure to flip and a k* of 1 would only count a token whose removal kept it corrected."""
+    if not len(curve) or curve[0] < 0:
+        return None
+    return next((k for k in range(1, len(curve)) if curve[k] < 0), None)
