@@ -222,6 +222,37 @@ def test_char_spans_override_the_segmenter():
     assert _text_of(texts, labels, "query") == "Sort the list. "
 
 
+@pytest.mark.parametrize("prompt", ["s", "er", "user", "im"])
+def test_a_short_message_is_found_after_its_header_not_inside_it(prompt):
+    """A one- or two-character prompt also occurs in the template's own text (``<|im_start|>user``): it is placed
+    where the template puts the message, so exactly its own characters are content and the header stays template."""
+    tok = toy_tokenizer()
+    item = Item(id="s", benchmark="toy", prompt=prompt, reference={})
+    ids, labels, texts = _labels_by_char(tok, item)
+    header = texts.index("\n")  # the byte-level toy tokenizer: <|im_start|>, u, s, e, r, \n, then the message
+    assert "".join(texts[:header + 1]) == "<|im_start|>user\n"
+    content = [i for i, lab in enumerate(labels) if lab not in ("special", "system")]
+    assert content == list(range(header + 1, header + 1 + len(prompt))) and _text_of(texts, labels, "query") == prompt
+
+
+def test_char_spans_count_from_the_untrimmed_prompt_when_the_template_trims():
+    """A template that trims the message (Llama-3's ``| trim``) drops the leading newlines; user spans are offsets in
+    the prompt as given, so they shift with it (they labelled 'ite a poem. N' and raised for the last sentence)."""
+    tok = toy_tokenizer()
+    tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] | trim }}<|im_end|>\n"
+                         "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    prompt = "\n\nWrite a poem. No commas.  "
+    item = Item(id="t", benchmark="toy", prompt=prompt, reference={})
+    ids = apply_chat_template(tok, item.prompt)
+    a, b = prompt.index("No commas."), prompt.index("No commas.") + len("No commas.")
+    spans = {"instruction": [(a, b)], "task": [(prompt.index("Write"), prompt.index(" No"))], "tail": [(b, len(prompt))]}
+    labels = segment_labels(tok, ids, _mask(tok, ids), len(ids), item, char_spans=spans)
+    texts = token_texts(tok, ids)
+    assert _text_of(texts, labels, "instruction") == "No commas."
+    assert _text_of(texts, labels, "task") == "Write a poem."
+    assert "tail" not in labels  # the trimmed trailing blanks are not in the rendered prompt: an empty span
+
+
 def test_spans_and_segment_sums():
     labels = ["special", "system", "system", "query", "instruction", "query", "answer"]
     assert spans_from_labels(labels) == {"special": [[0, 1]], "system": [[1, 3]], "query": [[3, 4], [5, 6]],

@@ -114,6 +114,31 @@ def _default_system(tokenizer: Any, messages: list[dict[str, str]], text: str) -
     return (len(head), end) if end > len(head) else None
 
 
+def _placed(tokenizer: Any, messages: list[dict[str, str]], text: str) -> list[tuple[int, str]] | None:
+    """Where each message's content sits in ``text``, found from a rendering with one sentinel per message: the
+    template text around the sentinels is the same in ``text``, so each content starts where its sentinel did,
+    shifted by the earlier contents' lengths. A plain search from the start would find a short message ("s", "er")
+    inside the template's own text (``<|im_start|>user``). Each placement is checked against ``text`` (the content
+    as written or trimmed); None when any does not match (a template that rewrites content), so callers search."""
+    marks = [f"\x02FT{i}\x02" for i in range(len(messages))]
+    try:
+        rendered = tokenizer.apply_chat_template([{**m, "content": s} for m, s in zip(messages, marks)],
+                                                 tokenize=False, add_generation_prompt=True)
+    except Exception:  # a template that refuses the sentinel messages: fall back to searching
+        return None
+    if not isinstance(rendered, str) or any(rendered.count(s) != 1 for s in marks):
+        return None
+    out, shift = [], 0
+    for msg, mark in zip(messages, marks):
+        at = rendered.index(mark) + shift
+        content = next((c for c in (msg["content"], msg["content"].strip()) if text.startswith(c, at)), None)
+        if content is None:
+            return None
+        out.append((at, content))
+        shift += len(content) - len(mark)
+    return out
+
+
 def _char_labels(tokenizer: Any, item: Any, text: str, char_spans: dict[str, Any] | None) -> list[str]:
     """One segment name per character of the rendered prompt ``text`` (``special`` outside every message)."""
     labels = ["special"] * len(text)
@@ -124,21 +149,28 @@ def _char_labels(tokenizer: Any, item: Any, text: str, char_spans: dict[str, Any
         labels[sys_span[0]:sys_span[1]] = ["system"] * (sys_span[1] - sys_span[0])
         cursor = sys_span[1]
     last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=-1)
+    placed = _placed(tokenizer, messages, text)
     for idx, msg in enumerate(messages):
-        content = msg["content"]
-        at = text.find(content, cursor) if content else -1
-        if at < 0 and content.strip():
-            content = content.strip()
-            at = text.find(content, cursor)
+        content, lead = msg["content"], 0
+        if placed is not None:
+            at, content = placed[idx]
+        else:  # search after the previous message (a template that rewrites messages: no exact placement)
+            at = text.find(content, cursor) if content else -1
+            if at < 0 and content.strip():
+                content = content.strip()
+                at = text.find(content, cursor)
         if at < 0:
             continue  # the template dropped or rewrote this message: its characters stay template text
+        if content != msg["content"]:  # the template trimmed it: user offsets count from the untrimmed text
+            lead = len(msg["content"]) - len(msg["content"].lstrip())
         cursor = at + len(content)
         if msg["role"] == "user":
             # only the item's own turn (the last) is cut: an earlier user turn (a one-shot example) is context, and
             # its "problem" must not count as the item's relevant segment
             parts: Spans = {}
             if char_spans is not None and idx == last_user:
-                parts = {str(k): [(int(a), int(b)) for a, b in v] for k, v in char_spans.items()}
+                parts = {str(k): [(min(max(int(a) - lead, 0), len(content)), min(max(int(b) - lead, 0), len(content)))
+                                  for a, b in v] for k, v in char_spans.items()}
             elif idx == last_user:
                 seg = SEGMENTERS.get(getattr(item, "benchmark", ""))
                 parts = seg(item, content) if seg is not None else {}
