@@ -4,6 +4,7 @@ keying by settings and by model content, an interrupted run resumed with nothing
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import signal
@@ -21,6 +22,7 @@ import failtrace
 from failtrace.cases.analyse import analyse
 from failtrace.cases.record import CATEGORIES, PATTERNS, case_id
 from failtrace.cases.settings import ALL_METHODS, CaseSettings
+from failtrace.errors import FailtraceError
 from failtrace.models.fingerprint import model_fingerprint
 from failtrace.store import open_store
 from failtrace.store.cases import load_case_graph, load_cases
@@ -206,6 +208,9 @@ def test_rerun_does_no_work_and_other_methods_never_mix(toy: dict[str, Any]) -> 
         everything = load_cases(st, latest=False)
     assert {c.case_id for c in latest}.isdisjoint(first_ids) and len(latest) == n
     assert all(set(c.methods) == {"attnlrp", "random"} and c.masking.max_k == 3 for c in latest)
+    # the search stopped at 3, so the M-IA bound in force (and in the evidence) is 3, not the default k_ia 5
+    assert all(c.category_evidence["k_ia"] == 3 and (c.category == "M-IA") == (c.methods["attnlrp"].flip_k is not None)
+               for c in latest)
     assert len(everything) == 2 * n
     rows = _raw(toy["store"], "SELECT count(*), count(DISTINCT case_id) FROM cases")
     assert rows == [(2 * n, 2 * n)]
@@ -332,3 +337,17 @@ def test_a_context_with_nothing_maskable_says_so(tmp_path: Path) -> None:
     assert any("nothing may be masked or ablated" in n for n in c.notes)
     assert all(len(m.flip_curve) == 1 and m.flip_k is None for m in c.methods.values())
     assert c.category_evidence["ablation"]["nodes"] == []
+
+
+@pytest.mark.parametrize("pattern, message", [
+    ({"theta_shar": 0.1}, "unknown pattern setting 'theta_shar'; valid: theta, theta_share, m"),
+    ({"m": 0.9}, "pattern setting m (top supporters looked at) must be an integer >= 1, got 0.9"),
+    ({"m": 0}, "must be an integer >= 1, got 0"),
+    ({"theta": True}, "pattern setting theta must be a finite number, got True"),
+    ({"theta": float("nan")}, "pattern setting theta must be a finite number"),
+])
+def test_pattern_settings_are_checked_before_any_work(pattern: dict[str, Any], message: str) -> None:
+    """A mistyped key used to pass and end the whole run with a TypeError at the first case; m = 0.9 was cut to 0."""
+    with pytest.raises(FailtraceError, match=re.escape(message)):
+        CaseSettings(pattern=pattern).validate()
+    assert CaseSettings(pattern={"theta": 0.2, "theta_share": 0.1, "m": 2}).validate().pattern["m"] == 2

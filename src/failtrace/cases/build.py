@@ -172,7 +172,9 @@ def _category_and_pattern(lm: Any, context: list[int], special: list[bool], fixe
 
     kwargs: dict[str, Any] = {} if settings.ablation_budget is None else {"budget": settings.ablation_budget}
     ablation = node_ablation(lm.model, context, attn_hidden, target, contrast, special_mask=fixed, **kwargs)
-    category, evidence = categorize(attn.flip_k, ablation, k_ia=settings.k_ia)
+    # the flip search stops at max_k, so no k* above it exists to test: the M-IA bound in force is the smaller one,
+    # and the evidence names that one (with --max-k 3, k_ia 5 would claim a search that never ran)
+    category, evidence = categorize(attn.flip_k, ablation, k_ia=min(settings.k_ia, settings.max_k))
     evidence = dict(evidence)
     evidence.setdefault("ablation", ablation)
     clock.lap("category")

@@ -12,6 +12,8 @@ from failtrace.errors import FailtraceError
 # Attribution methods compared per case, in this order everywhere (docs/ANALYSES.md defines each).
 ALL_METHODS: tuple[str, ...] = ("attnlrp", "cp-lrp", "gradxinput", "ig", "attention", "random")
 DEFAULT_METHODS = ALL_METHODS
+# failure_pattern's thresholds a CaseSettings.pattern may set (docs/ANALYSES.md): θ, θ' and m
+PATTERN_KEYS: tuple[str, ...] = ("theta", "theta_share", "m")
 
 
 @dataclass
@@ -97,8 +99,13 @@ class CaseSettings:
         check_node_threshold(self.node_threshold)
         self.prune = str(PruneSpec.parse(self.prune))
         for key, value in self.pattern.items():
-            if not isinstance(value, (int, float)) or not math.isfinite(value):
+            if key not in PATTERN_KEYS:
+                raise FailtraceError(f"unknown pattern setting {key!r}; valid: {', '.join(PATTERN_KEYS)}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise FailtraceError(f"pattern setting {key} must be a finite number, got {value!r}")
+            if key == "m" and (not isinstance(value, int) or value < 1):
+                raise FailtraceError(f"pattern setting m (top supporters looked at) must be an integer >= 1, "
+                                     f"got {value!r}")
         return self
 
     def check_mask_token(self, loaded: Any) -> None:
