@@ -41,6 +41,8 @@ TEXTS = [
     "Zebras graze. Zebra-like zebroids exist too!",
     "one two three four five six seven eight nine ten eleven",
     "caf\u00e9 na\u00efve \u00dcber, \u2019quotes\u2019 and \U0001F600 emoji",
+    "\u0391\u03a3\u0391 \u03a0\u0395\u03a3 and then an answer.",  # ΑΣΑ ΠΕΣ: a capital sigma lowers by what follows
+    "\u039f\u0394\u03a5\u03a3\u03a3\u0395\u03a5\u03a3 \u03a3\u0391\u03a3.",  # ΟΔΥΣΣΕΥΣ ΣΑΣ.
 ]
 CASES = [
     (["punctuation:no_comma"], [{}]),
@@ -52,9 +54,11 @@ CASES = [
     (["keywords:forbidden_words"], [{"forbidden_words": ["zebra", "paris"]}]),
     (["startend:quotation"], [{}]),
     (["combination:repeat_prompt"], [{"prompt_to_repeat": "What is the capital of France?"}]),
+    (["combination:repeat_prompt"], [{"prompt_to_repeat": "\u0391\u03a3\u0391 \u03a0\u0395\u03a3"}]),
     (["punctuation:no_comma", "length_constraints:number_words"], [{}, {"relation": "at least", "num_words": 3}]),
 ]
-CONTINUATIONS = ["", " ", "x", ".", "a", "\n", ", and", "ly", " THE END", " the end", '"', "s", "\u00e9"]
+CONTINUATIONS = ["", " ", "x", ".", "a", "\n", ", and", "ly", " THE END", " the end", '"', "s", "\u00e9", "\u0391",
+                 ".\u0391"]
 
 
 @pytest.mark.parametrize(("ids", "kwargs"), CASES)

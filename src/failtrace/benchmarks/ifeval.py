@@ -274,13 +274,23 @@ _RULE_ARGS = {"length_constraints:number_words": ("num_words", "relation"),
               "combination:repeat_prompt": ("prompt_to_repeat",)}
 
 
+def _lowered(prefix: str) -> str:
+    """``prefix.lower()`` as far as it is a prefix of every longer text's ``lower()``: Python lowers a capital sigma
+    by what follows it (ς at a word's end, σ inside one), so a last Σ with no cased letter after it yet is left
+    out, with what follows it (the only context-dependent lowercasing Python does)."""
+    at = prefix.rfind("\u03a3")
+    if at >= 0 and not any(c.lower() != c.upper() for c in prefix[at + 1:]):
+        prefix = prefix[:at]
+    return prefix.lower()
+
+
 def prefix_fails(instruction_id: str, checker: Any, prefix: str) -> str | None:
     """A reason when no text starting with ``prefix`` can satisfy one official IFEval check (strict), else None.
 
     Each rule reads the official checker's own parsed arguments and holds because the check is monotone in the
     text: counts of regex matches, letters and ``\\w+`` words of a prefix never exceed those of a longer text, a
     character that breaks ``islower``/``isupper`` stays, and ``strip().lower()`` of the longer text starts with that
-    of the prefix. No official check raises on any text (langdetect's errors are caught inside the checks), so a
+    of the prefix (lowered by :func:`_lowered`: a trailing capital sigma's lowercase is not known yet). No official check raises on any text (langdetect's errors are caught inside the checks), so a
     decided prefix means the verdict ``fail``, never ``unverifiable``. Checks not listed are never decided early.
     """
     if instruction_id == "punctuation:no_comma":
@@ -297,7 +307,7 @@ def prefix_fails(instruction_id: str, checker: Any, prefix: str) -> str | None:
         return f"{words} words already (limit: less than {checker._num_words})" \
             if words >= checker._num_words else None
     if instruction_id == "keywords:letter_frequency" and less and len(checker._letter) == 1:
-        count = prefix.lower().count(checker._letter)
+        count = prefix.lower().count(checker._letter)  # a-z only (the official check draws another letter otherwise)
         return f"letter {checker._letter!r} {count} times already" if count >= checker._frequency else None
     if instruction_id == "keywords:frequency" and less and _LITERAL.fullmatch(checker._keyword):
         count = len(re.findall(checker._keyword, prefix, flags=re.IGNORECASE))
@@ -316,7 +326,7 @@ def prefix_fails(instruction_id: str, checker: Any, prefix: str) -> str | None:
     if instruction_id == "detectable_format:json_format":
         return _json_prefix_fails(prefix)
     if instruction_id == "combination:repeat_prompt":
-        said, wanted = prefix.strip().lower(), checker._prompt_to_repeat.strip().lower()
+        said, wanted = _lowered(prefix.strip()), checker._prompt_to_repeat.strip().lower()
         ok = said.startswith(wanted) or wanted.startswith(said)
         return None if ok else "the response does not start by repeating the request"
     return None
