@@ -290,8 +290,9 @@ def prefix_fails(instruction_id: str, checker: Any, prefix: str) -> str | None:
     Each rule reads the official checker's own parsed arguments and holds because the check is monotone in the
     text: counts of regex matches, letters and ``\\w+`` words of a prefix never exceed those of a longer text, a
     character that breaks ``islower``/``isupper`` stays, and ``strip().lower()`` of the longer text starts with that
-    of the prefix (lowered by :func:`_lowered`: a trailing capital sigma's lowercase is not known yet). No official check raises on any text (langdetect's errors are caught inside the checks), so a
-    decided prefix means the verdict ``fail``, never ``unverifiable``. Checks not listed are never decided early.
+    of the prefix (lowered by :func:`_lowered`: a trailing capital sigma's lowercase is not known yet). No official
+    check raises on any text (langdetect's errors are caught inside the checks), so a decided prefix means the
+    verdict ``fail``, never ``unverifiable``. Checks not listed are never decided early.
     """
     if instruction_id == "punctuation:no_comma":
         return "a comma was written" if "," in prefix else None
