@@ -74,6 +74,17 @@ def test_sibling_option_alias_and_tokenizer_error(tmp_path: Path, models: tuple[
     assert main(["pairs", "-s", str(store), "--rollout-tokens", "0", "--no-progress"]) == 2
     err = capsys.readouterr().err  # refused by the option parser, before any model load
     assert err.startswith("error: ") and "--rollout-tokens" in err and "at least 1" in err
+    # a rollout budget below the collection's: recoveries would be judged on shorter text than the failure
+    assert main(["pairs", "-s", str(store), "--rollout-tokens", "9", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --rollout-tokens 9 is below the 10 tokens collection run ") and \
+        err.endswith("generated with; give at least 10 (the default)\n")
+    with open_store(store, read_only=True) as st:
+        assert len(st.runs("pairs")) == 1  # no pair run recorded for it
+    assert main(["pairs", "-s", str(store), "--rollout-tokens", "10", "-k", "2", "--max-positions", "2",
+                 "--sibling", str(sibling), "--no-progress"]) == 0  # equal to it: the default's own run
+    with open_store(store, read_only=True) as st:
+        assert len(st.runs("pairs")) == 1
 
 
 def test_order_and_judge_are_speed_only(tmp_path: Path, models: tuple[Path, Path, Path],

@@ -188,3 +188,47 @@ def test_run_identity_ignores_speed_only_settings(lm: Any) -> None:
     fast = PairSettings(position_batch=16, early_stop=False, stop_every=2, rollout_tokens=32, try_unbounded=True)
     assert pair_run_record(run, lm, fast, None).run_id == base
     assert pair_run_record(run, lm, PairSettings(rollout_tokens=64, try_unbounded=True), None).run_id != base
+
+
+@dataclass
+class NoChar(ToyBenchmark):
+    """Fail iff the completion holds ``ch``: text cut at the budget can pass where its continuation would fail."""
+
+    ch: str = ","
+
+    def check(self, item: Item, completion: str) -> Verdict:
+        return Verdict("fail" if self.ch in completion else "pass")
+
+
+def test_a_recovery_cut_at_the_budget_says_so(lm: Any) -> None:
+    """A recovering rollout that reaches the budget without stopping passes on text cut there, as the failure was
+    judged at that budget; its reason says so (it said nothing), and the same rollout continued further fails."""
+    budget, eos = 14, eos_token_ids(lm.model, lm.tokenizer)
+    for item in toy_items(12):
+        prompt = apply_chat_template(lm.tokenizer, item.prompt)
+        g = greedy_generate(lm.model, [prompt], budget, eos)[0]
+        if g.finish_reason != "eos":
+            continue
+        comp, text = g.token_ids, decode_completion(lm.tokenizer, g.token_ids, eos)
+        for p in range(len(comp)):
+            alt = _top(lm.model, prompt + comp[:p], comp[p], 1)[0]
+            cut = [alt] + greedy_generate(lm.model, [prompt + comp[:p] + [alt]], budget - p - 1, eos)[0].token_ids
+            if cut[-1] in eos:
+                continue
+            longer = [alt] + greedy_generate(lm.model, [prompt + comp[:p] + [alt]], 80, eos)[0].token_ids
+            short_text = decode_completion(lm.tokenizer, comp[:p] + cut, eos)
+            long_text = decode_completion(lm.tokenizer, comp[:p] + longer, eos)
+            chars = [c for c in long_text[len(short_text):] if c not in short_text and c in text and c.isascii()]
+            if not chars:
+                continue
+            bench = NoChar(ch=chars[0])
+            res = PairFinder(lm, PairSettings(top_k=1, min_delta=-1e9)).find(bench, item, prompt, comp, budget, "eos")
+            if res.completion_offset != p:
+                continue
+            assert res.recovered_completion == short_text and bench.check(item, long_text).status == "fail"
+            assert res.reason.endswith(f"; the recovering rollout reached the {budget}-token budget without stopping")
+            # a rollout that stops within the budget carries no such note
+            roomy = PairFinder(lm, PairSettings(top_k=1, min_delta=-1e9)).find(bench, item, prompt, comp, 200, "eos")
+            assert roomy.completion_offset != p or "without stopping" not in roomy.reason
+            return
+    pytest.fail("no toy failure whose recovery is cut at the budget: the test would prove nothing")

@@ -102,10 +102,18 @@ def checked_settings(settings: PairSettings | None, limit: int | None) -> PairSe
     return settings
 
 
-def collection_runs(store: ResultsStore, run_ids: Sequence[str] | None = None,
-                    benchmark: str | None = None) -> list[RunRecord]:
-    """The collection runs the pairs stage works on (all, or those named / of one benchmark); none is an error."""
-    return store.select_runs("collect", run_ids, benchmark, "collection run", "failtrace collect")
+def collection_runs(store: ResultsStore, run_ids: Sequence[str] | None = None, benchmark: str | None = None,
+                    settings: PairSettings | None = None) -> list[RunRecord]:
+    """The collection runs the pairs stage works on (all, or those named / of one benchmark); none is an error, and
+    so is a rollout budget below a run's collection budget: a recovery would be judged on shorter text than the
+    failure was (a rollout cut early can pass a rule the failure broke later), so it could not be compared."""
+    runs = store.select_runs("collect", run_ids, benchmark, "collection run", "failtrace collect")
+    for run in runs:
+        made = run.settings.get("max_new_tokens")
+        if settings is not None and settings.rollout_tokens is not None and made and settings.rollout_tokens < made:
+            raise FailtraceError(f"--rollout-tokens {settings.rollout_tokens} is below the {made} tokens collection "
+                                 f"run {run.run_id} generated with; give at least {made} (the default)")
+    return runs
 
 
 def run_failures(store: ResultsStore, runs: Sequence[RunRecord],
@@ -194,7 +202,7 @@ def find_pairs(
 
     settings = checked_settings(settings, limit)
     t0 = time.perf_counter()
-    runs = collection_runs(store, run_ids, benchmark)
+    runs = collection_runs(store, run_ids, benchmark, settings)
     failures_of = run_failures(store, runs, items)
     summary = PairsSummary()
     loaded_cache: dict[tuple[Any, ...], Any] = {}

@@ -91,6 +91,7 @@ class _Search:
 class _Found:
     row: _Row
     text: str
+    cut: bool = False  # the recovering rollout reached the budget without stopping
 
 
 class PairFinder:
@@ -226,7 +227,8 @@ class PairFinder:
             rest = self._more(prompt + comp[:row.p] + seq, budget - row.p - len(seq))
             search.tokens += len(rest)
             seq = seq + rest
-        return _Found(row, self._text(comp[:row.p] + seq)), unver
+        cut = len(seq) >= budget - row.p and not (seq and seq[-1] in self.eos)
+        return _Found(row, self._text(comp[:row.p] + seq), cut), unver
 
     def _row_status(self, benchmark: Benchmark, item: Item, row: _Row, comp: list[int], seq: list[int],
                     was_stopped: bool, kind: str | None, search: _Search) -> str:
@@ -404,6 +406,8 @@ class PairFinder:
         where = (f"at completion offset {p} (sequence position {n + p}): target '{visible(res.target_text)}' -> "
                  f"contrast '{visible(res.contrast_text)}' ({found.row.source} rank {found.row.rank}), "
                  f"Δℓ = {res.delta_logit:.3f}")
+        if found.cut:  # the same budget the failure was judged at (docs/PAIRS.md): said, not hidden
+            where += f"; the recovering rollout reached the {budget}-token budget without stopping"
         if unbounded:
             return done("unbounded", f"the completion hit the length limit; a recovery was found {where}")
         if search.unverifiable:

@@ -163,7 +163,7 @@ def pairs_on_ray(store: ResultsStore, settings: PairSettings | None, workers: in
     """:func:`failtrace.failures.pairs.find_pairs` over ``workers`` Ray actors (one pool per run's model)."""
     settings = checked_settings(settings, limit)
     t0 = time.perf_counter()
-    runs = collection_runs(store, run_ids, benchmark)
+    runs = collection_runs(store, run_ids, benchmark, settings)
     failures_of = run_failures(store, runs, items)
     summary = PairsSummary()
     remaining = limit
