@@ -232,3 +232,32 @@ def test_a_recovery_cut_at_the_budget_says_so(lm: Any) -> None:
             assert roomy.completion_offset != p or "without stopping" not in roomy.reason
             return
     pytest.fail("no toy failure whose recovery is cut at the budget: the test would prove nothing")
+
+
+def test_a_special_token_contrast_is_named_in_the_reason(lm: Any) -> None:
+    """A non-EOS special id among the top-k can be the contrast; the checker reads text without it, so the reason
+    says so (it did not), and a text contrast carries no such note."""
+    eos = eos_token_ids(lm.model, lm.tokenizer)
+    special = set(lm.tokenizer.all_special_ids) - eos
+    budget = 14
+    for item in toy_items(8):
+        prompt = apply_chat_template(lm.tokenizer, item.prompt)
+        comp = greedy_generate(lm.model, [prompt], budget, eos)[0].token_ids
+        stored = decode_completion(lm.tokenizer, comp, eos)
+        for p in range(min(len(comp), 10)):
+            alt = next((a for a in _top(lm.model, prompt + comp[:p], comp[p], 10) if a in special), None)
+            if alt is None:
+                continue
+            roll = [alt] + greedy_generate(lm.model, [prompt + comp[:p] + [alt]], budget - p - 1, eos)[0].token_ids
+            text = decode_completion(lm.tokenizer, comp[:p] + roll, eos)
+            needle = next((text[i:i + 2] for i in range(len(text) - 1) if text[i:i + 2] not in stored), None)
+            if needle is None:
+                continue
+            item.reference["needle"] = needle
+            res = PairFinder(lm, PairSettings(top_k=10, try_unbounded=True)).find(
+                ToyBenchmark(mode="contains"), item, prompt, comp, budget)
+            note = "the contrast is a special token: the checked text does not show it"
+            assert (note in res.reason) == (res.contrast_id in special), (res.contrast_id, res.reason)
+            if res.contrast_id in special:
+                return
+    pytest.fail("no toy failure recovered by a special token: the test would prove nothing")

@@ -406,6 +406,8 @@ class PairFinder:
         where = (f"at completion offset {p} (sequence position {n + p}): target '{visible(res.target_text)}' -> "
                  f"contrast '{visible(res.contrast_text)}' ({found.row.source} rank {found.row.rank}), "
                  f"Δℓ = {res.delta_logit:.3f}")
+        if contrast in set(getattr(self.loaded.tokenizer, "all_special_ids", ())) - self.eos:
+            where += "; the contrast is a special token: the checked text does not show it (docs/PAIRS.md)"
         if found.cut:  # the same budget the failure was judged at (docs/PAIRS.md): said, not hidden
             where += f"; the recovering rollout reached the {budget}-token budget without stopping"
         if unbounded:
