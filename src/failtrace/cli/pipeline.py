@@ -170,8 +170,8 @@ def pairs_command(
                                        help="Also search failures that hit the length limit (costly; their status "
                                             "stays unbounded, so never clean). Default: skipped."),
     rollout_tokens: Optional[int] = typer.Option(None, "--rollout-tokens", callback=opts.count(1),
-                                                 help="Rollout budget in completion tokens (default: the collection's "
-                                                      "--max-new-tokens). Larger: failures that hit the limit are "
+                                                 help="Rollout budget in completion tokens (default, and the least "
+                                                      "allowed: the collection's --max-new-tokens). Larger: failures that hit the limit are "
                                                       "continued and, if they then stop and still fail, searched."),
     position_batch: int = typer.Option(4, "--position-batch", callback=opts.count(1),
                                        help="Most positions whose rollouts are decoded as one batch (speed only)."),
