@@ -171,8 +171,9 @@ def pairs_command(
                                             "stays unbounded, so never clean). Default: skipped."),
     rollout_tokens: Optional[int] = typer.Option(None, "--rollout-tokens", callback=opts.count(1),
                                                  help="Rollout budget in completion tokens (default, and the least "
-                                                      "allowed: the collection's --max-new-tokens). Larger: failures that hit the limit are "
-                                                      "continued and, if they then stop and still fail, searched."),
+                                                      "allowed: the collection's --max-new-tokens). Larger: failures "
+                                                      "that hit the limit are continued and, if they then stop and "
+                                                      "still fail, searched."),
     position_batch: int = typer.Option(4, "--position-batch", callback=opts.count(1),
                                        help="Most positions whose rollouts are decoded as one batch (speed only)."),
     early_stop: bool = typer.Option(True, "--early-stop/--no-early-stop",
