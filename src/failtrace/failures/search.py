@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from failtrace.benchmarks.base import Benchmark, Item
@@ -56,42 +55,7 @@ from failtrace.failures.generation import (
 from failtrace.failures.order import rank_positions
 from failtrace.failures.pair_types import PairResult, PairSettings, same_tokenizer, visible
 from failtrace.failures.prefix_rules import FAIL, FINAL, PrefixJudge, prefix_text, verdict_key
-from failtrace.store.schema import PAIR_STATUSES
-
-
-@dataclass
-class _Row:
-    """One rollout of a block: completion offset, forced token, its source and rank there."""
-
-    p: int
-    token: int
-    source: str
-    rank: int
-
-
-@dataclass
-class _Search:
-    """Mutable counters of one search."""
-
-    rollouts: int = 0
-    checks: int = 0
-    unverifiable: int = 0
-    tokens: int = 0
-    stopped: int = 0
-    final: int = 0
-    positions: int = 0
-    seconds_rollouts: float = 0.0
-    seconds_check: float = 0.0
-    notes: list[str] = field(default_factory=list)  # appended to the reason
-    verdicts: dict[str, str] = field(default_factory=dict)  # verdict key -> status, this failure's checks so far
-    reused: int = 0  # checks answered from ``verdicts`` (no checker call)
-
-
-@dataclass
-class _Found:
-    row: _Row
-    text: str
-    cut: bool = False  # the recovering rollout reached the budget without stopping
+from failtrace.failures.search_state import Found, Row, SearchState
 
 
 class PairFinder:
@@ -120,7 +84,7 @@ class PairFinder:
             raise FailtraceError(f"--top-k {self.settings.top_k} is not below {loaded.name}'s vocabulary of {vocab} "
                                  f"tokens (the alternatives exclude the target); give at most {vocab - 1}")
 
-    def _hint(self, item: Item, comp: list[int], live: list[int], res: PairResult, search: _Search) -> int | None:
+    def _hint(self, item: Item, comp: list[int], live: list[int], res: PairResult, search: SearchState) -> int | None:
         """The judge's hinted completion offset (recorded in ``res``), or None without a judge or a usable hint."""
         if self.judge is None:
             return None
@@ -138,7 +102,7 @@ class PairFinder:
     def _text(self, ids: Sequence[int]) -> str:
         return decode_completion(self.loaded.tokenizer, ids, self.eos)
 
-    def _check(self, benchmark: Benchmark, item: Item, text: str, search: _Search) -> str:
+    def _check(self, benchmark: Benchmark, item: Item, text: str, search: SearchState) -> str:
         """The checker's status for ``text``, run once per distinct verdict key of this failure (the benchmark's
         ``verdict_key``, else the text itself): on HumanEval many rollouts end in the same code, one sandbox run."""
         t = time.perf_counter()
@@ -162,22 +126,23 @@ class PairFinder:
         return ids, finish_reason(ids, self.eos)
 
     def _block_rows(self, block: Sequence[int], comp: list[int], model_top: list[list[int]],
-                    helper_top: list[list[int]] | None, vocab: int) -> list[_Row]:
+                    helper_top: list[list[int]] | None, vocab: int) -> list[Row]:
         """The rollouts of a block of positions, in the order they are checked: the model's own top-k at each
         position, or (given ``helper_top``) only the sibling's top-k not among the model's."""
         k = self.settings.top_k
-        rows: list[_Row] = []
+        rows: list[Row] = []
         for p in block:
             cands = [c for c in model_top[p] if c != comp[p]][:k]
             if helper_top is None:
-                rows.extend(_Row(p, c, "model", r) for r, c in enumerate(cands, start=1))
+                rows.extend(Row(p, c, "model", r) for r, c in enumerate(cands, start=1))
             else:
                 ranked = [c for c in helper_top[p] if c != comp[p] and c < vocab][:k]
-                rows.extend(_Row(p, c, "helper", r) for r, c in enumerate(ranked, start=1) if c not in cands)
+                rows.extend(Row(p, c, "helper", r) for r, c in enumerate(ranked, start=1) if c not in cands)
         return rows
 
-    def _run_block(self, benchmark: Benchmark, item: Item, rows: list[_Row], comp: list[int], prompt: list[int],
-                   kv: Any, budget: int, judge: PrefixJudge, search: _Search) -> tuple[_Found | None, dict[int, int]]:
+    def _run_block(self, benchmark: Benchmark, item: Item, rows: list[Row], comp: list[int], prompt: list[int],
+                   kv: Any, budget: int, judge: PrefixJudge,
+                   search: SearchState) -> tuple[Found | None, dict[int, int]]:
         """Decode a block's rollouts as one batch and check them in order; the first pass is the answer.
 
         Rows are checked in order *as they end*: row i as soon as rows 0..i have all ended and none passed. So the
@@ -228,10 +193,10 @@ class PairFinder:
             search.tokens += len(rest)
             seq = seq + rest
         cut = len(seq) >= budget - row.p and not (seq and seq[-1] in self.eos)
-        return _Found(row, self._text(comp[:row.p] + seq), cut), unver
+        return Found(row, self._text(comp[:row.p] + seq), cut), unver
 
-    def _row_status(self, benchmark: Benchmark, item: Item, row: _Row, comp: list[int], seq: list[int],
-                    was_stopped: bool, kind: str | None, search: _Search) -> str:
+    def _row_status(self, benchmark: Benchmark, item: Item, row: Row, comp: list[int], seq: list[int],
+                    was_stopped: bool, kind: str | None, search: SearchState) -> str:
         """The checker's verdict on one ended rollout; a rollout stopped by a fail rule is ``fail`` unchecked."""
         if was_stopped and kind == FAIL:  # the rule proved every continuation fails: the checker would say fail
             return "fail"
@@ -248,11 +213,11 @@ class PairFinder:
 
     def _walk(self, benchmark: Benchmark, item: Item, comp: list[int], prompt: list[int], kv: Any, queue: list[int],
               model_top: list[list[int]], helper_top: list[list[int]] | None, vocab: int, budget: int,
-              judge: PrefixJudge, search: _Search) -> _Found | None:
+              judge: PrefixJudge, search: SearchState) -> Found | None:
         """Positions in ``queue`` order, in blocks of 1, 2, 4, ... (at most ``position_batch``); once a position q
         recovers, only positions < q remain (in full blocks: all of them must be rolled out). The smallest
         recovering position is the answer, as in order."""
-        best: _Found | None = None
+        best: Found | None = None
         done: set[int] = set()
         unver: dict[int, int] = {}
         size = 1
@@ -296,18 +261,11 @@ class PairFinder:
         unbounded = finish == FINISH_LENGTH
         budget = self.settings.rollout_tokens or max_new_tokens
         res = PairResult(status="no_target", prompt_tokens=n, completion_tokens=m, hit_length_limit=unbounded)
-        search = _Search()
+        search = SearchState()
         notes = search.notes
 
         def done(status: str, reason: str) -> PairResult:
-            res.rollouts, res.checks, res.unverifiable_rollouts = search.rollouts, search.checks, search.unverifiable
-            res.seconds_rollouts, res.seconds_check = search.seconds_rollouts, search.seconds_check
-            res.tokens_decoded, res.rollouts_stopped, res.rollouts_final = search.tokens, search.stopped, search.final
-            res.positions_rolled, res.checks_reused = search.positions, search.reused
-            res.seconds = time.perf_counter() - t0
-            res.status, res.reason = status, reason + "".join(notes)
-            assert status in PAIR_STATUSES
-            return res
+            return search.finish(res, status, reason, time.perf_counter() - t0)
 
         t = time.perf_counter()
         verdict = safe_check(benchmark, item, self._text(comp))
@@ -339,7 +297,7 @@ class PairFinder:
         return self._search(benchmark, item, prompt, comp, budget, max_new_tokens, unbounded, res, search, done)
 
     def _search(self, benchmark: Benchmark, item: Item, prompt: list[int], comp: list[int], budget: int,
-                max_new_tokens: int, unbounded: bool, res: PairResult, search: _Search, done: Any) -> PairResult:
+                max_new_tokens: int, unbounded: bool, res: PairResult, search: SearchState, done: Any) -> PairResult:
         """Steps 3-4 of the module docstring, then the status."""
         import torch
 
@@ -390,8 +348,8 @@ class PairFinder:
                                        f"{self.helper.name} recovers in {scope}")
         return done("no_target", f"no alternative in the model's top-{k} recovers in {scope}")
 
-    def _record(self, found: _Found, row: Any, comp: list[int], n: int, budget: int, unbounded: bool,
-                res: PairResult, search: _Search, done: Any) -> PairResult:
+    def _record(self, found: Found, row: Any, comp: list[int], n: int, budget: int, unbounded: bool,
+                res: PairResult, search: SearchState, done: Any) -> PairResult:
         """Fill the pair fields of a recovery and decide its status."""
         p, contrast, target = found.row.p, found.row.token, comp[found.row.p]
         res.position, res.completion_offset = n + p, p
