@@ -270,6 +270,27 @@ def test_find_pairs_over_a_store_is_resumable(tmp_path: Path, lm: Any) -> None:
             find_pairs(st, PairSettings(top_k=0), progress=False)
 
 
+def test_a_resumed_pair_run_records_other_speed_settings(tmp_path: Path, lm: Any) -> None:
+    """Speed-only settings keep the run id; a call resuming it with other ones is recorded, not hidden."""
+    bench = ToyBenchmark(mode="contains", max_new_tokens=BUDGET)
+    items = toy_items(4, needle="zz")
+    with open_store(tmp_path / "s.duckdb") as st:
+        collect(st, bench, items, lm, progress=False)
+        kw = {"models": {lm.name: lm}, "benchmarks": {"toy": bench}, "progress": False}
+        first = find_pairs(st, PairSettings(top_k=2, max_positions=3), limit=1, **kw)
+        same = find_pairs(st, PairSettings(top_k=2, max_positions=3), limit=1, **kw)
+        assert "resumed_with" not in st.get_run(first.pair_run_ids[0]).settings  # same speed settings: nothing
+        later = find_pairs(st, PairSettings(top_k=2, max_positions=3, order="margin", position_batch=2), **kw)
+        assert later.pair_run_ids == same.pair_run_ids == first.pair_run_ids and later.processed == 2
+        settings = st.get_run(first.pair_run_ids[0]).settings
+        assert settings["order"] == "in-order"  # what the first call ran with
+        [entry] = settings["resumed_with"]
+        assert entry["order"] == "margin" and entry["position_batch"] == 2 and entry["failures"] == 2
+        assert entry["changed"] == ["position_batch", "order"]
+        done = find_pairs(st, PairSettings(top_k=2, max_positions=3, order="entropy"), **kw)
+        assert done.processed == 0 and len(st.get_run(first.pair_run_ids[0]).settings["resumed_with"]) == 1
+
+
 @dataclass
 class AnyOf(ToyBenchmark):
     """Pass iff the completion is one of ``texts`` (recovered completions chosen by the test)."""

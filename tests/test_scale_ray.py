@@ -10,6 +10,7 @@ workers restarting, is last.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -103,6 +104,21 @@ def test_ray_rows_equal_the_serial_rows_item_by_item(cluster: Any) -> None:
         assert st.runs("pairs")[0].settings["scale"][0]["workers"] == 2
     with open_store(cluster["serial"]) as st, open_store(store) as st2:  # same ids: a serial rerun resumes it
         assert {r.run_id for r in st.runs()} == {r.run_id for r in st2.runs()}
+
+
+def test_a_ray_call_resuming_a_pair_run_records_other_speed_settings(cluster: Any) -> None:
+    """As in the serial stage: same run id (speed-only settings), and the other settings are recorded."""
+    store = cluster["root"] / "resume.duckdb"
+    shutil.copy(cluster["serial"], store)
+    with open_store(store) as st:
+        [prun] = st.runs("pairs")
+        gone = [r["item_id"] for r in st.pairs(prun.run_id)][:2]
+        st.con.execute(f"DELETE FROM pairs WHERE item_id IN ({', '.join('?' * len(gone))})", gone)
+        p = pairs_on_ray(st, PairSettings(top_k=3, max_positions=3, order="margin"), 2,
+                         benchmarks={"toy": _bench()}, pool=cluster["pool"], progress=False)
+        assert p.pair_run_ids == [prun.run_id] and p.processed == 2
+        [entry] = st.get_run(prun.run_id).settings["resumed_with"]
+        assert entry["order"] == "margin" and entry["failures"] == 2 and entry["changed"] == ["order"]
 
 
 def test_a_worker_killed_mid_run_still_gives_complete_results(cluster: Any) -> None:

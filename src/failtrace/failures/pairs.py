@@ -93,6 +93,20 @@ def pair_run_record(collect_run: RunRecord, loaded: Any, settings: PairSettings,
                      versions=library_versions(), settings=settings_d, data=collect_run.data)
 
 
+SPEED_KEYS = ("rollout_batch_size", "early_stop", "position_batch", "order", "draft_tokens", "judge_model")
+
+
+def note_resumed_speed(store: ResultsStore, prun: RunRecord, todo: int) -> None:
+    """A resumed pair run keeps the settings it was created with; a call that goes on with other speed-only
+    settings (which never change a pair, so the run id is the same) is recorded in ``settings["resumed_with"]``,
+    so the stored settings never claim one batching, order or judge for failures searched with another."""
+    first = getattr(store.get_run(prun.run_id), "settings", None) or {}
+    now = {k: prun.settings.get(k) for k in SPEED_KEYS}
+    differs = [k for k in SPEED_KEYS if first.get(k) != now[k]]
+    if differs:
+        store.append_run_setting(prun.run_id, "resumed_with", {**now, "failures": todo, "changed": differs})
+
+
 def checked_settings(settings: PairSettings | None, limit: int | None) -> PairSettings:
     """The pairs stage's settings (defaults when None), validated with ``--limit``, before any model is loaded."""
     settings = settings or PairSettings()
@@ -223,7 +237,7 @@ def find_pairs(
         judge_obj = _judge(judge, run, loaded, models, loaded_cache, device)
         finder = PairFinder(loaded, settings, helper_loaded, judge_obj)
         prun = pair_run_record(run, loaded, settings, helper_loaded, None if judge_obj is None else judge_obj.name)
-        store.ensure_run(prun)
+        new_run = store.ensure_run(prun)
         summary.pair_run_ids.append(prun.run_id)
         done_ids = store.done_pair_ids(prun.run_id)
         todo = [f for f in failures if f["item_id"] not in done_ids]
@@ -231,6 +245,8 @@ def find_pairs(
         summary.skipped += len(failures) - len(todo)
         if remaining is not None:
             todo = todo[:remaining]
+        if not new_run and todo:
+            note_resumed_speed(store, prun, len(todo))
         budget = int(run.settings.get("max_new_tokens") or bench.max_new_tokens)
         bar = _progress(progress, f"pairs {run.benchmark} ({run.model})", len(todo))
         try:
