@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 
@@ -91,6 +92,21 @@ def test_static_png_and_svg(graph, tmp_path):
     assert "<svg" in svg and "L1.mid" in svg  # stage labels are drawn
     with pytest.raises(ValueError, match="suffix"):
         save_graph_png(graph.pruned, tmp_path / "g.bmp")
+
+
+def test_dollar_tokens_are_drawn_literally(graph, tmp_path):
+    """Tokens like "$$" (common in maths data) are text: mathtext would raise on them or eat the dollars."""
+    g = copy.deepcopy(graph)
+    g.tokens[:] = ["$$", "$x^$", "$5 or $6"] * 4 + ["$", "$$"]
+    assert g.pruned.graph is g
+    svg = save_graph_png(g.pruned, tmp_path / "g.svg", title="why $$ not $x^$").read_text()
+    shown = {t for t in svg.split("<!-- ")[1:]}
+    labels = {t.split(" -->")[0] for t in shown}
+    assert "why $$ not $x^$" in labels
+    drawn = [lbl for lbl in labels if lbl.endswith("]") and "[" in lbl]
+    assert drawn and all(lbl.split(" [")[0] in {"$$", "$x^$", "$5·or·$6", "$"} for lbl in drawn), drawn
+    png = save_graph_png(g.pruned, tmp_path / "g.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_png_title_stays_inside_the_figure(graph):

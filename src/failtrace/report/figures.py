@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from failtrace.report.tables import CATEGORIES, PATTERNS
+from failtrace.views.common import literal_text
 
 CATEGORY_COLORS = {"M-IA": "#2563eb", "NC-IA+M-AG": "#f59e0b", "NC-IA+AG": "#dc2626", "unlabelled": "#cbd5e1"}
 PATTERN_COLORS = {"URT": "#7c3aed", "OIT": "#0d9488", "URT+OIT": "#db2777", "none": "#9ca3af",
@@ -37,18 +38,9 @@ def _style(ax: Any, grid: str = "y") -> None:
     ax.set_axisbelow(True)
 
 
-def _plain_text(fig: Any) -> None:
-    """Draw every text of ``fig`` literally: model names, case ids and token text may hold ``$`` pairs, which
-    matplotlib would otherwise parse as mathtext (``'$x^$'`` raises, ``'$5 or $6'`` loses its dollars)."""
-    from matplotlib.text import Text
-
-    for text in fig.findobj(Text):
-        text.set_parse_math(False)
-
-
 def _tight(fig: Any) -> None:
     """tight_layout without its warning when long tick labels leave no room (bbox_inches='tight' still fits them)."""
-    _plain_text(fig)
+    literal_text(fig)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         fig.tight_layout()
@@ -59,7 +51,7 @@ def _save(fig: Any, path: Path) -> Path:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    _plain_text(fig)
+    literal_text(fig)
     font_log = logging.getLogger("matplotlib.font_manager")
     level = font_log.level
     font_log.setLevel(logging.ERROR)

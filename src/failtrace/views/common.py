@@ -190,3 +190,15 @@ def bin_columns(h: np.ndarray, special: np.ndarray, max_cols: int) -> tuple[np.n
     vals = np.take_along_axis(hp, arg[:, :, None], axis=2)[:, :, 0]
     pos = arg + (np.arange(nb) * k)[None, :]
     return vals, np.minimum(pos, n - 1), sp.all(axis=1), k
+
+
+def literal_text(fig: Any) -> Any:
+    """Draw every text of a matplotlib ``fig`` literally, then return it: token text, model names and case ids may
+    hold ``$`` pairs, which matplotlib would otherwise parse as mathtext (``'$$'`` and ``'$x^$'`` raise, ``'$5 or
+    $6'`` loses its dollars). Call it after the last text is added and before layout or saving."""
+    from matplotlib.text import Text
+
+    for text in fig.findobj(Text):
+        text.set_parse_math(False)
+    return fig
+

@@ -28,6 +28,7 @@ from failtrace.views.common import (
     clipped,
     hidden,
     layer_names,
+    literal_text,
     quoted,
     relevant_segments,
     row_scaled,
@@ -253,7 +254,7 @@ def _save(attr: Attribution, path: str | Path, max_tokens: int, fmt: str, dpi: i
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*[Gg]lyph.*missing.*")
             warnings.filterwarnings("ignore", message=r".*[Mm]issing.*glyph.*")
-            fig = heatmap_figure(attr, max_tokens=max_tokens)
+            fig = literal_text(heatmap_figure(attr, max_tokens=max_tokens))
             FigureCanvasAgg(fig)
             fig.savefig(path, format=fmt, dpi=dpi, facecolor="white")
     finally:

@@ -16,6 +16,7 @@ import numpy as np
 
 from failtrace.attribution.record import visible
 from failtrace.graph.prune import PrunedGraph, normalised_relevance
+from failtrace.views.common import literal_text
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -99,7 +100,8 @@ def graph_figure(pruned: PrunedGraph, title: str | None = None, max_edges: int =
     # wrap to the figure width: a 9 pt sans character is at most ~0.6 em wide, i.e. ~13 characters per inch
     chars = max(30, int((width - 0.4) * 72 / (TITLE_PT * 0.6)))
     text = title or default_title(pruned, len(edges))
-    ax.set_title(textwrap.fill(text, width=chars), fontsize=TITLE_PT, parse_math=False)
+    ax.set_title(textwrap.fill(text, width=chars), fontsize=TITLE_PT)
+    literal_text(fig)  # token labels such as "$$" are text, not mathtext
     fig.tight_layout()
     return fig
 
