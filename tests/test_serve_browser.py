@@ -299,6 +299,9 @@ def test_keyboard_errors_crumbs_and_paging_as_a_user_meets_them(page: Any, serve
     assert page.inner_text("#error") == "malformed link: '%E0' is not valid percent-encoding"
     _open(page, server, "#/nowhere", "nowhere")
     assert page.inner_text("#error") == "unknown view: nowhere"
+    for name in ("constructor", "__proto__", "toString"):  # Object.prototype's members are not views either
+        _open(page, server, "#/" + name, name)
+        assert page.inner_text("#error") == "unknown view: " + name
     _open(page, server, "#/cases?sort=bogus", "cases")
     err = page.inner_text("#error")
     assert err.startswith("422: sort: ") and "[{" not in err and "literal_error" not in err

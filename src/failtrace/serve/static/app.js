@@ -22,7 +22,10 @@
   }
 
   function route() {
-    var h = FT.parseHash(), fn = {cases: FT.views.cases, case: FT.views.case, graph: FT.views.graph, item: item, api: FT.views.api, across: FT.views.across}[h.route];
+    var views = {cases: FT.views.cases, case: FT.views.case, graph: FT.views.graph, item: item, api: FT.views.api, across: FT.views.across};
+    var h = FT.parseHash();
+    // own keys only: "#/constructor" or "#/__proto__" name Object.prototype members, not views
+    var fn = Object.prototype.hasOwnProperty.call(views, h.route) ? views[h.route] : null;
     FT.tip(null, null);
     FT.crumb([]);  // each view names itself once its data is in; a view that fails leaves no other view's crumb
     document.body.dataset.view = h.route;
@@ -30,8 +33,9 @@
     // data-ready-hash names the URL state painted: setting the hash fires hashchange only later, so data-ready
     // alone can still be the previous state's (tests and scripts wait for data-ready-hash === location.hash)
     var at = location.hash;
+    // a view that throws before returning its promise is an error shown like any other, never a page left busy
     var shown = !fn ? Promise.reject(new Error("unknown view: " + h.route)) : h.bad ? Promise.reject(new Error(h.bad))
-      : fn(view, h.params, h.arg);
+      : Promise.resolve().then(function () { return fn(view, h.params, h.arg); });
     shown.catch(function (e) { FT.error(view, e); })
       .then(function () {
         view.setAttribute("aria-busy", "false");
