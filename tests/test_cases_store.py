@@ -179,3 +179,78 @@ def test_an_export_that_fails_leaves_the_folder_as_it_was(tmp_path: Path) -> Non
     with open_store(path, read_only=True) as st, pytest.raises(FailtraceError, match="pattern_evidence"):
         export_cases_jsonl(st, tmp_path / "alone.jsonl")
     assert not list(tmp_path.glob("alone.jsonl*"))  # no cases.jsonl.part of the lone writer either
+
+
+def test_an_export_whose_moves_fail_midway_puts_every_file_back(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The swap into place is all or nothing too: a rename failing after others succeeded undoes them, and a folder
+    where a file goes is refused before anything is written."""
+    from failtrace.errors import FailtraceError
+
+    path = tmp_path / "s.duckdb"
+    with open_store(path) as st:
+        write_case(st, _case("c1"))
+    with open_store(path, read_only=True) as st:
+        st.export(tmp_path / "old", "jsonl")
+    with open_store(path) as st:
+        st.con.execute("INSERT INTO overrides VALUES ('c1', 'NC-IA+AG', 'newer', now())")
+        write_case(st, _case("c2", seed=1))
+    before = {f.name: f.read_bytes() for f in (tmp_path / "old").iterdir()}
+    real = Path.replace
+    moved: list[str] = []
+
+    def flaky(self: Path, target: Any) -> Path:
+        if ".export-" in str(self) and Path(target).parent == tmp_path / "old" and len(moved) < 3:
+            moved.append(Path(target).name)
+            if len(moved) == 3:  # the third file moved into place: a full disk, say
+                raise OSError(28, "No space left on device")
+        return real(self, target)
+
+    monkeypatch.setattr(Path, "replace", flaky)
+    with open_store(path, read_only=True) as st, pytest.raises(FailtraceError, match="No space left"):
+        st.export(tmp_path / "old", "jsonl")
+    assert len(moved) == 3 and {f.name: f.read_bytes() for f in (tmp_path / "old").iterdir()} == before
+    monkeypatch.setattr(Path, "replace", real)
+    (tmp_path / "old" / "overrides.jsonl").unlink()
+    (tmp_path / "old" / "overrides.jsonl").mkdir()
+    with open_store(path, read_only=True) as st, pytest.raises(FailtraceError, match="is a folder, not a file"):
+        st.export(tmp_path / "old", "jsonl")
+    after = {f.name: f.read_bytes() for f in (tmp_path / "old").iterdir() if f.is_file()}
+    assert after == {k: v for k, v in before.items() if k != "overrides.jsonl"}
+    with open_store(path, read_only=True) as st:  # once the folder is gone, the export goes through
+        (tmp_path / "old" / "overrides.jsonl").rmdir()
+        st.export(tmp_path / "old", "jsonl")
+    assert (tmp_path / "old" / "cases.jsonl").read_text().count("\n") == 2
+
+
+def test_an_export_that_cannot_put_files_back_keeps_them_and_says_where(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """If even undoing fails, the earlier files are not deleted with the staging folder: the error names where."""
+    from failtrace.errors import FailtraceError
+
+    path = tmp_path / "s.duckdb"
+    with open_store(path) as st:
+        write_case(st, _case("c1"))
+    with open_store(path, read_only=True) as st:
+        st.export(tmp_path / "old", "jsonl")
+    before = {f.name: f.read_bytes() for f in (tmp_path / "old").iterdir()}
+    real = Path.replace
+    calls = {"into": 0}
+
+    def broken(self: Path, target: Any) -> Path:
+        if Path(target).parent == tmp_path / "old" and ".export-" in str(self):
+            calls["into"] += 1
+            if calls["into"] >= 2:  # the second move into place fails, and so does every move back
+                raise OSError(5, "Input/output error")
+        return real(self, target)
+
+    monkeypatch.setattr(Path, "replace", broken)
+    with open_store(path, read_only=True) as st, pytest.raises(FailtraceError, match="could not be put back") as err:
+        st.export(tmp_path / "old", "jsonl")
+    monkeypatch.setattr(Path, "replace", real)
+    kept = Path(str(err.value).rsplit("are in ", 1)[1])
+    assert kept.parent.parent == tmp_path / "old" and kept.is_dir()
+    back = {f.name: f.read_bytes() for f in (tmp_path / "old").iterdir() if f.is_file()}
+    back.update({f.name: f.read_bytes() for f in kept.iterdir()})
+    assert {k: back[k] for k in before} == before  # every earlier file is somewhere, byte for byte
+

@@ -121,8 +121,9 @@ def export(store: ResultsStore, out_dir: str | Path, fmt: str) -> list[Path]:
     """Write every table to ``out_dir`` as ``<table>.parquet`` or ``<table>.jsonl``; returns the files.
 
     Parquet keeps JSON-valued columns as JSON text; JSONL parses them into nested objects. All files are written
-    into a hidden staging folder inside ``out_dir`` and moved into place only once every one is whole, so an export
-    that fails (a damaged row, a full disk, Ctrl-C) leaves the folder as it was, and a folder it created is removed.
+    into a hidden staging folder inside ``out_dir`` and moved into place only once every one is whole (a move that
+    fails puts every file back), so an export that fails (a damaged row, a full disk, Ctrl-C) leaves the folder as
+    it was, and a folder it created is removed. A folder where an export file goes is refused before any writing.
     A file of an earlier export in the same format whose table this store lacks is removed afterwards (so the folder
     never mixes two stores); none of these names may be a results store (refused before anything is written).
     """
@@ -142,20 +143,18 @@ def export(store: ResultsStore, out_dir: str | Path, fmt: str) -> list[Path]:
         while not created.parent.exists():
             created = created.parent
     out = _out_folder(out_dir)
+    for name in names:  # a folder where a file goes could only fail midway through the moves: refused first
+        if (out / name).is_dir() and not (out / name).is_symlink():
+            raise FailtraceError(f"cannot write the export into {out}: {out / name} is a folder, not a file; "
+                                 f"move it away or export into another folder")
     stage: Path | None = None
     try:
         stage = Path(tempfile.mkdtemp(prefix=".export-", suffix=".part", dir=out))
         staged = _write_all(store, stage, fmt)
-        files = []
-        for f in staged:
-            f.replace(out / f.name)
-            files.append(out / f.name)
-        written = {f.name for f in files}
-        for name in names:  # an earlier export's table this store does not have
-            stale = out / name
-            if name not in written and (stale.is_file() or stale.is_symlink()):
-                stale.unlink()
-        return files
+        return _swap_in(staged, out, names, stage)
+    except _KeptOld:
+        stage = None  # it holds earlier files that could not be put back: kept, and the error says where
+        raise
     except BaseException as exc:
         if created is not None:
             shutil.rmtree(created, ignore_errors=True)
@@ -165,6 +164,44 @@ def export(store: ResultsStore, out_dir: str | Path, fmt: str) -> list[Path]:
     finally:
         if stage is not None:
             shutil.rmtree(stage, ignore_errors=True)
+
+
+class _KeptOld(FailtraceError):
+    """An export failed while moving files into place and some earlier files could not be moved back."""
+
+
+def _swap_in(staged: list[Path], out: Path, names: list[str], stage: Path) -> list[Path]:
+    """Move the staged files into ``out``, the files they replace (and an earlier export's tables this store lacks)
+    into ``stage/old`` first; if any move fails, every file is put back as it was. Renames within one folder tree
+    of one file system, so no file is ever half written."""
+    old = stage / "old"
+    old.mkdir()
+    moved: list[tuple[Path, Path]] = []  # (from, to), undone in reverse
+    try:
+        written = {f.name for f in staged}
+        for name in [n for n in names if n not in written] + [f.name for f in staged]:
+            target = out / name
+            if target.is_file() or target.is_symlink():
+                target.replace(old / name)
+                moved.append((target, old / name))
+        files = []
+        for f in staged:
+            f.replace(out / f.name)
+            moved.append((f, out / f.name))
+            files.append(out / f.name)
+        return files
+    except BaseException as exc:
+        lost = []
+        for src, dst in reversed(moved):
+            try:
+                dst.replace(src)
+            except OSError:
+                lost.append(src.name)
+        if lost:  # the staging folder is then kept, not removed with what could not go back
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise _KeptOld(f"cannot write the export into {out}: {why}; {', '.join(sorted(lost))} could not be put "
+                           f"back: the earlier files are in {old}") from None
+        raise
 
 
 def _write_all(store: ResultsStore, out: Path, fmt: str) -> list[Path]:
