@@ -43,6 +43,8 @@ TEXTS = [
     "caf\u00e9 na\u00efve \u00dcber, \u2019quotes\u2019 and \U0001F600 emoji",
     "\u0391\u03a3\u0391 \u03a0\u0395\u03a3 and then an answer.",  # ΑΣΑ ΠΕΣ: a capital sigma lowers by what follows
     "\u039f\u0394\u03a5\u03a3\u03a3\u0395\u03a5\u03a3 \u03a3\u0391\u03a3.",  # ΟΔΥΣΣΕΥΣ ΣΑΣ.
+    "\u0391\u03a3\u0345\u0392 \u03a3\u0345 and more",  # U+0345 is cased and case-ignorable: Σ's sigma waits past it
+    "\u03a3\u0391\u03a3.\u0391 and more",  # ΣΑΣ.Α: "." is case-ignorable too, so it is σ, not ς, before the Α
 ]
 CASES = [
     (["punctuation:no_comma"], [{}]),
@@ -55,10 +57,12 @@ CASES = [
     (["startend:quotation"], [{}]),
     (["combination:repeat_prompt"], [{"prompt_to_repeat": "What is the capital of France?"}]),
     (["combination:repeat_prompt"], [{"prompt_to_repeat": "\u0391\u03a3\u0391 \u03a0\u0395\u03a3"}]),
+    (["combination:repeat_prompt"], [{"prompt_to_repeat": "\u0391\u03a3\u0345\u0392"}]),
+    (["combination:repeat_prompt"], [{"prompt_to_repeat": "\u03a3\u0391\u03a3.\u0391"}]),
     (["punctuation:no_comma", "length_constraints:number_words"], [{}, {"relation": "at least", "num_words": 3}]),
 ]
 CONTINUATIONS = ["", " ", "x", ".", "a", "\n", ", and", "ly", " THE END", " the end", '"', "s", "\u00e9", "\u0391",
-                 ".\u0391"]
+                 ".\u0391", "\u0345", "\u0345\u0391", "'\u0391"]
 
 
 @pytest.mark.parametrize(("ids", "kwargs"), CASES)

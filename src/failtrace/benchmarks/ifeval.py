@@ -275,12 +275,19 @@ _RULE_ARGS = {"length_constraints:number_words": ("num_words", "relation"),
 
 
 def _lowered(prefix: str) -> str:
-    """``prefix.lower()`` as far as it is a prefix of every longer text's ``lower()``: Python lowers a capital sigma
-    by what follows it (ς at a word's end, σ inside one), so a last Σ with no cased letter after it yet is left
-    out, with what follows it (the only context-dependent lowercasing Python does)."""
+    """``prefix.lower()`` as far as it is a prefix of every longer text's ``lower()``.
+
+    Python lowers a capital sigma by its context (Unicode's Final_Sigma: ς after a cased letter unless a cased
+    letter follows, case-ignorable characters such as U+0345 or an apostrophe skipped). Only the last Σ can still
+    depend on what comes next, and only on the first character after the case-ignorable ones. So it is asked of
+    Python itself: lowered with a cased letter ("a") and with a character that is neither ("0") next, does the last
+    Σ come out the same? If not it is left out, with what follows it. It is the only context-dependent lowering.
+    """
     at = prefix.rfind("\u03a3")
-    if at >= 0 and not any(c.lower() != c.upper() for c in prefix[at + 1:]):
-        prefix = prefix[:at]
+    if at >= 0:
+        where = len(prefix[:at].lower())  # σ and ς are one character, so Σ's index in any lowering
+        if (prefix + "a").lower()[where] != (prefix + "0").lower()[where]:
+            prefix = prefix[:at]
     return prefix.lower()
 
 
