@@ -61,6 +61,7 @@ def test_urt_is_undecided_without_relevant_tokens():
     r = [100.0, 1.0, 4.0, 0.5, -0.25, 2.0, 1.0]
     pattern, ev = failure_pattern(r, SPECIAL, LABELS, ["docstring"])
     assert pattern == "OIT" and ev["urt_decidable"] is False and ev["relevant_tokens"] == 0
+    assert ev["relevant_sum"] is None  # not 0.0: an empty sum is not a measured one (docs/ANALYSES.md)
     # the instruction tokens 3, 4 are now irrelevant supporters candidates: top-3 unchanged (2, 5, 1)
     assert ev["oit_tokens"] == [2, 5, 1]
 
