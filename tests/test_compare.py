@@ -122,6 +122,43 @@ def test_flip_curve_and_segments_by_explicit_masking(cmp: dict[str, Any]) -> Non
         assert r["flip_k"] == (None if corrected or not neg else neg[0])
 
 
+def test_rows_stored_with_the_old_k_star_read_as_corrected(cmp: dict[str, Any], tmp_path: Path) -> None:
+    """Rows written before first_flip stored k* = 1 where Δℓ < 0 unmasked; every reader now says None there."""
+    import shutil
+
+    import duckdb
+
+    from failtrace.serve.comparedata import case_compare, figures
+
+    path = tmp_path / "old.duckdb"
+    shutil.copy(cmp["store"], path)
+    with open_store(path) as st:
+        [(case_id, fp, curve, k)] = st.con.execute(
+            "SELECT case_id, model_fingerprint, flip_curve, flip_k FROM comparisons WHERE flip_curve[1] > 0 "
+            "ORDER BY reference, case_id LIMIT 1").fetchall()
+        old = [-abs(curve[0]) - 0.5, *curve[1:]]  # corrected unmasked, as an old row with k* = 1 stored
+        st.con.execute("UPDATE comparisons SET flip_curve = ?, flip_k = 1 WHERE case_id = ? AND model_fingerprint = ?",
+                       [old, case_id, fp])
+        rows = {(r["case_id"], r["model_fingerprint"]): r["flip_k"] for r in load_comparisons(st)}
+        st.export(tmp_path / "pq", "parquet")
+        st.export(tmp_path / "js", "jsonl")
+    assert rows[(case_id, fp)] is None
+    assert [v for key, v in rows.items() if key != (case_id, fp)] == \
+        [r["flip_k"] for r in cmp["rows"] if (r["case_id"], r["model_fingerprint"]) != (case_id, fp)]
+    pq = duckdb.sql(f"SELECT flip_k FROM '{tmp_path / 'pq' / 'comparisons.parquet'}' WHERE case_id = '{case_id}' "
+                    f"AND model_fingerprint = '{fp}'").fetchall()
+    assert pq == [(None,)]
+    js = [json.loads(x) for x in (tmp_path / "js" / "comparisons.jsonl").read_text().splitlines()]
+    assert [x["flip_k"] for x in js if (x["case_id"], x["model_fingerprint"]) == (case_id, fp)] == [None]
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        served = [m for m in case_compare(con.cursor(), case_id)["models"] if m["model_fingerprint"] == fp]
+        assert [m["flip_k"] for m in served] == [None]
+        assert figures(con.cursor())["rows"] == len(cmp["rows"])
+    finally:
+        con.close()
+
+
 def test_unmapped_strings_are_flagged(cmp: dict[str, Any]) -> None:
     tok = toy_tokenizer()
     assert one_token(tok, "a") == tok.encode("a", add_special_tokens=False)[0]

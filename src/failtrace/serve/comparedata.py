@@ -14,10 +14,11 @@ from failtrace.attribution.normalize import normalize
 from failtrace.report import compare_data as D
 from failtrace.serve.align import project
 from failtrace.serve.casedata import finite
+from failtrace.store.comparisons import FLIP_K
 from failtrace.store.records import loads
 
 _LIGHT = ("case_id, model, model_fingerprint, item_id, benchmark, reference, mapped, delta_logit, "
-          "segment_relevance, flip_k, step, split")
+          f"segment_relevance, {FLIP_K} AS flip_k, step, split")
 
 
 def _rows(cur: Any, sql: str, params: list[Any]) -> list[dict[str, Any]]:
@@ -49,7 +50,8 @@ def _aligned(case_tokens: list[str], row: dict[str, Any], same: bool) -> dict[st
 
 def case_compare(cur: Any, case_id: str) -> dict[str, Any] | None:
     """Every comparison row of one case with its aligned heatmap, or None when the case has none."""
-    rows = _rows(cur, "SELECT * EXCLUDE (created_at) FROM comparisons WHERE case_id = ?", [case_id])
+    rows = _rows(cur, f"SELECT * EXCLUDE (created_at) REPLACE ({FLIP_K} AS flip_k) FROM comparisons "
+                      f"WHERE case_id = ?", [case_id])
     if not rows:
         return None
     case = _rows(cur, "SELECT tokens, token_ids, special_mask, prompt_length FROM cases WHERE case_id = ?",

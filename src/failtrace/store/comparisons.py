@@ -137,12 +137,18 @@ def done_comparisons(store: ResultsStore, checkpoint: bool) -> set[tuple[str, st
     return {(a, b) for a, b, kind in rows if kind == checkpoint}
 
 
+# k* as read: a row whose unmasked Δℓ is already < 0 (flip_curve[1], DuckDB lists count from 1) is corrected, with
+# no failure to flip (analysis.masking.first_flip); rows written before 5 Dec 2026 stored k* = 1 there.
+FLIP_K = "CASE WHEN flip_curve[1] < 0 THEN NULL ELSE flip_k END"
+
+
 def load_comparisons(store: ResultsStore, case_ids: set[str] | None = None) -> list[dict[str, Any]]:
-    """Stored rows (JSON columns parsed), ordered by case, reference model first, then model name."""
+    """Stored rows (JSON columns parsed, k* as :data:`FLIP_K` reads it), ordered by case, reference model first,
+    then model name."""
     if not _present(store):
         return []
-    rows = store._rows("SELECT * FROM comparisons ORDER BY benchmark, item_id, case_id, reference DESC, model, "
-                       "step NULLS FIRST")
+    rows = store._rows(f"SELECT * REPLACE ({FLIP_K} AS flip_k) FROM comparisons ORDER BY benchmark, item_id, "
+                       f"case_id, reference DESC, model, step NULLS FIRST")
     for r in rows:
         where = f"comparisons row of case {r['case_id']} on {r['model']}"
         r["segment_relevance"] = loads(r["segment_relevance"] or "{}", where, store.path)

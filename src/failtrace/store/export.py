@@ -222,12 +222,12 @@ def _write_all(store: ResultsStore, out: Path, fmt: str) -> list[Path]:
         if table in present:
             files.append(_export_added(store, table, order, out, fmt))
     if "comparisons" in present:  # created by `failtrace compare` on first write
-        if fmt == "jsonl":
-            from failtrace.store.comparisons import export_comparisons_jsonl
+        from failtrace.store.comparisons import FLIP_K, export_comparisons_jsonl
 
+        if fmt == "jsonl":
             files.append(export_comparisons_jsonl(store, out / "comparisons.jsonl"))
         else:
             order = "case_id, model_fingerprint, step NULLS FIRST"
-            files.append(_write_table(store, f"SELECT * FROM comparisons ORDER BY {order}",
-                                      out / "comparisons.parquet", fmt))
+            files.append(_write_table(store, f"SELECT * REPLACE ({FLIP_K} AS flip_k) FROM comparisons "
+                                             f"ORDER BY {order}", out / "comparisons.parquet", fmt))
     return files
