@@ -164,7 +164,7 @@ def test_case_page_heatmap_tokens_and_method_switch(page: Any, server: dict[str,
     _painted(page, "case", "method=cp-lrp")
     style = page.get_attribute(f"#strip .tok[data-p='{i}']", "style")
     assert _rgb(float(norm[i])) in style and style != before
-    assert page.locator("#flip polyline").count() == sum(bool(m.flip_curve) for m in case.methods.values())
+    assert page.locator("#flip g[data-method]").count() == sum(bool(m.flip_curve) for m in case.methods.values())
     # fold a segment: the URL keeps it folded when the link is reopened
     seg = page.locator("details.seg").first.get_attribute("data-seg")
     page.locator("details.seg > summary").first.click()
@@ -175,28 +175,34 @@ def test_case_page_heatmap_tokens_and_method_switch(page: Any, server: dict[str,
 
 
 def test_flip_curves_skip_missing_points_and_carry_svg_tooltips(page: Any, server: dict[str, Any]) -> None:
-    """A curve point that was not computed arrives as null: it is left out (it used to be drawn at Δℓ = 0); each
-    curve's hover text is an SVG <title>, the only kind a browser shows on a polyline."""
+    """A curve point that was not computed arrives as null: it is a gap, neither drawn at Δℓ = 0 (as it used to be)
+    nor bridged by a line that would look computed; a point left alone between gaps is a dot. Each curve's hover
+    text is an SVG <title> on its group, the only kind a browser shows there."""
     case = max(server["cases"], key=lambda c: len(c.tokens))
-    method = next(m for m, r in case.methods.items() if len(r.flip_curve) >= 3)
-    hole = 1
+    method = next(m for m, r in case.methods.items() if len(r.flip_curve) >= 6)
+    n = len(case.methods[method].flip_curve)
+    holes = (1, 3)  # runs left: [0] (a dot), [2] (a dot), [4..K] (a line)
 
     def punch(route: Any) -> None:
         body = route.fetch().json()
-        body["methods"][method]["flip_curve"][hole] = None
+        for hole in holes:
+            body["methods"][method]["flip_curve"][hole] = None
         route.fulfill(json=body)
 
     page.route(f"**/api/cases/{case.case_id}", punch)
     try:
         _open(page, server, f"#/case/{case.case_id}?method={method}", "case")
-        line = page.locator(f"#flip polyline[data-method='{method}']")
-        points = line.get_attribute("points").split()
-        assert len(points) == len(case.methods[method].flip_curve) - 1
-        xs = [float(pt.split(",")[0]) for pt in points]
-        assert xs == sorted(xs) and len(set(xs)) == len(xs)
-        titles = page.eval_on_selector_all("#flip polyline > title", "ts => ts.map(t => [t.namespaceURI, "
+        group = f"#flip g[data-method='{method}']"
+        dots = [float(x) for x in
+                page.eval_on_selector_all(f"{group} > circle", "cs => cs.map(c => c.getAttribute('cx'))")]
+        lines = [[float(pt.split(",")[0]) for pt in pts.split()] for pts in
+                 page.eval_on_selector_all(f"{group} > polyline", "ps => ps.map(p => p.getAttribute('points'))")]
+        assert len(dots) == 2 and len(lines) == 1 and sum(map(len, lines)) + 2 == n - len(holes)
+        step = (dots[1] - dots[0]) / 2  # the dots are k = 0 and k = 2
+        assert all(xs == sorted(xs) and abs(xs[0] - (dots[1] + 2 * step)) < 1e-6 for xs in lines)  # starts at k = 4
+        titles = page.eval_on_selector_all("#flip g > title", "ts => ts.map(t => [t.namespaceURI, "
                                            "t.textContent, t.parentNode.dataset.method])")
-        assert len(titles) == page.locator("#flip polyline").count() > 0
+        assert len(titles) == page.locator("#flip g[data-method]").count() > 0
         for ns, text, m in titles:
             k = case.methods[m].flip_k
             assert ns == "http://www.w3.org/2000/svg" and text == f"{m}: k* = {'none' if k is None else k}"

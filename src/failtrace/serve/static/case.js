@@ -70,8 +70,9 @@
       (sp ? " · special token id (grey)" : "") + "\nR = " + FT.fmt(raw, 5) + "   normalised = " + FT.fmt(v, 3);
   }
 
-  // Δℓ after masking the top-k tokens, k = 0..K, one line per method; a null point (not computed) is left out
-  // (isFinite(null) is true: it would be drawn at Δℓ = 0)
+  // Δℓ after masking the top-k tokens, k = 0..K, one group per method; a null point (not computed) is a gap: the
+  // line stops there and goes on after it (isFinite(null) is true: it would be drawn at Δℓ = 0, and a line joining
+  // its neighbours would look computed); a point with gaps on both sides is a dot
   function curves(c, method) {
     var W = 520, H = 200, L = 46, B = 28, ms = methodsOf(c).filter(function (m) { return c.methods[m].flip_curve.length; });
     var all = []; ms.forEach(function (m) { all = all.concat(c.methods[m].flip_curve.filter(Number.isFinite)); });
@@ -87,12 +88,19 @@
     if (Y(lo) - Y(0) > 14) svg.appendChild(el("text", {x: 4, y: Y(lo)}, FT.fmt(lo, 2)));
     svg.appendChild(el("text", {x: W / 2 - 40, y: H - 6}, "k masked tokens (0.." + K + ")"));
     ms.forEach(function (m) {
-      var pts = c.methods[m].flip_curve.map(function (y, k) { return Number.isFinite(y) ? X(k) + "," + Y(y) : null; }).filter(Boolean);
-      var on = m === method;
-      var line = el("polyline", {points: pts.join(" "), fill: "none", stroke: on ? "#111827" : "#cbd5e1",
-                                 "stroke-width": on ? 2.5 : 1.2, "data-method": m});
-      line.appendChild(el("title", {}, m + ": k* = " + (c.methods[m].flip_k === null ? "none" : c.methods[m].flip_k)));
-      svg.appendChild(line);
+      var runs = [[]];
+      c.methods[m].flip_curve.forEach(function (y, k) {
+        if (Number.isFinite(y)) runs[runs.length - 1].push([X(k), Y(y)]); else if (runs[runs.length - 1].length) runs.push([]);
+      });
+      var on = m === method, colour = on ? "#111827" : "#cbd5e1";
+      var g = el("g", {"data-method": m});
+      g.appendChild(el("title", {}, m + ": k* = " + (c.methods[m].flip_k === null ? "none" : c.methods[m].flip_k)));
+      runs.forEach(function (run) {
+        if (run.length === 1) g.appendChild(el("circle", {cx: run[0][0], cy: run[0][1], r: on ? 2.5 : 1.8, fill: colour}));
+        else if (run.length) g.appendChild(el("polyline", {points: run.map(function (p) { return p[0] + "," + p[1]; }).join(" "),
+                                                            fill: "none", stroke: colour, "stroke-width": on ? 2.5 : 1.2}));
+      });
+      svg.appendChild(g);
     });
     return svg;
   }
