@@ -108,14 +108,14 @@ class PairFinder:
         t = time.perf_counter()
         key = verdict_key(benchmark, item, text)
         if key is not None and key in search.verdicts:
-            search.reused += 1
-            search.seconds_check += time.perf_counter() - t
+            search.res.checks_reused += 1
+            search.res.seconds_check += time.perf_counter() - t
             return search.verdicts[key]
         status = safe_check(benchmark, item, text).status
         if key is not None:
             search.verdicts[key] = status
-        search.seconds_check += time.perf_counter() - t
-        search.checks += 1
+        search.res.seconds_check += time.perf_counter() - t
+        search.res.checks += 1
         return status
 
     def _extend(self, prompt: list[int], comp: list[int], budget: int) -> tuple[list[int], str]:
@@ -173,24 +173,24 @@ class PairFinder:
                 state["next"] += 1
             return state["answer"] is not None and self.settings.halt_at_answer
 
-        t, n, checking = time.perf_counter(), len(prompt), search.seconds_check
+        t, n, checking = time.perf_counter(), len(prompt), search.res.seconds_check
         seqs, stopped = rollouts_at(self.loaded.model, kv, [n + r.p for r in rows], [r.token for r in rows],
                                     [budget - r.p for r in rows], self.eos, self.settings.rollout_batch_size,
                                     stop, self.settings.stop_every, on_end, [prompt + comp[:r.p] for r in rows],
                                     self.settings.draft_tokens,
                                     [comp[r.p + 1:] for r in rows] if self.settings.draft_from_completion else None)
-        search.seconds_rollouts += time.perf_counter() - t - (search.seconds_check - checking)
-        search.rollouts += sum(1 for q in seqs if q)
-        search.tokens += sum(len(q) for q in seqs)
-        search.stopped += sum(k == FAIL for k in kinds.values())
-        search.final += sum(k == FINAL for k in kinds.values())
+        search.res.seconds_rollouts += time.perf_counter() - t - (search.res.seconds_check - checking)
+        search.res.rollouts += sum(1 for q in seqs if q)
+        search.res.tokens_decoded += sum(len(q) for q in seqs)
+        search.res.rollouts_stopped += sum(k == FAIL for k in kinds.values())
+        search.res.rollouts_final += sum(k == FINAL for k in kinds.values())
         if state["answer"] is None:
             return None, unver
         j = state["answer"]
         row, (seq, was_stopped) = rows[j], ended[j]
         if was_stopped:  # the verdict was fixed: decode the rest once, so the recorded completion is whole
             rest = self._more(prompt + comp[:row.p] + seq, budget - row.p - len(seq))
-            search.tokens += len(rest)
+            search.res.tokens_decoded += len(rest)
             seq = seq + rest
         cut = len(seq) >= budget - row.p and not (seq and seq[-1] in self.eos)
         return Found(row, self._text(comp[:row.p] + seq), cut), unver
@@ -246,8 +246,8 @@ class PairFinder:
                 best = found  # every position still queued is smaller than the previous best
             size = self.settings.position_batch if best is not None else min(2 * size, self.settings.position_batch)
         # unverifiable rollouts count where in-order search would have checked them: before the answer
-        search.unverifiable = sum(c for p, c in unver.items() if best is None or p <= best.row.p)
-        search.positions = len(done)
+        search.res.unverifiable_rollouts = sum(c for p, c in unver.items() if best is None or p <= best.row.p)
+        search.res.positions_rolled = len(done)
         return best
 
     def find(self, benchmark: Benchmark, item: Item, prompt_ids: Sequence[int], completion_ids: Sequence[int],
@@ -261,16 +261,16 @@ class PairFinder:
         unbounded = finish == FINISH_LENGTH
         budget = self.settings.rollout_tokens or max_new_tokens
         res = PairResult(status="no_target", prompt_tokens=n, completion_tokens=m, hit_length_limit=unbounded)
-        search = SearchState()
+        search = SearchState(res)
         notes = search.notes
 
         def done(status: str, reason: str) -> PairResult:
-            return search.finish(res, status, reason, time.perf_counter() - t0)
+            return search.finish(status, reason, time.perf_counter() - t0)
 
         t = time.perf_counter()
         verdict = safe_check(benchmark, item, self._text(comp))
-        search.seconds_check += time.perf_counter() - t
-        search.checks += 1
+        res.seconds_check += time.perf_counter() - t
+        res.checks += 1
         stored_key = verdict_key(benchmark, item, self._text(comp))
         if stored_key is not None:  # a rollout that ends in the stored completion's code/answer fails unchecked
             search.verdicts[stored_key] = verdict.status
@@ -340,8 +340,8 @@ class PairFinder:
         if unbounded:
             return done("unbounded", f"the completion hit the {max_new_tokens}-token limit and no alternative "
                                      f"recovered in {scope}")
-        if search.unverifiable:
-            return done("unverifiable", f"no recovery in {scope}, but {search.unverifiable} rollout(s) could not "
+        if res.unverifiable_rollouts:
+            return done("unverifiable", f"no recovery in {scope}, but {res.unverifiable_rollouts} rollout(s) could not "
                                         f"be verified")
         if self.helper is not None:
             return done("no_contrast", f"no alternative in the top-{k} of {self.loaded.name} or of sibling "
@@ -370,8 +370,8 @@ class PairFinder:
             where += f"; the recovering rollout reached the {budget}-token budget without stopping"
         if unbounded:
             return done("unbounded", f"the completion hit the length limit; a recovery was found {where}")
-        if search.unverifiable:
-            return done("unverifiable", f"{search.unverifiable} rollout(s) checked before the recovery {where} "
+        if res.unverifiable_rollouts:
+            return done("unverifiable", f"{res.unverifiable_rollouts} rollout(s) checked before the recovery {where} "
                                         f"could not be verified, so it may not be the first recovering choice")
         if res.delta_logit > self.settings.min_delta:
             return done("clean", f"recovered {where}")
