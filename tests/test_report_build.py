@@ -4,6 +4,7 @@ page with all its tokens, no network reference, the stored graph pictured, and t
 from __future__ import annotations
 
 import csv
+import html
 import re
 import statistics
 import sys
@@ -80,6 +81,29 @@ def test_table1_matches_status_rows_and_cases(built):
     assert [s["benchmark"] for s in status] == ["ifeval", "math"]
     assert int(status[0]["no_target"]) == 6 and int(status[0]["not_paired"]) == 20 - 18
     assert int(status[1]["unverifiable"]) == 1 and int(status[1]["not_paired"]) == 12 - 11
+
+
+def test_two_pair_runs_over_one_collection_run_count_its_failures_once(tmp_path):
+    """A second pair run (here differing only in --try-unbounded) over the same failures adds no failures: the lead
+    counts each collection run once and gives clean pairs per pair run; both tables say which settings each had."""
+    from report_cases import status_row
+
+    cases, rows, pairs = sample()
+    again = status_row("ifeval", "collect-1", "pairs-1u", 20, {"clean": 7, "no_target": 6, "unbounded": 0})
+    rows[0].pair_settings = {"top_k": 10, "min_delta": 1.0, "max_positions": 8}
+    again.pair_settings = {**rows[0].pair_settings, "try_unbounded": True}
+    index = build_report(cases, [rows[0], again, *rows[1:]], tmp_path / "r", pairs)
+    text = html.unescape(index.read_text(encoding="utf-8"))
+    lead = re.search(r'id="b-ifeval"><h2>ifeval</h2><p class="lead">([^<]*)</p>', text).group(1)
+    assert lead.startswith("20 failures, clean pairs: 5 by pair run pairs-1 (k=10 Δ>1.0 pos≤8); "
+                           "7 by pair run pairs-1u (k=10 Δ>1.0 pos≤8 try-unbounded), 5 cases analysed")
+    math = re.search(r'id="b-math"><h2>math</h2><p class="lead">([^<]*)</p>', text).group(1)
+    assert math.startswith("21 failures, 3 clean pairs, 3 cases analysed")  # two collection runs: 12 + 9
+    t1 = {r["pair_run_id"]: r["pair_settings"] for r in _csv(index.parent / "tables" / "table1.csv")}
+    assert t1["pairs-1u"].endswith(" try-unbounded") and not t1["pairs-1"].endswith(" try-unbounded")
+    assert t1[""] == ""  # the collection run without pairs
+    st = {r["pair_run_id"]: r["pair_settings"] for r in _csv(index.parent / "tables" / "pair_status.csv")}
+    assert st["pairs-1u"] == t1["pairs-1u"] and "try-unbounded" in text
 
 
 def test_categories_and_patterns_count_overrides(built):

@@ -47,7 +47,7 @@ def status_command(
     if paired:
         con.print(_pairs_table(list(zip(labels, paired))))
         for label, r in zip(labels, paired):
-            con.print(f"pair run #{label}: {r.pair_run_id}  {_pair_settings(r)}", highlight=False)
+            con.print(f"pair run #{label}: {r.pair_run_id}  {r.pair_settings_text}", highlight=False)
     analysed = [(label, cases[r.pair_run_id]) for label, r in zip(labels, paired) if r.pair_run_id in cases]
     if analysed:
         con.print(_cases_table(analysed))
@@ -126,18 +126,6 @@ def _pair_cells(r: Any) -> list[str]:
     counts = [str(r.pairs.get(s, 0)) for s in PAIR_STATUSES]
     limit = ["-" if v is None else str(v) for v in (r.limit_hit, r.continued_pass, r.continued_fail)]
     return [*counts, *limit, _pct(r.clean_rate), _pct(r.decidable_clean_rate)]
-
-
-def _pair_settings(r: Any) -> str:
-    if r.pair_run_id is None:
-        return "(no pairs run)"
-    ps = r.pair_settings
-    settings = f"k={ps.get('top_k')} Δ>{ps.get('min_delta')} pos≤{ps.get('max_positions')}"
-    if ps.get("rollout_tokens") and ps.get("rollout_tokens") != ps.get("max_new_tokens"):
-        settings += f" rollout≤{ps['rollout_tokens']}"
-    if ps.get("helper_model"):
-        settings += f" sibling={ps['helper_model']}"
-    return settings
 
 
 def _cases_table(analysed: list[tuple[str, dict[str, Any]]]) -> Any:

@@ -20,12 +20,14 @@ from failtrace.report.tables import NON_CLEAN
 Col = tuple[str, str, str]  # (key, header, kind: text | int | float | pct | code)
 
 TABLE1_COLS: list[Col] = [
-    ("benchmark", "benchmark", "text"), ("model", "model", "text"), ("run", "pair run", "code"), ("items", "items", "int"),
+    ("benchmark", "benchmark", "text"), ("model", "model", "text"), ("run", "pair run", "code"),
+    ("pair_settings", "pair settings", "text"), ("items", "items", "int"),
     ("failures", "failures", "int"), ("clean_pairs", "clean pairs", "int"), ("clean_rate", "clean rate", "pct"),
     ("cases", "cases analysed", "int"), ("avg_tokens_per_case", "avg tokens / case", "float1"),
     ("passed", "passed", "int"), ("unverifiable", "unverifiable", "int"),
 ]
-STATUS_COLS: list[Col] = ([("benchmark", "benchmark", "text"), ("failures", "failures", "int"),
+STATUS_COLS: list[Col] = ([("benchmark", "benchmark", "text"), ("pair_run_id", "pair run", "code"),
+                           ("pair_settings", "pair settings", "text"), ("failures", "failures", "int"),
                            ("clean", "clean", "int")] + [(s, s.replace("_", " "), "int") for s in NON_CLEAN]
                           + [("not_paired", "not paired yet", "int")])
 KSTAR_COLS: list[Col] = [
@@ -128,15 +130,30 @@ def _columns(bench: str, t: Mapping[str, Any]) -> str:
     return f"--first:{ratio:.2f}fr"  # report.css: the first column's share (narrow screens still stack them)
 
 
+def _failures_and_clean(t1: Sequence[Mapping[str, Any]]) -> str:
+    """``5 failures, 1 clean pair``: each collection run's failures counted once, however many pair runs searched
+    them; when one run has several pair runs, their clean pairs are listed per pair run (adding them up would count
+    a failure pinned by two runs twice)."""
+    runs: dict[str, list[Mapping[str, Any]]] = {}
+    for r in t1:
+        runs.setdefault(r["run_id"], []).append(r)
+    fails = sum(rows[0]["failures"] or 0 for rows in runs.values())
+    paired = [r for r in t1 if r["pair_run_id"]]
+    if all(len([r for r in rows if r["pair_run_id"]]) <= 1 for rows in runs.values()):
+        clean = sum(r["clean_pairs"] or 0 for r in paired)
+        return f"{fails:,} failure{'s' * (fails != 1)}, {clean:,} clean pair{'s' * (clean != 1)}"
+    each = "; ".join(f"{r['clean_pairs'] or 0:,} by pair run {str(r['pair_run_id'])[:10]} ({r['pair_settings']})"
+                     for r in paired)
+    return f"{fails:,} failure{'s' * (fails != 1)}, clean pairs: {each}"
+
+
 def benchmark_section(bench: str, cases: Sequence[Any], t: Mapping[str, Any], figs: Mapping[str, str]) -> str:
     """Per benchmark: headline numbers, segment relevance, faithfulness (figure + k* table) and the case list."""
     mine = [c for c in cases if c.benchmark == bench]
     t1 = [r for r in t["table1"] if r["benchmark"] == bench]
-    fails = sum(r["failures"] or 0 for r in t1)
-    clean = sum(r["clean_pairs"] or 0 for r in t1)
     ks = [r for r in t["kstar"] if r["benchmark"] == bench]
     lrp = next((r for r in ks if r["method"] == "attnlrp"), None)
-    lead = f"{fails:,} failures, {clean:,} clean pairs, {len(mine):,} cases analysed."
+    lead = f"{_failures_and_clean(t1)}, {len(mine):,} cases analysed."
     if lrp and lrp["mean_k_star"] is not None:
         lead += (f" With AttnLRP, masking on average {lrp['mean_k_star']:.1f} tokens (median "
                  f"{lrp['median_k_star']:.1f}) flips the prediction in {lrp['flipped']} of {lrp['cases']} cases "

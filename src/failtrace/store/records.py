@@ -6,7 +6,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from failtrace.benchmarks.base import Item
@@ -152,11 +152,30 @@ class StatusRow:
         decidable = self.failed - self.pairs.get("unbounded", 0)
         return self.pairs.get("clean", 0) / decidable if decidable > 0 else None
 
+    @property
+    def pair_settings_text(self) -> str:
+        """The pair run's settings in one line (:func:`describe_pair_settings`); "(no pairs run)" without one."""
+        return "(no pairs run)" if self.pair_run_id is None else describe_pair_settings(self.pair_settings)
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["clean_rate"] = self.clean_rate
         d["decidable_clean_rate"] = self.decidable_clean_rate
         return d
+
+
+def describe_pair_settings(ps: Mapping[str, Any]) -> str:
+    """Every setting that gives a pair run its id, in one short line, so two pair runs over one collection run always
+    read differently (failures.pair_types.PairSettings.identity): ``k=3 Δ>1.0 pos≤8``, then the rollout budget when
+    it is not the collection's, ``try-unbounded`` for that flag and the sibling model."""
+    text = f"k={ps.get('top_k')} Δ>{ps.get('min_delta')} pos≤{ps.get('max_positions')}"
+    if ps.get("rollout_tokens") and ps.get("rollout_tokens") != ps.get("max_new_tokens"):
+        text += f" rollout≤{ps['rollout_tokens']}"
+    if ps.get("try_unbounded"):
+        text += " try-unbounded"
+    if ps.get("helper_model"):
+        text += f" sibling={ps['helper_model']}"
+    return text
 
 
 def pick_run_id(ids: Sequence[str], run_id: str, noun: str, where: Any) -> str:
