@@ -455,3 +455,34 @@ def test_cli_serves_and_stops_on_sigint(toy: dict[str, Any], sig: str) -> None:
         if proc.poll() is None:
             proc.kill()
     assert sha256(toy["store"]) == toy["sha"]
+
+
+def test_a_second_pair_run_is_a_facet_not_a_silent_double(toy: dict[str, Any], tmp_path: Path) -> None:
+    """A second pair run over the same collection run gives each failure a second row; the ``pair_run`` facet counts
+    them per pair run, picking one brings back one row per failure, and /api/meta says each run's settings."""
+    from failtrace.store.records import RunRecord
+
+    path = tmp_path / "two.duckdb"
+    shutil.copy(toy["store"], path)
+    fails = [v["item_id"] for v in toy["verdicts"] if v["status"] == "fail"]
+    passes = len(toy["verdicts"]) - len(fails)
+    with open_store(path) as st:
+        first = st.runs("pairs")[0]
+        second = RunRecord(run_id="p2-unbounded", stage="pairs", benchmark=first.benchmark, model=first.model,
+                           parent_run_id=toy["run_id"], settings={**first.settings, "try_unbounded": True})
+        st.ensure_run(second)
+        for item_id in fails:
+            st.write_pair(second.run_id, toy["run_id"], item_id, first.benchmark,
+                          {"status": "no_target", "rollouts": 1, "checks": 1, "positions_walked": 1,
+                           "unverifiable_rollouts": 0, "hit_length_limit": False})
+    with TestClient(create_app(path), base_url="http://127.0.0.1") as c:
+        meta = c.get("/api/meta").json()
+        assert meta["pair_runs"][second.run_id] == meta["pair_runs"][first.run_id] + " try-unbounded"
+        data = c.get("/api/table", params={"limit": 500}).json()
+        assert data["total"] == passes + 2 * len(fails)
+        facets = {f["value"]: f["count"] for f in data["facets"]["pair_run"]}
+        assert facets == {first.run_id: len(fails), second.run_id: len(fails), "(none)": passes}
+        one = c.get("/api/table", params={"limit": 500, "pair_run": second.run_id}).json()
+        assert sorted(r["item_id"] for r in one["rows"]) == sorted(fails)
+        assert {r["pair_status"] for r in one["rows"]} == {"no_target"}
+        assert all(r["case_id"] is None for r in one["rows"])

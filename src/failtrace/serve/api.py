@@ -19,6 +19,7 @@ from failtrace.cases.record import CATEGORIES, PATTERNS
 from failtrace.serve import casedata
 from failtrace.serve.queries import FACETS, SORT_COLUMNS, TableQuery, table
 from failtrace.store.cases import newest_case_id
+from failtrace.store.records import describe_pair_settings, loads
 
 router = APIRouter()
 
@@ -81,7 +82,10 @@ def meta(request: Request, cur: Cursor) -> dict[str, Any]:
     st = _state(request)
     methods = [r[0] for r in cur.execute("SELECT DISTINCT method FROM case_methods ORDER BY 1").fetchall()] \
         if st.has_cases else []
-    return {"store": st.path.name, "review": st.review, "has_cases": st.has_cases,
+    pair_runs = {run_id: describe_pair_settings(loads(text, f"runs.settings of run {run_id}", st.path) if text else {})
+                 for run_id, text in cur.execute("SELECT run_id, settings FROM runs WHERE stage = 'pairs' "
+                                                 "ORDER BY created_at, run_id").fetchall()}
+    return {"store": st.path.name, "review": st.review, "has_cases": st.has_cases, "pair_runs": pair_runs,
             "has_comparisons": st.has_comparisons,
             "schema_version": st.store.schema_version, "methods": methods, "categories": list(CATEGORIES),
             "patterns": list(PATTERNS), "facets": list(FACETS), "sort_columns": sorted(SORT_COLUMNS),
@@ -92,8 +96,8 @@ def meta(request: Request, cur: Cursor) -> dict[str, Any]:
 @router.get("/api/table", summary="The cases table: one page of rows, the total, counts per facet")
 def cases_table(
     request: Request, cur: RowsCursor,
-    benchmark: _VALUE = None, model: _VALUE = None, verdict: _VALUE = None, pair_status: _VALUE = None,
-    category: _VALUE = None, pattern: _VALUE = None,
+    benchmark: _VALUE = None, model: _VALUE = None, verdict: _VALUE = None, pair_run: _VALUE = None,
+    pair_status: _VALUE = None, category: _VALUE = None, pattern: _VALUE = None,
     dl_min: Annotated[float | None, Query(ge=-1e9, le=1e9, description="Δℓ at least")] = None,
     dl_max: Annotated[float | None, Query(ge=-1e9, le=1e9, description="Δℓ at most")] = None,
     k_min: Annotated[int | None, Query(ge=0, le=100_000, description="attnlrp k* at least")] = None,
@@ -103,8 +107,8 @@ def cases_table(
     sort: SortColumn = "item_id", desc: bool = False,
     limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Annotated[int, Query(ge=0, le=100_000_000)] = 0,
 ) -> dict[str, Any]:
-    given = {"benchmark": benchmark, "model": model, "verdict": verdict, "pair_status": pair_status,
-             "category": category, "pattern": pattern}
+    given = {"benchmark": benchmark, "model": model, "verdict": verdict, "pair_run": pair_run,
+             "pair_status": pair_status, "category": category, "pattern": pattern}
     tq = TableQuery(facets={k: _facet_values(v) for k, v in given.items() if v}, dl_min=dl_min, dl_max=dl_max,
                     k_min=k_min, k_max=k_max, has_case=has_case, search=q or None, sort=sort, desc=desc,
                     limit=limit, offset=offset)

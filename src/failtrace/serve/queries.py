@@ -58,8 +58,9 @@ COLUMNS = ("run_id", "item_id", "benchmark", "model", "verdict", "pair_run_id", 
            "contrast_text", "delta_logit", "case_id", "category", "overridden", "pattern", "k_star", "n_tokens")
 SORT_COLUMNS = frozenset(COLUMNS) - {"overridden"}
 # facet name (query parameter) -> column of ``rows``
-FACETS = {"benchmark": "benchmark", "model": "model", "verdict": "verdict", "pair_status": "pair_status",
-          "category": "category", "pattern": "pattern"}
+# pair_run: a collection run searched by several pair runs has one row per failure and pair run; this facet picks one
+FACETS = {"benchmark": "benchmark", "model": "model", "verdict": "verdict", "pair_run": "pair_run_id",
+          "pair_status": "pair_status", "category": "category", "pattern": "pattern"}
 NONE_VALUE = "(none)"  # how a facet shows, and a filter selects, rows whose value is NULL
 
 

@@ -32,7 +32,11 @@
         if (cb.checked) now.push(f.value);
         var ch = {}; ch[name] = now; update(params, ch);
       });
-      box.appendChild(el("label", {}, [cb, el("span", {}, f.value), el("span", {class: "c"}, String(f.count))]));
+      // a pair run shows its id cut short and, on hover, every setting that gave it that id (as `failtrace status`)
+      var run = name === "pair_run" ? (FT.meta.pair_runs || {})[f.value] : undefined;
+      box.appendChild(el("label", {title: run === undefined ? null : f.value + "  " + run},
+                         [cb, el("span", {}, run === undefined ? f.value : f.value.slice(0, 10) + " · " + run),
+                          el("span", {class: "c"}, String(f.count))]));
     });
     return box;
   }
@@ -78,7 +82,8 @@
   function row(r) {
     var c = FT.meta.colors;
     var cells = [el("td", {}, r.item_id), el("td", {}, r.benchmark), el("td", {title: r.model},
-                 String(r.model).split("/").pop()), el("td", {}, r.verdict), el("td", {}, r.pair_status || "—"),
+                 String(r.model).split("/").pop()), el("td", {}, r.verdict), el("td", {title: r.pair_run_id ? "pair run " + r.pair_run_id : null},
+                 r.pair_status || "—"),
                  el("td", {class: "tx"}, r.target_text === null ? "—" : "‹" + FT.shown(r.target_text) + "›"),
                  el("td", {class: "tx"}, r.contrast_text === null ? "—" : "‹" + FT.shown(r.contrast_text) + "›"),
                  el("td", {class: "n"}, FT.fmt(r.delta_logit)), el("td", {class: "n"}, r.k_star === null ? "—" : String(r.k_star)),
