@@ -73,6 +73,13 @@ def test_answers_and_commands() -> None:
     assert differs.status == "fail" and "differs" in differs.reasons[0]
     called = bench.check(answer, '{"name": "book", "arguments": {}}')
     assert called.status == "fail" and "where an answer was expected" in called.reasons[0]
+    reply = _item({"reply": "Order 12 is pending. Cancel it?"})  # a trace's free-text turn: judged by its kind
+    other = bench.check(reply, "I see order 12 is pending. Shall I cancel it for you?")
+    assert other.status == "pass" and other.details["reply_matches_reference"] is False
+    assert bench.check(reply, " order 12 is PENDING.  cancel it?").details["reply_matches_reference"] is True
+    tool = bench.check(reply, '<tool_call>{"name": "cancel_order", "arguments": {"order_id": 12}}</tool_call>')
+    assert tool.status == "fail" and "where a reply to the user was expected" in tool.reasons[0]
+    assert bench.check(reply, "  \n ").status == "fail"
     command = _item({"command": "find_file missing_colon.py"})
     assert bench.check(command, "DISCUSSION\nLet me look.\n```\nfind_file  missing_colon.py\n```").status == "pass"
     assert bench.check(command, "```\nls -a\n```").status == "fail"
@@ -116,7 +123,7 @@ def test_tau_bench_converter(tmp_path: Path) -> None:
     items = convert_trace(_tau_like(), "shop")
     assert [i["id"] for i in items] == ["tau-7-t1-m2", "tau-7-t1-m4", "tau-7-t1-m6"]
     assert items[0]["expected"] == {"tool": "get_order", "arguments": {"order_id": 12}}
-    assert items[1]["expected"] == {"answer": "Order 12 is pending. Cancel it?"}
+    assert items[1]["expected"] == {"reply": "Order 12 is pending. Cancel it?"}
     last = items[2]
     assert len(last["messages"]) == 6 and last["messages"][-1] == {"role": "user", "content": "Yes."}
     assert '<tool_call>{"name": "get_order"' in last["messages"][2]["content"]  # past calls are rendered
@@ -167,3 +174,21 @@ def test_long_inputs_are_linear() -> None:
     assert loaded[0].status == "pass"
     assert spans == [(0, 400_000)]
     assert len(items[-1]["messages"]) == 21
+
+
+def test_a_wrong_file_names_every_format_traces_read(tmp_path: Path) -> None:
+    """A JSON file that is neither items nor a raw trace says which three layouts work; an unknown suffix lists
+    .traj among the file types (a SWE-agent file is read directly)."""
+    from failtrace.errors import FailtraceError
+
+    wrong = tmp_path / "x.json"
+    wrong.write_text('{"a": 1}')
+    with pytest.raises(FailtraceError) as err:
+        TracesBenchmark().load(str(wrong))
+    msg = str(err.value)
+    assert "missing field(s) 'id', 'messages', 'expected'" in msg
+    assert "tau-bench trajectory list (.json" in msg and "SWE-agent .traj" in msg and "\n" not in msg
+    odd = tmp_path / "x.txt"
+    odd.write_text('{"a": 1}')
+    with pytest.raises(FailtraceError, match=r"unknown file type; use one of .*\.traj"):
+        TracesBenchmark().load(str(odd))

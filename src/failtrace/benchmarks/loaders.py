@@ -24,7 +24,7 @@ from failtrace.hub import hub_reachable as _hub_reachable
 from failtrace.hub import offline_mode as _offline_mode
 
 #: Suffixes read as local files (``.gz`` may wrap JSON or JSONL).
-LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".jsonl.gz", ".json.gz")
+LOCAL_SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet", ".jsonl.gz", ".json.gz", ".traj")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(:[\w.-]+)?$")
 
 Record = tuple[str, dict[str, Any]]  # (location such as "line 3", the record)
@@ -245,16 +245,18 @@ def missing_fields(record: dict[str, Any], required: Sequence[str]) -> list[str]
 
 
 def build_items(source: str, limit: int | None, required: Sequence[str],
-                to_item: Callable[[dict[str, Any], str], Item], *, default_split: str = "train") -> LoadReport:
+                to_item: Callable[[dict[str, Any], str], Item], *, default_split: str = "train",
+                formats: str = "") -> LoadReport:
     """Read ``source`` and turn each record into an Item, stopping after ``limit`` good items.
 
     Records missing a required field, or that ``to_item`` rejects with ValueError/TypeError/KeyError, are reported
-    with their location and skipped. A source that yields no item at all is an error.
+    with their location and skipped. A source that yields no item at all is an error, which ends with ``formats``
+    (what the benchmark reads, when that is more than the items' own fields).
     """
     _check_limit(limit)
     problems: list[str] = []
     records = iter_records(source, problems, default_split=default_split)
-    return items_from_records(records, source, limit, required, to_item, problems)
+    return items_from_records(records, source, limit, required, to_item, problems, formats=formats)
 
 
 def _check_limit(limit: int | None) -> None:
@@ -264,7 +266,7 @@ def _check_limit(limit: int | None) -> None:
 
 def items_from_records(records: Iterator[Record], source: str, limit: int | None, required: Sequence[str],
                        to_item: Callable[[dict[str, Any], str], Item],
-                       problems: list[str] | None = None) -> LoadReport:
+                       problems: list[str] | None = None, formats: str = "") -> LoadReport:
     """The part of :func:`build_items` after reading, for records that come from elsewhere (e.g. a converter)."""
     _check_limit(limit)
     problems = [] if problems is None else problems
@@ -278,7 +280,8 @@ def items_from_records(records: Iterator[Record], source: str, limit: int | None
     if not items:
         shown = "; ".join(problems[:5]) + (f"; ... and {len(problems) - 5} more" if len(problems) > 5 else "")
         raise FailtraceError(f"no usable items in {source}" + (f": {shown}" if shown else
-                                                                ": it is empty or holds no records"))
+                                                                ": it is empty or holds no records")
+                             + (f"; {formats}" if formats else ""))
     return LoadReport(items=items, problems=problems)
 
 

@@ -1,10 +1,14 @@
 """Agent traces: given the conversation so far, the model must produce the next assistant turn.
 
 Items are JSONL records ``{id, messages: [{role, content}, ...], expected}``, where ``expected`` is a tool call
-``{"tool": name, "arguments": {...}}``, a final answer ``{"answer": text}``, or (for SWE-agent's text actions)
-``{"command": text}``. The checker finds the tool call in the completion (``<tool_call>`` blocks, Llama-style
-``<function=name>{...}</function>``, or any JSON object naming a tool, OpenAI ``tool_calls`` included) and compares
-tool name and arguments as normalised JSON; answers and commands are compared as normalised text.
+``{"tool": name, "arguments": {...}}``, a final answer ``{"answer": text}``, a free-text turn to the user
+``{"reply": text}``, or (for SWE-agent's text actions) ``{"command": text}``. The checker finds the tool call in the
+completion (``<tool_call>`` blocks, Llama-style ``<function=name>{...}</function>``, or any JSON object naming a tool,
+OpenAI ``tool_calls`` included) and compares tool name and arguments as normalised JSON; answers and commands are
+compared as normalised text. A reply is judged by the kind of action only (text to the user, not a tool call, not
+empty): its wording is one agent's choice (the traces' replies are GPT-4o's), no checker can tell another wording
+wrong, and an exact-match rule would make nearly every reply step a failure no one-token contrast can recover.
+Whether the wording matched anyway is kept in the verdict's details.
 
 :func:`convert_trace` turns a tau-bench trajectory file or a SWE-agent ``.traj`` into such items, one per assistant
 action, with the messages before it as context. Everything here is linear in the input size, so 10k+ token
@@ -26,6 +30,8 @@ from failtrace.benchmarks.loaders import build_items, items_from_records
 from failtrace.errors import FailtraceError
 
 REQUIRED_FIELDS = ("id", "messages", "expected")
+FORMATS = ("--data for traces is JSONL items {id, messages, expected}, a tau-bench trajectory list (.json, "
+           "[{task_id, trial, traj}]) or a SWE-agent .traj ({history})")
 _ARG_KEYS = ("arguments", "parameters", "args", "input", "kwargs", "action_input")
 _NAME_KEYS = ("name", "tool", "tool_name", "function", "action")
 _TOOL_CALL_TAG = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.DOTALL)
@@ -83,16 +89,15 @@ def normalise_messages(messages: list[Any]) -> list[dict[str, str]]:
 
 
 def parse_expected(expected: Any) -> dict[str, Any]:
-    """Validate an ``expected`` action: exactly one of tool (+ arguments), answer, command."""
+    """Validate an ``expected`` action: exactly one of tool (+ arguments), answer, reply, command."""
     if not isinstance(expected, dict):
         raise ValueError("'expected' must be an object like {\"tool\": ..., \"arguments\": {...}} or {\"answer\": ...}")
     if isinstance(expected.get("tool"), str):
         return {"tool": expected["tool"], "arguments": _json_arguments(expected.get("arguments"))}
-    if isinstance(expected.get("answer"), str):
-        return {"answer": expected["answer"]}
-    if isinstance(expected.get("command"), str):
-        return {"command": expected["command"]}
-    raise ValueError("'expected' needs a 'tool' name, an 'answer' or a 'command' string")
+    for kind in ("answer", "reply", "command"):
+        if isinstance(expected.get(kind), str):
+            return {kind: expected[kind]}
+    raise ValueError("'expected' needs a 'tool' name, or an 'answer', 'reply' or 'command' string")
 
 
 # --- finding a tool call in free text -----------------------------------------------------------------------------
@@ -231,8 +236,8 @@ class TracesBenchmark:
             raw = _read_json(path)
             if _is_raw_trace(raw):
                 records = ((f"action {i}", rec) for i, rec in enumerate(convert_trace(raw, path.stem), start=1))
-                return items_from_records(records, source, limit, REQUIRED_FIELDS, _to_item)
-        return build_items(source, limit, REQUIRED_FIELDS, _to_item)
+                return items_from_records(records, source, limit, REQUIRED_FIELDS, _to_item, formats=FORMATS)
+        return build_items(source, limit, REQUIRED_FIELDS, _to_item, formats=FORMATS)
 
     def check(self, item: Item, completion: str) -> Verdict:
         expected = item.reference["expected"]
@@ -259,6 +264,14 @@ class TracesBenchmark:
                 return Verdict("pass", [], details)
             reason = f"answer {_short(completion)} differs from the expected {_short(expected['answer'])}"
             return Verdict("fail", [reason], details)
+        if "reply" in expected:
+            if calls:
+                return Verdict("fail", [f"made a tool call ({calls[0]['name']!r}) where a reply to the user was "
+                                        "expected"], details)
+            if not completion.strip():
+                return Verdict("fail", ["an empty reply where a reply to the user was expected"], details)
+            same = normalise_text(completion) == normalise_text(expected["reply"])
+            return Verdict("pass", [], details | {"reply_matches_reference": same})
         got = _command_text(completion)
         if got == " ".join(expected["command"].split()):
             return Verdict("pass", [], details)
@@ -301,8 +314,8 @@ def _expected_action(message: dict[str, Any]) -> dict[str, Any] | None:
     if isinstance(message.get("action"), str) and message["action"].strip():  # SWE-agent text command
         return {"command": message["action"].strip()}
     content = message.get("content")
-    if isinstance(content, str) and content.strip():
-        return {"answer": content}
+    if isinstance(content, str) and content.strip():  # a turn to the user: judged by its kind (module docstring)
+        return {"reply": content}
     return None
 
 

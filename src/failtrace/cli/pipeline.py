@@ -36,7 +36,9 @@ def _warn_problems(problems: list[str]) -> None:
 
 def collect_command(
     benchmark: str = typer.Option(..., "--benchmark", "-b", help="Benchmark: ifeval, math, humaneval, traces or demo."),
-    data: str = typer.Option(..., "--data", "-d", help="Local JSON/JSONL/Parquet file, or a hub dataset id."),
+    data: str = typer.Option(..., "--data", "-d",
+                             help="Local JSON/JSONL/Parquet file, or a hub dataset id; for traces also a raw "
+                                  "tau-bench trajectory list (.json) or a SWE-agent .traj file."),
     model: str = typer.Option("smollm2-135m-instruct", "--model", "-m",
                               help="Hub id, local model folder, .gguf file, or the bundled default."),
     limit: Optional[int] = typer.Option(None, "--limit", "-n", callback=opts.count(1),
