@@ -336,3 +336,20 @@ def test_evidence_is_rendered_readably():
     assert "<dt>ablated_nodes</dt><dd><span class=\"dim\">none: no ablation of the top nodes within the budget " \
            "flipped the prediction</span></dd>" in empty
     assert "<dt>other</dt><dd><span class=\"dim\">none</span></dd>" in empty
+
+
+def test_an_empty_benchmark_says_which_stage_comes_next(tmp_path):
+    """No cases can mean three things; the hint names the stage that would change it (analyse explains only clean
+    pairs, so after a pair run with none it would do nothing)."""
+    from report_cases import status_row
+
+    def hint(rows: list) -> str:
+        out = tmp_path / f"r{len(list(tmp_path.iterdir()))}"
+        text = html.unescape(build_report([], rows, out).read_text(encoding="utf-8"))
+        return re.search(r'id="b-math">.*?<p class="empty">(.*?)</p>', text, re.S).group(1)
+
+    assert "no pair search has run; run failtrace pairs" in re.sub(r"</?code>", "", hint(
+        [status_row("math", "c", None, 4, {})]))
+    none_clean = hint([status_row("math", "c", "p", 4, {"clean": 0, "no_target": 4})])
+    assert "found no clean pair" in none_clean and "--sibling" in none_clean and "analyse" not in none_clean
+    assert "run <code>failtrace analyse</code>" in hint([status_row("math", "c", "p", 4, {"clean": 2})])

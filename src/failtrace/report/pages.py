@@ -147,6 +147,19 @@ def _failures_and_clean(t1: Sequence[Mapping[str, Any]]) -> str:
     return f"{fails:,} failure{'s' * (fails != 1)}, clean pairs: {each}"
 
 
+def _no_cases_hint(t1: Sequence[Mapping[str, Any]]) -> str:
+    """What to run next when a benchmark has no cases: analyse explains clean pairs only, so with none it would
+    explain nothing (the hint points at the pair search instead)."""
+    if not any(r["pair_run_id"] for r in t1):
+        return "No cases yet: no pair search has run; run <code>failtrace pairs</code>, then <code>failtrace " \
+               "analyse</code> on this store."
+    if not any(r["clean_pairs"] for r in t1):
+        return ("No cases: the pair search found no clean pair to explain (see <i>Why the other failures are not "
+                "clean</i>). More may come from <code>failtrace pairs</code> with a larger <code>--top-k</code> or "
+                "<code>--max-positions</code>, <code>--try-unbounded</code>, or <code>--sibling MODEL</code>.")
+    return "No cases yet: run <code>failtrace analyse</code> on this store."
+
+
 def benchmark_section(bench: str, cases: Sequence[Any], t: Mapping[str, Any], figs: Mapping[str, str]) -> str:
     """Per benchmark: headline numbers, segment relevance, faithfulness (figure + k* table) and the case list."""
     mine = [c for c in cases if c.benchmark == bench]
@@ -160,7 +173,7 @@ def benchmark_section(bench: str, cases: Sequence[Any], t: Mapping[str, Any], fi
                  f"(about 2 is the figure quoted for the paper).")
     if not mine:
         return (f'<section class="block" id="{slug(bench)}"><h2>{esc(bench)}</h2><p class="lead">{esc(lead)}</p>'
-                '<p class="empty">No cases yet: run <code>failtrace analyse</code> on this store.</p></section>')
+                f'<p class="empty">{_no_cases_hint(t1)}</p></section>')
     return (
         f'<section class="block" id="{slug(bench)}"><h2>{esc(bench)}</h2><p class="lead">{esc(lead)}</p>'
         f'<div class="grid2" style="{_columns(bench, t)}"><div>'
