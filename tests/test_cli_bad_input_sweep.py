@@ -340,3 +340,59 @@ def test_an_output_never_takes_a_stores_log_or_lock(toy: dict[str, Any], tmp_pat
     assert not (tmp_path / f"copy.duckdb{suffix}").exists()
     assert sha256(store) == toy["sha"]
     assert main(["status", "--store", str(store)]) == 0, capsys.readouterr().err
+
+
+def test_collect_says_when_failures_stopped_at_the_budget(toy: dict[str, Any], tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """At a tiny budget the toy model's MATH answers are cut before any \\boxed{}: they fail at the limit, and the
+    pair search could only call them unbounded. collect says how many, counted here from the store itself."""
+    from failtrace.store import open_store
+
+    data = tmp_path / "math.jsonl"
+    data.write_text("".join(json.dumps({"problem": f"What is {i}+1?", "answer": str(i + 1)}) + "\n" for i in range(3)))
+    store = tmp_path / "m.duckdb"
+    assert main(["collect", "-b", "math", "-d", str(data), "-m", str(toy["model_dir"]), "--no-progress",
+                 "--max-new-tokens", "3", "-s", str(store)]) == 0
+    err = capsys.readouterr().err
+    with open_store(store, read_only=True) as st:
+        rows = st.results(st.runs("collect")[0].run_id)
+    cut = sum(r["status"] == "fail" and r["finish_reason"] == "length" for r in rows)
+    failed = sum(r["status"] == "fail" for r in rows)
+    assert cut > 0
+    assert f"note: {cut} of {failed} failures stopped at the 3-token budget" in err and "--rollout-tokens" in err
+    assert main(["collect", "-b", "math", "-d", str(data), "-m", str(toy["model_dir"]), "--no-progress",
+                 "--max-new-tokens", "64", "-s", str(tmp_path / "m2.duckdb")]) == 0  # (still shown, with its count)
+    with open_store(tmp_path / "m2.duckdb", read_only=True) as st:
+        rows = st.results(st.runs("collect")[0].run_id)
+    cut = sum(r["status"] == "fail" and r["finish_reason"] == "length" for r in rows)
+    assert ("stopped at the 64-token budget" in capsys.readouterr().err) == (cut > 0)
+
+
+def test_collect_item_and_a_second_data_file(toy: dict[str, Any], tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """--item collects just the named items (an unknown id is one line, and no run is recorded); a second data file
+    collected into the same run (same model and settings) is said and recorded in settings["more_data"]."""
+    from failtrace.store import open_store
+
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    row = lambda k: json.dumps({"key": k, "prompt": f"Say hi {k}", "instruction_id_list": [], "kwargs": []})  # noqa
+    first.write_text("".join(row(k) + "\n" for k in (1, 2, 3)))
+    second.write_text("".join(row(k) + "\n" for k in (7, 8)))
+    store = tmp_path / "s.duckdb"
+    base = ["collect", "-b", "ifeval", "-m", str(toy["model_dir"]), "--no-progress", "--max-new-tokens", "2",
+            "-s", str(store)]
+    line = _one_error_line(main([*base, "-d", str(first), "--item", "3", "--item", "9"]), capsys)
+    assert line == f"error: no item '9' in {first}; its ids are like '1', '2', '3'", line
+    assert not store.exists()
+    assert main([*base, "-d", str(first), "--item", "3", "--item", "1"]) == 0
+    assert "was first collected" not in capsys.readouterr().err
+    with open_store(store, read_only=True) as st:
+        (run,) = st.runs("collect")
+        assert sorted(r["item_id"] for r in st.results(run.run_id)) == ["1", "3"]
+    assert main([*base, "-d", str(second)]) == 0
+    err = capsys.readouterr().err
+    assert f"note: run {run.run_id} was first collected from {first}; the items of {second} are added to it" in err
+    with open_store(store, read_only=True) as st:
+        again = st.get_run(run.run_id)
+        assert again.data == str(first) and again.settings["more_data"] == [str(second)]
+        assert sorted(r["item_id"] for r in st.results(run.run_id)) == ["1", "3", "7", "8"]

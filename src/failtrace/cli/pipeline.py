@@ -43,6 +43,8 @@ def collect_command(
                               help="Hub id, local model folder, .gguf file, or the bundled default."),
     limit: Optional[int] = typer.Option(None, "--limit", "-n", callback=opts.count(1),
                                         help="Only the first N items of the data."),
+    item: Optional[list[str]] = typer.Option(None, "--item", help="Only the item of this id (repeatable), e.g. "
+                                                                   "--item HumanEval/10."),
     store: Path = typer.Option(Path(DEFAULT_STORE), "--store", "-s", help="Results store (DuckDB file)."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", callback=opts.count(1),
                                                  help="Generation budget (default: the benchmark's)."),
@@ -67,11 +69,13 @@ def collect_command(
     check_store_path(store, create=True)
     opts.check_scale(workers, ray_address, batch_size)
     bench = resolve_benchmark(benchmark)
-    report = bench.load(data, limit)
+    report = bench.load(data, None if item else limit)
     _warn_problems(report.problems)
     if not report.items:
         raise FailtraceError(f"no {benchmark} items could be loaded from {data}"
                              f"{' (' + str(len(report.problems)) + ' problems above)' if report.problems else ''}")
+    if item:
+        report.items = _chosen_items(report.items, item, data)[:limit]
     if workers is not None:
         summary = _collect_on_ray(bench, report.items, store, model, dtype, device, workers, ray_address,
                                   max_new_tokens, thinking, seed, data, progress)
@@ -83,6 +87,41 @@ def collect_command(
         f"now ({summary.passed} passed, {summary.failed} failed, {summary.unverifiable} unverifiable) in "
         f"{summary.seconds:.1f} s" + (f" on {workers} Ray workers" if workers else "") + f" -> {store}"
     )
+    if summary.more_data:
+        typer.echo(f"note: run {summary.run_id} was first collected from {summary.more_data}; the items of {data} "
+                   "are added to it (the same model and settings make the same run, whatever the data file)",
+                   err=True)
+    _note_cut_failures(store, summary.run_id)
+
+
+def _chosen_items(items: list[Any], wanted: list[str], data: str) -> list[Any]:
+    """The items named by --item, in the data's order; an id the data lacks is an error naming a few it has."""
+    by_id = {it.id: it for it in items}
+    missing = [w for w in dict.fromkeys(wanted) if w not in by_id]
+    if missing:
+        some = ", ".join(repr(it.id) for it in items[:3])
+        raise FailtraceError(f"no item {missing[0]!r} in {data}" + (f" (and {len(missing) - 1} more ids)"
+                                                                    if len(missing) > 1 else "")
+                             + f"; its ids are like {some}")
+    chosen = set(wanted)
+    return [it for it in items if it.id in chosen]
+
+
+def _note_cut_failures(store: Path, run_id: str) -> None:
+    """Say when failures stopped at the token budget: the pair search cannot tell whether such a failure would have
+    failed had it finished, so it stays ``unbounded`` (never a clean pair) unless a larger rollout budget settles it;
+    a small --max-new-tokens can leave most of a run undecidable, and nothing else would say so before ``pairs``."""
+    from failtrace.store.store import open_store
+
+    with _store_errors(store), open_store(store, read_only=True) as st:
+        row = next((r for r in st.status_rows() if r.run_id == run_id), None)
+        budget = getattr(st.get_run(run_id), "settings", {}).get("max_new_tokens")
+    if row is None or not row.failed_at_limit:
+        return
+    typer.echo(f"note: {row.failed_at_limit} of {row.failed} failures stopped at the {budget}-token budget; the pair "
+               "search leaves each `unbounded` (never a clean pair) unless `failtrace pairs --rollout-tokens N` (N > "
+               f"{budget}) continues it to a stop that still fails; a larger --max-new-tokens decides more of them "
+               "(docs/PAIRS.md)", err=True)
 
 
 def _collect_on_ray(bench: Any, items: list[Any], store: Path, model: str, dtype: str, device: str, workers: int,

@@ -100,6 +100,9 @@ class CollectSummary:
     failed: int
     unverifiable: int
     seconds: float
+    # the run id depends on the model and generation settings, not the data: a call with another --data file goes
+    # on in the same run. Then: the run's first data file (this call's items are added to it); else None.
+    more_data: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -118,6 +121,20 @@ class CollectSummary:
     def items_per_minute(self) -> float:
         """Generation speed of this run, items per minute."""
         return 60.0 * self.generated / self.seconds if self.seconds > 0 else 0.0
+
+
+def start_run(store: ResultsStore, run: RunRecord, items: Sequence[Item]) -> str | None:
+    """Record ``run`` (once) and the items it covers. A run resumed with another data file gets that file appended to
+    its ``settings["more_data"]`` (the run's ``data`` stays the first file), and the first file is returned so the
+    caller can say so; None otherwise. Items of the same id but other content are refused by ``add_items``."""
+    prior = store.get_run(run.run_id)
+    store.ensure_run(run)
+    store.add_items(run.run_id, run.benchmark, list(items))
+    if prior is None or prior.data in (None, run.data) or run.data is None:
+        return None
+    if run.data not in (prior.settings or {}).get("more_data", []):
+        store.append_run_setting(run.run_id, "more_data", run.data)
+    return prior.data
 
 
 def check_budget(budget: int, model: str, window: int | None, given: bool, benchmark: str) -> None:
@@ -159,12 +176,11 @@ def collect(
                  benchmark.name)  # before a run is recorded: the store stays as it was
     t0 = time.perf_counter()
     run = collect_run_record(loaded, benchmark.name, budget, thinking, seed, data, batch_size)
-    store.ensure_run(run)
-    store.add_items(run.run_id, benchmark.name, list(items))
+    more_data = start_run(store, run, items)
     done = store.done_item_ids(run.run_id)
     todo = [it for it in items if it.id not in done]
     summary = CollectSummary(run_id=run.run_id, items=len(items), skipped=len(items) - len(todo), generated=0,
-                             passed=0, failed=0, unverifiable=0, seconds=0.0)
+                             passed=0, failed=0, unverifiable=0, seconds=0.0, more_data=more_data)
     eos = eos_token_ids(loaded.model, loaded.tokenizer)
     pad = pad_token_id(loaded.tokenizer, eos)
     batches = _batches(items if batch_size > 1 else todo, done, batch_size,

@@ -28,7 +28,8 @@ from failtrace.cases.analyse import AnalyseSummary, AnalysisJob, analysis_jobs, 
 from failtrace.cases.record import Case
 from failtrace.cases.settings import CaseSettings
 from failtrace.errors import FailtraceError
-from failtrace.failures.collect import CollectSummary, _progress, check_budget, collect_run_record, resolve_benchmark
+from failtrace.failures.collect import (CollectSummary, _progress, check_budget, collect_run_record,
+                                       resolve_benchmark, start_run)
 from failtrace.failures.pairs import (
     PairResult,
     PairSettings,
@@ -124,12 +125,11 @@ def collect_on_ray(store: ResultsStore, benchmark: Benchmark, items: Sequence[It
         check_budget(budget, run_pool.model.name, run_pool.model.context, max_new_tokens is not None,
                      benchmark.name)  # as in-process: before a run is recorded
         run = collect_run_record(run_pool.model, benchmark.name, budget, thinking, seed, data, batch_size=1)
-        store.ensure_run(run)
-        store.add_items(run.run_id, benchmark.name, list(items))
+        more_data = start_run(store, run, items)
         done = store.done_item_ids(run.run_id)
         todo = [it for it in items if it.id not in done]
         summary = CollectSummary(run_id=run.run_id, items=len(items), skipped=len(items) - len(todo), generated=0,
-                                 passed=0, failed=0, unverifiable=0, seconds=0.0)
+                                 passed=0, failed=0, unverifiable=0, seconds=0.0, more_data=more_data)
         if todo:
             store.append_run_setting(run.run_id, "scale", _provenance(run_pool, address))
         by_id = {it.id: it for it in todo}

@@ -25,15 +25,16 @@ def status_rows(store: ResultsStore) -> list[StatusRow]:
         items = con.execute("SELECT count(*) FROM run_items WHERE run_id = ?", [run.run_id]).fetchone()[0]
         agg = con.execute(
             "SELECT count(*), count(*) FILTER (v.status = 'pass'), count(*) FILTER (v.status = 'fail'), "
-            "count(*) FILTER (v.status = 'unverifiable'), avg(g.prompt_tokens), avg(g.n_tokens) "
+            "count(*) FILTER (v.status = 'unverifiable'), avg(g.prompt_tokens), avg(g.n_tokens), "
+            "count(*) FILTER (v.status = 'fail' AND g.finish_reason = 'length') "
             "FROM generations g JOIN verdicts v USING (run_id, item_id) WHERE g.run_id = ?",
             [run.run_id]).fetchone()
-        generated, passed, failed, unverif, avg_p, avg_c = agg
+        generated, passed, failed, unverif, avg_p, avg_c, at_limit = agg
         pair_runs = [r for r in pair_runs_all if r.parent_run_id == run.run_id]
         base = dict(benchmark=run.benchmark, model=run.model, run_id=run.run_id, items=int(items),
                     generated=int(generated), passed=int(passed), failed=int(failed), unverifiable=int(unverif),
                     avg_prompt_tokens=None if avg_p is None else float(avg_p),
-                    avg_completion_tokens=None if avg_c is None else float(avg_c))
+                    avg_completion_tokens=None if avg_c is None else float(avg_c), failed_at_limit=int(at_limit))
         if not pair_runs:
             out.append(StatusRow(pair_run_id=None, pair_settings={}, pairs={}, **base))
         for pr in pair_runs:

@@ -139,6 +139,7 @@ class StatusRow:
     limit_hit: int | None = None
     continued_pass: int | None = None
     continued_fail: int | None = None
+    failed_at_limit: int | None = None  # failures of the collection run whose completion hit the token budget
 
     @property
     def clean_rate(self) -> float | None:
