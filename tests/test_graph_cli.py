@@ -125,3 +125,40 @@ def test_python_api_build_graph():
         failtrace.build_graph(lm, "The capital of France is", target=" Paris", contrast=" Lyon", edges="fast")
     with pytest.raises(FailtraceError, match="unknown method 'packed'; valid: attnlrp"):
         failtrace.build_graph(lm, "The capital of France is", target=" Paris", contrast=" Lyon", method="packed")
+
+
+def test_summary_off_a_terminal_and_distinct_paths(capsys, bundled):
+    """Off a terminal the layer progress is one plain line per layer (tqdm wrote carriage-return frames into logs),
+    and two different top paths never print alike: each line names where its path moves to another token (before,
+    two paths from one token that moved at different layers both read ``'·capital' [27] → L29/41``)."""
+    from failtrace.graph.metrics import graph_metrics
+
+    assert main(BASE[:-1] + ["--chat", "--answer-prefix", "The capital of France is", "--prompt",
+                             "What is the capital of France?", "--top-k", "8"]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    n_layers = bundled.model.config.num_hidden_layers
+    progress = [ln.split(", ")[:2] for ln in err.splitlines() if ln.startswith("graph edges")]
+    assert progress == [["graph edges (auto)", f"layers: {i}/{n_layers}"] for i in range(1, n_layers + 1)]
+    lines = [ln.strip() for ln in err.splitlines() if ln.strip().startswith("path ")]
+    api = failtrace_graph(bundled)
+    paths = graph_metrics(api, top_k=8)["top_paths"][:8]
+    assert len(lines) == len(paths) >= 2 and len({tuple(p["nodes"]) for p in paths}) == len(paths)
+    assert len(set(lines)) == len(lines)  # distinct paths, distinct lines
+    for line, p in zip(lines, paths):
+        shown = line.split(" → ")[1:]
+        assert shown[-1] == p["nodes"][-1]
+        # the path, rebuilt from the nodes shown (it stays on a token until the next node shown), is the path itself
+        hops = {node: int(node.split("/")[1]) for node in shown}
+        pos, rebuilt = p["input_token"], []
+        for node in p["nodes"]:
+            pos = hops.get(node, pos)
+            rebuilt.append(pos)
+        assert rebuilt == p["positions"]
+
+
+def failtrace_graph(bundled):
+    import failtrace
+
+    return failtrace.build_graph(bundled, "What is the capital of France?", target=" Paris", contrast=" Lyon",
+                                 chat=True, answer_prefix="The capital of France is").pruned

@@ -69,10 +69,22 @@ def _summary(graph: Any, pruned: Any, top_k: int) -> list[str]:
     cons = graph.conservation_error()
     if cons == cons:  # not NaN
         lines.append(f"conservation check (Σ_j A[j,i] vs R_i, all rows computed): max relative error {cons:.1e}")
-    for p in m["top_paths"][:top_k]:
-        lines.append(f"  path {p['relevance']:+.4f}: {visible(p['tokens'][0])!r} [{p['input_token']}] "
-                     f"→ {p['nodes'][-1]}")
+    paths = m["top_paths"][:top_k]
+    if paths:
+        lines.append("top paths (flow in the objective's units, + supports the target; each L<layer>/<token> shown is "
+                     "where the path moves to that token):")
+    for p in paths:
+        lines.append(f"  path {p['relevance']:+.4f}: {visible(p['tokens'][0])!r} [{p['input_token']}] → "
+                     + " → ".join(path_hops(p)))
     return lines
+
+
+def path_hops(path: dict[str, Any]) -> list[str]:
+    """The nodes of a path where it moves to another token, then its final node: two distinct paths from one input
+    token differ in at least one of these, so they never print alike (the full list has one node per layer)."""
+    pos, nodes = path["positions"], path["nodes"]
+    hops = [nodes[i] for i in range(1, len(nodes)) if pos[i] != pos[i - 1]]
+    return hops if hops and hops[-1] == nodes[-1] else [*hops, nodes[-1]]
 
 
 def run_graph(

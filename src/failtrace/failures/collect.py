@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -28,6 +27,7 @@ from typing import Any
 from failtrace.benchmarks.base import Benchmark, Item, Verdict
 from failtrace.benchmarks.registry import register_benchmark, resolve_benchmark  # re-exported: one registry
 from failtrace.errors import FailtraceError
+from failtrace.progress import progress_bar as _progress  # re-exported for the stages that import it here
 from failtrace.failures.generation import Generated, decode_completion, eos_token_ids, greedy_generate, pad_token_id
 from failtrace.models.limits import context_length
 from failtrace.store.schema import VERDICT_STATUSES
@@ -227,51 +227,3 @@ def _batches(items: Sequence[Item], done: set[str], batch_size: int,
         batch = ordered[start:start + batch_size]
         if any(it.id not in done for it in batch):
             yield batch, {it.id: prompts[it.id] for it in batch}
-
-
-class _Bar:
-    """A rich progress bar on stderr, or nothing when progress is off.
-
-    When stderr is not a terminal (a log file, ``nohup``), rich would print the bar only once, at the end; there a
-    plain line per step (``description: done/total, seconds (note)``) is written instead, so a long job's log shows
-    how far it is."""
-
-    def __init__(self, enabled: bool, description: str, total: int) -> None:
-        self._progress = None
-        self._lines = False
-        self._description, self._total, self._done, self._t0 = description, total, 0, time.perf_counter()
-        if enabled and total > 0:
-            from rich.console import Console
-
-            console = Console(stderr=True)
-            if not console.is_terminal:
-                self._lines = True
-                return
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                       TimeRemainingColumn)
-
-            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                      TimeElapsedColumn(), TimeRemainingColumn(), console=console,
-                                      transient=False)
-            self._progress.start()
-            self._task = self._progress.add_task(description, total=total)
-
-    def advance(self, n: int = 1, note: str = "") -> None:
-        """``note`` (e.g. the item and its outcome) is shown on the log line only."""
-        if self._progress is not None:
-            self._progress.advance(self._task, n)
-        elif self._lines:
-            self._done += n
-            tail = f" ({note})" if note else ""
-            print(f"{self._description}: {self._done}/{self._total}, {time.perf_counter() - self._t0:.0f} s{tail}",
-                  file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
-        self._lines = False
-
-
-def _progress(enabled: bool, description: str, total: int) -> _Bar:
-    return _Bar(enabled, description, total)

@@ -39,6 +39,7 @@ from failtrace.graph.prune import PruneSpec
 from failtrace.graph.record import AttributionGraph, Stage
 from failtrace.graph.settings import EDGE_ALGORITHMS, GraphSettings, graph_settings, parse_layers
 from failtrace.lrp.patch import decoder_layers, lrp_rules
+from failtrace.progress import progress_bar
 
 Tensor = torch.Tensor
 EDGE_METHODS = EDGE_ALGORITHMS  # earlier name, kept for callers
@@ -297,12 +298,15 @@ def graph_from_ids(
         t_pass = time.perf_counter() - t0
         stages, relevance = _stages(res.relevance().cpu().numpy(), cfg)
         builder = _EdgeBuilder(model, cap, res, cfg, stages, relevance, note)
-        layer_iter: Any = range(cfg.first, cfg.last + 1)
-        if progress:
-            from tqdm.auto import tqdm
-
-            layer_iter = tqdm(layer_iter, desc=f"graph edges ({edges})", unit="layer", leave=False)
-        transitions = [es for t in layer_iter for es in builder.layer(t)]
+        layers = range(cfg.first, cfg.last + 1)
+        bar = progress_bar(progress, f"graph edges ({edges}), layers", len(layers), transient=True)
+        transitions = []
+        try:
+            for t in layers:
+                transitions += builder.layer(t)
+                bar.advance()
+        finally:
+            bar.close()
     t_total = time.perf_counter() - t0
     seconds = {"relevance_pass": t_pass, "edges": t_total - t_pass, "total": t_total}
     return AttributionGraph(

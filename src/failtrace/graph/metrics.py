@@ -130,6 +130,7 @@ def top_paths(pruned: PrunedGraph, k: int = 5, sign: int = 1,
             "nodes": [graph.stages[s].node_id(tok) for s, tok in seq],
             "tokens": [graph.tokens[tok] for _s, tok in seq],
             "input_token": seq[0][1],
+            "positions": [tok for _s, tok in seq],  # the token position of each node, bottom to top
             "score": score,
             "bottleneck": neck,
             "sign": sign,

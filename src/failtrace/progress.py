@@ -1,0 +1,59 @@
+"""One progress display for every long stage (collect, pairs, analyse, graph edges, the Ray stages).
+
+rich draws the bar on a terminal; off a terminal (a log file, ``nohup``) rich would print it only once, at the end,
+and tqdm writes carriage-return frames into the log, so there a plain line per step is written instead.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+class Bar:
+    """A rich progress bar on stderr, or nothing when progress is off.
+
+    When stderr is not a terminal, a plain line per step (``description: done/total, seconds (note)``) is written
+    instead, so a long job's log shows how far it is. ``transient``: the bar is removed when done (a sub-step's bar,
+    such as a graph's layers, that should not stay above the result)."""
+
+    def __init__(self, enabled: bool, description: str, total: int, transient: bool = False) -> None:
+        self._progress = None
+        self._lines = False
+        self._description, self._total, self._done, self._t0 = description, total, 0, time.perf_counter()
+        if enabled and total > 0:
+            from rich.console import Console
+
+            console = Console(stderr=True)
+            if not console.is_terminal:
+                self._lines = True
+                return
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
+
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                      TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+                                      transient=transient)
+            self._progress.start()
+            self._task = self._progress.add_task(description, total=total)
+
+    def advance(self, n: int = 1, note: str = "") -> None:
+        """``note`` (e.g. the item and its outcome) is shown on the log line only."""
+        if self._progress is not None:
+            self._progress.advance(self._task, n)
+        elif self._lines:
+            self._done += n
+            tail = f" ({note})" if note else ""
+            print(f"{self._description}: {self._done}/{self._total}, {time.perf_counter() - self._t0:.0f} s{tail}",
+                  file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+        self._lines = False
+
+
+def progress_bar(enabled: bool, description: str, total: int, transient: bool = False) -> Bar:
+    """A :class:`Bar` (nothing at all when ``enabled`` is false or ``total`` is 0)."""
+    return Bar(enabled, description, total, transient)
