@@ -157,6 +157,10 @@ def test_unknown_ids_404_malformed_422(client: TestClient, toy: dict[str, Any]) 
     assert client.get("/api/item", params={"run_id": toy["run_id"], "item_id": "nope"}).status_code == 404
     it = client.get("/api/item", params={"run_id": toy["run_id"], "item_id": "q007"}).json()
     assert it["status"] == "pass" and it["pairs"] == []
+    short = client.get("/api/item", params={"run_id": toy["run_id"][:6], "item_id": "q007"})  # as status prints it
+    assert short.status_code == 200 and short.json() == it and it["run_id"] == toy["run_id"]
+    gone = client.get("/api/item", params={"run_id": "zz", "item_id": "q007"})
+    assert gone.status_code == 404 and "no collection run 'zz'" in gone.json()["detail"]
     assert client.get("/api/nothing").status_code == 404
 
 

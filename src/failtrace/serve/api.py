@@ -16,10 +16,11 @@ from fastapi.responses import RedirectResponse, Response
 from pydantic import AfterValidator, BaseModel, Field
 
 from failtrace.cases.record import CATEGORIES, PATTERNS
+from failtrace.errors import FailtraceError
 from failtrace.serve import casedata
 from failtrace.serve.queries import FACETS, SORT_COLUMNS, TableQuery, table
 from failtrace.store.cases import newest_case_id
-from failtrace.store.records import describe_pair_settings, loads
+from failtrace.store.records import describe_pair_settings, loads, pick_run_id
 
 router = APIRouter()
 
@@ -159,6 +160,11 @@ def compare_figures(request: Request, cur: Cursor) -> dict[str, Any]:
 @router.get("/api/item", summary="One item of a collection run (prompt, completion, verdict, pair)")
 def item(request: Request, cur: Cursor, run_id: Annotated[str, Query(min_length=1, max_length=_TEXT)],
          item_id: Annotated[str, Query(min_length=1, max_length=_TEXT)]) -> dict[str, Any]:
+    ids = [r[0] for r in cur.execute("SELECT run_id FROM runs WHERE stage = 'collect' ORDER BY run_id").fetchall()]
+    try:  # a unique prefix, as `failtrace status` and the report print ids, is enough (as on the command line)
+        run_id = pick_run_id(ids, run_id, "collection run", _state(request).path.name)
+    except FailtraceError as exc:
+        raise HTTPException(404, str(exc)) from None
     found = casedata.item_detail(cur, run_id, item_id)
     if found is None:
         raise HTTPException(404, "no such item in that run")
