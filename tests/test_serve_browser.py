@@ -149,6 +149,9 @@ def _rgb(v: float) -> str:
 def test_case_page_heatmap_tokens_and_method_switch(page: Any, server: dict[str, Any]) -> None:
     case = max(server["cases"], key=lambda c: len(c.tokens))
     _open(page, server, f"#/case/{case.case_id}", "case")
+    # the breadcrumb says where we are (the case); the graph is a link in the page, not a crumb that reads as here
+    assert page.inner_text("#nav-crumb").replace("›", " ").split() == ["case", case.item_id]
+    assert page.get_attribute("#methods a#to-graph", "href") == f"#/graph/{case.case_id}"
     assert page.locator("#strip .tok").count() == len(case.tokens)
     assert page.locator("#strip .tok.sp").count() == sum(case.special_mask)
     assert page.locator("details.seg").count() >= len(case.segments)

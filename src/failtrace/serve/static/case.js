@@ -137,15 +137,15 @@
     return FT.api("/api/cases/" + encodeURIComponent(id)).then(function (c) {
       var ms = methodsOf(c), method = params.get("method");
       if (!c.methods[method]) method = ms.indexOf("attnlrp") >= 0 ? "attnlrp" : ms[0];
-      FT.crumb([el("a", {href: "#/case/" + id}, "case " + c.item_id),
-                c.has_graph ? el("a", {href: "#/graph/" + id, id: "to-graph"}, "graph") : null]);
+      FT.crumb([el("a", {href: "#/case/" + id}, "case " + c.item_id)]);  // where we are; the graph is a link below
       view.textContent = "";
       var buttons = el("div", {class: "methods", id: "methods"}, ["method: "].concat(ms.map(function (m) {
         var b = el("button", {type: "button", "data-method": m, "aria-pressed": m === method ? "true" : "false",
                               disabled: !c.methods[m].drawable}, m);
         b.addEventListener("click", function () { var p = new URLSearchParams(params.toString()); p.set("method", m); FT.go("case", id, p); });
         return b;
-      })));
+      })).concat(c.has_graph ? [el("a", {href: "#/graph/" + id, id: "to-graph", class: "to-graph"},
+                                   "attribution graph →")] : []));
       var kv = [["item", c.item_id], ["benchmark", c.benchmark], ["model", c.model], ["verdict", c.verdict ? c.verdict.status : "—"],
                 ["Δℓ", FT.fmt(c.delta_logit, 4)], ["tokens", c.tokens.length + " (" + c.prompt_length + " prompt)"],
                 ["k* (" + method + ")", c.methods[method] && c.methods[method].flip_k !== null ? c.methods[method].flip_k : "none"],
