@@ -396,3 +396,24 @@ def test_collect_item_and_a_second_data_file(toy: dict[str, Any], tmp_path: Path
         again = st.get_run(run.run_id)
         assert again.data == str(first) and again.settings["more_data"] == [str(second)]
         assert sorted(r["item_id"] for r in st.results(run.run_id)) == ["1", "3", "7", "8"]
+
+
+def test_a_folder_as_the_store_to_read_names_the_stores_in_it(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: report/status --store FOLDER suggested FOLDER/failtrace.duckdb, a file that may not exist; a command
+    that reads a store names the ones there (or says there are none); collect, which may create one, still
+    suggests a file name."""
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    line = _one_error_line(main(["status", "--store", str(folder)]), capsys)
+    assert line == f"error: --store {folder} is a folder and holds no .duckdb store; give a store file (failtrace " \
+                   "collect --store FILE makes one)"
+    for name in ("b.duckdb", "a.duckdb"):
+        (folder / name).write_bytes(b"")
+    line = _one_error_line(main(["report", "--store", str(folder), "--out", str(tmp_path / "r")]), capsys)
+    assert line == f"error: --store {folder} is a folder; give the store file in it: {folder / 'a.duckdb'}, " \
+                   f"{folder / 'b.duckdb'}"
+    line = _one_error_line(main(["collect", "-b", "ifeval", "-d", str(_items(tmp_path)), "--store", str(folder)]),
+                           capsys)
+    assert line == f"error: --store {folder} is a folder; give a file path such as {folder / 'failtrace.duckdb'}"
+    assert not (tmp_path / "r").exists()

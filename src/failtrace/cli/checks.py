@@ -121,7 +121,15 @@ def check_store_path(path: Path, *, create: bool) -> None:
 
     path = Path(path).expanduser()
     if path.is_dir():
-        raise FailtraceError(f"--store {path} is a folder; give a file path such as {path / 'failtrace.duckdb'}")
+        if create:
+            raise FailtraceError(f"--store {path} is a folder; give a file path such as {path / 'failtrace.duckdb'}")
+        # a store to read: name the stores that are there rather than a file that may not exist
+        stores = sorted(p.name for p in path.glob("*.duckdb") if p.is_file())
+        if not stores:
+            raise FailtraceError(f"--store {path} is a folder and holds no .duckdb store; give a store file (failtrace "
+                                 "collect --store FILE makes one)")
+        shown = ", ".join(str(path / n) for n in stores[:3]) + (f" ({len(stores) - 3} more)" if len(stores) > 3 else "")
+        raise FailtraceError(f"--store {path} is a folder; give the store file in it: {shown}")
     check_not_dangling(path)
     if create and not path.exists():
         check_output_file(path, "--store", "failtrace.duckdb")
