@@ -148,3 +148,22 @@ def test_evidence_that_does_not_fit_gives_the_plain_graph_only(setup, tmp_path):
     assert not (tmp_path / "figures" / "graphs" / f"{bad.case_id}-ablation.png").exists()
     text = index.read_text(encoding="utf-8")
     assert "pruned attribution graph of case" in text and "ablated attribution graph" not in text
+
+
+def test_dollar_tokens_in_the_ablation_picture_are_literal(setup, tmp_path):
+    """The picture's token ticks and title are user text: ``$x^$`` must be drawn as written (matplotlib's mathtext
+    raised on it), through the same literal-text rule as every figure, and the PNG must be written."""
+    from matplotlib.text import Text
+
+    from failtrace.analysis.ablation_view import ablation_view
+    from failtrace.report.ablationfig import draw_ablation
+    from failtrace.report.figures import _save
+
+    _index, nc, _mia, ev = setup
+    tokens = ["$x^$" if i % 2 else t for i, t in enumerate(nc.tokens)]
+    view = ablation_view(nc.graph, ev, n_tokens=len(tokens))
+    fig = draw_ablation(view, ev["curve"], tokens, nc.special_mask, title="cost $5 or $6")
+    texts = [t for t in fig.findobj(Text) if "$" in t.get_text()]
+    assert any("$x^$" in t.get_text() for t in texts) and any("cost $5 or $6" in t.get_text() for t in texts)
+    assert not any(t.get_parse_math() for t in texts)
+    assert _save(fig, tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"

@@ -139,8 +139,7 @@ def draw_ablation(view: AblationView, curve: Sequence[float], tokens: Sequence[s
     marked = {a.position for a in view.ablated}
     ax.set_xticks(range(len(cols)), [f"{plain_token(tokens[t])[:14]} [{t}]" if t < len(tokens) else str(t)
                                      for t in cols], rotation=90, fontsize=7, family="DejaVu Sans Mono")
-    for lbl, t in zip(ax.get_xticklabels(), cols):
-        lbl.set_parse_math(False)
+    for lbl, t in zip(ax.get_xticklabels(), cols):  # "$" in a token: literal_text when the figure is saved
         if t in marked:
             lbl.set_color("black")
             lbl.set_fontweight("bold")

@@ -58,8 +58,6 @@ def graph_record_figure(record: Mapping[str, Any], tokens: Sequence[str], specia
                    edgecolors="black", linewidths=0.4, zorder=2)
     ax.set_xticks(range(len(cols)), [f"{plain_token(tokens[t])[:14]} [{t}]" if t < len(tokens) else str(t)
                                      for t in cols], rotation=90, fontsize=7, family="DejaVu Sans Mono")
-    for lbl in ax.get_xticklabels():
-        lbl.set_parse_math(False)
     step = max(1, len(stages) // 16)
     ax.set_yticks(range(0, len(stages), step), [stages[i] for i in range(0, len(stages), step)], fontsize=7)
     ax.set_xlim(-0.7, len(cols) - 0.3)
