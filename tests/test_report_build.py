@@ -353,3 +353,15 @@ def test_an_empty_benchmark_says_which_stage_comes_next(tmp_path):
     none_clean = hint([status_row("math", "c", "p", 4, {"clean": 0, "no_target": 4})])
     assert "found no clean pair" in none_clean and "--sibling" in none_clean and "analyse" not in none_clean
     assert "run <code>failtrace analyse</code>" in hint([status_row("math", "c", "p", 4, {"clean": 2})])
+
+
+def test_one_of_a_kind_is_singular(tmp_path):
+    """``1 failure, 1 clean pair, 1 case analysed`` (it read ``1 cases``), in the lead and the page's subtitle."""
+    from report_cases import status_row
+
+    case = make_case(0, "ifeval", "M-IA", "URT", {"attnlrp": 1})
+    row = status_row("ifeval", "collect-1", "pairs-1", 1, {"clean": 1})
+    text = html.unescape(build_report([case], [row], tmp_path / "r").read_text(encoding="utf-8"))
+    lead = re.search(r'id="b-ifeval"><h2>ifeval</h2><p class="lead">([^<]*)</p>', text).group(1)
+    assert lead.startswith("1 failure, 1 clean pair, 1 case analysed.") and "of 1 case " in lead
+    assert re.search(r"· ifeval · 1 case · generated", text)

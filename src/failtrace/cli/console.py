@@ -10,11 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from failtrace.errors import FailtraceError, one_line
-
-
-def count_of(count: int, word: str) -> str:
-    """``1 case``, ``2 cases``: a count and its noun for terminal lines."""
-    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+from failtrace.views.common import count_of  # noqa: F401  (re-exported: the CLI modules import it here)
 
 
 def console(stderr: bool = False) -> Any:

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from failtrace.cli.checks import check_output_dir, check_store_path
+from failtrace.cli.console import count_of
 from failtrace.errors import FailtraceError
 from failtrace.store.store import DEFAULT_STORE
 
@@ -31,7 +32,7 @@ def report_command(
     check_output_dir(out, "--out")
     with open_store(store, read_only=True) as st:
         index, n = build_report_from_store(st, out, benchmark=benchmark, graphs=graphs, title=title)
-    typer.echo(f"report: {n} cases -> {index}")
+    typer.echo(f"report: {count_of(n, 'case')} -> {index}")
 
 
 def register(app: typer.Typer) -> None:

@@ -26,6 +26,7 @@ from failtrace.report.graphfig import graph_record_figure, is_graph_record
 from failtrace.report.pages import benchmark_section, html_table, page, summary_section
 from failtrace.store.connection import refuse_over_stores
 from failtrace.store.store import StatusRow
+from failtrace.views.common import count_of
 
 GraphSource = Mapping[str, Any] | Callable[[str], Any]  # case_id -> PrunedGraph (or None)
 
@@ -215,7 +216,8 @@ def build_report(cases: Sequence[Case], status_rows: Sequence[StatusRow], out_di
     body += across
     body += _cases_section(cases, benches, overrides, graph_srcs, ablations)
     models = sorted({c.model for c in cases} | {r.model for r in status_rows})
-    subtitle = f"{', '.join(models) or 'no model'} · {', '.join(benches) or 'no benchmark'} · {len(cases)} cases"
+    subtitle = (f"{', '.join(models) or 'no model'} · {', '.join(benches) or 'no benchmark'} · "
+                f"{count_of(len(cases), 'case')}")
     index = out / "index.html"
     fd, tmp = tempfile.mkstemp(dir=out, prefix=".index-", suffix=".html")
     with os.fdopen(fd, "w", encoding="utf-8") as fh:

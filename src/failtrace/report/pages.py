@@ -16,6 +16,7 @@ from typing import Any
 from failtrace.report.casepage import PATTERN_COLORS, badge, esc, fmt, plain_token
 from failtrace.report.figures import CATEGORY_COLORS, FAITHFULNESS_WIDTH, segments_width
 from failtrace.report.tables import NON_CLEAN
+from failtrace.views.common import count_of
 
 Col = tuple[str, str, str]  # (key, header, kind: text | int | float | pct | code)
 
@@ -141,10 +142,10 @@ def _failures_and_clean(t1: Sequence[Mapping[str, Any]]) -> str:
     paired = [r for r in t1 if r["pair_run_id"]]
     if all(len([r for r in rows if r["pair_run_id"]]) <= 1 for rows in runs.values()):
         clean = sum(r["clean_pairs"] or 0 for r in paired)
-        return f"{fails:,} failure{'s' * (fails != 1)}, {clean:,} clean pair{'s' * (clean != 1)}"
+        return f"{count_of(fails, 'failure')}, {count_of(clean, 'clean pair')}"
     each = "; ".join(f"{r['clean_pairs'] or 0:,} by pair run {str(r['pair_run_id'])[:10]} ({r['pair_settings']})"
                      for r in paired)
-    return f"{fails:,} failure{'s' * (fails != 1)}, clean pairs: {each}"
+    return f"{count_of(fails, 'failure')}, clean pairs: {each}"
 
 
 def _no_cases_hint(t1: Sequence[Mapping[str, Any]]) -> str:
@@ -166,10 +167,10 @@ def benchmark_section(bench: str, cases: Sequence[Any], t: Mapping[str, Any], fi
     t1 = [r for r in t["table1"] if r["benchmark"] == bench]
     ks = [r for r in t["kstar"] if r["benchmark"] == bench]
     lrp = next((r for r in ks if r["method"] == "attnlrp"), None)
-    lead = f"{_failures_and_clean(t1)}, {len(mine):,} cases analysed."
+    lead = f"{_failures_and_clean(t1)}, {count_of(len(mine), 'case')} analysed."
     if lrp and lrp["mean_k_star"] is not None:
         lead += (f" With AttnLRP, masking on average {lrp['mean_k_star']:.1f} tokens (median "
-                 f"{lrp['median_k_star']:.1f}) flips the prediction in {lrp['flipped']} of {lrp['cases']} cases "
+                 f"{lrp['median_k_star']:.1f}) flips the prediction in {lrp['flipped']} of {count_of(lrp['cases'], 'case')} "
                  f"(about 2 is the figure quoted for the paper).")
     if not mine:
         return (f'<section class="block" id="{slug(bench)}"><h2>{esc(bench)}</h2><p class="lead">{esc(lead)}</p>'

@@ -202,3 +202,7 @@ def literal_text(fig: Any) -> Any:
         text.set_parse_math(False)
     return fig
 
+
+def count_of(count: int, word: str) -> str:
+    """``1 case``, ``2 cases``, ``1,200 cases``: a count and its noun, for terminal lines and the report's text."""
+    return f"{count:,} {word}" if count == 1 else f"{count:,} {word}s"
