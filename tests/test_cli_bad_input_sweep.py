@@ -389,13 +389,15 @@ def test_collect_item_and_a_second_data_file(toy: dict[str, Any], tmp_path: Path
     with open_store(store, read_only=True) as st:
         (run,) = st.runs("collect")
         assert sorted(r["item_id"] for r in st.results(run.run_id)) == ["1", "3"]
+    assert main([*base, "-d", f"{tmp_path}/./a.jsonl", "--item", "2"]) == 0  # the same file, written otherwise
+    assert "was first collected" not in capsys.readouterr().err
     assert main([*base, "-d", str(second)]) == 0
     err = capsys.readouterr().err
     assert f"note: run {run.run_id} was first collected from {first}; the items of {second} are added to it" in err
     with open_store(store, read_only=True) as st:
         again = st.get_run(run.run_id)
         assert again.data == str(first) and again.settings["more_data"] == [str(second)]
-        assert sorted(r["item_id"] for r in st.results(run.run_id)) == ["1", "3", "7", "8"]
+        assert sorted(r["item_id"] for r in st.results(run.run_id)) == ["1", "2", "3", "7", "8"]
 
 
 def test_a_folder_as_the_store_to_read_names_the_stores_in_it(tmp_path: Path,

@@ -160,7 +160,7 @@ def test_bad_arguments_and_benchmark_lookup(tmp_path: Path, toy32: object) -> No
 def test_progress_to_a_log_file_is_one_plain_line_per_step(capsys):
     """stderr captured (not a terminal, like ``nohup ... 2> log``): a line per step instead of rich's single final
     bar; with progress off, nothing at all."""
-    from failtrace.failures.collect import _progress
+    from failtrace.progress import progress_bar as _progress
 
     bar = _progress(True, "pairs humaneval (m)", 3)
     for i in range(3):

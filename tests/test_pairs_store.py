@@ -169,3 +169,20 @@ def test_status_shows_unbounded_and_the_decidable_clean_rate(tmp_path: Path, mon
     assert main(["status", "--store", str(path)]) == 0
     out = capsys.readouterr().out
     assert "pair run #1a: p1  k=2 Δ>1.0 pos≤4\n" in out and "pair run #1d: p4  k=2 Δ>1.0 pos≤4 try-unbounded\n" in out
+
+
+def test_the_pair_settings_line_tells_apart_runs_that_differ_in_any_id_setting():
+    """Each setting in a pair run's id reads differently (the sibling's dtype and revision too); a setting that
+    was not recorded is left out instead of printing ``k=None``."""
+    from failtrace.store.records import describe_pair_settings as line
+
+    base = {"top_k": 3, "min_delta": 1.0, "max_positions": 8, "max_new_tokens": 128, "rollout_tokens": 128,
+            "model_info": {"dtype": "float32"}}
+    assert line(base) == "k=3 Δ>1.0 pos≤8"  # a rollout budget equal to the collection's is not in the id
+    variants = [{"rollout_tokens": 256}, {"try_unbounded": True}, {"helper_model": "big"},
+                {"helper_model": "big", "helper_info": {"dtype": "bfloat16"}},
+                {"helper_model": "big", "helper_info": {"revision": "v2"}}]
+    lines = [line({**base, **v}) for v in variants]
+    assert lines == ["k=3 Δ>1.0 pos≤8 rollout≤256", "k=3 Δ>1.0 pos≤8 try-unbounded", "k=3 Δ>1.0 pos≤8 sibling=big",
+                     "k=3 Δ>1.0 pos≤8 sibling=big (bfloat16)", "k=3 Δ>1.0 pos≤8 sibling=big@v2"]
+    assert line({"top_k": 5}) == "k=5" and line({}) == "(settings not recorded)"

@@ -352,7 +352,12 @@ def test_an_empty_benchmark_says_which_stage_comes_next(tmp_path):
         [status_row("math", "c", None, 4, {})]))
     none_clean = hint([status_row("math", "c", "p", 4, {"clean": 0, "no_target": 4})])
     assert "found no clean pair" in none_clean and "--sibling" in none_clean and "analyse" not in none_clean
+    assert "unbounded" not in none_clean  # --try-unbounded never adds a clean pair: not suggested
+    cut = hint([status_row("math", "c", "p", 4, {"clean": 0, "no_target": 1, "unbounded": 3})])
+    assert "3 are unbounded (cut at the token budget, never decided)" in cut and "--rollout-tokens N" in cut
     assert "run <code>failtrace analyse</code>" in hint([status_row("math", "c", "p", 4, {"clean": 2})])
+    assert hint([status_row("math", "c", "p", 0, {})]).startswith("No cases: the model failed no item")
+    assert hint([status_row("math", "c", None, 0, {})]).startswith("No cases: the model failed no item")
 
 
 def test_one_of_a_kind_is_singular(tmp_path):

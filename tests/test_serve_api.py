@@ -339,7 +339,8 @@ def test_review_mode_writes_validated_rows(toy: dict[str, Any], tmp_path: Path) 
         for ctrl in ("\x00", "\x1b[31m", "\x7f"):  # stored, exported and drawn as boxes: refused, named
             r = c.post("/api/reviews", json={**ok, "comment": f"x{ctrl}y"})
             assert r.status_code == 422 and "control character U+00" in r.text, ctrl
-        assert c.post("/api/cases/" + "0" * 24 + "/override", json={"category": other, "comment": "x"}).status_code == 404
+        missing = c.post("/api/cases/" + "0" * 24 + "/override", json={"category": other, "comment": "x"})
+        assert missing.status_code == 404
         assert c.post(url, json={"category": other, "comment": "ablation says so"}).status_code == 201
         d = c.get(f"/api/cases/{case.case_id}").json()
         assert d["effective_category"] == other and d["override"]["reason"] == "ablation says so"
@@ -463,7 +464,8 @@ def test_cli_serves_and_stops_on_sigint(toy: dict[str, Any], sig: str) -> None:
 
 def test_a_second_pair_run_is_a_facet_not_a_silent_double(toy: dict[str, Any], tmp_path: Path) -> None:
     """A second pair run over the same collection run gives each failure a second row; the ``pair_run`` facet counts
-    them per pair run, picking one brings back one row per failure, and /api/meta says each run's settings."""
+    them per pair run, picking one brings back the failures it searched (here all), and /api/meta says each run's
+    settings and collection run."""
     from failtrace.store.records import RunRecord
 
     path = tmp_path / "two.duckdb"
@@ -481,7 +483,9 @@ def test_a_second_pair_run_is_a_facet_not_a_silent_double(toy: dict[str, Any], t
                            "unverifiable_rollouts": 0, "hit_length_limit": False})
     with TestClient(create_app(path), base_url="http://127.0.0.1") as c:
         meta = c.get("/api/meta").json()
-        assert meta["pair_runs"][second.run_id] == meta["pair_runs"][first.run_id] + " try-unbounded"
+        runs = meta["pair_runs"]
+        assert runs[second.run_id]["settings"] == runs[first.run_id]["settings"] + " try-unbounded"
+        assert runs[second.run_id]["collection_run"] == runs[first.run_id]["collection_run"] == toy["run_id"]
         data = c.get("/api/table", params={"limit": 500}).json()
         assert data["total"] == passes + 2 * len(fails)
         facets = {f["value"]: f["count"] for f in data["facets"]["pair_run"]}

@@ -361,3 +361,36 @@ def test_no_request_left_loopback_and_store_unchanged(page: Any, server: dict[st
     assert outside == []
     assert server["errors"] == []
     assert sha256(server["store"]) == server["sha"]
+
+
+def test_two_pair_runs_over_one_collection_run_are_said_above_the_table(page: Any, server: dict[str, Any],
+                                                                      tmp_path: Path) -> None:
+    """With a second pair run over the toy collection run, the table says that failures have a row per pair run,
+    the pair-run facet shows each run's settings, and picking one run removes the note and the doubled rows."""
+    from failtrace.store.records import RunRecord
+
+    store = tmp_path / "two.duckdb"
+    shutil.copy(server["store"], store)
+    with open_store(store) as st:
+        first = st.runs("pairs")[0]
+        st.ensure_run(RunRecord(run_id="p2-unbounded", stage="pairs", benchmark=first.benchmark, model=first.model,
+                                parent_run_id=first.parent_run_id, settings={**first.settings, "try_unbounded": True}))
+        fails = [r["item_id"] for r in st.results(first.parent_run_id) if r["status"] == "fail"]
+        for item_id in fails:
+            st.write_pair("p2-unbounded", first.parent_run_id, item_id, first.benchmark,
+                          {"status": "no_target", "rollouts": 1, "checks": 1, "positions_walked": 1,
+                           "unverifiable_rollouts": 0, "hit_length_limit": False})
+    srv, thread, base = _start(store, review=False)
+    try:
+        page.goto(base + "#/cases")
+        page.wait_for_selector("body[data-ready=cases]", timeout=20000)
+        assert "searched by 2 pair runs" in page.inner_text("#doubled")
+        assert page.inner_text("#total") == f"{server['n_rows'] + len(fails)} rows"
+        labels = page.locator(".facet[data-facet=pair_run] label").all_inner_texts()
+        assert any(t.startswith("p2-unbound · ") and "try-unbounded" in t for t in labels), labels
+        page.check(".facet[data-facet=pair_run] input[value='p2-unbounded']")
+        page.wait_for_function("document.querySelector('#total').textContent === '%d rows'" % len(fails))
+        assert page.locator("#doubled").count() == 0
+    finally:
+        srv.should_exit = True
+        thread.join(10)

@@ -24,7 +24,8 @@ from failtrace.hub import hub_reachable as _hub_reachable
 from failtrace.hub import offline_mode as _offline_mode
 
 #: Suffixes read as local files (``.gz`` may wrap JSON or JSONL).
-LOCAL_SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet", ".jsonl.gz", ".json.gz", ".traj")
+LOCAL_SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet", ".jsonl.gz", ".json.gz")
+TRACE_SUFFIX = ".traj"  # a SWE-agent trajectory: JSON, meaningful to the traces benchmark only
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(:[\w.-]+)?$")
 
 Record = tuple[str, dict[str, Any]]  # (location such as "line 3", the record)
@@ -226,14 +227,15 @@ def iter_records(source: str, problems: list[str], *, default_split: str = "trai
             raise FailtraceError(f"{path} is empty; pass a file with at least one benchmark item")
         if name.endswith((".jsonl", ".jsonl.gz", ".ndjson")):
             return _iter_jsonl(path, problems)
-        if name.endswith((".json", ".json.gz", ".traj")):
+        if name.endswith((".json", ".json.gz", TRACE_SUFFIX)):
             return _iter_json(path, problems)
         if name.endswith(".parquet"):
             return _iter_parquet(path, problems)
-        raise FailtraceError(f"{path}: unknown file type; use one of {', '.join(LOCAL_SUFFIXES)}")
+        raise FailtraceError(f"{path}: unknown file type; use one of {', '.join(LOCAL_SUFFIXES)} (traces also read "
+                             f"a SWE-agent {TRACE_SUFFIX} file)")
     if path.is_dir():
         raise FailtraceError(f"{path} is a folder; pass one JSON, JSONL or Parquet file")
-    if _HUB_ID.match(source) and not source.lower().endswith(LOCAL_SUFFIXES):
+    if _HUB_ID.match(source) and not source.lower().endswith((*LOCAL_SUFFIXES, TRACE_SUFFIX)):
         return _iter_hub(source, default_split)
     raise FailtraceError(f"{source}: no such file; pass a local JSON/JSONL/Parquet file or a hub dataset id "
                          "such as google/IFEval")

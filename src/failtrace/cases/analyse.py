@@ -155,10 +155,10 @@ def commit_case(store: ResultsStore, case: Case, summary: AnalyseSummary,
 def _build_and_write(store: ResultsStore, job: AnalysisJob, settings: CaseSettings, summary: AnalyseSummary,
                      progress: bool, on_case: Callable[[Case], None] | None) -> None:
     """Build each pair's case and commit it on its own (one transaction per case), with a progress bar."""
-    from failtrace.failures.collect import _progress
+    from failtrace.progress import progress_bar
 
     prun = job.pair_run
-    bar = _progress(progress, f"analyse {prun.benchmark} ({prun.model})", len(job.todo))
+    bar = progress_bar(progress, f"analyse {prun.benchmark} ({prun.model})", len(job.todo))
     try:
         for pair in job.todo:
             try:

@@ -2,7 +2,8 @@
 
 Three tables, numbered by collection run: the runs (items, passes, failures, tokens), each pair run's statuses and
 clean rates, and each pair run's newest analysis (categories, patterns, Δℓ, AttnLRP k*), so one command says how far
-a study has got. Each run's id is printed under its table (what ``--run`` and ``--pair-run`` take). Read-only: a store being written is read from a consistent snapshot.
+a study has got. Each run's id is printed under its table (what ``--run`` and ``--pair-run`` take), each pair run with
+every setting that gives it its id. Read-only: a store being written is read from a consistent snapshot.
 """
 
 from __future__ import annotations

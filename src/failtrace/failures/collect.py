@@ -18,18 +18,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from failtrace.benchmarks.base import Benchmark, Item, Verdict
 from failtrace.benchmarks.registry import register_benchmark, resolve_benchmark  # re-exported: one registry
 from failtrace.errors import FailtraceError
-from failtrace.progress import progress_bar as _progress  # re-exported for the stages that import it here
 from failtrace.failures.generation import Generated, decode_completion, eos_token_ids, greedy_generate, pad_token_id
 from failtrace.models.limits import context_length
+from failtrace.progress import progress_bar
 from failtrace.store.schema import VERDICT_STATUSES
 from failtrace.store.store import GenerationRecord, ResultsStore, RunRecord
 
@@ -130,11 +132,23 @@ def start_run(store: ResultsStore, run: RunRecord, items: Sequence[Item]) -> str
     prior = store.get_run(run.run_id)
     store.ensure_run(run)
     store.add_items(run.run_id, run.benchmark, list(items))
-    if prior is None or prior.data in (None, run.data) or run.data is None:
+    if prior is None or prior.data is None or run.data is None or _same_data(prior.data, run.data):
         return None
-    if run.data not in (prior.settings or {}).get("more_data", []):
+    if not any(_same_data(d, run.data) for d in (prior.settings or {}).get("more_data", [])):
         store.append_run_setting(run.run_id, "more_data", run.data)
     return prior.data
+
+
+def _same_data(a: str, b: str) -> bool:
+    """Whether two --data values name the same source: one file however its path is written (``./x.jsonl``, an
+    absolute path, a link), else the same text (a hub dataset id, or a file no longer there)."""
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    try:
+        if pa.exists() and pb.exists():
+            return os.path.samefile(pa, pb)
+    except OSError:
+        pass
+    return a == b
 
 
 def check_budget(budget: int, model: str, window: int | None, given: bool, benchmark: str) -> None:
@@ -185,7 +199,7 @@ def collect(
     pad = pad_token_id(loaded.tokenizer, eos)
     batches = _batches(items if batch_size > 1 else todo, done, batch_size,
                        lambda it: apply_chat_template(loaded.tokenizer, it.prompt, thinking=thinking))
-    bar = _progress(progress, f"collect {benchmark.name}", len(todo))
+    bar = progress_bar(progress, f"collect {benchmark.name}", len(todo))
     try:
         for batch, prompts in batches:
             tg = time.perf_counter()

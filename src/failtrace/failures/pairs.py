@@ -42,9 +42,10 @@ from typing import Any
 
 from failtrace.benchmarks.base import Benchmark, Item
 from failtrace.errors import FailtraceError
-from failtrace.failures.collect import _progress, library_versions, resolve_benchmark
+from failtrace.failures.collect import library_versions, resolve_benchmark
 from failtrace.failures.pair_types import PairResult, PairSettings, same_tokenizer, visible
 from failtrace.failures.search import PairFinder
+from failtrace.progress import progress_bar
 from failtrace.store.store import ResultsStore, RunRecord
 
 __all__ = ["PairFinder", "PairResult", "PairSettings", "PairsSummary", "find_pairs", "pair_run_record",
@@ -248,7 +249,7 @@ def find_pairs(
         if not new_run and todo:
             note_resumed_speed(store, prun, len(todo))
         budget = int(run.settings.get("max_new_tokens") or bench.max_new_tokens)
-        bar = _progress(progress, f"pairs {run.benchmark} ({run.model})", len(todo))
+        bar = progress_bar(progress, f"pairs {run.benchmark} ({run.model})", len(todo))
         try:
             for row in todo:
                 item = store.get_item(run.benchmark, row["item_id"])

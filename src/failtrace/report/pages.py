@@ -119,7 +119,8 @@ def _bench_cases_table(t: Mapping[str, Any], bench: str) -> str:
             f'<td>{badge(r["category"], CATEGORY_COLORS)}{" ✎" if r["override_reason"] else ""}</td>'
             f'<td>{badge(r["pattern"], PATTERN_COLORS)}</td>{ks}</tr>')
     return ('<div class="scroll"><table class="t"><thead><tr><th>item</th><th>target vs contrast</th>'
-            f'<th class="n">Δℓ</th><th class="n" title="prompt + the answer up to the wrong token">context tokens</th><th>category</th><th>pattern</th>{head}</tr></thead>'
+            '<th class="n">Δℓ</th><th class="n" title="prompt + the answer up to the wrong token">context tokens</th>'
+            f'<th>category</th><th>pattern</th>{head}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table></div>')
 
 
@@ -143,21 +144,28 @@ def _failures_and_clean(t1: Sequence[Mapping[str, Any]]) -> str:
     if all(len([r for r in rows if r["pair_run_id"]]) <= 1 for rows in runs.values()):
         clean = sum(r["clean_pairs"] or 0 for r in paired)
         return f"{count_of(fails, 'failure')}, {count_of(clean, 'clean pair')}"
-    each = "; ".join(f"{r['clean_pairs'] or 0:,} by pair run {str(r['pair_run_id'])[:10]} ({r['pair_settings']})"
-                     for r in paired)
+    each = "; ".join(f"{'?' if r['clean_pairs'] is None else format(r['clean_pairs'], ',')} by pair run "
+                     f"{str(r['pair_run_id'])[:10]} ({r['pair_settings'] or 'not in this store'})" for r in paired)
     return f"{count_of(fails, 'failure')}, clean pairs: {each}"
 
 
-def _no_cases_hint(t1: Sequence[Mapping[str, Any]]) -> str:
+def _no_cases_hint(t1: Sequence[Mapping[str, Any]], status: Sequence[Mapping[str, Any]]) -> str:
     """What to run next when a benchmark has no cases: analyse explains clean pairs only, so with none it would
-    explain nothing (the hint points at the pair search instead)."""
+    explain nothing (the hint points at the pair search, or at the budget when failures were cut by it)."""
+    runs = {r["run_id"]: r["failures"] for r in t1 if r["failures"] is not None}
+    if runs and not sum(runs.values()):
+        return "No cases: the model failed no item of this benchmark, so there is nothing to explain."
     if not any(r["pair_run_id"] for r in t1):
         return "No cases yet: no pair search has run; run <code>failtrace pairs</code>, then <code>failtrace " \
                "analyse</code> on this store."
     if not any(r["clean_pairs"] for r in t1):
+        cut = max((r["unbounded"] for r in status), default=0)
+        budget = (f" {cut} {'is' if cut == 1 else 'are'} unbounded (cut at the token budget, never decided): "
+                  "<code>failtrace pairs --rollout-tokens N</code> (N above the collection's budget) or collecting "
+                  "with a larger <code>--max-new-tokens</code> can decide them.") if cut else ""
         return ("No cases: the pair search found no clean pair to explain (see <i>Why the other failures are not "
-                "clean</i>). More may come from <code>failtrace pairs</code> with a larger <code>--top-k</code> or "
-                "<code>--max-positions</code>, <code>--try-unbounded</code>, or <code>--sibling MODEL</code>.")
+                "clean</i>)." + budget + " More contrasts may come from a larger <code>--top-k</code> or "
+                "<code>--max-positions</code>, or <code>--sibling MODEL</code>.")
     return "No cases yet: run <code>failtrace analyse</code> on this store."
 
 
@@ -170,11 +178,13 @@ def benchmark_section(bench: str, cases: Sequence[Any], t: Mapping[str, Any], fi
     lead = f"{_failures_and_clean(t1)}, {count_of(len(mine), 'case')} analysed."
     if lrp and lrp["mean_k_star"] is not None:
         lead += (f" With AttnLRP, masking on average {lrp['mean_k_star']:.1f} tokens (median "
-                 f"{lrp['median_k_star']:.1f}) flips the prediction in {lrp['flipped']} of {count_of(lrp['cases'], 'case')} "
+                 f"{lrp['median_k_star']:.1f}) flips the prediction in {lrp['flipped']} of "
+                 f"{count_of(lrp['cases'], 'case')} "
                  f"(about 2 is the figure quoted for the paper).")
     if not mine:
         return (f'<section class="block" id="{slug(bench)}"><h2>{esc(bench)}</h2><p class="lead">{esc(lead)}</p>'
-                f'<p class="empty">{_no_cases_hint(t1)}</p></section>')
+                f'<p class="empty">{_no_cases_hint(t1, [r for r in t["pair_status"] if r["benchmark"] == bench])}'
+                '</p></section>')
     return (
         f'<section class="block" id="{slug(bench)}"><h2>{esc(bench)}</h2><p class="lead">{esc(lead)}</p>'
         f'<div class="grid2" style="{_columns(bench, t)}"><div>'

@@ -28,8 +28,8 @@ from failtrace.cases.analyse import AnalyseSummary, AnalysisJob, analysis_jobs, 
 from failtrace.cases.record import Case
 from failtrace.cases.settings import CaseSettings
 from failtrace.errors import FailtraceError
-from failtrace.failures.collect import (CollectSummary, _progress, check_budget, collect_run_record,
-                                       resolve_benchmark, start_run)
+from failtrace.failures.collect import (CollectSummary, check_budget, collect_run_record, resolve_benchmark,
+                                       start_run)
 from failtrace.failures.pairs import (
     PairResult,
     PairSettings,
@@ -40,6 +40,7 @@ from failtrace.failures.pairs import (
     pair_run_record,
     run_failures,
 )
+from failtrace.progress import progress_bar
 from failtrace.scale.pool import Task, WorkerPool, cpus_per_worker, ensure_ray, require_ray, shutdown_ray
 from failtrace.scale.work import ModelSpec
 from failtrace.store.store import GenerationRecord, ResultsStore, RunRecord
@@ -90,7 +91,7 @@ def _cluster(workers: int, address: str | None, pool: WorkerPool | None,
 def _drive(pool: WorkerPool, tasks: list[Task], label: str, on_result: Callable[[Task, Any], None],
            on_error: Callable[[Task], None], max_attempts: int, progress: bool) -> None:
     """The per-item driver loop of every stage: run ``tasks``, commit each result (or given-up item) as it arrives."""
-    bar = _progress(progress, f"{label} ({len(pool.actors)} Ray workers)", len(tasks))
+    bar = progress_bar(progress, f"{label} ({len(pool.actors)} Ray workers)", len(tasks))
 
     def ok(task: Task, value: Any) -> None:
         on_result(task, value)

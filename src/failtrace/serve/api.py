@@ -83,9 +83,10 @@ def meta(request: Request, cur: Cursor) -> dict[str, Any]:
     st = _state(request)
     methods = [r[0] for r in cur.execute("SELECT DISTINCT method FROM case_methods ORDER BY 1").fetchall()] \
         if st.has_cases else []
-    pair_runs = {run_id: describe_pair_settings(loads(text, f"runs.settings of run {run_id}", st.path) if text else {})
-                 for run_id, text in cur.execute("SELECT run_id, settings FROM runs WHERE stage = 'pairs' "
-                                                 "ORDER BY created_at, run_id").fetchall()}
+    pair_runs = {run_id: {"collection_run": parent, "settings": describe_pair_settings(
+                     loads(text, f"runs.settings of run {run_id}", st.path) if text else {})}
+                 for run_id, parent, text in cur.execute("SELECT run_id, parent_run_id, settings FROM runs WHERE "
+                                                         "stage = 'pairs' ORDER BY created_at, run_id").fetchall()}
     return {"store": st.path.name, "review": st.review, "has_cases": st.has_cases, "pair_runs": pair_runs,
             "has_comparisons": st.has_comparisons,
             "schema_version": st.store.schema_version, "methods": methods, "categories": list(CATEGORIES),

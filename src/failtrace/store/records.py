@@ -167,16 +167,22 @@ class StatusRow:
 
 def describe_pair_settings(ps: Mapping[str, Any]) -> str:
     """Every setting that gives a pair run its id, in one short line, so two pair runs over one collection run always
-    read differently (failures.pair_types.PairSettings.identity): ``k=3 Δ>1.0 pos≤8``, then the rollout budget when
-    it is not the collection's, ``try-unbounded`` for that flag and the sibling model."""
-    text = f"k={ps.get('top_k')} Δ>{ps.get('min_delta')} pos≤{ps.get('max_positions')}"
+    read differently (failures.pair_types.PairSettings.identity, failures.pairs.pair_run_record): ``k=3 Δ>1.0
+    pos≤8``, then the rollout budget when it is not the collection's, ``try-unbounded`` for that flag and the sibling
+    model (with its revision, and its dtype when not the model's). A setting not recorded is left out."""
+    parts = [f"{name}{ps[key]}" for key, name in (("top_k", "k="), ("min_delta", "Δ>"), ("max_positions", "pos≤"))
+             if ps.get(key) is not None]
     if ps.get("rollout_tokens") and ps.get("rollout_tokens") != ps.get("max_new_tokens"):
-        text += f" rollout≤{ps['rollout_tokens']}"
+        parts.append(f"rollout≤{ps['rollout_tokens']}")
     if ps.get("try_unbounded"):
-        text += " try-unbounded"
+        parts.append("try-unbounded")
     if ps.get("helper_model"):
-        text += f" sibling={ps['helper_model']}"
-    return text
+        info = ps.get("helper_info") or {}
+        own = (ps.get("model_info") or {}).get("dtype")
+        extra = "".join([f"@{info['revision']}" if info.get("revision") else "",
+                         f" ({info['dtype']})" if info.get("dtype") and info.get("dtype") != own else ""])
+        parts.append(f"sibling={ps['helper_model']}{extra}")
+    return " ".join(parts) or "(settings not recorded)"
 
 
 def pick_run_id(ids: Sequence[str], run_id: str, noun: str, where: Any) -> str:

@@ -49,7 +49,8 @@ def mix(value: float) -> tuple[int, int, int]:
 
 
 def rgb_array(values: np.ndarray, grey: np.ndarray) -> np.ndarray:
-    """:func:`mix` for a whole (rows, cols) array of values in [-1, 1] → (rows, cols, 3) uint8; ``grey`` columns grey."""
+    """:func:`mix` for a whole (rows, cols) array of values in [-1, 1] → (rows, cols, 3) uint8; ``grey`` columns
+    grey."""
     a = np.abs(values)[..., None]
     end = np.where(values[..., None] > 0, np.array(RED, float), np.array(BLUE, float))
     rgb = 255.0 + (end - 255.0) * a

@@ -34,8 +34,8 @@
       });
       // a pair run shows its id cut short and, on hover, every setting that gave it that id (as `failtrace status`)
       var run = name === "pair_run" ? (FT.meta.pair_runs || {})[f.value] : undefined;
-      box.appendChild(el("label", {title: run === undefined ? null : f.value + "  " + run},
-                         [cb, el("span", {}, run === undefined ? f.value : f.value.slice(0, 10) + " · " + run),
+      box.appendChild(el("label", {title: run === undefined ? null : f.value + "  " + run.settings},
+                         [cb, el("span", {}, run === undefined ? f.value : f.value.slice(0, 10) + " · " + run.settings),
                           el("span", {class: "c"}, String(f.count))]));
     });
     return box;
@@ -98,6 +98,17 @@
     return tr;
   }
 
+  // A collection run searched by several pair runs has one row per failure and pair run: said above the table
+  // while no pair run is picked, so counts that include every pair run are not read as failures.
+  function doubled(params) {
+    if (params.getAll("pair_run").length) return null;
+    var per = {}, runs = FT.meta.pair_runs || {};
+    Object.keys(runs).forEach(function (id) { var c = runs[id].collection_run; per[c] = (per[c] || 0) + 1; });
+    var n = Math.max.apply(null, [0].concat(Object.keys(per).map(function (c) { return per[c]; })));
+    return n > 1 ? el("p", {class: "note", id: "doubled"}, "A collection run here was searched by " + n +
+                      " pair runs: each of its failures has a row per pair run. Pick one under pair run.") : null;
+  }
+
   function pager(data, params) {
     var from = data.total ? data.offset + 1 : 0, to = Math.min(data.total, data.offset + data.rows.length);
     function to_(off) { return function () { update(params, {offset: off > 0 ? String(off) : null}); }; }
@@ -119,7 +130,7 @@
       view.textContent = "";
       var tbl = el("table", {class: "t cases", id: "cases"}, [el("thead", {}, header(params)),
                    el("tbody", {}, data.rows.map(row))]);
-      var main = el("div", {}, [pager(data, params), el("div", {class: "scroll"}, tbl),
+      var main = el("div", {}, [doubled(params), pager(data, params), el("div", {class: "scroll"}, tbl),
                                 data.total ? null : el("p", {class: "muted"}, "no rows match these filters")]);
       view.appendChild(el("div", {class: "layout"}, [sidebar(data, params), main]));
     });
