@@ -36,6 +36,24 @@ def test_attention_matches_an_eager_model(tiny, family):
     assert got.sum() == pytest.approx(1.0, abs=1e-5)
 
 
+def test_attention_keeps_no_other_layer_s_weights(tiny, monkeypatch):
+    """The baseline reads one row of the last layer: asking transformers for ``output_attentions`` kept every layer's
+    T×T weights (25 GB for SmolLM2 at 4,800 tokens, an OOM kill on a 23 GB machine). The model is called without
+    it, and the hook sees each layer's weights only while that layer runs."""
+    model = tiny("llama")
+    calls: list[dict] = []
+    real = model.forward
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", spy)
+    got = attention_relevance(model, list(range(3, 20)))
+    assert len(calls) == 1 and not calls[0].get("output_attentions")
+    assert got.shape == (17,) and got.sum() == pytest.approx(1.0, abs=1e-5)
+
+
 def test_random_relevance_is_seeded_and_positive():
     a, b, c = random_relevance(50, 7), random_relevance(50, 7), random_relevance(50, 8)
     assert np.array_equal(a, b) and not np.array_equal(a, c)

@@ -72,3 +72,40 @@ def test_ig_completeness_and_its_error_shrinks_with_steps(family: str) -> None:
     assert rel[256] < 1e-4, rel  # completeness within the step error
     assert rel[4] > rel[16] > rel[64] > rel[256], rel  # the error shrinks as steps grow
     assert rel[16] / rel[64] > 8, rel  # at about the midpoint rule's 1/steps² (16x per 4x steps)
+
+
+def test_long_inputs_run_fewer_points_per_pass_and_give_the_same_relevance() -> None:
+    """The IG batch is sized by the activations one point keeps (tokens × layers × (10·hidden + 3·intermediate)):
+    eight points of a 4,800-token SmolLM2 input (46 GB) were killed by the OOM killer on a 23 GB machine. Regrouping
+    points never changes the result beyond float summation order."""
+    from types import SimpleNamespace
+
+    from failtrace.attribution.baselines import IG_BATCH, ig_batch_size
+
+    smollm2 = SimpleNamespace(hidden_size=576, intermediate_size=1536, num_hidden_layers=30)
+    per_token = 30 * (10 * 576 + 3 * 1536) * 4  # bytes per token of one point in float32 (1.24 MB; measured 1.15)
+    assert ig_batch_size(smollm2, 100) == IG_BATCH  # short: the full batch
+    assert ig_batch_size(smollm2, 4800) == 1  # 6 GB a point: one at a time
+    assert ig_batch_size(smollm2, 400, budget=3 * 400 * per_token) == 3
+    assert ig_batch_size(smollm2, 400, dtype=torch.bfloat16, budget=3 * 400 * per_token) == 6  # half the bytes
+    model = make_tiny("llama", dtype=torch.float64, seed=1)
+
+    def fn(logits: torch.Tensor) -> torch.Tensor:
+        return objective_value(logits, "logit_diff", TARGET, CONTRAST)
+
+    one, v1, _ = integrated_gradients(model, IDS, fn, steps=8, batch=1)
+    eight, v8, _ = integrated_gradients(model, IDS, fn, steps=8, batch=8)
+    assert v1 == v8 and np.allclose(one, eight, rtol=1e-10, atol=1e-12)
+
+
+def test_the_ig_method_uses_the_sized_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The registered ``ig`` method asks :func:`ig_batch_size` for its batch (with the input's length and dtype)."""
+    import failtrace.attribution.baselines as B
+
+    model = make_tiny("llama", dtype=torch.float64, seed=1)
+    asked, used = [], []
+    monkeypatch.setattr(B, "ig_batch_size", lambda cfg, n, dtype: asked.append((n, dtype)) or 3)
+    real = B.integrated_gradients
+    monkeypatch.setattr(B, "integrated_gradients", lambda *a, **k: used.append(k["batch"]) or real(*a, **k))
+    B.ig_method(model, IDS, lambda lg: objective_value(lg, "logit_diff", TARGET, CONTRAST), ig_steps=6)
+    assert asked == [(len(IDS), torch.float64)] and used == [3]

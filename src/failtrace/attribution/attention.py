@@ -6,8 +6,11 @@ contrastive (it ignores target and contrast) and non-negative; it sums to 1 over
 attention over rollout because it needs no assumption about how the residual stream mixes (rollout's "add the
 identity and renormalise" is a heuristic) and it is what "the model looks at" usually means.
 
-The weights come from transformers' own eager attention (``output_attentions=True``): the model is switched to
-``eager`` for the call and switched back after (sdpa/flash kernels do not return the weights).
+The weights come from transformers' own eager attention: the model is switched to ``eager`` for the call and
+switched back after (sdpa/flash kernels do not return the weights). Only the last layer's last row is kept, taken
+from that layer's attention module by a forward hook: ``output_attentions=True`` kept every layer's T×T weights
+(layers × heads × T² floats: 25 GB for SmolLM2 at 4,800 tokens, which the kernel's OOM killer ended), while eager
+attention holds one layer's weights at a time.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch
 from torch import nn
 
 from failtrace.errors import FailtraceError
+from failtrace.lrp.patch import attention_modules, decoder_layers
 
 
 @contextlib.contextmanager
@@ -46,13 +50,26 @@ def attention_relevance(model: nn.Module, token_ids: Sequence[int]) -> np.ndarra
         raise FailtraceError("attention relevance needs at least one token")
     device = next(model.parameters()).device
     ids = torch.tensor([list(token_ids)], device=device)
-    with eager_attention(model):
-        out = model(input_ids=ids, use_cache=False, output_attentions=True, logits_to_keep=1)
-    attn = out.attentions[-1] if out.attentions else None
-    if attn is None:
+    modules = attention_modules(decoder_layers(model)[-1])
+    if not modules:
+        raise FailtraceError(f"{type(model).__name__}: no attention module found in its last layer")
+    kept: list[torch.Tensor] = []
+
+    def keep_last_row(_mod: nn.Module, _args: Any, out: Any) -> None:
+        weights = out[1] if isinstance(out, tuple) and len(out) > 1 else None
+        if weights is not None:
+            kept.append(weights[0, :, -1, :].detach().double().clone())  # (heads, T): the one row explained
+
+    handle = modules[0][1].register_forward_hook(keep_last_row)
+    try:
+        with eager_attention(model):
+            model(input_ids=ids, use_cache=False, logits_to_keep=1)
+    finally:
+        handle.remove()
+    if not kept:
         raise FailtraceError(f"{type(model).__name__} returned no attention weights; the attention baseline needs "
                              "a model whose eager attention reports them")
-    return attn[0, :, -1, :].double().mean(0).cpu().numpy()
+    return kept[-1].mean(0).cpu().numpy()
 
 
 def random_relevance(n: int, seed: int) -> np.ndarray:

@@ -247,7 +247,8 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return best
 
 
-def _attention_modules(layer: nn.Module) -> list[tuple[str, nn.Module]]:
+def attention_modules(layer: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The attention modules of one decoder layer (those with q/k/v projections, or a fused qkv_proj)."""
     return [(n, m) for n, m in layer.named_modules()
             if n and all(hasattr(m, p) for p in ("q_proj", "k_proj", "v_proj")) or
             (n and hasattr(m, "qkv_proj"))]
@@ -273,14 +274,14 @@ def _get_attn_impl(model: nn.Module) -> str | None:
 def _probe_forward(model: nn.Module, layers: nn.ModuleList) -> None:
     """Run a 4-token forward and require every layer's attention to have gone through the LRP function."""
     for layer in layers:
-        for _, m in _attention_modules(layer):
+        for _, m in attention_modules(layer):
             m._failtrace_calls = 0
     vocab = int(model.config.vocab_size) if hasattr(model.config, "vocab_size") else 10
     ids = torch.arange(4, device=next(model.parameters()).device).unsqueeze(0) % max(vocab, 1)
     with torch.no_grad():
         model(input_ids=ids, use_cache=False)
     missed = [i for i, layer in enumerate(layers)
-              if sum(getattr(m, "_failtrace_calls", 0) for _, m in _attention_modules(layer)) == 0]
+              if sum(getattr(m, "_failtrace_calls", 0) for _, m in attention_modules(layer)) == 0]
     if missed:
         raise UnsupportedModelError(
             f"{type(model).__name__}: attention in layers {missed[:5]} does not go through the transformers "
@@ -328,7 +329,7 @@ def lrp_rules(model: nn.Module, method: str = "attnlrp") -> Iterator[PatchReport
                 patched.append(mod)
                 report.norms[name] = kind
         for i, layer in enumerate(layers):
-            attn = _attention_modules(layer)
+            attn = attention_modules(layer)
             if not attn:
                 raise UnsupportedModelError(f"{type(model).__name__}: layer {i} has no q/k/v attention module")
             for n, m in attn:
