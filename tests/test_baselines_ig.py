@@ -104,8 +104,32 @@ def test_the_ig_method_uses_the_sized_batch(monkeypatch: pytest.MonkeyPatch) -> 
 
     model = make_tiny("llama", dtype=torch.float64, seed=1)
     asked, used = [], []
-    monkeypatch.setattr(B, "ig_batch_size", lambda cfg, n, dtype: asked.append((n, dtype)) or 3)
+    monkeypatch.setattr(B, "ig_batch_size", lambda cfg, n, dtype, checkpointed: asked.append((n, dtype)) or 3)
     real = B.integrated_gradients
     monkeypatch.setattr(B, "integrated_gradients", lambda *a, **k: used.append(k["batch"]) or real(*a, **k))
     B.ig_method(model, IDS, lambda lg: objective_value(lg, "logit_diff", TARGET, CONTRAST), ig_steps=6)
     assert asked == [(len(IDS), torch.float64)] and used == [3]
+
+
+def test_long_inputs_are_checkpointed_with_the_same_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above CHECKPOINT_ABOVE tokens each layer is recomputed in the backward pass (as AttnLRP), which keeps only the
+    layers' inputs; the gradients, and so the relevance, are those of the plain pass."""
+    import failtrace.attribution.baselines as B
+    import failtrace.attribution.engine as E
+
+    model = make_tiny("llama", dtype=torch.float64, seed=1)
+    ids = [int(i) for i in torch.randint(3, 90, (B.CHECKPOINT_ABOVE + 40,), generator=torch.Generator().manual_seed(2))]
+
+    def fn(logits: torch.Tensor) -> torch.Tensor:
+        return objective_value(logits, "logit_diff", TARGET, CONTRAST)
+
+    seen: list[bool] = []
+    real = E.checkpointed_layers
+    monkeypatch.setattr(B, "checkpointed_layers", lambda layers, on: seen.append(on) or real(layers, on))
+    ckpt, v1, _ = B.integrated_gradients(model, ids, fn, steps=4, batch=2)
+    monkeypatch.setattr(B, "CHECKPOINT_ABOVE", 10**9)
+    plain, v2, _ = B.integrated_gradients(model, ids, fn, steps=4, batch=2)
+    assert seen == [True, False]
+    assert v1 == v2 and np.allclose(ckpt, plain, rtol=1e-9, atol=1e-12)
+    smollm2 = type("C", (), {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30})()
+    assert B.ig_batch_size(smollm2, 4800, checkpointed=True) == 4  # 0.5 GB a point instead of 6

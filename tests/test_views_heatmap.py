@@ -320,3 +320,43 @@ def test_twelve_thousand_tokens_render_with_a_bounded_view(tmp_path: Path) -> No
     assert "showing 600 of 12000 positions" in text
     assert "·t53" in text  # the token at position 5000 (most relevant) is in the strip
     assert len(text.splitlines()) < 200
+
+
+def test_the_sums_are_described_for_the_method_that_made_them():
+    """Every method used to be told "AttnLRP does not conserve" and "the last layer holds Δℓ": false for CP-LRP
+    (which conserves), gradient × input (no last layer holding Δℓ) and attention (weights, not a share of Δℓ)."""
+    from dataclasses import replace
+
+    from failtrace.views.common import sum_note, sum_rows
+    from rich.console import Console
+
+    from failtrace.views.terminal import render_terminal
+
+    lrp = make_record(relevance={2: 1.0, 5: 0.5})  # input sum 1.5 of Δℓ 3.0
+    top = np.zeros_like(lrp.hidden_relevance[-1])
+    top[-1] = 3.0  # the last layer holds Δℓ at the explained position, as an LRP pass starts
+    lrp = replace(lrp, hidden_relevance=np.vstack([lrp.hidden_relevance[:-1], top]))
+    assert sum_rows(lrp) == [("Σ input R", "1.5000 (50% of Δℓ)"), ("Σ last-layer R", "3.0000")]
+    assert sum_note(lrp) == ("attnlrp does not conserve relevance here: the input keeps 50% of Δℓ and the last "
+                             "layer holds all of it.")
+    cp = replace(make_record(relevance={2: 2.0, 5: 1.0}), method="cp-lrp")
+    assert sum_note(cp).startswith("cp-lrp conserves relevance here: the input keeps 100% of Δℓ")
+    gxi = replace(make_record(relevance={2: 1.0}), method="gradxinput")
+    assert [k for k, _v in sum_rows(gxi)] == ["Σ input R"] and "need not add up to Δℓ" in sum_note(gxi)
+    att = replace(make_record(relevance={2: 0.7, 5: 0.3}), method="attention")
+    assert sum_rows(att) == [("Σ input R", "1.0000 (attention weights, not in units of Δℓ)")]
+    assert "not a share of Δℓ" in sum_note(att) and "conserve" not in sum_note(att)
+    for rec in (lrp, cp, gxi, att):  # the terminal view prints the same rows, and never the AttnLRP-only claim
+        console = Console(record=True, width=120)
+        render_terminal(rec, console=console)
+        text = console.export_text()
+        assert "AttnLRP does not conserve" not in text
+        assert all(v in text for _k, v in sum_rows(rec))
+        assert ("Σ last-layer R" in text) == (rec.method in ("attnlrp", "cp-lrp"))
+    html = render_html(att)
+    assert "last layer holds" not in html and "attention weights, not in units of Δℓ" in html
+    from failtrace.views.figure import heatmap_figure
+
+    # a method with input relevance only has no layer map (it drew a one-row "emb" panel); an LRP record has one
+    one_row = replace(att, hidden_relevance=np.asarray(att.input_relevance)[None, :])
+    assert len(heatmap_figure(one_row).axes) == 1 and len(heatmap_figure(lrp).axes) == 3

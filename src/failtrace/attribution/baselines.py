@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from failtrace.attribution.engine import base_and_head, final_logits
+from failtrace.attribution.engine import CHECKPOINT_ABOVE, base_and_head, checkpointed_layers, final_logits
+from failtrace.lrp.patch import decoder_layers
 from failtrace.errors import FailtraceError
 
 if TYPE_CHECKING:
@@ -21,19 +22,23 @@ IG_MEMORY_BUDGET = 2 * 2**30  # bytes of saved activations one IG batch may hold
 
 
 def ig_batch_size(config: Any, n_tokens: int, dtype: torch.dtype = torch.float32, budget: int = IG_MEMORY_BUDGET,
-                  most: int = IG_BATCH) -> int:
+                  most: int = IG_BATCH, checkpointed: bool = False) -> int:
     """Interpolation points per backward pass: as many as fit ``budget``, 1 to ``most``.
 
     One point's backward keeps about n_tokens · layers · (10·hidden + 3·intermediate) activations (the inputs of a
     layer's linear maps, norms and activation function); fitted on SmolLM2 at 500–2,000 tokens, where a point costs
-    1.15 MB per token in float32. Eight points at 4,800 tokens (46 GB) were killed on a 23 GB machine; the batch
-    only regroups the same points, so the result is the same up to float summation order.
+    1.15 MB per token in float32. Eight points at 4,800 tokens (46 GB) were killed on a 23 GB machine. Under
+    per-layer checkpointing (inputs above CHECKPOINT_ABOVE tokens, as AttnLRP) a point keeps each layer's input
+    (layers · hidden) plus one layer's activations while it is recomputed. The batch only regroups the same points,
+    so the result is the same up to float summation order.
     """
     cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
     hidden = int(getattr(cfg, "hidden_size", 0) or 0)
     inter = int(getattr(cfg, "intermediate_size", 0) or 4 * hidden)
     layers = int(getattr(cfg, "num_hidden_layers", 0) or 1)
-    per_point = max(1, n_tokens * layers * (10 * hidden + 3 * inter) * torch.finfo(dtype).bits // 8)
+    layer = 10 * hidden + 3 * inter
+    per_token = layers * hidden + layer if checkpointed else layers * layer
+    per_point = max(1, n_tokens * per_token * torch.finfo(dtype).bits // 8)
     return max(1, min(most, budget // per_point))
 
 
@@ -55,7 +60,8 @@ def integrated_gradients(
     emb = model.get_input_embeddings()(torch.tensor([ids], device=device)).detach()[0]
     alphas = (torch.arange(steps, dtype=torch.float32) + 0.5) / steps
     total = torch.zeros_like(emb, dtype=torch.float32)
-    with torch.enable_grad():
+    long_input = len(ids) > CHECKPOINT_ABOVE  # as AttnLRP: recompute each layer in the backward pass
+    with torch.enable_grad(), checkpointed_layers(decoder_layers(model), long_input):
         for start in range(0, steps, batch):
             a = alphas[start:start + batch].to(device, emb.dtype)
             x = (a[:, None, None] * emb[None]).requires_grad_(True)
@@ -77,7 +83,7 @@ def ig_method(model: nn.Module, ids: list[int], objective: Callable[[torch.Tenso
     from failtrace.attribution.methods import MethodResult
 
     dtype = next(model.parameters()).dtype
-    inp, value, logits = integrated_gradients(model, ids, objective, steps=ig_steps,
-                                              batch=ig_batch_size(model.config, len(ids), dtype))
+    batch = ig_batch_size(model.config, len(ids), dtype, checkpointed=len(ids) > CHECKPOINT_ABOVE)
+    inp, value, logits = integrated_gradients(model, ids, objective, steps=ig_steps, batch=batch)
     return MethodResult(inp[None, :], value, logits, {
         "ig_steps": ig_steps, "hidden_relevance": "input only (integrated gradients explains the embeddings)"})

@@ -81,7 +81,8 @@ def logit_diff_fn(target_id: int, contrast_id: int) -> Any:
 def plain_delta(model: Any, ids: list[int], target_id: int, contrast_id: int) -> float:
     """Δℓ from an ordinary forward pass (the reference every attribution explains)."""
     device = next(model.parameters()).device
-    logits = model(input_ids=torch.tensor([ids], device=device), use_cache=False).logits[0, -1].double()
+    logits = model(input_ids=torch.tensor([ids], device=device), use_cache=False, logits_to_keep=1).logits[0, -1]
+    logits = logits.double()
     return float(logits[target_id] - logits[contrast_id])
 
 

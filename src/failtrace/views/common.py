@@ -96,6 +96,37 @@ def sums(attr: Attribution) -> tuple[float, float, float]:
     return float(attr.delta_logit), in_sum, float(h[-1].sum()) if h is not None else float("nan")
 
 
+NOT_DELTA_UNITS = {"attention": "attention weights", "random": "a random order"}  # relevance not in units of Δℓ
+LRP_FAMILY = ("attnlrp", "cp-lrp")  # methods whose last layer starts from the objective: Σ last-layer R = Δℓ
+
+
+def sum_rows(attr: Attribution) -> list[tuple[str, str]]:
+    """The header rows on relevance sums, true for the attribution's own method: the share of Δℓ at the input only
+    for methods in units of Δℓ, and the last layer's sum only where it is the objective (the LRP family)."""
+    delta, in_sum, last_sum = sums(attr)
+    kind = NOT_DELTA_UNITS.get(attr.method)
+    rows = [("Σ input R", f"{in_sum:.4f} ({kind}, not in units of Δℓ)" if kind else
+             f"{in_sum:.4f} ({share(in_sum, delta)} of Δℓ)")]
+    if attr.method in LRP_FAMILY and math.isfinite(last_sum):
+        rows.append(("Σ last-layer R", f"{last_sum:.4f}"))
+    return rows
+
+
+def sum_note(attr: Attribution) -> str:
+    """One sentence on how the input's relevance adds up for this method (whether it conserves Δℓ), from the
+    numbers themselves: AttnLRP's softmax rule usually keeps only part of Δℓ at the input, CP-LRP keeps it whole."""
+    delta, in_sum, last_sum = sums(attr)
+    kind = NOT_DELTA_UNITS.get(attr.method)
+    if kind:
+        return f"{attr.method} relevance is {kind}, not a share of Δℓ: only its order means anything."
+    if attr.method not in LRP_FAMILY:
+        return (f"{attr.method} need not add up to Δℓ: the input holds {share(in_sum, delta)} of it.")
+    whole = math.isfinite(last_sum) and math.isclose(last_sum, delta, rel_tol=1e-3, abs_tol=1e-6)
+    kept = f"the input keeps {share(in_sum, delta)} of Δℓ" + (" and the last layer holds all of it" if whole else "")
+    conserved = math.isfinite(in_sum) and math.isclose(in_sum, delta, rel_tol=0.01, abs_tol=1e-6)
+    return f"{attr.method} {'conserves' if conserved else 'does not conserve'} relevance here: {kept}."
+
+
 def relevant_segments(attr: Attribution, max_tokens: int, context: int = 8) -> list[tuple[int, int]]:
     """Choose at most ``max_tokens`` positions worth showing from a long input, as sorted half-open ranges.
 

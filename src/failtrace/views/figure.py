@@ -33,9 +33,9 @@ from failtrace.views.common import (
     relevant_segments,
     row_scaled,
     segments_note,
-    share,
     shown,
     special_of,
+    sum_rows,
     sums,
     with_gaps,
 )
@@ -116,12 +116,12 @@ def _boxes(attr: Attribution, segments: list[tuple[int, int]]) -> _Boxes:
 
 
 def _title_lines(attr: Attribution, note: str) -> list[str]:
-    delta, in_sum, last_sum = sums(attr)
+    delta = sums(attr)[0]
     contrast = f" rather than {quoted(attr.contrast)}" if attr.contrast is not None else ""
     lines = [
         f"{attr.model}: why {quoted(attr.target)}{contrast}?",
-        f"{attr.objective} · {attr.method} · Δℓ = {delta:.3f} · Σ input R = {in_sum:.3f} "
-        f"({share(in_sum, delta)} of Δℓ; AttnLRP does not conserve) · Σ last-layer R = {last_sum:.3f}",
+        f"{attr.objective} · {attr.method} · Δℓ = {delta:.3f} · "
+        + " · ".join(f"{k} = {v}" for k, v in sum_rows(attr)),
     ]
     return lines + [note] if note else lines
 
@@ -217,6 +217,8 @@ def heatmap_figure(attr: Attribution, max_tokens: int = 400) -> Figure:
     font_pt = text_w * 72.0 / CHARS_PER_LINE / MONO_ADVANCE
     text_h = max(1, n_lines) * font_pt * 1.75 / 72.0
     h = hidden(attr)
+    if h is not None and h.shape[0] < 2:  # input relevance only (attention, IG, random): the strip above is all
+        h = None
     layer_h = 0.0 if h is None else min(4.0, max(1.8, 0.12 * h.shape[0]))
     title_h, gap = (1.0 if note else 0.8), (0.55 if h is not None else 0.0)
     if h is None:

@@ -7,7 +7,6 @@ tokens with |normalised| < 0.05 keep the terminal's own background, special toke
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 from failtrace.attribution.record import Attribution
@@ -19,9 +18,9 @@ from failtrace.views.common import (
     quoted,
     relevant_segments,
     segments_note,
-    share,
     shown,
     special_of,
+    sum_rows,
     sums,
     with_gaps,
 )
@@ -39,7 +38,7 @@ def _summary(attr: Attribution) -> Table:
     from rich.text import Text
 
     n = len(attr.tokens)
-    delta, in_sum, last_sum = sums(attr)
+    delta = sums(attr)[0]
     table = Table(show_header=False, box=None, pad_edge=False, padding=(0, 2))
     table.add_column(style="bold cyan", no_wrap=True)
     table.add_column()
@@ -49,8 +48,7 @@ def _summary(attr: Attribution) -> Table:
         ("contrast", f"{quoted(attr.contrast)}  (id {attr.contrast.id})" if attr.contrast else "—"),
         ("objective / method", f"{attr.objective} / {attr.method}"),
         ("Δℓ", f"{delta:.4f}"),
-        ("Σ input R", f"{in_sum:.4f}  ({share(in_sum, delta)} of Δℓ; AttnLRP does not conserve)"),
-        ("Σ last-layer R", f"{last_sum:.4f}" if math.isfinite(last_sum) else "n/a"),
+        *sum_rows(attr),
         ("tokens", f"{n}  (prompt {attr.prompt_length}, answer {max(0, n - attr.prompt_length)}, "
                    f"explained position {attr.position})"),
     ]

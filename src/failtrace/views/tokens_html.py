@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import html
 import json
-import math
 import uuid
 
 import numpy as np
@@ -24,9 +23,10 @@ from failtrace.views.common import (
     fmt,
     mix,
     quoted,
-    share,
     shown,
     special_of,
+    sum_note,
+    sum_rows,
     sums,
 )
 from failtrace.views.layers_html import LAYER_JS, layers_html
@@ -151,14 +151,13 @@ def top_html(attr: Attribution, root_id: str, k: int = 10) -> str:
 def _header(attr: Attribution) -> str:
     """Question, key numbers, legend and the note on colour scaling."""
     n = len(attr.tokens)
-    delta, in_sum, last_sum = sums(attr)
+    delta = sums(attr)[0]
     tgt = f'<code class="ft-pill tgt">{esc(quoted(attr.target))}</code>'
     question = (f'Why {tgt} rather than <code class="ft-pill ctr">{esc(quoted(attr.contrast))}</code>?'
                 if attr.contrast is not None else f"Why {tgt}?")
     meta = [
         ("model", attr.model), ("objective", attr.objective), ("method", attr.method), ("Δℓ", f"{delta:.4f}"),
-        ("Σ input R", f"{in_sum:.4f} ({share(in_sum, delta)} of Δℓ)"),
-        ("Σ last-layer R", f"{last_sum:.4f}" if math.isfinite(last_sum) else "n/a"),
+        *sum_rows(attr),
         ("tokens", f"{n} ({attr.prompt_length} prompt + {max(0, n - attr.prompt_length)} answer, "
                    f"{int(special_of(attr).sum())} special)"),
         ("explained position", str(attr.position)),
@@ -176,9 +175,8 @@ def _header(attr: Attribution) -> str:
         '<span><span class="ft-sw" style="box-shadow:0 0 0 2px #111"></span>explained position</span>'
         "<span>· space ↵ newline → tab</span>"
     )
-    note = ("Colour: R divided by the largest |R| among non-special tokens, clipped to [−1, 1]. AttnLRP does not "
-            f"conserve relevance: the input keeps {share(in_sum, delta)} of Δℓ, while the last layer holds Δℓ. "
-            "Hover a token for its values.")
+    note = ("Colour: R divided by the largest |R| among non-special tokens, clipped to [−1, 1]. "
+            f"{sum_note(attr)[0].upper()}{sum_note(attr)[1:]} Hover a token for its values.")
     return (f'<div class="ft-title">{question}</div><div class="ft-meta">{meta_html}</div>'
             f'<div class="ft-legend">{legend}</div><div class="ft-note">{esc(note)}</div>')
 
