@@ -70,7 +70,7 @@ def test_graph_outputs(tmp_path, capsys, bundled):
     assert data["metadata"]["methods_used"] == {"28": "closed-form", "29": "closed-form"}
     assert [s["id"] for s in data["stages"]] == ["L27", "L28.mid", "L28", "L29.mid", "L29"]
     assert "nodes" in json.loads(ct.read_text())
-    assert "pruned (node >= 0.05, cumulative:0.9)" in captured.err
+    assert "pruned (node >= 0.05, cumulative:0.9)" in captured.out  # results on stdout, as attribute's
     # the options reach the computation: the file is the API's graph for the same options, node for node
     import failtrace
 
@@ -135,12 +135,14 @@ def test_summary_off_a_terminal_and_distinct_paths(capsys, bundled):
 
     assert main(BASE[:-1] + ["--chat", "--answer-prefix", "The capital of France is", "--prompt",
                              "What is the capital of France?", "--top-k", "8"]) == 0
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err, out = captured.err, captured.out
     assert "\r" not in err
     n_layers = bundled.model.config.num_hidden_layers
     progress = [ln.split(", ")[:2] for ln in err.splitlines() if ln.startswith("graph edges")]
     assert progress == [["graph edges (auto)", f"layers: {i}/{n_layers}"] for i in range(1, n_layers + 1)]
-    lines = [ln.strip() for ln in err.splitlines() if ln.strip().startswith("path ")]
+    lines = [ln.strip() for ln in out.splitlines() if ln.strip().startswith("path ")]
+    assert not any(ln.strip().startswith("path ") for ln in err.splitlines())
     api = failtrace_graph(bundled)
     paths = graph_metrics(api, top_k=8)["top_paths"][:8]
     assert len(lines) == len(paths) >= 2 and len({tuple(p["nodes"]) for p in paths}) == len(paths)
@@ -162,3 +164,15 @@ def failtrace_graph(bundled):
 
     return failtrace.build_graph(bundled, "What is the capital of France?", target=" Paris", contrast=" Lyon",
                                  chat=True, answer_prefix="The capital of France is").pruned
+
+
+def test_position_explains_an_earlier_token(tmp_path, bundled):
+    """The too-long error of both commands suggests --position; graph now has it, as attribute does: the graph of
+    the prediction after token 4 ends at node L<last>/4 and sees only the first five tokens."""
+    out = tmp_path / "g.json"
+    assert main(["graph", "--prompt", "The capital of France is Paris and", "--target", " Paris", "--contrast",
+                 " Lyon", "--position", "4", "-q", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    last = bundled.model.config.num_hidden_layers - 1
+    assert data["metadata"]["n_tokens"] == 5 and data["metadata"]["tokens"][-1] == " is"
+    assert f"L{last}/4" in {n["id"] for n in data["nodes"]}

@@ -95,9 +95,7 @@ def register(app: typer.Typer) -> None:
         method: str = typer.Option("attnlrp", "--method", help="attnlrp | cp-lrp | gradxinput | ig | attention"),
         objective: str = typer.Option("logit_diff", "--objective",
                                       help="logit_diff | max_logit | topk_mean | vocab_mean"),
-        position: Optional[int] = typer.Option(None, "--position",
-                                               help="Explain the prediction after this token index (default last; "
-                                                    "negative counts from the end, -1 = last)."),
+        position: Optional[int] = opts.POSITION,
         json_path: Optional[Path] = typer.Option(None, "--json", help="Write the record as JSON."),
         html_path: Optional[Path] = typer.Option(None, "--html", help="Write a self-contained HTML heatmap."),
         png_path: Optional[Path] = typer.Option(None, "--png", help="Write a PNG heatmap."),

@@ -92,12 +92,13 @@ def run_graph(
     layers: str | None, mid_nodes: bool, edges: str, prune: str, node_threshold: float, method: str,
     objective: str, json_path: Optional[Path], ct_json_path: Optional[Path], html_path: Optional[Path],
     png_path: Optional[Path], svg_path: Optional[Path], dtype: str, memory_budget: float, top_k: int, quiet: bool,
-    allow_long: bool = False,
+    allow_long: bool = False, position: int | None = None,
 ) -> int:
     """Build, prune and write the graph; returns the exit code (0, or 3 after a closed-form fallback)."""
     from rich.console import Console
 
-    console = Console(stderr=True, soft_wrap=True)
+    console = Console(stderr=True, soft_wrap=True)  # notes, progress and "wrote" lines
+    results = Console(soft_wrap=True)  # the summary and paths, on stdout as attribute's are (so `> file` keeps them)
     if not prompt or not prompt.strip():
         raise FailtraceError("the prompt is empty; pass --prompt TEXT")
     _validate(edges, node_threshold, prune, method)
@@ -113,7 +114,7 @@ def run_graph(
         lm, prompt, target=_parse_token(target), contrast=_parse_token(contrast), answer_prefix=answer_prefix,
         chat=chat, objective=objective, edges=edges, method=method, layers=layers, mid_nodes=mid_nodes,
         node_threshold=node_threshold, prune=prune, memory_budget_mb=memory_budget, progress=not quiet,
-        allow_long=allow_long,
+        allow_long=allow_long, position=position,
         notify=lambda msg: console.print(f"note: {msg}", highlight=False),
     )
     pruned = graph.pruned
@@ -121,7 +122,7 @@ def run_graph(
         console.print(f"note: {msg}", highlight=False)
     if not quiet:
         for line in _summary(graph, pruned, top_k):
-            console.print(line, highlight=False, markup=False)
+            results.print(line, highlight=False, markup=False)
     written = []
     if json_path:
         written.append(save_json(pruned, json_path))
@@ -185,6 +186,7 @@ def register(app: typer.Typer) -> None:
                                   help="Strongest input→final paths to print (at least 1)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only warnings and written files."),
         allow_long: bool = opts.ALLOW_LONG,
+        position: Optional[int] = opts.POSITION,
     ) -> None:
         """Attribution graph: relevance flow between hidden states (layer × token) for TARGET vs CONTRAST.
 
@@ -192,6 +194,6 @@ def register(app: typer.Typer) -> None:
         """
         code = run_graph(model, prompt, target, contrast, chat, answer_prefix, layers, mid_nodes, edges, prune,
                          node_threshold, method, objective, json_path, ct_json_path, html_path, png_path,
-                         svg_path, dtype, memory_budget, top_k, quiet, allow_long)
+                         svg_path, dtype, memory_budget, top_k, quiet, allow_long, position)
         if code:
             raise SystemExit(code)

@@ -132,3 +132,5 @@ def check_scale(workers: int | None, ray_address: str | None, batch_size: int = 
     from failtrace.scale.pool import require_ray
 
     require_ray()
+POSITION = typer.Option(None, "--position", help="Explain the prediction after this token index (default last; "
+                                                  "negative counts from the end, -1 = last).")
