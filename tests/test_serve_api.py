@@ -310,6 +310,14 @@ def test_review_names_the_case_of_the_newest_analysis(toy: dict[str, Any], tmp_p
         r = c.post("/api/reviews", json={"pair_run_id": case.pair_run_id, "item_id": case.item_id,
                                          "decision": "accept", "comment": "fine"})
         assert r.status_code == 201 and r.json()["case_id"] == case.case_id
+        # an override of the older analysis's case would never be shown: refused, naming the case that is shown
+        r = c.post(f"/api/cases/{old_id}/override", json={"category": "NC-IA+AG", "comment": "why"})
+        assert r.status_code == 409 and f"override its case {case.case_id} instead" in r.json()["detail"]
+    from failtrace.cli import main
+
+    before = sha256(store)
+    assert main(["override", "--store", str(store), "--case", old_id, "--category", "M-IA", "--reason", "x"]) == 2
+    assert sha256(store) == before
 
 
 def test_review_mode_writes_validated_rows(toy: dict[str, Any], tmp_path: Path) -> None:

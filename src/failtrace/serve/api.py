@@ -245,7 +245,7 @@ def add_review(body: ReviewIn, request: Request) -> dict[str, Any]:
 @router.post("/api/cases/{case_id}/override", status_code=201,
              summary="Override a case's category with a reason (needs --review)")
 def add_override(case_id: CASE_ID, body: OverrideIn, request: Request) -> dict[str, Any]:
-    from failtrace.store.cases import set_override
+    from failtrace.store.cases import SupersededCaseError, set_override
 
     st = _writable(request)
     comment = body.comment.strip()
@@ -255,7 +255,10 @@ def add_override(case_id: CASE_ID, body: OverrideIn, request: Request) -> dict[s
         row = st.store.con.execute("SELECT pair_run_id, item_id FROM cases WHERE case_id = ?", [case_id]).fetchone()
         if row is None:
             raise HTTPException(404, "no such case")
-        saved = set_override(st.store, case_id, body.category, comment)
+        try:
+            saved = set_override(st.store, case_id, body.category, comment)
+        except SupersededCaseError as exc:  # a case page of an older analysis: say which case the views show
+            raise HTTPException(409, str(exc)) from None
         review = _insert_review(st, row[0], row[1], case_id, "category", body.category, comment)
         st.refresh_rows()  # the table shows the effective category
     return {"override": {k: str(v) if k == "created_at" else v for k, v in saved.items()}, "review": review}

@@ -209,6 +209,10 @@ def find_case_id(store: ResultsStore, prefix: str) -> str:
     return ids[0]
 
 
+class SupersededCaseError(FailtraceError):
+    """A case of an older analysis than the one every view shows (an override of it would never be seen)."""
+
+
 def set_override(store: ResultsStore, case_id: str, category: str, reason: str) -> dict[str, Any]:
     """Record a person's category for a case (kept with the computed one; the newest override wins)."""
     if category not in CATEGORIES:
@@ -216,6 +220,15 @@ def set_override(store: ResultsStore, case_id: str, category: str, reason: str) 
     if not reason or not reason.strip():
         raise FailtraceError("an override needs a --reason saying why the computed category is wrong")
     cid = find_case_id(store, case_id)
+    pair_run_id, item_id = store.con.execute("SELECT pair_run_id, item_id FROM cases WHERE case_id = ?",
+                                             [cid]).fetchone()
+    newest = newest_case_id(store, pair_run_id, item_id)
+    if newest != cid:  # status, the report and the explorer show the newest analysis only: this would never show
+        instead = (f"override its case {newest} instead" if newest else
+                   f"that analysis has no case for item {item_id!r}")
+        raise SupersededCaseError(f"case {cid} is from an older analysis of pair run {pair_run_id}; status, the report "
+                                  f"and the explorer show only the newest one, so the override would never be seen: "
+                                  f"{instead}")
     row = {"category": category, "reason": reason.strip(), "created_at": _now()}
     with store._transaction():
         store.con.execute("INSERT INTO overrides VALUES (?, ?, ?, ?)", [cid, category, row["reason"],
