@@ -597,3 +597,26 @@ def test_an_unreachable_ray_address_is_one_line_at_once(work: Path, tmp_path: Pa
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
     assert err.startswith("error: could not start or join the Ray cluster at 127.0.0.1:1: nothing answers there")
+
+
+def test_a_running_explorer_is_named_as_the_holder(work: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A read-only `failtrace serve` keeps the store open, and DuckDB then lets no other process write it; the
+    writer's error said only "in use by process N (python3.11)". It now says the explorer holds it and what to do."""
+    store = tmp_path / "served.duckdb"
+    store.write_bytes((work / "store.duckdb").read_bytes())
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    server = subprocess.Popen([sys.executable, "-m", "failtrace", "serve", "--store", str(store), "--port", "0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        assert server.stdout is not None and "failtrace explorer on http://" in server.stdout.readline()
+        digest = hashlib.sha256(store.read_bytes()).hexdigest()
+        assert main([a.replace("{w}", str(work)) for a in _p(store=str(store))]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith(f"error: results store {store} is held by the explorer "
+                                                             f"(`failtrace serve`, process {server.pid})")
+        assert "stop the explorer, or serve a copy of the store" in err
+        assert hashlib.sha256(store.read_bytes()).hexdigest() == digest
+    finally:
+        server.terminate()
+        server.wait(timeout=60)

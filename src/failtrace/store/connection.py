@@ -72,9 +72,28 @@ def in_use_error(path: Path, exc: BaseException) -> FailtraceError:
         said = re.sub(r"\s*See also https?://\S+", "", _first_line(exc)).strip()
         return FailtraceError(f"results store {path} could not be locked ({said}); if another process uses it, wait "
                               f"for it to finish, or use another --store")
-    return FailtraceError(f"results store {path} is in use by process {holder.group(2)} "
-                          f"({Path(holder.group(1)).name}) (DuckDB allows one writer at a time, and no reader beside "
-                          f"it); wait for it to finish or use another --store")
+    pid = holder.group(2)
+    command = failtrace_command(pid)
+    if command == "failtrace serve":
+        return FailtraceError(f"results store {path} is held by the explorer (`failtrace serve`, process {pid}), "
+                              f"which keeps it open while it runs, and DuckDB allows no writer beside a reader in "
+                              f"another process; stop the explorer, or serve a copy of the store")
+    return FailtraceError(f"results store {path} is in use by process {pid} "
+                          f"({command or Path(holder.group(1)).name}) (DuckDB allows one writer at a time, and no "
+                          f"reader beside it); wait for it to finish or use another --store")
+
+
+def failtrace_command(pid: str | int) -> str | None:
+    """``failtrace <command>`` when process ``pid`` runs the failtrace CLI (read from /proc), else None."""
+    try:
+        argv = Path(f"/proc/{int(pid)}/cmdline").read_bytes().decode("utf-8", "replace").split("\0")
+    except (OSError, ValueError):
+        return None
+    for i, arg in enumerate(argv[:-1]):
+        if Path(arg).name == "failtrace" or (arg == "-m" and argv[i + 1] == "failtrace"):
+            rest = [a for a in argv[i + 1 + (arg == "-m"):] if a and not a.startswith("-")]
+            return f"failtrace {rest[0]}" if rest else "failtrace"
+    return None
 
 
 def lock_path(path: Path) -> Path:
