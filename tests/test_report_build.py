@@ -284,6 +284,10 @@ def test_cli_report_on_a_store(tmp_path):
     assert main(["report", "--store", str(store), "--out", str(out)]) == 0
     text = (out / "index.html").read_text(encoding="utf-8")
     assert "No cases in this store yet" in text
+    from failtrace.report.tables import CASE_COLUMNS
+
+    with (out / "tables" / "cases.csv").open(encoding="utf-8") as fh:  # no case: still a table with its header
+        assert next(csv.reader(fh)) == list(CASE_COLUMNS) and fh.read() == ""
     t1 = _csv(out / "tables" / "table1.csv")
     assert [(r["benchmark"], r["items"], r["failures"]) for r in t1] == [("math", "1", "0")]
     assert main(["report", "--store", str(store), "--out", str(tmp_path / "r2"), "--benchmark", "ifeval"]) == 2
@@ -370,3 +374,7 @@ def test_one_of_a_kind_is_singular(tmp_path):
     lead = re.search(r'id="b-ifeval"><h2>ifeval</h2><p class="lead">([^<]*)</p>', text).group(1)
     assert lead.startswith("1 failure, 1 clean pair, 1 case analysed.") and "of 1 case " in lead
     assert re.search(r"· ifeval · 1 case · generated", text)
+    from failtrace.report.tables import CASE_COLUMNS
+
+    with (tmp_path / "r" / "tables" / "cases.csv").open(encoding="utf-8") as fh:  # the same columns as with none
+        assert next(csv.reader(fh)) == [*CASE_COLUMNS, "k_star_attnlrp"]

@@ -66,6 +66,7 @@ def _write_tables(tables: Mapping[str, list[dict[str, Any]]], out: Path,
         "segments": ["benchmark", "method", "category", "segment", "cases", "mean_normalised_relevance"],
         "flip_rate": ["benchmark", "method", "k", "cases", "flipped", "flip_rate"],
         "kstar": ["benchmark", "method", "cases", "flipped", "flip_rate_at_K", "K", "mean_k_star", "median_k_star"],
+        "cases": None if tables.get("cases") else list(T.CASE_COLUMNS),  # else from its rows (k* per method)
     }
     for name, rows in tables.items():
         T.write_csv(rows, out / "tables" / f"{name}.csv", columns.get(name))  # cases: columns from its rows

@@ -211,6 +211,11 @@ def kstar_rows(cases: Sequence[Case]) -> list[dict[str, Any]]:
     return out
 
 
+# the columns of case_rows before k* per method (its CSV keeps them with no case: a file without a header is no table)
+CASE_COLUMNS = ("case_id", "benchmark", "item_id", "model", "model_fingerprint", "tokens", "position", "target",
+                "contrast", "delta_logit", "category_auto", "category", "override_reason", "pattern")
+
+
 def case_rows(cases: Sequence[Case], overrides: Overrides | None = None) -> list[dict[str, Any]]:
     """One line per case: identity, pair, Δℓ, labels (automatic and effective) and k* per method."""
     methods = methods_of(cases)
