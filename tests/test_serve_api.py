@@ -150,9 +150,13 @@ def test_unknown_ids_404_malformed_422(client: TestClient, toy: dict[str, Any]) 
     for bad in ("bad!id", "x" * 65, "a%20b", "%00"):
         assert client.get(f"/api/cases/{bad}").status_code == 422, bad
     for params in ({"limit": 0}, {"limit": 501}, {"limit": "abc"}, {"offset": -1}, {"sort": "1;drop table cases"},
-                   {"dl_min": "nan"}, {"k_min": -1}, {"q": "x" * 201}, {"pair_status": "x" * 201}):
+                   {"dl_min": "nan"}, {"k_min": -1}, {"q": "x" * 201}, {"pair_status": "x" * 201},
+                   {"category": "BOGUS"}, {"verdict": ["fail", "maybe"]}, {"pattern": "urt"}, {"pair_status": "ok"}):
         r = client.get("/api/table", params=params)
         assert r.status_code == 422, params
+    bogus = client.get("/api/table", params={"category": "BOGUS"}).json()["detail"]
+    assert bogus == "unknown category 'BOGUS'; valid: M-IA, NC-IA+M-AG, NC-IA+AG, (none)"
+    assert client.get("/api/table", params={"pair_status": "not searched", "category": "(none)"}).status_code == 200
     assert client.get("/api/item", params={"run_id": toy["run_id"]}).status_code == 422
     assert client.get("/api/item", params={"run_id": toy["run_id"], "item_id": "nope"}).status_code == 404
     it = client.get("/api/item", params={"run_id": toy["run_id"], "item_id": "q007"}).json()

@@ -18,8 +18,9 @@ from pydantic import AfterValidator, BaseModel, Field
 from failtrace.cases.record import CATEGORIES, PATTERNS
 from failtrace.errors import FailtraceError
 from failtrace.serve import casedata
-from failtrace.serve.queries import FACETS, SORT_COLUMNS, TableQuery, table
+from failtrace.serve.queries import FACETS, NONE_VALUE, SORT_COLUMNS, TableQuery, table
 from failtrace.store.cases import newest_case_id
+from failtrace.store.schema import PAIR_STATUSES, VERDICT_STATUSES
 from failtrace.store.records import describe_pair_settings, loads, pick_run_id
 
 router = APIRouter()
@@ -46,10 +47,19 @@ Cursor = Annotated[Any, Depends(_cursor)]
 RowsCursor = Annotated[Any, Depends(_rows_cursor)]
 
 
-def _facet_values(values: list[str] | None) -> list[str]:
+# facets whose values come from a fixed list: another value is a malformed link (422), not an empty table
+_FIXED_VALUES = {"verdict": VERDICT_STATUSES, "pair_status": (*PAIR_STATUSES, "not searched"),
+                 "category": CATEGORIES, "pattern": PATTERNS}
+
+
+def _facet_values(values: list[str] | None, name: str = "") -> list[str]:
     values = values or []
     if any(len(v) > _TEXT for v in values):
         raise HTTPException(422, f"a filter value is longer than {_TEXT} characters")
+    known = _FIXED_VALUES.get(name)
+    bad = [v for v in values if known is not None and v not in known and v != NONE_VALUE]
+    if bad:
+        raise HTTPException(422, f"unknown {name} {bad[0]!r}; valid: {', '.join([*known, NONE_VALUE])}")
     return values
 
 
@@ -111,7 +121,7 @@ def cases_table(
 ) -> dict[str, Any]:
     given = {"benchmark": benchmark, "model": model, "verdict": verdict, "pair_run": pair_run,
              "pair_status": pair_status, "category": category, "pattern": pattern}
-    tq = TableQuery(facets={k: _facet_values(v) for k, v in given.items() if v}, dl_min=dl_min, dl_max=dl_max,
+    tq = TableQuery(facets={k: _facet_values(v, k) for k, v in given.items() if v}, dl_min=dl_min, dl_max=dl_max,
                     k_min=k_min, k_max=k_max, has_case=has_case, search=q or None, sort=sort, desc=desc,
                     limit=limit, offset=offset)
     return casedata.finite(table(cur, tq))
