@@ -333,6 +333,9 @@ def test_review_mode_writes_validated_rows(toy: dict[str, Any], tmp_path: Path) 
         ok = {"pair_run_id": case.pair_run_id, "item_id": case.item_id, "decision": "reject", "comment": "bad pair"}
         r = c.post("/api/reviews", json=ok)
         assert r.status_code == 201 and r.json()["case_id"] == case.case_id
+        long = c.post("/api/reviews", json={**ok, "comment": "y" * 2100})  # the 422 does not echo it whole
+        (err,) = long.json()["detail"]
+        assert long.status_code == 422 and err["input"] == "y" * 120 + "… (2,100 characters)"
         for bad, code in (({**ok, "decision": "maybe"}, 422), ({**ok, "comment": "x" * 2001}, 422),
                           ({**ok, "item_id": "nope"}, 404), ({"decision": "accept"}, 422)):
             assert c.post("/api/reviews", json=bad).status_code == code, bad

@@ -154,8 +154,11 @@ def test_pick_contrast_needs_review_and_writes_one_row(cmp: dict[str, Any], tmp_
     shutil.copy(cmp["store"], store)
     with TestClient(create_app(store, review=True), base_url="http://127.0.0.1") as rw:
         url = f"/api/cases/{case.case_id}/contrast"
-        assert rw.post(url, json={"contrast_id": case.target_id}).status_code == 422  # the target itself
-        assert rw.post(url, json={"contrast_id": 99999}).status_code == 422  # not a stored alternative
+        own = rw.post(url, json={"contrast_id": case.target_id})  # the target itself
+        assert own.status_code == 422 and "is the case's target" in own.json()["detail"]
+        absent = rw.post(url, json={"contrast_id": 99999})  # not a stored alternative: said so, not "the target"
+        assert absent.status_code == 422 and absent.json()["detail"].startswith(
+            "contrast_id 99999 is not among the case's stored alternatives (")
         assert rw.post(url, json={"contrast_id": "x"}).status_code == 422
         for loose in (str(other["token_id"]), float(other["token_id"]), True):  # a JSON integer, nothing coerced
             assert rw.post(url, json={"contrast_id": loose}).status_code == 422, loose

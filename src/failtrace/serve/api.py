@@ -296,8 +296,12 @@ def pick_contrast(case_id: CASE_ID, body: ContrastIn, request: Request) -> dict[
         if alts is None:
             raise HTTPException(409, "no alternatives stored for this case: run `failtrace analyse` on the store "
                                      "again (it records them for cases analysed before)")
-        if body.contrast_id not in alts["token_ids"] or body.contrast_id == row[2]:
-            raise HTTPException(422, "contrast_id must be one of the case's stored alternatives, not its target")
+        if body.contrast_id == row[2]:
+            raise HTTPException(422, f"contrast_id {body.contrast_id} is the case's target; pick another of its "
+                                     f"stored alternatives")
+        if body.contrast_id not in alts["token_ids"]:
+            raise HTTPException(422, f"contrast_id {body.contrast_id} is not among the case's stored alternatives "
+                                     f"({', '.join(map(str, alts['token_ids']))})")
         if body.contrast_id == row[3]:
             raise HTTPException(422, "contrast_id is already the case's contrast; pick another alternative")
         text = alts["tokens"][alts["token_ids"].index(body.contrast_id)]

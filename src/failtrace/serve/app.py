@@ -157,6 +157,20 @@ def _escaped(value: Any) -> Any:
     return value
 
 
+ECHO_CHARS = 120  # a 422 echoes at most this much of a rejected value (a 2,100-character comment came back whole)
+
+
+def _short_inputs(errors: Any) -> Any:
+    """FastAPI's 422 errors with each echoed ``input`` cut to :data:`ECHO_CHARS` characters (its length said)."""
+    out = []
+    for err in errors if isinstance(errors, list) else []:
+        value = err.get("input") if isinstance(err, dict) else None
+        if isinstance(value, str) and len(value) > ECHO_CHARS:
+            err = {**err, "input": f"{value[:ECHO_CHARS]}… ({len(value):,} characters)"}
+        out.append(err)
+    return out
+
+
 def _internal_error(request: Any, exc: Exception) -> Any:
     """A request that failed: one JSON line to the client and one log line on the server's terminal, no traceback.
     A damaged store's FailtraceError says what and where (table, column, case); anything else only its type."""
@@ -238,7 +252,7 @@ def create_app(store: str | Path, review: bool = False, allowed_hosts: list[str]
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Any, exc: RequestValidationError) -> Any:  # FastAPI's 422, always encodable
-        return JSONResponse({"detail": _escaped(jsonable_encoder(exc.errors()))}, status_code=422)
+        return JSONResponse({"detail": _escaped(_short_inputs(jsonable_encoder(exc.errors())))}, status_code=422)
 
     @app.exception_handler(Exception)
     async def internal(request: Any, exc: Exception) -> Any:  # an error outside the guard (never a traceback)
