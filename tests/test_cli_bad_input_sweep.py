@@ -419,3 +419,13 @@ def test_a_folder_as_the_store_to_read_names_the_stores_in_it(tmp_path: Path,
                            capsys)
     assert line == f"error: --store {folder} is a folder; give a file path such as {folder / 'failtrace.duckdb'}"
     assert not (tmp_path / "r").exists()
+
+
+def test_compare_help_shows_no_positional_model(capsys: pytest.CaptureFixture[str]) -> None:
+    """The usage line read `failtrace compare [OPTIONS] [MODEL]...`, but a model without --models/--checkpoints
+    before it is refused; the extra names of `--models A B C` are now read from the command's context."""
+    code = main(["compare", "--help"])
+    out = capsys.readouterr().out
+    assert code == 0 and "Usage: failtrace compare [OPTIONS]" in out and "MODEL]..." not in out
+    line = _one_error_line(main(["compare", "-s", "x.duckdb", "a", "b"]), capsys)
+    assert line.endswith("a b came without an option before them"), line

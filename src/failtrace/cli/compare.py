@@ -86,6 +86,7 @@ def _print_checkpoints(st: ResultsStore, folders: list[str], summary: Checkpoint
 
 
 def compare_command(
+    ctx: typer.Context,
     store: Path = typer.Option(Path(DEFAULT_STORE), "--store", "-s", help="Results store with analysed cases."),
     models: Optional[list[str]] = typer.Option(None, "--models", "-m",
                                                help="First the model whose cases are compared, then the others "
@@ -95,8 +96,6 @@ def compare_command(
                                                     help="Checkpoint folders written by `failtrace finetune` (e.g. "
                                                          "ckpts/step-0 ckpts/step-50): the base model's cases on "
                                                          "each, with step and trained/held-out split."),
-    more: Optional[list[str]] = typer.Argument(None, hidden=True, metavar="MODEL",  # --models A B C: B, C
-                                               help="More models or checkpoints (--models A B C)."),
     benchmark: Optional[str] = typer.Option(None, "--benchmark", "-b", help="Only cases of this benchmark."),
     limit: Optional[int] = typer.Option(None, "--limit", "-n", help="At most N cases."),
     device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu or cuda."),
@@ -112,6 +111,9 @@ def compare_command(
     from failtrace.store.comparisons import load_comparisons
     from failtrace.store.store import open_store
 
+    # click options take one value each: in `--models A B C` (as the help says), B and C arrive as extra arguments,
+    # taken from the context so the usage line shows no positional MODEL that works only after an option
+    more = list(ctx.args)
     if limit is not None and limit < 1:
         raise FailtraceError(f"--limit must be at least 1, got {limit}")
     if models and checkpoints:
@@ -169,5 +171,5 @@ def export_dpo_command(
 
 def register(app: typer.Typer) -> None:
     """Add ``compare`` and ``export-dpo`` to the ``failtrace`` app."""
-    app.command("compare")(compare_command)
+    app.command("compare", context_settings={"allow_extra_args": True})(compare_command)
     app.command("export-dpo")(export_dpo_command)
