@@ -184,3 +184,24 @@ def test_report_from_store_reads_the_comparisons_table(tmp_path: Path) -> None:
         assert float(r["median_delta_logit"]) == pytest.approx(sql[(model, r["split"])], abs=1e-9)
     seg = json.loads(json.dumps(stored[0]["segment_relevance"]))
     assert set(seg) == set(SEGS)
+
+
+def test_the_step_axis_has_whole_steps_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Steps 0, 1, 2 were drawn with ticks 0.25, 0.5, ... (Fig. 6 and 7); a training step is a whole number."""
+    import failtrace.report.compare_figs as F
+
+    points = [{"series": "ck", "case_id": f"c{i}", "split": "trained", "step": st, "delta_logit": 1.0 - st - i}
+              for i in range(2) for st in (0, 1, 2)]
+    summary = [{"series": "ck", "split": "trained", "step": st, "median_delta_logit": 0.5 - st, "cases": 2,
+                "corrected": 0} for st in (0, 1, 2)]
+    ticks: list[float] = []
+    real = F._save
+
+    def spy(fig, path):
+        fig.canvas.draw()
+        ticks.extend(t for ax in fig.axes for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1])
+        return real(fig, path)
+
+    monkeypatch.setattr(F, "_save", spy)
+    F.checkpoints_figure(points, summary, tmp_path / "f6.png")
+    assert ticks and all(float(t).is_integer() for t in ticks) and {0.0, 1.0, 2.0} <= set(ticks)

@@ -166,7 +166,7 @@ def export_dpo_command(
         require_cases(st, benchmark)
         path, n = export_dpo(st, out, benchmark=benchmark, tail_weight=tail_weight)
     # written to a pipe or terminal (--out /dev/stdout): the data stream gets the records only
-    typer.echo(f"wrote {n} preference pairs to {path}", err=not Path(path).resolve().is_file())
+    typer.echo(f"wrote {count_of(n, 'preference pair')} to {path}", err=not Path(path).resolve().is_file())
 
 
 def register(app: typer.Typer) -> None:

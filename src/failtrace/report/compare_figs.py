@@ -138,8 +138,11 @@ def checkpoints_figure(points: Sequence[Mapping[str, Any]], summary: Sequence[Ma
 
 def _step_axes(ax: Any, ylabel: str, title: str) -> None:
     """The shared frame of the per-checkpoint panels (Fig. 6 and 7): zero line, step axis, labels, legend."""
+    from matplotlib.ticker import MaxNLocator
+
     ax.axhline(0, color="#111", lw=0.8)
     ax.set_xlabel("training step", fontsize=9)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers: no 0.25, 0.5 ticks
     ax.set_ylabel(ylabel, fontsize=9)
     ax.set_title(title, fontsize=10, loc="left", weight="bold")
     ax.legend(fontsize=7.5, frameon=False)

@@ -103,12 +103,13 @@
     return out;
   }
 
-  function chart(W, H, xr, yr, xlab, ylab, noXTicks) {  // an SVG with axes; returns {svg, X, Y}
+  function chart(W, H, xr, yr, xlab, ylab, noXTicks, intX) {  // an SVG with axes; returns {svg, X, Y}
     var L = 52, R = 12, T = 12, B = 38;
     var X = function (x) { return L + (W - L - R) * (x - xr[0]) / (xr[1] - xr[0] || 1); };
     var Y = function (y) { return T + (H - T - B) * (yr[1] - y) / (yr[1] - yr[0] || 1); };
     var svg = sv("svg", {width: W, height: H, viewBox: "0 0 " + W + " " + H, class: "chart"});
-    (noXTicks ? [] : ticks(xr[0], xr[1], 6)).forEach(function (t) {
+    // intX: training steps are whole numbers, so no 0.25 or 0.5 tick on their axis
+    (noXTicks ? [] : ticks(xr[0], xr[1], 6).filter(function (t) { return !intX || Number.isInteger(t); })).forEach(function (t) {
       svg.appendChild(sv("line", {x1: X(t), x2: X(t), y1: T, y2: H - B, stroke: "#eef0f3"}));
       svg.appendChild(sv("text", {x: X(t), y: H - B + 14, "text-anchor": "middle"}, String(t)));
     });
@@ -200,7 +201,7 @@
     return uniq(data.checkpoints.map(function (p) { return p.series; })).map(function (series) {
       var pts = data.checkpoints.filter(function (p) { return p.series === series; });
       var ch = chart(560, 380, range(pts.map(function (p) { return p.step; }), 0.04), range(pts.map(function (p) { return p.delta_logit; })),
-                     "training step", "Δℓ = ℓ(target) − ℓ(contrast)"), s = ch.svg;
+                     "training step", "Δℓ = ℓ(target) − ℓ(contrast)", false, true), s = ch.svg;
       s.appendChild(sv("line", {x1: ch.L, x2: ch.W - ch.R, y1: ch.Y(0), y2: ch.Y(0), stroke: "#111"}));
       splits(pts).forEach(function (split) {
         var col = SPLIT[split] || "#374151";
@@ -233,7 +234,7 @@
     return panels.map(function (key) {
       var parts = key.split("\u0000"), mine = rows.filter(function (r) { return r.series === parts[0] && r.split === parts[1]; });
       var ch = chart(460, 320, range(mine.map(function (r) { return r.step; }), 0.04), range(mine.map(function (r) { return r.mean_share; }), 0.1),
-                     "training step", "mean R_seg / Σ|R_seg|"), s = ch.svg;
+                     "training step", "mean R_seg / Σ|R_seg|", false, true), s = ch.svg;
       s.appendChild(sv("line", {x1: ch.L, x2: ch.W - ch.R, y1: ch.Y(0), y2: ch.Y(0), stroke: "#111"}));
       segs.forEach(function (seg, i) {
         var line = mine.filter(function (r) { return r.segment === seg; }).sort(function (a, b) { return a.step - b.step; });
