@@ -16,6 +16,7 @@ gap is 35.9 at 32 steps and 178 at 128: its IG attributions do not add up to f(x
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -78,8 +79,6 @@ def test_long_inputs_run_fewer_points_per_pass_and_give_the_same_relevance() -> 
     """The IG batch is sized by the activations one point keeps (tokens × layers × (10·hidden + 3·intermediate)):
     eight points of a 4,800-token SmolLM2 input (46 GB) were killed by the OOM killer on a 23 GB machine. Regrouping
     points never changes the result beyond float summation order."""
-    from types import SimpleNamespace
-
     from failtrace.attribution.baselines import IG_BATCH, ig_batch_size
 
     smollm2 = SimpleNamespace(hidden_size=576, intermediate_size=1536, num_hidden_layers=30)
@@ -98,17 +97,23 @@ def test_long_inputs_run_fewer_points_per_pass_and_give_the_same_relevance() -> 
     assert v1 == v8 and np.allclose(one, eight, rtol=1e-10, atol=1e-12)
 
 
-def test_the_ig_method_uses_the_sized_batch(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The registered ``ig`` method asks :func:`ig_batch_size` for its batch (with the input's length and dtype)."""
+def test_ig_without_a_batch_uses_the_sized_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every caller (the ``ig`` method, analyse's baselines) gets the batch :func:`ig_batch_size` gives for the
+    input's length and dtype, unless it names one: analyse called it with the old fixed 8 and ran out of memory."""
     import failtrace.attribution.baselines as B
+    from failtrace.cases.build import method_relevance
+    from failtrace.cases.settings import CaseSettings
 
     model = make_tiny("llama", dtype=torch.float64, seed=1)
-    asked, used = [], []
+    asked = []
     monkeypatch.setattr(B, "ig_batch_size", lambda cfg, n, dtype, checkpointed: asked.append((n, dtype)) or 3)
-    real = B.integrated_gradients
-    monkeypatch.setattr(B, "integrated_gradients", lambda *a, **k: used.append(k["batch"]) or real(*a, **k))
-    B.ig_method(model, IDS, lambda lg: objective_value(lg, "logit_diff", TARGET, CONTRAST), ig_steps=6)
-    assert asked == [(len(IDS), torch.float64)] and used == [3]
+    fn = lambda lg: objective_value(lg, "logit_diff", TARGET, CONTRAST)  # noqa: E731
+    B.ig_method(model, IDS, fn, ig_steps=6)
+    method_relevance(SimpleNamespace(model=model), "ig", IDS, fn, CaseSettings(ig_steps=6), None, "k")
+    assert asked == [(len(IDS), torch.float64)] * 2
+    sized, _, _ = B.integrated_gradients(model, IDS, fn, steps=6)  # 3 points a pass, as asked
+    whole, _, _ = B.integrated_gradients(model, IDS, fn, steps=6, batch=6)
+    assert np.allclose(sized, whole, rtol=1e-10, atol=1e-12)
 
 
 def test_long_inputs_are_checkpointed_with_the_same_result(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -47,11 +47,12 @@ def integrated_gradients(
     ids: list[int],
     objective: Callable[[torch.Tensor], torch.Tensor],
     steps: int = 32,
-    batch: int = 8,
+    batch: int | None = None,
 ) -> tuple[np.ndarray, float, torch.Tensor]:
     """Integrated gradients on the input embeddings from a zero baseline (Riemann midpoint rule, ``steps`` points).
 
-    Returns per-token relevance, the objective at the real input, and its logits. Alphas are run ``batch`` at a time.
+    Returns per-token relevance, the objective at the real input, and its logits. Alphas are run ``batch`` at a time
+    (default: as many as :func:`ig_batch_size` fits in :data:`IG_MEMORY_BUDGET`).
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_IG_STEPS:
         raise FailtraceError(f"--ig-steps must be a whole number from 1 to {MAX_IG_STEPS}, got {steps!r}")
@@ -59,8 +60,10 @@ def integrated_gradients(
     base, head = base_and_head(model)
     emb = model.get_input_embeddings()(torch.tensor([ids], device=device)).detach()[0]
     alphas = (torch.arange(steps, dtype=torch.float32) + 0.5) / steps
-    total = torch.zeros_like(emb, dtype=torch.float32)
+    total = torch.zeros_like(emb, dtype=torch.float64)  # the points' gradients summed in float64: any batching
     long_input = len(ids) > CHECKPOINT_ABOVE  # as AttnLRP: recompute each layer in the backward pass
+    if batch is None:
+        batch = ig_batch_size(model.config, len(ids), emb.dtype, checkpointed=long_input)
     with torch.enable_grad(), checkpointed_layers(decoder_layers(model), long_input):
         for start in range(0, steps, batch):
             a = alphas[start:start + batch].to(device, emb.dtype)
@@ -68,12 +71,12 @@ def integrated_gradients(
             last = base(inputs_embeds=x, use_cache=False).last_hidden_state[:, -1]
             vals = objective(final_logits(model, head, last))
             (grad,) = torch.autograd.grad(vals.sum(), x)
-            total += grad.float().sum(0)
+            total += grad.double().sum(0)
         with torch.no_grad():
             last = base(inputs_embeds=emb[None], use_cache=False).last_hidden_state[0, -1]
             logits = final_logits(model, head, last)
             value = float(objective(logits))
-    relevance = (emb.float() * total / steps).sum(-1)
+    relevance = (emb.double() * total / steps).sum(-1)
     return relevance.double().cpu().numpy(), value, logits.float()
 
 
@@ -82,8 +85,6 @@ def ig_method(model: nn.Module, ids: list[int], objective: Callable[[torch.Tenso
     """Integrated gradients as a registered attribution method (input relevance only)."""
     from failtrace.attribution.methods import MethodResult
 
-    dtype = next(model.parameters()).dtype
-    batch = ig_batch_size(model.config, len(ids), dtype, checkpointed=len(ids) > CHECKPOINT_ABOVE)
-    inp, value, logits = integrated_gradients(model, ids, objective, steps=ig_steps, batch=batch)
+    inp, value, logits = integrated_gradients(model, ids, objective, steps=ig_steps)
     return MethodResult(inp[None, :], value, logits, {
         "ig_steps": ig_steps, "hidden_relevance": "input only (integrated gradients explains the embeddings)"})
