@@ -205,3 +205,31 @@ def test_the_step_axis_has_whole_steps_only(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setattr(F, "_save", spy)
     F.checkpoints_figure(points, summary, tmp_path / "f6.png")
     assert ticks and all(float(t).is_integer() for t in ticks) and {0.0, 1.0, 2.0} <= set(ticks)
+
+
+def test_nine_segments_are_nine_colours_in_the_report_and_the_explorer(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fig. 7 with more segments than the old six (report) or eight (explorer) colours drew two segments alike
+    (instruction and signature, both teal); both now use the same twelve colours."""
+    import re
+    from importlib import resources
+
+    import failtrace.report.compare_figs as F
+    from failtrace.report.figures import _FALLBACK
+
+    segs = [f"seg{i}" for i in range(9)]
+    rows = [{"series": "ck", "split": "trained", "step": st, "segment": g, "mean_share": 0.1 * i + st, "cases": 1}
+            for i, g in enumerate(segs) for st in (0, 1)]
+    colours: list[str] = []
+    real = F._save
+
+    def spy(fig, path):
+        colours.extend(line.get_color() for ax in fig.axes for line in ax.get_lines() if line.get_label() in segs)
+        return real(fig, path)
+
+    monkeypatch.setattr(F, "_save", spy)
+    F.checkpoint_segments_figure(rows, tmp_path / "f7.png")
+    assert len(colours) == 9 and len(set(colours)) == 9
+    js = resources.files("failtrace.serve").joinpath("static", "across.js").read_text(encoding="utf-8")
+    palette = re.findall(r'"(#[0-9a-f]{6})"', re.search(r"var PALETTE = \[(.*?)\];", js, re.S).group(1))
+    assert palette == list(_FALLBACK) and len(set(palette)) == 12

@@ -23,7 +23,10 @@ METHOD_STYLE = {  # method -> (colour, line style)
     "attnlrp": ("#dc2626", "-"), "cp-lrp": ("#f97316", "-"), "gradxinput": ("#2563eb", "-"),
     "ig": ("#16a34a", "-"), "attention": ("#7c3aed", "-"), "random": ("#6b7280", "--"),
 }
-_FALLBACK = ("#0891b2", "#a16207", "#be185d", "#4d7c0f", "#1e40af", "#78716c")
+# twelve distinct hues (a figure with more segments than colours drew two segments alike; the explorer's
+# across.js PALETTE is the same list)
+_FALLBACK = ("#0891b2", "#a16207", "#be185d", "#4d7c0f", "#1e40af", "#78716c", "#7c3aed", "#ea580c", "#dc2626",
+             "#16a34a", "#111827", "#0ea5e9")
 
 
 def _color(name: str, table: Mapping[str, str], i: int) -> str:

@@ -8,7 +8,8 @@
   "use strict";
   var el = FT.el;
   var GROUP = {corrected: "#16a34a", uncorrected: "#dc2626"}, SPLIT = {trained: "#dc2626", "held-out": "#2563eb", all: "#374151"};
-  var PALETTE = ["#0891b2", "#a16207", "#be185d", "#4d7c0f", "#1e40af", "#78716c", "#7c3aed", "#ea580c"];
+  var PALETTE = ["#0891b2", "#a16207", "#be185d", "#4d7c0f", "#1e40af", "#78716c", "#7c3aed", "#ea580c",
+                 "#dc2626", "#16a34a", "#111827", "#0ea5e9"];  // report/figures.py _FALLBACK: the same twelve
 
   function label(m) { return m.step === null ? m.model : (m.series + " · step " + m.step + (m.split ? " · " + m.split : "")); }
 
