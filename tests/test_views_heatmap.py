@@ -337,10 +337,10 @@ def test_the_sums_are_described_for_the_method_that_made_them():
     top[-1] = 3.0  # the last layer holds Δℓ at the explained position, as an LRP pass starts
     lrp = replace(lrp, hidden_relevance=np.vstack([lrp.hidden_relevance[:-1], top]))
     assert sum_rows(lrp) == [("Σ input R", "1.5000 (50% of Δℓ)"), ("Σ last-layer R", "3.0000")]
-    assert sum_note(lrp) == ("attnlrp does not conserve relevance here: the input keeps 50% of Δℓ and the last "
+    assert sum_note(lrp) == ("AttnLRP does not conserve relevance here: the input keeps 50% of Δℓ and the last "
                              "layer holds all of it.")
     cp = replace(make_record(relevance={2: 2.0, 5: 1.0}), method="cp-lrp")
-    assert sum_note(cp).startswith("cp-lrp conserves relevance here: the input keeps 100% of Δℓ")
+    assert sum_note(cp).startswith("CP-LRP conserves relevance here: the input keeps 100% of Δℓ")
     gxi = replace(make_record(relevance={2: 1.0}), method="gradxinput")
     assert [k for k, _v in sum_rows(gxi)] == ["Σ input R"] and "need not add up to Δℓ" in sum_note(gxi)
     att = replace(make_record(relevance={2: 0.7, 5: 0.3}), method="attention")

@@ -97,6 +97,8 @@ def sums(attr: Attribution) -> tuple[float, float, float]:
 
 
 NOT_DELTA_UNITS = {"attention": "attention weights", "random": "a random order"}  # relevance not in units of Δℓ
+METHOD_TITLES = {"attnlrp": "AttnLRP", "cp-lrp": "CP-LRP", "gradxinput": "Gradient × input",
+                 "ig": "Integrated gradients", "attention": "Raw attention", "random": "Random relevance"}
 LRP_FAMILY = ("attnlrp", "cp-lrp")  # methods whose last layer starts from the objective: Σ last-layer R = Δℓ
 
 
@@ -117,14 +119,15 @@ def sum_note(attr: Attribution) -> str:
     numbers themselves: AttnLRP's softmax rule usually keeps only part of Δℓ at the input, CP-LRP keeps it whole."""
     delta, in_sum, last_sum = sums(attr)
     kind = NOT_DELTA_UNITS.get(attr.method)
+    name = METHOD_TITLES.get(attr.method, attr.method)
     if kind:
-        return f"{attr.method} relevance is {kind}, not a share of Δℓ: only its order means anything."
+        return f"{name}: the relevance is {kind}, not a share of Δℓ; only its order means anything."
     if attr.method not in LRP_FAMILY:
-        return (f"{attr.method} need not add up to Δℓ: the input holds {share(in_sum, delta)} of it.")
+        return f"{name} need not add up to Δℓ: the input holds {share(in_sum, delta)} of it."
     whole = math.isfinite(last_sum) and math.isclose(last_sum, delta, rel_tol=1e-3, abs_tol=1e-6)
     kept = f"the input keeps {share(in_sum, delta)} of Δℓ" + (" and the last layer holds all of it" if whole else "")
     conserved = math.isfinite(in_sum) and math.isclose(in_sum, delta, rel_tol=0.01, abs_tol=1e-6)
-    return f"{attr.method} {'conserves' if conserved else 'does not conserve'} relevance here: {kept}."
+    return f"{name} {'conserves' if conserved else 'does not conserve'} relevance here: {kept}."
 
 
 def relevant_segments(attr: Attribution, max_tokens: int, context: int = 8) -> list[tuple[int, int]]:

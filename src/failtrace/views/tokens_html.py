@@ -65,7 +65,7 @@ CSS = """
  padding:0 4px;margin:0 3px;vertical-align:middle;line-height:16px}
 .ft-attr .ft-next{display:inline-block;font-size:12px;margin-left:6px;color:#374151;vertical-align:middle}
 .ft-attr h4{font-size:14px;margin:14px 0 4px;font-weight:600}
-.ft-attr .ft-tops{display:flex;flex-wrap:wrap;gap:8px 28px}
+.ft-attr .ft-tops{display:flex;flex-wrap:wrap;gap:8px 28px;align-items:flex-start}
 .ft-attr table.ft-top{border-collapse:collapse;font-size:12px}
 .ft-attr table.ft-top th{text-align:left;color:#6b7280;font-weight:500;padding:1px 8px 1px 0;
  border-bottom:1px solid #e5e7eb}
@@ -176,7 +176,7 @@ def _header(attr: Attribution) -> str:
         "<span>· space ↵ newline → tab</span>"
     )
     note = ("Colour: R divided by the largest |R| among non-special tokens, clipped to [−1, 1]. "
-            f"{sum_note(attr)[0].upper()}{sum_note(attr)[1:]} Hover a token for its values.")
+            f"{sum_note(attr)} Hover a token for its values.")
     return (f'<div class="ft-title">{question}</div><div class="ft-meta">{meta_html}</div>'
             f'<div class="ft-legend">{legend}</div><div class="ft-note">{esc(note)}</div>')
 
