@@ -141,7 +141,7 @@ def _failures_and_clean(t1: Sequence[Mapping[str, Any]]) -> str:
         runs.setdefault(r["run_id"], []).append(r)
     fails = sum(rows[0]["failures"] or 0 for rows in runs.values())
     paired = [r for r in t1 if r["pair_run_id"]]
-    if all(len([r for r in rows if r["pair_run_id"]]) <= 1 for rows in runs.values()):
+    if len(paired) == len({r["run_id"] for r in paired}):  # at most one pair run per collection run
         clean = sum(r["clean_pairs"] or 0 for r in paired)
         return f"{count_of(fails, 'failure')}, {count_of(clean, 'clean pair')}"
     each = "; ".join(f"{'?' if r['clean_pairs'] is None else format(r['clean_pairs'], ',')} by pair run "
