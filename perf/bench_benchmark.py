@@ -20,8 +20,9 @@ store (every stage is resumable and keyed, so a rerun of this script only does w
         --math ../shared/benchmarks/math500/test.jsonl --math-items 30 --math-tokens 384
 
 With ``--old-vs-new N`` it also runs the pair search as issue 13 found it against today's on the same stored
-failures, same run (``perf/oldnew.py``; ``--old-cap-s`` stops a slow old search, ``--every K`` samples one failure
-in K, ``--workers W`` shares them out to W one-thread processes), e.g. session 10's run:
+failures, same run (``perf/oldnew.py``; ``--old-cap-s`` stops a slow old search, ``--deadline-s`` the whole
+comparison, ``--every K`` samples one failure in K, ``--workers W`` shares them out to W one-thread processes,
+``--device cuda`` puts every model on the GPU), e.g. session 10's run:
 
     .venv/bin/python perf/bench_benchmark.py --store ifeval.duckdb --stages none --old-vs-new 14 --every 3 \
         --old-cap-s 600 --only ifeval --workers 2 --baseline-cases 0 --threads 1
@@ -194,6 +195,7 @@ def main() -> None:
     which.add_argument("--unbounded-only", dest="bounded", action="store_const", const=False,
                        help="--old-vs-new only on failures that hit the budget")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default="cpu", help="torch device of the model (and of every --workers process)")
     ap.add_argument("--stages", default="collect,pairs,analyse",
                     help="stages to run (e.g. analyse alone after a pairs stage stopped early)")
     ap.add_argument("--only-print", action="store_true", help="print the tables of the store, run nothing")
@@ -205,8 +207,9 @@ def main() -> None:
     ap.add_argument("--old-cap-s", type=float, default=None,
                     help="--old-vs-new: stop the old search after this many seconds per failure (a lower bound)")
     ap.add_argument("--only", default=None, help="--old-vs-new only on this benchmark's runs")
-    ap.add_argument("--budget-s", type=float, default=None,
-                    help="--old-vs-new: start no new failure after this many seconds per benchmark")
+    ap.add_argument("--deadline-s", type=float, default=None,
+                    help="--old-vs-new: stop every search this many seconds after the comparison starts (searches "
+                         "running then are 'capped', later ones 'not started'; works with --workers)")
     ap.add_argument("--every", type=int, default=1,
                     help="--old-vs-new: every k-th failure of each run (a sample spread over the run), then N")
     ap.add_argument("--workers", type=int, default=1,
@@ -215,12 +218,13 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    lm = load_model(args.model)
+    lm = load_model(args.model, device=args.device)
     collecting = not args.only_print and "collect" in args.stages  # else the store's runs have their own budgets
     print(f"model {lm.name}; " + (f"collect ifeval {args.ifeval_items} items @ {args.ifeval_tokens} tokens, math "
                                   f"{args.math_items} items @ {args.math_tokens} tokens; " if collecting else "")
           + f"pairs top-k {args.top_k}, max-positions {args.max_positions}"
-          + f"{', try unbounded' if args.try_unbounded else ''}; torch threads {torch.get_num_threads()}")
+          + f"{', try unbounded' if args.try_unbounded else ''}; torch threads {torch.get_num_threads()}; device "
+          + (torch.cuda.get_device_name(0) if args.device.startswith("cuda") else args.device))
     if not args.only_print:
         run_stages(args, lm)
     with open_store(args.store, read_only=True) as st:
@@ -228,7 +232,7 @@ def main() -> None:
         case_tables(st, lm, args.baseline_cases)
         if args.old_vs_new:
             old_vs_new(st, lm, args.old_vs_new, args.top_k, args.max_positions, args.bounded, args.baseline,
-                       args.pair_status, args.old_cap_s, args.budget_s, args.only, args.workers, args.every)
+                       args.pair_status, args.old_cap_s, args.deadline_s, args.only, args.workers, args.every)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from tablefmt import table
 
 
 class _Capped(Exception):
-    """The old search ran past its time cap."""
+    """A search ran past its time cap or the run's deadline."""
 
 
 class CheckEvery:
@@ -37,33 +37,46 @@ class CheckEvery:
 
         t = time.perf_counter()
         status = safe_check(benchmark, item, text).status
-        search.seconds_check += time.perf_counter() - t
-        search.checks += 1
+        search.res.seconds_check += time.perf_counter() - t
+        search.res.checks += 1
         return status
 
 
-class _Old(CheckEvery):
-    """Mixin for the old baseline: every check calls the checker (the verdict-key memo did not exist then), and its
-    caches are transformers' plain dynamic cache (``torch.cat`` per token, as then)."""
+class _Stoppable:
+    """Mixin for a PairFinder that stops (raises :class:`_Capped`) after ``cap_s`` seconds or at the wall-clock time
+    ``until`` (``time.time()``, shared by every worker process), whichever comes first. The clock is read by a row
+    callback that never ends a row itself, so a search that finishes in time finds what it finds without it."""
 
-    cap_s: float | None = None  # stop the search after this many seconds (its time is then a lower bound)
+    cap_s: float | None = None  # this search's own cap (its time is then a lower bound)
+    until: float | None = None  # the run's deadline
+    old_cache = False  # the old baseline: transformers' plain dynamic cache (``torch.cat`` per token, as then)
+    rows_stepped = 0  # row-steps seen by the clock so far: tokens decoded where every step decodes one token a row
+
 
     def find(self, *args: Any, **kwargs: Any) -> Any:
         import failtrace.failures.kvcache as kvcache
         import failtrace.failures.search as search
 
+        ends = [t for t in (None if self.cap_s is None else time.time() + self.cap_s, self.until) if t is not None]
+        deadline = min(ends) if ends else None
+        self.rows_stepped = 0
         saved, decode = kvcache.growing_layer, search.rollouts_at
-        kvcache.growing_layer = lambda: None  # type: ignore[assignment]
-        deadline = None if self.cap_s is None else time.perf_counter() + self.cap_s
+        if self.old_cache:
+            kvcache.growing_layer = lambda: None  # type: ignore[assignment]
 
         def capped(*a: Any, **kw: Any) -> Any:
-            """rollouts_at with a row callback that never stops a row but ends the search at the deadline."""
-            def stop(i: int, toks: list[int]) -> bool:
-                if time.perf_counter() > deadline:
-                    raise _Capped
-                return False
+            """rollouts_at with the search's own stop rule (if any) plus the clock."""
             a = list(a)
-            a[7], a[8] = stop, 1  # stop, stop_every (the old search has no prefix rule: stop is None there)
+            rule = a[7]
+
+            def stop(i: int, toks: list[int]) -> bool:
+                self.rows_stepped += 1
+                if time.time() > deadline:  # type: ignore[operator]
+                    raise _Capped
+                return rule is not None and bool(rule(i, toks))
+            a[7] = stop
+            if rule is None:
+                a[8] = 1  # no prefix rule: read the clock every token
             return decode(*a, **kw)
 
         if deadline is not None:
@@ -74,40 +87,56 @@ class _Old(CheckEvery):
             kvcache.growing_layer, search.rollouts_at = saved, decode  # type: ignore[assignment]
 
 
-class OldFinder(_Old, PairFinder):
-    """The old search (settings from :func:`finders`)."""
+class OldFinder(CheckEvery, _Stoppable, PairFinder):
+    """The old search (settings from :func:`finders`): every check calls the checker (the verdict-key memo did not
+    exist then), transformers' dynamic cache."""
+
+    old_cache = True
 
 
-def finders(lm: Any, baseline: str, top_k: int, max_positions: int, old_cap_s: float | None) -> tuple[Any, Any]:
+class NewFinder(_Stoppable, PairFinder):
+    """A default search that stops at the run's deadline (its result is then unknown)."""
+
+
+def finders(lm: Any, baseline: str, top_k: int, max_positions: int, old_cap_s: float | None,
+            until: float | None = None) -> tuple[Any, Any]:
     """(old, new): ``baseline="old"``: one position per batch, every rollout to the full budget, no halting at the
     answer, no verdict reuse, transformers' dynamic cache, unbounded failures searched too, no lookup drafts (the same
     code with those switched off); ``"no-halt"``: the default search with only halting at the answer and drafts off;
-    ``"no-drafts"``: only the drafts off; ``"no-completion-drafts"``: only the drafts from the failing completion."""
-    new = PairFinder(lm, PairSettings(top_k=top_k, max_positions=max_positions))
+    ``"no-drafts"``: only the drafts off; ``"no-completion-drafts"``: only the drafts from the failing completion.
+    Both stop at ``until`` (wall clock), the old one also after ``old_cap_s`` seconds."""
+    def make(cls: type, settings: PairSettings, cap: float | None = None) -> Any:
+        finder = cls(lm, settings)
+        finder.cap_s, finder.until = cap, until
+        return finder
+
+    new = make(NewFinder, PairSettings(top_k=top_k, max_positions=max_positions))
     if baseline == "no-drafts":
-        return PairFinder(lm, PairSettings(top_k=top_k, max_positions=max_positions, draft_tokens=0)), new
+        return make(NewFinder, PairSettings(top_k=top_k, max_positions=max_positions, draft_tokens=0)), new
     if baseline == "no-completion-drafts":
-        return PairFinder(lm, PairSettings(top_k=top_k, max_positions=max_positions,
-                                           draft_from_completion=False)), new
+        return make(NewFinder, PairSettings(top_k=top_k, max_positions=max_positions,
+                                            draft_from_completion=False)), new
     base = PairSettings(top_k=top_k, max_positions=max_positions, halt_at_answer=False, try_unbounded=True,
                         draft_tokens=0)
     if baseline != "old":  # "no-halt"
-        return PairFinder(lm, base), new
+        return make(NewFinder, base), new
     base.early_stop, base.position_batch = False, 1
-    old = OldFinder(lm, base)
-    old.cap_s = old_cap_s
-    return old, new
+    return make(OldFinder, base, old_cap_s), new
 
 
 def search_both(pair: tuple[Any, Any], i: int, benchmark: str, item: Item, row: dict[str, Any],
                 max_new_tokens: int) -> dict[str, Any]:
-    """Old and new on one failure (old first on even ``i``): per search (status, offset, contrast, s) or capped, and
-    its seconds, rollouts and tokens decoded."""
+    """Old and new on one failure (old first on even ``i``): per search (status, offset, contrast, s), ``capped``
+    (stopped by its cap or the deadline) or ``not started`` (the deadline had passed), and its seconds, rollouts and
+    tokens decoded."""
     bench = get_benchmark(benchmark)
     got: dict[str, Any] = {}
     cost: dict[str, list[float]] = {}
     for which in (("old", "new") if i % 2 == 0 else ("new", "old")):
         finder = pair[0] if which == "old" else pair[1]
+        if finder.until is not None and time.time() > finder.until:
+            got[which], cost[which] = ("not started", None, None), [0.0, 0, 0]
+            continue
         t = time.perf_counter()
         try:
             res = finder.find(bench, item, row["prompt_ids"], row["token_ids"], max_new_tokens, row["finish_reason"])
@@ -115,7 +144,8 @@ def search_both(pair: tuple[Any, Any], i: int, benchmark: str, item: Item, row: 
             res = None
         s = time.perf_counter() - t
         if res is None:
-            got[which], cost[which] = ("capped", None, None), [s, 0, 0]
+            # tokens decoded before the cap: exact for the old search (no drafts, the clock read every token)
+            got[which], cost[which] = ("capped", None, None, round(s, 1)), [s, 0, finder.rows_stepped if finder.old_cache else 0]
         else:
             got[which] = (res.status, res.completion_offset, res.contrast_id, round(s, 1))
             cost[which] = [s, res.rollouts, res.tokens_decoded]
@@ -126,12 +156,14 @@ def search_both(pair: tuple[Any, Any], i: int, benchmark: str, item: Item, row: 
 _WORKER: dict[str, Any] = {}
 
 
-def _init(model: str, threads: int, baseline: str, top_k: int, max_positions: int, cap: float | None) -> None:
-    """A worker process: its own model and searches, ``threads`` torch threads."""
+def _init(model: str, threads: int, baseline: str, top_k: int, max_positions: int, cap: float | None,
+          device: str = "cpu", until: float | None = None) -> None:
+    """A worker process: its own model (on ``device``) and searches, ``threads`` torch threads."""
     from failtrace.models.loading import load_model
 
     torch.set_num_threads(threads)
-    _WORKER["pair"] = finders(load_model(model, progress=False), baseline, top_k, max_positions, cap)
+    _WORKER["pair"] = finders(load_model(model, device=device, progress=False), baseline, top_k, max_positions, cap,
+                              until)
 
 
 def _task(job: tuple[int, str, dict[str, Any], dict[str, Any], int]) -> dict[str, Any]:
@@ -151,15 +183,15 @@ def _failures(st: Any, run: Any, n: int, bounded_only: bool | None, status: str 
 
 def old_vs_new(st: Any, lm: Any, n: int, top_k: int, max_positions: int, bounded_only: bool | None,
                baseline: str = "old", status: str | None = None, old_cap_s: float | None = None,
-               budget_s: float | None = None, only: str | None = None, workers: int = 1, every: int = 1) -> None:
+               deadline_s: float | None = None, only: str | None = None, workers: int = 1, every: int = 1) -> None:
     """Old (see :func:`finders`) against the default search on the first ``n`` failures of every benchmark in the
     store (``bounded_only`` True: the first ``n`` that stopped within the budget, False: the first ``n`` that hit it;
     with ``status``: only failures whose stored pair has it; ``every`` k: of those, every k-th, a sample spread over
     the whole run); print one line per failure and the table.
-    ``budget_s``: no new failure is started after that many seconds (per benchmark; one process only)."""
-    if workers > 1 and budget_s is not None:
-        raise SystemExit("--budget-s works with one process only (--workers 1)")
-    pair = finders(lm, baseline, top_k, max_positions, old_cap_s) if workers == 1 else None
+    ``deadline_s``: the whole comparison stops that many seconds after it starts: searches running then are
+    ``capped``, later ones ``not started``; the ratio is taken over the failures the new search finished."""
+    until = None if deadline_s is None else time.time() + deadline_s
+    pair = finders(lm, baseline, top_k, max_positions, old_cap_s, until) if workers == 1 else None
     threads = torch.get_num_threads() if workers == 1 else 1
     rows = []
     for run in st.runs("collect"):
@@ -170,51 +202,71 @@ def old_vs_new(st: Any, lm: Any, n: int, top_k: int, max_positions: int, bounded
         jobs = [(i, run.benchmark, st.get_item(run.benchmark, r["item_id"]).to_dict(),
                  {k: r[k] for k in ("item_id", "prompt_ids", "token_ids", "finish_reason")}, max_new)
                 for i, r in enumerate(fails)]
-        cost = {"old": [0.0, 0, 0], "new": [0.0, 0, 0]}
-        count: dict[str, Counter] = {"old": Counter(), "new": Counter()}
-        same = capped = done = 0
+        outs: list[dict[str, Any]] = []
         started = time.perf_counter()
 
         def tally(out: dict[str, Any]) -> None:
-            nonlocal same, capped, done
-            got = out["got"]
-            for which in ("old", "new"):
-                cost[which] = [a + b for a, b in zip(cost[which], out["cost"][which])]
-                count[which][got[which][0]] += 1
-            done += 1
-            capped += got["old"][0] == "capped"
-            # unbounded: the old search also records where a recovery would be, the new one does not search
-            same += got["old"][:3] == got["new"][:3] or got["old"][0] == got["new"][0] == "unbounded"
+            outs.append(out)
+            got, c = out["got"], out["cost"]
             print(f"  {run.benchmark} {out['item_id']} ({out['finish_reason']}, {out['tokens']} tokens): "
-                  f"old {got['old']} new {got['new']}", flush=True)
+                  f"old {got['old']} {c['old'][1]} rollouts {c['old'][2]} tokens; "
+                  f"new {got['new']} {c['new'][1]} rollouts {c['new'][2]} tokens", flush=True)
 
         if workers == 1:
             for job in jobs:
-                if budget_s is not None and time.perf_counter() - started > budget_s:
-                    break
                 tally(search_both(pair, job[0], job[1], Item.from_dict(job[2]), job[3], job[4]))
         else:
             ctx = mp.get_context("spawn")
-            with ctx.Pool(workers, _init, (lm.name, threads, baseline, top_k, max_positions, old_cap_s)) as pool:
+            with ctx.Pool(workers, _init, (lm.name, threads, baseline, top_k, max_positions, old_cap_s,
+                                           lm.device, until)) as pool:
                 for out in pool.imap_unordered(_task, jobs, chunksize=1):
                     tally(out)
-        wall = time.perf_counter() - started
-        m = max(1, done)
-        bound = "≥ " if capped else ""
-        for which in ("old", "new"):
-            rows.append([run.benchmark, which, done, cost[which][0] / m, cost[which][1] / m, cost[which][2] / m,
-                         dict(count[which])])
-        rows.append([run.benchmark, "old/new", done, f"{bound}x{cost['old'][0] / max(cost['new'][0], 1e-9):.1f}",
-                     "-" if capped else f"x{cost['old'][1] / max(cost['new'][1], 1):.1f}",
-                     "-" if capped else f"x{cost['old'][2] / max(cost['new'][2], 1):.1f}",
-                     f"same status (and pair) {same}/{done - capped} finished by both"
-                     + (f"; old stopped at {old_cap_s:g} s on {capped}" if capped else "")
-                     + (f"; {len(fails) - done} failures not started (budget)" if done < len(fails) else "")
-                     + f"; {wall:.0f} s wall"])
+        rows += summary_rows(run.benchmark, outs, len(fails), old_cap_s, time.perf_counter() - started)
     cap = f"old capped at {old_cap_s:g} s per failure (its time: a lower bound), " if old_cap_s else ""
+    cap += f"everything stopped {deadline_s:g} s after the start, " if deadline_s else ""
     sample = f"one failure in {every} (positions 1, {every + 1}, {2 * every + 1}, ...), " if every > 1 else ""
     procs = f"{workers} processes x {threads} torch thread(s), " if workers > 1 else f"torch threads {threads}, "
+    device = torch.cuda.get_device_name(0) if str(lm.device).startswith("cuda") else str(lm.device)
     table(f"Pair search, baseline {baseline!r} (old) vs the default search (new): same failures"
-          f"{f' (stored pair {status})' if status else ''}, same run; {sample}{cap}{procs}top-k {top_k}, "
+          f"{f' (stored pair {status})' if status else ''}, same run; {sample}{cap}{procs}{device}, top-k {top_k}, "
           f"max-positions {max_positions}",
           ["benchmark", "search", "failures", "s/failure", "rollouts/failure", "tokens/failure", "statuses"], rows)
+
+
+def summary_rows(benchmark: str, outs: list[dict[str, Any]], asked: int, old_cap_s: float | None,
+                 wall: float) -> list[list[Any]]:
+    """The table's three rows for one benchmark. Means and the ratio are over the failures the new search finished
+    (a capped or unstarted new search has no result to compare); a capped old search makes the ratio a lower
+    bound, and its rollouts and tokens unknown."""
+    done = [o for o in outs if o["got"]["new"][0] not in ("capped", "not started")]
+    cost = {w: [sum(o["cost"][w][j] for o in done) for j in range(3)] for w in ("old", "new")}
+    count = {w: Counter(o["got"][w][0] for o in outs) for w in ("old", "new")}
+    capped = sum(o["got"]["old"][0] in ("capped", "not started") for o in done)
+    finished = [o for o in done if o["got"]["old"][0] not in ("capped", "not started")]
+    # unbounded: the old search also records where a recovery would be, the new one does not search
+    same = sum(o["got"]["old"][:3] == o["got"]["new"][:3] or o["got"]["old"][0] == o["got"]["new"][0] == "unbounded"
+               for o in finished)
+    m = max(1, len(done))
+    rows: list[list[Any]] = [[benchmark, w, len(done), cost[w][0] / m, "-" if w == "old" and capped else
+                              cost[w][1] / m, "-" if w == "old" and capped else cost[w][2] / m, dict(count[w])]
+                             for w in ("old", "new")]
+    bound = "≥ " if capped else ""
+    # decoding speed, each search's own: a capped old search's tokens so far over its seconds (one token per row-step)
+    olds = [o["cost"]["old"] for o in outs if o["got"]["old"][0] not in ("not started",)]
+    news = [o["cost"]["new"] for o in done if o["cost"]["new"][2]]
+    rate = {w: sum(c[2] for c in cs) / max(sum(c[0] for c in cs), 1e-9) for w, cs in (("old", olds), ("new", news))}
+    rows.append([benchmark, "tokens/s", f"{len(olds)}/{len(news)}", f"{rate['old']:.0f} / {rate['new']:.0f}",
+                 "-", f"x{rate['new'] / max(rate['old'], 1e-9):.1f}",
+                 "decoded tokens per second while searching (old, every search run / new, every finished search that "
+                 "decoded): new over old"])
+    rows.append([benchmark, "old/new", len(done), f"{bound}x{cost['old'][0] / max(cost['new'][0], 1e-9):.1f}",
+                 "-" if capped else f"x{cost['old'][1] / max(cost['new'][1], 1):.1f}",
+                 "-" if capped else f"x{cost['old'][2] / max(cost['new'][2], 1):.1f}",
+                 f"same status (and pair) {same}/{len(finished)} finished by both"
+                 + (f"; old stopped early on {capped}" + (f" (cap {old_cap_s:g} s)" if old_cap_s else "")
+                    if capped else "")
+                 + (f"; {len(outs) - len(done)} not finished by the new search (deadline)" if len(done) < len(outs)
+                    else "")
+                 + (f"; {asked - len(outs)} failures not run" if len(outs) < asked else "")
+                 + f"; {wall:.0f} s wall"])
+    return rows
