@@ -220,8 +220,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     lm = load_model(args.model, device=args.device)
     collecting = not args.only_print and "collect" in args.stages  # else the store's runs have their own budgets
-    print(f"model {lm.name}; " + (f"collect ifeval {args.ifeval_items} items @ {args.ifeval_tokens} tokens, math "
-                                  f"{args.math_items} items @ {args.math_tokens} tokens; " if collecting else "")
+    jobs = [f"{name} {n} items @ {tokens} tokens" for name, path, n, tokens in
+            (("ifeval", args.ifeval, args.ifeval_items, args.ifeval_tokens),
+             ("math", args.math, args.math_items, args.math_tokens)) if path]
+    print(f"model {lm.name}; " + (f"collect {', '.join(jobs)}; " if collecting and jobs else "")
           + f"pairs top-k {args.top_k}, max-positions {args.max_positions}"
           + f"{', try unbounded' if args.try_unbounded else ''}; torch threads {torch.get_num_threads()}; device "
           + (torch.cuda.get_device_name(0) if args.device.startswith("cuda") else args.device))
