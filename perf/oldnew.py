@@ -5,7 +5,9 @@ Each failure is searched by both, alternating which goes first. With ``workers``
 that many processes (one torch thread each unless told otherwise), every one running old and new on the failures it
 takes, so both searches still see the same machine; the totals are summed over all failures, as with one process.
 Old searches can take hours per failure on a CPU at the defaults: ``old_cap_s`` stops one after that many seconds,
-its time is then a *lower bound* and its pair unknown ("capped").
+its time is then a *lower bound* and its pair unknown ("capped"). ``deadline_s`` stops the whole comparison, in
+every process: a search running then is capped (a new one too: that failure then has no ratio), later ones are
+"not started". On a GPU (``--device cuda``) the processes share the one device.
 """
 
 from __future__ import annotations
