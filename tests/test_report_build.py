@@ -181,6 +181,68 @@ def test_every_case_on_the_page_with_all_its_tokens(built):
     assert len(_csv(index.parent / "tables" / "non_clean_pairs.csv")) == 2
 
 
+class _Masked(HTMLParser):
+    """Per case article: the ``data-p`` of each row of its "top tokens in masking order" table, the marked rows, and
+    the last cell (Δℓ after k) of each row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.current: str | None = None
+        self.inside = False
+        self.rows: dict[str, list[int]] = {}
+        self.marked: dict[str, int] = {}
+        self.cells: dict[str, list[str]] = {}
+        self._td: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "article" and "case" in (a.get("class") or "").split():
+            self.current = (a.get("id") or "")[len("case-"):]
+            self.rows[self.current], self.marked[self.current], self.cells[self.current] = [], 0, []
+        if tag == "table" and "masked" in (a.get("class") or "").split():
+            self.inside = True
+        if self.inside and tag == "tr" and a.get("data-p") is not None and self.current:
+            self.rows[self.current].append(int(a["data-p"]))
+            self.marked[self.current] += "flipset" in (a.get("class") or "")
+        if self.inside and tag == "td":
+            self._td = []
+
+    def handle_data(self, data: str) -> None:
+        if self._td is not None:
+            self._td.append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "td" and self._td is not None and self.current:
+            self.cells[self.current].append("".join(self._td))
+            self._td = None
+        if tag == "table":
+            self.inside = False
+        if tag == "article":
+            self.current = None
+
+
+def test_each_case_lists_its_top_tokens_in_masking_order(built):
+    """The first method's masking order, read by hand: positive relevance, never a special id nor (skip_template)
+    the template's own text, largest first, ties by position, at most K; the first k* rows marked; the last cell of
+    row k is the stored Δℓ after masking k."""
+    index, cases, *_ = built
+    p = _Masked()
+    p.feed(index.read_text(encoding="utf-8"))
+    for c in cases:
+        method = next(m for m in METHODS if m in c.methods and len(c.methods[m].input_relevance) == len(c.tokens))
+        r = c.methods[method]
+        labels = c.segment_labels()
+        ok = [not sp and r.input_relevance[i] > 0 and not (c.masking.skip_template and labels[i] == "special")
+              for i, sp in enumerate(c.special_mask)]
+        expected = sorted((i for i in range(len(c.tokens)) if ok[i]),
+                          key=lambda i: (-r.input_relevance[i], i))[:c.masking.max_k]
+        assert p.rows[c.case_id] == expected, c.case_id
+        assert p.marked[c.case_id] == (r.flip_k or 0)
+        last = p.cells[c.case_id][5::6]
+        assert [float(x) for x in last] == pytest.approx([r.flip_curve[k] for k in range(1, len(expected) + 1)],
+                                                         abs=1e-3)
+
+
 def test_page_is_self_contained(built):
     index, *_ = built
     text = index.read_text(encoding="utf-8")

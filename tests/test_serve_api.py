@@ -509,3 +509,34 @@ def test_a_second_pair_run_is_a_facet_not_a_silent_double(toy: dict[str, Any], t
         assert sorted(r["item_id"] for r in one["rows"]) == sorted(fails)
         assert {r["pair_status"] for r in one["rows"]} == {"no_target"}
         assert all(r["case_id"] is None for r in one["rows"])
+
+
+def test_mask_order_is_what_the_flip_curve_masked(client: TestClient, toy: dict[str, Any]) -> None:
+    """The page's "top tokens in masking order" (``mask_order``): masking those positions in that order with the
+    toy model reproduces every stored flip curve, and the order follows the rule read by hand: positive relevance,
+    never a special id or the template's own text, largest first, ties by position, no maskable token left out
+    that outranks the last one."""
+    from failtrace.analysis.masking import masked_delta
+    from failtrace.models.loading import load_model
+
+    lm = load_model(str(toy["model_dir"]), progress=False)
+    checked = 0
+    for case in toy["cases"]:
+        d = client.get(f"/api/cases/{case.case_id}").json()
+        labels = case.segment_labels()
+        maskable = [not sp and lab != "special" for sp, lab in zip(case.special_mask, labels)]
+        for name, m in case.methods.items():
+            order = d["methods"][name]["mask_order"]
+            raw = np.asarray(m.input_relevance)
+            assert all(maskable[p] and raw[p] > 0 for p in order)
+            keys = [(-raw[p], p) for p in order]
+            assert keys == sorted(keys) and len(order) <= case.masking.max_k
+            rest = [p for p in range(len(raw)) if maskable[p] and raw[p] > 0 and p not in order]
+            assert len(order) == case.masking.max_k or not rest
+            assert not order or all((-raw[p], p) > keys[-1] for p in rest)
+            if m.flip_curve:
+                again = masked_delta(lm.model, case.token_ids, [order[:k] for k in range(len(order) + 1)],
+                                     case.target_id, case.contrast_id, case.masking)
+                assert again == pytest.approx(m.flip_curve, abs=1e-4)
+                checked += 1
+    assert checked >= 3

@@ -177,6 +177,29 @@ def test_case_page_heatmap_tokens_and_method_switch(page: Any, server: dict[str,
     assert page.locator("details.seg[open]").count() >= 1
 
 
+def test_top_tokens_in_masking_order_find_their_token(page: Any, server: dict[str, Any]) -> None:
+    """The table under the heatmap lists the tokens the flip curve masked, in its order (the API's mask_order), with
+    the first k* rows shaded; a click on a row opens the token's folded segment and marks that token."""
+    case = next(c for c in server["cases"] if c.methods["attnlrp"].flip_k)
+    _open(page, server, f"#/case/{case.case_id}", "case")
+    order = json.loads(page.evaluate(f"fetch('/api/cases/{case.case_id}').then(r => r.text())"))["methods"][
+        "attnlrp"]["mask_order"]
+    rows = page.locator("#masked tr.hit-row")
+    assert rows.count() == len(order) > 0
+    assert [int(rows.nth(i).get_attribute("data-p")) for i in range(len(order))] == order
+    assert page.locator("#masked tr.flipset").count() == case.methods["attnlrp"].flip_k
+    last = rows.nth(len(order) - 1).locator("td").last.inner_text()
+    assert float(last) == pytest.approx(case.methods["attnlrp"].flip_curve[len(order)], abs=1e-3)
+    pos = order[0]
+    seg = page.locator(f"#strip .tok[data-p='{pos}']").evaluate("t => t.closest('details').dataset.seg")
+    page.locator(f"details.seg[data-seg='{seg}'] > summary").first.click()  # fold the token's segment first
+    page.wait_for_function("location.hash.includes('closed=')")
+    page.wait_for_selector(f"details.seg[data-seg='{seg}']:not([open])")
+    page.locator("#masked tr.hit-row").first.click()
+    page.wait_for_selector(f"#strip .tok[data-p='{pos}'].hl")
+    assert page.locator(f"#strip .tok[data-p='{pos}']").evaluate("t => t.closest('details').open")
+
+
 def test_flip_curves_skip_missing_points_and_carry_svg_tooltips(page: Any, server: dict[str, Any]) -> None:
     """A curve point that was not computed arrives as null: it is a gap, neither drawn at Δℓ = 0 (as it used to be)
     nor bridged by a line that would look computed; a point left alone between gaps is a dot. Each curve's hover

@@ -5,7 +5,14 @@ Fig. 3 view of an ablated graph."""
 from failtrace.analysis.ablation_view import AblationView, ablation_view
 from failtrace.analysis.categories import CATEGORIES, categorize, node_ablation
 from failtrace.analysis.graph_summary import graph_summary
-from failtrace.analysis.masking import flip_search, masked_delta, masked_objective, never_masked, top_positions
+from failtrace.analysis.masking import (
+    flip_search,
+    masked_delta,
+    masked_objective,
+    masking_order,
+    never_masked,
+    top_positions,
+)
 from failtrace.analysis.patterns import PATTERNS, failure_pattern
 from failtrace.analysis.segments import (
     RELEVANT_SEGMENTS,
@@ -17,7 +24,8 @@ from failtrace.analysis.segments import (
 )
 
 __all__ = ["CATEGORIES", "PATTERNS", "RELEVANT_SEGMENTS", "AblationView", "ablation_view", "categorize",
-           "failure_pattern", "flip_search", "graph_summary", "masked_delta", "masked_objective", "never_masked",
+           "failure_pattern", "flip_search", "graph_summary", "masked_delta", "masked_objective", "masking_order",
+           "never_masked",
            "node_ablation",
            "normalize", "relevant_segments", "segment_labels", "segment_relevance", "spans_from_labels",
            "top_positions"]

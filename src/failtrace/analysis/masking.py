@@ -65,6 +65,13 @@ def top_positions(relevance: Sequence[float] | np.ndarray, special_mask: Sequenc
     return cand[:max(0, int(k))]
 
 
+def masking_order(relevance: Sequence[float] | np.ndarray, special_mask: Sequence[bool], labels: Sequence[str],
+                  spec: MaskingSpec) -> list[int]:
+    """The positions a case's flip curve masks, in order: :func:`top_positions` outside :func:`never_masked` (the
+    report and the explorer list them beside k*)."""
+    return top_positions(relevance, never_masked(special_mask, labels, spec), spec.max_k)
+
+
 def _check_spec(spec: MaskingSpec, vocab: int) -> None:
     if spec.rule not in MASK_RULES:
         raise FailtraceError(f"unknown masking rule {spec.rule!r}; valid: {', '.join(MASK_RULES)}")

@@ -16,6 +16,7 @@ import json
 import math
 from typing import Any
 
+from failtrace.analysis.masking import masking_order
 from failtrace.cases.record import Case
 from failtrace.report._shared import AblationView, normalize
 from failtrace.report.evidence import dl as evidence
@@ -95,6 +96,34 @@ def _strip(case: Case, method: str | None) -> str:
     parts.append(f'<span class="next">⟶ <span class="pill tgt">{esc(plain_token(case.target_text))}</span> vs '
                  f'<span class="pill ctr">{esc(plain_token(case.contrast_text))}</span></span>')
     return f'<div class="strip">{"".join(parts)}</div>'
+
+
+def _masked(case: Case, method: str | None) -> str:
+    """The tokens ``method``'s flip curve masked, in its order, each in a little context, with Δℓ after masking the
+    first k; the first k* rows (the tokens whose masking flips the prediction) are marked."""
+    if method is None:
+        return ""
+    r = case.methods[method]
+    order = masking_order(r.input_relevance, case.special_mask, case.segment_labels(), case.masking)
+    if not order:
+        return f'<p class="empty">{esc(method)}: no token with positive relevance to mask</p>'
+    labels = case.segment_labels()
+    rows = []
+    for k, p in enumerate(order, 1):
+        before = "".join(shown_token(t) for t in case.tokens[max(0, p - 4):p])
+        after = "".join(shown_token(t) for t in case.tokens[p + 1:p + 5])
+        dl = fmt(r.flip_curve[k], 3) if k < len(r.flip_curve) else "—"
+        marked = ' class="flipset"' if r.flip_k is not None and k <= r.flip_k else ""
+        rows.append(f'<tr data-p="{p}"{marked}><td class="n">{k}</td>'
+                    f'<td class="ctx">{before}<b>{shown_token(case.tokens[p])}</b>{after}</td><td class="n">{p}</td>'
+                    f'<td>{esc(labels[p] or "—")}</td><td class="n">{fmt(float(r.input_relevance[p]), 4)}</td>'
+                    f'<td class="n">{dl}</td></tr>')
+    said = (f"masking the first {r.flip_k} flips the prediction to the contrast (k* = {r.flip_k}, marked)"
+            if r.flip_k is not None else f"masking all {len(order)} does not flip the prediction")
+    return (f"<h4>The top tokens of {esc(method)}, in masking order</h4>"
+            f'<table class="t masked"><thead><tr><th class="n">k</th><th>token in context</th><th class="n">'
+            f'position</th><th>segment</th><th class="n">R</th><th class="n">Δℓ after k</th></tr></thead><tbody>'
+            f'{"".join(rows)}</tbody></table><p class="note">{said}.</p>')
 
 
 def _legend(case: Case) -> str:
@@ -222,7 +251,7 @@ def case_section(case: Case, overrides: Overrides | None = None, graph_src: str 
         f'<span class="id">{esc(case.case_id)}</span></h3>'
         f'<div class="facts">{facts_html}</div>'
         f'<div class="methods"><span class="note">colour by:</span>{buttons}</div>{_legend(case)}{_strip(case, method)}'
-        f"{_case_data(case)}<h4>Faithfulness: k* per method</h4>{_methods_table(case)}{_labels(case, overrides)}"
+        f"{_case_data(case)}{_masked(case, method)}<h4>Faithfulness: k* per method</h4>{_methods_table(case)}{_labels(case, overrides)}"
         f'<details{" open" if graph_src else ""}><summary>Attribution graph</summary>'
         f'{graph}{_ablation(case, ablation)}<h4>Graph summary</h4><div class="ev">{evidence(case.graph_summary)}</div>'
         "</details></article>"

@@ -13,7 +13,9 @@ from typing import Any
 import numpy as np
 
 from failtrace.analysis.ablation_view import ablation_view
+from failtrace.analysis.masking import masking_order
 from failtrace.attribution.normalize import normalize
+from failtrace.cases.record import MaskingSpec
 from failtrace.cases.alternatives import rows as alt_rows
 from failtrace.errors import FailtraceError
 from failtrace.store.alternatives import read as read_alternatives
@@ -54,8 +56,12 @@ def _labels(n: int, segments: dict[str, list[list[int]]]) -> list[str]:
     return labels
 
 
-def _methods(con: Any, case_id: str, special: list[bool], n: int) -> dict[str, Any]:
+def _methods(con: Any, case_id: str, special: list[bool], labels: list[str], masking: Any) -> dict[str, Any]:
+    """Per method: relevance raw and normalised, sums, flip curve and k*, and ``mask_order``: the positions masked
+    for the flip curve, in order (the case's own rule, so row k of the page is the k-th token the curve removed)."""
     out: dict[str, Any] = {}
+    n = len(labels)
+    spec = MaskingSpec.from_dict(masking) if masking else MaskingSpec()
     for method, raw, sums, seg, curve, k in con.execute(
             "SELECT method, input_relevance, hidden_layer_sums, segment_relevance, flip_curve, flip_k "
             "FROM case_methods WHERE case_id = ? ORDER BY method", [case_id]).fetchall():
@@ -64,7 +70,8 @@ def _methods(con: Any, case_id: str, special: list[bool], n: int) -> dict[str, A
         norm = normalize(raw, special).tolist() if drawable else []
         seg = _json(seg, f"case_methods.segment_relevance of case {case_id} ({method})") or {}
         out[method] = {"raw": raw, "norm": norm, "drawable": drawable, "hidden_layer_sums": list(sums or []),
-                       "segment_relevance": seg, "flip_curve": list(curve or []), "flip_k": k}
+                       "segment_relevance": seg, "flip_curve": list(curve or []), "flip_k": k,
+                       "mask_order": masking_order(raw, special, labels, spec) if drawable else []}
     return out
 
 
@@ -80,6 +87,8 @@ def case_detail(con: Any, case_id: str, reviews_table: bool) -> dict[str, Any] |
     tokens = col("tokens")
     special = [bool(x) for x in c["special_mask"]]
     segments = col("segments") or {}
+    labels = _labels(len(tokens), segments)
+    masking = col("masking")
     ev = {k: col(k) or {} for k in ("category_evidence", "pattern_evidence", "graph_summary")}
     pair = _one(con, "SELECT status, reason, contrast_source, contrast_rank, contrast_model_rank, target_logit, "
                      "contrast_logit, delta_logit, completion_offset FROM pairs WHERE pair_run_id = ? AND item_id = ?",
@@ -96,11 +105,11 @@ def case_detail(con: Any, case_id: str, reviews_table: bool) -> dict[str, Any] |
         "case_id": case_id, "item_id": c["item_id"], "benchmark": c["benchmark"], "model": c["model"],
         "run_id": c["run_id"], "pair_run_id": c["pair_run_id"], "analysis_id": c["analysis_id"],
         "tokens": tokens, "special": special, "prompt_length": c["prompt_length"], "position": c["position"],
-        "segments": segments, "labels": _labels(len(tokens), segments),
+        "segments": segments, "labels": labels,
         "relevant_segments": col("relevant_segments") or [],
         "target": {"id": c["target_id"], "text": c["target_text"]},
         "contrast": {"id": c["contrast_id"], "text": c["contrast_text"]}, "delta_logit": c["delta_logit"],
-        "methods": _methods(con, case_id, special, len(tokens)), "masking": col("masking"),
+        "methods": _methods(con, case_id, special, labels, masking), "masking": masking,
         "category": c["category"], "pattern": c["pattern"], "override": override,
         "effective_category": override["category"] if override else c["category"],
         "evidence": ev, "evidence_html": {k: evidence_html(v) if v else "" for k, v in ev.items()},

@@ -1,5 +1,6 @@
 /* One case: heatmap of the context (method switcher; hover = token, R, normalised R; special tokens grey; segments
-   marked and collapsible), target vs contrast, Δℓ, masking-flip curves, category and pattern with evidence, reviews.
+   marked and collapsible), the top tokens in masking order, target vs contrast, Δℓ, masking-flip curves, category and
+   pattern with evidence, reviews.
    State in the URL: #/case/<id>?method=attnlrp&closed=system,answer */
 (function (FT) {
   "use strict";
@@ -105,6 +106,49 @@
     return svg;
   }
 
+  /* The tokens the flip curve masked, in its order (mask_order from the server: the case's own masking rule), with
+     Δℓ after masking the first k; the first k* rows are the ones whose masking flips the prediction. A click on a row
+     finds the token in the heatmap. */
+  function maskedTokens(c, method) {
+    var m = c.methods[method], box = el("section", {class: "block", id: "masked"});
+    box.appendChild(el("h3", {}, "The top tokens of " + method + ", in masking order"));
+    if (!m || !m.mask_order || !m.mask_order.length) {
+      box.appendChild(el("p", {class: "muted"}, "no token with positive relevance to mask for this method"));
+      return box;
+    }
+    var k = m.flip_k, K = m.mask_order.length;
+    box.appendChild(el("p", {class: "note"}, (k !== null ? "Masking the first " + k + " of these flips the prediction to the contrast (k* = " + k + ", shaded)."
+      : "Masking all " + K + " does not flip the prediction (k* none).") + " Δℓ after k: the margin with tokens 1..k masked (" +
+      (c.masking ? c.masking.rule : "") + "); click a row to find the token in the heatmap."));
+    var rows = m.mask_order.map(function (pos, i) {
+      var tr = el("tr", {class: "hit-row" + (k !== null && i < k ? " flipset" : ""), "data-p": pos, title: "find it in the heatmap"}, [
+        el("td", {class: "n"}, String(i + 1)), el("td", {class: "tx"}, FT.shown(c.tokens[pos])),
+        el("td", {class: "tx ctx"}, [around(c, pos - 4, pos), el("b", {}, FT.shown(c.tokens[pos])), around(c, pos + 1, pos + 5)]),
+        el("td", {class: "n"}, String(pos)),
+        el("td", {}, c.labels[pos] || "—"), el("td", {class: "n"}, FT.fmt(m.raw[pos], 4)), el("td", {class: "n"}, FT.fmt(m.norm[pos], 3)),
+        el("td", {class: "n"}, FT.fmt(m.flip_curve[i + 1], 3))]);
+      tr.addEventListener("click", function () { findToken(pos); });
+      return tr;
+    });
+    box.appendChild(el("table", {class: "t masked"}, [el("tr", {}, ["k", "token", "in context", "position", "segment", "R", "normalised", "Δℓ after k"].map(function (h, i) {
+      return el("th", {class: i >= 1 && i <= 4 && i !== 3 ? "" : "n"}, h); }))].concat(rows)));
+    return box;
+  }
+
+  function around(c, from, to) {  // the tokens in [from, to) as one line (newlines shown as ↵)
+    return c.tokens.slice(Math.max(0, from), Math.min(c.tokens.length, to)).map(FT.shown).join("");
+  }
+
+  function findToken(pos) {  // open its segment if folded, bring it into view, and mark it for a moment
+    var t = document.querySelector('#strip .tok[data-p="' + pos + '"]');
+    if (!t) return;
+    var seg = t.closest("details");
+    if (seg && !seg.open) seg.open = true;
+    t.scrollIntoView({block: "center"});
+    t.classList.add("hl");
+    setTimeout(function () { t.classList.remove("hl"); }, 2000);
+  }
+
   function contrastFrom(pair) {  // the pair search's wording: the model's own top-k, or the --sibling model's
     if (!pair || !pair.contrast_source) return "—";
     var who = pair.contrast_source === "helper" ? "the sibling model's top-k" : pair.contrast_source === "model" ? "the model's own top-k" : pair.contrast_source;
@@ -159,6 +203,7 @@
         el("div", {class: "legend"}, [el("span", {}, "supports contrast"), el("span", {class: "grad"}), el("span", {}, "supports target"),
                                       el("span", {}, "grey = special token id · boxes = segments (click to fold; \u2018special\u2019 = the chat template\u2019s own text)")])
       ].concat(strip(c, method, params))));
+      view.appendChild(maskedTokens(c, method));
       view.appendChild(el("section", {class: "block grid2"}, [
         el("div", {}, [el("h3", {}, "Masking flip curves"), el("p", {class: "note"},
           "Δℓ after masking each method's top-k tokens (" + (c.masking ? c.masking.rule : "") +
