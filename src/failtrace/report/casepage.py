@@ -251,7 +251,8 @@ def case_section(case: Case, overrides: Overrides | None = None, graph_src: str 
         f'<span class="id">{esc(case.case_id)}</span></h3>'
         f'<div class="facts">{facts_html}</div>'
         f'<div class="methods"><span class="note">colour by:</span>{buttons}</div>{_legend(case)}{_strip(case, method)}'
-        f"{_case_data(case)}{_masked(case, method)}<h4>Faithfulness: k* per method</h4>{_methods_table(case)}{_labels(case, overrides)}"
+        f"{_case_data(case)}{_masked(case, method)}"
+        f"<h4>Faithfulness: k* per method</h4>{_methods_table(case)}{_labels(case, overrides)}"
         f'<details{" open" if graph_src else ""}><summary>Attribution graph</summary>'
         f'{graph}{_ablation(case, ablation)}<h4>Graph summary</h4><div class="ev">{evidence(case.graph_summary)}</div>'
         "</details></article>"
