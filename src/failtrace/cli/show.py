@@ -1,0 +1,181 @@
+"""``failtrace show``: the analysed cases in the terminal, as a list or one at a time (read-only).
+
+One case reads like its section of the report, without the heatmap: target vs contrast, Δℓ, category and pattern,
+k* and the masking curve per method, the top tokens of one method in masking order (each in a little context, the k*
+that flip the prediction marked) and that method's relevance by segment. On a long agent trace the masking-order
+table is where "what made it fail" is read; the heatmap (``failtrace report``, ``failtrace serve``) shows the rest.
+Cases are those of each pair run's newest analysis, as in ``status``, the report and the explorer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from failtrace.cli.checks import check_store_path
+from failtrace.cli.console import console as _console
+from failtrace.cli.console import store_errors as _store_errors
+from failtrace.errors import FailtraceError
+from failtrace.store.store import DEFAULT_STORE
+
+_CONTEXT = 4  # tokens of context printed on each side of a masked token
+
+
+def show_command(
+    store: Path = typer.Option(Path(DEFAULT_STORE), "--store", "-s", help="Results store."),
+    case: str = typer.Option(None, "--case", help="Case id (or a unique prefix): show this case."),
+    item: str = typer.Option(None, "--item", help="Item id: show its case (one per pair run)."),
+    method: str = typer.Option("attnlrp", "--method", help="Method whose top tokens are listed."),
+    benchmark: str = typer.Option(None, "--benchmark", "-b", help="Only this benchmark's cases."),
+) -> None:
+    """List the analysed cases, or show one (--case or --item): target vs contrast, Δℓ, category and pattern, k* per
+    method, the top tokens in masking order with their context, relevance by segment."""
+    from failtrace.store.cases import find_case_id, load_cases, newest_case_id
+    from failtrace.store.store import open_store
+
+    if case is not None and item is not None:
+        raise FailtraceError("give --case or --item, not both")
+    check_store_path(store, create=False)
+    with _store_errors(store), open_store(store, read_only=True) as st:
+        cases = load_cases(st, benchmark=benchmark)
+        if case is not None:
+            cid = find_case_id(st, case)
+            chosen = [c for c in cases if c.case_id == cid]
+            if not chosen:
+                row = st.con.execute("SELECT pair_run_id, item_id, benchmark FROM cases WHERE case_id = ?",
+                                     [cid]).fetchone()
+                newer = newest_case_id(st, row[0], row[1])
+                if benchmark is not None and row[2] != benchmark:
+                    raise FailtraceError(f"case {cid} is a {row[2]} case, not {benchmark}")
+                raise FailtraceError(f"case {cid} is from an older analysis; status, the report and the explorer "
+                                     f"show case {newer} for item {row[1]}: failtrace show --case {newer}")
+    con = _console()
+    if case is None and item is None:
+        if not cases:
+            con.print(f"{store}: no analysed cases" + (f" of {benchmark}" if benchmark else "")
+                      + " (failtrace analyse explains the clean pairs)", highlight=False)
+            return
+        con.print(_list_table(cases, store))
+        return
+    if item is not None:
+        chosen = [c for c in cases if c.item_id == item]
+        if not chosen:
+            raise FailtraceError(f"no analysed case of item {item!r} in {store}" + (f" ({benchmark})" if benchmark
+                                 else "") + "; failtrace show lists the cases")
+        if len(chosen) > 1:
+            raise FailtraceError(f"item {item!r} has {len(chosen)} cases (" + ", ".join(
+                f"{c.case_id[:12]} in {c.benchmark}, pair run {c.pair_run_id[:10]}" for c in chosen)
+                + "); pick one with --case")
+    _print_case(con, chosen[0], method)
+
+
+def _list_table(cases: list[Any], store: Path) -> Any:
+    from rich.table import Table
+    from rich.text import Text
+
+    from failtrace.views.common import shown
+
+    t = Table(title=f"analysed cases: {store}", title_justify="left", caption_justify="left",
+              caption="failtrace show --case ID (a unique prefix) shows one; * = category set by hand (override)")
+    for name in ("case", "benchmark", "item", "target → contrast", "Δℓ", "category", "pattern", "k* attnlrp"):
+        t.add_column(name, justify="right" if name in ("Δℓ", "k* attnlrp") else "left", no_wrap=True)
+    for c in cases:
+        k = c.methods["attnlrp"].flip_k if "attnlrp" in c.methods else None
+        t.add_row(c.case_id[:12], c.benchmark, c.item_id,
+                  Text(f"‹{shown(c.target_text)}› → ‹{shown(c.contrast_text)}›"), f"{c.delta_logit:.3f}",
+                  (c.effective_category or "—") + ("*" if c.override else ""), c.pattern or "—",
+                  "—" if k is None else str(k))
+    return t
+
+
+def _print_case(con: Any, c: Any, method: str) -> None:
+    from rich.text import Text
+
+    from failtrace.views.common import shown
+
+    if method not in c.methods:
+        raise FailtraceError(f"case {c.case_id[:12]} has no {method!r} relevance; it has: {', '.join(c.methods)}")
+    if len(c.methods[method].input_relevance) != len(c.tokens):
+        raise FailtraceError(f"{method}'s relevance of case {c.case_id[:12]} has no value per token; pick another "
+                             f"--method ({', '.join(c.methods)})")
+    n = len(c.tokens)
+    head = Text()
+    head.append(f"case {c.case_id} · {c.benchmark} · item {c.item_id} · {c.model}\n")
+    head.append("Why ")
+    head.append(f"‹{shown(c.target_text)}›", style="bold red")
+    head.append(" rather than ")
+    head.append(f"‹{shown(c.contrast_text)}›", style="bold blue")
+    head.append(f"?  Δℓ = {c.delta_logit:.4f} · {n} tokens ({c.prompt_length} prompt) · "
+                f"target position {c.position}\n")
+    head.append(f"category {c.effective_category or '—'}"
+                + (f" (set by hand: {c.override.get('reason')}; computed: {c.category})" if c.override else "")
+                + f" · pattern {c.pattern or '—'} · relevant segments: {', '.join(c.relevant_segments) or '—'}")
+    con.print(head)
+    con.print(_methods_table(c))
+    con.print(_masked_table(c, method))
+    con.print(_segments_table(c, method))
+    con.print("The heatmap of every token: failtrace report, or failtrace serve (the case page).", highlight=False)
+
+
+def _methods_table(c: Any) -> Any:
+    from rich.table import Table
+
+    t = Table(title="k* per method", title_justify="left", caption_justify="left",
+              caption="k*: the fewest top tokens whose masking flips the prediction (none: not within K)")
+    for name in ("method", "k*", "Σ input R", "Δℓ after masking the top k = 0, 1, 2, …"):
+        t.add_column(name, justify="right" if name in ("k*", "Σ input R") else "left")
+    for name, r in c.methods.items():
+        curve = " ".join(f"{v:+.2f}" for v in r.flip_curve) if r.flip_curve else "not computed"
+        t.add_row(name, "none" if r.flip_k is None else str(r.flip_k), f"{float(sum(r.input_relevance)):.4g}", curve)
+    return t
+
+
+def _masked_table(c: Any, method: str) -> Any:
+    from rich.table import Table
+    from rich.text import Text
+
+    from failtrace.analysis.masking import masking_order
+    from failtrace.views.common import shown
+
+    r = c.methods[method]
+    labels = c.segment_labels()
+    order = masking_order(r.input_relevance, c.special_mask, labels, c.masking)
+    said = (f"masking the first {r.flip_k} flips the prediction (marked ◀)" if r.flip_k is not None
+            else f"masking all {len(order)} does not flip the prediction")
+    t = Table(title=f"top tokens of {method}, in masking order ({c.masking.rule})", title_justify="left",
+              caption=said, caption_justify="left")
+    for name in ("k", "token in context", "position", "segment", "R", "Δℓ after k", ""):
+        t.add_column(name, justify="right" if name in ("k", "position", "R", "Δℓ after k") else "left",
+                     no_wrap=name == "token in context")
+    for k, p in enumerate(order, 1):
+        ctx = Text("".join(shown(x) for x in c.tokens[max(0, p - _CONTEXT):p]), style="dim")
+        ctx.append(shown(c.tokens[p]), style="bold reverse")
+        ctx.append("".join(shown(x) for x in c.tokens[p + 1:p + 1 + _CONTEXT]), style="dim")
+        dl = f"{r.flip_curve[k]:.3f}" if k < len(r.flip_curve) else "—"
+        flips = r.flip_k is not None and k <= r.flip_k
+        t.add_row(str(k), ctx, str(p), labels[p] or "—", f"{float(r.input_relevance[p]):.4g}", dl,
+                  "◀" if flips else "")
+    if not order:
+        t.add_row("", Text("no token with positive relevance to mask"), "", "", "", "", "")
+    return t
+
+
+def _segments_table(c: Any, method: str) -> Any:
+    from rich.table import Table
+
+    r = c.methods[method]
+    labels = c.segment_labels()
+    t = Table(title=f"{method} relevance by segment", title_justify="left")
+    for name in ("segment", "tokens", "Σ R"):
+        t.add_column(name, justify="left" if name == "segment" else "right")
+    for seg, value in sorted(r.segment_relevance.items(), key=lambda kv: -abs(kv[1])):
+        t.add_row(seg + (" (relevant)" if seg in c.relevant_segments else ""), str(labels.count(seg)),
+                  f"{value:.4g}")
+    return t
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``show`` to the ``failtrace`` app."""
+    app.command("show")(show_command)

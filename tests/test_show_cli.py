@@ -1,0 +1,143 @@
+"""`failtrace show` against the cases read independently: the list has one row per case of the newest analysis; one
+case prints its tokens in masking order as the rule reads by hand (positive relevance, never a special id or the
+template's own text, largest first, ties by position), marks the first k*, and prints the stored Δℓ after k; a case
+of an older analysis names the one the views show; bad input is one line."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from serve_store import analysed_toy_store, sha256  # noqa: E402
+
+from failtrace.cli import main  # noqa: E402
+from failtrace.store import open_store  # noqa: E402
+from failtrace.store.cases import load_cases  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    info = analysed_toy_store(tmp_path_factory.mktemp("show"))
+    with open_store(info["store"], read_only=True) as st:
+        info["cases"] = load_cases(st)
+    assert len(info["cases"]) >= 3
+    return info
+
+
+def _show(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[int, str, str]:
+    from rich.console import Console
+
+    from failtrace.cli import show as show_cli
+
+    monkeypatch.setattr(show_cli, "_console", lambda stderr=False: Console(width=160))
+    code = main(["show", *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _by_hand(case: Any, method: str) -> list[int]:
+    r = case.methods[method].input_relevance
+    labels = case.segment_labels()
+    ok = [not sp and r[i] > 0 and not (case.masking.skip_template and labels[i] == "special")
+          for i, sp in enumerate(case.special_mask)]
+    return sorted((i for i in range(len(r)) if ok[i]), key=lambda i: (-r[i], i))[:case.masking.max_k]
+
+
+def _masked_rows(out: str) -> list[list[str]]:
+    """The rows of the masking-order table: [k, context, position, segment, R, Δℓ after k, mark]."""
+    part = out.split("in masking order", 1)[1].split("relevance by segment", 1)[0]
+    rows = [[c.strip() for c in line.rstrip().split("│")[1:-1]] for line in part.splitlines()
+            if line.startswith("│")]
+    return [r for r in rows if r and r[0].isdigit()]
+
+
+def test_the_list_has_one_row_per_case(toy: dict[str, Any], capsys, monkeypatch) -> None:
+    code, out, _ = _show(capsys, monkeypatch, "--store", str(toy["store"]))
+    assert code == 0
+    rows = [line for line in out.splitlines() if line.startswith("│")]
+    assert len(rows) == len(toy["cases"])
+    for c, row in zip(toy["cases"], rows):
+        cells = [x.strip() for x in row.rstrip().split("│")[1:-1]]
+        assert cells[0] == c.case_id[:12] and cells[2] == c.item_id
+        assert float(cells[4]) == pytest.approx(c.delta_logit, abs=1e-3)
+        assert cells[5] == c.effective_category and cells[6] == c.pattern
+        k = c.methods["attnlrp"].flip_k
+        assert cells[7] == ("—" if k is None else str(k))
+
+
+@pytest.mark.parametrize("method", ["attnlrp", "gradxinput"])
+def test_one_case_lists_its_tokens_in_masking_order(toy: dict[str, Any], method: str, capsys, monkeypatch) -> None:
+    for case in toy["cases"]:
+        code, out, _ = _show(capsys, monkeypatch, "--store", str(toy["store"]), "--case", case.case_id[:10],
+                             "--method", method)
+        assert code == 0 and f"case {case.case_id}" in out
+        rows = _masked_rows(out)
+        expected = _by_hand(case, method)
+        assert [int(r[2]) for r in rows] == expected, case.case_id
+        r = case.methods[method]
+        assert [row[6] == "◀" for row in rows] == [r.flip_k is not None and k <= r.flip_k
+                                                   for k in range(1, len(rows) + 1)]
+        assert [float(row[5]) for row in rows] == pytest.approx(r.flip_curve[1:len(rows) + 1], abs=1e-3)
+        # each row's context holds the token itself
+        assert all(case.tokens[int(row[2])].replace(" ", "·").replace("\n", "↵") in row[1] for row in rows)
+        # the per-method k* table: every method once, with its stored k*
+        for name, m in case.methods.items():
+            line = next(x for x in out.splitlines() if x.startswith(f"│ {name} "))
+            assert line.split("│")[2].strip() == ("none" if m.flip_k is None else str(m.flip_k))
+
+
+def test_item_picks_the_same_case_and_store_is_unchanged(toy: dict[str, Any], capsys, monkeypatch) -> None:
+    before = sha256(toy["store"])
+    case = toy["cases"][1]
+    _, by_case, _ = _show(capsys, monkeypatch, "--store", str(toy["store"]), "--case", case.case_id)
+    code, by_item, _ = _show(capsys, monkeypatch, "--store", str(toy["store"]), "--item", case.item_id)
+    assert code == 0 and by_item == by_case
+    assert sha256(toy["store"]) == before
+
+
+def test_an_older_analysis_names_the_case_the_views_show(toy: dict[str, Any], tmp_path: Path, capsys,
+                                                         monkeypatch) -> None:
+    from failtrace.cases.analyse import analyse
+    from failtrace.cases.settings import CaseSettings
+    from failtrace_testkit.toy import one_thread
+
+    store = tmp_path / "two.duckdb"
+    shutil.copy(toy["store"], store)
+    old = toy["cases"][0]
+    with one_thread(), open_store(store) as st:
+        analyse(st, CaseSettings(methods=("attnlrp", "random"), max_k=3), progress=False)
+        new = next(c for c in load_cases(st) if c.item_id == old.item_id)
+    assert new.case_id != old.case_id
+    code, _, err = _show(capsys, monkeypatch, "--store", str(store), "--case", old.case_id)
+    assert code != 0 and len(err.strip().splitlines()) == 1
+    assert "older analysis" in err and new.case_id in err
+    code, out, _ = _show(capsys, monkeypatch, "--store", str(store), "--case", new.case_id)
+    assert code == 0 and len(_masked_rows(out)) == len(_by_hand(new, "attnlrp")) <= 3
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--case", "zzzz"], "no case 'zzzz'"),
+    (["--item", "no-such-item"], "no analysed case of item 'no-such-item'"),
+    (["--case", "a", "--item", "b"], "--case or --item, not both"),
+    (["--item", "{item}", "--method", "nope"], "has no 'nope' relevance"),
+])
+def test_bad_input_is_one_line(toy: dict[str, Any], args: list[str], says: str, capsys, monkeypatch) -> None:
+    args = [a.replace("{item}", toy["cases"][0].item_id) for a in args]
+    code, out, err = _show(capsys, monkeypatch, "--store", str(toy["store"]), *args)
+    assert code != 0 and "Traceback" not in err + out
+    assert len(err.strip().splitlines()) == 1 and says in err
+
+
+def test_a_missing_store_and_a_store_without_cases(toy: dict[str, Any], tmp_path: Path, capsys, monkeypatch) -> None:
+    code, _, err = _show(capsys, monkeypatch, "--store", str(tmp_path / "none.duckdb"))
+    assert code != 0 and len(err.strip().splitlines()) == 1 and "none.duckdb" in err
+    with open_store(tmp_path / "empty.duckdb"):
+        pass
+    code, out, _ = _show(capsys, monkeypatch, "--store", str(tmp_path / "empty.duckdb"))
+    assert code == 0 and re.search(r"no analysed cases", out)
