@@ -57,6 +57,9 @@ def _print_summary(st: Any, run_id: str, report: Path, store_path: Path) -> None
     console.print(f"{failed} failures, {clean} clean -> {len(cases)} cases explained; store {store_path}",
                   highlight=False, markup=False)
     console.print(f"report: {report}", highlight=False, markup=False)
+    if cases:  # where to read one explanation without a browser
+        console.print(f"one case in the terminal: failtrace show --store {store_path} --case {cases[0].case_id[:12]}",
+                      highlight=False, markup=False)
 
 
 def demo_command(

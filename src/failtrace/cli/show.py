@@ -142,7 +142,8 @@ def _masked_table(c: Any, method: str) -> Any:
     r = c.methods[method]
     labels = c.segment_labels()
     order = masking_order(r.input_relevance, c.special_mask, labels, c.masking)
-    said = (f"masking the first {r.flip_k} flips the prediction (marked ◀)" if r.flip_k is not None
+    first = "the top token" if r.flip_k == 1 else f"the first {r.flip_k}"
+    said = (f"masking {first} flips the prediction (marked ◀)" if r.flip_k is not None
             else f"masking all {len(order)} does not flip the prediction")
     t = Table(title=f"top tokens of {method}, in masking order ({c.masking.rule})", title_justify="left",
               caption=said, caption_justify="left")

@@ -118,7 +118,8 @@ def _masked(case: Case, method: str | None) -> str:
                     f'<td class="ctx">{before}<b>{shown_token(case.tokens[p])}</b>{after}</td><td class="n">{p}</td>'
                     f'<td>{esc(labels[p] or "—")}</td><td class="n">{fmt(float(r.input_relevance[p]), 4)}</td>'
                     f'<td class="n">{dl}</td></tr>')
-    said = (f"masking the first {r.flip_k} flips the prediction to the contrast (k* = {r.flip_k}, marked)"
+    first = "the top token" if r.flip_k == 1 else f"the first {r.flip_k}"
+    said = (f"masking {first} flips the prediction to the contrast (k* = {r.flip_k}, marked)"
             if r.flip_k is not None else f"masking all {len(order)} does not flip the prediction")
     return (f"<h4>The top tokens of {esc(method)}, in masking order</h4>"
             f'<table class="t masked"><thead><tr><th class="n">k</th><th>token in context</th><th class="n">'

@@ -117,7 +117,7 @@
       return box;
     }
     var k = m.flip_k, K = m.mask_order.length;
-    box.appendChild(el("p", {class: "note"}, (k !== null ? "Masking the first " + k + " of these flips the prediction to the contrast (k* = " + k + ", shaded)."
+    box.appendChild(el("p", {class: "note"}, (k !== null ? "Masking " + (k === 1 ? "the first of these" : "the first " + k + " of these") + " flips the prediction to the contrast (k* = " + k + ", shaded)."
       : "Masking all " + K + " does not flip the prediction (k* none).") + " Δℓ after k: the margin with tokens 1..k masked (" +
       (c.masking ? c.masking.rule : "") + "); click a row to find the token in the heatmap."));
     var rows = m.mask_order.map(function (pos, i) {
