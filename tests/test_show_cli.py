@@ -141,3 +141,26 @@ def test_a_missing_store_and_a_store_without_cases(toy: dict[str, Any], tmp_path
         pass
     code, out, _ = _show(capsys, monkeypatch, "--store", str(tmp_path / "empty.duckdb"))
     assert code == 0 and re.search(r"no analysed cases", out)
+
+
+def test_a_compared_case_shows_its_other_models_and_checkpoints(tmp_path_factory: pytest.TempPathFactory, capsys,
+                                                                 monkeypatch) -> None:
+    from serve_store import compared_toy_store
+
+    info = compared_toy_store(tmp_path_factory.mktemp("show-compare"))
+    with open_store(info["store"], read_only=True) as st:
+        case = load_cases(st)[0]
+        rows = st.con.execute("SELECT model, step, delta_logit, mapped FROM comparisons WHERE case_id = ? "
+                              "AND NOT reference", [case.case_id]).fetchall()
+    assert len(rows) >= 3  # another model and two checkpoints
+    code, out, _ = _show(capsys, monkeypatch, "--store", str(info["store"]), "--case", case.case_id)
+    assert code == 0
+    part = out.split("across models and checkpoints", 1)[1]
+    lines = [[c.strip() for c in x.rstrip().split("│")[1:-1]] for x in part.splitlines() if x.startswith("│")]
+    shown = {(r[0], r[1]): r for r in lines}
+    for model, step, dl, mapped in rows:
+        r = shown[(str(model), "—" if step is None else str(step))]
+        if mapped:
+            assert float(r[3]) == pytest.approx(dl, abs=1e-3) and r[4] == ("yes" if dl < 0 else "no")
+        else:
+            assert r[3] == "—" and r[4] == "not mapped"

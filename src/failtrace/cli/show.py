@@ -51,6 +51,12 @@ def show_command(
                     raise FailtraceError(f"case {cid} is a {row[2]} case, not {benchmark}")
                 raise FailtraceError(f"case {cid} is from an older analysis; status, the report and the explorer "
                                      f"show case {newer} for item {row[1]}: failtrace show --case {newer}")
+        across = {}
+        if case is not None or item is not None:
+            from failtrace.store.comparisons import load_comparisons
+
+            for r in load_comparisons(st, {c.case_id for c in cases}):
+                across.setdefault(r["case_id"], []).append(r)
     con = _console()
     if case is None and item is None:
         if not cases:
@@ -69,6 +75,9 @@ def show_command(
                 f"{c.case_id[:12]} in {c.benchmark}, pair run {c.pair_run_id[:10]}" for c in chosen)
                 + "); pick one with --case")
     _print_case(con, chosen[0], method)
+    if across.get(chosen[0].case_id):
+        con.print(_across_table(across[chosen[0].case_id]))
+    con.print("The heatmap of every token: failtrace report, or failtrace serve (the case page).", highlight=False)
 
 
 def _list_table(cases: list[Any], store: Path) -> Any:
@@ -116,7 +125,6 @@ def _print_case(con: Any, c: Any, method: str) -> None:
     con.print(_methods_table(c))
     con.print(_masked_table(c, method))
     con.print(_segments_table(c, method))
-    con.print("The heatmap of every token: failtrace report, or failtrace serve (the case page).", highlight=False)
 
 
 def _methods_table(c: Any) -> Any:
@@ -174,6 +182,25 @@ def _segments_table(c: Any, method: str) -> Any:
     for seg, value in sorted(r.segment_relevance.items(), key=lambda kv: -abs(kv[1])):
         t.add_row(seg + (" (relevant)" if seg in c.relevant_segments else ""), str(labels.count(seg)),
                   f"{value:.4g}")
+    return t
+
+
+def _across_table(rows: list[dict[str, Any]]) -> Any:
+    """The case re-scored on other models and checkpoints (``failtrace compare``): corrected = Δℓ < 0 there."""
+    from rich.table import Table
+
+    t = Table(title="across models and checkpoints (failtrace compare)", title_justify="left", caption_justify="left",
+              caption="corrected: that model prefers the contrast (Δℓ < 0); the report's Fig. 4-7 and the explorer "
+                      "draw them")
+    for name in ("model", "step", "split", "Δℓ", "corrected", "k*"):
+        t.add_column(name, justify="right" if name in ("step", "Δℓ", "k*") else "left")
+    for r in rows:
+        dl = r.get("delta_logit")
+        mapped = bool(r.get("mapped")) and dl is not None
+        t.add_row(str(r["model"]) + (" (the case's model)" if r.get("reference") else ""),
+                  "—" if r.get("step") is None else str(r["step"]), r.get("split") or "—",
+                  f"{dl:.3f}" if mapped else "—", ("yes" if dl < 0 else "no") if mapped else "not mapped",
+                  "—" if r.get("flip_k") is None else str(r["flip_k"]))
     return t
 
 
