@@ -2,7 +2,8 @@
 
 One case reads like its section of the report, without the heatmap: target vs contrast, Δℓ, category and pattern,
 k* and the masking curve per method, the top tokens of one method in masking order (each in a little context, the k*
-that flip the prediction marked) and that method's relevance by segment. On a long agent trace the masking-order
+that flip the prediction marked), that method's relevance by segment and, when ``failtrace compare`` re-scored the
+case, its Δℓ on the other models and checkpoints. On a long agent trace the masking-order
 table is where "what made it fail" is read; the heatmap (``failtrace report``, ``failtrace serve``) shows the rest.
 Cases are those of each pair run's newest analysis, as in ``status``, the report and the explorer.
 """
