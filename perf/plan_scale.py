@@ -62,6 +62,18 @@ def calibration() -> float:
     return 4.75 / est_lrp
 
 
+def ig_points(s: Shape, t: int, b: int) -> int:
+    """Interpolation points per IG pass, from failtrace's own rule (``ig_batch_size``, checkpointed: long inputs)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from failtrace.attribution.baselines import ig_batch_size
+
+    cfg = SimpleNamespace(hidden_size=s.d, intermediate_size=s.mlp, num_hidden_layers=s.layers)
+    return ig_batch_size(cfg, t, torch.bfloat16 if b == 2 else torch.float32, checkpointed=True)
+
+
 def memory_table(t: int, factor: float) -> None:
     s = QWEN3_4B
     kv_bf16 = s.layers * 2 * s.kv * t * 2  # bf16 K and V of every layer
@@ -75,11 +87,12 @@ def memory_table(t: int, factor: float) -> None:
             (f"collect ({name})", w + kv_cache + 3 * s.mlp * t * b),
             (f"pairs, 4 rollout rows ({name})", w + 5 * kv_cache + 3 * s.mlp * t * b),
             (f"AttnLRP / cp-lrp / gradxinput pass, checkpointed ({name})", attnlrp(s, t, b) * factor),
-            (f"ig as implemented: batch 8, no checkpointing ({name})", w + 8 * all_layers),
-            (f"ig batch 1, no checkpointing ({name})", w + all_layers),
-            (f"ig batch 8 if checkpointed (not implemented) ({name})",
-             w + 8 * (plain_fb(s, t, b) - w)),
-            (f"attention baseline as implemented: all layers' T x T weights ({name})",
+            (f"ig: checkpointed, {ig_points(s, t, b)} point(s) per pass (2 GB budget) ({name})",
+             w + ig_points(s, t, b) * (plain_fb(s, t, b) - w)),
+            (f"ig before 5 Dec 2026: batch 8, no checkpointing ({name})", w + 8 * all_layers),
+            (f"attention: last layer's scores and weights, H x T x T each ({name})",
+             w + 2 * (s.q // 128) * t * t * b),
+            (f"attention before 5 Dec 2026: every layer's T x T weights ({name})",
              w + s.layers * (s.q // 128) * t * t * b),
             (f"flip search / node ablation, 8 masked copies, no grad ({name})", w + 8 * 3 * s.mlp * t * b),
         ]
