@@ -123,7 +123,7 @@ def test_an_older_analysis_names_the_case_the_views_show(toy: dict[str, Any], tm
 
 @pytest.mark.parametrize("args, says", [
     (["--case", "zzzz"], "no case 'zzzz'"),
-    (["--item", "no-such-item"], "no analysed case of item 'no-such-item'"),
+    (["--item", "no-such-item"], "no analysed case of item 'no-such-item' in"),
     (["--case", "a", "--item", "b"], "--case or --item, not both"),
     (["--item", "{item}", "--method", "nope"], "has no 'nope' relevance"),
 ])
@@ -164,3 +164,33 @@ def test_a_compared_case_shows_its_other_models_and_checkpoints(tmp_path_factory
             assert float(r[3]) == pytest.approx(dl, abs=1e-3) and r[4] == ("yes" if dl < 0 else "no")
         else:
             assert r[3] == "—" and r[4] == "not mapped"
+
+
+def test_an_item_without_a_case_says_where_it_stopped(toy: dict[str, Any], tmp_path: Path, capsys,
+                                                      monkeypatch) -> None:
+    """Read against the store's own rows: a passed item, a failure whose pair is not clean (its status and reason),
+    a clean pair not analysed yet, an unknown item."""
+    with open_store(toy["store"], read_only=True) as st:
+        verdicts = st.results(toy["run_id"])
+        pairs = {p["item_id"]: p for p in st.pairs()}
+    cased = {c.item_id for c in toy["cases"]}
+    passed = [v["item_id"] for v in verdicts if v["status"] == "pass"]
+    unclean = [i for i, p in pairs.items() if p["status"] != "clean"]
+    assert unclean and passed, "the toy store has a passed item and a failure without a clean pair"
+    _, _, err = _show(capsys, monkeypatch, "--store", str(toy["store"]), "--item", passed[0])
+    assert "judged pass: nothing to explain" in err
+    item = unclean[0]
+    code, _, err = _show(capsys, monkeypatch, "--store", str(toy["store"]), "--item", item)
+    assert code != 0 and f"found no clean pair: {pairs[item]['status']} (" in err
+    assert " ".join(pairs[item]["reason"].split())[:40] in err and len(err.strip().splitlines()) == 1
+    # a clean pair whose case is not there yet: a store with the cases tables emptied
+    store = tmp_path / "unanalysed.duckdb"
+    shutil.copy(toy["store"], store)
+    with open_store(store) as st:
+        st.con.execute("DELETE FROM case_methods")
+        st.con.execute("DELETE FROM cases")
+    clean = sorted(cased)[0]
+    _, _, err = _show(capsys, monkeypatch, "--store", str(store), "--item", clean)
+    assert "its pair is clean, but it is not analysed yet (failtrace analyse)" in err
+    _, _, err = _show(capsys, monkeypatch, "--store", str(store), "--item", "zz-none")
+    assert "no such item was collected" in err

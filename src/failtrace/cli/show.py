@@ -69,8 +69,10 @@ def show_command(
     if item is not None:
         chosen = [c for c in cases if c.item_id == item]
         if not chosen:
+            with _store_errors(store), open_store(store, read_only=True) as st:
+                why = _why_no_case(st, item, benchmark)
             raise FailtraceError(f"no analysed case of item {item!r} in {store}" + (f" ({benchmark})" if benchmark
-                                 else "") + "; failtrace show lists the cases")
+                                 else "") + f": {why}")
         if len(chosen) > 1:
             raise FailtraceError(f"item {item!r} has {len(chosen)} cases (" + ", ".join(
                 f"{c.case_id[:12]} in {c.benchmark}, pair run {c.pair_run_id[:10]}" for c in chosen)
@@ -79,6 +81,26 @@ def show_command(
     if across.get(chosen[0].case_id):
         con.print(_across_table(across[chosen[0].case_id]))
     con.print("The heatmap of every token: failtrace report, or failtrace serve (the case page).", highlight=False)
+
+
+def _why_no_case(st: Any, item: str, benchmark: str | None) -> str:
+    """Where ``item`` stopped on its way to a case: not collected, passed, not paired, not clean, or not analysed."""
+    where = " AND benchmark = ?" if benchmark else ""
+    params = [item] + ([benchmark] if benchmark else [])
+    verdicts = [r[0] for r in st.con.execute(
+        f"SELECT v.status FROM verdicts v JOIN runs r USING (run_id) WHERE v.item_id = ?{where}", params).fetchall()]
+    if not verdicts:
+        return "no such item was collected (failtrace show lists the cases)"
+    if "fail" not in verdicts:
+        return f"the model's answer was judged {', '.join(sorted(set(verdicts)))}: nothing to explain"
+    pairs = st.con.execute(f"SELECT p.status, p.reason FROM pairs p JOIN runs r ON r.run_id = p.pair_run_id "
+                           f"WHERE p.item_id = ?{where.replace('benchmark', 'r.benchmark')}", params).fetchall()
+    if not pairs:
+        return "it failed, but no pair search has run on it yet (failtrace pairs)"
+    if any(status == "clean" for status, _ in pairs):
+        return "its pair is clean, but it is not analysed yet (failtrace analyse)"
+    status, reason = pairs[0]
+    return f"it failed, and its pair search found no clean pair: {status} ({' '.join(str(reason or '').split())[:200]})"
 
 
 def _list_table(cases: list[Any], store: Path) -> Any:
