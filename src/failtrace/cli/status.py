@@ -148,8 +148,8 @@ def _cases_table(analysed: list[tuple[str, dict[str, Any]]]) -> Any:
     caption = ("M-IA: masking <= k_ia top input tokens flips it; NC-IA+M-AG: only ablating top graph nodes "
                "does; NC-IA+AG: neither. URT: the relevant segment does not push against the target; OIT: an "
                "irrelevant token is among its strongest supporters. k* found: cases whose AttnLRP k* (fewest "
-               "top tokens masked to flip it) is within K; median k* over those. failtrace report shows "
-               "each case" + ("; not counted in the columns: " + "; ".join(unlabelled) if unlabelled else "") + ".")
+               "top tokens masked to flip it) is within K; median k* over those. failtrace show lists the "
+               "cases and prints one; failtrace report draws each" + ("; not counted in the columns: " + "; ".join(unlabelled) if unlabelled else "") + ".")
     return _table("analysed cases (newest analysis of each pair run)", headers, cells, caption)
 
 
