@@ -149,7 +149,8 @@ def _cases_table(analysed: list[tuple[str, dict[str, Any]]]) -> Any:
                "does; NC-IA+AG: neither. URT: the relevant segment does not push against the target; OIT: an "
                "irrelevant token is among its strongest supporters. k* found: cases whose AttnLRP k* (fewest "
                "top tokens masked to flip it) is within K; median k* over those. failtrace show lists the "
-               "cases and prints one; failtrace report draws each" + ("; not counted in the columns: " + "; ".join(unlabelled) if unlabelled else "") + ".")
+               "cases and prints one; failtrace report draws each"
+               + ("; not counted in the columns: " + "; ".join(unlabelled) if unlabelled else "") + ".")
     return _table("analysed cases (newest analysis of each pair run)", headers, cells, caption)
 
 
