@@ -177,3 +177,28 @@ def test_the_bundled_chat_template_header_is_never_masked(bundled):
     assert len(words) == 2 and not any(fixed[i] for i in words)
     top = top_positions(attr.input_relevance, fixed, 10)
     assert top and not any(fixed[i] for i in top)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3", "gemma3", "olmo3"])
+@pytest.mark.parametrize("rule", ["zero-embedding", "replace"])
+def test_a_reused_unmasked_prefix_gives_the_plain_curve(tiny, family, rule):
+    """Masks that start late: the prefix before the first masked position runs once and its KV cache is reused
+    (reuse_above lowered so a 40-token input takes that path; sliding-window families included); the curve equals
+    plain transformers' full forward per k, and the path that runs every token."""
+    from failtrace.analysis.masking import masked_delta
+
+    model = tiny(family)
+    gen = torch.Generator().manual_seed(3)
+    ids = torch.randint(3, 97, (40,), generator=gen).tolist()
+    rel = np.zeros(40)
+    rel[[31, 25, 38, 22, 29]] = [5.0, 4.0, 3.0, 2.0, 1.0]  # every top position after 20
+    special = [True] + [False] * 39
+    spec = MaskingSpec(rule=rule, token_id=5 if rule == "replace" else None, max_k=5)
+    target = int(_last_logits(model, ids).argmax())
+    want, _ = _reference_curve(model, ids, rel, special, target, 7, spec)
+    order = top_positions(rel, special, 5)
+    masks = [order[:k] for k in range(len(order) + 1)]
+    reused = masked_delta(model, ids, masks, target, 7, spec, batch=4, reuse_above=16)
+    full = masked_delta(model, ids, masks, target, 7, spec, batch=4, reuse_above=10**9)
+    assert reused == pytest.approx(want, abs=1e-4) and full == pytest.approx(want, abs=1e-4)
+    assert len(set(round(v, 3) for v in want)) > 1  # the masks change the value: the check is not vacuous

@@ -81,37 +81,71 @@ def _check_spec(spec: MaskingSpec, vocab: int) -> None:
         raise FailtraceError(f"masking max_k must be at least 1, got {spec.max_k}")
 
 
+PREFIX_REUSE_ABOVE = 256  # a shared unmasked prefix at least this long is run once and its KV cache reused
+
+
 @torch.no_grad()
 def masked_delta(model: nn.Module, token_ids: Sequence[int], masks: Sequence[Sequence[int]], target_id: int,
-                 contrast_id: int, spec: MaskingSpec, batch: int = 8) -> list[float]:
+                 contrast_id: int, spec: MaskingSpec, batch: int = 8,
+                 reuse_above: int = PREFIX_REUSE_ABOVE) -> list[float]:
     """Δℓ = logit(target) − logit(contrast) at the last position with each set of positions masked by ``spec``.
 
     ``zero-embedding``: the masked rows of the input embeddings (``model.get_input_embeddings()(ids)``) are set to
     zero and the model runs on ``inputs_embeds``; ``replace``: the masked token ids become ``spec.token_id``.
     One forward per mask set, ``batch`` sets per call (all rows have the same length: no padding).
+
+    A causal model's states before the first masked position P are those of the unmasked input, so when P (over all
+    sets) is at least ``reuse_above`` tokens, positions 0..P-1 run once, unmasked, and every set runs only P..T-1 on
+    that KV cache: on a long agent trace whose top tokens are recent, most of each forward. The values are those of
+    the full forward up to float summation order (tested against it).
     """
     device = next(model.parameters()).device
     ids = torch.tensor([list(token_ids)], device=device)
     _check_spec(spec, model.get_input_embeddings().weight.shape[0])
-    emb = model.get_input_embeddings()(ids)[0] if spec.rule == "zero-embedding" else None
+    n = len(token_ids)
+    first = min([min(int(p) for p in pos) for pos in masks if len(pos)] + [n - 1])
+    start = first if first >= max(1, reuse_above) else 0
+    prefix = None
+    if start:
+        from failtrace.failures.generation import prefix_forward
+
+        prefix = prefix_forward(model, list(token_ids[:start]), n_logits=1).kv
+    emb = model.get_input_embeddings()(ids[:, start:])[0] if spec.rule == "zero-embedding" else None
     out: list[float] = []
-    for start in range(0, len(masks), batch):
-        chunk = masks[start:start + batch]
+    for begin in range(0, len(masks), batch):
+        chunk = masks[begin:begin + batch]
+        kwargs = _suffix_cache(prefix, start, len(chunk), n)
         if emb is not None:
             x = emb.unsqueeze(0).repeat(len(chunk), 1, 1)
             for row, pos in enumerate(chunk):
                 if len(pos):
-                    x[row, list(pos)] = 0
-            logits = model(inputs_embeds=x, use_cache=False, logits_to_keep=1).logits[:, -1]
+                    x[row, [int(p) - start for p in pos]] = 0
+            logits = _last_logits(model, inputs_embeds=x, **kwargs)
         else:
-            x_ids = ids.repeat(len(chunk), 1)
+            x_ids = ids[:, start:].repeat(len(chunk), 1)
             for row, pos in enumerate(chunk):
                 if len(pos):
-                    x_ids[row, list(pos)] = int(spec.token_id)  # type: ignore[arg-type]
-            logits = model(input_ids=x_ids, use_cache=False, logits_to_keep=1).logits[:, -1]
+                    x_ids[row, [int(p) - start for p in pos]] = int(spec.token_id)  # type: ignore[arg-type]
+            logits = _last_logits(model, input_ids=x_ids, **kwargs)
         lg = logits.double()
         out.extend(float(v) for v in (lg[:, target_id] - lg[:, contrast_id]))
     return out
+
+
+def _suffix_cache(prefix: list | None, start: int, rows: int, n: int) -> dict:
+    """Forward arguments for the positions after ``start``: the unmasked prefix's KV cache for ``rows`` rows."""
+    if prefix is None:
+        return {"use_cache": False}
+    from failtrace.failures.kvcache import cache_from_prefix
+
+    return {"past_key_values": cache_from_prefix(prefix, start, rows, max_len=n), "use_cache": True}
+
+
+def _last_logits(model: nn.Module, **kwargs: object) -> torch.Tensor:
+    """The next-token logits after the last position, (rows, vocab)."""
+    from failtrace.failures.decode import forward_logits
+
+    return forward_logits(model, keep=1, **kwargs)[:, -1]
 
 
 def flip_search(model: nn.Module, token_ids: Sequence[int], relevance: Sequence[float] | np.ndarray,
