@@ -153,8 +153,9 @@ def flip_search(model: nn.Module, token_ids: Sequence[int], relevance: Sequence[
                 spec: MaskingSpec | None = None, batch: int = 8) -> tuple[list[float], int | None]:
     """Mask the top-k positively attributed tokens outside ``special_mask`` for k = 0..K (K = ``spec.max_k``, fewer
     when fewer tokens have positive relevance): the Δℓ curve (index k) and k* = :func:`first_flip` (the smallest
-    k >= 1 with Δℓ < 0; None if none, or if Δℓ < 0 unmasked). ``special_mask`` is taken as given: pass :func:`never_masked` (special ids plus, when
-    ``spec.skip_template``, the template text) to follow the spec's rule, as every caller in failtrace does."""
+    k >= 1 with Δℓ < 0; None if none, or if Δℓ < 0 unmasked). ``special_mask`` is taken as given: pass
+    :func:`never_masked` (special ids plus, when ``spec.skip_template``, the template text) to follow the spec's rule,
+    as every caller in failtrace does."""
     spec = spec or MaskingSpec()
     if len(relevance) != len(token_ids):
         raise FailtraceError(f"relevance has {len(relevance)} values for {len(token_ids)} tokens")
