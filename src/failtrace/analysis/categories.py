@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from failtrace.analysis.masking import first_flip
+from failtrace.analysis.masking import PREFIX_REUSE_ABOVE, first_flip, suffix_arguments, unmasked_prefix
 from failtrace.cases.record import CATEGORIES  # the one list of category names (re-exported here)
 from failtrace.errors import FailtraceError
 from failtrace.lrp.patch import decoder_layers
@@ -51,18 +51,25 @@ def ablation_candidates(hidden_relevance: np.ndarray, budget: int,
 
 @torch.no_grad()
 def ablated_delta(model: nn.Module, token_ids: Sequence[int], node_sets: Sequence[Sequence[tuple[int, int]]],
-                  target_id: int, contrast_id: int, batch: int = 8) -> list[float]:
-    """Δℓ at the last position with each set of (layer, position) hidden states zeroed (one batch row per set)."""
+                  target_id: int, contrast_id: int, batch: int = 8,
+                  reuse_above: int = PREFIX_REUSE_ABOVE) -> list[float]:
+    """Δℓ at the last position with each set of (layer, position) hidden states zeroed (one batch row per set).
+    Positions before the first ablated one run once when there are at least ``reuse_above`` of them (as masking,
+    :func:`failtrace.analysis.masking.unmasked_prefix`)."""
+    from failtrace.failures.decode import forward_logits
+
     layers = decoder_layers(model)
     device = next(model.parameters()).device
-    ids = torch.tensor([list(token_ids)], device=device)
+    n = len(token_ids)
+    start, prefix = unmasked_prefix(model, token_ids, [pos for nodes in node_sets for _, pos in nodes], reuse_above)
+    ids = torch.tensor([list(token_ids[start:])], device=device)
     out: list[float] = []
-    for start in range(0, len(node_sets), batch):
-        chunk = node_sets[start:start + batch]
+    for begin in range(0, len(node_sets), batch):
+        chunk = node_sets[begin:begin + batch]
         keep = torch.ones(len(layers), len(chunk), ids.shape[1], 1, device=device)
         for row, nodes in enumerate(chunk):
             for layer, pos in nodes:
-                keep[layer, row, pos] = 0
+                keep[layer, row, pos - start] = 0
         layer_index = {id(layer): i for i, layer in enumerate(layers)}
 
         def hook(module: nn.Module, _inp: Any, output: Any) -> Any:
@@ -73,7 +80,8 @@ def ablated_delta(model: nn.Module, token_ids: Sequence[int], node_sets: Sequenc
 
         handles = [layer.register_forward_hook(hook) for layer in layers]
         try:
-            logits = model(input_ids=ids.repeat(len(chunk), 1), use_cache=False, logits_to_keep=1).logits[:, -1]
+            logits = forward_logits(model, keep=1, input_ids=ids.repeat(len(chunk), 1),
+                                    **suffix_arguments(prefix, start, len(chunk), n))[:, -1]
         finally:
             for h in handles:
                 h.remove()

@@ -103,18 +103,12 @@ def masked_delta(model: nn.Module, token_ids: Sequence[int], masks: Sequence[Seq
     ids = torch.tensor([list(token_ids)], device=device)
     _check_spec(spec, model.get_input_embeddings().weight.shape[0])
     n = len(token_ids)
-    first = min([min(int(p) for p in pos) for pos in masks if len(pos)] + [n - 1])
-    start = first if first >= max(1, reuse_above) else 0
-    prefix = None
-    if start:
-        from failtrace.failures.generation import prefix_forward
-
-        prefix = prefix_forward(model, list(token_ids[:start]), n_logits=1).kv
+    start, prefix = unmasked_prefix(model, token_ids, [int(p) for pos in masks for p in pos], reuse_above)
     emb = model.get_input_embeddings()(ids[:, start:])[0] if spec.rule == "zero-embedding" else None
     out: list[float] = []
     for begin in range(0, len(masks), batch):
         chunk = masks[begin:begin + batch]
-        kwargs = _suffix_cache(prefix, start, len(chunk), n)
+        kwargs = suffix_arguments(prefix, start, len(chunk), n)
         if emb is not None:
             x = emb.unsqueeze(0).repeat(len(chunk), 1, 1)
             for row, pos in enumerate(chunk):
@@ -132,8 +126,21 @@ def masked_delta(model: nn.Module, token_ids: Sequence[int], masks: Sequence[Seq
     return out
 
 
-def _suffix_cache(prefix: list | None, start: int, rows: int, n: int) -> dict:
-    """Forward arguments for the positions after ``start``: the unmasked prefix's KV cache for ``rows`` rows."""
+def unmasked_prefix(model: nn.Module, token_ids: Sequence[int], changed: Sequence[int],
+                    reuse_above: int = PREFIX_REUSE_ABOVE) -> tuple[int, list | None]:
+    """(start, KV cache of positions 0..start-1): ``start`` is the first position any intervention changes (at most
+    the last position), or 0 (no cache) when that prefix is shorter than ``reuse_above`` tokens. Positions before it
+    are the unmasked input's in a causal model, so they run once for every mask or ablation of the call."""
+    start = min(list(changed) + [len(token_ids) - 1])
+    if start < max(1, reuse_above):
+        return 0, None
+    from failtrace.failures.generation import prefix_forward
+
+    return start, prefix_forward(model, list(token_ids[:start]), n_logits=1).kv
+
+
+def suffix_arguments(prefix: list | None, start: int, rows: int, n: int) -> dict:
+    """Forward arguments for positions start..n-1 of ``rows`` rows: the prefix's KV cache (or no cache at all)."""
     if prefix is None:
         return {"use_cache": False}
     from failtrace.failures.kvcache import cache_from_prefix
