@@ -147,7 +147,8 @@ def search_both(pair: tuple[Any, Any], i: int, benchmark: str, item: Item, row: 
         s = time.perf_counter() - t
         if res is None:
             # tokens decoded before the cap: exact for the old search (no drafts, the clock read every token)
-            got[which], cost[which] = ("capped", None, None, round(s, 1)), [s, 0, finder.rows_stepped if finder.old_cache else 0]
+            got[which] = ("capped", None, None, round(s, 1))
+            cost[which] = [s, 0, finder.rows_stepped if finder.old_cache else 0]
         else:
             got[which] = (res.status, res.completion_offset, res.contrast_id, round(s, 1))
             cost[which] = [s, res.rollouts, res.tokens_decoded]
@@ -240,7 +241,10 @@ def summary_rows(benchmark: str, outs: list[dict[str, Any]], asked: int, old_cap
     """The table's three rows for one benchmark. Means and the ratio are over the failures the new search finished
     (a capped or unstarted new search has no result to compare); a capped old search makes the ratio a lower
     bound, and its rollouts and tokens unknown."""
-    done = [o for o in outs if o["got"]["new"][0] not in ("capped", "not started")]
+    # the ratio is over failures both searches started and the new one finished (an old search never started
+    # would count as 0 s)
+    done = [o for o in outs if o["got"]["new"][0] not in ("capped", "not started")
+            and o["got"]["old"][0] != "not started"]
     cost = {w: [sum(o["cost"][w][j] for o in done) for j in range(3)] for w in ("old", "new")}
     count = {w: Counter(o["got"][w][0] for o in outs) for w in ("old", "new")}
     capped = sum(o["got"]["old"][0] in ("capped", "not started") for o in done)
@@ -254,13 +258,13 @@ def summary_rows(benchmark: str, outs: list[dict[str, Any]], asked: int, old_cap
                              for w in ("old", "new")]
     bound = "≥ " if capped else ""
     # decoding speed, each search's own: a capped old search's tokens so far over its seconds (one token per row-step)
-    olds = [o["cost"]["old"] for o in outs if o["got"]["old"][0] not in ("not started",)]
+    olds = [o["cost"]["old"] for o in outs  # a capped search's tokens are known only for the old baseline's cache
+            if o["got"]["old"][0] != "not started" and (o["got"]["old"][0] != "capped" or o["cost"]["old"][2])]
     news = [o["cost"]["new"] for o in done if o["cost"]["new"][2]]
     rate = {w: sum(c[2] for c in cs) / max(sum(c[0] for c in cs), 1e-9) for w, cs in (("old", olds), ("new", news))}
     rows.append([benchmark, "tokens/s", f"{len(olds)}/{len(news)}", f"{rate['old']:.0f} / {rate['new']:.0f}",
-                 "-", f"x{rate['new'] / max(rate['old'], 1e-9):.1f}",
-                 "decoded tokens per second while searching (old, every search run / new, every finished search that "
-                 "decoded): new over old"])
+                 "-", "-", f"new/old x{rate['new'] / max(rate['old'], 1e-9):.1f}: decoded tokens per second while "
+                 "searching (old: every search run whose tokens are known / new: every finished search that decoded)"])
     rows.append([benchmark, "old/new", len(done), f"{bound}x{cost['old'][0] / max(cost['new'][0], 1e-9):.1f}",
                  "-" if capped else f"x{cost['old'][1] / max(cost['new'][1], 1):.1f}",
                  "-" if capped else f"x{cost['old'][2] / max(cost['new'][2], 1):.1f}",

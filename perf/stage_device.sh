@@ -4,8 +4,9 @@
 # The device tool sends the repository plus at most 64 MiB of ignored paths per call, and its machine has torch and
 # transformers but neither duckdb, math-verify nor the bundled model (a 94 MB GGUF). So: the GGUF travels
 # xz-compressed in two parts, with the missing wheels, in two folders of about 58 MB each (.dev/a, .dev/b). On the
-# machine, files under /tmp survive between calls while it stays warm (30 s), but ignored folders in the repository
-# do not. Make the three calls back to back:
+# machine, files under /tmp survive between calls while it stays warm (30 s); ignored folders in the repository did
+# not on 5 Dec 2026 (.dev/a and a .dev/site installed there were gone when the next call carried .dev/b). Make the
+# three calls back to back:
 #   1. carry [".dev/a"]:  cp -r .dev/a/* /tmp/stage/ (after mkdir -p /tmp/stage)
 #   2. carry [".dev/b"]:  cp -r .dev/b/* /tmp/stage/ && bash /tmp/stage/assemble.sh   (prints the GGUF's sha256)
 #   3. no carry:          PYTHONPATH=/tmp/site:$PWD/src:$PWD/testkit:$PWD/perf FAILTRACE_CACHE=/tmp/ftcache \

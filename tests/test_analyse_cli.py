@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -159,7 +160,7 @@ def test_demo_runs_every_stage_into_out(tmp_path: Path, toy: dict[str, Any], cap
     assert report_line == f"report: {out / 'report' / 'index.html'}"  # the report is part of the package
     assert (out / "report" / "index.html").stat().st_size > 1000
     (show_line,) = [line for line in text.splitlines() if line.startswith("one case in the terminal: ")]
-    command = show_line.split(": ", 1)[1].split()  # the printed command works as printed
+    command = shlex.split(show_line.split(": ", 1)[1])  # the printed command works as printed
     assert command[:2] == ["failtrace", "show"] and main(command[1:]) == 0
     assert f"case {cases[0].case_id}" in capsys.readouterr().out
     assert main(["demo", "--out", str(out), "--model", str(toy["model_dir"]), "--methods", "attnlrp,random",

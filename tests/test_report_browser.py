@@ -140,6 +140,9 @@ def test_method_buttons_recolour_the_heatmap(page_and_cases):
         want = round(float(normalize(c.methods[m].input_relevance, c.special_mask)[p]), 3)
         assert tok.evaluate("e => getComputedStyle(e).backgroundColor") == _rgb(want)
         assert art.locator(f'.methods button[data-method="{m}"]').get_attribute("aria-pressed") == "true"
+        # the masking-order table follows the button: only the chosen method's block is visible
+        visible = [d.get_attribute("data-method") for d in art.locator(".masked-for").all() if d.is_visible()]
+        assert visible == [m]
 
 
 def test_case_filter(page_and_cases):

@@ -182,29 +182,32 @@ def test_every_case_on_the_page_with_all_its_tokens(built):
 
 
 class _Masked(HTMLParser):
-    """Per case article: the ``data-p`` of each row of its "top tokens in masking order" table, the marked rows, and
-    the last cell (Δℓ after k) of each row."""
+    """Per (case article, method): the ``data-p`` of each row of its "top tokens in masking order" table, the
+    marked rows, the last cell (Δℓ after k) of each row, and whether the method's block starts hidden."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.current: str | None = None
-        self.inside = False
-        self.rows: dict[str, list[int]] = {}
-        self.marked: dict[str, int] = {}
-        self.cells: dict[str, list[str]] = {}
+        self.case: str | None = None
+        self.key: tuple[str, str] | None = None
+        self.rows: dict[tuple[str, str], list[int]] = {}
+        self.marked: dict[tuple[str, str], int] = {}
+        self.cells: dict[tuple[str, str], list[str]] = {}
+        self.hidden: dict[tuple[str, str], bool] = {}
         self._td: list[str] | None = None
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = dict(attrs)
-        if tag == "article" and "case" in (a.get("class") or "").split():
-            self.current = (a.get("id") or "")[len("case-"):]
-            self.rows[self.current], self.marked[self.current], self.cells[self.current] = [], 0, []
-        if tag == "table" and "masked" in (a.get("class") or "").split():
-            self.inside = True
-        if self.inside and tag == "tr" and a.get("data-p") is not None and self.current:
-            self.rows[self.current].append(int(a["data-p"]))
-            self.marked[self.current] += "flipset" in (a.get("class") or "")
-        if self.inside and tag == "td":
+        classes = (a.get("class") or "").split()
+        if tag == "article" and "case" in classes:
+            self.case = (a.get("id") or "")[len("case-"):]
+        if tag == "div" and "masked-for" in classes and self.case:
+            self.key = (self.case, a.get("data-method") or "")
+            self.rows[self.key], self.marked[self.key], self.cells[self.key] = [], 0, []
+            self.hidden[self.key] = "hidden" in a
+        if self.key and tag == "tr" and a.get("data-p") is not None:
+            self.rows[self.key].append(int(a["data-p"]))
+            self.marked[self.key] += "flipset" in classes
+        if self.key and tag == "td":
             self._td = []
 
     def handle_data(self, data: str) -> None:
@@ -212,35 +215,41 @@ class _Masked(HTMLParser):
             self._td.append(data)
 
     def handle_endtag(self, tag: str) -> None:
-        if tag == "td" and self._td is not None and self.current:
-            self.cells[self.current].append("".join(self._td))
+        if tag == "td" and self._td is not None and self.key:
+            self.cells[self.key].append("".join(self._td))
             self._td = None
-        if tag == "table":
-            self.inside = False
+        if tag == "p" and self.key:  # the caption closes a method's block
+            self.key = None
         if tag == "article":
-            self.current = None
+            self.case = None
 
 
 def test_each_case_lists_its_top_tokens_in_masking_order(built):
-    """The first method's masking order, read by hand: positive relevance, never a special id nor (skip_template)
-    the template's own text, largest first, ties by position, at most K; the first k* rows marked; the last cell of
-    row k is the stored Δℓ after masking k."""
+    """Every drawable method's masking order, read by hand: positive relevance, never a special id nor
+    (skip_template) the template's own text, largest first, ties by position, at most K; the first k* rows marked;
+    the last cell of row k is the stored Δℓ after masking k; only the first method's block is shown without script."""
     index, cases, *_ = built
     p = _Masked()
     p.feed(index.read_text(encoding="utf-8"))
+    checked = 0
     for c in cases:
-        method = next(m for m in METHODS if m in c.methods and len(c.methods[m].input_relevance) == len(c.tokens))
-        r = c.methods[method]
-        labels = c.segment_labels()
-        ok = [not sp and r.input_relevance[i] > 0 and not (c.masking.skip_template and labels[i] == "special")
-              for i, sp in enumerate(c.special_mask)]
-        expected = sorted((i for i in range(len(c.tokens)) if ok[i]),
-                          key=lambda i: (-r.input_relevance[i], i))[:c.masking.max_k]
-        assert p.rows[c.case_id] == expected, c.case_id
-        assert p.marked[c.case_id] == (r.flip_k or 0)
-        last = p.cells[c.case_id][5::6]
-        assert [float(x) for x in last] == pytest.approx([r.flip_curve[k] for k in range(1, len(expected) + 1)],
-                                                         abs=1e-3)
+        drawable = [m for m in METHODS if m in c.methods and len(c.methods[m].input_relevance) == len(c.tokens)]
+        assert [m for (cid, m) in p.rows if cid == c.case_id] == drawable
+        for i, method in enumerate(drawable):
+            r = c.methods[method]
+            labels = c.segment_labels()
+            ok = [not sp and r.input_relevance[j] > 0 and not (c.masking.skip_template and labels[j] == "special")
+                  for j, sp in enumerate(c.special_mask)]
+            expected = sorted((j for j in range(len(c.tokens)) if ok[j]),
+                              key=lambda j: (-r.input_relevance[j], j))[:c.masking.max_k]
+            key = (c.case_id, method)
+            assert p.rows[key] == expected, key
+            assert p.marked[key] == (r.flip_k or 0) and p.hidden[key] == (i > 0)
+            last = p.cells[key][5::6]
+            assert [float(x) for x in last] == pytest.approx(
+                [r.flip_curve[k] for k in range(1, len(expected) + 1)], abs=1e-3)
+            checked += bool(expected)
+    assert checked >= 3
 
 
 def test_page_is_self_contained(built):

@@ -31,11 +31,10 @@ def toy(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def _show(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[int, str, str]:
-    from rich.console import Console
-
     from failtrace.cli import show as show_cli
+    from failtrace.cli.console import console
 
-    monkeypatch.setattr(show_cli, "_console", lambda stderr=False: Console(width=160))
+    monkeypatch.setattr(show_cli, "_console", lambda stderr=False: console(stderr, width=160))
     code = main(["show", *args])
     out = capsys.readouterr()
     return code, out.out, out.err
@@ -50,7 +49,7 @@ def _by_hand(case: Any, method: str) -> list[int]:
 
 
 def _masked_rows(out: str) -> list[list[str]]:
-    """The rows of the masking-order table: [k, context, position, segment, R, Δℓ after k, mark]."""
+    """The rows of the masking-order table: [k, token, context, position, segment, R, Δℓ after k, mark]."""
     part = out.split("in masking order", 1)[1].split("relevance by segment", 1)[0]
     rows = [[c.strip() for c in line.rstrip().split("│")[1:-1]] for line in part.splitlines()
             if line.startswith("│")]
@@ -79,13 +78,15 @@ def test_one_case_lists_its_tokens_in_masking_order(toy: dict[str, Any], method:
         assert code == 0 and f"case {case.case_id}" in out
         rows = _masked_rows(out)
         expected = _by_hand(case, method)
-        assert [int(r[2]) for r in rows] == expected, case.case_id
+        assert [int(r[3]) for r in rows] == expected, case.case_id
         r = case.methods[method]
-        assert [row[6] == "◀" for row in rows] == [r.flip_k is not None and k <= r.flip_k
+        assert [row[7] == "◀" for row in rows] == [r.flip_k is not None and k <= r.flip_k
                                                    for k in range(1, len(rows) + 1)]
-        assert [float(row[5]) for row in rows] == pytest.approx(r.flip_curve[1:len(rows) + 1], abs=1e-3)
-        # each row's context holds the token itself
-        assert all(case.tokens[int(row[2])].replace(" ", "·").replace("\n", "↵") in row[1] for row in rows)
+        assert [float(row[6]) for row in rows] == pytest.approx(r.flip_curve[1:len(rows) + 1], abs=1e-3)
+        # the token, and the token marked ‹…› in its context
+        for row in rows:
+            tok = case.tokens[int(row[3])].replace(" ", "·").replace("\n", "↵")
+            assert row[1] == tok and f"‹{tok}›" in row[2]
         # the per-method k* table: every method once, with its stored k*
         for name, m in case.methods.items():
             line = next(x for x in out.splitlines() if x.startswith(f"│ {name} "))
@@ -191,6 +192,51 @@ def test_an_item_without_a_case_says_where_it_stopped(toy: dict[str, Any], tmp_p
         st.con.execute("DELETE FROM cases")
     clean = sorted(cased)[0]
     _, _, err = _show(capsys, monkeypatch, "--store", str(store), "--item", clean)
-    assert "its pair is clean, but it is not analysed yet (failtrace analyse)" in err
+    assert "its pair is clean, but the newest analysis has no case of it" in err
     _, _, err = _show(capsys, monkeypatch, "--store", str(store), "--item", "zz-none")
     assert "no such item was collected" in err
+
+
+def test_markup_control_characters_and_long_tokens_print_as_data(toy: dict[str, Any], tmp_path: Path, capsys,
+                                                                  monkeypatch) -> None:
+    """Item ids and paths are data, not rich markup; a token carrying terminal escapes prints them as symbols, and
+    a 300-character token is clipped so the table keeps its columns."""
+    import json
+
+    folder = tmp_path / "a[" / "]b"  # the path reads .../a[/]b/x[i].duckdb: a closing tag to rich
+    folder.mkdir(parents=True)
+    store = folder / "x[i].duckdb"
+    shutil.copy(toy["store"], store)
+    case = toy["cases"][0]
+    top = _by_hand(case, "attnlrp")[0]
+    tokens = list(case.tokens)
+    tokens[top] = "\x1b[31mRED\x1b]0;pwned\x07" + "y" * 300
+    with open_store(store) as st:
+        st.con.execute("UPDATE cases SET item_id = ?, tokens = ? WHERE case_id = ?",
+                       ["q[/]x[i]", json.dumps(tokens), case.case_id])
+    code, out, err = _show(capsys, monkeypatch, "--store", str(store))
+    assert code == 0 and "q[/]x[i]" in out and "a[/]b/x[i].duckdb" in out
+    code, out, err = _show(capsys, monkeypatch, "--store", str(store), "--case", case.case_id)
+    assert code == 0 and "\x1b" not in out and "\x07" not in out and "q[/]x[i]" in out
+    rows = _masked_rows(out)
+    assert rows[0][1].startswith("␛[31mRED␛]0;pwned␇") and rows[0][1].endswith("…") and len(rows[0][1]) == 40
+    assert all(len(r) == 8 and r[3].isdigit() for r in rows)  # every column is still there
+
+
+def test_an_old_case_whose_item_the_newest_analysis_lacks(toy: dict[str, Any], tmp_path: Path, capsys,
+                                                          monkeypatch) -> None:
+    from failtrace.cases.analyse import analyse
+    from failtrace.cases.settings import CaseSettings
+    from failtrace_testkit.toy import one_thread
+
+    store = tmp_path / "limited.duckdb"
+    shutil.copy(toy["store"], store)
+    with one_thread(), open_store(store) as st:
+        analyse(st, CaseSettings(methods=("attnlrp", "random"), max_k=2), limit=1, progress=False)
+        newest = {c.item_id for c in load_cases(st)}
+    old = next(c for c in toy["cases"] if c.item_id not in newest)
+    code, _, err = _show(capsys, monkeypatch, "--store", str(store), "--case", old.case_id)
+    assert code != 0 and len(err.strip().splitlines()) == 1
+    assert "newest analysis has no case of item" in err and "None" not in err
+    code, _, err = _show(capsys, monkeypatch, "--store", str(store), "--item", old.item_id)
+    assert code != 0 and "the newest analysis has no case of it" in err

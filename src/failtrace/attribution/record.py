@@ -14,9 +14,15 @@ from failtrace.attribution.normalize import normalize, relevance_scale
 _SCHEMA = "failtrace.attribution/1"
 
 
+_VISIBLE = {" ": "·", "\n": "↵", "\t": "→", "\r": "␍", "\x7f": "␡"}
+
+
 def visible(token: str) -> str:
-    """Show whitespace in a decoded token: space as '·', newline as '↵', tab as '→'."""
-    return token.replace(" ", "·").replace("\n", "↵").replace("\t", "→")
+    """Show whitespace in a decoded token (space '·', newline '↵', tab '→', carriage return '␍') and every other
+    control character as a symbol (ESC '␛', BEL '␇', C1 codes as \\x9b): a token from a tool's output must never
+    move the cursor or recolour the terminal it is printed on."""
+    return "".join(_VISIBLE.get(ch) or (chr(0x2400 + ord(ch)) if ord(ch) < 0x20 else
+                                        f"\\x{ord(ch):02x}" if 0x80 <= ord(ch) < 0xA0 else ch) for ch in token)
 
 
 @dataclass

@@ -13,13 +13,16 @@ from failtrace.errors import FailtraceError, one_line
 from failtrace.views.common import count_of  # noqa: F401  (re-exported: the CLI modules import it here)
 
 
-def console(stderr: bool = False) -> Any:
-    """A rich console as wide as the terminal (at least 100 columns; 200 when not a terminal), never soft-wrapped."""
+def console(stderr: bool = False, width: int | None = None) -> Any:
+    """A rich console as wide as the terminal (at least 100 columns; 200 when not a terminal), never soft-wrapped.
+    Markup is off: table cells and titles hold item ids, paths and model names from the user's data, where
+    ``[/]`` or ``[i]`` must print as written (a caller that wants markup passes ``markup=True`` to ``print``)."""
     from rich.console import Console
 
     stream = sys.stderr if stderr else sys.stdout
-    width = shutil.get_terminal_size((200, 24)).columns if stream.isatty() else 200
-    return Console(file=stream, width=max(width, 100), soft_wrap=False)
+    if width is None:
+        width = max(shutil.get_terminal_size((200, 24)).columns if stream.isatty() else 200, 100)
+    return Console(file=stream, width=width, soft_wrap=False, markup=False)
 
 
 @contextlib.contextmanager

@@ -58,8 +58,10 @@ def _print_summary(st: Any, run_id: str, report: Path, store_path: Path) -> None
                   highlight=False, markup=False)
     console.print(f"report: {report}", highlight=False, markup=False)
     if cases:  # where to read one explanation without a browser
-        console.print(f"one case in the terminal: failtrace show --store {store_path} --case {cases[0].case_id[:12]}",
-                      highlight=False, markup=False)
+        import shlex
+
+        console.print(f"one case in the terminal: failtrace show --store {shlex.quote(str(store_path))} "
+                      f"--case {cases[0].case_id[:12]}", highlight=False, markup=False)
 
 
 def demo_command(

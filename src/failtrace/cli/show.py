@@ -21,8 +21,6 @@ from failtrace.cli.console import store_errors as _store_errors
 from failtrace.errors import FailtraceError
 from failtrace.store.store import DEFAULT_STORE
 
-_CONTEXT = 4  # tokens of context printed on each side of a masked token
-
 
 def show_command(
     store: Path = typer.Option(Path(DEFAULT_STORE), "--store", "-s", help="Results store."),
@@ -47,9 +45,13 @@ def show_command(
             if not chosen:
                 row = st.con.execute("SELECT pair_run_id, item_id, benchmark FROM cases WHERE case_id = ?",
                                      [cid]).fetchone()
-                newer = newest_case_id(st, row[0], row[1])
                 if benchmark is not None and row[2] != benchmark:
                     raise FailtraceError(f"case {cid} is a {row[2]} case, not {benchmark}")
+                newer = newest_case_id(st, row[0], row[1])
+                if newer is None:
+                    raise FailtraceError(f"case {cid} is from an older analysis of pair run {row[0][:10]}, whose "
+                                         f"newest analysis has no case of item {row[1]} (analysed with --limit or "
+                                         f"stopped early?): failtrace analyse --pair-run {row[0][:10]} adds it")
                 raise FailtraceError(f"case {cid} is from an older analysis; status, the report and the explorer "
                                      f"show case {newer} for item {row[1]}: failtrace show --case {newer}")
         across = {}
@@ -84,22 +86,26 @@ def show_command(
 
 
 def _why_no_case(st: Any, item: str, benchmark: str | None) -> str:
-    """Where ``item`` stopped on its way to a case: not collected, passed, not paired, not clean, or not analysed."""
-    where = " AND benchmark = ?" if benchmark else ""
-    params = [item] + ([benchmark] if benchmark else [])
-    verdicts = [r[0] for r in st.con.execute(
-        f"SELECT v.status FROM verdicts v JOIN runs r USING (run_id) WHERE v.item_id = ?{where}", params).fetchall()]
+    """Where ``item`` stopped on its way to a case: not collected, passed, not paired, not clean, or not analysed
+    (the newest pair run of its newest collection run speaks for it)."""
+    runs = st.con.execute("SELECT v.status, r.benchmark FROM verdicts v JOIN runs r USING (run_id) "
+                          "WHERE v.item_id = ? ORDER BY r.created_at DESC", [item]).fetchall()
+    verdicts = [status for status, bench in runs if benchmark is None or bench == benchmark]
     if not verdicts:
-        return "no such item was collected (failtrace show lists the cases)"
+        elsewhere = sorted({bench for _, bench in runs})
+        return (f"it was collected in {', '.join(elsewhere)}, not {benchmark}" if elsewhere
+                else "no such item was collected (failtrace show lists the cases)")
     if "fail" not in verdicts:
         return f"the model's answer was judged {', '.join(sorted(set(verdicts)))}: nothing to explain"
-    pairs = st.con.execute(f"SELECT p.status, p.reason FROM pairs p JOIN runs r ON r.run_id = p.pair_run_id "
-                           f"WHERE p.item_id = ?{where.replace('benchmark', 'r.benchmark')}", params).fetchall()
+    pairs = [(status, reason) for status, reason, bench in st.con.execute(
+        "SELECT p.status, p.reason, r.benchmark FROM pairs p JOIN runs r ON r.run_id = p.pair_run_id "
+        "WHERE p.item_id = ? ORDER BY r.created_at DESC", [item]).fetchall() if benchmark is None or bench == benchmark]
     if not pairs:
         return "it failed, but no pair search has run on it yet (failtrace pairs)"
-    if any(status == "clean" for status, _ in pairs):
-        return "its pair is clean, but it is not analysed yet (failtrace analyse)"
     status, reason = pairs[0]
+    if status == "clean":
+        return ("its pair is clean, but the newest analysis has no case of it (not analysed yet, analysed with "
+                "--limit, or its analysis failed: failtrace analyse says which)")
     return f"it failed, and its pair search found no clean pair: {status} ({' '.join(str(reason or '').split())[:200]})"
 
 
@@ -110,7 +116,8 @@ def _list_table(cases: list[Any], store: Path) -> Any:
     from failtrace.views.common import shown
 
     t = Table(title=f"analysed cases: {store}", title_justify="left", caption_justify="left",
-              caption="failtrace show --case ID (a unique prefix) shows one; * = category set by hand (override)")
+              caption="failtrace show --case ID (a unique prefix) shows one; * = category set by hand (override); "
+                      "k* none: no flip within K")
     for name in ("case", "benchmark", "item", "target → contrast", "Δℓ", "category", "pattern", "k* attnlrp"):
         t.add_column(name, justify="right" if name in ("Δℓ", "k* attnlrp") else "left", no_wrap=True)
     for c in cases:
@@ -118,7 +125,7 @@ def _list_table(cases: list[Any], store: Path) -> Any:
         t.add_row(c.case_id[:12], c.benchmark, c.item_id,
                   Text(f"‹{shown(c.target_text)}› → ‹{shown(c.contrast_text)}›"), f"{c.delta_logit:.3f}",
                   (c.effective_category or "—") + ("*" if c.override else ""), c.pattern or "—",
-                  "—" if k is None else str(k))
+                  "—" if "attnlrp" not in c.methods else "none" if k is None else str(k))
     return t
 
 
@@ -157,7 +164,10 @@ def _methods_table(c: Any) -> Any:
               caption="k*: the fewest top tokens whose masking flips the prediction (none: not within K)")
     for name in ("method", "k*", "Σ input R", "Δℓ after masking the top k = 0, 1, 2, …"):
         t.add_column(name, justify="right" if name in ("k*", "Σ input R") else "left")
-    for name, r in c.methods.items():
+    from failtrace.report.tables import methods_of
+
+    for name in methods_of([c]):
+        r = c.methods[name]
         curve = " ".join(f"{v:+.2f}" for v in r.flip_curve) if r.flip_curve else "not computed"
         t.add_row(name, "none" if r.flip_k is None else str(r.flip_k), f"{float(sum(r.input_relevance)):.4g}", curve)
     return t
@@ -167,30 +177,23 @@ def _masked_table(c: Any, method: str) -> Any:
     from rich.table import Table
     from rich.text import Text
 
-    from failtrace.analysis.masking import masking_order
-    from failtrace.views.common import shown
+    from failtrace.views.common import clipped_text, masked_caption, masked_rows, shown
 
-    r = c.methods[method]
-    labels = c.segment_labels()
-    order = masking_order(r.input_relevance, c.special_mask, labels, c.masking)
-    first = "the top token" if r.flip_k == 1 else f"the first {r.flip_k}"
-    said = (f"masking {first} flips the prediction (marked ◀)" if r.flip_k is not None
-            else f"masking all {len(order)} does not flip the prediction")
+    rows = masked_rows(c, method)
     t = Table(title=f"top tokens of {method}, in masking order ({c.masking.rule})", title_justify="left",
-              caption=said, caption_justify="left")
-    for name in ("k", "token in context", "position", "segment", "R", "Δℓ after k", ""):
+              caption=masked_caption(c.methods[method].flip_k, rows) + (" (marked ◀)" if any(
+                  row["flips"] for row in rows) else ""), caption_justify="left")
+    for name in ("k", "token", "in context", "position", "segment", "R", "Δℓ after k", ""):
         t.add_column(name, justify="right" if name in ("k", "position", "R", "Δℓ after k") else "left",
-                     no_wrap=name == "token in context")
-    for k, p in enumerate(order, 1):
-        ctx = Text("".join(shown(x) for x in c.tokens[max(0, p - _CONTEXT):p]), style="dim")
-        ctx.append(shown(c.tokens[p]), style="bold reverse")
-        ctx.append("".join(shown(x) for x in c.tokens[p + 1:p + 1 + _CONTEXT]), style="dim")
-        dl = f"{r.flip_curve[k]:.3f}" if k < len(r.flip_curve) else "—"
-        flips = r.flip_k is not None and k <= r.flip_k
-        t.add_row(str(k), ctx, str(p), labels[p] or "—", f"{float(r.input_relevance[p]):.4g}", dl,
-                  "◀" if flips else "")
-    if not order:
-        t.add_row("", Text("no token with positive relevance to mask"), "", "", "", "", "")
+                     no_wrap=name in ("token", "in context"))
+    for row in rows:
+        token = clipped_text(shown(row["token"]))
+        ctx = Text(clipped_text("".join(shown(x) for x in row["before"]), keep_end=True), style="dim")
+        ctx.append(f"‹{token}›", style="bold")
+        ctx.append(clipped_text("".join(shown(x) for x in row["after"])), style="dim")
+        dl = "—" if row["delta_after"] is None else f"{row['delta_after']:.3f}"
+        t.add_row(str(row["k"]), Text(token), ctx, str(row["position"]), Text(row["segment"] or "—"),
+                  f"{row['relevance']:.4g}", dl, "◀" if row["flips"] else "")
     return t
 
 

@@ -16,12 +16,12 @@ import json
 import math
 from typing import Any
 
-from failtrace.analysis.masking import masking_order
 from failtrace.cases.record import Case
 from failtrace.report._shared import AblationView, normalize
 from failtrace.report.evidence import dl as evidence
 from failtrace.report.figures import CATEGORY_COLORS, PATTERN_COLORS
 from failtrace.report.tables import Overrides, effective_category, methods_of
+from failtrace.views.common import clipped_text, masked_caption, masked_rows
 
 SEGMENT_COLORS = ("#0d9488", "#d97706", "#7c3aed", "#db2777", "#65a30d", "#0284c7", "#b45309", "#4f46e5")
 _WS = {" ": "·", "\n": "↵", "\t": "→", "\r": "␍"}
@@ -98,33 +98,33 @@ def _strip(case: Case, method: str | None) -> str:
     return f'<div class="strip">{"".join(parts)}</div>'
 
 
-def _masked(case: Case, method: str | None) -> str:
-    """The tokens ``method``'s flip curve masked, in its order, each in a little context, with Δℓ after masking the
-    first k; the first k* rows (the tokens whose masking flips the prediction) are marked."""
-    if method is None:
-        return ""
-    r = case.methods[method]
-    order = masking_order(r.input_relevance, case.special_mask, case.segment_labels(), case.masking)
-    if not order:
-        return f'<p class="empty">{esc(method)}: no token with positive relevance to mask</p>'
-    labels = case.segment_labels()
-    rows = []
-    for k, p in enumerate(order, 1):
-        before = "".join(shown_token(t) for t in case.tokens[max(0, p - 4):p])
-        after = "".join(shown_token(t) for t in case.tokens[p + 1:p + 5])
-        dl = fmt(r.flip_curve[k], 3) if k < len(r.flip_curve) else "—"
-        marked = ' class="flipset"' if r.flip_k is not None and k <= r.flip_k else ""
-        rows.append(f'<tr data-p="{p}"{marked}><td class="n">{k}</td>'
-                    f'<td class="ctx">{before}<b>{shown_token(case.tokens[p])}</b>{after}</td><td class="n">{p}</td>'
-                    f'<td>{esc(labels[p] or "—")}</td><td class="n">{fmt(float(r.input_relevance[p]), 4)}</td>'
-                    f'<td class="n">{dl}</td></tr>')
-    first = "the top token" if r.flip_k == 1 else f"the first {r.flip_k}"
-    said = (f"masking {first} flips the prediction to the contrast (k* = {r.flip_k}, marked)"
-            if r.flip_k is not None else f"masking all {len(order)} does not flip the prediction")
-    return (f"<h4>The top tokens of {esc(method)}, in masking order</h4>"
-            f'<table class="t masked"><thead><tr><th class="n">k</th><th>token in context</th><th class="n">'
-            f'position</th><th>segment</th><th class="n">R</th><th class="n">Δℓ after k</th></tr></thead><tbody>'
-            f'{"".join(rows)}</tbody></table><p class="note">{said}.</p>')
+def _masked(case: Case, methods: list[str], shown_method: str | None) -> str:
+    """Per drawable method, the tokens its flip curve masked, in order, each in a little context, with Δℓ after
+    masking the first k; the first k* rows (whose masking flips the prediction) are marked. One table per method;
+    the *colour by* buttons show the chosen method's (report.js), AttnLRP's without script."""
+    parts = []
+    for method in methods:
+        rows = masked_rows(case, method)
+        body = []
+        for row in rows:
+            before = clipped_text("".join(row["before"]), keep_end=True)
+            after = clipped_text("".join(row["after"]))
+            marked = ' class="flipset"' if row["flips"] else ""
+            dl = "—" if row["delta_after"] is None else fmt(row["delta_after"], 3)
+            body.append(f'<tr data-p="{row["position"]}"{marked}><td class="n">{row["k"]}</td>'
+                        f'<td class="ctx">{shown_token(before)}<b>{shown_token(clipped_text(row["token"]))}</b>'
+                        f'{shown_token(after)}</td><td class="n">{row["position"]}</td>'
+                        f'<td>{esc(row["segment"] or "—")}</td><td class="n">{fmt(row["relevance"], 4)}</td>'
+                        f'<td class="n">{dl}</td></tr>')
+        hidden = "" if method == shown_method else " hidden"
+        table = ('<div class="scroll"><table class="t masked"><thead><tr><th class="n">k</th><th>token in context'
+                 '</th><th class="n">position</th><th>segment</th><th class="n">R</th><th class="n">Δℓ after k</th>'
+                 f'</tr></thead><tbody>{"".join(body)}</tbody></table></div>') if rows else ""
+        parts.append(f'<div class="masked-for" data-method="{esc(method)}"{hidden}>'
+                     f"<h4>The top tokens of {esc(method)}, in masking order</h4>{table}"
+                     f'<p class="note">{esc(masked_caption(case.methods[method].flip_k, rows))}'
+                     f'{" (marked)" if any(row["flips"] for row in rows) else ""}.</p></div>')
+    return "".join(parts)
 
 
 def _legend(case: Case) -> str:
@@ -252,7 +252,7 @@ def case_section(case: Case, overrides: Overrides | None = None, graph_src: str 
         f'<span class="id">{esc(case.case_id)}</span></h3>'
         f'<div class="facts">{facts_html}</div>'
         f'<div class="methods"><span class="note">colour by:</span>{buttons}</div>{_legend(case)}{_strip(case, method)}'
-        f"{_case_data(case)}{_masked(case, method)}"
+        f"{_case_data(case)}{_masked(case, drawable, method)}"
         f"<h4>Faithfulness: k* per method</h4>{_methods_table(case)}{_labels(case, overrides)}"
         f'<details{" open" if graph_src else ""}><summary>Attribution graph</summary>'
         f'{graph}{_ablation(case, ablation)}<h4>Graph summary</h4><div class="ev">{evidence(case.graph_summary)}</div>'

@@ -241,3 +241,43 @@ def literal_text(fig: Any) -> Any:
 def count_of(count: int, word: str) -> str:
     """``1 case``, ``2 cases``, ``1,200 cases``: a count and its noun, for terminal lines and the report's text."""
     return f"{count:,} {word}" if count == 1 else f"{count:,} {word}s"
+
+
+MASK_CONTEXT = 4  # tokens of context on each side of a masked token, in every view of the masking order
+CLIP = 40  # characters of a token or of its context at most, so one long token cannot push a table's columns away
+
+
+def clipped_text(text: str, keep_end: bool = False, most: int = CLIP) -> str:
+    """``text`` cut to ``most`` characters with '…' (keeping its end when ``keep_end``: the context before a token)."""
+    if len(text) <= most:
+        return text
+    return "…" + text[-(most - 1):] if keep_end else text[:most - 1] + "…"
+
+
+def masked_rows(case: Any, method: str, context: int = MASK_CONTEXT) -> list[dict[str, Any]]:
+    """The tokens ``method``'s flip curve masked, in its order (:func:`failtrace.analysis.masking.masking_order`,
+    the case's own rule): k, position, the token, up to ``context`` tokens either side, segment, R, Δℓ after
+    masking the first k (None where the curve was not computed), and whether it is among the first k* (``flips``)."""
+    from failtrace.analysis.masking import masking_order
+
+    r = case.methods[method]
+    labels = case.segment_labels()
+    order = masking_order(r.input_relevance, case.special_mask, labels, case.masking)
+    return [{"k": k, "position": p, "token": case.tokens[p], "before": case.tokens[max(0, p - context):p],
+             "after": case.tokens[p + 1:p + 1 + context], "segment": labels[p] or "",
+             "relevance": float(r.input_relevance[p]),
+             "delta_after": float(r.flip_curve[k]) if k < len(r.flip_curve) else None,
+             "flips": r.flip_k is not None and k <= r.flip_k} for k, p in enumerate(order, 1)]
+
+
+def masked_caption(flip_k: int | None, rows: list[dict[str, Any]]) -> str:
+    """What the masking-order rows say about the flip, claiming nothing beyond the computed curve."""
+    if not rows:
+        return "no token with positive relevance to mask"
+    if flip_k is not None:
+        first = "the top token" if flip_k == 1 else f"the first {flip_k}"
+        return f"masking {first} flips the prediction to the contrast (k* = {flip_k})"
+    computed = sum(row["delta_after"] is not None for row in rows)
+    if not computed:
+        return "the masking curve was not computed"
+    return f"masking the first {computed} does not flip the prediction (k* none within them)"

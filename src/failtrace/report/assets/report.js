@@ -19,6 +19,7 @@
     art.querySelectorAll(".methods button").forEach(function(b){
       b.setAttribute("aria-pressed", b.dataset.method===method?"true":"false");
     });
+    art.querySelectorAll(".masked-for").forEach(function(d){ d.hidden = d.dataset.method!==method; });
   }
   document.querySelectorAll("article.case").forEach(function(art){
     art.querySelectorAll(".methods button").forEach(function(b){

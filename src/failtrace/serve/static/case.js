@@ -112,18 +112,22 @@
   function maskedTokens(c, method) {
     var m = c.methods[method], box = el("section", {class: "block", id: "masked"});
     box.appendChild(el("h3", {}, "The top tokens of " + method + ", in masking order"));
-    if (!m || !m.mask_order || !m.mask_order.length) {
+    if (!m || !m.drawable) {
+      box.appendChild(el("p", {class: "muted"}, "this method's relevance has no value per token: no masking order to list"));
+      return box;
+    }
+    if (!m.mask_order || !m.mask_order.length) {
       box.appendChild(el("p", {class: "muted"}, "no token with positive relevance to mask for this method"));
       return box;
     }
-    var k = m.flip_k, K = m.mask_order.length;
+    var k = m.flip_k, computed = Math.min(m.mask_order.length, Math.max(0, m.flip_curve.length - 1));
     box.appendChild(el("p", {class: "note"}, (k !== null ? "Masking " + (k === 1 ? "the first of these" : "the first " + k + " of these") + " flips the prediction to the contrast (k* = " + k + ", shaded)."
-      : "Masking all " + K + " does not flip the prediction (k* none).") + " Δℓ after k: the margin with tokens 1..k masked (" +
+      : computed ? "Masking the first " + computed + " does not flip the prediction (k* none within them)." : "The masking curve was not computed.") + " Δℓ after k: the margin with tokens 1..k masked (" +
       (c.masking ? c.masking.rule : "") + "); click a row to find the token in the heatmap."));
     var rows = m.mask_order.map(function (pos, i) {
       var tr = el("tr", {class: "hit-row" + (k !== null && i < k ? " flipset" : ""), "data-p": pos, title: "find it in the heatmap"}, [
-        el("td", {class: "n"}, String(i + 1)), el("td", {class: "tx"}, FT.shown(c.tokens[pos])),
-        el("td", {class: "tx ctx"}, [around(c, pos - 4, pos), el("b", {}, FT.shown(c.tokens[pos])), around(c, pos + 1, pos + 5)]),
+        el("td", {class: "n"}, String(i + 1)), el("td", {class: "tx"}, clip(FT.shown(c.tokens[pos]))),
+        el("td", {class: "tx ctx"}, [around(c, pos - 4, pos, true), el("b", {}, clip(FT.shown(c.tokens[pos]))), around(c, pos + 1, pos + 5)]),
         el("td", {class: "n"}, String(pos)),
         el("td", {}, c.labels[pos] || "—"), el("td", {class: "n"}, FT.fmt(m.raw[pos], 4)), el("td", {class: "n"}, FT.fmt(m.norm[pos], 3)),
         el("td", {class: "n"}, FT.fmt(m.flip_curve[i + 1], 3))]);
@@ -135,8 +139,12 @@
     return box;
   }
 
-  function around(c, from, to) {  // the tokens in [from, to) as one line (newlines shown as ↵)
-    return c.tokens.slice(Math.max(0, from), Math.min(c.tokens.length, to)).map(FT.shown).join("");
+  function around(c, from, to, keepEnd) {  // the tokens in [from, to) as one line (↵ for newlines), clipped
+    return clip(c.tokens.slice(Math.max(0, from), Math.min(c.tokens.length, to)).map(FT.shown).join(""), keepEnd);
+  }
+
+  function clip(s, keepEnd) {  // at most 40 characters, so one long token cannot push the table's columns away
+    return s.length <= 40 ? s : keepEnd ? "…" + s.slice(-39) : s.slice(0, 39) + "…";
   }
 
   function findToken(pos) {  // open its segment if folded, bring it into view, and mark it for a moment
