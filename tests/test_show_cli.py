@@ -67,7 +67,11 @@ def test_the_list_has_one_row_per_case(toy: dict[str, Any], capsys, monkeypatch)
         assert float(cells[4]) == pytest.approx(c.delta_logit, abs=1e-3)
         assert cells[5] == c.effective_category and cells[6] == c.pattern
         k = c.methods["attnlrp"].flip_k
-        assert cells[7] == ("—" if k is None else str(k))
+        assert cells[7] == ("none" if k is None else str(k))
+    code, out, _ = _show(capsys, monkeypatch, "--store", str(toy["store"]), "--method", "gradxinput")
+    rows = [[x.strip() for x in line.rstrip().split("│")[1:-1]] for line in out.splitlines() if line.startswith("│")]
+    assert [r[7] for r in rows] == [("none" if c.methods["gradxinput"].flip_k is None
+                                     else str(c.methods["gradxinput"].flip_k)) for c in toy["cases"]]
 
 
 @pytest.mark.parametrize("method", ["attnlrp", "gradxinput"])

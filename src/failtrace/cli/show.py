@@ -26,7 +26,8 @@ def show_command(
     store: Path = typer.Option(Path(DEFAULT_STORE), "--store", "-s", help="Results store."),
     case: str = typer.Option(None, "--case", help="Case id (or a unique prefix): show this case."),
     item: str = typer.Option(None, "--item", help="Item id: show its case (one per pair run)."),
-    method: str = typer.Option("attnlrp", "--method", help="Method whose top tokens are listed."),
+    method: str = typer.Option("attnlrp", "--method", help="Method whose k* the list shows and whose top tokens a "
+                                                           "case lists."),
     benchmark: str = typer.Option(None, "--benchmark", "-b", help="Only this benchmark's cases."),
 ) -> None:
     """List the analysed cases, or show one (--case or --item): target vs contrast, Δℓ, category and pattern, k* per
@@ -66,7 +67,7 @@ def show_command(
             con.print(f"{store}: no analysed cases" + (f" of {benchmark}" if benchmark else "")
                       + " (failtrace analyse explains the clean pairs)", highlight=False)
             return
-        con.print(_list_table(cases, store))
+        con.print(_list_table(cases, store, method))
         return
     if item is not None:
         chosen = [c for c in cases if c.item_id == item]
@@ -109,7 +110,7 @@ def _why_no_case(st: Any, item: str, benchmark: str | None) -> str:
     return f"it failed, and its pair search found no clean pair: {status} ({' '.join(str(reason or '').split())[:200]})"
 
 
-def _list_table(cases: list[Any], store: Path) -> Any:
+def _list_table(cases: list[Any], store: Path, method: str) -> Any:
     from rich.table import Table
     from rich.text import Text
 
@@ -117,15 +118,16 @@ def _list_table(cases: list[Any], store: Path) -> Any:
 
     t = Table(title=f"analysed cases: {store}", title_justify="left", caption_justify="left",
               caption="failtrace show --case ID (a unique prefix) shows one; * = category set by hand (override); "
-                      "k* none: no flip within K")
-    for name in ("case", "benchmark", "item", "target → contrast", "Δℓ", "category", "pattern", "k* attnlrp"):
-        t.add_column(name, justify="right" if name in ("Δℓ", "k* attnlrp") else "left", no_wrap=True)
+                      f"k* {method}: none = no flip within K, — = {method} not computed")
+    k_col = f"k* {method}"
+    for name in ("case", "benchmark", "item", "target → contrast", "Δℓ", "category", "pattern", k_col):
+        t.add_column(name, justify="right" if name in ("Δℓ", k_col) else "left", no_wrap=True)
     for c in cases:
-        k = c.methods["attnlrp"].flip_k if "attnlrp" in c.methods else None
+        k = c.methods[method].flip_k if method in c.methods else None
         t.add_row(c.case_id[:12], c.benchmark, c.item_id,
                   Text(f"‹{shown(c.target_text)}› → ‹{shown(c.contrast_text)}›"), f"{c.delta_logit:.3f}",
                   (c.effective_category or "—") + ("*" if c.override else ""), c.pattern or "—",
-                  "—" if "attnlrp" not in c.methods else "none" if k is None else str(k))
+                  "—" if method not in c.methods else "none" if k is None else str(k))
     return t
 
 
