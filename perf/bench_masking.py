@@ -1,5 +1,6 @@
 """The masking curve with the unmasked prefix run once (``masked_delta``'s default) against every token run for every
-mask (``reuse_above`` out of reach), on a stored case, same masks, same threads, same run (not a test).
+mask (``reuse_above`` out of reach), on a stored case, same masks, same threads, same run (not a test); the same for
+the case's node ablation (``ablated_delta``, its stored node order) as the row ``ablation``.
 
 For each method: the masks are the flip curve's (the case's own masking order, k = 0..K); the baseline and the
 prefix-reusing path alternate which goes first; the table prints seconds, the ratio, the largest difference between
@@ -15,6 +16,7 @@ import time
 
 import torch
 
+from failtrace.analysis.categories import ablated_delta
 from failtrace.analysis.masking import first_flip, masked_delta, masking_order
 from failtrace.models.loading import load_model
 from failtrace.store import open_store
@@ -55,6 +57,19 @@ def main() -> None:
         same = first_flip(curves["full"]) == first_flip(curves["reuse"])
         rows.append([method, n, min(order), len(masks), secs["full"], secs["reuse"],
                      f"x{secs['full'] / secs['reuse']:.2f}", f"{diff:.2e}", same])
+    nodes = [(int(d["layer"]), int(d["position"])) for d in case.category_evidence.get("ablation", {}).get("nodes", [])]
+    if nodes:
+        sets = [nodes[:k] for k in range(len(nodes) + 1)]
+        secs, curves = {}, {}
+        for which in ("full", "reuse"):
+            t = time.perf_counter()
+            curves[which] = ablated_delta(lm.model, case.token_ids, sets, case.target_id, case.contrast_id,
+                                          reuse_above=10**9 if which == "full" else 256)
+            secs[which] = time.perf_counter() - t
+        diff = max(abs(a - b) for a, b in zip(curves["full"], curves["reuse"]))
+        rows.append(["ablation", n, min(p for _, p in nodes), len(sets), secs["full"], secs["reuse"],
+                     f"x{secs['full'] / secs['reuse']:.2f}", f"{diff:.2e}",
+                     first_flip(curves["full"]) == first_flip(curves["reuse"])])
     table(f"masking curve of case {cid[:12]} ({n} tokens, {case.model}), torch threads {torch.get_num_threads()}: "
           f"every token per mask (full) vs the unmasked prefix once (reuse)",
           ["method", "tokens", "first masked", "masks", "full s", "reuse s", "full/reuse", "max |Δ curve|",
