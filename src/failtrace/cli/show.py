@@ -52,14 +52,18 @@ def show_command(
                 if newer is None:
                     raise FailtraceError(f"case {cid} is from an older analysis of pair run {row[0][:10]}, whose "
                                          f"newest analysis has no case of item {row[1]} (analysed with --limit or "
-                                         f"stopped early?): failtrace analyse --pair-run {row[0][:10]} adds it")
+                                         f"stopped early?): failtrace analyse with that analysis's settings adds it")
                 raise FailtraceError(f"case {cid} is from an older analysis; status, the report and the explorer "
                                      f"show case {newer} for item {row[1]}: failtrace show --case {newer}")
+        why = None  # where an --item without a case stopped
+        if item is not None:
+            chosen = [c for c in cases if c.item_id == item]
+            why = None if chosen else _why_no_case(st, item, benchmark)
         across = {}
         if case is not None or item is not None:
             from failtrace.store.comparisons import load_comparisons
 
-            for r in load_comparisons(st, {c.case_id for c in cases}):
+            for r in load_comparisons(st, {c.case_id for c in chosen}):
                 across.setdefault(r["case_id"], []).append(r)
     con = _console()
     if case is None and item is None:
@@ -70,10 +74,7 @@ def show_command(
         con.print(_list_table(cases, store, method))
         return
     if item is not None:
-        chosen = [c for c in cases if c.item_id == item]
         if not chosen:
-            with _store_errors(store), open_store(store, read_only=True) as st:
-                why = _why_no_case(st, item, benchmark)
             raise FailtraceError(f"no analysed case of item {item!r} in {store}" + (f" ({benchmark})" if benchmark
                                  else "") + f": {why}")
         if len(chosen) > 1:
