@@ -81,7 +81,9 @@ def _check_spec(spec: MaskingSpec, vocab: int) -> None:
         raise FailtraceError(f"masking max_k must be at least 1, got {spec.max_k}")
 
 
-PREFIX_REUSE_ABOVE = 256  # a shared unmasked prefix at least this long is run once and its KV cache reused
+PREFIX_REUSE_ABOVE = 256  # a shared unmasked prefix at least this long is run once and its KV cache reused,
+PREFIX_REUSE_SHARE = 0.5  # when it is also at least this share of the input: at a third, the suffix's attention over
+#                           the cache cost what the prefix saved (x0.99 on a 4,802-token trace; docs/PERF.md)
 
 
 @torch.no_grad()
@@ -95,9 +97,9 @@ def masked_delta(model: nn.Module, token_ids: Sequence[int], masks: Sequence[Seq
     One forward per mask set, ``batch`` sets per call (all rows have the same length: no padding).
 
     A causal model's states before the first masked position P are those of the unmasked input, so when P (over all
-    sets) is at least ``reuse_above`` tokens, positions 0..P-1 run once, unmasked, and every set runs only P..T-1 on
-    that KV cache: on a long agent trace whose top tokens are recent, most of each forward. The values are those of
-    the full forward up to float summation order (tested against it).
+    sets) is at least ``reuse_above`` tokens and half the input, positions 0..P-1 run once, unmasked, and every set
+    runs only P..T-1 on that KV cache: on a long agent trace whose top tokens are recent, most of each forward. The
+    values are those of the full forward up to float summation order (tested against it).
     """
     device = next(model.parameters()).device
     ids = torch.tensor([list(token_ids)], device=device)
@@ -129,10 +131,11 @@ def masked_delta(model: nn.Module, token_ids: Sequence[int], masks: Sequence[Seq
 def unmasked_prefix(model: nn.Module, token_ids: Sequence[int], changed: Sequence[int],
                     reuse_above: int = PREFIX_REUSE_ABOVE) -> tuple[int, list | None]:
     """(start, KV cache of positions 0..start-1): ``start`` is the first position any intervention changes (at most
-    the last position), or 0 (no cache) when that prefix is shorter than ``reuse_above`` tokens. Positions before it
-    are the unmasked input's in a causal model, so they run once for every mask or ablation of the call."""
+    the last position), or 0 (no cache) when that prefix is shorter than ``reuse_above`` tokens or than
+    :data:`PREFIX_REUSE_SHARE` of the input. Positions before it are the unmasked input's in a causal model, so they
+    run once for every mask or ablation of the call."""
     start = min(list(changed) + [len(token_ids) - 1])
-    if start < max(1, reuse_above):
+    if start < max(1, reuse_above) or start < PREFIX_REUSE_SHARE * len(token_ids):
         return 0, None
     from failtrace.failures.generation import prefix_forward
 
