@@ -63,6 +63,7 @@ def ablated_delta(model: nn.Module, token_ids: Sequence[int], node_sets: Sequenc
     n = len(token_ids)
     start, prefix = unmasked_prefix(model, token_ids, [pos for nodes in node_sets for _, pos in nodes], reuse_above)
     ids = torch.tensor([list(token_ids[start:])], device=device)
+    layer_index = {id(layer): i for i, layer in enumerate(layers)}
     out: list[float] = []
     for begin in range(0, len(node_sets), batch):
         chunk = node_sets[begin:begin + batch]
@@ -70,7 +71,6 @@ def ablated_delta(model: nn.Module, token_ids: Sequence[int], node_sets: Sequenc
         for row, nodes in enumerate(chunk):
             for layer, pos in nodes:
                 keep[layer, row, pos - start] = 0
-        layer_index = {id(layer): i for i, layer in enumerate(layers)}
 
         def hook(module: nn.Module, _inp: Any, output: Any) -> Any:
             m = keep[layer_index[id(module)]]

@@ -77,12 +77,11 @@ def logit_diff_fn(target_id: int, contrast_id: int) -> Any:
     return fn
 
 
-@torch.no_grad()
 def plain_delta(model: Any, ids: list[int], target_id: int, contrast_id: int) -> float:
     """Δℓ from an ordinary forward pass (the reference every attribution explains)."""
-    device = next(model.parameters()).device
-    logits = model(input_ids=torch.tensor([ids], device=device), use_cache=False, logits_to_keep=1).logits[0, -1]
-    logits = logits.double()
+    from failtrace.cases.alternatives import next_logits
+
+    logits = next_logits(model, ids)
     return float(logits[target_id] - logits[contrast_id])
 
 

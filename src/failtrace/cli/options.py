@@ -108,6 +108,8 @@ MODEL = typer.Option(None, "--model", "-m",
                      help="Registry name (failtrace models), .gguf file, local folder, hub id; default smollm2-135m-instruct.")
 CHAT = typer.Option(False, "--chat", help="Wrap the prompt in the model's chat template.")
 ANSWER_PREFIX = typer.Option(None, "--answer-prefix", help="The model's own output before the explained token.")
+POSITION = typer.Option(None, "--position", help="Explain the prediction after this token index (default last; "
+                                                  "negative counts from the end, -1 = last).")
 ALLOW_LONG = typer.Option(False, "--allow-long",
                           help="Run an input longer than the model's context window (refused by default: the model "
                                "never saw such positions, and time and memory grow with the length).")
@@ -132,5 +134,3 @@ def check_scale(workers: int | None, ray_address: str | None, batch_size: int = 
     from failtrace.scale.pool import require_ray
 
     require_ray()
-POSITION = typer.Option(None, "--position", help="Explain the prediction after this token index (default last; "
-                                                  "negative counts from the end, -1 = last).")
