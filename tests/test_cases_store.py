@@ -108,6 +108,13 @@ def test_latest_analysis_per_pair_run_never_mixes(tmp_path: Path) -> None:
         assert len(load_cases(st, latest=False)) == 4
         assert {c.case_id for c in load_cases(st, analysis_id="a-old")} == {"c-old-1", "c-old-2", "c-other"}
         assert load_cases(st, model_fingerprint="nope") == [] and load_cases(st, benchmark="other") == []
+        # Narrowed reads (failtrace show) keep the newest-analysis rule and equal the same cases of the full read.
+        whole = {c.case_id: c.to_dict() for c in load_cases(st, latest=False)}
+        assert [c.case_id for c in load_cases(st, case_ids={"c-old-1", "c-other"})] == ["c-other"]
+        (one,) = load_cases(st, case_ids=["c-old-1"], latest=False)
+        assert one.to_dict() == whole["c-old-1"] and set(one.methods) == {"attnlrp", "random"}
+        assert [c.case_id for c in load_cases(st, item_id="i-c-new-1")] == ["c-new-1"]
+        assert load_cases(st, item_id="i-c-old-2") == [] and load_cases(st, case_ids=[]) == []
 
 
 def test_overrides_are_stored_newest_wins_and_checked(tmp_path: Path) -> None:

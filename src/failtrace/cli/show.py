@@ -39,10 +39,9 @@ def show_command(
         raise FailtraceError("give --case or --item, not both")
     check_store_path(store, create=False)
     with _store_errors(store), open_store(store, read_only=True) as st:
-        cases = load_cases(st, benchmark=benchmark)
         if case is not None:
             cid = find_case_id(st, case)
-            chosen = [c for c in cases if c.case_id == cid]
+            chosen = load_cases(st, benchmark=benchmark, case_ids={cid})
             if not chosen:
                 row = st.con.execute("SELECT pair_run_id, item_id, benchmark FROM cases WHERE case_id = ?",
                                      [cid]).fetchone()
@@ -55,9 +54,11 @@ def show_command(
                                          f"stopped early?): failtrace analyse with that analysis's settings adds it")
                 raise FailtraceError(f"case {cid} is from an older analysis; status, the report and the explorer "
                                      f"show case {newer} for item {row[1]}: failtrace show --case {newer}")
+        if case is None and item is None:
+            cases = load_cases(st, benchmark=benchmark)
         why = None  # where an --item without a case stopped
         if item is not None:
-            chosen = [c for c in cases if c.item_id == item]
+            chosen = load_cases(st, benchmark=benchmark, item_id=item)
             why = None if chosen else _why_no_case(st, item, benchmark)
         across = {}
         if case is not None or item is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import statistics
 from datetime import datetime, timezone
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -136,22 +137,27 @@ def _latest_analyses(store: ResultsStore) -> set[tuple[str, str]]:
 
 
 def load_cases(store: ResultsStore, benchmark: str | None = None, model_fingerprint: str | None = None,
-               analysis_id: str | None = None, latest: bool = True, with_graph: bool = False) -> list[Case]:
+               analysis_id: str | None = None, latest: bool = True, with_graph: bool = False,
+               case_ids: Collection[str] | None = None, item_id: str | None = None) -> list[Case]:
     """Stored cases, ordered by benchmark, pair run and item (natural order: ``HumanEval/2`` before ``/10``), with
     their methods and newest override.
 
     ``latest`` (default): only the newest analysis run of each pair run, so cases built with other settings or
     another model file are never mixed; ``latest=False`` returns every stored case. ``with_graph`` also loads each
-    case's pruned graph (:func:`load_case_graph`).
+    case's pruned graph (:func:`load_case_graph`). ``case_ids`` and ``item_id`` narrow the read in SQL, so showing
+    one case of a large store reads only that case's relevance arrays.
     """
     if not has_case_tables(store):
         return []
     where, params = [], []
     for col, value in (("benchmark", benchmark), ("model_fingerprint", model_fingerprint),
-                       ("analysis_id", analysis_id)):
+                       ("analysis_id", analysis_id), ("item_id", item_id)):
         if value is not None:
             where.append(f"{col} = ?")
             params.append(value)
+    if case_ids is not None:
+        where.append("list_contains(?, case_id)")
+        params.append(sorted(case_ids))
     sql = "SELECT * FROM cases" + (" WHERE " + " AND ".join(where) if where else "")
     rows = store._rows(sql, params)
     rows.sort(key=lambda r: (r["benchmark"], r["pair_run_id"], natural_key(r["item_id"]), r["case_id"]))
@@ -159,7 +165,9 @@ def load_cases(store: ResultsStore, benchmark: str | None = None, model_fingerpr
         keep = _latest_analyses(store)
         rows = [r for r in rows if (r["pair_run_id"], r["analysis_id"]) in keep]
     methods: dict[str, dict[str, MethodResult]] = {}
-    for m in store._rows("SELECT * FROM case_methods"):
+    narrowed = case_ids is not None or item_id is not None
+    for m in store._rows("SELECT * FROM case_methods" + (" WHERE list_contains(?, case_id)" if narrowed else ""),
+                         [[r["case_id"] for r in rows]] if narrowed else ()):
         m["segment_relevance"] = _parsed(m["segment_relevance"] or "{}", store,
                                          f"case_methods.segment_relevance of case {m['case_id']}")
         methods.setdefault(m["case_id"], {})[m["method"]] = MethodResult.from_dict(m)
