@@ -124,10 +124,18 @@
     box.appendChild(el("p", {class: "note"}, (k !== null ? "Masking " + (k === 1 ? "the first of these" : "the first " + k + " of these") + " flips the prediction to the contrast (k* = " + k + ", shaded)."
       : computed ? "Masking the first " + computed + " does not flip the prediction (k* none within them)." : "The masking curve was not computed.") + " Δℓ after k: the margin with tokens 1..k masked (" +
       (c.masking ? c.masking.rule : "") + "); click a row to find the token in the heatmap."));
+    var ctx = c.mask_view.context, most = c.mask_view.clip;  // the server's, as the report and failtrace show use
+    function clip(s, keepEnd) {  // at most `most` characters, so one long token cannot push the columns away
+      return s.length <= most ? s : keepEnd ? "…" + s.slice(-(most - 1)) : s.slice(0, most - 1) + "…";
+    }
+    function around(c, from, to, keepEnd) {  // the tokens in [from, to) as one line (↵ for newlines), clipped
+      return clip(c.tokens.slice(Math.max(0, from), Math.min(c.tokens.length, to)).map(FT.shown).join(""), keepEnd);
+    }
     var rows = m.mask_order.map(function (pos, i) {
       var tr = el("tr", {class: "hit-row" + (k !== null && i < k ? " flipset" : ""), "data-p": pos, title: "find it in the heatmap"}, [
         el("td", {class: "n"}, String(i + 1)), el("td", {class: "tx"}, clip(FT.shown(c.tokens[pos]))),
-        el("td", {class: "tx ctx"}, [around(c, pos - 4, pos, true), el("b", {}, clip(FT.shown(c.tokens[pos]))), around(c, pos + 1, pos + 5)]),
+        el("td", {class: "tx ctx"}, [around(c, pos - ctx, pos, true), el("b", {}, clip(FT.shown(c.tokens[pos]))),
+          around(c, pos + 1, pos + 1 + ctx)]),
         el("td", {class: "n"}, String(pos)),
         el("td", {}, c.labels[pos] || "—"), el("td", {class: "n"}, FT.fmt(m.raw[pos], 4)), el("td", {class: "n"}, FT.fmt(m.norm[pos], 3)),
         el("td", {class: "n"}, FT.fmt(m.flip_curve[i + 1], 3))]);
@@ -137,14 +145,6 @@
     box.appendChild(el("table", {class: "t masked"}, [el("tr", {}, ["k", "token", "in context", "position", "segment", "R", "normalised", "Δℓ after k"].map(function (h, i) {
       return el("th", {class: i >= 1 && i <= 4 && i !== 3 ? "" : "n"}, h); }))].concat(rows)));
     return box;
-  }
-
-  function around(c, from, to, keepEnd) {  // the tokens in [from, to) as one line (↵ for newlines), clipped
-    return clip(c.tokens.slice(Math.max(0, from), Math.min(c.tokens.length, to)).map(FT.shown).join(""), keepEnd);
-  }
-
-  function clip(s, keepEnd) {  // at most 40 characters, so one long token cannot push the table's columns away
-    return s.length <= 40 ? s : keepEnd ? "…" + s.slice(-39) : s.slice(0, 39) + "…";
   }
 
   function findToken(pos) {  // open its segment if folded, bring it into view, and mark it for a moment
