@@ -11,9 +11,9 @@ heatmap_html           HTML token heatmap (page or fragment)       :mod:`.tokens
 heatmap_figure         two-panel matplotlib figure                 :mod:`.figure`
 save_heatmap_png/svg   that figure as PNG / SVG                    :mod:`.figure`
 render_terminal        rich terminal view                          :mod:`.terminal`
-graph_html             interactive graph page (or fragment)        :mod:`.graph_html`
-save_graph_html        that page to a file                         :mod:`.graph_html`
-save_graph_png         layered graph picture (.png/.svg/.pdf)      :mod:`.graph_png`
+graph_html             interactive graph page (or fragment)        :mod:`.graph_interactive`
+save_graph_html        that page to a file                         :mod:`.graph_interactive`
+save_graph_png         layered graph picture (.png/.svg/.pdf)      :mod:`.graph_static`
 =====================  ==========================================  ============================
 """
 
