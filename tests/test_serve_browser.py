@@ -265,6 +265,10 @@ def _expected_graph(graph: dict[str, Any], p: float) -> tuple[int, int]:
 
 def test_graph_slider_pin_and_export(page: Any, server: dict[str, Any], tmp_path: Path) -> None:
     case = max(server["cases"], key=lambda c: len(c.graph["edges"]))
+    _open(page, server, f"#/graph/{case.case_id}", "graph")  # opens on every stored edge, as the report draws it
+    assert page.inner_text("#mass-value") == "1.00"
+    assert (page.locator("circle.n").count(), page.locator("line.e").count()) == _expected_graph(case.graph, 1.0)
+    assert _expected_graph(case.graph, 1.0) != _expected_graph(case.graph, 0.80)
     _open(page, server, f"#/graph/{case.case_id}?p=0.80", "graph")
     assert page.inner_text("#nav-crumb").replace("›", " ").split() == ["case", case.item_id, "graph"]
     n_hi = page.locator("line.e").count()
@@ -291,7 +295,8 @@ def test_graph_slider_pin_and_export(page: Any, server: dict[str, Any], tmp_path
     assert "pin=" in page.url and page.locator("circle.n.pin").count() == 1
     on = page.locator("line.e.on").count()
     assert 0 < on < n_hi and page.locator("line.e.dim").count() == n_hi - on
-    assert f"pinned {key}" in page.inner_text("#gsub")
+    stage, pos = key.split(":")
+    assert f"pinned {case.graph['stages'][int(stage)]} / pos {pos}:" in page.inner_text("#gsub")
     _shot(page, "graph")
     with page.expect_download() as dl:
         page.click("#export")

@@ -111,10 +111,15 @@
     document.body.appendChild(a); a.click(); a.remove();
   }
 
+  function nodeName(D, key) {  // "stage:position" as the tooltip names it: "L26 / pos 42"
+    var sp = key.split(":");
+    return D.stages[+sp[0]] + " / pos " + sp[1];
+  }
+
   FT.views.graph = function (view, params, id) {
     return FT.api("/api/cases/" + encodeURIComponent(id) + "/graph").then(function (D) {
       FT.crumb([el("a", {href: "#/case/" + id}, "case " + D.item_id), el("a", {href: "#/graph/" + id}, "graph")]);
-      var p = Math.min(1, Math.max(0.01, parseFloat(params.get("p")) || 0.8));
+      var p = Math.min(1, Math.max(0.01, parseFloat(params.get("p")) || 1));  // 1: every stored edge, as the report draws it
       var state = {p: p, pin: params.get("pin"), search: params.get("q") || "", abl: params.get("abl") === "1"};
       function save() {
         var u = new URLSearchParams(); u.set("p", state.p.toFixed(2));
@@ -131,7 +136,7 @@
         if (state.pin && !kept.nodes[state.pin]) state.pin = null;
         pv.textContent = state.p.toFixed(2);
         count.textContent = Object.keys(kept.nodes).length + " nodes, " + kept.edges.length + " edges drawn (of " + D.edges.length + " stored)";
-        subInfo.textContent = state.pin && sub ? "pinned " + state.pin + ": subgraph to the prediction has " + Object.keys(sub.nodes).length +
+        subInfo.textContent = state.pin && sub ? "pinned " + nodeName(D, state.pin) + ": subgraph to the prediction has " + Object.keys(sub.nodes).length +
           " nodes, " + sub.edges.length + " edges" : (state.abl && D.ablation ? ablationText(D, kept, state, sub) : "click a node to pin it");
         save();
       }
@@ -146,7 +151,8 @@
       view.appendChild(el("section", {class: "block"}, [
         el("h2", {}, "Attribution graph"),
         el("p", {class: "note"}, "Rows: stages (embeddings, then each decoder layer's output); columns: token positions with a kept node. " +
-           "Red edges/nodes push towards the target, blue towards the contrast; node size = normalised |R| in its stage. " +
+           "Red edges/nodes push towards the target, blue towards the contrast, grey nodes sit on special (chat-template) " +
+           "tokens; node size = normalised |R| in its stage. " +
            "Stored graph pruned with " + ((D.settings || {}).prune || "?") + "; the slider re-prunes those edges by cumulative mass."),
         el("div", {class: "graphbar"}, [el("label", {}, ["edge mass p ", slider, " ", pv]), count, search, ablToggle,
           el("button", {type: "button", id: "export", onclick: function () { exportJSON(D, kept, sub, state); }}, "export JSON"), subInfo]),
