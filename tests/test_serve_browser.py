@@ -127,6 +127,24 @@ def test_table_count_filter_and_url_state(page: Any, server: dict[str, Any]) -> 
     _open(page, server, "#/cases", "cases")
     assert page.inner_text("#total") == f"{server['n_rows']} rows"
     assert page.locator("tr.row").count() == server["n_rows"]
+    # k*: the number, "none" (curve computed, no flip within K) or "—" (no case, or no curve) -- never one dash for two
+    want = {c.case_id: "none" if c.methods["attnlrp"].flip_k is None and len(c.methods["attnlrp"].flip_curve) > 1
+            else "—" if c.methods["attnlrp"].flip_k is None else str(c.methods["attnlrp"].flip_k)
+            for c in server["cases"]}
+    got = dict(page.locator("tr.row.has-case").evaluate_all(
+        "trs => trs.map(tr => [tr.dataset.case, tr.querySelector('td:nth-child(9)').textContent])"))
+    assert got == want
+    assert set(page.locator("tr.row:not(.has-case) td:nth-child(9)").all_inner_texts()) == {"—"}
+    # every toy case flips; a row whose curve ran without a flip (as the API sends it) reads "none", not "—"
+    def no_flip(route: Any) -> None:
+        body = route.fetch().json()
+        body["rows"][0].update(case_id="c0", k_star=None, k_computed=True)
+        route.fulfill(json=body)
+
+    page.route("**/api/table?*", no_flip)
+    _open(page, server, "#/cases?sort=item_id", "cases")
+    assert page.locator("tr.row td:nth-child(9)").first.inner_text() == "none"
+    page.unroute("**/api/table?*")
     _shot(page, "table")
     page.click("input[data-facet=pair_status][value=clean]")
     page.wait_for_function(f"document.querySelector('#total').textContent === '{server['n_clean']} rows'")

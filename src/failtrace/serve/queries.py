@@ -28,7 +28,7 @@ latest AS (SELECT pair_run_id, arg_max(analysis_id, t) AS analysis_id FROM analy
 ov AS (SELECT case_id, arg_max(category, created_at) AS category FROM overrides GROUP BY case_id),
 cs AS (
     SELECT c.case_id, c.pair_run_id, c.item_id, c.category, c.pattern, c.delta_logit AS case_delta,
-           ov.category AS override, m.flip_k AS k_star
+           ov.category AS override, m.flip_k AS k_star, coalesce(len(m.flip_curve) > 1, false) AS k_computed
     FROM cases c JOIN latest l ON l.pair_run_id = c.pair_run_id AND l.analysis_id = c.analysis_id
     LEFT JOIN ov ON ov.case_id = c.case_id
     LEFT JOIN case_methods m ON m.case_id = c.case_id AND m.method = 'attnlrp'),
@@ -37,7 +37,7 @@ cs AS (
 _NO_CASES_CTE = """
 cs AS (SELECT NULL::VARCHAR AS case_id, NULL::VARCHAR AS pair_run_id, NULL::VARCHAR AS item_id,
        NULL::VARCHAR AS category, NULL::VARCHAR AS pattern, NULL::DOUBLE AS case_delta, NULL::VARCHAR AS override,
-       NULL::INTEGER AS k_star WHERE false),
+       NULL::INTEGER AS k_star, false AS k_computed WHERE false),
 """
 
 _ROWS_CTE = """
@@ -46,7 +46,7 @@ rows AS (
            p.pair_run_id, coalesce(p.status, CASE WHEN v.status = 'fail' THEN 'not searched' END) AS pair_status,
            p.target_text, p.contrast_text, coalesce(cs.case_delta, p.delta_logit) AS delta_logit,
            cs.case_id, coalesce(cs.override, cs.category) AS category, cs.override IS NOT NULL AS overridden,
-           cs.pattern, cs.k_star, g.n_tokens
+           cs.pattern, cs.k_star, coalesce(cs.k_computed, false) AS k_computed, g.n_tokens
     FROM verdicts v
     JOIN runs r ON r.run_id = v.run_id
     LEFT JOIN generations g ON g.run_id = v.run_id AND g.item_id = v.item_id
@@ -55,8 +55,9 @@ rows AS (
 """
 
 COLUMNS = ("run_id", "item_id", "benchmark", "model", "verdict", "pair_run_id", "pair_status", "target_text",
-           "contrast_text", "delta_logit", "case_id", "category", "overridden", "pattern", "k_star", "n_tokens")
-SORT_COLUMNS = frozenset(COLUMNS) - {"overridden"}
+           "contrast_text", "delta_logit", "case_id", "category", "overridden", "pattern", "k_star", "k_computed",
+           "n_tokens")
+SORT_COLUMNS = frozenset(COLUMNS) - {"overridden", "k_computed"}
 # facet name (query parameter) -> column of ``rows``
 # pair_run: a collection run searched by several pair runs has one row per failure and pair run; this facet picks one
 FACETS = {"benchmark": "benchmark", "model": "model", "verdict": "verdict", "pair_run": "pair_run_id",

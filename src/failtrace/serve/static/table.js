@@ -55,10 +55,11 @@
     var search = el("input", {type: "search", id: "search", placeholder: "item id contains…", value: params.get("q") || ""});
     search.addEventListener("change", function () { update(params, {q: search.value}); });
     side.appendChild(el("h4", {text: "search"})); side.appendChild(search);
-    RANGES.forEach(function (r) { side.appendChild(rangeBox(r[0], r[1], r[2], params)); });
-    FT.meta.facets.forEach(function (name) { side.appendChild(facetBox(name, data.facets[name] || [], params)); });
+    // on top, so it stays in reach however long the facet lists grow
     side.appendChild(el("button", {type: "button", id: "clear", onclick: function () { FT.go("cases", "", null); }},
                         "clear filters"));
+    RANGES.forEach(function (r) { side.appendChild(rangeBox(r[0], r[1], r[2], params)); });
+    FT.meta.facets.forEach(function (name) { side.appendChild(facetBox(name, data.facets[name] || [], params)); });
     return side;
   }
 
@@ -79,14 +80,19 @@
     if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); ev.currentTarget.click(); }
   }
 
+  function kTitle(r) {  // k* says three things: flipped at k, no flip within the curve's K, or no curve at all
+    return r.k_star !== null ? "masking the top " + r.k_star + " attnlrp tokens flips it" : r.k_computed
+      ? "no flip within the masking curve's K" : r.case_id ? "masking curve not computed" : "no analysed case";
+  }
+
   function row(r) {
     var c = FT.meta.colors;
-    var cells = [el("td", {}, r.item_id), el("td", {}, r.benchmark), el("td", {title: r.model},
+    var cells = [el("td", {class: "item"}, r.item_id), el("td", {}, r.benchmark), el("td", {title: r.model},
                  String(r.model).split("/").pop()), el("td", {}, r.verdict), el("td", {title: r.pair_run_id ? "pair run " + r.pair_run_id : null},
                  r.pair_status || "—"),
                  el("td", {class: "tx"}, r.target_text === null ? "—" : "‹" + FT.shown(r.target_text) + "›"),
                  el("td", {class: "tx"}, r.contrast_text === null ? "—" : "‹" + FT.shown(r.contrast_text) + "›"),
-                 el("td", {class: "n"}, FT.fmt(r.delta_logit)), el("td", {class: "n"}, r.k_star === null ? "—" : String(r.k_star)),
+                 el("td", {class: "n"}, FT.fmt(r.delta_logit)), el("td", {class: "n", title: kTitle(r)}, r.k_star !== null ? String(r.k_star) : r.k_computed ? "none" : "—"),
                  el("td", {class: "nw"}, [FT.badge(r.category, c.categories), r.overridden ? el("span", {class: "muted", title: "overridden by a reviewer"}, " ✎") : null]),
                  el("td", {}, FT.badge(r.pattern, c.patterns)), el("td", {class: "n"}, r.n_tokens === null ? "—" : String(r.n_tokens))];
     var tr = el("tr", {class: "row" + (r.case_id ? " has-case" : ""), "data-case": r.case_id || "", tabindex: "0",

@@ -1,0 +1,77 @@
+"""Screenshot explorer views of a real store with Debian's chromium (through Playwright), e.g. for docs/explorer-*.png.
+
+    python scripts/explorer_screenshot.py STORE docs/explorer-table.png "#/cases" --ready cases
+    python scripts/explorer_screenshot.py STORE docs/explorer-case.png '#/case/CASE_ID' --ready case
+
+It starts ``failtrace serve`` on a free loopback port (read-only), waits until the view says it is painted
+(``body[data-ready=READY]``), takes a full-page PNG and stops the server. Requests that leave 127.0.0.1 are blocked;
+the PNG is reduced to a 256-colour palette to stay small. The browser tests save the toy store's views instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("store", type=Path)
+    ap.add_argument("png", type=Path)
+    ap.add_argument("hash", help="the view's URL fragment, e.g. '#/' or '#/case/ID'")
+    ap.add_argument("--ready", default="cases", help="the view's data-ready name (cases, case, graph, compare, …)")
+    ap.add_argument("--width", type=int, default=1280)
+    ap.add_argument("--height", type=int, default=900)
+    args = ap.parse_args()
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        raise SystemExit("error: no chromium binary (scripts/setup.sh installs Debian's chromium)")
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}/"
+    failtrace = Path(sys.executable).with_name("failtrace")
+    server = subprocess.Popen([str(failtrace), "serve", "--store", str(args.store), "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(300):  # the app imports torch-free, but a cold start on a loaded machine takes seconds
+            if server.poll() is not None:
+                raise SystemExit(f"error: failtrace serve stopped: {server.stderr.read().strip()}")
+            try:
+                urllib.request.urlopen(base + "api/meta", timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+            ctx = browser.new_context(viewport={"width": args.width, "height": args.height})
+            ctx.route("**/*", lambda r: r.continue_() if r.request.url.startswith(base) else r.abort())
+            page = ctx.new_page()
+            page.goto(base + args.hash)
+            page.wait_for_selector(f"body[data-ready={args.ready}]", timeout=30000)
+            page.mouse.move(1, 1)
+            args.png.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(args.png), full_page=True)
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+    Image.open(args.png).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(args.png, optimize=True)
+    print(f"{args.png}: {args.png.stat().st_size // 1024} KB")
+
+
+if __name__ == "__main__":
+    main()
