@@ -5,7 +5,9 @@ number of drawn edges (as a Python re-implementation of the pruning rule predict
 to the prediction and exports it, and no request leaves 127.0.0.1.
 
 Chromium missing is a failure, not a skip (scripts/setup.sh installs it; FAILTRACE_CHROMIUM points at another
-binary). FAILTRACE_SCREENSHOTS=DIR keeps screenshots of the main views (docs/explorer-*.png were made so).
+binary). FAILTRACE_SCREENSHOTS=DIR keeps screenshots of the graph, review and API views
+(docs/explorer-{graph,review,api}.png were made so; the table and case views in docs/ come from a real demo store,
+scripts/explorer_screenshot.py).
 """
 
 from __future__ import annotations
@@ -135,6 +137,7 @@ def test_table_count_filter_and_url_state(page: Any, server: dict[str, Any]) -> 
         "trs => trs.map(tr => [tr.dataset.case, tr.querySelector('td:nth-child(9)').textContent])"))
     assert got == want
     assert set(page.locator("tr.row:not(.has-case) td:nth-child(9)").all_inner_texts()) == {"—"}
+    # (the table and case screenshots in docs/ are of a real demo store: scripts/explorer_screenshot.py)
     # every toy case flips; a row whose curve ran without a flip (as the API sends it) reads "none", not "—"
     def no_flip(route: Any) -> None:
         body = route.fetch().json()
@@ -145,7 +148,6 @@ def test_table_count_filter_and_url_state(page: Any, server: dict[str, Any]) -> 
     _open(page, server, "#/cases?sort=item_id", "cases")
     assert page.locator("tr.row td:nth-child(9)").first.inner_text() == "none"
     page.unroute("**/api/table?*")
-    _shot(page, "table")
     page.click("input[data-facet=pair_status][value=clean]")
     page.wait_for_function(f"document.querySelector('#total').textContent === '{server['n_clean']} rows'")
     assert page.locator("tr.row").count() == server["n_clean"] < server["n_rows"]
@@ -176,7 +178,6 @@ def test_case_page_heatmap_tokens_and_method_switch(page: Any, server: dict[str,
     i = next(j for j, sp in enumerate(case.special_mask) if not sp)
     page.hover(f"#strip .tok[data-p='{i}']")
     assert page.inner_text("#readout").startswith(f"pos {i} ")
-    _shot(page, "case")
     raw = np.asarray(case.methods["cp-lrp"].input_relevance)
     norm = raw / np.abs(raw[~np.asarray(case.special_mask)]).max()  # by hand: largest |R| of non-special tokens
     i = max((j for j, sp in enumerate(case.special_mask) if not sp), key=lambda j: abs(norm[j]) * (abs(norm[j]) < 0.9))
