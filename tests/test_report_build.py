@@ -407,6 +407,11 @@ def test_evidence_is_rendered_readably():
     assert out.count("<tr>") == 1 + MAX_ROWS + 1 and "… 3 more" in out  # header, MAX_ROWS rows, the "more" row
     assert "&lt;b&gt;x&lt;/b&gt;" in out and "<b>x</b>" not in out
     assert "none stored" in dl({})
+    # a path's tokens repeat once per layer: runs fold, order and the single ones stay
+    folded = dl({"tokens": [" cat"] * 17 + ["\n"] * 13 + [" cat"]})
+    assert "<dd>‹·cat› ×17, ‹↵› ×13, ‹·cat›</dd>" in folded
+    path = dl({"nodes": ["emb/26"] + [f"L{i}/26" for i in range(16)] + [f"L{i}/42" for i in range(16, 30)] + ["L29/7"]})
+    assert "<dd>emb–L15/26 → L16–L29/42 → L29/7</dd>" in path
     empty = dl({"ablated_nodes": [], "other": []})  # an empty list says what "none" means where it could mislead
     assert "<dt>ablated_nodes</dt><dd><span class=\"dim\">none: no ablation of the top nodes within the budget " \
            "flipped the prediction</span></dd>" in empty

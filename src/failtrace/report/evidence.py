@@ -2,8 +2,9 @@
 
 Rules, applied recursively: a dict becomes a definition list; a list of dicts that share keys becomes a small table
 (at most ``MAX_ROWS`` rows, then "… N more"); a list of scalars becomes one line (``nodes``/``path`` lists are joined
-with arrows, as paths through the graph); numbers are shown with 4 significant digits; strings are escaped and
-tokens keep visible whitespace where the key says they are tokens.
+with arrows, as paths through the graph, the stages at one position folded: ``emb–L15/26 → L16–L29/42``; a token list
+folds repeats, ``‹·cat› ×17``, as a path's nodes repeat a token); numbers are shown with 4 significant digits;
+strings are escaped and tokens keep visible whitespace where the key says they are tokens.
 """
 
 from __future__ import annotations
@@ -57,6 +58,31 @@ def _table(rows: Sequence[Mapping[str, Any]]) -> str:
     return f'<table class="t ev-t"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}{more}</tbody></table>'
 
 
+def _token_runs(tokens: Sequence[Any]) -> str:
+    """A token list (e.g. the token of each node on a path, one per layer) with repeats folded: ‹·cat› ×17, ‹↵› ×13."""
+    runs: list[list[Any]] = []
+    for t in tokens:
+        if runs and runs[-1][0] == t:
+            runs[-1][1] += 1
+        else:
+            runs.append([t, 1])
+    shown = [scalar(t, "token") + (f" ×{n}" if n > 1 else "") for t, n in runs[: MAX_ROWS * 4]]
+    more = f" … ({len(runs)} runs in all)" if len(runs) > MAX_ROWS * 4 else ""
+    return ", ".join(shown) + more
+
+
+def _path_runs(nodes: Sequence[str]) -> str:
+    """A path's ``stage/position`` nodes with the stages at one position folded: emb–L15/26 → L16–L29/42."""
+    runs: list[list[str]] = []  # [first stage, last stage, position]
+    for node in nodes:
+        stage, pos = node.split("/")
+        if runs and runs[-1][2] == pos:
+            runs[-1][1] = stage
+        else:
+            runs.append([stage, stage, pos])
+    return " → ".join(_esc(f"{a}/{p}" if a == b else f"{a}–{b}/{p}") for a, b, p in runs)
+
+
 def value(v: Any, key: str = "") -> str:
     """Any evidence value as HTML (module docstring)."""
     if _is_scalar(v):
@@ -69,9 +95,13 @@ def value(v: Any, key: str = "") -> str:
             return f'<span class="dim">{_esc(_EMPTY.get(key, "none"))}</span>'
         if all(isinstance(x, Mapping) for x in items):
             return _table(items)
+        if all(_is_scalar(x) for x in items) and key in _TOKEN_KEYS:
+            return _token_runs(items)
+        if key in _PATH_KEYS and all(isinstance(x, str) and x.count("/") == 1 for x in items):
+            return _path_runs(items)
         if all(_is_scalar(x) for x in items):
             sep = " → " if key in _PATH_KEYS else ", "
-            shown = [scalar(x, key if key in _TOKEN_KEYS else "") for x in items[: MAX_ROWS * 4]]
+            shown = [scalar(x, "") for x in items[: MAX_ROWS * 4]]
             more = f" … ({len(items)} in all)" if len(items) > MAX_ROWS * 4 else ""
             return sep.join(shown) + more
         return "; ".join(value(x, key) for x in items[:MAX_ROWS]) + (" …" if len(items) > MAX_ROWS else "")
