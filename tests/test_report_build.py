@@ -454,3 +454,29 @@ def test_one_of_a_kind_is_singular(tmp_path):
 
     with (tmp_path / "r" / "tables" / "cases.csv").open(encoding="utf-8") as fh:  # the same columns as with none
         assert next(csv.reader(fh)) == [*CASE_COLUMNS, "k_star_attnlrp"]
+
+
+def test_a_segment_has_one_colour_in_every_case():
+    """"query" is drawn in the same colour whatever the order of a case's segments (it used to follow that order, so
+    one name changed colour from case to case), in the legend and in each token's underline; names differ in colour."""
+    import copy
+
+    from failtrace.report.casepage import case_section
+
+    case = next(c for c in sample()[0] if len(c.segments) > 2)
+    flipped = copy.deepcopy(case)
+    flipped.segments = dict(reversed(list(case.segments.items())))
+
+    def colours(c) -> dict[str, set[str]]:
+        html_ = case_section(c)
+        seen: dict[str, set[str]] = {}
+        for colour, name in re.findall(r'class="sw" style="background:(#[0-9a-f]{6})"></span>([a-z_]+)', html_):
+            seen.setdefault(name, set()).add(colour)
+        labels = c.segment_labels()
+        for p, colour in re.findall(r'data-p="(\d+)"[^>]*border-bottom-color:(#[0-9a-f]{6})', html_):
+            seen.setdefault(labels[int(p)], set()).add(colour)
+        return seen
+
+    a, b = colours(case), colours(flipped)
+    assert a == b and len(a) > 2 and all(len(v) == 1 for v in a.values())
+    assert len({next(iter(v)) for v in a.values()}) == len(a)

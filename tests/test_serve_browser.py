@@ -187,13 +187,23 @@ def test_case_page_heatmap_tokens_and_method_switch(page: Any, server: dict[str,
     style = page.get_attribute(f"#strip .tok[data-p='{i}']", "style")
     assert _rgb(float(norm[i])) in style and style != before
     assert page.locator("#flip g[data-method]").count() == sum(bool(m.flip_curve) for m in case.methods.values())
-    # fold a segment: the URL keeps it folded when the link is reopened
-    seg = page.locator("details.seg").first.get_attribute("data-seg")
-    page.locator("details.seg > summary").first.click()
-    page.wait_for_function("location.hash.includes('closed=')")
+    # each box in its segment's one colour, the report's (failtrace.report.casepage.SEGMENT_COLORS)
+    from failtrace.report.casepage import SEGMENT_COLORS
+
+    boxes = page.locator("details.seg").evaluate_all(
+        "ds => ds.map(d => [d.dataset.seg, d.style.getPropertyValue('--segc')])")
+    assert boxes and all(colour == SEGMENT_COLORS[name] for name, colour in boxes)
+    # fold one box of a segment that has several: the URL keeps exactly that box folded when the link is reopened
+    names = page.locator("details.seg").evaluate_all("ds => ds.map(d => d.dataset.seg)")
+    seg = next(n for n in names if names.count(n) > 1)
+    boxes = page.locator(f"details.seg[data-seg='{seg}']")
+    start = boxes.nth(1).get_attribute("data-start")
+    boxes.nth(1).locator("> summary").click()
+    page.wait_for_function(f"location.hash.includes('closed={start}')")
     _open(page, server, "#/case/" + page.url.split("#/case/", 1)[1], "case")
-    assert page.locator(f"details.seg[data-seg='{seg}']:not([open])").count() >= 1
-    assert page.locator("details.seg[open]").count() >= 1
+    assert page.locator("details.seg:not([open])").evaluate_all("ds => ds.map(d => d.dataset.start)") == [start]
+    page.locator(f"details.seg[data-start='{start}'] > summary").click()  # unfolding it clears the URL
+    page.wait_for_function("!location.hash.includes('closed=')")
 
 
 def test_top_tokens_in_masking_order_find_their_token(page: Any, server: dict[str, Any]) -> None:

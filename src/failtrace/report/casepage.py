@@ -16,6 +16,7 @@ import json
 import math
 from typing import Any
 
+from failtrace.analysis.segments import SEGMENT_NAMES
 from failtrace.cases.record import Case
 from failtrace.report._shared import AblationView, normalize
 from failtrace.report.evidence import dl as evidence
@@ -23,7 +24,11 @@ from failtrace.report.figures import CATEGORY_COLORS, PATTERN_COLORS
 from failtrace.report.tables import Overrides, effective_category, methods_of
 from failtrace.views.common import clipped_text, masked_caption, masked_rows
 
-SEGMENT_COLORS = ("#0d9488", "#d97706", "#7c3aed", "#db2777", "#65a30d", "#0284c7", "#b45309", "#4f46e5")
+# One colour per segment name (failtrace.analysis.segments.SEGMENT_NAMES, in order), so "query" is the same colour
+# in every case, the legend, and the explorer (which gets this map from /api/meta).
+SEGMENT_COLORS = dict(zip(SEGMENT_NAMES, ("#0d9488", "#d97706", "#7c3aed", "#db2777", "#65a30d", "#0284c7", "#b45309",
+                                          "#4f46e5", "#be123c", "#0891b2", "#4d7c0f", "#a21caf"), strict=True))
+OTHER_SEGMENT_COLOR = "#6b7280"  # a segment name outside the registry (never produced by the segmenters)
 _WS = {" ": "·", "\n": "↵", "\t": "→", "\r": "␍"}
 
 
@@ -76,7 +81,6 @@ def _strip(case: Case, method: str | None) -> str:
     norm = normalize(case.methods[method].input_relevance, case.special_mask) if method else [0.0] * n
     norm = [float(v) if math.isfinite(v) else 0.0 for v in norm]  # not computed (NaN): drawn white
     labels = case.segment_labels()
-    seg_index = {s: i for i, s in enumerate(case.segments)}
     parts = []
     for i, tok in enumerate(case.tokens):
         if i == case.prompt_length and 0 < i < n:
@@ -86,8 +90,8 @@ def _strip(case: Case, method: str | None) -> str:
         cls = "tok" + (" sp" if special else "") + (" pos" if i == n - 1 else "")
         v = float(norm[i])
         style = "" if special else f"background:{_mix(v)};color:{'#fff' if abs(v) > 0.62 else '#111'};"
-        if seg in seg_index and not special:
-            style += f"border-bottom-color:{SEGMENT_COLORS[seg_index[seg] % len(SEGMENT_COLORS)]}"
+        if seg and not special:
+            style += f"border-bottom-color:{SEGMENT_COLORS.get(seg, OTHER_SEGMENT_COLOR)}"
         base = f"pos {i} · {seg or 'no segment'}{' · special token id' if special else ''} · ‹{plain_token(tok)}›"
         title = base + (f"\n{method}: normalised = {v:.3f}" if method else "")
         parts.append(f'<span class="{cls}" data-p="{i}" data-base="{esc(base)}" style="{style}" '
@@ -131,11 +135,11 @@ def _legend(case: Case) -> str:
     segs = []
     labels = case.segment_labels()
     drawn = {lab for lab, sp in zip(labels, case.special_mask) if not sp}  # special tokens carry no underline
-    for i, s in enumerate(case.segments):
+    for s in case.segments:
         if s not in drawn:
             continue
         rel = " (relevant)" if s in case.relevant_segments else " (chat-template text)" if s == "special" else ""
-        segs.append(f'<span><span class="sw" style="background:{SEGMENT_COLORS[i % len(SEGMENT_COLORS)]}"></span>'
+        segs.append(f'<span><span class="sw" style="background:{SEGMENT_COLORS.get(s, OTHER_SEGMENT_COLOR)}"></span>'
                     f"{esc(s)}{rel}</span>")
     return (f'<div class="legend"><span>supports contrast</span><span class="grad"></span><span>supports target</span>'
             f'<span><span class="sw" style="background:#e5e7eb"></span>special token ids (grey)</span>'

@@ -86,7 +86,7 @@ def static(name: str, request: Request) -> Response:
 
 @router.get("/api/meta", summary="What the store holds and how to draw it")
 def meta(request: Request, cur: Cursor) -> dict[str, Any]:
-    from failtrace.report.casepage import SEGMENT_COLORS
+    from failtrace.report.casepage import OTHER_SEGMENT_COLOR, SEGMENT_COLORS
     from failtrace.report.figures import CATEGORY_COLORS, PATTERN_COLORS
     from failtrace.views.common import BLUE, RED, SPECIAL_BG
 
@@ -102,7 +102,8 @@ def meta(request: Request, cur: Cursor) -> dict[str, Any]:
             "schema_version": st.store.schema_version, "methods": methods, "categories": list(CATEGORIES),
             "patterns": list(PATTERNS), "facets": list(FACETS), "sort_columns": sorted(SORT_COLUMNS),
             "colors": {"red": list(RED), "blue": list(BLUE), "special": list(SPECIAL_BG),
-                       "segments": list(SEGMENT_COLORS), "categories": CATEGORY_COLORS, "patterns": PATTERN_COLORS}}
+                       "segments": dict(SEGMENT_COLORS),
+                       "other_segment": OTHER_SEGMENT_COLOR, "categories": CATEGORY_COLORS, "patterns": PATTERN_COLORS}}
 
 
 @router.get("/api/table", summary="The cases table: one page of rows, the total, counts per facet")

@@ -1,7 +1,7 @@
 /* One case: heatmap of the context (method switcher; hover = token, R, normalised R; special tokens grey; segments
    marked and collapsible), the top tokens in masking order, target vs contrast, Δℓ, masking-flip curves, category and
    pattern with evidence, reviews.
-   State in the URL: #/case/<id>?method=attnlrp&closed=system,answer */
+   State in the URL: #/case/<id>?method=attnlrp&closed=0,212 (folded boxes by first position) */
 (function (FT) {
   "use strict";
   var el = FT.el;
@@ -23,19 +23,20 @@
   }
 
   function strip(c, method, params) {
-    var m = c.methods[method], segs = Object.keys(c.segments), closed = (params.get("closed") || "").split(",");
+    // closed: the folded boxes by their first token's position (a segment name, as older links wrote, folds its boxes)
+    var m = c.methods[method], closed = (params.get("closed") || "").split(",");
     var readout = el("div", {class: "readout", id: "readout"}, "hover a token");
     var box = el("div", {class: "strip", id: "strip"});
     runs(c.labels).forEach(function (run) {
-      var colour = FT.meta.colors.segments[Math.max(0, segs.indexOf(run[0])) % FT.meta.colors.segments.length];
+      var colour = FT.meta.colors.segments[run[0]] || FT.meta.colors.other_segment;  // one colour per name
       var rel = c.relevant_segments.indexOf(run[0]) >= 0 ? " (relevant)" : "";
-      var d = el("details", {class: "seg", "data-seg": run[0], style: "--segc:" + colour,
-                             open: closed.indexOf(run[0]) < 0},
+      var d = el("details", {class: "seg", "data-seg": run[0], "data-start": String(run[1]), style: "--segc:" + colour,
+                             open: closed.indexOf(String(run[1])) < 0 && closed.indexOf(run[0]) < 0},
                  el("summary", {title: "click to fold this segment"}, (run[0] || "no segment") + rel + " · " + (run[2] - run[1])));
       d.addEventListener("toggle", function () {
-        var shut = [].slice.call(box.querySelectorAll("details.seg:not([open])")).map(function (x) { return x.dataset.seg; });
+        var shut = [].slice.call(box.querySelectorAll("details.seg:not([open])")).map(function (x) { return x.dataset.start; });
         var p = new URLSearchParams(params.toString());
-        if (shut.length) p.set("closed", shut.filter(function (v, i, a) { return a.indexOf(v) === i; }).join(",")); else p.delete("closed");
+        if (shut.length) p.set("closed", shut.join(",")); else p.delete("closed");
         FT.go("case", c.case_id, p, true);
       });
       var frag = document.createDocumentFragment();
