@@ -154,3 +154,62 @@ def test_case_filter(page_and_cases):
     page.locator("#case-filter").fill("ifeval/3")
     assert [c.item_id for c in cases if page.locator(f"#case-{c.case_id}").is_visible()] == ["ifeval/3"]
     page.locator("#case-filter").fill("")
+
+
+def test_long_context_opens_at_the_prediction_and_rows_find_their_token(page_and_cases, tmp_path: Path) -> None:
+    """A context taller than its box opens scrolled to the prediction (its last token), not at the system prompt; a
+    masking-order row brings its token into view and marks it; the tooltip names R and the normalised value."""
+    from report_cases import make_case, status_row
+
+    case = make_case(0, "ifeval", "M-IA", "OIT", {"attnlrp": 2})
+    case.tokens = [t if sp else t + "\n\n" for t, sp in zip(case.tokens, case.special_mask)]  # two lines a token
+    rows = [status_row("ifeval", "collect-1", "pairs-1", 1, {"clean": 1})]
+    index = build_report([case], rows, tmp_path / "r", [])
+    page = page_and_cases[0].context.browser.new_page(viewport={"width": 1360, "height": 900})
+    if True:
+        try:
+            page.goto(index.as_uri(), wait_until="load")
+            strip = page.locator(f"#case-{case.case_id} .strip")
+
+            def in_box(pos: int) -> bool:  # the token lies inside the strip's visible area
+                return strip.evaluate(f"""s => {{ const t = s.querySelector('.tok[data-p="{pos}"]');
+                    const a = s.getBoundingClientRect(), b = t.getBoundingClientRect();
+                    return b.top >= a.top && b.bottom <= a.bottom; }}""")
+
+            assert strip.evaluate("s => s.scrollHeight > 2 * s.clientHeight && s.scrollTop > 0")
+            n = len(case.tokens)
+            assert in_box(n - 1) and not in_box(1)
+            early = min(page.locator(f"#case-{case.case_id} table.masked tr[data-p]").evaluate_all(
+                "trs => trs.map(tr => +tr.dataset.p)"))
+            assert not in_box(early)
+            page.locator(f"#case-{case.case_id} table.masked tr[data-p='{early}']").first.click()
+            assert in_box(early) and page.locator(f".tok.hl[data-p='{early}']").count() == 1
+            raw = case.methods["attnlrp"].input_relevance[early]
+            title = page.locator(f"#case-{case.case_id} .tok[data-p='{early}']").get_attribute("title")
+            assert f"attnlrp: R = {raw:.4g}, normalised = " in title
+        finally:
+            page.close()
+
+
+def test_a_link_to_a_filtered_out_case_clears_the_filter_and_small_figures_zoom(page_and_cases):
+    page, cases, *_ = page_and_cases
+    page.locator("#case-filter").fill("no case has this text")
+    target = cases[-1]
+    assert not page.locator(f"#case-{target.case_id}").is_visible()
+    page.locator(f'a[href="#case-{target.case_id}"]').first.click()
+    assert page.locator(f"#case-{target.case_id}").is_visible() and page.locator("#case-filter").input_value() == ""
+    # a figure drawn narrower than its pixels opens at full size on a click (and closes on a second)
+    page.set_viewport_size({"width": 700, "height": 900})
+    try:
+        img = page.locator("figure img").first
+        img.scroll_into_view_if_needed()
+        page.wait_for_function("document.querySelector('figure img').naturalWidth > 0")
+        page.evaluate("window.dispatchEvent(new Event('resize'))")
+        natural, shown = img.evaluate("i => [i.naturalWidth, i.clientWidth]")
+        assert natural > shown
+        img.click()
+        assert img.evaluate("i => i.clientWidth") == natural
+        img.click()
+        assert img.evaluate("i => i.clientWidth") == shown
+    finally:
+        page.set_viewport_size({"width": 1360, "height": 900})

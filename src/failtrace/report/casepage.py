@@ -80,6 +80,7 @@ def _strip(case: Case, method: str | None) -> str:
     n = len(case.tokens)
     norm = normalize(case.methods[method].input_relevance, case.special_mask) if method else [0.0] * n
     norm = [float(v) if math.isfinite(v) else 0.0 for v in norm]  # not computed (NaN): drawn white
+    raw = case.methods[method].input_relevance if method else [0.0] * n
     labels = case.segment_labels()
     parts = []
     for i, tok in enumerate(case.tokens):
@@ -93,7 +94,7 @@ def _strip(case: Case, method: str | None) -> str:
         if seg and not special:
             style += f"border-bottom-color:{SEGMENT_COLORS.get(seg, OTHER_SEGMENT_COLOR)}"
         base = f"pos {i} · {seg or 'no segment'}{' · special token id' if special else ''} · ‹{plain_token(tok)}›"
-        title = base + (f"\n{method}: normalised = {v:.3f}" if method else "")
+        title = base + (f"\n{method}: R = {float(raw[i]):.4g}, normalised = {v:.3f}" if method else "")
         parts.append(f'<span class="{cls}" data-p="{i}" data-base="{esc(base)}" style="{style}" '
                      f'title="{esc(title)}">{shown_token(tok)}</span>')
         parts.append("<br>" * min(tok.count("\n"), 2))

@@ -243,7 +243,9 @@ def count_of(count: int, word: str) -> str:
     return f"{count:,} {word}" if count == 1 else f"{count:,} {word}s"
 
 
-MASK_CONTEXT = 4  # tokens of context on each side of a masked token, in every view of the masking order
+# Tokens of context before and after a masked token, in every view of the masking order: more after, because what
+# follows a token tells look-alikes apart (seven "<" of "<tool_call>" in a trace differ only in the call's name).
+MASK_BEFORE, MASK_AFTER = 4, 10
 CLIP = 40  # characters of a token or of its context at most, so one long token cannot push a table's columns away
 
 
@@ -254,17 +256,17 @@ def clipped_text(text: str, keep_end: bool = False, most: int = CLIP) -> str:
     return "…" + text[-(most - 1):] if keep_end else text[:most - 1] + "…"
 
 
-def masked_rows(case: Any, method: str, context: int = MASK_CONTEXT) -> list[dict[str, Any]]:
+def masked_rows(case: Any, method: str, before: int = MASK_BEFORE, after: int = MASK_AFTER) -> list[dict[str, Any]]:
     """The tokens ``method``'s flip curve masked, in its order (:func:`failtrace.analysis.masking.masking_order`,
-    the case's own rule): k, position, the token, up to ``context`` tokens either side, segment, R, Δℓ after
+    the case's own rule): k, position, the token, up to ``before``/``after`` tokens around it, segment, R, Δℓ after
     masking the first k (None where the curve was not computed), and whether it is among the first k* (``flips``)."""
     from failtrace.analysis.masking import masking_order
 
     r = case.methods[method]
     labels = case.segment_labels()
     order = masking_order(r.input_relevance, case.special_mask, labels, case.masking)
-    return [{"k": k, "position": p, "token": case.tokens[p], "before": case.tokens[max(0, p - context):p],
-             "after": case.tokens[p + 1:p + 1 + context], "segment": labels[p] or "",
+    return [{"k": k, "position": p, "token": case.tokens[p], "before": case.tokens[max(0, p - before):p],
+             "after": case.tokens[p + 1:p + 1 + after], "segment": labels[p] or "",
              "relevance": float(r.input_relevance[p]),
              "delta_after": float(r.flip_curve[k]) if k < len(r.flip_curve) else None,
              "flips": r.flip_k is not None and k <= r.flip_k} for k, p in enumerate(order, 1)]

@@ -125,7 +125,7 @@
     box.appendChild(el("p", {class: "note"}, (k !== null ? "Masking " + (k === 1 ? "the first of these" : "the first " + k + " of these") + " flips the prediction to the contrast (k* = " + k + ", shaded)."
       : computed ? "Masking the first " + computed + " does not flip the prediction (k* none within them)." : "The masking curve was not computed.") + " Δℓ after k: the margin with tokens 1..k masked (" +
       (c.masking ? c.masking.rule : "") + "); click a row to find the token in the heatmap."));
-    var ctx = c.mask_view.context, most = c.mask_view.clip;  // the server's, as the report and failtrace show use
+    var before = c.mask_view.before, after = c.mask_view.after, most = c.mask_view.clip;  // the server's, as the report and failtrace show use
     function clip(s, keepEnd) {  // at most `most` characters, so one long token cannot push the columns away
       return s.length <= most ? s : keepEnd ? "…" + s.slice(-(most - 1)) : s.slice(0, most - 1) + "…";
     }
@@ -135,8 +135,8 @@
     var rows = m.mask_order.map(function (pos, i) {
       var tr = el("tr", {class: "hit-row" + (k !== null && i < k ? " flipset" : ""), "data-p": pos, title: "find it in the heatmap"}, [
         el("td", {class: "n"}, String(i + 1)), el("td", {class: "tx"}, clip(FT.shown(c.tokens[pos]))),
-        el("td", {class: "tx ctx"}, [around(c, pos - ctx, pos, true), el("b", {}, clip(FT.shown(c.tokens[pos]))),
-          around(c, pos + 1, pos + 1 + ctx)]),
+        el("td", {class: "tx ctx"}, [around(c, pos - before, pos, true),
+          el("b", {}, clip(FT.shown(c.tokens[pos]))), around(c, pos + 1, pos + 1 + after)]),
         el("td", {class: "n"}, String(pos)),
         el("td", {}, c.labels[pos] || "—"), el("td", {class: "n"}, FT.fmt(m.raw[pos], 4)), el("td", {class: "n"}, FT.fmt(m.norm[pos], 3)),
         el("td", {class: "n"}, FT.fmt(m.flip_curve[i + 1], 3))]);
@@ -213,6 +213,10 @@
                                       el("span", {}, "grey = special token id · boxes = segments (click to fold; \u2018special\u2019 = the chat template\u2019s own text)")])
       ].concat(strip(c, method, params))));
       view.appendChild(maskedTokens(c, method));
+      // a long context opens where the prediction is (its last token), not at the system prompt
+      var sb = document.getElementById("strip"), last = sb.querySelector(".tok.pos");
+      var below = last ? last.getBoundingClientRect().bottom - sb.getBoundingClientRect().bottom + 40 : 0;
+      if (below > 0) sb.scrollTop += below;
       view.appendChild(el("section", {class: "block grid2"}, [
         el("div", {}, [el("h3", {}, "Masking flip curves"), el("p", {class: "note"},
           "Δℓ after masking each method's top-k tokens (" + (c.masking ? c.masking.rule : "") +
