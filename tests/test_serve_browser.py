@@ -13,6 +13,7 @@ scripts/explorer_screenshot.py).
 from __future__ import annotations
 
 import json
+import re
 import math
 import os
 import shutil
@@ -389,11 +390,16 @@ def test_review_mode_records_a_decision(page: Any, server: dict[str, Any]) -> No
     case = server["cases"][0]
     page.goto(server["review_base"] + f"#/case/{case.case_id}")
     page.wait_for_selector("body[data-ready=case]")
+    # the category picker opens on the case's own category; an override without a comment is refused in the page
+    assert page.input_value("#rv-category") == case.effective_category
+    page.click("#rv-override")
+    assert page.inner_text("#rv-status") == "an override needs a comment: say why"
     page.fill("#rv-comment", "the contrast is also wrong")
     page.click("#rv-reject")
     page.wait_for_function("document.body.dataset.ready === 'case' && document.querySelector('#review') && "
                            "document.querySelector('#review').textContent.includes('reject: the contrast')")
     assert "reject: the contrast is also wrong" in page.inner_text("#review")
+    assert re.search(r"\d\d:\d\d:\d\d · reject", page.inner_text("#review"))  # whole seconds, no microseconds
     _shot(page, "review")
     import urllib.request
 

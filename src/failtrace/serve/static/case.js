@@ -279,12 +279,14 @@
   FT.views.reviewBox = function (c) {
     var box = el("section", {class: "block", id: "review"}, [el("h3", {}, "Review")]);
     (c.reviews || []).forEach(function (r) {
-      box.appendChild(el("div", {class: "note"}, r.created_at + " · " + r.decision + (r.category ? " → " + r.category : "") +
+      box.appendChild(el("div", {class: "note"}, String(r.created_at).replace(/\.\d+$/, "") + " · " + r.decision + (r.category ? " → " + r.category : "") +
         (r.contrast_id !== null && r.contrast_id !== undefined ? " → ‹" + FT.shown(r.contrast_text) + "› (#" + r.contrast_id + ")" : "") + (r.comment ? ": " + r.comment : "")));
     });
     if (!FT.meta.review) { box.appendChild(el("p", {class: "muted"}, "read-only: start with `failtrace serve --review` to accept/reject pairs or override categories.")); return box; }
     var comment = el("textarea", {id: "rv-comment", maxlength: 2000, placeholder: "comment (required for an override)"});
-    var cat = el("select", {id: "rv-category"}, FT.meta.categories.map(function (k) { return el("option", {value: k}, k); }));
+    // opens on the case's category now (an override keeps its own), so a click cannot set another by accident
+    var cat = el("select", {id: "rv-category"}, FT.meta.categories.map(function (k) {
+      return el("option", {value: k, selected: k === c.effective_category}, k); }));
     var status = el("span", {id: "rv-status", class: "muted"});
     function done(p) { p.then(function () { status.textContent = "saved"; window.dispatchEvent(new HashChangeEvent("hashchange")); },
                               function (e) { status.textContent = e.message; }); }
@@ -293,6 +295,7 @@
       el("button", {type: "button", id: "rv-accept", onclick: decide("accept")}, "accept pair"),
       el("button", {type: "button", id: "rv-reject", onclick: decide("reject")}, "reject pair"), cat,
       el("button", {type: "button", id: "rv-override", onclick: function () {
+        if (!comment.value.trim()) { status.textContent = "an override needs a comment: say why"; comment.focus(); return; }
         done(FT.post("/api/cases/" + encodeURIComponent(c.case_id) + "/override", {category: cat.value, comment: comment.value})); }}, "override category"),
       status]));
     return box;
