@@ -164,8 +164,11 @@ def _print_case(con: Any, c: Any, method: str) -> None:
 def _methods_table(c: Any) -> Any:
     from rich.table import Table
 
+    from failtrace.views.common import SUM_NOTE
+
     t = Table(title="k* per method", title_justify="left", caption_justify="left",
-              caption="k*: the fewest top tokens whose masking flips the prediction (none: not within K)")
+              caption="k*: the fewest top tokens whose masking flips the prediction (none: not within K). "
+                      f"{SUM_NOTE} (Δℓ = {c.delta_logit:.4g}).")
     for name in ("method", "k*", "Σ input R", "Δℓ after masking the top k = 0, 1, 2, …"):
         t.add_column(name, justify="right" if name in ("k*", "Σ input R") else "left")
     from failtrace.report.tables import methods_of

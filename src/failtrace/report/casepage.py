@@ -22,7 +22,7 @@ from failtrace.report._shared import AblationView, normalize
 from failtrace.report.evidence import dl as evidence
 from failtrace.report.figures import CATEGORY_COLORS, PATTERN_COLORS
 from failtrace.report.tables import Overrides, effective_category, methods_of
-from failtrace.views.common import clipped_text, masked_caption, masked_rows
+from failtrace.views.common import SUM_NOTE, clipped_text, masked_caption, masked_rows
 
 # One colour per segment name (failtrace.analysis.segments.SEGMENT_NAMES, in order), so "query" is the same colour
 # in every case, the legend, and the explorer (which gets this map from /api/meta).
@@ -167,6 +167,7 @@ def _curve(curve: list[float]) -> str:
 
 
 def _methods_table(case: Case) -> str:
+    """k*, Σ input R and the masking curve per method, with the masking rule and what Σ input R compares to."""
     rows = []
     for m in methods_of([case]):
         r = case.methods[m]
@@ -182,7 +183,8 @@ def _methods_table(case: Case) -> str:
             f'<th>Δℓ after masking the top k = 0, 1, 2, … (negative = flipped)</th></tr></thead><tbody>'
             f'{"".join(rows)}</tbody></table><p class="note">Masking: {esc(rule)}, K = {mk.max_k}; top-k = the k '
             "tokens with the largest positive relevance (ties: lower position), never special tokens"
-            + (" nor the chat template's own text" if mk.skip_template else "") + ".</p>")
+            + (" nor the chat template's own text" if mk.skip_template else "") + f". {esc(SUM_NOTE)} "
+            f"(Δℓ = {fmt(case.delta_logit)}).</p>")
 
 
 def _labels(case: Case, overrides: Overrides | None) -> str:

@@ -21,7 +21,7 @@ from failtrace.errors import FailtraceError
 from failtrace.store.alternatives import read as read_alternatives
 from failtrace.store.records import loads
 from failtrace.report.evidence import dl as evidence_html
-from failtrace.views.common import CLIP, MASK_AFTER, MASK_BEFORE
+from failtrace.views.common import CLIP, MASK_AFTER, MASK_BEFORE, SUM_NOTE
 
 
 def finite(x: Any) -> Any:
@@ -111,7 +111,7 @@ def case_detail(con: Any, case_id: str, reviews_table: bool) -> dict[str, Any] |
         "target": {"id": c["target_id"], "text": c["target_text"]},
         "contrast": {"id": c["contrast_id"], "text": c["contrast_text"]}, "delta_logit": c["delta_logit"],
         "methods": _methods(con, case_id, special, labels, masking), "masking": masking,
-        "mask_view": {"before": MASK_BEFORE, "after": MASK_AFTER, "clip": CLIP},  # the report's and show's context and clipping
+        "mask_view": {"before": MASK_BEFORE, "after": MASK_AFTER, "clip": CLIP}, "sum_note": SUM_NOTE,  # the report's and show's context and clipping
         "category": c["category"], "pattern": c["pattern"], "override": override,
         "effective_category": override["category"] if override else c["category"],
         "evidence": ev, "evidence_html": {k: evidence_html(v) if v else "" for k, v in ev.items()},

@@ -249,6 +249,12 @@ MASK_BEFORE, MASK_AFTER = 4, 10
 CLIP = 40  # characters of a token or of its context at most, so one long token cannot push a table's columns away
 
 
+# What the per-method "Σ input R" column compares to, in every view that prints it.
+SUM_NOTE = ("Σ input R: the relevance summed over the input tokens; for the gradient methods (attnlrp, cp-lrp, "
+            "gradxinput, ig) it is on Δℓ's scale (AttnLRP relaxes conservation, so it keeps part of Δℓ), while "
+            "attention and random are scores on their own scale, of which only the order is used")
+
+
 def clipped_text(text: str, keep_end: bool = False, most: int = CLIP) -> str:
     """``text`` cut to ``most`` characters with '…' (keeping its end when ``keep_end``: the context before a token)."""
     if len(text) <= most:

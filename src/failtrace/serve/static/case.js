@@ -170,8 +170,9 @@
       return el("tr", {}, [el("td", {}, m), el("td", {class: "n"}, r.flip_k === null ? "none" : String(r.flip_k)),
                            el("td", {class: "n"}, FT.fmt(r.raw.reduce(function (a, b) { return a + (b || 0); }, 0), 4))]);
     });
-    return el("table", {class: "t"}, [el("tr", {}, [el("th", {}, "method"), el("th", {class: "n"}, "k*"),
-                                                  el("th", {class: "n"}, "Σ input R")])].concat(rows));
+    return el("div", {}, [el("table", {class: "t"}, [el("tr", {}, [el("th", {}, "method"), el("th", {class: "n"}, "k*"),
+                                                  el("th", {class: "n"}, "Σ input R")])].concat(rows)),
+                          el("p", {class: "note"}, c.sum_note + " (Δℓ = " + FT.fmt(c.delta_logit, 4) + ").")]);
   }
 
   function labels(c) {
