@@ -143,7 +143,7 @@ def segments_figure(rows: Sequence[Mapping[str, Any]], benchmark: str, path: Pat
         ax.bar(xs, ys, width=width * 0.92, color=_color(cat, CATEGORY_COLORS, ci), label=f"{cat} (n={n})")
     ax.axhline(0, color="#111", lw=0.8)
     ax.set_xticks(range(len(segs)), segs)
-    ax.set_ylabel("mean Σ R / max|R| (non-special)", fontsize=9)
+    ax.set_ylabel("mean Σ R / max|R|\n(max over tokens, special ids left out)", fontsize=9)
     method = mine[0]["method"] if mine else ""
     ax.set_title(f"{benchmark}: segment relevance by category ({method})", fontsize=10.5, loc="left",
                  weight="bold")
