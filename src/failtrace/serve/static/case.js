@@ -76,7 +76,7 @@
   // line stops there and goes on after it (isFinite(null) is true: it would be drawn at Δℓ = 0, and a line joining
   // its neighbours would look computed); a point with gaps on both sides is a dot
   function curves(c, method) {
-    var W = 520, H = 200, L = 46, B = 28, ms = methodsOf(c).filter(function (m) { return c.methods[m].flip_curve.length; });
+    var W = 520, H = 210, L = 46, B = 40, ms = methodsOf(c).filter(function (m) { return c.methods[m].flip_curve.length; });
     var all = []; ms.forEach(function (m) { all = all.concat(c.methods[m].flip_curve.filter(Number.isFinite)); });
     if (!all.length) return el("p", {class: "muted"}, "flip curves not computed");
     var lo = Math.min(0, Math.min.apply(null, all)), hi = Math.max(0, Math.max.apply(null, all)), span = hi - lo || 1;
@@ -88,7 +88,14 @@
     // the extremes, unless they sit on the zero line (no curve above / below 0): their labels would overprint "Δℓ=0"
     if (Y(0) - Y(hi) > 14) svg.appendChild(el("text", {x: 4, y: Y(hi) + 10}, FT.fmt(hi, 2)));
     if (Y(lo) - Y(0) > 14) svg.appendChild(el("text", {x: 4, y: Y(lo)}, FT.fmt(lo, 2)));
-    svg.appendChild(el("text", {x: W / 2 - 40, y: H - 6}, "k masked tokens (0.." + K + ")"));
+    // the k axis: a tick and its number at each k (every other one past 20), then its name
+    var step = K > 20 ? Math.ceil(K / 10) : 1;
+    svg.appendChild(el("line", {x1: L, x2: W - 10, y1: H - B + 4, y2: H - B + 4, stroke: "#9ca3af"}));
+    for (var k = 0; k <= K; k += step) {
+      svg.appendChild(el("line", {x1: X(k), x2: X(k), y1: H - B + 4, y2: H - B + 8, stroke: "#9ca3af"}));
+      svg.appendChild(el("text", {x: X(k), y: H - B + 19, "text-anchor": "middle", class: "tick"}, String(k)));
+    }
+    svg.appendChild(el("text", {x: W / 2 - 40, y: H - 4}, "k masked tokens"));
     ms.forEach(function (m) {
       var runs = [[]];
       c.methods[m].flip_curve.forEach(function (y, k) {
