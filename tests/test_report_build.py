@@ -480,3 +480,22 @@ def test_a_segment_has_one_colour_in_every_case():
     a, b = colours(case), colours(flipped)
     assert a == b and len(a) > 2 and all(len(v) == 1 for v in a.values())
     assert len({next(iter(v)) for v in a.values()}) == len(a)
+
+
+def test_cases_table_tells_no_flip_from_not_computed(built):
+    """A k* cell is the number, "none" when the method's masking curve ran without flipping within K, and "—" when
+    the method has no curve for that case (the two used to read alike, as "—")."""
+    index, cases, *_ = built
+    text = index.read_text(encoding="utf-8")
+    methods = [m for m in METHODS if any(m in c.methods for c in cases)]
+    seen = {"none": 0, "—": 0}
+    for c in cases:
+        row = re.search(rf'<tr data-bench="[^"]+"><td><a href="#case-{c.case_id}">.*?</tr>', text).group(0)
+        cells = re.findall(r'<td class="n">([^<]*)</td>', row)[2:]  # after Δℓ and context tokens
+        r = {m: c.methods.get(m) for m in methods}
+        want = [str(r[m].flip_k) if r[m] is not None and r[m].flip_k is not None
+                else "none" if r[m] is not None and len(r[m].flip_curve) > 1 else "—" for m in methods]
+        assert cells == want, c.case_id
+        for w in want:
+            seen[w] = seen.get(w, 0) + 1
+    assert seen["none"] and seen["—"]

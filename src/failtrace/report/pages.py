@@ -104,13 +104,23 @@ def summary_section(t: Mapping[str, Any], figs: Mapping[str, str]) -> str:
     )
 
 
-def _bench_cases_table(t: Mapping[str, Any], bench: str) -> str:
+def _k_cell(k: int | None, case: Any, method: str) -> str:
+    """k* as a cell: the number, "none" (the curve ran, no flip within K) or "—" (no curve for this method)."""
+    if k is not None:
+        return str(k)
+    r = case.methods.get(method) if case is not None else None
+    return "none" if r is not None and len(r.flip_curve) > 1 else "—"
+
+
+def _bench_cases_table(t: Mapping[str, Any], bench: str, cases: Sequence[Any] = ()) -> str:
     rows = [r for r in t["cases"] if r["benchmark"] == bench]
+    by_id = {c.case_id: c for c in cases}
     methods = [k[len("k_star_"):] for k in (rows[0] if rows else {}) if k.startswith("k_star_")]
     head = "".join(f'<th class="n">k* {esc(m)}</th>' for m in methods)
     body = []
     for r in rows:
-        ks = "".join(f'<td class="n">{"—" if r[f"k_star_{m}"] is None else r[f"k_star_{m}"]}</td>' for m in methods)
+        ks = "".join(f'<td class="n">{_k_cell(r[f"k_star_{m}"], by_id.get(r["case_id"]), m)}</td>'
+                     for m in methods)
         body.append(
             f'<tr data-bench="{esc(bench)}"><td><a href="#case-{esc(r["case_id"])}">{esc(r["item_id"])}</a></td>'
             f'<td><span class="pill tgt">{esc(plain_token(r["target"]))}</span> vs '
@@ -121,7 +131,8 @@ def _bench_cases_table(t: Mapping[str, Any], bench: str) -> str:
     return ('<div class="scroll"><table class="t"><thead><tr><th>item</th><th>target vs contrast</th>'
             '<th class="n">Δℓ</th><th class="n" title="prompt + the answer up to the wrong token">context tokens</th>'
             f'<th>category</th><th>pattern</th>{head}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table></div>')
+            f'<tbody>{"".join(body)}</tbody></table></div>'
+            '<p class="note">k*: none = masking up to K tokens does not flip it; — = not computed for that method.</p>')
 
 
 def _columns(bench: str, t: Mapping[str, Any]) -> str:
@@ -200,7 +211,7 @@ def benchmark_section(bench: str, cases: Sequence[Any], t: Mapping[str, Any], fi
         + "</div></div><h3>k* per method</h3>"
         '<p class="lead">k* = smallest k that flips the prediction; mean and median over the cases that flipped '
         "within K.</p>"
-        f"{html_table(ks, KSTAR_COLS)}<h3>Cases</h3>{_bench_cases_table(t, bench)}</section>"
+        f"{html_table(ks, KSTAR_COLS)}<h3>Cases</h3>{_bench_cases_table(t, bench, mine)}</section>"
     )
 
 
