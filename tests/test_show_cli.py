@@ -130,13 +130,21 @@ def test_an_older_analysis_names_the_case_the_views_show(toy: dict[str, Any], tm
     (["--case", "zzzz"], "no case 'zzzz'"),
     (["--item", "no-such-item"], "no analysed case of item 'no-such-item' in"),
     (["--case", "a", "--item", "b"], "--case or --item, not both"),
-    (["--item", "{item}", "--method", "nope"], "has no 'nope' relevance"),
+    (["--item", "{item}", "--method", "nope"], "unknown --method 'nope'; valid: attnlrp, cp-lrp"),
+    (["--method", "bogus"], "unknown --method 'bogus'"),  # the list too (it printed "—" for every case, exit 0)
+    (["--benchmark", "nope"], "no runs for benchmark 'nope' in"),  # not an empty list with exit 0
 ])
 def test_bad_input_is_one_line(toy: dict[str, Any], args: list[str], says: str, capsys, monkeypatch) -> None:
     args = [a.replace("{item}", toy["cases"][0].item_id) for a in args]
     code, out, err = _show(capsys, monkeypatch, "--store", str(toy["store"]), *args)
     assert code != 0 and "Traceback" not in err + out
     assert len(err.strip().splitlines()) == 1 and says in err
+
+
+def test_method_names_are_case_insensitive(toy: dict[str, Any], capsys, monkeypatch) -> None:
+    lower = _show(capsys, monkeypatch, "--store", str(toy["store"]))
+    upper = _show(capsys, monkeypatch, "--store", str(toy["store"]), "--method", "ATTNLRP")
+    assert upper == lower and lower[0] == 0 and "k* attnlrp" in lower[1]
 
 
 def test_a_missing_store_and_a_store_without_cases(toy: dict[str, Any], tmp_path: Path, capsys, monkeypatch) -> None:

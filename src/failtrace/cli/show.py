@@ -35,8 +35,13 @@ def show_command(
     from failtrace.store.cases import find_case_id, load_cases, newest_case_id
     from failtrace.store.store import open_store
 
+    from failtrace.cases.settings import ALL_METHODS  # the case methods: the attribution ones and random
+
     if case is not None and item is not None:
         raise FailtraceError("give --case or --item, not both")
+    method = method.strip().lower()
+    if method not in ALL_METHODS:
+        raise FailtraceError(f"unknown --method {method!r}; valid: {', '.join(ALL_METHODS)}")
     check_store_path(store, create=False)
     with _store_errors(store), open_store(store, read_only=True) as st:
         if case is not None:
@@ -56,6 +61,8 @@ def show_command(
                                      f"show case {newer} for item {row[1]}: failtrace show --case {newer}")
         if case is None and item is None:
             cases = load_cases(st, benchmark=benchmark)
+            if not cases and benchmark is not None:
+                _check_benchmark(st, benchmark)
         why = None  # where an --item without a case stopped
         if item is not None:
             chosen = load_cases(st, benchmark=benchmark, item_id=item)
@@ -86,6 +93,14 @@ def show_command(
     if across.get(chosen[0].case_id):
         con.print(_across_table(across[chosen[0].case_id]))
     con.print("The heatmap of every token: failtrace report, or failtrace serve (the case page).", highlight=False)
+
+
+def _check_benchmark(st: Any, benchmark: str) -> None:
+    """An unknown --benchmark is an error (as in report and analyse), not an empty list."""
+    here = [r[0] for r in st.con.execute("SELECT DISTINCT benchmark FROM runs ORDER BY 1").fetchall()]
+    if benchmark not in here:
+        raise FailtraceError(f"no runs for benchmark {benchmark!r} in {st.path}; benchmarks here: "
+                             f"{', '.join(here) or 'none (failtrace collect first)'}")
 
 
 def _why_no_case(st: Any, item: str, benchmark: str | None) -> str:
