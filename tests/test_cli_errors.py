@@ -165,6 +165,9 @@ CASES = [
          ["100,000 tokens", "4,096"]),
     # collect: numbers, device, data files, stores, models
     Case("collect-limit-negative", _c("--limit", "-1"), ["--limit", "-1"], early=True),
+    # the demo has no data file: a path given by mistake is refused (it was ignored, and stored as the run's data)
+    Case("collect-demo-with-a-data-file", _c(data="{w}/nosuch.json", bench="demo"), ["nosuch.json", "--data builtin"],
+         early=True),
     Case("collect-limit-0", _c("--limit", "0"), ["--limit", "0"], early=True),
     Case("collect-batch-size-0", _c("--batch-size", "0"), ["--batch-size", "0"], early=True),
     Case("collect-max-new-tokens-0", _c("--max-new-tokens", "0"), ["--max-new-tokens", "0"], early=True),

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from failtrace.benchmarks.base import Item, LoadReport, Verdict
+from failtrace.errors import FailtraceError
 
 NAME = "demo"
 KINDS = ("ifeval", "math", "python")
@@ -118,7 +119,10 @@ class DemoBenchmark:
                                           "python": HumanEvalBenchmark()}
 
     def load(self, source: str = "builtin", limit: int | None = None) -> LoadReport:
-        """The built-in items; ``source`` is ignored (the demo has no data file)."""
+        """The built-in items. The demo has no data file: ``source`` must say so (``builtin``, or ``builtin:demo``
+        as ``failtrace demo`` records it), so a path given by mistake is an error, not stored as the run's data."""
+        if source.strip().lower().partition(":")[0] != "builtin":
+            raise FailtraceError(f"the demo benchmark has no data file (got --data {source!r}): use --data builtin")
         items = demo_items()
         return LoadReport(items[:limit] if limit is not None else items)
 
