@@ -196,6 +196,35 @@ def test_cli_compare_and_errors(cmp: dict[str, Any], capsys: pytest.CaptureFixtu
     assert "error: --models needs at least two models" in capsys.readouterr().err
 
 
+def test_a_reference_without_cases_fails_before_any_install(cmp: dict[str, Any], tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Listing first a registry model that is not installed and has no case here is refused before its download
+    (it used to install ~0.5 GB and then say it had no cases); so is a store without any case."""
+    from failtrace.cases import compare as compare_mod
+    from failtrace.cli import main
+    from failtrace.models import install
+
+    monkeypatch.setattr(install, "install_status", lambda spec: "missing")
+    monkeypatch.setattr(compare_mod, "_default_loader", lambda device: pytest.fail("a model was loaded"))
+    import hashlib
+
+    def sha256(path: Path) -> str:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+    before = sha256(cmp["store"])
+    assert main(["compare", "--store", str(cmp["store"]), "--models", "qwen2.5-coder-1.5b-instruct", cmp["names"][0],
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "no cases of model 'qwen2.5-coder-1.5b-instruct'" in err and "nothing was installed" in err
+    assert sha256(cmp["store"]) == before
+    with open_store(tmp_path / "empty.duckdb"):
+        pass
+    assert main(["compare", "--store", str(tmp_path / "empty.duckdb"), "--models", *cmp["names"],
+                 "--no-progress"]) == 2
+    assert "no cases in" in capsys.readouterr().err  # the CLI says so before any model (as compare() would)
+
+
 def test_export_dpo_fields_weights_and_datasets(cmp: dict[str, Any], tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     import datasets

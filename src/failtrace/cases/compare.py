@@ -135,6 +135,24 @@ def _reference_cases(store: ResultsStore, lm: Any, name: str, benchmark: str | N
     return cases
 
 
+def _check_reference_before_install(store: ResultsStore, name: str) -> None:
+    """Fail before a download when the reference model cannot have cases here: the store has none at all, or it is a
+    registry model not installed yet that no stored case names (its cases are found by the installed file's
+    fingerprint, and analysing it would have installed it)."""
+    from failtrace.models.install import install_status
+    from failtrace.models.registry import get_spec, is_registry_name
+    from failtrace.store.cases import has_case_tables
+
+    names = [r[0] for r in store.con.execute("SELECT DISTINCT model FROM cases ORDER BY 1").fetchall()] \
+        if has_case_tables(store) else []
+    if not names:
+        raise FailtraceError("no analysed cases in the store to compare; run `failtrace analyse` first")
+    if is_registry_name(name) and install_status(get_spec(name)) == "missing" \
+            and name.lower() not in {n.lower() for n in names}:
+        raise FailtraceError(f"no cases of model {name!r} in the store (its cases are of {', '.join(names)}); "
+                             "nothing was installed: list the analysed model first in --models")
+
+
 def _model_key(name: str) -> str:
     """What makes two --models entries the same model: the resolved path of a file or folder (``m`` and ``./m``),
     else the name without case (registry names and hub ids are case-insensitive)."""
@@ -159,6 +177,7 @@ def compare(store: ResultsStore, model_names: Sequence[str], *, benchmark: str |
 
         for name in model_names:
             check_model_name(name)
+        _check_reference_before_install(store, model_names[0])
     load = (lambda n: models[n]) if models else _default_loader(device)
     t0 = time.perf_counter()
     summary = CompareSummary()
