@@ -279,8 +279,15 @@ def test_a_folder_overwritten_in_place_is_a_new_model(run: dict[str, Any], tmp_p
     folder = str(out / "step-6")
     with open_store(run["store"]) as st:
         first = compare_checkpoints(st, [folder], progress=False)
+    from failtrace.training.checkpoints import save_checkpoint
+
+    meta = json.loads((out / "step-6" / "failtrace_checkpoint.json").read_text())
+    save_checkpoint(run["lm"].model, run["lm"].tokenizer, out, 99, meta)  # a later step of the same older run
     with open_store(run["store"], read_only=True) as st:  # overwrite ck/ with another run (another lr)
-        finetune(st, run["lm"], out, FinetuneSettings(method="sft", steps=STEPS, save_every=EVERY, lr=LR / 10))
+        again = finetune(st, run["lm"], out, FinetuneSettings(method="sft", steps=STEPS, save_every=EVERY, lr=LR / 10))
+    # the older run's step the new one did not write is gone (compare --checkpoints ck/step-* would mix two runs)
+    assert again.replaced == ["step-99"] and not (out / "step-99").exists()
+    assert {p.name for p in out.glob("step-*")} == {p.name for p in again.checkpoints}
     with open_store(run["store"]) as st:
         second = compare_checkpoints(st, [folder], progress=False)
         rows = [r for r in load_comparisons(st) if r["model"] == folder]

@@ -74,6 +74,9 @@ def finetune_command(
         typer.echo(f"  step {h['step']:>4}  loss {h['loss']:.4f}")
     for path in result.checkpoints:
         typer.echo(f"  {path}")
+    if result.replaced:
+        typer.echo(f"note: removed {', '.join(result.replaced)} of an earlier finetune run (other settings) from "
+                   f"{result.out}, so its checkpoints are this run's alone")
 
 
 def register(app: typer.Typer) -> None:

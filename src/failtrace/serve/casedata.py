@@ -111,7 +111,8 @@ def case_detail(con: Any, case_id: str, reviews_table: bool) -> dict[str, Any] |
         "target": {"id": c["target_id"], "text": c["target_text"]},
         "contrast": {"id": c["contrast_id"], "text": c["contrast_text"]}, "delta_logit": c["delta_logit"],
         "methods": _methods(con, case_id, special, labels, masking), "masking": masking,
-        "mask_view": {"before": MASK_BEFORE, "after": MASK_AFTER, "clip": CLIP}, "sum_note": SUM_NOTE,  # the report's and show's context and clipping
+        # the masking-order context and clipping, and the Σ input R note, as the report and failtrace show have them
+        "mask_view": {"before": MASK_BEFORE, "after": MASK_AFTER, "clip": CLIP}, "sum_note": SUM_NOTE,
         "category": c["category"], "pattern": c["pattern"], "override": override,
         "effective_category": override["category"] if override else c["category"],
         "evidence": ev, "evidence_html": {k: evidence_html(v) if v else "" for k, v in ev.items()},

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import shutil
 import tempfile
 import time
 import warnings
@@ -87,6 +88,7 @@ class FinetuneResult:
     losses: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
     resumed_from: int | None = None  # the step an interrupted run with the same identity was continued from
+    replaced: list[str] = field(default_factory=list)  # another run's leftover step folders this run removed
 
 
 def require_trl() -> None:
@@ -189,6 +191,26 @@ def _quiet_logs(trainer: Any, progress: bool) -> None:
         trainer.add_callback(BarOnly())
 
 
+def _other_runs(out: Path, identity: dict[str, Any]) -> list[Path]:
+    """The ``step-N`` checkpoints in ``out`` written by another run (other settings, cases or base model)."""
+    import json
+
+    from failtrace.training.checkpoints import METADATA_FILE
+
+    def norm(d: dict[str, Any]) -> str:
+        return json.dumps(d, sort_keys=True, default=str)
+
+    other = []
+    for meta_file in sorted(out.glob(f"step-*/{METADATA_FILE}")):
+        try:
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            meta = {}
+        if norm({k: meta.get(k) for k in identity}) != norm(json.loads(norm(identity))):
+            other.append(meta_file.parent)
+    return other
+
+
 def finetune(store: ResultsStore, lm: Any, out: str | Path, settings: FinetuneSettings,
              progress: bool = False) -> FinetuneResult:
     """Train ``lm`` (a :class:`~failtrace.models.LoadedModel`) by ``settings.method``; write checkpoints to ``out``
@@ -243,5 +265,10 @@ def finetune(store: ResultsStore, lm: Any, out: str | Path, settings: FinetuneSe
             saved.append(save_checkpoint(trainer.model, lm.tokenizer, out, trainer.state.global_step,
                                          meta | {"loss_history": losses}))
     finish_resume(out)
+    # A new run replaces another run's checkpoints whole, once it has finished: the older run's later steps, which
+    # it did not overwrite, would otherwise stay beside its own (and compare --checkpoints OUT/step-* mix two runs).
+    replaced = [folder.name for folder in _other_runs(out, identity)]
+    for name in replaced:
+        shutil.rmtree(out / name)
     return FinetuneResult(out=out, checkpoints=saved, trained=trained, held_out=held, losses=losses,
-                          seconds=time.perf_counter() - t0, resumed_from=resumed)
+                          seconds=time.perf_counter() - t0, resumed_from=resumed, replaced=replaced)
