@@ -8,6 +8,7 @@ import pytest
 from failtrace.benchmarks.base import Item
 from failtrace.benchmarks.demo import DEMO_SETTINGS, DemoBenchmark, demo_items
 from failtrace.benchmarks.registry import BENCHMARK_NAMES, get_benchmark
+from failtrace.errors import FailtraceError
 
 PY = "```python\n{}\n```"
 
@@ -70,12 +71,16 @@ def test_unknown_kind_is_unverifiable() -> None:
     assert "poetry" in verdict.reasons[0]
 
 
-def test_registered_and_load_ignores_the_source() -> None:
+def test_registered_and_loads_only_its_builtin_items() -> None:
+    """The demo has no data file: ``builtin`` (or ``builtin:demo``) loads its items; a path is refused, not ignored
+    (it used to be stored as the run's data source, though nothing was read from it)."""
     assert "demo" in BENCHMARK_NAMES
     bench = get_benchmark("demo")
     assert isinstance(bench, DemoBenchmark)
     assert bench.max_new_tokens == DEMO_SETTINGS.max_new_tokens
-    report = bench.load("no/such/file.jsonl")
+    with pytest.raises(FailtraceError, match="no data file .*use --data builtin"):
+        bench.load("no/such/file.jsonl")
+    report = bench.load("builtin:demo")
     assert [it.id for it in report.items] == [it.id for it in ITEMS]
     assert report.problems == []
     assert [it.id for it in bench.load("builtin", limit=3).items] == [it.id for it in ITEMS[:3]]
