@@ -402,7 +402,9 @@ def test_evidence_is_rendered_readably():
           "path": {"nodes": ["emb/1", "L0/2", "L1/37"], "tokens": [" a", "\n"]},
           "top": [{"position": i, "relevance": 1.0 / (i + 1)} for i in range(MAX_ROWS + 3)], "note": "<b>x</b>"}
     out = dl(ev)
-    assert "<dt>score</dt><dd>0.1235</dd>" in out and "<dd>true</dd>" in out
+    assert ">score</dt><dd>0.1235</dd>" in out and "<dd>true</dd>" in out
+    # a known field shows its meaning on hover; an unknown one is a plain name
+    assert '<dt title="path score: the share of the final node' in out and "<dt>note</dt>" in out
     assert "emb/1 → L0/2 → L1/37" in out and "‹·a›, ‹↵›" in out
     assert out.count("<tr>") == 1 + MAX_ROWS + 1 and "… 3 more" in out  # header, MAX_ROWS rows, the "more" row
     assert "&lt;b&gt;x&lt;/b&gt;" in out and "<b>x</b>" not in out
@@ -413,7 +415,7 @@ def test_evidence_is_rendered_readably():
     path = dl({"nodes": ["emb/26"] + [f"L{i}/26" for i in range(16)] + [f"L{i}/42" for i in range(16, 30)] + ["L29/7"]})
     assert "<dd>emb–L15/26 → L16–L29/42 → L29/7</dd>" in path
     empty = dl({"ablated_nodes": [], "other": []})  # an empty list says what "none" means where it could mislead
-    assert "<dt>ablated_nodes</dt><dd><span class=\"dim\">none: no ablation of the top nodes within the budget " \
+    assert ">ablated_nodes</dt><dd><span class=\"dim\">none: no ablation of the top nodes within the budget " \
            "flipped the prediction</span></dd>" in empty
     assert "<dt>other</dt><dd><span class=\"dim\">none</span></dd>" in empty
 

@@ -4,7 +4,8 @@ Rules, applied recursively: a dict becomes a definition list; a list of dicts th
 (at most ``MAX_ROWS`` rows, then "… N more"); a list of scalars becomes one line (``nodes``/``path`` lists are joined
 with arrows, as paths through the graph, the stages at one position folded: ``emb–L15/26 → L16–L29/42``; a token list
 folds repeats, ``‹·cat› ×17``, as a path's nodes repeat a token); numbers are shown with 4 significant digits;
-strings are escaped and tokens keep visible whitespace where the key says they are tokens.
+strings are escaped and tokens keep visible whitespace where the key says they are tokens; a field name the
+glossary knows shows its meaning on hover.
 """
 
 from __future__ import annotations
@@ -21,6 +22,54 @@ _TOKEN_KEYS = {"token", "tokens", "text", "input_token_text"}
 # What an empty list means where a bare "none" reads as a contradiction (the ablation table beside it lists nodes)
 _EMPTY = {"ablated_nodes": "none: no ablation of the top nodes within the budget flipped the prediction",
           "oit_tokens": "none: no irrelevant token among the top supporters"}
+
+
+# What an evidence field means, shown on hover (definitions: docs/ANALYSES.md). Only names with one meaning wherever
+# they appear; "nodes" (a count, an ablation list, a path) is left without one.
+GLOSSARY = {
+    "k_star": "AttnLRP's k*: the fewest top input tokens whose masking flips the prediction",
+    "k_ia": "M-IA threshold: k* at most this makes the case M-IA (masking input tokens explains it)",
+    "ablation": "zeroing the strongest graph nodes (hidden states) together, k = 0 … budget",
+    "ablation_k": "the fewest ablated nodes that flip the prediction",
+    "ablated_nodes": "the nodes whose ablation flips the prediction",
+    "ablation_budget": "the most nodes ablated", "budget": "the most nodes ablated",
+    "curve": "Δℓ after ablating the first k nodes, k = 0 … budget (below 0: flipped)",
+    "flipped": "whether Δℓ fell below 0 within the budget",
+    "rule": "how the nodes were chosen and zeroed",
+    "relevant_sum": "Σ normalised R over the relevant segments' content tokens; URT when it is at least −θ "
+                    "(empty: undecided)",
+    "relevant_segments": "the segments that should decide the answer on this benchmark",
+    "relevant_tokens": "content tokens in the relevant segments",
+    "relevant_not_finite": "relevant tokens whose relevance is not finite (URT is then undecided)",
+    "urt_decidable": "whether URT could be decided (some relevant token, every one finite)",
+    "theta": "θ: URT holds when relevant_sum ≥ −θ",
+    "theta_share": "θ': OIT holds when a top supporter outside the relevant segments has at least this share",
+    "m": "how many top supporters OIT looks at",
+    "top_supporters": "the m content tokens with the largest positive relevance",
+    "oit_tokens": "positions of the top supporters outside the relevant segments",
+    "share": "in a band: flow / R_final (≈ Δℓ), above 1 or below 0 when segments push both ways; "
+             "in top_supporters: r / Σ positive r",
+    "bands": "decoder layers in contiguous groups, plus the input: relevance per segment in each",
+    "flow": "in a band: mean Σ R per segment over its layers (units of Δℓ); on a path: sign · score · |R_final|",
+    "kept_nodes": "pruned-graph nodes per segment in the band", "layers": "the decoder layers of the band",
+    "total": "Σ of the band's flow over segments",
+    "final_relevance": "relevance of the final node (≈ Δℓ)", "objective": "Δℓ, the attributed quantity",
+    "edges": "edges kept in the pruned graph",
+    "strongest_path": "the supporting path from an input token to the prediction with the largest score",
+    "strongest_opposing_path": "the opposing path with the largest score",
+    "strongest_content_path": "the strongest supporting path that starts at a content token (not template text)",
+    "strongest_opposing_content_path": "the strongest opposing path that starts at a content token",
+    "path_score": "how a path is scored", "score": "path score: the share of the final node's |A| mass that "
+                                                   "reaches the input token (product of edge fractions)",
+    "bottleneck": "the smallest edge fraction on the path", "sign": "+1 supports the prediction, −1 opposes it",
+    "input_token": "the position the path starts at", "tokens": "the token at each node of the path",
+}
+
+
+def _key(tag: str, k: Any) -> str:
+    """A field name as a ``dt``/``th`` cell, with its meaning on hover when the glossary has it."""
+    tip = GLOSSARY.get(str(k))
+    return f'<{tag} title="{_esc(tip)}">{_esc(k)}</{tag}>' if tip else f"<{tag}>{_esc(k)}</{tag}>"
 
 
 def _esc(x: Any) -> str:
@@ -44,7 +93,7 @@ def _is_scalar(v: Any) -> bool:
 
 def _table(rows: Sequence[Mapping[str, Any]]) -> str:
     cols = list(dict.fromkeys(k for r in rows for k in r))
-    head = "".join(f"<th>{_esc(c)}</th>" for c in cols)
+    head = "".join(_key("th", c) for c in cols)
     body = []
     for r in rows[:MAX_ROWS]:
         cells = []
@@ -112,4 +161,4 @@ def dl(d: Mapping[str, Any]) -> str:
     """A dict as a definition list; an empty one as 'none stored'."""
     if not d:
         return '<span class="empty">none stored</span>'
-    return "<dl>" + "".join(f"<dt>{_esc(k)}</dt><dd>{value(v, str(k))}</dd>" for k, v in d.items()) + "</dl>"
+    return "<dl>" + "".join(f"{_key('dt', k)}<dd>{value(v, str(k))}</dd>" for k, v in d.items()) + "</dl>"
