@@ -276,9 +276,11 @@ def export_command(
     store: Path = typer.Option(Path(DEFAULT_STORE), "--store", "-s", help="Results store."),
     fmt: str = typer.Option(..., "--format", "-f", callback=opts.one_of(("parquet", "jsonl"), lower=True),
                             help="parquet or jsonl."),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for one file per table."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the files (one per table; JSONL joins cases and "
+                                                     "their methods in cases.jsonl)."),
 ) -> None:
-    """Write every table of the store to Parquet or JSONL files (one per table)."""
+    """Write every table of the store to Parquet or JSONL files (one per table; JSONL writes cases with their
+    methods as cases.jsonl)."""
     from failtrace.store.store import open_store
 
     check_store_path(store, create=False)
