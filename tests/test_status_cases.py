@@ -114,3 +114,22 @@ def test_the_older_rule_keeps_the_older_ids() -> None:
     assert old == {k: (list(v) if k == "methods" else v) for k, v in asdict(CaseSettings()).items()
                    if k != "skip_template"}
     assert CaseSettings().identity()["skip_template"] is True
+
+
+def test_a_partial_newest_analysis_is_named(toy: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A newer analysis with other settings that covers only some clean pairs (--limit, or stopped) is what every
+    view shows; status says it is short of the clean pairs, and says nothing while the analysis is whole."""
+    path = tmp_path / "runs.duckdb"
+    shutil.copy(toy["store"], path)
+    assert "newest analysis has" not in _status(path, capsys, monkeypatch)
+    with open_store(path, read_only=True) as st:
+        clean = st.con.execute("SELECT count(*) FROM pairs WHERE status = 'clean'").fetchone()[0]
+    assert clean > 1
+    assert main(["analyse", "--store", str(path), "--methods", "attnlrp", "--max-k", "3", "--limit", "1",
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    raw = _status(path, capsys, monkeypatch)
+    assert _cases_row(raw)[1] == "1"  # the table counts the newest analysis alone
+    out = " ".join(raw.split())
+    assert f"pair run #1: its newest analysis has 1 of {clean} clean pairs" in out

@@ -52,6 +52,12 @@ def status_command(
     analysed = [(label, cases[r.pair_run_id]) for label, r in zip(labels, paired) if r.pair_run_id in cases]
     if analysed:
         con.print(_cases_table(analysed))
+        for label, r in zip(labels, paired):  # a newest analysis short of the clean pairs hides any older, whole one
+            have, clean = cases.get(r.pair_run_id, {}).get("cases", 0), r.pairs.get("clean", 0)
+            if 0 < have < clean:
+                con.print(f"pair run #{label}: its newest analysis has {have} of {clean} clean pairs (stopped early, "
+                          "run with --limit, or some could not be analysed); the tables, show and the report use it "
+                          "alone: failtrace analyse with its settings completes it", highlight=False)
     else:
         con.print("no analysed cases yet (failtrace analyse explains the clean pairs)", highlight=False)
 
