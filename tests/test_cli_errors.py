@@ -74,6 +74,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (root / name).write_bytes(data)
     (root / "adir").mkdir()
     (root / "data-folder").mkdir()
+    (root / "demo-with-a-folder" / "runs.duckdb").mkdir(parents=True)  # where the demo's store file goes
     import duckdb
 
     con = duckdb.connect(str(root / "plain.duckdb"))
@@ -269,6 +270,8 @@ CASES = [
          ["say what to compare", "came without an option before them"]),
     # demo and the command line itself
     Case("demo-out-is-a-file", ["demo", "--out", "{w}/afile", "-m", "{x}"], ["--out", "afile"], early=True),
+    Case("demo-store-path-is-a-folder", ["demo", "--out", "{w}/demo-with-a-folder", "-m", "{x}"],
+         ["--out", "runs.duckdb is a folder"], early=True),
     Case("demo-out-unwritable", ["demo", "--out", "/proc/nope/demo", "-m", "{x}"], ["/proc/nope/demo"], early=True),
     Case("demo-gguf-bad-version", ["demo", "--out", "{w}/demo-out", "-m", "{w}/bad.gguf"], ["bad.gguf"]),
     Case("unknown-command", ["frobnicate"], ["frobnicate"]),

@@ -12,6 +12,8 @@ from typing import Any, Optional
 
 import typer
 
+from failtrace.errors import FailtraceError
+
 
 def demo_source() -> tuple[Any, list[Any], dict[str, Any]]:
     """(benchmark, items, settings) of the demo: the built-in ``demo`` benchmark and its ``DEMO_SETTINGS``."""
@@ -81,6 +83,9 @@ def demo_command(
     from failtrace.cli.checks import check_output_dir
 
     check_output_dir(out, "--out")
+    if (out / "runs.duckdb").is_dir():  # checked before the model loads, and named by the option the demo has
+        raise FailtraceError(f"--out {out}: {out / 'runs.duckdb'} is a folder, where the demo keeps its store; "
+                             "move it away or give another --out")
     bench, items, cfg = demo_source()
     case_settings = CaseSettings(methods=CaseSettings.parse_methods(methods) if methods else
                                  tuple(cfg.get("methods") or CaseSettings().methods),
