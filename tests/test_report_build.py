@@ -414,6 +414,7 @@ def test_evidence_is_rendered_readably():
     assert "<dd>‹·cat› ×17, ‹↵› ×13, ‹·cat›</dd>" in folded
     path = dl({"nodes": ["emb/26"] + [f"L{i}/26" for i in range(16)] + [f"L{i}/42" for i in range(16, 30)] + ["L29/7"]})
     assert "<dd>emb–L15/26 → L16–L29/42 → L29/7</dd>" in path
+    assert "<dd>10–19</dd>" in dl({"layers": list(range(10, 20))}) and "<dd>3, 5, 6</dd>" in dl({"layers": [3, 5, 6]})
     empty = dl({"ablated_nodes": [], "other": []})  # an empty list says what "none" means where it could mislead
     assert ">ablated_nodes</dt><dd><span class=\"dim\">none: no ablation of the top nodes within the budget " \
            "flipped the prediction</span></dd>" in empty

@@ -146,6 +146,9 @@ def value(v: Any, key: str = "") -> str:
             return _table(items)
         if all(_is_scalar(x) for x in items) and key in _TOKEN_KEYS:
             return _token_runs(items)
+        if key == "layers" and len(items) > 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in items) \
+                and items == list(range(items[0], items[0] + len(items))):
+            return _esc(f"{items[0]}–{items[-1]}")  # a band's consecutive layers
         if key in _PATH_KEYS and all(isinstance(x, str) and x.count("/") == 1 for x in items):
             return _path_runs(items)
         if all(_is_scalar(x) for x in items):
