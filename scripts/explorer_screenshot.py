@@ -47,13 +47,16 @@ def main() -> None:
     server = subprocess.Popen([str(failtrace), "serve", "--store", str(args.store), "--port", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        for _ in range(300):  # the app imports torch-free, but a cold start on a loaded machine takes seconds
+        deadline = time.monotonic() + 120  # the app imports torch: a cold start on a loaded machine takes a while
+        while True:
             if server.poll() is not None:
                 raise SystemExit(f"error: failtrace serve stopped: {server.stderr.read().strip()}")
             try:
                 urllib.request.urlopen(base + "api/meta", timeout=1).close()
                 break
             except OSError:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"error: failtrace serve did not answer at {base} within 120 s") from None
                 time.sleep(0.2)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])

@@ -222,7 +222,11 @@ def test_a_reference_without_cases_fails_before_any_install(cmp: dict[str, Any],
         pass
     assert main(["compare", "--store", str(tmp_path / "empty.duckdb"), "--models", *cmp["names"],
                  "--no-progress"]) == 2
-    assert "no cases in" in capsys.readouterr().err  # the CLI says so before any model (as compare() would)
+    assert "no cases in" in capsys.readouterr().err  # the CLI says so before any model
+    from failtrace.errors import FailtraceError
+
+    with open_store(tmp_path / "empty.duckdb") as st, pytest.raises(FailtraceError, match="no analysed cases"):
+        compare(st, cmp["names"], progress=False)  # and so does the API, before loading anything
 
 
 def test_export_dpo_fields_weights_and_datasets(cmp: dict[str, Any], tmp_path: Path,

@@ -163,6 +163,8 @@ def test_long_context_opens_at_the_prediction_and_rows_find_their_token(page_and
 
     case = make_case(0, "ifeval", "M-IA", "OIT", {"attnlrp": 2})
     case.tokens = [t if sp else t + "\n\n" for t, sp in zip(case.tokens, case.special_mask)]  # two lines a token
+    gap = next(i for i, sp in enumerate(case.special_mask) if not sp)
+    case.methods["attnlrp"].input_relevance[gap] = float("nan")  # not computed there: embedded as null
     rows = [status_row("ifeval", "collect-1", "pairs-1", 1, {"clean": 1})]
     index = build_report([case], rows, tmp_path / "r", [])
     page = page_and_cases[0].context.browser.new_page(viewport={"width": 1360, "height": 900})
@@ -187,6 +189,13 @@ def test_long_context_opens_at_the_prediction_and_rows_find_their_token(page_and
             raw = case.methods["attnlrp"].input_relevance[early]
             title = page.locator(f"#case-{case.case_id} .tok[data-p='{early}']").get_attribute("title")
             assert f"attnlrp: R = {raw:.4g}, normalised = " in title
+            # after a method switch (report.js writes the titles) a missing value says so, never "R = 0"
+            page.locator(f"#case-{case.case_id} .methods button[data-method='attnlrp']").click()
+            tok = page.locator(f"#case-{case.case_id} .tok[data-p='{gap}']").get_attribute("title")
+            assert tok.endswith("attnlrp: R not computed")
+            title = page.locator(f"#case-{case.case_id} .tok[data-p='{early}']").get_attribute("title")
+            shown = float(title.split("attnlrp: R = ", 1)[1].split(",", 1)[0])
+            assert shown == pytest.approx(raw, rel=1e-3)  # four significant digits
         finally:
             page.close()
 

@@ -497,8 +497,21 @@ def test_cases_table_tells_no_flip_from_not_computed(built):
         cells = re.findall(r'<td class="n">([^<]*)</td>', row)[2:]  # after Δℓ and context tokens
         r = {m: c.methods.get(m) for m in methods}
         want = [str(r[m].flip_k) if r[m] is not None and r[m].flip_k is not None
-                else "none" if r[m] is not None and len(r[m].flip_curve) > 1 else "—" for m in methods]
+                else "none" if r[m] is not None and r[m].flip_curve else "—" for m in methods]
         assert cells == want, c.case_id
         for w in want:
             seen[w] = seen.get(w, 0) + 1
     assert seen["none"] and seen["—"]
+
+
+def test_k_star_label_is_one_rule_for_every_view():
+    """k* reads the same in show, the report and the explorer: a curve that ran is "none" without a flip, even a
+    one-point curve (nothing maskable: flip_search returns [Δℓ]); a method or curve that is missing is "—"."""
+    from failtrace.cases.record import MethodResult
+    from failtrace.views.common import k_star_label
+
+    def r(curve: list[float], k: int | None) -> MethodResult:
+        return MethodResult(method="attnlrp", input_relevance=[0.0], flip_curve=curve, flip_k=k)
+
+    assert [k_star_label(x) for x in (r([2.0, -1.0], 1), r([2.0, 1.5], None), r([2.0], None), r([], None), None)] \
+        == ["1", "none", "none", "—", "—"]

@@ -131,7 +131,7 @@ def test_table_count_filter_and_url_state(page: Any, server: dict[str, Any]) -> 
     assert page.inner_text("#total") == f"{server['n_rows']} rows"
     assert page.locator("tr.row").count() == server["n_rows"]
     # k*: the number, "none" (curve computed, no flip within K) or "—" (no case, or no curve) -- never one dash for two
-    want = {c.case_id: "none" if c.methods["attnlrp"].flip_k is None and len(c.methods["attnlrp"].flip_curve) > 1
+    want = {c.case_id: "none" if c.methods["attnlrp"].flip_k is None and len(c.methods["attnlrp"].flip_curve) > 0
             else "—" if c.methods["attnlrp"].flip_k is None else str(c.methods["attnlrp"].flip_k)
             for c in server["cases"]}
     got = dict(page.locator("tr.row.has-case").evaluate_all(

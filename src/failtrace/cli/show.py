@@ -131,7 +131,7 @@ def _list_table(cases: list[Any], store: Path, method: str) -> Any:
     from rich.table import Table
     from rich.text import Text
 
-    from failtrace.views.common import shown
+    from failtrace.views.common import k_star_label, shown
 
     t = Table(title=f"analysed cases: {store}", title_justify="left", caption_justify="left",
               caption="failtrace show --case ID (a unique prefix) shows one; * = category set by hand (override); "
@@ -144,7 +144,7 @@ def _list_table(cases: list[Any], store: Path, method: str) -> Any:
         t.add_row(c.case_id[:12], c.benchmark, c.item_id,
                   Text(f"‹{shown(c.target_text)}› → ‹{shown(c.contrast_text)}›"), f"{c.delta_logit:.3f}",
                   (c.effective_category or "—") + ("*" if c.override else ""), c.pattern or "—",
-                  "—" if method not in c.methods else "none" if k is None else str(k))
+                  k_star_label(c.methods.get(method)))
     return t
 
 

@@ -244,7 +244,7 @@ def case_section(case: Case, overrides: Overrides | None = None, graph_src: str 
     lazy = "" if (graph_src or "").startswith("data:") else ' loading="lazy"'  # a file beside the page
     graph = (f'<figure><img src="{graph_src}" alt="pruned attribution graph of case {esc(case.case_id)}"{lazy}>'
              "<figcaption>Pruned attribution graph: nodes are (layer, token) hidden states, red supports the target, "
-             "blue the contrast, grey sits on a special (chat-template) token; node size = |R| normalised in its "
+             "blue the contrast, grey sits on a special token id (e.g. <|im_start|>); node size = |R| normalised in its "
              "layer; edge width = |relevance flow|. Drawn smaller than its pixels, it opens full size on a click."
              "</figcaption></figure>"
              if graph_src else '<p class="empty">no pruned graph stored for this case</p>')

@@ -46,7 +46,8 @@ GLOSSARY = {
     "theta_share": "θ': OIT holds when a top supporter outside the relevant segments has at least this share",
     "m": "how many top supporters OIT looks at",
     "top_supporters": "the m content tokens with the largest positive relevance",
-    "oit_tokens": "positions of the top supporters outside the relevant segments",
+    "oit_tokens": "positions of the top supporters outside the relevant segments with a share of at least θ' (OIT)",
+    "positions": "the token position of each node of the path",
     "share": "in a band: flow / R_final (≈ Δℓ), above 1 or below 0 when segments push both ways; "
              "in top_supporters: r / Σ positive r",
     "bands": "decoder layers in contiguous groups, plus the input: relevance per segment in each",
@@ -107,15 +108,16 @@ def _table(rows: Sequence[Mapping[str, Any]]) -> str:
     return f'<table class="t ev-t"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}{more}</tbody></table>'
 
 
-def _token_runs(tokens: Sequence[Any]) -> str:
-    """A token list (e.g. the token of each node on a path, one per layer) with repeats folded: ‹·cat› ×17, ‹↵› ×13."""
+def _token_runs(tokens: Sequence[Any], key: str = "tokens") -> str:
+    """A token (or position) list, e.g. one per node of a path, with repeats folded: ‹·cat› ×17, ‹↵› ×13."""
     runs: list[list[Any]] = []
     for t in tokens:
         if runs and runs[-1][0] == t:
             runs[-1][1] += 1
         else:
             runs.append([t, 1])
-    shown = [scalar(t, "token") + (f" ×{n}" if n > 1 else "") for t, n in runs[: MAX_ROWS * 4]]
+    shown = [scalar(t, "token" if key in _TOKEN_KEYS else "") + (f" ×{n}" if n > 1 else "")
+             for t, n in runs[: MAX_ROWS * 4]]
     more = f" … ({len(runs)} runs in all)" if len(runs) > MAX_ROWS * 4 else ""
     return ", ".join(shown) + more
 
@@ -144,8 +146,8 @@ def value(v: Any, key: str = "") -> str:
             return f'<span class="dim">{_esc(_EMPTY.get(key, "none"))}</span>'
         if all(isinstance(x, Mapping) for x in items):
             return _table(items)
-        if all(_is_scalar(x) for x in items) and key in _TOKEN_KEYS:
-            return _token_runs(items)
+        if all(_is_scalar(x) for x in items) and key in _TOKEN_KEYS | {"positions"}:
+            return _token_runs(items, key)
         if key == "layers" and len(items) > 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in items) \
                 and items == list(range(items[0], items[0] + len(items))):
             return _esc(f"{items[0]}–{items[-1]}")  # a band's consecutive layers

@@ -105,11 +105,12 @@ def summary_section(t: Mapping[str, Any], figs: Mapping[str, str]) -> str:
 
 
 def _k_cell(k: int | None, case: Any, method: str) -> str:
-    """k* as a cell: the number, "none" (the curve ran, no flip within K) or "—" (no curve for this method)."""
-    if k is not None:
-        return str(k)
-    r = case.methods.get(method) if case is not None else None
-    return "none" if r is not None and len(r.flip_curve) > 1 else "—"
+    """k* as a cell (:func:`failtrace.views.common.k_star_label`: the number, "none" or "—")."""
+    from failtrace.views.common import k_star_label
+
+    if case is None:
+        return "—" if k is None else str(k)
+    return k_star_label(case.methods.get(method))
 
 
 def _bench_cases_table(t: Mapping[str, Any], bench: str, cases: Sequence[Any] = ()) -> str:

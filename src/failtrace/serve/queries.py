@@ -28,7 +28,7 @@ latest AS (SELECT pair_run_id, arg_max(analysis_id, t) AS analysis_id FROM analy
 ov AS (SELECT case_id, arg_max(category, created_at) AS category FROM overrides GROUP BY case_id),
 cs AS (
     SELECT c.case_id, c.pair_run_id, c.item_id, c.category, c.pattern, c.delta_logit AS case_delta,
-           ov.category AS override, m.flip_k AS k_star, coalesce(len(m.flip_curve) > 1, false) AS k_computed
+           ov.category AS override, m.flip_k AS k_star, coalesce(len(m.flip_curve) > 0, false) AS k_computed
     FROM cases c JOIN latest l ON l.pair_run_id = c.pair_run_id AND l.analysis_id = c.analysis_id
     LEFT JOIN ov ON ov.case_id = c.case_id
     LEFT JOIN case_methods m ON m.case_id = c.case_id AND m.method = 'attnlrp'),

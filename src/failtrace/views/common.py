@@ -278,6 +278,15 @@ def masked_rows(case: Any, method: str, before: int = MASK_BEFORE, after: int = 
              "flips": r.flip_k is not None and k <= r.flip_k} for k, p in enumerate(order, 1)]
 
 
+def k_star_label(result: Any) -> str:
+    """k* of one method's result as every view prints it: the number; "none" when its masking curve ran (it has at
+    least Δℓ at k = 0; a case with nothing maskable ran a one-point curve) without a flip within K; "—" when the
+    method or its curve is missing."""
+    if result is None or not result.flip_curve:
+        return "—"
+    return "none" if result.flip_k is None else str(result.flip_k)
+
+
 def masked_caption(flip_k: int | None, rows: list[dict[str, Any]]) -> str:
     """What the masking-order rows say about the flip, claiming nothing beyond the computed curve."""
     if not rows:

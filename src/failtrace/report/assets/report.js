@@ -15,7 +15,8 @@
       if(!el.classList.contains("sp")){
         el.style.background=mix(v); el.style.color=Math.abs(v)>0.62?"#fff":"#111";
       }
-      el.title=el.dataset.base+"\n"+method+": R = "+(+raw[p]).toPrecision(4)+", normalised = "+(+v).toFixed(3);
+      el.title=el.dataset.base+"\n"+method+": "+(raw[p]===null||raw[p]===undefined?"R not computed":  // NaN arrives as null
+        "R = "+String(Number((+raw[p]).toPrecision(4)))+", normalised = "+(+v).toFixed(3));
     });
     art.querySelectorAll(".methods button").forEach(function(b){
       b.setAttribute("aria-pressed", b.dataset.method===method?"true":"false");

@@ -75,6 +75,12 @@
   // Δℓ after masking the top-k tokens, k = 0..K, one group per method; a null point (not computed) is a gap: the
   // line stops there and goes on after it (isFinite(null) is true: it would be drawn at Δℓ = 0, and a line joining
   // its neighbours would look computed); a point with gaps on both sides is a dot
+  // k* as every view prints it (views.common.k_star_label): the number, "none" (the curve ran, no flip within K)
+  // or "—" (no curve)
+  function kLabel(r) {
+    return !r || !r.flip_curve || !r.flip_curve.length ? "—" : r.flip_k === null ? "none" : String(r.flip_k);
+  }
+
   function curves(c, method) {
     var W = 520, H = 210, L = 46, B = 40, ms = methodsOf(c).filter(function (m) { return c.methods[m].flip_curve.length; });
     var all = []; ms.forEach(function (m) { all = all.concat(c.methods[m].flip_curve.filter(Number.isFinite)); });
@@ -88,13 +94,15 @@
     // the extremes, unless they sit on the zero line (no curve above / below 0): their labels would overprint "Δℓ=0"
     if (Y(0) - Y(hi) > 14) svg.appendChild(el("text", {x: 4, y: Y(hi) + 10}, FT.fmt(hi, 2)));
     if (Y(lo) - Y(0) > 14) svg.appendChild(el("text", {x: 4, y: Y(lo)}, FT.fmt(lo, 2)));
-    // the k axis: a tick and its number at each k (every other one past 20), then its name
-    var step = K > 20 ? Math.ceil(K / 10) : 1;
+    // the k axis: a tick and its number at each k (past K = 20, every ceil(K/10)-th and K itself), then its name
+    var step = K > 20 ? Math.ceil(K / 10) : 1, ticks = [];
+    for (var t = 0; t <= K; t += step) ticks.push(t);
+    if (ticks[ticks.length - 1] !== K) ticks.push(K);
     svg.appendChild(el("line", {x1: L, x2: W - 10, y1: H - B + 4, y2: H - B + 4, stroke: "#9ca3af"}));
-    for (var k = 0; k <= K; k += step) {
+    ticks.forEach(function (k) {
       svg.appendChild(el("line", {x1: X(k), x2: X(k), y1: H - B + 4, y2: H - B + 8, stroke: "#9ca3af"}));
       svg.appendChild(el("text", {x: X(k), y: H - B + 19, "text-anchor": "middle", class: "tick"}, String(k)));
-    }
+    });
     svg.appendChild(el("text", {x: W / 2 - 40, y: H - 4}, "k masked tokens"));
     ms.forEach(function (m) {
       var runs = [[]];
@@ -103,7 +111,7 @@
       });
       var on = m === method, colour = on ? "#111827" : "#cbd5e1";
       var g = el("g", {"data-method": m});
-      g.appendChild(el("title", {}, m + ": k* = " + (c.methods[m].flip_k === null ? "none" : c.methods[m].flip_k)));
+      g.appendChild(el("title", {}, m + ": k* = " + kLabel(c.methods[m])));
       runs.forEach(function (run) {
         if (run.length === 1) g.appendChild(el("circle", {cx: run[0][0], cy: run[0][1], r: on ? 2.5 : 1.8, fill: colour}));
         else if (run.length) g.appendChild(el("polyline", {points: run.map(function (p) { return p[0] + "," + p[1]; }).join(" "),
@@ -150,8 +158,8 @@
       tr.addEventListener("click", function () { findToken(pos); });
       return tr;
     });
-    box.appendChild(el("table", {class: "t masked"}, [el("tr", {}, ["k", "token", "in context", "position", "segment", "R", "normalised", "Δℓ after k"].map(function (h, i) {
-      return el("th", {class: i >= 1 && i <= 4 && i !== 3 ? "" : "n"}, h); }))].concat(rows)));
+    box.appendChild(el("div", {class: "scroll"}, el("table", {class: "t masked"}, [el("tr", {}, ["k", "token", "in context", "position", "segment", "R", "normalised", "Δℓ after k"].map(function (h, i) {
+      return el("th", {class: i >= 1 && i <= 4 && i !== 3 ? "" : "n"}, h); }))].concat(rows))));
     return box;
   }
 
@@ -174,7 +182,7 @@
   function methodsTable(c) {
     var rows = methodsOf(c).map(function (m) {
       var r = c.methods[m];
-      return el("tr", {}, [el("td", {}, m), el("td", {class: "n"}, r.flip_k === null ? "none" : String(r.flip_k)),
+      return el("tr", {}, [el("td", {}, m), el("td", {class: "n"}, kLabel(r)),
                            el("td", {class: "n"}, FT.fmt(r.raw.reduce(function (a, b) { return a + (b || 0); }, 0), 4))]);
     });
     return el("div", {}, [el("table", {class: "t"}, [el("tr", {}, [el("th", {}, "method"), el("th", {class: "n"}, "k*"),
@@ -209,7 +217,7 @@
                                    "attribution graph →")] : []));
       var kv = [["item", c.item_id], ["benchmark", c.benchmark], ["model", c.model], ["verdict", c.verdict ? c.verdict.status : "—"],
                 ["Δℓ", FT.fmt(c.delta_logit, 4)], ["tokens", c.tokens.length + " (" + c.prompt_length + " prompt)"],
-                ["k* (" + method + ")", c.methods[method] && c.methods[method].flip_k !== null ? c.methods[method].flip_k : "none"],
+                ["k* (" + method + ")", kLabel(c.methods[method])],
                 ["contrast from", contrastFrom(c.pair)]];
       view.appendChild(el("section", {class: "block"}, [
         el("h2", {}, ["Why ", el("span", {class: "pill tgt"}, FT.shown(c.target.text)), " rather than ",

@@ -151,8 +151,8 @@
       view.appendChild(el("section", {class: "block"}, [
         el("h2", {}, "Attribution graph"),
         el("p", {class: "note"}, "Rows: stages (embeddings, then each decoder layer's output); columns: token positions with a kept node. " +
-           "Red edges/nodes push towards the target, blue towards the contrast, grey nodes sit on special (chat-template) " +
-           "tokens; node size = normalised |R| in its stage. " +
+           "Red edges/nodes push towards the target, blue towards the contrast, grey nodes sit on special token ids " +
+           "(e.g. <|im_start|>); node size = normalised |R| in its stage. " +
            "Stored graph pruned with " + ((D.settings || {}).prune || "?") + "; the slider re-prunes those edges by cumulative mass."),
         el("div", {class: "graphbar"}, [el("label", {}, ["edge mass p ", slider, " ", pv]), count, search, ablToggle,
           el("button", {type: "button", id: "export", onclick: function () { exportJSON(D, kept, sub, state); }}, "export JSON"), subInfo]),
