@@ -30,7 +30,8 @@ def graph():
 
 
 def _brute(graph, pruned):
-    """Every bottom → final path along kept edges: (score, sign, tokens), from dense matrices (no edge store)."""
+    """Every bottom → final path along kept edges: (score, sign, tokens), from dense matrices (no edge store); the
+    sign is that of the part of R_final the path carries, R_final · Π_e A_e / R_target(e)."""
     dense = [graph.dense(t) for t in range(len(graph.transitions))]
     kept = [{(int(es.target[k]), int(es.source[k])) for k in keep}
             for es, keep in zip(graph.transitions, pruned.edge_keep)]
@@ -40,7 +41,10 @@ def _brute(graph, pruned):
         if all((toks[k + 1], toks[k]) in kept[k] for k in range(len(dense))):
             w = [dense[k][toks[k + 1], toks[k]] for k in range(len(dense))]
             fr = [abs(w[k]) / np.abs(dense[k][toks[k + 1]]).sum() for k in range(len(dense))]
-            out.append((float(np.prod(fr)), int(np.prod(np.sign(w))), toks, min(fr)))
+            # the part of R_final reaching the input: R_final · Π A_e / R_target(e); its sign, written out
+            part = graph.relevance[-1, -1] * np.prod([w[k] / graph.relevance[graph.transitions[k].target_stage,
+                                                                               toks[k + 1]] for k in range(len(dense))])
+            out.append((float(np.prod(fr)), int(np.sign(part)), toks, min(fr)))
     return out
 
 

@@ -144,9 +144,11 @@ def test_summary_off_a_terminal_and_distinct_paths(capsys, bundled):
     lines = [ln.strip() for ln in out.splitlines() if ln.strip().startswith("path ")]
     assert not any(ln.strip().startswith("path ") for ln in err.splitlines())
     api = failtrace_graph(bundled)
-    paths = graph_metrics(api, top_k=8)["top_paths"][:8]
-    assert len(lines) == len(paths) >= 2 and len({tuple(p["nodes"]) for p in paths}) == len(paths)
+    metrics = graph_metrics(api, top_k=8)
+    paths = metrics["top_paths"][:8] + metrics["bottom_paths"][:8]  # towards the target, then the contrast
+    assert len(lines) == len(paths) >= 4 and len({tuple(p["nodes"]) for p in paths}) == len(paths)
     assert len(set(lines)) == len(lines)  # distinct paths, distinct lines
+    assert [ln.startswith("path +") for ln in lines] == [p["sign"] > 0 for p in paths]
     for line, p in zip(lines, paths):
         shown = line.split(" → ")[1:]
         assert shown[-1] == p["nodes"][-1]

@@ -55,7 +55,8 @@ def _brute_select(dense: np.ndarray, rows_ok: np.ndarray, p: float) -> set[tuple
 
 def _brute_paths(g: AttributionGraph, dense: list[np.ndarray], kept: list[set[tuple[int, int]]]):
     """All bottom → final paths along the given edge sets, with their score (product over edges of |A| divided by
-    the |A| row sum of the edge's target in the dense matrix) and sign (product of the edge signs)."""
+    the |A| row sum of the edge's target in the dense matrix) and sign (that of R_final · Π_e A_e / R_target(e): the
+    part of the final relevance the path carries)."""
     n = g.n_tokens
     paths = []
     for seq in itertools.product(range(n), repeat=len(dense)):
@@ -63,7 +64,9 @@ def _brute_paths(g: AttributionGraph, dense: list[np.ndarray], kept: list[set[tu
         if all((toks[k + 1], toks[k]) in kept[k] for k in range(len(dense))):
             w = [dense[k][toks[k + 1], toks[k]] for k in range(len(dense))]
             score = float(np.prod([abs(w[k]) / np.abs(dense[k][toks[k + 1]]).sum() for k in range(len(dense))]))
-            paths.append((score, int(np.prod(np.sign(w))), toks))
+            part = g.relevance[-1, -1] * np.prod([w[k] / g.relevance[g.transitions[k].target_stage, toks[k + 1]]
+                                                  for k in range(len(dense))])
+            paths.append((score, int(np.sign(part)), toks))
     return paths
 
 
@@ -219,7 +222,9 @@ def test_top_paths_match_brute_force(spec):
             f0 = abs(A0[toks[1], toks[0]]) / np.abs(A0[toks[1]]).sum()
             f1 = abs(A1[toks[2], toks[1]]) / np.abs(A1[toks[2]]).sum()
             assert p["score"] == pytest.approx(f0 * f1) and p["bottleneck"] == pytest.approx(min(f0, f1))
-            assert np.sign(A0[toks[1], toks[0]] * A1[toks[2], toks[1]]) == sign == p["sign"]
+            carried = g.relevance[2, 3] * A0[toks[1], toks[0]] / g.relevance[1, toks[1]] * A1[toks[2], toks[1]] \
+                / g.relevance[2, 3]
+            assert np.sign(carried) == sign == p["sign"]
             assert p["flow"] == pytest.approx(sign * f0 * f1 * abs(g.relevance[2, 3]))
 
 

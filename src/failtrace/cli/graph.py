@@ -69,13 +69,15 @@ def _summary(graph: Any, pruned: Any, top_k: int) -> list[str]:
     cons = graph.conservation_error()
     if cons == cons:  # not NaN
         lines.append(f"conservation check (Σ_j A[j,i] vs R_i, all rows computed): max relative error {cons:.1e}")
-    paths = m["top_paths"][:top_k]
-    if paths:
-        lines.append("top paths (flow in the objective's units, + supports the target; the path moves to another token "
-                     "at each L<layer>/<token> shown, and ends at the prediction's node):")
-    for p in paths:
-        lines.append(f"  path {p['relevance']:+.4f}: {visible(p['tokens'][0])!r} [{p['input_token']}] → "
-                     + " → ".join(path_hops(p)))
+    for key, head in (("top_paths", "paths towards the target (flow > 0"),
+                      ("bottom_paths", "paths towards the contrast (flow < 0")):
+        paths = m[key][:top_k]
+        if paths:
+            lines.append(f"{head}, in the objective's units; a path moves to another token at each L<layer>/<token> "
+                         "shown, and ends at the prediction's node):")
+        for p in paths:
+            lines.append(f"  path {p['relevance']:+.4f}: {visible(p['tokens'][0])!r} [{p['input_token']}] → "
+                         + " → ".join(path_hops(p)))
     return lines
 
 

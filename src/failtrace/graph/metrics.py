@@ -15,9 +15,13 @@ f_e = |A_{j,i}| / Σ_{i'} |A_{j,i'}| (the denominator over *all* sources of row 
 inflates it). A path's score is the product of its edge fractions, Π_e f_e ∈ [0, 1]: the share of the final node's
 incoming |A| mass that reaches this input token when every node splits its mass among its sources in proportion to
 |A|. Over all paths of the unpruned graph (every row computed) the scores sum to 1, so 0.2 means "a fifth of the
-mass flows along this path". A path's ``sign`` is the product of its edge signs (+1: the chain of contributions
-supports the final node's relevance, −1: it opposes it); ``bottleneck`` is its smallest edge fraction; ``flow`` =
-sign · score · |R_final| puts the score in the objective's units (|flow| ≤ |Δℓ|). (Earlier versions summed raw
+mass flows along this path". A path's ``sign`` is the sign of what it carries to the objective: A_{j,i} is the part
+of R_j that node i receives (Σ_i A_{j,i} = R_j), so the part of R_final that reaches the input along the path is
+R_final · Π_e A_e / R_{target(e)}, whose sign is Π_e sign(A_e) · Π_n sign(R_n) over the path's intermediate nodes n
+(+1: it supports the target over the contrast, −1: the contrast). A chain of negative edges through negative nodes
+is therefore one opposing contribution, not a product of minus signs (as before 5 Dec 2026, when ``sign`` was the
+product of the edge signs alone). ``bottleneck`` is the smallest edge fraction; ``flow`` = sign · score · |R_final|
+puts the score in the objective's units (|flow| ≤ |Δℓ|). (Earlier versions summed raw
 edge relevances along a path, which double-counts the residual stream and gave +124 for a Δℓ of 9.)
 """
 
@@ -106,6 +110,8 @@ def top_paths(pruned: PrunedGraph, k: int = 5, sign: int = 1,
             tgt = (es.target_stage, int(es.target[e]))
             src = (es.source_stage, int(es.source[e]))
             s_e = 1 if es.weight[e] >= 0 else -1
+            if tgt != (top, final) and graph.relevance[tgt] < 0:  # an intermediate node passes its own sign on
+                s_e = -s_e
             for s_next in (1, -1):
                 for rank, (score, neck, _n, _s, _r) in enumerate(best.get((tgt, s_next), [])):
                     cand.setdefault((src, s_e * s_next), []).append((score * f, min(neck, f), tgt, s_next, rank))
