@@ -144,7 +144,7 @@ def test_bad_input_is_one_line(toy: dict[str, Any], args: list[str], says: str, 
 def test_method_names_are_case_insensitive(toy: dict[str, Any], capsys, monkeypatch) -> None:
     lower = _show(capsys, monkeypatch, "--store", str(toy["store"]))
     upper = _show(capsys, monkeypatch, "--store", str(toy["store"]), "--method", "ATTNLRP")
-    assert upper == lower and lower[0] == 0 and "k* attnlrp" in lower[1]
+    assert upper == lower and lower[0] == 0 and "k*: attnlrp's" in " ".join(lower[1].split())
 
 
 def test_a_missing_store_and_a_store_without_cases(toy: dict[str, Any], tmp_path: Path, capsys, monkeypatch) -> None:
@@ -231,7 +231,9 @@ def test_markup_control_characters_and_long_tokens_print_as_data(toy: dict[str, 
     code, out, err = _show(capsys, monkeypatch, "--store", str(store), "--case", case.case_id)
     assert code == 0 and "\x1b" not in out and "\x07" not in out and "q[/]x[i]" in out
     rows = _masked_rows(out)
-    assert rows[0][1].startswith("␛[31mRED␛]0;pwned␇") and rows[0][1].endswith("…") and len(rows[0][1]) == 40
+    # the token column is short (its context shows it too), both cut with …, never the other columns
+    assert rows[0][1].startswith("␛[31mRED") and rows[0][1].endswith("…") and len(rows[0][1]) <= 12
+    assert "‹␛[31mRED␛]0;pwned␇y" in rows[0][2]
     assert all(len(r) == 8 and r[3].isdigit() for r in rows)  # every column is still there
 
 
@@ -252,3 +254,37 @@ def test_an_old_case_whose_item_the_newest_analysis_lacks(toy: dict[str, Any], t
     assert "newest analysis has no case of item" in err and "None" not in err
     code, _, err = _show(capsys, monkeypatch, "--store", str(store), "--item", old.item_id)
     assert code != 0 and "the newest analysis has no case of it" in err
+
+
+def test_at_100_columns_numbers_and_labels_are_never_cut(toy: dict[str, Any], tmp_path: Path, capsys,
+                                                         monkeypatch) -> None:
+    """On the narrowest console failtrace prints (100 columns) the context and the pair give way; ids, Δℓ, category,
+    pattern, k*, positions, R and Δℓ after k print whole (they were cut to '3.9…' and 'NC-IA+…', or vanished)."""
+    from failtrace.cli import show as show_cli
+    from failtrace.cli.console import console
+
+    monkeypatch.setattr(show_cli, "_console", lambda stderr=False: console(stderr, width=100))
+    store = tmp_path / "long.duckdb"  # long item ids and target texts, as real benchmarks have
+    shutil.copy(toy["store"], store)
+    with open_store(store) as st:
+        st.con.execute("UPDATE cases SET item_id = 'a-rather-long-item-identifier-' || item_id, "
+                       "target_text = 'a long target text ' || target_text")
+    assert main(["show", "--store", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert max(map(len, out.splitlines())) <= 100
+    rows = [[x.strip() for x in line.split("│")[1:-1]] for line in out.splitlines() if line.startswith("│")]
+    by_case = {c.case_id[:12]: c for c in toy["cases"]}
+    for r in rows:
+        c = by_case[r[0]]
+        assert r[-4:] == [f"{c.delta_logit:.3f}", c.effective_category, c.pattern,
+                          "none" if c.methods["attnlrp"].flip_k is None else str(c.methods["attnlrp"].flip_k)]
+    case = toy["cases"][0]
+    assert main(["show", "--store", str(store), "--case", case.case_id]) == 0
+    out = capsys.readouterr().out
+    assert max(map(len, out.splitlines())) <= 100
+    got = _masked_rows(out)
+    r = case.methods["attnlrp"]
+    assert [int(x[3]) for x in got] == _by_hand(case, "attnlrp")
+    assert [float(x[5]) for x in got] == pytest.approx([r.input_relevance[p] for p in _by_hand(case, "attnlrp")],
+                                                       rel=1e-3)
+    assert [float(x[6]) for x in got] == pytest.approx(r.flip_curve[1:len(got) + 1], abs=1e-3)

@@ -79,7 +79,7 @@ def show_command(
             con.print(f"{store}: no analysed cases" + (f" of {benchmark}" if benchmark else "")
                       + " (failtrace analyse explains the clean pairs)", highlight=False)
             return
-        con.print(_list_table(cases, store, method))
+        con.print(_list_table(cases, store, method, con.width))
         return
     if item is not None:
         if not chosen:
@@ -127,21 +127,36 @@ def _why_no_case(st: Any, item: str, benchmark: str | None) -> str:
     return f"it failed, and its pair search found no clean pair: {status} ({' '.join(str(reason or '').split())[:200]})"
 
 
-def _list_table(cases: list[Any], store: Path, method: str) -> Any:
+def _list_table(cases: list[Any], store: Path, method: str, width: int = 100) -> Any:
     from rich.table import Table
     from rich.text import Text
 
     from failtrace.views.common import k_star_label, shown
 
-    t = Table(title=f"analysed cases: {store}", title_justify="left", caption_justify="left",
+    benches = sorted({c.benchmark for c in cases})
+    one = len(benches) == 1 and width < 120  # one benchmark on a narrow terminal: named in the title, no column
+    t = Table(title=f"analysed cases: {store}" + (f" ({benches[0]})" if one else ""), title_justify="left",
+              caption_justify="left",
               caption="failtrace show --case ID (a unique prefix) shows one; * = category set by hand (override); "
-                      f"k* {method}: none = no flip within K, — = {method} not computed")
-    k_col = f"k* {method}"
-    for name in ("case", "benchmark", "item", "target → contrast", "Δℓ", "category", "pattern", k_col):
-        t.add_column(name, justify="right" if name in ("Δℓ", k_col) else "left", no_wrap=True)
+                      f"k*: {method}'s, none = no flip within K, — = {method} not computed")
+    k_col = "k*"
+    # Columns whose text must never be cut (ids, numbers, labels) keep their width; item, benchmark and the pair
+    # give way on a narrow terminal (rich shrinks the columns without a minimum).
+    keep = {"case": 12, "Δℓ": 7, "category": 10, "pattern": 7, k_col: 4}
+    names = [n for n in ("case", "benchmark", "item", "target → contrast", "Δℓ", "category", "pattern", k_col)
+             if not (one and n == "benchmark")]
+    # rich does not shrink a no-wrap column below its text, so the free width (less borders and padding, 3
+    # characters a column) is shared out here between the item and the pair, in proportion to what each needs
+    free = max(20, width - sum(keep.values()) - 3 * len(names) - 1 - (0 if one else 9))
+    pairs = [f"‹{shown(c.target_text)}› → ‹{shown(c.contrast_text)}›" for c in cases]
+    need_item, need_pair = max([4, *(len(c.item_id) for c in cases)]), max([17, *map(len, pairs)])
+    item_w = need_item if need_item + need_pair <= free else max(8, free * need_item // (need_item + need_pair))
+    most = {"benchmark": 9, "item": item_w, "target → contrast": max(8, free - item_w)}
+    for name in names:
+        t.add_column(name, justify="right" if name in ("Δℓ", k_col) else "left", no_wrap=True,
+                     min_width=keep.get(name), max_width=most.get(name), overflow="ellipsis")
     for c in cases:
-        k = c.methods[method].flip_k if method in c.methods else None
-        t.add_row(c.case_id[:12], c.benchmark, c.item_id,
+        t.add_row(c.case_id[:12], *([] if one else [c.benchmark]), c.item_id,
                   Text(f"‹{shown(c.target_text)}› → ‹{shown(c.contrast_text)}›"), f"{c.delta_logit:.3f}",
                   (c.effective_category or "—") + ("*" if c.override else ""), c.pattern or "—",
                   k_star_label(c.methods.get(method)))
@@ -172,7 +187,7 @@ def _print_case(con: Any, c: Any, method: str) -> None:
                 + f" · pattern {c.pattern or '—'} · relevant segments: {', '.join(c.relevant_segments) or '—'}")
     con.print(head)
     con.print(_methods_table(c))
-    con.print(_masked_table(c, method))
+    con.print(_masked_table(c, method, con.width))
     con.print(_segments_table(c, method))
 
 
@@ -195,7 +210,7 @@ def _methods_table(c: Any) -> Any:
     return t
 
 
-def _masked_table(c: Any, method: str) -> Any:
+def _masked_table(c: Any, method: str, width: int = 160) -> Any:
     from rich.table import Table
     from rich.text import Text
 
@@ -205,14 +220,21 @@ def _masked_table(c: Any, method: str) -> Any:
     t = Table(title=f"top tokens of {method}, in masking order ({c.masking.rule})", title_justify="left",
               caption=masked_caption(c.methods[method].flip_k, rows) + (" (marked ◀)" if any(
                   row["flips"] for row in rows) else ""), caption_justify="left")
+    # the numbers and labels keep their width; the context gives way on a narrow terminal (cut with …)
+    keep = {"k": 2, "position": 8, "segment": 11, "R": 7, "Δℓ after k": 10, "": 1}
     for name in ("k", "token", "in context", "position", "segment", "R", "Δℓ after k", ""):
         t.add_column(name, justify="right" if name in ("k", "position", "R", "Δℓ after k") else "left",
-                     no_wrap=name in ("token", "in context"))
+                     no_wrap=name in ("token", "in context"), min_width=keep.get(name),
+                     max_width=12 if name == "token" else None)
+    room = max(24, width - 78)  # what the other columns leave to the context (its token always shown whole-ish)
     for row in rows:
         token = clipped_text(shown(row["token"]))
-        ctx = Text(clipped_text("".join(shown(x) for x in row["before"]), keep_end=True), style="dim")
-        ctx.append(f"‹{token}›", style="bold")
-        ctx.append(clipped_text("".join(shown(x) for x in row["after"])), style="dim")
+        inner = clipped_text(token, most=max(6, room // 3))
+        before = clipped_text("".join(shown(x) for x in row["before"]), keep_end=True, most=min(40, room // 3))
+        ctx = Text(before, style="dim")
+        ctx.append(f"‹{inner}›", style="bold")
+        ctx.append(clipped_text("".join(shown(x) for x in row["after"]),
+                                most=max(4, min(40, room - len(before) - len(inner) - 2))), style="dim")
         dl = "—" if row["delta_after"] is None else f"{row['delta_after']:.3f}"
         t.add_row(str(row["k"]), Text(token), ctx, str(row["position"]), Text(row["segment"] or "—"),
                   f"{row['relevance']:.4g}", dl, "◀" if row["flips"] else "")
