@@ -47,10 +47,11 @@ def test_analyse_then_rerun_then_override(toy: dict[str, Any], capsys: pytest.Ca
     assert n >= 1
     args = ["analyse", "--store", store, "--methods", "attnlrp,random", "--max-k", "3", "--no-progress"]
     assert main(args) == 0
-    out = capsys.readouterr().out
-    assert f"{n} clean pairs, 0 already analysed, {n} analysed now" in out
+    out, err = capsys.readouterr()
+    assert f"{n} clean pair{'s' if n != 1 else ''}, 0 already analysed, {n} analysed now" in out
+    assert f"next: failtrace show --store {store} lists the cases" in err
     assert main(args) == 0
-    assert f"{n} clean pairs, {n} already analysed, 0 analysed now" in capsys.readouterr().out
+    assert f"{n} clean pair{'s' if n != 1 else ''}, {n} already analysed, 0 analysed now" in capsys.readouterr().out
     with open_store(toy["store"], read_only=True) as st:
         cases = load_cases(st)
     assert len(cases) == n and all(set(c.methods) == {"attnlrp", "random"} for c in cases)

@@ -52,12 +52,15 @@ def test_collect_pairs_status_export(tmp_path: Path, model_dir: Path, capsys: py
     out, err = capsys.readouterr()
     assert "5 items, 0 already done, 5 generated now" in out
     assert "items.jsonl:3" in err  # the malformed line, named by its line number; the others were processed
+    assert f"next: failtrace pairs --store {store}" in err  # the next stage, on stderr (stdout stays the summary)
     assert main(args) == 0
     assert "5 already done, 0 generated now" in capsys.readouterr().out
 
     assert main(["pairs", "--store", str(store), "--top-k", "3", "--max-positions", "3", "--no-progress"]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert "paired now" in out and "rollouts" in out
+    clean = "clean" in out.split("paired now", 1)[1].split(";", 1)[0]
+    assert (f"next: failtrace analyse --store {store}" in err) == clean and ("no clean pair this time" in err) != clean
 
     assert main(["status", "--store", str(store)]) == 0
     out = capsys.readouterr().out

@@ -67,10 +67,14 @@ def prepare_contrast(
     if objective != "logit_diff" and con is not None:  # it would be recorded yet never enter the objective
         raise FailtraceError(f"objective {objective!r} does not use a contrast token; drop --contrast or use "
                              f"--objective logit_diff")
-    if tgt is None:
+    own = tgt is None
+    if own:
         tgt = greedy_token(lm, prep.ids)
     if con is not None and con.id == tgt.id:
-        raise FailtraceError(f"target and contrast are the same token ({tgt.text!r}, id {tgt.id}); pick two tokens")
+        raise FailtraceError(
+            f"the model's own next token (the default target) is the contrast {tgt.text!r} (id {tgt.id}): give "
+            "another --contrast, or --target the token it should be compared with" if own else
+            f"target and contrast are the same token ({tgt.text!r}, id {tgt.id}); pick two tokens")
     tgt_id, con_id = tgt.id, (None if con is None else con.id)
 
     def fn(logits: torch.Tensor) -> torch.Tensor:

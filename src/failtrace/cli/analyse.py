@@ -28,7 +28,10 @@ def _settings(methods: Optional[str], max_k: int, ig_steps: int, mask_rule: str,
 def _summary_line(summary: Any, store: Path, workers: Optional[int] = None) -> str:
     cats = ", ".join(f"{v} {k}" for k, v in sorted(summary.categories.items())) or "no new cases"
     pats = ", ".join(f"{v} {k}" for k, v in sorted(summary.patterns.items()))
-    text = (f"{summary.clean_pairs} clean pairs, {summary.skipped} already analysed, {summary.analysed} analysed now "
+    from failtrace.views.common import count_of
+
+    text = (f"{count_of(summary.clean_pairs, 'clean pair')}, {summary.skipped} already analysed, "
+            f"{summary.analysed} analysed now "
             f"({cats}{'; patterns ' + pats if pats else ''}) in {summary.seconds:.1f} s"
             + (f" on {workers} Ray workers" if workers else "") + f" -> {store}")
     if summary.alternatives_added:
@@ -80,6 +83,11 @@ def analyse_command(
             summary = analyse(st, settings, pair_run_ids=pair_run or None, benchmark=benchmark, limit=limit,
                               device=device, progress=progress)
     typer.echo(_summary_line(summary, store, workers))
+    if summary.analysed or summary.skipped:
+        import shlex
+
+        typer.echo(f"next: failtrace show --store {shlex.quote(str(store))} lists the cases; failtrace report or "
+                   "failtrace serve draws them", err=True)
 
 
 def override_command(

@@ -7,6 +7,7 @@ Every command that writes is resumable: rerunning it skips what is already commi
 from __future__ import annotations
 
 import contextlib
+import shlex
 from pathlib import Path
 from typing import Any, Optional
 
@@ -38,7 +39,7 @@ def collect_command(
     benchmark: str = typer.Option(..., "--benchmark", "-b", help="Benchmark: ifeval, math, humaneval, traces or demo."),
     data: str = typer.Option(..., "--data", "-d",
                              help="Local JSON/JSONL/Parquet file, or a hub dataset id; for traces also a raw "
-                                  "tau-bench trajectory list (.json) or a SWE-agent .traj file."),
+                                  "tau-bench trajectory list (.json) or a SWE-agent .traj file; for demo: builtin."),
     model: str = typer.Option("smollm2-135m-instruct", "--model", "-m",
                               help="Hub id, local model folder, .gguf file, or the bundled default."),
     limit: Optional[int] = typer.Option(None, "--limit", "-n", callback=opts.count(1),
@@ -87,6 +88,9 @@ def collect_command(
         f"now ({summary.passed} passed, {summary.failed} failed, {summary.unverifiable} unverifiable) in "
         f"{summary.seconds:.1f} s" + (f" on {workers} Ray workers" if workers else "") + f" -> {store}"
     )
+    if summary.failed:
+        typer.echo(f"next: failtrace pairs --store {shlex.quote(str(store))} (pins each failure to a token pair)",
+                   err=True)
     if summary.more_data:
         typer.echo(f"note: run {summary.run_id} was first collected from {summary.more_data}; the items of {data} "
                    "are added to it (the same model and settings make the same run, whatever the data file)",
@@ -270,6 +274,12 @@ def pairs_command(
     typer.echo(f"{summary.failures} failures, {summary.skipped} already paired, {summary.processed} paired now "
                f"({counts}; {summary.rollouts} rollouts, {getattr(summary, 'tokens_decoded', 0)} tokens decoded) "
                f"in {summary.seconds:.1f} s" + (f" on {workers} Ray workers" if workers else "") + f" -> {store}")
+    q = shlex.quote(str(store))
+    if summary.statuses.get("clean"):
+        typer.echo(f"next: failtrace analyse --store {q} (explains the clean pairs)", err=True)
+    elif summary.processed and not summary.statuses.get("clean"):
+        typer.echo("next: no clean pair this time; a larger --top-k or --max-positions, or --sibling MODEL, may find "
+                   "some (failtrace status shows why each failure stopped)", err=True)
 
 
 def export_command(

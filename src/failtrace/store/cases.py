@@ -209,8 +209,8 @@ def find_case_id(store: ResultsStore, prefix: str) -> str:
     ids = [r[0] for r in store.con.execute("SELECT case_id FROM cases WHERE starts_with(case_id, ?) LIMIT 3",
                                            [prefix]).fetchall()] if has_case_tables(store) else []
     if not ids:
-        raise FailtraceError(f"no case {prefix!r} in {store.path}; `failtrace report` prints each case's id beside "
-                             f"its heading, `failtrace serve` on its page")
+        raise FailtraceError(f"no case {prefix!r} in {store.path}; `failtrace show --store {store.path}` lists the "
+                             f"case ids")
     if len(ids) > 1:
         raise FailtraceError(f"case id prefix {prefix!r} matches several cases ({', '.join(ids[:2])}, ...); "
                              f"give more characters")
