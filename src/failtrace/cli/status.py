@@ -102,8 +102,11 @@ def _pairs_table(paired: list[tuple[str, Any]]) -> Any:
     headers = ["#", "paired/\nfailed", *(short[s] for s in PAIR_STATUSES), "limit\nhit", "cont.\npass", "cont.\nfail",
                "clean\nrate", "clean\nrate\ndecid."]
     caption = ("paired/failed: failures with a pair status so far (fewer while a run is partial, e.g. "
-               "--limit or --item); unbnd: hit the token limit and never decided (not counted as "
-               "decidable); limit hit: paired failures whose completion hit the limit; cont. pass / cont. fail: "
+               "--limit or --item); no tgt: no alternative in the model's own top-k fixes the answer at "
+               "any walked position; no ctr: not even the --sibling model's top-k does; weak: a fixing token "
+               "exists but Δℓ ≤ --min-delta; unver: the checker no longer says fail, or could not decide a "
+               "rollout; unbnd: hit the token "
+               "limit and never decided (not counted as decidable); limit hit: paired failures whose completion hit the limit; cont. pass / cont. fail: "
                "of those, continued to the rollout budget (--rollout-tokens), passed (an artefact of the "
                "budget, still unbnd) / stopped and still failed (a real failure, searched); clean rate = clean "
                "/ failed; clean rate decid. = clean / (failed - unbnd), over the decidable failures.")
