@@ -34,13 +34,16 @@ def columns(pruned: PrunedGraph) -> list[int]:
 
 
 def default_title(pruned: PrunedGraph, drawn: int) -> str:
-    """Model, target vs contrast, objective value and the pruning settings."""
+    """Model, target vs contrast, objective value (Δℓ for the logit difference), the pruning settings, and what the
+    colours and sizes mean (the picture has no other legend)."""
     g, meta = pruned.graph, pruned.graph.metadata
     tgt = (meta.get("target") or {}).get("text")
     con = (meta.get("contrast") or {}).get("text")
-    return (f"{meta.get('model') or meta.get('architecture', '')}: {tgt!r} vs {con!r}, value "
+    value = "Δℓ" if meta.get("objective", "logit_diff") == "logit_diff" else "value"
+    return (f"{meta.get('model') or meta.get('architecture', '')}: {tgt!r} vs {con!r}, {value} "
             f"{g.objective_value:.3g}; {pruned.num_nodes} nodes, {pruned.num_edges} edges (node ≥ "
-            f"{pruned.node_threshold:g}, {pruned.spec}; strongest {drawn} edges drawn)")
+            f"{pruned.node_threshold:g}, {pruned.spec}; strongest {drawn} edges drawn). Red: supports the target, "
+            "blue: the contrast, grey: a special token id; node size: |R|, edge width: |relevance flow|")
 
 
 def _draw_edges(ax: Axes, edges: list[tuple[int, int, int, int, float]], x_of: dict[int, int]) -> None:
