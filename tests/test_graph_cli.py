@@ -178,3 +178,14 @@ def test_position_explains_an_earlier_token(tmp_path, bundled):
     last = bundled.model.config.num_hidden_layers - 1
     assert data["metadata"]["n_tokens"] == 5 and data["metadata"]["tokens"][-1] == " is"
     assert f"L{last}/4" in {n["id"] for n in data["nodes"]}
+
+
+def test_the_picture_says_what_its_colours_mean(bundled):
+    """The static picture has no legend box: its title names Δℓ (the logit difference) and what red, blue, grey,
+    node size and edge width mean."""
+    from failtrace.views.graph_static import default_title
+
+    pruned = failtrace_graph(bundled)
+    title = default_title(pruned, 10)
+    assert f"Δℓ {pruned.graph.objective_value:.3g}" in title
+    assert "Red: supports the target, blue: the contrast, grey: a special token id" in title
