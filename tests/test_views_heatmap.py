@@ -360,3 +360,19 @@ def test_the_sums_are_described_for_the_method_that_made_them():
     # a method with input relevance only has no layer map (it drew a one-row "emb" panel); an LRP record has one
     one_row = replace(att, hidden_relevance=np.asarray(att.input_relevance)[None, :])
     assert len(heatmap_figure(one_row).axes) == 1 and len(heatmap_figure(lrp).axes) == 3
+
+
+def test_terminal_without_colour_says_so_and_an_empty_side_reads_none() -> None:
+    """Piped (no colour) the legend says the strip has none; a side with no token reads "(none)", not an empty
+    table; normalised values print with three decimals, never an exponent."""
+    from rich.console import Console
+
+    rec = make_record(relevance={2: 0.9, 3: 0.004})  # nothing supports the contrast
+    console = Console(record=True, width=120, color_system=None)
+    render_terminal(rec, console=console)
+    text = console.export_text()
+    assert "no colours here" in text and "(none)" in text
+    assert "0.004" in text and "e-03" not in text
+    coloured = Console(record=True, width=120, color_system="truecolor", force_terminal=True)
+    render_terminal(rec, console=coloured)
+    assert "no colours here" not in coloured.export_text()

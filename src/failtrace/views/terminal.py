@@ -108,8 +108,11 @@ def _top_table(attr: Attribution, k: int, sign: int, title: str, color: str) -> 
     t.add_column("token")
     t.add_column("R", justify="right")
     t.add_column("norm.", justify="right")
-    for p, tok, r in attr.top_tokens(k, sign=sign):
-        t.add_row(Text(str(p)), Text(shown(tok)), Text(fmt(r, 4)), Text(fmt(r / attr.scale, 3)))
+    rows = attr.top_tokens(k, sign=sign)
+    for p, tok, r in rows:  # normalised values lie in [-1, 1]: three decimals, never an exponent
+        t.add_row(Text(str(p)), Text(shown(tok)), Text(fmt(r, 4)), Text(f"{r / attr.scale:.3f}"))
+    if not rows:
+        t.add_row("", Text("(none)", style="dim"), "", "")
     return t
 
 
@@ -132,6 +135,9 @@ def render_terminal(attr: Attribution, console: Console | None = None, top_k: in
     legend.append(" −1 supports contrast ", style="white on rgb(37,99,235)")
     legend.append("  special", style="dim italic")
     legend.append("  · space ↵ newline → tab", style="dim")
+    if console.color_system is None:  # piped or NO_COLOR: the strip below carries no colour
+        legend.append("\n(no colours here: the tables below list the strongest tokens; --html or --png draws the "
+                      "heatmap)", style="dim")
     console.print(Panel(_summary(attr), title="failtrace attribution", title_align="left"))
     console.print(Panel(Group(legend, Text(""), _strip(attr, max_strip_tokens)), title="input relevance (normalised)",
                         title_align="left"))
