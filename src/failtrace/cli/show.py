@@ -62,7 +62,7 @@ def show_command(
         if case is None and item is None:
             cases = load_cases(st, benchmark=benchmark)
             if not cases and benchmark is not None:
-                _check_benchmark(st, benchmark)
+                st.require_benchmark(benchmark)  # an unknown name is an error, not an empty list
         why = None  # where an --item without a case stopped
         if item is not None:
             chosen = load_cases(st, benchmark=benchmark, item_id=item)
@@ -93,14 +93,6 @@ def show_command(
     if across.get(chosen[0].case_id):
         con.print(_across_table(across[chosen[0].case_id]))
     con.print("The heatmap of every token: failtrace report, or failtrace serve (the case page).", highlight=False)
-
-
-def _check_benchmark(st: Any, benchmark: str) -> None:
-    """An unknown --benchmark is an error (as in report and analyse), not an empty list."""
-    here = [r[0] for r in st.con.execute("SELECT DISTINCT benchmark FROM runs ORDER BY 1").fetchall()]
-    if benchmark not in here:
-        raise FailtraceError(f"no runs for benchmark {benchmark!r} in {st.path}; benchmarks here: "
-                             f"{', '.join(here) or 'none (failtrace collect first)'}")
 
 
 def _why_no_case(st: Any, item: str, benchmark: str | None) -> str:

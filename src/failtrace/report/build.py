@@ -235,11 +235,9 @@ def build_report_from_store(st: Any, out_dir: str | Path, *, benchmark: str | No
     from failtrace.store.cases import load_cases
     from failtrace.store.comparisons import load_comparisons
 
+    if benchmark is not None:
+        st.require_benchmark(benchmark)
     rows = st.status_rows()
-    if benchmark is not None and benchmark not in {r.benchmark for r in rows}:
-        have = sorted({r.benchmark for r in rows})
-        raise FailtraceError(f"no runs for benchmark {benchmark!r} in {st.path}; "
-                             + (f"benchmarks there: {', '.join(have)}" if have else "the store has no runs yet"))
     pairs = st.pairs()
     cases = load_cases(st, benchmark=benchmark, with_graph=graphs)
     comparisons = [r for r in load_comparisons(st) if benchmark is None or r["benchmark"] == benchmark]

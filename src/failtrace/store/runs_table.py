@@ -79,3 +79,11 @@ class RunsTable:
             raise FailtraceError(f"no {noun}s{' for ' + benchmark if benchmark else ''} in {self.path}; run "
                                  f"`{first}` first")
         return runs
+
+    def require_benchmark(self, benchmark: str) -> None:
+        """Refuse a ``benchmark`` the store has no run of (one line naming those it has): ``report`` and ``show``
+        read an unknown name as a typo, not as an empty selection."""
+        have = [r[0] for r in self.con.execute("SELECT DISTINCT benchmark FROM runs ORDER BY 1").fetchall()]
+        if benchmark not in have:
+            raise FailtraceError(f"no runs for benchmark {benchmark!r} in {self.path}; "
+                                 + (f"benchmarks there: {', '.join(have)}" if have else "the store has no runs yet"))

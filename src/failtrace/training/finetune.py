@@ -195,19 +195,17 @@ def _other_runs(out: Path, identity: dict[str, Any]) -> list[Path]:
     """The ``step-N`` checkpoints in ``out`` written by another run (other settings, cases or base model)."""
     import json
 
-    from failtrace.training.checkpoints import METADATA_FILE
+    from failtrace.training.checkpoints import read_metadata
 
-    def norm(d: dict[str, Any]) -> str:
-        return json.dumps(d, sort_keys=True, default=str)
-
+    want = json.loads(json.dumps(identity))  # as the metadata file holds it (tuples are lists), as resume_point does
     other = []
-    for meta_file in sorted(out.glob(f"step-*/{METADATA_FILE}")):
+    for folder in sorted(out.glob("step-*")):
         try:
-            meta = json.loads(meta_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            meta = {}
-        if norm({k: meta.get(k) for k in identity}) != norm(json.loads(norm(identity))):
-            other.append(meta_file.parent)
+            meta = read_metadata(folder)
+        except FailtraceError:  # not a whole checkpoint (check_replaceable refused anything else): left alone
+            continue
+        if {k: meta.get(k) for k in want} != want:
+            other.append(folder)
     return other
 
 
