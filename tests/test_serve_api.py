@@ -123,6 +123,8 @@ def test_case_payload_matches_the_stored_case(client: TestClient, toy: dict[str,
         assert d["effective_category"] == case.effective_category and d["pattern"] == case.pattern
         assert set(d["methods"]) == set(case.methods)
         for name, m in case.methods.items():
+            assert d["methods"][name]["k_label"] == (str(m.flip_k) if m.flip_k is not None else
+                                                     "none" if m.flip_curve else "—")  # as show and the report
             raw = np.asarray(m.input_relevance)
             plain = ~np.asarray(case.special_mask)
             expected = raw / np.abs(raw[plain]).max()  # normalisation by hand: largest |R| of non-special tokens

@@ -8,6 +8,7 @@ from the report, so the explorer and the static report always agree.
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,7 @@ from failtrace.errors import FailtraceError
 from failtrace.store.alternatives import read as read_alternatives
 from failtrace.store.records import loads
 from failtrace.report.evidence import dl as evidence_html
-from failtrace.views.common import CLIP, MASK_AFTER, MASK_BEFORE, SUM_NOTE
+from failtrace.views.common import CLIP, MASK_AFTER, MASK_BEFORE, SUM_NOTE, k_star_label
 
 
 def finite(x: Any) -> Any:
@@ -72,6 +73,7 @@ def _methods(con: Any, case_id: str, special: list[bool], labels: list[str], mas
         seg = _json(seg, f"case_methods.segment_relevance of case {case_id} ({method})") or {}
         out[method] = {"raw": raw, "norm": norm, "drawable": drawable, "hidden_layer_sums": list(sums or []),
                        "segment_relevance": seg, "flip_curve": list(curve or []), "flip_k": k,
+                       "k_label": k_star_label(SimpleNamespace(flip_curve=list(curve or []), flip_k=k)),
                        "mask_order": masking_order(raw, special, labels, spec) if drawable else []}
     return out
 

@@ -75,11 +75,7 @@
   // Δℓ after masking the top-k tokens, k = 0..K, one group per method; a null point (not computed) is a gap: the
   // line stops there and goes on after it (isFinite(null) is true: it would be drawn at Δℓ = 0, and a line joining
   // its neighbours would look computed); a point with gaps on both sides is a dot
-  // k* as every view prints it (views.common.k_star_label): the number, "none" (the curve ran, no flip within K)
-  // or "—" (no curve)
-  function kLabel(r) {
-    return !r || !r.flip_curve || !r.flip_curve.length ? "—" : r.flip_k === null ? "none" : String(r.flip_k);
-  }
+  function kLabel(r) { return r ? r.k_label : "—"; }  // the server's k_star_label: the number, "none" or "—"
 
   function curves(c, method) {
     var W = 520, H = 210, L = 46, B = 40, ms = methodsOf(c).filter(function (m) { return c.methods[m].flip_curve.length; });
