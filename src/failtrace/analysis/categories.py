@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from failtrace.analysis.masking import PREFIX_REUSE_ABOVE, first_flip, suffix_arguments, unmasked_prefix
+from failtrace.analysis.masking import (PREFIX_REUSE_ABOVE, first_flip, last_logits, suffix_arguments,
+                                        unmasked_prefix)
 from failtrace.cases.record import CATEGORIES  # the one list of category names (re-exported here)
 from failtrace.errors import FailtraceError
 from failtrace.lrp.patch import decoder_layers
@@ -56,8 +57,6 @@ def ablated_delta(model: nn.Module, token_ids: Sequence[int], node_sets: Sequenc
     """Δℓ at the last position with each set of (layer, position) hidden states zeroed (one batch row per set).
     Positions before the first ablated one run once when there are at least ``reuse_above`` of them (as masking,
     :func:`failtrace.analysis.masking.unmasked_prefix`)."""
-    from failtrace.failures.decode import forward_logits
-
     layers = decoder_layers(model)
     device = next(model.parameters()).device
     n = len(token_ids)
@@ -80,8 +79,8 @@ def ablated_delta(model: nn.Module, token_ids: Sequence[int], node_sets: Sequenc
 
         handles = [layer.register_forward_hook(hook) for layer in layers]
         try:
-            logits = forward_logits(model, keep=1, input_ids=ids.repeat(len(chunk), 1),
-                                    **suffix_arguments(prefix, start, len(chunk), n))[:, -1]
+            logits = last_logits(model, input_ids=ids.repeat(len(chunk), 1),
+                                  **suffix_arguments(prefix, start, len(chunk), n))
         finally:
             for h in handles:
                 h.remove()

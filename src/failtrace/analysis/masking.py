@@ -116,13 +116,13 @@ def masked_delta(model: nn.Module, token_ids: Sequence[int], masks: Sequence[Seq
             for row, pos in enumerate(chunk):
                 if len(pos):
                     x[row, [int(p) - start for p in pos]] = 0
-            logits = _last_logits(model, inputs_embeds=x, **kwargs)
+            logits = last_logits(model, inputs_embeds=x, **kwargs)
         else:
             x_ids = ids[:, start:].repeat(len(chunk), 1)
             for row, pos in enumerate(chunk):
                 if len(pos):
                     x_ids[row, [int(p) - start for p in pos]] = int(spec.token_id)  # type: ignore[arg-type]
-            logits = _last_logits(model, input_ids=x_ids, **kwargs)
+            logits = last_logits(model, input_ids=x_ids, **kwargs)
         lg = logits.double()
         out.extend(float(v) for v in (lg[:, target_id] - lg[:, contrast_id]))
     return out
@@ -151,7 +151,7 @@ def suffix_arguments(prefix: list | None, start: int, rows: int, n: int) -> dict
     return {"past_key_values": cache_from_prefix(prefix, start, rows, max_len=n), "use_cache": True}
 
 
-def _last_logits(model: nn.Module, **kwargs: object) -> torch.Tensor:
+def last_logits(model: nn.Module, **kwargs: object) -> torch.Tensor:
     """The next-token logits after the last position, (rows, vocab)."""
     from failtrace.failures.decode import forward_logits
 

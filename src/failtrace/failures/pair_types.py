@@ -136,8 +136,11 @@ class PairResult:
 
 
 def visible(token: str) -> str:
-    """A decoded token with its whitespace shown (space '·', newline '↵', tab '→'), for messages."""
-    return token.replace(" ", "·").replace("\n", "↵").replace("\t", "→")
+    """A decoded token with its whitespace and control characters shown (attribution.record.visible), for
+    messages and pair reasons that reach a terminal."""
+    from failtrace.attribution.record import visible as shown
+
+    return shown(token)
 
 
 def same_tokenizer(a: Any, b: Any) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 from failtrace.report.casepage import PATTERN_COLORS, badge, esc, fmt, plain_token
 from failtrace.report.figures import CATEGORY_COLORS, FAITHFULNESS_WIDTH, segments_width
 from failtrace.report.tables import NON_CLEAN
-from failtrace.views.common import count_of
+from failtrace.views.common import count_of, k_star_label
 
 Col = tuple[str, str, str]  # (key, header, kind: text | int | float | pct | code)
 
@@ -104,15 +104,6 @@ def summary_section(t: Mapping[str, Any], figs: Mapping[str, str]) -> str:
     )
 
 
-def _k_cell(k: int | None, case: Any, method: str) -> str:
-    """k* as a cell (:func:`failtrace.views.common.k_star_label`: the number, "none" or "—")."""
-    from failtrace.views.common import k_star_label
-
-    if case is None:
-        return "—" if k is None else str(k)
-    return k_star_label(case.methods.get(method))
-
-
 def _bench_cases_table(t: Mapping[str, Any], bench: str, cases: Sequence[Any] = ()) -> str:
     rows = [r for r in t["cases"] if r["benchmark"] == bench]
     by_id = {c.case_id: c for c in cases}
@@ -120,8 +111,7 @@ def _bench_cases_table(t: Mapping[str, Any], bench: str, cases: Sequence[Any] = 
     head = "".join(f'<th class="n">k* {esc(m)}</th>' for m in methods)
     body = []
     for r in rows:
-        ks = "".join(f'<td class="n">{_k_cell(r[f"k_star_{m}"], by_id.get(r["case_id"]), m)}</td>'
-                     for m in methods)
+        ks = "".join(f'<td class="n">{k_star_label(by_id[r["case_id"]].methods.get(m))}</td>' for m in methods)
         body.append(
             f'<tr data-bench="{esc(bench)}"><td><a href="#case-{esc(r["case_id"])}">{esc(r["item_id"])}</a></td>'
             f'<td><span class="pill tgt">{esc(plain_token(r["target"]))}</span> vs '

@@ -144,8 +144,8 @@ def load_cases(store: ResultsStore, benchmark: str | None = None, model_fingerpr
 
     ``latest`` (default): only the newest analysis run of each pair run, so cases built with other settings or
     another model file are never mixed; ``latest=False`` returns every stored case. ``with_graph`` also loads each
-    case's pruned graph (:func:`load_case_graph`). ``case_ids`` and ``item_id`` narrow the read in SQL, so showing
-    one case of a large store reads only that case's relevance arrays.
+    case's pruned graph (:func:`load_case_graph`). ``case_ids`` and ``item_id`` narrow the read in SQL; the relevance
+    arrays are read for the returned cases only, so showing one case of a large store reads only its arrays.
     """
     if not has_case_tables(store):
         return []
@@ -164,10 +164,8 @@ def load_cases(store: ResultsStore, benchmark: str | None = None, model_fingerpr
     if latest and analysis_id is None:
         keep = _latest_analyses(store)
         rows = [r for r in rows if (r["pair_run_id"], r["analysis_id"]) in keep]
-    methods: dict[str, dict[str, MethodResult]] = {}
-    narrowed = case_ids is not None or item_id is not None
-    for m in store._rows("SELECT * FROM case_methods" + (" WHERE list_contains(?, case_id)" if narrowed else ""),
-                         [[r["case_id"] for r in rows]] if narrowed else ()):
+    methods: dict[str, dict[str, MethodResult]] = {}  # read for the kept cases only (their arrays are the bulk)
+    for m in store._rows("SELECT * FROM case_methods WHERE list_contains(?, case_id)", [[r["case_id"] for r in rows]]):
         m["segment_relevance"] = _parsed(m["segment_relevance"] or "{}", store,
                                          f"case_methods.segment_relevance of case {m['case_id']}")
         methods.setdefault(m["case_id"], {})[m["method"]] = MethodResult.from_dict(m)

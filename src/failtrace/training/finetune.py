@@ -191,24 +191,6 @@ def _quiet_logs(trainer: Any, progress: bool) -> None:
         trainer.add_callback(BarOnly())
 
 
-def _other_runs(out: Path, identity: dict[str, Any]) -> list[Path]:
-    """The ``step-N`` checkpoints in ``out`` written by another run (other settings, cases or base model)."""
-    import json
-
-    from failtrace.training.checkpoints import read_metadata
-
-    want = json.loads(json.dumps(identity))  # as the metadata file holds it (tuples are lists), as resume_point does
-    other = []
-    for folder in sorted(out.glob("step-*")):
-        try:
-            meta = read_metadata(folder)
-        except FailtraceError:  # not a whole checkpoint (check_replaceable refused anything else): left alone
-            continue
-        if {k: meta.get(k) for k in want} != want:
-            other.append(folder)
-    return other
-
-
 def finetune(store: ResultsStore, lm: Any, out: str | Path, settings: FinetuneSettings,
              progress: bool = False) -> FinetuneResult:
     """Train ``lm`` (a :class:`~failtrace.models.LoadedModel`) by ``settings.method``; write checkpoints to ``out``
@@ -265,8 +247,9 @@ def finetune(store: ResultsStore, lm: Any, out: str | Path, settings: FinetuneSe
     finish_resume(out)
     # A new run replaces another run's checkpoints whole, once it has finished: the older run's later steps, which
     # it did not overwrite, would otherwise stay beside its own (and compare --checkpoints OUT/step-* mix two runs).
-    replaced = [folder.name for folder in _other_runs(out, identity)]
-    for name in replaced:
+    ours = {Path(p).name for p in saved}  # every step folder this run wrote or resumed from; check_replaceable
+    replaced = sorted(f.name for f in out.glob("step-*") if f.name[5:].isdigit() and f.name not in ours)
+    for name in replaced:  # vouched that each other step-N is a failtrace checkpoint, so another run's
         shutil.rmtree(out / name)
     return FinetuneResult(out=out, checkpoints=saved, trained=trained, held_out=held, losses=losses,
                           seconds=time.perf_counter() - t0, resumed_from=resumed, replaced=replaced)
