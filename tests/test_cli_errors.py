@@ -589,6 +589,27 @@ def test_help_version_and_flags(capsys: pytest.CaptureFixture[str], monkeypatch:
     assert lines[status].endswith("length-limit"), lines[status]  # filled to the width, not broken at "clean rates"
 
 
+def test_help_lists_commands_in_the_flows_order(capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """``failtrace --help`` groups the commands by use, the pipeline in the order it runs (collect before pairs
+    before analyse before report), and leaves no registered command outside a group (they used to follow the
+    modules' registration order: attribute, collect, pairs, export, status, ...)."""
+    import typer
+
+    from failtrace.cli import HELP_PANELS, app
+
+    monkeypatch.setenv("COLUMNS", "100")
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    listed = [ln.strip("│ ").split()[0] for ln in out.splitlines()
+              if ln.startswith("│ ") and not ln.strip("│ ").startswith("-") and ln[2:3] != " "]
+    assert listed == [n for names in HELP_PANELS.values() for n in names], listed
+    assert set(listed) == set(typer.main.get_command(app).commands)
+    headers = [ln.split("─ ")[1].split(" ─")[0] for ln in out.splitlines() if ln.startswith("╭─ ")]
+    assert headers == ["Options", *HELP_PANELS]
+    assert listed.index("collect") < listed.index("pairs") < listed.index("analyse") < listed.index("report")
+
+
 @pytest.mark.parametrize("command", ["collect", "pairs", "analyse"])
 def test_an_unreachable_ray_address_is_one_line_at_once(work: Path, tmp_path: Path, command: str,
                                                         capsys: pytest.CaptureFixture[str]) -> None:

@@ -546,3 +546,19 @@ def test_mask_order_is_what_the_flip_curve_masked(client: TestClient, toy: dict[
                 assert again == pytest.approx(m.flip_curve, abs=1e-4)
                 checked += 1
     assert checked >= 3
+
+
+def test_mask_caption_is_the_reports(client: TestClient, toy: dict[str, Any]) -> None:
+    """The caption under the explorer's masking-order rows is the one the report and failtrace show print for the
+    same rows (views.common.masked_caption), for every case and drawable method: flipped, not flipped, no curve."""
+    from failtrace.views.common import masked_caption, masked_rows
+
+    seen = set()
+    for case in toy["cases"]:
+        d = client.get(f"/api/cases/{case.case_id}").json()
+        for name, m in case.methods.items():
+            if d["methods"][name]["drawable"]:
+                want = masked_caption(m.flip_k, masked_rows(case, name))
+                assert d["methods"][name]["mask_caption"] == want
+                seen.add(want.split(" (")[0].split(" flips")[0][:20])
+    assert len(seen) >= 2  # more than one kind of caption was compared

@@ -219,11 +219,14 @@ def test_top_tokens_in_masking_order_find_their_token(page: Any, server: dict[st
     assert [int(rows.nth(i).get_attribute("data-p")) for i in range(len(order))] == order
     assert page.locator("#masked tr.flipset").count() == case.methods["attnlrp"].flip_k
     # Each row's context is the one the report and failtrace show print (views.common.masked_rows, same clipping).
-    from failtrace.views.common import clipped_text, masked_rows, shown
+    from failtrace.views.common import clipped_text, masked_caption, masked_rows, shown
 
     want = [clipped_text("".join(map(shown, r["before"])), keep_end=True) + clipped_text(shown(r["token"]))
             + clipped_text("".join(map(shown, r["after"]))) for r in masked_rows(case, "attnlrp")]
     assert page.locator("#masked tr.hit-row td.ctx").evaluate_all("tds => tds.map(td => td.textContent)") == want
+    # ... and its caption is their caption (views.common.masked_caption), not a wording of its own
+    cap = masked_caption(case.methods["attnlrp"].flip_k, masked_rows(case, "attnlrp"))
+    assert page.locator("#masked p.note").inner_text().startswith(cap[0].upper() + cap[1:] + " (shaded).")
     last = rows.nth(len(order) - 1).locator("td").last.inner_text()
     assert float(last) == pytest.approx(case.methods["attnlrp"].flip_curve[len(order)], abs=1e-3)
     pos = order[0]

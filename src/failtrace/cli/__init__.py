@@ -82,9 +82,23 @@ _COMMAND_MODULES = (
 for _name in _COMMAND_MODULES:
     import_module(_name).register(app)
 
+# ``failtrace --help`` lists the commands by what they are for, in the order of the flow (collect -> pairs -> analyse
+# -> report/serve), not in the order their modules register them.
+HELP_PANELS: dict[str, tuple[str, ...]] = {
+    "Start here": ("demo",),
+    "The pipeline, in order": ("collect", "pairs", "analyse", "report", "serve"),
+    "Look at a store": ("status", "show", "export", "override"),
+    "One prompt, no store": ("attribute", "graph"),
+    "Across models and training": ("models", "compare", "finetune", "export-dpo"),
+}
+_RANK = {name: i for i, name in enumerate(n for names in HELP_PANELS.values() for n in names)}
+_PANEL = {name: panel for panel, names in HELP_PANELS.items() for name in names}
+app.registered_commands.sort(key=lambda info: _RANK.get(info.name or "", len(_RANK)))
+
 # A docstring wrapped at the code's line length would keep its line breaks in typer's rich help (ragged lines in the
 # command list): each command's first paragraph becomes one line, which the help then wraps to the terminal.
 for _info in app.registered_commands:
+    _info.rich_help_panel = _info.rich_help_panel or _PANEL.get(_info.name or "")
     _doc = inspect.getdoc(_info.callback) or ""
     if _info.help is None and _doc:
         _first, _sep, _rest = _doc.partition("\n\n")

@@ -22,7 +22,7 @@ from failtrace.errors import FailtraceError
 from failtrace.store.alternatives import read as read_alternatives
 from failtrace.store.records import loads
 from failtrace.report.evidence import dl as evidence_html
-from failtrace.views.common import CLIP, MASK_AFTER, MASK_BEFORE, SUM_NOTE, k_star_label
+from failtrace.views.common import CLIP, MASK_AFTER, MASK_BEFORE, SUM_NOTE, k_star_label, masked_caption
 
 
 def finite(x: Any) -> Any:
@@ -75,6 +75,10 @@ def _methods(con: Any, case_id: str, special: list[bool], labels: list[str], mas
                        "segment_relevance": seg, "flip_curve": list(curve or []), "flip_k": k,
                        "k_label": k_star_label(SimpleNamespace(flip_curve=list(curve or []), flip_k=k)),
                        "mask_order": masking_order(raw, special, labels, spec) if drawable else []}
+        # the caption under the masking-order rows: the one wording of the report and failtrace show
+        curve = out[method]["flip_curve"]
+        out[method]["mask_caption"] = masked_caption(k, [{"delta_after": curve[i] if i < len(curve) else None}
+                                                         for i in range(1, len(out[method]["mask_order"]) + 1)])
     return out
 
 

@@ -132,10 +132,10 @@
       box.appendChild(el("p", {class: "muted"}, "no token with positive relevance to mask for this method"));
       return box;
     }
-    var k = m.flip_k, computed = Math.min(m.mask_order.length, Math.max(0, m.flip_curve.length - 1));
-    box.appendChild(el("p", {class: "note"}, (k !== null ? "Masking " + (k === 1 ? "the first of these" : "the first " + k + " of these") + " flips the prediction to the contrast (k* = " + k + ", shaded)."
-      : computed ? "Masking the first " + computed + " does not flip the prediction (k* none within them)." : "The masking curve was not computed.") + " Δℓ after k: the margin with tokens 1..k masked (" +
-      (c.masking ? c.masking.rule : "") + "); click a row to find the token in the heatmap."));
+    var k = m.flip_k, cap = m.mask_caption;  // the server's wording, the report's and failtrace show's
+    box.appendChild(el("p", {class: "note"}, cap.charAt(0).toUpperCase() + cap.slice(1) + (k !== null ? " (shaded)." : ".") +
+      " Δℓ after k: the margin with tokens 1..k masked (" + (c.masking ? c.masking.rule : "") +
+      "); click a row to find the token in the heatmap."));
     var before = c.mask_view.before, after = c.mask_view.after, most = c.mask_view.clip;  // the server's, as the report and failtrace show use
     function clip(s, keepEnd) {  // at most `most` characters, so one long token cannot push the columns away
       return s.length <= most ? s : keepEnd ? "…" + s.slice(-(most - 1)) : s.slice(0, most - 1) + "…";
