@@ -149,6 +149,31 @@ def test_table_count_filter_and_url_state(page: Any, server: dict[str, Any]) -> 
     _open(page, server, "#/cases?sort=item_id", "cases")
     assert page.locator("tr.row td:nth-child(9)").first.inner_text() == "none"
     page.unroute("**/api/table?*")
+    # pair statuses read as the report and failtrace status word them (views.common.PAIR_STATUS_TEXT), with their
+    # meaning on hover, in the facet and in the table; the filter value in the URL stays the stored one
+    from failtrace.views.common import NOT_SEARCHED, PAIR_STATUS_TEXT
+
+    def more_statuses(route: Any) -> None:  # the toy store's statuses (clean, unbounded) read as stored
+        body = route.fetch().json()
+        body["facets"]["pair_status"] += [{"value": "no_target", "count": 1}, {"value": NOT_SEARCHED, "count": 1}]
+        body["rows"][0]["pair_status"] = "weak_preference"
+        route.fulfill(json=body)
+
+    page.route("**/api/table?*", more_statuses)
+    _open(page, server, "#/cases?sort=benchmark", "cases")
+    _painted(page, "cases", "sort=benchmark")
+    page.unroute("**/api/table?*")
+    facet = page.locator(".facet[data-facet=pair_status] label")
+    values = facet.locator("input").evaluate_all("cs => cs.map(c => c.value)")
+    said = [PAIR_STATUS_TEXT.get(v, (v, "")) for v in values]  # "(none)": a passed item has no pair status
+    assert {"no_target", NOT_SEARCHED, "clean"} <= set(values)
+    assert [t.split("\n")[0].strip() for t in facet.all_inner_texts()] == [s[0] for s in said]
+    assert facet.evaluate_all("ls => ls.map(l => l.title)") == [s[1] for s in said]
+    first = page.locator("tr.row td:nth-child(5)").first
+    assert first.inner_text() == "weak preference" and first.get_attribute("title").startswith(
+        PAIR_STATUS_TEXT["weak_preference"][1])
+    _open(page, server, "#/cases?sort=item_id", "cases")
+    _painted(page, "cases", "sort=item_id")
     page.click("input[data-facet=pair_status][value=clean]")
     page.wait_for_function(f"document.querySelector('#total').textContent === '{server['n_clean']} rows'")
     assert page.locator("tr.row").count() == server["n_clean"] < server["n_rows"]

@@ -4,6 +4,7 @@ no analysis says so."""
 
 from __future__ import annotations
 
+import html
 import shutil
 import statistics
 import sys
@@ -133,3 +134,36 @@ def test_a_partial_newest_analysis_is_named(toy: dict[str, Any], tmp_path: Path,
     assert _cases_row(raw)[1] == "1"  # the table counts the newest analysis alone
     out = " ".join(raw.split())
     assert f"pair run #1: its newest analysis has 1 of {clean} clean pairs" in out
+
+
+def test_every_view_words_the_pair_statuses_alike(toy: dict[str, Any], tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """failtrace status's legend, the report's "why the other failures are not clean" and the explorer's /api/meta
+    define each pair status in the one wording of views.common.PAIR_STATUS_TEXT (they were written three times and
+    had drifted: "Δℓ ≤ the minimum" / "Δℓ ≤ --min-delta", "not searched" / "not paired yet")."""
+    import re
+
+    from fastapi.testclient import TestClient
+
+    from failtrace.serve.app import create_app
+    from failtrace.store.schema import PAIR_STATUSES
+    from failtrace.views.common import NOT_SEARCHED, PAIR_STATUS_TEXT
+
+    assert set(PAIR_STATUS_TEXT) == {*PAIR_STATUSES, NOT_SEARCHED}
+    path = tmp_path / "runs.duckdb"
+    shutil.copy(toy["store"], path)
+    legend = " ".join(_status(path, capsys, monkeypatch).split())
+    assert main(["report", "--store", str(path), "--out", str(tmp_path / "rep")]) == 0
+    capsys.readouterr()
+    page = (tmp_path / "rep" / "index.html").read_text()
+    why = re.search(r"Why the other failures are not clean</h3><p class=\"lead\">(.*?)</p>", page).group(1)
+    with TestClient(create_app(path), base_url="http://127.0.0.1") as client:
+        meta = client.get("/api/meta").json()["pair_status_text"]
+    assert meta == {k: list(v) for k, v in PAIR_STATUS_TEXT.items()}
+    for status in (s for s in PAIR_STATUSES if s != "clean"):
+        label, meaning = PAIR_STATUS_TEXT[status]
+        assert meaning in legend, status
+        assert f"<i>{label}</i> — {html.escape(meaning)}" in why, status
+        assert f"<th class=\"n\">{label}</th>" in page or f">{label}<" in page, status
+    assert f"<i>not paired yet</i> — {PAIR_STATUS_TEXT[NOT_SEARCHED][1]}" in why

@@ -95,6 +95,7 @@ def _pairs_table(paired: list[tuple[str, Any]]) -> Any:
     length-limit outcomes, both clean rates (the settings are printed below it). Not one table with the runs:
     together they would not fit a 100-column terminal without cutting numbers."""
     from failtrace.store.schema import PAIR_STATUSES
+    from failtrace.views.common import PAIR_STATUS_TEXT
 
     short = {"clean": "clean", "no_target": "no\ntgt", "no_contrast": "no\nctr", "weak_preference": "weak",
              "unbounded": "unbnd", "unverifiable": "unver"}
@@ -102,11 +103,9 @@ def _pairs_table(paired: list[tuple[str, Any]]) -> Any:
     headers = ["#", "paired/\nfailed", *(short[s] for s in PAIR_STATUSES), "limit\nhit", "cont.\npass", "cont.\nfail",
                "clean\nrate", "clean\nrate\ndecid."]
     caption = ("paired/failed: failures with a pair status so far (fewer while a run is partial, e.g. "
-               "--limit or --item); no tgt: no alternative in the model's own top-k fixes the answer at "
-               "any walked position; no ctr: not even the --sibling model's top-k does; weak: a fixing token "
-               "exists but Δℓ ≤ --min-delta; unver: the checker no longer says fail, or could not decide a "
-               "rollout; unbnd: hit the token "
-               "limit and never decided (not counted as decidable); limit hit: paired failures whose completion hit the limit; cont. pass / cont. fail: "
+               "--limit or --item); " + "; ".join(f"{short[s].replace(chr(10), ' ')}: {PAIR_STATUS_TEXT[s][1]}"
+                                                 for s in PAIR_STATUSES if s != "clean") + "; "
+               "limit hit: paired failures whose completion hit the limit; cont. pass / cont. fail: "
                "of those, continued to the rollout budget (--rollout-tokens), passed (an artefact of the "
                "budget, still unbnd) / stopped and still failed (a real failure, searched); clean rate = clean "
                "/ failed; clean rate decid. = clean / (failed - unbnd), over the decidable failures.")

@@ -16,7 +16,7 @@ from typing import Any
 from failtrace.report.casepage import PATTERN_COLORS, badge, esc, fmt, plain_token
 from failtrace.report.figures import CATEGORY_COLORS, FAITHFULNESS_WIDTH, segments_width
 from failtrace.report.tables import NON_CLEAN
-from failtrace.views.common import count_of, k_star_label
+from failtrace.views.common import NOT_SEARCHED, PAIR_STATUS_TEXT, count_of, k_star_label
 
 Col = tuple[str, str, str]  # (key, header, kind: text | int | float | pct | code)
 
@@ -29,8 +29,8 @@ TABLE1_COLS: list[Col] = [
 ]
 STATUS_COLS: list[Col] = ([("benchmark", "benchmark", "text"), ("pair_run_id", "pair run", "code"),
                            ("pair_settings", "pair settings", "text"), ("failures", "failures", "int"),
-                           ("clean", "clean", "int")] + [(s, s.replace("_", " "), "int") for s in NON_CLEAN]
-                          + [("not_paired", "not paired yet", "int")])
+                           ("clean", "clean", "int")] + [(s, PAIR_STATUS_TEXT[s][0], "int") for s in NON_CLEAN]
+                          + [("not_paired", PAIR_STATUS_TEXT[NOT_SEARCHED][0], "int")])
 KSTAR_COLS: list[Col] = [
     ("method", "method", "text"), ("cases", "cases", "int"), ("flipped", "flipped ≤ K", "int"),
     ("flip_rate_at_K", "flip rate at K", "pct"), ("mean_k_star", "mean k*", "float2"),
@@ -89,11 +89,8 @@ def summary_section(t: Mapping[str, Any], figs: Mapping[str, str]) -> str:
         "case</b>: mean context length (prompt + answer before the wrong token) of the analysed cases.</p>"
         f"{html_table(table1, TABLE1_COLS, tid='table1')}"
         '<h3>Why the other failures are not clean</h3><p class="lead">Status of each failure\'s pair search: '
-        "<i>no target</i> — no alternative in the model's own top-k fixes the answer at any walked position; "
-        "<i>no contrast</i> — not even the --sibling model's top-k does; <i>weak preference</i> — a fixing token "
-        "exists but Δℓ ≤ the minimum; <i>unbounded</i> — the completion hit the token limit; "
-        "<i>unverifiable</i> — the checker no longer says fail, or could not decide a rollout; "
-        "<i>not paired yet</i> — failures the pair search has not reached.</p>"
+        + "; ".join(f"<i>{esc(label)}</i> — {esc(meaning)}" for label, meaning in
+                    (PAIR_STATUS_TEXT[s] for s in (*NON_CLEAN, NOT_SEARCHED))) + ".</p>"
         f"{status}"
         + figure(figs.get("categories"), "categories and patterns per benchmark",
                  "Share of cases per outcome category (M-IA: masking ≤ K_IA input tokens flips the prediction; "

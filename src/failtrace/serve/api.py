@@ -18,7 +18,7 @@ from pydantic import AfterValidator, BaseModel, Field
 from failtrace.cases.record import CATEGORIES, PATTERNS
 from failtrace.errors import FailtraceError
 from failtrace.serve import casedata
-from failtrace.serve.queries import FACETS, NONE_VALUE, SORT_COLUMNS, TableQuery, table
+from failtrace.serve.queries import FACETS, NONE_VALUE, NOT_SEARCHED, SORT_COLUMNS, TableQuery, table
 from failtrace.store.cases import newest_case_id
 from failtrace.store.schema import PAIR_STATUSES, VERDICT_STATUSES
 from failtrace.store.records import describe_pair_settings, loads, pick_run_id
@@ -48,7 +48,7 @@ RowsCursor = Annotated[Any, Depends(_rows_cursor)]
 
 
 # facets whose values come from a fixed list: another value is a malformed link (422), not an empty table
-_FIXED_VALUES = {"verdict": VERDICT_STATUSES, "pair_status": (*PAIR_STATUSES, "not searched"),
+_FIXED_VALUES = {"verdict": VERDICT_STATUSES, "pair_status": (*PAIR_STATUSES, NOT_SEARCHED),
                  "category": CATEGORIES, "pattern": PATTERNS}
 
 
@@ -88,7 +88,7 @@ def static(name: str, request: Request) -> Response:
 def meta(request: Request, cur: Cursor) -> dict[str, Any]:
     from failtrace.report.casepage import OTHER_SEGMENT_COLOR, SEGMENT_COLORS
     from failtrace.report.figures import CATEGORY_COLORS, PATTERN_COLORS
-    from failtrace.views.common import BLUE, RED, SPECIAL_BG
+    from failtrace.views.common import BLUE, PAIR_STATUS_TEXT, RED, SPECIAL_BG
 
     st = _state(request)
     methods = [r[0] for r in cur.execute("SELECT DISTINCT method FROM case_methods ORDER BY 1").fetchall()] \
@@ -101,6 +101,7 @@ def meta(request: Request, cur: Cursor) -> dict[str, Any]:
             "has_comparisons": st.has_comparisons,
             "schema_version": st.store.schema_version, "methods": methods, "categories": list(CATEGORIES),
             "patterns": list(PATTERNS), "facets": list(FACETS), "sort_columns": sorted(SORT_COLUMNS),
+            "pair_status_text": {value: list(text) for value, text in PAIR_STATUS_TEXT.items()},
             "colors": {"red": list(RED), "blue": list(BLUE), "special": list(SPECIAL_BG),
                        "segments": dict(SEGMENT_COLORS),
                        "other_segment": OTHER_SEGMENT_COLOR, "categories": CATEGORY_COLORS, "patterns": PATTERN_COLORS}}

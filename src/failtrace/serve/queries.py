@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from failtrace.store.natural import natural_key
+from failtrace.views.common import NOT_SEARCHED
 
 # The newest analysis run per pair run (the rule of failtrace.store.cases.load_cases, latest=True), then its cases
 # with the newest override and the attnlrp k*.
@@ -40,10 +41,10 @@ cs AS (SELECT NULL::VARCHAR AS case_id, NULL::VARCHAR AS pair_run_id, NULL::VARC
        NULL::INTEGER AS k_star, false AS k_computed WHERE false),
 """
 
-_ROWS_CTE = """
+_ROWS_CTE = f"""
 rows AS (
     SELECT v.run_id, v.item_id, r.benchmark, r.model, v.status AS verdict,
-           p.pair_run_id, coalesce(p.status, CASE WHEN v.status = 'fail' THEN 'not searched' END) AS pair_status,
+           p.pair_run_id, coalesce(p.status, CASE WHEN v.status = 'fail' THEN '{NOT_SEARCHED}' END) AS pair_status,
            p.target_text, p.contrast_text, coalesce(cs.case_delta, p.delta_logit) AS delta_logit,
            cs.case_id, coalesce(cs.override, cs.category) AS category, cs.override IS NOT NULL AS overridden,
            cs.pattern, cs.k_star, coalesce(cs.k_computed, false) AS k_computed, g.n_tokens

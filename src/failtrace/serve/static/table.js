@@ -32,10 +32,13 @@
         if (cb.checked) now.push(f.value);
         var ch = {}; ch[name] = now; update(params, ch);
       });
-      // a pair run shows its id cut short and, on hover, every setting that gave it that id (as `failtrace status`)
+      // a pair run shows its id cut short and, on hover, every setting that gave it that id (as `failtrace status`);
+      // a pair status its label and, on hover, its meaning (as the report and `failtrace status` word them)
       var run = name === "pair_run" ? (FT.meta.pair_runs || {})[f.value] : undefined;
-      box.appendChild(el("label", {title: run === undefined ? null : f.value + "  " + run.settings},
-                         [cb, el("span", {}, run === undefined ? f.value : f.value.slice(0, 10) + " · " + run.settings),
+      var said = name === "pair_status" ? FT.meta.pair_status_text[f.value] : undefined;
+      box.appendChild(el("label", {title: run !== undefined ? f.value + "  " + run.settings : said ? said[1] : null},
+                         [cb, el("span", {}, run !== undefined ? f.value.slice(0, 10) + " · " + run.settings
+                                                 : said ? said[0] : f.value),
                           el("span", {class: "c"}, String(f.count))]));
     });
     return box;
@@ -86,10 +89,11 @@
   }
 
   function row(r) {
-    var c = FT.meta.colors;
+    var c = FT.meta.colors, said = r.pair_status ? FT.meta.pair_status_text[r.pair_status] : undefined;
     var cells = [el("td", {class: "item"}, r.item_id), el("td", {}, r.benchmark), el("td", {title: r.model},
-                 String(r.model).split("/").pop()), el("td", {}, r.verdict), el("td", {title: r.pair_run_id ? "pair run " + r.pair_run_id : null},
-                 r.pair_status || "—"),
+                 String(r.model).split("/").pop()), el("td", {}, r.verdict), el("td", {title: (said ? said[1] : "") +
+                 (r.pair_run_id ? (said ? "; " : "") + "pair run " + r.pair_run_id : "") || null},
+                 said ? said[0] : r.pair_status || "—"),
                  el("td", {class: "tx"}, r.target_text === null ? "—" : "‹" + FT.shown(r.target_text) + "›"),
                  el("td", {class: "tx"}, r.contrast_text === null ? "—" : "‹" + FT.shown(r.contrast_text) + "›"),
                  el("td", {class: "n"}, FT.fmt(r.delta_logit)), el("td", {class: "n", title: kTitle(r)}, r.k_star !== null ? String(r.k_star) : r.k_computed ? "none" : "—"),
