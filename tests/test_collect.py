@@ -173,3 +173,23 @@ def test_progress_to_a_log_file_is_one_plain_line_per_step(capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert [ln.split(",")[0] for ln in lines] == [f"pairs humaneval (m): {i}/3" for i in (1, 2, 3)]
     assert all(ln.endswith(" s") for ln in lines[:2]) and lines[2].endswith(" s (x: clean)")
+
+
+def test_a_sub_steps_log_lines_are_at_most_one_per_five_seconds(capsys, monkeypatch):
+    """A transient (sub-step) bar off a terminal, on a clock that moves 2 s per step: a line when 5 s have passed
+    since the last one, and always the last step; an item bar (not transient) keeps its line per step."""
+    import failtrace.progress as progress
+
+    clock = iter(range(0, 1000, 2))
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: float(next(clock)))
+    bar = progress.progress_bar(True, "graph edges (auto), layers", 8, transient=True)  # starts at t = 0
+    for _ in range(8):  # steps at t = 2, 4, ..., 16
+        bar.advance()
+    bar.close()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == ["graph edges (auto), layers: 3/8, 6 s", "graph edges (auto), layers: 6/8, 12 s",
+                     "graph edges (auto), layers: 8/8, 16 s"]
+    items = progress.progress_bar(True, "pairs x (m)", 3)
+    for _ in range(3):
+        items.advance()
+    assert len(capsys.readouterr().err.strip().splitlines()) == 3

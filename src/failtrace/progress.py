@@ -15,12 +15,17 @@ class Bar:
 
     When stderr is not a terminal, a plain line per step (``description: done/total, seconds (note)``) is written
     instead, so a long job's log shows how far it is. ``transient``: the bar is removed when done (a sub-step's bar,
-    such as a graph's layers, that should not stay above the result)."""
+    such as a graph's layers, that should not stay above the result); off a terminal such a bar writes a line at most
+    every :data:`SUB_STEP_EVERY_S` seconds and its last step (a 30-layer graph built in a second is one line, not 30).
+    """
+
+    SUB_STEP_EVERY_S = 5.0
 
     def __init__(self, enabled: bool, description: str, total: int, transient: bool = False) -> None:
         self._progress = None
         self._lines = False
         self._description, self._total, self._done, self._t0 = description, total, 0, time.perf_counter()
+        self._every, self._last_line = (self.SUB_STEP_EVERY_S if transient else 0.0), self._t0
         if enabled and total > 0:
             from rich.console import Console
 
@@ -43,8 +48,12 @@ class Bar:
             self._progress.advance(self._task, n)
         elif self._lines:
             self._done += n
+            now = time.perf_counter()
+            if self._done < self._total and now - self._last_line < self._every:
+                return
+            self._last_line = now
             tail = f" ({note})" if note else ""
-            print(f"{self._description}: {self._done}/{self._total}, {time.perf_counter() - self._t0:.0f} s{tail}",
+            print(f"{self._description}: {self._done}/{self._total}, {now - self._t0:.0f} s{tail}",
                   file=sys.stderr, flush=True)
 
     def close(self) -> None:
