@@ -647,3 +647,18 @@ def test_a_running_explorer_is_named_as_the_holder(work: Path, tmp_path: Path,
     finally:
         server.terminate()
         server.wait(timeout=60)
+
+
+def test_every_model_option_says_the_same() -> None:
+    """--model takes the same kinds of names in every command, so every command's help says it in the same words
+    (collect said "Hub id, ..., or the bundled default", demo "Model (default: the bundled SmolLM2)")."""
+    import typer
+
+    from failtrace.cli import app
+    from failtrace.cli.options import MODEL_HELP
+
+    helps = {name: next((p.help for p in cmd.params if "--model" in getattr(p, "opts", ())), None)
+             for name, cmd in typer.main.get_command(app).commands.items()}
+    with_model = {name for name, text in helps.items() if text is not None}
+    assert {"collect", "demo", "attribute", "graph", "finetune"} <= with_model
+    assert {name: helps[name] for name in with_model} == {name: MODEL_HELP for name in with_model}

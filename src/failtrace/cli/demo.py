@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 import typer
 
+from failtrace.cli import options as opts
 from failtrace.errors import FailtraceError
 
 
@@ -68,7 +69,7 @@ def _print_summary(st: Any, run_id: str, report: Path, store_path: Path) -> None
 
 def demo_command(
     out: Path = typer.Option(Path("out"), "--out", help="Folder for runs.duckdb and report/."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model (default: the bundled SmolLM2)."),
+    model: Optional[str] = opts.MODEL,
     methods: Optional[str] = typer.Option(None, "--methods", help="Attribution methods (default: all)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:

@@ -104,8 +104,8 @@ PROMPT = typer.Option(..., "--prompt", "-p", help="Prompt text (or the user mess
 TARGET = typer.Option(None, "--target", "-t",
                       help="Target (wrong) token: one-token string or '#ID'. Default: the model's own next token.")
 CONTRAST = typer.Option(None, "--contrast", "-c", help="Contrast (right) token: one-token string or '#ID'.")
-MODEL = typer.Option(None, "--model", "-m",
-                     help="Registry name (failtrace models), .gguf file, local folder, hub id; default smollm2-135m-instruct.")
+MODEL_HELP = "Registry name (failtrace models), .gguf file, local folder, hub id; default smollm2-135m-instruct."
+MODEL = typer.Option(None, "--model", "-m", help=MODEL_HELP)
 CHAT = typer.Option(False, "--chat", help="Wrap the prompt in the model's chat template.")
 ANSWER_PREFIX = typer.Option(None, "--answer-prefix", help="The model's own output before the explained token.")
 POSITION = typer.Option(None, "--position", help="Explain the prediction after this token index (default last; "

@@ -40,8 +40,7 @@ def collect_command(
     data: str = typer.Option(..., "--data", "-d",
                              help="Local JSON/JSONL/Parquet file, or a hub dataset id; for traces also a raw "
                                   "tau-bench trajectory list (.json) or a SWE-agent .traj file; for demo: builtin."),
-    model: str = typer.Option("smollm2-135m-instruct", "--model", "-m",
-                              help="Hub id, local model folder, .gguf file, or the bundled default."),
+    model: str = typer.Option("smollm2-135m-instruct", "--model", "-m", help=opts.MODEL_HELP),
     limit: Optional[int] = typer.Option(None, "--limit", "-n", callback=opts.count(1),
                                         help="Only the first N items of the data."),
     item: Optional[list[str]] = typer.Option(None, "--item", help="Only the item of this id (repeatable), e.g. "
