@@ -61,14 +61,10 @@ def _assert_conserves(g: AttributionGraph, tol: float = 1e-5) -> None:
         assert np.abs(col - src).max() / scale < tol, (t, g.stages[es.source_stage].name)
 
 
-# Also run on transformers 4.x (make test: -m tf4), except Gemma: on 4.57 its decoder layers are called differently
-# (Gemma-3 gets position_embeddings_global/_local, which the attention block split does not map) and the Gemma-2
-# graph does not conserve against the relevance pass; graphs on Gemma-2/3 need transformers 5.
-TF4_ARCHITECTURES = tuple(a for a in ARCHITECTURES if not a.startswith("gemma"))
-
-
-@pytest.fixture(scope="module", params=[pytest.param(a, marks=[pytest.mark.tf4] if a in TF4_ARCHITECTURES else [])
-                                        for a in ARCHITECTURES])
+# Also run on transformers 4.x (make test: -m tf4), Gemma included: its 4.x layers get two rotary tables
+# (position_embeddings_global/_local, mapped by layers.attention_call_kwargs) and Gemma-2's embeddings are scaled in
+# the model's forward (state 0 is the first layer's real input: attribution.engine.relevance_pass).
+@pytest.fixture(scope="module", params=[pytest.param(a, marks=[pytest.mark.tf4]) for a in ARCHITECTURES])
 def arch_graphs(request):
     model = tiny_model(request.param)
     return request.param, {
@@ -185,6 +181,33 @@ def test_packed_switches_when_vmap_loops(monkeypatch):
     assert _max_rel_diff(ref, g) < TOL
 
 
+@pytest.mark.tf4
+def test_gemma2_graphs_conserve():
+    """Gemma-2 (soft-capping, outside the closed form) conserves with and without mid-nodes, on transformers 4 and 5.
+    On 4.x it scales the embeddings by √d inside the model's forward, and the graph re-ran layer 0 from the unscaled
+    embeddings: Σ of the first transition's edges was 0.24 against a relevance of 4.50, with no error."""
+    model = tiny_model("gemma2")
+    naive, packed = _build(model, "naive"), _build(model, "packed", batch_size=4)
+    _assert_conserves(naive)
+    _assert_conserves(_build(model, "naive", mid_nodes=True))
+    assert _max_rel_diff(naive, packed) < TOL
+
+
+@pytest.mark.tf4
+def test_a_layer_that_does_not_rerun_alike_is_refused(monkeypatch):
+    """Every edge of a layer comes from re-running it on its stored input: when that re-run does not give the stored
+    output (as Gemma-2's layer 0 on transformers 4 did before), the graph is refused, not built with wrong edges."""
+    from failtrace.errors import FailtraceError
+    from failtrace.graph.layers import LayerCallCapture
+
+    model = tiny_model("llama")
+    real = LayerCallCapture.call
+    monkeypatch.setattr(LayerCallCapture, "call", lambda self, idx, h: real(self, idx, h) * (1.01 if idx else 1.0))
+    with pytest.raises(FailtraceError, match=r"re-running layer 1 \(LlamaDecoderLayer\)"):
+        _build(model, "naive")
+
+
+@pytest.mark.tf4
 def test_closed_form_falls_back_for_softcapping():
     """Gemma-2's attention logit soft-capping is outside the closed form: packed is used, and a note says so."""
     model = tiny_model("gemma2")

@@ -105,14 +105,20 @@ def relevance_pass(
     if use_checkpoint is None:
         use_checkpoint = n > CHECKPOINT_ABOVE
     outputs: list[torch.Tensor] = []
+    first_input: list[torch.Tensor] = []
 
     def keep(_mod: nn.Module, _inp: Any, out: Any) -> None:
         h = out[0] if isinstance(out, (tuple, list)) else out
         outputs.append(h)
 
+    def keep_first_input(_mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if not first_input:
+            first_input.append(args[0] if args else kwargs["hidden_states"])
+
     rules = contextlib.nullcontext() if patched else lrp_rules(model, method)
     with rules, checkpointed_layers(layers, use_checkpoint), torch.enable_grad():
         handles = [layer.register_forward_hook(keep) for layer in layers]
+        handles.append(layers[0].register_forward_pre_hook(keep_first_input, with_kwargs=True))
         try:
             emb = model.get_input_embeddings()(ids).detach().requires_grad_(True)
             out = base(inputs_embeds=emb, use_cache=False)
@@ -122,7 +128,12 @@ def relevance_pass(
         last = out[0] if isinstance(out, tuple) else out.last_hidden_state
         logits = final_logits(model, head, last[0, -1])
         value = objective(logits)
-        states = [emb] + outputs[-len(layers):]
+        # State 0 is what the first layer receives: the embeddings, or (transformers 4's Gemma-2) the embeddings
+        # times √d applied in the model's forward. Its relevance x·∂f/∂x is the same either way for such a scaling,
+        # but the graph re-runs layer 0 from state 0, which must be its real input (else its edges lose
+        # conservation).
+        start = first_input[0] if first_input and first_input[0].shape == emb.shape else emb
+        states = [start] + outputs[-len(layers):]
         for s in states:
             s.retain_grad()
         value.backward()

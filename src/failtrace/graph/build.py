@@ -168,6 +168,13 @@ class _EdgeBuilder:
         out = self.stage_of[(t, "resid")]
         h_s, g_t = res.hidden[t], res.grads[t + 1]
         if not cfg.mid_nodes:
+            with torch.no_grad():  # every edge of the layer comes from this re-run: it must be the full pass's layer
+                again = cap.call(t, h_s[None])[0]
+            if not _close(again, res.hidden[t + 1]):
+                raise FailtraceError(
+                    f"re-running layer {t} ({type(cap.layers[t]).__name__}) from its stored input does not give "
+                    "its stored output, so its edges would not be this model's; graphs are unavailable for this "
+                    "model with this transformers")
             return [_Step(src, out, lambda: (lambda x: cap.call(t, x)), h_s, g_t, False)]
         assert split is not None
         h_mid, G = self._mid(t, split, cf)

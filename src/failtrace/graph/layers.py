@@ -136,18 +136,23 @@ def _apply(norm: nn.Module | None, x: Tensor) -> Tensor:
     return x if norm is None else norm(x)
 
 
-def attention_call_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+def attention_call_kwargs(kwargs: dict[str, Any], attn: nn.Module | None = None) -> dict[str, Any]:
     """The captured layer keyword arguments as the attention module expects them, without any KV cache: the block
     is recomputed on the whole context. The cache's name differs across transformers versions (``past_key_value``,
     ``past_key_values``, ``cache``) and every one defaults to None, so none is passed (passing the old name beside
-    the new one makes transformers 5 warn on every layer)."""
+    the new one makes transformers 5 warn on every layer). Transformers 4's Gemma-3 layer receives two rotary
+    tables and hands its attention the local one when that attention is sliding, else the global one: so here."""
     drop = {"__args__", "use_cache", "past_key_value", "past_key_values", "cache"}
-    return {k: v for k, v in kwargs.items() if k not in drop}
+    out = {k: v for k, v in kwargs.items() if k not in drop}
+    if "position_embeddings_global" in out and "position_embeddings_local" in out and attn is not None:
+        local, glob = out.pop("position_embeddings_local"), out.pop("position_embeddings_global")
+        out["position_embeddings"] = local if getattr(attn, "is_sliding", False) else glob
+    return out
 
 
 def attn_block(split: LayerSplit, kwargs: dict[str, Any], hidden: Tensor) -> Tensor:
     """h_mid = h + post_attn(attn(pre_attn(h))), the residual stream after the attention block."""
-    out = split.attn(hidden_states=_apply(split.pre_attn, hidden), **attention_call_kwargs(kwargs))
+    out = split.attn(hidden_states=_apply(split.pre_attn, hidden), **attention_call_kwargs(kwargs, split.attn))
     return hidden + _apply(split.post_attn, layer_output(out))
 
 
