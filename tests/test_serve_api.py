@@ -200,6 +200,10 @@ def test_writes_refused_without_review_and_store_unchanged(client: TestClient, t
         assert client.get(f"/api/cases/{c.case_id}/graph").status_code == 200
     assert client.get("/api/reviews").json() == {"reviews": []}
     assert client.get("/api/meta").json()["review"] is False
+    # refused before the body is looked at: an empty or non-finite body is the same 403, not a 422 or a 500
+    for body in (b"{}", b'{"decision": NaN}'):
+        r = client.post("/api/reviews", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 403 and "read-only explorer" in r.json()["detail"], body
     assert sha256(toy["store"]) == toy["sha"]
     assert not Path(str(toy["store"]) + ".wal").exists()
 
@@ -562,3 +566,58 @@ def test_mask_caption_is_the_reports(client: TestClient, toy: dict[str, Any]) ->
                 assert d["methods"][name]["mask_caption"] == want
                 seen.add(want.split(" (")[0].split(" flips")[0][:20])
     assert len(seen) >= 2  # more than one kind of caption was compared
+
+
+def test_non_finite_and_huge_values_are_a_short_422(toy: dict[str, Any], tmp_path: Path) -> None:
+    """A body holding NaN, Infinity or 1e999 (JSON from Python or JavaScript) was a 500: the 422 echoed the number
+    back and the response could not carry it. A 15,000-character comment inside a rejected body, and a list of 300
+    query values, were echoed whole (45 KB and 61 KB); every echo is now at most ECHO_CHARS characters."""
+    from failtrace.serve.app import ECHO_CHARS
+
+    store = tmp_path / "review.duckdb"
+    shutil.copy(toy["store"], store)
+    case = toy["cases"][0]
+    url = f"/api/cases/{case.case_id}/override"
+    with TestClient(create_app(store, review=True), base_url="http://127.0.0.1") as c:
+        for where, body in (("/api/reviews", b'{"decision": NaN}'), ("/api/reviews", b'{"pair_run_id": 1e999}'),
+                            ("/api/reviews", b'{"comment": -Infinity}'), (url, b'{"category": [1e999]}'),
+                            (f"/api/cases/{case.case_id}/contrast", b'{"contrast_id": NaN}')):
+            r = c.post(where, content=body, headers={"content-type": "application/json"})
+            assert r.status_code == 422, (where, body, r.text)
+            assert all(e["input"] is None or isinstance(e["input"], (str, dict)) for e in r.json()["detail"])
+        r = c.post("/api/reviews", json={"comment": "y" * 15000})  # three missing fields, each echoing the body
+        assert r.status_code == 422 and len(r.content) < 3 * (ECHO_CHARS + 400)
+        assert all(len(json.dumps(e["input"])) <= ECHO_CHARS + 40 for e in r.json()["detail"])
+        r = c.get("/api/table", params=[("benchmark", "b" * 200)] * 300)
+        assert r.status_code == 422 and len(r.content) < 2000
+    with open_store(store, read_only=True) as st:  # nothing rejected was written
+        assert st.con.execute("SELECT count(*) FROM reviews").fetchone()[0] == 0
+        assert st.con.execute("SELECT count(*) FROM overrides").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("change", ["replace", "delete"])
+def test_a_write_after_the_store_file_changed_is_refused(toy: dict[str, Any], tmp_path: Path, change: str) -> None:
+    """DuckDB keeps writing to the file it opened: after the store's path was replaced or deleted, a review answered
+    201 and was lost with the old file. Now the write is a 409 that says why, and the new file is left as it was."""
+    store = tmp_path / "review.duckdb"
+    shutil.copy(toy["store"], store)
+    case = toy["cases"][0]
+    ok = {"pair_run_id": case.pair_run_id, "item_id": case.item_id, "decision": "accept", "comment": "fine"}
+    with TestClient(create_app(store, review=True), base_url="http://127.0.0.1") as c:
+        assert c.post("/api/reviews", json=ok).status_code == 201
+        if change == "replace":
+            fresh = tmp_path / "fresh.duckdb"
+            shutil.copy(toy["store"], fresh)
+            fresh.replace(store)
+            before = sha256(store)
+        else:
+            store.unlink()
+        for where, body in (("/api/reviews", ok),
+                            (f"/api/cases/{case.case_id}/override", {"category": "M-IA", "comment": "why"})):
+            r = c.post(where, json=body)
+            assert r.status_code == 409 and "deleted or replaced" in r.json()["detail"], r.text
+        assert c.get("/api/meta").status_code == 200  # reading goes on
+    if change == "replace":
+        assert sha256(store) == before
+    else:
+        assert not store.exists()

@@ -220,10 +220,18 @@ class OverrideIn(BaseModel):
 
 
 def _writable(request: Request) -> Any:
+    """The store, for a write: refused (403) on a read-only explorer, before the body is looked at, and (409) when
+    the store's path no longer names the file the explorer opened (the write would be lost with the old file)."""
     st = _state(request)
     if not st.review:
         raise HTTPException(403, "read-only explorer: start it with `failtrace serve --review` to record reviews")
+    if not st.same_file():
+        raise HTTPException(409, f"the store {st.path.name} was deleted or replaced after the explorer opened it, so "
+                                 "nothing was recorded: restart `failtrace serve --review` on it")
     return st
+
+
+Writable = Annotated[Any, Depends(_writable)]
 
 
 def _review_id(*parts: str) -> str:
@@ -243,8 +251,7 @@ def _insert_review(st: Any, pair_run_id: str, item_id: str, case_id: str | None,
 
 
 @router.post("/api/reviews", status_code=201, summary="Accept or reject a pair (needs --review)")
-def add_review(body: ReviewIn, request: Request) -> dict[str, Any]:
-    st = _writable(request)
+def add_review(st: Writable, body: ReviewIn) -> dict[str, Any]:
     with st.write_lock:
         pair = st.store.con.execute("SELECT count(*) FROM pairs WHERE pair_run_id = ? AND item_id = ?",
                                     [body.pair_run_id, body.item_id]).fetchone()[0]
@@ -256,10 +263,9 @@ def add_review(body: ReviewIn, request: Request) -> dict[str, Any]:
 
 @router.post("/api/cases/{case_id}/override", status_code=201,
              summary="Override a case's category with a reason (needs --review)")
-def add_override(case_id: CASE_ID, body: OverrideIn, request: Request) -> dict[str, Any]:
+def add_override(st: Writable, case_id: CASE_ID, body: OverrideIn) -> dict[str, Any]:
     from failtrace.store.cases import SupersededCaseError, set_override
 
-    st = _writable(request)
     comment = body.comment.strip()
     if not comment:
         raise HTTPException(422, "an override needs a comment saying why")
@@ -285,10 +291,9 @@ class ContrastIn(BaseModel):
 
 @router.post("/api/cases/{case_id}/contrast", status_code=201,
              summary="Pick another contrast from the case's stored alternatives (needs --review)")
-def pick_contrast(case_id: CASE_ID, body: ContrastIn, request: Request) -> dict[str, Any]:
+def pick_contrast(st: Writable, case_id: CASE_ID, body: ContrastIn) -> dict[str, Any]:
     from failtrace.store.alternatives import read
 
-    st = _writable(request)
     with st.write_lock:
         row = st.store.con.execute("SELECT pair_run_id, item_id, target_id, contrast_id FROM cases WHERE case_id = ?",
                                    [case_id]).fetchone()

@@ -15,7 +15,10 @@ Safety, by construction:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import math
+import os
 import threading
 from collections.abc import AsyncIterator, Iterator
 from importlib import resources
@@ -91,6 +94,7 @@ class ServeState:
         from failtrace.serve.queries import RowIndex
 
         self.store = open_store(path, read_only=not review, create=False)
+        self.file_id = file_id(path)  # a write checks that the path still names this file (see same_file)
         self.write_lock = threading.Lock()
         self.rows = RowIndex()
         try:
@@ -140,9 +144,23 @@ class ServeState:
         finally:
             cur.close()
 
+    def same_file(self) -> bool:
+        """Whether the store's path still names the file opened at start. DuckDB keeps writing to the file it opened:
+        after the path is deleted or replaced, a review would answer 201 and be lost with the old file."""
+        return file_id(self.path) == self.file_id
+
     def close(self) -> None:
         self.rows.close()
         self.store.close()
+
+
+def file_id(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of ``path``, or None when nothing is there."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _escaped(value: Any) -> Any:
@@ -160,13 +178,24 @@ def _escaped(value: Any) -> Any:
 ECHO_CHARS = 120  # a 422 echoes at most this much of a rejected value (a 2,100-character comment came back whole)
 
 
+def _echo(value: Any) -> Any:
+    """A rejected value as a 422 echoes it: at most :data:`ECHO_CHARS` characters (its length said), whatever its
+    type (a list of 300 query values or a body holding a 15,000-character comment came back whole), and a number
+    JSON cannot carry (NaN, Infinity, 1e999) as text, not as a 500 from the response itself."""
+    if value is None or isinstance(value, (bool, int)) or (isinstance(value, float) and math.isfinite(value)):
+        return value
+    text = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
+    if len(text) > ECHO_CHARS:
+        return f"{text[:ECHO_CHARS]}… ({len(text):,} characters)"
+    return value if isinstance(value, str) or "NaN" not in text and "Infinity" not in text else text
+
+
 def _short_inputs(errors: Any) -> Any:
-    """FastAPI's 422 errors with each echoed ``input`` cut to :data:`ECHO_CHARS` characters (its length said)."""
+    """FastAPI's 422 errors with each echoed ``input`` shortened and made JSON-safe (:func:`_echo`)."""
     out = []
     for err in errors if isinstance(errors, list) else []:
-        value = err.get("input") if isinstance(err, dict) else None
-        if isinstance(value, str) and len(value) > ECHO_CHARS:
-            err = {**err, "input": f"{value[:ECHO_CHARS]}… ({len(value):,} characters)"}
+        if isinstance(err, dict) and "input" in err:
+            err = {**err, "input": _echo(err["input"])}
         out.append(err)
     return out
 
@@ -252,7 +281,10 @@ def create_app(store: str | Path, review: bool = False, allowed_hosts: list[str]
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Any, exc: RequestValidationError) -> Any:  # FastAPI's 422, always encodable
-        return JSONResponse({"detail": _escaped(_short_inputs(jsonable_encoder(exc.errors())))}, status_code=422)
+        from failtrace.serve.casedata import finite  # any number left that JSON cannot carry: null
+
+        detail = finite(_escaped(_short_inputs(jsonable_encoder(exc.errors()))))
+        return JSONResponse({"detail": detail}, status_code=422)
 
     @app.exception_handler(Exception)
     async def internal(request: Any, exc: Exception) -> Any:  # an error outside the guard (never a traceback)
