@@ -334,7 +334,8 @@ def test_sibling_rows_only_before_the_blocks_own_answer_same_pair(lm: Any, helpe
         }
         for name, wins in scenarios.items():
             bench = AnyOf(texts=tuple(_rollout_text(lm, prompt, comp, p, a) for p, a in wins))
-            ref = exhaustive_search(lm, bench, item, prompt, comp, BUDGET, k, settings.max_positions, helper=helper)
+            ref = exhaustive_search(lm, bench, item, prompt, comp, BUDGET, k, settings.max_positions, helper=helper,
+                                    naive=True)
             res = PairFinder(lm, settings, helper).find(bench, item, prompt, comp, BUDGET, "eos")
             assert ref.offset is not None and ref.offset <= 3, (index, name)
             got = (res.completion_offset, res.contrast_id, res.contrast_source, res.contrast_rank)

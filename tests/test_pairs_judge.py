@@ -61,7 +61,7 @@ def test_hints_order_positions_but_never_change_the_pair(lm: Any) -> None:
                                                                             BUDGET - p_star, eos, forced=alt), eos)
         item.reference["needle"] = next(text[i:i + 2] for i in range(1, len(text)) if text[i:i + 2] not in original)
         bench = ToyBenchmark(mode="contains")
-        ref = exhaustive_search(lm, bench, item, prompt, comp, BUDGET, K, POSITIONS)
+        ref = exhaustive_search(lm, bench, item, prompt, comp, BUDGET, K, POSITIONS, naive=True)
         if ref.offset is None or ref.offset < 2 or len(comp) - 1 <= ref.offset:
             continue
         quotes = {}
@@ -94,7 +94,7 @@ def test_a_real_judge_model_and_an_unmatched_answer_leave_the_pair_alone(lm: Any
     prompt = apply_chat_template(lm.tokenizer, item.prompt)
     comp = greedy_generate(lm.model, [prompt], BUDGET, eos)[0].token_ids
     bench = ToyBenchmark(mode="never")
-    ref = exhaustive_search(lm, bench, item, prompt, comp, BUDGET, K, 6)
+    ref = exhaustive_search(lm, bench, item, prompt, comp, BUDGET, K, 6, naive=True)
     for judge in (PositionJudge(toy_loaded(1)), FixedJudge(lm, "words that are nowhere")):
         res = PairFinder(lm, PairSettings(top_k=K, max_positions=6, order="margin"), judge=judge).find(
             bench, item, prompt, comp, BUDGET, "eos")

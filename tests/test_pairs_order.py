@@ -106,7 +106,7 @@ def _benchmarks(lm: Any, item: Item, prompt: list[int], comp: list[int], rng: ra
 
 
 def _expect(lm: Any, bench: Any, item: Item, prompt: list[int], comp: list[int]) -> tuple[Any, float | None]:
-    ref = exhaustive_search(lm, bench, item, prompt, comp, BUDGET, K, POSITIONS)
+    ref = exhaustive_search(lm, bench, item, prompt, comp, BUDGET, K, POSITIONS, naive=True)
     if ref.offset is None:
         return ref, None
     with torch.no_grad():

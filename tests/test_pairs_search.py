@@ -168,7 +168,7 @@ def test_rollout_budget_resolves_or_keeps_unbounded_failures(lm: Any) -> None:
     item.reference["needle"] = decode_completion(lm.tokenizer, comp[:1] + seq, eos)[-4:]
     assert item.reference["needle"] not in decode_completion(lm.tokenizer, full, eos)
     res = PairFinder(lm, PairSettings(top_k=3, rollout_tokens=24)).find(bench, item, prompt, comp, 8)
-    ref = exhaustive_search(lm, bench, item, prompt, comp, 24, 3)
+    ref = exhaustive_search(lm, bench, item, prompt, comp, 24, 3, naive=True)
     assert (res.completion_offset, res.contrast_id) == (ref.offset, ref.contrast) and ref.offset is not None
     assert res.status in ("clean", "weak_preference")  # bounded now: the continued completion stops and fails
 
