@@ -16,6 +16,7 @@ from failtrace.failures.generation import (
     rollouts,
 )
 from failtrace.models.chat import apply_chat_template
+from failtrace_testkit.reference_decoding import hf_greedy
 
 pytestmark = pytest.mark.model
 
@@ -29,12 +30,7 @@ def bundled() -> Any:
 
 def _hf_greedy(bundled: Any, ids: list[int], budget: int, eos: frozenset[int]) -> list[int]:
     """transformers' own greedy ``generate``: the reference, no failtrace decoding involved."""
-    with torch.no_grad():
-        ref = bundled.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                     max_new_tokens=budget, do_sample=False, eos_token_id=sorted(eos),
-                                     pad_token_id=pad_token_id(bundled.tokenizer, eos), top_p=None, top_k=None,
-                                     temperature=None)
-    return ref[0, len(ids):].tolist()
+    return hf_greedy(bundled.model, ids, budget, eos, pad_token_id(bundled.tokenizer, eos))
 
 
 def test_greedy_generate_equals_transformers_generate(bundled: Any) -> None:

@@ -12,8 +12,10 @@ import pytest
 import torch
 
 import failtrace.failures.decode as decode
-from failtrace.failures.generation import eos_token_ids, greedy_generate, naive_greedy, prefix_forward, rollouts_at
+from failtrace.failures.generation import (eos_token_ids, greedy_generate, naive_greedy, pad_token_id, prefix_forward,
+                                          rollouts_at)
 from failtrace.failures.lookup import NGRAM_SIZES, NgramDrafts
+from failtrace_testkit.reference_decoding import hf_greedy
 from failtrace_testkit.tiny import tiny_model
 from failtrace_testkit.toy import one_thread, toy_model
 
@@ -228,6 +230,8 @@ def test_greedy_generate_with_drafts_on_the_bundled_model_matches_plain(bundled:
     prompts = [list(tok.apply_chat_template([{"role": "user", "content": a}], add_generation_prompt=True,
                                             tokenize=True, return_dict=True)["input_ids"]) for a in asks]
     plain = greedy_generate(bundled.model, prompts, 120, eos)
+    pad = pad_token_id(tok, eos)  # the plain batch (two rows, left-padded) is transformers' own generate, row by row
+    assert [g.token_ids for g in plain] == [hf_greedy(bundled.model, p, 120, eos, pad) for p in prompts]
     drafted = greedy_generate(bundled.model, prompts, 120, eos, max_draft=8)
     assert [g.token_ids for g in drafted] == [g.token_ids for g in plain]
     count = _Counter(monkeypatch)
