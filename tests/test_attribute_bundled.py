@@ -132,3 +132,29 @@ def test_default_target_is_greedy_token(bundled):
     attr = failtrace.attribute(bundled, "The capital of France is", objective="max_logit")
     assert attr.extra["target_rank"] == 0
     assert attr.delta_logit == pytest.approx(attr.extra["target_logit"], rel=1e-6)  # measured: equal
+
+
+def test_quickstart_example_explains_a_real_failure(bundled, tmp_path, monkeypatch, capsys):
+    """examples/quickstart.py explains a failure, not a right answer (it used to explain " six" vs " eight", which the
+    model gets right: Δℓ −1.29): the model's own first token there is the target, and by a plain transformers forward
+    on the same chat prompt that token is greedy and outscores the contrast '"' by more than 1 (a clean pair's Δℓ)."""
+    import runpy
+    from pathlib import Path
+
+    from failtrace.models.chat import apply_chat_template
+
+    monkeypatch.setattr(failtrace, "load_model", lambda *a, **k: bundled)
+    monkeypatch.chdir(tmp_path)
+    runpy.run_path(str(Path(__file__).parents[1] / "examples" / "quickstart.py"), run_name="__main__")
+    rec = json.loads((tmp_path / "out" / "water.json").read_text())
+    prompt = 'Say what water is made of, in one sentence wrapped in double quotes ("like this").'
+    ids = apply_chat_template(bundled.tokenizer, prompt)
+    assert rec["token_ids"] == ids
+    with torch.no_grad():
+        logits = bundled.model(torch.tensor([ids])).logits[0, -1].double()
+    quote = bundled.tokenizer.encode('"', add_special_tokens=False)
+    assert rec["target"]["id"] == int(logits.argmax()) and rec["contrast"]["id"] == quote[0] and len(quote) == 1
+    delta = float(logits[rec["target"]["id"]] - logits[quote[0]])
+    assert delta > 1 and rec["delta_logit"] == pytest.approx(delta, abs=1e-3)
+    assert (tmp_path / "out" / "water.png").read_bytes()[:4] == b"\x89PNG"
+    assert f"Δℓ = {delta:.3f}" in capsys.readouterr().out

@@ -101,6 +101,17 @@ def test_unsupported_architecture_from_local_folder(tmp_path: Path, bundled):
                 "--target", " Paris", "--contrast", " Lyon"])
     assert res.returncode == 2, res.stderr
     assert "Traceback" not in res.stderr and "not supported" in res.stderr
+    # gradient × input needs no LRP rule: it explains GPT-2 too (README, limits), and its Δℓ is the model's own
+    out = tmp_path / "g.json"
+    res = _run(["attribute", "--model", str(tmp_path / "gpt2"), "--prompt", "The capital of France is",
+                "--target", " Paris", "--contrast", " Lyon", "--method", "gradxinput", "--json", str(out), "-q"])
+    assert res.returncode == 0, res.stderr
+    rec = json.loads(out.read_text())
+    model = tf.GPT2LMHeadModel.from_pretrained(tmp_path / "gpt2")
+    with torch.no_grad():
+        logits = model(torch.tensor([rec["token_ids"]])).logits[0, -1]
+    assert rec["delta_logit"] == pytest.approx(float(logits[rec["target"]["id"]] - logits[rec["contrast"]["id"]]),
+                                               abs=1e-5)
 
 
 def test_help_everywhere():
