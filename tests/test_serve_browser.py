@@ -127,7 +127,21 @@ def _painted(page: Any, route: str, key: str) -> None:
 
 
 def test_table_count_filter_and_url_state(page: Any, server: dict[str, Any]) -> None:
+    def demo_like(route: Any) -> None:  # the demo store's widest values, in every row
+        body = route.fetch().json()
+        for r in body["rows"]:
+            r.update(item_id="if-colors-comma", model="smollm2-135m-instruct", pair_status="weak_preference",
+                     category="NC-IA+AG", pattern="URT+OIT", delta_logit=11.024, n_tokens=128)
+        route.fulfill(json=body)
+
+    page.set_viewport_size({"width": 1280, "height": 900})  # every column in view, none behind a horizontal scroll
+    page.route("**/api/table?*", demo_like)
     _open(page, server, "#/cases", "cases")
+    page.unroute("**/api/table?*")
+    box = page.locator("table.cases").evaluate("t => [t.parentElement.scrollWidth, t.parentElement.clientWidth]")
+    assert box[0] <= box[1], box  # the answer-tokens column used to sit 64 px past the box's edge
+    page.set_viewport_size({"width": 1360, "height": 900})
+    _open(page, server, "#/cases?", "cases")
     assert page.inner_text("#total") == f"{server['n_rows']} rows"
     assert page.locator("tr.row").count() == server["n_rows"]
     # k*: the number, "none" (curve computed, no flip within K) or "—" (no case, or no curve) -- never one dash for two

@@ -6,7 +6,7 @@
   var COLS = [["item_id", "item"], ["benchmark", "benchmark"], ["model", "model"], ["verdict", "verdict"],
               ["pair_status", "pair"], ["target_text", "target"], ["contrast_text", "contrast"],
               ["delta_logit", "Δℓ"], ["k_star", "k*"], ["category", "category"], ["pattern", "pattern"],
-              ["n_tokens", "answer tokens"]];  // the whole completion (a case page counts its context instead)
+              ["n_tokens", "tokens", "answer tokens"]];  // the whole completion (a case page counts its context)
   var RANGES = [["dl_min", "dl_max", "Δℓ range"], ["k_min", "k_max", "k* (attnlrp)"]];
   var PAGE = 50;
 
@@ -71,7 +71,7 @@
     return el("tr", {}, COLS.map(function (c) {
       var on = c[0] === sort;
       return el("th", {class: "s" + (on ? " on" : "") + (c[0] === "delta_logit" || c[0] === "k_star" ||
-                       c[0] === "n_tokens" ? " n" : ""), "data-col": c[0], title: "sort by " + c[1],
+                       c[0] === "n_tokens" ? " n" : ""), "data-col": c[0], title: "sort by " + (c[2] || c[1]),
                        tabindex: "0", "aria-sort": on ? (desc ? "descending" : "ascending") : null,
                        onclick: function () { update(params, {sort: c[0], desc: on && !desc ? "1" : null}); },
                        onkeydown: activateOnEnter},
