@@ -265,7 +265,8 @@ def test_top_tokens_in_masking_order_find_their_token(page: Any, server: dict[st
     assert page.locator("#masked tr.hit-row td.ctx").evaluate_all("tds => tds.map(td => td.textContent)") == want
     # ... and its caption is their caption (views.common.masked_caption), not a wording of its own
     cap = masked_caption(case.methods["attnlrp"].flip_k, masked_rows(case, "attnlrp"))
-    assert page.locator("#masked p.note").inner_text().startswith(cap[0].upper() + cap[1:] + " (shaded).")
+    assert cap.endswith(")") and page.locator("#masked p.note").inner_text().startswith(
+        cap[0].upper() + cap[1:-1] + ", shaded).")
     last = rows.nth(len(order) - 1).locator("td").last.inner_text()
     assert float(last) == pytest.approx(case.methods["attnlrp"].flip_curve[len(order)], abs=1e-3)
     pos = order[0]

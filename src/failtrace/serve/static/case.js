@@ -133,7 +133,8 @@
       return box;
     }
     var k = m.flip_k, cap = m.mask_caption;  // the server's wording, the report's and failtrace show's
-    box.appendChild(el("p", {class: "note"}, cap.charAt(0).toUpperCase() + cap.slice(1) + (k !== null ? " (shaded)." : ".") +
+    if (k !== null) cap = cap.replace(/\)$/, ", shaded)");  // "... (k* = 1, shaded)": the rows that flip it
+    box.appendChild(el("p", {class: "note"}, cap.charAt(0).toUpperCase() + cap.slice(1) + "." +
       " Δℓ after k: the margin with tokens 1..k masked (" + (c.masking ? c.masking.rule : "") +
       "); click a row to find the token in the heatmap."));
     var before = c.mask_view.before, after = c.mask_view.after, most = c.mask_view.clip;  // the server's, as the report and failtrace show use
