@@ -162,19 +162,25 @@ class _EdgeBuilder:
         self.relevance[self.stage_of[(t, "mid")]] = mid_rel.cpu().numpy()
         return h_mid, G
 
+    def _check_rerun(self, t: int) -> None:
+        """Naive and packed edges come from re-running layer t on its stored input: refuse a layer whose re-run is
+        not the full pass's (one forward, next to the edges' one backward per kept target row)."""
+        with torch.no_grad():
+            again = self.cap.call(t, self.res.hidden[t][None])[0]
+        if not _close(again, self.res.hidden[t + 1]):
+            raise FailtraceError(
+                f"re-running layer {t} ({type(self.cap.layers[t]).__name__}) from its stored input does not give its "
+                "stored output, so its edges would not be this model's; graphs are unavailable for this model with "
+                "this transformers")
+
     def _steps(self, t: int, split: LayerSplit | None, cf: ClosedFormLayer | None) -> list[_Step]:
         cfg, res, cap = self.cfg, self.res, self.cap
         src = 0 if t == cfg.first else self.stage_of[(t - 1, "resid")]
         out = self.stage_of[(t, "resid")]
         h_s, g_t = res.hidden[t], res.grads[t + 1]
         if not cfg.mid_nodes:
-            with torch.no_grad():  # every edge of the layer comes from this re-run: it must be the full pass's layer
-                again = cap.call(t, h_s[None])[0]
-            if not _close(again, res.hidden[t + 1]):
-                raise FailtraceError(
-                    f"re-running layer {t} ({type(cap.layers[t]).__name__}) from its stored input does not give "
-                    "its stored output, so its edges would not be this model's; graphs are unavailable for this "
-                    "model with this transformers")
+            if cf is None:  # the closed form checked its own recomputation of the layer against the stored one
+                self._check_rerun(t)
             return [_Step(src, out, lambda: (lambda x: cap.call(t, x)), h_s, g_t, False)]
         assert split is not None
         h_mid, G = self._mid(t, split, cf)
