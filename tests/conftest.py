@@ -44,8 +44,8 @@ def make_tiny(family: str, dtype: torch.dtype = torch.float32, seed: int = 0) ->
     """A tiny randomly initialised causal LM of ``family``; weights perturbed so norms are not all-ones."""
     import transformers as tf
 
-    if family == "olmo3" and not hasattr(tf, "Olmo3Config"):
-        pytest.skip("this transformers release has no OLMo-3")
+    if family == "olmo3" and not hasattr(tf, "Olmo3Config"):  # both transformers used here (4.57, 5.x) ship it
+        pytest.fail("this transformers release has no OLMo-3")
     torch.manual_seed(seed)
     cfg = _tiny_config(family)
     cfg._attn_implementation = "eager" if family == "gemma2" else "sdpa"
@@ -63,6 +63,20 @@ def make_tiny(family: str, dtype: torch.dtype = torch.float32, seed: int = 0) ->
 @pytest.fixture
 def tiny() -> Callable[..., torch.nn.Module]:
     return make_tiny
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """``-m tf4`` is the transformers 4.x run (Makefile: PYTHONPATH=.venv/tf4): on another transformers it would
+    pass without testing 4.x at all, so it stops at once with one line."""
+    if (config.getoption("markexpr", "") or "").strip() != "tf4":
+        return
+    import transformers
+
+    if not transformers.__version__.startswith("4."):
+        raise pytest.UsageError(
+            f"-m tf4 is the transformers 4.x run, but transformers {transformers.__version__} was imported from "
+            f"{os.path.dirname(transformers.__file__)}; run it as the Makefile does: "
+            "PYTHONPATH=.venv/tf4 .venv/bin/python -m pytest -q -p no:cacheprovider -m tf4")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

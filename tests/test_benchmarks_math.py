@@ -49,8 +49,12 @@ def test_equivalent_forms_pass_and_wrong_answers_fail() -> None:
 
 
 def test_only_the_last_box_counts() -> None:
-    verdict = MathBenchmark().check(_item("4"), "maybe \\boxed{4}? no: \\boxed{5}")
-    assert verdict.status == "fail"
+    completion = "maybe \\boxed{4}? no: \\boxed{5}"
+    verdict = MathBenchmark().check(_item("4"), completion)
+    last = completion.rsplit("\\boxed{", 1)[1].split("}", 1)[0]  # the last box's content, read off by hand
+    assert last == "5" and verdict.status == "fail"
+    assert verdict.details["extracted"] == last and verdict.details["gold"] == "4"
+    assert f"{last!r}" in verdict.reasons[0]
 
 
 def test_missing_box_fails_with_reason() -> None:

@@ -56,7 +56,12 @@ def test_wrong_tool_or_arguments_fail_with_reasons() -> None:
 def test_details_stay_json_serialisable() -> None:
     verdict = TracesBenchmark().check(_item(EXPECTED_CALL), "{'name': 'get_weather', 'arguments': {'city': {1, 2}}}")
     assert verdict.status == "fail"
-    json.dumps(verdict.to_dict())  # a Python set in the model's output must not break storing the verdict
+    stored = verdict.to_dict()
+    # a Python set in the model's output must not break storing the verdict: it round-trips through JSON unchanged
+    assert json.loads(json.dumps(stored)) == stored
+    call = stored["details"]["tool_calls_found"]
+    assert call == [{"name": "get_weather", "arguments": {"city": repr({1, 2})}}]  # the set, stored as its repr
+    assert any(r.startswith("get_weather arguments differ:") and "arguments.city" in r for r in stored["reasons"])
 
 
 def test_braces_inside_strings_do_not_confuse_the_scanner() -> None:

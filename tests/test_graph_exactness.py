@@ -228,14 +228,23 @@ def test_only_kept_rows_are_computed():
     model = tiny_model("olmo2")
     ref = _build(model, "naive")
     g = _build(model, "closed-form", node_threshold=0.3)
+    special = np.asarray(ref.special_mask, dtype=bool)
+    top = len(g.transitions) - 1
     skipped = 0
     for t, es in enumerate(g.transitions):
         rows = np.nonzero(es.computed)[0]
         skipped += int((~es.computed).sum())
         np.testing.assert_allclose(g.dense(t)[rows], ref.dense(t)[rows], atol=TOL * np.abs(ref.dense(t)).max())
         assert np.all(g.dense(t)[~es.computed] == 0)
+        # by hand, from the unpruned reference's relevance: a target row is computed where its |R| is at least 0.3
+        # of the stage's largest non-special |R|, and the final node's row (top transition, last position) always
+        r = np.abs(ref.relevance[es.target_stage])
+        want = r >= 0.3 * (r[~special].max() if (~special).any() else r.max())
+        if t == top:
+            want[-1] = True
+        assert np.array_equal(es.computed, want), (t, es.computed, want)
     assert skipped > 0
-    assert es.computed[-1]  # the final node's row is always computed
+    assert g.transitions[top].computed[-1] and g.stages[g.transitions[top].target_stage] == g.stages[-1]
 
 
 @pytest.mark.tf4

@@ -182,7 +182,11 @@ def test_no_target_no_contrast_and_position_cap(lm: Any, helper: Any) -> None:
     res = PairFinder(lm, PairSettings(top_k=3, max_positions=2), helper).find(bench, item, prompt, comp, BUDGET,
                                                                              "eos")
     assert res.status == "no_contrast" and res.positions_walked == 2
-    assert 6 <= res.rollouts <= 12  # the helper's candidates that the model had not tried
+    # at each of the two positions: the model's own top-3, then the helper's top-3 that the model had not tried
+    own = [_alternatives(lm, prompt + comp[:p], comp[p], 3) for p in range(2)]
+    theirs = [_alternatives(helper, prompt + comp[:p], comp[p], 3) for p in range(2)]
+    fresh = [[t for t in theirs[p] if t not in own[p]] for p in range(2)]
+    assert res.rollouts == sum(len(o) for o in own) + sum(len(f) for f in fresh), (own, theirs)
 
 
 def test_helper_supplies_a_contrast_outside_the_models_top_k(lm: Any, helper: Any) -> None:

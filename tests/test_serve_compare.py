@@ -135,6 +135,7 @@ def test_analyse_records_missing_alternatives(cmp: dict[str, Any], tmp_path: Pat
             summary = analyse(st, models={cmp["lm"].name: cmp["lm"]}, progress=False)
         after = st.con.execute("SELECT * FROM case_alternatives ORDER BY case_id").fetchall()
     assert summary.analysed == 0 and summary.alternatives_added == len(cmp["cases"]) == len(before)
+    assert len(after) == len(before)  # zip below would silently drop rows that were not written back
     for a, b in zip(before, after):
         assert a[:3] == pytest.approx(b[:3]) and list(a[3]) == list(b[3])
         assert np.allclose(a[5], b[5], atol=1e-6)
