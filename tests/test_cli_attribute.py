@@ -101,17 +101,22 @@ def test_unsupported_architecture_from_local_folder(tmp_path: Path, bundled):
                 "--target", " Paris", "--contrast", " Lyon"])
     assert res.returncode == 2, res.stderr
     assert "Traceback" not in res.stderr and "not supported" in res.stderr
-    # gradient × input needs no LRP rule: it explains GPT-2 too (README, limits), and its Δℓ is the model's own
+    # gradient × input needs no LRP rule: it explains GPT-2 too (README, limits). Its Δℓ is the model's own, and each
+    # token's relevance is its token embedding times the plain autograd gradient there (not the first layer's input,
+    # which adds GPT-2's position embeddings: the graph's state 0, not the input relevance)
     out = tmp_path / "g.json"
     res = _run(["attribute", "--model", str(tmp_path / "gpt2"), "--prompt", "The capital of France is",
                 "--target", " Paris", "--contrast", " Lyon", "--method", "gradxinput", "--json", str(out), "-q"])
     assert res.returncode == 0, res.stderr
     rec = json.loads(out.read_text())
-    model = tf.GPT2LMHeadModel.from_pretrained(tmp_path / "gpt2")
-    with torch.no_grad():
-        logits = model(torch.tensor([rec["token_ids"]])).logits[0, -1]
-    assert rec["delta_logit"] == pytest.approx(float(logits[rec["target"]["id"]] - logits[rec["contrast"]["id"]]),
-                                               abs=1e-5)
+    model = tf.GPT2LMHeadModel.from_pretrained(tmp_path / "gpt2").eval()
+    emb = model.get_input_embeddings()(torch.tensor([rec["token_ids"]])).detach().requires_grad_(True)
+    logits = model(inputs_embeds=emb).logits[0, -1].double()
+    delta = logits[rec["target"]["id"]] - logits[rec["contrast"]["id"]]
+    delta.backward()
+    assert rec["delta_logit"] == pytest.approx(float(delta.detach()), abs=1e-5)
+    want = (emb.double() * emb.grad.double()).sum(-1)[0]
+    assert rec["input_relevance"] == pytest.approx(want.tolist(), abs=1e-6 * float(want.abs().max()))
 
 
 def test_help_everywhere():

@@ -1,15 +1,15 @@
 """One forward and one backward pass that give the relevance of every hidden state for an objective.
 
 :func:`relevance_pass` is shared by :func:`failtrace.attribute` and by the graph builder: it runs the model on the
-input embeddings, captures the embedding output and every decoder layer's output, evaluates the objective on the
-logits of the last position only (the full logit matrix is never formed), and back-propagates once under the chosen
-LRP rules. R = h ⊙ g summed over the hidden dimension gives one number per (layer, token).
+input embeddings, captures the embedding output, every decoder layer's output and the first layer's own input,
+evaluates the objective on the logits of the last position only (the full logit matrix is never formed), and
+back-propagates once under the chosen LRP rules. R = h ⊙ g summed over the hidden dimension gives one number per (layer, token).
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator
 
 import torch
@@ -26,16 +26,27 @@ CHECKPOINT_ABOVE = 1024
 
 @dataclass
 class PassResult:
-    """Hidden states h[l] (embeddings first, then each layer's output), their modified gradients, the objective."""
+    """Hidden states h[l] (the token embeddings first, then each layer's output), their modified gradients, the
+    objective. ``layer0``: the first decoder layer's own input and its gradient, when the model changes the
+    embeddings before that layer (transformers 4's Gemma-2 scales them by √d; GPT-2 adds position embeddings)."""
 
     hidden: list[torch.Tensor]  # each [n, d], detached
     grads: list[torch.Tensor]  # each [n, d]
     value: float
     logits: torch.Tensor  # [vocab] at the explained position, detached
+    layer0: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def relevance(self) -> torch.Tensor:
         """[L+1, n] relevance per (layer, token), in float64 for stable sums."""
         return torch.stack([(h.double() * g.double()).sum(-1) for h, g in zip(self.hidden, self.grads)])
+
+    def from_layer0(self) -> PassResult:
+        """The pass with state 0 = the first layer's real input: what the graph re-runs layer 0 from (its edges
+        conserve only then). For scaled embeddings its relevance equals the embeddings' (x·∂f/∂x is scale-free)."""
+        if self.layer0 is None:
+            return self
+        return replace(self, hidden=[self.layer0[0], *self.hidden[1:]], grads=[self.layer0[1], *self.grads[1:]],
+                       layer0=None)
 
 
 def base_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
@@ -112,8 +123,9 @@ def relevance_pass(
         outputs.append(h)
 
     def keep_first_input(_mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        if not first_input:
-            first_input.append(args[0] if args else kwargs["hidden_states"])
+        x = args[0] if args else kwargs.get("hidden_states")
+        if not first_input and isinstance(x, torch.Tensor):
+            first_input.append(x)
 
     rules = contextlib.nullcontext() if patched else lrp_rules(model, method)
     with rules, checkpointed_layers(layers, use_checkpoint), torch.enable_grad():
@@ -128,15 +140,17 @@ def relevance_pass(
         last = out[0] if isinstance(out, tuple) else out.last_hidden_state
         logits = final_logits(model, head, last[0, -1])
         value = objective(logits)
-        # State 0 is what the first layer receives: the embeddings, or (transformers 4's Gemma-2) the embeddings
-        # times √d applied in the model's forward. Its relevance x·∂f/∂x is the same either way for such a scaling,
-        # but the graph re-runs layer 0 from state 0, which must be its real input (else its edges lose
-        # conservation).
-        start = first_input[0] if first_input and first_input[0].shape == emb.shape else emb
-        states = [start] + outputs[-len(layers):]
-        for s in states:
+        states = [emb] + outputs[-len(layers):]
+        # the first layer's own input, when the model's forward changed the embeddings before it (PassResult)
+        x0 = first_input[0] if first_input and first_input[0] is not emb and first_input[0].shape == emb.shape \
+            else None
+        for s in states + ([x0] if x0 is not None else []):
             s.retain_grad()
         value.backward()
-    grads = [s.grad[0].detach() if s.grad is not None else torch.zeros_like(s[0]) for s in states]
-    return PassResult(hidden=[s[0].detach() for s in states], grads=grads, value=float(value.detach()),
-                      logits=logits.detach().float())
+
+    def grad_of(s: torch.Tensor) -> torch.Tensor:
+        return s.grad[0].detach() if s.grad is not None else torch.zeros_like(s[0])
+
+    return PassResult(hidden=[s[0].detach() for s in states], grads=[grad_of(s) for s in states],
+                      value=float(value.detach()), logits=logits.detach().float(),
+                      layer0=None if x0 is None else (x0[0].detach(), grad_of(x0)))

@@ -307,7 +307,8 @@ def graph_from_ids(
     t0 = time.perf_counter()
     with lrp_rules(model, method):
         with LayerCallCapture(model) as cap:  # the layers' call arguments, recorded during the full pass
-            res = relevance_pass(model, ids.tolist(), objective, method=method, patched=True)
+            # state 0 = the first layer's real input: layer 0's edges come from re-running it on that
+            res = relevance_pass(model, ids.tolist(), objective, method=method, patched=True).from_layer0()
         t_pass = time.perf_counter() - t0
         stages, relevance = _stages(res.relevance().cpu().numpy(), cfg)
         builder = _EdgeBuilder(model, cap, res, cfg, stages, relevance, note)
