@@ -201,9 +201,12 @@ def test_writes_refused_without_review_and_store_unchanged(client: TestClient, t
     assert client.get("/api/reviews").json() == {"reviews": []}
     assert client.get("/api/meta").json()["review"] is False
     # refused before the body is looked at: an empty or non-finite body is the same 403, not a 422 or a 500
-    for body in (b"{}", b'{"decision": NaN}'):
-        r = client.post("/api/reviews", content=body, headers={"content-type": "application/json"})
-        assert r.status_code == 403 and "read-only explorer" in r.json()["detail"], body
+    case_url = f"/api/cases/{case.case_id}"
+    for where in ("/api/reviews", f"{case_url}/override", f"{case_url}/contrast"):
+        for body in (b"{}", b'{"decision": NaN}', b"{", b"not json"):
+            r = client.post(where, content=body, headers={"content-type": "application/json"})
+            assert r.status_code == 403 and "read-only explorer" in r.json()["detail"], (where, body)
+    assert client.post("/api/table", json={}).status_code == 405  # a read route stays a read route
     assert sha256(toy["store"]) == toy["sha"]
     assert not Path(str(toy["store"]) + ".wal").exists()
 
@@ -588,6 +591,9 @@ def test_non_finite_and_huge_values_are_a_short_422(toy: dict[str, Any], tmp_pat
         r = c.post("/api/reviews", json={"comment": "y" * 15000})  # three missing fields, each echoing the body
         assert r.status_code == 422 and len(r.content) < 3 * (ECHO_CHARS + 400)
         assert all(len(json.dumps(e["input"])) <= ECHO_CHARS + 40 for e in r.json()["detail"])
+        r = c.post("/api/reviews", content=b'{"pair_run_id": ' + b"9" * 4000 + b"}",
+                   headers={"content-type": "application/json"})
+        assert r.status_code == 422 and len(r.content) < 3 * (ECHO_CHARS + 400)
         r = c.get("/api/table", params=[("benchmark", "b" * 200)] * 300)
         assert r.status_code == 422 and len(r.content) < 2000
     with open_store(store, read_only=True) as st:  # nothing rejected was written

@@ -219,12 +219,17 @@ class OverrideIn(BaseModel):
     comment: Text = Field(min_length=1, max_length=2000)
 
 
+READ_ONLY = "read-only explorer: start it with `failtrace serve --review` to record reviews"
+
+
 def _writable(request: Request) -> Any:
-    """The store, for a write: refused (403) on a read-only explorer, before the body is looked at, and (409) when
-    the store's path no longer names the file the explorer opened (the write would be lost with the old file)."""
+    """The store, for a write: refused (403) on a read-only explorer (app.py's guard already refuses it before the
+    body is read), and (409) when the store's path no longer names the file the explorer opened (deleted, or another
+    file renamed over it: the write would be lost with the old file; a file copied over it in place keeps its
+    identity and is not detected)."""
     st = _state(request)
     if not st.review:
-        raise HTTPException(403, "read-only explorer: start it with `failtrace serve --review` to record reviews")
+        raise HTTPException(403, READ_ONLY)
     if not st.same_file():
         raise HTTPException(409, f"the store {st.path.name} was deleted or replaced after the explorer opened it, so "
                                  "nothing was recorded: restart `failtrace serve --review` on it")

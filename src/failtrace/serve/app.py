@@ -87,7 +87,7 @@ class ServeState:
         from failtrace.store.cases import has_case_tables
         from failtrace.store.store import open_store
 
-        path = Path(path)
+        path = Path(path).absolute()  # same_file() must find the same file whatever the working folder becomes
         require_store(path)
         self.path = path
         self.review = review
@@ -182,7 +182,8 @@ def _echo(value: Any) -> Any:
     """A rejected value as a 422 echoes it: at most :data:`ECHO_CHARS` characters (its length said), whatever its
     type (a list of 300 query values or a body holding a 15,000-character comment came back whole), and a number
     JSON cannot carry (NaN, Infinity, 1e999) as text, not as a 500 from the response itself."""
-    if value is None or isinstance(value, (bool, int)) or (isinstance(value, float) and math.isfinite(value)):
+    if value is None or isinstance(value, bool) or (isinstance(value, float) and math.isfinite(value)) or (
+            isinstance(value, int) and len(str(value)) <= ECHO_CHARS):
         return value
     text = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
     if len(text) > ECHO_CHARS:
@@ -241,7 +242,7 @@ def create_app(store: str | Path, review: bool = False, allowed_hosts: list[str]
     from fastapi.responses import JSONResponse
     from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-    from failtrace.serve.api import router
+    from failtrace.serve.api import READ_ONLY, router
 
     state = ServeState(store, review=review)
 
@@ -264,8 +265,13 @@ def create_app(store: str | Path, review: bool = False, allowed_hosts: list[str]
                        allowed_hosts=allowed_hosts or ["127.0.0.1", "localhost", "[::1]", "::1"])
     app.add_middleware(HeadAsGet)  # outside the host check: a HEAD is checked as the GET it stands for
 
+    # the write routes: on a read-only explorer refused here, before their body is read or parsed
+    writes = [r.path_regex for r in router.routes if "POST" in getattr(r, "methods", ())]
+
     @app.middleware("http")
     async def guard(request: Any, call_next: Any) -> Any:
+        if request.method == "POST" and not state.review and any(w.match(request.url.path) for w in writes):
+            return JSONResponse({"detail": READ_ONLY}, status_code=403)
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
             return JSONResponse({"detail": f"request body over {MAX_BODY} bytes"}, status_code=413)
