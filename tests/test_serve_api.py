@@ -172,6 +172,14 @@ def test_unknown_ids_404_malformed_422(client: TestClient, toy: dict[str, Any]) 
     gone = client.get("/api/item", params={"run_id": "zz", "item_id": "q007"})
     assert gone.status_code == 404 and "no collection run 'zz'" in gone.json()["detail"]
     assert client.get("/api/nothing").status_code == 404
+    # query text is text, as in a write's body: a control character is a 422 naming it
+    # (they were taken as filter values and listed as facets at count 0)
+    for params in ({"benchmark": "a\x00b"}, {"q": "\x1b[31m"}, {"model": ["ok", "x\x7f"]}):
+        r = client.get("/api/table", params=params)
+        assert r.status_code == 422 and "control character U+00" in r.text, params
+    r = client.get("/api/item", params={"run_id": toy["run_id"], "item_id": "q\x00"})
+    assert r.status_code == 422 and "control character U+0000" in r.text
+    assert client.get("/api/table", params={"benchmark": "é😀"}).status_code == 200  # not ASCII is still text
 
 
 def test_no_path_reaches_the_filesystem(client: TestClient) -> None:

@@ -26,7 +26,25 @@ from failtrace.store.records import describe_pair_settings, loads, pick_run_id
 router = APIRouter()
 
 CASE_ID = Annotated[str, Path(pattern=r"^[0-9A-Za-z_-]{1,64}$", description="a stored case id")]
-_VALUE = Annotated[list[str] | None, Query(max_length=50)]  # a facet filter: up to 50 accepted values
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # control characters other than tab and line breaks
+
+
+def _text(value: str) -> str:
+    """Text fields hold text: a lone UTF-16 surrogate (JSON "\\ud800") cannot be stored, and a control character
+    (NUL, escape, ...) would be stored, exported and drawn as a box; both are a 422 here."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("holds an unpaired UTF-16 surrogate, which is not text") from None
+    bad = _CONTROL.search(value)
+    if bad:
+        raise ValueError(f"holds the control character U+{ord(bad.group()):04X}; write plain text")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_text)]
+_VALUE = Annotated[list[Text] | None, Query(max_length=50)]  # a facet filter: up to 50 accepted values
 _TEXT = 200  # longest facet value / search text accepted
 SortColumn = Literal[tuple(sorted(SORT_COLUMNS))]  # type: ignore[valid-type]
 
@@ -117,7 +135,7 @@ def cases_table(
     k_min: Annotated[int | None, Query(ge=0, le=100_000, description="attnlrp k* at least")] = None,
     k_max: Annotated[int | None, Query(ge=0, le=100_000, description="attnlrp k* at most")] = None,
     has_case: bool | None = None,
-    q: Annotated[str | None, Query(max_length=_TEXT, description="text in the item id")] = None,
+    q: Annotated[Text | None, Query(max_length=_TEXT, description="text in the item id")] = None,
     sort: SortColumn = "item_id", desc: bool = False,
     limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Annotated[int, Query(ge=0, le=100_000_000)] = 0,
 ) -> dict[str, Any]:
@@ -171,8 +189,8 @@ def compare_figures(request: Request, cur: Cursor) -> dict[str, Any]:
 
 
 @router.get("/api/item", summary="One item of a collection run (prompt, completion, verdict, pair)")
-def item(request: Request, cur: Cursor, run_id: Annotated[str, Query(min_length=1, max_length=_TEXT)],
-         item_id: Annotated[str, Query(min_length=1, max_length=_TEXT)]) -> dict[str, Any]:
+def item(request: Request, cur: Cursor, run_id: Annotated[Text, Query(min_length=1, max_length=_TEXT)],
+         item_id: Annotated[Text, Query(min_length=1, max_length=_TEXT)]) -> dict[str, Any]:
     ids = [r[0] for r in cur.execute("SELECT run_id FROM runs WHERE stage = 'collect' ORDER BY run_id").fetchall()]
     try:  # a unique prefix, as `failtrace status` and the report print ids, is enough (as on the command line)
         run_id = pick_run_id(ids, run_id, "collection run", _state(request).path.name)
@@ -184,23 +202,6 @@ def item(request: Request, cur: Cursor, run_id: Annotated[str, Query(min_length=
     return found
 
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # control characters other than tab and line breaks
-
-
-def _text(value: str) -> str:
-    """Text fields hold text: a lone UTF-16 surrogate (JSON "\\ud800") cannot be stored, and a control character
-    (NUL, escape, ...) would be stored, exported and drawn as a box; both are a 422 here."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("holds an unpaired UTF-16 surrogate, which is not text") from None
-    bad = _CONTROL.search(value)
-    if bad:
-        raise ValueError(f"holds the control character U+{ord(bad.group()):04X}; write plain text")
-    return value
-
-
-Text = Annotated[str, AfterValidator(_text)]
 
 
 class ReviewIn(BaseModel):
