@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -130,3 +131,28 @@ def test_item_selects_failures_and_a_wrong_id_is_one_line(tmp_path: Path, models
     assert capsys.readouterr().out.startswith("3 failures, 2 already paired, 1 paired now")  # the same pair run
     with open_store(store, read_only=True) as st:
         assert len(st.runs("pairs")) == 1 and sorted(r["item_id"] for r in st.pairs()) == ["a0", "a1", "a2"]
+
+
+def test_pair_counts_and_progress_name_statuses_as_every_view(tmp_path: Path, models: tuple[Path, Path, Path],
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """The pairs summary said "5 no_target" and its progress lines "(HumanEval/0: no_target)", the stored names;
+    status, the report and the explorer say "no target". Both now take the label, in the store's order."""
+    from failtrace.cli.pipeline import pair_counts
+    from failtrace.store.schema import PAIR_STATUS_TEXT, PAIR_STATUSES
+
+    store = _collected(tmp_path, models[0], "toy-words", 3, 6)
+    capsys.readouterr()
+    assert main(["pairs", "-s", str(store), "-k", "2", "--max-positions", "2", "--try-unbounded"]) == 0
+    out, err = capsys.readouterr()  # stderr is not a terminal here: one progress line per failure
+    with open_store(store, read_only=True) as st:
+        stored = {r["item_id"]: r["status"] for r in st.pairs()}
+    notes = {ln.rsplit("(", 1)[1].split(": ")[0]: ln.rsplit(": ", 1)[1].rstrip(")") for ln in err.splitlines()
+             if ln.startswith("pairs toy-words")}
+    assert notes == {i: PAIR_STATUS_TEXT[s][0] for i, s in stored.items()} and len(notes) == 3
+    assert f"paired now ({pair_counts(dict(Counter(stored.values())))}; " in out
+
+    got = pair_counts({"weak_preference": 1, "no_target": 2, "clean": 3, "unbounded": 0})
+    assert got == "3 clean, 2 no target, 1 weak preference"
+    assert pair_counts({}) == ""
+    assert [s for s in PAIR_STATUSES if PAIR_STATUS_TEXT[s][0] != s] == ["no_target", "no_contrast",
+                                                                          "weak_preference"]

@@ -163,9 +163,9 @@ def test_table_count_filter_and_url_state(page: Any, server: dict[str, Any]) -> 
     _open(page, server, "#/cases?sort=item_id", "cases")
     assert page.locator("tr.row td:nth-child(9)").first.inner_text() == "none"
     page.unroute("**/api/table?*")
-    # pair statuses read as the report and failtrace status word them (views.common.PAIR_STATUS_TEXT), with their
+    # pair statuses read as the report and failtrace status word them (store.schema.PAIR_STATUS_TEXT), with their
     # meaning on hover, in the facet and in the table; the filter value in the URL stays the stored one
-    from failtrace.views.common import NOT_SEARCHED, PAIR_STATUS_TEXT
+    from failtrace.store.schema import NOT_SEARCHED, PAIR_STATUS_TEXT
 
     def more_statuses(route: Any) -> None:  # the toy store's statuses (clean, unbounded) read as stored
         body = route.fetch().json()

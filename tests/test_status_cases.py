@@ -140,15 +140,14 @@ def test_every_view_words_the_pair_statuses_alike(toy: dict[str, Any], tmp_path:
                                                   capsys: pytest.CaptureFixture[str],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """failtrace status's legend, the report's "why the other failures are not clean" and the explorer's /api/meta
-    define each pair status in the one wording of views.common.PAIR_STATUS_TEXT (they were written three times and
+    define each pair status in the one wording of store.schema.PAIR_STATUS_TEXT (they were written three times and
     had drifted: "Δℓ ≤ the minimum" / "Δℓ ≤ --min-delta", "not searched" / "not paired yet")."""
     import re
 
     from fastapi.testclient import TestClient
 
     from failtrace.serve.app import create_app
-    from failtrace.store.schema import PAIR_STATUSES
-    from failtrace.views.common import NOT_SEARCHED, PAIR_STATUS_TEXT
+    from failtrace.store.schema import NOT_SEARCHED, PAIR_STATUS_TEXT, PAIR_STATUSES
 
     assert set(PAIR_STATUS_TEXT) == {*PAIR_STATUSES, NOT_SEARCHED}
     path = tmp_path / "runs.duckdb"

@@ -269,7 +269,7 @@ def pairs_command(
             summary = find_pairs(st, settings, helper=helper_model, judge=judge, run_ids=run or None,
                                  benchmark=benchmark, limit=limit, items=item or None, device=device,
                                  progress=progress)
-    counts = ", ".join(f"{v} {k}" for k, v in sorted(summary.statuses.items())) or "nothing new"
+    counts = pair_counts(summary.statuses) or "nothing new"
     typer.echo(f"{summary.failures} failures, {summary.skipped} already paired, {summary.processed} paired now "
                f"({counts}; {summary.rollouts} rollouts, {getattr(summary, 'tokens_decoded', 0)} tokens decoded) "
                f"in {summary.seconds:.1f} s" + (f" on {workers} Ray workers" if workers else "") + f" -> {store}")
@@ -279,6 +279,14 @@ def pairs_command(
     elif summary.processed and not summary.statuses.get("clean"):
         typer.echo("next: no clean pair this time; a larger --top-k or --max-positions, or --sibling MODEL, may find "
                    "some (failtrace status shows why each failure stopped)", err=True)
+
+
+def pair_counts(statuses: dict[str, int]) -> str:
+    """``1 clean, 2 no target``: the counts of a pair run's statuses in the store's order, each named as failtrace
+    status, the report and the explorer name it (store.schema.PAIR_STATUS_TEXT)."""
+    from failtrace.store.schema import PAIR_STATUS_TEXT, PAIR_STATUSES
+
+    return ", ".join(f"{statuses[s]} {PAIR_STATUS_TEXT[s][0]}" for s in PAIR_STATUSES if statuses.get(s))
 
 
 def export_command(

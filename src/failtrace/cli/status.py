@@ -94,8 +94,7 @@ def _pairs_table(paired: list[tuple[str, Any]]) -> Any:
     """Each pair run, labelled by its collection run's number in the table above: one status per failure, the
     length-limit outcomes, both clean rates (the settings are printed below it). Not one table with the runs:
     together they would not fit a 100-column terminal without cutting numbers."""
-    from failtrace.store.schema import PAIR_STATUSES
-    from failtrace.views.common import PAIR_STATUS_TEXT
+    from failtrace.store.schema import PAIR_STATUS_TEXT, PAIR_STATUSES
 
     short = {"clean": "clean", "no_target": "no\ntgt", "no_contrast": "no\nctr", "weak_preference": "weak",
              "unbounded": "unbnd", "unverifiable": "unver"}

@@ -46,6 +46,7 @@ from failtrace.failures.collect import library_versions, resolve_benchmark
 from failtrace.failures.pair_types import PairResult, PairSettings, same_tokenizer, visible
 from failtrace.failures.search import PairFinder
 from failtrace.progress import progress_bar
+from failtrace.store.schema import PAIR_STATUS_TEXT
 from failtrace.store.store import ResultsStore, RunRecord
 
 __all__ = ["PairFinder", "PairResult", "PairSettings", "PairsSummary", "find_pairs", "pair_run_record",
@@ -261,7 +262,7 @@ def find_pairs(
                     summary.tokens_decoded += result.tokens_decoded
                 if on_pair is not None:
                     on_pair(item.id, result)
-                bar.advance(note=f"{item.id}: {result.status}")
+                bar.advance(note=f"{item.id}: {PAIR_STATUS_TEXT[result.status][0]}")
                 if remaining is not None:
                     remaining -= 1
         finally:

@@ -16,7 +16,8 @@ from typing import Any
 from failtrace.report.casepage import PATTERN_COLORS, badge, esc, fmt, plain_token
 from failtrace.report.figures import CATEGORY_COLORS, FAITHFULNESS_WIDTH, segments_width
 from failtrace.report.tables import NON_CLEAN
-from failtrace.views.common import NOT_SEARCHED, PAIR_STATUS_TEXT, count_of, k_star_label
+from failtrace.store.schema import NOT_SEARCHED, PAIR_STATUS_TEXT
+from failtrace.views.common import count_of, k_star_label
 
 Col = tuple[str, str, str]  # (key, header, kind: text | int | float | pct | code)
 

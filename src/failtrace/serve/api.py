@@ -106,7 +106,8 @@ def static(name: str, request: Request) -> Response:
 def meta(request: Request, cur: Cursor) -> dict[str, Any]:
     from failtrace.report.casepage import OTHER_SEGMENT_COLOR, SEGMENT_COLORS
     from failtrace.report.figures import CATEGORY_COLORS, PATTERN_COLORS
-    from failtrace.views.common import BLUE, PAIR_STATUS_TEXT, RED, SPECIAL_BG
+    from failtrace.store.schema import PAIR_STATUS_TEXT
+    from failtrace.views.common import BLUE, RED, SPECIAL_BG
 
     st = _state(request)
     methods = [r[0] for r in cur.execute("SELECT DISTINCT method FROM case_methods ORDER BY 1").fetchall()] \

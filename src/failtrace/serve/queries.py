@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from failtrace.store.natural import natural_key
-from failtrace.views.common import NOT_SEARCHED
+from failtrace.store.schema import NOT_SEARCHED
 
 # The newest analysis run per pair run (the rule of failtrace.store.cases.load_cases, latest=True), then its cases
 # with the newest override and the attnlrp k*.

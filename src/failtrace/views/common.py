@@ -299,16 +299,3 @@ def masked_caption(flip_k: int | None, rows: list[dict[str, Any]]) -> str:
         return "the masking curve was not computed"
     return f"masking the first {computed} does not flip the prediction (k* none within them)"
 
-
-NOT_SEARCHED = "not searched"  # the explorer's pair_status of a failure without a pair row yet (an API filter value)
-# Each pair status as every view names and defines it (failtrace status, the report, the explorer), keyed by the
-# stored value (store.schema.PAIR_STATUSES) and NOT_SEARCHED: (label, what it means).
-PAIR_STATUS_TEXT: dict[str, tuple[str, str]] = {
-    "clean": ("clean", "forcing the contrast passes the checker and Δℓ > the minimum"),
-    "no_target": ("no target", "no alternative in the model's own top-k fixes the answer at any walked position"),
-    "no_contrast": ("no contrast", "not even the --sibling model's top-k does"),
-    "weak_preference": ("weak preference", "a fixing token exists but Δℓ ≤ the minimum (--min-delta)"),
-    "unbounded": ("unbounded", "the completion hit the token limit, so it is not among the decidable failures"),
-    "unverifiable": ("unverifiable", "the checker no longer says fail, or could not decide a rollout"),
-    NOT_SEARCHED: ("not paired yet", "failures the pair search has not reached"),
-}
