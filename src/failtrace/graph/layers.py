@@ -136,7 +136,7 @@ def _apply(norm: nn.Module | None, x: Tensor) -> Tensor:
     return x if norm is None else norm(x)
 
 
-def attention_call_kwargs(kwargs: dict[str, Any], attn: nn.Module | None = None) -> dict[str, Any]:
+def attention_call_kwargs(kwargs: dict[str, Any], attn: nn.Module) -> dict[str, Any]:
     """The captured layer keyword arguments as the attention module expects them, without any KV cache: the block
     is recomputed on the whole context. The cache's name differs across transformers versions (``past_key_value``,
     ``past_key_values``, ``cache``) and every one defaults to None, so none is passed (passing the old name beside
@@ -144,7 +144,7 @@ def attention_call_kwargs(kwargs: dict[str, Any], attn: nn.Module | None = None)
     tables and hands its attention the local one when that attention is sliding, else the global one: so here."""
     drop = {"__args__", "use_cache", "past_key_value", "past_key_values", "cache"}
     out = {k: v for k, v in kwargs.items() if k not in drop}
-    if "position_embeddings_global" in out and "position_embeddings_local" in out and attn is not None:
+    if "position_embeddings_global" in out and "position_embeddings_local" in out:
         local, glob = out.pop("position_embeddings_local"), out.pop("position_embeddings_global")
         out["position_embeddings"] = local if getattr(attn, "is_sliding", False) else glob
     return out
