@@ -6,8 +6,10 @@ are well formed but not stored are a 404; writes without ``--review`` are a 403.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
@@ -226,19 +228,26 @@ READ_ONLY = "read-only explorer: start it with `failtrace serve --review` to rec
 
 def _writable(request: Request) -> Any:
     """The store, for a write: refused (403) on a read-only explorer (app.py's guard already refuses it before the
-    body is read), and (409) when the store's path no longer names the file the explorer opened (deleted, or another
-    file renamed over it: the write would be lost with the old file; a file copied over it in place keeps its
-    identity and is not detected)."""
+    body is read). :func:`_writing` then refuses (409) a store whose path no longer names the file the explorer
+    opened (deleted, or another file renamed over it: the write would be lost with the old file; a file copied over
+    it in place keeps its identity and is not detected)."""
     st = _state(request)
     if not st.review:
         raise HTTPException(403, READ_ONLY)
-    if not st.same_file():
-        raise HTTPException(409, f"the store {st.path.name} was deleted or replaced after the explorer opened it, so "
-                                 "nothing was recorded: restart `failtrace serve --review` on it")
     return st
 
 
 Writable = Annotated[Any, Depends(_writable)]
+
+
+@contextlib.contextmanager
+def _writing(st: Any) -> Iterator[None]:
+    """Hold the store's write lock, and check under it that the store's path still names the opened file (409)."""
+    with st.write_lock:
+        if not st.same_file():
+            raise HTTPException(409, f"the store {st.path.name} was deleted or replaced after the explorer opened it, "
+                                     "so nothing was recorded: restart `failtrace serve --review` on it")
+        yield
 
 
 def _review_id(*parts: str) -> str:
@@ -259,7 +268,7 @@ def _insert_review(st: Any, pair_run_id: str, item_id: str, case_id: str | None,
 
 @router.post("/api/reviews", status_code=201, summary="Accept or reject a pair (needs --review)")
 def add_review(st: Writable, body: ReviewIn) -> dict[str, Any]:
-    with st.write_lock:
+    with _writing(st):
         pair = st.store.con.execute("SELECT count(*) FROM pairs WHERE pair_run_id = ? AND item_id = ?",
                                     [body.pair_run_id, body.item_id]).fetchone()[0]
         if not pair:
@@ -276,7 +285,7 @@ def add_override(st: Writable, case_id: CASE_ID, body: OverrideIn) -> dict[str, 
     comment = body.comment.strip()
     if not comment:
         raise HTTPException(422, "an override needs a comment saying why")
-    with st.write_lock:
+    with _writing(st):
         row = st.store.con.execute("SELECT pair_run_id, item_id FROM cases WHERE case_id = ?", [case_id]).fetchone()
         if row is None:
             raise HTTPException(404, "no such case")
@@ -301,7 +310,7 @@ class ContrastIn(BaseModel):
 def pick_contrast(st: Writable, case_id: CASE_ID, body: ContrastIn) -> dict[str, Any]:
     from failtrace.store.alternatives import read
 
-    with st.write_lock:
+    with _writing(st):
         row = st.store.con.execute("SELECT pair_run_id, item_id, target_id, contrast_id FROM cases WHERE case_id = ?",
                                    [case_id]).fetchone()
         if row is None:
