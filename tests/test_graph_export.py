@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import html
 import json
 import re
 
@@ -121,6 +122,9 @@ def test_png_title_stays_inside_the_figure(graph):
 
 def test_html_is_self_contained(graph):
     page = graph_html(graph.pruned)
+    # its title names the logit difference as the picture's does ("value 1.64" before)
+    heading = re.search(r"<h1[^>]*>(.*?)</h1>|<title>(.*?)</title>", page, re.S)
+    assert heading and f"(Δℓ {graph.objective_value:.3g}; " in html.unescape(heading.group(0))
     assert page.startswith("<!DOCTYPE html>")
     assert "<link" not in page and not re.search(r"<script[^>]*\bsrc=", page)
     assert "https://" not in page

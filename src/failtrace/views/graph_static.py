@@ -33,14 +33,18 @@ def columns(pruned: PrunedGraph) -> list[int]:
     return cols or [pruned.graph.n_tokens - 1]
 
 
+def objective_name(meta: dict) -> str:
+    """What the graph's objective value is called in a title: Δℓ for the logit difference, else "value"."""
+    return "Δℓ" if meta.get("objective", "logit_diff") == "logit_diff" else "value"
+
+
 def default_title(pruned: PrunedGraph, drawn: int) -> str:
     """Model, target vs contrast, objective value (Δℓ for the logit difference), the pruning settings, and what the
     colours and sizes mean (the picture has no other legend)."""
     g, meta = pruned.graph, pruned.graph.metadata
     tgt = (meta.get("target") or {}).get("text")
     con = (meta.get("contrast") or {}).get("text")
-    value = "Δℓ" if meta.get("objective", "logit_diff") == "logit_diff" else "value"
-    return (f"{meta.get('model') or meta.get('architecture', '')}: {tgt!r} vs {con!r}, {value} "
+    return (f"{meta.get('model') or meta.get('architecture', '')}: {tgt!r} vs {con!r}, {objective_name(meta)} "
             f"{g.objective_value:.3g}; {pruned.num_nodes} nodes, {pruned.num_edges} edges (node ≥ "
             f"{pruned.node_threshold:g}, {pruned.spec}; strongest {drawn} edges drawn). Red: supports the target, "
             "blue: the contrast, grey: a special token id; node size: |R|, edge width: |relevance flow|")
