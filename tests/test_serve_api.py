@@ -385,12 +385,17 @@ def test_review_mode_writes_validated_rows(toy: dict[str, Any], tmp_path: Path) 
         assert len(c.get("/api/reviews").json()["reviews"]) == 2
         assert c.post("/api/reviews", json={**ok, "comment": "two\nlines\tand a tab"}).status_code == 201
         assert len(c.get("/api/reviews").json()["reviews"]) == 3
+        # a unique prefix of the pair run, as failtrace status prints it and /api/item takes it: stored whole
+        short = c.post("/api/reviews", json={**ok, "pair_run_id": case.pair_run_id[:6], "comment": "prefix"})
+        assert short.status_code == 201 and short.json()["pair_run_id"] == case.pair_run_id
+        wrong = c.post("/api/reviews", json={**ok, "pair_run_id": "zz", "comment": "x"})
+        assert wrong.status_code == 404 and "no pair run 'zz'" in wrong.json()["detail"]
     with open_store(store, read_only=True) as st:  # what the rest of failtrace reads back
         stored = {x.case_id: x for x in load_cases(st)}[case.case_id]
         assert stored.effective_category == other and stored.category == case.category
         rows = st.con.execute("SELECT decision, comment FROM reviews ORDER BY created_at").fetchall()
         assert rows == [("reject", "bad pair"), ("category", "ablation says so"),
-                        ("reject", "two\nlines\tand a tab")]
+                        ("reject", "two\nlines\tand a tab"), ("reject", "prefix")]
 
 
 def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -269,12 +269,18 @@ def _insert_review(st: Any, pair_run_id: str, item_id: str, case_id: str | None,
 @router.post("/api/reviews", status_code=201, summary="Accept or reject a pair (needs --review)")
 def add_review(st: Writable, body: ReviewIn) -> dict[str, Any]:
     with _writing(st):
+        ids = [r[0] for r in st.store.con.execute("SELECT run_id FROM runs WHERE stage = 'pairs' ORDER BY run_id")
+               .fetchall()]
+        try:  # a unique prefix, as /api/item and the command line take run ids; the review stores the whole id
+            run_id = pick_run_id(ids, body.pair_run_id, "pair run", st.path.name)
+        except FailtraceError as exc:
+            raise HTTPException(404, str(exc)) from None
         pair = st.store.con.execute("SELECT count(*) FROM pairs WHERE pair_run_id = ? AND item_id = ?",
-                                    [body.pair_run_id, body.item_id]).fetchone()[0]
+                                    [run_id, body.item_id]).fetchone()[0]
         if not pair:
             raise HTTPException(404, "no such pair")
-        case_id = newest_case_id(st.store, body.pair_run_id, body.item_id) if st.has_cases else None
-        return _insert_review(st, body.pair_run_id, body.item_id, case_id, body.decision, None, body.comment.strip())
+        case_id = newest_case_id(st.store, run_id, body.item_id) if st.has_cases else None
+        return _insert_review(st, run_id, body.item_id, case_id, body.decision, None, body.comment.strip())
 
 
 @router.post("/api/cases/{case_id}/override", status_code=201,
