@@ -291,3 +291,40 @@ def test_at_100_columns_numbers_and_labels_are_never_cut(toy: dict[str, Any], tm
     assert [float(x[5]) for x in got] == pytest.approx([r.input_relevance[p] for p in _by_hand(case, "attnlrp")],
                                                        rel=1e-3)
     assert [float(x[6]) for x in got] == pytest.approx(r.flip_curve[1:len(got) + 1], abs=1e-3)
+
+
+def test_every_view_shows_the_answer_the_checker_and_the_fix(toy: dict[str, Any], tmp_path: Path, capsys,
+                                                             monkeypatch) -> None:
+    """A case names a wrong token; without the model's answer, the checker's reason and the answer the pair search
+    got with the contrast forced, no reader can judge it. failtrace show, the report and the explorer's case payload
+    now print all three, read here from the store's own generations, verdicts and pairs tables."""
+    import html
+    import json
+
+    from fastapi.testclient import TestClient
+
+    from failtrace.serve.app import create_app
+    from failtrace.views.common import prose_line
+
+    with open_store(toy["store"], read_only=True) as st:
+        gens = {r[0]: r[1] for r in st.con.execute("SELECT item_id, completion FROM generations").fetchall()}
+        why = {r[0]: json.loads(r[1]) for r in st.con.execute("SELECT item_id, reasons FROM verdicts").fetchall()}
+        fixed = {r[0]: r[1] for r in st.con.execute("SELECT item_id, recovered_completion FROM pairs").fetchall()}
+    assert main(["report", "--store", str(toy["store"]), "--out", str(tmp_path / "rep")]) == 0
+    page = (tmp_path / "rep" / "index.html").read_text()
+    with TestClient(create_app(toy["store"]), base_url="http://127.0.0.1") as client:
+        for case in toy["cases"]:
+            wrote, said, forced = gens[case.item_id], "; ".join(why[case.item_id]), fixed[case.item_id]
+            assert wrote and said and forced and wrote != forced
+            code, out, _ = _show(capsys, monkeypatch, "--store", str(toy["store"]), "--case", case.case_id)
+            assert code == 0
+            lines = out.splitlines()
+            assert f"the model wrote: {prose_line(wrote)}" in lines
+            assert f"the checker said: {prose_line(said)}" in lines
+            assert f"with the contrast forced: {prose_line(forced)}  [passes the checker]" in lines
+            article = page.split(f'id="case-{case.case_id}"', 1)[1].split("</article>", 1)[0]
+            assert f"<dt>the model wrote</dt><dd>{html.escape(wrote)}</dd>" in article
+            assert f"<dd>{html.escape(forced)}  [passes the checker]</dd>" in article
+            got = client.get(f"/api/cases/{case.case_id}").json()["answers"]
+            assert got == [["the model wrote", wrote], ["the checker said", said],
+                           ["with the contrast forced", forced + "  [passes the checker]"]]

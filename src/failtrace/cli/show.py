@@ -67,12 +67,14 @@ def show_command(
         if item is not None:
             chosen = load_cases(st, benchmark=benchmark, item_id=item)
             why = None if chosen else _why_no_case(st, item, benchmark)
-        across = {}
+        across, answers = {}, {}
         if case is not None or item is not None:
+            from failtrace.store.cases import case_answers
             from failtrace.store.comparisons import load_comparisons
 
             for r in load_comparisons(st, {c.case_id for c in chosen}):
                 across.setdefault(r["case_id"], []).append(r)
+            answers = case_answers(st, chosen[:1])  # what the model wrote, the checker's reason, the fix
     con = _console()
     if case is None and item is None:
         if not cases:
@@ -89,7 +91,7 @@ def show_command(
             raise FailtraceError(f"item {item!r} has {len(chosen)} cases (" + ", ".join(
                 f"{c.case_id[:12]} in {c.benchmark}, pair run {c.pair_run_id[:10]}" for c in chosen)
                 + "); pick one with --case")
-    _print_case(con, chosen[0], method)
+    _print_case(con, chosen[0], method, answers.get(chosen[0].case_id))
     if across.get(chosen[0].case_id):
         con.print(_across_table(across[chosen[0].case_id]))
     con.print("The heatmap of every token: failtrace report, or failtrace serve (the case page).", highlight=False)
@@ -155,10 +157,10 @@ def _list_table(cases: list[Any], store: Path, method: str, width: int = 100) ->
     return t
 
 
-def _print_case(con: Any, c: Any, method: str) -> None:
+def _print_case(con: Any, c: Any, method: str, answer: dict[str, Any] | None = None) -> None:
     from rich.text import Text
 
-    from failtrace.views.common import shown
+    from failtrace.views.common import answer_rows, clipped_text, prose_line, shown
 
     if method not in c.methods:
         raise FailtraceError(f"case {c.case_id[:12]} has no {method!r} relevance; it has: {', '.join(c.methods)}")
@@ -177,6 +179,9 @@ def _print_case(con: Any, c: Any, method: str) -> None:
     head.append(f"category {c.effective_category or '—'}"
                 + (f" (set by hand: {c.override.get('reason')}; computed: {c.category})" if c.override else "")
                 + f" · pattern {c.pattern or '—'} · relevant segments: {', '.join(c.relevant_segments) or '—'}")
+    for label, text in answer_rows(answer):  # one line each (↵ for newlines), cut to fit a wide terminal's line
+        head.append(f"\n{label}: ", style="bold")
+        head.append(clipped_text(prose_line(text), most=max(40, con.width - len(label) - 2)))
     con.print(head)
     con.print(_methods_table(c))
     con.print(_masked_table(c, method, con.width))

@@ -159,9 +159,11 @@ def _graph_images(cases: Sequence[Case], graphs: GraphSource | None, out: Path,
 
 
 def _cases_section(cases: Sequence[Case], benches: Sequence[str], overrides: T.Overrides | None,
-                   graph_srcs: Mapping[str, str], ablations: Mapping[str, tuple[str, AblationView]]) -> str:
+                   graph_srcs: Mapping[str, str], ablations: Mapping[str, tuple[str, AblationView]],
+                   answers: Mapping[str, dict[str, Any]]) -> str:
     opts = "".join(f'<option value="{esc(b)}">{esc(b)}</option>' for b in benches)
-    arts = "".join(case_section(c, overrides, graph_srcs.get(c.case_id), ablations.get(c.case_id)) for c in cases)
+    arts = "".join(case_section(c, overrides, graph_srcs.get(c.case_id), ablations.get(c.case_id),
+                                answers.get(c.case_id)) for c in cases)
     return ('<section class="block" id="cases"><h2>Cases</h2><p class="lead">One clean pair each: the context the '
             "model saw (prompt, then its own answer up to the wrong token), coloured by input relevance for Δℓ = "
             "ℓ(target) − ℓ(contrast). Red tokens push towards the wrong target, blue towards the contrast.</p>"
@@ -183,14 +185,16 @@ def _own_files(out: Path) -> list[Path]:
 def build_report(cases: Sequence[Case], status_rows: Sequence[StatusRow], out_dir: str | Path,
                  pairs_rows: Sequence[Mapping[str, Any]] | None = None, *, overrides: T.Overrides | None = None,
                  graphs: GraphSource | None = None, title: str = "failtrace report",
-                 inline_budget_mb: float = 8.0, comparisons: Sequence[Mapping[str, Any]] = ()) -> Path:
+                 inline_budget_mb: float = 8.0, comparisons: Sequence[Mapping[str, Any]] = (),
+                 answers: Mapping[str, dict[str, Any]] | None = None) -> Path:
     """Write the report into ``out_dir`` and return the path of ``index.html``.
 
     ``pairs_rows`` (``store.pairs()``) adds the list of non-clean pairs with their reasons; ``overrides`` maps a
     case id to ``{"category", "reason"}`` (a stored override, shown and counted instead of the automatic label);
     (default: each case's own ``override``); ``graphs`` maps a case id to its pruned graph, a stored graph record or
     a PrunedGraph (a dict or a function; default: each case's own ``graph``; none: no picture); ``comparisons``
-    (rows of the ``comparisons`` table) add the sections "Across models" / "Across checkpoints" (Fig. 4–7).
+    (rows of the ``comparisons`` table) add the sections "Across models" / "Across checkpoints" (Fig. 4–7);
+    ``answers`` (``store.cases.case_answers``) shows each case's answer, the checker's reason and the fix.
     """
     from failtrace.report.compare_figs import across_sections
 
@@ -215,7 +219,7 @@ def build_report(cases: Sequence[Case], status_rows: Sequence[StatusRow], out_di
     body += "".join(benchmark_section(b, cases, tables, figs) for b in benches)
     across, extra_nav = across_sections(comparisons, out)
     body += across
-    body += _cases_section(cases, benches, overrides, graph_srcs, ablations)
+    body += _cases_section(cases, benches, overrides, graph_srcs, ablations, answers or {})
     models = sorted({c.model for c in cases} | {r.model for r in status_rows})
     subtitle = (f"{', '.join(models) or 'no model'} · {', '.join(benches) or 'no benchmark'} · "
                 f"{count_of(len(cases), 'case')}")
@@ -232,7 +236,7 @@ def build_report_from_store(st: Any, out_dir: str | Path, *, benchmark: str | No
                             title: str = "failtrace report") -> tuple[Path, int]:
     """The report of an open results store (what ``failtrace report`` and ``failtrace demo`` write): its newest cases
     (with their graphs and overrides), status rows and pairs, optionally one benchmark. Returns (index.html, cases)."""
-    from failtrace.store.cases import load_cases
+    from failtrace.store.cases import case_answers, load_cases
     from failtrace.store.comparisons import load_comparisons
 
     if benchmark is not None:
@@ -244,4 +248,5 @@ def build_report_from_store(st: Any, out_dir: str | Path, *, benchmark: str | No
     if benchmark is not None:
         rows = [r for r in rows if r.benchmark == benchmark]
         pairs = [p for p in pairs if p.get("benchmark") == benchmark]
-    return build_report(cases, rows, out_dir, pairs, title=title, comparisons=comparisons), len(cases)
+    return build_report(cases, rows, out_dir, pairs, title=title, comparisons=comparisons,
+                        answers=case_answers(st, cases)), len(cases)

@@ -22,7 +22,7 @@ from failtrace.report._shared import AblationView, normalize
 from failtrace.report.evidence import dl as evidence
 from failtrace.report.figures import CATEGORY_COLORS, PATTERN_COLORS
 from failtrace.report.tables import Overrides, effective_category, methods_of
-from failtrace.views.common import SUM_NOTE, clipped_text, masked_caption, masked_rows
+from failtrace.views.common import SUM_NOTE, answer_rows, clipped_text, masked_caption, masked_rows
 
 # One colour per segment name (failtrace.analysis.segments.SEGMENT_NAMES, in order), so "query" is the same colour
 # in every case, the legend, and the explorer (which gets this map from /api/meta).
@@ -226,10 +226,18 @@ def _ablation(case: Case, ablation: tuple[str, AblationView] | None) -> str:
             f"</thead><tbody>{rows}</tbody></table></div>")
 
 
+def _answers(answer: dict[str, Any] | None) -> str:
+    """What the model wrote, the checker's reason and the answer with the contrast forced (views.common)."""
+    rows = answer_rows(answer)
+    return ('<dl class="answers">' + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in rows) + "</dl>"
+            if rows else "")
+
+
 def case_section(case: Case, overrides: Overrides | None = None, graph_src: str | None = None,
-                 ablation: tuple[str, AblationView] | None = None) -> str:
+                 ablation: tuple[str, AblationView] | None = None, answer: dict[str, Any] | None = None) -> str:
     """The HTML ``<article>`` for one case (``graph_src``: an image URL or data URI of its pruned graph;
-    ``ablation``: the picture and data of its Fig. 3 ablation view, for NC-IA cases)."""
+    ``ablation``: the picture and data of its Fig. 3 ablation view, for NC-IA cases; ``answer``: its row of
+    ``store.cases.case_answers``)."""
     drawable = _drawable(case)
     method = drawable[0] if drawable else None
     n = len(case.tokens)
@@ -259,7 +267,7 @@ def case_section(case: Case, overrides: Overrides | None = None, graph_src: str 
         f'<span class="pill ctr">{esc(plain_token(case.contrast_text))}</span> '
         f"{badge(effective_category(case, overrides), CATEGORY_COLORS)} {badge(case.pattern, PATTERN_COLORS)}"
         f'<span class="id">{esc(case.case_id)}</span></h3>'
-        f'<div class="facts">{facts_html}</div>'
+        f'<div class="facts">{facts_html}</div>{_answers(answer)}'
         f'<div class="methods"><span class="note">colour by:</span>{buttons}</div>{_legend(case)}{_strip(case, method)}'
         f"{_case_data(case)}{_masked(case, drawable, method)}"
         f"<h4>Faithfulness: k* per method</h4>{_methods_table(case)}{_labels(case, overrides)}"

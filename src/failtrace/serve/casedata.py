@@ -20,9 +20,10 @@ from failtrace.cases.record import MaskingSpec
 from failtrace.cases.alternatives import rows as alt_rows
 from failtrace.errors import FailtraceError
 from failtrace.store.alternatives import read as read_alternatives
+from failtrace.store.cases import answer_of
 from failtrace.store.records import loads
 from failtrace.report.evidence import dl as evidence_html
-from failtrace.views.common import CLIP, MASK_AFTER, MASK_BEFORE, SUM_NOTE, k_star_label, masked_caption
+from failtrace.views.common import CLIP, MASK_AFTER, MASK_BEFORE, SUM_NOTE, answer_rows, k_star_label, masked_caption
 
 
 def finite(x: Any) -> Any:
@@ -124,6 +125,8 @@ def case_detail(con: Any, case_id: str, reviews_table: bool) -> dict[str, Any] |
         "evidence": ev, "evidence_html": {k: evidence_html(v) if v else "" for k, v in ev.items()},
         "notes": col("notes") or [], "settings": col("settings") or {}, "pair": pair, "verdict": verdict,
         "reviews": reviews, "has_graph": has_graph,
+        # what the model wrote, the checker's reason, the answer with the contrast forced (views.common.answer_rows)
+        "answers": [list(r) for r in answer_rows(answer_of(con, c["run_id"], c["pair_run_id"], c["item_id"]))],
         "alternatives": alt_rows(read_alternatives(con, case_id), c["target_id"], c["contrast_id"]),
     })
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import statistics
 from datetime import datetime, timezone
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -327,3 +327,22 @@ def export_cases_jsonl(store: ResultsStore, path: str | Path) -> Path:
         raise
     tmp.replace(path)
     return path
+
+
+def answer_of(con: Any, run_id: str, pair_run_id: str, item_id: str) -> dict[str, Any]:
+    """What a case is about, from the stages before it: the model's failing answer (``completion``, and
+    ``finish_reason``), the checker's ``reasons``, and the answer the pair search got by forcing the contrast
+    (``recovered``, which passed the checker). Any of them may be None in an old store."""
+    row = con.execute(
+        "SELECT g.completion, g.finish_reason, v.reasons, p.recovered_completion FROM (SELECT 1) "
+        "LEFT JOIN generations g ON g.run_id = ? AND g.item_id = ? "
+        "LEFT JOIN verdicts v ON v.run_id = ? AND v.item_id = ? "
+        "LEFT JOIN pairs p ON p.pair_run_id = ? AND p.item_id = ?",
+        [run_id, item_id, run_id, item_id, pair_run_id, item_id]).fetchone()
+    reasons = _parsed(row[2], None, f"verdicts.reasons of item {item_id}") if row[2] else []
+    return {"completion": row[0], "finish_reason": row[1], "reasons": list(reasons or []), "recovered": row[3]}
+
+
+def case_answers(store: ResultsStore, cases: Sequence[Case]) -> dict[str, dict[str, Any]]:
+    """:func:`answer_of` for each case, keyed by case id."""
+    return {c.case_id: answer_of(store.con, c.run_id, c.pair_run_id, c.item_id) for c in cases}

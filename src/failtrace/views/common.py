@@ -299,3 +299,26 @@ def masked_caption(flip_k: int | None, rows: list[dict[str, Any]]) -> str:
         return "the masking curve was not computed"
     return f"masking the first {computed} does not flip the prediction (k* none within them)"
 
+
+
+def prose_line(text: str) -> str:
+    """Prose on one terminal line: spaces stay spaces, a newline is '↵', every other control character a symbol
+    (:func:`visible`), so that a model's answer can never move the cursor."""
+    return "".join(" " if ch == " " else visible(ch) for ch in text)
+
+
+def answer_rows(answer: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """A case's context from the stages before it, as (label, text) rows every view prints the same way: what the
+    model wrote, why the checker failed it, and what forcing the contrast gave instead (which passed the checker)
+    (``store.cases.case_answers``). A value an old store lacks is left out."""
+    if not answer:
+        return []
+    rows = []
+    if answer.get("completion") is not None:
+        cut = " [stopped at the token budget]" if answer.get("finish_reason") == "length" else ""
+        rows.append(("the model wrote", answer["completion"] + cut))
+    if answer.get("reasons"):
+        rows.append(("the checker said", "; ".join(str(r) for r in answer["reasons"])))
+    if answer.get("recovered") is not None:
+        rows.append(("with the contrast forced", answer["recovered"] + "  [passes the checker]"))
+    return rows

@@ -220,6 +220,9 @@
         el("h2", {}, ["Why ", el("span", {class: "pill tgt"}, FT.shown(c.target.text)), " rather than ",
                       el("span", {class: "pill ctr"}, FT.shown(c.contrast.text)), "?"]),
         el("div", {class: "kv"}, kv.map(function (p) { return el("div", {}, [el("span", {class: "k"}, p[0]), el("b", {}, String(p[1]))]); })),
+        // what the model wrote, the checker's reason, the answer with the contrast forced (as the report and show)
+        c.answers.length ? el("dl", {class: "answers", id: "answers"}, [].concat.apply([], c.answers.map(function (a) {
+          return [el("dt", {}, a[0]), el("dd", {}, a[1])]; }))) : null,
         c.notes.length ? el("p", {class: "note"}, c.notes.join(" · ")) : null,
         buttons,
         el("div", {class: "legend"}, [el("span", {}, "supports contrast"), el("span", {class: "grad"}), el("span", {}, "supports target"),
