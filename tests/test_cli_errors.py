@@ -662,3 +662,18 @@ def test_every_model_option_says_the_same() -> None:
     with_model = {name for name, text in helps.items() if text is not None}
     assert {"collect", "demo", "attribute", "graph", "finetune"} <= with_model
     assert {name: helps[name] for name in with_model} == {name: MODEL_HELP for name in with_model}
+
+
+def test_a_missing_store_points_at_the_demos(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """After `make demo` the store is out/runs.duckdb, while the README's tour writes --store runs.duckdb and every
+    command defaults to failtrace.duckdb: the missing store's line names the demo's, when there is one here."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["status", "--store", "runs.duckdb"]) == 2
+    assert "out/runs.duckdb" not in capsys.readouterr().err  # no demo store here: no hint
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "runs.duckdb").write_bytes(b"")  # its existence is what the hint checks
+    for argv in (["status", "--store", "runs.duckdb"], ["show"], ["serve", "--store", "x.duckdb"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.endswith("--store out/runs.duckdb)"), (argv, err)

@@ -76,8 +76,11 @@ def load_static() -> dict[str, tuple[bytes, str]]:
 
 def require_store(path: Path) -> None:
     """One clear line when there is no store at ``path`` (checked before anything is opened or bound)."""
+    from failtrace.store.store import demo_store_hint
+
     if not path.exists():
-        raise FailtraceError(f"no results store at {path}; give the --store that `failtrace collect` wrote")
+        raise FailtraceError(f"no results store at {path}; give the --store that `failtrace collect` wrote"
+                             f"{demo_store_hint(path)}")
 
 
 class ServeState:

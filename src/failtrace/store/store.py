@@ -46,6 +46,17 @@ __all__ = ["DEFAULT_STORE", "GenerationRecord", "ResultsStore", "RunRecord", "St
            "open_store"]
 
 
+
+DEMO_STORE = Path("out") / "runs.duckdb"  # where `make demo` (failtrace demo --out out) leaves its store
+
+
+def demo_store_hint(path: Path) -> str:
+    """A missing --store's error points at the demo's store when there is one here (the README's tour writes
+    ``--store runs.duckdb``; `make demo` wrote ``out/runs.duckdb``)."""
+    if DEMO_STORE.is_file() and Path(path).resolve() != DEMO_STORE.resolve():
+        return f" (`failtrace demo` wrote {DEMO_STORE} here: --store {DEMO_STORE})"
+    return ""
+
 class ResultsStore(RunsTable, PairsTable):
     """A failtrace results store (a DuckDB file). Use as a context manager; see the module docstring."""
 
@@ -105,7 +116,7 @@ class ResultsStore(RunsTable, PairsTable):
             return True
         if self.read_only or not create:
             raise FailtraceError(f"no results store at {self.path}; run `failtrace collect --store {self.path}` "
-                                 f"first, or pass the right --store")
+                                 f"first, or pass the right --store{demo_store_hint(self.path)}")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
