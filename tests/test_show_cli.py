@@ -319,6 +319,9 @@ def test_every_view_shows_the_answer_the_checker_and_the_fix(toy: dict[str, Any]
             code, out, _ = _show(capsys, monkeypatch, "--store", str(toy["store"]), "--case", case.case_id)
             assert code == 0
             lines = out.splitlines()
+            # the predicted token's index, said as attribute's "explained position" (the last input token) reads
+            assert len(case.tokens) == case.position and f"predicts token {case.position} from tokens " \
+                f"0–{case.position - 1}\n" in out
             assert f"the model wrote: {prose_line(wrote)}" in lines
             assert f"the checker said: {prose_line(said)}" in lines
             assert f"with the contrast forced: {prose_line(forced)}  [passes the checker]" in lines

@@ -175,7 +175,7 @@ def _print_case(con: Any, c: Any, method: str, answer: dict[str, Any] | None = N
     head.append(" rather than ")
     head.append(f"‹{shown(c.contrast_text)}›", style="bold blue")
     head.append(f"?  Δℓ = {c.delta_logit:.4f} · {n} tokens ({c.prompt_length} prompt) · "
-                f"target position {c.position}\n")
+                f"predicts token {c.position} from tokens 0–{c.position - 1}\n")
     head.append(f"category {c.effective_category or '—'}"
                 + (f" (set by hand: {c.override.get('reason')}; computed: {c.category})" if c.override else "")
                 + f" · pattern {c.pattern or '—'} · relevant segments: {', '.join(c.relevant_segments) or '—'}")
