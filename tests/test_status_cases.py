@@ -166,3 +166,35 @@ def test_every_view_words_the_pair_statuses_alike(toy: dict[str, Any], tmp_path:
         assert f"<i>{label}</i> — {html.escape(meaning)}" in why, status
         assert f"<th class=\"n\">{label}</th>" in page or f">{label}<" in page, status
     assert f"<i>not paired yet</i> — {PAIR_STATUS_TEXT[NOT_SEARCHED][1]}" in why
+
+
+def test_an_override_can_be_cleared(toy: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """override --clear removes a case's override: status counts its computed category again and show drops the *
+    mark (setting the computed category back by hand still counted as an override). Clearing a case without one, or
+    --clear with --category/--reason, is one error line and leaves the store as it was."""
+    path = tmp_path / "runs.duckdb"
+    shutil.copy(toy["store"], path)
+    with open_store(path, read_only=True) as st:
+        case = load_cases(st)[0]
+    plain = _cases_row(_status(path, capsys, monkeypatch))
+    other = next(c for c in CATEGORIES if c != case.category)
+    assert main(["override", "--store", str(path), "--case", case.case_id[:10], "--category", other,
+                 "--reason", "by hand"]) == 0
+    capsys.readouterr()
+    assert _cases_row(_status(path, capsys, monkeypatch)) != plain
+    assert main(["override", "--store", str(path), "--case", case.case_id[:10], "--clear"]) == 0
+    out = capsys.readouterr().out
+    assert f"override {other} (by hand) removed; its computed category {case.category} counts again" in out
+    assert _cases_row(_status(path, capsys, monkeypatch)) == plain == _expected(path)
+    with open_store(path, read_only=True) as st:
+        again = {c.case_id: c for c in load_cases(st)}[case.case_id]
+    assert again.override is None and again.effective_category == case.category
+    before = path.read_bytes()
+    for argv, words in ((["--clear"], "has no override to clear"),
+                        (["--clear", "--category", other], "--clear removes the override"),
+                        (["--category", other], "give --category and --reason")):
+        assert main(["override", "--store", str(path), "--case", case.case_id, *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and words in err, err
+    assert path.read_bytes() == before

@@ -94,14 +94,29 @@ def analyse_command(
 def override_command(
     store: Path = typer.Option(Path(DEFAULT_STORE), "--store", "-s", help="Results store."),
     case: str = typer.Option(..., "--case", help="Case id (or a unique prefix)."),
-    category: str = typer.Option(..., "--category", help="M-IA | NC-IA+M-AG | NC-IA+AG"),
-    reason: str = typer.Option(..., "--reason", help="Why the computed category is wrong (stored and shown)."),
+    category: Optional[str] = typer.Option(None, "--category", help="M-IA | NC-IA+M-AG | NC-IA+AG"),
+    reason: Optional[str] = typer.Option(None, "--reason",
+                                         help="Why the computed category is wrong (stored and shown)."),
+    clear: bool = typer.Option(False, "--clear", help="Remove the case's override: its computed category counts "
+                                                      "again (no --category or --reason)."),
 ) -> None:
-    """Set a case's category by hand, with a reason; the report shows it next to the computed one."""
+    """Set a case's category by hand, with a reason; the report shows it next to the computed one (--clear undoes
+    it)."""
     from failtrace.cases.record import CATEGORIES
-    from failtrace.store.cases import set_override
+    from failtrace.store.cases import clear_override, set_override
     from failtrace.store.store import open_store
 
+    if clear:
+        if category is not None or reason is not None:
+            raise FailtraceError("--clear removes the override: give it without --category and --reason")
+        with open_store(store, create=False) as st:
+            cid, was = clear_override(st, case)
+            computed = st.con.execute("SELECT category FROM cases WHERE case_id = ?", [cid]).fetchone()[0]
+        typer.echo(f"case {cid}: override {was['category']} ({was['reason']}) removed; its computed category "
+                   f"{computed or '—'} counts again in {store}")
+        return
+    if category is None or reason is None:
+        raise FailtraceError("give --category and --reason (or --clear to remove an override)")
     if category not in CATEGORIES:
         raise FailtraceError(f"unknown --category {category!r}; valid: {', '.join(CATEGORIES)}")
     with open_store(store, create=False) as st:

@@ -242,6 +242,19 @@ def set_override(store: ResultsStore, case_id: str, category: str, reason: str) 
     return {"case_id": cid, **row}
 
 
+def clear_override(store: ResultsStore, case_id: str) -> tuple[str, dict[str, Any]]:
+    """Remove a case's overrides, so its computed category counts again; returns (case id, the override that was
+    in force). A case without one is an error, not a silent no-op."""
+    cid = find_case_id(store, case_id)
+    row = store.con.execute("SELECT category, reason FROM overrides WHERE case_id = ? ORDER BY created_at DESC "
+                            "LIMIT 1", [cid]).fetchone()
+    if row is None:
+        raise FailtraceError(f"case {cid} has no override to clear")
+    with store._transaction():
+        store.con.execute("DELETE FROM overrides WHERE case_id = ?", [cid])
+    return cid, {"category": row[0], "reason": row[1]}
+
+
 def newest_case_id(store: ResultsStore, pair_run_id: str, item_id: str) -> str | None:
     """The case of ``item_id`` in its pair run's newest analysis: the one :func:`load_cases`, the report and the
     explorer's table show (an older analysis of the same pair keeps its own case id)."""
