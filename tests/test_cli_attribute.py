@@ -115,7 +115,7 @@ def test_unsupported_architecture_from_local_folder(tmp_path: Path, bundled):
     delta = logits[rec["target"]["id"]] - logits[rec["contrast"]["id"]]
     delta.backward()
     assert rec["delta_logit"] == pytest.approx(float(delta.detach()), abs=1e-5)
-    want = (emb.double() * emb.grad.double()).sum(-1)[0]
+    want = (emb.double() * emb.grad.double()).sum(-1)[0].detach()
     assert rec["input_relevance"] == pytest.approx(want.tolist(), abs=1e-6 * float(want.abs().max()))
 
 
