@@ -3,7 +3,8 @@
 :func:`relevance_pass` is shared by :func:`failtrace.attribute` and by the graph builder: it runs the model on the
 input embeddings, captures the embedding output, every decoder layer's output and the first layer's own input,
 evaluates the objective on the logits of the last position only (the full logit matrix is never formed), and
-back-propagates once under the chosen LRP rules. R = h ⊙ g summed over the hidden dimension gives one number per (layer, token).
+back-propagates once under the chosen LRP rules. R = h ⊙ g summed over the hidden dimension gives one number per
+(layer, token).
 """
 
 from __future__ import annotations

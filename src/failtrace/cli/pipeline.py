@@ -276,7 +276,7 @@ def pairs_command(
     q = shlex.quote(str(store))
     if summary.statuses.get("clean"):
         typer.echo(f"next: failtrace analyse --store {q} (explains the clean pairs)", err=True)
-    elif summary.processed and not summary.statuses.get("clean"):
+    elif summary.processed:
         typer.echo("next: no clean pair this time; a larger --top-k or --max-positions, or --sibling MODEL, may find "
                    "some (failtrace status shows why each failure stopped)", err=True)
 

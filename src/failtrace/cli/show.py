@@ -149,9 +149,8 @@ def _list_table(cases: list[Any], store: Path, method: str, width: int = 100) ->
     for name in names:
         t.add_column(name, justify="right" if name in ("Δℓ", k_col) else "left", no_wrap=True,
                      min_width=keep.get(name), max_width=most.get(name), overflow="ellipsis")
-    for c in cases:
-        t.add_row(c.case_id[:12], *([] if one else [c.benchmark]), c.item_id,
-                  Text(f"‹{shown(c.target_text)}› → ‹{shown(c.contrast_text)}›"), f"{c.delta_logit:.3f}",
+    for c, pair in zip(cases, pairs):
+        t.add_row(c.case_id[:12], *([] if one else [c.benchmark]), c.item_id, Text(pair), f"{c.delta_logit:.3f}",
                   (c.effective_category or "—") + ("*" if c.override else ""), c.pattern or "—",
                   k_star_label(c.methods.get(method)))
     return t

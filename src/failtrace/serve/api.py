@@ -226,28 +226,18 @@ class OverrideIn(BaseModel):
 READ_ONLY = "read-only explorer: start it with `failtrace serve --review` to record reviews"
 
 
-def _writable(request: Request) -> Any:
-    """The store, for a write: refused (403) on a read-only explorer (app.py's guard already refuses it before the
-    body is read). :func:`_writing` then refuses (409) a store whose path no longer names the file the explorer
-    opened (deleted, or another file renamed over it: the write would be lost with the old file; a file copied over
-    it in place keeps its identity and is not detected)."""
-    st = _state(request)
-    if not st.review:
-        raise HTTPException(403, READ_ONLY)
-    return st
-
-
-Writable = Annotated[Any, Depends(_writable)]
-
-
 @contextlib.contextmanager
-def _writing(st: Any) -> Iterator[None]:
-    """Hold the store's write lock, and check under it that the store's path still names the opened file (409)."""
+def _writing(request: Request) -> Iterator[Any]:
+    """The store, for a write, under its write lock. A read-only explorer never gets here (app.py's guard refuses
+    the write routes with a 403, before their body is read). Refused (409) when the store's path no longer names the
+    file the explorer opened (deleted, or another file renamed over it: the write would be lost with the old file;
+    a file copied over it in place keeps its identity and is not detected)."""
+    st = _state(request)
     with st.write_lock:
         if not st.same_file():
             raise HTTPException(409, f"the store {st.path.name} was deleted or replaced after the explorer opened it, "
                                      "so nothing was recorded: restart `failtrace serve --review` on it")
-        yield
+        yield st
 
 
 def _review_id(*parts: str) -> str:
@@ -267,8 +257,8 @@ def _insert_review(st: Any, pair_run_id: str, item_id: str, case_id: str | None,
 
 
 @router.post("/api/reviews", status_code=201, summary="Accept or reject a pair (needs --review)")
-def add_review(st: Writable, body: ReviewIn) -> dict[str, Any]:
-    with _writing(st):
+def add_review(body: ReviewIn, request: Request) -> dict[str, Any]:
+    with _writing(request) as st:
         ids = [r[0] for r in st.store.con.execute("SELECT run_id FROM runs WHERE stage = 'pairs' ORDER BY run_id")
                .fetchall()]
         try:  # a unique prefix, as /api/item and the command line take run ids; the review stores the whole id
@@ -285,13 +275,13 @@ def add_review(st: Writable, body: ReviewIn) -> dict[str, Any]:
 
 @router.post("/api/cases/{case_id}/override", status_code=201,
              summary="Override a case's category with a reason (needs --review)")
-def add_override(st: Writable, case_id: CASE_ID, body: OverrideIn) -> dict[str, Any]:
+def add_override(case_id: CASE_ID, body: OverrideIn, request: Request) -> dict[str, Any]:
     from failtrace.store.cases import SupersededCaseError, set_override
 
     comment = body.comment.strip()
     if not comment:
         raise HTTPException(422, "an override needs a comment saying why")
-    with _writing(st):
+    with _writing(request) as st:
         row = st.store.con.execute("SELECT pair_run_id, item_id FROM cases WHERE case_id = ?", [case_id]).fetchone()
         if row is None:
             raise HTTPException(404, "no such case")
@@ -313,10 +303,10 @@ class ContrastIn(BaseModel):
 
 @router.post("/api/cases/{case_id}/contrast", status_code=201,
              summary="Pick another contrast from the case's stored alternatives (needs --review)")
-def pick_contrast(st: Writable, case_id: CASE_ID, body: ContrastIn) -> dict[str, Any]:
+def pick_contrast(case_id: CASE_ID, body: ContrastIn, request: Request) -> dict[str, Any]:
     from failtrace.store.alternatives import read
 
-    with _writing(st):
+    with _writing(request) as st:
         row = st.store.con.execute("SELECT pair_run_id, item_id, target_id, contrast_id FROM cases WHERE case_id = ?",
                                    [case_id]).fetchone()
         if row is None:

@@ -46,7 +46,6 @@ __all__ = ["DEFAULT_STORE", "GenerationRecord", "ResultsStore", "RunRecord", "St
            "open_store"]
 
 
-
 DEMO_STORE = Path("out") / "runs.duckdb"  # where `make demo` (failtrace demo --out out) leaves its store
 
 
@@ -56,6 +55,7 @@ def demo_store_hint(path: Path) -> str:
     if DEMO_STORE.is_file() and Path(path).resolve() != DEMO_STORE.resolve():
         return f" (`failtrace demo` wrote {DEMO_STORE} here: --store {DEMO_STORE})"
     return ""
+
 
 class ResultsStore(RunsTable, PairsTable):
     """A failtrace results store (a DuckDB file). Use as a context manager; see the module docstring."""

@@ -300,7 +300,6 @@ def masked_caption(flip_k: int | None, rows: list[dict[str, Any]]) -> str:
     return f"masking the first {computed} does not flip the prediction (k* none within them)"
 
 
-
 def prose_line(text: str) -> str:
     """Prose on one terminal line: spaces stay spaces, a newline is '↵', every other control character a symbol
     (:func:`visible`), so that a model's answer can never move the cursor."""
