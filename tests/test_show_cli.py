@@ -81,6 +81,8 @@ def test_one_case_lists_its_tokens_in_masking_order(toy: dict[str, Any], method:
         code, out, _ = _show(capsys, monkeypatch, "--store", str(toy["store"]), "--case", case.case_id[:10],
                              "--method", method)
         assert code == 0 and f"case {case.case_id}" in out
+        said = " ".join(out.split())  # the command may wrap on a narrow console
+        assert f"failtrace attribute --store {toy['store']} --case {case.case_id[:12]} --html" in said
         rows = _masked_rows(out)
         expected = _by_hand(case, method)
         assert [int(r[3]) for r in rows] == expected, case.case_id

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -54,28 +54,50 @@ def _validate(prompt: str, method: str, objective: str, dtype: str, json_path: O
 
 
 def run_attribute(
-    model: str | None, prompt: str, target: str | None, contrast: str | None, chat: bool, answer_prefix: str | None,
-    method: str, objective: str, position: int | None, json_path: Optional[Path], html_path: Optional[Path],
-    png_path: Optional[Path], dtype: str, ig_steps: int, quiet: bool, allow_long: bool = False,
+    model: str | None, prompt: str | None, target: str | None, contrast: str | None, chat: bool,
+    answer_prefix: str | None, method: str, objective: str, position: int | None, json_path: Optional[Path],
+    html_path: Optional[Path], png_path: Optional[Path], dtype: str | None, ig_steps: int, quiet: bool,
+    allow_long: bool = False, store: Optional[Path] = None, case: str | None = None,
 ) -> None:
-    """The ``attribute`` command: check every input before the model loads, then explain one prompt and write the
-    views."""
+    """The ``attribute`` command: check every input before the model loads, then explain one prompt (or a stored
+    case's exact input) and write the views."""
     from rich.console import Console
 
-    _validate(prompt, method, objective, dtype, json_path, html_path, png_path)
+    from failtrace.cli import from_case
+
+    from_case.check_case_options(store, case, {"--prompt": prompt is not None, "--target": target is not None,
+                                               "--contrast": contrast is not None, "--chat": chat,
+                                               "--answer-prefix": answer_prefix is not None,
+                                               "--position": position is not None})
+    _validate(prompt if case is None else "stored", method, objective, dtype or "float32", json_path, html_path,
+              png_path)
+    stored = from_case.read_stored_case(store, case) if case is not None and store is not None else None
     import failtrace
     from failtrace.views import render_terminal
 
-    console = Console(stderr=True)
-    lm = failtrace.load_model(model, dtype=dtype)
+    console = Console(stderr=True, soft_wrap=True)  # a note or the Δℓ check is one line, even when piped
+
+    def note(msg: str) -> None:
+        console.print(f"note: {msg}", highlight=False, markup=False)
+
+    if stored is None:
+        lm = failtrace.load_model(model, dtype=dtype or "float32")
+        text: Any = prompt
+    else:  # the case's own ids: the prompt as the chat template rendered it, then the answer so far
+        lm = from_case.load_case_model(stored, model, dtype, note)
+        text, answer_prefix = stored.prompt_ids, stored.answer_ids
+        target = f"#{stored.target_id}"  # the contrast enters only the logit difference
+        contrast = f"#{stored.contrast_id}" if objective == "logit_diff" else None
     with console.status(f"attributing with {method} ..."):
         attr = failtrace.attribute(
-            lm, prompt, target=_parse_token(target), contrast=_parse_token(contrast), answer_prefix=answer_prefix,
+            lm, text, target=_parse_token(target), contrast=_parse_token(contrast), answer_prefix=answer_prefix,
             chat=chat, method=method, objective=objective, position=position, ig_steps=ig_steps,
             allow_long=allow_long,
         )
     if not quiet:
         render_terminal(attr)
+    if stored is not None:
+        console.print(from_case.delta_check(stored, attr.delta_logit, objective), highlight=False, markup=False)
     if png_path is not None:  # the checked (possibly missing) folder is created only now, when there is output
         png_path.parent.mkdir(parents=True, exist_ok=True)
     for path in _outputs(attr, json_path, html_path, png_path):
@@ -86,7 +108,7 @@ def register(app: typer.Typer) -> None:
     """Add the ``attribute`` command to the typer app."""
     @app.command("attribute")
     def attribute_cmd(
-        prompt: str = opts.PROMPT,
+        prompt: Optional[str] = opts.PROMPT,
         target: Optional[str] = opts.TARGET,
         contrast: Optional[str] = opts.CONTRAST,
         model: Optional[str] = opts.MODEL,
@@ -99,13 +121,16 @@ def register(app: typer.Typer) -> None:
         json_path: Optional[Path] = typer.Option(None, "--json", help="Write the record as JSON."),
         html_path: Optional[Path] = typer.Option(None, "--html", help="Write a self-contained HTML heatmap."),
         png_path: Optional[Path] = typer.Option(None, "--png", help="Write a PNG heatmap."),
-        dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16"),
+        dtype: Optional[str] = opts.DTYPE,
         ig_steps: int = typer.Option(32, "--ig-steps", callback=opts.count(1),
                                      help="Integrated-gradients steps (method ig), at least 1; analyse uses 16 "
                                      "per case, half the cost."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Do not print the terminal view."),
         allow_long: bool = opts.ALLOW_LONG,
+        store: Optional[Path] = opts.CASE_STORE,
+        case: Optional[str] = opts.STORED_CASE,
     ) -> None:
-        """Explain why the model prefers TARGET over CONTRAST as its next token."""
+        """Explain why the model prefers TARGET over CONTRAST as its next token (or a stored case again: --store S
+        --case ID)."""
         run_attribute(model, prompt, target, contrast, chat, answer_prefix, method, objective, position, json_path,
-                      html_path, png_path, dtype, ig_steps, quiet, allow_long)
+                      html_path, png_path, dtype, ig_steps, quiet, allow_long, store, case)

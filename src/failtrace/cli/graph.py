@@ -90,30 +90,49 @@ def path_hops(path: dict[str, Any]) -> list[str]:
 
 
 def run_graph(
-    model: str | None, prompt: str, target: str | None, contrast: str | None, chat: bool, answer_prefix: str | None,
-    layers: str | None, mid_nodes: bool, edges: str, prune: str, node_threshold: float, method: str,
-    objective: str, json_path: Optional[Path], ct_json_path: Optional[Path], html_path: Optional[Path],
-    png_path: Optional[Path], svg_path: Optional[Path], dtype: str, memory_budget: float, top_k: int, quiet: bool,
-    allow_long: bool = False, position: int | None = None,
+    model: str | None, prompt: str | None, target: str | None, contrast: str | None, chat: bool,
+    answer_prefix: str | None, layers: str | None, mid_nodes: bool, edges: str, prune: str, node_threshold: float,
+    method: str, objective: str, json_path: Optional[Path], ct_json_path: Optional[Path], html_path: Optional[Path],
+    png_path: Optional[Path], svg_path: Optional[Path], dtype: str | None, memory_budget: float, top_k: int,
+    quiet: bool, allow_long: bool = False, position: int | None = None, store: Optional[Path] = None,
+    case: str | None = None,
 ) -> int:
-    """Build, prune and write the graph; returns the exit code (0, or 3 after a closed-form fallback)."""
+    """Build, prune and write the graph (of a prompt, or of a stored case's exact input); returns the exit code (0,
+    or 3 after a closed-form fallback)."""
     from rich.console import Console
+
+    from failtrace.cli import from_case
 
     console = Console(stderr=True, soft_wrap=True)  # notes, progress and "wrote" lines
     results = Console(soft_wrap=True)  # the summary and paths, on stdout as attribute's are (so `> file` keeps them)
-    if not prompt or not prompt.strip():
+    from_case.check_case_options(store, case, {"--prompt": prompt is not None, "--target": target is not None,
+                                               "--contrast": contrast is not None, "--chat": chat,
+                                               "--answer-prefix": answer_prefix is not None,
+                                               "--position": position is not None})
+    if case is None and (not prompt or not prompt.strip()):
         raise FailtraceError("the prompt is empty; pass --prompt TEXT")
     _validate(edges, node_threshold, prune, method)
-    _check_outputs(dtype, json_path, ct_json_path, html_path, png_path, svg_path)
+    _check_outputs(dtype or "float32", json_path, ct_json_path, html_path, png_path, svg_path)
+    stored = from_case.read_stored_case(store, case) if case is not None and store is not None else None
 
     import failtrace
     from failtrace.graph import build_graph
     from failtrace.graph.export import save_json
     from failtrace.views import save_graph_html, save_graph_png
 
-    lm = failtrace.load_model(model, dtype=dtype)
+    def note(msg: str) -> None:
+        console.print(f"note: {msg}", highlight=False, markup=False)
+
+    text: Any = prompt
+    if stored is None:
+        lm = failtrace.load_model(model, dtype=dtype or "float32")
+    else:  # the case's own ids: the prompt as the chat template rendered it, then the answer so far
+        lm = from_case.load_case_model(stored, model, dtype, note)
+        text, answer_prefix = stored.prompt_ids, stored.answer_ids
+        target = f"#{stored.target_id}"  # the contrast enters only the logit difference
+        contrast = f"#{stored.contrast_id}" if objective == "logit_diff" else None
     graph = build_graph(
-        lm, prompt, target=_parse_token(target), contrast=_parse_token(contrast), answer_prefix=answer_prefix,
+        lm, text, target=_parse_token(target), contrast=_parse_token(contrast), answer_prefix=answer_prefix,
         chat=chat, objective=objective, edges=edges, method=method, layers=layers, mid_nodes=mid_nodes,
         node_threshold=node_threshold, prune=prune, memory_budget_mb=memory_budget, progress=not quiet,
         allow_long=allow_long, position=position,
@@ -125,6 +144,8 @@ def run_graph(
     if not quiet:
         for line in _summary(graph, pruned, top_k):
             results.print(line, highlight=False, markup=False)
+    if stored is not None:
+        console.print(from_case.delta_check(stored, graph.objective_value, objective), highlight=False, markup=False)
     written = []
     if json_path:
         written.append(save_json(pruned, json_path))
@@ -152,7 +173,7 @@ def register(app: typer.Typer) -> None:
     """Add the ``graph`` command to the typer app."""
     @app.command("graph")
     def graph_cmd(
-        prompt: str = opts.PROMPT,
+        prompt: Optional[str] = opts.PROMPT,
         target: Optional[str] = opts.TARGET,
         contrast: Optional[str] = opts.CONTRAST,
         model: Optional[str] = opts.MODEL,
@@ -180,7 +201,7 @@ def register(app: typer.Typer) -> None:
         html_path: Optional[Path] = typer.Option(None, "--html", help="Write the interactive self-contained HTML."),
         png_path: Optional[Path] = typer.Option(None, "--png", help="Write the layered picture as PNG."),
         svg_path: Optional[Path] = typer.Option(None, "--svg", help="Write the layered picture as SVG."),
-        dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16"),
+        dtype: Optional[str] = opts.DTYPE,
         memory_budget: float = typer.Option(1024.0, "--memory-budget", callback=opts.finite(0.0, open_min=True),
                                             help="MB for one block of edge computation (packed batch, closed-form "
                                                  "row chunks)."),
@@ -189,13 +210,16 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only warnings and written files."),
         allow_long: bool = opts.ALLOW_LONG,
         position: Optional[int] = opts.POSITION,
+        store: Optional[Path] = opts.CASE_STORE,
+        case: Optional[str] = opts.STORED_CASE,
     ) -> None:
-        """Attribution graph: relevance flow between hidden states (layer × token) for TARGET vs CONTRAST.
+        """Attribution graph: relevance flow between hidden states (layer × token) for TARGET vs CONTRAST (or of a
+        stored case again: --store S --case ID).
 
         Exit code 3: written, but --edges closed-form fell back to packed for some layers.
         """
         code = run_graph(model, prompt, target, contrast, chat, answer_prefix, layers, mid_nodes, edges, prune,
                          node_threshold, method, objective, json_path, ct_json_path, html_path, png_path,
-                         svg_path, dtype, memory_budget, top_k, quiet, allow_long, position)
+                         svg_path, dtype, memory_budget, top_k, quiet, allow_long, position, store, case)
         if code:
             raise SystemExit(code)

@@ -100,7 +100,7 @@ def one_of(choices: tuple[str, ...] | Callable[[], tuple[str, ...]], *, lower: b
     return check
 
 
-PROMPT = typer.Option(..., "--prompt", "-p", help="Prompt text (or the user message with --chat).")
+PROMPT = typer.Option(None, "--prompt", "-p", help="Prompt text (or the user message with --chat); or use --case.")
 TARGET = typer.Option(None, "--target", "-t",
                       help="Target (wrong) token: one-token string or '#ID'. Default: the model's own next token.")
 CONTRAST = typer.Option(None, "--contrast", "-c", help="Contrast (right) token: one-token string or '#ID'.")
@@ -115,6 +115,15 @@ ALLOW_LONG = typer.Option(False, "--allow-long",
                                "never saw such positions, and time and memory grow with the length).")
 
 DTYPES = ("float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
+DTYPE = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16 (default float32; with --case, the dtype of "
+                                           "the case's run).")
+# A stored case as the input of attribute and graph (cli/from_case.py).
+CASE_STORE = typer.Option(None, "--store", "-s", help="Results store holding the --case to explain again.",
+                          rich_help_panel="A stored case instead of a prompt")
+STORED_CASE = typer.Option(None, "--case",
+                           help="Explain this stored case (an id or a unique prefix) again: its exact tokens, "
+                                "target and contrast, on its run's model unless --model is given.",
+                           rich_help_panel="A stored case instead of a prompt")
 WORKERS = typer.Option(None, "--workers", callback=count(1),
                        help="Run on N Ray workers, one model each (needs the ray extra; starts a local cluster "
                             "unless --ray-address is given). Without it everything runs in this process.")

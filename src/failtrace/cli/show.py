@@ -94,7 +94,11 @@ def show_command(
     _print_case(con, chosen[0], method, answers.get(chosen[0].case_id))
     if across.get(chosen[0].case_id):
         con.print(_across_table(across[chosen[0].case_id]))
-    con.print("The heatmap of every token: failtrace report, or failtrace serve (the case page).", highlight=False)
+    con.print("The heatmap of every token: failtrace report, failtrace serve (the case page), or this (failtrace "
+              "graph takes the same --store and --case):",
+              highlight=False)
+    con.print(f"  failtrace attribute --store {store} --case {chosen[0].case_id[:12]} --html case.html",
+              highlight=False)
 
 
 def _why_no_case(st: Any, item: str, benchmark: str | None) -> str:

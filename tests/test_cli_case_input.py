@@ -1,0 +1,127 @@
+"""``attribute`` and ``graph`` with ``--store S --case ID``: a stored case explained again from its own token ids.
+
+References: the recomputed Δℓ is checked against a plain transformers forward of the case's ids, the input relevance
+against the one ``analyse`` stored, and the pruned graph against the stored pruned graph (same default settings).
+Bad combinations are one line, exit code 2, and the store is left byte-identical."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from serve_store import analysed_toy_store, sha256  # noqa: E402
+
+from failtrace.cli import main  # noqa: E402
+from failtrace.store import open_store  # noqa: E402
+from failtrace.store.cases import load_cases  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    info = analysed_toy_store(tmp_path_factory.mktemp("case_input"), n_items=4)
+    with open_store(info["store"], read_only=True) as st:
+        info["cases"] = load_cases(st, with_graph=True)
+    assert info["cases"], "the toy store must hold at least one case"
+    return info
+
+
+def _plain_delta(model_dir: Path, ids: list[int], target: int, contrast: int) -> float:
+    """Δℓ from transformers alone: no failtrace code between the ids and the logits."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), torch_dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0, -1]
+    return float(logits[target] - logits[contrast])
+
+
+def test_attribute_case_reproduces_the_stored_attribution(toy, tmp_path, capsys) -> None:
+    case = toy["cases"][0]
+    before = sha256(toy["store"])
+    out = tmp_path / "a.json"
+    assert main(["attribute", "--store", str(toy["store"]), "--case", case.case_id[:10], "--json", str(out),
+                 "-q"]) == 0
+    err = capsys.readouterr().err
+    rec = json.loads(out.read_text())
+    assert rec["token_ids"] == case.token_ids
+    assert rec["prompt_length"] == case.prompt_length
+    assert rec["target"]["id"] == case.target_id and rec["contrast"]["id"] == case.contrast_id
+    plain = _plain_delta(toy["model_dir"], case.token_ids, case.target_id, case.contrast_id)
+    assert rec["delta_logit"] == pytest.approx(plain, abs=1e-4)
+    np.testing.assert_allclose(rec["input_relevance"], case.methods["attnlrp"].input_relevance, rtol=1e-4,
+                               atol=1e-6)
+    assert f"Δℓ {plain:.4f} matches the stored {case.delta_logit:.4f}" in err
+    assert sha256(toy["store"]) == before
+
+
+def test_graph_case_reproduces_the_stored_graph(toy, tmp_path, capsys) -> None:
+    case = toy["cases"][0]
+    out = tmp_path / "g.json"
+    assert main(["graph", "--store", str(toy["store"]), "--case", case.case_id, "--json", str(out), "-q"]) == 0
+    assert "matches the stored" in capsys.readouterr().err
+    data = json.loads(out.read_text())
+    stage = {s["id"]: i for i, s in enumerate(data["stages"])}
+    got = {(stage[n["stage"]], n["token_index"]): n["relevance"] for n in data["nodes"]}
+    want = {(int(s), int(t)): r for s, t, r in case.graph["nodes"]}
+    assert got.keys() == want.keys()
+    for key, r in want.items():
+        assert got[key] == pytest.approx(r, rel=1e-4, abs=1e-6)
+    assert len(data["links"]) == len(case.graph["edges"])
+
+
+def test_another_model_is_named(toy, tmp_path, capsys) -> None:
+    from failtrace_testkit.toy import save_toy_model
+
+    other = tmp_path / "other"
+    save_toy_model(other, seed=1)
+    case = toy["cases"][0]
+    assert main(["attribute", "--store", str(toy["store"]), "--case", case.case_id, "--model", str(other),
+                 "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "is not the one that built" in err
+    plain = _plain_delta(other, case.token_ids, case.target_id, case.contrast_id)
+    assert abs(plain - case.delta_logit) > 1e-3, "the second toy model must compute another Δℓ"
+    assert f"Δℓ {plain:.4f} differs by" in err
+
+
+@pytest.mark.parametrize("command", ["attribute", "graph"])
+@pytest.mark.parametrize("extra,msg", [
+    ([], "give --prompt TEXT, or --store S --case ID"),
+    (["--store", "STORE"], "--store is only read with --case ID"),
+    (["--case", "abc"], "--case needs --store"),
+    (["--store", "STORE", "--case", "CASE", "--prompt", "hi", "--chat"], "drop --prompt, --chat"),
+    (["--store", "STORE", "--case", "CASE", "--target", "a", "--position", "2"], "drop --target, --position"),
+    (["--store", "STORE", "--case", "no-such-case"], "no case 'no-such-case' in"),
+])
+def test_bad_combinations_are_one_line(toy, capsys, command, extra, msg) -> None:
+    before = sha256(toy["store"])
+    args = [{"STORE": str(toy["store"]), "CASE": toy["cases"][0].case_id}.get(a, a) for a in extra]
+    assert main([command, *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and msg in err and len(err.strip().splitlines()) == 1
+    assert sha256(toy["store"]) == before
+
+
+def test_an_objective_without_contrast_drops_it(toy, tmp_path, capsys) -> None:
+    from transformers import AutoModelForCausalLM
+
+    case = toy["cases"][0]
+    out = tmp_path / "m.json"
+    assert main(["attribute", "--store", str(toy["store"]), "--case", case.case_id, "--objective", "max_logit",
+                 "--json", str(out), "-q"]) == 0
+    assert "objective max_logit (the store holds Δℓ" in capsys.readouterr().err
+    rec = json.loads(out.read_text())
+    assert rec["contrast"] is None and rec["target"]["id"] == case.target_id
+    model = AutoModelForCausalLM.from_pretrained(str(toy["model_dir"]), torch_dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = model(torch.tensor([case.token_ids])).logits[0, -1]
+    assert rec["delta_logit"] == pytest.approx(float(logits[case.target_id]), abs=1e-4)
