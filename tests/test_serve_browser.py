@@ -186,6 +186,19 @@ def test_table_count_filter_and_url_state(page: Any, server: dict[str, Any]) -> 
     first = page.locator("tr.row td:nth-child(5)").first
     assert first.inner_text() == "weak preference" and first.get_attribute("title").startswith(
         PAIR_STATUS_TEXT["weak_preference"][1])
+    # a category or pattern keeps its short name, with the paper's name and its meaning on hover, in the facets and
+    # on every badge (cases.record.CATEGORY_TEXT / PATTERN_TEXT, as status and the report word them)
+    from failtrace.cases.record import CATEGORY_TEXT, PATTERN_TEXT
+
+    for name, text in (("category", CATEGORY_TEXT), ("pattern", PATTERN_TEXT)):
+        labels = page.locator(f".facet[data-facet={name}] label")
+        pairs = labels.evaluate_all("ls => ls.map(l => [l.querySelector('input').value, l.title])")
+        known = [(v, t) for v, t in pairs if v in text]
+        assert known, name
+        assert all(t == f"{text[v][0]}: {text[v][1]}" for v, t in known), pairs
+        assert [t.split("\n")[0].strip() for t in labels.all_inner_texts()] == [v for v, _ in pairs]
+    badges = page.locator("tr.row .badge").evaluate_all("bs => bs.map(b => [b.textContent, b.title])")
+    assert badges and all(t == ": ".join(CATEGORY_TEXT.get(b) or PATTERN_TEXT[b]) for b, t in badges), badges
     _open(page, server, "#/cases?sort=item_id", "cases")
     _painted(page, "cases", "sort=item_id")
     page.click("input[data-facet=pair_status][value=clean]")

@@ -168,6 +168,40 @@ def test_every_view_words_the_pair_statuses_alike(toy: dict[str, Any], tmp_path:
     assert f"<i>not paired yet</i> — {PAIR_STATUS_TEXT[NOT_SEARCHED][1]}" in why
 
 
+def test_every_view_names_the_categories_and_patterns_alike(toy: dict[str, Any], tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """status's caption, the report's figure caption and its badges' hover, and the explorer's /api/meta spell out
+    each category and pattern (the paper's names: M-IA = Manifested by Input Attribution, ...) and say what failtrace
+    measures, in the one wording of cases.record.CATEGORY_TEXT / PATTERN_TEXT."""
+    from fastapi.testclient import TestClient
+
+    from failtrace.cases.record import CATEGORY_TEXT, PATTERN_TEXT, PATTERNS
+    from failtrace.serve.app import create_app
+
+    assert set(CATEGORY_TEXT) == set(CATEGORIES) and set(PATTERN_TEXT) == set(PATTERNS)
+    assert CATEGORY_TEXT["M-IA"][0] == "Manifested by Input Attribution"
+    assert PATTERN_TEXT["OIT"][0] == "Overweight Irrelevant Tokens"
+    path = tmp_path / "runs.duckdb"
+    shutil.copy(toy["store"], path)
+    legend = " ".join(_status(path, capsys, monkeypatch).split())
+    assert main(["report", "--store", str(path), "--out", str(tmp_path / "rep")]) == 0
+    capsys.readouterr()
+    page = " ".join((tmp_path / "rep" / "index.html").read_text().split())
+    with TestClient(create_app(path), base_url="http://127.0.0.1") as client:
+        meta = client.get("/api/meta").json()
+    assert meta["category_text"] == {k: list(v) for k, v in CATEGORY_TEXT.items()}
+    assert meta["pattern_text"] == {k: list(v) for k, v in PATTERN_TEXT.items()}
+    with open_store(path, read_only=True) as st:
+        shown = {c.effective_category for c in load_cases(st)}
+    for name, (long, meaning) in [*CATEGORY_TEXT.items(), ("URT", PATTERN_TEXT["URT"]), ("OIT", PATTERN_TEXT["OIT"])]:
+        assert f"{name} ({long}): {meaning}" in legend, name
+        assert html.escape(f"{name} ({long}): {meaning}") in page, name
+    for name in shown:  # every badge drawn for a case carries its meaning on hover
+        long, meaning = CATEGORY_TEXT[name]
+        assert f'<span class="badge" title="{html.escape(long + ": " + meaning)}"' in page, name
+
+
 def test_an_override_can_be_cleared(toy: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """override --clear removes a case's override: status counts its computed category again and show drops the *

@@ -1,10 +1,12 @@
 """Outcome categories (paper Fig. 1): does input attribution explain the failure, or only the graph, or neither?
 
-* **M-IA** (meaningful input attribution): masking the top k* ≤ ``k_ia`` positively attributed input tokens (AttnLRP)
-  flips the prediction to the contrast.
-* **NC-IA + M-AG** (input attribution not conclusive, meaningful attribution graph): otherwise, ablating the top
+* **M-IA** (Manifested by Input Attribution): masking the top k* ≤ ``k_ia`` positively attributed input tokens
+  (AttnLRP) flips the prediction to the contrast.
+* **NC-IA + M-AG** (No Clue from Input Attribution, Manifested by the Attribution Graph): otherwise, ablating the top
   graph nodes flips it (below).
-* **NC-IA + AG**: neither flips it within the budgets.
+* **NC-IA + AG** (No Clue from Input Attribution nor the Attribution Graph): neither flips it within the budgets.
+
+(The expansions are the paper's, ``failtrace.cases.record.CATEGORY_TEXT``; the paper assigns them by reading.)
 
 Node ablation. A node is the residual-stream hidden state at (decoder layer l, position i), i.e. the output of
 decoder layer l at token i, with AttnLRP relevance ``hidden_relevance[l + 1, i]`` (row 0 is the embeddings, which

@@ -5,11 +5,11 @@ negative towards the right contrast. With r = relevance normalised by the larges
 (:func:`failtrace.analysis.segments.normalize`) and "content tokens" = tokens that are neither special ids nor
 labelled ``special`` (chat-template text):
 
-* **URT** (under-used relevant tokens): the relevant tokens do not push against the target:
+* **URT** (Underweight Relevant Tokens, the paper's name): the relevant tokens do not push against the target:
   Σ_{content i in a relevant segment} r_i ≥ −θ (default θ = 0.1). Undecided (never flagged) when the segmenter
   found no content token in the relevant segments (an empty sum says nothing about the model), or when one of them
   has no finite relevance (NaN: not computed; the sum is unknown).
-* **OIT** (over-reliance on irrelevant tokens): among the m strongest supporters of the target (content tokens with
+* **OIT** (Overweight Irrelevant Tokens): among the m strongest supporters of the target (content tokens with
   the largest positive r; default m = 3) there is one outside the relevant segments whose share of the positive
   relevance, r_i / Σ_{content j, r_j > 0} r_j, is at least θ' (default 0.05).
 * **URT+OIT** when both hold, **none** when neither does.

@@ -24,6 +24,24 @@ MASK_RULES: tuple[str, ...] = ("zero-embedding", "replace")
 # analyses that compute them, the store, the report and the explorer.
 CATEGORIES: tuple[str, ...] = ("M-IA", "NC-IA+M-AG", "NC-IA+AG")
 PATTERNS: tuple[str, ...] = ("URT", "OIT", "URT+OIT", "none")
+# Each category and pattern as every view names and defines it (failtrace status, the report, the explorer): (the
+# paper's expansion of the name, what failtrace measures). The expansions are the paper's project page's
+# (Tan et al., 2026); the meanings are this tool's two interventions and thresholds (docs/ANALYSES.md).
+CATEGORY_TEXT: dict[str, tuple[str, str]] = {
+    "M-IA": ("Manifested by Input Attribution",
+             "masking at most K_IA (default 5) top input tokens flips the prediction to the contrast"),
+    "NC-IA+M-AG": ("No Clue from Input Attribution, Manifested by the Attribution Graph",
+                   "masking does not flip it, ablating the top hidden states of the graph (at most 10) does"),
+    "NC-IA+AG": ("No Clue from Input Attribution nor the Attribution Graph", "neither flips it"),
+}
+PATTERN_TEXT: dict[str, tuple[str, str]] = {
+    "URT": ("Underweight Relevant Tokens", "the relevant segment does not push against the target"),
+    "OIT": ("Overweight Irrelevant Tokens",
+            "a token outside the relevant segments (the answer so far included) is among the target's strongest "
+            "supporters"),
+    "URT+OIT": ("both", "both hold"),
+    "none": ("neither", "neither holds"),
+}
 
 
 @dataclass

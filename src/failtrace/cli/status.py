@@ -139,7 +139,7 @@ def _pair_cells(r: Any) -> list[str]:
 def _cases_table(analysed: list[tuple[str, dict[str, Any]]]) -> Any:
     """Each pair run's newest analysis (labelled like the pair table): case count, categories (a person's override
     wins, as in the report), patterns, mean Δℓ, and AttnLRP's k* (how many flip within K, their median)."""
-    from failtrace.cases.record import CATEGORIES, PATTERNS
+    from failtrace.cases.record import CATEGORIES, CATEGORY_TEXT, PATTERN_TEXT, PATTERNS
 
     cells, unlabelled = [], []
     for label, s in analysed:
@@ -152,9 +152,10 @@ def _cases_table(analysed: list[tuple[str, dict[str, Any]]]) -> Any:
                       _fmt(s["median_k"])])
     headers = ["#", "cases", *(c.replace("+", "+\n") for c in CATEGORIES),
                *(p.replace("+", "+\n") for p in PATTERNS), "mean\nΔℓ", "k*\nfound", "median\nk*"]
-    caption = ("M-IA: masking <= k_ia top input tokens flips it; NC-IA+M-AG: only ablating top graph nodes "
-               "does; NC-IA+AG: neither. URT: the relevant segment does not push against the target; OIT: an "
-               "irrelevant token is among its strongest supporters. k* found: cases whose AttnLRP k* (fewest "
+    caption = ("; ".join(f"{name} ({long}): {meaning}" for name, (long, meaning) in CATEGORY_TEXT.items())
+               + ". " + "; ".join(f"{name} ({PATTERN_TEXT[name][0]}): {PATTERN_TEXT[name][1]}"
+                                  for name in ("URT", "OIT"))
+               + ". k* found: cases whose AttnLRP k* (fewest "
                "top tokens masked to flip it) is within K; median k* over those. failtrace show lists the "
                "cases and prints one; failtrace report draws each"
                + ("; not counted in the columns: " + "; ".join(unlabelled) if unlabelled else "") + ".")

@@ -17,7 +17,7 @@ import math
 from typing import Any
 
 from failtrace.analysis.segments import SEGMENT_NAMES
-from failtrace.cases.record import Case
+from failtrace.cases.record import CATEGORY_TEXT, PATTERN_TEXT, Case
 from failtrace.report._shared import AblationView, normalize
 from failtrace.report.evidence import dl as evidence
 from failtrace.report.figures import CATEGORY_COLORS, PATTERN_COLORS
@@ -61,8 +61,11 @@ def _mix(v: float) -> str:
 
 
 def badge(label: str | None, colors: dict[str, str]) -> str:
+    """A category or pattern as a coloured label; its expansion and meaning on hover (CATEGORY_TEXT, PATTERN_TEXT)."""
     label = label or "unlabelled"
-    return f'<span class="badge" style="background:{colors.get(label, "#6b7280")}">{esc(label)}</span>'
+    said = CATEGORY_TEXT.get(label) or PATTERN_TEXT.get(label)
+    title = f' title="{esc(said[0] + ": " + said[1])}"' if said else ""
+    return f'<span class="badge"{title} style="background:{colors.get(label, "#6b7280")}">{esc(label)}</span>'
 
 
 def _drawable(case: Case) -> list[str]:

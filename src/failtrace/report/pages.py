@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from importlib import resources
 from typing import Any
 
+from failtrace.cases.record import CATEGORY_TEXT, PATTERN_TEXT
 from failtrace.report.casepage import PATTERN_COLORS, badge, esc, fmt, plain_token
 from failtrace.report.figures import CATEGORY_COLORS, FAITHFULNESS_WIDTH, segments_width
 from failtrace.report.tables import NON_CLEAN
@@ -94,10 +95,11 @@ def summary_section(t: Mapping[str, Any], figs: Mapping[str, str]) -> str:
                     (PAIR_STATUS_TEXT[s] for s in (*NON_CLEAN, NOT_SEARCHED))) + ".</p>"
         f"{status}"
         + figure(figs.get("categories"), "categories and patterns per benchmark",
-                 "Share of cases per outcome category (M-IA: masking ≤ K_IA input tokens flips the prediction; "
-                 "NC-IA+M-AG: it does not, but ablating top graph nodes does; NC-IA+AG: neither) and per failure "
-                 "pattern (URT: relevant tokens do not push against the target; OIT: an irrelevant token is among "
-                 "the strongest supporters). Numbers in the bars are case counts.")
+                 "Share of cases per outcome category ("
+                 + esc("; ".join(f"{n} ({long}): {meaning}" for n, (long, meaning) in CATEGORY_TEXT.items()))
+                 + ") and per failure pattern ("
+                 + esc("; ".join(f"{n} ({PATTERN_TEXT[n][0]}): {PATTERN_TEXT[n][1]}" for n in ("URT", "OIT")))
+                 + "). Numbers in the bars are case counts.")
         + "</section>"
     )
 

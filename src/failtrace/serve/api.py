@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import RedirectResponse, Response
 from pydantic import AfterValidator, BaseModel, Field
 
-from failtrace.cases.record import CATEGORIES, PATTERNS
+from failtrace.cases.record import CATEGORIES, CATEGORY_TEXT, PATTERN_TEXT, PATTERNS
 from failtrace.errors import FailtraceError
 from failtrace.serve import casedata
 from failtrace.serve.queries import FACETS, NONE_VALUE, NOT_SEARCHED, SORT_COLUMNS, TableQuery, table
@@ -123,6 +123,8 @@ def meta(request: Request, cur: Cursor) -> dict[str, Any]:
             "schema_version": st.store.schema_version, "methods": methods, "categories": list(CATEGORIES),
             "patterns": list(PATTERNS), "facets": list(FACETS), "sort_columns": sorted(SORT_COLUMNS),
             "pair_status_text": {value: list(text) for value, text in PAIR_STATUS_TEXT.items()},
+            "category_text": {value: list(text) for value, text in CATEGORY_TEXT.items()},
+            "pattern_text": {value: list(text) for value, text in PATTERN_TEXT.items()},
             "colors": {"red": list(RED), "blue": list(BLUE), "special": list(SPECIAL_BG),
                        "segments": dict(SEGMENT_COLORS),
                        "other_segment": OTHER_SEGMENT_COLOR, "categories": CATEGORY_COLORS, "patterns": PATTERN_COLORS}}

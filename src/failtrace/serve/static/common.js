@@ -66,9 +66,13 @@ var FT = (function () {
     return "rgb(" + end.map(function (x) { return Math.round(255 + (x - 255) * a); }).join(",") + ")";
   };
 
+  // a category or pattern as a coloured label, with the paper's name for it and its meaning on hover (the one
+  // vocabulary of `failtrace status` and the report: /api/meta's category_text and pattern_text)
   FT.badge = function (label, colours) {
     if (!label) return FT.el("span", {class: "muted"}, "—");
-    return FT.el("span", {class: "badge", style: "background:" + ((colours || {})[label] || "#6b7280")}, label);
+    var said = (FT.meta.category_text || {})[label] || (FT.meta.pattern_text || {})[label];
+    return FT.el("span", {class: "badge", title: said ? said[0] + ": " + said[1] : null,
+                          style: "background:" + ((colours || {})[label] || "#6b7280")}, label);
   };
 
   /* "#/route/arg?x=1&y=2" <-> {route, arg, params: URLSearchParams}; a hand-edited link whose arg is not valid
