@@ -127,8 +127,8 @@ def test_overrides_are_stored_newest_wins_and_checked(tmp_path: Path) -> None:
             set_override(st, "abc123", "NC-IA+AG", "  ")
         with pytest.raises(FailtraceError, match="no case"):
             set_override(st, "zzz", "NC-IA+AG", "why")
-        with pytest.raises(FailtraceError, match="several"):
-            set_override(st, "ab", "NC-IA+AG", "why")
+        with pytest.raises(FailtraceError, match=r"matches two cases \(abc123, abd999\); give more"):
+            set_override(st, "ab", "NC-IA+AG", "why")  # exactly two: both named, no "..."
         assert set_override(st, "abc", "NC-IA+AG", "first look")["case_id"] == "abc123"
         set_override(st, "abc123", "NC-IA+M-AG", "second look")
         cases = {c.case_id: c for c in load_cases(st)}

@@ -50,7 +50,7 @@ def test_attribute_case_reproduces_the_stored_attribution(toy, tmp_path, capsys)
     out = tmp_path / "a.json"
     assert main(["attribute", "--store", str(toy["store"]), "--case", case.case_id[:10], "--json", str(out),
                  "-q"]) == 0
-    err = capsys.readouterr().err
+    said = capsys.readouterr().out
     rec = json.loads(out.read_text())
     assert rec["token_ids"] == case.token_ids
     assert rec["prompt_length"] == case.prompt_length
@@ -59,7 +59,8 @@ def test_attribute_case_reproduces_the_stored_attribution(toy, tmp_path, capsys)
     assert rec["delta_logit"] == pytest.approx(plain, abs=1e-4)
     np.testing.assert_allclose(rec["input_relevance"], case.methods["attnlrp"].input_relevance, rtol=1e-4,
                                atol=1e-6)
-    assert f"Δℓ {plain:.4f} matches the stored {case.delta_logit:.4f}" in err
+    assert f"Δℓ {plain:.4f} matches the stored {case.delta_logit:.4f}" in said  # stdout, with the result
+    assert rec["extra"]["case"]["case_id"] == case.case_id  # the record says where its ids came from
     assert sha256(toy["store"]) == before
 
 
@@ -67,8 +68,9 @@ def test_graph_case_reproduces_the_stored_graph(toy, tmp_path, capsys) -> None:
     case = toy["cases"][0]
     out = tmp_path / "g.json"
     assert main(["graph", "--store", str(toy["store"]), "--case", case.case_id, "--json", str(out), "-q"]) == 0
-    assert "matches the stored" in capsys.readouterr().err
+    assert "matches the stored" in capsys.readouterr().out  # with -q too: it is the result
     data = json.loads(out.read_text())
+    assert data["metadata"]["case"]["case_id"] == case.case_id
     stage = {s["id"]: i for i, s in enumerate(data["stages"])}
     got = {(stage[n["stage"]], n["token_index"]): n["relevance"] for n in data["nodes"]}
     want = {(int(s), int(t)): r for s, t, r in case.graph["nodes"]}
@@ -86,11 +88,11 @@ def test_another_model_is_named(toy, tmp_path, capsys) -> None:
     case = toy["cases"][0]
     assert main(["attribute", "--store", str(toy["store"]), "--case", case.case_id, "--model", str(other),
                  "-q"]) == 0
-    err = capsys.readouterr().err
-    assert "is not the one that built" in err
+    said = capsys.readouterr()
+    assert "is not the model that built" in said.err and "its content fingerprint differs" in said.err
     plain = _plain_delta(other, case.token_ids, case.target_id, case.contrast_id)
     assert abs(plain - case.delta_logit) > 1e-3, "the second toy model must compute another Δℓ"
-    assert f"Δℓ {plain:.4f} differs by" in err
+    assert f"Δℓ {plain:.4f} differs by" in said.out
 
 
 @pytest.mark.parametrize("command", ["attribute", "graph"])
@@ -118,10 +120,74 @@ def test_an_objective_without_contrast_drops_it(toy, tmp_path, capsys) -> None:
     out = tmp_path / "m.json"
     assert main(["attribute", "--store", str(toy["store"]), "--case", case.case_id, "--objective", "max_logit",
                  "--json", str(out), "-q"]) == 0
-    assert "objective max_logit (the store holds Δℓ" in capsys.readouterr().err
+    said = capsys.readouterr().out
     rec = json.loads(out.read_text())
+    assert f"max_logit {rec['delta_logit']:.4f} (the store holds only the logit difference" in said
     assert rec["contrast"] is None and rec["target"]["id"] == case.target_id
     model = AutoModelForCausalLM.from_pretrained(str(toy["model_dir"]), torch_dtype=torch.float32).eval()
     with torch.no_grad():
         logits = model(torch.tensor([case.token_ids])).logits[0, -1]
     assert rec["delta_logit"] == pytest.approx(float(logits[case.target_id]), abs=1e-4)
+
+
+def _swapped_tokenizer_model(folder: Path) -> Path:
+    """The toy weights with a tokenizer whose byte ids are in reverse order: the same ids spell other text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from failtrace_testkit.toy import _CHAT_TEMPLATE, _SPECIALS, save_toy_model
+
+    save_toy_model(folder, seed=0)
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet(), reverse=True)
+    backend = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate([*_SPECIALS, *alphabet])}, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                  additional_special_tokens=["<|im_start|>"])
+    tok.chat_template = _CHAT_TEMPLATE
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_a_model_whose_tokenizer_reads_other_text_is_refused(toy, tmp_path, capsys) -> None:
+    """Stored ids mean nothing in another tokenizer (it explained them as garbage with exit 0)."""
+    other = _swapped_tokenizer_model(tmp_path / "swapped")
+    case = toy["cases"][0]
+    capsys.readouterr()  # (saving the model printed a progress bar)
+    assert main(["attribute", "--store", str(toy["store"]), "--case", case.case_id, "--model", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "tokenizer reads" in err and "failtrace compare" in err and len(err.strip().splitlines()) == 1
+
+
+def test_ids_beyond_the_weights_are_one_error(toy) -> None:
+    """A tokenizer larger than the weights' vocabulary: an id past the embedding rows was an IndexError (exit 70)."""
+    import failtrace
+    from failtrace.errors import FailtraceError
+    from failtrace_testkit.toy import toy_loaded
+
+    lm = toy_loaded()
+    lm.model.resize_token_embeddings(100)
+    assert len(lm.tokenizer) > 200
+    with pytest.raises(FailtraceError, match="input token id 200 is beyond this model's 100 vocabulary rows"):
+        failtrace.attribute(lm, [5, 200, 7], target=3, contrast=4)
+    with pytest.raises(FailtraceError, match="target/contrast id 150 is beyond"):
+        failtrace.attribute(lm, [5, 6, 7], target=150, contrast=4)
+
+
+def test_a_store_without_the_run_needs_model(toy, tmp_path, capsys) -> None:
+    """A store that lost the collection run: --model is then required, and enough; an upper-case id finds the case;
+    a case whose stored Δℓ is missing says so instead of 'differs by nan'."""
+    import shutil
+
+    store = tmp_path / "norun.duckdb"
+    shutil.copy(toy["store"], store)
+    case = toy["cases"][0]
+    with open_store(store) as st:
+        st.con.execute("DELETE FROM runs WHERE stage = 'collect'")
+        st.con.execute("UPDATE cases SET delta_logit = 'nan'::DOUBLE WHERE case_id = ?", [case.case_id])
+    assert main(["attribute", "--store", str(store), "--case", case.case_id, "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "its collection run" in err and "pass --model" in err
+    assert main(["attribute", "--store", str(store), "--case", case.case_id[:10].upper(), "--model",
+                 str(toy["model_dir"]), "-q"]) == 0
+    assert "the store holds no finite Δℓ to compare with" in capsys.readouterr().out

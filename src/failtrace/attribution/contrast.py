@@ -38,6 +38,23 @@ def greedy_token(lm: Any, ids: Sequence[int]) -> TokenRef:
     return TokenRef(tid, lm.tokenizer.decode([tid], clean_up_tokenization_spaces=False))
 
 
+def check_fits_model(model: Any, ids: Sequence[int], scored: Sequence[int]) -> None:
+    """Every input id must have a row in the model's embedding matrix, and every scored id a logit. The tokenizer's
+    own range is checked when the tokens are resolved; this catches weights and a tokenizer that do not belong
+    together (a smaller vocabulary), which would otherwise fail deep inside the forward pass."""
+    emb = model.get_input_embeddings()
+    rows = int(getattr(emb, "num_embeddings", 0) or emb.weight.shape[0])
+    out = model.get_output_embeddings()
+    logits = int(getattr(out, "out_features", 0) or getattr(model.config, "vocab_size", rows)) if out is not None \
+        else int(getattr(model.config, "vocab_size", rows))
+    for what, group, limit in (("input token", ids, rows), ("target/contrast", scored, logits)):
+        bad = sorted({int(t) for t in group if not 0 <= int(t) < limit})
+        if bad:
+            raise FailtraceError(f"{what} id{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad[:5]))} "
+                                 f"{'are' if len(bad) > 1 else 'is'} beyond this model's {limit} vocabulary rows: "
+                                 f"its tokenizer and its weights do not belong together")
+
+
 def prepare_contrast(
     lm: Any,
     prompt: Prompt,
@@ -67,6 +84,7 @@ def prepare_contrast(
     if objective != "logit_diff" and con is not None:  # it would be recorded yet never enter the objective
         raise FailtraceError(f"objective {objective!r} does not use a contrast token; drop --contrast or use "
                              f"--objective logit_diff")
+    check_fits_model(lm.model, prep.ids, [t.id for t in (tgt, con) if t is not None])
     own = tgt is None
     if own:
         tgt = greedy_token(lm, prep.ids)

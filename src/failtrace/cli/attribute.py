@@ -65,10 +65,8 @@ def run_attribute(
 
     from failtrace.cli import from_case
 
-    from_case.check_case_options(store, case, {"--prompt": prompt is not None, "--target": target is not None,
-                                               "--contrast": contrast is not None, "--chat": chat,
-                                               "--answer-prefix": answer_prefix is not None,
-                                               "--position": position is not None})
+    from_case.check_case_options(store, case, from_case.hand_options(prompt, target, contrast, chat, answer_prefix,
+                                                                      position))
     _validate(prompt if case is None else "stored", method, objective, dtype or "float32", json_path, html_path,
               png_path)
     stored = from_case.read_stored_case(store, case) if case is not None and store is not None else None
@@ -83,21 +81,21 @@ def run_attribute(
     if stored is None:
         lm = failtrace.load_model(model, dtype=dtype or "float32")
         text: Any = prompt
-    else:  # the case's own ids: the prompt as the chat template rendered it, then the answer so far
+    else:
         lm = from_case.load_case_model(stored, model, dtype, note)
-        text, answer_prefix = stored.prompt_ids, stored.answer_ids
-        target = f"#{stored.target_id}"  # the contrast enters only the logit difference
-        contrast = f"#{stored.contrast_id}" if objective == "logit_diff" else None
+        text, answer_prefix, target, contrast = from_case.case_input(stored, objective)
     with console.status(f"attributing with {method} ..."):
         attr = failtrace.attribute(
             lm, text, target=_parse_token(target), contrast=_parse_token(contrast), answer_prefix=answer_prefix,
             chat=chat, method=method, objective=objective, position=position, ig_steps=ig_steps,
             allow_long=allow_long,
         )
+    if stored is not None:  # where the ids came from (they are already chat-rendered: chat stays False)
+        attr.extra["case"] = from_case.provenance(stored)
     if not quiet:
         render_terminal(attr)
-    if stored is not None:
-        console.print(from_case.delta_check(stored, attr.delta_logit, objective), highlight=False, markup=False)
+    if stored is not None:  # a result, on stdout beside the terminal view (so `> file` keeps it)
+        print(from_case.delta_check(stored, attr.delta_logit, objective), flush=True)
     if png_path is not None:  # the checked (possibly missing) folder is created only now, when there is output
         png_path.parent.mkdir(parents=True, exist_ok=True)
     for path in _outputs(attr, json_path, html_path, png_path):

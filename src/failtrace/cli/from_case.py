@@ -7,6 +7,8 @@ AttnLRP's input relevance equals the stored one, and the recomputed Δℓ is che
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -32,17 +34,28 @@ class StoredCase:
     answer_ids: list[int]
     target_id: int
     contrast_id: int
-    delta_logit: float
+    delta_logit: float  # NaN when the store holds none
+    tokens: list[str]  # the case's tokens as its own tokenizer decoded them
+    run_id: str
+    store: str
 
     @property
     def label(self) -> str:
         return f"case {self.case_id[:12]} ({self.benchmark} {self.item_id})"
 
 
+def hand_options(prompt: str | None, target: str | None, contrast: str | None, chat: bool,
+                 answer_prefix: str | None, position: int | None) -> dict[str, bool]:
+    """Which of :data:`HAND_OPTIONS` the user passed."""
+    values = (prompt is not None, target is not None, contrast is not None, chat, answer_prefix is not None,
+              position is not None)
+    return dict(zip(HAND_OPTIONS, values, strict=True))
+
+
 def check_case_options(store: Path | None, case: str | None, given: dict[str, bool]) -> None:
     """``--case`` needs ``--store`` and excludes the hand-made input; without it ``--prompt`` is needed.
 
-    ``given`` maps each of :data:`HAND_OPTIONS` to whether the user passed it."""
+    ``given`` maps each of :data:`HAND_OPTIONS` to whether the user passed it (:func:`hand_options`)."""
     if case is None:
         if store is not None:
             raise FailtraceError("--store is only read with --case ID (a stored case to explain again); "
@@ -59,7 +72,8 @@ def check_case_options(store: Path | None, case: str | None, given: dict[str, bo
 
 
 def read_stored_case(store: Path, case: str) -> StoredCase:
-    """The case ``case`` (an id or a unique prefix) of ``store``, opened read-only, with its collect run's model."""
+    """The case ``case`` (an id or a unique prefix) of ``store``, opened read-only, with its collect run's model
+    (empty when the store no longer holds that run: then ``--model`` must name one)."""
     from failtrace.cli.checks import check_store_path
     from failtrace.cli.console import store_errors
     from failtrace.store.cases import find_case_id
@@ -69,32 +83,67 @@ def read_stored_case(store: Path, case: str) -> StoredCase:
     with store_errors(store), open_store(store, read_only=True) as st:
         cid = find_case_id(st, case)
         row = st.con.execute(
-            "SELECT run_id, benchmark, item_id, model, model_fingerprint, token_ids, prompt_length, target_id, "
-            "contrast_id, delta_logit FROM cases WHERE case_id = ?", [cid]).fetchone()
+            "SELECT run_id, benchmark, item_id, model_fingerprint, token_ids, prompt_length, target_id, "
+            "contrast_id, delta_logit, tokens FROM cases WHERE case_id = ?", [cid]).fetchone()
         run = st.get_run(row[0])
-    if run is None:
-        raise FailtraceError(f"case {cid[:12]} names collection run {row[0]}, which {store} does not hold")
-    ids, n = [int(t) for t in row[5]], int(row[6])
-    return StoredCase(case_id=cid, benchmark=row[1], item_id=row[2], model=run.model, model_fingerprint=row[4],
-                      dtype=run.dtype or "float32", revision=run.revision, prompt_ids=ids[:n], answer_ids=ids[n:],
-                      target_id=int(row[7]), contrast_id=int(row[8]), delta_logit=float(row[9]))
+    ids, n = [int(t) for t in row[4] or []], int(row[5])
+    if not ids or not 0 < n <= len(ids):
+        raise FailtraceError(f"case {cid[:12]} in {store} holds no usable token ids ({len(ids)} ids, prompt length "
+                             f"{n}); `failtrace analyse` builds it again")
+    try:
+        tokens = [str(t) for t in json.loads(row[9] or "[]")]
+    except (TypeError, ValueError):
+        tokens = []
+    return StoredCase(case_id=cid, benchmark=row[1], item_id=row[2], model=(run.model or "") if run else "",
+                      model_fingerprint=row[3], dtype=(run.dtype if run else None) or "float32",
+                      revision=run.revision if run else None, prompt_ids=ids[:n], answer_ids=ids[n:],
+                      target_id=int(row[6]), contrast_id=int(row[7]),
+                      delta_logit=float("nan") if row[8] is None else float(row[8]), tokens=tokens,
+                      run_id=row[0], store=str(store))
 
 
 def load_case_model(case: StoredCase, model: str | None, dtype: str | None,
                     note: Callable[[str], None]) -> Any:
-    """The case's run model (or ``model``), in the run's dtype (or ``dtype``); a note when its content fingerprint
-    is not the one that built the case, since then the numbers are another model's."""
+    """The case's run model (or ``model``), in the run's dtype (or ``dtype``).
+
+    Refused when that model's tokenizer reads the stored ids as other tokens (the ids mean nothing there: compare
+    re-tokenises a case for such a model); a note when its content fingerprint is not the case's, since then the
+    numbers are another model's (or another dtype's)."""
     import failtrace
+    from failtrace.attribution.inputs import decode_tokens
     from failtrace.models.fingerprint import model_fingerprint
 
     if model is None:
-        lm = failtrace.load_model(case.model, dtype=dtype or case.dtype, revision=case.revision)
+        if not case.model:
+            raise FailtraceError(f"{case.label}: its collection run {case.run_id[:12]} is not in {case.store} (or "
+                                 "names no model); pass --model")
+        try:
+            lm = failtrace.load_model(case.model, dtype=dtype or case.dtype, revision=case.revision)
+        except FailtraceError as exc:
+            raise FailtraceError(f"the model of {case.label}'s collection run, {case.model!r} in "
+                                 f"{dtype or case.dtype}, does not load here ({exc}); pass --model (and --dtype) to "
+                                 "use another copy") from None
     else:
         lm = failtrace.load_model(model, dtype=dtype or case.dtype)
+    ids = case.prompt_ids + case.answer_ids
+    if case.tokens and len(case.tokens) == len(ids) and max(ids) < len(lm.tokenizer) \
+            and decode_tokens(lm.tokenizer, ids) != case.tokens:
+        raise FailtraceError(f"{getattr(lm, 'name', model)}'s tokenizer reads {case.label}'s token ids as other "
+                             f"text, so they cannot be explained on it; `failtrace compare --store {case.store} "
+                             f"--models ...` re-tokenises a case's text for another model")
     if model_fingerprint(lm) != case.model_fingerprint:
-        note(f"this model ({getattr(lm, 'name', model)}, {dtype or case.dtype}) is not the one that built "
-             f"{case.label} (its content fingerprint differs), so the numbers below are this model's")
+        other = f"{dtype}, not the case's {case.dtype}" if model is None and dtype and dtype != case.dtype \
+            else "its content fingerprint differs"
+        note(f"this is not the model that built {case.label} ({other}), so the numbers below are this model's")
     return lm
+
+
+def case_input(case: StoredCase, objective: str) -> tuple[list[int], list[int], str, str | None]:
+    """``(prompt ids, answer ids, target, contrast)`` for :func:`failtrace.attribute` / ``build_graph``: the case's
+    own ids (the prompt as the chat template rendered it, then the answer so far); the contrast only for the logit
+    difference, the one objective that uses it."""
+    contrast = f"#{case.contrast_id}" if objective == "logit_diff" else None
+    return case.prompt_ids, case.answer_ids, f"#{case.target_id}", contrast
 
 
 def delta_check(case: StoredCase, value: float, objective: str) -> str:
@@ -102,8 +151,17 @@ def delta_check(case: StoredCase, value: float, objective: str) -> str:
     from failtrace.cases.build import DELTA_TOLERANCE
 
     if objective != "logit_diff":
-        return (f"{case.label}: objective {objective} (the store holds Δℓ {case.delta_logit:.4f}, the logit "
-                "difference)")
+        return (f"{case.label}: {objective} {value:.4f} (the store holds only the logit difference, Δℓ "
+                f"{case.delta_logit:.4f})")
+    if not math.isfinite(case.delta_logit):
+        return f"{case.label}: Δℓ {value:.4f} (the store holds no finite Δℓ to compare with)"
     diff = abs(value - case.delta_logit)
     same = "matches" if diff <= DELTA_TOLERANCE else f"differs by {diff:.2e} from"
     return f"{case.label}: Δℓ {value:.4f} {same} the stored {case.delta_logit:.4f}"
+
+
+def provenance(case: StoredCase) -> dict[str, Any]:
+    """What a written record says about where its input came from (its ids are already chat-rendered)."""
+    return {"store": case.store, "case_id": case.case_id, "benchmark": case.benchmark, "item_id": case.item_id,
+            "collection_run": case.run_id, "model_fingerprint": case.model_fingerprint,
+            "stored_delta_logit": case.delta_logit if math.isfinite(case.delta_logit) else None}

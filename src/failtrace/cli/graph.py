@@ -105,10 +105,8 @@ def run_graph(
 
     console = Console(stderr=True, soft_wrap=True)  # notes, progress and "wrote" lines
     results = Console(soft_wrap=True)  # the summary and paths, on stdout as attribute's are (so `> file` keeps them)
-    from_case.check_case_options(store, case, {"--prompt": prompt is not None, "--target": target is not None,
-                                               "--contrast": contrast is not None, "--chat": chat,
-                                               "--answer-prefix": answer_prefix is not None,
-                                               "--position": position is not None})
+    from_case.check_case_options(store, case, from_case.hand_options(prompt, target, contrast, chat, answer_prefix,
+                                                                      position))
     if case is None and (not prompt or not prompt.strip()):
         raise FailtraceError("the prompt is empty; pass --prompt TEXT")
     _validate(edges, node_threshold, prune, method)
@@ -126,11 +124,9 @@ def run_graph(
     text: Any = prompt
     if stored is None:
         lm = failtrace.load_model(model, dtype=dtype or "float32")
-    else:  # the case's own ids: the prompt as the chat template rendered it, then the answer so far
+    else:
         lm = from_case.load_case_model(stored, model, dtype, note)
-        text, answer_prefix = stored.prompt_ids, stored.answer_ids
-        target = f"#{stored.target_id}"  # the contrast enters only the logit difference
-        contrast = f"#{stored.contrast_id}" if objective == "logit_diff" else None
+        text, answer_prefix, target, contrast = from_case.case_input(stored, objective)
     graph = build_graph(
         lm, text, target=_parse_token(target), contrast=_parse_token(contrast), answer_prefix=answer_prefix,
         chat=chat, objective=objective, edges=edges, method=method, layers=layers, mid_nodes=mid_nodes,
@@ -138,14 +134,16 @@ def run_graph(
         allow_long=allow_long, position=position,
         notify=lambda msg: console.print(f"note: {msg}", highlight=False),
     )
+    if stored is not None:  # where the ids came from (they are already chat-rendered: chat stays False)
+        graph.metadata["case"] = from_case.provenance(stored)
     pruned = graph.pruned
     for msg in pruned.notes:
         console.print(f"note: {msg}", highlight=False)
     if not quiet:
         for line in _summary(graph, pruned, top_k):
             results.print(line, highlight=False, markup=False)
-    if stored is not None:
-        console.print(from_case.delta_check(stored, graph.objective_value, objective), highlight=False, markup=False)
+    if stored is not None:  # a result: on stdout with the summary (also with --quiet)
+        results.print(from_case.delta_check(stored, graph.objective_value, objective), highlight=False, markup=False)
     written = []
     if json_path:
         written.append(save_json(pruned, json_path))

@@ -60,7 +60,7 @@ def _metadata(pruned: PrunedGraph) -> dict[str, Any]:
     m = g.metadata
     top, final = g.final_node
     keys = ("model", "architecture", "prompt", "answer_prefix", "chat", "target", "contrast", "objective",
-            "lrp_method", "edge_method", "methods_used", "layers", "mid_nodes", "layer_structure")
+            "lrp_method", "edge_method", "methods_used", "layers", "mid_nodes", "layer_structure", "case")
     meta: dict[str, Any] = {k: m.get(k) for k in keys}
     meta.update({
         "tokens": g.tokens,

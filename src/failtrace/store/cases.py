@@ -201,17 +201,21 @@ def load_case_graph(store: ResultsStore, case_id: str) -> dict[str, Any] | None:
 
 def find_case_id(store: ResultsStore, prefix: str) -> str:
     """The one stored case id starting with ``prefix`` (ids are long; a unique prefix is enough)."""
-    prefix = (prefix or "").strip()
+    prefix = (prefix or "").strip().lower()  # ids are lower-case hex digests; a pasted upper-case one still finds
     if not prefix:
         raise FailtraceError("--case is empty; give a case id (or a unique prefix of one)")
-    ids = [r[0] for r in store.con.execute("SELECT case_id FROM cases WHERE starts_with(case_id, ?) LIMIT 3",
-                                           [prefix]).fetchall()] if has_case_tables(store) else []
+    shown = repr(prefix if len(prefix) <= 70 else prefix[:64] + "…")
+    if not has_case_tables(store) or not store.con.execute("SELECT count(*) FROM cases").fetchone()[0]:
+        raise FailtraceError(f"no case {shown}: {store.path} has no analysed cases (failtrace analyse explains the "
+                             "clean pairs)")
+    ids = [r[0] for r in store.con.execute("SELECT case_id FROM cases WHERE starts_with(case_id, ?) ORDER BY case_id "
+                                           "LIMIT 3", [prefix]).fetchall()]
     if not ids:
-        raise FailtraceError(f"no case {prefix!r} in {store.path}; `failtrace show --store {store.path}` lists the "
+        raise FailtraceError(f"no case {shown} in {store.path}; `failtrace show --store {store.path}` lists the "
                              f"case ids")
     if len(ids) > 1:
-        raise FailtraceError(f"case id prefix {prefix!r} matches several cases ({', '.join(ids[:2])}, ...); "
-                             f"give more characters")
+        raise FailtraceError(f"case id prefix {shown} matches {'several' if len(ids) > 2 else 'two'} cases "
+                             f"({', '.join(ids[:2])}{', ...' if len(ids) > 2 else ''}); give more characters")
     return ids[0]
 
 
