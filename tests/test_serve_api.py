@@ -345,6 +345,36 @@ def test_review_names_the_case_of_the_newest_analysis(toy: dict[str, Any], tmp_p
     assert sha256(store) == before
 
 
+def test_review_mode_writes_nothing_until_the_first_review(toy: dict[str, Any], tmp_path: Path) -> None:
+    """--review opened the store and created the reviews table at once, so merely browsing changed the file; now
+    the table is made by the first review (and reads before it see none). A reviews table of an older version (no
+    contrast columns) still gains them when a review-mode explorer opens it."""
+    store = tmp_path / "browse.duckdb"
+    shutil.copy(toy["store"], store)
+    before = store.read_bytes()
+    case = toy["cases"][0]
+    with TestClient(create_app(store, review=True), base_url="http://127.0.0.1") as c:
+        assert c.get(f"/api/cases/{case.case_id}").json()["reviews"] == []
+        assert c.get("/api/reviews").json()["reviews"] == []
+    assert store.read_bytes() == before
+    with TestClient(create_app(store, review=True), base_url="http://127.0.0.1") as c:
+        r = c.post("/api/reviews", json={"pair_run_id": case.pair_run_id, "item_id": case.item_id,
+                                         "decision": "accept", "comment": "first"})
+        assert r.status_code == 201
+        assert [x["comment"] for x in c.get(f"/api/cases/{case.case_id}").json()["reviews"]] == ["first"]
+    old = tmp_path / "old.duckdb"
+    shutil.copy(toy["store"], old)
+    with open_store(old) as st:  # the reviews table as it was before a reviewer could pick another contrast
+        st.con.execute("CREATE TABLE reviews (review_id VARCHAR PRIMARY KEY, pair_run_id VARCHAR, item_id VARCHAR, "
+                       "case_id VARCHAR, decision VARCHAR, category VARCHAR, comment VARCHAR, created_at TIMESTAMP)")
+    with TestClient(create_app(old, review=True), base_url="http://127.0.0.1") as c:
+        assert c.get(f"/api/cases/{case.case_id}").status_code == 200
+    with open_store(old, read_only=True) as st:
+        cols = {r[0] for r in st.con.execute("SELECT column_name FROM information_schema.columns "
+                                             "WHERE table_name = 'reviews'").fetchall()}
+    assert {"contrast_id", "contrast_text"} <= cols
+
+
 def test_review_mode_writes_validated_rows(toy: dict[str, Any], tmp_path: Path) -> None:
     store = tmp_path / "review.duckdb"
     shutil.copy(toy["store"], store)
@@ -610,7 +640,8 @@ def test_non_finite_and_huge_values_are_a_short_422(toy: dict[str, Any], tmp_pat
         r = c.get("/api/table", params=[("benchmark", "b" * 200)] * 300)
         assert r.status_code == 422 and len(r.content) < 2000
     with open_store(store, read_only=True) as st:  # nothing rejected was written
-        assert st.con.execute("SELECT count(*) FROM reviews").fetchone()[0] == 0
+        assert st.con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'reviews'"
+                              ).fetchone()[0] == 0  # nothing recorded: not even the table the first review makes
         assert st.con.execute("SELECT count(*) FROM overrides").fetchone()[0] == 0
 
 

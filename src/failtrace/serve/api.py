@@ -253,6 +253,8 @@ def _insert_review(st: Any, pair_run_id: str, item_id: str, case_id: str | None,
     row = {"review_id": rid, "pair_run_id": pair_run_id, "item_id": item_id, "case_id": case_id,
            "decision": decision, "category": category, "comment": comment, "created_at": now,
            "contrast_id": contrast[0] if contrast else None, "contrast_text": contrast[1] if contrast else None}
+    if not st.has_reviews:  # the first review of this store creates its table
+        st.ensure_reviews()
     st.store.con.execute(f"INSERT INTO reviews ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
                          list(row.values()))
     return row | {"created_at": str(now)}

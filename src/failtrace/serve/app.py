@@ -103,13 +103,10 @@ class ServeState:
         try:
             self.has_cases = has_case_tables(self.store)
             self.refresh_rows()  # reads every row the table shows: a damaged store is refused before review writes
-            if review:
-                with self.write_lock:
-                    self.store.con.execute(REVIEWS_DDL)
-                    for stmt in REVIEWS_ADDED:
-                        self.store.con.execute(stmt)
             tables = {r[0] for r in self.store.con.execute(
                 "SELECT table_name FROM information_schema.tables").fetchall()}
+            if review and "reviews" in tables:  # an older reviews table gains the contrast columns the reads use
+                self.ensure_reviews()
         except BaseException:
             self.close()
             raise
@@ -117,6 +114,19 @@ class ServeState:
         self.has_comparisons = "comparisons" in tables and self.has_cases
         self.figures: dict[str, Any] | None = None  # Fig. 4-7 data, computed on first request (api.compare_figures)
         self.figures_lock = threading.Lock()
+
+    def ensure_reviews(self) -> None:
+        """The reviews table with every column, created on the first review (so opening a store with --review
+        leaves its file as it was until a reviewer writes). Idempotent; the caller holds the write lock or is
+        starting up."""
+        columns = {r[0] for r in self.store.con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'reviews'").fetchall()}
+        if not columns:
+            self.store.con.execute(REVIEWS_DDL)
+        if not columns or not {"contrast_id", "contrast_text"} <= columns:
+            for stmt in REVIEWS_ADDED:
+                self.store.con.execute(stmt)
+        self.has_reviews = True
 
     def refresh_rows(self) -> None:
         """Rebuild the cases table's join (at start and after each write)."""
