@@ -95,11 +95,12 @@ def summary_section(t: Mapping[str, Any], figs: Mapping[str, str]) -> str:
                     (PAIR_STATUS_TEXT[s] for s in (*NON_CLEAN, NOT_SEARCHED))) + ".</p>"
         f"{status}"
         + figure(figs.get("categories"), "categories and patterns per benchmark",
-                 "Share of cases per outcome category ("
+                 "Share of cases per outcome category and per failure pattern; numbers in the bars are case "
+                 "counts. Categories: "
                  + esc("; ".join(f"{n} ({long}): {meaning}" for n, (long, meaning) in CATEGORY_TEXT.items()))
-                 + ") and per failure pattern ("
+                 + ". Patterns: "
                  + esc("; ".join(f"{n} ({PATTERN_TEXT[n][0]}): {PATTERN_TEXT[n][1]}" for n in ("URT", "OIT")))
-                 + "). Numbers in the bars are case counts.")
+                 + ".")
         + "</section>"
     )
 
