@@ -61,6 +61,11 @@ def test_attribute_case_reproduces_the_stored_attribution(toy, tmp_path, capsys)
                                atol=1e-6)
     assert f"Δℓ {plain:.4f} matches the stored {case.delta_logit:.4f}" in said  # stdout, with the result
     assert rec["extra"]["case"]["case_id"] == case.case_id  # the record says where its ids came from
+    from failtrace.attribution.record import Attribution
+    from failtrace.views import heatmap_html
+
+    page = heatmap_html(Attribution.from_dict(rec))  # and so does its heatmap's header
+    assert f'<span class="k">case</span><span class="v">{case.case_id[:12]} (toy {case.item_id})</span>' in page
     assert sha256(toy["store"]) == before
 
 

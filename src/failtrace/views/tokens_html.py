@@ -163,6 +163,9 @@ def _header(attr: Attribution) -> str:
         ("explained position", str(attr.position)),
         ("scale (max |R|, non-special)", f"{attr.scale:.4g}" if n else "n/a"),
     ]
+    case = attr.extra.get("case") if isinstance(attr.extra, dict) else None
+    if isinstance(case, dict) and case.get("case_id"):  # explained again from a store (attribute --case)
+        meta.insert(0, ("case", f"{str(case['case_id'])[:12]} ({case.get('benchmark', '')} {case.get('item_id', '')})"))
     meta_html = "".join(f'<div><span class="k">{esc(k)}</span><span class="v">{esc(v)}</span></div>' for k, v in meta)
     contrast_label = quoted(attr.contrast) if attr.contrast is not None else "not the target"
     legend = (
