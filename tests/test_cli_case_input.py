@@ -196,3 +196,36 @@ def test_a_store_without_the_run_needs_model(toy, tmp_path, capsys) -> None:
     assert main(["attribute", "--store", str(store), "--case", case.case_id[:10].upper(), "--model",
                  str(toy["model_dir"]), "-q"]) == 0
     assert "the store holds no finite Δℓ to compare with" in capsys.readouterr().out
+
+
+def test_the_case_analysis_settings_are_the_defaults(toy, tmp_path, capsys) -> None:
+    """A case analysed with other settings (ig steps, pruning, node threshold) is explained again with those unless
+    the options are given: ig at the command's own 32 steps gave the opposite sign on a real case."""
+    import shutil
+
+    from failtrace.cases.analyse import analyse
+    from failtrace.cases.settings import CaseSettings
+
+    store = tmp_path / "other.duckdb"
+    shutil.copy(toy["store"], store)
+    settings = CaseSettings(methods=["attnlrp", "ig"], ig_steps=3, prune="cumulative:0.5", node_threshold=0.05)
+    with open_store(store) as st:
+        analyse(st, settings, progress=False)
+        case = next(c for c in load_cases(st, with_graph=True) if c.settings["ig_steps"] == 3)
+    capsys.readouterr()
+    out = tmp_path / "ig.json"
+    assert main(["attribute", "--store", str(store), "--case", case.case_id, "--method", "ig", "--json", str(out),
+                 "-q"]) == 0
+    np.testing.assert_allclose(json.loads(out.read_text())["input_relevance"], case.methods["ig"].input_relevance,
+                               rtol=1e-4, atol=1e-6)
+    assert main(["attribute", "--store", str(store), "--case", case.case_id, "--method", "ig", "--ig-steps", "8",
+                 "--json", str(out), "-q"]) == 0  # given: used
+    assert not np.allclose(json.loads(out.read_text())["input_relevance"], case.methods["ig"].input_relevance,
+                           rtol=1e-4, atol=1e-6)
+    g = tmp_path / "g.json"
+    assert main(["graph", "--store", str(store), "--case", case.case_id, "--json", str(g), "-q"]) == 0
+    data = json.loads(g.read_text())
+    assert data["metadata"]["prune"] == "cumulative:0.5" and data["metadata"]["node_threshold"] == 0.05
+    stage = {s["id"]: i for i, s in enumerate(data["stages"])}
+    assert {(stage[n["stage"]], n["token_index"]) for n in data["nodes"]} == {(int(s), int(t)) for s, t, _ in
+                                                                            case.graph["nodes"]}

@@ -11,6 +11,8 @@ from failtrace.cli import options as opts
 from failtrace.cli.checks import check_outputs
 from failtrace.errors import FailtraceError
 
+IG_STEPS = 32  # integrated-gradients steps for a prompt (a stored case uses its analysis's, 16 by default)
+
 def _parse_token(value: str | None) -> int | str | None:
     """'#123' or a plain integer string selects an id; anything else is a string that must be one token."""
     if value is None:
@@ -56,7 +58,7 @@ def _validate(prompt: str, method: str, objective: str, dtype: str, json_path: O
 def run_attribute(
     model: str | None, prompt: str | None, target: str | None, contrast: str | None, chat: bool,
     answer_prefix: str | None, method: str, objective: str, position: int | None, json_path: Optional[Path],
-    html_path: Optional[Path], png_path: Optional[Path], dtype: str | None, ig_steps: int, quiet: bool,
+    html_path: Optional[Path], png_path: Optional[Path], dtype: str | None, ig_steps: int | None, quiet: bool,
     allow_long: bool = False, store: Optional[Path] = None, case: str | None = None,
 ) -> None:
     """The ``attribute`` command: check every input before the model loads, then explain one prompt (or a stored
@@ -81,9 +83,11 @@ def run_attribute(
     if stored is None:
         lm = failtrace.load_model(model, dtype=dtype or "float32")
         text: Any = prompt
+        ig_steps = ig_steps or IG_STEPS
     else:
         lm = from_case.load_case_model(stored, model, dtype, note)
         text, answer_prefix, target, contrast = from_case.case_input(stored, objective)
+        ig_steps = ig_steps or int(stored.setting("ig_steps", IG_STEPS))  # the analysis's, so ig reproduces
     with console.status(f"attributing with {method} ..."):
         attr = failtrace.attribute(
             lm, text, target=_parse_token(target), contrast=_parse_token(contrast), answer_prefix=answer_prefix,
@@ -120,9 +124,10 @@ def register(app: typer.Typer) -> None:
         html_path: Optional[Path] = typer.Option(None, "--html", help="Write a self-contained HTML heatmap."),
         png_path: Optional[Path] = typer.Option(None, "--png", help="Write a PNG heatmap."),
         dtype: Optional[str] = opts.DTYPE,
-        ig_steps: int = typer.Option(32, "--ig-steps", callback=opts.count(1),
-                                     help="Integrated-gradients steps (method ig), at least 1; analyse uses 16 "
-                                     "per case, half the cost."),
+        ig_steps: Optional[int] = typer.Option(None, "--ig-steps", callback=opts.count(1),
+                                               help="Integrated-gradients steps (method ig), at least 1; default 32 "
+                                               "(analyse uses 16 per case, half the cost; with --case, the case's "
+                                               "own)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Do not print the terminal view."),
         allow_long: bool = opts.ALLOW_LONG,
         store: Optional[Path] = opts.CASE_STORE,

@@ -38,6 +38,12 @@ class StoredCase:
     tokens: list[str]  # the case's tokens as its own tokenizer decoded them
     run_id: str
     store: str
+    settings: dict[str, Any]  # the analysis settings that built it (CaseSettings.identity())
+
+    def setting(self, key: str, default: Any) -> Any:
+        """The analysis's value of ``key`` (what a re-run uses unless the user gives the option), else ``default``."""
+        value = self.settings.get(key)
+        return default if value is None else value
 
     @property
     def label(self) -> str:
@@ -84,7 +90,7 @@ def read_stored_case(store: Path, case: str) -> StoredCase:
         cid = find_case_id(st, case)
         row = st.con.execute(
             "SELECT run_id, benchmark, item_id, model_fingerprint, token_ids, prompt_length, target_id, "
-            "contrast_id, delta_logit, tokens FROM cases WHERE case_id = ?", [cid]).fetchone()
+            "contrast_id, delta_logit, tokens, settings FROM cases WHERE case_id = ?", [cid]).fetchone()
         run = st.get_run(row[0])
     ids, n = [int(t) for t in row[4] or []], int(row[5])
     if not ids or not 0 < n <= len(ids):
@@ -94,12 +100,16 @@ def read_stored_case(store: Path, case: str) -> StoredCase:
         tokens = [str(t) for t in json.loads(row[9] or "[]")]
     except (TypeError, ValueError):
         tokens = []
+    try:
+        settings = json.loads(row[10] or "{}")
+    except (TypeError, ValueError):
+        settings = {}
     return StoredCase(case_id=cid, benchmark=row[1], item_id=row[2], model=(run.model or "") if run else "",
                       model_fingerprint=row[3], dtype=(run.dtype if run else None) or "float32",
                       revision=run.revision if run else None, prompt_ids=ids[:n], answer_ids=ids[n:],
                       target_id=int(row[6]), contrast_id=int(row[7]),
                       delta_logit=float("nan") if row[8] is None else float(row[8]), tokens=tokens,
-                      run_id=row[0], store=str(store))
+                      run_id=row[0], store=str(store), settings=settings if isinstance(settings, dict) else {})
 
 
 def load_case_model(case: StoredCase, model: str | None, dtype: str | None,

@@ -19,6 +19,8 @@ from failtrace.cli.checks import check_outputs
 from failtrace.errors import FailtraceError
 
 EXIT_FALLBACK = 3
+# The defaults of --edges, --prune and --node-threshold (analyse's too); with --case, the case's analysis's values.
+EDGES, PRUNE, NODE_THRESHOLD = "auto", "cumulative:0.85", 0.01
 
 
 def _parse_token(value: str | None) -> int | str | None:
@@ -91,11 +93,11 @@ def path_hops(path: dict[str, Any]) -> list[str]:
 
 def run_graph(
     model: str | None, prompt: str | None, target: str | None, contrast: str | None, chat: bool,
-    answer_prefix: str | None, layers: str | None, mid_nodes: bool, edges: str, prune: str, node_threshold: float,
-    method: str, objective: str, json_path: Optional[Path], ct_json_path: Optional[Path], html_path: Optional[Path],
-    png_path: Optional[Path], svg_path: Optional[Path], dtype: str | None, memory_budget: float, top_k: int,
-    quiet: bool, allow_long: bool = False, position: int | None = None, store: Optional[Path] = None,
-    case: str | None = None,
+    answer_prefix: str | None, layers: str | None, mid_nodes: bool, edges: str | None, prune: str | None,
+    node_threshold: float | None, method: str, objective: str, json_path: Optional[Path],
+    ct_json_path: Optional[Path], html_path: Optional[Path], png_path: Optional[Path], svg_path: Optional[Path],
+    dtype: str | None, memory_budget: float, top_k: int, quiet: bool, allow_long: bool = False,
+    position: int | None = None, store: Optional[Path] = None, case: str | None = None,
 ) -> int:
     """Build, prune and write the graph (of a prompt, or of a stored case's exact input); returns the exit code (0,
     or 3 after a closed-form fallback)."""
@@ -109,9 +111,15 @@ def run_graph(
                                                                       position))
     if case is None and (not prompt or not prompt.strip()):
         raise FailtraceError("the prompt is empty; pass --prompt TEXT")
-    _validate(edges, node_threshold, prune, method)
+    _validate(edges or EDGES, NODE_THRESHOLD if node_threshold is None else node_threshold, prune or PRUNE, method)
     _check_outputs(dtype or "float32", json_path, ct_json_path, html_path, png_path, svg_path)
     stored = from_case.read_stored_case(store, case) if case is not None and store is not None else None
+    # a setting not given is the case's analysis's (so the stored pruned graph is reproduced), else the default
+    edges = edges or (stored.setting("edge_method", EDGES) if stored else EDGES)
+    prune = prune or (stored.setting("prune", PRUNE) if stored else PRUNE)
+    if node_threshold is None:
+        node_threshold = float(stored.setting("node_threshold", NODE_THRESHOLD)) if stored else NODE_THRESHOLD
+    _validate(edges, node_threshold, prune, method)
 
     import failtrace
     from failtrace.graph import build_graph
@@ -182,14 +190,16 @@ def register(app: typer.Typer) -> None:
                                                   "'20-29' or '5' (default: all layers)."),
         mid_nodes: bool = typer.Option(False, "--mid-nodes",
                                        help="Add a node after each attention block (before the MLP)."),
-        edges: str = typer.Option("auto", "--edges",
-                                  help="Edge algorithm: auto (closed form where covered, else packed) | naive | "
-                                       "packed | closed-form."),
-        prune: str = typer.Option("cumulative:0.85", "--prune",
-                                  help="Edge pruning: cumulative:P (0 < P <= 1, mass per layer transition) or "
-                                       "global:TAU (|A| > TAU·|R_final|)."),
-        node_threshold: float = typer.Option(0.01, "--node-threshold",
-                                             help="Drop nodes whose normalised |R| is below this (0..1)."),
+        edges: Optional[str] = typer.Option(None, "--edges",
+                                            help="Edge algorithm: auto (closed form where covered, else packed; the "
+                                                 "default) | naive | packed | closed-form."),
+        prune: Optional[str] = typer.Option(None, "--prune",
+                                            help="Edge pruning: cumulative:P (0 < P <= 1, mass per layer "
+                                                 "transition; default cumulative:0.85) or global:TAU (|A| > "
+                                                 "TAU·|R_final|)."),
+        node_threshold: Optional[float] = typer.Option(None, "--node-threshold",
+                                                       help="Drop nodes whose normalised |R| is below this (0..1; "
+                                                            "default 0.01)."),
         method: str = typer.Option("attnlrp", "--method", help="LRP rule: attnlrp | cp-lrp | gradxinput"),
         objective: str = typer.Option("logit_diff", "--objective",
                                       help="logit_diff | max_logit | topk_mean | vocab_mean"),
