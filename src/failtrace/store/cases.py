@@ -201,10 +201,11 @@ def load_case_graph(store: ResultsStore, case_id: str) -> dict[str, Any] | None:
 
 def find_case_id(store: ResultsStore, prefix: str) -> str:
     """The one stored case id starting with ``prefix`` (ids are long; a unique prefix is enough)."""
-    prefix = (prefix or "").strip().lower()  # ids are lower-case hex digests; a pasted upper-case one still finds
+    typed = (prefix or "").strip()
+    prefix = typed.lower()  # ids are lower-case hex digests; a pasted upper-case one still finds its case
     if not prefix:
         raise FailtraceError("--case is empty; give a case id (or a unique prefix of one)")
-    shown = repr(prefix if len(prefix) <= 70 else prefix[:64] + "…")
+    shown = repr(typed if len(typed) <= 70 else typed[:64] + "…")
     if not has_case_tables(store) or not store.con.execute("SELECT count(*) FROM cases").fetchone()[0]:
         raise FailtraceError(f"no case {shown}: {store.path} has no analysed cases (failtrace analyse explains the "
                              "clean pairs)")
