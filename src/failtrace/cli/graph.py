@@ -75,8 +75,9 @@ def _summary(graph: Any, pruned: Any, top_k: int) -> list[str]:
                       ("bottom_paths", "paths towards the contrast (flow < 0")):
         paths = m[key][:top_k]
         if paths:
-            lines.append(f"{head}, in the objective's units; a path moves to another token at each L<layer>/<token> "
-                         "shown, and ends at the prediction's node):")
+            lines.append(f"{head}: its share of the prediction's relevance, in the objective's units; each node "
+                         "shown, L<layer>/<position> (L<layer>.mid: after that layer's attention, --mid-nodes), is "
+                         "where the path moves to another position, and the last is the prediction's node):")
         for p in paths:
             lines.append(f"  path {p['relevance']:+.4f}: {visible(p['tokens'][0])!r} [{p['input_token']}] → "
                          + " → ".join(path_hops(p)))

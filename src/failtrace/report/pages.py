@@ -183,7 +183,7 @@ def benchmark_section(bench: str, cases: Sequence[Any], t: Mapping[str, Any], fi
         lead += (f" With AttnLRP, masking on average {lrp['mean_k_star']:.1f} tokens (median "
                  f"{lrp['median_k_star']:.1f}) flips the prediction in {lrp['flipped']} of "
                  f"{count_of(lrp['cases'], 'case')} "
-                 f"(about 2 is the figure quoted for the paper).")
+                 "(the paper is quoted as needing about 2 tokens; docs/ANALYSES.md).")
     if not mine:
         return (f'<section class="block" id="{slug(bench)}"><h2>{esc(bench)}</h2><p class="lead">{esc(lead)}</p>'
                 f'<p class="empty">{_no_cases_hint(t1, [r for r in t["pair_status"] if r["benchmark"] == bench])}'
