@@ -250,8 +250,8 @@ def _segments_table(c: Any, method: str) -> Any:
     for name in ("segment", "tokens", "Σ R"):
         t.add_column(name, justify="left" if name == "segment" else "right")
     for seg, value in sorted(r.segment_relevance.items(), key=lambda kv: -abs(kv[1])):
-        t.add_row(seg + (" (relevant)" if seg in c.relevant_segments else ""), str(labels.count(seg)),
-                  f"{value:.4g}")
+        said = " (relevant)" if seg in c.relevant_segments else " (chat template)" if seg == "special" else ""
+        t.add_row(seg + said, str(labels.count(seg)), f"{value:.4g}")  # as the report's case section words them
     return t
 
 
