@@ -196,6 +196,26 @@ def test_cli_compare_and_errors(cmp: dict[str, Any], capsys: pytest.CaptureFixtu
     assert "error: --models needs at least two models" in capsys.readouterr().err
 
 
+def test_a_copy_of_a_compared_model_is_refused(cmp: dict[str, Any], tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """A second folder holding the same weights computes the same numbers; its rows share the first's keys (case,
+    content fingerprint), so they were silently never written (a zero row in the table, exit 0)."""
+    import shutil
+
+    from failtrace.cli import main
+
+    copies = [tmp_path / "model0-copy", tmp_path / "model1-copy"]
+    for name, copy in zip(cmp["names"], copies, strict=True):
+        shutil.copytree(name, copy)
+    store = tmp_path / "s.duckdb"
+    shutil.copy(cmp["store"], store)
+    for names, same in (([cmp["names"][0], str(copies[0])], cmp["names"][0]),
+                        ([*cmp["names"], str(copies[1])], cmp["names"][1])):
+        assert main(["compare", "--store", str(store), "--models", *names, "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"computes the same as {same!r}" in err, err
+
+
 def test_a_reference_without_cases_fails_before_any_install(cmp: dict[str, Any], tmp_path: Path,
                                                              capsys: pytest.CaptureFixture[str],
                                                              monkeypatch: pytest.MonkeyPatch) -> None:

@@ -194,10 +194,14 @@ def compare(store: ResultsStore, model_names: Sequence[str], *, benchmark: str |
     del ref
     for name in model_names[1:]:
         lm = load(name)
+        fp = model_fingerprint(lm)
+        same = next((n for n, f in summary.fingerprints.items() if f == fp), None)
+        if same is not None:  # its rows would share the other's keys (case, fingerprint) and never be written
+            raise FailtraceError(f"--models: {name!r} computes the same as {same!r} (the same weights, tokenizer and "
+                                 f"dtype: content fingerprint {fp[:12]}); a model compared with itself says nothing")
         if ref_rows:  # written once another model loaded: a model that cannot load leaves the store unchanged
             summary.written[model_names[0]] = sum(write_comparison(store, row) for row in ref_rows)
             ref_rows = []
-        fp = model_fingerprint(lm)
         summary.fingerprints[name] = fp
         todo = [c for c in cases if (c.case_id, fp) not in done]
         summary.skipped += len(cases) - len(todo)
