@@ -464,10 +464,17 @@ def test_checkpoints_twice_or_with_another_vocabulary_leave_the_store_unchanged(
     tok = toy_tokenizer()
     tok.add_tokens(["<extra-token>"])
     tok.save_pretrained(fake)
+    other = tmp_path / "other-base"  # a checkpoint whose metadata names another base model
+    shutil.copytree(dpo.checkpoints[-1], other)
+    meta = json.loads((other / "failtrace_checkpoint.json").read_text())
+    meta["base_model_fingerprint"] = "0" * 64
+    (other / "failtrace_checkpoint.json").write_text(json.dumps(meta))
     before = hashlib.sha256(store.read_bytes()).hexdigest()
     step0 = str(dpo.checkpoints[0])
     for args, words in ((["--checkpoints", step0, str(fake)], "another vocabulary"),
-                        (["--checkpoints", step0, step0 + "/"], "twice")):
+                        (["--checkpoints", step0, step0 + "/"], f"names {step0 + '/'!r} twice (as {step0!r} too)"),
+                        (["--checkpoints", step0, step0], f"names {step0!r} twice; "),
+                        (["--checkpoints", step0, str(other)], f"({other} is not from {step0}'s)")):
         assert main(["compare", "-s", str(store), *args, "--no-progress"]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and words in err and "Traceback" not in err

@@ -128,7 +128,9 @@ def compare_checkpoints(store: ResultsStore, folders: Sequence[str], *, benchmar
     seen: dict[Path, str] = {}
     for f in folders:
         if Path(f).resolve() in seen:
-            raise FailtraceError(f"--checkpoints names {f!r} twice (as {seen[Path(f).resolve()]!r} too)")
+            again = seen[Path(f).resolve()]
+            raise FailtraceError(f"--checkpoints names {f!r} twice" + (f" (as {again!r} too)" if again != f else "")
+                                 + "; give each checkpoint once")
         seen[Path(f).resolve()] = f
     metas = {f: read_metadata(f) for f in folders}
     for f in folders:  # the cases' token ids must name the same tokens on every checkpoint
@@ -138,8 +140,11 @@ def compare_checkpoints(store: ResultsStore, folders: Sequence[str], *, benchmar
                                  f"token ids mean other tokens there; compare it with --models instead")
     bases = {m["base_model_fingerprint"] for m in metas.values()}
     if len(bases) > 1:
-        raise FailtraceError("the checkpoints come from different base models; compare one base model's "
-                             "checkpoints at a time")
+        first = metas[folders[0]]["base_model_fingerprint"]
+        other = [f for f in folders if metas[f]["base_model_fingerprint"] != first]
+        raise FailtraceError(f"the checkpoints come from different base models ({', '.join(other[:3])} "
+                             f"{'is' if len(other) == 1 else 'are'} not from {folders[0]}'s); compare one base "
+                             "model's checkpoints at a time")
     t0 = time.perf_counter()
     cases = _cases_of(store, bases.pop(), benchmark, limit)
     items = {c.case_id: store.get_item(c.benchmark, c.item_id) for c in cases}
