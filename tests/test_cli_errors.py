@@ -251,6 +251,7 @@ CASES = [
     Case("finetune-method", _ft("--method", "ppo"), ["--method", "ppo", "token-dpo"], early=True),
     Case("finetune-steps-0", _ft("--steps", "0"), ["--steps", "0"], early=True),
     Case("finetune-save-every-0", _ft("--save-every", "0"), ["--save-every", "0"], early=True),
+    Case("finetune-steps-huge", _ft("--steps", "99999999999999999999"), ["--steps", "at most 1000000"], early=True),
     Case("finetune-held-out-1", _ft("--held-out", "1"), ["--held-out", "1"], early=True),
     Case("finetune-held-out-nan", _ft("--held-out", "nan"), ["--held-out", "nan"], early=True),
     Case("finetune-lr-0", _ft("--lr", "0"), ["--lr", "0"], early=True),

@@ -19,13 +19,16 @@ from failtrace.cli.console import count_of
 from failtrace.store.store import DEFAULT_STORE
 from failtrace.training.finetune import METHODS
 
+MAX_STEPS = 1_000_000  # far beyond any run here; a typo like 99999999999999999999 trained until killed
+
 
 def finetune_command(
     store: Path = typer.Option(Path(DEFAULT_STORE), "--store", "-s", help="Results store with analysed cases."),
     method: str = typer.Option(..., "--method", help="sft, dpo or token-dpo.", callback=opts.one_of(METHODS)),
-    steps: int = typer.Option(200, "--steps", help="Optimiser steps.", callback=opts.count(1)),
+    steps: int = typer.Option(200, "--steps", help="Optimiser steps (1 to 1,000,000).",
+                              callback=opts.count(1, MAX_STEPS)),
     save_every: int = typer.Option(50, "--save-every", help="Save a checkpoint every N steps (and step 0, the end).",
-                                   callback=opts.count(1)),
+                                   callback=opts.count(1, MAX_STEPS)),
     out: Path = typer.Option(Path("ckpts"), "--out", "-o", help="Folder for the step-N checkpoint folders."),
     held_out: float = typer.Option(0.3, "--held-out", help="Share of cases held out (seeded), in [0, 0.99].",
                                    callback=opts.finite(0.0, 0.99)),
