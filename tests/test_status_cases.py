@@ -232,3 +232,25 @@ def test_an_override_can_be_cleared(toy: dict[str, Any], tmp_path: Path, capsys:
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and words in err, err
     assert path.read_bytes() == before
+
+
+def test_status_says_what_was_compared(tmp_path_factory: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """compare's rows were visible only in the report and the explorer; status now counts them, read independently
+    from the comparisons table (distinct cases; distinct fingerprints without and with a training step)."""
+    from serve_store import compared_toy_store
+
+    info = compared_toy_store(tmp_path_factory.mktemp("status-compared"), n_items=4)
+    with open_store(info["store"], read_only=True) as st:
+        cases, models, ckpts = st.con.execute(
+            "SELECT count(DISTINCT case_id), count(DISTINCT CASE WHEN step IS NULL THEN model_fingerprint END), "
+            "count(DISTINCT CASE WHEN step IS NOT NULL THEN model_fingerprint END) FROM comparisons").fetchone()
+    assert cases >= 1 and models == 2 and ckpts == 2
+    said = " ".join(_status(info["store"], capsys, monkeypatch).split())
+    noun = "case" if cases == 1 else "cases"
+    assert f"compared: {cases} {noun} on {models} models and {ckpts} checkpoints" in said
+    capsys.readouterr()
+
+
+def test_status_without_comparisons_says_nothing_of_them(toy: dict[str, Any], capsys, monkeypatch) -> None:
+    assert "compared:" not in _status(toy["store"], capsys, monkeypatch)

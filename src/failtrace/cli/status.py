@@ -15,6 +15,7 @@ import typer
 
 from failtrace.cli.checks import check_store_path
 from failtrace.cli.console import console as _console
+from failtrace.cli.console import count_of
 from failtrace.cli.console import fmt as _fmt
 from failtrace.cli.console import store_errors as _store_errors
 from failtrace.store.store import DEFAULT_STORE
@@ -26,12 +27,14 @@ def status_command(
     """Counts per benchmark and model: items, passes, failures, pair statuses, length-limit outcomes, clean rates
     (over all failures and over decidable ones), average tokens; and the analysed cases' categories and patterns."""
     from failtrace.store.cases import case_summaries
+    from failtrace.store.comparisons import comparison_counts
     from failtrace.store.store import open_store
 
     check_store_path(store, create=False)
     with _store_errors(store), open_store(store, read_only=True) as st:
         rows = st.status_rows()
         cases = case_summaries(st)
+        compared = comparison_counts(st)
         snapshot = st.is_snapshot
     con = _console()
     if not rows:
@@ -60,6 +63,12 @@ def status_command(
                           "alone: failtrace analyse with its settings adds what it can (it names pairs it cannot)", highlight=False)
     else:
         con.print("no analysed cases yet (failtrace analyse explains the clean pairs)", highlight=False)
+    if compared["cases"]:
+        parts = [count_of(compared[k], noun) for k, noun in (("models", "model"), ("checkpoints", "checkpoint"))
+                 if compared[k]]
+        con.print(f"compared: {count_of(compared['cases'], 'case')} on {' and '.join(parts)} (by content "
+                  "fingerprint, the cases' own model included); failtrace show --case ID lists a case's, the report "
+                  "and failtrace serve (#/across) draw them", highlight=False)
 
 
 def _pair_label(n: int, row: Any, paired: list[Any]) -> str:
