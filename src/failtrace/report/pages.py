@@ -203,7 +203,8 @@ def benchmark_section(bench: str, cases: Sequence[Any], t: Mapping[str, Any], fi
         + "</div></div><h3>k* per method</h3>"
         '<p class="lead">k* = smallest k that flips the prediction; mean and median over the cases that flipped '
         "within K.</p>"
-        f"{html_table(ks, KSTAR_COLS)}<h3>Cases</h3>{_bench_cases_table(t, bench, mine)}</section>"
+        f"{html_table(ks, KSTAR_COLS)}<h3>Cases of {esc(bench)}, one row each</h3>"
+        f"{_bench_cases_table(t, bench, mine)}</section>"
     )
 
 
