@@ -351,3 +351,26 @@ def test_pattern_settings_are_checked_before_any_work(pattern: dict[str, Any], m
     with pytest.raises(FailtraceError, match=re.escape(message)):
         CaseSettings(pattern=pattern).validate()
     assert CaseSettings(pattern={"theta": 0.2, "theta_share": 0.1, "m": 2}).validate().pattern["m"] == 2
+
+
+def test_export_says_which_files_it_replaced_and_removed(toy: dict[str, Any], tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Exporting into a folder that holds files of the export's names replaced them without a word; now the files
+    replaced and the ones removed (tables this store lacks) are named, and a user's other file is left alone."""
+    from failtrace.cli import main
+
+    out = tmp_path / "exp"
+    out.mkdir()
+    (out / "cases.jsonl").write_text("my own notes\n")
+    (out / "comparisons.jsonl").write_text("{}\n")  # the toy store has no comparisons table
+    (out / "mine.txt").write_text("keep me")
+    capsys.readouterr()
+    assert main(["export", "--store", str(toy["store"]), "--format", "jsonl", "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "replaced the files of the same names that were there: cases.jsonl" in said
+    assert "removed comparisons.jsonl (tables this store does not hold" in said
+    assert (out / "mine.txt").read_text() == "keep me" and not (out / "comparisons.jsonl").exists()
+    assert (out / "cases.jsonl").read_text() != "my own notes\n"
+    assert main(["export", "--store", str(toy["store"]), "--format", "jsonl", "--out", str(tmp_path / "new")]) == 0
+    said = capsys.readouterr().out
+    assert "replaced" not in said and "removed" not in said

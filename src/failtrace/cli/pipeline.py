@@ -298,13 +298,21 @@ def export_command(
 ) -> None:
     """Write every table of the store to Parquet or JSONL files (one per table; JSONL writes cases with their
     methods as cases.jsonl)."""
+    from failtrace.store.export import export_names
     from failtrace.store.store import open_store
 
     check_store_path(store, create=False)
     check_output_dir(out, "--out")
+    there = {n for n in export_names(fmt) if (out / n).is_file()}  # what this export replaces or removes: said
     with _store_errors(store), open_store(store, read_only=True) as st:
         files = st.export(out, fmt)
     typer.echo(f"wrote {len(files)} files to {out}: " + ", ".join(f.name for f in files))
+    written = {f.name for f in files}
+    if there & written:
+        typer.echo(f"replaced the files of the same names that were there: {', '.join(sorted(there & written))}")
+    if there - written:
+        typer.echo(f"removed {', '.join(sorted(there - written))} (tables this store does not hold, so the folder "
+                   "does not mix two stores)")
 
 
 def register(app: typer.Typer) -> None:
