@@ -164,6 +164,7 @@ def _print_case(con: Any, c: Any, method: str, answer: dict[str, Any] | None = N
     from rich.text import Text
 
     from failtrace.views.common import answer_rows, clipped_text, prose_line, shown
+    from failtrace.views.verdicts import verdict_rows
 
     if method not in c.methods:
         raise FailtraceError(f"case {c.case_id[:12]} has no {method!r} relevance; it has: {', '.join(c.methods)}")
@@ -185,6 +186,9 @@ def _print_case(con: Any, c: Any, method: str, answer: dict[str, Any] | None = N
     for label, text in answer_rows(answer):  # one line each (↵ for newlines), cut to fit a wide terminal's line
         head.append(f"\n{label}: ", style="bold")
         head.append(clipped_text(prose_line(text), most=max(40, con.width - len(label) - 2)))
+    for label, text in verdict_rows(c):  # why the computed category and the pattern hold, in words
+        head.append(f"\n{label}: ", style="bold")
+        head.append(text)
     con.print(head)
     con.print(_methods_table(c))
     con.print(_masked_table(c, method, con.width))

@@ -21,6 +21,7 @@ from failtrace.cases.record import CATEGORY_TEXT, PATTERN_TEXT, Case
 from failtrace.report._shared import AblationView, normalize
 from failtrace.report.evidence import dl as evidence
 from failtrace.report.figures import CATEGORY_COLORS, PATTERN_COLORS
+from failtrace.views.verdicts import category_sentence, pattern_sentence
 from failtrace.report.tables import Overrides, effective_category, methods_of
 from failtrace.views.common import SUM_NOTE, answer_rows, clipped_text, masked_caption, masked_rows
 
@@ -190,6 +191,10 @@ def _methods_table(case: Case) -> str:
             f"(Δℓ = {fmt(case.delta_logit)}).</p>")
 
 
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
 def _labels(case: Case, overrides: Overrides | None) -> str:
     o = (overrides or {}).get(case.case_id)
     over = ""
@@ -200,9 +205,14 @@ def _labels(case: Case, overrides: Overrides | None) -> str:
                 + "</div>")
     cat = badge(effective_category(case, overrides), CATEGORY_COLORS)
     rel = esc(", ".join(case.relevant_segments) or "—")
-    return (f'<div class="grid2"><div class="ev"><h4>Category {cat}</h4>{over}{evidence(case.category_evidence)}'
-            f'</div><div class="ev"><h4>Pattern {badge(case.pattern, PATTERN_COLORS)} '
-            f'<span class="note">relevant segments: {rel}</span></h4>{evidence(case.pattern_evidence)}</div></div>')
+    why_cat = category_sentence(case.category, case.category_evidence)  # the evidence below, in words
+    why_pat = pattern_sentence(case.pattern, case.pattern_evidence, case.tokens)
+    why_cat = f'<p class="why">{"Computed: " if o else ""}{esc(_sentence(why_cat))}.</p>' if why_cat else ""
+    why_pat = f'<p class="why">{esc(_sentence(why_pat))}.</p>' if why_pat else ""
+    return (f'<div class="grid2"><div class="ev"><h4>Category {cat}</h4>{over}{why_cat}'
+            f'{evidence(case.category_evidence)}</div><div class="ev"><h4>Pattern '
+            f'{badge(case.pattern, PATTERN_COLORS)} <span class="note">relevant segments: {rel}</span></h4>{why_pat}'
+            f"{evidence(case.pattern_evidence)}</div></div>")
 
 
 def _ablation(case: Case, ablation: tuple[str, AblationView] | None) -> str:

@@ -24,6 +24,7 @@ from failtrace.store.cases import answer_of
 from failtrace.store.records import loads
 from failtrace.report.evidence import dl as evidence_html
 from failtrace.views.common import CLIP, MASK_AFTER, MASK_BEFORE, SUM_NOTE, answer_rows, k_star_label, masked_caption
+from failtrace.views.verdicts import category_sentence, pattern_sentence
 
 
 def finite(x: Any) -> Any:
@@ -123,6 +124,9 @@ def case_detail(con: Any, case_id: str, reviews_table: bool) -> dict[str, Any] |
         "category": c["category"], "pattern": c["pattern"], "override": override,
         "effective_category": override["category"] if override else c["category"],
         "evidence": ev, "evidence_html": {k: evidence_html(v) if v else "" for k, v in ev.items()},
+        # the computed category and the pattern in words, as failtrace show and the report say them
+        "why": {"category": category_sentence(c["category"], ev["category_evidence"]),
+                "pattern": pattern_sentence(c["pattern"], ev["pattern_evidence"], tokens)},
         "notes": col("notes") or [], "settings": col("settings") or {}, "pair": pair, "verdict": verdict,
         "reviews": reviews, "has_graph": has_graph,
         # what the model wrote, the checker's reason, the answer with the contrast forced (views.common.answer_rows)

@@ -187,13 +187,21 @@
                           el("p", {class: "note"}, c.sum_note + " (Δℓ = " + FT.fmt(c.delta_logit, 4) + ").")]);
   }
 
+  // the evidence in words (views/verdicts.py: the same sentence as failtrace show and the report)
+  function why(text, lead) {
+    if (!text) return null;
+    return el("p", {class: "why"}, lead + text.charAt(0).toUpperCase() + text.slice(1) + ".");
+  }
+
   function labels(c) {
     var col = FT.meta.colors, o = c.override;
     return el("div", {}, [
       el("h3", {}, ["Category ", FT.badge(c.effective_category, col.categories),
                     o ? el("span", {class: "muted"}, " (override of " + (c.category || "—") + ": " + o.reason + ")") : null]),
+      why(c.why.category, o ? "Computed: " : ""),
       el("div", {class: "ev", html: c.evidence_html.category_evidence || "<em>no evidence</em>"}),
       el("h3", {}, ["Pattern ", FT.badge(c.pattern, col.patterns)]),
+      why(c.why.pattern, ""),
       el("div", {class: "ev", html: c.evidence_html.pattern_evidence || "<em>no evidence</em>"}),
       el("details", {}, [el("summary", {}, "Graph summary"),
                          el("div", {class: "ev", html: c.evidence_html.graph_summary || "<em>none</em>"})])]);

@@ -1,0 +1,81 @@
+"""A case's category and pattern in one sentence each, worded from their stored evidence.
+
+The evidence (docs/ANALYSES.md) is a record of numbers and thresholds; a reader should not have to know that
+``k_star`` ≤ ``k_ia`` makes M-IA or that ``relevant_sum`` ≥ −``theta`` makes URT. ``show``, the report and the
+explorer all print these sentences, so the three say the same thing in the same words.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from failtrace.attribution.record import visible
+
+
+def _tokens(n: int | None) -> str:
+    return "token" if n == 1 else "tokens"
+
+
+def category_sentence(category: str | None, evidence: Mapping[str, Any] | None) -> str:
+    """Why the computed category holds: what masking input tokens and zeroing graph nodes did."""
+    ev = evidence or {}
+    k_star, k_ia = ev.get("k_star"), ev.get("k_ia")
+    if category is None or k_ia is None:
+        return ""
+    masked = (f"masking the top {k_star} AttnLRP input {_tokens(k_star)} flips the prediction to the contrast"
+              if k_star is not None else "masking the top AttnLRP input tokens never flips the prediction")
+    if category == "M-IA":
+        return f"{masked} (k* = {k_star} ≤ K_IA = {k_ia}): the heatmap shows why"
+    bound = f"k* = {k_star} > K_IA = {k_ia}" if k_star is not None else "no k* within K"
+    ablation = ev.get("ablation") if isinstance(ev.get("ablation"), Mapping) else {}
+    budget = ev.get("ablation_budget") or ablation.get("budget")
+    if category == "NC-IA+M-AG":
+        k = ev.get("ablation_k") or ablation.get("k")
+        return (f"{masked} ({bound}), but zeroing the top {k} hidden {'state' if k == 1 else 'states'} of the "
+                "graph does: the graph shows why")
+    return (f"{masked} ({bound}), nor does zeroing up to {budget} top hidden states of the graph: neither view "
+            "explains it on its own")
+
+
+def pattern_sentence(pattern: str | None, evidence: Mapping[str, Any] | None, tokens: Sequence[str]) -> str:
+    """Why the pattern holds: the relevant segments' summed relevance against −θ, and the strongest supporters that
+    lie outside them."""
+    ev = evidence or {}
+    if pattern is None or "theta" not in ev:
+        return ""
+    names = list(ev.get("relevant_segments") or [])
+    one = len(names) == 1
+    segs = f"the relevant segment{'' if one else 's'} ({', '.join(names) or 'none'})"
+    theta = ev["theta"]
+    if ev.get("urt_decidable") is False or ev.get("relevant_sum") is None:
+        urt = f"URT is undecided ({segs}: no content token with a finite relevance)"
+    elif pattern in ("URT", "URT+OIT"):
+        urt = (f"{segs} sum{'s' if one else ''} to {ev['relevant_sum']:+.3f} (normalised), not below −θ = "
+               f"−{theta:g}: {'it does' if one else 'they do'} not push against the target (URT)")
+    else:
+        urt = (f"{segs} sum{'s' if one else ''} to {ev['relevant_sum']:+.3f} (normalised), below −θ = −{theta:g}: "
+               f"{'it pushes' if one else 'they push'} against the target")
+    offenders = [t for t in ev.get("top_supporters") or [] if t.get("position") in set(ev.get("oit_tokens") or [])]
+    m, share = ev.get("m", 3), ev.get("theta_share", 0.05)
+    if offenders:
+        named = ", ".join(f"{visible(tokens[t['position']]) if 0 <= t['position'] < len(tokens) else '?'!r} "
+                          f"[{t['position']}] ({t.get('segment')}, {t.get('share', 0):.0%})" for t in offenders)
+        oit = (f"outside {'it' if one else 'them'}, {named} {'is' if len(offenders) == 1 else 'are'} among the {m} "
+               f"strongest supporters of the target, with at least {share:.0%} of the positive relevance (OIT)")
+    else:
+        oit = (f"no token outside {'it' if one else 'them'} is among the {m} strongest supporters with at least "
+               f"{share:.0%} of the positive relevance")
+    return f"{urt}; {oit}"
+
+
+def verdict_rows(case: Any) -> list[tuple[str, str]]:
+    """``[(label, sentence)]`` for a :class:`~failtrace.cases.record.Case`: why its computed category and its
+    pattern hold (a category set by hand keeps the computed one's reason, labelled as computed)."""
+    rows = []
+    said = category_sentence(case.category, case.category_evidence)
+    if said:
+        rows.append((f"why {case.category}" + (" (computed)" if getattr(case, "override", None) else ""), said))
+    said = pattern_sentence(case.pattern, case.pattern_evidence, case.tokens)
+    if said:
+        rows.append((f"why {case.pattern}", said))
+    return rows

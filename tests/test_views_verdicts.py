@@ -1,0 +1,107 @@
+"""The category and the pattern in words (views/verdicts.py): each sentence states the numbers of its evidence and
+the rule that decided, for every category and pattern, and show, the report and the explorer print the same one."""
+
+from __future__ import annotations
+
+import html
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from serve_store import analysed_toy_store  # noqa: E402
+
+from failtrace.views.verdicts import category_sentence, pattern_sentence  # noqa: E402
+
+TOKENS = ["<s>", "Say", "·water", "·quotes", "·Water"]
+
+
+@pytest.mark.parametrize(("category", "evidence", "says"), [
+    ("M-IA", {"k_star": 1, "k_ia": 5},
+     "masking the top 1 AttnLRP input token flips the prediction to the contrast (k* = 1 ≤ K_IA = 5)"),
+    ("M-IA", {"k_star": 4, "k_ia": 5}, "the top 4 AttnLRP input tokens flips"),
+    ("NC-IA+M-AG", {"k_star": 7, "k_ia": 5, "ablation_k": 2, "ablation_budget": 10},
+     "(k* = 7 > K_IA = 5), but zeroing the top 2 hidden states of the graph does"),
+    ("NC-IA+M-AG", {"k_star": None, "k_ia": 5, "ablation": {"k": 1, "budget": 10}},
+     "never flips the prediction (no k* within K), but zeroing the top 1 hidden state of the graph does"),
+    ("NC-IA+AG", {"k_star": None, "k_ia": 3, "ablation_budget": 8},
+     "never flips the prediction (no k* within K), nor does zeroing up to 8 top hidden states"),
+])
+def test_category_sentences(category: str, evidence: dict[str, Any], says: str) -> None:
+    assert says in category_sentence(category, evidence)
+
+
+def test_nothing_to_say_without_evidence() -> None:
+    assert category_sentence(None, {}) == "" and category_sentence("M-IA", {}) == ""
+    assert pattern_sentence(None, {}, TOKENS) == "" and pattern_sentence("OIT", {}, TOKENS) == ""
+
+
+def _pattern_ev(relevant_sum: float | None, oit: list[int], decidable: bool = True,
+                segments: tuple[str, ...] = ("instruction",)) -> dict[str, Any]:
+    top = [{"position": 2, "relevance": 1.0, "relevant": False, "segment": "query", "share": 0.69},
+           {"position": 3, "relevance": 0.1, "relevant": True, "segment": "instruction", "share": 0.07}]
+    return {"theta": 0.1, "theta_share": 0.05, "m": 3, "relevant_sum": relevant_sum, "urt_decidable": decidable,
+            "relevant_segments": list(segments), "top_supporters": top, "oit_tokens": oit}
+
+
+@pytest.mark.parametrize(("pattern", "evidence", "says", "not_says"), [
+    ("OIT", _pattern_ev(-0.105, [2]),
+     ["the relevant segment (instruction) sums to -0.105 (normalised), below −θ = −0.1: it pushes against",
+      "outside it, '·water' [2] (query, 69%) is among the 3 strongest supporters", "(OIT)"], ["(URT)"]),
+    ("URT", _pattern_ev(0.2, [], segments=("docstring", "examples")),
+     ["the relevant segments (docstring, examples) sum to +0.200 (normalised), not below −θ = −0.1: they do not push",
+      "(URT)", "no token outside them is among the 3 strongest supporters with at least 5%"], ["(OIT)"]),
+    ("URT+OIT", _pattern_ev(0.0, [2]), ["(URT)", "(OIT)"], []),
+    ("none", _pattern_ev(-0.5, []), ["below −θ", "no token outside it"], ["(URT)", "(OIT)"]),
+    ("OIT", _pattern_ev(None, [2], decidable=False), ["URT is undecided", "(OIT)"], ["sums to"]),
+])
+def test_pattern_sentences(pattern: str, evidence: dict[str, Any], says: list[str], not_says: list[str]) -> None:
+    text = pattern_sentence(pattern, evidence, TOKENS)
+    for part in says:
+        assert part in text, (part, text)
+    for part in not_says:
+        assert part not in text, (part, text)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from failtrace.store import open_store
+    from failtrace.store.cases import load_cases
+
+    info = analysed_toy_store(tmp_path_factory.mktemp("verdicts"), n_items=4)
+    with open_store(info["store"], read_only=True) as st:
+        info["cases"] = load_cases(st)
+    assert info["cases"]
+    return info
+
+
+def test_show_the_report_and_the_explorer_say_the_same(toy: dict[str, Any], tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastapi.testclient import TestClient
+
+    from failtrace.cli import main
+    from failtrace.cli import show as show_cli
+    from failtrace.cli.console import console
+    from failtrace.serve.app import create_app
+
+    store = tmp_path / "runs.duckdb"
+    shutil.copy(toy["store"], store)
+    monkeypatch.setattr(show_cli, "_console", lambda stderr=False: console(stderr, width=400))
+    assert main(["report", "--store", str(store), "--out", str(tmp_path / "rep")]) == 0
+    page = (tmp_path / "rep" / "index.html").read_text()
+    capsys.readouterr()
+    with TestClient(create_app(store), base_url="http://127.0.0.1") as client:
+        for case in toy["cases"]:
+            cat = category_sentence(case.category, case.category_evidence)
+            pat = pattern_sentence(case.pattern, case.pattern_evidence, case.tokens)
+            assert cat and pat, case.case_id
+            assert main(["show", "--store", str(store), "--case", case.case_id]) == 0
+            out = capsys.readouterr().out
+            assert f"why {case.category}: {cat}" in out and f"why {case.pattern}: {pat}" in out
+            for text in (cat, pat):
+                assert f'<p class="why">{html.escape(text[:1].upper() + text[1:])}.</p>' in page
+            assert client.get(f"/api/cases/{case.case_id}").json()["why"] == {"category": cat, "pattern": pat}
