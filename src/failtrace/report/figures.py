@@ -160,7 +160,7 @@ def faithfulness_figure(flip_rows: Sequence[Mapping[str, Any]], kstar: Sequence[
 
     mine = [r for r in flip_rows if r["benchmark"] == benchmark]
     methods = list(dict.fromkeys(r["method"] for r in mine))
-    fig = Figure(figsize=(FAITHFULNESS_WIDTH, 3.8))
+    fig = Figure(figsize=(FAITHFULNESS_WIDTH, 3.8 + 0.22 * ((len(methods) + 1) // 2)))
     ax = fig.subplots()
     for i, m in enumerate(methods):
         pts = sorted((r["k"], r["flip_rate"]) for r in mine if r["method"] == m and r["flip_rate"] is not None)
@@ -178,7 +178,9 @@ def faithfulness_figure(flip_rows: Sequence[Mapping[str, Any]], kstar: Sequence[
     ax.set_ylabel("flip rate (Δℓ < 0)", fontsize=9)
     ax.yaxis.set_major_formatter(lambda x, _p: f"{x:.0%}")
     ax.set_title(f"{benchmark}: faithfulness by masking", fontsize=10.5, loc="left", weight="bold")
-    ax.legend(fontsize=8, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    # below the plot, two columns: beside it the legend took a third of the width and was unreadable once the
+    # figure was shrunk into its column of the report
+    ax.legend(fontsize=9.5, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
     _style(ax)
     _tight(fig)
     return _save(fig, path)
