@@ -192,9 +192,10 @@ def benchmark_section(bench: str, cases: Sequence[Any], t: Mapping[str, Any], fi
         f'<section class="block" id="{slug(bench)}"><h2>{esc(bench)}</h2><p class="lead">{esc(lead)}</p>'
         f'<div class="grid2" style="{_columns(bench, t)}"><div>'
         + figure(figs.get(f"segments:{bench}"), f"segment relevance for {bench}",
-                 "Mean normalised segment relevance (Σ over the segment's non-special tokens of R / max|R|) per "
-                 "outcome category. Positive: the segment pushes towards the wrong target; negative: towards the "
-                 "contrast.")
+                 "Mean normalised segment relevance (Σ over the segment's tokens of R / max|R|, special token "
+                 "ids left out) per outcome category. Positive: the segment pushes towards the wrong target; "
+                 "negative: towards the contrast. <i>special</i> is the chat template's own text (role headers "
+                 "such as <code>user↵</code>); <i>answer</i> the model's output before the wrong token.")
         + "</div><div>"
         + figure(figs.get(f"faithfulness:{bench}"), f"faithfulness for {bench}",
                  "Share of cases whose prediction flips (Δℓ < 0) after masking the top-k positively attributed "
