@@ -180,8 +180,9 @@ def test_ids_beyond_the_weights_are_one_error(toy) -> None:
 
 
 def test_a_store_without_the_run_needs_model(toy, tmp_path, capsys) -> None:
-    """A store that lost the collection run: --model is then required, and enough; an upper-case id finds the case;
-    a case whose stored Δℓ is missing says so instead of 'differs by nan'."""
+    """A store that lost the collection run: the case's own model name is used; with none either, --model is
+    required, and enough. An upper-case id finds the case; a stored Δℓ that is not finite says so instead of
+    'differs by nan'."""
     import shutil
 
     store = tmp_path / "norun.duckdb"
@@ -190,12 +191,16 @@ def test_a_store_without_the_run_needs_model(toy, tmp_path, capsys) -> None:
     with open_store(store) as st:
         st.con.execute("DELETE FROM runs WHERE stage = 'collect'")
         st.con.execute("UPDATE cases SET delta_logit = 'nan'::DOUBLE WHERE case_id = ?", [case.case_id])
+    assert main(["attribute", "--store", str(store), "--case", case.case_id, "-q"]) == 0  # the case's model
+    assert "the store holds no finite Δℓ to compare with" in capsys.readouterr().out
+    with open_store(store) as st:
+        st.con.execute("UPDATE cases SET model = '' WHERE case_id = ?", [case.case_id])
     assert main(["attribute", "--store", str(store), "--case", case.case_id, "-q"]) == 2
     err = capsys.readouterr().err
-    assert "its collection run" in err and "pass --model" in err
+    assert "names no model (nor does its collection run" in err and "pass --model" in err
     assert main(["attribute", "--store", str(store), "--case", case.case_id[:10].upper(), "--model",
-                 str(toy["model_dir"]), "-q"]) == 0
-    assert "the store holds no finite Δℓ to compare with" in capsys.readouterr().out
+                 str(toy["model_dir"]), "--objective", "max_logit", "-q"]) == 0
+    assert "(the store holds only the logit difference, no finite Δℓ)" in capsys.readouterr().out
 
 
 def test_the_case_analysis_settings_are_the_defaults(toy, tmp_path, capsys) -> None:
@@ -229,3 +234,21 @@ def test_the_case_analysis_settings_are_the_defaults(toy, tmp_path, capsys) -> N
     stage = {s["id"]: i for i, s in enumerate(data["stages"])}
     assert {(stage[n["stage"]], n["token_index"]) for n in data["nodes"]} == {(int(s), int(t)) for s, t, _ in
                                                                             case.graph["nodes"]}
+
+
+def test_a_case_without_stored_settings_uses_analyse_defaults(toy, tmp_path, capsys) -> None:
+    """Settings missing from a stored case are analyse's defaults (CaseSettings), not the command's: IG at 16 steps,
+    not attribute's 32 for a prompt."""
+    import shutil
+
+    from failtrace.cases.settings import CaseSettings
+
+    store = tmp_path / "nosettings.duckdb"
+    shutil.copy(toy["store"], store)
+    case = toy["cases"][0]
+    with open_store(store) as st:
+        st.con.execute("UPDATE cases SET settings = '{}' WHERE case_id = ?", [case.case_id])
+    out = tmp_path / "ig.json"
+    assert main(["attribute", "--store", str(store), "--case", case.case_id, "--method", "ig", "--json", str(out),
+                 "-q"]) == 0
+    assert json.loads(out.read_text())["extra"]["ig_steps"] == CaseSettings().ig_steps == 16

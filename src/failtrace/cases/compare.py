@@ -198,7 +198,9 @@ def compare(store: ResultsStore, model_names: Sequence[str], *, benchmark: str |
         same = next((n for n, f in summary.fingerprints.items() if f == fp), None)
         if same is not None:  # its rows would share the other's keys (case, fingerprint) and never be written
             raise FailtraceError(f"--models: {name!r} computes the same as {same!r} (the same weights, tokenizer and "
-                                 f"dtype: content fingerprint {fp[:12]}); a model compared with itself says nothing")
+                                 f"dtype: content fingerprint {fp[:12]}); a model compared with itself says nothing"
+                                 + ("; the rows of the models before it are kept" if len(summary.fingerprints) > 1
+                                    else ""))
         if ref_rows:  # written once another model loaded: a model that cannot load leaves the store unchanged
             summary.written[model_names[0]] = sum(write_comparison(store, row) for row in ref_rows)
             ref_rows = []

@@ -31,7 +31,8 @@ CATEGORY_TEXT: dict[str, tuple[str, str]] = {
     "M-IA": ("Manifested by Input Attribution",
              "masking at most K_IA (default 5) top input tokens flips the prediction to the contrast"),
     "NC-IA+M-AG": ("No Clue from Input Attribution, Manifested by the Attribution Graph",
-                   "masking does not flip it, ablating the top hidden states of the graph (at most 10) does"),
+                   "masking at most K_IA top input tokens does not flip it, ablating the top hidden states of the "
+                   "graph (the ablation budget, default 10) does"),
     "NC-IA+AG": ("No Clue from Input Attribution nor the Attribution Graph", "neither flips it"),
 }
 PATTERN_TEXT: dict[str, tuple[str, str]] = {

@@ -87,7 +87,7 @@ def run_attribute(
     else:
         lm = from_case.load_case_model(stored, model, dtype, note)
         text, answer_prefix, target, contrast = from_case.case_input(stored, objective)
-        ig_steps = ig_steps or int(stored.setting("ig_steps", IG_STEPS))  # the analysis's, so ig reproduces
+        ig_steps = ig_steps or int(stored.setting("ig_steps", from_case.analysis_default("ig_steps")))
     with console.status(f"attributing with {method} ..."):
         attr = failtrace.attribute(
             lm, text, target=_parse_token(target), contrast=_parse_token(contrast), answer_prefix=answer_prefix,

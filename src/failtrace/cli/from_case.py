@@ -90,7 +90,7 @@ def read_stored_case(store: Path, case: str) -> StoredCase:
         cid = find_case_id(st, case)
         row = st.con.execute(
             "SELECT run_id, benchmark, item_id, model_fingerprint, token_ids, prompt_length, target_id, "
-            "contrast_id, delta_logit, tokens, settings FROM cases WHERE case_id = ?", [cid]).fetchone()
+            "contrast_id, delta_logit, tokens, settings, model FROM cases WHERE case_id = ?", [cid]).fetchone()
         run = st.get_run(row[0])
     ids, n = [int(t) for t in row[4] or []], int(row[5])
     if not ids or not 0 < n <= len(ids):
@@ -104,7 +104,8 @@ def read_stored_case(store: Path, case: str) -> StoredCase:
         settings = json.loads(row[10] or "{}")
     except (TypeError, ValueError):
         settings = {}
-    return StoredCase(case_id=cid, benchmark=row[1], item_id=row[2], model=(run.model or "") if run else "",
+    model = (run.model if run else None) or row[11] or ""  # the case names its model too (a run may be gone)
+    return StoredCase(case_id=cid, benchmark=row[1], item_id=row[2], model=model,
                       model_fingerprint=row[3], dtype=(run.dtype if run else None) or "float32",
                       revision=run.revision if run else None, prompt_ids=ids[:n], answer_ids=ids[n:],
                       target_id=int(row[6]), contrast_id=int(row[7]),
@@ -125,8 +126,8 @@ def load_case_model(case: StoredCase, model: str | None, dtype: str | None,
 
     if model is None:
         if not case.model:
-            raise FailtraceError(f"{case.label}: its collection run {case.run_id[:12]} is not in {case.store} (or "
-                                 "names no model); pass --model")
+            raise FailtraceError(f"{case.label} names no model (nor does its collection run {case.run_id[:12]} in "
+                                 f"{case.store}); pass --model")
         try:
             lm = failtrace.load_model(case.model, dtype=dtype or case.dtype, revision=case.revision)
         except FailtraceError as exc:
@@ -148,6 +149,14 @@ def load_case_model(case: StoredCase, model: str | None, dtype: str | None,
     return lm
 
 
+def analysis_default(key: str) -> Any:
+    """``analyse``'s default for a setting (:class:`~failtrace.cases.settings.CaseSettings`): what a case whose
+    stored settings lack ``key`` was built with."""
+    from failtrace.cases.settings import CaseSettings
+
+    return getattr(CaseSettings(), key)
+
+
 def case_input(case: StoredCase, objective: str) -> tuple[list[int], list[int], str, str | None]:
     """``(prompt ids, answer ids, target, contrast)`` for :func:`failtrace.attribute` / ``build_graph``: the case's
     own ids (the prompt as the chat template rendered it, then the answer so far); the contrast only for the logit
@@ -161,8 +170,8 @@ def delta_check(case: StoredCase, value: float, objective: str) -> str:
     from failtrace.cases.build import DELTA_TOLERANCE
 
     if objective != "logit_diff":
-        return (f"{case.label}: {objective} {value:.4f} (the store holds only the logit difference, Δℓ "
-                f"{case.delta_logit:.4f})")
+        held = f"Δℓ {case.delta_logit:.4f}" if math.isfinite(case.delta_logit) else "no finite Δℓ"
+        return f"{case.label}: {objective} {value:.4f} (the store holds only the logit difference, {held})"
     if not math.isfinite(case.delta_logit):
         return f"{case.label}: Δℓ {value:.4f} (the store holds no finite Δℓ to compare with)"
     diff = abs(value - case.delta_logit)

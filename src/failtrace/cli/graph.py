@@ -14,13 +14,14 @@ from typing import Any, Optional
 
 import typer
 
+from failtrace.cases.settings import CaseSettings
 from failtrace.cli import options as opts
 from failtrace.cli.checks import check_outputs
 from failtrace.errors import FailtraceError
 
 EXIT_FALLBACK = 3
-# The defaults of --edges, --prune and --node-threshold (analyse's too); with --case, the case's analysis's values.
-EDGES, PRUNE, NODE_THRESHOLD = "auto", "cumulative:0.85", 0.01
+# The defaults of --edges, --prune and --node-threshold: analyse's (CaseSettings); with --case, the case's own.
+EDGES, PRUNE, NODE_THRESHOLD = (getattr(CaseSettings(), k) for k in ("edge_method", "prune", "node_threshold"))
 
 
 def _parse_token(value: str | None) -> int | str | None:
@@ -116,10 +117,13 @@ def run_graph(
     _check_outputs(dtype or "float32", json_path, ct_json_path, html_path, png_path, svg_path)
     stored = from_case.read_stored_case(store, case) if case is not None and store is not None else None
     # a setting not given is the case's analysis's (so the stored pruned graph is reproduced), else the default
-    edges = edges or (stored.setting("edge_method", EDGES) if stored else EDGES)
-    prune = prune or (stored.setting("prune", PRUNE) if stored else PRUNE)
-    if node_threshold is None:
-        node_threshold = float(stored.setting("node_threshold", NODE_THRESHOLD)) if stored else NODE_THRESHOLD
+    if stored is not None:
+        edges = edges or stored.setting("edge_method", from_case.analysis_default("edge_method"))
+        prune = prune or stored.setting("prune", from_case.analysis_default("prune"))
+        if node_threshold is None:
+            node_threshold = float(stored.setting("node_threshold", from_case.analysis_default("node_threshold")))
+    edges, prune = edges or EDGES, prune or PRUNE
+    node_threshold = NODE_THRESHOLD if node_threshold is None else node_threshold
     _validate(edges, node_threshold, prune, method)
 
     import failtrace
@@ -216,7 +220,8 @@ def register(app: typer.Typer) -> None:
                                                  "row chunks)."),
         top_k: int = typer.Option(5, "--top-k", callback=opts.count(1),
                                   help="Strongest input→final paths to print (at least 1)."),
-        quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only warnings and written files."),
+        quiet: bool = typer.Option(False, "--quiet", "-q",
+                                   help="Print only warnings, written files and (with --case) the Δℓ check."),
         allow_long: bool = opts.ALLOW_LONG,
         position: Optional[int] = opts.POSITION,
         store: Optional[Path] = opts.CASE_STORE,

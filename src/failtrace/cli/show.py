@@ -10,6 +10,7 @@ Cases are those of each pair run's newest analysis, as in ``status``, the report
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,8 @@ def show_command(
     con.print("The heatmap of every token: failtrace report, failtrace serve (the case page), or this (failtrace "
               "graph takes the same --store and --case):",
               highlight=False)
-    con.print(f"  failtrace attribute --store {store} --case {chosen[0].case_id[:12]} --html case.html",
+    con.print(f"  failtrace attribute --store {shlex.quote(str(store))} --case {chosen[0].case_id[:12]} --html "
+              "case.html",
               highlight=False)
 
 

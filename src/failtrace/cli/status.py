@@ -66,9 +66,10 @@ def status_command(
     if compared["cases"]:
         parts = [count_of(compared[k], noun) for k, noun in (("models", "model"), ("checkpoints", "checkpoint"))
                  if compared[k]]
+        own = ", the cases' own model included" if compared["models"] else ""
         con.print(f"compared: {count_of(compared['cases'], 'case')} on {' and '.join(parts)} (by content "
-                  "fingerprint, the cases' own model included); failtrace show --case ID lists a case's, the report "
-                  "and failtrace serve (#/across) draw them", highlight=False)
+                  f"fingerprint{own}); failtrace show --case ID lists a case's, the report and failtrace serve "
+                  "(#/across) draw them", highlight=False)
 
 
 def _pair_label(n: int, row: Any, paired: list[Any]) -> str:

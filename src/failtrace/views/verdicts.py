@@ -7,6 +7,7 @@ explorer all print these sentences, so the three say the same thing in the same 
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping, Sequence
 
 from failtrace.attribution.record import visible
@@ -22,19 +23,23 @@ def category_sentence(category: str | None, evidence: Mapping[str, Any] | None) 
     k_star, k_ia = ev.get("k_star"), ev.get("k_ia")
     if category is None or k_ia is None:
         return ""
-    masked = (f"masking the top {k_star} AttnLRP input {_tokens(k_star)} flips the prediction to the contrast"
-              if k_star is not None else "masking the top AttnLRP input tokens never flips the prediction")
-    if category == "M-IA":
-        return f"{masked} (k* = {k_star} ≤ K_IA = {k_ia}): the heatmap shows why"
-    bound = f"k* = {k_star} > K_IA = {k_ia}" if k_star is not None else "no k* within K"
+    if category == "M-IA" and k_star is not None:
+        return (f"masking the top {k_star} AttnLRP input {_tokens(k_star)} flips the prediction to the contrast "
+                f"(k* = {k_star} ≤ K_IA = {k_ia}): the heatmap shows why")
+    if k_star is None:  # the search stops at the curve's K (or found nothing it may mask)
+        masked = "masking the top AttnLRP input tokens does not flip the prediction within the masking search"
+    else:
+        masked = (f"masking needs the top {k_star} AttnLRP input tokens to flip the prediction, more than K_IA = "
+                  f"{k_ia}")
     ablation = ev.get("ablation") if isinstance(ev.get("ablation"), Mapping) else {}
-    budget = ev.get("ablation_budget") or ablation.get("budget")
     if category == "NC-IA+M-AG":
         k = ev.get("ablation_k") or ablation.get("k")
-        return (f"{masked} ({bound}), but zeroing the top {k} hidden {'state' if k == 1 else 'states'} of the "
-                "graph does: the graph shows why")
-    return (f"{masked} ({bound}), nor does zeroing up to {budget} top hidden states of the graph: neither view "
-            "explains it on its own")
+        nodes = f"the top {k} hidden {'state' if k == 1 else 'states'}" if k else "top hidden states"
+        return f"{masked}; zeroing {nodes} of the graph does flip it: the graph shows why"
+    budget = ev.get("ablation_budget") or ablation.get("budget")
+    nodes = f"up to {budget} top hidden states" if budget else "the top hidden states"
+    return (f"{masked}; zeroing {nodes} of the graph does not flip it either: neither view explains it on its "
+            "own")
 
 
 def pattern_sentence(pattern: str | None, evidence: Mapping[str, Any] | None, tokens: Sequence[str]) -> str:
@@ -47,8 +52,11 @@ def pattern_sentence(pattern: str | None, evidence: Mapping[str, Any] | None, to
     one = len(names) == 1
     segs = f"the relevant segment{'' if one else 's'} ({', '.join(names) or 'none'})"
     theta = ev["theta"]
-    if ev.get("urt_decidable") is False or ev.get("relevant_sum") is None:
-        urt = f"URT is undecided ({segs}: no content token with a finite relevance)"
+    total = ev.get("relevant_sum")
+    if ev.get("urt_decidable") is False or not isinstance(total, (int, float)) or not math.isfinite(total):
+        why = ("a token there has no finite relevance" if ev.get("relevant_not_finite")
+               else "no content token there" if ev.get("relevant_tokens") == 0 else "its sum is unknown")
+        urt = f"URT is undecided for {segs} ({why})"
     elif pattern in ("URT", "URT+OIT"):
         urt = (f"{segs} sum{'s' if one else ''} to {ev['relevant_sum']:+.3f} (normalised), not below −θ = "
                f"−{theta:g}: {'it does' if one else 'they do'} not push against the target (URT)")
