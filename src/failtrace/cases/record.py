@@ -25,8 +25,11 @@ MASK_RULES: tuple[str, ...] = ("zero-embedding", "replace")
 CATEGORIES: tuple[str, ...] = ("M-IA", "NC-IA+M-AG", "NC-IA+AG")
 PATTERNS: tuple[str, ...] = ("URT", "OIT", "URT+OIT", "none")
 # Each category and pattern as every view names and defines it (failtrace status, the report, the explorer): (the
-# paper's expansion of the name, what failtrace measures). The expansions are the paper's project page's
-# (Tan et al., 2026); the meanings are this tool's two interventions and thresholds (docs/ANALYSES.md).
+# name spelled out, what failtrace measures). The paper's project page (Tan et al., 2026; jzxycsjzy.github.io/
+# Debug-XAI) calls them "Manifested by Input Attribution (M-IA)", "Manifested by Attribution Graph (NC-IA + M-AG)",
+# "No Clue from Both (NC-IA+AG)", "Underweight Relevant Tokens (URT)" and "Overweight Irrelevant Tokens (OIT)";
+# the NC-IA expansions below spell out each part of the acronym. The meanings are this tool's two interventions and
+# thresholds (docs/ANALYSES.md).
 CATEGORY_TEXT: dict[str, tuple[str, str]] = {
     "M-IA": ("Manifested by Input Attribution",
              "masking at most K_IA (default 5) top input tokens flips the prediction to the contrast"),
