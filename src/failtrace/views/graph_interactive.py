@@ -20,7 +20,7 @@ import numpy as np
 
 from failtrace.attribution.record import visible
 from failtrace.graph.prune import PrunedGraph, PruneSpec, normalised_relevance, select_edges
-from failtrace.views.graph_static import BLUE, GREY, RED, objective_name
+from failtrace.views.graph_static import BLUE, GREY, RED, case_prefix, objective_name
 
 
 def _edge_rows(pruned: PrunedGraph, p_top: float, max_edges: int) -> tuple[list[tuple[Any, ...]], float]:
@@ -66,6 +66,7 @@ def graph_data(pruned: PrunedGraph, max_edges: int = 20000, p_max: float = 0.99)
         "pmax": float(p_top),
         "nodeThreshold": pruned.node_threshold,
         "title": {
+            "case": case_prefix(meta),
             "model": str(meta.get("model") or meta.get("architecture") or ""),
             "target": (meta.get("target") or {}).get("text"),
             "contrast": (meta.get("contrast") or {}).get("text"),
@@ -187,7 +188,7 @@ def graph_html(pruned: PrunedGraph, max_edges: int = 20000, standalone: bool = T
     """The interactive view (module docstring): a full page, or a ``<div>`` fragment with ``standalone=False``."""
     data = graph_data(pruned, max_edges=max_edges)
     t = data["title"]
-    title = (f"{t['model']}: {t['target']!r} vs {t['contrast']!r} ({t['value_name']} {t['value']:.3g}; "
+    title = (f"{t['case']}{t['model']}: {t['target']!r} vs {t['contrast']!r} ({t['value_name']} {t['value']:.3g}; "
              f"{t['method']}; node threshold {data['nodeThreshold']:g})")
     root = f"ftg-{uuid.uuid4().hex[:12]}"
     colours = {"RED": RED, "BLUE": BLUE, "GREY": GREY, "ROOT": root}

@@ -38,13 +38,23 @@ def objective_name(meta: dict) -> str:
     return "Δℓ" if meta.get("objective", "logit_diff") == "logit_diff" else "value"
 
 
+def case_prefix(meta: dict) -> str:
+    """``"case 9cae4d2e3929 (demo py-count-a) · "`` for a graph of a stored case (``failtrace graph --case``), else
+    empty: the title then says which case the picture explains."""
+    case = meta.get("case")
+    if not isinstance(case, dict) or not case.get("case_id"):
+        return ""
+    return f"case {str(case['case_id'])[:12]} ({case.get('benchmark', '')} {case.get('item_id', '')}) · "
+
+
 def default_title(pruned: PrunedGraph, drawn: int) -> str:
     """Model, target vs contrast, objective value (Δℓ for the logit difference), the pruning settings, and what the
     colours and sizes mean (the picture has no other legend)."""
     g, meta = pruned.graph, pruned.graph.metadata
     tgt = (meta.get("target") or {}).get("text")
     con = (meta.get("contrast") or {}).get("text")
-    return (f"{meta.get('model') or meta.get('architecture', '')}: {tgt!r} vs {con!r}, {objective_name(meta)} "
+    return (f"{case_prefix(meta)}{meta.get('model') or meta.get('architecture', '')}: {tgt!r} vs {con!r}, "
+            f"{objective_name(meta)} "
             f"{g.objective_value:.3g}; {pruned.num_nodes} nodes, {pruned.num_edges} edges (node ≥ "
             f"{pruned.node_threshold:g}, {pruned.spec}; strongest {drawn} edges drawn). Red: supports the target, "
             "blue: the contrast, grey: a special token id; node size: |R|, edge width: |relevance flow|")

@@ -17,6 +17,11 @@ def _tokens(n: int | None) -> str:
     return "token" if n == 1 else "tokens"
 
 
+def _segment(name: Any) -> str:
+    """A segment as a reader takes it: ``answer`` is the model's own output before the wrong token."""
+    return "the model's answer so far" if name == "answer" else str(name)
+
+
 def category_sentence(category: str | None, evidence: Mapping[str, Any] | None) -> str:
     """Why the computed category holds: what masking input tokens and zeroing graph nodes did."""
     ev = evidence or {}
@@ -67,7 +72,8 @@ def pattern_sentence(pattern: str | None, evidence: Mapping[str, Any] | None, to
     m, share = ev.get("m", 3), ev.get("theta_share", 0.05)
     if offenders:
         named = ", ".join(f"{visible(tokens[t['position']]) if 0 <= t['position'] < len(tokens) else '?'!r} "
-                          f"[{t['position']}] ({t.get('segment')}, {t.get('share', 0):.0%})" for t in offenders)
+                          f"[{t['position']}] ({_segment(t.get('segment'))}, {t.get('share', 0):.0%})"
+                          for t in offenders)
         oit = (f"outside {'it' if one else 'them'}, {named} {'is' if len(offenders) == 1 else 'are'} among the {m} "
                f"strongest supporters of the target, with at least {share:.0%} of the positive relevance (OIT)")
     else:
