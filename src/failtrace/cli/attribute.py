@@ -13,14 +13,6 @@ from failtrace.errors import FailtraceError
 
 IG_STEPS = 32  # integrated-gradients steps for a prompt (a stored case uses its analysis's, 16 by default)
 
-def _parse_token(value: str | None) -> int | str | None:
-    """'#123' or a plain integer string selects an id; anything else is a string that must be one token."""
-    if value is None:
-        return None
-    if value.startswith("#") and value[1:].isdigit():
-        return int(value[1:])
-    return value
-
 
 def _outputs(attr: object, json_path: Optional[Path], html_path: Optional[Path], png_path: Optional[Path]) -> list[str]:
     from failtrace.views import heatmap_html, save_heatmap_png
@@ -87,12 +79,12 @@ def run_attribute(
     else:
         lm = from_case.load_case_model(stored, model, dtype, note)
         text, answer_prefix, target, contrast = from_case.case_input(stored, objective)
-        ig_steps = ig_steps or int(stored.setting("ig_steps", from_case.analysis_default("ig_steps")))
+        ig_steps = ig_steps or int(stored.setting("ig_steps"))  # the analysis's, so IG reproduces
     with console.status(f"attributing with {method} ..."):
         attr = failtrace.attribute(
-            lm, text, target=_parse_token(target), contrast=_parse_token(contrast), answer_prefix=answer_prefix,
-            chat=chat, method=method, objective=objective, position=position, ig_steps=ig_steps,
-            allow_long=allow_long,
+            lm, text, target=opts.parse_token(target), contrast=opts.parse_token(contrast),
+            answer_prefix=answer_prefix, chat=chat, method=method, objective=objective, position=position,
+            ig_steps=ig_steps, allow_long=allow_long,
         )
     if stored is not None:  # where the ids came from (they are already chat-rendered: chat stays False)
         attr.extra["case"] = from_case.provenance(stored)

@@ -40,10 +40,13 @@ class StoredCase:
     store: str
     settings: dict[str, Any]  # the analysis settings that built it (CaseSettings.identity())
 
-    def setting(self, key: str, default: Any) -> Any:
-        """The analysis's value of ``key`` (what a re-run uses unless the user gives the option), else ``default``."""
+    def setting(self, key: str) -> Any:
+        """The analysis's value of ``key`` (what a re-run uses unless the user gives the option); a case whose stored
+        settings lack it was built with ``analyse``'s default (:class:`~failtrace.cases.settings.CaseSettings`)."""
+        from failtrace.cases.settings import CaseSettings
+
         value = self.settings.get(key)
-        return default if value is None else value
+        return getattr(CaseSettings(), key) if value is None else value
 
     @property
     def label(self) -> str:
@@ -136,25 +139,18 @@ def load_case_model(case: StoredCase, model: str | None, dtype: str | None,
                                  "use another copy") from None
     else:
         lm = failtrace.load_model(model, dtype=dtype or case.dtype)
+    if model_fingerprint(lm) == case.model_fingerprint:  # the fingerprint covers the tokenizer: nothing to check
+        return lm
     ids = case.prompt_ids + case.answer_ids
     if case.tokens and len(case.tokens) == len(ids) and max(ids) < len(lm.tokenizer) \
             and decode_tokens(lm.tokenizer, ids) != case.tokens:
         raise FailtraceError(f"{getattr(lm, 'name', model)}'s tokenizer reads {case.label}'s token ids as other "
                              f"text, so they cannot be explained on it; `failtrace compare --store {case.store} "
                              f"--models ...` re-tokenises a case's text for another model")
-    if model_fingerprint(lm) != case.model_fingerprint:
-        other = f"{dtype}, not the case's {case.dtype}" if model is None and dtype and dtype != case.dtype \
-            else "its content fingerprint differs"
-        note(f"this is not the model that built {case.label} ({other}), so the numbers below are this model's")
+    other = f"{dtype}, not the case's {case.dtype}" if model is None and dtype and dtype != case.dtype \
+        else "its content fingerprint differs"
+    note(f"this is not the model that built {case.label} ({other}), so the numbers below are this model's")
     return lm
-
-
-def analysis_default(key: str) -> Any:
-    """``analyse``'s default for a setting (:class:`~failtrace.cases.settings.CaseSettings`): what a case whose
-    stored settings lack ``key`` was built with."""
-    from failtrace.cases.settings import CaseSettings
-
-    return getattr(CaseSettings(), key)
 
 
 def case_input(case: StoredCase, objective: str) -> tuple[list[int], list[int], str, str | None]:

@@ -24,14 +24,6 @@ EXIT_FALLBACK = 3
 EDGES, PRUNE, NODE_THRESHOLD = (getattr(CaseSettings(), k) for k in ("edge_method", "prune", "node_threshold"))
 
 
-def _parse_token(value: str | None) -> int | str | None:
-    if value is None:
-        return None
-    if value.startswith("#") and value[1:].isdigit():
-        return int(value[1:])
-    return value
-
-
 def _validate(edges: str, node_threshold: float, prune: str, method: str) -> None:
     """Check the options that need no model, before loading one."""
     from failtrace.graph.prune import PruneSpec, check_node_threshold
@@ -118,10 +110,8 @@ def run_graph(
     stored = from_case.read_stored_case(store, case) if case is not None and store is not None else None
     # a setting not given is the case's analysis's (so the stored pruned graph is reproduced), else the default
     if stored is not None:
-        edges = edges or stored.setting("edge_method", from_case.analysis_default("edge_method"))
-        prune = prune or stored.setting("prune", from_case.analysis_default("prune"))
-        if node_threshold is None:
-            node_threshold = float(stored.setting("node_threshold", from_case.analysis_default("node_threshold")))
+        edges, prune = edges or stored.setting("edge_method"), prune or stored.setting("prune")
+        node_threshold = float(stored.setting("node_threshold")) if node_threshold is None else node_threshold
     edges, prune = edges or EDGES, prune or PRUNE
     node_threshold = NODE_THRESHOLD if node_threshold is None else node_threshold
     _validate(edges, node_threshold, prune, method)
@@ -141,7 +131,7 @@ def run_graph(
         lm = from_case.load_case_model(stored, model, dtype, note)
         text, answer_prefix, target, contrast = from_case.case_input(stored, objective)
     graph = build_graph(
-        lm, text, target=_parse_token(target), contrast=_parse_token(contrast), answer_prefix=answer_prefix,
+        lm, text, target=opts.parse_token(target), contrast=opts.parse_token(contrast), answer_prefix=answer_prefix,
         chat=chat, objective=objective, edges=edges, method=method, layers=layers, mid_nodes=mid_nodes,
         node_threshold=node_threshold, prune=prune, memory_budget_mb=memory_budget, progress=not quiet,
         allow_long=allow_long, position=position,

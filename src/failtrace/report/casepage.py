@@ -259,7 +259,8 @@ def case_section(case: Case, overrides: Overrides | None = None, graph_src: str 
     facts = [("benchmark", case.benchmark), ("item", case.item_id), ("model", case.model),
              ("Δℓ = ℓ(target) − ℓ(contrast)", fmt(case.delta_logit)),
              ("tokens", f"{n} ({case.prompt_length} prompt + {n - case.prompt_length} answer)"),
-             ("predicts token", f"{case.position} from tokens 0–{case.position - 1}"), ("model fingerprint", case.model_fingerprint[:12])]
+             ("predicts token", f"{case.position} from tokens 0–{case.position - 1}"),
+             ("model fingerprint", case.model_fingerprint[:12])]
     facts_html = "".join(f'<div><span class="k">{esc(k)}</span><span class="v">{esc(v)}</span></div>'
                          for k, v in facts)
     lazy = "" if (graph_src or "").startswith("data:") else ' loading="lazy"'  # a file beside the page
