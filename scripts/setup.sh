@@ -8,12 +8,19 @@
 # Idempotent: a stamp file skips the installs when the two pyproject.toml files and this script have not changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# Debian's chromium: the report's browser test renders report/index.html in it (driven by Playwright from PyPI through
-# its executable path; Playwright's own browser download is not used). Debian's nodejs: a test runs the script of
-# `failtrace graph --html` pages against a minimal DOM.
+# Debian's chromium and nodejs, only with --tests (the demo needs neither): the browser tests render the report and the
+# explorer in chromium (driven by Playwright from PyPI through its executable path; Playwright's own browser download is
+# not used), and a test runs the script of `failtrace graph --html` pages in node against a minimal DOM.
+case "${1:-}" in
+  --tests) WANT_TEST_TOOLS=1 ;;
+  "") WANT_TEST_TOOLS=0 ;;
+  *) echo "usage: scripts/setup.sh [--tests]" >&2; exit 2 ;;
+esac
 APT_PKGS=""
-command -v chromium >/dev/null 2>&1 || APT_PKGS="chromium"
-command -v node >/dev/null 2>&1 || APT_PKGS="$APT_PKGS nodejs"
+if [ "$WANT_TEST_TOOLS" = 1 ]; then
+  command -v chromium >/dev/null 2>&1 || APT_PKGS="chromium"
+  command -v node >/dev/null 2>&1 || APT_PKGS="$APT_PKGS nodejs"
+fi
 if [ -n "$APT_PKGS" ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get install -y $APT_PKGS >/dev/null \

@@ -193,7 +193,7 @@ def test_html_script_runs_in_node(graph, tmp_path):
     import subprocess
 
     node = shutil.which("node")
-    assert node is not None, "node is missing: scripts/setup.sh installs Debian's nodejs for this test"
+    assert node is not None, "node is missing: scripts/setup.sh --tests installs Debian's nodejs for this test"
     page = graph_html(graph.pruned)
     script = re.search(r"<script>(.*?)</script>", page, re.S).group(1)
     blob = re.search(r'<script type="application/json" class="ftg-data">(.*?)</script>', page, re.S).group(1)

@@ -4,7 +4,7 @@ case page has one heatmap token per context token and the method buttons recolou
 number of drawn edges (as a Python re-implementation of the pruning rule predicts), pinning a node shows the subgraph
 to the prediction and exports it, and no request leaves 127.0.0.1.
 
-Chromium missing is a failure, not a skip (scripts/setup.sh installs it; FAILTRACE_CHROMIUM points at another
+Chromium missing is a failure, not a skip (scripts/setup.sh --tests installs it; FAILTRACE_CHROMIUM points at another
 binary). FAILTRACE_SCREENSHOTS=DIR keeps screenshots of the graph, review and API views
 (docs/explorer-{graph,review,api}.png were made so; the table and case views in docs/ come from a real demo store,
 scripts/explorer_screenshot.py).
@@ -37,7 +37,7 @@ from failtrace.store.cases import load_cases  # noqa: E402
 def _chromium() -> str:
     path = os.environ.get("FAILTRACE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
     if not path:
-        pytest.fail("no chromium binary: run scripts/setup.sh (apt-get install -y chromium) or set FAILTRACE_CHROMIUM")
+        pytest.fail("no chromium binary: run scripts/setup.sh --tests (apt-get install -y chromium) or set FAILTRACE_CHROMIUM")
     return path
 
 
