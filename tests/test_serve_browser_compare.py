@@ -4,7 +4,8 @@ model/checkpoint; a Fig. 4 point links to its case; the checkpoints tab draws on
 median per split; picking another contrast writes one review row (and a read-only explorer offers no such button and
 leaves the store's hash unchanged); the written review is exported as reviews.jsonl. No request leaves 127.0.0.1.
 
-FAILTRACE_SCREENSHOTS=DIR keeps explorer-{compare,across,across-checkpoints,alternatives}.png.
+FAILTRACE_SCREENSHOTS=DIR keeps explorer-{toy-compare,toy-across,across-checkpoints,toy-alternatives}.png (the toy store;
+the docs' explorer-compare/across/alternatives.png show a real store and are not overwritten).
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def test_side_by_side_has_one_column_per_compared_model(env: dict[str, Any]) -> 
     assert found and [int(found.group(1))] == contrast, (lines, contrast)  # the search's rank = the table's rank
     assert page.locator("button.pick").count() == 0  # read-only: nothing to pick
     page.locator("#compare").scroll_into_view_if_needed()
-    _shot(page, "compare")
+    _shot(page, "toy-compare")
 
 
 def test_fig4_point_links_to_its_case(env: dict[str, Any]) -> None:
@@ -105,7 +106,7 @@ def test_fig4_point_links_to_its_case(env: dict[str, Any]) -> None:
     points = page.locator('figure[data-fig="4"] a.pt')
     assert points.count() == len(data["scatter"]) >= 1
     assert page.locator('figure[data-fig="5"]').count() == 1
-    _shot(page, "across")
+    _shot(page, "toy-across")
     href = points.first.get_attribute("href")
     case_id = href.split("/")[-1]
     assert case_id in {p["case_id"] for p in data["scatter"]}
@@ -143,7 +144,7 @@ def test_pick_another_contrast_writes_a_review_and_exports(env: dict[str, Any], 
     token = int(buttons.nth(1).get_attribute("data-token"))
     page.fill("#alt-comment", "the second alternative reads better")
     page.locator("#alt-comment").scroll_into_view_if_needed()
-    _shot(page, "alternatives")
+    _shot(page, "toy-alternatives")
     buttons.nth(1).click()
     page.wait_for_selector("body[data-ready=case]", timeout=20000)
     page.wait_for_function("document.querySelector('#review') && "

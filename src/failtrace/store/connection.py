@@ -22,13 +22,15 @@ while a reader copies: the cost of a file copy, once per snapshot.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from failtrace.errors import FailtraceError, is_disk_full
 
@@ -385,18 +387,13 @@ def snapshot(path: Path, folder: Path) -> Any:
     )
 
 
-class Transaction:
+@contextlib.contextmanager
+def transaction(con: Any) -> Iterator[Any]:
     """``with`` block that commits on success and rolls back on any exception."""
-
-    def __init__(self, con: Any) -> None:
-        self.con = con
-
-    def __enter__(self) -> Transaction:
-        self.con.begin()
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            self.con.commit()
-        else:
-            self.con.rollback()
+    con.begin()
+    try:
+        yield con
+    except BaseException:
+        con.rollback()
+        raise
+    con.commit()

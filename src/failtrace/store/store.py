@@ -21,13 +21,14 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 from failtrace.benchmarks.base import Item, Verdict
 from failtrace.errors import FailtraceError, is_disk_full
 from failtrace.store import connection
-from failtrace.store.connection import CopyLock, GuardedConnection, Transaction, is_lock_error
+from failtrace.store.connection import CopyLock, GuardedConnection, is_lock_error, transaction
 from failtrace.store.records import (
     DEFAULT_STORE,
     GenerationRecord,
@@ -225,11 +226,11 @@ class ResultsStore(RunsTable, PairsTable):
         names = [d[0] for d in cur.description]
         return [parse_json_columns(dict(zip(names, row, strict=True)), self.path) for row in cur.fetchall()]
 
-    def _transaction(self) -> Transaction:
+    def _transaction(self) -> AbstractContextManager[Any]:
         """``with store._transaction():`` one atomic write (held under the copy lock until it commits)."""
         if self.read_only:
             raise FailtraceError(f"results store {self.path} was opened read-only")
-        return Transaction(self.con)
+        return transaction(self.con)
 
     # ---- items and generations (runs: RunsTable) -------------------------------------------------------------------
 
