@@ -78,6 +78,15 @@ class Benchmark(Protocol):
     # Optional hooks (looked up with getattr, so a benchmark without them is still a Benchmark):
     # prefix_decides_fail / prefix_final (failures/prefix_rules.py: early stopping of rollouts) and
     # verdict_key(item, completion) -> str: the part of the completion the verdict's *status* depends on (equal keys,
-    # equal status), so the pair search checks each distinct key once per failure (failures/search.py).
+    # equal status), so the pair search checks each distinct key once per failure (failures/search.py);
+    # checker_options() -> dict: the constructor options that change verdicts (IFEval's loose mode). A collection
+    # run records them and the pair search rebuilds the same checker from them (see checker_options below).
+
+
+def checker_options(benchmark: Any) -> dict[str, Any]:
+    """The options ``benchmark`` was built with that change its verdicts (empty for the defaults), so the run that
+    stores its verdicts records them and every later re-check (``failtrace pairs``) uses the same checker."""
+    hook = getattr(benchmark, "checker_options", None)
+    return dict(hook()) if callable(hook) else {}
 
 

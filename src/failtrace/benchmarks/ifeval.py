@@ -149,6 +149,10 @@ class IFEvalBenchmark:
             raise ValueError(f"mode must be 'strict' or 'loose', got {mode!r}")
         self.mode = mode
 
+    def checker_options(self) -> dict[str, Any]:
+        """``{"mode": "loose"}`` for a loose checker, else nothing (strict runs keep the ids they always had)."""
+        return {} if self.mode == "strict" else {"mode": self.mode}
+
     def load(self, source: str, limit: int | None = None) -> LoadReport:
         return build_items(source, limit, REQUIRED_FIELDS, _to_item, default_split="train")
 

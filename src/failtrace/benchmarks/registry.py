@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from importlib import import_module
 from typing import Any
 
-from failtrace.benchmarks.base import Benchmark, LoadReport
+from failtrace.benchmarks.base import Benchmark, LoadReport, checker_options
 from failtrace.errors import FailtraceError
 
 Factory = Callable[..., Benchmark]
@@ -68,11 +68,18 @@ def get_benchmark(name: str, /, **options: Any) -> Benchmark:
         raise FailtraceError(f"bad options for benchmark {key!r}: {exc}") from exc
 
 
-def resolve_benchmark(name: str, overrides: Mapping[str, Benchmark] | None = None) -> Benchmark:
-    """The benchmark called ``name``: from ``overrides`` (objects a caller passes in), else the registry."""
+def resolve_benchmark(name: str, overrides: Mapping[str, Benchmark] | None = None,
+                      options: Mapping[str, Any] | None = None) -> Benchmark:
+    """The benchmark called ``name``: from ``overrides`` (objects a caller passes in), else the registry's, built
+    with ``options`` (a collection run's recorded ``checker`` options, so a re-check judges as the run did)."""
+    options = dict(options or {})
     if overrides and name in overrides:
+        given = checker_options(overrides[name])
+        if given != options:
+            raise FailtraceError(f"the {name} benchmark given checks with options {given or 'none'}, but the run was "
+                                 f"collected with {options or 'none'}; pass one built with the run's options")
         return overrides[name]
-    return get_benchmark(name)
+    return get_benchmark(name, **options)
 
 
 def load_benchmark(name: str, source: str, limit: int | None = None) -> LoadReport:

@@ -49,6 +49,10 @@ def collect_command(
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", callback=opts.count(1),
                                                  help="Generation budget (default: the benchmark's)."),
     thinking: bool = typer.Option(False, "--thinking", help="Turn the chat template's thinking mode on."),
+    ifeval_mode: Optional[str] = typer.Option(
+        None, "--ifeval-mode", callback=opts.one_of(("strict", "loose")),
+        help="IFEval's verdict: strict (default) or loose (the text without its first or last line, or its "
+             "markdown asterisks, may also pass). A loose run is a run of its own; pairs re-checks it loosely."),
     batch_size: int = typer.Option(1, "--batch-size", callback=opts.count(1),
                                    help="Prompts decoded together (left padding). 1 is exact-reproducible."),
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
@@ -68,7 +72,9 @@ def collect_command(
     check_device(device, here=ray_address is None)  # a joined cluster's nodes may have devices this one lacks
     check_store_path(store, create=True)
     opts.check_scale(workers, ray_address, batch_size)
-    bench = resolve_benchmark(benchmark)
+    if ifeval_mode is not None and benchmark.strip().lower() != "ifeval":
+        raise FailtraceError(f"--ifeval-mode is for --benchmark ifeval, not {benchmark}")
+    bench = resolve_benchmark(benchmark, options={"mode": ifeval_mode} if ifeval_mode else None)
     report = bench.load(data, None if item else limit)
     _warn_problems(report.problems)
     if not report.items:

@@ -36,6 +36,7 @@ def status_command(
         cases = case_summaries(st)
         compared = comparison_counts(st)
         snapshot = st.is_snapshot
+        checkers = {r.run_id: r.settings.get("checker") for r in st.runs("collect") if r.settings.get("checker")}
     con = _console()
     if not rows:
         con.print(f"{store}: no collection runs yet")
@@ -45,7 +46,8 @@ def status_command(
     con.print(_runs_table(runs, f"failtrace status: {store}" + (" (snapshot: a run is writing it)" if snapshot
                                                                   else "")))
     for n, r in enumerate(runs, 1):  # the ids --run and --pair-run take (a unique prefix is enough)
-        con.print(f"collection run #{n}: {r.run_id}", highlight=False)
+        checker = "".join(f"  {k}={v}" for k, v in (checkers.get(r.run_id) or {}).items())  # e.g. IFEval's mode=loose
+        con.print(f"collection run #{n}: {r.run_id}{checker}", highlight=False)
     paired = [r for r in rows if r.pair_run_id is not None]
     labels = [_pair_label(number[r.run_id], r, paired) for r in paired]
     if paired:

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from failtrace.benchmarks.base import Benchmark, Item, Verdict
+from failtrace.benchmarks.base import Benchmark, Item, Verdict, checker_options
 from failtrace.benchmarks.registry import register_benchmark, resolve_benchmark  # re-exported: one registry
 from failtrace.errors import FailtraceError
 from failtrace.failures.generation import Generated, decode_completion, eos_token_ids, greedy_generate, pad_token_id
@@ -77,14 +77,18 @@ def _run_id(payload: dict[str, Any]) -> str:
 
 
 def collect_run_record(loaded: Any, benchmark: str, max_new_tokens: int, thinking: bool, seed: int = 0,
-                       data: str | None = None, batch_size: int = 1) -> RunRecord:
-    """The run record of a collection; its id depends only on what changes the generations."""
+                       data: str | None = None, batch_size: int = 1,
+                       checker: dict[str, Any] | None = None) -> RunRecord:
+    """The run record of a collection; its id depends only on what changes the generations or their verdicts
+    (``checker``: the benchmark's non-default checker options, e.g. IFEval's loose mode; none keeps older ids)."""
     key = {"stage": "collect", "model": loaded.name, "source": loaded.source, "revision": loaded.revision,
            "dtype": loaded.dtype, "benchmark": benchmark, "max_new_tokens": int(max_new_tokens),
            "thinking": bool(thinking)}
     described = loaded.describe() if hasattr(loaded, "describe") else {}
     settings = {"max_new_tokens": int(max_new_tokens), "thinking": bool(thinking), "decoding": "greedy",
                 "chat_template": True, "batch_size": int(batch_size), "model_info": described}
+    if checker:
+        key["checker"] = settings["checker"] = dict(checker)
     return RunRecord(run_id=_run_id(key), stage="collect", benchmark=benchmark, model=loaded.name,
                      model_source=loaded.source, revision=loaded.revision, dtype=loaded.dtype, device=loaded.device,
                      seed=seed, versions=library_versions(), settings=settings, data=data)
@@ -189,7 +193,8 @@ def collect(
     check_budget(budget, loaded.name, context_length(getattr(loaded, "model", None)), max_new_tokens is not None,
                  benchmark.name)  # before a run is recorded: the store stays as it was
     t0 = time.perf_counter()
-    run = collect_run_record(loaded, benchmark.name, budget, thinking, seed, data, batch_size)
+    run = collect_run_record(loaded, benchmark.name, budget, thinking, seed, data, batch_size,
+                             checker_options(benchmark))
     more_data = start_run(store, run, items)
     done = store.done_item_ids(run.run_id)
     todo = [it for it in items if it.id not in done]

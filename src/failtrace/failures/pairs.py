@@ -232,7 +232,8 @@ def find_pairs(
         failures = failures_of[run.run_id]
         if not failures:
             continue
-        bench = resolve_benchmark(run.benchmark, benchmarks)  # first: an unknown one records no pair run
+        bench = resolve_benchmark(run.benchmark, benchmarks, run.settings.get("checker"))  # first: an unknown
+        # benchmark records no pair run
         loaded = _run_model(run, models, loaded_cache, device)
         if isinstance(helper, str) and helper_loaded is None:
             helper_loaded = load_model(helper, dtype=run.dtype or "float32", device=device)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from failtrace.benchmarks.base import Benchmark, Item, Verdict
+from failtrace.benchmarks.base import Benchmark, Item, Verdict, checker_options
 from failtrace.cases.analyse import AnalyseSummary, AnalysisJob, analysis_jobs, commit_case
 from failtrace.cases.record import Case
 from failtrace.cases.settings import CaseSettings
@@ -125,7 +125,8 @@ def collect_on_ray(store: ResultsStore, benchmark: Benchmark, items: Sequence[It
         run_pool = pool_for(spec)
         check_budget(budget, run_pool.model.name, run_pool.model.context, max_new_tokens is not None,
                      benchmark.name)  # as in-process: before a run is recorded
-        run = collect_run_record(run_pool.model, benchmark.name, budget, thinking, seed, data, batch_size=1)
+        run = collect_run_record(run_pool.model, benchmark.name, budget, thinking, seed, data, batch_size=1,
+                                 checker=checker_options(benchmark))
         more_data = start_run(store, run, items)
         done = store.done_item_ids(run.run_id)
         todo = [it for it in items if it.id not in done]
@@ -176,7 +177,8 @@ def pairs_on_ray(store: ResultsStore, settings: PairSettings | None, workers: in
             failures = failures_of[run.run_id]
             if not failures:
                 continue
-            bench = resolve_benchmark(run.benchmark, benchmarks)  # first: an unknown one records no pair run
+            bench = resolve_benchmark(run.benchmark, benchmarks, run.settings.get("checker"))  # first: an unknown
+            # benchmark records no pair run
             run_pool = pool_for(ModelSpec(run.model, run.dtype or "float32", device, run.revision, helper))
             todo = _pairs_of_run(store, run, failures, run_pool, settings, summary, remaining, address)
             budget = int(run.settings.get("max_new_tokens") or bench.max_new_tokens)
