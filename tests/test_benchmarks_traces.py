@@ -197,3 +197,23 @@ def test_a_wrong_file_names_every_format_traces_read(tmp_path: Path) -> None:
     odd.write_text('{"a": 1}')
     with pytest.raises(FailtraceError, match=r"unknown file type; use one of .*\.traj"):
         TracesBenchmark().load(str(odd))
+
+
+@pytest.mark.parametrize(("name", "raw", "message"), [
+    ("h.traj", {"history": ["x", {"role": "assistant", "content": "hi"}]},
+     "'history' message 0 must be an object with a 'role' string"),
+    ("t.json", [{"task_id": 7, "traj": [{"role": "user", "content": "hi"}, {"content": "x"}]}],
+     "trajectory 1 (task 7): 'traj' message 1 must be an object with a 'role' string"),
+    ("n.json", [{"task_id": 1, "traj": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None}]}],
+     "the trace has no assistant action to check"),
+])
+def test_a_broken_raw_trace_is_one_error_naming_the_file(tmp_path: Path, name: str, raw: object,
+                                                         message: str) -> None:
+    """A message that is not a {role, ...} object was a ValueError outside the loader's handling (exit 70)."""
+    from failtrace.errors import FailtraceError
+
+    path = tmp_path / name
+    path.write_text(json.dumps(raw))
+    with pytest.raises(FailtraceError) as info:
+        TracesBenchmark().load(str(path))
+    assert str(info.value).startswith(f"{path}: {message}")

@@ -235,7 +235,12 @@ class TracesBenchmark:
         if path.is_file() and path.suffix in (".json", ".traj"):
             raw = _read_json(path)
             if _is_raw_trace(raw):
-                records = ((f"action {i}", rec) for i, rec in enumerate(convert_trace(raw, path.stem), start=1))
+                converted = convert_trace(raw, path.stem, source)
+                if not converted:
+                    raise FailtraceError(f"{source}: the trace has no assistant action to check (an item is an "
+                                         "assistant turn after the first message with a tool call, a SWE-agent "
+                                         "action or text)")
+                records = ((f"action {i}", rec) for i, rec in enumerate(converted, start=1))
                 return items_from_records(records, source, limit, REQUIRED_FIELDS, _to_item, formats=FORMATS)
         return build_items(source, limit, REQUIRED_FIELDS, _to_item, formats=FORMATS)
 
@@ -334,21 +339,28 @@ def _items_from_messages(messages: list[dict[str, Any]], base_id: str, meta: dic
     return items
 
 
-def convert_trace(raw: Any, name: str = "trace") -> list[dict[str, Any]]:
+def convert_trace(raw: Any, name: str = "trace", where: str | None = None) -> list[dict[str, Any]]:
     """Items from a tau-bench trajectory list (``[{task_id, trial, traj, ...}]``) or a SWE-agent ``.traj``
-    (``{history: [...]}``)."""
+    (``{history: [...]}``); ``name`` prefixes the item ids, ``where`` (default ``name``) names the file in errors."""
+    where = where or name
     if isinstance(raw, dict) and isinstance(raw.get("history"), list):
-        return _items_from_messages(raw["history"], f"swe-{name}", {"source": "swe-agent", "trace": name})
+        try:
+            return _items_from_messages(raw["history"], f"swe-{name}", {"source": "swe-agent", "trace": name})
+        except ValueError as exc:
+            raise FailtraceError(f"{where}: 'history' {exc}") from None
     records = [raw] if isinstance(raw, dict) else raw
     if not isinstance(records, list) or not all(isinstance(r, dict) and isinstance(r.get("traj"), list)
                                                 for r in records):
-        raise FailtraceError(f"{name}: not a tau-bench trajectory list or a SWE-agent .traj file")
+        raise FailtraceError(f"{where}: not a tau-bench trajectory list or a SWE-agent .traj file")
     items = []
     for n, rec in enumerate(records):
         base = f"tau-{rec.get('task_id', n)}-t{rec.get('trial', 0)}"
         meta = {"source": "tau-bench", "task_id": rec.get("task_id"), "trial": rec.get("trial"),
                 "reward": rec.get("reward")}
-        items += _items_from_messages(rec["traj"], base, meta)
+        try:
+            items += _items_from_messages(rec["traj"], base, meta)
+        except ValueError as exc:
+            raise FailtraceError(f"{where}: trajectory {n + 1} (task {rec.get('task_id', '?')}): 'traj' {exc}") from None
     return items
 
 
@@ -358,7 +370,7 @@ def convert_trace_file(path: str | Path, out: str | Path | None = None) -> list[
     raw = _read_json(path)
     if raw is None:
         raise FailtraceError(f"{path}: not a JSON trace file")
-    items = convert_trace(raw, path.stem)
+    items = convert_trace(raw, path.stem, str(path))
     if out is not None:
         with Path(out).open("w", encoding="utf-8") as fh:
             fh.writelines(json.dumps(item, ensure_ascii=False) + "\n" for item in items)
