@@ -95,6 +95,48 @@ def test_mask_template_keeps_template_text_maskable(toy: dict[str, Any], tmp_pat
     assert any(p[False] for p in picked.values())  # the older rule does, on these cases
 
 
+def test_rerunning_an_older_analysis_makes_it_current_again(toy: dict[str, Any], tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """A smaller analysis with other settings replaced a whole one in every view, and running the whole one's settings
+    again ("already analysed") did not bring it back. Now each switch is said, and the rerun switches back."""
+    import shutil
+
+    from failtrace.serve.queries import base_sql
+    from failtrace.store.cases import current_analyses
+
+    store = tmp_path / "s.duckdb"
+    shutil.copy(toy["store"], store)
+    n = len(toy["clean"])
+    whole = ["analyse", "--store", str(store), "--methods", "attnlrp", "--max-k", "3", "--no-progress"]
+    part = ["analyse", "--store", str(store), "--methods", "attnlrp,random", "--max-k", "2", "--limit", "1",
+            "--no-progress"]
+
+    def current() -> tuple[str, int, int]:
+        with open_store(store, read_only=True) as st:
+            analysis = current_analyses(st)[toy["pair_run_id"]]
+            shown = len(load_cases(st))
+            served = st.con.execute(base_sql(True) + " SELECT count(case_id) FROM rows").fetchone()[0]
+        return analysis, shown, served
+
+    assert main(whole) == 0
+    capsys.readouterr()
+    first, shown, served = current()
+    assert shown == served == n
+    assert main(part) == 0
+    err = capsys.readouterr().err
+    second, shown, served = current()
+    assert second != first and shown == served == 1
+    assert (f"now use analysis {second[:8]} (1 of {n} clean pairs) instead of {first[:8]} ({n} cases, kept in the "
+            "store;") in err  # n >= 2 here
+    assert main(whole) == 0
+    out, err = capsys.readouterr()
+    assert f"{n} already analysed, 0 analysed now" in out
+    assert current() == (first, n, n)
+    assert f"now use analysis {first[:8]} ({n} of {n} clean pairs) instead of {second[:8]} (1 case, kept" in err
+    assert main(whole) == 0
+    assert "now use analysis" not in capsys.readouterr().err  # already the current one: nothing switches
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--methods", "bogus"], "unknown method 'bogus'"),
     (["--methods", "ig,random"], "must include attnlrp"),

@@ -106,10 +106,12 @@ def analysis_jobs(store: ResultsStore, settings: CaseSettings, model_of: Callabl
     and the Ray paths both plan with this, so they make the same analysis runs, case ids and ``--limit`` cuts.
     """
     from failtrace.store.alternatives import done as done_alternatives
-    from failtrace.store.cases import done_case_ids
+    from failtrace.store.cases import current_analyses, done_case_ids
+    from failtrace.store.records import now
 
     remaining = limit
     done = done_case_ids(store)
+    current = current_analyses(store)
     have_alts = done_alternatives(store)
     for prun in _select_pair_runs(store, pair_run_ids, benchmark):
         clean = [p for p in store.pairs(prun.run_id) if p["status"] == "clean"]
@@ -123,7 +125,9 @@ def analysis_jobs(store: ResultsStore, settings: CaseSettings, model_of: Callabl
         model, fingerprint = model_of(collect_run)
         settings.check_mask_token(model)
         arun = analysis_run_record(prun, model, fingerprint, settings)
-        store.ensure_run(arun)
+        if not store.ensure_run(arun) and current.get(prun.run_id) != arun.run_id:
+            # an older analysis run again: it becomes the one status, show, the report and the explorer use
+            store.set_run_setting(arun.run_id, "current_since", now().isoformat(sep=" "))
         summary.analysis_ids.append(arun.run_id)
         ident = settings.identity()
         ids = {p["item_id"]: case_id(prun.run_id, p["item_id"], fingerprint, ident) for p in clean}

@@ -25,6 +25,31 @@ def _settings(methods: Optional[str], max_k: int, ig_steps: int, mask_rule: str,
                         mask_rule=mask_rule, mask_token_id=mask_token, skip_template=not mask_template).validate()
 
 
+def _current(st: Any) -> dict[str, tuple[str, int, int]]:
+    """Pair run id -> (its current analysis run, that analysis's case count, the pair run's clean pairs)."""
+    from failtrace.store.cases import current_analyses
+
+    counts = dict(st.con.execute("SELECT analysis_id, count(*) FROM cases GROUP BY analysis_id").fetchall())
+    clean = dict(st.con.execute("SELECT pair_run_id, count(*) FROM pairs WHERE status = 'clean' GROUP BY pair_run_id")
+                 .fetchall())
+    return {p: (a, int(counts.get(a, 0)), int(clean.get(p, 0))) for p, a in current_analyses(st).items()}
+
+
+def _switch_notes(before: dict[str, tuple[str, int, int]], after: dict[str, tuple[str, int, int]]) -> list[str]:
+    """One note per pair run whose current analysis (what status, show, the report and the explorer use) changed."""
+    from failtrace.views.common import count_of
+
+    notes = []
+    for pair_run, (analysis, n, clean) in after.items():
+        old = before.get(pair_run)
+        if old is None or old[0] == analysis:
+            continue
+        notes.append(f"note: pair run {pair_run[:8]}: status, show, the report and the explorer now use analysis "
+                     f"{analysis[:8]} ({n} of {clean} clean pairs) instead of {old[0][:8]} ({count_of(old[1], 'case')}, "
+                     f"kept in the store; `analyse` again with the settings it was made with uses it again)")
+    return notes
+
+
 def _summary_line(summary: Any, store: Path, workers: Optional[int] = None) -> str:
     cats = ", ".join(f"{v} {k}" for k, v in sorted(summary.categories.items())) or "no new cases"
     pats = ", ".join(f"{v} {k}" for k, v in sorted(summary.patterns.items()))
@@ -75,6 +100,7 @@ def analyse_command(
     check_device(device, here=ray_address is None)  # a joined cluster's nodes may have devices this one lacks
     opts.check_scale(workers, ray_address)
     with open_store(store, create=False) as st:
+        before = _current(st)
         if workers is not None:
             from failtrace.scale import analyse_on_ray
 
@@ -83,7 +109,10 @@ def analyse_command(
         else:
             summary = analyse(st, settings, pair_run_ids=pair_run or None, benchmark=benchmark, limit=limit,
                               device=device, progress=progress)
+        switched = _switch_notes(before, _current(st))
     typer.echo(_summary_line(summary, store, workers))
+    for note in switched:
+        typer.echo(note, err=True)
     if summary.analysed or summary.skipped:
         import shlex
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from failtrace.store.cases import ANALYSIS_TIME_SQL
 from failtrace.store.natural import natural_key
 from failtrace.store.schema import NOT_SEARCHED
 
@@ -23,7 +24,7 @@ from failtrace.store.schema import NOT_SEARCHED
 # with the newest override and the attnlrp k*.
 _CASES_CTE = """
 analyses AS (
-    SELECT c.pair_run_id, c.analysis_id, coalesce(max(r.created_at), max(c.created_at)) AS t
+    SELECT c.pair_run_id, c.analysis_id, coalesce(max(ANALYSIS_TIME), max(c.created_at)) AS t
     FROM cases c LEFT JOIN runs r ON r.run_id = c.analysis_id GROUP BY c.pair_run_id, c.analysis_id),
 latest AS (SELECT pair_run_id, arg_max(analysis_id, t) AS analysis_id FROM analyses GROUP BY pair_run_id),
 ov AS (SELECT case_id, arg_max(category, created_at) AS category FROM overrides GROUP BY case_id),
@@ -85,7 +86,8 @@ class TableQuery:
 
 def base_sql(has_cases: bool) -> str:
     """``WITH ... rows AS (...)``: the joined table every query below selects from."""
-    return "WITH " + (_CASES_CTE if has_cases else _NO_CASES_CTE) + _ROWS_CTE
+    cases = _CASES_CTE.replace("ANALYSIS_TIME", ANALYSIS_TIME_SQL)
+    return "WITH " + (cases if has_cases else _NO_CASES_CTE) + _ROWS_CTE
 
 
 def _where(q: TableQuery, skip_facet: str | None = None) -> tuple[str, list[Any]]:

@@ -123,10 +123,16 @@ def done_case_ids(store: ResultsStore, analysis_id: str | None = None) -> set[st
                                             [analysis_id]).fetchall()}
 
 
+# When an analysis run became its pair run's current one: when it was recorded, or when `analyse` last ran with its
+# settings (settings.current_since), so re-running an older analysis's settings brings it back.
+ANALYSIS_TIME_SQL = ("greatest(r.created_at, coalesce(try_cast(json_extract_string(r.settings, '$.current_since') "
+                     "AS TIMESTAMP), r.created_at))")
+
+
 def _latest_analyses(store: ResultsStore) -> set[tuple[str, str]]:
     """Per pair run, the newest analysis run that has cases (so one report never mixes two settings)."""
     rows = store.con.execute(
-        "SELECT c.pair_run_id, c.analysis_id, max(r.created_at) AS t, max(c.created_at) AS tc FROM cases c "
+        f"SELECT c.pair_run_id, c.analysis_id, max({ANALYSIS_TIME_SQL}) AS t, max(c.created_at) AS tc FROM cases c "
         "LEFT JOIN runs r ON r.run_id = c.analysis_id GROUP BY c.pair_run_id, c.analysis_id").fetchall()
     best: dict[str, tuple[Any, str]] = {}
     for pair_run, analysis, t, tc in rows:
@@ -134,6 +140,11 @@ def _latest_analyses(store: ResultsStore) -> set[tuple[str, str]]:
         if pair_run not in best or key > best[pair_run]:
             best[pair_run] = key
     return {(pair_run, v[1]) for pair_run, v in best.items()}
+
+
+def current_analyses(store: ResultsStore) -> dict[str, str]:
+    """Pair run id -> the analysis run that status, show, the report and the explorer use (the newest with cases)."""
+    return dict(_latest_analyses(store))
 
 
 def load_cases(store: ResultsStore, benchmark: str | None = None, model_fingerprint: str | None = None,

@@ -50,6 +50,16 @@ class RunsTable:
             settings[key] = [*settings.get(key, []), entry]
             self.con.execute("UPDATE runs SET settings = ? WHERE run_id = ?", [_dumps(settings), run_id])
 
+    def set_run_setting(self, run_id: str, key: str, value: Any) -> None:
+        """Set ``settings[key]`` of run ``run_id`` to ``value`` (a record about the run, never part of its id)."""
+        with self._transaction():
+            row = self.con.execute("SELECT settings FROM runs WHERE run_id = ?", [run_id]).fetchone()
+            if row is None:
+                raise FailtraceError(f"no run {run_id!r} in {self.path}")
+            settings = loads(row[0], f"runs.settings of run {run_id}", self.path) if row[0] else {}
+            self.con.execute("UPDATE runs SET settings = ? WHERE run_id = ?", [_dumps({**settings, key: value}),
+                                                                               run_id])
+
     def get_run(self, run_id: str) -> RunRecord | None:
         """The run with this id, or None."""
         rows = self._rows("SELECT * FROM runs WHERE run_id = ?", [run_id])
