@@ -368,6 +368,28 @@ def test_collect_says_when_failures_stopped_at_the_budget(toy: dict[str, Any], t
     assert ("stopped at the 64-token budget" in capsys.readouterr().err) == (cut > 0)
 
 
+def test_collect_says_when_passes_stopped_at_the_budget(toy: dict[str, Any], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """A 3-token answer has no comma, so IFEval's no-comma check passes what was cut: collect says how many passes
+    the checker judged cut (counted from the store), which it did not before."""
+    from failtrace.store import open_store
+
+    data = tmp_path / "ifeval.jsonl"
+    data.write_text("".join(json.dumps({"key": i, "prompt": f"Describe item {i}. Do not use any commas.",
+                                        "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]}) + "\n"
+                            for i in range(3)))
+    store = tmp_path / "i.duckdb"
+    assert main(["collect", "-b", "ifeval", "-d", str(data), "-m", str(toy["model_dir"]), "--no-progress",
+                 "--max-new-tokens", "3", "-s", str(store)]) == 0
+    err = capsys.readouterr().err
+    with open_store(store, read_only=True) as st:
+        rows = st.results(st.runs("collect")[0].run_id)
+    cut = sum(r["status"] == "pass" and r["finish_reason"] == "length" for r in rows)
+    passed = sum(r["status"] == "pass" for r in rows)
+    assert cut > 0
+    assert f"note: {cut} of {passed} passes stopped at the 3-token budget" in err
+
+
 def test_collect_item_and_a_second_data_file(toy: dict[str, Any], tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     """--item collects just the named items (an unknown id is one line, and no run is recorded); a second data file

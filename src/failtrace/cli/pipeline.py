@@ -125,6 +125,13 @@ def _note_cut_failures(store: Path, run_id: str) -> None:
     with _store_errors(store), open_store(store, read_only=True) as st:
         row = next((r for r in st.status_rows() if r.run_id == run_id), None)
         budget = getattr(st.get_run(run_id), "settings", {}).get("max_new_tokens")
+        passed_at_limit = st.con.execute(
+            "SELECT count(*) FROM generations g JOIN verdicts v USING (run_id, item_id) WHERE g.run_id = ? AND "
+            "v.status = 'pass' AND g.finish_reason = 'length'", [run_id]).fetchone()[0]
+    if row is not None and passed_at_limit:
+        typer.echo(f"note: {passed_at_limit} of {row.passed} passes stopped at the {budget}-token budget: the checker "
+                   "judged a cut answer, which its rest could still have broken (a comma, a word limit); a larger "
+                   "--max-new-tokens decides them", err=True)
     if row is None or not row.failed_at_limit:
         return
     typer.echo(f"note: {row.failed_at_limit} of {row.failed} failures stopped at the {budget}-token budget; the pair "
