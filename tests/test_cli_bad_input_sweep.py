@@ -360,6 +360,12 @@ def test_collect_says_when_failures_stopped_at_the_budget(toy: dict[str, Any], t
     failed = sum(r["status"] == "fail" for r in rows)
     assert cut > 0
     assert f"note: {cut} of {failed} failures stopped at the 3-token budget" in err and "--rollout-tokens" in err
+    assert main(["pairs", "-s", str(store), "--top-k", "2", "--max-positions", "2", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    with open_store(store, read_only=True) as st:
+        statuses = [p["status"] for p in st.pairs()]
+    assert statuses and set(statuses) == {"unbounded"}  # every failure was cut: more top-k cannot help, more tokens can
+    assert "every failure searched hit the token budget" in err and "--top-k" not in err
     assert main(["collect", "-b", "math", "-d", str(data), "-m", str(toy["model_dir"]), "--no-progress",
                  "--max-new-tokens", "64", "-s", str(tmp_path / "m2.duckdb")]) == 0  # (still shown, with its count)
     with open_store(tmp_path / "m2.duckdb", read_only=True) as st:

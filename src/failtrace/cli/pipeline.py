@@ -289,6 +289,10 @@ def pairs_command(
     q = shlex.quote(str(store))
     if summary.statuses.get("clean"):
         typer.echo(f"next: failtrace analyse --store {q} (explains the clean pairs)", err=True)
+    elif summary.processed and summary.statuses.get("unbounded") == summary.processed:
+        typer.echo("next: no clean pair this time: every failure searched hit the token budget (unbounded); "
+                   "`failtrace pairs --rollout-tokens N` with a larger N, or a collection with a larger "
+                   "--max-new-tokens, decides them (failtrace status counts them)", err=True)
     elif summary.processed:
         typer.echo("next: no clean pair this time; a larger --top-k or --max-positions, or --sibling MODEL, may find "
                    "some (failtrace status shows why each failure stopped)", err=True)
