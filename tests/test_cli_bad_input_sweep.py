@@ -457,3 +457,15 @@ def test_compare_help_shows_no_positional_model(capsys: pytest.CaptureFixture[st
     assert code == 0 and "Usage: failtrace compare [OPTIONS]" in out and "MODEL]..." not in out
     line = _one_error_line(main(["compare", "-s", "x.duckdb", "a", "b"]), capsys)
     assert line.endswith("a b came without an option before them"), line
+
+
+@pytest.mark.parametrize("command", ["pairs", "analyse"])
+@pytest.mark.parametrize("name", ["nosuch", "math"])
+def test_a_benchmark_the_store_never_ran_is_named_as_such(toy: dict[str, Any], tmp_path: Path, command: str,
+                                                         name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Was "no collection runs for nosuch ...; run `failtrace collect` first" (or `pairs` first, which would fail the
+    same way): a typo or a benchmark never collected now names the benchmarks the store has."""
+    store = _copy(toy, tmp_path)
+    line = _one_error_line(main([command, "--store", str(store), "--benchmark", name, "--no-progress"]), capsys)
+    assert line == f"error: no runs for benchmark {name!r} in {store}; benchmarks there: toy"
+    assert sha256(store) == toy["sha"]

@@ -85,6 +85,8 @@ class RunsTable:
             runs = [r for r in runs if r.run_id in chosen]
         if benchmark is not None:
             runs = [r for r in runs if r.benchmark == benchmark]
+            if not runs:
+                self.require_benchmark(benchmark)  # no run of it at all: a typo, or collect it first
         if not runs:
             raise FailtraceError(f"no {noun}s{' for ' + benchmark if benchmark else ''} in {self.path}; run "
                                  f"`{first}` first")
