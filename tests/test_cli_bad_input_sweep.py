@@ -469,3 +469,15 @@ def test_a_benchmark_the_store_never_ran_is_named_as_such(toy: dict[str, Any], t
     line = _one_error_line(main([command, "--store", str(store), "--benchmark", name, "--no-progress"]), capsys)
     assert line == f"error: no runs for benchmark {name!r} in {store}; benchmarks there: toy"
     assert sha256(store) == toy["sha"]
+
+
+@pytest.mark.parametrize("command", [["collect", "-b", "toy", "-d", "{tmp}/none.jsonl"], ["pairs"]])
+def test_limit_below_the_named_items_is_refused(toy: dict[str, Any], tmp_path: Path, command: list[str],
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """`--item A --item B --limit 1` silently did one of the two."""
+    store = _copy(toy, tmp_path)
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in command]
+    line = _one_error_line(main([*argv, "--store", str(store), "--item", "q000", "--item", "q001", "--limit", "1",
+                                 "--no-progress"]), capsys)
+    assert line == "error: --limit 1 would drop some of the 2 --item ids; give fewer --item ids or leave --limit out"
+    assert sha256(store) == toy["sha"]

@@ -152,3 +152,10 @@ def check_scale(workers: int | None, ray_address: str | None, batch_size: int = 
     from failtrace.scale.pool import require_ray
 
     require_ray()
+
+
+def check_limit_items(limit: int | None, items: list[str] | None) -> None:
+    """``--limit`` below the number of ``--item`` ids would drop named items silently: refused."""
+    if items and limit is not None and limit < len(set(items)):
+        raise FailtraceError(f"--limit {limit} would drop some of the {len(set(items))} --item ids; give fewer "
+                             "--item ids or leave --limit out")

@@ -72,6 +72,7 @@ def collect_command(
     check_device(device, here=ray_address is None)  # a joined cluster's nodes may have devices this one lacks
     check_store_path(store, create=True)
     opts.check_scale(workers, ray_address, batch_size)
+    opts.check_limit_items(limit, item)
     if ifeval_mode is not None and benchmark.strip().lower() != "ifeval":
         raise FailtraceError(f"--ifeval-mode is for --benchmark ifeval, not {benchmark}")
     bench = resolve_benchmark(benchmark, options={"mode": ifeval_mode} if ifeval_mode else None)
@@ -256,6 +257,8 @@ def pairs_command(
     from failtrace.failures.pairs import PairSettings, find_pairs
     from failtrace.models.checks import check_device
     from failtrace.store.store import open_store
+
+    opts.check_limit_items(limit, item)
 
     settings = PairSettings(top_k=top_k, min_delta=min_delta, max_positions=max_positions,
                             try_unbounded=try_unbounded, rollout_batch_size=rollout_batch_size,
