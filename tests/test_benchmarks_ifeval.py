@@ -25,6 +25,10 @@ def test_load_items_and_bad_kwargs(tmp_path: Path) -> None:
          "kwargs": [{"num_sentences": 2, "relation": "at least", "keywords": None}]},
         {"key": 3, "prompt": "x", "instruction_id_list": ["a", "b"], "kwargs": [{}]},
         {"key": 4, "prompt": "x", "instruction_id_list": ["punctuation:no_comma"]},
+        # refused at load (they were generated, then stored unverifiable with no word why)
+        {"key": 5, "prompt": "x", "instruction_id_list": ["nosuch:checker"], "kwargs": [{}]},
+        {"key": 6, "prompt": "x", "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{"bogus": 3}]},
+        {"key": 7, "prompt": "x", "instruction_id_list": [], "kwargs": []},
     ]
     path.write_text("\n".join(json.dumps(r) for r in rows))
     report = get_benchmark("ifeval").load(str(path))
@@ -32,6 +36,9 @@ def test_load_items_and_bad_kwargs(tmp_path: Path) -> None:
     assert report.items[1].reference["kwargs"] == [{"num_sentences": 2, "relation": "at least"}]
     assert "line 3" in report.problems[0] and "kwargs" in report.problems[0]
     assert "line 4" in report.problems[1] and "'kwargs'" in report.problems[1]
+    assert report.problems[2] == "line 5: unknown instruction id 'nosuch:checker' (not in IFEval's instruction registry)"
+    assert report.problems[3].startswith("line 6: punctuation:no_comma cannot take {'bogus': 3}: TypeError:")
+    assert report.problems[4] == "line 7: 'instruction_id_list' is empty: nothing to check"
 
 
 def test_pass_and_fail_with_reasons_naming_the_instruction() -> None:

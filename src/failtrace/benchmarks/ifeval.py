@@ -229,8 +229,24 @@ def _to_item(record: dict[str, Any], where: str) -> Item:
         raise ValueError(f"'kwargs' must be a list of {len(ids)} objects, one per instruction")
     # The hub copy fills every kwargs dict with all keys (nulls for unused ones): drop the nulls.
     clean = [{k: v for k, v in kw.items() if v is not None} for kw in kwargs]
+    _check_instructions(ids, clean)
     return Item(id=str(record["key"]), benchmark="ifeval", prompt=record["prompt"],
                 reference={"instruction_id_list": ids, "kwargs": clean}, meta={"key": record["key"]})
+
+
+def _check_instructions(ids: list[str], kwargs: list[dict[str, Any]]) -> None:
+    """Refuse, at load, an item no check could judge (an unknown instruction id, arguments its checker does not
+    take, no instruction at all): otherwise it would be generated and then stored as unverifiable, unexplained."""
+    if not ids:
+        raise ValueError("'instruction_id_list' is empty: nothing to check")
+    registry = _checker_modules()[0]
+    for instruction_id, kw in zip(ids, kwargs):
+        if instruction_id not in registry:
+            raise ValueError(f"unknown instruction id {instruction_id!r} (not in IFEval's instruction registry)")
+        try:
+            registry[instruction_id](instruction_id).build_description(**kw)
+        except Exception as exc:  # the checker's own complaint, e.g. TypeError for an argument it does not take
+            raise ValueError(f"{instruction_id} cannot take {kw}: {type(exc).__name__}: {_short(str(exc))}") from None
 
 
 _LITERAL = re.compile(r"[\w' -]+")
