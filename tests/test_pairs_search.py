@@ -157,10 +157,17 @@ def test_rollout_budget_resolves_or_keeps_unbounded_failures(lm: Any) -> None:
     assert res.status == "unbounded"
     longer = PairFinder(lm, PairSettings(top_k=2, rollout_tokens=24)).find(never, item, prompt, comp, 8)
     assert longer.status == "no_target" and "stops at 15 tokens" in longer.reason and longer.hit_length_limit
+    assert longer.tokens_decoded >= 15 - 8  # the continuation counts as decoding (it read 0 when nothing else ran)
+    again = PairFinder(lm, PairSettings(top_k=2, rollout_tokens=12)).find(never, item, prompt, comp, 8)
+    assert again.status == "unbounded" and (again.continued, again.continued_tokens) == ("length", 12)
+    assert "continued to the rollout budget (12 tokens), hit that too" in again.reason
+    assert "--rollout-tokens continues it" not in again.reason  # it was just continued
+    assert again.tokens_decoded == 12 - 8 and again.rollouts == 0
     item.reference["needle"] = decode_completion(lm.tokenizer, full, eos)
     artefact = PairFinder(lm, PairSettings(top_k=2, rollout_tokens=24)).find(ToyBenchmark(mode="prefix"), item,
                                                                              prompt, comp, 8)
     assert artefact.status == "unbounded" and "artefact of the budget" in artefact.reason and artefact.rollouts == 0
+    assert artefact.tokens_decoded == 15 - 8
     # rollouts at the larger budget find exactly what the exhaustive search finds at that budget
     bench = Forbid(forbidden="\x7f")
     alt = _top(lm.model, prompt + comp[:1], comp[1], 3)[1]

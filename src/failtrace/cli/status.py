@@ -118,7 +118,8 @@ def _pairs_table(paired: list[tuple[str, Any]]) -> Any:
                                                  for s in PAIR_STATUSES if s != "clean") + "; "
                "limit hit: paired failures whose completion hit the limit; cont. pass / cont. fail: "
                "of those, continued to the rollout budget (--rollout-tokens), passed (an artefact of the "
-               "budget, still unbnd) / stopped and still failed (a real failure, searched); clean rate = clean "
+               "budget, still unbnd) / stopped and still failed (a real failure, searched); the rest were not "
+               "continued, or were cut again at the rollout budget; clean rate = clean "
                "/ failed; clean rate decid. = clean / (failed - unbnd), over the decidable failures. Each pair "
                "run's line below gives its settings: k= top-k alternatives tried (--top-k), Δ> the Δℓ a pair "
                "must exceed (--min-delta), pos≤ answer positions walked (--max-positions).")

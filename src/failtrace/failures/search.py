@@ -281,6 +281,7 @@ class PairFinder:
         if unbounded and budget > max_new_tokens and m < budget:
             longer, why_end = self._extend(prompt, comp, budget)
             res.continued, res.continued_tokens = "length", len(longer)
+            res.tokens_decoded += len(longer) - len(comp)  # the continuation is decoding too (reported per failure)
             if why_end == FINISH_EOS:
                 res.continued = status = self._check(benchmark, item, self._text(longer), search)
                 if status == "pass":
@@ -292,6 +293,10 @@ class PairFinder:
                     notes.append(f"; the completion hit the {max_new_tokens}-token limit but stops at "
                                  f"{len(longer)} tokens within the rollout budget {budget} and still fails")
         if unbounded and not self.settings.try_unbounded:
+            if res.continued == "length":
+                return done("unbounded", f"the completion hit the {max_new_tokens}-token limit and, continued to the "
+                                         f"rollout budget ({budget} tokens), hit that too; not searched (it could not "
+                                         f"be clean; a larger --rollout-tokens may decide it)")
             return done("unbounded", f"the completion hit the {max_new_tokens}-token limit; not searched (it could "
                                      f"not be clean; --try-unbounded searches it, --rollout-tokens continues it)")
         return self._search(benchmark, item, prompt, comp, budget, max_new_tokens, unbounded, res, search, done)
