@@ -481,3 +481,22 @@ def test_limit_below_the_named_items_is_refused(toy: dict[str, Any], tmp_path: P
                                  "--no-progress"]), capsys)
     assert line == "error: --limit 1 would drop some of the 2 --item ids; give fewer --item ids or leave --limit out"
     assert sha256(store) == toy["sha"]
+
+
+def test_rollout_budget_beyond_the_context_window_is_refused(toy: dict[str, Any], tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """collect refused --max-new-tokens beyond the window, but pairs took --rollout-tokens 100000 and ran on."""
+    from failtrace.benchmarks.registry import register_benchmark
+    from failtrace.models.limits import context_length
+    from failtrace.models.loading import load_model
+    from failtrace_testkit.toy import ToyBenchmark
+
+    register_benchmark(ToyBenchmark(mode="prefix", max_new_tokens=16))  # the store's benchmark, as the CLI finds it
+    window = context_length(load_model(str(toy["model_dir"]), progress=False).model)
+    assert window is not None
+    store = _copy(toy, tmp_path)
+    line = _one_error_line(main(["pairs", "--store", str(store), "--rollout-tokens", str(window + 1),
+                                 "--no-progress"]), capsys)
+    assert line.startswith(f"error: --rollout-tokens {window + 1} is more than ") and \
+        line.endswith(f"context window ({window} tokens); give {window} or less")
+    assert sha256(store) == toy["sha"]

@@ -151,3 +151,11 @@ def same_tokenizer(a: Any, b: Any) -> bool:
         return bool(a.get_vocab() == b.get_vocab())
     except Exception:  # pragma: no cover - exotic tokenizers
         return False
+
+
+def check_rollout_window(settings: PairSettings, model: str, window: int | None) -> None:
+    """A rollout budget beyond the model's context window is refused, as collect refuses such a generation budget
+    (the model never saw those positions, and a rollout that never stops would run for hours)."""
+    if window is not None and settings.rollout_tokens is not None and settings.rollout_tokens > window:
+        raise FailtraceError(f"--rollout-tokens {settings.rollout_tokens} is more than {model}'s context window "
+                             f"({window} tokens); give {window} or less")

@@ -53,9 +53,10 @@ from failtrace.failures.generation import (
     rollouts_at,
 )
 from failtrace.failures.order import rank_positions
-from failtrace.failures.pair_types import PairResult, PairSettings, same_tokenizer, visible
+from failtrace.failures.pair_types import PairResult, PairSettings, check_rollout_window, same_tokenizer, visible
 from failtrace.failures.prefix_rules import FAIL, FINAL, PrefixJudge, prefix_text, verdict_key
 from failtrace.failures.search_state import Found, Row, SearchState
+from failtrace.models.limits import context_length
 
 
 class PairFinder:
@@ -83,6 +84,7 @@ class PairFinder:
         if isinstance(vocab, int) and self.settings.top_k >= vocab:  # before any pair run is recorded
             raise FailtraceError(f"--top-k {self.settings.top_k} is not below {loaded.name}'s vocabulary of {vocab} "
                                  f"tokens (the alternatives exclude the target); give at most {vocab - 1}")
+        check_rollout_window(self.settings, loaded.name, context_length(loaded.model))
 
     def _hint(self, item: Item, comp: list[int], live: list[int], res: PairResult, search: SearchState) -> int | None:
         """The judge's hinted completion offset (recorded in ``res``), or None without a judge or a usable hint."""

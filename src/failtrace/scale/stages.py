@@ -30,6 +30,7 @@ from failtrace.cases.settings import CaseSettings
 from failtrace.errors import FailtraceError
 from failtrace.failures.collect import (CollectSummary, check_budget, collect_run_record, resolve_benchmark,
                                        start_run)
+from failtrace.failures.pair_types import check_rollout_window
 from failtrace.failures.pairs import (
     PairResult,
     PairSettings,
@@ -193,6 +194,7 @@ def _pairs_of_run(store: ResultsStore, run: Any, failures: list[dict[str, Any]],
                   settings: PairSettings, summary: PairsSummary, remaining: int | None,
                   address: str | None) -> list[dict[str, Any]]:
     """Record the pair run (as the serial stage does) and return the failures it still has to do."""
+    check_rollout_window(settings, pool.model.name, pool.model.context)  # before the run is recorded, as serially
     prun = pair_run_record(run, pool.model, settings, pool.helper)
     new_run = store.ensure_run(prun)
     summary.pair_run_ids.append(prun.run_id)
