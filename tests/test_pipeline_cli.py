@@ -121,3 +121,34 @@ def test_unknown_benchmark_and_entry_point(tmp_path: Path) -> None:
     assert "no-such-benchmark" in res.stderr
     res = subprocess.run([*cmd, "export", "--help"], capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0 and "--format" in res.stdout
+
+
+def test_pairs_says_when_a_collection_was_stopped(tmp_path: Path, model_dir: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """A collect stopped after its first item left a run that pairs treated as complete ("0 failures ... nothing
+    new"); pairs now says how many items it has generated and how to finish it."""
+    from failtrace.benchmarks.registry import get_benchmark
+    from failtrace.failures.collect import collect
+    from failtrace.models.loading import load_model
+    from failtrace.store import open_store
+
+    bench = get_benchmark("toy-cli")
+    items = bench.load(str(_data(tmp_path))).items
+    store = tmp_path / "s.duckdb"
+
+    def stop(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    with open_store(store) as st, pytest.raises(KeyboardInterrupt):
+        collect(st, bench, items, load_model(str(model_dir), progress=False), max_new_tokens=4, progress=False,
+                on_item=stop)
+    with open_store(store, read_only=True) as st:
+        run_id = st.runs("collect")[0].run_id
+        assert len(st.results(run_id)) == 1
+    assert main(["pairs", "--store", str(store), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert f"note: collection run {run_id[:8]} has 1 of {len(items)} items generated (it was stopped)" in err
+    assert main(["collect", "--benchmark", "toy-cli", "--data", str(_data(tmp_path)), "--model", str(model_dir),
+                 "--store", str(store), "--max-new-tokens", "4", "--no-progress"]) == 0
+    assert main(["pairs", "--store", str(store), "--top-k", "2", "--max-positions", "2", "--no-progress"]) == 0
+    assert "items generated" not in capsys.readouterr().err  # finished: no note

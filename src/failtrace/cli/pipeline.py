@@ -285,11 +285,16 @@ def pairs_command(
             summary = find_pairs(st, settings, helper=helper_model, judge=judge, run_ids=run or None,
                                  benchmark=benchmark, limit=limit, items=item or None, device=device,
                                  progress=progress)
+        unfinished = _unfinished_collections(st, run or None, benchmark)
     counts = pair_counts(summary.statuses) or "nothing new"
     typer.echo(f"{summary.failures} failures, {summary.skipped} already paired, {summary.processed} paired now "
                f"({counts}; {summary.rollouts} rollouts, {getattr(summary, 'tokens_decoded', 0)} tokens decoded) "
                f"in {summary.seconds:.1f} s" + (f" on {workers} Ray workers" if workers else "") + f" -> {store}")
     q = shlex.quote(str(store))
+    for run_id, generated, items in unfinished:
+        typer.echo(f"note: collection run {run_id[:8]} has {generated} of {items} items generated (it was stopped); "
+                   "`failtrace collect` with its options finishes it, then `failtrace pairs` pairs the rest",
+                   err=True)
     if summary.statuses.get("clean"):
         typer.echo(f"next: failtrace analyse --store {q} (explains the clean pairs)", err=True)
     elif summary.processed and summary.statuses.get("unbounded") == summary.processed:
@@ -299,6 +304,17 @@ def pairs_command(
     elif summary.processed:
         typer.echo("next: no clean pair this time; a larger --top-k or --max-positions, or --sibling MODEL, may find "
                    "some (failtrace status shows why each failure stopped)", err=True)
+
+
+def _unfinished_collections(st: Any, run_ids: list[str] | None, benchmark: str | None) -> list[tuple[str, int, int]]:
+    """(run id, generated, items) of each selected collection run with items not generated yet (a stopped collect)."""
+    from failtrace.failures.pairs import collection_runs
+
+    ids = [r.run_id for r in collection_runs(st, run_ids, benchmark)]
+    rows = st.con.execute(
+        "SELECT ri.run_id, count(g.item_id), count(*) FROM run_items ri LEFT JOIN generations g USING (run_id, "
+        "item_id) GROUP BY ri.run_id HAVING count(g.item_id) < count(*)").fetchall()
+    return [(r, int(g), int(n)) for r, g, n in rows if r in ids]
 
 
 def pair_counts(statuses: dict[str, int]) -> str:
