@@ -67,8 +67,16 @@ def test_changed_item_content_is_refused(tmp_path: Path) -> None:
         st.add_items("r1", "toy", _items())
         changed = _items()
         changed[1].prompt = "something else"
-        with pytest.raises(FailtraceError, match="different content"):
+        with pytest.raises(FailtraceError, match="different content") as info:
             st.add_items("r1", "toy", changed)
+        assert "trace file" not in str(info.value)  # the traces-only cause is named for traces alone
+        assert str(info.value).endswith("reads it differently. Use a new --store for the new data.")
+        for it in (traces := _items()):
+            it.benchmark = "traces"
+        st.add_items("r1", "traces", traces)
+        traces[0].prompt = "changed"
+        with pytest.raises(FailtraceError, match=r"reads it differently \(a trace file's reply steps"):
+            st.add_items("r1", "traces", traces)
         with pytest.raises(FailtraceError, match="more than once"):
             st.add_items("r1", "toy", [_items()[0], _items()[0]])
 

@@ -251,8 +251,9 @@ class ResultsStore(RunsTable, PairsTable):
         if clashes:
             raise FailtraceError(
                 f"{len(clashes)} {benchmark} item(s) are already in {self.path} with different content (first: "
-                f"{clashes[0]!r}); the data changed since they were collected, or this failtrace reads it differently "
-                f"(a trace file's reply steps, since 5 Dec 2026). Use a new --store for the new data."
+                f"{clashes[0]!r}); the data changed since they were collected, or this failtrace reads it differently"
+                + (" (a trace file's reply steps, since 5 Dec 2026)" if benchmark == "traces" else "")
+                + ". Use a new --store for the new data."
             )
         ordinal0 = self.con.execute("SELECT coalesce(max(ordinal) + 1, 0) FROM run_items WHERE run_id = ?",
                                     [run_id]).fetchone()[0]
