@@ -126,10 +126,27 @@ def _error(message: str) -> None:
 _RESUMABLE = frozenset({"collect", "pairs", "analyse", "compare", "demo"})  # store writers that skip what is stored
 
 
+def _store_argument(argv: list[str]) -> str | None:
+    """The --store a command line names (its default when it names none); None for demo, whose store is in --out."""
+    if "demo" in argv:
+        return None
+    for i, arg in enumerate(argv):
+        if arg in ("--store", "-s") and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--store="):
+            return arg.split("=", 1)[1]
+    from failtrace.store.records import DEFAULT_STORE
+
+    return DEFAULT_STORE
+
+
 def _interrupted(argv: list[str]) -> None:
     """Say what an interrupted command left behind: it depends on the command."""
     command = next((a for a in argv if not a.startswith("-")), "")
-    if command in _RESUMABLE:
+    store = _store_argument(argv)
+    if command in _RESUMABLE and store is not None and not os.path.exists(store):
+        _error(f"interrupted before anything was stored ({store} was not created); rerun the command")
+    elif command in _RESUMABLE:
         _error("interrupted; everything committed to the store so far is kept, rerun the command to resume")
     elif command == "finetune":
         _error("interrupted; the checkpoints saved so far stay in --out; rerun the same command to resume from the "
