@@ -12,6 +12,7 @@ from failtrace.errors import FailtraceError
 # Attribution methods compared per case, in this order everywhere (docs/ANALYSES.md defines each).
 ALL_METHODS: tuple[str, ...] = ("attnlrp", "cp-lrp", "gradxinput", "ig", "attention", "random")
 DEFAULT_METHODS = ALL_METHODS
+MAX_K = 1000  # the masking search's deepest K: far past where any category is decided (K_IA = 5, K = 10)
 # failure_pattern's thresholds a CaseSettings.pattern may set (docs/ANALYSES.md): θ, θ' and m
 PATTERN_KEYS: tuple[str, ...] = ("theta", "theta_share", "m")
 
@@ -80,6 +81,9 @@ class CaseSettings:
 
         if self.ig_steps > MAX_IG_STEPS:
             raise FailtraceError(f"--ig-steps must be at most {MAX_IG_STEPS}, got {self.ig_steps}")
+        if self.max_k > MAX_K:
+            raise FailtraceError(f"--max-k must be at most {MAX_K} (each k costs a forward pass per method), got "
+                                 f"{self.max_k}")
         if self.ablation_budget is not None and (not isinstance(self.ablation_budget, int)
                                                  or self.ablation_budget < 1):
             raise FailtraceError(f"ablation budget must be a positive integer, got {self.ablation_budget!r}")
