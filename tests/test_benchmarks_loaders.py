@@ -188,3 +188,17 @@ def test_hub_failure_becomes_failtrace_error(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(datasets, "load_dataset", broken)
     with pytest.raises(FailtraceError, match="could not load hub dataset 'google/IFEval'"):
         get_benchmark("ifeval").load("google/IFEval")
+
+
+def test_a_file_of_another_benchmark_is_one_complaint_not_the_same_five_times(tmp_path: Path) -> None:
+    from failtrace.benchmarks.loaders import summarise_problems
+
+    path = tmp_path / "ifeval.jsonl"
+    path.write_text("".join(json.dumps({"key": i, "prompt": "p"}) + "\n" for i in range(8)) + "{oops\n")
+    with pytest.raises(FailtraceError) as info:
+        get_benchmark("math").load(str(path))
+    message = str(info.value)
+    assert message.startswith(f"no usable items in {path}: line 1 and 7 more: missing field(s) 'problem'")
+    assert "line 9: " in message and message.count("missing field") == 1
+    assert summarise_problems(["line 1: a", "line 2: b", "line 3: a", "odd"]) == "line 1 and 1 more: a; line 2: b; odd"
+    assert summarise_problems([f"line {i}: m{i}" for i in range(8)], shown=5).endswith("line 4: m4; ... and 3 more")

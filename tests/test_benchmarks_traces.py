@@ -217,3 +217,14 @@ def test_a_broken_raw_trace_is_one_error_naming_the_file(tmp_path: Path, name: s
     with pytest.raises(FailtraceError) as info:
         TracesBenchmark().load(str(path))
     assert str(info.value).startswith(f"{path}: {message}")
+
+
+def test_a_meta_that_is_not_an_object_is_named(tmp_path: Path) -> None:
+    """Was Python's own "'int' object is not iterable"."""
+    from failtrace.errors import FailtraceError
+
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps({"id": "a", "messages": [{"role": "user", "content": "hi"}],
+                                "expected": {"reply": "x"}, "meta": 5}) + "\n")
+    with pytest.raises(FailtraceError, match="line 1: 'meta' must be an object"):
+        TracesBenchmark().load(str(path))

@@ -266,6 +266,19 @@ def _check_limit(limit: int | None) -> None:
         raise FailtraceError(f"limit must be a positive number of items, got {limit}")
 
 
+def summarise_problems(problems: Sequence[str], shown: int = 5) -> str:
+    """The problems of a file, one entry per distinct message ("line 1 and 540 more: missing field(s) ..."), so a
+    file of the wrong benchmark reads as one complaint, not the same one five times."""
+    groups: dict[str, list[str]] = {}
+    for problem in problems:
+        where, sep, message = problem.partition(": ")
+        groups.setdefault(message if sep else problem, []).append(where if sep else "")
+    parts = [(f"{w[0]}{f' and {len(w) - 1} more' if len(w) > 1 else ''}: " if w[0] else "") + message
+             for message, w in list(groups.items())[:shown]]
+    rest = sum(len(w) for w in list(groups.values())[shown:])
+    return "; ".join(parts) + (f"; ... and {rest} more" if rest else "")
+
+
 def items_from_records(records: Iterator[Record], source: str, limit: int | None, required: Sequence[str],
                        to_item: Callable[[dict[str, Any], str], Item],
                        problems: list[str] | None = None, formats: str = "") -> LoadReport:
@@ -280,7 +293,7 @@ def items_from_records(records: Iterator[Record], source: str, limit: int | None
         if close is not None:
             close()  # release the file handle when ``limit`` stopped reading early
     if not items:
-        shown = "; ".join(problems[:5]) + (f"; ... and {len(problems) - 5} more" if len(problems) > 5 else "")
+        shown = summarise_problems(problems)
         raise FailtraceError(f"no usable items in {source}" + (f": {shown}" if shown else
                                                                 ": it is empty or holds no records")
                              + (f"; {formats}" if formats else ""))

@@ -289,6 +289,8 @@ def _to_item(record: dict[str, Any], where: str) -> Item:
         raise ValueError("'messages' must be a non-empty list of {role, content} objects")
     messages = normalise_messages(record["messages"])
     expected = parse_expected(record["expected"])
+    if not isinstance(record.get("meta") or {}, dict):
+        raise ValueError("'meta' must be an object")
     meta = dict(record.get("meta") or {})
     meta["n_messages"] = len(messages)
     return Item(id=str(record["id"]), benchmark="traces", prompt=messages, reference={"expected": expected},
