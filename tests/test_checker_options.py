@@ -102,3 +102,22 @@ def test_cli_collect_ifeval_mode(tmp_path: Path, capsys: pytest.CaptureFixture[s
     err = capsys.readouterr().err
     assert "strict or loose" in err and "Traceback" not in err
     assert store.read_bytes() == before
+
+
+def test_thinking_on_a_template_without_a_thinking_mode_is_refused(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """--thinking on a model whose template never reads enable_thinking made a second run identical to the first."""
+    from types import SimpleNamespace
+
+    from failtrace.models.chat import check_thinking
+
+    model = save_toy_model(tmp_path / "model")
+    data, store = _ifeval_data(tmp_path), tmp_path / "s.duckdb"
+    assert main(["collect", "--benchmark", "ifeval", "--data", str(data), "--model", str(model), "--store",
+                 str(store), "--max-new-tokens", "4", "--no-progress", "--thinking"]) == 2
+    err = capsys.readouterr().err
+    assert "chat template has no thinking mode (it never reads enable_thinking); leave --thinking out" in err
+    assert not store.exists()
+    qwen3_like = SimpleNamespace(chat_template="{% if enable_thinking is defined and enable_thinking is false %}")
+    check_thinking(qwen3_like, "qwen3", True)  # a template with the switch: accepted
+    check_thinking(SimpleNamespace(chat_template="{{ messages }}"), "plain", False)  # off: never refused

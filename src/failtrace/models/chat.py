@@ -43,3 +43,13 @@ def apply_chat_template(
     if out and isinstance(out[0], list):
         out = out[0]
     return [int(t) for t in out]
+
+
+def check_thinking(tokenizer: Any, model: str, thinking: bool) -> None:
+    """``--thinking`` on a model whose chat template never reads ``enable_thinking`` would change nothing but the
+    run's id (a second, identical run): refused."""
+    template = getattr(tokenizer, "chat_template", None)
+    texts = template.values() if isinstance(template, dict) else [template or ""]
+    if thinking and not any("enable_thinking" in str(t) for t in texts):
+        raise FailtraceError(f"--thinking: {model}'s chat template has no thinking mode (it never reads "
+                             "enable_thinking); leave --thinking out")
