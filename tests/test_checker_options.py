@@ -92,7 +92,9 @@ def test_cli_collect_ifeval_mode(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert len(loose) == 1 and modes[loose[0]] == "loose" and sorted(modes.values()) == ["loose", "strict"]
     assert main(["status", "--store", str(store)]) == 0
     out = capsys.readouterr().out
-    assert f"{loose[0]}  mode=loose" in out and out.count("mode=loose") == 1
+    assert f"{loose[0]}  budget=4 mode=loose\n" in out and out.count("mode=loose") == 1
+    strict = next(rid for rid in runs if rid != loose[0])
+    assert f"{strict}  budget=4\n" in out  # the settings that tell the two runs apart, on each run's line
 
     before = store.read_bytes()
     assert main(["collect", "--benchmark", "math", "--data", str(data), "--model", str(model), "--store", str(store),
@@ -121,3 +123,16 @@ def test_thinking_on_a_template_without_a_thinking_mode_is_refused(tmp_path: Pat
     qwen3_like = SimpleNamespace(chat_template="{% if enable_thinking is defined and enable_thinking is false %}")
     check_thinking(qwen3_like, "qwen3", True)  # a template with the switch: accepted
     check_thinking(SimpleNamespace(chat_template="{{ messages }}"), "plain", False)  # off: never refused
+
+
+def test_status_names_what_tells_collection_runs_apart() -> None:
+    from failtrace.cli.status import _collection_settings
+    from failtrace.store.records import RunRecord
+
+    def run(dtype: str, **settings: Any) -> RunRecord:
+        return RunRecord(run_id="r", stage="collect", benchmark="ifeval", model="m", parent_run_id=None,
+                         dtype=dtype, settings=settings)
+
+    assert _collection_settings(run("float32", max_new_tokens=256, thinking=False)) == "budget=256"
+    assert _collection_settings(run("bfloat16", max_new_tokens=64, thinking=True, checker={"mode": "loose"})) == \
+        "budget=64 dtype=bfloat16 thinking mode=loose"
