@@ -136,6 +136,15 @@ def test_rerunning_an_older_analysis_makes_it_current_again(toy: dict[str, Any],
     assert main(whole) == 0
     assert "now use analysis" not in capsys.readouterr().err  # already the current one: nothing switches
 
+    # resuming an older analysis that has work left: its first new case makes it current again
+    assert main([*whole[:-1], "--max-k", "4", "--limit", "1", "--no-progress"]) == 0
+    third = current()[0]
+    assert third not in (first, second) and current()[1] == 1
+    assert main(part[:-3] + ["--no-progress"]) == 0  # the second analysis's settings, now without --limit
+    out, err = capsys.readouterr()
+    assert f"{n - 1} analysed now" in out and current() == (second, n, n)
+    assert f"now use analysis {second[:8]} ({n} of {n} clean pairs) instead of {third[:8]} (1 case" in err
+
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--methods", "bogus"], "unknown method 'bogus'"),

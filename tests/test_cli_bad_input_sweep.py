@@ -211,7 +211,8 @@ def test_a_file_that_is_not_duckdb_is_named_so(tmp_path: Path, name: str, capsys
 
 def _items(tmp_path: Path) -> Path:
     data = tmp_path / "items.jsonl"
-    data.write_text(json.dumps({"key": 1, "prompt": "Say hi", "instruction_id_list": [], "kwargs": []}) + "\n")
+    data.write_text(json.dumps({"key": 1, "prompt": "Say hi", "instruction_id_list": ["punctuation:no_comma"],
+                                "kwargs": [{}]}) + "\n")
     return data
 
 
@@ -403,7 +404,8 @@ def test_collect_item_and_a_second_data_file(toy: dict[str, Any], tmp_path: Path
     from failtrace.store import open_store
 
     first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
-    row = lambda k: json.dumps({"key": k, "prompt": f"Say hi {k}", "instruction_id_list": [], "kwargs": []})  # noqa
+    row = lambda k: json.dumps({"key": k, "prompt": f"Say hi {k}", "instruction_id_list": ["punctuation:no_comma"],  # noqa
+                                "kwargs": [{}]})
     first.write_text("".join(row(k) + "\n" for k in (1, 2, 3)))
     second.write_text("".join(row(k) + "\n" for k in (7, 8)))
     store = tmp_path / "s.duckdb"

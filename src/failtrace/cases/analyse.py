@@ -125,13 +125,15 @@ def analysis_jobs(store: ResultsStore, settings: CaseSettings, model_of: Callabl
         model, fingerprint = model_of(collect_run)
         settings.check_mask_token(model)
         arun = analysis_run_record(prun, model, fingerprint, settings)
-        if not store.ensure_run(arun) and current.get(prun.run_id) != arun.run_id:
-            # an older analysis run again: it becomes the one status, show, the report and the explorer use
-            store.set_run_setting(arun.run_id, "current_since", now().isoformat(sep=" "))
+        store.ensure_run(arun)
         summary.analysis_ids.append(arun.run_id)
         ident = settings.identity()
         ids = {p["item_id"]: case_id(prun.run_id, p["item_id"], fingerprint, ident) for p in clean}
         todo = [p for p in clean if ids[p["item_id"]] not in done]
+        if not todo and current.get(prun.run_id) not in (None, arun.run_id):
+            # an older analysis run again, with nothing left to do: it becomes the one status, show, the report and
+            # the explorer use (with work to do, its first new case does that: see store.cases.ANALYSES_SQL)
+            store.set_run_setting(arun.run_id, "current_since", now().isoformat(sep=" "))
         summary.skipped += len(clean) - len(todo)
         backfill = [p for p in clean if ids[p["item_id"]] in done and ids[p["item_id"]] not in have_alts]
         if remaining is not None:

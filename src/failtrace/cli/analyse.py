@@ -101,18 +101,23 @@ def analyse_command(
     opts.check_scale(workers, ray_address)
     with open_store(store, create=False) as st:
         before = _current(st)
-        if workers is not None:
-            from failtrace.scale import analyse_on_ray
+        try:
+            if workers is not None:
+                from failtrace.scale import analyse_on_ray
 
-            summary = analyse_on_ray(st, settings, workers, pair_run_ids=pair_run or None, benchmark=benchmark,
-                                     limit=limit, device=device, address=ray_address, progress=progress)
-        else:
-            summary = analyse(st, settings, pair_run_ids=pair_run or None, benchmark=benchmark, limit=limit,
-                              device=device, progress=progress)
-        switched = _switch_notes(before, _current(st))
+                summary = analyse_on_ray(st, settings, workers, pair_run_ids=pair_run or None, benchmark=benchmark,
+                                         limit=limit, device=device, address=ray_address, progress=progress)
+            else:
+                summary = analyse(st, settings, pair_run_ids=pair_run or None, benchmark=benchmark, limit=limit,
+                                  device=device, progress=progress)
+        finally:  # also when stopped: the cases it committed may have switched the views to its analysis
+            try:
+                notes = _switch_notes(before, _current(st))
+            except Exception:  # noqa: BLE001 - a note must never hide the error that stopped analyse
+                notes = []
+            for note in notes:
+                typer.echo(note, err=True)
     typer.echo(_summary_line(summary, store, workers))
-    for note in switched:
-        typer.echo(note, err=True)
     if summary.analysed or summary.skipped:
         import shlex
 

@@ -16,16 +16,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from failtrace.store.cases import ANALYSIS_TIME_SQL
+from failtrace.store.cases import ANALYSES_SQL
 from failtrace.store.natural import natural_key
 from failtrace.store.schema import NOT_SEARCHED
 
 # The newest analysis run per pair run (the rule of failtrace.store.cases.load_cases, latest=True), then its cases
 # with the newest override and the attnlrp k*.
 _CASES_CTE = """
-analyses AS (
-    SELECT c.pair_run_id, c.analysis_id, coalesce(max(ANALYSIS_TIME), max(c.created_at)) AS t
-    FROM cases c LEFT JOIN runs r ON r.run_id = c.analysis_id GROUP BY c.pair_run_id, c.analysis_id),
+analyses AS (ANALYSES),
 latest AS (SELECT pair_run_id, arg_max(analysis_id, t) AS analysis_id FROM analyses GROUP BY pair_run_id),
 ov AS (SELECT case_id, arg_max(category, created_at) AS category FROM overrides GROUP BY case_id),
 cs AS (
@@ -86,7 +84,7 @@ class TableQuery:
 
 def base_sql(has_cases: bool) -> str:
     """``WITH ... rows AS (...)``: the joined table every query below selects from."""
-    cases = _CASES_CTE.replace("ANALYSIS_TIME", ANALYSIS_TIME_SQL)
+    cases = _CASES_CTE.replace("ANALYSES", ANALYSES_SQL, 1)
     return "WITH " + (cases if has_cases else _NO_CASES_CTE) + _ROWS_CTE
 
 

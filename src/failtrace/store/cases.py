@@ -123,20 +123,24 @@ def done_case_ids(store: ResultsStore, analysis_id: str | None = None) -> set[st
                                             [analysis_id]).fetchall()}
 
 
-# When an analysis run became its pair run's current one: when it was recorded, or when `analyse` last ran with its
-# settings (settings.current_since), so re-running an older analysis's settings brings it back.
-ANALYSIS_TIME_SQL = ("greatest(r.created_at, coalesce(try_cast(json_extract_string(r.settings, '$.current_since') "
-                     "AS TIMESTAMP), r.created_at))")
+# (pair_run_id, analysis_id, t) per analysis with cases; t is when `analyse` last worked on it: the run's record,
+# its newest case, or the call that found nothing left to do (settings.current_since). The newest t per pair run is the
+# analysis every view uses, so resuming or re-running an older analysis's settings brings it back. Cases are grouped
+# before the join: the settings JSON is read once per analysis, and a malformed one counts as absent.
+ANALYSES_SQL = """
+    SELECT a.pair_run_id, a.analysis_id,
+           greatest(a.tc, r.created_at, try_cast(CASE WHEN json_valid(r.settings)
+                    THEN json_extract_string(r.settings, '$.current_since') END AS TIMESTAMP)) AS t
+    FROM (SELECT pair_run_id, analysis_id, max(created_at) AS tc FROM cases GROUP BY pair_run_id, analysis_id) a
+    LEFT JOIN runs r ON r.run_id = a.analysis_id"""
 
 
 def _latest_analyses(store: ResultsStore) -> set[tuple[str, str]]:
     """Per pair run, the newest analysis run that has cases (so one report never mixes two settings)."""
-    rows = store.con.execute(
-        f"SELECT c.pair_run_id, c.analysis_id, max({ANALYSIS_TIME_SQL}) AS t, max(c.created_at) AS tc FROM cases c "
-        "LEFT JOIN runs r ON r.run_id = c.analysis_id GROUP BY c.pair_run_id, c.analysis_id").fetchall()
+    rows = store.con.execute(ANALYSES_SQL).fetchall()
     best: dict[str, tuple[Any, str]] = {}
-    for pair_run, analysis, t, tc in rows:
-        key = (t or tc, analysis)
+    for pair_run, analysis, t in rows:
+        key = (t or datetime.min, analysis)
         if pair_run not in best or key > best[pair_run]:
             best[pair_run] = key
     return {(pair_run, v[1]) for pair_run, v in best.items()}
