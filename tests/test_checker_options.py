@@ -4,7 +4,6 @@ pair search re-checks that run with the same checker, not the registry's default
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +17,9 @@ from failtrace.errors import FailtraceError
 from failtrace.failures.collect import collect, collect_run_record
 from failtrace.failures.pairs import PairSettings, find_pairs
 from failtrace.store import open_store
-from failtrace_testkit.toy import ToyBenchmark, save_toy_model, toy_items
+from failtrace_testkit.toy import OptionedToy, ToyBenchmark, save_toy_model, toy_items
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-@dataclass
-class OptionedToy(ToyBenchmark):
-    """The toy checker whose rule (``mode``) is a constructor option that changes verdicts."""
-
-    name: str = "toy-optioned"
-
-    def checker_options(self) -> dict[str, Any]:
-        return {} if self.mode == "contains" else {"mode": self.mode}
 
 
 def test_ifeval_loose_is_an_option_of_its_own_and_strict_keeps_old_run_ids(toy_lm: Any) -> None:
@@ -111,7 +100,7 @@ def test_thinking_on_a_template_without_a_thinking_mode_is_refused(tmp_path: Pat
     """--thinking on a model whose template never reads enable_thinking made a second run identical to the first."""
     from types import SimpleNamespace
 
-    from failtrace.models.chat import check_thinking
+    from failtrace.models.chat import check_thinking, has_thinking_mode
 
     model = save_toy_model(tmp_path / "model")
     data, store = _ifeval_data(tmp_path), tmp_path / "s.duckdb"
@@ -121,8 +110,9 @@ def test_thinking_on_a_template_without_a_thinking_mode_is_refused(tmp_path: Pat
     assert "chat template has no thinking mode (it never reads enable_thinking); leave --thinking out" in err
     assert not store.exists()
     qwen3_like = SimpleNamespace(chat_template="{% if enable_thinking is defined and enable_thinking is false %}")
-    check_thinking(qwen3_like, "qwen3", True)  # a template with the switch: accepted
-    check_thinking(SimpleNamespace(chat_template="{{ messages }}"), "plain", False)  # off: never refused
+    assert has_thinking_mode(qwen3_like) and not has_thinking_mode(SimpleNamespace(chat_template="{{ messages }}"))
+    check_thinking(True, "qwen3", True)  # a template with the switch: accepted
+    check_thinking(False, "plain", False)  # off: never refused
 
 
 def test_status_names_what_tells_collection_runs_apart() -> None:

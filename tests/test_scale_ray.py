@@ -28,7 +28,7 @@ from failtrace.failures.pairs import PairSettings, find_pairs
 from failtrace.models.loading import load_model
 from failtrace.scale import ModelSpec, WorkerPool, collect_on_ray, pairs_on_ray
 from failtrace.store import open_store
-from failtrace_testkit.toy import ToyBenchmark, one_thread, save_toy_model, toy_items
+from failtrace_testkit.toy import OptionedToy, ToyBenchmark, one_thread, save_toy_model, toy_items
 
 pytestmark = pytest.mark.slow
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -221,6 +221,34 @@ def test_a_budget_beyond_the_context_is_refused_before_a_run_is_recorded(cluster
                            max_new_tokens=4097, progress=False)
         assert st.runs() == []
     assert cluster["pool"].model.context == 4096
+
+
+def test_ray_paths_check_thinking_rollout_window_and_checker_options_as_serially(cluster: Any) -> None:
+    """The driver has no tokenizer nor weights: the workers' description carries the template's thinking switch and
+    the window; a run's checker options are recorded by collect_on_ray and rebuilt (or checked) by pairs_on_ray."""
+    store = cluster["root"] / "checks.duckdb"
+    items = toy_items(3, benchmark="toy-optioned", needle="")  # "" is in every text: only mode=never fails it
+    spec = ModelSpec(str(cluster["folder"]))
+    with open_store(store) as st:
+        with pytest.raises(FailtraceError, match="chat template has no thinking mode"):
+            collect_on_ray(st, OptionedToy(mode="never", max_new_tokens=12), items, spec, 2, pool=cluster["pool"],
+                           thinking=True, progress=False)
+        assert st.runs() == []
+        c = collect_on_ray(st, OptionedToy(mode="never", max_new_tokens=12), items, spec, 2, pool=cluster["pool"],
+                           progress=False)
+        assert c.failed == 3 and st.get_run(c.run_id).settings["checker"] == {"mode": "never"}
+        with pytest.raises(FailtraceError, match="collected with {'mode': 'never'}"):
+            pairs_on_ray(st, SETTINGS, 2, benchmarks={"toy-optioned": OptionedToy()}, pool=cluster["pool"],
+                         progress=False)
+        with pytest.raises(FailtraceError, match=r"--rollout-tokens 4097 is more than .*window \(4096 tokens\)"):
+            pairs_on_ray(st, PairSettings(top_k=2, max_positions=2, rollout_tokens=4097), 2,
+                         benchmarks={"toy-optioned": OptionedToy(mode="never")}, pool=cluster["pool"],
+                         progress=False)
+        assert st.runs("pairs") == []
+        pairs_on_ray(st, PairSettings(top_k=2, max_positions=2), 2,
+                     benchmarks={"toy-optioned": OptionedToy(mode="never")}, pool=cluster["pool"], progress=False)
+        statuses = [p["status"] for p in st.pairs()]
+    assert len(statuses) == 3 and "unverifiable" not in statuses  # re-checked as collected: nothing passes
 
 
 def test_cli_refuses_bad_scale_options_before_touching_anything(tmp_path: Path,

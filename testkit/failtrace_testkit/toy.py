@@ -194,6 +194,17 @@ class ToyBenchmark:
         return Verdict("pass" if ok else "fail", [] if ok else [f"{self.mode} {needle!r} not satisfied"])
 
 
+@dataclass
+class OptionedToy(ToyBenchmark):
+    """The toy checker whose rule (``mode``) is a constructor option that changes verdicts, declared as such
+    (``checker_options``), so a collection run records it and the pair search must rebuild it."""
+
+    name: str = "toy-optioned"
+
+    def checker_options(self) -> dict[str, Any]:
+        return {} if self.mode == "contains" else {"mode": self.mode}
+
+
 def toy_items(n: int, benchmark: str = "toy", needle: str = "zz") -> list[Item]:
     """``n`` short distinct toy items."""
     return [Item(id=f"q{i:03d}", benchmark=benchmark, prompt=f"Question {i}: say {chr(97 + i % 26)}",

@@ -183,9 +183,9 @@ def collect(
 
     ``loaded`` is a :class:`~failtrace.models.LoadedModel`. ``on_item`` is called after each commit.
     """
-    from failtrace.models.chat import apply_chat_template, check_thinking
+    from failtrace.models.chat import apply_chat_template, check_thinking, has_thinking_mode
 
-    check_thinking(loaded.tokenizer, loaded.name, thinking)
+    check_thinking(has_thinking_mode(loaded.tokenizer), loaded.name, thinking)
     if batch_size < 1:
         raise FailtraceError(f"--batch-size must be at least 1, got {batch_size}")
     budget = int(max_new_tokens if max_new_tokens is not None else benchmark.max_new_tokens)

@@ -45,11 +45,16 @@ def apply_chat_template(
     return [int(t) for t in out]
 
 
-def check_thinking(tokenizer: Any, model: str, thinking: bool) -> None:
-    """``--thinking`` on a model whose chat template never reads ``enable_thinking`` would change nothing but the
-    run's id (a second, identical run): refused."""
+def has_thinking_mode(tokenizer: Any) -> bool:
+    """Whether the tokenizer's chat template reads ``enable_thinking`` (Qwen3 and others)."""
     template = getattr(tokenizer, "chat_template", None)
     texts = template.values() if isinstance(template, dict) else [template or ""]
-    if thinking and not any("enable_thinking" in str(t) for t in texts):
+    return any("enable_thinking" in str(t) for t in texts)
+
+
+def check_thinking(thinking_mode: bool, model: str, thinking: bool) -> None:
+    """``--thinking`` on a model whose chat template never reads ``enable_thinking`` would change nothing but the
+    run's id (a second, identical run): refused. ``thinking_mode``: :func:`has_thinking_mode` of its tokenizer."""
+    if thinking and not thinking_mode:
         raise FailtraceError(f"--thinking: {model}'s chat template has no thinking mode (it never reads "
                              "enable_thinking); leave --thinking out")

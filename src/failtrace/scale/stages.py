@@ -31,6 +31,7 @@ from failtrace.errors import FailtraceError
 from failtrace.failures.collect import (CollectSummary, check_budget, collect_run_record, resolve_benchmark,
                                        start_run)
 from failtrace.failures.pair_types import check_rollout_window
+from failtrace.models.chat import check_thinking
 from failtrace.failures.pairs import (
     PairResult,
     PairSettings,
@@ -126,6 +127,7 @@ def collect_on_ray(store: ResultsStore, benchmark: Benchmark, items: Sequence[It
         run_pool = pool_for(spec)
         check_budget(budget, run_pool.model.name, run_pool.model.context, max_new_tokens is not None,
                      benchmark.name)  # as in-process: before a run is recorded
+        check_thinking(run_pool.model.thinking_mode, run_pool.model.name, thinking)
         run = collect_run_record(run_pool.model, benchmark.name, budget, thinking, seed, data, batch_size=1,
                                  checker=checker_options(benchmark))
         more_data = start_run(store, run, items)
