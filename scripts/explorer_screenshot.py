@@ -40,7 +40,7 @@ def main() -> None:
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
-        raise SystemExit("error: no chromium binary (scripts/setup.sh installs Debian's chromium)")
+        raise SystemExit("error: no chromium binary (scripts/setup.sh --tests installs Debian's chromium)")
     port = _free_port()
     base = f"http://127.0.0.1:{port}/"
     failtrace = Path(sys.executable).with_name("failtrace")

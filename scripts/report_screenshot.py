@@ -25,7 +25,7 @@ def main() -> None:
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
-        raise SystemExit("error: no chromium binary (scripts/setup.sh installs Debian's chromium)")
+        raise SystemExit("error: no chromium binary (scripts/setup.sh --tests installs Debian's chromium)")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         ctx = browser.new_context(viewport={"width": args.width, "height": args.height})

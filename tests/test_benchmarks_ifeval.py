@@ -36,7 +36,8 @@ def test_load_items_and_bad_kwargs(tmp_path: Path) -> None:
     assert report.items[1].reference["kwargs"] == [{"num_sentences": 2, "relation": "at least"}]
     assert "line 3" in report.problems[0] and "kwargs" in report.problems[0]
     assert "line 4" in report.problems[1] and "'kwargs'" in report.problems[1]
-    assert report.problems[2] == "line 5: unknown instruction id 'nosuch:checker' (not in IFEval's instruction registry)"
+    assert report.problems[2] == ("line 5: unknown instruction id 'nosuch:checker' (not in IFEval's instruction "
+                                  "registry)")
     assert report.problems[3].startswith("line 6: punctuation:no_comma cannot take {'bogus': 3}: TypeError:")
     assert report.problems[4] == "line 7: 'instruction_id_list' is empty: nothing to check"
 

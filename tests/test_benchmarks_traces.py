@@ -217,6 +217,8 @@ def test_a_broken_raw_trace_is_one_error_naming_the_file(tmp_path: Path, name: s
     with pytest.raises(FailtraceError) as info:
         TracesBenchmark().load(str(path))
     assert str(info.value).startswith(f"{path}: {message}")
+    with pytest.raises(FailtraceError, match="^" + str(path).replace(".", r"\.")):  # the converter says the same
+        convert_trace_file(path, tmp_path / "out.jsonl")
 
 
 def test_a_meta_that_is_not_an_object_is_named(tmp_path: Path) -> None:

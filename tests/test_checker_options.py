@@ -55,6 +55,12 @@ def test_a_given_benchmark_object_must_check_as_the_run_did() -> None:
         resolve_benchmark("ifeval", {"ifeval": IFEvalBenchmark()}, {"mode": "loose"})
     given = IFEvalBenchmark("loose")
     assert resolve_benchmark("ifeval", {"ifeval": given}, {"mode": "loose"}) is given
+    ready = OptionedToy(name="toy-ready", mode="never")  # registered ready-made: it takes no options, it has them
+    register_benchmark(ready)
+    assert resolve_benchmark("toy-ready", None, {"mode": "never"}) is ready
+    with pytest.raises(FailtraceError, match="checks with options {'mode': 'never'}, but the run was collected with "
+                                             "none"):
+        resolve_benchmark("toy-ready", None, None)
 
 
 def _ifeval_data(tmp_path: Path) -> Path:

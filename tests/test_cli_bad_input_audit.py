@@ -82,26 +82,6 @@ def test_ctrl_c_exits_130_with_one_line(toy: dict[str, Any], tmp_path: Path, mon
     assert sha256(toy["store"]) == toy["sha"] and not (tmp_path / "logs").exists()
 
 
-def test_ctrl_c_before_a_new_store_exists_promises_nothing(toy: dict[str, Any], tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
-    """Ctrl-C while collect still loads the model, before its new store exists: "everything committed to the store
-    so far is kept" was said of a store that was never created."""
-    import failtrace.models.loading as loading
-
-    def interrupted(*args: object, **kwargs: object) -> None:
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(loading, "load_model", interrupted)
-    data = tmp_path / "items.jsonl"
-    data.write_text('{"problem": "What is 1+1?", "answer": "2"}\n')
-    store = tmp_path / "new.duckdb"
-    line = _one_error_line(main(["collect", "-b", "math", "-d", str(data), "-m", str(toy["model_dir"]), "--store",
-                                 str(store), "--no-progress"]), capsys, expected_code=130)
-    assert line == f"error: interrupted before anything was stored ({store} was not created); rerun the command"
-    assert not store.exists()
-
-
 def test_ctrl_c_in_finetune_says_how_it_resumes(toy: dict[str, Any], tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str]) -> None:

@@ -163,6 +163,11 @@ def test_rollout_budget_resolves_or_keeps_unbounded_failures(lm: Any) -> None:
     assert "continued to the rollout budget (12 tokens), hit that too" in again.reason
     assert "--rollout-tokens continues it" not in again.reason  # it was just continued
     assert again.tokens_decoded == 12 - 8 and again.rollouts == 0
+    short = len(decode_completion(lm.tokenizer, comp, eos))
+    unclear = PairFinder(lm, PairSettings(top_k=2, rollout_tokens=24)).find(Longer(limit=short), item, prompt, comp, 8)
+    assert unclear.status == "unbounded" and unclear.continued == "unverifiable"
+    assert unclear.reason == "the completion hit the 8-token limit and, continued to 15 tokens (rollout budget 24), " \
+        "could not be checked; not searched"
     item.reference["needle"] = decode_completion(lm.tokenizer, full, eos)
     artefact = PairFinder(lm, PairSettings(top_k=2, rollout_tokens=24)).find(ToyBenchmark(mode="prefix"), item,
                                                                              prompt, comp, 8)
@@ -195,6 +200,16 @@ def test_run_identity_ignores_speed_only_settings(lm: Any) -> None:
     fast = PairSettings(position_batch=16, early_stop=False, stop_every=2, rollout_tokens=32, try_unbounded=True)
     assert pair_run_record(run, lm, fast, None).run_id == base
     assert pair_run_record(run, lm, PairSettings(rollout_tokens=64, try_unbounded=True), None).run_id != base
+
+
+@dataclass
+class Longer(ToyBenchmark):
+    """Fails a text of at most ``limit`` characters; cannot judge a longer one."""
+
+    limit: int = 0
+
+    def check(self, item: Item, completion: str) -> Verdict:
+        return Verdict("fail" if len(completion) <= self.limit else "unverifiable", ["too long to judge"])
 
 
 @dataclass

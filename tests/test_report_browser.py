@@ -1,7 +1,7 @@
 """The report as a person sees it: rendered by headless Chromium (Debian's ``chromium``, installed by
-scripts/setup.sh --tests, driven by Playwright through its executable path). The main elements must be visible, every figure
-must decode, each case must show all its tokens, the method buttons must recolour the heatmap, and the page must make
-no network request at all (every request is routed; only the file itself may load).
+scripts/setup.sh --tests, driven by Playwright through its executable path). The main elements must be visible, every
+figure must decode, each case must show all its tokens, the method buttons must recolour the heatmap, and the page must
+make no network request at all (every request is routed; only the file itself may load).
 
 Chromium missing is a failure, not a skip: the setup script installs it. ``FAILTRACE_CHROMIUM`` points at another
 binary.
@@ -28,7 +28,8 @@ from failtrace.report.build import build_report  # noqa: E402
 def _chromium() -> str:
     path = os.environ.get("FAILTRACE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
     if not path:
-        pytest.fail("no chromium binary: run scripts/setup.sh --tests (apt-get install -y chromium) or set FAILTRACE_CHROMIUM")
+        pytest.fail("no chromium binary: run scripts/setup.sh --tests (apt-get install -y chromium) or set "
+                    "FAILTRACE_CHROMIUM")
     return path
 
 

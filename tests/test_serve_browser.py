@@ -37,7 +37,8 @@ from failtrace.store.cases import load_cases  # noqa: E402
 def _chromium() -> str:
     path = os.environ.get("FAILTRACE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
     if not path:
-        pytest.fail("no chromium binary: run scripts/setup.sh --tests (apt-get install -y chromium) or set FAILTRACE_CHROMIUM")
+        pytest.fail("no chromium binary: run scripts/setup.sh --tests (apt-get install -y chromium) or set "
+                    "FAILTRACE_CHROMIUM")
     return path
 
 

@@ -4,8 +4,8 @@ model/checkpoint; a Fig. 4 point links to its case; the checkpoints tab draws on
 median per split; picking another contrast writes one review row (and a read-only explorer offers no such button and
 leaves the store's hash unchanged); the written review is exported as reviews.jsonl. No request leaves 127.0.0.1.
 
-FAILTRACE_SCREENSHOTS=DIR keeps explorer-{toy-compare,toy-across,across-checkpoints,toy-alternatives}.png (the toy store;
-the docs' explorer-compare/across/alternatives.png show a real store and are not overwritten).
+FAILTRACE_SCREENSHOTS=DIR keeps explorer-{toy-compare,toy-across,across-checkpoints,toy-alternatives}.png (the toy
+store; the docs' explorer-compare/across/alternatives.png show a real store and are not overwritten).
 """
 
 from __future__ import annotations

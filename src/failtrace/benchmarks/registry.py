@@ -73,12 +73,13 @@ def resolve_benchmark(name: str, overrides: Mapping[str, Benchmark] | None = Non
     """The benchmark called ``name``: from ``overrides`` (objects a caller passes in), else the registry's, built
     with ``options`` (a collection run's recorded ``checker`` options, so a re-check judges as the run did)."""
     options = dict(options or {})
-    if overrides and name in overrides:
-        given = checker_options(overrides[name])
+    ready = overrides[name] if overrides and name in overrides else _REGISTRY.get(name.strip().lower())
+    if ready is not None and not isinstance(ready, str) and hasattr(ready, "check") and not isinstance(ready, type):
+        given = checker_options(ready)  # an object, given or registered ready-made: it must check as the run did
         if given != options:
             raise FailtraceError(f"the {name} benchmark given checks with options {given or 'none'}, but the run was "
                                  f"collected with {options or 'none'}; pass one built with the run's options")
-        return overrides[name]
+        return ready  # type: ignore[return-value]
     return get_benchmark(name, **options)
 
 

@@ -362,7 +362,8 @@ def convert_trace(raw: Any, name: str = "trace", where: str | None = None) -> li
         try:
             items += _items_from_messages(rec["traj"], base, meta)
         except ValueError as exc:
-            raise FailtraceError(f"{where}: trajectory {n + 1} (task {rec.get('task_id', '?')}): 'traj' {exc}") from None
+            task = rec.get("task_id", "?")
+            raise FailtraceError(f"{where}: trajectory {n + 1} (task {task}): 'traj' {exc}") from None
     return items
 
 
@@ -373,6 +374,8 @@ def convert_trace_file(path: str | Path, out: str | Path | None = None) -> list[
     if raw is None:
         raise FailtraceError(f"{path}: not a JSON trace file")
     items = convert_trace(raw, path.stem, str(path))
+    if not items:
+        raise FailtraceError(f"{path}: the trace has no assistant action to check")
     if out is not None:
         with Path(out).open("w", encoding="utf-8") as fh:
             fh.writelines(json.dumps(item, ensure_ascii=False) + "\n" for item in items)

@@ -128,7 +128,7 @@ _RESUMABLE = frozenset({"collect", "pairs", "analyse", "compare", "demo"})  # st
 
 def _store_argument(argv: list[str]) -> str | None:
     """The --store a command line names (its default when it names none); None for demo, whose store is in --out."""
-    if "demo" in argv:
+    if next((a for a in argv if not a.startswith("-")), "") == "demo":
         return None
     for i, arg in enumerate(argv):
         if arg in ("--store", "-s") and i + 1 < len(argv):

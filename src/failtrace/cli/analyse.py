@@ -44,9 +44,10 @@ def _switch_notes(before: dict[str, tuple[str, int, int]], after: dict[str, tupl
         old = before.get(pair_run)
         if old is None or old[0] == analysis:
             continue
+        was = f"{old[0][:8]} ({count_of(old[1], 'case')}, kept in the store"
         notes.append(f"note: pair run {pair_run[:8]}: status, show, the report and the explorer now use analysis "
-                     f"{analysis[:8]} ({n} of {clean} clean pairs) instead of {old[0][:8]} ({count_of(old[1], 'case')}, "
-                     f"kept in the store; `analyse` again with the settings it was made with uses it again)")
+                     f"{analysis[:8]} ({n} of {clean} clean pairs) instead of {was}; `analyse` again with the "
+                     "settings it was made with uses it again)")
     return notes
 
 
@@ -101,22 +102,17 @@ def analyse_command(
     opts.check_scale(workers, ray_address)
     with open_store(store, create=False) as st:
         before = _current(st)
-        try:
-            if workers is not None:
-                from failtrace.scale import analyse_on_ray
+        if workers is not None:
+            from failtrace.scale import analyse_on_ray
 
-                summary = analyse_on_ray(st, settings, workers, pair_run_ids=pair_run or None, benchmark=benchmark,
-                                         limit=limit, device=device, address=ray_address, progress=progress)
-            else:
-                summary = analyse(st, settings, pair_run_ids=pair_run or None, benchmark=benchmark, limit=limit,
-                                  device=device, progress=progress)
-        finally:  # also when stopped: the cases it committed may have switched the views to its analysis
-            try:
-                notes = _switch_notes(before, _current(st))
-            except Exception:  # noqa: BLE001 - a note must never hide the error that stopped analyse
-                notes = []
-            for note in notes:
-                typer.echo(note, err=True)
+            summary = analyse_on_ray(st, settings, workers, pair_run_ids=pair_run or None, benchmark=benchmark,
+                                     limit=limit, device=device, address=ray_address, progress=progress)
+        else:
+            summary = analyse(st, settings, pair_run_ids=pair_run or None, benchmark=benchmark, limit=limit,
+                              device=device, progress=progress)
+        # (a stopped call prints its one error line only; status then says which analysis the views use)
+        for note in _switch_notes(before, _current(st)):
+            typer.echo(note, err=True)
     typer.echo(_summary_line(summary, store, workers))
     if summary.analysed or summary.skipped:
         import shlex

@@ -118,9 +118,10 @@ def _chosen_items(items: list[Any], wanted: list[str], data: str) -> list[Any]:
 
 
 def _note_cut_failures(store: Path, run_id: str) -> None:
-    """Say when failures stopped at the token budget: the pair search cannot tell whether such a failure would have
-    failed had it finished, so it stays ``unbounded`` (never a clean pair) unless a larger rollout budget settles it;
-    a small --max-new-tokens can leave most of a run undecidable, and nothing else would say so before ``pairs``."""
+    """Say when passes or failures stopped at the token budget. A cut pass was judged on a cut answer. The pair search
+    cannot tell whether a cut failure would have failed had it finished, so it stays ``unbounded`` (never a clean
+    pair) unless a larger rollout budget settles it; a small --max-new-tokens can leave most of a run undecidable, and
+    nothing else would say so before ``pairs``."""
     from failtrace.store.store import open_store
 
     with _store_errors(store), open_store(store, read_only=True) as st:
@@ -131,7 +132,7 @@ def _note_cut_failures(store: Path, run_id: str) -> None:
             "v.status = 'pass' AND g.finish_reason = 'length'", [run_id]).fetchone()[0]
     if row is not None and passed_at_limit:
         typer.echo(f"note: {passed_at_limit} of {row.passed} passes stopped at the {budget}-token budget: the checker "
-                   "judged a cut answer, which its rest could still have broken (a comma, a word limit); a larger "
+                   "judged a cut answer, which its rest could still have broken; a larger "
                    "--max-new-tokens decides them", err=True)
     if row is None or not row.failed_at_limit:
         return
@@ -298,9 +299,10 @@ def pairs_command(
     if summary.statuses.get("clean"):
         typer.echo(f"next: failtrace analyse --store {q} (explains the clean pairs)", err=True)
     elif summary.processed and summary.statuses.get("unbounded") == summary.processed:
-        typer.echo("next: no clean pair this time: every failure searched hit the token budget (unbounded); "
-                   "`failtrace pairs --rollout-tokens N` with a larger N, or a collection with a larger "
-                   "--max-new-tokens, decides them (failtrace status counts them)", err=True)
+        typer.echo("next: no clean pair this time: every failure paired now is unbounded (it hit the token budget, "
+                   "so it was not searched); `failtrace pairs --rollout-tokens N` continues such failures to N tokens, "
+                   "or a collection with a larger --max-new-tokens decides them (failtrace status counts them)",
+                   err=True)
     elif summary.processed:
         typer.echo("next: no clean pair this time; a larger --top-k or --max-positions, or --sibling MODEL, may find "
                    "some (failtrace status shows why each failure stopped)", err=True)

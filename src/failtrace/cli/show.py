@@ -59,7 +59,8 @@ def show_command(
                                          f"newest analysis has no case of item {row[1]} (analysed with --limit or "
                                          f"stopped early?): failtrace analyse with that analysis's settings adds it")
                 raise FailtraceError(f"case {cid} is from an older analysis; status, the report and the explorer "
-                                     f"show case {newer} for item {row[1]}: failtrace show --case {newer}")
+                                     f"show case {newer} for item {row[1]}: failtrace show --case {newer} (or "
+                                     f"failtrace analyse with the older analysis's settings makes it current again)")
         if case is None and item is None:
             cases = load_cases(st, benchmark=benchmark)
             if not cases and benchmark is not None:

@@ -71,7 +71,8 @@ def status_command(
             if 0 < have < clean:
                 con.print(f"pair run #{label}: its newest analysis has {have} of {clean} clean pairs (stopped early, "
                           "run with --limit, or some could not be analysed); the tables, show and the report use it "
-                          "alone: failtrace analyse with its settings adds what it can (it names pairs it cannot)", highlight=False)
+                          "alone: failtrace analyse with its settings adds what it can (it names pairs it cannot); "
+                          "analyse with an older analysis's settings makes that one current again", highlight=False)
     else:
         con.print("no analysed cases yet (failtrace analyse explains the clean pairs)", highlight=False)
     if compared["cases"]:

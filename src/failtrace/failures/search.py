@@ -295,6 +295,10 @@ class PairFinder:
                     notes.append(f"; the completion hit the {max_new_tokens}-token limit but stops at "
                                  f"{len(longer)} tokens within the rollout budget {budget} and still fails")
         if unbounded and not self.settings.try_unbounded:
+            if res.continued == "unverifiable":
+                return done("unbounded", f"the completion hit the {max_new_tokens}-token limit and, continued to "
+                                         f"{res.continued_tokens} tokens (rollout budget {budget}), could not be "
+                                         f"checked; not searched")
             if res.continued == "length":
                 return done("unbounded", f"the completion hit the {max_new_tokens}-token limit and, continued to the "
                                          f"rollout budget ({budget} tokens), hit that too; not searched (it could not "

@@ -7,7 +7,7 @@ A mixin of :class:`failtrace.store.store.ResultsStore` (it uses the store's ``co
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from failtrace.errors import FailtraceError
@@ -42,23 +42,20 @@ class RunsTable:
 
         What is recorded never changes the run's id nor its results: a rerun of the same run adds its own entry.
         """
-        with self._transaction():
-            row = self.con.execute("SELECT settings FROM runs WHERE run_id = ?", [run_id]).fetchone()
-            if row is None:
-                raise FailtraceError(f"no run {run_id!r} in {self.path}")
-            settings = loads(row[0], f"runs.settings of run {run_id}", self.path) if row[0] else {}
-            settings[key] = [*settings.get(key, []), entry]
-            self.con.execute("UPDATE runs SET settings = ? WHERE run_id = ?", [_dumps(settings), run_id])
+        self._update_settings(run_id, lambda settings: {**settings, key: [*settings.get(key, []), entry]})
 
     def set_run_setting(self, run_id: str, key: str, value: Any) -> None:
         """Set ``settings[key]`` of run ``run_id`` to ``value`` (a record about the run, never part of its id)."""
+        self._update_settings(run_id, lambda settings: {**settings, key: value})
+
+    def _update_settings(self, run_id: str, change: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        """Replace run ``run_id``'s settings by ``change(settings)``, read and written in one transaction."""
         with self._transaction():
             row = self.con.execute("SELECT settings FROM runs WHERE run_id = ?", [run_id]).fetchone()
             if row is None:
                 raise FailtraceError(f"no run {run_id!r} in {self.path}")
             settings = loads(row[0], f"runs.settings of run {run_id}", self.path) if row[0] else {}
-            self.con.execute("UPDATE runs SET settings = ? WHERE run_id = ?", [_dumps({**settings, key: value}),
-                                                                               run_id])
+            self.con.execute("UPDATE runs SET settings = ? WHERE run_id = ?", [_dumps(change(settings)), run_id])
 
     def get_run(self, run_id: str) -> RunRecord | None:
         """The run with this id, or None."""

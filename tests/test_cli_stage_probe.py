@@ -1,0 +1,107 @@
+"""Regressions from a probe of the pipeline stages (collect, pairs, analyse) as a hostile user, 6 Dec 2026: a limit
+that dropped named items, a benchmark the store never ran read as "run collect first", a rollout budget past the
+context window, passes judged on cut answers without a word, and a Ctrl-C that promised a store that was never made.
+Each refusal: exit code 2, one ``error:`` line, the store's bytes unchanged."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from serve_store import sha256
+from test_cli_bad_input_audit import _one_error_line
+from test_cli_bad_input_sweep import _copy, toy  # noqa: F401  (toy: the store fixture, built for this module too)
+
+from failtrace.cli import main
+
+pytestmark = pytest.mark.usefixtures("cli_env")  # crash logs into the test folder, one thread (conftest)
+
+
+def test_collect_says_when_passes_stopped_at_the_budget(toy: dict[str, Any], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """A 3-token answer has no comma, so IFEval's no-comma check passes what was cut: collect says how many passes
+    the checker judged cut (counted from the store), which it did not before."""
+    from failtrace.store import open_store
+
+    data = tmp_path / "ifeval.jsonl"
+    data.write_text("".join(json.dumps({"key": i, "prompt": f"Describe item {i}. Do not use any commas.",
+                                        "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]}) + "\n"
+                            for i in range(3)))
+    store = tmp_path / "i.duckdb"
+    assert main(["collect", "-b", "ifeval", "-d", str(data), "-m", str(toy["model_dir"]), "--no-progress",
+                 "--max-new-tokens", "3", "-s", str(store)]) == 0
+    err = capsys.readouterr().err
+    with open_store(store, read_only=True) as st:
+        rows = st.results(st.runs("collect")[0].run_id)
+    cut = sum(r["status"] == "pass" and r["finish_reason"] == "length" for r in rows)
+    passed = sum(r["status"] == "pass" for r in rows)
+    assert cut > 0
+    assert f"note: {cut} of {passed} passes stopped at the 3-token budget" in err
+
+
+@pytest.mark.parametrize("command", ["pairs", "analyse"])
+@pytest.mark.parametrize("name", ["nosuch", "math"])
+def test_a_benchmark_the_store_never_ran_is_named_as_such(toy: dict[str, Any], tmp_path: Path, command: str,
+                                                         name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Was "no collection runs for nosuch ...; run `failtrace collect` first" (or `pairs` first, which would fail the
+    same way): a typo or a benchmark never collected now names the benchmarks the store has."""
+    store = _copy(toy, tmp_path)
+    line = _one_error_line(main([command, "--store", str(store), "--benchmark", name, "--no-progress"]), capsys)
+    assert line == f"error: no runs for benchmark {name!r} in {store}; benchmarks there: toy"
+    assert sha256(store) == toy["sha"]
+
+
+@pytest.mark.parametrize("command", [["collect", "-b", "toy", "-d", "{tmp}/none.jsonl"], ["pairs"]])
+def test_limit_below_the_named_items_is_refused(toy: dict[str, Any], tmp_path: Path, command: list[str],
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """`--item A --item B --limit 1` silently did one of the two."""
+    store = _copy(toy, tmp_path)
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in command]
+    line = _one_error_line(main([*argv, "--store", str(store), "--item", "q000", "--item", "q001", "--limit", "1",
+                                 "--no-progress"]), capsys)
+    assert line == "error: --limit 1 would drop some of the 2 --item ids; give fewer --item ids or leave --limit out"
+    assert sha256(store) == toy["sha"]
+
+
+def test_rollout_budget_beyond_the_context_window_is_refused(toy: dict[str, Any], tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """collect refused --max-new-tokens beyond the window, but pairs took --rollout-tokens 100000 and ran on."""
+    from failtrace.benchmarks.registry import register_benchmark
+    from failtrace.models.limits import context_length
+    from failtrace.models.loading import load_model
+    from failtrace_testkit.toy import ToyBenchmark
+
+    register_benchmark(ToyBenchmark(mode="prefix", max_new_tokens=16))  # the store's benchmark, as the CLI finds it
+    window = context_length(load_model(str(toy["model_dir"]), progress=False).model)
+    assert window is not None
+    store = _copy(toy, tmp_path)
+    line = _one_error_line(main(["pairs", "--store", str(store), "--rollout-tokens", str(window + 1),
+                                 "--no-progress"]), capsys)
+    assert line.startswith(f"error: --rollout-tokens {window + 1} is more than ") and \
+        line.endswith(f"context window ({window} tokens); give {window} or less")
+    assert sha256(store) == toy["sha"]
+
+
+def test_ctrl_c_before_a_new_store_exists_promises_nothing(toy: dict[str, Any], tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """Ctrl-C while collect still loads the model, before its new store exists: "everything committed to the store
+    so far is kept" was said of a store that was never created."""
+    import failtrace.models.loading as loading
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loading, "load_model", interrupted)
+    data = tmp_path / "items.jsonl"
+    data.write_text('{"problem": "What is 1+1?", "answer": "2"}\n')
+    store = tmp_path / "new.duckdb"
+    line = _one_error_line(main(["collect", "-b", "math", "-d", str(data), "-m", str(toy["model_dir"]), "--store",
+                                 str(store), "--no-progress"]), capsys, expected_code=130)
+    assert line == f"error: interrupted before anything was stored ({store} was not created); rerun the command"
+    assert not store.exists()
+    line = _one_error_line(main(["collect", "-b", "demo", "-d", "builtin", "-m", str(toy["model_dir"]), "--store",
+                                 str(store), "--no-progress"]), capsys, expected_code=130)
+    assert line.startswith("error: interrupted before anything was stored")  # "demo" names the benchmark here
