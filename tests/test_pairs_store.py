@@ -162,6 +162,7 @@ def test_status_shows_unbounded_and_the_decidable_clean_rate(tmp_path: Path, mon
     assert lines[1][1:8] == ["6/6", "2", "1", "0", "0", "3", "0"]
     assert lines[2][1:8] == ["6/6", "6", "0", "0", "0", "0", "0"] and lines[2][-2:] == ["100.0%", "100.0%"]
     assert lines[3][1:8] == ["1/6", "0", "0", "1", "0", "0", "0"]  # a partial run says so
+    assert lines[3][-2:] == ["≥0.0%", "≥0.0%"] and lines[1][-2:] == ["33.3%", "66.7%"]  # its rates: lower bounds
     assert "pair run #1a: p1  k=2" in out and "pair run #1c: p3  k=4 Δ>1.0 pos≤4 sibling=big" in out
     with open_store(path) as st:  # a pair run that differs from p1 only in --try-unbounded reads differently
         st.ensure_run(RunRecord(run_id="p4", stage="pairs", benchmark="toy", model="m", parent_run_id="c1",

@@ -130,7 +130,8 @@ def _pairs_table(paired: list[tuple[str, Any]]) -> Any:
                "of those, continued to the rollout budget (--rollout-tokens), passed (an artefact of the "
                "budget, still unbnd) / stopped and still failed (a real failure, searched); the rest were not "
                "continued, or were cut again at the rollout budget; clean rate = clean "
-               "/ failed; clean rate decid. = clean / (failed - unbnd), over the decidable failures. Each pair "
+               "/ failed; clean rate decid. = clean / (failed - unbnd), over the decidable failures (≥: a lower "
+               "bound while failures are not paired yet). Each pair "
                "run's line below gives its settings: k= top-k alternatives tried (--top-k), Δ> the Δℓ a pair "
                "must exceed (--min-delta), pos≤ answer positions walked (--max-positions).")
     return _table("pair search (one status per failure)", headers, cells, caption)
@@ -158,7 +159,9 @@ def _pair_cells(r: Any) -> list[str]:
         return ["-"] * (len(PAIR_STATUSES) + 5)
     counts = [str(r.pairs.get(s, 0)) for s in PAIR_STATUSES]
     limit = ["-" if v is None else str(v) for v in (r.limit_hit, r.continued_pass, r.continued_fail)]
-    return [*counts, *limit, _pct(r.clean_rate), _pct(r.decidable_clean_rate)]
+    partial = "≥" if sum(r.pairs.values()) < r.failed else ""  # the failures not paired yet may still be clean
+    rates = [_pct(x) if x is None else partial + _pct(x) for x in (r.clean_rate, r.decidable_clean_rate)]
+    return [*counts, *limit, *rates]
 
 
 def _cases_table(analysed: list[tuple[str, dict[str, Any]]]) -> Any:
