@@ -54,7 +54,9 @@ def test_collect_pairs_status_export(tmp_path: Path, model_dir: Path, capsys: py
     assert "items.jsonl:3" in err  # the malformed line, named by its line number; the others were processed
     assert f"next: failtrace pairs --store {store}" in err  # the next stage, on stderr (stdout stays the summary)
     assert main(args) == 0
-    assert "5 already done, 0 generated now" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "5 already done, 0 generated now (0 passed, 0 failed" in out
+    assert f"next: failtrace pairs --store {store}" in err  # the run's failures, though none was made by this call
 
     assert main(["pairs", "--store", str(store), "--top-k", "3", "--max-positions", "3", "--no-progress"]) == 0
     out, err = capsys.readouterr()

@@ -94,14 +94,14 @@ def collect_command(
         f"now ({summary.passed} passed, {summary.failed} failed, {summary.unverifiable} unverifiable) in "
         f"{summary.seconds:.1f} s" + (f" on {workers} Ray workers" if workers else "") + f" -> {store}"
     )
-    if summary.failed:
-        typer.echo(f"next: failtrace pairs --store {shlex.quote(str(store))} (pins each failure to a token pair)",
-                   err=True)
     if summary.more_data:
         typer.echo(f"note: run {summary.run_id} was first collected from {summary.more_data}; the items of {data} "
                    "are added to it (the same model and settings make the same run, whatever the data file)",
                    err=True)
-    _note_cut_failures(store, summary.run_id)
+    failed = _note_cut_failures(store, summary.run_id)
+    if failed:  # the run's, not only this call's: a rerun of a finished collect points on too
+        typer.echo(f"next: failtrace pairs --store {shlex.quote(str(store))} (pins each failure to a token pair)",
+                   err=True)
 
 
 def _chosen_items(items: list[Any], wanted: list[str], data: str) -> list[Any]:
@@ -117,11 +117,11 @@ def _chosen_items(items: list[Any], wanted: list[str], data: str) -> list[Any]:
     return [it for it in items if it.id in chosen]
 
 
-def _note_cut_failures(store: Path, run_id: str) -> None:
+def _note_cut_failures(store: Path, run_id: str) -> int:
     """Say when passes or failures stopped at the token budget. A cut pass was judged on a cut answer. The pair search
     cannot tell whether a cut failure would have failed had it finished, so it stays ``unbounded`` (never a clean
     pair) unless a larger rollout budget settles it; a small --max-new-tokens can leave most of a run undecidable, and
-    nothing else would say so before ``pairs``."""
+    nothing else would say so before ``pairs``. Returns the run's failures."""
     from failtrace.store.store import open_store
 
     with _store_errors(store), open_store(store, read_only=True) as st:
@@ -134,12 +134,12 @@ def _note_cut_failures(store: Path, run_id: str) -> None:
         typer.echo(f"note: {passed_at_limit} of {row.passed} passes stopped at the {budget}-token budget: the checker "
                    "judged a cut answer, which its rest could still have broken; a larger "
                    "--max-new-tokens decides them", err=True)
-    if row is None or not row.failed_at_limit:
-        return
-    typer.echo(f"note: {row.failed_at_limit} of {row.failed} failures stopped at the {budget}-token budget; the pair "
-               "search leaves each `unbounded` (never a clean pair) unless `failtrace pairs --rollout-tokens N` (N > "
-               f"{budget}) continues it to a stop that still fails; a larger --max-new-tokens decides more of them "
-               "(docs/PAIRS.md)", err=True)
+    if row is not None and row.failed_at_limit:
+        typer.echo(f"note: {row.failed_at_limit} of {row.failed} failures stopped at the {budget}-token budget; the "
+                   "pair search leaves each `unbounded` (never a clean pair) unless `failtrace pairs --rollout-tokens "
+                   f"N` (N > {budget}) continues it to a stop that still fails; a larger --max-new-tokens decides more "
+                   "of them (docs/PAIRS.md)", err=True)
+    return 0 if row is None else int(row.failed)
 
 
 def _collect_on_ray(bench: Any, items: list[Any], store: Path, model: str, dtype: str, device: str, workers: int,
