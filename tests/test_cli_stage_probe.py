@@ -19,26 +19,59 @@ from failtrace.cli import main
 pytestmark = pytest.mark.usefixtures("cli_env")  # crash logs into the test folder, one thread (conftest)
 
 
+def _collect_cut(toy: dict[str, Any], tmp_path: Path, benchmark: str, records: list[dict[str, Any]], budget: int,
+                 capsys: pytest.CaptureFixture[str]) -> tuple[Path, str, list[dict[str, Any]]]:
+    """collect ``records`` with the toy model at ``budget`` tokens: (store, stderr, the run's stored rows)."""
+    from failtrace.store import open_store
+
+    data = tmp_path / f"{benchmark}.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    store = tmp_path / f"{benchmark}-{budget}.duckdb"
+    assert main(["collect", "-b", benchmark, "-d", str(data), "-m", str(toy["model_dir"]), "--no-progress",
+                 "--max-new-tokens", str(budget), "-s", str(store)]) == 0
+    err = capsys.readouterr().err
+    with open_store(store, read_only=True) as st:
+        return store, err, st.results(st.runs("collect")[0].run_id)
+
+
+def _cut(rows: list[dict[str, Any]], status: str) -> tuple[int, int]:
+    """(rows of ``status`` cut at the budget, rows of ``status``)."""
+    return (sum(r["status"] == status and r["finish_reason"] == "length" for r in rows),
+            sum(r["status"] == status for r in rows))
+
+
 def test_collect_says_when_passes_stopped_at_the_budget(toy: dict[str, Any], tmp_path: Path,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     """A 3-token answer has no comma, so IFEval's no-comma check passes what was cut: collect says how many passes
     the checker judged cut (counted from the store), which it did not before."""
-    from failtrace.store import open_store
-
-    data = tmp_path / "ifeval.jsonl"
-    data.write_text("".join(json.dumps({"key": i, "prompt": f"Describe item {i}. Do not use any commas.",
-                                        "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]}) + "\n"
-                            for i in range(3)))
-    store = tmp_path / "i.duckdb"
-    assert main(["collect", "-b", "ifeval", "-d", str(data), "-m", str(toy["model_dir"]), "--no-progress",
-                 "--max-new-tokens", "3", "-s", str(store)]) == 0
-    err = capsys.readouterr().err
-    with open_store(store, read_only=True) as st:
-        rows = st.results(st.runs("collect")[0].run_id)
-    cut = sum(r["status"] == "pass" and r["finish_reason"] == "length" for r in rows)
-    passed = sum(r["status"] == "pass" for r in rows)
+    records = [{"key": i, "prompt": f"Describe item {i}. Do not use any commas.",
+                "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]} for i in range(3)]
+    _, err, rows = _collect_cut(toy, tmp_path, "ifeval", records, 3, capsys)
+    cut, passed = _cut(rows, "pass")
     assert cut > 0
     assert f"note: {cut} of {passed} passes stopped at the 3-token budget" in err
+
+
+def test_collect_says_when_failures_stopped_at_the_budget(toy: dict[str, Any], tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """At a tiny budget the toy model's MATH answers are cut before any \\boxed{}: they fail at the limit, and the
+    pair search could only call them unbounded. collect says how many, counted here from the store itself; pairs
+    then points at more tokens, not at a larger top-k."""
+    from failtrace.store import open_store
+
+    records = [{"problem": f"What is {i}+1?", "answer": str(i + 1)} for i in range(3)]
+    store, err, rows = _collect_cut(toy, tmp_path, "math", records, 3, capsys)
+    cut, failed = _cut(rows, "fail")
+    assert cut > 0
+    assert f"note: {cut} of {failed} failures stopped at the 3-token budget" in err and "--rollout-tokens" in err
+    assert main(["pairs", "-s", str(store), "--top-k", "2", "--max-positions", "2", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    with open_store(store, read_only=True) as st:
+        statuses = [p["status"] for p in st.pairs()]
+    assert statuses and set(statuses) == {"unbounded"}  # every failure was cut: more top-k cannot help, more tokens can
+    assert "every failure paired now is unbounded (it hit the token budget" in err and "--top-k" not in err
+    _, err, rows = _collect_cut(toy, tmp_path, "math", records, 64, capsys)
+    assert ("stopped at the 64-token budget" in err) == (_cut(rows, "fail")[0] > 0)  # (still shown, with its count)
 
 
 @pytest.mark.parametrize("command", ["pairs", "analyse"])
