@@ -154,3 +154,25 @@ def test_pairs_says_when_a_collection_was_stopped(tmp_path: Path, model_dir: Pat
                  "--store", str(store), "--max-new-tokens", "4", "--no-progress"]) == 0
     assert main(["pairs", "--store", str(store), "--top-k", "2", "--max-positions", "2", "--no-progress"]) == 0
     assert "items generated" not in capsys.readouterr().err  # finished: no note
+
+
+def test_a_run_resumed_with_another_batch_size_says_so(tmp_path: Path, model_dir: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """--batch-size is not in the run's id (it should not change what greedy decoding writes), but padded batches of
+    another size can differ in a logit's last bits: a resumed run records and names the change."""
+    from failtrace.store import open_store
+
+    store, data = tmp_path / "s.duckdb", _data(tmp_path)
+    base = ["collect", "--benchmark", "toy-cli", "--data", str(data), "--model", str(model_dir), "--store",
+            str(store), "--max-new-tokens", "4", "--no-progress"]
+    assert main([*base, "--limit", "2"]) == 0
+    capsys.readouterr()
+    assert main([*base, "--batch-size", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert "3 generated now" in out
+    assert "began with --batch-size 1; the 3 items generated now were decoded 2 at a time" in err
+    with open_store(store, read_only=True) as st:
+        [run] = st.runs("collect")
+        assert run.settings["batch_size"] == 1 and run.settings["resumed_with"] == [{"batch_size": 2, "items": 3}]
+    assert main([*base, "--batch-size", "2"]) == 0  # nothing left: nothing to say
+    assert "began with --batch-size" not in capsys.readouterr().err

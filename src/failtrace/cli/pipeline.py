@@ -94,6 +94,11 @@ def collect_command(
         f"now ({summary.passed} passed, {summary.failed} failed, {summary.unverifiable} unverifiable) in "
         f"{summary.seconds:.1f} s" + (f" on {workers} Ray workers" if workers else "") + f" -> {store}"
     )
+    if summary.first_batch_size is not None and summary.generated:
+        typer.echo(f"note: run {summary.run_id} began with --batch-size {summary.first_batch_size}; the "
+                   f"{summary.generated} items generated now were decoded {batch_size if workers is None else 1} at "
+                   f"a time (padded batches of other sizes can differ in a logit's last bits, which can change a "
+                   f"greedy token); --batch-size {summary.first_batch_size} continues it as it began", err=True)
     if summary.more_data:
         typer.echo(f"note: run {summary.run_id} was first collected from {summary.more_data}; the items of {data} "
                    "are added to it (the same model and settings make the same run, whatever the data file)",

@@ -109,6 +109,8 @@ class CollectSummary:
     # the run id depends on the model and generation settings, not the data: a call with another --data file goes
     # on in the same run. Then: the run's first data file (this call's items are added to it); else None.
     more_data: str | None = None
+    # a run resumed with another --batch-size: the one it began with (recorded in settings["resumed_with"]); else None
+    first_batch_size: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -141,6 +143,19 @@ def start_run(store: ResultsStore, run: RunRecord, items: Sequence[Item]) -> str
     if not any(_same_data(d, run.data) for d in (prior.settings or {}).get("more_data", [])):
         store.append_run_setting(run.run_id, "more_data", run.data)
     return prior.data
+
+
+def resumed_batch_size(store: ResultsStore, run: RunRecord, todo: Sequence[Item]) -> int | None:
+    """The batch size run ``run`` began with, when this call decodes its remaining ``todo`` with another one (recorded
+    in ``settings["resumed_with"]``): padded batches of other sizes can differ from the first call's in a logit's last
+    bits, which can change a greedy token, so the caller says so. None when nothing is left or the size is the same."""
+    stored = store.get_run(run.run_id)
+    first = int(((stored.settings if stored else None) or {}).get("batch_size", 1))
+    now = int(run.settings.get("batch_size", 1))
+    if not todo or first == now:
+        return None
+    store.append_run_setting(run.run_id, "resumed_with", {"batch_size": now, "items": len(todo)})
+    return first
 
 
 def _same_data(a: str, b: str) -> bool:
@@ -200,7 +215,8 @@ def collect(
     done = store.done_item_ids(run.run_id)
     todo = [it for it in items if it.id not in done]
     summary = CollectSummary(run_id=run.run_id, items=len(items), skipped=len(items) - len(todo), generated=0,
-                             passed=0, failed=0, unverifiable=0, seconds=0.0, more_data=more_data)
+                             passed=0, failed=0, unverifiable=0, seconds=0.0, more_data=more_data,
+                             first_batch_size=resumed_batch_size(store, run, todo))
     eos = eos_token_ids(loaded.model, loaded.tokenizer)
     pad = pad_token_id(loaded.tokenizer, eos)
     batches = _batches(items if batch_size > 1 else todo, done, batch_size,

@@ -29,7 +29,7 @@ from failtrace.cases.record import Case
 from failtrace.cases.settings import CaseSettings
 from failtrace.errors import FailtraceError
 from failtrace.failures.collect import (CollectSummary, check_budget, collect_run_record, resolve_benchmark,
-                                       start_run)
+                                       resumed_batch_size, start_run)
 from failtrace.failures.pair_types import check_rollout_window
 from failtrace.models.chat import check_thinking
 from failtrace.failures.pairs import (
@@ -134,7 +134,8 @@ def collect_on_ray(store: ResultsStore, benchmark: Benchmark, items: Sequence[It
         done = store.done_item_ids(run.run_id)
         todo = [it for it in items if it.id not in done]
         summary = CollectSummary(run_id=run.run_id, items=len(items), skipped=len(items) - len(todo), generated=0,
-                                 passed=0, failed=0, unverifiable=0, seconds=0.0, more_data=more_data)
+                                 passed=0, failed=0, unverifiable=0, seconds=0.0, more_data=more_data,
+                                 first_batch_size=resumed_batch_size(store, run, todo))
         if todo:
             store.append_run_setting(run.run_id, "scale", _provenance(run_pool, address))
         by_id = {it.id: it for it in todo}
