@@ -63,10 +63,10 @@ def test_a_given_benchmark_object_must_check_as_the_run_did() -> None:
         resolve_benchmark("toy-ready", None, None)
 
 
-def _ifeval_data(tmp_path: Path) -> Path:
+def _ifeval_data(tmp_path: Path, instruction: str = "punctuation:no_comma") -> Path:
     path = tmp_path / "ifeval.jsonl"
-    rows = [{"key": 1, "prompt": "Write one word. Do not use any commas.",
-             "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]}]
+    rows = [{"key": 1, "prompt": "Write one word. Follow the instruction.",
+             "instruction_id_list": [instruction], "kwargs": [{}]}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
@@ -122,13 +122,39 @@ def test_thinking_on_a_template_without_a_thinking_mode_is_refused(tmp_path: Pat
 
 
 def test_status_names_what_tells_collection_runs_apart() -> None:
-    from failtrace.cli.status import _collection_settings
-    from failtrace.store.records import RunRecord
+    from failtrace.store.records import describe_collection_settings as line
 
-    def run(dtype: str, **settings: Any) -> RunRecord:
-        return RunRecord(run_id="r", stage="collect", benchmark="ifeval", model="m", parent_run_id=None,
-                         dtype=dtype, settings=settings)
-
-    assert _collection_settings(run("float32", max_new_tokens=256, thinking=False)) == "budget=256"
-    assert _collection_settings(run("bfloat16", max_new_tokens=64, thinking=True, checker={"mode": "loose"})) == \
+    assert line("float32", {"max_new_tokens": 256, "thinking": False}) == "budget=256"
+    assert line("bfloat16", {"max_new_tokens": 64, "thinking": True, "checker": {"mode": "loose"}}) == \
         "budget=64 dtype=bfloat16 thinking mode=loose"
+    assert line(None, None) == ""
+
+
+def test_report_and_explorer_tell_a_loose_run_from_a_strict_one(tmp_path: Path) -> None:
+    """status named mode=loose, but the report's tables and the explorer's pair-run facet read the same for both."""
+    import csv
+
+    from fastapi.testclient import TestClient
+
+    from failtrace.report.build import build_report_from_store
+    from failtrace.serve.app import create_app
+
+    model = save_toy_model(tmp_path / "model")
+    data, store = _ifeval_data(tmp_path, "change_case:english_capital"), tmp_path / "s.duckdb"  # the toy fails it
+    base = ["collect", "--benchmark", "ifeval", "--data", str(data), "--model", str(model), "--store", str(store),
+            "--max-new-tokens", "4", "--no-progress"]
+    assert main([*base, "--ifeval-mode", "loose"]) == 0 and main(base) == 0
+    assert main(["pairs", "--store", str(store), "--top-k", "2", "--max-positions", "1", "--no-progress"]) == 0
+    with open_store(store, read_only=True) as st:
+        loose = next(r.run_id for r in st.runs("collect") if r.settings.get("checker"))
+        build_report_from_store(st, tmp_path / "report")
+    for table in ("table1", "pair_status"):
+        with (tmp_path / "report" / "tables" / f"{table}.csv").open() as fh:
+            rows = list(csv.DictReader(fh))
+        got = sorted(r["collection_settings"] for r in rows)
+        assert got == ["budget=4", "budget=4 mode=loose"], (table, got)
+    assert "budget=4 mode=loose" in (tmp_path / "report" / "index.html").read_text()
+    with TestClient(create_app(store), base_url="http://127.0.0.1") as client:
+        runs = client.get("/api/meta").json()["pair_runs"]
+    assert sorted((r["collection_run"] == loose, r["collection"]) for r in runs.values()) == \
+        [(False, "budget=4"), (True, "budget=4 mode=loose")]

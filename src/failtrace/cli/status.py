@@ -21,16 +21,6 @@ from failtrace.cli.console import store_errors as _store_errors
 from failtrace.store.store import DEFAULT_STORE
 
 
-def _collection_settings(run: Any) -> str:
-    """What tells two collection runs of one model and benchmark apart: budget, dtype, thinking, checker options."""
-    st = run.settings or {}
-    parts = [f"budget={st['max_new_tokens']}"] if st.get("max_new_tokens") else []
-    parts += [f"dtype={run.dtype}"] if run.dtype and run.dtype != "float32" else []
-    parts += ["thinking"] if st.get("thinking") else []
-    parts += [f"{k}={v}" for k, v in (st.get("checker") or {}).items()]  # e.g. IFEval's mode=loose
-    return " ".join(parts)
-
-
 def status_command(
     store: Path = typer.Option(Path(DEFAULT_STORE), "--store", "-s", help="Results store."),
 ) -> None:
@@ -46,7 +36,6 @@ def status_command(
         cases = case_summaries(st)
         compared = comparison_counts(st)
         snapshot = st.is_snapshot
-        described = {r.run_id: _collection_settings(r) for r in st.runs("collect")}
     con = _console()
     if not rows:
         con.print(f"{store}: no collection runs yet")
@@ -56,7 +45,7 @@ def status_command(
     con.print(_runs_table(runs, f"failtrace status: {store}" + (" (snapshot: a run is writing it)" if snapshot
                                                                   else "")))
     for n, r in enumerate(runs, 1):  # the ids --run and --pair-run take (a unique prefix is enough)
-        con.print(f"collection run #{n}: {r.run_id}  {described.get(r.run_id, '')}".rstrip(), highlight=False)
+        con.print(f"collection run #{n}: {r.run_id}  {r.collection_settings}".rstrip(), highlight=False)
     paired = [r for r in rows if r.pair_run_id is not None]
     labels = [_pair_label(number[r.run_id], r, paired) for r in paired]
     if paired:

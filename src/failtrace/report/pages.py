@@ -24,12 +24,14 @@ Col = tuple[str, str, str]  # (key, header, kind: text | int | float | pct | cod
 
 TABLE1_COLS: list[Col] = [
     ("benchmark", "benchmark", "text"), ("model", "model", "text"), ("run", "pair run", "code"),
-    ("pair_settings", "pair settings", "text"), ("items", "items", "int"),
+    ("collection_settings", "collection", "text"), ("pair_settings", "pair settings", "text"),
+    ("items", "items", "int"),
     ("failures", "failures", "int"), ("clean_pairs", "clean pairs", "int"), ("clean_rate", "clean rate", "pct"),
     ("cases", "cases analysed", "int"), ("avg_tokens_per_case", "avg tokens / case", "float1"),
     ("passed", "passed", "int"), ("unverifiable", "unverifiable", "int"),
 ]
 STATUS_COLS: list[Col] = ([("benchmark", "benchmark", "text"), ("pair_run_id", "pair run", "code"),
+                           ("collection_settings", "collection", "text"),
                            ("pair_settings", "pair settings", "text"), ("failures", "failures", "int"),
                            ("clean", "clean", "int")] + [(s, PAIR_STATUS_TEXT[s][0], "int") for s in NON_CLEAN]
                           + [("not_paired", PAIR_STATUS_TEXT[NOT_SEARCHED][0], "int")])

@@ -79,6 +79,7 @@ def table1_rows(status_rows: Sequence[StatusRow], cases: Sequence[Case]) -> list
         covered.add(r.pair_run_id)
         out.append({
             "benchmark": r.benchmark, "model": r.model, "run_id": r.run_id, "pair_run_id": r.pair_run_id,
+            "collection_settings": r.collection_settings,
             "pair_settings": r.pair_settings_text if r.pair_run_id else None, "items": r.items,
             "generated": r.generated, "passed": r.passed, "failures": r.failed,
             "unverifiable": r.unverifiable,
@@ -93,8 +94,8 @@ def table1_rows(status_rows: Sequence[StatusRow], cases: Sequence[Case]) -> list
             continue
         out.append({
             "benchmark": mine[0].benchmark, "model": mine[0].model, "run_id": mine[0].run_id,
-            "pair_run_id": pair_run_id, "pair_settings": None, "items": None, "generated": None, "passed": None,
-            "failures": None,
+            "pair_run_id": pair_run_id, "collection_settings": None, "pair_settings": None, "items": None,
+            "generated": None, "passed": None, "failures": None,
             "unverifiable": None, "clean_pairs": None, "clean_rate": None, "cases": len(mine),
             "avg_tokens_per_case": _mean([len(c.token_ids) for c in mine]),
             "avg_prompt_tokens": None, "avg_completion_tokens": None,
@@ -109,6 +110,7 @@ def pair_status_rows(status_rows: Sequence[StatusRow]) -> list[dict[str, Any]]:
         if r.pair_run_id is None:
             continue
         row: dict[str, Any] = {"benchmark": r.benchmark, "model": r.model, "pair_run_id": r.pair_run_id,
+                               "collection_settings": r.collection_settings,
                                "pair_settings": r.pair_settings_text, "failures": r.failed,
                                "clean": r.pairs.get("clean", 0)}
         for s in NON_CLEAN:

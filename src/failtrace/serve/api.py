@@ -23,7 +23,7 @@ from failtrace.serve import casedata
 from failtrace.serve.queries import FACETS, NONE_VALUE, NOT_SEARCHED, SORT_COLUMNS, TableQuery, table
 from failtrace.store.cases import newest_case_id
 from failtrace.store.schema import PAIR_STATUSES, VERDICT_STATUSES
-from failtrace.store.records import describe_pair_settings, loads, pick_run_id
+from failtrace.store.records import describe_collection_settings, describe_pair_settings, loads, pick_run_id
 
 router = APIRouter()
 
@@ -114,8 +114,13 @@ def meta(request: Request, cur: Cursor) -> dict[str, Any]:
     st = _state(request)
     methods = [r[0] for r in cur.execute("SELECT DISTINCT method FROM case_methods ORDER BY 1").fetchall()] \
         if st.has_cases else []
-    pair_runs = {run_id: {"collection_run": parent, "settings": describe_pair_settings(
-                     loads(text, f"runs.settings of run {run_id}", st.path) if text else {})}
+    collections = {run_id: describe_collection_settings(dtype, loads(text, f"runs.settings of run {run_id}", st.path)
+                                                        if text else {})
+                   for run_id, dtype, text in cur.execute("SELECT run_id, dtype, settings FROM runs WHERE "
+                                                          "stage = 'collect'").fetchall()}
+    pair_runs = {run_id: {"collection_run": parent, "collection": collections.get(parent, ""),
+                          "settings": describe_pair_settings(
+                              loads(text, f"runs.settings of run {run_id}", st.path) if text else {})}
                  for run_id, parent, text in cur.execute("SELECT run_id, parent_run_id, settings FROM runs WHERE "
                                                          "stage = 'pairs' ORDER BY created_at, run_id").fetchall()}
     return {"store": st.path.name, "review": st.review, "has_cases": st.has_cases, "pair_runs": pair_runs,

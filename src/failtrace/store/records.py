@@ -140,6 +140,7 @@ class StatusRow:
     continued_pass: int | None = None
     continued_fail: int | None = None
     failed_at_limit: int | None = None  # failures of the collection run whose completion hit the token budget
+    collection_settings: str = ""  # what tells collection runs apart (describe_collection_settings)
 
     @property
     def clean_rate(self) -> float | None:
@@ -163,6 +164,17 @@ class StatusRow:
         d["clean_rate"] = self.clean_rate
         d["decidable_clean_rate"] = self.decidable_clean_rate
         return d
+
+
+def describe_collection_settings(dtype: str | None, settings: Mapping[str, Any] | None) -> str:
+    """What tells two collection runs of one model and benchmark apart, in one short line: ``budget=256``, then
+    ``dtype=…`` when not float32, ``thinking`` and the checker's options (IFEval's ``mode=loose``)."""
+    st = settings or {}
+    parts = [f"budget={st['max_new_tokens']}"] if st.get("max_new_tokens") else []
+    parts += [f"dtype={dtype}"] if dtype and dtype != "float32" else []
+    parts += ["thinking"] if st.get("thinking") else []
+    parts += [f"{k}={v}" for k, v in (st.get("checker") or {}).items()]
+    return " ".join(parts)
 
 
 def describe_pair_settings(ps: Mapping[str, Any]) -> str:

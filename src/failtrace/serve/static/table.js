@@ -36,12 +36,13 @@
       // a pair status its label and, on hover, its meaning (as the report and `failtrace status` word them); a
       // category or pattern its name and, on hover, the paper's name for it and its meaning
       var run = name === "pair_run" ? (FT.meta.pair_runs || {})[f.value] : undefined;
+      var runText = run === undefined ? "" : run.settings + (run.collection ? " · " + run.collection : "");
       var said = name === "pair_status" ? FT.meta.pair_status_text[f.value] : undefined;
       var named = name === "category" ? FT.meta.category_text[f.value]
         : name === "pattern" ? FT.meta.pattern_text[f.value] : undefined;
-      box.appendChild(el("label", {title: run !== undefined ? f.value + "  " + run.settings : said ? said[1]
+      box.appendChild(el("label", {title: run !== undefined ? f.value + "  " + runText : said ? said[1]
                                           : named ? named[0] + ": " + named[1] : null},
-                         [cb, el("span", {}, run !== undefined ? f.value.slice(0, 10) + " · " + run.settings
+                         [cb, el("span", {}, run !== undefined ? f.value.slice(0, 10) + " · " + runText
                                                  : said ? said[0] : f.value),
                           el("span", {class: "c"}, String(f.count))]));
     });
