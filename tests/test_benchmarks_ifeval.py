@@ -29,6 +29,9 @@ def test_load_items_and_bad_kwargs(tmp_path: Path) -> None:
         {"key": 5, "prompt": "x", "instruction_id_list": ["nosuch:checker"], "kwargs": [{}]},
         {"key": 6, "prompt": "x", "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{"bogus": 3}]},
         {"key": 7, "prompt": "x", "instruction_id_list": [], "kwargs": []},
+        # a missing argument IFEval draws at random (the hub's nulls dropped): verdicts would vary check to check
+        {"key": 8, "prompt": "x", "instruction_id_list": ["detectable_format:number_highlighted_sections"],
+         "kwargs": [{"num_highlights": None}]},
     ]
     path.write_text("\n".join(json.dumps(r) for r in rows))
     report = get_benchmark("ifeval").load(str(path))
@@ -40,6 +43,8 @@ def test_load_items_and_bad_kwargs(tmp_path: Path) -> None:
                                   "registry)")
     assert report.problems[3].startswith("line 6: punctuation:no_comma cannot take {'bogus': 3}: TypeError:")
     assert report.problems[4] == "line 7: 'instruction_id_list' is empty: nothing to check"
+    assert report.problems[5] == ("line 8: detectable_format:number_highlighted_sections needs 'num_highlights' "
+                                  "(IFEval would draw it at random)")
 
 
 def test_pass_and_fail_with_reasons_naming_the_instruction() -> None:

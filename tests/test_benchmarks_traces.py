@@ -221,12 +221,24 @@ def test_a_broken_raw_trace_is_one_error_naming_the_file(tmp_path: Path, name: s
         convert_trace_file(path, tmp_path / "out.jsonl")
 
 
-def test_a_meta_that_is_not_an_object_is_named(tmp_path: Path) -> None:
-    """Was Python's own "'int' object is not iterable"."""
+@pytest.mark.parametrize("meta", [5, 0, "", False, [1]])
+def test_a_meta_that_is_not_an_object_is_named(tmp_path: Path, meta: object) -> None:
+    """Was Python's own "'int' object is not iterable" (and 0, "" and false passed as no meta)."""
     from failtrace.errors import FailtraceError
 
     path = tmp_path / "m.jsonl"
     path.write_text(json.dumps({"id": "a", "messages": [{"role": "user", "content": "hi"}],
-                                "expected": {"reply": "x"}, "meta": 5}) + "\n")
+                                "expected": {"reply": "x"}, "meta": meta}) + "\n")
     with pytest.raises(FailtraceError, match="line 1: 'meta' must be an object"):
+        TracesBenchmark().load(str(path))
+
+
+@pytest.mark.parametrize("second", [5, {"task_id": 2, "traj": "x"}])
+def test_a_trajectory_list_names_its_bad_record(tmp_path: Path, second: object) -> None:
+    from failtrace.errors import FailtraceError
+
+    good = {"task_id": 1, "traj": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]}
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps([good, second]))
+    with pytest.raises(FailtraceError, match=r"t\.json: trajectory 2 is not an object with a 'traj' list"):
         TracesBenchmark().load(str(path))

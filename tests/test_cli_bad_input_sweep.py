@@ -238,7 +238,7 @@ def test_budget_beyond_the_context_refused_and_no_store_left(toy: dict[str, Any]
     store = tmp_path / "new.duckdb"
     line = _one_error_line(main([*argv, str(store)]), capsys)
     assert line == (f"error: --max-new-tokens 4097 is more than {toy['model_dir']}'s context window (4096 tokens); "
-                    f"give --max-new-tokens 4096 or less"), line
+                    f"give --max-new-tokens 4096 or less (the prompt shares the window)"), line
     assert not store.exists() and not (tmp_path / "new.duckdb.lock").exists()
     existing = _copy(toy, tmp_path)  # an existing store: refused the same, and left as it was (no run recorded)
     assert main([*argv, str(existing)]) == 2 and sha256(existing) == toy["sha"]

@@ -113,7 +113,7 @@ def test_rollout_budget_beyond_the_context_window_is_refused(toy: dict[str, Any]
     line = _one_error_line(main(["pairs", "--store", str(store), "--rollout-tokens", str(window + 1),
                                  "--no-progress"]), capsys)
     assert line.startswith(f"error: --rollout-tokens {window + 1} is more than ") and \
-        line.endswith(f"context window ({window} tokens); give {window} or less")
+        line.endswith(f"context window ({window} tokens); give {window} or less (the prompt shares the window)")
     assert sha256(store) == toy["sha"]
 
 

@@ -126,7 +126,7 @@ def test_an_older_analysis_names_the_case_the_views_show(toy: dict[str, Any], tm
     assert new.case_id != old.case_id
     code, _, err = _show(capsys, monkeypatch, "--store", str(store), "--case", old.case_id)
     assert code != 0 and len(err.strip().splitlines()) == 1
-    assert "older analysis" in err and new.case_id in err
+    assert "not from the current analysis" in err and new.case_id in err
     code, out, _ = _show(capsys, monkeypatch, "--store", str(store), "--case", new.case_id)
     assert code == 0 and len(_masked_rows(out)) == len(_by_hand(new, "attnlrp")) <= 3
 
@@ -256,7 +256,7 @@ def test_an_old_case_whose_item_the_newest_analysis_lacks(toy: dict[str, Any], t
     old = next(c for c in toy["cases"] if c.item_id not in newest)
     code, _, err = _show(capsys, monkeypatch, "--store", str(store), "--case", old.case_id)
     assert code != 0 and len(err.strip().splitlines()) == 1
-    assert "newest analysis has no case of item" in err and "None" not in err
+    assert "current analysis of pair run" in err and "which has no case of item" in err and "None" not in err
     code, _, err = _show(capsys, monkeypatch, "--store", str(store), "--item", old.item_id)
     assert code != 0 and "the newest analysis has no case of it" in err
 

@@ -244,9 +244,14 @@ def _check_instructions(ids: list[str], kwargs: list[dict[str, Any]]) -> None:
         if instruction_id not in registry:
             raise ValueError(f"unknown instruction id {instruction_id!r} (not in IFEval's instruction registry)")
         try:
-            registry[instruction_id](instruction_id).build_description(**kw)
+            checker = registry[instruction_id](instruction_id)
+            checker.build_description(**kw)
+            drawn = [k for k in (checker.get_instruction_args() or {}) if k not in kw and k != "prompt"]
         except Exception as exc:  # the checker's own complaint, e.g. TypeError for an argument it does not take
             raise ValueError(f"{instruction_id} cannot take {kw}: {type(exc).__name__}: {_short(str(exc))}") from None
+        if drawn:  # IFEval draws a missing argument at random: the verdict would change from one check to the next
+            raise ValueError(f"{instruction_id} needs {', '.join(map(repr, drawn))} (IFEval would draw "
+                             f"{'it' if len(drawn) == 1 else 'them'} at random)")
 
 
 _LITERAL = re.compile(r"[\w' -]+")

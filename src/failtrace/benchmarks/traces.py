@@ -289,7 +289,7 @@ def _to_item(record: dict[str, Any], where: str) -> Item:
         raise ValueError("'messages' must be a non-empty list of {role, content} objects")
     messages = normalise_messages(record["messages"])
     expected = parse_expected(record["expected"])
-    if not isinstance(record.get("meta") or {}, dict):
+    if record.get("meta") is not None and not isinstance(record["meta"], dict):  # 0, "" and false too
         raise ValueError("'meta' must be an object")
     meta = dict(record.get("meta") or {})
     meta["n_messages"] = len(messages)
@@ -351,9 +351,13 @@ def convert_trace(raw: Any, name: str = "trace", where: str | None = None) -> li
         except ValueError as exc:
             raise FailtraceError(f"{where}: 'history' {exc}") from None
     records = [raw] if isinstance(raw, dict) else raw
-    if not isinstance(records, list) or not all(isinstance(r, dict) and isinstance(r.get("traj"), list)
-                                                for r in records):
+    if not isinstance(records, list):
         raise FailtraceError(f"{where}: not a tau-bench trajectory list or a SWE-agent .traj file")
+    bad = next((n for n, r in enumerate(records) if not (isinstance(r, dict) and isinstance(r.get("traj"), list))),
+               None)
+    if bad is not None:
+        raise FailtraceError(f"{where}: trajectory {bad + 1} is not an object with a 'traj' list of messages (a "
+                             "tau-bench trajectory list holds only such objects)")
     items = []
     for n, rec in enumerate(records):
         base = f"tau-{rec.get('task_id', n)}-t{rec.get('trial', 0)}"

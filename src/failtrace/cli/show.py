@@ -55,12 +55,12 @@ def show_command(
                     raise FailtraceError(f"case {cid} is a {row[2]} case, not {benchmark}")
                 newer = newest_case_id(st, row[0], row[1])
                 if newer is None:
-                    raise FailtraceError(f"case {cid} is from an older analysis of pair run {row[0][:10]}, whose "
-                                         f"newest analysis has no case of item {row[1]} (analysed with --limit or "
+                    raise FailtraceError(f"case {cid} is not from the current analysis of pair run {row[0][:10]}, "
+                                         f"which has no case of item {row[1]} (analysed with --limit or "
                                          f"stopped early?): failtrace analyse with that analysis's settings adds it")
-                raise FailtraceError(f"case {cid} is from an older analysis; status, the report and the explorer "
-                                     f"show case {newer} for item {row[1]}: failtrace show --case {newer} (or "
-                                     f"failtrace analyse with the older analysis's settings makes it current again)")
+                raise FailtraceError(f"case {cid} is not from the current analysis; status, the report and the "
+                                     f"explorer show case {newer} for item {row[1]}: failtrace show --case {newer} (or "
+                                     f"failtrace analyse with its analysis's settings makes that one current again)")
         if case is None and item is None:
             cases = load_cases(st, benchmark=benchmark)
             if not cases and benchmark is not None:

@@ -177,7 +177,7 @@ def check_budget(budget: int, model: str, window: int | None, given: bool, bench
     if window is not None and budget > window:
         what = "--max-new-tokens" if given else f"the {benchmark} default budget"
         raise FailtraceError(f"{what} {budget} is more than {model}'s context window ({window} tokens); give "
-                             f"--max-new-tokens {window} or less")
+                             f"--max-new-tokens {window} or less (the prompt shares the window)")
 
 
 def collect(

@@ -158,4 +158,4 @@ def check_rollout_window(settings: PairSettings, model: str, window: int | None)
     (the model never saw those positions, and a rollout that never stops would run for hours)."""
     if window is not None and settings.rollout_tokens is not None and settings.rollout_tokens > window:
         raise FailtraceError(f"--rollout-tokens {settings.rollout_tokens} is more than {model}'s context window "
-                             f"({window} tokens); give {window} or less")
+                             f"({window} tokens); give {window} or less (the prompt shares the window)")

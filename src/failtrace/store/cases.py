@@ -252,9 +252,9 @@ def set_override(store: ResultsStore, case_id: str, category: str, reason: str) 
     if newest != cid:  # status, the report and the explorer show the newest analysis only: this would never show
         instead = (f"override its case {newest} instead" if newest else
                    f"that analysis has no case for item {item_id!r}")
-        raise SupersededCaseError(f"case {cid} is from an older analysis of pair run {pair_run_id}; status, the report "
-                                  f"and the explorer show only the newest one, so the override would never be seen: "
-                                  f"{instead}")
+        raise SupersededCaseError(f"case {cid} is not from the current analysis of pair run {pair_run_id}; status, "
+                                  f"the report and the explorer show only the current one, so the override would "
+                                  f"never be seen: {instead}")
     row = {"category": category, "reason": reason.strip(), "created_at": _now()}
     with store._transaction():
         store.con.execute("INSERT INTO overrides VALUES (?, ?, ?, ?)", [cid, category, row["reason"],
