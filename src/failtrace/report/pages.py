@@ -87,8 +87,9 @@ def summary_section(t: Mapping[str, Any], figs: Mapping[str, str]) -> str:
     table1 = [{**r, "run": r["pair_run_id"] or "not paired"} for r in t["table1"]]  # both ids: tables/table1.csv
     return (
         '<section class="block" id="summary"><h2>Summary</h2>'
-        '<p class="lead">One row per collection run and pair-finding run (the paper\'s Table 1). <b>Failures</b>: '
-        "items the benchmark's own checker failed. <b>Clean pairs</b>: failures pinned to a target/contrast token "
+        '<p class="lead">One row per collection run and pair-finding run (the paper\'s Table 1). <b>Collection</b>: '
+        "the collection run's token budget, and its dtype, thinking mode and checker options when not the defaults "
+        "(e.g. IFEval's mode=loose). <b>Failures</b>: items the benchmark's own checker failed. <b>Clean pairs</b>: failures pinned to a target/contrast token "
         "pair whose forced correction passes the checker. <b>Clean rate</b> = clean pairs / failures. <b>Avg tokens / "
         "case</b>: mean context length (prompt + answer before the wrong token) of the analysed cases.</p>"
         f"{html_table(table1, TABLE1_COLS, tid='table1')}"
