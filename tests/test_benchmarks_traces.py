@@ -242,3 +242,15 @@ def test_a_trajectory_list_names_its_bad_record(tmp_path: Path, second: object) 
     path.write_text(json.dumps([good, second]))
     with pytest.raises(FailtraceError, match=r"t\.json: trajectory 2 is not an object with a 'traj' list"):
         TracesBenchmark().load(str(path))
+
+
+def test_expected_arguments_that_are_not_json_are_named(tmp_path: Path) -> None:
+    """They were kept as a string, which no call's arguments can equal: an item that could never pass."""
+    good = {"id": "ok", "messages": [{"role": "user", "content": "hi"}], "expected": {"reply": "x"}}
+    bad = {"id": "bad", "messages": [{"role": "user", "content": "hi"}],
+           "expected": {"tool": "get_weather", "arguments": "{bad json"}}
+    path = tmp_path / "items.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    report = TracesBenchmark().load(str(path))
+    assert [i.id for i in report.items] == ["ok"]
+    assert report.problems == ["line 2: 'expected' arguments of 'get_weather' are not valid JSON: '{bad json'"]

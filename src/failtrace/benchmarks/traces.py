@@ -93,7 +93,10 @@ def parse_expected(expected: Any) -> dict[str, Any]:
     if not isinstance(expected, dict):
         raise ValueError("'expected' must be an object like {\"tool\": ..., \"arguments\": {...}} or {\"answer\": ...}")
     if isinstance(expected.get("tool"), str):
-        return {"tool": expected["tool"], "arguments": _json_arguments(expected.get("arguments"))}
+        arguments = _json_arguments(expected.get("arguments"))
+        if isinstance(arguments, str):  # a JSON string that does not parse: no call's arguments could equal it
+            raise ValueError(f"'expected' arguments of {expected['tool']!r} are not valid JSON: {arguments[:60]!r}")
+        return {"tool": expected["tool"], "arguments": arguments}
     for kind in ("answer", "reply", "command"):
         if isinstance(expected.get(kind), str):
             return {kind: expected[kind]}
