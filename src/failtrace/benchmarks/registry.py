@@ -47,6 +47,11 @@ def benchmark_names() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
+def _is_ready(entry: Any) -> bool:
+    """A ready benchmark object (as registered or given), not a class, factory or ``"module:attr"`` path."""
+    return hasattr(entry, "check") and not isinstance(entry, (type, str))
+
+
 def get_benchmark(name: str, /, **options: Any) -> Benchmark:
     """The benchmark called ``name`` (case-insensitive). Options go to its constructor, e.g.
     ``get_benchmark("ifeval", mode="loose")`` or ``get_benchmark("humaneval", plus="HumanEvalPlus.jsonl.gz")``."""
@@ -57,8 +62,7 @@ def get_benchmark(name: str, /, **options: Any) -> Benchmark:
     if isinstance(entry, str):
         module, _, attr = entry.partition(":")
         entry = _REGISTRY[key] = getattr(import_module(module), attr)
-    is_object = hasattr(entry, "check") and not isinstance(entry, type)  # a ready benchmark, not a class/factory
-    if is_object or not callable(entry):
+    if _is_ready(entry) or not callable(entry):
         if options:
             raise FailtraceError(f"benchmark {key!r} was registered as a ready object; it takes no options")
         return entry  # type: ignore[return-value]
@@ -74,7 +78,7 @@ def resolve_benchmark(name: str, overrides: Mapping[str, Benchmark] | None = Non
     with ``options`` (a collection run's recorded ``checker`` options, so a re-check judges as the run did)."""
     options = dict(options or {})
     ready = overrides[name] if overrides and name in overrides else _REGISTRY.get(name.strip().lower())
-    if ready is not None and not isinstance(ready, str) and hasattr(ready, "check") and not isinstance(ready, type):
+    if _is_ready(ready):
         given = checker_options(ready)  # an object, given or registered ready-made: it must check as the run did
         if given != options:
             raise FailtraceError(f"the {name} benchmark given checks with options {given or 'none'}, but the run was "
