@@ -36,11 +36,10 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x .venv/bin/failtrac
   exit 0
 fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-# pip's own exit status decides (the filter only drops two noisy warnings): a failed install stops the setup here,
-# rather than letting a later install pull another torch build or failing later with a less clear message.
+# Under pipefail pip's own exit status decides (the filter, which only drops two noisy warnings, always succeeds): a
+# failed install stops the setup here, rather than letting a later install pull another torch build.
 pip() {
   .venv/bin/python -m pip "$@" --disable-pip-version-check 2>&1 | { grep -vE "^WARNING: Location|is ignored" || true; }
-  return "${PIPESTATUS[0]}"
 }
 echo "setting up .venv (one time; a few minutes)" >&2
 .venv/bin/python -c "import torch" 2>/dev/null || pip install -q "$TORCH_SPEC"

@@ -239,10 +239,6 @@ class TracesBenchmark:
             raw = _read_json(path)
             if _is_raw_trace(raw):
                 converted = convert_trace(raw, path.stem, source)
-                if not converted:
-                    raise FailtraceError(f"{source}: the trace has no assistant action to check (an item is an "
-                                         "assistant turn after the first message with a tool call, a SWE-agent "
-                                         "action or text)")
                 records = ((f"action {i}", rec) for i, rec in enumerate(converted, start=1))
                 return items_from_records(records, source, limit, REQUIRED_FIELDS, _to_item, formats=FORMATS)
         return build_items(source, limit, REQUIRED_FIELDS, _to_item, formats=FORMATS)
@@ -346,8 +342,17 @@ def _items_from_messages(messages: list[dict[str, Any]], base_id: str, meta: dic
 
 def convert_trace(raw: Any, name: str = "trace", where: str | None = None) -> list[dict[str, Any]]:
     """Items from a tau-bench trajectory list (``[{task_id, trial, traj, ...}]``) or a SWE-agent ``.traj``
-    (``{history: [...]}``); ``name`` prefixes the item ids, ``where`` (default ``name``) names the file in errors."""
+    (``{history: [...]}``); ``name`` prefixes the item ids, ``where`` (default ``name``) names the file in errors.
+    A trace with no assistant action to check is an error."""
     where = where or name
+    items = _convert(raw, name, where)
+    if not items:
+        raise FailtraceError(f"{where}: the trace has no assistant action to check (an item is an assistant turn "
+                             "after the first message with a tool call, a SWE-agent action or text)")
+    return items
+
+
+def _convert(raw: Any, name: str, where: str) -> list[dict[str, Any]]:
     if isinstance(raw, dict) and isinstance(raw.get("history"), list):
         try:
             return _items_from_messages(raw["history"], f"swe-{name}", {"source": "swe-agent", "trace": name})
@@ -381,8 +386,6 @@ def convert_trace_file(path: str | Path, out: str | Path | None = None) -> list[
     if raw is None:
         raise FailtraceError(f"{path}: not a JSON trace file")
     items = convert_trace(raw, path.stem, str(path))
-    if not items:
-        raise FailtraceError(f"{path}: the trace has no assistant action to check")
     if out is not None:
         with Path(out).open("w", encoding="utf-8") as fh:
             fh.writelines(json.dumps(item, ensure_ascii=False) + "\n" for item in items)

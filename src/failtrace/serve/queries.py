@@ -16,15 +16,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from failtrace.store.cases import ANALYSES_SQL
+from failtrace.store.cases import CURRENT_ANALYSES_SQL
 from failtrace.store.natural import natural_key
 from failtrace.store.schema import NOT_SEARCHED
 
 # The newest analysis run per pair run (the rule of failtrace.store.cases.load_cases, latest=True), then its cases
 # with the newest override and the attnlrp k*.
-_CASES_CTE = """
-analyses AS (ANALYSES),
-latest AS (SELECT pair_run_id, arg_max(analysis_id, t) AS analysis_id FROM analyses GROUP BY pair_run_id),
+_CASES_CTE = f"""
+latest AS ({CURRENT_ANALYSES_SQL}),
 ov AS (SELECT case_id, arg_max(category, created_at) AS category FROM overrides GROUP BY case_id),
 cs AS (
     SELECT c.case_id, c.pair_run_id, c.item_id, c.category, c.pattern, c.delta_logit AS case_delta,
@@ -84,8 +83,7 @@ class TableQuery:
 
 def base_sql(has_cases: bool) -> str:
     """``WITH ... rows AS (...)``: the joined table every query below selects from."""
-    cases = _CASES_CTE.replace("ANALYSES", ANALYSES_SQL, 1)
-    return "WITH " + (cases if has_cases else _NO_CASES_CTE) + _ROWS_CTE
+    return "WITH " + (_CASES_CTE if has_cases else _NO_CASES_CTE) + _ROWS_CTE
 
 
 def _where(q: TableQuery, skip_facet: str | None = None) -> tuple[str, list[Any]]:

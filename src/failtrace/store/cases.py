@@ -123,27 +123,25 @@ def done_case_ids(store: ResultsStore, analysis_id: str | None = None) -> set[st
                                             [analysis_id]).fetchall()}
 
 
-# (pair_run_id, analysis_id, t) per analysis with cases; t is when `analyse` last worked on it: the run's record,
-# its newest case, or the call that found nothing left to do (settings.current_since). The newest t per pair run is the
-# analysis every view uses, so resuming or re-running an older analysis's settings brings it back. Cases are grouped
-# before the join: the settings JSON is read once per analysis, and a malformed one counts as absent.
-ANALYSES_SQL = """
-    SELECT a.pair_run_id, a.analysis_id,
-           greatest(a.tc, r.created_at, try_cast(CASE WHEN json_valid(r.settings)
-                    THEN json_extract_string(r.settings, '$.current_since') END AS TIMESTAMP)) AS t
-    FROM (SELECT pair_run_id, analysis_id, max(created_at) AS tc FROM cases GROUP BY pair_run_id, analysis_id) a
-    LEFT JOIN runs r ON r.run_id = a.analysis_id"""
+# (pair_run_id, analysis_id): per pair run, the analysis every view uses (status, show, the report and the explorer
+# all read it here): the one `analyse` last worked on, by the newest of its run's record, its newest case and the call
+# that found nothing left to do (settings.current_since), so resuming or re-running an older analysis's settings
+# brings it back; ties go to the larger id. Cases are grouped before the join: the settings JSON is read once per
+# analysis, and a malformed one counts as absent.
+CURRENT_ANALYSES_SQL = """
+    SELECT pair_run_id, arg_max(analysis_id, (coalesce(t, TIMESTAMP '0001-01-01'), analysis_id)) AS analysis_id
+    FROM (SELECT a.pair_run_id, a.analysis_id,
+                 greatest(a.tc, r.created_at, try_cast(CASE WHEN json_valid(r.settings)
+                          THEN json_extract_string(r.settings, '$.current_since') END AS TIMESTAMP)) AS t
+          FROM (SELECT pair_run_id, analysis_id, max(created_at) AS tc FROM cases
+                GROUP BY pair_run_id, analysis_id) a
+          LEFT JOIN runs r ON r.run_id = a.analysis_id)
+    GROUP BY pair_run_id"""
 
 
 def _latest_analyses(store: ResultsStore) -> set[tuple[str, str]]:
     """Per pair run, the newest analysis run that has cases (so one report never mixes two settings)."""
-    rows = store.con.execute(ANALYSES_SQL).fetchall()
-    best: dict[str, tuple[Any, str]] = {}
-    for pair_run, analysis, t in rows:
-        key = (t or datetime.min, analysis)
-        if pair_run not in best or key > best[pair_run]:
-            best[pair_run] = key
-    return {(pair_run, v[1]) for pair_run, v in best.items()}
+    return {(pair_run, analysis) for pair_run, analysis in store.con.execute(CURRENT_ANALYSES_SQL).fetchall()}
 
 
 def current_analyses(store: ResultsStore) -> dict[str, str]:
