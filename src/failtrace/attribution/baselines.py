@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from failtrace.attribution.methods import MethodResult
 
 
+IG_STEPS = 32  # interpolation points of a one-prompt attribution (an analysis records its own, 16 by default)
 MAX_IG_STEPS = 10_000  # one forward + backward each; published IG uses 20-300 steps
 IG_BATCH = 8  # interpolation points per forward + backward on short inputs
 IG_MEMORY_BUDGET = 2 * 2**30  # bytes of saved activations one IG batch may hold (long inputs run fewer points)
@@ -46,7 +47,7 @@ def integrated_gradients(
     model: nn.Module,
     ids: list[int],
     objective: Callable[[torch.Tensor], torch.Tensor],
-    steps: int = 32,
+    steps: int = IG_STEPS,
     batch: int | None = None,
 ) -> tuple[np.ndarray, float, torch.Tensor]:
     """Integrated gradients on the input embeddings from a zero baseline (Riemann midpoint rule, ``steps`` points).
@@ -81,7 +82,7 @@ def integrated_gradients(
 
 
 def ig_method(model: nn.Module, ids: list[int], objective: Callable[[torch.Tensor], torch.Tensor], *,
-              ig_steps: int = 32, **_: object) -> MethodResult:
+              ig_steps: int = IG_STEPS, **_: object) -> MethodResult:
     """Integrated gradients as a registered attribution method (input relevance only)."""
     from failtrace.attribution.methods import MethodResult
 

@@ -7,6 +7,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from failtrace.attribution.baselines import IG_STEPS
 from failtrace.attribution.contrast import prepare_contrast
 from failtrace.attribution.inputs import Prompt
 from failtrace.attribution.methods import ATTRIBUTION_METHODS, get_method
@@ -28,7 +29,7 @@ def attribute(
     objective: str = "logit_diff",
     method: str = "attnlrp",
     position: int | None = None,
-    ig_steps: int = 32,
+    ig_steps: int = IG_STEPS,
     topk: int = 10,
     use_checkpoint: bool | None = None,
     allow_long: bool = False,

@@ -11,8 +11,6 @@ from failtrace.cli import options as opts
 from failtrace.cli.checks import check_outputs
 from failtrace.errors import FailtraceError
 
-IG_STEPS = 32  # integrated-gradients steps for a prompt (a stored case uses its analysis's, 16 by default)
-
 
 def _outputs(attr: object, json_path: Optional[Path], html_path: Optional[Path], png_path: Optional[Path]) -> list[str]:
     from failtrace.views import heatmap_html, save_heatmap_png
@@ -65,6 +63,7 @@ def run_attribute(
               png_path)
     stored = from_case.read_stored_case(store, case) if case is not None and store is not None else None
     import failtrace
+    from failtrace.attribution.baselines import IG_STEPS
     from failtrace.views import render_terminal
 
     console = Console(stderr=True, soft_wrap=True)  # a note or the Δℓ check is one line, even when piped
@@ -75,14 +74,14 @@ def run_attribute(
     if stored is None:
         lm = failtrace.load_model(model, dtype=dtype or "float32")
         text: Any = prompt
-        ig_steps = ig_steps or IG_STEPS
+        ig_steps = ig_steps or IG_STEPS  # a stored case uses its analysis's steps instead
     else:
         lm = from_case.load_case_model(stored, model, dtype, note)
         text, answer_prefix, target, contrast = from_case.case_input(stored, objective)
         ig_steps = ig_steps or int(stored.setting("ig_steps"))  # the analysis's, so IG reproduces
     with console.status(f"attributing with {method} ..."):
         attr = failtrace.attribute(
-            lm, text, target=opts.parse_token(target), contrast=opts.parse_token(contrast),
+            lm, text, target=target, contrast=contrast,
             answer_prefix=answer_prefix, chat=chat, method=method, objective=objective, position=position,
             ig_steps=ig_steps, allow_long=allow_long,
         )

@@ -131,7 +131,7 @@ def run_graph(
         lm = from_case.load_case_model(stored, model, dtype, note)
         text, answer_prefix, target, contrast = from_case.case_input(stored, objective)
     graph = build_graph(
-        lm, text, target=opts.parse_token(target), contrast=opts.parse_token(contrast), answer_prefix=answer_prefix,
+        lm, text, target=target, contrast=contrast, answer_prefix=answer_prefix,
         chat=chat, objective=objective, edges=edges, method=method, layers=layers, mid_nodes=mid_nodes,
         node_threshold=node_threshold, prune=prune, memory_budget_mb=memory_budget, progress=not quiet,
         allow_long=allow_long, position=position,

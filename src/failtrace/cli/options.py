@@ -100,15 +100,6 @@ def one_of(choices: tuple[str, ...] | Callable[[], tuple[str, ...]], *, lower: b
     return check
 
 
-def parse_token(value: str | None) -> int | str | None:
-    """A --target/--contrast value: '#123' selects token id 123; anything else is a string that must be one token."""
-    if value is None:
-        return None
-    if value.startswith("#") and value[1:].isdigit():
-        return int(value[1:])
-    return value
-
-
 PROMPT = typer.Option(None, "--prompt", "-p", help="Prompt text (or the user message with --chat); or use --case.")
 TARGET = typer.Option(None, "--target", "-t",
                       help="Target (wrong) token: one-token string or '#ID'. Default: the model's own next token.")
