@@ -114,6 +114,18 @@ def _short(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _built_checker(registry: dict[str, Any], instruction_id: str, kwargs: dict[str, Any],
+                   prompt: str) -> tuple[Any, str, dict[str, Any]]:
+    """``(checker, description, its arguments)`` built as the official evaluation builds it: the item's arguments
+    (nulls dropped), then the prompt for a checker that takes it (e.g. combination:repeat_prompt)."""
+    checker = registry[instruction_id](instruction_id)
+    description = checker.build_description(**{k: v for k, v in kwargs.items() if v is not None})
+    args = dict(checker.get_instruction_args() or {})
+    if "prompt" in args:
+        checker.build_description(prompt=prompt)
+    return checker, description, args
+
+
 def _check_one(registry: dict[str, Any], instruction_id: str, kwargs: dict[str, Any], prompt: str,
                response: str, variants: list[str]) -> dict[str, Any]:
     """Strict and loose result of one instruction, or the reason it could not be checked."""
@@ -124,11 +136,7 @@ def _check_one(registry: dict[str, Any], instruction_id: str, kwargs: dict[str, 
         result["error"] = "unknown instruction id (not in the IFEval instruction registry)"
         return result
     try:
-        checker = checker_class(instruction_id)
-        result["description"] = checker.build_description(**{k: v for k, v in kwargs.items() if v is not None})
-        args = checker.get_instruction_args()
-        if args and "prompt" in args:  # as the official evaluation does, e.g. for combination:repeat_prompt
-            checker.build_description(prompt=prompt)
+        checker, result["description"], _ = _built_checker(registry, instruction_id, kwargs, prompt)
         result["strict"] = bool(response.strip() and checker.check_following(response))
         result["loose"] = any(bool(v.strip() and checker.check_following(v)) for v in variants)
     except Exception as exc:  # a check that cannot run is reported, never counted as pass or fail
@@ -202,11 +210,7 @@ class IFEvalBenchmark:
             given = {k: v for k, v in kw.items() if v is not None}
             if not set(_RULE_ARGS.get(iid, ())) <= set(given):
                 continue  # the checker would draw the missing arguments at random: nothing can be decided
-            checker = registry[iid](iid)
-            checker.build_description(**given)
-            args = checker.get_instruction_args()
-            if args and "prompt" in args:  # as check() does
-                checker.build_description(prompt=_prompt_text(item))
+            checker = _built_checker(registry, iid, given, _prompt_text(item))[0]
             why = prefix_fails(iid, checker, prefix)
             if why:
                 return f"{iid}: {why}"
@@ -229,12 +233,12 @@ def _to_item(record: dict[str, Any], where: str) -> Item:
         raise ValueError(f"'kwargs' must be a list of {len(ids)} objects, one per instruction")
     # The hub copy fills every kwargs dict with all keys (nulls for unused ones): drop the nulls.
     clean = [{k: v for k, v in kw.items() if v is not None} for kw in kwargs]
-    _check_instructions(ids, clean)
+    _check_instructions(ids, clean, record["prompt"])
     return Item(id=str(record["key"]), benchmark="ifeval", prompt=record["prompt"],
                 reference={"instruction_id_list": ids, "kwargs": clean}, meta={"key": record["key"]})
 
 
-def _check_instructions(ids: list[str], kwargs: list[dict[str, Any]]) -> None:
+def _check_instructions(ids: list[str], kwargs: list[dict[str, Any]], prompt: str) -> None:
     """Refuse, at load, an item no check could judge (an unknown instruction id, arguments its checker does not
     take, no instruction at all): otherwise it would be generated and then stored as unverifiable, unexplained."""
     if not ids:
@@ -244,9 +248,8 @@ def _check_instructions(ids: list[str], kwargs: list[dict[str, Any]]) -> None:
         if instruction_id not in registry:
             raise ValueError(f"unknown instruction id {instruction_id!r} (not in IFEval's instruction registry)")
         try:
-            checker = registry[instruction_id](instruction_id)
-            checker.build_description(**kw)
-            drawn = [k for k in (checker.get_instruction_args() or {}) if k not in kw and k != "prompt"]
+            args = _built_checker(registry, instruction_id, kw, prompt)[2]
+            drawn = [k for k in args if k not in kw and k != "prompt"]
         except Exception as exc:  # the checker's own complaint, e.g. TypeError for an argument it does not take
             raise ValueError(f"{instruction_id} cannot take {kw}: {type(exc).__name__}: {_short(str(exc))}") from None
         if drawn:  # IFEval draws a missing argument at random: the verdict would change from one check to the next
