@@ -255,3 +255,8 @@ def test_a_case_without_stored_settings_uses_analyse_defaults(toy, tmp_path, cap
     assert main(["attribute", "--store", str(store), "--case", case.case_id, "--method", "ig", "--json", str(out),
                  "-q"]) == 0
     assert json.loads(out.read_text())["extra"]["ig_steps"] == CaseSettings().ig_steps == 16
+    default = json.loads(out.read_text())["input_relevance"]
+    for steps, same in (("16", True), ("32", False)):  # the steps were used, not only recorded
+        assert main(["attribute", "--store", str(store), "--case", case.case_id, "--method", "ig", "--ig-steps",
+                     steps, "--json", str(out), "-q"]) == 0
+        assert np.allclose(json.loads(out.read_text())["input_relevance"], default, rtol=1e-5, atol=1e-7) == same

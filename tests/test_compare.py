@@ -5,6 +5,7 @@ segment sums, mapping flags, resumability, comparisons.jsonl and the CLI."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Iterator
@@ -192,8 +193,14 @@ def test_cli_compare_and_errors(cmp: dict[str, Any], capsys: pytest.CaptureFixtu
     assert main(["compare", "--store", store, "--models", *cmp["names"], "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "corrected" in out and "mapped" in out
+    with open_store(store, read_only=True) as st:
+        stored = st.con.execute("SELECT count(*) FROM comparisons").fetchone()[0]
+    assert stored > 0
+    before = hashlib.sha256(Path(store).read_bytes()).hexdigest()
     assert main(["compare", "--store", store, "--models", cmp["names"][0], "--no-progress"]) == 2
-    assert "error: --models needs at least two models" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: --models needs at least two models"), err
+    assert hashlib.sha256(Path(store).read_bytes()).hexdigest() == before  # a refusal writes nothing
 
 
 def test_a_copy_of_a_compared_model_is_refused(cmp: dict[str, Any], tmp_path: Path,

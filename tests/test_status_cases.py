@@ -253,4 +253,10 @@ def test_status_says_what_was_compared(tmp_path_factory: pytest.TempPathFactory,
 
 
 def test_status_without_comparisons_says_nothing_of_them(toy: dict[str, Any], capsys, monkeypatch) -> None:
-    assert "compared:" not in _status(toy["store"], capsys, monkeypatch)
+    """No comparisons (checked in the store): status prints its cases table and no word of comparisons."""
+    with open_store(toy["store"], read_only=True) as st:
+        tables = {row[0] for row in st.con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        assert "comparisons" not in tables or st.con.execute("SELECT count(*) FROM comparisons").fetchone()[0] == 0
+    said = _status(toy["store"], capsys, monkeypatch)
+    assert "pair run #1:" in said and "no analysed cases yet" not in said  # the report reached the cases
+    assert "compared:" not in said and "#/across" not in said

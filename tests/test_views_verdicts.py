@@ -62,7 +62,9 @@ def _pattern_ev(relevant_sum: float | None, oit: list[int], decidable: bool = Tr
     ("URT", _pattern_ev(0.2, [], segments=("docstring", "examples")),
      ["the relevant segments (docstring, examples) sum to +0.200 (normalised), not below −θ = −0.1: they do not push",
       "(URT)", "no token outside them is among the 3 strongest supporters with at least 5%"], ["(OIT)"]),
-    ("URT+OIT", _pattern_ev(0.0, [2]), ["(URT)", "(OIT)"], []),
+    ("URT+OIT", _pattern_ev(0.0, [2]),
+     ["the relevant segment (instruction) sums to +0.000 (normalised), not below −θ = −0.1: it does not push against "
+      "the target (URT); outside it, '·water' [2] (query, 69%) is among the 3 strongest supporters"], ["sums to -"]),
     ("OIT", {**_pattern_ev(-0.5, [4]), "top_supporters": [{"position": 4, "relevance": 1.0, "relevant": False,
                                                           "segment": "answer", "share": 0.4}]},
      ["'·Water' [4] (the model's answer so far, 40%) is among"], ["(answer,"]),
