@@ -26,7 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from serve_store import analysed_toy_store, sha256
+from refusals import copy_store as _copy
+from refusals import one_error_line as _one_error_line
+from refusals import refusal_store
+from serve_store import sha256
 
 from failtrace.cli import main
 
@@ -39,26 +42,9 @@ pytestmark = pytest.mark.usefixtures("cli_env")  # crash logs into the test fold
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A store with collect + pairs + analyse on the toy model (5 cases of benchmark 'toy')."""
-    info = analysed_toy_store(tmp_path_factory.mktemp("audit"), n_items=6)
+    info = refusal_store(tmp_path_factory.mktemp("audit"))
     (info["store"].parent / "must-not-load.gguf").write_bytes(b"NOPE, not a model")
-    info["sha"] = sha256(info["store"])
     return info
-
-
-def _copy(toy: dict[str, Any], folder: Path, name: str = "copy.duckdb") -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / name
-    shutil.copyfile(toy["store"], path)
-    return path
-
-
-def _one_error_line(code: int, capsys: pytest.CaptureFixture[str], expected_code: int = 2) -> str:
-    out, err = capsys.readouterr()
-    lines = err.strip().splitlines()
-    assert code == expected_code, (code, err)
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in out + err
-    return lines[0]
 
 
 def _env() -> dict[str, str]:

@@ -16,13 +16,15 @@ Every check: exit code 2, stderr exactly one ``error: ...`` line, no traceback, 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pytest
-from serve_store import analysed_toy_store, sha256
+from refusals import copy_store as _copy
+from refusals import one_error_line as _one_error_line
+from refusals import refusal_store
+from serve_store import sha256
 
 from failtrace.cli import main
 
@@ -32,24 +34,7 @@ pytestmark = pytest.mark.usefixtures("cli_env")  # crash logs into the test fold
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A store with collect + pairs + analyse on the toy model (cases of benchmark 'toy'), and its sha256."""
-    info = analysed_toy_store(tmp_path_factory.mktemp("sweep"), n_items=6)
-    info["sha"] = sha256(info["store"])
-    return info
-
-
-def _copy(toy: dict[str, Any], folder: Path, name: str = "copy.duckdb") -> Path:
-    path = folder / name
-    shutil.copyfile(toy["store"], path)
-    return path
-
-
-def _one_error_line(code: int, capsys: pytest.CaptureFixture[str]) -> str:
-    out, err = capsys.readouterr()
-    lines = err.strip().splitlines()
-    assert code == 2, (code, err)
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in out + err
-    return lines[0]
+    return refusal_store(tmp_path_factory.mktemp("sweep"))
 
 
 _PROMPT = ["--chat", "-p", "What is the capital of France?", "-t", " Paris", "-c", " Lyon", "-q"]

@@ -10,13 +10,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from refusals import copy_store as _copy
+from refusals import one_error_line as _one_error_line
+from refusals import refusal_store
 from serve_store import sha256
-from test_cli_bad_input_audit import _one_error_line
-from test_cli_bad_input_sweep import _copy, toy  # noqa: F401  (toy: the store fixture, built for this module too)
 
 from failtrace.cli import main
 
 pytestmark = pytest.mark.usefixtures("cli_env")  # crash logs into the test folder, one thread (conftest)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return refusal_store(tmp_path_factory.mktemp("stage-probe"))
 
 
 def _collect_cut(toy: dict[str, Any], tmp_path: Path, benchmark: str, records: list[dict[str, Any]], budget: int,
