@@ -118,3 +118,15 @@ def toy_lm() -> Any:
 
     with one_thread():
         return toy_loaded(0, dtype="float64")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _benchmark_registry_per_module() -> Any:
+    """Benchmarks a test module registers (several register a ``toy`` of their own settings) are undone after it,
+    so no module passes or fails because of the order the modules ran in."""
+    from failtrace.benchmarks import registry
+
+    saved = dict(registry._REGISTRY)
+    yield
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(saved)
