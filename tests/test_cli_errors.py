@@ -147,6 +147,10 @@ CASES = [
          ["100,000 tokens", "4,096", "--allow-long"]),
     Case("attr-target-many-tokens", _a("-t", "hello", model="{m}"), ["'hello'", "one token"]),
     Case("attr-target-id-out-of-range", _a("-t", "#99999", model="{m}"), ["99999", "out of range"]),
+    # '²' and '７' pass str.isdigit; '#²' was int('²'), a crash (exit 70); both are strings, and not one token
+    Case("attr-target-superscript-id", _a("-t", "#²", model="{m}"), ["'#²'", "one token"]),
+    Case("graph-contrast-fullwidth-id", ["graph", "-p", "hello", "-t", "#70", "-c", "#７０", "-q", "-m", "{m}"],
+         ["'#７０'", "one token"]),
     Case("attr-position-out-of-range", _a("--position", "999", model="{m}"), ["position 999", "out of range"]),
     Case("attr-same-tokens", _a("-c", "#70", model="{m}"), ["same token"]),
     # graph

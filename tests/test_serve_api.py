@@ -375,6 +375,26 @@ def test_review_mode_writes_nothing_until_the_first_review(toy: dict[str, Any], 
     assert {"contrast_id", "contrast_text"} <= cols
 
 
+def _raw_post(app: Any, path: str, headers: list[tuple[bytes, bytes]]) -> tuple[int, bytes]:
+    """POST with header bytes exactly as given (the test client re-encodes them; uvicorn passes them through)."""
+    import asyncio
+
+    sent: list[dict[str, Any]] = []
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"), *headers],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+
 def test_review_mode_writes_validated_rows(toy: dict[str, Any], tmp_path: Path) -> None:
     store = tmp_path / "review.duckdb"
     shutil.copy(toy["store"], store)
@@ -392,6 +412,9 @@ def test_review_mode_writes_validated_rows(toy: dict[str, Any], tmp_path: Path) 
             assert c.post("/api/reviews", json=bad).status_code == code, bad
         assert c.post("/api/reviews", content=b'{"a": "' + b"x" * MAX_BODY + b'"}',
                       headers={"content-type": "application/json"}).status_code == 413
+        for length in (b"abc", b"\xb2"):  # Latin-1 '²' passes str.isdigit, and int() then failed: a 500
+            status, body = _raw_post(c.app, "/api/reviews", [(b"content-length", length)])
+            assert status == 413 and "request body over" in json.loads(body)["detail"], length
         url = f"/api/cases/{case.case_id}/override"
         assert c.post(url, json={"category": "nonsense", "comment": "x"}).status_code == 422
         # a lone surrogate escape: a 422 that says so (its echo used to fail the response: a 500 and a traceback)

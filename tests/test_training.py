@@ -638,3 +638,11 @@ def test_quiet_transformers_nested_keeps_the_bars_off_until_the_outer_one_ends()
             assert not hf_logging.is_progress_bar_enabled()
         assert not hf_logging.is_progress_bar_enabled()
     assert hf_logging.is_progress_bar_enabled()
+
+
+def test_step_folders_are_numbered_in_ascii_digits_only() -> None:
+    """``step-²`` passes ``str.isdigit`` and then fails ``int``; such a folder is no step (``step-７`` neither)."""
+    from failtrace.training.checkpoints import numbered
+
+    assert numbered("step-12", "step-") == 12 and numbered("checkpoint-0", "checkpoint-") == 0
+    assert [numbered(n, "step-") for n in ("step-²", "step-７", "step-", "step-1a", "steps-1", "x-step-1")] == [None] * 6

@@ -40,12 +40,17 @@ def decode_tokens(tokenizer: Any, ids: Sequence[int]) -> list[str]:
     return [tokenizer.decode([int(i)], skip_special_tokens=False, clean_up_tokenization_spaces=False) for i in ids]
 
 
+def _ascii_digits(text: str) -> bool:
+    """``'#ID'`` takes ASCII digits only ('²' and '７' pass ``isdigit``; the first then fails ``int``)."""
+    return text.isascii() and text.isdigit()
+
+
 def resolve_token(tokenizer: Any, spec: int | str, role: str) -> TokenRef:
     """A target/contrast given as an id or a string that must encode to exactly one token."""
     vocab = len(tokenizer)
     if isinstance(spec, bool):
         raise TokenizationError(f"{role} must be a token id or a string, got {spec!r}")
-    if isinstance(spec, int) or (isinstance(spec, str) and spec.startswith("#") and spec[1:].isdigit()):
+    if isinstance(spec, int) or (isinstance(spec, str) and spec.startswith("#") and _ascii_digits(spec[1:])):
         tid = int(spec[1:]) if isinstance(spec, str) else int(spec)
         if not 0 <= tid < vocab:
             raise TokenizationError(f"{role} id {tid} is out of range: the vocabulary has ids 0..{vocab - 1}")

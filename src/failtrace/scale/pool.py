@@ -95,7 +95,8 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
     import socket
 
     host, sep, port = address.removeprefix("ray://").rpartition(":")
-    if not sep or not port.isdigit() or not host or "/" in host or (":" in host and not host.startswith("[")):
+    bad_port = not (port.isascii() and port.isdigit())  # '²' passes isdigit, then fails int()
+    if not sep or bad_port or not host or "/" in host or (":" in host and not host.startswith("[")):
         return  # not HOST:PORT ([v6]:PORT included): Ray's own answer is the clearer one
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):

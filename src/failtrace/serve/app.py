@@ -286,7 +286,7 @@ def create_app(store: str | Path, review: bool = False, allowed_hosts: list[str]
         if request.method == "POST" and not state.review and any(w.match(request.url.path) for w in writes):
             return JSONResponse({"detail": READ_ONLY}, status_code=403)
         length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+        if length is not None and (not (length.isascii() and length.isdigit()) or int(length) > MAX_BODY):
             return JSONResponse({"detail": f"request body over {MAX_BODY} bytes"}, status_code=413)
         if request.method in ("POST", "PUT", "PATCH") and length is None:
             return JSONResponse({"detail": "a Content-Length header is required"}, status_code=411)

@@ -34,6 +34,12 @@ def _umask() -> int:
     return 0o022
 
 
+def numbered(name: str, prefix: str) -> int | None:
+    """N of a folder named ``prefix`` + N (ASCII digits only: ``step-²`` is no step, and ``int`` would fail on it)."""
+    rest = name[len(prefix):] if name.startswith(prefix) else ""
+    return int(rest) if rest.isascii() and rest.isdigit() else None
+
+
 def step_folder(out: str | Path, step: int) -> Path:
     """The folder of the checkpoint saved at ``step``."""
     return Path(out) / f"step-{int(step)}"
@@ -53,7 +59,7 @@ def check_replaceable(out: str | Path, store: str | Path | None = None) -> None:
                 raise FailtraceError(f"--store {store} lies in {entry}, which finetune replaces with a checkpoint; "
                                      f"give another --out, or move the store")
     for entry in sorted(out.glob("step-*")):
-        if entry.name[5:].isdigit() and not (entry.is_dir() and not entry.is_symlink()
+        if numbered(entry.name, "step-") is not None and not (entry.is_dir() and not entry.is_symlink()
                                              and (entry / METADATA_FILE).is_file()):
             what = "a file" if not entry.is_dir() or entry.is_symlink() else f"a folder without {METADATA_FILE}"
             raise FailtraceError(f"--out {out}: {entry.name} is {what}, not a checkpoint written by `failtrace "

@@ -198,7 +198,7 @@ def finetune(store: ResultsStore, lm: Any, out: str | Path, settings: FinetuneSe
     from failtrace.failures.generation import eos_token_ids
     from failtrace.models.fingerprint import model_fingerprint
     from failtrace.models.loading import _quiet_transformers
-    from failtrace.training.checkpoints import make_save_callback, save_checkpoint, step_folder, vocab_digest
+    from failtrace.training.checkpoints import make_save_callback, numbered, save_checkpoint, step_folder, vocab_digest
     from failtrace.training.resume import RESUME_DIR, check_resume_dir, finish_resume, resume_point, start_resume
 
     settings.check()
@@ -248,7 +248,8 @@ def finetune(store: ResultsStore, lm: Any, out: str | Path, settings: FinetuneSe
     # A new run replaces another run's checkpoints whole, once it has finished: the older run's later steps, which
     # it did not overwrite, would otherwise stay beside its own (and compare --checkpoints OUT/step-* mix two runs).
     ours = {Path(p).name for p in saved}  # every step folder this run wrote or resumed from; check_replaceable
-    replaced = sorted(f.name for f in out.glob("step-*") if f.name[5:].isdigit() and f.name not in ours)
+    replaced = sorted(f.name for f in out.glob("step-*")
+                      if numbered(f.name, "step-") is not None and f.name not in ours)
     for name in replaced:  # vouched that each other step-N is a failtrace checkpoint, so another run's
         shutil.rmtree(out / name)
     return FinetuneResult(out=out, checkpoints=saved, trained=trained, held_out=held, losses=losses,

@@ -23,7 +23,7 @@ _NEEDED = ("trainer_state.json", "optimizer.pt", "scheduler.pt")  # what transfo
 
 def resume_point(out: str | Path, identity: dict[str, Any]) -> tuple[Path | None, int | None]:
     """The newest trainer checkpoint of an interrupted run with this ``identity`` and its step, or (None, None)."""
-    from failtrace.training.checkpoints import METADATA_FILE, step_folder
+    from failtrace.training.checkpoints import METADATA_FILE, numbered, step_folder
 
     folder = Path(out) / RESUME_DIR
     try:
@@ -33,8 +33,8 @@ def resume_point(out: str | Path, identity: dict[str, Any]) -> tuple[Path | None
     if stored != json.loads(json.dumps(identity)):  # compared as JSON (tuples are lists there)
         return None, None
     every = int(identity["settings"]["save_every"])
-    steps = sorted((int(p.name.split("-", 1)[1]), p) for p in folder.glob("checkpoint-*")
-                   if p.name.split("-", 1)[1].isdigit() and all((p / f).is_file() for f in _NEEDED))
+    steps = sorted((n, p) for p in folder.glob("checkpoint-*") if (n := numbered(p.name, "checkpoint-")) is not None
+                   and all((p / f).is_file() for f in _NEEDED))
     for step, path in reversed(steps):  # the newest whole one: a run killed while saving leaves the older too
         ours = [step_folder(out, k) / METADATA_FILE for k in range(0, step + 1, every)]
         if step % every == 0 and all(f.is_file() for f in ours) and _state_step(path) == step:
