@@ -174,6 +174,9 @@ def test_bad_override_and_missing_store(toy: dict[str, Any], tmp_path: Path,
         (["--case", "x", "--category", "WHATEVER", "--reason", "r"], "unknown --category"),
         (["--case", "zzzz", "--category", "M-IA", "--reason", "r"], "no case 'zzzz'"),
         (["--case", "x", "--category", "M-IA", "--reason", " "], "needs a --reason"),
+        # a reason is printed by show and override: an escape sequence would clear or recolour the reader's terminal
+        (["--case", "x", "--category", "M-IA", "--reason", "ok\x1b[2J"], "--reason holds the control character U+001B"),
+        (["--case", "x", "--category", "M-IA", "--reason", "y" * 2001], "2,001 characters long; at most 2,000"),
     ]:
         assert main(["override", "--store", str(toy["store"]), *args]) == 2
         err = capsys.readouterr().err.strip().splitlines()

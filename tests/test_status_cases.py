@@ -260,3 +260,22 @@ def test_status_without_comparisons_says_nothing_of_them(toy: dict[str, Any], ca
     said = _status(toy["store"], capsys, monkeypatch)
     assert "pair run #1:" in said and "no analysed cases yet" not in said  # the report reached the cases
     assert "compared:" not in said and "#/across" not in said
+
+
+def test_a_stored_reason_never_reaches_the_terminal_raw(toy: dict[str, Any], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """An override written before the text rules (or by hand in SQL) may hold an escape sequence: show and override
+    --clear print it with its control characters as symbols (␛), never as bytes the terminal acts on."""
+    path = tmp_path / "runs.duckdb"
+    shutil.copy(toy["store"], path)
+    with open_store(path, read_only=True) as st:
+        case = load_cases(st)[0]
+    other = next(c for c in CATEGORIES if c != case.category)
+    with open_store(path) as st:
+        st.con.execute("INSERT INTO overrides VALUES (?, ?, ?, now())", [case.case_id, other, "evil\x1b[2J\x07red"])
+    assert main(["show", "--store", str(path), "--case", case.case_id]) == 0
+    shown = capsys.readouterr().out
+    assert "set by hand: evil␛[2J␇red; computed" in " ".join(shown.split()) and "\x1b[2J" not in shown
+    assert main(["override", "--store", str(path), "--case", case.case_id, "--clear"]) == 0
+    out = capsys.readouterr().out
+    assert f"override {other} (evil␛[2J␇red) removed" in out and "\x1b" not in out and "\x07" not in out

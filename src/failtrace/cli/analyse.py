@@ -142,8 +142,10 @@ def override_command(
         with open_store(store, create=False) as st:
             cid, was = clear_override(st, case)
             computed = st.con.execute("SELECT category FROM cases WHERE case_id = ?", [cid]).fetchone()[0]
-        typer.echo(f"case {cid}: override {was['category']} ({was['reason']}) removed; its computed category "
-                   f"{computed or '—'} counts again in {store}")
+        from failtrace.views.common import prose_line  # a reason stored before the text rules may hold any byte
+
+        typer.echo(f"case {cid}: override {was['category']} ({prose_line(str(was['reason']))}) removed; its computed "
+                   f"category {computed or '—'} counts again in {store}")
         return
     if category is None or reason is None:
         raise FailtraceError("give --category and --reason (or --clear to remove an override)")

@@ -184,7 +184,8 @@ def _print_case(con: Any, c: Any, method: str, answer: dict[str, Any] | None = N
     head.append(f"?  Δℓ = {c.delta_logit:.4f} · {n} tokens ({c.prompt_length} prompt) · "
                 f"predicts token {c.position} from tokens 0–{c.position - 1}\n")
     head.append(f"category {c.effective_category or '—'}"
-                + (f" (set by hand: {c.override.get('reason')}; computed: {c.category})" if c.override else "")
+                + (f" (set by hand: {prose_line(str(c.override.get('reason')))}; computed: {c.category})"
+                   if c.override else "")
                 + f" · pattern {c.pattern or '—'} · relevant segments: {', '.join(c.relevant_segments) or '—'}")
     for label, text in answer_rows(answer):  # one line each (↵ for newlines), cut to fit a wide terminal's line
         head.append(f"\n{label}: ", style="bold")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import re
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
@@ -23,25 +22,18 @@ from failtrace.serve import casedata
 from failtrace.serve.queries import FACETS, NONE_VALUE, NOT_SEARCHED, SORT_COLUMNS, TableQuery, table
 from failtrace.store.cases import newest_case_id
 from failtrace.store.schema import PAIR_STATUSES, VERDICT_STATUSES
-from failtrace.store.records import describe_collection_settings, describe_pair_settings, loads, pick_run_id
+from failtrace.store.records import (TEXT_MOST, describe_collection_settings, describe_pair_settings, loads,
+                                     pick_run_id, text_problem)
 
 router = APIRouter()
 
 CASE_ID = Annotated[str, Path(pattern=r"^[0-9A-Za-z_-]{1,64}$", description="a stored case id")]
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # control characters other than tab and line breaks
-
-
 def _text(value: str) -> str:
-    """Text fields hold text: a lone UTF-16 surrogate (JSON "\\ud800") cannot be stored, and a control character
-    (NUL, escape, ...) would be stored, exported and drawn as a box; both are a 422 here."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("holds an unpaired UTF-16 surrogate, which is not text") from None
-    bad = _CONTROL.search(value)
-    if bad:
-        raise ValueError(f"holds the control character U+{ord(bad.group()):04X}; write plain text")
+    """Text fields hold text (:func:`~failtrace.store.records.text_problem`, as the CLI's --reason): a 422 here."""
+    problem = text_problem(value)
+    if problem:
+        raise ValueError(problem)
     return value
 
 
@@ -220,14 +212,14 @@ class ReviewIn(BaseModel):
     pair_run_id: Text = Field(min_length=1, max_length=_TEXT)
     item_id: Text = Field(min_length=1, max_length=_TEXT)
     decision: Literal["accept", "reject"]
-    comment: Text = Field(default="", max_length=2000)
+    comment: Text = Field(default="", max_length=TEXT_MOST)
 
 
 class OverrideIn(BaseModel):
     """A reviewer's category for a case, with the reason (stored in the ``overrides`` table)."""
 
     category: Literal[CATEGORIES]  # type: ignore[valid-type]
-    comment: Text = Field(min_length=1, max_length=2000)
+    comment: Text = Field(min_length=1, max_length=TEXT_MOST)
 
 
 READ_ONLY = "read-only explorer: start it with `failtrace serve --review` to record reviews"
@@ -307,7 +299,7 @@ class ContrastIn(BaseModel):
     """A reviewer's pick of another contrast for a case, from its stored top-k alternatives, with the reason."""
 
     contrast_id: int = Field(ge=0, le=10_000_000, strict=True)  # a JSON integer: not "504", 504.0 or true
-    comment: Text = Field(default="", max_length=2000)
+    comment: Text = Field(default="", max_length=TEXT_MOST)
 
 
 @router.post("/api/cases/{case_id}/contrast", status_code=201,

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from failtrace.cases.record import CATEGORIES, Case, MaskingSpec, MethodResult
 from failtrace.errors import FailtraceError
 from failtrace.store.natural import natural_key
-from failtrace.store.records import loads
+from failtrace.store.records import TEXT_MOST, loads, text_problem
 
 if TYPE_CHECKING:  # type only: the store's export imports this module
     from failtrace.store.store import ResultsStore
@@ -243,6 +243,10 @@ def set_override(store: ResultsStore, case_id: str, category: str, reason: str) 
         raise FailtraceError(f"unknown category {category!r}; valid: {', '.join(CATEGORIES)}")
     if not reason or not reason.strip():
         raise FailtraceError("an override needs a --reason saying why the computed category is wrong")
+    problem = text_problem(reason) or (f"is {len(reason):,} characters long; at most {TEXT_MOST:,} are kept"
+                                       if len(reason) > TEXT_MOST else None)
+    if problem:  # the explorer's form holds its comment to the same rules
+        raise FailtraceError(f"--reason {problem}")
     cid = find_case_id(store, case_id)
     pair_run_id, item_id = store.con.execute("SELECT pair_run_id, item_id FROM cases WHERE case_id = ?",
                                              [cid]).fetchone()

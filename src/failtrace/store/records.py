@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from collections.abc import Mapping, Sequence
@@ -14,6 +15,20 @@ from failtrace.errors import FailtraceError
 from failtrace.store.schema import CASE_KEYS
 
 DEFAULT_STORE = "failtrace.duckdb"
+
+TEXT_MOST = 2000  # the longest comment or override reason a person may store (the explorer's forms and the CLI)
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # control characters other than tab and line breaks
+
+
+def text_problem(value: str) -> str | None:
+    """Why ``value`` is not plain text to store, or None: a lone UTF-16 surrogate cannot be stored, and a control
+    character (NUL, escape, ...) would be stored, exported and printed to a reader's terminal, where it acts."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "holds an unpaired UTF-16 surrogate, which is not text"
+    bad = _CONTROL.search(value)
+    return f"holds the control character U+{ord(bad.group()):04X}; write plain text" if bad else None
 
 # Columns holding JSON text: parsed back into objects by the JSONL export and the readers.
 JSON_COLUMNS = {"versions", "settings", "prompt", "reference", "meta", "reasons", "details"}
