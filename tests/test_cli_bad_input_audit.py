@@ -183,7 +183,7 @@ def test_store_in_a_folder_that_takes_no_new_files(toy: dict[str, Any], capsys: 
         shutil.rmtree(folder, ignore_errors=True)
 
 
-@pytest.mark.parametrize("cmd", ["collect", "status", "analyse"])
+@pytest.mark.parametrize("cmd", ["collect", "status", "analyse", "serve"])
 def test_dangling_symlink_store_is_named(toy: dict[str, Any], tmp_path: Path, cmd: str,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     """Before: collect loaded the model, then called the store 'not a DuckDB file, or truncated or damaged'."""
@@ -193,7 +193,7 @@ def test_dangling_symlink_store_is_named(toy: dict[str, Any], tmp_path: Path, cm
     data.write_text('{"key": 1, "prompt": "Say hi", "instruction_id_list": [], "kwargs": []}\n')
     argv = {"collect": ["collect", "-b", "ifeval", "-d", str(data), "--no-progress",
                         "-m", str(toy["store"].parent / "must-not-load.gguf")],
-            "status": ["status"], "analyse": ["analyse", "--no-progress"]}[cmd]
+            "status": ["status"], "analyse": ["analyse", "--no-progress"], "serve": ["serve", "--port", "0"]}[cmd]
     line = _one_error_line(main([*argv, "-s", str(link)]), capsys)
     assert line == (f"error: --store {link} is a symbolic link to {tmp_path / 'gone' / 'runs.duckdb'}, which does "
                     f"not exist; fix the link or give the store's real path"), line
@@ -332,6 +332,16 @@ def test_serve_truncated_store_one_line_and_unchanged(toy: dict[str, Any], tmp_p
     assert "damaged or truncated" in lines[0] and "unexpected" not in lines[0]
     assert "Traceback" not in res.stdout + res.stderr
     assert sha256(store) == before
+
+
+def test_serve_names_the_store_as_typed(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """serve's errors named the store by its absolute path, every other command by the path as typed."""
+    monkeypatch.chdir(tmp_path)
+    Path("notes.duckdb").write_text("not a store")
+    line = _one_error_line(main(["serve", "--store", "notes.duckdb", "--port", "0"]), capsys)
+    assert line.startswith("error: cannot open results store notes.duckdb: it is not a DuckDB file"), line
+    assert Path("notes.duckdb").read_text() == "not a store"
 
 
 def test_serve_bad_public_host_is_one_line(toy: dict[str, Any]) -> None:

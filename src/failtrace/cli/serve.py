@@ -21,12 +21,14 @@ def serve_command(
     """Serve the explorer at http://HOST:PORT (Ctrl-C or SIGTERM stops it, exit 0). Read-only unless --review."""
     import uvicorn
 
+    from failtrace.cli.checks import check_store_path
     from failtrace.serve.app import create_app, require_store
 
     if not 0 <= port <= 65535:
         raise FailtraceError(f"--port {port} is not a TCP port (0..65535)")
     if not host or any(c in host for c in "/ \t\n"):
         raise FailtraceError(f"--host {host!r} is not an address")
+    check_store_path(store, create=False)  # a folder, a dangling link: named as every command names them
     require_store(store)  # a missing store is named before a busy port, and nothing is opened before the bind
     port = _check_bind(host, port)
     hosts = ["127.0.0.1", "localhost", "[::1]", "::1"] + ([] if host in LOOPBACK else ["*"])

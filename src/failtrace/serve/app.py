@@ -76,8 +76,10 @@ def load_static() -> dict[str, tuple[bytes, str]]:
 
 def require_store(path: Path) -> None:
     """One clear line when there is no store at ``path`` (checked before anything is opened or bound)."""
+    from failtrace.store.connection import check_not_dangling
     from failtrace.store.store import demo_store_hint
 
+    check_not_dangling(path)  # a link to nothing is named as such, as every other command names it
     if not path.exists():
         raise FailtraceError(f"no results store at {path}; give the --store that `failtrace collect` wrote"
                              f"{demo_store_hint(path)}")
@@ -90,13 +92,14 @@ class ServeState:
         from failtrace.store.cases import has_case_tables
         from failtrace.store.store import open_store
 
-        path = Path(path).absolute()  # same_file() must find the same file whatever the working folder becomes
-        require_store(path)
+        given = Path(path)  # the path as typed names the store in messages, as every other command names it
+        require_store(given)
+        path = given.absolute()  # same_file() must find the same file whatever the working folder becomes
         self.path = path
         self.review = review
         from failtrace.serve.queries import RowIndex
 
-        self.store = open_store(path, read_only=not review, create=False)
+        self.store = open_store(given, read_only=not review, create=False)
         self.file_id = file_id(path)  # a write checks that the path still names this file (see same_file)
         self.write_lock = threading.Lock()
         self.rows = RowIndex()
