@@ -337,7 +337,15 @@ def test_review_names_the_case_of_the_newest_analysis(toy: dict[str, Any], tmp_p
         assert r.status_code == 201 and r.json()["case_id"] == case.case_id
         # an override of the older analysis's case would never be shown: refused, naming the case that is shown
         r = c.post(f"/api/cases/{old_id}/override", json={"category": "NC-IA+AG", "comment": "why"})
-        assert r.status_code == 409 and f"override its case {case.case_id} instead" in r.json()["detail"]
+        assert r.status_code == 409 and f"so the override would never be seen: use its case {case.case_id} " \
+            "instead" in r.json()["detail"]
+        # so would a contrast pick (it was recorded, 201, against a case no view shows)
+        alternative = next(a["token_id"] for a in c.get(f"/api/cases/{case.case_id}").json()["alternatives"]
+                           if not (a["is_target"] or a["is_contrast"]))
+        r = c.post(f"/api/cases/{old_id}/contrast", json={"contrast_id": alternative, "comment": "better"})
+        assert r.status_code == 409 and f"so the contrast pick would never be seen: use its case {case.case_id} " \
+            "instead" in r.json()["detail"]
+        assert all(rv["case_id"] != old_id for rv in c.get("/api/reviews").json()["reviews"])
     from failtrace.cli import main
 
     before = sha256(store)

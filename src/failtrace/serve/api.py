@@ -306,12 +306,17 @@ class ContrastIn(BaseModel):
              summary="Pick another contrast from the case's stored alternatives (needs --review)")
 def pick_contrast(case_id: CASE_ID, body: ContrastIn, request: Request) -> dict[str, Any]:
     from failtrace.store.alternatives import read
+    from failtrace.store.cases import SupersededCaseError, require_current
 
     with _writing(request) as st:
         row = st.store.con.execute("SELECT pair_run_id, item_id, target_id, contrast_id FROM cases WHERE case_id = ?",
                                    [case_id]).fetchone()
         if row is None:
             raise HTTPException(404, "no such case")
+        try:
+            require_current(st.store, case_id, "contrast pick")
+        except SupersededCaseError as exc:  # a case page of an older analysis: say which case the views show
+            raise HTTPException(409, str(exc)) from None
         alts = read(st.store.con, case_id)
         if alts is None:
             raise HTTPException(409, "no alternatives stored for this case: run `failtrace analyse` on the store "

@@ -237,6 +237,22 @@ class SupersededCaseError(FailtraceError):
     """A case of an older analysis than the one every view shows (an override of it would never be seen)."""
 
 
+def require_current(store: ResultsStore, case_id: str, what: str) -> tuple[str, str]:
+    """``(pair run, item)`` of a case of the current analysis; a case of another analysis is refused: status, the
+    report and the explorer show only the current one, so a person's ``what`` (an override, a contrast pick) on it
+    would never be seen."""
+    pair_run_id, item_id = store.con.execute("SELECT pair_run_id, item_id FROM cases WHERE case_id = ?",
+                                             [case_id]).fetchone()
+    newest = newest_case_id(store, pair_run_id, item_id)
+    if newest != case_id:
+        instead = (f"use its case {newest} instead" if newest else
+                   f"that analysis has no case for item {item_id!r}")
+        raise SupersededCaseError(f"case {case_id} is not from the current analysis of pair run {pair_run_id}; "
+                                  f"status, the report and the explorer show only the current one, so the {what} "
+                                  f"would never be seen: {instead}")
+    return pair_run_id, item_id
+
+
 def set_override(store: ResultsStore, case_id: str, category: str, reason: str) -> dict[str, Any]:
     """Record a person's category for a case (kept with the computed one; the newest override wins)."""
     if category not in CATEGORIES:
@@ -248,15 +264,7 @@ def set_override(store: ResultsStore, case_id: str, category: str, reason: str) 
     if problem:  # the explorer's form holds its comment to the same rules
         raise FailtraceError(f"--reason {problem}")
     cid = find_case_id(store, case_id)
-    pair_run_id, item_id = store.con.execute("SELECT pair_run_id, item_id FROM cases WHERE case_id = ?",
-                                             [cid]).fetchone()
-    newest = newest_case_id(store, pair_run_id, item_id)
-    if newest != cid:  # status, the report and the explorer show the newest analysis only: this would never show
-        instead = (f"override its case {newest} instead" if newest else
-                   f"that analysis has no case for item {item_id!r}")
-        raise SupersededCaseError(f"case {cid} is not from the current analysis of pair run {pair_run_id}; status, "
-                                  f"the report and the explorer show only the current one, so the override would "
-                                  f"never be seen: {instead}")
+    require_current(store, cid, "override")
     row = {"category": category, "reason": reason.strip(), "created_at": _now()}
     with store._transaction():
         store.con.execute("INSERT INTO overrides VALUES (?, ?, ?, ?)", [cid, category, row["reason"],
