@@ -21,11 +21,11 @@ def _one_thread():
 
 
 @pytest.mark.parametrize("extra,msg", [
-    (["--node-threshold", "1.5"], "node threshold must be in [0, 1]"),
-    (["--node-threshold", "-0.1"], "node threshold must be in [0, 1]"),
-    (["--prune", "cumulative:0"], "cumulative mass p must be in (0, 1]"),
-    (["--prune", "cumulative:1.2"], "cumulative mass p must be in (0, 1]"),
-    (["--prune", "global:-3"], "global edge threshold tau must be"),
+    (["--node-threshold", "1.5"], "--node-threshold must be in [0, 1]"),
+    (["--node-threshold", "-0.1"], "--node-threshold must be in [0, 1]"),
+    (["--prune", "cumulative:0"], "--prune 'cumulative:0': the cumulative mass P must be in (0, 1]"),
+    (["--prune", "cumulative:1.2"], "the cumulative mass P must be in (0, 1], got 1.2"),
+    (["--prune", "global:-3"], "--prune 'global:-3': the global edge threshold TAU must be"),
     (["--prune", "sometimes"], "use cumulative:P (0 < P <= 1) or global:TAU (TAU >= 0)"),
     (["--prune", "median:0.5"], "unknown mode 'median'"),
     (["--edges", "magic"], "--edges 'magic' is not an edge algorithm; valid: auto, naive, packed, closed-form"),

@@ -141,7 +141,7 @@ def test_reprune_needs_no_recomputation(tmp_path):
 
 @pytest.mark.parametrize("bad", [-0.01, 1.5, float("nan"), float("inf")])
 def test_bad_node_threshold(bad):
-    with pytest.raises(FailtraceError, match=r"node threshold must be in \[0, 1\]"):
+    with pytest.raises(FailtraceError, match=r"--node-threshold must be in \[0, 1\]"):
         check_node_threshold(bad)
     with pytest.raises(FailtraceError):
         _graph().prune(bad)

@@ -62,16 +62,17 @@ class PruneSpec:
                 raise FailtraceError(f"--prune {spec!r}: {value!r} is not a number; {forms}") from None
             out = cls(mode, num)
         if out.mode == "cumulative" and not (0.0 < out.value <= 1.0 and math.isfinite(out.value)):
-            raise FailtraceError(f"cumulative mass p must be in (0, 1], got {out.value:g}")
+            raise FailtraceError(f"--prune {spec!r}: the cumulative mass P must be in (0, 1], got {out.value:g}")
         if out.mode == "global" and not (out.value >= 0.0 and math.isfinite(out.value)):
-            raise FailtraceError(f"global edge threshold tau must be a finite number >= 0, got {out.value:g}")
+            raise FailtraceError(f"--prune {spec!r}: the global edge threshold TAU must be a finite number >= 0, "
+                                 f"got {out.value:g}")
         return out
 
 
 def check_node_threshold(value: float) -> float:
     """A node threshold must lie in [0, 1] (it compares normalised |R|)."""
     if not (isinstance(value, (int, float)) and math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise FailtraceError(f"node threshold must be in [0, 1] (normalised |R|), got {value!r}")
+        raise FailtraceError(f"--node-threshold must be in [0, 1] (it compares normalised |R|), got {value!r}")
     return float(value)
 
 
