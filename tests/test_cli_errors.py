@@ -654,6 +654,24 @@ def test_a_running_explorer_is_named_as_the_holder(work: Path, tmp_path: Path,
         server.wait(timeout=60)
 
 
+def test_status_beside_a_reviewing_explorer_says_who_holds_the_store(work: Path, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """`serve --review` writes the store, so status reads a snapshot; its title said "a run is writing it"."""
+    store = tmp_path / "reviewed.duckdb"
+    store.write_bytes((work / "store.duckdb").read_bytes())
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    server = subprocess.Popen([sys.executable, "-m", "failtrace", "serve", "--review", "--store", str(store),
+                               "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        assert server.stdout is not None and "failtrace explorer on http://" in server.stdout.readline()
+        assert main(["status", "--store", str(store)]) == 0
+        said = " ".join(capsys.readouterr().out.split())
+        assert f"(snapshot: the explorer in review mode, process {server.pid}, holds it)" in said, said
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
 def test_every_model_option_says_the_same() -> None:
     """--model takes the same kinds of names in every command, so every command's help says it in the same words
     (collect said "Hub id, ..., or the bundled default", demo "Model (default: the bundled SmolLM2)")."""

@@ -35,15 +35,14 @@ def status_command(
         rows = st.status_rows()
         cases = case_summaries(st)
         compared = comparison_counts(st)
-        snapshot = st.is_snapshot
+        snapshot = _snapshot_note(st.snapshot_holder) if st.is_snapshot else ""
     con = _console()
     if not rows:
         con.print(f"{store}: no collection runs yet")
         return
     runs = list({r.run_id: r for r in rows}.values())  # a collection run with two pair runs has two status rows
     number = {r.run_id: n for n, r in enumerate(runs, 1)}
-    con.print(_runs_table(runs, f"failtrace status: {store}" + (" (snapshot: a run is writing it)" if snapshot
-                                                                  else "")))
+    con.print(_runs_table(runs, f"failtrace status: {store}{snapshot}"))
     for n, r in enumerate(runs, 1):  # the ids --run and --pair-run take (a unique prefix is enough)
         con.print(f"collection run #{n}: {r.run_id}  {r.collection_settings}".rstrip(), highlight=False)
     paired = [r for r in rows if r.pair_run_id is not None]
@@ -71,6 +70,16 @@ def status_command(
         con.print(f"compared: {count_of(compared['cases'], 'case')} on {' and '.join(parts)} (by content "
                   f"fingerprint{own}); failtrace show --case ID lists a case's, the report and failtrace serve "
                   "(#/across) draw them", highlight=False)
+
+
+def _snapshot_note(holder: tuple[str, str] | None) -> str:
+    """Why status read a copy: who holds the store (the explorer in review mode, or a running command)."""
+    if holder is None:
+        return " (snapshot: another process is writing it)"
+    pid, what = holder
+    if what == "failtrace serve":
+        return f" (snapshot: the explorer in review mode, process {pid}, holds it)"
+    return f" (snapshot: {what}, process {pid}, is writing it)"
 
 
 def _pair_label(n: int, row: Any, paired: list[Any]) -> str:

@@ -65,24 +65,31 @@ def refuse_over_stores(paths: Iterable[Path], what: str) -> None:
                                  f"never writes over a store: move it or choose another --out")
 
 
+def lock_holder(exc: BaseException) -> tuple[str, str] | None:
+    """``(pid, what)`` of the process whose lock DuckDB's conflict ``exc`` names (``what``: ``failtrace <command>``
+    when it runs the failtrace CLI, else the program's name), or None when DuckDB names none."""
+    holder = re.search(r"held in (.+?) \(PID (\d+)\)", str(exc))
+    if holder is None:
+        return None
+    pid = holder.group(2)
+    return pid, failtrace_command(pid) or Path(holder.group(1)).name
+
+
 def in_use_error(path: Path, exc: BaseException) -> FailtraceError:
     """DuckDB's lock conflict in one sentence: who holds the store (its PID, when DuckDB says), without DuckDB's
     trailing documentation link (which the one-line error cut in the middle)."""
-    text = str(exc)
-    holder = re.search(r"held in (.+?) \(PID (\d+)\)", text)
+    holder = lock_holder(exc)
     if holder is None:  # not a conflicting process (e.g. a file system without locks): keep DuckDB's words
         said = re.sub(r"\s*See also https?://\S+", "", _first_line(exc)).strip()
         return FailtraceError(f"results store {path} could not be locked ({said}); if another process uses it, wait "
                               f"for it to finish, or use another --store")
-    pid = holder.group(2)
-    command = failtrace_command(pid)
+    pid, command = holder
     if command == "failtrace serve":
         return FailtraceError(f"results store {path} is held by the explorer (`failtrace serve`, process {pid}), "
                               f"which keeps it open while it runs, and DuckDB allows no writer beside a reader in "
                               f"another process; stop the explorer, or serve a copy of the store")
-    return FailtraceError(f"results store {path} is in use by process {pid} "
-                          f"({command or Path(holder.group(1)).name}) (DuckDB allows one writer at a time, and no "
-                          f"reader beside it); wait for it to finish or use another --store")
+    return FailtraceError(f"results store {path} is in use by process {pid} ({command}) (DuckDB allows one writer "
+                          f"at a time, and no reader beside it); wait for it to finish or use another --store")
 
 
 def failtrace_command(pid: str | int) -> str | None:

@@ -66,6 +66,7 @@ class ResultsStore(RunsTable, PairsTable):
         self.read_only = read_only
         self.con: Any = None
         self._snapshot_dir: Path | None = None
+        self.snapshot_holder: tuple[str, str] | None = None  # (pid, what) of the writer a snapshot was taken beside
         self._lock: CopyLock | None = None
         existed = self._check_path(create)
         try:
@@ -137,6 +138,7 @@ class ResultsStore(RunsTable, PairsTable):
         except duckdb.Error as exc:
             if not is_lock_error(exc):
                 raise
+            self.snapshot_holder = connection.lock_holder(exc)
             self._snapshot_dir = Path(tempfile.mkdtemp(prefix="failtrace-store-"))
             return connection.snapshot(self.path, self._snapshot_dir)
         guarded = GuardedConnection(con, self.path, None)
