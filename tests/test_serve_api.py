@@ -153,6 +153,11 @@ def test_graph_edges_and_mass_shares(client: TestClient, toy: dict[str, Any]) ->
 def test_unknown_ids_404_malformed_422(client: TestClient, toy: dict[str, Any]) -> None:
     assert client.get("/api/cases/" + "0" * 24).status_code == 404
     assert client.get("/api/cases/" + "0" * 24 + "/graph").status_code == 404
+    whole = toy["cases"][0].case_id
+    for path in (f"/api/cases/{whole[:8]}", f"/api/cases/{whole[:8]}/graph"):  # the CLI takes prefixes, the API not
+        r = client.get(path)
+        assert r.status_code == 404 and f"the API takes whole case ids; did you mean {whole}?" in r.json()["detail"]
+    assert client.get("/api/cases/" + "0" * 24).json()["detail"] == "no such case"  # no case starts so: no hint
     for bad in ("bad!id", "x" * 65, "a%20b", "%00"):
         assert client.get(f"/api/cases/{bad}").status_code == 422, bad
     for params in ({"limit": 0}, {"limit": 501}, {"limit": "abc"}, {"offset": -1}, {"sort": "1;drop table cases"},

@@ -149,20 +149,34 @@ def cases_table(
     return casedata.finite(table(cur, tq))
 
 
+def _no_case(cur: Any, case_id: str, has_cases: bool, said: str = "no such case") -> HTTPException:
+    """A 404 that names the case a short id stands for: the API takes whole ids, the command line prefixes."""
+    ids = [r[0] for r in cur.execute("SELECT case_id FROM cases WHERE starts_with(case_id, ?) ORDER BY case_id "
+                                     "LIMIT 2", [case_id.lower()]).fetchall()] if has_cases else []
+    if ids == [case_id]:  # the case is there (without what was asked for)
+        pass
+    elif len(ids) == 1:
+        said += f" {case_id!r}: the API takes whole case ids; did you mean {ids[0]}?"
+    elif ids:
+        said += f" {case_id!r}: the API takes whole case ids, and several start so ({ids[0]}, ...)"
+    return HTTPException(404, said)
+
+
 @router.get("/api/cases/{case_id}", summary="One case: tokens, relevance per method, flip curves, labels")
 def case(case_id: CASE_ID, request: Request, cur: Cursor) -> dict[str, Any]:
     st = _state(request)
     found = casedata.case_detail(cur, case_id, st.has_reviews) if st.has_cases else None
     if found is None:
-        raise HTTPException(404, "no such case")
+        raise _no_case(cur, case_id, st.has_cases)
     return found
 
 
 @router.get("/api/cases/{case_id}/graph", summary="A case's stored pruned attribution graph")
 def case_graph(case_id: CASE_ID, request: Request, cur: Cursor) -> dict[str, Any]:
-    found = casedata.graph_detail(cur, case_id) if _state(request).has_cases else None
+    has_cases = _state(request).has_cases
+    found = casedata.graph_detail(cur, case_id) if has_cases else None
     if found is None:
-        raise HTTPException(404, "no such case, or no graph stored for it")
+        raise _no_case(cur, case_id, has_cases, "no such case, or no graph stored for it")
     return found
 
 
