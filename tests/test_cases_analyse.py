@@ -372,5 +372,13 @@ def test_export_says_which_files_it_replaced_and_removed(toy: dict[str, Any], tm
     assert (out / "mine.txt").read_text() == "keep me" and not (out / "comparisons.jsonl").exists()
     assert (out / "cases.jsonl").read_text() != "my own notes\n"
     assert main(["export", "--store", str(toy["store"]), "--format", "jsonl", "--out", str(tmp_path / "new")]) == 0
-    said = capsys.readouterr().out
-    assert "replaced" not in said and "removed" not in said
+    said, err = capsys.readouterr()
+    assert "replaced" not in said and "removed" not in said and "also holds" not in err
+    # the other format's files are kept (the same store in both formats is a fair folder) and named
+    (out / "reviews.parquet").write_text("another store's")
+    assert main(["export", "--store", str(toy["store"]), "--format", "parquet", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    jsonl = sorted(f.name for f in out.glob("*.jsonl"))
+    assert len(jsonl) > 4 and f"note: {out} also holds {len(jsonl)} jsonl files of an earlier export " \
+        f"({', '.join(jsonl[:4])} and {len(jsonl) - 4} more), left as they were" in err, err
+    assert (out / "mine.txt").read_text() == "keep me" and not (out / "reviews.parquet").exists()
