@@ -79,6 +79,13 @@ def test_summary_table_nav_and_figures_visible(page_and_cases):
     page, *_ = page_and_cases
     assert page.locator("#table1").is_visible()
     assert page.locator("#table1 tbody tr").count() == 3
+    # Table 1 fits the page, and a model name is one line (it broke at its hyphens into three)
+    fits = page.evaluate("() => { const t = document.querySelector('#table1'); "
+                         "return t.scrollWidth <= t.parentElement.clientWidth; }")
+    lines = page.evaluate("() => [...document.querySelectorAll('#table1 td.nw')].map(td => { "
+                          "const r = document.createRange(); r.selectNodeContents(td); "
+                          "return new Set([...r.getClientRects()].map(b => Math.round(b.top))).size; })")
+    assert fits and lines and set(lines) == {1}, (fits, lines)
     assert page.locator("nav.bar").is_visible()
     page.locator("#cases").scroll_into_view_if_needed()
     box = page.locator("nav.bar").bounding_box()

@@ -20,10 +20,10 @@ from failtrace.report.tables import NON_CLEAN
 from failtrace.store.schema import NOT_SEARCHED, PAIR_STATUS_TEXT
 from failtrace.views.common import count_of, k_star_label
 
-Col = tuple[str, str, str]  # (key, header, kind: text | int | float | pct | code)
+Col = tuple[str, str, str]  # (key, header, kind: text | name (one line) | int | float | pct | code)
 
 TABLE1_COLS: list[Col] = [
-    ("benchmark", "benchmark", "text"), ("model", "model", "text"), ("run", "pair run", "code"),
+    ("benchmark", "benchmark", "text"), ("model", "model", "name"), ("run", "pair run", "code"),
     ("collection_settings", "collection", "text"), ("pair_settings", "pair settings", "text"),
     ("items", "items", "int"),
     ("failures", "failures", "int"), ("clean_pairs", "clean pairs", "int"), ("clean_rate", "clean rate", "pct"),
@@ -46,13 +46,20 @@ def asset(name: str) -> str:
     return resources.files("failtrace.report").joinpath("assets", name).read_text(encoding="utf-8")
 
 
+def _numeric(kind: str) -> bool:
+    """A right-aligned column (its header too)."""
+    return kind in ("int", "pct") or kind.startswith("float")
+
+
 def _cell(v: Any, kind: str) -> str:
     if v is None or v == "":
-        return '<td class="n dim">—</td>' if kind != "text" else '<td class="dim">—</td>'
+        return '<td class="n dim">—</td>' if _numeric(kind) else '<td class="dim">—</td>'
     if kind == "int":
         return f'<td class="n">{int(v):,}</td>'
     if kind == "pct":
         return f'<td class="n">{100 * float(v):.1f}%</td>'
+    if kind == "name":  # a model name breaks at its hyphens into three lines otherwise
+        return f'<td class="nw">{esc(v)}</td>'
     if kind == "code":
         return f'<td><code title="{esc(v)}">{esc(str(v)[:10])}</code></td>'
     if kind.startswith("float"):
@@ -62,7 +69,7 @@ def _cell(v: Any, kind: str) -> str:
 
 def html_table(rows: Sequence[Mapping[str, Any]], cols: Sequence[Col], cls: str = "t", tid: str = "") -> str:
     """A table with numbers right-aligned in tabular figures; None shows as a dash."""
-    head = "".join(f'<th class="{"n" if k != "text" else ""}">{esc(h)}</th>' for _key, h, k in cols)
+    head = "".join(f'<th class="{"n" if _numeric(k) else ""}">{esc(h)}</th>' for _key, h, k in cols)
     body = "".join("<tr>" + "".join(_cell(r.get(key), kind) for key, _h, kind in cols) + "</tr>" for r in rows)
     idattr = f' id="{tid}"' if tid else ""
     return f'<div class="scroll"><table class="{cls}"{idattr}><thead><tr>{head}</tr></thead><tbody>{body}</tbody>' \
