@@ -136,6 +136,30 @@ def test_every_series_starts_at_the_shared_step0() -> None:
     assert len([p for p in lines if p["series"] == "ckpts/dpo" and p["step"] == 0]) == 12  # not doubled
 
 
+def test_a_series_is_a_finetune_run_not_a_path() -> None:
+    """Two runs saved into one --out were pooled into one series (4 held-out cases at a step of a run with 2); one run
+    compared under two spellings of its folder was split into two. A series is the recorded run; its name is the
+    folder, with the run's id when two runs share it."""
+    def ck(case: int, model: str, step: int, run: str | None, dl: float) -> dict[str, Any]:
+        return {**_row(case, model, step=step, split="held-out", dl=dl), "model_fingerprint": f"{run}@{step}",
+                "training_run": run}
+
+    sft = [ck(c, f"ck/s/step-{st}", st, "a" * 16, 1.0 + c + st) for c in (0, 1) for st in (0, 1, 2)]
+    dpo = [ck(c, "ck/s/step-1", 1, "b" * 16, -1.0 - c) for c in (0, 1)]  # a second run into ck/s (its step-0: sft's)
+    moved = [ck(c, "/abs/ck/p/step-0", 0, "c" * 16, 0.5) for c in (2, 3)] + [  # other cases: one base per case
+        ck(c, "ck/p/step-1", 1, "c" * 16, 0.25) for c in (2, 3)] + [ck(2, "ck/p/step-2", 2, "c" * 16, 0.1)]
+    old = [ck(c, "ck/s/step-3", 3, None, 9.0) for c in (0, 1)]  # stored before runs were recorded
+    summary = {(r["series"], r["step"]): r for r in D.checkpoint_summary([*sft, *dpo, *moved, *old])}
+    a, b = "ck/s (run aaaaaaaa)", "ck/s (run bbbbbbbb)"
+    assert {s for s, _ in summary} == {a, b, "ck/p", "ck/s (run not recorded)"}
+    assert summary[(a, 1)]["cases"] == 2 and summary[(a, 1)]["median_delta_logit"] == 2.5  # 2 + 3, sft's alone
+    assert summary[(b, 1)]["cases"] == 2 and summary[(b, 1)]["corrected"] == 2
+    assert summary[(b, 0)]["median_delta_logit"] == summary[(a, 0)]["median_delta_logit"] == 1.5  # the shared base
+    assert (b, 2) not in summary and summary[(a, 2)]["cases"] == 2
+    assert [summary[("ck/p", st)]["cases"] for st in (0, 1, 2)] == [2, 2, 1]  # one run, two paths: one series
+    assert D.series_names(sft) == {"a" * 16: "ck/s"}  # alone in its folder: the folder's name
+
+
 def _csv(path: Path) -> list[dict[str, str]]:
     with path.open(encoding="utf-8") as fh:
         return list(csv.DictReader(fh))

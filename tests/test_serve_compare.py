@@ -204,7 +204,8 @@ def as_first_table(store: Path) -> int:
     with open_store(store) as st:
         cols = [r[0] for r in st.con.execute(
             "SELECT column_name FROM information_schema.columns WHERE table_name = 'comparisons' "
-            "AND column_name NOT IN ('tokens', 'special_mask', 'checkpoint') ORDER BY ordinal_position").fetchall()]
+            "AND column_name NOT IN ('tokens', 'special_mask', 'checkpoint', 'training_run') "
+            "ORDER BY ordinal_position").fetchall()]
         st.con.execute(f"CREATE TABLE first_rows AS SELECT {', '.join(cols)} FROM comparisons")
         st.con.execute("DROP TABLE comparisons")
         st.con.execute(_FIRST_DDL)

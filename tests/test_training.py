@@ -269,6 +269,13 @@ def test_compare_checkpoints_rows_step_split_and_plain_delta(run: dict[str, Any]
                 assert abs(r["delta_logit"] - cases[r["case_id"]].delta_logit) < 1e-4
             assert abs(sum(r["segment_relevance"].values()) - sum(r["input_relevance"])) < 1e-9
     assert len(set(summary.fingerprints.values())) == len(folders)
+    # every step's rows name the one run (the report draws it as one series); another run's steps name another
+    from failtrace.training.checkpoints import training_run_id
+
+    assert {r["training_run"] for r in rows} == {training_run_id(read_metadata(f)) for f in folders}
+    assert len({r["training_run"] for r in rows}) == 1
+    other = read_metadata(run["results"]["sft"].checkpoints[-1])
+    assert training_run_id(other) != rows[0]["training_run"]
 
 
 def test_a_folder_overwritten_in_place_is_a_new_model(run: dict[str, Any], tmp_path: Path) -> None:

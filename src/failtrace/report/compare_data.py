@@ -10,8 +10,11 @@ Definitions (docs/REPORT.md, "Across models / checkpoints"):
 * **Segment share** of one row: s_g = R_g / Σ_h |R_h|, the signed share of the absolute segment relevance held by
   segment g (R_g = summed AttnLRP input relevance of the segment). It is scale free, so models whose relevance
   magnitudes differ (another size, another tokenizer) can be averaged and compared; Σ_g |s_g| = 1.
-* **Series** of a checkpoint: its folder with a trailing ``step-N`` / ``checkpoint-N`` component removed
-  (``ckpts/dpo/step-50`` → ``ckpts/dpo``), so two post-training runs saved side by side are drawn apart.
+* **Series** of a checkpoint: the finetune run it belongs to (the row's ``training_run``,
+  :func:`failtrace.training.checkpoints.training_run_id`), named by its folder with a trailing ``step-N`` /
+  ``checkpoint-N`` component removed (``ckpts/dpo/step-50`` → ``ckpts/dpo``); two runs saved into one folder are
+  two series (the name then ends in ``(run <id>)``), one run compared under two paths is one. Rows stored before
+  the run was recorded are grouped by their folder alone.
 * **Split**: ``trained`` / ``held-out`` as stored (``all`` when a checkpoint row has none).
 """
 
@@ -42,6 +45,32 @@ def series_of(model: str) -> str:
     if m and m.group(1) and _STEP_DIR.match(m.group(2)):
         return m.group(1)
     return str(model)
+
+
+def series_key(row: Row) -> str:
+    """What tells one finetune run's checkpoint rows from another's: the recorded run, else the folder."""
+    return str(row.get("training_run") or "folder:" + series_of(row["model"]))
+
+
+def series_names(rows: Sequence[Row]) -> dict[str, str]:
+    """Series key -> its name: the folder of the run's rows (the most used path, then the shortest), with the run's
+    id added when two runs (or a run and older, unrecorded rows) share that folder."""
+    paths: dict[str, dict[str, int]] = {}
+    for r in rows:
+        if is_checkpoint(r):
+            folder = series_of(r["model"])
+            seen = paths.setdefault(series_key(r), {})
+            seen[folder] = seen.get(folder, 0) + 1
+    names = {k: min(seen, key=lambda f: (-seen[f], len(f), f)) for k, seen in paths.items()}
+    shared = {n for n in names.values() if list(names.values()).count(n) > 1}
+    return {k: f"{n} (run {k[:8]})" if n in shared and not k.startswith("folder:") else
+            f"{n} (run not recorded)" if n in shared else n for k, n in names.items()}
+
+
+def with_series(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    """The rows, each checkpoint row with its series' name as ``series``."""
+    names = series_names(rows)
+    return [{**r, "series": names[series_key(r)]} if is_checkpoint(r) else dict(r) for r in rows]
 
 
 def split_of(row: Row) -> str:
@@ -115,18 +144,19 @@ def shared_step0(rows: Sequence[Row]) -> list[Row]:
     """Checkpoint rows with step 0 given to every series that lacks it.
 
     Every ``finetune`` run's ``step-0`` is the untrained base model, so ``compare --checkpoints`` stores its rows
-    once (rows are keyed by content fingerprint) under the first folder that had it. A series (one run's folder)
-    with rows for a case but no step-0 row for it borrows the stored step-0 row of that case, renamed to the series
-    and with the series' own split for the case, so each run's line starts at the base model.
+    once (rows are keyed by content fingerprint) under the first run that had it. A series (one finetune run) with
+    rows for a case but no step-0 row for it borrows the stored step-0 row of that case, given the series' name and
+    its own split for the case, so each run's line starts at the base model. Every row gets its ``series``.
     """
+    rows = with_series(rows)
     ckpt = [r for r in rows if is_checkpoint(r)]
     base = {r["case_id"]: r for r in ckpt if int(r["step"]) == 0}
-    have = {(series_of(r["model"]), r["case_id"]) for r in ckpt if int(r["step"]) == 0}
-    split = {(series_of(r["model"]), r["case_id"]): r.get("split") for r in ckpt}
+    have = {(r["series"], r["case_id"]) for r in ckpt if int(r["step"]) == 0}
+    split = {(r["series"], r["case_id"]): r.get("split") for r in ckpt}
     extra = []
     for (series, cid), sp in sorted(split.items()):
         if (series, cid) not in have and cid in base:
-            extra.append({**base[cid], "model": f"{series}/step-0", "split": sp})
+            extra.append({**base[cid], "series": series, "split": sp})
     return [*rows, *extra]
 
 
@@ -136,7 +166,7 @@ def checkpoint_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
     for r in shared_step0(rows):
         if is_checkpoint(r) and usable(r):
             out.append({"case_id": r["case_id"], "item_id": r["item_id"], "benchmark": r["benchmark"],
-                        "series": series_of(r["model"]), "model": r["model"], "step": int(r["step"]),
+                        "series": r["series"], "model": r["model"], "step": int(r["step"]),
                         "split": split_of(r), "delta_logit": float(r["delta_logit"]),
                         "corrected": float(r["delta_logit"]) < 0})
     return sorted(out, key=lambda p: (p["series"], p["split"], p["case_id"], p["step"]))
@@ -157,7 +187,7 @@ def checkpoint_segment_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
     groups: dict[tuple[str, str, int], list[Row]] = {}
     for r in shared_step0(rows):
         if is_checkpoint(r) and usable(r):
-            groups.setdefault((series_of(r["model"]), split_of(r), int(r["step"])), []).append(r)
+            groups.setdefault((r["series"], split_of(r), int(r["step"])), []).append(r)
     out = []
     for (s, sp, st), mine in sorted(groups.items()):
         for seg, (mean, n) in _mean_shares(mine).items():

@@ -30,8 +30,21 @@ def _rows(cur: Any, sql: str, params: list[Any]) -> list[dict[str, Any]]:
 def _order(r: dict[str, Any]) -> tuple[Any, ...]:
     """The case's model first, then other models by name, then checkpoints by series and step."""
     ckpt = r["step"] is not None
-    return (not r["reference"], ckpt, D.series_of(r["model"]) if ckpt else r["model"], r["step"] or 0,
-            str(r["split"] or ""))
+    return (not r["reference"], ckpt, r["series"] if ckpt else r["model"], r["step"] or 0, str(r["split"] or ""))
+
+
+def _light(cur: Any) -> str:
+    """The columns the figures read (``training_run`` only where the store has it: it was added in Dec 2026)."""
+    cols = {r[0] for r in cur.execute("SELECT column_name FROM information_schema.columns "
+                                      "WHERE table_name = 'comparisons'").fetchall()}
+    return _LIGHT + (", training_run" if "training_run" in cols else "")
+
+
+def _series_names(cur: Any) -> dict[str, str]:
+    """Series key -> name over the whole table, so a case's page names a run as the figures do."""
+    return D.series_names(_rows(cur, f"SELECT DISTINCT model, step, "
+                                     f"{'training_run' if 'training_run' in _light(cur) else 'NULL AS training_run'} "
+                                     "FROM comparisons WHERE step IS NOT NULL", []))
 
 
 def _aligned(case_tokens: list[str], row: dict[str, Any], same: bool) -> dict[str, Any] | None:
@@ -60,6 +73,9 @@ def case_compare(cur: Any, case_id: str) -> dict[str, Any] | None:
         return None
     tokens = loads(case[0]["tokens"], "cases.tokens")
     ids = list(case[0]["token_ids"])
+    names = _series_names(cur)
+    for r in rows:
+        r["series"] = names[D.series_key(r)] if r["step"] is not None else None
     out = []
     for r in sorted(rows, key=_order):
         r["tokens"] = loads(r["tokens"], "comparisons.tokens") if r.get("tokens") else None
@@ -68,7 +84,7 @@ def case_compare(cur: Any, case_id: str) -> dict[str, Any] | None:
         entry = {k: r[k] for k in ("model", "model_fingerprint", "reference", "mapped", "delta_logit", "flip_k",
                                    "step", "split", "target_id", "contrast_id", "prompt_length", "position")}
         entry |= {"corrected": None if r["delta_logit"] is None else r["delta_logit"] < 0,
-                  "series": D.series_of(r["model"]) if r["step"] is not None else None,
+                  "series": r["series"], "training_run": r.get("training_run"),
                   "notes": loads(r["notes"] or "[]", "comparisons.notes"), "n_tokens": len(r["token_ids"] or []),
                   "segment_relevance": r["segment_relevance"],
                   "segment_share": D.segment_share(r["segment_relevance"]),
@@ -81,8 +97,8 @@ def case_compare(cur: Any, case_id: str) -> dict[str, Any] | None:
 
 def figures(cur: Any) -> dict[str, Any]:
     """Fig. 4–7 data over the whole comparisons table (only the light columns are read)."""
-    rows = _rows(cur, f"SELECT {_LIGHT} FROM comparisons ORDER BY benchmark, item_id, case_id, reference DESC, "
-                      "model", [])
+    rows = _rows(cur, f"SELECT {_light(cur)} FROM comparisons ORDER BY benchmark, item_id, case_id, "
+                      "reference DESC, model", [])
     for r in rows:
         r["segment_relevance"] = loads(r["segment_relevance"] or "{}", "comparisons.segment_relevance")
     data = D.figure_data(rows)

@@ -50,7 +50,8 @@ DDL = """CREATE TABLE IF NOT EXISTS comparisons (
     seconds DOUBLE,
     created_at TIMESTAMP,
     tokens VARCHAR,
-    special_mask BOOLEAN[]
+    special_mask BOOLEAN[],
+    training_run VARCHAR
 )"""
 # The key: one row per case, model fingerprint and kind (a checkpoint row has a step). An index on an expression, not
 # a stored kind column: a failtrace from before the kind writes its columns only, and still can.
@@ -59,12 +60,15 @@ KEY = ("CREATE UNIQUE INDEX IF NOT EXISTS comparisons_key "
 # Columns added after the table's first release: a store written by an older failtrace gets them on its next write
 # (rows written before read NULL: the explorer then shows that model's numbers without its heatmap).
 ADDED = ("ALTER TABLE comparisons ADD COLUMN IF NOT EXISTS tokens VARCHAR",
-         "ALTER TABLE comparisons ADD COLUMN IF NOT EXISTS special_mask BOOLEAN[]")
+         "ALTER TABLE comparisons ADD COLUMN IF NOT EXISTS special_mask BOOLEAN[]",
+         # the finetune run a checkpoint row's folder held (training.checkpoints.training_run_id): two runs saved into
+         # one --out, or one run typed by two paths, are told apart by it, not by the folder's path
+         "ALTER TABLE comparisons ADD COLUMN IF NOT EXISTS training_run VARCHAR")
 
 COLUMNS = ("case_id", "model_fingerprint", "model", "item_id", "benchmark", "reference", "mapped", "token_ids",
            "prompt_length", "position", "target_text", "contrast_text", "target_id", "contrast_id", "delta_logit",
            "input_relevance", "segment_relevance", "flip_curve", "flip_k", "step", "split", "notes", "seconds",
-           "tokens", "special_mask")
+           "tokens", "special_mask", "training_run")
 
 
 def _present(store: ResultsStore) -> bool:

@@ -102,6 +102,20 @@ def vocab_digest(tokenizer: Any) -> str:
     return hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()
 
 
+RUN_KEYS = ("method", "settings", "base_model_fingerprint", "base_vocab_digest", "trained_case_ids",
+            "held_out_case_ids")  # what makes two checkpoints steps of one finetune run
+
+
+def training_run_id(meta: dict[str, Any]) -> str:
+    """The finetune run a checkpoint belongs to (16 hex characters): a hash of its method, settings, base model and
+    case split, the same for every step of a run wherever its folder lies, different for another run's steps
+    written into the same folder."""
+    import hashlib
+
+    ident = {k: meta.get(k) for k in RUN_KEYS}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def read_metadata(folder: str | Path) -> dict[str, Any]:
     """The metadata of a checkpoint folder; FailtraceError naming the folder when it is not a failtrace checkpoint."""
     folder = Path(folder)

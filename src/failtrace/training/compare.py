@@ -71,13 +71,13 @@ def score_on_case_tokens(lm: Any, case: Case, item: Any, name: str, fingerprint:
 def checkpoint_row(lm: Any, case: Case, item: Any, name: str, fingerprint: str,
                    meta: dict[str, Any]) -> dict[str, Any]:
     """One row on the case tokens, with the checkpoint's ``step`` and the case's ``split`` in its run."""
-    from failtrace.training.checkpoints import split_of
+    from failtrace.training.checkpoints import split_of, training_run_id
 
     row = score_on_case_tokens(lm, case, item, name, fingerprint)
     split = split_of(meta, case.case_id)
     if split is None:
         row["notes"] = [*row["notes"], "case not in this run's trained or held-out set"]
-    return row | {"step": int(meta["step"]), "split": split}
+    return row | {"step": int(meta["step"]), "split": split, "training_run": training_run_id(meta)}
 
 
 def _vocab_of(folder: str) -> str:

@@ -198,7 +198,8 @@ def finetune(store: ResultsStore, lm: Any, out: str | Path, settings: FinetuneSe
     from failtrace.failures.generation import eos_token_ids
     from failtrace.models.fingerprint import model_fingerprint
     from failtrace.models.loading import _quiet_transformers
-    from failtrace.training.checkpoints import make_save_callback, numbered, save_checkpoint, step_folder, vocab_digest
+    from failtrace.training.checkpoints import (RUN_KEYS, make_save_callback, numbered, save_checkpoint, step_folder,
+                                               vocab_digest)
     from failtrace.training.resume import RESUME_DIR, check_resume_dir, finish_resume, resume_point, start_resume
 
     settings.check()
@@ -217,8 +218,7 @@ def finetune(store: ResultsStore, lm: Any, out: str | Path, settings: FinetuneSe
             "held_out_item_ids": [by_id[c].item_id for c in held], "versions": _versions(),
             "example_notes": {e.case_id: e.notes for e in examples if e.notes}}
     out = Path(out)
-    identity = {k: meta[k] for k in ("method", "settings", "base_model_fingerprint", "base_vocab_digest",
-                                     "trained_case_ids", "held_out_case_ids", "versions")}
+    identity = {k: meta[k] for k in (*RUN_KEYS, "versions")}  # a resume continues only this run, on these versions
     check_resume_dir(out)
     state, resumed = resume_point(out, identity)
     if resumed is None:  # this run starts at step 0; another run's resume state is replaced (or dropped)
