@@ -184,6 +184,29 @@ def test_a_compared_case_shows_its_other_models_and_checkpoints(tmp_path_factory
             assert r[3] == "—" and r[4] == "not mapped"
 
 
+def test_two_runs_in_one_checkpoint_folder_are_told_apart(tmp_path_factory: pytest.TempPathFactory, capsys,
+                                                           monkeypatch) -> None:
+    """A second finetune into the same --out: its step-N has the path of the first run's; the rows said the same
+    model twice. Each now names its run (the report's series)."""
+    import shutil
+
+    from serve_store import compared_toy_store
+
+    info = compared_toy_store(tmp_path_factory.mktemp("show-two-runs"))
+    store = info["store"].parent / "two-runs.duckdb"
+    shutil.copy(info["store"], store)
+    with open_store(store) as st:
+        case_id, model, step = st.con.execute("SELECT case_id, model, step FROM comparisons WHERE step > 0 "
+                                              "ORDER BY case_id LIMIT 1").fetchone()
+        st.con.execute("UPDATE comparisons SET training_run = 'aaaaaaaaaaaaaaaa' WHERE step IS NOT NULL")
+        st.con.execute("INSERT INTO comparisons SELECT * REPLACE ('other-weights' AS model_fingerprint, "
+                       "'bbbbbbbbbbbbbbbb' AS training_run, delta_logit - 1 AS delta_logit) FROM comparisons "
+                       "WHERE case_id = ? AND model = ?", [case_id, model])
+    code, out, _ = _show(capsys, monkeypatch, "--store", str(store), "--case", case_id)
+    part = " ".join(out.split("across models and checkpoints", 1)[1].split())
+    assert code == 0 and f"{model} (run aaaaaaaa) │ {step}" in part and f"{model} (run bbbbbbbb) │ {step}" in part
+
+
 def test_an_item_without_a_case_says_where_it_stopped(toy: dict[str, Any], tmp_path: Path, capsys,
                                                       monkeypatch) -> None:
     """Read against the store's own rows: a passed item, a failure whose pair is not clean (its status and reason),

@@ -272,10 +272,14 @@ def _across_table(rows: list[dict[str, Any]]) -> Any:
                       "draw them")
     for name in ("model", "step", "split", "Δℓ", "corrected", "k*"):
         t.add_column(name, justify="right" if name in ("step", "Δℓ", "k*") else "left")
+    paths = [r["model"] for r in rows if r.get("step") is not None]
     for r in rows:
         dl = r.get("delta_logit")
         mapped = bool(r.get("mapped")) and dl is not None
-        t.add_row(str(r["model"]) + (" (the case's model)" if r.get("reference") else ""),
+        run = r.get("training_run")  # a folder two finetune runs were saved into: which run this row scored
+        again = r.get("step") is not None and paths.count(r["model"]) > 1
+        t.add_row(str(r["model"]) + (" (the case's model)" if r.get("reference") else "")
+                  + ((f" (run {run[:8]})" if run else " (run not recorded)") if again else ""),
                   "—" if r.get("step") is None else str(r["step"]), r.get("split") or "—",
                   f"{dl:.3f}" if mapped else "—", ("yes" if dl < 0 else "no") if mapped else "not mapped",
                   "—" if r.get("flip_k") is None else str(r["flip_k"]))
