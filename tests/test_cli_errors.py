@@ -260,6 +260,11 @@ CASES = [
     Case("finetune-held-out-nan", _ft("--held-out", "nan"), ["--held-out", "nan"], early=True),
     Case("finetune-lr-0", _ft("--lr", "0"), ["--lr", "0"], early=True),
     Case("finetune-beta-negative", _ft("--beta", "-1"), ["--beta", "-1"], early=True),
+    # β = 1e30 trained nothing (its gradient overflows) and said nothing; β with sft was recorded and did nothing
+    Case("finetune-beta-huge", _ft("--method", "dpo", "--beta", "1e30"), ["--beta must be in (0, 1000]", "1e+30"],
+         early=True),
+    Case("finetune-beta-with-sft", _ft("--beta", "5"), ["--beta applies to --method dpo and token-dpo only"],
+         early=True),
     Case("finetune-out-is-a-file", _ft("--out", "{w}/afile"), ["--out", "afile", "not a folder"], early=True),
     Case("finetune-store-missing", _ft(store="{w}/missing.duckdb"), ["missing.duckdb"], early=True),
     Case("finetune-store-random-bytes", _ft(store="{w}/junk.duckdb"), ["junk.duckdb"], early=True),

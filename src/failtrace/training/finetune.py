@@ -38,6 +38,8 @@ from failtrace.store.store import ResultsStore
 from failtrace.training.data import Example, load_examples, split_cases
 
 METHODS = ("sft", "dpo", "token-dpo")
+DEFAULT_BETA = 0.1  # DPO's β (trl's default)
+MAX_BETA = 1000.0  # beyond, the sigmoid loss saturates and its gradient overflows (1e20: weights never move)
 
 
 @dataclass
@@ -50,7 +52,7 @@ class FinetuneSettings:
     held_out: float = 0.3
     seed: int = 0
     lr: float = 1e-5
-    beta: float = 0.1
+    beta: float = DEFAULT_BETA
     tail_weight: float = 0.0
     batch_size: int = 1
     benchmark: str | None = None
@@ -67,8 +69,11 @@ class FinetuneSettings:
             raise FailtraceError(f"--held-out must be in [0, 1), got {self.held_out}")
         if not 0 < self.lr <= 1:
             raise FailtraceError(f"--lr must be in (0, 1], got {self.lr}")
-        if not self.beta > 0 or self.beta != self.beta:
-            raise FailtraceError(f"--beta must be > 0, got {self.beta}")
+        if not 0 < self.beta <= MAX_BETA:  # NaN fails too
+            raise FailtraceError(f"--beta must be in (0, {MAX_BETA:g}], got {self.beta:g} (DPO uses 0.01-1; at 1e20 "
+                                 "its gradient overflows and no weight changes, yet every step logs a loss)")
+        if self.beta != DEFAULT_BETA and self.method == "sft":  # recorded, it would make an equal run look different
+            raise FailtraceError("--beta applies to --method dpo and token-dpo only, not sft")
         if not 0.0 <= self.tail_weight <= 1.0:
             raise FailtraceError(f"--tail-weight must be in [0, 1], got {self.tail_weight}")
         if self.tail_weight and self.method != "token-dpo":  # sft and dpo weigh no tokens: it would do nothing
