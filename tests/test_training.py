@@ -408,6 +408,25 @@ def test_damaged_checkpoint_metadata_is_named(run: dict[str, Any], tmp_path: Pat
         read_metadata(folder)
 
 
+def test_a_cut_checkpoint_later_in_the_list_fails_before_any_row(run: dict[str, Any], tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """compare --checkpoints GOOD CUT: the cut weights were found at CUT's turn, after GOOD's rows were committed."""
+    from failtrace.cli import main
+
+    good, cut = tmp_path / "good", tmp_path / "cut"
+    shutil.copytree(run["results"]["sft"].checkpoints[-1], good)
+    shutil.copytree(run["results"]["sft"].checkpoints[0], cut)
+    weights = next(cut.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-1000])
+    store = tmp_path / "s.duckdb"
+    shutil.copy(run["store"], store)
+    before = hashlib.sha256(store.read_bytes()).hexdigest()
+    assert main(["compare", "--store", str(store), "--checkpoints", str(good), str(cut), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: checkpoint {cut}: {weights.name} cannot be read"), err
+    assert hashlib.sha256(store.read_bytes()).hexdigest() == before
+
+
 def _ckpt_counts(text: str, folder: str) -> tuple[int, int]:
     """(trained, held-out) case counts of ``folder``'s line in compare --checkpoints' printed table."""
     cells = next(ln.split() for ln in text.splitlines() if ln.startswith(folder + " "))

@@ -116,6 +116,23 @@ def training_run_id(meta: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def check_weights(folder: str | Path) -> None:
+    """A checkpoint's safetensors files open whole (safetensors checks that its header covers the file), so a cut
+    one fails before ``compare`` writes a row for any other folder, not when its turn to load comes."""
+    from safetensors import safe_open
+
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise FailtraceError(f"checkpoint {folder} has no *.safetensors weights; the checkpoint is damaged")
+    for path in files:
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError: the file cannot be read whole
+            raise FailtraceError(f"checkpoint {folder}: {path.name} cannot be read ({str(exc).splitlines()[0][:160]});"
+                                 " the checkpoint is damaged (a copy or save cut short?)") from None
+
+
 def read_metadata(folder: str | Path) -> dict[str, Any]:
     """The metadata of a checkpoint folder; FailtraceError naming the folder when it is not a failtrace checkpoint."""
     folder = Path(folder)

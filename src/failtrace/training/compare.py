@@ -116,12 +116,12 @@ def compare_checkpoints(store: ResultsStore, folders: Sequence[str], *, benchmar
                         models: Mapping[str, Any] | None = None) -> CheckpointSummary:
     """Score the base model's cases on every checkpoint folder (resumable: stored keys are skipped).
 
-    Every folder's metadata and vocabulary are read before any model is loaded, so a bad folder fails in seconds
-    and leaves the store as it was; all must share one base model and its vocabulary, and no folder may be given
+    Every folder's metadata, weight files and vocabulary are checked before any model is loaded, so a bad folder
+    fails in seconds and leaves the store as it was; all must share one base model and its vocabulary, and no folder may be given
     twice. ``models`` maps folder → loaded model (tests); by default each is loaded in turn and freed.
     """
     from failtrace.models.fingerprint import model_fingerprint
-    from failtrace.training.checkpoints import read_metadata, vocab_digest
+    from failtrace.training.checkpoints import check_weights, read_metadata, vocab_digest
 
     if not folders:
         raise FailtraceError("--checkpoints needs at least one checkpoint folder (e.g. ckpts/step-0)")
@@ -133,6 +133,8 @@ def compare_checkpoints(store: ResultsStore, folders: Sequence[str], *, benchmar
                                  + "; give each checkpoint once")
         seen[Path(f).resolve()] = f
     metas = {f: read_metadata(f) for f in folders}
+    for f in folders if not models else ():  # every folder's weights whole before the first row is written
+        check_weights(f)
     for f in folders:  # the cases' token ids must name the same tokens on every checkpoint
         vocab = vocab_digest(models[f].tokenizer) if models else _vocab_of(f)
         if vocab != metas[f].get("base_vocab_digest"):
