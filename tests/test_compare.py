@@ -196,6 +196,10 @@ def test_cli_compare_and_errors(cmp: dict[str, Any], capsys: pytest.CaptureFixtu
     with open_store(store, read_only=True) as st:
         stored = st.con.execute("SELECT count(*) FROM comparisons").fetchone()[0]
     assert stored > 0
+    assert main(["compare", "--store", store, "--models", *cmp["names"], "--no-progress"]) == 0  # nothing new
+    again = " ".join(capsys.readouterr().out.split())
+    others = stored - len({r["case_id"] for r in cmp["rows"]})  # the rows on other models (not the case's own)
+    assert f"{others} rows stored before, not recomputed" in again, again
     before = hashlib.sha256(Path(store).read_bytes()).hexdigest()
     assert main(["compare", "--store", store, "--models", cmp["names"][0], "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()

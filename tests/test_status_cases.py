@@ -245,11 +245,19 @@ def test_status_says_what_was_compared(tmp_path_factory: pytest.TempPathFactory,
         cases, models, ckpts = st.con.execute(
             "SELECT count(DISTINCT case_id), count(DISTINCT CASE WHEN step IS NULL THEN model_fingerprint END), "
             "count(DISTINCT CASE WHEN step IS NOT NULL THEN model_fingerprint END) FROM comparisons").fetchone()
-    assert cases >= 1 and models == 2 and ckpts == 2
+    assert cases >= 2 and models == 2 and ckpts == 2
     said = " ".join(_status(info["store"], capsys, monkeypatch).split())
     noun = "case" if cases == 1 else "cases"
     assert f"compared: {cases} {noun} on {models} models and {ckpts} checkpoints" in said
     capsys.readouterr()
+    # a compare stopped after a case's own-model row: that case was not compared on anything yet
+    stopped = info["store"].parent / "stopped.duckdb"
+    shutil.copy(info["store"], stopped)
+    with open_store(stopped) as st:
+        cid = st.con.execute("SELECT min(case_id) FROM comparisons").fetchone()[0]
+        st.con.execute("DELETE FROM comparisons WHERE case_id = ? AND NOT (reference AND step IS NULL)", [cid])
+    said = " ".join(_status(stopped, capsys, monkeypatch).split())
+    assert f"compared: {cases - 1} {'case' if cases == 2 else 'cases'} on" in said, said
 
 
 def test_status_without_comparisons_says_nothing_of_them(toy: dict[str, Any], capsys, monkeypatch) -> None:

@@ -9,7 +9,6 @@ model, how many cases map (target and contrast one token there), the mean Δℓ,
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -66,6 +65,11 @@ def checkpoint_table(rows: list[dict], folders: list[str], summary: CheckpointSu
     return out
 
 
+def _reused(skipped: int) -> str:
+    """How many rows were stored already (a rerun recomputes nothing it has: rows are keyed by case and weights)."""
+    return f"; {count_of(skipped, 'row')} stored before, not recomputed" if skipped else ""
+
+
 def _print_checkpoints(st: ResultsStore, folders: list[str], summary: CheckpointSummary) -> None:
     """A plain-text table (never truncated: checkpoint paths are long), one line per checkpoint."""
     from failtrace.store.comparisons import load_comparisons
@@ -73,10 +77,11 @@ def _print_checkpoints(st: ResultsStore, folders: list[str], summary: Checkpoint
     rows = checkpoint_table(load_comparisons(st), folders, summary)
     head = ["checkpoint", "step", "trained", "mean Δℓ", "corrected", "held-out", "mean Δℓ", "corrected"]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    from failtrace.training.checkpoints import training_run_id
+
     typer.echo(f"{count_of(summary.cases, 'case')} on {count_of(len(folders), 'checkpoint')} "
-               f"({summary.seconds:.1f} s); corrected = Δℓ < 0")
-    runs = {json.dumps([summary.metas[f].get(k) for k in ("settings", "trained_case_ids", "held_out_case_ids")],
-                       sort_keys=True, default=str) for f in folders}
+               f"({summary.seconds:.1f} s{_reused(summary.skipped)}); corrected = Δℓ < 0")
+    runs = {training_run_id(summary.metas[f]) for f in folders}
     if len(runs) > 1:  # e.g. an --out folder rewritten by a shorter run keeps the longer run's later steps
         methods = sorted({str(summary.metas[f].get("method")) for f in folders})
         typer.echo(f"note: these checkpoints come from {len(runs)} different finetune runs (settings or case splits "
@@ -138,7 +143,8 @@ def compare_command(
         require_cases(st, benchmark)
         summary = compare(st, models, benchmark=benchmark, limit=limit, device=device, progress=progress)
         rows = load_comparisons(st)
-    table = Table(title=f"{count_of(summary.cases, 'case')} of {models[0]} compared ({summary.seconds:.1f} s)")
+    table = Table(title=f"{count_of(summary.cases, 'case')} of {models[0]} compared ({summary.seconds:.1f} s"
+                        f"{_reused(summary.skipped)})")
     for col in ("model", "rows", "mapped", "mean Δℓ", "corrected (Δℓ<0)", "median k*"):
         table.add_column(col)
     for r in comparison_table(rows, list(models), summary.fingerprints, summary.case_ids):

@@ -13,6 +13,7 @@ from typing import Any
 from failtrace.report import compare_data as D
 from failtrace.report.figures import _FALLBACK, _save, _style, _tight
 from failtrace.report.tables import write_csv
+from failtrace.views.common import count_of
 
 SPLIT_COLORS = {"trained": "#dc2626", "held-out": "#2563eb", "all": "#374151"}
 GROUP_COLORS = {"corrected": "#16a34a", "uncorrected": "#dc2626"}
@@ -73,7 +74,7 @@ def scatter_figure(points: Sequence[Mapping[str, Any]], path: Path) -> Path:
         ax.set_ylabel(f"Δℓ in {model}", fontsize=9)
         ax.text(0.02, 0.02, "corrected (Δℓ < 0)", transform=ax.transAxes, fontsize=8, color="#15803d")
         ax.text(0.02, 0.95, "uncorrected", transform=ax.transAxes, fontsize=8, color="#b91c1c")
-        ax.set_title(f"{model}: {len(mine)} cases", fontsize=10, loc="left", weight="bold")
+        ax.set_title(f"{model}: {count_of(len(mine), 'case')}", fontsize=10, loc="left", weight="bold")
         ax.legend(fontsize=7.5, frameon=False, loc="lower right")
         _style(ax, grid="both")
     _tight(fig)
@@ -184,7 +185,7 @@ def _models_section(data: Mapping[str, list[dict[str, Any]]], unmapped: Mapping[
     for m in dict.fromkeys(p["model"] for p in pts):
         mine = [p for p in pts if p["model"] == m]
         fixed = sum(p["corrected"] for p in mine)
-        per.append(f"<b>{esc(m)}</b>: {fixed} of {len(mine)} cases corrected (Δℓ &lt; 0)"
+        per.append(f"<b>{esc(m)}</b>: {fixed} of {count_of(len(mine), 'case')} corrected (Δℓ &lt; 0)"
                    + (f", {unmapped.get(m, 0)} not mapped" if unmapped.get(m) else ""))
     html = ('<section class="block" id="across-models"><h2>Across models</h2><p class="lead">Each clean case of the '
             "analysed model re-scored on other models from the same text (<code>failtrace compare --models</code>). "

@@ -147,13 +147,15 @@ FLIP_K = "CASE WHEN flip_curve[1] < 0 THEN NULL ELSE flip_k END"
 
 
 def comparison_counts(store: ResultsStore) -> dict[str, int]:
-    """How much the comparisons table holds: ``cases``, ``models`` (compare --models rows, the reference model's
+    """How much the comparisons table holds: ``cases`` (with a row on another model or a checkpoint: a stopped
+    compare may have stored a case's own-model row alone), ``models`` (compare --models rows, the reference model's
     own included) and ``checkpoints`` (compare --checkpoints rows), each counted by content fingerprint; all 0 when
     nothing was compared."""
     if not _present(store):
         return {"cases": 0, "models": 0, "checkpoints": 0}
     cases, models, checkpoints = store.con.execute(
-        "SELECT count(DISTINCT case_id), count(DISTINCT model_fingerprint) FILTER (WHERE step IS NULL), "
+        "SELECT count(DISTINCT case_id) FILTER (WHERE NOT reference OR step IS NOT NULL), "
+        "count(DISTINCT model_fingerprint) FILTER (WHERE step IS NULL), "
         "count(DISTINCT model_fingerprint) FILTER (WHERE step IS NOT NULL) FROM comparisons").fetchone()
     return {"cases": int(cases), "models": int(models), "checkpoints": int(checkpoints)}
 
