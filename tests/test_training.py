@@ -381,13 +381,16 @@ def test_finetune_never_replaces_what_it_did_not_write(run: dict[str, Any], tmp_
     for out, store, says in ((user.parent, run["store"], "step-0 is a folder without failtrace_checkpoint.json"),
                              (single, run["store"], "step-1 is a file"),
                              (inside.parent, inside / "runs.duckdb", "lies in"),
-                             (hidden.parent, run["store"], ".resume is not finetune's resume state")):
+                             (hidden.parent, run["store"], ".resume is not finetune's resume state"),
+                             # a run saved into a checkpoint: lost when a run into the checkpoint's --out replaces it
+                             (inside, run["store"], f"--out {inside} is the checkpoint {inside.resolve()}"),
+                             (inside / "more", run["store"], f"is inside the checkpoint {inside.resolve()}")):
         assert main(["finetune", "--store", str(store), *args, "--out", str(out)]) == 2
         err = capsys.readouterr().err
         assert says in err and len(err.strip().splitlines()) == 1
     assert (user / "notes.txt").read_text() == "mine" and (single / "step-1").read_text() == "a file"
     assert (hidden / "todo.txt").read_text() == "mine too" and not list(hidden.parent.glob("step-*"))
-    assert (inside / "runs.duckdb").exists()
+    assert (inside / "runs.duckdb").exists() and not (inside / "more").exists()
     first = (inside / "failtrace_checkpoint.json").stat().st_mtime_ns
     assert main(["finetune", "--store", str(run["store"]), *args, "--out", str(inside.parent)]) == 0
     assert (inside / "failtrace_checkpoint.json").stat().st_mtime_ns != first  # our own checkpoint: replaced

@@ -50,6 +50,10 @@ def check_replaceable(out: str | Path, store: str | Path | None = None) -> None:
     saving replaces a ``step-N`` whole, and what some other program wrote there (a results store, for one) is not
     ours to delete."""
     out = Path(out).expanduser()
+    inside = next((p for p in (out.resolve(), *out.resolve().parents) if (p / METADATA_FILE).is_file()), None)
+    if inside is not None:  # its step-N folders would vanish when a run into the checkpoint's own --out replaces it
+        raise FailtraceError(f"--out {out} is {'the' if inside == out.resolve() else 'inside the'} checkpoint "
+                             f"{inside}; give a folder of its own (e.g. beside it)")
     if not out.is_dir():
         return
     if store is not None:
@@ -59,8 +63,8 @@ def check_replaceable(out: str | Path, store: str | Path | None = None) -> None:
                 raise FailtraceError(f"--store {store} lies in {entry}, which finetune replaces with a checkpoint; "
                                      f"give another --out, or move the store")
     for entry in sorted(out.glob("step-*")):
-        if numbered(entry.name, "step-") is not None and not (entry.is_dir() and not entry.is_symlink()
-                                             and (entry / METADATA_FILE).is_file()):
+        ours = entry.is_dir() and not entry.is_symlink() and (entry / METADATA_FILE).is_file()
+        if numbered(entry.name, "step-") is not None and not ours:
             what = "a file" if not entry.is_dir() or entry.is_symlink() else f"a folder without {METADATA_FILE}"
             raise FailtraceError(f"--out {out}: {entry.name} is {what}, not a checkpoint written by `failtrace "
                                  f"finetune`; saving would replace it. Give another --out, or move it away")
