@@ -155,8 +155,10 @@ CASES = [
     Case("attr-same-tokens", _a("-c", "#70", model="{m}"), ["same token"]),
     # graph
     Case("graph-top-k-0", _g("--top-k", "0"), ["--top-k", "0"], early=True),
-    Case("graph-node-threshold-nan", _g("--node-threshold", "nan"), ["node threshold", "nan"], early=True),
-    Case("graph-node-threshold-above-1", _g("--node-threshold", "1.5"), ["node threshold", "1.5"], early=True),
+    Case("graph-node-threshold-nan", _g("--node-threshold", "nan"), ["--node-threshold must be in [0, 1]", "nan"],
+         early=True),
+    Case("graph-node-threshold-above-1", _g("--node-threshold", "1.5"), ["--node-threshold must be in [0, 1]", "1.5"],
+         early=True),
     Case("graph-memory-budget-0", _g("--memory-budget", "0"), ["--memory-budget", "0"], early=True),
     Case("graph-memory-budget-inf", _g("--memory-budget", "inf"), ["--memory-budget", "inf"], early=True),
     Case("graph-prune-above-1", _g("--prune", "cumulative:2"), ["cumulative", "2"], early=True),
