@@ -176,6 +176,7 @@ def test_bad_override_and_missing_store(toy: dict[str, Any], tmp_path: Path,
         (["--case", "x", "--category", "M-IA", "--reason", " "], "needs a --reason"),
         # a reason is printed by show and override: an escape sequence would clear or recolour the reader's terminal
         (["--case", "x", "--category", "M-IA", "--reason", "ok\x1b[2J"], "--reason holds the control character U+001B"),
+        (["--case", "x", "--category", "M-IA", "--reason", "ok\x9b2J"], "--reason holds the control character U+009B"),
         (["--case", "x", "--category", "M-IA", "--reason", "y" * 2001], "2,001 characters long; at most 2,000"),
     ]:
         assert main(["override", "--store", str(toy["store"]), *args]) == 2

@@ -334,14 +334,19 @@ def test_serve_truncated_store_one_line_and_unchanged(toy: dict[str, Any], tmp_p
     assert sha256(store) == before
 
 
-def test_serve_names_the_store_as_typed(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+def test_serve_names_the_store_as_typed(toy: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """serve's errors named the store by its absolute path, every other command by the path as typed."""
+    """serve's errors named the store by its absolute path, every other command by the path as typed: a file that
+    is no store (refused at open) and a store whose case rows are cut off (refused when the table is read)."""
     monkeypatch.chdir(tmp_path)
     Path("notes.duckdb").write_text("not a store")
     line = _one_error_line(main(["serve", "--store", "notes.duckdb", "--port", "0"]), capsys)
     assert line.startswith("error: cannot open results store notes.duckdb: it is not a DuckDB file"), line
     assert Path("notes.duckdb").read_text() == "not a store"
+    Path("cut.duckdb").write_bytes(toy["store"].read_bytes()[:3_000_000])
+    line = _one_error_line(main(["serve", "--store", "cut.duckdb", "--port", "0"]), capsys)
+    assert line.startswith("error: results store cut.duckdb is damaged or truncated"), line  # (DuckDB's own words,
+    # quoted after it, name the absolute path)
 
 
 def test_serve_bad_public_host_is_one_line(toy: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from serve_store import analysed_toy_store, sha256  # noqa: E402
 
 from failtrace.cli import main  # noqa: E402
+from failtrace.report import compare_data as D  # noqa: E402
 from failtrace.store import open_store  # noqa: E402
 from failtrace.store.cases import load_cases  # noqa: E402
 
@@ -187,7 +188,7 @@ def test_a_compared_case_shows_its_other_models_and_checkpoints(tmp_path_factory
 def test_two_runs_in_one_checkpoint_folder_are_told_apart(tmp_path_factory: pytest.TempPathFactory, capsys,
                                                            monkeypatch) -> None:
     """A second finetune into the same --out: its step-N has the path of the first run's; the rows said the same
-    model twice. Each now names its run (the report's series)."""
+    model twice. Each now names its series, as the report names it (computed here by compare_data)."""
     import shutil
 
     from serve_store import compared_toy_store
@@ -203,8 +204,16 @@ def test_two_runs_in_one_checkpoint_folder_are_told_apart(tmp_path_factory: pyte
                        "'bbbbbbbbbbbbbbbb' AS training_run, delta_logit - 1 AS delta_logit) FROM comparisons "
                        "WHERE case_id = ? AND model = ?", [case_id, model])
     code, out, _ = _show(capsys, monkeypatch, "--store", str(store), "--case", case_id)
-    part = " ".join(out.split("across models and checkpoints", 1)[1].split())
-    assert code == 0 and f"{model} (run aaaaaaaa) │ {step}" in part and f"{model} (run bbbbbbbb) │ {step}" in part
+    part = out.split("across models and checkpoints", 1)[1]
+    lines = [[c.strip() for c in x.rstrip().split("│")[1:-1]] for x in part.splitlines() if x.startswith("│")]
+    mine = sorted((r[6], r[3]) for r in lines if r[0] == model)
+    folder = D.series_of(model)
+    with open_store(store, read_only=True) as st:
+        dls = sorted(st.con.execute("SELECT training_run, delta_logit FROM comparisons WHERE case_id = ? AND "
+                                    "model = ?", [case_id, model]).fetchall())
+    assert code == 0 and mine == [(f"(run {run[:8]})", f"{dl:.3f}") for run, dl in dls], (mine, dls)
+    assert D.series_names([{"model": model, "step": step, "training_run": run} for run, _ in dls]) == {
+        run: f"{folder} (run {run[:8]})" for run, _ in dls}  # the report's names of the two series
 
 
 def test_an_item_without_a_case_says_where_it_stopped(toy: dict[str, Any], tmp_path: Path, capsys,

@@ -278,6 +278,28 @@ def test_compare_checkpoints_rows_step_split_and_plain_delta(run: dict[str, Any]
     assert training_run_id(other) != rows[0]["training_run"]
 
 
+def test_a_rerun_records_the_run_on_rows_stored_before_runs_were(run: dict[str, Any], tmp_path: Path) -> None:
+    """Rows compared before training_run existed read NULL; the same checkpoints compared again after the upgrade
+    were skipped (stored) and split the run into two series. The rerun records the run on them."""
+    from failtrace.report import compare_data as D
+    from failtrace.training.checkpoints import training_run_id
+    from failtrace.training.compare import compare_checkpoints
+
+    folders = [str(p) for p in run["results"]["dpo"].checkpoints]
+    store = tmp_path / "s.duckdb"
+    shutil.copy(run["store"], store)
+    with open_store(store) as st:
+        st.con.execute("DROP TABLE IF EXISTS comparisons")  # earlier tests of this module compared these folders
+        compare_checkpoints(st, folders[:2], progress=False)
+        st.con.execute("UPDATE comparisons SET training_run = NULL")  # as an older failtrace stored them
+        summary = compare_checkpoints(st, folders, progress=False)
+        rows = [r for r in load_comparisons(st) if r["step"] is not None]
+    n = len(run["cases"])
+    assert summary.skipped == 2 * n and sum(summary.written.values()) == (len(folders) - 2) * n
+    assert {r["training_run"] for r in rows} == {training_run_id(read_metadata(folders[0]))}
+    assert {p["series"] for p in D.checkpoint_rows(rows)} == {D.series_of(folders[0])}  # one series
+
+
 def test_a_folder_overwritten_in_place_is_a_new_model(run: dict[str, Any], tmp_path: Path) -> None:
     from failtrace.training.compare import compare_checkpoints
 
@@ -423,6 +445,8 @@ def test_a_cut_checkpoint_later_in_the_list_fails_before_any_row(run: dict[str, 
     weights.write_bytes(weights.read_bytes()[:-1000])
     store = tmp_path / "s.duckdb"
     shutil.copy(run["store"], store)
+    with open_store(store) as st:  # earlier tests compared GOOD's weights: without this it had no row to write
+        st.con.execute("DROP TABLE IF EXISTS comparisons")
     before = hashlib.sha256(store.read_bytes()).hexdigest()
     assert main(["compare", "--store", str(store), "--checkpoints", str(good), str(cut), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()

@@ -153,7 +153,9 @@ def override_command(
         raise FailtraceError(f"unknown --category {category!r}; valid: {', '.join(CATEGORIES)}")
     with open_store(store, create=False) as st:
         row = set_override(st, case, category, reason)
-    typer.echo(f"case {row['case_id']}: category set to {category} ({row['reason']}) in {store}")
+    from failtrace.views.common import prose_line  # a newline in the reason stays on this one line
+
+    typer.echo(f"case {row['case_id']}: category set to {category} ({prose_line(row['reason'])}) in {store}")
 
 
 def register(app: typer.Typer) -> None:

@@ -76,6 +76,13 @@ def show_command(
 
             for r in load_comparisons(st, {c.case_id for c in chosen}):
                 across.setdefault(r["case_id"], []).append(r)
+            if across:  # a checkpoint's series is named over every stored checkpoint row, as the report names it
+                from failtrace.report.compare_data import series_key, series_names, series_of
+                from failtrace.store.comparisons import checkpoint_runs
+
+                names = series_names(checkpoint_runs(st))
+                for r in (r for rows in across.values() for r in rows if r.get("step") is not None):
+                    r["series"] = _run_label(names.get(series_key(r)), series_of(r["model"]))
             answers = case_answers(st, chosen[:1])  # what the model wrote, the checker's reason, the fix
     con = _console()
     if case is None and item is None:
@@ -263,6 +270,14 @@ def _segments_table(c: Any, method: str) -> Any:
     return t
 
 
+def _run_label(name: str | None, folder: str) -> str:
+    """What a checkpoint row's series name adds to its own folder: nothing when they agree, ``(run <id>)`` when
+    two finetune runs share the folder, else the series' name (the run was compared under another path too)."""
+    if not name or name == folder:
+        return ""
+    return name[len(folder):].strip() if name.startswith(folder + " (run ") else name
+
+
 def _across_table(rows: list[dict[str, Any]]) -> Any:
     """The case re-scored on other models and checkpoints (``failtrace compare``): corrected = Δℓ < 0 there."""
     from rich.table import Table
@@ -270,19 +285,16 @@ def _across_table(rows: list[dict[str, Any]]) -> Any:
     t = Table(title="across models and checkpoints (failtrace compare)", title_justify="left", caption_justify="left",
               caption="corrected: that model prefers the contrast (Δℓ < 0); the report's Fig. 4-7 and the explorer "
                       "draw them")
-    for name in ("model", "step", "split", "Δℓ", "corrected", "k*"):
+    series = any(r.get("series") for r in rows)  # a checkpoint's finetune run, where its folder does not say it
+    for name in ("model", "step", "split", "Δℓ", "corrected", "k*", *(["run"] if series else [])):
         t.add_column(name, justify="right" if name in ("step", "Δℓ", "k*") else "left")
-    paths = [r["model"] for r in rows if r.get("step") is not None]
     for r in rows:
         dl = r.get("delta_logit")
         mapped = bool(r.get("mapped")) and dl is not None
-        run = r.get("training_run")  # a folder two finetune runs were saved into: which run this row scored
-        again = r.get("step") is not None and paths.count(r["model"]) > 1
-        t.add_row(str(r["model"]) + (" (the case's model)" if r.get("reference") else "")
-                  + ((f" (run {run[:8]})" if run else " (run not recorded)") if again else ""),
+        t.add_row(str(r["model"]) + (" (the case's model)" if r.get("reference") else ""),
                   "—" if r.get("step") is None else str(r["step"]), r.get("split") or "—",
                   f"{dl:.3f}" if mapped else "—", ("yes" if dl < 0 else "no") if mapped else "not mapped",
-                  "—" if r.get("flip_k") is None else str(r["flip_k"]))
+                  "—" if r.get("flip_k") is None else str(r["flip_k"]), *([r.get("series") or "—"] if series else []))
     return t
 
 

@@ -61,10 +61,11 @@ class PruneSpec:
             except ValueError:
                 raise FailtraceError(f"--prune {spec!r}: {value!r} is not a number; {forms}") from None
             out = cls(mode, num)
+        given = f"{out.mode}:{out.value:g}" if isinstance(spec, PruneSpec) else str(spec)
         if out.mode == "cumulative" and not (0.0 < out.value <= 1.0 and math.isfinite(out.value)):
-            raise FailtraceError(f"--prune {spec!r}: the cumulative mass P must be in (0, 1], got {out.value:g}")
+            raise FailtraceError(f"--prune {given!r}: the cumulative mass P must be in (0, 1], got {out.value:g}")
         if out.mode == "global" and not (out.value >= 0.0 and math.isfinite(out.value)):
-            raise FailtraceError(f"--prune {spec!r}: the global edge threshold TAU must be a finite number >= 0, "
+            raise FailtraceError(f"--prune {given!r}: the global edge threshold TAU must be a finite number >= 0, "
                                  f"got {out.value:g}")
         return out
 

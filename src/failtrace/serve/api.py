@@ -299,7 +299,7 @@ def add_override(case_id: CASE_ID, body: OverrideIn, request: Request) -> dict[s
     with _writing(request) as st:
         row = st.store.con.execute("SELECT pair_run_id, item_id FROM cases WHERE case_id = ?", [case_id]).fetchone()
         if row is None:
-            raise HTTPException(404, "no such case")
+            raise _no_case(st.store.con, case_id, st.has_cases)
         try:
             saved = set_override(st.store, case_id, body.category, comment)
         except SupersededCaseError as exc:  # a case page of an older analysis: say which case the views show
@@ -326,7 +326,7 @@ def pick_contrast(case_id: CASE_ID, body: ContrastIn, request: Request) -> dict[
         row = st.store.con.execute("SELECT pair_run_id, item_id, target_id, contrast_id FROM cases WHERE case_id = ?",
                                    [case_id]).fetchone()
         if row is None:
-            raise HTTPException(404, "no such case")
+            raise _no_case(st.store.con, case_id, st.has_cases)
         try:
             require_current(st.store, case_id, "contrast pick")
         except SupersededCaseError as exc:  # a case page of an older analysis: say which case the views show

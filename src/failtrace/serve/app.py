@@ -96,6 +96,7 @@ class ServeState:
         require_store(given)
         path = given.absolute()  # same_file() must find the same file whatever the working folder becomes
         self.path = path
+        self.given = given
         self.review = review
         from failtrace.serve.queries import RowIndex
 
@@ -139,7 +140,7 @@ class ServeState:
         try:
             self.rows.refresh(cur, self.has_cases)
         except Exception as exc:  # the join reads every case row: damage found here is named like anywhere else
-            raise_translated(self.path, exc, "query")
+            raise_translated(self.given, exc, "query")
             raise
         finally:
             cur.close()

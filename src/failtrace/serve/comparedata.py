@@ -41,10 +41,10 @@ def _light(cur: Any) -> str:
 
 
 def _series_names(cur: Any) -> dict[str, str]:
-    """Series key -> name over the whole table, so a case's page names a run as the figures do."""
-    return D.series_names(_rows(cur, f"SELECT DISTINCT model, step, "
-                                     f"{'training_run' if 'training_run' in _light(cur) else 'NULL AS training_run'} "
-                                     "FROM comparisons WHERE step IS NOT NULL", []))
+    """Series key -> name over every checkpoint row (each counts, as in the figures), so a case's page names a run
+    as the figures do."""
+    run = "training_run" if _light(cur).endswith("training_run") else "NULL AS training_run"
+    return D.series_names(_rows(cur, f"SELECT model, step, {run} FROM comparisons WHERE step IS NOT NULL", []))
 
 
 def _aligned(case_tokens: list[str], row: dict[str, Any], same: bool) -> dict[str, Any] | None:

@@ -133,6 +133,28 @@ def write_comparison(store: ResultsStore, row: dict[str, Any]) -> bool:
     return True
 
 
+def fill_training_run(store: ResultsStore, fingerprint: str, run: str) -> None:
+    """Record the finetune run on checkpoint rows of these weights stored before runs were recorded, so that a
+    rerun of ``compare --checkpoints`` joins them to the run's newer rows (one series, not two)."""
+    if not _present(store):
+        return
+    _prepare(store)
+    with store._transaction():
+        store.con.execute("UPDATE comparisons SET training_run = ? WHERE model_fingerprint = ? AND step IS NOT NULL "
+                          "AND training_run IS NULL", [run, fingerprint])
+
+
+def checkpoint_runs(store: ResultsStore) -> list[dict[str, Any]]:
+    """``{model, step, training_run}`` of every checkpoint row (``training_run`` None where the store predates it):
+    what names the series (report.compare_data.series_names) wherever a view lists checkpoint rows."""
+    if not _present(store):
+        return []
+    cols = {r[0] for r in store.con.execute("SELECT column_name FROM information_schema.columns "
+                                            "WHERE table_name = 'comparisons'").fetchall()}
+    run = "training_run" if "training_run" in cols else "NULL AS training_run"
+    return store._rows(f"SELECT model, step, {run} FROM comparisons WHERE step IS NOT NULL")
+
+
 def done_comparisons(store: ResultsStore, checkpoint: bool) -> set[tuple[str, str]]:
     """(case_id, model_fingerprint) keys already stored as model rows, or as checkpoint rows (``checkpoint``)."""
     if not _present(store):

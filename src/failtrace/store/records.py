@@ -17,7 +17,8 @@ from failtrace.store.schema import CASE_KEYS
 DEFAULT_STORE = "failtrace.duckdb"
 
 TEXT_MOST = 2000  # the longest comment or override reason a person may store (the explorer's forms and the CLI)
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # control characters other than tab and line breaks
+# control characters other than tab and line breaks, C1 included (U+009B is an escape many terminals obey)
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 def text_problem(value: str) -> str | None:

@@ -133,8 +133,9 @@ def check_weights(folder: str | Path) -> None:
             with safe_open(str(path), framework="pt"):
                 pass
         except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError: the file cannot be read whole
-            raise FailtraceError(f"checkpoint {folder}: {path.name} cannot be read ({str(exc).splitlines()[0][:160]});"
-                                 " the checkpoint is damaged (a copy or save cut short?)") from None
+            said = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+            raise FailtraceError(f"checkpoint {folder}: {path.name} cannot be read ({said}); the checkpoint is "
+                                 "damaged (a copy or save cut short?)") from None
 
 
 def read_metadata(folder: str | Path) -> dict[str, Any]:

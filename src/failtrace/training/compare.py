@@ -121,7 +121,9 @@ def compare_checkpoints(store: ResultsStore, folders: Sequence[str], *, benchmar
     twice. ``models`` maps folder → loaded model (tests); by default each is loaded in turn and freed.
     """
     from failtrace.models.fingerprint import model_fingerprint
-    from failtrace.training.checkpoints import check_weights, read_metadata, vocab_digest
+    from failtrace.store.comparisons import fill_training_run
+    from failtrace.training.checkpoints import (check_weights, read_metadata, training_run_id,
+                                                vocab_digest)
 
     if not folders:
         raise FailtraceError("--checkpoints needs at least one checkpoint folder (e.g. ckpts/step-0)")
@@ -152,13 +154,15 @@ def compare_checkpoints(store: ResultsStore, folders: Sequence[str], *, benchmar
     items = {c.case_id: store.get_item(c.benchmark, c.item_id) for c in cases}
     summary = CheckpointSummary(cases=len(cases), case_ids=[c.case_id for c in cases], metas=metas)
     done = done_comparisons(store, checkpoint=True)
+    before = set(done)  # what a rerun finds stored (a step-0 shared by two folders of this call is not "before")
     for folder in folders:
         meta = metas[folder]
         lm = models[folder] if models else _load(folder, device)
         fp = model_fingerprint(lm)
         summary.fingerprints[folder] = fp
+        fill_training_run(store, fp, training_run_id(meta))  # rows stored before runs were recorded: one series
         todo = [c for c in cases if (c.case_id, fp) not in done]
-        summary.skipped += len(cases) - len(todo)
+        summary.skipped += sum((c.case_id, fp) in before for c in cases)
         summary.written[folder] = 0
         for case in progress_over(todo, f"compare on {folder}", progress):
             row = checkpoint_row(lm, case, items[case.case_id], folder, fp, meta)
