@@ -225,6 +225,11 @@ CASES = [
     Case("pairs-ray-address-without-workers", _p("--ray-address", "auto"), ["--ray-address", "--workers"]),
     # analyse (the store has no clean pairs; each of these must stop before looking)
     Case("analyse-workers-0", ["analyse", "-s", "{w}/store.duckdb", "--workers", "0"], ["--workers", "0"]),
+    # one model-loading worker each: 100000 on a 2-core machine ran for minutes before anything was said
+    Case("pairs-workers-beyond-the-cores", _p("--workers", "100000"), ["--workers 100000 is more than this machine's",
+                                                                      "--ray-address for a cluster"]),
+    Case("analyse-workers-beyond-the-cores", ["analyse", "-s", "{w}/store.duckdb", "--workers", "4096"],
+         ["--workers 4096 is more than this machine's"]),
     Case("analyse-workers-negative", ["analyse", "-s", "{w}/store.duckdb", "--workers", "-2"], ["--workers", "-2"]),
     Case("analyse-ray-address-without-workers", ["analyse", "-s", "{w}/store.duckdb", "--ray-address", "auto"],
          ["--ray-address", "--workers"]),
