@@ -128,6 +128,8 @@ def prepare_input(
         else:
             ids = ids + [int(t) for t in answer_prefix]
     if position is not None:
+        if isinstance(position, bool) or not isinstance(position, int):  # True was 1; 1.5 a TypeError in slicing
+            raise FailtraceError(f"position must be a whole number (a token index), got {position!r}")
         if not -len(ids) <= position < len(ids):
             raise FailtraceError(
                 f"position {position} is out of range: the input has {len(ids)} tokens (valid 0..{len(ids) - 1}, or "

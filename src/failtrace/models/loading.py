@@ -310,7 +310,7 @@ def _registry_source(name: str) -> str:
 
 
 def load_model(
-    name_or_path: str | None = None,
+    name_or_path: str | os.PathLike[str] | None = None,
     dtype: str | Any = "float32",
     device: str = "cpu",
     revision: str | None = None,
@@ -324,6 +324,11 @@ def load_model(
     """
     import torch
 
+    if isinstance(name_or_path, os.PathLike):  # a pathlib.Path is a folder or file path, as its string is
+        name_or_path = os.fspath(name_or_path)
+    if name_or_path is not None and not isinstance(name_or_path, str):
+        raise FailtraceError(f"a model is named by a string or a path (registry name, folder, .gguf file, hub id), "
+                             f"not {type(name_or_path).__name__} {name_or_path!r}")
     name = name_or_path or DEFAULT_MODEL
     torch_dtype = _dtype(dtype)
     check_device(device)
