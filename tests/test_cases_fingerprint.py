@@ -54,4 +54,3 @@ def test_in_memory_models_hash_their_tensors() -> None:
     with torch.no_grad():
         a.model.model.layers[0].mlp.down_proj.weight[0, 0] += 1e-6
     assert tensors_digest(a.model) != before and model_fingerprint(a) != model_fingerprint(b)
-
