@@ -144,3 +144,26 @@ def test_ctrl_c_before_a_new_store_exists_promises_nothing(toy: dict[str, Any], 
     line = _one_error_line(main(["collect", "-b", "demo", "-d", "builtin", "-m", str(toy["model_dir"]), "--store",
                                  str(store), "--no-progress"]), capsys, expected_code=130)
     assert line.startswith("error: interrupted before anything was stored")  # "demo" names the benchmark here
+
+
+def test_a_resumed_pair_run_points_at_its_earlier_clean_pairs(toy: dict[str, Any], tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """A pairs call stopped after it had found its clean pairs: the rerun paired the rest, found none, and said
+    "no clean pair this time; a larger --top-k ... may find some", as if the run had none."""
+    from failtrace.benchmarks.registry import register_benchmark
+    from failtrace.store import open_store
+    from failtrace_testkit.toy import ToyBenchmark
+
+    register_benchmark(ToyBenchmark(mode="prefix", max_new_tokens=16))  # the store's benchmark, as the CLI finds it
+    store = _copy(toy, tmp_path)
+    with open_store(store) as st:
+        statuses = dict(st.con.execute("SELECT status, count(*) FROM pairs GROUP BY status").fetchall())
+        st.con.execute("DELETE FROM pairs WHERE item_id = (SELECT min(item_id) FROM pairs WHERE status <> 'clean')")
+    assert statuses.get("clean") and len(statuses) > 1, statuses  # the toy store has clean pairs and others
+    assert main(["pairs", "--store", str(store), "--top-k", "3", "--min-delta", "0", "--max-positions", "8",
+                 "--no-progress"]) == 0
+    out, err = capsys.readouterr()
+    assert "1 paired now" in out and "0 clean" not in out, out  # the same pair run, resumed
+    n = statuses["clean"]
+    assert f"next: failtrace analyse --store {store} (explains the clean pairs; {n} clean pair{'s' * (n > 1)} found " \
+           "by earlier calls)" in err and "no clean pair this time" not in err, err

@@ -292,6 +292,10 @@ def pairs_command(
                                  benchmark=benchmark, limit=limit, items=item or None, device=device,
                                  progress=progress)
         unfinished = _unfinished_collections(st, run or None, benchmark)
+        marks = ", ".join("?" * len(summary.pair_run_ids))
+        clean_before = st.con.execute(f"SELECT count(*) FROM pairs WHERE status = 'clean' AND pair_run_id IN "
+                                      f"({marks})", summary.pair_run_ids).fetchone()[0] if marks else 0
+        clean_before -= summary.statuses.get("clean", 0)  # found by earlier calls of these pair runs (resumed)
     counts = pair_counts(summary.statuses) or "nothing new"
     typer.echo(f"{summary.failures} failures, {summary.skipped} already paired, {summary.processed} paired now "
                f"({counts}; {summary.rollouts} rollouts, {getattr(summary, 'tokens_decoded', 0)} tokens decoded) "
@@ -301,8 +305,11 @@ def pairs_command(
         typer.echo(f"note: collection run {run_id[:8]} has {generated} of {items} items generated (it was stopped); "
                    "`failtrace collect` with its options finishes it, then `failtrace pairs` pairs the rest",
                    err=True)
-    if summary.statuses.get("clean"):
-        typer.echo(f"next: failtrace analyse --store {q} (explains the clean pairs)", err=True)
+    if summary.statuses.get("clean") or clean_before:
+        from failtrace.views.common import count_of
+
+        earlier = f"; {count_of(clean_before, 'clean pair')} found by earlier calls" if clean_before else ""
+        typer.echo(f"next: failtrace analyse --store {q} (explains the clean pairs{earlier})", err=True)
     elif summary.processed and summary.statuses.get("unbounded") == summary.processed:
         typer.echo("next: no clean pair this time: every failure paired now is unbounded (it hit the token budget, "
                    "so it was not searched); `failtrace pairs --rollout-tokens N` continues such failures to N tokens, "
