@@ -144,6 +144,14 @@ def test_ctrl_c_before_a_new_store_exists_promises_nothing(toy: dict[str, Any], 
     line = _one_error_line(main(["collect", "-b", "demo", "-d", "builtin", "-m", str(toy["model_dir"]), "--store",
                                  str(store), "--no-progress"]), capsys, expected_code=130)
     assert line.startswith("error: interrupted before anything was stored")  # "demo" names the benchmark here
+    # with --workers the store was opened before Ray started: Ctrl-C then left an empty store and said it kept it
+    import failtrace.scale as scale
+
+    monkeypatch.setattr(scale, "collect_on_ray", interrupted)
+    line = _one_error_line(main(["collect", "-b", "math", "-d", str(data), "-m", str(toy["model_dir"]), "--store",
+                                 str(store), "--workers", "1", "--no-progress"]), capsys, expected_code=130)
+    assert line == f"error: interrupted before anything was stored ({store} was not created); rerun the command"
+    assert not store.exists() and not store.with_name("new.duckdb.lock").exists()
 
 
 def test_a_resumed_pair_run_points_at_its_earlier_clean_pairs(toy: dict[str, Any], tmp_path: Path,

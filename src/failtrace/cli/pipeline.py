@@ -161,8 +161,8 @@ def _collect_on_ray(bench: Any, items: list[Any], store: Path, model: str, dtype
             return collect_on_ray(st, bench, items, ModelSpec(model, dtype, device), workers,
                                   max_new_tokens=max_new_tokens, thinking=thinking, seed=seed, data=data,
                                   address=ray_address, progress=progress)
-    except FailtraceError:
-        if made:  # e.g. the workers could not load the model: leave no empty store behind (as without Ray)
+    except (FailtraceError, KeyboardInterrupt):
+        if made:  # the workers could not load the model, or Ctrl-C while Ray started: no empty store (as without Ray)
             _remove_if_empty(store)
         raise
 
