@@ -175,3 +175,37 @@ def test_a_resumed_pair_run_points_at_its_earlier_clean_pairs(toy: dict[str, Any
     n = statuses["clean"]
     assert f"next: failtrace analyse --store {store} (explains the clean pairs; {n} clean pair{'s' * (n > 1)} found " \
            "by earlier calls)" in err and "no clean pair this time" not in err, err
+
+
+@pytest.mark.parametrize(("edit", "where"), [
+    ("UPDATE cases SET masking = '[1, 2]' WHERE case_id = '{c}'", "case {c}"),
+    ("UPDATE case_methods SET segment_relevance = '[1]' WHERE case_id = '{c}' AND method = 'attnlrp'",
+     "case_methods row 'attnlrp' of case {c}"),
+    ("UPDATE case_methods SET input_relevance = input_relevance[1:3] WHERE case_id = '{c}'", "case {c}"),
+    ("UPDATE cases SET category = 'BOGUS' WHERE case_id = '{c}'", "case {c}"),
+])
+@pytest.mark.parametrize("command", [["show", "--case", "{c}"], ["report", "-o", "{d}/rep"]])
+def test_a_value_of_the_wrong_shape_is_a_damaged_store(toy: dict[str, Any], tmp_path: Path, edit: str, where: str,
+                                                       command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """JSON that parses but is not what failtrace wrote (edited by hand): show and report crashed (exit 70) with a
+    TypeError, AttributeError or ValueError; an unknown category was shown as one. Now one line names the row."""
+    from failtrace.store import open_store
+
+    store = _copy(toy, tmp_path)
+    with open_store(store) as st:
+        case = st.con.execute("SELECT min(case_id) FROM case_graphs").fetchone()[0]  # a case with every table
+        st.con.execute(edit.replace("{c}", case))
+    before = sha256(store)
+    argv = [a.replace("{c}", case).replace("{d}", str(tmp_path)) for a in command]
+    line = _one_error_line(main([*argv, "--store", str(store)]), capsys)
+    assert line.startswith(f"error: results store {store} holds a value of the wrong shape in "
+                           f"{where.replace('{c}', case)} ("), line
+    assert "it is damaged or was edited by hand" in line and sha256(store) == before
+
+
+def test_a_cut_graph_is_a_damaged_store_for_the_report(toy: dict[str, Any], tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """show reads no graph; the report draws it: a node list cut by hand was a ValueError from zip (exit 70)."""
+    test_a_value_of_the_wrong_shape_is_a_damaged_store(
+        toy, tmp_path, "UPDATE case_graphs SET node_token = node_token[1:2] WHERE case_id = '{c}'", "case {c}",
+        ["report", "-o", "{d}/rep"], capsys)

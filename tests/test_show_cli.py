@@ -197,7 +197,7 @@ def test_two_runs_in_one_checkpoint_folder_are_told_apart(tmp_path_factory: pyte
     store = info["store"].parent / "two-runs.duckdb"
     shutil.copy(info["store"], store)
     with open_store(store) as st:
-        case_id, model, step = st.con.execute("SELECT case_id, model, step FROM comparisons WHERE step > 0 "
+        case_id, model, step = st.con.execute("SELECT case_id, model, step FROM comparisons WHERE step > 0 AND mapped "
                                               "ORDER BY case_id LIMIT 1").fetchone()
         st.con.execute("UPDATE comparisons SET training_run = 'aaaaaaaaaaaaaaaa' WHERE step IS NOT NULL")
         st.con.execute("INSERT INTO comparisons SELECT * REPLACE ('other-weights' AS model_fingerprint, "

@@ -20,6 +20,7 @@ from failtrace.cases.record import CATEGORIES, Case, MaskingSpec, MethodResult
 from failtrace.errors import FailtraceError
 from failtrace.store.natural import natural_key
 from failtrace.store.records import TEXT_MOST, loads, text_problem
+from failtrace.store.shapes import check_shapes, shaped
 
 if TYPE_CHECKING:  # type only: the store's export imports this module
     from failtrace.store.store import ResultsStore
@@ -179,23 +180,27 @@ def load_cases(store: ResultsStore, benchmark: str | None = None, model_fingerpr
         rows = [r for r in rows if (r["pair_run_id"], r["analysis_id"]) in keep]
     methods: dict[str, dict[str, MethodResult]] = {}  # read for the kept cases only (their arrays are the bulk)
     for m in store._rows("SELECT * FROM case_methods WHERE list_contains(?, case_id)", [[r["case_id"] for r in rows]]):
-        m["segment_relevance"] = _parsed(m["segment_relevance"] or "{}", store,
-                                         f"case_methods.segment_relevance of case {m['case_id']}")
-        methods.setdefault(m["case_id"], {})[m["method"]] = MethodResult.from_dict(m)
+        where = f"case_methods row {m['method']!r} of case {m['case_id']}"
+        with shaped(store, where):
+            m["segment_relevance"] = _parsed(m["segment_relevance"] or "{}", store, f"{where}, segment_relevance")
+            methods.setdefault(m["case_id"], {})[m["method"]] = MethodResult.from_dict(m)
     overrides = current_overrides(store)
     out = []
     for r in rows:
-        for col in _CASE_JSON:
-            r[col] = _parsed(r.get(col), store, f"cases.{col} of case {r['case_id']}")
-        r["masking"] = MaskingSpec.from_dict(r["masking"]).to_dict()
-        r["methods"] = {}
-        case = Case.from_dict(r)
-        case.methods = methods.get(case.case_id, {})
-        case.override = overrides.get(case.case_id)
-        if with_graph:
-            case.graph = load_case_graph(store, case.case_id)
+        with shaped(store, f"case {r['case_id']}"):
+            for col in _CASE_JSON:
+                r[col] = _parsed(r.get(col), store, f"cases.{col} of case {r['case_id']}")
+            r["masking"] = MaskingSpec.from_dict(r["masking"]).to_dict()
+            r["methods"] = {}
+            case = Case.from_dict(r)
+            case.methods = methods.get(case.case_id, {})
+            case.override = overrides.get(case.case_id)
+            check_shapes(case)
+            if with_graph:
+                case.graph = load_case_graph(store, case.case_id)
         out.append(case)
     return out
+
 
 
 def load_case_graph(store: ResultsStore, case_id: str) -> dict[str, Any] | None:
