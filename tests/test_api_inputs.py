@@ -3,6 +3,7 @@ for anything else (a FailtraceError, never a TypeError from deep inside)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -33,3 +34,44 @@ def test_a_position_that_is_no_token_index_is_refused(position: object) -> None:
     assert len(prepare_input(tok, [5, 6, 7, 8], position=1).ids) == 2  # an int is a token index
     with pytest.raises(FailtraceError, match=r"position must be a whole number \(a token index\), got "):
         prepare_input(tok, [5, 6, 7, 8], position=position)  # type: ignore[arg-type]
+
+
+def test_prompts_and_prefixes_of_every_kind_a_caller_passes(toy_lm: object) -> None:
+    """A numpy array or a tensor of ids is the same prompt as its list; a dict, a number, ids out of the vocabulary
+    in answer_prefix (blamed on the model's weights before), an lm that is no LoadedModel, topk < 1 (a RuntimeError
+    from torch.topk): each one FailtraceError naming what was given."""
+    import numpy as np
+    import torch
+
+    import failtrace
+    from failtrace.errors import FailtraceError
+
+    ids = [5, 6, 7, 8]
+    base = failtrace.attribute(toy_lm, ids, target="#9", contrast="#10")
+    for same in (np.array(ids), torch.tensor(ids), tuple(ids)):
+        again = failtrace.attribute(toy_lm, same, target="#9", contrast="#10")
+        assert again.token_ids == base.token_ids and again.delta_logit == base.delta_logit
+    vocab = len(toy_lm.tokenizer)
+    for kwargs, says in (({"prompt": {"role": "user", "content": "hi"}}, "a prompt is text, a list of chat messages"),
+                         ({"prompt": 5}, "not int 5"),
+                         ({"prompt": ids, "answer_prefix": [vocab]},
+                          f"answer_prefix token ids out of range 0..{vocab - 1}"),
+                         ({"prompt": ids, "answer_prefix": 5}, "answer_prefix is text or a list of token ids"),
+                         ({"prompt": ids, "lm": toy_lm.model}, "not "),
+                         ({"prompt": ids, "objective": "topk_mean", "contrast": None, "topk": -3},
+                          "topk (the tokens topk_mean averages) must be a whole number >= 1, got -3")):
+        args = {"lm": toy_lm, "target": "#9", "contrast": "#10", **kwargs}
+        with pytest.raises(FailtraceError, match=re.escape(says)):
+            failtrace.attribute(args.pop("lm"), args.pop("prompt"), **args)
+
+
+def test_lrp_rules_names_a_wrapper_given_for_the_module(toy_lm: object) -> None:
+    """lrp_rules(lm) (the LoadedModel) was AttributeError 'no attribute named_modules'; it says to pass lm.model."""
+    import failtrace
+    from failtrace.errors import FailtraceError
+
+    with pytest.raises(FailtraceError, match=r"takes the torch model \(an nn.Module\), not .*; pass lm.model"):
+        with failtrace.lrp_rules(toy_lm):
+            pass
+    with failtrace.lrp_rules(toy_lm.model) as report:  # the module itself is patched as before
+        assert report.method == "attnlrp"

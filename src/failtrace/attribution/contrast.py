@@ -74,6 +74,11 @@ def prepare_contrast(
     ``lm`` is a :class:`failtrace.models.LoadedModel` (or anything with ``model`` and ``tokenizer``).
     """
     check_objective(objective)
+    if not hasattr(lm, "tokenizer") or not hasattr(lm, "model"):  # e.g. lm.model, or None, given for lm
+        raise FailtraceError(f"the model is failtrace.load_model(...)'s LoadedModel (model and tokenizer), not "
+                             f"{type(lm).__name__}")
+    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+        raise FailtraceError(f"topk (the tokens topk_mean averages) must be a whole number >= 1, got {topk!r}")
     tok = lm.tokenizer
     prep = prepare_input(tok, prompt, chat=chat, answer_prefix=answer_prefix, thinking=thinking, position=position,
                          max_length=context_length(lm.model), allow_long=allow_long)

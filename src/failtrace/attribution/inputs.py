@@ -23,7 +23,17 @@ class PreparedInput:
 
 
 def _is_ids(prompt: Any) -> bool:
-    return isinstance(prompt, (list, tuple)) and len(prompt) > 0 and all(isinstance(t, int) for t in prompt)
+    return isinstance(prompt, (list, tuple)) and len(prompt) > 0 and all(
+        isinstance(t, int) and not isinstance(t, bool) for t in prompt)
+
+
+def _check_ids(ids: list[int], tokenizer: Any, what: str) -> list[int]:
+    """Token ids inside the vocabulary (one out of range would be blamed on the model's weights later)."""
+    vocab = len(tokenizer)
+    bad = [t for t in ids if not 0 <= t < vocab]
+    if bad:
+        raise TokenizationError(f"{what} token ids out of range 0..{vocab - 1}: {bad[:5]}")
+    return ids
 
 
 def special_ids(tokenizer: Any) -> set[int]:
@@ -107,16 +117,19 @@ def prepare_input(
     More than ``max_length`` ids (the model's context, see :func:`failtrace.models.limits.context_length`) is
     refused unless ``allow_long``.
     """
+    if hasattr(prompt, "tolist") and not isinstance(prompt, (str, list, tuple)):  # a numpy array or torch tensor
+        prompt = prompt.tolist()
     if prompt is None or (isinstance(prompt, (str, list, tuple)) and len(prompt) == 0) or (
         isinstance(prompt, str) and not prompt.strip()
     ):
         raise FailtraceError("the prompt is empty; give some text, chat messages or token ids")
+    if not isinstance(prompt, (str, list, tuple)) or (
+            not isinstance(prompt, str) and not _is_ids(prompt) and not all(isinstance(m, dict) for m in prompt)):
+        raise FailtraceError(f"a prompt is text, a list of chat messages ({{'role', 'content'}} dicts) or a list of "
+                             f"token ids, not {type(prompt).__name__} {repr(prompt)[:60]}")
     if _is_ids(prompt):
         ids = [int(t) for t in prompt]  # type: ignore[union-attr]
-        vocab = len(tokenizer)
-        bad = [t for t in ids if not 0 <= t < vocab]
-        if bad:
-            raise TokenizationError(f"prompt token ids out of range 0..{vocab - 1}: {bad[:5]}")
+        _check_ids(ids, tokenizer, "prompt")
     elif chat or not isinstance(prompt, str):
         ids = apply_chat_template(tokenizer, prompt, thinking=thinking)  # type: ignore[arg-type]
     else:
@@ -126,7 +139,11 @@ def prepare_input(
         if isinstance(answer_prefix, str):
             ids = ids + tokenizer.encode(answer_prefix, add_special_tokens=False)
         else:
-            ids = ids + [int(t) for t in answer_prefix]
+            prefix = answer_prefix.tolist() if hasattr(answer_prefix, "tolist") else answer_prefix
+            if not _is_ids(prefix):
+                raise FailtraceError(f"answer_prefix is text or a list of token ids, not "
+                                     f"{type(answer_prefix).__name__} {repr(answer_prefix)[:60]}")
+            ids = ids + _check_ids([int(t) for t in prefix], tokenizer, "answer_prefix")
     if position is not None:
         if isinstance(position, bool) or not isinstance(position, int):  # True was 1; 1.5 a TypeError in slicing
             raise FailtraceError(f"position must be a whole number (a token index), got {position!r}")

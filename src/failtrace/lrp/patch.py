@@ -296,6 +296,9 @@ def lrp_rules(model: nn.Module, method: str = "attnlrp") -> Iterator[PatchReport
     ``method``: ``attnlrp`` (default), ``cp-lrp`` (attention weights constant) or ``gradxinput`` (no change).
     Unsupported architectures raise :class:`UnsupportedModelError` and leave the model as it was.
     """
+    if not isinstance(model, nn.Module):  # e.g. the LoadedModel wrapper: its .model is the module
+        hint = "; pass lm.model" if isinstance(getattr(model, "model", None), nn.Module) else ""
+        raise FailtraceError(f"lrp_rules takes the torch model (an nn.Module), not {type(model).__name__}{hint}")
     rules = lrp_method(method)
     if getattr(model, "_failtrace_patched", False):
         raise FailtraceError("this model is already inside lrp_rules(); nesting is not supported")
