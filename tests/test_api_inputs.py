@@ -51,6 +51,11 @@ def test_prompts_and_prefixes_of_every_kind_a_caller_passes(toy_lm: object) -> N
     for same in (np.array(ids), torch.tensor(ids), tuple(ids)):
         again = failtrace.attribute(toy_lm, same, target="#9", contrast="#10")
         assert again.token_ids == base.token_ids and again.delta_logit == base.delta_logit
+    with_prefix = failtrace.attribute(toy_lm, ids[:2], target="#9", contrast="#10", answer_prefix=ids[2:])
+    for prefix in (np.array(ids[2:]), torch.tensor(ids[2:]), [np.int64(t) for t in ids[2:]]):  # and their ids
+        again = failtrace.attribute(toy_lm, ids[:2], target="#9", contrast="#10", answer_prefix=prefix)
+        assert again.token_ids == with_prefix.token_ids and again.delta_logit == with_prefix.delta_logit
+    assert failtrace.attribute(toy_lm, ids, target="#9", contrast="#10", position=np.int64(2)).token_ids == ids[:3]
     vocab = len(toy_lm.tokenizer)
     for kwargs, says in (({"prompt": {"role": "user", "content": "hi"}}, "a prompt is text, a list of chat messages"),
                          ({"prompt": 5}, "not int 5"),

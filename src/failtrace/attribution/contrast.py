@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from failtrace.attribution.inputs import PreparedInput, Prompt, prepare_input, resolve_token
+from failtrace.attribution.inputs import PreparedInput, Prompt, prepare_input, resolve_token, whole
 from failtrace.models.limits import context_length
 from failtrace.attribution.objective import check_objective, objective_value
 from failtrace.attribution.record import TokenRef
@@ -77,7 +77,7 @@ def prepare_contrast(
     if not hasattr(lm, "tokenizer") or not hasattr(lm, "model"):  # e.g. lm.model, or None, given for lm
         raise FailtraceError(f"the model is failtrace.load_model(...)'s LoadedModel (model and tokenizer), not "
                              f"{type(lm).__name__}")
-    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+    if whole(topk) is None or topk < 1:
         raise FailtraceError(f"topk (the tokens topk_mean averages) must be a whole number >= 1, got {topk!r}")
     tok = lm.tokenizer
     prep = prepare_input(tok, prompt, chat=chat, answer_prefix=answer_prefix, thinking=thinking, position=position,

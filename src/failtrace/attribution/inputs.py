@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -22,9 +23,27 @@ class PreparedInput:
     special_mask: list[bool]
 
 
-def _is_ids(prompt: Any) -> bool:
-    return isinstance(prompt, (list, tuple)) and len(prompt) > 0 and all(
-        isinstance(t, int) and not isinstance(t, bool) for t in prompt)
+def whole(value: Any) -> int | None:
+    """``value`` as an int when it is a whole number (an int, a numpy integer), else None (a bool is no number)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def _listed(value: Any) -> Any:
+    """A numpy array or torch tensor as the list it holds; anything else as it is."""
+    return value.tolist() if hasattr(value, "tolist") and not isinstance(value, (str, list, tuple)) else value
+
+
+def _ids(value: Any) -> list[int] | None:
+    """A non-empty list or tuple of whole numbers as ints, else None."""
+    if not isinstance(value, (list, tuple)) or not value:
+        return None
+    ids = [whole(t) for t in value]
+    return None if None in ids else ids  # type: ignore[return-value]
 
 
 def _check_ids(ids: list[int], tokenizer: Any, what: str) -> list[int]:
@@ -50,7 +69,7 @@ def decode_tokens(tokenizer: Any, ids: Sequence[int]) -> list[str]:
     return [tokenizer.decode([int(i)], skip_special_tokens=False, clean_up_tokenization_spaces=False) for i in ids]
 
 
-def _ascii_digits(text: str) -> bool:
+def ascii_digits(text: str) -> bool:
     """``'#ID'`` takes ASCII digits only ('²' and '７' pass ``isdigit``; the first then fails ``int``)."""
     return text.isascii() and text.isdigit()
 
@@ -60,7 +79,7 @@ def resolve_token(tokenizer: Any, spec: int | str, role: str) -> TokenRef:
     vocab = len(tokenizer)
     if isinstance(spec, bool):
         raise TokenizationError(f"{role} must be a token id or a string, got {spec!r}")
-    if isinstance(spec, int) or (isinstance(spec, str) and spec.startswith("#") and _ascii_digits(spec[1:])):
+    if isinstance(spec, int) or (isinstance(spec, str) and spec.startswith("#") and ascii_digits(spec[1:])):
         tid = int(spec[1:]) if isinstance(spec, str) else int(spec)
         if not 0 <= tid < vocab:
             raise TokenizationError(f"{role} id {tid} is out of range: the vocabulary has ids 0..{vocab - 1}")
@@ -117,36 +136,35 @@ def prepare_input(
     More than ``max_length`` ids (the model's context, see :func:`failtrace.models.limits.context_length`) is
     refused unless ``allow_long``.
     """
-    if hasattr(prompt, "tolist") and not isinstance(prompt, (str, list, tuple)):  # a numpy array or torch tensor
-        prompt = prompt.tolist()
+    prompt = _listed(prompt)
     if prompt is None or (isinstance(prompt, (str, list, tuple)) and len(prompt) == 0) or (
         isinstance(prompt, str) and not prompt.strip()
     ):
         raise FailtraceError("the prompt is empty; give some text, chat messages or token ids")
-    if not isinstance(prompt, (str, list, tuple)) or (
-            not isinstance(prompt, str) and not _is_ids(prompt) and not all(isinstance(m, dict) for m in prompt)):
-        raise FailtraceError(f"a prompt is text, a list of chat messages ({{'role', 'content'}} dicts) or a list of "
-                             f"token ids, not {type(prompt).__name__} {repr(prompt)[:60]}")
-    if _is_ids(prompt):
-        ids = [int(t) for t in prompt]  # type: ignore[union-attr]
-        _check_ids(ids, tokenizer, "prompt")
-    elif chat or not isinstance(prompt, str):
+    given = _ids(prompt)
+    if given is not None:
+        ids = _check_ids(given, tokenizer, "prompt")
+    elif isinstance(prompt, str) and not chat:
+        ids = tokenizer.encode(prompt, add_special_tokens=True)
+    elif isinstance(prompt, str) or (isinstance(prompt, (list, tuple)) and all(isinstance(m, dict) for m in prompt)):
         ids = apply_chat_template(tokenizer, prompt, thinking=thinking)  # type: ignore[arg-type]
     else:
-        ids = tokenizer.encode(prompt, add_special_tokens=True)
+        raise FailtraceError(f"a prompt is text, a list of chat messages ({{'role', 'content'}} dicts) or a list of "
+                             f"token ids, not {type(prompt).__name__} {repr(prompt)[:60]}")
     prompt_length = len(ids)
-    if answer_prefix:
-        if isinstance(answer_prefix, str):
-            ids = ids + tokenizer.encode(answer_prefix, add_special_tokens=False)
-        else:
-            prefix = answer_prefix.tolist() if hasattr(answer_prefix, "tolist") else answer_prefix
-            if not _is_ids(prefix):
-                raise FailtraceError(f"answer_prefix is text or a list of token ids, not "
-                                     f"{type(answer_prefix).__name__} {repr(answer_prefix)[:60]}")
-            ids = ids + _check_ids([int(t) for t in prefix], tokenizer, "answer_prefix")
+    answer_prefix = _listed(answer_prefix)
+    if isinstance(answer_prefix, str):
+        ids = ids + tokenizer.encode(answer_prefix, add_special_tokens=False)
+    elif answer_prefix is not None and answer_prefix != [] and answer_prefix != ():
+        prefix = _ids(answer_prefix)
+        if prefix is None:
+            raise FailtraceError(f"answer_prefix is text or a list of token ids, not "
+                                 f"{type(answer_prefix).__name__} {repr(answer_prefix)[:60]}")
+        ids = ids + _check_ids(prefix, tokenizer, "answer_prefix")
     if position is not None:
-        if isinstance(position, bool) or not isinstance(position, int):  # True was 1; 1.5 a TypeError in slicing
+        if whole(position) is None:  # True was token 1; 1.5 a TypeError in slicing
             raise FailtraceError(f"position must be a whole number (a token index), got {position!r}")
+        position = whole(position)
         if not -len(ids) <= position < len(ids):
             raise FailtraceError(
                 f"position {position} is out of range: the input has {len(ids)} tokens (valid 0..{len(ids) - 1}, or "
