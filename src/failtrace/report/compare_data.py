@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 import statistics
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -62,13 +63,15 @@ def series_names(rows: Sequence[Row]) -> dict[str, str]:
             seen = paths.setdefault(series_key(r), {})
             seen[folder] = seen.get(folder, 0) + 1
     names = {k: min(seen, key=lambda f: (-seen[f], len(f), f)) for k, seen in paths.items()}
-    shared = {n for n in names.values() if list(names.values()).count(n) > 1}
+    shared = {n for n, uses in Counter(names.values()).items() if uses > 1}
     return {k: f"{n} (run {k[:8]})" if n in shared and not k.startswith("folder:") else
             f"{n} (run not recorded)" if n in shared else n for k, n in names.items()}
 
 
 def with_series(rows: Sequence[Row]) -> list[dict[str, Any]]:
-    """The rows, each checkpoint row with its series' name as ``series``."""
+    """The rows, each checkpoint row with its series' name as ``series`` (rows that have one already: as given)."""
+    if all("series" in r for r in rows if is_checkpoint(r)):
+        return list(rows)  # type: ignore[arg-type]
     names = series_names(rows)
     return [{**r, "series": names[series_key(r)]} if is_checkpoint(r) else dict(r) for r in rows]
 
@@ -172,10 +175,11 @@ def checkpoint_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
     return sorted(out, key=lambda p: (p["series"], p["split"], p["case_id"], p["step"]))
 
 
-def checkpoint_summary(rows: Sequence[Row]) -> list[dict[str, Any]]:
-    """Fig. 6 (bold lines): per series, split and step: cases, median Δℓ, how many are corrected (Δℓ < 0)."""
+def checkpoint_summary(rows: Sequence[Row], points: Sequence[Row] | None = None) -> list[dict[str, Any]]:
+    """Fig. 6 (bold lines): per series, split and step: cases, median Δℓ, how many are corrected (Δℓ < 0);
+    ``points``: :func:`checkpoint_rows` of ``rows`` when the caller has them."""
     groups: dict[tuple[str, str, int], list[float]] = {}
-    for p in checkpoint_rows(rows):
+    for p in checkpoint_rows(rows) if points is None else points:
         groups.setdefault((p["series"], p["split"], p["step"]), []).append(p["delta_logit"])
     return [{"series": s, "split": sp, "step": st, "cases": len(v), "median_delta_logit": statistics.median(v),
              "corrected": sum(x < 0 for x in v), "corrected_share": sum(x < 0 for x in v) / len(v)}
@@ -197,5 +201,8 @@ def checkpoint_segment_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
 
 def figure_data(rows: Sequence[Row]) -> dict[str, list[dict[str, Any]]]:
     """Every table of Fig. 4–7 by name (the report's CSV names; the explorer's /api/compare payload)."""
-    return {"scatter": scatter_rows(rows), "segments": segment_rows(rows), "checkpoints": checkpoint_rows(rows),
-            "checkpoint_summary": checkpoint_summary(rows), "checkpoint_segments": checkpoint_segment_rows(rows)}
+    rows = with_series(rows)  # the series are named once, over every row
+    points = checkpoint_rows(rows)
+    return {"scatter": scatter_rows(rows), "segments": segment_rows(rows), "checkpoints": points,
+            "checkpoint_summary": checkpoint_summary(rows, points),
+            "checkpoint_segments": checkpoint_segment_rows(rows)}

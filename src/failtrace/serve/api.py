@@ -185,7 +185,8 @@ def case_graph(case_id: CASE_ID, request: Request, cur: Cursor) -> dict[str, Any
 def case_compare(case_id: CASE_ID, request: Request, cur: Cursor) -> dict[str, Any]:
     from failtrace.serve.comparedata import case_compare as compare_rows
 
-    found = compare_rows(cur, case_id) if _state(request).has_comparisons else None
+    st = _state(request)
+    found = compare_rows(cur, case_id, _compared(st, cur, "series_names")) if st.has_comparisons else None
     if found is None:
         raise HTTPException(404, "no comparisons stored for this case (run `failtrace compare`)")
     return found
@@ -193,15 +194,21 @@ def case_compare(case_id: CASE_ID, request: Request, cur: Cursor) -> dict[str, A
 
 @router.get("/api/compare", summary="The data of Fig. 4-7 (across models and checkpoints)")
 def compare_figures(request: Request, cur: Cursor) -> dict[str, Any]:
-    from failtrace.serve.comparedata import figures
-
     st = _state(request)
     if not st.has_comparisons:
         raise HTTPException(404, "no comparisons in this store (run `failtrace compare`)")
-    with st.figures_lock:  # the explorer never writes comparisons: computed once, on first request
-        if st.figures is None:
-            st.figures = figures(cur)
-    return st.figures
+    return _compared(st, cur, "figures")
+
+
+def _compared(st: Any, cur: Any, what: str) -> Any:
+    """``figures`` (Fig. 4-7 data) or ``series_names`` (the checkpoint series' names): the explorer never writes
+    comparisons, so each is computed once, on first use."""
+    from failtrace.serve.comparedata import figures, series_names_of
+
+    with st.figures_lock:
+        if what not in st.compared:
+            st.compared[what] = (figures if what == "figures" else series_names_of)(cur)
+    return st.compared[what]
 
 
 @router.get("/api/item", summary="One item of a collection run (prompt, completion, verdict, pair)")

@@ -116,7 +116,7 @@ class ServeState:
             raise
         self.has_reviews = "reviews" in tables
         self.has_comparisons = "comparisons" in tables and self.has_cases
-        self.figures: dict[str, Any] | None = None  # Fig. 4-7 data, computed on first request (api.compare_figures)
+        self.compared: dict[str, Any] = {}  # Fig. 4-7 data and the series' names, computed on first use (api)
         self.figures_lock = threading.Lock()
 
     def ensure_reviews(self) -> None:

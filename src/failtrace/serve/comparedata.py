@@ -14,7 +14,7 @@ from failtrace.attribution.normalize import normalize
 from failtrace.report import compare_data as D
 from failtrace.serve.align import project
 from failtrace.serve.casedata import finite
-from failtrace.store.comparisons import FLIP_K
+from failtrace.store.comparisons import FLIP_K, training_run_column
 from failtrace.store.records import loads
 
 _LIGHT = ("case_id, model, model_fingerprint, item_id, benchmark, reference, mapped, delta_logit, "
@@ -33,20 +33,6 @@ def _order(r: dict[str, Any]) -> tuple[Any, ...]:
     return (not r["reference"], ckpt, r["series"] if ckpt else r["model"], r["step"] or 0, str(r["split"] or ""))
 
 
-def _light(cur: Any) -> str:
-    """The columns the figures read (``training_run`` only where the store has it: it was added in Dec 2026)."""
-    cols = {r[0] for r in cur.execute("SELECT column_name FROM information_schema.columns "
-                                      "WHERE table_name = 'comparisons'").fetchall()}
-    return _LIGHT + (", training_run" if "training_run" in cols else "")
-
-
-def _series_names(cur: Any) -> dict[str, str]:
-    """Series key -> name over every checkpoint row (each counts, as in the figures), so a case's page names a run
-    as the figures do."""
-    run = "training_run" if _light(cur).endswith("training_run") else "NULL AS training_run"
-    return D.series_names(_rows(cur, f"SELECT model, step, {run} FROM comparisons WHERE step IS NOT NULL", []))
-
-
 def _aligned(case_tokens: list[str], row: dict[str, Any], same: bool) -> dict[str, Any] | None:
     """Normalised relevance of ``row`` on the case's tokens (identity when it *is* the case's tokenisation)."""
     rel, tokens = row.get("input_relevance"), row.get("tokens")
@@ -61,8 +47,15 @@ def _aligned(case_tokens: list[str], row: dict[str, Any], same: bool) -> dict[st
     return {k: out[k] for k in ("values", "spans", "unaligned", "matched_chars")} | {"identical": False}
 
 
-def case_compare(cur: Any, case_id: str) -> dict[str, Any] | None:
-    """Every comparison row of one case with its aligned heatmap, or None when the case has none."""
+def series_names_of(cur: Any) -> dict[str, str]:
+    """Series key -> name over every checkpoint row, as the figures name the runs."""
+    return D.series_names(_rows(cur, f"SELECT model, step, {training_run_column(cur)} FROM comparisons "
+                                     "WHERE step IS NOT NULL", []))
+
+
+def case_compare(cur: Any, case_id: str, names: dict[str, str] | None = None) -> dict[str, Any] | None:
+    """Every comparison row of one case with its aligned heatmap, or None when the case has none; ``names``:
+    :func:`series_names_of` (the explorer computes it once), else read here."""
     rows = _rows(cur, f"SELECT * EXCLUDE (created_at) REPLACE ({FLIP_K} AS flip_k) FROM comparisons "
                       f"WHERE case_id = ?", [case_id])
     if not rows:
@@ -73,7 +66,7 @@ def case_compare(cur: Any, case_id: str) -> dict[str, Any] | None:
         return None
     tokens = loads(case[0]["tokens"], "cases.tokens")
     ids = list(case[0]["token_ids"])
-    names = _series_names(cur)
+    names = series_names_of(cur) if names is None else names
     for r in rows:
         r["series"] = names[D.series_key(r)] if r["step"] is not None else None
     out = []
@@ -97,8 +90,8 @@ def case_compare(cur: Any, case_id: str) -> dict[str, Any] | None:
 
 def figures(cur: Any) -> dict[str, Any]:
     """Fig. 4–7 data over the whole comparisons table (only the light columns are read)."""
-    rows = _rows(cur, f"SELECT {_light(cur)} FROM comparisons ORDER BY benchmark, item_id, case_id, "
-                      "reference DESC, model", [])
+    rows = _rows(cur, f"SELECT {_LIGHT}, {training_run_column(cur)} FROM comparisons "
+                      "ORDER BY benchmark, item_id, case_id, reference DESC, model", [])
     for r in rows:
         r["segment_relevance"] = loads(r["segment_relevance"] or "{}", "comparisons.segment_relevance")
     data = D.figure_data(rows)

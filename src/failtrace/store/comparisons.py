@@ -149,10 +149,16 @@ def checkpoint_runs(store: ResultsStore) -> list[dict[str, Any]]:
     what names the series (report.compare_data.series_names) wherever a view lists checkpoint rows."""
     if not _present(store):
         return []
-    cols = {r[0] for r in store.con.execute("SELECT column_name FROM information_schema.columns "
-                                            "WHERE table_name = 'comparisons'").fetchall()}
-    run = "training_run" if "training_run" in cols else "NULL AS training_run"
-    return store._rows(f"SELECT model, step, {run} FROM comparisons WHERE step IS NOT NULL")
+    return store._rows(f"SELECT model, step, {training_run_column(store.con)} FROM comparisons "
+                       "WHERE step IS NOT NULL")
+
+
+def training_run_column(con: Any) -> str:
+    """``training_run`` in a SELECT list, or ``NULL AS training_run`` where the table predates it (read-only readers
+    never migrate it)."""
+    has = con.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'comparisons' "
+                      "AND column_name = 'training_run'").fetchone()[0]
+    return "training_run" if has else "NULL AS training_run"
 
 
 def done_comparisons(store: ResultsStore, checkpoint: bool) -> set[tuple[str, str]]:
