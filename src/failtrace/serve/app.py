@@ -92,16 +92,13 @@ class ServeState:
         from failtrace.store.cases import has_case_tables
         from failtrace.store.store import open_store
 
-        given = Path(path)  # the path as typed names the store in messages, as every other command names it
-        require_store(given)
-        path = given.absolute()  # same_file() must find the same file whatever the working folder becomes
-        self.path = path
-        self.given = given
+        self.path = Path(path)  # as typed: it names the store in messages, as every other command names it
+        self._absolute = self.path.absolute()  # same_file() must find the file whatever the working folder becomes
         self.review = review
         from failtrace.serve.queries import RowIndex
 
-        self.store = open_store(given, read_only=not review, create=False)
-        self.file_id = file_id(path)  # a write checks that the path still names this file (see same_file)
+        self.store = open_store(self.path, read_only=not review, create=False)  # its own checks name a bad path
+        self.file_id = file_id(self._absolute)  # a write checks that the path still names this file (see same_file)
         self.write_lock = threading.Lock()
         self.rows = RowIndex()
         try:
@@ -140,7 +137,7 @@ class ServeState:
         try:
             self.rows.refresh(cur, self.has_cases)
         except Exception as exc:  # the join reads every case row: damage found here is named like anywhere else
-            raise_translated(self.given, exc, "query")
+            raise_translated(self.path, exc, "query")
             raise
         finally:
             cur.close()
@@ -164,7 +161,7 @@ class ServeState:
     def same_file(self) -> bool:
         """Whether the store's path still names the file opened at start. DuckDB keeps writing to the file it opened:
         after the path is deleted or replaced, a review would answer 201 and be lost with the old file."""
-        return file_id(self.path) == self.file_id
+        return file_id(self._absolute) == self.file_id
 
     def close(self) -> None:
         self.rows.close()
