@@ -363,11 +363,13 @@ def export_command(
     if there - written:
         typer.echo(f"removed {', '.join(sorted(there - written))} (tables this store does not hold, so the folder "
                    "does not mix two stores)")
+    from failtrace.views.common import count_of
+
     other = "jsonl" if fmt == "parquet" else "parquet"
     left = sorted(n for n in export_names(other) if (out / n).is_file())
     if left:  # kept: they may be this store's, in the other format; said, since they may be another store's
         shown = ", ".join(left[:4]) + (f" and {len(left) - 4} more" if len(left) > 4 else "")
-        typer.echo(f"note: {out} also holds {len(left)} {other} file{'s' if len(left) > 1 else ''} of an earlier "
+        typer.echo(f"note: {out} also holds {count_of(len(left), other + ' file')} of an earlier "
                    f"export ({shown}), left as they were: they may be of another store", err=True)
 
 

@@ -151,14 +151,12 @@ def cases_table(
 
 def _no_case(cur: Any, case_id: str, has_cases: bool, said: str = "no such case") -> HTTPException:
     """A 404 that names the case a short id stands for: the API takes whole ids, the command line prefixes."""
-    ids = [r[0] for r in cur.execute("SELECT case_id FROM cases WHERE starts_with(case_id, ?) ORDER BY case_id "
-                                     "LIMIT 2", [case_id.lower()]).fetchall()] if has_cases else []
-    if ids == [case_id]:  # the case is there (without what was asked for)
-        pass
-    elif len(ids) == 1:
-        said += f" {case_id!r}: the API takes whole case ids; did you mean {ids[0]}?"
-    elif ids:
-        said += f" {case_id!r}: the API takes whole case ids, and several start so ({ids[0]}, ...)"
+    from failtrace.store.cases import case_ids_starting
+
+    ids = case_ids_starting(cur, case_id, 2) if has_cases else []
+    if ids and ids != [case_id]:  # (the case itself: it is there, without what was asked for)
+        said += f" {case_id!r}: the API takes whole case ids; " + (
+            f"did you mean {ids[0]}?" if len(ids) == 1 else f"several start so ({ids[0]}, ...)")
     return HTTPException(404, said)
 
 

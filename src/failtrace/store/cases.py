@@ -217,6 +217,12 @@ def load_case_graph(store: ResultsStore, case_id: str) -> dict[str, Any] | None:
             "objective_value": r["objective_value"], "nodes": nodes, "edges": edges}
 
 
+def case_ids_starting(con: Any, prefix: str, most: int) -> list[str]:
+    """Up to ``most`` stored case ids starting with ``prefix`` (lower-cased: ids are lower-case hex), in order."""
+    return [r[0] for r in con.execute("SELECT case_id FROM cases WHERE starts_with(case_id, ?) ORDER BY case_id "
+                                      "LIMIT ?", [prefix.lower(), most]).fetchall()]
+
+
 def find_case_id(store: ResultsStore, prefix: str) -> str:
     """The one stored case id starting with ``prefix`` (ids are long; a unique prefix is enough)."""
     typed = (prefix or "").strip()
@@ -227,8 +233,7 @@ def find_case_id(store: ResultsStore, prefix: str) -> str:
     if not has_case_tables(store) or not store.con.execute("SELECT count(*) FROM cases").fetchone()[0]:
         raise FailtraceError(f"no case {shown}: {store.path} has no analysed cases (failtrace analyse explains the "
                              "clean pairs)")
-    ids = [r[0] for r in store.con.execute("SELECT case_id FROM cases WHERE starts_with(case_id, ?) ORDER BY case_id "
-                                           "LIMIT 3", [prefix]).fetchall()]
+    ids = case_ids_starting(store.con, prefix, 3)
     if not ids:
         raise FailtraceError(f"no case {shown} in {store.path}; `failtrace show --store {store.path}` lists the "
                              f"case ids")
