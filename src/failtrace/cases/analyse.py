@@ -9,8 +9,6 @@ one transaction: a run killed at any moment loses only the case in flight.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -20,6 +18,7 @@ from failtrace.cases.build import build_case
 from failtrace.cases.record import Case, case_id
 from failtrace.cases.settings import CaseSettings
 from failtrace.errors import FailtraceError
+from failtrace.store.records import run_id_of
 from failtrace.store.store import ResultsStore, RunRecord
 
 
@@ -47,7 +46,7 @@ def analysis_run_record(pair_run: RunRecord, loaded: Any, fingerprint: str, sett
 
     key = {"stage": "analyse", "parent": pair_run.run_id, "model_fingerprint": fingerprint,
            "settings": settings.identity()}
-    run_id = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    run_id = run_id_of(key)
     return RunRecord(run_id=run_id, stage="analyse", parent_run_id=pair_run.run_id, benchmark=pair_run.benchmark,
                      model=pair_run.model, model_source=loaded.source, revision=loaded.revision, dtype=loaded.dtype,
                      device=loaded.device, seed=settings.seed, versions=library_versions(),

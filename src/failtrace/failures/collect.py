@@ -16,8 +16,6 @@ and its records equal an uninterrupted run's (see :func:`_batches`).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import platform
 import time
@@ -32,6 +30,7 @@ from failtrace.errors import FailtraceError
 from failtrace.failures.generation import Generated, decode_completion, eos_token_ids, greedy_generate, pad_token_id
 from failtrace.models.limits import context_length
 from failtrace.progress import progress_bar
+from failtrace.store.records import run_id_of
 from failtrace.store.schema import VERDICT_STATUSES
 from failtrace.store.store import GenerationRecord, ResultsStore, RunRecord
 
@@ -72,10 +71,6 @@ def library_versions() -> dict[str, str]:
             "platform": platform.platform()}
 
 
-def _run_id(payload: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def collect_run_record(loaded: Any, benchmark: str, max_new_tokens: int, thinking: bool, seed: int = 0,
                        data: str | None = None, batch_size: int = 1,
                        checker: dict[str, Any] | None = None) -> RunRecord:
@@ -89,7 +84,7 @@ def collect_run_record(loaded: Any, benchmark: str, max_new_tokens: int, thinkin
                 "chat_template": True, "batch_size": int(batch_size), "model_info": described}
     if checker:
         key["checker"] = settings["checker"] = dict(checker)
-    return RunRecord(run_id=_run_id(key), stage="collect", benchmark=benchmark, model=loaded.name,
+    return RunRecord(run_id=run_id_of(key), stage="collect", benchmark=benchmark, model=loaded.name,
                      model_source=loaded.source, revision=loaded.revision, dtype=loaded.dtype, device=loaded.device,
                      seed=seed, versions=library_versions(), settings=settings, data=data)
 

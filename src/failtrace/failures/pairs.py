@@ -33,8 +33,6 @@ prefix rule need no check).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -46,6 +44,7 @@ from failtrace.failures.collect import library_versions, resolve_benchmark
 from failtrace.failures.pair_types import PairResult, PairSettings, same_tokenizer, visible
 from failtrace.failures.search import PairFinder
 from failtrace.progress import progress_bar
+from failtrace.store.records import run_id_of
 from failtrace.store.schema import PAIR_STATUS_TEXT
 from failtrace.store.store import ResultsStore, RunRecord
 
@@ -79,7 +78,7 @@ def pair_run_record(collect_run: RunRecord, loaded: Any, settings: PairSettings,
                                               "revision": helper.revision, "dtype": helper.dtype}
     budget = collect_run.settings.get("max_new_tokens")
     key = {"stage": "pairs", "parent": collect_run.run_id, "helper": helper_key, **settings.identity(budget)}
-    run_id = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    run_id = run_id_of(key)
     settings_d = {**settings.identity(budget), "rollout_batch_size": settings.rollout_batch_size,
                   "rollout_tokens": settings.rollout_tokens or budget, "early_stop": settings.early_stop,
                   "position_batch": settings.position_batch, "order": settings.order,

@@ -76,6 +76,12 @@ def parse_json_columns(row: dict[str, Any], store: Any = None) -> dict[str, Any]
     return row
 
 
+def run_id_of(key: dict[str, Any]) -> str:
+    """A run's id: 16 hex characters of the SHA-256 of its key as sorted JSON (the same key, the same run, so a
+    rerun resumes it); collect, pairs, analyse and a finetune run's checkpoints all name runs so."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def content_hash(item: Item) -> str:
     """Hash of an item's prompt and reference: two items with one id but different content are refused."""
     payload = dumps({"prompt": item.prompt, "reference": item.reference})

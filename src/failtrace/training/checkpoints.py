@@ -114,10 +114,9 @@ def training_run_id(meta: dict[str, Any]) -> str:
     """The finetune run a checkpoint belongs to (16 hex characters): a hash of its method, settings, base model and
     case split, the same for every step of a run wherever its folder lies, different for another run's steps
     written into the same folder."""
-    import hashlib
+    from failtrace.store.records import run_id_of
 
-    ident = {k: meta.get(k) for k in RUN_KEYS}
-    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return run_id_of({k: meta.get(k) for k in RUN_KEYS})
 
 
 def check_weights(folder: str | Path) -> None:

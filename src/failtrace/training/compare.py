@@ -68,16 +68,16 @@ def score_on_case_tokens(lm: Any, case: Case, item: Any, name: str, fingerprint:
             "tokens": list(case.tokens), "special_mask": special, "seconds": round(time.perf_counter() - t0, 3)}
 
 
-def checkpoint_row(lm: Any, case: Case, item: Any, name: str, fingerprint: str,
-                   meta: dict[str, Any]) -> dict[str, Any]:
-    """One row on the case tokens, with the checkpoint's ``step`` and the case's ``split`` in its run."""
-    from failtrace.training.checkpoints import split_of, training_run_id
+def checkpoint_row(lm: Any, case: Case, item: Any, name: str, fingerprint: str, meta: dict[str, Any],
+                   run: str) -> dict[str, Any]:
+    """One row on the case tokens, with the checkpoint's ``step``, the case's ``split`` in its run and the run."""
+    from failtrace.training.checkpoints import split_of
 
     row = score_on_case_tokens(lm, case, item, name, fingerprint)
     split = split_of(meta, case.case_id)
     if split is None:
         row["notes"] = [*row["notes"], "case not in this run's trained or held-out set"]
-    return row | {"step": int(meta["step"]), "split": split, "training_run": training_run_id(meta)}
+    return row | {"step": int(meta["step"]), "split": split, "training_run": run}
 
 
 def _vocab_of(folder: str) -> str:
@@ -160,12 +160,13 @@ def compare_checkpoints(store: ResultsStore, folders: Sequence[str], *, benchmar
         lm = models[folder] if models else _load(folder, device)
         fp = model_fingerprint(lm)
         summary.fingerprints[folder] = fp
-        fill_training_run(store, fp, training_run_id(meta))  # rows stored before runs were recorded: one series
+        run = training_run_id(meta)
+        fill_training_run(store, fp, run)  # rows stored before runs were recorded: one series
         todo = [c for c in cases if (c.case_id, fp) not in done]
         summary.skipped += sum((c.case_id, fp) in before for c in cases)
         summary.written[folder] = 0
         for case in progress_over(todo, f"compare on {folder}", progress):
-            row = checkpoint_row(lm, case, items[case.case_id], folder, fp, meta)
+            row = checkpoint_row(lm, case, items[case.case_id], folder, fp, meta, run)
             summary.written[folder] += write_comparison(store, row)
             done.add((case.case_id, fp))
         del lm
