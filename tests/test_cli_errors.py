@@ -643,6 +643,44 @@ def test_an_unreachable_ray_address_is_one_line_at_once(work: Path, tmp_path: Pa
     assert err.startswith("error: could not start or join the Ray cluster at 127.0.0.1:1: nothing answers there")
 
 
+@pytest.mark.parametrize("reply", [b"HTTP/1.1 400 Bad Request\r\n\r\n", b""], ids=["http", "silent"])
+def test_a_ray_address_where_something_else_answers_is_one_line(work: Path, tmp_path: Path, reply: bytes,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: a port where a web server (or a silent service) listens passed the reachability check, and ray.init
+    then retried it until Ctrl-C, printing Ray's GCS log. A Ray cluster speaks gRPC (HTTP/2); this one does not."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def answer() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(64)
+                if reply:
+                    conn.sendall(reply)
+                else:
+                    conn.recv(64)  # says nothing: the client's timeout ends it
+
+    threading.Thread(target=answer, daemon=True).start()
+    store = tmp_path / "store.duckdb"
+    store.write_bytes((work / "store.duckdb").read_bytes())
+    try:
+        code = main(["pairs", "-s", str(store), "--workers", "1", "--ray-address", f"127.0.0.1:{port}",
+                     "--no-progress"])
+    finally:
+        listener.close()
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: could not join a Ray cluster at 127.0.0.1:{port}: something answers there, "
+                          "but not as Ray's cluster service"), err
+
+
 def test_a_running_explorer_is_named_as_the_holder(work: Path, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     """A read-only `failtrace serve` keeps the store open, and DuckDB then lets no other process write it; the

@@ -88,10 +88,18 @@ def _keeping_signal_handlers() -> Iterator[None]:
                 signal.signal(sig, handler)
 
 
+# The HTTP/2 client preface and an empty SETTINGS frame (RFC 9113 §3.4). A Ray cluster's address is its GCS, a
+# gRPC server, which answers with its own SETTINGS frame; Ray ships no Python gRPC client to ask it more politely,
+# so these 33 bytes are the whole handshake.
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+_H2_SETTINGS = 4  # frame type byte of a SETTINGS frame (the 4th byte of its 9-byte header)
+
+
 def check_reachable(address: str, timeout_s: float = 5.0) -> None:
-    """Refuse a ``HOST:PORT`` (or ``ray://HOST:PORT``) cluster address that takes no TCP connection within
-    ``timeout_s``: ``ray.init`` would retry for minutes, printing its own log lines, before failing. ``auto`` and
-    other forms are left to Ray (it answers those at once)."""
+    """Refuse a ``HOST:PORT`` (or ``ray://HOST:PORT``) cluster address that takes no TCP connection, or that does not
+    answer as a gRPC server, within ``timeout_s``: ``ray.init`` would retry either for minutes, printing its own log
+    lines. ``auto`` and other forms are left to Ray (it answers those at once); so is a cluster with TLS on
+    (``RAY_USE_TLS``), whose handshake is not plain HTTP/2."""
     import socket
 
     host, sep, port = address.removeprefix("ray://").rpartition(":")
@@ -99,12 +107,34 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
     if not sep or bad_port or not host or "/" in host or (":" in host and not host.startswith("[")):
         return  # not HOST:PORT ([v6]:PORT included): Ray's own answer is the clearer one
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
-            pass
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as conn:
+            if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+                return
+            header = _first_bytes(conn, _H2_PREFACE, 9)
     except OSError as exc:
         raise FailtraceError(f"could not start or join the Ray cluster at {address}: nothing answers there "
                              f"({exc.strerror or exc}); start it with `ray start --head` or fix --ray-address") \
             from None
+    if len(header) < 4 or header[3] != _H2_SETTINGS:
+        raise FailtraceError(f"could not join a Ray cluster at {address}: something answers there, but not as Ray's "
+                             "cluster service (no gRPC); use the address `ray start --head` printed, or auto")
+
+
+def _first_bytes(conn: Any, hello: bytes, n: int) -> bytes:
+    """Send ``hello`` and return the first ``n`` bytes of the answer (fewer if the peer closes or goes quiet)."""
+    import socket
+
+    conn.sendall(hello)
+    data = b""
+    try:
+        while len(data) < n:
+            chunk = conn.recv(n - len(data))
+            if not chunk:
+                break
+            data += chunk
+    except (socket.timeout, ConnectionError):
+        pass
+    return data
 
 
 def cpus_per_worker(workers: int, local: bool) -> int:
