@@ -76,6 +76,7 @@ def test_graph_case_reproduces_the_stored_graph(toy, tmp_path, capsys) -> None:
     assert "matches the stored" in capsys.readouterr().out  # with -q too: it is the result
     data = json.loads(out.read_text())
     assert data["metadata"]["case"]["case_id"] == case.case_id
+    assert data["metadata"]["chat"] is True  # the case's ids are its collection's chat rendering (it said false)
     page = tmp_path / "g.html"  # the interactive page's title names the case too
     assert main(["graph", "--store", str(toy["store"]), "--case", case.case_id, "--html", str(page), "-q"]) == 0
     assert f"<title>case {case.case_id[:12]} (toy {case.item_id}) · " in page.read_text()

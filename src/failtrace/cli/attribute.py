@@ -85,7 +85,7 @@ def run_attribute(
             answer_prefix=answer_prefix, chat=chat, method=method, objective=objective, position=position,
             ig_steps=ig_steps, allow_long=allow_long,
         )
-    if stored is not None:  # where the ids came from (they are already chat-rendered: chat stays False)
+    if stored is not None:  # where the ids came from (collect rendered them with the chat template)
         attr.extra["case"] = from_case.provenance(stored)
     if not quiet:
         render_terminal(attr)

@@ -137,8 +137,8 @@ def run_graph(
         allow_long=allow_long, position=position,
         notify=lambda msg: console.print(f"note: {msg}", highlight=False),
     )
-    if stored is not None:  # where the ids came from (they are already chat-rendered: chat stays False)
-        graph.metadata["case"] = from_case.provenance(stored)
+    if stored is not None:  # where the ids came from: collect rendered them with the chat template (it needs one)
+        graph.metadata.update(case=from_case.provenance(stored), chat=True)
     pruned = graph.pruned
     for msg in pruned.notes:
         console.print(f"note: {msg}", highlight=False)
