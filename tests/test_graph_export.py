@@ -86,6 +86,30 @@ def test_record_round_trip(graph, tmp_path):
     assert to_json(loaded.pruned)["links"] == to_json(graph.pruned)["links"]
 
 
+def test_loading_what_is_not_a_full_record_names_the_file(graph, tmp_path):
+    """Before: a pruned export (``graph --json``, the file users have) raised KeyError('relevance'), a missing file
+    FileNotFoundError's traceback, and a non-JSON file json's own error; ``dense(99)`` a bare IndexError."""
+    from failtrace.errors import FailtraceError
+
+    export = save_json(graph.pruned, tmp_path / "pruned.json")
+    with pytest.raises(FailtraceError, match=r"pruned.json is a pruned graph export .*not a full record"):
+        AttributionGraph.load(export)
+    (tmp_path / "x.json").write_text("not json")
+    with pytest.raises(FailtraceError, match=r"x.json is not JSON"):
+        AttributionGraph.load(tmp_path / "x.json")
+    with pytest.raises(FailtraceError, match=r"nope.json: no such file"):
+        AttributionGraph.load(tmp_path / "nope.json")
+    cut = graph.to_dict()
+    del cut["transitions"]
+    (tmp_path / "cut.json").write_text(json.dumps(cut))
+    with pytest.raises(FailtraceError, match=r"cut.json is a damaged graph record \(no 'transitions'\)"):
+        AttributionGraph.load(tmp_path / "cut.json")
+    n = len(graph.transitions)
+    with pytest.raises(IndexError, match=f"transition 99 does not exist: this graph has {n} \\(0 to {n - 1}\\)"):
+        graph.dense(99)
+    assert graph.dense(-1).shape == (graph.n_tokens, graph.n_tokens)  # negative indices stay Python's
+
+
 def test_static_png_and_svg(graph, tmp_path):
     png = save_graph_png(graph.pruned, tmp_path / "g.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000

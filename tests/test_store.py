@@ -147,6 +147,22 @@ def test_missing_foreign_and_corrupt_stores_give_clear_errors(tmp_path: Path) ->
         open_store(tmp_path)
 
 
+@pytest.mark.parametrize("read_only", [False, True])
+def test_a_closed_store_says_so(tmp_path: Path, read_only: bool) -> None:
+    """Before: reading a store after ``with open_store(...)`` ended (or after ``close()``) was an AttributeError on
+    None from deep inside a query. Closing twice stays harmless."""
+    from failtrace.store.cases import load_cases
+
+    path = tmp_path / "s.duckdb"
+    open_store(path).close()
+    st = open_store(path, read_only=read_only)
+    st.close()
+    st.close()
+    for call in (lambda: load_cases(st), lambda: st.runs("collect"), lambda: st.done_item_ids("x")):
+        with pytest.raises(FailtraceError, match=f"results store {path} is closed; open it again"):
+            call()
+
+
 def test_pairs_status_rows_and_clean_rate(tmp_path: Path) -> None:
     with open_store(tmp_path / "s.duckdb") as st:
         st.ensure_run(_run())

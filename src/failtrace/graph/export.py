@@ -47,8 +47,9 @@ import numpy as np
 
 from failtrace.graph.metrics import graph_metrics
 from failtrace.graph.prune import PrunedGraph, normalised_relevance
+from failtrace.graph.record import EXPORT_SCHEMA
 
-SCHEMA = "failtrace.graph/1"
+SCHEMA = EXPORT_SCHEMA  # "failtrace.graph/1", named in record so that load can tell the two files apart
 
 
 def _num(x: float) -> float | None:

@@ -13,6 +13,7 @@ from failtrace.graph.prune import PrunedGraph, PruneSpec, prune
 from failtrace.graph.edgestore import EdgeSet
 
 SCHEMA = "failtrace.graph-record/1"
+EXPORT_SCHEMA = "failtrace.graph/1"  # the pruned file of graph.export (named here so that load can refuse it)
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,9 @@ class AttributionGraph:
 
     def dense(self, transition: int) -> np.ndarray:
         """The stored edges of one transition as a dense [n, n] matrix A[target, source] (zeros where not stored)."""
+        if not -len(self.transitions) <= transition < len(self.transitions):
+            n = len(self.transitions)
+            raise IndexError(f"transition {transition} does not exist: this graph has {n} (0 to {n - 1})")
         es = self.transitions[transition]
         out = np.zeros((self.n_tokens, self.n_tokens), dtype=np.float64)
         out[es.target, es.source] = es.weight
@@ -129,4 +133,25 @@ class AttributionGraph:
 
     @classmethod
     def load(cls, path: str | Path) -> AttributionGraph:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Read a full record written by :meth:`save`; anything else (a pruned ``graph --json`` export, other JSON,
+        a cut file) is one :class:`FailtraceError` naming the file."""
+        from failtrace.errors import FailtraceError
+
+        try:
+            d = json.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FailtraceError(f"{path}: no such file") from None
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise FailtraceError(f"{path} is not JSON ({str(exc).splitlines()[0][:200]})") from None
+        schema = d.get("schema") if isinstance(d, dict) else None
+        if schema == EXPORT_SCHEMA:
+            raise FailtraceError(f"{path} is a pruned graph export (graph --json), not a full record: read it with "
+                                 "json.load; AttributionGraph.save writes the full record that load reads")
+        if schema != SCHEMA:
+            raise FailtraceError(f"{path} is not a failtrace graph record (its schema is {schema!r}, not {SCHEMA!r})")
+        try:
+            return cls.from_dict(d)
+        except KeyError as exc:
+            raise FailtraceError(f"{path} is a damaged graph record (no {exc})") from None
+        except (TypeError, ValueError, IndexError) as exc:
+            raise FailtraceError(f"{path} is a damaged graph record ({str(exc)[:200]})") from None

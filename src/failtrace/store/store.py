@@ -58,6 +58,16 @@ def demo_store_hint(path: Path) -> str:
     return ""
 
 
+class ClosedConnection:
+    """A closed store's connection: any use is one clear error, not an AttributeError on None deep in a query."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+
+    def __getattr__(self, name: str) -> Any:
+        raise FailtraceError(f"results store {self._path} is closed; open it again with open_store")
+
+
 class ResultsStore(RunsTable, PairsTable):
     """A failtrace results store (a DuckDB file). Use as a context manager; see the module docstring."""
 
@@ -191,11 +201,12 @@ class ResultsStore(RunsTable, PairsTable):
                                  [SCHEMA_VERSION, f"failtrace {ft_version}"])
 
     def close(self) -> None:
-        """Close the connection (DuckDB checkpoints the log into the file, under the copy lock)."""
+        """Close the connection (DuckDB checkpoints the log into the file, under the copy lock); a later query says
+        the store is closed (:class:`ClosedConnection`)."""
         con = self.con
-        self.con = None
+        self.con = ClosedConnection(self.path)
         try:
-            if con is not None:
+            if con is not None and not isinstance(con, ClosedConnection):
                 con.close()
         finally:
             if self._lock is not None:
