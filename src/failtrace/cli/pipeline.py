@@ -299,7 +299,8 @@ def pairs_command(
     counts = pair_counts(summary.statuses) or "nothing new"
     typer.echo(f"{summary.failures} failures, {summary.skipped} already paired, {summary.processed} paired now "
                f"({counts}; {summary.rollouts} rollouts, {getattr(summary, 'tokens_decoded', 0)} tokens decoded) "
-               f"in {summary.seconds:.1f} s" + (f" on {workers} Ray workers" if workers else "") + f" -> {store}")
+               f"in {summary.seconds:.1f} s" + (f" on {workers} Ray workers" if workers and summary.processed else "")
+               + f" -> {store}")  # all paired before: no worker was started
     q = shlex.quote(str(store))
     for run_id, generated, items in unfinished:
         typer.echo(f"note: collection run {run_id[:8]} has {generated} of {items} items generated (it was stopped); "

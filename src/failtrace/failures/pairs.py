@@ -70,6 +70,14 @@ class PairsSummary:
         return asdict(self)
 
 
+def pair_run_id(collect_run: RunRecord, settings: PairSettings, helper_key: dict[str, Any] | None = None) -> str:
+    """The pair run's id: the collection run, the search settings and the helper model (none: no model is needed,
+    so a driver can see what is already done before it loads anything)."""
+    budget = collect_run.settings.get("max_new_tokens")
+    return run_id_of({"stage": "pairs", "parent": collect_run.run_id, "helper": helper_key,
+                      **settings.identity(budget)})
+
+
 def pair_run_record(collect_run: RunRecord, loaded: Any, settings: PairSettings, helper: Any | None,
                     judge_name: str | None = None) -> RunRecord:
     """The record of a pair-finding run over ``collect_run``; its id hashes the run and the search settings (not the
@@ -77,8 +85,7 @@ def pair_run_record(collect_run: RunRecord, loaded: Any, settings: PairSettings,
     helper_key = None if helper is None else {"model": helper.name, "source": helper.source,
                                               "revision": helper.revision, "dtype": helper.dtype}
     budget = collect_run.settings.get("max_new_tokens")
-    key = {"stage": "pairs", "parent": collect_run.run_id, "helper": helper_key, **settings.identity(budget)}
-    run_id = run_id_of(key)
+    run_id = pair_run_id(collect_run, settings, helper_key)
     settings_d = {**settings.identity(budget), "rollout_batch_size": settings.rollout_batch_size,
                   "rollout_tokens": settings.rollout_tokens or budget, "early_stop": settings.early_stop,
                   "position_batch": settings.position_batch, "order": settings.order,
