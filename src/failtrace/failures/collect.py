@@ -175,6 +175,35 @@ def check_budget(budget: int, model: str, window: int | None, given: bool, bench
                              f"--max-new-tokens {window} or less (the prompt shares the window)")
 
 
+def run_budget(benchmark: Benchmark, max_new_tokens: int | None) -> int:
+    """The run's token budget: ``--max-new-tokens`` or the benchmark's own (checked before any model is loaded)."""
+    budget = int(max_new_tokens if max_new_tokens is not None else benchmark.max_new_tokens)
+    if budget < 1:
+        raise FailtraceError(f"--max-new-tokens must be at least 1, got {budget}")
+    return budget
+
+
+def open_run(store: ResultsStore, benchmark: Benchmark, items: Sequence[Item], model: Any, window: int | None,
+             thinking_mode: bool, budget: int, budget_given: bool, *, thinking: bool, seed: int, data: str | None,
+             batch_size: int) -> tuple[RunRecord, list[Item], CollectSummary]:
+    """What a collect call does before decoding, in-process or on Ray (``model`` is a loaded or described model):
+    check ``--thinking`` and the budget against the model before a run is recorded (a refusal leaves the store as it
+    was), record the run and its items, and return the items it still has to do with the summary so far."""
+    from failtrace.models.chat import check_thinking
+
+    check_thinking(thinking_mode, model.name, thinking)
+    check_budget(budget, model.name, window, budget_given, benchmark.name)
+    run = collect_run_record(model, benchmark.name, budget, thinking, seed, data, batch_size,
+                             checker_options(benchmark))
+    more_data = start_run(store, run, items)
+    done = store.done_item_ids(run.run_id)
+    todo = [it for it in items if it.id not in done]
+    summary = CollectSummary(run_id=run.run_id, items=len(items), skipped=len(items) - len(todo), generated=0,
+                             passed=0, failed=0, unverifiable=0, seconds=0.0, more_data=more_data,
+                             first_batch_size=resumed_batch_size(store, run, todo))
+    return run, todo, summary
+
+
 def collect(
     store: ResultsStore,
     benchmark: Benchmark,
@@ -193,25 +222,16 @@ def collect(
 
     ``loaded`` is a :class:`~failtrace.models.LoadedModel`. ``on_item`` is called after each commit.
     """
-    from failtrace.models.chat import apply_chat_template, check_thinking, has_thinking_mode
+    from failtrace.models.chat import apply_chat_template, has_thinking_mode
 
-    check_thinking(has_thinking_mode(loaded.tokenizer), loaded.name, thinking)
     if batch_size < 1:
         raise FailtraceError(f"--batch-size must be at least 1, got {batch_size}")
-    budget = int(max_new_tokens if max_new_tokens is not None else benchmark.max_new_tokens)
-    if budget < 1:
-        raise FailtraceError(f"--max-new-tokens must be at least 1, got {budget}")
-    check_budget(budget, loaded.name, context_length(getattr(loaded, "model", None)), max_new_tokens is not None,
-                 benchmark.name)  # before a run is recorded: the store stays as it was
+    budget = run_budget(benchmark, max_new_tokens)
     t0 = time.perf_counter()
-    run = collect_run_record(loaded, benchmark.name, budget, thinking, seed, data, batch_size,
-                             checker_options(benchmark))
-    more_data = start_run(store, run, items)
-    done = store.done_item_ids(run.run_id)
-    todo = [it for it in items if it.id not in done]
-    summary = CollectSummary(run_id=run.run_id, items=len(items), skipped=len(items) - len(todo), generated=0,
-                             passed=0, failed=0, unverifiable=0, seconds=0.0, more_data=more_data,
-                             first_batch_size=resumed_batch_size(store, run, todo))
+    run, todo, summary = open_run(store, benchmark, items, loaded, context_length(getattr(loaded, "model", None)),
+                                  has_thinking_mode(loaded.tokenizer), budget, max_new_tokens is not None,
+                                  thinking=thinking, seed=seed, data=data, batch_size=batch_size)
+    done = {it.id for it in items} - {it.id for it in todo}
     eos = eos_token_ids(loaded.model, loaded.tokenizer)
     pad = pad_token_id(loaded.tokenizer, eos)
     batches = _batches(items if batch_size > 1 else todo, done, batch_size,

@@ -23,15 +23,13 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from failtrace.benchmarks.base import Benchmark, Item, Verdict, checker_options
+from failtrace.benchmarks.base import Benchmark, Item, Verdict
 from failtrace.cases.analyse import AnalyseSummary, AnalysisJob, analysis_jobs, commit_case
 from failtrace.cases.record import Case
 from failtrace.cases.settings import CaseSettings
 from failtrace.errors import FailtraceError
-from failtrace.failures.collect import (CollectSummary, check_budget, collect_run_record, resolve_benchmark,
-                                       resumed_batch_size, start_run)
+from failtrace.failures.collect import CollectSummary, open_run, resolve_benchmark, run_budget
 from failtrace.failures.pair_types import check_rollout_window
-from failtrace.models.chat import check_thinking
 from failtrace.failures.pairs import (
     PairResult,
     PairSettings,
@@ -120,23 +118,14 @@ def collect_on_ray(store: ResultsStore, benchmark: Benchmark, items: Sequence[It
     ``pool`` reuses running workers (tests); otherwise a pool is started (and a local Ray cluster unless connected
     or ``address`` is given) and stopped at the end.
     """
-    budget = int(max_new_tokens if max_new_tokens is not None else benchmark.max_new_tokens)
-    if budget < 1:
-        raise FailtraceError(f"--max-new-tokens must be at least 1, got {budget}")
+    budget = run_budget(benchmark, max_new_tokens)  # before any cluster starts
     t0 = time.perf_counter()
     with _cluster(workers, address, pool, max_attempts) as pool_for:
         run_pool = pool_for(spec)
-        check_budget(budget, run_pool.model.name, run_pool.model.context, max_new_tokens is not None,
-                     benchmark.name)  # as in-process: before a run is recorded
-        check_thinking(run_pool.model.thinking_mode, run_pool.model.name, thinking)
-        run = collect_run_record(run_pool.model, benchmark.name, budget, thinking, seed, data, batch_size=1,
-                                 checker=checker_options(benchmark))
-        more_data = start_run(store, run, items)
-        done = store.done_item_ids(run.run_id)
-        todo = [it for it in items if it.id not in done]
-        summary = CollectSummary(run_id=run.run_id, items=len(items), skipped=len(items) - len(todo), generated=0,
-                                 passed=0, failed=0, unverifiable=0, seconds=0.0, more_data=more_data,
-                                 first_batch_size=resumed_batch_size(store, run, todo))
+        described = run_pool.model
+        run, todo, summary = open_run(store, benchmark, items, described, described.context, described.thinking_mode,
+                                      budget, max_new_tokens is not None, thinking=thinking, seed=seed, data=data,
+                                      batch_size=1)
         if todo:
             store.append_run_setting(run.run_id, "scale", _provenance(run_pool, address))
         by_id = {it.id: it for it in todo}
