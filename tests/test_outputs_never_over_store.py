@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from refusals import one_error_line as _error
 from serve_store import analysed_toy_store, sha256
 
 from failtrace.cli import main
@@ -27,13 +28,6 @@ def toy(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     info = analysed_toy_store(tmp_path_factory.mktemp("over"), n_items=4)
     info["sha"] = sha256(info["store"])
     return info
-
-
-def _error(code: int, capsys: pytest.CaptureFixture[str]) -> str:
-    out, err = capsys.readouterr()
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in out + err, err
-    return lines[0]
 
 
 @pytest.mark.parametrize("where, link", [
