@@ -121,6 +121,31 @@ def test_humaneval_plus_file_as_source_with_float_tolerance(plus_file: Path) -> 
     assert off.status == "fail" and "extra test 2 failed" in off.reasons[0]
 
 
+def test_an_infinite_expected_output_needs_the_same_infinity(tmp_path: Path) -> None:
+    """Before: ``abs(a - b) <= tol + 1e-7 * abs(b)`` is true for any finite ``a`` (and for -inf) when ``b`` is inf,
+    so a wrong answer passed. EvalPlus compares with numpy's assert_allclose, where inf equals only the same inf;
+    numpy is the reference here."""
+    import numpy as np
+
+    prompt = 'def grow(x: float) -> float:\n    """x times 1e309."""\n'
+    row = {"task_id": "Toy/4", "prompt": prompt, "entry_point": "grow",
+           "canonical_solution": "    return x * 1e308 * 10\n",
+           "test": "def check(candidate):\n    assert candidate(0.0) == 0.0\n",
+           "base_input": [[0.0]], "plus_input": [[1.0]], "atol": 0}
+    path = tmp_path / "inf.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    bench = HumanEvalBenchmark(limits=LIMITS, plus_limits=LIMITS)
+    item = bench.load(str(path)).items[0]
+    for body, answer in (("x * 1e308 * 10", float("inf")), ("x * 1.5", 1.5), ("-x * 1e308 * 10", float("-inf"))):
+        try:
+            np.testing.assert_allclose(answer, float("inf"), rtol=1e-07, atol=1e-6)
+            expected = "pass"
+        except AssertionError:
+            expected = "fail"
+        assert bench.check(item, f"    return {body}\n").status == expected, body
+    assert expected == "fail"  # the reference itself tells -inf from inf
+
+
 def test_large_outputs_are_compared_by_digest(tmp_path: Path) -> None:
     prompt = 'def rep(n: int) -> str:\n    """Return "ab" n times."""\n'
     row = {"task_id": "Toy/3", "prompt": prompt, "entry_point": "rep", "canonical_solution": "    return 'ab' * n\n",

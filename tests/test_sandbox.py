@@ -131,6 +131,12 @@ CASES: dict[str, Case] = {
         lambda h: toy("import os\nif os.fork() == 0:\n    os.setsid()\n    os.execv('/bin/sleep', "
                       f"['sleep', '30'])\n"), FAST,
         lambda r, h: r.violation),
+    "System V shared memory past the memory limit": (
+        lambda h: toy("import ctypes\nlibc = ctypes.CDLL(None)\nfor _ in range(4):\n"
+                      "    libc.shmget(0, 150 << 20, 0o1600)\n"), FAST, lambda r, h: r.violation),
+    "a memfd grown by write() past the memory limit": (
+        lambda h: toy("import os\nfd = os.memfd_create('x')\nos.write(fd, b'x' * 1000)\n"), FAST,
+        lambda r, h: r.violation),
     "ctypes segfault": (lambda h: toy("import ctypes\nctypes.string_at(0)\n"), FAST,
                         lambda r, h: "SIGSEGV" in r.reason),
     "deep recursion": (lambda h: toy("import sys\nsys.setrecursionlimit(10 ** 7)\n"
@@ -234,6 +240,50 @@ def _marked_processes(marker: str) -> list[int]:
     return found
 
 
+def _named_processes(name: str) -> list[int]:
+    """Host processes whose name (``comm``, set by the code with prctl(PR_SET_NAME)) is ``name``."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                if Path(entry.path, "comm").read_text().strip() == name:
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+def _gone(name: str, wait_s: float = 3.0) -> bool:
+    """No process named ``name`` is left (a SIGKILLed namespace is reaped by the kernel a moment later)."""
+    deadline = time.monotonic() + wait_s
+    while _named_processes(name) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = _named_processes(name)
+    for pid in left:  # never leave it running for the next test, whatever the assertion says
+        os.kill(pid, 9)
+    return not left
+
+
+NAMED = "import ctypes, os, time\nctypes.CDLL(None).prctl(15, {name!r}.encode(), 0, 0, 0)\n"
+
+
+def test_a_candidate_that_leaves_its_process_group_does_not_outlive_the_run() -> None:
+    """Before: ``os.setsid()`` took the child out of the process group the parent kills, and ``unshare
+    --kill-child`` did not hold (the switch to nobody clears the parent-death signal), so a candidate that also made
+    ``os._exit`` hang stayed alive after a *passing* check, holding its memory, until its CPU limit."""
+    name = "ft" + uuid.uuid4().hex[:12]
+    code = NAMED.format(name=name) + "os.setsid()\nos._exit = lambda c: time.sleep(10 ** 9)\n\n" \
+        "def add(a, b):\n    return a + b\n"
+    run = run_tests(code, "add", TESTS, limits=FAST)
+    assert run.status == "fail" and run.violation, run  # setsid is a forbidden call
+    assert _gone(name)
+    hang = run_tests(NAMED.format(name=name) + "os._exit = lambda c: time.sleep(10 ** 9)\n\n"
+                     "def add(a, b):\n    return a + 1\n", "add", TESTS, limits=FAST)
+    assert hang.status == "fail" and hang.wall_s < 3, hang  # stopped half a second after the tests ended, and said so
+    assert "wall-time" not in hang.reason and hang.candidate == "was still running when the tests ended and was killed"
+    assert _gone(name)
+
+
 def test_os_layers_hold_without_seccomp(host: dict) -> None:
     """With the system-call filter off, namespaces + read-only root + tmpfs cap alone contain the same attacks."""
     if not sandbox.expected_layers()["namespaces"]:
@@ -248,6 +298,10 @@ def test_os_layers_hold_without_seccomp(host: dict) -> None:
     assert daemon.ok, daemon.stderr
     time.sleep(0.2)
     assert _marked_processes(marker) == []  # the PID namespace took the daemon with it
+    name = "ft" + uuid.uuid4().hex[:12]  # the namespace's first process itself leaves the group, then hangs
+    left = run_program(iso, NAMED.format(name=name) + "os.setsid()\ntime.sleep(30)\n",
+                       SandboxLimits(wall_s=1, cpu_s=2, memory_mb=512, disk_mb=16), {})
+    assert left.status == "timeout" and _gone(name), left
     net = run_program(iso, f"import socket\nsocket.create_connection(('127.0.0.1', {host['port']}), timeout=1)\n",
                       FAST, {})
     assert net.status == "error" and "Network is unreachable" in net.reason and _nothing_connected(host)

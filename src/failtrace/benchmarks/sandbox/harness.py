@@ -108,7 +108,10 @@ def run_tests(iso: Isolation, candidate_source: str, entry: str, test_source: st
         finally:
             os.close(res_r)
         now = time.monotonic()
-        child_end = finish(child, min(deadline, now + _GRACE_S) if raw is not None else now)
+        # after the report, the child gets a grace period to exit at the end of input; killed then, it "was still
+        # running when the tests ended", not out of wall time (unless the wall-time limit came first)
+        child_end = finish(child, min(deadline, now + _GRACE_S) if raw is not None else now,
+                           grace=raw is not None and now + _GRACE_S < deadline)
         if raw is None:
             child_end.timed_out, child_end.stopped = True, False
         judge_end = finish(judge, min(deadline, time.monotonic() + _GRACE_S) if raw is not None else None)

@@ -11,8 +11,9 @@ The layers, outermost first (each holds without the ones inside it; none lives i
   Nothing else of the host is visible, so nothing else can be read, written or deleted;
 * user: when the host runs as root the child drops to ``nobody`` (65534), which also makes ``RLIMIT_NPROC`` count;
 * rlimits: CPU seconds, address space, file size, open files, processes, no core dumps;
-* seccomp (x86-64): process creation other than threads, exec, sockets, signals to other processes, ptrace, mounts,
-  namespaces, bpf, io_uring and kernel keyrings kill the whole process (SIGSYS), which the parent sees in its exit
+* seccomp (x86-64): process creation other than threads, exec, a new session or process group, sockets, signals to
+  other processes, ptrace, mounts, namespaces, shared memory and memfds (memory the address-space limit does not
+  count), bpf, io_uring and kernel keyrings kill the whole process (SIGSYS), which the parent sees in its exit
   status: a forbidden call cannot be caught, and the parent records it as a violation.
 """
 
@@ -36,7 +37,13 @@ _LD_W_ABS, _JEQ, _JGE, _JSET, _RET = 0x20, 0x15, 0x35, 0x45, 0x06
 FORBIDDEN_X86_64 = {
     "network": {"socket": 41, "connect": 42, "accept": 43, "bind": 49, "listen": 50, "socketpair": 53,
                 "accept4": 288},
-    "processes": {"fork": 57, "vfork": 58, "execve": 59, "execveat": 322},
+    "processes": {"fork": 57, "vfork": 58, "execve": 59, "execveat": 322,
+                  # a new session or group would leave the process group the parent kills
+                  "setsid": 112, "setpgid": 109},
+    # memory outside the address-space limit: System V segments and message queues stay allocated once detached,
+    # and a memfd grows by write() without being mapped
+    "memory outside the limit": {"shmget": 29, "shmat": 30, "msgget": 68, "memfd_create": 319,
+                                 "memfd_secret": 447},
     "signals and tracing": {"kill": 62, "tkill": 200, "tgkill": 234, "rt_sigqueueinfo": 129,
                             "rt_tgsigqueueinfo": 297, "pidfd_send_signal": 424, "pidfd_open": 434,
                             "pidfd_getfd": 438, "ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311},

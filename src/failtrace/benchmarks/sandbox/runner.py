@@ -55,8 +55,8 @@ class Ending:
         if self.timed_out:
             return f"did not finish within the {limits.wall_s:g} s wall-time limit and was killed"
         if self.violation():
-            return ("made a forbidden system call (a new process, exec, network, a signal to another process, "
-                    "ptrace or a mount) and was killed by the seccomp filter")
+            return ("made a forbidden system call (a new process or session, exec, network, a signal to another "
+                    "process, ptrace, a mount or shared memory) and was killed by the seccomp filter")
         if self.stopped:
             return "was still running when the tests ended and was killed"
         # by CPU time used, not by signal: util-linux 2.38 unshare exits 1 when its child dies of SIGKILL
@@ -109,9 +109,10 @@ def _user_task_count() -> int:
     return count
 
 
-def finish(proc: subprocess.Popen[bytes], deadline: float | None) -> Ending:
-    """Wait for ``proc`` until ``deadline`` (None: it is no longer needed: kill at once if it still runs), then
-    SIGKILL its whole process group; the PID namespace takes every process that left the group."""
+def finish(proc: subprocess.Popen[bytes], deadline: float | None, grace: bool = False) -> Ending:
+    """Wait for ``proc`` until ``deadline`` (None: it is no longer needed: kill at once if it still runs; ``grace``:
+    the deadline is a grace period after its work, not the wall-time limit), then kill it and everything it
+    started (:func:`_kill_all`)."""
     timed_out = stopped = False
     while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
@@ -119,19 +120,44 @@ def finish(proc: subprocess.Popen[bytes], deadline: float | None) -> Ending:
             break
         left = 0.0 if deadline is None else deadline - time.monotonic()
         if left <= 0:
-            timed_out, stopped = deadline is not None, deadline is None
-            _kill_group(proc.pid)
+            timed_out = deadline is not None and not grace
+            stopped = not timed_out
+            _kill_all(proc.pid)
             pid, status, usage = os.wait4(proc.pid, 0)
             break
         time.sleep(min(0.005, left))
-    _kill_group(proc.pid)
+    _kill_all(proc.pid)
     proc.returncode = os.waitstatus_to_exitcode(status)
     return Ending(None if timed_out else proc.returncode, usage.ru_utime + usage.ru_stime, timed_out, stopped)
 
 
-def _kill_group(pgid: int) -> None:
+def _kill_all(pid: int) -> None:
+    """SIGKILL ``pid``'s children, then its process group. Under ``unshare`` the child is the PID namespace's first
+    process, and the whole namespace dies with it, even a process that left the group (seccomp also forbids
+    ``setsid``; without seccomp, or before it is loaded, this is what holds). ``unshare --kill-child`` alone does not
+    hold: the switch to ``nobody`` clears the child's parent-death signal."""
+    for child in _children(pid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(child, signal.SIGKILL)
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _children(pid: int) -> list[int]:
+    """The live children of ``pid``, from /proc (the ``children`` file, else every process's parent field)."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        pass
+    found = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    stat = Path(entry.path, "stat").read_text()
+                    if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:  # field 4, after "(comm) state"
+                        found.append(int(entry.name))
+    return found
 
 
 def read_head(path: str) -> str:
