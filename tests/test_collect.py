@@ -116,6 +116,35 @@ def test_batched_collection_matches_batch_one_in_float64(tmp_path: Path, toy64: 
     assert ta == tb and len(ta) == 7
 
 
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_a_prompt_that_fills_the_context_window_is_unverifiable_not_generated(tmp_path: Path, toy32: object,
+                                                                              batch_size: int) -> None:
+    """Before: a prompt longer than the window was generated at positions the model never saw (a 17,548-token trace on
+    SmolLM2's 8,192 took 167 s and was stored as an ordinary failure). The items beside it are untouched: their
+    records equal a run without it, in-process and through the Ray worker's per-item function."""
+    from failtrace.models.limits import context_length
+    from failtrace.scale.work import collect_item
+
+    window = context_length(toy32.model)  # type: ignore[attr-defined]
+    items = toy_items(3)
+    long = Item(id="long", benchmark="toy", prompt="a" * window, reference={"needle": "zz"})
+    with open_store(tmp_path / "with.duckdb") as st:
+        s = collect(st, ToyBenchmark(), [items[0], long, *items[1:]], toy32, max_new_tokens=6, batch_size=batch_size,
+                    progress=False)
+        rows = {r["item_id"]: r for r in st.results(s.run_id)}
+    with open_store(tmp_path / "without.duckdb") as st:
+        ref = {r["item_id"]: r for r in st.results(collect(st, ToyBenchmark(), items, toy32, max_new_tokens=6,
+                                                               batch_size=batch_size, progress=False).run_id)}
+    gone = rows.pop("long")
+    assert gone["status"] == "unverifiable" and gone["finish_reason"] == "context" and gone["token_ids"] == []
+    assert len(gone["prompt_ids"]) >= window and f"fills the model's context window of {window}" in gone["reasons"][0]
+    assert s.unverifiable == 1 and s.generated == 4
+    assert {k: (r["token_ids"], r["status"]) for k, r in rows.items()} == \
+        {k: (r["token_ids"], r["status"]) for k, r in ref.items()}
+    on_ray = collect_item(toy32, ToyBenchmark(), long, 6, False)
+    assert on_ray["generation"]["finish_reason"] == "context" and on_ray["verdict"]["status"] == "unverifiable"
+
+
 def test_changed_settings_make_a_new_run(toy32: object) -> None:
     a = collect_run_record(toy32, "toy", 20, False)
     assert collect_run_record(toy32, "toy", 20, False).run_id == a.run_id

@@ -127,6 +127,7 @@ def _note_cut_failures(store: Path, run_id: str) -> int:
     cannot tell whether a cut failure would have failed had it finished, so it stays ``unbounded`` (never a clean
     pair) unless a larger rollout budget settles it; a small --max-new-tokens can leave most of a run undecidable, and
     nothing else would say so before ``pairs``. Returns the run's failures."""
+    from failtrace.failures.collect import FINISH_CONTEXT
     from failtrace.store.store import open_store
 
     with _store_errors(store), open_store(store, read_only=True) as st:
@@ -135,6 +136,11 @@ def _note_cut_failures(store: Path, run_id: str) -> int:
         passed_at_limit = st.con.execute(
             "SELECT count(*) FROM generations g JOIN verdicts v USING (run_id, item_id) WHERE g.run_id = ? AND "
             "v.status = 'pass' AND g.finish_reason = 'length'", [run_id]).fetchone()[0]
+        too_long = st.con.execute("SELECT count(*) FROM generations WHERE run_id = ? AND finish_reason = ?",
+                                  [run_id, FINISH_CONTEXT]).fetchone()[0]
+    if too_long:
+        typer.echo(f"note: {too_long} item(s) of the run have a prompt that fills the model's context window: stored "
+                   "as unverifiable, not generated (a model with a longer context can answer them)", err=True)
     if row is not None and passed_at_limit:
         typer.echo(f"note: {passed_at_limit} of {row.passed} passes stopped at the {budget}-token budget: the checker "
                    "judged a cut answer, which its rest could still have broken; a larger "

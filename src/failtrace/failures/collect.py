@@ -57,6 +57,20 @@ def finish_item(tokenizer: Any, benchmark: Benchmark, item: Item, prompt_ids: li
     return gen, verdict, time.perf_counter() - t
 
 
+FINISH_CONTEXT = "context"  # finish reason of an item whose prompt fills the context window: nothing was generated
+
+
+def over_window(prompt_ids: list[int], window: int | None) -> tuple[GenerationRecord, Verdict] | None:
+    """The record of an item whose prompt alone fills the model's context window, or None when it fits. Such an
+    item is not generated: every answer token would sit at positions the model never saw (a 17,548-token agent
+    trace on SmolLM2's 8,192 was stored as an ordinary, garbled failure), so its verdict is ``unverifiable``."""
+    if window is None or len(prompt_ids) < window:
+        return None
+    gen = GenerationRecord(prompt_ids=prompt_ids, token_ids=[], completion="", finish_reason=FINISH_CONTEXT)
+    return gen, Verdict("unverifiable", [f"the prompt is {len(prompt_ids)} tokens, which fills the model's context "
+                                         f"window of {window}; not generated"])
+
+
 def library_versions() -> dict[str, str]:
     """Versions recorded in every run next to the model's own description."""
     import duckdb
@@ -236,17 +250,22 @@ def collect(
     pad = pad_token_id(loaded.tokenizer, eos)
     batches = _batches(items if batch_size > 1 else todo, done, batch_size,
                        lambda it: apply_chat_template(loaded.tokenizer, it.prompt, thinking=thinking))
+    window = context_length(getattr(loaded, "model", None))
     bar = progress_bar(progress, f"collect {benchmark.name}", len(todo))
     try:
-        for batch, prompts in batches:
+        for whole, prompts in batches:
+            long = {it.id: over_window(prompts[it.id], window) for it in whole}
+            batch = [it for it in whole if long[it.id] is None]
             tg = time.perf_counter()
-            outs = greedy_generate(loaded.model, [prompts[it.id] for it in batch], budget, eos, pad)
-            per_item = (time.perf_counter() - tg) / len(batch)
-            for it, out in zip(batch, outs, strict=True):
+            outs = greedy_generate(loaded.model, [prompts[it.id] for it in batch], budget, eos, pad) if batch else []
+            per_item = (time.perf_counter() - tg) / max(len(batch), 1)
+            done_now = dict(zip([it.id for it in batch], outs, strict=True))
+            for it in whole:
                 if it.id in done:  # regenerated only to keep the batch as it was; its record is committed
                     continue
-                gen, verdict, check_seconds = finish_item(loaded.tokenizer, benchmark, it, prompts[it.id], out, eos,
-                                                          per_item)
+                skipped = long[it.id]
+                gen, verdict, check_seconds = (*skipped, 0.0) if skipped else finish_item(
+                    loaded.tokenizer, benchmark, it, prompts[it.id], done_now[it.id], eos, per_item)
                 if store.write_result(run.run_id, it, gen, verdict, check_seconds):
                     summary.count(verdict.status)
                 if on_item is not None:

@@ -95,12 +95,16 @@ def collect_item(loaded: Any, benchmark: Benchmark, item: Item, budget: int, thi
     """
     import time
 
-    from failtrace.failures.collect import finish_item
+    from failtrace.failures.collect import finish_item, over_window
     from failtrace.failures.generation import eos_token_ids, greedy_generate, pad_token_id
     from failtrace.models.chat import apply_chat_template
+    from failtrace.models.limits import context_length
 
     eos = eos_token_ids(loaded.model, loaded.tokenizer)
     prompt = apply_chat_template(loaded.tokenizer, item.prompt, thinking=thinking)
+    long = over_window(prompt, context_length(loaded.model))
+    if long is not None:
+        return {"generation": long[0].to_dict(), "verdict": long[1].to_dict(), "check_seconds": 0.0}
     t = time.perf_counter()
     out = greedy_generate(loaded.model, [prompt], budget, eos, pad_token_id(loaded.tokenizer, eos))[0]
     gen, verdict, check_seconds = finish_item(loaded.tokenizer, benchmark, item, prompt, out, eos,
