@@ -240,7 +240,9 @@ class TracesBenchmark:
             if _is_raw_trace(raw):
                 converted = convert_trace(raw, path.stem, source)
                 records = ((f"action {i}", rec) for i, rec in enumerate(converted, start=1))
-                return items_from_records(records, source, limit, REQUIRED_FIELDS, _to_item, formats=FORMATS)
+                report = items_from_records(records, source, limit, REQUIRED_FIELDS, _to_item, formats=FORMATS)
+                report.problems += _failed_episodes(raw, source)
+                return report
         return build_items(source, limit, REQUIRED_FIELDS, _to_item, formats=FORMATS)
 
     def check(self, item: Item, completion: str) -> Verdict:
@@ -338,6 +340,18 @@ def _items_from_messages(messages: list[dict[str, Any]], base_id: str, meta: dic
         item_meta: dict[str, Any] = {**meta, "message_index": i}
         items.append({"id": f"{base_id}-m{i}", "messages": rendered[:i], "expected": expected, "meta": item_meta})
     return items
+
+
+def _failed_episodes(raw: Any, where: str) -> list[str]:
+    """A warning when tau-bench trajectories ended with reward < 1: their actions are a failing agent's, yet they are
+    compared as the expected next action like any other (which of its actions went wrong, the file does not say)."""
+    rewards = [r.get("reward") for r in raw if isinstance(r, dict)] if isinstance(raw, list) else []
+    failed = sum(1 for x in rewards if isinstance(x, (int, float)) and not isinstance(x, bool) and x < 1)
+    if not failed:
+        return []
+    return [f"{where}: {failed} of {len(rewards)} trajectories ended with reward < 1 (the episode failed); their "
+            "actions are still the expected ones, though one of them went wrong (an item's "
+            "meta.reward says which episode it comes from)"]
 
 
 def convert_trace(raw: Any, name: str = "trace", where: str | None = None) -> list[dict[str, Any]]:
