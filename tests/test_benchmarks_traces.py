@@ -262,3 +262,19 @@ def test_expected_arguments_that_are_not_json_are_named(tmp_path: Path) -> None:
     report = TracesBenchmark().load(str(path))
     assert [i.id for i in report.items] == ["ok"]
     assert report.problems == ["line 2: 'expected' arguments of 'get_weather' are not valid JSON: '{bad json'"]
+
+
+def test_expected_arguments_with_nan_or_infinity_are_named(tmp_path: Path) -> None:
+    """They were accepted: no answer equals NaN (the item could never pass), and export then wrote NaN, which is not
+    JSON. Both the object form and the JSON-string form (Python's json reads NaN and Infinity) are refused."""
+    rows = [{"id": "ok", "messages": [{"role": "user", "content": "hi"}], "expected": {"reply": "x"}},
+            {"id": "nan", "messages": [{"role": "user", "content": "hi"}],
+             "expected": {"tool": "f", "arguments": {"a": [1, {"b": float("nan")}]}}},
+            {"id": "inf", "messages": [{"role": "user", "content": "hi"}],
+             "expected": {"tool": "f", "arguments": '{"a": -Infinity}'}}]
+    path = tmp_path / "items.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    report = TracesBenchmark().load(str(path))
+    assert [i.id for i in report.items] == ["ok"]
+    said = "'expected' arguments of 'f' hold NaN or Infinity, which is not JSON (and no answer equals NaN)"
+    assert report.problems == [f"line 2: {said}", f"line 3: {said}"]

@@ -96,11 +96,28 @@ def parse_expected(expected: Any) -> dict[str, Any]:
         arguments = _json_arguments(expected.get("arguments"))
         if isinstance(arguments, str):  # a JSON string that does not parse: no call's arguments could equal it
             raise ValueError(f"'expected' arguments of {expected['tool']!r} are not valid JSON: {arguments[:60]!r}")
+        if _has_non_finite(arguments):  # Python's json reads NaN/Infinity; no call equals NaN, and JSON has neither
+            raise ValueError(f"'expected' arguments of {expected['tool']!r} hold NaN or Infinity, which is not JSON "
+                             "(and no answer equals NaN)")
         return {"tool": expected["tool"], "arguments": arguments}
     for kind in ("answer", "reply", "command"):
         if isinstance(expected.get(kind), str):
             return {kind: expected[kind]}
     raise ValueError("'expected' needs a 'tool' name, or an 'answer', 'reply' or 'command' string")
+
+
+def _has_non_finite(value: Any) -> bool:
+    """Whether a parsed JSON value holds a NaN or infinite float anywhere (iteratively: arguments can nest deep)."""
+    stack = [value]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, float) and (x != x or x in (float("inf"), float("-inf"))):
+            return True
+        if isinstance(x, dict):
+            stack.extend(x.values())
+        elif isinstance(x, list):
+            stack.extend(x)
+    return False
 
 
 # --- finding a tool call in free text -----------------------------------------------------------------------------
