@@ -129,6 +129,7 @@
       view.textContent = "";
       var slider = el("input", {type: "range", id: "mass", min: "0.01", max: "1", step: "0.01", value: String(p)});
       var pv = el("span", {id: "mass-value"}), count = el("span", {id: "gcount"}), subInfo = el("span", {id: "gsub", class: "muted"});
+      var line = el("div", {class: "gstatus", id: "gstatus"}, [count, " · ", subInfo]);
       var search = el("input", {type: "search", id: "gsearch", placeholder: "find token…", value: state.search});
       var svg = el("svg", {id: "graph", xmlns: "http://www.w3.org/2000/svg"}), kept = null, sub = null;
       function redraw() {
@@ -138,6 +139,7 @@
         count.textContent = Object.keys(kept.nodes).length + " nodes, " + kept.edges.length + " edges drawn (of " + D.edges.length + " stored)";
         subInfo.textContent = state.pin && sub ? "pinned " + nodeName(D, state.pin) + ": subgraph to the prediction has " + Object.keys(sub.nodes).length +
           " nodes, " + sub.edges.length + " edges" : (state.abl && D.ablation ? ablationText(D, kept, state, sub) : "click a node to pin it");
+        line.title = line.textContent;
         save();
       }
       state.setPin = function (k) { state.pin = k; redraw(); };
@@ -154,8 +156,11 @@
            "Red edges/nodes push towards the target, blue towards the contrast, grey nodes sit on special token ids " +
            "(e.g. <|im_start|>); node size = normalised |R| in its stage. " +
            "Stored graph pruned with " + ((D.settings || {}).prune || "?") + "; the slider re-prunes those edges by cumulative mass."),
-        el("div", {class: "graphbar"}, [el("label", {}, ["edge mass p ", slider, " ", pv]), count, search, ablToggle,
-          el("button", {type: "button", id: "export", onclick: function () { exportJSON(D, kept, sub, state); }}, "export JSON"), subInfo]),
+        el("div", {class: "graphbar"}, [el("label", {}, ["edge mass p ", slider, " ", pv]), search, ablToggle,
+          el("button", {type: "button", id: "export", onclick: function () { exportJSON(D, kept, sub, state); }}, "export JSON")]),
+        // the counts and the pin / ablation line change with every click: one line of their own, cut with "…" (the
+        // whole text on hover), so the graph below never moves and a second click lands on the node just pinned
+        line,
         el("div", {class: "gwrap"}, svg)]));
       redraw();
     });
