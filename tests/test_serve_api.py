@@ -156,7 +156,9 @@ def test_unknown_ids_404_malformed_422(client: TestClient, toy: dict[str, Any]) 
     whole = toy["cases"][0].case_id
     for path in (f"/api/cases/{whole[:8]}", f"/api/cases/{whole[:8]}/graph"):  # the CLI takes prefixes, the API not
         r = client.get(path)
-        assert r.status_code == 404 and f"the API takes whole case ids; did you mean {whole}?" in r.json()["detail"]
+        assert r.status_code == 404 and r.json()["detail"] == (f"no case has the id {whole[:8]!r}: the API takes whole "
+                                                               f"case ids; did you mean {whole}?")
+        assert r.headers["X-Failtrace-Case"] == whole  # the explorer follows it (the graph's message was garbled)
     assert client.get("/api/cases/" + "0" * 24).json()["detail"] == "no such case"  # no case starts so: no hint
     for bad in ("bad!id", "x" * 65, "a%20b", "%00"):
         assert client.get(f"/api/cases/{bad}").status_code == 422, bad
@@ -679,6 +681,29 @@ def test_non_finite_and_huge_values_are_a_short_422(toy: dict[str, Any], tmp_pat
         assert st.con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'reviews'"
                               ).fetchone()[0] == 0  # nothing recorded: not even the table the first review makes
         assert st.con.execute("SELECT count(*) FROM overrides").fetchone()[0] == 0
+
+
+def test_an_override_to_the_category_the_case_has_is_refused(toy: dict[str, Any], tmp_path: Path) -> None:
+    """An override to the category the case already has was recorded and marked the case overridden (✎) while
+    changing nothing: now a 409 that says so, and nothing is written. Back to the computed one is a change."""
+    from failtrace.cases.record import CATEGORIES
+
+    store = tmp_path / "review.duckdb"
+    shutil.copy(toy["store"], store)
+    case = toy["cases"][0]
+    other = next(k for k in CATEGORIES if k != case.category)
+    url = f"/api/cases/{case.case_id}/override"
+    with TestClient(create_app(store, review=True), base_url="http://127.0.0.1") as c:
+        r = c.post(url, json={"category": case.category, "comment": "same"})
+        assert r.status_code == 409 and r.json()["detail"] == (f"the case's category is already {case.category}: "
+                                                               "pick another category to override it")
+        assert c.post(url, json={"category": other, "comment": "ablation says so"}).status_code == 201
+        r = c.post(url, json={"category": other, "comment": "again"})
+        assert r.status_code == 409 and f"already {other} (by an override)" in r.json()["detail"]
+        assert c.post(url, json={"category": case.category, "comment": "back"}).status_code == 201
+        assert [x["comment"] for x in c.get("/api/reviews").json()["reviews"]] == ["ablation says so", "back"]
+    with open_store(store, read_only=True) as st:
+        assert st.con.execute("SELECT count(*) FROM overrides").fetchone()[0] == 2
 
 
 @pytest.mark.parametrize("change", ["replace", "delete"])

@@ -149,14 +149,19 @@ def cases_table(
     return casedata.finite(table(cur, tq))
 
 
+WHOLE_ID_HEADER = "X-Failtrace-Case"  # on a 404 for a unique short id: the whole id (the explorer follows it)
+
+
 def _no_case(cur: Any, case_id: str, has_cases: bool, said: str = "no such case") -> HTTPException:
-    """A 404 that names the case a short id stands for: the API takes whole ids, the command line prefixes."""
+    """A 404 that names the case a short id stands for (the API takes whole ids, the command line prefixes), and
+    carries it in the :data:`WHOLE_ID_HEADER` header when only one case starts so."""
     from failtrace.store.cases import case_ids_starting
 
     ids = case_ids_starting(cur, case_id, 2) if has_cases else []
     if ids and ids != [case_id]:  # (the case itself: it is there, without what was asked for)
-        said += f" {case_id!r}: the API takes whole case ids; " + (
-            f"did you mean {ids[0]}?" if len(ids) == 1 else f"several start so ({ids[0]}, ...)")
+        hint = f"did you mean {ids[0]}?" if len(ids) == 1 else f"several start so ({ids[0]}, ...)"
+        return HTTPException(404, f"no case has the id {case_id!r}: the API takes whole case ids; {hint}",
+                             headers={WHOLE_ID_HEADER: ids[0]} if len(ids) == 1 else None)
     return HTTPException(404, said)
 
 
@@ -302,9 +307,14 @@ def add_override(case_id: CASE_ID, body: OverrideIn, request: Request) -> dict[s
     if not comment:
         raise HTTPException(422, "an override needs a comment saying why")
     with _writing(request) as st:
-        row = st.store.con.execute("SELECT pair_run_id, item_id FROM cases WHERE case_id = ?", [case_id]).fetchone()
+        row = st.store.con.execute("SELECT pair_run_id, item_id, category, (SELECT o.category FROM overrides o WHERE "
+                                   "o.case_id = c.case_id ORDER BY o.created_at DESC LIMIT 1) FROM cases c "
+                                   "WHERE case_id = ?", [case_id]).fetchone()
         if row is None:
             raise _no_case(st.store.con, case_id, st.has_cases)
+        if body.category == (row[3] or row[2]):  # it would be marked overridden and change nothing
+            raise HTTPException(409, f"the case's category is already {body.category}"
+                                     f"{' (by an override)' if row[3] else ''}: pick another category to override it")
         try:
             saved = set_override(st.store, case_id, body.category, comment)
         except SupersededCaseError as exc:  # a case page of an older analysis: say which case the views show
