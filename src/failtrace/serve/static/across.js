@@ -52,8 +52,13 @@
     return lines.join("\n");
   }
 
+  // the last case's drawn section: the comparisons never change while the explorer runs, so drawing that case again
+  // (a review write redraws the page where it was) reuses it instead of a "loading…" line that moves what is below
+  var drawn = null;
+
   FT.views.compareSection = function (c) {
-    var sec = el("section", {class: "block", id: "compare"}, [el("h3", {}, "Across models and checkpoints"),
+    if (drawn && drawn.dataset.case === c.case_id) return drawn;
+    var sec = el("section", {class: "block", id: "compare", "data-case": c.case_id}, [el("h3", {}, "Across models and checkpoints"),
       el("p", {class: "muted"}, "loading…")]);
     // fetched after the case itself has painted: on a 16k-token case the columns are tens of thousands of spans
     var later = new Promise(function (ok) { requestAnimationFrame(function () { setTimeout(ok, 0); }); });
@@ -84,6 +89,7 @@
       grid.addEventListener("mouseleave", function (ev) { FT.tip(ev, null); });
       sec.appendChild(grid);
       sec.appendChild(el("p", {}, el("a", {href: "#/across"}, "all cases across models and checkpoints (Fig. 4–7) →")));
+      drawn = sec;
     }, function (e) { sec.textContent = ""; if (e.status !== 404) sec.appendChild(el("p", {class: "err"}, e.message)); else sec.style.display = "none"; });
     return sec;
   };

@@ -35,7 +35,10 @@
                  el("summary", {title: "click to fold this segment"}, (run[0] || "no segment") + rel + " · " + (run[2] - run[1])));
       d.addEventListener("toggle", function () {
         var shut = [].slice.call(box.querySelectorAll("details.seg:not([open])")).map(function (x) { return x.dataset.start; });
-        var p = new URLSearchParams(params.toString());
+        // a details element fires toggle when drawn open, too: only a fold or unfold the URL does not hold yet
+        // rewrites it (a rewrite for nothing turned closed=0,212 into closed=0%2C212 after the page was painted)
+        var now = FT.parseHash(), p = now.params;
+        if (now.route !== "case" || now.arg !== c.case_id || shut.join(",") === (p.get("closed") || "")) return;
         if (shut.length) p.set("closed", shut.join(",")); else p.delete("closed");
         FT.go("case", c.case_id, p, true);
       });
@@ -84,7 +87,8 @@
     var lo = Math.min(0, Math.min.apply(null, all)), hi = Math.max(0, Math.max.apply(null, all)), span = hi - lo || 1;
     var K = Math.max.apply(null, ms.map(function (m) { return c.methods[m].flip_curve.length - 1; })) || 1;
     var X = function (k) { return L + (W - L - 10) * k / K; }, Y = function (y) { return 10 + (H - B - 10) * (hi - y) / span; };
-    var svg = el("svg", {width: W, height: H, id: "flip", viewBox: "0 0 " + W + " " + H});
+    // no fixed size: the viewBox scales it to its box (explorer.css: at most W px wide), so a phone's page fits
+    var svg = el("svg", {id: "flip", viewBox: "0 0 " + W + " " + H});
     svg.appendChild(el("line", {x1: L, x2: W - 10, y1: Y(0), y2: Y(0), stroke: "#9ca3af", "stroke-dasharray": "4 3"}));
     svg.appendChild(el("text", {x: 4, y: Y(0) + 4}, "Δℓ=0"));
     // the extremes, unless they sit on the zero line (no curve above / below 0): their labels would overprint "Δℓ=0"
@@ -208,7 +212,10 @@
   }
 
   FT.views.case = function (view, params, id) {
-    return FT.api("/api/cases/" + encodeURIComponent(id)).then(function (c) {
+    return FT.api("/api/cases/" + encodeURIComponent(id)).then(paint, function (e) {
+      return FT.followWholeId(e, "case", params, function (whole) { return FT.views.case(view, params, whole); });
+    });
+    function paint(c) {
       var ms = methodsOf(c), method = params.get("method");
       if (!c.methods[method]) method = ms.indexOf("attnlrp") >= 0 ? "attnlrp" : ms[0];
       FT.crumb([el("a", {href: "#/case/" + id}, "case " + c.item_id)]);  // where we are; the graph is a link below
@@ -251,7 +258,7 @@
         el("div", {}, [alternativesBox(c), labels(c)])]));
       if (FT.meta.has_comparisons) view.appendChild(FT.views.compareSection(c));
       view.appendChild(FT.views.reviewBox(c));
-    });
+    }
   };
 
   /* The model's top-k next tokens at the failure point (stored by analyse) with Δℓ = ℓ(target) − ℓ(a); in review
@@ -268,11 +275,11 @@
       var role = a.is_target ? el("span", {class: "pill tgt"}, "target") : a.is_contrast ? el("span", {class: "pill ctr"}, "contrast") : "";
       var pick = null;
       if (FT.meta.review && !a.is_target && !a.is_contrast) {
-        pick = el("button", {type: "button", class: "pick", "data-token": a.token_id}, "use as contrast");
+        pick = el("button", {type: "button", class: "pick write", "data-token": a.token_id}, "use as contrast");
         pick.addEventListener("click", function () {
-          FT.post("/api/cases/" + encodeURIComponent(c.case_id) + "/contrast", {contrast_id: a.token_id, comment: comment.value})
-            .then(function () { status.textContent = "saved"; window.dispatchEvent(new HashChangeEvent("hashchange")); },
-                  function (e) { status.textContent = e.message; });
+          FT.write(function () {
+            return FT.post("/api/cases/" + encodeURIComponent(c.case_id) + "/contrast", {contrast_id: a.token_id, comment: comment.value});
+          }, "alt-status");
         });
       }
       return el("tr", {"data-token": a.token_id}, [el("td", {class: "n"}, String(a.rank)), el("td", {class: "tx"}, FT.shown(a.text)),
@@ -284,8 +291,8 @@
     box.appendChild(el("p", {class: "note"}, "At the failure point, the " + (extra ? others : c.alternatives.length) +
       " highest-logit tokens (rank 0: the target, the model's own choice)" + (extra ? ", and the contrast below them" : "") +
       ". Δℓ = ℓ(target) − ℓ(token): how much the model preferred its wrong token."));
-    box.appendChild(el("table", {class: "t alts"}, [el("tr", {}, ["rank", "token", "id", "logit", "Δℓ", "", ""].map(function (h, i) {
-      return el("th", {class: i && i < 5 && i !== 1 ? "n" : ""}, h); }))].concat(extra ? gapBefore(rows, c.alternatives) : rows)));
+    box.appendChild(el("div", {class: "scroll"}, el("table", {class: "t alts"}, [el("tr", {}, ["rank", "token", "id", "logit", "Δℓ", "", ""].map(function (h, i) {
+      return el("th", {class: i && i < 5 && i !== 1 ? "n" : ""}, h); }))].concat(extra ? gapBefore(rows, c.alternatives) : rows))));
     if (FT.meta.review) box.appendChild(el("div", {class: "rv"}, [comment, status]));
     return box;
   }
@@ -312,15 +319,20 @@
     var cat = el("select", {id: "rv-category"}, FT.meta.categories.map(function (k) {
       return el("option", {value: k, selected: k === c.effective_category}, k); }));
     var status = el("span", {id: "rv-status", class: "muted"});
-    function done(p) { p.then(function () { status.textContent = "saved"; window.dispatchEvent(new HashChangeEvent("hashchange")); },
-                              function (e) { status.textContent = e.message; }); }
-    function decide(d) { return function (ev) { ev.preventDefault(); done(FT.post("/api/reviews", {pair_run_id: c.pair_run_id, item_id: c.item_id, decision: d, comment: comment.value})); }; }
+    function send(path, body) { return function () { return FT.post(path, body); }; }
+    function decide(d) {
+      return function (ev) {
+        ev.preventDefault();
+        FT.write(send("/api/reviews", {pair_run_id: c.pair_run_id, item_id: c.item_id, decision: d, comment: comment.value}), "rv-status");
+      };
+    }
     box.appendChild(el("form", {class: "rv"}, [comment,
-      el("button", {type: "button", id: "rv-accept", onclick: decide("accept")}, "accept pair"),
-      el("button", {type: "button", id: "rv-reject", onclick: decide("reject")}, "reject pair"), cat,
-      el("button", {type: "button", id: "rv-override", onclick: function () {
-        if (!comment.value.trim()) { status.textContent = "an override needs a comment: say why"; comment.focus(); return; }
-        done(FT.post("/api/cases/" + encodeURIComponent(c.case_id) + "/override", {category: cat.value, comment: comment.value})); }}, "override category"),
+      el("button", {type: "button", id: "rv-accept", class: "write", onclick: decide("accept")}, "accept pair"),
+      el("button", {type: "button", id: "rv-reject", class: "write", onclick: decide("reject")}, "reject pair"), cat,
+      el("button", {type: "button", id: "rv-override", class: "write", onclick: function () {
+        if (!comment.value.trim()) { FT.say("rv-status", "an override needs a comment: say why", true); comment.focus(); return; }
+        FT.write(send("/api/cases/" + encodeURIComponent(c.case_id) + "/override", {category: cat.value, comment: comment.value}),
+                 "rv-status"); }}, "override category"),
       status]));
     return box;
   };

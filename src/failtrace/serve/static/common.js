@@ -1,20 +1,32 @@
 /* failtrace explorer: shared helpers (FT namespace). No libraries, no other origin: every request goes to /api. */
 var FT = (function () {
   "use strict";
-  var FT = {views: {}, meta: null};
+  var FT = {views: {}, meta: null, NO_SERVER: "the explorer server does not answer (stopped?)"};
 
   FT.api = function (path, opts) {
-    return fetch(path, opts || {}).then(function (r) {
+    return fetch(path, opts || {}).catch(function () {  // no answer at all: the browser's "Failed to fetch"
+      var err = new Error(FT.NO_SERVER); err.status = 0; throw err;
+    }).then(function (r) {
       return r.json().catch(function () { return {}; }).then(function (body) {
         if (!r.ok) {
           var d = body && body.detail;
           var msg = typeof d === "string" ? d : Array.isArray(d) ? d.map(FT.problem).join("; ")
             : JSON.stringify(d || r.statusText);
-          var err = new Error(r.status + ": " + msg); err.status = r.status; throw err;
+          var err = new Error(r.status + ": " + msg); err.status = r.status; err.detail = d; err.headers = r.headers;
+          throw err;
         }
         return body;
       });
     });
+  };
+
+  /* A view of one case opened by a short id (as `failtrace show` prints them): when only one case starts so, the
+     API's 404 names it in X-Failtrace-Case; the URL is rewritten to the whole id and again(whole) draws that case. */
+  FT.followWholeId = function (e, route, params, again) {
+    var whole = e && e.status === 404 && e.headers ? e.headers.get("X-Failtrace-Case") : null;
+    if (!whole) throw e;
+    FT.go(route, whole, params, true);
+    return again(whole);
   };
 
   /* one validation problem of a 422 (FastAPI's [{loc, msg}, ...]) as "where: what", e.g. "sort: Input should be ..." */
@@ -86,7 +98,38 @@ var FT = (function () {
   FT.go = function (route, arg, params, replace) {
     var qs = params ? params.toString() : "";
     var h = "#/" + route + (arg ? "/" + encodeURIComponent(arg) : "") + (qs ? "?" + qs : "");
-    if (replace) history.replaceState(null, "", h); else location.hash = h;
+    if (!replace) { location.hash = h; return; }
+    history.replaceState(null, "", h);
+    if (FT.onReplace) FT.onReplace(location.hash);  // the router's: data-ready-hash follows a view's own rewrite
+  };
+
+  FT.clip = function (s, most) {  // echoed input (a hand-edited link) at most `most` characters
+    s = String(s);
+    return s.length <= most ? s : s.slice(0, most - 1) + "… (" + s.length + " characters)";
+  };
+
+  /* a status line (its element by id: a redraw replaces the element, so it is looked up when said) */
+  FT.say = function (id, text, bad) {
+    var s = document.getElementById(id);
+    if (!s) return;
+    s.textContent = text;
+    s.classList.toggle("err", !!bad);
+    s.classList.toggle("muted", !bad);
+  };
+
+  /* A review write: every write button is disabled until the request settles (a double click records one row);
+     then the view is drawn again where the page was and its new status line says "saved"; a refusal is said in
+     the status line as an error and the buttons work again. */
+  FT.write = function (send, statusId) {
+    var buttons = [].slice.call(document.querySelectorAll("button.write"));
+    buttons.forEach(function (b) { b.disabled = true; });
+    FT.say(statusId, "saving…");
+    return send().then(function () {
+      return FT.redraw().then(function () { FT.say(statusId, "saved"); });
+    }, function (e) {
+      buttons.forEach(function (b) { b.disabled = false; });
+      FT.say(statusId, e.message || String(e), true);
+    });
   };
 
   var tip = null;

@@ -117,7 +117,10 @@
   }
 
   FT.views.graph = function (view, params, id) {
-    return FT.api("/api/cases/" + encodeURIComponent(id) + "/graph").then(function (D) {
+    return FT.api("/api/cases/" + encodeURIComponent(id) + "/graph").then(paint, function (e) {
+      return FT.followWholeId(e, "graph", params, function (whole) { return FT.views.graph(view, params, whole); });
+    });
+    function paint(D) {
       FT.crumb([el("a", {href: "#/case/" + id}, "case " + D.item_id), el("a", {href: "#/graph/" + id}, "graph")]);
       var p = Math.min(1, Math.max(0.01, parseFloat(params.get("p")) || 1));  // 1: every stored edge, as the report draws it
       var state = {p: p, pin: params.get("pin"), search: params.get("q") || "", abl: params.get("abl") === "1"};
@@ -163,6 +166,6 @@
         line,
         el("div", {class: "gwrap"}, svg)]));
       redraw();
-    });
+    }
   };
 })(FT);
