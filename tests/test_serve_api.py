@@ -167,8 +167,14 @@ def test_unknown_ids_404_malformed_422(client: TestClient, toy: dict[str, Any]) 
                    {"category": "BOGUS"}, {"verdict": ["fail", "maybe"]}, {"pattern": "urt"}, {"pair_status": "ok"}):
         r = client.get("/api/table", params=params)
         assert r.status_code == 422, params
-    bogus = client.get("/api/table", params={"category": "BOGUS"}).json()["detail"]
-    assert bogus == "unknown category 'BOGUS'; valid: M-IA, NC-IA+M-AG, NC-IA+AG, (none)"
+    bogus = client.get("/api/table", params={"category": "BOGUS"}).json()["detail"]  # named, as FastAPI's own 422s
+    assert bogus == [{"type": "value_error", "loc": ["query", "category"],
+                      "msg": "unknown category 'BOGUS'; valid: M-IA, NC-IA+M-AG, NC-IA+AG, (none)"}]
+    # a text's length is said in characters (it said "Value should have at most 200 items after validation")
+    for path, params in (("/api/table", {"q": "x" * 201}), ("/api/item", {"run_id": "x" * 201, "item_id": "i"})):
+        detail = client.get(path, params=params).json()["detail"]
+        assert [(d["loc"][-1], d["msg"]) for d in detail] == [
+            (next(iter(params)), "String should have at most 200 characters")], detail
     assert client.get("/api/table", params={"pair_status": "not searched", "category": "(none)"}).status_code == 200
     assert client.get("/api/item", params={"run_id": toy["run_id"]}).status_code == 422
     assert client.get("/api/item", params={"run_id": toy["run_id"], "item_id": "nope"}).status_code == 404

@@ -189,3 +189,37 @@ def test_ready_hash_names_the_final_hash(page: Any, server: dict[str, Any]) -> N
     _open(page, server, f"#/case/{case.case_id}?closed={','.join(starts)}", "case")
     page.wait_for_function("document.body.dataset.readyHash === location.hash", timeout=5000)
     assert page.locator("details.seg:not([open])").evaluate_all("ds => ds.map(d => d.dataset.start)") == starts
+
+
+def test_filter_input_the_api_refuses_is_said_beside_the_filters_and_the_table_stays(page: Any,
+                                                                                    server: dict[str, Any]) -> None:
+    """k* min 2.5 or -1, a search over 200 characters, an unknown category in the link: the API's 422 replaced the
+    sidebar and the table with one red line (the search's said "at most 200 items"); Δℓ min 1e400 was dropped
+    without a word. Now the inputs carry the API's bounds, what is refused is said beside the filters, and the
+    table stays."""
+    n = server["n_rows"]
+    _open(page, server, "#/cases", "cases")
+    assert page.get_attribute("#k_min", "step") == "1" and page.get_attribute("#k_min", "min") == "0"
+    assert page.get_attribute("#search", "maxlength") == "200"
+    for key, text, said in (("#k_min", "2.5", "k* min: a whole number, not 2.5; not applied"),
+                            ("#k_max", "-1", "k* max: between 0 and 100000, not -1; not applied"),
+                            ("#dl_min", "1e400", "Δℓ min: not a number this filter can use (too large, or mistyped); "
+                                                 "not applied")):
+        page.fill(key, "")
+        page.locator(key).type(text)
+        page.locator(key).press("Enter")
+        page.wait_for_function("document.querySelector('#filter-error').textContent !== ''")
+        assert page.inner_text("#filter-error") == said
+        assert page.locator("tr.row").count() == n and "k_" not in page.evaluate("location.hash")
+        page.fill(key, "")
+        page.locator(key).dispatch_event("change")
+        _painted(page, "cases", "#/cases")
+    for link, said in (("#/cases?k_min=2.5", "422: k_min: Input should be a valid integer"),
+                       ("#/cases?q=" + "x" * 201, "422: q: String should have at most 200 characters (not applied)"),
+                       ("#/cases?category=BOGUS&verdict=fail", "422: category: unknown category 'BOGUS'")):
+        _open(page, server, link, "cases")
+        assert page.inner_text("#filter-error").startswith(said), link
+        assert page.locator("#error").count() == 0 and page.locator("tr.row").count() > 0, link
+    # the rest of the link still applies: only the refused parameter was dropped
+    fails = [r for r in page.locator("tr.row td:nth-child(4)").all_inner_texts()]
+    assert fails and set(fails) == {"fail"}

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import RedirectResponse, Response
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
 from failtrace.cases.record import CATEGORIES, CATEGORY_TEXT, PATTERN_TEXT, PATTERNS
 from failtrace.errors import FailtraceError
@@ -40,6 +40,10 @@ def _text(value: str) -> str:
 Text = Annotated[str, AfterValidator(_text)]
 _VALUE = Annotated[list[Text] | None, Query(max_length=50)]  # a facet filter: up to 50 accepted values
 _TEXT = 200  # longest facet value / search text accepted
+# a query parameter's text, its length checked as a string's: Query(max_length=...) over the annotated Text said
+# "Value should have at most 200 items after validation"
+_QUERY_TEXT = Annotated[str, StringConstraints(max_length=_TEXT), AfterValidator(_text)]
+_QUERY_ID = Annotated[str, StringConstraints(min_length=1, max_length=_TEXT), AfterValidator(_text)]
 SortColumn = Literal[tuple(sorted(SORT_COLUMNS))]  # type: ignore[valid-type]
 
 
@@ -65,13 +69,15 @@ _FIXED_VALUES = {"verdict": VERDICT_STATUSES, "pair_status": (*PAIR_STATUSES, NO
 
 
 def _facet_values(values: list[str] | None, name: str = "") -> list[str]:
+    """A facet's values; a 422 names the parameter as FastAPI's own do (``loc``), so the page can say which
+    filter it refused and draw the table without it."""
     values = values or []
-    if any(len(v) > _TEXT for v in values):
-        raise HTTPException(422, f"a filter value is longer than {_TEXT} characters")
     known = _FIXED_VALUES.get(name)
     bad = [v for v in values if known is not None and v not in known and v != NONE_VALUE]
-    if bad:
-        raise HTTPException(422, f"unknown {name} {bad[0]!r}; valid: {', '.join([*known, NONE_VALUE])}")
+    said = (f"a filter value is longer than {_TEXT} characters" if any(len(v) > _TEXT for v in values)
+            else f"unknown {name} {bad[0]!r}; valid: {', '.join([*known, NONE_VALUE])}" if bad else None)
+    if said:
+        raise HTTPException(422, [{"type": "value_error", "loc": ["query", name], "msg": said}])
     return values
 
 
@@ -137,7 +143,7 @@ def cases_table(
     k_min: Annotated[int | None, Query(ge=0, le=100_000, description="attnlrp k* at least")] = None,
     k_max: Annotated[int | None, Query(ge=0, le=100_000, description="attnlrp k* at most")] = None,
     has_case: bool | None = None,
-    q: Annotated[Text | None, Query(max_length=_TEXT, description="text in the item id")] = None,
+    q: Annotated[_QUERY_TEXT | None, Query(description="text in the item id")] = None,
     sort: SortColumn = "item_id", desc: bool = False,
     limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Annotated[int, Query(ge=0, le=100_000_000)] = 0,
 ) -> dict[str, Any]:
@@ -215,8 +221,8 @@ def _compared(st: Any, cur: Any, what: str) -> Any:
 
 
 @router.get("/api/item", summary="One item of a collection run (prompt, completion, verdict, pair)")
-def item(request: Request, cur: Cursor, run_id: Annotated[Text, Query(min_length=1, max_length=_TEXT)],
-         item_id: Annotated[Text, Query(min_length=1, max_length=_TEXT)]) -> dict[str, Any]:
+def item(request: Request, cur: Cursor, run_id: Annotated[_QUERY_ID, Query()],
+         item_id: Annotated[_QUERY_ID, Query()]) -> dict[str, Any]:
     ids = [r[0] for r in cur.execute("SELECT run_id FROM runs WHERE stage = 'collect' ORDER BY run_id").fetchall()]
     try:  # a unique prefix, as `failtrace status` and the report print ids, is enough (as on the command line)
         run_id = pick_run_id(ids, run_id, "collection run", _state(request).path.name)

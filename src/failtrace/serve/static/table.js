@@ -7,7 +7,10 @@
               ["pair_status", "pair"], ["target_text", "target"], ["contrast_text", "contrast"],
               ["delta_logit", "Δℓ"], ["k_star", "k*"], ["category", "category"], ["pattern", "pattern"],
               ["n_tokens", "tokens", "answer tokens"]];  // the whole completion (a case page counts its context)
-  var RANGES = [["dl_min", "dl_max", "Δℓ range"], ["k_min", "k_max", "k* (attnlrp)"]];
+  // [min key, max key, label, input attributes]: the API's bounds (k* a whole number of tokens, Δℓ within ±1e9)
+  var RANGES = [["dl_min", "dl_max", "Δℓ range", {step: "any", min: "-1e9", max: "1e9"}],
+                ["k_min", "k_max", "k* (attnlrp)", {step: "1", min: "0", max: "100000"}]];
+  var SEARCH_MOST = 200;  // the API's longest search text (api.py _TEXT)
   var PAGE = 50;
 
   function update(params, changes) {  // a new view state: any filter change goes back to the first page
@@ -49,24 +52,50 @@
     return box;
   }
 
-  function rangeBox(lo, hi, label, params) {
-    function input(key, ph) {
-      var i = el("input", {type: "number", step: "any", placeholder: ph, value: params.get(key) || "", id: key});
-      i.addEventListener("change", function () { var ch = {}; ch[key] = i.value; update(params, ch); });
-      return i;
-    }
-    return el("div", {}, [el("h4", {text: label}), el("div", {class: "range"}, [input(lo, "min"), input(hi, "max")])]);
+  // a range bound the API would refuse is said beside the filters and not sent (the whole table used to give way to
+  // one red line); a number too large for the browser (Δℓ min 1e400) was dropped without a word
+  function refusal(i, what, attrs) {
+    var v = i.validity;
+    if (v.valid) return null;
+    return what + ": " + (v.badInput ? "not a number this filter can use (too large, or mistyped)"
+      : (v.stepMismatch ? "a whole number" : "between " + attrs.min + " and " + attrs.max) + ", not " + i.value) +
+      "; not applied";
   }
 
-  function sidebar(data, params) {
+  function rangeBox(r, params) {
+    function input(key, ph) {
+      var i = el("input", Object.assign({type: "number", placeholder: ph, value: params.get(key) || "", id: key}, r[3]));
+      function commit() {  // on change, and on Enter or leaving the box: a number the browser cannot read
+        var no = refusal(i, r[2].replace(/ range| \(.*/, "") + " " + ph, r[3]);  // (1e400) leaves the value "", so
+        say(no);                                                                  // no change event comes for it
+        var v = i.value === "" ? null : String(i.valueAsNumber);
+        if (no || v === params.get(key)) return;
+        var ch = {}; ch[key] = v; update(params, ch);
+      }
+      i.addEventListener("change", commit);
+      i.addEventListener("blur", commit);
+      i.addEventListener("keydown", function (ev) { if (ev.key === "Enter") commit(); });
+      return i;
+    }
+    return el("div", {}, [el("h4", {text: r[2]}), el("div", {class: "range"}, [input(r[0], "min"), input(r[1], "max")])]);
+  }
+
+  function say(text) {  // the filters' own error line (what was refused, and why); the table stays
+    var p = document.getElementById("filter-error");
+    if (p) { p.textContent = text || ""; p.hidden = !text; }
+  }
+
+  function sidebar(data, params, refused) {
     var side = el("aside", {class: "facets"});
-    var search = el("input", {type: "search", id: "search", placeholder: "item id contains…", value: params.get("q") || ""});
+    side.appendChild(el("p", {class: "err", id: "filter-error", hidden: !refused}, refused || ""));
+    var search = el("input", {type: "search", id: "search", placeholder: "item id contains…", value: params.get("q") || "",
+                              maxlength: SEARCH_MOST});
     search.addEventListener("change", function () { update(params, {q: search.value}); });
     side.appendChild(el("h4", {text: "search"})); side.appendChild(search);
     // on top, so it stays in reach however long the facet lists grow
     side.appendChild(el("button", {type: "button", id: "clear", onclick: function () { FT.go("cases", "", null); }},
                         "clear filters"));
-    RANGES.forEach(function (r) { side.appendChild(rangeBox(r[0], r[1], r[2], params)); });
+    RANGES.forEach(function (r) { side.appendChild(rangeBox(r, params)); });
     FT.meta.facets.forEach(function (name) { side.appendChild(facetBox(name, data.facets[name] || [], params)); });
     return side;
   }
@@ -137,17 +166,27 @@
                     onclick: to_(data.offset + data.limit)}, "next ▶")]);
   }
 
+  // A parameter the API refuses (a hand-edited link: k_min=2.5, sort=bogus, an unknown category) is said beside the
+  // filters, and the table is drawn without it: FastAPI's 422 names each refused parameter in its loc.
   FT.views.cases = function (view, params) {
-    var q = new URLSearchParams(params.toString());
+    var q = new URLSearchParams(params.toString()), refused = null;
     if (!q.get("limit")) q.set("limit", String(PAGE));
     if (q.get("desc") === "1") q.set("desc", "true");
-    return FT.api("/api/table?" + q.toString()).then(function (data) {
+    function load() { return FT.api("/api/table?" + q.toString()); }
+    return load().catch(function (e) {
+      var names = e.status === 422 && Array.isArray(e.detail) ? e.detail.map(function (p) {
+        return (p && p.loc || []).slice(-1)[0]; }).filter(function (n) { return q.has(n); }) : [];
+      if (!names.length) throw e;
+      names.forEach(function (n) { q.delete(n); });
+      refused = e.message + " (not applied)";
+      return load();
+    }).then(function (data) {
       view.textContent = "";
       var tbl = el("table", {class: "t cases", id: "cases"}, [el("thead", {}, header(params)),
                    el("tbody", {}, data.rows.map(row))]);
       var main = el("div", {}, [doubled(params), pager(data, params), el("div", {class: "scroll"}, tbl),
                                 data.total ? null : el("p", {class: "muted"}, "no rows match these filters")]);
-      view.appendChild(el("div", {class: "layout"}, [sidebar(data, params), main]));
+      view.appendChild(el("div", {class: "layout"}, [sidebar(data, params, refused), main]));
     });
   };
 })(FT);
