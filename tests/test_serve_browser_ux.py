@@ -223,3 +223,28 @@ def test_filter_input_the_api_refuses_is_said_beside_the_filters_and_the_table_s
     # the rest of the link still applies: only the refused parameter was dropped
     fails = [r for r in page.locator("tr.row td:nth-child(4)").all_inner_texts()]
     assert fails and set(fails) == {"fail"}
+
+
+def test_graph_token_labels_are_not_clipped(page: Any, server: dict[str, Any]) -> None:
+    """The labels, rotated ±60° above and below the graph, ran past the SVG's top and right edges (`<|im_end|> [123]`
+    on the demo store) and were cut off. Every label now lies inside the drawing."""
+    case = _graph_case(server)
+
+    def long_tokens(route: Any) -> None:  # a chat template's tokens, as long as the view draws them
+        body = route.fetch().json()
+        body["tokens"] = ["<|im_end|>" + "x" * 8 for _ in body["tokens"]]
+        route.fulfill(json=body)
+
+    page.route(f"**/api/cases/{case.case_id}/graph", long_tokens)
+    try:
+        _open(page, server, f"#/graph/{case.case_id}", "graph")
+        svg = _box(page, "#graph")
+        labels = page.locator("#graph > text").evaluate_all(
+            "ts => ts.map(t => { const b = t.getBoundingClientRect(); "
+            "return [t.textContent, b.left, b.top, b.right, b.bottom]; })")
+        assert len(labels) > 4 and any(t[0].startswith("<|im_end|>") for t in labels)
+        out = [t for t in labels if t[1] < svg["left"] - 0.5 or t[2] < svg["top"] - 0.5
+               or t[3] > svg["right"] + 0.5 or t[4] > svg["bottom"] + 0.5]
+        assert out == [], (svg, out[:3])
+    finally:
+        page.unroute(f"**/api/cases/{case.case_id}/graph")

@@ -81,7 +81,16 @@
       svg.appendChild(el("text", {x: x + 9, y: y - 8, class: "abl-n"}, String(D.ablation.nodes.findIndex(function (a) {
         return key(a.stage, a.position) === k; }) + 1)));
     });
+    fit(svg, W, H);
     return sub;
+  }
+
+  function fit(svg, W, H) {  // the rotated token labels reach past the plot's margins: the SVG grows to hold them
+    var bb = svg.getBBox();  // (all it draws, transforms included; the SVG is in the page when drawn)
+    var x0 = Math.min(0, Math.floor(bb.x) - 2), y0 = Math.min(0, Math.floor(bb.y) - 2);
+    var x1 = Math.max(W, Math.ceil(bb.x + bb.width) + 2), y1 = Math.max(H, Math.ceil(bb.y + bb.height) + 2);
+    svg.setAttribute("viewBox", [x0, y0, x1 - x0, y1 - y0].join(" "));
+    svg.setAttribute("width", x1 - x0); svg.setAttribute("height", y1 - y0);
   }
 
   function ablatedKeys(D, kept, state) {  // the ablated nodes drawn at this p, when the toggle is on
