@@ -47,7 +47,7 @@
     // a view that throws before returning its promise is an error shown like any other, never a page left busy
     var shown = !fn ? Promise.reject(new Error("unknown view: " + FT.clip(h.route, 80))) : h.bad ? Promise.reject(new Error(h.bad))
       : Promise.resolve().then(function () { return fn(view, h.params, h.arg); });
-    return shown.catch(function (e) { FT.error(view, e); })
+    return shown.catch(function (e) { if (mine === gen) FT.error(view, e); })  // (a newer route's view stays)
       .then(function () {
         if (mine !== gen) return;  // a newer route is painting: it says when it is ready
         view.setAttribute("aria-busy", "false");
