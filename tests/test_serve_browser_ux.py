@@ -248,3 +248,24 @@ def test_graph_token_labels_are_not_clipped(page: Any, server: dict[str, Any]) -
         assert out == [], (svg, out[:3])
     finally:
         page.unroute(f"**/api/cases/{case.case_id}/graph")
+
+
+def test_a_request_that_fails_after_the_user_moved_on_leaves_the_new_view(page: Any, server: dict[str, Any]) -> None:
+    """A case request answered (with an error) only after the user had gone back to the table wrote its error over
+    the table."""
+    case = server["cases"][0]
+    held: list[Any] = []
+    page.route(f"**/api/cases/{case.case_id}", lambda route: held.append(route))  # answered below, late
+    try:
+        page.goto(server["base"] + f"#/case/{case.case_id}")
+        page.wait_for_function("document.body.dataset.view === 'case'")
+        while not held:
+            page.wait_for_timeout(50)
+        page.evaluate("location.hash = '#/cases'")
+        _painted(page, "cases", "#/cases")
+        held[0].fulfill(status=404, json={"detail": "no such case"})
+        page.evaluate("new Promise(r => setTimeout(r, 200))")  # the late answer's promise chain settles
+        assert page.locator("#error").count() == 0 and page.locator("tr.row").count() == server["n_rows"]
+        assert page.evaluate("[document.body.dataset.ready, document.body.dataset.readyHash]") == ["cases", "#/cases"]
+    finally:
+        page.unroute(f"**/api/cases/{case.case_id}")
