@@ -137,9 +137,9 @@ def test_tau_bench_converter(tmp_path: Path) -> None:
     report = TracesBenchmark().load(str(raw))  # a raw tau-bench file loads directly
     assert [i.id for i in report.items] == [i["id"] for i in items]
     # the episode failed (reward 0): its actions are kept, and the load says so (it used to be silent)
-    assert report.problems == [f"{raw}: 1 of 1 trajectories ended with reward < 1 (the episode failed); their actions "
-                               "are still the expected ones, though one of them went wrong (an item's meta.reward says "
-                               "which episode it comes from)"]
+    assert report.problems == [f"{raw}: 1 of the file's 1 trajectories ended with reward < 1 (the episode failed); "
+                               "their actions are still the expected ones, though one of them went wrong (an item's "
+                               "meta.reward gives its episode's reward)"]
     assert report.items[0].meta["reward"] == 0.0
     won = tmp_path / "won.json"
     won.write_text(json.dumps([{**_tau_like()[0], "reward": 1.0}]))

@@ -270,7 +270,9 @@ NAMED = "import ctypes, os, time\nctypes.CDLL(None).prctl(15, {name!r}.encode(),
 def test_a_candidate_that_leaves_its_process_group_does_not_outlive_the_run() -> None:
     """Before: ``os.setsid()`` took the child out of the process group the parent kills, and ``unshare
     --kill-child`` did not hold (the switch to nobody clears the parent-death signal), so a candidate that also made
-    ``os._exit`` hang stayed alive after a *passing* check, holding its memory, until its CPU limit."""
+    ``os._exit`` hang stayed alive after a *passing* check, holding its memory, until its CPU limit. Here the
+    seccomp layer ends it at ``setsid``; ``test_os_layers_hold_without_seccomp`` shows that the parent's kill of the
+    namespace's first process holds without that layer (it fails without the kill when the tests run as root)."""
     name = "ft" + uuid.uuid4().hex[:12]
     code = NAMED.format(name=name) + "os.setsid()\nos._exit = lambda c: time.sleep(10 ** 9)\n\n" \
         "def add(a, b):\n    return a + b\n"

@@ -121,6 +121,16 @@ def test_a_ray_call_resuming_a_pair_run_records_other_speed_settings(cluster: An
         assert entry["order"] == "margin" and entry["failures"] == 2 and entry["changed"] == ["order"]
 
 
+def test_a_real_cluster_address_passes_the_handshake_check(cluster: Any) -> None:
+    """The check that refuses a non-Ray service at --ray-address accepts Ray's own GCS (HTTP/2 SETTINGS frame),
+    written HOST:PORT and ray://HOST:PORT (the frame is the same whichever gRPC service answers)."""
+    from failtrace.scale.pool import check_reachable
+
+    address = ray.get_runtime_context().gcs_address
+    check_reachable(address, timeout_s=5)
+    check_reachable(f"ray://{address}", timeout_s=5)
+
+
 def test_a_ray_call_on_a_finished_pair_run_starts_nothing(cluster: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Before: every failure already paired, and the call still started a cluster and loaded the model in each
     worker (12.7 s against 2.6 s serially) to learn that nothing was left. Now it counts them, as serially."""
@@ -137,6 +147,10 @@ def test_a_ray_call_on_a_finished_pair_run_starts_nothing(cluster: Any, monkeypa
         n = len(st.pairs(prun.run_id))
         p = pairs_on_ray(st, SETTINGS, 2, benchmarks={"toy": _bench()}, progress=False)
         assert p.pair_run_ids == [prun.run_id] and p.processed == 0 and p.failures == p.skipped == n > 0
+        with pytest.raises(FailtraceError, match="nothing answers there"):  # still said with nothing to do
+            pairs_on_ray(st, SETTINGS, 2, benchmarks={"toy": _bench()}, address="127.0.0.1:1", progress=False)
+        with pytest.raises(FailtraceError, match="toy"):  # an unknown benchmark too, as serially
+            pairs_on_ray(st, SETTINGS, 2, benchmarks={"other": _bench()}, progress=False)
         st.con.execute("DELETE FROM pairs WHERE item_id = ?", [st.pairs(prun.run_id)[0]["item_id"]])
         with pytest.raises(AssertionError, match="a cluster was started"):  # one left: the workers are needed
             pairs_on_ray(st, SETTINGS, 2, benchmarks={"toy": _bench()}, progress=False)

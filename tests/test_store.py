@@ -161,6 +161,7 @@ def test_a_closed_store_says_so(tmp_path: Path, read_only: bool) -> None:
     for call in (lambda: load_cases(st), lambda: st.runs("collect"), lambda: st.done_item_ids("x")):
         with pytest.raises(FailtraceError, match=f"results store {path} is closed; open it again"):
             call()
+    assert not hasattr(st.con, "execute") and getattr(st.con, "_repr_html_", None) is None  # probes still answer
 
 
 def test_pairs_status_rows_and_clean_rate(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 
 from failtrace.benchmarks.base import Item, LoadReport, Verdict
 from failtrace.benchmarks.loaders import build_items, items_from_records
+from failtrace.benchmarks.trace_messages import json_arguments, normalise_messages, openai_calls, parse_expected
 from failtrace.errors import FailtraceError
 
 REQUIRED_FIELDS = ("id", "messages", "expected")
@@ -37,87 +38,6 @@ _NAME_KEYS = ("name", "tool", "tool_name", "function", "action")
 _TOOL_CALL_TAG = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.DOTALL)
 _FUNCTION_TAG = re.compile(r"<function=([\w.\-]+)>(.*?)</function>", re.DOTALL)
 _FENCE = re.compile(r"```[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
-
-
-# --- messages and expected actions ------------------------------------------------------------------------------
-
-def render_tool_call(name: str, arguments: Any) -> str:
-    """How a past tool call appears in the context: the common ``<tool_call>`` JSON form."""
-    return "<tool_call>" + json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False) + "</tool_call>"
-
-
-def _json_arguments(raw: Any) -> Any:
-    if isinstance(raw, str):
-        try:
-            return json.loads(raw) if raw.strip() else {}
-        except json.JSONDecodeError:
-            return raw
-    return {} if raw is None else raw
-
-
-def _openai_calls(message: dict[str, Any]) -> list[tuple[str, Any]]:
-    calls = message.get("tool_calls") or []
-    if isinstance(calls, str):  # some dumps store the list as its Python repr
-        try:
-            calls = ast.literal_eval(calls)
-        except (ValueError, SyntaxError):
-            calls = []
-    out = []
-    for call in calls if isinstance(calls, list) else []:
-        fn = call.get("function", call) if isinstance(call, dict) else {}
-        if isinstance(fn, dict) and isinstance(fn.get("name"), str):
-            out.append((fn["name"], _json_arguments(fn.get("arguments"))))
-    return out
-
-
-def normalise_messages(messages: list[Any]) -> list[dict[str, str]]:
-    """Chat messages as ``{role, content}`` strings; an assistant's tool calls are rendered into its content."""
-    out = []
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise ValueError(f"message {i} must be an object with a 'role' string")
-        content = message.get("content")
-        if content is None:
-            content = ""
-        elif not isinstance(content, str):
-            content = json.dumps(content, ensure_ascii=False)
-        calls = _openai_calls(message) if message["role"] == "assistant" else []
-        if calls:
-            content = "\n".join([content, *(render_tool_call(n, a) for n, a in calls)]).strip("\n")
-        out.append({"role": message["role"], "content": content})
-    return out
-
-
-def parse_expected(expected: Any) -> dict[str, Any]:
-    """Validate an ``expected`` action: exactly one of tool (+ arguments), answer, reply, command."""
-    if not isinstance(expected, dict):
-        raise ValueError("'expected' must be an object like {\"tool\": ..., \"arguments\": {...}} or {\"answer\": ...}")
-    if isinstance(expected.get("tool"), str):
-        arguments = _json_arguments(expected.get("arguments"))
-        if isinstance(arguments, str):  # a JSON string that does not parse: no call's arguments could equal it
-            raise ValueError(f"'expected' arguments of {expected['tool']!r} are not valid JSON: {arguments[:60]!r}")
-        if _has_non_finite(arguments):  # Python's json reads NaN/Infinity; no call equals NaN, and JSON has neither
-            raise ValueError(f"'expected' arguments of {expected['tool']!r} hold NaN or Infinity, which is not JSON "
-                             "(and no answer equals NaN)")
-        return {"tool": expected["tool"], "arguments": arguments}
-    for kind in ("answer", "reply", "command"):
-        if isinstance(expected.get(kind), str):
-            return {kind: expected[kind]}
-    raise ValueError("'expected' needs a 'tool' name, or an 'answer', 'reply' or 'command' string")
-
-
-def _has_non_finite(value: Any) -> bool:
-    """Whether a parsed JSON value holds a NaN or infinite float anywhere (iteratively: arguments can nest deep)."""
-    stack = [value]
-    while stack:
-        x = stack.pop()
-        if isinstance(x, float) and (x != x or x in (float("inf"), float("-inf"))):
-            return True
-        if isinstance(x, dict):
-            stack.extend(x.values())
-        elif isinstance(x, list):
-            stack.extend(x)
-    return False
 
 
 # --- finding a tool call in free text -----------------------------------------------------------------------------
@@ -177,7 +97,7 @@ def as_tool_call(obj: Any) -> dict[str, Any] | None:
     args_key = next((k for k in _ARG_KEYS if k in obj), None)
     if args_key is None and set(obj) - set(_NAME_KEYS) - {"type", "id"}:
         return None  # a name but no arguments and other keys: some other JSON, not a call
-    return {"name": name, "arguments": _json_arguments(obj.get(args_key)) if args_key else {}}
+    return {"name": name, "arguments": json_arguments(obj.get(args_key)) if args_key else {}}
 
 
 def find_tool_calls(text: str) -> list[dict[str, Any]]:
@@ -258,7 +178,7 @@ class TracesBenchmark:
                 converted = convert_trace(raw, path.stem, source)
                 records = ((f"action {i}", rec) for i, rec in enumerate(converted, start=1))
                 report = items_from_records(records, source, limit, REQUIRED_FIELDS, _to_item, formats=FORMATS)
-                report.problems += _failed_episodes(raw, source)
+                report.problems[:0] = _failed_episodes(raw, source)  # first: never behind "... and N more"
                 return report
         return build_items(source, limit, REQUIRED_FIELDS, _to_item, formats=FORMATS)
 
@@ -333,7 +253,7 @@ def _is_raw_trace(raw: Any) -> bool:
 
 
 def _expected_action(message: dict[str, Any]) -> dict[str, Any] | None:
-    calls = _openai_calls(message)
+    calls = openai_calls(message)
     if calls:
         return {"tool": calls[0][0], "arguments": calls[0][1]}
     if isinstance(message.get("action"), str) and message["action"].strip():  # SWE-agent text command
@@ -366,9 +286,9 @@ def _failed_episodes(raw: Any, where: str) -> list[str]:
     failed = sum(1 for x in rewards if isinstance(x, (int, float)) and not isinstance(x, bool) and x < 1)
     if not failed:
         return []
-    return [f"{where}: {failed} of {len(rewards)} trajectories ended with reward < 1 (the episode failed); their "
+    return [f"{where}: {failed} of the file's {len(rewards)} trajectories ended with reward < 1 (the episode failed); their "
             "actions are still the expected ones, though one of them went wrong (an item's "
-            "meta.reward says which episode it comes from)"]
+            "meta.reward gives its episode's reward)"]
 
 
 def convert_trace(raw: Any, name: str = "trace", where: str | None = None) -> list[dict[str, Any]]:

@@ -103,7 +103,7 @@ def collect_command(
         typer.echo(f"note: run {summary.run_id} was first collected from {summary.more_data}; the items of {data} "
                    "are added to it (the same model and settings make the same run, whatever the data file)",
                    err=True)
-    failed = _note_cut_failures(store, summary.run_id)
+    failed = _note_run_limits(store, summary.run_id)
     if failed:  # the run's, not only this call's: a rerun of a finished collect points on too
         typer.echo(f"next: failtrace pairs --store {shlex.quote(str(store))} (pins each failure to a token pair)",
                    err=True)
@@ -122,8 +122,9 @@ def _chosen_items(items: list[Any], wanted: list[str], data: str) -> list[Any]:
     return [it for it in items if it.id in chosen]
 
 
-def _note_cut_failures(store: Path, run_id: str) -> int:
-    """Say when passes or failures stopped at the token budget. A cut pass was judged on a cut answer. The pair search
+def _note_run_limits(store: Path, run_id: str) -> int:
+    """Say when items met a limit: a prompt that fills the context window (not generated), passes or failures that
+    stopped at the token budget. A cut pass was judged on a cut answer. The pair search
     cannot tell whether a cut failure would have failed had it finished, so it stays ``unbounded`` (never a clean
     pair) unless a larger rollout budget settles it; a small --max-new-tokens can leave most of a run undecidable, and
     nothing else would say so before ``pairs``. Returns the run's failures."""

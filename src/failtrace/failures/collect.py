@@ -242,7 +242,8 @@ def collect(
         raise FailtraceError(f"--batch-size must be at least 1, got {batch_size}")
     budget = run_budget(benchmark, max_new_tokens)
     t0 = time.perf_counter()
-    run, todo, summary = open_run(store, benchmark, items, loaded, context_length(getattr(loaded, "model", None)),
+    window = context_length(getattr(loaded, "model", None))
+    run, todo, summary = open_run(store, benchmark, items, loaded, window,
                                   has_thinking_mode(loaded.tokenizer), budget, max_new_tokens is not None,
                                   thinking=thinking, seed=seed, data=data, batch_size=batch_size)
     done = {it.id for it in items} - {it.id for it in todo}
@@ -250,7 +251,6 @@ def collect(
     pad = pad_token_id(loaded.tokenizer, eos)
     batches = _batches(items if batch_size > 1 else todo, done, batch_size,
                        lambda it: apply_chat_template(loaded.tokenizer, it.prompt, thinking=thinking))
-    window = context_length(getattr(loaded, "model", None))
     bar = progress_bar(progress, f"collect {benchmark.name}", len(todo))
     try:
         for whole, prompts in batches:

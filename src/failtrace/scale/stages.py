@@ -42,7 +42,8 @@ from failtrace.failures.pairs import (
     run_failures,
 )
 from failtrace.progress import progress_bar
-from failtrace.scale.pool import Task, WorkerPool, cpus_per_worker, ensure_ray, require_ray, shutdown_ray
+from failtrace.scale.pool import (Task, WorkerPool, check_reachable, cpus_per_worker, ensure_ray, require_ray,
+                                 shutdown_ray)
 from failtrace.scale.work import ModelSpec
 from failtrace.store.store import GenerationRecord, ResultsStore, RunRecord
 
@@ -164,7 +165,10 @@ def pairs_on_ray(store: ResultsStore, settings: PairSettings | None, workers: in
     failures_of = run_failures(store, runs, items)
     summary = PairsSummary()
     remaining = limit
-    if helper is None and _all_paired(store, runs, failures_of, settings, summary):
+    if helper is None and pool is None and _all_paired(  # (a given pool is running already: no shortcut needed)
+            store, runs, failures_of, settings, summary, benchmarks):
+        if address:  # a bad --ray-address is still said, as when there is work
+            check_reachable(address)
         summary.seconds = time.perf_counter() - t0  # a rerun on a finished store: no cluster, no model loaded
         return summary
     with _cluster(workers, address, pool, max_attempts) as pool_for:
@@ -187,12 +191,14 @@ def pairs_on_ray(store: ResultsStore, settings: PairSettings | None, workers: in
 
 
 def _all_paired(store: ResultsStore, runs: Sequence[RunRecord], failures_of: Mapping[str, list[dict[str, Any]]],
-                settings: PairSettings, summary: PairsSummary) -> bool:
+                settings: PairSettings, summary: PairsSummary, benchmarks: Mapping[str, Benchmark] | None) -> bool:
     """Whether every failure already has its pair (then count them as skipped, as the serial stage does). Without a
-    helper the pair run's id needs no model, so a rerun on a finished store starts no workers (it took 12.7 s)."""
+    helper the pair run's id needs no model, so a rerun on a finished store starts no workers (it took 12.7 s).
+    A run's benchmark is still resolved first, so an unknown one is refused as it is with work to do."""
     done = {}
     for run in runs:
         if failures_of[run.run_id]:
+            resolve_benchmark(run.benchmark, benchmarks, run.settings.get("checker"))
             run_id = pair_run_id(run, settings)
             paired = store.done_pair_ids(run_id)
             if any(f["item_id"] not in paired for f in failures_of[run.run_id]):

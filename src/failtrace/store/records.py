@@ -122,7 +122,7 @@ class GenerationRecord:
     prompt_ids: list[int]
     token_ids: list[int]
     completion: str
-    finish_reason: str  # "eos" or "length"
+    finish_reason: str  # "eos", "length", "context" (not generated: the prompt fills the window), "error" (Ray)
     seconds: float = 0.0
 
     @property

@@ -58,6 +58,11 @@ def demo_store_hint(path: Path) -> str:
     return ""
 
 
+class StoreClosedError(FailtraceError, AttributeError):
+    """A query on a closed store. Also an AttributeError, so ``hasattr``/``getattr(con, x, default)`` answer as
+    for any object without the attribute."""
+
+
 class ClosedConnection:
     """A closed store's connection: any use is one clear error, not an AttributeError on None deep in a query."""
 
@@ -65,7 +70,7 @@ class ClosedConnection:
         self._path = path
 
     def __getattr__(self, name: str) -> Any:
-        raise FailtraceError(f"results store {self._path} is closed; open it again with open_store")
+        raise StoreClosedError(f"results store {self._path} is closed; open it again with open_store")
 
 
 class ResultsStore(RunsTable, PairsTable):

@@ -111,8 +111,8 @@ def _user_task_count() -> int:
 
 def finish(proc: subprocess.Popen[bytes], deadline: float | None, grace: bool = False) -> Ending:
     """Wait for ``proc`` until ``deadline`` (None: it is no longer needed: kill at once if it still runs; ``grace``:
-    the deadline is a grace period after its work, not the wall-time limit), then kill it and everything it
-    started (:func:`_kill_all`)."""
+    the deadline is a grace period after its work, not the wall-time limit); one still running is killed with
+    everything it started (:func:`_kill_all`), and its process group in any case."""
     timed_out = stopped = False
     while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
@@ -126,7 +126,7 @@ def finish(proc: subprocess.Popen[bytes], deadline: float | None, grace: bool = 
             pid, status, usage = os.wait4(proc.pid, 0)
             break
         time.sleep(min(0.005, left))
-    _kill_all(proc.pid)
+    _kill_group(proc.pid)  # reaped: its children (the namespace's first process) ended before it did
     proc.returncode = os.waitstatus_to_exitcode(status)
     return Ending(None if timed_out else proc.returncode, usage.ru_utime + usage.ru_stime, timed_out, stopped)
 
@@ -139,8 +139,12 @@ def _kill_all(pid: int) -> None:
     for child in _children(pid):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(child, signal.SIGKILL)
+    _kill_group(pid)
+
+
+def _kill_group(pgid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
+        os.killpg(pgid, signal.SIGKILL)
 
 
 def _children(pid: int) -> list[int]:
@@ -154,8 +158,8 @@ def _children(pid: int) -> list[int]:
         for entry in os.scandir("/proc"):
             if entry.name.isdigit():
                 with contextlib.suppress(OSError, ValueError, IndexError):
-                    stat = Path(entry.path, "stat").read_text()
-                    if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:  # field 4, after "(comm) state"
+                    stat = Path(entry.path, "stat").read_bytes()  # bytes: a name set by prctl may not be UTF-8
+                    if int(stat[stat.rindex(b")") + 2:].split()[1]) == pid:  # field 4, after "(comm) state"
                         found.append(int(entry.name))
     return found
 
