@@ -17,9 +17,9 @@ from failtrace.store.cases import (
     export_cases_jsonl,
     load_case_graph,
     load_cases,
-    set_override,
     write_case,
 )
+from failtrace.store.overrides import set_override
 from failtrace.store.schema import CASE_TABLES, DDL
 from failtrace.store.store import RunRecord
 
@@ -131,6 +131,11 @@ def test_overrides_are_stored_newest_wins_and_checked(tmp_path: Path) -> None:
             set_override(st, "ab", "NC-IA+AG", "why")  # exactly two: both named, no "..."
         assert set_override(st, "abc", "NC-IA+AG", "first look")["case_id"] == "abc123"
         set_override(st, "abc123", "NC-IA+M-AG", "second look")
+        with pytest.raises(FailtraceError, match=r"case abc123's category is already NC-IA\+M-AG \(by an override\): "
+                           "give another category"):  # the command line refuses it as the explorer does
+            set_override(st, "abc123", "NC-IA+M-AG", "third look")
+        with pytest.raises(FailtraceError, match=r"case abd999's category is already M-IA: give another"):
+            set_override(st, "abd999", "M-IA", "same")
         cases = {c.case_id: c for c in load_cases(st)}
     assert cases["abc123"].category == "M-IA" and cases["abc123"].effective_category == "NC-IA+M-AG"
     assert cases["abc123"].override["reason"] == "second look"

@@ -391,12 +391,12 @@ def test_a_full_or_read_only_disk_is_one_line_not_a_bug(work: Path, tmp_path: Pa
                                                        start: str) -> None:
     """Writes that fail for want of space (an open file's write has no file name; DuckDB's has no errno) are the
     machine's state, not failtrace's bug: exit 2 and a line that says so, not 'unexpected' and exit 70."""
-    import failtrace.store.cases as cases
+    import failtrace.store.overrides as overrides
 
     def full(*args: object) -> dict[str, str]:
         raise make()
 
-    monkeypatch.setattr(cases, "set_override", full)
+    monkeypatch.setattr(overrides, "set_override", full)
     code = main(["override", "-s", str(work / "store.duckdb"), "--case", "c", "--category", "M-IA", "--reason", "r"])
     out, err = capsys.readouterr()
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in out + err

@@ -701,8 +701,8 @@ def test_an_override_to_the_category_the_case_has_is_refused(toy: dict[str, Any]
     url = f"/api/cases/{case.case_id}/override"
     with TestClient(create_app(store, review=True), base_url="http://127.0.0.1") as c:
         r = c.post(url, json={"category": case.category, "comment": "same"})
-        assert r.status_code == 409 and r.json()["detail"] == (f"the case's category is already {case.category}: "
-                                                               "pick another category to override it")
+        assert r.status_code == 409 and r.json()["detail"] == (f"case {case.case_id}'s category is already "
+                                                               f"{case.category}: give another category to override it")
         assert c.post(url, json={"category": other, "comment": "ablation says so"}).status_code == 201
         r = c.post(url, json={"category": other, "comment": "again"})
         assert r.status_code == 409 and f"already {other} (by an override)" in r.json()["detail"]

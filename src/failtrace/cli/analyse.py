@@ -133,7 +133,7 @@ def override_command(
     """Set a case's category by hand, with a reason; the report shows it next to the computed one (--clear undoes
     it)."""
     from failtrace.cases.record import CATEGORIES
-    from failtrace.store.cases import clear_override, set_override
+    from failtrace.store.overrides import clear_override, set_override
     from failtrace.store.store import open_store
 
     if clear:

@@ -307,24 +307,20 @@ def add_review(body: ReviewIn, request: Request) -> dict[str, Any]:
 @router.post("/api/cases/{case_id}/override", status_code=201,
              summary="Override a case's category with a reason (needs --review)")
 def add_override(case_id: CASE_ID, body: OverrideIn, request: Request) -> dict[str, Any]:
-    from failtrace.store.cases import SupersededCaseError, set_override
+    from failtrace.store.cases import SupersededCaseError
+    from failtrace.store.overrides import UnchangedCategoryError, set_override
 
     comment = body.comment.strip()
     if not comment:
         raise HTTPException(422, "an override needs a comment saying why")
     with _writing(request) as st:
-        row = st.store.con.execute("SELECT pair_run_id, item_id, category, (SELECT o.category FROM overrides o WHERE "
-                                   "o.case_id = c.case_id ORDER BY o.created_at DESC LIMIT 1) FROM cases c "
-                                   "WHERE case_id = ?", [case_id]).fetchone()
+        row = st.store.con.execute("SELECT pair_run_id, item_id FROM cases WHERE case_id = ?", [case_id]).fetchone()
         if row is None:
             raise _no_case(st.store.con, case_id, st.has_cases)
-        if body.category == (row[3] or row[2]):  # it would be marked overridden and change nothing
-            raise HTTPException(409, f"the case's category is already {body.category}"
-                                     f"{' (by an override)' if row[3] else ''}: pick another category to override it")
         try:
             saved = set_override(st.store, case_id, body.category, comment)
-        except SupersededCaseError as exc:  # a case page of an older analysis: say which case the views show
-            raise HTTPException(409, str(exc)) from None
+        except (SupersededCaseError, UnchangedCategoryError) as exc:  # an older analysis's case page (say which
+            raise HTTPException(409, str(exc)) from None  # case the views show), or the category already in force
         review = _insert_review(st, row[0], row[1], case_id, "category", body.category, comment)
         st.refresh_rows()  # the table shows the effective category
     return {"override": {k: str(v) if k == "created_at" else v for k, v in saved.items()}, "review": review}

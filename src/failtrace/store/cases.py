@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import statistics
-from datetime import datetime, timezone
 from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 from failtrace.cases.record import CATEGORIES, Case, MaskingSpec, MethodResult
 from failtrace.errors import FailtraceError
 from failtrace.store.natural import natural_key
-from failtrace.store.records import TEXT_MOST, loads, text_problem
+from failtrace.store.records import loads
+from failtrace.store.records import now as _now
 from failtrace.store.shapes import check_shapes, shaped
 
 if TYPE_CHECKING:  # type only: the store's export imports this module
@@ -32,10 +32,6 @@ _CASE_COLUMNS = ("case_id", "analysis_id", "pair_run_id", "run_id", "item_id", "
                  "target_text", "contrast_id", "contrast_text", "delta_logit", "segments", "relevant_segments",
                  "masking", "category", "category_evidence", "pattern", "pattern_evidence", "graph_summary",
                  "settings", "notes", "seconds", "created_at")
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 def _dumps(obj: Any) -> str:
@@ -261,38 +257,6 @@ def require_current(store: ResultsStore, case_id: str, what: str) -> tuple[str, 
                                   f"status, the report and the explorer show only the current one, so the {what} "
                                   f"would never be seen: {instead}")
     return pair_run_id, item_id
-
-
-def set_override(store: ResultsStore, case_id: str, category: str, reason: str) -> dict[str, Any]:
-    """Record a person's category for a case (kept with the computed one; the newest override wins)."""
-    if category not in CATEGORIES:
-        raise FailtraceError(f"unknown category {category!r}; valid: {', '.join(CATEGORIES)}")
-    if not reason or not reason.strip():
-        raise FailtraceError("an override needs a --reason saying why the computed category is wrong")
-    problem = text_problem(reason) or (f"is {len(reason):,} characters long; at most {TEXT_MOST:,} are kept"
-                                       if len(reason) > TEXT_MOST else None)
-    if problem:  # the explorer's form holds its comment to the same rules
-        raise FailtraceError(f"--reason {problem}")
-    cid = find_case_id(store, case_id)
-    require_current(store, cid, "override")
-    row = {"category": category, "reason": reason.strip(), "created_at": _now()}
-    with store._transaction():
-        store.con.execute("INSERT INTO overrides VALUES (?, ?, ?, ?)", [cid, category, row["reason"],
-                                                                        row["created_at"]])
-    return {"case_id": cid, **row}
-
-
-def clear_override(store: ResultsStore, case_id: str) -> tuple[str, dict[str, Any]]:
-    """Remove a case's overrides, so its computed category counts again; returns (case id, the override that was
-    in force). A case without one is an error, not a silent no-op."""
-    cid = find_case_id(store, case_id)
-    row = store.con.execute("SELECT category, reason FROM overrides WHERE case_id = ? ORDER BY created_at DESC "
-                            "LIMIT 1", [cid]).fetchone()
-    if row is None:
-        raise FailtraceError(f"case {cid} has no override to clear")
-    with store._transaction():
-        store.con.execute("DELETE FROM overrides WHERE case_id = ?", [cid])
-    return cid, {"category": row[0], "reason": row[1]}
 
 
 def newest_case_id(store: ResultsStore, pair_run_id: str, item_id: str) -> str | None:
