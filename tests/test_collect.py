@@ -138,7 +138,7 @@ def test_a_prompt_that_fills_the_context_window_is_unverifiable_not_generated(tm
     gone = rows.pop("long")
     assert gone["status"] == "unverifiable" and gone["finish_reason"] == "context" and gone["token_ids"] == []
     assert len(gone["prompt_ids"]) >= window and f"fills the model's context window of {window}" in gone["reasons"][0]
-    assert s.unverifiable == 1 and s.generated == 4
+    assert s.unverifiable == s.not_generated == 1 and s.generated == 4
     assert {k: (r["token_ids"], r["status"]) for k, r in rows.items()} == \
         {k: (r["token_ids"], r["status"]) for k, r in ref.items()}
     on_ray = collect_item(toy32, ToyBenchmark(), long, 6, False)

@@ -180,13 +180,19 @@ def test_a_run_resumed_with_another_batch_size_says_so(tmp_path: Path, model_dir
 
 def test_collect_says_which_prompts_fill_the_context_window(tmp_path: Path, model_dir: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
-    """A prompt that fills the window is stored as unverifiable without generating; the command says so once."""
+    """A prompt that fills the window is stored as unverifiable without generating; the summary says so (it counted
+    the item as generated), and a later call's note says so for the run."""
     data = tmp_path / "items.jsonl"
     data.write_text(json.dumps({"id": "short", "prompt": "Say a", "needle": "-"}) + "\n"
                     + json.dumps({"id": "long", "prompt": "a" * 5000, "needle": "-"}) + "\n")  # toy window: 4,096
-    assert main(["collect", "--benchmark", "toy-cli", "--data", str(data), "--model", str(model_dir), "--store",
-                 str(tmp_path / "s.duckdb"), "--max-new-tokens", "4", "--no-progress"]) == 0
+    args = ["collect", "--benchmark", "toy-cli", "--data", str(data), "--model", str(model_dir), "--store",
+            str(tmp_path / "s.duckdb"), "--max-new-tokens", "4", "--no-progress"]
+    assert main(args) == 0
     out, err = capsys.readouterr()
-    assert "2 generated now" in out and "1 unverifiable" in out
+    assert "0 already done, 1 generated now and 1 not generated, the prompt filling the model's context window (" in out
+    assert "1 unverifiable" in out and "context window" not in err  # said once
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert "2 already done, 0 generated now (" in out
     assert "note: 1 item(s) of the run have a prompt that fills the model's context window: stored as unverifiable, " \
            "not generated" in err

@@ -90,8 +90,11 @@ def collect_command(
         summary = _collect_here(bench, report.items, store, model, dtype, device, max_new_tokens, thinking,
                                 batch_size, seed, data, progress)
     typer.echo(
-        f"run {summary.run_id}: {summary.items} items, {summary.skipped} already done, {summary.generated} generated "
-        f"now ({summary.passed} passed, {summary.failed} failed, {summary.unverifiable} unverifiable) in "
+        f"run {summary.run_id}: {summary.items} items, {summary.skipped} already done, "
+        f"{summary.generated - summary.not_generated} generated now"
+        + (f" and {summary.not_generated} not generated, the prompt filling the model's context window"
+           if summary.not_generated else "")
+        + f" ({summary.passed} passed, {summary.failed} failed, {summary.unverifiable} unverifiable) in "
         f"{summary.seconds:.1f} s" + (f" on {workers} Ray workers" if workers else "") + f" -> {store}"
     )
     if summary.first_batch_size is not None and summary.generated:
@@ -103,7 +106,7 @@ def collect_command(
         typer.echo(f"note: run {summary.run_id} was first collected from {summary.more_data}; the items of {data} "
                    "are added to it (the same model and settings make the same run, whatever the data file)",
                    err=True)
-    failed = _note_run_limits(store, summary.run_id)
+    failed = _note_run_limits(store, summary.run_id, summary.not_generated)
     if failed:  # the run's, not only this call's: a rerun of a finished collect points on too
         typer.echo(f"next: failtrace pairs --store {shlex.quote(str(store))} (pins each failure to a token pair)",
                    err=True)
@@ -122,12 +125,13 @@ def _chosen_items(items: list[Any], wanted: list[str], data: str) -> list[Any]:
     return [it for it in items if it.id in chosen]
 
 
-def _note_run_limits(store: Path, run_id: str) -> int:
+def _note_run_limits(store: Path, run_id: str, said: int = 0) -> int:
     """Say when items met a limit: a prompt that fills the context window (not generated), passes or failures that
     stopped at the token budget. A cut pass was judged on a cut answer. The pair search
     cannot tell whether a cut failure would have failed had it finished, so it stays ``unbounded`` (never a clean
     pair) unless a larger rollout budget settles it; a small --max-new-tokens can leave most of a run undecidable, and
-    nothing else would say so before ``pairs``. Returns the run's failures."""
+    nothing else would say so before ``pairs``. ``said``: the not-generated items this call's summary line named (the
+    note then speaks only of earlier calls'). Returns the run's failures."""
     from failtrace.failures.collect import FINISH_CONTEXT
     from failtrace.store.store import open_store
 
@@ -139,7 +143,7 @@ def _note_run_limits(store: Path, run_id: str) -> int:
             "v.status = 'pass' AND g.finish_reason = 'length'", [run_id]).fetchone()[0]
         too_long = st.con.execute("SELECT count(*) FROM generations WHERE run_id = ? AND finish_reason = ?",
                                   [run_id, FINISH_CONTEXT]).fetchone()[0]
-    if too_long:
+    if too_long > said:  # ``said``: this call's, already in its summary line
         typer.echo(f"note: {too_long} item(s) of the run have a prompt that fills the model's context window: stored "
                    "as unverifiable, not generated (a model with a longer context can answer them)", err=True)
     if row is not None and passed_at_limit:

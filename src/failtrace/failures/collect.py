@@ -120,13 +120,15 @@ class CollectSummary:
     more_data: str | None = None
     # a run resumed with another --batch-size: the one it began with (recorded in settings["resumed_with"]); else None
     first_batch_size: int | None = None
+    not_generated: int = 0  # of ``generated``: committed unverifiable, the prompt filling the context window
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def count(self, status: str) -> None:
-        """Count one newly committed item with verdict ``status``."""
+    def count(self, status: str, finish_reason: str = "") -> None:
+        """Count one newly committed item with verdict ``status`` (finish reason ``context``: not generated)."""
         self.generated += 1
+        self.not_generated += finish_reason == FINISH_CONTEXT
         if status == "pass":
             self.passed += 1
         elif status == "fail":
@@ -267,7 +269,7 @@ def collect(
                 gen, verdict, check_seconds = (*skipped, 0.0) if skipped else finish_item(
                     loaded.tokenizer, benchmark, it, prompts[it.id], done_now[it.id], eos, per_item)
                 if store.write_result(run.run_id, it, gen, verdict, check_seconds):
-                    summary.count(verdict.status)
+                    summary.count(verdict.status, gen.finish_reason)
                 if on_item is not None:
                     on_item(it, gen, verdict)
                 bar.advance()

@@ -134,7 +134,7 @@ def collect_on_ray(store: ResultsStore, benchmark: Benchmark, items: Sequence[It
 
         def commit(item: Item, gen: GenerationRecord, verdict: Verdict, seconds: float) -> None:
             if store.write_result(run.run_id, item, gen, verdict, seconds):
-                summary.count(verdict.status)
+                summary.count(verdict.status, gen.finish_reason)
             if on_item is not None:
                 on_item(item, gen, verdict)
 
