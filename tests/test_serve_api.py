@@ -738,3 +738,21 @@ def test_a_write_after_the_store_file_changed_is_refused(toy: dict[str, Any], tm
         assert sha256(store) == before
     else:
         assert not store.exists()
+
+
+def test_meta_counts_the_cases_so_an_emptied_store_says_it_has_none(toy: dict[str, Any], tmp_path: Path) -> None:
+    """``has_cases`` says the case tables exist (the queries need them); the header's "no analysed cases yet" read
+    it, so a store whose case tables are empty never said so. ``n_cases`` counts them."""
+    import duckdb
+
+    with TestClient(create_app(toy["store"]), base_url="http://127.0.0.1") as c:
+        assert c.get("/api/meta").json()["n_cases"] == len(toy["cases"]) > 0
+    empty = tmp_path / "empty.duckdb"
+    shutil.copy(toy["store"], empty)
+    con = duckdb.connect(str(empty))
+    for table in ("case_methods", "case_graphs", "overrides", "cases"):
+        con.execute(f"DELETE FROM {table}")
+    con.close()
+    with TestClient(create_app(empty), base_url="http://127.0.0.1") as c:
+        meta = c.get("/api/meta").json()
+    assert meta["has_cases"] is True and meta["n_cases"] == 0

@@ -121,7 +121,9 @@ def meta(request: Request, cur: Cursor) -> dict[str, Any]:
                               loads(text, f"runs.settings of run {run_id}", st.path) if text else {})}
                  for run_id, parent, text in cur.execute("SELECT run_id, parent_run_id, settings FROM runs WHERE "
                                                          "stage = 'pairs' ORDER BY created_at, run_id").fetchall()}
-    return {"store": st.path.name, "review": st.review, "has_cases": st.has_cases, "pair_runs": pair_runs,
+    n_cases = cur.execute("SELECT count(*) FROM cases").fetchone()[0] if st.has_cases else 0
+    return {"store": st.path.name, "review": st.review, "has_cases": st.has_cases, "n_cases": n_cases,
+            "pair_runs": pair_runs,
             "has_comparisons": st.has_comparisons,
             "schema_version": st.store.schema_version, "methods": methods, "categories": list(CATEGORIES),
             "patterns": list(PATTERNS), "facets": list(FACETS), "sort_columns": sorted(SORT_COLUMNS),
