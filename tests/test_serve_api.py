@@ -135,6 +135,19 @@ def test_case_payload_matches_the_stored_case(client: TestClient, toy: dict[str,
         assert d["evidence_html"]["category_evidence"].startswith("<dl>")
 
 
+def test_item_pairs_name_their_case(client: TestClient, toy: dict[str, Any]) -> None:
+    """The item page links each pair to its case: /api/item's pairs carry the case of the pair run's newest analysis
+    (the table's), and null for a pair without one."""
+    cases = {(c.pair_run_id, c.item_id): c.case_id for c in toy["cases"]}
+    seen = set()
+    for v in toy["verdicts"]:
+        it = client.get("/api/item", params={"run_id": toy["run_id"], "item_id": v["item_id"]}).json()
+        for p in it["pairs"]:
+            assert p["case_id"] == cases.get((p["pair_run_id"], v["item_id"])), (v["item_id"], p)
+            seen.add(p["case_id"] is None)
+    assert seen == {True, False}  # both kinds checked: a pair with a case and one without
+
+
 def test_graph_edges_and_mass_shares(client: TestClient, toy: dict[str, Any]) -> None:
     case = toy["cases"][0]
     d = client.get(f"/api/cases/{case.case_id}/graph").json()

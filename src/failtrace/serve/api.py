@@ -230,7 +230,7 @@ def item(request: Request, cur: Cursor, run_id: Annotated[_QUERY_ID, Query()],
         run_id = pick_run_id(ids, run_id, "collection run", _state(request).path.name)
     except FailtraceError as exc:
         raise HTTPException(404, str(exc)) from None
-    found = casedata.item_detail(cur, run_id, item_id)
+    found = casedata.item_detail(cur, run_id, item_id, _state(request).has_cases)
     if found is None:
         raise HTTPException(404, "no such item in that run")
     return found

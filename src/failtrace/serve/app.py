@@ -36,6 +36,7 @@ STATIC_FILES: dict[str, tuple[str, str, str]] = {
     "table.js": ("failtrace.serve", "static/table.js", "text/javascript; charset=utf-8"),
     "case.js": ("failtrace.serve", "static/case.js", "text/javascript; charset=utf-8"),
     "graph.js": ("failtrace.serve", "static/graph.js", "text/javascript; charset=utf-8"),
+    "item.js": ("failtrace.serve", "static/item.js", "text/javascript; charset=utf-8"),
     "app.js": ("failtrace.serve", "static/app.js", "text/javascript; charset=utf-8"),
     "apidocs.js": ("failtrace.serve", "static/apidocs.js", "text/javascript; charset=utf-8"),
     "across.js": ("failtrace.serve", "static/across.js", "text/javascript; charset=utf-8"),

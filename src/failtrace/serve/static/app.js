@@ -3,24 +3,6 @@
   "use strict";
   var view = document.getElementById("view");
 
-  function item(view, params) {
-    return FT.api("/api/item?" + new URLSearchParams({run_id: params.get("run_id") || "", item_id: params.get("item_id") || ""}))
-      .then(function (it) {
-        var el = FT.el;
-        FT.crumb([el("span", {}, "item " + it.item_id)]);
-        view.textContent = "";
-        view.appendChild(el("section", {class: "block"}, [
-          el("h2", {}, "Item " + it.item_id),
-          el("div", {class: "kv"}, [["benchmark", it.benchmark], ["model", it.model], ["verdict", it.status],
-            ["finish", it.finish_reason || "—"], ["tokens", it.n_tokens === null ? "—" : it.n_tokens]].map(function (p) {
-            return el("div", {}, [el("span", {class: "k"}, p[0]), el("b", {}, String(p[1]))]); })),
-          el("h3", {}, "Prompt"), el("pre", {class: "strip"}, typeof it.prompt === "string" ? it.prompt : JSON.stringify(it.prompt, null, 1)),
-          el("h3", {}, "Completion"), el("pre", {class: "strip"}, it.completion || ""),
-          el("h3", {}, "Checker"), el("pre", {class: "note"}, JSON.stringify(it.reasons, null, 1)),
-          el("h3", {}, "Pairs"), el("pre", {class: "note"}, JSON.stringify(it.pairs, null, 1))]));
-      });
-  }
-
   // data-ready-hash names the URL state painted: setting the hash fires hashchange only later, so data-ready alone
   // can still be the previous state's (tests and scripts wait for data-ready-hash === location.hash). A view may
   // rewrite its own hash (FT.go with replace: the graph adds p=1.00, a short case id becomes the whole one), while
@@ -34,7 +16,7 @@
   // keep: {scroll: y} redraws the view where the page was (after a review write); otherwise a new view (another
   // route or id, not a state change such as a method switch) starts at the top of the page
   function route(keep) {
-    var views = {cases: FT.views.cases, case: FT.views.case, graph: FT.views.graph, item: item, api: FT.views.api, across: FT.views.across};
+    var views = {cases: FT.views.cases, case: FT.views.case, graph: FT.views.graph, item: FT.views.item, api: FT.views.api, across: FT.views.across};
     var h = FT.parseHash();
     // own keys only: "#/constructor" or "#/__proto__" name Object.prototype members, not views
     var fn = Object.prototype.hasOwnProperty.call(views, h.route) ? views[h.route] : null;
