@@ -93,8 +93,8 @@ def test_override_to_its_own_category_is_refused_and_said_as_an_error(page: Any,
     page.fill("#rv-comment", "no change")
     page.click("#rv-override")
     page.wait_for_function("document.querySelector('#rv-status').textContent.includes('already')")
-    assert page.inner_text("#rv-status") == (f"409: the case's category is already {case.effective_category}: "
-                                             "pick another category to override it")
+    assert page.inner_text("#rv-status") == (f"409: case {case.case_id}'s category is already "
+                                             f"{case.effective_category}: give another category to override it")
     assert page.locator("#rv-status").get_attribute("class") == "err"
     assert not page.locator("#rv-override").is_disabled()  # a refusal leaves the buttons working
     assert not [r for r in _reviews(server) if r["case_id"] == case.case_id and r["decision"] == "category"]
