@@ -71,3 +71,131 @@ def test_item_page_reads_as_text_not_json(page: Any, server: dict[str, Any]) -> 
     assert "\\n" not in text and '"role"' not in text and "[" not in page.inner_text("#reasons")
     assert page.locator("#reasons li").all_text_contents() == ["first reason", "second reason"]
     assert page.inner_text("#no-pair").startswith("not searched yet")
+
+
+# WCAG 2 contrast of an element's text against its own background colour (both as the browser computed them)
+_CONTRAST_JS = """e => {
+  const rgb = s => s.match(/[\\d.]+/g).slice(0, 3).map(Number);
+  const lum = c => { const v = c.map(x => { x /= 255; return x <= 0.04045 ? x / 12.92 : ((x + 0.055) / 1.055) ** 2.4; });
+                     return 0.2126 * v[0] + 0.7152 * v[1] + 0.0722 * v[2]; };
+  const s = getComputedStyle(e), bg = s.backgroundColor === 'rgba(0, 0, 0, 0)' ? 'rgb(255, 255, 255)' : s.backgroundColor;
+  const a = lum(rgb(e instanceof SVGElement ? s.fill : s.color)), b = lum(rgb(bg));
+  return [e.textContent, (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05)];
+}"""
+
+
+def _contrasts(page: Any, selector: str) -> list[tuple[str, float]]:
+    return [tuple(x) for x in page.locator(selector).evaluate_all(f"es => es.map({_CONTRAST_JS})")]
+
+
+def test_labels_reach_wcag_aa_contrast(page: Any, server: dict[str, Any]) -> None:
+    """White on the NC-IA+M-AG amber was 2.15:1, on the pattern 'none' grey 2.54:1; the 11 px segment labels
+    3.1-3.7:1 and the graph's grey special-token labels 2.54:1. Every one now reads at 4.5:1 or more."""
+    colours = _api(server, "/api/meta")["colors"]
+    cats, pats = list(colours["categories"]), list(colours["patterns"])
+
+    def every_colour(route: Any) -> None:  # each category and pattern of /api/meta on some row
+        body = route.fetch().json()
+        for i, r in enumerate(body["rows"]):
+            r.update(category=cats[i % len(cats)], pattern=pats[i % len(pats)])
+        route.fulfill(json=body)
+
+    page.route("**/api/table?*", every_colour)
+    try:
+        _open(page, server, "#/cases", "cases")
+    finally:
+        page.unroute("**/api/table?*")
+    badges = _contrasts(page, "table.cases .badge")
+    assert {t for t, _ in badges} == set(cats) | set(pats)
+    assert [b for b in badges if b[1] < 4.5] == [], badges
+    case = max(server["cases"], key=lambda c: len(set(c.segment_labels())))
+    _open(page, server, f"#/case/{case.case_id}", "case")
+    segs = _contrasts(page, "details.seg > summary")
+    assert segs and [s for s in segs if s[1] < 4.5] == [], segs
+    badges = _contrasts(page, ".badge")  # the case's category and pattern
+    assert len(badges) >= 2 and [b for b in badges if b[1] < 4.5] == [], badges
+
+    def segment_colours(route: Any) -> None:  # every segment colour of /api/meta, one per token
+        body = route.fetch().json()
+        names = list(colours["segments"])
+        body["labels"] = [names[i % len(names)] for i in range(len(body["labels"]))]
+        route.fulfill(json=body)
+
+    page.route(f"**/api/cases/{case.case_id}", segment_colours)
+    try:
+        _open(page, server, "#/cases", "cases")  # (the same hash again would not draw the case again)
+        _open(page, server, f"#/case/{case.case_id}", "case")
+    finally:
+        page.unroute(f"**/api/cases/{case.case_id}")
+    segs = _contrasts(page, "details.seg > summary")
+    assert len({t.split(" ")[0] for t, _ in segs}) == min(len(colours["segments"]), len(case.tokens))
+    assert [s for s in segs if s[1] < 4.5] == [], segs
+    graph = max(server["cases"], key=lambda c: sum(c.special_mask))
+    _open(page, server, f"#/graph/{graph.case_id}", "graph")
+    special = page.locator("#graph > text").evaluate_all("ts => ts.filter(t => t.style.fill).map(t => t.textContent)")
+    labels = _contrasts(page, "#graph > text")
+    assert special and [t for t in labels if t[1] < 4.5] == [], labels
+
+
+_NAME_JS = """e => {
+  const by = e.getAttribute('aria-labelledby');
+  const named = e.getAttribute('aria-label') || (by && by.split(' ').map(i => document.getElementById(i))
+    .filter(Boolean).map(x => x.textContent).join(' ')) || [...(e.labels || [])].map(l => l.textContent).join(' ')
+    || (e.tagName === 'BUTTON' ? e.textContent : '');
+  return [e.tagName.toLowerCase() + (e.id ? '#' + e.id : ''), (named || '').trim()];
+}"""
+
+
+def test_every_control_has_an_accessible_name(page: Any, server: dict[str, Any]) -> None:
+    """The Δℓ/k* bounds, the search boxes, the review's comment fields and category had only a placeholder or
+    nothing; the "use as contrast" buttons all had the same name. Every control on the table, case (review mode) and
+    graph pages is named now, and each use-as-contrast button names its token."""
+    case = next(c for c in server["cases"] if _api(server, f"/api/cases/{c.case_id}")["alternatives"])
+    views = ((server["base"] + "#/cases", "cases"), (server["review_base"] + f"#/case/{case.case_id}", "case"),
+             (server["base"] + f"#/graph/{_graph(server).case_id}", "graph"))
+    for url, ready in views:
+        page.goto(url)
+        page.wait_for_selector(f"body[data-ready={ready}]", timeout=20000)
+        names = page.locator("main input, main select, main textarea, main button").evaluate_all(
+            f"es => es.map({_NAME_JS})")
+        assert len(names) >= 3 and [n for n in names if not n[1]] == [], (ready, [n for n in names if not n[1]])
+    page.goto(server["review_base"] + f"#/case/{case.case_id}")
+    page.wait_for_selector("body[data-ready=case]", timeout=20000)
+    picks = page.locator("#alternatives button.pick").evaluate_all("bs => bs.map(b => b.getAttribute('aria-label'))")
+    page_names = [f"use ‹{_shown(a['text'])}› as contrast" for a in _api(server, f"/api/cases/{case.case_id}")
+                  ["alternatives"] if not a["is_target"] and not a["is_contrast"]]
+    assert len(picks) > 1 and len(set(picks)) == len(picks)
+    assert [p.split(" (id ")[0] + (" as contrast" if " (id " in p else "") for p in picks] == page_names
+
+
+def _graph(server: dict[str, Any]) -> Any:
+    return max(server["cases"], key=lambda c: len(c.graph["edges"]))
+
+
+def test_focus_stays_on_the_control_after_a_redraw(page: Any, server: dict[str, Any]) -> None:
+    """After a sort or a facet change the table was drawn anew and focus fell to <body>: a keyboard user started
+    again from the top of the page. Focus now returns to the sort header, facet box or input that was used."""
+    _open(page, server, "#/cases", "cases")
+    page.focus("th[data-col=delta_logit]")
+    page.keyboard.press("Enter")
+    _painted(page, "cases", "sort=delta_logit")
+    assert page.evaluate("document.activeElement.dataset.col") == "delta_logit"
+    page.keyboard.press("Enter")  # again, without moving: descending
+    _painted(page, "cases", "desc=1")
+    assert page.evaluate("document.activeElement.dataset.col") == "delta_logit"
+    box = page.locator("input[data-facet=verdict][value=fail]")
+    box.focus()
+    page.keyboard.press("Space")
+    _painted(page, "cases", "verdict=fail")
+    assert page.evaluate("[document.activeElement.dataset.facet, document.activeElement.value, "
+                         "document.activeElement.checked]") == ["verdict", "fail", True]
+    page.locator("#search").focus()
+    page.keyboard.type("q0")
+    page.keyboard.press("Enter")
+    _painted(page, "cases", "q=q0")
+    assert page.evaluate("document.activeElement.id") == "search"
+    page.locator("#k_min").focus()
+    page.keyboard.type("0")
+    page.keyboard.press("Tab")  # the bound is applied as focus moves on: focus is where Tab took it
+    _painted(page, "cases", "k_min=0")
+    assert page.evaluate("document.activeElement.id") == "k_max"

@@ -30,7 +30,7 @@
     runs(c.labels).forEach(function (run) {
       var colour = FT.meta.colors.segments[run[0]] || FT.meta.colors.other_segment;  // one colour per name
       var rel = c.relevant_segments.indexOf(run[0]) >= 0 ? " (relevant)" : "";
-      var d = el("details", {class: "seg", "data-seg": run[0], "data-start": String(run[1]), style: "--segc:" + colour,
+      var d = el("details", {class: "seg", "data-seg": run[0], "data-start": String(run[1]), style: "--segc:" + colour + ";--segl:" + FT.darkenFor(colour, 4.5),
                              open: closed.indexOf(String(run[1])) < 0 && closed.indexOf(run[0]) < 0},
                  el("summary", {title: "click to fold this segment"}, (run[0] || "no segment") + rel + " · " + (run[2] - run[1])));
       d.addEventListener("toggle", function () {
@@ -270,12 +270,17 @@
       return box;
     }
     var status = el("span", {id: "alt-status", class: "muted"});
-    var comment = el("input", {type: "text", id: "alt-comment", maxlength: 2000, placeholder: "why this contrast (optional)"});
+    var comment = el("input", {type: "text", id: "alt-comment", maxlength: 2000, placeholder: "why this contrast (optional)",
+                               "aria-label": "why this contrast (optional comment)"});
     var rows = c.alternatives.map(function (a) {
       var role = a.is_target ? el("span", {class: "pill tgt"}, "target") : a.is_contrast ? el("span", {class: "pill ctr"}, "contrast") : "";
       var pick = null;
       if (FT.meta.review && !a.is_target && !a.is_contrast) {
-        pick = el("button", {type: "button", class: "pick write", "data-token": a.token_id}, "use as contrast");
+        // a name per button (a screen reader lists them all alike otherwise); the id where two tokens print alike
+        var twin = c.alternatives.some(function (b) { return b !== a && FT.shown(b.text) === FT.shown(a.text); });
+        pick = el("button", {type: "button", class: "pick write", "data-token": a.token_id,
+                             "aria-label": "use ‹" + FT.shown(a.text) + "›" + (twin ? " (id " + a.token_id + ")" : "") +
+                               " as contrast"}, "use as contrast");
         pick.addEventListener("click", function () {
           FT.write(function () {
             return FT.post("/api/cases/" + encodeURIComponent(c.case_id) + "/contrast", {contrast_id: a.token_id, comment: comment.value});
@@ -314,9 +319,10 @@
         (r.contrast_id !== null && r.contrast_id !== undefined ? " → ‹" + FT.shown(r.contrast_text) + "› (#" + r.contrast_id + ")" : "") + (r.comment ? ": " + r.comment : "")));
     });
     if (!FT.meta.review) { box.appendChild(el("p", {class: "muted"}, "read-only: start with `failtrace serve --review` to accept/reject pairs or override categories.")); return box; }
-    var comment = el("textarea", {id: "rv-comment", maxlength: 2000, placeholder: "comment (required for an override)"});
+    var comment = el("textarea", {id: "rv-comment", maxlength: 2000, placeholder: "comment (required for an override)",
+                                  "aria-label": "review comment (required for an override)"});
     // opens on the case's category now (an override keeps its own), so a click cannot set another by accident
-    var cat = el("select", {id: "rv-category"}, FT.meta.categories.map(function (k) {
+    var cat = el("select", {id: "rv-category", "aria-label": "category for an override"}, FT.meta.categories.map(function (k) {
       return el("option", {value: k, selected: k === c.effective_category}, k); }));
     var status = el("span", {id: "rv-status", class: "muted"});
     function send(path, body) { return function () { return FT.post(path, body); }; }

@@ -47,7 +47,7 @@
       var tok = FT.shown(D.tokens[c]); tok = tok.length > 16 ? tok.slice(0, 15) + "…" : tok;
       [el("text", {transform: "translate(" + (X[c] - 3) + "," + (H - B + 14) + ") rotate(60)"}, tok + " [" + c + "]"),
        el("text", {transform: "translate(" + (X[c] + 3) + "," + (T - 14) + ") rotate(-60)"}, tok + " [" + c + "]")]
-        .forEach(function (t) { if (D.special[c]) t.style.fill = "#9ca3af"; svg.appendChild(t); });
+        .forEach(function (t) { if (D.special[c]) t.style.fill = "#6b7280"; svg.appendChild(t); });
     });
     var abl = ablatedKeys(D, kept, state), sub = state.pin && kept.nodes[state.pin] ? subgraph(kept, state.pin)
       : (abl.length ? subgraph(kept, abl) : null);
@@ -142,7 +142,8 @@
       var slider = el("input", {type: "range", id: "mass", min: "0.01", max: "1", step: "0.01", value: String(p)});
       var pv = el("span", {id: "mass-value"}), count = el("span", {id: "gcount"}), subInfo = el("span", {id: "gsub", class: "muted"});
       var line = el("div", {class: "gstatus", id: "gstatus"}, [count, " · ", subInfo]);
-      var search = el("input", {type: "search", id: "gsearch", placeholder: "find token…", value: state.search});
+      var search = el("input", {type: "search", id: "gsearch", placeholder: "find token…", value: state.search,
+                                "aria-label": "find nodes by token text"});
       var svg = el("svg", {id: "graph", xmlns: "http://www.w3.org/2000/svg"}), kept = null, sub = null;
       function redraw() {
         kept = prune(D, state.p); sub = draw(D, svg, kept, state);

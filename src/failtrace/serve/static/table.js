@@ -64,7 +64,8 @@
 
   function rangeBox(r, params) {
     function input(key, ph) {
-      var i = el("input", Object.assign({type: "number", placeholder: ph, value: params.get(key) || "", id: key}, r[3]));
+      var i = el("input", Object.assign({type: "number", placeholder: ph, value: params.get(key) || "", id: key,
+                                         "aria-label": r[2].replace(" range", "") + " " + ph}, r[3]));
       function commit() {  // on change, and on Enter or leaving the box: a number the browser cannot read
         var no = refusal(i, r[2].replace(/ range| \(.*/, "") + " " + ph, r[3]);  // (1e400) leaves the value "", so
         say(no);                                                                  // no change event comes for it
@@ -89,7 +90,7 @@
     var side = el("aside", {class: "facets"});
     side.appendChild(el("p", {class: "err", id: "filter-error", hidden: !refused}, refused || ""));
     var search = el("input", {type: "search", id: "search", placeholder: "item id contains…", value: params.get("q") || "",
-                              maxlength: SEARCH_MOST});
+                              maxlength: SEARCH_MOST, "aria-label": "search: item id contains"});
     search.addEventListener("change", function () { update(params, {q: search.value}); });
     side.appendChild(el("h4", {text: "search"})); side.appendChild(search);
     // on top, so it stays in reach however long the facet lists grow
@@ -166,6 +167,27 @@
                     onclick: to_(data.offset + data.limit)}, "next ▶")]);
   }
 
+  /* The redraw after a sort, filter or page change replaces every element, so focus fell to <body> and a keyboard
+     user started again from the top. The focused control (the sort header, facet box, range or search input used,
+     or the one Tab moved to) is named before and focused again after; the facet list keeps its scroll. */
+  function focusKey(e, view) {
+    if (!e || e === document.body || !view.contains(e)) return null;
+    if (e.dataset.col) return 'th[data-col="' + CSS.escape(e.dataset.col) + '"]';
+    if (e.matches("input[data-facet]")) return 'input[data-facet="' + CSS.escape(e.dataset.facet) + '"][value="' +
+      CSS.escape(e.value) + '"]';
+    return e.id ? "#" + CSS.escape(e.id) : null;
+  }
+  function keepFocus(view) {
+    var shown = view.querySelector("table#cases") ? view : null;  // only from the table to the table
+    var key = shown && focusKey(document.activeElement, view), side = shown && view.querySelector("aside.facets");
+    var top = side ? side.scrollTop : 0;
+    return function () {
+      var s = view.querySelector("aside.facets"), t = key && view.querySelector(key);
+      if (s && top) s.scrollTop = top;
+      if (t && !t.disabled) t.focus({preventScroll: true});
+    };
+  }
+
   // A parameter the API refuses (a hand-edited link: k_min=2.5, sort=bogus, an unknown category) is said beside the
   // filters, and the table is drawn without it: FastAPI's 422 names each refused parameter in its loc.
   FT.views.cases = function (view, params) {
@@ -181,12 +203,14 @@
       refused = e.message + " (not applied)";
       return load();
     }).then(function (data) {
+      var again = keepFocus(view);
       view.textContent = "";
       var tbl = el("table", {class: "t cases", id: "cases"}, [el("thead", {}, header(params)),
                    el("tbody", {}, data.rows.map(row))]);
       var main = el("div", {}, [doubled(params), pager(data, params), el("div", {class: "scroll"}, tbl),
                                 data.total ? null : el("p", {class: "muted"}, "no rows match these filters")]);
       view.appendChild(el("div", {class: "layout"}, [sidebar(data, params, refused), main]));
+      again();
     });
   };
 })(FT);
