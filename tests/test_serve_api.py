@@ -98,6 +98,31 @@ def test_filters_narrow_exactly(client: TestClient, toy: dict[str, Any]) -> None
     assert _all_rows(client, benchmark="nope") == []
 
 
+def test_k_star_sorts_none_after_every_number_and_before_no_case(toy: dict[str, Any], tmp_path: Path) -> None:
+    """k* "none" (the masking curve ran without a flip within K) sorted among "—" (no case) as one NULL; it is
+    past every k: after the numbers ascending, before them descending, and "—" last either way."""
+    import duckdb
+
+    path = tmp_path / "none.duckdb"
+    shutil.copy(toy["store"], path)
+    flipped = sorted(toy["cases"], key=lambda c: c.case_id)
+    no_flip = [c.case_id for c in flipped[:2]]  # these two now ran their curve without a flip
+    con = duckdb.connect(str(path))
+    con.execute(f"UPDATE case_methods SET flip_k = NULL WHERE method = 'attnlrp' AND case_id IN ({', '.join('?' * 2)})",
+                no_flip)
+    con.close()
+    with TestClient(create_app(path), base_url="http://127.0.0.1") as c:
+        for desc in (False, True):
+            rows = _all_rows(c, sort="k_star", desc=desc)
+            kind = ["k" if r["k_star"] is not None else "none" if r["k_computed"] else "-" for r in rows]
+            n_k, n_dash = kind.count("k"), kind.count("-")
+            assert kind.count("none") == 2 and n_k and n_dash, kind
+            assert kind == (["k"] * n_k + ["none"] * 2 if not desc else ["none"] * 2 + ["k"] * n_k) + ["-"] * n_dash
+            ks = [r["k_star"] for r in rows if r["k_star"] is not None]
+            assert ks == sorted(ks, reverse=desc)
+            assert {r["case_id"] for r in rows if r["k_computed"] and r["k_star"] is None} == set(no_flip)
+
+
 def test_sort_and_server_side_paging(client: TestClient, toy: dict[str, Any]) -> None:
     full = _all_rows(client, sort="delta_logit", desc=True)
     values = [r["delta_logit"] for r in full if r["delta_logit"] is not None]

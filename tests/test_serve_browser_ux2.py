@@ -76,9 +76,11 @@ def test_item_page_reads_as_text_not_json(page: Any, server: dict[str, Any]) -> 
 # WCAG 2 contrast of an element's text against its own background colour (both as the browser computed them)
 _CONTRAST_JS = """e => {
   const rgb = s => s.match(/[\\d.]+/g).slice(0, 3).map(Number);
-  const lum = c => { const v = c.map(x => { x /= 255; return x <= 0.04045 ? x / 12.92 : ((x + 0.055) / 1.055) ** 2.4; });
-                     return 0.2126 * v[0] + 0.7152 * v[1] + 0.0722 * v[2]; };
-  const s = getComputedStyle(e), bg = s.backgroundColor === 'rgba(0, 0, 0, 0)' ? 'rgb(255, 255, 255)' : s.backgroundColor;
+  const lum = c => {
+    const v = c.map(x => { x /= 255; return x <= 0.04045 ? x / 12.92 : ((x + 0.055) / 1.055) ** 2.4; });
+    return 0.2126 * v[0] + 0.7152 * v[1] + 0.0722 * v[2]; };
+  const s = getComputedStyle(e);
+  const bg = s.backgroundColor === 'rgba(0, 0, 0, 0)' ? 'rgb(255, 255, 255)' : s.backgroundColor;
   const a = lum(rgb(e instanceof SVGElement ? s.fill : s.color)), b = lum(rgb(bg));
   return [e.textContent, (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05)];
 }"""
@@ -199,3 +201,32 @@ def test_focus_stays_on_the_control_after_a_redraw(page: Any, server: dict[str, 
     page.keyboard.press("Tab")  # the bound is applied as focus moves on: focus is where Tab took it
     _painted(page, "cases", "k_min=0")
     assert page.evaluate("document.activeElement.id") == "k_max"
+
+
+def test_a_page_past_the_end_links_the_last_page_and_prev_goes_there(page: Any, server: dict[str, Any]) -> None:
+    """#/cases?offset=1000 with fewer rows said only "none on this page", and prev went to offset 950: another empty
+    page. Now it says how many rows there are, links the last page, and prev goes to the last page with rows."""
+    n = server["n_rows"]
+
+    def small_pages(route: Any) -> None:  # 3 rows a page, so the toy store has several pages
+        url = route.request.url.replace("limit=50", "limit=3")
+        route.fulfill(response=route.fetch(url=url))
+
+    page.route("**/api/table?*", small_pages)
+    try:
+        _open(page, server, "#/cases?verdict=fail&offset=1000", "cases")
+        fails = int(page.inner_text("#total").split()[0])
+        last = (fails - 1) // 3 * 3
+        assert fails > 3 and page.inner_text("#span") == f"no rows on this page; {fails} rows in all"
+        assert page.get_attribute("#last", "href") == f"#/cases?verdict=fail&offset={last}"
+        page.click("#prev")
+        _painted(page, "cases", f"offset={last}")
+        assert page.evaluate("location.hash") == f"#/cases?verdict=fail&offset={last}"
+        assert page.inner_text("#span") == f"{last + 1}–{fails}" and page.locator("tr.row").count() == fails - last
+        _open(page, server, "#/cases?offset=1000", "cases")
+        assert page.locator("#first").count() == 1  # several pages: the first is offered too
+        page.click("#last")
+        _painted(page, "cases", f"offset={(n - 1) // 3 * 3}")
+        assert page.locator("tr.row").count() == n - (n - 1) // 3 * 3
+    finally:
+        page.unroute("**/api/table?*")

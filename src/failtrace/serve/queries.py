@@ -164,8 +164,12 @@ def _table(con: Any, q: TableQuery) -> dict[str, Any]:
     order = q.sort if q.sort in SORT_COLUMNS else "item_id"
     direction = "DESC" if q.desc else "ASC"
     by = "item_key" if order == "item_id" else order  # natural order of item ids
+    key = f"{by} {direction} NULLS LAST"
+    if order == "k_star":  # "none" (a curve without a flip within K) is past every k: after them ascending, before
+        # them descending; "—" (no case, no curve) is no value, last either way, like the NULLs of other columns
+        key = f"(k_star IS NULL AND NOT k_computed), k_star {direction} NULLS {'FIRST' if q.desc else 'LAST'}"
     page = con.execute(f"SELECT {', '.join(COLUMNS)} FROM rows{where} "
-                       f"ORDER BY {by} {direction} NULLS LAST, run_id, item_key, pair_run_id "
+                       f"ORDER BY {key}, run_id, item_key, pair_run_id "
                        f"LIMIT ? OFFSET ?", [*params, q.limit, q.offset])
     names = [d[0] for d in page.description]
     rows = [dict(zip(names, r)) for r in page.fetchall()]

@@ -154,15 +154,25 @@
                       " pair runs: each of its failures has a row per pair run. Pick one under pair run.") : null;
   }
 
+  // Past the last page (a hand-edited or old link, or rows gone since): said so, with links to the last and first
+  // pages, and "prev" goes to the last page that has rows rather than to the empty page before this one.
   function pager(data, params) {
     var from = data.total ? data.offset + 1 : 0, to = Math.min(data.total, data.offset + data.rows.length);
+    var past = data.offset > 0 && !data.rows.length && data.total > 0;
+    var last = Math.floor((data.total - 1) / data.limit) * data.limit;
     function to_(off) { return function () { update(params, {offset: off > 0 ? String(off) : null}); }; }
-    var span = data.rows.length ? from + "–" + to : data.total ? "none on this page" : "";
+    function link(off) {
+      var p = new URLSearchParams(params.toString());
+      if (off > 0) p.set("offset", String(off)); else p.delete("offset");
+      return "#/cases?" + p.toString();
+    }
+    var span = data.rows.length ? from + "–" + to : past ? "no rows on this page; " + data.total + " rows in all" : "";
     return el("div", {class: "toolbar"}, [
       el("span", {id: "total"}, data.total + " rows"), el("span", {class: "muted", id: "span"}, span),
-      data.offset > 0 && !data.rows.length && data.total ? el("button", {type: "button", id: "first",
-        onclick: to_(0)}, "first page") : null,
-      el("button", {type: "button", id: "prev", disabled: data.offset <= 0, onclick: to_(data.offset - data.limit)}, "◀ prev"),
+      past ? el("a", {id: "last", href: link(last)}, "last page (" + (last + 1) + "–" + data.total + ")") : null,
+      past && last > 0 ? el("button", {type: "button", id: "first", onclick: to_(0)}, "first page") : null,
+      el("button", {type: "button", id: "prev", disabled: data.offset <= 0,
+                    onclick: to_(past ? last : data.offset - data.limit)}, "◀ prev"),
       el("button", {type: "button", id: "next", disabled: data.offset + data.limit >= data.total,
                     onclick: to_(data.offset + data.limit)}, "next ▶")]);
   }
