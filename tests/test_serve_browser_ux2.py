@@ -230,3 +230,28 @@ def test_a_page_past_the_end_links_the_last_page_and_prev_goes_there(page: Any, 
         assert page.locator("tr.row").count() == n - (n - 1) // 3 * 3
     finally:
         page.unroute("**/api/table?*")
+
+
+def test_graph_search_finds_tokens_as_their_labels_print_them(page: Any, server: dict[str, Any]) -> None:
+    """The labels print a space as · and a newline as ↵, but the search compared only the raw token: on the demo
+    store "·water", typed as the label reads, found 0 nodes while "water" found 30."""
+    case = _graph(server)
+    words = [" water", "water\n", "x"]
+
+    def worded(route: Any) -> None:  # the demo store's kind of tokens: a leading space, a trailing newline
+        body = route.fetch().json()
+        body["tokens"] = [words[i % 3] for i in range(len(body["tokens"]))]
+        route.fulfill(json=body)
+
+    page.route(f"**/api/cases/{case.case_id}/graph", worded)
+    try:
+        _open(page, server, f"#/graph/{case.case_id}", "graph")
+        drawn = page.locator("circle.n").evaluate_all("cs => cs.map(c => +c.dataset.k.split(':')[1])")
+        for query, kinds in (("·water", {0}), ("water↵", {1}), ("water", {0, 1}), ("WATER", {0, 1}), (" water", {0}),
+                             ("·", {0})):
+            page.fill("#gsearch", query)
+            found = page.locator("circle.n.match").evaluate_all("cs => cs.map(c => +c.dataset.k.split(':')[1])")
+            want = [p for p in drawn if p % 3 in kinds]
+            assert want and sorted(found) == sorted(want), query
+    finally:
+        page.unroute(f"**/api/cases/{case.case_id}/graph")

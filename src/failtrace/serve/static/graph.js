@@ -59,11 +59,15 @@
         "stroke-width": 0.4 + 3 * a, "stroke-opacity": 0.15 + 0.8 * a, class: "e" + (on ? (sub ? " on" : "") : " dim"),
         "data-a": key(e[0], e[1]), "data-b": key(e[2], e[3])}));
     });
+    // search: the token as stored or as its label prints it (FT.shown: "·water" finds " water", "↵" a newline)
     var q = (state.search || "").toLowerCase();
+    function found(t) {
+      return String(t).toLowerCase().indexOf(q) >= 0 || FT.shown(t).toLowerCase().indexOf(q) >= 0;
+    }
     Object.keys(kept.nodes).forEach(function (k) {
       var n = info[k] || [+k.split(":")[0], +k.split(":")[1], 0, 0], sp = D.special[n[1]];
       var cls = "n" + (k === state.pin ? " pin" : "") + (sub && !sub.nodes[k] ? " dim" : "") + (sub && sub.nodes[k] ? " on" : "") +
-        (q && String(D.tokens[n[1]]).toLowerCase().indexOf(q) >= 0 ? " match" : "");
+        (q && found(D.tokens[n[1]]) ? " match" : "");
       var c = el("circle", {cx: X[n[1]], cy: Y(n[0]), r: 2.5 + 6 * Math.min(1, n[3]), class: cls, "data-k": k,
                             fill: sp ? "rgb(" + FT.meta.colors.special.join(",") + ")" : (n[2] > 0 ? red : blue)});
       c.addEventListener("mouseenter", function (ev) {
