@@ -146,6 +146,22 @@ def test_an_infinite_expected_output_needs_the_same_infinity(tmp_path: Path) -> 
     assert expected == "fail"  # the reference itself tells -inf from inf
 
 
+def test_the_tolerance_needs_the_expected_type(tmp_path: Path) -> None:
+    """EvalPlus asserts ``type(out) == type(exp)`` before its tolerance; a list off by 5e-7 where a tuple is expected
+    passed here. Exactly equal values still pass whatever the type (as EvalPlus's ``out == exp``)."""
+    prompt = 'def pair(x: float) -> tuple:\n    """(x / 3, x)."""\n'
+    row = {"task_id": "Toy/5", "prompt": prompt, "entry_point": "pair", "canonical_solution": "    return (x / 3, x)\n",
+           "test": "def check(candidate):\n    assert candidate(3.0) == (1.0, 3.0)\n",
+           "base_input": [[3.0]], "plus_input": [[1.0]], "atol": 0}
+    path = tmp_path / "tuple.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    bench = HumanEvalBenchmark(limits=LIMITS, plus_limits=LIMITS)
+    item = bench.load(str(path)).items[0]
+    near = "(x / 3 + 5e-7 * (x == 1.0), x)"
+    assert bench.check(item, f"    return {near}\n").status == "pass"  # within the tolerance, as a tuple
+    assert bench.check(item, f"    return list({near}) if x == 1.0 else {near}\n").status == "fail"
+
+
 def test_large_outputs_are_compared_by_digest(tmp_path: Path) -> None:
     prompt = 'def rep(n: int) -> str:\n    """Return "ab" n times."""\n'
     row = {"task_id": "Toy/3", "prompt": prompt, "entry_point": "rep", "canonical_solution": "    return 'ab' * n\n",

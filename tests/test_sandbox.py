@@ -137,6 +137,20 @@ CASES: dict[str, Case] = {
     "a memfd grown by write() past the memory limit": (
         lambda h: toy("import os\nfd = os.memfd_create('x')\nos.write(fd, b'x' * 1000)\n"), FAST,
         lambda r, h: r.violation),
+    "reserve host disk through the captured stdout (fallocate KEEP_SIZE)": (
+        lambda h: toy("import ctypes\nctypes.CDLL(None).fallocate(1, 1, ctypes.c_long(0), ctypes.c_long(64 << 20))\n"),
+        FAST, lambda r, h: r.violation),
+    "System V semaphore sets past the memory limit": (
+        lambda h: toy("import ctypes\nlibc = ctypes.CDLL(None)\nfor _ in range(4):\n"
+                      "    libc.semget(0, 32000, 0o1600)\n"), FAST, lambda r, h: r.violation),
+    "a POSIX message queue (outlives the run without an IPC namespace)": (
+        lambda h: toy("import ctypes, os\nctypes.CDLL(None).mq_open(b'/ftq', os.O_CREAT | os.O_RDWR, 0o600, None)\n"),
+        FAST, lambda r, h: r.violation),
+    "clear the parent-death signal": (
+        lambda h: toy("import ctypes\nctypes.CDLL(None).prctl(1, 0, 0, 0, 0)\n"), FAST, lambda r, h: r.violation),
+    "a million empty files in /work (inodes, not bytes)": (
+        lambda h: toy("import os\nfor i in range(100_000):\n    os.close(os.open('f%d' % i, os.O_CREAT | os.O_WRONLY))\n"),
+        FAST, lambda r, h: "No space left on device" in r.reason),
     "ctypes segfault": (lambda h: toy("import ctypes\nctypes.string_at(0)\n"), FAST,
                         lambda r, h: "SIGSEGV" in r.reason),
     "deep recursion": (lambda h: toy("import sys\nsys.setrecursionlimit(10 ** 7)\n"
@@ -283,6 +297,57 @@ def test_a_candidate_that_leaves_its_process_group_does_not_outlive_the_run() ->
                      "def add(a, b):\n    return a + 1\n", "add", TESTS, limits=FAST)
     assert hang.status == "fail" and hang.wall_s < 3, hang  # stopped half a second after the tests ended, and said so
     assert "wall-time" not in hang.reason and hang.candidate == "was still running when the tests ended and was killed"
+    assert _gone(name)
+
+
+ORPHAN = """
+import sys
+from failtrace.benchmarks.sandbox import SandboxLimits, run_tests
+code = {code!r}
+print("started", flush=True)
+run_tests(code, "add", "assert candidate(1, 2) == 3\\n", limits=SandboxLimits(wall_s=30, cpu_s=30))
+"""
+
+
+def test_a_check_does_not_outlive_failtrace() -> None:
+    """Before: SIGKILL of the process running a check (a Ray worker killed mid-check, an OOM kill) left the sleeping
+    child and its judge running for ever: nothing tied them to failtrace. Now unshare and the judge carry the
+    parent-death signal (setpriv), and the child sets its own after the switch to nobody."""
+    name = "ft" + uuid.uuid4().hex[:12]
+    code = NAMED.format(name=name) + "\ndef add(a, b):\n    time.sleep(10 ** 6)\n"
+    env = {**os.environ, "PYTHONPATH": str(Path(sandbox.__file__).resolve().parents[3])}
+    proc = subprocess.Popen([os.sys.executable, "-c", ORPHAN.format(code=code)], stdout=subprocess.PIPE, env=env,
+                            text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "started"
+        deadline = time.monotonic() + 20
+        while not _named_processes(name) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _named_processes(name), "the candidate never started"
+        proc.kill()
+        proc.wait()
+        assert _gone(name)
+    finally:
+        proc.kill()
+        _gone(name, 0)
+
+
+def test_an_interrupted_check_leaves_no_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C (or any error) in the process running a check stopped it without killing the child and the judge."""
+    from failtrace.benchmarks.sandbox import harness
+
+    name = "ft" + uuid.uuid4().hex[:12]
+
+    def interrupted(fd: int, deadline: float) -> bytes:
+        end = time.monotonic() + 20
+        while not _named_processes(name) and time.monotonic() < end:
+            time.sleep(0.05)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(harness, "_read_report", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_tests(NAMED.format(name=name) + "\ndef add(a, b):\n    time.sleep(10 ** 6)\n", "add", TESTS,
+                  limits=FAST)
     assert _gone(name)
 
 

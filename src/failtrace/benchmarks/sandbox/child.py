@@ -12,7 +12,7 @@ try:  # inside the package for linters and tests; in the child these names come 
 except ImportError:
     pass
 
-PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
+PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER, PR_SET_PDEATHSIG, SIGKILL = 38, 22, 2, 1, 9
 
 
 def install_seccomp(program):
@@ -99,6 +99,8 @@ def confine(cfg):
     import os
     import resource
 
+    import sys
+
     lim = cfg["limits"]
     if cfg["root"]:
         build_root(cfg["root"])
@@ -107,12 +109,16 @@ def confine(cfg):
                         ("RLIMIT_NPROC", cfg["nproc"])):
         resource.setrlimit(getattr(resource, name), (value, value))
     os.chdir(cfg["workdir"])
-    if cfg["seccomp"]:
-        import ctypes  # noqa: F401  (loaded while the interpreter's files are still readable to us)
+    import ctypes  # (loaded while the interpreter's files are still readable to us)
+
     if cfg["uid"] is not None:
         os.setgroups([])
         os.setgid(cfg["uid"])
         os.setuid(cfg["uid"])
+    # die with the launcher: the switch of user cleared the parent-death signal (unshare --kill-child's, or
+    # setpriv's); the seccomp filter then forbids clearing it again
+    if sys.platform.startswith("linux") and ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0:
+        raise OSError("prctl(PR_SET_PDEATHSIG) failed")
     os.umask(0o077)
     if cfg["seccomp"]:
         install_seccomp(bytes.fromhex(cfg["seccomp"]))

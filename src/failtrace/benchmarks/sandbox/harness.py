@@ -19,7 +19,7 @@ from typing import Any
 
 from failtrace.benchmarks.sandbox import plain
 from failtrace.benchmarks.sandbox.policy import Isolation, SandboxLimits, interpreter
-from failtrace.benchmarks.sandbox.runner import (CLEAN_ENV, Ending, child_config, finish, read_head,
+from failtrace.benchmarks.sandbox.runner import (CLEAN_ENV, Ending, bound_to_parent, child_config, finish, read_head,
                                                  shipped_source, spawn_child, stage_dir)
 
 _GRACE_S = 0.5  # after the judge is done, how long the child may take to exit by itself before it is killed
@@ -69,7 +69,8 @@ def _read_report(fd: int, deadline: float) -> bytes | None:
 
 
 def _spawn_judge(stage: str, cfg: dict[str, Any], pass_fds: tuple[int, ...], err: int) -> subprocess.Popen[bytes]:
-    cmd = [interpreter(), "-I", "-S", "-B", "-c", shipped_source("plain.py", "judge.py") + "\njudge_main()\n"]
+    cmd = [*bound_to_parent(), interpreter(), "-I", "-S", "-B", "-c",
+           shipped_source("plain.py", "judge.py") + "\njudge_main()\n"]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err, cwd=stage,
                             env=dict(CLEAN_ENV), pass_fds=pass_fds, start_new_session=True)
     assert proc.stdin is not None
@@ -105,6 +106,10 @@ def run_tests(iso: Isolation, candidate_source: str, entry: str, test_source: st
                 os.close(fd)
         try:
             raw = _read_report(res_r, deadline)
+        except BaseException:  # Ctrl-C or any error in this process: neither process may outlive the call
+            finish(child, None)
+            finish(judge, None)
+            raise
         finally:
             os.close(res_r)
         now = time.monotonic()

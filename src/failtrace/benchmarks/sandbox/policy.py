@@ -26,6 +26,7 @@ import sys
 from dataclasses import dataclass
 
 NOBODY = 65534
+WORK_INODES = 4096  # files and folders the code may make in /work (each costs about 1 KB of kernel memory)
 CLONE_THREAD = 0x00010000
 AUDIT_ARCH_X86_64 = 0xC000003E
 X32_BIT = 0x40000000
@@ -40,10 +41,14 @@ FORBIDDEN_X86_64 = {
     "processes": {"fork": 57, "vfork": 58, "execve": 59, "execveat": 322,
                   # a new session or group would leave the process group the parent kills
                   "setsid": 112, "setpgid": 109},
-    # memory outside the address-space limit: System V segments and message queues stay allocated once detached,
-    # and a memfd grows by write() without being mapped
-    "memory outside the limit": {"shmget": 29, "shmat": 30, "msgget": 68, "memfd_create": 319,
-                                 "memfd_secret": 447},
+    # memory outside the address-space limit: System V segments, semaphore sets (2 MB of kernel memory each) and
+    # message queues stay allocated once detached (and, without an IPC namespace, after the run), POSIX queues too;
+    # a memfd grows by write() without being mapped
+    "memory outside the limit": {"shmget": 29, "shmat": 30, "semget": 64, "msgget": 68, "mq_open": 240,
+                                 "memfd_create": 319, "memfd_secret": 447},
+    # disk outside the file-size limit: fallocate(FALLOC_FL_KEEP_SIZE) on the captured stdout reserved 4 GB of the
+    # host's disk in 3 ms without changing the file's size
+    "disk outside the limit": {"fallocate": 285},
     "signals and tracing": {"kill": 62, "tkill": 200, "tgkill": 234, "rt_sigqueueinfo": 129,
                             "rt_tgsigqueueinfo": 297, "pidfd_send_signal": 424, "pidfd_open": 434,
                             "pidfd_getfd": 438, "ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311},
@@ -54,7 +59,8 @@ FORBIDDEN_X86_64 = {
                           "io_uring_enter": 426, "io_uring_register": 427, "keyctl": 250, "add_key": 248,
                           "request_key": 249},
 }
-SYS_CLONE, SYS_CLONE3 = 56, 435
+SYS_CLONE, SYS_CLONE3, SYS_PRCTL = 56, 435, 157
+PR_SET_PDEATHSIG = 1  # prctl option: the child sets it before the filter; cleared, the child would outlive failtrace
 
 
 @dataclass(frozen=True)
@@ -94,7 +100,8 @@ def seccomp_filter() -> bytes | None:
     """The classic-BPF program (struct sock_filter array) the child loads, or None off x86-64 Linux.
 
     Checked in order: wrong architecture or an x32 call number -> kill; clone without CLONE_THREAD (a new process,
-    not a thread) -> kill; clone3 -> ENOSYS, so libc falls back to clone, whose flags the filter can read; any
+    not a thread) -> kill; clone3 -> ENOSYS, so libc falls back to clone, whose flags the filter can read;
+    prctl(PR_SET_PDEATHSIG, ...) -> kill (the parent-death signal set before the filter must stay); any
     FORBIDDEN_X86_64 call -> kill; everything else -> allow. Offsets are into struct seccomp_data
     (nr at 0, arch at 4, args[0] low 32 bits at 16 on little-endian)."""
     if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
@@ -103,11 +110,13 @@ def seccomp_filter() -> bytes | None:
     code: list[tuple[int, str | int, str | int, int]] = [
         (_LD_W_ABS, 0, 0, 4), (_JEQ, 0, "kill", AUDIT_ARCH_X86_64), (_LD_W_ABS, 0, 0, 0),
         (_JGE, "kill", 0, X32_BIT), (_JEQ, "clone", 0, SYS_CLONE), (_JEQ, "enosys", 0, SYS_CLONE3),
-        *[(_JEQ, "kill", 0, n) for n in numbers], (_RET, 0, 0, SECCOMP_RET_ALLOW)]
-    labels = {"clone": len(code), "kill": len(code) + 2, "enosys": len(code) + 3}
-    code += [(_LD_W_ABS, 0, 0, 16), (_JSET, "allow", "kill", CLONE_THREAD), (_RET, 0, 0, SECCOMP_RET_KILL_PROCESS),
-             (_RET, 0, 0, SECCOMP_RET_ERRNO | ENOSYS), (_RET, 0, 0, SECCOMP_RET_ALLOW)]
-    labels["allow"] = len(code) - 1
+        (_JEQ, "prctl", 0, SYS_PRCTL), *[(_JEQ, "kill", 0, n) for n in numbers], (_RET, 0, 0, SECCOMP_RET_ALLOW)]
+    n = len(code)  # the tail, jumps forward only (BPF): prctl's option, clone's flags, then the three returns
+    labels = {"prctl": n, "clone": n + 2, "kill": n + 4, "enosys": n + 5, "allow": n + 6}
+    code += [(_LD_W_ABS, 0, 0, 16), (_JEQ, "kill", "allow", PR_SET_PDEATHSIG),
+             (_LD_W_ABS, 0, 0, 16), (_JSET, "allow", "kill", CLONE_THREAD),
+             (_RET, 0, 0, SECCOMP_RET_KILL_PROCESS), (_RET, 0, 0, SECCOMP_RET_ERRNO | ENOSYS),
+             (_RET, 0, 0, SECCOMP_RET_ALLOW)]
     out = b""
     for pc, (op, jt, jf, k) in enumerate(code):
         def rel(target: str | int) -> int:
@@ -147,5 +156,7 @@ def new_root(iso: Isolation, root_dir: str, input_dir: str, limits: SandboxLimit
     links = {p: os.readlink(p) for p in ("/bin", "/lib", "/lib64", "/sbin") if os.path.islink(p)}
     pivot = {"x86_64": 155, "aarch64": 41, "arm64": 41, "riscv64": 41}.get(platform.machine())
     return {"dir": root_dir, "inputs": input_dir, "binds": read_only_binds(), "links": links, "pivot_root": pivot,
-            "devices": ["null", "zero", "urandom", "random"], "disk": f"size={limits.disk_mb}m,mode=0700",
+            "devices": ["null", "zero", "urandom", "random"],
+            # nr_inodes: empty files take no blocks, so size alone let 959,000 of them pin 1 GB of kernel memory
+            "disk": f"size={limits.disk_mb}m,nr_inodes={WORK_INODES},mode=0700",
             "owner": iso.drop_to}

@@ -67,10 +67,21 @@ class Ending:
         return f"exited with status {rc}"
 
 
+def bound_to_parent() -> list[str]:
+    """The command prefix that gives a process the parent-death signal SIGKILL (util-linux ``setpriv``; it survives
+    the exec), so the sandbox's processes die with failtrace even when it is SIGKILLed (a Ray worker killed
+    mid-check left a sleeping child and its judge running for ever). Empty where ``setpriv`` is missing."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL"] if setpriv else []
+
+
 def spawn_child(iso: Isolation, stage: str, cfg: dict[str, Any], pass_fds: tuple[int, ...], out: int,
                 err: int) -> subprocess.Popen[bytes]:
-    """Start the child: launcher + ``python -I -S -B -c <plain + child>``, config on stdin."""
-    cmd = [*launcher(iso, shutil.which("unshare") or "unshare"), interpreter(), "-I", "-S", "-B", "-c",
+    """Start the child: launcher + ``python -I -S -B -c <plain + child>``, config on stdin. ``unshare`` dies with
+    failtrace (:func:`bound_to_parent`), and the child with ``unshare`` (it sets its own parent-death signal after
+    the switch to ``nobody``, which clears the one ``unshare --kill-child`` gave it)."""
+    cmd = [*bound_to_parent(), *launcher(iso, shutil.which("unshare") or "unshare"), interpreter(), "-I", "-S", "-B",
+           "-c",
            shipped_source("plain.py", "child.py") + "\nchild_main()\n"]
     env = {**CLEAN_ENV, "HOME": cfg["workdir"], "TMPDIR": cfg["workdir"]}
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=out, stderr=err, cwd=stage, env=env,
@@ -222,7 +233,11 @@ def run_program(iso: Isolation, program: str, limits: SandboxLimits, files: dict
         out_path, err_path = os.path.join(stage, "stdout"), os.path.join(stage, "stderr")
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
             proc = spawn_child(iso, stage, child_config(iso, stage, limits, "run"), (), out.fileno(), err.fileno())
-        end = finish(proc, started + limits.wall_s)
+        try:
+            end = finish(proc, started + limits.wall_s)
+        except BaseException:  # Ctrl-C or any error in this process: the program must not outlive the call
+            finish(proc, None)
+            raise
         stdout, stderr = read_head(out_path), read_head(err_path)
     if end.returncode == 0:
         status, reason = "ok", "exited with status 0"
