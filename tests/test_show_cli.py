@@ -233,6 +233,12 @@ def test_an_item_without_a_case_says_where_it_stopped(toy: dict[str, Any], tmp_p
     code, _, err = _show(capsys, monkeypatch, "--store", str(toy["store"]), "--item", item)
     assert code != 0 and f"found no clean pair: {pairs[item]['status']} (" in err
     assert " ".join(pairs[item]["reason"].split())[:40] in err and len(err.strip().splitlines()) == 1
+    rigged = tmp_path / "rigged.duckdb"  # a reason can quote a checker's or worker's text: never raw controls
+    shutil.copy(toy["store"], rigged)
+    with open_store(rigged) as st:
+        st.con.execute("UPDATE pairs SET reason = ? WHERE item_id = ?", ["bad \x1b[2J\x07 text", item])
+    code, _, err = _show(capsys, monkeypatch, "--store", str(rigged), "--item", item)
+    assert code != 0 and "\x1b" not in err and "\x07" not in err and "bad ␛[2J␇ text" in err
     # a clean pair whose case is not there yet: a store with the cases tables emptied
     store = tmp_path / "unanalysed.duckdb"
     shutil.copy(toy["store"], store)

@@ -132,7 +132,10 @@ def _why_no_case(st: Any, item: str, benchmark: str | None) -> str:
     if status == "clean":
         return ("its pair is clean, but the newest analysis has no case of it (not analysed yet, analysed with "
                 "--limit, or its analysis failed: failtrace analyse says which)")
-    return f"it failed, and its pair search found no clean pair: {status} ({' '.join(str(reason or '').split())[:200]})"
+    from failtrace.views.common import prose_line  # a reason can quote a checker's or a worker's text
+
+    said = prose_line(" ".join(str(reason or "").split())[:200])
+    return f"it failed, and its pair search found no clean pair: {status} ({said})"
 
 
 def _list_table(cases: list[Any], store: Path, method: str, width: int = 100) -> Any:
