@@ -121,21 +121,24 @@ def test_humaneval_plus_file_as_source_with_float_tolerance(plus_file: Path) -> 
     assert off.status == "fail" and "extra test 2 failed" in off.reasons[0]
 
 
+def _one_task(tmp_path: Path, row: dict) -> tuple[HumanEvalBenchmark, object]:
+    """A HumanEval+-format file of one task (``atol`` 0), loaded: the benchmark and its item."""
+    path = tmp_path / "task.jsonl"
+    path.write_text(json.dumps({"atol": 0, **row}) + "\n")
+    bench = HumanEvalBenchmark(limits=LIMITS, plus_limits=LIMITS)
+    return bench, bench.load(str(path)).items[0]
+
+
 def test_an_infinite_expected_output_needs_the_same_infinity(tmp_path: Path) -> None:
     """Before: ``abs(a - b) <= tol + 1e-7 * abs(b)`` is true for any finite ``a`` (and for -inf) when ``b`` is inf,
     so a wrong answer passed. EvalPlus compares with numpy's assert_allclose, where inf equals only the same inf;
     numpy is the reference here."""
     import numpy as np
 
-    prompt = 'def grow(x: float) -> float:\n    """x times 1e309."""\n'
-    row = {"task_id": "Toy/4", "prompt": prompt, "entry_point": "grow",
-           "canonical_solution": "    return x * 1e308 * 10\n",
-           "test": "def check(candidate):\n    assert candidate(0.0) == 0.0\n",
-           "base_input": [[0.0]], "plus_input": [[1.0]], "atol": 0}
-    path = tmp_path / "inf.jsonl"
-    path.write_text(json.dumps(row) + "\n")
-    bench = HumanEvalBenchmark(limits=LIMITS, plus_limits=LIMITS)
-    item = bench.load(str(path)).items[0]
+    bench, item = _one_task(tmp_path, {
+        "task_id": "Toy/4", "prompt": 'def grow(x: float) -> float:\n    """x times 1e309."""\n', "entry_point": "grow",
+        "canonical_solution": "    return x * 1e308 * 10\n",
+        "test": "def check(candidate):\n    assert candidate(0.0) == 0.0\n", "base_input": [[0.0]], "plus_input": [[1.0]]})
     for body, answer in (("x * 1e308 * 10", float("inf")), ("x * 1.5", 1.5), ("-x * 1e308 * 10", float("-inf"))):
         try:
             np.testing.assert_allclose(answer, float("inf"), rtol=1e-07, atol=1e-6)
@@ -149,14 +152,11 @@ def test_an_infinite_expected_output_needs_the_same_infinity(tmp_path: Path) -> 
 def test_the_tolerance_needs_the_expected_type(tmp_path: Path) -> None:
     """EvalPlus asserts ``type(out) == type(exp)`` before its tolerance; a list off by 5e-7 where a tuple is expected
     passed here. Exactly equal values still pass whatever the type (as EvalPlus's ``out == exp``)."""
-    prompt = 'def pair(x: float) -> tuple:\n    """(x / 3, x)."""\n'
-    row = {"task_id": "Toy/5", "prompt": prompt, "entry_point": "pair", "canonical_solution": "    return (x / 3, x)\n",
-           "test": "def check(candidate):\n    assert candidate(3.0) == (1.0, 3.0)\n",
-           "base_input": [[3.0]], "plus_input": [[1.0]], "atol": 0}
-    path = tmp_path / "tuple.jsonl"
-    path.write_text(json.dumps(row) + "\n")
-    bench = HumanEvalBenchmark(limits=LIMITS, plus_limits=LIMITS)
-    item = bench.load(str(path)).items[0]
+    bench, item = _one_task(tmp_path, {
+        "task_id": "Toy/5", "prompt": 'def pair(x: float) -> tuple:\n    """(x / 3, x)."""\n', "entry_point": "pair",
+        "canonical_solution": "    return (x / 3, x)\n",
+        "test": "def check(candidate):\n    assert candidate(3.0) == (1.0, 3.0)\n", "base_input": [[3.0]],
+        "plus_input": [[1.0]]})
     near = "(x / 3 + 5e-7 * (x == 1.0), x)"
     assert bench.check(item, f"    return {near}\n").status == "pass"  # within the tolerance, as a tuple
     assert bench.check(item, f"    return list({near}) if x == 1.0 else {near}\n").status == "fail"
