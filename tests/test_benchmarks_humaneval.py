@@ -138,7 +138,8 @@ def test_an_infinite_expected_output_needs_the_same_infinity(tmp_path: Path) -> 
     bench, item = _one_task(tmp_path, {
         "task_id": "Toy/4", "prompt": 'def grow(x: float) -> float:\n    """x times 1e309."""\n', "entry_point": "grow",
         "canonical_solution": "    return x * 1e308 * 10\n",
-        "test": "def check(candidate):\n    assert candidate(0.0) == 0.0\n", "base_input": [[0.0]], "plus_input": [[1.0]]})
+        "test": "def check(candidate):\n    assert candidate(0.0) == 0.0\n",
+        "base_input": [[0.0]], "plus_input": [[1.0]]})
     for body, answer in (("x * 1e308 * 10", float("inf")), ("x * 1.5", 1.5), ("-x * 1e308 * 10", float("-inf"))):
         try:
             np.testing.assert_allclose(answer, float("inf"), rtol=1e-07, atol=1e-6)

@@ -149,7 +149,8 @@ CASES: dict[str, Case] = {
     "clear the parent-death signal": (
         lambda h: toy("import ctypes\nctypes.CDLL(None).prctl(1, 0, 0, 0, 0)\n"), FAST, lambda r, h: r.violation),
     "a million empty files in /work (inodes, not bytes)": (
-        lambda h: toy("import os\nfor i in range(100_000):\n    os.close(os.open('f%d' % i, os.O_CREAT | os.O_WRONLY))\n"),
+        lambda h: toy("import os\nfor i in range(100_000):\n"
+                      "    os.close(os.open('f%d' % i, os.O_CREAT | os.O_WRONLY))\n"),
         FAST, lambda r, h: "No space left on device" in r.reason),
     "ctypes segfault": (lambda h: toy("import ctypes\nctypes.string_at(0)\n"), FAST,
                         lambda r, h: "SIGSEGV" in r.reason),

@@ -286,8 +286,8 @@ def _failed_episodes(raw: Any, where: str) -> list[str]:
     failed = sum(1 for x in rewards if isinstance(x, (int, float)) and not isinstance(x, bool) and x < 1)
     if not failed:
         return []
-    return [f"{where}: {failed} of the file's {len(rewards)} trajectories ended with reward < 1 (the episode failed); their "
-            "actions are still the expected ones, though one of them went wrong (an item's "
+    return [f"{where}: {failed} of the file's {len(rewards)} trajectories ended with reward < 1 (the episode "
+            "failed); their actions are still the expected ones, though one of them went wrong (an item's "
             "meta.reward gives its episode's reward)"]
 
 
