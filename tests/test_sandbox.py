@@ -146,6 +146,7 @@ CASES: dict[str, Case] = {
     "a POSIX message queue (outlives the run without an IPC namespace)": (
         lambda h: toy("import ctypes, os\nctypes.CDLL(None).mq_open(b'/ftq', os.O_CREAT | os.O_RDWR, 0o600, None)\n"),
         FAST, lambda r, h: r.violation),
+    "host-wide writeback (sync)": (lambda h: toy("import os\nos.sync()\n"), FAST, lambda r, h: r.violation),
     "clear the parent-death signal": (
         lambda h: toy("import ctypes\nctypes.CDLL(None).prctl(1, 0, 0, 0, 0)\n"), FAST, lambda r, h: r.violation),
     "a million empty files in /work (inodes, not bytes)": (
