@@ -133,16 +133,25 @@ def test_a_real_cluster_address_passes_the_handshake_check(cluster: Any) -> None
 
 def test_a_ray_call_on_a_finished_pair_run_starts_nothing(cluster: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Before: every failure already paired, and the call still started a cluster and loaded the model in each
-    worker (12.7 s against 2.6 s serially) to learn that nothing was left. Now it counts them, as serially."""
+    worker (12.7 s against 2.6 s serially) to learn that nothing was left. Now it counts them, and so does the serial
+    stage without loading the model (a run's pair run id needs none without a helper)."""
+    import failtrace.failures.pairs as serial
     import failtrace.scale.stages as stages
 
     def no_cluster(*a: Any, **k: Any) -> None:
         raise AssertionError("a cluster was started for a finished pair run")
 
+    def no_model(*a: Any, **k: Any) -> None:
+        raise AssertionError("a model was loaded for a finished pair run")
+
     store = cluster["root"] / "finished.duckdb"
     shutil.copy(cluster["serial"], store)
-    monkeypatch.setattr(stages, "_cluster", no_cluster)
+    monkeypatch.setattr(stages, "ensure_ray", no_cluster)
+    monkeypatch.setattr(stages, "WorkerPool", no_cluster)
+    monkeypatch.setattr(serial, "_run_model", no_model)
     with open_store(store) as st:
+        s = find_pairs(st, SETTINGS, benchmarks={"toy": _bench()}, progress=False)
+        assert s.processed == 0 and s.failures == s.skipped > 0
         [prun] = st.runs("pairs")
         n = len(st.pairs(prun.run_id))
         p = pairs_on_ray(st, SETTINGS, 2, benchmarks={"toy": _bench()}, progress=False)

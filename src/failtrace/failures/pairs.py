@@ -78,6 +78,21 @@ def pair_run_id(collect_run: RunRecord, settings: PairSettings, helper_key: dict
                       **settings.identity(budget)})
 
 
+def all_paired(store: ResultsStore, run: RunRecord, failures: list[dict[str, Any]], settings: PairSettings,
+               summary: PairsSummary) -> bool:
+    """Whether every failure of ``run`` already has its pair in the pair run these settings make, with no helper
+    (then its id needs no model); if so they are counted as skipped, and the run needs no model loaded at all (a
+    rerun on a finished store loaded it: 12.7 s with ``--workers``)."""
+    run_id = pair_run_id(run, settings)
+    paired = store.done_pair_ids(run_id)
+    if any(f["item_id"] not in paired for f in failures):
+        return False
+    summary.pair_run_ids.append(run_id)
+    summary.failures += len(failures)
+    summary.skipped += len(failures)
+    return True
+
+
 def pair_run_record(collect_run: RunRecord, loaded: Any, settings: PairSettings, helper: Any | None,
                     judge_name: str | None = None) -> RunRecord:
     """The record of a pair-finding run over ``collect_run``; its id hashes the run and the search settings (not the
@@ -240,6 +255,8 @@ def find_pairs(
             continue
         bench = resolve_benchmark(run.benchmark, benchmarks, run.settings.get("checker"))  # first: an unknown
         # benchmark records no pair run
+        if helper is None and all_paired(store, run, failures, settings, summary):
+            continue
         loaded = _run_model(run, models, loaded_cache, device)
         if isinstance(helper, str) and helper_loaded is None:
             helper_loaded = load_model(helper, dtype=run.dtype or "float32", device=device)

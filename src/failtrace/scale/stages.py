@@ -36,8 +36,8 @@ from failtrace.failures.pairs import (
     PairsSummary,
     checked_settings,
     collection_runs,
+    all_paired,
     note_resumed_speed,
-    pair_run_id,
     pair_run_record,
     run_failures,
 )
@@ -67,18 +67,23 @@ def _cluster(workers: int, address: str | None, pool: WorkerPool | None,
              max_attempts: int) -> Iterator[Callable[[ModelSpec], WorkerPool]]:
     """Yield ``pool_for(spec)``: the given ``pool``, or one started per model spec; stop what was started here.
 
-    Without ``pool`` a local Ray cluster is started (unless this process is connected or ``address`` is given);
-    the workers of a cluster started here share its cores evenly (:func:`cpus_per_worker`).
+    Without ``pool`` a local Ray cluster is started at the first ``pool_for`` (unless this process is connected or
+    ``address`` is given), so a call with nothing to do starts none; a bad ``address`` is refused at once all the
+    same. The workers of a cluster started here share its cores evenly (:func:`cpus_per_worker`).
     """
-    started = ensure_ray(workers, address) if pool is None else False
+    if pool is None and address:
+        check_reachable(address)
+    started: list[bool] = []  # [whether this call started the cluster], once it is joined or started
     pools: dict[ModelSpec, WorkerPool] = {}
 
     def pool_for(spec: ModelSpec) -> WorkerPool:
         if pool is not None:
             return pool
+        if not started:
+            started.append(ensure_ray(workers, address))
         if spec not in pools:
             pools[spec] = WorkerPool(spec, workers, max_attempts=max_attempts,
-                                     cpus_per_worker=cpus_per_worker(workers, started))
+                                     cpus_per_worker=cpus_per_worker(workers, started[0]))
         return pools[spec]
 
     try:
@@ -86,7 +91,7 @@ def _cluster(workers: int, address: str | None, pool: WorkerPool | None,
     finally:
         for p in pools.values():
             p.close()
-        if started:
+        if started and started[0]:
             shutdown_ray()
 
 
@@ -165,12 +170,6 @@ def pairs_on_ray(store: ResultsStore, settings: PairSettings | None, workers: in
     failures_of = run_failures(store, runs, items)
     summary = PairsSummary()
     remaining = limit
-    if helper is None and pool is None and _all_paired(  # (a given pool is running already: no shortcut needed)
-            store, runs, failures_of, settings, summary, benchmarks):
-        if address:  # a bad --ray-address is still said, as when there is work
-            check_reachable(address)
-        summary.seconds = time.perf_counter() - t0  # a rerun on a finished store: no cluster, no model loaded
-        return summary
     with _cluster(workers, address, pool, max_attempts) as pool_for:
         for run in runs:
             if remaining is not None and remaining <= 0:
@@ -180,6 +179,8 @@ def pairs_on_ray(store: ResultsStore, settings: PairSettings | None, workers: in
                 continue
             bench = resolve_benchmark(run.benchmark, benchmarks, run.settings.get("checker"))  # first: an unknown
             # benchmark records no pair run
+            if helper is None and all_paired(store, run, failures, settings, summary):
+                continue  # no pool for it (none started at all when every run is done)
             run_pool = pool_for(ModelSpec(run.model, run.dtype or "float32", device, run.revision, helper))
             todo = _pairs_of_run(store, run, failures, run_pool, settings, summary, remaining, address)
             budget = int(run.settings.get("max_new_tokens") or bench.max_new_tokens)
@@ -188,27 +189,6 @@ def pairs_on_ray(store: ResultsStore, settings: PairSettings | None, workers: in
                 remaining -= len(todo)
     summary.seconds = time.perf_counter() - t0
     return summary
-
-
-def _all_paired(store: ResultsStore, runs: Sequence[RunRecord], failures_of: Mapping[str, list[dict[str, Any]]],
-                settings: PairSettings, summary: PairsSummary, benchmarks: Mapping[str, Benchmark] | None) -> bool:
-    """Whether every failure already has its pair (then count them as skipped, as the serial stage does). Without a
-    helper the pair run's id needs no model, so a rerun on a finished store starts no workers (it took 12.7 s).
-    A run's benchmark is still resolved first, so an unknown one is refused as it is with work to do."""
-    done = {}
-    for run in runs:
-        if failures_of[run.run_id]:
-            resolve_benchmark(run.benchmark, benchmarks, run.settings.get("checker"))
-            run_id = pair_run_id(run, settings)
-            paired = store.done_pair_ids(run_id)
-            if any(f["item_id"] not in paired for f in failures_of[run.run_id]):
-                return False
-            done[run_id] = len(failures_of[run.run_id])
-    for run_id, n in done.items():
-        summary.pair_run_ids.append(run_id)
-        summary.failures += n
-        summary.skipped += n
-    return True
 
 
 def _pairs_of_run(store: ResultsStore, run: Any, failures: list[dict[str, Any]], pool: WorkerPool,
