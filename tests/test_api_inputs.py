@@ -62,7 +62,7 @@ def test_prompts_and_prefixes_of_every_kind_a_caller_passes(toy_lm: object) -> N
                          ({"prompt": ids, "answer_prefix": [vocab]},
                           f"answer_prefix token ids out of range 0..{vocab - 1}"),
                          ({"prompt": ids, "answer_prefix": 5}, "answer_prefix is text or a list of token ids"),
-                         ({"prompt": ids, "lm": toy_lm.model}, "not "),
+                         ({"prompt": ids, "lm": toy_lm.model}, "LoadedModel (model and tokenizer), not "),
                          ({"prompt": ids, "objective": "topk_mean", "contrast": None, "topk": -3},
                           "topk (the tokens topk_mean averages) must be a whole number >= 1, got -3")):
         args = {"lm": toy_lm, "target": "#9", "contrast": "#10", **kwargs}

@@ -81,7 +81,8 @@ def test_review_writes_keep_the_page_say_saved_and_record_one_row_a_double_click
             assert page.locator(status).get_attribute("class") == "muted"
             rows = _reviews(server)
             assert len(rows) == before + 1 and rows[-1]["decision"] == decision, rows
-            assert f"{decision}" in page.inner_text("#review")
+            notes = page.locator("#review .note").all_inner_texts()  # the redrawn view shows the new row
+            assert any(f" · {decision}" in n and n.endswith(f": one {decision}") for n in notes), notes
     finally:
         page.set_viewport_size({"width": 1360, "height": 900})
 

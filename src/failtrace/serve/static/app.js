@@ -9,7 +9,8 @@
   // painting or after: `expected` follows those rewrites, so data-ready-hash names the final hash.
   var gen = 0, expected = null, place = null;
   FT.onReplace = function (h) {
-    expected = h;
+    var p = FT.parseHash();  // still this view (a short id followed): a later state change keeps the scroll
+    expected = h; place = p.route + "/" + p.arg;
     if (document.body.dataset.ready) document.body.dataset.readyHash = h;
   };
 
