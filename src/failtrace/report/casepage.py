@@ -18,6 +18,7 @@ from typing import Any
 
 from failtrace.analysis.segments import SEGMENT_NAMES
 from failtrace.cases.record import CATEGORY_TEXT, PATTERN_TEXT, Case
+from failtrace.views.contrast import darkened_for_white, ink_on
 from failtrace.report._shared import AblationView, normalize
 from failtrace.report.evidence import dl as evidence
 from failtrace.report.figures import CATEGORY_COLORS, PATTERN_COLORS
@@ -30,6 +31,8 @@ from failtrace.views.common import SUM_NOTE, answer_rows, clipped_text, masked_c
 SEGMENT_COLORS = dict(zip(SEGMENT_NAMES, ("#0d9488", "#d97706", "#7c3aed", "#db2777", "#65a30d", "#0284c7", "#b45309",
                                           "#4f46e5", "#be123c", "#0891b2", "#4d7c0f", "#a21caf"), strict=True))
 OTHER_SEGMENT_COLOR = "#6b7280"  # a segment name outside the registry (never produced by the segmenters)
+# a segment's label: white text on its colour darkened to WCAG AA (the explorer's segment boxes)
+SEGMENT_LABEL_COLORS = {name: darkened_for_white(c) for name, c in {**SEGMENT_COLORS, "": OTHER_SEGMENT_COLOR}.items()}
 _WS = {" ": "·", "\n": "↵", "\t": "→", "\r": "␍"}
 
 
@@ -66,7 +69,8 @@ def badge(label: str | None, colors: dict[str, str]) -> str:
     label = label or "unlabelled"
     said = CATEGORY_TEXT.get(label) or PATTERN_TEXT.get(label)
     title = f' title="{esc(said[0] + ": " + said[1])}"' if said else ""
-    return f'<span class="badge"{title} style="background:{colors.get(label, "#6b7280")}">{esc(label)}</span>'
+    bg = colors.get(label, "#6b7280")  # its text: whichever of white and near-black reads on it (WCAG AA)
+    return f'<span class="badge"{title} style="background:{bg};color:{ink_on(bg)}">{esc(label)}</span>'
 
 
 def _drawable(case: Case) -> list[str]:

@@ -104,7 +104,8 @@ def static(name: str, request: Request) -> Response:
 
 @router.get("/api/meta", summary="What the store holds and how to draw it")
 def meta(request: Request, cur: Cursor) -> dict[str, Any]:
-    from failtrace.report.casepage import OTHER_SEGMENT_COLOR, SEGMENT_COLORS
+    from failtrace.report.casepage import OTHER_SEGMENT_COLOR, SEGMENT_COLORS, SEGMENT_LABEL_COLORS
+    from failtrace.views.contrast import ink_on
     from failtrace.report.figures import CATEGORY_COLORS, PATTERN_COLORS
     from failtrace.store.schema import PAIR_STATUS_TEXT
     from failtrace.views.common import BLUE, RED, SPECIAL_BG
@@ -131,8 +132,9 @@ def meta(request: Request, cur: Cursor) -> dict[str, Any]:
             "category_text": {value: list(text) for value, text in CATEGORY_TEXT.items()},
             "pattern_text": {value: list(text) for value, text in PATTERN_TEXT.items()},
             "colors": {"red": list(RED), "blue": list(BLUE), "special": list(SPECIAL_BG),
-                       "segments": dict(SEGMENT_COLORS),
-                       "other_segment": OTHER_SEGMENT_COLOR, "categories": CATEGORY_COLORS, "patterns": PATTERN_COLORS}}
+                       "segments": dict(SEGMENT_COLORS), "segment_labels": SEGMENT_LABEL_COLORS,
+                       "other_segment": OTHER_SEGMENT_COLOR, "categories": CATEGORY_COLORS, "patterns": PATTERN_COLORS,
+                       "ink": {c: ink_on(c) for c in {*CATEGORY_COLORS.values(), *PATTERN_COLORS.values(), "#6b7280"}}}}
 
 
 @router.get("/api/table", summary="The cases table: one page of rows, the total, counts per facet")

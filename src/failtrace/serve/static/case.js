@@ -28,9 +28,10 @@
     var readout = el("div", {class: "readout", id: "readout"}, "hover a token");
     var box = el("div", {class: "strip", id: "strip"});
     runs(c.labels).forEach(function (run) {
-      var colour = FT.meta.colors.segments[run[0]] || FT.meta.colors.other_segment;  // one colour per name
+      var colour = FT.meta.colors.segments[run[0]] || FT.meta.colors.other_segment;  // one colour per name, and its
+      var label = FT.meta.colors.segment_labels[run[0]] || FT.meta.colors.segment_labels[""];  // label's (WCAG AA)
       var rel = c.relevant_segments.indexOf(run[0]) >= 0 ? " (relevant)" : "";
-      var d = el("details", {class: "seg", "data-seg": run[0], "data-start": String(run[1]), style: "--segc:" + colour + ";--segl:" + FT.darkenFor(colour, 4.5),
+      var d = el("details", {class: "seg", "data-seg": run[0], "data-start": String(run[1]), style: "--segc:" + colour + ";--segl:" + label,
                              open: closed.indexOf(String(run[1])) < 0 && closed.indexOf(run[0]) < 0},
                  el("summary", {title: "click to fold this segment"}, (run[0] || "no segment") + rel + " · " + (run[2] - run[1])));
       d.addEventListener("toggle", function () {

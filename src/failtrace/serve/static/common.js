@@ -78,39 +78,15 @@ var FT = (function () {
     return "rgb(" + end.map(function (x) { return Math.round(255 + (x - 255) * a); }).join(",") + ")";
   };
 
-  /* Contrast (WCAG 2): a colour is "#rgb", "#rrggbb" or [r, g, b]; the text on a coloured label is whichever of
-     white and near-black reads better on it (the colours come from /api/meta, so no pairing is written down here) */
-  function rgb(c) {
-    if (Array.isArray(c)) return c;
-    var h = String(c).replace("#", "");
-    if (h.length === 3) h = h.split("").map(function (x) { return x + x; }).join("");
-    return [0, 2, 4].map(function (i) { return parseInt(h.slice(i, i + 2), 16); });
-  }
-  FT.luminance = function (c) {
-    var v = rgb(c).map(function (x) { x /= 255; return x <= 0.04045 ? x / 12.92 : Math.pow((x + 0.055) / 1.055, 2.4); });
-    return 0.2126 * v[0] + 0.7152 * v[1] + 0.0722 * v[2];
-  };
-  FT.contrast = function (a, b) {
-    var la = FT.luminance(a), lb = FT.luminance(b);
-    return (Math.max(la, lb) + 0.05) / (Math.min(la, lb) + 0.05);
-  };
-  FT.DARK = "#111827";
-  FT.inkOn = function (bg) { return FT.contrast(bg, "#ffffff") >= FT.contrast(bg, FT.DARK) ? "#ffffff" : FT.DARK; };
-  /* bg made darker (towards black, its hue kept) until white text on it reaches `ratio` (AA: 4.5), as a hex colour */
-  FT.darkenFor = function (bg, ratio) {
-    var c = rgb(bg), f = 1;
-    while (FT.contrast(c.map(function (x) { return Math.round(x * f); }), "#ffffff") < ratio && f > 0) f -= 0.02;
-    return "#" + c.map(function (x) { return ("0" + Math.round(x * Math.max(0, f)).toString(16)).slice(-2); }).join("");
-  };
-
   // a category or pattern as a coloured label, with the paper's name for it and its meaning on hover (the one
   // vocabulary of `failtrace status` and the report: /api/meta's category_text and pattern_text)
   FT.badge = function (label, colours) {
     if (!label) return FT.el("span", {class: "muted"}, "—");
     var said = (FT.meta.category_text || {})[label] || (FT.meta.pattern_text || {})[label];
-    var bg = (colours || {})[label] || "#6b7280";  // the text colour that reads on it (WCAG AA: 4.5:1 and more)
+    var bg = (colours || {})[label] || "#6b7280";  // its text: white or near-black, as it reads on it (WCAG AA),
+    // worked out beside the palette (views/contrast.py) and sent in /api/meta, as the report draws it
     return FT.el("span", {class: "badge", title: said ? said[0] + ": " + said[1] : null,
-                          style: "background:" + bg + ";color:" + FT.inkOn(bg)}, label);
+                          style: "background:" + bg + ";color:" + (FT.meta.colors.ink[bg] || "#ffffff")}, label);
   };
 
   /* "#/route/arg?x=1&y=2" <-> {route, arg, params: URLSearchParams}; a hand-edited link whose arg is not valid
