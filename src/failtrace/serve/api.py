@@ -225,14 +225,16 @@ def _compared(st: Any, cur: Any, what: str) -> Any:
 
 
 @router.get("/api/item", summary="One item of a collection run (prompt, completion, verdict, pair)")
-def item(request: Request, cur: Cursor, run_id: Annotated[_QUERY_ID, Query()],
+def item(request: Request, cur: Cursor, rows: RowsCursor, run_id: Annotated[_QUERY_ID, Query()],
          item_id: Annotated[_QUERY_ID, Query()]) -> dict[str, Any]:
     ids = [r[0] for r in cur.execute("SELECT run_id FROM runs WHERE stage = 'collect' ORDER BY run_id").fetchall()]
     try:  # a unique prefix, as `failtrace status` and the report print ids, is enough (as on the command line)
         run_id = pick_run_id(ids, run_id, "collection run", _state(request).path.name)
     except FailtraceError as exc:
         raise HTTPException(404, str(exc)) from None
-    found = casedata.item_detail(cur, run_id, item_id, _state(request).has_cases)
+    case_of = dict(rows.execute("SELECT pair_run_id, case_id FROM rows WHERE run_id = ? AND item_id = ? AND "
+                                "pair_run_id IS NOT NULL", [run_id, item_id]).fetchall())
+    found = casedata.item_detail(cur, run_id, item_id, case_of)
     if found is None:
         raise HTTPException(404, "no such item in that run")
     return found

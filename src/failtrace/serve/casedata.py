@@ -20,7 +20,7 @@ from failtrace.cases.record import MaskingSpec
 from failtrace.cases.alternatives import rows as alt_rows
 from failtrace.errors import FailtraceError
 from failtrace.store.alternatives import read as read_alternatives
-from failtrace.store.cases import CURRENT_ANALYSES_SQL, answer_of
+from failtrace.store.cases import answer_of
 from failtrace.store.records import loads
 from failtrace.report.evidence import dl as evidence_html
 from failtrace.views.common import CLIP, MASK_AFTER, MASK_BEFORE, SUM_NOTE, answer_rows, k_star_label, masked_caption
@@ -215,9 +215,10 @@ def _ablation(record: dict[str, Any], category: str | None, evidence: dict[str, 
                        "delta_after": a.delta_after} for a in v.ablated]}
 
 
-def item_detail(con: Any, run_id: str, item_id: str, has_cases: bool = True) -> dict[str, Any] | None:
+def item_detail(con: Any, run_id: str, item_id: str, case_of: dict[str, str | None]) -> dict[str, Any] | None:
     """One item of a collection run: prompt, completion, verdict and its pairs (for rows without a case); each pair
-    names its case in the newest analysis of its pair run (``case_id``, null when it has none), as the table does."""
+    names its case in the newest analysis of its pair run (``case_of``: pair run -> case id, read from the table's
+    own rows, so the page and the table never disagree; null when it has none)."""
     row = _one(con, "SELECT v.item_id, v.status, v.reasons, r.benchmark, r.model, g.completion, g.finish_reason, "
                     "g.n_tokens, i.prompt FROM verdicts v JOIN runs r ON r.run_id = v.run_id "
                     "LEFT JOIN generations g ON g.run_id = v.run_id AND g.item_id = v.item_id "
@@ -225,14 +226,10 @@ def item_detail(con: Any, run_id: str, item_id: str, has_cases: bool = True) -> 
                     "WHERE v.run_id = ? AND v.item_id = ?", [run_id, item_id])
     if row is None:
         return None
-    newest = (f"(SELECT c.case_id, c.pair_run_id, c.item_id FROM cases c JOIN ({CURRENT_ANALYSES_SQL}) l "
-              "ON l.pair_run_id = c.pair_run_id AND l.analysis_id = c.analysis_id)" if has_cases else
-              "(SELECT NULL::VARCHAR AS case_id, NULL::VARCHAR AS pair_run_id, NULL::VARCHAR AS item_id WHERE false)")
-    cur = con.execute("SELECT p.pair_run_id, p.status, p.reason, p.position, p.target_text, p.contrast_text, "
-                      f"p.delta_logit, cs.case_id FROM pairs p LEFT JOIN {newest} cs "
-                      "ON cs.pair_run_id = p.pair_run_id AND cs.item_id = p.item_id "
-                      "WHERE p.run_id = ? AND p.item_id = ? ORDER BY p.pair_run_id", [run_id, item_id])
+    cur = con.execute("SELECT pair_run_id, status, reason, position, target_text, contrast_text, delta_logit "
+                      "FROM pairs WHERE run_id = ? AND item_id = ? ORDER BY pair_run_id", [run_id, item_id])
     names = [d[0] for d in cur.description]
+    pairs = [{**dict(zip(names, r)), "case_id": case_of.get(r[0])} for r in cur.fetchall()]
     row["reasons"] = _json(row["reasons"], f"verdicts.reasons of item {item_id} in run {run_id}")
     row["prompt"] = _json(row["prompt"], f"items.prompt of item {item_id}")
-    return finite({"run_id": run_id, **row, "pairs": [dict(zip(names, r)) for r in cur.fetchall()]})
+    return finite({"run_id": run_id, **row, "pairs": pairs})
