@@ -14,7 +14,7 @@ from failtrace.attribution.normalize import normalize
 from failtrace.report import compare_data as D
 from failtrace.serve.align import project
 from failtrace.serve.casedata import finite
-from failtrace.store.comparisons import FLIP_K, training_run_column
+from failtrace.store.comparisons import FLIP_K, checkpoint_rows_sql, training_run_column
 from failtrace.store.records import loads
 
 _LIGHT = ("case_id, model, model_fingerprint, item_id, benchmark, reference, mapped, delta_logit, "
@@ -49,8 +49,7 @@ def _aligned(case_tokens: list[str], row: dict[str, Any], same: bool) -> dict[st
 
 def series_names_of(cur: Any) -> dict[str, str]:
     """Series key -> name over every checkpoint row, as the figures name the runs."""
-    return D.series_names(_rows(cur, f"SELECT model, step, {training_run_column(cur)} FROM comparisons "
-                                     "WHERE step IS NOT NULL", []))
+    return D.series_names(_rows(cur, checkpoint_rows_sql(cur), []))
 
 
 def case_compare(cur: Any, case_id: str, names: dict[str, str] | None = None) -> dict[str, Any] | None:

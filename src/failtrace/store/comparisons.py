@@ -149,8 +149,12 @@ def checkpoint_runs(store: ResultsStore) -> list[dict[str, Any]]:
     what names the series (report.compare_data.series_names) wherever a view lists checkpoint rows."""
     if not _present(store):
         return []
-    return store._rows(f"SELECT model, step, {training_run_column(store.con)} FROM comparisons "
-                       "WHERE step IS NOT NULL")
+    return store._rows(checkpoint_rows_sql(store.con))
+
+
+def checkpoint_rows_sql(con: Any) -> str:
+    """The query of :func:`checkpoint_runs` on a connection or cursor (the explorer's reads it on its own)."""
+    return f"SELECT model, step, {training_run_column(con)} FROM comparisons WHERE step IS NOT NULL"
 
 
 def training_run_column(con: Any) -> str:
