@@ -333,6 +333,25 @@ def test_flip_curves_skip_missing_points_and_carry_svg_tooltips(page: Any, serve
         page.unroute(f"**/api/cases/{case.case_id}")
 
 
+def _api(server: dict[str, Any], path: str, base: str = "base") -> Any:
+    """GET an API path from the running server (``base`` or ``review_base``) as JSON."""
+    import urllib.request
+
+    with urllib.request.urlopen(server[base] + path.lstrip("/"), timeout=10) as r:
+        return json.loads(r.read())
+
+
+def _graph_case(server: dict[str, Any]) -> Any:
+    """The toy case whose stored graph has the most edges."""
+    return max(server["cases"], key=lambda c: len(c.graph["edges"]))
+
+
+def _open_review(page: Any, server: dict[str, Any], case: Any) -> None:
+    """The case's page on the review-mode server, painted."""
+    page.goto(server["review_base"] + f"#/case/{case.case_id}")
+    page.wait_for_selector("body[data-ready=case]", timeout=20000)
+
+
 def _expected_graph(graph: dict[str, Any], p: float) -> tuple[int, int]:
     """Pruning by hand: per transition keep the strongest edges until mass p is reached, then keep only edges whose
     target still reaches the final node (walking down from the top stage)."""
@@ -355,7 +374,7 @@ def _expected_graph(graph: dict[str, Any], p: float) -> tuple[int, int]:
 
 
 def test_graph_slider_pin_and_export(page: Any, server: dict[str, Any], tmp_path: Path) -> None:
-    case = max(server["cases"], key=lambda c: len(c.graph["edges"]))
+    case = _graph_case(server)
     _open(page, server, f"#/graph/{case.case_id}", "graph")  # opens on every stored edge, as the report draws it
     assert page.inner_text("#mass-value") == "1.00"
     assert (page.locator("circle.n").count(), page.locator("line.e").count()) == _expected_graph(case.graph, 1.0)
@@ -450,8 +469,7 @@ def test_keyboard_errors_crumbs_and_paging_as_a_user_meets_them(page: Any, serve
 
 def test_review_mode_records_a_decision(page: Any, server: dict[str, Any]) -> None:
     case = server["cases"][0]
-    page.goto(server["review_base"] + f"#/case/{case.case_id}")
-    page.wait_for_selector("body[data-ready=case]")
+    _open_review(page, server, case)
     # the category picker opens on the case's own category; an override without a comment is refused in the page
     assert page.input_value("#rv-category") == case.effective_category
     page.click("#rv-override")
@@ -463,10 +481,8 @@ def test_review_mode_records_a_decision(page: Any, server: dict[str, Any]) -> No
     assert "reject: the contrast is also wrong" in page.inner_text("#review")
     assert re.search(r"\d\d:\d\d:\d\d · reject", page.inner_text("#review"))  # whole seconds, no microseconds
     _shot(page, "review")
-    import urllib.request
-
-    with urllib.request.urlopen(server["review_base"] + "api/reviews", timeout=10) as r:  # the server holds the file
-        rows = [(x["decision"], x["comment"], x["case_id"]) for x in json.loads(r.read())["reviews"]]
+    rows = [(x["decision"], x["comment"], x["case_id"])  # as the server holds the file
+            for x in _api(server, "api/reviews", "review_base")["reviews"]]
     assert rows == [("reject", "the contrast is also wrong", case.case_id)]
 
 

@@ -12,11 +12,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_serve_browser import _open, _painted, page, server  # noqa: E402,F401  (the module's fixtures, shared)
-
-
-def _graph_case(server: dict[str, Any]) -> Any:
-    return max(server["cases"], key=lambda c: len(c.graph["edges"]))
+from test_serve_browser import (_api, _graph_case, _open, _open_review, _painted, page,  # noqa: E402,F401
+                                server)  # (the module's fixtures and helpers, shared)
 
 
 def _box(page: Any, selector: str) -> dict[str, float]:
@@ -46,16 +43,7 @@ def test_pinning_a_node_keeps_the_graph_in_place(page: Any, server: dict[str, An
 
 
 def _reviews(server: dict[str, Any]) -> list[dict[str, Any]]:
-    import json
-    import urllib.request
-
-    with urllib.request.urlopen(server["review_base"] + "api/reviews", timeout=10) as r:  # the server holds the file
-        return json.loads(r.read())["reviews"]
-
-
-def _open_review(page: Any, server: dict[str, Any], case: Any) -> None:
-    page.goto(server["review_base"] + f"#/case/{case.case_id}")
-    page.wait_for_selector("body[data-ready=case]", timeout=20000)
+    return _api(server, "api/reviews", "review_base")["reviews"]  # the server holds the file
 
 
 def test_review_writes_keep_the_page_say_saved_and_record_one_row_a_double_click(page: Any,

@@ -3,19 +3,13 @@ store of tests/test_serve_browser.py (its fixtures and helpers, shared): the ite
 
 from __future__ import annotations
 
-import json
 import sys
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_serve_browser import _open, _painted, page, server  # noqa: E402,F401  (the module's fixtures, shared)
-
-
-def _api(server: dict[str, Any], path: str) -> Any:
-    with urllib.request.urlopen(server["base"] + path.lstrip("/"), timeout=10) as r:
-        return json.loads(r.read())
+from test_serve_browser import (_api, _graph_case, _open, _open_review, _painted, page,  # noqa: E402,F401
+                                server)  # (the module's fixtures and helpers, shared)
 
 
 def _shown(tok: str) -> str:  # FT.shown: whitespace made visible, ∅ for an empty token
@@ -154,24 +148,19 @@ def test_every_control_has_an_accessible_name(page: Any, server: dict[str, Any])
     graph pages is named now, and each use-as-contrast button names its token."""
     case = next(c for c in server["cases"] if _api(server, f"/api/cases/{c.case_id}")["alternatives"])
     views = ((server["base"] + "#/cases", "cases"), (server["review_base"] + f"#/case/{case.case_id}", "case"),
-             (server["base"] + f"#/graph/{_graph(server).case_id}", "graph"))
+             (server["base"] + f"#/graph/{_graph_case(server).case_id}", "graph"))
     for url, ready in views:
         page.goto(url)
         page.wait_for_selector(f"body[data-ready={ready}]", timeout=20000)
         names = page.locator("main input, main select, main textarea, main button").evaluate_all(
             f"es => es.map({_NAME_JS})")
         assert len(names) >= 3 and [n for n in names if not n[1]] == [], (ready, [n for n in names if not n[1]])
-    page.goto(server["review_base"] + f"#/case/{case.case_id}")
-    page.wait_for_selector("body[data-ready=case]", timeout=20000)
+    _open_review(page, server, case)
     picks = page.locator("#alternatives button.pick").evaluate_all("bs => bs.map(b => b.getAttribute('aria-label'))")
     page_names = [f"use ‹{_shown(a['text'])}› as contrast" for a in _api(server, f"/api/cases/{case.case_id}")
                   ["alternatives"] if not a["is_target"] and not a["is_contrast"]]
     assert len(picks) > 1 and len(set(picks)) == len(picks)
     assert [p.split(" (id ")[0] + (" as contrast" if " (id " in p else "") for p in picks] == page_names
-
-
-def _graph(server: dict[str, Any]) -> Any:
-    return max(server["cases"], key=lambda c: len(c.graph["edges"]))
 
 
 def test_focus_stays_on_the_control_after_a_redraw(page: Any, server: dict[str, Any]) -> None:
@@ -235,7 +224,7 @@ def test_a_page_past_the_end_links_the_last_page_and_prev_goes_there(page: Any, 
 def test_graph_search_finds_tokens_as_their_labels_print_them(page: Any, server: dict[str, Any]) -> None:
     """The labels print a space as · and a newline as ↵, but the search compared only the raw token: on the demo
     store "·water", typed as the label reads, found 0 nodes while "water" found 30."""
-    case = _graph(server)
+    case = _graph_case(server)
     words = [" water", "water\n", "x"]
 
     def worded(route: Any) -> None:  # the demo store's kind of tokens: a leading space, a trailing newline
