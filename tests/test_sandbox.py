@@ -13,6 +13,7 @@ import socket
 import subprocess
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from pathlib import Path
 
@@ -360,7 +361,7 @@ def test_os_layers_hold_without_seccomp(host: dict) -> None:
                     "covers machines that claim them")
     full = sandbox.isolation()
     iso = Isolation(namespaces=True, user_namespace=full.user_namespace, filesystem=True, seccomp=False,
-                    drop_to=full.drop_to)
+                    drop_user=full.drop_user)
     marker = f"failtrace-daemon-{uuid.uuid4().hex}"
     daemon = run_program(iso, "import os, time\nif os.fork() == 0:\n    os.setsid()\n"
                               f"    os.execv('/bin/sleep', ['sleep', '30', {marker!r}])\ntime.sleep(0.5)\n", FAST, {})
@@ -398,7 +399,7 @@ def test_degraded_isolation_is_recorded_and_the_verdict_path_still_holds() -> No
     system-call filter still decide: a rigged answer and a fork fail."""
     from failtrace.benchmarks.sandbox.harness import run_tests as run_tests_under
 
-    degraded = Isolation(seccomp=sandbox.isolation().seccomp, drop_to=sandbox.isolation().drop_to)
+    degraded = Isolation(seccomp=sandbox.isolation().seccomp, drop_user=sandbox.isolation().drop_user)
     rigged = run_tests_under(degraded, "class S:\n    def __eq__(self, o):\n        return True\n\n"
                                        "def add(a, b):\n    return S()\n", "add", TESTS, FAST)
     assert rigged.status == "fail" and "not plain data" in rigged.reason
@@ -406,6 +407,30 @@ def test_degraded_isolation_is_recorded_and_the_verdict_path_still_holds() -> No
     assert rigged.layers["disk_cap"] is False and rigged.layers["network_off"] is False
     fork = run_tests_under(degraded, toy("import os\nos.fork()\n"), "add", TESTS, FAST)
     assert fork.status == "fail" and fork.violation == degraded.seccomp
+
+
+def test_concurrent_checks_do_not_share_a_process_limit() -> None:
+    """Each run drops to a user id of its own, so RLIMIT_NPROC counts only its own threads: a candidate that takes
+    every thread it may cannot make a correct neighbour fail. (All runs as ``nobody`` shared one count.)"""
+    if not sandbox.isolation().drop_user:
+        pytest.skip("failtrace does not run as root here, so runs do not drop to a user of their own (docs/SANDBOX.md)")
+    limits = SandboxLimits(wall_s=8, cpu_s=4, memory_mb=512, max_processes=8, disk_mb=16)
+    hog = ("import os, threading, time\nheld = []\nfor _ in range(50):\n    try:\n"
+           "        t = threading.Thread(target=time.sleep, args=(4,))\n        t.start()\n        held.append(t)\n"
+           "    except RuntimeError:\n        break\nprint(os.getuid(), len(held))\n")
+    neighbour = ("import os, threading\n\ndef add(a, b):\n    box = []\n"
+                 "    threads = [threading.Thread(target=box.append, args=(1,)) for _ in range(4)]\n"
+                 "    for t in threads:\n        t.start()\n    for t in threads:\n        t.join()\n"
+                 "    return a + b + len(box) - 4\n\ndef uid(a, b):\n    return os.getuid()\n")
+    with ThreadPoolExecutor(1) as pool:
+        hogging = pool.submit(run_python, hog, limits=limits)
+        time.sleep(1.5)  # the hog holds its threads for 4 s
+        checked = run_tests(neighbour, "add", TESTS, limits=limits)
+        uid = run_tests(neighbour, "uid", "RESULT = candidate(0, 0)\n", limits=limits)
+        held = hogging.result()
+    assert held.ok and int(held.stdout.split()[1]) >= 5, held  # it did take (nearly) all it may
+    assert checked.status == "pass", checked
+    assert uid.status == "pass" and uid.value not in (0, int(held.stdout.split()[0])), (uid, held.stdout)
 
 
 def test_require_sandbox_refuses_missing_layers(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from failtrace.benchmarks.sandbox.harness import TestRun
 from failtrace.benchmarks.sandbox.harness import run_tests as _run_tests
-from failtrace.benchmarks.sandbox.policy import NOBODY, Isolation, SandboxLimits, seccomp_filter
+from failtrace.benchmarks.sandbox.policy import Isolation, SandboxLimits, seccomp_filter
 from failtrace.benchmarks.sandbox.runner import SandboxResult, run_program
 from failtrace.errors import FailtraceError
 
@@ -32,11 +32,10 @@ def _plans() -> list[Isolation]:
     """Strongest first; :func:`isolation` keeps the first that runs a trivial program correctly."""
     seccomp = seccomp_filter() is not None
     root = os.geteuid() == 0
-    drop = NOBODY if root else None
-    plans = [Isolation(namespaces=True, user_namespace=not root, filesystem=True, seccomp=seccomp, drop_to=drop)]
+    plans = [Isolation(namespaces=True, user_namespace=not root, filesystem=True, seccomp=seccomp, drop_user=root)]
     if not shutil.which("unshare"):
         plans = []
-    return [*plans, Isolation(seccomp=seccomp, drop_to=drop), Isolation(drop_to=drop), Isolation()]
+    return [*plans, Isolation(seccomp=seccomp, drop_user=root), Isolation(drop_user=root), Isolation()]
 
 
 @functools.lru_cache(maxsize=1)
@@ -71,7 +70,7 @@ def expected_layers() -> dict[str, bool]:
     except OSError:
         kernel_seccomp = False
     claim = Isolation(namespaces=namespaces, user_namespace=namespaces and not root, filesystem=namespaces,
-                      seccomp=kernel_seccomp and seccomp_filter() is not None, drop_to=NOBODY if root else None)
+                      seccomp=kernel_seccomp and seccomp_filter() is not None, drop_user=root)
     return claim.layers()
 
 

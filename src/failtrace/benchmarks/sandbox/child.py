@@ -1,7 +1,7 @@
 """The untrusted side: the first code of the sandboxed interpreter, before the completion's own code.
 
 Shipped as source (after ``plain.py``) into ``python -I -S -B -c`` inside the namespaces the runner set up, it
-builds its new root, sets the resource limits, drops to user ``nobody`` (when the host runs as root), installs the
+builds its new root, sets the resource limits, drops to the run's own user id (when the host runs as root), installs the
 seccomp filter and then either runs a whole program (``mode == "run"``) or loads the candidate function and answers
 calls sent by the judge over a pipe (``mode == "serve"``). Nothing here decides a verdict: the code that follows may
 rewrite any of it and can then only change what it answers, exactly as a function can. Standard library only.

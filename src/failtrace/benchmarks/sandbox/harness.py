@@ -20,7 +20,7 @@ from typing import Any
 from failtrace.benchmarks.sandbox import plain
 from failtrace.benchmarks.sandbox.policy import Isolation, SandboxLimits, interpreter
 from failtrace.benchmarks.sandbox.runner import (CLEAN_ENV, Ending, bound_to_parent, child_config, finish, read_head,
-                                                 shipped_source, spawn_child, stage_dir)
+                                                 run_user, shipped_source, spawn_child, stage_dir)
 
 _GRACE_S = 0.5  # after the judge is done, how long the child may take to exit by itself before it is killed
 _MAX_REPORT = 512 * 1024 * 1024
@@ -87,13 +87,13 @@ def run_tests(iso: Isolation, candidate_source: str, entry: str, test_source: st
     function ``entry`` and ``DATA`` is ``data`` (plain data). The tests pass by returning without an exception."""
     started = time.monotonic()
     deadline = started + limits.wall_s
-    with stage_dir(candidate_source, {}) as stage:
+    with stage_dir(candidate_source, {}) as stage, run_user(iso) as uid:
         j2c_r, j2c_w = os.pipe()
         c2j_r, c2j_w = os.pipe()
         res_r, res_w = os.pipe()
         out_path, err_path, judge_err = (os.path.join(stage, n) for n in ("stdout", "stderr", "judge.err"))
         try:
-            cfg = child_config(iso, stage, limits, "serve") | {"fds": [j2c_r, c2j_w], "entry": entry}
+            cfg = child_config(iso, stage, limits, "serve", uid) | {"fds": [j2c_r, c2j_w], "entry": entry}
             with open(out_path, "wb") as out, open(err_path, "wb") as err, open(judge_err, "wb") as jerr:
                 child = spawn_child(iso, stage, cfg, (j2c_r, c2j_w), out.fileno(), err.fileno())
                 judge = _spawn_judge(stage, {"source": test_source, "data": plain.encode(data),

@@ -9,7 +9,8 @@ The layers, outermost first (each holds without the ones inside it; none lives i
   on a small tmpfs: read-only binds of ``/usr`` and the Python prefix, four device nodes and ``/work``, a tmpfs
   capped at ``disk_mb``; it remounts the root tmpfs read-only, ``pivot_root``s into it and detaches the old root.
   Nothing else of the host is visible, so nothing else can be read, written or deleted;
-* user: when the host runs as root the child drops to ``nobody`` (65534), which also makes ``RLIMIT_NPROC`` count;
+* user: when the host runs as root the child drops to a user id of its own (``runner.run_user``), which also makes
+  ``RLIMIT_NPROC`` count, and count only this run's threads: concurrent checks do not share one limit;
 * rlimits: CPU seconds, address space, file size, open files, processes, no core dumps;
 * seccomp (x86-64): process creation other than threads, exec, a new session or process group, sockets, signals to
   other processes, ptrace, mounts, namespaces, shared memory and memfds (memory the address-space limit does not
@@ -25,7 +26,6 @@ import struct
 import sys
 from dataclasses import dataclass
 
-NOBODY = 65534
 WORK_INODES = 4096  # files and folders the code may make in /work (each costs about 1 KB of kernel memory)
 CLONE_THREAD = 0x00010000
 AUDIT_ARCH_X86_64 = 0xC000003E
@@ -88,14 +88,14 @@ class Isolation:
     user_namespace: bool = False
     filesystem: bool = False
     seccomp: bool = False
-    drop_to: int | None = None
+    drop_user: bool = False  # as root: the child drops to an unprivileged user id of its own
 
     def layers(self) -> dict[str, bool]:
         """Every layer and whether it is in force; recorded in every result and verdict."""
         return {"separate_processes": True, "rlimits": True, "namespaces": self.namespaces,
                 "network_off": self.namespaces, "pid_namespace": self.namespaces,
                 "filesystem_readonly": self.filesystem, "disk_cap": self.filesystem, "seccomp": self.seccomp,
-                "unprivileged_user": self.drop_to is not None or self.user_namespace}
+                "unprivileged_user": self.drop_user or self.user_namespace}
 
 
 def seccomp_filter() -> bytes | None:
@@ -151,8 +151,10 @@ def launcher(iso: Isolation, unshare: str) -> list[str]:
     return [*cmd, "--mount", "--net", "--pid", "--ipc", "--uts", "--fork", "--kill-child"]
 
 
-def new_root(iso: Isolation, root_dir: str, input_dir: str, limits: SandboxLimits) -> dict[str, object] | None:
-    """What the child needs to build its root (see ``child.build_root``), or None without the filesystem layer."""
+def new_root(iso: Isolation, root_dir: str, input_dir: str, limits: SandboxLimits,
+             owner: int | None) -> dict[str, object] | None:
+    """What the child needs to build its root (see ``child.build_root``; ``/work`` belongs to ``owner``, the user
+    the child drops to), or None without the filesystem layer."""
     if not iso.filesystem:
         return None
     links = {p: os.readlink(p) for p in ("/bin", "/lib", "/lib64", "/sbin") if os.path.islink(p)}
@@ -161,4 +163,4 @@ def new_root(iso: Isolation, root_dir: str, input_dir: str, limits: SandboxLimit
             "devices": ["null", "zero", "urandom", "random"],
             # nr_inodes: empty files take no blocks, so size alone let 959,000 of them pin 1 GB of kernel memory
             "disk": f"size={limits.disk_mb}m,nr_inodes={WORK_INODES},mode=0700",
-            "owner": iso.drop_to}
+            "owner": owner}

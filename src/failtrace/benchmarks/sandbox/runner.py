@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -79,7 +80,7 @@ def spawn_child(iso: Isolation, stage: str, cfg: dict[str, Any], pass_fds: tuple
                 err: int) -> subprocess.Popen[bytes]:
     """Start the child: launcher + ``python -I -S -B -c <plain + child>``, config on stdin. ``unshare`` dies with
     failtrace (:func:`bound_to_parent`), and the child with ``unshare`` (it sets its own parent-death signal after
-    the switch to ``nobody``, which clears the one ``unshare --kill-child`` gave it)."""
+    the switch of user, which clears the one ``unshare --kill-child`` gave it)."""
     cmd = [*bound_to_parent(), *launcher(iso, shutil.which("unshare") or "unshare"), interpreter(), "-I", "-S", "-B",
            "-c",
            shipped_source("plain.py", "child.py") + "\nchild_main()\n"]
@@ -94,19 +95,48 @@ def spawn_child(iso: Isolation, stage: str, cfg: dict[str, Any], pass_fds: tuple
     return proc
 
 
-def child_config(iso: Isolation, stage: str, limits: SandboxLimits, mode: str) -> dict[str, Any]:
-    """The child's config line. Without the filesystem layer the child works in the host folder ``in/`` itself,
-    which then belongs to the user it drops to."""
+def child_config(iso: Isolation, stage: str, limits: SandboxLimits, mode: str, uid: int | None) -> dict[str, Any]:
+    """The child's config line; ``uid`` is the user it drops to (:func:`run_user`). Without the filesystem layer
+    the child works in the host folder ``in/`` itself, which then belongs to that user."""
     inside = "/work" if iso.filesystem else os.path.join(stage, "in")
-    if not iso.filesystem and iso.drop_to is not None:
+    if not iso.filesystem and uid is not None:
         for path in [inside, *(os.path.join(inside, n) for n in os.listdir(inside))]:
-            os.chown(path, iso.drop_to, iso.drop_to)
-    nproc = limits.max_processes if iso.drop_to is not None else _user_task_count() + limits.max_processes
+            os.chown(path, uid, uid)
+    nproc = limits.max_processes if uid is not None else _user_task_count() + limits.max_processes
     sc = seccomp_filter() if iso.seccomp else None
-    root = new_root(iso, os.path.join(stage, "root"), os.path.join(stage, "in"), limits)
-    return {"root": root, "limits": asdict(limits), "nproc": nproc, "workdir": inside, "uid": iso.drop_to,
+    root = new_root(iso, os.path.join(stage, "root"), os.path.join(stage, "in"), limits, uid)
+    return {"root": root, "limits": asdict(limits), "nproc": nproc, "workdir": inside, "uid": uid,
             "mode": mode, "seccomp": sc.hex() if sc else None, "program": "program.py",
             "max_message": limits.max_message_bytes}
+
+
+# User ids for runs, 64 per failtrace process: 0x70000000 + pid * 64 + slot, for pids below 2**22 (Linux's
+# largest pid_max) at most 0x7FFFFFFF. systemd's table of user ids leaves 1879048192-2147483647 unassigned, and no
+# account owns them: the child can read only what every user may.
+_UID_BASE, _UID_SLOTS = 0x7000_0000, 64
+_uid_slots: set[int] = set()
+_uid_free = threading.Condition()
+
+
+@contextlib.contextmanager
+def run_user(iso: Isolation) -> Iterator[int | None]:
+    """The user id one run drops to (None: it drops to none), its own while the run lasts. ``RLIMIT_NPROC`` counts
+    a user's threads across the host: with one shared user (``nobody``), a candidate holding every thread it may
+    made a concurrent, correct check fail. Ids are unique among live runs: by pid across processes (a pid is not
+    reused while its process lives, and a run's processes die with it), by slot within one."""
+    if not iso.drop_user:
+        yield None
+        return
+    with _uid_free:
+        _uid_free.wait_for(lambda: len(_uid_slots) < _UID_SLOTS)
+        slot = min(set(range(_UID_SLOTS)) - _uid_slots)
+        _uid_slots.add(slot)
+    try:
+        yield _UID_BASE + (os.getpid() % (1 << 22)) * _UID_SLOTS + slot
+    finally:
+        with _uid_free:
+            _uid_slots.discard(slot)
+            _uid_free.notify()
 
 
 def _user_task_count() -> int:
@@ -146,7 +176,7 @@ def _kill_all(pid: int) -> None:
     """SIGKILL ``pid``'s children, then its process group. Under ``unshare`` the child is the PID namespace's first
     process, and the whole namespace dies with it, even a process that left the group (seccomp also forbids
     ``setsid``; without seccomp, or before it is loaded, this is what holds). ``unshare --kill-child`` alone does not
-    hold: the switch to ``nobody`` clears the child's parent-death signal."""
+    hold: the switch of user clears the child's parent-death signal."""
     for child in _children(pid):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(child, signal.SIGKILL)
@@ -229,10 +259,11 @@ class SandboxResult:
 def run_program(iso: Isolation, program: str, limits: SandboxLimits, files: dict[str, bytes]) -> SandboxResult:
     """Run a whole program under ``iso``; the parent classifies the run from the exit status alone."""
     started = time.monotonic()
-    with stage_dir(program, files) as stage:
+    with stage_dir(program, files) as stage, run_user(iso) as uid:
         out_path, err_path = os.path.join(stage, "stdout"), os.path.join(stage, "stderr")
+        cfg = child_config(iso, stage, limits, "run", uid)
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            proc = spawn_child(iso, stage, child_config(iso, stage, limits, "run"), (), out.fileno(), err.fileno())
+            proc = spawn_child(iso, stage, cfg, (), out.fileno(), err.fileno())
         try:
             end = finish(proc, started + limits.wall_s)
         except BaseException:  # Ctrl-C or any error in this process: the program must not outlive the call
