@@ -132,7 +132,7 @@ def _note_run_limits(store: Path, run_id: str, said: int = 0) -> int:
     pair) unless a larger rollout budget settles it; a small --max-new-tokens can leave most of a run undecidable, and
     nothing else would say so before ``pairs``. ``said``: the not-generated items this call's summary line named (the
     note then speaks only of earlier calls'). Returns the run's failures."""
-    from failtrace.failures.collect import FINISH_CONTEXT
+    from failtrace.store.records import FINISH_CONTEXT
     from failtrace.store.store import open_store
 
     with _store_errors(store), open_store(store, read_only=True) as st:

@@ -45,6 +45,9 @@ def status_command(
     con.print(_runs_table(runs, f"failtrace status: {store}{snapshot}"))
     for n, r in enumerate(runs, 1):  # the ids --run and --pair-run take (a unique prefix is enough)
         con.print(f"collection run #{n}: {r.run_id}  {r.collection_settings}".rstrip(), highlight=False)
+        if r.not_generated:
+            con.print(f"collection run #{n}: {count_of(r.not_generated, 'item')} not generated, the prompt filling "
+                      "the model's context window (unverifiable)", highlight=False)
     paired = [r for r in rows if r.pair_run_id is not None]
     labels = [_pair_label(number[r.run_id], r, paired) for r in paired]
     if paired:

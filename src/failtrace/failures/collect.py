@@ -30,7 +30,7 @@ from failtrace.errors import FailtraceError
 from failtrace.failures.generation import Generated, decode_completion, eos_token_ids, greedy_generate, pad_token_id
 from failtrace.models.limits import context_length
 from failtrace.progress import progress_bar
-from failtrace.store.records import run_id_of
+from failtrace.store.records import FINISH_CONTEXT, run_id_of
 from failtrace.store.schema import VERDICT_STATUSES
 from failtrace.store.store import GenerationRecord, ResultsStore, RunRecord
 
@@ -57,7 +57,6 @@ def finish_item(tokenizer: Any, benchmark: Benchmark, item: Item, prompt_ids: li
     return gen, verdict, time.perf_counter() - t
 
 
-FINISH_CONTEXT = "context"  # finish reason of an item whose prompt fills the context window: nothing was generated
 
 
 def over_window(prompt_ids: list[int], window: int | None) -> tuple[GenerationRecord, Verdict] | None:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from failtrace.errors import FailtraceError
-from failtrace.store.records import KEYS, StatusRow, describe_collection_settings, loads
+from failtrace.store.records import FINISH_CONTEXT, KEYS, StatusRow, describe_collection_settings, loads
 from failtrace.store.schema import PAIR_STATUSES, TABLES
 
 if TYPE_CHECKING:
@@ -24,17 +24,18 @@ def status_rows(store: ResultsStore) -> list[StatusRow]:
     for run in store.runs("collect"):
         items = con.execute("SELECT count(*) FROM run_items WHERE run_id = ?", [run.run_id]).fetchone()[0]
         agg = con.execute(
-            "SELECT count(*), count(*) FILTER (v.status = 'pass'), count(*) FILTER (v.status = 'fail'), "
-            "count(*) FILTER (v.status = 'unverifiable'), avg(g.prompt_tokens), avg(g.n_tokens), "
-            "count(*) FILTER (v.status = 'fail' AND g.finish_reason = 'length') "
+            "SELECT count(*) FILTER (g.finish_reason <> ?), count(*) FILTER (v.status = 'pass'), "
+            "count(*) FILTER (v.status = 'fail'), count(*) FILTER (v.status = 'unverifiable'), avg(g.prompt_tokens), "
+            "avg(g.n_tokens) FILTER (g.finish_reason <> ?), count(*) FILTER (v.status = 'fail' AND "
+            "g.finish_reason = 'length'), count(*) FILTER (g.finish_reason = ?) "
             "FROM generations g JOIN verdicts v USING (run_id, item_id) WHERE g.run_id = ?",
-            [run.run_id]).fetchone()
-        generated, passed, failed, unverif, avg_p, avg_c, at_limit = agg
+            [FINISH_CONTEXT, FINISH_CONTEXT, FINISH_CONTEXT, run.run_id]).fetchone()
+        generated, passed, failed, unverif, avg_p, avg_c, at_limit, over_window = agg
         pair_runs = [r for r in pair_runs_all if r.parent_run_id == run.run_id]
         base = dict(benchmark=run.benchmark, model=run.model, run_id=run.run_id, items=int(items),
                     generated=int(generated), passed=int(passed), failed=int(failed), unverifiable=int(unverif),
                     avg_prompt_tokens=None if avg_p is None else float(avg_p),
-                    avg_completion_tokens=None if avg_c is None else float(avg_c), failed_at_limit=int(at_limit),
+                    avg_completion_tokens=None if avg_c is None else float(avg_c), failed_at_limit=int(at_limit), not_generated=int(over_window),
                     collection_settings=describe_collection_settings(run.dtype, run.settings))
         if not pair_runs:
             out.append(StatusRow(pair_run_id=None, pair_settings={}, pairs={}, **base))

@@ -16,6 +16,7 @@ from failtrace.store.schema import CASE_KEYS
 
 DEFAULT_STORE = "failtrace.duckdb"
 
+FINISH_CONTEXT = "context"  # finish reason of an item whose prompt fills the context window: nothing was generated
 TEXT_MOST = 2000  # the longest comment or override reason a person may store (the explorer's forms and the CLI)
 # control characters other than tab and line breaks, C1 included (U+009B is an escape many terminals obey)
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
@@ -122,7 +123,7 @@ class GenerationRecord:
     prompt_ids: list[int]
     token_ids: list[int]
     completion: str
-    finish_reason: str  # "eos", "length", "context" (not generated: the prompt fills the window), "error" (Ray)
+    finish_reason: str  # "eos", "length", FINISH_CONTEXT (not generated: the prompt fills the window), "error" (Ray)
     seconds: float = 0.0
 
     @property
@@ -162,6 +163,7 @@ class StatusRow:
     continued_pass: int | None = None
     continued_fail: int | None = None
     failed_at_limit: int | None = None  # failures of the collection run whose completion hit the token budget
+    not_generated: int = 0  # items whose prompt fills the model's context window (unverifiable, not in ``generated``)
     collection_settings: str = ""  # what tells collection runs apart (describe_collection_settings)
 
     @property
