@@ -310,6 +310,19 @@ def test_cli_refuses_bad_scale_options_before_touching_anything(tmp_path: Path,
     assert not store.exists()
 
 
+def test_the_api_refuses_more_local_workers_than_cores_before_starting_ray() -> None:
+    """The CLI's refusal lives in ensure_ray itself: collect_on_ray(workers=4096) started a local cluster of 4096
+    CPUs and loaded the model 4096 times. Nothing is started; a joined cluster is not limited by this machine."""
+    if ray.is_initialized():
+        ray.shutdown()
+    from failtrace.scale import ensure_ray
+
+    cores = os.cpu_count() or 1
+    with pytest.raises(FailtraceError, match=f"--workers {cores + 1} is more than this machine's {cores} cores"):
+        ensure_ray(cores + 1)
+    assert not ray.is_initialized()
+
+
 def test_calls_to_a_restarting_actor_are_submitted_again_until_it_answers() -> None:
     """A driver attaching to a named pool while Ray restarts one of its workers gets ``ActorUnavailableError``:
     the pool submits the calls again until they answer (or the timeout passes); a dead actor's error passes through."""

@@ -8,7 +8,6 @@ The checks are typer callbacks: a bad value ends the command before any file is 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -141,12 +140,10 @@ def check_scale(workers: int | None, ray_address: str | None, batch_size: int = 
     if batch_size != 1:
         raise FailtraceError("--batch-size > 1 is not supported with --workers (each worker decodes one item at a "
                              "time); drop one of them")
-    cores = os.cpu_count() or 1
-    if ray_address is None and workers > cores:  # each loads the model and takes a core: 100000 ran for minutes
-        raise FailtraceError(f"--workers {workers} is more than this machine's {cores} cores (each worker loads the "
-                             f"model and takes at least one); give at most {cores}, or --ray-address for a cluster")
-    from failtrace.scale.pool import require_ray
+    from failtrace.scale.pool import check_local_workers, require_ray
 
+    if ray_address is None:  # refused before any model loads; ensure_ray checks the same for the Python API
+        check_local_workers(workers)
     require_ray()
 
 

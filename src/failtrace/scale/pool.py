@@ -36,11 +36,20 @@ def require_ray() -> Any:
     return ray
 
 
+def check_local_workers(workers: int) -> None:
+    """A local cluster runs at most one worker per core: each loads the model and takes one (100000 ran for
+    minutes before anything was refused). A joined cluster (``--ray-address``) is sized by its own nodes."""
+    cores = os.cpu_count() or 1
+    if workers > cores:
+        raise FailtraceError(f"--workers {workers} is more than this machine's {cores} cores (each worker loads the "
+                             f"model and takes at least one); give at most {cores}, or --ray-address for a cluster")
+
+
 def ensure_ray(workers: int, address: str | None = None) -> bool:
     """Connect to Ray (``address``, e.g. ``auto``) or start a local cluster over this machine's cores.
 
     Returns True when this call started it (the caller shuts it down). An already connected process is reused.
-    A local cluster gets ``max(workers, cores)`` CPUs. Its workers keep Ray's default niceness (15: Ray's daemons
+    A local cluster gets this machine's cores, and at most that many workers (:func:`check_local_workers`). Its workers keep Ray's default niceness (15: Ray's daemons
     and the driver come first within the session); ``RAY_worker_niceness=0`` in the environment changes it, and each
     worker records its own. docs/SCALE.md has the measurements behind keeping the default.
     """
@@ -49,12 +58,14 @@ def ensure_ray(workers: int, address: str | None = None) -> bool:
         return False
     if address:
         check_reachable(address)
+    else:
+        check_local_workers(workers)
     try:
         with _keeping_signal_handlers():
             if address:
                 ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, logging_level=logging.ERROR)
             else:
-                ray.init(num_cpus=max(workers, os.cpu_count() or 1), namespace=NAMESPACE, include_dashboard=False,
+                ray.init(num_cpus=os.cpu_count() or 1, namespace=NAMESPACE, include_dashboard=False,
                          log_to_driver=False, logging_level=logging.ERROR)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
