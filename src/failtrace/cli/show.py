@@ -77,12 +77,12 @@ def show_command(
             for r in load_comparisons(st, {c.case_id for c in chosen}):
                 across.setdefault(r["case_id"], []).append(r)
             if across:  # a checkpoint's series is named over every stored checkpoint row, as the report names it
-                from failtrace.report.compare_data import series_key, series_names, series_of
+                from failtrace.report.compare_data import series_key, series_parts
                 from failtrace.store.comparisons import checkpoint_runs
 
-                names = series_names(checkpoint_runs(st))
+                parts = series_parts(checkpoint_runs(st))
                 for r in (r for rows in across.values() for r in rows if r.get("step") is not None):
-                    r["series"] = _run_label(names.get(series_key(r)), series_of(r["model"]))
+                    r["series"] = _run_label(parts.get(series_key(r)), r["model"])
             answers = case_answers(st, chosen[:1])  # what the model wrote, the checker's reason, the fix
     con = _console()
     if case is None and item is None:
@@ -273,12 +273,15 @@ def _segments_table(c: Any, method: str) -> Any:
     return t
 
 
-def _run_label(name: str | None, folder: str) -> str:
-    """What a checkpoint row's series name adds to its own folder: nothing when they agree, ``(run <id>)`` when
-    two finetune runs share the folder, else the series' name (the run was compared under another path too)."""
-    if not name or name == folder:
+def _run_label(parts: tuple[str, str] | None, model: str) -> str:
+    """What a checkpoint row's series adds to its own folder: nothing when they agree, ``(run <id>)`` when two
+    finetune runs share the folder, else the series' whole name (the run was compared under another path too)."""
+    from failtrace.report.compare_data import series_of
+
+    if parts is None:
         return ""
-    return name[len(folder):].strip() if name.startswith(folder + " (run ") else name
+    folder, tag = parts
+    return tag if folder == series_of(model) else f"{folder} {tag}".rstrip()
 
 
 def _across_table(rows: list[dict[str, Any]]) -> Any:

@@ -53,19 +53,24 @@ def series_key(row: Row) -> str:
     return str(row.get("training_run") or "folder:" + series_of(row["model"]))
 
 
-def series_names(rows: Sequence[Row]) -> dict[str, str]:
-    """Series key -> its name: the folder of the run's rows (the most used path, then the shortest), with the run's
-    id added when two runs (or a run and older, unrecorded rows) share that folder."""
+def series_parts(rows: Sequence[Row]) -> dict[str, tuple[str, str]]:
+    """Series key -> (its folder: the most used path of the run's rows, then the shortest; what tells it from
+    another series in that folder: ``(run <id>)``, ``(run not recorded)`` for older, unrecorded rows, or "")."""
     paths: dict[str, dict[str, int]] = {}
     for r in rows:
         if is_checkpoint(r):
             folder = series_of(r["model"])
             seen = paths.setdefault(series_key(r), {})
             seen[folder] = seen.get(folder, 0) + 1
-    names = {k: min(seen, key=lambda f: (-seen[f], len(f), f)) for k, seen in paths.items()}
-    shared = {n for n, uses in Counter(names.values()).items() if uses > 1}
-    return {k: f"{n} (run {k[:8]})" if n in shared and not k.startswith("folder:") else
-            f"{n} (run not recorded)" if n in shared else n for k, n in names.items()}
+    folders = {k: min(seen, key=lambda f: (-seen[f], len(f), f)) for k, seen in paths.items()}
+    shared = {n for n, uses in Counter(folders.values()).items() if uses > 1}
+    return {k: (f, "" if f not in shared else "(run not recorded)" if k.startswith("folder:") else f"(run {k[:8]})")
+            for k, f in folders.items()}
+
+
+def series_names(rows: Sequence[Row]) -> dict[str, str]:
+    """Series key -> its name: its folder, with what tells it apart when two series share it (:func:`series_parts`)."""
+    return {k: f"{folder} {tag}" if tag else folder for k, (folder, tag) in series_parts(rows).items()}
 
 
 def with_series(rows: Sequence[Row]) -> list[dict[str, Any]]:
