@@ -404,6 +404,29 @@ def test_review_names_the_case_of_the_newest_analysis(toy: dict[str, Any], tmp_p
     assert sha256(store) == before
 
 
+def test_the_newest_decision_on_a_pair_is_the_one_in_force(toy: dict[str, Any], tmp_path: Path) -> None:
+    """Reviews are a log: accepting a pair and then rejecting it kept both rows, and nothing said which one holds.
+    The case says its decision in force (the newest accept or reject; contrast picks and overrides are not decisions
+    on the pair), and None before any."""
+    store = tmp_path / "decide.duckdb"
+    shutil.copy(toy["store"], store)
+    case = toy["cases"][0]
+    pair = {"pair_run_id": case.pair_run_id, "item_id": case.item_id}
+    with TestClient(create_app(store, review=True), base_url="http://127.0.0.1") as c:
+        url = f"/api/cases/{case.case_id}"
+        assert c.get(url).json()["decision"] is None
+        assert c.post("/api/reviews", json={**pair, "decision": "accept", "comment": "looks right"}).status_code == 201
+        assert c.get(url).json()["decision"]["decision"] == "accept"
+        assert c.post("/api/reviews", json={**pair, "decision": "reject", "comment": "no"}).status_code == 201
+        other = next(k for k in ("M-IA", "NC-IA+M-AG", "NC-IA+AG") if k != c.get(url).json()["effective_category"])
+        assert c.post(f"{url}/override", json={"category": other, "comment": "why"}).status_code == 201
+        body = c.get(url).json()
+        assert body["decision"]["decision"] == "reject" and body["decision"]["comment"] == "no"
+        assert body["decision"]["review_id"] == next(r["review_id"] for r in body["reviews"]
+                                                     if r["decision"] in ("accept", "reject"))
+        assert [r["decision"] for r in body["reviews"]][1:] == ["reject", "accept"]  # the log keeps them all
+
+
 def test_review_mode_writes_nothing_until_the_first_review(toy: dict[str, Any], tmp_path: Path) -> None:
     """--review opened the store and created the reviews table at once, so merely browsing changed the file; now
     the table is made by the first review (and reads before it see none). A reviews table of an older version (no

@@ -480,10 +480,17 @@ def test_review_mode_records_a_decision(page: Any, server: dict[str, Any]) -> No
                            "document.querySelector('#review').textContent.includes('reject: the contrast')")
     assert "reject: the contrast is also wrong" in page.inner_text("#review")
     assert re.search(r"\d\d:\d\d:\d\d · reject", page.inner_text("#review"))  # whole seconds, no microseconds
+    assert re.fullmatch(r"pair rejected \(the decision in force, \S+ \d\d:\d\d:\d\d\)", page.inner_text("#rv-in-force"))
     _shot(page, "review")
     rows = [(x["decision"], x["comment"], x["case_id"])  # as the server holds the file
             for x in _api(server, "api/reviews", "review_base")["reviews"]]
     assert rows == [("reject", "the contrast is also wrong", case.case_id)]
+    page.fill("#rv-comment", "on second thought, fine")  # the log keeps both; the newer one is in force
+    page.click("#rv-accept")
+    page.wait_for_function("document.querySelector('#rv-in-force').textContent.startsWith('pair accepted')")
+    notes = page.locator("#review .note").all_inner_texts()
+    assert notes[0].endswith("accept: on second thought, fine")
+    assert notes[1].endswith("reject: the contrast is also wrong (superseded)")
 
 
 def test_api_reference_from_openapi_without_cdn(page: Any, server: dict[str, Any]) -> None:

@@ -129,6 +129,8 @@ def case_detail(con: Any, case_id: str, reviews_table: bool) -> dict[str, Any] |
                 "pattern": pattern_sentence(c["pattern"], ev["pattern_evidence"], tokens)},
         "notes": col("notes") or [], "settings": col("settings") or {}, "pair": pair, "verdict": verdict,
         "reviews": reviews, "has_graph": has_graph,
+        # the log keeps every decision on the pair; the newest accept or reject is the one in force
+        "decision": next((r for r in reviews if r["decision"] in ("accept", "reject")), None),
         # what the model wrote, the checker's reason, the answer with the contrast forced (views.common.answer_rows)
         "answers": [list(r) for r in answer_rows(answer_of(con, c["run_id"], c["pair_run_id"], c["item_id"]))],
         "alternatives": alt_rows(read_alternatives(con, case_id), c["target_id"], c["contrast_id"]),

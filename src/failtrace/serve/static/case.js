@@ -315,9 +315,15 @@
 
   FT.views.reviewBox = function (c) {
     var box = el("section", {class: "block", id: "review"}, [el("h3", {}, "Review")]);
+    function when(r) { return String(r.created_at).replace(/\.\d+$/, ""); }
+    // the log keeps every decision; the newest accept or reject (API `decision`) is the one in force
+    if (c.decision) box.appendChild(el("p", {id: "rv-in-force"}, [el("strong", {}, "pair " + c.decision.decision + "ed"),
+      " (the decision in force, " + when(c.decision) + ")"]));
     (c.reviews || []).forEach(function (r) {
-      box.appendChild(el("div", {class: "note"}, String(r.created_at).replace(/\.\d+$/, "") + " · " + r.decision + (r.category ? " → " + r.category : "") +
-        (r.contrast_id !== null && r.contrast_id !== undefined ? " → ‹" + FT.shown(r.contrast_text) + "› (#" + r.contrast_id + ")" : "") + (r.comment ? ": " + r.comment : "")));
+      var superseded = (r.decision === "accept" || r.decision === "reject") && r.review_id !== c.decision.review_id;
+      box.appendChild(el("div", {class: "note" + (superseded ? " muted" : "")}, when(r) + " · " + r.decision + (r.category ? " → " + r.category : "") +
+        (r.contrast_id !== null && r.contrast_id !== undefined ? " → ‹" + FT.shown(r.contrast_text) + "› (#" + r.contrast_id + ")" : "") + (r.comment ? ": " + r.comment : "") +
+        (superseded ? " (superseded)" : "")));
     });
     if (!FT.meta.review) { box.appendChild(el("p", {class: "muted"}, "read-only: start with `failtrace serve --review` to accept/reject pairs or override categories.")); return box; }
     var comment = el("textarea", {id: "rv-comment", maxlength: 2000, placeholder: "comment (required for an override)",
