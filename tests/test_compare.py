@@ -296,3 +296,44 @@ def test_export_dpo_fields_weights_and_datasets(cmp: dict[str, Any], tmp_path: P
     ds = datasets.load_dataset("json", data_files=str(out), split="train")
     assert ds.num_rows == len(recs) and {"prompt", "chosen", "rejected"} <= set(ds.column_names)
     assert main(["export-dpo", "--store", str(cmp["store"]), "--out", str(out), "--tail-weight", "2"]) == 2
+
+
+def _review(store: Path, decisions: list[tuple[Any, str]]) -> None:
+    """Write review rows as a reviewer does: through the explorer's API in review mode."""
+    from fastapi.testclient import TestClient
+
+    from failtrace.serve.app import create_app
+
+    with TestClient(create_app(store, review=True), base_url="http://127.0.0.1") as c:
+        for case, decision in decisions:
+            r = c.post("/api/reviews", json={"pair_run_id": case.pair_run_id, "item_id": case.item_id,
+                                             "decision": decision, "comment": decision})
+            assert r.status_code == 201, r.text
+
+
+def test_export_dpo_leaves_out_pairs_rejected_in_review(cmp: dict[str, Any], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """A pair a reviewer rejected (not a real failure point, a wrong contrast) was still written as a preference to
+    teach. The newest accept or reject of a pair holds: rejected then accepted stays in, accepted then rejected is
+    out; and a store whose every pair is rejected writes nothing, in one line."""
+    from failtrace.cli import main
+
+    store = tmp_path / "reviewed.duckdb"
+    store.write_bytes(cmp["store"].read_bytes())
+    first, second = cmp["cases"][:2]
+    _review(store, [(first, "accept"), (second, "reject"), (first, "reject"), (second, "accept")])
+    out = tmp_path / "prefs.jsonl"
+    assert main(["export-dpo", "--store", str(store), "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert f"wrote {len(cmp['cases']) - 1} preference pairs to {out} (1 case left out: a reviewer rejected the " \
+           "pair)" in said
+    ids = [json.loads(x)["case_id"] for x in out.read_text().splitlines()]
+    assert first.case_id not in ids and second.case_id in ids and len(ids) == len(cmp["cases"]) - 1
+    _review(store, [(c, "reject") for c in cmp["cases"]])
+    before = out.read_bytes()
+    assert main(["export-dpo", "--store", str(store), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: every one of the {len(cmp['cases'])} cases in {store} has a pair rejected in review "
+                   "(failtrace serve --review); nothing to write"]
+    assert out.read_bytes() == before  # the earlier file is kept
+

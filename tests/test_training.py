@@ -81,8 +81,33 @@ def _examples(run: dict[str, Any]) -> dict[str, Any]:
 
     lm = run["lm"]
     with open_store(run["store"], read_only=True) as st:
-        ex = load_examples(st, lm.tokenizer, eos_token_ids(lm.model, lm.tokenizer), model_fingerprint(lm))
+        ex, _ = load_examples(st, lm.tokenizer, eos_token_ids(lm.model, lm.tokenizer), model_fingerprint(lm))
     return {e.case_id: e for e in ex}
+
+
+def test_a_pair_rejected_in_review_is_not_trained_on(run: dict[str, Any], tmp_path: Path) -> None:
+    """finetune reads its examples as export-dpo does: a pair whose newest review decision is reject is left out,
+    and counted."""
+    from fastapi.testclient import TestClient
+
+    from failtrace.failures.generation import eos_token_ids
+    from failtrace.models.fingerprint import model_fingerprint
+    from failtrace.serve.app import create_app
+    from failtrace.training.data import load_examples
+
+    store = tmp_path / "reviewed.duckdb"
+    store.write_bytes(Path(run["store"]).read_bytes())
+    every = _examples(run)
+    gone = sorted(every)[0]
+    with open_store(store, read_only=True) as st:
+        pair_run, item = st.con.execute("SELECT pair_run_id, item_id FROM cases WHERE case_id = ?", [gone]).fetchone()
+    with TestClient(create_app(store, review=True), base_url="http://127.0.0.1") as c:
+        assert c.post("/api/reviews", json={"pair_run_id": pair_run, "item_id": item, "decision": "reject",
+                                            "comment": "wrong contrast"}).status_code == 201
+    lm = run["lm"]
+    with open_store(store, read_only=True) as st:
+        kept, rejected = load_examples(st, lm.tokenizer, eos_token_ids(lm.model, lm.tokenizer), model_fingerprint(lm))
+    assert rejected == 1 and sorted(e.case_id for e in kept) == sorted(set(every) - {gone})
 
 
 def test_checkpoints_are_plain_transformers_folders_with_metadata(run: dict[str, Any]) -> None:

@@ -24,6 +24,8 @@ every context token (prompt included) for other uses. Format and derivation: doc
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -74,9 +76,45 @@ def preference_record(case: Case, item: Any, pair: dict[str, Any], generation: d
             **response_weights(case, tail_weight)}
 
 
+def training_cases(store: ResultsStore, cases: list[Case]) -> tuple[list[Case], int]:
+    """The cases fit to train on, and how many were left out: those whose pair a reviewer rejected (its newest
+    accept or reject in the explorer's review log, :mod:`failtrace.store.reviews`): not a real failure point, or a
+    wrong contrast, so not a preference to teach."""
+    from failtrace.store.reviews import rejected_pairs
+
+    rejected = rejected_pairs(store.con)
+    kept = [c for c in cases if (c.pair_run_id, c.item_id) not in rejected]
+    return kept, len(cases) - len(kept)
+
+
+def preference_records(store: ResultsStore, cases: list[Case], tail_weight: float = 0.0) -> Iterator[dict[str, Any]]:
+    """One :func:`preference_record` per case whose pair has a verified recovery (a case made by hand may have none:
+    nothing honest to prefer or imitate), in the order of ``cases``."""
+    pairs = {(p["pair_run_id"], p["item_id"]): p for p in store.pairs()}
+    generations: dict[str, dict[str, dict[str, Any]]] = {}
+    for case in cases:
+        pair = pairs.get((case.pair_run_id, case.item_id))
+        if pair is None or not pair.get("recovered_completion"):
+            continue
+        if case.run_id not in generations:
+            generations[case.run_id] = {g["item_id"]: g for g in store.results(case.run_id)}
+        yield preference_record(case, store.get_item(case.benchmark, case.item_id), pair,
+                                generations[case.run_id][case.item_id], tail_weight)
+
+
+@dataclass(frozen=True)
+class DpoExport:
+    """What ``export_dpo`` wrote: the file, its lines, and the cases left out because their pair was rejected."""
+
+    path: Path
+    records: int
+    rejected: int
+
+
 def export_dpo(store: ResultsStore, out: str | Path, benchmark: str | None = None,
-               tail_weight: float = 0.0) -> tuple[Path, int]:
-    """Write prefs.jsonl (atomically: ``.part`` then rename; a pipe or device in place); returns (path, lines)."""
+               tail_weight: float = 0.0) -> DpoExport:
+    """Write prefs.jsonl (atomically: ``.part`` then rename; a pipe or device in place) from the clean cases a
+    reviewer has not rejected (:func:`training_cases`)."""
     from failtrace.store.cases import load_cases
 
     cases = load_cases(store, benchmark=benchmark)
@@ -86,8 +124,10 @@ def export_dpo(store: ResultsStore, out: str | Path, benchmark: str | None = Non
                              + (" (`failtrace status` lists the benchmarks)" if benchmark else ""))
     if not 0.0 <= tail_weight <= 1.0:
         raise FailtraceError(f"--tail-weight must be in [0, 1], got {tail_weight}")
-    pairs = {(p["pair_run_id"], p["item_id"]): p for p in store.pairs()}
-    generations: dict[str, dict[str, dict[str, Any]]] = {}
+    kept, rejected = training_cases(store, cases)
+    if not kept:
+        raise FailtraceError(f"every one of the {len(cases)} cases in {store.path} has a pair rejected in review "
+                             "(failtrace serve --review); nothing to write")
     path = Path(out)
     # A pipe, /dev/stdout or a device is written in place: renaming over it would replace it by a regular file. A
     # symbolic link is written through: the rename replaces the file it points at, never the link.
@@ -98,20 +138,13 @@ def export_dpo(store: ResultsStore, out: str | Path, benchmark: str | None = Non
     path.parent.mkdir(parents=True, exist_ok=True)  # like every other output: a missing folder is made
     n = 0
     with tmp.open("w", encoding="utf-8") as fh:
-        for case in cases:
-            pair = pairs.get((case.pair_run_id, case.item_id))
-            if pair is None or not pair.get("recovered_completion"):
-                continue  # no verified recovery to prefer (e.g. a case made by hand): nothing honest to write
-            if case.run_id not in generations:
-                generations[case.run_id] = {g["item_id"]: g for g in store.results(case.run_id)}
-            rec = preference_record(case, store.get_item(case.benchmark, case.item_id), pair,
-                                    generations[case.run_id][case.item_id], tail_weight)
+        for rec in preference_records(store, kept, tail_weight):
             fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
             n += 1
     if n == 0:
         if not direct:
             tmp.unlink()
-        raise FailtraceError(f"none of the {len(cases)} cases in {store.path} has a pair with a recovered completion")
+        raise FailtraceError(f"none of the {len(kept)} cases in {store.path} has a pair with a recovered completion")
     if not direct:
         tmp.replace(path)
-    return path, n
+    return DpoExport(path, n, rejected)

@@ -170,9 +170,11 @@ def export_dpo_command(
     check_output_file(out, "--out", "prefs.jsonl")  # before reading the store: one line, not a crash log
     with open_store(store, read_only=True) as st:
         require_cases(st, benchmark)
-        path, n = export_dpo(st, out, benchmark=benchmark, tail_weight=tail_weight)
+        done = export_dpo(st, out, benchmark=benchmark, tail_weight=tail_weight)
+    left = (f" ({count_of(done.rejected, 'case')} left out: a reviewer rejected the pair)" if done.rejected else "")
     # written to a pipe or terminal (--out /dev/stdout): the data stream gets the records only
-    typer.echo(f"wrote {count_of(n, 'preference pair')} to {path}", err=not Path(path).resolve().is_file())
+    typer.echo(f"wrote {count_of(done.records, 'preference pair')} to {done.path}{left}",
+               err=not Path(done.path).resolve().is_file())
 
 
 def register(app: typer.Typer) -> None:

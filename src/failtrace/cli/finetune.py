@@ -72,7 +72,8 @@ def finetune_command(
         lm = load_model(model, progress=progress)
         result = finetune(st, lm, out, settings, progress=progress)
     resumed = "" if result.resumed_from is None else f"; resumed from step {result.resumed_from}"
-    typer.echo(f"{method}: {count_of(len(result.trained), 'case')} trained, {len(result.held_out)} held out; "
+    left = f", {result.rejected} left out (a reviewer rejected the pair)" if result.rejected else ""
+    typer.echo(f"{method}: {count_of(len(result.trained), 'case')} trained, {len(result.held_out)} held out{left}; "
                f"{count_of(len(result.checkpoints), 'checkpoint')} in {result.out} ({result.seconds:.0f} s{resumed})")
     shown = result.losses[:: max(1, len(result.losses) // 10)]
     for h in shown + [h for h in result.losses[-1:] if h not in shown]:  # about ten, and always the last

@@ -22,6 +22,7 @@ from failtrace.errors import FailtraceError
 from failtrace.store.alternatives import read as read_alternatives
 from failtrace.store.cases import answer_of
 from failtrace.store.records import loads
+from failtrace.store.reviews import DECISIONS
 from failtrace.report.evidence import dl as evidence_html
 from failtrace.views.common import CLIP, MASK_AFTER, MASK_BEFORE, SUM_NOTE, answer_rows, k_star_label, masked_caption
 from failtrace.views.verdicts import category_sentence, pattern_sentence
@@ -130,7 +131,7 @@ def case_detail(con: Any, case_id: str, reviews_table: bool) -> dict[str, Any] |
         "notes": col("notes") or [], "settings": col("settings") or {}, "pair": pair, "verdict": verdict,
         "reviews": reviews, "has_graph": has_graph,
         # the log keeps every decision on the pair; the newest accept or reject is the one in force
-        "decision": next((r for r in reviews if r["decision"] in ("accept", "reject")), None),
+        "decision": next((r for r in reviews if r["decision"] in DECISIONS), None),
         # what the model wrote, the checker's reason, the answer with the contrast forced (views.common.answer_rows)
         "answers": [list(r) for r in answer_rows(answer_of(con, c["run_id"], c["pair_run_id"], c["item_id"]))],
         "alternatives": alt_rows(read_alternatives(con, case_id), c["target_id"], c["contrast_id"]),
@@ -140,7 +141,7 @@ def case_detail(con: Any, case_id: str, reviews_table: bool) -> dict[str, Any] |
 def review_rows(con: Any, pair_run_id: str, item_id: str) -> list[dict[str, Any]]:
     """The reviews of one pair, newest first."""
     cur = con.execute("SELECT * EXCLUDE (pair_run_id, item_id) REPLACE (CAST(created_at AS VARCHAR) AS created_at) "
-                      "FROM reviews WHERE pair_run_id = ? AND item_id = ? ORDER BY created_at DESC",
+                      "FROM reviews WHERE pair_run_id = ? AND item_id = ? ORDER BY created_at DESC, review_id DESC",
                       [pair_run_id, item_id])
     names = [d[0] for d in cur.description]
     return [dict(zip(names, r)) for r in cur.fetchall()]

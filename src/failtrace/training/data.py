@@ -97,9 +97,10 @@ def build_example(tokenizer: Any, record: dict[str, Any], eos: frozenset[int], t
 
 def load_examples(store: ResultsStore, tokenizer: Any, eos: frozenset[int], model_fingerprint: str,
                   benchmark: str | None = None, tail_weight: float = 0.0,
-                  model_name: str | None = None) -> list[Example]:
-    """Examples of every clean case of the model with ``model_fingerprint`` that has a verified recovery."""
-    from failtrace.cases.preferences import preference_record
+                  model_name: str | None = None) -> tuple[list[Example], int]:
+    """Examples of every clean case of the model with ``model_fingerprint`` that has a verified recovery and whose
+    pair no reviewer rejected (:func:`failtrace.cases.preferences.training_cases`), and how many were rejected."""
+    from failtrace.cases.preferences import preference_records, training_cases
     from failtrace.store.cases import load_cases
 
     cases = load_cases(store, benchmark=benchmark, model_fingerprint=model_fingerprint)
@@ -115,19 +116,12 @@ def load_examples(store: ResultsStore, tokenizer: Any, eos: frozenset[int], mode
         raise FailtraceError(f"no cases of {which} (by its content fingerprint) in {where}; its cases are of "
                              f"{', '.join(have) or 'no model'}: pass one of those with --model, or run "
                              f"`failtrace analyse` with this model first")
-    pairs = {(p["pair_run_id"], p["item_id"]): p for p in store.pairs()}
-    generations: dict[str, dict[str, dict[str, Any]]] = {}
-    out = []
-    for case in cases:
-        pair = pairs.get((case.pair_run_id, case.item_id))
-        if pair is None or not pair.get("recovered_completion"):
-            continue  # no verified recovery: nothing to prefer or imitate
-        if case.run_id not in generations:
-            generations[case.run_id] = {g["item_id"]: g for g in store.results(case.run_id)}
-        rec = preference_record(case, store.get_item(case.benchmark, case.item_id), pair,
-                                generations[case.run_id][case.item_id], tail_weight)
-        out.append(build_example(tokenizer, rec, eos, tail_weight))
+    kept, rejected = training_cases(store, cases)
+    if not kept:
+        raise FailtraceError(f"every one of the {len(cases)} cases of this model in {store.path} has a pair rejected "
+                             "in review (failtrace serve --review); nothing to train on")
+    out = [build_example(tokenizer, rec, eos, tail_weight) for rec in preference_records(store, kept, tail_weight)]
     if not out:
-        raise FailtraceError(f"none of the {len(cases)} cases of this model in {store.path} has a pair with a "
+        raise FailtraceError(f"none of the {len(kept)} cases of this model in {store.path} has a pair with a "
                              f"recovered completion; nothing to train on")
-    return out
+    return out, rejected

@@ -94,6 +94,7 @@ class FinetuneResult:
     seconds: float = 0.0
     resumed_from: int | None = None  # the step an interrupted run with the same identity was continued from
     replaced: list[str] = field(default_factory=list)  # another run's leftover step folders this run removed
+    rejected: int = 0  # cases left out: a reviewer rejected their pair (cases.preferences.training_cases)
 
 
 def require_trl() -> None:
@@ -211,7 +212,7 @@ def finetune(store: ResultsStore, lm: Any, out: str | Path, settings: FinetuneSe
     require_trl()
     t0 = time.perf_counter()
     base_fp = model_fingerprint(lm)
-    examples = load_examples(store, lm.tokenizer, eos_token_ids(lm.model, lm.tokenizer), base_fp,
+    examples, rejected = load_examples(store, lm.tokenizer, eos_token_ids(lm.model, lm.tokenizer), base_fp,
                              settings.benchmark, settings.tail_weight, model_name=lm.name)
     trained, held = split_cases([e.case_id for e in examples], settings.held_out, settings.seed)
     by_id = {e.case_id: e for e in examples}
@@ -221,7 +222,8 @@ def finetune(store: ResultsStore, lm: Any, out: str | Path, settings: FinetuneSe
             "trained_case_ids": trained, "held_out_case_ids": held,
             "trained_item_ids": [by_id[c].item_id for c in trained],
             "held_out_item_ids": [by_id[c].item_id for c in held], "versions": _versions(),
-            "example_notes": {e.case_id: e.notes for e in examples if e.notes}}
+            "example_notes": {e.case_id: e.notes for e in examples if e.notes},
+            "rejected_in_review": rejected}
     out = Path(out)
     identity = {k: meta[k] for k in (*RUN_KEYS, "versions")}  # a resume continues only this run, on these versions
     check_resume_dir(out)
@@ -258,4 +260,5 @@ def finetune(store: ResultsStore, lm: Any, out: str | Path, settings: FinetuneSe
     for name in replaced:  # vouched that each other step-N is a failtrace checkpoint, so another run's
         shutil.rmtree(out / name)
     return FinetuneResult(out=out, checkpoints=saved, trained=trained, held_out=held, losses=losses,
-                          seconds=time.perf_counter() - t0, resumed_from=resumed, replaced=replaced)
+                          seconds=time.perf_counter() - t0, resumed_from=resumed, replaced=replaced,
+                          rejected=rejected)
