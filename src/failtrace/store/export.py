@@ -35,7 +35,8 @@ def status_rows(store: ResultsStore) -> list[StatusRow]:
         base = dict(benchmark=run.benchmark, model=run.model, run_id=run.run_id, items=int(items),
                     generated=int(generated), passed=int(passed), failed=int(failed), unverifiable=int(unverif),
                     avg_prompt_tokens=None if avg_p is None else float(avg_p),
-                    avg_completion_tokens=None if avg_c is None else float(avg_c), failed_at_limit=int(at_limit), not_generated=int(over_window),
+                    avg_completion_tokens=None if avg_c is None else float(avg_c), failed_at_limit=int(at_limit),
+                    not_generated=int(over_window),
                     collection_settings=describe_collection_settings(run.dtype, run.settings))
         if not pair_runs:
             out.append(StatusRow(pair_run_id=None, pair_settings={}, pairs={}, **base))
