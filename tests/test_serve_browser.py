@@ -480,7 +480,8 @@ def test_review_mode_records_a_decision(page: Any, server: dict[str, Any]) -> No
                            "document.querySelector('#review').textContent.includes('reject: the contrast')")
     assert "reject: the contrast is also wrong" in page.inner_text("#review")
     assert re.search(r"\d\d:\d\d:\d\d · reject", page.inner_text("#review"))  # whole seconds, no microseconds
-    assert re.fullmatch(r"pair rejected \(the decision in force, \S+ \d\d:\d\d:\d\d\)", page.inner_text("#rv-in-force"))
+    assert re.fullmatch(r"pair rejected \(the decision in force, \S+ \d\d:\d\d:\d\d\); export-dpo and finetune "
+                        r"leave it out", page.inner_text("#rv-in-force"))
     _shot(page, "review")
     rows = [(x["decision"], x["comment"], x["case_id"])  # as the server holds the file
             for x in _api(server, "api/reviews", "review_base")["reviews"]]

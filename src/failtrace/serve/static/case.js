@@ -318,7 +318,8 @@
     function when(r) { return String(r.created_at).replace(/\.\d+$/, ""); }
     // the log keeps every decision; the newest accept or reject (API `decision`) is the one in force
     if (c.decision) box.appendChild(el("p", {id: "rv-in-force"}, [el("strong", {}, "pair " + c.decision.decision + "ed"),
-      " (the decision in force, " + when(c.decision) + ")"]));
+      " (the decision in force, " + when(c.decision) + ")" +
+      (c.decision.decision === "reject" ? "; export-dpo and finetune leave it out" : "")]));
     (c.reviews || []).forEach(function (r) {
       var superseded = (r.decision === "accept" || r.decision === "reject") && r.review_id !== c.decision.review_id;
       box.appendChild(el("div", {class: "note" + (superseded ? " muted" : "")}, when(r) + " · " + r.decision + (r.category ? " → " + r.category : "") +
