@@ -39,7 +39,7 @@ def _f(model: Any, **inputs: torch.Tensor) -> float:
     return float(logits[TARGET] - logits[CONTRAST])
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "gemma3"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "gemma3", "gemma2"])
 def test_ig_completeness_and_its_error_shrinks_with_steps(family: str) -> None:
     model = make_tiny(family, dtype=torch.float64, seed=1)
     norms = [m for m in model.modules() if type(m).__name__.endswith("RMSNorm")]
