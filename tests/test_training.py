@@ -153,6 +153,22 @@ def test_split_is_seeded_and_fixed() -> None:
     assert sorted(held) == sorted(want) and sorted(trained + held) == sorted(ids)
     assert split_cases(list(reversed(ids)), 0.3, seed=7)[1] == [c for c in reversed(ids) if c in held]
     assert split_cases(["a", "b"], 0.9, seed=0)[0]  # at least one case stays trained
+    assert split_cases(ids, 0.3, seed=7, items=ids) == (trained, held)  # one case per item: the same split
+
+
+def test_an_items_cases_stay_on_one_side_of_the_split() -> None:
+    """Two pair runs over one store give two cases of an item: split as case ids, finetune trained on an item and
+    held it out too. Each item's cases now go together, ranked by their smallest hash."""
+    ids = [f"case{i}" for i in range(12)]
+    items = [f"item{i // 2}" for i in range(12)]  # two cases per item
+    for seed in range(20):
+        trained, held = split_cases(ids, 0.3, seed=seed, items=items)
+        side = {items[ids.index(c)]: "t" for c in trained} | {items[ids.index(c)]: "h" for c in held}
+        assert not {items[ids.index(c)] for c in trained} & {items[ids.index(c)] for c in held}, seed
+        assert sum(v == "h" for v in side.values()) == 2 and sorted(trained + held) == sorted(ids)  # round(0.3 * 6)
+        rank = sorted(set(items), key=lambda it: min(hashlib.sha256(f"{seed}:{c}".encode()).hexdigest()
+                                                     for c, i in zip(ids, items) if i == it))
+        assert {items[ids.index(c)] for c in held} == set(rank[:2])
 
 
 def test_sft_lowers_the_completion_nll_on_trained_cases(run: dict[str, Any]) -> None:

@@ -43,18 +43,28 @@ class Example:
     notes: list[str] = field(default_factory=list)
 
 
-def split_cases(case_ids: Sequence[str], held_out: float, seed: int) -> tuple[list[str], list[str]]:
-    """(trained, held-out) case ids: a fixed, seeded share held out.
+def split_cases(case_ids: Sequence[str], held_out: float, seed: int,
+                items: Sequence[str] | None = None) -> tuple[list[str], list[str]]:
+    """(trained, held-out) case ids: a fixed, seeded share of the items held out, each item's cases on one side.
 
-    Cases are ordered by SHA-256(seed:case_id) and the first round(held_out * n) are held out (at least one case
-    stays trained). The split depends only on the ids, the share and the seed, never on the store's row order.
+    ``items[i]`` names case i's item (default: each case is its own). Items are ordered by the smallest
+    SHA-256(seed:case_id) among their cases and the first round(held_out * items) are held out, with all their cases
+    (at least one item stays trained). With one case per item that is the order of the case ids themselves. Why by
+    item: a store searched twice (two pair runs) has two cases of one item, and a split of case ids trained on an
+    item while holding it out. The split depends only on the ids, the share and the seed, never on the row order.
     """
     if not 0.0 <= held_out < 1.0:
         raise FailtraceError(f"--held-out must be in [0, 1), got {held_out}")
-    ranked = sorted(case_ids, key=lambda c: hashlib.sha256(f"{seed}:{c}".encode()).hexdigest())
+    items = list(case_ids) if items is None else list(items)
+    first: dict[str, str] = {}
+    for case, item in zip(case_ids, items):
+        h = hashlib.sha256(f"{seed}:{case}".encode()).hexdigest()
+        first[item] = min(h, first.get(item, h))
+    ranked = sorted(first, key=first.__getitem__)
     n_held = min(int(math.floor(held_out * len(ranked) + 0.5)), max(len(ranked) - 1, 0))
     held = set(ranked[:n_held])
-    return [c for c in case_ids if c not in held], [c for c in case_ids if c in held]
+    return ([c for c, i in zip(case_ids, items) if i not in held],
+            [c for c, i in zip(case_ids, items) if i in held])
 
 
 def chosen_ids(tokenizer: Any, prefix: list[int], contrast: int, recovered: str, eos: int) -> tuple[list[int], str]:

@@ -214,7 +214,8 @@ def finetune(store: ResultsStore, lm: Any, out: str | Path, settings: FinetuneSe
     base_fp = model_fingerprint(lm)
     examples, rejected = load_examples(store, lm.tokenizer, eos_token_ids(lm.model, lm.tokenizer), base_fp,
                              settings.benchmark, settings.tail_weight, model_name=lm.name)
-    trained, held = split_cases([e.case_id for e in examples], settings.held_out, settings.seed)
+    trained, held = split_cases([e.case_id for e in examples], settings.held_out, settings.seed,
+                                items=[f"{e.benchmark}\x1f{e.item_id}" for e in examples])
     by_id = {e.case_id: e for e in examples}
     meta = {"method": settings.method, "settings": asdict(settings), "base_model": lm.name,
             "base_model_source": lm.source, "base_model_fingerprint": base_fp,
