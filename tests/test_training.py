@@ -717,6 +717,9 @@ def test_a_trainer_state_cut_short_is_not_resumed_from(run: dict[str, Any], tmp_
     with open_store(run["store"], read_only=True) as st:
         again = finetune(st, run["lm"], out, _settings())
     assert again.resumed_from is None and again.losses == run["results"]["sft"].losses
+    assert again.restarted_over == 3  # said, not silent: the rerun trained steps 1-3 again (the CLI's note)
+    with open_store(run["store"], read_only=True) as st:  # a whole run: nothing to restart over
+        assert finetune(st, run["lm"], tmp_path / "whole", _settings()).restarted_over is None
 
 
 def test_quiet_transformers_nested_keeps_the_bars_off_until_the_outer_one_ends() -> None:

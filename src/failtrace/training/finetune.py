@@ -95,6 +95,9 @@ class FinetuneResult:
     resumed_from: int | None = None  # the step an interrupted run with the same identity was continued from
     replaced: list[str] = field(default_factory=list)  # another run's leftover step folders this run removed
     rejected: int = 0  # cases left out: a reviewer rejected their pair (cases.preferences.training_cases)
+    # the newest step an interrupted run of these settings saved without a whole trainer state (interrupted while
+    # saving it): this run trained again from step 0 (deterministic: the same weights)
+    restarted_over: int | None = None
 
 
 def require_trl() -> None:
@@ -206,7 +209,8 @@ def finetune(store: ResultsStore, lm: Any, out: str | Path, settings: FinetuneSe
     from failtrace.models.loading import _quiet_transformers
     from failtrace.training.checkpoints import (RUN_KEYS, make_save_callback, numbered, save_checkpoint, step_folder,
                                                vocab_digest)
-    from failtrace.training.resume import RESUME_DIR, check_resume_dir, finish_resume, resume_point, start_resume
+    from failtrace.training.resume import (RESUME_DIR, check_resume_dir, finish_resume, resume_point, start_resume,
+                                           unresumable_step)
 
     settings.check()
     require_trl()
@@ -229,6 +233,7 @@ def finetune(store: ResultsStore, lm: Any, out: str | Path, settings: FinetuneSe
     identity = {k: meta[k] for k in (*RUN_KEYS, "versions")}  # a resume continues only this run, on these versions
     check_resume_dir(out)
     state, resumed = resume_point(out, identity)
+    restarted = unresumable_step(out, identity) if resumed is None else None
     if resumed is None:  # this run starts at step 0; another run's resume state is replaced (or dropped)
         saved = [save_checkpoint(lm.model, lm.tokenizer, out, 0, meta | {"loss_history": []})]
         if settings.resume_state:
@@ -262,4 +267,4 @@ def finetune(store: ResultsStore, lm: Any, out: str | Path, settings: FinetuneSe
         shutil.rmtree(out / name)
     return FinetuneResult(out=out, checkpoints=saved, trained=trained, held_out=held, losses=losses,
                           seconds=time.perf_counter() - t0, resumed_from=resumed, replaced=replaced,
-                          rejected=rejected)
+                          rejected=rejected, restarted_over=restarted)

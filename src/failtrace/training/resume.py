@@ -42,6 +42,22 @@ def resume_point(out: str | Path, identity: dict[str, Any]) -> tuple[Path | None
     return None, None
 
 
+def unresumable_step(out: str | Path, identity: dict[str, Any]) -> int | None:
+    """The newest step folder (> 0) an interrupted run with this ``identity`` saved when :func:`resume_point` found
+    no whole trainer state for it (interrupted in the seconds between the step folder and the trainer's own
+    checkpoint): the rerun trains from step 0 again, and says so. None otherwise."""
+    from failtrace.training.checkpoints import numbered
+
+    try:
+        stored = json.loads((Path(out) / RESUME_DIR / IDENTITY_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if stored != json.loads(json.dumps(identity)):
+        return None
+    steps = [n for p in Path(out).glob("step-*") if (n := numbered(p.name, "step-")) is not None and n > 0]
+    return max(steps, default=None)
+
+
 def _state_step(checkpoint: Path) -> int | None:
     """The step in the checkpoint's trainer_state.json (written last), None when it is cut short or unreadable."""
     try:
