@@ -474,6 +474,17 @@ def test_damaged_checkpoint_metadata_is_named(run: dict[str, Any], tmp_path: Pat
         read_metadata(folder)
 
 
+def test_checkpoint_metadata_missing_one_key_names_that_key(run: dict[str, Any], tmp_path: Path) -> None:
+    """It named all five keys whatever was missing."""
+    folder = tmp_path / "ck"
+    shutil.copytree(run["results"]["sft"].checkpoints[0], folder)
+    meta = json.loads((folder / "failtrace_checkpoint.json").read_text())
+    del meta["held_out_case_ids"]
+    (folder / "failtrace_checkpoint.json").write_text(json.dumps(meta))
+    with pytest.raises(FailtraceError, match=r"failtrace_checkpoint\.json lacks held_out_case_ids; the checkpoint"):
+        read_metadata(folder)
+
+
 def test_a_cut_checkpoint_later_in_the_list_fails_before_any_row(run: dict[str, Any], tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     """compare --checkpoints GOOD CUT: the cut weights were found at CUT's turn, after GOOD's rows were committed."""

@@ -152,8 +152,10 @@ def read_metadata(folder: str | Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise FailtraceError(f"{path} is not valid JSON ({exc}); the checkpoint is damaged") from None
     need = ("method", "step", "base_model_fingerprint", "trained_case_ids", "held_out_case_ids")
-    if not isinstance(meta, dict) or any(k not in meta for k in need):
-        raise FailtraceError(f"{path} lacks {', '.join(need)}; the checkpoint is damaged or from another tool")
+    if not isinstance(meta, dict):
+        raise FailtraceError(f"{path} is not a JSON object; the checkpoint is damaged or from another tool")
+    if missing := [k for k in need if k not in meta]:  # name only what is missing
+        raise FailtraceError(f"{path} lacks {', '.join(missing)}; the checkpoint is damaged or from another tool")
     step = meta["step"]
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise FailtraceError(f"{path}: step {step!r} is not a whole number ≥ 0; the checkpoint is damaged")
