@@ -169,16 +169,18 @@ def test_a_compared_case_shows_its_other_models_and_checkpoints(tmp_path_factory
     info = compared_toy_store(tmp_path_factory.mktemp("show-compare"))
     with open_store(info["store"], read_only=True) as st:
         case = load_cases(st)[0]
-        rows = st.con.execute("SELECT model, step, delta_logit, mapped FROM comparisons WHERE case_id = ? "
-                              "AND NOT reference", [case.case_id]).fetchall()
+        rows = st.con.execute("SELECT model, step, delta_logit, mapped, flip_k, flip_curve FROM comparisons "
+                              "WHERE case_id = ? AND NOT reference", [case.case_id]).fetchall()
     assert len(rows) >= 3  # another model and two checkpoints
     code, out, _ = _show(capsys, monkeypatch, "--store", str(info["store"]), "--case", case.case_id)
     assert code == 0
     part = out.split("across models and checkpoints", 1)[1]
     lines = [[c.strip() for c in x.rstrip().split("│")[1:-1]] for x in part.splitlines() if x.startswith("│")]
     shown = {(r[0], r[1]): r for r in lines}
-    for model, step, dl, mapped in rows:
+    for model, step, dl, mapped, k, curve in rows:
         r = shown[(str(model), "—" if step is None else str(step))]
+        # k* as the case list words it: none = the curve ran without a flip; — = corrected already or no curve
+        assert r[5] == (str(k) if k is not None and curve[0] >= 0 else "none" if curve and curve[0] >= 0 else "—")
         if mapped:
             assert float(r[3]) == pytest.approx(dl, abs=1e-3) and r[4] == ("yes" if dl < 0 else "no")
         else:

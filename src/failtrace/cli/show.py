@@ -284,13 +284,22 @@ def _run_label(parts: tuple[str, str] | None, model: str) -> str:
     return tag if folder == series_of(model) else f"{folder} {tag}".rstrip()
 
 
+def _k_cell(row: dict[str, Any]) -> str:
+    """k* of a comparison row as the case list prints it: the number; "none" when its masking curve ran without a
+    flip within K; "—" without a curve, or when that model is corrected already (nothing to flip)."""
+    if row.get("flip_k") is not None:
+        return str(row["flip_k"])
+    curve = row.get("flip_curve")
+    return "—" if not curve or curve[0] < 0 else "none"
+
+
 def _across_table(rows: list[dict[str, Any]]) -> Any:
     """The case re-scored on other models and checkpoints (``failtrace compare``): corrected = Δℓ < 0 there."""
     from rich.table import Table
 
     t = Table(title="across models and checkpoints (failtrace compare)", title_justify="left", caption_justify="left",
-              caption="corrected: that model prefers the contrast (Δℓ < 0); the report's Fig. 4-7 and the explorer "
-                      "draw them")
+              caption="corrected: that model prefers the contrast (Δℓ < 0); k*: none = no flip within K, — = "
+                      "corrected already or not computed; the report's Fig. 4-7 and the explorer draw them")
     series = any(r.get("series") for r in rows)  # a checkpoint's finetune run, where its folder does not say it
     for name in ("model", "step", "split", "Δℓ", "corrected", "k*", *(["run"] if series else [])):
         t.add_column(name, justify="right" if name in ("step", "Δℓ", "k*") else "left")
@@ -300,7 +309,7 @@ def _across_table(rows: list[dict[str, Any]]) -> Any:
         t.add_row(str(r["model"]) + (" (the case's model)" if r.get("reference") else ""),
                   "—" if r.get("step") is None else str(r["step"]), r.get("split") or "—",
                   f"{dl:.3f}" if mapped else "—", ("yes" if dl < 0 else "no") if mapped else "not mapped",
-                  "—" if r.get("flip_k") is None else str(r["flip_k"]), *([r.get("series") or "—"] if series else []))
+                  _k_cell(r), *([r.get("series") or "—"] if series else []))
     return t
 
 
