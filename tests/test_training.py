@@ -554,6 +554,31 @@ def test_model_rows_and_checkpoint_rows_never_stand_in_for_each_other(run: dict[
     assert "note: these checkpoints come from 2 different finetune runs" in text and "dpo, sft" in text
 
 
+def test_cases_the_run_never_saw_are_counted_in_a_note(run: dict[str, Any], tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A case outside both splits (here: its pair rejected in review before training) got a row without a split,
+    and the table's columns silently summed to fewer cases than the line above them counted."""
+    from fastapi.testclient import TestClient
+
+    from failtrace.cli import main
+    from failtrace.serve.app import create_app
+
+    store = tmp_path / "s.duckdb"
+    shutil.copy(run["store"], store)
+    gone = run["cases"][0]
+    with TestClient(create_app(store, review=True), base_url="http://127.0.0.1") as c:
+        assert c.post("/api/reviews", json={"pair_run_id": gone.pair_run_id, "item_id": gone.item_id,
+                                            "decision": "reject", "comment": "no"}).status_code == 201
+    with open_store(store, read_only=True) as st:
+        result = finetune(st, run["lm"], tmp_path / "ck", FinetuneSettings(method="sft", steps=2, save_every=2, lr=LR))
+    assert result.rejected == 1 and gone.case_id not in result.trained + result.held_out
+    assert main(["compare", "-s", str(store), "--checkpoints", str(result.checkpoints[0]), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    n = len(run["cases"])
+    assert f"note: 1 case of the {n} is in neither split of the run" in text
+    assert sum(_ckpt_counts(text, str(result.checkpoints[0]))) == n - 1
+
+
 def test_checkpoints_twice_or_with_another_vocabulary_leave_the_store_unchanged(
         run: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import hashlib

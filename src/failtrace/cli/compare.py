@@ -81,6 +81,14 @@ def _print_checkpoints(st: ResultsStore, folders: list[str], summary: Checkpoint
 
     typer.echo(f"{count_of(summary.cases, 'case')} on {count_of(len(folders), 'checkpoint')} "
                f"({summary.seconds:.1f} s{_reused(summary.skipped)}); corrected = Δℓ < 0")
+    from failtrace.training.checkpoints import split_of
+
+    unseen = {c for f in folders for c in summary.case_ids if split_of(summary.metas[f], c) is None}
+    if unseen:  # stored with split null and a note; the columns count only the run's own two sets
+        verb = "is" if len(unseen) == 1 else "are"
+        typer.echo(f"note: {count_of(len(unseen), 'case')} of the {summary.cases} {verb} in neither split of the run "
+                   "(it never saw them: e.g. cases analysed after it was trained); stored without a split and not "
+                   "counted in the columns below")
     runs = {training_run_id(summary.metas[f]) for f in folders}
     if len(runs) > 1:  # e.g. an --out folder rewritten by a shorter run keeps the longer run's later steps
         methods = sorted({str(summary.metas[f].get("method")) for f in folders})
