@@ -286,7 +286,7 @@ NAMED = "import ctypes, os, time\nctypes.CDLL(None).prctl(15, {name!r}.encode(),
 
 def test_a_candidate_that_leaves_its_process_group_does_not_outlive_the_run() -> None:
     """Before: ``os.setsid()`` took the child out of the process group the parent kills, and ``unshare
-    --kill-child`` did not hold (the switch to nobody clears the parent-death signal), so a candidate that also made
+    --kill-child`` did not hold (the switch of user clears the parent-death signal), so a candidate that also made
     ``os._exit`` hang stayed alive after a *passing* check, holding its memory, until its CPU limit. Here the
     seccomp layer ends it at ``setsid``; ``test_os_layers_hold_without_seccomp`` shows that the parent's kill of the
     namespace's first process holds without that layer (it fails without the kill when the tests run as root)."""
@@ -315,7 +315,7 @@ run_tests(code, "add", "assert candidate(1, 2) == 3\\n", limits=SandboxLimits(wa
 def test_a_check_does_not_outlive_failtrace() -> None:
     """Before: SIGKILL of the process running a check (a Ray worker killed mid-check, an OOM kill) left the sleeping
     child and its judge running for ever: nothing tied them to failtrace. Now unshare and the judge carry the
-    parent-death signal (setpriv), and the child sets its own after the switch to nobody."""
+    parent-death signal (setpriv), and the child sets its own after the switch of user."""
     name = "ft" + uuid.uuid4().hex[:12]
     code = NAMED.format(name=name) + "\ndef add(a, b):\n    time.sleep(10 ** 6)\n"
     env = {**os.environ, "PYTHONPATH": str(Path(sandbox.__file__).resolve().parents[3])}
@@ -446,3 +446,28 @@ def test_require_sandbox_refuses_missing_layers(monkeypatch: pytest.MonkeyPatch)
             run_python("print(1)\n", limits=FAST)
     finally:
         sandbox.expected_layers.cache_clear()
+
+
+def test_runs_drop_to_nobody_where_the_user_namespace_does_not_map_their_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Root in a rootless or remapped container maps only 0-65535: a chown or setuid to the per-run ids fails there
+    (EINVAL), which broke every plan. There the runs drop to nobody, as before; a forked child frees no slot of its
+    parent's and starts with none taken."""
+    from failtrace.benchmarks.sandbox import runner
+
+    iso = Isolation(drop_user=True)
+    with runner.run_user(iso) as uid:
+        assert uid is not None and uid >= runner._UID_BASE  # this machine (root, initial namespace) maps them
+    monkeypatch.setattr(runner, "_ids_mapped", lambda first, last: False)
+    with runner.run_user(iso) as a, runner.run_user(iso) as b:
+        assert a == b == runner.NOBODY
+    monkeypatch.undo()
+    with runner.run_user(iso):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: no slot of its parent's is taken in it, and its ids are its own
+            with runner.run_user(iso) as mine:
+                os.write(w, f"{len(runner._uid_slots)} {mine}".encode())
+            os._exit(0)
+        os.waitpid(pid, 0)
+        taken, mine = os.read(r, 100).decode().split()
+    assert taken == "1" and int(mine) == runner._UID_BASE + (pid % (1 << 22)) * runner._UID_SLOTS

@@ -42,7 +42,10 @@ def _plans() -> list[Isolation]:
 def isolation() -> Isolation:
     """The strongest isolation that works on this machine, probed once per process."""
     for plan in _plans():
-        result = run_program(plan, _PROBE, SandboxLimits(wall_s=20), {})
+        try:
+            result = run_program(plan, _PROBE, SandboxLimits(wall_s=20), {})
+        except OSError:  # the plan cannot even be set up here (e.g. a chown the user namespace refuses): weaker one
+            continue
         if result.ok and result.stdout.strip() == "2":
             return plan
     return Isolation()

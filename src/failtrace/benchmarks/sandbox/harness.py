@@ -85,9 +85,9 @@ def run_tests(iso: Isolation, candidate_source: str, entry: str, test_source: st
               data: Any = None) -> TestRun:
     """Load ``candidate_source`` in the sandbox and run ``test_source`` in the judge, where ``candidate`` calls the
     function ``entry`` and ``DATA`` is ``data`` (plain data). The tests pass by returning without an exception."""
-    started = time.monotonic()
-    deadline = started + limits.wall_s
     with stage_dir(candidate_source, {}) as stage, run_user(iso) as uid:
+        started = time.monotonic()  # after the user id is granted: waiting for one is not the candidate's time
+        deadline = started + limits.wall_s
         j2c_r, j2c_w = os.pipe()
         c2j_r, c2j_w = os.pipe()
         res_r, res_w = os.pipe()

@@ -111,28 +111,61 @@ def child_config(iso: Isolation, stage: str, limits: SandboxLimits, mode: str, u
 
 
 # User ids for runs, 64 per failtrace process: 0x70000000 + pid * 64 + slot, for pids below 2**22 (Linux's
-# largest pid_max) at most 0x7FFFFFFF. systemd's table of user ids leaves 1879048192-2147483647 unassigned, and no
-# account owns them: the child can read only what every user may.
+# largest pid_max) at most 0x7FFFFFFF. No account owns ids in that range (systemd's table leaves it unassigned): the
+# child can read only what every user may. Where the user namespace does not map them (root in a rootless or
+# remapped container, usually 0-65535 only), every run drops to ``nobody`` as before.
 _UID_BASE, _UID_SLOTS = 0x7000_0000, 64
+NOBODY = 65534
 _uid_slots: set[int] = set()
 _uid_free = threading.Condition()
+
+
+def _reset_after_fork() -> None:
+    """A forked child starts with no run of its own (the parent's slots are not its to free, and a lock held by
+    another thread at the fork would never be released); its pid gives it ids of its own."""
+    global _uid_free
+    _uid_slots.clear()
+    _uid_free = threading.Condition()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+@functools.lru_cache(maxsize=1)
+def _ids_mapped(first: int, last: int) -> bool:
+    """Whether this process's user namespace maps every user and group id in [first, last] (/proc/self/uid_map
+    and gid_map: ``inside outside count`` per line; the initial namespace maps all of them)."""
+    for name in ("uid_map", "gid_map"):
+        try:
+            lines = Path(f"/proc/self/{name}").read_text().split("\n")
+        except OSError:
+            return False
+        ranges = [(int(a), int(a) + int(n)) for a, _b, n in (ln.split() for ln in lines if ln.strip())]
+        if not any(lo <= first and last < hi for lo, hi in ranges):
+            return False
+    return True
 
 
 @contextlib.contextmanager
 def run_user(iso: Isolation) -> Iterator[int | None]:
     """The user id one run drops to (None: it drops to none), its own while the run lasts. ``RLIMIT_NPROC`` counts
     a user's threads across the host: with one shared user (``nobody``), a candidate holding every thread it may
-    made a concurrent, correct check fail. Ids are unique among live runs: by pid across processes (a pid is not
-    reused while its process lives, and a run's processes die with it), by slot within one."""
+    made a concurrent, correct check fail. Ids are unique among live runs of one PID namespace: by pid across
+    processes, by slot within one. (With namespaces, a run's processes die with it; in the bare plan, without them
+    or seccomp, a daemon the code left behind keeps its id, and the next run of the slot shares it.)"""
     if not iso.drop_user:
         yield None
+        return
+    base = _UID_BASE + (os.getpid() % (1 << 22)) * _UID_SLOTS
+    if not _ids_mapped(base, base + _UID_SLOTS - 1):
+        yield NOBODY
         return
     with _uid_free:
         _uid_free.wait_for(lambda: len(_uid_slots) < _UID_SLOTS)
         slot = min(set(range(_UID_SLOTS)) - _uid_slots)
         _uid_slots.add(slot)
     try:
-        yield _UID_BASE + (os.getpid() % (1 << 22)) * _UID_SLOTS + slot
+        yield base + slot
     finally:
         with _uid_free:
             _uid_slots.discard(slot)
@@ -258,8 +291,8 @@ class SandboxResult:
 
 def run_program(iso: Isolation, program: str, limits: SandboxLimits, files: dict[str, bytes]) -> SandboxResult:
     """Run a whole program under ``iso``; the parent classifies the run from the exit status alone."""
-    started = time.monotonic()
     with stage_dir(program, files) as stage, run_user(iso) as uid:
+        started = time.monotonic()  # after the user id is granted: waiting for one is not the program's time
         out_path, err_path = os.path.join(stage, "stdout"), os.path.join(stage, "stderr")
         cfg = child_config(iso, stage, limits, "run", uid)
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
