@@ -756,6 +756,14 @@ def test_a_trainer_state_cut_short_is_not_resumed_from(run: dict[str, Any], tmp_
     assert again.restarted_over == 3  # said, not silent: the rerun trained steps 1-3 again (the CLI's note)
     with open_store(run["store"], read_only=True) as st:  # a whole run: nothing to restart over
         assert finetune(st, run["lm"], tmp_path / "whole", _settings()).restarted_over is None
+    # another run's step folder left in --out is not this run's step: an identity with other settings finds none
+    other = {**identity, "settings": {**identity["settings"], "lr": identity["settings"]["lr"] / 2}}
+    (out / ".resume").mkdir(exist_ok=True)
+    (out / ".resume" / "identity.json").write_text(json.dumps(other))
+    from failtrace.training.resume import unresumable_step
+
+    assert sorted(p.name for p in out.glob("step-*")) == ["step-0", "step-3", "step-6"]
+    assert unresumable_step(out, other) is None and unresumable_step(out, identity) is None  # (not its identity)
 
 
 def test_quiet_transformers_nested_keeps_the_bars_off_until_the_outer_one_ends() -> None:

@@ -43,10 +43,12 @@ def resume_point(out: str | Path, identity: dict[str, Any]) -> tuple[Path | None
 
 
 def unresumable_step(out: str | Path, identity: dict[str, Any]) -> int | None:
-    """The newest step folder (> 0) an interrupted run with this ``identity`` saved when :func:`resume_point` found
-    no whole trainer state for it (interrupted in the seconds between the step folder and the trainer's own
-    checkpoint): the rerun trains from step 0 again, and says so. None otherwise."""
-    from failtrace.training.checkpoints import numbered
+    """The newest step (> 0) an interrupted run with this ``identity`` saved as a step folder of its own, when
+    :func:`resume_point` found nothing to resume it from (e.g. interrupted in the seconds between the step folder
+    and the trainer's own checkpoint): the rerun trains from step 0 again, and says so. Another run's step folders
+    left in ``out`` do not count. None otherwise."""
+    from failtrace.errors import FailtraceError
+    from failtrace.training.checkpoints import numbered, read_metadata, training_run_id
 
     try:
         stored = json.loads((Path(out) / RESUME_DIR / IDENTITY_FILE).read_text(encoding="utf-8"))
@@ -54,7 +56,14 @@ def unresumable_step(out: str | Path, identity: dict[str, Any]) -> int | None:
         return None
     if stored != json.loads(json.dumps(identity)):
         return None
-    steps = [n for p in Path(out).glob("step-*") if (n := numbered(p.name, "step-")) is not None and n > 0]
+    mine, steps = training_run_id(identity), []
+    for p in Path(out).glob("step-*"):
+        if (n := numbered(p.name, "step-")) is not None and n > 0:
+            try:
+                if training_run_id(read_metadata(p)) == mine:
+                    steps.append(n)
+            except FailtraceError:  # a damaged or foreign folder is not this run's step
+                continue
     return max(steps, default=None)
 
 
