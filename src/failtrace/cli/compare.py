@@ -83,13 +83,20 @@ def _print_checkpoints(st: ResultsStore, folders: list[str], summary: Checkpoint
                f"({summary.seconds:.1f} s{_reused(summary.skipped)}); corrected = Δℓ < 0")
     from failtrace.training.checkpoints import split_of
 
-    unseen = {c for f in folders for c in summary.case_ids if split_of(summary.metas[f], c) is None}
-    if unseen:  # stored with split null and a note; the columns count only the run's own two sets
-        verb = "is" if len(unseen) == 1 else "are"
-        typer.echo(f"note: {count_of(len(unseen), 'case')} of the {summary.cases} {verb} in neither split of the run "
-                   "(it never saw them: e.g. cases analysed after it was trained); stored without a split and not "
-                   "counted in the columns below")
-    runs = {training_run_id(summary.metas[f]) for f in folders}
+    by_run: dict[str, list[str]] = {}  # each finetune run's folders: a case's split is its own run's
+    for f in folders:
+        by_run.setdefault(training_run_id(summary.metas[f]), []).append(f)
+    for run_folders in by_run.values():  # stored with split null and a note; the columns count the run's two sets
+        meta = summary.metas[run_folders[0]]
+        unseen = [c for c in summary.case_ids if split_of(meta, c) is None]
+        if unseen:
+            verb = "is" if len(unseen) == 1 else "are"
+            whose = "" if len(by_run) == 1 else f" of {run_folders[0]}" + (" and the others of its run"
+                                                                             if len(run_folders) > 1 else "")
+            typer.echo(f"note: {count_of(len(unseen), 'case')} of the {summary.cases} {verb} in neither split of the "
+                       f"run{whose} (not trained on nor held out as cases: e.g. analysed after it was trained, or left "
+                       "out in review); stored without a split and not counted in its rows' columns")
+    runs = set(by_run)
     if len(runs) > 1:  # e.g. an --out folder rewritten by a shorter run keeps the longer run's later steps
         methods = sorted({str(summary.metas[f].get("method")) for f in folders})
         typer.echo(f"note: these checkpoints come from {len(runs)} different finetune runs (settings or case splits "
