@@ -9,6 +9,7 @@ import json
 import shutil
 import sys
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -425,6 +426,22 @@ def test_the_newest_decision_on_a_pair_is_the_one_in_force(toy: dict[str, Any], 
         assert body["decision"]["review_id"] == next(r["review_id"] for r in body["reviews"]
                                                      if r["decision"] in ("accept", "reject"))
         assert [r["decision"] for r in body["reviews"]][1:] == ["reject", "accept"]  # the log keeps them all
+    # a clock stepped back (NTP) between two decisions: the later one is still the one in force
+    from failtrace.serve import api
+
+    class Behind(datetime):
+        @classmethod
+        def now(cls, tz=None):  # type: ignore[override]
+            return datetime(2001, 1, 1, tzinfo=tz)
+
+    api_datetime = api.datetime
+    api.datetime = Behind
+    try:
+        with TestClient(create_app(store, review=True), base_url="http://127.0.0.1") as c:
+            assert c.post("/api/reviews", json={**pair, "decision": "accept", "comment": "later"}).status_code == 201
+            assert c.get(url).json()["decision"]["comment"] == "later"
+    finally:
+        api.datetime = api_datetime
 
 
 def test_review_mode_writes_nothing_until_the_first_review(toy: dict[str, Any], tmp_path: Path) -> None:

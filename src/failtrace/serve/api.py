@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
@@ -282,6 +282,11 @@ def _review_id(*parts: str) -> str:
 def _insert_review(st: Any, pair_run_id: str, item_id: str, case_id: str | None, decision: str,
                    category: str | None, comment: str, contrast: tuple[int, str] | None = None) -> dict[str, Any]:
     now = datetime.now(timezone.utc).replace(tzinfo=None)
+    if st.has_reviews:  # strictly after every earlier review (under the write lock): the newest accept or reject is
+        # the decision in force (store/reviews.py), so the order must follow insertion even if the clock stepped back
+        last = st.store.con.execute("SELECT max(created_at) FROM reviews").fetchone()[0]
+        if last is not None and now <= last:
+            now = last + timedelta(microseconds=1)
     rid = _review_id(pair_run_id, item_id, decision, comment, now.isoformat())
     row = {"review_id": rid, "pair_run_id": pair_run_id, "item_id": item_id, "case_id": case_id,
            "decision": decision, "category": category, "comment": comment, "created_at": now,
