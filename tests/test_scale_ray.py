@@ -310,17 +310,31 @@ def test_cli_refuses_bad_scale_options_before_touching_anything(tmp_path: Path,
     assert not store.exists()
 
 
-def test_the_api_refuses_more_local_workers_than_cores_before_starting_ray() -> None:
-    """The CLI's refusal lives in ensure_ray itself: collect_on_ray(workers=4096) started a local cluster of 4096
-    CPUs and loaded the model 4096 times. Nothing is started; a joined cluster is not limited by this machine."""
-    if ray.is_initialized():
-        ray.shutdown()
-    from failtrace.scale import ensure_ray
+_TOO_MANY = """
+import os, sys
+sys.path.insert(0, {src!r})
+import ray
+from failtrace.errors import FailtraceError
+from failtrace.scale import ensure_ray
+cores = os.cpu_count() or 1
+try:
+    ensure_ray(cores + 1)
+except FailtraceError as exc:
+    print(exc)
+print("initialized:", ray.is_initialized())
+"""
 
+
+def test_the_api_refuses_more_local_workers_than_cores_before_starting_ray(tmp_path: Path) -> None:
+    """The CLI's refusal lives in ensure_ray itself: collect_on_ray(workers=4096) started a local cluster of 4096
+    CPUs and loaded the model 4096 times. Nothing is started. (In a process of its own: this one may hold the
+    module's cluster.)"""
+    script = tmp_path / "too_many.py"
+    script.write_text(_TOO_MANY.format(src=SRC))
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env).stdout
     cores = os.cpu_count() or 1
-    with pytest.raises(FailtraceError, match=f"--workers {cores + 1} is more than this machine's {cores} cores"):
-        ensure_ray(cores + 1)
-    assert not ray.is_initialized()
+    assert f"--workers {cores + 1} is more than this machine's {cores} cores" in out and "initialized: False" in out
 
 
 def test_calls_to_a_restarting_actor_are_submitted_again_until_it_answers() -> None:

@@ -131,8 +131,8 @@ def _reference_cases(store: ResultsStore, lm: Any, name: str, benchmark: str | N
     cases = load_cases(store, benchmark=benchmark, model_fingerprint=model_fingerprint(lm))
     if not cases:
         raise FailtraceError(f"no cases of model {name!r} (by its content fingerprint) in the store; run "
-                             f"`failtrace analyse` on its clean pairs first (--models re-scores the first model's cases: "
-                             f"list first a model that has cases)")
+                             f"`failtrace analyse` on its clean pairs first (--models re-scores the first model's "
+                             f"cases: list first a model that has cases)")
     return cases
 
 

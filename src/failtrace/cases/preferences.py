@@ -126,8 +126,9 @@ def export_dpo(store: ResultsStore, out: str | Path, benchmark: str | None = Non
         raise FailtraceError(f"--tail-weight must be in [0, 1], got {tail_weight}")
     kept, rejected = training_cases(store, cases)
     if not kept:
-        raise FailtraceError(f"every one of the {len(cases)} cases in {store.path} has a pair rejected in review "
-                             "(failtrace serve --review); nothing to write")
+        where = f"of benchmark {benchmark!r} " if benchmark else ""
+        raise FailtraceError(f"every one of the {len(cases)} cases {where}in {store.path} has a pair rejected in "
+                             "review (failtrace serve --review); nothing to write")
     path = Path(out)
     # A pipe, /dev/stdout or a device is written in place: renaming over it would replace it by a regular file. A
     # symbolic link is written through: the rename replaces the file it points at, never the link.

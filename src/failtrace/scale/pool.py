@@ -51,7 +51,8 @@ def ensure_ray(workers: int, address: str | None = None) -> bool:
     Returns True when this call started it (the caller shuts it down). An already connected process is reused.
     A local cluster gets this machine's cores, and at most that many workers (:func:`check_local_workers`). Its
     workers keep Ray's default niceness (15: Ray's daemons and the driver come first within the session);
-    ``RAY_worker_niceness=0`` in the environment changes it, and each worker records its own. docs/SCALE.md has the measurements behind keeping the default.
+    ``RAY_worker_niceness=0`` in the environment changes it, and each worker records its own. docs/SCALE.md has the
+    measurements behind keeping the default.
     """
     ray = require_ray()
     if ray.is_initialized():

@@ -51,11 +51,14 @@ def split_cases(case_ids: Sequence[str], held_out: float, seed: int,
     SHA-256(seed:case_id) among their cases and the first round(held_out * items) are held out, with all their cases
     (at least one item stays trained). With one case per item that is the order of the case ids themselves. Why by
     item: a store searched twice (two pair runs) has two cases of one item, and a split of case ids trained on an
-    item while holding it out. The split depends only on the ids, the share and the seed, never on the row order.
+    item while holding it out. The split depends only on the case ids, their items, the share and the seed, never on
+    the row order.
     """
     if not 0.0 <= held_out < 1.0:
         raise FailtraceError(f"--held-out must be in [0, 1), got {held_out}")
     items = list(case_ids) if items is None else list(items)
+    if len(items) != len(case_ids):
+        raise ValueError(f"split_cases: {len(items)} item names for {len(case_ids)} cases")
     first: dict[str, str] = {}
     for case, item in zip(case_ids, items):
         h = hashlib.sha256(f"{seed}:{case}".encode()).hexdigest()
