@@ -76,14 +76,18 @@ def preference_record(case: Case, item: Any, pair: dict[str, Any], generation: d
             **response_weights(case, tail_weight)}
 
 
-def training_cases(store: ResultsStore, cases: list[Case]) -> tuple[list[Case], int]:
+def training_cases(store: ResultsStore, cases: list[Case], which: str, nothing: str) -> tuple[list[Case], int]:
     """The cases fit to train on, and how many were left out: those whose pair a reviewer rejected (its newest
     accept or reject in the explorer's review log, :mod:`failtrace.store.reviews`): not a real failure point, or a
-    wrong contrast, so not a preference to teach."""
+    wrong contrast, so not a preference to teach. FailtraceError when every one is (``which`` names the cases in
+    it, ``nothing`` says what is then not done)."""
     from failtrace.store.reviews import rejected_pairs
 
     rejected = rejected_pairs(store.con)
     kept = [c for c in cases if (c.pair_run_id, c.item_id) not in rejected]
+    if not kept:
+        raise FailtraceError(f"every one of the {len(cases)} cases {which}in {store.path} has a pair rejected in "
+                             f"review (failtrace serve --review); {nothing}")
     return kept, len(cases) - len(kept)
 
 
@@ -124,11 +128,8 @@ def export_dpo(store: ResultsStore, out: str | Path, benchmark: str | None = Non
                              + (" (`failtrace status` lists the benchmarks)" if benchmark else ""))
     if not 0.0 <= tail_weight <= 1.0:
         raise FailtraceError(f"--tail-weight must be in [0, 1], got {tail_weight}")
-    kept, rejected = training_cases(store, cases)
-    if not kept:
-        where = f"of benchmark {benchmark!r} " if benchmark else ""
-        raise FailtraceError(f"every one of the {len(cases)} cases {where}in {store.path} has a pair rejected in "
-                             "review (failtrace serve --review); nothing to write")
+    kept, rejected = training_cases(store, cases, f"of benchmark {benchmark!r} " if benchmark else "",
+                                    "nothing to write")
     path = Path(out)
     # A pipe, /dev/stdout or a device is written in place: renaming over it would replace it by a regular file. A
     # symbolic link is written through: the rename replaces the file it points at, never the link.

@@ -129,10 +129,7 @@ def load_examples(store: ResultsStore, tokenizer: Any, eos: frozenset[int], mode
         raise FailtraceError(f"no cases of {which} (by its content fingerprint) in {where}; its cases are of "
                              f"{', '.join(have) or 'no model'}: pass one of those with --model, or run "
                              f"`failtrace analyse` with this model first")
-    kept, rejected = training_cases(store, cases)
-    if not kept:
-        raise FailtraceError(f"every one of the {len(cases)} cases of this model in {store.path} has a pair rejected "
-                             "in review (failtrace serve --review); nothing to train on")
+    kept, rejected = training_cases(store, cases, "of this model ", "nothing to train on")
     out = [build_example(tokenizer, rec, eos, tail_weight) for rec in preference_records(store, kept, tail_weight)]
     if not out:
         raise FailtraceError(f"none of the {len(kept)} cases of this model in {store.path} has a pair with a "
