@@ -21,16 +21,21 @@ IDENTITY_FILE = "identity.json"
 _NEEDED = ("trainer_state.json", "optimizer.pt", "scheduler.pt")  # what transformers reads to continue exactly
 
 
+def _interrupted_run(out: str | Path, identity: dict[str, Any]) -> bool:
+    """Whether ``OUT/.resume/`` holds the state of an interrupted run with this ``identity``."""
+    try:
+        stored = json.loads((Path(out) / RESUME_DIR / IDENTITY_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return bool(stored == json.loads(json.dumps(identity)))  # compared as JSON (tuples are lists there)
+
+
 def resume_point(out: str | Path, identity: dict[str, Any]) -> tuple[Path | None, int | None]:
     """The newest trainer checkpoint of an interrupted run with this ``identity`` and its step, or (None, None)."""
     from failtrace.training.checkpoints import METADATA_FILE, numbered, step_folder
 
     folder = Path(out) / RESUME_DIR
-    try:
-        stored = json.loads((folder / IDENTITY_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return None, None
-    if stored != json.loads(json.dumps(identity)):  # compared as JSON (tuples are lists there)
+    if not _interrupted_run(out, identity):
         return None, None
     every = int(identity["settings"]["save_every"])
     steps = sorted((n, p) for p in folder.glob("checkpoint-*") if (n := numbered(p.name, "checkpoint-")) is not None
@@ -50,11 +55,7 @@ def unresumable_step(out: str | Path, identity: dict[str, Any]) -> int | None:
     from failtrace.errors import FailtraceError
     from failtrace.training.checkpoints import numbered, read_metadata, training_run_id
 
-    try:
-        stored = json.loads((Path(out) / RESUME_DIR / IDENTITY_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return None
-    if stored != json.loads(json.dumps(identity)):
+    if not _interrupted_run(out, identity):
         return None
     mine, steps = training_run_id(identity), []
     for p in Path(out).glob("step-*"):
