@@ -19,8 +19,9 @@ from typing import Any
 
 from failtrace.benchmarks.sandbox import plain
 from failtrace.benchmarks.sandbox.policy import Isolation, SandboxLimits, interpreter
-from failtrace.benchmarks.sandbox.runner import (CLEAN_ENV, Ending, bound_to_parent, child_config, finish, read_head,
-                                                 run_user, shipped_source, spawn_child, stage_dir)
+from failtrace.benchmarks.sandbox.runner import (CLEAN_ENV, Ending, bound_to_parent, child_config, finish,
+                                                 killed_on_error, read_head, run_user, shipped_source, spawn_child,
+                                                 stage_dir)
 
 _GRACE_S = 0.5  # after the judge is done, how long the child may take to exit by itself before it is killed
 _MAX_REPORT = 512 * 1024 * 1024
@@ -94,22 +95,19 @@ def run_tests(iso: Isolation, candidate_source: str, entry: str, test_source: st
         out_path, err_path, judge_err = (os.path.join(stage, n) for n in ("stdout", "stderr", "judge.err"))
         try:
             cfg = child_config(iso, stage, limits, "serve", uid) | {"fds": [j2c_r, c2j_w], "entry": entry}
+            judge_cfg = {"source": test_source, "data": plain.encode(data),
+                         "memory_mb": max(2 * limits.memory_mb, 1024), "max_message": limits.max_message_bytes,
+                         "to_child": j2c_w, "from_child": c2j_r, "result_fd": res_w}
             with open(out_path, "wb") as out, open(err_path, "wb") as err, open(judge_err, "wb") as jerr:
                 child = spawn_child(iso, stage, cfg, (j2c_r, c2j_w), out.fileno(), err.fileno())
-                judge = _spawn_judge(stage, {"source": test_source, "data": plain.encode(data),
-                                             "memory_mb": max(2 * limits.memory_mb, 1024),
-                                             "max_message": limits.max_message_bytes, "to_child": j2c_w,
-                                             "from_child": c2j_r, "result_fd": res_w},
-                                     (c2j_r, j2c_w, res_w), jerr.fileno())
+                with killed_on_error(child):  # the judge failed to start: the child must not outlive the call
+                    judge = _spawn_judge(stage, judge_cfg, (c2j_r, j2c_w, res_w), jerr.fileno())
         finally:
             for fd in (j2c_r, j2c_w, c2j_r, c2j_w, res_w):
                 os.close(fd)
         try:
-            raw = _read_report(res_r, deadline)
-        except BaseException:  # Ctrl-C or any error in this process: neither process may outlive the call
-            finish(child, None)
-            finish(judge, None)
-            raise
+            with killed_on_error(child, judge):  # neither process may outlive the call
+                raw = _read_report(res_r, deadline)
         finally:
             os.close(res_r)
         now = time.monotonic()

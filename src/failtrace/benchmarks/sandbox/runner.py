@@ -68,12 +68,14 @@ class Ending:
         return f"exited with status {rc}"
 
 
-def bound_to_parent() -> list[str]:
+@functools.cache
+def bound_to_parent() -> tuple[str, ...]:
     """The command prefix that gives a process the parent-death signal SIGKILL (util-linux ``setpriv``; it survives
     the exec), so the sandbox's processes die with failtrace even when it is SIGKILLed (a Ray worker killed
-    mid-check left a sleeping child and its judge running for ever). Empty where ``setpriv`` is missing."""
+    mid-check left a sleeping child and its judge running for ever). Empty where ``setpriv`` is missing. Looked up
+    once per process: every check starts two processes."""
     setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "KILL"] if setpriv else []
+    return (setpriv, "--pdeathsig", "KILL") if setpriv else ()
 
 
 def spawn_child(iso: Isolation, stage: str, cfg: dict[str, Any], pass_fds: tuple[int, ...], out: int,
@@ -205,6 +207,18 @@ def finish(proc: subprocess.Popen[bytes], deadline: float | None, grace: bool = 
     return Ending(None if timed_out else proc.returncode, usage.ru_utime + usage.ru_stime, timed_out, stopped)
 
 
+@contextlib.contextmanager
+def killed_on_error(*procs: subprocess.Popen[bytes]) -> Iterator[None]:
+    """Kill and reap ``procs`` when the block raises (Ctrl-C or any error in this process), then re-raise: a
+    sandboxed process must not outlive the call that started it."""
+    try:
+        yield
+    except BaseException:
+        for proc in procs:
+            finish(proc, None)
+        raise
+
+
 def _kill_all(pid: int) -> None:
     """SIGKILL ``pid``'s children, then its process group. Under ``unshare`` the child is the PID namespace's first
     process, and the whole namespace dies with it, even a process that left the group (seccomp also forbids
@@ -297,11 +311,8 @@ def run_program(iso: Isolation, program: str, limits: SandboxLimits, files: dict
         cfg = child_config(iso, stage, limits, "run", uid)
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
             proc = spawn_child(iso, stage, cfg, (), out.fileno(), err.fileno())
-        try:
+        with killed_on_error(proc):
             end = finish(proc, started + limits.wall_s)
-        except BaseException:  # Ctrl-C or any error in this process: the program must not outlive the call
-            finish(proc, None)
-            raise
         stdout, stderr = read_head(out_path), read_head(err_path)
     if end.returncode == 0:
         status, reason = "ok", "exited with status 0"
