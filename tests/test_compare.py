@@ -337,3 +337,59 @@ def test_export_dpo_leaves_out_pairs_rejected_in_review(cmp: dict[str, Any], tmp
                    "(failtrace serve --review); nothing to write"]
     assert out.read_bytes() == before  # the earlier file is kept
 
+
+
+def test_a_thinking_collection_is_rebuilt_with_thinking_where_the_model_has_it(cmp: dict[str, Any],
+                                                                               tmp_path: Path) -> None:
+    """compare rebuilt every context with thinking off, even for the cases of a ``--thinking`` collection: the
+    other model was scored on a prompt its run never had. A template with a thinking mode now gets it on; one without
+    gets the prompt as before and a note saying so."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from failtrace.models.chat import apply_chat_template
+
+    thinker = tmp_path / "thinker"
+    shutil.copytree(cmp["names"][1], thinker)
+    tok = AutoTokenizer.from_pretrained(thinker)
+    tok.chat_template += "{% if add_generation_prompt and enable_thinking %}<think>\n{% endif %}"
+    tok.save_pretrained(thinker)
+    store = tmp_path / "s.duckdb"
+    shutil.copy(cmp["store"], store)
+    lms = {cmp["names"][0]: cmp["lms"][cmp["names"][0]], str(thinker): load_model(str(thinker), progress=False)}
+    with open_store(store) as st:
+        st.set_run_setting(cmp["run_id"], "thinking", True)
+        compare(st, list(lms), models=lms, progress=False)
+        rows = [r for r in load_comparisons(st) if r["model"] == str(thinker)]
+        items = {r["case_id"]: st.get_item(r["benchmark"], r["item_id"]) for r in rows}
+    assert len(rows) == len(cmp["cases"])
+    for r in rows:
+        on = apply_chat_template(lms[str(thinker)].tokenizer, items[r["case_id"]].prompt, thinking=True)
+        off = apply_chat_template(lms[str(thinker)].tokenizer, items[r["case_id"]].prompt, thinking=False)
+        assert on != off and r["prompt_length"] == len(on) and r["token_ids"][: len(on)] == on
+        assert not any("thinking" in n for n in r["notes"])
+    case = cmp["cases"][0]
+    plain = cmp["lms"][cmp["names"][1]]  # the toy template never reads enable_thinking
+    row = rescore(plain, case, items[case.case_id], "", "m", "fp", thinking=True)
+    assert row["token_ids"] == apply_chat_template(plain.tokenizer, items[case.case_id].prompt)
+    assert "thinking: the reference ran with thinking on; this model's template has no thinking mode" in row["notes"]
+
+
+def test_a_context_longer_than_the_model_is_not_scored(cmp: dict[str, Any]) -> None:
+    """A context past the other model's positions was scored anyway (a RoPE model extrapolates without an error;
+    collection refuses such a prompt). It is now an unmapped row that says why; a context that fits exactly is
+    scored."""
+    from failtrace.cases.compare import rebuild_context
+
+    case = next(c for c in cmp["cases"] if "\ufffd" not in c.target_text + c.contrast_text)
+    with open_store(cmp["store"]) as st:
+        item = st.get_item(case.benchmark, case.item_id)
+    lm = load_model(cmp["names"][1], progress=False)  # its own copy: the config is changed below
+    n = len(rebuild_context(lm.tokenizer, item, "")[0])
+    lm.model.config.max_position_embeddings = n - 1
+    row = rescore(lm, case, item, "", "m", "fp")
+    assert row["mapped"] is False and row["delta_logit"] is None and row["flip_k"] is None
+    assert row["notes"] == [f"context of {n} tokens is longer than this model's {n - 1} positions"]
+    lm.model.config.max_position_embeddings = n
+    assert rescore(lm, case, item, "", "m", "fp")["mapped"] is True

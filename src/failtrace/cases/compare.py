@@ -1,9 +1,11 @@
 """Cross-model comparison: re-score each clean case of one model on other models, from the same strings.
 
 For each case of the first (reference) model: the context is rebuilt from *text* on every other model (the item's
-prompt through that model's chat template, then the answer prefix decoded with the reference tokenizer and encoded
-with the other one); the target and contrast are the case's decoded token strings, which must each be exactly one
-token in the other tokenizer (else the row says ``mapped=false`` with null ids). On a mapped case:
+prompt through that model's chat template, thinking on where the reference's collection had it and the template
+has the mode, then the answer prefix decoded with the reference tokenizer and encoded with the other one); the target
+and contrast are the case's decoded token strings, which must each be exactly one token in the other tokenizer, and the
+context must fit the other model's positions (else the row says ``mapped=false`` with null ids and a note). On a
+mapped case:
 
 * Δℓ = logit(target) − logit(contrast) at the rebuilt context's last index, from a plain forward pass;
 * AttnLRP input relevance for that objective, its sums per segment (the other tokenizer's own segmentation), and
@@ -67,12 +69,13 @@ def one_token(tokenizer: Any, text: str) -> int | None:
     return int(ids[0]) if back == text else None
 
 
-def rebuild_context(tokenizer: Any, item: Any, answer_prefix: str) -> tuple[list[int], int]:
-    """(context ids, prompt length) of the item's prompt + answer prefix in another model's tokenisation."""
+def rebuild_context(tokenizer: Any, item: Any, answer_prefix: str, thinking: bool = False) -> tuple[list[int], int]:
+    """(context ids, prompt length) of the item's prompt + answer prefix in another model's tokenisation, its chat
+    template's thinking mode as the reference's collection ran (``thinking``)."""
     from failtrace.models.chat import apply_chat_template
 
     if getattr(tokenizer, "chat_template", None):
-        prompt = apply_chat_template(tokenizer, item.prompt)
+        prompt = apply_chat_template(tokenizer, item.prompt, thinking=thinking)
     else:  # a base model without a template: the plain prompt text (noted on the row)
         text = item.prompt if isinstance(item.prompt, str) else "\n".join(m["content"] for m in item.prompt)
         prompt = tokenizer.encode(text, add_special_tokens=True)
@@ -80,28 +83,42 @@ def rebuild_context(tokenizer: Any, item: Any, answer_prefix: str) -> tuple[list
     return prompt + [int(t) for t in prefix], len(prompt)
 
 
-def rescore(lm: Any, case: Case, item: Any, answer_prefix: str, model_name: str, fingerprint: str) -> dict[str, Any]:
-    """One comparison row for a non-reference model (see the module docstring)."""
+def rescore(lm: Any, case: Case, item: Any, answer_prefix: str, model_name: str, fingerprint: str,
+            thinking: bool = False) -> dict[str, Any]:
+    """One comparison row for a non-reference model (see the module docstring). ``thinking``: the reference's
+    collection ran with thinking on; the context is rebuilt so where this model's template has a thinking mode."""
     from failtrace.analysis.masking import flip_search, never_masked
     from failtrace.analysis.segments import segment_labels, segment_relevance
     from failtrace.attribution.engine import relevance_pass
     from failtrace.attribution.inputs import decode_tokens, special_ids
     from failtrace.cases.build import logit_diff_fn, plain_delta
+    from failtrace.models.chat import has_thinking_mode
+    from failtrace.models.limits import context_length
 
     t0 = time.perf_counter()
     tok = lm.tokenizer
-    ids, prompt_length = rebuild_context(tok, item, answer_prefix)
+    templated = bool(getattr(tok, "chat_template", None))
+    thinks = thinking and templated and has_thinking_mode(tok)
+    ids, prompt_length = rebuild_context(tok, item, answer_prefix, thinking=thinks)
     target, contrast = one_token(tok, case.target_text), one_token(tok, case.contrast_text)
-    notes = [] if getattr(tok, "chat_template", None) else ["no chat template: plain prompt text"]
+    notes = [] if templated else ["no chat template: plain prompt text"]
+    notes += ["thinking: the reference ran with thinking on; this model's template has no thinking mode"] \
+        if thinking and templated and not thinks else []
+    limit = context_length(lm.model)
     specials = special_ids(tok)
     special = [t in specials for t in ids]
     row = {"case_id": case.case_id, "model_fingerprint": fingerprint, "model": model_name, "item_id": case.item_id,
            "benchmark": case.benchmark, "reference": False, "token_ids": ids, "prompt_length": prompt_length,
            "position": len(ids), "target_text": case.target_text, "contrast_text": case.contrast_text,
            "step": None, "split": None, "notes": notes, "tokens": decode_tokens(tok, ids), "special_mask": special}
-    if target is None or contrast is None or target == contrast:
+    unmapped = None
+    if limit is not None and len(ids) > limit:  # as collection refuses such a prompt: past it the model never trained
+        unmapped = f"context of {len(ids)} tokens is longer than this model's {limit} positions"
+    elif target is None or contrast is None or target == contrast:
         which = [n for n, t in (("target", target), ("contrast", contrast)) if t is None] or ["target = contrast"]
-        notes.append(f"not one token here: {', '.join(which)}")
+        unmapped = f"not one token here: {', '.join(which)}"
+    if unmapped:
+        notes.append(unmapped)
         return row | {"mapped": False, "target_id": None, "contrast_id": None, "delta_logit": None,
                       "input_relevance": None, "segment_relevance": {}, "flip_curve": None, "flip_k": None,
                       "seconds": round(time.perf_counter() - t0, 3)}
@@ -154,6 +171,12 @@ def _check_reference_before_install(store: ResultsStore, name: str) -> None:
                              "nothing was installed: list the analysed model first in --models")
 
 
+def _collected_thinking(store: ResultsStore, run_id: str) -> bool:
+    """Whether the collection run a case came from rendered its prompts with thinking on."""
+    run = store.get_run(run_id)
+    return bool(run and (run.settings or {}).get("thinking"))
+
+
 def _model_key(name: str) -> str:
     """What makes two --models entries the same model: the resolved path of a file or folder (``m`` and ``./m``),
     else the name without case (registry names and hub ids are case-insensitive)."""
@@ -187,6 +210,7 @@ def compare(store: ResultsStore, model_names: Sequence[str], *, benchmark: str |
     items = {c.case_id: store.get_item(c.benchmark, c.item_id) for c in cases}
     prefixes = {c.case_id: ref.tokenizer.decode(c.token_ids[c.prompt_length:], skip_special_tokens=False,
                                                 clean_up_tokenization_spaces=False) for c in cases}
+    thinking = {c.case_id: _collected_thinking(store, c.run_id) for c in cases}
     summary.cases, summary.case_ids = len(cases), [c.case_id for c in cases]
     summary.fingerprints[model_names[0]] = cases[0].model_fingerprint  # the reference's (cases are found by it)
     done = done_comparisons(store, checkpoint=False)
@@ -210,7 +234,8 @@ def compare(store: ResultsStore, model_names: Sequence[str], *, benchmark: str |
         summary.skipped += len(cases) - len(todo)
         summary.written[name], summary.unmapped[name] = 0, 0
         for case in progress_over(todo, f"compare on {name}", progress):
-            row = rescore(lm, case, items[case.case_id], prefixes[case.case_id], name, fp)
+            row = rescore(lm, case, items[case.case_id], prefixes[case.case_id], name, fp,
+                          thinking=thinking[case.case_id])
             summary.written[name] += write_comparison(store, row)
             summary.unmapped[name] += not row["mapped"]
         del lm
