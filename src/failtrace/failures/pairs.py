@@ -84,13 +84,34 @@ def all_paired(store: ResultsStore, run: RunRecord, failures: list[dict[str, Any
     (then its id needs no model); if so they are counted as skipped, and the run needs no model loaded at all (a
     rerun on a finished store loaded it: 12.7 s with ``--workers``)."""
     run_id = pair_run_id(run, settings)
-    paired = store.done_pair_ids(run_id)
-    if any(f["item_id"] not in paired for f in failures):
+    done_ids = store.done_pair_ids(run_id)
+    if any(f["item_id"] not in done_ids for f in failures):
         return False
-    summary.pair_run_ids.append(run_id)
-    summary.failures += len(failures)
-    summary.skipped += len(failures)
+    _tally(run_id, done_ids, failures, summary, None)  # every one skipped
     return True
+
+
+def _tally(pair_run_id: str, done_ids: set[str], failures: list[dict[str, Any]], summary: PairsSummary,
+           remaining: int | None) -> list[dict[str, Any]]:
+    """Count pair run ``pair_run_id`` into ``summary`` (its id, the failures it covers, those paired before it,
+    ``done_ids``: skipped) and return the failures it still has to do, at most ``remaining``."""
+    todo = [f for f in failures if f["item_id"] not in done_ids]
+    summary.pair_run_ids.append(pair_run_id)
+    summary.failures += len(failures)
+    summary.skipped += len(failures) - len(todo)
+    return todo if remaining is None else todo[:remaining]
+
+
+def open_pair_run(store: ResultsStore, prun: RunRecord, failures: list[dict[str, Any]], summary: PairsSummary,
+                  remaining: int | None) -> list[dict[str, Any]]:
+    """Record pair run ``prun`` (or find it stored), count it into ``summary`` and return the failures it still has
+    to do, at most ``remaining``; a resumed run notes this call's speed settings (:func:`note_resumed_speed`). The
+    serial stage and the Ray stage both open their runs here."""
+    new_run = store.ensure_run(prun)
+    todo = _tally(prun.run_id, store.done_pair_ids(prun.run_id), failures, summary, remaining)
+    if todo and not new_run:
+        note_resumed_speed(store, prun, len(todo))
+    return todo
 
 
 def pair_run_record(collect_run: RunRecord, loaded: Any, settings: PairSettings, helper: Any | None,
@@ -263,16 +284,7 @@ def find_pairs(
         judge_obj = _judge(judge, run, loaded, models, loaded_cache, device)
         finder = PairFinder(loaded, settings, helper_loaded, judge_obj)
         prun = pair_run_record(run, loaded, settings, helper_loaded, None if judge_obj is None else judge_obj.name)
-        new_run = store.ensure_run(prun)
-        summary.pair_run_ids.append(prun.run_id)
-        done_ids = store.done_pair_ids(prun.run_id)
-        todo = [f for f in failures if f["item_id"] not in done_ids]
-        summary.failures += len(failures)
-        summary.skipped += len(failures) - len(todo)
-        if remaining is not None:
-            todo = todo[:remaining]
-        if not new_run and todo:
-            note_resumed_speed(store, prun, len(todo))
+        todo = open_pair_run(store, prun, failures, summary, remaining)
         budget = int(run.settings.get("max_new_tokens") or bench.max_new_tokens)
         bar = progress_bar(progress, f"pairs {run.benchmark} ({run.model})", len(todo))
         try:

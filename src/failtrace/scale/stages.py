@@ -37,7 +37,7 @@ from failtrace.failures.pairs import (
     checked_settings,
     collection_runs,
     all_paired,
-    note_resumed_speed,
+    open_pair_run,
     pair_run_record,
     run_failures,
 )
@@ -197,15 +197,7 @@ def _pairs_of_run(store: ResultsStore, run: Any, failures: list[dict[str, Any]],
     """Record the pair run (as the serial stage does) and return the failures it still has to do."""
     check_rollout_window(settings, pool.model.name, pool.model.context)  # before the run is recorded, as serially
     prun = pair_run_record(run, pool.model, settings, pool.helper)
-    new_run = store.ensure_run(prun)
-    summary.pair_run_ids.append(prun.run_id)
-    done_ids = store.done_pair_ids(prun.run_id)
-    todo = [f for f in failures if f["item_id"] not in done_ids]
-    summary.failures += len(failures)
-    summary.skipped += len(failures) - len(todo)
-    todo = todo if remaining is None else todo[:remaining]
-    if todo and not new_run:
-        note_resumed_speed(store, prun, len(todo))
+    todo = open_pair_run(store, prun, failures, summary, remaining)
     if todo:
         store.append_run_setting(prun.run_id, "scale", _provenance(pool, address))
     for row in todo:
