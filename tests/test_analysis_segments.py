@@ -137,8 +137,9 @@ def test_math_segments_on_a_real_problem():
     item = Item(id=d["unique_id"], benchmark="math", prompt=f"{d['problem']}\n\n{MATH_INSTRUCTION}")
     _ids, labels, texts = _labels_by_char(tok, item, answer="We have")
     assert _text_of(texts, labels, "problem") == d["problem"]
-    assert _text_of(texts, labels, "instruction") == MATH_INSTRUCTION
+    assert _text_of(texts, labels, "instruction") == "\n\n" + MATH_INSTRUCTION  # the blank line before it too
     assert _text_of(texts, labels, "answer") == "We have"
+    assert "query" not in labels  # the blank line was a stray `query` segment in every MATH case
     assert relevant_segments("math") == ("problem",)
 
 
@@ -286,8 +287,8 @@ def test_demo_items_use_the_benchmark_they_imitate():
                      reference={"kind": "math", "answer": "5"})
     _ids, labels, texts = _labels_by_char(tok, math_item)
     assert _text_of(texts, labels, "problem") == "What is 2+3?"
-    assert _text_of(texts, labels, "instruction") == "Put only the final number in \\boxed{}."
-    assert relevant_segments("demo", math_item) == ("problem",)
+    assert _text_of(texts, labels, "instruction") == " Put only the final number in \\boxed{}."
+    assert "query" not in labels and relevant_segments("demo", math_item) == ("problem",)
     assert relevant_segments("toy") == ("query",)
 
 

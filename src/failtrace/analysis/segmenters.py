@@ -171,7 +171,8 @@ def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 def math_spans(item: Any, text: str) -> Spans:
     """``problem``: the problem statement; ``instruction``: the answer-format request after it (MATH's "Please
-    reason step by step ... \\boxed{}." line, or any last sentence that mentions ``\\boxed``)."""
+    reason step by step ... \\boxed{}." line, or any last sentence that mentions ``\\boxed``), with the blank line
+    the benchmark puts before it (left unnamed, it was a stray ``query`` segment in every MATH case)."""
     from failtrace.benchmarks.mathbench import INSTRUCTION
 
     at = text.rfind(INSTRUCTION)
@@ -181,7 +182,8 @@ def math_spans(item: Any, text: str) -> Spans:
             at = sents[-1][0]
     if at <= 0:
         return {"problem": [(0, len(text))]}
-    return {"problem": [(0, len(text[:at].rstrip()))], "instruction": [(at, len(text.rstrip()))]}
+    end = len(text[:at].rstrip())
+    return {"problem": [(0, end)], "instruction": [(end, len(text))]}
 
 
 _EXAMPLE_LINE = re.compile(r"^\s*(>>>|(for )?examples?\b|e\.g\.)", re.IGNORECASE)
