@@ -313,3 +313,35 @@ def test_real_tau_bench_trace():
                 prose += c
     assert calls and _text_of(texts, labels, "tool_call") == calls
     assert _text_of(texts, labels, "assistant") == prose
+
+
+_FOLDING_TEMPLATE = (  # Gemma-style: a system message is folded into the first user turn, there is no default one
+    "{% if messages[0]['role'] == 'system' %}{% set sys = messages[0]['content'] + '\\n\\n' %}"
+    "{% set msgs = messages[1:] %}{% else %}{% set sys = '' %}{% set msgs = messages %}{% endif %}"
+    "{% for m in msgs %}<|im_start|>{{ m['role'] }}\n{% if loop.first %}{{ sys }}{% endif %}{{ m['content'] }}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@pytest.mark.parametrize("placed", [True, False])
+def test_a_template_that_folds_the_system_message_into_the_user_turn_has_no_default_system(monkeypatch, placed):
+    """Such a template rendered a sentinel system message right before the user's text; the text after it ("\\n\\n")
+    was then searched for in the prompt and found inside the user's own text, so the user's first paragraph was
+    taken for a default system message. Where the exact placement fails (a template that rewrites content) the user
+    turn was then searched for after that bogus span, not found, and its text stayed labelled ``system``."""
+    from failtrace.analysis import segments
+
+    tok = toy_tokenizer()
+    tok.chat_template = _FOLDING_TEMPLATE
+    item = Item(id="if-2", benchmark="ifeval", prompt="Describe a cat.\n\nDo not use any commas.",
+                reference={"instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]})
+    if not placed:
+        monkeypatch.setattr(segments, "_placed", lambda *a: None)
+    _ids, labels, texts = _labels_by_char(tok, item)
+    assert "system" not in labels
+    assert _text_of(texts, labels, "instruction") == "Do not use any commas."
+    assert _text_of(texts, labels, "query") == "Describe a cat.\n\n"
+    with_system = Item(id="if-3", benchmark="ifeval", prompt=[{"role": "system", "content": "Be brief."},
+                                                              {"role": "user", "content": "Describe a dog."}])
+    _ids, labels, texts = _labels_by_char(tok, with_system)  # a given system message is still found where folded
+    assert _text_of(texts, labels, "system") == "Be brief."
