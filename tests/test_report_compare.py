@@ -33,7 +33,8 @@ def _row(case: int, model: str, *, ref: bool = False, dl: float | None = 0.0, st
 
 def _rows(seed: int = 0) -> list[dict[str, Any]]:
     rng = random.Random(seed)
-    seg = lambda: {s: rng.uniform(-2, 3) for s in SEGS}  # noqa: E731
+    # `special` (template text, attention-sink ids) is large and model-dependent: shares are over SEGS only
+    seg = lambda: {s: rng.uniform(-2, 3) for s in SEGS} | {"special": rng.uniform(-5, 40)}  # noqa: E731
     rows = []
     for c in range(12):
         rows.append(_row(c, "small", ref=True, dl=rng.uniform(0.1, 4), seg=seg()))
@@ -60,6 +61,7 @@ def test_scatter_and_segments_against_independent_math() -> None:
 
     got = {(r["model"], r["group"], r["role"], r["segment"]): (r["mean_share"], r["cases"])
            for r in D.segment_rows(rows)}
+    assert {k[3] for k in got} == set(SEGS)  # no `special` bar
     for model in ("large", "other"):
         for grp in ("corrected", "uncorrected"):
             ids = [r["case_id"] for r in rows if r["model"] == model and r["mapped"]
@@ -207,7 +209,9 @@ def test_report_from_store_reads_the_comparisons_table(tmp_path: Path) -> None:
         model = f"{r['series']}/step-{r['step']}"
         assert float(r["median_delta_logit"]) == pytest.approx(sql[(model, r["split"])], abs=1e-9)
     seg = json.loads(json.dumps(stored[0]["segment_relevance"]))
-    assert set(seg) == set(SEGS)
+    assert set(seg) == {*SEGS, "special"}  # stored as computed; the figures leave `special` out
+    for fig in ("fig5_segments.csv", "fig7_segments.csv"):
+        assert {r["segment"] for r in _csv(tmp_path / "r/tables" / fig)} == set(SEGS)
 
 
 def test_the_step_axis_has_whole_steps_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

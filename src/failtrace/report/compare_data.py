@@ -8,8 +8,11 @@ Definitions (docs/REPORT.md, "Across models / checkpoints"):
 * **Corrected** in another model or checkpoint: its Δℓ = ℓ(target) − ℓ(contrast) < 0, i.e. that model now prefers
   the contrast (the token that fixes the answer) at the same text position.
 * **Segment share** of one row: s_g = R_g / Σ_h |R_h|, the signed share of the absolute segment relevance held by
-  segment g (R_g = summed AttnLRP input relevance of the segment). It is scale free, so models whose relevance
-  magnitudes differ (another size, another tokenizer) can be averaged and compared; Σ_g |s_g| = 1.
+  segment g (R_g = summed AttnLRP input relevance of the segment), g and h over the prompt's own segments: every one
+  but ``special``. It is scale free, so models whose relevance magnitudes differ (another size, another tokenizer)
+  can be averaged and compared; Σ_g |s_g| = 1. ``special`` (the chat template's text and the special ids) is left
+  out because it is not the same input in two models: another template, and attention-sink ids whose relevance is
+  large and differs by model; counted in, it moved every other segment's share for a reason outside the prompt.
 * **Series** of a checkpoint: the finetune run it belongs to (the row's ``training_run``,
   :func:`failtrace.training.checkpoints.training_run_id`), named by its folder with a trailing ``step-N`` /
   ``checkpoint-N`` component removed (``ckpts/dpo/step-50`` → ``ckpts/dpo``); two runs saved into one folder are
@@ -87,8 +90,8 @@ def split_of(row: Row) -> str:
 
 
 def segment_share(seg: Mapping[str, float] | None) -> dict[str, float]:
-    """s_g = R_g / Σ_h |R_h| (module docstring); {} when there is no relevance."""
-    seg = {str(k): float(v) for k, v in (seg or {}).items()}
+    """s_g = R_g / Σ_h |R_h| over every segment but ``special`` (module docstring); {} when there is no relevance."""
+    seg = {str(k): float(v) for k, v in (seg or {}).items() if k != "special"}
     total = sum(abs(v) for v in seg.values())
     return {k: v / total for k, v in seg.items()} if total > 0 else {}
 

@@ -196,9 +196,9 @@ def _models_section(data: Mapping[str, list[dict[str, Any]]], unmapped: Mapping[
                  "tables/fig4_scatter.csv.")
     if data["segments"]:
         html += _fig(_uri(segments_figure(data["segments"], figs / "fig5_segments.png")), "segment share per model",
-                     "Fig. 5 — mean segment share R_seg / Σ|R_seg| (AttnLRP) in the analysed model (hatched) and the "
-                     "other model (plain), for the cases the other model corrects (green) and does not (red). Data: "
-                     "tables/fig5_segments.csv.")
+                     "Fig. 5 — mean segment share R_seg / Σ|R_seg| (AttnLRP; the chat template's text and special "
+                     "ids left out) in the analysed model (hatched) and the other model (plain), for the cases the "
+                     "other model corrects (green) and does not (red). Data: tables/fig5_segments.csv.")
     return html + "</section>"
 
 
@@ -221,7 +221,8 @@ def _checkpoints_section(data: Mapping[str, list[dict[str, Any]]], figs: Path) -
     if data["checkpoint_segments"]:
         html += _fig(_uri(checkpoint_segments_figure(data["checkpoint_segments"], figs / "fig7_segments.png")),
                      "segment share per checkpoint",
-                     "Fig. 7 — mean segment share R_seg / Σ|R_seg| (AttnLRP) per checkpoint step, per split. Data: "
+                     "Fig. 7 — mean segment share R_seg / Σ|R_seg| (AttnLRP; the chat template's text and special "
+                     "ids left out) per checkpoint step, per split. Data: "
                      "tables/fig7_segments.csv.")
     return html + "</section>"
 

@@ -266,7 +266,7 @@
       var body = tab === "models" ? (data.scatter.length ? fig4(data).concat(fig5(data)) : [el("p", {class: "muted"}, "no model comparisons: run failtrace compare --models")])
         : (data.checkpoints.length ? fig6(data).concat(fig7(data)) : [el("p", {class: "muted"}, "no checkpoint comparisons: run failtrace compare --checkpoints")]);
       view.appendChild(el("section", {class: "block", id: "across"}, [el("h2", {}, "Across models and checkpoints"), tabs,
-        el("p", {class: "note"}, "Corrected: the other model or checkpoint prefers the contrast (Δℓ < 0). Segment share: R_seg / Σ|R_seg| of AttnLRP relevance. Same data as the report's Fig. 4–7 (" + data.rows + " comparison rows)."),
+        el("p", {class: "note"}, "Corrected: the other model or checkpoint prefers the contrast (Δℓ < 0). Segment share: R_seg / Σ|R_seg| of AttnLRP relevance over the prompt's own segments (the chat template's text and special ids left out: they differ by model). Same data as the report's Fig. 4–7 (" + data.rows + " comparison rows)."),
         el("div", {class: "figs"}, body)]));
     });
   };
