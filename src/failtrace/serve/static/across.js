@@ -43,7 +43,7 @@
   }
 
   function tipText(c, data, j) {
-    var lines = ["pos " + j + " · ‹" + FT.shown(c.tokens[j]) + "›"];
+    var lines = ["pos " + j + " · " + FT.quoted(c.tokens[j])];
     data.models.forEach(function (m) {
       var a = m.aligned, v = a ? a.values[j] : null, s = a ? a.spans[j] : null, own = "";
       if (s && m.other_tokens) own = " ‹" + m.other_tokens.slice(s[0], s[1] + 1).map(FT.shown).join("|") + "›";

@@ -72,7 +72,7 @@
 
   function tokenText(c, m, i) {
     var sp = c.special[i], v = m && m.drawable ? m.norm[i] : null, raw = m && m.drawable ? m.raw[i] : null;
-    return "pos " + i + " · ‹" + FT.shown(c.tokens[i]) + "› · " + (c.labels[i] || "no segment") +
+    return "pos " + i + " · " + FT.quoted(c.tokens[i]) + " · " + (c.labels[i] || "no segment") +
       (sp ? " · special token id (grey)" : "") + "\nR = " + FT.fmt(raw, 5) + "   normalised = " + FT.fmt(v, 3);
   }
 
@@ -280,7 +280,7 @@
         // a name per button (a screen reader lists them all alike otherwise); the id where two tokens print alike
         var twin = c.alternatives.some(function (b) { return b !== a && FT.shown(b.text) === FT.shown(a.text); });
         pick = el("button", {type: "button", class: "pick write", "data-token": a.token_id,
-                             "aria-label": "use ‹" + FT.shown(a.text) + "›" + (twin ? " (id " + a.token_id + ")" : "") +
+                             "aria-label": "use " + FT.quoted(a.text) + (twin ? " (id " + a.token_id + ")" : "") +
                                " as contrast"}, "use as contrast");
         pick.addEventListener("click", function () {
           FT.write(function () {
@@ -323,7 +323,7 @@
     (c.reviews || []).forEach(function (r) {
       var superseded = (r.decision === "accept" || r.decision === "reject") && r.review_id !== c.decision.review_id;
       box.appendChild(el("div", {class: "note" + (superseded ? " muted" : "")}, when(r) + " · " + r.decision + (r.category ? " → " + r.category : "") +
-        (r.contrast_id !== null && r.contrast_id !== undefined ? " → ‹" + FT.shown(r.contrast_text) + "› (#" + r.contrast_id + ")" : "") + (r.comment ? ": " + r.comment : "") +
+        (r.contrast_id !== null && r.contrast_id !== undefined ? " → " + FT.quoted(r.contrast_text) + " (#" + r.contrast_id + ")" : "") + (r.comment ? ": " + r.comment : "") +
         (superseded ? " (superseded)" : "")));
     });
     if (!FT.meta.review) { box.appendChild(el("p", {class: "muted"}, "read-only: start with `failtrace serve --review` to accept/reject pairs or override categories.")); return box; }

@@ -72,6 +72,10 @@ var FT = (function () {
     return s ? s.replace(/[ \n\t\r]/g, function (c) { return WS[c]; }) : "∅";
   };
 
+  FT.quoted = function (tok) {  // a token as every view names one: ‹shown›, or — when there is none
+    return tok === null || tok === undefined ? "—" : "‹" + FT.shown(tok) + "›";
+  };
+
   /* white blended towards red (v > 0, supports the target) or blue (v < 0, the contrast); colours from /api/meta */
   FT.mix = function (v) {
     var c = FT.meta.colors, a = Math.min(1, Math.abs(v) || 0), end = v > 0 ? c.red : c.blue;

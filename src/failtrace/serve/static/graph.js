@@ -71,7 +71,7 @@
       var c = el("circle", {cx: X[n[1]], cy: Y(n[0]), r: 2.5 + 6 * Math.min(1, n[3]), class: cls, "data-k": k,
                             fill: sp ? "rgb(" + FT.meta.colors.special.join(",") + ")" : (n[2] > 0 ? red : blue)});
       c.addEventListener("mouseenter", function (ev) {
-        FT.tip(ev, nodeName(D, k) + "  ‹" + FT.shown(D.tokens[n[1]]) + "›\nR = " + FT.fmt(n[2], 5) +
+        FT.tip(ev, nodeName(D, k) + "  " + FT.quoted(D.tokens[n[1]]) + "\nR = " + FT.fmt(n[2], 5) +
                "\nnormalised |R| = " + FT.fmt(n[3], 3) + (sp ? "\n(special token)" : ""));
         if (!sub) hover(svg, k);
       });

@@ -48,7 +48,6 @@
       : "no pair (only failures are searched; the verdict is " + s + ")");
   }
 
-  function token(t) { return t === null || t === undefined ? "—" : "‹" + FT.shown(t) + "›"; }
 
   function pairBlock(p) {
     var run = (FT.meta.pair_runs || {})[p.pair_run_id], said = FT.meta.pair_status_text[p.status];
@@ -57,7 +56,7 @@
       ["status", said ? [el("b", {}, said[0]), el("span", {class: "muted"}, " — " + said[1])] : p.status || "—"],
       ["reason", p.reason || "—"],
       ["position", p.position === null || p.position === undefined ? "—" : String(p.position)],
-      ["target → contrast", el("span", {class: "tx"}, token(p.target_text) + " → " + token(p.contrast_text))],
+      ["target → contrast", el("span", {class: "tx"}, FT.quoted(p.target_text) + " → " + FT.quoted(p.contrast_text))],
       ["Δℓ", FT.fmt(p.delta_logit, 4)],
       ["case", p.case_id ? el("a", {href: "#/case/" + p.case_id, class: "to-case"}, "open case " +
                               p.case_id.slice(0, 12) + " →") : el("span", {class: "muted"}, "none (not analysed)")]];

@@ -129,8 +129,8 @@
                  String(r.model).split("/").pop()), el("td", {}, r.verdict), el("td", {title: (said ? said[1] : "") +
                  (r.pair_run_id ? (said ? "; " : "") + "pair run " + r.pair_run_id : "") || null},
                  said ? said[0] : r.pair_status || "—"),
-                 el("td", {class: "tx"}, r.target_text === null ? "—" : "‹" + FT.shown(r.target_text) + "›"),
-                 el("td", {class: "tx"}, r.contrast_text === null ? "—" : "‹" + FT.shown(r.contrast_text) + "›"),
+                 el("td", {class: "tx"}, FT.quoted(r.target_text)),
+                 el("td", {class: "tx"}, FT.quoted(r.contrast_text)),
                  el("td", {class: "n"}, FT.fmt(r.delta_logit)), el("td", {class: "n", title: kTitle(r)}, r.k_star !== null ? String(r.k_star) : r.k_computed ? "none" : "—"),
                  el("td", {class: "nw"}, [FT.badge(r.category, c.categories), r.overridden ? el("span", {class: "muted", title: "overridden by a reviewer"}, " ✎") : null]),
                  el("td", {}, FT.badge(r.pattern, c.patterns)), el("td", {class: "n"}, r.n_tokens === null ? "—" : String(r.n_tokens))];
