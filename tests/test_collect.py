@@ -222,3 +222,34 @@ def test_a_sub_steps_log_lines_are_at_most_one_per_five_seconds(capsys, monkeypa
     for _ in range(3):
         items.advance()
     assert len(capsys.readouterr().err.strip().splitlines()) == 3
+
+
+_STRICT_TEMPLATE = (  # as Gemma's and others do: a role the template does not know is refused with raise_exception
+    "{% for m in messages %}{% if m['role'] not in ['system', 'user', 'assistant'] %}"
+    "{{ raise_exception('Conversation roles must be system, user or assistant, got ' + m['role']) }}{% endif %}"
+    "<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_a_chat_template_that_refuses_an_item_is_refused_before_the_run_is_recorded(tmp_path: Path) -> None:
+    """The template's refusal (a jinja TemplateError) escaped as an unexpected error (exit 70, a crash log) after the
+    run and its items were recorded: the store gained a run with nothing generated. It is now one FailtraceError
+    naming the item and the roles, raised before anything is written; a resumed run keeps what it had."""
+    lm = toy_loaded(0)
+    lm.tokenizer.chat_template = _STRICT_TEMPLATE
+    good = toy_items(2)
+    bad = Item(id="with-tool", benchmark="toy", prompt=[{"role": "user", "content": "aa"},
+                                                        {"role": "tool", "content": "bb"}], reference={"needle": "zz"})
+    with open_store(tmp_path / "s.duckdb") as st:
+        with pytest.raises(FailtraceError, match=r"item 'with-tool': the model's chat template refused the messages "
+                                                 r"\(roles user, tool\): Conversation roles must be"):
+            collect(st, ToyBenchmark(), [good[0], bad], lm, max_new_tokens=4, progress=False)
+        assert st.runs() == [] and st.con.execute("SELECT count(*) FROM run_items").fetchone()[0] == 0
+        run_id = collect(st, ToyBenchmark(), good, lm, max_new_tokens=4, progress=False).run_id
+        before = (st.results(run_id), st.con.execute("SELECT count(*) FROM run_items").fetchone()[0])
+        for batch_size in (1, 2):
+            with pytest.raises(FailtraceError, match="item 'with-tool'"):
+                collect(st, ToyBenchmark(), [*good, bad], lm, max_new_tokens=4, batch_size=batch_size,
+                        progress=False)
+        assert (st.results(run_id), st.con.execute("SELECT count(*) FROM run_items").fetchone()[0]) == before

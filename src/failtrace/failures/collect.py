@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from failtrace.benchmarks.base import Benchmark, Item, Verdict, checker_options
 from failtrace.benchmarks.registry import register_benchmark, resolve_benchmark  # re-exported: one registry
 from failtrace.errors import FailtraceError
@@ -200,19 +202,23 @@ def run_budget(benchmark: Benchmark, max_new_tokens: int | None) -> int:
 
 def open_run(store: ResultsStore, benchmark: Benchmark, items: Sequence[Item], model: Any, window: int | None,
              thinking_mode: bool, budget: int, budget_given: bool, *, thinking: bool, seed: int, data: str | None,
-             batch_size: int) -> tuple[RunRecord, list[Item], CollectSummary]:
+             batch_size: int, prepare: Callable[[list[Item]], None] | None = None,
+             ) -> tuple[RunRecord, list[Item], CollectSummary]:
     """What a collect call does before decoding, in-process or on Ray (``model`` is a loaded or described model):
-    check ``--thinking`` and the budget against the model before a run is recorded (a refusal leaves the store as it
-    was), record the run and its items, and return the items it still has to do with the summary so far."""
+    check ``--thinking`` and the budget against the model, and run ``prepare`` on the items still to do (the serial
+    path renders their prompts), all before a run is recorded (a refusal leaves the store as it was); then record the
+    run and its items, and return the items it still has to do with the summary so far."""
     from failtrace.models.chat import check_thinking
 
     check_thinking(thinking_mode, model.name, thinking)
     check_budget(budget, model.name, window, budget_given, benchmark.name)
     run = collect_run_record(model, benchmark.name, budget, thinking, seed, data, batch_size,
                              checker_options(benchmark))
-    more_data = start_run(store, run, items)
     done = store.done_item_ids(run.run_id)
     todo = [it for it in items if it.id not in done]
+    if prepare is not None:
+        prepare(todo)
+    more_data = start_run(store, run, items)
     summary = CollectSummary(run_id=run.run_id, items=len(items), skipped=len(items) - len(todo), generated=0,
                              passed=0, failed=0, unverifiable=0, seconds=0.0, more_data=more_data,
                              first_batch_size=resumed_batch_size(store, run, todo))
@@ -244,14 +250,23 @@ def collect(
     budget = run_budget(benchmark, max_new_tokens)
     t0 = time.perf_counter()
     window = context_length(getattr(loaded, "model", None))
+    rendered: dict[str, np.ndarray] = {}  # int32: a list of Python ints per long trace would take ~30x the memory
+
+    def render(todo: list[Item]) -> None:  # every prompt to decode (batches are cut over all items), before the run
+        for it in items if batch_size > 1 else todo:
+            try:
+                rendered[it.id] = np.asarray(apply_chat_template(loaded.tokenizer, it.prompt, thinking=thinking),
+                                             dtype=np.int32)
+            except FailtraceError as exc:
+                raise FailtraceError(f"item {it.id!r}: {exc}") from None
+
     run, todo, summary = open_run(store, benchmark, items, loaded, window,
                                   has_thinking_mode(loaded.tokenizer), budget, max_new_tokens is not None,
-                                  thinking=thinking, seed=seed, data=data, batch_size=batch_size)
+                                  thinking=thinking, seed=seed, data=data, batch_size=batch_size, prepare=render)
     done = {it.id for it in items} - {it.id for it in todo}
     eos = eos_token_ids(loaded.model, loaded.tokenizer)
     pad = pad_token_id(loaded.tokenizer, eos)
-    batches = _batches(items if batch_size > 1 else todo, done, batch_size,
-                       lambda it: apply_chat_template(loaded.tokenizer, it.prompt, thinking=thinking))
+    batches = _batches(items if batch_size > 1 else todo, done, batch_size, lambda it: rendered[it.id].tolist())
     bar = progress_bar(progress, f"collect {benchmark.name}", len(todo))
     try:
         for whole, prompts in batches:

@@ -34,10 +34,17 @@ def apply_chat_template(
     """
     if not getattr(tokenizer, "chat_template", None):
         raise FailtraceError("this tokenizer has no chat template; pass the prompt as plain text (drop --chat)")
+    from jinja2 import TemplateError
+
     msgs = chat_messages(prompt)
-    out = tokenizer.apply_chat_template(
-        msgs, add_generation_prompt=add_generation_prompt, tokenize=True, enable_thinking=thinking
-    )
+    try:
+        out = tokenizer.apply_chat_template(
+            msgs, add_generation_prompt=add_generation_prompt, tokenize=True, enable_thinking=thinking
+        )
+    except TemplateError as exc:  # the template's own refusal (``raise_exception``: a role it does not know, ...)
+        roles = ", ".join(dict.fromkeys(m["role"] for m in msgs))
+        raise FailtraceError(f"the model's chat template refused the messages (roles {roles}): "
+                             f"{str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}") from None
     if hasattr(out, "keys") and "input_ids" in out:  # transformers 5 returns a BatchEncoding
         out = out["input_ids"]
     if out and isinstance(out[0], list):
