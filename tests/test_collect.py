@@ -253,3 +253,31 @@ def test_a_chat_template_that_refuses_an_item_is_refused_before_the_run_is_recor
                 collect(st, ToyBenchmark(), [*good, bad], lm, max_new_tokens=4, batch_size=batch_size,
                         progress=False)
         assert (st.results(run_id), st.con.execute("SELECT count(*) FROM run_items").fetchone()[0]) == before
+
+
+def test_a_prompt_near_the_window_is_generated_only_up_to_its_end(tmp_path: Path, toy32: object) -> None:
+    """A prompt that fit with an answer that ran past the window was decoded on, at positions the model never saw
+    (a trace of 8,185 tokens got 24 tokens on SmolLM2's 8,192, stored as an ordinary failure). Generation now stops
+    where prompt + completion fill the window (finish ``length``, as at the budget); the tokens it keeps are the
+    unbounded decoding's first ones, in-process, batched beside a short item, and in the Ray worker's function."""
+    from failtrace.models.limits import context_length
+    from failtrace.scale.work import collect_item
+
+    tok, model = toy32.tokenizer, toy32.model  # type: ignore[attr-defined]
+    window = context_length(model)
+    overhead = len(apply_chat_template(tok, ""))
+    near = Item(id="near", benchmark="toy", prompt="b" * (window - 3 - overhead), reference={"needle": "zz"})
+    prompt = apply_chat_template(tok, near.prompt)
+    assert len(prompt) == window - 3
+    eos = eos_token_ids(model, tok)
+    free = greedy_generate(model, [prompt], 12, eos)[0].token_ids  # what the old code stored
+    assert len(free) > 3, "the toy model must not stop within 3 tokens here, or the test shows nothing"
+    for batch_size in (1, 2):
+        with open_store(tmp_path / f"s{batch_size}.duckdb") as st:
+            run = collect(st, ToyBenchmark(), [toy_items(1)[0], near], toy32, max_new_tokens=12,
+                          batch_size=batch_size, progress=False)
+            row = next(r for r in st.results(run.run_id) if r["item_id"] == "near")
+        assert row["token_ids"] == free[:3] and row["finish_reason"] == "length"
+        assert len(row["prompt_ids"]) + len(row["token_ids"]) == window
+    on_ray = collect_item(toy32, ToyBenchmark(), near, 12, False)
+    assert on_ray["generation"]["token_ids"] == free[:3] and on_ray["generation"]["finish_reason"] == "length"

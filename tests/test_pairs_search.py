@@ -283,3 +283,36 @@ def test_a_special_token_contrast_is_named_in_the_reason(lm: Any) -> None:
             if res.contrast_id in special:
                 return
     pytest.fail("no toy failure recovered by a special token: the test would prove nothing")
+
+
+def test_rollouts_stay_inside_the_context_window(lm: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rollouts ran to the rollout budget whatever the prompt's length, past the model's window near its end (as
+    collection did). Every rollout and continuation now ends by the window: prompt + completion <= window."""
+    from failtrace.failures import search
+
+    item, prompt, comp = _case(lm, 2)
+    n, m = len(prompt), len(comp)
+    assert m >= 4
+    window = n + m + 2  # the stored completion fits; a rollout of the full budget (16) would not
+    monkeypatch.setattr(lm.model.config, "max_position_embeddings", window)
+    ends: list[int] = []
+    real_rollouts, real_greedy = search.rollouts_at, search.greedy_generate
+
+    def rollouts(model: Any, kv: Any, starts: list[int], tokens: list[int], budgets: list[int], *a: Any, **k: Any):
+        out = real_rollouts(model, kv, starts, tokens, budgets, *a, **k)
+        ends.extend(s + len(seq) for s, seq in zip(starts, out[0], strict=True))
+        return out
+
+    def greedy(model: Any, prompts: Any, budget: int, *a: Any, **k: Any):
+        out = real_greedy(model, prompts, budget, *a, **k)
+        ends.extend(len(p) + len(g.token_ids) for p, g in zip(prompts, out, strict=True))
+        return out
+
+    monkeypatch.setattr(search, "rollouts_at", rollouts)
+    monkeypatch.setattr(search, "greedy_generate", greedy)
+    for settings, finish in ((PairSettings(top_k=3), "eos"), (PairSettings(top_k=3, rollout_tokens=40), "eos"),
+                             (PairSettings(top_k=3, rollout_tokens=40, try_unbounded=True), "length")):
+        ends.clear()
+        PairFinder(lm, settings).find(ToyBenchmark(mode="never"), item, prompt, comp, BUDGET, finish)
+        assert len(ends) >= 3 * min(m, 4) and max(ends) <= window, (len(ends), max(ends), window)
+        assert max(ends) > n + m  # rollouts did run on past the stored completion: the bound is what held them

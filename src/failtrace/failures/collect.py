@@ -273,7 +273,8 @@ def collect(
             long = {it.id: over_window(prompts[it.id], window) for it in whole}
             batch = [it for it in whole if long[it.id] is None]
             tg = time.perf_counter()
-            outs = greedy_generate(loaded.model, [prompts[it.id] for it in batch], budget, eos, pad) if batch else []
+            outs = greedy_generate(loaded.model, [prompts[it.id] for it in batch], budget, eos, pad,
+                                   window=window) if batch else []
             per_item = (time.perf_counter() - tg) / max(len(batch), 1)
             done_now = dict(zip([it.id for it in batch], outs, strict=True))
             for it in whole:

@@ -75,22 +75,27 @@ def finish_reason(token_ids: Sequence[int], eos: frozenset[int]) -> str:
 
 
 def greedy_generate(model: Any, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos: frozenset[int],
-                    pad_id: int = 0, max_draft: int = 0) -> list[Generated]:
+                    pad_id: int = 0, max_draft: int = 0, window: int | None = None) -> list[Generated]:
     """Greedy completions of ``prompts`` (lists of token ids) decoded as one left-padded batch; ``max_draft > 0``
-    verifies lookup drafts (:mod:`failtrace.failures.decode`; the same tokens, fewer passes on repetitive text)."""
+    verifies lookup drafts (:mod:`failtrace.failures.decode`; the same tokens, fewer passes on repetitive text).
+    ``window``: the model's context window; a row then stops where prompt + completion fill it (finish ``length``,
+    as at the budget), since every later token would sit at a position the model never saw."""
     import torch
 
     if not prompts:
         return []
-    if max_new_tokens <= 0:
+    budgets = [max_new_tokens if window is None else min(max_new_tokens, window - len(p)) for p in prompts]
+    if max(budgets) <= 0:
         return [Generated([], FINISH_LENGTH) for _ in prompts]
+    if min(budgets) <= 0:
+        raise ValueError("a prompt fills the context window: nothing can be generated after it")
     device = next(model.parameters()).device
     width = max(len(p) for p in prompts)
     if min(len(p) for p in prompts) == 0:
         raise ValueError("cannot generate from an empty prompt")
     padded = width != min(len(p) for p in prompts)
     if padded and slides(model):  # left padding would shift a sliding window that counts cache positions
-        return [greedy_generate(model, [p], max_new_tokens, eos, pad_id, max_draft)[0] for p in prompts]
+        return [greedy_generate(model, [p], max_new_tokens, eos, pad_id, max_draft, window)[0] for p in prompts]
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long, device=device)
     mask = torch.zeros((len(prompts), width), dtype=torch.long, device=device)
     for i, p in enumerate(prompts):
@@ -105,7 +110,7 @@ def greedy_generate(model: Any, prompts: Sequence[Sequence[int]], max_new_tokens
         else:
             logits = forward_logits(model, keep=1, input_ids=ids, past_key_values=cache, use_cache=True)
         first = logits[:, -1].argmax(-1)
-        outs = decode_rows(model, cache, first, [max_new_tokens] * len(prompts), eos, mask if padded else None,
+        outs = decode_rows(model, cache, first, budgets, eos, mask if padded else None,
                            contexts=prompts, max_draft=max_draft)[0]
     return [Generated(o, finish_reason(o, eos)) for o in outs]
 

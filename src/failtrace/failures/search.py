@@ -1,7 +1,8 @@
 """The pair search for one failure: the first completion position where one of the top-k alternatives recovers.
 
 For one failed item with prompt ids ``P`` (n tokens) and completion ids ``C`` (m tokens, exactly as generated, EOS
-included when the model stopped), with rollout budget ``R`` (default: the collection's ``max_new_tokens``):
+included when the model stopped), with rollout budget ``R`` (default: the collection's ``max_new_tokens``; at most the model's context window minus n,
+as collection stops generating where the window ends):
 
 1. The stored completion is checked again; if the checker no longer says ``fail`` the case is ``unverifiable``.
 2. If ``C`` hit the length limit and ``R`` exceeds that limit, ``C`` is first continued greedily up to ``R`` tokens:
@@ -84,7 +85,8 @@ class PairFinder:
         if isinstance(vocab, int) and self.settings.top_k >= vocab:  # before any pair run is recorded
             raise FailtraceError(f"--top-k {self.settings.top_k} is not below {loaded.name}'s vocabulary of {vocab} "
                                  f"tokens (the alternatives exclude the target); give at most {vocab - 1}")
-        check_rollout_window(self.settings, loaded.name, context_length(loaded.model))
+        self.window = context_length(loaded.model)
+        check_rollout_window(self.settings, loaded.name, self.window)
 
     def _hint(self, item: Item, comp: list[int], live: list[int], res: PairResult, search: SearchState) -> int | None:
         """The judge's hinted completion offset (recorded in ``res``), or None without a judge or a usable hint."""
@@ -262,6 +264,8 @@ class PairFinder:
         finish = finish or finish_reason(comp, self.eos)
         unbounded = finish == FINISH_LENGTH
         budget = self.settings.rollout_tokens or max_new_tokens
+        if self.window is not None:  # prompt + rollout stay inside the window, as collection's generation does
+            budget = max(1, min(budget, self.window - n))
         res = PairResult(status="no_target", prompt_tokens=n, completion_tokens=m, hit_length_limit=unbounded)
         search = SearchState(res)
         notes = search.notes

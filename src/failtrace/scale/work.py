@@ -102,11 +102,12 @@ def collect_item(loaded: Any, benchmark: Benchmark, item: Item, budget: int, thi
 
     eos = eos_token_ids(loaded.model, loaded.tokenizer)
     prompt = apply_chat_template(loaded.tokenizer, item.prompt, thinking=thinking)
-    long = over_window(prompt, context_length(loaded.model))
+    window = context_length(loaded.model)
+    long = over_window(prompt, window)
     if long is not None:
         return {"generation": long[0].to_dict(), "verdict": long[1].to_dict(), "check_seconds": 0.0}
     t = time.perf_counter()
-    out = greedy_generate(loaded.model, [prompt], budget, eos, pad_token_id(loaded.tokenizer, eos))[0]
+    out = greedy_generate(loaded.model, [prompt], budget, eos, pad_token_id(loaded.tokenizer, eos), window=window)[0]
     gen, verdict, check_seconds = finish_item(loaded.tokenizer, benchmark, item, prompt, out, eos,
                                               time.perf_counter() - t)
     return {"generation": gen.to_dict(), "verdict": verdict.to_dict(), "check_seconds": check_seconds}
