@@ -278,3 +278,36 @@ def test_expected_arguments_with_nan_or_infinity_are_named(tmp_path: Path) -> No
     assert [i.id for i in report.items] == ["ok"]
     said = "'expected' arguments of 'f' hold NaN or Infinity, which is not JSON (and no answer equals NaN)"
     assert report.problems == [f"line 2: {said}", f"line 3: {said}"]
+
+
+@pytest.mark.parametrize(("expected", "said"), [
+    ({"answer": ""}, "'expected' 'answer' must be a non-empty string, got ''"),
+    ({"command": "   "}, "'expected' 'command' must be a non-empty string, got '   '"),
+    ({"tool": ""}, "'expected' 'tool' must be a non-empty string, got ''"),
+    ({"reply": ""}, "'expected' 'reply' must be a non-empty string, got ''"),
+    ({"tool": 5}, "'expected' 'tool' must be a non-empty string, got 5"),
+    ({"tool": "f", "arguments": {}, "answer": "x"}, "'expected' holds 'tool' and 'answer': give exactly one action"),
+    ({"tool": "f", "arguments": 5}, "'expected' arguments of 'f' must be an object of named arguments, got int"),
+    ({"tool": "f", "arguments": "[1, 2]"}, "'expected' arguments of 'f' must be an object of named arguments, got list"),
+])
+def test_an_expected_action_that_no_completion_could_meet_is_named(tmp_path: Path, expected: dict[str, object],
+                                                                   said: str) -> None:
+    """These were stored and collected: an empty answer or command no completion can equal, an empty tool name no
+    call can match, arguments that are not named, and two actions of which one was silently taken."""
+    good = {"id": "ok", "messages": [{"role": "user", "content": "hi"}], "expected": {"reply": "x"}}
+    bad = {"id": "bad", "messages": [{"role": "user", "content": "hi"}], "expected": expected}
+    path = tmp_path / "items.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    report = TracesBenchmark().load(str(path))
+    assert [i.id for i in report.items] == ["ok"] and report.problems == [f"line 2: {said}"]
+
+
+@pytest.mark.parametrize("rid", [{"x": 1}, "", "  ", True, [1]])
+def test_an_id_that_is_not_a_name_is_refused(tmp_path: Path, rid: object) -> None:
+    """An object id was stored as its Python repr ("{'x': 1}"), an empty one as ""; an integer is its digits."""
+    path = tmp_path / "items.jsonl"
+    path.write_text("".join(json.dumps({"id": i, "messages": [{"role": "user", "content": "hi"}],
+                                        "expected": {"reply": "x"}}) + "\n" for i in (7, rid)))
+    report = TracesBenchmark().load(str(path))
+    assert [i.id for i in report.items] == ["7"]
+    assert report.problems == [f"line 2: 'id' must be a non-empty string or an integer, got {rid!r}"]

@@ -59,14 +59,26 @@ def normalise_messages(messages: list[Any]) -> list[dict[str, str]]:
     return out
 
 
+ACTION_KINDS: tuple[str, ...] = ("tool", "answer", "reply", "command")
+
+
 def parse_expected(expected: Any) -> dict[str, Any]:
-    """Validate an ``expected`` action: exactly one of tool (+ arguments), answer, reply, command."""
+    """Validate an ``expected`` action: exactly one of tool (+ arguments, an object), answer, reply, command, each a
+    string with text in it (an empty one could never be met, or never missed: no honest verdict either way)."""
     if not isinstance(expected, dict):
         raise ValueError("'expected' must be an object like {\"tool\": ..., \"arguments\": {...}} or {\"answer\": ...}")
+    kinds = [k for k in ACTION_KINDS if k in expected]
+    if len(kinds) > 1:
+        raise ValueError(f"'expected' holds {' and '.join(repr(k) for k in kinds)}: give exactly one action")
+    if kinds and not (isinstance(expected[kinds[0]], str) and expected[kinds[0]].strip()):
+        raise ValueError(f"'expected' {kinds[0]!r} must be a non-empty string, got {expected[kinds[0]]!r}"[:200])
     if isinstance(expected.get("tool"), str):
         arguments = json_arguments(expected.get("arguments"))
         if isinstance(arguments, str):  # a JSON string that does not parse: no call's arguments could equal it
             raise ValueError(f"'expected' arguments of {expected['tool']!r} are not valid JSON: {arguments[:60]!r}")
+        if not isinstance(arguments, dict):  # a call's arguments are named: 5 or [1, 2] could never be equalled
+            raise ValueError(f"'expected' arguments of {expected['tool']!r} must be an object of named arguments, "
+                             f"got {type(arguments).__name__}")
         if _has_non_finite(arguments):  # Python's json reads NaN/Infinity; no call equals NaN, and JSON has neither
             raise ValueError(f"'expected' arguments of {expected['tool']!r} hold NaN or Infinity, which is not JSON "
                              "(and no answer equals NaN)")

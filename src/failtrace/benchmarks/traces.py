@@ -223,6 +223,9 @@ class TracesBenchmark:
 
 
 def _to_item(record: dict[str, Any], where: str) -> Item:
+    rid = record["id"]
+    if isinstance(rid, bool) or not (isinstance(rid, int) or (isinstance(rid, str) and rid.strip())):
+        raise ValueError(f"'id' must be a non-empty string or an integer, got {rid!r}"[:200])
     if not isinstance(record["messages"], list) or not record["messages"]:
         raise ValueError("'messages' must be a non-empty list of {role, content} objects")
     messages = normalise_messages(record["messages"])
