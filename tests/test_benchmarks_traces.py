@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from failtrace.benchmarks import Item, get_benchmark
+from failtrace.benchmarks.base import caveats
 from failtrace.benchmarks.traces import (
     TracesBenchmark,
     convert_trace,
@@ -136,14 +137,19 @@ def test_tau_bench_converter(tmp_path: Path) -> None:
     raw.write_text(json.dumps(_tau_like()))
     report = TracesBenchmark().load(str(raw))  # a raw tau-bench file loads directly
     assert [i.id for i in report.items] == [i["id"] for i in items]
-    # the episode failed (reward 0): its actions are kept, and the load says so (it used to be silent)
-    assert report.problems == [f"{raw}: 1 of the file's 1 trajectories ended with reward < 1 (the episode failed); "
-                               "their actions are still the expected ones, though one of them went wrong (an item's "
-                               "meta.reward gives its episode's reward)"]
-    assert report.items[0].meta["reward"] == 0.0
+    # the episode failed (reward 0): its actions are kept, and collect says so of the items it is given (it used
+    # to be silent; then it spoke of the whole file, also when --item chose only items of episodes that succeeded)
+    assert report.problems == [] and report.items[0].meta["reward"] == 0.0
+    said = ("their actions are still the expected ones, though one of them went wrong (an item's meta.reward gives "
+            "its episode's reward)")
+    assert caveats(TracesBenchmark(), report.items) == [
+        f"3 of the 3 items come from episodes that ended with reward < 1 (the episode failed); {said}"]
     won = tmp_path / "won.json"
-    won.write_text(json.dumps([{**_tau_like()[0], "reward": 1.0}]))
-    assert TracesBenchmark().load(str(won)).problems == []
+    won.write_text(json.dumps([{**_tau_like()[0], "reward": 1.0}, {**_tau_like()[0], "trial": 2}]))
+    both = TracesBenchmark().load(str(won)).items
+    assert len(both) == 6 and caveats(TracesBenchmark(), both[:3]) == []
+    assert caveats(TracesBenchmark(), both[2:4]) == [
+        f"1 of the 2 items come from episodes that ended with reward < 1 (the episode failed); {said}"]
     out = tmp_path / "items.jsonl"
     convert_trace_file(raw, out)
     again = TracesBenchmark().load(str(out), limit=2)

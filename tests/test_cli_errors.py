@@ -750,3 +750,13 @@ def test_a_missing_store_points_at_the_demos(tmp_path: Path, monkeypatch: pytest
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and err.endswith("--store out/runs.duckdb)"), (argv, err)
+
+
+def test_a_long_load_warning_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """A data file's warning of 279 characters (tau-bench's failed-episode count) was wrapped at 200 columns, so a
+    refused command printed three lines where one warning and one error were meant."""
+    from failtrace.cli.pipeline import _warn_problems
+
+    problem = "file.json: " + "word " * 60 + "[not markup]"
+    _warn_problems([problem, "short"])
+    assert capsys.readouterr().err == f"warning: {problem}\nwarning: short\n"

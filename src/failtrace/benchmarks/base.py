@@ -7,6 +7,7 @@ counts as a pass or a fail.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -81,6 +82,13 @@ class Benchmark(Protocol):
     # equal status), so the pair search checks each distinct key once per failure (failures/search.py);
     # checker_options() -> dict: the constructor options that change verdicts (IFEval's loose mode). A collection
     # run records them and the pair search rebuilds the same checker from them (see checker_options below).
+
+
+def caveats(benchmark: Any, items: Sequence[Item]) -> list[str]:
+    """What a reader of ``benchmark``'s verdicts on exactly these ``items`` should know (warnings about the chosen
+    items, not the whole file: ``--item`` and ``--limit`` pick first); a benchmark may say nothing."""
+    hook = getattr(benchmark, "caveats", None)
+    return list(hook(items)) if callable(hook) else []
 
 
 def checker_options(benchmark: Any) -> dict[str, Any]:

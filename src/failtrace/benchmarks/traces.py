@@ -21,7 +21,7 @@ import ast
 import json
 import re
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -177,10 +177,20 @@ class TracesBenchmark:
             if _is_raw_trace(raw):
                 converted = convert_trace(raw, path.stem, source)
                 records = ((f"action {i}", rec) for i, rec in enumerate(converted, start=1))
-                report = items_from_records(records, source, limit, REQUIRED_FIELDS, _to_item, formats=FORMATS)
-                report.problems[:0] = _failed_episodes(raw, source)  # first: never behind "... and N more"
-                return report
+                return items_from_records(records, source, limit, REQUIRED_FIELDS, _to_item, formats=FORMATS)
         return build_items(source, limit, REQUIRED_FIELDS, _to_item, formats=FORMATS)
+
+    def caveats(self, items: Sequence[Item]) -> list[str]:
+        """A warning when some of these items come from tau-bench episodes that ended with reward < 1: their actions
+        are a failing agent's, yet each is compared as the expected next action like any other (which of them went
+        wrong, the file does not say). Counted over the items chosen, not the file."""
+        rewards = [it.meta.get("reward") for it in items]
+        failed = sum(1 for x in rewards if isinstance(x, (int, float)) and not isinstance(x, bool) and x < 1)
+        if not failed:
+            return []
+        return [f"{failed} of the {len(items)} items come from episodes that ended with reward < 1 (the episode "
+                "failed); their actions are still the expected ones, though one of them went wrong (an item's "
+                "meta.reward gives its episode's reward)"]
 
     def check(self, item: Item, completion: str) -> Verdict:
         expected = item.reference["expected"]
@@ -280,18 +290,6 @@ def _items_from_messages(messages: list[dict[str, Any]], base_id: str, meta: dic
         item_meta: dict[str, Any] = {**meta, "message_index": i}
         items.append({"id": f"{base_id}-m{i}", "messages": rendered[:i], "expected": expected, "meta": item_meta})
     return items
-
-
-def _failed_episodes(raw: Any, where: str) -> list[str]:
-    """A warning when tau-bench trajectories ended with reward < 1: their actions are a failing agent's, yet they are
-    compared as the expected next action like any other (which of its actions went wrong, the file does not say)."""
-    rewards = [r.get("reward") for r in raw if isinstance(r, dict)] if isinstance(raw, list) else []
-    failed = sum(1 for x in rewards if isinstance(x, (int, float)) and not isinstance(x, bool) and x < 1)
-    if not failed:
-        return []
-    return [f"{where}: {failed} of the file's {len(rewards)} trajectories ended with reward < 1 (the episode "
-            "failed); their actions are still the expected ones, though one of them went wrong (an item's "
-            "meta.reward gives its episode's reward)"]
 
 
 def convert_trace(raw: Any, name: str = "trace", where: str | None = None) -> list[dict[str, Any]]:

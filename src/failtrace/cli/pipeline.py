@@ -30,7 +30,8 @@ def _warn_problems(problems: list[str]) -> None:
 
     err = _console(stderr=True)
     for problem in problems[:_MAX_PROBLEMS_SHOWN]:  # escaped: a problem can quote the data file's own text
-        err.print(f"[yellow]warning:[/] {escape(problem)}", markup=True, highlight=False)
+        # one line each, however long (as error lines are): wrapped, a warning read as several
+        err.print(f"[yellow]warning:[/] {escape(problem)}", markup=True, highlight=False, soft_wrap=True)
     if len(problems) > _MAX_PROBLEMS_SHOWN:
         err.print(f"[yellow]warning:[/] ... and {len(problems) - _MAX_PROBLEMS_SHOWN} more problems", markup=True)
 
@@ -64,6 +65,7 @@ def collect_command(
     ray_address: Optional[str] = opts.RAY_ADDRESS,
 ) -> None:
     """Generate greedily on benchmark items, check each answer, store generations and verdicts (resumable)."""
+    from failtrace.benchmarks.base import caveats
     from failtrace.failures.collect import resolve_benchmark
     from failtrace.models.checks import check_device
     from failtrace.models.loading import check_dtype
@@ -83,6 +85,7 @@ def collect_command(
                              f"{' (' + str(len(report.problems)) + ' problems above)' if report.problems else ''}")
     if item:
         report.items = _chosen_items(report.items, item, data)[:limit]
+    _warn_problems(caveats(bench, report.items))
     if workers is not None:
         summary = _collect_on_ray(bench, report.items, store, model, dtype, device, workers, ray_address,
                                   max_new_tokens, thinking, seed, data, progress)
