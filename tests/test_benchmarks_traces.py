@@ -220,6 +220,10 @@ def test_a_wrong_file_names_every_format_traces_read(tmp_path: Path) -> None:
      "trajectory 1 (task 7): 'traj' message 1 must be an object with a 'role' string"),
     ("n.json", [{"task_id": 1, "traj": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None}]}],
      "the trace has no assistant action to check"),
+    # a raw trace's key with a value of the wrong kind was read as a JSONL item: "missing field(s) 'id', ..."
+    ("s.traj", {"history": "nope"}, "'history' must be a list of messages (a SWE-agent .traj), got str"),
+    ("i.traj", {"history": 5}, "'history' must be a list of messages (a SWE-agent .traj), got int"),
+    ("x.json", [{"traj": "x"}], "trajectory 1 is not an object with a 'traj' list of messages"),
 ])
 def test_a_broken_raw_trace_is_one_error_naming_the_file(tmp_path: Path, name: str, raw: object,
                                                          message: str) -> None:

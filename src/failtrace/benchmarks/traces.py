@@ -260,9 +260,11 @@ def _read_json(path: Path) -> Any:
 
 
 def _is_raw_trace(raw: Any) -> bool:
+    """A raw trace by its keys (``history``, ``traj``), whatever their values: a wrong value is then named by the
+    converter ("'history' must be a list ...") rather than read as a JSONL item that lacks id, messages, expected."""
     if isinstance(raw, dict):
-        return isinstance(raw.get("history"), list) or isinstance(raw.get("traj"), list)
-    return isinstance(raw, list) and bool(raw) and isinstance(raw[0], dict) and isinstance(raw[0].get("traj"), list)
+        return "history" in raw or "traj" in raw
+    return isinstance(raw, list) and bool(raw) and isinstance(raw[0], dict) and "traj" in raw[0]
 
 
 def _expected_action(message: dict[str, Any]) -> dict[str, Any] | None:
@@ -305,6 +307,9 @@ def convert_trace(raw: Any, name: str = "trace", where: str | None = None) -> li
 
 
 def _convert(raw: Any, name: str, where: str) -> list[dict[str, Any]]:
+    if isinstance(raw, dict) and "history" in raw and not isinstance(raw["history"], list):
+        raise FailtraceError(f"{where}: 'history' must be a list of messages (a SWE-agent .traj), got "
+                             f"{type(raw['history']).__name__}")
     if isinstance(raw, dict) and isinstance(raw.get("history"), list):
         try:
             return _items_from_messages(raw["history"], f"swe-{name}", {"source": "swe-agent", "trace": name})
