@@ -100,6 +100,16 @@ def test_one_case_lists_its_tokens_in_masking_order(toy: dict[str, Any], method:
         for name, m in case.methods.items():
             line = next(x for x in out.splitlines() if x.startswith(f"│ {name} "))
             assert line.split("│")[2].strip() == ("none" if m.flip_k is None else str(m.flip_k))
+        # the segment table: the stored sums, whose `special` keeps the special ids, and says so
+        part = out.split("relevance by segment", 1)[1]
+        segs = {c[0]: c[1:] for c in ([x.strip() for x in line.split("│")[1:-1]] for line in part.splitlines()
+                                      if line.startswith("│"))}
+        labels = case.segment_labels()
+        assert len(segs) == len(r.segment_relevance)
+        for seg, value in r.segment_relevance.items():
+            name = seg + (" (relevant)" if seg in case.relevant_segments else
+                          " (chat template and special ids)" if seg == "special" else "")
+            assert int(segs[name][0]) == labels.count(seg) and float(segs[name][1]) == pytest.approx(value, rel=1e-3)
     assert with_rows >= 1
 
 

@@ -268,7 +268,9 @@ def _segments_table(c: Any, method: str) -> Any:
     for name in ("segment", "tokens", "Σ R"):
         t.add_column(name, justify="left" if name == "segment" else "right")
     for seg, value in sorted(r.segment_relevance.items(), key=lambda kv: -abs(kv[1])):
-        said = " (relevant)" if seg in c.relevant_segments else " (chat template)" if seg == "special" else ""
+        # the stored sums keep the special ids in `special` (the report's table leaves them out): said so here
+        said = " (relevant)" if seg in c.relevant_segments else \
+            " (chat template and special ids)" if seg == "special" else ""
         t.add_row(seg + said, str(labels.count(seg)), f"{value:.4g}")  # as the report's case section words them
     return t
 
