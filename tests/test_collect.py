@@ -258,8 +258,9 @@ def test_a_chat_template_that_refuses_an_item_is_refused_before_the_run_is_recor
 def test_a_prompt_near_the_window_is_generated_only_up_to_its_end(tmp_path: Path, toy32: object) -> None:
     """A prompt that fit with an answer that ran past the window was decoded on, at positions the model never saw
     (a trace of 8,185 tokens got 24 tokens on SmolLM2's 8,192, stored as an ordinary failure). Generation now stops
-    where prompt + completion fill the window (finish ``length``, as at the budget); the tokens it keeps are the
-    unbounded decoding's first ones, in-process, batched beside a short item, and in the Ray worker's function."""
+    where prompt + completion fill the window (finish ``window``: no budget could continue it); the tokens it keeps
+    are the unbounded decoding's first ones, in-process, batched beside a short item, and in the Ray worker's
+    function."""
     from failtrace.models.limits import context_length
     from failtrace.scale.work import collect_item
 
@@ -277,7 +278,36 @@ def test_a_prompt_near_the_window_is_generated_only_up_to_its_end(tmp_path: Path
             run = collect(st, ToyBenchmark(), [toy_items(1)[0], near], toy32, max_new_tokens=12,
                           batch_size=batch_size, progress=False)
             row = next(r for r in st.results(run.run_id) if r["item_id"] == "near")
-        assert row["token_ids"] == free[:3] and row["finish_reason"] == "length"
+        assert row["token_ids"] == free[:3] and row["finish_reason"] == "window"  # not the budget: it was 12
         assert len(row["prompt_ids"]) + len(row["token_ids"]) == window
     on_ray = collect_item(toy32, ToyBenchmark(), near, 12, False)
-    assert on_ray["generation"]["token_ids"] == free[:3] and on_ray["generation"]["finish_reason"] == "length"
+    assert on_ray["generation"]["token_ids"] == free[:3] and on_ray["generation"]["finish_reason"] == "window"
+    # a budget that ends exactly where the window does is the budget's stop, as always
+    assert greedy_generate(model, [prompt], 3, eos, window=window)[0].finish_reason == "length"
+
+
+def test_collect_says_when_answers_stopped_at_the_window(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The command's notes spoke of such answers as cut at the budget (a larger --max-new-tokens "decides them"); they
+    are now counted apart, with what can finish them."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from failtrace.cli import main
+    from failtrace_testkit.toy import save_toy_model
+
+    register_benchmark(ToyBenchmark(name="toy-window", max_new_tokens=8))
+    folder = save_toy_model(tmp_path / "model")
+    prompt = apply_chat_template(AutoTokenizer.from_pretrained(folder), "Say 0")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"max_position_embeddings": len(prompt) + 2}))
+    data = tmp_path / "items.jsonl"
+    data.write_text(json.dumps({"id": "q0", "prompt": "Say 0", "needle": "-"}) + "\n")
+    assert main(["collect", "-b", "toy-window", "-d", str(data), "-m", str(folder), "-s", str(tmp_path / "s.duckdb"),
+                 "--no-progress"]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    with open_store(tmp_path / "s.duckdb", read_only=True) as st:
+        row = st.results(st.runs("collect")[0].run_id)[0]
+    assert row["finish_reason"] == "window" and len(row["token_ids"]) == 2
+    assert "note: 1 answer(s) of the run stopped where prompt and answer fill the model's context window" in err
+    assert "stopped at the 8-token budget" not in err

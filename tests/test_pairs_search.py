@@ -316,3 +316,10 @@ def test_rollouts_stay_inside_the_context_window(lm: Any, monkeypatch: pytest.Mo
         PairFinder(lm, settings).find(ToyBenchmark(mode="never"), item, prompt, comp, BUDGET, finish)
         assert len(ends) >= 3 * min(m, 4) and max(ends) <= window, (len(ends), max(ends), window)
         assert max(ends) > n + m  # rollouts did run on past the stored completion: the bound is what held them
+    # a failure cut by the window is unbounded for good: no rollout budget continues it, and its reason says so (it
+    # was told to try --rollout-tokens, which could never help)
+    monkeypatch.setattr(lm.model.config, "max_position_embeddings", n + m)
+    for settings in (PairSettings(top_k=3), PairSettings(top_k=3, rollout_tokens=40)):
+        res = PairFinder(lm, settings).find(ToyBenchmark(mode="never"), item, prompt, comp, BUDGET, "window")
+        assert res.status == "unbounded" and res.reason.startswith(
+            f"the completion reached the model's context window ({n + m} tokens with the prompt) before its budget")

@@ -123,3 +123,13 @@ def test_show_the_report_and_the_explorer_say_the_same(toy: dict[str, Any], tmp_
             for text in (cat, pat):
                 assert f'<p class="why">{html.escape(text[:1].upper() + text[1:])}.</p>' in page
             assert client.get(f"/api/cases/{case.case_id}").json()["why"] == {"category": cat, "pattern": pat}
+
+
+@pytest.mark.parametrize(("finish", "said"), [
+    ("length", "ok. [stopped at the token budget]"), ("window", "ok. [stopped at the model's context window]"),
+    ("eos", "ok."), (None, "ok.")])
+def test_the_answer_row_says_where_a_cut_answer_stopped(finish: str | None, said: str) -> None:
+    """An answer cut by the context window was said to stop at the token budget, which a larger budget would lift."""
+    from failtrace.views.common import answer_rows
+
+    assert answer_rows({"completion": "ok.", "finish_reason": finish})[0] == ("the model wrote", said)

@@ -144,11 +144,16 @@ def _note_run_limits(store: Path, run_id: str, said: int = 0) -> int:
         passed_at_limit = st.con.execute(
             "SELECT count(*) FROM generations g JOIN verdicts v USING (run_id, item_id) WHERE g.run_id = ? AND "
             "v.status = 'pass' AND g.finish_reason = 'length'", [run_id]).fetchone()[0]
-        too_long = st.con.execute("SELECT count(*) FROM generations WHERE run_id = ? AND finish_reason = ?",
-                                  [run_id, FINISH_CONTEXT]).fetchone()[0]
+        too_long, cut = st.con.execute("SELECT count(*) FILTER (finish_reason = ?), count(*) FILTER (finish_reason "
+                                       "= 'window') FROM generations WHERE run_id = ?",
+                                       [FINISH_CONTEXT, run_id]).fetchone()
     if too_long > said:  # ``said``: this call's, already in its summary line
         typer.echo(f"note: {too_long} item(s) of the run have a prompt that fills the model's context window: stored "
                    "as unverifiable, not generated (a model with a longer context can answer them)", err=True)
+    if cut:
+        typer.echo(f"note: {cut} answer(s) of the run stopped where prompt and answer fill the model's context "
+                   "window, before the budget: each was judged as cut there, and no budget can continue it (the pair "
+                   "search leaves such a failure `unbounded`; a model with a longer context can finish it)", err=True)
     if row is not None and passed_at_limit:
         typer.echo(f"note: {passed_at_limit} of {row.passed} passes stopped at the {budget}-token budget: the checker "
                    "judged a cut answer, which its rest could still have broken; a larger "

@@ -28,7 +28,8 @@ from failtrace.failures.decode import decode_rows, forward_logits, slides
 from failtrace.failures.kvcache import cache_from_prefix, cache_tensors, new_cache
 
 FINISH_EOS = "eos"
-FINISH_LENGTH = "length"
+FINISH_LENGTH = "length"  # stopped at the token budget
+FINISH_WINDOW = "window"  # stopped where prompt + completion fill the model's context window (before the budget)
 
 
 @dataclass
@@ -36,7 +37,7 @@ class Generated:
     """One greedy completion: token ids as generated (EOS included if the model stopped) and why it stopped."""
 
     token_ids: list[int]
-    finish_reason: str  # FINISH_EOS or FINISH_LENGTH
+    finish_reason: str  # FINISH_EOS, FINISH_LENGTH or FINISH_WINDOW
 
 
 def eos_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
@@ -78,8 +79,9 @@ def greedy_generate(model: Any, prompts: Sequence[Sequence[int]], max_new_tokens
                     pad_id: int = 0, max_draft: int = 0, window: int | None = None) -> list[Generated]:
     """Greedy completions of ``prompts`` (lists of token ids) decoded as one left-padded batch; ``max_draft > 0``
     verifies lookup drafts (:mod:`failtrace.failures.decode`; the same tokens, fewer passes on repetitive text).
-    ``window``: the model's context window; a row then stops where prompt + completion fill it (finish ``length``,
-    as at the budget), since every later token would sit at a position the model never saw."""
+    ``window``: the model's context window; a row then stops where prompt + completion fill it (finish
+    ``window``, when that comes before the budget), since every later token would sit at a position the model never
+    saw."""
     import torch
 
     if not prompts:
@@ -112,7 +114,9 @@ def greedy_generate(model: Any, prompts: Sequence[Sequence[int]], max_new_tokens
         first = logits[:, -1].argmax(-1)
         outs = decode_rows(model, cache, first, budgets, eos, mask if padded else None,
                            contexts=prompts, max_draft=max_draft)[0]
-    return [Generated(o, finish_reason(o, eos)) for o in outs]
+    # a row that did not stop by itself ran to its own budget: the window's, where that is below the budget
+    return [Generated(o, FINISH_WINDOW if finish_reason(o, eos) == FINISH_LENGTH and b < max_new_tokens
+                      else finish_reason(o, eos)) for o, b in zip(outs, budgets, strict=True)]
 
 
 @dataclass

@@ -45,6 +45,7 @@ from failtrace.failures.collect import safe_check
 from failtrace.failures.generation import (
     FINISH_EOS,
     FINISH_LENGTH,
+    FINISH_WINDOW,
     decode_completion,
     eos_token_ids,
     finish_reason,
@@ -262,7 +263,7 @@ class PairFinder:
         comp = [int(t) for t in completion_ids]
         n, m = len(prompt), len(comp)
         finish = finish or finish_reason(comp, self.eos)
-        unbounded = finish == FINISH_LENGTH
+        unbounded = finish in (FINISH_LENGTH, FINISH_WINDOW)
         budget = self.settings.rollout_tokens or max_new_tokens
         if self.window is not None:  # prompt + rollout stay inside the window, as collection's generation does
             budget = max(1, min(budget, self.window - n))
@@ -299,6 +300,10 @@ class PairFinder:
                     notes.append(f"; the completion hit the {max_new_tokens}-token limit but stops at "
                                  f"{len(longer)} tokens within the rollout budget {budget} and still fails")
         if unbounded and not self.settings.try_unbounded:
+            if finish == FINISH_WINDOW:
+                return done("unbounded", f"the completion reached the model's context window ({n + m} tokens with "
+                                         "the prompt) before its budget; no budget can continue it, so it could "
+                                         "never be clean; not searched (--try-unbounded searches it)")
             if res.continued == "unverifiable":
                 return done("unbounded", f"the completion hit the {max_new_tokens}-token limit and, continued to "
                                          f"{res.continued_tokens} tokens (rollout budget {budget}), could not be "

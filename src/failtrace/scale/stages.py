@@ -227,7 +227,7 @@ def _pair_rows(store: ResultsStore, run: Any, todo: list[dict[str, Any]], pool: 
         row = rows[task.key]
         commit(task.key, PairResult(status="unverifiable", reason=_died(task), prompt_tokens=len(row["prompt_ids"]),
                                     completion_tokens=len(row["token_ids"]),
-                                    hit_length_limit=row["finish_reason"] == "length"))
+                                    hit_length_limit=row["finish_reason"] in ("length", "window")))
 
     tasks = []
     for row in todo:

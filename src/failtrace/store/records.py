@@ -123,7 +123,9 @@ class GenerationRecord:
     prompt_ids: list[int]
     token_ids: list[int]
     completion: str
-    finish_reason: str  # "eos", "length", FINISH_CONTEXT (not generated: the prompt fills the window), "error" (Ray)
+    # "eos", "length" (the budget), "window" (prompt + answer filled the context window first), FINISH_CONTEXT (not
+    # generated: the prompt fills the window), "error" (Ray)
+    finish_reason: str
     seconds: float = 0.0
 
     @property

@@ -314,7 +314,8 @@ def answer_rows(answer: dict[str, Any] | None) -> list[tuple[str, str]]:
         return []
     rows = []
     if answer.get("completion") is not None:
-        cut = " [stopped at the token budget]" if answer.get("finish_reason") == "length" else ""
+        cut = {"length": " [stopped at the token budget]",
+               "window": " [stopped at the model's context window]"}.get(answer.get("finish_reason") or "", "")
         rows.append(("the model wrote", answer["completion"] + cut))
     if answer.get("reasons"):
         rows.append(("the checker said", "; ".join(str(r) for r in answer["reasons"])))
