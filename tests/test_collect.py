@@ -253,6 +253,12 @@ def test_a_chat_template_that_refuses_an_item_is_refused_before_the_run_is_recor
                 collect(st, ToyBenchmark(), [*good, bad], lm, max_new_tokens=4, batch_size=batch_size,
                         progress=False)
         assert (st.results(run_id), st.con.execute("SELECT count(*) FROM run_items").fetchone()[0]) == before
+    # what a Ray worker answers the driver before a run (the same rendering, the same words)
+    from failtrace.failures.collect import first_refused_prompt
+
+    assert first_refused_prompt(lm.tokenizer, good, False) is None
+    assert first_refused_prompt(lm.tokenizer, [*good, bad], False).startswith(
+        "item 'with-tool': the model's chat template refused the messages (roles user, tool)")
 
 
 def test_a_prompt_near_the_window_is_generated_only_up_to_its_end(tmp_path: Path, toy32: object) -> None:

@@ -267,6 +267,27 @@ def test_a_budget_beyond_the_context_is_refused_before_a_run_is_recorded(cluster
     assert cluster["pool"].model.context == 4096
 
 
+def test_a_prompt_the_template_refuses_is_refused_before_a_run_is_recorded(cluster: Any,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """On Ray the run and its items were recorded first, then the first worker to render the refused prompt ended
+    the command. The driver now asks a worker to render every prompt to do before the run is recorded, as the
+    serial path renders them (the refusal itself: test_collect.py, on a template that refuses a role)."""
+    assert cluster["pool"].check_prompts(toy_items(3), False) is None  # the workers answer: every prompt renders
+    asked: list[list[str]] = []
+
+    def refuse(items: list[Any], thinking: bool) -> None:
+        asked.append([it.id for it in items])
+        raise FailtraceError("item 'q001': the model's chat template refused the messages (roles user): no")
+
+    monkeypatch.setattr(cluster["pool"], "check_prompts", refuse)
+    store = cluster["root"] / "refused.duckdb"
+    with open_store(store) as st:
+        with pytest.raises(FailtraceError, match="item 'q001': the model's chat template refused"):
+            collect_on_ray(st, _bench(), toy_items(2), ModelSpec(str(cluster["folder"])), 2, pool=cluster["pool"],
+                           progress=False)
+        assert st.runs() == [] and asked == [["q000", "q001"]]
+
+
 def test_ray_paths_check_thinking_rollout_window_and_checker_options_as_serially(cluster: Any) -> None:
     """The driver has no tokenizer nor weights: the workers' description carries the template's thinking switch and
     the window; a run's checker options are recorded by collect_on_ray and rebuilt (or checked) by pairs_on_ray."""

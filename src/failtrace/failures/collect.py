@@ -61,6 +61,28 @@ def finish_item(tokenizer: Any, benchmark: Benchmark, item: Item, prompt_ids: li
 
 
 
+def render_prompt(tokenizer: Any, item: Item, thinking: bool) -> list[int]:
+    """``item``'s prompt through the chat template, as every collection path renders it; a template that refuses
+    its messages is a FailtraceError naming the item."""
+    from failtrace.models.chat import apply_chat_template
+
+    try:
+        return apply_chat_template(tokenizer, item.prompt, thinking=thinking)
+    except FailtraceError as exc:
+        raise FailtraceError(f"item {item.id!r}: {exc}") from None
+
+
+def first_refused_prompt(tokenizer: Any, items: Sequence[Item], thinking: bool) -> str | None:
+    """The error of the first of ``items`` whose prompt the chat template refuses, else None (a Ray worker answers
+    this for the driver, which holds no tokenizer, before the run is recorded)."""
+    for it in items:
+        try:
+            render_prompt(tokenizer, it, thinking)
+        except FailtraceError as exc:
+            return str(exc)
+    return None
+
+
 def over_window(prompt_ids: list[int], window: int | None) -> tuple[GenerationRecord, Verdict] | None:
     """The record of an item whose prompt alone fills the model's context window, or None when it fits. Such an
     item is not generated: every answer token would sit at positions the model never saw (a 17,548-token agent
@@ -243,7 +265,7 @@ def collect(
 
     ``loaded`` is a :class:`~failtrace.models.LoadedModel`. ``on_item`` is called after each commit.
     """
-    from failtrace.models.chat import apply_chat_template, has_thinking_mode
+    from failtrace.models.chat import has_thinking_mode
 
     if batch_size < 1:
         raise FailtraceError(f"--batch-size must be at least 1, got {batch_size}")
@@ -254,11 +276,7 @@ def collect(
 
     def render(todo: list[Item]) -> None:  # every prompt to decode (batches are cut over all items), before the run
         for it in items if batch_size > 1 else todo:
-            try:
-                rendered[it.id] = np.asarray(apply_chat_template(loaded.tokenizer, it.prompt, thinking=thinking),
-                                             dtype=np.int32)
-            except FailtraceError as exc:
-                raise FailtraceError(f"item {it.id!r}: {exc}") from None
+            rendered[it.id] = np.asarray(render_prompt(loaded.tokenizer, it, thinking), dtype=np.int32)
 
     run, todo, summary = open_run(store, benchmark, items, loaded, window,
                                   has_thinking_mode(loaded.tokenizer), budget, max_new_tokens is not None,

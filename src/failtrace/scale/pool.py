@@ -223,6 +223,17 @@ class WorkerPool:
             self._fingerprint = prints.pop()
         return self._fingerprint
 
+    def check_prompts(self, items: list[Any], thinking: bool) -> None:
+        """Refuse ``items`` when the workers' chat template refuses one's messages (asked of one worker: they share
+        the model), as the serial path does before a run is recorded."""
+        ray = require_ray()
+        try:
+            [refused] = _get_when_up(ray, lambda: [self.actors[0].refused_prompt.remote(items, thinking)], 900.0)
+        except ray.exceptions.RayActorError as exc:
+            raise FailtraceError(f"a Ray worker died while rendering the prompts: {_reason(exc)}") from None
+        if refused is not None:
+            raise FailtraceError(refused)
+
     def busy_actors(self) -> list[Any]:
         """Handles of the actors that have work in flight right now (tests kill one of these)."""
         return [self.actors[i] for i, n in self._busy.items() if n > 0]

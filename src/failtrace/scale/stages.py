@@ -131,7 +131,7 @@ def collect_on_ray(store: ResultsStore, benchmark: Benchmark, items: Sequence[It
         described = run_pool.model
         run, todo, summary = open_run(store, benchmark, items, described, described.context, described.thinking_mode,
                                       budget, max_new_tokens is not None, thinking=thinking, seed=seed, data=data,
-                                      batch_size=1)
+                                      batch_size=1, prepare=lambda todo: run_pool.check_prompts(todo, thinking))
         if todo:
             store.append_run_setting(run.run_id, "scale", _provenance(run_pool, address))
         by_id = {it.id: it for it in todo}

@@ -95,13 +95,12 @@ def collect_item(loaded: Any, benchmark: Benchmark, item: Item, budget: int, thi
     """
     import time
 
-    from failtrace.failures.collect import finish_item, over_window
+    from failtrace.failures.collect import finish_item, over_window, render_prompt
     from failtrace.failures.generation import eos_token_ids, greedy_generate, pad_token_id
-    from failtrace.models.chat import apply_chat_template
     from failtrace.models.limits import context_length
 
     eos = eos_token_ids(loaded.model, loaded.tokenizer)
-    prompt = apply_chat_template(loaded.tokenizer, item.prompt, thinking=thinking)
+    prompt = render_prompt(loaded.tokenizer, item, thinking)
     window = context_length(loaded.model)
     long = over_window(prompt, window)
     if long is not None:
@@ -160,6 +159,12 @@ class ModelWorker:
         return {"model": DescribedModel.of(self.loaded),
                 "helper": None if self.helper is None else DescribedModel.of(self.helper),
                 "provenance": worker_provenance(self.spec.device)}
+
+    def refused_prompt(self, items: list[Item], thinking: bool) -> str | None:
+        """The chat template's refusal of the first item it refuses, else None (the driver asks before a run)."""
+        from failtrace.failures.collect import first_refused_prompt
+
+        return first_refused_prompt(self.loaded.tokenizer, items, thinking)
 
     def collect(self, benchmark: Benchmark, item: Item, budget: int, thinking: bool) -> dict[str, Any]:
         """Generate and judge one item (the same code as the in-process path)."""
