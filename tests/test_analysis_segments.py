@@ -246,7 +246,8 @@ def test_char_spans_count_from_the_untrimmed_prompt_when_the_template_trims():
     item = Item(id="t", benchmark="toy", prompt=prompt, reference={})
     ids = apply_chat_template(tok, item.prompt)
     a, b = prompt.index("No commas."), prompt.index("No commas.") + len("No commas.")
-    spans = {"instruction": [(a, b)], "task": [(prompt.index("Write"), prompt.index(" No"))], "tail": [(b, len(prompt))]}
+    spans = {"instruction": [(a, b)], "task": [(prompt.index("Write"), prompt.index(" No"))],
+             "tail": [(b, len(prompt))]}
     labels = segment_labels(tok, ids, _mask(tok, ids), len(ids), item, char_spans=spans)
     texts = token_texts(tok, ids)
     assert _text_of(texts, labels, "instruction") == "No commas."
@@ -345,3 +346,38 @@ def test_a_template_that_folds_the_system_message_into_the_user_turn_has_no_defa
                                                               {"role": "user", "content": "Describe a dog."}])
     _ids, labels, texts = _labels_by_char(tok, with_system)  # a given system message is still found where folded
     assert _text_of(texts, labels, "system") == "Be brief."
+
+
+_DEFAULT_SYSTEM_TEMPLATE = (  # SmolLM2's shape: a default system message when the messages bring none
+    "{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are a helpful AI assistant named SmolLM, "
+    "trained by Hugging Face<|im_end|>\n{% endif %}"
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@pytest.mark.parametrize("content", ["a", "Hugging Face", "Describe a cat.\n\nBe brief."])
+def test_a_default_system_message_is_found_whatever_the_user_wrote(content: str) -> None:
+    """A user text that also occurs inside the default ("a", "Hugging Face") hid the default: it was labelled
+    template text (special), not system."""
+    from failtrace.analysis.segments import _default_system
+
+    tok = toy_tokenizer()
+    tok.chat_template = _DEFAULT_SYSTEM_TEMPLATE
+    messages = [{"role": "user", "content": content}]
+    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    span = _default_system(tok, messages, text)
+    default = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    assert span is not None and text[span[0]:span[1]] == default
+
+
+def test_a_folding_template_that_trims_the_message_has_no_default_system() -> None:
+    """The fold check looked for the message as written; a template that trims it (Gemma's ``| trim``) then let a
+    bogus span through: the user's first line taken for a default system message."""
+    from failtrace.analysis.segments import _default_system
+
+    tok = toy_tokenizer()
+    tok.chat_template = _FOLDING_TEMPLATE.replace("{{ m['content'] }}", "{{ m['content'] | trim }}")
+    messages = [{"role": "user", "content": "  What is 2+2?\nAnswer briefly.\n"}]
+    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert "What is 2+2?\nAnswer briefly.<|im_end|>" in text and _default_system(tok, messages, text) is None

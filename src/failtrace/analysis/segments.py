@@ -95,8 +95,8 @@ def _messages(item: Any) -> list[dict[str, str]]:
 
 def _default_system(tokenizer: Any, messages: list[dict[str, str]], text: str) -> tuple[int, int] | None:
     """Where a template's own default system message sits in ``text`` (e.g. SmolLM2's), found by rendering the
-    same messages with a sentinel system message: the rendering around the sentinel brackets the default, which
-    must end before the first message's text begins."""
+    same messages with a sentinel system message: the rendering around the sentinel brackets the default, and the
+    first message's text (as written or trimmed) must follow the bracket's end as it follows the sentinel's."""
     if any(m["role"] == "system" for m in messages):
         return None
     sentinel = "\x01FAILTRACE-SYSTEM\x01"
@@ -113,10 +113,10 @@ def _default_system(tokenizer: Any, messages: list[dict[str, str]], text: str) -
     first = messages[0]["content"] if messages else ""
     rest = tail[:max(1, tail.find(first) if first else len(tail))]
     end = text.find(rest, len(head)) if rest else -1
-    # the default sits before the first message: a template that folds a system message into the first turn
-    # (Gemma's) renders the sentinel right before the user's text, and ``rest`` ("\n\n") is then found inside it
-    starts = text.find(first, len(head)) if first else -1
-    return (len(head), end) if end > len(head) and (starts < 0 or end + len(rest) <= starts) else None
+    # a template that folds a system message into the first turn (Gemma's) renders the sentinel right before the
+    # user's text, and ``rest`` ("\n\n") is then found inside that text: what follows it there is not the message
+    follows = not first or any(c and text.startswith(c, end + len(rest)) for c in (first, first.strip()))
+    return (len(head), end) if end > len(head) and follows else None
 
 
 def _placed(tokenizer: Any, messages: list[dict[str, str]], text: str) -> list[tuple[int, str]] | None:
