@@ -112,7 +112,7 @@ def rescore(lm: Any, case: Case, item: Any, answer_prefix: str, model_name: str,
            "position": len(ids), "target_text": case.target_text, "contrast_text": case.contrast_text,
            "step": None, "split": None, "notes": notes, "tokens": decode_tokens(tok, ids), "special_mask": special}
     unmapped = None
-    if limit is not None and len(ids) > limit:  # as collection refuses such a prompt: past it the model never trained
+    if limit is not None and len(ids) > limit:  # positions past the window, which the model never saw
         unmapped = f"context of {len(ids)} tokens is longer than this model's {limit} positions"
     elif target is None or contrast is None or target == contrast:
         which = [n for n, t in (("target", target), ("contrast", contrast)) if t is None] or ["target = contrast"]

@@ -326,9 +326,9 @@ def _batches(items: Sequence[Item], done: set[str], batch_size: int,
             if it.id not in done:
                 yield [it], {it.id: render(it)}
         return
-    prompts = {it.id: render(it) for it in items}
-    ordered = sorted(items, key=lambda it: len(prompts[it.id]))  # stable: ties keep the data order
+    sizes = {it.id: len(render(it)) for it in items}  # only the batch in hand is held as lists
+    ordered = sorted(items, key=lambda it: sizes[it.id])  # stable: ties keep the data order
     for start in range(0, len(ordered), batch_size):
         batch = ordered[start:start + batch_size]
         if any(it.id not in done for it in batch):
-            yield batch, {it.id: prompts[it.id] for it in batch}
+            yield batch, {it.id: render(it) for it in batch}

@@ -91,12 +91,12 @@ def all_paired(store: ResultsStore, run: RunRecord, failures: list[dict[str, Any
     return True
 
 
-def _tally(pair_run_id: str, done_ids: set[str], failures: list[dict[str, Any]], summary: PairsSummary,
+def _tally(run_id: str, done_ids: set[str], failures: list[dict[str, Any]], summary: PairsSummary,
            remaining: int | None) -> list[dict[str, Any]]:
-    """Count pair run ``pair_run_id`` into ``summary`` (its id, the failures it covers, those paired before it,
+    """Count pair run ``run_id`` into ``summary`` (its id, the failures it covers, those paired before it,
     ``done_ids``: skipped) and return the failures it still has to do, at most ``remaining``."""
     todo = [f for f in failures if f["item_id"] not in done_ids]
-    summary.pair_run_ids.append(pair_run_id)
+    summary.pair_run_ids.append(run_id)
     summary.failures += len(failures)
     summary.skipped += len(failures) - len(todo)
     return todo if remaining is None else todo[:remaining]

@@ -113,7 +113,8 @@ def scatter_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
 
 
 def unmapped_counts(rows: Sequence[Row]) -> dict[str, int]:
-    """Per other model: cases whose target or contrast is not one token there (left out of Fig. 4/5)."""
+    """Per other model: cases not mapped there (target or contrast not one token, or a context past its window;
+    left out of Fig. 4/5)."""
     out: dict[str, int] = {}
     for r in rows:
         if not r.get("reference") and not is_checkpoint(r):

@@ -23,7 +23,7 @@
       a && !a.identical ? el("span", {class: "muted"}, " · " + Math.round(100 * a.matched_chars) + "% of the text aligned") : null]);
     if (!a) {
       box.appendChild(el("p", {class: "muted"}, m.mapped ? "no relevance or token texts stored for this row" :
-                         (m.notes.join("; ") || "target or contrast is not one token in this model")));
+                         (m.notes.join("; ") || "not mapped: target or contrast is not one token in this model")));
       return el("div", {class: "cmpcol", "data-model": m.model}, [head, box]);
     }
     var frag = document.createDocumentFragment();
