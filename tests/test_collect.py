@@ -317,3 +317,16 @@ def test_collect_says_when_answers_stopped_at_the_window(tmp_path: Path, capsys:
     assert row["finish_reason"] == "window" and len(row["token_ids"]) == 2
     assert "note: 1 answer(s) of the run stopped where prompt and answer fill the model's context window" in err
     assert "stopped at the 8-token budget" not in err
+
+
+def test_changed_item_content_is_refused_before_a_new_run_is_recorded(tmp_path: Path, toy32: object) -> None:
+    """The refusal came after the new run (another budget) was written: `status` then listed an empty run."""
+    items = toy_items(2)
+    with open_store(tmp_path / "s.duckdb") as st:
+        collect(st, ToyBenchmark(), items, toy32, max_new_tokens=4, progress=False)
+        before = [r.run_id for r in st.runs()], st.con.execute("SELECT count(*) FROM run_items").fetchone()[0]
+        changed = [Item(id=items[0].id, benchmark="toy", prompt="other text", reference={"needle": "zz"})]
+        with pytest.raises(FailtraceError, match="already in .* with different content"):
+            collect(st, ToyBenchmark(), changed, toy32, max_new_tokens=5, progress=False)
+        assert ([r.run_id for r in st.runs()], st.con.execute("SELECT count(*) FROM run_items").fetchone()[0]) \
+            == before

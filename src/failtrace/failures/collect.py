@@ -170,6 +170,7 @@ def start_run(store: ResultsStore, run: RunRecord, items: Sequence[Item]) -> str
     its ``settings["more_data"]`` (the run's ``data`` stays the first file), and the first file is returned so the
     caller can say so; None otherwise. Items of the same id but other content are refused by ``add_items``."""
     prior = store.get_run(run.run_id)
+    store.check_items(run.benchmark, items)  # before the run is recorded: a refusal leaves the store as it was
     store.ensure_run(run)
     store.add_items(run.run_id, run.benchmark, list(items))
     if prior is None or prior.data is None or run.data is None or _same_data(prior.data, run.data):

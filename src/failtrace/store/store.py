@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -252,11 +252,10 @@ class ResultsStore(RunsTable, PairsTable):
 
     # ---- items and generations (runs: RunsTable) -------------------------------------------------------------------
 
-    def add_items(self, run_id: str, benchmark: str, items: list[Item]) -> None:
-        """Store ``items`` (once per benchmark and id) and note that run ``run_id`` covers them, in one transaction.
-
-        An id already stored with different content is an error: two datasets would otherwise mix silently.
-        """
+    def check_items(self, benchmark: str, items: Sequence[Item]) -> dict[str, str]:
+        """Refuse ``items`` whose ids repeat, or that a store holds under the same id with other content (two
+        datasets would otherwise mix silently); returns the stored content hashes (id -> hash) of ``benchmark``.
+        Called before a run is recorded, so that a refusal leaves the store as it was."""
         seen: set[str] = set()
         for it in items:
             if it.id in seen:
@@ -273,6 +272,12 @@ class ResultsStore(RunsTable, PairsTable):
                 + (" (a trace file's reply steps, since 5 Dec 2026)" if benchmark == "traces" else "")
                 + ". Use a new --store for the new data."
             )
+        return stored
+
+    def add_items(self, run_id: str, benchmark: str, items: list[Item]) -> None:
+        """Store ``items`` (once per benchmark and id) and note that run ``run_id`` covers them, in one transaction;
+        checked first (:meth:`check_items`)."""
+        stored = self.check_items(benchmark, items)
         ordinal0 = self.con.execute("SELECT coalesce(max(ordinal) + 1, 0) FROM run_items WHERE run_id = ?",
                                     [run_id]).fetchone()[0]
         covered = {r[0] for r in self.con.execute("SELECT item_id FROM run_items WHERE run_id = ?",
