@@ -119,3 +119,34 @@ def test_real_math500_problems_right_and_wrong_answers() -> None:
         unboxed = bench.check(item, f"The answer is {row['answer']}.")  # right, but not in the required box
         assert unboxed.status == "fail" and "no \\boxed{}" in unboxed.reasons[0]
     assert checked["pass"] >= 30 and checked["fail"] >= 30, checked
+
+
+@pytest.mark.parametrize(("record", "said"), [
+    ({"problem": "", "answer": "4"}, "'problem' must be a string with text in it"),
+    ({"problem": "   \n", "answer": "4"}, "'problem' must be a string with text in it"),
+    ({"problem": "x?", "answer": 1e-05}, "'answer' must be text (or a whole number), got float 1e-05"),
+    ({"problem": "x?", "answer": True}, "'answer' must be text (or a whole number), got bool True"),
+    ({"problem": "x?", "answer": ["4"]}, "'answer' must be text (or a whole number), got list ['4']"),
+    ({"problem": "x?", "answer": {"v": 4}}, "'answer' must be text (or a whole number), got dict {'v': 4}"),
+    ({"problem": "x?", "answer": "   "}, "no reference answer"),
+])
+def test_a_problem_or_answer_no_check_could_use_is_named(tmp_path: Path, record: dict[str, object], said: str) -> None:
+    """These were stored as items: str() of a float is not the answer as written (1e-05 for 0.00001, so a right
+    \\boxed{0.00001} failed), of True or a dict no answer could equal; an empty problem was asked as the instruction
+    alone; a blank answer made an item that could never pass."""
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps({"problem": "1+1?", "answer": "2", "unique_id": "ok"}) + "\n"
+                    + json.dumps(record | {"unique_id": "bad"}) + "\n")
+    report = MathBenchmark().load(str(path))
+    assert [i.id for i in report.items] == ["ok"] and len(report.problems) == 1
+    assert report.problems[0].startswith("line 2: " + said), report.problems[0]
+    whole = tmp_path / "w.jsonl"  # a whole number is its digits, exactly
+    whole.write_text(json.dumps({"problem": "2+2?", "answer": 4, "unique_id": "w"}) + "\n")
+    assert MathBenchmark().check(MathBenchmark().load(str(whole)).items[0], "\\boxed{4}").status == "pass"
+
+
+def test_a_reference_answer_math_verify_cannot_read_is_unverifiable_not_a_failure() -> None:
+    """math-verify hands "\\frac{" back as a bare string: every answer, even the right-looking one, was judged
+    fail, and the item went to the pair search as a real failure."""
+    verdict = MathBenchmark().check(_item("\\frac{"), "\\boxed{4}")
+    assert verdict.status == "unverifiable" and "could not parse the reference answer" in verdict.reasons[0]

@@ -67,8 +67,8 @@ def last_boxed(text: str) -> tuple[str | None, str | None]:
 
 
 def _gold_answer(reference: dict[str, Any]) -> str | None:
-    if reference.get("answer") not in (None, ""):
-        return str(reference["answer"])
+    if reference.get("answer") is not None and str(reference["answer"]).strip():
+        return str(reference["answer"]).strip()
     if reference.get("solution"):
         return last_boxed(str(reference["solution"]))[0]
     return None
@@ -87,7 +87,7 @@ def equivalent(gold: str, predicted: str) -> tuple[bool | None, str]:
         return True, "identical text"
     timeout = _timeouts()
     gold_parsed = parse(f"${gold}$", parsing_timeout=timeout)
-    if not gold_parsed:
+    if len(gold_parsed) < 2:  # no expression, at most the raw string back ("\frac{"): no answer could equal it
         return None, f"math-verify could not parse the reference answer {gold!r}"
     pred_parsed = parse(f"${predicted}$", parsing_timeout=timeout)
     if not pred_parsed:
@@ -138,9 +138,14 @@ class MathBenchmark:
         return None
 
 def _to_item(record: dict[str, Any], where: str) -> Item:
-    if not isinstance(record["problem"], str):
-        raise ValueError("'problem' must be a string")
-    if record.get("answer") in (None, "") and last_boxed(str(record.get("solution") or ""))[0] is None:
+    if not isinstance(record["problem"], str) or not record["problem"].strip():
+        raise ValueError("'problem' must be a string with text in it")
+    answer = record.get("answer")
+    if isinstance(answer, bool) or not (answer is None or isinstance(answer, (str, int))):
+        # str() of a float or a list is not the answer as written (1e-05 for 0.00001): no honest verdict on it
+        raise ValueError(f"'answer' must be text (or a whole number), got {type(answer).__name__} {answer!r}; "
+                         "write it as a string, as MATH does"[:300])
+    if (answer is None or not str(answer).strip()) and last_boxed(str(record.get("solution") or ""))[0] is None:
         raise ValueError("no reference answer: needs 'answer', or a 'solution' with a \\boxed{} answer")
     item_id = record.get("unique_id") or record.get("id") or where.replace(" ", "-")
     meta: dict[str, Any] = {k: record[k] for k in ("subject", "level", "unique_id", "type") if k in record}
