@@ -76,7 +76,15 @@ def test_table1_matches_status_rows_and_cases(built):
             continue
         assert int(g["clean_pairs"]) == r.pairs["clean"]
         assert float(g["clean_rate"]) == pytest.approx(r.pairs["clean"] / r.failed)
+        # a pair run that has not paired every failure gives a lower bound, as `failtrace status` prints it (≥)
+        assert g["clean_rate_is_lower_bound"] == str(sum(r.pairs.values()) < r.failed)
         assert float(g["avg_tokens_per_case"]) == pytest.approx(np.mean([len(c.token_ids) for c in mine]))
+    html = index.read_text(encoding="utf-8")
+    table1 = html.split('id="table1"', 1)[1].split("</table>", 1)[0]
+    bounds = [r for r in rows if r.pair_run_id and sum(r.pairs.values()) < r.failed]
+    assert bounds and table1.count(">≥") == len(bounds)
+    for r in bounds:
+        assert f">≥{100 * r.pairs['clean'] / r.failed:.1f}%</td>" in table1
     status = _csv(index.parent / "tables" / "pair_status.csv")
     assert [s["benchmark"] for s in status] == ["ifeval", "math"]
     assert int(status[0]["no_target"]) == 6 and int(status[0]["not_paired"]) == 20 - 18

@@ -26,7 +26,7 @@ TABLE1_COLS: list[Col] = [
     ("benchmark", "benchmark", "text"), ("model", "model", "name"), ("run", "pair run", "code"),
     ("collection_settings", "collection", "text"), ("pair_settings", "pair settings", "text"),
     ("items", "items", "int"),
-    ("failures", "failures", "int"), ("clean_pairs", "clean pairs", "int"), ("clean_rate", "clean rate", "pct"),
+    ("failures", "failures", "int"), ("clean_pairs", "clean pairs", "int"), ("clean_rate", "clean rate", "pct≥"),
     ("cases", "cases analysed", "int"), ("avg_tokens_per_case", "avg tokens / case", "float1"),
     ("passed", "passed", "int"), ("unverifiable", "unverifiable", "int"),
 ]
@@ -48,7 +48,7 @@ def asset(name: str) -> str:
 
 def _numeric(kind: str) -> bool:
     """A right-aligned column (its header too)."""
-    return kind in ("int", "pct") or kind.startswith("float")
+    return kind in ("int", "pct", "pct≥") or kind.startswith("float")
 
 
 def _cell(v: Any, kind: str) -> str:
@@ -58,6 +58,12 @@ def _cell(v: Any, kind: str) -> str:
         return f'<td class="n">{int(v):,}</td>'
     if kind == "pct":
         return f'<td class="n">{100 * float(v):.1f}%</td>'
+    if kind == "pct≥":  # (rate, is a lower bound): as `failtrace status` prints it
+        rate, bound = v
+        if not bound:
+            return f'<td class="n">{100 * rate:.1f}%</td>'
+        why = "a lower bound: failures not paired yet may still be clean"
+        return f'<td class="n" title="{why}">≥{100 * rate:.1f}%</td>'
     if kind == "name":  # a model name breaks at its hyphens into three lines otherwise
         return f'<td class="nw">{esc(v)}</td>'
     if kind == "code":
@@ -91,14 +97,17 @@ def summary_section(t: Mapping[str, Any], figs: Mapping[str, str]) -> str:
     """Table 1, the pair-status breakdown and the categories/patterns figure over all benchmarks."""
     status = (html_table(t["pair_status"], STATUS_COLS) if t["pair_status"]
               else '<p class="empty">no pair-finding runs in this store</p>')
-    table1 = [{**r, "run": r["pair_run_id"] or "not paired"} for r in t["table1"]]  # both ids: tables/table1.csv
+    table1 = [{**r, "run": r["pair_run_id"] or "not paired",  # both ids: tables/table1.csv
+               "clean_rate": None if r["clean_rate"] is None else (r["clean_rate"], r["clean_rate_is_lower_bound"])}
+              for r in t["table1"]]
     return (
         '<section class="block" id="summary"><h2>Summary</h2>'
         '<p class="lead">One row per collection run and pair-finding run (the paper\'s Table 1). <b>Collection</b>: '
         "the collection run's token budget, and its dtype, thinking mode and checker options when not the defaults "
-        "(e.g. IFEval's mode=loose). <b>Failures</b>: items the benchmark's own checker failed. <b>Clean pairs</b>: failures pinned to a target/contrast token "
-        "pair whose forced correction passes the checker. <b>Clean rate</b> = clean pairs / failures. <b>Avg tokens / "
-        "case</b>: mean context length (prompt + answer before the wrong token) of the analysed cases.</p>"
+        "(e.g. IFEval's mode=loose). <b>Failures</b>: items the benchmark's own checker failed. <b>Clean pairs</b>: "
+        "failures pinned to a target/contrast token pair whose forced correction passes the checker. <b>Clean "
+        "rate</b> = clean pairs / failures (≥: a lower bound, while some failures are not paired yet). <b>Avg tokens "
+        "/ case</b>: mean context length (prompt + answer before the wrong token) of the analysed cases.</p>"
         f"{html_table(table1, TABLE1_COLS, tid='table1')}"
         '<h3>Why the other failures are not clean</h3><p class="lead">Status of each failure\'s pair search: '
         + "; ".join(f"<i>{esc(label)}</i> — {esc(meaning)}" for label, meaning in
