@@ -381,3 +381,17 @@ def test_a_folding_template_that_trims_the_message_has_no_default_system() -> No
     messages = [{"role": "user", "content": "  What is 2+2?\nAnswer briefly.\n"}]
     text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert "What is 2+2?\nAnswer briefly.<|im_end|>" in text and _default_system(tok, messages, text) is None
+
+
+def test_a_default_system_message_is_found_when_the_template_trims_the_message() -> None:
+    """With ``| trim`` and a message ending in a line break, the message was not found after the sentinel, the
+    bracket shrank to one character, and the default (found before the fold check) was lost."""
+    from failtrace.analysis.segments import _default_system
+
+    tok = toy_tokenizer()
+    tok.chat_template = _DEFAULT_SYSTEM_TEMPLATE.replace("{{ m['content'] }}", "{{ m['content'] | trim }}")
+    messages = [{"role": "user", "content": "What is 2+2?\n"}]
+    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    span = _default_system(tok, messages, text)
+    assert span is not None and text[span[0]:span[1]] == "You are a helpful AI assistant named SmolLM, trained by " \
+                                                         "Hugging Face"

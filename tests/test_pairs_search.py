@@ -319,7 +319,16 @@ def test_rollouts_stay_inside_the_context_window(lm: Any, monkeypatch: pytest.Mo
     # a failure cut by the window is unbounded for good: no rollout budget continues it, and its reason says so (it
     # was told to try --rollout-tokens, which could never help)
     monkeypatch.setattr(lm.model.config, "max_position_embeddings", n + m)
+    said = f"the completion reached the model's context window ({n + m} tokens with the prompt); no budget can"
     for settings in (PairSettings(top_k=3), PairSettings(top_k=3, rollout_tokens=40)):
-        res = PairFinder(lm, settings).find(ToyBenchmark(mode="never"), item, prompt, comp, BUDGET, "window")
-        assert res.status == "unbounded" and res.reason.startswith(
-            f"the completion reached the model's context window ({n + m} tokens with the prompt) before its budget")
+        for finish in ("window", "length"):  # "length": a budget that ended exactly at the window's end
+            res = PairFinder(lm, settings).find(ToyBenchmark(mode="never"), item, prompt, comp, m, finish)
+            assert res.status == "unbounded" and res.reason.startswith(said), res.reason
+    # continued by --rollout-tokens into the window: that, not the rollout budget asked for, stopped it
+    k = m - 3  # a cut completion whose greedy continuation runs 2 more tokens without stopping (EOS comes last)
+    monkeypatch.setattr(lm.model.config, "max_position_embeddings", n + k + 2)
+    res = PairFinder(lm, PairSettings(top_k=3, rollout_tokens=40)).find(ToyBenchmark(mode="never"), item, prompt,
+                                                                        comp[:k], k, "length")
+    assert res.continued == "length" and res.continued_tokens == k + 2
+    assert res.reason.startswith(f"the completion reached the model's context window ({n + k + 2} tokens with the "
+                                 "prompt) when continued; no budget can continue it"), res.reason

@@ -445,7 +445,8 @@ def test_an_empty_benchmark_says_which_stage_comes_next(tmp_path):
     assert "found no clean pair" in none_clean and "--sibling" in none_clean and "analyse" not in none_clean
     assert "unbounded" not in none_clean  # --try-unbounded never adds a clean pair: not suggested
     cut = hint([status_row("math", "c", "p", 4, {"clean": 0, "no_target": 1, "unbounded": 3})])
-    assert "3 are unbounded (cut at the token budget, never decided)" in cut and "--rollout-tokens N" in cut
+    assert "3 are unbounded (cut at the token budget or the model's context window, never decided)" in cut
+    assert "--rollout-tokens N" in cut
     assert "run <code>failtrace analyse</code>" in hint([status_row("math", "c", "p", 4, {"clean": 2})])
     assert hint([status_row("math", "c", "p", 0, {})]).startswith("No cases: the model failed no item")
     assert hint([status_row("math", "c", None, 0, {})]).startswith("No cases: the model failed no item")

@@ -111,7 +111,10 @@ def _default_system(tokenizer: Any, messages: list[dict[str, str]], text: str) -
     if not text.startswith(head) or len(text) <= len(head):
         return None
     first = messages[0]["content"] if messages else ""
-    rest = tail[:max(1, tail.find(first) if first else len(tail))]
+    at = tail.find(first) if first else len(tail)
+    if at < 0 and first.strip():  # a template that trims the message (Gemma's ``| trim``)
+        at = tail.find(first.strip())
+    rest = tail[:max(1, at)]
     end = text.find(rest, len(head)) if rest else -1
     # a template that folds a system message into the first turn (Gemma's) renders the sentinel right before the
     # user's text, and ``rest`` ("\n\n") is then found inside that text: what follows it there is not the message

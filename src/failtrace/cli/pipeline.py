@@ -331,10 +331,10 @@ def pairs_command(
         earlier = f"; {count_of(clean_before, 'clean pair')} found by earlier calls" if clean_before else ""
         typer.echo(f"next: failtrace analyse --store {q} (explains the clean pairs{earlier})", err=True)
     elif summary.processed and summary.statuses.get("unbounded") == summary.processed:
-        typer.echo("next: no clean pair this time: every failure paired now is unbounded (it hit the token budget, "
-                   "so it was not searched); `failtrace pairs --rollout-tokens N` continues such failures to N tokens, "
-                   "or a collection with a larger --max-new-tokens decides them (failtrace status counts them)",
-                   err=True)
+        typer.echo("next: no clean pair this time: every failure paired now is unbounded (cut at the token budget "
+                   "or the model's context window, so it was not searched); where the budget cut it, `failtrace pairs "
+                   "--rollout-tokens N` continues it to N tokens, or a collection with a larger --max-new-tokens "
+                   "decides it (failtrace status counts them; each pair's reason says which cut it)", err=True)
     elif summary.processed:
         typer.echo("next: no clean pair this time; a larger --top-k or --max-positions, or --sibling MODEL, may find "
                    "some (failtrace status shows why each failure stopped)", err=True)

@@ -165,14 +165,14 @@ class CollectSummary:
         return 60.0 * self.generated / self.seconds if self.seconds > 0 else 0.0
 
 
-def start_run(store: ResultsStore, run: RunRecord, items: Sequence[Item]) -> str | None:
+def start_run(store: ResultsStore, run: RunRecord, items: Sequence[Item], stored: dict[str, str]) -> str | None:
     """Record ``run`` (once) and the items it covers. A run resumed with another data file gets that file appended to
     its ``settings["more_data"]`` (the run's ``data`` stays the first file), and the first file is returned so the
-    caller can say so; None otherwise. Items of the same id but other content are refused by ``add_items``."""
+    caller can say so; None otherwise. ``stored``: what ``store.check_items`` returned for ``items`` (the caller
+    checks them before it records anything)."""
     prior = store.get_run(run.run_id)
-    store.check_items(run.benchmark, items)  # before the run is recorded: a refusal leaves the store as it was
     store.ensure_run(run)
-    store.add_items(run.run_id, run.benchmark, list(items))
+    store.add_items(run.run_id, run.benchmark, list(items), checked=stored)
     if prior is None or prior.data is None or run.data is None or _same_data(prior.data, run.data):
         return None
     if not any(_same_data(d, run.data) for d in (prior.settings or {}).get("more_data", [])):
@@ -239,9 +239,10 @@ def open_run(store: ResultsStore, benchmark: Benchmark, items: Sequence[Item], m
                              checker_options(benchmark))
     done = store.done_item_ids(run.run_id)
     todo = [it for it in items if it.id not in done]
+    stored = store.check_items(benchmark.name, items)  # the cheap checks first
     if prepare is not None:
         prepare(todo)
-    more_data = start_run(store, run, items)
+    more_data = start_run(store, run, items, stored)
     summary = CollectSummary(run_id=run.run_id, items=len(items), skipped=len(items) - len(todo), generated=0,
                              passed=0, failed=0, unverifiable=0, seconds=0.0, more_data=more_data,
                              first_batch_size=resumed_batch_size(store, run, todo))
@@ -285,7 +286,8 @@ def collect(
     done = {it.id for it in items} - {it.id for it in todo}
     eos = eos_token_ids(loaded.model, loaded.tokenizer)
     pad = pad_token_id(loaded.tokenizer, eos)
-    batches = _batches(items if batch_size > 1 else todo, done, batch_size, lambda it: rendered[it.id].tolist())
+    batches = _batches(items if batch_size > 1 else todo, done, batch_size, lambda it: rendered[it.id].tolist(),
+                       lambda it: len(rendered[it.id]))
     bar = progress_bar(progress, f"collect {benchmark.name}", len(todo))
     try:
         for whole, prompts in batches:
@@ -313,8 +315,8 @@ def collect(
     return summary
 
 
-def _batches(items: Sequence[Item], done: set[str], batch_size: int,
-             render: Callable[[Item], list[int]]) -> Iterator[tuple[list[Item], dict[str, list[int]]]]:
+def _batches(items: Sequence[Item], done: set[str], batch_size: int, render: Callable[[Item], list[int]],
+             size: Callable[[Item], int]) -> Iterator[tuple[list[Item], dict[str, list[int]]]]:
     """The batches to decode, with their prompt ids: those of ``items`` that hold an item not ``done``.
 
     With ``batch_size > 1`` the items are sorted by prompt length (less padding) and cut into batches *before*
@@ -327,7 +329,7 @@ def _batches(items: Sequence[Item], done: set[str], batch_size: int,
             if it.id not in done:
                 yield [it], {it.id: render(it)}
         return
-    sizes = {it.id: len(render(it)) for it in items}  # only the batch in hand is held as lists
+    sizes = {it.id: size(it) for it in items}  # only the batch in hand is held as lists
     ordered = sorted(items, key=lambda it: sizes[it.id])  # stable: ties keep the data order
     for start in range(0, len(ordered), batch_size):
         batch = ordered[start:start + batch_size]

@@ -267,6 +267,8 @@ class PairFinder:
         budget = self.settings.rollout_tokens or max_new_tokens
         if self.window is not None:  # prompt + rollout stay inside the window, as collection's generation does
             budget = max(1, min(budget, self.window - n))
+        # cut where no budget can continue it: stopped by the window, or a budget that ended exactly at its end
+        at_window = unbounded and self.window is not None and n + m >= self.window
         res = PairResult(status="no_target", prompt_tokens=n, completion_tokens=m, hit_length_limit=unbounded)
         search = SearchState(res)
         notes = search.notes
@@ -300,10 +302,13 @@ class PairFinder:
                     notes.append(f"; the completion hit the {max_new_tokens}-token limit but stops at "
                                  f"{len(longer)} tokens within the rollout budget {budget} and still fails")
         if unbounded and not self.settings.try_unbounded:
-            if finish == FINISH_WINDOW:
-                return done("unbounded", f"the completion reached the model's context window ({n + m} tokens with "
-                                         "the prompt) before its budget; no budget can continue it, so it could "
-                                         "never be clean; not searched (--try-unbounded searches it)")
+            if at_window or (res.continued == "length" and self.window is not None
+                             and n + res.continued_tokens >= self.window):
+                reach = m if at_window else res.continued_tokens
+                return done("unbounded", f"the completion reached the model's context window ({n + reach} tokens "
+                                         f"with the prompt){' when continued' if not at_window else ''}; no budget "
+                                         "can continue it, so it could never be clean; not searched (--try-unbounded "
+                                         "searches it)")
             if res.continued == "unverifiable":
                 return done("unbounded", f"the completion hit the {max_new_tokens}-token limit and, continued to "
                                          f"{res.continued_tokens} tokens (rollout budget {budget}), could not be "

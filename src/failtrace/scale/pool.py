@@ -229,8 +229,8 @@ class WorkerPool:
         ray = require_ray()
         try:
             [refused] = _get_when_up(ray, lambda: [self.actors[0].refused_prompt.remote(items, thinking)], 900.0)
-        except ray.exceptions.RayActorError as exc:
-            raise FailtraceError(f"a Ray worker died while rendering the prompts: {_reason(exc)}") from None
+        except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError, ray.exceptions.GetTimeoutError) as exc:
+            raise FailtraceError(f"a Ray worker could not render the prompts: {_reason(exc)}") from None
         if refused is not None:
             raise FailtraceError(refused)
 

@@ -29,6 +29,7 @@ from failtrace.cases.record import Case
 from failtrace.cases.settings import CaseSettings
 from failtrace.errors import FailtraceError
 from failtrace.failures.collect import CollectSummary, open_run, resolve_benchmark, run_budget
+from failtrace.failures.generation import FINISH_LENGTH, FINISH_WINDOW
 from failtrace.failures.pair_types import check_rollout_window
 from failtrace.failures.pairs import (
     PairResult,
@@ -227,7 +228,7 @@ def _pair_rows(store: ResultsStore, run: Any, todo: list[dict[str, Any]], pool: 
         row = rows[task.key]
         commit(task.key, PairResult(status="unverifiable", reason=_died(task), prompt_tokens=len(row["prompt_ids"]),
                                     completion_tokens=len(row["token_ids"]),
-                                    hit_length_limit=row["finish_reason"] in ("length", "window")))
+                                    hit_length_limit=row["finish_reason"] in (FINISH_LENGTH, FINISH_WINDOW)))
 
     tasks = []
     for row in todo:

@@ -274,10 +274,10 @@ class ResultsStore(RunsTable, PairsTable):
             )
         return stored
 
-    def add_items(self, run_id: str, benchmark: str, items: list[Item]) -> None:
+    def add_items(self, run_id: str, benchmark: str, items: list[Item], checked: dict[str, str] | None = None) -> None:
         """Store ``items`` (once per benchmark and id) and note that run ``run_id`` covers them, in one transaction;
-        checked first (:meth:`check_items`)."""
-        stored = self.check_items(benchmark, items)
+        checked first (:meth:`check_items`), unless ``checked`` is what that check just returned."""
+        stored = self.check_items(benchmark, items) if checked is None else checked
         ordinal0 = self.con.execute("SELECT coalesce(max(ordinal) + 1, 0) FROM run_items WHERE run_id = ?",
                                     [run_id]).fetchone()[0]
         covered = {r[0] for r in self.con.execute("SELECT item_id FROM run_items WHERE run_id = ?",
