@@ -29,7 +29,9 @@ def _one_thread():
     (["--prune", "sometimes"], "use cumulative:P (0 < P <= 1) or global:TAU (TAU >= 0)"),
     (["--prune", "median:0.5"], "unknown mode 'median'"),
     (["--edges", "magic"], "--edges 'magic' is not an edge algorithm; valid: auto, naive, packed, closed-form"),
-    (["--method", "closed-form"], "--method 'closed-form' is not an LRP method; valid: attnlrp, cp-lrp, gradxinput"),
+    (["--method", "closed-form"], "--method 'closed-form' is not an LRP method; valid: attnlrp, cp-lrp"),
+    (["--method", "gradxinput"], "--method gradxinput gives the graph's final node (the last layer's output) no "
+                                 "relevance"),
     (["--png", "out.jpg"], "expected a file name ending in .png"),
 ])
 def test_bad_options_fail_before_loading(capsys, extra, msg):

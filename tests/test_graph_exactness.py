@@ -329,3 +329,18 @@ def test_attention_blocks_are_called_without_a_cache_argument_warning():
     assert set(g.metadata["methods_used"].values()) == {"closed-form"} and g.metadata["closed_form_fallback_layers"] == []
     cache_words = [str(w.message) for w in seen if "past_key_value" in str(w.message) or "`cache`" in str(w.message)]
     assert cache_words == []
+
+
+def test_gradient_times_input_gives_the_final_node_no_relevance():
+    """Why `failtrace graph` refuses --method gradxinput: the final norm is scale-invariant, so the objective f of
+    the last layer's output h satisfies f(c·h) = f(h), and by Euler's theorem h·∇f = 0 there (up to the norm's
+    eps). The graph's final node then carries nothing to prune by or read from; AttnLRP's carries Δℓ."""
+    model = tiny_model("llama")
+    for method, expect_zero in (("gradxinput", True), ("attnlrp", False)):
+        g = _build(model, "naive", method=method)
+        stage, pos = g.final_node
+        final = float(g.relevance[stage][pos])
+        if expect_zero:
+            assert abs(final) < 1e-3 * abs(g.objective_value), (final, g.objective_value)
+        else:
+            assert final == pytest.approx(g.objective_value, rel=1e-4)

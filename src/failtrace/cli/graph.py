@@ -1,7 +1,7 @@
 """``failtrace graph``: an attribution graph of how relevance for Δℓ flows between hidden states across layers.
 
 ``--edges`` chooses the edge algorithm (auto, naive, packed, closed-form); ``--method`` the LRP rule (attnlrp,
-cp-lrp, gradxinput), as in ``failtrace attribute``.
+cp-lrp; not gradxinput, whose final node carries no relevance), as in ``failtrace attribute``.
 
 Exit codes: 0 success; 2 bad input (one-line message, no traceback); 3 the graph was written but ``--edges
 closed-form`` did not cover some layers, which fell back to the packed algorithm (the message names them).
@@ -32,8 +32,14 @@ def _validate(edges: str, node_threshold: float, prune: str, method: str) -> Non
 
     if edges not in EDGE_ALGORITHMS:
         raise FailtraceError(f"--edges {edges!r} is not an edge algorithm; valid: {', '.join(EDGE_ALGORITHMS)}")
+    if method == "gradxinput":  # the API keeps it: the exactness tests use it as a rule-free reference
+        raise FailtraceError("--method gradxinput gives the graph's final node (the last layer's output) no relevance: "
+                             "the final norm is scale-invariant, so h·∇f = 0 there, and a graph is pruned and read "
+                             "from that node; use attnlrp or cp-lrp (attribute --method gradxinput gives input "
+                             "relevance)")
     if method not in LRP_METHODS:
-        raise FailtraceError(f"--method {method!r} is not an LRP method; valid: {', '.join(LRP_METHODS)}")
+        valid = ", ".join(m for m in LRP_METHODS if m != "gradxinput")
+        raise FailtraceError(f"--method {method!r} is not an LRP method; valid: {valid}")
     check_node_threshold(node_threshold)
     PruneSpec.parse(prune)
 
@@ -195,7 +201,7 @@ def register(app: typer.Typer) -> None:
         node_threshold: Optional[float] = typer.Option(None, "--node-threshold",
                                                        help="Drop nodes whose normalised |R| is below this (0..1; "
                                                             "default 0.01)."),
-        method: str = typer.Option("attnlrp", "--method", help="LRP rule: attnlrp | cp-lrp | gradxinput"),
+        method: str = typer.Option("attnlrp", "--method", help="LRP rule: attnlrp | cp-lrp"),
         objective: str = typer.Option("logit_diff", "--objective",
                                       help="logit_diff | max_logit | topk_mean | vocab_mean"),
         json_path: Optional[Path] = typer.Option(None, "--json", help="Write the pruned graph (failtrace schema)."),
