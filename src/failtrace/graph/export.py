@@ -24,6 +24,7 @@
         "token_index": 7, "token": str, "special": bool,
         "relevance": float,                # R = Σ_k h·g from the full AttnLRP pass
         "normalized": float                # |R| / the stage's largest |R| among non-special tokens
+                                           # (so a special token, e.g. an attention sink, can exceed 1)
       }, ...],
       "links": [{"source": "L2/5", "target": "L3/7", "weight": float}, ...],   # A[target, source]
       "metrics": {... see failtrace.graph.metrics ...}
