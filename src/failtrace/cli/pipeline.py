@@ -16,7 +16,6 @@ import typer
 from failtrace.cli import options as opts
 from failtrace.cli.checks import check_output_dir, check_store_path
 from failtrace.cli.console import console as _console
-from failtrace.cli.console import fmt as _fmt
 from failtrace.cli.console import store_errors as _store_errors
 from failtrace.errors import FailtraceError
 from failtrace.store.store import DEFAULT_STORE
