@@ -210,7 +210,7 @@ def compare(store: ResultsStore, model_names: Sequence[str], *, benchmark: str |
     items = {c.case_id: store.get_item(c.benchmark, c.item_id) for c in cases}
     prefixes = {c.case_id: ref.tokenizer.decode(c.token_ids[c.prompt_length:], skip_special_tokens=False,
                                                 clean_up_tokenization_spaces=False) for c in cases}
-    thinking = {c.case_id: _collected_thinking(store, c.run_id) for c in cases}
+    thinking = {rid: _collected_thinking(store, rid) for rid in {c.run_id for c in cases}}  # per collection run
     summary.cases, summary.case_ids = len(cases), [c.case_id for c in cases]
     summary.fingerprints[model_names[0]] = cases[0].model_fingerprint  # the reference's (cases are found by it)
     done = done_comparisons(store, checkpoint=False)
@@ -235,7 +235,7 @@ def compare(store: ResultsStore, model_names: Sequence[str], *, benchmark: str |
         summary.written[name], summary.unmapped[name] = 0, 0
         for case in progress_over(todo, f"compare on {name}", progress):
             row = rescore(lm, case, items[case.case_id], prefixes[case.case_id], name, fp,
-                          thinking=thinking[case.case_id])
+                          thinking=thinking[case.run_id])
             summary.written[name] += write_comparison(store, row)
             summary.unmapped[name] += not row["mapped"]
         del lm

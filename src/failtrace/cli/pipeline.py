@@ -134,7 +134,7 @@ def _note_run_limits(store: Path, run_id: str, said: int = 0) -> int:
     pair) unless a larger rollout budget settles it; a small --max-new-tokens can leave most of a run undecidable, and
     nothing else would say so before ``pairs``. ``said``: the not-generated items this call's summary line named (the
     note then speaks only of earlier calls'). Returns the run's failures."""
-    from failtrace.store.records import FINISH_CONTEXT
+    from failtrace.store.records import FINISH_CONTEXT, FINISH_WINDOW
     from failtrace.store.store import open_store
 
     with _store_errors(store), open_store(store, read_only=True) as st:
@@ -144,8 +144,8 @@ def _note_run_limits(store: Path, run_id: str, said: int = 0) -> int:
             "SELECT count(*) FROM generations g JOIN verdicts v USING (run_id, item_id) WHERE g.run_id = ? AND "
             "v.status = 'pass' AND g.finish_reason = 'length'", [run_id]).fetchone()[0]
         too_long, cut = st.con.execute("SELECT count(*) FILTER (finish_reason = ?), count(*) FILTER (finish_reason "
-                                       "= 'window') FROM generations WHERE run_id = ?",
-                                       [FINISH_CONTEXT, run_id]).fetchone()
+                                       "= ?) FROM generations WHERE run_id = ?",
+                                       [FINISH_CONTEXT, FINISH_WINDOW, run_id]).fetchone()
     if too_long > said:  # ``said``: this call's, already in its summary line
         typer.echo(f"note: {too_long} item(s) of the run have a prompt that fills the model's context window: stored "
                    "as unverifiable, not generated (a model with a longer context can answer them)", err=True)

@@ -286,18 +286,13 @@ def _run_label(parts: tuple[str, str] | None, model: str) -> str:
     return tag if folder == series_of(model) else f"{folder} {tag}".rstrip()
 
 
-def _k_cell(row: dict[str, Any]) -> str:
-    """k* of a comparison row as the case list prints it: the number; "none" when its masking curve ran without a
-    flip within K; "—" without a curve, or when that model is corrected already (nothing to flip)."""
-    if row.get("flip_k") is not None:
-        return str(row["flip_k"])
-    curve = row.get("flip_curve")
-    return "—" if not curve or curve[0] < 0 else "none"
-
-
 def _across_table(rows: list[dict[str, Any]]) -> Any:
     """The case re-scored on other models and checkpoints (``failtrace compare``): corrected = Δℓ < 0 there."""
+    from types import SimpleNamespace
+
     from rich.table import Table
+
+    from failtrace.views.common import k_star_label
 
     t = Table(title="across models and checkpoints (failtrace compare)", title_justify="left", caption_justify="left",
               caption="corrected: that model prefers the contrast (Δℓ < 0); k*: none = no flip within K, — = "
@@ -311,7 +306,8 @@ def _across_table(rows: list[dict[str, Any]]) -> Any:
         t.add_row(str(r["model"]) + (" (the case's model)" if r.get("reference") else ""),
                   "—" if r.get("step") is None else str(r["step"]), r.get("split") or "—",
                   f"{dl:.3f}" if mapped else "—", ("yes" if dl < 0 else "no") if mapped else "not mapped",
-                  _k_cell(r), *([r.get("series") or "—"] if series else []))
+                  k_star_label(SimpleNamespace(flip_curve=r.get("flip_curve") or [], flip_k=r.get("flip_k"))),
+                  *([r.get("series") or "—"] if series else []))
     return t
 
 

@@ -27,9 +27,7 @@ from typing import Any
 from failtrace.failures.decode import decode_rows, forward_logits, slides
 from failtrace.failures.kvcache import cache_from_prefix, cache_tensors, new_cache
 
-FINISH_EOS = "eos"
-FINISH_LENGTH = "length"  # stopped at the token budget
-FINISH_WINDOW = "window"  # stopped where prompt + completion fill the model's context window (before the budget)
+from failtrace.store.records import FINISH_EOS, FINISH_LENGTH, FINISH_WINDOW  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -114,9 +112,10 @@ def greedy_generate(model: Any, prompts: Sequence[Sequence[int]], max_new_tokens
         first = logits[:, -1].argmax(-1)
         outs = decode_rows(model, cache, first, budgets, eos, mask if padded else None,
                            contexts=prompts, max_draft=max_draft)[0]
+    reasons = [finish_reason(o, eos) for o in outs]
     # a row that did not stop by itself ran to its own budget: the window's, where that is below the budget
-    return [Generated(o, FINISH_WINDOW if finish_reason(o, eos) == FINISH_LENGTH and b < max_new_tokens
-                      else finish_reason(o, eos)) for o, b in zip(outs, budgets, strict=True)]
+    return [Generated(o, FINISH_WINDOW if r == FINISH_LENGTH and b < max_new_tokens else r)
+            for o, r, b in zip(outs, reasons, budgets, strict=True)]
 
 
 @dataclass

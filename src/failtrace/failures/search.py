@@ -1,8 +1,8 @@
 """The pair search for one failure: the first completion position where one of the top-k alternatives recovers.
 
 For one failed item with prompt ids ``P`` (n tokens) and completion ids ``C`` (m tokens, exactly as generated, EOS
-included when the model stopped), with rollout budget ``R`` (default: the collection's ``max_new_tokens``; at most the model's context window minus n,
-as collection stops generating where the window ends):
+included when the model stopped), with rollout budget ``R`` (default: the collection's ``max_new_tokens``; at most
+the model's context window minus n, as collection stops generating where the window ends):
 
 1. The stored completion is checked again; if the checker no longer says ``fail`` the case is ``unverifiable``.
 2. If ``C`` hit the length limit and ``R`` exceeds that limit, ``C`` is first continued greedily up to ``R`` tokens:

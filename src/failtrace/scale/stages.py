@@ -29,7 +29,6 @@ from failtrace.cases.record import Case
 from failtrace.cases.settings import CaseSettings
 from failtrace.errors import FailtraceError
 from failtrace.failures.collect import CollectSummary, open_run, resolve_benchmark, run_budget
-from failtrace.failures.generation import FINISH_LENGTH, FINISH_WINDOW
 from failtrace.failures.pair_types import check_rollout_window
 from failtrace.failures.pairs import (
     PairResult,

@@ -16,7 +16,11 @@ from failtrace.store.schema import CASE_KEYS
 
 DEFAULT_STORE = "failtrace.duckdb"
 
-FINISH_CONTEXT = "context"  # finish reason of an item whose prompt fills the context window: nothing was generated
+# Why a stored generation ended (the generations table's finish_reason), the one list every stage reads:
+FINISH_EOS = "eos"  # the model stopped by itself
+FINISH_LENGTH = "length"  # at the token budget
+FINISH_WINDOW = "window"  # where prompt + answer fill the model's context window, before the budget
+FINISH_CONTEXT = "context"  # not generated: the prompt alone fills the context window
 TEXT_MOST = 2000  # the longest comment or override reason a person may store (the explorer's forms and the CLI)
 # control characters other than tab and line breaks, C1 included (U+009B is an escape many terminals obey)
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
@@ -123,9 +127,7 @@ class GenerationRecord:
     prompt_ids: list[int]
     token_ids: list[int]
     completion: str
-    # "eos", "length" (the budget), "window" (prompt + answer filled the context window first), FINISH_CONTEXT (not
-    # generated: the prompt fills the window), "error" (Ray)
-    finish_reason: str
+    finish_reason: str  # one of the FINISH_* above, or "error" (a Ray worker gave the item up)
     seconds: float = 0.0
 
     @property

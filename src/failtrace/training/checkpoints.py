@@ -165,13 +165,15 @@ def read_metadata(folder: str | Path) -> dict[str, Any]:
     return meta
 
 
+def case_splits(meta: dict[str, Any]) -> dict[str, str]:
+    """Case id -> ``trained`` / ``held-out`` in the checkpoint's run (trained wins, as listed first); built once per
+    run by callers that look many cases up."""
+    return {**{c: "held-out" for c in meta["held_out_case_ids"]}, **{c: "trained" for c in meta["trained_case_ids"]}}
+
+
 def split_of(meta: dict[str, Any], case_id: str) -> str | None:
     """``trained`` / ``held-out`` for a case of the checkpoint's run, None for a case it never saw in either role."""
-    if case_id in set(meta["trained_case_ids"]):
-        return "trained"
-    if case_id in set(meta["held_out_case_ids"]):
-        return "held-out"
-    return None
+    return case_splits(meta).get(case_id)
 
 
 def make_save_callback(tokenizer: Any, out: str | Path, every: int, meta: dict[str, Any],

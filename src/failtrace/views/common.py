@@ -16,6 +16,7 @@ import numpy as np
 
 from failtrace.attribution.normalize import normalize
 from failtrace.attribution.record import Attribution, visible
+from failtrace.store.records import FINISH_LENGTH, FINISH_WINDOW
 
 # Endpoint colours of the diverging scale: positive -> red, negative -> blue, zero -> white.
 RED = (220, 38, 38)
@@ -279,12 +280,15 @@ def masked_rows(case: Any, method: str, before: int = MASK_BEFORE, after: int = 
 
 
 def k_star_label(result: Any) -> str:
-    """k* of one method's result as every view prints it: the number; "none" when its masking curve ran (it has at
-    least Δℓ at k = 0; a case with nothing maskable ran a one-point curve) without a flip within K; "—" when the
-    method or its curve is missing."""
+    """k* of one method's result (or a comparison row's) as every view prints it: the number; "none" when its masking
+    curve ran (it has at least Δℓ at k = 0; a case with nothing maskable ran a one-point curve) without a flip within
+    K; "—" when the method or its curve is missing, or when Δℓ < 0 already (a model that is corrected: nothing to
+    flip; never so for a case's own model)."""
     if result is None or not result.flip_curve:
         return "—"
-    return "none" if result.flip_k is None else str(result.flip_k)
+    if result.flip_k is not None:
+        return str(result.flip_k)
+    return "—" if result.flip_curve[0] < 0 else "none"
 
 
 def masked_caption(flip_k: int | None, rows: list[dict[str, Any]]) -> str:
@@ -314,8 +318,8 @@ def answer_rows(answer: dict[str, Any] | None) -> list[tuple[str, str]]:
         return []
     rows = []
     if answer.get("completion") is not None:
-        cut = {"length": " [stopped at the token budget]",
-               "window": " [stopped at the model's context window]"}.get(answer.get("finish_reason") or "", "")
+        cut = {FINISH_LENGTH: " [stopped at the token budget]",
+               FINISH_WINDOW: " [stopped at the model's context window]"}.get(answer.get("finish_reason") or "", "")
         rows.append(("the model wrote", answer["completion"] + cut))
     if answer.get("reasons"):
         rows.append(("the checker said", "; ".join(str(r) for r in answer["reasons"])))
