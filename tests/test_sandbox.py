@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,7 @@ import pytest
 from failtrace.benchmarks import sandbox
 from failtrace.benchmarks.sandbox import SandboxLimits, TestRun, run_python, run_tests
 from failtrace.benchmarks.sandbox.policy import Isolation
-from failtrace.benchmarks.sandbox.runner import run_program
+from failtrace.benchmarks.sandbox.runner import run_program, stage_dir
 from failtrace.errors import FailtraceError
 
 FAST = SandboxLimits(wall_s=5, cpu_s=2, memory_mb=512, max_output_bytes=1_000_000, disk_mb=16)
@@ -333,6 +334,13 @@ def test_a_check_does_not_outlive_failtrace() -> None:
     finally:
         proc.kill()
         _gone(name, 0)
+    # the killed process could not remove its stage; the next check removes it (a live process's stage stays)
+    orphan = list(Path(tempfile.gettempdir()).glob(f"failtrace-sandbox-{proc.pid}-*"))
+    assert len(orphan) == 1 and (orphan[0] / "in" / "program.py").exists(), orphan
+    with stage_dir("pass\n", {}) as live:
+        assert not orphan[0].exists() and Path(live).name.startswith(f"failtrace-sandbox-{os.getpid()}-")
+        assert run_tests("def add(a, b):\n    return a + b\n", "add", TESTS, limits=FAST).status == "pass"
+        assert Path(live).exists()
 
 
 def test_an_interrupted_check_leaves_no_process(monkeypatch: pytest.MonkeyPatch) -> None:

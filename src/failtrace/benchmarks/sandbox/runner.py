@@ -258,10 +258,33 @@ def read_head(path: str) -> str:
         return fh.read(_REPORT_BYTES).decode("utf-8", "replace")
 
 
+_STAGE_PREFIX = "failtrace-sandbox-"
+
+
+def _sweep_orphaned_stages() -> None:
+    """Remove the stages of failtrace processes that died mid-check (SIGKILL, an OOM kill, a killed Ray worker).
+
+    A stage is named after the process that made it; one whose process is gone can have no run left in it (the
+    child and the judge die with their parent). A live process's stages, and names of another form, are left.
+    """
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(tempfile.gettempdir()):
+            owner = entry.name[len(_STAGE_PREFIX):].split("-", 1)[0]
+            if not (entry.name.startswith(_STAGE_PREFIX) and owner.isdigit() and entry.is_dir(follow_symlinks=False)):
+                continue
+            try:
+                os.kill(int(owner), 0)  # signal 0: only asks whether the process exists
+            except ProcessLookupError:
+                _remove_tree(entry.path)
+            except (PermissionError, OverflowError):  # alive under another user, or no such process id at all
+                pass
+
+
 @contextlib.contextmanager
 def stage_dir(program: str, files: dict[str, bytes]) -> Iterator[str]:
     """A host folder for one run: ``in/`` (copied into the child's /work tmpfs), ``root/``, stdout and stderr."""
-    stage = tempfile.mkdtemp(prefix="failtrace-sandbox-")
+    _sweep_orphaned_stages()
+    stage = tempfile.mkdtemp(prefix=f"{_STAGE_PREFIX}{os.getpid()}-")
     try:
         os.chmod(stage, 0o711)
         os.mkdir(os.path.join(stage, "in"), 0o700)
