@@ -244,3 +244,24 @@ def test_graph_search_finds_tokens_as_their_labels_print_them(page: Any, server:
             assert want and sorted(found) == sorted(want), query
     finally:
         page.unroute(f"**/api/cases/{case.case_id}/graph")
+
+
+def test_heatmap_tokens_reach_wcag_aa_contrast(page: Any, server: dict[str, Any]) -> None:
+    """Token text turned white at |R| > 0.62, where white read at 2.6-2.8:1 (`·cat` on the demo store: 3.05:1).
+    Every shade of the case strip now reads at 4.5:1 or more, with the thresholds of /api/meta."""
+    case = max(server["cases"], key=lambda c: len(c.tokens))
+
+    def every_shade(route: Any) -> None:  # the strip's tokens spread over the whole scale, -1 to 1
+        body = route.fetch().json()
+        for m in body["methods"].values():
+            n = len(m["norm"])
+            m["norm"] = [round(-1 + 2 * i / max(n - 1, 1), 3) for i in range(n)]
+        route.fulfill(json=body)
+
+    page.route(f"**/api/cases/{case.case_id}", every_shade)
+    try:
+        _open(page, server, f"#/case/{case.case_id}", "case")
+    finally:
+        page.unroute(f"**/api/cases/{case.case_id}")
+    shades = _contrasts(page, "#strip .tok:not(.sp)")
+    assert len(shades) > 20 and [s for s in shades if s[1] < 4.5] == [], sorted(shades, key=lambda s: s[1])[:3]

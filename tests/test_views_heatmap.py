@@ -376,3 +376,36 @@ def test_terminal_without_colour_says_so_and_an_empty_side_reads_none() -> None:
     coloured = Console(record=True, width=120, color_system="truecolor", force_terminal=True)
     render_terminal(rec, console=coloured)
     assert "no colours here" not in coloured.export_text()
+
+
+def _wcag(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """WCAG 2 contrast of two sRGB colours (0-255), written out here as the reference."""
+    def lum(c: tuple[float, ...]) -> float:
+        v = [x / 255 / 12.92 if x / 255 <= 0.04045 else ((x / 255 + 0.055) / 1.055) ** 2.4 for x in c]
+        return 0.2126 * v[0] + 0.7152 * v[1] + 0.0722 * v[2]
+    la, lb = lum(a), lum(b)
+    return (max(la, lb) + 0.05) / (min(la, lb) + 0.05)
+
+
+def test_token_text_reads_on_every_shade_of_the_scale() -> None:
+    """White text started at |R| > 0.62, where it read at 2.6-2.8:1 (`·cat` on the demo store: 3.05:1); every shade
+    of red and blue now carries the ink that reads better, at 4.5:1 or more, in the HTML and in the terminal."""
+    from rich.console import Console
+
+    values = np.round(np.linspace(-1, 1, 201), 3)
+    rec = make_record(tokens=["<s>"] + [f"t{i}" for i in range(201)], relevance={i + 1: v for i, v in
+                                                                                   enumerate(values)}, special={0})
+    spans = parse(render_html(rec)).spans
+    def ink(style: str) -> tuple[int, ...]:  # "#rgb" or "#rrggbb"
+        h = re.search(r"(?<!-)color:#(\w+)", style).group(1)
+        h = "".join(c * 2 for c in h) if len(h) == 3 else h
+        return tuple(int(h[i:i + 2], 16) for i in (0, 2, 4))
+
+    worst = min((_wcag(background(spans[p]["style"]), ink(spans[p]["style"])), p) for p in range(1, 202))
+    assert worst[0] >= 4.5, (worst, spans[worst[1]]["style"])
+    console = Console(record=True, width=200, color_system="truecolor", force_terminal=True)
+    render_terminal(rec, console=console)
+    ansi = console.export_text(styles=True)
+    pairs = re.findall(r"38;2;(\d+);(\d+);(\d+);48;2;(\d+);(\d+);(\d+)m", ansi)
+    assert len(pairs) > 50
+    assert min(_wcag(tuple(map(int, p[:3])), tuple(map(int, p[3:]))) for p in pairs) >= 4.5

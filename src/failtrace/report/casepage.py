@@ -24,7 +24,7 @@ from failtrace.report.evidence import dl as evidence
 from failtrace.report.figures import CATEGORY_COLORS, PATTERN_COLORS
 from failtrace.views.verdicts import category_sentence, pattern_sentence
 from failtrace.report.tables import Overrides, effective_category, methods_of
-from failtrace.views.common import SUM_NOTE, answer_rows, clipped_text, masked_caption, masked_rows
+from failtrace.views.common import SUM_NOTE, answer_rows, clipped_text, heat_ink, masked_caption, masked_rows, mix
 
 # One colour per segment name (failtrace.analysis.segments.SEGMENT_NAMES, in order), so "query" is the same colour
 # in every case, the legend, and the explorer (which gets this map from /api/meta).
@@ -56,12 +56,6 @@ def fmt(x: float | None, digits: int = 3) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "—"
     return f"{x:.{digits}f}"
-
-
-def _mix(v: float) -> str:
-    a = min(1.0, abs(v)) if math.isfinite(v) else 0.0
-    end = (220, 38, 38) if v > 0 else (37, 99, 235)
-    return "rgb({},{},{})".format(*(round(255 + (e - 255) * a) for e in end))
 
 
 def badge(label: str | None, colors: dict[str, str]) -> str:
@@ -98,7 +92,7 @@ def _strip(case: Case, method: str | None) -> str:
         seg = labels[i] if i < len(labels) else ""
         cls = "tok" + (" sp" if special else "") + (" pos" if i == n - 1 else "")
         v = float(norm[i])
-        style = "" if special else f"background:{_mix(v)};color:{'#fff' if abs(v) > 0.62 else '#111'};"
+        style = "" if special else f"background:rgb{mix(v)};color:{heat_ink(v)};"
         if seg and not special:
             style += f"border-bottom-color:{SEGMENT_COLORS.get(seg, OTHER_SEGMENT_COLOR)}"
         base = f"pos {i} · {seg or 'no segment'}{' · special token id' if special else ''} · ‹{plain_token(tok)}›"

@@ -108,7 +108,7 @@ def meta(request: Request, cur: Cursor) -> dict[str, Any]:
     from failtrace.views.contrast import ink_on
     from failtrace.report.figures import CATEGORY_COLORS, PATTERN_COLORS
     from failtrace.store.schema import PAIR_STATUS_TEXT
-    from failtrace.views.common import BLUE, RED, SPECIAL_BG
+    from failtrace.views.common import BLUE, RED, SPECIAL_BG, WHITE_TEXT_ABOVE
 
     st = _state(request)
     methods = [r[0] for r in cur.execute("SELECT DISTINCT method FROM case_methods ORDER BY 1").fetchall()] \
@@ -132,6 +132,7 @@ def meta(request: Request, cur: Cursor) -> dict[str, Any]:
             "category_text": {value: list(text) for value, text in CATEGORY_TEXT.items()},
             "pattern_text": {value: list(text) for value, text in PATTERN_TEXT.items()},
             "colors": {"red": list(RED), "blue": list(BLUE), "special": list(SPECIAL_BG),
+                       "white_text_above": {"red": WHITE_TEXT_ABOVE[1], "blue": WHITE_TEXT_ABOVE[-1]},
                        "segments": dict(SEGMENT_COLORS), "segment_labels": SEGMENT_LABEL_COLORS,
                        "other_segment": OTHER_SEGMENT_COLOR, "categories": CATEGORY_COLORS, "patterns": PATTERN_COLORS,
                        "ink": {c: ink_on(c) for c in {*CATEGORY_COLORS.values(), *PATTERN_COLORS.values(), "#6b7280"}}}}

@@ -17,6 +17,8 @@ import numpy as np
 from failtrace.attribution.normalize import normalize
 from failtrace.attribution.record import Attribution, visible
 from failtrace.store.records import FINISH_LENGTH, FINISH_WINDOW
+from failtrace.views.contrast import WHITE as WHITE_INK
+from failtrace.views.contrast import white_or_black
 
 # Endpoint colours of the diverging scale: positive -> red, negative -> blue, zero -> white.
 RED = (220, 38, 38)
@@ -26,7 +28,6 @@ SPECIAL_BG = (205, 205, 205)
 SPECIAL_MAP = (222, 222, 222)  # special-token columns in the per-layer map
 ANSWER = "#7c3aed"  # violet: answer-prefix marking
 MAX_LAYER_COLUMNS = 1000  # the per-layer map bins wider inputs to this many columns
-DARK_TEXT_ABOVE = 0.62  # |normalised R| above which a token's text is drawn white on its strong background
 
 
 def shown(token: str) -> str:
@@ -47,6 +48,30 @@ def mix(value: float) -> tuple[int, int, int]:
     a = min(1.0, abs(float(value))) if math.isfinite(value) else 0.0
     end = RED if value > 0 else BLUE
     return tuple(int(round(w + (e - w) * a)) for w, e in zip(WHITE, end))  # type: ignore[return-value]
+
+
+def hex_colour(rgb: tuple[float, ...]) -> str:
+    """``(r, g, b)`` in 0-255 (or 0-1 floats, as matplotlib gives them) as ``#rrggbb``."""
+    scale = 255 if all(isinstance(c, float) and c <= 1 for c in rgb[:3]) else 1
+    return "#%02x%02x%02x" % tuple(int(round(c * scale)) for c in rgb[:3])
+
+
+def _white_above(sign: int) -> float:
+    """The smallest |value| (in steps of 0.001) from which white text reads better than black on :func:`mix`'s
+    colour of that sign; the scale darkens monotonically, so white stays the better ink above it."""
+    return next((a / 1000 for a in range(1001) if white_or_black(hex_colour(mix(sign * a / 1000))) == WHITE_INK), 2.0)
+
+
+# |normalised R| from which a token's text is white (else black), per side of the scale: where the two inks read
+# equally (WCAG 2 contrast), so every shade keeps its better one (>= 4.59:1). A fixed 0.62 put white on shades where
+# it read at 2.6:1. The explorer draws with the same thresholds (/api/meta's colors.white_text_above).
+WHITE_TEXT_ABOVE = {1: _white_above(1), -1: _white_above(-1)}
+
+
+def heat_ink(value: float) -> str:
+    """The text colour of a token drawn on :func:`mix`'s background for ``value``: ``#ffffff`` or ``#000000``."""
+    v = float(value) if math.isfinite(value) else 0.0
+    return WHITE_INK if abs(v) >= WHITE_TEXT_ABOVE[1 if v > 0 else -1] else "#000000"
 
 
 def rgb_array(values: np.ndarray, grey: np.ndarray) -> np.ndarray:

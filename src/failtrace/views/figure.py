@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from failtrace.attribution.record import Attribution
+from failtrace.views.contrast import white_or_black
 from failtrace.views.common import (
     ANSWER,
-    DARK_TEXT_ABOVE,
     MAX_LAYER_COLUMNS,
     bin_columns,
     clipped,
+    hex_colour,
     hidden,
     layer_names,
     literal_text,
@@ -151,7 +152,7 @@ def _token_panel(fig: Figure, attr: Attribution, boxes: _Boxes, rect: tuple[floa
             face, color, style = "#cdcdcd", "#4b5563", "italic"
         else:
             face = cmap((values[p] + 1.0) / 2.0)
-            color, style = ("white" if abs(values[p]) > DARK_TEXT_ABOVE else "black"), "normal"
+            color, style = white_or_black(hex_colour(face)), "normal"  # bwr is not mix's scale
         rects.append(Rectangle((x, line + 0.1), w, 0.8))
         faces.append(face)
         edges.append("black" if p == attr.position else "none")

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING
 
 from failtrace.attribution.record import Attribution
 from failtrace.views.common import (
-    DARK_TEXT_ABOVE,
     clipped,
     fmt,
+    heat_ink,
     mix,
     quoted,
     relevant_segments,
@@ -64,7 +64,7 @@ def _token_style(value: float, special: bool, explained: bool) -> str:
         style = ""
     else:
         r, g, b = mix(value)
-        style = f"{'white' if abs(value) > DARK_TEXT_ABOVE else 'black'} on rgb({r},{g},{b})"
+        style = f"{heat_ink(value)} on rgb({r},{g},{b})"
     return (style + " bold underline").strip() if explained else style
 
 

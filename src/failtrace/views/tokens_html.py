@@ -17,10 +17,10 @@ import numpy as np
 from failtrace.attribution.record import Attribution
 from failtrace.views.common import (
     ANSWER,
-    DARK_TEXT_ABOVE,
     SPECIAL_BG,
     clipped,
     fmt,
+    heat_ink,
     mix,
     quoted,
     shown,
@@ -114,7 +114,7 @@ def tokens_html(attr: Attribution, root_id: str, anchors: set[int]) -> str:
         if special[i]:
             bg, fg = SPECIAL_BG, "#4b5563"
         else:
-            bg, fg = mix(values[i]), ("#fff" if abs(values[i]) > DARK_TEXT_ABOVE else "#111")
+            bg, fg = mix(values[i]), heat_ink(values[i])
         title = _token_title(i, tok, float(raw[i]), float(norm[i]), bool(special[i]), answer, explained)
         anchor = f' id="{root_id}-p{i}"' if i in anchors else ""
         parts.append(f'<span class="{" ".join(classes)}" data-p="{i}"{anchor} style="background:rgb{bg};color:{fg}" '
@@ -136,7 +136,7 @@ def top_html(attr: Attribution, root_id: str, k: int = 10) -> str:
         cells = []
         for p, t, r in rows:
             v = max(-1.0, min(1.0, r / scale))
-            fg = "#fff" if abs(v) > DARK_TEXT_ABOVE else "#111"
+            fg = heat_ink(v)
             cells.append(f'<tr><td class="num"><a href="#{root_id}-p{p}">{p}</a></td><td><code class="ft-t" '
                          f'style="background:rgb{mix(v)};color:{fg}">{esc(shown(t))}</code></td>'
                          f'<td class="num">{esc(fmt(r, 4))}</td><td class="num">{esc(fmt(r / scale, 3))}</td></tr>')

@@ -34,7 +34,7 @@
       t.textContent = FT.shown(c.tokens[j]);
       if (v !== null && !c.special[j]) {
         var w = Math.max(-1, Math.min(1, v));
-        t.style.cssText = "background:" + FT.mix(w) + ";color:" + (Math.abs(w) > 0.62 ? "#fff" : "#111");
+        t.style.cssText = "background:" + FT.mix(w) + ";color:" + FT.ink(w);
       }
       frag.appendChild(t);
     }

@@ -66,7 +66,7 @@
     t.className = "tok" + (sp ? " sp" : "") + (i === c.tokens.length - 1 ? " pos" : "") + (i >= c.prompt_length ? " ans" : "");
     t.dataset.p = i;
     t.textContent = FT.shown(c.tokens[i]);
-    if (!sp && v !== null) t.style.cssText = "background:" + FT.mix(v) + ";color:" + (Math.abs(v) > 0.62 ? "#fff" : "#111");
+    if (!sp && v !== null) t.style.cssText = "background:" + FT.mix(v) + ";color:" + FT.ink(v);
     return t;
   }
 

@@ -77,6 +77,12 @@ var FT = (function () {
   };
 
   /* white blended towards red (v > 0, supports the target) or blue (v < 0, the contrast); colours from /api/meta */
+  // a heatmap token's text: white from the side's threshold on (/api/meta, worked out by WCAG contrast), else black
+  FT.ink = function (v) {
+    var th = FT.meta.colors.white_text_above;
+    return Math.abs(v) >= (v > 0 ? th.red : th.blue) ? "#fff" : "#000";
+  };
+
   FT.mix = function (v) {
     var c = FT.meta.colors, a = Math.min(1, Math.abs(v) || 0), end = v > 0 ? c.red : c.blue;
     return "rgb(" + end.map(function (x) { return Math.round(255 + (x - 255) * a); }).join(",") + ")";
