@@ -265,3 +265,51 @@ def test_heatmap_tokens_reach_wcag_aa_contrast(page: Any, server: dict[str, Any]
         page.unroute(f"**/api/cases/{case.case_id}")
     shades = _contrasts(page, "#strip .tok:not(.sp)")
     assert len(shades) > 20 and [s for s in shades if s[1] < 4.5] == [], sorted(shades, key=lambda s: s[1])[:3]
+
+
+def _held(page: Any, pattern: str) -> list[Any]:
+    """Requests matching ``pattern`` are held (not answered) until the test lets them go: a slow server."""
+    held: list[Any] = []
+    page.route(pattern, lambda route: held.append(route))
+    return held
+
+
+def _until_asked(page: Any, held: list[Any]) -> None:
+    for _ in range(200):
+        if held:
+            return
+        page.wait_for_timeout(50)
+    raise AssertionError("the view never asked the server")
+
+
+def test_a_slow_answer_does_not_paint_over_the_view_the_user_moved_to(page: Any, server: dict[str, Any]) -> None:
+    """A case answered after the user had moved on was painted over the newer view (the URL said #/api, the page showed
+    the case), and a short id's 404 that came late rewrote the URL of the view moved to. A read answered after the
+    view changed is now dropped."""
+    case = server["cases"][0]
+    _open(page, server, "#/cases", "cases")
+    held = _held(page, f"**/api/cases/{case.case_id}")
+    try:
+        page.evaluate(f"location.hash = '#/case/{case.case_id}'")
+        _until_asked(page, held)
+        page.evaluate("location.hash = '#/api'")
+        _painted(page, "api", "#/api")
+        held[0].fulfill(response=held[0].fetch())
+        page.wait_for_timeout(700)
+        assert page.locator("#strip").count() == 0 and page.locator("main#view").inner_text().strip()
+        assert page.evaluate("[location.hash, document.body.dataset.ready]") == ["#/api", "api"]
+    finally:
+        page.unroute(f"**/api/cases/{case.case_id}")
+    short = case.case_id[:8]  # a short id is followed to the whole one through a 404: held, then answered late
+    held = _held(page, f"**/api/cases/{short}")
+    try:
+        page.evaluate(f"location.hash = '#/case/{short}'")
+        _until_asked(page, held)
+        page.evaluate("location.hash = '#/cases'")
+        _painted(page, "cases", "#/cases")
+        held[0].fulfill(response=held[0].fetch())
+        page.wait_for_timeout(700)
+        assert page.evaluate("location.hash") == "#/cases" and page.locator("table#cases").count() == 1
+        assert page.locator("#strip").count() == 0
+    finally:
+        page.unroute(f"**/api/cases/{short}")

@@ -7,7 +7,7 @@
   // can still be the previous state's (tests and scripts wait for data-ready-hash === location.hash). A view may
   // rewrite its own hash (FT.go with replace: the graph adds p=1.00, a short case id becomes the whole one), while
   // painting or after: `expected` follows those rewrites, so data-ready-hash names the final hash.
-  var gen = 0, expected = null, place = null;
+  var expected = null, place = null;
   FT.onReplace = function (h) {
     var p = FT.parseHash();  // still this view (a short id followed): a later state change keeps the scroll
     expected = h; place = p.route + "/" + p.arg;
@@ -25,14 +25,14 @@
     FT.crumb([]);  // each view names itself once its data is in; a view that fails leaves no other view's crumb
     document.body.dataset.view = h.route;
     view.setAttribute("aria-busy", "true");
-    var mine = ++gen, here = h.route + "/" + h.arg, moved = here !== place;
+    var mine = ++FT.gen, here = h.route + "/" + h.arg, moved = here !== place;
     expected = location.hash; place = here;
     // a view that throws before returning its promise is an error shown like any other, never a page left busy
     var shown = !fn ? Promise.reject(new Error("unknown view: " + FT.clip(h.route, 80))) : h.bad ? Promise.reject(new Error(h.bad))
       : Promise.resolve().then(function () { return fn(view, h.params, h.arg); });
-    return shown.catch(function (e) { if (mine === gen) FT.error(view, e); })  // (a newer route's view stays)
+    return shown.catch(function (e) { if (mine === FT.gen) FT.error(view, e); })  // (a newer route's view stays)
       .then(function () {
-        if (mine !== gen) return;  // a newer route is painting: it says when it is ready
+        if (mine !== FT.gen) return;  // a newer route is painting: it says when it is ready
         view.setAttribute("aria-busy", "false");
         if (keep) window.scrollTo(0, keep.scroll); else if (moved) window.scrollTo(0, 0);
         document.body.dataset.ready = h.route;

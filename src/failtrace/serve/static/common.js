@@ -1,9 +1,15 @@
 /* failtrace explorer: shared helpers (FT namespace). No libraries, no other origin: every request goes to /api. */
 var FT = (function () {
   "use strict";
-  var FT = {views: {}, meta: null, NO_SERVER: "the explorer server does not answer (stopped?)"};
+  var FT = {views: {}, meta: null, gen: 0, NO_SERVER: "the explorer server does not answer (stopped?)"};
 
+  // A read answered after the user moved on (FT.gen: the router's count of views started) never settles: the view
+  // that asked is not the one on screen, and painting it, or following its 404 to a whole case id, would draw over
+  // the newer view or rewrite its URL. Writes (POST) always settle: their outcome is said wherever it lands.
   FT.api = function (path, opts) {
+    var asked = FT.gen, read = !opts || !opts.method || opts.method === "GET";
+    var stale = function () { return read && asked !== FT.gen; };
+    var never = function () { return new Promise(function () {}); };
     return fetch(path, opts || {}).catch(function () {  // no answer at all: the browser's "Failed to fetch"
       var err = new Error(FT.NO_SERVER); err.status = 0; throw err;
     }).then(function (r) {
@@ -17,7 +23,7 @@ var FT = (function () {
         }
         return body;
       });
-    });
+    }).then(function (body) { return stale() ? never() : body; }, function (e) { if (stale()) return never(); throw e; });
   };
 
   /* A view of one case opened by a short id (as `failtrace show` prints them): when only one case starts so, the
