@@ -17,6 +17,7 @@ import random
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -720,6 +721,40 @@ def test_status_beside_a_reviewing_explorer_says_who_holds_the_store(work: Path,
     finally:
         server.terminate()
         server.wait(timeout=60)
+
+
+def test_an_explorer_beside_a_writer_says_it_shows_a_snapshot(work: Path, tmp_path: Path) -> None:
+    """A read-only `serve` of a store another process writes (here a reviewing explorer) read a copy taken at start
+    and said nothing: reviews written meanwhile never showed. Its first line and /api/meta now say so."""
+    import urllib.request
+
+    store = tmp_path / "reviewed.duckdb"
+    store.write_bytes((work / "store.duckdb").read_bytes())
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    args = [sys.executable, "-m", "failtrace", "serve", "--store", str(store), "--port", "0"]
+    writer = subprocess.Popen(args + ["--review"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=env)
+    reader = None
+    try:
+        assert writer.stdout is not None and "failtrace explorer on http://" in writer.stdout.readline()
+        reader = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        assert reader.stdout is not None
+        line = reader.stdout.readline()
+        note = f"snapshot: the explorer in review mode, process {writer.pid}, holds it"
+        assert f"read-only; {note}: later writes are not shown until the explorer is started again)" in line, line
+        url = line.split(" on ")[1].split()[0]
+        for _ in range(200):  # the line is printed just before uvicorn listens
+            try:
+                meta = json.loads(urllib.request.urlopen(url + "/api/meta", timeout=30).read())
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert meta["snapshot"] == note and meta["review"] is False
+    finally:
+        for proc in (writer, reader):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(timeout=60)
 
 
 def test_every_model_option_says_the_same() -> None:

@@ -38,9 +38,12 @@ def serve_command(
                    + (" and write reviews" if review else ""), err=True)
     anywhere = host in ("0.0.0.0", "::")  # every address: the URL to open here is the loopback one
     shown = "127.0.0.1" if anywhere else f"[{host}]" if ":" in host else host
+    snapshot = app.state.ft.store.snapshot_note  # a writer holds the file: what is shown is the file as it was now
     typer.echo(f"failtrace explorer on http://{shown}:{port}" + (" (and this machine's other addresses)" if anywhere
                                                                  else "")
-               + f"  ({store}, {'review mode' if review else 'read-only'})")
+               + f"  ({store}, {'review mode' if review else 'read-only'}"
+               + (f"; {snapshot}: later writes are not shown until the explorer is started again)" if snapshot
+                  else ")"))
     uvicorn.run(app, host=host, port=port, log_level="warning")  # returns on Ctrl-C or SIGTERM (after open requests)
     typer.echo("failtrace explorer stopped")  # the normal way a server ends: exit 0, store closed
 

@@ -35,7 +35,7 @@ def status_command(
         rows = st.status_rows()
         cases = case_summaries(st)
         compared = comparison_counts(st)
-        snapshot = _snapshot_note(st.snapshot_holder) if st.is_snapshot else ""
+        snapshot = f" ({st.snapshot_note})" if st.is_snapshot else ""
     con = _console()
     if not rows:
         con.print(f"{store}: no collection runs yet")
@@ -73,16 +73,6 @@ def status_command(
         con.print(f"compared: {count_of(compared['cases'], 'case')} on {' and '.join(parts)} (by content "
                   f"fingerprint{own}); failtrace show --case ID lists a case's, the report and failtrace serve "
                   "(#/across) draw them", highlight=False)
-
-
-def _snapshot_note(holder: tuple[str, str] | None) -> str:
-    """Why status read a copy: who holds the store (the explorer in review mode, or a running command)."""
-    if holder is None:
-        return " (snapshot: another process is writing it)"
-    pid, what = holder
-    if what == "failtrace serve":
-        return f" (snapshot: the explorer in review mode, process {pid}, holds it)"
-    return f" (snapshot: {what}, process {pid}, is writing it)"
 
 
 def _pair_label(n: int, row: Any, paired: list[Any]) -> str:

@@ -124,6 +124,7 @@ def meta(request: Request, cur: Cursor) -> dict[str, Any]:
                                                          "stage = 'pairs' ORDER BY created_at, run_id").fetchall()}
     n_cases = cur.execute("SELECT count(*) FROM cases").fetchone()[0] if st.has_cases else 0
     return {"store": st.path.name, "review": st.review, "has_cases": st.has_cases, "n_cases": n_cases,
+            "snapshot": st.store.snapshot_note or None,
             "pair_runs": pair_runs,
             "has_comparisons": st.has_comparisons,
             "schema_version": st.store.schema_version, "methods": methods, "categories": list(CATEGORIES),

@@ -233,6 +233,18 @@ class ResultsStore(RunsTable, PairsTable):
         return self._snapshot_dir is not None
 
     @property
+    def snapshot_note(self) -> str:
+        """Why this store is a copy, e.g. "snapshot: the explorer in review mode, process 12, holds it"; "" if not."""
+        if not self.is_snapshot:
+            return ""
+        if self.snapshot_holder is None:
+            return "snapshot: another process is writing it"
+        pid, what = self.snapshot_holder
+        if what == "failtrace serve":
+            return f"snapshot: the explorer in review mode, process {pid}, holds it"
+        return f"snapshot: {what}, process {pid}, is writing it"
+
+    @property
     def schema_version(self) -> int:
         """The store's schema version (the highest applied migration)."""
         return stored_version(self.con, self.path)

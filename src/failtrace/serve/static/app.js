@@ -50,6 +50,7 @@
   FT.api("/api/meta").then(function (meta) {
     FT.meta = meta;
     document.getElementById("sub").textContent = meta.store + " · " + (meta.review ? "review mode (writes on)" : "read-only") +
+      (meta.snapshot ? " · " + meta.snapshot + ": the store as it was when the explorer started" : "") +
       (meta.n_cases ? "" : " · no analysed cases yet");
     if (meta.has_comparisons) document.getElementById("nav-across").hidden = false;
     window.addEventListener("hashchange", function () { document.body.dataset.ready = ""; route(null); });
