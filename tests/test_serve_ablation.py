@@ -4,6 +4,7 @@ against the stored evidence, their stage against the stored stage names; no view
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -95,7 +96,7 @@ def test_show_ablation_toggle_in_the_browser(store: dict[str, Any]) -> None:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"], headless=True)
             try:
-                page = browser.new_page(viewport={"width": 1360, "height": 900})
+                page = browser.new_page(viewport={"width": 1360, "height": 900}, accept_downloads=True)
                 page.goto(f"{base}#/graph/{case.case_id}?p=1.00")
                 page.wait_for_selector("body[data-ready=graph]", timeout=20000)
                 n_edges = page.locator("line.e").count()
@@ -109,6 +110,12 @@ def test_show_ablation_toggle_in_the_browser(store: dict[str, Any]) -> None:
                 assert page.locator("line.e.dim").count() == n_edges - want
                 ev = case.category_evidence["ablation"]
                 assert f"Δℓ {ev['curve'][0]:.2f}" in page.inner_text("#gsub")
+                with page.expect_download() as dl:  # the drawn graph (it saved the lit paths alone), lit ones named
+                    page.click("#export")
+                data = json.loads(Path(dl.value.path()).read_text())
+                assert len(data["edges"]) == n_edges and data["pinned"] is None
+                lit = {tuple(k) for k in data["ablation_paths"]}
+                assert sum((a, b) in lit and (c, d) in lit for a, b, c, d, _w in case.graph["edges"]) == want
                 if os.environ.get("FAILTRACE_SCREENSHOTS"):
                     page.screenshot(path=str(Path(os.environ["FAILTRACE_SCREENSHOTS"]) / "explorer-ablation.png"),
                                     full_page=True)

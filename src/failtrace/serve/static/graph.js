@@ -114,12 +114,14 @@
     svg.querySelectorAll("line.e").forEach(function (l) { l.classList.toggle("dim", k !== null && l.dataset.a !== k && l.dataset.b !== k); });
   }
 
+  // the graph drawn, or the pinned node's subgraph; with "show ablation" the drawn graph too, its lit paths named
   function exportJSON(D, kept, sub, state) {
-    var g = sub || kept, nodes = D.nodes.filter(function (n) { return g.nodes[key(n[0], n[1])]; });
+    var pinned = state.pin && sub, g = pinned ? sub : kept, nodes = D.nodes.filter(function (n) { return g.nodes[key(n[0], n[1])]; });
+    var lit = !pinned && sub ? Object.keys(sub.nodes).map(function (k) { return k.split(":").map(Number); }) : null;
     var blob = new Blob([JSON.stringify({case_id: D.case_id, p: state.p, pinned: state.pin, stages: D.stages,
       final: D.final, nodes: nodes.map(function (n) { return {stage: n[0], token: n[1], text: D.tokens[n[1]], relevance: n[2]}; }),
-      edges: g.edges.map(function (e) { return {source: [e[0], e[1]], target: [e[2], e[3]], weight: e[4]}; })}, null, 1)],
-      {type: "application/json"});
+      edges: g.edges.map(function (e) { return {source: [e[0], e[1]], target: [e[2], e[3]], weight: e[4]}; }),
+      ablation_paths: lit}, null, 1)], {type: "application/json"});
     var a = el("a", {href: URL.createObjectURL(blob), download: "failtrace-graph-" + D.case_id + (state.pin ? "-" + state.pin.replace(":", "_") : "") + ".json"});
     document.body.appendChild(a); a.click(); a.remove();
   }
