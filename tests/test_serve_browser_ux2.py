@@ -313,3 +313,14 @@ def test_a_slow_answer_does_not_paint_over_the_view_the_user_moved_to(page: Any,
         assert page.locator("#strip").count() == 0
     finally:
         page.unroute(f"**/api/cases/{short}")
+
+
+def test_a_hand_edited_link_reads_as_what_is_drawn(page: Any, server: dict[str, Any]) -> None:
+    """`?p=0` opened the graph at p = 1.00 (every edge) while -1 and 0.005 gave 0.01; `?method=bogus` drew attnlrp
+    and kept `method=bogus` in the URL. Now p = 0 is 0.01, and the URL names the method drawn."""
+    case = _graph_case(server)
+    _open(page, server, f"#/graph/{case.case_id}?p=0", "graph")
+    assert page.inner_text("#mass-value") == "0.01" and "p=0.01" in page.evaluate("location.hash")
+    _open(page, server, f"#/case/{case.case_id}?method=bogus", "case")
+    assert page.evaluate("location.hash") == f"#/case/{case.case_id}?method=attnlrp"
+    assert page.get_attribute("button[data-method=attnlrp]", "aria-pressed") == "true"

@@ -218,7 +218,10 @@
     });
     function paint(c) {
       var ms = methodsOf(c), method = params.get("method");
-      if (!c.methods[method]) method = ms.indexOf("attnlrp") >= 0 ? "attnlrp" : ms[0];
+      if (!Object.prototype.hasOwnProperty.call(c.methods, method || "")) {  // none, or one this case lacks: the
+        method = ms.indexOf("attnlrp") >= 0 ? "attnlrp" : ms[0];             // default, and the URL says which
+        if (params.has("method")) { params.set("method", method); FT.go("case", id, params, true); }
+      }
       FT.crumb([el("a", {href: "#/case/" + id}, "case " + c.item_id)]);  // where we are; the graph is a link below
       view.textContent = "";
       var buttons = el("div", {class: "methods", id: "methods"}, ["method: "].concat(ms.map(function (m) {

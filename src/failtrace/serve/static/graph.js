@@ -137,7 +137,8 @@
     });
     function paint(D) {
       FT.crumb([el("a", {href: "#/case/" + id}, "case " + D.item_id), el("a", {href: "#/graph/" + id}, "graph")]);
-      var p = Math.min(1, Math.max(0.01, parseFloat(params.get("p")) || 1));  // 1: every stored edge, as the report draws it
+      var asked = parseFloat(params.get("p"));  // none: 1, every stored edge, as the report draws it; p=0 is 0.01
+      var p = Math.min(1, Math.max(0.01, Number.isFinite(asked) ? asked : 1));
       var state = {p: p, pin: params.get("pin"), search: params.get("q") || "", abl: params.get("abl") === "1"};
       function save() {
         var u = new URLSearchParams(); u.set("p", state.p.toFixed(2));

@@ -199,7 +199,8 @@
   }
 
   // A parameter the API refuses (a hand-edited link: k_min=2.5, sort=bogus, an unknown category) is said beside the
-  // filters, and the table is drawn without it: FastAPI's 422 names each refused parameter in its loc.
+  // filters, and the table is drawn without it: FastAPI's 422 names each refused parameter in its loc. The controls
+  // and the URL drop it too (the k* box kept showing 2.5 above rows it did not filter).
   FT.views.cases = function (view, params) {
     var q = new URLSearchParams(params.toString()), refused = null;
     if (!q.get("limit")) q.set("limit", String(PAGE));
@@ -209,10 +210,11 @@
       var names = e.status === 422 && Array.isArray(e.detail) ? e.detail.map(function (p) {
         return (p && p.loc || []).slice(-1)[0]; }).filter(function (n) { return q.has(n); }) : [];
       if (!names.length) throw e;
-      names.forEach(function (n) { q.delete(n); });
+      names.forEach(function (n) { q.delete(n); params.delete(n); });
       refused = e.message + " (not applied)";
       return load();
     }).then(function (data) {
+      if (refused) FT.go("cases", "", params, true);
       var again = keepFocus(view);
       view.textContent = "";
       var tbl = el("table", {class: "t cases", id: "cases"}, [el("thead", {}, header(params)),
