@@ -427,6 +427,10 @@ def test_evidence_is_rendered_readably():
     assert ">ablated_nodes</dt><dd><span class=\"dim\">none: no ablation of the top nodes within the budget " \
            "flipped the prediction</span></dd>" in empty
     assert "<dt>other</dt><dd><span class=\"dim\">none</span></dd>" in empty
+    # a count left empty because nothing flipped reads "none", as the case's header says (it read "—", "not computed")
+    unflipped = dl({"k_star": None, "ablation_k": None, "other": None})
+    assert "<dd>none (no flip within max-k)</dd>" in unflipped and "<dd>none (no flip within the budget)</dd>" in \
+        unflipped and "<dt>other</dt><dd>—</dd>" in unflipped
 
 
 def test_an_empty_benchmark_says_which_stage_comes_next(tmp_path):

@@ -22,6 +22,8 @@ _TOKEN_KEYS = {"token", "tokens", "text", "input_token_text"}
 # What an empty list means where a bare "none" reads as a contradiction (the ablation table beside it lists nodes)
 _EMPTY = {"ablated_nodes": "none: no ablation of the top nodes within the budget flipped the prediction",
           "oit_tokens": "none: no irrelevant token among the top supporters"}
+# A count left empty because nothing flipped: "none", as the case's header and `show` say it ("—" is "not computed")
+_NO_FLIP = {"k_star": "none (no flip within max-k)", "ablation_k": "none (no flip within the budget)"}
 
 
 # What an evidence field means, shown on hover (definitions: docs/ANALYSES.md). Only names with one meaning wherever
@@ -80,7 +82,7 @@ def _esc(x: Any) -> str:
 def scalar(v: Any, key: str = "") -> str:
     """One value as text: 4 significant digits for floats, visible whitespace for token strings."""
     if isinstance(v, bool) or v is None:
-        return _esc("—" if v is None else str(v).lower())
+        return _esc(_NO_FLIP.get(key, "—") if v is None else str(v).lower())
     if isinstance(v, float):
         return _esc(f"{v:.4g}" if math.isfinite(v) else str(v))
     if isinstance(v, str) and key in _TOKEN_KEYS:
