@@ -834,3 +834,27 @@ def test_meta_counts_the_cases_so_an_emptied_store_says_it_has_none(toy: dict[st
     with TestClient(create_app(empty), base_url="http://127.0.0.1") as c:
         meta = c.get("/api/meta").json()
     assert meta["has_cases"] is True and meta["n_cases"] == 0
+
+
+def test_a_pair_search_without_a_pair_cannot_be_accepted(toy: dict[str, Any], tmp_path: Path) -> None:
+    """POST /api/reviews accepted `accept` for an item whose search found no pair (no_target: no target, no
+    contrast) with a 201. Only a pair with a target and a contrast is decided on; the store is left as it was."""
+    store = tmp_path / "nopair.duckdb"
+    shutil.copy(toy["store"], store)
+    empty = next((p for p in toy["pairs"] if p["contrast_id"] is None), None)
+    if empty is None:  # the toy's searches all found a pair: make one of them a no_target row, as the search writes
+        import duckdb
+
+        empty = toy["pairs"][-1]
+        with duckdb.connect(str(store)) as con:
+            con.execute("UPDATE pairs SET status = 'no_target', target_id = NULL, target_text = NULL, contrast_id = "
+                        "NULL, contrast_text = NULL WHERE pair_run_id = ? AND item_id = ?",
+                        [empty["pair_run_id"], empty["item_id"]])
+    before = sha256(store)
+    with TestClient(create_app(store, review=True), base_url="http://127.0.0.1") as c:
+        for decision in ("accept", "reject"):
+            r = c.post("/api/reviews", json={"pair_run_id": empty["pair_run_id"], "item_id": empty["item_id"],
+                                             "decision": decision, "comment": ""})
+            assert r.status_code == 409 and "found no pair for" in r.json()["detail"], r.text
+        assert c.get("/api/reviews").json()["reviews"] == []
+    assert sha256(store) == before

@@ -309,10 +309,13 @@ def add_review(body: ReviewIn, request: Request) -> dict[str, Any]:
             run_id = pick_run_id(ids, body.pair_run_id, "pair run", st.path.name)
         except FailtraceError as exc:
             raise HTTPException(404, str(exc)) from None
-        pair = st.store.con.execute("SELECT count(*) FROM pairs WHERE pair_run_id = ? AND item_id = ?",
-                                    [run_id, body.item_id]).fetchone()[0]
-        if not pair:
+        pair = st.store.con.execute("SELECT status, contrast_id FROM pairs WHERE pair_run_id = ? AND item_id = ?",
+                                    [run_id, body.item_id]).fetchone()
+        if pair is None:
             raise HTTPException(404, "no such pair")
+        if pair[1] is None:  # no_target, unbounded, ...: the search found no target/contrast pair to decide on
+            raise HTTPException(409, f"the pair search found no pair for {body.item_id} (status {pair[0]}): there is "
+                                     "no target and contrast to accept or reject")
         case_id = newest_case_id(st.store, run_id, body.item_id) if st.has_cases else None
         return _insert_review(st, run_id, body.item_id, case_id, body.decision, None, body.comment.strip())
 
