@@ -450,6 +450,10 @@ def test_keyboard_errors_crumbs_and_paging_as_a_user_meets_them(page: Any, serve
     assert "404" in page.inner_text("#error") and page.inner_text("#nav-crumb").strip() == ""
     _open(page, server, "#/case/%E0", "case")  # not valid percent-encoding: a message, not a blank page
     assert page.inner_text("#error") == "malformed link: '%E0' is not valid percent-encoding"
+    for link, said in (("#/case/", "no case id after #/case/"), ("#/graph/", "no case id after #/graph/"),
+                       ("#/case/..", "'..' is not a case id"), ("#/case/a%2Fb", "'a/b' is not a case id")):
+        _open(page, server, link, link.split("/")[1])  # a bare "404: Not Found" from a path the server does not route
+        assert page.inner_text("#error").startswith("malformed link: ") and said in page.inner_text("#error"), link
     _open(page, server, "#/nowhere", "nowhere")
     assert page.inner_text("#error") == "unknown view: nowhere"
     for name in ("constructor", "__proto__", "toString"):  # Object.prototype's members are not views either

@@ -111,6 +111,11 @@ var FT = (function () {
     var h = location.hash.replace(/^#\/?/, ""), q = h.indexOf("?");
     var path = q >= 0 ? h.slice(0, q) : h, parts = path.split("/"), raw = parts.slice(1).join("/"), arg = raw, bad = null;
     try { arg = decodeURIComponent(raw); } catch (e) { bad = "malformed link: '" + raw + "' is not valid percent-encoding"; }
+    // a case id is what the API takes (api.py CASE_ID); anything else (#/case/, #/case/.., #/case/a%2Fb) got a bare
+    // "404: Not Found" from a path the server does not route
+    if (!bad && (parts[0] === "case" || parts[0] === "graph") && !/^[0-9A-Za-z_-]{1,64}$/.test(arg))
+      bad = arg ? "malformed link: '" + FT.clip(arg, 80) + "' is not a case id (letters, digits, - and _)"
+        : "malformed link: no case id after #/" + parts[0] + "/ (the ids: the cases table, or `failtrace show`)";
     return {route: parts[0] || "cases", arg: arg, bad: bad, params: new URLSearchParams(q >= 0 ? h.slice(q + 1) : "")};
   };
   FT.go = function (route, arg, params, replace) {
