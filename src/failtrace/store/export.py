@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from failtrace.errors import FailtraceError
 from failtrace.store.records import FINISH_CONTEXT, KEYS, StatusRow, describe_collection_settings, loads
 from failtrace.store.schema import PAIR_STATUSES, TABLES
+from failtrace.tempdirs import owned_tempdir
 
 if TYPE_CHECKING:
     from failtrace.store.store import ResultsStore
@@ -132,7 +133,6 @@ def export(store: ResultsStore, out_dir: str | Path, fmt: str) -> list[Path]:
     never mixes two stores); none of these names may be a results store (refused before anything is written).
     """
     import shutil
-    import tempfile
 
     from failtrace.store.connection import refuse_over_stores
 
@@ -153,7 +153,7 @@ def export(store: ResultsStore, out_dir: str | Path, fmt: str) -> list[Path]:
                                  f"move it away or export into another folder")
     stage: Path | None = None
     try:
-        stage = Path(tempfile.mkdtemp(prefix=".export-", suffix=".part", dir=out))
+        stage = owned_tempdir(out, ".export-", suffix=".part")  # a killed export's is removed by the next one
         staged = _write_all(store, stage, fmt)
         return _swap_in(staged, out, names, stage)
     except _KeptOld:

@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from failtrace.errors import FailtraceError
+from failtrace.tempdirs import owned_tempdir
 
 METADATA_FILE = "failtrace_checkpoint.json"
 FORMAT = 1
@@ -79,17 +79,28 @@ def save_checkpoint(model: Any, tokenizer: Any, out: str | Path, step: int, meta
     check_replaceable(out)
     out.mkdir(parents=True, exist_ok=True)
     target = step_folder(out, step)
-    tmp = Path(tempfile.mkdtemp(prefix=f".step-{step}-", dir=out))
+    tmp = owned_tempdir(out, ".step-")  # .step-<pid>-*: removed by the next save if this process is killed
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private (0700); a checkpoint is an ordinary folder
     try:
+        config = getattr(model, "config", None)
+        cache = getattr(config, "use_cache", None)
         with _quiet_transformers():  # no per-shard progress bars
-            model.save_pretrained(tmp, safe_serialization=True)
+            if cache is False:  # trl turns the KV cache off to train; a checkpoint generates as the base model did
+                config.use_cache = True
+            try:
+                model.save_pretrained(tmp, safe_serialization=True)
+            finally:
+                if cache is False:
+                    config.use_cache = False
             tokenizer.save_pretrained(tmp)
         portable_tokenizer_config(tmp)
+        for f in tmp.iterdir():  # safetensors writes the weights 0600: others on the machine could not load them
+            if f.is_file():
+                f.chmod(0o666 & ~_umask())
         record = {"format": FORMAT, **meta, "step": int(step)}
         (tmp / METADATA_FILE).write_text(json.dumps(record, indent=2, sort_keys=True), encoding="utf-8")
         if target.exists():  # an older run's folder: move it aside first, so the rename below is atomic
-            old = Path(tempfile.mkdtemp(prefix=f".old-step-{step}-", dir=out))
+            old = owned_tempdir(out, ".old-step-")
             os.replace(target, old / "x")
             shutil.rmtree(old, ignore_errors=True)
         os.replace(tmp, target)

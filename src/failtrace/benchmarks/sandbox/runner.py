@@ -15,7 +15,6 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from typing import Any
 
 from failtrace.benchmarks.sandbox.policy import (Isolation, SandboxLimits, interpreter, launcher, new_root,
                                                  seccomp_filter)
+from failtrace.tempdirs import owned_tempdir, remove_tree
 
 _HERE = Path(__file__).parent
 _REPORT_BYTES = 64 * 1024  # how much of stdout/stderr a result keeps
@@ -258,33 +258,13 @@ def read_head(path: str) -> str:
         return fh.read(_REPORT_BYTES).decode("utf-8", "replace")
 
 
-_STAGE_PREFIX = "failtrace-sandbox-"
-
-
-def _sweep_orphaned_stages() -> None:
-    """Remove the stages of failtrace processes that died mid-check (SIGKILL, an OOM kill, a killed Ray worker).
-
-    A stage is named after the process that made it; one whose process is gone can have no run left in it (the
-    child and the judge die with their parent). A live process's stages, and names of another form, are left.
-    """
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(tempfile.gettempdir()):
-            owner = entry.name[len(_STAGE_PREFIX):].split("-", 1)[0]
-            if not (entry.name.startswith(_STAGE_PREFIX) and owner.isdigit() and entry.is_dir(follow_symlinks=False)):
-                continue
-            try:
-                os.kill(int(owner), 0)  # signal 0: only asks whether the process exists
-            except ProcessLookupError:
-                _remove_tree(entry.path)
-            except (PermissionError, OverflowError):  # alive under another user, or no such process id at all
-                pass
+_STAGE_KIND = "failtrace-sandbox-"  # $TMPDIR/failtrace-sandbox-<pid>-*: removed after a kill (failtrace.tempdirs)
 
 
 @contextlib.contextmanager
 def stage_dir(program: str, files: dict[str, bytes]) -> Iterator[str]:
     """A host folder for one run: ``in/`` (copied into the child's /work tmpfs), ``root/``, stdout and stderr."""
-    _sweep_orphaned_stages()
-    stage = tempfile.mkdtemp(prefix=f"{_STAGE_PREFIX}{os.getpid()}-")
+    stage = str(owned_tempdir(None, _STAGE_KIND))
     try:
         os.chmod(stage, 0o711)
         os.mkdir(os.path.join(stage, "in"), 0o700)
@@ -295,18 +275,7 @@ def stage_dir(program: str, files: dict[str, bytes]) -> Iterator[str]:
             Path(stage, "in", name).write_bytes(data)
         yield stage
     finally:
-        _remove_tree(stage)
-
-
-def _remove_tree(path: str) -> None:
-    """Delete a stage even if the code (in degraded mode, where it runs in in/) chmod-ed parts of it away."""
-    def fix(func, p, _exc) -> None:  # type: ignore[no-untyped-def]
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(p), 0o700)
-            os.chmod(p, 0o700)
-            func(p)
-
-    shutil.rmtree(path, onerror=fix)
+        remove_tree(stage)
 
 
 @dataclass
