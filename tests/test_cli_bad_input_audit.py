@@ -88,6 +88,33 @@ def test_ctrl_c_in_finetune_says_how_it_resumes(toy: dict[str, Any], tmp_path: P
     assert sha256(toy["store"]) == toy["sha"]
 
 
+def test_finetune_leaves_the_store_free_while_it_trains(toy: dict[str, Any], tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """finetune held the store open for its whole run (it reads it once, at the start): compare --checkpoints on the
+    steps saved so far, analyse or override were refused as "in use by process N (failtrace finetune)". The store
+    is closed before training starts, and the checkpoints record its absolute path."""
+    import failtrace.training.finetune as ft
+    from failtrace.store.store import open_store
+
+    store = _copy(toy, tmp_path)
+    seen: list[Any] = []
+
+    def trains(data: Any, *args: object, **kwargs: object) -> None:
+        with open_store(store) as st:  # another command writing the store while this one trains
+            seen.append((st.con.execute("SELECT count(*) FROM cases").fetchone()[0], data.store,
+                         len(data.examples)))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ft, "finetune", trains)
+    monkeypatch.setattr(ft, "require_trl", lambda: None)
+    monkeypatch.chdir(tmp_path)
+    code = main(["finetune", "-s", store.name, "--method", "sft", "--model", str(toy["model_dir"]),
+                 "--out", str(tmp_path / "ck"), "--no-progress"])
+    assert _one_error_line(code, capsys, expected_code=130).startswith("error: interrupted")
+    assert len(seen) == 1 and seen[0][0] > 0 and seen[0][1] == str(store.absolute()) and seen[0][2] > 0, seen
+
+
 def test_real_sigint_mid_analyse_keeps_the_store_and_resumes(toy: dict[str, Any], tmp_path: Path) -> None:
     """A real SIGINT, delivered right after the first case commits: exit 130, one line; the store opens with exactly
     that case, and a rerun analyses the other four and skips it."""

@@ -341,6 +341,23 @@ def test_a_rerun_records_the_run_on_rows_stored_before_runs_were(run: dict[str, 
     assert {p["series"] for p in D.checkpoint_rows(rows)} == {D.series_of(folders[0])}  # one series
 
 
+def test_a_trained_checkpoint_is_an_ordinary_model_folder(run: dict[str, Any]) -> None:
+    """A trained step's config said use_cache false (trl's training setting: it generated without its KV cache), its
+    weights were 0600 (safetensors' own mode: no one else on the machine could load them), and its metadata named
+    the store as typed (a relative path means nothing from another folder)."""
+    from failtrace.training.checkpoints import read_metadata
+
+    umask = os.umask(0)
+    os.umask(umask)
+    base = json.loads((Path(run["root"]) / "model0" / "config.json").read_text()).get("use_cache", True)
+    for method, result in run["results"].items():
+        for folder in result.checkpoints:
+            assert json.loads((folder / "config.json").read_text()).get("use_cache", True) == base is True, folder
+            modes = {f.name: oct(f.stat().st_mode & 0o777) for f in folder.iterdir() if f.is_file()}
+            assert set(modes.values()) == {oct(0o666 & ~umask)}, (method, modes)
+            assert read_metadata(folder)["store"] == str(Path(run["store"]).absolute())
+
+
 def test_a_folder_overwritten_in_place_is_a_new_model(run: dict[str, Any], tmp_path: Path) -> None:
     from failtrace.training.compare import compare_checkpoints
 

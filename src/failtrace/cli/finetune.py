@@ -56,7 +56,7 @@ def finetune_command(
     from failtrace.store.store import open_store
     from failtrace.training.checkpoints import check_replaceable
     from failtrace.training.resume import check_resume_dir
-    from failtrace.training.finetune import FinetuneSettings, finetune, require_trl
+    from failtrace.training.finetune import FinetuneSettings, finetune, require_trl, training_data
 
     settings = FinetuneSettings(method=method, steps=steps, save_every=save_every, held_out=held_out, seed=seed,
                                 lr=lr, beta=beta, tail_weight=tail_weight, batch_size=batch_size, benchmark=benchmark,
@@ -67,10 +67,11 @@ def finetune_command(
     check_replaceable(out, store)
     check_resume_dir(out)
     check_store_path(store, create=False)
-    with open_store(store, read_only=True) as st:
-        require_cases(st, benchmark)
+    with open_store(store, read_only=True) as st:  # read once and closed: other commands may write the store
+        require_cases(st, benchmark)                # (compare the checkpoints saved so far) while this one trains
         lm = load_model(model, progress=progress)
-        result = finetune(st, lm, out, settings, progress=progress)
+        data = training_data(st, lm, settings)
+    result = finetune(data, lm, out, settings, progress=progress)
     resumed = "" if result.resumed_from is None else f"; resumed from step {result.resumed_from}"
     left = f", {result.rejected} left out (a reviewer rejected the pair)" if result.rejected else ""
     typer.echo(f"{method}: {count_of(len(result.trained), 'case')} trained, {len(result.held_out)} held out{left}; "

@@ -83,6 +83,28 @@ class FinetuneSettings:
 
 
 @dataclass
+class TrainingData:
+    """What a run reads from the store, read at once: the store is not needed (nor held open) while it trains."""
+
+    examples: list[Example]
+    rejected: int  # cases left out: a reviewer rejected their pair
+    store: str  # the store's absolute path, recorded in every checkpoint
+
+
+def training_data(store: ResultsStore, lm: Any, settings: FinetuneSettings, model_fingerprint: str | None = None
+                  ) -> TrainingData:
+    """The examples of ``lm``'s clean cases in ``store`` for ``settings`` (:func:`~failtrace.training.data.
+    load_examples`)."""
+    from failtrace.failures.generation import eos_token_ids
+    from failtrace.models.fingerprint import model_fingerprint as fingerprint
+
+    examples, rejected = load_examples(store, lm.tokenizer, eos_token_ids(lm.model, lm.tokenizer),
+                                       model_fingerprint or fingerprint(lm), settings.benchmark,
+                                       settings.tail_weight, model_name=lm.name)
+    return TrainingData(examples, rejected, str(Path(store.path).absolute()))
+
+
+@dataclass
 class FinetuneResult:
     """What a run wrote."""
 
@@ -200,11 +222,11 @@ def _quiet_logs(trainer: Any, progress: bool) -> None:
         trainer.add_callback(BarOnly())
 
 
-def finetune(store: ResultsStore, lm: Any, out: str | Path, settings: FinetuneSettings,
+def finetune(data: TrainingData | ResultsStore, lm: Any, out: str | Path, settings: FinetuneSettings,
              progress: bool = False) -> FinetuneResult:
-    """Train ``lm`` (a :class:`~failtrace.models.LoadedModel`) by ``settings.method``; write checkpoints to ``out``
-    (resuming an interrupted run of the same identity: module docstring)."""
-    from failtrace.failures.generation import eos_token_ids
+    """Train ``lm`` (a :class:`~failtrace.models.LoadedModel`) by ``settings.method`` on ``data`` (or a store's:
+    :func:`training_data`); write checkpoints to ``out`` (resuming an interrupted run of the same identity: module
+    docstring)."""
     from failtrace.models.fingerprint import model_fingerprint
     from failtrace.models.loading import _quiet_transformers
     from failtrace.training.checkpoints import (RUN_KEYS, make_save_callback, numbered, save_checkpoint, step_folder,
@@ -216,14 +238,15 @@ def finetune(store: ResultsStore, lm: Any, out: str | Path, settings: FinetuneSe
     require_trl()
     t0 = time.perf_counter()
     base_fp = model_fingerprint(lm)
-    examples, rejected = load_examples(store, lm.tokenizer, eos_token_ids(lm.model, lm.tokenizer), base_fp,
-                             settings.benchmark, settings.tail_weight, model_name=lm.name)
+    if not isinstance(data, TrainingData):
+        data = training_data(data, lm, settings, base_fp)
+    examples, rejected = data.examples, data.rejected
     trained, held = split_cases([e.case_id for e in examples], settings.held_out, settings.seed,
                                 items=[f"{e.benchmark}\x1f{e.item_id}" for e in examples])
     by_id = {e.case_id: e for e in examples}
     meta = {"method": settings.method, "settings": asdict(settings), "base_model": lm.name,
             "base_model_source": lm.source, "base_model_fingerprint": base_fp,
-            "base_vocab_digest": vocab_digest(lm.tokenizer), "store": str(store.path),
+            "base_vocab_digest": vocab_digest(lm.tokenizer), "store": data.store,
             "trained_case_ids": trained, "held_out_case_ids": held,
             "trained_item_ids": [by_id[c].item_id for c in trained],
             "held_out_item_ids": [by_id[c].item_id for c in held], "versions": _versions(),
