@@ -332,3 +332,35 @@ def test_rollouts_stay_inside_the_context_window(lm: Any, monkeypatch: pytest.Mo
     assert res.continued == "length" and res.continued_tokens == k + 2
     assert res.reason.startswith(f"the completion reached the model's context window ({n + k + 2} tokens with the "
                                  "prompt) when continued; no budget can continue it"), res.reason
+
+
+@dataclass
+class Final(ToyBenchmark):
+    """Fails every completion; reads nothing after its first ``stop`` character (as HumanEval after a closed block)."""
+
+    stop: str = "."
+
+    def check(self, item: Item, completion: str) -> Verdict:
+        return Verdict("fail")
+
+    def prefix_final(self, item: Item, prefix: str) -> bool:
+        return self.stop in prefix
+
+
+def test_a_cut_completion_whose_text_fixes_the_verdict_is_searched(lm: Any) -> None:
+    """A completion cut at the token budget was `unbounded` (never searched: "it could not be clean") even when its
+    own text already fixed the verdict: a closed HumanEval block before 218 characters of prose, a comma under IFEval's
+    "no commas". The benchmark's prefix rules now make it a decided failure, searched like a bounded one."""
+    item, prompt, full = _case(lm, 1, budget=40)
+    eos = eos_token_ids(lm.model, lm.tokenizer)
+    comp = full[:8]  # finish reason "length"
+    text = decode_completion(lm.tokenizer, comp, eos)
+    written = next(c for c in text if not c.isspace())
+    settings = PairSettings(top_k=2, max_positions=3)
+    for bench, rule in ((Forbid(forbidden=written), "its text already fails whatever follows"),
+                        (Final(stop=written), "the checker reads nothing after its text")):
+        res = PairFinder(lm, settings).find(bench, item, prompt, comp, 8)
+        assert res.status != "unbounded" and res.rollouts > 0 and res.hit_length_limit, res
+        assert f"was cut at the 8-token limit but {rule}" in res.reason and "a decided failure" in res.reason
+    unfixed = PairFinder(lm, settings).find(Forbid(forbidden="\x00"), item, prompt, comp, 8)
+    assert unfixed.status == "unbounded" and unfixed.rollouts == 0  # nothing in its text decides it: as before

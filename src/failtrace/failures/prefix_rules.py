@@ -77,6 +77,16 @@ class PrefixJudge:
         return str(reason) if reason else None
 
 
+def fixed_by_text(benchmark: Benchmark, item: Item, tokenizer: Any, ids: Sequence[int]) -> str | None:
+    """Why no continuation of the completion ``ids`` can change its verdict (the benchmark's own rules above), or
+    None. A completion cut at the token budget or the window is then a decided failure, not an unbounded one."""
+    judge = PrefixJudge(benchmark, item, tokenizer)
+    reason = judge.decided(ids)
+    if reason is not None:
+        return f"its text already fails whatever follows ({reason})"
+    return "the checker reads nothing after its text" if judge.final(ids) else None
+
+
 def verdict_key(benchmark: Benchmark, item: Item, text: str) -> str | None:
     """What the checker's status depends on (the benchmark's ``verdict_key`` hook, else the whole text); None when
     the hook errs (then nothing is reused)."""

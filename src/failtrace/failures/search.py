@@ -56,7 +56,7 @@ from failtrace.failures.generation import (
 )
 from failtrace.failures.order import rank_positions
 from failtrace.failures.pair_types import PairResult, PairSettings, check_rollout_window, same_tokenizer, visible
-from failtrace.failures.prefix_rules import FAIL, FINAL, PrefixJudge, prefix_text, verdict_key
+from failtrace.failures.prefix_rules import FAIL, FINAL, PrefixJudge, fixed_by_text, prefix_text, verdict_key
 from failtrace.failures.search_state import Found, Row, SearchState
 from failtrace.models.limits import context_length
 
@@ -287,6 +287,11 @@ class PairFinder:
             why = "; ".join(verdict.reasons)[:300]
             return done("unverifiable", f"the checker now says {verdict.status!r} for the stored completion, not "
                                         f"'fail'{': ' + why if why else ''}; recoveries against it would mean nothing")
+        fixed = fixed_by_text(benchmark, item, self.loaded.tokenizer, comp) if unbounded else None
+        if fixed is not None:  # e.g. a closed HumanEval block, an IFEval comma: the cut changes nothing
+            unbounded = at_window = False
+            cut = "the model's context window" if finish == FINISH_WINDOW else f"the {max_new_tokens}-token limit"
+            notes.append(f"; the completion was cut at {cut} but {fixed}: a decided failure")
         if unbounded and budget > max_new_tokens and m < budget:
             longer, why_end = self._extend(prompt, comp, budget)
             res.continued, res.continued_tokens = "length", len(longer)
