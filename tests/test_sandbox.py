@@ -222,6 +222,15 @@ def test_harness_problems_are_unverifiable_not_fail() -> None:
     assert never.status == "unverifiable" and "never called" in never.reason
     unsendable = run_tests(toy(""), "add", "candidate(object(), 1)\n", limits=FAST)
     assert unsendable.status == "unverifiable" and "cannot send" in unsendable.reason
+    # tests that break before their first call (a HumanEval record whose test is blank: `check` never defined) were a
+    # `fail` of the answer, and the canonical solution failed them too
+    for tests, why in (("check(candidate)\n", "NameError: name 'check' is not defined"),
+                       ("assert 1 == 2\nassert candidate(1, 2) == 3\n", "AssertionError at test line 1")):
+        broken = run_tests(toy(""), "add", tests, limits=FAST)
+        assert broken.status == "unverifiable", broken
+        assert broken.reason.startswith("the tests raised before calling the candidate: " + why), broken.reason
+    late = run_tests(toy(""), "add", "assert candidate(1, 2) == 3\nassert 1 == 2\n", limits=FAST)
+    assert late.status == "fail"  # after a call, a failing assertion is the answer's, as before
 
 
 def test_whole_program_runs_report_exit_status() -> None:

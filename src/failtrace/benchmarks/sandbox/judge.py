@@ -139,6 +139,9 @@ def judge_main():
     except CandidateGone as exc:
         report("fail", str(exc))
     except BaseException as exc:  # anything the test code raised, an AssertionError most often
+        if counter[0] == 0:  # before any call: the tests themselves are broken (a NameError, an empty file), and
+            # nothing the candidate did can have caused it (it runs in another process): no verdict on the answer
+            report("error", "the tests raised before calling the candidate: " + failure_reason(exc, cfg["source"]))
         report("fail", failure_reason(exc, cfg["source"]))
     if counter[0] == 0:
         report("error", "the tests never called the candidate")
