@@ -189,6 +189,23 @@ def test_mini_style_rows_take_base_tests_from_the_package(tmp_path: Path) -> Non
     assert item.reference["test"] == first["test"]
 
 
+def test_records_no_check_could_use_are_named_and_left_out(tmp_path: Path) -> None:
+    """`"plus_input": "ab"` was read as one input per character (the canonical solution then failed, so the item
+    was unverifiable), and an empty task id was kept although `--item ""` is refused: neither could ever be checked
+    as meant. Each is now a problem line naming the field, and the rest of the file loads."""
+    good = {"task_id": "Toy/1", "prompt": 'def one() -> int:\n    """1."""\n', "entry_point": "one",
+            "canonical_solution": "    return 1\n", "test": "def check(candidate):\n    assert candidate() == 1\n"}
+    rows = [good | {"task_id": "Toy/2", "plus_input": "ab"}, good | {"task_id": "Toy/3", "base_input": [1, 2]},
+            good | {"task_id": "  "}, good]
+    path = tmp_path / "bad.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = HumanEvalBenchmark().load(str(path))
+    assert [i.id for i in report.items] == ["Toy/1"]
+    assert len(report.problems) == 3 and "'plus_input' must be a list of argument lists" in report.problems[0]
+    assert "'base_input' must be a list of argument lists" in report.problems[1]
+    assert "'task_id' is empty" in report.problems[2]
+
+
 def test_missing_plus_file_is_a_clear_error(problems: Path, tmp_path: Path) -> None:
     from failtrace.errors import FailtraceError
 

@@ -259,6 +259,9 @@ def _summary(result: TestRun) -> dict[str, Any]:
 
 def _plus_reference(row: dict[str, Any]) -> dict[str, Any]:
     """Extra inputs of one HumanEval+ task, kept as a JSON string (they can be large; the checker only ferries it)."""
+    for key in ("base_input", "plus_input"):  # list("abc") made one input per character of a string
+        if row.get(key) is not None and not (isinstance(row[key], list) and all(isinstance(a, list) for a in row[key])):
+            raise ValueError(f"{key!r} must be a list of argument lists")
     inputs = list(row.get("base_input") or []) + list(row.get("plus_input") or [])
     if not isinstance(row.get("canonical_solution"), str):
         raise ValueError(f"HumanEval+ task {row.get('task_id')} has no canonical_solution")
@@ -270,6 +273,8 @@ def _to_item(record: dict[str, Any], where: str) -> Item:
     for key in ("task_id", "prompt", "entry_point", "test"):
         if not isinstance(record.get(key), str):
             raise ValueError(f"{key!r} must be a string")
+    if not record["task_id"].strip():  # --item could never name it
+        raise ValueError("'task_id' is empty")
     if not record["entry_point"].isidentifier():
         raise ValueError(f"entry_point {record['entry_point']!r} is not a Python name")
     reference: dict[str, Any] = {"prompt": record["prompt"], "entry_point": record["entry_point"],
