@@ -150,6 +150,20 @@ def test_an_infinite_expected_output_needs_the_same_infinity(tmp_path: Path) -> 
     assert expected == "fail"  # the reference itself tells -inf from inf
 
 
+def test_nan_is_close_to_nothing_as_in_evalplus(tmp_path: Path) -> None:
+    """NaN counted as close to NaN, where EvalPlus's np.allclose (equal_nan=False, its default) says not."""
+    import numpy as np
+
+    bench, item = _one_task(tmp_path, {
+        "task_id": "Toy/6", "prompt": 'def f(x: float) -> float:\n    """x over x."""\n', "entry_point": "f",
+        "canonical_solution": "    return x / x if x else float('nan')\n",
+        "test": "def check(candidate):\n    assert candidate(2.0) == 1.0\n", "base_input": [[2.0]],
+        "plus_input": [[0.0]]})
+    expected = "pass" if np.allclose(float("nan"), float("nan"), rtol=1e-07, atol=1e-6) else "fail"
+    assert expected == "fail"
+    assert bench.check(item, "    return x / x if x else float('nan')\n").status == expected
+
+
 def test_the_tolerance_needs_the_expected_type(tmp_path: Path) -> None:
     """EvalPlus asserts ``type(out) == type(exp)`` before its tolerance; a list off by 5e-7 where a tuple is expected
     passed here. Exactly equal values still pass whatever the type (as EvalPlus's ``out == exp``)."""

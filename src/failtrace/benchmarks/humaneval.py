@@ -55,8 +55,6 @@ def __failtrace_plus_check():
         if isinstance(a, bool) or isinstance(b, bool):
             return a == b
         if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-            if math.isnan(a) and math.isnan(b):
-                return True
             if math.isinf(a) or math.isinf(b):  # as numpy's allclose: inf is close only to the same inf
                 return a == b
             return abs(a - b) <= tol + 1e-07 * abs(b)
