@@ -131,7 +131,7 @@ def _note_run_limits(store: Path, run_id: str, said: int = 0) -> int:
     """Say when items met a limit: a prompt that fills the context window (not generated), passes or failures that
     stopped at the token budget. A cut pass was judged on a cut answer. The pair search
     cannot tell whether a cut failure would have failed had it finished, so it stays ``unbounded`` (never a clean
-    pair) unless a larger rollout budget settles it; a small --max-new-tokens can leave most of a run undecidable, and
+    pair) unless its text already fixes the verdict or a larger rollout budget settles it; a small --max-new-tokens can leave most of a run undecidable, and
     nothing else would say so before ``pairs``. ``said``: the not-generated items this call's summary line named (the
     note then speaks only of earlier calls'). Returns the run's failures."""
     from failtrace.store.records import FINISH_CONTEXT, FINISH_WINDOW
@@ -152,16 +152,17 @@ def _note_run_limits(store: Path, run_id: str, said: int = 0) -> int:
     if cut:
         typer.echo(f"note: {cut} answer(s) of the run stopped where prompt and answer fill the model's context "
                    "window, before the budget: each was judged as cut there, and no budget can continue it (the pair "
-                   "search leaves such a failure `unbounded`; a model with a longer context can finish it)", err=True)
+                   "search leaves such a failure `unbounded` unless its text already fixes the verdict; a model with a "
+                   "longer context can finish it)", err=True)
     if row is not None and passed_at_limit:
         typer.echo(f"note: {passed_at_limit} of {row.passed} passes stopped at the {budget}-token budget: the checker "
                    "judged a cut answer, which its rest could still have broken; a larger "
                    "--max-new-tokens decides them", err=True)
     if row is not None and row.failed_at_limit:
         typer.echo(f"note: {row.failed_at_limit} of {row.failed} failures stopped at the {budget}-token budget; the "
-                   "pair search leaves each `unbounded` (never a clean pair) unless `failtrace pairs --rollout-tokens "
-                   f"N` (N > {budget}) continues it to a stop that still fails; a larger --max-new-tokens decides more "
-                   "of them (docs/PAIRS.md)", err=True)
+                   "pair search leaves each `unbounded` (never a clean pair) unless its text already fixes the verdict "
+                   f"or `failtrace pairs --rollout-tokens N` (N > {budget}) continues it to a stop that still fails; a "
+                   "larger --max-new-tokens decides more of them (docs/PAIRS.md)", err=True)
     return 0 if row is None else int(row.failed)
 
 
