@@ -324,3 +324,29 @@ def test_a_hand_edited_link_reads_as_what_is_drawn(page: Any, server: dict[str, 
     _open(page, server, f"#/case/{case.case_id}?method=bogus", "case")
     assert page.evaluate("location.hash") == f"#/case/{case.case_id}?method=attnlrp"
     assert page.get_attribute("button[data-method=attnlrp]", "aria-pressed") == "true"
+
+
+def test_stage_names_stay_in_view_when_a_wide_graph_scrolls(page: Any, server: dict[str, Any]) -> None:
+    """On a graph wider than its box (the demo's py-first-word: 1560 px in 1214), a sideways scroll took the L0…L29
+    row names out of view. They sit on a band that follows the scroll, also after the graph is drawn again."""
+    case = _graph_case(server)
+    page.set_viewport_size({"width": 420, "height": 900})  # the toy graph is wider than a narrow page's box
+    try:
+        _open(page, server, f"#/graph/{case.case_id}", "graph")
+        wide = page.evaluate("(() => { const w = document.querySelector('.gwrap'); "
+                             "return w.scrollWidth - w.clientWidth; })()")
+        assert wide > 50
+        left = "(() => { const w = document.querySelector('.gwrap').getBoundingClientRect().left; " \
+               "return [...document.querySelectorAll('#graph g.stages text')].map(t => " \
+               "t.getBoundingClientRect().left - w); })()"
+        before = page.evaluate(left)
+        assert before and all(0 <= x < 40 for x in before), before
+        page.evaluate("document.querySelector('.gwrap').scrollLeft = 10000")
+        page.wait_for_timeout(100)
+        assert all(0 <= x < 40 for x in page.evaluate(left)), page.evaluate(left)
+        page.fill("#mass", "0.5")  # drawn again while scrolled: the names stay at the left edge
+        page.wait_for_function("document.querySelector('#mass-value').textContent === '0.50'")
+        assert page.evaluate("document.querySelector('.gwrap').scrollLeft") > 0
+        assert all(0 <= x < 40 for x in page.evaluate(left)), page.evaluate(left)
+    finally:
+        page.set_viewport_size({"width": 1360, "height": 900})

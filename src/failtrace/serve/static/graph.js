@@ -42,7 +42,6 @@
     var X = {}; cols.forEach(function (c, i) { X[c] = L + dx * (i + 0.5); });
     var Y = function (s) { return H - B - s * dy; };
     svg.setAttribute("width", W); svg.setAttribute("height", H);
-    D.stages.forEach(function (name, s) { svg.appendChild(el("text", {x: 4, y: Y(s) + 4}, name)); });
     cols.forEach(function (c) {
       var tok = FT.shown(D.tokens[c]); tok = tok.length > 16 ? tok.slice(0, 15) + "…" : tok;
       [el("text", {transform: "translate(" + (X[c] - 3) + "," + (H - B + 14) + ") rotate(60)"}, tok + " [" + c + "]"),
@@ -85,8 +84,21 @@
       svg.appendChild(el("text", {x: x + 9, y: y - 8, class: "abl-n"}, String(D.ablation.nodes.findIndex(function (a) {
         return key(a.stage, a.position) === k; }) + 1)));
     });
+    // the stage names last, on a pale band: the band moves with a sideways scroll (follow), so a graph wider than
+    // its box keeps its row labels in view
+    var band = el("g", {class: "stages"}, [el("rect", {x: 0, y: T - 12, width: L - 6, height: H - B - T + 24})]);
+    D.stages.forEach(function (name, s) { band.appendChild(el("text", {x: 4, y: Y(s) + 4}, name)); });
+    svg.appendChild(band);
     fit(svg, W, H);
+    band.setAttribute("transform", "translate(" + (svg.parentNode ? svg.parentNode.scrollLeft : 0) + ",0)");
     return sub;
+  }
+
+  function follow(wrap) {  // keep the stage names at the box's left edge (SVG units are pixels: fit sets width = box)
+    wrap.addEventListener("scroll", function () {
+      var band = wrap.querySelector("g.stages");
+      if (band) band.setAttribute("transform", "translate(" + wrap.scrollLeft + ",0)");
+    });
   }
 
   function fit(svg, W, H) {  // the rotated token labels reach past the plot's margins: the SVG grows to hold them
@@ -152,6 +164,7 @@
       var search = el("input", {type: "search", id: "gsearch", placeholder: "find token…", value: state.search,
                                 "aria-label": "find nodes by token text"});
       var svg = el("svg", {id: "graph", xmlns: "http://www.w3.org/2000/svg"}), kept = null, sub = null;
+      var wrap = el("div", {class: "gwrap"}, svg);
       function redraw() {
         kept = prune(D, state.p); sub = draw(D, svg, kept, state);
         if (state.pin && !kept.nodes[state.pin]) state.pin = null;
@@ -181,7 +194,8 @@
         // the counts and the pin / ablation line change with every click: one line of their own, cut with "…" (the
         // whole text on hover), so the graph below never moves and a second click lands on the node just pinned
         line,
-        el("div", {class: "gwrap"}, svg)]));
+        wrap]));
+      follow(wrap);
       redraw();
     }
   };
