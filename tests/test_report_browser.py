@@ -153,6 +153,31 @@ def test_method_buttons_recolour_the_heatmap(page_and_cases):
         assert visible == [m]
 
 
+def test_a_method_switch_keeps_token_text_readable(page_and_cases):
+    """The page drew readable ink, but a method switch (report.js) went back to white from |R| 0.62 on, where it read
+    at 2.6:1. Every shade over the scale now keeps 4.5:1 or more after a switch."""
+    page, cases, *_ = page_and_cases
+    c = cases[0]
+    art = page.locator(f"#case-{c.case_id}")
+    art.scroll_into_view_if_needed()
+    # spread the chosen method's values over the whole scale, as a switch would read them (put back below)
+    kept = art.locator("script.case-data").text_content()
+    art.locator("script.case-data").evaluate("""s => { const d = JSON.parse(s.textContent);
+        const n = d.norm.gradxinput.length; d.norm.gradxinput = d.norm.gradxinput.map((_, i) => -1 + 2 * i / (n - 1));
+        s.textContent = JSON.stringify(d); }""")
+    art.locator('.methods button[data-method="gradxinput"]').click()
+    ratios = art.locator(".strip .tok:not(.sp)").evaluate_all("""ts => ts.map(t => {
+        const rgb = s => s.match(/[\\d.]+/g).slice(0, 3).map(Number);
+        const lum = c => { const v = c.map(x => { x /= 255; return x <= 0.04045 ? x / 12.92
+                                                   : ((x + 0.055) / 1.055) ** 2.4; });
+                           return 0.2126 * v[0] + 0.7152 * v[1] + 0.0722 * v[2]; };
+        const s = getComputedStyle(t), a = lum(rgb(s.color)), b = lum(rgb(s.backgroundColor));
+        return (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05); })""")
+    art.locator("script.case-data").evaluate("(s, t) => { s.textContent = t; }", kept)
+    art.locator('.methods button[data-method="attnlrp"]').click()
+    assert len(ratios) > 10 and min(ratios) >= 4.5, sorted(ratios)[:3]
+
+
 def test_case_filter(page_and_cases):
     page, cases, *_ = page_and_cases
     page.locator("#case-bench").select_option("math")

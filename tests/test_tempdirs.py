@@ -8,15 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from failtrace.tempdirs import owned_tempdir, sweep_orphans
+from failtrace.tempdirs import owned_tempdir, place, sweep_orphans
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
-def _killed_owner(parent: Path, kind: str) -> Path:
+def _killed_owner(parent: Path, kind: str, suffix: str = "") -> Path:
     """A folder made by a process that was then SIGKILLed (it never removed it)."""
     code = ("import os, signal, sys; from failtrace.tempdirs import owned_tempdir\n"
-            f"print(owned_tempdir({str(parent)!r}, {kind!r}), flush=True); os.kill(os.getpid(), signal.SIGKILL)")
+            f"print(owned_tempdir({str(parent)!r}, {kind!r}, {suffix!r}), flush=True); os.kill(os.getpid(), signal.SIGKILL)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": SRC})
     assert proc.returncode == -9, proc.stderr
@@ -34,17 +34,23 @@ def dead_pid() -> int:
 
 def test_a_killed_processs_folder_is_removed_by_the_next_of_its_kind(tmp_path: Path) -> None:
     left = _killed_owner(tmp_path, ".step-")
-    other_kind = tmp_path / f".old-step-{dead_pid()}-x"  # another kind: only its own kind sweeps it
-    legacy = tmp_path / ".step-1-abc"  # no owner to ask (pid 1 lives): left
-    file_ = tmp_path / f".step-{dead_pid()}-file"  # not a folder: left
-    for p in (other_kind, legacy):
+    dead = dead_pid()
+    keep = [tmp_path / f".old-step-{dead}-{place()}-abcdefgh",  # another kind: only its own kind sweeps it
+            tmp_path / f".step-{dead}-{'0' * 8 if place() != '0' * 8 else '1' * 8}-abcdefgh",  # another machine or
+            # PID namespace sharing the folder: its process ids mean other processes
+            tmp_path / ".step-2024", tmp_path / f".step-{dead}-notes",  # a user's own folders, never touched
+            tmp_path / ".step-1-abc"]  # an older layout without the place
+    for p in keep:
         p.mkdir()
+        (p / "mine.txt").write_text("keep")
+    file_ = tmp_path / f".step-{dead}-{place()}-abcdefgz"  # not a folder: left
     file_.write_text("keep")
     mine = owned_tempdir(tmp_path, ".step-")
-    assert mine.name.startswith(f".step-{os.getpid()}-") and mine.is_dir()
-    assert not left.exists() and other_kind.exists() and legacy.exists() and file_.read_text() == "keep"
+    assert mine.name.startswith(f".step-{os.getpid()}-{place()}-") and mine.is_dir()
+    assert not left.exists() and file_.read_text() == "keep"
+    assert all((p / "mine.txt").read_text() == "keep" for p in keep)
     assert owned_tempdir(tmp_path, ".step-").is_dir() and mine.is_dir()  # a live process's folder stays
-    assert sweep_orphans(tmp_path, ".old-step-") == [other_kind.name] and not other_kind.exists()
+    assert sweep_orphans(tmp_path, ".old-step-") == [keep[0].name] and not keep[0].exists()
 
 
 def test_an_export_and_a_checkpoint_remove_a_killed_ones_leftovers(tmp_path: Path) -> None:
@@ -62,7 +68,7 @@ def test_an_export_and_a_checkpoint_remove_a_killed_ones_leftovers(tmp_path: Pat
         st.write_result("r1", _items()[0], _gen([7, 8, 2]), Verdict("fail", ["because"]))
     out = tmp_path / "exp"
     out.mkdir()
-    left = _killed_owner(out, ".export-")
+    left = _killed_owner(out, ".export-", ".part")
     with open_store(store, read_only=True) as st:
         st.export(out, "jsonl")
     assert not left.exists() and not list(out.glob(".export-*"))

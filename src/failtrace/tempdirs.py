@@ -1,19 +1,39 @@
 """Temporary folders that a killed failtrace does not leave behind for ever.
 
 Each stage of work that is written aside and then moved into place (a sandbox run, a checkpoint, an export, a model
-conversion, a pip install) goes to a folder named after the process making it: ``<kind><pid>-<random><suffix>``.
-``finally`` removes it, but nothing runs after SIGKILL (an OOM kill, a killed Ray worker, ``kill -9``); the next
-folder of the same kind made beside it removes every one whose process is gone. A live process's folders, and names
-of another form, are left alone. Written here because ``tempfile`` names folders at random and keeps no owner.
+conversion, a pip install) goes to a folder named ``<kind><pid>-<place>-<random><suffix>``: ``place`` is a digest
+of this machine and its PID namespace, so a process id is only ever read where it means that process. ``finally``
+removes the folder, but nothing runs after SIGKILL (an OOM kill, a killed Ray worker, ``kill -9``); the next folder
+of the same kind made in the same parent by a process of the same place removes every such folder whose process is
+gone. Folders of another place (another container or machine sharing the folder), of a live process, and every
+name not exactly of this form (a user's ``.export-2024``) are left alone; a reused process id can only keep an
+orphan longer. Written here because ``tempfile`` names folders at random and keeps no owner.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import os
+import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
+
+
+@functools.lru_cache(maxsize=1)
+def place() -> str:
+    """8 hex digits naming this machine and PID namespace (machine id, host name, the namespace's inode)."""
+    parts = [socket.gethostname()]
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        with contextlib.suppress(OSError):
+            parts.append(Path(path).read_text().strip())
+            break
+    with contextlib.suppress(OSError):
+        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:8]
 
 
 def _alive(pid: int) -> bool:
@@ -37,22 +57,27 @@ def remove_tree(path: str | Path) -> None:
     shutil.rmtree(path, onerror=fix)
 
 
-def sweep_orphans(parent: str | Path, kind: str) -> list[str]:
-    """Remove the ``kind`` folders in ``parent`` whose process is gone; returns their names."""
-    gone = []
+def _pattern(kind: str, suffix: str) -> re.Pattern[str]:
+    # tempfile.mkdtemp's random part: 8 of [a-z0-9_]
+    return re.compile(rf"{re.escape(kind)}(\d+)-{place()}-[a-z0-9_]{{8}}{re.escape(suffix)}")
+
+
+def sweep_orphans(parent: str | Path, kind: str, suffix: str = "") -> list[str]:
+    """Remove the ``kind`` folders of this place in ``parent`` whose process is gone; returns their names."""
+    pattern, gone = _pattern(kind, suffix), []
     with contextlib.suppress(OSError):
         for entry in os.scandir(parent):
-            owner = entry.name[len(kind):].split("-", 1)[0]
-            if entry.name.startswith(kind) and owner.isdigit() and entry.is_dir(follow_symlinks=False) \
-                    and not _alive(int(owner)):
+            m = pattern.fullmatch(entry.name)
+            if m and entry.is_dir(follow_symlinks=False) and not _alive(int(m.group(1))):
                 remove_tree(entry.path)
                 gone.append(entry.name)
     return gone
 
 
 def owned_tempdir(parent: str | Path | None, kind: str, suffix: str = "") -> Path:
-    """A new folder ``<kind><pid>-<random><suffix>`` in ``parent`` (None: the system's temp folder), made after the
-    orphans of ``kind`` there are removed. Private (0700), as ``tempfile.mkdtemp`` makes it; the caller removes it."""
+    """A new folder ``<kind><pid>-<place>-<random><suffix>`` in ``parent`` (None: the system's temp folder), made
+    after the orphans of ``kind`` there are removed. Private (0700), as ``tempfile.mkdtemp`` makes it; the caller
+    removes it."""
     where = Path(tempfile.gettempdir() if parent is None else parent)
-    sweep_orphans(where, kind)
-    return Path(tempfile.mkdtemp(prefix=f"{kind}{os.getpid()}-", suffix=suffix, dir=where))
+    sweep_orphans(where, kind, suffix)
+    return Path(tempfile.mkdtemp(prefix=f"{kind}{os.getpid()}-{place()}-", suffix=suffix, dir=where))

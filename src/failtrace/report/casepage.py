@@ -24,7 +24,8 @@ from failtrace.report.evidence import dl as evidence
 from failtrace.report.figures import CATEGORY_COLORS, PATTERN_COLORS
 from failtrace.views.verdicts import category_sentence, pattern_sentence
 from failtrace.report.tables import Overrides, effective_category, methods_of
-from failtrace.views.common import SUM_NOTE, answer_rows, clipped_text, heat_ink, masked_caption, masked_rows, mix
+from failtrace.views.common import (SUM_NOTE, WHITE_TEXT_ABOVE, answer_rows, clipped_text, heat_ink, masked_caption,
+                                    masked_rows, mix)
 
 # One colour per segment name (failtrace.analysis.segments.SEGMENT_NAMES, in order), so "query" is the same colour
 # in every case, the legend, and the explorer (which gets this map from /api/meta).
@@ -150,13 +151,15 @@ def _legend(case: Case) -> str:
 
 
 def _case_data(case: Case) -> str:
-    """Per method: normalised and raw relevance per token, for the method buttons (compact JSON)."""
+    """Per method: normalised and raw relevance per token, for the method buttons (compact JSON), and the |R| from
+    which a token's text is white (views.common.WHITE_TEXT_ABOVE), so a switch keeps the readable ink."""
     norm, raw = {}, {}
     for m in _drawable(case):
         res = case.methods[m]
         norm[m] = [_finite(round(float(x), 3), 6) for x in normalize(res.input_relevance, case.special_mask)]
         raw[m] = [_finite(float(x), 4) for x in res.input_relevance]
-    blob = json.dumps({"norm": norm, "raw": raw}, separators=(",", ":")).replace("</", "<\\/")
+    white = {"red": WHITE_TEXT_ABOVE[1], "blue": WHITE_TEXT_ABOVE[-1]}
+    blob = json.dumps({"norm": norm, "raw": raw, "white_above": white}, separators=(",", ":")).replace("</", "<\\/")
     return f'<script type="application/json" class="case-data">{blob}</script>'
 
 

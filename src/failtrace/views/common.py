@@ -63,8 +63,9 @@ def _white_above(sign: int) -> float:
 
 
 # |normalised R| from which a token's text is white (else black), per side of the scale: where the two inks read
-# equally (WCAG 2 contrast), so every shade keeps its better one (>= 4.59:1). A fixed 0.62 put white on shades where
-# it read at 2.6:1. The explorer draws with the same thresholds (/api/meta's colors.white_text_above).
+# equally (WCAG 2 contrast), to 0.001: every shade reads at 4.5:1 or more (4.59:1 where they meet). A fixed 0.62
+# put white on shades where it read at 2.6:1. The explorer and the report's method switch use the same thresholds
+# (/api/meta's colors.white_text_above, the case data's white_above).
 WHITE_TEXT_ABOVE = {1: _white_above(1), -1: _white_above(-1)}
 
 

@@ -9,11 +9,11 @@
   }
   function recolour(art, method){
     var data=JSON.parse(art.querySelector("script.case-data").textContent);
-    var vals=data.norm[method], raw=data.raw[method]; if(!vals) return;
+    var vals=data.norm[method], raw=data.raw[method], white=data.white_above; if(!vals) return;
     art.querySelectorAll(".strip .tok").forEach(function(el){
       var p=+el.dataset.p, v=vals[p];
       if(!el.classList.contains("sp")){
-        el.style.background=mix(v); el.style.color=Math.abs(v)>0.62?"#fff":"#111";
+        el.style.background=mix(v); el.style.color=Math.abs(v)>=(v>0?white.red:white.blue)?"#fff":"#000";
       }
       el.title=el.dataset.base+"\n"+method+": "+(raw[p]===null||raw[p]===undefined?"R not computed":  // NaN arrives as null
         "R = "+String(Number((+raw[p]).toPrecision(4)))+", normalised = "+(+v).toFixed(3));
