@@ -356,6 +356,16 @@ def test_a_trained_checkpoint_is_an_ordinary_model_folder(run: dict[str, Any]) -
             modes = {f.name: oct(f.stat().st_mode & 0o777) for f in folder.iterdir() if f.is_file()}
             assert set(modes.values()) == {oct(0o666 & ~umask)}, (method, modes)
             assert read_metadata(folder)["store"] == str(Path(run["store"]).absolute())
+    # the base's own setting is what a checkpoint keeps (a base saved without its cache stays so), and the model
+    # being trained keeps its training setting
+    from failtrace.training.checkpoints import save_checkpoint
+
+    model = run["lm"].model
+    live = model.config.use_cache
+    meta = read_metadata(run["results"]["sft"].checkpoints[0])
+    saved = save_checkpoint(model, run["lm"].tokenizer, Path(run["root"]) / "cache-off", 0, meta, use_cache=not live)
+    assert json.loads((saved / "config.json").read_text())["use_cache"] is (not live)
+    assert model.config.use_cache is live
 
 
 def test_a_folder_overwritten_in_place_is_a_new_model(run: dict[str, Any], tmp_path: Path) -> None:

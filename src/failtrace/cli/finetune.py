@@ -67,9 +67,10 @@ def finetune_command(
     check_replaceable(out, store)
     check_resume_dir(out)
     check_store_path(store, create=False)
-    with open_store(store, read_only=True) as st:  # read once and closed: other commands may write the store
-        require_cases(st, benchmark)                # (compare the checkpoints saved so far) while this one trains
-        lm = load_model(model, progress=progress)
+    with open_store(store, read_only=True) as st:  # opened only to read: other commands may write the store
+        require_cases(st, benchmark)                # (compare the checkpoints saved so far) while this one loads
+    lm = load_model(model, progress=progress)       # the model (a conversion: minutes) and trains
+    with open_store(store, read_only=True) as st:
         data = training_data(st, lm, settings)
     result = finetune(data, lm, out, settings, progress=progress)
     resumed = "" if result.resumed_from is None else f"; resumed from step {result.resumed_from}"

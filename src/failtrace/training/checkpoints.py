@@ -70,8 +70,10 @@ def check_replaceable(out: str | Path, store: str | Path | None = None) -> None:
                                  f"finetune`; saving would replace it. Give another --out, or move it away")
 
 
-def save_checkpoint(model: Any, tokenizer: Any, out: str | Path, step: int, meta: dict[str, Any]) -> Path:
-    """Write ``out/step-<step>/`` (weights in safetensors, tokenizer, metadata) atomically; returns the folder."""
+def save_checkpoint(model: Any, tokenizer: Any, out: str | Path, step: int, meta: dict[str, Any],
+                    use_cache: bool | None = None) -> Path:
+    """Write ``out/step-<step>/`` (weights in safetensors, tokenizer, metadata) atomically; returns the folder.
+    ``use_cache``: the base model's setting, saved in the config in place of the one trl trains with (off)."""
     from failtrace.models.loading import _quiet_transformers
     from failtrace.models.portable import portable_tokenizer_config
 
@@ -83,15 +85,15 @@ def save_checkpoint(model: Any, tokenizer: Any, out: str | Path, step: int, meta
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private (0700); a checkpoint is an ordinary folder
     try:
         config = getattr(model, "config", None)
-        cache = getattr(config, "use_cache", None)
+        training = getattr(config, "use_cache", None)
         with _quiet_transformers():  # no per-shard progress bars
-            if cache is False:  # trl turns the KV cache off to train; a checkpoint generates as the base model did
-                config.use_cache = True
+            if use_cache is not None and training is not None:  # a checkpoint generates as the base model did
+                config.use_cache = use_cache
             try:
                 model.save_pretrained(tmp, safe_serialization=True)
             finally:
-                if cache is False:
-                    config.use_cache = False
+                if use_cache is not None and training is not None:
+                    config.use_cache = training
             tokenizer.save_pretrained(tmp)
         portable_tokenizer_config(tmp)
         for f in tmp.iterdir():  # safetensors writes the weights 0600: others on the machine could not load them
@@ -188,7 +190,7 @@ def split_of(meta: dict[str, Any], case_id: str) -> str | None:
 
 
 def make_save_callback(tokenizer: Any, out: str | Path, every: int, meta: dict[str, Any],
-                       saved: list[Path]) -> Any:
+                       saved: list[Path], use_cache: bool | None = None) -> Any:
     """A transformers ``TrainerCallback`` that saves a checkpoint every ``every`` optimiser steps (appends the folders
     to ``saved``), with ``meta['loss_history']`` = the training losses logged so far. It saves on the step's log
     event (the trainer must log every step), which comes after the step's loss is in ``state.log_history``."""
@@ -207,7 +209,7 @@ def make_save_callback(tokenizer: Any, out: str | Path, every: int, meta: dict[s
                 self.pending = False
                 history = [{"step": h["step"], "loss": h["loss"]} for h in state.log_history if "loss" in h]
                 saved.append(save_checkpoint(model, tokenizer, out, state.global_step,
-                                             meta | {"loss_history": history}))
+                                             meta | {"loss_history": history}, use_cache))
             return control
 
     return SaveEvery()

@@ -253,6 +253,7 @@ def finetune(data: TrainingData | ResultsStore, lm: Any, out: str | Path, settin
             "example_notes": {e.case_id: e.notes for e in examples if e.notes},
             "rejected_in_review": rejected}
     out = Path(out)
+    base_cache = getattr(getattr(lm.model, "config", None), "use_cache", None)  # trl trains with the cache off
     identity = {k: meta[k] for k in (*RUN_KEYS, "versions")}  # a resume continues only this run, on these versions
     check_resume_dir(out)
     state, resumed = resume_point(out, identity)
@@ -268,7 +269,7 @@ def finetune(data: TrainingData | ResultsStore, lm: Any, out: str | Path, settin
     with contextlib.ExitStack() as stack:
         work = str(out / RESUME_DIR) if settings.resume_state else stack.enter_context(
             tempfile.TemporaryDirectory(prefix="failtrace-finetune-"))
-        callback = make_save_callback(lm.tokenizer, out, settings.save_every, meta, saved)
+        callback = make_save_callback(lm.tokenizer, out, settings.save_every, meta, saved, base_cache)
         with warnings.catch_warnings():  # trl's configs turn gradient checkpointing on by default; failtrace turns it
             # off by the name trl sets, which transformers 5 calls deprecated: a FutureWarning on every run otherwise
             warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)
@@ -279,7 +280,7 @@ def finetune(data: TrainingData | ResultsStore, lm: Any, out: str | Path, settin
         losses = [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h]
         if settings.steps % settings.save_every:
             saved.append(save_checkpoint(trainer.model, lm.tokenizer, out, trainer.state.global_step,
-                                         meta | {"loss_history": losses}))
+                                         meta | {"loss_history": losses}, base_cache))
     finish_resume(out)
     # A new run replaces another run's checkpoints whole, once it has finished: the older run's later steps, which
     # it did not overwrite, would otherwise stay beside its own (and compare --checkpoints OUT/step-* mix two runs).
