@@ -129,11 +129,11 @@ def _chosen_items(items: list[Any], wanted: list[str], data: str) -> list[Any]:
 
 def _note_run_limits(store: Path, run_id: str, said: int = 0) -> int:
     """Say when items met a limit: a prompt that fills the context window (not generated), passes or failures that
-    stopped at the token budget. A cut pass was judged on a cut answer. The pair search
-    cannot tell whether a cut failure would have failed had it finished, so it stays ``unbounded`` (never a clean
-    pair) unless its text already fixes the verdict or a larger rollout budget settles it; a small --max-new-tokens can leave most of a run undecidable, and
-    nothing else would say so before ``pairs``. ``said``: the not-generated items this call's summary line named (the
-    note then speaks only of earlier calls'). Returns the run's failures."""
+    stopped at the token budget. A cut pass was judged on a cut answer. The pair search cannot tell whether a cut
+    failure would have failed had it finished, so it stays ``unbounded`` (never a clean pair) unless its text already
+    fixes the verdict or a larger rollout budget settles it; a small --max-new-tokens can leave most of a run
+    undecidable, and nothing else would say so before ``pairs``. ``said``: the not-generated items this call's
+    summary line named (the note then speaks only of earlier calls'). Returns the run's failures."""
     from failtrace.store.records import FINISH_CONTEXT, FINISH_WINDOW
     from failtrace.store.store import open_store
 

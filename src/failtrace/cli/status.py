@@ -120,9 +120,9 @@ def _pairs_table(paired: list[tuple[str, Any]]) -> Any:
                "limit hit: paired failures whose completion hit the limit; cont. pass / cont. fail: "
                "of those, continued to the rollout budget (--rollout-tokens), passed (an artefact of the "
                "budget, still unbnd) / stopped and still failed (a real failure, searched); the rest were not "
-               "continued, were cut again at the rollout budget, or their own text fixed the verdict (searched); clean rate = clean "
-               "/ failed; clean rate decid. = clean / (failed - unbnd), over the decidable failures (≥: a lower "
-               "bound while failures are not paired yet). Each pair "
+               "continued, were cut again at the rollout budget, or their own text fixed the verdict (searched); "
+               "clean rate = clean / failed; clean rate decid. = clean / (failed - unbnd), over the decidable "
+               "failures (≥: a lower bound while failures are not paired yet). Each pair "
                "run's line below gives its settings: k= top-k alternatives tried (--top-k), Δ> the Δℓ a pair "
                "must exceed (--min-delta), pos≤ answer positions walked (--max-positions).")
     return _table("pair search (one status per failure)", headers, cells, caption)
