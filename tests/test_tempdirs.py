@@ -16,7 +16,8 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 def _killed_owner(parent: Path, kind: str, suffix: str = "") -> Path:
     """A folder made by a process that was then SIGKILLed (it never removed it)."""
     code = ("import os, signal, sys; from failtrace.tempdirs import owned_tempdir\n"
-            f"print(owned_tempdir({str(parent)!r}, {kind!r}, {suffix!r}), flush=True); os.kill(os.getpid(), signal.SIGKILL)")
+            f"print(owned_tempdir({str(parent)!r}, {kind!r}, {suffix!r}), flush=True)\n"
+            "os.kill(os.getpid(), signal.SIGKILL)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": SRC})
     assert proc.returncode == -9, proc.stderr

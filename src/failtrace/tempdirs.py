@@ -59,7 +59,7 @@ def remove_tree(path: str | Path) -> None:
 
 def _pattern(kind: str, suffix: str) -> re.Pattern[str]:
     # tempfile.mkdtemp's random part: 8 of [a-z0-9_]
-    return re.compile(rf"{re.escape(kind)}(\d+)-{place()}-[a-z0-9_]{{8}}{re.escape(suffix)}")
+    return re.compile(rf"{re.escape(kind)}([0-9]+)-{place()}-[a-z0-9_]{{8}}{re.escape(suffix)}")
 
 
 def sweep_orphans(parent: str | Path, kind: str, suffix: str = "") -> list[str]:

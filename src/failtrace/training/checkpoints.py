@@ -81,7 +81,7 @@ def save_checkpoint(model: Any, tokenizer: Any, out: str | Path, step: int, meta
     check_replaceable(out)
     out.mkdir(parents=True, exist_ok=True)
     target = step_folder(out, step)
-    tmp = owned_tempdir(out, ".step-")  # .step-<pid>-*: removed by the next save if this process is killed
+    tmp = owned_tempdir(out, ".step-")  # .step-<pid>-<place>-*: removed by the next save (tempdirs)
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private (0700); a checkpoint is an ordinary folder
     try:
         config = getattr(model, "config", None)

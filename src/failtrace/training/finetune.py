@@ -253,7 +253,8 @@ def finetune(data: TrainingData | ResultsStore, lm: Any, out: str | Path, settin
             "example_notes": {e.case_id: e.notes for e in examples if e.notes},
             "rejected_in_review": rejected}
     out = Path(out)
-    base_cache = getattr(getattr(lm.model, "config", None), "use_cache", None)  # trl trains with the cache off
+    # trl trains with the cache off; a config without the attribute generates with it (transformers' default)
+    base_cache = getattr(getattr(lm.model, "config", None), "use_cache", True)
     identity = {k: meta[k] for k in (*RUN_KEYS, "versions")}  # a resume continues only this run, on these versions
     check_resume_dir(out)
     state, resumed = resume_point(out, identity)
