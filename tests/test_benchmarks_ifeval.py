@@ -47,6 +47,34 @@ def test_load_items_and_bad_kwargs(tmp_path: Path) -> None:
                                   "(IFEval would draw it at random)")
 
 
+def test_a_value_the_checker_replaces_at_random_is_refused(tmp_path: Path) -> None:
+    """IFEval's letter_frequency takes only an ASCII letter: given '#' (item 1122 of the real set: "at least 4
+    hashtags"), the official checker counts a random letter instead, so one answer passed one check and failed the
+    next (a clean pair found this way did not hold when re-checked). Such an item is now a problem line."""
+    import random
+
+    from failtrace.benchmarks.ifeval import _built_checker, _checker_modules
+
+    registry = _checker_modules()[0]
+    kw = {"letter": "#", "let_frequency": 4, "let_relation": "at least"}
+    letters = set()
+    for seed in range(20):  # the reference: the official checker's own arguments under different seeds
+        random.seed(seed)
+        letters.add(_built_checker(registry, "keywords:letter_frequency", kw, "x")[2]["letter"])
+    assert len(letters) > 1 and "#" not in letters
+    rows = [{"key": 1, "prompt": "hashtags", "instruction_id_list": ["keywords:letter_frequency"], "kwargs": [kw]},
+            {"key": 2, "prompt": "b", "instruction_id_list": ["keywords:letter_frequency"],
+             "kwargs": [kw | {"letter": "b"}]}]
+    path = tmp_path / "if.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    state = random.getstate()
+    report = get_benchmark("ifeval").load(str(path))
+    assert random.getstate() == state  # the caller's random state is kept
+    assert [i.id for i in report.items] == ["2"]
+    assert report.problems == ["line 1: keywords:letter_frequency does not accept letter='#' and draws it at random "
+                               "instead"]
+
+
 def test_pass_and_fail_with_reasons_naming_the_instruction() -> None:
     bench = IFEvalBenchmark()
     item = _item(["punctuation:no_comma", "change_case:english_lowercase"], [{}, {}])

@@ -248,13 +248,36 @@ def _check_instructions(ids: list[str], kwargs: list[dict[str, Any]], prompt: st
         if instruction_id not in registry:
             raise ValueError(f"unknown instruction id {instruction_id!r} (not in IFEval's instruction registry)")
         try:
-            args = _built_checker(registry, instruction_id, kw, prompt)[2]
-            drawn = [k for k in args if k not in kw and k != "prompt"]
+            builds = _seeded_builds(registry, instruction_id, kw, prompt)
         except Exception as exc:  # the checker's own complaint, e.g. TypeError for an argument it does not take
             raise ValueError(f"{instruction_id} cannot take {kw}: {type(exc).__name__}: {_short(str(exc))}") from None
+        drawn = [k for k in builds[0] if k not in kw and k != "prompt"]
         if drawn:  # IFEval draws a missing argument at random: the verdict would change from one check to the next
             raise ValueError(f"{instruction_id} needs {', '.join(map(repr, drawn))} (IFEval would draw "
                              f"{'it' if len(drawn) == 1 else 'them'} at random)")
+        # a given value the checker does not accept is replaced at random too (letter_frequency with letter '#'
+        # checks a random ASCII letter: the same answer passed one check and failed the next)
+        varying = [k for k in builds[0] if k != "prompt" and any(b.get(k) != builds[0][k] for b in builds[1:])]
+        if varying:
+            raise ValueError(f"{instruction_id} does not accept {', '.join(f'{k}={kw.get(k)!r}' for k in varying)} "
+                             f"and draws {'it' if len(varying) == 1 else 'them'} at random instead")
+
+
+def _seeded_builds(registry: dict[str, Any], instruction_id: str, kw: dict[str, Any],
+                   prompt: str) -> list[dict[str, Any]]:
+    """The checker's arguments as built under four seeds of ``random`` (which the official checkers draw from);
+    the caller's random state is kept. Equal builds: nothing was drawn."""
+    import random
+
+    state = random.getstate()
+    try:
+        builds = []
+        for seed in range(4):
+            random.seed(seed)
+            builds.append(_built_checker(registry, instruction_id, kw, prompt)[2])
+        return builds
+    finally:
+        random.setstate(state)
 
 
 _LITERAL = re.compile(r"[\w' -]+")
