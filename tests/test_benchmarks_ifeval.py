@@ -73,6 +73,13 @@ def test_a_value_the_checker_replaces_at_random_is_refused(tmp_path: Path) -> No
     assert [i.id for i in report.items] == ["2"]
     assert report.problems == ["line 1: keywords:letter_frequency does not accept letter='#' and draws it at random "
                                "instead"]
+    # an item stored before the load refused it gets no verdict, the same every time, instead of a coin toss
+    stored = Item(id="1122", benchmark="ifeval", prompt="hashtags",
+                  reference={"instruction_id_list": ["keywords:letter_frequency"], "kwargs": [kw]})
+    answer = "#a #b #c #d bbbb " + "".join(chr(c) * 4 for c in range(ord("a"), ord("z") + 1))
+    verdicts = {(v.status, tuple(v.reasons)) for v in (IFEvalBenchmark().check(stored, answer[:n])
+                                                         for n in (16, 20, len(answer)) for _ in range(5))}
+    assert {s for s, _ in verdicts} == {"unverifiable"} and all("draws it at random" in r[0] for _, r in verdicts)
 
 
 def test_pass_and_fail_with_reasons_naming_the_instruction() -> None:

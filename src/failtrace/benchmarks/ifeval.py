@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import re
 import threading
 import types
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 from failtrace.benchmarks.base import Item, LoadReport, Verdict
@@ -136,6 +137,10 @@ def _check_one(registry: dict[str, Any], instruction_id: str, kwargs: dict[str, 
         result["error"] = "unknown instruction id (not in the IFEval instruction registry)"
         return result
     try:
+        drawn = _drawn_at_random(instruction_id, json.dumps(kwargs, sort_keys=True), prompt)
+        if drawn:  # an item stored before load refused it: its verdict would change from one check to the next
+            result["error"] = _random_reason(instruction_id, kwargs, drawn) + ": no verdict"
+            return result
         checker, result["description"], _ = _built_checker(registry, instruction_id, kwargs, prompt)
         result["strict"] = bool(response.strip() and checker.check_following(response))
         result["loose"] = any(bool(v.strip() and checker.check_following(v)) for v in variants)
@@ -248,36 +253,40 @@ def _check_instructions(ids: list[str], kwargs: list[dict[str, Any]], prompt: st
         if instruction_id not in registry:
             raise ValueError(f"unknown instruction id {instruction_id!r} (not in IFEval's instruction registry)")
         try:
-            builds = _seeded_builds(registry, instruction_id, kw, prompt)
+            drawn = _drawn_at_random(instruction_id, json.dumps(kw, sort_keys=True), prompt)
         except Exception as exc:  # the checker's own complaint, e.g. TypeError for an argument it does not take
             raise ValueError(f"{instruction_id} cannot take {kw}: {type(exc).__name__}: {_short(str(exc))}") from None
-        drawn = [k for k in builds[0] if k not in kw and k != "prompt"]
-        if drawn:  # IFEval draws a missing argument at random: the verdict would change from one check to the next
-            raise ValueError(f"{instruction_id} needs {', '.join(map(repr, drawn))} (IFEval would draw "
-                             f"{'it' if len(drawn) == 1 else 'them'} at random)")
-        # a given value the checker does not accept is replaced at random too (letter_frequency with letter '#'
-        # checks a random ASCII letter: the same answer passed one check and failed the next)
-        varying = [k for k in builds[0] if k != "prompt" and any(b.get(k) != builds[0][k] for b in builds[1:])]
-        if varying:
-            raise ValueError(f"{instruction_id} does not accept {', '.join(f'{k}={kw.get(k)!r}' for k in varying)} "
-                             f"and draws {'it' if len(varying) == 1 else 'them'} at random instead")
+        if drawn:
+            raise ValueError(_random_reason(instruction_id, kw, drawn))
 
 
-def _seeded_builds(registry: dict[str, Any], instruction_id: str, kw: dict[str, Any],
-                   prompt: str) -> list[dict[str, Any]]:
-    """The checker's arguments as built under four seeds of ``random`` (which the official checkers draw from);
-    the caller's random state is kept. Equal builds: nothing was drawn."""
+@functools.lru_cache(maxsize=4096)
+def _drawn_at_random(instruction_id: str, kw_json: str, prompt: str) -> tuple[str, ...]:
+    """The arguments the official checker draws at random for these ones: those missing, and those given that it
+    does not accept (letter_frequency with letter '#' counts a random ASCII letter). Found by building it under four
+    seeds of ``random``, which the checkers draw from; the caller's random state is kept."""
     import random
 
+    registry, kw = _checker_modules()[0], json.loads(kw_json)
     state = random.getstate()
     try:
         builds = []
         for seed in range(4):
             random.seed(seed)
             builds.append(_built_checker(registry, instruction_id, kw, prompt)[2])
-        return builds
     finally:
         random.setstate(state)
+    return tuple(k for k in builds[0] if k != "prompt" and (k not in kw or any(b.get(k) != builds[0][k]
+                                                                               for b in builds[1:])))
+
+
+def _random_reason(instruction_id: str, kw: dict[str, Any], drawn: Sequence[str]) -> str:
+    missing, refused = [k for k in drawn if k not in kw], [k for k in drawn if k in kw]
+    if missing:  # IFEval draws a missing argument at random: the verdict would change from one check to the next
+        return (f"{instruction_id} needs {', '.join(map(repr, missing))} (IFEval would draw "
+                f"{'it' if len(missing) == 1 else 'them'} at random)")
+    return (f"{instruction_id} does not accept {', '.join(f'{k}={kw[k]!r}' for k in refused)} and draws "
+            f"{'it' if len(refused) == 1 else 'them'} at random instead")
 
 
 _LITERAL = re.compile(r"[\w' -]+")
@@ -297,8 +306,6 @@ def _json_prefix_fails(prefix: str) -> str | None:
     is fixed by the closing character), any later non-space, non-backtick character is "Extra data" for every text.
     Hand-written: the official check has no prefix form.
     """
-    import json
-
     rest = prefix.strip()
     for fence in _JSON_FENCES:
         if len(rest) < len(fence) and fence.startswith(rest):
