@@ -145,8 +145,8 @@ def test_status_shows_unbounded_and_the_decidable_clean_rate(tmp_path: Path, mon
     assert pairs[11:13] == ["33.3%", "66.7%"]  # 2 clean of 6 failures; of the 3 decidable ones
     flat = " ".join(out.split())
     assert "decidable failures" in flat
-    assert ("unbnd: the completion hit the token limit (or the model's context window), so it is not among the "
-            "decidable failures") in flat
+    assert ("unbnd: the completion hit the token limit (or the model's context window) and its text does not fix "
+            "the verdict, so it is not among the decidable failures") in flat
     assert "collection run #1: c1  budget=8\n" in out and "pair run #1: p1  k=2 Δ>1.0 pos≤4\n" in out
     with open_store(path) as st:  # two more pair runs over the same collection run (other settings)
         for run_id, k, statuses in (("p2", 3, ["clean"] * 6), ("p3", 4, ["no_contrast"])):

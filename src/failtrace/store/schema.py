@@ -66,8 +66,8 @@ PAIR_STATUS_TEXT: dict[str, tuple[str, str]] = {
     "no_target": ("no target", "no alternative in the model's own top-k fixes the answer at any walked position"),
     "no_contrast": ("no contrast", "not even the --sibling model's top-k does"),
     "weak_preference": ("weak preference", "a fixing token exists but Δℓ ≤ the minimum (--min-delta)"),
-    "unbounded": ("unbounded", "the completion hit the token limit (or the model's context window), so it is not "
-                               "among the decidable failures"),
+    "unbounded": ("unbounded", "the completion hit the token limit (or the model's context window) and its text "
+                               "does not fix the verdict, so it is not among the decidable failures"),
     "unverifiable": ("unverifiable", "the checker no longer says fail, or could not decide a rollout"),
     NOT_SEARCHED: ("not paired yet", "failures the pair search has not reached"),
 }
