@@ -282,37 +282,33 @@ def _until_asked(page: Any, held: list[Any]) -> None:
     raise AssertionError("the view never asked the server")
 
 
+def _answered_late(page: Any, pattern: str, asked: str, moved: str, ready: str) -> None:
+    """Open ``asked`` with its request held, move to ``moved`` (painted), then let the held request be answered."""
+    held = _held(page, pattern)
+    try:
+        page.evaluate(f"location.hash = '{asked}'")
+        _until_asked(page, held)
+        page.evaluate(f"location.hash = '{moved}'")
+        _painted(page, ready, moved)
+        held[0].fulfill(response=held[0].fetch())
+        page.wait_for_timeout(700)
+    finally:
+        page.unroute(pattern)
+
+
 def test_a_slow_answer_does_not_paint_over_the_view_the_user_moved_to(page: Any, server: dict[str, Any]) -> None:
     """A case answered after the user had moved on was painted over the newer view (the URL said #/api, the page showed
     the case), and a short id's 404 that came late rewrote the URL of the view moved to. A read answered after the
     view changed is now dropped."""
     case = server["cases"][0]
     _open(page, server, "#/cases", "cases")
-    held = _held(page, f"**/api/cases/{case.case_id}")
-    try:
-        page.evaluate(f"location.hash = '#/case/{case.case_id}'")
-        _until_asked(page, held)
-        page.evaluate("location.hash = '#/api'")
-        _painted(page, "api", "#/api")
-        held[0].fulfill(response=held[0].fetch())
-        page.wait_for_timeout(700)
-        assert page.locator("#strip").count() == 0 and page.locator("main#view").inner_text().strip()
-        assert page.evaluate("[location.hash, document.body.dataset.ready]") == ["#/api", "api"]
-    finally:
-        page.unroute(f"**/api/cases/{case.case_id}")
+    _answered_late(page, f"**/api/cases/{case.case_id}", f"#/case/{case.case_id}", "#/api", "api")
+    assert page.locator("#strip").count() == 0 and page.locator("main#view").inner_text().strip()
+    assert page.evaluate("[location.hash, document.body.dataset.ready]") == ["#/api", "api"]
     short = case.case_id[:8]  # a short id is followed to the whole one through a 404: held, then answered late
-    held = _held(page, f"**/api/cases/{short}")
-    try:
-        page.evaluate(f"location.hash = '#/case/{short}'")
-        _until_asked(page, held)
-        page.evaluate("location.hash = '#/cases'")
-        _painted(page, "cases", "#/cases")
-        held[0].fulfill(response=held[0].fetch())
-        page.wait_for_timeout(700)
-        assert page.evaluate("location.hash") == "#/cases" and page.locator("table#cases").count() == 1
-        assert page.locator("#strip").count() == 0
-    finally:
-        page.unroute(f"**/api/cases/{short}")
+    _answered_late(page, f"**/api/cases/{short}", f"#/case/{short}", "#/cases", "cases")
+    assert page.evaluate("location.hash") == "#/cases" and page.locator("table#cases").count() == 1
+    assert page.locator("#strip").count() == 0
 
 
 def test_a_hand_edited_link_reads_as_what_is_drawn(page: Any, server: dict[str, Any]) -> None:
