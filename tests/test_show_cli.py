@@ -362,6 +362,10 @@ def test_every_view_shows_the_answer_the_checker_and_the_fix(toy: dict[str, Any]
         gens = {r[0]: r[1] for r in st.con.execute("SELECT item_id, completion FROM generations").fetchall()}
         why = {r[0]: json.loads(r[1]) for r in st.con.execute("SELECT item_id, reasons FROM verdicts").fetchall()}
         fixed = {r[0]: r[1] for r in st.con.execute("SELECT item_id, recovered_completion FROM pairs").fetchall()}
+        # the toy model never stops: each recovery passed as cut at the rollout budget, as its reason says
+        cut = "  [passes the checker as cut at the rollout budget: it did not stop]"
+        note = {r[0]: cut if "without stopping" in r[1] else "  [passes the checker]"
+                for r in st.con.execute("SELECT item_id, reason FROM pairs").fetchall()}
     assert main(["report", "--store", str(toy["store"]), "--out", str(tmp_path / "rep")]) == 0
     page = (tmp_path / "rep" / "index.html").read_text()
     with TestClient(create_app(toy["store"]), base_url="http://127.0.0.1") as client:
@@ -376,10 +380,39 @@ def test_every_view_shows_the_answer_the_checker_and_the_fix(toy: dict[str, Any]
                 f"0–{case.position - 1}\n" in out
             assert f"the model wrote: {prose_line(wrote)}" in lines
             assert f"the checker said: {prose_line(said)}" in lines
-            assert f"with the contrast forced: {prose_line(forced)}  [passes the checker]" in lines
+            assert f"with the contrast forced: {prose_line(forced)}{note[case.item_id]}" in lines
             article = page.split(f'id="case-{case.case_id}"', 1)[1].split("</article>", 1)[0]
             assert f"<dt>the model wrote</dt><dd>{html.escape(wrote)}</dd>" in article
-            assert f"<dd>{html.escape(forced)}  [passes the checker]</dd>" in article
+            assert f"<dd>{html.escape(forced + note[case.item_id])}</dd>" in article
             got = client.get(f"/api/cases/{case.case_id}").json()["answers"]
             assert got == [["the model wrote", wrote], ["the checker said", said],
-                           ["with the contrast forced", forced + "  [passes the checker]"]]
+                           ["with the contrast forced", forced + note[case.item_id]]]
+
+
+def test_where_a_text_stopped_survives_the_terminals_cut(toy: dict[str, Any], tmp_path: Path, capsys,
+                                                         monkeypatch) -> None:
+    """`show` cut a long answer to the terminal's width and the note at its end went with it: an answer cut at the
+    budget read as whole. A forced answer that passed only as cut at the rollout budget (it never stopped, as its
+    pair's reason says) was said to pass like any other. Both notes now stay, here, in the report and the explorer."""
+    import duckdb
+    from fastapi.testclient import TestClient
+
+    from failtrace.serve.app import create_app
+
+    store = tmp_path / "cut.duckdb"
+    shutil.copy(toy["store"], store)
+    case = toy["cases"][0]
+    with duckdb.connect(str(store)) as con:
+        con.execute("UPDATE generations SET completion = ?, finish_reason = 'length' WHERE item_id = ?",
+                    ["word " * 100, case.item_id])
+        con.execute("UPDATE pairs SET recovered_completion = ?, reason = reason || '; the recovering rollout reached "
+                    "the 8-token budget without stopping' WHERE item_id = ?", ["other " * 100, case.item_id])
+    code, out, _ = _show(capsys, monkeypatch, "--store", str(store), "--case", case.case_id)
+    lines = {line.split(": ", 1)[0]: line for line in out.splitlines() if ": " in line}
+    assert code == 0 and len(lines["the model wrote"]) <= 160
+    assert lines["the model wrote"].endswith("… [stopped at the token budget]")
+    forced = "  [passes the checker as cut at the rollout budget: it did not stop]"
+    assert lines["with the contrast forced"].endswith("…" + forced)
+    with TestClient(create_app(store), base_url="http://127.0.0.1") as client:
+        got = dict(map(tuple, client.get(f"/api/cases/{case.case_id}").json()["answers"]))
+    assert got["with the contrast forced"] == "other " * 100 + forced

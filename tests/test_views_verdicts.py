@@ -133,3 +133,4 @@ def test_the_answer_row_says_where_a_cut_answer_stopped(finish: str | None, said
     from failtrace.views.common import answer_rows
 
     assert answer_rows({"completion": "ok.", "finish_reason": finish})[0] == ("the model wrote", said)
+

@@ -176,7 +176,7 @@ def _list_table(cases: list[Any], store: Path, method: str, width: int = 100) ->
 def _print_case(con: Any, c: Any, method: str, answer: dict[str, Any] | None = None) -> None:
     from rich.text import Text
 
-    from failtrace.views.common import answer_rows, clipped_text, prose_line, shown
+    from failtrace.views.common import answer_parts, clipped_text, prose_line, shown
     from failtrace.views.verdicts import verdict_rows
 
     if method not in c.methods:
@@ -197,9 +197,9 @@ def _print_case(con: Any, c: Any, method: str, answer: dict[str, Any] | None = N
                 + (f" (set by hand: {prose_line(str(c.override.get('reason')))}; computed: {c.category})"
                    if c.override else "")
                 + f" · pattern {c.pattern or '—'} · relevant segments: {', '.join(c.relevant_segments) or '—'}")
-    for label, text in answer_rows(answer):  # one line each (↵ for newlines), cut to fit a wide terminal's line
-        head.append(f"\n{label}: ", style="bold")
-        head.append(clipped_text(prose_line(text), most=max(40, con.width - len(label) - 2)))
+    for label, text, note in answer_parts(answer):  # one line each (↵ for newlines), cut to fit a wide terminal's
+        head.append(f"\n{label}: ", style="bold")  # line; the note (where the text stopped) is never cut away
+        head.append(clipped_text(prose_line(text), most=max(40, con.width - len(label) - 2 - len(note))) + note)
     for label, text in verdict_rows(c):  # why the computed category and the pattern hold, in words
         head.append(f"\n{label}: ", style="bold")
         head.append(text)

@@ -349,15 +349,18 @@ def export_cases_jsonl(store: ResultsStore, path: str | Path) -> Path:
 def answer_of(con: Any, run_id: str, pair_run_id: str, item_id: str) -> dict[str, Any]:
     """What a case is about, from the stages before it: the model's failing answer (``completion``, and
     ``finish_reason``), the checker's ``reasons``, and the answer the pair search got by forcing the contrast
-    (``recovered``, which passed the checker). Any of them may be None in an old store."""
+    (``recovered``, which passed the checker; ``recovered_cut``: judged as cut at the rollout budget, where it had not
+    stopped, as its pair's reason says). Any of them may be None in an old store."""
     row = con.execute(
-        "SELECT g.completion, g.finish_reason, v.reasons, p.recovered_completion FROM (SELECT 1) "
+        "SELECT g.completion, g.finish_reason, v.reasons, p.recovered_completion, "
+        "p.reason LIKE '%without stopping%' FROM (SELECT 1) "
         "LEFT JOIN generations g ON g.run_id = ? AND g.item_id = ? "
         "LEFT JOIN verdicts v ON v.run_id = ? AND v.item_id = ? "
         "LEFT JOIN pairs p ON p.pair_run_id = ? AND p.item_id = ?",
         [run_id, item_id, run_id, item_id, pair_run_id, item_id]).fetchone()
     reasons = _parsed(row[2], None, f"verdicts.reasons of item {item_id}") if row[2] else []
-    return {"completion": row[0], "finish_reason": row[1], "reasons": list(reasons or []), "recovered": row[3]}
+    return {"completion": row[0], "finish_reason": row[1], "reasons": list(reasons or []), "recovered": row[3],
+            "recovered_cut": bool(row[4])}
 
 
 def case_answers(store: ResultsStore, cases: Sequence[Case]) -> dict[str, dict[str, Any]]:

@@ -336,19 +336,27 @@ def prose_line(text: str) -> str:
     return "".join(" " if ch == " " else visible(ch) for ch in text)
 
 
-def answer_rows(answer: dict[str, Any] | None) -> list[tuple[str, str]]:
-    """A case's context from the stages before it, as (label, text) rows every view prints the same way: what the
-    model wrote, why the checker failed it, and what forcing the contrast gave instead (which passed the checker)
-    (``store.cases.case_answers``). A value an old store lacks is left out."""
+def answer_parts(answer: dict[str, Any] | None) -> list[tuple[str, str, str]]:
+    """A case's context from the stages before it, as (label, text, note) rows every view prints the same way: what
+    the model wrote, why the checker failed it, and what forcing the contrast gave instead (which passed the checker)
+    (``store.cases.case_answers``); ``note`` says where a text stopped, and stays when a view cuts the text. A value
+    an old store lacks is left out."""
     if not answer:
         return []
     rows = []
     if answer.get("completion") is not None:
         cut = {FINISH_LENGTH: " [stopped at the token budget]",
                FINISH_WINDOW: " [stopped at the model's context window]"}.get(answer.get("finish_reason") or "", "")
-        rows.append(("the model wrote", answer["completion"] + cut))
+        rows.append(("the model wrote", answer["completion"], cut))
     if answer.get("reasons"):
-        rows.append(("the checker said", "; ".join(str(r) for r in answer["reasons"])))
+        rows.append(("the checker said", "; ".join(str(r) for r in answer["reasons"]), ""))
     if answer.get("recovered") is not None:
-        rows.append(("with the contrast forced", answer["recovered"] + "  [passes the checker]"))
+        rows.append(("with the contrast forced", answer["recovered"],
+                     "  [passes the checker as cut at the rollout budget: it did not stop]"
+                     if answer.get("recovered_cut") else "  [passes the checker]"))
     return rows
+
+
+def answer_rows(answer: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """:func:`answer_parts` as (label, text with its note) rows, for the views that show a text whole."""
+    return [(label, text + note) for label, text, note in answer_parts(answer)]
