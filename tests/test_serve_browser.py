@@ -270,7 +270,9 @@ def test_top_tokens_in_masking_order_find_their_token(page: Any, server: dict[st
     # the header shows what the model wrote, the checker's reason and the fix, as the API sends them
     answers = json.loads(page.evaluate(f"fetch('/api/cases/{case.case_id}').then(r => r.text())"))["answers"]
     assert page.locator("#answers dt").all_inner_texts() == [a[0] for a in answers] and len(answers) == 3
-    assert page.locator("#answers dd").all_text_contents() == [a[1] for a in answers]
+    assert page.locator("#answers dd .text").all_text_contents() == [a[1] for a in answers]
+    # where a text stopped sits below its scroll box, always in view (it was the end of the scrolled text)
+    assert page.locator("#answers dd .cut").all_text_contents() == [a[2].strip() for a in answers if a[2]]
     rows = page.locator("#masked tr.hit-row")
     assert rows.count() == len(order) > 0
     assert [int(rows.nth(i).get_attribute("data-p")) for i in range(len(order))] == order

@@ -382,11 +382,12 @@ def test_every_view_shows_the_answer_the_checker_and_the_fix(toy: dict[str, Any]
             assert f"the checker said: {prose_line(said)}" in lines
             assert f"with the contrast forced: {prose_line(forced)}{note[case.item_id]}" in lines
             article = page.split(f'id="case-{case.case_id}"', 1)[1].split("</article>", 1)[0]
-            assert f"<dt>the model wrote</dt><dd>{html.escape(wrote)}</dd>" in article
-            assert f"<dd>{html.escape(forced + note[case.item_id])}</dd>" in article
+            assert f"<dt>the model wrote</dt><dd><div class=\"text\">{html.escape(wrote)}</div></dd>" in article
+            assert f'<dd><div class="text">{html.escape(forced)}</div><span class="cut">' \
+                   f'{html.escape(note[case.item_id].strip())}</span></dd>' in article
             got = client.get(f"/api/cases/{case.case_id}").json()["answers"]
-            assert got == [["the model wrote", wrote], ["the checker said", said],
-                           ["with the contrast forced", forced + note[case.item_id]]]
+            assert got == [["the model wrote", wrote, ""], ["the checker said", said, ""],
+                           ["with the contrast forced", forced, note[case.item_id]]]
 
 
 def test_where_a_text_stopped_survives_the_terminals_cut(toy: dict[str, Any], tmp_path: Path, capsys,
@@ -414,5 +415,6 @@ def test_where_a_text_stopped_survives_the_terminals_cut(toy: dict[str, Any], tm
     forced = "  [passes the checker as cut at the rollout budget: it did not stop]"
     assert lines["with the contrast forced"].endswith("…" + forced)
     with TestClient(create_app(store), base_url="http://127.0.0.1") as client:
-        got = dict(map(tuple, client.get(f"/api/cases/{case.case_id}").json()["answers"]))
-    assert got["with the contrast forced"] == "other " * 100 + forced
+        got = {r[0]: r[1:] for r in client.get(f"/api/cases/{case.case_id}").json()["answers"]}
+    assert got["with the contrast forced"] == ["other " * 100, forced]
+    assert got["the model wrote"] == ["word " * 100, " [stopped at the token budget]"]

@@ -130,7 +130,8 @@ def test_show_the_report_and_the_explorer_say_the_same(toy: dict[str, Any], tmp_
     ("eos", "ok."), (None, "ok.")])
 def test_the_answer_row_says_where_a_cut_answer_stopped(finish: str | None, said: str) -> None:
     """An answer cut by the context window was said to stop at the token budget, which a larger budget would lift."""
-    from failtrace.views.common import answer_rows
+    from failtrace.views.common import answer_parts
 
-    assert answer_rows({"completion": "ok.", "finish_reason": finish})[0] == ("the model wrote", said)
+    label, text, note = answer_parts({"completion": "ok.", "finish_reason": finish})[0]
+    assert (label, text + note) == ("the model wrote", said)
 

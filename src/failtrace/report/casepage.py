@@ -24,7 +24,7 @@ from failtrace.report.evidence import dl as evidence
 from failtrace.report.figures import CATEGORY_COLORS, PATTERN_COLORS
 from failtrace.views.verdicts import category_sentence, pattern_sentence
 from failtrace.report.tables import Overrides, effective_category, methods_of
-from failtrace.views.common import (SUM_NOTE, WHITE_TEXT_ABOVE, answer_rows, clipped_text, heat_ink, masked_caption,
+from failtrace.views.common import (SUM_NOTE, WHITE_TEXT_ABOVE, answer_parts, clipped_text, heat_ink, masked_caption,
                                     masked_rows, mix)
 
 # One colour per segment name (failtrace.analysis.segments.SEGMENT_NAMES, in order), so "query" is the same colour
@@ -242,9 +242,10 @@ def _ablation(case: Case, ablation: tuple[str, AblationView] | None) -> str:
 
 def _answers(answer: dict[str, Any] | None) -> str:
     """What the model wrote, the checker's reason and the answer with the contrast forced (views.common)."""
-    rows = answer_rows(answer)
-    return ('<dl class="answers">' + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in rows) + "</dl>"
-            if rows else "")
+    rows = answer_parts(answer)  # the note (where a text stopped) below its scroll box, always in view
+    return ('<dl class="answers">' + "".join(f'<dt>{esc(k)}</dt><dd><div class="text">{esc(v)}</div>'
+                                              + (f'<span class="cut">{esc(n.strip())}</span>' if n else "") + "</dd>"
+                                              for k, v, n in rows) + "</dl>" if rows else "")
 
 
 def case_section(case: Case, overrides: Overrides | None = None, graph_src: str | None = None,

@@ -356,7 +356,3 @@ def answer_parts(answer: dict[str, Any] | None) -> list[tuple[str, str, str]]:
                      if answer.get("recovered_cut") else "  [passes the checker]"))
     return rows
 
-
-def answer_rows(answer: dict[str, Any] | None) -> list[tuple[str, str]]:
-    """:func:`answer_parts` as (label, text with its note) rows, for the views that show a text whole."""
-    return [(label, text + note) for label, text, note in answer_parts(answer)]

@@ -241,7 +241,8 @@
         el("div", {class: "kv"}, kv.map(function (p) { return el("div", {}, [el("span", {class: "k"}, p[0]), el("b", {}, String(p[1]))]); })),
         // what the model wrote, the checker's reason, the answer with the contrast forced (as the report and show)
         c.answers.length ? el("dl", {class: "answers", id: "answers"}, [].concat.apply([], c.answers.map(function (a) {
-          return [el("dt", {}, a[0]), el("dd", {}, a[1])]; }))) : null,
+          return [el("dt", {}, a[0]), el("dd", {}, [el("div", {class: "text"}, a[1]),  // the note stays in view
+                                                    a[2] ? el("span", {class: "cut"}, a[2].trim()) : null])]; }))) : null,
         c.notes.length ? el("p", {class: "note"}, c.notes.join(" · ")) : null,
         buttons,
         el("div", {class: "legend"}, [el("span", {}, "supports contrast"), el("span", {class: "grad"}), el("span", {}, "supports target"),
