@@ -1,5 +1,5 @@
 """How many failures cut at the token budget does their own text decide (not a test)? For each stored failure
-whose finish reason is ``length``, the benchmark's prefix rules (``failures.prefix_rules.fixed_by_text``, the rule
+whose finish reason is ``length`` and that the checker still fails, the benchmark's prefix rules (``failures.prefix_rules.fixed_by_text``, the rule
 the pair search applies) say whether any continuation could change its verdict: such a failure is searched, the
 rest stay ``unbounded``. Prints the counts and each decided failure's reason.
 
@@ -27,10 +27,14 @@ def main() -> None:
         items = {r["item_id"]: st.get_item(run.benchmark, r["item_id"]) for r in cut}
     lm = load_model(run.model, progress=False)
     bench = get_benchmark(run.benchmark, **run.settings.get("checker", {}))
-    decided = [(r["item_id"], fixed_by_text(bench, items[r["item_id"]], lm.tokenizer, r["token_ids"])) for r in cut]
+    still = {r["item_id"]: bench.check(items[r["item_id"]], r["completion"]).status for r in cut}  # as the search does
+    decided = [(r["item_id"], fixed_by_text(bench, items[r["item_id"]], lm.tokenizer, r["token_ids"])) for r in cut
+               if still[r["item_id"]] == "fail"]
+    other = len(cut) - len(decided)
     print(f"{run.benchmark}, {run.model}, budget {run.settings.get('max_new_tokens')}: {len(fails)} failures, "
           f"{len(cut)} cut at the budget, {sum(1 for _, d in decided if d)} of them decided by their own text "
-          f"(searched), {sum(1 for _, d in decided if not d)} unbounded")
+          f"(searched), {sum(1 for _, d in decided if not d)} unbounded"
+          + (f", {other} no longer failing under the checker (unverifiable)" if other else ""))
     for item_id, why in decided:
         if why:
             print(f"  {item_id}: {why[:160]}")

@@ -80,6 +80,12 @@ def test_a_value_the_checker_replaces_at_random_is_refused(tmp_path: Path) -> No
     verdicts = {(v.status, tuple(v.reasons)) for v in (IFEvalBenchmark().check(stored, answer[:n])
                                                          for n in (16, 20, len(answer)) for _ in range(5))}
     assert {s for s, _ in verdicts} == {"unverifiable"} and all("draws it at random" in r[0] for _, r in verdicts)
+    # and no prefix rule speaks for it: "fails whatever follows" would contradict a check that gives no verdict
+    lower = Item(id="1122", benchmark="ifeval", prompt="hashtags", reference={
+        "instruction_id_list": ["change_case:english_lowercase", "keywords:letter_frequency"], "kwargs": [{}, kw]})
+    assert IFEvalBenchmark().check(lower, "UPPER").status == "unverifiable"
+    assert IFEvalBenchmark().prefix_decides_fail(lower, "UPPER") is None
+    assert IFEvalBenchmark().prefix_decides_fail(_item(["change_case:english_lowercase"], [{}]), "UPPER")
 
 
 def test_pass_and_fail_with_reasons_naming_the_instruction() -> None:

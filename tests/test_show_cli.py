@@ -364,7 +364,7 @@ def test_every_view_shows_the_answer_the_checker_and_the_fix(toy: dict[str, Any]
         fixed = {r[0]: r[1] for r in st.con.execute("SELECT item_id, recovered_completion FROM pairs").fetchall()}
         # the toy model never stops: each recovery passed as cut at the rollout budget, as its reason says
         cut = "  [passes the checker as cut at the rollout budget: it did not stop]"
-        note = {r[0]: cut if "without stopping" in r[1] else "  [passes the checker]"
+        note = {r[0]: cut if "-token budget without stopping" in r[1] else "  [passes the checker]"
                 for r in st.con.execute("SELECT item_id, reason FROM pairs").fetchall()}
     assert main(["report", "--store", str(toy["store"]), "--out", str(tmp_path / "rep")]) == 0
     page = (tmp_path / "rep" / "index.html").read_text()
@@ -387,7 +387,7 @@ def test_every_view_shows_the_answer_the_checker_and_the_fix(toy: dict[str, Any]
                    f'{html.escape(note[case.item_id].strip())}</span></dd>' in article
             got = client.get(f"/api/cases/{case.case_id}").json()["answers"]
             assert got == [["the model wrote", wrote, ""], ["the checker said", said, ""],
-                           ["with the contrast forced", forced, note[case.item_id]]]
+                           ["with the contrast forced", forced, note[case.item_id].strip()]]
 
 
 def test_where_a_text_stopped_survives_the_terminals_cut(toy: dict[str, Any], tmp_path: Path, capsys,
@@ -416,5 +416,5 @@ def test_where_a_text_stopped_survives_the_terminals_cut(toy: dict[str, Any], tm
     assert lines["with the contrast forced"].endswith("…" + forced)
     with TestClient(create_app(store), base_url="http://127.0.0.1") as client:
         got = {r[0]: r[1:] for r in client.get(f"/api/cases/{case.case_id}").json()["answers"]}
-    assert got["with the contrast forced"] == ["other " * 100, forced]
-    assert got["the model wrote"] == ["word " * 100, " [stopped at the token budget]"]
+    assert got["with the contrast forced"] == ["other " * 100, forced.strip()]
+    assert got["the model wrote"] == ["word " * 100, "[stopped at the token budget]"]

@@ -212,6 +212,9 @@ class IFEvalBenchmark:
         for iid, kw in zip(ids, kwargs_list):
             if iid not in registry:
                 return None  # the check cannot run: the verdict is unverifiable, not fail
+            given = {k: v for k, v in kw.items() if v is not None}
+            if _drawn_at_random(iid, json.dumps(given, sort_keys=True), _prompt_text(item)):
+                return None  # the checker draws an argument at random: no verdict, so never "fails whatever follows"
         for iid, kw in zip(ids, kwargs_list):
             given = {k: v for k, v in kw.items() if v is not None}
             if not set(_RULE_ARGS.get(iid, ())) <= set(given):
@@ -272,14 +275,17 @@ def _drawn_at_random(instruction_id: str, kw_json: str, prompt: str) -> tuple[st
     with _SEED_LOCK:  # one seeding at a time (checks may run in threads)
         state = random.getstate()
         try:
-            builds = []
+            builds, drew = [], False
             for seed in range(4):
                 random.seed(seed)
+                seeded = random.getstate()
                 builds.append(_built_checker(registry, instruction_id, kw, prompt)[2])
+                drew = drew or random.getstate() != seeded  # a draw, even one the four seeds happen to agree on
         finally:
             random.setstate(state)
-    return tuple(k for k in builds[0] if k != "prompt" and (k not in kw or any(b.get(k) != builds[0][k]
-                                                                               for b in builds[1:])))
+    names = tuple(k for k in builds[0] if k != "prompt" and (k not in kw or any(b.get(k) != builds[0][k]
+                                                                                for b in builds[1:])))
+    return names or (tuple(k for k in builds[0] if k != "prompt") if drew else ())
 
 
 def _random_reason(instruction_id: str, kw: dict[str, Any], drawn: Sequence[str]) -> str:

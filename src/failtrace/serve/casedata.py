@@ -134,7 +134,8 @@ def case_detail(con: Any, case_id: str, reviews_table: bool) -> dict[str, Any] |
         "decision": next((r for r in reviews if r["decision"] in DECISIONS), None),
         # what the model wrote, the checker's reason, the answer with the contrast forced, each with its note (where
         # the text stopped: views.common.answer_parts), drawn outside the text's scroll box
-        "answers": [list(r) for r in answer_parts(answer_of(con, c["run_id"], c["pair_run_id"], c["item_id"]))],
+        "answers": [[label, text, note.strip()] for label, text, note in
+                    answer_parts(answer_of(con, c["run_id"], c["pair_run_id"], c["item_id"]))],
         "alternatives": alt_rows(read_alternatives(con, case_id), c["target_id"], c["contrast_id"]),
     })
 

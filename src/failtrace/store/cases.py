@@ -353,7 +353,7 @@ def answer_of(con: Any, run_id: str, pair_run_id: str, item_id: str) -> dict[str
     stopped, as its pair's reason says). Any of them may be None in an old store."""
     row = con.execute(
         "SELECT g.completion, g.finish_reason, v.reasons, p.recovered_completion, "
-        "p.reason LIKE '%without stopping%' FROM (SELECT 1) "
+        "p.reason LIKE '%-token budget without stopping%' FROM (SELECT 1) "
         "LEFT JOIN generations g ON g.run_id = ? AND g.item_id = ? "
         "LEFT JOIN verdicts v ON v.run_id = ? AND v.item_id = ? "
         "LEFT JOIN pairs p ON p.pair_run_id = ? AND p.item_id = ?",

@@ -242,7 +242,7 @@
         // what the model wrote, the checker's reason, the answer with the contrast forced (as the report and show)
         c.answers.length ? el("dl", {class: "answers", id: "answers"}, [].concat.apply([], c.answers.map(function (a) {
           return [el("dt", {}, a[0]), el("dd", {}, [el("div", {class: "text"}, a[1]),  // the note stays in view
-                                                    a[2] ? el("span", {class: "cut"}, a[2].trim()) : null])]; }))) : null,
+                                                    a[2] ? el("span", {class: "cut"}, a[2]) : null])]; }))) : null,
         c.notes.length ? el("p", {class: "note"}, c.notes.join(" · ")) : null,
         buttons,
         el("div", {class: "legend"}, [el("span", {}, "supports contrast"), el("span", {class: "grad"}), el("span", {}, "supports target"),
