@@ -50,16 +50,11 @@ def mix(value: float) -> tuple[int, int, int]:
     return tuple(int(round(w + (e - w) * a)) for w, e in zip(WHITE, end))  # type: ignore[return-value]
 
 
-def hex_colour(rgb: tuple[float, ...]) -> str:
-    """``(r, g, b)`` in 0-255 (or 0-1 floats, as matplotlib gives them) as ``#rrggbb``."""
-    scale = 255 if all(isinstance(c, float) and c <= 1 for c in rgb[:3]) else 1
-    return "#%02x%02x%02x" % tuple(int(round(c * scale)) for c in rgb[:3])
-
-
 def _white_above(sign: int) -> float:
     """The smallest |value| (in steps of 0.001) from which white text reads better than black on :func:`mix`'s
     colour of that sign; the scale darkens monotonically, so white stays the better ink above it."""
-    return next((a / 1000 for a in range(1001) if white_or_black(hex_colour(mix(sign * a / 1000))) == WHITE_INK), 2.0)
+    return next((a / 1000 for a in range(1001) if white_or_black("#%02x%02x%02x" % mix(sign * a / 1000)) == WHITE_INK),
+                2.0)
 
 
 # |normalised R| from which a token's text is white (else black), per side of the scale: where the two inks read

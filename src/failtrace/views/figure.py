@@ -26,7 +26,6 @@ from failtrace.views.common import (
     MAX_LAYER_COLUMNS,
     bin_columns,
     clipped,
-    hex_colour,
     hidden,
     layer_names,
     literal_text,
@@ -130,6 +129,7 @@ def _title_lines(attr: Attribution, note: str) -> list[str]:
 def _token_panel(fig: Figure, attr: Attribution, boxes: _Boxes, rect: tuple[float, ...], font_pt: float) -> None:
     """Coloured boxes with the token text, the explained position outlined, generated tokens underlined."""
     from matplotlib import colormaps
+    from matplotlib.colors import to_hex
     from matplotlib.collections import LineCollection, PatchCollection
     from matplotlib.patches import Rectangle
 
@@ -152,7 +152,7 @@ def _token_panel(fig: Figure, attr: Attribution, boxes: _Boxes, rect: tuple[floa
             face, color, style = "#cdcdcd", "#4b5563", "italic"
         else:
             face = cmap((values[p] + 1.0) / 2.0)
-            color, style = white_or_black(hex_colour(face)), "normal"  # bwr is not mix's scale
+            color, style = white_or_black(to_hex(face)), "normal"  # bwr is not mix's scale
         rects.append(Rectangle((x, line + 0.1), w, 0.8))
         faces.append(face)
         edges.append("black" if p == attr.position else "none")
