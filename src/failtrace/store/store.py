@@ -19,7 +19,6 @@ written to. Both are described in :mod:`failtrace.store.connection`. Summaries a
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -42,6 +41,7 @@ from failtrace.store.records import now as _now
 from failtrace.store.pairs_table import PairsTable
 from failtrace.store.runs_table import RunsTable
 from failtrace.store.schema import DDL, SCHEMA_VERSION, TABLES, check_schema, stored_version
+from failtrace.tempdirs import owned_tempdir
 
 __all__ = ["DEFAULT_STORE", "GenerationRecord", "ResultsStore", "RunRecord", "StatusRow", "content_hash",
            "open_store"]
@@ -154,7 +154,7 @@ class ResultsStore(RunsTable, PairsTable):
             if not is_lock_error(exc):
                 raise
             self.snapshot_holder = connection.lock_holder(exc)
-            self._snapshot_dir = Path(tempfile.mkdtemp(prefix="failtrace-store-"))
+            self._snapshot_dir = owned_tempdir(None, "failtrace-store-")  # a killed reader's is swept (tempdirs)
             return connection.snapshot(self.path, self._snapshot_dir)
         guarded = GuardedConnection(con, self.path, None)
         connection.count_tables(guarded)

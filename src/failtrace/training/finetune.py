@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -80,6 +79,16 @@ class FinetuneSettings:
             raise FailtraceError(f"--tail-weight applies to --method token-dpo only, not {self.method}")
         if not 0 <= self.seed <= 2**31 - 1:  # torch/numpy seeds; checked before step-0 is written
             raise FailtraceError(f"--seed must be in [0, 2147483647], got {self.seed}")
+
+
+def _scratch(stack: contextlib.ExitStack) -> str:
+    """The trainer's own checkpoints for a run without ``--resume-state``: an owned temp folder (a killed run's,
+    optimiser state included, is swept by the next: :mod:`failtrace.tempdirs`), removed when the run ends."""
+    from failtrace.tempdirs import owned_tempdir, remove_tree
+
+    folder = owned_tempdir(None, "failtrace-finetune-")
+    stack.callback(remove_tree, folder)
+    return str(folder)
 
 
 @dataclass
@@ -268,8 +277,7 @@ def finetune(data: TrainingData | ResultsStore, lm: Any, out: str | Path, settin
     else:
         saved = [step_folder(out, k) for k in range(0, resumed + 1, settings.save_every)]
     with contextlib.ExitStack() as stack:
-        work = str(out / RESUME_DIR) if settings.resume_state else stack.enter_context(
-            tempfile.TemporaryDirectory(prefix="failtrace-finetune-"))
+        work = str(out / RESUME_DIR) if settings.resume_state else _scratch(stack)
         callback = make_save_callback(lm.tokenizer, out, settings.save_every, meta, saved, base_cache)
         with warnings.catch_warnings():  # trl's configs turn gradient checkpointing on by default; failtrace turns it
             # off by the name trl sets, which transformers 5 calls deprecated: a FutureWarning on every run otherwise
