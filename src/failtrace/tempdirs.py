@@ -1,8 +1,9 @@
 """Temporary folders that a killed failtrace does not leave behind for ever.
 
 Each stage of work that is written aside and then moved into place or dropped (a sandbox run, a checkpoint, an
-export, a model conversion, a pip install, a store's snapshot copy, a finetune run's trainer state) goes to a folder named ``<kind><pid>-<place>-<random><suffix>``: ``place`` is a digest
-of this machine and its PID namespace, so a process id is only ever read where it means that process. ``finally``
+export, a model conversion, a pip install, a store's snapshot copy, a finetune run's trainer state) goes to a folder
+named ``<kind><pid>-<place>-<random><suffix>``: ``place`` is a digest of this machine and its PID namespace, so a
+process id is only ever read where it means that process. ``finally``
 removes the folder, but nothing runs after SIGKILL (an OOM kill, a killed Ray worker, ``kill -9``); the next folder
 of the same kind made in the same parent by a process of the same place removes every such folder whose process is
 gone. Folders of another place (another container or machine sharing the folder), of a live process, and every
