@@ -68,6 +68,10 @@ def test_case_compare_lists_every_row_with_its_values(client: TestClient, cmp: d
             assert (m["mapped"], m["delta_logit"], m["flip_k"], m["step"], m["split"]) == \
                    (r["mapped"], r["delta_logit"], r["flip_k"], r["step"], r["split"])
             assert m["corrected"] == (None if r["delta_logit"] is None else r["delta_logit"] < 0)
+            # k* as `show` prints it: a model corrected already has nothing to flip ("—", the explorer said "none")
+            want = (str(r["flip_k"]) if r["flip_k"] is not None else "—" if r["delta_logit"] is None
+                    or r["delta_logit"] < 0 else "none")
+            assert m["k_label"] == want
             if not r["mapped"]:
                 assert m["aligned"] is None
                 continue

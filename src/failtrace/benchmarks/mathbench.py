@@ -145,7 +145,7 @@ def _to_item(record: dict[str, Any], where: str) -> Item:
         # str() of a float or a list is not the answer as written (1e-05 for 0.00001): no honest verdict on it
         raise ValueError(f"'answer' must be text (or a whole number), got {type(answer).__name__} "
                          f"{repr(answer)[:100]}; write it as a string, as MATH does")
-    if (answer is None or not str(answer).strip()) and last_boxed(str(record.get("solution") or ""))[0] is None:
+    if _gold_answer(record) is None:
         raise ValueError("no reference answer: needs 'answer', or a 'solution' with a \\boxed{} answer")
     item_id = record.get("unique_id") or record.get("id") or where.replace(" ", "-")
     meta: dict[str, Any] = {k: record[k] for k in ("subject", "level", "unique_id", "type") if k in record}

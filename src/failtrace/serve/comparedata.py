@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 from failtrace.attribution.normalize import normalize
@@ -16,6 +17,7 @@ from failtrace.serve.align import project
 from failtrace.serve.casedata import finite
 from failtrace.store.comparisons import FLIP_K, checkpoint_rows_sql, training_run_column
 from failtrace.store.records import loads
+from failtrace.views.common import k_star_label
 
 _LIGHT = ("case_id, model, model_fingerprint, item_id, benchmark, reference, mapped, delta_logit, "
           f"segment_relevance, {FLIP_K} AS flip_k, step, split")
@@ -75,7 +77,10 @@ def case_compare(cur: Any, case_id: str, names: dict[str, str] | None = None) ->
         same = r["tokens"] == tokens and list(r["token_ids"] or []) == ids
         entry = {k: r[k] for k in ("model", "model_fingerprint", "reference", "mapped", "delta_logit", "flip_k",
                                    "step", "split", "target_id", "contrast_id", "prompt_length", "position")}
-        entry |= {"corrected": None if r["delta_logit"] is None else r["delta_logit"] < 0,
+        # k* as every view prints it (views.common.k_star_label: "—" for a model that is corrected already)
+        curve = [] if r["delta_logit"] is None else [r["delta_logit"]]  # the curve starts at Δℓ
+        entry |= {"k_label": k_star_label(SimpleNamespace(flip_k=r["flip_k"], flip_curve=curve)),
+                  "corrected": None if r["delta_logit"] is None else r["delta_logit"] < 0,
                   "series": r["series"], "training_run": r.get("training_run"),
                   "notes": loads(r["notes"] or "[]", "comparisons.notes"), "n_tokens": len(r["token_ids"] or []),
                   "segment_relevance": r["segment_relevance"],

@@ -138,11 +138,12 @@ def judge_main():
         report("error", str(exc))
     except CandidateGone as exc:
         report("fail", str(exc))
-    except BaseException as exc:  # anything the test code raised, an AssertionError most often
-        if counter[0] == 0:  # before any call: the tests themselves are broken (a NameError, an empty file), and
-            # nothing the candidate did can have caused it (it runs in another process): no verdict on the answer
-            report("error", "the tests raised before calling the candidate: " + failure_reason(exc, cfg["source"]))
-        report("fail", failure_reason(exc, cfg["source"]))
+    except BaseException as exc:  # anything the test code raised, an AssertionError most often; before any call the
+        # tests themselves are broken (a NameError, an empty file): the candidate, in another process, cannot cause
+        # that, so there is no verdict on the answer
+        early = counter[0] == 0
+        report("error" if early else "fail",
+               ("the tests raised before calling the candidate: " if early else "") + failure_reason(exc, cfg["source"]))
     if counter[0] == 0:
         report("error", "the tests never called the candidate")
     try:

@@ -19,7 +19,7 @@
       el("b", {}, label(m)), m.reference ? el("span", {class: "muted"}, " (this case's model)") : null, el("br"),
       "Δℓ ", el("b", {class: m.corrected ? "fixed" : ""}, FT.fmt(m.delta_logit, 3)),
       m.mapped ? (m.corrected ? el("span", {class: "fixed"}, " corrected") : " not corrected") : el("span", {class: "err"}, " not mapped"),
-      " · k* " + (m.flip_k === null ? "none" : m.flip_k) + " · " + m.n_tokens + " tokens",
+      " · k* " + m.k_label + " · " + m.n_tokens + " tokens",
       a && !a.identical ? el("span", {class: "muted"}, " · " + Math.round(100 * a.matched_chars) + "% of the text aligned") : null]);
     if (!a) {
       box.appendChild(el("p", {class: "muted"}, m.mapped ? "no relevance or token texts stored for this row" :
