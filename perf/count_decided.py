@@ -1,5 +1,5 @@
 """How many failures cut at the token budget does their own text decide (not a test)? For each stored failure
-whose finish reason is ``length`` and that the checker still fails, the benchmark's prefix rules (``failures.prefix_rules.fixed_by_text``, the rule
+cut at the token budget or the context window and that the checker still fails, the benchmark's prefix rules (``failures.prefix_rules.fixed_by_text``, the rule
 the pair search applies) say whether any continuation could change its verdict: such a failure is searched, the
 rest stay ``unbounded``. Prints the counts and each decided failure's reason.
 
@@ -14,6 +14,7 @@ from failtrace.benchmarks.registry import get_benchmark
 from failtrace.failures.prefix_rules import fixed_by_text
 from failtrace.models.loading import load_model
 from failtrace.store import open_store
+from failtrace.store.records import FINISH_CUT
 
 
 def main() -> None:
@@ -23,7 +24,7 @@ def main() -> None:
     with open_store(args.store, read_only=True) as st:
         run = st.runs("collect")[0]
         fails = st.results(run.run_id, status="fail")
-        cut = [r for r in fails if r["finish_reason"] == "length"]
+        cut = [r for r in fails if r["finish_reason"] in FINISH_CUT]
         items = {r["item_id"]: st.get_item(run.benchmark, r["item_id"]) for r in cut}
     lm = load_model(run.model, progress=False)
     bench = get_benchmark(run.benchmark, **run.settings.get("checker", {}))

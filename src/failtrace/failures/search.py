@@ -44,7 +44,6 @@ from failtrace.errors import FailtraceError
 from failtrace.failures.collect import safe_check
 from failtrace.failures.generation import (
     FINISH_EOS,
-    FINISH_LENGTH,
     FINISH_WINDOW,
     decode_completion,
     eos_token_ids,
@@ -59,6 +58,7 @@ from failtrace.failures.pair_types import PairResult, PairSettings, check_rollou
 from failtrace.failures.prefix_rules import FAIL, FINAL, PrefixJudge, fixed_by_text, prefix_text, verdict_key
 from failtrace.failures.search_state import Found, Row, SearchState
 from failtrace.models.limits import context_length
+from failtrace.store.records import FINISH_CUT, RECOVERY_CUT
 
 
 class PairFinder:
@@ -263,7 +263,7 @@ class PairFinder:
         comp = [int(t) for t in completion_ids]
         n, m = len(prompt), len(comp)
         finish = finish or finish_reason(comp, self.eos)
-        unbounded = finish in (FINISH_LENGTH, FINISH_WINDOW)
+        unbounded = finish in FINISH_CUT
         budget = self.settings.rollout_tokens or max_new_tokens
         if self.window is not None:  # prompt + rollout stay inside the window, as collection's generation does
             budget = max(1, min(budget, self.window - n))
@@ -397,7 +397,7 @@ class PairFinder:
         if contrast in set(getattr(self.loaded.tokenizer, "all_special_ids", ())) - self.eos:
             where += "; the contrast is a special token: the checked text does not show it (docs/PAIRS.md)"
         if found.cut:  # the same budget the failure was judged at (docs/PAIRS.md): said, not hidden
-            where += f"; the recovering rollout reached the {budget}-token budget without stopping"
+            where += f"; the recovering rollout reached the {budget}{RECOVERY_CUT}"
         if unbounded:
             return done("unbounded", f"the completion hit the length limit; a recovery was found {where}")
         if res.unverifiable_rollouts:

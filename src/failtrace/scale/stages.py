@@ -45,6 +45,7 @@ from failtrace.progress import progress_bar
 from failtrace.scale.pool import (Task, WorkerPool, check_reachable, cpus_per_worker, ensure_ray, require_ray,
                                  shutdown_ray)
 from failtrace.scale.work import ModelSpec
+from failtrace.store.records import FINISH_CUT
 from failtrace.store.store import GenerationRecord, ResultsStore, RunRecord
 
 FINISH_ERROR = "error"  # finish reason of a collect item whose workers kept dying: nothing was generated
@@ -227,7 +228,7 @@ def _pair_rows(store: ResultsStore, run: Any, todo: list[dict[str, Any]], pool: 
         row = rows[task.key]
         commit(task.key, PairResult(status="unverifiable", reason=_died(task), prompt_tokens=len(row["prompt_ids"]),
                                     completion_tokens=len(row["token_ids"]),
-                                    hit_length_limit=row["finish_reason"] in (FINISH_LENGTH, FINISH_WINDOW)))
+                                    hit_length_limit=row["finish_reason"] in FINISH_CUT))
 
     tasks = []
     for row in todo:

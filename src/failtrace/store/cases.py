@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from failtrace.cases.record import CATEGORIES, Case, MaskingSpec, MethodResult
 from failtrace.errors import FailtraceError
 from failtrace.store.natural import natural_key
-from failtrace.store.records import loads
+from failtrace.store.records import RECOVERY_CUT, loads
 from failtrace.store.records import now as _now
 from failtrace.store.shapes import check_shapes, shaped
 
@@ -353,11 +353,11 @@ def answer_of(con: Any, run_id: str, pair_run_id: str, item_id: str) -> dict[str
     stopped, as its pair's reason says). Any of them may be None in an old store."""
     row = con.execute(
         "SELECT g.completion, g.finish_reason, v.reasons, p.recovered_completion, "
-        "p.reason LIKE '%-token budget without stopping%' FROM (SELECT 1) "
+        "p.reason LIKE '%' || ? || '%' FROM (SELECT 1) "
         "LEFT JOIN generations g ON g.run_id = ? AND g.item_id = ? "
         "LEFT JOIN verdicts v ON v.run_id = ? AND v.item_id = ? "
         "LEFT JOIN pairs p ON p.pair_run_id = ? AND p.item_id = ?",
-        [run_id, item_id, run_id, item_id, pair_run_id, item_id]).fetchone()
+        [RECOVERY_CUT, run_id, item_id, run_id, item_id, pair_run_id, item_id]).fetchone()
     reasons = _parsed(row[2], None, f"verdicts.reasons of item {item_id}") if row[2] else []
     return {"completion": row[0], "finish_reason": row[1], "reasons": list(reasons or []), "recovered": row[3],
             "recovered_cut": bool(row[4])}

@@ -21,6 +21,9 @@ FINISH_EOS = "eos"  # the model stopped by itself
 FINISH_LENGTH = "length"  # at the token budget
 FINISH_WINDOW = "window"  # where prompt + answer fill the model's context window, before the budget
 FINISH_CONTEXT = "context"  # not generated: the prompt alone fills the context window
+FINISH_CUT = (FINISH_LENGTH, FINISH_WINDOW)  # an answer cut before it stopped by itself
+# in a pair's reason: the recovering rollout passed as cut at its budget, never having stopped (views say so)
+RECOVERY_CUT = "-token budget without stopping"
 TEXT_MOST = 2000  # the longest comment or override reason a person may store (the explorer's forms and the CLI)
 # control characters other than tab and line breaks, C1 included (U+009B is an escape many terminals obey)
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
