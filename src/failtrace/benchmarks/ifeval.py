@@ -138,7 +138,7 @@ def _check_one(registry: dict[str, Any], instruction_id: str, kwargs: dict[str, 
         result["error"] = "unknown instruction id (not in the IFEval instruction registry)"
         return result
     try:
-        drawn = _drawn_at_random(instruction_id, json.dumps(kwargs, sort_keys=True), prompt)
+        drawn = _drawn(instruction_id, kwargs, prompt)
         if drawn:  # an item stored before load refused it: its verdict would change from one check to the next
             result["error"] = _random_reason(instruction_id, kwargs, drawn) + ": no verdict"
             return result
@@ -209,17 +209,17 @@ class IFEvalBenchmark:
         ids = list(item.reference.get("instruction_id_list", []))
         kwargs_list = list(item.reference.get("kwargs", [])) or [{} for _ in ids]
         registry, _, _ = _checker_modules()
-        for iid, kw in zip(ids, kwargs_list):
+        prompt = _prompt_text(item)
+        given_list = [{k: v for k, v in kw.items() if v is not None} for kw in kwargs_list]
+        for iid, given in zip(ids, given_list):
             if iid not in registry:
                 return None  # the check cannot run: the verdict is unverifiable, not fail
-            given = {k: v for k, v in kw.items() if v is not None}
-            if _drawn_at_random(iid, json.dumps(given, sort_keys=True), _prompt_text(item)):
+            if _drawn(iid, given, prompt):
                 return None  # the checker draws an argument at random: no verdict, so never "fails whatever follows"
-        for iid, kw in zip(ids, kwargs_list):
-            given = {k: v for k, v in kw.items() if v is not None}
+        for iid, given in zip(ids, given_list):
             if not set(_RULE_ARGS.get(iid, ())) <= set(given):
                 continue  # the checker would draw the missing arguments at random: nothing can be decided
-            checker = _built_checker(registry, iid, given, _prompt_text(item))[0]
+            checker = _built_checker(registry, iid, given, prompt)[0]
             why = prefix_fails(iid, checker, prefix)
             if why:
                 return f"{iid}: {why}"
@@ -257,11 +257,17 @@ def _check_instructions(ids: list[str], kwargs: list[dict[str, Any]], prompt: st
         if instruction_id not in registry:
             raise ValueError(f"unknown instruction id {instruction_id!r} (not in IFEval's instruction registry)")
         try:
-            drawn = _drawn_at_random(instruction_id, json.dumps(kw, sort_keys=True), prompt)
+            drawn = _drawn(instruction_id, kw, prompt)
         except Exception as exc:  # the checker's own complaint, e.g. TypeError for an argument it does not take
             raise ValueError(f"{instruction_id} cannot take {kw}: {type(exc).__name__}: {_short(str(exc))}") from None
         if drawn:
             raise ValueError(_random_reason(instruction_id, kw, drawn))
+
+
+def _drawn(instruction_id: str, kw: dict[str, Any], prompt: str) -> tuple[str, ...]:
+    """:func:`_drawn_at_random` for these arguments, nulls dropped (as the official evaluation drops them)."""
+    given = {k: v for k, v in kw.items() if v is not None}
+    return _drawn_at_random(instruction_id, json.dumps(given, sort_keys=True), prompt)
 
 
 @functools.lru_cache(maxsize=4096)
