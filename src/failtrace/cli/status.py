@@ -111,7 +111,7 @@ def _pairs_table(paired: list[tuple[str, Any]]) -> Any:
 
     short = {"clean": "clean", "no_target": "no\ntgt", "no_contrast": "no\nctr", "weak_preference": "weak",
              "unbounded": "unbnd", "unverifiable": "unver"}
-    cells = [[label, f"{sum(r.pairs.values())}/{r.failed}", *_pair_cells(r)] for label, r in paired]
+    cells = [[label, f"{r.paired}/{r.failed}", *_pair_cells(r)] for label, r in paired]
     headers = ["#", "paired/\nfailed", *(short[s] for s in PAIR_STATUSES), "limit\nhit", "cont.\npass", "cont.\nfail",
                "clean\nrate", "clean\nrate\ndecid."]
     caption = ("paired/failed: failures with a pair status so far (fewer while a run is partial, e.g. "
@@ -150,7 +150,7 @@ def _pair_cells(r: Any) -> list[str]:
         return ["-"] * (len(PAIR_STATUSES) + 5)
     counts = [str(r.pairs.get(s, 0)) for s in PAIR_STATUSES]
     limit = ["-" if v is None else str(v) for v in (r.limit_hit, r.continued_pass, r.continued_fail)]
-    partial = "≥" if sum(r.pairs.values()) < r.failed else ""  # the failures not paired yet may still be clean
+    partial = "≥" if r.not_paired else ""  # the failures not paired yet may still be clean
     rates = [_pct(x) if x is None else partial + _pct(x) for x in (r.clean_rate, r.decidable_clean_rate)]
     return [*counts, *limit, *rates]
 

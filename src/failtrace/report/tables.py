@@ -86,7 +86,7 @@ def table1_rows(status_rows: Sequence[StatusRow], cases: Sequence[Case]) -> list
             "clean_pairs": r.pairs.get("clean", 0) if r.pair_run_id else None,
             "clean_rate": r.clean_rate if r.pair_run_id else None,
             # failures not paired yet may still be clean: the rate is then a lower bound (status prints ≥)
-            "clean_rate_is_lower_bound": (sum(r.pairs.values()) < r.failed) if r.pair_run_id else None,
+            "clean_rate_is_lower_bound": r.not_paired > 0 if r.pair_run_id else None,
             "cases": len(mine),
             "avg_tokens_per_case": _mean([len(c.token_ids) for c in mine]),
             "avg_prompt_tokens": r.avg_prompt_tokens, "avg_completion_tokens": r.avg_completion_tokens,
@@ -118,7 +118,7 @@ def pair_status_rows(status_rows: Sequence[StatusRow]) -> list[dict[str, Any]]:
                                "clean": r.pairs.get("clean", 0)}
         for s in NON_CLEAN:
             row[s] = r.pairs.get(s, 0)
-        row["not_paired"] = max(0, r.failed - sum(r.pairs.values()))
+        row["not_paired"] = r.not_paired
         out.append(row)
     return out
 

@@ -174,6 +174,16 @@ class StatusRow:
     collection_settings: str = ""  # what tells collection runs apart (describe_collection_settings)
 
     @property
+    def paired(self) -> int:
+        """Failures the pair run has given a status so far (fewer than ``failed`` while it is partial)."""
+        return sum(self.pairs.values())
+
+    @property
+    def not_paired(self) -> int:
+        """Failures the pair run has not reached yet: while any are left, a clean rate is only a lower bound."""
+        return max(0, self.failed - self.paired)
+
+    @property
     def clean_rate(self) -> float | None:
         """Clean cases over failed items (``None`` when nothing failed)."""
         return self.pairs.get("clean", 0) / self.failed if self.failed else None
