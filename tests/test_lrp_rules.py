@@ -168,3 +168,20 @@ def test_softcap_attention_matches_transformers_eager_forward(tiny):
         with lrp_rules(model):
             ours = model(ids).logits
     assert torch.allclose(ref, ours, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("family", ["gemma3", "llama"])
+def test_half_precision_norms_get_their_own_formula_when_a_few_weights_are_large(tiny, family, dtype):
+    """Real Gemma-3 norm weights reach |w| = 300 in a few dimensions. A tolerance scaled by the largest output then
+    hid w versus 1 + w in every other dimension, and half the (1+w) norms of Gemma-3-270M in bf16 were frozen as
+    plain RMSNorms (last-layer relevance 11.7 for Δℓ 7.75). Each norm must get the formula that fits it best."""
+    model = tiny(family, dtype=torch.float32)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name and p.dim() == 1:
+                p[:2] = 300.0  # a few large dimensions, the rest as drawn
+    model = model.to(dtype)
+    with lrp_rules(model) as report:
+        kinds = set(report.norms.values())
+    assert kinds == ({"rms1p"} if family == "gemma3" else {"rms"}), (family, dtype, report.norms)
