@@ -80,3 +80,31 @@ def test_lrp_rules_names_a_wrapper_given_for_the_module(toy_lm: object) -> None:
             pass
     with failtrace.lrp_rules(toy_lm.model) as report:  # the module itself is patched as before
         assert report.method == "attnlrp"
+
+
+def test_a_forward_pass_that_overflows_is_refused_not_explained() -> None:
+    """Gemma-3-270M in float16 overflows (as in plain transformers): `attribute` printed Δℓ nan, "Σ last-layer R
+    0.0000", wrote a JSON of NaNs and exited 0. Attribution and graphs now refuse it with the dtype to use."""
+    import torch
+
+    import failtrace
+    from failtrace.errors import FailtraceError
+    from failtrace_testkit.toy import one_thread, toy_loaded
+
+    with one_thread():
+        lm = toy_loaded(0, dtype="float16")
+    mlp = lm.model.model.layers[0].mlp
+    with torch.no_grad():  # finite weights whose products pass float16's 65504
+        for proj in (mlp.gate_proj, mlp.up_proj, mlp.down_proj):
+            proj.weight.mul_(100)
+    assert all(bool(p.isfinite().all()) for p in lm.model.parameters())
+    for explain in (failtrace.attribute, failtrace.build_graph):
+        with pytest.raises(FailtraceError, match=r"not finite in float16 .*float32 or bfloat16 \(--dtype\)"):
+            explain(lm, [5, 6, 7, 8], target="#9", contrast="#10")
+    # collection and the pair search decoded NaN logits into token 0 again and again, silently
+    from failtrace.failures.generation import greedy_generate, prefix_forward
+
+    with pytest.raises(FailtraceError, match="not finite in float16"):
+        greedy_generate(lm.model, [[5, 6, 7, 8]], 4, frozenset({2}))
+    with pytest.raises(FailtraceError, match="not finite in float16"):
+        prefix_forward(lm.model, [5, 6, 7, 8], 2)

@@ -127,7 +127,8 @@ def toy_loaded(seed: int = 0, dtype: str = "float32", name: str | None = None) -
 
     from failtrace.models.loading import LoadedModel
 
-    torch_dtype = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}[dtype]
+    torch_dtype = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
+                   "float16": torch.float16}[dtype]
     return LoadedModel(model=toy_model(seed, dtype=torch_dtype), tokenizer=toy_tokenizer(),
                        name=name or f"toy-llama-seed{seed}", source="failtrace_testkit.toy", dtype=dtype,
                        device="cpu")

@@ -20,6 +20,7 @@ from torch.utils.checkpoint import checkpoint
 from failtrace.lrp.methods import lrp_method
 from failtrace.lrp.patch import decoder_layers, lrp_rules
 from failtrace.lrp.rules import identity_activation
+from failtrace.models.limits import require_finite
 
 # Inputs longer than this run each decoder layer under activation checkpointing (recomputed in the backward pass),
 # which bounds memory to about one layer's activations plus the residual stream.
@@ -149,6 +150,7 @@ def relevance_pass(
         logits = final_logits(model, head, last[0, -1], identity_rule=lrp_method(method).mlp_rules)
         value = objective(logits)
         states = [emb] + outputs[-len(layers):]
+        require_finite(*states, value)  # the hidden states first: they carry the model's dtype
         # the first layer's own input, when the model's forward changed the embeddings before it (PassResult)
         x0 = first_input[0] if first_input and first_input[0] is not emb and first_input[0].shape == emb.shape \
             else None

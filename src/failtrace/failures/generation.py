@@ -26,6 +26,7 @@ from typing import Any
 
 from failtrace.failures.decode import decode_rows, forward_logits, slides
 from failtrace.failures.kvcache import cache_from_prefix, cache_tensors, new_cache
+from failtrace.models.limits import require_finite
 
 from failtrace.store.records import FINISH_EOS, FINISH_LENGTH, FINISH_WINDOW  # noqa: F401  (re-exported)
 
@@ -109,6 +110,7 @@ def greedy_generate(model: Any, prompts: Sequence[Sequence[int]], max_new_tokens
                                     past_key_values=cache, use_cache=True)
         else:
             logits = forward_logits(model, keep=1, input_ids=ids, past_key_values=cache, use_cache=True)
+        require_finite(logits[:, -1])
         first = logits[:, -1].argmax(-1)
         outs = decode_rows(model, cache, first, budgets, eos, mask if padded else None,
                            contexts=prompts, max_draft=max_draft)[0]
@@ -143,6 +145,7 @@ def prefix_forward(model: Any, ids: Sequence[int], n_logits: int, keep_cache: bo
         if keep_cache:
             kwargs["past_key_values"] = cache
         logits = forward_logits(model, keep=n_logits, **kwargs)[0]
+        require_finite(logits)
         if logits.dtype != torch.float64:
             logits = logits.float()
     return PrefixState(kv=cache_tensors(cache) if keep_cache else [], logits=logits, length=len(ids))
