@@ -237,22 +237,71 @@ def test_driver_sigkill_and_rerun_lose_and_duplicate_nothing(cluster: Any) -> No
     assert _rows(store) == _rows(cluster["serial"])  # nothing lost, nothing different
 
 
+POISON = Item(id="poison", benchmark="toy", prompt="Question: die", reference={"needle": "zz"})
+
+
 def test_an_item_that_kills_every_worker_is_recorded_as_errored(cluster: Any) -> None:
+    """Only the poisoned item is charged: q000, sent to the same worker behind it, died with it every time and was
+    stored unverifiable too, for good (a rerun skips it), until only the task an actor was running was charged."""
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
     store = cluster["root"] / "poison.duckdb"
-    items = [*toy_items(3), Item(id="poison", benchmark="toy", prompt="Question: die", reference={"needle": "zz"})]
+    items = [POISON, *toy_items(3)]  # the poison first: q000 is queued behind it on the same worker
     with open_store(store) as st:
         s = collect_on_ray(st, PoisonBenchmark(mode="contains", max_new_tokens=12), items,
                            ModelSpec(str(cluster["folder"])), 2, pool=cluster["pool"], max_attempts=2,
                            progress=False)
         rows = {r["item_id"]: r for r in st.results(s.run_id)}
-    assert s.generated == 4 and s.unverifiable == 1
+    assert s.generated == 4 and s.unverifiable == 1, {k: (r["status"], r["reasons"]) for k, r in rows.items()}
     poison = rows["poison"]
     assert poison["status"] == "unverifiable" and poison["finish_reason"] == "error"
     assert "died on this item 2 time(s)" in poison["reasons"][0] and len(poison["details"]["worker_errors"]) == 2
     ref = {r["item_id"]: r for r in _rows(cluster["serial"])["generations"]}
     for item_id in ("q000", "q001", "q002"):
         assert rows[item_id]["token_ids"] == ref[item_id]["token_ids"]
+        assert rows[item_id]["status"] == next(r for r in _rows(cluster["serial"])["verdicts"]
+                                               if r["item_id"] == item_id)["status"]
+
+
+def test_a_failure_whose_pairs_worker_dies_is_unverifiable_and_its_neighbours_are_paired(cluster: Any) -> None:
+    """The pairs stage's worker-death path (it once named constants it had not imported) records the poisoned
+    failure as unverifiable with its token counts, and pairs the failures queued behind it as serially. One try per
+    item and one worker: the failure sent right behind the poison died with it and was given up too, until only the
+    task an actor was running was charged. Its own pool: the death uses up that pool's restarts, not the module's."""
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    from failtrace.store.records import FINISH_CUT
+
+    root = cluster["root"]
+    serial = root / "pairs-poison-serial.duckdb"  # collected and paired in-process with the harmless checker
+    with one_thread(), open_store(serial) as st:
+        lm = load_model(str(cluster["folder"]), progress=False)
+        collect(st, _bench(), [POISON, *toy_items(3)], lm, progress=False)
+        find_pairs(st, SETTINGS, models={lm.name: lm}, benchmarks={"toy": _bench()}, progress=False)
+        want = {r["item_id"]: r for r in st._rows("SELECT * FROM pairs")}
+        failed = {r["item_id"] for r in st._rows("SELECT item_id FROM verdicts WHERE status = 'fail'")}
+    assert "poison" in failed and len(failed) >= 3  # the poison and failures queued behind it are searched
+    store = root / "pairs-poison.duckdb"
+    shutil.copy(serial, store)
+    with open_store(store) as st:
+        st.con.execute("DELETE FROM pairs")
+        st.con.execute("DELETE FROM runs WHERE stage = 'pairs'")
+    pool = WorkerPool(ModelSpec(str(cluster["folder"])), 1, cpus_per_worker=0)  # the module pool holds both CPUs
+    try:
+        with open_store(store) as st:
+            s = pairs_on_ray(st, SETTINGS, 1, benchmarks={"toy": PoisonBenchmark(mode="contains", max_new_tokens=12)},
+                             pool=pool, max_attempts=1, progress=False)
+            got = {r["item_id"]: r for r in st._rows("SELECT * FROM pairs")}
+            gen = st._rows("SELECT * FROM generations WHERE item_id = 'poison'")[0]
+    finally:
+        pool.close(force=True)
+    assert s.statuses.get("unverifiable", 0) >= 1 and set(got) == failed
+    poison = got.pop("poison")
+    assert poison["status"] == "unverifiable" and "died on this item 1 time(s)" in poison["reason"]
+    assert poison["prompt_tokens"] == len(gen["prompt_ids"]) and poison["completion_tokens"] == len(gen["token_ids"])
+    assert poison["hit_length_limit"] == (gen["finish_reason"] in FINISH_CUT)
+    skip = _TIMING | {"pair_run_id"}
+    for item_id, row in got.items():
+        assert {k: v for k, v in row.items() if k not in skip} == \
+            {k: v for k, v in want[item_id].items() if k not in skip}, item_id
 
 
 def test_a_budget_beyond_the_context_is_refused_before_a_run_is_recorded(cluster: Any) -> None:

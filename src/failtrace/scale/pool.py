@@ -3,8 +3,9 @@
 Ray gives the actors, the scheduling onto CPUs/GPUs and the restart of a dead actor (``max_restarts``); this module
 only adds what a failtrace run needs on top: keep ``inflight`` tasks per actor, hand every result to the driver's
 callback as it arrives (the driver is the only writer of the store), and when an actor dies put its in-flight items
-back in the queue for any live actor, up to ``max_attempts`` tries per item; after that the item is reported as
-errored with the reason. An actor whose restarts are used up is dropped; when none is left the pool raises
+back in the queue for any live actor. Only the item it was running (its oldest: an actor runs its tasks in the order
+they were sent) is charged a try, up to ``max_attempts`` per item; after that the item is reported as errored with
+the reason. The items queued behind it go back free: charging them made an innocent item unverifiable for good. An actor whose restarts are used up is dropped; when none is left the pool raises
 (the items not done stay undone, and a rerun does them).
 """
 
@@ -252,12 +253,16 @@ class WorkerPool:
         live = set(range(len(self.actors)))
         self._busy = dict.fromkeys(live, 0)
         pending: dict[Any, tuple[int, Task | None]] = {}  # ref -> (actor, task); task None: a liveness probe
+        order: dict[int, list[Any]] = {i: [] for i in live}  # each actor's task refs in flight, oldest first
+        behind: set[Any] = set()  # refs that were waiting behind the task their actor died on
         probing: set[int] = set()
         while queue or any(t is not None for _, t in pending.values()):  # probes alone do not hold the run
             for i in sorted(live - probing):
                 while queue and self._busy[i] < self.inflight:
                     task = queue.popleft()
-                    pending[getattr(self.actors[i], task.method).remote(*task.args)] = (i, task)
+                    ref = getattr(self.actors[i], task.method).remote(*task.args)
+                    pending[ref] = (i, task)
+                    order[i].append(ref)
                     self._busy[i] += 1
             if not pending:
                 raise FailtraceError(f"every Ray worker died; {len(queue)} item(s) were not done (rerun to do them)")
@@ -275,9 +280,17 @@ class WorkerPool:
                     live.discard(i)
                 continue
             self._busy[i] -= 1
+            running = order[i][0] == ref  # an actor runs its tasks one at a time, in the order they were sent
+            order[i].remove(ref)
             try:
                 value = ray.get(ref)
             except ray.exceptions.RayActorError as exc:
+                if not running or ref in behind:  # it waited behind the task the actor died on: not charged
+                    behind.discard(ref)
+                    queue.appendleft(task)
+                    self.retried += 1
+                    continue
+                behind.update(order[i])  # the rest of this actor's queue died with it, unrun
                 task.errors.append(_reason(exc))
                 if len(task.errors) < attempts:
                     queue.appendleft(task)
