@@ -644,6 +644,20 @@ def test_an_unreachable_ray_address_is_one_line_at_once(work: Path, tmp_path: Pa
     assert err.startswith("error: could not start or join the Ray cluster at 127.0.0.1:1: nothing answers there")
 
 
+@pytest.mark.parametrize("address", ["127.0.0.1:-5", "127.0.0.1: 1", "127.0.0.1:0", "127.0.0.1:70000",
+                                     "ray://localhost:", "[::1]:x"])
+def test_a_ray_address_whose_port_is_no_port_is_one_line(work: Path, tmp_path: Path, address: str,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: a port that is not a number was left to Ray, which took ``-5`` and `` 1`` and retried them for
+    minutes (printing its own GCS log lines); ``0`` and ``70000`` were tried as ports too."""
+    store = tmp_path / "store.duckdb"
+    store.write_bytes((work / "store.duckdb").read_bytes())
+    code = main(["pairs", "-s", str(store), "--workers", "1", "--ray-address", address, "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: --ray-address {address!r} has no valid port"), err
+
+
 @pytest.mark.parametrize("reply", [b"HTTP/1.1 400 Bad Request\r\n\r\n", b""], ids=["http", "silent"])
 def test_a_ray_address_where_something_else_answers_is_one_line(work: Path, tmp_path: Path, reply: bytes,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:

@@ -3,8 +3,8 @@
 One module-scoped cluster and one named pool of 2 workers (each loads the toy model from a saved folder) pay Ray's
 start-up once. The reference is the serial stage run in this process on the same folder: every store row must be the
 same item by item (timings and commit times aside), whatever the completion order, after a worker is killed mid-run,
-and after the driver is SIGKILLed and rerun. Tests run in file order: the poisoned-item test, which leaves both
-workers restarting, is last.
+and after the driver is SIGKILLed and rerun. Tests run in file order: the poisoned-item tests, which leave workers
+restarting, come after those runs.
 """
 
 from __future__ import annotations
@@ -405,6 +405,38 @@ def test_the_api_refuses_more_local_workers_than_cores_before_starting_ray(tmp_p
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env).stdout
     cores = os.cpu_count() or 1
     assert f"--workers {cores + 1} is more than this machine's {cores} cores" in out and "initialized: False" in out
+
+
+_STALE = """
+import sys
+sys.path.insert(0, {src!r})
+from failtrace.errors import FailtraceError
+from failtrace.scale.pool import ensure_ray, shutdown_ray
+try:
+    print("started:", ensure_ray(1))
+    shutdown_ray()
+except FailtraceError as exc:
+    print(exc)
+"""
+
+
+def test_a_local_run_starts_its_own_cluster_beside_another_clusters_address_file(tmp_path: Path) -> None:
+    """`ray start --head` here (or one killed, leaving its address file) made every local --workers run fail:
+    ray.init joined that cluster and refused num_cpus for it. (Ray's temp folder moved to tmp_path, in a process
+    of its own: this one may hold the module's cluster.)"""
+    import tempfile
+
+    ray_tmp = Path(tempfile.mkdtemp(prefix="ftray", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
+    try:
+        (ray_tmp / "ray").mkdir()
+        (ray_tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:1")  # a cluster that is gone
+        script = tmp_path / "stale.py"
+        script.write_text(_STALE.format(src=SRC))
+        env = {**os.environ, "RAY_ADDRESS": "", "RAY_TMPDIR": str(ray_tmp)}
+        run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180, env=env)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert "started: True" in run.stdout, run.stdout + run.stderr[-2000:]
 
 
 def test_calls_to_a_restarting_actor_are_submitted_again_until_it_answers() -> None:

@@ -67,8 +67,10 @@ def ensure_ray(workers: int, address: str | None = None) -> bool:
             if address:
                 ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, logging_level=logging.ERROR)
             else:
-                ray.init(num_cpus=os.cpu_count() or 1, namespace=NAMESPACE, include_dashboard=False,
-                         log_to_driver=False, logging_level=logging.ERROR)
+                # "local": a cluster of its own, even where `ray start` runs here or left its address file
+                # behind (Ray would join that one, and refuse num_cpus for it)
+                ray.init(address="local", num_cpus=os.cpu_count() or 1, namespace=NAMESPACE,
+                         include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
         raise FailtraceError(f"could not start or join {where}: {str(exc).splitlines()[0][:300]}") from None
@@ -116,9 +118,12 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
     import socket
 
     host, sep, port = address.removeprefix("ray://").rpartition(":")
-    bad_port = not (port.isascii() and port.isdigit())  # '²' passes isdigit, then fails int()
-    if not sep or bad_port or not host or "/" in host or (":" in host and not host.startswith("[")):
+    if not sep or not host or "/" in host or (":" in host and not host.startswith("[")):
         return  # not HOST:PORT ([v6]:PORT included): Ray's own answer is the clearer one
+    if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):  # '²' passes isdigit, then fails int()
+        # Ray takes '-5' or ' 1' as a port and retries it for minutes
+        raise FailtraceError(f"--ray-address {address!r} has no valid port (a number from 1 to 65535 after the "
+                             "last ':'); use the address `ray start --head` printed, or auto")
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as conn:
             if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
