@@ -345,4 +345,5 @@ def _reason(exc: BaseException) -> str:
         text = f"{name.rsplit('.', 1)[-1]}:{message}"
     else:
         text = " / ".join(lines[:1] + lines[-1:]) if len(lines) > 1 else (lines or [""])[0]
-    return f"{type(exc).__name__}: {' '.join(text.split())[:300]}"
+    text = " ".join(text.split())
+    return f"{type(exc).__name__}: {text if len(text) <= 300 else text[:299] + '…'}"
