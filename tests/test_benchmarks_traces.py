@@ -71,6 +71,21 @@ def test_braces_inside_strings_do_not_confuse_the_scanner() -> None:
     assert find_tool_calls('{"just": "data"} and {"name": "x", "color": "red"}') == []
 
 
+def test_data_shown_to_the_user_is_no_tool_call() -> None:
+    """A reply holding a JSON object with a "name" (a profile, a record) failed as "made a tool call ('Mia Li')". A
+    bare object is a call when it has arguments, or when it is a lone name that could be a tool's."""
+    bench = TracesBenchmark()
+    reply = _item({"reply": "Here is your profile."})
+    for text in ('Your profile: {"name": "Mia Li"}', 'Sure! Details: {"name": "Mia", "id": 3}',
+                 'Found: {"name": "get_weather", "city": "Paris"}'):
+        verdict = bench.check(reply, text)
+        assert verdict.status == "pass" and verdict.details["tool_calls_found"] == [], (text, verdict.reasons)
+    for text, name in (('{"name": "list_users"}', "list_users"), ('{"name": "Mia Li", "arguments": {}}', "Mia Li"),
+                       ('<tool_call>{"name": "Mia Li"}</tool_call>', "Mia Li")):
+        verdict = bench.check(reply, text)
+        assert verdict.status == "fail" and f"made a tool call ({name!r})" in verdict.reasons[0], text
+
+
 def test_answers_and_commands() -> None:
     bench = TracesBenchmark()
     answer = _item({"answer": "Your flight is booked."})

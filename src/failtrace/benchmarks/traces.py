@@ -3,8 +3,8 @@
 Items are JSONL records ``{id, messages: [{role, content}, ...], expected}``, where ``expected`` is a tool call
 ``{"tool": name, "arguments": {...}}``, a final answer ``{"answer": text}``, a free-text turn to the user
 ``{"reply": text}``, or (for SWE-agent's text actions) ``{"command": text}``. The checker finds the tool call in the
-completion (``<tool_call>`` blocks, Llama-style ``<function=name>{...}</function>``, or any JSON object naming a tool,
-OpenAI ``tool_calls`` included) and compares tool name and arguments as normalised JSON; answers and commands are
+completion (``<tool_call>`` blocks, Llama-style ``<function=name>{...}</function>``, or a bare JSON object naming a
+tool with its arguments, or alone, OpenAI ``tool_calls`` included) and compares tool name and arguments as normalised JSON; answers and commands are
 compared as normalised text. A reply is judged by the kind of action only (text to the user, not a tool call, not
 empty): its wording is one agent's choice (the traces' replies are GPT-4o's), no checker can tell another wording
 wrong, and an exact-match rule would make nearly every reply step a failure no one-token contrast can recover.
@@ -36,6 +36,7 @@ FORMATS = ("--data for traces is JSONL items {id, messages, expected}, a tau-ben
 _ARG_KEYS = ("arguments", "parameters", "args", "input", "kwargs", "action_input")
 _NAME_KEYS = ("name", "tool", "tool_name", "function", "action")
 _TOOL_CALL_TAG = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.DOTALL)
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _FUNCTION_TAG = re.compile(r"<function=([\w.\-]+)>(.*?)</function>", re.DOTALL)
 _FENCE = re.compile(r"```[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 
@@ -113,9 +114,20 @@ def find_tool_calls(text: str) -> list[dict[str, Any]]:
     if calls:
         return calls
     for start, end in json_object_spans(text):
-        if (call := as_tool_call(_load_object(text[start:end]))) is not None:
+        obj = _load_object(text[start:end])
+        if (call := as_tool_call(obj)) is not None and _reads_as_call(obj, call["name"]):
             calls.append(call)
     return calls
+
+
+def _reads_as_call(obj: dict[str, Any], name: str) -> bool:
+    """Whether a bare JSON object in the text (no tool-call tag around it) is a call rather than data shown to the
+    user: it has arguments (or the ``tool_calls``/``function`` wrapper), or it is a lone name that could be a tool's
+    (a word, as OpenAI's ``^[a-zA-Z0-9_-]{1,64}$``, dots and colons allowed). ``{"name": "Mia Li"}`` in a reply
+    is a person's profile, and was once taken for a call to a tool named 'Mia Li'."""
+    if "tool_calls" in obj or isinstance(obj.get("function"), dict) or any(k in obj for k in _ARG_KEYS):
+        return True
+    return bool(_TOOL_NAME.fullmatch(name)) and set(obj) <= set(_NAME_KEYS) | {"type"}
 
 
 # --- comparison ---------------------------------------------------------------------------------------------------
