@@ -55,7 +55,7 @@ def test_collect_says_when_passes_stopped_at_the_budget(toy: dict[str, Any], tmp
     _, err, rows = _collect_cut(toy, tmp_path, "ifeval", records, 3, capsys)
     cut, passed = _cut(rows, "pass")
     assert cut > 0
-    assert f"note: {cut} of {passed} passes stopped at the 3-token budget" in err
+    assert f"note: {cut} of the run's {passed} passes stopped at the 3-token budget" in err
 
 
 def test_collect_says_when_failures_stopped_at_the_budget(toy: dict[str, Any], tmp_path: Path,
@@ -69,7 +69,8 @@ def test_collect_says_when_failures_stopped_at_the_budget(toy: dict[str, Any], t
     store, err, rows = _collect_cut(toy, tmp_path, "math", records, 3, capsys)
     cut, failed = _cut(rows, "fail")
     assert cut > 0
-    assert f"note: {cut} of {failed} failures stopped at the 3-token budget" in err and "--rollout-tokens" in err
+    assert f"note: {cut} of the run's {failed} failures stopped at the 3-token budget" in err
+    assert "--rollout-tokens" in err
     assert main(["pairs", "-s", str(store), "--top-k", "2", "--max-positions", "2", "--no-progress"]) == 0
     err = capsys.readouterr().err
     with open_store(store, read_only=True) as st:

@@ -113,10 +113,12 @@ def _jsonl_records(path: Path, fh: IO[bytes], problems: list[str]) -> Iterator[R
             continue
         if not line.strip():
             continue
+        line = line.rstrip("\r\n")  # with its newline, a line cut short was blamed on the next line's column 1
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
-            problems.append(f"{path.name} line {lineno}: malformed JSON ({exc.msg} at column {exc.colno})")
+            where = ", the end of the line" if exc.pos >= len(line) else ""
+            problems.append(f"{path.name} line {lineno}: malformed JSON ({exc.msg} at column {exc.colno}{where})")
             continue
         except RecursionError:
             problems.append(f"{path.name} line {lineno}: JSON nested too deeply to read")

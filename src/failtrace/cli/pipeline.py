@@ -155,12 +155,12 @@ def _note_run_limits(store: Path, run_id: str, said: int = 0) -> int:
                    "search leaves such a failure `unbounded` unless its text already fixes the verdict; a model with a "
                    "longer context can finish it)", err=True)
     if row is not None and passed_at_limit:
-        typer.echo(f"note: {passed_at_limit} of {row.passed} passes stopped at the {budget}-token budget: the checker "
-                   "judged a cut answer, which its rest could still have broken; a larger "
+        typer.echo(f"note: {passed_at_limit} of the run's {row.passed} passes stopped at the {budget}-token budget: "
+                   "the checker judged a cut answer, which its rest could still have broken; a larger "
                    "--max-new-tokens decides them", err=True)
     if row is not None and row.failed_at_limit:
-        typer.echo(f"note: {row.failed_at_limit} of {row.failed} failures stopped at the {budget}-token budget; the "
-                   "pair search leaves each `unbounded` (never a clean pair) unless its text already fixes the verdict "
+        typer.echo(f"note: {row.failed_at_limit} of the run's {row.failed} failures stopped at the {budget}-token "
+                   "budget; the pair search leaves each `unbounded` (never a clean pair) unless its text already fixes the verdict "
                    f"or `failtrace pairs --rollout-tokens N` (N > {budget}) continues it to a stop that still fails; a "
                    "larger --max-new-tokens decides more of them (docs/PAIRS.md)", err=True)
     return 0 if row is None else int(row.failed)
