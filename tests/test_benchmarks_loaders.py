@@ -33,7 +33,8 @@ def test_bad_lines_are_reported_with_line_numbers_and_the_rest_loads(tmp_path: P
     report = get_benchmark("math").load(str(path))
     assert [item.id for item in report.items] == ["p1", "p6"]
     text = "\n".join(report.problems)
-    # where it broke on its own line (column 23, just past its end), not the next line's column 1 (the newline was parsed too)
+    # where it broke on its own line (column 23, just past its end), not the next line's column 1 (the newline was
+    # parsed too)
     assert "line 2: malformed JSON (Expecting property name enclosed in double quotes at column 23, the end of the " \
         "line)" in text, text
     assert "line 3" in text and "'problem'" in text

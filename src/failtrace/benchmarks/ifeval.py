@@ -199,7 +199,8 @@ class IFEvalBenchmark:
         return Verdict("fail", reasons, details)
 
     def prefix_decides_fail(self, item: Item, prefix: str) -> str | None:
-        """Why every completion starting with ``prefix`` fails under strict IFEval, or None (see :func:`~failtrace.benchmarks.ifeval_prefix.prefix_fails`).
+        """Why every completion starting with ``prefix`` fails under strict IFEval, or None (see
+        :func:`~failtrace.benchmarks.ifeval_prefix.prefix_fails`).
 
         Strict mode only: the loose verdict also tries the text without its first or last line, so a prefix can
         rarely decide it. Used by the pair search to end rollouts early; the verdict itself is always ``check``'s.

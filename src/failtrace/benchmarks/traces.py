@@ -1,13 +1,13 @@
 """Agent traces: given the conversation so far, the model must produce the next assistant turn.
 
 Items are JSONL records ``{id, messages: [{role, content}, ...], expected}``, where ``expected`` is a tool call
-``{"tool": name, "arguments": {...}}``, a final answer ``{"answer": text}``, a free-text turn to the user
-``{"reply": text}``, or (for SWE-agent's text actions) ``{"command": text}``. The checker finds the tool call in the
-completion (``<tool_call>`` blocks, Llama-style ``<function=name>{...}</function>``, or a bare JSON object naming a
-tool with its arguments, or alone, OpenAI ``tool_calls`` included) and compares tool name and arguments as normalised JSON; answers and commands are
-compared as normalised text. A reply is judged by the kind of action only (text to the user, not a tool call, not
-empty): its wording is one agent's choice (the traces' replies are GPT-4o's), no checker can tell another wording
-wrong, and an exact-match rule would make nearly every reply step a failure no one-token contrast can recover.
+``{"tool": name, "arguments": {...}}``, a final answer ``{"answer": text}``, a free-text turn to the user ``{"reply":
+text}``, or (for SWE-agent's text actions) ``{"command": text}``. The checker finds the tool call in the completion
+(``<tool_call>`` blocks, Llama-style ``<function=name>{...}</function>``, or a bare JSON object naming a tool with its
+arguments, or alone, OpenAI ``tool_calls`` included) and compares tool name and arguments as normalised JSON; answers
+and commands are compared as normalised text. A reply is judged by the kind of action only (text to the user, not a tool
+call, not empty): its wording is one agent's choice (the traces' replies are GPT-4o's), no checker can tell another
+wording wrong, and an exact-match rule would make nearly every reply step a failure no one-token contrast can recover.
 Whether the wording matched anyway is kept in the verdict's details.
 
 :func:`convert_trace` turns a tau-bench trajectory file or a SWE-agent ``.traj`` into such items, one per assistant

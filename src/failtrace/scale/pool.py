@@ -1,12 +1,12 @@
 """A pool of Ray actors, each holding one loaded model, that runs per-item tasks and survives dying workers.
 
-Ray gives the actors, the scheduling onto CPUs/GPUs and the restart of a dead actor (``max_restarts``); this module
-only adds what a failtrace run needs on top: keep ``inflight`` tasks per actor, hand every result to the driver's
-callback as it arrives (the driver is the only writer of the store), and when an actor dies put its in-flight items
-back in the queue for any live actor. Only the item it was running (its oldest: an actor runs its tasks in the order
-they were sent) is charged a try, up to ``max_attempts`` per item; after that the item is reported as errored with
-the reason. The items queued behind it go back free: charging them made an innocent item unverifiable for good. An actor whose restarts are used up is dropped; when none is left the pool raises
-(the items not done stay undone, and a rerun does them).
+Ray gives the actors, the scheduling onto CPUs/GPUs and the restart of a dead actor (``max_restarts``); this module only
+adds what a failtrace run needs on top: keep ``inflight`` tasks per actor, hand every result to the driver's callback as
+it arrives (the driver is the only writer of the store), and when an actor dies put its in-flight items back in the
+queue for any live actor. Only the item it was running (its oldest: an actor runs its tasks in the order they were sent)
+is charged a try, up to ``max_attempts`` per item; after that the item is reported as errored with the reason. The items
+queued behind it go back free: charging them made an innocent item unverifiable for good. An actor whose restarts are
+used up is dropped; when none is left the pool raises (the items not done stay undone, and a rerun does them).
 """
 
 from __future__ import annotations
