@@ -82,9 +82,11 @@ def test_lrp_rules_names_a_wrapper_given_for_the_module(toy_lm: object) -> None:
         assert report.method == "attnlrp"
 
 
-def test_a_forward_pass_that_overflows_is_refused_not_explained() -> None:
+@pytest.mark.parametrize("scale", [100, 300], ids=["inf", "nan"])
+def test_a_forward_pass_that_overflows_is_refused_not_explained(scale: int) -> None:
     """Gemma-3-270M in float16 overflows (as in plain transformers): `attribute` printed Δℓ nan, "Σ last-layer R
-    0.0000", wrote a JSON of NaNs and exited 0. Attribution and graphs now refuse it with the dtype to use."""
+    0.0000", wrote a JSON of NaNs and exited 0. Attribution and graphs now refuse it with the dtype to use, whether
+    the overflow gives inf (×100) or NaN (×300: the MLP check once called that an unsupported architecture)."""
     import torch
 
     import failtrace
@@ -96,7 +98,7 @@ def test_a_forward_pass_that_overflows_is_refused_not_explained() -> None:
     mlp = lm.model.model.layers[0].mlp
     with torch.no_grad():  # finite weights whose products pass float16's 65504
         for proj in (mlp.gate_proj, mlp.up_proj, mlp.down_proj):
-            proj.weight.mul_(100)
+            proj.weight.mul_(scale)
     assert all(bool(p.isfinite().all()) for p in lm.model.parameters())
     for explain in (failtrace.attribute, failtrace.build_graph):
         with pytest.raises(FailtraceError, match=r"not finite in float16 .*float32 or bfloat16 \(--dtype\)"):
@@ -108,3 +110,30 @@ def test_a_forward_pass_that_overflows_is_refused_not_explained() -> None:
         greedy_generate(lm.model, [[5, 6, 7, 8]], 4, frozenset({2}))
     with pytest.raises(FailtraceError, match="not finite in float16"):
         prefix_forward(lm.model, [5, 6, 7, 8], 2)
+
+
+def test_an_overflow_that_starts_mid_answer_is_refused() -> None:
+    """Activations grow with the context: the prompt's pass can be finite and a later step not. Only the first step
+    was checked, and the rest decoded NaN into token 0 (finish `length`, no error)."""
+    import torch
+
+    from failtrace.errors import FailtraceError
+    from failtrace.failures.generation import greedy_generate
+    from failtrace_testkit.toy import one_thread, toy_loaded
+
+    with one_thread():
+        lm = toy_loaded(0, dtype="float32")
+    calls = []
+
+    def overflow_after_the_prompt(_module: object, _args: object, out: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return out if len(calls) == 1 else torch.full_like(out, float("nan"))
+
+    first = greedy_generate(lm.model, [[5, 6, 7, 8]], 6, frozenset({2}))[0].token_ids
+    handle = lm.model.lm_head.register_forward_hook(overflow_after_the_prompt)
+    try:
+        with pytest.raises(FailtraceError, match="not finite in float32 on this input"):
+            greedy_generate(lm.model, [[5, 6, 7, 8]], 6, frozenset({2}))
+    finally:
+        handle.remove()
+    assert len(calls) >= 2 and len(first) > 1  # it did reach a second step (the toy's answer is not one token)

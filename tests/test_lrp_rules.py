@@ -185,3 +185,26 @@ def test_half_precision_norms_get_their_own_formula_when_a_few_weights_are_large
     with lrp_rules(model) as report:
         kinds = set(report.norms.values())
     assert kinds == ({"rms1p"} if family == "gemma3" else {"rms"}), (family, dtype, report.norms)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_a_norm_with_a_bias_no_formula_has_is_refused_in_every_precision(dtype):
+    """An RMSNorm plus a bias matches none of failtrace's formulas: refused in float32, but in half precision with
+    a few large weights the tolerance (scaled by the largest output) let it pass as (1+w), its bias's relevance
+    silently dropped."""
+    from failtrace.lrp.patch import _classify_norm
+
+    class BiasedRMSNorm(torch.nn.Module):
+        def __init__(self, d: int) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.randn(d, generator=torch.Generator().manual_seed(3)) * 0.3)
+            self.variance_epsilon = 1e-6
+            with torch.no_grad():
+                self.weight[:2] = 300.0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            xf = x.float()
+            y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+            return (y * (1.0 + self.weight.float()) + 1.0).to(x.dtype)
+
+    assert _classify_norm(BiasedRMSNorm(64).to(dtype)) is None

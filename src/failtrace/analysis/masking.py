@@ -154,8 +154,11 @@ def suffix_arguments(prefix: list | None, start: int, rows: int, n: int) -> dict
 def last_logits(model: nn.Module, **kwargs: object) -> torch.Tensor:
     """The next-token logits after the last position, (rows, vocab)."""
     from failtrace.failures.decode import forward_logits
+    from failtrace.models.limits import require_finite
 
-    return forward_logits(model, keep=1, **kwargs)[:, -1]
+    logits = forward_logits(model, keep=1, **kwargs)[:, -1]
+    require_finite(logits)  # a masked input that overflows would flip on NaN
+    return logits
 
 
 def flip_search(model: nn.Module, token_ids: Sequence[int], relevance: Sequence[float] | np.ndarray,

@@ -35,6 +35,7 @@ from typing import Any
 
 from failtrace.failures.kvcache import gather_positions, select_rows
 from failtrace.failures.lookup import NgramDrafts
+from failtrace.models.limits import require_finite
 
 @dataclass(frozen=True)
 class PassCost:
@@ -192,7 +193,9 @@ def decode_rows(model: Any, cache: Any, first: Any, budgets: Sequence[int], eos:
         if mask is not None:
             kwargs["position_ids"] = mask.sum(-1, keepdim=True) + torch.arange(width, device=device)
             kwargs["attention_mask"] = torch.cat([mask, mask.new_ones(mask.shape[0], width)], dim=-1)
-        preds = forward_logits(model, keep=width, **kwargs).argmax(-1).tolist()
+        logits = forward_logits(model, keep=width, **kwargs)
+        require_finite(logits)  # activations grow with the context: an overflow can start mid-answer
+        preds = logits.argmax(-1).tolist()
         accepted = []
         for j, w in enumerate(windows):
             a = 0

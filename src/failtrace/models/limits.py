@@ -25,7 +25,7 @@ def require_finite(*values: Any) -> None:
     """
     import torch
 
-    if all(bool(torch.isfinite(v).all()) for v in values):
+    if bool(torch.stack([torch.isfinite(v).all() for v in values]).all()):  # one host sync for all of them
         return
     from failtrace.errors import FailtraceError
 
