@@ -77,11 +77,12 @@ def test_data_shown_to_the_user_is_no_tool_call() -> None:
     bench = TracesBenchmark()
     reply = _item({"reply": "Here is your profile."})
     for text in ('Your profile: {"name": "Mia Li"}', 'Sure! Details: {"name": "Mia", "id": 3}',
-                 'Found: {"name": "get_weather", "city": "Paris"}'):
+                 'Found: {"name": "get_weather", "city": "Paris"}', 'User: {"type": "user", "name": "alice"}'):
         verdict = bench.check(reply, text)
         assert verdict.status == "pass" and verdict.details["tool_calls_found"] == [], (text, verdict.reasons)
     for text, name in (('{"name": "list_users"}', "list_users"), ('{"name": "Mia Li", "arguments": {}}', "Mia Li"),
-                       ('<tool_call>{"name": "Mia Li"}</tool_call>', "Mia Li")):
+                       ('<tool_call>{"name": "Mia Li"}</tool_call>', "Mia Li"),
+                       ('{"id": "call_0", "type": "function", "name": "get_time"}', "get_time")):
         verdict = bench.check(reply, text)
         assert verdict.status == "fail" and f"made a tool call ({name!r})" in verdict.reasons[0], text
 

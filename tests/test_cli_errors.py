@@ -658,6 +658,14 @@ def test_a_ray_address_whose_port_is_no_port_is_one_line(work: Path, tmp_path: P
     assert err.startswith(f"error: --ray-address {address!r} has no valid port"), err
 
 
+def test_addresses_of_other_schemes_are_left_to_ray() -> None:
+    """The port check is for HOST:PORT and ray://HOST:PORT; anyscale://NAME has no port and Ray's client builder
+    answers it (the first port check refused it as "no valid port")."""
+    from failtrace.scale.pool import check_reachable
+
+    assert check_reachable("anyscale://my-cluster") is None and check_reachable("auto") is None
+
+
 @pytest.mark.parametrize("reply", [b"HTTP/1.1 400 Bad Request\r\n\r\n", b""], ids=["http", "silent"])
 def test_a_ray_address_where_something_else_answers_is_one_line(work: Path, tmp_path: Path, reply: bytes,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:

@@ -117,6 +117,8 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
     (``RAY_USE_TLS``), whose handshake is not plain HTTP/2."""
     import socket
 
+    if "://" in address and not address.startswith("ray://"):
+        return  # another scheme (e.g. anyscale://NAME): Ray's client builders answer it
     host, sep, port = address.removeprefix("ray://").rpartition(":")
     if not sep or not host or "/" in host or (":" in host and not host.startswith("[")):
         return  # not HOST:PORT ([v6]:PORT included): Ray's own answer is the clearer one
@@ -294,6 +296,9 @@ class WorkerPool:
                     behind.discard(ref)
                     queue.appendleft(task)
                     self.retried += 1
+                    if i in live and i not in probing:  # no new work for it until it answers again
+                        probing.add(i)
+                        pending[self.actors[i].hello.remote()] = (i, None)
                     continue
                 behind.update(order[i])  # the rest of this actor's queue died with it, unrun
                 task.errors.append(_reason(exc))
@@ -308,6 +313,7 @@ class WorkerPool:
                 continue
             except ray.exceptions.RayTaskError as exc:  # the work itself raised: as the serial path would
                 raise exc.as_instanceof_cause() from None
+            behind.discard(ref)
             on_result(task, value)
 
     def close(self, force: bool = False) -> None:
