@@ -121,15 +121,16 @@ def find_tool_calls(text: str) -> list[dict[str, Any]]:
 
 
 def _reads_as_call(obj: dict[str, Any], name: str) -> bool:
-    """Whether a bare JSON object in the text (no tool-call tag around it) is a call rather than data shown to the
-    user: it has arguments (or the ``tool_calls``/``function`` wrapper), or it is a lone name that could be a tool's
-    (a word, as OpenAI's ``^[a-zA-Z0-9_-]{1,64}$``, dots and colons allowed; a call's ``id`` and a ``type``
-    ``function`` may come with it). ``{"name": "Mia Li"}`` in a reply is a person's profile, and was once taken for
-    a call to a tool named 'Mia Li'. A lone one-word name (``{"name": "Mia"}``) still reads as a call."""
+    """Whether a bare JSON object in the text (no tool-call tag around it) is a call rather than data shown to the user:
+    it has arguments (or the ``tool_calls``/``function`` wrapper), or it is a lone name that could be a tool's (a word,
+    as OpenAI's ``^[a-zA-Z0-9_-]{1,64}$``, dots and colons allowed; a ``type`` ``function``, and then the call's ``id``,
+    may come with it). ``{"name": "Mia Li"}`` in a reply is a person's profile, and was once taken for a call to a tool
+    named 'Mia Li'. A lone one-word name (``{"name": "Mia"}``) still reads as a call."""
     if "tool_calls" in obj or isinstance(obj.get("function"), dict) or any(k in obj for k in _ARG_KEYS):
         return True
     typed = obj.get("type", "function") == "function"  # {"type": "user", "name": "alice"} is a record
-    return typed and bool(_TOOL_NAME.fullmatch(name)) and set(obj) <= set(_NAME_KEYS) | {"type", "id"}
+    allowed = set(_NAME_KEYS) | {"type"} | ({"id"} if "type" in obj else set())  # a call's id, beside its type
+    return typed and bool(_TOOL_NAME.fullmatch(name)) and set(obj) <= allowed
 
 
 # --- comparison ---------------------------------------------------------------------------------------------------
