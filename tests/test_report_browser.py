@@ -127,7 +127,12 @@ def test_each_case_shows_all_tokens(page_and_cases):
     # whitespace is drawn visibly: a token that is a newline shows ↵
     art = page.locator(f"#case-{cases[0].case_id}")
     nl = [i for i, t in enumerate(cases[0].tokens) if t == "\n"][0]
-    assert art.locator(f'.tok[data-p="{nl}"]').inner_text() == "↵"
+    tok = art.locator(f'.tok[data-p="{nl}"]')
+    # a case far off screen is not rendered (content-visibility: auto), so it has no innerText until it is in view
+    # and the next frame has been drawn
+    tok.scroll_into_view_if_needed()
+    page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+    assert tok.inner_text() == "↵"
 
 
 def _rgb(v: float) -> str:
