@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 from failtrace.benchmarks.base import Item, LoadReport, Verdict
-from failtrace.benchmarks.ifeval_prefix import RULE_ARGS, prefix_fails
+from failtrace.benchmarks.ifeval_prefix import prefix_fails
 from failtrace.benchmarks.loaders import build_items
 
 REQUIRED_FIELDS = ("key", "prompt", "instruction_id_list", "kwargs")
@@ -215,11 +215,9 @@ class IFEvalBenchmark:
         for iid, given in zip(ids, given_list):
             if iid not in registry:
                 return None  # the check cannot run: the verdict is unverifiable, not fail
-            if _drawn(iid, given, prompt):
+            if _drawn(iid, given, prompt):  # any argument a rule reads that is missing is drawn too
                 return None  # the checker draws an argument at random: no verdict, so never "fails whatever follows"
         for iid, given in zip(ids, given_list):
-            if not set(RULE_ARGS.get(iid, ())) <= set(given):
-                continue  # the checker would draw the missing arguments at random: nothing can be decided
             checker = _built_checker(registry, iid, given, prompt)[0]
             why = prefix_fails(iid, checker, prefix)
             if why:

@@ -48,14 +48,6 @@ def _json_prefix_fails(prefix: str) -> str | None:
     return f"text follows the JSON value: {extra!r}" if extra is not None else None
 
 
-# the arguments a rule reads; without them the official checker picks random values
-RULE_ARGS = {"length_constraints:number_words": ("num_words", "relation"),
-             "keywords:letter_frequency": ("letter", "let_frequency", "let_relation"),
-             "keywords:frequency": ("keyword", "frequency", "relation"),
-             "keywords:forbidden_words": ("forbidden_words",),
-             "combination:repeat_prompt": ("prompt_to_repeat",)}
-
-
 def _lowered(prefix: str) -> str:
     """``prefix.lower()`` as far as it is a prefix of every longer text's ``lower()``.
 

@@ -161,8 +161,8 @@ def _note_run_limits(store: Path, run_id: str, said: int = 0) -> int:
     if row is not None and row.failed_at_limit:
         typer.echo(f"note: {row.failed_at_limit} of the run's {row.failed} failures stopped at the {budget}-token "
                    "budget; the pair search leaves each `unbounded` (never a clean pair) unless its text already "
-                   f"fixes the verdict or `failtrace pairs --rollout-tokens N` (N > {budget}) continues it to a stop that still fails; a "
-                   "larger --max-new-tokens decides more of them (docs/PAIRS.md)", err=True)
+                   f"fixes the verdict or `failtrace pairs --rollout-tokens N` (N > {budget}) continues it to a stop "
+                   "that still fails; a larger --max-new-tokens decides more of them (docs/PAIRS.md)", err=True)
     return 0 if row is None else int(row.failed)
 
 

@@ -350,4 +350,3 @@ def answer_parts(answer: dict[str, Any] | None) -> list[tuple[str, str, str]]:
                      "  [passes the checker as cut at the rollout budget: it did not stop]"
                      if answer.get("recovered_cut") else "  [passes the checker]"))
     return rows
-
