@@ -411,6 +411,52 @@ def test_os_layers_hold_without_seccomp(host: dict) -> None:
     assert fill.status == "error" and "No space left on device" in fill.reason
 
 
+CAPS = ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+        "class H(ctypes.Structure):\n    _fields_ = [('v', ctypes.c_uint32), ('pid', ctypes.c_int)]\n"
+        "class D(ctypes.Structure):\n    _fields_ = [('e', ctypes.c_uint32), ('p', ctypes.c_uint32), "
+        "('i', ctypes.c_uint32)]\n"
+        "d = (D * 2)()\nassert libc.capget(ctypes.byref(H(0x20080522, 0)), d) == 0\n"
+        "print('caps', [x for s in d for x in (s.e, s.p, s.i)])\n"
+        "print('bounding', [c for c in range(64) if libc.prctl(23, c, 0, 0, 0) == 1])\n"
+        # MS_REMOUNT | MS_BIND without MS_RDONLY: the read-only bind of /usr made writable again (nothing is written)
+        "r = libc.mount(None, b'/usr', None, ctypes.c_ulong(32 | 4096), None)\n"
+        "print('remount', r, ctypes.get_errno())\n")
+
+
+def test_root_of_a_user_namespace_keeps_no_capability() -> None:
+    """Before: failtrace run as a user (not root) left the child root of its user namespace with every capability
+    over its own mounts; a completion cloned the read-only bind of a user-owned Python without its read-only flag
+    (open_tree_attr, which the filter did not list), rewrote the judge's traceback.py and turned every later
+    verdict into pass. Now no plan leaves a capability: the child cannot make the bind writable again. Run here as
+    the user-namespace plan (root can make one too), with the filter off so only the capabilities stop it."""
+    if not sandbox.expected_layers()["namespaces"]:
+        pytest.skip("this machine offers no namespaces (unshare fails); test_every_claimed_layer_is_in_force "
+                    "covers machines that claim them")
+    for iso in (Isolation(namespaces=True, user_namespace=True, filesystem=True, seccomp=False),
+                sandbox.isolation()):
+        run = run_program(iso, CAPS if not iso.seccomp else CAPS.split("r = libc.mount")[0], FAST, {})
+        assert run.ok, run
+        assert "caps [0, 0, 0, 0, 0, 0]" in run.stdout, (iso, run.stdout)
+        if iso.user_namespace or iso.drop_user:  # a user namespace, or root: allowed to empty the bounding set
+            assert "bounding []" in run.stdout, (iso, run.stdout)
+        if not iso.seccomp:
+            assert "remount -1 1\n" in run.stdout, run.stdout  # EPERM
+
+
+def test_newer_system_calls_than_the_filter_knows_are_refused() -> None:
+    """open_tree_attr (Linux 6.15) was missing from the filter's list, and every call added after the list was
+    written got through. Now it kills the process like open_tree, and any newer number answers ENOSYS (as on a
+    kernel that lacks it): file_getattr (468, Linux 6.17) here, which this kernel may have."""
+    if not sandbox.isolation().seccomp:
+        pytest.skip("no seccomp layer here (test_every_claimed_layer_is_in_force fails where one is claimed)")
+    iso = sandbox.isolation()
+    newer = run_program(iso, "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                             "print(libc.syscall(468, -100, b'/usr', None, 0, 0), ctypes.get_errno())\n", FAST, {})
+    assert newer.ok and newer.stdout.split() == ["-1", "38"], newer
+    clone = run_program(iso, "import ctypes\nctypes.CDLL(None).syscall(467, -100, b'/usr', 1, None, 0)\n", FAST, {})
+    assert clone.status == "violation", clone
+
+
 def test_degraded_isolation_is_recorded_and_the_verdict_path_still_holds() -> None:
     """Without namespaces (a machine where unshare fails) the run says which layers are off; the judge and the
     system-call filter still decide: a rigged answer and a fork fail."""

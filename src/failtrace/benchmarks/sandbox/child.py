@@ -1,9 +1,9 @@
 """The untrusted side: the first code of the sandboxed interpreter, before the completion's own code.
 
 Shipped as source (after ``plain.py``) into ``python -I -S -B -c`` inside the namespaces the runner set up, it
-builds its new root, sets the resource limits, drops to the run's own user id (when the host runs as root), installs the
-seccomp filter and then either runs a whole program (``mode == "run"``) or loads the candidate function and answers
-calls sent by the judge over a pipe (``mode == "serve"``). Nothing here decides a verdict: the code that follows may
+builds its new root, sets the resource limits, drops to the run's own user id (when the host runs as root) and every
+capability, installs the seccomp filter and then either runs a whole program (``mode == "run"``) or loads the
+candidate function and answers calls sent by the judge over a pipe (``mode == "serve"``). Nothing here decides a verdict: the code that follows may
 rewrite any of it and can then only change what it answers, exactly as a function can. Standard library only.
 """
 
@@ -30,6 +30,48 @@ def install_seccomp(program):
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
     if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP) failed")
+
+
+PR_CAPBSET_DROP, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, EINVAL, EPERM = 24, 47, 4, 22, 1
+CAPABILITY_VERSION_3 = 0x20080522
+
+
+def drop_capabilities(libc, switch_user):
+    """Leave the process no capability, before the first line of untrusted code, and check that none is left.
+
+    Root of a user namespace (failtrace not run as root) holds every capability over its own namespaces: with
+    CAP_SYS_ADMIN it could clone a read-only bind of the host's Python without the read-only flag and write the
+    host's files through it. So the bounding set is emptied (where the process may: a non-root process without a
+    user namespace holds no CAP_SETPCAP, and no capability either), the ambient set cleared and no_new_privs set (no
+    execve can give any back), then ``switch_user()`` runs (root mode: setuid, which needs CAP_SETUID, clears the
+    rest), then effective, permitted and inheritable are set to zero with capset(2). Raises OSError when any
+    capability is left."""
+    import ctypes
+
+    for cap in range(64):
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            err = ctypes.get_errno()
+            if err in (EINVAL, EPERM):  # past the kernel's last capability; no CAP_SETPCAP (checked below)
+                break
+            raise OSError(err, "prctl(PR_CAPBSET_DROP, %d) failed" % cap)
+    libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)  # EINVAL on kernels before ambient sets: none
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
+    switch_user()
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+    if libc.capset(ctypes.byref(Header(CAPABILITY_VERSION_3, 0)), (Data * 2)()) != 0:
+        raise OSError(ctypes.get_errno(), "capset failed")
+    left = (Data * 2)()
+    if libc.capget(ctypes.byref(Header(CAPABILITY_VERSION_3, 0)), left) != 0:
+        raise OSError(ctypes.get_errno(), "capget failed")
+    if any(d.effective or d.permitted or d.inheritable for d in left):
+        raise OSError("capabilities are left before the untrusted code")
 
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MNT_DETACH = 1, 2, 4, 32, 4096, 2
@@ -95,7 +137,8 @@ def describe(exc):
 
 
 def confine(cfg):
-    """New root, limits, user, seccomp: everything that must hold before the first line of untrusted code."""
+    """New root, limits, user, no capabilities, seccomp: everything that must hold before the first line of untrusted
+    code."""
     import os
     import resource
 
@@ -111,10 +154,16 @@ def confine(cfg):
     os.chdir(cfg["workdir"])
     import ctypes  # (loaded while the interpreter's files are still readable to us)
 
-    if cfg["uid"] is not None:
-        os.setgroups([])
-        os.setgid(cfg["uid"])
-        os.setuid(cfg["uid"])
+    def switch_user():
+        if cfg["uid"] is not None:
+            os.setgroups([])
+            os.setgid(cfg["uid"])
+            os.setuid(cfg["uid"])
+
+    if sys.platform.startswith("linux"):
+        drop_capabilities(ctypes.CDLL(None, use_errno=True), switch_user)
+    else:
+        switch_user()
     # die with the launcher: the switch of user cleared the parent-death signal (unshare --kill-child's, or
     # setpriv's); the seccomp filter then forbids clearing it again
     if sys.platform.startswith("linux") and ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0:

@@ -11,6 +11,8 @@ The layers, outermost first (each holds without the ones inside it; none lives i
   Nothing else of the host is visible, so nothing else can be read, written or deleted;
 * user: when the host runs as root the child drops to a user id of its own (``runner.run_user``), which also makes
   ``RLIMIT_NPROC`` count, and count only this run's threads: concurrent checks do not share one limit;
+* capabilities: none left in any plan (``child.drop_capabilities``). Root of a user namespace keeps every
+  capability over its own mounts otherwise, enough to clone a read-only bind without its read-only flag;
 * rlimits: CPU seconds, address space, file size, open files, processes, no core dumps;
 * seccomp (x86-64): process creation other than threads, exec, a new session or process group, sockets, signals to
   other processes, ptrace, mounts, namespaces, shared memory and memfds (memory the address-space limit does not
@@ -56,11 +58,14 @@ FORBIDDEN_X86_64 = {
                             "pidfd_getfd": 438, "ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311},
     "mounts and namespaces": {"mount": 165, "umount2": 166, "pivot_root": 155, "chroot": 161, "unshare": 272,
                               "setns": 308, "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431,
-                              "fsmount": 432, "fspick": 433, "mount_setattr": 442},
+                              "fsmount": 432, "fspick": 433, "mount_setattr": 442, "open_tree_attr": 467},
     "kernel interfaces": {"bpf": 321, "perf_event_open": 298, "userfaultfd": 323, "io_uring_setup": 425,
                           "io_uring_enter": 426, "io_uring_register": 427, "keyctl": 250, "add_key": 248,
                           "request_key": 249},
 }
+# the newest call number this table was written against (open_tree_attr, Linux 6.15): every newer one gets ENOSYS,
+# as on a kernel that lacks it (libc falls back), so a call added later cannot slip past a list that predates it
+NEWEST_KNOWN = 467
 SYS_CLONE, SYS_CLONE3, SYS_PRCTL = 56, 435, 157
 PR_SET_PDEATHSIG = 1  # prctl option: the child sets it before the filter; cleared, the child would outlive failtrace
 
@@ -101,17 +106,17 @@ class Isolation:
 def seccomp_filter() -> bytes | None:
     """The classic-BPF program (struct sock_filter array) the child loads, or None off x86-64 Linux.
 
-    Checked in order: wrong architecture or an x32 call number -> kill; clone without CLONE_THREAD (a new process,
-    not a thread) -> kill; clone3 -> ENOSYS, so libc falls back to clone, whose flags the filter can read;
-    prctl(PR_SET_PDEATHSIG, ...) -> kill (the parent-death signal set before the filter must stay); any
-    FORBIDDEN_X86_64 call -> kill; everything else -> allow. Offsets are into struct seccomp_data
-    (nr at 0, arch at 4, args[0] low 32 bits at 16 on little-endian)."""
+    Checked in order: wrong architecture or an x32 call number -> kill; a number above NEWEST_KNOWN -> ENOSYS;
+    clone without CLONE_THREAD (a new process, not a thread) -> kill; clone3 -> ENOSYS, so libc falls back to
+    clone, whose flags the filter can read; prctl(PR_SET_PDEATHSIG, ...) -> kill (the parent-death signal set
+    before the filter must stay); any FORBIDDEN_X86_64 call -> kill; everything else -> allow. Offsets are into
+    struct seccomp_data (nr at 0, arch at 4, args[0] low 32 bits at 16 on little-endian)."""
     if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
         return None
     numbers = sorted({n for group in FORBIDDEN_X86_64.values() for n in group.values()})
     code: list[tuple[int, str | int, str | int, int]] = [
         (_LD_W_ABS, 0, 0, 4), (_JEQ, 0, "kill", AUDIT_ARCH_X86_64), (_LD_W_ABS, 0, 0, 0),
-        (_JGE, "kill", 0, X32_BIT), (_JEQ, "clone", 0, SYS_CLONE), (_JEQ, "enosys", 0, SYS_CLONE3),
+        (_JGE, "kill", 0, X32_BIT), (_JGE, "enosys", 0, NEWEST_KNOWN + 1), (_JEQ, "clone", 0, SYS_CLONE), (_JEQ, "enosys", 0, SYS_CLONE3),
         (_JEQ, "prctl", 0, SYS_PRCTL), *[(_JEQ, "kill", 0, n) for n in numbers], (_RET, 0, 0, SECCOMP_RET_ALLOW)]
     n = len(code)  # the tail, jumps forward only (BPF): prctl's option, clone's flags, then the three returns
     labels = {"prctl": n, "clone": n + 2, "kill": n + 4, "enosys": n + 5, "allow": n + 6}
