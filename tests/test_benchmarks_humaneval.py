@@ -164,6 +164,25 @@ def test_nan_is_close_to_nothing_as_in_evalplus(tmp_path: Path) -> None:
     assert bench.check(item, "    return x / x if x else float('nan')\n").status == expected
 
 
+def test_nan_inside_a_list_is_equal_to_nothing_either(tmp_path: Path) -> None:
+    """Before: ``[nan]`` against an expected ``[nan]`` passed, because json decodes every NaN as one object and list
+    equality compares identity first. In EvalPlus the two come from different calls (distinct NaN objects): the
+    exact match is false and allclose (equal_nan=False) too, so it fails."""
+    import numpy as np
+
+    bench, item = _one_task(tmp_path, {
+        "task_id": "Toy/7", "prompt": 'def f(x: float) -> list:\n    """[x over x]."""\n', "entry_point": "f",
+        "canonical_solution": "    return [x / x if x else float('nan')]\n",
+        "test": "def check(candidate):\n    assert candidate(2.0) == [1.0]\n", "base_input": [[2.0]],
+        "plus_input": [[0.0]]})
+    out, exp = [float("nan")], [float("nan")]  # as EvalPlus holds them: two calls, two NaN objects
+    exact = out == exp
+    expected = "pass" if exact or np.allclose(out, exp, rtol=1e-07, atol=1e-6) else "fail"
+    assert expected == "fail"
+    assert bench.check(item, "    return [x / x if x else float('nan')]\n").status == expected
+    assert bench.check(item, "    return [x / x if x else 0.5]\n").status == "fail"
+
+
 def test_the_tolerance_needs_the_expected_type(tmp_path: Path) -> None:
     """EvalPlus asserts ``type(out) == type(exp)`` before its tolerance; a list off by 5e-7 where a tuple is expected
     passed here. Exactly equal values still pass whatever the type (as EvalPlus's ``out == exp``)."""
