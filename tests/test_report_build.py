@@ -528,3 +528,32 @@ def test_k_star_label_is_one_rule_for_every_view():
 
     assert [k_star_label(x) for x in (r([2.0, -1.0], 1), r([2.0, 1.5], None), r([2.0], None), r([], None), None)] \
         == ["1", "none", "none", "—", "—"]
+
+
+def test_every_part_of_the_category_bars_carries_its_count(tmp_path, monkeypatch):
+    """Before: a category with under 6 % of the cases (7 of 353) was a sliver with no count, readable only from the
+    legend colour and the tables. Now each part's count is drawn, inside it or, for a sliver, just beside the bar,
+    neighbouring slivers on opposite sides."""
+    from matplotlib.text import Text
+
+    import failtrace.report.figures as F
+
+    cats = [("M-IA", 7), ("NC-IA+M-AG", 3), ("NC-IA+AG", 343)]
+    rows = [{"benchmark": "ifeval", "label": lab, "cases": n, "share": n / 353} for lab, n in cats]
+    pats = [{"benchmark": "ifeval", "label": "URT", "cases": 353, "share": 1.0}]
+    seen: dict[str, list[Text]] = {}
+
+    def spy(fig, path):
+        left = fig.axes[0]
+        seen["cat"] = [t for t in left.texts]
+        return path
+
+    monkeypatch.setattr(F, "_save", spy)
+    F.categories_figure(rows, pats, tmp_path / "c.png")
+    by_text = {t.get_text(): t for t in seen["cat"]}
+    assert set(by_text) == {"7", "3", "343"}
+    (_, y7), (_, y3), (_, y343) = (by_text[k].get_position() for k in ("7", "3", "343"))
+    assert y343 == 0  # wide enough: inside the bar
+    assert {y7, y3} == {-0.31, 0.31}  # slivers: outside, one above and one below, so they cannot overlap
+    x7, x3 = by_text["7"].get_position()[0], by_text["3"].get_position()[0]
+    assert x7 == pytest.approx(3.5 / 353) and x3 == pytest.approx((7 + 1.5) / 353)  # over their own part

@@ -69,12 +69,14 @@ def _save(fig: Any, path: Path) -> Path:
 
 def _stacked(ax: Any, rows: Sequence[Mapping[str, Any]], benches: list[str], order: Sequence[str],
              colors: Mapping[str, str], title: str) -> None:
-    """Horizontal 100 % bars, one per benchmark, split by label; each part is annotated with its count."""
+    """Horizontal 100 % bars, one per benchmark, split by label; each part is annotated with its count: inside a
+    part wide enough for it, else in the gap above or below the bar (alternating, so neighbouring slivers' counts
+    do not overlap)."""
     from matplotlib.colors import to_rgb
 
     labels = list(order) + sorted({r["label"] for r in rows} - set(order))
     for bi, bench in enumerate(benches):
-        left = 0.0
+        left, outside = 0.0, 0
         for li, lab in enumerate(labels):
             hit = [r for r in rows if r["benchmark"] == bench and r["label"] == lab]
             if not hit:
@@ -86,6 +88,11 @@ def _stacked(ax: Any, rows: Sequence[Mapping[str, Any]], benches: list[str], ord
                 r, g, b = to_rgb(_color(lab, colors, li))
                 ink = "#111827" if 0.299 * r + 0.587 * g + 0.114 * b > 0.7 else "white"  # readable on light bars
                 ax.text(left + share / 2, bi, str(n), ha="center", va="center", fontsize=9, color=ink, weight="bold")
+            else:  # a sliver: its count in the 0.2 gap beside the bar (the y axis runs downwards)
+                above = outside % 2 == 0
+                ax.text(left + share / 2, bi - 0.31 if above else bi + 0.31, str(n), ha="center",
+                        va="bottom" if above else "top", fontsize=7.5, color="#111827")
+                outside += 1
             left += share
     ax.set_yticks(range(len(benches)), benches)
     ax.set_xlim(0, 1)
