@@ -131,6 +131,20 @@ def test_a_real_cluster_address_passes_the_handshake_check(cluster: Any) -> None
     check_reachable(f"ray://{address}", timeout_s=5)
 
 
+def test_workers_that_must_wait_for_busy_cpus_say_so_before_the_wait(cluster: Any,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: on a cluster whose CPUs another pool holds, a new pool waited silently (up to 900 s) for them. Now it
+    prints one line saying how many are free and why it waits; attaching to the running named pool needs nothing."""
+    from failtrace.scale.pool import shortfall_note
+
+    assert shortfall_note(2, 1.0, 0, POOL, 900) is None  # both named workers run: nothing new to place
+    spec = ModelSpec(str(cluster["folder"]))
+    with pytest.raises(FailtraceError, match=r"did not start within 3 s; does the cluster have 1 free CPUs"):
+        WorkerPool(spec, 1, start_timeout=3)
+    err = capsys.readouterr().err
+    assert "note: the Ray cluster has 0 of its 2 CPUs free; the 1 worker(s) to start need 1, so they wait" in err
+
+
 def test_a_ray_call_on_a_finished_pair_run_starts_nothing(cluster: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Before: every failure already paired, and the call still started a cluster and loaded the model in each
     worker (12.7 s against 2.6 s serially) to learn that nothing was left. Now it counts them, and so does the serial

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import re
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -170,6 +171,35 @@ def cpus_per_worker(workers: int, local: bool) -> int:
     return max(1, total // workers)
 
 
+def shortfall_note(workers: int, cpus_each: float, gpus_each: int, name: str | None, timeout: float) -> str | None:
+    """A line saying that the cluster's free CPUs (GPUs) are fewer than the workers still to start need, else None.
+
+    Ray queues an actor until its resources are free (another job may hold them, or an autoscaler may add a node), so
+    failtrace does not refuse: it says why nothing moves yet, instead of waiting silently up to ``timeout``. Workers of
+    a named pool that already run need nothing new."""
+    ray = require_ray()
+    missing = workers
+    if name is not None:
+        missing = sum(1 for i in range(workers) if not _actor_exists(ray, f"{name}-{i}"))
+    kind, each = ("GPU", gpus_each) if gpus_each else ("CPU", cpus_each)
+    need = missing * each
+    free = float(ray.available_resources().get(kind, 0.0))
+    if need <= 0 or free >= need:
+        return None
+    total = float(ray.cluster_resources().get(kind, 0.0))
+    return (f"note: the Ray cluster has {free:g} of its {total:g} {kind}s free; the {missing} worker(s) to start need "
+            f"{need:g}, so they wait until that many are free (up to {timeout:.0f} s; `ray status` shows what holds "
+            f"them)")
+
+
+def _actor_exists(ray: Any, name: str) -> bool:
+    try:
+        ray.get_actor(name, namespace=NAMESPACE)
+    except ValueError:
+        return False
+    return True
+
+
 @dataclass
 class Task:
     """One item's work: the actor method, its arguments, and the failures seen so far."""
@@ -194,6 +224,9 @@ class WorkerPool:
         self.spec, self.max_attempts, self.inflight, self.name = spec, max_attempts, inflight, name
         self.retried = 0  # items put back in the queue after their worker died
         gpus = 1 if spec.device.startswith("cuda") else 0
+        note = shortfall_note(workers, cpus_per_worker, gpus, name, start_timeout)
+        if note:
+            print(note, file=sys.stderr, flush=True)
         actor_cls = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus, max_restarts=max_restarts,
                                max_task_retries=0)(ModelWorker)
         if name is not None:  # named, detached actors outlive this driver: a later driver attaches to them
