@@ -858,3 +858,32 @@ def test_a_pair_search_without_a_pair_cannot_be_accepted(toy: dict[str, Any], tm
             assert r.status_code == 409 and "found no pair for" in r.json()["detail"], r.text
         assert c.get("/api/reviews").json()["reviews"] == []
     assert sha256(store) == before
+
+
+def test_a_write_another_sites_page_could_send_is_refused(toy: dict[str, Any], tmp_path: Path) -> None:
+    """A web page the reviewer visits can send a POST to a `serve --review` explorer (cross-site request forgery):
+    a ``no-cors`` fetch of a Blob has no Content-Type and needs no preflight, and its Host header is the explorer's
+    own. FastAPI before 0.132 (pyproject allows 0.110) parses such an untyped body as JSON; 0.132 and later answer 422,
+    so the explorer was safe only by the installed version. Now the explorer itself refuses a write that is not typed
+    JSON or that a browser says comes from another origin; the store is unchanged by a refused one."""
+    store = tmp_path / "csrf.duckdb"
+    shutil.copy(toy["store"], store)
+    case = toy["cases"][0]
+    body = json.dumps({"pair_run_id": case.pair_run_id, "item_id": case.item_id, "decision": "reject",
+                       "comment": "forged"}).encode()
+    with TestClient(create_app(store, review=True), base_url="http://127.0.0.1:8765") as c:
+        forged = [({}, 415),  # the Blob: no Content-Type at all
+                  ({"content-type": "text/plain"}, 415),  # a form or text body, also preflight-free
+                  ({"content-type": "application/json", "origin": "https://evil.example"}, 403),
+                  ({"content-type": "application/json", "origin": "null"}, 403),
+                  ({"content-type": "application/json", "sec-fetch-site": "cross-site"}, 403),
+                  ({"content-type": "application/json", "origin": "http://127.0.0.1:9999"}, 403)]
+        for headers, code in forged:
+            r = c.post("/api/reviews", content=body, headers=headers)
+            assert r.status_code == code, (headers, r.text)
+            assert "detail" in r.json()
+        assert c.get("/api/reviews").json()["reviews"] == []
+        own = {"content-type": "application/json", "origin": "http://127.0.0.1:8765", "sec-fetch-site": "same-origin"}
+        assert c.post("/api/reviews", content=body, headers=own).status_code == 201  # the explorer's page
+        assert c.post("/api/reviews", content=body, headers={"content-type": "application/json"}).status_code == 201
+        assert [r["comment"] for r in c.get("/api/reviews").json()["reviews"]] == ["forged", "forged"]

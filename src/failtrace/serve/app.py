@@ -7,7 +7,8 @@ Safety, by construction:
 - No request path reaches the filesystem: the front end's files are read from the package at start-up into a fixed
   map (:data:`STATIC_FILES`), and ``/static/{name}`` only looks names up in it.
 - Request bodies over :data:`MAX_BODY` bytes are refused (413) before they are read; the Host header must name the
-  address the server was started on (a page on another site cannot reach the API through DNS rebinding).
+  address the server was started on (a page on another site cannot reach the API through DNS rebinding); a write
+  must be JSON sent by the explorer's own page or a script (:func:`cross_site_write`: no cross-site request forgery).
 - Any unexpected error answers a one-line JSON 500 and logs one line, with no traceback (the API is written so
   that none occurs; a damaged store's line names the table, column and case).
 """
@@ -249,6 +250,26 @@ class HeadAsGet:
         await self.app({**scope, "method": "GET"}, receive, headers_only)
 
 
+def cross_site_write(headers: Any) -> tuple[int, str] | None:
+    """(status, reason) refusing a write another web page's script could send, else None.
+
+    A page on any site may POST to a loopback explorer (the Host header is then the explorer's own, so the host check
+    passes): FastAPI parses a body with *no* Content-Type as JSON, and a ``no-cors`` fetch of a Blob sends just
+    that, with no CORS preflight. So a write must say ``Content-Type: application/json`` (which a cross-site page can
+    only send after a preflight this server never grants), and a browser's ``Origin`` / ``Sec-Fetch-Site`` must be
+    this server's own page. Scripts (curl, requests) send neither header and pass."""
+    ctype = (headers.get("content-type") or "").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        return 415, "a write must send its body as JSON, with Content-Type: application/json"
+    site = headers.get("sec-fetch-site")
+    origin = headers.get("origin")
+    if site is not None and site not in ("same-origin", "none"):
+        return 403, f"a write from another site's page ({site}) is refused: use the explorer's own page"
+    if origin is not None and origin.split("://", 1)[-1] != headers.get("host"):
+        return 403, f"a write from another origin ({origin[:80]}) is refused: use the explorer's own page"
+    return None
+
+
 def create_app(store: str | Path, review: bool = False, allowed_hosts: list[str] | None = None) -> Any:
     """The FastAPI app over ``store``. ``allowed_hosts``: Host header values accepted (default: loopback names)."""
     from fastapi import FastAPI
@@ -292,6 +313,10 @@ def create_app(store: str | Path, review: bool = False, allowed_hosts: list[str]
             return JSONResponse({"detail": f"request body over {MAX_BODY} bytes"}, status_code=413)
         if request.method in ("POST", "PUT", "PATCH") and length is None:
             return JSONResponse({"detail": "a Content-Length header is required"}, status_code=411)
+        if request.method in ("POST", "PUT", "PATCH", "DELETE"):
+            refused = cross_site_write(request.headers)
+            if refused:
+                return JSONResponse({"detail": refused[1]}, status_code=refused[0])
         try:
             response = await call_next(request)
         except Exception as exc:  # noqa: BLE001 - answered here, Starlette's outer handler would log a traceback
