@@ -341,6 +341,25 @@ def test_a_rerun_records_the_run_on_rows_stored_before_runs_were(run: dict[str, 
     assert {p["series"] for p in D.checkpoint_rows(rows)} == {D.series_of(folders[0])}  # one series
 
 
+def test_a_rerun_counts_each_stored_row_once(run: dict[str, Any], tmp_path: Path) -> None:
+    """Two runs' step-0 folders hold the same weights, so they share one model's rows. A rerun said "10 rows stored
+    before" where the store held 5: it counted per folder. Now it counts the rows it found stored."""
+    from failtrace.training.compare import compare_checkpoints
+
+    folders = [str(run["results"][m].checkpoints[0]) for m in ("dpo", "sft")]
+    store = tmp_path / "s.duckdb"
+    shutil.copy(run["store"], store)
+    with open_store(store) as st:
+        st.con.execute("DROP TABLE IF EXISTS comparisons")
+        first = compare_checkpoints(st, folders, progress=False)
+        again = compare_checkpoints(st, folders, progress=False)
+        stored = st.con.execute("SELECT count(*) FROM comparisons WHERE step IS NOT NULL").fetchone()[0]
+    n = len(run["cases"])
+    assert len(set(first.fingerprints.values())) == 1  # the same weights
+    assert first.skipped == 0 and sum(first.written.values()) == n == stored
+    assert again.skipped == stored and sum(again.written.values()) == 0
+
+
 def test_a_trained_checkpoint_is_an_ordinary_model_folder(run: dict[str, Any]) -> None:
     """A trained step's config said use_cache false (trl's training setting: it generated without its KV cache), its
     weights were 0600 (safetensors' own mode: no one else on the machine could load them), and its metadata named

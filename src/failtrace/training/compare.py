@@ -155,6 +155,7 @@ def compare_checkpoints(store: ResultsStore, folders: Sequence[str], *, benchmar
     summary = CheckpointSummary(cases=len(cases), case_ids=[c.case_id for c in cases], metas=metas)
     done = done_comparisons(store, checkpoint=True)
     before = set(done)  # what a rerun finds stored (a step-0 shared by two folders of this call is not "before")
+    reused: set[tuple[str, str]] = set()  # rows, not folders: two step-0 folders share one model's rows
     for folder in folders:
         meta = metas[folder]
         lm = models[folder] if models else _load(folder, device)
@@ -163,7 +164,8 @@ def compare_checkpoints(store: ResultsStore, folders: Sequence[str], *, benchmar
         run = training_run_id(meta)
         fill_training_run(store, fp, run)  # rows stored before runs were recorded: one series
         todo = [c for c in cases if (c.case_id, fp) not in done]
-        summary.skipped += sum((c.case_id, fp) in before for c in cases)
+        reused |= {(c.case_id, fp) for c in cases if (c.case_id, fp) in before}
+        summary.skipped = len(reused)
         summary.written[folder] = 0
         for case in progress_over(todo, f"compare on {folder}", progress):
             row = checkpoint_row(lm, case, items[case.case_id], folder, fp, meta, run)
