@@ -557,3 +557,21 @@ def test_every_part_of_the_category_bars_carries_its_count(tmp_path, monkeypatch
     assert {y7, y3} == {-0.31, 0.31}  # slivers: outside, one above and one below, so they cannot overlap
     x7, x3 = by_text["7"].get_position()[0], by_text["3"].get_position()[0]
     assert x7 == pytest.approx(3.5 / 353) and x3 == pytest.approx((7 + 1.5) / 353)  # over their own part
+
+
+def test_drawing_the_graph_pictures_shows_progress(tmp_path, capsys):
+    """The graph pictures are most of a large report's time (353 cases: 70 of 97 s), which passed without a word.
+    Now a bar counts them (off a terminal, a line per picture), and only when asked."""
+    case = make_case(0, "ifeval", "M-IA", "URT", {"attnlrp": 1})
+    other = make_case(1, "ifeval", "M-IA", "URT", {"attnlrp": 2})
+    n = len(case.tokens)
+    for c in (case, other):
+        c.graph = {"stages": ["emb", "L0", "out"], "nodes": [[0, 1, 1.0], [2, n - 1, 0.5]],
+                   "edges": [[0, 1, 2, n - 1, 0.3]], "settings": {}, "objective_value": c.delta_logit}
+    plain = make_case(2, "ifeval", "M-IA", "URT", {"attnlrp": 1})  # no graph: not counted
+    build_report([case, other, plain], [], tmp_path / "quiet")
+    assert "graph pictures" not in capsys.readouterr().err
+    build_report([case, other, plain], [], tmp_path / "loud", progress=True)
+    err = capsys.readouterr().err
+    assert [ln.split(",")[0] for ln in err.splitlines()] == ["report: graph pictures: 1/2",
+                                                             "report: graph pictures: 2/2"], err

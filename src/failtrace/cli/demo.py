@@ -24,11 +24,11 @@ def demo_source() -> tuple[Any, list[Any], dict[str, Any]]:
     return resolve_benchmark("demo"), list(demo_items()), DEMO_SETTINGS.to_dict()
 
 
-def _report(st: Any, out: Path) -> Path:
+def _report(st: Any, out: Path, progress: bool = False) -> Path:
     """The report of the store (the newest cases with graphs and overrides, status rows, pairs)."""
     from failtrace.report.build import build_report_from_store
 
-    return Path(build_report_from_store(st, out)[0])
+    return Path(build_report_from_store(st, out, progress=progress)[0])
 
 
 def _print_summary(st: Any, run_id: str, report: Path, store_path: Path) -> None:
@@ -105,5 +105,5 @@ def demo_command(
         if pairs.pair_run_ids:
             analyse(st, case_settings, models={loaded.name: loaded}, pair_run_ids=pairs.pair_run_ids or None,
                     progress=progress)
-        report = _report(st, out / "report")
+        report = _report(st, out / "report", progress)
         _print_summary(st, run.run_id, report, store_path)

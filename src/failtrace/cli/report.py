@@ -21,6 +21,7 @@ def report_command(
     graphs: bool = typer.Option(True, "--graphs/--no-graphs", help="Draw each case's pruned graph."),
     title: str = typer.Option("failtrace report", "--title",
                               help='Page title ("": no heading; the tab shows the models instead).'),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Write a self-contained HTML report of the analysed failures (opens offline, no network)."""
     from failtrace.report.build import build_report_from_store
@@ -31,7 +32,8 @@ def report_command(
     check_store_path(store, create=False)
     check_output_dir(out, "--out")
     with open_store(store, read_only=True) as st:
-        index, n = build_report_from_store(st, out, benchmark=benchmark, graphs=graphs, title=title)
+        index, n = build_report_from_store(st, out, benchmark=benchmark, graphs=graphs, title=title,
+                                           progress=progress)
     typer.echo(f"report: {count_of(n, 'case')} -> {index}")
 
 

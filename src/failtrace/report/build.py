@@ -17,6 +17,7 @@ from typing import Any
 
 from failtrace.cases.record import Case
 from failtrace.errors import FailtraceError
+from failtrace.progress import progress_bar
 from failtrace.report import figures as F
 from failtrace.report import tables as T
 from failtrace.report._shared import AblationView, ablation_view, save_graph_png
@@ -120,8 +121,8 @@ def _ablation_view(case: Case, graph: Any) -> AblationView | None:
         return None
 
 
-def _graph_images(cases: Sequence[Case], graphs: GraphSource | None, out: Path,
-                  budget_bytes: int) -> tuple[dict[str, str], dict[str, tuple[str, AblationView]]]:
+def _graph_images(cases: Sequence[Case], graphs: GraphSource | None, out: Path, budget_bytes: int,
+                  progress: bool = False) -> tuple[dict[str, str], dict[str, tuple[str, AblationView]]]:
     """Draw each case's pruned graph to figures/graphs/<case_id>.png, and for NC-IA cases its Fig. 3 ablation view
     to figures/graphs/<case_id>-ablation.png; returns case_id -> data URI or relative path, and case_id -> (that,
     the view).
@@ -145,19 +146,26 @@ def _graph_images(cases: Sequence[Case], graphs: GraphSource | None, out: Path,
             return _data_uri(path)
         return path.relative_to(out).as_posix()
 
+    drawn = []
     for c in cases:
         graph = get(c.case_id)
         graph = graph if graph is not None else getattr(c, "graph", None)
-        if graph is None:
-            continue
-        srcs[c.case_id] = place(_draw_graph(c, graph, gdir / f"{c.case_id}.png"))
-        view = _ablation_view(c, graph)
-        if view is not None:
-            curve = [float(x) for x in c.category_evidence["ablation"].get("curve") or []]
-            title = f"{c.item_id}: ‹{plain_token(c.target_text)}› vs ‹{plain_token(c.contrast_text)}›"
-            path = ablation_figure(view, curve, c.tokens, c.special_mask, gdir / f"{c.case_id}-ablation.png",
-                                   title=title)
-            ablations[c.case_id] = (place(path), view)
+        if graph is not None:
+            drawn.append((c, graph))
+    bar = progress_bar(progress, "report: graph pictures", len(drawn))  # most of a large report's time
+    try:
+        for c, graph in drawn:
+            srcs[c.case_id] = place(_draw_graph(c, graph, gdir / f"{c.case_id}.png"))
+            view = _ablation_view(c, graph)
+            if view is not None:
+                curve = [float(x) for x in c.category_evidence["ablation"].get("curve") or []]
+                title = f"{c.item_id}: ‹{plain_token(c.target_text)}› vs ‹{plain_token(c.contrast_text)}›"
+                path = ablation_figure(view, curve, c.tokens, c.special_mask, gdir / f"{c.case_id}-ablation.png",
+                                       title=title)
+                ablations[c.case_id] = (place(path), view)
+            bar.advance()
+    finally:
+        bar.close()
     return srcs, ablations
 
 
@@ -189,7 +197,7 @@ def build_report(cases: Sequence[Case], status_rows: Sequence[StatusRow], out_di
                  pairs_rows: Sequence[Mapping[str, Any]] | None = None, *, overrides: T.Overrides | None = None,
                  graphs: GraphSource | None = None, title: str = "failtrace report",
                  inline_budget_mb: float = 8.0, comparisons: Sequence[Mapping[str, Any]] = (),
-                 answers: Mapping[str, dict[str, Any]] | None = None) -> Path:
+                 answers: Mapping[str, dict[str, Any]] | None = None, progress: bool = False) -> Path:
     """Write the report into ``out_dir`` and return the path of ``index.html``.
 
     ``pairs_rows`` (``store.pairs()``) adds the list of non-clean pairs with their reasons; ``overrides`` maps a
@@ -197,7 +205,8 @@ def build_report(cases: Sequence[Case], status_rows: Sequence[StatusRow], out_di
     (default: each case's own ``override``); ``graphs`` maps a case id to its pruned graph, a stored graph record or
     a PrunedGraph (a dict or a function; default: each case's own ``graph``; none: no picture); ``comparisons``
     (rows of the ``comparisons`` table) add the sections "Across models" / "Across checkpoints" (Fig. 4–7);
-    ``answers`` (``store.cases.case_answers``) shows each case's answer, the checker's reason and the fix.
+    ``answers`` (``store.cases.case_answers``) shows each case's answer, the checker's reason and the fix;
+    ``progress`` shows a bar while the graph pictures are drawn (about 0.2 s each).
     """
     from failtrace.report.compare_figs import across_sections
 
@@ -213,7 +222,7 @@ def build_report(cases: Sequence[Case], status_rows: Sequence[StatusRow], out_di
     tables = compute_tables(cases, status_rows, overrides)
     _write_tables(tables, out, pairs_rows)
     figs = _figures(tables, benches, out / "figures")
-    graph_srcs, ablations = _graph_images(cases, graphs, out, int(inline_budget_mb * 2**20))
+    graph_srcs, ablations = _graph_images(cases, graphs, out, int(inline_budget_mb * 2**20), progress)
     body = summary_section(tables, figs)
     if pairs_rows is not None:
         nc = _non_clean(pairs_rows)
@@ -236,7 +245,7 @@ def build_report(cases: Sequence[Case], status_rows: Sequence[StatusRow], out_di
 
 
 def build_report_from_store(st: Any, out_dir: str | Path, *, benchmark: str | None = None, graphs: bool = True,
-                            title: str = "failtrace report") -> tuple[Path, int]:
+                            title: str = "failtrace report", progress: bool = False) -> tuple[Path, int]:
     """The report of an open results store (what ``failtrace report`` and ``failtrace demo`` write): its newest cases
     (with their graphs and overrides), status rows and pairs, optionally one benchmark. Returns (index.html, cases)."""
     from failtrace.store.cases import case_answers, load_cases
@@ -252,4 +261,4 @@ def build_report_from_store(st: Any, out_dir: str | Path, *, benchmark: str | No
         rows = [r for r in rows if r.benchmark == benchmark]
         pairs = [p for p in pairs if p.get("benchmark") == benchmark]
     return build_report(cases, rows, out_dir, pairs, title=title, comparisons=comparisons,
-                        answers=case_answers(st, cases)), len(cases)
+                        answers=case_answers(st, cases), progress=progress), len(cases)
