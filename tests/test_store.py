@@ -32,6 +32,30 @@ def _gen(tokens: list[int], reason: str = "eos") -> GenerationRecord:
                             seconds=0.1)
 
 
+def test_a_reason_with_a_lone_surrogate_is_stored_and_read_back(tmp_path: Path) -> None:
+    """A HumanEval candidate raising ``ValueError(chr(0xd800))`` gave a fail whose reason quotes that message: the
+    commit raised "a value is not UTF-8 text" and the collect run stopped at the item (and again on every rerun, as
+    greedy decoding wrote the same answer). Now the verdict is stored with the character written out as its escape
+    (no terminal, page or JSON export could carry it); a pair's reason too."""
+    reason = "ValueError: the candidate raised ValueError: \ud800\x1b[2J"
+    with open_store(tmp_path / "s.duckdb") as st:
+        st.ensure_run(_run())
+        st.add_items("r1", "toy", _items())
+        it = _items()[0]
+        assert st.write_result("r1", it, _gen([5]), Verdict("fail", [reason], {"said": "\udfff"})) is True
+        [row] = st.results("r1")
+        assert row["reasons"] == [reason.replace("\ud800", "\\ud800")] and row["details"] == {"said": "\\udfff"}
+        json.dumps(row["reasons"], ensure_ascii=False).encode("utf-8")  # what an export or the explorer writes
+        st.ensure_run(RunRecord(run_id="p1", stage="pairs", benchmark="toy", model="m"))
+        assert st.write_pair("p1", "r1", it.id, "toy", {"status": "unverifiable", "reason": reason, "rollouts": 1,
+                                                          "checks": 1, "positions_walked": 1,
+                                                          "unverifiable_rollouts": 1,
+                                                          "hit_length_limit": False}) is True
+        [pair] = st.pairs("p1")
+        assert pair["reason"] == reason.replace("\ud800", "\\ud800")  # shown as its escape
+        pair["reason"].encode("utf-8")
+
+
 def test_new_store_has_schema_and_every_table(tmp_path: Path) -> None:
     with open_store(tmp_path / "s.duckdb") as st:
         assert st.schema_version == SCHEMA_VERSION

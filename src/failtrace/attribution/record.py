@@ -20,9 +20,11 @@ _VISIBLE = {" ": "·", "\n": "↵", "\t": "→", "\r": "␍", "\x7f": "␡"}
 def visible(token: str) -> str:
     """Show whitespace in a decoded token (space '·', newline '↵', tab '→', carriage return '␍') and every other
     control character as a symbol (ESC '␛', BEL '␇', C1 codes as \\x9b): a token from a tool's output must never
-    move the cursor or recolour the terminal it is printed on."""
+    move the cursor or recolour the terminal it is printed on. A lone surrogate (text a checker quoted from a
+    candidate) is shown as its escape, \\ud800: a terminal cannot be sent it at all."""
     return "".join(_VISIBLE.get(ch) or (chr(0x2400 + ord(ch)) if ord(ch) < 0x20 else
-                                        f"\\x{ord(ch):02x}" if 0x80 <= ord(ch) < 0xA0 else ch) for ch in token)
+                                        f"\\x{ord(ch):02x}" if 0x80 <= ord(ch) < 0xA0 else
+                                        f"\\u{ord(ch):04x}" if 0xD800 <= ord(ch) <= 0xDFFF else ch) for ch in token)
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from failtrace.store.records import now as _now
+from failtrace.store.records import storable
 from failtrace.store.schema import PAIR_COLUMNS_V3, PAIR_STATUSES
 
 
@@ -39,6 +40,8 @@ class PairsTable:
                 return False
             names = ["pair_run_id", "run_id", "item_id", "benchmark", *cols, "created_at"]
             values = [pair_run_id, run_id, item_id, benchmark] + [pair.get(c) for c in cols] + [_now()]
+            if isinstance(pair.get("reason"), str):  # it may quote a checker's reason (a candidate's own text)
+                values[4 + cols.index("reason")] = storable(pair["reason"])
             self.con.execute(f"INSERT INTO pairs ({', '.join(names)}) VALUES ({', '.join('?' * len(values))})",
                              values)
         return True

@@ -64,6 +64,23 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, sort_keys=True, default=str)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def storable(value: Any) -> Any:
+    """``value`` with each lone surrogate in its strings (lists and dicts walked) written out as the text of its
+    escape, ``\\ud800``: for text a checker quotes from a candidate (a HumanEval candidate raising
+    ``ValueError(chr(0xd800))``, JSON a model wrote). Such a character is not UTF-8: DuckDB refused the item's whole
+    commit and the run stopped there, and no terminal, web page or JSON export could carry it either."""
+    if isinstance(value, str):
+        return _SURROGATE.sub(lambda m: "\\u%04x" % ord(m.group()), value)
+    if isinstance(value, (list, tuple)):
+        return [storable(v) for v in value]
+    if isinstance(value, dict):
+        return {storable(k): storable(v) for k, v in value.items()}
+    return value
+
+
 def loads(text: str, where: str, store: Any = None) -> Any:
     """A JSON text column's value; text that is not JSON means a damaged store, said in one line (not a bug's
     traceback). ``where``: the column (and row) it came from; ``store``: its path, for the message."""

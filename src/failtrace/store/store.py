@@ -37,6 +37,7 @@ from failtrace.store.records import (
     parse_json_columns,
 )
 from failtrace.store.records import dumps as _dumps
+from failtrace.store.records import storable
 from failtrace.store.records import now as _now
 from failtrace.store.pairs_table import PairsTable
 from failtrace.store.runs_table import RunsTable
@@ -341,7 +342,8 @@ class ResultsStore(RunsTable, PairsTable):
             )
             self.con.execute(
                 "INSERT INTO verdicts VALUES (?, ?, ?, ?, ?, ?)",
-                [run_id, item.id, verdict.status, _dumps(verdict.reasons), _dumps(verdict.details), verdict_seconds],
+                [run_id, item.id, verdict.status, _dumps(storable(verdict.reasons)), _dumps(storable(verdict.details)),
+                 verdict_seconds],
             )
         return True
 
