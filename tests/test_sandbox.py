@@ -155,6 +155,15 @@ CASES: dict[str, Case] = {
         lambda h: toy("import os\nfor i in range(100_000):\n"
                       "    os.close(os.open('f%d' % i, os.O_CREAT | os.O_WRONLY))\n"),
         FAST, lambda r, h: "No space left on device" in r.reason),
+    "a lease on a file it owns (stalls every other process opening it)": (
+        lambda h: toy("import fcntl, os\nfd = os.open('lease', os.O_CREAT | os.O_RDONLY)\n"
+                      "fcntl.fcntl(fd, 1024, fcntl.F_RDLCK)\n"), FAST, lambda r, h: r.violation),
+    "take the host's whole AIO limit (io_setup)": (
+        lambda h: toy("import ctypes\nctx = ctypes.c_ulong(0)\n"
+                      "ctypes.CDLL(None).syscall(206, 65536, ctypes.byref(ctx))\n"), FAST, lambda r, h: r.violation),
+    "change the host's /dev/null": (
+        lambda h: toy("import os\nopen('/dev/null', 'w').write('still writable')\nos.utime('/dev/null', (0, 0))\n"),
+        FAST, lambda r, h: "Read-only file system" in r.reason and os.stat("/dev/null").st_mtime > 0),
     "ctypes segfault": (lambda h: toy("import ctypes\nctypes.string_at(0)\n"), FAST,
                         lambda r, h: "SIGSEGV" in r.reason),
     "deep recursion": (lambda h: toy("import sys\nsys.setrecursionlimit(10 ** 7)\n"

@@ -104,6 +104,8 @@ def build_root(spec):
     for name in spec["devices"]:
         open(root + "/dev/" + name, "w").close()
         mount("/dev/" + name, root + "/dev/" + name, None, MS_BIND)
+        # read-only: the node's times and mode stay the host's (a device is still written through a read-only mount)
+        mount(None, root + "/dev/" + name, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID)
     os.mkdir(root + "/work")
     mount("failtrace-work", root + "/work", "tmpfs", safe, spec["disk"])
     for name in os.listdir(spec["inputs"]):

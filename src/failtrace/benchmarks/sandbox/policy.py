@@ -53,6 +53,8 @@ FORBIDDEN_X86_64 = {
     "disk outside the limit": {"fallocate": 285},
     # host-wide work: sync() makes the kernel write back every dirty page of every file system on the host
     "host-wide work": {"sync": 162, "syncfs": 306},
+    # host-wide limits: io_setup(65536) took the whole fs.aio-max-nr, so no process on the host could set up AIO
+    "host-wide limits": {"io_setup": 206},
     "signals and tracing": {"kill": 62, "tkill": 200, "tgkill": 234, "rt_sigqueueinfo": 129,
                             "rt_tgsigqueueinfo": 297, "pidfd_send_signal": 424, "pidfd_open": 434,
                             "pidfd_getfd": 438, "ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311},
@@ -66,8 +68,11 @@ FORBIDDEN_X86_64 = {
 # the newest call number this table was written against (open_tree_attr, Linux 6.15): every newer one gets ENOSYS,
 # as on a kernel that lacks it (libc falls back), so a call added later cannot slip past a list that predates it
 NEWEST_KNOWN = 467
-SYS_CLONE, SYS_CLONE3, SYS_PRCTL = 56, 435, 157
+SYS_CLONE, SYS_CLONE3, SYS_PRCTL, SYS_FCNTL = 56, 435, 157, 72
 PR_SET_PDEATHSIG = 1  # prctl option: the child sets it before the filter; cleared, the child would outlive failtrace
+# fcntl command: a lease on a file the child owns (not run as root, it is its user namespace's root, which owns the
+# user's own Python install) made every other process opening that file wait, up to the lease-break time (45 s)
+F_SETLEASE = 1024
 
 
 @dataclass(frozen=True)
@@ -109,19 +114,22 @@ def seccomp_filter() -> bytes | None:
     Checked in order: wrong architecture or an x32 call number -> kill; a number above NEWEST_KNOWN -> ENOSYS;
     clone without CLONE_THREAD (a new process, not a thread) -> kill; clone3 -> ENOSYS, so libc falls back to
     clone, whose flags the filter can read; prctl(PR_SET_PDEATHSIG, ...) -> kill (the parent-death signal set
-    before the filter must stay); any FORBIDDEN_X86_64 call -> kill; everything else -> allow. Offsets are into
-    struct seccomp_data (nr at 0, arch at 4, args[0] low 32 bits at 16 on little-endian)."""
+    before the filter must stay); fcntl(fd, F_SETLEASE, ...) -> kill; any FORBIDDEN_X86_64 call -> kill; everything
+    else -> allow. Offsets are into struct seccomp_data (nr at 0, arch at 4, the low 32 bits of args[0] at 16 and of
+    args[1] at 24, on little-endian)."""
     if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
         return None
     numbers = sorted({n for group in FORBIDDEN_X86_64.values() for n in group.values()})
     code: list[tuple[int, str | int, str | int, int]] = [
         (_LD_W_ABS, 0, 0, 4), (_JEQ, 0, "kill", AUDIT_ARCH_X86_64), (_LD_W_ABS, 0, 0, 0),
-        (_JGE, "kill", 0, X32_BIT), (_JGE, "enosys", 0, NEWEST_KNOWN + 1), (_JEQ, "clone", 0, SYS_CLONE), (_JEQ, "enosys", 0, SYS_CLONE3),
-        (_JEQ, "prctl", 0, SYS_PRCTL), *[(_JEQ, "kill", 0, n) for n in numbers], (_RET, 0, 0, SECCOMP_RET_ALLOW)]
-    n = len(code)  # the tail, jumps forward only (BPF): prctl's option, clone's flags, then the three returns
-    labels = {"prctl": n, "clone": n + 2, "kill": n + 4, "enosys": n + 5, "allow": n + 6}
+        (_JGE, "kill", 0, X32_BIT), (_JGE, "enosys", 0, NEWEST_KNOWN + 1),
+        (_JEQ, "clone", 0, SYS_CLONE), (_JEQ, "enosys", 0, SYS_CLONE3), (_JEQ, "prctl", 0, SYS_PRCTL),
+        (_JEQ, "fcntl", 0, SYS_FCNTL), *[(_JEQ, "kill", 0, n) for n in numbers], (_RET, 0, 0, SECCOMP_RET_ALLOW)]
+    n = len(code)  # the tail, jumps forward only (BPF): prctl's option, clone's flags, fcntl's command, the returns
+    labels = {"prctl": n, "clone": n + 2, "fcntl": n + 4, "kill": n + 6, "enosys": n + 7, "allow": n + 8}
     code += [(_LD_W_ABS, 0, 0, 16), (_JEQ, "kill", "allow", PR_SET_PDEATHSIG),
              (_LD_W_ABS, 0, 0, 16), (_JSET, "allow", "kill", CLONE_THREAD),
+             (_LD_W_ABS, 0, 0, 24), (_JEQ, "kill", "allow", F_SETLEASE),
              (_RET, 0, 0, SECCOMP_RET_KILL_PROCESS), (_RET, 0, 0, SECCOMP_RET_ERRNO | ENOSYS),
              (_RET, 0, 0, SECCOMP_RET_ALLOW)]
     out = b""
