@@ -181,6 +181,14 @@ def test_nan_inside_a_list_is_equal_to_nothing_either(tmp_path: Path) -> None:
     assert expected == "fail"
     assert bench.check(item, "    return [x / x if x else float('nan')]\n").status == expected
     assert bench.check(item, "    return [x / x if x else 0.5]\n").status == "fail"
+    (tmp_path / "set").mkdir()
+    bench, item = _one_task(tmp_path / "set", {  # a set too (set equality also compares identity first)
+        "task_id": "Toy/8", "prompt": 'def f(x: float) -> set:\n    """{x over x}."""\n', "entry_point": "f",
+        "canonical_solution": "    return {x / x if x else float('nan')}\n",
+        "test": "def check(candidate):\n    assert candidate(2.0) == {1.0}\n", "base_input": [[2.0]],
+        "plus_input": [[0.0]]})
+    assert {float("nan")} != {float("nan")}  # as EvalPlus holds them
+    assert bench.check(item, "    return {x / x if x else float('nan')}\n").status == "fail"
 
 
 def test_the_tolerance_needs_the_expected_type(tmp_path: Path) -> None:

@@ -52,9 +52,9 @@ def __failtrace_plus_check():
                                         and all(isinstance(v, float) for v in x))
 
     def has_nan(x):  # json gives every NaN it decodes as one object, and == on lists compares identity first
-        if isinstance(x, float):
+        if isinstance(x, (float, complex)):
             return x != x
-        if isinstance(x, (list, tuple)):
+        if isinstance(x, (list, tuple, set, frozenset)):
             return any(has_nan(v) for v in x)
         if isinstance(x, dict):
             return any(has_nan(v) for v in x.values()) or any(has_nan(k) for k in x)
