@@ -783,6 +783,34 @@ def test_without_resume_state_nothing_is_kept_and_a_rerun_starts_over(run: dict[
     assert again.losses == run["results"]["sft"].losses  # the same training, from step 0
 
 
+def test_a_resume_state_missing_its_weights_or_with_an_empty_file_is_not_resumed_from(
+        run: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the trainer state, optimiser and scheduler files were required to exist: a checkpoint without its weights
+    (a kill while .resume was being removed) was resumed from, and every rerun crashed in transformers ("Can't find
+    a valid checkpoint", exit 70) until the user deleted .resume by hand. Now a checkpoint must be whole, weights
+    included and no file empty; else the rerun trains from step 0 (and says so)."""
+    from failtrace.training.resume import resume_point
+
+    out = tmp_path / "gone"
+    _stopped_after_step_4(run, out, _settings(), monkeypatch)
+    ck = out / ".resume" / "checkpoint-3"
+    identity = json.loads((out / ".resume" / "identity.json").read_text())
+    assert resume_point(out, identity) == (ck, 3)
+    weights = ck / "model.safetensors"
+    saved = weights.read_bytes()
+    weights.unlink()
+    assert resume_point(out, identity) == (None, None)
+    weights.write_bytes(saved)
+    assert resume_point(out, identity) == (ck, 3)
+    (ck / "optimizer.pt").write_bytes(b"")
+    assert resume_point(out, identity) == (None, None)
+    weights.unlink()
+    with open_store(run["store"], read_only=True) as st:
+        again = finetune(st, run["lm"], out, _settings())
+    assert again.resumed_from is None and again.restarted_over == 3
+    assert again.losses == run["results"]["sft"].losses
+
+
 def test_a_trainer_state_cut_short_is_not_resumed_from(run: dict[str, Any], tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """Killed while transformers wrote checkpoint-3's trainer_state.json (the file it writes last): that checkpoint

@@ -19,6 +19,20 @@ from typing import Any
 RESUME_DIR = ".resume"
 IDENTITY_FILE = "identity.json"
 _NEEDED = ("trainer_state.json", "optimizer.pt", "scheduler.pt")  # what transformers reads to continue exactly
+# and the weights, in one of the forms transformers' Trainer loads a checkpoint from (else "Can't find a valid
+# checkpoint", a crash on every rerun)
+_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
+            "adapter_model.safetensors", "adapter_model.bin")
+
+
+def _whole(checkpoint: Path) -> bool:
+    """Every file transformers reads to continue is there and not empty (a kill while the folder was written, or
+    while it was removed, leaves some missing or empty)."""
+    def nonempty(name: str) -> bool:
+        f = checkpoint / name
+        return f.is_file() and f.stat().st_size > 0
+
+    return all(nonempty(f) for f in _NEEDED) and any(nonempty(f) for f in _WEIGHTS)
 
 
 def _interrupted_run(out: str | Path, identity: dict[str, Any]) -> bool:
@@ -39,7 +53,7 @@ def resume_point(out: str | Path, identity: dict[str, Any]) -> tuple[Path | None
         return None, None
     every = int(identity["settings"]["save_every"])
     steps = sorted((n, p) for p in folder.glob("checkpoint-*") if (n := numbered(p.name, "checkpoint-")) is not None
-                   and all((p / f).is_file() for f in _NEEDED))
+                   and _whole(p))
     for step, path in reversed(steps):  # the newest whole one: a run killed while saving leaves the older too
         ours = [step_folder(out, k) / METADATA_FILE for k in range(0, step + 1, every)]
         if step % every == 0 and all(f.is_file() for f in ours) and _state_step(path) == step:
