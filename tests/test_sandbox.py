@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -161,9 +162,12 @@ CASES: dict[str, Case] = {
     "take the host's whole AIO limit (io_setup)": (
         lambda h: toy("import ctypes\nctx = ctypes.c_ulong(0)\n"
                       "ctypes.CDLL(None).syscall(206, 65536, ctypes.byref(ctx))\n"), FAST, lambda r, h: r.violation),
-    "change the host's /dev/null": (
-        lambda h: toy("import os\nopen('/dev/null', 'w').write('still writable')\nos.utime('/dev/null', (0, 0))\n"),
-        FAST, lambda r, h: "Read-only file system" in r.reason and os.stat("/dev/null").st_mtime > 0),
+    "change the host's /dev/null": (  # (writing to it still works: the marker says the write got through)
+        lambda h: toy("import os\nopen('/dev/null', 'w').write('still writable')\n"
+                      "try:\n    os.utime('/dev/null', (0, 0))\nexcept OSError as e:\n"
+                      "    raise RuntimeError('written, then utime refused: ' + str(e)) from None\n"),
+        FAST, lambda r, h: "written, then utime refused: [Errno 30] Read-only file system" in r.reason
+        and os.stat("/dev/null").st_mtime > 0),
     "ctypes segfault": (lambda h: toy("import ctypes\nctypes.string_at(0)\n"), FAST,
                         lambda r, h: "SIGSEGV" in r.reason),
     "deep recursion": (lambda h: toy("import sys\nsys.setrecursionlimit(10 ** 7)\n"
@@ -566,3 +570,40 @@ def test_an_installed_answer_key_under_a_bind_is_hidden(monkeypatch: pytest.Monk
     monkeypatch.setattr(policy, "answer_keys", lambda binds: [shown])
     run = run_program(sandbox.isolation(), f"import os\nprint(os.listdir({shown!r}))\n", FAST, {})
     assert run.ok and run.stdout.strip() == "[]", run
+
+
+_LOCKED = """
+import os, subprocess, sys, tempfile
+from failtrace.benchmarks.sandbox import policy
+from failtrace.benchmarks.sandbox.policy import Isolation, SandboxLimits
+from failtrace.benchmarks.sandbox.runner import run_program
+
+folder = tempfile.mkdtemp()
+subprocess.run(["mount", "-t", "tmpfs", "-o", "noexec,nosuid,nodev,noatime,size=1m", "locked", folder], check=True)
+open(os.path.join(folder, "seen.txt"), "w").write("inside")
+real = policy.read_only_binds
+policy.read_only_binds = lambda: real() + [folder]
+iso = Isolation(namespaces=True, user_namespace=True, filesystem=True, seccomp=False)
+run = run_program(iso, "print(open(%r).read())" % os.path.join(folder, "seen.txt"),
+                  SandboxLimits(wall_s=10, cpu_s=4, memory_mb=512, disk_mb=16), {})
+print(run.status, run.stdout.strip(), run.reason)
+subprocess.run(["umount", folder], check=True)
+os.rmdir(folder)
+"""
+
+
+def test_a_bind_of_a_noexec_noatime_mount_still_builds_the_root() -> None:
+    """In a user namespace the flags of a mount copied from the host are locked: the read-only remount of a bind
+    (and of the device nodes) that did not repeat them failed with EPERM where the host mounts /dev or a bound
+    folder noexec or noatime, and isolation() then fell back, silently, to a plan without namespaces. Now each
+    remount keeps the source's flags. Run in a mount namespace of its own, where a noexec,nosuid,nodev,noatime
+    tmpfs is added to the binds."""
+    if not sandbox.expected_layers()["namespaces"]:
+        pytest.skip("this machine offers no namespaces (unshare fails); test_every_claimed_layer_is_in_force "
+                    "covers machines that claim them")
+    user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
+    env = {**os.environ, "PYTHONPATH": str(Path(sandbox.__file__).parents[3])}
+    out = subprocess.run(["unshare", *user, "--mount", "--propagation", "private", sys.executable, "-c", _LOCKED],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[:2] == ["ok", "inside"], out.stdout

@@ -409,3 +409,13 @@ def test_token_text_reads_on_every_shade_of_the_scale() -> None:
     pairs = re.findall(r"38;2;(\d+);(\d+);(\d+);48;2;(\d+);(\d+);(\d+)m", ansi)
     assert len(pairs) > 50
     assert min(_wcag(tuple(map(int, p[:3])), tuple(map(int, p[3:]))) for p in pairs) >= 4.5
+
+
+def test_a_lone_surrogate_is_shown_as_its_escape() -> None:
+    """A checker's reason may quote a candidate's lone surrogate; printed raw it made the terminal view raise
+    (UTF-8 cannot encode it). It is shown as the escape's text, as control characters are shown as symbols."""
+    from failtrace.attribution.record import visible
+    from failtrace.views.common import prose_line
+
+    assert visible("a\ud800b") == "a\\ud800b" and prose_line("x \udfff\x1b") == "x \\udfff\u241b"
+    prose_line("x \udfff").encode("utf-8")

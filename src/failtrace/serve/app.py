@@ -257,15 +257,18 @@ def cross_site_write(headers: Any) -> tuple[int, str] | None:
     passes): FastAPI parses a body with *no* Content-Type as JSON, and a ``no-cors`` fetch of a Blob sends just
     that, with no CORS preflight. So a write must say ``Content-Type: application/json`` (which a cross-site page can
     only send after a preflight this server never grants), and a browser's ``Origin`` / ``Sec-Fetch-Site`` must be
-    this server's own page. Scripts (curl, requests) send neither header and pass."""
+    this server's own page: ``Sec-Fetch-Site`` (which a page's script cannot set) says so where the browser sends
+    it, which also holds behind a proxy that rewrites the Host header; else the ``Origin`` must name the Host. Scripts
+    (curl with a JSON Content-Type, requests' ``json=``) send neither header and pass."""
     ctype = (headers.get("content-type") or "").split(";")[0].strip().lower()
     if ctype != "application/json":
         return 415, "a write must send its body as JSON, with Content-Type: application/json"
     site = headers.get("sec-fetch-site")
     origin = headers.get("origin")
-    if site is not None and site not in ("same-origin", "none"):
-        return 403, f"a write from another site's page ({site}) is refused: use the explorer's own page"
-    if origin is not None and origin.split("://", 1)[-1] != headers.get("host"):
+    if site is not None:
+        if site.lower() not in ("same-origin", "none"):
+            return 403, f"a write from another site's page ({site[:40]}) is refused: use the explorer's own page"
+    elif origin is not None and origin.split("://", 1)[-1].lower() != (headers.get("host") or "").lower():
         return 403, f"a write from another origin ({origin[:80]}) is refused: use the explorer's own page"
     return None
 

@@ -75,6 +75,21 @@ def drop_capabilities(libc, switch_user):
 
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MNT_DETACH = 1, 2, 4, 32, 4096, 2
+# statvfs flag -> mount flag of what a read-only remount must keep: in a user namespace the host's flags on a copied
+# mount are locked, and a remount that drops one (noexec on /dev, noatime, ...) fails with EPERM
+_KEPT = ((2, MS_NOSUID), (4, MS_NODEV), (8, 8), (1024, 1024), (2048, 2048), (4096, 1 << 21))
+
+
+def kept_flags(path):
+    """The mount flags of ``path``'s mount that a remount of a bind of it must repeat (see _KEPT)."""
+    import os
+
+    have = os.statvfs(path).f_flag
+    out = 0
+    for st_flag, ms_flag in _KEPT:
+        if have & st_flag:
+            out |= ms_flag
+    return out
 
 
 def build_root(spec):
@@ -97,9 +112,10 @@ def build_root(spec):
     for path in spec["binds"]:
         os.makedirs(root + path)
         mount(path, root + path, None, MS_BIND)
-        mount(None, root + path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | safe)
+        mount(None, root + path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | safe | kept_flags(path))
     for path in spec.get("hide", ()):  # answer keys under a bind (policy.answer_keys): an empty folder instead
-        mount("failtrace-hidden", root + path, "tmpfs", MS_RDONLY | safe, "size=4k,mode=0555")
+        if os.path.isdir(root + path):  # (a separate mount below a bind is not in the new root: nothing to hide)
+            mount("failtrace-hidden", root + path, "tmpfs", MS_RDONLY | safe, "size=4k,mode=0555")
     for path, target in spec["links"].items():
         os.symlink(target, root + path)
     os.mkdir(root + "/dev")
@@ -107,7 +123,8 @@ def build_root(spec):
         open(root + "/dev/" + name, "w").close()
         mount("/dev/" + name, root + "/dev/" + name, None, MS_BIND)
         # read-only: the node's times and mode stay the host's (a device is still written through a read-only mount)
-        mount(None, root + "/dev/" + name, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID)
+        mount(None, root + "/dev/" + name, None,
+              MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | kept_flags("/dev/" + name))
     os.mkdir(root + "/work")
     mount("failtrace-work", root + "/work", "tmpfs", safe, spec["disk"])
     for name in os.listdir(spec["inputs"]):
