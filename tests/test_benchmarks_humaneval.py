@@ -189,6 +189,14 @@ def test_nan_inside_a_list_is_equal_to_nothing_either(tmp_path: Path) -> None:
         "plus_input": [[0.0]]})
     assert {float("nan")} != {float("nan")}  # as EvalPlus holds them
     assert bench.check(item, "    return {x / x if x else float('nan')}\n").status == "fail"
+    (tmp_path / "dict").mkdir()  # with a tolerance, a dict goes through the close() comparison: NaN there too
+    bench, item = _one_task(tmp_path / "dict", {
+        "task_id": "Toy/9", "prompt": 'def f(x: float) -> dict:\n    """{"r": x over x}."""\n', "entry_point": "f",
+        "canonical_solution": "    return {'r': x / x if x else float('nan')}\n", "atol": 1e-6,
+        "test": "def check(candidate):\n    assert candidate(2.0) == {'r': 1.0}\n", "base_input": [[2.0]],
+        "plus_input": [[0.0]]})
+    assert {"r": float("nan")} != {"r": float("nan")}
+    assert bench.check(item, "    return {'r': x / x if x else float('nan')}\n").status == "fail"
 
 
 def test_the_tolerance_needs_the_expected_type(tmp_path: Path) -> None:
