@@ -3,8 +3,9 @@
 Shipped as source (after ``plain.py``) into ``python -I -S -B -c`` inside the namespaces the runner set up, it
 builds its new root, sets the resource limits, drops to the run's own user id (when the host runs as root) and every
 capability, installs the seccomp filter and then either runs a whole program (``mode == "run"``) or loads the
-candidate function and answers calls sent by the judge over a pipe (``mode == "serve"``). Nothing here decides a verdict: the code that follows may
-rewrite any of it and can then only change what it answers, exactly as a function can. Standard library only.
+candidate function and answers calls sent by the judge over a pipe (``mode == "serve"``). Nothing here decides a
+verdict: the code that follows may rewrite any of it and can then only change what it answers, exactly as a function
+can. Standard library only.
 """
 
 try:  # inside the package for linters and tests; in the child these names come from plain.py's source before this
