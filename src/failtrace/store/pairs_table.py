@@ -39,9 +39,8 @@ class PairsTable:
                                 [pair_run_id, item_id]).fetchone()[0]:
                 return False
             names = ["pair_run_id", "run_id", "item_id", "benchmark", *cols, "created_at"]
+            pair = {**pair, "reason": storable(pair.get("reason"))}  # it may quote a candidate's text via a checker
             values = [pair_run_id, run_id, item_id, benchmark] + [pair.get(c) for c in cols] + [_now()]
-            if isinstance(pair.get("reason"), str):  # it may quote a checker's reason (a candidate's own text)
-                values[4 + cols.index("reason")] = storable(pair["reason"])
             self.con.execute(f"INSERT INTO pairs ({', '.join(names)}) VALUES ({', '.join('?' * len(values))})",
                              values)
         return True

@@ -76,9 +76,12 @@ def drop_capabilities(libc, switch_user):
 
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MNT_DETACH = 1, 2, 4, 32, 4096, 2
-# statvfs flag -> mount flag of what a read-only remount must keep: in a user namespace the host's flags on a copied
-# mount are locked, and a remount that drops one (noexec on /dev, noatime, ...) fails with EPERM
-_KEPT = ((2, MS_NOSUID), (4, MS_NODEV), (8, 8), (1024, 1024), (2048, 2048), (4096, 1 << 21))
+MS_NOEXEC, MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 8, 1024, 2048, 1 << 21
+ST_NOSUID, ST_NODEV, ST_NOEXEC, ST_NOATIME, ST_NODIRATIME, ST_RELATIME = 2, 4, 8, 1024, 2048, 4096  # statvfs f_flag
+# what a read-only remount must keep: in a user namespace the host's flags on a copied mount are locked, and a
+# remount that drops one (noexec on /dev, noatime, ...) fails with EPERM
+_KEPT = ((ST_NOSUID, MS_NOSUID), (ST_NODEV, MS_NODEV), (ST_NOEXEC, MS_NOEXEC), (ST_NOATIME, MS_NOATIME),
+         (ST_NODIRATIME, MS_NODIRATIME), (ST_RELATIME, MS_RELATIME))
 
 
 def kept_flags(path):
