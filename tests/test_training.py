@@ -861,3 +861,37 @@ def test_step_folders_are_numbered_in_ascii_digits_only() -> None:
 
     assert numbered("step-12", "step-") == 12 and numbered("checkpoint-0", "checkpoint-") == 0
     assert [numbered(n, "step-") for n in ("step-²", "step-７", "step-", "step-1a", "steps-1", "x-step-1")] == [None] * 6
+
+
+def test_a_run_killed_while_saving_its_last_step_resumes_there_when_steps_is_no_multiple_of_save_every(
+        run: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--steps 5 --save-every 3: the trainer's last checkpoint is step 5 (it replaced step 3's), and failtrace saves
+    step-5 after training. Killed while writing step-5, the rerun found only checkpoint-5, took it for no saved step
+    (5 is no multiple of 3) and trained all five steps again. Now it continues from step 5: no step is trained again,
+    and step-5 equals an uninterrupted run's."""
+    import failtrace.training.checkpoints as ck
+
+    settings = _settings(steps=5)
+    with open_store(run["store"], read_only=True) as st:
+        ref = finetune(st, run["lm"], tmp_path / "whole", settings)
+    out, save = tmp_path / "killed", ck.save_checkpoint
+
+    def killed_at_the_last_step(model: Any, tokenizer: Any, folder: Any, step: int, *args: Any, **kw: Any) -> Path:
+        if step == 5:
+            raise KeyboardInterrupt
+        return save(model, tokenizer, folder, step, *args, **kw)
+
+    monkeypatch.setattr(ck, "save_checkpoint", killed_at_the_last_step)
+    with pytest.raises(KeyboardInterrupt), open_store(run["store"], read_only=True) as st:
+        finetune(st, run["lm"], out, settings)
+    monkeypatch.setattr(ck, "save_checkpoint", save)
+    assert sorted(p.name for p in (out / ".resume").glob("checkpoint-*")) == ["checkpoint-5"]
+    done: list[int] = []
+    with _with_callback(monkeypatch, _steps_callback(seen=done)), open_store(run["store"], read_only=True) as st:
+        again = finetune(st, run["lm"], out, settings)
+    assert done == [] and again.resumed_from == 5 and again.restarted_over is None
+    assert [p.name for p in again.checkpoints] == ["step-0", "step-3", "step-5"] and again.losses == ref.losses
+    got, want = _weights(out / "step-5"), _weights(ref.out / "step-5")
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    assert read_metadata(out / "step-5")["loss_history"] == read_metadata(ref.out / "step-5")["loss_history"]
+    assert not (out / ".resume").exists()

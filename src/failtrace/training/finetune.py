@@ -231,6 +231,17 @@ def _quiet_logs(trainer: Any, progress: bool) -> None:
         trainer.add_callback(BarOnly())
 
 
+def _take_last_step(trainer: Any, checkpoint: Path) -> None:
+    """The run was killed after its last step, while failtrace saved that step's folder: the trainer's checkpoint
+    of the last step becomes the trainer's weights and state, with no training. (``train(resume_from_checkpoint=)``
+    trains one step past ``max_steps`` when the last step ends inside an epoch: transformers 5.25.) The weights are
+    loaded by the trainer's own loader, the one ``train()`` uses, for every weight format it saves."""
+    from transformers import TrainerState
+
+    trainer._load_from_checkpoint(str(checkpoint))
+    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+
+
 def finetune(data: TrainingData | ResultsStore, lm: Any, out: str | Path, settings: FinetuneSettings,
              progress: bool = False) -> FinetuneResult:
     """Train ``lm`` (a :class:`~failtrace.models.LoadedModel`) by ``settings.method`` on ``data`` (or a store's:
@@ -284,8 +295,11 @@ def finetune(data: TrainingData | ResultsStore, lm: Any, out: str | Path, settin
             warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)
             trainer = _trainer(settings, lm, [by_id[c] for c in trained], work, progress, callback)
         _quiet_logs(trainer, progress)
-        with _quiet_transformers():  # no "Writing model shards" bar per resume save; trl's own bar stays
-            trainer.train(resume_from_checkpoint=str(state) if state is not None else None)
+        if state is not None and resumed == settings.steps:
+            _take_last_step(trainer, state)
+        else:
+            with _quiet_transformers():  # no "Writing model shards" bar per resume save; trl's own bar stays
+                trainer.train(resume_from_checkpoint=str(state) if state is not None else None)
         losses = [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h]
         if settings.steps % settings.save_every:
             saved.append(save_checkpoint(trainer.model, lm.tokenizer, out, trainer.state.global_step,

@@ -3,8 +3,9 @@
 The folder holds the run's identity (``identity.json``: method, settings, base model fingerprint and vocabulary,
 the trained / held-out split, library versions) and transformers' own newest trainer checkpoint (``checkpoint-N``:
 weights, optimiser, scheduler, RNG and trainer state). transformers writes and rotates the checkpoints; this module
-only decides whether a rerun may continue from one: the identity must be equal and failtrace's own ``step-K``
-folders up to N must all be there, else the run starts again from step 0.
+only decides whether a rerun may continue from one: the identity must be equal, N a saved step (a multiple of
+``save_every``, or the last step) and failtrace's own ``step-K`` folders up to N must all be there (the last step's
+is written after training: a rerun from there trains nothing and writes it), else the run starts again from step 0.
 """
 
 from __future__ import annotations
@@ -51,12 +52,14 @@ def resume_point(out: str | Path, identity: dict[str, Any]) -> tuple[Path | None
     folder = Path(out) / RESUME_DIR
     if not _interrupted_run(out, identity):
         return None, None
-    every = int(identity["settings"]["save_every"])
+    every, last = int(identity["settings"]["save_every"]), int(identity["settings"]["steps"])
     steps = sorted((n, p) for p in folder.glob("checkpoint-*") if (n := numbered(p.name, "checkpoint-")) is not None
                    and _whole(p))
     for step, path in reversed(steps):  # the newest whole one: a run killed while saving leaves the older too
+        # the trainer saves every `every` steps and at the last step; failtrace's step folder of the last step is
+        # written after training, so up to the last multiple of `every` only (the rerun writes the last one)
         ours = [step_folder(out, k) / METADATA_FILE for k in range(0, step + 1, every)]
-        if step % every == 0 and all(f.is_file() for f in ours) and _state_step(path) == step:
+        if (step % every == 0 or step == last) and all(f.is_file() for f in ours) and _state_step(path) == step:
             return path, step
     return None, None
 
