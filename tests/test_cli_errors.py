@@ -15,6 +15,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -540,7 +541,8 @@ def test_store_locked_by_another_writer(work: Path, tmp_path: Path, capsys: pyte
             argv = [a.replace("{w}", str(work)) for a in argv]
             assert main(argv) == 2
             err = capsys.readouterr().err.strip()
-            assert err.startswith("error: ") and len(err.splitlines()) == 1 and f"in use by process {holder.pid} " in err
+            assert err.startswith("error: ") and len(err.splitlines()) == 1
+            assert f"in use by process {holder.pid} " in err
             assert str(store) in err and "must-not-load" not in err
         assert hashlib.sha256(store.read_bytes()).hexdigest() == digest
     finally:
@@ -817,3 +819,30 @@ def test_a_long_load_warning_is_one_line(capsys: pytest.CaptureFixture[str]) -> 
     problem = "file.json: " + "word " * 60 + "[not markup]"
     _warn_problems([problem, "short"])
     assert capsys.readouterr().err == f"warning: {problem}\nwarning: short\n"
+
+
+def test_ctrl_c_while_python_exits_is_no_traceback(tmp_path: Path) -> None:
+    """A Ctrl-C (or SIGTERM) after the command has returned, while Python runs libraries' exit hooks (Ray stops its
+    cluster from one; threads are joined), printed Python's ``Exception ignored in atexit callback`` traceback (seen
+    with a third Ctrl-C on a Ray run). Now it ends the process at once: one line, exit 130 (143)."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(  # an exit hook that takes a while, as Ray's does
+        "import atexit, sys, time\n"
+        "def _slow():\n"
+        "    sys.stderr.write('exit hook\\n'); sys.stderr.flush(); time.sleep(60)\n"
+        "atexit.register(_slow)\n")
+    script = Path(sys.executable).parent / "failtrace"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), SRC, os.environ.get("PYTHONPATH", "")]),
+           "FAILTRACE_LOG_DIR": str(tmp_path / "logs")}
+    for cmd, sig, code in (([str(script)], signal.SIGINT, 130), ([str(script)], signal.SIGTERM, 143),
+                           ([sys.executable, "-m", "failtrace.cli"], signal.SIGINT, 130)):
+        proc = subprocess.Popen([*cmd, "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=env)
+        assert proc.stderr is not None
+        assert proc.stderr.readline() == "exit hook\n"  # the command is done; Python is running its exit hooks
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == code, (sig, proc.returncode, err)
+        assert err == "error: interrupted while exiting; the command itself had finished (its exit code: 0)\n", err
+        assert "Usage" in out and not (tmp_path / "logs").exists()

@@ -286,4 +286,6 @@ def _silence_stdout() -> None:
 
 
 def _entry() -> None:
-    sys.exit(main())
+    from failtrace._launch import finish
+
+    finish(main())

@@ -117,8 +117,8 @@ def compare_checkpoints(store: ResultsStore, folders: Sequence[str], *, benchmar
     """Score the base model's cases on every checkpoint folder (resumable: stored keys are skipped).
 
     Every folder's metadata, weight files and vocabulary are checked before any model is loaded, so a bad folder
-    fails in seconds and leaves the store as it was; all must share one base model and its vocabulary, and no folder may be given
-    twice. ``models`` maps folder → loaded model (tests); by default each is loaded in turn and freed.
+    fails in seconds and leaves the store as it was; all must share one base model and its vocabulary, and no folder
+    may be given twice. ``models`` maps folder → loaded model (tests); by default each is loaded in turn and freed.
     """
     from failtrace.models.fingerprint import model_fingerprint
     from failtrace.store.comparisons import fill_training_run

@@ -89,7 +89,8 @@ class TokenWeightedDPOTrainer(PretokenizedDPOTrainer):
         config = kwargs.get("args")
         if config is not None:
             if config.precompute_ref_log_probs:
-                raise ValueError("token-dpo computes the reference log-probs per batch (precompute_ref_log_probs=False)")
+                raise ValueError("token-dpo computes the reference log-probs per batch "
+                                 "(precompute_ref_log_probs=False)")
             if config.loss_type != ["sigmoid"] or config.ld_alpha is not None or config.use_weighting:
                 raise ValueError("token-dpo weights trl's sigmoid DPO loss only (loss_type='sigmoid', no ld_alpha, "
                                  "no WPO use_weighting)")
