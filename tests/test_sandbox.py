@@ -607,3 +607,17 @@ def test_a_bind_of_a_noexec_noatime_mount_still_builds_the_root() -> None:
                          capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[:2] == ["ok", "inside"], out.stdout
+
+
+def test_a_candidate_holds_no_more_queued_signals_or_timers_than_its_limit() -> None:
+    """POSIX timers take kernel memory outside the address-space limit, one queued signal each: a probe's candidate
+    held about 96,000 (no RLIMIT_SIGPENDING was set). Now the run's ``max_pending_signals`` bounds them."""
+    limits = SandboxLimits(wall_s=8, cpu_s=4, memory_mb=512, max_pending_signals=16)
+    timers = ("import ctypes, resource\nrt = ctypes.CDLL(None, use_errno=True)\nn = 0\n"
+              "for _ in range(5000):\n    t = ctypes.c_void_p()\n"
+              "    if rt.timer_create(1, None, ctypes.byref(t)) != 0:\n        break\n    n += 1\n"
+              "print(n, resource.getrlimit(resource.RLIMIT_SIGPENDING)[0])\n")
+    run = run_python(timers, limits=limits)
+    assert run.ok, run
+    made, limit = map(int, run.stdout.split())
+    assert limit == 16 and 1 <= made <= 16, run.stdout

@@ -174,8 +174,9 @@ def confine(cfg):
         build_root(cfg["root"])
     for name, value in (("RLIMIT_CORE", 0), ("RLIMIT_CPU", lim["cpu_s"]), ("RLIMIT_AS", lim["memory_mb"] << 20),
                         ("RLIMIT_FSIZE", lim["max_output_bytes"]), ("RLIMIT_NOFILE", lim["max_open_files"]),
-                        ("RLIMIT_NPROC", cfg["nproc"])):
-        resource.setrlimit(getattr(resource, name), (value, value))
+                        ("RLIMIT_NPROC", cfg["nproc"]), ("RLIMIT_SIGPENDING", lim["max_pending_signals"])):
+        if hasattr(resource, name):  # RLIMIT_SIGPENDING is Linux's own
+            resource.setrlimit(getattr(resource, name), (value, value))
     os.chdir(cfg["workdir"])
     import ctypes  # (loaded while the interpreter's files are still readable to us)
 

@@ -80,7 +80,9 @@ F_SETLEASE = 1024
 @dataclass(frozen=True)
 class SandboxLimits:
     """Limits for one run. ``max_output_bytes`` caps every file the code writes, stdout and stderr included;
-    ``disk_mb`` caps all of them together (the size of the work tmpfs); ``max_message_bytes`` caps one answer."""
+    ``disk_mb`` caps all of them together (the size of the work tmpfs); ``max_message_bytes`` caps one answer;
+    ``max_pending_signals`` caps queued signals, and so POSIX timers (each holds one; kernel memory that the
+    address-space limit does not count)."""
 
     wall_s: float = 10.0
     cpu_s: int = 10
@@ -90,6 +92,7 @@ class SandboxLimits:
     max_open_files: int = 64
     disk_mb: int = 64
     max_message_bytes: int = 16_000_000
+    max_pending_signals: int = 64
 
 
 @dataclass(frozen=True)
