@@ -895,3 +895,28 @@ def test_a_run_killed_while_saving_its_last_step_resumes_there_when_steps_is_no_
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
     assert read_metadata(out / "step-5")["loss_history"] == read_metadata(ref.out / "step-5")["loss_history"]
     assert not (out / ".resume").exists()
+
+
+def test_another_runs_step_folder_is_no_step_to_resume_from(run: dict[str, Any], tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run stopped after step 4 (step-0, step-3, its trainer state at 3); then a run with other settings, killed
+    after writing its own step-0 and before replacing the resume state. Rerun, the first run resumed from step 3
+    beside the other run's step-0 (only the folders' presence was checked): one --out held two runs' steps. Now a
+    step folder counts only when its metadata is this run's: the rerun starts from step 0 and says so."""
+    import failtrace.training.resume as rs
+
+    out, settings = tmp_path / "mixed", _settings()
+    _stopped_after_step_4(run, out, settings, monkeypatch)
+
+    def killed(*args: Any, **kw: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rs, "start_resume", killed)
+    with pytest.raises(KeyboardInterrupt), open_store(run["store"], read_only=True) as st:
+        finetune(st, run["lm"], out, _settings(lr=LR / 2))
+    monkeypatch.undo()
+    assert read_metadata(out / "step-0")["settings"]["lr"] == LR / 2
+    with open_store(run["store"], read_only=True) as st:
+        again = finetune(st, run["lm"], out, settings)
+    assert again.resumed_from is None and again.restarted_over == 3 and again.losses == run["results"]["sft"].losses
+    assert all(read_metadata(out / f"step-{k}")["settings"]["lr"] == LR for k in (0, 3, 6))

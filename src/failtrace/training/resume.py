@@ -4,7 +4,7 @@ The folder holds the run's identity (``identity.json``: method, settings, base m
 the trained / held-out split, library versions) and transformers' own newest trainer checkpoint (``checkpoint-N``:
 weights, optimiser, scheduler, RNG and trainer state). transformers writes and rotates the checkpoints; this module
 only decides whether a rerun may continue from one: the identity must be equal, N a saved step (a multiple of
-``save_every``, or the last step) and failtrace's own ``step-K`` folders up to N must all be there (the last step's
+``save_every``, or the last step) and failtrace's own ``step-K`` folders of this run up to N must all be there (the last step's
 is written after training: a rerun from there trains nothing and writes it), else the run starts again from step 0.
 """
 
@@ -47,7 +47,7 @@ def _interrupted_run(out: str | Path, identity: dict[str, Any]) -> bool:
 
 def resume_point(out: str | Path, identity: dict[str, Any]) -> tuple[Path | None, int | None]:
     """The newest trainer checkpoint of an interrupted run with this ``identity`` and its step, or (None, None)."""
-    from failtrace.training.checkpoints import METADATA_FILE, numbered, step_folder
+    from failtrace.training.checkpoints import numbered, step_folder
 
     folder = Path(out) / RESUME_DIR
     if not _interrupted_run(out, identity):
@@ -58,10 +58,23 @@ def resume_point(out: str | Path, identity: dict[str, Any]) -> tuple[Path | None
     for step, path in reversed(steps):  # the newest whole one: a run killed while saving leaves the older too
         # the trainer saves every `every` steps and at the last step; failtrace's step folder of the last step is
         # written after training, so up to the last multiple of `every` only (the rerun writes the last one)
-        ours = [step_folder(out, k) / METADATA_FILE for k in range(0, step + 1, every)]
-        if (step % every == 0 or step == last) and all(f.is_file() for f in ours) and _state_step(path) == step:
+        ours = [step_folder(out, k) for k in range(0, step + 1, every)]
+        if (step % every == 0 or step == last) and all(_is_step_of(f, identity) for f in ours) \
+                and _state_step(path) == step:
             return path, step
     return None, None
+
+
+def _is_step_of(folder: Path, identity: dict[str, Any]) -> bool:
+    """Whether ``folder`` is a step folder of the run with this ``identity`` (another run killed after writing its
+    step-0, before it replaced the resume state, leaves its own beside this run's)."""
+    from failtrace.errors import FailtraceError
+    from failtrace.training.checkpoints import read_metadata, training_run_id
+
+    try:
+        return training_run_id(read_metadata(folder)) == training_run_id(identity)
+    except FailtraceError:  # missing, damaged or not a failtrace checkpoint
+        return False
 
 
 def unresumable_step(out: str | Path, identity: dict[str, Any]) -> int | None:
