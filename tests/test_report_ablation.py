@@ -99,7 +99,7 @@ def test_caption_and_table_match_the_evidence(setup):
     art = text[text.index(f'id="case-{nc.case_id}"'):]
     art = art[: art.index("</article>")]
     assert f"Δℓ {ev['curve'][0]:.2f} → {ev['curve'][k]:.2f}" in art
-    assert ("flips the prediction to the contrast" in art) == (ev["curve"][k] < 0)
+    assert ("puts the contrast above the target" in art) == (ev["curve"][k] < 0)
     p = _Articles()
     p.feed(text)
     cells = p.cells[nc.case_id]

@@ -21,9 +21,9 @@ TOKENS = ["<s>", "Say", "·water", "·quotes", "·Water"]
 
 @pytest.mark.parametrize(("category", "evidence", "says"), [
     ("M-IA", {"k_star": 1, "k_ia": 5},
-     "masking the top 1 AttnLRP input token flips the prediction to the contrast (k* = 1 ≤ K_IA = 5): the heatmap "
+     "masking the top 1 AttnLRP input token puts the contrast above the target (k* = 1 ≤ K_IA = 5): the heatmap "
      "shows why"),
-    ("M-IA", {"k_star": 4, "k_ia": 5}, "masking the top 4 AttnLRP input tokens flips the prediction to the contrast "
+    ("M-IA", {"k_star": 4, "k_ia": 5}, "masking the top 4 AttnLRP input tokens puts the contrast above the target "
                                        "(k* = 4 ≤ K_IA = 5): the heatmap shows why"),
     ("NC-IA+M-AG", {"k_star": 7, "k_ia": 5, "ablation_k": 2, "ablation_budget": 10},
      "masking needs the top 7 AttnLRP input tokens to flip the prediction, more than K_IA = 5; zeroing the top 2 "

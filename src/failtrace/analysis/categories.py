@@ -1,7 +1,7 @@
 """Outcome categories (paper Fig. 1): does input attribution explain the failure, or only the graph, or neither?
 
 * **M-IA** (Manifested by Input Attribution): masking the top k* ≤ ``k_ia`` positively attributed input tokens
-  (AttnLRP) flips the prediction to the contrast.
+  (AttnLRP) puts the contrast above the target.
 * **NC-IA + M-AG** (No Clue from Input Attribution, Manifested by the Attribution Graph): otherwise, ablating the top
   graph nodes flips it (below).
 * **NC-IA + AG** (No Clue from Input Attribution nor the Attribution Graph): neither flips it within the budgets.

@@ -15,7 +15,7 @@ A segmenter takes an :class:`~failtrace.benchmarks.base.Item` and the user messa
 * **math** — the problem text is ``problem``; the appended "Please reason step by step ..." line is ``instruction``.
 * **humaneval** — the instruction preamble and code fences are ``instruction``; in the code, the entry point's
   docstring is ``docstring`` from its first line up to the first example line (a line starting with ``>>>`` or with
-  "example"/"for example"), from there to the docstring's end ``examples``; every other code line ``signature``.
+  "example"/"for example"/"e.g."), from there to the docstring's end ``examples``; every other code line ``signature``.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ PATTERNS: tuple[str, ...] = ("URT", "OIT", "URT+OIT", "none")
 # thresholds (docs/ANALYSES.md).
 CATEGORY_TEXT: dict[str, tuple[str, str]] = {
     "M-IA": ("Manifested by Input Attribution",
-             "masking at most K_IA (default 5) top input tokens flips the prediction to the contrast"),
+             "masking at most K_IA (default 5) top input tokens puts the contrast above the target"),
     "NC-IA+M-AG": ("No Clue from Input Attribution, Manifested by the Attribution Graph",
                    "masking at most K_IA top input tokens does not flip it, ablating the top hidden states of the "
                    "graph (the ablation budget, default 10) does"),

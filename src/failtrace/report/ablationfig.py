@@ -25,7 +25,7 @@ RED, BLUE, GREY, GOLD = "#c0392b", "#2e6fba", "#b8b8b8", "#d4a017"
 
 def ablation_title(view: AblationView, prefix: str = "") -> str:
     """``prefix · ablating k nodes: Δℓ +3.10 → −0.42 (flipped)``."""
-    verdict = "flipped to the contrast" if view.flipped else "not flipped"
+    verdict = "flipped: contrast above target" if view.flipped else "not flipped"
     text = (f"ablating {view.k} node{'s' if view.k != 1 else ''}: Δℓ {view.delta_before:+.2f} → "
             f"{view.delta_after:+.2f} ({verdict})")
     return f"{prefix} · {text}" if prefix else text

@@ -222,7 +222,7 @@ def _ablation(case: Case, ablation: tuple[str, AblationView] | None) -> str:
         return ""
     src, v = ablation
     lazy = "" if src.startswith("data:") else ' loading="lazy"'
-    verdict = "flips the prediction to the contrast" if v.flipped else "does not flip the prediction"
+    verdict = "puts the contrast above the target" if v.flipped else "does not flip the prediction"
     rows = "".join(
         f'<tr><td class="n">{j}</td><td>L{a.layer}/{a.position}</td>'
         f"<td>{esc(plain_token(case.tokens[a.position])) if a.position < len(case.tokens) else '—'}</td>"

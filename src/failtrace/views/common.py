@@ -318,7 +318,7 @@ def masked_caption(flip_k: int | None, rows: list[dict[str, Any]]) -> str:
         return "no token with positive relevance to mask"
     if flip_k is not None:
         first = "the top token" if flip_k == 1 else f"the first {flip_k}"
-        return f"masking {first} flips the prediction to the contrast (k* = {flip_k})"
+        return f"masking {first} puts the contrast above the target (k* = {flip_k})"
     computed = sum(row["delta_after"] is not None for row in rows)
     if not computed:
         return "the masking curve was not computed"

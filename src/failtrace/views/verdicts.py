@@ -29,7 +29,7 @@ def category_sentence(category: str | None, evidence: Mapping[str, Any] | None) 
     if category is None or k_ia is None:
         return ""
     if category == "M-IA" and k_star is not None:
-        return (f"masking the top {k_star} AttnLRP input {_tokens(k_star)} flips the prediction to the contrast "
+        return (f"masking the top {k_star} AttnLRP input {_tokens(k_star)} puts the contrast above the target "
                 f"(k* = {k_star} ≤ K_IA = {k_ia}): the heatmap shows why")
     if k_star is None:  # the search stops at the curve's K (or found nothing it may mask)
         masked = "masking the top AttnLRP input tokens does not flip the prediction within the masking search"
