@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -337,3 +338,69 @@ def test_an_id_that_is_not_a_name_is_refused(tmp_path: Path, rid: object) -> Non
     report = TracesBenchmark().load(str(path))
     assert [i.id for i in report.items] == ["7"]
     assert report.problems == [f"line 2: 'id' must be a non-empty string or an integer, got {rid!r}"]
+
+
+RIGHT = '{"name": "get_weather", "arguments": {"city": "Paris", "days": 3, "metric": true}}'
+WRONG = '{"name": "get_weather", "arguments": {"city": "Lyon", "days": 3, "metric": true}}'
+PREFIX_TEXTS = [  # completions the pair search's rollouts could produce: tagged, bare, Llama-style, several, prose
+    f"<tool_call>{RIGHT}</tool_call>",
+    f"<tool_call>\n{WRONG}\n</tool_call>\nLet me check that.",
+    f"Sure. <tool_call>{{\"x\": 1}} {RIGHT}</tool_call><tool_call>{WRONG}</tool_call>",
+    f"<tool_call>{{\"note\": \"a }} in a string\"}}</tool_call> text <tool_call>{WRONG}",
+    f"I will call {WRONG} now",
+    f'<function=get_weather>{{"city": "Paris", "days": 3, "metric": true}}</function>',
+    f"<tool_call>{RIGHT}",
+    "It is sunny in Paris.",
+    '{"name": "Mia Li", "age": 3} is the profile',
+]
+PREFIX_TAILS = ["", " ", "}", "</tool_call>", f"<tool_call>{RIGHT}</tool_call>", f"<tool_call>{WRONG}</tool_call>",
+                f"{RIGHT}", '"', "\n```json\n" + RIGHT + "\n```", f"<function=get_weather>{{}}</function>", "{",
+                "<tool_call>", "Done."]
+PREFIX_EXPECTED = [EXPECTED_CALL, {"answer": "It is sunny in Paris"}, {"reply": "It is sunny in Paris."},
+                   {"command": "ls"}]
+
+
+@pytest.mark.parametrize("expected", PREFIX_EXPECTED, ids=lambda e: next(iter(e)))
+def test_prefix_rules_are_sound_on_every_character_prefix(expected: dict) -> None:
+    """Every character prefix of completions with tagged, bare and Llama-style calls, several calls, braces in
+    strings and prose, followed by each continuation: where ``prefix_decides_fail`` names a reason the checker
+    fails every completion that starts with the prefix; where ``prefix_final`` says so the checker's verdict is the
+    prefix's own for every one. Both rules fire (the check is not vacuous), and never on a command; once one fires
+    on a text it fires on every longer prefix (the search relies on it: no later position is rolled out)."""
+    bench, item = TracesBenchmark(), _item(expected)
+    fired: dict[str, Any] = {"fail": 0, "final": set()}
+    for text in PREFIX_TEXTS:
+        decided = [j for j in range(len(text) + 1) if bench.prefix_decides_fail(item, text[:j]) is not None]
+        finals = [j for j in range(len(text) + 1) if bench.prefix_final(item, text[:j])]
+        for at in (decided, finals):
+            assert at == list(range(at[0], len(text) + 1)) if at else True, (text, at)
+        for j in range(len(text) + 1):
+            prefix = text[:j]
+            why, final = bench.prefix_decides_fail(item, prefix), bench.prefix_final(item, prefix)
+            if why is None and not final:
+                continue
+            own = bench.check(item, prefix).status
+            for tail in PREFIX_TAILS + [text[j:]]:
+                status = bench.check(item, prefix + tail).status
+                assert why is None or status == "fail", (prefix, tail, why)
+                assert not final or status == own, (prefix, tail, own, status)
+            fired["fail"] += why is not None
+            if final:
+                fired["final"].add(own)
+    kind = next(iter(expected))
+    assert (fired["fail"] > 0) == (kind in ("answer", "reply"))
+    assert fired["final"] == ({"pass", "fail"} if kind == "tool" else set())  # final on right and wrong calls
+
+
+def test_a_prefix_decides_no_more_than_it_holds() -> None:
+    """A call still open, or only bare / Llama-style calls, is not final for an expected call; text without a call
+    decides nothing for an answer."""
+    bench = TracesBenchmark()
+    call, answer = _item(EXPECTED_CALL), _item({"answer": "x"})
+    assert not bench.prefix_final(call, f"<tool_call>{RIGHT[:-1]}")
+    assert not bench.prefix_final(call, RIGHT) and not bench.prefix_final(call, PREFIX_TEXTS[5])
+    assert bench.prefix_final(call, f"<tool_call>{RIGHT}") and bench.prefix_final(call, f"<tool_call>{WRONG}")
+    assert bench.prefix_decides_fail(answer, "The answer is {") is None
+    assert bench.prefix_decides_fail(answer, f"The answer is {RIGHT[:-1]}") is None
+    assert bench.prefix_decides_fail(answer, f"The answer is {RIGHT}") == \
+        "made a tool call ('get_weather') where an answer was expected"

@@ -101,13 +101,19 @@ def as_tool_call(obj: Any) -> dict[str, Any] | None:
     return {"name": name, "arguments": json_arguments(obj.get(args_key)) if args_key else {}}
 
 
-def find_tool_calls(text: str) -> list[dict[str, Any]]:
-    """Every tool call in ``text``, in order: tagged forms first, then bare JSON objects."""
+def _tool_call_tag_calls(text: str) -> list[dict[str, Any]]:
+    """The calls inside ``<tool_call>`` blocks, in order."""
     calls: list[dict[str, Any]] = []
     for body in _TOOL_CALL_TAG.findall(text):
         for start, end in json_object_spans(body):
             if (call := as_tool_call(_load_object(body[start:end]))) is not None:
                 calls.append(call)
+    return calls
+
+
+def find_tool_calls(text: str) -> list[dict[str, Any]]:
+    """Every tool call in ``text``, in order: tagged forms first, then bare JSON objects."""
+    calls = _tool_call_tag_calls(text)
     for name, body in _FUNCTION_TAG.findall(text):
         obj = _load_object(body.strip() or "{}")
         calls.append({"name": name, "arguments": obj if obj is not None else body.strip()})
@@ -206,6 +212,26 @@ class TracesBenchmark:
         return [f"{failed} of the {len(items)} items come from episodes that ended with reward < 1 (the episode "
                 "failed); their actions are still the expected ones, though one of them went wrong (an item's "
                 "meta.reward gives its episode's reward)"]
+
+    # Prefix rules for the pair search (failures.prefix_rules; the argument in docs/PAIRS.md). Text appended to a
+    # prefix leaves every JSON object span the prefix closed, every <tool_call> block it closed and the blocks'
+    # order as they were (all scans run left to right), so the calls found in a prefix stay, in the same order and
+    # first, in every completion that starts with it.
+
+    def prefix_decides_fail(self, item: Item, prefix: str) -> str | None:
+        """An answer or a reply was expected and ``prefix`` already holds a tool call: every completion starting with
+        it holds that call, and :meth:`check` fails any answer or reply that holds one."""
+        expected = item.reference["expected"]
+        if ("answer" in expected or "reply" in expected) and (calls := find_tool_calls(prefix)):
+            return f"made a tool call ({calls[0]['name']!r}) where {'an answer' if 'answer' in expected else 'a reply'}"\
+                   " was expected"
+        return None
+
+    def prefix_final(self, item: Item, prefix: str) -> bool:
+        """A tool call was expected and ``prefix`` holds a whole call inside ``<tool_call>`` tags: :meth:`check`
+        judges the first call found, and that one is fixed (``<tool_call>`` calls come first; a bare or
+        ``<function=...>`` call is not final: a later ``<tool_call>`` block would come before it)."""
+        return "tool" in item.reference["expected"] and bool(_tool_call_tag_calls(prefix))
 
     def check(self, item: Item, completion: str) -> Verdict:
         expected = item.reference["expected"]
