@@ -404,3 +404,18 @@ def test_a_prefix_decides_no_more_than_it_holds() -> None:
     assert bench.prefix_decides_fail(answer, f"The answer is {RIGHT[:-1]}") is None
     assert bench.prefix_decides_fail(answer, f"The answer is {RIGHT}") == \
         "made a tool call ('get_weather') where an answer was expected"
+
+
+def test_braces_python_cannot_hash_or_huge_numbers_are_text_not_a_checker_crash() -> None:
+    """``{{}}`` (a Jinja example in a reply), ``{[1]}``, a 5,000-digit number and 2,000 nested lists made the
+    checker raise (TypeError from ``ast.literal_eval``, ValueError and RecursionError from ``json.loads``): the
+    verdict was ``unverifiable``, and a prefix rule that had fired stopped firing on a longer prefix. They are
+    text that holds no call."""
+    bench = TracesBenchmark()
+    reply, call = _item({"reply": "x"}), _item(EXPECTED_CALL)
+    for odd in ("{{}}", '{{"a": 1}}', "{[1]}", '{"n": ' + "9" * 5000 + "}", '{"a": ' + "[" * 2000 + "]" * 2000 + "}"):
+        assert bench.check(reply, f"In Jinja, write {odd} to print nothing.").status == "pass", odd
+        tagged = f"<tool_call>{RIGHT} {odd}"
+        assert bench.prefix_final(call, tagged) and bench.check(call, tagged + "</tool_call>").status == "pass"
+    huge = '{"name": "get_weather", "arguments": "{\\"days\\": ' + "9" * 5000 + '}"}'
+    assert bench.check(call, f"<tool_call>{huge}</tool_call>").status == "fail"  # arguments kept as the string

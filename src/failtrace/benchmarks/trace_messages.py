@@ -20,7 +20,7 @@ def json_arguments(raw: Any) -> Any:
     if isinstance(raw, str):
         try:
             return json.loads(raw) if raw.strip() else {}
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, an int of more than 4,300 digits, nesting too deep
             return raw
     return {} if raw is None else raw
 

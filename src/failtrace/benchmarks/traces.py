@@ -68,18 +68,21 @@ def json_object_spans(text: str) -> Iterator[tuple[int, int]]:
 
 
 def _load_object(span: str) -> Any:
+    """The JSON (or Python literal) value of a ``{...}`` span, None when it is neither. Braces that Python cannot
+    hash (``{{}}``), a number too long for ``int`` and nesting deeper than the recursion limit are text, not a
+    checker crash."""
     try:
         return json.loads(span)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # JSONDecodeError, and ValueError: int of more than 4,300 digits
         pass
     if len(span) < 100_000:  # Python-style dicts ('single quotes', True/None) are common in model output
         try:
             value = ast.literal_eval(span)
-        except (ValueError, SyntaxError, MemoryError, RecursionError):
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):  # TypeError: {{}}, {[1]}
             return None
         try:  # keep only what JSON can hold (verdict details are stored as JSON): sets, bytes... become strings
             return json.loads(json.dumps(value, default=repr))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RecursionError):
             return None
     return None
 
@@ -223,8 +226,8 @@ class TracesBenchmark:
         it holds that call, and :meth:`check` fails any answer or reply that holds one."""
         expected = item.reference["expected"]
         if ("answer" in expected or "reply" in expected) and (calls := find_tool_calls(prefix)):
-            return f"made a tool call ({calls[0]['name']!r}) where {'an answer' if 'answer' in expected else 'a reply'}"\
-                   " was expected"
+            wanted = "an answer" if "answer" in expected else "a reply"
+            return f"made a tool call ({calls[0]['name']!r}) where {wanted} was expected"
         return None
 
     def prefix_final(self, item: Item, prefix: str) -> bool:

@@ -4,8 +4,9 @@ The folder holds the run's identity (``identity.json``: method, settings, base m
 the trained / held-out split, library versions) and transformers' own newest trainer checkpoint (``checkpoint-N``:
 weights, optimiser, scheduler, RNG and trainer state). transformers writes and rotates the checkpoints; this module
 only decides whether a rerun may continue from one: the identity must be equal, N a saved step (a multiple of
-``save_every``, or the last step) and failtrace's own ``step-K`` folders of this run up to N must all be there (the last step's
-is written after training: a rerun from there trains nothing and writes it), else the run starts again from step 0.
+``save_every``, or the last step) and failtrace's own ``step-K`` folders of this run up to N must all be there (the
+last step's is written after training: a rerun from there trains nothing and writes it), else the run starts again
+from step 0.
 """
 
 from __future__ import annotations
