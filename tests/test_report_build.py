@@ -575,3 +575,38 @@ def test_drawing_the_graph_pictures_shows_progress(tmp_path, capsys):
     err = capsys.readouterr().err
     assert [ln.split(",")[0] for ln in err.splitlines()] == ["report: graph pictures: 1/2",
                                                              "report: graph pictures: 2/2"], err
+
+
+def test_counts_of_many_neighbouring_slivers_do_not_overlap(tmp_path, monkeypatch):
+    """Slivers alternate above and below the bar, so the counts of the first and third of three neighbouring slivers
+    (two digits each) overlapped on the same side. Drawn and measured: no two counts' boxes overlap, and each count
+    starts over or after its own part."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    import failtrace.report.figures as F
+
+    cats = [("M-IA", 11), ("NC-IA+M-AG", 12), ("NC-IA+AG", 13), ("other-a", 14), ("other-b", 15), ("other-c", 900)]
+    total = sum(n for _, n in cats)
+    rows = [{"benchmark": "ifeval", "label": lab, "cases": n, "share": n / total} for lab, n in cats]
+    pats = [{"benchmark": "ifeval", "label": "URT", "cases": total, "share": 1.0}]
+    seen = {}
+
+    def spy(fig, path):
+        seen["fig"] = fig
+        return path
+
+    monkeypatch.setattr(F, "_save", spy)
+    F.categories_figure(rows, pats, tmp_path / "c.png")
+    fig = seen["fig"]
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    texts = [t for t in fig.axes[0].texts if t.get_text() != "900"]
+    assert sorted(t.get_text() for t in texts) == ["11", "12", "13", "14", "15"]
+    boxes = [t.get_window_extent(renderer) for t in texts]
+    for i in range(len(boxes)):
+        for j in range(i + 1, len(boxes)):
+            assert not boxes[i].overlaps(boxes[j]), (texts[i].get_text(), texts[j].get_text())
+    left = 0.0
+    for (lab, n) in cats[:-1]:  # each count sits over its part or after it, never before it
+        x = next(t for t in texts if t.get_text() == str(n)).get_position()[0]
+        assert x >= left + n / total / 2 - 1e-9
+        left += n / total

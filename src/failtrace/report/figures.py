@@ -70,13 +70,15 @@ def _save(fig: Any, path: Path) -> Path:
 def _stacked(ax: Any, rows: Sequence[Mapping[str, Any]], benches: list[str], order: Sequence[str],
              colors: Mapping[str, str], title: str) -> None:
     """Horizontal 100 % bars, one per benchmark, split by label; each part is annotated with its count: inside a
-    part wide enough for it, else in the gap above or below the bar (alternating, so neighbouring slivers' counts
-    do not overlap)."""
+    part wide enough for it, else in the gap above or below the bar (alternating, and moved right past the last
+    count on its side, so neighbouring slivers' counts do not overlap)."""
     from matplotlib.colors import to_rgb
 
     labels = list(order) + sorted({r["label"] for r in rows} - set(order))
+    fig = ax.get_figure()
+    axis_in = fig.get_size_inches()[0] * ax.get_position().width  # before the tight layout widens it: an upper bound
     for bi, bench in enumerate(benches):
-        left, outside = 0.0, 0
+        left, outside, ends = 0.0, 0, {True: -1.0, False: -1.0}  # right end of the last count above / below
         for li, lab in enumerate(labels):
             hit = [r for r in rows if r["benchmark"] == bench and r["label"] == lab]
             if not hit:
@@ -90,7 +92,11 @@ def _stacked(ax: Any, rows: Sequence[Mapping[str, Any]], benches: list[str], ord
                 ax.text(left + share / 2, bi, str(n), ha="center", va="center", fontsize=9, color=ink, weight="bold")
             else:  # a sliver: its count in the 0.2 gap beside the bar (the y axis runs downwards)
                 above = outside % 2 == 0
-                ax.text(left + share / 2, bi - 0.31 if above else bi + 0.31, str(n), ha="center",
+                half = (len(str(n)) * 7.5 * 0.62 / 72 + 0.04) / axis_in / 2  # half its width in axis units (7.5 pt
+                # digits are about 0.62 em wide), with a little room
+                x = max(left + share / 2, ends[above] + half)
+                ends[above] = x + half
+                ax.text(x, bi - 0.31 if above else bi + 0.31, str(n), ha="center",
                         va="bottom" if above else "top", fontsize=7.5, color="#111827")
                 outside += 1
             left += share
