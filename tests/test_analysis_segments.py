@@ -75,9 +75,12 @@ def test_token_spans_match_the_tokenizer_offsets(bundled):
     assert text == tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
     enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
     assert enc["input_ids"] == ids  # the rendered text re-tokenises to the same ids, so offsets are comparable
-    for (a, b), (oa, ob), t in zip(spans, enc["offset_mapping"], texts := token_texts(tok, ids)):
+    checked = 0
+    for (a, b), (oa, ob), t in zip(spans, enc["offset_mapping"], texts := token_texts(tok, ids), strict=True):
         if b > a:  # tokens that complete a character: same end; start may include bytes of earlier tokens
             assert b == ob, (t, (a, b), (oa, ob))
+            checked += 1
+    assert checked >= len(ids) * 3 // 4  # only tokens inside a multi-byte character are skipped
     assert "".join(texts) == text
 
 

@@ -89,12 +89,15 @@ def test_delta_equals_plain_transformers_on_both_models(cmp: dict[str, Any]) -> 
 
 def test_same_tokenizer_maps_to_the_same_tokens(cmp: dict[str, Any]) -> None:
     cases = {c.case_id: c for c in cmp["cases"]}
+    checked = 0
     for r in cmp["rows"]:
         case = cases[r["case_id"]]
         if r["reference"] or "\ufffd" in case.target_text + case.contrast_text:
             continue
         assert r["mapped"] and (r["target_id"], r["contrast_id"]) == (case.target_id, case.contrast_id)
         assert r["prompt_length"] == case.prompt_length
+        checked += 1
+    assert checked > 0
 
 
 def test_flip_curve_and_segments_by_explicit_masking(cmp: dict[str, Any]) -> None:
@@ -104,6 +107,7 @@ def test_flip_curve_and_segments_by_explicit_masking(cmp: dict[str, Any]) -> Non
     tok = toy_tokenizer()
     specials = set(tok.all_special_ids)
     rows = [r for r in cmp["rows"] if r["mapped"] and not r["reference"]]
+    assert rows  # every check below is per row
     cases = {c.case_id: c for c in cmp["cases"]}
     for r in rows:
         rel = np.asarray(r["input_relevance"])
@@ -273,6 +277,7 @@ def test_export_dpo_fields_weights_and_datasets(cmp: dict[str, Any], tmp_path: P
     assert f"wrote {len(cmp['cases'])} preference pairs" in capsys.readouterr().out
     recs = [json.loads(x) for x in out.read_text().splitlines()]
     cases = {c.case_id: c for c in cmp["cases"]}
+    assert sorted(r["case_id"] for r in recs) == sorted(cases)  # one line per case, each checked below
     with open_store(cmp["store"], read_only=True) as st:
         pairs = {p["item_id"]: p for p in st.pairs()}
         gens = {g["item_id"]: g for g in st.results(cmp["run_id"])}

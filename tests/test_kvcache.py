@@ -44,13 +44,13 @@ def test_decoding_with_the_growing_cache_is_token_identical_to_no_cache() -> Non
         eos = eos_token_ids(lm.model, lm.tokenizer)
         prompts = [[5, 17, 3, 99, 42, 8], [7, 7, 21], [11, 12, 13, 14, 15, 16, 17, 18, 19]]
         outs = greedy_generate(lm.model, prompts, 40, eos)
-        for p, o in zip(prompts, outs):
+        for p, o in zip(prompts, outs, strict=True):
             assert o.token_ids == naive_greedy(lm.model, p, 40, eos)
         ids = prompts[2] + outs[2].token_ids[:6]
         state = prefix_forward(lm.model, ids, n_logits=1)
         starts, forced = [9, 12, 15, 15], [3, 4, 5, 6]
         seqs, _ = rollouts_at(lm.model, state.kv, starts, forced, [30, 30, 30, 30], eos)
-        for s, f, got in zip(starts, forced, seqs):
+        for s, f, got in zip(starts, forced, seqs, strict=True):
             assert got == naive_greedy(lm.model, ids[:s], 30, eos, forced=f)
 
 
@@ -65,8 +65,8 @@ def test_sliding_window_models_decode_batches_as_cache_free_decoding_does(arch: 
         state = prefix_forward(model, ids, n_logits=1)
         starts, forced = [8, 14, 20, 20], [3, 4, 5, 6]
         seqs, _ = rollouts_at(model, state.kv, starts, forced, [15] * 4, eos)
-        for s, f, got in zip(starts, forced, seqs):
+        for s, f, got in zip(starts, forced, seqs, strict=True):
             assert got == naive_greedy(model, ids[:s], 15, eos, forced=f)
         prompts = [ids[:9], ids, ids[3:15]]
-        for p, out in zip(prompts, greedy_generate(model, prompts, 15, eos)):
+        for p, out in zip(prompts, greedy_generate(model, prompts, 15, eos), strict=True):
             assert out.token_ids == naive_greedy(model, p, 15, eos)

@@ -33,7 +33,7 @@ def test_scale_and_normalize_match_the_definition(row: list[float], special: lis
     ref = _reference_scale(row, special)
     assert relevance_scale(row, special) == pytest.approx(ref)
     out = normalize(row, special)
-    for x, y in zip(row, out):
+    for x, y in zip(row, out, strict=True):
         assert (math.isnan(x) and math.isnan(y)) or y == pytest.approx(x / ref)
 
 
@@ -41,7 +41,7 @@ def test_rows_are_normalised_independently() -> None:
     rows = np.array([[1.0, -4.0, 2.0], [9.0, 0.5, -0.25], [np.nan, np.nan, 0.0]])
     special = [True, False, False]
     got = normalize(rows, special)
-    for r, g in zip(rows, got):
+    for r, g in zip(rows, got, strict=True):
         np.testing.assert_allclose(g, r / _reference_scale(list(r), special), equal_nan=True)
     np.testing.assert_allclose(relevance_scale(rows, special), [4.0, 0.5, 1.0])
     with pytest.raises(ValueError, match="special_mask"):

@@ -205,7 +205,9 @@ def test_report_from_store_reads_the_comparisons_table(tmp_path: Path) -> None:
     assert n == 0 and len(stored) == len(rows)
     html = index.read_text(encoding="utf-8")
     assert "Across models" in html and "Across checkpoints" in html
-    for r in _csv(tmp_path / "r/tables/fig6_summary.csv"):
+    fig6 = _csv(tmp_path / "r/tables/fig6_summary.csv")
+    assert len(fig6) == len(sql) > 0  # one row per (checkpoint, split), each checked against SQL below
+    for r in fig6:
         model = f"{r['series']}/step-{r['step']}"
         assert float(r["median_delta_logit"]) == pytest.approx(sql[(model, r["split"])], abs=1e-9)
     seg = json.loads(json.dumps(stored[0]["segment_relevance"]))

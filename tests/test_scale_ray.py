@@ -121,14 +121,25 @@ def test_a_ray_call_resuming_a_pair_run_records_other_speed_settings(cluster: An
         assert entry["order"] == "margin" and entry["failures"] == 2 and entry["changed"] == ["order"]
 
 
-def test_a_real_cluster_address_passes_the_handshake_check(cluster: Any) -> None:
+def test_a_real_cluster_address_passes_the_handshake_check(cluster: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """The check that refuses a non-Ray service at --ray-address accepts Ray's own GCS (HTTP/2 SETTINGS frame),
-    written HOST:PORT and ray://HOST:PORT (the frame is the same whichever gRPC service answers)."""
-    from failtrace.scale.pool import check_reachable
+    written HOST:PORT and ray://HOST:PORT (the frame is the same whichever gRPC service answers). The answers are
+    recorded: the check did talk to the GCS, not return early, and what came back was a SETTINGS frame."""
+    import failtrace.scale.pool as pool
 
+    answers: list[bytes] = []
+    first = pool._first_bytes
+
+    def recorded(conn: Any, hello: bytes, n: int) -> bytes:
+        answers.append(first(conn, hello, n))
+        return answers[-1]
+
+    monkeypatch.setattr(pool, "_first_bytes", recorded)
+    monkeypatch.delenv("RAY_USE_TLS", raising=False)
     address = ray.get_runtime_context().gcs_address
-    check_reachable(address, timeout_s=5)
-    check_reachable(f"ray://{address}", timeout_s=5)
+    pool.check_reachable(address, timeout_s=5)
+    pool.check_reachable(f"ray://{address}", timeout_s=5)
+    assert len(answers) == 2 and all(len(a) == 9 and a[3] == pool._H2_SETTINGS for a in answers), answers
 
 
 def test_workers_that_must_wait_for_busy_cpus_say_so_before_the_wait(cluster: Any,

@@ -109,6 +109,7 @@ def test_alternatives_equal_a_plain_forward(client: TestClient, cmp: dict[str, A
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(cmp["model_dir"]), dtype=torch.float32).eval()
+    assert cmp["cases"]  # every check below is per case
     for case in cmp["cases"]:
         alts = client.get(f"/api/cases/{case.case_id}").json()["alternatives"]
         with torch.no_grad():

@@ -329,6 +329,7 @@ def test_at_100_columns_numbers_and_labels_are_never_cut(toy: dict[str, Any], tm
     assert max(map(len, out.splitlines())) <= 100
     rows = [[x.strip() for x in line.split("│")[1:-1]] for line in out.splitlines() if line.startswith("│")]
     by_case = {c.case_id[:12]: c for c in toy["cases"]}
+    assert sorted(r[0] for r in rows) == sorted(by_case)  # one row per case, every one checked below
     for r in rows:
         c = by_case[r[0]]
         assert r[-4:] == [f"{c.delta_logit:.3f}", c.effective_category, c.pattern,

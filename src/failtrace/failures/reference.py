@@ -19,7 +19,6 @@ from failtrace.failures.generation import (
     greedy_generate,
     naive_greedy,
     pad_token_id,
-    prefix_forward,
 )
 
 
@@ -37,9 +36,12 @@ class ReferencePair:
 
 
 def _top(model: Any, ids: list[int], target: int, k: int, vocab: int | None = None) -> list[int]:
+    """The top-k next tokens after ``ids`` other than ``target``, from a plain forward pass of the model (not the
+    search's shared prefix pass, so a fault there shows as a difference)."""
     import torch
 
-    row = prefix_forward(model, ids, n_logits=1, keep_cache=False).logits[0]
+    with torch.no_grad():
+        row = model(input_ids=torch.tensor([ids]), use_cache=False).logits[0, -1]
     ranked = [t for t in torch.topk(row, min(k + 1, row.shape[-1])).indices.tolist() if t != target]
     return [t for t in ranked if vocab is None or t < vocab][:k]
 
