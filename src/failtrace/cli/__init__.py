@@ -286,6 +286,4 @@ def _silence_stdout() -> None:
 
 
 def _entry() -> None:
-    from failtrace._launch import finish
-
-    finish(main())
+    sys.exit(main())

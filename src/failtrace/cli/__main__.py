@@ -1,5 +1,5 @@
 """``python -m failtrace.cli``: the same as the ``failtrace`` command."""
 
-from failtrace.cli import _entry
+from failtrace._launch import main
 
-_entry()
+main()
