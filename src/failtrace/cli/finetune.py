@@ -83,9 +83,10 @@ def finetune_command(
     for path in result.checkpoints:
         typer.echo(f"  {path}")
     if result.restarted_over is not None:
-        typer.echo(f"note: the interrupted run saved step {result.restarted_over} but left no whole trainer state to "
-                   "resume from (interrupted while saving it, or a step folder was removed), so this run trained again "
-                   "from step 0; training is deterministic: the checkpoints are the ones it would have written")
+        typer.echo(f"note: the interrupted run saved step {result.restarted_over} but left no trainer state to resume "
+                   "from beside its own step folders (interrupted while saving it, a step folder removed, or another "
+                   "run's step folder in its place), so this run trained again from step 0; training is "
+                   "deterministic: the checkpoints are the ones it would have written")
     if result.replaced:
         typer.echo(f"note: removed {', '.join(result.replaced)} of an earlier finetune run (other settings) from "
                    f"{result.out}, so its checkpoints are this run's alone")
