@@ -255,11 +255,11 @@ def cross_site_write(headers: Any) -> tuple[int, str] | None:
 
     A page on any site may POST to a loopback explorer (the Host header is then the explorer's own, so the host check
     passes): FastAPI before 0.132 parses a body with *no* Content-Type as JSON, and a ``no-cors`` fetch of a Blob
-    sends just that, with no CORS preflight. So a write must say ``Content-Type: application/json`` (which a cross-site page can
-    only send after a preflight this server never grants), and a browser's ``Origin`` / ``Sec-Fetch-Site`` must be
-    this server's own page: ``Sec-Fetch-Site`` (which a page's script cannot set) says so where the browser sends
-    it, which also holds behind a proxy that rewrites the Host header; else the ``Origin`` must name the Host. Scripts
-    (curl with a JSON Content-Type, requests' ``json=``) send neither header and pass."""
+    sends just that, with no CORS preflight. So a write must say ``Content-Type: application/json`` (which a
+    cross-site page can only send after a preflight this server never grants), and a browser's ``Origin`` /
+    ``Sec-Fetch-Site`` must be this server's own page: ``Sec-Fetch-Site`` (which a page's script cannot set) says so
+    where the browser sends it, which also holds behind a proxy that rewrites the Host header; else the ``Origin``
+    must name the Host. Scripts (curl with a JSON Content-Type, requests' ``json=``) send neither header and pass."""
     ctype = (headers.get("content-type") or "").split(";")[0].strip().lower()
     if ctype != "application/json":
         return 415, "a write must send its body as JSON, with Content-Type: application/json"

@@ -48,11 +48,12 @@ def _interrupted_run(out: str | Path, identity: dict[str, Any]) -> bool:
 
 def resume_point(out: str | Path, identity: dict[str, Any]) -> tuple[Path | None, int | None]:
     """The newest trainer checkpoint of an interrupted run with this ``identity`` and its step, or (None, None)."""
-    from failtrace.training.checkpoints import numbered, step_folder
+    from failtrace.training.checkpoints import numbered, step_folder, training_run_id
 
     folder = Path(out) / RESUME_DIR
     if not _interrupted_run(out, identity):
         return None, None
+    mine = training_run_id(identity)
     every, last = int(identity["settings"]["save_every"]), int(identity["settings"]["steps"])
     steps = sorted((n, p) for p in folder.glob("checkpoint-*") if (n := numbered(p.name, "checkpoint-")) is not None
                    and _whole(p))
@@ -60,20 +61,21 @@ def resume_point(out: str | Path, identity: dict[str, Any]) -> tuple[Path | None
         # the trainer saves every `every` steps and at the last step; failtrace's step folder of the last step is
         # written after training, so up to the last multiple of `every` only (the rerun writes the last one)
         ours = [step_folder(out, k) for k in range(0, step + 1, every)]
-        if (step % every == 0 or step == last) and all(_is_step_of(f, identity) for f in ours) \
+        if (step % every == 0 or step == last) and all(_is_step_of(f, mine) for f in ours) \
                 and _state_step(path) == step:
             return path, step
     return None, None
 
 
-def _is_step_of(folder: Path, identity: dict[str, Any]) -> bool:
-    """Whether ``folder`` is a step folder of the run with this ``identity`` (another run killed after writing its
-    step-0, before it replaced the resume state, leaves its own beside this run's)."""
+def _is_step_of(folder: Path, run_id: str) -> bool:
+    """Whether ``folder`` is a step folder of the run ``run_id`` (:func:`~failtrace.training.checkpoints.
+    training_run_id`): another run killed after writing its step-0, before it replaced the resume state, leaves its
+    own beside this run's."""
     from failtrace.errors import FailtraceError
     from failtrace.training.checkpoints import read_metadata, training_run_id
 
     try:
-        return training_run_id(read_metadata(folder)) == training_run_id(identity)
+        return training_run_id(read_metadata(folder)) == run_id
     except FailtraceError:  # missing, damaged or not a failtrace checkpoint
         return False
 
@@ -83,19 +85,13 @@ def unresumable_step(out: str | Path, identity: dict[str, Any]) -> int | None:
     :func:`resume_point` found nothing to resume it from (e.g. interrupted in the seconds between the step folder
     and the trainer's own checkpoint): the rerun trains from step 0 again, and says so. Another run's step folders
     left in ``out`` do not count. None otherwise."""
-    from failtrace.errors import FailtraceError
-    from failtrace.training.checkpoints import numbered, read_metadata, training_run_id
+    from failtrace.training.checkpoints import numbered, training_run_id
 
     if not _interrupted_run(out, identity):
         return None
-    mine, steps = training_run_id(identity), []
-    for p in Path(out).glob("step-*"):
-        if (n := numbered(p.name, "step-")) is not None and n > 0:
-            try:
-                if training_run_id(read_metadata(p)) == mine:
-                    steps.append(n)
-            except FailtraceError:  # a damaged or foreign folder is not this run's step
-                continue
+    mine = training_run_id(identity)
+    steps = [n for p in Path(out).glob("step-*") if (n := numbered(p.name, "step-")) is not None and n > 0
+             and _is_step_of(p, mine)]
     return max(steps, default=None)
 
 
