@@ -33,7 +33,8 @@ def main() -> None:
         page = ctx.new_page()
         page.goto(args.index.resolve().as_uri(), wait_until="load")
         if args.selector:
-            page.locator(args.selector).first.scroll_into_view_if_needed()
+            # to the top as the help says (scroll_into_view_if_needed leaves it wherever it first becomes visible)
+            page.locator(args.selector).first.evaluate("e => e.scrollIntoView({block: 'start'})")
         args.png.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(args.png))
         browser.close()

@@ -74,7 +74,7 @@ def write_toy_cases(st: Any, lm: Any, info: dict[str, Any]) -> None:
         special = [i in special_ids(tok) for i in ctx]
         rel = relevance_pass(lm.model, ctx, logit_diff_fn(t, c), method="attnlrp").relevance()[0].numpy()
         labels = segment_labels(tok, ctx, special, len(gen["prompt_ids"]), item)
-        curve, k = flip_search(lm.model, ctx, rel, special, t, c, spec)
+        curve, k, _ = flip_search(lm.model, ctx, rel, special, t, c, spec)
         method = MethodResult("attnlrp", [float(x) for x in rel], segment_relevance=segment_relevance(rel, labels),
                               flip_curve=curve, flip_k=k)
         write_case(st, Case(

@@ -72,9 +72,14 @@ def make_case(i: int, benchmark: str, category: str | None, pattern: str | None,
     methods = {}
     for m, k in kstars.items():
         rel = rng.normal(0, 1, n) * np.where(special, 8.0, 1.0)  # special tokens soak up relevance
+        curve = _curve(delta, k, max_k, rng)
+        # the top token after masking: the target while Δℓ ≥ 0, then the contrast or a third token; a case whose
+        # number is 3 mod 4 was "analysed before it was recorded" (none)
+        tops = [] if i % 4 == 3 else [7 if v >= 0 else 8 if i % 3 == 0 else 9 for v in curve]
+        texts = [{7: " The" if i % 2 else "\n", 8: " the", 9: "A"}[t] for t in tops]
         methods[m] = MethodResult(method=m, input_relevance=[float(x) for x in rel],
                                   hidden_layer_sums=[float(x) for x in rng.normal(0, 1, 4)],
-                                  flip_curve=_curve(delta, k, max_k, rng), flip_k=k, seconds=0.1)
+                                  flip_curve=curve, flip_k=k, seconds=0.1, flip_tops=tops, flip_top_texts=texts)
     rel_seg = ["instruction"] if benchmark == "ifeval" else ["query"]
     return Case(
         case_id=f"{benchmark[:2]}{i:04d}{seed:02d}cafe", pair_run_id=pair_run_id, run_id="collect-1",

@@ -66,12 +66,24 @@ def test_flip_search_matches_plain_transformers_on_a_tiny_model(tiny, rule):
     target = int(_last_logits(model, ids).argmax())
     _c, logits = _reference_curve(model, ids, rel, special, target, 0, spec)
     contrast = _flipping_contrast(logits, target)
-    want, _ = _reference_curve(model, ids, rel, special, target, contrast, spec)
-    curve, k_star = flip_search(model, ids, rel, special, target, contrast, spec, batch=3)
+    want, want_logits = _reference_curve(model, ids, rel, special, target, contrast, spec)
+    curve, k_star, tops = flip_search(model, ids, rel, special, target, contrast, spec, batch=3)
     assert len(curve) == 1 + min(8, int(((rel > 0) & ~np.array(special)).sum()))
     assert curve == pytest.approx(want, abs=1e-4)
     want_k = next((k for k in range(1, len(want)) if want[k] < 0), None)
     assert want_k is not None and k_star == want_k
+    _assert_tops(tops, want_logits)
+    assert len(set(tops)) > 1  # masking changes the top token somewhere on the curve: a constant would not pass
+
+
+def _assert_tops(tops: list[int], want_logits: torch.Tensor) -> None:
+    """The top token after each k is the reference's argmax wherever its lead over the runner-up is clear of float
+    noise (a near tie may go either way between batched and unbatched forwards); the clear ones must not be few."""
+    assert len(tops) == want_logits.shape[0]
+    best = want_logits.topk(2, dim=-1)
+    clear = [k for k in range(len(tops)) if float(best.values[k, 0] - best.values[k, 1]) > 1e-3]
+    assert len(clear) >= len(tops) - 1
+    assert [tops[k] for k in clear] == [int(best.indices[k, 0]) for k in clear]
 
 
 def test_no_flip_gives_none(tiny):
@@ -79,7 +91,7 @@ def test_no_flip_gives_none(tiny):
     ids = list(range(10, 22))
     logits = _last_logits(model, ids)
     target, contrast = int(logits.argmax()), int(logits.argmin())  # the least likely token will not overtake
-    curve, k_star = flip_search(model, ids, np.ones(12), [False] * 12, target, contrast, MaskingSpec(max_k=3))
+    curve, k_star, _ = flip_search(model, ids, np.ones(12), [False] * 12, target, contrast, MaskingSpec(max_k=3))
     want, _ = _reference_curve(model, ids, np.ones(12), [False] * 12, target, contrast, MaskingSpec(max_k=3))
     assert curve == pytest.approx(want, abs=1e-4)
     assert all(v >= 0 for v in want) and k_star is None
@@ -93,7 +105,7 @@ def test_a_contrast_already_preferred_has_no_k_star(tiny):
     logits = _last_logits(model, ids)
     target, contrast = int(logits.argmin()), int(logits.argmax())  # the contrast is ahead from the start
     rel = np.linspace(1.0, 2.0, 13)
-    curve, k_star = flip_search(model, ids, rel, [False] * 13, target, contrast, MaskingSpec(max_k=4))
+    curve, k_star, _ = flip_search(model, ids, rel, [False] * 13, target, contrast, MaskingSpec(max_k=4))
     want, _ = _reference_curve(model, ids, rel, [False] * 13, target, contrast, MaskingSpec(max_k=4))
     assert curve == pytest.approx(want, abs=1e-4) and want[0] < 0
     assert any(v < 0 for v in want[1:]) and k_star is None
@@ -129,9 +141,11 @@ def test_flip_search_on_the_bundled_model(bundled):
     ids, special = attr.token_ids, attr.special_mask
     target, contrast = attr.target.id, attr.contrast.id
     for spec in (MaskingSpec(max_k=6),):  # the replace rule is checked on the tiny model
-        want, _ = _reference_curve(bundled.model, ids, attr.input_relevance, special, target, contrast, spec)
-        curve, k_star = flip_search(bundled.model, ids, attr.input_relevance, special, target, contrast, spec)
+        want, want_logits = _reference_curve(bundled.model, ids, attr.input_relevance, special, target, contrast,
+                                             spec)
+        curve, k_star, tops = flip_search(bundled.model, ids, attr.input_relevance, special, target, contrast, spec)
         assert curve == pytest.approx(want, abs=2e-3)
+        _assert_tops(tops, want_logits)
         assert curve[0] == pytest.approx(attr.delta_logit, abs=2e-3)
         assert k_star == next((k for k in range(1, len(want)) if want[k] < 0), None)
 

@@ -69,11 +69,12 @@ def _plain_logits(model: Any, ids: list[int], masked: list[int] = ()) -> torch.T
 
 
 def test_cases_equal_independent_computations(toy: dict[str, Any]) -> None:
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     summary = toy["summary"]
     assert summary.analysed == len(toy["clean"]) and not summary.errors
     plain = AutoModelForCausalLM.from_pretrained(str(toy["model_dir"])).eval()  # fresh weights, no failtrace code
+    plain_tok = AutoTokenizer.from_pretrained(str(toy["model_dir"]))
     raw = {item: (list(p), list(c), off, t, d) for item, p, c, off, t, d in _raw(
         toy["store"], "SELECT g.item_id, g.prompt_ids, g.token_ids, p.completion_offset, p.target_id, p.delta_logit "
                       "FROM generations g JOIN pairs p USING (run_id, item_id) WHERE p.status = 'clean'")}
@@ -102,7 +103,7 @@ def test_cases_equal_independent_computations(toy: dict[str, Any]) -> None:
         ig = failtrace.attribute(toy["lm"], case.token_ids, target=case.target_id, contrast=case.contrast_id,
                                  method="ig", ig_steps=16)
         np.testing.assert_allclose(case.methods["ig"].input_relevance, ig.input_relevance, rtol=1e-5, atol=1e-7)
-        _check_segments_and_masking(case, plain)
+        _check_segments_and_masking(case, plain, plain_tok)
         assert case.category in CATEGORIES and case.pattern in PATTERNS
         k_attn = case.methods["attnlrp"].flip_k
         assert (case.category == "M-IA") == (k_attn is not None and k_attn <= CaseSettings().k_ia)
@@ -175,7 +176,7 @@ def _fixed(case: Any) -> list[bool]:
     return [bool(sp) or i in template for i, sp in enumerate(case.special_mask)]
 
 
-def _check_segments_and_masking(case: Any, plain: Any) -> None:
+def _check_segments_and_masking(case: Any, plain: Any, plain_tok: Any) -> None:
     covered = sorted((s, e) for spans in case.segments.values() for s, e in spans)
     assert covered[0][0] == 0 and covered[-1][1] == len(case.token_ids)
     assert all(a[1] == b[0] for a, b in zip(covered, covered[1:]))  # no gap, no overlap
@@ -194,6 +195,14 @@ def _check_segments_and_masking(case: Any, plain: Any) -> None:
             logits = _plain_logits(plain, case.token_ids, order[:k])
             assert res.flip_curve[k] == pytest.approx(float(logits[case.target_id] - logits[case.contrast_id]),
                                                       abs=1e-4), m
+        # the top next token after masking the top k, k = 0..K: plain transformers' argmax (where its lead is clear
+        # of float noise), and its text as the tokenizer decodes that id alone
+        assert len(res.flip_tops) == len(res.flip_top_texts) == len(res.flip_curve)
+        for k, top in enumerate(res.flip_tops):
+            best = _plain_logits(plain, case.token_ids, order[:k]).topk(2)
+            if float(best.values[0] - best.values[1]) > 1e-4:
+                assert top == int(best.indices[0]), (m, k)
+        assert res.flip_top_texts == [plain_tok.decode([t]) for t in res.flip_tops]
 
 
 def test_rerun_does_no_work_and_other_methods_never_mix(toy: dict[str, Any]) -> None:

@@ -29,7 +29,10 @@ def _case(cid: str, n: int = 7, analysis: str = "a1", pair_run: str = "p1", seed
     methods = {m: MethodResult(method=m, input_relevance=rng.normal(size=n).tolist(),
                                hidden_layer_sums=rng.normal(size=3).tolist() if m == "attnlrp" else [],
                                segment_relevance={"query": 1.5, "answer": -0.25}, flip_curve=[2.0, 1.0, -0.5],
-                               flip_k=2 if m == "attnlrp" else None, seconds=0.1) for m in ("attnlrp", "random")}
+                               flip_k=2 if m == "attnlrp" else None, seconds=0.1,
+                               flip_tops=[40, 40, 7] if m == "attnlrp" else [],
+                               flip_top_texts=["x", "x", "A"] if m == "attnlrp" else [])
+               for m in ("attnlrp", "random")}
     graph = {"settings": {"prune": "cumulative:0.85"}, "stages": ["emb", "L0", "L1"], "objective_value": 2.0,
              "nodes": [[0, 1, 0.5], [2, n - 1, 2.0]], "edges": [[0, 1, 1, n - 1, 0.25], [1, n - 1, 2, n - 1, 1.75]]}
     return Case(case_id=cid, pair_run_id=pair_run, run_id="r1", item_id=f"i-{cid}", benchmark="toy", model="m",
@@ -62,13 +65,52 @@ def test_version_1_store_is_migrated_by_adding_tables(tmp_path: Path) -> None:
         files = st.export(tmp_path / "old-export", "jsonl")
         assert "cases.jsonl" not in {f.name for f in files}
     with open_store(path) as st:
-        assert st.schema_version == SCHEMA_VERSION == 3
+        assert st.schema_version == SCHEMA_VERSION == 4
         tables = {r[0] for r in st.con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
         assert set(CASE_TABLES) <= tables
         assert st.get_item("toy", "i0").prompt == "p"  # old rows untouched
         assert write_case(st, _case("c1"))
     with open_store(path, read_only=True) as st:
         assert [c.case_id for c in load_cases(st)] == ["c1"]
+
+
+def test_version_3_store_reads_then_migrates_to_the_top_tokens_after_masking(tmp_path: Path) -> None:
+    """A store as version 3 wrote it (case_methods without flip_tops, flip_top_texts): read in its old layout, its
+    cases have no top tokens (not recorded) and the explorer's case page still loads; opened for writing it gains the
+    columns (NULL for the old rows, every old value kept) and a new case stores its top tokens."""
+    from failtrace.serve.casedata import case_detail
+
+    path = tmp_path / "v3.duckdb"
+    with open_store(path) as st:
+        assert write_case(st, _case("old"))
+        st.con.execute("ALTER TABLE case_methods DROP COLUMN flip_top_texts")
+        st.con.execute("ALTER TABLE case_methods DROP COLUMN flip_tops")
+        st.con.execute("UPDATE schema_version SET version = 3")
+    before = duckdb.connect(str(path), read_only=True)
+    old_rows = before.execute("SELECT * FROM case_methods ORDER BY method").fetchall()
+    before.close()
+    with open_store(path, read_only=True) as st:
+        (case,) = load_cases(st)
+        assert st.schema_version == 3 and case.methods["attnlrp"].flip_tops == []
+        assert case.methods["attnlrp"].flip_curve == [2.0, 1.0, -0.5]
+        page = case_detail(st.con, "old", False)
+        assert page is not None and page["methods"]["attnlrp"]["mask_tops"] == []
+        assert "top next token" not in page["methods"]["attnlrp"]["mask_caption"]
+    with open_store(path) as st:
+        assert st.schema_version == SCHEMA_VERSION == 4
+        rows = st.con.execute("SELECT * FROM case_methods ORDER BY method").fetchall()
+        assert [r[:-2] for r in rows] == old_rows and all(r[-2:] == (None, None) for r in rows)
+        assert write_case(st, _case("new"))
+    with open_store(path, read_only=True) as st:
+        by_id = {c.case_id: c for c in load_cases(st, latest=False)}
+        assert by_id["new"].methods["attnlrp"].flip_top_texts == ["x", "x", "A"]
+        assert by_id["old"].methods["attnlrp"].flip_top_texts == []
+        page = case_detail(st.con, "new", False)
+    tops = page["methods"]["attnlrp"]["mask_tops"]
+    assert [(t["text"], t["role"]) for t in tops] == [("x", "target"), ("x", "target"), ("A", "other")]
+    # k* = 2: the caption names what the model would write with the first two masked, a third token
+    assert page["methods"]["attnlrp"]["mask_caption"].endswith("the model's top next token is then ‹A›, a third "
+                                                                "token, not the contrast")
 
 
 def test_roundtrip_idempotent_and_one_transaction(tmp_path: Path) -> None:

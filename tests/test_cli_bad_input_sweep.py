@@ -134,7 +134,7 @@ def test_a_store_that_lost_a_table_is_called_damaged(toy: dict[str, Any], tmp_pa
     """Before: override recreated the lost table (the file changed) and export wrote its files with exit 0."""
     store, sha = _damaged(toy, tmp_path, "DROP TABLE pairs")
     line = _one_error_line(main([*[a.replace("{d}", str(tmp_path)) for a in argv], "-s", str(store)]), capsys)
-    assert line.startswith(f"error: results store {store} lacks table(s) pairs of its schema version 3; it is "
+    assert line.startswith(f"error: results store {store} lacks table(s) pairs of its schema version 4; it is "
                            f"damaged"), line
     assert sha256(store) == sha and not (tmp_path / "exp").exists()
 
@@ -149,7 +149,7 @@ def test_a_store_that_lost_a_column_is_called_damaged(toy: dict[str, Any], tmp_p
     called every case unlabelled); only status noticed."""
     store, sha = _damaged(toy, tmp_path, "ALTER TABLE cases DROP COLUMN pattern")
     line = _one_error_line(main([*[a.replace("{d}", str(tmp_path)) for a in argv], "-s", str(store)]), capsys)
-    assert line == (f"error: results store {store} lacks column(s) cases.pattern of its schema version 3; it is "
+    assert line == (f"error: results store {store} lacks column(s) cases.pattern of its schema version 4; it is "
                     f"damaged; the file was left unchanged. Restore it from a copy or give another --store"), line
     assert sha256(store) == sha and not (tmp_path / "exp").exists()
 

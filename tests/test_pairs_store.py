@@ -81,7 +81,7 @@ def test_a_version_2_store_migrates_without_losing_rows(tmp_path: Path) -> None:
         (row,) = st.status_rows()
         assert st.schema_version == 2 and row.limit_hit == 3 and row.continued_pass is None
     with open_store(path) as st:
-        assert st.schema_version == SCHEMA_VERSION == 3
+        assert st.schema_version == SCHEMA_VERSION == 4
     after = _pairs(path)
     assert len(after) == len(before) == len(OLD_ROWS)
     for old, new in zip(before, after, strict=True):

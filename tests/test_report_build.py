@@ -18,6 +18,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from report_cases import METHODS, make_case, sample  # noqa: E402
 
 from failtrace.report.build import build_report  # noqa: E402
+from failtrace.report.casepage import plain_token  # noqa: E402
+from failtrace.views.common import shown  # noqa: E402
 
 
 def _csv(path: Path) -> list[dict[str, str]]:
@@ -191,7 +193,8 @@ def test_every_case_on_the_page_with_all_its_tokens(built):
 
 class _Masked(HTMLParser):
     """Per (case article, method): the ``data-p`` of each row of its "top tokens in masking order" table, the
-    marked rows, the last cell (Δℓ after k) of each row, and whether the method's block starts hidden."""
+    marked rows, the cells of each row, the caption under the table, and whether the method's block starts
+    hidden."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -201,7 +204,9 @@ class _Masked(HTMLParser):
         self.marked: dict[tuple[str, str], int] = {}
         self.cells: dict[tuple[str, str], list[str]] = {}
         self.hidden: dict[tuple[str, str], bool] = {}
+        self.captions: dict[tuple[str, str], str] = {}
         self._td: list[str] | None = None
+        self._p: list[str] | None = None
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = dict(attrs)
@@ -217,17 +222,22 @@ class _Masked(HTMLParser):
             self.marked[self.key] += "flipset" in classes
         if self.key and tag == "td":
             self._td = []
+        if self.key and tag == "p":
+            self._p = []
 
     def handle_data(self, data: str) -> None:
         if self._td is not None:
             self._td.append(data)
+        if self._p is not None:
+            self._p.append(data)
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "td" and self._td is not None and self.key:
             self.cells[self.key].append("".join(self._td))
             self._td = None
         if tag == "p" and self.key:  # the caption closes a method's block
-            self.key = None
+            self.captions[self.key] = "".join(self._p or [])
+            self.key, self._p = None, None
         if tag == "article":
             self.case = None
 
@@ -235,11 +245,12 @@ class _Masked(HTMLParser):
 def test_each_case_lists_its_top_tokens_in_masking_order(built):
     """Every drawable method's masking order, read by hand: positive relevance, never a special id nor
     (skip_template) the template's own text, largest first, ties by position, at most K; the first k* rows marked;
-    the last cell of row k is the stored Δℓ after masking k; only the first method's block is shown without script."""
+    row k's last cells are the stored Δℓ after masking k and the top next token then, under the caption the views
+    share; only the first method's block is shown without script."""
     index, cases, *_ = built
     p = _Masked()
     p.feed(index.read_text(encoding="utf-8"))
-    checked = 0
+    checked = with_top = 0
     for c in cases:
         drawable = [m for m in METHODS if m in c.methods and len(c.methods[m].input_relevance) == len(c.tokens)]
         assert [m for (cid, m) in p.rows if cid == c.case_id] == drawable
@@ -253,11 +264,22 @@ def test_each_case_lists_its_top_tokens_in_masking_order(built):
             key = (c.case_id, method)
             assert p.rows[key] == expected, key
             assert p.marked[key] == (r.flip_k or 0) and p.hidden[key] == (i > 0)
-            last = p.cells[key][5::6]
-            assert [float(x) for x in last] == pytest.approx(
+            deltas, tops = p.cells[key][5::7], p.cells[key][6::7]
+            assert [float(x) for x in deltas] == pytest.approx(
                 [r.flip_curve[k] for k in range(1, len(expected) + 1)], abs=1e-3)
+            want = [plain_token(t) for t in r.flip_top_texts[1:len(expected) + 1]] or ["—"] * len(expected)
+            assert tops == want, key
+            caption = p.captions[key]
+            if r.flip_k is not None and r.flip_top_texts and expected:
+                third = r.flip_tops[r.flip_k] != c.contrast_id
+                assert caption.endswith(f"(k* = {r.flip_k}, marked); the model's top next token is then "
+                                        f"‹{shown(r.flip_top_texts[r.flip_k])}›, "
+                                        f"{'a third token, not the contrast' if third else 'the contrast'}."), caption
+                with_top += 1
+            else:
+                assert "top next token" not in caption
             checked += bool(expected)
-    assert checked >= 3
+    assert checked >= 3 and with_top >= 2
 
 
 def test_page_is_self_contained(built):

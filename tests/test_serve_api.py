@@ -725,15 +725,21 @@ def test_mask_caption_is_the_reports(client: TestClient, toy: dict[str, Any]) ->
     same rows (views.common.masked_caption), for every case and drawable method: flipped, not flipped, no curve."""
     from failtrace.views.common import masked_caption, masked_rows
 
-    seen = set()
+    seen, tops_seen = set(), 0
     for case in toy["cases"]:
         d = client.get(f"/api/cases/{case.case_id}").json()
         for name, m in case.methods.items():
             if d["methods"][name]["drawable"]:
-                want = masked_caption(m.flip_k, masked_rows(case, name))
+                want = masked_caption(m.flip_k, masked_rows(case, name), "shaded")
                 assert d["methods"][name]["mask_caption"] == want
                 seen.add(want.split(" (")[0].split(" flips")[0][:20])
-    assert len(seen) >= 2  # more than one kind of caption was compared
+                # the top token after masking the first k, k = 0..K, with its role in the pair
+                roles = {case.target_id: "target", case.contrast_id: "contrast"}
+                assert len(m.flip_tops) == len(m.flip_curve)
+                assert d["methods"][name]["mask_tops"] == [{"text": t, "role": roles.get(i, "other")}
+                                                           for i, t in zip(m.flip_tops, m.flip_top_texts)]
+                tops_seen += len(m.flip_tops)
+    assert len(seen) >= 2 and tops_seen >= 6  # more than one kind of caption was compared
 
 
 def test_non_finite_and_huge_values_are_a_short_422(toy: dict[str, Any], tmp_path: Path) -> None:

@@ -284,11 +284,18 @@ def test_top_tokens_in_masking_order_find_their_token(page: Any, server: dict[st
             + clipped_text("".join(map(shown, r["after"]))) for r in masked_rows(case, "attnlrp")]
     assert page.locator("#masked tr.hit-row td.ctx").evaluate_all("tds => tds.map(td => td.textContent)") == want
     # ... and its caption is their caption (views.common.masked_caption), not a wording of its own
-    cap = masked_caption(case.methods["attnlrp"].flip_k, masked_rows(case, "attnlrp"))
-    assert cap.endswith(")") and page.locator("#masked p.note").inner_text().startswith(
-        cap[0].upper() + cap[1:-1] + ", shaded).")
-    last = rows.nth(len(order) - 1).locator("td").last.inner_text()
-    assert float(last) == pytest.approx(case.methods["attnlrp"].flip_curve[len(order)], abs=1e-3)
+    cap = masked_caption(case.methods["attnlrp"].flip_k, masked_rows(case, "attnlrp"), "shaded")
+    assert "shaded); the model's top next token is then ‹" in cap
+    assert page.locator("#masked p.note").inner_text().startswith(cap[0].upper() + cap[1:] + ".")
+    # the last two cells: Δℓ after masking the first k, and the top next token then (its text, its role on hover)
+    r = case.methods["attnlrp"]
+    cells = rows.nth(len(order) - 1).locator("td")
+    assert float(cells.nth(-2).inner_text()) == pytest.approx(r.flip_curve[len(order)], abs=1e-3)
+    tops = page.locator("#masked tr.hit-row td:last-child").evaluate_all("tds => tds.map(td => td.textContent)")
+    assert tops == [clipped_text(shown(t)) for t in r.flip_top_texts[1:len(order) + 1]]
+    k = r.flip_k
+    role = "the contrast" if r.flip_tops[k] == case.contrast_id else "neither the target nor the contrast"
+    assert rows.nth(k - 1).locator("td").last.get_attribute("title") == role
     pos = order[0]
     seg = page.locator(f"#strip .tok[data-p='{pos}']").evaluate("t => t.closest('details').dataset.seg")
     page.locator(f"details.seg[data-seg='{seg}'] > summary").first.click()  # fold the token's segment first

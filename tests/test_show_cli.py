@@ -20,6 +20,7 @@ from failtrace.cli import main  # noqa: E402
 from failtrace.report import compare_data as D  # noqa: E402
 from failtrace.store import open_store  # noqa: E402
 from failtrace.store.cases import load_cases  # noqa: E402
+from failtrace.views.common import shown  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +90,11 @@ def test_one_case_lists_its_tokens_in_masking_order(toy: dict[str, Any], method:
         assert [int(r[3]) for r in rows] == expected, case.case_id
         with_rows += bool(rows)
         r = case.methods[method]
-        assert [row[7] == "◀" for row in rows] == [r.flip_k is not None and k <= r.flip_k
+        assert [row[8] == "◀" for row in rows] == [r.flip_k is not None and k <= r.flip_k
                                                    for k in range(1, len(rows) + 1)]
+        # the model's top next token after masking the first k, as analyse recorded it
+        assert len(r.flip_top_texts) == len(r.flip_curve)
+        assert [row[7] for row in rows] == [shown(t) for t in r.flip_top_texts[1:len(rows) + 1]]
         assert [float(row[6]) for row in rows] == pytest.approx(r.flip_curve[1:len(rows) + 1], abs=1e-3)
         # the token, and the token marked ‹…› in its context
         for row in rows:
@@ -281,6 +285,11 @@ def test_markup_control_characters_and_long_tokens_print_as_data(toy: dict[str, 
     with open_store(store) as st:
         st.con.execute("UPDATE cases SET item_id = ?, tokens = ? WHERE case_id = ?",
                        ["q[/]x[i]", json.dumps(tokens), case.case_id])
+        texts = st.con.execute("SELECT flip_top_texts FROM case_methods WHERE case_id = ? AND method = 'attnlrp'",
+                               [case.case_id]).fetchone()[0]
+        texts[1] = "[bold]\x1b[2J" + "z" * 50  # a top token after masking is the model's text too
+        st.con.execute("UPDATE case_methods SET flip_top_texts = ? WHERE case_id = ? AND method = 'attnlrp'",
+                       [texts, case.case_id])
     code, out, err = _show(capsys, monkeypatch, "--store", str(store))
     assert code == 0 and "q[/]x[i]" in out and "a[/]b/x[i].duckdb" in out
     code, out, err = _show(capsys, monkeypatch, "--store", str(store), "--case", case.case_id)
@@ -289,7 +298,8 @@ def test_markup_control_characters_and_long_tokens_print_as_data(toy: dict[str, 
     # the token column is short (its context shows it too), both cut with …, never the other columns
     assert rows[0][1].startswith("␛[31mRED") and rows[0][1].endswith("…") and len(rows[0][1]) <= 12
     assert "‹␛[31mRED␛]0;pwned␇y" in rows[0][2]
-    assert all(len(r) == 8 and r[3].isdigit() for r in rows)  # every column is still there
+    assert rows[0][7].startswith("[bold]␛[2Jz") and rows[0][7].endswith("…") and len(rows[0][7]) <= 12
+    assert all(len(r) == 9 and r[3].isdigit() for r in rows)  # every column is still there
 
 
 def test_an_old_case_whose_item_the_newest_analysis_lacks(toy: dict[str, Any], tmp_path: Path, capsys,

@@ -6,9 +6,11 @@ from failtrace.analysis.ablation_view import AblationView, ablation_view
 from failtrace.analysis.categories import CATEGORIES, categorize, node_ablation
 from failtrace.analysis.graph_summary import graph_summary
 from failtrace.analysis.masking import (
+    Flip,
     flip_search,
     masked_delta,
     masked_objective,
+    masked_scores,
     masking_order,
     never_masked,
     top_positions,
@@ -23,8 +25,9 @@ from failtrace.analysis.segments import (
     spans_from_labels,
 )
 
-__all__ = ["CATEGORIES", "PATTERNS", "RELEVANT_SEGMENTS", "AblationView", "ablation_view", "categorize",
-           "failure_pattern", "flip_search", "graph_summary", "masked_delta", "masked_objective", "masking_order",
+__all__ = ["CATEGORIES", "PATTERNS", "RELEVANT_SEGMENTS", "AblationView", "Flip", "ablation_view", "categorize",
+           "failure_pattern", "flip_search", "graph_summary", "masked_delta", "masked_objective", "masked_scores",
+           "masking_order",
            "never_masked",
            "node_ablation",
            "normalize", "relevant_segments", "segment_labels", "segment_relevance", "spans_from_labels",

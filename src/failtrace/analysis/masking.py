@@ -9,7 +9,7 @@ Definitions in docs/ANALYSES.md; the rules are :data:`failtrace.cases.record.MAS
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -90,14 +90,25 @@ PREFIX_REUSE_SHARE = 0.5  # when it is also at least this share of the input: at
 def masked_delta(model: nn.Module, token_ids: Sequence[int], masks: Sequence[Sequence[int]], target_id: int,
                  contrast_id: int, spec: MaskingSpec, batch: int = 8,
                  reuse_above: int = PREFIX_REUSE_ABOVE) -> list[float]:
-    """Δℓ = logit(target) − logit(contrast) at the last position with each set of positions masked by ``spec``.
+    """Δℓ = logit(target) − logit(contrast) at the last position with each set of positions masked by ``spec``
+    (:func:`masked_scores` without the top tokens)."""
+    return masked_scores(model, token_ids, masks, target_id, contrast_id, spec, batch, reuse_above)[0]
+
+
+@torch.no_grad()
+def masked_scores(model: nn.Module, token_ids: Sequence[int], masks: Sequence[Sequence[int]], target_id: int,
+                  contrast_id: int, spec: MaskingSpec, batch: int = 8,
+                  reuse_above: int = PREFIX_REUSE_ABOVE) -> tuple[list[float], list[int]]:
+    """Per set of positions masked by ``spec``: Δℓ = logit(target) − logit(contrast) at the last position, and the
+    model's top next token there (the argmax; ties: the lowest id). The top token says what Δℓ < 0 does not: after
+    masking, the model may prefer the contrast to the target and still write a third token.
 
     ``zero-embedding``: the masked rows of the input embeddings (``model.get_input_embeddings()(ids)``) are set to
     zero and the model runs on ``inputs_embeds``; ``replace``: the masked token ids become ``spec.token_id``.
     One forward per mask set, ``batch`` sets per call (all rows have the same length: no padding).
 
-    A causal model's states before the first masked position P are those of the unmasked input, so when P (over all
-    sets) is at least ``reuse_above`` tokens and half the input, positions 0..P-1 run once, unmasked, and every set
+    A causal model's states before the first masked position P (over all sets) are those of the unmasked input, so
+    when P is at least ``reuse_above`` tokens and half the input, positions 0..P-1 run once, unmasked, and every set
     runs only P..T-1 on that KV cache: on a long agent trace whose top tokens are recent, most of each forward. The
     values are those of the full forward up to float summation order (tested against it).
     """
@@ -107,7 +118,8 @@ def masked_delta(model: nn.Module, token_ids: Sequence[int], masks: Sequence[Seq
     n = len(token_ids)
     start, prefix = unmasked_prefix(model, token_ids, [int(p) for pos in masks for p in pos], reuse_above)
     emb = model.get_input_embeddings()(ids[:, start:])[0] if spec.rule == "zero-embedding" else None
-    out: list[float] = []
+    deltas: list[float] = []
+    tops: list[int] = []
     for begin in range(0, len(masks), batch):
         chunk = masks[begin:begin + batch]
         kwargs = suffix_arguments(prefix, start, len(chunk), n)
@@ -124,8 +136,9 @@ def masked_delta(model: nn.Module, token_ids: Sequence[int], masks: Sequence[Seq
                     x_ids[row, [int(p) - start for p in pos]] = int(spec.token_id)  # type: ignore[arg-type]
             logits = last_logits(model, input_ids=x_ids, **kwargs)
         lg = logits.double()
-        out.extend(float(v) for v in (lg[:, target_id] - lg[:, contrast_id]))
-    return out
+        deltas.extend(float(v) for v in (lg[:, target_id] - lg[:, contrast_id]))
+        tops.extend(int(i) for i in lg.argmax(-1))  # torch's argmax returns the first maximum: the lowest id
+    return deltas, tops
 
 
 def unmasked_prefix(model: nn.Module, token_ids: Sequence[int], changed: Sequence[int],
@@ -161,22 +174,31 @@ def last_logits(model: nn.Module, **kwargs: object) -> torch.Tensor:
     return logits
 
 
+class Flip(NamedTuple):
+    """A flip search's answer: Δℓ after masking the top k (index k = 0..K), k* (:func:`first_flip`), and the
+    model's top next token after masking the top k (same indexing)."""
+
+    curve: list[float]
+    k_star: int | None
+    tops: list[int]
+
+
 def flip_search(model: nn.Module, token_ids: Sequence[int], relevance: Sequence[float] | np.ndarray,
                 special_mask: Sequence[bool], target_id: int, contrast_id: int,
-                spec: MaskingSpec | None = None, batch: int = 8) -> tuple[list[float], int | None]:
+                spec: MaskingSpec | None = None, batch: int = 8) -> Flip:
     """Mask the top-k positively attributed tokens outside ``special_mask`` for k = 0..K (K = ``spec.max_k``, fewer
-    when fewer tokens have positive relevance): the Δℓ curve (index k) and k* = :func:`first_flip` (the smallest
-    k >= 1 with Δℓ < 0; None if none, or if Δℓ < 0 unmasked). ``special_mask`` is taken as given: pass
-    :func:`never_masked` (special ids plus, when ``spec.skip_template``, the template text) to follow the spec's rule,
-    as every caller in failtrace does."""
+    when fewer tokens have positive relevance): the Δℓ curve (index k), k* = :func:`first_flip` (the smallest
+    k >= 1 with Δℓ < 0; None if none, or if Δℓ < 0 unmasked) and the top token after each k. ``special_mask`` is
+    taken as given: pass :func:`never_masked` (special ids plus, when ``spec.skip_template``, the template text) to
+    follow the spec's rule, as every caller in failtrace does."""
     spec = spec or MaskingSpec()
     if len(relevance) != len(token_ids):
         raise FailtraceError(f"relevance has {len(relevance)} values for {len(token_ids)} tokens")
     _check_spec(spec, model.get_input_embeddings().weight.shape[0])
     order = top_positions(relevance, special_mask, spec.max_k)
-    curve = masked_delta(model, token_ids, [order[:k] for k in range(len(order) + 1)], target_id, contrast_id,
-                         spec, batch=batch)
-    return curve, first_flip(curve)
+    curve, tops = masked_scores(model, token_ids, [order[:k] for k in range(len(order) + 1)], target_id,
+                                contrast_id, spec, batch=batch)
+    return Flip(curve, first_flip(curve), tops)
 
 
 def first_flip(curve: Sequence[float]) -> int | None:

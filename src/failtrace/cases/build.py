@@ -145,6 +145,7 @@ def _attributions(lm: Any, context: list[int], fixed: list[bool], labels: list[s
     hidden relevance [L+1, n]."""
     from failtrace.analysis.masking import flip_search
     from failtrace.analysis.segments import segment_relevance
+    from failtrace.attribution.inputs import decode_tokens
 
     fn = logit_diff_fn(target, contrast)
     methods: dict[str, MethodResult] = {}
@@ -153,12 +154,13 @@ def _attributions(lm: Any, context: list[int], fixed: list[bool], labels: list[s
         t0 = time.perf_counter()
         rel, sums, _ = method_relevance(lm, method, context, fn, settings, graph, key)
         clock.lap(f"method:{method}")
-        curve, k_star = flip_search(lm.model, context, rel, fixed, target, contrast, settings.masking)
+        flip = flip_search(lm.model, context, rel, fixed, target, contrast, settings.masking)
         clock.lap(f"flip:{method}")
         methods[method] = MethodResult(
             method=method, input_relevance=[float(x) for x in rel], hidden_layer_sums=[float(x) for x in sums],
             segment_relevance={k: float(v) for k, v in segment_relevance(rel, labels).items()},
-            flip_curve=[float(x) for x in curve], flip_k=k_star, seconds=round(time.perf_counter() - t0, 6))
+            flip_curve=[float(x) for x in flip.curve], flip_k=flip.k_star, seconds=round(time.perf_counter() - t0, 6),
+            flip_tops=list(flip.tops), flip_top_texts=decode_tokens(lm.tokenizer, flip.tops))
     return methods, attn_hidden
 
 

@@ -126,8 +126,8 @@ def rescore(lm: Any, case: Case, item: Any, answer_prefix: str, model_name: str,
     hidden = relevance_pass(lm.model, ids, logit_diff_fn(target, contrast), method="attnlrp").relevance()
     rel = hidden[0].cpu().numpy().astype(np.float64)
     labels = segment_labels(tok, ids, special, prompt_length, item)
-    curve, k_star = flip_search(lm.model, ids, rel, never_masked(special, labels, case.masking), target, contrast,
-                                case.masking)
+    curve, k_star, _ = flip_search(lm.model, ids, rel, never_masked(special, labels, case.masking), target, contrast,
+                                   case.masking)  # the top tokens after masking are stored for cases only
     return row | {"mapped": True, "target_id": target, "contrast_id": contrast, "delta_logit": delta,
                   "input_relevance": [float(x) for x in rel],
                   "segment_relevance": {k: float(v) for k, v in segment_relevance(rel, labels).items()},

@@ -81,6 +81,9 @@ class MethodResult:
     random). ``segment_relevance``: segment name -> summed input relevance (sums to the total input relevance).
     ``flip_curve``: Δℓ after masking the top-k positions, k = 0 .. K (index 0 is the unmasked Δℓ).
     ``flip_k``: the smallest k with Δℓ < 0, or ``None`` when none up to K.
+    ``flip_tops`` / ``flip_top_texts``: the model's top next token after masking the top k (id and text, same
+    indexing as the curve): whether a flipped prediction is the contrast or a third token. Empty in a case analysed
+    before schema version 4 (not recorded).
     """
 
     method: str
@@ -90,6 +93,8 @@ class MethodResult:
     flip_curve: list[float] = field(default_factory=list)
     flip_k: int | None = None
     seconds: float = 0.0
+    flip_tops: list[int] = field(default_factory=list)
+    flip_top_texts: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,7 +105,9 @@ class MethodResult:
                    hidden_layer_sums=[float(x) for x in d.get("hidden_layer_sums") or []],
                    segment_relevance={str(k): float(v) for k, v in (d.get("segment_relevance") or {}).items()},
                    flip_curve=[float(x) for x in d.get("flip_curve") or []],
-                   flip_k=None if d.get("flip_k") is None else int(d["flip_k"]), seconds=float(d.get("seconds") or 0))
+                   flip_k=None if d.get("flip_k") is None else int(d["flip_k"]), seconds=float(d.get("seconds") or 0),
+                   flip_tops=[int(x) for x in d.get("flip_tops") or []],
+                   flip_top_texts=[str(x) for x in d.get("flip_top_texts") or []])
 
 
 @dataclass

@@ -236,15 +236,14 @@ def _masked_table(c: Any, method: str, width: int = 160) -> Any:
 
     rows = masked_rows(c, method)
     t = Table(title=f"top tokens of {method}, in masking order ({c.masking.rule})", title_justify="left",
-              caption=masked_caption(c.methods[method].flip_k, rows) + (" (marked ◀)" if any(
-                  row["flips"] for row in rows) else ""), caption_justify="left")
+              caption=masked_caption(c.methods[method].flip_k, rows, "marked ◀"), caption_justify="left")
     # the numbers and labels keep their width; the context gives way on a narrow terminal (cut with …)
     keep = {"k": 2, "position": 8, "segment": 11, "R": 7, "Δℓ after k": 10, "": 1}
-    for name in ("k", "token", "in context", "position", "segment", "R", "Δℓ after k", ""):
+    for name in ("k", "token", "in context", "position", "segment", "R", "Δℓ after k", "top after k", ""):
         t.add_column(name, justify="right" if name in ("k", "position", "R", "Δℓ after k") else "left",
-                     no_wrap=name in ("token", "in context"), min_width=keep.get(name),
-                     max_width=12 if name == "token" else None)
-    room = max(24, width - 78)  # what the other columns leave to the context (its token always shown whole-ish)
+                     no_wrap=name in ("token", "in context", "top after k"), min_width=keep.get(name),
+                     max_width=12 if name in ("token", "top after k") else None)
+    room = max(24, width - 90)  # what the other columns leave to the context (its token always shown whole-ish)
     for row in rows:
         token = clipped_text(shown(row["token"]))
         inner = clipped_text(token, most=max(6, room // 3))
@@ -254,8 +253,9 @@ def _masked_table(c: Any, method: str, width: int = 160) -> Any:
         ctx.append(clipped_text("".join(shown(x) for x in row["after"]),
                                 most=max(4, min(40, room - len(before) - len(inner) - 2))), style="dim")
         dl = "—" if row["delta_after"] is None else f"{row['delta_after']:.3f}"
+        top = "—" if row["top_after"] is None else clipped_text(shown(row["top_after"]), most=12)
         t.add_row(str(row["k"]), Text(token), ctx, str(row["position"]), Text(row["segment"] or "—"),
-                  f"{row['relevance']:.4g}", dl, "◀" if row["flips"] else "")
+                  f"{row['relevance']:.4g}", dl, Text(top), "◀" if row["flips"] else "")
     return t
 
 

@@ -108,7 +108,8 @@ def _strip(case: Case, method: str | None) -> str:
 
 def _masked(case: Case, methods: list[str], shown_method: str | None) -> str:
     """Per drawable method, the tokens its flip curve masked, in order, each in a little context, with Δℓ after
-    masking the first k; the first k* rows (whose masking flips the prediction) are marked. One table per method;
+    masking the first k and the model's top next token then; the first k* rows (whose masking flips the prediction)
+    are marked. One table per method;
     the *colour by* buttons show the chosen method's (report.js), AttnLRP's without script."""
     parts = []
     for method in methods:
@@ -119,19 +120,20 @@ def _masked(case: Case, methods: list[str], shown_method: str | None) -> str:
             after = clipped_text("".join(row["after"]))
             marked = ' class="flipset"' if row["flips"] else ""
             dl = "—" if row["delta_after"] is None else fmt(row["delta_after"], 3)
+            top = "—" if row["top_after"] is None else shown_token(clipped_text(row["top_after"]))
             body.append(f'<tr data-p="{row["position"]}"{marked}><td class="n">{row["k"]}</td>'
                         f'<td class="ctx">{shown_token(before)}<b>{shown_token(clipped_text(row["token"]))}</b>'
                         f'{shown_token(after)}</td><td class="n">{row["position"]}</td>'
                         f'<td>{esc(row["segment"] or "—")}</td><td class="n">{fmt(row["relevance"], 4)}</td>'
-                        f'<td class="n">{dl}</td></tr>')
+                        f'<td class="n">{dl}</td><td class="ctx">{top}</td></tr>')
         hidden = "" if method == shown_method else " hidden"
         table = ('<div class="scroll"><table class="t masked"><thead><tr><th class="n">k</th><th>token in context'
                  '</th><th class="n">position</th><th>segment</th><th class="n">R</th><th class="n">Δℓ after k</th>'
-                 f'</tr></thead><tbody>{"".join(body)}</tbody></table></div>') if rows else ""
+                 '<th>top next token after k</th></tr></thead>'
+                 f'<tbody>{"".join(body)}</tbody></table></div>') if rows else ""
         parts.append(f'<div class="masked-for" data-method="{esc(method)}"{hidden}>'
                      f"<h4>The top tokens of {esc(method)}, in masking order</h4>{table}"
-                     f'<p class="note">{esc(masked_caption(case.methods[method].flip_k, rows))}'
-                     f'{" (marked)" if any(row["flips"] for row in rows) else ""}.</p></div>')
+                     f'<p class="note">{esc(masked_caption(case.methods[method].flip_k, rows, "marked"))}.</p></div>')
     return "".join(parts)
 
 

@@ -61,27 +61,45 @@ def _labels(n: int, segments: dict[str, list[list[int]]]) -> list[str]:
     return labels
 
 
-def _methods(con: Any, case_id: str, special: list[bool], labels: list[str], masking: Any) -> dict[str, Any]:
-    """Per method: relevance raw and normalised, sums, flip curve and k*, and ``mask_order``: the positions masked
-    for the flip curve, in order (the case's own rule, so row k of the page is the k-th token the curve removed)."""
+def _role(token: int, target_id: int, contrast_id: int) -> str:
+    """Which of the pair a top token after masking is ("other": neither)."""
+    return "target" if token == int(target_id) else "contrast" if token == int(contrast_id) else "other"
+
+
+def _methods(con: Any, case_id: str, special: list[bool], labels: list[str], masking: Any,
+             target_id: int, contrast_id: int) -> dict[str, Any]:
+    """Per method: relevance raw and normalised, sums, flip curve and k*, ``mask_order``: the positions masked
+    for the flip curve, in order (the case's own rule, so row k of the page is the k-th token the curve removed), and
+    ``mask_tops``: the model's top next token after masking the first k (k = 0..K; empty where not recorded: a case
+    analysed before schema version 4, whose table lacks the columns when the store is read in its old layout)."""
     out: dict[str, Any] = {}
     n = len(labels)
     spec = MaskingSpec.from_dict(masking) if masking else MaskingSpec()
-    for method, raw, sums, seg, curve, k in con.execute(
-            "SELECT method, input_relevance, hidden_layer_sums, segment_relevance, flip_curve, flip_k "
-            "FROM case_methods WHERE case_id = ? ORDER BY method", [case_id]).fetchall():
-        raw = [float(x) for x in raw]
+    cur = con.execute("SELECT * FROM case_methods WHERE case_id = ? ORDER BY method", [case_id])
+    names = [d[0] for d in cur.description]
+    for values in cur.fetchall():
+        r = dict(zip(names, values, strict=True))
+        method, curve, k = r["method"], list(r["flip_curve"] or []), r["flip_k"]
+        raw = [float(x) for x in r["input_relevance"]]
         drawable = len(raw) == n
         norm = normalize(raw, special).tolist() if drawable else []
-        seg = _json(seg, f"case_methods.segment_relevance of case {case_id} ({method})") or {}
-        out[method] = {"raw": raw, "norm": norm, "drawable": drawable, "hidden_layer_sums": list(sums or []),
-                       "segment_relevance": seg, "flip_curve": list(curve or []), "flip_k": k,
-                       "k_label": k_star_label(SimpleNamespace(flip_curve=list(curve or []), flip_k=k)),
-                       "mask_order": masking_order(raw, special, labels, spec) if drawable else []}
+        seg = _json(r["segment_relevance"], f"case_methods.segment_relevance of case {case_id} ({method})") or {}
+        tops, texts = list(r.get("flip_tops") or []), list(r.get("flip_top_texts") or [])
+        if not len(tops) == len(texts) == len(curve):
+            tops, texts = [], []
+        out[method] = {"raw": raw, "norm": norm, "drawable": drawable,
+                       "hidden_layer_sums": list(r["hidden_layer_sums"] or []), "segment_relevance": seg,
+                       "flip_curve": curve, "flip_k": k,
+                       "k_label": k_star_label(SimpleNamespace(flip_curve=curve, flip_k=k)),
+                       "mask_order": masking_order(raw, special, labels, spec) if drawable else [],
+                       "mask_tops": [{"text": t, "role": _role(int(i), target_id, contrast_id)}
+                                     for i, t in zip(tops, texts, strict=True)]}
         # the caption under the masking-order rows: the one wording of the report and failtrace show
-        curve = out[method]["flip_curve"]
-        out[method]["mask_caption"] = masked_caption(k, [{"delta_after": curve[i] if i < len(curve) else None}
-                                                         for i in range(1, len(out[method]["mask_order"]) + 1)])
+        rows = [{"delta_after": curve[i] if i < len(curve) else None,
+                 "top_after": texts[i] if i < len(texts) else None,
+                 "top_is_contrast": i < len(tops) and int(tops[i]) == int(contrast_id)}
+                for i in range(1, len(out[method]["mask_order"]) + 1)]
+        out[method]["mask_caption"] = masked_caption(k, rows, "shaded")
     return out
 
 
@@ -119,7 +137,8 @@ def case_detail(con: Any, case_id: str, reviews_table: bool) -> dict[str, Any] |
         "relevant_segments": col("relevant_segments") or [],
         "target": {"id": c["target_id"], "text": c["target_text"]},
         "contrast": {"id": c["contrast_id"], "text": c["contrast_text"]}, "delta_logit": c["delta_logit"],
-        "methods": _methods(con, case_id, special, labels, masking), "masking": masking,
+        "methods": _methods(con, case_id, special, labels, masking, c["target_id"], c["contrast_id"]),
+        "masking": masking,
         # the masking-order context and clipping, and the Σ input R note, as the report and failtrace show have them
         "mask_view": {"before": MASK_BEFORE, "after": MASK_AFTER, "clip": CLIP}, "sum_note": SUM_NOTE,
         "category": c["category"], "pattern": c["pattern"], "override": override,

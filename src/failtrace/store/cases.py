@@ -96,10 +96,10 @@ def write_case(store: ResultsStore, case: Case) -> bool:
             return False
         store.con.execute(f"INSERT INTO cases VALUES ({', '.join('?' * len(_CASE_COLUMNS))})", _case_row(case))
         rows = [[case.case_id, m.method, [float(x) for x in m.input_relevance], [float(x) for x in m.hidden_layer_sums],
-                 _dumps(m.segment_relevance), [float(x) for x in m.flip_curve], m.flip_k, float(m.seconds)]
-                for m in case.methods.values()]
+                 _dumps(m.segment_relevance), [float(x) for x in m.flip_curve], m.flip_k, float(m.seconds),
+                 [int(x) for x in m.flip_tops], [str(x) for x in m.flip_top_texts]] for m in case.methods.values()]
         if rows:
-            store.con.executemany("INSERT INTO case_methods VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            store.con.executemany("INSERT INTO case_methods VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         if case.graph is not None:
             store.con.execute("INSERT INTO case_graphs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                               _graph_row(case.case_id, case.graph))
@@ -325,6 +325,8 @@ def case_export_record(case: Case) -> dict[str, Any]:
         "input_relevance": {m: r.input_relevance for m, r in methods.items()},
         "flip_k": {m: r.flip_k for m, r in methods.items()},
         "flip_curve": {m: r.flip_curve for m, r in methods.items()},
+        "flip_tops": {m: r.flip_tops for m, r in methods.items()},
+        "flip_top_texts": {m: r.flip_top_texts for m, r in methods.items()},
         "masking": case.masking.to_dict(), "category": case.category, "category_evidence": case.category_evidence,
         "override": case.override, "pattern": case.pattern, "pattern_evidence": case.pattern_evidence,
         "graph_summary": case.graph_summary, "notes": case.notes, "settings": case.settings,

@@ -44,6 +44,10 @@ Since version 2 (see docs/CASES.md; a version-1 store is migrated by adding thes
 Version 3 adds columns to ``pairs`` (a version-1 or -2 store is migrated when opened for writing: columns added,
 their values filled in from the old rows' reason text where it holds them, no row lost).
 
+Version 4 adds ``flip_tops`` and ``flip_top_texts`` to ``case_methods`` (:data:`CASE_METHOD_COLUMNS_V4`): the
+model's top next token after masking the top k, beside the flip curve. A store of an older version gains them when
+opened for writing; the cases it holds keep them NULL (not recorded), read as empty.
+
 JSON-valued columns are stored as text (``VARCHAR``) so the store needs no database extension.
 """
 
@@ -53,7 +57,7 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 PAIR_STATUSES = ("clean", "no_target", "no_contrast", "weak_preference", "unbounded", "unverifiable")
 
@@ -86,6 +90,9 @@ PAIR_COLUMNS_V3: tuple[tuple[str, str], ...] = (
     ("tokens_decoded", "INTEGER"), ("rollouts_stopped", "INTEGER"), ("rollouts_final", "INTEGER"),
     ("positions_decided", "INTEGER"), ("positions_rolled", "INTEGER"), ("judge_position", "INTEGER"),
     ("seconds_judge", "DOUBLE"), ("continued", "VARCHAR"), ("continued_tokens", "INTEGER"))
+
+# Columns version 4 added to ``case_methods`` (after seconds, so a migrated table has a new one's column order).
+CASE_METHOD_COLUMNS_V4: tuple[tuple[str, str], ...] = (("flip_tops", "INTEGER[]"), ("flip_top_texts", "VARCHAR[]"))
 
 # How a version-2 row's reason text held what version 3 stores in columns (written by failtrace before version 3).
 _BACKFILL: tuple[tuple[str, str], ...] = (
@@ -243,6 +250,8 @@ DDL: tuple[str, ...] = (
         flip_curve DOUBLE[],
         flip_k INTEGER,
         seconds DOUBLE,
+        flip_tops INTEGER[],
+        flip_top_texts VARCHAR[],
         PRIMARY KEY (case_id, method)
     )""",
     """CREATE TABLE IF NOT EXISTS case_graphs (
@@ -368,10 +377,11 @@ def migrate(con: object, from_version: int) -> None:
     """Bring a store of an older schema version to :data:`SCHEMA_VERSION` in one transaction.
 
     1 -> 2 only adds the case tables (``CREATE TABLE IF NOT EXISTS``); 2 -> 3 adds the :data:`PAIR_COLUMNS_V3` to
-    ``pairs`` and fills them from each row's reason text where it has them (else they stay NULL: unknown). No
-    existing row is removed or loses a value.
+    ``pairs`` and fills them from each row's reason text where it has them (else they stay NULL: unknown); 3 -> 4
+    adds the :data:`CASE_METHOD_COLUMNS_V4` to ``case_methods`` (NULL: not recorded). No existing row is removed or
+    loses a value.
     """
-    if from_version not in (1, 2):
+    if from_version not in (1, 2, 3):
         from failtrace.errors import FailtraceError
 
         raise FailtraceError(f"store schema version {from_version} is unknown; no migration to {SCHEMA_VERSION}")
@@ -384,6 +394,8 @@ def migrate(con: object, from_version: int) -> None:
             run(stmt)
         for name, kind in PAIR_COLUMNS_V3:
             run(f"ALTER TABLE pairs ADD COLUMN IF NOT EXISTS {name} {kind}")
+        for name, kind in CASE_METHOD_COLUMNS_V4:
+            run(f"ALTER TABLE case_methods ADD COLUMN IF NOT EXISTS {name} {kind}")
         for name, pattern in _BACKFILL:
             run(f"UPDATE pairs SET {name} = CAST(regexp_extract(reason, ?, 1) AS INTEGER) "
                 f"WHERE {name} IS NULL AND regexp_matches(reason, ?)", [pattern, pattern])

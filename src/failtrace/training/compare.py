@@ -57,7 +57,8 @@ def score_on_case_tokens(lm: Any, case: Case, item: Any, name: str, fingerprint:
     rel = relevance_pass(lm.model, ids, logit_diff_fn(t, c), method="attnlrp").relevance()[0]
     rel = rel.detach().cpu().numpy().astype(np.float64)
     labels = segment_labels(lm.tokenizer, ids, special, case.prompt_length, item)
-    curve, k_star = flip_search(lm.model, ids, rel, never_masked(special, labels, case.masking), t, c, case.masking)
+    curve, k_star, _ = flip_search(lm.model, ids, rel, never_masked(special, labels, case.masking), t, c,
+                                   case.masking)
     return {"case_id": case.case_id, "model_fingerprint": fingerprint, "model": name, "item_id": case.item_id,
             "benchmark": case.benchmark, "reference": False, "mapped": True, "token_ids": ids,
             "prompt_length": case.prompt_length, "position": len(ids), "target_text": case.target_text,

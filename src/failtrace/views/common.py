@@ -287,17 +287,22 @@ def clipped_text(text: str, keep_end: bool = False, most: int = CLIP) -> str:
 def masked_rows(case: Any, method: str, before: int = MASK_BEFORE, after: int = MASK_AFTER) -> list[dict[str, Any]]:
     """The tokens ``method``'s flip curve masked, in its order (:func:`failtrace.analysis.masking.masking_order`,
     the case's own rule): k, position, the token, up to ``before``/``after`` tokens around it, segment, R, Δℓ after
-    masking the first k (None where the curve was not computed), and whether it is among the first k* (``flips``)."""
+    masking the first k (None where the curve was not computed), whether it is among the first k* (``flips``), and
+    the model's top next token after masking the first k (``top_after``, with ``top_is_contrast``; None in a case
+    analysed before it was recorded)."""
     from failtrace.analysis.masking import masking_order
 
     r = case.methods[method]
     labels = case.segment_labels()
     order = masking_order(r.input_relevance, case.special_mask, labels, case.masking)
+    tops = r.flip_top_texts if len(r.flip_top_texts) == len(r.flip_curve) == len(r.flip_tops) else []
     return [{"k": k, "position": p, "token": case.tokens[p], "before": case.tokens[max(0, p - before):p],
              "after": case.tokens[p + 1:p + 1 + after], "segment": labels[p] or "",
              "relevance": float(r.input_relevance[p]),
              "delta_after": float(r.flip_curve[k]) if k < len(r.flip_curve) else None,
-             "flips": r.flip_k is not None and k <= r.flip_k} for k, p in enumerate(order, 1)]
+             "flips": r.flip_k is not None and k <= r.flip_k,
+             "top_after": tops[k] if k < len(tops) else None,
+             "top_is_contrast": k < len(tops) and r.flip_tops[k] == case.contrast_id} for k, p in enumerate(order, 1)]
 
 
 def k_star_label(result: Any) -> str:
@@ -312,13 +317,20 @@ def k_star_label(result: Any) -> str:
     return "—" if result.flip_curve[0] < 0 else "none"
 
 
-def masked_caption(flip_k: int | None, rows: list[dict[str, Any]]) -> str:
-    """What the masking-order rows say about the flip, claiming nothing beyond the computed curve."""
+def masked_caption(flip_k: int | None, rows: list[dict[str, Any]], mark: str = "") -> str:
+    """What the masking-order rows say about the flip, claiming nothing beyond the computed curve: k* (with ``mark``,
+    how the view marks the first k* rows) and, where it was recorded, the model's top next token at k*: Δℓ < 0 puts
+    the contrast above the target, yet the model may then write a third token."""
     if not rows:
         return "no token with positive relevance to mask"
     if flip_k is not None:
         first = "the top token" if flip_k == 1 else f"the first {flip_k}"
-        return f"masking {first} puts the contrast above the target (k* = {flip_k})"
+        text = f"masking {first} puts the contrast above the target (k* = {flip_k}{', ' + mark if mark else ''})"
+        top = rows[flip_k - 1].get("top_after") if flip_k <= len(rows) else None
+        if top is not None:
+            what = "the contrast" if rows[flip_k - 1].get("top_is_contrast") else "a third token, not the contrast"
+            text += f"; the model's top next token is then ‹{shown(top)}›, {what}"
+        return text
     computed = sum(row["delta_after"] is not None for row in rows)
     if not computed:
         return "the masking curve was not computed"

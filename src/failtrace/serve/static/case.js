@@ -137,14 +137,17 @@
       box.appendChild(el("p", {class: "muted"}, "no token with positive relevance to mask for this method"));
       return box;
     }
-    var k = m.flip_k, cap = m.mask_caption;  // the server's wording, the report's and failtrace show's
-    if (k !== null) cap = cap.replace(/\)$/, ", shaded)");  // "... (k* = 1, shaded)": the rows that flip it
+    var k = m.flip_k, cap = m.mask_caption;  // the server's wording, the report's and failtrace show's ("shaded")
     box.appendChild(el("p", {class: "note"}, cap.charAt(0).toUpperCase() + cap.slice(1) + "." +
       " Δℓ after k: the margin with tokens 1..k masked (" + (c.masking ? c.masking.rule : "") +
       "); click a row to find the token in the heatmap."));
     var before = c.mask_view.before, after = c.mask_view.after, most = c.mask_view.clip;  // the server's, as the report and failtrace show use
     function clip(s, keepEnd) {  // at most `most` characters, so one long token cannot push the columns away
       return s.length <= most ? s : keepEnd ? "…" + s.slice(-(most - 1)) : s.slice(0, most - 1) + "…";
+    }
+    function topAfter(top) {  // the model's top next token with the first k masked ("—": not recorded for this case)
+      if (!top) return el("td", {class: "tx muted"}, "—");
+      return el("td", {class: "tx", title: top.role === "other" ? "neither the target nor the contrast" : "the " + top.role}, clip(FT.shown(top.text)));
     }
     function around(c, from, to, keepEnd) {  // the tokens in [from, to) as one line (↵ for newlines), clipped
       return clip(c.tokens.slice(Math.max(0, from), Math.min(c.tokens.length, to)).map(FT.shown).join(""), keepEnd);
@@ -156,14 +159,15 @@
           el("b", {}, clip(FT.shown(c.tokens[pos]))), around(c, pos + 1, pos + 1 + after)]),
         el("td", {class: "n"}, String(pos)),
         el("td", {}, c.labels[pos] || "—"), el("td", {class: "n"}, FT.fmt(m.raw[pos], 4)), el("td", {class: "n"}, FT.fmt(m.norm[pos], 3)),
-        el("td", {class: "n"}, FT.fmt(m.flip_curve[i + 1], 3))]);
+        el("td", {class: "n"}, FT.fmt(m.flip_curve[i + 1], 3)), topAfter(m.mask_tops[i + 1])]);
       tr.addEventListener("click", function () { findToken(pos); });
       return tr;
     });
-    box.appendChild(el("div", {class: "scroll"}, el("table", {class: "t masked"}, [el("tr", {}, ["k", "token", "in context", "position", "segment", "R", "normalised", "Δℓ after k"].map(function (h, i) {
-      return el("th", {class: i >= 1 && i <= 4 && i !== 3 ? "" : "n"}, h); }))].concat(rows))));
+    box.appendChild(el("div", {class: "scroll"}, el("table", {class: "t masked"}, [el("tr", {}, ["k", "token", "in context", "position", "segment", "R", "normalised", "Δℓ after k", "top after k"].map(function (h, i) {
+      return el("th", {class: (i >= 1 && i <= 4 && i !== 3) || i === 8 ? "" : "n"}, h); }))].concat(rows))));
     return box;
   }
+
 
   function findToken(pos) {  // open its segment if folded, bring it into view, and mark it for a moment
     var t = document.querySelector('#strip .tok[data-p="' + pos + '"]');
