@@ -34,6 +34,8 @@ def main() -> None:
         page.goto(args.index.resolve().as_uri(), wait_until="load")
         if args.selector:
             # to the top as the help says (scroll_into_view_if_needed leaves it wherever it first becomes visible)
+            if not page.locator(args.selector).count():
+                raise SystemExit(f"error: nothing in {args.index} matches the selector {args.selector!r}")
             page.locator(args.selector).first.evaluate("e => e.scrollIntoView({block: 'start'})")
         args.png.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(args.png))

@@ -133,7 +133,7 @@ def test_kstar_and_flip_rate_match_recomputation(built):
     index, cases, _rows, _pairs, _o = built
     kstar = _csv(index.parent / "tables" / "kstar.csv")
     flips = _csv(index.parent / "tables" / "flip_rate.csv")
-    seen = 0
+    seen = mixed = 0
     for bench in ("ifeval", "math"):
         for m in METHODS:
             ks = [c.methods[m].flip_k for c in cases if c.benchmark == bench and m in c.methods]
@@ -147,10 +147,21 @@ def test_kstar_and_flip_rate_match_recomputation(built):
             for k in range(1, 11):
                 f = next(r for r in flips if r["benchmark"] == bench and r["method"] == m and int(r["k"]) == k)
                 assert float(f["flip_rate"]) == pytest.approx(sum(1 for x in hit if x <= k) / len(ks))
+            # of the flipped cases with top tokens recorded, those whose top at k* is the contrast (by hand)
+            recorded = [c for c in cases if c.benchmark == bench and m in c.methods
+                        and c.methods[m].flip_k is not None and c.methods[m].flip_tops]
+            on_top = sum(c.methods[m].flip_tops[c.methods[m].flip_k] == c.contrast_id for c in recorded)
+            assert int(row["top_recorded"]) == len(recorded)
+            assert _num(row["contrast_on_top"]) == (on_top if recorded else None)
+            mixed += bool(recorded) and 0 < on_top < len(recorded)
             seen += 1
-    assert seen == 12
+    assert seen == 12 and mixed >= 1  # some row counts both kinds: a constant answer would not pass
     lrp = next(r for r in kstar if r["benchmark"] == "ifeval" and r["method"] == "attnlrp")
     assert float(lrp["mean_k_star"]) == pytest.approx((1 + 2 + 3 + 1) / 4)
+    # the lead sentence says it for AttnLRP: here 1 of the 3 flipped cases with their top tokens recorded
+    assert (int(lrp["top_recorded"]), int(lrp["contrast_on_top"])) == (3, 1)
+    assert ("At k* the model's top next token is the contrast in 1 of those 3; in the others, a third token."
+            in html.unescape(index.read_text(encoding="utf-8")))
 
 
 def test_segment_relevance_matches_recomputation(built):

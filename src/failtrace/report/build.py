@@ -69,7 +69,8 @@ def _write_tables(tables: Mapping[str, list[dict[str, Any]]], out: Path,
         "patterns": ["benchmark", "label", "cases", "share"],
         "segments": ["benchmark", "method", "category", "segment", "cases", "mean_normalised_relevance"],
         "flip_rate": ["benchmark", "method", "k", "cases", "flipped", "flip_rate"],
-        "kstar": ["benchmark", "method", "cases", "flipped", "flip_rate_at_K", "K", "mean_k_star", "median_k_star"],
+        "kstar": ["benchmark", "method", "cases", "flipped", "flip_rate_at_K", "K", "mean_k_star", "median_k_star",
+                  "top_recorded", "contrast_on_top"],
         "cases": None if tables.get("cases") else list(T.CASE_COLUMNS),  # else from its rows (k* per method)
     }
     for name, rows in tables.items():

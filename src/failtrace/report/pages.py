@@ -39,6 +39,7 @@ KSTAR_COLS: list[Col] = [
     ("method", "method", "text"), ("cases", "cases", "int"), ("flipped", "flipped ≤ K", "int"),
     ("flip_rate_at_K", "flip rate at K", "pct"), ("mean_k_star", "mean k*", "float2"),
     ("median_k_star", "median k*", "float1"), ("K", "K", "int"),
+    ("contrast_on_top", "contrast on top at k*", "int"), ("top_recorded", "of flipped, top recorded", "int"),
 ]
 
 
@@ -192,6 +193,16 @@ def _no_cases_hint(t1: Sequence[Mapping[str, Any]], status: Sequence[Mapping[str
     return "No cases yet: run <code>failtrace analyse</code> on this store."
 
 
+def _top_sentence(on_top: int | None, recorded: int) -> str:
+    """What the flipped cases' top next token at k* is: the contrast, or a third token ("" when not recorded)."""
+    if on_top is None or not recorded:
+        return ""
+    if recorded == 1:
+        return f" At k* the model's top next token is {'the contrast' if on_top else 'a third token, not the contrast'}."
+    rest = "." if on_top == recorded else "; in the others, a third token."
+    return f" At k* the model's top next token is the contrast in {on_top} of those {recorded}{rest}"
+
+
 def benchmark_section(bench: str, cases: Sequence[Any], t: Mapping[str, Any], figs: Mapping[str, str]) -> str:
     """Per benchmark: headline numbers, segment relevance, faithfulness (figure + k* table) and the case list."""
     mine = [c for c in cases if c.benchmark == bench]
@@ -204,6 +215,7 @@ def benchmark_section(bench: str, cases: Sequence[Any], t: Mapping[str, Any], fi
                  f"{lrp['median_k_star']:.1f}) flips the prediction in {lrp['flipped']} of "
                  f"{count_of(lrp['cases'], 'case')} "
                  "(the paper is quoted as needing about 2 tokens; docs/ANALYSES.md).")
+        lead += _top_sentence(lrp["contrast_on_top"], lrp["top_recorded"])
     if not mine:
         return (f'<section class="block" id="{slug(bench)}"><h2>{esc(bench)}</h2><p class="lead">{esc(lead)}</p>'
                 f'<p class="empty">{_no_cases_hint(t1, [r for r in t["pair_status"] if r["benchmark"] == bench])}'
@@ -223,7 +235,8 @@ def benchmark_section(bench: str, cases: Sequence[Any], t: Mapping[str, Any], fi
                  "--mask-template), per attribution method. Random order is the floor.")
         + "</div></div><h3>k* per method</h3>"
         '<p class="lead">k* = smallest k that flips the prediction; mean and median over the cases that flipped '
-        "within K.</p>"
+        "within K. <i>Contrast on top at k*</i>: of the flipped cases whose top next token after masking was "
+        "recorded, those where the model would then write the contrast rather than a third token.</p>"
         f"{html_table(ks, KSTAR_COLS)}<h3>Cases of {esc(bench)}, one row each</h3>"
         f"{_bench_cases_table(t, bench, mine)}</section>"
     )

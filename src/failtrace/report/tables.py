@@ -11,6 +11,8 @@ Every figure and HTML table of the report is drawn from these rows, and the same
   sums because they soak up relevance as attention sinks; tokens whose R was not computed (NaN) add nothing.
 - *flip rate at k* = share of cases whose k* (smallest number of masked top tokens that makes Δℓ < 0) is ≤ k;
   *mean/median k** are over the cases that flipped within K (their count is given beside them).
+- *contrast on top at k** = of the flipped cases whose top next token after masking was recorded, those where that
+  token is the contrast (the others would write a third token).
 """
 
 from __future__ import annotations
@@ -203,17 +205,30 @@ def flip_rate_rows(cases: Sequence[Case]) -> list[dict[str, Any]]:
 
 
 def kstar_rows(cases: Sequence[Case]) -> list[dict[str, Any]]:
-    """Per benchmark and method: cases, how many flip within K, the flip rate at K, mean and median k*."""
+    """Per benchmark and method: cases, how many flip within K, the flip rate at K, mean and median k*, and of the
+    flipped cases whose top token after masking was recorded (``top_recorded``), those where it is the contrast at
+    k* (``contrast_on_top``; None when none was recorded): Δℓ < 0 alone does not say the model would write it."""
     out = []
     for bench in benchmarks_of(cases):
         mine = [c for c in cases if c.benchmark == bench]
         for m in methods_of(mine):
             ks = [c.methods[m].flip_k for c in mine if m in c.methods]
             hit = [x for x in ks if x is not None]
+            tops = [top_at_k_star(c, m) for c in mine if m in c.methods and c.methods[m].flip_k is not None]
+            known = [t for t in tops if t is not None]
             out.append({"benchmark": bench, "method": m, "cases": len(ks), "flipped": len(hit),
                         "flip_rate_at_K": len(hit) / len(ks) if ks else None, "K": max_k(mine),
-                        "mean_k_star": _mean(hit), "median_k_star": float(statistics.median(hit)) if hit else None})
+                        "mean_k_star": _mean(hit), "median_k_star": float(statistics.median(hit)) if hit else None,
+                        "top_recorded": len(known), "contrast_on_top": sum(known) if known else None})
     return out
+
+
+def top_at_k_star(case: Case, method: str) -> bool | None:
+    """Whether the model's top next token with the first k* masked is the contrast (None: no k*, or not recorded)."""
+    r = case.methods[method]
+    if r.flip_k is None or len(r.flip_tops) != len(r.flip_curve) or r.flip_k >= len(r.flip_tops):
+        return None
+    return r.flip_tops[r.flip_k] == case.contrast_id
 
 
 # the columns of case_rows before k* per method (its CSV keeps them with no case: a file without a header is no table)
