@@ -198,7 +198,8 @@ def _top_sentence(on_top: int | None, recorded: int) -> str:
     if on_top is None or not recorded:
         return ""
     if recorded == 1:
-        return f" At k* the model's top next token is {'the contrast' if on_top else 'a third token, not the contrast'}."
+        what = "the contrast" if on_top else "a third token, not the contrast"
+        return f" At k* the model's top next token is {what}."
     rest = "." if on_top == recorded else "; in the others, a third token."
     return f" At k* the model's top next token is the contrast in {on_top} of those {recorded}{rest}"
 
