@@ -64,12 +64,16 @@ def test_version_1_store_is_migrated_by_adding_tables(tmp_path: Path) -> None:
         assert st.schema_version == 1 and load_cases(st) == [] and done_case_ids(st) == set()
         files = st.export(tmp_path / "old-export", "jsonl")
         assert "cases.jsonl" not in {f.name for f in files}
+    before = path.read_bytes()
+    with open_store(path) as st:  # opened for writing: still version 1 until the first write
+        assert st.schema_version == 1 and done_case_ids(st) == set()
+    assert path.read_bytes() == before  # a command that stops before writing leaves it byte for byte
     with open_store(path) as st:
+        assert write_case(st, _case("c1"))  # the first write migrates, then writes
         assert st.schema_version == SCHEMA_VERSION == 4
         tables = {r[0] for r in st.con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
         assert set(CASE_TABLES) <= tables
         assert st.get_item("toy", "i0").prompt == "p"  # old rows untouched
-        assert write_case(st, _case("c1"))
     with open_store(path, read_only=True) as st:
         assert [c.case_id for c in load_cases(st)] == ["c1"]
 
@@ -96,11 +100,16 @@ def test_version_3_store_reads_then_migrates_to_the_top_tokens_after_masking(tmp
         page = case_detail(st.con, "old", False)
         assert page is not None and page["methods"]["attnlrp"]["mask_tops"] == []
         assert "top next token" not in page["methods"]["attnlrp"]["mask_caption"]
+    before = path.read_bytes()
     with open_store(path) as st:
-        assert st.schema_version == SCHEMA_VERSION == 4
-        rows = st.con.execute("SELECT * FROM case_methods ORDER BY method").fetchall()
-        assert [r[:-2] for r in rows] == old_rows and all(r[-2:] == (None, None) for r in rows)
+        assert st.schema_version == 3  # not before the first write: reads see the old layout
+        assert done_case_ids(st) == {"old"} and load_cases(st)[0].methods["attnlrp"].flip_tops == []
+    assert path.read_bytes() == before
+    with open_store(path) as st:
         assert write_case(st, _case("new"))
+        assert st.schema_version == SCHEMA_VERSION == 4
+        rows = st.con.execute("SELECT * FROM case_methods WHERE case_id = 'old' ORDER BY method").fetchall()
+        assert [r[:-2] for r in rows] == old_rows and all(r[-2:] == (None, None) for r in rows)
     with open_store(path, read_only=True) as st:
         by_id = {c.case_id: c for c in load_cases(st, latest=False)}
         assert by_id["new"].methods["attnlrp"].flip_top_texts == ["x", "x", "A"]

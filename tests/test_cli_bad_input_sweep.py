@@ -390,3 +390,31 @@ def test_compare_help_shows_no_positional_model(capsys: pytest.CaptureFixture[st
     assert code == 0 and "Usage: failtrace compare [OPTIONS]" in out and "MODEL]..." not in out
     line = _one_error_line(main(["compare", "-s", "x.duckdb", "a", "b"]), capsys)
     assert line.endswith("a b came without an option before them"), line
+
+
+def test_a_refused_command_leaves_an_older_store_unmigrated(toy: dict[str, Any], tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """A store of schema version 3 (case_methods without the top tokens after masking): commands that stop on bad
+    input leave it byte for byte, still version 3 (before: each one migrated it to version 4 while it opened the
+    store, then printed its error); the first command that writes migrates it, and its old rows read the same."""
+    store, sha = _damaged(toy, tmp_path, "ALTER TABLE case_methods DROP COLUMN flip_top_texts; "
+                                         "ALTER TABLE case_methods DROP COLUMN flip_tops; "
+                                         "UPDATE schema_version SET version = 3")
+    con = duckdb.connect(str(store), read_only=True)
+    case_id, category = con.execute("SELECT case_id, category FROM cases ORDER BY case_id LIMIT 1").fetchone()
+    con.close()
+    for argv in (["pairs", "--item", "nope"], ["analyse", "--pair-run", "zzz"],
+                 ["override", "--case", case_id, "--category", category, "--reason", "the same"],
+                 ["compare", "-m", str(toy["model_dir"]), str(tmp_path / "gone"), "--no-progress"]):
+        line = _one_error_line(main([argv[0], "-s", str(store), *argv[1:]]), capsys)
+        assert sha256(store) == sha, (argv, line)
+    con = duckdb.connect(str(store), read_only=True)
+    assert con.execute("SELECT max(version) FROM schema_version").fetchone()[0] == 3
+    con.close()
+    other = next(c for c in ("M-IA", "NC-IA+M-AG", "NC-IA+AG") if c != category)
+    assert main(["override", "-s", str(store), "--case", case_id, "--category", other, "--reason", "r"]) == 0
+    con = duckdb.connect(str(store), read_only=True)
+    assert con.execute("SELECT max(version) FROM schema_version").fetchone()[0] == 4
+    tops = con.execute("SELECT count(*) FROM case_methods WHERE flip_tops IS NULL").fetchone()[0]
+    assert tops == con.execute("SELECT count(*) FROM case_methods").fetchone()[0] > 0  # old rows: not recorded
+    con.close()

@@ -80,8 +80,14 @@ def test_a_version_2_store_migrates_without_losing_rows(tmp_path: Path) -> None:
     with open_store(path, read_only=True) as st:  # read in its old layout: limit counts known, continuations not
         (row,) = st.status_rows()
         assert st.schema_version == 2 and row.limit_hit == 3 and row.continued_pass is None
+    old_bytes = path.read_bytes()
+    with open_store(path) as st:  # a writer reads the old layout until its first write
+        (row,) = st.status_rows()
+        assert st.schema_version == 2 and row.limit_hit == 3
+    assert path.read_bytes() == old_bytes  # a command that stopped before writing changed nothing
     with open_store(path) as st:
-        assert st.schema_version == SCHEMA_VERSION == 4
+        assert st.ensure_run(RunRecord(run_id="c-new", stage="collect", benchmark="toy", model="m"))
+        assert st.schema_version == SCHEMA_VERSION == 4  # the first write migrated it
     after = _pairs(path)
     assert len(after) == len(before) == len(OLD_ROWS)
     for old, new in zip(before, after, strict=True):
@@ -103,7 +109,7 @@ def test_a_version_2_store_migrates_without_losing_rows(tmp_path: Path) -> None:
                                                        "seconds_judge": 0.5})
         new = next(r for r in st.pairs("p1") if r["item_id"] == "i9")
         assert (new["tokens_decoded"], new["rollouts_final"], new["judge_position"]) == (7, 2, 4)
-        (row,) = st.status_rows()
+        (row,) = [r for r in st.status_rows() if r.run_id == "c1"]  # c-new, the migrating write's run, has none
         assert (row.failed, row.pairs["unbounded"], row.pairs["clean"]) == (5, 2, 2)
         assert (row.limit_hit, row.continued_pass, row.continued_fail) == (3, 1, 1)
         assert row.clean_rate == pytest.approx(2 / 5) and row.decidable_clean_rate == pytest.approx(2 / 3)

@@ -7,17 +7,7 @@ they surface. A write that fails is rolled back, so the file is left as it was. 
 read-only and checked (a DuckDB file, a failtrace store, not newer than this failtrace) before it is ever opened for
 writing: a file that is not a store is never written to, not even by DuckDB's checkpoint on close.
 
-Snapshots under a running writer. DuckDB lets one process hold the file; a reader that finds it held copies the file
-and its write-ahead log aside and opens the copy. Copying two files while the writer may commit or checkpoint between
-(or during) the two copies can give a pair that does not belong together. So every failtrace writer holds an
-exclusive ``flock`` on ``<store>.lock`` (a small file beside the store) whenever DuckDB may change the files: while
-it opens the store (log replay), during each transaction up to its commit (a commit may checkpoint), for statements
-run outside a transaction, and while it closes. A reader copies both files under a shared lock on the same file, so
-the copy is the state at a commit boundary. The copy is then opened and every table is counted; a copy that fails
-that (a writer that does not take the lock, e.g. an older failtrace, or a file system without ``flock``) is discarded
-and the copy is retried, a few times with back-off, before giving up with a clear error. That check is a second line
-only: without the lock a torn copy can also open and fail later, at a query (seen in the test). The writer waits
-while a reader copies: the cost of a file copy, once per snapshot.
+Snapshots under a running writer: :mod:`failtrace.store.snapshot` (the copy lock is here, it guards every write).
 """
 
 from __future__ import annotations
@@ -25,9 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import tempfile
-import time
 from pathlib import Path
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -39,7 +27,6 @@ try:  # POSIX only; elsewhere snapshots rely on the validate-and-retry loop alon
 except ImportError:  # pragma: no cover - failtrace runs on Linux and macOS
     fcntl = None  # type: ignore[assignment]
 
-SNAPSHOT_ATTEMPTS = 6
 
 
 def duckdb_header(path: Path) -> bool | None:
@@ -80,7 +67,7 @@ def in_use_error(path: Path, exc: BaseException) -> FailtraceError:
     trailing documentation link (which the one-line error cut in the middle)."""
     holder = lock_holder(exc)
     if holder is None:  # not a conflicting process (e.g. a file system without locks): keep DuckDB's words
-        said = re.sub(r"\s*See also https?://\S+", "", _first_line(exc)).strip()
+        said = re.sub(r"\s*See also https?://\S+", "", first_line(exc)).strip()
         return FailtraceError(f"results store {path} could not be locked ({said}); if another process uses it, wait "
                               f"for it to finish, or use another --store")
     pid, command = holder
@@ -187,7 +174,8 @@ def is_permission_error(exc: BaseException) -> bool:
     return any(t in text for t in ("permission denied", "operation not permitted", "read-only file system"))
 
 
-def _first_line(exc: BaseException, limit: int = 240) -> str:
+def first_line(exc: BaseException, limit: int = 240) -> str:
+    """An error's first line, at most ``limit`` characters: what a one-line message can quote of it."""
     lines = str(exc).strip().splitlines()
     return (lines[0] if lines else type(exc).__name__)[:limit]
 
@@ -201,7 +189,7 @@ def translate(path: Path, exc: BaseException, when: str) -> FailtraceError | Non
 
     if not isinstance(exc, duckdb.Error):
         return None
-    text = _first_line(exc)
+    text = first_line(exc)
     if is_lock_error(exc):
         return in_use_error(path, exc)
     if is_permission_error(exc):  # e.g. the log cannot be created at a commit: nothing was written
@@ -334,64 +322,14 @@ def connect(path: Path, read_only: bool, lock: CopyLock | None) -> Any:
         if is_permission_error(exc):  # not damage: the file is fine, this user may not open it this way
             mode = "read" if read_only else "write"
             raise FailtraceError(f"cannot open results store {path} for {'reading' if read_only else 'writing'}: "
-                                 f"permission denied ({_first_line(exc)}); this command needs to {mode} it: "
+                                 f"permission denied ({first_line(exc)}); this command needs to {mode} it: "
                                  f"change its permissions or give a copy you can {mode} as --store; the file was "
                                  f"left unchanged") from None
         raise_translated(path, exc, "open")
-        raise FailtraceError(f"cannot open results store {path}: {_first_line(exc)}") from None
+        raise FailtraceError(f"cannot open results store {path}: {first_line(exc)}") from None
     finally:
         if lock is not None:
             lock.release()
-
-
-def count_tables(con: Any) -> dict[str, int]:
-    """Row count of every table: touches each table's storage, so most damage shows here rather than later."""
-    names = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables "
-                                       "WHERE table_schema = 'main'").fetchall()]
-    return {t: int(con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0]) for t in names}
-
-
-def snapshot(path: Path, folder: Path) -> Any:
-    """Copy the store (and its log) into ``folder`` at a commit boundary and open the copy; see the module docstring.
-
-    Returns a :class:`GuardedConnection` on the copy (opened writable so DuckDB can replay the copied log into it).
-    """
-    import duckdb
-
-    copy = folder / path.name
-    reader_lock = CopyLock(path, shared=True)
-    last: BaseException | None = None
-    try:
-        for attempt in range(SNAPSHOT_ATTEMPTS):
-            for stale in (copy, wal_path(copy)):
-                stale.unlink(missing_ok=True)
-            try:
-                with reader_lock:
-                    shutil.copyfile(path, copy)
-                    if wal_path(path).exists():
-                        shutil.copyfile(wal_path(path), wal_path(copy))
-            except FileNotFoundError as exc:  # the log vanished between the check and the copy: no lock held
-                last = exc
-                continue
-            except OSError as exc:
-                raise FailtraceError(f"cannot read results store {path} to take a snapshot: {exc}") from None
-            con = None
-            try:
-                con = duckdb.connect(str(copy), read_only=False)
-                count_tables(con)
-                return GuardedConnection(con, path, None)
-            except duckdb.Error as exc:
-                last = exc
-                if con is not None:
-                    con.close()
-                time.sleep(0.02 * 2 ** attempt)
-    finally:
-        reader_lock.close()
-    raise FailtraceError(
-        f"results store {path} is being written by another process and no consistent snapshot of it could be read "
-        f"in {SNAPSHOT_ATTEMPTS} tries ({_first_line(last) if last else 'unknown reason'}); try again, or when the "
-        f"writer has finished"
-    )
 
 
 @contextlib.contextmanager

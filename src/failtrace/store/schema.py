@@ -28,7 +28,7 @@ Tables, and the key that makes every write idempotent:
     budget, ``fail`` = a real failure, ``length`` = the larger budget was hit too, ``unverifiable``; NULL = not
     tried) with its length (:data:`PAIR_COLUMNS_V3`).
 
-Since version 2 (see docs/CASES.md; a version-1 store is migrated by adding these tables when opened for writing):
+Since version 2 (see docs/CASES.md; a version-1 store is migrated by adding these tables at its first write):
 
 ``cases`` (``case_id``)
     one explained clean pair: context token ids, position (= len(token_ids), the target's index in the full
@@ -41,12 +41,13 @@ Since version 2 (see docs/CASES.md; a version-1 store is migrated by adding thes
 ``overrides`` (``case_id, created_at``)
     a person's category label with the reason; the newest one per case wins.
 
-Version 3 adds columns to ``pairs`` (a version-1 or -2 store is migrated when opened for writing: columns added,
+Version 3 adds columns to ``pairs`` (an older store is migrated at the first write of a command: columns added,
 their values filled in from the old rows' reason text where it holds them, no row lost).
 
 Version 4 adds ``flip_tops`` and ``flip_top_texts`` to ``case_methods`` (:data:`CASE_METHOD_COLUMNS_V4`): the
-model's top next token after masking the top k, beside the flip curve. A store of an older version gains them when
-opened for writing; the cases it holds keep them NULL (not recorded), read as empty.
+model's top next token after masking the top k, beside the flip curve. A store of an older version gains them at
+the first write of a command (one that stops before writing leaves it as it was); the cases it holds keep them NULL
+(not recorded), read as empty.
 
 JSON-valued columns are stored as text (``VARCHAR``) so the store needs no database extension.
 """
@@ -328,9 +329,10 @@ def _user_objects(con: Any) -> int:
                            "WHERE NOT internal)").fetchone()[0])
 
 
-def check_schema(con: Any, path: Any, *, reading: bool, read_only: bool) -> bool:
+def check_schema(con: Any, path: Any, *, read_only: bool) -> bool:
     """Refuse a file that is not a failtrace store, is newer, empty for a reader, or damaged (a lost table, or a lost
-    column at the current version); migrate an older one opened for writing. True: a new, empty file to create."""
+    column at the current version). An older one is left as it is (a writer migrates it when it first writes). True:
+    a new, empty file to create."""
     from failtrace.errors import FailtraceError
 
     tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
@@ -351,9 +353,7 @@ def check_schema(con: Any, path: Any, *, reading: bool, read_only: bool) -> bool
     if version > SCHEMA_VERSION:
         raise FailtraceError(f"results store {path} was written by a newer failtrace (store schema version {version}; "
                              f"this failtrace reads versions up to {SCHEMA_VERSION}); upgrade failtrace to read it")
-    if not reading and version < SCHEMA_VERSION:
-        migrate(con, version)  # one transaction, adds tables/columns; read-only opens read the old layout
-        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    # an older layout is read as it is; a writer migrates it at its first write (ResultsStore._transaction)
     required = TABLES if version >= 2 else RUN_TABLES  # version 1 had no case tables (old layouts are read)
     missing = [t for t in required if t not in tables]  # never recreated: an empty table would hide the damage
     lost = lost_columns(con, TABLES) if not missing and version >= SCHEMA_VERSION else []  # read as empty, a lost

@@ -12,8 +12,8 @@ Concurrency and bad files. DuckDB lets one process write a file at a time. Comma
 ``export``) open the file read-only; when a running ``collect``/``pairs`` holds it they read a snapshot copy taken at
 a commit boundary. Files that are not stores, damaged or truncated files, and files held by another writer give a
 :class:`~failtrace.errors.FailtraceError`, at open or at the first query that meets the damage, and are never
-written to. Both are described in :mod:`failtrace.store.connection`. Summaries and export:
-:mod:`failtrace.store.export`.
+written to. Both are described in :mod:`failtrace.store.connection` and :mod:`failtrace.store.snapshot`. Summaries
+and export: :mod:`failtrace.store.export`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 
 from failtrace.benchmarks.base import Item, Verdict
 from failtrace.errors import FailtraceError, is_disk_full
-from failtrace.store import connection
+from failtrace.store import connection, snapshot
 from failtrace.store.connection import CopyLock, GuardedConnection, is_lock_error, transaction
 from failtrace.store.records import (
     DEFAULT_STORE,
@@ -41,7 +41,7 @@ from failtrace.store.records import storable
 from failtrace.store.records import now as _now
 from failtrace.store.pairs_table import PairsTable
 from failtrace.store.runs_table import RunsTable
-from failtrace.store.schema import DDL, SCHEMA_VERSION, TABLES, check_schema, stored_version
+from failtrace.store.schema import DDL, SCHEMA_VERSION, TABLES, check_schema, migrate, stored_version
 from failtrace.tempdirs import owned_tempdir
 
 __all__ = ["DEFAULT_STORE", "GenerationRecord", "ResultsStore", "RunRecord", "StatusRow", "content_hash",
@@ -84,6 +84,7 @@ class ResultsStore(RunsTable, PairsTable):
         self._snapshot_dir: Path | None = None
         self.snapshot_holder: tuple[str, str] | None = None  # (pid, what) of the writer a snapshot was taken beside
         self._lock: CopyLock | None = None
+        self._migrate_from: int | None = None  # an older layout, brought up to date by the first write
         existed = self._check_path(create)
         try:
             if read_only:
@@ -156,9 +157,9 @@ class ResultsStore(RunsTable, PairsTable):
                 raise
             self.snapshot_holder = connection.lock_holder(exc)
             self._snapshot_dir = owned_tempdir(None, "failtrace-store-")  # a killed reader's is swept (tempdirs)
-            return connection.snapshot(self.path, self._snapshot_dir)
+            return snapshot.snapshot(self.path, self._snapshot_dir)
         guarded = GuardedConnection(con, self.path, None)
-        connection.count_tables(guarded)
+        snapshot.count_tables(guarded)
         return guarded
 
     def _probe(self) -> None:
@@ -172,7 +173,7 @@ class ResultsStore(RunsTable, PairsTable):
         self.con = GuardedConnection(con, self.path, None)
         try:
             self._check_schema(probe=True)
-            connection.count_tables(self.con)
+            snapshot.count_tables(self.con)
         finally:
             self.con.close()
             self.con = None
@@ -192,9 +193,13 @@ class ResultsStore(RunsTable, PairsTable):
         return GuardedConnection(con, self.path, self._lock)
 
     def _check_schema(self, probe: bool = False) -> None:
-        """Refuse files that are not failtrace stores or are newer; create the tables in a new (empty) file."""
-        if check_schema(self.con, self.path, reading=self.read_only or probe, read_only=self.read_only) and not probe:
+        """Refuse files that are not failtrace stores or are newer; create the tables in a new (empty) file; note
+        an older layout, which the first write migrates (:meth:`_transaction`)."""
+        if check_schema(self.con, self.path, read_only=self.read_only) and not probe:
             self._create()
+        elif not self.read_only and not probe:
+            version = stored_version(self.con, self.path)
+            self._migrate_from = version if version < SCHEMA_VERSION else None
 
     def _create(self) -> None:
         with self._transaction():
@@ -258,9 +263,14 @@ class ResultsStore(RunsTable, PairsTable):
         return [parse_json_columns(dict(zip(names, row, strict=True)), self.path) for row in cur.fetchall()]
 
     def _transaction(self) -> AbstractContextManager[Any]:
-        """``with store._transaction():`` one atomic write (held under the copy lock until it commits)."""
+        """``with store._transaction():`` one atomic write (held under the copy lock until it commits). The first
+        one on a store of an older schema version migrates it first (its own transaction), so a command that stops
+        on bad input before writing leaves an old store byte for byte as it was, not silently upgraded."""
         if self.read_only:
             raise FailtraceError(f"results store {self.path} was opened read-only")
+        if self._migrate_from is not None:
+            migrate(self.con, self._migrate_from)
+            self._migrate_from = None
         return transaction(self.con)
 
     # ---- items and generations (runs: RunsTable) -------------------------------------------------------------------
