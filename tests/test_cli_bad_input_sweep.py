@@ -418,3 +418,21 @@ def test_a_refused_command_leaves_an_older_store_unmigrated(toy: dict[str, Any],
     tops = con.execute("SELECT count(*) FROM case_methods WHERE flip_tops IS NULL").fetchone()[0]
     assert tops == con.execute("SELECT count(*) FROM case_methods").fetchone()[0] > 0  # old rows: not recorded
     con.close()
+
+
+@pytest.mark.parametrize("command", ["status", "show", "analyse", "export"])
+@pytest.mark.parametrize("suffix", [".lock", ".wal"])
+def test_a_stores_log_or_lock_as_the_store_names_the_store(toy: dict[str, Any], tmp_path: Path, command: str,
+                                                           suffix: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--store X.lock`` (or ``X.wal``) of an existing store X, whether that file exists yet or not: before, a
+    reader said "no results store at X.lock; run failtrace collect --store X.lock first", which collect refuses."""
+    store = _copy(toy, tmp_path)
+    side = store.with_name(store.name + suffix)
+    extra = ["--format", "jsonl", "-o", str(tmp_path / "exp")] if command == "export" else []
+    for exists in (False, True):
+        if exists:
+            side.write_bytes(b"")
+        line = _one_error_line(main([command, "--store", str(side), *extra]), capsys)
+        assert line == (f"error: --store {side} is the {suffix[1:]} file of the results store {store}, not a store; "
+                        f"give the store itself: --store {store}"), exists
+    assert sha256(store) == toy["sha"] and not (tmp_path / "exp").exists()

@@ -43,15 +43,14 @@ STORE_COMPANIONS = {".wal": "DuckDB replays it when the store opens, so anything
 
 def check_not_store_companion(path: Path, option: str) -> None:
     """Refuse an output at ``<store>.wal`` or ``<store>.lock`` of an existing results store (whatever the store)."""
-    from failtrace.store.connection import duckdb_header
+    from failtrace.store.connection import companion_of
 
     path = Path(path).expanduser()
-    for suffix, why in STORE_COMPANIONS.items():
-        if path.name.endswith(suffix) and len(path.name) > len(suffix):
-            store = path.with_name(path.name[: -len(suffix)])
-            if duckdb_header(store):
-                raise FailtraceError(f"{option} {path} is the {suffix[1:]} file of the results store {store} ({why}); "
-                                     f"give another path")
+    found = companion_of(path)
+    if found is not None:
+        kind, store = found
+        raise FailtraceError(f"{option} {path} is the {kind} file of the results store {store} "
+                             f"({STORE_COMPANIONS['.' + kind]}); give another path")
 
 
 def check_output_file(path: Path | None, option: str, example: str = "out.json") -> None:

@@ -92,6 +92,18 @@ def failtrace_command(pid: str | int) -> str | None:
     return None
 
 
+def companion_of(path: Path) -> tuple[str, Path] | None:
+    """("wal" or "lock", the store) when ``path`` is the write-ahead log or the copy-lock file beside an existing
+    results store (``X.wal``, ``X.lock`` with ``X`` a DuckDB file), else None."""
+    path = Path(path)
+    for kind in ("wal", "lock"):
+        if path.name.endswith("." + kind) and len(path.name) > len(kind) + 1:
+            store = path.with_name(path.name[: -len(kind) - 1])
+            if duckdb_header(store):
+                return kind, store
+    return None
+
+
 def lock_path(path: Path) -> Path:
     """The copy-lock file of the store at ``path``."""
     return path.with_name(path.name + ".lock")
