@@ -72,9 +72,10 @@ def analyse_command(
     methods: Optional[str] = typer.Option(None, "--methods",
                                           help="Comma-separated attribution methods (default all: attnlrp, cp-lrp, "
                                                "gradxinput, ig, attention, random; attnlrp is required)."),
-    max_k: int = typer.Option(10, "--max-k", help="Mask up to K top-attributed tokens when searching k*."),
+    max_k: int = typer.Option(10, "--max-k", help="Mask up to K top-attributed tokens when searching k*.",
+                              callback=opts.count(1)),
     ig_steps: int = typer.Option(16, "--ig-steps", help="Integrated-gradients steps per case (method ig), at least "
-                                 "1; 16 halves the cost of attribute's 32."),
+                                 "1; 16 halves the cost of attribute's 32.", callback=opts.count(1)),
     mask_rule: str = typer.Option("zero-embedding", "--mask-rule", help="zero-embedding | replace"),
     mask_token: Optional[int] = typer.Option(None, "--mask-token", help="Token id used by --mask-rule replace."),
     mask_template: bool = typer.Option(False, "--mask-template",
