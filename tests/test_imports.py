@@ -129,7 +129,11 @@ def test_records_import_no_views_or_exports(record: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(m for m in MODULES if not m.endswith(".__main__")))  # __main__ runs the CLI
 def test_every_module_imports(name: str) -> None:
-    importlib.import_module(name)
+    """Each module imports on its own, says what it is in a docstring (the house rule), and every name its
+    ``__all__`` exports exists (a stale export is an ImportError for ``from ... import *`` users)."""
+    module = importlib.import_module(name)
+    assert len((module.__doc__ or "").split()) >= 3, f"{name} has no docstring saying what it is"
+    assert [n for n in getattr(module, "__all__", ()) if not hasattr(module, n)] == []
 
 
 def test_library_never_imports_the_test_scaffolding() -> None:
