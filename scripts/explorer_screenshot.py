@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--height", type=int, default=900)
     args = ap.parse_args()
     from PIL import Image
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -64,7 +65,12 @@ def main() -> None:
             ctx.route("**/*", lambda r: r.continue_() if r.request.url.startswith(base) else r.abort())
             page = ctx.new_page()
             page.goto(base + args.hash)
-            page.wait_for_selector(f"body[data-ready={args.ready}]", timeout=30000)
+            try:
+                page.wait_for_selector(f"body[data-ready={args.ready}]", timeout=30000)
+            except PlaywrightTimeout:
+                now = page.evaluate("document.body.dataset.ready || ''")
+                raise SystemExit(f"error: the view {args.hash} never became ready as {args.ready!r} in 30 s (it is "
+                                 f"{now or 'not ready'!r}); give the --ready name of that view") from None
             page.mouse.move(1, 1)
             args.png.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(args.png), full_page=True)
