@@ -420,7 +420,7 @@ def test_a_refused_command_leaves_an_older_store_unmigrated(toy: dict[str, Any],
     con.close()
 
 
-@pytest.mark.parametrize("command", ["status", "show", "analyse", "export"])
+@pytest.mark.parametrize("command", ["status", "show", "analyse", "export", "serve", "collect"])
 @pytest.mark.parametrize("suffix", [".lock", ".wal"])
 def test_a_stores_log_or_lock_as_the_store_names_the_store(toy: dict[str, Any], tmp_path: Path, command: str,
                                                            suffix: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -428,7 +428,8 @@ def test_a_stores_log_or_lock_as_the_store_names_the_store(toy: dict[str, Any], 
     reader said "no results store at X.lock; run failtrace collect --store X.lock first", which collect refuses."""
     store = _copy(toy, tmp_path)
     side = store.with_name(store.name + suffix)
-    extra = ["--format", "jsonl", "-o", str(tmp_path / "exp")] if command == "export" else []
+    extra = {"export": ["--format", "jsonl", "-o", str(tmp_path / "exp")],
+             "collect": ["--benchmark", "demo", "--data", "builtin"]}.get(command, [])
     for exists in (False, True):
         if exists:
             side.write_bytes(b"")
@@ -436,3 +437,23 @@ def test_a_stores_log_or_lock_as_the_store_names_the_store(toy: dict[str, Any], 
         assert line == (f"error: --store {side} is the {suffix[1:]} file of the results store {store}, not a store; "
                         f"give the store itself: --store {store}"), exists
     assert sha256(store) == toy["sha"] and not (tmp_path / "exp").exists()
+
+
+def test_analyse_on_a_version_1_store_migrates_it_and_analyses(toy: dict[str, Any], tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """A version-1 store (no case tables yet) is migrated by analyse's first write; before, analyse read the cases
+    table first and called the store damaged (once migration moved from open to the first write)."""
+    from failtrace.store.schema import PAIR_COLUMNS_V3
+
+    drops = "; ".join([f"DROP TABLE {t}" for t in ("case_methods", "case_graphs", "overrides", "case_alternatives",
+                                                   "cases")]
+                      + [f"ALTER TABLE pairs DROP COLUMN {name}" for name, _ in PAIR_COLUMNS_V3])
+    store, sha = _damaged(toy, tmp_path, drops + "; UPDATE schema_version SET version = 1")
+    line = _one_error_line(main(["analyse", "-s", str(store), "--pair-run", "zzz", "--no-progress"]), capsys)
+    assert "zzz" in line and sha256(store) == sha  # refused before any write: still version 1, byte for byte
+    assert main(["analyse", "-s", str(store), "--methods", "attnlrp", "--limit", "1", "--no-progress"]) == 0
+    assert "1 analysed now" in capsys.readouterr().out
+    con = duckdb.connect(str(store), read_only=True)
+    assert con.execute("SELECT max(version) FROM schema_version").fetchone()[0] == 4
+    assert con.execute("SELECT count(*) FROM case_methods WHERE len(flip_tops) = len(flip_curve)").fetchone()[0] == 1
+    con.close()

@@ -158,10 +158,29 @@ def test_kstar_and_flip_rate_match_recomputation(built):
     assert seen == 12 and mixed >= 1  # some row counts both kinds: a constant answer would not pass
     lrp = next(r for r in kstar if r["benchmark"] == "ifeval" and r["method"] == "attnlrp")
     assert float(lrp["mean_k_star"]) == pytest.approx((1 + 2 + 3 + 1) / 4)
-    # the lead sentence says it for AttnLRP: here 1 of the 3 flipped cases with their top tokens recorded
-    assert (int(lrp["top_recorded"]), int(lrp["contrast_on_top"])) == (3, 1)
-    assert ("At k* the model's top next token is the contrast in 1 of those 3; in the others, a third token."
-            in html.unescape(index.read_text(encoding="utf-8")))
+    # the lead sentence says it for AttnLRP, of the cases where it was recorded: 3 of the 4 flipped (one case was
+    # "analysed before it was recorded"), 1 of them with the contrast on top
+    assert (int(lrp["flipped"]), int(lrp["top_recorded"]), int(lrp["contrast_on_top"])) == (4, 3, 1)
+    assert ("flips the prediction in 4 of 5 cases (the paper is quoted as needing about 2 tokens; docs/ANALYSES.md). "
+            "Of those 4, 3 have the model's top next token at k* recorded (the others were analysed before it was): "
+            "it is the contrast in 1 of them." in html.unescape(index.read_text(encoding="utf-8")))
+
+
+@pytest.mark.parametrize("on_top, recorded, flipped, said", [
+    (None, 0, 2, ""),
+    (0, 1, 1, " At k* the model's top next token is a third token, not the contrast."),
+    (1, 1, 1, " At k* the model's top next token is the contrast."),
+    (2, 2, 2, " At k* the model's top next token is the contrast in 2 of those 2."),
+    (1, 3, 3, " At k* the model's top next token is the contrast in 1 of those 3; in the others, a third token."),
+    (0, 1, 2, " Of those 2, 1 has the model's top next token at k* recorded (the others were analysed before it "
+              "was): it is a third token, not the contrast."),
+    (2, 3, 5, " Of those 5, 3 have the model's top next token at k* recorded (the others were analysed before it "
+              "was): it is the contrast in 2 of them."),
+])
+def test_the_top_token_sentence_claims_only_the_recorded_cases(on_top, recorded, flipped, said) -> None:
+    from failtrace.report.pages import _top_sentence
+
+    assert _top_sentence(on_top, recorded, flipped) == said
 
 
 def test_segment_relevance_matches_recomputation(built):

@@ -99,6 +99,11 @@ class MethodResult:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def tops_recorded(self) -> bool:
+        """Whether the top tokens after masking were recorded, one id and text per curve point."""
+        return 0 < len(self.flip_curve) == len(self.flip_tops) == len(self.flip_top_texts)
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MethodResult:
         return cls(method=d["method"], input_relevance=[float(x) for x in d["input_relevance"]],

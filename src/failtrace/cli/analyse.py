@@ -27,8 +27,10 @@ def _settings(methods: Optional[str], max_k: int, ig_steps: int, mask_rule: str,
 
 def _current(st: Any) -> dict[str, tuple[str, int, int]]:
     """Pair run id -> (its current analysis run, that analysis's case count, the pair run's clean pairs)."""
-    from failtrace.store.cases import current_analyses
+    from failtrace.store.cases import current_analyses, has_case_tables
 
+    if not has_case_tables(st):  # a version-1 store, migrated by this command's first write: nothing analysed yet
+        return {}
     counts = dict(st.con.execute("SELECT analysis_id, count(*) FROM cases GROUP BY analysis_id").fetchall())
     clean = dict(st.con.execute("SELECT pair_run_id, count(*) FROM pairs WHERE status = 'clean' GROUP BY pair_run_id")
                  .fetchall())

@@ -116,9 +116,10 @@ def check_store_path(path: Path, *, create: bool) -> None:
 
     Whether an existing file is a valid store is decided by opening it (:mod:`failtrace.store.store`).
     """
-    from failtrace.store.connection import check_not_dangling
+    from failtrace.store.connection import check_not_companion, check_not_dangling
 
     path = Path(path).expanduser()
+    check_not_companion(path)  # also for a new store: the user meant the store beside it
     if path.is_dir():
         if create:
             raise FailtraceError(f"--store {path} is a folder; give a file path such as {path / 'failtrace.duckdb'}")

@@ -193,15 +193,20 @@ def _no_cases_hint(t1: Sequence[Mapping[str, Any]], status: Sequence[Mapping[str
     return "No cases yet: run <code>failtrace analyse</code> on this store."
 
 
-def _top_sentence(on_top: int | None, recorded: int) -> str:
-    """What the flipped cases' top next token at k* is: the contrast, or a third token ("" when not recorded)."""
+def _top_sentence(on_top: int | None, recorded: int, flipped: int) -> str:
+    """What the flipped cases' top next token at k* is: the contrast, or a third token; said of the cases where it
+    was recorded, named as such when those are fewer than the flipped ones ("" when none was recorded)."""
     if on_top is None or not recorded:
         return ""
     if recorded == 1:
         what = "the contrast" if on_top else "a third token, not the contrast"
-        return f" At k* the model's top next token is {what}."
-    rest = "." if on_top == recorded else "; in the others, a third token."
-    return f" At k* the model's top next token is the contrast in {on_top} of those {recorded}{rest}"
+    else:
+        what = f"the contrast in {on_top} of " + ("them" if recorded < flipped else f"those {recorded}") + \
+            ("" if on_top == recorded or recorded < flipped else "; in the others, a third token")
+    if recorded < flipped:
+        return (f" Of those {flipped}, {recorded} {'has' if recorded == 1 else 'have'} the model's top next token at "
+                f"k* recorded (the others were analysed before it was): it is {what}.")
+    return f" At k* the model's top next token is {what}."
 
 
 def benchmark_section(bench: str, cases: Sequence[Any], t: Mapping[str, Any], figs: Mapping[str, str]) -> str:
@@ -216,7 +221,7 @@ def benchmark_section(bench: str, cases: Sequence[Any], t: Mapping[str, Any], fi
                  f"{lrp['median_k_star']:.1f}) flips the prediction in {lrp['flipped']} of "
                  f"{count_of(lrp['cases'], 'case')} "
                  "(the paper is quoted as needing about 2 tokens; docs/ANALYSES.md).")
-        lead += _top_sentence(lrp["contrast_on_top"], lrp["top_recorded"])
+        lead += _top_sentence(lrp["contrast_on_top"], lrp["top_recorded"], lrp["flipped"])
     if not mine:
         return (f'<section class="block" id="{slug(bench)}"><h2>{esc(bench)}</h2><p class="lead">{esc(lead)}</p>'
                 f'<p class="empty">{_no_cases_hint(t1, [r for r in t["pair_status"] if r["benchmark"] == bench])}'

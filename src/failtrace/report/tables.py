@@ -226,7 +226,7 @@ def kstar_rows(cases: Sequence[Case]) -> list[dict[str, Any]]:
 def top_at_k_star(case: Case, method: str) -> bool | None:
     """Whether the model's top next token with the first k* masked is the contrast (None: no k*, or not recorded)."""
     r = case.methods[method]
-    if r.flip_k is None or len(r.flip_tops) != len(r.flip_curve) or r.flip_k >= len(r.flip_tops):
+    if r.flip_k is None or not r.tops_recorded or r.flip_k >= len(r.flip_tops):
         return None
     return r.flip_tops[r.flip_k] == case.contrast_id
 

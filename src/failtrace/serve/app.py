@@ -78,9 +78,10 @@ def load_static() -> dict[str, tuple[bytes, str]]:
 
 def require_store(path: Path) -> None:
     """One clear line when there is no store at ``path`` (checked before anything is opened or bound)."""
-    from failtrace.store.connection import check_not_dangling
+    from failtrace.store.connection import check_not_companion, check_not_dangling
     from failtrace.store.store import demo_store_hint
 
+    check_not_companion(path)  # a store's .lock or .wal: name the store, as every other command does
     check_not_dangling(path)  # a link to nothing is named as such, as every other command names it
     if not path.exists():
         raise FailtraceError(f"no results store at {path}; give the --store that `failtrace collect` wrote"

@@ -137,7 +137,10 @@ CURRENT_ANALYSES_SQL = """
 
 
 def _latest_analyses(store: ResultsStore) -> set[tuple[str, str]]:
-    """Per pair run, the newest analysis run that has cases (so one report never mixes two settings)."""
+    """Per pair run, the newest analysis run that has cases (so one report never mixes two settings); none in a
+    version-1 store not migrated yet (no case tables)."""
+    if not has_case_tables(store):
+        return set()
     return {(pair_run, analysis) for pair_run, analysis in store.con.execute(CURRENT_ANALYSES_SQL).fetchall()}
 
 

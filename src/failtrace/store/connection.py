@@ -104,6 +104,15 @@ def companion_of(path: Path) -> tuple[str, Path] | None:
     return None
 
 
+def check_not_companion(path: Path) -> None:
+    """``--store`` naming a store's log or lock file (whether it exists yet or not): name the store itself."""
+    found = companion_of(path)
+    if found is not None:
+        kind, store = found
+        raise FailtraceError(f"--store {path} is the {kind} file of the results store {store}, not a store; give the "
+                             f"store itself: --store {store}")
+
+
 def lock_path(path: Path) -> Path:
     """The copy-lock file of the store at ``path``."""
     return path.with_name(path.name + ".lock")

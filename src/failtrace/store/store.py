@@ -123,11 +123,7 @@ class ResultsStore(RunsTable, PairsTable):
                                  f"open; rename the file or a folder above it") from None
         if self.path.is_dir():
             raise FailtraceError(f"--store {self.path} is a folder; give a file path such as {DEFAULT_STORE}")
-        companion = connection.companion_of(self.path)
-        if companion is not None:  # the store's log or lock, whether it exists now or not: name the store itself
-            kind, store = companion
-            raise FailtraceError(f"--store {self.path} is the {kind} file of the results store {store}, not a store; "
-                                 f"give the store itself: --store {store}")
+        connection.check_not_companion(self.path)
         connection.check_not_dangling(self.path)
         if self.path.exists():
             if not self.path.is_file():

@@ -295,7 +295,7 @@ def masked_rows(case: Any, method: str, before: int = MASK_BEFORE, after: int = 
     r = case.methods[method]
     labels = case.segment_labels()
     order = masking_order(r.input_relevance, case.special_mask, labels, case.masking)
-    tops = r.flip_top_texts if len(r.flip_top_texts) == len(r.flip_curve) == len(r.flip_tops) else []
+    tops = r.flip_top_texts if r.tops_recorded else []
     return [{"k": k, "position": p, "token": case.tokens[p], "before": case.tokens[max(0, p - before):p],
              "after": case.tokens[p + 1:p + 1 + after], "segment": labels[p] or "",
              "relevance": float(r.input_relevance[p]),
