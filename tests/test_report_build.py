@@ -662,3 +662,14 @@ def test_counts_of_many_neighbouring_slivers_do_not_overlap(tmp_path, monkeypatc
         x = next(t for t in texts if t.get_text() == str(n)).get_position()[0]
         assert x >= left + n / total / 2 - 1e-9
         left += n / total
+
+
+def test_report_tokens_show_control_characters_as_the_other_views_do() -> None:
+    """A token of a control character had no glyph in the report (an empty-looking cell); it now prints as
+    failtrace show and the explorer print it, and markup in a token stays text."""
+    from failtrace.report.casepage import shown_token
+    from failtrace.views.common import shown
+
+    for tok in ("\x05", " \x1b[31m<b>x</b>\x07", "a\x7f\x85", "\t\r\n"):
+        text = html.unescape(re.sub(r"<span class=\"ws\">(.*?)</span>", r"\1", shown_token(tok)))
+        assert "<span" not in text and text == shown(tok) == plain_token(tok)

@@ -28,7 +28,19 @@ def _row(case: int, model: str, *, ref: bool = False, dl: float | None = 0.0, st
             "token_ids": [1, 2, 3], "prompt_length": 2, "position": 3, "target_text": "a", "contrast_text": "b",
             "target_id": 5 if mapped else None, "contrast_id": 6 if mapped else None,
             "delta_logit": dl if mapped else None, "input_relevance": None, "segment_relevance": seg or {},
-            "flip_curve": None, "flip_k": None, "step": step, "split": split, "notes": [], "seconds": 0.0}
+            "flip_curve": None, "flip_k": None, "step": step, "split": split, "notes": [], "seconds": 0.0,
+            "flip_tops": None, "flip_top_texts": None}
+
+
+def _with_top(row: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+    """The row's top next token at k = 0 (5 = its target, 6 = its contrast, 9 = another), or none recorded."""
+    top = rng.choice([5, 6, 9, None])
+    if top is not None and row["mapped"]:
+        row["flip_tops"], row["flip_top_texts"] = [top, 5], [{5: "a", 6: "b", 9: "z"}[top], "a"]
+    return row
+
+
+_ROLE = {5: "target", 6: "contrast", 9: "other"}  # what each top id is, by hand
 
 
 def _rows(seed: int = 0) -> list[dict[str, Any]]:
@@ -38,12 +50,12 @@ def _rows(seed: int = 0) -> list[dict[str, Any]]:
     rows = []
     for c in range(12):
         rows.append(_row(c, "small", ref=True, dl=rng.uniform(0.1, 4), seg=seg()))
-        rows.append(_row(c, "large", dl=rng.uniform(-3, 3), seg=seg(), mapped=c != 5))
-        rows.append(_row(c, "other", dl=rng.uniform(-3, 3), seg=seg()))
+        rows.append(_with_top(_row(c, "large", dl=rng.uniform(-3, 3), seg=seg(), mapped=c != 5), rng))
+        rows.append(_with_top(_row(c, "other", dl=rng.uniform(-3, 3), seg=seg()), rng))
         for series in ("ckpts/dpo", "ckpts/token-dpo"):
             for step in (0, 50, 100):
-                rows.append(_row(c, f"{series}/step-{step}", dl=rng.uniform(-2, 3) - step / 60, step=step,
-                                 split="trained" if c < 8 else "held-out", seg=seg()))
+                rows.append(_with_top(_row(c, f"{series}/step-{step}", dl=rng.uniform(-2, 3) - step / 60, step=step,
+                                           split="trained" if c < 8 else "held-out", seg=seg()), rng))
     return rows
 
 
@@ -57,6 +69,11 @@ def test_scatter_and_segments_against_independent_math() -> None:
     assert sorted((p["case_id"], p["model"], p["dl_reference"], p["dl_model"]) for p in pts) == expect
     assert len(pts) == 12 * 2 - 1  # one unmapped case of "large" is left out
     assert all(p["corrected"] == (p["dl_model"] < 0) for p in pts)
+    # what that model writes: its stored top token at k = 0 named by hand, None where none was recorded
+    by = {(r["case_id"], r["model"]): r for r in rows}
+    want = [_ROLE[by[(p["case_id"], p["model"])]["flip_tops"][0]] if by[(p["case_id"], p["model"])]["flip_tops"]
+            else None for p in pts]
+    assert [p["writes"] for p in pts] == want and len(set(want)) == 4  # all three roles and unrecorded occur
     assert D.unmapped_counts(rows) == {"large": 1, "other": 0}
 
     got = {(r["model"], r["group"], r["role"], r["segment"]): (r["mean_share"], r["cases"])
@@ -102,6 +119,7 @@ def test_checkpoint_tables_against_independent_math() -> None:
     rows = _rows(1)
     summary = {(r["series"], r["split"], r["step"]): r for r in D.checkpoint_summary(rows)}
     assert len(summary) == 2 * 2 * 3
+    checked_tops = 0
     for series in ("ckpts/dpo", "ckpts/token-dpo"):
         for split in ("trained", "held-out"):
             for step in (0, 50, 100):
@@ -111,12 +129,17 @@ def test_checkpoint_tables_against_independent_math() -> None:
                 assert s["cases"] == len(v) == (8 if split == "trained" else 4)
                 assert s["median_delta_logit"] == pytest.approx(float(np.median(v)), abs=1e-12)
                 assert s["corrected"] == int((v < 0).sum())
+                tops = [r["flip_tops"][0] for r in rows if r["model"] == f"{series}/step-{step}"
+                        and r["split"] == split and r["flip_tops"]]
+                assert (s["writes_recorded"], s["writes_contrast"]) == (len(tops), tops.count(6))
+                checked_tops += bool(tops) and 0 < tops.count(6) < len(tops)
                 mats = np.array([[r["segment_relevance"][g] for g in SEGS] for r in rows
                                  if r["model"] == f"{series}/step-{step}" and r["split"] == split])
                 shares = (mats / np.abs(mats).sum(axis=1, keepdims=True)).mean(axis=0)
                 seg = {r["segment"]: r["mean_share"] for r in D.checkpoint_segment_rows(rows)
                        if (r["series"], r["split"], r["step"]) == (series, split, step)}
                 assert [seg[g] for g in SEGS] == pytest.approx(list(shares), abs=1e-12)
+    assert checked_tops >= 3  # groups with both kinds of top token: a constant count would not pass
     lines = D.checkpoint_rows(rows)
     assert len(lines) == 12 * 2 * 3 and {p["series"] for p in lines} == {"ckpts/dpo", "ckpts/token-dpo"}
     assert D.series_of("runs/a/checkpoint-300") == "runs/a"
@@ -181,6 +204,7 @@ def test_sections_only_when_comparisons_exist(tmp_path: Path) -> None:
     for r in got:
         src = next(x for x in rows if x["case_id"] == r["case_id"] and x["model"] == r["model"])
         assert float(r["dl_model"]) == src["delta_logit"] and (r["corrected"] == "True") == (src["delta_logit"] < 0)
+        assert r["writes"] == (_ROLE[src["flip_tops"][0]] if src["flip_tops"] else "")
     html_all = build_report([], [], tmp_path / "m", comparisons=rows).read_text(encoding="utf-8")
     assert 'href="#across-checkpoints"' in html_all and html_all.count("data:image/png;base64,") == 4
     assert len(_csv(tmp_path / "m/tables/fig6_summary.csv")) == 12

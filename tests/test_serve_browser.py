@@ -562,3 +562,17 @@ def test_two_pair_runs_over_one_collection_run_are_said_above_the_table(page: An
     finally:
         srv.should_exit = True
         thread.join(10)
+
+
+def test_tokens_print_as_failtrace_show_prints_them(page: Any, server: dict[str, Any]) -> None:
+    """The explorer's FT.shown equals views.common.shown on whitespace, control characters (a C0 one had no glyph:
+    a token of the toy vocabulary, "\\x05", was an empty-looking cell), DEL, C1 codes and lone surrogates."""
+    from failtrace.views.common import shown
+
+    case = server["cases"][0]
+    _open(page, server, f"#/case/{case.case_id}", "case")
+    texts = ["", " a\tb\r\n", "\x05", "\x1b[31mRED\x07", "x\x7fy", "\x85\x9f", "caf\u00e9 \U0001f600", "a\ud800b",
+             "\udc00z", "\x05\udc00"]  # (a surrogate pair is one character in JS but two in Python: not a token)
+    got = page.evaluate("ts => ts.map(t => FT.shown(t))", texts)
+    assert got == [shown(t) for t in texts]
+    assert got[2] == "␅" and got[0] == "∅"

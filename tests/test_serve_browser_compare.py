@@ -27,6 +27,7 @@ from failtrace.report.compare_data import figure_data  # noqa: E402
 from failtrace.store import open_store  # noqa: E402
 from failtrace.store.cases import load_cases  # noqa: E402
 from failtrace.store.comparisons import load_comparisons  # noqa: E402
+from failtrace.views.common import shown  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -75,10 +76,22 @@ def test_side_by_side_has_one_column_per_compared_model(env: dict[str, Any]) -> 
     assert cols.count() == len(rows) == 4
     assert sorted(cols.nth(i).get_attribute("data-model") for i in range(cols.count())) == \
         sorted(r["model"] for r in rows)
+    wrote = 0
     for i in range(cols.count()):
         row = next(r for r in rows if r["model"] == cols.nth(i).get_attribute("data-model"))
         tokens = cols.nth(i).locator(".tok").count()
         assert tokens == (len(case.tokens) if row["mapped"] else 0)  # every case token, aligned, or no heatmap
+        # what that model writes there: its stored top token at k = 0, and whether it is the target or contrast
+        head = cols.nth(i).locator(".cmphead").inner_text()
+        if row["mapped"] and row.get("flip_tops"):
+            top = row["flip_tops"][0]
+            role = "the target" if top == row["target_id"] else "the contrast" if top == row["contrast_id"] \
+                else "neither"
+            assert f"writes {shown(row['flip_top_texts'][0])} ({role})" in " ".join(head.split()), head
+            wrote += 1
+        else:
+            assert "writes" not in head
+    assert wrote >= 2
     assert page.locator("#alternatives tr[data-token]").count() >= 10
     # the note counts the top tokens, not the contrast listed below them (it said "11 highest" for a top 10 + 1)
     table = page.locator("#alternatives tr[data-token]")

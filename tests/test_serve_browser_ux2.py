@@ -12,8 +12,10 @@ from test_serve_browser import (_api, _graph_case, _open, _open_review, _painted
                                 server)  # (the module's fixtures and helpers, shared)
 
 
-def _shown(tok: str) -> str:  # FT.shown: whitespace made visible, ∅ for an empty token
-    return "".join({" ": "·", "\n": "↵", "\t": "→", "\r": "␍"}.get(c, c) for c in tok) or "∅"
+def _shown(tok: str) -> str:  # FT.shown: whitespace and control characters made visible, ∅ for an empty token
+    from failtrace.views.common import shown
+
+    return shown(tok)
 
 
 def _item_hash(server: dict[str, Any], item_id: str) -> str:

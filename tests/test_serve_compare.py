@@ -209,7 +209,8 @@ def as_first_table(store: Path) -> int:
     with open_store(store) as st:
         cols = [r[0] for r in st.con.execute(
             "SELECT column_name FROM information_schema.columns WHERE table_name = 'comparisons' "
-            "AND column_name NOT IN ('tokens', 'special_mask', 'checkpoint', 'training_run') "
+            "AND column_name NOT IN ('tokens', 'special_mask', 'checkpoint', 'training_run', 'flip_tops', "
+            "'flip_top_texts') "
             "ORDER BY ordinal_position").fetchall()]
         st.con.execute(f"CREATE TABLE first_rows AS SELECT {', '.join(cols)} FROM comparisons")
         st.con.execute("DROP TABLE comparisons")

@@ -178,27 +178,44 @@ def test_a_missing_store_and_a_store_without_cases(toy: dict[str, Any], tmp_path
 
 def test_a_compared_case_shows_its_other_models_and_checkpoints(tmp_path_factory: pytest.TempPathFactory, capsys,
                                                                  monkeypatch) -> None:
+    import torch
     from serve_store import compared_toy_store
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     info = compared_toy_store(tmp_path_factory.mktemp("show-compare"))
     with open_store(info["store"], read_only=True) as st:
         case = load_cases(st)[0]
-        rows = st.con.execute("SELECT model, step, delta_logit, mapped, flip_k, flip_curve FROM comparisons "
-                              "WHERE case_id = ? AND NOT reference", [case.case_id]).fetchall()
+        rows = st.con.execute("SELECT model, step, delta_logit, mapped, flip_k, flip_curve, token_ids, target_id, "
+                              "contrast_id FROM comparisons WHERE case_id = ? AND NOT reference",
+                              [case.case_id]).fetchall()
     assert len(rows) >= 3  # another model and two checkpoints
     code, out, _ = _show(capsys, monkeypatch, "--store", str(info["store"]), "--case", case.case_id)
     assert code == 0
     part = out.split("across models and checkpoints", 1)[1]
     lines = [[c.strip() for c in x.rstrip().split("│")[1:-1]] for x in part.splitlines() if x.startswith("│")]
-    shown = {(r[0], r[1]): r for r in lines}
-    for model, step, dl, mapped, k, curve in rows:
-        r = shown[(str(model), "—" if step is None else str(step))]
+    shown_rows = {(r[0], r[1]): r for r in lines}
+    roles = set()
+    for model, step, dl, mapped, k, curve, ids, target, contrast in rows:
+        r = shown_rows[(str(model), "—" if step is None else str(step))]
         # k* as the case list words it: none = the curve ran without a flip; — = corrected already or no curve
-        assert r[5] == (str(k) if k is not None and curve[0] >= 0 else "none" if curve and curve[0] >= 0 else "—")
+        assert r[6] == (str(k) if k is not None and curve[0] >= 0 else "none" if curve and curve[0] >= 0 else "—")
         if mapped:
             assert float(r[3]) == pytest.approx(dl, abs=1e-3) and r[4] == ("yes" if dl < 0 else "no")
+            # what that model writes there: plain transformers' argmax after the row's own context, and its role
+            plain = AutoModelForCausalLM.from_pretrained(str(model)).eval()
+            with torch.no_grad():
+                logits = plain(input_ids=torch.tensor([list(ids)])).logits[0, -1]
+            best = logits.topk(2)
+            if float(best.values[0] - best.values[1]) < 1e-4:  # a near tie may go either way in float noise
+                continue
+            top = int(best.indices[0])
+            role = "target" if top == target else "contrast" if top == contrast else "other"
+            text = AutoTokenizer.from_pretrained(str(model)).decode([top])
+            assert r[5] == f"‹{shown(text)}› {role}", (model, step)
+            roles.add(role)
         else:
-            assert r[3] == "—" and r[4] == "not mapped"
+            assert r[3] == "—" and r[4] == "not mapped" and r[5] == "—"
+    assert roles  # some mapped row was checked
 
 
 def test_two_runs_in_one_checkpoint_folder_are_told_apart(tmp_path_factory: pytest.TempPathFactory, capsys,
@@ -222,7 +239,7 @@ def test_two_runs_in_one_checkpoint_folder_are_told_apart(tmp_path_factory: pyte
     code, out, _ = _show(capsys, monkeypatch, "--store", str(store), "--case", case_id)
     part = out.split("across models and checkpoints", 1)[1]
     lines = [[c.strip() for c in x.rstrip().split("│")[1:-1]] for x in part.splitlines() if x.startswith("│")]
-    mine = sorted((r[6], r[3]) for r in lines if r[0] == model)
+    mine = sorted((r[7], r[3]) for r in lines if r[0] == model)  # the run is the last column
     folder = D.series_of(model)
     with open_store(store, read_only=True) as st:
         dls = sorted(st.con.execute("SELECT training_run, delta_logit FROM comparisons WHERE case_id = ? AND "

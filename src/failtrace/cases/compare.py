@@ -57,7 +57,9 @@ def reference_row(case: Case, model_name: str) -> dict[str, Any]:
             "input_relevance": attn.input_relevance if attn else None,
             "segment_relevance": attn.segment_relevance if attn else {}, "flip_curve": attn.flip_curve if attn else None,
             "flip_k": attn.flip_k if attn else None, "step": None, "split": None, "notes": [], "seconds": 0.0,
-            "tokens": list(case.tokens), "special_mask": list(case.special_mask)}
+            "tokens": list(case.tokens), "special_mask": list(case.special_mask),
+            "flip_tops": attn.flip_tops if attn and attn.tops_recorded else None,
+            "flip_top_texts": attn.flip_top_texts if attn and attn.tops_recorded else None}
 
 
 def one_token(tokenizer: Any, text: str) -> int | None:
@@ -121,17 +123,18 @@ def rescore(lm: Any, case: Case, item: Any, answer_prefix: str, model_name: str,
         notes.append(unmapped)
         return row | {"mapped": False, "target_id": None, "contrast_id": None, "delta_logit": None,
                       "input_relevance": None, "segment_relevance": {}, "flip_curve": None, "flip_k": None,
-                      "seconds": round(time.perf_counter() - t0, 3)}
+                      "flip_tops": None, "flip_top_texts": None, "seconds": round(time.perf_counter() - t0, 3)}
     delta = plain_delta(lm.model, ids, target, contrast)
     hidden = relevance_pass(lm.model, ids, logit_diff_fn(target, contrast), method="attnlrp").relevance()
     rel = hidden[0].cpu().numpy().astype(np.float64)
     labels = segment_labels(tok, ids, special, prompt_length, item)
-    curve, k_star, _ = flip_search(lm.model, ids, rel, never_masked(special, labels, case.masking), target, contrast,
-                                   case.masking)  # the top tokens after masking are stored for cases only
+    curve, k_star, tops = flip_search(lm.model, ids, rel, never_masked(special, labels, case.masking), target,
+                                      contrast, case.masking)
     return row | {"mapped": True, "target_id": target, "contrast_id": contrast, "delta_logit": delta,
                   "input_relevance": [float(x) for x in rel],
                   "segment_relevance": {k: float(v) for k, v in segment_relevance(rel, labels).items()},
                   "flip_curve": [float(x) for x in curve], "flip_k": k_star,
+                  "flip_tops": list(tops), "flip_top_texts": decode_tokens(tok, tops),
                   "seconds": round(time.perf_counter() - t0, 3)}
 
 

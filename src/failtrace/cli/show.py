@@ -291,21 +291,25 @@ def _across_table(rows: list[dict[str, Any]]) -> Any:
     from types import SimpleNamespace
 
     from rich.table import Table
+    from rich.text import Text
 
-    from failtrace.views.common import k_star_label
+    from failtrace.views.common import clipped_text, k_star_label, shown, writes
 
     t = Table(title="across models and checkpoints (failtrace compare)", title_justify="left", caption_justify="left",
-              caption="corrected: that model prefers the contrast (Δℓ < 0); k*: none = no flip within K, — = "
+              caption="corrected: that model prefers the contrast (Δℓ < 0); writes: its top next token there, the "
+                      "target, the contrast or another (— not recorded); k*: none = no flip within K, — = "
                       "corrected already or not computed; the report's Fig. 4-7 and the explorer draw them")
     series = any(r.get("series") for r in rows)  # a checkpoint's finetune run, where its folder does not say it
-    for name in ("model", "step", "split", "Δℓ", "corrected", "k*", *(["run"] if series else [])):
+    for name in ("model", "step", "split", "Δℓ", "corrected", "writes", "k*", *(["run"] if series else [])):
         t.add_column(name, justify="right" if name in ("step", "Δℓ", "k*") else "left")
     for r in rows:
         dl = r.get("delta_logit")
         mapped = bool(r.get("mapped")) and dl is not None
+        top = writes(r) if mapped else None
         t.add_row(str(r["model"]) + (" (the case's model)" if r.get("reference") else ""),
                   "—" if r.get("step") is None else str(r["step"]), r.get("split") or "—",
                   f"{dl:.3f}" if mapped else "—", ("yes" if dl < 0 else "no") if mapped else "not mapped",
+                  Text("—" if top is None else f"‹{clipped_text(shown(top[0]), most=12)}› {top[1]}"),
                   k_star_label(SimpleNamespace(flip_curve=r.get("flip_curve") or [], flip_k=r.get("flip_k"))),
                   *([r.get("series") or "—"] if series else []))
     return t

@@ -18,6 +18,7 @@ from typing import Any
 
 from failtrace.analysis.segments import SEGMENT_NAMES
 from failtrace.cases.record import CATEGORY_TEXT, PATTERN_TEXT, Case
+from failtrace.attribution.record import visible
 from failtrace.views.contrast import darkened_for_white, ink_on
 from failtrace.report._shared import AblationView, normalize
 from failtrace.report.evidence import dl as evidence
@@ -42,15 +43,16 @@ def esc(x: Any) -> str:
 
 
 def shown_token(tok: str) -> str:
-    """A token as HTML: whitespace drawn as faint ·, ↵, →; an empty token as ∅ (so it can still be hovered)."""
+    """A token as HTML: whitespace drawn as faint ·, ↵, →; another control character as its symbol, as failtrace
+    show and the explorer print it (␅: it has no glyph of its own); an empty token as ∅ (so it can be hovered)."""
     if tok == "":
         return '<span class="ws">∅</span>'
-    return "".join(f'<span class="ws">{_WS[ch]}</span>' if ch in _WS else esc(ch) for ch in tok)
+    return "".join(f'<span class="ws">{_WS[ch]}</span>' if ch in _WS else esc(visible(ch)) for ch in tok)
 
 
 def plain_token(tok: str) -> str:
-    """A token as plain text with visible whitespace (for titles and pills)."""
-    return "".join(_WS.get(ch, ch) for ch in tok) or "∅"
+    """A token as plain text with visible whitespace and control characters (for titles and pills)."""
+    return visible(tok) or "∅"
 
 
 def fmt(x: float | None, digits: int = 3) -> str:

@@ -29,6 +29,8 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from failtrace.views.common import writes
+
 Row = Mapping[str, Any]
 _STEP_DIR = re.compile(r"^(step|checkpoint|ckpt)[-_]?\d+$", re.IGNORECASE)
 
@@ -107,7 +109,7 @@ def scatter_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
         out.append({"case_id": r["case_id"], "item_id": r["item_id"], "benchmark": r["benchmark"],
                     "reference_model": ref["model"], "model": r["model"], "dl_reference": float(ref["delta_logit"]),
                     "dl_model": float(r["delta_logit"]), "corrected": float(r["delta_logit"]) < 0,
-                    "reference_fingerprint": ref.get("model_fingerprint"),
+                    "writes": _writes(r), "reference_fingerprint": ref.get("model_fingerprint"),
                     "model_fingerprint": r.get("model_fingerprint")})
     return out
 
@@ -172,6 +174,12 @@ def shared_step0(rows: Sequence[Row]) -> list[Row]:
     return [*rows, *extra]
 
 
+def _writes(row: Row) -> str | None:
+    """What that model writes at the failure point: target, contrast or other (None: not recorded)."""
+    found = writes(row)
+    return None if found is None else found[1]
+
+
 def checkpoint_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
     """Fig. 6 (lines): one point per (case, checkpoint) with its Δℓ, series, step and split."""
     out = []
@@ -180,19 +188,24 @@ def checkpoint_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
             out.append({"case_id": r["case_id"], "item_id": r["item_id"], "benchmark": r["benchmark"],
                         "series": r["series"], "model": r["model"], "step": int(r["step"]),
                         "split": split_of(r), "delta_logit": float(r["delta_logit"]),
-                        "corrected": float(r["delta_logit"]) < 0})
+                        "corrected": float(r["delta_logit"]) < 0, "writes": _writes(r)})
     return sorted(out, key=lambda p: (p["series"], p["split"], p["case_id"], p["step"]))
 
 
 def checkpoint_summary(rows: Sequence[Row], points: Sequence[Row] | None = None) -> list[dict[str, Any]]:
     """Fig. 6 (bold lines): per series, split and step: cases, median Δℓ, how many are corrected (Δℓ < 0);
     ``points``: :func:`checkpoint_rows` of ``rows`` when the caller has them."""
-    groups: dict[tuple[str, str, int], list[float]] = {}
+    groups: dict[tuple[str, str, int], list[Row]] = {}
     for p in checkpoint_rows(rows) if points is None else points:
-        groups.setdefault((p["series"], p["split"], p["step"]), []).append(p["delta_logit"])
-    return [{"series": s, "split": sp, "step": st, "cases": len(v), "median_delta_logit": statistics.median(v),
-             "corrected": sum(x < 0 for x in v), "corrected_share": sum(x < 0 for x in v) / len(v)}
-            for (s, sp, st), v in sorted(groups.items())]
+        groups.setdefault((p["series"], p["split"], p["step"]), []).append(p)
+    out = []
+    for (s, sp, st), ps in sorted(groups.items()):
+        v = [p["delta_logit"] for p in ps]
+        known = [p["writes"] for p in ps if p.get("writes") is not None]
+        out.append({"series": s, "split": sp, "step": st, "cases": len(v), "median_delta_logit": statistics.median(v),
+                    "corrected": sum(x < 0 for x in v), "corrected_share": sum(x < 0 for x in v) / len(v),
+                    "writes_recorded": len(known), "writes_contrast": known.count("contrast")})
+    return out
 
 
 def checkpoint_segment_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:

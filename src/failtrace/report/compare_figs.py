@@ -19,11 +19,12 @@ SPLIT_COLORS = {"trained": "#dc2626", "held-out": "#2563eb", "all": "#374151"}
 GROUP_COLORS = {"corrected": "#16a34a", "uncorrected": "#dc2626"}
 CSV_COLUMNS = {
     "scatter": ["case_id", "item_id", "benchmark", "reference_model", "model", "dl_reference", "dl_model",
-                "corrected"],
+                "corrected", "writes"],
     "segments": ["model", "group", "role", "shown_model", "segment", "cases", "mean_share"],
     "checkpoints": ["case_id", "item_id", "benchmark", "series", "model", "step", "split", "delta_logit",
-                    "corrected"],
-    "checkpoint_summary": ["series", "split", "step", "cases", "median_delta_logit", "corrected", "corrected_share"],
+                    "corrected", "writes"],
+    "checkpoint_summary": ["series", "split", "step", "cases", "median_delta_logit", "corrected", "corrected_share",
+                           "writes_recorded", "writes_contrast"],
     "checkpoint_segments": ["series", "split", "step", "segment", "cases", "mean_share"],
 }
 CSV_NAMES = {"scatter": "fig4_scatter", "segments": "fig5_segments", "checkpoints": "fig6_checkpoints",
@@ -177,6 +178,12 @@ def _fig(src: str, alt: str, caption: str) -> str:
     return f'<figure><img src="{src}" alt="{alt}"><figcaption>{caption}</figcaption></figure>'
 
 
+def _writes_note(contrast: int, recorded: int) -> str:
+    """How many of the cases whose top next token was recorded write the contrast there (Δℓ < 0 says only that the
+    contrast is above the target); "" when none was recorded."""
+    return f", {contrast} of the {recorded} with their top token recorded write the contrast" if recorded else ""
+
+
 def _models_section(data: Mapping[str, list[dict[str, Any]]], unmapped: Mapping[str, int], figs: Path) -> str:
     from failtrace.report.casepage import esc
 
@@ -185,7 +192,9 @@ def _models_section(data: Mapping[str, list[dict[str, Any]]], unmapped: Mapping[
     for m in dict.fromkeys(p["model"] for p in pts):
         mine = [p for p in pts if p["model"] == m]
         fixed = sum(p["corrected"] for p in mine)
+        known = [p["writes"] for p in mine if p.get("writes") is not None]
         per.append(f"<b>{esc(m)}</b>: {fixed} of {count_of(len(mine), 'case')} corrected (Δℓ &lt; 0)"
+                   + _writes_note(known.count("contrast"), len(known))
                    + (f", {unmapped.get(m, 0)} not mapped" if unmapped.get(m) else ""))
     html = ('<section class="block" id="across-models"><h2>Across models</h2><p class="lead">Each clean case of the '
             "analysed model re-scored on other models from the same text (<code>failtrace compare --models</code>). "
@@ -209,7 +218,9 @@ def _checkpoints_section(data: Mapping[str, list[dict[str, Any]]], figs: Path) -
     for r in data["checkpoint_summary"]:
         last[(r["series"], r["split"])] = r  # sorted by step: the last one wins
     lead = "; ".join(f"<b>{esc(s)}</b> {esc(sp)}: {r['corrected']} of {r['cases']} corrected at step {r['step']} "
-                     f"(median Δℓ {r['median_delta_logit']:.2f})" for (s, sp), r in last.items())
+                     f"(median Δℓ {r['median_delta_logit']:.2f})"
+                     + _writes_note(r.get("writes_contrast", 0), r.get("writes_recorded", 0))
+                     for (s, sp), r in last.items())
     html = ('<section class="block" id="across-checkpoints"><h2>Across checkpoints</h2><p class="lead">The clean '
             "cases re-scored on post-training checkpoints (<code>failtrace compare --checkpoints</code>). "
             f"{lead}.</p>")

@@ -24,7 +24,8 @@ from failtrace.store.cases import answer_of
 from failtrace.store.records import loads
 from failtrace.store.reviews import DECISIONS
 from failtrace.report.evidence import dl as evidence_html
-from failtrace.views.common import CLIP, MASK_AFTER, MASK_BEFORE, SUM_NOTE, answer_parts, k_star_label, masked_caption
+from failtrace.views.common import (CLIP, MASK_AFTER, MASK_BEFORE, SUM_NOTE, answer_parts, k_star_label,
+                                   masked_caption, top_role)
 from failtrace.views.verdicts import category_sentence, pattern_sentence
 
 
@@ -61,11 +62,6 @@ def _labels(n: int, segments: dict[str, list[list[int]]]) -> list[str]:
     return labels
 
 
-def _role(token: int, target_id: int, contrast_id: int) -> str:
-    """Which of the pair a top token after masking is ("other": neither)."""
-    return "target" if token == int(target_id) else "contrast" if token == int(contrast_id) else "other"
-
-
 def _methods(con: Any, case_id: str, special: list[bool], labels: list[str], masking: Any,
              target_id: int, contrast_id: int) -> dict[str, Any]:
     """Per method: relevance raw and normalised, sums, flip curve and k*, ``mask_order``: the positions masked
@@ -92,7 +88,7 @@ def _methods(con: Any, case_id: str, special: list[bool], labels: list[str], mas
                        "flip_curve": curve, "flip_k": k,
                        "k_label": k_star_label(SimpleNamespace(flip_curve=curve, flip_k=k)),
                        "mask_order": masking_order(raw, special, labels, spec) if drawable else [],
-                       "mask_tops": [{"text": t, "role": _role(int(i), target_id, contrast_id)}
+                       "mask_tops": [{"text": t, "role": top_role(int(i), target_id, contrast_id)}
                                      for i, t in zip(tops, texts, strict=True)]}
         # the caption under the masking-order rows: the one wording of the report and failtrace show
         rows = [{"delta_after": curve[i] if i < len(curve) else None,

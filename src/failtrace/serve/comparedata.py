@@ -15,9 +15,9 @@ from failtrace.attribution.normalize import normalize
 from failtrace.report import compare_data as D
 from failtrace.serve.align import project
 from failtrace.serve.casedata import finite
-from failtrace.store.comparisons import FLIP_K, checkpoint_rows_sql, training_run_column
+from failtrace.store.comparisons import FLIP_K, checkpoint_rows_sql, training_run_column, writes_columns
 from failtrace.store.records import loads
-from failtrace.views.common import k_star_label
+from failtrace.views.common import k_star_label, writes
 
 _LIGHT = ("case_id, model, model_fingerprint, item_id, benchmark, reference, mapped, delta_logit, "
           f"segment_relevance, {FLIP_K} AS flip_k, step, split")
@@ -77,6 +77,8 @@ def case_compare(cur: Any, case_id: str, names: dict[str, str] | None = None) ->
         same = r["tokens"] == tokens and list(r["token_ids"] or []) == ids
         entry = {k: r[k] for k in ("model", "model_fingerprint", "reference", "mapped", "delta_logit", "flip_k",
                                    "step", "split", "target_id", "contrast_id", "prompt_length", "position")}
+        top = writes(r) if r["mapped"] else None  # what that model writes at the failure point (None: not recorded)
+        entry["writes"] = None if top is None else {"text": top[0], "role": top[1]}
         # k* as every view prints it (views.common.k_star_label: "—" for a model that is corrected already)
         curve = [] if r["delta_logit"] is None else [r["delta_logit"]]  # the curve starts at Δℓ
         entry |= {"k_label": k_star_label(SimpleNamespace(flip_k=r["flip_k"], flip_curve=curve)),
@@ -94,7 +96,7 @@ def case_compare(cur: Any, case_id: str, names: dict[str, str] | None = None) ->
 
 def figures(cur: Any) -> dict[str, Any]:
     """Fig. 4–7 data over the whole comparisons table (only the light columns are read)."""
-    rows = _rows(cur, f"SELECT {_LIGHT}, {training_run_column(cur)} FROM comparisons "
+    rows = _rows(cur, f"SELECT {_LIGHT}, {training_run_column(cur)}, {writes_columns(cur)} FROM comparisons "
                       "ORDER BY benchmark, item_id, case_id, reference DESC, model", [])
     for r in rows:
         r["segment_relevance"] = loads(r["segment_relevance"] or "{}", "comparisons.segment_relevance")

@@ -51,7 +51,9 @@ DDL = """CREATE TABLE IF NOT EXISTS comparisons (
     created_at TIMESTAMP,
     tokens VARCHAR,
     special_mask BOOLEAN[],
-    training_run VARCHAR
+    training_run VARCHAR,
+    flip_tops INTEGER[],
+    flip_top_texts VARCHAR[]
 )"""
 # The key: one row per case, model fingerprint and kind (a checkpoint row has a step). An index on an expression, not
 # a stored kind column: a failtrace from before the kind writes its columns only, and still can.
@@ -63,12 +65,15 @@ ADDED = ("ALTER TABLE comparisons ADD COLUMN IF NOT EXISTS tokens VARCHAR",
          "ALTER TABLE comparisons ADD COLUMN IF NOT EXISTS special_mask BOOLEAN[]",
          # the finetune run a checkpoint row's folder held (training.checkpoints.training_run_id): two runs saved into
          # one --out, or one run typed by two paths, are told apart by it, not by the folder's path
-         "ALTER TABLE comparisons ADD COLUMN IF NOT EXISTS training_run VARCHAR")
+         "ALTER TABLE comparisons ADD COLUMN IF NOT EXISTS training_run VARCHAR",
+         # the model's top next token after masking the top k (k = 0: unmasked, what that model would write)
+         "ALTER TABLE comparisons ADD COLUMN IF NOT EXISTS flip_tops INTEGER[]",
+         "ALTER TABLE comparisons ADD COLUMN IF NOT EXISTS flip_top_texts VARCHAR[]")
 
 COLUMNS = ("case_id", "model_fingerprint", "model", "item_id", "benchmark", "reference", "mapped", "token_ids",
            "prompt_length", "position", "target_text", "contrast_text", "target_id", "contrast_id", "delta_logit",
            "input_relevance", "segment_relevance", "flip_curve", "flip_k", "step", "split", "notes", "seconds",
-           "tokens", "special_mask", "training_run")
+           "tokens", "special_mask", "training_run", "flip_tops", "flip_top_texts")
 
 
 def _present(store: ResultsStore) -> bool:
@@ -163,6 +168,16 @@ def training_run_column(con: Any) -> str:
     has = con.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'comparisons' "
                       "AND column_name = 'training_run'").fetchone()[0]
     return "training_run" if has else "NULL AS training_run"
+
+
+def writes_columns(con: Any) -> str:
+    """The first top token after masking (k = 0: what that model writes), its text and the pair's ids in a SELECT
+    list, as one-element lists (``views.common.writes`` reads them); NULLs where the table predates them."""
+    has = con.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'comparisons' "
+                      "AND column_name = 'flip_tops'").fetchone()[0]
+    tops = "flip_tops[1:1] AS flip_tops, flip_top_texts[1:1] AS flip_top_texts" if has else \
+        "NULL AS flip_tops, NULL AS flip_top_texts"
+    return f"target_id, contrast_id, {tops}"
 
 
 def done_comparisons(store: ResultsStore, checkpoint: bool) -> set[tuple[str, str]]:

@@ -48,6 +48,7 @@ def score_on_case_tokens(lm: Any, case: Case, item: Any, name: str, fingerprint:
     from failtrace.analysis.masking import flip_search, never_masked
     from failtrace.analysis.segments import segment_labels, segment_relevance
     from failtrace.attribution.engine import relevance_pass
+    from failtrace.attribution.inputs import decode_tokens
     from failtrace.cases.build import logit_diff_fn, plain_delta
 
     t0 = time.perf_counter()
@@ -57,8 +58,8 @@ def score_on_case_tokens(lm: Any, case: Case, item: Any, name: str, fingerprint:
     rel = relevance_pass(lm.model, ids, logit_diff_fn(t, c), method="attnlrp").relevance()[0]
     rel = rel.detach().cpu().numpy().astype(np.float64)
     labels = segment_labels(lm.tokenizer, ids, special, case.prompt_length, item)
-    curve, k_star, _ = flip_search(lm.model, ids, rel, never_masked(special, labels, case.masking), t, c,
-                                   case.masking)
+    curve, k_star, tops = flip_search(lm.model, ids, rel, never_masked(special, labels, case.masking), t, c,
+                                      case.masking)
     return {"case_id": case.case_id, "model_fingerprint": fingerprint, "model": name, "item_id": case.item_id,
             "benchmark": case.benchmark, "reference": False, "mapped": True, "token_ids": ids,
             "prompt_length": case.prompt_length, "position": len(ids), "target_text": case.target_text,
@@ -66,6 +67,7 @@ def score_on_case_tokens(lm: Any, case: Case, item: Any, name: str, fingerprint:
             "input_relevance": [float(x) for x in rel],
             "segment_relevance": {k: float(v) for k, v in segment_relevance(rel, labels).items()},
             "flip_curve": [float(x) for x in curve], "flip_k": k_star, "notes": ["case tokens (same tokenizer)"],
+            "flip_tops": list(tops), "flip_top_texts": decode_tokens(lm.tokenizer, tops),
             "tokens": list(case.tokens), "special_mask": special, "seconds": round(time.perf_counter() - t0, 3)}
 
 

@@ -317,6 +317,20 @@ def k_star_label(result: Any) -> str:
     return "—" if result.flip_curve[0] < 0 else "none"
 
 
+def top_role(token: int, target_id: int | None, contrast_id: int | None) -> str:
+    """Which of the pair a model's top next token is: "target", "contrast" or "other" (neither)."""
+    return "target" if token == target_id else "contrast" if token == contrast_id else "other"
+
+
+def writes(row: dict[str, Any]) -> tuple[str, str] | None:
+    """A comparison row's top next token with nothing masked (what that model would write at the failure point):
+    (its text, :func:`top_role`); None where it was not recorded (a row written before, or a pair not mapped)."""
+    tops, texts = row.get("flip_tops") or [], row.get("flip_top_texts") or []
+    if not tops or len(tops) != len(texts) or row.get("target_id") is None:
+        return None
+    return str(texts[0]), top_role(int(tops[0]), row.get("target_id"), row.get("contrast_id"))
+
+
 def masked_caption(flip_k: int | None, rows: list[dict[str, Any]], mark: str = "") -> str:
     """What the masking-order rows say about the flip, claiming nothing beyond the computed curve: k* (with ``mark``,
     how the view marks the first k* rows) and, where it was recorded, the model's top next token at k*: Δℓ < 0 puts

@@ -19,6 +19,8 @@
       el("b", {}, label(m)), m.reference ? el("span", {class: "muted"}, " (this case's model)") : null, el("br"),
       "Δℓ ", el("b", {class: m.corrected ? "fixed" : ""}, FT.fmt(m.delta_logit, 3)),
       m.mapped ? (m.corrected ? el("span", {class: "fixed"}, " corrected") : " not corrected") : el("span", {class: "err"}, " not mapped"),
+      m.writes ? el("span", {title: "its top next token here (greedy): the target, the contrast or another"},
+                    [" · writes ", el("code", {}, FT.shown(m.writes.text)), " (" + (m.writes.role === "other" ? "neither" : "the " + m.writes.role) + ")"]) : null,
       " · k* " + m.k_label + " · " + m.n_tokens + " tokens",
       a && !a.identical ? el("span", {class: "muted"}, " · " + Math.round(100 * a.matched_chars) + "% of the text aligned") : null]);
     if (!a) {
@@ -157,8 +159,10 @@
           "#/case/" + encodeURIComponent(p.case_id), p.item_id + ": Δℓ " + FT.fmt(p.dl_reference, 2) + " → " + FT.fmt(p.dl_model, 2)));
       });
       var fixed = pts.filter(function (p) { return p.corrected; }).length;
+      var known = pts.filter(function (p) { return p.corrected && p.writes; }), writes = known.filter(function (p) { return p.writes === "contrast"; }).length;
+      var wrote = known.length ? " (of those whose top token was recorded, " + writes + " of " + known.length + " write the contrast)" : "";
       return el("figure", {class: "fig", "data-fig": "4", "data-model": m}, [el("div", {class: "ftitle"}, "Fig. 4 — Δℓ: " + pts[0].reference_model + " vs " + m), s, el("figcaption", {},
-        "Fig. 4 — " + m + ": " + fixed + " of " + pts.length + " cases corrected" + (data.unmapped[m] ? ", " + data.unmapped[m] + " not mapped" : "") + ". Dashed: y = x. Click a point to open its case.")]);
+        "Fig. 4 — " + m + ": " + fixed + " of " + pts.length + " cases corrected" + wrote + (data.unmapped[m] ? ", " + data.unmapped[m] + " not mapped" : "") + ". Dashed: y = x. Click a point to open its case.")]);
     });
   }
 

@@ -72,10 +72,18 @@ var FT = (function () {
       : Number(x).toFixed(d);
   };
 
-  var WS = {" ": "·", "\n": "↵", "\t": "→", "\r": "␍"};
-  FT.shown = function (tok) {  // visible whitespace, ∅ for an empty token (so it can be hovered)
+  var WS = {" ": "·", "\n": "↵", "\t": "→", "\r": "␍", "\x7f": "␡"};
+  function hex(c, n) { return ("000" + c.charCodeAt(0).toString(16)).slice(-n); }
+  // visible whitespace and control characters, as failtrace show prints them (attribution.record.visible): another
+  // C0 control as its symbol (␅), a C1 one as \x85, a lone surrogate as \ud800; ∅ for an empty token (hoverable)
+  FT.shown = function (tok) {
     var s = String(tok === null || tok === undefined ? "" : tok);
-    return s ? s.replace(/[ \n\t\r]/g, function (c) { return WS[c]; }) : "∅";
+    return s ? s.replace(/[ \u0000-\u001f\u007f-\u009f]|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g, function (c) {
+      var code = c.charCodeAt(0);
+      if (WS[c]) return WS[c];
+      if (code < 0x20) return String.fromCharCode(0x2400 + code);
+      return code < 0xa0 ? "\\x" + hex(c, 2) : "\\u" + hex(c, 4);
+    }) : "∅";
   };
 
   FT.quoted = function (tok) {  // a token as every view names one: ‹shown›, or — when there is none
