@@ -51,11 +51,15 @@ def _plain(folder: str) -> Any:
     return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
 
 
-def _masked_delta(model: Any, ids: list[int], masked: list[int], t: int, c: int) -> float:
+def _masked_logits(model: Any, ids: list[int], masked: list[int]) -> torch.Tensor:
     with torch.no_grad():
         emb = model.get_input_embeddings()(torch.tensor([ids])).clone()
         emb[0, masked] = 0.0
-        row = model(inputs_embeds=emb, use_cache=False).logits[0, -1].double()
+        return model(inputs_embeds=emb, use_cache=False).logits[0, -1].double()
+
+
+def _masked_delta(model: Any, ids: list[int], masked: list[int], t: int, c: int) -> float:
+    row = _masked_logits(model, ids, masked)
     return float(row[t] - row[c])
 
 
@@ -109,6 +113,7 @@ def test_flip_curve_and_segments_by_explicit_masking(cmp: dict[str, Any]) -> Non
     rows = [r for r in cmp["rows"] if r["mapped"] and not r["reference"]]
     assert rows  # every check below is per row
     cases = {c.case_id: c for c in cmp["cases"]}
+    tops_checked = 0
     for r in rows:
         rel = np.asarray(r["input_relevance"])
         assert abs(sum(r["segment_relevance"].values()) - rel.sum()) < 1e-9
@@ -118,13 +123,20 @@ def test_flip_curve_and_segments_by_explicit_masking(cmp: dict[str, Any]) -> Non
         template = {i for s, e in case.segments.get("special", []) for i in range(s, e)}
         order = [i for i in sorted(range(len(rel)), key=lambda i: (-rel[i], i))
                  if rel[i] > 0 and r["token_ids"][i] not in specials and i not in template]
+        assert len(r["flip_tops"]) == len(r["flip_top_texts"]) == len(r["flip_curve"])
         for k, value in enumerate(r["flip_curve"]):
-            want = _masked_delta(plain, r["token_ids"], order[:k], r["target_id"], r["contrast_id"])
-            assert abs(want - value) < 1e-3
+            logits = _masked_logits(plain, r["token_ids"], order[:k])
+            assert abs(float(logits[r["target_id"]] - logits[r["contrast_id"]]) - value) < 1e-3
+            best = logits.topk(2)  # the top token after masking k, where its lead is clear of float noise
+            if float(best.values[0] - best.values[1]) > 1e-4:
+                assert r["flip_tops"][k] == int(best.indices[0])
+                tops_checked += 1
+        assert r["flip_top_texts"] == [tok.decode([t]) for t in r["flip_tops"]]
         neg = [k for k, v in enumerate(r["flip_curve"]) if v < 0 and k >= 1]  # k* counts from one mask
         corrected = r["flip_curve"][0] < 0  # that model prefers the contrast unmasked: nothing to flip
         assert r["flip_curve"][0] == r["delta_logit"] or abs(r["flip_curve"][0] - r["delta_logit"]) < 1e-3
         assert r["flip_k"] == (None if corrected or not neg else neg[0])
+    assert tops_checked >= len(rows)
 
 
 def test_rows_stored_with_the_old_k_star_read_as_corrected(cmp: dict[str, Any], tmp_path: Path) -> None:
@@ -197,6 +209,15 @@ def test_cli_compare_and_errors(cmp: dict[str, Any], capsys: pytest.CaptureFixtu
     assert main(["compare", "--store", store, "--models", *cmp["names"], "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "corrected" in out and "mapped" in out
+    # per model: how many of its mapped rows write the contrast there (its stored top token at k = 0), by hand
+    table = {cells[0]: cells for cells in ([c.strip() for c in ln.split("│")[1:-1]] for ln in out.splitlines()
+                                           if ln.startswith("│"))}
+    for i, name in enumerate(cmp["names"]):  # the toy cases were written without top tokens: "-" for the first
+        mine = [r for r in cmp["rows"] if r["mapped"] and bool(r["reference"]) == (i == 0)]
+        known = [r for r in mine if r["flip_tops"]]
+        want = str(sum(r["flip_tops"][0] == r["contrast_id"] for r in known)) if known else "-"
+        assert mine and len(known) in (0, len(mine)) and table[name][5] == want, table
+    assert table[cmp["names"][0]][5] == "-" and table[cmp["names"][1]][5] != "-"
     with open_store(store, read_only=True) as st:
         stored = st.con.execute("SELECT count(*) FROM comparisons").fetchone()[0]
     assert stored > 0

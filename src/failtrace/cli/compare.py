@@ -27,8 +27,11 @@ if TYPE_CHECKING:
 def comparison_table(rows: list[dict], models: list[str], fingerprints: dict[str, str],
                      case_ids: list[str]) -> list[list[str]]:
     """Per model (in --models order; its rows found by content fingerprint among this call's cases, whatever name
-    they were stored under): cases, mapped, mean Δℓ over mapped, corrected (Δℓ < 0), median k*."""
+    they were stored under): cases, mapped, mean Δℓ over mapped, corrected (Δℓ < 0), how many write the contrast
+    there (its top next token; "of N" when only N rows recorded it, "-" when none did), median k*."""
     import statistics
+
+    from failtrace.views.common import writes
 
     wanted, out = set(case_ids), []
     for i, name in enumerate(models):
@@ -37,9 +40,12 @@ def comparison_table(rows: list[dict], models: list[str], fingerprints: dict[str
         mapped = [r for r in mine if r["mapped"] and r["delta_logit"] is not None]
         deltas = [float(r["delta_logit"]) for r in mapped]
         ks = [r["flip_k"] for r in mapped if r["flip_k"] is not None]
+        roles = [w[1] for w in map(writes, mapped) if w is not None]
+        wrote = "-" if not roles else str(roles.count("contrast")) + (
+            f" of {len(roles)}" if len(roles) < len(mapped) else "")
         out.append([name, str(len(mine)), str(len(mapped)),
                     f"{statistics.fmean(deltas):+.3f}" if deltas else "-",
-                    str(sum(d < 0 for d in deltas)), f"{statistics.median(ks):g}" if ks else "-"])
+                    str(sum(d < 0 for d in deltas)), wrote, f"{statistics.median(ks):g}" if ks else "-"])
     return out
 
 
@@ -161,7 +167,7 @@ def compare_command(
         rows = load_comparisons(st)
     table = Table(title=f"{count_of(summary.cases, 'case')} of {models[0]} compared ({summary.seconds:.1f} s"
                         f"{_reused(summary.skipped)})")
-    for col in ("model", "rows", "mapped", "mean Δℓ", "corrected (Δℓ<0)", "median k*"):
+    for col in ("model", "rows", "mapped", "mean Δℓ", "corrected (Δℓ<0)", "writes the contrast", "median k*"):
         table.add_column(col)
     for r in comparison_table(rows, list(models), summary.fingerprints, summary.case_ids):
         table.add_row(*r)
