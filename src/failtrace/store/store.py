@@ -41,7 +41,8 @@ from failtrace.store.records import storable
 from failtrace.store.records import now as _now
 from failtrace.store.pairs_table import PairsTable
 from failtrace.store.runs_table import RunsTable
-from failtrace.store.schema import DDL, SCHEMA_VERSION, TABLES, check_schema, migrate, stored_version
+from failtrace.store.migrate import migrate
+from failtrace.store.schema import DDL, SCHEMA_VERSION, TABLES, check_schema, stored_version
 from failtrace.tempdirs import owned_tempdir
 
 __all__ = ["DEFAULT_STORE", "GenerationRecord", "ResultsStore", "RunRecord", "StatusRow", "content_hash",
