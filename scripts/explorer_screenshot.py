@@ -2,6 +2,7 @@
 
     python scripts/explorer_screenshot.py STORE docs/explorer-table.png "#/cases" --ready cases
     python scripts/explorer_screenshot.py STORE docs/explorer-case.png '#/case/CASE_ID' --ready case
+    python scripts/explorer_screenshot.py STORE docs/explorer-compare.png '#/case/CASE_ID' --ready case --element '#compare'
 
 It starts ``failtrace serve`` on a free loopback port (read-only), waits until the view says it is painted
 (``body[data-ready=READY]``), takes a full-page PNG and stops the server. Requests that leave 127.0.0.1 are blocked;
@@ -34,6 +35,8 @@ def main() -> None:
     ap.add_argument("--ready", default="cases", help="the view's data-ready name (cases, case, graph, compare, …)")
     ap.add_argument("--width", type=int, default=1280)
     ap.add_argument("--height", type=int, default=900)
+    ap.add_argument("--element", default=None, help="only this element, once it is there (e.g. '#compare', which "
+                                                     "the case page fetches after it is ready)")
     args = ap.parse_args()
     from PIL import Image
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
@@ -73,7 +76,15 @@ def main() -> None:
                                  f"{now or 'not ready'!r}); give the --ready name of that view") from None
             page.mouse.move(1, 1)
             args.png.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(args.png), full_page=True)
+            if args.element:
+                try:
+                    page.wait_for_selector(args.element, timeout=30000)
+                except PlaywrightTimeout:
+                    raise SystemExit(f"error: nothing on {args.hash} matches {args.element!r} after 30 s") from None
+                page.wait_for_timeout(300)  # the section's own fetch has painted
+                page.locator(args.element).first.screenshot(path=str(args.png))
+            else:
+                page.screenshot(path=str(args.png), full_page=True)
             browser.close()
     finally:
         server.terminate()
