@@ -77,11 +77,13 @@ def main() -> None:
             page.mouse.move(1, 1)
             args.png.parent.mkdir(parents=True, exist_ok=True)
             if args.element:
-                try:
-                    page.wait_for_selector(args.element, timeout=30000)
+                try:  # shown, and past its own fetch (a section reads "loading…" until its data has come)
+                    page.wait_for_function("sel => { const e = document.querySelector(sel); return e && "
+                                           "e.offsetParent !== null && !/loading/.test(e.textContent); }",
+                                           arg=args.element, timeout=30000)
                 except PlaywrightTimeout:
-                    raise SystemExit(f"error: nothing on {args.hash} matches {args.element!r} after 30 s") from None
-                page.wait_for_timeout(300)  # the section's own fetch has painted
+                    raise SystemExit(f"error: nothing shown on {args.hash} matches {args.element!r} (or it was "
+                                     f"still loading) after 30 s") from None
                 page.locator(args.element).first.screenshot(path=str(args.png))
             else:
                 page.screenshot(path=str(args.png), full_page=True)

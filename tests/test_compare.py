@@ -212,12 +212,13 @@ def test_cli_compare_and_errors(cmp: dict[str, Any], capsys: pytest.CaptureFixtu
     # per model: how many of its mapped rows write the contrast there (its stored top token at k = 0), by hand
     table = {cells[0]: cells for cells in ([c.strip() for c in ln.split("│")[1:-1]] for ln in out.splitlines()
                                            if ln.startswith("│"))}
-    for i, name in enumerate(cmp["names"]):  # the toy cases were written without top tokens: "-" for the first
-        mine = [r for r in cmp["rows"] if r["mapped"] and bool(r["reference"]) == (i == 0)]
-        known = [r for r in mine if r["flip_tops"]]
-        want = str(sum(r["flip_tops"][0] == r["contrast_id"] for r in known)) if known else "-"
-        assert mine and len(known) in (0, len(mine)) and table[name][5] == want, table
-    assert table[cmp["names"][0]][5] == "-" and table[cmp["names"][1]][5] != "-"
+    for i, name in enumerate(cmp["names"]):  # of the corrected rows (Δℓ < 0), those whose top token is the contrast
+        corrected = [r for r in cmp["rows"] if r["mapped"] and bool(r["reference"]) == (i == 0)
+                     and r["delta_logit"] < 0]
+        known = [r for r in corrected if r["flip_tops"]]
+        want = "-" if corrected and not known else str(sum(r["flip_tops"][0] == r["contrast_id"] for r in known))
+        assert len(known) == len(corrected) and table[name][5] == want, table
+    assert table[cmp["names"][0]][5] == "0"  # the case's own model is never corrected on its own failures
     with open_store(store, read_only=True) as st:
         stored = st.con.execute("SELECT count(*) FROM comparisons").fetchone()[0]
     assert stored > 0

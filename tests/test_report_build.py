@@ -670,6 +670,9 @@ def test_report_tokens_show_control_characters_as_the_other_views_do() -> None:
     from failtrace.report.casepage import shown_token
     from failtrace.views.common import shown
 
+    from failtrace.report.evidence import scalar
+
     for tok in ("\x05", " \x1b[31m<b>x</b>\x07", "a\x7f\x85", "\t\r\n"):
         text = html.unescape(re.sub(r"<span class=\"ws\">(.*?)</span>", r"\1", shown_token(tok)))
         assert "<span" not in text and text == shown(tok) == plain_token(tok)
+        assert html.unescape(scalar(tok, "token")) == f"‹{shown(tok)}›"  # the evidence tables' token lists too

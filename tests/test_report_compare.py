@@ -130,7 +130,7 @@ def test_checkpoint_tables_against_independent_math() -> None:
                 assert s["median_delta_logit"] == pytest.approx(float(np.median(v)), abs=1e-12)
                 assert s["corrected"] == int((v < 0).sum())
                 tops = [r["flip_tops"][0] for r in rows if r["model"] == f"{series}/step-{step}"
-                        and r["split"] == split and r["flip_tops"]]
+                        and r["split"] == split and r["flip_tops"] and r["delta_logit"] < 0]  # of the corrected
                 assert (s["writes_recorded"], s["writes_contrast"]) == (len(tops), tops.count(6))
                 checked_tops += bool(tops) and 0 < tops.count(6) < len(tops)
                 mats = np.array([[r["segment_relevance"][g] for g in SEGS] for r in rows
@@ -205,6 +205,12 @@ def test_sections_only_when_comparisons_exist(tmp_path: Path) -> None:
         src = next(x for x in rows if x["case_id"] == r["case_id"] and x["model"] == r["model"])
         assert float(r["dl_model"]) == src["delta_logit"] and (r["corrected"] == "True") == (src["delta_logit"] < 0)
         assert r["writes"] == (_ROLE[src["flip_tops"][0]] if src["flip_tops"] else "")
+    # the lead: per model, of its corrected cases with the top token recorded, how many write the contrast (by hand)
+    for m in ("large", "other"):
+        pts = [x for x in rows if x["model"] == m and x["mapped"] and x["delta_logit"] < 0 and x["flip_tops"]]
+        said = (f", {sum(x['flip_tops'][0] == 6 for x in pts)} of the {len(pts)} corrected with their top token "
+                "recorded write the contrast")
+        assert pts and said in html, m
     html_all = build_report([], [], tmp_path / "m", comparisons=rows).read_text(encoding="utf-8")
     assert 'href="#across-checkpoints"' in html_all and html_all.count("data:image/png;base64,") == 4
     assert len(_csv(tmp_path / "m/tables/fig6_summary.csv")) == 12

@@ -234,9 +234,14 @@ def test_comparisons_written_before_token_texts_were_kept(cmp: dict[str, Any], t
         data = c.get(f"/api/cases/{case.case_id}/compare").json()
     assert len(data["models"]) == 4 and all(m["aligned"] is None for m in data["models"])
     assert [m["delta_logit"] for m in data["models"]][:1] == [case.delta_logit]
+    with open_store(store, read_only=True) as st:  # export too: every documented key, null before it was kept
+        files = st.export(tmp_path / "exp", "jsonl")
+    lines = [json.loads(x) for x in next(f for f in files if f.name == "comparisons.jsonl").read_text().splitlines()]
+    assert lines and all(ln["flip_tops"] is None and ln["flip_top_texts"] is None and ln["training_run"] is None
+                         for ln in lines)
     with open_store(store) as st:
         rows = load_comparisons(st)
-        assert all(r["tokens"] is None for r in rows)
+        assert all(r["tokens"] is None and r["flip_tops"] is None for r in rows)
         new = dict(rows[0], model_fingerprint="new", tokens=["a"], special_mask=[False])
         assert write_comparison(st, new)
         everything = load_comparisons(st)

@@ -209,7 +209,7 @@ def test_a_compared_case_shows_its_other_models_and_checkpoints(tmp_path_factory
             if float(best.values[0] - best.values[1]) < 1e-4:  # a near tie may go either way in float noise
                 continue
             top = int(best.indices[0])
-            role = "target" if top == target else "contrast" if top == contrast else "other"
+            role = "target" if top == target else "contrast" if top == contrast else "neither"
             text = AutoTokenizer.from_pretrained(str(model)).decode([top])
             assert r[5] == f"‹{shown(text)}› {role}", (model, step)
             roles.add(role)

@@ -27,8 +27,9 @@ if TYPE_CHECKING:
 def comparison_table(rows: list[dict], models: list[str], fingerprints: dict[str, str],
                      case_ids: list[str]) -> list[list[str]]:
     """Per model (in --models order; its rows found by content fingerprint among this call's cases, whatever name
-    they were stored under): cases, mapped, mean Δℓ over mapped, corrected (Δℓ < 0), how many write the contrast
-    there (its top next token; "of N" when only N rows recorded it, "-" when none did), median k*."""
+    they were stored under): cases, mapped, mean Δℓ over mapped, corrected (Δℓ < 0), how many of the corrected
+    write the contrast there (its top next token; "of N recorded" when only N of them recorded it, "-" when none
+    did), median k*."""
     import statistics
 
     from failtrace.views.common import writes
@@ -40,9 +41,10 @@ def comparison_table(rows: list[dict], models: list[str], fingerprints: dict[str
         mapped = [r for r in mine if r["mapped"] and r["delta_logit"] is not None]
         deltas = [float(r["delta_logit"]) for r in mapped]
         ks = [r["flip_k"] for r in mapped if r["flip_k"] is not None]
-        roles = [w[1] for w in map(writes, mapped) if w is not None]
-        wrote = "-" if not roles else str(roles.count("contrast")) + (
-            f" of {len(roles)}" if len(roles) < len(mapped) else "")
+        corrected = [r for r in mapped if float(r["delta_logit"]) < 0]
+        roles = [w[1] for w in map(writes, corrected) if w is not None]
+        wrote = "-" if corrected and not roles else str(roles.count("contrast")) + (
+            f" of {len(roles)} recorded" if len(roles) < len(corrected) else "")
         out.append([name, str(len(mine)), str(len(mapped)),
                     f"{statistics.fmean(deltas):+.3f}" if deltas else "-",
                     str(sum(d < 0 for d in deltas)), wrote, f"{statistics.median(ks):g}" if ks else "-"])

@@ -297,7 +297,7 @@ def _across_table(rows: list[dict[str, Any]]) -> Any:
 
     t = Table(title="across models and checkpoints (failtrace compare)", title_justify="left", caption_justify="left",
               caption="corrected: that model prefers the contrast (Δℓ < 0); writes: its top next token there, the "
-                      "target, the contrast or another (— not recorded); k*: none = no flip within K, — = "
+                      "target, the contrast or neither (— not recorded); k*: none = no flip within K, — = "
                       "corrected already or not computed; the report's Fig. 4-7 and the explorer draw them")
     series = any(r.get("series") for r in rows)  # a checkpoint's finetune run, where its folder does not say it
     for name in ("model", "step", "split", "Δℓ", "corrected", "writes", "k*", *(["run"] if series else [])):
@@ -309,7 +309,8 @@ def _across_table(rows: list[dict[str, Any]]) -> Any:
         t.add_row(str(r["model"]) + (" (the case's model)" if r.get("reference") else ""),
                   "—" if r.get("step") is None else str(r["step"]), r.get("split") or "—",
                   f"{dl:.3f}" if mapped else "—", ("yes" if dl < 0 else "no") if mapped else "not mapped",
-                  Text("—" if top is None else f"‹{clipped_text(shown(top[0]), most=12)}› {top[1]}"),
+                  Text("—" if top is None else f"‹{clipped_text(shown(top[0]), most=12)}› "
+                       f"{'neither' if top[1] == 'other' else top[1]}"),
                   k_star_label(SimpleNamespace(flip_curve=r.get("flip_curve") or [], flip_k=r.get("flip_k"))),
                   *([r.get("series") or "—"] if series else []))
     return t

@@ -193,7 +193,8 @@ def checkpoint_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
 
 
 def checkpoint_summary(rows: Sequence[Row], points: Sequence[Row] | None = None) -> list[dict[str, Any]]:
-    """Fig. 6 (bold lines): per series, split and step: cases, median Δℓ, how many are corrected (Δℓ < 0);
+    """Fig. 6 (bold lines): per series, split and step: cases, median Δℓ, how many are corrected (Δℓ < 0), and of
+    the corrected ones whose top next token was recorded (``writes_recorded``) how many write the contrast;
     ``points``: :func:`checkpoint_rows` of ``rows`` when the caller has them."""
     groups: dict[tuple[str, str, int], list[Row]] = {}
     for p in checkpoint_rows(rows) if points is None else points:
@@ -201,7 +202,7 @@ def checkpoint_summary(rows: Sequence[Row], points: Sequence[Row] | None = None)
     out = []
     for (s, sp, st), ps in sorted(groups.items()):
         v = [p["delta_logit"] for p in ps]
-        known = [p["writes"] for p in ps if p.get("writes") is not None]
+        known = [p["writes"] for p in ps if p["corrected"] and p.get("writes") is not None]
         out.append({"series": s, "split": sp, "step": st, "cases": len(v), "median_delta_logit": statistics.median(v),
                     "corrected": sum(x < 0 for x in v), "corrected_share": sum(x < 0 for x in v) / len(v),
                     "writes_recorded": len(known), "writes_contrast": known.count("contrast")})

@@ -179,9 +179,10 @@ def _fig(src: str, alt: str, caption: str) -> str:
 
 
 def _writes_note(contrast: int, recorded: int) -> str:
-    """How many of the cases whose top next token was recorded write the contrast there (Δℓ < 0 says only that the
-    contrast is above the target); "" when none was recorded."""
-    return f", {contrast} of the {recorded} with their top token recorded write the contrast" if recorded else ""
+    """Of the corrected cases whose top next token was recorded, how many write the contrast there (Δℓ < 0 says
+    only that the contrast is above the target; an uncorrected case never writes it); "" when none was recorded."""
+    return f", {contrast} of the {recorded} corrected with their top token recorded write the contrast" \
+        if recorded else ""
 
 
 def _models_section(data: Mapping[str, list[dict[str, Any]]], unmapped: Mapping[str, int], figs: Path) -> str:
@@ -192,7 +193,7 @@ def _models_section(data: Mapping[str, list[dict[str, Any]]], unmapped: Mapping[
     for m in dict.fromkeys(p["model"] for p in pts):
         mine = [p for p in pts if p["model"] == m]
         fixed = sum(p["corrected"] for p in mine)
-        known = [p["writes"] for p in mine if p.get("writes") is not None]
+        known = [p["writes"] for p in mine if p["corrected"] and p.get("writes") is not None]
         per.append(f"<b>{esc(m)}</b>: {fixed} of {count_of(len(mine), 'case')} corrected (Δℓ &lt; 0)"
                    + _writes_note(known.count("contrast"), len(known))
                    + (f", {unmapped.get(m, 0)} not mapped" if unmapped.get(m) else ""))

@@ -15,8 +15,9 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from failtrace.attribution.record import visible
+
 MAX_ROWS = 12
-_WS = {" ": "·", "\n": "↵", "\t": "→"}
 _PATH_KEYS = {"nodes", "path"}
 _TOKEN_KEYS = {"token", "tokens", "text", "input_token_text"}
 # What an empty list means where a bare "none" reads as a contradiction (the ablation table beside it lists nodes)
@@ -80,13 +81,14 @@ def _esc(x: Any) -> str:
 
 
 def scalar(v: Any, key: str = "") -> str:
-    """One value as text: 4 significant digits for floats, visible whitespace for token strings."""
+    """One value as text: 4 significant digits for floats, visible whitespace and control characters for token
+    strings."""
     if isinstance(v, bool) or v is None:
         return _esc(_NO_FLIP.get(key, "—") if v is None else str(v).lower())
     if isinstance(v, float):
         return _esc(f"{v:.4g}" if math.isfinite(v) else str(v))
-    if isinstance(v, str) and key in _TOKEN_KEYS:
-        return _esc("‹" + ("".join(_WS.get(c, c) for c in v) or "∅") + "›")
+    if isinstance(v, str) and key in _TOKEN_KEYS:  # as failtrace show prints a token (control characters too)
+        return _esc("‹" + (visible(v) or "∅") + "›")
     return _esc(v)
 
 

@@ -90,10 +90,11 @@ def _prepare(store: ResultsStore) -> None:
         return
     if _present(store):
         _keyed_by_kind(store)
-    store.con.execute(DDL)
-    for stmt in ADDED:
-        store.con.execute(stmt)
-    store.con.execute(KEY)
+    with store._transaction():  # all columns or none: a reader selects the new ones as a pair
+        store.con.execute(DDL)
+        for stmt in ADDED:
+            store.con.execute(stmt)
+        store.con.execute(KEY)
     _READY.add(store)
 
 
@@ -174,7 +175,7 @@ def writes_columns(con: Any) -> str:
     """The first top token after masking (k = 0: what that model writes), its text and the pair's ids in a SELECT
     list, as one-element lists (``views.common.writes`` reads them); NULLs where the table predates them."""
     has = con.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'comparisons' "
-                      "AND column_name = 'flip_tops'").fetchone()[0]
+                      "AND column_name IN ('flip_tops', 'flip_top_texts')").fetchone()[0] == 2
     tops = "flip_tops[1:1] AS flip_tops, flip_top_texts[1:1] AS flip_top_texts" if has else \
         "NULL AS flip_tops, NULL AS flip_top_texts"
     return f"target_id, contrast_id, {tops}"
@@ -219,7 +220,8 @@ def load_comparisons(store: ResultsStore, case_ids: set[str] | None = None) -> l
         r["segment_relevance"] = loads(r["segment_relevance"] or "{}", where, store.path)
         r["notes"] = loads(r["notes"] or "[]", where, store.path)
         r["tokens"] = loads(r["tokens"], where, store.path) if r.get("tokens") else None  # None: written before
-        r.setdefault("special_mask", None)
+        for column in ("special_mask", "training_run", "flip_tops", "flip_top_texts"):  # None: a table from before
+            r.setdefault(column, None)
         r.pop("created_at", None)
     return [r for r in rows if case_ids is None or r["case_id"] in case_ids]
 

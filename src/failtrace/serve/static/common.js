@@ -77,13 +77,17 @@ var FT = (function () {
   // visible whitespace and control characters, as failtrace show prints them (attribution.record.visible): another
   // C0 control as its symbol (␅), a C1 one as \x85, a lone surrogate as \ud800; ∅ for an empty token (hoverable)
   FT.shown = function (tok) {
-    var s = String(tok === null || tok === undefined ? "" : tok);
-    return s ? s.replace(/[ \u0000-\u001f\u007f-\u009f]|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g, function (c) {
-      var code = c.charCodeAt(0);
-      if (WS[c]) return WS[c];
-      if (code < 0x20) return String.fromCharCode(0x2400 + code);
-      return code < 0xa0 ? "\\x" + hex(c, 2) : "\\u" + hex(c, 4);
-    }) : "∅";
+    var s = String(tok === null || tok === undefined ? "" : tok), out = "";
+    for (var i = 0; i < s.length; i++) {  // code units, ES5: a lone surrogate is one without its partner beside it
+      var c = s.charAt(i), code = s.charCodeAt(i), next = s.charCodeAt(i + 1), prev = s.charCodeAt(i - 1);
+      if (WS[c]) out += WS[c];
+      else if (code < 0x20) out += String.fromCharCode(0x2400 + code);
+      else if (code >= 0x80 && code < 0xa0) out += "\\x" + hex(c, 2);
+      else if (code >= 0xd800 && code <= 0xdbff && !(next >= 0xdc00 && next <= 0xdfff)) out += "\\u" + hex(c, 4);
+      else if (code >= 0xdc00 && code <= 0xdfff && !(prev >= 0xd800 && prev <= 0xdbff)) out += "\\u" + hex(c, 4);
+      else out += c;
+    }
+    return out || "∅";
   };
 
   FT.quoted = function (tok) {  // a token as every view names one: ‹shown›, or — when there is none
