@@ -2,7 +2,8 @@
 
     python scripts/explorer_screenshot.py STORE docs/explorer-table.png "#/cases" --ready cases
     python scripts/explorer_screenshot.py STORE docs/explorer-case.png '#/case/CASE_ID' --ready case
-    python scripts/explorer_screenshot.py STORE docs/explorer-compare.png '#/case/CASE_ID' --ready case --element '#compare'
+    python scripts/explorer_screenshot.py STORE docs/explorer-compare.png '#/case/CASE_ID' --ready case \
+        --element '#compare'
 
 It starts ``failtrace serve`` on a free loopback port (read-only), waits until the view says it is painted
 (``body[data-ready=READY]``), takes a full-page PNG and stops the server. Requests that leave 127.0.0.1 are blocked;
