@@ -8,7 +8,6 @@ from the report, so the explorer and the static report always agree.
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -16,7 +15,7 @@ import numpy as np
 from failtrace.analysis.ablation_view import ablation_view
 from failtrace.analysis.masking import masking_order
 from failtrace.attribution.normalize import normalize
-from failtrace.cases.record import MaskingSpec
+from failtrace.cases.record import MaskingSpec, MethodResult
 from failtrace.cases.alternatives import rows as alt_rows
 from failtrace.errors import FailtraceError
 from failtrace.store.alternatives import read as read_alternatives
@@ -24,8 +23,8 @@ from failtrace.store.cases import answer_of
 from failtrace.store.records import loads
 from failtrace.store.reviews import DECISIONS
 from failtrace.report.evidence import dl as evidence_html
-from failtrace.views.common import (CLIP, MASK_AFTER, MASK_BEFORE, SUM_NOTE, answer_parts, k_star_label,
-                                   masked_caption, top_role)
+from failtrace.views.common import (CLIP, MASK_AFTER, MASK_BEFORE, SUM_NOTE, answer_parts, flip_points,
+                                   k_star_label, masked_caption, top_role)
 from failtrace.views.verdicts import category_sentence, pattern_sentence
 
 
@@ -74,28 +73,24 @@ def _methods(con: Any, case_id: str, special: list[bool], labels: list[str], mas
     cur = con.execute("SELECT * FROM case_methods WHERE case_id = ? ORDER BY method", [case_id])
     names = [d[0] for d in cur.description]
     for values in cur.fetchall():
-        r = dict(zip(names, values, strict=True))
-        method, curve, k = r["method"], list(r["flip_curve"] or []), r["flip_k"]
-        raw = [float(x) for x in r["input_relevance"]]
-        drawable = len(raw) == n
-        norm = normalize(raw, special).tolist() if drawable else []
-        seg = _json(r["segment_relevance"], f"case_methods.segment_relevance of case {case_id} ({method})") or {}
-        tops, texts = list(r.get("flip_tops") or []), list(r.get("flip_top_texts") or [])
-        if not len(tops) == len(texts) == len(curve):
-            tops, texts = [], []
-        out[method] = {"raw": raw, "norm": norm, "drawable": drawable,
-                       "hidden_layer_sums": list(r["hidden_layer_sums"] or []), "segment_relevance": seg,
-                       "flip_curve": curve, "flip_k": k,
-                       "k_label": k_star_label(SimpleNamespace(flip_curve=curve, flip_k=k)),
-                       "mask_order": masking_order(raw, special, labels, spec) if drawable else [],
-                       "mask_tops": [{"text": t, "role": top_role(int(i), target_id, contrast_id)}
-                                     for i, t in zip(tops, texts, strict=True)]}
-        # the caption under the masking-order rows: the one wording of the report and failtrace show
-        rows = [{"delta_after": curve[i] if i < len(curve) else None,
-                 "top_after": texts[i] if i < len(texts) else None,
-                 "top_is_contrast": i < len(tops) and int(tops[i]) == int(contrast_id)}
-                for i in range(1, len(out[method]["mask_order"]) + 1)]
-        out[method]["mask_caption"] = masked_caption(k, rows, "shaded")
+        row = dict(zip(names, values, strict=True))
+        row["segment_relevance"] = _json(row["segment_relevance"],
+                                         f"case_methods.segment_relevance of case {case_id} ({row['method']})")
+        try:  # flip_tops empty in a table read in its old layout (before version 4)
+            r = MethodResult.from_dict(row)
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise FailtraceError(f"case_methods row {row['method']!r} of case {case_id} holds a value of the wrong "
+                                 f"shape ({type(exc).__name__}); the store is damaged") from None
+        drawable = len(r.input_relevance) == n
+        order = masking_order(r.input_relevance, special, labels, spec) if drawable else []
+        tops = list(zip(r.flip_tops, r.flip_top_texts)) if r.tops_recorded else []
+        out[r.method] = {"raw": r.input_relevance, "norm": normalize(r.input_relevance, special).tolist() if drawable
+                         else [], "drawable": drawable, "hidden_layer_sums": r.hidden_layer_sums,
+                         "segment_relevance": r.segment_relevance, "flip_curve": r.flip_curve, "flip_k": r.flip_k,
+                         "k_label": k_star_label(r), "mask_order": order,
+                         "mask_tops": [{"text": t, "role": top_role(i, target_id, contrast_id)} for i, t in tops],
+                         # the caption under the masking-order rows: the one wording of the report and failtrace show
+                         "mask_caption": masked_caption(r.flip_k, flip_points(r, len(order), contrast_id), "shaded")}
     return out
 
 

@@ -34,7 +34,7 @@ def check_shapes(case: Case) -> None:
     for name, m in case.methods.items():  # a method with no value per token stores none (show then says so)
         if m.input_relevance and len(m.input_relevance) != n:
             raise ValueError(f"method {name} has {len(m.input_relevance)} relevance values for {n} tokens")
-        if (m.flip_tops or m.flip_top_texts) and not len(m.flip_tops) == len(m.flip_top_texts) == len(m.flip_curve):
+        if (m.flip_tops or m.flip_top_texts) and not m.tops_recorded:
             raise ValueError(f"method {name} has {len(m.flip_tops)} top tokens and {len(m.flip_top_texts)} texts after "
                              f"masking for {len(m.flip_curve)} curve points")
     if case.category is not None and case.category not in CATEGORIES:

@@ -286,23 +286,30 @@ def clipped_text(text: str, keep_end: bool = False, most: int = CLIP) -> str:
 
 def masked_rows(case: Any, method: str, before: int = MASK_BEFORE, after: int = MASK_AFTER) -> list[dict[str, Any]]:
     """The tokens ``method``'s flip curve masked, in its order (:func:`failtrace.analysis.masking.masking_order`,
-    the case's own rule): k, position, the token, up to ``before``/``after`` tokens around it, segment, R, Δℓ after
-    masking the first k (None where the curve was not computed), whether it is among the first k* (``flips``), and
-    the model's top next token after masking the first k (``top_after``, with ``top_is_contrast``; None in a case
-    analysed before it was recorded)."""
+    the case's own rule): k, position, the token, up to ``before``/``after`` tokens around it, segment, R, and
+    :func:`flip_points` (Δℓ and the top next token after masking the first k, whether it is among the first k*)."""
     from failtrace.analysis.masking import masking_order
 
     r = case.methods[method]
     labels = case.segment_labels()
     order = masking_order(r.input_relevance, case.special_mask, labels, case.masking)
-    tops = r.flip_top_texts if r.tops_recorded else []
+    points = flip_points(r, len(order), case.contrast_id)
     return [{"k": k, "position": p, "token": case.tokens[p], "before": case.tokens[max(0, p - before):p],
              "after": case.tokens[p + 1:p + 1 + after], "segment": labels[p] or "",
-             "relevance": float(r.input_relevance[p]),
-             "delta_after": float(r.flip_curve[k]) if k < len(r.flip_curve) else None,
+             "relevance": float(r.input_relevance[p]), **point} for (k, p), point in zip(enumerate(order, 1), points)]
+
+
+def flip_points(result: Any, n: int, contrast_id: int) -> list[dict[str, Any]]:
+    """For k = 1..n, what a method's masking curve says after masking its first k tokens: ``delta_after`` (Δℓ; None
+    where the curve was not computed), ``flips`` (k ≤ k*), ``top_after`` (the model's top next token; None in a case
+    analysed before it was recorded) and ``top_is_contrast``. ``result``: a :class:`~failtrace.cases.record.
+    MethodResult` (the report and failtrace show have one; the explorer builds one from its row)."""
+    r = result
+    tops = r.flip_tops if r.tops_recorded else []
+    return [{"delta_after": float(r.flip_curve[k]) if k < len(r.flip_curve) else None,
              "flips": r.flip_k is not None and k <= r.flip_k,
-             "top_after": tops[k] if k < len(tops) else None,
-             "top_is_contrast": k < len(tops) and r.flip_tops[k] == case.contrast_id} for k, p in enumerate(order, 1)]
+             "top_after": r.flip_top_texts[k] if k < len(tops) else None,
+             "top_is_contrast": k < len(tops) and tops[k] == contrast_id} for k in range(1, n + 1)]
 
 
 def k_star_label(result: Any) -> str:
