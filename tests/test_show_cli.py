@@ -20,7 +20,7 @@ from failtrace.cli import main  # noqa: E402
 from failtrace.report import compare_data as D  # noqa: E402
 from failtrace.store import open_store  # noqa: E402
 from failtrace.store.cases import load_cases  # noqa: E402
-from failtrace.views.common import shown  # noqa: E402
+from failtrace.views.common import clipped_text, shown  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -371,6 +371,11 @@ def test_at_100_columns_numbers_and_labels_are_never_cut(toy: dict[str, Any], tm
     assert [float(x[5]) for x in got] == pytest.approx([r.input_relevance[p] for p in _by_hand(case, "attnlrp")],
                                                        rel=1e-3)
     assert [float(x[6]) for x in got] == pytest.approx(r.flip_curve[1:len(got) + 1], abs=1e-3)
+    # the last columns too (they were cropped away at 100 columns once "top after k" was added)
+    assert all(len(x) == 9 for x in got)
+    assert [x[7] for x in got] == [clipped_text(shown(t), most=show_cli.TOP_CLIP_NARROW)
+                                   for t in r.flip_top_texts[1:len(got) + 1]]
+    assert [x[8] == "◀" for x in got] == [r.flip_k is not None and k <= r.flip_k for k in range(1, len(got) + 1)]
 
 
 def test_every_view_shows_the_answer_the_checker_and_the_fix(toy: dict[str, Any], tmp_path: Path, capsys,

@@ -228,6 +228,9 @@ def _methods_table(c: Any) -> Any:
     return t
 
 
+TOP_CLIP, TOP_CLIP_NARROW = 12, 8  # characters of the "top after k" token: on a wide console, below 130 columns
+
+
 def _masked_table(c: Any, method: str, width: int = 160) -> Any:
     from rich.table import Table
     from rich.text import Text
@@ -239,11 +242,12 @@ def _masked_table(c: Any, method: str, width: int = 160) -> Any:
               caption=masked_caption(c.methods[method].flip_k, rows, "marked ◀"), caption_justify="left")
     # the numbers and labels keep their width; the context gives way on a narrow terminal (cut with …)
     keep = {"k": 2, "position": 8, "segment": 11, "R": 7, "Δℓ after k": 10, "": 1}
+    top_most = TOP_CLIP if width >= 130 else TOP_CLIP_NARROW  # on a narrow console its header wraps in two lines
     for name in ("k", "token", "in context", "position", "segment", "R", "Δℓ after k", "top after k", ""):
         t.add_column(name, justify="right" if name in ("k", "position", "R", "Δℓ after k") else "left",
-                     no_wrap=name in ("token", "in context", "top after k"), min_width=keep.get(name),
-                     max_width=12 if name in ("token", "top after k") else None)
-    room = max(24, width - 90)  # what the other columns leave to the context (its token always shown whole-ish)
+                     no_wrap=name in ("token", "in context"), min_width=keep.get(name),
+                     max_width=12 if name == "token" else top_most if name == "top after k" else None)
+    room = max(12, width - 88)  # what the other columns leave to the context (its token always shown whole-ish)
     for row in rows:
         token = clipped_text(shown(row["token"]))
         inner = clipped_text(token, most=max(6, room // 3))
@@ -253,7 +257,7 @@ def _masked_table(c: Any, method: str, width: int = 160) -> Any:
         ctx.append(clipped_text("".join(shown(x) for x in row["after"]),
                                 most=max(4, min(40, room - len(before) - len(inner) - 2))), style="dim")
         dl = "—" if row["delta_after"] is None else f"{row['delta_after']:.3f}"
-        top = "—" if row["top_after"] is None else clipped_text(shown(row["top_after"]), most=12)
+        top = "—" if row["top_after"] is None else clipped_text(shown(row["top_after"]), most=top_most)
         t.add_row(str(row["k"]), Text(token), ctx, str(row["position"]), Text(row["segment"] or "—"),
                   f"{row['relevance']:.4g}", dl, Text(top), "◀" if row["flips"] else "")
     return t
