@@ -56,7 +56,7 @@ from failtrace.failures.generation import (
 from failtrace.failures.order import rank_positions
 from failtrace.failures.pair_types import PairResult, PairSettings, check_rollout_window, same_tokenizer, visible
 from failtrace.failures.prefix_rules import FAIL, FINAL, PrefixJudge, fixed_by_text, prefix_text, verdict_key
-from failtrace.failures.search_state import Found, Row, SearchState
+from failtrace.failures.search_state import Found, Row, SearchState, fill_pair
 from failtrace.models.limits import context_length
 from failtrace.store.records import FINISH_CUT, RECOVERY_CUT
 
@@ -381,16 +381,8 @@ class PairFinder:
     def _record(self, found: Found, row: Any, comp: list[int], n: int, budget: int, unbounded: bool,
                 res: PairResult, search: SearchState, done: Any) -> PairResult:
         """Fill the pair fields of a recovery and decide its status."""
-        p, contrast, target = found.row.p, found.row.token, comp[found.row.p]
-        res.position, res.completion_offset = n + p, p
-        res.target_id, res.target_text = target, self._token_text(target)
-        res.contrast_id, res.contrast_text = contrast, self._token_text(contrast)
-        res.contrast_source, res.contrast_rank = found.row.source, found.row.rank
-        higher = int((row > row[contrast]).sum()) - int(bool(row[target] > row[contrast]))
-        res.contrast_model_rank = higher + 1
-        res.target_logit, res.contrast_logit = float(row[target]), float(row[contrast])
-        res.delta_logit = res.target_logit - res.contrast_logit
-        res.recovered_completion = found.text
+        fill_pair(res, found, row, comp[found.row.p], n, self._token_text)
+        p, contrast = found.row.p, found.row.token
         where = (f"at completion offset {p} (sequence position {n + p}): target '{visible(res.target_text)}' -> "
                  f"contrast '{visible(res.contrast_text)}' ({found.row.source} rank {found.row.rank}), "
                  f"Δℓ = {res.delta_logit:.3f}")

@@ -5,7 +5,9 @@ Kept apart from :mod:`failtrace.failures.search` (the algorithm) so that module 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from failtrace.failures.pair_types import PairResult
 from failtrace.store.schema import PAIR_STATUSES
@@ -46,3 +48,19 @@ class SearchState:
         self.res.seconds = seconds
         self.res.status, self.res.reason = status, reason + "".join(self.notes)
         return self.res
+
+
+def fill_pair(res: PairResult, found: Found, row: Any, target: int, n: int, text: Callable[[int], str]) -> None:
+    """Write a recovery's pair into ``res``: positions (``n`` prompt tokens), tokens, ranks, and
+    Δℓ = ℓ(target) − ℓ(contrast) from ``row``, the next-token logits at the target position."""
+    p, contrast = found.row.p, found.row.token
+    res.position, res.completion_offset = n + p, p
+    res.target_id, res.target_text = target, text(target)
+    res.contrast_id, res.contrast_text = contrast, text(contrast)
+    res.contrast_source, res.contrast_rank = found.row.source, found.row.rank
+    # rank among all the model's logits; the target, when above the contrast, counts as one of those above it
+    higher = int((row > row[contrast]).sum()) - int(bool(row[target] > row[contrast]))
+    res.contrast_model_rank = higher + 1
+    res.target_logit, res.contrast_logit = float(row[target]), float(row[contrast])
+    res.delta_logit = res.target_logit - res.contrast_logit
+    res.recovered_completion = found.text
