@@ -19,7 +19,7 @@ from report_cases import METHODS, make_case, sample  # noqa: E402
 
 from failtrace.report.build import build_report  # noqa: E402
 from failtrace.report.casepage import plain_token  # noqa: E402
-from failtrace.views.common import shown  # noqa: E402
+from failtrace.views.common import clipped_text, shown  # noqa: E402
 
 
 def _csv(path: Path) -> list[dict[str, str]]:
@@ -297,7 +297,7 @@ def test_each_case_lists_its_top_tokens_in_masking_order(built):
             deltas, tops = p.cells[key][5::7], p.cells[key][6::7]
             assert [float(x) for x in deltas] == pytest.approx(
                 [r.flip_curve[k] for k in range(1, len(expected) + 1)], abs=1e-3)
-            want = [plain_token(t) for t in r.flip_top_texts[1:len(expected) + 1]] or ["—"] * len(expected)
+            want = [clipped_text(shown(t)) for t in r.flip_top_texts[1:len(expected) + 1]] or ["—"] * len(expected)
             assert tops == want, key
             caption = p.captions[key]
             if r.flip_k is not None and r.flip_top_texts and expected:
@@ -676,3 +676,20 @@ def test_report_tokens_show_control_characters_as_the_other_views_do() -> None:
         text = html.unescape(re.sub(r"<span class=\"ws\">(.*?)</span>", r"\1", shown_token(tok)))
         assert "<span" not in text and text == shown(tok) == plain_token(tok)
         assert html.unescape(scalar(tok, "token")) == f"‹{shown(tok)}›"  # the evidence tables' token lists too
+
+
+def test_report_clips_tokens_as_shown_like_the_other_views() -> None:
+    """A token is cut to its first CLIP characters *as shown* (a C1 code prints as four, \\x85), as failtrace show
+    and the explorer cut it; the report used to cut the raw token first, and so printed more than they do."""
+    from failtrace.report.casepage import shown_clipped
+    from failtrace.views.common import CLIP
+
+    for tok in ("\x85" * 30, "a b\x9b" * 20, "\ud800" + "x" * 60, "short \x85", " " * 50):
+        for keep_end in (False, True):
+            text = html.unescape(re.sub(r"<span class=\"ws\">(.*?)</span>", r"\1", shown_clipped(tok, keep_end)))
+            assert text == clipped_text(shown(tok), keep_end=keep_end), (tok, keep_end)
+            assert len(text) <= CLIP
+    assert shown_clipped(" x") == '<span class="ws">·</span>x'  # whitespace stays faint after the cut
+    for toks in (["a", "", "\x85" * 12], ["\x9b"] * 15, []):  # a context: its tokens in a row, an empty one as ∅
+        text = html.unescape(re.sub(r"<span class=\"ws\">(.*?)</span>", r"\1", shown_clipped(toks, True)))
+        assert text == clipped_text("".join(map(shown, toks)), keep_end=True), toks

@@ -25,7 +25,7 @@ from failtrace.report.evidence import dl as evidence
 from failtrace.report.figures import CATEGORY_COLORS, PATTERN_COLORS
 from failtrace.views.verdicts import category_sentence, pattern_sentence
 from failtrace.report.tables import Overrides, effective_category, methods_of
-from failtrace.views.common import (SUM_NOTE, WHITE_TEXT_ABOVE, answer_parts, clipped_text, heat_ink, masked_caption,
+from failtrace.views.common import (CLIP, SUM_NOTE, WHITE_TEXT_ABOVE, answer_parts, heat_ink, masked_caption,
                                     masked_rows, mix)
 
 # One colour per segment name (failtrace.analysis.segments.SEGMENT_NAMES, in order), so "query" is the same colour
@@ -48,6 +48,21 @@ def shown_token(tok: str) -> str:
     if tok == "":
         return '<span class="ws">∅</span>'
     return "".join(f'<span class="ws">{_WS[ch]}</span>' if ch in _WS else esc(visible(ch)) for ch in tok)
+
+
+def _shown_chars(tok: str) -> list[tuple[str, bool]]:
+    """A token's characters as :func:`shown_token` draws them, each with whether it is faint (whitespace, ∅)."""
+    return [("∅", True)] if tok == "" else [(c, ch in _WS) for ch in tok for c in (_WS.get(ch) or visible(ch))]
+
+
+def shown_clipped(tokens: str | list[str], keep_end: bool = False, most: int = CLIP) -> str:
+    """:func:`shown_token` of a token (or of tokens in a row: a context) cut to ``most`` characters *as shown* (a C1
+    code shows as four: \\x85), with '…' (keeping the end when ``keep_end``), so a cell holds exactly the text
+    failtrace show and the explorer print there."""
+    chars = [x for tok in ([tokens] if isinstance(tokens, str) else tokens) for x in _shown_chars(tok)]
+    if len(chars) > most:
+        chars = [("…", False)] + chars[-(most - 1):] if keep_end else chars[:most - 1] + [("…", False)]
+    return "".join(f'<span class="ws">{c}</span>' if faint else esc(c) for c, faint in chars)
 
 
 def plain_token(tok: str) -> str:
@@ -118,14 +133,14 @@ def _masked(case: Case, methods: list[str], shown_method: str | None) -> str:
         rows = masked_rows(case, method)
         body = []
         for row in rows:
-            before = clipped_text("".join(row["before"]), keep_end=True)
-            after = clipped_text("".join(row["after"]))
+            before = shown_clipped(row["before"], keep_end=True)
+            after = shown_clipped(row["after"])
             marked = ' class="flipset"' if row["flips"] else ""
             dl = "—" if row["delta_after"] is None else fmt(row["delta_after"], 3)
-            top = "—" if row["top_after"] is None else shown_token(clipped_text(row["top_after"]))
+            top = "—" if row["top_after"] is None else shown_clipped(row["top_after"])
             body.append(f'<tr data-p="{row["position"]}"{marked}><td class="n">{row["k"]}</td>'
-                        f'<td class="ctx">{shown_token(before)}<b>{shown_token(clipped_text(row["token"]))}</b>'
-                        f'{shown_token(after)}</td><td class="n">{row["position"]}</td>'
+                        f'<td class="ctx">{before}<b>{shown_clipped(row["token"])}</b>'
+                        f'{after}</td><td class="n">{row["position"]}</td>'
                         f'<td>{esc(row["segment"] or "—")}</td><td class="n">{fmt(row["relevance"], 4)}</td>'
                         f'<td class="n">{dl}</td><td class="ctx">{top}</td></tr>')
         hidden = "" if method == shown_method else " hidden"
