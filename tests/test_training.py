@@ -310,6 +310,23 @@ def test_compare_checkpoints_rows_step_split_and_plain_delta(run: dict[str, Any]
                 assert abs(r["delta_logit"] - cases[r["case_id"]].delta_logit) < 1e-4
             assert abs(sum(r["segment_relevance"].values()) - sum(r["input_relevance"])) < 1e-9
     assert len(set(summary.fingerprints.values())) == len(folders)
+    # compare's table: per split, corrected (Δℓ < 0) and how many of those the checkpoint would write as the contrast
+    # (its plain argmax, recomputed here), so a trained model's "correction" is not claimed where it writes another
+    from failtrace.cli.compare import checkpoint_table
+
+    table, tally = checkpoint_table(rows, folders, summary), [0, 0]
+    for folder, cells in zip(folders, table):
+        plain = _plain(folder)
+        for split, at in (("trained", 2), ("held-out", 6)):
+            part = [r for r in rows if r["model"] == folder and r["split"] == split]
+            fixed = [r for r in part if r["delta_logit"] < 0]
+            with torch.no_grad():
+                wrote = sum(int(plain(input_ids=torch.tensor([r["token_ids"]]), use_cache=False).logits[0, -1]
+                                .argmax()) == r["contrast_id"] for r in fixed)
+            assert cells[at:at + 4][0::2] == [str(len(part)), str(len(fixed))], (folder, split, cells)
+            assert cells[at + 3] == str(wrote), (folder, split, cells)
+            tally = [tally[0] + len(fixed), tally[1] + wrote]
+    assert 0 < tally[1] < tally[0]  # both kinds of corrected case occur, so a swapped count would fail
     # every step's rows name the one run (the report draws it as one series); another run's steps name another
     from failtrace.training.checkpoints import training_run_id
 

@@ -32,8 +32,6 @@ def comparison_table(rows: list[dict], models: list[str], fingerprints: dict[str
     did), median k*."""
     import statistics
 
-    from failtrace.views.common import writes
-
     wanted, out = set(case_ids), []
     for i, name in enumerate(models):
         mine = [r for r in rows if r["step"] is None and r["case_id"] in wanted and bool(r["reference"]) == (i == 0)
@@ -41,20 +39,29 @@ def comparison_table(rows: list[dict], models: list[str], fingerprints: dict[str
         mapped = [r for r in mine if r["mapped"] and r["delta_logit"] is not None]
         deltas = [float(r["delta_logit"]) for r in mapped]
         ks = [r["flip_k"] for r in mapped if r["flip_k"] is not None]
-        corrected = [r for r in mapped if float(r["delta_logit"]) < 0]
-        roles = [w[1] for w in map(writes, corrected) if w is not None]
-        wrote = "-" if corrected and not roles else str(roles.count("contrast")) + (
-            f" of {len(roles)} recorded" if len(roles) < len(corrected) else "")
         out.append([name, str(len(mine)), str(len(mapped)),
                     f"{statistics.fmean(deltas):+.3f}" if deltas else "-",
-                    str(sum(d < 0 for d in deltas)), wrote, f"{statistics.median(ks):g}" if ks else "-"])
+                    str(sum(d < 0 for d in deltas)), writes_cell(mapped), f"{statistics.median(ks):g}" if ks else "-"])
     return out
+
+
+def writes_cell(rows: list[dict]) -> str:
+    """How many of the corrected rows (Δℓ < 0) write the contrast (their top next token); "of N recorded" when only
+    N of them recorded it (rows stored before schema 4), "-" when none did."""
+    from failtrace.views.common import writes
+
+    corrected = [r for r in rows if r["delta_logit"] is not None and float(r["delta_logit"]) < 0]
+    roles = [w[1] for w in map(writes, corrected) if w is not None]
+    if corrected and not roles:
+        return "-"
+    return str(roles.count("contrast")) + (f" of {len(roles)} recorded" if len(roles) < len(corrected) else "")
 
 
 def checkpoint_table(rows: list[dict], folders: list[str], summary: CheckpointSummary) -> list[list[str]]:
     """Per checkpoint (in --checkpoints order; its rows found by content fingerprint among this call's cases): step,
     then per split of *its own* run (the folder's metadata: a step-0 row stored for another run is the same model
-    but may sit in another split there) the cases, mean Δℓ and corrected (Δℓ < 0)."""
+    but may sit in another split there) the cases, mean Δℓ, corrected (Δℓ < 0) and how many of those write the
+    contrast (:func:`writes_cell`)."""
     import statistics
 
     from failtrace.training.checkpoints import case_splits
@@ -67,9 +74,10 @@ def checkpoint_table(rows: list[dict], folders: list[str], summary: CheckpointSu
                 and r["model_fingerprint"] == summary.fingerprints.get(folder)]
         cells = [folder, str(meta["step"])]
         for split in ("trained", "held-out"):
-            deltas = [float(r["delta_logit"]) for r in mine if splits.get(r["case_id"]) == split]
+            part = [r for r in mine if splits.get(r["case_id"]) == split]
+            deltas = [float(r["delta_logit"]) for r in part]
             cells += [str(len(deltas)), f"{statistics.fmean(deltas):+.3f}" if deltas else "-",
-                      str(sum(d < 0 for d in deltas))]
+                      str(sum(d < 0 for d in deltas)), writes_cell(part)]
         out.append(cells)
     return out
 
@@ -84,12 +92,14 @@ def _print_checkpoints(st: ResultsStore, folders: list[str], summary: Checkpoint
     from failtrace.store.comparisons import load_comparisons
 
     rows = checkpoint_table(load_comparisons(st), folders, summary)
-    head = ["checkpoint", "step", "trained", "mean Δℓ", "corrected", "held-out", "mean Δℓ", "corrected"]
+    head = ["checkpoint", "step", "trained", "mean Δℓ", "corrected", "writes", "held-out", "mean Δℓ", "corrected",
+            "writes"]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     from failtrace.training.checkpoints import training_run_id
 
     typer.echo(f"{count_of(summary.cases, 'case')} on {count_of(len(folders), 'checkpoint')} "
-               f"({summary.seconds:.1f} s{_reused(summary.skipped)}); corrected = Δℓ < 0")
+               f"({summary.seconds:.1f} s{_reused(summary.skipped)}); corrected = Δℓ < 0; writes = of those, "
+               "how many have the contrast as the checkpoint's top next token")
     from failtrace.training.checkpoints import case_splits
 
     by_run: dict[str, list[str]] = {}  # each finetune run's folders: a case's split is its own run's
