@@ -16,7 +16,8 @@ class FailtraceError(Exception):
 class UnsupportedModelError(FailtraceError):
     """The model's architecture cannot be patched with the LRP rules safely."""
 
-    SUPPORTED = "gated-MLP decoders whose attention uses the transformers registry (Llama, Qwen2/3, Mistral, OLMo-2/3, Gemma-2/3)"
+    SUPPORTED = ("gated-MLP decoders whose attention uses the transformers registry (Llama, Qwen2/3, Mistral, "
+                 "OLMo-2/3, Gemma-2/3)")
 
     def __init__(self, reason: str) -> None:
         super().__init__(f"{reason}; this architecture is not supported (supported: {self.SUPPORTED})")

@@ -22,8 +22,8 @@ A pass of width ``1 + L`` costs more than a plain step, so ``L`` is chosen each 
 tokens, where ``q_j`` is how often its lookup guessed its next token right lately. ``q_j`` is measured for free:
 every step, whether it drafts or not, compares each row's guess with the tokens greedy decoding then produced.
 ``L = 0`` (a plain step) wins whenever the guesses are poor or the batch is wide; rows stuck in a loop, the
-longest rollouts of a small model, advance up to ``max_draft + 1`` tokens per pass. EOS, budgets and stop callbacks are applied token by token,
-so a row ends exactly where plain decoding ends it. Models with sliding-window layers never draft (:func:`slides`).
+longest rollouts of a small model, advance up to ``max_draft + 1`` tokens per pass. EOS, budgets and stop callbacks
+are applied token by token, so a row ends exactly where plain decoding ends it. Models with sliding-window layers never draft (:func:`slides`).
 """
 
 from __future__ import annotations

@@ -148,7 +148,8 @@ def assemble(chunks: Sequence[Path], dest: Path, sha256: str | None, progress: b
                         digest.update(block)
                         out.write(block)
                         if bar is not None:
-                            bar.update(bar.task_ids[0], advance=len(block), description=label)  # type: ignore[attr-defined]
+                            bar.update(bar.task_ids[0],  # type: ignore[attr-defined]
+                                       advance=len(block), description=label)
             out.flush()
             os.fsync(out.fileno())
         got = digest.hexdigest()
@@ -199,7 +200,8 @@ def ensure_gguf(spec: ModelSpec, progress: bool = True) -> Path:
 
 
 def install_status(spec: ModelSpec) -> str:
-    """'bundled', 'assembled' (verified GGUF in the cache), 'packages' (chunks installed, not assembled) or 'missing'."""
+    """'bundled', 'assembled' (verified GGUF in the cache), 'packages' (chunks installed, not assembled) or
+    'missing'."""
     if spec.bundled:
         return "bundled"
     if gguf_path(spec).is_file():

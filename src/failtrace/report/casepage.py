@@ -287,8 +287,8 @@ def case_section(case: Case, overrides: Overrides | None = None, graph_src: str 
     lazy = "" if (graph_src or "").startswith("data:") else ' loading="lazy"'  # a file beside the page
     graph = (f'<figure><img src="{graph_src}" alt="pruned attribution graph of case {esc(case.case_id)}"{lazy}>'
              "<figcaption>Pruned attribution graph: nodes are (layer, token) hidden states, red supports the target, "
-             "blue the contrast, grey sits on a special token id (e.g. <|im_start|>); node size = |R| normalised in its "
-             "layer; edge width = |relevance flow|. Drawn smaller than its pixels, it opens full size on a click."
+             "blue the contrast, grey sits on a special token id (e.g. <|im_start|>); node size = |R| normalised in "
+             "its layer; edge width = |relevance flow|. Drawn smaller than its pixels, it opens full size on a click."
              "</figcaption></figure>"
              if graph_src else '<p class="empty">no pruned graph stored for this case</p>')
     search = " ".join(str(x) for x in (case.item_id, case.benchmark, effective_category(case, overrides),

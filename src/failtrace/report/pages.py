@@ -185,8 +185,8 @@ def _no_cases_hint(t1: Sequence[Mapping[str, Any]], status: Sequence[Mapping[str
         cut = max((r["unbounded"] for r in status), default=0)
         budget = (f" {cut} {'is' if cut == 1 else 'are'} unbounded (cut at the token budget or the model's "
                   "context window, never decided): where the budget cut them, <code>failtrace pairs --rollout-tokens "
-                  "N</code> (N above the collection's budget) or collecting with a larger <code>--max-new-tokens</code> "
-                  "can decide them; a cut at the window, only a model with a longer context.") if cut else ""
+                  "N</code> (N above the collection's budget) or collecting with a larger "
+                  "<code>--max-new-tokens</code> can decide them; a cut at the window, only a model with a longer context.") if cut else ""
         return ("No cases: the pair search found no clean pair to explain (see <i>Why the other failures are not "
                 "clean</i>)." + budget + " More contrasts may come from a larger <code>--top-k</code> or "
                 "<code>--max-positions</code>, or <code>--sibling MODEL</code>.")

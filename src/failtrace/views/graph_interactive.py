@@ -122,7 +122,8 @@ function prune(p){
   keptE=out; keptN=reach;
 }
 function el(name,attrs,text){const e=document.createElementNS(NS,name);
-  for(const k in attrs)e.setAttribute(k,attrs[k]); if(text!==undefined)e.textContent=text; svg.appendChild(e); return e;}
+  for(const k in attrs)e.setAttribute(k,attrs[k]);
+  if(text!==undefined)e.textContent=text; svg.appendChild(e); return e;}
 function draw(){
   while(svg.firstChild)svg.removeChild(svg.firstChild);
   const cols=[...new Set([...keptN].map(k=>+k.split(':')[1]))].sort((a,b)=>a-b);

@@ -142,8 +142,8 @@ def judge_main():
         # tests themselves are broken (a NameError, an empty file): the candidate, in another process, cannot cause
         # that, so there is no verdict on the answer
         early = counter[0] == 0
-        report("error" if early else "fail",
-               ("the tests raised before calling the candidate: " if early else "") + failure_reason(exc, cfg["source"]))
+        report("error" if early else "fail", ("the tests raised before calling the candidate: " if early else "")
+               + failure_reason(exc, cfg["source"]))
     if counter[0] == 0:
         report("error", "the tests never called the candidate")
     try:
