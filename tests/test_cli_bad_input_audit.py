@@ -32,6 +32,7 @@ from refusals import refusal_store
 from serve_store import sha256
 
 from failtrace.cli import main
+from failtrace.store.store import open_store
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -269,6 +270,21 @@ def test_export_dpo_tail_weight_and_new_folder(toy: dict[str, Any], tmp_path: Pa
     assert main(["export-dpo", "-s", str(toy["store"]), "-o", str(out)]) == 0  # a missing folder is made
     assert "wrote 5 preference pairs" in capsys.readouterr().out
     assert len(out.read_text().splitlines()) == 5 and sha256(toy["store"]) == toy["sha"]
+
+
+def test_export_dpo_that_stops_midway_leaves_no_part_file(toy: dict[str, Any], tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A case without its AttnLRP row stops the export after the records before it: one line, an existing --out
+    kept as it was, and no half-written ``OUT.part`` left beside it (an outside check found 4 records there)."""
+    store = _copy(toy, tmp_path / "d")
+    with open_store(store) as st:
+        last = st.con.execute("SELECT case_id FROM cases ORDER BY case_id DESC LIMIT 1").fetchone()[0]
+        st.con.execute("DELETE FROM case_methods WHERE case_id = ? AND method = 'attnlrp'", [last])
+    out = tmp_path / "prefs.jsonl"
+    out.write_text("kept\n")
+    line = _one_error_line(main(["export-dpo", "-s", str(store), "-o", str(out)]), capsys)
+    assert "attnlrp" in line, line
+    assert out.read_text() == "kept\n" and sorted(p.name for p in tmp_path.iterdir()) == ["d", "prefs.jsonl"]
 
 
 def test_export_dpo_to_stdout_keeps_the_stream_json(toy: dict[str, Any]) -> None:

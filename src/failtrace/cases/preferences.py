@@ -139,14 +139,18 @@ def export_dpo(store: ResultsStore, out: str | Path, benchmark: str | None = Non
     tmp = path if direct else path.with_name(path.name + ".part")
     path.parent.mkdir(parents=True, exist_ok=True)  # like every other output: a missing folder is made
     n = 0
-    with tmp.open("w", encoding="utf-8") as fh:
-        for rec in preference_records(store, kept, tail_weight):
-            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            n += 1
-    if n == 0:
+    try:
+        with tmp.open("w", encoding="utf-8") as fh:
+            for rec in preference_records(store, kept, tail_weight):
+                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                n += 1
+        if n == 0:
+            raise FailtraceError(f"none of the {len(kept)} cases in {store.path} has a pair with a recovered "
+                                 f"completion")
+    except BaseException:  # a case that stops the export (or ^C) leaves no half-written OUT.part behind
         if not direct:
-            tmp.unlink()
-        raise FailtraceError(f"none of the {len(kept)} cases in {store.path} has a pair with a recovered completion")
+            tmp.unlink(missing_ok=True)
+        raise
     if not direct:
         tmp.replace(path)
     return DpoExport(path, n, rejected)

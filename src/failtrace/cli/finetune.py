@@ -1,7 +1,8 @@
 """``failtrace finetune``: post-train the bundled (or another) model on a store's clean cases; write checkpoints.
 
 ``--method sft`` imitates the recovered completions, ``dpo`` prefers them over the failed ones, ``token-dpo`` does
-the same with every token's log-ratio weighted by its attribution weight (docs/MODELS.md). A seeded share of the
+the same with per-token weights on the log-ratios: 1 on the decision token, ``--tail-weight`` after it (the answer
+prefix's attribution weights cancel, since chosen and rejected share it; docs/MODELS.md). A seeded share of the
 cases is held out; ``OUT/step-N/`` folders load with ``AutoModelForCausalLM.from_pretrained`` and are compared with
 ``failtrace compare --checkpoints``. An interrupted run resumes when the same command is run again
 (``OUT/.resume/``, :mod:`failtrace.training.resume`).

@@ -6,8 +6,8 @@ Methods (all through trl's trainers, on the examples of :mod:`failtrace.training
   tokens);
 * ``dpo``: trl's DPOTrainer (sigmoid loss, β) on chosen = recovered completion, rejected = the failed completion,
   against a frozen copy of the base model;
-* ``token-dpo``: the same with every token's log-ratio weighted by its attribution weight
-  (:mod:`failtrace.training.weighted_dpo`).
+* ``token-dpo``: the same with every token's log-ratio weighted (:mod:`failtrace.training.weighted_dpo`): the
+  decision token 1, later tokens ``tail_weight``; the shared answer prefix's attribution weights cancel in the loss.
 
 The policy and the reference are copies of the model failtrace's loader returned (the converted weights the cases
 were computed with); the caller's model is never changed. A constant learning rate, no warm-up, fp32, no dropout,
