@@ -3,8 +3,9 @@
 On a COPY of the given store (the source is never opened for writing), with the bundled model: ``finetune`` with each
 method (same steps, learning rate, β, seed and so the same held-out split), checkpoints at step 0, every
 ``--save-every`` steps and the end; then ``compare --checkpoints`` on all of them. Prints, per method and checkpoint,
-the mean Δℓ on the trained and on the held-out cases and how many of each are corrected (Δℓ < 0: the checkpoint
-prefers the contrast token at the failure point), then each case's Δℓ per checkpoint.
+the mean Δℓ on the trained and on the held-out cases, how many of each are corrected (Δℓ < 0: the checkpoint
+prefers the contrast token to the target at the failure point) and how many of those it would write (the contrast is
+its top next token there), then each case's Δℓ per checkpoint with what the checkpoint writes.
 
     OMP_NUM_THREADS=1 .venv/bin/python perf/bench_training.py --store /work/bench/demo/runs.duckdb \\
         [--steps 24] [--save-every 12] [--lr 1e-5] [--work /tmp/bench-training]
@@ -29,12 +30,22 @@ from failtrace.store import open_store
 from failtrace.store.comparisons import load_comparisons
 from failtrace.training.compare import compare_checkpoints
 from failtrace.training.finetune import METHODS, FinetuneSettings, finetune
+from failtrace.views.common import writes
 
 
-def _cell(deltas: list[float]) -> str:
-    if not deltas:
+def _cell(rows: list[dict[str, Any]]) -> str:
+    """Mean Δℓ (corrected/cases, written): written = corrected rows whose top next token is the contrast."""
+    if not rows:
         return "-"
-    return f"{statistics.fmean(deltas):+7.3f} ({sum(d < 0 for d in deltas)}/{len(deltas)})"
+    fixed = [r for r in rows if r["delta_logit"] < 0]
+    wrote = sum(_role(r) == "c" for r in fixed)
+    return f"{statistics.fmean(r['delta_logit'] for r in rows):+7.3f} ({len(fixed)}/{len(rows)}, {wrote}w)"
+
+
+def _role(row: dict[str, Any]) -> str:
+    """What the checkpoint writes at the failure point: t(arget), c(ontrast), o(ther), ? (not recorded)."""
+    w = writes(row)
+    return "?" if w is None else w[1][0]
 
 
 def _tables(rows: list[dict[str, Any]], runs: dict[str, Any], fps: dict[str, str]) -> list[str]:
@@ -43,30 +54,31 @@ def _tables(rows: list[dict[str, Any]], runs: dict[str, Any], fps: dict[str, str
         by_fp.setdefault(r["model_fingerprint"], []).append(r)
     first = next(iter(runs.values()))
     trained, held = first.trained, first.held_out
-    lines = ["mean Δℓ (corrected/cases) per checkpoint; corrected = Δℓ < 0",
-             f"{'method':<10} {'step':>5}  {'trained':>16}  {'held-out':>16}  {'train loss':>10}"]
+    lines = ["mean Δℓ (corrected/cases, Nw: N of the corrected write the contrast) per checkpoint; corrected = Δℓ < 0",
+             f"{'method':<10} {'step':>5}  {'trained':>20}  {'held-out':>20}  {'train loss':>10}"]
     for method, res in runs.items():
         losses = {h["step"]: h["loss"] for h in res.losses}
         for folder in res.checkpoints:
             mine = by_fp[fps[str(folder)]]
             step = int(folder.name[5:])
-            tr = [r["delta_logit"] for r in mine if r["case_id"] in trained]
-            ho = [r["delta_logit"] for r in mine if r["case_id"] in held]
+            tr = [r for r in mine if r["case_id"] in trained]
+            ho = [r for r in mine if r["case_id"] in held]
             loss = f"{losses[step]:.4f}" if step in losses else "-"
-            lines.append(f"{method:<10} {step:>5}  {_cell(tr):>16}  {_cell(ho):>16}  {loss:>10}")
-    lines += ["", "Δℓ per case (T = trained, H = held-out) at step 0 and each method's last checkpoint"]
+            lines.append(f"{method:<10} {step:>5}  {_cell(tr):>20}  {_cell(ho):>20}  {loss:>10}")
+    lines += ["", "Δℓ per case (T = trained, H = held-out) at step 0 and each method's last checkpoint, each with what"
+                  " it writes there (t target, c contrast, o another token)"]
     step0 = {r["case_id"]: r for r in by_fp[fps[str(first.checkpoints[0])]]}
-    head = f"{'item':<18} {'split':>5} {'target→contrast':<22} {'step 0':>8}" + "".join(
-        f" {m:>10}" for m in runs)
+    head = f"{'item':<18} {'split':>5} {'target→contrast':<22} {'step 0':>10}" + "".join(
+        f" {m:>12}" for m in runs)
     lines.append(head)
     for cid, r0 in sorted(step0.items(), key=lambda kv: (kv[0] not in trained, kv[1]["item_id"])):
         cells = []
         for res in runs.values():
             last = {r["case_id"]: r for r in by_fp[fps[str(res.checkpoints[-1])]]}
-            cells.append(f" {last[cid]['delta_logit']:>+10.3f}")
+            cells.append(f" {last[cid]['delta_logit']:>+10.3f} {_role(last[cid])}")
         pair = f"{r0['target_text']!r}→{r0['contrast_text']!r}"[:22]
         lines.append(f"{r0['item_id']:<18} {'T' if cid in trained else 'H':>5} {pair:<22} "
-                     f"{r0['delta_logit']:>+8.3f}" + "".join(cells))
+                     f"{r0['delta_logit']:>+8.3f} {_role(r0)}" + "".join(cells))
     return lines
 
 
