@@ -29,6 +29,10 @@ from failtrace.store import open_store
 WORD = "(pow((hash({i}) % 1000003) / 1000003.0, 3) * 3000)::INTEGER::VARCHAR"
 
 
+# case_methods' columns these synthetic rows fill (later ones, e.g. schema 4's flip_tops, stay NULL: "not recorded")
+METHOD_COLS = "(case_id, method, input_relevance, hidden_layer_sums, segment_relevance, flip_curve, flip_k, seconds)"
+
+
 def build(path: Path, items: int, tokens: int) -> str:
     """A store with ``items`` items; 2 in 3 fail, of those 1 in 2 clean with a case (64-token context)."""
     with open_store(path) as st:
@@ -54,7 +58,7 @@ def build(path: Path, items: int, tokens: int) -> str:
                       CASE WHEN i % 5 = 0 THEN 'NC-IA+AG' ELSE 'M-IA' END, '{{}}',
                       CASE WHEN i % 7 = 0 THEN 'URT' ELSE 'none' END, '{{}}', '{{}}', '{{}}', '[]', '{{}}', now()
                       FROM range({items}) t(i) WHERE i % 3 <> 0 AND i % 2 = 1""")
-        c.execute(f"""INSERT INTO case_methods SELECT case_id, 'attnlrp',
+        c.execute(f"""INSERT INTO case_methods {METHOD_COLS} SELECT case_id, 'attnlrp',
                       list_transform(range({tokens}), lambda x: (x % 13 - 6) / 6.0), [], '{{}}', [1.0, 0.5, -0.1],
                       2 + (hash(case_id) % 8)::INTEGER, 0.0 FROM cases""")
         # one long case (an agent-trace-sized context) for the case page's first render
@@ -65,7 +69,8 @@ def build(path: Path, items: int, tokens: int) -> str:
                       '{{"system": [[0, 2000]], "query": [[2000, {n - 100}]], "answer": [[{n - 100}, {n}]]}}',
                       '["query"]', '{{"rule": "zero-embedding", "token_id": null, "max_k": 10}}', 'M-IA', '{{}}',
                       'none', '{{}}', '{{}}', '{{}}', '[]', '{{}}', now()""")
-        c.execute(f"""INSERT INTO case_methods SELECT 'long' || lpad('', 20, '0'), 'attnlrp',
+        c.execute(f"""INSERT INTO case_methods {METHOD_COLS}
+                      SELECT 'long' || lpad('', 20, '0'), 'attnlrp',
                       list_transform(range({n}), lambda x: sin(x / 50.0)), [], '{{}}', [1.0, -0.5], 1, 0.0""")
         add_comparisons(c, n)
         return c.execute("SELECT min(case_id) FROM cases").fetchone()[0]
