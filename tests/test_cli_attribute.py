@@ -28,6 +28,22 @@ def test_attribute_writes_json_html_png(tmp_path, bundled, capsys):
     assert (out / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.parametrize("objective, name", [("max_logit", "ℓ(target)"), ("topk_mean", "ℓ(target) − top-k mean"),
+                                             ("vocab_mean", "ℓ(target) − vocabulary mean")])
+def test_an_objective_other_than_the_logit_difference_is_named_as_itself(objective, name, tmp_path, bundled, capsys):
+    """The panel, the HTML page and the PNG's title name the value explained by its own symbol: with
+    --objective max_logit they called ℓ(target) "Δℓ", a difference there is no contrast for."""
+    out = tmp_path / "o"
+    assert main(["attribute", "--prompt", "The capital of France is", "--objective", objective, "--html",
+                 str(out / "a.html"), "--json", str(out / "a.json")]) == 0
+    panel = capsys.readouterr().out
+    value = json.loads((out / "a.json").read_text())["delta_logit"]
+    assert "Δℓ" not in panel and f"{value:.4f}" in panel
+    assert f"{name} " in panel and f"of {name})" in panel  # the row's label and the input's share
+    page = (out / "a.html").read_text()
+    assert "Δℓ" not in page and f"of {name}" in page
+
+
 @pytest.mark.parametrize("method, extra", [("cp-lrp", []), ("gradxinput", []), ("ig", ["--ig-steps", "3"]),
                                            ("attention", [])])
 def test_attribute_method_option_reaches_the_method(method, extra, tmp_path, bundled):

@@ -17,19 +17,27 @@ from failtrace.errors import FailtraceError
 Tensor = torch.Tensor
 ObjectiveFn = Callable[[Tensor, int, "int | None", int], Tensor]
 OBJECTIVES: dict[str, ObjectiveFn] = {}
+SYMBOLS: dict[str, str] = {}  # how the views name each objective's value (the row label, "37% of Δℓ")
 
 
-def register_objective(name: str) -> Callable[[ObjectiveFn], ObjectiveFn]:
-    """Decorator: make ``fn`` available as ``objective=name`` (and ``--objective name``)."""
+def register_objective(name: str, symbol: str | None = None) -> Callable[[ObjectiveFn], ObjectiveFn]:
+    """Decorator: make ``fn`` available as ``objective=name`` (and ``--objective name``), its value shown as
+    ``symbol`` (default: the name)."""
 
     def add(fn: ObjectiveFn) -> ObjectiveFn:
         OBJECTIVES[name] = fn
+        SYMBOLS[name] = symbol or name
         return fn
 
     return add
 
 
-@register_objective("logit_diff")
+def objective_symbol(objective: str) -> str:
+    """The objective's value as the views name it: Δℓ for the paper's logit difference."""
+    return SYMBOLS.get(objective, objective)
+
+
+@register_objective("logit_diff", "Δℓ")
 def logit_diff(logits: Tensor, target: int, contrast: int | None, k: int = 10) -> Tensor:
     """Δℓ = ℓ(target) − ℓ(contrast)."""
     if contrast is None:
@@ -37,13 +45,13 @@ def logit_diff(logits: Tensor, target: int, contrast: int | None, k: int = 10) -
     return logits[..., target] - logits[..., contrast]
 
 
-@register_objective("max_logit")
+@register_objective("max_logit", "ℓ(target)")
 def max_logit(logits: Tensor, target: int, contrast: int | None, k: int = 10) -> Tensor:
     """ℓ(target)."""
     return logits[..., target]
 
 
-@register_objective("topk_mean")
+@register_objective("topk_mean", "ℓ(target) − top-k mean")
 def topk_mean(logits: Tensor, target: int, contrast: int | None, k: int = 10) -> Tensor:
     """ℓ(target) − mean of the k largest other logits."""
     others = logits.clone()
@@ -52,7 +60,7 @@ def topk_mean(logits: Tensor, target: int, contrast: int | None, k: int = 10) ->
     return logits[..., target] - top.mean(dim=-1)
 
 
-@register_objective("vocab_mean")
+@register_objective("vocab_mean", "ℓ(target) − vocabulary mean")
 def vocab_mean(logits: Tensor, target: int, contrast: int | None, k: int = 10) -> Tensor:
     """ℓ(target) − mean over the vocabulary."""
     return logits[..., target] - logits.mean(dim=-1)

@@ -124,13 +124,26 @@ METHOD_TITLES = {"attnlrp": "AttnLRP", "cp-lrp": "CP-LRP", "gradxinput": "Gradie
 LRP_FAMILY = ("attnlrp", "cp-lrp")  # methods whose last layer starts from the objective: Σ last-layer R = Δℓ
 
 
+def value_name(attr: Attribution) -> str:
+    """What the attribution explains, as the views name it: Δℓ, or another objective's own symbol (ℓ(target))."""
+    from failtrace.attribution.objective import objective_symbol
+
+    return objective_symbol(attr.objective)
+
+
+def value_row(attr: Attribution) -> tuple[str, str]:
+    """The header row of the value explained: ("Δℓ", "5.2931"), or another objective's symbol and value."""
+    return value_name(attr), f"{sums(attr)[0]:.4f}"
+
+
 def sum_rows(attr: Attribution) -> list[tuple[str, str]]:
-    """The header rows on relevance sums, true for the attribution's own method: the share of Δℓ at the input only
-    for methods in units of Δℓ, and the last layer's sum only where it is the objective (the LRP family)."""
+    """The header rows on relevance sums, true for the attribution's own method: the share of the value explained
+    (:func:`value_name`) at the input only for methods in its units, and the last layer's sum only where it is the
+    objective (the LRP family)."""
     delta, in_sum, last_sum = sums(attr)
-    kind = NOT_DELTA_UNITS.get(attr.method)
-    rows = [("Σ input R", f"{in_sum:.4f} ({kind}, not in units of Δℓ)" if kind else
-             f"{in_sum:.4f} ({share(in_sum, delta)} of Δℓ)")]
+    kind, name = NOT_DELTA_UNITS.get(attr.method), value_name(attr)
+    rows = [("Σ input R", f"{in_sum:.4f} ({kind}, not in units of {name})" if kind else
+             f"{in_sum:.4f} ({share(in_sum, delta)} of {name})")]
     if attr.method in LRP_FAMILY and math.isfinite(last_sum):
         rows.append(("Σ last-layer R", f"{last_sum:.4f}"))
     return rows
@@ -140,14 +153,15 @@ def sum_note(attr: Attribution) -> str:
     """One sentence on how the input's relevance adds up for this method (whether it conserves Δℓ), from the
     numbers themselves: AttnLRP's softmax rule usually keeps only part of Δℓ at the input, CP-LRP keeps it whole."""
     delta, in_sum, last_sum = sums(attr)
-    kind = NOT_DELTA_UNITS.get(attr.method)
+    kind, value = NOT_DELTA_UNITS.get(attr.method), value_name(attr)
     name = METHOD_TITLES.get(attr.method, attr.method)
     if kind:
-        return f"{name}: the relevance is {kind}, not a share of Δℓ; only its order means anything."
+        return f"{name}: the relevance is {kind}, not a share of {value}; only its order means anything."
     if attr.method not in LRP_FAMILY:
-        return f"{name} need not add up to Δℓ: the input holds {share(in_sum, delta)} of it."
+        return f"{name} need not add up to {value}: the input holds {share(in_sum, delta)} of it."
     whole = math.isfinite(last_sum) and math.isclose(last_sum, delta, rel_tol=1e-3, abs_tol=1e-6)
-    kept = f"the input keeps {share(in_sum, delta)} of Δℓ" + (" and the last layer holds all of it" if whole else "")
+    kept = f"the input keeps {share(in_sum, delta)} of {value}" + (" and the last layer holds all of it" if whole
+                                                                   else "")
     conserved = math.isfinite(in_sum) and math.isclose(in_sum, delta, rel_tol=0.01, abs_tol=1e-6)
     return f"{name} {'conserves' if conserved else 'does not conserve'} relevance here: {kept}."
 

@@ -36,7 +36,7 @@ from failtrace.views.common import (
     shown,
     special_of,
     sum_rows,
-    sums,
+    value_row,
     with_gaps,
 )
 
@@ -116,12 +116,11 @@ def _boxes(attr: Attribution, segments: list[tuple[int, int]]) -> _Boxes:
 
 
 def _title_lines(attr: Attribution, note: str) -> list[str]:
-    delta = sums(attr)[0]
     contrast = f" rather than {quoted(attr.contrast)}" if attr.contrast is not None else ""
     lines = [
         f"{attr.model}: why {quoted(attr.target)}{contrast}?",
-        f"{attr.objective} · {attr.method} · Δℓ = {delta:.3f} · "
-        + " · ".join(f"{k} = {v}" for k, v in sum_rows(attr)),
+        f"{attr.objective} · {attr.method} · "
+        + " · ".join(f"{k} = {v}" for k, v in (value_row(attr), *sum_rows(attr))),
     ]
     return lines + [note] if note else lines
 

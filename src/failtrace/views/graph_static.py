@@ -34,8 +34,11 @@ def columns(pruned: PrunedGraph) -> list[int]:
 
 
 def objective_name(meta: dict) -> str:
-    """What the graph's objective value is called in a title: Δℓ for the logit difference, else "value"."""
-    return "Δℓ" if meta.get("objective", "logit_diff") == "logit_diff" else "value"
+    """What the graph's objective value is called in a title: the objective's symbol (Δℓ for the logit difference,
+    ℓ(target) for max_logit, ...), as the token views name it."""
+    from failtrace.attribution.objective import objective_symbol
+
+    return objective_symbol(meta.get("objective", "logit_diff"))
 
 
 def case_prefix(meta: dict) -> str:

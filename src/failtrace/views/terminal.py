@@ -21,7 +21,7 @@ from failtrace.views.common import (
     shown,
     special_of,
     sum_rows,
-    sums,
+    value_row,
     with_gaps,
 )
 
@@ -38,7 +38,6 @@ def _summary(attr: Attribution) -> Table:
     from rich.text import Text
 
     n = len(attr.tokens)
-    delta = sums(attr)[0]
     table = Table(show_header=False, box=None, pad_edge=False, padding=(0, 2))
     table.add_column(style="bold cyan", no_wrap=True)
     table.add_column()
@@ -47,8 +46,7 @@ def _summary(attr: Attribution) -> Table:
         ("target", f"{quoted(attr.target)}  (id {attr.target.id})"),
         ("contrast", f"{quoted(attr.contrast)}  (id {attr.contrast.id})" if attr.contrast else "—"),
         ("objective / method", f"{attr.objective} / {attr.method}"),
-        ("Δℓ", f"{delta:.4f}"),
-        *sum_rows(attr),
+        value_row(attr), *sum_rows(attr),
         ("tokens", f"{n}  (prompt {attr.prompt_length}, answer {max(0, n - attr.prompt_length)}, "
                    f"explained position {attr.position})"),
     ]

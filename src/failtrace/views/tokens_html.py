@@ -27,7 +27,7 @@ from failtrace.views.common import (
     special_of,
     sum_note,
     sum_rows,
-    sums,
+    value_row,
 )
 from failtrace.views.layers_html import LAYER_JS, layers_html
 
@@ -152,13 +152,12 @@ def top_html(attr: Attribution, root_id: str, k: int = 10) -> str:
 def _header(attr: Attribution) -> str:
     """Question, key numbers, legend and the note on colour scaling."""
     n = len(attr.tokens)
-    delta = sums(attr)[0]
     tgt = f'<code class="ft-pill tgt">{esc(quoted(attr.target))}</code>'
     question = (f'Why {tgt} rather than <code class="ft-pill ctr">{esc(quoted(attr.contrast))}</code>?'
                 if attr.contrast is not None else f"Why {tgt}?")
     meta = [
-        ("model", attr.model), ("objective", attr.objective), ("method", attr.method), ("Δℓ", f"{delta:.4f}"),
-        *sum_rows(attr),
+        ("model", attr.model), ("objective", attr.objective), ("method", attr.method),
+        value_row(attr), *sum_rows(attr),
         ("tokens", f"{n} ({attr.prompt_length} prompt + {max(0, n - attr.prompt_length)} answer, "
                    f"{int(special_of(attr).sum())} special)"),
         ("explained position", str(attr.position)),
