@@ -526,3 +526,11 @@ def test_starting_and_stopping_a_local_cluster_keeps_the_commands_sigterm_handle
     assert res.returncode == 0, (res.returncode, res.stdout, res.stderr[-2000:])
     sig = int(signal.SIGTERM)
     assert res.stdout.splitlines() == [f"after start [{sig}]", f"after shutdown [{sig}, {sig}]"]
+
+
+def test_closing_lines_count_workers_in_the_singular_too() -> None:
+    """collect/pairs/analyse end with "on N Ray workers"; with --workers 1 that read "on 1 Ray workers"."""
+    from failtrace.cli.options import on_workers
+
+    assert (on_workers(None), on_workers(0)) == ("", "")
+    assert (on_workers(1), on_workers(3)) == (" on 1 Ray worker", " on 3 Ray workers")

@@ -61,7 +61,7 @@ def _summary_line(summary: Any, store: Path, workers: Optional[int] = None) -> s
     text = (f"{count_of(summary.clean_pairs, 'clean pair')}, {summary.skipped} already analysed, "
             f"{summary.analysed} analysed now "
             f"({cats}{'; patterns ' + pats if pats else ''}) in {summary.seconds:.1f} s"
-            + (f" on {workers} Ray workers" if workers else "") + f" -> {store}")
+            + opts.on_workers(workers) + f" -> {store}")
     if summary.alternatives_added:
         text += f"\ntop-k alternatives recorded for {summary.alternatives_added} case(s) analysed before they were kept"
     if summary.errors:

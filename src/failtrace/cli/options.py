@@ -152,3 +152,10 @@ def check_limit_items(limit: int | None, items: list[str] | None) -> None:
     if items and limit is not None and limit < len(set(items)):
         raise FailtraceError(f"--limit {limit} would drop some of the {len(set(items))} --item ids; give fewer "
                              "--item ids or leave --limit out")
+
+
+def on_workers(workers: int | None) -> str:
+    """`` on 1 Ray worker`` / `` on 4 Ray workers`` for a command's closing line; empty when it ran here."""
+    if not workers:
+        return ""
+    return f" on {workers} Ray worker{'' if workers == 1 else 's'}"

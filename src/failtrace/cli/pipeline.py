@@ -97,7 +97,7 @@ def collect_command(
         + (f" and {summary.not_generated} not generated, the prompt filling the model's context window"
            if summary.not_generated else "")
         + f" ({summary.passed} passed, {summary.failed} failed, {summary.unverifiable} unverifiable) in "
-        f"{summary.seconds:.1f} s" + (f" on {workers} Ray workers" if workers else "") + f" -> {store}"
+        f"{summary.seconds:.1f} s" + opts.on_workers(workers) + f" -> {store}"
     )
     if summary.first_batch_size is not None and summary.generated:
         typer.echo(f"note: run {summary.run_id} began with --batch-size {summary.first_batch_size}; the "
@@ -251,7 +251,8 @@ def pairs_command(
                                                      help="Rollouts decoded together (default: all k)."),
     try_unbounded: bool = typer.Option(False, "--try-unbounded/--skip-unbounded",
                                        help="Also search failures that hit the length limit (costly; their status "
-                                            "stays unbounded, so never clean). Default: skipped."),
+                                            "stays unbounded, so never clean). Default: skipped, unless their own "
+                                            "text already fixes the verdict (then searched)."),
     rollout_tokens: Optional[int] = typer.Option(None, "--rollout-tokens", callback=opts.count(1),
                                                  help="Rollout budget in completion tokens (default, and the least "
                                                       "allowed: the collection's --max-new-tokens). Larger: failures "
@@ -260,11 +261,13 @@ def pairs_command(
     position_batch: int = typer.Option(4, "--position-batch", callback=opts.count(1),
                                        help="Most positions whose rollouts are decoded as one batch (speed only)."),
     early_stop: bool = typer.Option(True, "--early-stop/--no-early-stop",
-                                    help="End a rollout once the benchmark says its prefix already fails "
-                                         "(speed only)."),
+                                    help="End a rollout once the benchmark says its prefix already fails, or "
+                                         "that nothing after it is read (e.g. a closed HumanEval code block); "
+                                         "speed only."),
     draft_tokens: int = typer.Option(8, "--draft-tokens", callback=opts.count(0),
-                                     help="Most draft tokens, looked up in a rollout's own text, verified per forward "
-                                          "pass (0: off). Speed only: the tokens are greedy decoding's."),
+                                     help="Most draft tokens, looked up in a rollout's own text or in the failing "
+                                          "completion, verified per forward pass (0: off). Speed only: the tokens "
+                                          "are greedy decoding's."),
     order: str = typer.Option("in-order", "--order", callback=opts.one_of(("in-order", "margin", "entropy")),
                               help="Order in which positions are rolled out: in-order, margin (smallest top-1 minus "
                                    "top-2 logit first) or entropy (largest first). Speed only: the pair found is "
@@ -318,7 +321,7 @@ def pairs_command(
     counts = pair_counts(summary.statuses) or "nothing new"
     typer.echo(f"{summary.failures} failures, {summary.skipped} already paired, {summary.processed} paired now "
                f"({counts}; {summary.rollouts} rollouts, {getattr(summary, 'tokens_decoded', 0)} tokens decoded) "
-               f"in {summary.seconds:.1f} s" + (f" on {workers} Ray workers" if workers and summary.processed else "")
+               f"in {summary.seconds:.1f} s" + opts.on_workers(workers if summary.processed else None)
                + f" -> {store}")  # all paired before: no worker was started
     q = shlex.quote(str(store))
     for run_id, generated, items in unfinished:

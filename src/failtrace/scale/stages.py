@@ -99,7 +99,7 @@ def _cluster(workers: int, address: str | None, pool: WorkerPool | None,
 def _drive(pool: WorkerPool, tasks: list[Task], label: str, on_result: Callable[[Task, Any], None],
            on_error: Callable[[Task], None], max_attempts: int, progress: bool) -> None:
     """The per-item driver loop of every stage: run ``tasks``, commit each result (or given-up item) as it arrives."""
-    bar = progress_bar(progress, f"{label} ({len(pool.actors)} Ray workers)", len(tasks))
+    bar = progress_bar(progress, f"{label} ({len(pool.actors)} Ray worker{'' if len(pool.actors) == 1 else 's'})", len(tasks))
 
     def ok(task: Task, value: Any) -> None:
         on_result(task, value)
