@@ -77,7 +77,11 @@ def test_collect_says_when_failures_stopped_at_the_budget(toy: dict[str, Any], t
         statuses = [p["status"] for p in st.pairs()]
     assert statuses and set(statuses) == {"unbounded"}  # every failure was cut: more top-k cannot help, more tokens can
     assert "every failure paired now is unbounded (cut at the token budget or the model's context window" in err
-    assert "--top-k" not in err
+    assert "--top-k" not in err and "`failtrace pairs --rollout-tokens N` continues it further" in err
+    assert main(["pairs", "-s", str(store), "--top-k", "2", "--max-positions", "2", "--rollout-tokens", "4",
+                 "--no-progress"]) == 0  # continued one token: still cut, so the hint asks for more than that
+    err = capsys.readouterr().err
+    assert "every failure paired now is unbounded" in err and "a --rollout-tokens above 4 continues it further" in err
     _, err, rows = _collect_cut(toy, tmp_path, "math", records, 64, capsys)
     assert ("stopped at the 64-token budget" in err) == (_cut(rows, "fail")[0] > 0)  # (still shown, with its count)
 

@@ -572,7 +572,7 @@ def test_a_cut_checkpoint_later_in_the_list_fails_before_any_row(run: dict[str, 
 def _ckpt_counts(text: str, folder: str) -> tuple[int, int]:
     """(trained, held-out) case counts of ``folder``'s line in compare --checkpoints' printed table."""
     cells = next(ln.split() for ln in text.splitlines() if ln.startswith(folder + " "))
-    return int(cells[2]), int(cells[5])
+    return int(cells[2]), int(cells[6])  # folder, step, trained, mean Δℓ, corrected, writes, held-out
 
 
 def test_model_rows_and_checkpoint_rows_never_stand_in_for_each_other(run: dict[str, Any], tmp_path: Path,

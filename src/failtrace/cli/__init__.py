@@ -69,6 +69,7 @@ _COMMAND_MODULES = (
     "failtrace.cli.attribute",
     "failtrace.cli.pipeline",
     "failtrace.cli.status",
+    "failtrace.cli.export",
     "failtrace.cli.show",
     "failtrace.cli.graph",
     "failtrace.cli.analyse",

@@ -1,4 +1,5 @@
-"""``failtrace collect | pairs | export``: the failure pipeline over a results store (``status``: cli/status.py).
+"""``failtrace collect | pairs``: the failure pipeline over a results store (``status`` and ``export``: their own
+modules).
 
 Every command that writes is resumable: rerunning it skips what is already committed. Bad input raises
 :class:`~failtrace.errors.FailtraceError` (one line on stderr, exit code 2).
@@ -14,7 +15,7 @@ from typing import Any, Optional
 import typer
 
 from failtrace.cli import options as opts
-from failtrace.cli.checks import check_output_dir, check_store_path
+from failtrace.cli.checks import check_store_path
 from failtrace.cli.console import console as _console
 from failtrace.cli.console import store_errors as _store_errors
 from failtrace.errors import FailtraceError
@@ -334,10 +335,11 @@ def pairs_command(
         earlier = f"; {count_of(clean_before, 'clean pair')} found by earlier calls" if clean_before else ""
         typer.echo(f"next: failtrace analyse --store {q} (explains the clean pairs{earlier})", err=True)
     elif summary.processed and summary.statuses.get("unbounded") == summary.processed:
+        more = f"a --rollout-tokens above {rollout_tokens}" if rollout_tokens else "`failtrace pairs --rollout-tokens N`"
         typer.echo("next: no clean pair this time: every failure paired now is unbounded (cut at the token budget "
-                   "or the model's context window, so it was not searched); where the budget cut it, `failtrace pairs "
-                   "--rollout-tokens N` continues it to N tokens, or a collection with a larger --max-new-tokens "
-                   "decides it (failtrace status counts them; each pair's reason says which cut it)", err=True)
+                   f"or the model's context window, so it was not searched); where the budget cut it, {more} "
+                   "continues it further, or a collection with a larger --max-new-tokens decides it (failtrace status "
+                   "counts them; each pair's reason says which cut it)", err=True)
     elif summary.processed:
         typer.echo("next: no clean pair this time; a larger --top-k or --max-positions, or --sibling MODEL, may find "
                    "some (failtrace status shows why each failure stopped)", err=True)
@@ -362,42 +364,7 @@ def pair_counts(statuses: dict[str, int]) -> str:
     return ", ".join(f"{statuses[s]} {PAIR_STATUS_TEXT[s][0]}" for s in PAIR_STATUSES if statuses.get(s))
 
 
-def export_command(
-    store: Path = typer.Option(Path(DEFAULT_STORE), "--store", "-s", help="Results store."),
-    fmt: str = typer.Option(..., "--format", "-f", callback=opts.one_of(("parquet", "jsonl"), lower=True),
-                            help="parquet or jsonl."),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for the files (one per table; JSONL joins cases and "
-                                                     "their methods in cases.jsonl)."),
-) -> None:
-    """Write every table of the store to Parquet or JSONL files (one per table; JSONL writes cases with their
-    methods as cases.jsonl)."""
-    from failtrace.store.export import export_names
-    from failtrace.store.store import open_store
-
-    check_store_path(store, create=False)
-    check_output_dir(out, "--out")
-    there = {n for n in export_names(fmt) if (out / n).is_file()}  # what this export replaces or removes: said
-    with _store_errors(store), open_store(store, read_only=True) as st:
-        files = st.export(out, fmt)
-    typer.echo(f"wrote {len(files)} files to {out}: " + ", ".join(f.name for f in files))
-    written = {f.name for f in files}
-    if there & written:
-        typer.echo(f"replaced the files of the same names that were there: {', '.join(sorted(there & written))}")
-    if there - written:
-        typer.echo(f"removed {', '.join(sorted(there - written))} (tables this store does not hold, so the folder "
-                   "does not mix two stores)")
-    from failtrace.views.common import count_of
-
-    other = "jsonl" if fmt == "parquet" else "parquet"
-    left = sorted(n for n in export_names(other) if (out / n).is_file())
-    if left:  # kept: they may be this store's, in the other format; said, since they may be another store's
-        shown = ", ".join(left[:4]) + (f" and {len(left) - 4} more" if len(left) > 4 else "")
-        typer.echo(f"note: {out} also holds {count_of(len(left), other + ' file')} of an earlier "
-                   f"export ({shown}), left as they were: they may be of another store", err=True)
-
-
 def register(app: typer.Typer) -> None:
-    """Add the pipeline commands to the ``failtrace`` app."""
+    """Add collect and pairs to the ``failtrace`` app."""
     app.command("collect")(collect_command)
     app.command("pairs")(pairs_command)
-    app.command("export")(export_command)
