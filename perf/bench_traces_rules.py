@@ -92,7 +92,8 @@ def main() -> None:
         print(f"{which:<16}{sec / nf:>10.1f}{roll / nf:>10.1f}{tok / nf:>9.0f}  {statuses[which]}")
     if failures:
         old, new = cost["without rules"], cost["with rules"]
-        print(f"speed-up x{old[0] / new[0]:.2f} (time), x{old[2] / max(1, new[2]):.2f} (tokens decoded); same pair "
+        tokens = f"x{old[2] / new[2]:.2f}" if new[2] else "n/a: none decoded"
+        print(f"speed-up x{old[0] / new[0]:.2f} (time), {tokens} (tokens decoded); same pair "
               f"and status for {same}/{len(failures)} failures")
 
 
