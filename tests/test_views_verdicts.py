@@ -69,6 +69,13 @@ def _pattern_ev(relevant_sum: float | None, oit: list[int], decidable: bool = Tr
                                                           "segment": "answer", "share": 0.4}]},
      ["'·Water' [4] (the model's answer so far, 40%) is among"], ["(answer,"]),
     ("none", _pattern_ev(-0.5, []), ["below −θ", "no token outside it"], ["(URT)", "(OIT)"]),
+    # a relevant token is the target's strongest supporter (the model copies the instruction's own example): URT
+    # holds on the sum alone, and the sentence says what the sum hides
+    ("URT", {**_pattern_ev(-0.058, []), "top_supporters": [{"position": 3, "relevance": 1.0, "relevant": True,
+                                                            "segment": "instruction", "share": 0.41}]},
+     ["sums to -0.058 (normalised), not below −θ = −0.1: it does not push against the target (URT), in sum only: "
+      "the target's strongest supporter, '·quotes' [3] (41% of the positive relevance), is itself in it"], []),
+    ("URT", _pattern_ev(0.2, []), ["(URT)"], ["in sum only"]),  # the strongest supporter outside: nothing hidden
     ("OIT", {**_pattern_ev(None, [2], decidable=False), "relevant_tokens": 0},
      ["URT is undecided for the relevant segment (instruction) (no content token there)", "(OIT)"], ["sums to"]),
     ("OIT", {**_pattern_ev(None, [2], decidable=False), "relevant_tokens": 4, "relevant_not_finite": 1},

@@ -65,6 +65,11 @@ def pattern_sentence(pattern: str | None, evidence: Mapping[str, Any] | None, to
     elif pattern in ("URT", "URT+OIT"):
         urt = (f"{segs} sum{'s' if one else ''} to {ev['relevant_sum']:+.3f} (normalised), not below −θ = "
                f"−{theta:g}: {'it does' if one else 'they do'} not push against the target (URT)")
+        first = (ev.get("top_supporters") or [{}])[0]
+        if first.get("relevant") and 0 <= first.get("position", -1) < len(tokens):  # what the net sum hides
+            urt += (f", in sum only: the target's strongest supporter, {visible(tokens[first['position']])!r} "
+                    f"[{first['position']}] ({first.get('share', 0):.0%} of the positive relevance), is itself in "
+                    f"{'it' if one else 'them'}, offset by tokens there that push against the target")
     else:
         urt = (f"{segs} sum{'s' if one else ''} to {ev['relevant_sum']:+.3f} (normalised), below −θ = −{theta:g}: "
                f"{'it pushes' if one else 'they push'} against the target")
