@@ -145,6 +145,10 @@ def test_early_stopping_skips_positions_whose_own_prefix_fails(lm: Any) -> None:
     assert res.status == "no_target" and res.positions_decided > 0
     assert res.rollouts + 3 * res.positions_decided == ref.rollouts  # every skipped position had k rollouts
     assert res.positions_walked == min(len(comp), 64) and "prefix already fails" in res.reason
+    live = len(comp) - res.positions_decided if len(comp) <= 64 else 64 - res.positions_decided
+    # the reason names where the prefix fails, and never points at --max-positions, which could not help
+    assert f"the first {live} of {len(comp)} completion positions (from position {live} on" in res.reason
+    assert "max-positions" not in res.reason
 
 
 def test_rollout_budget_resolves_or_keeps_unbounded_failures(lm: Any) -> None:

@@ -159,3 +159,17 @@ def check_rollout_window(settings: PairSettings, model: str, window: int | None)
     if window is not None and settings.rollout_tokens is not None and settings.rollout_tokens > window:
         raise FailtraceError(f"--rollout-tokens {settings.rollout_tokens} is more than {model}'s context window "
                              f"({window} tokens); give {window} or less (the prompt shares the window)")
+
+
+def check_models(settings: PairSettings, loaded: Any, helper: Any | None) -> None:
+    """A sibling must share the model's tokenizer (its tokens are forced into the model), and --top-k must be below
+    the vocabulary (the alternatives exclude the target)."""
+    if helper is not None and not same_tokenizer(loaded.tokenizer, helper.tokenizer):
+        raise FailtraceError(
+            f"--sibling {helper.name} uses a different tokenizer than {loaded.name} (their vocabularies "
+            f"differ); the sibling must share the model's tokenizer so its tokens can be forced into the model"
+        )
+    vocab = getattr(getattr(loaded.model, "config", None), "vocab_size", None)
+    if isinstance(vocab, int) and settings.top_k >= vocab:
+        raise FailtraceError(f"--top-k {settings.top_k} is not below {loaded.name}'s vocabulary of {vocab} "
+                             f"tokens (the alternatives exclude the target); give at most {vocab - 1}")

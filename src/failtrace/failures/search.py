@@ -40,7 +40,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from failtrace.benchmarks.base import Benchmark, Item
-from failtrace.errors import FailtraceError
 from failtrace.failures.collect import safe_check
 from failtrace.failures.generation import (
     FINISH_EOS,
@@ -54,7 +53,7 @@ from failtrace.failures.generation import (
     rollouts_at,
 )
 from failtrace.failures.order import rank_positions
-from failtrace.failures.pair_types import PairResult, PairSettings, check_rollout_window, same_tokenizer, visible
+from failtrace.failures.pair_types import PairResult, PairSettings, check_models, check_rollout_window, visible
 from failtrace.failures.prefix_rules import FAIL, FINAL, PrefixJudge, fixed_by_text, prefix_text, verdict_key
 from failtrace.failures.search_state import Found, Row, SearchState, fill_pair
 from failtrace.models.limits import context_length
@@ -76,16 +75,8 @@ class PairFinder:
         self.settings = settings or PairSettings()
         self.settings.validate()
         self.helper = helper
-        if helper is not None and not same_tokenizer(loaded.tokenizer, helper.tokenizer):
-            raise FailtraceError(
-                f"--sibling {helper.name} uses a different tokenizer than {loaded.name} (their vocabularies "
-                f"differ); the sibling must share the model's tokenizer so its tokens can be forced into the model"
-            )
+        check_models(self.settings, loaded, helper)  # before any pair run is recorded
         self.eos = eos_token_ids(loaded.model, loaded.tokenizer)
-        vocab = getattr(getattr(loaded.model, "config", None), "vocab_size", None)
-        if isinstance(vocab, int) and self.settings.top_k >= vocab:  # before any pair run is recorded
-            raise FailtraceError(f"--top-k {self.settings.top_k} is not below {loaded.name}'s vocabulary of {vocab} "
-                                 f"tokens (the alternatives exclude the target); give at most {vocab - 1}")
         self.window = context_length(loaded.model)
         check_rollout_window(self.settings, loaded.name, self.window)
 
@@ -362,11 +353,14 @@ class PairFinder:
         res.positions_walked = found.row.p + 1 if found is not None else len(positions)
         if found is not None:
             return self._record(found, state.logits[found.row.p], comp, n, budget, unbounded, res, search, done)
-        capped = walk < m
-        scope = (f"the first {walk} of {m} completion positions (capped by max-positions "
-                 f"{self.settings.max_positions})" if capped else f"all {m} completion positions")
-        if res.positions_decided:
-            scope += f" (the last {res.positions_decided} not rolled out: their prefix {decided})"
+        if res.positions_decided:  # no later position can recover either: more --max-positions would not help
+            scope = (f"the first {len(live)} of {m} completion positions (from position {len(live)} on, the prefix "
+                     f"{decided})")
+        elif walk < m:
+            scope = (f"the first {walk} of {m} completion positions (capped by max-positions "
+                     f"{self.settings.max_positions})")
+        else:
+            scope = f"all {m} completion positions"
         if unbounded:
             return done("unbounded", f"the completion hit the {max_new_tokens}-token limit and no alternative "
                                      f"recovered in {scope}")
