@@ -151,6 +151,35 @@ def test_early_stopping_skips_positions_whose_own_prefix_fails(lm: Any) -> None:
     assert "max-positions" not in res.reason
 
 
+@dataclass
+class EndsWith(ToyBenchmark):
+    """Pass iff the text ends with the needle: a rollout cut at the budget fails, yet more tokens could pass it."""
+
+    def check(self, item: Item, completion: str) -> Verdict:
+        return Verdict("pass" if completion.endswith("\x00never\x00") else "fail")
+
+
+@pytest.mark.parametrize("early_stop", [True, False])
+def test_rollouts_cut_at_the_budget_with_the_verdict_open_are_counted_in_the_reason(lm: Any,
+                                                                                     early_stop: bool) -> None:
+    """A real IFEval failure ("wrap the answer in quotes") was called no_target while its fix, forced, ran to the
+    budget and failed only for the missing closing quote. Not a status change: the reason counts such rollouts,
+    here against naive greedy rollouts of every alternative."""
+    item, prompt, comp = _case(lm, 3)
+    eos = eos_token_ids(lm.model, lm.tokenizer)
+    assert comp[-1] in eos and len(comp) < BUDGET  # a bounded failure: it is searched
+    res = PairFinder(lm, PairSettings(top_k=3, max_positions=4, early_stop=early_stop)).find(
+        EndsWith(), item, prompt, comp, BUDGET, "eos")
+    cut = 0
+    for p in range(4):
+        for a in _top(lm.model, prompt + comp[:p], comp[p], 3):
+            seq = naive_greedy(lm.model, prompt + comp[:p], BUDGET - p, eos, forced=a)
+            cut += len(seq) >= BUDGET - p and seq[-1] not in eos
+    assert res.status == "no_target" and 0 < cut < res.rollouts  # some rollouts stop by themselves, some are cut
+    assert (f"; {cut} rollouts were cut at the {BUDGET}-token rollout budget with the verdict still open (failing "
+            f"so far; their text does not fix it): a larger --rollout-tokens could decide them") in res.reason
+
+
 def test_rollout_budget_resolves_or_keeps_unbounded_failures(lm: Any) -> None:
     item, prompt, full = _case(lm, 1, budget=40)
     eos = eos_token_ids(lm.model, lm.tokenizer)

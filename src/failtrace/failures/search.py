@@ -114,12 +114,6 @@ class PairFinder:
         search.res.checks += 1
         return status
 
-    def _extend(self, prompt: list[int], comp: list[int], budget: int) -> tuple[list[int], str]:
-        """The stored completion continued greedily up to ``budget`` tokens (the rollout budget)."""
-        more = greedy_generate(self.loaded.model, [prompt + comp], budget - len(comp), self.eos,
-                               pad_token_id(self.loaded.tokenizer, self.eos), self.settings.draft_tokens)[0]
-        ids = comp + more.token_ids
-        return ids, finish_reason(ids, self.eos)
 
     def _block_rows(self, block: Sequence[int], comp: list[int], model_top: list[list[int]],
                     helper_top: list[list[int]] | None, vocab: int) -> list[Row]:
@@ -166,6 +160,8 @@ class PairFinder:
                     state["answer"] = j
                 elif status == "unverifiable":
                     unver[rows[j].p] = unver.get(rows[j].p, 0) + 1
+                elif not ended[j][1] and self._open(benchmark, item, rows[j], comp, ended[j][0], budget):
+                    search.cut_open[rows[j].p] = search.cut_open.get(rows[j].p, 0) + 1
                 state["next"] += 1
             return state["answer"] is not None and self.settings.halt_at_answer
 
@@ -199,6 +195,11 @@ class PairFinder:
         ids = comp[:row.p] + seq
         text = prefix_text(self.loaded.tokenizer, ids) if was_stopped else self._text(ids)
         return self._check(benchmark, item, text, search)
+
+    def _open(self, benchmark: Benchmark, item: Item, row: Row, comp: list[int], seq: list[int], budget: int) -> bool:
+        """A failing rollout cut at the budget whose text does not fix its verdict (a cut collection: unbounded)."""
+        cut = len(seq) >= budget - row.p and not (seq and seq[-1] in self.eos)
+        return cut and fixed_by_text(benchmark, item, self.loaded.tokenizer, comp[:row.p] + seq) is None
 
     def _more(self, ids: list[int], budget: int) -> list[int]:
         """Greedy continuation of ``ids`` for at most ``budget`` tokens."""
@@ -244,6 +245,7 @@ class PairFinder:
         # unverifiable rollouts count where in-order search would have checked them: before the answer
         search.res.unverifiable_rollouts = sum(c for p, c in unver.items() if best is None or p <= best.row.p)
         search.res.positions_rolled = len(done)
+        search.note_cut_open(None if best is None else best.row.p, budget)
         return best
 
     def find(self, benchmark: Benchmark, item: Item, prompt_ids: Sequence[int], completion_ids: Sequence[int],
@@ -284,7 +286,8 @@ class PairFinder:
             cut = "the model's context window" if finish == FINISH_WINDOW else f"the {max_new_tokens}-token limit"
             notes.append(f"; the completion was cut at {cut} but {fixed}: a decided failure")
         if unbounded and budget > max_new_tokens and m < budget:
-            longer, why_end = self._extend(prompt, comp, budget)
+            longer = comp + self._more(prompt + comp, budget - len(comp))  # continued to the rollout budget
+            why_end = finish_reason(longer, self.eos)
             res.continued, res.continued_tokens = "length", len(longer)
             res.tokens_decoded += len(longer) - len(comp)  # the continuation is decoding too (reported per failure)
             if why_end == FINISH_EOS:

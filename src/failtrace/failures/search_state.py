@@ -40,6 +40,19 @@ class SearchState:
     res: PairResult
     notes: list[str] = field(default_factory=list)  # appended to the reason
     verdicts: dict[str, str] = field(default_factory=dict)  # verdict key -> status, this failure's checks so far
+    # per position: rollouts cut at the rollout budget that fail there though their text does not fix the verdict
+    # (the collection calls such a completion unbounded): said in the reason, since more tokens could decide them
+    cut_open: dict[int, int] = field(default_factory=dict)
+
+    def note_cut_open(self, answer: int | None, budget: int) -> None:
+        """Say in the reason how many rollouts, where in-order search checks them (before the answer position, if
+        any), were cut with the verdict open. Not a status: the checker failed them as cut; said, not hidden."""
+        cut = sum(c for p, c in self.cut_open.items() if answer is None or p <= answer)
+        if cut:
+            where = "" if answer is None else " before the recovery"
+            self.notes.append(f"; {cut} rollout{'s' if cut > 1 else ''}{where} {'were' if cut > 1 else 'was'} cut "
+                              f"at the {budget}-token rollout budget with the verdict still open (failing so far; "
+                              f"their text does not fix it): a larger --rollout-tokens could decide them")
 
     def finish(self, status: str, reason: str, seconds: float) -> PairResult:
         """The result with its status, its reason (plus the notes gathered on the way) and its total time."""
