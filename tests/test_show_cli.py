@@ -451,3 +451,17 @@ def test_where_a_text_stopped_survives_the_terminals_cut(toy: dict[str, Any], tm
         got = {r[0]: r[1:] for r in client.get(f"/api/cases/{case.case_id}").json()["answers"]}
     assert got["with the contrast forced"] == ["other " * 100, forced.strip()]
     assert got["the model wrote"] == ["word " * 100, "[stopped at the token budget]"]
+    # a forced answer longer than its scroll box (a real one passed on "******" in its 7th line): the HTML views
+    # say how many lines it has, show prints it whole on one line
+    many = "\n".join(map(str, range(1, 7))) + "\n******\n****"
+    with duckdb.connect(str(store)) as con:
+        con.execute("UPDATE pairs SET recovered_completion = ? WHERE item_id = ?", [many, case.item_id])
+    with TestClient(create_app(store), base_url="http://127.0.0.1") as client:
+        got = {r[0]: r[1:] for r in client.get(f"/api/cases/{case.case_id}").json()["answers"]}
+    assert got["with the contrast forced"] == [many, forced.strip() + " · 8 lines: scroll the box for the rest"]
+    assert got["the model wrote"] == ["word " * 100, "[stopped at the token budget]"]  # one line: no count
+    assert main(["report", "--store", str(store), "--out", str(tmp_path / "rep")]) == 0
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert f'{forced.strip()} · 8 lines: scroll the box for the rest</span>' in page
+    code, out, _ = _show(capsys, monkeypatch, "--store", str(store), "--case", case.case_id)
+    assert "scroll" not in out and "1↵2↵3↵4↵5↵6↵******↵****" in out

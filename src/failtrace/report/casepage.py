@@ -25,8 +25,8 @@ from failtrace.report.evidence import dl as evidence
 from failtrace.report.figures import CATEGORY_COLORS, PATTERN_COLORS
 from failtrace.views.verdicts import category_sentence, pattern_sentence
 from failtrace.report.tables import Overrides, effective_category, methods_of
-from failtrace.views.common import (CLIP, SUM_NOTE, WHITE_TEXT_ABOVE, answer_parts, heat_ink, masked_caption,
-                                    masked_rows, mix)
+from failtrace.views.common import (CLIP, SUM_NOTE, WHITE_TEXT_ABOVE, answer_parts, box_note, heat_ink,
+                                    masked_caption, masked_rows, mix)
 
 # One colour per segment name (failtrace.analysis.segments.SEGMENT_NAMES, in order), so "query" is the same colour
 # in every case, the legend, and the explorer (which gets this map from /api/meta).
@@ -261,9 +261,9 @@ def _ablation(case: Case, ablation: tuple[str, AblationView] | None) -> str:
 
 def _answers(answer: dict[str, Any] | None) -> str:
     """What the model wrote, the checker's reason and the answer with the contrast forced (views.common)."""
-    rows = answer_parts(answer)  # the note (where a text stopped) below its scroll box, always in view
+    rows = [(k, v, box_note(v, n)) for k, v, n in answer_parts(answer)]  # notes below the scroll box, in view
     return ('<dl class="answers">' + "".join(f'<dt>{esc(k)}</dt><dd><div class="text">{esc(v)}</div>'
-                                              + (f'<span class="cut">{esc(n.strip())}</span>' if n else "") + "</dd>"
+                                              + (f'<span class="cut">{esc(n)}</span>' if n else "") + "</dd>"
                                               for k, v, n in rows) + "</dl>" if rows else "")
 
 

@@ -378,6 +378,18 @@ def prose_line(text: str) -> str:
     return "".join(" " if ch == " " else visible(ch) for ch in text)
 
 
+BOX_LINES = 6  # lines of text the report's and the explorer's answer boxes show before they scroll (9.5em)
+
+
+def box_note(text: str, note: str) -> str:
+    """The note under an answer in the HTML views, whose boxes scroll: :func:`answer_parts`' note, then the text's
+    line count where it is more than a box shows, so a reader knows the part that makes a forced answer pass may be
+    further down (``show`` prints the whole text on one line)."""
+    n = text.count("\n") + 1
+    return " · ".join(x for x in (note.strip(), f"{n} lines: scroll the box for the rest" if n > BOX_LINES else "")
+                      if x)
+
+
 def answer_parts(answer: dict[str, Any] | None) -> list[tuple[str, str, str]]:
     """A case's context from the stages before it, as (label, text, note) rows every view prints the same way: what
     the model wrote, why the checker failed it, and what forcing the contrast gave instead (which passed the checker)
