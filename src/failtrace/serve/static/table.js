@@ -6,7 +6,7 @@
   var COLS = [["item_id", "item"], ["benchmark", "benchmark"], ["model", "model"], ["verdict", "verdict"],
               ["pair_status", "pair"], ["target_text", "target"], ["contrast_text", "contrast"],
               ["delta_logit", "Δℓ"], ["k_star", "k*"], ["category", "category"], ["pattern", "pattern"],
-              ["n_tokens", "tokens", "answer tokens"]];  // the whole completion (a case page counts its context)
+              ["n_tokens", "answer tokens", "answer tokens (the whole completion; a case page counts its context)"]];
   // [min key, max key, label, input attributes]: the API's bounds (k* a whole number of tokens, Δℓ within ±1e9)
   var RANGES = [["dl_min", "dl_max", "Δℓ range", {step: "any", min: "-1e9", max: "1e9"}],
                 ["k_min", "k_max", "k* (attnlrp)", {step: "1", min: "0", max: "100000"}]];
