@@ -266,6 +266,13 @@ def test_an_item_without_a_case_says_where_it_stopped(toy: dict[str, Any], tmp_p
     code, _, err = _show(capsys, monkeypatch, "--store", str(toy["store"]), "--item", item)
     assert code != 0 and f"found no clean pair: {pairs[item]['status']} (" in err
     assert " ".join(pairs[item]["reason"].split())[:40] in err and len(err.strip().splitlines()) == 1
+    long = tmp_path / "long.duckdb"  # a real reason of 340 characters was cut mid-phrase at 200, without a mark
+    shutil.copy(toy["store"], long)
+    for reason, end in (("why " * 85 + "end", "why why end)"), ("why " * 200, "why why why…)")):  # longer: marked
+        with open_store(long) as st:
+            st.con.execute("UPDATE pairs SET reason = ? WHERE item_id = ?", [reason, item])
+        _, _, err = _show(capsys, monkeypatch, "--store", str(long), "--item", item)
+        assert err.rstrip().endswith(end), err
     rigged = tmp_path / "rigged.duckdb"  # a reason can quote a checker's or worker's text: never raw controls
     shutil.copy(toy["store"], rigged)
     with open_store(rigged) as st:

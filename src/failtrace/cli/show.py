@@ -132,9 +132,9 @@ def _why_no_case(st: Any, item: str, benchmark: str | None) -> str:
     if status == "clean":
         return ("its pair is clean, but the newest analysis has no case of it (not analysed yet, analysed with "
                 "--limit, or its analysis failed: failtrace analyse says which)")
-    from failtrace.views.common import prose_line  # a reason can quote a checker's or a worker's text
+    from failtrace.views.common import clipped_text, prose_line  # a reason can quote a checker's or a worker's text
 
-    said = prose_line(" ".join(str(reason or "").split())[:200])
+    said = clipped_text(prose_line(" ".join(str(reason or "").split())), most=500)  # cut with '…', if at all
     return f"it failed, and its pair search found no clean pair: {status} ({said})"
 
 
