@@ -41,3 +41,36 @@ def test_segment_labels_reach_aa_with_white_text() -> None:
     assert set(SEGMENT_COLORS) < set(SEGMENT_LABEL_COLORS)
     for name, colour in SEGMENT_LABEL_COLORS.items():
         assert _ratio(colour, "#ffffff") >= 4.5, (name, colour)
+
+
+def _lab(c: str) -> tuple[float, float, float]:
+    """CIELAB (D65) of an sRGB hex colour, from the published formulas."""
+    def lin(x: float) -> float:
+        return x / 12.92 if x <= 0.04045 else ((x + 0.055) / 1.055) ** 2.4
+    r, g, b = (lin(int(c.lstrip("#")[i:i + 2], 16) / 255) for i in (0, 2, 4))
+    x = (0.4124 * r + 0.3576 * g + 0.1805 * b) / 0.95047
+    y = 0.2126 * r + 0.7152 * g + 0.0722 * b
+    z = (0.0193 * r + 0.1192 * g + 0.9505 * b) / 1.08883
+
+    def f(t: float) -> float:
+        return t ** (1 / 3) if t > 0.008856 else 7.787 * t + 16 / 116
+    return 116 * f(y) - 16, 500 * (f(x) - f(y)), 200 * (f(y) - f(z))
+
+
+def test_segment_underlines_are_told_apart() -> None:
+    """A real IFEval case's answer (fuchsia) and instruction (violet) underlines read as one colour (ΔE*76 = 32);
+    HumanEval's instruction and examples (violet, indigo: 14) and system prompt and docstring (two oranges: 18) were
+    closer still. Every two segment colours now lie at least 20 apart, and the answer, in every case beside the
+    relevant segment, at least 40 from each other segment."""
+    import itertools
+    import math
+
+    assert _lab("#ffffff") == pytest.approx((100.0, 0.0, 0.0), abs=0.05)  # the reference white
+    assert math.dist(_lab("#000000"), _lab("#ffffff")) == pytest.approx(100.0, abs=0.05)
+    close = [(a, b, round(math.dist(_lab(SEGMENT_COLORS[a]), _lab(SEGMENT_COLORS[b])), 1))
+             for a, b in itertools.combinations(SEGMENT_COLORS, 2)
+             if math.dist(_lab(SEGMENT_COLORS[a]), _lab(SEGMENT_COLORS[b])) < 20]
+    assert not close, close
+    answer = _lab(SEGMENT_COLORS["answer"])
+    near = {n: round(math.dist(answer, _lab(c)), 1) for n, c in SEGMENT_COLORS.items() if n != "answer"}
+    assert min(near.values()) >= 40, near
