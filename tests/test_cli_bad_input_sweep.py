@@ -457,3 +457,23 @@ def test_analyse_on_a_version_1_store_migrates_it_and_analyses(toy: dict[str, An
     assert con.execute("SELECT max(version) FROM schema_version").fetchone()[0] == 4
     assert con.execute("SELECT count(*) FROM case_methods WHERE len(flip_tops) = len(flip_curve)").fetchone()[0] == 1
     con.close()
+
+
+def test_collect_item_names_only_its_own_problems(toy: dict[str, Any], tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """`collect --item 1` warned about every record of the file it skipped (a user saw IFEval's letter_frequency
+    warnings for lines they never chose); now one note counts them, and asking for a skipped record shows why."""
+    good = {"prompt": "Say hi", "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]}
+    bad = {"key": 3, "prompt": "Count", "instruction_id_list": ["keywords:letter_frequency"],
+           "kwargs": [{"letter": "#", "let_frequency": 2, "let_relation": "at least"}]}
+    data = tmp_path / "items.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ({**good, "key": 1}, {**good, "key": 2}, bad)))
+    argv = ["collect", "-b", "ifeval", "-d", str(data), "-m", str(toy["model_dir"]), "--no-progress",
+            "--max-new-tokens", "2", "-s", str(tmp_path / "s.duckdb")]
+    assert main([*argv, "--item", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "warning" not in err and f"note: 1 other record(s) of {data} were skipped" in err
+    assert main([*argv, "--item", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "warning: line 3: keywords:letter_frequency does not accept letter='#'" in err
+    assert err.rstrip().splitlines()[-1].startswith("error: no item '3' in")

@@ -79,12 +79,21 @@ def collect_command(
         raise FailtraceError(f"--ifeval-mode is for --benchmark ifeval, not {benchmark}")
     bench = resolve_benchmark(benchmark, options={"mode": ifeval_mode} if ifeval_mode else None)
     report = bench.load(data, None if item else limit)
-    _warn_problems(report.problems)
+    if not item or not report.items:
+        _warn_problems(report.problems)
     if not report.items:
         raise FailtraceError(f"no {benchmark} items could be loaded from {data}"
                              f"{' (' + str(len(report.problems)) + ' problems above)' if report.problems else ''}")
     if item:
-        report.items = _chosen_items(report.items, item, data)[:limit]
+        try:
+            report.items = _chosen_items(report.items, item, data)[:limit]
+        except FailtraceError:
+            _warn_problems(report.problems)  # a skipped record may be the one asked for: why it is not there
+            raise
+        if report.problems:  # every chosen item loaded: the skipped records are others
+            _console(stderr=True).print(f"note: {len(report.problems)} other record(s) of {data} were skipped "
+                                        "(collect without --item lists why)", markup=False, highlight=False,
+                                        soft_wrap=True)
     _warn_problems(caveats(bench, report.items))
     if workers is not None:
         summary = _collect_on_ray(bench, report.items, store, model, dtype, device, workers, ray_address,
