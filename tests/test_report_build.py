@@ -78,15 +78,22 @@ def test_table1_matches_status_rows_and_cases(built):
             continue
         assert int(g["clean_pairs"]) == r.pairs["clean"]
         assert float(g["clean_rate"]) == pytest.approx(r.pairs["clean"] / r.failed)
+        decidable = r.failed - r.pairs.get("unbounded", 0)  # status's "clean rate decid.": unbounded left out
+        assert (float(g["clean_rate_decidable"]) == pytest.approx(r.pairs["clean"] / decidable) if decidable
+                else g["clean_rate_decidable"] == "")
         # a pair run that has not paired every failure gives a lower bound, as `failtrace status` prints it (≥)
         assert g["clean_rate_is_lower_bound"] == str(sum(r.pairs.values()) < r.failed)
         assert float(g["avg_tokens_per_case"]) == pytest.approx(np.mean([len(c.token_ids) for c in mine]))
     html = index.read_text(encoding="utf-8")
     table1 = html.split('id="table1"', 1)[1].split("</table>", 1)[0]
     bounds = [r for r in rows if r.pair_run_id and sum(r.pairs.values()) < r.failed]
-    assert bounds and table1.count(">≥") == len(bounds)
+    decided = [r for r in bounds if r.failed - r.pairs.get("unbounded", 0) > 0]
+    assert bounds and table1.count(">≥") == len(bounds) + len(decided)  # both rates are lower bounds there
     for r in bounds:
         assert f">≥{100 * r.pairs['clean'] / r.failed:.1f}%</td>" in table1
+    assert any(r.pairs.get("unbounded") for r in rows)  # the two rates differ somewhere: a swap would fail
+    for r in decided:
+        assert f">≥{100 * r.pairs['clean'] / (r.failed - r.pairs.get('unbounded', 0)):.1f}%</td>" in table1
     status = _csv(index.parent / "tables" / "pair_status.csv")
     assert [s["benchmark"] for s in status] == ["ifeval", "math"]
     assert int(status[0]["no_target"]) == 6 and int(status[0]["not_paired"]) == 20 - 18

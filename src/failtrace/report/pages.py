@@ -27,7 +27,7 @@ TABLE1_COLS: list[Col] = [
     ("collection_settings", "collection", "text"), ("pair_settings", "pair settings", "text"),
     ("items", "items", "int"),
     ("failures", "failures", "int"), ("clean_pairs", "clean pairs", "int"), ("clean_rate", "clean rate", "pct≥"),
-    ("cases", "cases analysed", "int"), ("avg_tokens_per_case", "avg tokens / case", "float1"),
+    ("clean_rate_decidable", "clean rate, decidable", "pct≥"), ("cases", "cases analysed", "int"), ("avg_tokens_per_case", "avg tokens / case", "float1"),
     ("passed", "passed", "int"), ("unverifiable", "unverifiable", "int"),
 ]
 STATUS_COLS: list[Col] = ([("benchmark", "benchmark", "text"), ("pair_run_id", "pair run", "code"),
@@ -99,7 +99,8 @@ def summary_section(t: Mapping[str, Any], figs: Mapping[str, str]) -> str:
     status = (html_table(t["pair_status"], STATUS_COLS) if t["pair_status"]
               else '<p class="empty">no pair-finding runs in this store</p>')
     table1 = [{**r, "run": r["pair_run_id"] or "not paired",  # both ids: tables/table1.csv
-               "clean_rate": None if r["clean_rate"] is None else (r["clean_rate"], r["clean_rate_is_lower_bound"])}
+               **{k: None if r[k] is None else (r[k], r["clean_rate_is_lower_bound"])
+                  for k in ("clean_rate", "clean_rate_decidable")}}
               for r in t["table1"]]
     return (
         '<section class="block" id="summary"><h2>Summary</h2>'
@@ -107,7 +108,8 @@ def summary_section(t: Mapping[str, Any], figs: Mapping[str, str]) -> str:
         "the collection run's token budget, and its dtype, thinking mode and checker options when not the defaults "
         "(e.g. IFEval's mode=loose). <b>Failures</b>: items the benchmark's own checker failed. <b>Clean pairs</b>: "
         "failures pinned to a target/contrast token pair whose forced correction passes the checker. <b>Clean "
-        "rate</b> = clean pairs / failures (≥: a lower bound, while some failures are not paired yet). <b>Avg tokens "
+        "rate</b> = clean pairs / failures (≥: a lower bound, while some failures are not paired yet); <b>decidable</b>: "
+        "over the failures not left <i>unbounded</i> (cut at the token budget, never verifiable). <b>Avg tokens "
         "/ case</b>: mean context length (prompt + answer before the wrong token) of the analysed cases.</p>"
         f"{html_table(table1, TABLE1_COLS, tid='table1')}"
         '<h3>Why the other failures are not clean</h3><p class="lead">Status of each failure\'s pair search: '

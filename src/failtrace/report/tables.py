@@ -87,6 +87,8 @@ def table1_rows(status_rows: Sequence[StatusRow], cases: Sequence[Case]) -> list
             "unverifiable": r.unverifiable,
             "clean_pairs": r.pairs.get("clean", 0) if r.pair_run_id else None,
             "clean_rate": r.clean_rate if r.pair_run_id else None,
+            # over the decidable failures (failed minus unbounded), as `failtrace status` prints it beside
+            "clean_rate_decidable": r.decidable_clean_rate if r.pair_run_id else None,
             # failures not paired yet may still be clean: the rate is then a lower bound (status prints ≥)
             "clean_rate_is_lower_bound": r.not_paired > 0 if r.pair_run_id else None,
             "cases": len(mine),
@@ -100,7 +102,8 @@ def table1_rows(status_rows: Sequence[StatusRow], cases: Sequence[Case]) -> list
             "benchmark": mine[0].benchmark, "model": mine[0].model, "run_id": mine[0].run_id,
             "pair_run_id": pair_run_id, "collection_settings": None, "pair_settings": None, "items": None,
             "generated": None, "passed": None, "failures": None,
-            "unverifiable": None, "clean_pairs": None, "clean_rate": None, "clean_rate_is_lower_bound": None,
+            "unverifiable": None, "clean_pairs": None, "clean_rate": None, "clean_rate_decidable": None,
+            "clean_rate_is_lower_bound": None,
             "cases": len(mine),
             "avg_tokens_per_case": _mean([len(c.token_ids) for c in mine]),
             "avg_prompt_tokens": None, "avg_completion_tokens": None,
