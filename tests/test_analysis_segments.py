@@ -118,6 +118,20 @@ def _truth(prompt: str, without: str) -> np.ndarray:
     return lab
 
 
+def test_ifeval_line_breaks_between_instruction_lines_are_instruction():
+    """A real IFEval case labelled the newline tokens between its instruction lines ``query``: one lone query token
+    inside the instruction, counted against URT and OIT as irrelevant text. A break before the task's next sentence,
+    which is query, stays query."""
+    prompt = "Write a story about a cat.\nDo not use any commas.\n\nYour answer must be in lowercase.\nThanks."
+    item = Item(id="x", benchmark="ifeval", prompt=prompt, reference={
+        "instruction_id_list": ["punctuation:no_comma", "change_case:english_lowercase"], "kwargs": [{}, {}]})
+    spans = ifeval_spans(item, prompt)["instruction"]
+    first, second = prompt.index("Do not"), prompt.index("Your answer")
+    assert spans == [(first, second + len("Your answer must be in lowercase."))]  # one span, breaks included
+    inside = {prompt[a:b] for a, b in spans}
+    assert inside == {"Do not use any commas.\n\nYour answer must be in lowercase."}
+
+
 def test_ifeval_rule_agrees_with_prompt_without_instruction():
     """61 real IFEval items (every 9th): character agreement with the human-made instruction-free prompts."""
     accs = []

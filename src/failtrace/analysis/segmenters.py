@@ -156,13 +156,15 @@ def ifeval_spans(item: Any, text: str) -> Spans:
             clause = _trailing_clause(text, s, e, pats, quantities)
             if clause is not None:
                 spans.append(clause)
-    return {"instruction": _merge(spans)}
+    return {"instruction": _merge(spans, text)}
 
 
-def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+def _merge(spans: list[tuple[int, int]], text: str = "") -> list[tuple[int, int]]:
+    """Overlapping spans as one; with ``text``, also spans only whitespace apart (the line break between two
+    instruction lines belongs to them: left out, it was a lone ``query`` token between them)."""
     out: list[tuple[int, int]] = []
     for s, e in sorted(spans):
-        if out and s <= out[-1][1]:
+        if out and (s <= out[-1][1] or (text and text[out[-1][1]:s].isspace())):
             out[-1] = (out[-1][0], max(out[-1][1], e))
         else:
             out.append((s, e))
