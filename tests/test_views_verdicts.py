@@ -137,8 +137,30 @@ def test_show_the_report_and_the_explorer_say_the_same(toy: dict[str, Any], tmp_
     ("eos", "ok."), (None, "ok.")])
 def test_the_answer_row_says_where_a_cut_answer_stopped(finish: str | None, said: str) -> None:
     """An answer cut by the context window was said to stop at the token budget, which a larger budget would lift."""
-    from failtrace.views.common import answer_parts
+    from failtrace.views.answers import answer_parts
 
     label, text, note = answer_parts({"completion": "ok.", "finish_reason": finish})[0]
     assert (label, text + note) == ("the model wrote", said)
 
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    # a real forced IFEval answer that passed "separate two limericks with ******"
+    ("1\n2\n3\n4\n5\n6\n******\n" + "****\n" * 20, "one line, ‹****›, is 20 of its 27 lines"),
+    ("the answer is " + "ha" * 20, "‹ha› repeats 20 times in a row"),
+    ("I think " * 8 + "so", "‹I think › repeats 8 times in a row"),
+    ("Once upon a time a kid rode a bike.\nThe end.", None),  # prose
+    ("```python\ndef f(x):\n    return x + 1\n```", None),  # code
+    ("* This is point 1\n* This is point 2\n* This is point 3\n* a\n* b\n* c", None),  # a list of distinct items
+    ("Title\n" + "-" * 30 + "\nBody.", None),  # a markdown rule is no loop
+    ("p1\n***\np2\n***\np3\n***\np4\n***\np5", None),  # separators between paragraphs: 4 of 9 lines
+    ("I think " * 7 + "so", None),  # seven times: below the loop's eight
+])
+def test_a_degenerate_forced_answer_is_said_to_look_so(text: str, says: str | None) -> None:
+    """A checker passes a loop when the rule it checks holds; a reader of the pair should know its fix is one."""
+    from failtrace.views.answers import answer_parts, degenerate
+
+    assert degenerate(text) == says
+    rows = answer_parts({"recovered": text})
+    assert rows[0] == ("with the contrast forced", text, "  [passes the checker]")
+    assert rows[1:] == ([("the fix looks degenerate", says, "")] if says else [])

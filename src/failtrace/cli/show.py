@@ -176,7 +176,8 @@ def _list_table(cases: list[Any], store: Path, method: str, width: int = 100) ->
 def _print_case(con: Any, c: Any, method: str, answer: dict[str, Any] | None = None) -> None:
     from rich.text import Text
 
-    from failtrace.views.common import answer_parts, clipped_text, prose_line, shown
+    from failtrace.views.answers import answer_parts
+    from failtrace.views.common import clipped_text, prose_line, shown
     from failtrace.views.verdicts import verdict_rows
 
     if method not in c.methods:

@@ -25,8 +25,8 @@ from failtrace.report.evidence import dl as evidence
 from failtrace.report.figures import CATEGORY_COLORS, PATTERN_COLORS
 from failtrace.views.verdicts import category_sentence, pattern_sentence
 from failtrace.report.tables import Overrides, effective_category, methods_of
-from failtrace.views.common import (CLIP, SUM_NOTE, WHITE_TEXT_ABOVE, answer_parts, box_note, heat_ink,
-                                    masked_caption, masked_rows, mix)
+from failtrace.views.answers import answer_parts, box_note
+from failtrace.views.common import CLIP, SUM_NOTE, WHITE_TEXT_ABOVE, heat_ink, masked_caption, masked_rows, mix
 
 # One colour per segment name (failtrace.analysis.segments.SEGMENT_NAMES, in order), so "query" is the same colour
 # in every case, the legend, and the explorer (which gets this map from /api/meta).

@@ -23,8 +23,9 @@ from failtrace.store.cases import answer_of
 from failtrace.store.records import loads
 from failtrace.store.reviews import DECISIONS
 from failtrace.report.evidence import dl as evidence_html
-from failtrace.views.common import (CLIP, MASK_AFTER, MASK_BEFORE, SUM_NOTE, answer_parts, box_note, flip_points,
-                                   k_star_label, masked_caption, top_role)
+from failtrace.views.answers import answer_parts, box_note
+from failtrace.views.common import (CLIP, MASK_AFTER, MASK_BEFORE, SUM_NOTE, flip_points, k_star_label, masked_caption,
+                                   top_role)
 from failtrace.views.verdicts import category_sentence, pattern_sentence
 
 
@@ -143,7 +144,7 @@ def case_detail(con: Any, case_id: str, reviews_table: bool) -> dict[str, Any] |
         # the log keeps every decision on the pair; the newest accept or reject is the one in force
         "decision": next((r for r in reviews if r["decision"] in DECISIONS), None),
         # what the model wrote, the checker's reason, the answer with the contrast forced, each with its notes
-        # (where the text stopped: views.common.answer_parts; how long it is), drawn outside the text's scroll box
+        # (where the text stopped: views.answers.answer_parts; how long it is), drawn outside the text's scroll box
         "answers": [[label, text, box_note(text, note)] for label, text, note in
                     answer_parts(answer_of(con, c["run_id"], c["pair_run_id"], c["item_id"]))],
         "alternatives": alt_rows(read_alternatives(con, case_id), c["target_id"], c["contrast_id"]),

@@ -16,7 +16,6 @@ import numpy as np
 
 from failtrace.attribution.normalize import normalize
 from failtrace.attribution.record import Attribution, visible
-from failtrace.store.records import FINISH_LENGTH, FINISH_WINDOW
 from failtrace.views.contrast import WHITE as WHITE_INK
 from failtrace.views.contrast import white_or_black
 
@@ -376,36 +375,3 @@ def prose_line(text: str) -> str:
     """Prose on one terminal line: spaces stay spaces, a newline is '↵', every other control character a symbol
     (:func:`visible`), so that a model's answer can never move the cursor."""
     return "".join(" " if ch == " " else visible(ch) for ch in text)
-
-
-BOX_LINES = 6  # lines of text the report's and the explorer's answer boxes show before they scroll (9.5em)
-
-
-def box_note(text: str, note: str) -> str:
-    """The note under an answer in the HTML views, whose boxes scroll: :func:`answer_parts`' note, then the text's
-    line count where it is more than a box shows, so a reader knows the part that makes a forced answer pass may be
-    further down (``show`` prints the whole text on one line)."""
-    n = text.count("\n") + 1
-    return " · ".join(x for x in (note.strip(), f"{n} lines: scroll the box for the rest" if n > BOX_LINES else "")
-                      if x)
-
-
-def answer_parts(answer: dict[str, Any] | None) -> list[tuple[str, str, str]]:
-    """A case's context from the stages before it, as (label, text, note) rows every view prints the same way: what
-    the model wrote, why the checker failed it, and what forcing the contrast gave instead (which passed the checker)
-    (``store.cases.case_answers``); ``note`` says where a text stopped, and stays when a view cuts the text. A value
-    an old store lacks is left out."""
-    if not answer:
-        return []
-    rows = []
-    if answer.get("completion") is not None:
-        cut = {FINISH_LENGTH: " [stopped at the token budget]",
-               FINISH_WINDOW: " [stopped at the model's context window]"}.get(answer.get("finish_reason") or "", "")
-        rows.append(("the model wrote", answer["completion"], cut))
-    if answer.get("reasons"):
-        rows.append(("the checker said", "; ".join(str(r) for r in answer["reasons"]), ""))
-    if answer.get("recovered") is not None:
-        rows.append(("with the contrast forced", answer["recovered"],
-                     "  [passes the checker as cut at the rollout budget: it did not stop]"
-                     if answer.get("recovered_cut") else "  [passes the checker]"))
-    return rows
