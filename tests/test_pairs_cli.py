@@ -156,3 +156,28 @@ def test_pair_counts_and_progress_name_statuses_as_every_view(tmp_path: Path, mo
     assert pair_counts({}) == ""
     assert [s for s in PAIR_STATUSES if PAIR_STATUS_TEXT[s][0] != s] == ["no_target", "no_contrast",
                                                                           "weak_preference"]
+
+
+def test_pairs_progress_says_how_far_a_long_failure_has_got(tmp_path: Path, models: tuple[Path, Path, Path],
+                                                            capsys: pytest.CaptureFixture[str],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real HumanEval+ failure took 150 s while the bar sat at 0/1: the bar now says the failure's rollouts and
+    tokens so far (off a terminal, a line at most every 10 s; every block here). The last such line of a failure
+    counts what its stored pair row counts."""
+    import re
+
+    from failtrace.progress import Bar
+
+    monkeypatch.setattr(Bar, "STATUS_EVERY_S", 0.0)
+    store = _collected(tmp_path, models[0], "toy-words", 3, 6)
+    capsys.readouterr()
+    assert main(["pairs", "-s", str(store), "-k", "2", "--max-positions", "2", "--try-unbounded"]) == 0
+    err = capsys.readouterr().err
+    last: dict[str, tuple[int, int]] = {}
+    for item, rollouts, tokens in re.findall(r"\((\S+): (\d+) rollouts, (\d+) tokens so far\)$", err, re.M):
+        last[item] = (int(rollouts), int(tokens))
+    with open_store(store, read_only=True) as st:
+        stored = {r["item_id"]: (r["rollouts"], r["tokens_decoded"]) for r in st.pairs()}
+    assert last and set(last) <= set(stored)
+    for item, (rollouts, tokens) in last.items():
+        assert rollouts == stored[item][0] and tokens <= stored[item][1], (item, last[item], stored[item])

@@ -26,6 +26,7 @@ class Bar:
         self._lines = False
         self._description, self._total, self._done, self._t0 = description, total, 0, time.perf_counter()
         self._every, self._last_line = (self.SUB_STEP_EVERY_S if transient else 0.0), self._t0
+        self._last_status = self._t0
         if enabled and total > 0:
             from rich.console import Console
 
@@ -55,6 +56,20 @@ class Bar:
             tail = f" ({note})" if note else ""
             print(f"{self._description}: {self._done}/{self._total}, {now - self._t0:.0f} s{tail}",
                   file=sys.stderr, flush=True)
+
+    STATUS_EVERY_S = 10.0  # off a terminal, a step's own progress (:meth:`status`) is written at most this often
+
+    def status(self, text: str) -> None:
+        """What the step under way has done so far (one failure's rollouts, which can take minutes): beside the
+        description on a terminal; off one, a line at most every :data:`STATUS_EVERY_S` seconds."""
+        if self._progress is not None:
+            self._progress.update(self._task, description=f"{self._description} · {text}")
+        elif self._lines:
+            now = time.perf_counter()
+            if now - self._last_status >= self.STATUS_EVERY_S:
+                self._last_status = now
+                print(f"{self._description}: {self._done}/{self._total}, {now - self._t0:.0f} s ({text})",
+                      file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self._progress is not None:

@@ -290,6 +290,8 @@ def find_pairs(
         try:
             for row in todo:
                 item = store.get_item(run.benchmark, row["item_id"])
+                finder.on_block = lambda res, item_id=item.id: bar.status(  # a failure can take minutes: said
+                    f"{item_id}: {res.rollouts} rollouts, {res.tokens_decoded} tokens so far")
                 result = pair_one(finder, bench, item, row, budget)
                 if store.write_pair(prun.run_id, run.run_id, item.id, run.benchmark, result.to_dict()):
                     summary.processed += 1

@@ -75,6 +75,7 @@ class PairFinder:
         self.settings = settings or PairSettings()
         self.settings.validate()
         self.helper = helper
+        self.on_block: Any = None  # called with the result so far after each block of rollouts (progress only)
         check_models(self.settings, loaded, helper)  # before any pair run is recorded
         self.eos = eos_token_ids(loaded.model, loaded.tokenizer)
         self.window = context_length(loaded.model)
@@ -176,6 +177,8 @@ class PairFinder:
         search.res.tokens_decoded += sum(len(q) for q in seqs)
         search.res.rollouts_stopped += sum(k == FAIL for k in kinds.values())
         search.res.rollouts_final += sum(k == FINAL for k in kinds.values())
+        if self.on_block is not None:
+            self.on_block(search.res)
         if state["answer"] is None:
             return None, unver
         j = state["answer"]
