@@ -700,3 +700,20 @@ def test_report_clips_tokens_as_shown_like_the_other_views() -> None:
     for toks in (["a", "", "\x85" * 12], ["\x9b"] * 15, []):  # a context: its tokens in a row, an empty one as ∅
         text = html.unescape(re.sub(r"<span class=\"ws\">(.*?)</span>", r"\1", shown_clipped(toks, True)))
         assert text == clipped_text("".join(map(shown, toks)), keep_end=True), toks
+
+
+def test_a_segment_bar_over_fewer_cases_says_its_own_n(tmp_path, monkeypatch):
+    """The legend's n is the category's case count, yet a segment's bar averages only the cases that have the segment
+    (a real M-IA 'answer' bar came from 1 of 3 cases): such a bar now carries its own n; a full bar carries none."""
+    import failtrace.report.figures as F
+
+    rows = [{"benchmark": "ifeval", "method": "attnlrp", "category": "M-IA", "segment": s, "cases": n,
+             "mean_normalised_relevance": v} for s, n, v in (("query", 3, 0.2), ("answer", 1, 0.5),
+                                                             ("instruction", 2, -0.3))]
+    seen = {}
+    monkeypatch.setattr(F, "_save", lambda fig, path: seen.setdefault("fig", fig) and path)
+    F.segments_figure(rows, "ifeval", tmp_path / "s.png")
+    ax = seen["fig"].axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["M-IA (n=3)"]
+    labels = sorted((t.get_text(), round(t.get_position()[1], 3)) for t in ax.texts)
+    assert labels == [("n=1", 0.5), ("n=2", -0.3)]

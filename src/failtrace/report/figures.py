@@ -154,6 +154,9 @@ def segments_figure(rows: Sequence[Mapping[str, Any]], benchmark: str, path: Pat
                 ns.append(hit[0]["cases"])
         n = max(ns) if ns else 0
         ax.bar(xs, ys, width=width * 0.92, color=_color(cat, CATEGORY_COLORS, ci), label=f"{cat} (n={n})")
+        for x, y, k in zip(xs, ys, ns):  # a mean over fewer cases than the legend's n (the segment is missing from
+            if k < n:                    # some: e.g. no answer before the target) says its own n
+                ax.text(x, y, f"n={k}", ha="center", va="bottom" if y >= 0 else "top", fontsize=7, color="#374151")
     ax.axhline(0, color="#111", lw=0.8)
     ax.set_xticks(range(len(segs)), segs)
     ax.set_ylabel("mean Σ R / max|R|\n(max over tokens, special ids left out)", fontsize=9)
