@@ -181,3 +181,21 @@ def test_pairs_progress_says_how_far_a_long_failure_has_got(tmp_path: Path, mode
     assert last and set(last) <= set(stored)
     for item, (rollouts, tokens) in last.items():
         assert rollouts == stored[item][0] and tokens <= stored[item][1], (item, last[item], stored[item])
+
+
+def test_no_clean_pair_with_rollouts_cut_open_points_at_the_rollout_budget(
+        tmp_path: Path, models: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real quote-wrapping IFEval fix failed only because the budget cut it before its closing quote; the hint
+    pointed at --top-k and --max-positions alone. It now counts such failures and names --rollout-tokens."""
+    import failtrace.failures.pairs as P
+
+    store = _collected(tmp_path, models[0], "toy-words", 3, 6)
+    capsys.readouterr()
+    for cut, says in ((2, "; 2 of them had rollouts cut at the rollout budget with the verdict open, which a larger "
+                          "--rollout-tokens may decide (failtrace status"), (0, "may find some (failtrace status")):
+        monkeypatch.setattr(P, "find_pairs", lambda *a, cut=cut, **k: P.PairsSummary(
+            pair_run_ids=[], failures=3, processed=3, statuses={"no_target": 3}, cut_open=cut))
+        assert main(["pairs", "-s", str(store), "--no-progress"]) == 0
+        err = capsys.readouterr().err
+        assert "next: no clean pair this time; a larger --top-k or --max-positions" in err and says in err, err

@@ -176,6 +176,7 @@ def test_rollouts_cut_at_the_budget_with_the_verdict_open_are_counted_in_the_rea
             seq = naive_greedy(lm.model, prompt + comp[:p], BUDGET - p, eos, forced=a)
             cut += len(seq) >= BUDGET - p and seq[-1] not in eos
     assert res.status == "no_target" and 0 < cut < res.rollouts  # some rollouts stop by themselves, some are cut
+    assert res.rollouts_cut_open == cut  # what pairs' closing hint counts
     assert (f"; {cut} rollouts were cut at the {BUDGET}-token rollout budget with the verdict still open (failing "
             f"so far; their text does not fix it): a larger --rollout-tokens could decide them") in res.reason
 

@@ -344,14 +344,18 @@ def pairs_command(
         earlier = f"; {count_of(clean_before, 'clean pair')} found by earlier calls" if clean_before else ""
         typer.echo(f"next: failtrace analyse --store {q} (explains the clean pairs{earlier})", err=True)
     elif summary.processed and summary.statuses.get("unbounded") == summary.processed:
-        more = f"a --rollout-tokens above {rollout_tokens}" if rollout_tokens else "`failtrace pairs --rollout-tokens N`"
+        more = (f"a --rollout-tokens above {rollout_tokens}" if rollout_tokens
+                else "`failtrace pairs --rollout-tokens N`")
         typer.echo("next: no clean pair this time: every failure paired now is unbounded (cut at the token budget "
                    f"or the model's context window, so it was not searched); where the budget cut it, {more} "
                    "continues it further, or a collection with a larger --max-new-tokens decides it (failtrace status "
                    "counts them; each pair's reason says which cut it)", err=True)
     elif summary.processed:
+        cut = getattr(summary, "cut_open", 0)  # rollouts the budget cut with the verdict open: more tokens first
+        longer = (f"; {cut} of them had rollouts cut at the rollout budget with the verdict open, which a larger "
+                  f"--rollout-tokens may decide" if cut else "")
         typer.echo("next: no clean pair this time; a larger --top-k or --max-positions, or --sibling MODEL, may find "
-                   "some (failtrace status shows why each failure stopped)", err=True)
+                   f"some{longer} (failtrace status shows why each failure stopped)", err=True)
 
 
 def _unfinished_collections(st: Any, run_ids: list[str] | None, benchmark: str | None) -> list[tuple[str, int, int]]:

@@ -114,6 +114,9 @@ class PairResult:
     positions_rolled: int = 0  # walked positions whose rollouts were decoded (in any order)
     judge_position: int | None = None  # completion offset a judge model hinted (None: no judge, or no match)
     seconds_judge: float = 0.0
+    # failing rollouts cut at the budget with the verdict open, where in-order search checks them (said in the
+    # reason and in pairs' closing hint; not a store column)
+    rollouts_cut_open: int = 0
     # a completion that hit the length limit, continued to a larger rollout budget: "pass" (an artefact of the
     # budget), "fail" (a real failure, then searched), "length" (hit that budget too), "unverifiable"; None: not tried
     continued: str | None = None

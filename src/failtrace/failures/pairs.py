@@ -65,6 +65,7 @@ class PairsSummary:
     rollouts: int = 0
     tokens_decoded: int = 0
     seconds: float = 0.0
+    cut_open: int = 0  # failures paired now without a clean pair that left rollouts cut with the verdict open
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -298,6 +299,7 @@ def find_pairs(
                     summary.statuses[result.status] = summary.statuses.get(result.status, 0) + 1
                     summary.rollouts += result.rollouts
                     summary.tokens_decoded += result.tokens_decoded
+                    summary.cut_open += result.status != "clean" and result.rollouts_cut_open > 0
                 if on_pair is not None:
                     on_pair(item.id, result)
                 bar.advance(note=f"{item.id}: {PAIR_STATUS_TEXT[result.status][0]}")

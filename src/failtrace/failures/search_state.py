@@ -47,12 +47,14 @@ class SearchState:
     def note_cut_open(self, answer: int | None, budget: int) -> None:
         """Say in the reason how many rollouts, where in-order search checks them (before the answer position, if
         any), were cut with the verdict open. Not a status: the checker failed them as cut; said, not hidden."""
-        cut = sum(c for p, c in self.cut_open.items() if answer is None or p <= answer)
+        cut = self.res.rollouts_cut_open = sum(c for p, c in self.cut_open.items() if answer is None or p <= answer)
         if cut:
             where = "" if answer is None else " before the recovery"
-            self.notes.append(f"; {cut} rollout{'s' if cut > 1 else ''}{where} {'were' if cut > 1 else 'was'} cut "
+            many = cut > 1
+            self.notes.append(f"; {cut} rollout{'s' if many else ''}{where} {'were' if many else 'was'} cut "
                               f"at the {budget}-token rollout budget with the verdict still open (failing so far; "
-                              f"their text does not fix it): a larger --rollout-tokens could decide them")
+                              f"{'their' if many else 'its'} text does not fix it): a larger --rollout-tokens "
+                              f"could decide {'them' if many else 'it'}")
 
     def finish(self, status: str, reason: str, seconds: float) -> PairResult:
         """The result with its status, its reason (plus the notes gathered on the way) and its total time."""
