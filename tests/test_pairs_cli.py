@@ -199,3 +199,15 @@ def test_no_clean_pair_with_rollouts_cut_open_points_at_the_rollout_budget(
         assert main(["pairs", "-s", str(store), "--no-progress"]) == 0
         err = capsys.readouterr().err
         assert "next: no clean pair this time; a larger --top-k or --max-positions" in err and says in err, err
+
+
+def test_the_summary_counts_each_pair_once_here_and_on_ray() -> None:
+    """pairs here and pairs --workers N count written pairs with one method; the Ray path had no count of the
+    failures whose rollouts the budget cut with the verdict open, so its closing hint never named --rollout-tokens."""
+    from failtrace.failures.pairs import PairResult, PairsSummary
+
+    s = PairsSummary()
+    for status, cut in (("no_target", 3), ("no_target", 0), ("clean", 2), ("weak_preference", 1)):
+        s.add(PairResult(status=status, rollouts=10, tokens_decoded=5, rollouts_cut_open=cut))
+    assert (s.processed, s.rollouts, s.tokens_decoded, s.cut_open) == (4, 40, 20, 2)
+    assert s.statuses == {"no_target": 2, "clean": 1, "weak_preference": 1}

@@ -192,8 +192,14 @@ def test_the_top_token_sentence_claims_only_the_recorded_cases(on_top, recorded,
 
 def test_segment_relevance_matches_recomputation(built):
     index, cases, _rows, _pairs, overrides = built
+    rows = _csv(index.parent / "tables" / "segments.csv")
     got = {(r["benchmark"], r["category"], r["segment"]): (int(r["cases"]), float(r["mean_normalised_relevance"]))
-           for r in _csv(index.parent / "tables" / "segments.csv")}
+           for r in rows}
+    size: dict[tuple[str, str], int] = {}
+    for c in cases:  # the category's case count, whatever segments its cases have
+        cat = overrides[c.case_id]["category"] if c.case_id in overrides else (c.category or "unlabelled")
+        size[(c.benchmark, cat)] = size.get((c.benchmark, cat), 0) + 1
+    assert all(int(r["category_cases"]) == size[(r["benchmark"], r["category"])] for r in rows)
     want: dict[tuple[str, str, str], list[float]] = {}
     for c in cases:
         r = np.array(c.methods["attnlrp"].input_relevance)
@@ -708,12 +714,12 @@ def test_a_segment_bar_over_fewer_cases_says_its_own_n(tmp_path, monkeypatch):
     import failtrace.report.figures as F
 
     rows = [{"benchmark": "ifeval", "method": "attnlrp", "category": "M-IA", "segment": s, "cases": n,
-             "mean_normalised_relevance": v} for s, n, v in (("query", 3, 0.2), ("answer", 1, 0.5),
-                                                             ("instruction", 2, -0.3))]
+             "category_cases": 4, "mean_normalised_relevance": v}
+            for s, n, v in (("query", 3, 0.2), ("answer", 1, 0.5), ("instruction", 2, -0.3))]
     seen = {}
     monkeypatch.setattr(F, "_save", lambda fig, path: seen.setdefault("fig", fig) and path)
     F.segments_figure(rows, "ifeval", tmp_path / "s.png")
     ax = seen["fig"].axes[0]
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["M-IA (n=3)"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["M-IA (n=4)"]  # the category, not a bar's
     labels = sorted((t.get_text(), round(t.get_position()[1], 3)) for t in ax.texts)
-    assert labels == [("n=1", 0.5), ("n=2", -0.3)]
+    assert labels == [("n=1", 0.5), ("n=2", -0.3), ("n=3", 0.2)]

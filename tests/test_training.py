@@ -571,7 +571,9 @@ def test_a_cut_checkpoint_later_in_the_list_fails_before_any_row(run: dict[str, 
 
 def _ckpt_counts(text: str, folder: str) -> tuple[int, int]:
     """(trained, held-out) case counts of ``folder``'s line in compare --checkpoints' printed table."""
-    cells = next(ln.split() for ln in text.splitlines() if ln.startswith(folder + " "))
+    import re  # columns are two or more spaces apart; a cell may hold single spaces ("1 of 2 recorded")
+
+    cells = next(re.split(r"\s{2,}", ln.strip()) for ln in text.splitlines() if ln.startswith(folder + " "))
     return int(cells[2]), int(cells[6])  # folder, step, trained, mean Δℓ, corrected, writes, held-out
 
 

@@ -76,6 +76,11 @@ def _pattern_ev(relevant_sum: float | None, oit: list[int], decidable: bool = Tr
      ["sums to -0.058 (normalised), not below −θ = −0.1: it does not push against the target (URT), in sum only: "
       "the target's strongest supporter, '·quotes' [3] (41% of the positive relevance), is itself in it"], []),
     ("URT", _pattern_ev(0.2, []), ["(URT)"], ["in sum only"]),  # the strongest supporter outside: nothing hidden
+    # the relevant tokens all push towards the target (sum 1.6 above the supporter's 1.0): nothing offsets it
+    ("URT", {**_pattern_ev(1.6, []), "top_supporters": [{"position": 3, "relevance": 1.0, "relevant": True,
+                                                         "segment": "instruction", "share": 0.51}]},
+     ["it does not push against the target (URT); the target's strongest supporter, '·quotes' [3] (51% of the "
+      "positive relevance), is itself in it"], ["in sum only", "offset"]),
     ("OIT", {**_pattern_ev(None, [2], decidable=False), "relevant_tokens": 0},
      ["URT is undecided for the relevant segment (instruction) (no content token there)", "(OIT)"], ["sums to"]),
     ("OIT", {**_pattern_ev(None, [2], decidable=False), "relevant_tokens": 4, "relevant_not_finite": 1},
@@ -155,6 +160,15 @@ def test_the_answer_row_says_where_a_cut_answer_stopped(finish: str | None, said
     ("Title\n" + "-" * 30 + "\nBody.", None),  # a markdown rule is no loop
     ("p1\n***\np2\n***\np3\n***\np4\n***\np5", None),  # separators between paragraphs: 4 of 9 lines
     ("I think " * 7 + "so", None),  # seven times: below the loop's eight
+    # ordinary answers a reviewer found flagged by the first rule (half the lines; a digit or a letter in the span)
+    ("First we compute:\n$$\na = 2\n$$\nThen:\n$$\nb = 3\n$$\nSo:\n$$\n\\boxed{5}\n$$", None),
+    ("Para one here.\n******\nPara two here.\n******\nPara three.\n******", None),
+    ("a\n---\nb\n---\nc\n---", None),
+    ("\\boxed{1000000000000000000}", None),
+    ("[0, 0, 0, 0, 0, 0, 0, 0, 0]", None),
+    ("x = 0b11111111111111111", None),
+    ("- item\n- other\n- item\n- more\n- item\n- last", None),
+    ("def f():\n    if a:\n        if b:\n            return {\n}\n}\n}\n}", None),
 ])
 def test_a_degenerate_forced_answer_is_said_to_look_so(text: str, says: str | None) -> None:
     """A checker passes a loop when the rule it checks holds; a reader of the pair should know its fix is one."""
@@ -164,3 +178,14 @@ def test_a_degenerate_forced_answer_is_said_to_look_so(text: str, says: str | No
     rows = answer_parts({"recovered": text})
     assert rows[0] == ("with the contrast forced", text, "  [passes the checker]")
     assert rows[1:] == ([("the fix looks degenerate", says, "")] if says else [])
+
+
+def test_the_scroll_note_counts_what_the_box_hides() -> None:
+    """Six lines and a final newline fit the box (it said '7 lines'); long lines that wrap past it are said too, by
+    their length (three 500-character paragraphs had no note)."""
+    from failtrace.views.answers import box_note
+
+    assert box_note("a\n" * 6, "") == ""
+    assert box_note("a\n" * 7, " [n] ") == "[n] · 7 lines: scroll the box for the rest"
+    assert box_note("x" * 500, "  [passes]") == "[passes]"  # about five wrapped lines: it fits
+    assert box_note("\n".join(["y" * 500] * 3), "") == "1,502 characters: scroll the box for the rest"

@@ -45,8 +45,8 @@ class Bar:
 
     def advance(self, n: int = 1, note: str = "") -> None:
         """``note`` (e.g. the item and its outcome) is shown on the log line only."""
-        if self._progress is not None:
-            self._progress.advance(self._task, n)
+        if self._progress is not None:  # a step's own status (:meth:`status`) ends with it
+            self._progress.update(self._task, advance=n, description=self._description)
         elif self._lines:
             self._done += n
             now = time.perf_counter()

@@ -23,7 +23,8 @@ tokens, where ``q_j`` is how often its lookup guessed its next token right latel
 every step, whether it drafts or not, compares each row's guess with the tokens greedy decoding then produced.
 ``L = 0`` (a plain step) wins whenever the guesses are poor or the batch is wide; rows stuck in a loop, the
 longest rollouts of a small model, advance up to ``max_draft + 1`` tokens per pass. EOS, budgets and stop callbacks
-are applied token by token, so a row ends exactly where plain decoding ends it. Models with sliding-window layers never draft (:func:`slides`).
+are applied token by token, so a row ends exactly where plain decoding ends it. Models with sliding-window layers
+never draft (:func:`slides`).
 """
 
 from __future__ import annotations

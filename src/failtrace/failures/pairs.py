@@ -67,6 +67,14 @@ class PairsSummary:
     seconds: float = 0.0
     cut_open: int = 0  # failures paired now without a clean pair that left rollouts cut with the verdict open
 
+    def add(self, result: PairResult) -> None:
+        """Count one pair written now (here and on Ray workers alike)."""
+        self.processed += 1
+        self.statuses[result.status] = self.statuses.get(result.status, 0) + 1
+        self.rollouts += result.rollouts
+        self.tokens_decoded += result.tokens_decoded
+        self.cut_open += result.status != "clean" and result.rollouts_cut_open > 0
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -295,11 +303,7 @@ def find_pairs(
                     f"{item_id}: {res.rollouts} rollouts, {res.tokens_decoded} tokens so far")
                 result = pair_one(finder, bench, item, row, budget)
                 if store.write_pair(prun.run_id, run.run_id, item.id, run.benchmark, result.to_dict()):
-                    summary.processed += 1
-                    summary.statuses[result.status] = summary.statuses.get(result.status, 0) + 1
-                    summary.rollouts += result.rollouts
-                    summary.tokens_decoded += result.tokens_decoded
-                    summary.cut_open += result.status != "clean" and result.rollouts_cut_open > 0
+                    summary.add(result)
                 if on_pair is not None:
                     on_pair(item.id, result)
                 bar.advance(note=f"{item.id}: {PAIR_STATUS_TEXT[result.status][0]}")

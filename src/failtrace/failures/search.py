@@ -115,7 +115,6 @@ class PairFinder:
         search.res.checks += 1
         return status
 
-
     def _block_rows(self, block: Sequence[int], comp: list[int], model_top: list[list[int]],
                     helper_top: list[list[int]] | None, vocab: int) -> list[Row]:
         """The rollouts of a block of positions, in the order they are checked: the model's own top-k at each

@@ -152,7 +152,8 @@ def segments_figure(rows: Sequence[Mapping[str, Any]], benchmark: str, path: Pat
                 xs.append(si - 0.4 + width * (ci + 0.5))
                 ys.append(hit[0]["mean_normalised_relevance"])
                 ns.append(hit[0]["cases"])
-        n = max(ns) if ns else 0
+        # the category's case count (rows before it was written: the most cases any of its bars averages)
+        n = max((int(r.get("category_cases") or 0) for r in mine if r["category"] == cat), default=0) or max(ns or [0])
         ax.bar(xs, ys, width=width * 0.92, color=_color(cat, CATEGORY_COLORS, ci), label=f"{cat} (n={n})")
         for x, y, k in zip(xs, ys, ns):  # a mean over fewer cases than the legend's n (the segment is missing from
             if k < n:                    # some: e.g. no answer before the target) says its own n

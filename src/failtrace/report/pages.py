@@ -27,7 +27,8 @@ TABLE1_COLS: list[Col] = [
     ("collection_settings", "collection", "text"), ("pair_settings", "pair settings", "text"),
     ("items", "items", "int"),
     ("failures", "failures", "int"), ("clean_pairs", "clean pairs", "int"), ("clean_rate", "clean rate", "pct≥"),
-    ("clean_rate_decidable", "clean rate, decidable", "pct≥"), ("cases", "cases analysed", "int"), ("avg_tokens_per_case", "avg tokens / case", "float1"),
+    ("clean_rate_decidable", "clean rate, decidable", "pct≥"), ("cases", "cases analysed", "int"),
+    ("avg_tokens_per_case", "avg tokens / case", "float1"),
     ("passed", "passed", "int"), ("unverifiable", "unverifiable", "int"),
 ]
 STATUS_COLS: list[Col] = ([("benchmark", "benchmark", "text"), ("pair_run_id", "pair run", "code"),
@@ -108,9 +109,10 @@ def summary_section(t: Mapping[str, Any], figs: Mapping[str, str]) -> str:
         "the collection run's token budget, and its dtype, thinking mode and checker options when not the defaults "
         "(e.g. IFEval's mode=loose). <b>Failures</b>: items the benchmark's own checker failed. <b>Clean pairs</b>: "
         "failures pinned to a target/contrast token pair whose forced correction passes the checker. <b>Clean "
-        "rate</b> = clean pairs / failures (≥: a lower bound, while some failures are not paired yet); <b>decidable</b>: "
-        "over the failures not left <i>unbounded</i> (cut at the token budget, never verifiable). <b>Avg tokens "
-        "/ case</b>: mean context length (prompt + answer before the wrong token) of the analysed cases.</p>"
+        "rate</b> = clean pairs / failures (≥: a lower bound, while some failures are not paired yet); "
+        "<b>decidable</b>: over the failures not left <i>unbounded</i> (cut at the token budget, never verifiable). "
+        "<b>Avg tokens / case</b>: mean context length (prompt + answer before the wrong token) of the analysed "
+        "cases.</p>"
         f"{html_table(table1, TABLE1_COLS, tid='table1')}"
         '<h3>Why the other failures are not clean</h3><p class="lead">Status of each failure\'s pair search: '
         + "; ".join(f"<i>{esc(label)}</i> — {esc(meaning)}" for label, meaning in
@@ -188,7 +190,8 @@ def _no_cases_hint(t1: Sequence[Mapping[str, Any]], status: Sequence[Mapping[str
         budget = (f" {cut} {'is' if cut == 1 else 'are'} unbounded (cut at the token budget or the model's "
                   "context window, never decided): where the budget cut them, <code>failtrace pairs --rollout-tokens "
                   "N</code> (N above the collection's budget) or collecting with a larger "
-                  "<code>--max-new-tokens</code> can decide them; a cut at the window, only a model with a longer context.") if cut else ""
+                  "<code>--max-new-tokens</code> can decide them; a cut at the window, only a model with a longer "
+                  "context.") if cut else ""
         return ("No cases: the pair search found no clean pair to explain (see <i>Why the other failures are not "
                 "clean</i>)." + budget + " More contrasts may come from a larger <code>--top-k</code> or "
                 "<code>--max-positions</code>, or <code>--sibling MODEL</code>.")

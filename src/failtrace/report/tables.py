@@ -167,14 +167,17 @@ def case_segment_relevance(case: Case, method: str = "attnlrp") -> dict[str, flo
 
 def segment_rows(cases: Sequence[Case], overrides: Overrides | None = None,
                  method: str = "attnlrp") -> list[dict[str, Any]]:
-    """Per benchmark, category and segment: mean normalised segment relevance over the cases that have it."""
+    """Per benchmark, category and segment: mean normalised segment relevance over the cases that have it
+    (``cases``), beside the category's case count (``category_cases``: a segment may be missing from some)."""
     out = []
     for bench in benchmarks_of(cases):
         groups: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
         seg_order: dict[str, None] = {}
+        sizes: dict[str, int] = defaultdict(int)
         for c in cases:
             if c.benchmark != bench:
                 continue
+            sizes[effective_category(c, overrides)] += 1
             for seg, v in case_segment_relevance(c, method).items():
                 seg_order.setdefault(seg, None)
                 groups[effective_category(c, overrides)][seg].append(v)
@@ -184,7 +187,8 @@ def segment_rows(cases: Sequence[Case], overrides: Overrides | None = None,
                 vals = groups[cat].get(seg, [])
                 if vals:
                     out.append({"benchmark": bench, "method": method, "category": cat, "segment": seg,
-                                "cases": len(vals), "mean_normalised_relevance": _mean(vals)})
+                                "cases": len(vals), "category_cases": sizes[cat],
+                                "mean_normalised_relevance": _mean(vals)})
     return out
 
 

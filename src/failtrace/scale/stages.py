@@ -99,7 +99,8 @@ def _cluster(workers: int, address: str | None, pool: WorkerPool | None,
 def _drive(pool: WorkerPool, tasks: list[Task], label: str, on_result: Callable[[Task, Any], None],
            on_error: Callable[[Task], None], max_attempts: int, progress: bool) -> None:
     """The per-item driver loop of every stage: run ``tasks``, commit each result (or given-up item) as it arrives."""
-    bar = progress_bar(progress, f"{label} ({len(pool.actors)} Ray worker{'' if len(pool.actors) == 1 else 's'})", len(tasks))
+    workers = len(pool.actors)
+    bar = progress_bar(progress, f"{label} ({workers} Ray worker{'' if workers == 1 else 's'})", len(tasks))
 
     def ok(task: Task, value: Any) -> None:
         on_result(task, value)
@@ -216,11 +217,7 @@ def _pair_rows(store: ResultsStore, run: Any, todo: list[dict[str, Any]], pool: 
     def commit(item_id: str, result: PairResult) -> None:
         row = rows[item_id]
         if store.write_pair(row["pair_run_id"], run.run_id, item_id, run.benchmark, result.to_dict()):
-            summary.processed += 1
-            summary.statuses[result.status] = summary.statuses.get(result.status, 0) + 1
-            summary.rollouts += result.rollouts
-            if hasattr(summary, "tokens_decoded"):  # the pairs stage's newer summary counts decoded tokens
-                summary.tokens_decoded += int(getattr(result, "tokens_decoded", 0) or 0)
+            summary.add(result)  # as pairs here counts it, the closing hint's cut rollouts included
         if on_pair is not None:
             on_pair(item_id, result)
 

@@ -13,36 +13,43 @@ from failtrace.views.common import clipped_text, prose_line
 
 BOX_LINES = 6  # lines of text the report's and the explorer's answer boxes show before they scroll (9.5em)
 LOOP_REPEATS = 8  # a span of text repeated back to back this many times is a loop
-# a span of 2..40 characters repeated back to back (lazy: the shortest period); one holding no letter or digit, a
-# markdown rule such as "-----" or "*****", is not a loop
+LINE_SHARE, MIN_LINES = 2 / 3, 8  # one line this share of at least this many non-empty lines is a loop
+# a span of 2..40 characters repeated back to back (lazy: the shortest period); one without a letter (a markdown rule
+# "-----", digits "000…", a list "0, 0, 0", closing braces) is not a loop
 _LOOP = re.compile(r"(.{2,40}?)\1{%d,}" % (LOOP_REPEATS - 1), re.S)
 
 
 def degenerate(text: str) -> str | None:
-    """Why a passing answer looks degenerate, or None: one line makes up half of six or more non-empty lines, or a
-    span of 2–40 characters repeats back to back ``LOOP_REPEATS`` times or more. A checker passes such text when the
+    """Why a passing answer looks degenerate, or None: one line makes up ``LINE_SHARE`` of ``MIN_LINES`` or more
+    non-empty lines (a divider between paragraphs, a ``$$`` around formulas stay near half), or a span of 2–40
+    characters with a letter repeats back to back ``LOOP_REPEATS`` times or more. A checker passes such text when the
     rule it checks holds (a separator line, no comma); the pair is still a pair, but a reader should know the fix
     is a loop, not an answer. A heuristic on the text alone: it says what it saw, never more."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if len(lines) >= 6:
+    if len(lines) >= MIN_LINES:
         line, n = Counter(lines).most_common(1)[0]
-        if 2 * n >= len(lines):
+        if n >= LINE_SHARE * len(lines):
             return f"one line, ‹{clipped_text(prose_line(line), most=20)}›, is {n} of its {len(lines)} lines"
     for loop in _LOOP.finditer(text):
         span = loop.group(1)
-        if any(ch.isalnum() for ch in span):
+        if any(ch.isalpha() for ch in span):
             times = len(loop.group(0)) // len(span)
             return f"‹{clipped_text(prose_line(span), most=20)}› repeats {times} times in a row"
     return None
 
 
+BOX_CHARS = 120  # characters a box's line holds at the report's width (about; narrower windows wrap sooner)
+
+
 def box_note(text: str, note: str) -> str:
-    """The note under an answer in the HTML views, whose boxes scroll: :func:`answer_parts`' note, then the text's
-    line count where it is more than a box shows, so a reader knows the part that makes a forced answer pass may be
-    further down (``show`` prints the whole text on one line)."""
-    n = text.count("\n") + 1
-    return " · ".join(x for x in (note.strip(), f"{n} lines: scroll the box for the rest" if n > BOX_LINES else "")
-                      if x)
+    """The note under an answer in the HTML views, whose boxes scroll: :func:`answer_parts`' note, then, where the
+    text is longer than a box shows, its line count (or, for long lines that wrap, its length), so a reader knows
+    the part that makes a forced answer pass may be further down (``show`` prints the whole text on one line)."""
+    lines = text.rstrip("\n").split("\n")
+    wrapped = sum(max(1, -(-len(line) // BOX_CHARS)) for line in lines)
+    more = (f"{len(lines)} lines: scroll the box for the rest" if len(lines) > BOX_LINES else
+            f"{len(text):,} characters: scroll the box for the rest" if wrapped > BOX_LINES else "")
+    return " · ".join(x for x in (note.strip(), more) if x)
 
 
 def answer_parts(answer: dict[str, Any] | None) -> list[tuple[str, str, str]]:

@@ -66,10 +66,12 @@ def pattern_sentence(pattern: str | None, evidence: Mapping[str, Any] | None, to
         urt = (f"{segs} sum{'s' if one else ''} to {ev['relevant_sum']:+.3f} (normalised), not below −θ = "
                f"−{theta:g}: {'it does' if one else 'they do'} not push against the target (URT)")
         first = (ev.get("top_supporters") or [{}])[0]
-        if first.get("relevant") and 0 <= first.get("position", -1) < len(tokens):  # what the net sum hides
-            urt += (f", in sum only: the target's strongest supporter, {visible(tokens[first['position']])!r} "
-                    f"[{first['position']}] ({first.get('share', 0):.0%} of the positive relevance), is itself in "
-                    f"{'it' if one else 'them'}, offset by tokens there that push against the target")
+        if first.get("relevant") and 0 <= first.get("position", -1) < len(tokens):  # what the net sum may hide
+            who = (f"the target's strongest supporter, {visible(tokens[first['position']])!r} [{first['position']}] "
+                   f"({first.get('share', 0):.0%} of the positive relevance), is itself in {'it' if one else 'them'}")
+            offset = float(ev["relevant_sum"]) < float(first.get("relevance", 0.0))  # others there pull it down
+            urt += (f", in sum only: {who}, offset by tokens there that push against the target" if offset
+                    else f"; {who}")
     else:
         urt = (f"{segs} sum{'s' if one else ''} to {ev['relevant_sum']:+.3f} (normalised), below −θ = −{theta:g}: "
                f"{'it pushes' if one else 'they push'} against the target")
