@@ -73,7 +73,7 @@ def fill_pair(res: PairResult, found: Found, row: Any, target: int, n: int, text
     res.target_id, res.target_text = target, text(target)
     res.contrast_id, res.contrast_text = contrast, text(contrast)
     res.contrast_source, res.contrast_rank = found.row.source, found.row.rank
-    # rank among all the model's logits; the target, when above the contrast, counts as one of those above it
+    # rank among the model's alternatives: the logits above the contrast's, the target's (when above) not counted
     higher = int((row > row[contrast]).sum()) - int(bool(row[target] > row[contrast]))
     res.contrast_model_rank = higher + 1
     res.target_logit, res.contrast_logit = float(row[target]), float(row[contrast])
