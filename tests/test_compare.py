@@ -420,3 +420,32 @@ def test_a_context_longer_than_the_model_is_not_scored(cmp: dict[str, Any]) -> N
     assert row["notes"] == [f"context of {n} tokens is longer than this model's {n - 1} positions"]
     lm.model.config.max_position_embeddings = n
     assert rescore(lm, case, item, "", "m", "fp")["mapped"] is True
+
+
+def test_a_target_the_joined_text_splits_otherwise_is_not_scored(cmp: dict[str, Any], bundled: Any) -> None:
+    """Gemma tokenizes "…(s):↵    return" as "↵", "    ", "return", so after a rebuilt context ending in "↵   " its
+    ' return' is a token it would never write there; the row was mapped and its Δℓ compared tokens ranked 517th and
+    6,446th. Such a boundary is now checked, here on the bundled tokenizer and through rescore."""
+    from failtrace.cases.compare import joins_apart
+
+    tok = bundled.tokenizer
+    for prefix, text, apart in (("hello", "world", True), ("The capital of France is", " Paris", False),
+                                ("def f(s):\n   ", " return", False)):
+        ids = tok.encode(prefix, add_special_tokens=False)
+        (one,) = tok.encode(text, add_special_tokens=False)
+        assert joins_apart(tok, prefix, ids, one, text) is apart, (prefix, text)
+    case = next(c for c in cmp["cases"] if "\ufffd" not in c.target_text + c.contrast_text)
+    with open_store(cmp["store"]) as st:
+        item = st.get_item(case.benchmark, case.item_id)
+    lm = load_model(cmp["names"][1], progress=False)  # its own copy: its tokenizer's encode is wrapped below
+    assert rescore(lm, case, item, "ab", "m", "fp")["mapped"] is True  # byte tokens: every join splits the same
+    plain = lm.tokenizer.encode
+
+    def merging(text: str, **kw: Any) -> list[int]:  # a tokenizer that merges the prefix's end with the target
+        ids = plain(text, **kw)
+        return ids[:-2] + [ids[-1]] if text == "ab" + case.target_text else ids
+    lm.tokenizer.encode = merging
+    row = rescore(lm, case, item, "ab", "m", "fp")
+    assert row["mapped"] is False and row["delta_logit"] is None and row["target_id"] is None
+    assert row["notes"][-1] == ("the answer so far and the target tokenize otherwise when joined here: this model "
+                                "would not reach that token from this context")

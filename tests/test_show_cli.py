@@ -472,3 +472,26 @@ def test_where_a_text_stopped_survives_the_terminals_cut(toy: dict[str, Any], tm
     assert f'{forced.strip()} · 8 lines: scroll the box for the rest</span>' in page
     code, out, _ = _show(capsys, monkeypatch, "--store", str(store), "--case", case.case_id)
     assert "scroll" not in out and "1↵2↵3↵4↵5↵6↵******↵****" in out
+
+
+def test_the_across_table_says_why_a_row_is_not_mapped(tmp_path_factory: pytest.TempPathFactory, capsys,
+                                                         monkeypatch) -> None:
+    """show printed 'not mapped' without the row's note (the explorer's API had it): a compare check found a reader
+    of show could not tell why. Each row's notes now follow the table, control characters made visible."""
+    import json
+    import shutil
+
+    from serve_store import compared_toy_store
+
+    info = compared_toy_store(tmp_path_factory.mktemp("show-notes"))
+    store = info["store"].parent / "notes.duckdb"
+    shutil.copy(info["store"], store)
+    with open_store(store) as st:
+        case_id, model = st.con.execute("SELECT case_id, model FROM comparisons WHERE NOT reference AND step IS NULL "
+                                        "ORDER BY case_id LIMIT 1").fetchone()
+        st.con.execute("UPDATE comparisons SET mapped = false, delta_logit = NULL, notes = ? WHERE case_id = ? AND "
+                       "model = ?", [json.dumps(["not one token here: target", "bad\x1b[2J"]), case_id, model])
+    code, out, _ = _show(capsys, monkeypatch, "--store", str(store), "--case", case_id)
+    flat = " ".join(out.split())
+    assert code == 0 and f"note, {model}: not one token here: target; bad␛[2J" in flat, flat[-600:]
+    assert "\x1b" not in out

@@ -3,7 +3,8 @@
 For each case of the first (reference) model: the context is rebuilt from *text* on every other model (the item's
 prompt through that model's chat template, thinking on where the reference's collection had it and the template
 has the mode, then the answer prefix decoded with the reference tokenizer and encoded with the other one); the target
-and contrast are the case's decoded token strings, which must each be exactly one token in the other tokenizer, and the
+and contrast are the case's decoded token strings, which must each be exactly one token in the other tokenizer, the
+answer prefix joined with each must tokenize as the prefix's tokens then that one token (:func:`joins_apart`), and the
 context must fit the other model's positions (else the row says ``mapped=false`` with null ids and a note). On a
 mapped case:
 
@@ -72,6 +73,14 @@ def one_token(tokenizer: Any, text: str) -> int | None:
     return int(ids[0]) if back == text else None
 
 
+def joins_apart(tokenizer: Any, prefix: str, prefix_ids: Sequence[int], token_id: int, text: str) -> bool:
+    """Whether ``prefix + text`` tokenizes otherwise than the prefix's ids then ``text``'s one token: this model
+    would not reach that token from this context (Gemma writes "\n" "    " "return" where the rebuilt context ends in
+    "\n   " and the case's target is " return"), so a Δℓ between two such tokens compares what it never sees."""
+    joined = tokenizer.encode(prefix + text, add_special_tokens=False)
+    return [int(t) for t in joined] != [int(t) for t in prefix_ids] + [int(token_id)]
+
+
 def rebuild_context(tokenizer: Any, item: Any, answer_prefix: str, thinking: bool = False) -> tuple[list[int], int]:
     """(context ids, prompt length) of the item's prompt + answer prefix in another model's tokenisation, its chat
     template's thinking mode as the reference's collection ran (``thinking``)."""
@@ -120,6 +129,11 @@ def rescore(lm: Any, case: Case, item: Any, answer_prefix: str, model_name: str,
     elif target is None or contrast is None or target == contrast:
         which = [n for n, t in (("target", target), ("contrast", contrast)) if t is None] or ["target = contrast"]
         unmapped = f"not one token here: {', '.join(which)}"
+    elif answer_prefix and (apart := [n for n, t, x in (("target", target, case.target_text),
+                                                        ("contrast", contrast, case.contrast_text))
+                                      if joins_apart(tok, answer_prefix, ids[prompt_length:], t, x)]):
+        unmapped = (f"the answer so far and the {' and the '.join(apart)} tokenize otherwise when joined here: "
+                    "this model would not reach that token from this context")
     if unmapped:
         notes.append(unmapped)
         return row | {"mapped": False, "target_id": None, "contrast_id": None, "delta_logit": None,

@@ -298,12 +298,15 @@ def _across_table(rows: list[dict[str, Any]]) -> Any:
     from rich.table import Table
     from rich.text import Text
 
-    from failtrace.views.common import clipped_text, k_star_label, shown, writes
+    from failtrace.views.common import clipped_text, k_star_label, prose_line, shown, writes
 
+    noted = [f"{r['model']}{'' if r.get('step') is None else ' step ' + str(r['step'])}: "
+             + "; ".join(prose_line(str(n)) for n in r["notes"]) for r in rows if r.get("notes")]
     t = Table(title="across models and checkpoints (failtrace compare)", title_justify="left", caption_justify="left",
               caption="corrected: that model prefers the contrast (Δℓ < 0); writes: its top next token there, the "
                       "target, the contrast or neither (— not recorded); k*: none = no flip within K, — = "
-                      "corrected already or not computed; the report's Fig. 4-7 and the explorer draw them")
+                      "corrected already or not computed; the report's Fig. 4-7 and the explorer draw them"
+                      + "".join(f"\nnote, {line}" for line in noted))  # why a row is not mapped, among others
     series = any(r.get("series") for r in rows)  # a checkpoint's finetune run, where its folder does not say it
     for name in ("model", "step", "split", "Δℓ", "corrected", "writes", "k*", *(["run"] if series else [])):
         t.add_column(name, justify="right" if name in ("step", "Δℓ", "k*") else "left")
