@@ -398,6 +398,12 @@ def test_review_names_the_case_of_the_newest_analysis(toy: dict[str, Any], tmp_p
         assert r.status_code == 409 and f"so the contrast pick would never be seen: use its case {case.case_id} " \
             "instead" in r.json()["detail"]
         assert all(rv["case_id"] != old_id for rv in c.get("/api/reviews").json()["reviews"])
+        # an old link opened the older case as if it were current: the payload now says which case is current
+        assert c.get(f"/api/cases/{old_id}").json()["current"] == {"is_current": False, "analysis_id": analysis,
+                                                                   "case_id": case.case_id}
+        assert c.get(f"/api/cases/{case.case_id}").json()["current"] == {"is_current": True,
+                                                                         "analysis_id": analysis,
+                                                                         "case_id": case.case_id}
     from failtrace.cli import main
 
     before = sha256(store)

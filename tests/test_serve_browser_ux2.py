@@ -348,3 +348,27 @@ def test_stage_names_stay_in_view_when_a_wide_graph_scrolls(page: Any, server: d
         assert all(0 <= x < 40 for x in page.evaluate(left)), page.evaluate(left)
     finally:
         page.set_viewport_size({"width": 1360, "height": 900})
+
+
+def test_an_old_case_link_says_which_case_is_current(page: Any, server: dict[str, Any]) -> None:
+    """An old link opened a case of an earlier analysis as if it were current (show refuses the same id and names
+    the current case). The page now says so and links the current case; a current case has no such note."""
+    first, other = server["cases"][0], server["cases"][1]
+    _open(page, server, f"#/case/{other.case_id}", "case")
+    assert page.locator("#stale").count() == 0
+
+    def stale(route: Any) -> None:
+        body = route.fetch().json()
+        body["current"] = {"is_current": False, "analysis_id": "newer", "case_id": other.case_id}
+        route.fulfill(json=body)
+
+    page.route(f"**/api/cases/{first.case_id}", stale)
+    try:
+        _open(page, server, f"#/case/{first.case_id}", "case")
+        note = page.inner_text("#stale")
+        assert note.startswith("This case is from an older analysis of its pair run.")
+        assert page.locator("#stale a").get_attribute("href") == f"#/case/{other.case_id}"
+        page.click("#stale a")
+        _painted(page, "case", other.case_id)
+    finally:
+        page.unroute(f"**/api/cases/{first.case_id}")

@@ -19,7 +19,7 @@ from failtrace.cases.record import MaskingSpec, MethodResult
 from failtrace.cases.alternatives import rows as alt_rows
 from failtrace.errors import FailtraceError
 from failtrace.store.alternatives import read as read_alternatives
-from failtrace.store.cases import answer_of
+from failtrace.store.cases import CURRENT_ANALYSES_SQL, answer_of
 from failtrace.store.records import loads
 from failtrace.store.reviews import DECISIONS
 from failtrace.report.evidence import dl as evidence_html
@@ -95,6 +95,17 @@ def _methods(con: Any, case_id: str, special: list[bool], labels: list[str], mas
     return out
 
 
+def _current(con: Any, c: dict[str, Any]) -> dict[str, Any]:
+    """Whether the case is of its pair run's current analysis (the one status, show and the report use); if not,
+    that analysis's case of the same item (None: it has none), so an old link says where the current one is."""
+    now = dict(con.execute(CURRENT_ANALYSES_SQL).fetchall()).get(c["pair_run_id"])
+    if now == c["analysis_id"]:
+        return {"is_current": True, "analysis_id": now, "case_id": c["case_id"]}
+    row = con.execute("SELECT case_id FROM cases WHERE pair_run_id = ? AND item_id = ? AND analysis_id = ?",
+                      [c["pair_run_id"], c["item_id"], now]).fetchone()
+    return {"is_current": False, "analysis_id": now, "case_id": row[0] if row else None}
+
+
 def case_detail(con: Any, case_id: str, reviews_table: bool) -> dict[str, Any] | None:
     """Everything the case page shows, or None when no such case is stored."""
     c = _one(con, "SELECT * EXCLUDE (token_ids) FROM cases WHERE case_id = ?", [case_id])
@@ -121,7 +132,7 @@ def case_detail(con: Any, case_id: str, reviews_table: bool) -> dict[str, Any] |
                          "WHERE case_id = ? ORDER BY created_at DESC LIMIT 1", [case_id])
     reviews = review_rows(con, c["pair_run_id"], c["item_id"]) if reviews_table else []
     has_graph = con.execute("SELECT count(*) FROM case_graphs WHERE case_id = ?", [case_id]).fetchone()[0] > 0
-    return finite({
+    return finite({"current": _current(con, c),
         "case_id": case_id, "item_id": c["item_id"], "benchmark": c["benchmark"], "model": c["model"],
         "run_id": c["run_id"], "pair_run_id": c["pair_run_id"], "analysis_id": c["analysis_id"],
         "tokens": tokens, "special": special, "prompt_length": c["prompt_length"], "position": c["position"],

@@ -239,6 +239,14 @@
                 ["Δℓ", FT.fmt(c.delta_logit, 4)], ["tokens", c.tokens.length + " (" + c.prompt_length + " prompt)"],
                 ["k* (" + method + ")", kLabel(c.methods[method])],
                 ["contrast from", contrastFrom(c.pair)]];
+      if (c.current && !c.current.is_current) {  // an old link: say which case the other views show instead
+        view.appendChild(el("p", {class: "stale", id: "stale", role: "status"}, [
+          "This case is from an older analysis of its pair run. status, the report and failtrace show use the current one",
+          c.current.case_id ? el("span", {}, [": ", el("a", {href: "#/case/" + c.current.case_id},
+                                                       "case " + c.current.case_id.slice(0, 12) + " \u2192")])
+                            : ", which has no case of this item",
+          ". A category override or a contrast pick made here would never be seen; accept and reject apply to the pair."]));
+      }
       view.appendChild(el("section", {class: "block"}, [
         el("h2", {}, ["Why ", el("span", {class: "pill tgt"}, FT.shown(c.target.text)), " rather than ",
                       el("span", {class: "pill ctr"}, FT.shown(c.contrast.text)), "?"]),
