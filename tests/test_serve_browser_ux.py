@@ -64,7 +64,13 @@ def test_review_writes_keep_the_page_say_saved_and_record_one_row_a_double_click
             before = len(_reviews(server))
             page.locator(button).first.dblclick()
             page.wait_for_function(f"document.querySelector('{status}') && "
-                                   f"document.querySelector('{status}').textContent === 'saved'")
+                                   f"document.querySelector('{status}').textContent.startsWith('saved')")
+            said = page.inner_text(status)  # a contrast pick says what it did not change (it looked like a no-op)
+            assert said == "saved" if decision == "reject" else (
+                said.startswith("saved: a review names ‹") and said.endswith(
+                    " as the better contrast (the review log lists it); the case, its contrast and the exported "
+                    "preference data are unchanged")), said
+            assert page.locator(status).get_attribute("aria-live") == "polite"  # read out by a screen reader
             assert page.evaluate("[document.body.dataset.ready, window.scrollY]") == ["case", y]
             assert page.locator(status).get_attribute("class") == "muted"
             rows = _reviews(server)

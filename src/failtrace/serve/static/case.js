@@ -286,7 +286,7 @@
       box.appendChild(el("p", {class: "muted"}, "not recorded for this case (analysed before failtrace kept them): run failtrace analyse on the store again to add them."));
       return box;
     }
-    var status = el("span", {id: "alt-status", class: "muted"});
+    var status = el("span", {id: "alt-status", class: "muted", "aria-live": "polite"});  // read out when it changes
     var comment = el("input", {type: "text", id: "alt-comment", maxlength: 2000, placeholder: "why this contrast (optional)",
                                "aria-label": "why this contrast (optional comment)"});
     var rows = c.alternatives.map(function (a) {
@@ -301,7 +301,8 @@
         pick.addEventListener("click", function () {
           FT.write(function () {
             return FT.post("/api/cases/" + encodeURIComponent(c.case_id) + "/contrast", {contrast_id: a.token_id, comment: comment.value});
-          }, "alt-status");
+          }, "alt-status", "saved: a review names " + FT.quoted(a.text) + " as the better contrast (the review log lists it); " +
+             "the case, its contrast and the exported preference data are unchanged");
         });
       }
       return el("tr", {"data-token": a.token_id}, [el("td", {class: "n"}, String(a.rank)), el("td", {class: "tx"}, FT.shown(a.text)),
@@ -348,7 +349,7 @@
     // opens on the case's category now (an override keeps its own), so a click cannot set another by accident
     var cat = el("select", {id: "rv-category", "aria-label": "category for an override"}, FT.meta.categories.map(function (k) {
       return el("option", {value: k, selected: k === c.effective_category}, k); }));
-    var status = el("span", {id: "rv-status", class: "muted"});
+    var status = el("span", {id: "rv-status", class: "muted", "aria-live": "polite"});
     function send(path, body) { return function () { return FT.post(path, body); }; }
     function decide(d) {
       return function (ev) {

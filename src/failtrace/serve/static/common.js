@@ -155,12 +155,12 @@ var FT = (function () {
   /* A review write: every write button is disabled until the request settles (a double click records one row);
      then the view is drawn again where the page was and its new status line says "saved"; a refusal is said in
      the status line as an error and the buttons work again. */
-  FT.write = function (send, statusId) {
+  FT.write = function (send, statusId, saved) {  // saved: what the status then says (default "saved")
     var buttons = [].slice.call(document.querySelectorAll("button.write"));
     buttons.forEach(function (b) { b.disabled = true; });
     FT.say(statusId, "saving…");
     return send().then(function () {
-      return FT.redraw().then(function () { FT.say(statusId, "saved"); });
+      return FT.redraw().then(function () { FT.say(statusId, saved || "saved"); });
     }, function (e) {
       buttons.forEach(function (b) { b.disabled = false; });
       FT.say(statusId, e.message || String(e), true);
