@@ -495,3 +495,29 @@ def test_the_across_table_says_why_a_row_is_not_mapped(tmp_path_factory: pytest.
     flat = " ".join(out.split())
     assert code == 0 and f"note, {model}: not one token here: target; bad␛[2J" in flat, flat[-600:]
     assert "\x1b" not in out
+
+
+def test_show_says_the_review_decision_in_force(toy: dict[str, Any], tmp_path: Path, capsys, monkeypatch) -> None:
+    """An explorer walkthrough rejected a pair: export-dpo left it out, yet `show` said nothing of it. The decision
+    in force (the newest accept or reject) is now a line of the case; an older one is not shown."""
+    import shutil
+
+    from failtrace.serve.app import REVIEWS_DDL
+
+    store = tmp_path / "reviewed.duckdb"
+    shutil.copy(toy["store"], store)
+    case = toy["cases"][0]
+    with open_store(store) as st:
+        st.con.execute(REVIEWS_DDL)
+        for n, (decision, when) in enumerate((("reject", "2026-12-07 10:00:00"), ("accept", "2026-12-07 11:00:00"),
+                                              ("reject", "2026-12-07 12:00:00"))):
+            st.con.execute("INSERT INTO reviews (review_id, pair_run_id, item_id, case_id, decision, comment, "
+                           "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           [f"r{n}", case.pair_run_id, case.item_id, case.case_id, decision, f"why {n}\x07", when])
+    code, out, _ = _show(capsys, monkeypatch, "--store", str(store), "--case", case.case_id)
+    flat = " ".join(out.split())
+    assert code == 0 and ("review: the pair was rejected (2026-12-07 12:00:00 UTC: why 2␇); export-dpo and finetune "
+                          "leave it out") in flat, flat[:800]
+    assert "why 1" not in flat and "why 0" not in flat
+    code, out, _ = _show(capsys, monkeypatch, "--store", str(toy["store"]), "--case", case.case_id)
+    assert "review:" not in out  # no reviews table: nothing said

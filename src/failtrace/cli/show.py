@@ -69,10 +69,14 @@ def show_command(
         if item is not None:
             chosen = load_cases(st, benchmark=benchmark, item_id=item)
             why = None if chosen else _why_no_case(st, item, benchmark)
-        across, answers = {}, {}
+        across, answers, review = {}, {}, None
         if case is not None or item is not None:
             from failtrace.store.cases import case_answers
             from failtrace.store.comparisons import load_comparisons
+            from failtrace.store.reviews import decision_in_force
+
+            if chosen:  # the explorer's accept/reject in force on the pair
+                review = decision_in_force(st.con, chosen[0].pair_run_id, chosen[0].item_id)
 
             for r in load_comparisons(st, {c.case_id for c in chosen}):
                 across.setdefault(r["case_id"], []).append(r)
@@ -100,7 +104,7 @@ def show_command(
             raise FailtraceError(f"item {item!r} has {len(chosen)} cases (" + ", ".join(
                 f"{c.case_id[:12]} in {c.benchmark}, pair run {c.pair_run_id[:10]}" for c in chosen)
                 + "); pick one with --case")
-    _print_case(con, chosen[0], method, answers.get(chosen[0].case_id))
+    _print_case(con, chosen[0], method, answers.get(chosen[0].case_id), review)
     if across.get(chosen[0].case_id):
         con.print(_across_table(across[chosen[0].case_id]))
     con.print("The heatmap of every token: failtrace report, failtrace serve (the case page), or this (failtrace "
@@ -173,7 +177,8 @@ def _list_table(cases: list[Any], store: Path, method: str, width: int = 100) ->
     return t
 
 
-def _print_case(con: Any, c: Any, method: str, answer: dict[str, Any] | None = None) -> None:
+def _print_case(con: Any, c: Any, method: str, answer: dict[str, Any] | None = None,
+                review: dict[str, Any] | None = None) -> None:
     from rich.text import Text
 
     from failtrace.views.answers import answer_parts
@@ -198,6 +203,10 @@ def _print_case(con: Any, c: Any, method: str, answer: dict[str, Any] | None = N
                 + (f" (set by hand: {prose_line(str(c.override.get('reason')))}; computed: {c.category})"
                    if c.override else "")
                 + f" · pattern {c.pattern or '—'} · relevant segments: {', '.join(c.relevant_segments) or '—'}")
+    if review is not None:  # the explorer's accept/reject in force on the pair
+        head.append(f"\nreview: the pair was {review['decision']}ed ({review['created_at']} UTC"
+                    + (f": {prose_line(str(review['comment']))}" if review["comment"] else "") + ")"
+                    + ("; export-dpo and finetune leave it out" if review["decision"] == "reject" else ""))
     for label, text, note in answer_parts(answer):  # one line each (↵ for newlines), cut to fit a wide terminal's
         head.append(f"\n{label}: ", style="bold")  # line; the note (where the text stopped) is never cut away
         head.append(clipped_text(prose_line(text), most=max(40, con.width - len(label) - 2 - len(note))) + note)

@@ -12,9 +12,24 @@ from typing import Any
 DECISIONS = ("accept", "reject")  # the review rows that decide on a pair; the newest one is in force
 
 
+def _has_reviews(con: Any) -> bool:
+    return bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'reviews'")
+                .fetchone()[0])
+
+
+def decision_in_force(con: Any, pair_run_id: str, item_id: str) -> dict[str, Any] | None:
+    """The newest accept or reject of one pair (``decision``, ``comment``, ``created_at`` as UTC text), or None."""
+    if not _has_reviews(con):
+        return None
+    row = con.execute("SELECT decision, comment, strftime(created_at, '%Y-%m-%d %H:%M:%S') FROM reviews "
+                      "WHERE pair_run_id = ? AND item_id = ? AND decision IN (?, ?) "
+                      "ORDER BY created_at DESC, review_id DESC LIMIT 1", [pair_run_id, item_id, *DECISIONS]).fetchone()
+    return None if row is None else {"decision": row[0], "comment": row[1], "created_at": row[2]}
+
+
 def rejected_pairs(con: Any) -> set[tuple[str, str]]:
     """(pair run, item) of every pair whose decision in force is reject; empty while no review was written."""
-    if not con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'reviews'").fetchone()[0]:
+    if not _has_reviews(con):
         return set()
     rows = con.execute(
         "SELECT pair_run_id, item_id FROM (SELECT pair_run_id, item_id, decision, row_number() OVER (PARTITION BY "
