@@ -492,9 +492,9 @@ def test_review_mode_records_a_decision(page: Any, server: dict[str, Any]) -> No
     page.wait_for_function("document.body.dataset.ready === 'case' && document.querySelector('#review') && "
                            "document.querySelector('#review').textContent.includes('reject: the contrast')")
     assert "reject: the contrast is also wrong" in page.inner_text("#review")
-    assert re.search(r"\d\d:\d\d:\d\d · reject", page.inner_text("#review"))  # whole seconds, no microseconds
-    assert re.fullmatch(r"pair rejected \(the decision in force, \S+ \d\d:\d\d:\d\d\); export-dpo and finetune "
-                        r"leave it out", page.inner_text("#rv-in-force"))
+    assert re.search(r"\d\d:\d\d:\d\d UTC · reject", page.inner_text("#review"))  # whole seconds, in UTC
+    assert re.fullmatch(r"pair rejected \(the decision in force, \S+ \d\d:\d\d:\d\d UTC\); export-dpo and "
+                        r"finetune leave it out", page.inner_text("#rv-in-force"))
     _shot(page, "review")
     rows = [(x["decision"], x["comment"], x["case_id"])  # as the server holds the file
             for x in _api(server, "api/reviews", "review_base")["reviews"]]
@@ -505,6 +505,14 @@ def test_review_mode_records_a_decision(page: Any, server: dict[str, Any]) -> No
     notes = page.locator("#review .note").all_inner_texts()
     assert notes[0].endswith("accept: on second thought, fine")
     assert notes[1].endswith("reject: the contrast is also wrong (superseded)")
+    for why in ("first override", "second override"):  # an older category override is superseded by the newer
+        page.fill("#rv-comment", why)
+        page.select_option("#rv-category", next(k for k in ("M-IA", "NC-IA+M-AG", "NC-IA+AG")
+                                                if k != page.input_value("#rv-category")))
+        page.click("#rv-override")
+        page.wait_for_function(f"document.querySelector('#review').textContent.includes('{why}')")
+    notes = page.locator("#review .note").all_inner_texts()
+    assert notes[0].endswith(": second override") and notes[1].endswith(": first override (superseded)"), notes
 
 
 def test_api_reference_from_openapi_without_cdn(page: Any, server: dict[str, Any]) -> None:

@@ -332,13 +332,16 @@
 
   FT.views.reviewBox = function (c) {
     var box = el("section", {class: "block", id: "review"}, [el("h3", {}, "Review")]);
-    function when(r) { return String(r.created_at).replace(/\.\d+$/, ""); }
+    function when(r) { return String(r.created_at).replace(/\.\d+$/, "") + " UTC"; }  // the server's clock, in UTC
     // the log keeps every decision; the newest accept or reject (API `decision`) is the one in force
     if (c.decision) box.appendChild(el("p", {id: "rv-in-force"}, [el("strong", {}, "pair " + c.decision.decision + "ed"),
       " (the decision in force, " + when(c.decision) + ")" +
       (c.decision.decision === "reject" ? "; export-dpo and finetune leave it out" : "")]));
+    var newerCategory = false;  // reviews come newest first: an override after the first is superseded by it
     (c.reviews || []).forEach(function (r) {
-      var superseded = (r.decision === "accept" || r.decision === "reject") && r.review_id !== c.decision.review_id;
+      var superseded = ((r.decision === "accept" || r.decision === "reject") && r.review_id !== c.decision.review_id) ||
+                       (r.decision === "category" && newerCategory);
+      if (r.decision === "category") newerCategory = true;
       box.appendChild(el("div", {class: "note" + (superseded ? " muted" : "")}, when(r) + " · " + r.decision + (r.category ? " → " + r.category : "") +
         (r.contrast_id !== null && r.contrast_id !== undefined ? " → " + FT.quoted(r.contrast_text) + " (#" + r.contrast_id + ")" : "") + (r.comment ? ": " + r.comment : "") +
         (superseded ? " (superseded)" : "")));
