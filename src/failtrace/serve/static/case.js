@@ -236,7 +236,7 @@
       })).concat(c.has_graph ? [el("a", {href: "#/graph/" + id, id: "to-graph", class: "to-graph"},
                                    "attribution graph →")] : []));
       var kv = [["item", c.item_id], ["benchmark", c.benchmark], ["model", c.model], ["verdict", c.verdict ? c.verdict.status : "—"],
-                ["Δℓ", FT.fmt(c.delta_logit, 4)], ["tokens", c.tokens.length + " (" + c.prompt_length + " prompt)"],
+                ["Δℓ", FT.fmt(c.delta_logit, 4)], ["context tokens", c.tokens.length + " (" + c.prompt_length + " prompt)"],
                 ["k* (" + method + ")", kLabel(c.methods[method])],
                 ["contrast from", contrastFrom(c.pair)]];
       if (c.current && !c.current.is_current) {  // an old link: say which case the other views show instead

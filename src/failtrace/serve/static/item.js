@@ -52,7 +52,8 @@
   function pairBlock(p) {
     var run = (FT.meta.pair_runs || {})[p.pair_run_id], said = FT.meta.pair_status_text[p.status];
     var rows = [
-      ["pair run", [el("code", {}, p.pair_run_id), run ? el("span", {class: "muted"}, " · " + run.settings) : null]],
+      ["pair run", [el("code", {}, p.pair_run_id), run ? el("span", {class: "muted"}, " · " + run.settings +  // as the facet
+                                                              (run.collection ? " · " + run.collection : "")) : null]],
       ["status", said ? [el("b", {}, said[0]), el("span", {class: "muted"}, " — " + said[1])] : p.status || "—"],
       ["reason", p.reason || "—"],
       ["position", p.position === null || p.position === undefined ? "—" : String(p.position)],
@@ -71,7 +72,7 @@
         FT.crumb([el("span", {}, "item " + it.item_id)]);
         view.textContent = "";
         var kv = [["benchmark", it.benchmark], ["model", it.model], ["verdict", it.status],
-                  ["finish", it.finish_reason || "—"], ["tokens", it.n_tokens === null ? "—" : it.n_tokens],
+                  ["finish", it.finish_reason || "—"], ["answer tokens", it.n_tokens === null ? "—" : it.n_tokens],
                   ["collection run", it.run_id]];
         view.appendChild(el("section", {class: "block"}, [
           el("h2", {}, "Item " + it.item_id),
