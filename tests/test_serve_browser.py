@@ -460,8 +460,10 @@ def test_keyboard_errors_crumbs_and_paging_as_a_user_meets_them(page: Any, serve
     _open(page, server, "#/case/%E0", "case")  # not valid percent-encoding: a message, not a blank page
     assert page.inner_text("#error") == "malformed link: '%E0' is not valid percent-encoding"
     for link, said in (("#/case/", "no case id after #/case/"), ("#/graph/", "no case id after #/graph/"),
-                       ("#/case/..", "'..' is not a case id"), ("#/case/a%2Fb", "'a/b' is not a case id")):
-        _open(page, server, link, link.split("/")[1])  # a bare "404: Not Found" from a path the server does not route
+                       ("#/case/..", "'..' is not a case id"), ("#/case/a%2Fb", "'a/b' is not a case id"),
+                       ("#/item", "an item link needs run_id and item_id"),  # was "422: run_id: String should …"
+                       ("#/item?item_id=x", "an item link needs run_id and item_id")):
+        _open(page, server, link, link.split("/")[1].split("?")[0])  # a bare "404: Not Found" from an unrouted path
         assert page.inner_text("#error").startswith("malformed link: ") and said in page.inner_text("#error"), link
     _open(page, server, "#/nowhere", "nowhere")
     assert page.inner_text("#error") == "unknown view: nowhere"

@@ -128,6 +128,9 @@ var FT = (function () {
     if (!bad && (parts[0] === "case" || parts[0] === "graph") && !/^[0-9A-Za-z_-]{1,64}$/.test(arg))
       bad = arg ? "malformed link: '" + FT.clip(arg, 80) + "' is not a case id (letters, digits, - and _)"
         : "malformed link: no case id after #/" + parts[0] + "/ (the ids: the cases table, or `failtrace show`)";
+    var ps = new URLSearchParams(q >= 0 ? h.slice(q + 1) : "");  // an item link names its run and item: said so, not a 422
+    if (!bad && parts[0] === "item" && !(ps.get("run_id") && ps.get("item_id")))
+      bad = "malformed link: an item link needs run_id and item_id (#/item?run_id=…&item_id=…; open one from the cases table)";
     return {route: parts[0] || "cases", arg: arg, bad: bad, params: new URLSearchParams(q >= 0 ? h.slice(q + 1) : "")};
   };
   FT.go = function (route, arg, params, replace) {
