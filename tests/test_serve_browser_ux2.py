@@ -41,6 +41,12 @@ def test_item_page_reads_as_text_not_json(page: Any, server: dict[str, Any]) -> 
                                                 "t.cells[1].textContent])"))
     p = it["pairs"][0]
     assert rows["position"] == str(p["position"]) and rows["reason"] == p["reason"]
+    # the pair run reads as the facet names it, its collection's budget included; the length is the answer's
+    meta = _api(server, "/api/meta")["pair_runs"][case.pair_run_id]
+    assert rows["pair run"] == f"{case.pair_run_id} · {meta['settings']} · {meta['collection']}" and meta["collection"]
+    kv = dict(page.locator("main .kv > div").evaluate_all("ds => ds.map(d => [d.children[0].textContent, "
+                                                           "d.children[1].textContent])"))
+    assert kv["answer tokens"] == str(it["n_tokens"]) and "tokens" not in kv
     assert rows["target → contrast"] == f"‹{_shown(p['target_text'])}› → ‹{_shown(p['contrast_text'])}›"
     assert rows["status"].startswith(_api(server, "/api/meta")["pair_status_text"][p["status"]][0])
     page.click(f"table.pair[data-pair-run='{case.pair_run_id}'] a.to-case")
