@@ -98,7 +98,9 @@ def _methods(con: Any, case_id: str, special: list[bool], labels: list[str], mas
 def _current(con: Any, c: dict[str, Any]) -> dict[str, Any]:
     """Whether the case is of its pair run's current analysis (the one status, show and the report use); if not,
     that analysis's case of the same item (None: it has none), so an old link says where the current one is."""
-    now = dict(con.execute(CURRENT_ANALYSES_SQL).fetchall()).get(c["pair_run_id"])
+    found = con.execute(f"SELECT analysis_id FROM ({CURRENT_ANALYSES_SQL}) WHERE pair_run_id = ?",  # this pair run
+                        [c["pair_run_id"]]).fetchone()                                        # only, per request
+    now = found[0] if found else None
     if now == c["analysis_id"]:
         return {"is_current": True, "analysis_id": now, "case_id": c["case_id"]}
     row = con.execute("SELECT case_id FROM cases WHERE pair_run_id = ? AND item_id = ? AND analysis_id = ?",
