@@ -180,6 +180,12 @@ def _writes(row: Row) -> str | None:
     return None if found is None else found[1]
 
 
+def corrected_writes(points: Sequence[Row]) -> tuple[int, int]:
+    """Of the corrected points (Δℓ < 0) whose top next token was recorded: (how many, how many write the contrast)."""
+    known = [p["writes"] for p in points if p["corrected"] and p.get("writes") is not None]
+    return len(known), known.count("contrast")
+
+
 def checkpoint_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
     """Fig. 6 (lines): one point per (case, checkpoint) with its Δℓ, series, step and split."""
     out = []
@@ -202,10 +208,10 @@ def checkpoint_summary(rows: Sequence[Row], points: Sequence[Row] | None = None)
     out = []
     for (s, sp, st), ps in sorted(groups.items()):
         v = [p["delta_logit"] for p in ps]
-        known = [p["writes"] for p in ps if p["corrected"] and p.get("writes") is not None]
+        recorded, contrast = corrected_writes(ps)
         out.append({"series": s, "split": sp, "step": st, "cases": len(v), "median_delta_logit": statistics.median(v),
                     "corrected": sum(x < 0 for x in v), "corrected_share": sum(x < 0 for x in v) / len(v),
-                    "writes_recorded": len(known), "writes_contrast": known.count("contrast")})
+                    "writes_recorded": recorded, "writes_contrast": contrast})
     return out
 
 

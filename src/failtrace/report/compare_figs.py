@@ -193,9 +193,9 @@ def _models_section(data: Mapping[str, list[dict[str, Any]]], unmapped: Mapping[
     for m in dict.fromkeys(p["model"] for p in pts):
         mine = [p for p in pts if p["model"] == m]
         fixed = sum(p["corrected"] for p in mine)
-        known = [p["writes"] for p in mine if p["corrected"] and p.get("writes") is not None]
+        recorded, contrast = D.corrected_writes(mine)
         per.append(f"<b>{esc(m)}</b>: {fixed} of {count_of(len(mine), 'case')} corrected (Δℓ &lt; 0)"
-                   + _writes_note(known.count("contrast"), len(known))
+                   + _writes_note(contrast, recorded)
                    + (f", {unmapped.get(m, 0)} not mapped" if unmapped.get(m) else ""))
     html = ('<section class="block" id="across-models"><h2>Across models</h2><p class="lead">Each clean case of the '
             "analysed model re-scored on other models from the same text (<code>failtrace compare --models</code>). "
