@@ -48,13 +48,16 @@ def comparison_table(rows: list[dict], models: list[str], fingerprints: dict[str
 def writes_cell(rows: list[dict]) -> str:
     """How many of the corrected rows (Δℓ < 0) write the contrast (their top next token); "of N recorded" when only
     N of them recorded it (rows stored before schema 4), "-" when none did."""
+    from failtrace.report.compare_data import corrected_writes
     from failtrace.views.common import writes
 
-    corrected = [r for r in rows if r["delta_logit"] is not None and float(r["delta_logit"]) < 0]
-    roles = [w[1] for w in map(writes, corrected) if w is not None]
-    if corrected and not roles:
+    points = [{"corrected": float(r["delta_logit"]) < 0, "writes": (writes(r) or (None, None))[1]}
+              for r in rows if r["delta_logit"] is not None]
+    corrected = sum(p["corrected"] for p in points)
+    recorded, contrast = corrected_writes(points)
+    if corrected and not recorded:
         return "-"
-    return str(roles.count("contrast")) + (f" of {len(roles)} recorded" if len(roles) < len(corrected) else "")
+    return str(contrast) + (f" of {recorded} recorded" if recorded < corrected else "")
 
 
 def checkpoint_table(rows: list[dict], folders: list[str], summary: CheckpointSummary) -> list[list[str]]:
