@@ -64,6 +64,17 @@ def test_analyse_then_rerun_then_override(toy: dict[str, Any], capsys: pytest.Ca
         back = {c.case_id: c for c in load_cases(st)}[target.case_id]
     assert back.effective_category == other and back.category == target.category
     assert back.override["reason"] == "the flip needs a token the model never reads"
+    # back to the computed category removes the override (as --clear does), and says so
+    assert main(["override", "--store", store, "--case", target.case_id, "--category", target.category,
+                 "--reason", "computed after all"]) == 0
+    assert (f"case {target.case_id}: back to its computed category {target.category}; the override was removed"
+            in capsys.readouterr().out)
+    with open_store(toy["store"], read_only=True) as st:
+        back = {c.case_id: c for c in load_cases(st)}[target.case_id]
+    assert back.override is None and back.effective_category == target.category
+    assert main(["override", "--store", store, "--case", target.case_id, "--category", other, "--reason",
+                 "the flip needs a token the model never reads"]) == 0  # as it was, for the tests after this one
+    capsys.readouterr()
 
 
 def test_mask_template_keeps_template_text_maskable(toy: dict[str, Any], tmp_path: Path,

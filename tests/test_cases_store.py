@@ -193,6 +193,24 @@ def test_overrides_are_stored_newest_wins_and_checked(tmp_path: Path) -> None:
     assert cases["abd999"].override is None and cases["abd999"].effective_category == "M-IA"
 
 
+def test_an_override_back_to_the_computed_category_clears_it(tmp_path: Path) -> None:
+    """Back to the computed category was stored as one more override: the case stayed marked as set by hand (✎, *),
+    "M-IA (override of M-IA)". It now removes the overrides, as ``override --clear`` does."""
+    with open_store(tmp_path / "s.duckdb") as st:
+        write_case(st, _case("abc123"))  # computed M-IA
+        set_override(st, "abc123", "NC-IA+AG", "first look")
+        set_override(st, "abc123", "NC-IA+M-AG", "second look")
+        row = set_override(st, "abc123", "M-IA", "the ablation agrees with the computed one after all")
+        assert row["cleared"] is True and row["category"] == "M-IA"
+        assert st.con.execute("SELECT count(*) FROM overrides").fetchone()[0] == 0
+        (case,) = load_cases(st)
+        assert case.override is None and case.effective_category == "M-IA"
+        with pytest.raises(FailtraceError, match=r"already M-IA: give another"):  # no override left to clear
+            set_override(st, "abc123", "M-IA", "again")
+        assert set_override(st, "abc123", "NC-IA+AG", "third look")["cleared"] is False
+        assert st.con.execute("SELECT count(*) FROM overrides").fetchone()[0] == 1
+
+
 def test_exports_write_cases_jsonl_and_case_tables(tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 

@@ -158,6 +158,10 @@ def override_command(
         row = set_override(st, case, category, reason)
     from failtrace.views.common import prose_line  # a newline in the reason stays on this one line
 
+    if row["cleared"]:  # back to the computed category: the override is removed, as --clear does
+        typer.echo(f"case {row['case_id']}: back to its computed category {category}; the override was removed "
+                   f"({prose_line(row['reason'])}) in {store}")
+        return
     typer.echo(f"case {row['case_id']}: category set to {category} ({prose_line(row['reason'])}) in {store}")
 
 

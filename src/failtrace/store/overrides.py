@@ -1,4 +1,5 @@
-"""A person's category for a case, kept beside the computed one (the newest override wins; ``--clear`` removes them).
+"""A person's category for a case, kept beside the computed one (the newest override wins; ``--clear`` removes them,
+as does an override back to the computed category).
 
 The command line (``failtrace override``) and the explorer's review form write through these functions, so the same
 rules hold for both: a known category, a plain-text reason, a case of the current analysis, and a category that
@@ -24,7 +25,9 @@ class UnchangedCategoryError(FailtraceError):
 
 
 def set_override(store: ResultsStore, case_id: str, category: str, reason: str) -> dict[str, Any]:
-    """Record a person's category for a case (kept with the computed one; the newest override wins)."""
+    """Record a person's category for a case (kept with the computed one; the newest override wins). Back to the
+    computed category, over an override, is a clear: the case is no longer marked overridden (``cleared`` is then
+    True in the returned row), rather than overridden to what it already computes."""
     if category not in CATEGORIES:
         raise FailtraceError(f"unknown category {category!r}; valid: {', '.join(CATEGORIES)}")
     if not reason or not reason.strip():
@@ -41,10 +44,13 @@ def set_override(store: ResultsStore, case_id: str, category: str, reason: str) 
     if category == (newest or computed):  # it would be marked overridden and change nothing
         raise UnchangedCategoryError(f"case {cid}'s category is already {category}"
                                      f"{' (by an override)' if newest else ''}: give another category to override it")
-    row = {"category": category, "reason": reason.strip(), "created_at": _now()}
+    row = {"category": category, "reason": reason.strip(), "created_at": _now(), "cleared": category == computed}
     with store._transaction():
-        store.con.execute("INSERT INTO overrides VALUES (?, ?, ?, ?)", [cid, category, row["reason"],
-                                                                        row["created_at"]])
+        if row["cleared"]:  # the computed category counts again, as `override --clear` makes it
+            store.con.execute("DELETE FROM overrides WHERE case_id = ?", [cid])
+        else:
+            store.con.execute("INSERT INTO overrides VALUES (?, ?, ?, ?)", [cid, category, row["reason"],
+                                                                            row["created_at"]])
     return {"case_id": cid, **row}
 
 
