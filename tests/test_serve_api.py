@@ -174,6 +174,36 @@ def test_item_pairs_name_their_case(client: TestClient, toy: dict[str, Any]) -> 
     assert seen == {True, False}  # both kinds checked: a pair with a case and one without
 
 
+def test_item_pairs_say_whether_they_can_be_reviewed_and_their_decision(toy: dict[str, Any], tmp_path: Path) -> None:
+    """A pair without a case (a weak preference, or one not analysed yet) could be reviewed through the API, but its
+    item page had no buttons and showed no decision. /api/item's pairs now say ``reviewable`` (the search found a
+    target and contrast: the pairs table's contrast_id) and the ``decision`` in force, as the case page does; and
+    /api/reviews/version counts the writes, so a page drawn before another tab's write can tell it is out of date."""
+    store = tmp_path / "item-review.duckdb"
+    shutil.copy(toy["store"], store)
+    case = toy["cases"][0]
+    with open_store(store) as st:  # the pair stays, its case goes: a pair the page must review itself
+        st.con.execute("DELETE FROM cases WHERE case_id = ?", [case.case_id])
+        contrast = {(p, i): c is not None for p, i, c in st.con.execute(
+            "SELECT pair_run_id, item_id, contrast_id FROM pairs WHERE run_id = ?", [toy["run_id"]]).fetchall()}
+    assert set(contrast.values()) == {True, False}  # both kinds are checked
+    with TestClient(create_app(store, review=True), base_url="http://127.0.0.1") as c:
+        assert c.get("/api/reviews/version").json() == {"count": 0, "newest": None}
+        params = {"run_id": toy["run_id"], "item_id": case.item_id}
+        (pair,) = c.get("/api/item", params=params).json()["pairs"]
+        assert pair["case_id"] is None and pair["reviewable"] is True and pair["decision"] is None
+        for v in toy["verdicts"]:
+            for p in c.get("/api/item", params={**params, "item_id": v["item_id"]}).json()["pairs"]:
+                assert p["reviewable"] is contrast[(p["pair_run_id"], v["item_id"])], p
+        body = {"pair_run_id": case.pair_run_id, "item_id": case.item_id, "comment": "the real first wrong token"}
+        assert c.post("/api/reviews", json={**body, "decision": "reject"}).status_code == 201
+        assert c.post("/api/reviews", json={**body, "decision": "accept"}).status_code == 201
+        (pair,) = c.get("/api/item", params=params).json()["pairs"]
+        assert pair["decision"]["decision"] == "accept" and pair["decision"]["comment"] == "the real first wrong token"
+        version = c.get("/api/reviews/version").json()
+        assert version["count"] == 2 and version["newest"] == c.get("/api/reviews").json()["reviews"][-1]["created_at"]
+
+
 def test_graph_edges_and_mass_shares(client: TestClient, toy: dict[str, Any]) -> None:
     case = toy["cases"][0]
     d = client.get(f"/api/cases/{case.case_id}/graph").json()
@@ -206,6 +236,9 @@ def test_unknown_ids_404_malformed_422(client: TestClient, toy: dict[str, Any]) 
                    {"category": "BOGUS"}, {"verdict": ["fail", "maybe"]}, {"pattern": "urt"}, {"pair_status": "ok"}):
         r = client.get("/api/table", params=params)
         assert r.status_code == 422, params
+    for value in ("nan", "inf", "-Infinity"):  # said as what it is ("less than or equal to 1e9" for NaN misled)
+        (problem,) = client.get("/api/table", params={"dl_min": value}).json()["detail"]
+        assert problem["msg"] == "Input should be a finite number", problem
     bogus = client.get("/api/table", params={"category": "BOGUS"}).json()["detail"]  # named, as FastAPI's own 422s
     assert bogus == [{"type": "value_error", "loc": ["query", "category"],
                       "msg": "unknown category 'BOGUS'; valid: M-IA, NC-IA+M-AG, NC-IA+AG, (none)"}]
@@ -267,6 +300,10 @@ def test_writes_refused_without_review_and_store_unchanged(client: TestClient, t
             r = client.post(where, content=body, headers={"content-type": "application/json"})
             assert r.status_code == 403 and "read-only explorer" in r.json()["detail"], (where, body)
     assert client.post("/api/table", json={}).status_code == 405  # a read route stays a read route
+    for method in ("PUT", "PATCH", "DELETE"):  # no route takes them: a 405, not a 411 or 415 about their body
+        for where in ("/api/reviews", f"{case_url}/override", "/api/table"):
+            r = client.request(method, where)
+            assert r.status_code == 405 and r.json() == {"detail": "Method Not Allowed"}, (method, where, r.text)
     assert sha256(toy["store"]) == toy["sha"]
     assert not Path(str(toy["store"]) + ".wal").exists()
 
@@ -433,7 +470,7 @@ def test_the_newest_decision_on_a_pair_is_the_one_in_force(toy: dict[str, Any], 
                                                      if r["decision"] in ("accept", "reject"))
         assert [r["decision"] for r in body["reviews"]][1:] == ["reject", "accept"]  # the log keeps them all
     # a clock stepped back (NTP) between two decisions: the later one is still the one in force
-    from failtrace.serve import api
+    from failtrace.serve import review_api as api
 
     class Behind(datetime):
         @classmethod
@@ -798,8 +835,10 @@ def test_an_override_to_the_category_the_case_has_is_refused(toy: dict[str, Any]
         assert r.status_code == 409 and f"already {other} (by an override)" in r.json()["detail"]
         assert c.post(url, json={"category": case.category, "comment": "back"}).status_code == 201
         assert [x["comment"] for x in c.get("/api/reviews").json()["reviews"]] == ["ablation says so", "back"]
+        page = c.get(f"/api/cases/{case.case_id}").json()  # back to computed is a clear, not a second override
+        assert page["override"] is None and page["effective_category"] == case.category
     with open_store(store, read_only=True) as st:
-        assert st.con.execute("SELECT count(*) FROM overrides").fetchone()[0] == 2
+        assert st.con.execute("SELECT count(*) FROM overrides").fetchone()[0] == 0
 
 
 @pytest.mark.parametrize("change", ["replace", "delete"])

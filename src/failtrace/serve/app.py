@@ -282,7 +282,9 @@ def create_app(store: str | Path, review: bool = False, allowed_hosts: list[str]
     from fastapi.responses import JSONResponse
     from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-    from failtrace.serve.api import READ_ONLY, router
+    from failtrace.serve.api import router
+    from failtrace.serve.review_api import READ_ONLY
+    from failtrace.serve.review_api import router as review_router
 
     state = ServeState(store, review=review)
 
@@ -301,12 +303,13 @@ def create_app(store: str | Path, review: bool = False, allowed_hosts: list[str]
     app.state.ft = state
     app.state.static = load_static()
     app.include_router(router)
+    app.include_router(review_router)
     app.add_middleware(TrustedHostMiddleware,
                        allowed_hosts=allowed_hosts or ["127.0.0.1", "localhost", "[::1]", "::1"])
     app.add_middleware(HeadAsGet)  # outside the host check: a HEAD is checked as the GET it stands for
 
     # the write routes: on a read-only explorer refused here, before their body is read or parsed
-    writes = [r.path_regex for r in router.routes if "POST" in getattr(r, "methods", ())]
+    writes = [r.path_regex for r in review_router.routes if "POST" in getattr(r, "methods", ())]
 
     @app.middleware("http")
     async def guard(request: Any, call_next: Any) -> Any:
@@ -315,9 +318,10 @@ def create_app(store: str | Path, review: bool = False, allowed_hosts: list[str]
         length = request.headers.get("content-length")
         if length is not None and (not (length.isascii() and length.isdigit()) or int(length) > MAX_BODY):
             return JSONResponse({"detail": f"request body over {MAX_BODY} bytes"}, status_code=413)
-        if request.method in ("POST", "PUT", "PATCH") and length is None:
+        # POST is the only method that writes (PUT, PATCH and DELETE route to no view: the router's 405 says so)
+        if request.method == "POST" and length is None:
             return JSONResponse({"detail": "a Content-Length header is required"}, status_code=411)
-        if request.method in ("POST", "PUT", "PATCH", "DELETE"):
+        if request.method == "POST":
             refused = cross_site_write(request.headers)
             if refused:
                 return JSONResponse({"detail": refused[1]}, status_code=refused[0])

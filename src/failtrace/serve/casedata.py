@@ -255,10 +255,16 @@ def item_detail(con: Any, run_id: str, item_id: str, case_of: dict[str, str | No
                     "WHERE v.run_id = ? AND v.item_id = ?", [run_id, item_id])
     if row is None:
         return None
-    cur = con.execute("SELECT pair_run_id, status, reason, position, target_text, contrast_text, delta_logit "
-                      "FROM pairs WHERE run_id = ? AND item_id = ? ORDER BY pair_run_id", [run_id, item_id])
+    from failtrace.store.reviews import decision_in_force
+
+    cur = con.execute("SELECT pair_run_id, status, reason, position, target_text, contrast_text, delta_logit, "
+                      "contrast_id IS NOT NULL AS reviewable FROM pairs WHERE run_id = ? AND item_id = ? "
+                      "ORDER BY pair_run_id", [run_id, item_id])
     names = [d[0] for d in cur.description]
-    pairs = [{**dict(zip(names, r)), "case_id": case_of.get(r[0])} for r in cur.fetchall()]
+    # reviewable: the search found a target and contrast to accept or reject (a weak preference too, which has no
+    # case); decision: the newest accept or reject in force on it, as `failtrace show` and the case page name it
+    pairs = [{**dict(zip(names, r)), "case_id": case_of.get(r[0]), "decision": decision_in_force(con, r[0], item_id)}
+             for r in cur.fetchall()]
     row["reasons"] = _json(row["reasons"], f"verdicts.reasons of item {item_id} in run {run_id}")
     row["prompt"] = _json(row["prompt"], f"items.prompt of item {item_id}")
     return finite({"run_id": run_id, **row, "pairs": pairs})

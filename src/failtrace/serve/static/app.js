@@ -28,6 +28,7 @@
     var mine = ++FT.gen, here = h.route + "/" + h.arg, moved = here !== place;
     expected = location.hash; place = here;
     // a view that throws before returning its promise is an error shown like any other, never a page left busy
+    var noted = FT.noteReviews();  // asked before the view's data: a write in between redraws once more, never less
     var shown = !fn ? Promise.reject(new Error("unknown view: " + FT.clip(h.route, 80))) : h.bad ? Promise.reject(new Error(h.bad))
       : Promise.resolve().then(function () { return fn(view, h.params, h.arg); });
     return shown.catch(function (e) { if (mine === FT.gen) FT.error(view, e); })  // (a newer route's view stays)
@@ -35,6 +36,9 @@
         if (mine !== FT.gen) return;  // a newer route is painting: it says when it is ready
         view.setAttribute("aria-busy", "false");
         if (keep) window.scrollTo(0, keep.scroll); else if (moved) window.scrollTo(0, 0);
+        return noted;  // what this page drew, so another tab's write is noticed (FT.checkReviews)
+      }).then(function () {
+        if (mine !== FT.gen) return;
         document.body.dataset.ready = h.route;
         document.body.dataset.readyHash = expected;
       });
@@ -54,6 +58,8 @@
       (meta.n_cases ? "" : " · no analysed cases yet");
     if (meta.has_comparisons) document.getElementById("nav-across").hidden = false;
     window.addEventListener("hashchange", function () { document.body.dataset.ready = ""; route(null); });
+    window.addEventListener("focus", FT.checkReviews);
+    document.addEventListener("visibilitychange", FT.checkReviews);
     route(null);
   }, function (e) { FT.error(view, e); });
 })(FT);

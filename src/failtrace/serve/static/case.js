@@ -342,7 +342,7 @@
       var superseded = ((r.decision === "accept" || r.decision === "reject") && r.review_id !== c.decision.review_id) ||
                        (r.decision === "category" && newerCategory);
       if (r.decision === "category") newerCategory = true;
-      box.appendChild(el("div", {class: "note" + (superseded ? " muted" : "")}, when(r) + " · " + r.decision + (r.category ? " → " + r.category : "") +
+      box.appendChild(el("div", {class: "note rv-log" + (superseded ? " muted" : "")}, when(r) + " · " + r.decision + (r.category ? " → " + r.category : "") +
         (r.contrast_id !== null && r.contrast_id !== undefined ? " → " + FT.quoted(r.contrast_text) + " (#" + r.contrast_id + ")" : "") + (r.comment ? ": " + r.comment : "") +
         (superseded ? " (superseded)" : "")));
     });
@@ -350,8 +350,9 @@
     var comment = el("textarea", {id: "rv-comment", maxlength: 2000, placeholder: "comment (required for an override)",
                                   "aria-label": "review comment (required for an override)"});
     // opens on the case's category now (an override keeps its own), so a click cannot set another by accident
+    // the computed category is named so: choosing it over an override removes the override (as `override --clear`)
     var cat = el("select", {id: "rv-category", "aria-label": "category for an override"}, FT.meta.categories.map(function (k) {
-      return el("option", {value: k, selected: k === c.effective_category}, k); }));
+      return el("option", {value: k, selected: k === c.effective_category}, k + (k === c.category ? " (computed)" : "")); }));
     var status = el("span", {id: "rv-status", class: "muted", "aria-live": "polite"});
     function send(path, body) { return function () { return FT.post(path, body); }; }
     function decide(d) {
@@ -363,11 +364,21 @@
     box.appendChild(el("form", {class: "rv"}, [comment,
       el("button", {type: "button", id: "rv-accept", class: "write", onclick: decide("accept")}, "accept pair"),
       el("button", {type: "button", id: "rv-reject", class: "write", onclick: decide("reject")}, "reject pair"), cat,
-      el("button", {type: "button", id: "rv-override", class: "write", onclick: function () {
-        if (!comment.value.trim()) { FT.say("rv-status", "an override needs a comment: say why", true); comment.focus(); return; }
-        FT.write(send("/api/cases/" + encodeURIComponent(c.case_id) + "/override", {category: cat.value, comment: comment.value}),
-                 "rv-status"); }}, "override category"),
+      el("button", {type: "button", id: "rv-override", class: "write", onclick: function () { override(cat.value); }},
+         "override category"),
+      c.override ? el("button", {type: "button", id: "rv-clear", class: "write", onclick: function () { override(c.category); }},
+                      "clear override") : null,
       status]));
+    function override(category) {  // to the computed category over an override: the server removes the override
+      var clears = c.override && category === c.category;
+      if (!comment.value.trim()) {
+        FT.say("rv-status", (clears ? "clearing" : "an override") + " needs a comment: say why", true);
+        comment.focus(); return;
+      }
+      FT.write(send("/api/cases/" + encodeURIComponent(c.case_id) + "/override", {category: category, comment: comment.value}),
+               "rv-status", clears ? "saved: the override is removed; the computed category " + category + " counts again"
+                                   : "saved: category " + category + " set by hand");
+    }
     return box;
   };
 })(FT);

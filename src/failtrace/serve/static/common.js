@@ -160,14 +160,46 @@ var FT = (function () {
      the status line as an error and the buttons work again. */
   FT.write = function (send, statusId, saved) {  // saved: what the status then says (default "saved")
     var buttons = [].slice.call(document.querySelectorAll("button.write"));
+    // the control used keeps the keyboard's place: disabling it (and the redraw that replaces it) dropped focus to
+    // <body>, so a keyboard user started again from the top of the page
+    var used = document.activeElement && document.activeElement.id;
+    function refocus() { var b = used && document.getElementById(used); if (b) b.focus(); }
     buttons.forEach(function (b) { b.disabled = true; });
     FT.say(statusId, "saving…");
     return send().then(function () {
-      return FT.redraw().then(function () { FT.say(statusId, saved || "saved"); });
+      return FT.redraw().then(function () { FT.say(statusId, saved || "saved"); refocus(); });
     }, function (e) {
       buttons.forEach(function (b) { b.disabled = false; });
       FT.say(statusId, e.message || String(e), true);
+      refocus();
     });
+  };
+
+  /* A page drawn before a write in another tab showed the old decision until reloaded. In review mode, when the
+     page comes back into view it asks the server how many reviews there are (GET /api/reviews/version); if that
+     changed since it was drawn, the view is drawn again where it was, a comment being typed is kept, and a line says
+     why the page changed. FT.reviewsSeen is what this page last drew (set by the router after each view). */
+  FT.reviewsSeen = null;
+  FT.noteReviews = function () {
+    if (!FT.meta || !FT.meta.review) return Promise.resolve();
+    return FT.api("/api/reviews/version").then(function (v) { FT.reviewsSeen = v.count + "@" + v.newest; },
+                                                function () {});
+  };
+  FT.checkReviews = function () {
+    if (!FT.meta || !FT.meta.review || FT.reviewsSeen === null || document.hidden) return;
+    var seen = FT.reviewsSeen;
+    fetch("/api/reviews/version").then(function (r) { return r.ok ? r.json() : null; }).then(function (v) {
+      if (!v || v.count + "@" + v.newest === seen || seen !== FT.reviewsSeen) return;
+      var typed = {};  // comments being typed, by id (a redraw makes the form again)
+      [].forEach.call(document.querySelectorAll("textarea[id]"), function (t) { if (t.value) typed[t.id] = t.value; });
+      FT.redraw().then(function () {
+        Object.keys(typed).forEach(function (id) { var t = document.getElementById(id); if (t) t.value = typed[id]; });
+        var view = document.getElementById("view");
+        view.insertBefore(FT.el("p", {class: "note", id: "reviews-changed", role: "status"},
+                                "updated: reviews were written elsewhere (another tab or reviewer) since this page " +
+                                "was drawn; it now shows them"), view.firstChild);
+      });
+    }, function () {});
   };
 
   var tip = null;

@@ -49,7 +49,7 @@
   }
 
 
-  function pairBlock(p) {
+  function pairBlock(p, i, itemId) {
     var run = (FT.meta.pair_runs || {})[p.pair_run_id], said = FT.meta.pair_status_text[p.status];
     var rows = [
       ["pair run", [el("code", {}, p.pair_run_id), run ? el("span", {class: "muted"}, " · " + run.settings +  // as the facet
@@ -61,8 +61,34 @@
       ["Δℓ", FT.fmt(p.delta_logit, 4)],
       ["case", p.case_id ? el("a", {href: "#/case/" + p.case_id, class: "to-case"}, "open case " +
                               p.case_id.slice(0, 12) + " →") : el("span", {class: "muted"}, "none (not analysed)")]];
-    return el("table", {class: "t pair", "data-pair-run": p.pair_run_id, "data-status": p.status},
-              rows.map(function (r) { return el("tr", {}, [el("th", {scope: "row"}, r[0]), el("td", {}, r[1])]); }));
+    var d = p.decision;  // the newest accept or reject: the decision in force, as the case page and `show` name it
+    if (p.reviewable) rows.push(["review", d ? [el("strong", {}, "pair " + d.decision + "ed"),
+      " (the decision in force, " + d.created_at + " UTC" + (d.comment ? ": " + d.comment : "") + ")" +
+      (d.decision === "reject" ? "; export-dpo and finetune leave it out" : "")] : el("span", {class: "muted"}, "none yet")]);
+    return el("div", {class: "pair-block"}, [
+      el("table", {class: "t pair", "data-pair-run": p.pair_run_id, "data-status": p.status},
+         rows.map(function (r) { return el("tr", {}, [el("th", {scope: "row"}, r[0]), el("td", {}, r[1])]); })),
+      p.reviewable && !p.case_id && FT.meta.review ? decideForm(p, i, itemId) : null]);
+  }
+
+  /* accept or reject a pair that has no case (a weak preference, or a pair not analysed yet): a case's pair is
+     reviewed on its case page, beside its evidence */
+  function decideForm(p, i, itemId) {
+    var comment = el("textarea", {id: "rv-comment-" + i, maxlength: 2000, placeholder: "comment (optional)",
+                                  "aria-label": "review comment for pair run " + p.pair_run_id.slice(0, 12)});
+    var status = "rv-status-" + i;
+    function decide(d) {
+      return function () {
+        FT.write(function () {
+          return FT.post("/api/reviews", {pair_run_id: p.pair_run_id, item_id: itemId, decision: d,
+                                          comment: comment.value});
+        }, status, "saved: pair " + d + "ed");
+      };
+    }
+    return el("form", {class: "rv"}, [comment,
+      el("button", {type: "button", id: "rv-accept-" + i, class: "write", onclick: decide("accept")}, "accept pair"),
+      el("button", {type: "button", id: "rv-reject-" + i, class: "write", onclick: decide("reject")}, "reject pair"),
+      el("span", {id: status, class: "muted", "aria-live": "polite"})]);
   }
 
   FT.views.item = function (view, params) {
@@ -82,7 +108,7 @@
           el("h3", {}, "Completion"), el("pre", {class: "strip", id: "completion"}, it.completion || ""),
           el("h3", {}, ["Checker: ", el("b", {}, it.status)]), reasons(it),
           el("h3", {}, "Pairs"),
-          it.pairs && it.pairs.length ? el("div", {class: "pairs", id: "pairs"}, it.pairs.map(pairBlock)) : noPair(it)]));
+          it.pairs && it.pairs.length ? el("div", {class: "pairs", id: "pairs"}, it.pairs.map(function (p, i) { return pairBlock(p, i, it.item_id); })) : noPair(it)]));
       });
   };
 })(FT);

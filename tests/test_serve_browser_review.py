@@ -1,0 +1,120 @@
+"""Review mode as a reviewer met it (an explorer walkthrough with keyboard and two tabs), in Debian's Chromium over
+the toy store of tests/test_serve_browser.py (its fixtures and helpers, shared): a pair without a case is reviewed on
+its item page, an override is cleared from the page, a write keeps the keyboard's place, a comment keeps its line
+breaks, and a page drawn before another tab's write shows that write when it comes back into view."""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_serve_browser import _api, _open_review, page, server  # noqa: E402,F401 (fixtures and helpers, shared)
+
+
+def _post(server: dict[str, Any], path: str, body: dict[str, Any]) -> int:
+    """A write as another tab (or a script) sends it, straight to the review-mode server."""
+    req = urllib.request.Request(server["review_base"] + path.lstrip("/"), data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return r.status
+
+
+def _reviews(server: dict[str, Any]) -> list[dict[str, Any]]:
+    return _api(server, "api/reviews", "review_base")["reviews"]
+
+
+def _focused(page: Any) -> str:
+    return page.evaluate("document.activeElement ? document.activeElement.id : ''")
+
+
+def test_a_pair_without_a_case_is_reviewed_on_its_item_page(page: Any, server: dict[str, Any]) -> None:
+    """The API took a decision on a pair without a case (a weak preference, or one not analysed yet), but its item
+    page had no buttons and did not show the decision. The toy store's pairs all have cases, so the page is shown
+    one without (its /api/item answer with the case link taken out); the write and the decision are the server's."""
+    case = server["cases"][2]
+
+    def no_case(route: Any) -> None:
+        body = route.fetch().json()
+        for p in body["pairs"]:
+            p["case_id"] = None
+        route.fulfill(json=body)
+
+    page.route("**/api/item?*", no_case)
+    try:
+        page.goto(server["review_base"] + f"#/item?run_id={server['run_id']}&item_id={case.item_id}")
+        page.wait_for_selector("body[data-ready=item]", timeout=20000)
+        pair = page.locator("table.pair")
+        assert pair.locator("tr:has(th:text('review')) td").inner_text() == "none yet"
+        page.fill("#rv-comment-0", "the first wrong token, checked by hand")
+        page.focus("#rv-accept-0")
+        page.keyboard.press("Enter")  # by keyboard: the focus stays on the button used, not on <body>
+        page.wait_for_function("document.querySelector('#rv-status-0') && "
+                               "document.querySelector('#rv-status-0').textContent.startsWith('saved')")
+        assert page.inner_text("#rv-status-0") == "saved: pair accepted"
+        assert _focused(page) == "rv-accept-0"
+        said = page.locator("table.pair tr:has(th:text('review')) td").inner_text()
+        assert said.startswith("pair accepted (the decision in force, ") and said.endswith(
+            " UTC: the first wrong token, checked by hand)"), said
+        row = _reviews(server)[-1]
+        assert (row["pair_run_id"], row["item_id"], row["decision"]) == (case.pair_run_id, case.item_id, "accept")
+    finally:
+        page.unroute("**/api/item?*")
+    # read-only, the decision is shown and no form is offered
+    page.goto(server["base"] + f"#/item?run_id={server['run_id']}&item_id={case.item_id}")
+    page.wait_for_selector("body[data-ready=item]", timeout=20000)
+    assert page.locator("form.rv").count() == 0
+    assert page.locator("table.pair tr:has(th:text('review')) td").inner_text() == "none yet"  # the other store
+
+
+def test_an_override_is_cleared_from_the_page_and_comments_keep_their_lines(page: Any,
+                                                                          server: dict[str, Any]) -> None:
+    """The explorer could not clear an override (the command line's `override --clear` could), and picking the
+    computed category again stored a second override that left the case marked as set by hand."""
+    case = server["cases"][3]
+    _open_review(page, server, case)
+    assert page.locator("#rv-clear").count() == 0  # nothing to clear yet
+    labels = page.locator("#rv-category option").all_inner_texts()
+    assert f"{case.category} (computed)" in labels and len(labels) == 3
+    other = next(k for k in ("M-IA", "NC-IA+M-AG", "NC-IA+AG") if k != case.category)
+    page.select_option("#rv-category", other)
+    page.fill("#rv-comment", "the graph says otherwise\nsee node L1:4")
+    page.click("#rv-override")
+    page.wait_for_function("document.querySelector('#rv-status').textContent.startsWith('saved')")
+    assert page.inner_text("#rv-status") == f"saved: category {other} set by hand"
+    assert _focused(page) == "rv-override"
+    newest = page.locator("#review .rv-log").first
+    assert newest.inner_text().endswith(f"category → {other}: the graph says otherwise\nsee node L1:4")
+    page.click("#rv-clear")  # refused in the page without a comment, as an override is
+    assert page.inner_text("#rv-status") == "clearing needs a comment: say why"
+    page.fill("#rv-comment", "computed after all")
+    page.click("#rv-clear")
+    page.wait_for_function("document.querySelector('#rv-status').textContent.startsWith('saved')")
+    assert page.inner_text("#rv-status") == (f"saved: the override is removed; the computed category {case.category} "
+                                             "counts again")
+    assert page.locator("#rv-clear").count() == 0 and page.input_value("#rv-category") == case.category
+    got = _api(server, f"api/cases/{case.case_id}", "review_base")
+    assert got["override"] is None and got["effective_category"] == case.category
+    assert [r["comment"] for r in _reviews(server) if r["case_id"] == case.case_id][-2:] == [
+        "the graph says otherwise\nsee node L1:4", "computed after all"]
+
+
+def test_another_tabs_write_is_shown_when_the_page_comes_back(page: Any, server: dict[str, Any]) -> None:
+    """Two tabs on one case: after one wrote, the other still showed the old decision until reloaded."""
+    case = server["cases"][4]
+    _open_review(page, server, case)
+    page.fill("#rv-comment", "half typed")
+    assert _post(server, "api/reviews", {"pair_run_id": case.pair_run_id, "item_id": case.item_id,
+                                         "decision": "reject", "comment": "from the other tab"}) == 201
+    page.evaluate("window.dispatchEvent(new Event('focus'))")  # the tab comes back into view
+    page.wait_for_selector("#reviews-changed", timeout=20000)
+    assert page.inner_text("#reviews-changed").startswith("updated: reviews were written elsewhere")
+    assert page.inner_text("#rv-in-force").startswith("pair rejected")
+    assert page.input_value("#rv-comment") == "half typed"  # what was being typed is kept
+    page.evaluate("document.getElementById('reviews-changed').dataset.seen = '1'")
+    page.evaluate("window.dispatchEvent(new Event('focus'))")  # nothing new: no second redraw
+    page.wait_for_timeout(1000)
+    assert page.locator("#reviews-changed").get_attribute("data-seen") == "1"
