@@ -1,7 +1,8 @@
 """Review mode as a reviewer met it (an explorer walkthrough with keyboard and two tabs), in Debian's Chromium over
 the toy store of tests/test_serve_browser.py (its fixtures and helpers, shared): a pair without a case is reviewed on
 its item page, an override is cleared from the page, a write keeps the keyboard's place, a comment keeps its line
-breaks, and a page drawn before another tab's write shows that write when it comes back into view."""
+breaks, a page drawn before another tab's write shows that write when it comes back into view, and the graph's nodes
+are reached and pinned by keyboard."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_serve_browser import _api, _open_review, page, server  # noqa: E402,F401 (fixtures and helpers, shared)
+from test_serve_browser import (_api, _graph_case, _open, _open_review, page,  # noqa: E402,F401
+                                server)  # (the module's fixtures and helpers, shared)
 
 
 def _post(server: dict[str, Any], path: str, body: dict[str, Any]) -> int:
@@ -118,3 +120,37 @@ def test_another_tabs_write_is_shown_when_the_page_comes_back(page: Any, server:
     page.evaluate("window.dispatchEvent(new Event('focus'))")  # nothing new: no second redraw
     page.wait_for_timeout(1000)
     assert page.locator("#reviews-changed").get_attribute("data-seen") == "1"
+
+
+def test_graph_nodes_are_reached_and_pinned_by_keyboard(page: Any, server: dict[str, Any], tmp_path: Path) -> None:
+    """The graph's nodes were mouse-only; and the URL and export named a node by its stage index (pin=2:5) while
+    its line said "L1", with nothing in the export to map one to the other."""
+    case = _graph_case(server)
+    _open(page, server, f"#/graph/{case.case_id}", "graph")
+    page.focus("#gsearch")
+    for _ in range(6):  # after the search box, the checkbox and the export button, Tab reaches the first node
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.matches('circle.n')"):
+            break
+    assert page.evaluate("document.activeElement.matches('circle.n')"), "Tab never reached a graph node"
+    key = page.evaluate("document.activeElement.dataset.k")
+    stage, pos = key.split(":")
+    name = f"{case.graph['stages'][int(stage)]} / pos {pos}"
+    label = page.evaluate("document.activeElement.getAttribute('aria-label')")
+    assert label.startswith(name + "  ‹") and ", R = " in label
+    assert page.inner_text("#tip").startswith(name)  # focus shows what hover shows
+    page.keyboard.press("Enter")
+    page.wait_for_function(f"decodeURIComponent(location.hash).includes('pin={key}')")
+    assert page.locator("circle.n.pin").get_attribute("data-k") == key
+    assert page.evaluate("document.activeElement.dataset.k") == key  # the redraw gave the focus back to it
+    assert page.locator("circle.n.pin").get_attribute("aria-pressed") == "true"
+    assert f"pinned {name}:" in page.inner_text("#gsub")
+    with page.expect_download() as dl:
+        page.click("#export")
+    data = json.loads(Path(dl.value.path()).read_text())
+    assert data["pinned"] == key and data["pinned_name"] == name
+    assert all(n["stage_name"] == case.graph["stages"][n["stage"]] for n in data["nodes"]) and data["nodes"]
+    page.focus(f"circle.n[data-k='{key}']")
+    page.keyboard.press(" ")  # Space unpins, as a second click does
+    page.wait_for_function("!location.hash.includes('pin=')")
+    assert page.locator("circle.n.pin").count() == 0

@@ -67,15 +67,25 @@
       var n = info[k] || [+k.split(":")[0], +k.split(":")[1], 0, 0], sp = D.special[n[1]];
       var cls = "n" + (k === state.pin ? " pin" : "") + (sub && !sub.nodes[k] ? " dim" : "") + (sub && sub.nodes[k] ? " on" : "") +
         (q && found(D.tokens[n[1]]) ? " match" : "");
+      var said = nodeName(D, k) + "  " + FT.quoted(D.tokens[n[1]]) + "\nR = " + FT.fmt(n[2], 5) +
+                 "\nnormalised |R| = " + FT.fmt(n[3], 3) + (sp ? "\n(special token)" : "");
+      // a node is reached with Tab too: focus shows what hover shows, Enter or Space pins it as a click does
       var c = el("circle", {cx: X[n[1]], cy: Y(n[0]), r: 2.5 + 6 * Math.min(1, n[3]), class: cls, "data-k": k,
+                            tabindex: "0", role: "button", "aria-pressed": k === state.pin ? "true" : "false",
+                            "aria-label": said.replace(/\n/g, ", "),
                             fill: sp ? "rgb(" + FT.meta.colors.special.join(",") + ")" : (n[2] > 0 ? red : blue)});
-      c.addEventListener("mouseenter", function (ev) {
-        FT.tip(ev, nodeName(D, k) + "  " + FT.quoted(D.tokens[n[1]]) + "\nR = " + FT.fmt(n[2], 5) +
-               "\nnormalised |R| = " + FT.fmt(n[3], 3) + (sp ? "\n(special token)" : ""));
-        if (!sub) hover(svg, k);
-      });
-      c.addEventListener("mouseleave", function (ev) { FT.tip(ev, null); if (!sub) hover(svg, null); });
+      function show(ev) { FT.tip(ev, said); if (!sub) hover(svg, k); }
+      function hide(ev) { FT.tip(ev, null); if (!sub) hover(svg, null); }
+      c.addEventListener("mouseenter", show);
+      c.addEventListener("mouseleave", hide);
+      c.addEventListener("focus", function () { var b = c.getBoundingClientRect(); show({clientX: b.right, clientY: b.bottom}); });
+      c.addEventListener("blur", hide);
       c.addEventListener("click", function (ev) { ev.stopPropagation(); state.setPin(state.pin === k ? null : k); });
+      c.addEventListener("keydown", function (ev) {
+        if (ev.key !== "Enter" && ev.key !== " ") return;
+        ev.preventDefault(); ev.stopPropagation();
+        state.setPin(state.pin === k ? null : k, k);  // the redraw makes the node again: focus goes back to it
+      });
       svg.appendChild(c);
     });
     abl.forEach(function (k, j) {  // a ring and the ablation order on each ablated node
@@ -130,8 +140,11 @@
   function exportJSON(D, kept, sub, state) {
     var pinned = state.pin && sub, g = pinned ? sub : kept, nodes = D.nodes.filter(function (n) { return g.nodes[key(n[0], n[1])]; });
     var lit = !pinned && sub ? Object.keys(sub.nodes).map(function (k) { return k.split(":").map(Number); }) : null;
-    var blob = new Blob([JSON.stringify({case_id: D.case_id, p: state.p, pinned: state.pin, stages: D.stages,
-      final: D.final, nodes: nodes.map(function (n) { return {stage: n[0], token: n[1], text: D.tokens[n[1]], relevance: n[2]}; }),
+    // stage: the index into stages (0 = embeddings, as the URL's pin=stage:position); stage_name: the row's label
+    var blob = new Blob([JSON.stringify({case_id: D.case_id, p: state.p, pinned: state.pin,
+      pinned_name: state.pin ? nodeName(D, state.pin) : null, stages: D.stages, final: D.final,
+      nodes: nodes.map(function (n) { return {stage: n[0], stage_name: D.stages[n[0]], token: n[1], text: D.tokens[n[1]],
+                                               relevance: n[2]}; }),
       edges: g.edges.map(function (e) { return {source: [e[0], e[1]], target: [e[2], e[3]], weight: e[4]}; }),
       ablation_paths: lit}, null, 1)], {type: "application/json"});
     var a = el("a", {href: URL.createObjectURL(blob), download: "failtrace-graph-" + D.case_id + (state.pin ? "-" + state.pin.replace(":", "_") : "") + ".json"});
@@ -171,11 +184,15 @@
         pv.textContent = state.p.toFixed(2);
         count.textContent = Object.keys(kept.nodes).length + " nodes, " + kept.edges.length + " edges drawn (of " + D.edges.length + " stored)";
         subInfo.textContent = state.pin && sub ? "pinned " + nodeName(D, state.pin) + ": subgraph to the prediction has " + Object.keys(sub.nodes).length +
-          " nodes, " + sub.edges.length + " edges" : (state.abl && D.ablation ? ablationText(D, kept, state, sub) : "click a node to pin it");
+          " nodes, " + sub.edges.length + " edges" : (state.abl && D.ablation ? ablationText(D, kept, state, sub) : "click a node (or Tab to it, Enter) to pin it");
         line.title = line.textContent;
         save();
       }
-      state.setPin = function (k) { state.pin = k; redraw(); };
+      state.setPin = function (k, focus) {
+        state.pin = k; redraw();
+        var again = focus && svg.querySelector("circle.n[data-k='" + focus + "']");
+        if (again) again.focus();
+      };
       slider.addEventListener("input", function () { state.p = +slider.value; redraw(); });
       search.addEventListener("input", function () { state.search = search.value; redraw(); });
       var ablToggle = D.ablation ? el("label", {title: "paper Fig. 3: the nodes whose ablation was tested for the category " +
