@@ -154,3 +154,32 @@ def test_graph_nodes_are_reached_and_pinned_by_keyboard(page: Any, server: dict[
     page.keyboard.press(" ")  # Space unpins, as a second click does
     page.wait_for_function("!location.hash.includes('pin=')")
     assert page.locator("circle.n.pin").count() == 0
+
+
+def test_masking_rows_and_heatmap_tokens_by_keyboard(page: Any, server: dict[str, Any]) -> None:
+    """The masking table's rows and the heatmap's tokens answered the mouse only: now Tab reaches a row, Enter finds
+    its token in the heatmap and gives the heatmap the focus there, and the arrow keys walk the tokens, each said in
+    the readout as hover says it."""
+    case = next(c for c in server["cases"] if c.methods["attnlrp"].flip_curve and len(c.methods["attnlrp"].flip_curve) > 2)
+    _open(page, server, f"#/case/{case.case_id}", "case")
+    rows = page.locator("table.masked tr.hit-row")
+    first = int(rows.first.get_attribute("data-p"))
+    rows.first.focus()
+    page.keyboard.press("Enter")
+    assert page.evaluate("document.activeElement.id") == "strip"
+    cur = page.locator("#strip .tok.cur")
+    assert int(cur.get_attribute("data-p")) == first
+    assert page.inner_text("#readout").startswith(f"pos {first} · ")
+    page.keyboard.press("ArrowRight")
+    nxt = int(page.locator("#strip .tok.cur").get_attribute("data-p"))
+    assert nxt == first + 1 and page.locator("#strip .tok.cur").count() == 1
+    assert page.inner_text("#readout").startswith(f"pos {nxt} · ")
+    page.keyboard.press("Home")
+    assert page.locator("#strip .tok.cur").get_attribute("data-p") == "0"
+    page.keyboard.press("End")
+    assert int(page.locator("#strip .tok.cur").get_attribute("data-p")) == len(case.tokens) - 1
+    assert page.locator("#readout").get_attribute("aria-live") == "polite"
+    page.focus("#strip")  # a row found by Space, too
+    rows.nth(1).focus()
+    page.keyboard.press(" ")
+    assert int(page.locator("#strip .tok.cur").get_attribute("data-p")) == int(rows.nth(1).get_attribute("data-p"))

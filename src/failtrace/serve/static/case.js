@@ -25,8 +25,11 @@
   function strip(c, method, params) {
     // closed: the folded boxes by their first token's position (a segment name, as older links wrote, folds its boxes)
     var m = c.methods[method], closed = (params.get("closed") || "").split(",");
-    var readout = el("div", {class: "readout", id: "readout"}, "hover a token");
-    var box = el("div", {class: "strip", id: "strip"});
+    var readout = el("div", {class: "readout", id: "readout", "aria-live": "polite"}, "hover a token (or Tab to the heatmap, then the arrow keys)");
+    // by keyboard: the strip is one Tab stop; the arrow keys (Home, End) move a marked token through the open
+    // segments and the readout says it, as hover does
+    var box = el("div", {class: "strip", id: "strip", tabindex: "0", role: "group",
+                         "aria-label": "context heatmap: arrow keys move from token to token"});
     runs(c.labels).forEach(function (run) {
       var colour = FT.meta.colors.segments[run[0]] || FT.meta.colors.other_segment;  // one colour per name, and its
       var label = FT.meta.colors.segment_labels[run[0]] || FT.meta.colors.segment_labels[""];  // label's (WCAG AA)
@@ -55,6 +58,26 @@
       readout.textContent = text.replace("\n", "   "); FT.tip(ev, text);
     });
     box.addEventListener("mouseleave", function (ev) { FT.tip(ev, null); });
+    box.addEventListener("keydown", function (ev) {
+      var open = [].slice.call(box.querySelectorAll("details.seg[open] .tok"));
+      if (!open.length) return;
+      var at = open.indexOf(box.querySelector(".tok.cur")), to = {ArrowRight: at + 1, ArrowDown: at + 1, ArrowLeft: at - 1,
+                                                                  ArrowUp: at - 1, Home: 0, End: open.length - 1}[ev.key];
+      if (to === undefined) return;
+      ev.preventDefault();
+      if (at < 0 && (ev.key === "ArrowLeft" || ev.key === "ArrowUp")) to = open.length - 1;
+      box.markToken(open[Math.max(0, Math.min(open.length - 1, to))]);
+    });
+    box.addEventListener("blur", function (ev) { FT.tip(ev, null); });
+    box.markToken = function (t) {  // the keyboard's token: marked, in view, said in the readout (and its tip)
+      var was = box.querySelector(".tok.cur");
+      if (was) was.classList.remove("cur");
+      t.classList.add("cur");
+      t.scrollIntoView({block: "nearest"});
+      var text = tokenText(c, m, +t.dataset.p), b = t.getBoundingClientRect();
+      readout.textContent = text.replace("\n", "   ");
+      FT.tip({clientX: b.left, clientY: b.bottom}, text);
+    };
     box.appendChild(el("span", {class: "next"}, ["⟶ ", el("span", {class: "pill tgt"}, FT.shown(c.target.text)), " vs ",
                                                   el("span", {class: "pill ctr"}, FT.shown(c.contrast.text))]));
     return [readout, box];
@@ -161,6 +184,10 @@
         el("td", {}, c.labels[pos] || "—"), el("td", {class: "n"}, FT.fmt(m.raw[pos], 4)), el("td", {class: "n"}, FT.fmt(m.norm[pos], 3)),
         el("td", {class: "n"}, FT.fmt(m.flip_curve[i + 1], 3)), topAfter(m.mask_tops[i + 1])]);
       tr.addEventListener("click", function () { findToken(pos); });
+      tr.tabIndex = 0;  // by keyboard too: Tab reaches a row, Enter or Space finds its token
+      tr.addEventListener("keydown", function (ev) {
+        if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); findToken(pos, true); }
+      });
       return tr;
     });
     box.appendChild(el("div", {class: "scroll"}, el("table", {class: "t masked"}, [el("tr", {}, ["k", "token", "in context", "position", "segment", "R", "normalised", "Δℓ after k", "top after k"].map(function (h, i) {
@@ -169,7 +196,7 @@
   }
 
 
-  function findToken(pos) {  // open its segment if folded, bring it into view, and mark it for a moment
+  function findToken(pos, keyboard) {  // open its segment if folded, bring it into view, and mark it for a moment
     var t = document.querySelector('#strip .tok[data-p="' + pos + '"]');
     if (!t) return;
     var seg = t.closest("details");
@@ -177,6 +204,11 @@
     t.scrollIntoView({block: "center"});
     t.classList.add("hl");
     setTimeout(function () { t.classList.remove("hl"); }, 2000);
+    if (keyboard) {  // the heatmap takes the focus on that token: the arrow keys go on from it
+      var strip = document.getElementById("strip");
+      strip.focus({preventScroll: true});
+      strip.markToken(t);
+    }
   }
 
   function contrastFrom(pair) {  // the pair search's wording: the model's own top-k, or the --sibling model's
