@@ -64,7 +64,8 @@
     var d = p.decision;  // the newest accept or reject: the decision in force, as the case page and `show` name it
     if (p.reviewable) rows.push(["review", d ? [el("strong", {}, "pair " + d.decision + "ed"),
       " (the decision in force, " + d.created_at + " UTC" + (d.comment ? ": " + d.comment : "") + ")" +
-      (d.decision === "reject" ? "; export-dpo and finetune leave it out" : "")] : el("span", {class: "muted"}, "none yet")]);
+      // (only a case is training data: a reject takes a case out of export-dpo and finetune)
+      (d.decision === "reject" && p.case_id ? "; export-dpo and finetune leave it out" : "")] : el("span", {class: "muted"}, "none yet")]);
     return el("div", {class: "pair-block"}, [
       el("table", {class: "t pair", "data-pair-run": p.pair_run_id, "data-status": p.status},
          rows.map(function (r) { return el("tr", {}, [el("th", {scope: "row"}, r[0]), el("td", {}, r[1])]); })),
