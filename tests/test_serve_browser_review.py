@@ -12,6 +12,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).parent))
 from test_serve_browser import (_api, _graph_case, _open, _open_review, page,  # noqa: E402,F401
                                 server)  # (the module's fixtures and helpers, shared)
@@ -183,3 +185,24 @@ def test_masking_rows_and_heatmap_tokens_by_keyboard(page: Any, server: dict[str
     rows.nth(1).focus()
     page.keyboard.press(" ")
     assert int(page.locator("#strip .tok.cur").get_attribute("data-p")) == int(rows.nth(1).get_attribute("data-p"))
+
+
+def test_case_page_sums_relevance_by_segment_and_says_an_unknown_method(page: Any, server: dict[str, Any]) -> None:
+    """The case page had no per-segment Σ R (`failtrace show --case` prints it), and `?method=bogus` silently became
+    attnlrp. The table is checked against the stored sums and the labels' counts; the unknown method is said."""
+    case = server["cases"][0]
+    _open(page, server, f"#/case/{case.case_id}?method=cp-lrp", "case")
+    assert page.inner_text("#segments h3") == "cp-lrp relevance by segment"
+    sums = case.methods["cp-lrp"].segment_relevance
+    labels = case.segment_labels()
+    rows = page.locator("#segments tr[data-seg]").evaluate_all(
+        "trs => trs.map(t => [t.dataset.seg, +t.cells[1].textContent, t.cells[2].textContent])")
+    assert [r[0] for r in rows] == sorted(sums, key=lambda k: (-abs(sums[k]), k))  # largest |Σ R| first
+    for seg, n, value in rows:
+        assert n == labels.count(seg) and float(value) == pytest.approx(sums[seg], rel=1e-3, abs=1e-3), seg
+    assert page.locator("#method-note").count() == 0
+    page.goto(server["base"] + f"#/case/{case.case_id}?method=bogus")
+    page.wait_for_selector("#method-note", timeout=20000)
+    assert page.inner_text("#method-note").startswith("this case has no method ‹bogus› (it has attnlrp, ")
+    assert page.inner_text("#method-note").endswith("): showing attnlrp")
+    assert page.inner_text("#segments h3") == "attnlrp relevance by segment"

@@ -36,6 +36,7 @@ STATIC_FILES: dict[str, tuple[str, str, str]] = {
     "common.js": ("failtrace.serve", "static/common.js", "text/javascript; charset=utf-8"),
     "table.js": ("failtrace.serve", "static/table.js", "text/javascript; charset=utf-8"),
     "case.js": ("failtrace.serve", "static/case.js", "text/javascript; charset=utf-8"),
+    "review.js": ("failtrace.serve", "static/review.js", "text/javascript; charset=utf-8"),
     "graph.js": ("failtrace.serve", "static/graph.js", "text/javascript; charset=utf-8"),
     "item.js": ("failtrace.serve", "static/item.js", "text/javascript; charset=utf-8"),
     "app.js": ("failtrace.serve", "static/app.js", "text/javascript; charset=utf-8"),

@@ -228,6 +228,25 @@
                           el("p", {class: "note"}, c.sum_note + " (Δℓ = " + FT.fmt(c.delta_logit, 4) + ").")]);
   }
 
+  // the chosen method's relevance summed per segment, largest |Σ R| first, as `failtrace show --case` prints it (the
+  // stored sums keep special token ids in `special`, said so)
+  function segmentsTable(c, method) {
+    var sums = c.methods[method].segment_relevance || {};
+    var count = {};
+    c.labels.forEach(function (l) { count[l] = (count[l] || 0) + 1; });
+    var rows = Object.keys(sums).sort(function (a, b) { return Math.abs(sums[b]) - Math.abs(sums[a]) || (a < b ? -1 : 1); })
+      .map(function (seg) {
+        var said = c.relevant_segments.indexOf(seg) >= 0 ? " (relevant)" : seg === "special" ? " (chat template and special ids)" : "";
+        var colour = FT.meta.colors.segments[seg] || FT.meta.colors.other_segment;
+        return el("tr", {"data-seg": seg}, [el("td", {}, [el("span", {class: "swatch", style: "background:" + colour}), seg + said]),
+                                            el("td", {class: "n"}, String(count[seg] || 0)), el("td", {class: "n"}, FT.fmt(sums[seg], 4))]);
+      });
+    if (!rows.length) return null;
+    return el("div", {id: "segments"}, [el("h3", {}, method + " relevance by segment"),
+      el("table", {class: "t"}, [el("tr", {}, [el("th", {}, "segment"), el("th", {class: "n"}, "tokens"),
+                                               el("th", {class: "n"}, "Σ R")])].concat(rows))]);
+  }
+
   // the evidence in words (views/verdicts.py: the same sentence as failtrace show and the report)
   function why(text, lead) {
     if (!text) return null;
@@ -253,10 +272,10 @@
       return FT.followWholeId(e, "case", params, function (whole) { return FT.views.case(view, params, whole); });
     });
     function paint(c) {
-      var ms = methodsOf(c), method = params.get("method");
+      var ms = methodsOf(c), method = params.get("method"), asked = null;
       if (!Object.prototype.hasOwnProperty.call(c.methods, method || "")) {  // none, or one this case lacks: the
         method = ms.indexOf("attnlrp") >= 0 ? "attnlrp" : ms[0];             // default, and the URL says which
-        if (params.has("method")) { params.set("method", method); FT.go("case", id, params, true); }
+        if (params.has("method")) { asked = params.get("method"); params.set("method", method); FT.go("case", id, params, true); }
       }
       FT.crumb([el("a", {href: "#/case/" + id}, "case " + c.item_id)]);  // where we are; the graph is a link below
       view.textContent = "";
@@ -271,6 +290,9 @@
                 ["Δℓ", FT.fmt(c.delta_logit, 4)], ["context tokens", c.tokens.length + " (" + c.prompt_length + " prompt)"],
                 ["k* (" + method + ")", kLabel(c.methods[method])],
                 ["contrast from", contrastFrom(c.pair)]];
+      if (asked !== null)  // a hand-edited or old link's method: said, not silently replaced
+        view.appendChild(el("p", {class: "note err", id: "method-note", role: "status"}, "this case has no method " +
+          FT.quoted(FT.clip(asked, 60)) + " (it has " + ms.join(", ") + "): showing " + method));
       if (c.current && !c.current.is_current) {  // an old link: say which case the other views show instead
         view.appendChild(el("p", {class: "stale", id: "stale", role: "status"}, [
           "This case is from an older analysis of its pair run. status, the report and failtrace show use the current one",
@@ -303,114 +325,10 @@
           (c.masking && c.masking.skip_template ? "; never the chat template's own text" : "") +
           "); below 0 the prediction flips. Bold: " + method + "."),
           curves(c, method), el("p", {class: "note"}, "grey: the other methods (hover a line for its name and k*)"),
-          methodsTable(c)]),
-        el("div", {}, [alternativesBox(c), labels(c)])]));
+          methodsTable(c), segmentsTable(c, method)]),
+        el("div", {}, [FT.views.alternativesBox(c), labels(c)])]));
       if (FT.meta.has_comparisons) view.appendChild(FT.views.compareSection(c));
       view.appendChild(FT.views.reviewBox(c));
     }
-  };
-
-  /* The model's top-k next tokens at the failure point (stored by analyse) with Δℓ = ℓ(target) − ℓ(a); in review
-     mode each row can be picked as the contrast instead (a 'contrast' review; the case itself is not changed). */
-  function alternativesBox(c) {
-    var box = el("div", {id: "alternatives"}, [el("h3", {}, "Target vs contrast: the model's top alternatives")]);
-    if (!c.alternatives) {
-      box.appendChild(el("p", {class: "muted"}, "not recorded for this case (analysed before failtrace kept them): run failtrace analyse on the store again to add them."));
-      return box;
-    }
-    var status = el("span", {id: "alt-status", class: "muted", "aria-live": "polite"});  // read out when it changes
-    var comment = el("input", {type: "text", id: "alt-comment", maxlength: 2000, placeholder: "why this contrast (optional)",
-                               "aria-label": "why this contrast (optional comment)"});
-    var rows = c.alternatives.map(function (a) {
-      var role = a.is_target ? el("span", {class: "pill tgt"}, "target") : a.is_contrast ? el("span", {class: "pill ctr"}, "contrast") : "";
-      var pick = null;
-      if (FT.meta.review && !a.is_target && !a.is_contrast) {
-        // a name per button (a screen reader lists them all alike otherwise); the id where two tokens print alike
-        var twin = c.alternatives.some(function (b) { return b !== a && FT.shown(b.text) === FT.shown(a.text); });
-        pick = el("button", {type: "button", class: "pick write", "data-token": a.token_id,
-                             "aria-label": "use " + FT.quoted(a.text) + (twin ? " (id " + a.token_id + ")" : "") +
-                               " as contrast"}, "use as contrast");
-        pick.addEventListener("click", function () {
-          FT.write(function () {
-            return FT.post("/api/cases/" + encodeURIComponent(c.case_id) + "/contrast", {contrast_id: a.token_id, comment: comment.value});
-          }, "alt-status", "saved: a review names " + FT.quoted(a.text) + " as the better contrast (the review log lists it); " +
-             "the case, its contrast and the exported preference data are unchanged");
-        });
-      }
-      return el("tr", {"data-token": a.token_id}, [el("td", {class: "n"}, String(a.rank)), el("td", {class: "tx"}, FT.shown(a.text)),
-        el("td", {class: "n"}, String(a.token_id)), el("td", {class: "n"}, FT.fmt(a.logit, 3)), el("td", {class: "n"}, FT.fmt(a.delta_logit, 3)),
-        el("td", {}, role), el("td", {}, pick)]);
-    });
-    var others = c.alternatives.filter(function (a) { return !a.is_contrast; }).length;
-    var extra = c.alternatives.some(function (a) { return a.is_contrast && a.rank > others; });  // listed beyond the top
-    box.appendChild(el("p", {class: "note"}, "At the failure point, the " + (extra ? others : c.alternatives.length) +
-      " highest-logit tokens (rank 0: the target, the model's own choice)" + (extra ? ", and the contrast below them" : "") +
-      ". Δℓ = ℓ(target) − ℓ(token): how much the model preferred its wrong token."));
-    box.appendChild(el("div", {class: "scroll"}, el("table", {class: "t alts"}, [el("tr", {}, ["rank", "token", "id", "logit", "Δℓ", "", ""].map(function (h, i) {
-      return el("th", {class: i && i < 5 && i !== 1 ? "n" : ""}, h); }))].concat(extra ? gapBefore(rows, c.alternatives) : rows))));
-    if (FT.meta.review) box.appendChild(el("div", {class: "rv"}, [comment, status]));
-    return box;
-  }
-
-  function gapBefore(rows, alts) {  // a "⋮" row where the ranks jump from the top to a contrast listed below them
-    var out = [];
-    rows.forEach(function (r, i) {
-      if (i && alts[i].rank > alts[i - 1].rank + 1) out.push(el("tr", {class: "gap"}, [el("td", {class: "n muted"}, "⋮"),
-        el("td", {class: "muted", colspan: 6}, (alts[i].rank - alts[i - 1].rank - 1) + " tokens not listed")]));
-      out.push(r);
-    });
-    return out;
-  }
-
-  FT.views.reviewBox = function (c) {
-    var box = el("section", {class: "block", id: "review"}, [el("h3", {}, "Review")]);
-    function when(r) { return String(r.created_at).replace(/\.\d+$/, "") + " UTC"; }  // the server's clock, in UTC
-    // the log keeps every decision; the newest accept or reject (API `decision`) is the one in force
-    if (c.decision) box.appendChild(el("p", {id: "rv-in-force"}, [el("strong", {}, "pair " + c.decision.decision + "ed"),
-      " (the decision in force, " + when(c.decision) + ")" +
-      (c.decision.decision === "reject" ? "; export-dpo and finetune leave it out" : "")]));
-    var newerCategory = false;  // reviews come newest first: an override after the first is superseded by it
-    (c.reviews || []).forEach(function (r) {
-      var superseded = ((r.decision === "accept" || r.decision === "reject") && r.review_id !== c.decision.review_id) ||
-                       (r.decision === "category" && newerCategory);
-      if (r.decision === "category") newerCategory = true;
-      box.appendChild(el("div", {class: "note rv-log" + (superseded ? " muted" : "")}, when(r) + " · " + r.decision + (r.category ? " → " + r.category : "") +
-        (r.contrast_id !== null && r.contrast_id !== undefined ? " → " + FT.quoted(r.contrast_text) + " (#" + r.contrast_id + ")" : "") + (r.comment ? ": " + r.comment : "") +
-        (superseded ? " (superseded)" : "")));
-    });
-    if (!FT.meta.review) { box.appendChild(el("p", {class: "muted"}, "read-only: start with `failtrace serve --review` to accept/reject pairs or override categories.")); return box; }
-    var comment = el("textarea", {id: "rv-comment", maxlength: 2000, placeholder: "comment (required for an override)",
-                                  "aria-label": "review comment (required for an override)"});
-    // opens on the case's category now (an override keeps its own), so a click cannot set another by accident
-    // the computed category is named so: choosing it over an override removes the override (as `override --clear`)
-    var cat = el("select", {id: "rv-category", "aria-label": "category for an override"}, FT.meta.categories.map(function (k) {
-      return el("option", {value: k, selected: k === c.effective_category}, k + (k === c.category ? " (computed)" : "")); }));
-    var status = el("span", {id: "rv-status", class: "muted", "aria-live": "polite"});
-    function send(path, body) { return function () { return FT.post(path, body); }; }
-    function decide(d) {
-      return function (ev) {
-        ev.preventDefault();
-        FT.write(send("/api/reviews", {pair_run_id: c.pair_run_id, item_id: c.item_id, decision: d, comment: comment.value}), "rv-status");
-      };
-    }
-    box.appendChild(el("form", {class: "rv"}, [comment,
-      el("button", {type: "button", id: "rv-accept", class: "write", onclick: decide("accept")}, "accept pair"),
-      el("button", {type: "button", id: "rv-reject", class: "write", onclick: decide("reject")}, "reject pair"), cat,
-      el("button", {type: "button", id: "rv-override", class: "write", onclick: function () { override(cat.value); }},
-         "override category"),
-      c.override ? el("button", {type: "button", id: "rv-clear", class: "write", onclick: function () { override(c.category); }},
-                      "clear override") : null,
-      status]));
-    function override(category) {  // to the computed category over an override: the server removes the override
-      var clears = c.override && category === c.category;
-      if (!comment.value.trim()) {
-        FT.say("rv-status", (clears ? "clearing" : "an override") + " needs a comment: say why", true);
-        comment.focus(); return;
-      }
-      FT.write(send("/api/cases/" + encodeURIComponent(c.case_id) + "/override", {category: category, comment: comment.value}),
-               "rv-status", clears ? "saved: the override is removed; the computed category " + category + " counts again"
-                                   : "saved: category " + category + " set by hand");
-    }
-    return box;
   };
 })(FT);
