@@ -320,7 +320,17 @@ def test_openapi_documents_the_api(client: TestClient) -> None:
 
 
 def test_foreign_host_header_refused(client: TestClient) -> None:
-    assert client.get("/api/meta", headers={"host": "evil.example"}).status_code == 400
+    """Starlette's host check refuses it (DNS rebinding); the refusal was a bare text "Invalid host header", now one
+    JSON line as every other error, naming the header and what a proxy must send."""
+    for host in ("evil.example", "evil.example:8765", ""):
+        r = client.get("/api/meta", headers={"host": host})
+        assert r.status_code == 400 and r.headers["content-type"] == "application/json", (host, r.text)
+        assert r.json()["detail"].startswith(f"the Host header {host!r} is not a name this explorer answers to "
+                                             "(127.0.0.1, localhost, [::1], ::1)"), r.text
+        assert r.headers["x-content-type-options"] == "nosniff"  # the security headers still go with it
+    assert client.head("/api/meta", headers={"host": "evil.example"}).status_code == 400
+    for host in ("127.0.0.1:8765", "localhost"):
+        assert client.get("/api/meta", headers={"host": host}).status_code == 200
 
 
 def test_a_chosen_facet_value_stays_listed_at_zero(client: TestClient) -> None:

@@ -252,6 +252,41 @@ class HeadAsGet:
         await self.app({**scope, "method": "GET"}, receive, headers_only)
 
 
+def host_checked(app: Any, allowed_hosts: list[str]) -> Any:
+    """``app`` behind Starlette's TrustedHostMiddleware (the DNS-rebinding guard), with its refusal said as every
+    other error is: one JSON line naming the Host header and what to do, not a bare text "Invalid host header".
+    Starlette's check itself decides; a request it lets through is marked in its scope, and only an unmarked
+    response (the refusal) is replaced."""
+    from fastapi.responses import JSONResponse
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+    async def passed(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        scope["failtrace.host_ok"] = True
+        await app(scope, receive, send)
+
+    checked = TrustedHostMiddleware(passed, allowed_hosts=allowed_hosts)
+
+    async def guarded(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await checked(scope, receive, send)
+            return
+
+        async def said(message: dict[str, Any]) -> None:
+            if scope.get("failtrace.host_ok"):
+                await send(message)
+            elif message["type"] == "http.response.body":  # the refusal's body: ours instead, status and all
+                host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")[:80]
+                await JSONResponse({"detail": f"the Host header {host!r} is not a name this explorer answers to "
+                                              f"({', '.join(allowed_hosts)}): it listens on loopback only, so a page "
+                                              "elsewhere cannot reach it by DNS rebinding; a proxy must send one of "
+                                              "these, or start failtrace serve with --host ADDRESS"},
+                                   status_code=400)(scope, receive, send)
+
+        await checked(scope, receive, said)
+
+    return guarded
+
+
 def cross_site_write(headers: Any) -> tuple[int, str] | None:
     """(status, reason) refusing a write another web page's script could send, else None.
 
@@ -281,7 +316,6 @@ def create_app(store: str | Path, review: bool = False, allowed_hosts: list[str]
     from fastapi.encoders import jsonable_encoder
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
-    from starlette.middleware.trustedhost import TrustedHostMiddleware
 
     from failtrace.serve.api import router
     from failtrace.serve.review_api import READ_ONLY
@@ -305,8 +339,7 @@ def create_app(store: str | Path, review: bool = False, allowed_hosts: list[str]
     app.state.static = load_static()
     app.include_router(router)
     app.include_router(review_router)
-    app.add_middleware(TrustedHostMiddleware,
-                       allowed_hosts=allowed_hosts or ["127.0.0.1", "localhost", "[::1]", "::1"])
+    app.add_middleware(host_checked, allowed_hosts=allowed_hosts or ["127.0.0.1", "localhost", "[::1]", "::1"])
     app.add_middleware(HeadAsGet)  # outside the host check: a HEAD is checked as the GET it stands for
 
     # the write routes: on a read-only explorer refused here, before their body is read or parsed
