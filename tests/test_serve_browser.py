@@ -150,9 +150,9 @@ def test_table_count_filter_and_url_state(page: Any, server: dict[str, Any]) -> 
             else "—" if c.methods["attnlrp"].flip_k is None else str(c.methods["attnlrp"].flip_k)
             for c in server["cases"]}
     got = dict(page.locator("tr.row.has-case").evaluate_all(
-        "trs => trs.map(tr => [tr.dataset.case, tr.querySelector('td:nth-child(9)').textContent])"))
+        "trs => trs.map(tr => [tr.dataset.case, tr.querySelector('td[data-col=k_star]').textContent])"))
     assert got == want
-    assert set(page.locator("tr.row:not(.has-case) td:nth-child(9)").all_inner_texts()) == {"—"}
+    assert set(page.locator("tr.row:not(.has-case) td[data-col=k_star]").all_inner_texts()) == {"—"}
     # (the table and case screenshots in docs/ are of a real demo store: scripts/explorer_screenshot.py)
     # every toy case flips; a row whose curve ran without a flip (as the API sends it) reads "none", not "—"
     def no_flip(route: Any) -> None:
@@ -162,7 +162,7 @@ def test_table_count_filter_and_url_state(page: Any, server: dict[str, Any]) -> 
 
     page.route("**/api/table?*", no_flip)
     _open(page, server, "#/cases?sort=item_id", "cases")
-    assert page.locator("tr.row td:nth-child(9)").first.inner_text() == "none"
+    assert page.locator("tr.row td[data-col=k_star]").first.inner_text() == "none"
     page.unroute("**/api/table?*")
     # pair statuses read as the report and failtrace status word them (store.schema.PAIR_STATUS_TEXT), with their
     # meaning on hover, in the facet and in the table; the filter value in the URL stays the stored one
@@ -184,7 +184,7 @@ def test_table_count_filter_and_url_state(page: Any, server: dict[str, Any]) -> 
     assert {"no_target", NOT_SEARCHED, "clean"} <= set(values)
     assert [t.split("\n")[0].strip() for t in facet.all_inner_texts()] == [s[0] for s in said]
     assert facet.evaluate_all("ls => ls.map(l => l.title)") == [s[1] for s in said]
-    first = page.locator("tr.row td:nth-child(5)").first
+    first = page.locator("tr.row td[data-col=pair_status]").first
     assert first.inner_text() == "weak preference" and first.get_attribute("title").startswith(
         PAIR_STATUS_TEXT["weak_preference"][1])
     # a category or pattern keeps its short name, with the paper's name and its meaning on hover, in the facets and
@@ -210,7 +210,7 @@ def test_table_count_filter_and_url_state(page: Any, server: dict[str, Any]) -> 
     assert page.inner_text("#total") == f"{server['n_clean']} rows"
     page.click("th[data-col=delta_logit]")
     _painted(page, "cases", "sort=delta_logit")
-    shown = [float(x) for x in page.locator("tr.row td:nth-child(8)").all_inner_texts()]
+    shown = [float(x) for x in page.locator("tr.row td[data-col=delta_logit]").all_inner_texts()]
     assert shown == sorted(shown) and len(shown) == server["n_clean"]
 
 

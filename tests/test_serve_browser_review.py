@@ -206,3 +206,36 @@ def test_case_page_sums_relevance_by_segment_and_says_an_unknown_method(page: An
     assert page.inner_text("#method-note").startswith("this case has no method ‹bogus› (it has attnlrp, ")
     assert page.inner_text("#method-note").endswith("): showing attnlrp")
     assert page.inner_text("#segments h3") == "attnlrp relevance by segment"
+
+
+def test_constant_benchmark_and_model_columns_are_said_once(page: Any, server: dict[str, Any]) -> None:
+    """At 800 px a one-model store's cases table needed a sideways scroll, two of its columns saying the same thing
+    on every row. Those are said once above the table; a second value brings its column back."""
+    from failtrace.store import open_store
+
+    with open_store(server["store"], read_only=True) as st:
+        (bench, model), = st.con.execute("SELECT DISTINCT benchmark, model FROM runs WHERE stage = 'collect'").fetchall()
+    page.set_viewport_size({"width": 800, "height": 900})
+    try:
+        _open(page, server, "#/cases", "cases")
+        assert page.inner_text("#uniform") == f"every row: benchmark {bench} · model {model}"
+        assert page.locator("th[data-col=benchmark], th[data-col=model], td[data-col=model]").count() == 0
+        heads = page.locator("#cases th").evaluate_all("ths => ths.map(t => t.dataset.col)")
+        cells = page.locator("tr.row").first.locator("td").evaluate_all("tds => tds.map(t => t.dataset.col)")
+        assert heads == cells and "pattern" in heads  # every cell under its own header
+        assert page.evaluate("(() => { const s = document.querySelector('#cases').parentNode; "
+                             "return s.scrollWidth <= s.clientWidth; })()")  # no sideways scroll at 800 px
+
+        def two_models(route: Any) -> None:  # another model's rows in the store: its column is back
+            body = route.fetch().json()
+            body["facets"]["model"].append({"value": "other-model", "count": 1})
+            route.fulfill(json=body)
+
+        page.route("**/api/table?*", two_models)
+        _open(page, server, "#/cases?sort=verdict", "cases")
+        page.unroute("**/api/table?*")
+        assert page.inner_text("#uniform") == f"every row: benchmark {bench}"
+        assert page.locator("th[data-col=model]").count() == 1
+        assert page.locator("tr.row").first.locator("td[data-col=model]").count() == 1
+    finally:
+        page.set_viewport_size({"width": 1360, "height": 900})

@@ -101,9 +101,23 @@
     return side;
   }
 
-  function header(params) {
+  // benchmark and model, when every row of the filtered table has one and the same: said once above the table, and
+  // their columns left out (a one-model store's table needed a sideways scroll at 800 px for two constant columns)
+  var FOLDABLE = ["benchmark", "model"];
+  function uniform(data) {
+    var same = {};
+    FOLDABLE.forEach(function (name) {
+      var seen = (data.facets[name] || []).filter(function (f) { return f.count > 0; });
+      if (data.total > 0 && seen.length === 1 && seen[0].count === data.total && seen[0].value !== "(none)")
+        same[name] = seen[0].value;
+    });
+    return same;
+  }
+  function shownCols(same) { return COLS.filter(function (c) { return !(c[0] in same); }); }
+
+  function header(params, same) {
     var sort = params.get("sort") || "item_id", desc = params.get("desc") === "1";
-    return el("tr", {}, COLS.map(function (c) {
+    return el("tr", {}, shownCols(same).map(function (c) {
       var on = c[0] === sort;
       return el("th", {class: "s" + (on ? " on" : "") + (c[0] === "delta_logit" || c[0] === "k_star" ||
                        c[0] === "n_tokens" ? " n" : ""), "data-col": c[0], title: "sort by " + (c[2] || c[1]),
@@ -123,7 +137,7 @@
       ? "no flip within the masking curve's K" : r.case_id ? "masking curve not computed" : "no analysed case";
   }
 
-  function row(r) {
+  function row(r, same) {
     var c = FT.meta.colors, said = r.pair_status ? FT.meta.pair_status_text[r.pair_status] : undefined;
     var cells = [el("td", {class: "item"}, r.item_id), el("td", {}, r.benchmark), el("td", {title: r.model},
                  String(r.model).split("/").pop()), el("td", {}, r.verdict), el("td", {title: (said ? said[1] : "") +
@@ -134,6 +148,8 @@
                  el("td", {class: "n"}, FT.fmt(r.delta_logit)), el("td", {class: "n", title: kTitle(r)}, r.k_star !== null ? String(r.k_star) : r.k_computed ? "none" : "—"),
                  el("td", {class: "nw"}, [FT.badge(r.category, c.categories), r.overridden ? el("span", {class: "muted", title: "overridden by a reviewer"}, " ✎") : null]),
                  el("td", {}, FT.badge(r.pattern, c.patterns)), el("td", {class: "n"}, r.n_tokens === null ? "—" : String(r.n_tokens))];
+    cells.forEach(function (td, i) { td.dataset.col = COLS[i][0]; });  // tests and scripts find a cell by its column
+    cells = cells.filter(function (td) { return !(td.dataset.col in same); });
     var tr = el("tr", {class: "row" + (r.case_id ? " has-case" : ""), "data-case": r.case_id || "", tabindex: "0",
                        onkeydown: activateOnEnter, title: r.case_id ? "open the case" : "open the item"}, cells);
     tr.addEventListener("click", function () {
@@ -217,9 +233,12 @@
       if (refused) FT.go("cases", "", params, true);
       var again = keepFocus(view);
       view.textContent = "";
-      var tbl = el("table", {class: "t cases", id: "cases"}, [el("thead", {}, header(params)),
-                   el("tbody", {}, data.rows.map(row))]);
-      var main = el("div", {}, [doubled(params), pager(data, params), el("div", {class: "scroll"}, tbl),
+      var same = uniform(data), names = Object.keys(same);
+      var tbl = el("table", {class: "t cases", id: "cases"}, [el("thead", {}, header(params, same)),
+                   el("tbody", {}, data.rows.map(function (r) { return row(r, same); }))]);
+      var every = names.length ? el("p", {class: "muted", id: "uniform"}, "every row: " + names.map(function (n) {
+        return n + " " + same[n]; }).join(" · ")) : null;
+      var main = el("div", {}, [doubled(params), pager(data, params), every, el("div", {class: "scroll"}, tbl),
                                 data.total ? null : el("p", {class: "muted"}, "no rows match these filters")]);
       view.appendChild(el("div", {class: "layout"}, [sidebar(data, params, refused), main]));
       again();
