@@ -116,7 +116,8 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (budget + 2**31, resource.RLIM_INFINITY))
     import torch
 
-    print(f"bundled SmolLM2-135M-Instruct (30 layers), fp32, CPU threads={os.environ.get('BENCH_THREADS', os.cpu_count())}, torch {torch.__version__}")
+    threads = os.environ.get("BENCH_THREADS", os.cpu_count())
+    print(f"bundled SmolLM2-135M-Instruct (30 layers), fp32, CPU threads={threads}, torch {torch.__version__}")
     print(f"{'tokens':>7} {'plain f+b s':>12} {'AttnLRP s':>10} {'LRP/plain':>10} {'IG32 s':>9} {'IG/LRP':>8} "
           f"{'peak GiB (plain/LRP/IG)':>24}")
     for n in [int(x) for x in args.lengths.split(",")]:

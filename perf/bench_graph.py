@@ -7,8 +7,8 @@ within the time limit (10 minutes by default).
 Every measurement runs in its own subprocess so that its peak resident memory (``ru_maxrss``, which sees torch's
 allocations, unlike tracemalloc) is its own. Inputs are natural text (a paragraph repeated and cut to n tokens), so
 that the node threshold prunes rows as it would on real prompts. Packed timings that would take hours are
-extrapolated from a sample of target rows on one layer (marked ``est.``: an estimate, not a measured run): the cost of the packed method is linear in the
-number of target rows and each layer has the same shape.
+extrapolated from a sample of target rows on one layer (marked ``est.``: an estimate, not a measured run): the cost
+of the packed method is linear in the number of target rows and each layer has the same shape.
 
     python perf/bench_graph.py                  # the full table (about an hour on 2 cores)
     python perf/bench_graph.py --quick          # n = 128 and 512 only, no search for the largest n
@@ -213,7 +213,8 @@ def main() -> int:
     print("time as a multiple of the one AttnLRP relevance pass it starts from (same length, same run).")
     print()
     header = (f"{'n':>6} | {'naive':>9} | {'packed':>14} | {'closed-form':>11} | {'packed/closed':>13} | "
-              f"{'naive/closed':>12} | {'graph/pass':>10} | {'closed, node 0.01':>17} | {'rows kept':>9} | {'peak MB (cf, pk)':>16}")
+              f"{'naive/closed':>12} | {'graph/pass':>10} | {'closed, node 0.01':>17} | {'rows kept':>9} | "
+              f"{'peak MB (cf, pk)':>16}")
     print(header)
     print("-" * len(header))
     for n, naive, packed, closed, pruned in rows:
@@ -221,8 +222,8 @@ def main() -> int:
                 else "-")
         peak = f"{closed.get('peak_rss_mb', 0):.0f}, {packed.get('peak_rss_mb', 0):.0f}" if closed and packed else "-"
         print(f"{n:>6} | {_fmt_time(naive):>9} | {_fmt_time(packed):>14} | {_fmt_time(closed):>11} | "
-              f"{ratio(packed, closed):>13} | {ratio(naive, closed):>12} | {per_pass(closed):>10} | {_fmt_time(pruned):>17} | {kept:>9} | "
-              f"{peak:>16}")
+              f"{ratio(packed, closed):>13} | {ratio(naive, closed):>12} | {per_pass(closed):>10} | "
+              f"{_fmt_time(pruned):>17} | {kept:>9} | {peak:>16}")
     print()
     for n, naive, packed, closed, pruned in rows:
         for r in (naive, packed, closed, pruned):

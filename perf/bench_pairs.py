@@ -210,7 +210,8 @@ def order_rows(lm: Any, bench: Any, failures: list[Any], budget: int, top_k: int
         same = sum((a.status, a.completion_offset, a.contrast_id) == (b.status, b.completion_offset, b.contrast_id)
                    for a, b in zip(res, base, strict=True))
         rows.append((f"ifeval pairs, order {o}", f"{secs[o] / nf:.1f} s/failure",
-                     f"{sum(r.rollouts for r in res) / nf:.1f} rollouts, {sum(r.positions_rolled for r in res) / nf:.1f}"
+                     f"{sum(r.rollouts for r in res) / nf:.1f} rollouts, "
+                     f"{sum(r.positions_rolled for r in res) / nf:.1f}"
                      f" positions rolled out, {sum(r.tokens_decoded for r in res) / nf:.0f} tokens per failure; same "
                      f"pair as {orders[0]} {same}/{len(res)}"))
     return rows

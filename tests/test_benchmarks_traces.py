@@ -315,7 +315,8 @@ def test_expected_arguments_with_nan_or_infinity_are_named(tmp_path: Path) -> No
     ({"tool": 5}, "'expected' 'tool' must be a non-empty string, got 5"),
     ({"tool": "f", "arguments": {}, "answer": "x"}, "'expected' holds 'tool' and 'answer': give exactly one action"),
     ({"tool": "f", "arguments": 5}, "'expected' arguments of 'f' must be an object of named arguments, got int"),
-    ({"tool": "f", "arguments": "[1, 2]"}, "'expected' arguments of 'f' must be an object of named arguments, got list"),
+    ({"tool": "f", "arguments": "[1, 2]"},
+     "'expected' arguments of 'f' must be an object of named arguments, got list"),
 ])
 def test_an_expected_action_that_no_completion_could_meet_is_named(tmp_path: Path, expected: dict[str, object],
                                                                    said: str) -> None:

@@ -326,7 +326,8 @@ def test_attention_blocks_are_called_without_a_cache_argument_warning():
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         g = _build(model, "closed-form", mid_nodes=True)
-    assert set(g.metadata["methods_used"].values()) == {"closed-form"} and g.metadata["closed_form_fallback_layers"] == []
+    assert set(g.metadata["methods_used"].values()) == {"closed-form"}
+    assert g.metadata["closed_form_fallback_layers"] == []
     cache_words = [str(w.message) for w in seen if "past_key_value" in str(w.message) or "`cache`" in str(w.message)]
     assert cache_words == []
 

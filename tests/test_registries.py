@@ -1,4 +1,5 @@
-"""Registries: objectives, attribution methods (one line to add one) and the LRP rule table shared by patch and graph."""
+"""Registries: objectives, attribution methods (one line to add one) and the LRP rule table shared by patch and
+graph."""
 
 from __future__ import annotations
 

@@ -162,7 +162,7 @@ def test_masking_rows_and_heatmap_tokens_by_keyboard(page: Any, server: dict[str
     """The masking table's rows and the heatmap's tokens answered the mouse only: now Tab reaches a row, Enter finds
     its token in the heatmap and gives the heatmap the focus there, and the arrow keys walk the tokens, each said in
     the readout as hover says it."""
-    case = next(c for c in server["cases"] if c.methods["attnlrp"].flip_curve and len(c.methods["attnlrp"].flip_curve) > 2)
+    case = next(c for c in server["cases"] if len(c.methods["attnlrp"].flip_curve or []) > 2)
     _open(page, server, f"#/case/{case.case_id}", "case")
     rows = page.locator("table.masked tr.hit-row")
     first = int(rows.first.get_attribute("data-p"))
@@ -214,7 +214,8 @@ def test_constant_benchmark_and_model_columns_are_said_once(page: Any, server: d
     from failtrace.store import open_store
 
     with open_store(server["store"], read_only=True) as st:
-        (bench, model), = st.con.execute("SELECT DISTINCT benchmark, model FROM runs WHERE stage = 'collect'").fetchall()
+        ((bench, model),) = st.con.execute("SELECT DISTINCT benchmark, model FROM runs WHERE stage = 'collect'"
+                                           ).fetchall()
     page.set_viewport_size({"width": 800, "height": 900})
     try:
         _open(page, server, "#/cases", "cases")

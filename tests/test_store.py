@@ -235,7 +235,7 @@ def test_runs_are_chosen_by_id_or_unique_prefix(tmp_path: Path) -> None:
                                                  r"abd4560000000002\); give more characters"):
             st.select_runs("pairs", ["ab"], None, "pair run", "x")
         with pytest.raises(FailtraceError, match=r"no pair run 'zz' in .*; its pair runs: abc1230000000001, "
-                                                 r"abd4560000000002, ffe0000000000003 \(`failtrace status` lists them\)"):
+                           r"abd4560000000002, ffe0000000000003 \(`failtrace status` lists them\)"):
             st.select_runs("pairs", ["zz"], None, "pair run", "x")
         with pytest.raises(FailtraceError, match=r"no collection run 'abc' in .*; it has no collection runs"):
             st.select_runs("collect", ["abc"], None, "collection run", "x")
@@ -319,7 +319,8 @@ def full_store(tmp_path_factory: pytest.TempPathFactory) -> bytes:
                            "'{\"n\": ' || i || '}', '{}', md5(i::VARCHAR) FROM range(800) t(i)")
             st.con.execute("INSERT INTO run_items SELECT 'r1', printf('i%04d', i), i FROM range(800) t(i)")
             st.con.execute("INSERT INTO generations SELECT 'r1', printf('i%04d', i), 'toy', "
-                           "list_resize([1], 50, 1), 50, repeat('completion ' || i || ' ', 30), range(i, i + 100), 100, 'eos', 0.1, NULL "
+                           "list_resize([1], 50, 1), 50, repeat('completion ' || i || ' ', 30), range(i, i + 100), "
+                           "100, 'eos', 0.1, NULL "
                            "FROM range(800) t(i)")
             st.con.execute("INSERT INTO verdicts SELECT 'r1', printf('i%04d', i), 'fail', '[]', '{}', 0.0 "
                            "FROM range(800) t(i)")
