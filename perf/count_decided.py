@@ -1,7 +1,8 @@
 """How many failures cut at the token budget does their own text decide (not a test)? For each stored failure
 cut at the token budget or the context window and that the checker still fails, the benchmark's prefix rules
-(``failures.prefix_rules.fixed_by_text``, the rule the pair search applies) say whether any continuation could change its verdict: such a failure is searched, the
-rest stay ``unbounded``. Prints the counts and each decided failure's reason.
+(``failures.prefix_rules.fixed_by_text``, the rule the pair search applies) say whether any continuation could
+change its verdict: such a failure is searched, the rest stay ``unbounded``. Prints the counts and each decided
+failure's reason.
 
     .venv/bin/python perf/count_decided.py --store runs.duckdb
 """

@@ -190,7 +190,8 @@ class El{constructor(tag){this.tag=tag;this.attrs={};this.children=[];this.datas
   fire(t){(this.ls[t]||[]).forEach(f=>f({stopPropagation(){},clientX:0,clientY:0}));}
   querySelectorAll(sel){const [tag,c]=sel.split('.');return this.children.filter(x=>x.tag===tag&&x.cls.has(c));}}
 const fs=require('fs'); const page=JSON.parse(fs.readFileSync(process.argv[2],'utf8'));
-const ids={}; ['ftg-svg','ftg-tip','ftg-p','ftg-grey','ftg-count','ftg-pv','ftg-data','ftg-wrap'].forEach(k=>ids[k]=new El(k));
+const ids={};
+['ftg-svg','ftg-tip','ftg-p','ftg-grey','ftg-count','ftg-pv','ftg-data','ftg-wrap'].forEach(k=>ids[k]=new El(k));
 ids['ftg-data'].textContent=page.data; ids['ftg-grey'].checked=true; ids['ftg-wrap'].clientWidth=1200;
 const root={querySelector:s=>ids[s.replace(/^[a-z]*[.]/,'')]};
 global.window={innerHeight:900,addEventListener(){}};

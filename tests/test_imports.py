@@ -148,3 +148,19 @@ def test_library_never_imports_the_test_scaffolding() -> None:
                 importers.append(name)
     assert not importers, f"the library imports the test scaffolding: {sorted(set(importers))}"
     assert not any(m.startswith("failtrace.testing") for m in MODULES)
+
+
+def test_house_size_rules() -> None:
+    """No library module over 400 lines (Python, and the explorer's and the report's own scripts and styles), no
+    Python line over 120 characters in the library, its tests, the test kit, scripts or benchmarks: a module that
+    grows past it is split by what it does (docs/ARCHITECTURE.md names each part)."""
+    repo = ROOT.parent.parent
+    sizes = {p: len(p.read_text(encoding="utf-8").splitlines()) for p in sorted(ROOT.rglob("*"))
+             if p.suffix in (".py", ".js", ".css")}
+    long_modules = [f"{p.relative_to(repo)}: {n} lines" for p, n in sizes.items() if n > 400]
+    assert not long_modules, long_modules
+    folders = [ROOT, repo / "tests", repo / "testkit", repo / "scripts", repo / "perf"]
+    long_lines = [f"{p.relative_to(repo)}:{i}" for folder in folders if folder.is_dir()
+                  for p in sorted(folder.rglob("*.py"))
+                  for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if len(line) > 120]
+    assert not long_lines, long_lines
