@@ -189,3 +189,90 @@ def test_the_scroll_note_counts_what_the_box_hides() -> None:
     assert box_note("a\n" * 7, " [n] ") == "[n] · 7 lines: scroll the box for the rest"
     assert box_note("x" * 500, "  [passes]") == "[passes]"  # about five wrapped lines: it fits
     assert box_note("\n".join(["y" * 500] * 3), "") == "1,502 characters: scroll the box for the rest"
+
+
+def test_a_contrast_outside_the_checked_code_is_said() -> None:
+    """A real demo pair (py-count-a): the contrast ‹(› after ```python opened the fence as ```python(, the model then
+    wrote other code, and that passed; nothing said the token itself was not in the code the checker ran. The
+    checked part is the benchmark's own extract_code (a HumanEval item, here through the demo's delegation)."""
+    from types import SimpleNamespace
+
+    from failtrace.benchmarks.base import checked_span
+    from failtrace.benchmarks.demo import DemoBenchmark, demo_items
+    from failtrace.benchmarks.humaneval import extract_code
+    from failtrace.views.answers import answer_parts, outside_checked, with_contrast_checks
+
+    item = next(i for i in demo_items() if i.id == "py-count-a")
+    bench = DemoBenchmark()
+    forced = '```python(\ndef count_a(s):\n    return s.count("a")\n```'
+    assert bench.check(item, forced).passed  # the real checker passes it
+    span = checked_span(bench, item, forced)
+    assert span is not None and forced[span[0]:span[1]] == extract_code(forced, "count_a") != forced
+    assert checked_span(bench, item, 'def count_a(s):\n    return s.count("a")\n') is None  # no fence: all read
+    ifeval = next(i for i in demo_items() if i.reference.get("kind") == "ifeval")
+    assert checked_span(bench, ifeval, "anything") is None  # IFEval reads the whole answer
+    said = outside_checked(span, forced, "```python", "(")
+    assert said == ("‹(› comes before the code the checker ran (character 9; the code is characters 11–51): what "
+                    "passes is the code the model wrote after it, not the token itself")
+    assert outside_checked(span, forced, "```python(\ndef count_a(s):\n    return s.", "count") is None  # in the code
+    assert outside_checked(span, forced, "```python(\n", "def") is None  # the code's first token
+    assert outside_checked(span, forced, "```py", "thon(\nde") is None  # partly in it: nothing claimed
+    assert outside_checked(span, forced, "```python", "[") is None  # the text does not start so: nothing claimed
+    assert outside_checked(None, forced, "```python", "(") is None
+    # the views' rows: after the forced answer; a stored item that cannot be read says nothing
+    case = SimpleNamespace(case_id="c1", benchmark="demo", item_id=item.id, tokens=["<p>", "```", "python"],
+                           prompt_length=1, contrast_text="(")
+    answers = {"c1": {"recovered": forced}}
+    got = with_contrast_checks(lambda b, i: item, [case], answers)
+    assert answer_parts(got["c1"])[-1] == ("the contrast is not in the checked code", said, "")
+    from failtrace.errors import FailtraceError
+
+    def missing(b: str, i: str) -> Any:
+        raise FailtraceError("gone")
+
+    assert with_contrast_checks(missing, [case], answers)["c1"] == answers["c1"]
+    case.benchmark = "no-such-benchmark"  # a benchmark this process cannot build: no note, no error
+    assert answer_parts(with_contrast_checks(lambda b, i: item, [case], answers)["c1"]) == [
+        ("with the contrast forced", forced, "  [passes the checker]")]
+
+
+def test_show_the_report_and_the_explorer_say_a_contrast_is_outside_the_checked_code(
+        toy: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The three views read the checked part from the benchmark the same way. The toy benchmark reads its whole
+    answer; here it is taken to read only the answer's last character, so every toy case's contrast is outside."""
+    from fastapi.testclient import TestClient
+
+    from failtrace.cli import main
+    from failtrace.cli import show as show_cli
+    from failtrace.cli.console import console
+    from failtrace.serve.app import create_app
+    from failtrace.views import answers as answers_view
+
+    class LastCharacter:
+        def checked_span(self, item: Any, completion: str) -> tuple[int, int]:
+            return len(completion) - 1, len(completion)
+
+    monkeypatch.setitem(answers_view._BENCHMARKS, "toy", LastCharacter())
+    store = tmp_path / "runs.duckdb"
+    shutil.copy(toy["store"], store)
+    monkeypatch.setattr(show_cli, "_console", lambda stderr=False: console(stderr, width=600))
+    assert main(["report", "--store", str(store), "--out", str(tmp_path / "rep")]) == 0
+    page = (tmp_path / "rep" / "index.html").read_text()
+    capsys.readouterr()
+    checked = 0
+    with TestClient(create_app(store), base_url="http://127.0.0.1") as client:
+        for case in toy["cases"]:
+            rows = client.get(f"/api/cases/{case.case_id}").json()["answers"]
+            forced = next((r[1] for r in rows if r[0] == "with the contrast forced"), None)
+            prefix = "".join(case.tokens[case.prompt_length:])
+            if (forced is None or not forced.startswith(prefix + case.contrast_text)
+                    or len(prefix + case.contrast_text) >= len(forced)):  # the contrast reaches the last character
+                continue
+            said = answers_view.outside_checked((len(forced) - 1, len(forced)), forced, prefix, case.contrast_text)
+            assert said and rows[-1][:2] == ["the contrast is not in the checked code", said]
+            assert main(["show", "--store", str(store), "--case", case.case_id]) == 0
+            assert f"the contrast is not in the checked code: {said}" in capsys.readouterr().out
+            assert html.escape(said) in page
+            checked += 1
+    assert checked >= 2

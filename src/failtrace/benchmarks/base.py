@@ -82,6 +82,8 @@ class Benchmark(Protocol):
     # equal status), so the pair search checks each distinct key once per failure (failures/search.py);
     # checker_options() -> dict: the constructor options that change verdicts (IFEval's loose mode). A collection
     # run records them and the pair search rebuilds the same checker from them (see checker_options below).
+    # checked_span(item, completion) -> (start, end) | None: the characters the checker reads when it reads only
+    # part of the completion (HumanEval: the code block), else None (see checked_span below).
 
 
 def caveats(benchmark: Any, items: Sequence[Item]) -> list[str]:
@@ -89,6 +91,14 @@ def caveats(benchmark: Any, items: Sequence[Item]) -> list[str]:
     items, not the whole file: ``--item`` and ``--limit`` pick first); a benchmark may say nothing."""
     hook = getattr(benchmark, "caveats", None)
     return list(hook(items)) if callable(hook) else []
+
+
+def checked_span(benchmark: Any, item: Item, completion: str) -> tuple[int, int] | None:
+    """The characters ``[start, end)`` of ``completion`` that ``benchmark``'s checker reads, where it reads only a part
+    (a code block in a chat answer); None when it reads the whole text or the benchmark does not say."""
+    hook = getattr(benchmark, "checked_span", None)
+    span = hook(item, completion) if callable(hook) else None
+    return None if span is None else (int(span[0]), int(span[1]))
 
 
 def checker_options(benchmark: Any) -> dict[str, Any]:

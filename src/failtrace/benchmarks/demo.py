@@ -141,6 +141,11 @@ class DemoBenchmark:
         hook = getattr(self._checkers.get(str(item.reference.get("kind"))), "verdict_key", None)
         return str(hook(item, completion)) if hook is not None else completion
 
+    def checked_span(self, item: Item, completion: str) -> tuple[int, int] | None:
+        """The checked part of the item's own checker (HumanEval: the code block); None for the others."""
+        hook = getattr(self._checkers.get(str(item.reference.get("kind"))), "checked_span", None)
+        return hook(item, completion) if hook is not None else None
+
     def check(self, item: Item, completion: str) -> Verdict:
         kind = item.reference.get("kind")
         checker = self._checkers.get(str(kind))

@@ -176,6 +176,13 @@ class HumanEvalBenchmark:
         self.plus_limits = plus_limits or SandboxLimits(wall_s=60, cpu_s=60, max_output_bytes=32_000_000)
         self._expected: dict[str, list[Any] | str] = {}  # task_id -> canonical outputs, or why there are none
 
+    def checked_span(self, item: Item, completion: str) -> tuple[int, int] | None:
+        """Where in ``completion`` the code the checker runs sits (:func:`extract_code`), or None when it runs the
+        whole text (no fence)."""
+        code = extract_code(completion, item.reference["entry_point"])
+        start = completion.find(code) if code != completion else -1
+        return None if start < 0 else (start, start + len(code))
+
     def load(self, source: str, limit: int | None = None) -> LoadReport:
         path = str(packaged_problems()) if source.strip().lower() in PACKAGED_NAMES else source
         tests: dict[str, str] | None = None

@@ -87,7 +87,10 @@ def show_command(
                 parts = series_parts(checkpoint_runs(st))
                 for r in (r for rows in across.values() for r in rows if r.get("step") is not None):
                     r["series"] = _run_label(parts.get(series_key(r)), r["model"])
-            answers = case_answers(st, chosen[:1])  # what the model wrote, the checker's reason, the fix
+            from failtrace.views.answers import with_contrast_checks
+
+            # what the model wrote, the checker's reason, the fix (and a contrast outside the checked code)
+            answers = with_contrast_checks(st.get_item, chosen[:1], case_answers(st, chosen[:1]))
     con = _console()
     if case is None and item is None:
         if not cases:

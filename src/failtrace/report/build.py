@@ -263,5 +263,8 @@ def build_report_from_store(st: Any, out_dir: str | Path, *, benchmark: str | No
     if benchmark is not None:
         rows = [r for r in rows if r.benchmark == benchmark]
         pairs = [p for p in pairs if p.get("benchmark") == benchmark]
+    from failtrace.views.answers import with_contrast_checks  # a contrast outside the checked code is said
+
+    answers = with_contrast_checks(st.get_item, cases, case_answers(st, cases))
     return build_report(cases, rows, out_dir, pairs, title=title, comparisons=comparisons,
-                        answers=case_answers(st, cases), progress=progress), len(cases)
+                        answers=answers, progress=progress), len(cases)

@@ -53,6 +53,25 @@ def _one(con: Any, sql: str, params: list[Any]) -> dict[str, Any] | None:
     return None if row is None else dict(zip([d[0] for d in cur.description], row))
 
 
+def _answer(con: Any, c: dict[str, Any], tokens: list[str]) -> dict[str, Any]:
+    """The case's answers (``store.cases.answer_of``) with the note on a contrast outside the checked code, as the
+    report and ``failtrace show`` have them (``views.answers.contrast_check``)."""
+    from failtrace.benchmarks.base import Item
+    from failtrace.views.answers import contrast_check
+
+    answer = answer_of(con, c["run_id"], c["pair_run_id"], c["item_id"])
+    row = _one(con, "SELECT prompt, reference, meta FROM items WHERE benchmark = ? AND item_id = ?",
+               [c["benchmark"], c["item_id"]]) if answer.get("recovered") else None
+    if row is not None:
+        where = f"items of {c['benchmark']} item {c['item_id']}"
+        item = Item(id=c["item_id"], benchmark=c["benchmark"], prompt=_json(row["prompt"], where + " (prompt)"),
+                    reference=_json(row["reference"], where + " (reference)") or {},
+                    meta=_json(row["meta"], where + " (meta)") or {})
+        answer["outside"] = contrast_check(c["benchmark"], item, answer, "".join(tokens[c["prompt_length"]:]),
+                                           c["contrast_text"])
+    return answer
+
+
 def _labels(n: int, segments: dict[str, list[list[int]]]) -> list[str]:
     labels = [""] * n
     for name, spans in segments.items():
@@ -158,8 +177,7 @@ def case_detail(con: Any, case_id: str, reviews_table: bool) -> dict[str, Any] |
         "decision": next((r for r in reviews if r["decision"] in DECISIONS), None),
         # what the model wrote, the checker's reason, the answer with the contrast forced, each with its notes
         # (where the text stopped: views.answers.answer_parts; how long it is), drawn outside the text's scroll box
-        "answers": [[label, text, box_note(text, note)] for label, text, note in
-                    answer_parts(answer_of(con, c["run_id"], c["pair_run_id"], c["item_id"]))],
+        "answers": [[label, text, box_note(text, note)] for label, text, note in answer_parts(_answer(con, c, tokens))],
         "alternatives": alt_rows(read_alternatives(con, case_id), c["target_id"], c["contrast_id"]),
     })
 

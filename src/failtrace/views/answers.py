@@ -38,6 +38,67 @@ def degenerate(text: str) -> str | None:
     return None
 
 
+def outside_checked(span: tuple[int, int] | None, recovered: str, prefix: str, contrast: str) -> str | None:
+    """Why the contrast is not what made the forced answer pass, or None: the checker reads only ``span`` of the
+    forced answer (a code block) and the contrast, at ``len(prefix)``, lies wholly outside it (in the line that opens
+    the block, or in prose before it). The pair is still the first token that recovers; but what passes is what the
+    model wrote after it, and a reader should not look for the fix in the token itself. None when the checker reads
+    the whole text, or when the forced answer does not start with the answer so far and the contrast (its
+    tokens' text joined otherwise: nothing is claimed)."""
+    if span is None or not contrast or not recovered.startswith(prefix + contrast):
+        return None
+    at, end = len(prefix), len(prefix) + len(contrast)
+    if end > span[0] and at < span[1]:  # in the checked text, or partly
+        return None
+    where = "before" if end <= span[0] else "after"
+    return (f"‹{clipped_text(prose_line(contrast), most=20)}› comes {where} the code the checker ran (character "
+            f"{at:,}; the code is characters {span[0]:,}–{span[1]:,}): what passes is the code the model wrote "
+            f"{'after it' if where == 'before' else 'before it'}, not the token itself")
+
+
+_BENCHMARKS: dict[str, Any] = {}
+
+
+def contrast_check(benchmark: str, item: Any, answer: dict[str, Any] | None, prefix: str,
+                   contrast: str) -> str | None:
+    """:func:`outside_checked` for a case: the benchmark says which part of the forced answer its checker reads
+    (``benchmarks.base.checked_span``); a benchmark this process cannot build, or an item it cannot read, says
+    nothing."""
+    from failtrace.benchmarks.base import checked_span
+    from failtrace.benchmarks.registry import get_benchmark
+    from failtrace.errors import FailtraceError
+
+    recovered = (answer or {}).get("recovered")
+    if item is None or not recovered:
+        return None
+    try:
+        if benchmark not in _BENCHMARKS:  # built once per process (the demo's builds three checkers)
+            _BENCHMARKS[benchmark] = get_benchmark(benchmark)
+        span = checked_span(_BENCHMARKS[benchmark], item, recovered)
+    except (FailtraceError, KeyError, TypeError, ValueError):
+        return None
+    return outside_checked(span, recovered, prefix, contrast)
+
+
+def with_contrast_checks(get_item: Any, cases: Any, answers: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``answers`` (case id -> :func:`store.cases.answer_of`) with each case's ``outside`` note
+    (:func:`contrast_check`); ``get_item(benchmark, item_id)`` reads the stored item (a missing one: no note)."""
+    from failtrace.errors import FailtraceError
+
+    out = dict(answers)
+    for c in cases:
+        answer = answers.get(c.case_id)
+        if not answer or not answer.get("recovered"):
+            continue
+        try:
+            item = get_item(c.benchmark, c.item_id)
+        except FailtraceError:
+            continue
+        note = contrast_check(c.benchmark, item, answer, "".join(c.tokens[c.prompt_length:]), c.contrast_text)
+        out[c.case_id] = answer | {"outside": note}
+    return out
+
+
 BOX_CHARS = 120  # characters a box's line holds at the report's width (about; narrower windows wrap sooner)
 
 
@@ -55,7 +116,8 @@ def box_note(text: str, note: str) -> str:
 def answer_parts(answer: dict[str, Any] | None) -> list[tuple[str, str, str]]:
     """A case's context from the stages before it, as (label, text, note) rows every view prints the same way: what
     the model wrote, why the checker failed it, and what forcing the contrast gave instead (which passed the checker)
-    (``store.cases.case_answers``), then, where the forced answer looks degenerate (:func:`degenerate`), why; ``note``
+    (``store.cases.case_answers``), then, where the forced answer looks degenerate (:func:`degenerate`), why, and
+    where the contrast lies outside the code the checker ran (``answer["outside"]``: :func:`contrast_check`); ``note``
     says where a text stopped, and stays when a view cuts the text. A value an old store lacks is left out."""
     if not answer:
         return []
@@ -73,4 +135,6 @@ def answer_parts(answer: dict[str, Any] | None) -> list[tuple[str, str, str]]:
         loop = degenerate(answer["recovered"])
         if loop:  # a row of its own: the note above stays short enough for one terminal line
             rows.append(("the fix looks degenerate", loop, ""))
+        if answer.get("outside"):  # set by the caller, which knows the item (contrast_check)
+            rows.append(("the contrast is not in the checked code", answer["outside"], ""))
     return rows
