@@ -260,3 +260,26 @@ def test_a_link_to_a_filtered_out_case_clears_the_filter_and_small_figures_zoom(
         assert img.evaluate("i => i.clientWidth") == shown
     finally:
         page.set_viewport_size({"width": 1360, "height": 900})
+
+
+def test_a_phone_width_hides_nothing(page_and_cases):
+    """At 390 px a case's k* table, its ablated-node table and its graph summary were cut off by the case card (which
+    clips what overflows it) with no way to scroll to them, and the filter box made the whole page 426 px wide. Now
+    every element ends inside the window or sits in a box that scrolls sideways."""
+    page, *_ = page_and_cases
+    page.set_viewport_size({"width": 390, "height": 800})
+    try:
+        page.add_style_tag(content="article{content-visibility:visible !important}")  # lay out every case
+        assert page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]") == [390, 390]
+        out = page.evaluate("""(() => { const bad = [];
+          for (const e of document.querySelectorAll('main *')) {
+            const r = e.getBoundingClientRect();
+            if (!r.width || r.right <= window.innerWidth + 0.5) continue;
+            let p = e.parentElement, scrolls = false;
+            for (; p; p = p.parentElement) { const o = getComputedStyle(p).overflowX;
+              if (o === 'auto' || o === 'scroll') { scrolls = true; break; } }
+            if (!scrolls) bad.push(e.tagName + '.' + e.className + ' ' + Math.round(r.right)); }
+          return bad; })()""")
+        assert out == [], out[:10]
+    finally:
+        page.set_viewport_size({"width": 1360, "height": 900})

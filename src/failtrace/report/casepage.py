@@ -205,9 +205,10 @@ def _methods_table(case: Case) -> str:
         return '<p class="empty">no attribution methods stored for this case</p>'
     mk = case.masking
     rule = mk.rule + (f" (token id {mk.token_id})" if mk.token_id is not None else "")
-    return ('<table class="t"><thead><tr><th>method</th><th class="n">k*</th><th class="n">Σ input R</th>'
-            f'<th>Δℓ after masking the top k = 0, 1, 2, … (negative = flipped)</th></tr></thead><tbody>'
-            f'{"".join(rows)}</tbody></table><p class="note">Masking: {esc(rule)}, K = {mk.max_k}; top-k = the k '
+    # in a scroll box, as every wide table of the page: the case card clips what overflows it (content-visibility)
+    return ('<div class="scroll"><table class="t"><thead><tr><th>method</th><th class="n">k*</th>'
+            '<th class="n">Σ input R</th><th>Δℓ after masking the top k = 0, 1, 2, … (negative = flipped)</th></tr>'
+            f'</thead><tbody>{"".join(rows)}</tbody></table></div><p class="note">Masking: {esc(rule)}, K = {mk.max_k}; top-k = the k '
             "tokens with the largest positive relevance (ties: lower position), never special tokens"
             + (" nor the chat template's own text" if mk.skip_template else "") + f". {esc(SUM_NOTE)} "
             f"(Δℓ = {fmt(case.delta_logit)}).</p>")
@@ -256,9 +257,9 @@ def _ablation(case: Case, ablation: tuple[str, AblationView] | None) -> str:
             f"are the {len(v.downstream_edges)} kept edges on a path from a marked node to the prediction; "
             f"{v.through_share:.0%} of the prediction's kept |A| mass passes through the marked nodes."
             "</figcaption></figure>"
-            '<table class="t"><thead><tr><th class="n">#</th><th>node (layer/position)</th><th>token</th>'
-            '<th class="n">relevance</th><th class="n">Δℓ after ablating 1…#</th><th>in pruned graph</th></tr>'
-            f"</thead><tbody>{rows}</tbody></table></div>")
+            '<div class="scroll"><table class="t"><thead><tr><th class="n">#</th><th>node (layer/position)</th>'
+            '<th>token</th><th class="n">relevance</th><th class="n">Δℓ after ablating 1…#</th>'
+            f"<th>in pruned graph</th></tr></thead><tbody>{rows}</tbody></table></div></div>")
 
 
 def _answers(answer: dict[str, Any] | None) -> str:

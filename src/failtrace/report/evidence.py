@@ -109,7 +109,8 @@ def _table(rows: Sequence[Mapping[str, Any]]) -> str:
         body.append("<tr>" + "".join(cells) + "</tr>")
     more = f'<tr><td colspan="{len(cols)}" class="dim">… {len(rows) - MAX_ROWS} more</td></tr>' \
         if len(rows) > MAX_ROWS else ""
-    return f'<table class="t ev-t"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}{more}</tbody></table>'
+    return (f'<div class="scroll"><table class="t ev-t"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}{more}'
+            "</tbody></table></div>")
 
 
 def _token_runs(tokens: Sequence[Any], key: str = "tokens") -> str:
