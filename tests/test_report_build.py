@@ -496,6 +496,13 @@ def test_evidence_is_rendered_readably():
     unflipped = dl({"k_star": None, "ablation_k": None, "other": None})
     assert "<dd>none (no flip within max-k)</dd>" in unflipped and "<dd>none (no flip within the budget)</dd>" in \
         unflipped and "<dt>other</dt><dd>—</dd>" in unflipped
+    # "relevance" is normalised in top_supporters and a hidden state's own in an ablation's nodes: each column says
+    # which (the same token read 0.2387 in the masking table and 0.6666 here, unlabelled)
+    two = dl({"top_supporters": [{"position": 26, "relevance": 0.6666}],
+              "ablation": {"nodes": [{"layer": 17, "position": 52, "relevance": 3.59}]},
+              "other": [{"relevance": 1.0}]})
+    assert '<th title="the token&#x27;s relevance divided by the largest |R|' in two and ">R / max|R|</th>" in two
+    assert '">R (hidden state)</th>' in two and "<th>relevance</th>" in two  # an unknown table keeps its name
 
 
 def test_an_empty_benchmark_says_which_stage_comes_next(tmp_path):

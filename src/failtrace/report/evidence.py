@@ -70,10 +70,20 @@ GLOSSARY = {
 }
 
 
-def _key(tag: str, k: Any) -> str:
-    """A field name as a ``dt``/``th`` cell, with its meaning on hover when the glossary has it."""
-    tip = GLOSSARY.get(str(k))
-    return f'<{tag} title="{_esc(tip)}">{_esc(k)}</{tag}>' if tip else f"<{tag}>{_esc(k)}</{tag}>"
+# A table column whose name means another thing in another table: its header there, and what it means on hover
+# (a top supporter's "relevance" is normalised, an ablated node's is a hidden state's own: both read as "R").
+COLUMNS = {
+    ("top_supporters", "relevance"): ("R / max|R|", "the token's relevance divided by the largest |R| over the "
+                                                    "case's non-special tokens (the heatmap's scale), as θ is"),
+    ("nodes", "relevance"): ("R (hidden state)", "the node's own relevance: the hidden state's Σ R, in units of Δℓ"),
+}
+
+
+def _key(tag: str, k: Any, table: str = "") -> str:
+    """A field name as a ``dt``/``th`` cell, with its meaning on hover when the glossary has it (a column of the
+    table ``table`` may have its own header: :data:`COLUMNS`)."""
+    name, tip = COLUMNS.get((table, str(k)), (str(k), GLOSSARY.get(str(k))))
+    return f'<{tag} title="{_esc(tip)}">{_esc(name)}</{tag}>' if tip else f"<{tag}>{_esc(name)}</{tag}>"
 
 
 def _esc(x: Any) -> str:
@@ -96,9 +106,9 @@ def _is_scalar(v: Any) -> bool:
     return v is None or isinstance(v, (str, int, float, bool))
 
 
-def _table(rows: Sequence[Mapping[str, Any]]) -> str:
+def _table(rows: Sequence[Mapping[str, Any]], name: str = "") -> str:
     cols = list(dict.fromkeys(k for r in rows for k in r))
-    head = "".join(_key("th", c) for c in cols)
+    head = "".join(_key("th", c, name) for c in cols)
     body = []
     for r in rows[:MAX_ROWS]:
         cells = []
@@ -150,7 +160,7 @@ def value(v: Any, key: str = "") -> str:
         if not items:
             return f'<span class="dim">{_esc(_EMPTY.get(key, "none"))}</span>'
         if all(isinstance(x, Mapping) for x in items):
-            return _table(items)
+            return _table(items, key)
         if all(_is_scalar(x) for x in items) and key in _TOKEN_KEYS | {"positions"}:
             return _token_runs(items, key)
         if key == "layers" and len(items) > 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in items) \
