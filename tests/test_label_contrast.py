@@ -74,3 +74,20 @@ def test_segment_underlines_are_told_apart() -> None:
     answer = _lab(SEGMENT_COLORS["answer"])
     near = {n: round(math.dist(answer, _lab(c)), 1) for n, c in SEGMENT_COLORS.items() if n != "answer"}
     assert min(near.values()) >= 40, near
+
+
+def test_category_colours_are_not_the_relevance_colours() -> None:
+    """Red and blue mean "supports the target" and "supports the contrast" in every heatmap; the categories drew M-IA
+    blue and NC-IA+AG red, so a blue M-IA bar in the segment figure read as pushing towards the contrast. Every
+    category colour now lies at least 40 (ΔE*76) from both, and the categories at least 30 from each other."""
+    import itertools
+    import math
+
+    from failtrace.views.common import BLUE, RED
+
+    ends = [_lab("#%02x%02x%02x" % rgb) for rgb in (RED, BLUE)]
+    labels = {k: _lab(c) for k, c in CATEGORY_COLORS.items() if k != "unlabelled"}
+    near = {k: round(min(math.dist(lab, e) for e in ends), 1) for k, lab in labels.items()}
+    assert min(near.values()) >= 40, near
+    apart = {(a, b): round(math.dist(labels[a], labels[b]), 1) for a, b in itertools.combinations(labels, 2)}
+    assert min(apart.values()) >= 30, apart
