@@ -130,7 +130,15 @@ def test_categories_and_patterns_count_overrides(built):
         cat = overrides[c.case_id]["category"] if c.case_id in overrides else (c.category or "unlabelled")
         want[(c.benchmark, cat)] = want.get((c.benchmark, cat), 0) + 1
     got = {(r["benchmark"], r["label"]): int(r["cases"]) for r in _csv(index.parent / "tables" / "categories.csv")}
-    assert got == want
+    assert {k: n for k, n in got.items() if n} == want
+    from failtrace.cases.record import CATEGORIES, PATTERNS
+
+    # every category and pattern has its row, at 0 where no case has it (a missing one read as not looked for)
+    for bench in {c.benchmark for c in cases}:
+        assert all((bench, k) in got for k in CATEGORIES)
+        pat_rows = {r["label"] for r in _csv(index.parent / "tables" / "patterns.csv") if r["benchmark"] == bench}
+        assert set(PATTERNS) <= pat_rows
+    assert 0 in got.values()  # the sample leaves some category empty: the zero row is there, not left out
     assert got[("ifeval", "NC-IA+AG")] == 2 and got[("ifeval", "M-IA")] == 2  # the override moved one case
     pats = {(r["benchmark"], r["label"]): float(r["share"]) for r in _csv(index.parent / "tables" / "patterns.csv")}
     assert pats[("ifeval", "URT")] == pytest.approx(2 / 5) and pats[("math", "unlabelled")] == pytest.approx(1 / 3)
@@ -171,6 +179,16 @@ def test_kstar_and_flip_rate_match_recomputation(built):
     assert ("flips the prediction in 4 of 5 cases (the paper is quoted as needing about 2 tokens; docs/ANALYSES.md). "
             "Of those 4, 3 have the model's top next token at k* recorded (the others were analysed before it was): "
             "it is the contrast in 1 of them." in html.unescape(index.read_text(encoding="utf-8")))
+    # where another method flips more cases than AttnLRP the lead says so (it spoke of AttnLRP alone), and the
+    # faithfulness legend counts the flips beside the mean k*
+    text = html.unescape(index.read_text(encoding="utf-8"))
+    for bench in ("ifeval", "math"):
+        rows = [r for r in kstar if r["benchmark"] == bench]
+        own = int(next(r for r in rows if r["method"] == "attnlrp")["flipped"])
+        best = max(rows, key=lambda r: int(r["flipped"]))
+        lead = re.search(rf'id="b-{bench}"><h2>{bench}</h2><p class="lead">([^<]*)</p>', text).group(1)
+        said = f" {best['method']} flips more of them: {best['flipped']} of {best['cases']} within K = {best['K']}."
+        assert (said in lead) == (int(best["flipped"]) > own), (bench, lead)
 
 
 @pytest.mark.parametrize("on_top, recorded, flipped, said", [
@@ -730,3 +748,22 @@ def test_a_segment_bar_over_fewer_cases_says_its_own_n(tmp_path, monkeypatch):
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["M-IA (n=4)"]  # the category, not a bar's
     labels = sorted((t.get_text(), round(t.get_position()[1], 3)) for t in ax.texts)
     assert labels == [("n=1", 0.5), ("n=2", -0.3), ("n=3", 0.2)]
+
+
+def test_the_lead_names_a_method_that_flips_more_than_attnlrp() -> None:
+    """The lead spoke of AttnLRP alone: "1 of 5 cases" beside a CP-LRP that flipped 3 of 5 went unsaid."""
+    from failtrace.report.pages import benchmark_section
+
+    def row(method: str, flipped: int) -> dict[str, Any]:
+        return {"benchmark": "b", "method": method, "cases": 5, "flipped": flipped, "K": 10,
+                "mean_k_star": 1.0 if flipped else None, "median_k_star": 1.0 if flipped else None,
+                "contrast_on_top": None, "top_recorded": 0}
+
+    def lead(rows: list[dict[str, Any]]) -> str:
+        page = benchmark_section("b", [], {"table1": [], "kstar": rows, "pair_status": []}, {})
+        return html.unescape(re.search(r'<p class="lead">([^<]*)</p>', page).group(1))
+
+    assert lead([row("attnlrp", 1), row("cp-lrp", 3), row("ig", 2)]).endswith(
+        "flips the prediction in 1 of 5 cases (the paper is quoted as needing about 2 tokens; docs/ANALYSES.md). "
+        "cp-lrp flips more of them: 3 of 5 within K = 10.")
+    assert "flips more" not in lead([row("attnlrp", 3), row("cp-lrp", 3)])  # a tie is not more

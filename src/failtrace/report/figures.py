@@ -86,8 +86,13 @@ def _stacked(ax: Any, rows: Sequence[Mapping[str, Any]], benches: list[str], ord
             if not hit:
                 continue
             share, n = hit[0]["share"], hit[0]["cases"]
-            ax.barh(bi, share, left=left, color=_color(lab, colors, li), edgecolor="white", height=0.6,
-                    label=lab if bi == 0 or lab not in ax.get_legend_handles_labels()[1] else None)
+            named = lab if bi == 0 or lab not in ax.get_legend_handles_labels()[1] else None
+            if not n:  # no case: in the legend, as "label (0)", with nothing drawn
+                ax.barh(bi, 0, left=left, color=_color(lab, colors, li), height=0.6,
+                        label=f"{named} (0)" if named and all(not r["cases"] for r in rows if r["label"] == lab)
+                        else named)
+                continue
+            ax.barh(bi, share, left=left, color=_color(lab, colors, li), edgecolor="white", height=0.6, label=named)
             if share >= 0.06:
                 r, g, b = to_rgb(_color(lab, colors, li))
                 ink = "#111827" if 0.299 * r + 0.587 * g + 0.114 * b > 0.7 else "white"  # readable on light bars
@@ -185,7 +190,9 @@ def faithfulness_figure(flip_rows: Sequence[Mapping[str, Any]], kstar: Sequence[
         pts = sorted((r["k"], r["flip_rate"]) for r in mine if r["method"] == m and r["flip_rate"] is not None)
         ks = [r for r in kstar if r["benchmark"] == benchmark and r["method"] == m]
         mk = ks[0]["mean_k_star"] if ks else None
-        label = f"{m} (mean k* {mk:.1f})" if mk is not None else f"{m} (no flip)"
+        flipped = f"flips {ks[0]['flipped']}/{ks[0]['cases']}" if ks else ""  # how many, beside how few tokens: a
+        # mean k* over one flipped case read as the best method against one that flips three of five
+        label = f"{m}: {flipped}, mean k* {mk:.1f}" if mk is not None else f"{m}: {flipped or 'no flip'}"
         color, ls = METHOD_STYLE.get(m, (_FALLBACK[i % len(_FALLBACK)], "-"))
         # AttnLRP: a broad band under thin lines, so a method with the same curve shows inside it, not hidden
         wide = m == "attnlrp"

@@ -38,7 +38,7 @@ STATUS_COLS: list[Col] = ([("benchmark", "benchmark", "text"), ("pair_run_id", "
                           + [("not_paired", PAIR_STATUS_TEXT[NOT_SEARCHED][0], "int")])
 KSTAR_COLS: list[Col] = [
     ("method", "method", "text"), ("cases", "cases", "int"), ("flipped", "flipped ≤ K", "int"),
-    ("flip_rate_at_K", "flip rate at K", "pct"), ("mean_k_star", "mean k*", "float2"),
+    ("flip_rate_at_K", "flip rate at K", "pct"), ("mean_k_star", "mean k*", "float1"),
     ("median_k_star", "median k*", "float1"), ("K", "K", "int"),
     ("contrast_on_top", "contrast on top at k*", "int"), ("top_recorded", "of flipped, top recorded", "int"),
 ]
@@ -227,6 +227,10 @@ def benchmark_section(bench: str, cases: Sequence[Any], t: Mapping[str, Any], fi
                  f"{count_of(lrp['cases'], 'case')} "
                  "(the paper is quoted as needing about 2 tokens; docs/ANALYSES.md).")
         lead += _top_sentence(lrp["contrast_on_top"], lrp["top_recorded"], lrp["flipped"])
+    best = max(ks, key=lambda r: r["flipped"], default=None)
+    if lrp and best is not None and best["flipped"] > lrp["flipped"]:  # the lead spoke of AttnLRP alone
+        lead += (f" {best['method']} flips more of them: {best['flipped']} of {best['cases']} within K = "
+                 f"{best['K']}.")
     if not mine:
         return (f'<section class="block" id="{slug(bench)}"><h2>{esc(bench)}</h2><p class="lead">{esc(lead)}</p>'
                 f'<p class="empty">{_no_cases_hint(t1, [r for r in t["pair_status"] if r["benchmark"] == bench])}'

@@ -133,7 +133,9 @@ def _label_rows(cases: Sequence[Case], label: Any, order: Sequence[str]) -> list
     for bench in benchmarks_of(cases):
         mine = [c for c in cases if c.benchmark == bench]
         counts = Counter(label(c) for c in mine)
-        names = [n for n in order if n in counts] + sorted(n for n in counts if n not in order)
+        # every label of ``order``, at 0 where no case has it (a category missing from the figure and the CSV read as
+        # not looked for), then any other label the cases have
+        names = list(order) + sorted(n for n in counts if n not in order)
         for name in names:
             out.append({"benchmark": bench, "label": name, "cases": counts[name],
                         "share": counts[name] / len(mine)})
