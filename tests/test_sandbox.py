@@ -621,3 +621,41 @@ def test_a_candidate_holds_no_more_queued_signals_or_timers_than_its_limit() -> 
     assert run.ok, run
     made, limit = map(int, run.stdout.split())
     assert limit == 16 and 1 <= made <= 16, run.stdout
+
+
+RT_SIGNAL_SELF = """
+import ctypes, time
+rt = ctypes.CDLL(None, use_errno=True)
+
+class SigEvent(ctypes.Structure):  # struct sigevent on x86-64 Linux: value, signo, notify, then padding (64 bytes)
+    _fields_ = [("value", ctypes.c_void_p), ("signo", ctypes.c_int), ("notify", ctypes.c_int),
+                ("pad", ctypes.c_byte * 48)]
+
+class TimeSpec(ctypes.Structure):
+    _fields_ = [("sec", ctypes.c_long), ("nsec", ctypes.c_long)]
+
+class ITimerSpec(ctypes.Structure):
+    _fields_ = [("interval", TimeSpec), ("value", TimeSpec)]
+
+def add(a, b):
+    ev, timer = SigEvent(signo=40, notify=0), ctypes.c_void_p()  # SIGEV_SIGNAL with real-time signal 40
+    rt.timer_create(0, ctypes.byref(ev), ctypes.byref(timer))
+    rt.timer_settime(timer, 0, ctypes.byref(ITimerSpec(value=TimeSpec(0, 10_000_000))), None)
+    time.sleep(1)
+    return a - b
+"""
+
+
+def test_a_real_time_signal_that_kills_the_candidate_is_a_fail_not_a_harness_error() -> None:
+    """Without a PID namespace a candidate can arm a POSIX timer that kills it with real-time signal 40 (no kill()
+    needed); naming the signal raised ValueError (signal.Signals(40)), run_tests raised, and a wrong answer was
+    recorded as unverifiable."""
+    from failtrace.benchmarks.sandbox.harness import run_tests as run_tests_under
+    from failtrace.benchmarks.sandbox.runner import _signal_name
+
+    assert _signal_name(9) == "SIGKILL" and _signal_name(40) == "SIGRTMIN+6" and _signal_name(99) == "signal 99"
+    degraded = Isolation(seccomp=sandbox.isolation().seccomp, drop_user=sandbox.isolation().drop_user)
+    run = run_tests_under(degraded, RT_SIGNAL_SELF, "add", TESTS, FAST)
+    assert (run.status, run.reason, run.candidate) == (
+        "fail", "the candidate process ended during call 1; the candidate was killed by SIGRTMIN+6",
+        "was killed by SIGRTMIN+6"), run
