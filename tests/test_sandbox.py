@@ -659,3 +659,34 @@ def test_a_real_time_signal_that_kills_the_candidate_is_a_fail_not_a_harness_err
     assert (run.status, run.reason, run.candidate) == (
         "fail", "the candidate process ended during call 1; the candidate was killed by SIGRTMIN+6",
         "was killed by SIGRTMIN+6"), run
+
+
+def test_the_calls_a_candidate_gets_do_not_depend_on_its_answers() -> None:
+    """A red-team's candidate learned whether each answer was right from whether another call came (the tests
+    stopped at the first failed assertion), stored that in the host's page cache, and after a few checks passed
+    with answers it never computed. Now every assertion is soft (the tests go on; the verdict is the first failure)
+    and HumanEval+'s extra tests ask for every answer before comparing: the calls are the same, right or wrong."""
+    from failtrace.benchmarks.humaneval import _PLUS_CHECK
+
+    spy = "def add(a, b):\n    print(a, b, flush=True)\n    return {answer}\n"
+    tests = "assert candidate(1, 2) == 3\nfor i in range(3):\n    assert candidate(i, i) == 2 * i, 'loop %d' % i\n"
+    right = run_tests(spy.format(answer="a + b"), "add", tests, limits=FAST)
+    wrong = run_tests(spy.format(answer="a - b"), "add", tests, limits=FAST)
+    assert right.status == "pass" and wrong.status == "fail"
+    assert right.stdout == wrong.stdout == "1 2\n0 0\n1 1\n2 2\n"  # the same calls, in the same order
+    assert wrong.reason == "AssertionError at test line 1: assert candidate(1, 2) == 3"  # the first failure
+    assert (right.calls, wrong.calls) == (4, 4)
+    late = run_tests(spy.format(answer="0 if a == 1 and b == 1 else a + b"), "add", tests, limits=FAST)
+    assert late.reason == "AssertionError: loop 1 at test line 3: assert candidate(i, i) == 2 * i, 'loop %d' % i"
+    raised = run_tests(spy.format(answer="int('x') if a == 1 else a + b"), "add", tests, limits=FAST)
+    assert raised.status == "fail" and raised.stdout == right.stdout
+    assert raised.reason.startswith("ValueError: the candidate raised") and "test line 1" in raised.reason
+    # HumanEval+'s extra tests: every input is asked for before the first comparison
+    data = {"entry": "add", "atol": 0.0, "inputs": [[1, 2], [3, 4], [5, 6]],
+            "expected": [["value", 3], ["value", 7], ["value", 11]]}
+    plus = {answer: run_tests(spy.format(answer=answer), "add", _PLUS_CHECK, limits=FAST, data=data)
+            for answer in ("a + b", "a - b", "int('x') if a == 1 else a + b")}
+    assert {a: r.stdout for a, r in plus.items()} == dict.fromkeys(plus, "1 2\n3 4\n5 6\n")
+    assert plus["a + b"].passed and plus["a - b"].reason.startswith("AssertionError: extra test 0 failed: input "
+                                                                   "[1, 2] expected 3 got -1")
+    assert plus["int('x') if a == 1 else a + b"].reason.startswith("ValueError: the candidate raised")

@@ -83,19 +83,49 @@ def make_proxy(to_child, stream, limit, counter):
     return call, candidate
 
 
-def failure_reason(exc, source):
-    """A one-line reason for an exception raised while the tests ran, naming the failing test line."""
+def failure_reason(exc, source, lineno=None):
+    """A one-line reason for an exception raised while the tests ran, naming the failing test line (``lineno``: an
+    assertion that failed softly, with no traceback of its own)."""
     import traceback
 
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == "<tests>"]
     where = ""
-    if frames:
+    number = (frames[-1].lineno or 0) if frames else (lineno or 0)
+    if number:
         lines = source.splitlines()
-        number = frames[-1].lineno or 0
         text = lines[number - 1].strip() if 0 < number <= len(lines) else ""
         where = " at test line %d: %s" % (number, text[:200])
     detail = str(exc)[:300]
     return "%s%s%s" % (type(exc).__name__, (": " + detail) if detail else "", where)
+
+
+def soften_asserts(source):
+    """The test code compiled with every ``assert`` made soft: a failing one (or one whose expression raises) is
+    recorded by ``__ft_failed__(lineno, message, exception)`` and the tests go on. So the candidate is called with
+    the same inputs in the same order whether its answers are right or wrong, and cannot learn from which calls
+    come (a red-team's candidate learned each answer that way across checks, through the host's page cache). The
+    verdict is the first failure, as before. ``__ft_passthrough__`` (the candidate's process is gone, a harness
+    error) still ends the tests. Line numbers are the source's own."""
+    import ast
+
+    class Soften(ast.NodeTransformer):
+        def visit_Assert(self, node):
+            def call(message, error):
+                return ast.Expr(ast.Call(ast.Name("__ft_failed__", ast.Load()),
+                                         [ast.Constant(node.lineno), message, error], []))
+
+            check = ast.If(ast.UnaryOp(ast.Not(), node.test),
+                           [call(node.msg or ast.Constant(None), ast.Constant(None))], [])
+            guarded = ast.Try(
+                body=[check],
+                handlers=[ast.ExceptHandler(ast.Name("__ft_passthrough__", ast.Load()), None, [ast.Raise()]),
+                          ast.ExceptHandler(ast.Name("BaseException", ast.Load()), "__ft_error",
+                                            [call(ast.Constant(None), ast.Name("__ft_error", ast.Load()))])],
+                orelse=[], finalbody=[])
+            return ast.fix_missing_locations(ast.copy_location(guarded, node))
+
+    tree = Soften().visit(ast.parse(source, "<tests>"))
+    return compile(ast.fix_missing_locations(tree), "<tests>", "exec")
 
 
 def judge_main():
@@ -130,20 +160,34 @@ def judge_main():
         report("fail", "the candidate did not load: %.500s" % (
             "its process ended first" if hello is None else hello.get("load_error", "no ready message")))
     call, candidate = make_proxy(cfg["to_child"], stream, cfg["max_message"], counter)
+    failed = []  # (calls made before it, reason) of each soft assertion that failed, in order
+
+    def ft_failed(lineno, message, error):
+        if error is None:
+            error = AssertionError() if message is None else AssertionError(message)
+        failed.append((counter[0], failure_reason(error, cfg["source"], lineno)))
+
+    def fail_with(calls, reason):  # before any call the tests themselves are broken (a NameError, an empty file):
+        # the candidate, in another process, cannot cause that, so there is no verdict on the answer
+        early = calls == 0
+        report("error" if early else "fail", ("the tests raised before calling the candidate: " if early else "")
+               + reason)
+
     scope = {"__name__": "__tests__", "candidate": candidate, "candidate_call": call, "Digest": Digest,
-             "DATA": decode(cfg["data"])}
+             "DATA": decode(cfg["data"]), "__ft_failed__": ft_failed,
+             "CandidateGone": CandidateGone, "__ft_passthrough__": (CandidateGone, HarnessError)}
     try:
-        exec(compile(cfg["source"], "<tests>", "exec"), scope)
+        exec(soften_asserts(cfg["source"]), scope)
     except HarnessError as exc:
         report("error", str(exc))
     except CandidateGone as exc:
+        if failed:  # an earlier assertion failed first: its reason is the verdict's
+            fail_with(*failed[0])
         report("fail", str(exc))
-    except BaseException as exc:  # anything the test code raised, an AssertionError most often; before any call the
-        # tests themselves are broken (a NameError, an empty file): the candidate, in another process, cannot cause
-        # that, so there is no verdict on the answer
-        early = counter[0] == 0
-        report("error" if early else "fail", ("the tests raised before calling the candidate: " if early else "")
-               + failure_reason(exc, cfg["source"]))
+    except BaseException as exc:  # anything else the test code raised
+        fail_with(*(failed[0] if failed else (counter[0], failure_reason(exc, cfg["source"]))))
+    if failed:
+        fail_with(*failed[0])
     if counter[0] == 0:
         report("error", "the tests never called the candidate")
     try:
