@@ -690,3 +690,52 @@ def test_the_calls_a_candidate_gets_do_not_depend_on_its_answers() -> None:
     assert plus["a + b"].passed and plus["a - b"].reason.startswith("AssertionError: extra test 0 failed: input "
                                                                    "[1, 2] expected 3 got -1")
     assert plus["int('x') if a == 1 else a + b"].reason.startswith("ValueError: the candidate raised")
+
+
+def test_a_transient_probe_failure_is_retried_and_an_unguarded_plan_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One failed probe (an EAGAIN) moved the process to a weaker plan for good; on a host where the middle plans
+    cannot read the Python install, that was the bare plan: model code as root, no layer, a forgeable verdict (a
+    red-team's answer-key reader passed). Now a failed probe is tried again, and the bare plan runs no model code
+    unless FAILTRACE_UNGUARDED_SANDBOX=1; a command that checks code says so in one line (its caveats)."""
+    from failtrace.benchmarks.demo import DemoBenchmark, demo_items
+    from failtrace.benchmarks.sandbox import runner
+
+    real, calls = runner.run_program, []
+
+    def flaky(plan: Isolation, *args: object, **kwargs: object) -> object:
+        calls.append(plan)
+        if len(calls) == 1:
+            raise OSError(11, "Resource temporarily unavailable")
+        return real(plan, *args, **kwargs)
+
+    strongest = sandbox._plans()[0]
+    monkeypatch.setattr(sandbox, "run_program", flaky)
+    sandbox.isolation.cache_clear()
+    try:
+        assert sandbox.isolation() == strongest and calls[:2] == [strongest, strongest]
+    finally:
+        sandbox.isolation.cache_clear()
+    monkeypatch.undo()
+    assert sandbox.guards_the_verdict(sandbox.isolation())  # this machine's own plan
+    assert sandbox.sandbox_note() is None and DemoBenchmark().caveats(demo_items()) == []
+
+    monkeypatch.setattr(sandbox, "isolation", lambda: Isolation())  # only the bare plan worked
+    monkeypatch.delenv(sandbox.REQUIRE_ENV, raising=False)
+    monkeypatch.delenv(sandbox.UNGUARDED_ENV, raising=False)
+    sandbox.expected_layers.cache_clear()
+    try:
+        assert not sandbox.guards_the_verdict(Isolation())
+        run = run_tests(toy(""), "add", TESTS, limits=FAST)
+        assert run.status == "unverifiable" and run.reason.startswith(
+            "the sandbox cannot run model code here: no layer keeps model code from the judge (namespaces, a user "
+            "of its own and seccomp all failed here); FAILTRACE_UNGUARDED_SANDBOX=1 runs it anyway")
+        with pytest.raises(FailtraceError, match="the sandbox cannot run model code here"):
+            run_python("print(1)\n", limits=FAST)
+        (note,) = DemoBenchmark().caveats(demo_items())
+        assert note.startswith("the code sandbox has no layer that keeps model code from the judge here")
+        assert DemoBenchmark().caveats([i for i in demo_items() if i.reference.get("kind") != "python"]) == []
+        monkeypatch.setenv(sandbox.UNGUARDED_ENV, "1")  # the user's choice: it runs, and says so
+        assert run_tests(toy(""), "add", TESTS, limits=FAST).status == "pass"
+        assert "are not protected from the code they judge" in sandbox.sandbox_note()
+    finally:
+        sandbox.expected_layers.cache_clear()

@@ -16,6 +16,7 @@ and 5 of those failures give clean pairs with these settings (measured outcome i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -140,6 +141,11 @@ class DemoBenchmark:
         """The verdict key of the item's own checker (the whole text where it has none)."""
         hook = getattr(self._checkers.get(str(item.reference.get("kind"))), "verdict_key", None)
         return str(hook(item, completion)) if hook is not None else completion
+
+    def caveats(self, items: Sequence[Item]) -> list[str]:
+        """The python items' checker's caveats (the sandbox), when the chosen items hold any."""
+        python = [i for i in items if i.reference.get("kind") == "python"]
+        return self._checkers["python"].caveats(python) if python else []
 
     def checked_span(self, item: Item, completion: str) -> tuple[int, int] | None:
         """The checked part of the item's own checker (HumanEval: the code block); None for the others."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 from typing import Any
@@ -185,6 +186,14 @@ class HumanEvalBenchmark:
         self.limits = limits or SandboxLimits(wall_s=10, cpu_s=10)
         self.plus_limits = plus_limits or SandboxLimits(wall_s=60, cpu_s=60, max_output_bytes=32_000_000)
         self._expected: dict[str, list[Any] | str] = {}  # task_id -> canonical outputs, or why there are none
+
+    def caveats(self, items: Sequence[Item]) -> list[str]:
+        """What a reader of these verdicts should know: the sandbox is weaker than the machine claims, or cannot
+        guard the verdict at all (:func:`~failtrace.benchmarks.sandbox.sandbox_note`)."""
+        from failtrace.benchmarks.sandbox import sandbox_note
+
+        note = sandbox_note() if items else None
+        return [note] if note else []
 
     def checked_span(self, item: Item, completion: str) -> tuple[int, int] | None:
         """Where in ``completion`` the code the checker runs sits (:func:`extract_code`), or None when it runs the
