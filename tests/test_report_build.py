@@ -767,3 +767,44 @@ def test_the_lead_names_a_method_that_flips_more_than_attnlrp() -> None:
         "flips the prediction in 1 of 5 cases (the paper is quoted as needing about 2 tokens; docs/ANALYSES.md). "
         "cp-lrp flips more of them: 3 of 5 within K = 10.")
     assert "flips more" not in lead([row("attnlrp", 3), row("cp-lrp", 3)])  # a tie is not more
+
+
+def test_an_interrupted_report_leaves_the_earlier_one_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Drawn in place, a Ctrl-C left an index of the earlier report over the new one's CSVs, with graph pictures
+    deleted and not yet redrawn. Now the report is drawn in a staging folder and moved in whole; the earlier
+    report's own files that the new one does not draw go, anything else in the folder stays, and a temporary index
+    a killed report of an older version left behind is removed."""
+    import hashlib
+
+    from failtrace.report import build as build_mod
+
+    def files(root: Path) -> dict[str, str]:
+        return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(root.rglob("*")) if p.is_file()}
+
+    cases, rows, pairs = sample()
+    out = tmp_path / "r"
+    build_report(cases, rows, out, pairs, title="first")
+    before = files(out)
+    assert "index.html" in before and any(k.startswith("tables/") for k in before)
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build_mod, "_graph_images", interrupted)  # after the tables are written, before the index
+    with pytest.raises(KeyboardInterrupt):
+        build_report(cases[:1], rows, out, pairs, title="second")
+    monkeypatch.undo()
+    assert files(out) == before  # the earlier report, byte for byte; no staging folder left
+    assert not list(out.glob(".report-*")) and "first" in (out / "index.html").read_text()
+
+    (out / "figures" / "graphs").mkdir(exist_ok=True)  # a picture of a case the next report does not have
+    (out / "figures" / "graphs" / "gone-case.png").write_bytes(b"an earlier report's picture")
+    (out / "notes.txt").write_text("mine")
+    (out / "figures" / "mine.txt").write_text("mine too")
+    (out / ".index-abc123.html").write_text("a killed older report's temporary index")
+    build_report(cases[:1], rows, out, pairs, title="second")
+    after = files(out)
+    assert "second" in (out / "index.html").read_text() and "figures/graphs/gone-case.png" not in after
+    assert (out / "notes.txt").read_text() == "mine" and (out / "figures" / "mine.txt").read_text() == "mine too"
+    assert not list(out.glob(".index-*")) and not list(out.glob(".report-*"))

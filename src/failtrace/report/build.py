@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -187,15 +186,6 @@ def _cases_section(cases: Sequence[Case], benches: Sequence[str], overrides: T.O
             + (arts or '<p class="empty">No cases in this store yet.</p>') + "</section>")
 
 
-def _own_files(out: Path) -> list[Path]:
-    """The files a report in ``out`` may write over or remove: index.html, ``tables/*.csv``, ``figures/*.png`` and
-    ``figures/graphs/*.png`` (glob follows a linked folder as the writes and removals do; a link is followed)."""
-    files = [out / "index.html"]
-    for pattern in ("tables/*.csv", "figures/*.png", "figures/graphs/*.png"):
-        files += sorted(out.glob(pattern))
-    return files
-
-
 def build_report(cases: Sequence[Case], status_rows: Sequence[StatusRow], out_dir: str | Path,
                  pairs_rows: Sequence[Mapping[str, Any]] | None = None, *, overrides: T.Overrides | None = None,
                  graphs: GraphSource | None = None, title: str = "failtrace report",
@@ -211,14 +201,29 @@ def build_report(cases: Sequence[Case], status_rows: Sequence[StatusRow], out_di
     ``answers`` (``store.cases.case_answers``) shows each case's answer, the checker's reason and the fix;
     ``progress`` shows a bar while the graph pictures are drawn (about 0.2 s each).
     """
-    from failtrace.report.compare_figs import across_sections
+    from failtrace.report.publish import own_files, published
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise FailtraceError(f"--out {out} is a file; give a folder for the report")
-    refuse_over_stores(_own_files(out), "the report")
+    refuse_over_stores(own_files(out), "the report")
     out.mkdir(parents=True, exist_ok=True)
     cases = list(cases)
+
+    def draw(stage: Path) -> Path:  # the whole report, into the staging folder (report/publish.py)
+        return _draw(stage, cases, status_rows, pairs_rows, overrides, graphs, title, inline_budget_mb, comparisons,
+                     answers, progress)
+
+    return published(out, draw)
+
+
+def _draw(out: Path, cases: list[Case], status_rows: Sequence[StatusRow],
+          pairs_rows: Sequence[Mapping[str, Any]] | None, overrides: T.Overrides | None, graphs: GraphSource | None,
+          title: str, inline_budget_mb: float, comparisons: Sequence[Mapping[str, Any]],
+          answers: Mapping[str, dict[str, Any]] | None, progress: bool) -> Path:
+    """:func:`build_report`'s drawing, into ``out`` (a staging folder)."""
+    from failtrace.report.compare_figs import across_sections
+
     if overrides is None:  # load_cases attaches each case's newest override
         overrides = {c.case_id: c.override for c in cases if getattr(c, "override", None)}
     benches = T.benchmarks_of(cases, status_rows)
@@ -238,12 +243,9 @@ def build_report(cases: Sequence[Case], status_rows: Sequence[StatusRow], out_di
     models = sorted({c.model for c in cases} | {r.model for r in status_rows})
     subtitle = (f"{', '.join(models) or 'no model'} · {', '.join(benches) or 'no benchmark'} · "
                 f"{count_of(len(cases), 'case')}")
-    index = out / "index.html"
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=".index-", suffix=".html")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(page(title, subtitle, benches, body, extra_nav))
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, index)
+    index = out / "index.html"  # in the private staging folder: moved into place whole, with the rest
+    index.write_text(page(title, subtitle, benches, body, extra_nav), encoding="utf-8")
+    os.chmod(index, 0o644)
     return index
 
 
