@@ -139,6 +139,14 @@ def test_rerunning_an_older_analysis_makes_it_current_again(toy: dict[str, Any],
     assert second != first and shown == served == 1
     assert (f"now use analysis {second[:8]} (1 of {n} clean pairs) instead of {first[:8]} ({n} cases, kept in the "
             "store;") in err  # n >= 2 here
+    # show --item of a clean pair the partial analysis left out names the older analysis's case of it
+    with open_store(store, read_only=True) as st:
+        shown_items = {c.item_id for c in load_cases(st)}
+        older = {c.item_id: c.case_id for c in load_cases(st, analysis_id=first)}
+    left = next(i for i in older if i not in shown_items)
+    assert main(["show", "--store", str(store), "--item", left]) == 2
+    assert (f"; an older analysis has one, case {older[left][:12]} (show --case takes it once failtrace analyse "
+            "with that analysis's settings makes it current again)") in capsys.readouterr().err
     assert main(whole) == 0
     out, err = capsys.readouterr()
     assert f"{n} already analysed, 0 analysed now" in out

@@ -118,6 +118,12 @@ def show_command(
               highlight=False)
 
 
+def _has_cases(st: Any) -> bool:
+    from failtrace.store.cases import has_case_tables
+
+    return has_case_tables(st)
+
+
 def _why_no_case(st: Any, item: str, benchmark: str | None) -> str:
     """Where ``item`` stopped on its way to a case: not collected, passed, not paired, not clean, or not analysed
     (the newest pair run of its newest collection run speaks for it)."""
@@ -137,8 +143,12 @@ def _why_no_case(st: Any, item: str, benchmark: str | None) -> str:
         return "it failed, but no pair search has run on it yet (failtrace pairs)"
     status, reason = pairs[0]
     if status == "clean":
+        older = st.con.execute("SELECT case_id FROM cases WHERE item_id = ? ORDER BY created_at DESC LIMIT 1",
+                               [item]).fetchone() if _has_cases(st) else None
         return ("its pair is clean, but the newest analysis has no case of it (not analysed yet, analysed with "
-                "--limit, or its analysis failed: failtrace analyse says which)")
+                "--limit, or its analysis failed: failtrace analyse says which)"
+                + (f"; an older analysis has one, case {older[0][:12]} (show --case takes it once failtrace analyse "
+                   "with that analysis's settings makes it current again)" if older else ""))
     from failtrace.views.common import clipped_text, prose_line  # a reason can quote a checker's or a worker's text
 
     said = clipped_text(prose_line(" ".join(str(reason or "").split())), most=500)  # cut with '…', if at all
