@@ -150,3 +150,8 @@ def test_a_reference_answer_math_verify_cannot_read_is_unverifiable_not_a_failur
     fail, and the item went to the pair search as a real failure."""
     verdict = MathBenchmark().check(_item("\\frac{"), "\\boxed{4}")
     assert verdict.status == "unverifiable" and "could not parse the reference answer" in verdict.reasons[0]
+    # an answer without \boxed{} was still a "fail" against it (nothing could match it, not even a boxed answer)
+    bare = MathBenchmark().check(_item("\\frac{"), "I think it is four.")
+    assert bare.status == "unverifiable" and bare.reasons == [
+        "math-verify could not parse the reference answer '\\\\frac{'; no \\boxed{} answer in the completion"]
+    assert MathBenchmark().check(_item("4"), "I think it is four.").status == "fail"  # a readable reference: fail

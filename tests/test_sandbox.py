@@ -739,3 +739,13 @@ def test_a_transient_probe_failure_is_retried_and_an_unguarded_plan_is_refused(m
         assert "are not protected from the code they judge" in sandbox.sandbox_note()
     finally:
         sandbox.expected_layers.cache_clear()
+
+
+def test_test_code_that_does_not_compile_is_unverifiable_before_the_candidate_loads() -> None:
+    """A HumanEval item whose own prompt is not Python (``def f(:``): the candidate, built on that prompt, failed to
+    load, and a wrong item became the answer's failure. The judge now compiles the tests first."""
+    broken = "def add(a, b:\n    pass\n\nassert candidate(1, 2) == 3\n"
+    run = run_tests("def add(a, b:\n    return a + b\n", "add", broken, limits=FAST)
+    assert run.status == "unverifiable" and run.reason.startswith(
+        "the test code does not compile: SyntaxError: "), run.reason
+    assert "at test line 1: def add(a, b:" in run.reason

@@ -5,6 +5,8 @@ Named ``mathbench`` so it never shadows the standard library's ``math``.
 
 from __future__ import annotations
 
+import functools
+
 import threading
 from typing import Any
 
@@ -95,6 +97,17 @@ def equivalent(gold: str, predicted: str) -> tuple[bool | None, str]:
     return bool(verify(gold_parsed, pred_parsed, timeout_seconds=timeout)), "math-verify"
 
 
+@functools.lru_cache(maxsize=4096)
+def unreadable_reference(gold: str) -> str | None:
+    """Why math-verify cannot read the reference answer ``gold`` (no answer could be judged equal to it), or None.
+    Cached: the pair search checks one item's answers many times."""
+    from math_verify import parse
+
+    if len(parse(f"${gold}$", parsing_timeout=_timeouts())) < 2:
+        return f"math-verify could not parse the reference answer {gold!r}"
+    return None
+
+
 class MathBenchmark:
     """Items ``{problem, solution, answer, ...}`` (MATH, MATH-500); ``answer`` may be missing when ``solution``
     has a boxed answer."""
@@ -111,7 +124,14 @@ class MathBenchmark:
             return Verdict("unverifiable", ["the item has no reference answer (no 'answer', no boxed 'solution')"])
         predicted, why = last_boxed(completion)
         details: dict[str, Any] = {"gold": gold, "extracted": predicted}
-        if predicted is None:
+        if predicted is None:  # no answer to judge; but against a reference nothing could match, not even a
+            # boxed one, there is no verdict at all (it was a fail here, unverifiable with a boxed answer)
+            try:
+                unread = unreadable_reference(gold)
+            except Exception as exc:  # the LaTeX parser can raise on odd input
+                unread = f"math-verify failed on the reference answer: {type(exc).__name__}: {exc}"
+            if unread:
+                return Verdict("unverifiable", [f"{unread}; {why or 'no boxed answer'}"], details)
             return Verdict("fail", [why or "no boxed answer"], details)
         try:
             same, how = equivalent(gold, predicted)

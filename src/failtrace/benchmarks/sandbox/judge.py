@@ -152,6 +152,12 @@ def judge_main():
         send(result, {"verdict": verdict, "reason": reason, "calls": counter[0], "value": value})
         os._exit(0)
 
+    try:  # before the candidate's first word: test code that does not compile (a benchmark item whose own prompt
+        # is not Python) has no verdict on any answer; the candidate, built on that prompt, would fail to load
+        tests = soften_asserts(cfg["source"])
+    except (SyntaxError, ValueError) as exc:
+        report("error", "the test code does not compile: %s" % failure_reason(exc, cfg["source"],
+                                                                             getattr(exc, "lineno", None)))
     try:
         hello = receive(stream, cfg["max_message"])
     except (ValueError, RecursionError) as exc:
@@ -177,7 +183,7 @@ def judge_main():
              "DATA": decode(cfg["data"]), "__ft_failed__": ft_failed,
              "CandidateGone": CandidateGone, "__ft_passthrough__": (CandidateGone, HarnessError)}
     try:
-        exec(soften_asserts(cfg["source"]), scope)
+        exec(tests, scope)
     except HarnessError as exc:
         report("error", str(exc))
     except CandidateGone as exc:
