@@ -208,8 +208,9 @@ def _methods_table(case: Case) -> str:
     # in a scroll box, as every wide table of the page: the case card clips what overflows it (content-visibility)
     return ('<div class="scroll"><table class="t"><thead><tr><th>method</th><th class="n">k*</th>'
             '<th class="n">Σ input R</th><th>Δℓ after masking the top k = 0, 1, 2, … (negative = flipped)</th></tr>'
-            f'</thead><tbody>{"".join(rows)}</tbody></table></div><p class="note">Masking: {esc(rule)}, K = {mk.max_k}; top-k = the k '
-            "tokens with the largest positive relevance (ties: lower position), never special tokens"
+            f'</thead><tbody>{"".join(rows)}</tbody></table></div><p class="note">Masking: {esc(rule)}, '
+            f"K = {mk.max_k}; top-k = the k tokens with the largest positive relevance (ties: lower position), "
+            "never special tokens"
             + (" nor the chat template's own text" if mk.skip_template else "") + f". {esc(SUM_NOTE)} "
             f"(Δℓ = {fmt(case.delta_logit)}).</p>")
 
