@@ -330,3 +330,13 @@ def test_changed_item_content_is_refused_before_a_new_run_is_recorded(tmp_path: 
             collect(st, ToyBenchmark(), changed, toy32, max_new_tokens=5, progress=False)
         assert ([r.run_id for r in st.runs()], st.con.execute("SELECT count(*) FROM run_items").fetchone()[0]) \
             == before
+
+
+def test_the_built_in_items_are_one_source_however_named() -> None:
+    """`failtrace demo` records its data as builtin:demo and `collect --data builtin` says builtin: a rerun on the
+    demo's store was told "first collected from builtin:demo; the items of builtin are added to it" and recorded a
+    second source."""
+    from failtrace.failures.collect import _same_data
+
+    assert _same_data("builtin:demo", "builtin") and _same_data("BUILTIN", "builtin:demo ")
+    assert not _same_data("builtin", "builtinx.jsonl") and not _same_data("builtin", "data/builtin.jsonl")

@@ -195,7 +195,11 @@ def resumed_batch_size(store: ResultsStore, run: RunRecord, todo: Sequence[Item]
 
 def _same_data(a: str, b: str) -> bool:
     """Whether two --data values name the same source: one file however its path is written (``./x.jsonl``, an
-    absolute path, a link), else the same text (a hub dataset id, or a file no longer there)."""
+    absolute path, a link), the built-in items however named (``failtrace demo`` records ``builtin:demo``, `collect
+    --data builtin` says ``builtin``: a rerun was told it added another file), else the same text (a hub dataset
+    id, or a file no longer there)."""
+    if all(x.strip().lower().partition(":")[0] == "builtin" for x in (a, b)):
+        return True
     pa, pb = Path(a).expanduser(), Path(b).expanduser()
     try:
         if pa.exists() and pb.exists():
