@@ -477,3 +477,19 @@ def test_collect_item_names_only_its_own_problems(toy: dict[str, Any], tmp_path:
     err = capsys.readouterr().err
     assert "warning: line 3: keywords:letter_frequency does not accept letter='#'" in err
     assert err.rstrip().splitlines()[-1].startswith("error: no item '3' in")
+
+
+def test_an_output_path_that_goes_up_out_of_a_missing_folder_is_refused_first(
+        toy: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`attribute --json nofile/../../../proc/a.json` loaded the model, computed the attribution, made `nofile/`
+    and failed only when it wrote: the early check walked up the path by its text, past a `..` the operating
+    system cannot take out of a folder that does not exist. Now the path is refused before anything runs."""
+    monkeypatch.chdir(tmp_path)
+    for args in (["report", "-s", str(toy["store"]), "--out", "nofile/../../x"],
+                 ["export", "-s", str(toy["store"]), "-f", "jsonl", "--out", "missing/../exp"],
+                 ["export-dpo", "-s", str(toy["store"]), "-o", "nofile/../../proc/a.jsonl"]):
+        line = _one_error_line(main(args), capsys)
+        assert "'..' after " in line and "which does not exist; give the path without it" in line, (args, line)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing made
+    assert sha256(toy["store"]) == toy["sha"]

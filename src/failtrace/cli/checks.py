@@ -23,6 +23,18 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
+def _check_dotdot(path: Path, option: str) -> None:
+    """Refuse a ``..`` after a folder that does not exist: the operating system cannot go up out of it, so the early
+    checks (walking up to the nearest existing folder) passed ``nofile/../../proc/a.json``, the command ran, made
+    ``nofile/`` to write into, and failed only at the end."""
+    here = Path(path.anchor) if path.is_absolute() else Path()
+    for part in path.parts[1:] if path.is_absolute() else path.parts:
+        if part == ".." and not (here.exists() if str(here) else True):
+            raise FailtraceError(f"{option} {path}: '..' after {here}, which does not exist; give the path without "
+                                 "it")
+        here = here / part
+
+
 def _probe(folder: Path, option: str, target: Path) -> None:
     """Fail unless a new entry can be created in ``folder``."""
     if not folder.is_dir():
@@ -67,6 +79,7 @@ def check_output_file(path: Path | None, option: str, example: str = "out.json")
         raise FailtraceError(f"{option} {path} is a DuckDB results store; failtrace never writes over one: give "
                              f"another path such as {path.parent / example}")
     check_not_store_companion(path, option)
+    _check_dotdot(path, option)
     if path.exists():
         if not path.is_file():  # a pipe, /dev/stdout, a terminal: opening one here could block; the write will tell
             return
@@ -108,6 +121,7 @@ def check_output_dir(path: Path | None, option: str) -> None:
         raise FailtraceError(f"{option} {path} is a file, not a folder; give a folder path (it is created if "
                              f"missing)")
     check_not_store_companion(path, option)
+    _check_dotdot(path, option)
     _probe(_nearest_existing(path), option, path)
 
 
