@@ -493,3 +493,15 @@ def test_an_output_path_that_goes_up_out_of_a_missing_folder_is_refused_first(
         assert "'..' after " in line and "which does not exist; give the path without it" in line, (args, line)
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing made
     assert sha256(toy["store"]) == toy["sha"]
+
+
+def test_a_huge_argument_is_not_echoed_whole(toy: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    """A 20,000-character --item id came back whole in the error line of show, pairs, collect and analyse."""
+    from failtrace.errors import LONGEST_WORD
+
+    huge = "x" * 20_000
+    for args in (["show", "-s", str(toy["store"]), "--item", huge],
+                 ["analyse", "-s", str(toy["store"]), "--pair-run", huge, "--no-progress"]):
+        line = _one_error_line(main(args), capsys)
+        assert len(line) < 2 * LONGEST_WORD and "… (20,0" in line and " characters)" in line, (args[0], line[:300])
+    assert sha256(toy["store"]) == toy["sha"]

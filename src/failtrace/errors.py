@@ -7,6 +7,7 @@ exits non-zero, without a traceback. Messages name the bad input and say what wo
 from __future__ import annotations
 
 import errno
+import re
 
 
 class FailtraceError(Exception):
@@ -38,9 +39,16 @@ EXIT_INTERNAL = 70  # an unexpected exception (a bug): one line on stderr, the t
 EXIT_INTERRUPTED = 130  # Ctrl-C
 
 
+LONGEST_WORD = 400  # characters of one unbroken word (an id, a path) an error line repeats whole
+
+
 def one_line(message: str) -> str:
-    """``message`` with its lines joined, so the CLI's ``error: ...`` is always exactly one line."""
-    return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+    """``message`` with its lines joined, so the CLI's ``error: ...`` is always exactly one line; an unbroken word
+    longer than :data:`LONGEST_WORD` (a 20,000-character ``--item`` id was echoed whole, in several messages) is
+    cut, its length said."""
+    joined = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+    return re.sub(r"\S{%d,}" % (LONGEST_WORD + 1),
+                  lambda m: f"{m.group(0)[:80]}… ({len(m.group(0)):,} characters)", joined)
 
 
 def is_disk_full(exc: BaseException) -> bool:
