@@ -808,3 +808,21 @@ def test_an_interrupted_report_leaves_the_earlier_one_whole(tmp_path: Path, monk
     assert "second" in (out / "index.html").read_text() and "figures/graphs/gone-case.png" not in after
     assert (out / "notes.txt").read_text() == "mine" and (out / "figures" / "mine.txt").read_text() == "mine too"
     assert not list(out.glob(".index-*")) and not list(out.glob(".report-*"))
+
+
+def test_the_non_clean_list_says_statuses_in_words(tmp_path: Path) -> None:
+    """The list of non-clean pairs said no_target / weak_preference while the table above it said "no target"."""
+    from failtrace.store.schema import PAIR_STATUS_TEXT
+
+    cases, rows, pairs = sample()
+    index = build_report(cases, rows, tmp_path / "r", pairs)
+    text = index.read_text(encoding="utf-8")
+    listed = text[text.index("Non-clean pairs"):]
+    listed = listed[:listed.index("</details>")]
+    statuses = {p["status"] for p in pairs if p.get("status") != "clean"}
+    assert statuses
+    for status in statuses:
+        assert f"<td>{html.escape(PAIR_STATUS_TEXT[status][0])}</td>" in listed, status
+        if "_" in status:
+            assert f">{status}<" not in listed
+    assert "(Δℓ < 0)" not in text  # a bare '<' in the page's HTML

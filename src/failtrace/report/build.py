@@ -82,7 +82,11 @@ def _write_tables(tables: Mapping[str, list[dict[str, Any]]], out: Path,
 
 
 def _non_clean(pairs_rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    return [{k: r.get(k) for k in ("benchmark", "pair_run_id", "item_id", "status", "reason")}
+    """The pairs that are not clean, each status in words as the table above and `failtrace status` say it."""
+    from failtrace.store.schema import PAIR_STATUS_TEXT
+
+    return [{k: r.get(k) for k in ("benchmark", "pair_run_id", "item_id", "reason")}
+            | {"status": PAIR_STATUS_TEXT.get(r.get("status"), (r.get("status"),))[0]}
             for r in pairs_rows if r.get("status") != "clean"]
 
 

@@ -25,12 +25,11 @@ Col = tuple[str, str, str]  # (key, header, kind: text | name (one line) | int |
 TABLE1_COLS: list[Col] = [
     ("benchmark", "benchmark", "text"), ("model", "model", "name"), ("run", "pair run", "code"),
     ("collection_settings", "collection", "text"), ("pair_settings", "pair settings", "text"),
-    ("items", "items", "int"),
+    ("items", "items", "int"), ("passed", "passed", "int"), ("unverifiable", "unverifiable", "int"),
     ("failures", "failures", "int"), ("clean_pairs", "clean pairs", "int"), ("clean_rate", "clean rate", "pct≥"),
     ("clean_rate_decidable", "clean rate, decidable", "pct≥"), ("cases", "cases analysed", "int"),
     ("avg_tokens_per_case", "avg tokens / case", "float1"),
-    ("passed", "passed", "int"), ("unverifiable", "unverifiable", "int"),
-]
+]  # the verdicts together, then what the failures gave
 STATUS_COLS: list[Col] = ([("benchmark", "benchmark", "text"), ("pair_run_id", "pair run", "code"),
                            ("collection_settings", "collection", "text"),
                            ("pair_settings", "pair settings", "text"), ("failures", "failures", "int"),
@@ -245,7 +244,7 @@ def benchmark_section(bench: str, cases: Sequence[Any], t: Mapping[str, Any], fi
                  "such as <code>user↵</code>); <i>answer</i> the model's output before the wrong token.")
         + "</div><div>"
         + figure(figs.get(f"faithfulness:{bench}"), f"faithfulness for {bench}",
-                 "Share of cases whose prediction flips (Δℓ < 0) after masking the top-k positively attributed "
+                 "Share of cases whose prediction flips (Δℓ &lt; 0) after masking the top-k positively attributed "
                  "tokens (never special tokens, nor the chat template's own text unless analysed with "
                  "--mask-template), per attribution method. Random order is the floor.")
         + "</div></div><h3>k* per method</h3>"
