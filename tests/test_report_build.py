@@ -826,3 +826,17 @@ def test_the_non_clean_list_says_statuses_in_words(tmp_path: Path) -> None:
         if "_" in status:
             assert f">{status}<" not in listed
     assert "(Δℓ < 0)" not in text  # a bare '<' in the page's HTML
+
+
+def test_a_case_leads_with_the_sentence_and_folds_its_evidence(tmp_path: Path) -> None:
+    """The category and pattern evidence (keys such as urt_decidable, theta_share) read as the explanation itself;
+    the sentence now leads and the fields are folded under it."""
+    cases, rows, pairs = sample()
+    text = build_report(cases, rows, tmp_path / "r", pairs).read_text(encoding="utf-8")
+    for kind in ("Category", "Pattern"):
+        heads = [m.group(0) for m in re.finditer(rf'<div class="ev"><h4>{kind} .*?<details><summary>the evidence, '
+                                                 r"field by field</summary>", text, re.S)]
+        assert len(heads) == len(cases), kind  # every case folds it
+        assert all("<dt" not in h for h in heads), kind  # no field before the fold
+        # the sentence, where the evidence gives one (the sample's category evidence does), above the fold
+        assert kind == "Pattern" or sum('<p class="why">' in h for h in heads) >= 1, kind

@@ -233,10 +233,15 @@ def _labels(case: Case, overrides: Overrides | None) -> str:
     why_pat = pattern_sentence(case.pattern, case.pattern_evidence, case.tokens)
     why_cat = f'<p class="why">{"Computed: " if o else ""}{esc(_sentence(why_cat))}.</p>' if why_cat else ""
     why_pat = f'<p class="why">{esc(_sentence(why_pat))}.</p>' if why_pat else ""
+    # the sentence first; the evidence it is read from folded under it (a dump of keys such as urt_decidable and
+    # theta_share read as the explanation itself, and their meanings are on hover, which a touch screen lacks)
+    def folded(ev: dict[str, Any]) -> str:
+        return f"<details><summary>the evidence, field by field</summary>{evidence(ev)}</details>"
+
     return (f'<div class="grid2"><div class="ev"><h4>Category {cat}</h4>{over}{why_cat}'
-            f'{evidence(case.category_evidence)}</div><div class="ev"><h4>Pattern '
+            f'{folded(case.category_evidence)}</div><div class="ev"><h4>Pattern '
             f'{badge(case.pattern, PATTERN_COLORS)} <span class="note">relevant segments: {rel}</span></h4>{why_pat}'
-            f"{evidence(case.pattern_evidence)}</div></div>")
+            f"{folded(case.pattern_evidence)}</div></div>")
 
 
 def _ablation(case: Case, ablation: tuple[str, AblationView] | None) -> str:
