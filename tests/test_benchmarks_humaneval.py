@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -322,3 +323,34 @@ def test_canonical_solutions_pass_and_wrong_ones_fail() -> None:
         wrong = bench.check(item, row["prompt"] + row["canonical_solution"]
                             + _OFF_BY_ONE.format(entry=row["entry_point"]))
         assert wrong.status == "fail", (item.id, wrong.reasons)
+
+
+def test_a_canonical_run_that_failed_is_tried_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One canonical run that timed out under load was kept for the whole process: every later answer to the task
+    was unverifiable. A failed canonical run is tried again at the next check, up to CANONICAL_TRIES runs."""
+    from failtrace.benchmarks import humaneval as he
+
+    bench, item = _one_task(tmp_path, {
+        "task_id": "Toy/9", "prompt": 'def inc(x: int) -> int:\n    """x + 1."""\n', "entry_point": "inc",
+        "canonical_solution": "    return x + 1\n", "test": "def check(candidate):\n    assert candidate(1) == 2\n",
+        "base_input": [[1]], "plus_input": [[5], [7]]})
+    real, runs = he.run_tests, []
+
+    def slow_once(source: str, entry: str, tests: str, **kwargs: Any) -> Any:
+        if tests == he._CANONICAL_OUTPUTS:
+            runs.append(1)
+            if len(runs) == 1:  # the first canonical run: as a timeout under load
+                return he.TestRun("fail", "the tests did not finish within the 10 s wall-time limit")
+        return real(source, entry, tests, **kwargs)
+
+    monkeypatch.setattr(he, "run_tests", slow_once)
+    first = bench.check(item, "    return x + 1\n")
+    assert first.status == "unverifiable" and "the canonical solution did not run" in first.reasons[0]
+    assert bench.check(item, "    return x + 1\n").status == "pass" and len(runs) == 2  # tried again, and kept
+    assert bench.check(item, "    return x + 2 if x == 7 else x + 1\n").status == "fail" and len(runs) == 2
+    bench2, item2 = _one_task(tmp_path, {**json.loads((tmp_path / "task.jsonl").read_text()), "task_id": "Toy/10"})
+    monkeypatch.setattr(he, "run_tests", lambda s, e, t, **k: he.TestRun("fail", "down") if t == he._CANONICAL_OUTPUTS
+                        else real(s, e, t, **k))
+    for _ in range(he.CANONICAL_TRIES + 2):  # a task whose canonical run always fails: tried CANONICAL_TRIES times
+        assert bench2.check(item2, "    return x + 1\n").status == "unverifiable"
+    assert bench2._canonical_tries["Toy/10"] == he.CANONICAL_TRIES
