@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import html
+import os
 import re
 import statistics
 import sys
@@ -802,11 +803,17 @@ def test_an_interrupted_report_leaves_the_earlier_one_whole(tmp_path: Path, monk
     (out / "figures" / "graphs" / "gone-case.png").write_bytes(b"an earlier report's picture")
     (out / "notes.txt").write_text("mine")
     (out / "figures" / "mine.txt").write_text("mine too")
+    (out / "figures" / "my_plot.png").write_bytes(b"a figure of my own")  # named like the report's, not drawn by it
+    (out / "tables" / "my_results.csv").write_text("mine,too\n")
+    (out / "figures" / "fig4_scatter.png").write_bytes(b"an earlier report's across-models figure")
     (out / ".index-abc123.html").write_text("a killed older report's temporary index")
     build_report(cases[:1], rows, out, pairs, title="second")
     after = files(out)
     assert "second" in (out / "index.html").read_text() and "figures/graphs/gone-case.png" not in after
     assert (out / "notes.txt").read_text() == "mine" and (out / "figures" / "mine.txt").read_text() == "mine too"
+    assert (out / "figures" / "my_plot.png").read_bytes() == b"a figure of my own"  # a user's files stay
+    assert (out / "tables" / "my_results.csv").read_text() == "mine,too\n"
+    assert not (out / "figures" / "fig4_scatter.png").exists()  # a report without comparisons draws none
     assert not list(out.glob(".index-*")) and not list(out.glob(".report-*"))
 
 
@@ -840,3 +847,24 @@ def test_a_case_leads_with_the_sentence_and_folds_its_evidence(tmp_path: Path) -
         assert all("<dt" not in h for h in heads), kind  # no field before the fold
         # the sentence, where the evidence gives one (the sample's category evidence does), above the fold
         assert kind == "Pattern" or sum('<p class="why">' in h for h in heads) >= 1, kind
+
+
+def test_a_report_folder_linked_to_another_file_system_is_written(tmp_path: Path) -> None:
+    """figures/ linked into another file system (tmpfs): a rename cannot cross it (EXDEV), and the report failed
+    even the first time; files are copied across instead."""
+    import shutil
+    import tempfile
+
+    assert Path("/dev/shm").is_dir()  # the tmpfs every Linux machine this project supports has
+    cases, rows, pairs = sample()
+    out = tmp_path / "r"
+    out.mkdir()
+    elsewhere = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    try:
+        (out / "figures").symlink_to(elsewhere, target_is_directory=True)
+        assert os.stat(elsewhere).st_dev != os.stat(tmp_path).st_dev
+        for title in ("first", "second"):
+            index = build_report(cases, rows, out, pairs, title=title)
+            assert title in index.read_text() and any(elsewhere.glob("*.png"))
+    finally:
+        shutil.rmtree(elsewhere, ignore_errors=True)

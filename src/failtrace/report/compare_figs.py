@@ -27,6 +27,7 @@ CSV_COLUMNS = {
                            "writes_recorded", "writes_contrast"],
     "checkpoint_segments": ["series", "split", "step", "segment", "cases", "mean_share"],
 }
+FIGURE_NAMES = ("fig4_scatter", "fig5_segments", "fig6_checkpoints", "fig7_segments")  # figures/<name>.png
 CSV_NAMES = {"scatter": "fig4_scatter", "segments": "fig5_segments", "checkpoints": "fig6_checkpoints",
              "checkpoint_summary": "fig6_summary", "checkpoint_segments": "fig7_segments"}
 
@@ -250,7 +251,7 @@ def across_sections(rows: Sequence[Mapping[str, Any]], out: Path) -> tuple[str, 
             write_csv(table, path, CSV_COLUMNS[name])
         elif path.exists():
             path.unlink()  # the report's own folder: no stale table of a previous build
-    for stale in ("fig4_scatter", "fig5_segments", "fig6_checkpoints", "fig7_segments"):
+    for stale in FIGURE_NAMES:
         old = out / "figures" / f"{stale}.png"
         if old.exists():
             old.unlink()

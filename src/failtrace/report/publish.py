@@ -2,15 +2,19 @@
 
 Drawn in place, an interrupted ``failtrace report`` left a folder half old and half new: an index of the earlier
 report over CSVs of the new one, a few of the graph pictures deleted and not yet redrawn. Now a report is drawn in
-``OUT/.report-<pid>-<place>-<random>.part`` (a killed run's is removed by the next one, ``tempdirs.owned_tempdir``),
-and its files are renamed into place one by one: the earlier report's own files (index.html, tables/*.csv,
-figures/*.png, figures/graphs/*.png) go to the staging folder's ``old/`` first, so a picture the new report no longer
-draws does not stay behind, and any other file in OUT is left alone. If a move fails, every file goes back.
+``OUT/.report-<pid>-<place>-<random>.part`` (a killed run's is removed by the next one, ``tempdirs.owned_tempdir``)
+and its files are moved into place one by one. What they replace goes to the staging folder's ``old/`` first: the
+files of the same names, every graph picture (``figures/graphs/*.png``, the report's own folder: one of a case the
+new report lacks must not stay) and the across-models figures and tables a report draws only when comparisons exist.
+Any other file in OUT (a figure or a table of your own beside the report) is left alone. If a move fails, every file
+goes back; one that cannot is kept in ``OUT/.report-kept-*`` (which no later report removes), and the error says so.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,12 +26,23 @@ OWN_PATTERNS = ("tables/*.csv", "figures/*.png", "figures/graphs/*.png")
 
 
 def own_files(out: Path) -> list[Path]:
-    """The files a report in ``out`` may write over or remove: index.html, ``tables/*.csv``, ``figures/*.png`` and
-    ``figures/graphs/*.png`` (glob follows a linked folder as the writes and removals do)."""
+    """Every file a report in ``out`` could write over (index.html, ``tables/*.csv``, ``figures/*.png``,
+    ``figures/graphs/*.png``): the refusal to write over a results store checks them all."""
     files = [out / "index.html"]
     for pattern in OWN_PATTERNS:
         files += sorted(out.glob(pattern))
     return files
+
+
+def replaced(out: Path, drawn: list[Path]) -> list[Path]:
+    """The files in ``out`` a new report takes the place of: those of the names it draws (``drawn``, relative
+    paths), every graph picture, and the across-models outputs it draws only with comparisons."""
+    from failtrace.report.compare_figs import CSV_NAMES, FIGURE_NAMES
+
+    names = set(drawn) | {Path("figures") / f"{n}.png" for n in FIGURE_NAMES}
+    names |= {Path("tables") / f"{n}.csv" for n in CSV_NAMES.values()}
+    found = {out / n for n in names} | set(out.glob("figures/graphs/*.png"))
+    return sorted(f for f in found if f.is_file() or f.is_symlink())
 
 
 def sweep_index_temps(out: Path) -> None:
@@ -46,7 +61,7 @@ def published(out: Path, draw: Callable[[Path], Path]) -> Path:
         _swap_in(stage, out)
         return out / "index.html"
     except _KeptOld:
-        stage = None  # it holds earlier files that could not be put back: kept, and the error says where
+        stage = None  # renamed out of the sweep's reach, holding what could not go back: the error says where
         raise
     finally:
         if stage is not None:
@@ -57,35 +72,40 @@ class _KeptOld(FailtraceError):
     """A report failed while moving files into place and some earlier files could not be moved back."""
 
 
+def _move(src: Path, dst: Path) -> None:
+    """A rename, or a copy and delete where ``dst`` is on another file system (a linked ``figures/``)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(src), str(dst))
+
+
 def _swap_in(stage: Path, out: Path) -> None:
-    """Move the staged report into ``out``, the earlier one's own files into ``stage/old`` first; on a failed move,
-    put every file back (what cannot go back stays in ``stage/old``, and :class:`_KeptOld` says so)."""
-    new = [f for f in own_files(stage) if f.is_file()]
+    """Move the staged report into ``out``, what it replaces into ``stage/old`` first; on a failed move, put every
+    file back (what cannot go back is kept, :class:`_KeptOld`)."""
+    drawn = sorted((f.relative_to(stage) for f in own_files(stage) if f.is_file()),
+                   key=lambda rel: rel.name == "index.html")  # the index last: it links the rest
     old = stage / "old"
     moved: list[tuple[Path, Path]] = []  # (from, to), undone in reverse
     try:
-        for f in own_files(out):
-            if f.is_file() or f.is_symlink():
-                dst = old / f.relative_to(out)
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                f.replace(dst)
-                moved.append((f, dst))
-        for f in sorted(new, key=lambda p: p.name == "index.html"):  # the index last: it links the rest
-            dst = out / f.relative_to(stage)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            f.replace(dst)
+        for f in replaced(out, drawn):
+            dst = old / f.relative_to(out)
+            _move(f, dst)
             moved.append((f, dst))
+        for rel in drawn:
+            _move(stage / rel, out / rel)
+            moved.append((stage / rel, out / rel))
     except BaseException as exc:
         lost = []
         for src, dst in reversed(moved):
             try:
-                dst.replace(src)
+                _move(dst, src)
             except OSError:
                 lost.append(str(src))
-        if lost:
+        if lost:  # kept under a name no later report sweeps away
+            kept = out / f".report-kept-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+            stage.rename(kept)
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             raise _KeptOld(f"cannot write the report into {out}: {why}; {len(lost)} earlier file(s) could not be "
-                           f"put back: they are in {old}") from None
+                           f"put back: they are in {kept / 'old'}") from None
         if isinstance(exc, OSError):
             raise FailtraceError(f"cannot write the report into {out}: {exc.strerror or exc}") from None
         raise
