@@ -209,6 +209,11 @@ def test_an_override_back_to_the_computed_category_clears_it(tmp_path: Path) -> 
             set_override(st, "abc123", "M-IA", "again")
         assert set_override(st, "abc123", "NC-IA+AG", "third look")["cleared"] is False
         assert st.con.execute("SELECT count(*) FROM overrides").fetchone()[0] == 1
+        # a store written before clears existed: its newest override may equal the computed category (a second
+        # override stored back to it); the explorer's "clear override" was refused there as "already M-IA"
+        st.con.execute("INSERT INTO overrides VALUES ('abc123', 'M-IA', 'back, the old way', now())")
+        assert set_override(st, "abc123", "M-IA", "clear it")["cleared"] is True
+        assert st.con.execute("SELECT count(*) FROM overrides").fetchone()[0] == 0
 
 
 def test_exports_write_cases_jsonl_and_case_tables(tmp_path: Path) -> None:

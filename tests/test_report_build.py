@@ -522,6 +522,8 @@ def test_evidence_is_rendered_readably():
               "other": [{"relevance": 1.0}]})
     assert '<th title="the token&#x27;s relevance divided by the largest |R|' in two and ">R / max|R|</th>" in two
     assert '">R (hidden state)</th>' in two and "<th>relevance</th>" in two  # an unknown table keeps its name
+    flipping = dl({"ablated_nodes": [{"layer": 17, "position": 52, "relevance": 3.59}]})  # categories.py's key
+    assert '">R (hidden state)</th>' in flipping
 
 
 def test_an_empty_benchmark_says_which_stage_comes_next(tmp_path):

@@ -219,6 +219,10 @@ def test_a_contrast_outside_the_checked_code_is_said() -> None:
     assert outside_checked(span, forced, "```py", "thon(\nde") is None  # partly in it: nothing claimed
     assert outside_checked(span, forced, "```python", "[") is None  # the text does not start so: nothing claimed
     assert outside_checked(None, forced, "```python", "(") is None
+    # a fence mark opens or closes the block: it decides what the checker reads, so it is the fix (nothing said)
+    prose = "Here it is.\n```python\ndef count_a(s):\n    return 1\n```"
+    fenced = checked_span(bench, item, prose)
+    assert fenced is not None and outside_checked(fenced, prose, "Here it is.\n", "```") is None
     # the views' rows: after the forced answer; a stored item that cannot be read says nothing
     case = SimpleNamespace(case_id="c1", benchmark="demo", item_id=item.id, tokens=["<p>", "```", "python"],
                            prompt_length=1, contrast_text="(")

@@ -136,15 +136,16 @@ def _why_no_case(st: Any, item: str, benchmark: str | None) -> str:
                 else "no such item was collected (failtrace show lists the cases)")
     if "fail" not in verdicts:
         return f"the model's answer was judged {', '.join(sorted(set(verdicts)))}: nothing to explain"
-    pairs = [(status, reason) for status, reason, bench in st.con.execute(
-        "SELECT p.status, p.reason, r.benchmark FROM pairs p JOIN runs r ON r.run_id = p.pair_run_id "
+    pairs = [(status, reason, run) for status, reason, bench, run in st.con.execute(
+        "SELECT p.status, p.reason, r.benchmark, p.pair_run_id FROM pairs p JOIN runs r ON r.run_id = p.pair_run_id "
         "WHERE p.item_id = ? ORDER BY r.created_at DESC", [item]).fetchall() if benchmark is None or bench == benchmark]
     if not pairs:
         return "it failed, but no pair search has run on it yet (failtrace pairs)"
-    status, reason = pairs[0]
-    if status == "clean":
-        older = st.con.execute("SELECT case_id FROM cases WHERE item_id = ? ORDER BY created_at DESC LIMIT 1",
-                               [item]).fetchone() if _has_cases(st) else None
+    status, reason, pair_run = pairs[0]
+    if status == "clean":  # a case of this pair (its pair run), from an analysis that is not the current one
+        older = st.con.execute("SELECT case_id FROM cases WHERE item_id = ? AND pair_run_id = ? "
+                               "ORDER BY created_at DESC LIMIT 1", [item, pair_run]).fetchone() \
+            if _has_cases(st) else None
         return ("its pair is clean, but the newest analysis has no case of it (not analysed yet, analysed with "
                 "--limit, or its analysis failed: failtrace analyse says which)"
                 + (f"; an older analysis has one, case {older[0][:12]} (show --case takes it once failtrace analyse "

@@ -76,6 +76,8 @@ COLUMNS = {
     ("top_supporters", "relevance"): ("R / max|R|", "the token's relevance divided by the largest |R| over the "
                                                     "case's non-special tokens (the heatmap's scale), as θ is"),
     ("nodes", "relevance"): ("R (hidden state)", "the node's own relevance: the hidden state's Σ R, in units of Δℓ"),
+    ("ablated_nodes", "relevance"): ("R (hidden state)", "the node's own relevance: the hidden state's Σ R, in units "
+                                                         "of Δℓ"),
 }
 
 

@@ -41,10 +41,13 @@ def set_override(store: ResultsStore, case_id: str, category: str, reason: str) 
     computed, newest = store.con.execute(
         "SELECT category, (SELECT o.category FROM overrides o WHERE o.case_id = c.case_id ORDER BY o.created_at DESC "
         "LIMIT 1) FROM cases c WHERE case_id = ?", [cid]).fetchone()
-    if category == (newest or computed):  # it would be marked overridden and change nothing
+    # back to the computed category over an override: a clear, before the unchanged check (a store written before
+    # clears existed can hold a newest override equal to the computed category; "already M-IA" refused the clear)
+    clears = newest is not None and category == computed
+    if not clears and category == (newest or computed):  # it would be marked overridden and change nothing
         raise UnchangedCategoryError(f"case {cid}'s category is already {category}"
                                      f"{' (by an override)' if newest else ''}: give another category to override it")
-    row = {"category": category, "reason": reason.strip(), "created_at": _now(), "cleared": category == computed}
+    row = {"category": category, "reason": reason.strip(), "created_at": _now(), "cleared": clears}
     with store._transaction():
         if row["cleared"]:  # the computed category counts again, as `override --clear` makes it
             store.con.execute("DELETE FROM overrides WHERE case_id = ?", [cid])
