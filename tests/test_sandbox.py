@@ -749,3 +749,32 @@ def test_test_code_that_does_not_compile_is_unverifiable_before_the_candidate_lo
     assert run.status == "unverifiable" and run.reason.startswith(
         "the test code does not compile: SyntaxError: "), run.reason
     assert "at test line 1: def add(a, b:" in run.reason
+
+
+def test_the_first_failure_stays_the_reason_whatever_comes_after() -> None:
+    """With the tests going on after a failed assertion, a candidate that then hung or died turned the verdict's
+    reason into the wall-time limit or a lost process; and test code that catches AssertionError itself had its
+    asserts softened, so a right answer failed. Each keeps the first failure, or its own meaning, now."""
+    from failtrace.benchmarks.humaneval import _PLUS_CHECK
+
+    hang = "import time\ndef add(a, b):\n    if a == 1:\n        return 0\n    time.sleep(60)\n    return a + b\n"
+    tests = "assert candidate(1, 2) == 3\nassert candidate(2, 2) == 4\n"
+    run = run_tests(hang, "add", tests, limits=FAST)  # wrong, then hangs past the wall clock
+    assert (run.status, run.reason) == ("fail", "AssertionError at test line 1: assert candidate(1, 2) == 3"), run
+    assert run.wall_s < FAST.wall_s + 1
+    dies = "import os\ndef add(a, b):\n    if a == 3:\n        os._exit(1)\n    return a - b\n"
+    data = {"entry": "add", "atol": 0.0, "inputs": [[1, 2], [3, 4], [5, 6]],
+            "expected": [["value", 3], ["value", 7], ["value", 11]]}
+    plus = run_tests(dies, "add", _PLUS_CHECK, limits=FAST, data=data)  # wrong on input 0, then its process ends
+    assert plus.status == "fail" and plus.reason.startswith("AssertionError: extra test 0 failed: input [1, 2] "
+                                                            "expected 3 got -1"), plus.reason
+    own = ("def check(candidate):\n    try:\n        assert candidate(1, 2) == 4\n        sure = True\n"
+           "    except AssertionError:\n        sure = False\n    assert not sure and candidate(1, 2) == 3\n"
+           "check(candidate)\n")
+    assert run_tests("def add(a, b):\n    return a + b\n", "add", own, limits=FAST).status == "pass"
+    wrong = run_tests("def add(a, b):\n    return a - b\n", "add", own, limits=FAST)
+    assert wrong.status == "fail" and "test line 7" in wrong.reason, wrong.reason
+    unsendable = run_tests("def add(a, b):\n    return a - b\n", "add",
+                           "assert candidate(1, 2) == 3\ncandidate(object(), 1)\n", limits=FAST)
+    assert (unsendable.status, unsendable.reason) == (
+        "fail", "AssertionError at test line 1: assert candidate(1, 2) == 3"), unsendable  # not unverifiable

@@ -95,7 +95,7 @@ def run_tests(iso: Isolation, candidate_source: str, entry: str, test_source: st
         out_path, err_path, judge_err = (os.path.join(stage, n) for n in ("stdout", "stderr", "judge.err"))
         try:
             cfg = child_config(iso, stage, limits, "serve", uid) | {"fds": [j2c_r, c2j_w], "entry": entry}
-            judge_cfg = {"source": test_source, "data": plain.encode(data),
+            judge_cfg = {"source": test_source, "data": plain.encode(data), "wall_s": limits.wall_s,
                          "memory_mb": max(2 * limits.memory_mb, 1024), "max_message": limits.max_message_bytes,
                          "to_child": j2c_w, "from_child": c2j_r, "result_fd": res_w}
             with open(out_path, "wb") as out, open(err_path, "wb") as err, open(judge_err, "wb") as jerr:

@@ -105,11 +105,33 @@ def soften_asserts(source):
     the same inputs in the same order whether its answers are right or wrong, and cannot learn from which calls
     come (a red-team's candidate learned each answer that way across checks, through the host's page cache). The
     verdict is the first failure, as before. ``__ft_passthrough__`` (the candidate's process is gone, a harness
-    error) still ends the tests. Line numbers are the source's own."""
+    error) still ends the tests. An assert inside a ``try`` whose handler catches ``AssertionError`` (or
+    ``Exception``, ``BaseException``, a bare ``except``) is left alone: the test code handles it itself. Line numbers
+    are the source's own."""
     import ast
 
+    catching = {"AssertionError", "Exception", "BaseException"}
+
+    def catches_assert(handler):  # `except:`, or a type (or tuple of types) an AssertionError is an instance of
+        kinds = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
+        return handler.type is None or any(isinstance(k, ast.Name) and k.id in catching for k in kinds)
+
     class Soften(ast.NodeTransformer):
+        guarded = 0  # inside the body of a try that catches AssertionError: its asserts mean what they say there
+
+        def visit_Try(self, node):
+            if not any(catches_assert(h) for h in node.handlers):
+                return self.generic_visit(node)
+            self.guarded += 1
+            node.body = [self.visit(n) for n in node.body]
+            self.guarded -= 1
+            for name in ("handlers", "orelse", "finalbody"):
+                setattr(node, name, [self.visit(n) for n in getattr(node, name)])
+            return node
+
         def visit_Assert(self, node):
+            if self.guarded:  # the test catches it itself (``except AssertionError: ...``): left as it is
+                return node
             def call(message, error):
                 return ast.Expr(ast.Call(ast.Name("__ft_failed__", ast.Load()),
                                          [ast.Constant(node.lineno), message, error], []))
@@ -179,12 +201,24 @@ def judge_main():
         report("error" if early else "fail", ("the tests raised before calling the candidate: " if early else "")
                + reason)
 
+    def out_of_time(_signum, _frame):  # just before the parent's wall clock: a failure already seen is the
+        # verdict's reason (else the parent's "did not finish" is; the candidate got every input up to here either way)
+        if failed:
+            fail_with(*failed[0])
+
+    if cfg.get("wall_s"):
+        import signal
+
+        signal.signal(signal.SIGALRM, out_of_time)
+        signal.setitimer(signal.ITIMER_REAL, max(0.2, float(cfg["wall_s"]) - 1.0))
     scope = {"__name__": "__tests__", "candidate": candidate, "candidate_call": call, "Digest": Digest,
              "DATA": decode(cfg["data"]), "__ft_failed__": ft_failed,
              "CandidateGone": CandidateGone, "__ft_passthrough__": (CandidateGone, HarnessError)}
     try:
         exec(tests, scope)
     except HarnessError as exc:
+        if failed:  # an assertion failed before the harness could not go on: the answer's verdict stands
+            fail_with(*failed[0])
         report("error", str(exc))
     except CandidateGone as exc:
         if failed:  # an earlier assertion failed first: its reason is the verdict's
