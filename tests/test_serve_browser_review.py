@@ -104,6 +104,8 @@ def test_an_override_is_cleared_from_the_page_and_comments_keep_their_lines(page
     assert got["override"] is None and got["effective_category"] == case.category
     assert [r["comment"] for r in _reviews(server) if r["case_id"] == case.case_id][-2:] == [
         "the graph says otherwise\nsee node L1:4", "computed after all"]
+    assert page.locator("#review .rv-log").first.inner_text().endswith(
+        f"category → {case.category} (the computed category: override cleared): computed after all")
 
 
 def test_another_tabs_write_is_shown_when_the_page_comes_back(page: Any, server: dict[str, Any]) -> None:
@@ -111,6 +113,8 @@ def test_another_tabs_write_is_shown_when_the_page_comes_back(page: Any, server:
     case = server["cases"][4]
     _open_review(page, server, case)
     page.fill("#rv-comment", "half typed")
+    if page.locator("#alt-comment").count():
+        page.fill("#alt-comment", "a contrast note")
     assert _post(server, "api/reviews", {"pair_run_id": case.pair_run_id, "item_id": case.item_id,
                                          "decision": "reject", "comment": "from the other tab"}) == 201
     page.evaluate("window.dispatchEvent(new Event('focus'))")  # the tab comes back into view
@@ -118,6 +122,7 @@ def test_another_tabs_write_is_shown_when_the_page_comes_back(page: Any, server:
     assert page.inner_text("#reviews-changed").startswith("updated: reviews were written elsewhere")
     assert page.inner_text("#rv-in-force").startswith("pair rejected")
     assert page.input_value("#rv-comment") == "half typed"  # what was being typed is kept
+    assert not page.locator("#alt-comment").count() or page.input_value("#alt-comment") == "a contrast note"
     page.evaluate("document.getElementById('reviews-changed').dataset.seen = '1'")
     page.evaluate("window.dispatchEvent(new Event('focus'))")  # nothing new: no second redraw
     page.wait_for_timeout(1000)

@@ -191,7 +191,8 @@ var FT = (function () {
     fetch("/api/reviews/version").then(function (r) { return r.ok ? r.json() : null; }).then(function (v) {
       if (!v || v.count + "@" + v.newest === seen || seen !== FT.reviewsSeen) return;
       var typed = {};  // comments being typed, by id (a redraw makes the form again)
-      [].forEach.call(document.querySelectorAll("textarea[id]"), function (t) { if (t.value) typed[t.id] = t.value; });
+      [].forEach.call(document.querySelectorAll("textarea[id], input[type=text][id]"), function (t) {
+        if (t.value) typed[t.id] = t.value; });
       FT.redraw().then(function () {
         Object.keys(typed).forEach(function (id) { var t = document.getElementById(id); if (t) t.value = typed[id]; });
         var view = document.getElementById("view");

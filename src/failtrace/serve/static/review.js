@@ -69,7 +69,9 @@
       var superseded = ((r.decision === "accept" || r.decision === "reject") && r.review_id !== c.decision.review_id) ||
                        (r.decision === "category" && newerCategory);
       if (r.decision === "category") newerCategory = true;
-      box.appendChild(el("div", {class: "note rv-log" + (superseded ? " muted" : "")}, when(r) + " · " + r.decision + (r.category ? " → " + r.category : "") +
+      var back = r.decision === "category" && r.category === c.category;  // an override back to the computed one
+      box.appendChild(el("div", {class: "note rv-log" + (superseded ? " muted" : "")}, when(r) + " · " + r.decision +
+        (r.category ? " → " + r.category + (back ? " (the computed category: override cleared)" : "") : "") +
         (r.contrast_id !== null && r.contrast_id !== undefined ? " → " + FT.quoted(r.contrast_text) + " (#" + r.contrast_id + ")" : "") + (r.comment ? ": " + r.comment : "") +
         (superseded ? " (superseded)" : "")));
     });
