@@ -108,22 +108,31 @@ def toy(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return info
 
 
+def _reported_copy(toy: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                   monkeypatch: pytest.MonkeyPatch) -> tuple[Path, str]:
+    """A copy of the toy store, its report's page, and `show` printing on a wide console (the three views' inputs)."""
+    from failtrace.cli import main
+    from failtrace.cli import show as show_cli
+    from failtrace.cli.console import console
+
+    store = tmp_path / "runs.duckdb"
+    shutil.copy(toy["store"], store)
+    monkeypatch.setattr(show_cli, "_console", lambda stderr=False: console(stderr, width=600))
+    assert main(["report", "--store", str(store), "--out", str(tmp_path / "rep")]) == 0
+    page = (tmp_path / "rep" / "index.html").read_text()
+    capsys.readouterr()
+    return store, page
+
+
 def test_show_the_report_and_the_explorer_say_the_same(toy: dict[str, Any], tmp_path: Path,
                                                        capsys: pytest.CaptureFixture[str],
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     from fastapi.testclient import TestClient
 
     from failtrace.cli import main
-    from failtrace.cli import show as show_cli
-    from failtrace.cli.console import console
     from failtrace.serve.app import create_app
 
-    store = tmp_path / "runs.duckdb"
-    shutil.copy(toy["store"], store)
-    monkeypatch.setattr(show_cli, "_console", lambda stderr=False: console(stderr, width=400))
-    assert main(["report", "--store", str(store), "--out", str(tmp_path / "rep")]) == 0
-    page = (tmp_path / "rep" / "index.html").read_text()
-    capsys.readouterr()
+    store, page = _reported_copy(toy, tmp_path, capsys, monkeypatch)
     with TestClient(create_app(store), base_url="http://127.0.0.1") as client:
         for case in toy["cases"]:
             cat = category_sentence(case.category, case.category_evidence)
@@ -248,8 +257,6 @@ def test_show_the_report_and_the_explorer_say_a_contrast_is_outside_the_checked_
     from fastapi.testclient import TestClient
 
     from failtrace.cli import main
-    from failtrace.cli import show as show_cli
-    from failtrace.cli.console import console
     from failtrace.serve.app import create_app
     from failtrace.views import answers as answers_view
 
@@ -258,12 +265,7 @@ def test_show_the_report_and_the_explorer_say_a_contrast_is_outside_the_checked_
             return len(completion) - 1, len(completion)
 
     monkeypatch.setitem(answers_view._BENCHMARKS, "toy", LastCharacter())
-    store = tmp_path / "runs.duckdb"
-    shutil.copy(toy["store"], store)
-    monkeypatch.setattr(show_cli, "_console", lambda stderr=False: console(stderr, width=600))
-    assert main(["report", "--store", str(store), "--out", str(tmp_path / "rep")]) == 0
-    page = (tmp_path / "rep" / "index.html").read_text()
-    capsys.readouterr()
+    store, page = _reported_copy(toy, tmp_path, capsys, monkeypatch)
     checked = 0
     with TestClient(create_app(store), base_url="http://127.0.0.1") as client:
         for case in toy["cases"]:
