@@ -43,8 +43,9 @@ def outside_checked(span: tuple[int, int] | None, recovered: str, prefix: str, c
     forced answer (a code block) and the contrast, at ``len(prefix)``, lies wholly outside it (in the line that opens
     the block, or in prose before it). The pair is still the first token that recovers; but what passes is what the
     model wrote after it, and a reader should not look for the fix in the token itself. None when the checker reads
-    the whole text, when the contrast holds a fence mark (it opens or closes the block: the token is the fix), or when the forced answer does not start with the answer so far and the contrast (its
-    tokens' text joined otherwise: nothing is claimed)."""
+    the whole text, when the contrast holds a fence mark (it opens or closes the block: the token is the fix), or
+    when the forced answer does not start with the answer so far and the contrast (its tokens' text joined otherwise:
+    nothing is claimed)."""
     if span is None or not contrast or not recovered.startswith(prefix + contrast):
         return None
     if "`" in contrast:  # a fence mark (```): it opens or closes the block, so it decides what the checker reads
