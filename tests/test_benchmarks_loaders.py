@@ -129,6 +129,13 @@ def test_missing_file_and_folder(tmp_path: Path) -> None:
         get_benchmark("math").load(str(tmp_path / "nope.jsonl"))
     with pytest.raises(FailtraceError, match="folder"):
         get_benchmark("math").load(str(tmp_path))
+    import os
+
+    fifo = tmp_path / "items.jsonl"  # a pipe (as /dev/stdin can be) was "no such file"
+    os.mkfifo(fifo)
+    for where in (fifo, Path("/dev/null")):
+        with pytest.raises(FailtraceError, match=r"is not a regular file \(a device, a pipe or a socket\)"):
+            get_benchmark("math").load(str(where))
 
 
 def test_unknown_benchmark_lists_valid_names() -> None:

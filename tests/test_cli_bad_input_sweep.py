@@ -505,3 +505,19 @@ def test_a_huge_argument_is_not_echoed_whole(toy: dict[str, Any], capsys: pytest
         line = _one_error_line(main(args), capsys)
         assert len(line) < 2 * LONGEST_WORD and "… (20,0" in line and " characters)" in line, (args[0], line[:300])
     assert sha256(toy["store"]) == toy["sha"]
+
+
+def test_an_option_given_as_another_options_value_is_said(toy: dict[str, Any],
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """`collect ... --item --store s.duckdb`: --item took "--store" as its id and click said "Got unexpected extra
+    argument(s) (s.duckdb)". The forgotten value is now said as such."""
+    for args in (["show", "--item", "--store", str(toy["store"])],
+                 ["collect", "-b", "demo", "-d", "builtin", "--item", "--store", str(toy["store"])],
+                 ["pairs", "--item", "--no-progress", "-s", str(toy["store"])]):
+        line = _one_error_line(main(args), capsys)
+        after = args[args.index("--item") + 1]
+        assert line.startswith(f"error: --item has no value: the next word is the option {after}; give --item its "
+                               "value first"), line
+    assert main(["show", "-s", str(toy["store"]), "--item=--store"]) == 2  # written with '=', it is the value
+    assert "no such item was collected" in capsys.readouterr().err
+    assert sha256(toy["store"]) == toy["sha"]

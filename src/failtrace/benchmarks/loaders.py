@@ -237,6 +237,9 @@ def iter_records(source: str, problems: list[str], *, default_split: str = "trai
                              f"a SWE-agent {TRACE_SUFFIX} file)")
     if path.is_dir():
         raise FailtraceError(f"{path} is a folder; pass one JSON, JSONL or Parquet file")
+    if path.exists():  # /dev/stdin, a FIFO, a device: it is there, but it is not a file to read items from
+        raise FailtraceError(f"{path} is not a regular file (a device, a pipe or a socket); pass one JSON, JSONL or "
+                             "Parquet file")
     if _HUB_ID.match(source) and not source.lower().endswith((*LOCAL_SUFFIXES, TRACE_SUFFIX)):
         return _iter_hub(source, default_split)
     raise FailtraceError(f"{source}: no such file; pass a local JSON/JSONL/Parquet file or a hub dataset id "

@@ -23,7 +23,8 @@ EMPTY_ALLOWED = frozenset({"--answer-prefix", "--title"})
 
 
 def refuse_empty_values(command: Any, argv: list[str]) -> None:
-    """Refuse ``--option ""`` (or ``--option=``) for any option of the invoked sub-command that takes a value.
+    """Refuse ``--option ""`` (or ``--option=``) for any option of the invoked sub-command that takes a value, and
+    an option whose value is the name of another of its options (``--item --store x``: the value was forgotten).
 
     An empty string is never a useful model, store, path or layer range, and typer would silently turn it into a
     default (``Path("")`` is ``.``, the current folder); this runs on the raw command line, before typer converts.
@@ -34,6 +35,10 @@ def refuse_empty_values(command: Any, argv: list[str]) -> None:
         return
     takes_value = {name for p in sub.params if getattr(p, "opts", None) and not getattr(p, "is_flag", False)
                    and getattr(p, "param_type_name", "") == "option" for name in p.opts + p.secondary_opts}
+    # every option name of the command: one given as another option's value (`--item --store s.duckdb`) is a
+    # missing value, which click reported as "unexpected extra argument (s.duckdb)"
+    names = {name for p in sub.params if getattr(p, "param_type_name", "") == "option"
+             for name in p.opts + p.secondary_opts}
     i = 1
     while i < len(argv):
         arg = argv[i]
@@ -44,6 +49,9 @@ def refuse_empty_values(command: Any, argv: list[str]) -> None:
             name, value, i = arg, (argv[i + 1] if i + 1 < len(argv) else None), i + 1
         if name in takes_value and name not in EMPTY_ALLOWED and value == "":
             raise FailtraceError(f"{name} is empty; give a value; see 'failtrace {argv[0]} --help'")
+        if name in takes_value and not eq and value in names:
+            raise FailtraceError(f"{name} has no value: the next word is the option {value}; give {name} its "
+                                 f"value first; see 'failtrace {argv[0]} --help'")
         i += 1
 
 
