@@ -870,3 +870,19 @@ def test_a_report_folder_linked_to_another_file_system_is_written(tmp_path: Path
             assert title in index.read_text() and any(elsewhere.glob("*.png"))
     finally:
         shutil.rmtree(elsewhere, ignore_errors=True)
+
+
+def test_the_lead_says_when_the_newest_analysis_covers_fewer_clean_pairs() -> None:
+    """A partial analysis (Ctrl-C, --limit) hid a whole older one from the report with nothing said; status said so,
+    the report only counted the cases."""
+    from failtrace.report.pages import benchmark_section
+
+    def lead(cases: int) -> str:
+        t1 = [{"run_id": "c1", "pair_run_id": "p123456789012", "failures": 9, "clean_pairs": 5, "cases": cases,
+               "pair_settings": "k=10", "benchmark": "b"}]
+        page = benchmark_section("b", [], {"table1": t1, "kstar": [], "pair_status": []}, {})
+        return html.unescape(re.search(r'<p class="lead">([^<]*)</p>', page).group(1))
+
+    assert ("The newest analysis of pair run p123456789 covers 1 of its 5 clean pairs (it stopped early, ran with "
+            "--limit, or some could not be analysed; failtrace status says which") in lead(1)
+    assert "The newest analysis" not in lead(5) and "The newest analysis" not in lead(0)

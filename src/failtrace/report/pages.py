@@ -220,6 +220,11 @@ def benchmark_section(bench: str, cases: Sequence[Any], t: Mapping[str, Any], fi
     ks = [r for r in t["kstar"] if r["benchmark"] == bench]
     lrp = next((r for r in ks if r["method"] == "attnlrp"), None)
     lead = f"{_failures_and_clean(t1)}, {count_of(len(mine), 'case')} analysed."
+    for r in t1:  # a newest analysis short of its pair run's clean pairs hides any older, whole one: said here too
+        if r.get("pair_run_id") and r.get("cases") and r.get("clean_pairs") and r["cases"] < r["clean_pairs"]:
+            lead += (f" The newest analysis of pair run {str(r['pair_run_id'])[:10]} covers {r['cases']} of its "
+                     f"{r['clean_pairs']} clean pairs (it stopped early, ran with --limit, or some could not be "
+                     "analysed; failtrace status says which, and how an older analysis becomes current again).")
     if lrp and lrp["mean_k_star"] is not None:
         lead += (f" With AttnLRP, masking on average {lrp['mean_k_star']:.1f} tokens (median "
                  f"{lrp['median_k_star']:.1f}) flips the prediction in {lrp['flipped']} of "
