@@ -351,7 +351,7 @@ def pairs_command(
                    "continues it further, or a collection with a larger --max-new-tokens decides it (failtrace status "
                    "counts them; each pair's reason says which cut it)", err=True)
     elif summary.processed:
-        cut = getattr(summary, "cut_open", 0)  # rollouts the budget cut with the verdict open: more tokens first
+        cut = summary.cut_open  # failures with rollouts the budget cut with the verdict open: more tokens first
         longer = (f"; {cut} of them had rollouts cut at the rollout budget with the verdict open, which a larger "
                   f"--rollout-tokens may decide" if cut else "")
         typer.echo("next: no clean pair this time; a larger --top-k or --max-positions, or --sibling MODEL, may find "

@@ -75,9 +75,8 @@ GLOSSARY = {
 COLUMNS = {
     ("top_supporters", "relevance"): ("R / max|R|", "the token's relevance divided by the largest |R| over the "
                                                     "case's non-special tokens (the heatmap's scale), as θ is"),
-    ("nodes", "relevance"): ("R (hidden state)", "the node's own relevance: the hidden state's Σ R, in units of Δℓ"),
-    ("ablated_nodes", "relevance"): ("R (hidden state)", "the node's own relevance: the hidden state's Σ R, in units "
-                                                         "of Δℓ"),
+    **{(table, "relevance"): ("R (hidden state)", "the node's own relevance: the hidden state's Σ R, in units of Δℓ")
+       for table in ("nodes", "ablated_nodes")},  # an ablation's nodes, and those whose ablation flips
 }
 
 

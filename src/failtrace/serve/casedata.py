@@ -56,17 +56,12 @@ def _one(con: Any, sql: str, params: list[Any]) -> dict[str, Any] | None:
 def _answer(con: Any, c: dict[str, Any], tokens: list[str]) -> dict[str, Any]:
     """The case's answers (``store.cases.answer_of``) with the note on a contrast outside the checked code, as the
     report and ``failtrace show`` have them (``views.answers.contrast_check``)."""
-    from failtrace.benchmarks.base import Item
+    from failtrace.store.items_table import read_item
     from failtrace.views.answers import contrast_check
 
     answer = answer_of(con, c["run_id"], c["pair_run_id"], c["item_id"])
-    row = _one(con, "SELECT prompt, reference, meta FROM items WHERE benchmark = ? AND item_id = ?",
-               [c["benchmark"], c["item_id"]]) if answer.get("recovered") else None
-    if row is not None:
-        where = f"items of {c['benchmark']} item {c['item_id']}"
-        item = Item(id=c["item_id"], benchmark=c["benchmark"], prompt=_json(row["prompt"], where + " (prompt)"),
-                    reference=_json(row["reference"], where + " (reference)") or {},
-                    meta=_json(row["meta"], where + " (meta)") or {})
+    item = read_item(con, c["benchmark"], c["item_id"]) if answer.get("recovered") else None
+    if item is not None:
         answer["outside"] = contrast_check(c["benchmark"], item, answer, "".join(tokens[c["prompt_length"]:]),
                                            c["contrast_text"])
     return answer

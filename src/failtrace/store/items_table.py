@@ -12,7 +12,7 @@ from typing import Any
 
 from failtrace.benchmarks.base import Item, Verdict
 from failtrace.errors import FailtraceError
-from failtrace.store.records import GenerationRecord, content_hash, storable
+from failtrace.store.records import GenerationRecord, content_hash, parse_json_columns, storable
 from failtrace.store.records import dumps as _dumps
 from failtrace.store.records import now as _now
 
@@ -70,12 +70,10 @@ class ItemsTable:
 
     def get_item(self, benchmark: str, item_id: str) -> Item:
         """The stored item (prompt and reference), as the benchmark's checker reads it."""
-        rows = self._rows("SELECT * FROM items WHERE benchmark = ? AND item_id = ?", [benchmark, item_id])
-        if not rows:
+        item = read_item(self.con, benchmark, item_id, self.path)
+        if item is None:
             raise FailtraceError(f"item {item_id!r} of benchmark {benchmark} is not in {self.path}")
-        r = rows[0]
-        return Item(id=r["item_id"], benchmark=benchmark, prompt=r["prompt"], reference=r["reference"] or {},
-                    meta=r["meta"] or {})
+        return item
 
     def run_item_ids(self, run_id: str) -> list[str]:
         """The items of a run, in the order it took them."""
@@ -115,3 +113,15 @@ class ItemsTable:
             sql += " AND v.status = ?"
             params.append(status)
         return self._rows(sql + " ORDER BY ri.ordinal NULLS LAST, g.item_id", params)
+
+
+def read_item(con: Any, benchmark: str, item_id: str, store: Any = None) -> Item | None:
+    """The stored item (prompt and reference) read through any connection or cursor (the explorer's per-request
+    cursors too), or None; ``store`` names the store in the message of a damaged JSON column."""
+    cur = con.execute("SELECT * FROM items WHERE benchmark = ? AND item_id = ?", [benchmark, item_id])
+    row = cur.fetchone()
+    if row is None:
+        return None
+    r = parse_json_columns(dict(zip([d[0] for d in cur.description], row)), store)
+    return Item(id=r["item_id"], benchmark=benchmark, prompt=r["prompt"], reference=r["reference"] or {},
+                meta=r["meta"] or {})

@@ -188,9 +188,11 @@ def judge_main():
         report("fail", "the candidate did not load: %.500s" % (
             "its process ended first" if hello is None else hello.get("load_error", "no ready message")))
     call, candidate = make_proxy(cfg["to_child"], stream, cfg["max_message"], counter)
-    failed = []  # (calls made before it, reason) of each soft assertion that failed, in order
+    failed = []  # (calls made before it, reason) of the first soft assertion that failed: the verdict's
 
     def ft_failed(lineno, message, error):
+        if failed:  # only the first is the verdict's reason
+            return
         if error is None:
             error = AssertionError() if message is None else AssertionError(message)
         failed.append((counter[0], failure_reason(error, cfg["source"], lineno)))

@@ -131,7 +131,7 @@ var FT = (function () {
     var ps = new URLSearchParams(q >= 0 ? h.slice(q + 1) : "");  // an item link names its run and item: said so, not a 422
     if (!bad && parts[0] === "item" && !(ps.get("run_id") && ps.get("item_id")))
       bad = "malformed link: an item link needs run_id and item_id (#/item?run_id=…&item_id=…; open one from the cases table)";
-    return {route: parts[0] || "cases", arg: arg, bad: bad, params: new URLSearchParams(q >= 0 ? h.slice(q + 1) : "")};
+    return {route: parts[0] || "cases", arg: arg, bad: bad, params: ps};
   };
   FT.go = function (route, arg, params, replace) {
     var qs = params ? params.toString() : "";
@@ -201,6 +201,16 @@ var FT = (function () {
                                 "was drawn; it now shows them"), view.firstChild);
       });
     }, function () {});
+  };
+
+  /* The review decision in force on a pair (the newest accept or reject), as the case page and the item page say
+     it: "pair rejected (the decision in force, <time> UTC[: comment]); export-dpo and finetune leave it out" (that
+     last part for a pair with a case: only cases are training data). */
+  FT.decisionSaid = function (d, withComment, hasCase) {
+    return [FT.el("strong", {}, "pair " + d.decision + "ed"),
+            " (the decision in force, " + String(d.created_at).replace(/\.\d+$/, "") + " UTC" +
+            (withComment && d.comment ? ": " + d.comment : "") + ")" +
+            (d.decision === "reject" && hasCase ? "; export-dpo and finetune leave it out" : "")];
   };
 
   var tip = null;

@@ -62,10 +62,7 @@
       ["case", p.case_id ? el("a", {href: "#/case/" + p.case_id, class: "to-case"}, "open case " +
                               p.case_id.slice(0, 12) + " →") : el("span", {class: "muted"}, "none (not analysed)")]];
     var d = p.decision;  // the newest accept or reject: the decision in force, as the case page and `show` name it
-    if (p.reviewable) rows.push(["review", d ? [el("strong", {}, "pair " + d.decision + "ed"),
-      " (the decision in force, " + d.created_at + " UTC" + (d.comment ? ": " + d.comment : "") + ")" +
-      // (only a case is training data: a reject takes a case out of export-dpo and finetune)
-      (d.decision === "reject" && p.case_id ? "; export-dpo and finetune leave it out" : "")] : el("span", {class: "muted"}, "none yet")]);
+    if (p.reviewable) rows.push(["review", d ? FT.decisionSaid(d, true, !!p.case_id) : el("span", {class: "muted"}, "none yet")]);
     return el("div", {class: "pair-block"}, [
       el("table", {class: "t pair", "data-pair-run": p.pair_run_id, "data-status": p.status},
          rows.map(function (r) { return el("tr", {}, [el("th", {scope: "row"}, r[0]), el("td", {}, r[1])]); })),

@@ -61,9 +61,7 @@
     var box = el("section", {class: "block", id: "review"}, [el("h3", {}, "Review")]);
     function when(r) { return String(r.created_at).replace(/\.\d+$/, "") + " UTC"; }  // the server's clock, in UTC
     // the log keeps every decision; the newest accept or reject (API `decision`) is the one in force
-    if (c.decision) box.appendChild(el("p", {id: "rv-in-force"}, [el("strong", {}, "pair " + c.decision.decision + "ed"),
-      " (the decision in force, " + when(c.decision) + ")" +
-      (c.decision.decision === "reject" ? "; export-dpo and finetune leave it out" : "")]));
+    if (c.decision) box.appendChild(el("p", {id: "rv-in-force"}, FT.decisionSaid(c.decision, false, true)));
     var newerCategory = false;  // reviews come newest first: an override after the first is superseded by it
     (c.reviews || []).forEach(function (r) {
       var superseded = ((r.decision === "accept" || r.decision === "reject") && r.review_id !== c.decision.review_id) ||
