@@ -128,8 +128,9 @@ def test_a_new_view_starts_at_the_top_a_state_change_stays(page: Any, server: di
         y = button.evaluate("b => { window.scrollTo(0, b.getBoundingClientRect().top + window.scrollY - 5); "
                             "return window.scrollY; }")
         assert y > 0
+        method = button.get_attribute("data-method")  # read first: after the click the locator finds another button
         button.evaluate("b => b.click()")  # the same view in another state: the page stays where it is
-        _painted(page, "case", "method=" + button.get_attribute("data-method"))
+        _painted(page, "case", "method=" + method)
         assert page.evaluate("window.scrollY") == y
     finally:
         page.set_viewport_size({"width": 1360, "height": 900})
