@@ -124,6 +124,9 @@ def test_each_case_shows_all_tokens(page_and_cases):
         toks = art.locator(".strip .tok")
         assert toks.count() == len(c.tokens)
         assert toks.nth(len(c.tokens) - 1).is_visible()
+        # a context that fits its box has nothing above it to announce
+        if art.locator(".strip").evaluate("s => s.scrollHeight <= s.clientHeight"):
+            assert art.locator("button.above").count() == 0
     # whitespace is drawn visibly: a token that is a newline shows ↵
     art = page.locator(f"#case-{cases[0].case_id}")
     nl = [i for i, t in enumerate(cases[0].tokens) if t == "\n"][0]
@@ -219,6 +222,20 @@ def test_long_context_opens_at_the_prediction_and_rows_find_their_token(page_and
             assert strip.evaluate("s => s.scrollHeight > 2 * s.clientHeight && s.scrollTop > 0")
             n = len(case.tokens)
             assert in_box(n - 1) and not in_box(1)
+            # opened there, a line above the box says how many tokens are out of sight above; it leads to the start
+            hint = page.locator(f"#case-{case.case_id} button.above")
+            above = strip.evaluate("""s => [...s.querySelectorAll('.tok')].filter(t =>
+                t.getBoundingClientRect().bottom <= s.getBoundingClientRect().top).length""")
+            assert above > 0 and hint.is_visible()
+            assert hint.inner_text() == f"\u2191 {above} earlier tokens above: show the start"
+            hint.click()
+            page.wait_for_function(f"() => document.querySelector('#case-{case.case_id} button.above')"
+                                   ".classList.contains('gone')")
+            assert in_box(1) and strip.evaluate("s => s.scrollTop") == 0
+            assert hint.evaluate("b => getComputedStyle(b).visibility") == "hidden"
+            strip.evaluate("s => { s.scrollTop = s.scrollHeight; }")  # back down: the line comes back
+            page.wait_for_function(f"() => !document.querySelector('#case-{case.case_id} button.above')"
+                                   ".classList.contains('gone')")
             early = min(page.locator(f"#case-{case.case_id} table.masked tr[data-p]").evaluate_all(
                 "trs => trs.map(tr => +tr.dataset.p)"))
             assert not in_box(early)

@@ -270,3 +270,24 @@ def test_a_request_that_fails_after_the_user_moved_on_leaves_the_new_view(page: 
         assert page.evaluate("[document.body.dataset.ready, document.body.dataset.readyHash]") == ["cases", "#/cases"]
     finally:
         page.unroute(f"**/api/cases/{case.case_id}")
+
+
+def test_a_context_opened_at_the_prediction_says_what_is_above_and_leads_to_the_start(page: Any,
+                                                                                     server: dict[str, Any]) -> None:
+    """A heatmap taller than its box opens at the prediction with the start out of sight; a line above the box counts
+    the tokens above its visible part, and clicking it scrolls to the start (report.css's box, made short here so the
+    toy store's context overflows it)."""
+    case = server["cases"][0]
+    _open(page, server, f"#/case/{case.case_id}", "case")
+    assert page.locator("#view button.above").count() == 0  # the context fits: nothing to announce
+    page.add_style_tag(content="#strip{max-height:60px}")
+    page.evaluate("() => FT.redraw()")
+    page.wait_for_selector("body[data-ready=case]")
+    strip, hint = page.locator("#strip"), page.locator("#view button.above")
+    assert strip.evaluate("s => s.scrollTop > 0 && s.scrollHeight > s.clientHeight")
+    above = strip.evaluate("""s => [...s.querySelectorAll('.tok')].filter(t =>
+        t.getBoundingClientRect().bottom <= s.getBoundingClientRect().top).length""")
+    assert above > 0 and hint.inner_text() == f"\u2191 {above} earlier tokens above: show the start"
+    hint.click()
+    page.wait_for_function("() => document.querySelector('#view button.above').classList.contains('gone')")
+    assert strip.evaluate("s => s.scrollTop") == 0

@@ -278,5 +278,5 @@ def page(title: str, subtitle: str, benches: Sequence[str], body: str,
         f'<header class="top">{heading}<div class="sub">{esc(subtitle)} · generated {stamp}</div></header>'
         f'<nav class="bar">{"".join(nav)}</nav><main>{body}</main>'
         '<footer>failtrace report · self-contained: no network requests · tables in tables/*.csv, figures in '
-        f"figures/*.png</footer><script>{asset('report.js')}</script></body></html>"
+        f"figures/*.png</footer><script>{asset('strip.js')}{asset('report.js')}</script></body></html>"
     )

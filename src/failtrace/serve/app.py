@@ -43,6 +43,7 @@ STATIC_FILES: dict[str, tuple[str, str, str]] = {
     "apidocs.js": ("failtrace.serve", "static/apidocs.js", "text/javascript; charset=utf-8"),
     "across.js": ("failtrace.serve", "static/across.js", "text/javascript; charset=utf-8"),
     "report.css": ("failtrace.report", "assets/report.css", "text/css; charset=utf-8"),
+    "strip.js": ("failtrace.report", "assets/strip.js", "text/javascript; charset=utf-8"),
 }
 # No inline script, no other origin: the page can only talk to this server.
 SECURITY_HEADERS = {

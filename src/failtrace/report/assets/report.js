@@ -35,10 +35,7 @@
     art.querySelectorAll("table.masked tr[data-p]").forEach(function(tr){
       tr.title="find it in the heatmap"; tr.addEventListener("click", function(){ find(art, tr.dataset.p); });
     });
-    // a long context opens where the prediction is (its last token), not at the system prompt
-    var strip=art.querySelector(".strip"), pos=strip&&strip.querySelector(".tok.pos");
-    var below=pos?pos.getBoundingClientRect().bottom-strip.getBoundingClientRect().bottom+40:0;
-    if(below>0) strip.scrollTop+=below;
+    ftOpenAtPrediction(art.querySelector(".strip"));  // strip.js: a long context opens at the prediction
   });
   // a figure drawn smaller than its pixels opens at full size (in a box that scrolls) on a click, and back
   var figs=[].slice.call(document.querySelectorAll("figure img"));

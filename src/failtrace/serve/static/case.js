@@ -315,10 +315,7 @@
                                       el("span", {}, "grey = special token id · boxes = segments (click to fold; \u2018special\u2019 = the chat template\u2019s own text)")])
       ].concat(strip(c, method, params))));
       view.appendChild(maskedTokens(c, method));
-      // a long context opens where the prediction is (its last token), not at the system prompt
-      var sb = document.getElementById("strip"), last = sb.querySelector(".tok.pos");
-      var below = last ? last.getBoundingClientRect().bottom - sb.getBoundingClientRect().bottom + 40 : 0;
-      if (below > 0) sb.scrollTop += below;
+      ftOpenAtPrediction(document.getElementById("strip"));  // strip.js: a long context opens at the prediction
       view.appendChild(el("section", {class: "block grid2"}, [
         el("div", {}, [el("h3", {}, "Masking flip curves"), el("p", {class: "note"},
           "Δℓ after masking each method's top-k tokens (" + (c.masking ? c.masking.rule : "") +
