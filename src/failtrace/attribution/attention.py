@@ -24,6 +24,7 @@ from torch import nn
 
 from failtrace.errors import FailtraceError
 from failtrace.lrp.patch import attention_modules, decoder_layers
+from failtrace.models.forward import forward_logits
 
 
 @contextlib.contextmanager
@@ -63,7 +64,7 @@ def attention_relevance(model: nn.Module, token_ids: Sequence[int]) -> np.ndarra
     handle = modules[0][1].register_forward_hook(keep_last_row)
     try:
         with eager_attention(model):
-            model(input_ids=ids, use_cache=False, logits_to_keep=1)
+            forward_logits(model, keep=1, input_ids=ids, use_cache=False)
     finally:
         handle.remove()
     if not kept:

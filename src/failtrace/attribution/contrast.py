@@ -12,6 +12,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from failtrace.attribution.inputs import PreparedInput, Prompt, prepare_input, resolve_token, whole
+from failtrace.models.forward import last_logits
 from failtrace.models.limits import context_length
 from failtrace.attribution.objective import check_objective, objective_value
 from failtrace.attribution.record import TokenRef
@@ -31,10 +32,7 @@ class Contrast:
 
 def greedy_token(lm: Any, ids: Sequence[int]) -> TokenRef:
     """The model's own greedy next token after ``ids``."""
-    with torch.no_grad():
-        x = torch.tensor([list(ids)], device=next(lm.model.parameters()).device)
-        logits = lm.model(input_ids=x, use_cache=False, logits_to_keep=1).logits
-    tid = int(logits[0, -1].argmax())
+    tid = int(last_logits(lm.model, ids).argmax())
     return TokenRef(tid, lm.tokenizer.decode([tid], clean_up_tokenization_spaces=False))
 
 

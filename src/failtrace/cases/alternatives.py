@@ -18,12 +18,9 @@ ALT_K = 10
 
 def next_logits(model: Any, ids: list[int]) -> Any:
     """The next-token logits at the last index of ``ids`` (a float64 tensor), from an ordinary forward pass."""
-    import torch  # here, not at import: the explorer reads stored alternatives without loading torch
+    from failtrace.models.forward import last_logits
 
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        out = model(input_ids=torch.tensor([ids], device=device), use_cache=False, logits_to_keep=1)
-        return out.logits[0, -1].double().cpu()  # logits_to_keep: not T × vocab (7.5 GB at 12k tokens on Qwen3)
+    return last_logits(model, ids).double().cpu()
 
 
 def alternatives(tokenizer: Any, logits: Any, target: int, contrast: int, k: int = ALT_K) -> dict[str, Any]:

@@ -29,13 +29,13 @@ never draft (:func:`slides`).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from failtrace.failures.kvcache import gather_positions, select_rows
 from failtrace.failures.lookup import NgramDrafts
+from failtrace.models.forward import forward_logits
 from failtrace.models.limits import require_finite
 
 @dataclass(frozen=True)
@@ -62,33 +62,6 @@ CPU_COST = PassCost(fixed=10.0, switch=1.0, per_draft=0.45)
 ACCELERATOR_COST = PassCost(fixed=256.0, switch=0.0, per_draft=1.0)
 DRAFT_TOKEN_ROWS = 1024  # a memory bound: a pass keeps rows x width logits over the vocabulary
 MEMORY = 0.9  # weight of the older evidence in each row's guess rate, per step
-
-
-@functools.lru_cache(maxsize=None)
-def _cache_argument(model_class: type) -> str:
-    """The name of the KV-cache argument of a model class's forward: ``cache`` in recent transformers 5.x (where
-    ``past_key_values`` is a deprecated alias, to be removed), ``past_key_values`` in 4.x. Cached per class:
-    :func:`forward_logits` runs once per decoded token."""
-    import inspect
-
-    try:
-        return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
-    except (TypeError, ValueError):  # pragma: no cover - a forward without a signature
-        return "past_key_values"
-
-
-def forward_logits(model: Any, keep: int | None = None, **kwargs: Any) -> Any:
-    """Call ``model`` and return its logits, asking for only the last ``keep`` positions where supported.
-    A ``past_key_values`` argument is passed under the name this transformers version uses."""
-    if "past_key_values" in kwargs and _cache_argument(type(model)) != "past_key_values":
-        kwargs["cache"] = kwargs.pop("past_key_values")
-    if keep is not None:
-        try:
-            return model(logits_to_keep=keep, **kwargs).logits[:, -keep:]
-        except TypeError:  # models without logits_to_keep
-            pass
-    out = model(**kwargs).logits
-    return out if keep is None else out[:, -keep:]
 
 
 class _Drafting:
