@@ -21,7 +21,7 @@ import torch
 import failtrace
 from failtrace.cases.analyse import analyse
 from failtrace.cases.record import CATEGORIES, PATTERNS, case_id
-from failtrace.cases.settings import ALL_METHODS, CaseSettings
+from failtrace.cases.settings import DEFAULT_METHODS, CaseSettings
 from failtrace.errors import FailtraceError
 from failtrace.models.fingerprint import model_fingerprint
 from failtrace.store import open_store
@@ -89,7 +89,7 @@ def test_cases_equal_independent_computations(toy: dict[str, Any]) -> None:
         logits = _plain_logits(plain, case.token_ids)
         reference = float(logits[case.target_id] - logits[case.contrast_id])
         assert abs(case.delta_logit - reference) < 1e-3 and abs(case.delta_logit - stored_delta) < 1e-3
-        assert case.notes == [] and set(case.methods) == set(ALL_METHODS)
+        assert case.notes == [] and set(case.methods) == set(DEFAULT_METHODS)
         # storage and wiring (the stored relevance is the one attribute() gives); the LRP math itself is checked
         # against explicit formulas in test_lrp_rules.py and IG by completeness in test_baselines_ig.py
         for method in ("attnlrp", "cp-lrp", "gradxinput"):
@@ -280,7 +280,7 @@ def test_killed_analyse_resumes_with_nothing_lost_or_duplicated(toy: dict[str, A
     assert resumed.analysed == len(expected) - len(before) and resumed.skipped == len(before)
     per_table = _raw(store, "SELECT (SELECT count(*) FROM cases), (SELECT count(DISTINCT case_id) FROM cases), "
                             "(SELECT count(*) FROM case_methods), (SELECT count(*) FROM case_graphs)")
-    assert per_table == [(len(expected), len(expected), len(expected) * len(ALL_METHODS), len(expected))]
+    assert per_table == [(len(expected), len(expected), len(expected) * len(DEFAULT_METHODS), len(expected))]
     assert {r[0] for r in _raw(store, "SELECT case_id FROM cases")} == expected
 
 
@@ -391,3 +391,46 @@ def test_export_says_which_files_it_replaced_and_removed(toy: dict[str, Any], tm
     assert len(jsonl) > 4 and f"note: {out} also holds {len(jsonl)} jsonl files of an earlier export " \
         f"({', '.join(jsonl[:4])} and {len(jsonl) - 4} more), left as they were" in err, err
     assert (out / "mine.txt").read_text() == "keep me" and not (out / "reviews.parquet").exists()
+
+
+def test_a_registered_method_is_analysed_shown_and_ordered_like_the_built_in_ones(
+        toy: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    """The attribution registry is the one list of methods: a method registered there (docs/ARCHITECTURE.md, "Where
+    to add things") is accepted by ``analyse``, stored with its own relevance, flip curve and the case's own seed,
+    shown by ``show --method``, and ordered by the report as the registry orders it. Before, the analysis kept its
+    own hard-coded list of six and refused it."""
+    from failtrace.attribution.methods import ATTRIBUTION_METHODS, MethodResult, register_method
+    from failtrace.cli import main
+    from failtrace.report.tables import methods_of
+
+    seeds: list[int] = []
+
+    def by_position(model: Any, ids: list[int], objective: Any, *, seed: int = 0, **_: Any) -> MethodResult:
+        seeds.append(seed)  # later tokens more relevant: the masking order is from the last token back
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids]), use_cache=False).logits[0, -1]
+        return MethodResult(np.arange(len(ids), dtype=np.float64)[None, :], float(objective(logits)), logits)
+
+    register_method("by-position", by_position)
+    try:
+        methods = CaseSettings.parse_methods("by-position, attnlrp")
+        assert methods == ("attnlrp", "by-position")
+        with open_store(toy["store"]) as st:
+            done = analyse(st, CaseSettings(methods=methods, max_k=2), progress=False)
+            cases = load_cases(st)  # the newest analysis of each pair run: this one
+        assert done.analysed == len(toy["clean"]) == len(cases) and len(set(seeds)) == len(cases)
+        for case in cases:
+            got = case.methods["by-position"]
+            assert got.input_relevance == [float(i) for i in range(len(case.tokens))]
+            # its flip curve masks its own top tokens (the last maskable ones), recomputed here by plain forwards
+            fixed = _fixed(case)
+            order = [i for i in range(len(case.tokens) - 1, -1, -1) if not fixed[i]][:2]
+            plain = _plain_logits(toy["lm"].model, case.token_ids, order[:1])
+            want = float(plain[case.target_id] - plain[case.contrast_id])
+            assert got.flip_curve[1] == pytest.approx(want, abs=1e-4)
+        assert methods_of(cases) == ["attnlrp", "by-position"]
+        capsys.readouterr()
+        assert main(["show", "--store", str(toy["store"]), "--case", cases[0].case_id, "--method", "by-position"]) == 0
+        assert "by-position" in capsys.readouterr().out
+    finally:
+        ATTRIBUTION_METHODS.pop("by-position")

@@ -292,7 +292,13 @@ def test_writes_refused_without_review_and_store_unchanged(client: TestClient, t
         assert client.get(f"/api/cases/{c.case_id}").status_code == 200
         assert client.get(f"/api/cases/{c.case_id}/graph").status_code == 200
     assert client.get("/api/reviews").json() == {"reviews": []}
-    assert client.get("/api/meta").json()["review"] is False
+    meta = client.get("/api/meta").json()
+    assert meta["review"] is False
+    # the stored methods in the attribution registry's order (the explorer's method buttons follow it)
+    from failtrace.attribution.methods import ATTRIBUTION_METHODS
+
+    stored = {m for c in toy["cases"] for m in c.methods}
+    assert len(stored) > 1 and meta["methods"] == [m for m in ATTRIBUTION_METHODS if m in stored]
     # refused before the body is looked at: an empty or non-finite body is the same 403, not a 422 or a 500
     case_url = f"/api/cases/{case.case_id}"
     for where in ("/api/reviews", f"{case_url}/override", f"{case_url}/contrast"):

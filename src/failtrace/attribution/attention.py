@@ -81,17 +81,32 @@ def random_relevance(n: int, seed: int) -> np.ndarray:
     return 1.0 - np.random.default_rng(int(seed)).random(int(n))
 
 
-def attention_method(model: nn.Module, ids: Sequence[int], objective: Any, **_: Any) -> Any:
-    """The ``attention`` entry of the method registry: attention relevance as the input row, plus the objective at
-    the real input (one extra plain forward, so the record's Δℓ is the same as every other method's)."""
+def _objective_at(model: nn.Module, ids: Sequence[int], objective: Any) -> tuple[float, torch.Tensor]:
+    """The objective and the logits at the real input, from one plain forward: the value every method records."""
     from failtrace.attribution.engine import base_and_head, final_logits
-    from failtrace.attribution.methods import MethodResult
 
-    relevance = attention_relevance(model, ids)
     with torch.no_grad():
         base, head = base_and_head(model)
         device = next(model.parameters()).device
         last = base(input_ids=torch.tensor([list(ids)], device=device), use_cache=False).last_hidden_state[0, -1]
         logits = final_logits(model, head, last)
-        value = float(objective(logits))
-    return MethodResult(relevance[None, :], value, logits.detach(), {"note": "raw last-layer attention, mean of heads"})
+        return float(objective(logits)), logits.detach()
+
+
+def attention_method(model: nn.Module, ids: Sequence[int], objective: Any, **_: Any) -> Any:
+    """The ``attention`` entry of the method registry: attention relevance as the input row, plus the objective at
+    the real input (one extra plain forward, so the record's Δℓ is the same as every other method's)."""
+    from failtrace.attribution.methods import MethodResult
+
+    relevance = attention_relevance(model, ids)
+    value, logits = _objective_at(model, ids, objective)
+    return MethodResult(relevance[None, :], value, logits, {"note": "raw last-layer attention, mean of heads"})
+
+
+def random_method(model: nn.Module, ids: Sequence[int], objective: Any, *, seed: int = 0, **_: Any) -> Any:
+    """The ``random`` entry of the method registry: :func:`random_relevance` under ``seed`` as the input row (an
+    analysis passes each case's own seed), plus the objective at the real input."""
+    from failtrace.attribution.methods import MethodResult
+
+    value, logits = _objective_at(model, ids, objective)
+    return MethodResult(random_relevance(len(ids), seed)[None, :], value, logits, {"seed": int(seed)})

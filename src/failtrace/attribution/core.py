@@ -10,11 +10,10 @@ import numpy as np
 from failtrace.attribution.baselines import IG_STEPS
 from failtrace.attribution.contrast import prepare_contrast
 from failtrace.attribution.inputs import Prompt
-from failtrace.attribution.methods import ATTRIBUTION_METHODS, get_method
+from failtrace.attribution.methods import get_method
 from failtrace.attribution.record import Attribution
 from failtrace.models.loading import LoadedModel
 
-ALL_METHODS = ATTRIBUTION_METHODS  # the live registry: names of every registered method
 
 
 def attribute(

@@ -1,13 +1,14 @@
 """Attribution methods by name: each turns (model, ids, objective) into relevance per (layer, token).
 
 A method is a function ``fn(model, ids, objective, **options) -> MethodResult`` registered under a name; options it
-does not use it ignores (``ig_steps``, ``use_checkpoint`` today). Registering is one line::
+does not use it ignores (``ig_steps``, ``use_checkpoint``, ``seed`` today). Registering is one line::
 
     register_method("attention", "failtrace.attribution.attention:attention_method")   # lazy: "module:function"
     register_method("mine", my_function)                                                  # or the function itself
 
 A lazy entry is imported on first use, so the registry never imports the methods' modules (no import circles) and
-``failtrace attribute --method NAME`` offers every registered name. The three LRP methods come from the rule table
+``failtrace attribute --method NAME`` and ``failtrace analyse --methods`` offer every registered name: this
+registry is the one list of methods (an analysis's default six are a choice among them, :mod:`failtrace.cases.settings`). The three LRP methods come from the rule table
 :data:`failtrace.lrp.methods.LRP_METHODS`; integrated gradients is in :mod:`failtrace.attribution.baselines`.
 """
 
@@ -69,3 +70,4 @@ for _rule in LRP_METHODS:
     register_method(_rule, partial(lrp_method_pass, rule=_rule))
 register_method("ig", "failtrace.attribution.baselines:ig_method")
 register_method("attention", "failtrace.attribution.attention:attention_method")
+register_method("random", "failtrace.attribution.attention:random_method")

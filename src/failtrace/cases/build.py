@@ -92,29 +92,22 @@ def random_seed(settings: CaseSettings, key: str) -> int:
 
 def method_relevance(lm: Any, method: str, ids: list[int], fn: Any, settings: CaseSettings, graph: Any,
                      key: str) -> tuple[np.ndarray, list[float], np.ndarray | None]:
-    """(input relevance, per-stage hidden sums, full hidden relevance [S, n] or None) of one method."""
+    """(input relevance, per-stage hidden sums, full hidden relevance [S, n] or None) of one method, from the
+    attribution registry (AttnLRP's is the graph's own pass, not a second one). A method that explains hidden states
+    returns one row per stage; one that explains only the input, one row."""
     if method == "attnlrp":
         hidden = np.asarray(graph.relevance, dtype=np.float64)
         return hidden[0].copy(), hidden.sum(axis=1).tolist(), hidden
-    if method in ("cp-lrp", "gradxinput"):
-        from failtrace.attribution.engine import relevance_pass
+    from failtrace.attribution.methods import get_method
 
-        hidden = relevance_pass(lm.model, ids, fn, method=method).relevance().cpu().numpy().astype(np.float64)
-        return hidden[0].copy(), hidden.sum(axis=1).tolist(), hidden
-    if method == "ig":
-        from failtrace.attribution.baselines import integrated_gradients
-
-        rel, _, _ = integrated_gradients(lm.model, ids, fn, steps=settings.ig_steps)
-        return np.asarray(rel, dtype=np.float64), [], None
-    if method == "attention":
-        from failtrace.attribution.attention import attention_relevance
-
-        return np.asarray(attention_relevance(lm.model, ids), dtype=np.float64), [], None
-    if method == "random":
-        from failtrace.attribution.attention import random_relevance
-
-        return np.asarray(random_relevance(len(ids), random_seed(settings, key)), dtype=np.float64), [], None
-    raise FailtraceError(f"unknown method {method!r}")
+    res = get_method(method)(lm.model, ids, fn, ig_steps=settings.ig_steps, seed=random_seed(settings, key))
+    rel = np.asarray(res.relevance, dtype=np.float64)
+    if rel.ndim != 2 or rel.shape[1] != len(ids):
+        raise FailtraceError(f"method {method!r} returned relevance of shape {tuple(rel.shape)}; expected "
+                             f"[rows, {len(ids)}] (row 0: the input tokens)")
+    if rel.shape[0] == 1:
+        return rel[0].copy(), [], None
+    return rel[0].copy(), rel.sum(axis=1).tolist(), rel
 
 
 def graph_record(graph: Any, pruned: Any) -> dict[str, Any]:

@@ -4,17 +4,31 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable
 from typing import Any
 
+from failtrace.attribution.methods import ATTRIBUTION_METHODS
 from failtrace.cases.record import MASK_RULES, MaskingSpec
 from failtrace.errors import FailtraceError
 
-# Attribution methods compared per case, in this order everywhere (docs/ANALYSES.md defines each).
-ALL_METHODS: tuple[str, ...] = ("attnlrp", "cp-lrp", "gradxinput", "ig", "attention", "random")
-DEFAULT_METHODS = ALL_METHODS
+# The attribution methods an analysis compares per case unless told otherwise (docs/ANALYSES.md defines each). Any
+# method of the registry (failtrace.attribution.methods) may be named; results list methods in the registry's order.
+DEFAULT_METHODS: tuple[str, ...] = ("attnlrp", "cp-lrp", "gradxinput", "ig", "attention", "random")
 MAX_K = 1000  # the masking search's deepest K: far past where any category is decided (K_IA = 5, K = 10)
 # failure_pattern's thresholds a CaseSettings.pattern may set (docs/ANALYSES.md): θ, θ' and m
 PATTERN_KEYS: tuple[str, ...] = ("theta", "theta_share", "m")
+
+
+def case_methods() -> tuple[str, ...]:
+    """Every method an analysis may compute: the attribution registry's names, in its order."""
+    return tuple(ATTRIBUTION_METHODS)
+
+
+def in_method_order(names: Iterable[str]) -> list[str]:
+    """``names`` once each, the registry's methods in its order, then any others (a store written where another
+    method was registered) by name: the one order of every view."""
+    given, order = set(names), case_methods()
+    return [m for m in order if m in given] + sorted(given.difference(order))
 
 
 @dataclass
@@ -50,14 +64,15 @@ class CaseSettings:
 
     @classmethod
     def parse_methods(cls, text: str | None) -> tuple[str, ...]:
-        """``"attnlrp,ig"`` -> methods in canonical order; ``None``/``"all"`` -> every method."""
+        """``"attnlrp,ig"`` -> methods in the registry's order; ``None``/``"all"`` -> the default six."""
         if text is None or text.strip().lower() == "all":
             return DEFAULT_METHODS  # an empty --methods '' is refused by validate(), not read as "all"
         names = [t.strip().lower() for t in text.replace(" ", ",").split(",") if t.strip()]
-        unknown = [n for n in names if n not in ALL_METHODS]
+        known = case_methods()
+        unknown = [n for n in names if n not in known]
         if unknown:
-            raise FailtraceError(f"unknown method {unknown[0]!r}; valid: {', '.join(ALL_METHODS)}")
-        return tuple(m for m in ALL_METHODS if m in names)
+            raise FailtraceError(f"unknown method {unknown[0]!r}; valid: {', '.join(known)}")
+        return tuple(m for m in known if m in names)
 
     def validate(self) -> CaseSettings:
         """Raise :class:`FailtraceError` (one line) on any bad value; returns self."""
@@ -66,9 +81,10 @@ class CaseSettings:
 
         if not self.methods:
             raise FailtraceError("--methods is empty; name at least attnlrp")
-        unknown = [m for m in self.methods if m not in ALL_METHODS]
+        known = case_methods()
+        unknown = [m for m in self.methods if m not in known]
         if unknown:
-            raise FailtraceError(f"unknown method {unknown[0]!r}; valid: {', '.join(ALL_METHODS)}")
+            raise FailtraceError(f"unknown method {unknown[0]!r}; valid: {', '.join(known)}")
         if "attnlrp" not in self.methods:
             raise FailtraceError("--methods must include attnlrp: the graph, the category and the pattern use it")
         if len(set(self.methods)) != len(self.methods):

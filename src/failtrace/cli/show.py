@@ -36,13 +36,13 @@ def show_command(
     from failtrace.store.cases import find_case_id, load_cases, newest_case_id
     from failtrace.store.store import open_store
 
-    from failtrace.cases.settings import ALL_METHODS  # the case methods: the attribution ones and random
+    from failtrace.cases.settings import case_methods  # the registry's methods
 
     if case is not None and item is not None:
         raise FailtraceError("give --case or --item, not both")
     method = method.strip().lower()
-    if method not in ALL_METHODS:
-        raise FailtraceError(f"unknown --method {method!r}; valid: {', '.join(ALL_METHODS)}")
+    if method not in case_methods():
+        raise FailtraceError(f"unknown --method {method!r}; valid: {', '.join(case_methods())}")
     check_store_path(store, create=False)
     with _store_errors(store), open_store(store, read_only=True) as st:
         if case is not None:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from failtrace.cases.record import CATEGORIES, PATTERNS, Case
-from failtrace.cases.settings import ALL_METHODS as METHODS  # the report's method order: analyse's list
+from failtrace.cases.settings import in_method_order
 from failtrace.report._shared import normalize
 from failtrace.store.schema import PAIR_STATUSES
 from failtrace.store.store import StatusRow
@@ -53,12 +53,8 @@ def benchmarks_of(cases: Iterable[Case], status_rows: Iterable[StatusRow] = ()) 
 
 
 def methods_of(cases: Iterable[Case]) -> list[str]:
-    """Attribution methods present in any case: the known ones in their fixed order, then any others."""
-    present: dict[str, None] = {}
-    for c in cases:
-        for m in c.methods:
-            present.setdefault(m, None)
-    return [m for m in METHODS if m in present] + [m for m in present if m not in METHODS]
+    """Attribution methods present in any case, in the registry's order (then any others)."""
+    return in_method_order(m for c in cases for m in c.methods)
 
 
 def effective_category(case: Case, overrides: Overrides | None = None) -> str:

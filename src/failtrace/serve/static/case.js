@@ -5,13 +5,10 @@
 (function (FT) {
   "use strict";
   var el = FT.el;
-  var ORDER = ["attnlrp", "cp-lrp", "gradxinput", "ig", "attention", "random"];
-
-  function methodsOf(c) {
-    return Object.keys(c.methods).sort(function (a, b) {
-      var ia = ORDER.indexOf(a), ib = ORDER.indexOf(b);
-      return (ia < 0 ? 99 : ia) - (ib < 0 ? 99 : ib) || (a < b ? -1 : 1);
-    });
+  function methodsOf(c) {  // in the server's order (/api/meta: the attribution registry's, as every view), then
+    var known = FT.meta.methods;  // any a later analysis added after the page loaded
+    return known.filter(function (m) { return c.methods[m]; }).concat(
+      Object.keys(c.methods).filter(function (m) { return known.indexOf(m) < 0; }).sort());
   }
 
   function runs(labels) {  // contiguous spans of one segment: [[name, start, end), ...]
