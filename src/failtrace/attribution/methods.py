@@ -8,7 +8,8 @@ does not use it ignores (``ig_steps``, ``use_checkpoint``, ``seed`` today). Regi
 
 A lazy entry is imported on first use, so the registry never imports the methods' modules (no import circles) and
 ``failtrace attribute --method NAME`` and ``failtrace analyse --methods`` offer every registered name: this
-registry is the one list of methods (an analysis's default six are a choice among them, :mod:`failtrace.cases.settings`). The three LRP methods come from the rule table
+registry is the one list of methods (an analysis's default six are a choice among them,
+:mod:`failtrace.cases.settings`). The three LRP methods come from the rule table
 :data:`failtrace.lrp.methods.LRP_METHODS`; integrated gradients is in :mod:`failtrace.attribution.baselines`.
 """
 
