@@ -886,3 +886,56 @@ def test_the_lead_says_when_the_newest_analysis_covers_fewer_clean_pairs() -> No
     assert ("The newest analysis of pair run p123456789 covers 1 of its 5 clean pairs (it stopped early, ran with "
             "--limit, or some could not be analysed; failtrace status says which") in lead(1)
     assert "The newest analysis" not in lead(5) and "The newest analysis" not in lead(0)
+
+
+def test_a_stored_graph_is_drawn_as_its_live_graph_is(tmp_path, monkeypatch):
+    """The report draws a stored graph record and a live graph with one convention: node size by |R| over its
+    stage's largest non-special |R|, the same colours, the same edges. The record's picture sized nodes by the
+    largest |R| of the whole graph, so the same case had other node sizes in the report than in ``failtrace graph``
+    (and the explorer, which divides per stage)."""
+    import torch
+    from matplotlib.collections import LineCollection, PathCollection
+
+    import failtrace.report.figures as F
+    from failtrace.cases.build import graph_record, logit_diff_fn
+    from failtrace.graph.build import graph_from_ids
+    from failtrace.graph.prune import normalised_relevance
+    from failtrace.report.graphfig import graph_record_figure
+    from failtrace.views.graph_static import graph_figure
+    from failtrace_testkit.tiny import tiny_model
+
+    case = make_case(2, "ifeval", "M-IA", "URT", {"attnlrp": 1})
+    n = len(case.tokens)
+    model = tiny_model("llama", layers=3)
+    ids = [3 + (7 * i) % 120 for i in range(n)]
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0, -1]
+    target, contrast = [int(x) for x in logits.argsort(descending=True)[:2]]
+    g = graph_from_ids(model, ids, logit_diff_fn(target, contrast), tokens=case.tokens,
+                       special_mask=case.special_mask)
+    pruned, record = g.pruned, graph_record(g, g.pruned)
+    # the picture of the record can match only where each stage's largest non-special |R| was kept: it is here
+    norm = np.nan_to_num(normalised_relevance(g), nan=0.0)
+    assert all(norm[s, t] == pytest.approx(1.0) for s in {s for s, _t in pruned.node_list()}
+               for t in [max((t for s2, t in pruned.node_list() if s2 == s and not case.special_mask[t]),
+                             key=lambda t: abs(g.relevance[s, t]), default=None)] if t is not None)
+
+    def drawn(fig):  # every node (x, stage) -> (area, colour), every edge segment -> (width, colour)
+        nodes, edges = {}, {}
+        for coll in fig.axes[0].collections:
+            if isinstance(coll, PathCollection):
+                for (x, y), a, c in zip(coll.get_offsets(), coll.get_sizes(), coll.get_facecolors()):
+                    nodes[int(x), int(y)] = (round(float(a), 6), tuple(np.round(c, 6)))
+            elif isinstance(coll, LineCollection):
+                for seg, w, c in zip(coll.get_segments(), coll.get_linewidths(), coll.get_colors()):
+                    edges[tuple(map(tuple, np.round(seg, 6)))] = (round(float(w), 6), tuple(np.round(c, 6)))
+        return nodes, edges
+
+    seen = []
+    real = F._save
+    monkeypatch.setattr(F, "_save", lambda fig, path: (seen.append(fig), real(fig, path))[1])
+    graph_record_figure(record, case.tokens, case.special_mask, tmp_path / "g.png")
+    live = drawn(graph_figure(pruned))
+    stored = drawn(seen[0])
+    assert len(live[0]) == pruned.num_nodes > 3 and live[0] == stored[0]
+    assert live[1] and live[1] == stored[1]

@@ -19,8 +19,9 @@ from typing import Any
 
 from failtrace.report._shared import AblationView
 from failtrace.report.casepage import plain_token
+from failtrace.views.graph_static import BLUE, RED, node_area, stage_shares
 
-RED, BLUE, GREY, GOLD = "#c0392b", "#2e6fba", "#b8b8b8", "#d4a017"
+GREY, GOLD = "#b8b8b8", "#d4a017"  # lighter than the graph's grey: a node off the ablation's path, or special
 
 
 def ablation_title(view: AblationView, prefix: str = "") -> str:
@@ -68,14 +69,14 @@ def _draw_nodes(ax: Any, view: AblationView, x_of: dict[int, int], special: Sequ
     """Kept nodes (grey unless downstream), the prediction's gold ring, and a numbered ring × per ablated node
     (``ring``: its marker area in pt², sized to the row spacing so stacked rings do not overlap)."""
     down = set(view.downstream_nodes)
-    ref = max((abs(r) for _s, t, r in view.nodes if not (t < len(special) and special[t])), default=0.0) or 1.0
+    share = dict(zip(((s, t) for s, t, _r in view.nodes), stage_shares(view.nodes, special)))  # as the graph's
     for on in (False, True):
         pts = [(s, t, r) for s, t, r in view.nodes if ((s, t) in down) == on]
         if not pts:
             continue
         face = [GREY if (t < len(special) and special[t]) or not on else (RED if r > 0 else BLUE) for s, t, r in pts]
         ax.scatter([x_of[t] for _s, t, _r in pts], [s for s, _t, _r in pts],
-                   s=[12 + 110 * min(1.0, abs(r) / ref) for *_x, r in pts], c=face, alpha=1.0 if on else 0.45,
+                   s=[node_area(share[s, t]) for s, t, _r in pts], c=face, alpha=1.0 if on else 0.45,
                    edgecolors="black" if on else "#999999", linewidths=0.4, zorder=3)
     fs, ft = view.final
     ax.scatter([x_of[ft]], [fs], s=260, facecolors="none", edgecolors=GOLD, linewidths=2.2, zorder=4)

@@ -4,7 +4,8 @@
 The graph views draw a live :class:`~failtrace.graph.prune.PrunedGraph`; a stored case only has this record (the
 full graph is not kept), so the report draws it here with the same conventions: one column per token position that
 has a kept node, one row per stage (embeddings at the bottom), red = positive relevance / flow, blue = negative,
-special tokens grey, node size by |R| over the largest non-special |R|, edge width and opacity by sqrt(|A|/max|A|).
+special tokens grey, node size by |R| over the largest non-special |R| of its stage (``stage_shares``: the kept
+nodes'), edge width and opacity by sqrt(|A|/max|A|) (the graph views' ``draw_edges``).
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from failtrace.report.casepage import plain_token
-
-RED, BLUE, GREY = "#c0392b", "#2e6fba", "#9a9a9a"
+from failtrace.views.graph_static import BLUE, GREY, RED, draw_edges, node_area, stage_shares
 
 
 def is_graph_record(obj: Any) -> bool:
@@ -26,8 +26,6 @@ def is_graph_record(obj: Any) -> bool:
 def graph_record_figure(record: Mapping[str, Any], tokens: Sequence[str], special_mask: Sequence[bool], path: Path,
                         title: str = "", max_edges: int = 400) -> Path:
     """Draw ``record`` to ``path`` (PNG): the strongest ``max_edges`` edges and every kept node."""
-    from matplotlib.collections import LineCollection
-    from matplotlib.colors import to_rgb
     from matplotlib.figure import Figure
 
     from failtrace.report.figures import _save, _tight
@@ -40,20 +38,11 @@ def graph_record_figure(record: Mapping[str, Any], tokens: Sequence[str], specia
     x_of = {t: i for i, t in enumerate(cols)}
     fig = Figure(figsize=(min(22.0, max(6.0, 0.34 * len(cols) + 2.5)), min(10.0, max(3.6, 0.17 * len(stages) + 2))))
     ax = fig.subplots()
-    if edges:
-        wmax = max(abs(e[4]) for e in edges) or 1.0
-        segs, colors, widths = [], [], []
-        for ss, si, ts, ti, w in reversed(edges):  # strongest drawn last, on top
-            a = (abs(w) / wmax) ** 0.5
-            segs.append([(x_of[si], ss), (x_of[ti], ts)])
-            colors.append((*to_rgb(RED if w > 0 else BLUE), 0.12 + 0.8 * a))
-            widths.append(0.3 + 2.7 * a)
-        ax.add_collection(LineCollection(segs, colors=colors, linewidths=widths, zorder=1))
+    draw_edges(ax, edges, x_of)
     special = [bool(special_mask[t]) if t < len(special_mask) else False for t in range(len(tokens))]
     if nodes:
-        ref = max((abs(r) for _s, t, r in nodes if not special[t]), default=0.0) or 1.0
         ax.scatter([x_of[t] for _s, t, _r in nodes], [s for s, _t, _r in nodes],
-                   s=[12 + 110 * min(1.0, abs(r) / ref) for *_x, r in nodes],
+                   s=[node_area(z) for z in stage_shares(nodes, special)],
                    c=[GREY if special[t] else (RED if r > 0 else BLUE) for _s, t, r in nodes],
                    edgecolors="black", linewidths=0.4, zorder=2)
     ax.set_xticks(range(len(cols)), [f"{plain_token(tokens[t])[:14]} [{t}]" if t < len(tokens) else str(t)

@@ -26,6 +26,7 @@ from failtrace.report.evidence import dl as evidence_html
 from failtrace.views.answers import answer_parts, box_note
 from failtrace.views.common import (CLIP, MASK_AFTER, MASK_BEFORE, SUM_NOTE, flip_points, k_star_label, masked_caption,
                                    top_role)
+from failtrace.views.graph_static import stage_shares
 from failtrace.views.verdicts import category_sentence, pattern_sentence
 
 
@@ -220,15 +221,9 @@ def graph_detail(con: Any, case_id: str) -> dict[str, Any] | None:
     stages = col("stages")
     special = [bool(x) for x in g["special_mask"]]
     tokens = col("tokens", "cases")
-    # normalised |R| per stage, over non-special tokens (as the static graph view sizes its nodes)
-    norm = np.zeros(len(rel))
-    for s in set(g["node_stage"]):
-        idx = [i for i, st in enumerate(g["node_stage"]) if st == s]
-        keep = [i for i in idx if not special[g["node_token"][i]]] or idx
-        scale = max(abs(rel[i]) for i in keep) or 1.0
-        for i in idx:
-            norm[i] = min(1.0, abs(rel[i]) / scale)
-    nodes = [[int(s), int(t), float(r), float(z)] for s, t, r, z in zip(g["node_stage"], g["node_token"], rel, norm)]
+    kept = [(int(s), int(t), float(r)) for s, t, r in zip(g["node_stage"], g["node_token"], rel)]
+    # |R| over its stage's largest non-special |R| (as the report's picture of the same record sizes its nodes)
+    nodes = [[s, t, r, z] for (s, t, r), z in zip(kept, stage_shares(kept, special))]
     edges = [[int(a), int(b), int(c), int(d), float(x), float(m)] for a, b, c, d, x, m in zip(
         g["edge_source_stage"], g["edge_source_token"], g["edge_target_stage"], g["edge_target_token"], w, mass)]
     record = {"stages": stages, "nodes": [n[:3] for n in nodes], "edges": [e[:5] for e in edges]}

@@ -9,6 +9,7 @@ readable), one row per stage (embeddings at the bottom, the final layer at the t
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -63,7 +64,9 @@ def default_title(pruned: PrunedGraph, drawn: int) -> str:
             "blue: the contrast, grey: a special token id; node size: |R|, edge width: |relevance flow|")
 
 
-def _draw_edges(ax: Axes, edges: list[tuple[int, int, int, int, float]], x_of: dict[int, int]) -> None:
+def draw_edges(ax: Axes, edges: list[tuple[int, int, int, int, float]], x_of: dict[int, int]) -> None:
+    """Edges ``(source stage, source token, target stage, target token, A)``, strongest on top: red A > 0, blue
+    A < 0, width and opacity by sqrt(|A| / max |A|). The live graph and the report's stored graph both draw here."""
     from matplotlib.collections import LineCollection
     from matplotlib.colors import to_rgb
 
@@ -79,6 +82,24 @@ def _draw_edges(ax: Axes, edges: list[tuple[int, int, int, int, float]], x_of: d
     ax.add_collection(LineCollection(segs, colors=colors, linewidths=widths, zorder=1))
 
 
+def node_area(share: float) -> float:
+    """A node's marker area (pt²) for its |R| as a share of its stage's largest: 12 + 110·min(1, share)."""
+    return 12.0 + 110.0 * min(1.0, float(share))
+
+
+def stage_shares(nodes: Sequence[tuple[int, int, float]], special: Sequence[bool]) -> list[float]:
+    """Each kept node's |R| over the largest |R| of a non-special kept node in its stage (of every kept node there if
+    all are special), at most 1: what a stored graph record can say of :func:`normalised_relevance`, which divides by
+    the stage's largest non-special |R| over all tokens. The two agree wherever that token was kept, as it is unless
+    pruning cut it off from the prediction."""
+    by_stage: dict[int, list[tuple[float, bool]]] = {}
+    for s, t, r in nodes:
+        by_stage.setdefault(s, []).append((abs(r), t < len(special) and bool(special[t])))
+    scale = {s: max((a for a, sp in xs if not sp), default=0.0) or max(a for a, _sp in xs)
+             for s, xs in by_stage.items()}
+    return [min(1.0, abs(r) / (scale[s] or 1.0)) for s, _t, r in nodes]
+
+
 def _draw_nodes(ax: Axes, pruned: PrunedGraph, x_of: dict[int, int]) -> None:
     g = pruned.graph
     nodes = pruned.node_list()
@@ -87,8 +108,7 @@ def _draw_nodes(ax: Axes, pruned: PrunedGraph, x_of: dict[int, int]) -> None:
     norm = np.nan_to_num(normalised_relevance(g), nan=0.0)
     special = np.asarray(g.special_mask, dtype=bool)
     face = [GREY if special[t] else (RED if g.relevance[s, t] > 0 else BLUE) for s, t in nodes]
-    ax.scatter([x_of[t] for _s, t in nodes], [s for s, _t in nodes],
-               s=[12 + 110 * min(1.0, float(norm[s, t])) for s, t in nodes],
+    ax.scatter([x_of[t] for _s, t in nodes], [s for s, _t in nodes], s=[node_area(norm[s, t]) for s, t in nodes],
                c=face, edgecolors="black", linewidths=0.4, zorder=2)
 
 
@@ -106,7 +126,7 @@ def graph_figure(pruned: PrunedGraph, title: str | None = None, max_edges: int =
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     edges = sorted(pruned.edges(), key=lambda e: -abs(e[4]))[:max_edges]
-    _draw_edges(ax, edges, x_of)
+    draw_edges(ax, edges, x_of)
     _draw_nodes(ax, pruned, x_of)
     ax.set_xticks(range(len(cols)))
     ax.set_xticklabels([f"{visible(g.tokens[t])[:24]} [{t}]" for t in cols], rotation=90, fontsize=7)
