@@ -20,9 +20,10 @@ def main() -> None:
 
     import gguf  # noqa: F401  (the bundled model is a GGUF file)
     import math_verify  # noqa: F401  (the MATH checker)
-    from failtrace.failures.generation import decode_completion, eos_token_ids, greedy_generate, naive_greedy
+    from failtrace.failures.generation import decode_completion, eos_token_ids, greedy_generate
+    from failtrace_testkit.reference_decoding import naive_greedy
     from failtrace.failures.pairs import PairFinder, PairSettings
-    from failtrace.failures.reference import _top, exhaustive_search
+    from failtrace_testkit.reference_search import _top, exhaustive_search
     from failtrace.models.chat import apply_chat_template
     from failtrace_testkit.toy import ToyBenchmark, toy_items, toy_loaded
 

@@ -14,7 +14,8 @@ from typing import Any
 import torch
 
 from failtrace.failures.collect import collect
-from failtrace.failures.generation import decode_completion, eos_token_ids, greedy_generate, naive_greedy
+from failtrace.failures.generation import decode_completion, eos_token_ids, greedy_generate
+from failtrace_testkit.reference_decoding import naive_greedy
 from failtrace.failures.pairs import PairSettings, find_pairs
 from failtrace.models.chat import apply_chat_template
 from failtrace.models.loading import load_model

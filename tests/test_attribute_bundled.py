@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import failtrace
-from failtrace.analysis import masked_objective
+from failtrace_testkit.reference_masking import masked_objective
 from failtrace.attribution import objective_value
 from failtrace.errors import FailtraceError, TokenizationError
 from failtrace_testkit.explicit_lrp import explicit_attnlrp

@@ -316,7 +316,8 @@ def test_a_context_with_nothing_maskable_says_so(tmp_path: Path) -> None:
     ids only, so nothing is masked or ablated, and the case's notes say why k* and the category mean nothing."""
     from failtrace.benchmarks.base import Item
     from failtrace.failures.collect import collect
-    from failtrace.failures.generation import decode_completion, eos_token_ids, greedy_generate, naive_greedy
+    from failtrace.failures.generation import decode_completion, eos_token_ids, greedy_generate
+    from failtrace_testkit.reference_decoding import naive_greedy
     from failtrace.failures.pairs import PairSettings, find_pairs
     from failtrace.models.chat import apply_chat_template
     from failtrace.models.loading import load_model

@@ -14,8 +14,8 @@ from failtrace.failures.generation import (
     decode_completion,
     eos_token_ids,
     greedy_generate,
-    naive_greedy,
 )
+from failtrace_testkit.reference_decoding import naive_greedy
 from failtrace_testkit.toy import ToyBenchmark, one_thread, toy_items, toy_loaded
 from failtrace.models.chat import apply_chat_template
 from failtrace.store import open_store

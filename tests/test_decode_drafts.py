@@ -12,8 +12,9 @@ import pytest
 import torch
 
 import failtrace.failures.decode as decode
-from failtrace.failures.generation import (eos_token_ids, greedy_generate, naive_greedy, pad_token_id, prefix_forward,
+from failtrace.failures.generation import (eos_token_ids, greedy_generate, pad_token_id, prefix_forward,
                                           rollouts_at)
+from failtrace_testkit.reference_decoding import naive_greedy
 from failtrace.failures.lookup import NGRAM_SIZES, NgramDrafts
 from failtrace_testkit.reference_decoding import hf_greedy
 from failtrace_testkit.tiny import tiny_model

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from failtrace.failures.generation import eos_token_ids, greedy_generate, naive_greedy, prefix_forward, rollouts_at
+from failtrace.failures.generation import eos_token_ids, greedy_generate, prefix_forward, rollouts_at
+from failtrace_testkit.reference_decoding import naive_greedy
 from failtrace.failures.kvcache import cache_tensors, growing_layer, new_cache, select_rows
 import pytest
 

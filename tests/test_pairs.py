@@ -16,11 +16,11 @@ from failtrace.failures.generation import (
     decode_completion,
     eos_token_ids,
     greedy_generate,
-    naive_greedy,
     prefix_forward,
     rollout_batch_limit,
     rollouts,
 )
+from failtrace_testkit.reference_decoding import naive_greedy
 from failtrace.failures.pairs import PairFinder, PairSettings, find_pairs
 from failtrace_testkit.toy import ToyBenchmark, toy_items, toy_loaded
 from failtrace.models.chat import apply_chat_template
@@ -318,7 +318,7 @@ def test_sibling_rows_only_before_the_blocks_own_answer_same_pair(lm: Any, helpe
     one; against the exhaustive in-order search with the sibling: the same pair whichever recovers where (sibling
     earlier in the block, both at one position, the model earlier), and no sibling row where the model's own top-k
     recovers at the block's first position. Blocks of positions 3..6 (position_batch 4: blocks 0 | 1-2 | 3-6)."""
-    from failtrace.failures.reference import _top, exhaustive_search
+    from failtrace_testkit.reference_search import _top, exhaustive_search
 
     k = 3
     settings = PairSettings(top_k=k, min_delta=-100.0, position_batch=4, try_unbounded=True)

@@ -13,7 +13,7 @@ from failtrace.benchmarks.ifeval import IFEvalBenchmark
 from failtrace.failures.generation import decode_completion, eos_token_ids, greedy_generate
 from failtrace.failures.pairs import PairFinder, PairSettings
 from failtrace.failures.prefix_rules import prefix_text
-from failtrace.failures.reference import exhaustive_search
+from failtrace_testkit.reference_search import exhaustive_search
 from failtrace.models.chat import apply_chat_template
 from failtrace_testkit.toy import one_thread
 

@@ -8,10 +8,11 @@ from typing import Any
 import pytest
 
 from failtrace.benchmarks.base import Item
-from failtrace.failures.generation import decode_completion, eos_token_ids, greedy_generate, naive_greedy
+from failtrace.failures.generation import decode_completion, eos_token_ids, greedy_generate
+from failtrace_testkit.reference_decoding import naive_greedy
 from failtrace.failures.judge import PositionJudge, candidates, locate, token_at
 from failtrace.failures.pairs import PairFinder, PairSettings
-from failtrace.failures.reference import _top, exhaustive_search
+from failtrace_testkit.reference_search import _top, exhaustive_search
 from failtrace.models.chat import apply_chat_template
 from failtrace_testkit.toy import ToyBenchmark, toy_items, toy_loaded
 

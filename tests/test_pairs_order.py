@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from failtrace.benchmarks.base import Item, Verdict
-from failtrace.failures.generation import decode_completion, eos_token_ids, greedy_generate, naive_greedy
+from failtrace.failures.generation import decode_completion, eos_token_ids, greedy_generate
+from failtrace_testkit.reference_decoding import naive_greedy
 from failtrace.failures.order import ORDERS, rank_positions
 from failtrace.failures.pairs import PairFinder, PairSettings
-from failtrace.failures.reference import _top, exhaustive_search
+from failtrace_testkit.reference_search import _top, exhaustive_search
 from failtrace.models.chat import apply_chat_template
 from failtrace_testkit.toy import ToyBenchmark, one_thread, toy_items, toy_loaded
 

@@ -15,12 +15,12 @@ from failtrace.failures.generation import (
     decode_completion,
     eos_token_ids,
     greedy_generate,
-    naive_greedy,
     prefix_forward,
     rollouts_at,
 )
+from failtrace_testkit.reference_decoding import naive_greedy
 from failtrace.failures.pairs import PairFinder, PairSettings, pair_run_record
-from failtrace.failures.reference import _top, exhaustive_search
+from failtrace_testkit.reference_search import _top, exhaustive_search
 from failtrace.models.chat import apply_chat_template
 from failtrace.store.store import RunRecord
 from failtrace_testkit.toy import ToyBenchmark, toy_items

@@ -24,7 +24,8 @@ from test_serve_browser import _chromium, _start  # noqa: E402
 from failtrace.cases.alternatives import ALT_K  # noqa: E402
 from failtrace.cases.analyse import analyse  # noqa: E402
 from failtrace.failures.collect import collect  # noqa: E402
-from failtrace.failures.generation import decode_completion, eos_token_ids, greedy_generate, naive_greedy  # noqa: E402
+from failtrace.failures.generation import decode_completion, eos_token_ids, greedy_generate  # noqa: E402
+from failtrace_testkit.reference_decoding import naive_greedy  # noqa: E402
 from failtrace.failures.pairs import PairSettings, find_pairs  # noqa: E402
 from failtrace.models.chat import apply_chat_template  # noqa: E402
 from failtrace.models.loading import load_model  # noqa: E402

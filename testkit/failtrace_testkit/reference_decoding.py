@@ -1,7 +1,9 @@
-"""transformers' own greedy ``generate``: the decoding reference of the tests, with no failtrace decoding involved."""
+"""The decoding references of the tests, with no failtrace decoding involved: transformers' own greedy ``generate``
+and a from-scratch loop (a full forward pass per new token, no cache)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -14,3 +16,26 @@ def hf_greedy(model: Any, ids: list[int], budget: int, eos: frozenset[int], pad:
                              max_new_tokens=budget, do_sample=False, eos_token_id=sorted(eos), pad_token_id=pad,
                              top_p=None, top_k=None, temperature=None)
     return ref[0, len(ids):].tolist()
+
+
+def naive_greedy(model: Any, ids: Sequence[int], budget: int, eos: frozenset[int],
+                 forced: int | None = None) -> list[int]:
+    """Reference decoding without any cache: a full forward pass over the whole sequence for every new token.
+
+    With ``forced``, that token is the first output (as in a rollout) and greedy decoding continues after it.
+    """
+    device = next(model.parameters()).device
+    seq = list(ids)
+    out: list[int] = []
+    with torch.no_grad():
+        while len(out) < budget:
+            if forced is not None and not out:
+                t = int(forced)
+            else:
+                logits = model(input_ids=torch.tensor([seq], dtype=torch.long, device=device), use_cache=False).logits
+                t = int(logits[0, -1].argmax(-1))
+            out.append(t)
+            seq.append(t)
+            if t in eos:
+                break
+    return out

@@ -9,7 +9,6 @@ from failtrace.analysis.masking import (
     Flip,
     flip_search,
     masked_delta,
-    masked_objective,
     masked_scores,
     masking_order,
     never_masked,
@@ -26,7 +25,7 @@ from failtrace.analysis.segments import (
 )
 
 __all__ = ["CATEGORIES", "PATTERNS", "RELEVANT_SEGMENTS", "AblationView", "Flip", "ablation_view", "categorize",
-           "failure_pattern", "flip_search", "graph_summary", "masked_delta", "masked_objective", "masked_scores",
+           "failure_pattern", "flip_search", "graph_summary", "masked_delta", "masked_scores",
            "masking_order",
            "never_masked",
            "node_ablation",

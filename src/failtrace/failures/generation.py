@@ -11,8 +11,8 @@
   padding is needed (every row has the same length). :func:`rollouts_at` does the same for rows at *different*
   prefix lengths of one cache (k alternatives at each of several positions), masking each row's unused tail of the
   shared cache, and can end a row early once a callback says its verdict is decided.
-* :func:`naive_greedy` is the from-scratch reference (a full forward pass per new token, no cache), used by the
-  tests to prove that the cached, batched paths produce exactly the same tokens.
+* the tests prove that the cached, batched paths produce exactly the tokens of a from-scratch reference (a full
+  forward pass per new token, no cache: ``failtrace_testkit.reference_decoding.naive_greedy``).
 
 Completions are recorded as token ids exactly as generated, including the EOS token when the model stopped; the
 text is decoded from the ids without the final EOS and without special tokens (:func:`decode_completion`).
@@ -246,29 +246,4 @@ def _chunks(starts: Sequence[int], step: int, by_start: bool) -> list[tuple[int,
         if i == len(starts) or i - begin == step or (by_start and starts[i] != starts[begin]):
             out.append((begin, i))
             begin = i
-    return out
-
-
-def naive_greedy(model: Any, ids: Sequence[int], budget: int, eos: frozenset[int],
-                 forced: int | None = None) -> list[int]:
-    """Reference decoding without any cache: a full forward pass over the whole sequence for every new token.
-
-    With ``forced``, that token is the first output (as in a rollout) and greedy decoding continues after it.
-    """
-    import torch
-
-    device = next(model.parameters()).device
-    seq = list(ids)
-    out: list[int] = []
-    with torch.no_grad():
-        while len(out) < budget:
-            if forced is not None and not out:
-                t = int(forced)
-            else:
-                logits = model(input_ids=torch.tensor([seq], dtype=torch.long, device=device), use_cache=False).logits
-                t = int(logits[0, -1].argmax(-1))
-            out.append(t)
-            seq.append(t)
-            if t in eos:
-                break
     return out

@@ -2,7 +2,7 @@
 
 Position by position, it recomputes the next-token logits from scratch, takes the top-k alternatives (then a
 sibling's, if given), and decodes each rollout on its own to the full budget (no early stopping, no batching, no
-shared cache), checking each in order with the benchmark's checker. Used by tests and perf/bench_pairs.py only.
+shared cache), checking each in order with the benchmark's checker.
 """
 
 from __future__ import annotations
@@ -13,13 +13,8 @@ from typing import Any
 
 from failtrace.benchmarks.base import Benchmark, Item
 from failtrace.failures.collect import safe_check
-from failtrace.failures.generation import (
-    decode_completion,
-    eos_token_ids,
-    greedy_generate,
-    naive_greedy,
-    pad_token_id,
-)
+from failtrace.failures.generation import decode_completion, eos_token_ids, greedy_generate, pad_token_id
+from failtrace_testkit.reference_decoding import naive_greedy
 
 
 @dataclass
