@@ -939,3 +939,57 @@ def test_a_stored_graph_is_drawn_as_its_live_graph_is(tmp_path, monkeypatch):
     stored = drawn(seen[0])
     assert len(live[0]) == pruned.num_nodes > 3 and live[0] == stored[0]
     assert live[1] and live[1] == stored[1]
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(folder)): f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+def test_a_report_whose_moves_fail_midway_puts_every_file_back_or_keeps_them_and_says_where(tmp_path: Path,
+                                                                                            monkeypatch) -> None:
+    """The staged report moves into place file by file. A move that fails midway (a full disk) puts every earlier
+    file back, so the earlier report stays whole; where a file cannot go back either, the earlier files are kept
+    under ``.report-kept-*`` (which no later report sweeps away) and the error says where."""
+    import errno
+
+    import failtrace.report.publish as publish
+    from failtrace.errors import FailtraceError
+
+    cases, rows, pairs = sample()
+    out = tmp_path / "r"
+    build_report(cases, rows, out, pairs, title="the first report")
+    before = _files(out)
+    real = publish._move
+    calls = {"n": 0}
+
+    def full_disk(src: Path, dst: Path) -> None:  # the 4th move into the report folder fails
+        if out in dst.parents and publish.STAGE_KIND not in str(dst):
+            calls["n"] += 1
+            if calls["n"] == 4:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        real(src, dst)
+
+    monkeypatch.setattr(publish, "_move", full_disk)
+    with pytest.raises(FailtraceError, match="cannot write the report into .*: No space left on device$"):
+        build_report(cases[:1], rows, out, pairs, title="the second report")
+    assert calls["n"] >= 4 and _files(out) == before  # nothing of the second report, nothing of the first lost
+
+    undone = {"n": 0}
+
+    def and_no_way_back(src: Path, dst: Path) -> None:  # as above, and the first move back fails too
+        if publish.STAGE_KIND in str(src) and "/old/" in str(src) and out in dst.parents:
+            undone["n"] += 1
+            if undone["n"] == 1:
+                raise OSError(errno.EIO, "Input/output error")
+        full_disk(src, dst)
+
+    calls["n"] = 0
+    monkeypatch.setattr(publish, "_move", and_no_way_back)
+    with pytest.raises(FailtraceError, match=r"1 earlier file\(s\) could not be put back: they are in ") as err:
+        build_report(cases[:1], rows, out, pairs, title="the third report")
+    kept = [p for p in out.iterdir() if p.name.startswith(".report-kept-")]
+    assert len(kept) == 1 and str(kept[0] / "old") in str(err.value)
+    lost = _files(kept[0] / "old")
+    assert len(lost) == 1 and all(before[name] == data for name, data in lost.items())
+    assert {k: v for k, v in _files(out).items() if not k.startswith(".report-kept-")} == \
+        {k: v for k, v in before.items() if k not in lost}

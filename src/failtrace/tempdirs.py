@@ -8,7 +8,8 @@ removes the folder, but nothing runs after SIGKILL (an OOM kill, a killed Ray wo
 of the same kind made in the same parent by a process of the same place removes every such folder whose process is
 gone. Folders of another place (another container or machine sharing the folder), of a live process, and every
 name not exactly of this form (a user's ``.export-2024``) are left alone; a reused process id can only keep an
-orphan longer. Written here because ``tempfile`` names folders at random and keeps no owner.
+orphan longer. Written here because ``tempfile`` names folders at random and keeps no owner. :func:`swap_in` moves
+what such a folder staged into place, all or nothing.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import re
 import shutil
 import socket
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -82,3 +84,39 @@ def owned_tempdir(parent: str | Path | None, kind: str, suffix: str = "") -> Pat
     where = Path(tempfile.gettempdir() if parent is None else parent)
     sweep_orphans(where, kind, suffix)
     return Path(tempfile.mkdtemp(prefix=f"{kind}{os.getpid()}-{place()}-", suffix=suffix, dir=where))
+
+
+class NotPutBack(Exception):
+    """A :func:`swap_in` failed and some moves could not be undone: ``lost`` are the places their files belong,
+    ``cause`` the failure that started the undoing."""
+
+    def __init__(self, lost: list[Path], cause: BaseException) -> None:
+        super().__init__(f"{len(lost)} file(s) could not be put back")
+        self.lost, self.cause = lost, cause
+
+
+def swap_in(aside: list[Path], new: list[tuple[Path, Path]], old: Path, out: Path,
+            move: Callable[[Path, Path], None]) -> None:
+    """All or nothing, for outputs staged in a folder and then moved into place (an export, a report): each file of
+    ``aside`` (under ``out``) goes to the same place under ``old``, then each staged file ``(src, dst)`` to ``dst``.
+    On any failure every move is undone in reverse and the failure raised again, or :class:`NotPutBack` where some
+    move cannot be undone (``old`` then still holds those files: the caller keeps it and says where)."""
+    moved: list[tuple[Path, Path]] = []  # (from, to), undone in reverse
+    try:
+        for f in aside:
+            dst = old / f.relative_to(out)
+            move(f, dst)
+            moved.append((f, dst))
+        for src, dst in new:
+            move(src, dst)
+            moved.append((src, dst))
+    except BaseException as exc:
+        lost = []
+        for src, dst in reversed(moved):
+            try:
+                move(dst, src)
+            except OSError:
+                lost.append(src)
+        if lost:
+            raise NotPutBack(lost, exc) from None
+        raise

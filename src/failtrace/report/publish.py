@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from failtrace.errors import FailtraceError
-from failtrace.tempdirs import owned_tempdir
+from failtrace.tempdirs import NotPutBack, owned_tempdir, swap_in
 
 STAGE_KIND, STAGE_SUFFIX = ".report-", ".part"
 OWN_PATTERNS = ("tables/*.csv", "figures/*.png", "figures/graphs/*.png")
@@ -83,29 +83,13 @@ def _swap_in(stage: Path, out: Path) -> None:
     file back (what cannot go back is kept, :class:`_KeptOld`)."""
     drawn = sorted((f.relative_to(stage) for f in own_files(stage) if f.is_file()),
                    key=lambda rel: rel.name == "index.html")  # the index last: it links the rest
-    old = stage / "old"
-    moved: list[tuple[Path, Path]] = []  # (from, to), undone in reverse
     try:
-        for f in replaced(out, drawn):
-            dst = old / f.relative_to(out)
-            _move(f, dst)
-            moved.append((f, dst))
-        for rel in drawn:
-            _move(stage / rel, out / rel)
-            moved.append((stage / rel, out / rel))
-    except BaseException as exc:
-        lost = []
-        for src, dst in reversed(moved):
-            try:
-                _move(dst, src)
-            except OSError:
-                lost.append(str(src))
-        if lost:  # kept under a name no later report sweeps away
-            kept = out / f".report-kept-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-            stage.rename(kept)
-            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            raise _KeptOld(f"cannot write the report into {out}: {why}; {len(lost)} earlier file(s) could not be "
-                           f"put back: they are in {kept / 'old'}") from None
-        if isinstance(exc, OSError):
-            raise FailtraceError(f"cannot write the report into {out}: {exc.strerror or exc}") from None
-        raise
+        swap_in(replaced(out, drawn), [(stage / rel, out / rel) for rel in drawn], stage / "old", out, _move)
+    except NotPutBack as exc:  # kept under a name no later report sweeps away
+        kept = out / f".report-kept-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        stage.rename(kept)
+        why = exc.cause.strerror if isinstance(exc.cause, OSError) and exc.cause.strerror else exc.cause
+        raise _KeptOld(f"cannot write the report into {out}: {why}; {len(exc.lost)} earlier file(s) could not be "
+                       f"put back: they are in {kept / 'old'}") from None
+    except OSError as exc:
+        raise FailtraceError(f"cannot write the report into {out}: {exc.strerror or exc}") from None

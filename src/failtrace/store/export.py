@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from failtrace.errors import FailtraceError
 from failtrace.store.records import FINISH_CONTEXT, KEYS, StatusRow, describe_collection_settings, loads
 from failtrace.store.schema import PAIR_STATUSES, TABLES
-from failtrace.tempdirs import owned_tempdir
+from failtrace.tempdirs import NotPutBack, owned_tempdir, swap_in
 
 if TYPE_CHECKING:
     from failtrace.store.store import ResultsStore
@@ -180,32 +180,16 @@ def _swap_in(staged: list[Path], out: Path, names: list[str], stage: Path) -> li
     of one file system, so no file is ever half written."""
     old = stage / "old"
     old.mkdir()
-    moved: list[tuple[Path, Path]] = []  # (from, to), undone in reverse
+    written = {f.name for f in staged}
+    aside = [out / n for n in [n for n in names if n not in written] + [f.name for f in staged]
+             if (out / n).is_file() or (out / n).is_symlink()]
     try:
-        written = {f.name for f in staged}
-        for name in [n for n in names if n not in written] + [f.name for f in staged]:
-            target = out / name
-            if target.is_file() or target.is_symlink():
-                target.replace(old / name)
-                moved.append((target, old / name))
-        files = []
-        for f in staged:
-            f.replace(out / f.name)
-            moved.append((f, out / f.name))
-            files.append(out / f.name)
-        return files
-    except BaseException as exc:
-        lost = []
-        for src, dst in reversed(moved):
-            try:
-                dst.replace(src)
-            except OSError:
-                lost.append(src.name)
-        if lost:  # the staging folder is then kept, not removed with what could not go back
-            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            raise _KeptOld(f"cannot write the export into {out}: {why}; {', '.join(sorted(lost))} could not be put "
-                           f"back: the earlier files are in {old}") from None
-        raise
+        swap_in(aside, [(f, out / f.name) for f in staged], old, out, lambda src, dst: src.replace(dst))
+    except NotPutBack as exc:  # the staging folder is then kept, not removed with what could not go back
+        why = exc.cause.strerror if isinstance(exc.cause, OSError) and exc.cause.strerror else exc.cause
+        raise _KeptOld(f"cannot write the export into {out}: {why}; {', '.join(sorted(p.name for p in exc.lost))} "
+                       f"could not be put back: the earlier files are in {old}") from None
+    return [out / f.name for f in staged]
 
 
 def _write_all(store: ResultsStore, out: Path, fmt: str) -> list[Path]:
