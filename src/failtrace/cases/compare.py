@@ -99,11 +99,7 @@ def rescore(lm: Any, case: Case, item: Any, answer_prefix: str, model_name: str,
             thinking: bool = False) -> dict[str, Any]:
     """One comparison row for a non-reference model (see the module docstring). ``thinking``: the reference's
     collection ran with thinking on; the context is rebuilt so where this model's template has a thinking mode."""
-    from failtrace.analysis.masking import flip_search, never_masked
-    from failtrace.analysis.segments import segment_labels, segment_relevance
-    from failtrace.attribution.engine import relevance_pass
     from failtrace.attribution.inputs import decode_tokens, special_ids
-    from failtrace.cases.build import logit_diff_fn, plain_delta
     from failtrace.models.chat import has_thinking_mode
     from failtrace.models.limits import context_length
 
@@ -139,18 +135,32 @@ def rescore(lm: Any, case: Case, item: Any, answer_prefix: str, model_name: str,
         return row | {"mapped": False, "target_id": None, "contrast_id": None, "delta_logit": None,
                       "input_relevance": None, "segment_relevance": {}, "flip_curve": None, "flip_k": None,
                       "flip_tops": None, "flip_top_texts": None, "seconds": round(time.perf_counter() - t0, 3)}
+    return row | scored_fields(lm, ids, special, prompt_length, target, contrast, item, case.masking) | {
+        "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def scored_fields(lm: Any, ids: list[int], special: list[bool], prompt_length: int, target: int, contrast: int,
+                  item: Any, masking: Any) -> dict[str, Any]:
+    """The measured fields of a mapped comparison row, for another model (:func:`rescore`) and for a checkpoint
+    (``training.compare``) alike: Δℓ from a plain forward pass, AttnLRP input relevance for Δℓ, its segment sums
+    (the benchmark's segmenter) and k* by the case's masking spec, with the tokens masked on the way."""
+    from failtrace.analysis.masking import flip_search, never_masked
+    from failtrace.analysis.segments import segment_labels, segment_relevance
+    from failtrace.attribution.engine import relevance_pass
+    from failtrace.attribution.inputs import decode_tokens
+    from failtrace.cases.build import logit_diff_fn, plain_delta
+
     delta = plain_delta(lm.model, ids, target, contrast)
     hidden = relevance_pass(lm.model, ids, logit_diff_fn(target, contrast), method="attnlrp").relevance()
-    rel = hidden[0].cpu().numpy().astype(np.float64)
-    labels = segment_labels(tok, ids, special, prompt_length, item)
-    curve, k_star, tops = flip_search(lm.model, ids, rel, never_masked(special, labels, case.masking), target,
-                                      contrast, case.masking)
-    return row | {"mapped": True, "target_id": target, "contrast_id": contrast, "delta_logit": delta,
-                  "input_relevance": [float(x) for x in rel],
-                  "segment_relevance": {k: float(v) for k, v in segment_relevance(rel, labels).items()},
-                  "flip_curve": [float(x) for x in curve], "flip_k": k_star,
-                  "flip_tops": list(tops), "flip_top_texts": decode_tokens(tok, tops),
-                  "seconds": round(time.perf_counter() - t0, 3)}
+    rel = hidden[0].detach().cpu().numpy().astype(np.float64)
+    labels = segment_labels(lm.tokenizer, ids, special, prompt_length, item)
+    curve, k_star, tops = flip_search(lm.model, ids, rel, never_masked(special, labels, masking), target, contrast,
+                                      masking)
+    return {"mapped": True, "target_id": target, "contrast_id": contrast, "delta_logit": delta,
+            "input_relevance": [float(x) for x in rel],
+            "segment_relevance": {k: float(v) for k, v in segment_relevance(rel, labels).items()},
+            "flip_curve": [float(x) for x in curve], "flip_k": k_star,
+            "flip_tops": list(tops), "flip_top_texts": decode_tokens(lm.tokenizer, tops)}
 
 
 def _default_loader(device: str) -> Callable[[str], Any]:

@@ -21,9 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from failtrace.cases.compare import progress_over
+from failtrace.cases.compare import progress_over, scored_fields
 from failtrace.cases.record import Case
 from failtrace.errors import FailtraceError
 from failtrace.store.comparisons import done_comparisons, write_comparison
@@ -45,30 +43,14 @@ class CheckpointSummary:
 
 def score_on_case_tokens(lm: Any, case: Case, item: Any, name: str, fingerprint: str) -> dict[str, Any]:
     """A comparison row for ``lm`` on the case's own context ids, target and contrast (same tokenizer)."""
-    from failtrace.analysis.masking import flip_search, never_masked
-    from failtrace.analysis.segments import segment_labels, segment_relevance
-    from failtrace.attribution.engine import relevance_pass
-    from failtrace.attribution.inputs import decode_tokens
-    from failtrace.cases.build import logit_diff_fn, plain_delta
-
     t0 = time.perf_counter()
     ids, special = [int(t) for t in case.token_ids], [bool(s) for s in case.special_mask]
-    t, c = int(case.target_id), int(case.contrast_id)
-    delta = plain_delta(lm.model, ids, t, c)
-    rel = relevance_pass(lm.model, ids, logit_diff_fn(t, c), method="attnlrp").relevance()[0]
-    rel = rel.detach().cpu().numpy().astype(np.float64)
-    labels = segment_labels(lm.tokenizer, ids, special, case.prompt_length, item)
-    curve, k_star, tops = flip_search(lm.model, ids, rel, never_masked(special, labels, case.masking), t, c,
-                                      case.masking)
-    return {"case_id": case.case_id, "model_fingerprint": fingerprint, "model": name, "item_id": case.item_id,
-            "benchmark": case.benchmark, "reference": False, "mapped": True, "token_ids": ids,
-            "prompt_length": case.prompt_length, "position": len(ids), "target_text": case.target_text,
-            "contrast_text": case.contrast_text, "target_id": t, "contrast_id": c, "delta_logit": delta,
-            "input_relevance": [float(x) for x in rel],
-            "segment_relevance": {k: float(v) for k, v in segment_relevance(rel, labels).items()},
-            "flip_curve": [float(x) for x in curve], "flip_k": k_star, "notes": ["case tokens (same tokenizer)"],
-            "flip_tops": list(tops), "flip_top_texts": decode_tokens(lm.tokenizer, tops),
-            "tokens": list(case.tokens), "special_mask": special, "seconds": round(time.perf_counter() - t0, 3)}
+    row = {"case_id": case.case_id, "model_fingerprint": fingerprint, "model": name, "item_id": case.item_id,
+           "benchmark": case.benchmark, "reference": False, "token_ids": ids, "prompt_length": case.prompt_length,
+           "position": len(ids), "target_text": case.target_text, "contrast_text": case.contrast_text,
+           "notes": ["case tokens (same tokenizer)"], "tokens": list(case.tokens), "special_mask": special}
+    return row | scored_fields(lm, ids, special, case.prompt_length, int(case.target_id), int(case.contrast_id),
+                               item, case.masking) | {"seconds": round(time.perf_counter() - t0, 3)}
 
 
 def checkpoint_row(lm: Any, case: Case, item: Any, name: str, fingerprint: str, meta: dict[str, Any],
