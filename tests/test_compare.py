@@ -449,3 +449,39 @@ def test_a_target_the_joined_text_splits_otherwise_is_not_scored(cmp: dict[str, 
     assert row["mapped"] is False and row["delta_logit"] is None and row["target_id"] is None
     assert row["notes"][-1] == ("the answer so far and the target tokenize otherwise when joined here: this model "
                                 "would not reach that token from this context")
+
+
+def test_compare_says_its_progress_in_a_log_one_line_per_case(cmp: dict[str, Any], tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Off a terminal (``compare ... 2> log``) the progress is a line per case, as every long stage writes it; it
+    was rich's ``track``, which off a terminal draws nothing until the end."""
+    import shutil
+
+    store = tmp_path / "s.duckdb"
+    shutil.copy(cmp["store"], store)
+    save_toy_model(tmp_path / "model2", seed=2)
+    other = str(tmp_path / "model2")
+    capsys.readouterr()
+    with open_store(store) as st:
+        done = compare(st, [cmp["names"][0], other], progress=True)
+    n = len(cmp["cases"])
+    assert done.written[other] == n
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith(f"compare on {other}: ")]
+    assert [ln.split(",")[0] for ln in lines] == [f"compare on {other}: {i}/{n}" for i in range(1, n + 1)]
+
+
+def test_a_data_bar_in_a_log_says_megabytes_at_most_every_few_seconds(capsys: pytest.CaptureFixture[str],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model's assembly from its chunk packages counts bytes: in a log, megabytes done of the total at most
+    every 5 s and at the end (it was rich's byte bar, which off a terminal draws nothing until the end)."""
+    import failtrace.progress as progress
+
+    clock = iter(range(0, 1000, 2))
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: float(next(clock)))
+    bar = progress.progress_bar(True, "assembling model.safetensors", 8_000_000, data=True)
+    for _ in range(8):  # 1 MB per step at t = 2, 4, ..., 16
+        bar.advance(1_000_000)
+    bar.close()
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "assembling model.safetensors: 3/8 MB, 6 s", "assembling model.safetensors: 6/8 MB, 12 s",
+        "assembling model.safetensors: 8/8 MB, 16 s"]

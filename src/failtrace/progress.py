@@ -1,4 +1,5 @@
-"""One progress display for every long stage (collect, pairs, analyse, graph edges, the Ray stages).
+"""One progress display for every long stage (collect, pairs, analyse, compare, graph edges, the Ray stages, a
+model's assembly from its chunk packages).
 
 rich draws the bar on a terminal; off a terminal (a log file, ``nohup``) rich would print it only once, at the end,
 and tqdm writes carriage-return frames into the log, so there a plain line per step is written instead.
@@ -8,6 +9,10 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator, Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class Bar:
@@ -21,11 +26,12 @@ class Bar:
 
     SUB_STEP_EVERY_S = 5.0
 
-    def __init__(self, enabled: bool, description: str, total: int, transient: bool = False) -> None:
+    def __init__(self, enabled: bool, description: str, total: int, transient: bool = False,
+                 data: bool = False) -> None:
         self._progress = None
-        self._lines = False
+        self._lines, self._data = False, data
         self._description, self._total, self._done, self._t0 = description, total, 0, time.perf_counter()
-        self._every, self._last_line = (self.SUB_STEP_EVERY_S if transient else 0.0), self._t0
+        self._every, self._last_line = (self.SUB_STEP_EVERY_S if transient or data else 0.0), self._t0
         self._last_status = self._t0
         if enabled and total > 0:
             from rich.console import Console
@@ -34,12 +40,12 @@ class Bar:
             if not console.is_terminal:
                 self._lines = True
                 return
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                       TimeRemainingColumn)
+            from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn, TransferSpeedColumn)
 
-            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                      TimeElapsedColumn(), TimeRemainingColumn(), console=console,
-                                      transient=transient)
+            counts = (DownloadColumn(), TransferSpeedColumn()) if data else (MofNCompleteColumn(),)
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), *counts, TimeElapsedColumn(),
+                                      TimeRemainingColumn(), console=console, transient=transient)
             self._progress.start()
             self._task = self._progress.add_task(description, total=total)
 
@@ -54,8 +60,9 @@ class Bar:
                 return
             self._last_line = now
             tail = f" ({note})" if note else ""
-            print(f"{self._description}: {self._done}/{self._total}, {now - self._t0:.0f} s{tail}",
-                  file=sys.stderr, flush=True)
+            done = f"{self._done / 1e6:,.0f}/{self._total / 1e6:,.0f} MB" if self._data else \
+                f"{self._done}/{self._total}"
+            print(f"{self._description}: {done}, {now - self._t0:.0f} s{tail}", file=sys.stderr, flush=True)
 
     STATUS_EVERY_S = 10.0  # off a terminal, a step's own progress (:meth:`status`) is written at most this often
 
@@ -78,6 +85,18 @@ class Bar:
         self._lines = False
 
 
-def progress_bar(enabled: bool, description: str, total: int, transient: bool = False) -> Bar:
-    """A :class:`Bar` (nothing at all when ``enabled`` is false or ``total`` is 0)."""
-    return Bar(enabled, description, total, transient)
+def progress_bar(enabled: bool, description: str, total: int, transient: bool = False, data: bool = False) -> Bar:
+    """A :class:`Bar` (nothing at all when ``enabled`` is false or ``total`` is 0). ``data``: ``total`` counts bytes
+    (sizes and speed on a terminal, megabytes at most every few seconds in a log)."""
+    return Bar(enabled, description, total, transient, data)
+
+
+def tracked(items: Sequence[T], description: str, enabled: bool) -> Iterator[T]:
+    """``items`` one by one, the bar advancing after each (and closed however the loop ends)."""
+    bar = progress_bar(enabled, description, len(items))
+    try:
+        for item in items:
+            yield item
+            bar.advance()
+    finally:
+        bar.close()

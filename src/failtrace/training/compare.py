@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from failtrace.cases.compare import progress_over, scored_fields
+from failtrace.cases.compare import scored_fields
 from failtrace.cases.record import Case
 from failtrace.errors import FailtraceError
+from failtrace.progress import tracked
 from failtrace.store.comparisons import done_comparisons, write_comparison
 from failtrace.store.store import ResultsStore
 
@@ -152,7 +153,7 @@ def compare_checkpoints(store: ResultsStore, folders: Sequence[str], *, benchmar
         reused |= {(c.case_id, fp) for c in cases if (c.case_id, fp) in before}
         summary.skipped = len(reused)
         summary.written[folder] = 0
-        for case in progress_over(todo, f"compare on {folder}", progress):
+        for case in tracked(todo, f"compare on {folder}", progress):
             row = checkpoint_row(lm, case, items[case.case_id], folder, fp, meta, run)
             summary.written[folder] += write_comparison(store, row)
             done.add((case.case_id, fp))
