@@ -8,8 +8,9 @@ import re
 
 import pytest
 
-from failtrace.report.casepage import SEGMENT_COLORS, SEGMENT_LABEL_COLORS, badge
-from failtrace.report.figures import CATEGORY_COLORS, PATTERN_COLORS
+from failtrace.report.casepage import badge
+from failtrace.views.palette import SEGMENT_COLORS, SEGMENT_LABEL_COLORS
+from failtrace.views.palette import CATEGORY_COLORS, PATTERN_COLORS
 from failtrace.views.contrast import contrast
 
 

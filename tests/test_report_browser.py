@@ -21,7 +21,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from report_cases import sample  # noqa: E402
 
-from failtrace.report._shared import normalize  # noqa: E402
+from failtrace.attribution.normalize import normalize  # noqa: E402
 from failtrace.report.build import build_report  # noqa: E402
 
 

@@ -488,7 +488,7 @@ def test_not_computed_relevance_and_short_arrays_do_not_break_the_page(tmp_path)
 
 
 def test_evidence_is_rendered_readably():
-    from failtrace.report.evidence import MAX_ROWS, dl
+    from failtrace.views.evidence_html import MAX_ROWS, dl
 
     ev = {"k_star": 4, "flipped": True, "score": 0.123456789,
           "path": {"nodes": ["emb/1", "L0/2", "L1/37"], "tokens": [" a", "\n"]},
@@ -711,7 +711,7 @@ def test_report_tokens_show_control_characters_as_the_other_views_do() -> None:
     from failtrace.report.casepage import shown_token
     from failtrace.views.common import shown
 
-    from failtrace.report.evidence import scalar
+    from failtrace.views.evidence_html import scalar
 
     for tok in ("\x05", " \x1b[31m<b>x</b>\x07", "a\x7f\x85", "\t\r\n"):
         text = html.unescape(re.sub(r"<span class=\"ws\">(.*?)</span>", r"\1", shown_token(tok)))

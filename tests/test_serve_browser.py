@@ -241,8 +241,8 @@ def test_case_page_heatmap_tokens_and_method_switch(page: Any, server: dict[str,
     style = page.get_attribute(f"#strip .tok[data-p='{i}']", "style")
     assert _rgb(float(norm[i])) in style and style != before
     assert page.locator("#flip g[data-method]").count() == sum(bool(m.flip_curve) for m in case.methods.values())
-    # each box in its segment's one colour, the report's (failtrace.report.casepage.SEGMENT_COLORS)
-    from failtrace.report.casepage import SEGMENT_COLORS
+    # each box in its segment's one colour, the report's (failtrace.views.palette.SEGMENT_COLORS)
+    from failtrace.views.palette import SEGMENT_COLORS
 
     boxes = page.locator("details.seg").evaluate_all(
         "ds => ds.map(d => [d.dataset.seg, d.style.getPropertyValue('--segc')])")

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from failtrace.report._shared import AblationView
+from failtrace.analysis.ablation_view import AblationView
 from failtrace.report.casepage import plain_token
 from failtrace.views.graph_static import BLUE, RED, node_area, stage_shares
 

@@ -19,7 +19,8 @@ from failtrace.errors import FailtraceError
 from failtrace.progress import progress_bar
 from failtrace.report import figures as F
 from failtrace.report import tables as T
-from failtrace.report._shared import AblationView, ablation_view, save_graph_png
+from failtrace.analysis.ablation_view import AblationView, ablation_view
+from failtrace.views.graph_static import save_graph_png
 from failtrace.report.ablationfig import ablation_figure
 from failtrace.report.casepage import case_section, esc, plain_token
 from failtrace.report.graphfig import graph_record_figure, is_graph_record

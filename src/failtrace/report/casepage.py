@@ -16,27 +16,19 @@ import json
 import math
 from typing import Any
 
-from failtrace.analysis.segments import SEGMENT_NAMES
 from failtrace.cases.record import CATEGORY_TEXT, PATTERN_TEXT, Case
 from failtrace.attribution.record import visible
-from failtrace.views.contrast import darkened_for_white, ink_on
-from failtrace.report._shared import AblationView, normalize
-from failtrace.report.evidence import dl as evidence
-from failtrace.report.figures import CATEGORY_COLORS, PATTERN_COLORS
+from failtrace.views.contrast import ink_on
+from failtrace.analysis.ablation_view import AblationView
+from failtrace.attribution.normalize import normalize
+from failtrace.views.evidence_html import dl as evidence
 from failtrace.views.verdicts import category_sentence, pattern_sentence
 from failtrace.report.tables import Overrides, effective_category, methods_of
 from failtrace.views.answers import answer_parts, box_note
+from failtrace.views.palette import (CATEGORY_COLORS, OTHER_SEGMENT_COLOR, PATTERN_COLORS, SEGMENT_COLORS,
+                                     SEGMENT_LABEL_COLORS)
 from failtrace.views.common import CLIP, SUM_NOTE, WHITE_TEXT_ABOVE, heat_ink, masked_caption, masked_rows, mix
 
-# One colour per segment name (failtrace.analysis.segments.SEGMENT_NAMES, in order), so "query" is the same colour
-# in every case, the legend, and the explorer (which gets this map from /api/meta).
-# Any two lie ≥ 20 apart in CIELAB (ΔE*76; tests/test_label_contrast.py): as thin underlines, violet and fuchsia
-# (instruction, answer), violet and indigo (instruction, examples) and two oranges (system, docstring) read as one.
-SEGMENT_COLORS = dict(zip(SEGMENT_NAMES, ("#0d9488", "#d97706", "#7c3aed", "#db2777", "#65a30d", "#0284c7", "#664219",
-                                          "#162582", "#be123c", "#0891b2", "#4d7c0f", "#111827"), strict=True))
-OTHER_SEGMENT_COLOR = "#6b7280"  # a segment name outside the registry (never produced by the segmenters)
-# a segment's label: white text on its colour darkened to WCAG AA (the explorer's segment boxes)
-SEGMENT_LABEL_COLORS = {name: darkened_for_white(c) for name, c in {**SEGMENT_COLORS, "": OTHER_SEGMENT_COLOR}.items()}
 _WS = {" ": "·", "\n": "↵", "\t": "→", "\r": "␍"}
 
 

@@ -15,12 +15,8 @@ from typing import Any
 
 from failtrace.report.tables import CATEGORIES, PATTERNS
 from failtrace.views.common import literal_text
+from failtrace.views.palette import CATEGORY_COLORS, PATTERN_COLORS
 
-# neither red nor blue: those mean "supports the target" and "supports the contrast" in every heatmap, and a blue
-# M-IA bar in the segment figure read as pushing towards the contrast
-CATEGORY_COLORS = {"M-IA": "#15803d", "NC-IA+M-AG": "#a16207", "NC-IA+AG": "#52525b", "unlabelled": "#cbd5e1"}
-PATTERN_COLORS = {"URT": "#7c3aed", "OIT": "#0d9488", "URT+OIT": "#db2777", "none": "#9ca3af",
-                  "unlabelled": "#cbd5e1"}
 METHOD_STYLE = {  # method -> (colour, line style)
     "attnlrp": ("#dc2626", "-"), "cp-lrp": ("#f97316", "-"), "gradxinput": ("#2563eb", "-"),
     "ig": ("#16a34a", "-"), "attention": ("#7c3aed", "-"), "random": ("#6b7280", "--"),

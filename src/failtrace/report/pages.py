@@ -14,8 +14,9 @@ from importlib import resources
 from typing import Any
 
 from failtrace.cases.record import CATEGORY_TEXT, PATTERN_TEXT
-from failtrace.report.casepage import PATTERN_COLORS, badge, esc, fmt, plain_token
-from failtrace.report.figures import CATEGORY_COLORS, FAITHFULNESS_WIDTH, segments_width
+from failtrace.report.casepage import badge, esc, fmt, plain_token
+from failtrace.report.figures import FAITHFULNESS_WIDTH, segments_width
+from failtrace.views.palette import CATEGORY_COLORS, PATTERN_COLORS
 from failtrace.report.tables import NON_CLEAN
 from failtrace.store.schema import NOT_SEARCHED, PAIR_STATUS_TEXT
 from failtrace.views.common import count_of, k_star_label

@@ -28,7 +28,7 @@ import numpy as np
 
 from failtrace.cases.record import CATEGORIES, PATTERNS, Case
 from failtrace.cases.settings import in_method_order
-from failtrace.report._shared import normalize
+from failtrace.attribution.normalize import normalize
 from failtrace.store.schema import PAIR_STATUSES
 from failtrace.store.store import StatusRow
 

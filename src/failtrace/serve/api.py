@@ -100,9 +100,9 @@ def static(name: str, request: Request) -> Response:
 
 @router.get("/api/meta", summary="What the store holds and how to draw it")
 def meta(request: Request, cur: Cursor) -> dict[str, Any]:
-    from failtrace.report.casepage import OTHER_SEGMENT_COLOR, SEGMENT_COLORS, SEGMENT_LABEL_COLORS
+    from failtrace.views.palette import OTHER_SEGMENT_COLOR, SEGMENT_COLORS, SEGMENT_LABEL_COLORS
     from failtrace.views.contrast import ink_on
-    from failtrace.report.figures import CATEGORY_COLORS, PATTERN_COLORS
+    from failtrace.views.palette import CATEGORY_COLORS, PATTERN_COLORS
     from failtrace.cases.settings import in_method_order
     from failtrace.store.schema import PAIR_STATUS_TEXT
     from failtrace.views.common import BLUE, RED, SPECIAL_BG, WHITE_TEXT_ABOVE

@@ -22,7 +22,7 @@ from failtrace.store.alternatives import read as read_alternatives
 from failtrace.store.cases import CURRENT_ANALYSES_SQL, answer_of
 from failtrace.store.records import loads
 from failtrace.store.reviews import DECISIONS
-from failtrace.report.evidence import dl as evidence_html
+from failtrace.views.evidence_html import dl as evidence_html
 from failtrace.views.answers import answer_parts, box_note
 from failtrace.views.common import (CLIP, MASK_AFTER, MASK_BEFORE, SUM_NOTE, flip_points, k_star_label, masked_caption,
                                    top_role)
