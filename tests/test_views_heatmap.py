@@ -14,7 +14,7 @@ import pytest
 
 from failtrace.attribution.record import Attribution, TokenRef, visible
 from failtrace.views import heatmap_html as render_html
-from failtrace.views import relevant_segments, render_terminal
+from failtrace.views import spans_worth_showing, render_terminal
 from failtrace.views import save_heatmap_png as save_png
 from failtrace.views import save_heatmap_svg as save_svg
 
@@ -293,15 +293,15 @@ def test_relevant_segments_respects_budget_and_keeps_what_matters() -> None:
     n = 5000
     tokens = ["<s>"] + [" w"] * (n - 1)
     rec = make_record(tokens=tokens, relevance={0: 9.0, 1200: 1.0, 3000: -0.8}, noise=0.01)
-    segs = relevant_segments(rec, 200)
+    segs = spans_worth_showing(rec, 200)
     covered = [p for a, b in segs for p in range(a, b)]
     assert len(covered) <= 200 and len(set(covered)) == len(covered)
     assert covered == sorted(covered)
     assert {1200, 3000, n - 1} <= set(covered)
     assert 0 not in covered  # a special token never attracts a window
-    assert relevant_segments(make_record(), 400) == [(0, 10)]
+    assert spans_worth_showing(make_record(), 400) == [(0, 10)]
     with pytest.raises(ValueError, match="max_tokens"):
-        relevant_segments(rec, 0)
+        spans_worth_showing(rec, 0)
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ render_terminal        rich terminal view                          :mod:`.termin
 graph_html             interactive graph page (or fragment)        :mod:`.graph_interactive`
 save_graph_html        that page to a file                         :mod:`.graph_interactive`
 save_graph_png         layered graph picture (.png/.svg/.pdf)      :mod:`.graph_static`
+spans_worth_showing    the positions of a long input to draw       :mod:`.common`
 =====================  ==========================================  ============================
 """
 
@@ -28,7 +29,7 @@ _EXPORTS = {
     "save_heatmap_png": "failtrace.views.figure",
     "save_heatmap_svg": "failtrace.views.figure",
     "render_terminal": "failtrace.views.terminal",
-    "relevant_segments": "failtrace.views.common",
+    "spans_worth_showing": "failtrace.views.common",
     "graph_html": "failtrace.views.graph_interactive",
     "save_graph_html": "failtrace.views.graph_interactive",
     "save_graph_png": "failtrace.views.graph_static",

@@ -165,7 +165,7 @@ def sum_note(attr: Attribution) -> str:
     return f"{name} {'conserves' if conserved else 'does not conserve'} relevance here: {kept}."
 
 
-def relevant_segments(attr: Attribution, max_tokens: int, context: int = 8) -> list[tuple[int, int]]:
+def spans_worth_showing(attr: Attribution, max_tokens: int, context: int = 8) -> list[tuple[int, int]]:
     """Choose at most ``max_tokens`` positions worth showing from a long input, as sorted half-open ranges.
 
     Always kept: the tokens just before the explained position (a fifth of the budget, at most 64), since they set

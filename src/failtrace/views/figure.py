@@ -2,7 +2,7 @@
 
 Built on a bare :class:`matplotlib.figure.Figure` (no pyplot state). Tokens are laid out as boxes of monospace cells
 that wrap at 150 cells; inputs longer than ``max_tokens`` show only the segments chosen by
-:func:`~failtrace.views.common.relevant_segments`, with each gap labelled. The per-layer panel always covers the whole
+:func:`~failtrace.views.common.spans_worth_showing`, with each gap labelled. The per-layer panel always covers the whole
 sequence (binned beyond 1000 positions) and shades the positions shown above.
 """
 
@@ -30,7 +30,7 @@ from failtrace.views.common import (
     layer_names,
     literal_text,
     quoted,
-    relevant_segments,
+    spans_worth_showing,
     row_scaled,
     segments_note,
     shown,
@@ -208,7 +208,7 @@ def heatmap_figure(attr: Attribution, max_tokens: int = 400) -> Figure:
     from matplotlib.figure import Figure
 
     n = len(attr.tokens)
-    segments = relevant_segments(attr, max_tokens) if n else []
+    segments = spans_worth_showing(attr, max_tokens) if n else []
     note = segments_note(segments, n)
     boxes = _boxes(attr, segments)
     _, n_lines = layout(boxes.texts, boxes.breaks, CHARS_PER_LINE)

@@ -16,7 +16,7 @@ from failtrace.views.common import (
     heat_ink,
     mix,
     quoted,
-    relevant_segments,
+    spans_worth_showing,
     segments_note,
     shown,
     special_of,
@@ -74,7 +74,7 @@ def _strip(attr: Attribution, max_tokens: int) -> Text:
     if not n:
         strip.append("no tokens", style="italic dim")
         return strip
-    segments = relevant_segments(attr, max_tokens)
+    segments = spans_worth_showing(attr, max_tokens)
     values, special = clipped(attr), special_of(attr)
     for gap, a, b in with_gaps(segments, n):
         if gap:
