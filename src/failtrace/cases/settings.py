@@ -76,7 +76,7 @@ class CaseSettings:
 
     def validate(self) -> CaseSettings:
         """Raise :class:`FailtraceError` (one line) on any bad value; returns self."""
-        from failtrace.graph.build import EDGE_METHODS
+        from failtrace.graph.settings import EDGE_ALGORITHMS
         from failtrace.graph.prune import PruneSpec, check_node_threshold
 
         if not self.methods:
@@ -114,8 +114,8 @@ class CaseSettings:
             raise FailtraceError(f"--mask-token must be a token id >= 0, got {self.mask_token_id!r}")
         if self.mask_rule == "zero-embedding" and self.mask_token_id is not None:
             raise FailtraceError("--mask-token only applies to --mask-rule replace")
-        if self.edge_method not in EDGE_METHODS:
-            raise FailtraceError(f"unknown edge method {self.edge_method!r}; valid: {', '.join(EDGE_METHODS)}")
+        if self.edge_method not in EDGE_ALGORITHMS:
+            raise FailtraceError(f"unknown edge method {self.edge_method!r}; valid: {', '.join(EDGE_ALGORITHMS)}")
         check_node_threshold(self.node_threshold)
         self.prune = str(PruneSpec.parse(self.prune))
         for key, value in self.pattern.items():

@@ -159,12 +159,6 @@ class CollectSummary:
         else:
             self.unverifiable += 1
 
-    @property
-    def items_per_minute(self) -> float:
-        """Generation speed of this run, items per minute."""
-        return 60.0 * self.generated / self.seconds if self.seconds > 0 else 0.0
-
-
 def start_run(store: ResultsStore, run: RunRecord, items: Sequence[Item], stored: dict[str, str]) -> str | None:
     """Record ``run`` (once) and the items it covers. A run resumed with another data file gets that file appended to
     its ``settings["more_data"]`` (the run's ``data`` stays the first file), and the first file is returned so the

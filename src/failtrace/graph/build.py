@@ -42,8 +42,7 @@ from failtrace.lrp.patch import decoder_layers, lrp_rules
 from failtrace.progress import progress_bar
 
 Tensor = torch.Tensor
-EDGE_METHODS = EDGE_ALGORITHMS  # earlier name, kept for callers
-__all__ = ["EDGE_ALGORITHMS", "EDGE_METHODS", "build_graph", "graph_from_ids", "parse_layers"]
+__all__ = ["EDGE_ALGORITHMS", "build_graph", "graph_from_ids", "parse_layers"]
 
 
 def _rows_to_compute(row: np.ndarray, special: np.ndarray, threshold: float, final: int | None) -> Tensor:

@@ -87,7 +87,7 @@ def with_series(rows: Sequence[Row]) -> list[dict[str, Any]]:
 
 
 def split_of(row: Row) -> str:
-    """The row's case split (``trained``/``held_out``), ``all`` when the comparison has none."""
+    """The row's case split (``trained``/``held-out``), ``all`` when the comparison has none."""
     return str(row.get("split") or "all")
 
 
