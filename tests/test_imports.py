@@ -114,6 +114,35 @@ def test_no_import_circles() -> None:
     assert cycle is None, "import circle: " + " -> ".join(cycle or [])
 
 
+# The stages in the order data flows through them (docs/ARCHITECTURE.md). ``cases`` builds a case by calling the
+# attribution, graph and analysis stages, so in imports it comes after them; attribution and graph are one rank.
+STAGES = ("benchmarks", "failures", "attribution|graph", "analysis", "cases", "training", "scale", "report|serve",
+          "cli")
+
+
+def test_a_stage_imports_a_later_stage_only_for_its_records() -> None:
+    """Data flows one way: a stage imports earlier stages, and of a later stage only the records it hands on (a
+    ``record`` module: the case records analysis reads, the token record a pair shows). The side layers (store,
+    models, lrp, views and the top-level modules) are not ranked."""
+    rank = {pkg: i for i, names in enumerate(STAGES) for pkg in names.split("|")}
+    against = []
+    for mod, deps in import_graph().items():
+        here = (mod.split(".") + [""])[1]
+        for dep in deps:
+            there = (dep.split(".") + [""])[1]
+            if here in rank and there in rank and rank[there] > rank[here] and not dep.endswith(".record"):
+                against.append(f"{mod} -> {dep}")
+    assert not against, against
+
+
+def test_the_stage_order_check_sees_a_planted_edge(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = import_graph()
+    planted = {**real, "failtrace.failures.pairs": real["failtrace.failures.pairs"] | {"failtrace.cases.build"}}
+    monkeypatch.setitem(globals(), "import_graph", lambda: planted)
+    with pytest.raises(AssertionError, match="failtrace.failures.pairs -> failtrace.cases.build"):
+        test_a_stage_imports_a_later_stage_only_for_its_records()
+
+
 @pytest.mark.parametrize("record", ["failtrace.attribution.record", "failtrace.graph.record"])
 def test_records_import_no_views_or_exports(record: str) -> None:
     graph = import_graph()
