@@ -16,7 +16,7 @@ except ImportError:
 PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER, PR_SET_PDEATHSIG, SIGKILL = 38, 22, 2, 1, 9
 
 
-def install_seccomp(program):
+def install_seccomp(program: bytes) -> None:
     """Load a classic-BPF seccomp filter (built by the parent) for this process; it can never be removed."""
     import ctypes
 
@@ -37,7 +37,7 @@ PR_CAPBSET_DROP, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, EINVAL, EPERM = 24, 4
 CAPABILITY_VERSION_3 = 0x20080522
 
 
-def drop_capabilities(libc, switch_user):
+def drop_capabilities(libc: object, switch_user: object) -> None:
     """Leave the process no capability, before the first line of untrusted code, and check that none is left.
 
     Root of a user namespace (failtrace not run as root) holds every capability over its own namespaces: with
@@ -84,7 +84,7 @@ _KEPT = ((ST_NOSUID, MS_NOSUID), (ST_NODEV, MS_NODEV), (ST_NOEXEC, MS_NOEXEC), (
          (ST_NODIRATIME, MS_NODIRATIME), (ST_RELATIME, MS_RELATIME))
 
 
-def kept_flags(path):
+def kept_flags(path: str) -> int:
     """The mount flags of ``path``'s mount that a remount of a bind of it must repeat (see _KEPT)."""
     import os
 
@@ -96,7 +96,7 @@ def kept_flags(path):
     return out
 
 
-def build_root(spec):
+def build_root(spec: dict) -> None:
     """Inside the new mount namespace: tmpfs root, read-only binds, device nodes, a size-capped /work holding the
     input files, root remounted read-only, then pivot_root into it (chroot where the call number is unknown).
     Raw mount(2) through ctypes: no helper binaries needed."""
@@ -152,7 +152,7 @@ def build_root(spec):
     os.chdir("/")
 
 
-def describe(exc):
+def describe(exc: BaseException) -> str:
     """``Type: message`` of an exception, even one whose ``__str__`` misbehaves."""
     try:
         text = str(exc)
@@ -161,7 +161,7 @@ def describe(exc):
     return "%s: %s" % (type(exc).__name__, text[:500]) if text else type(exc).__name__
 
 
-def confine(cfg):
+def confine(cfg: dict) -> None:
     """New root, limits, user, no capabilities, seccomp: everything that must hold before the first line of untrusted
     code."""
     import os
@@ -199,7 +199,7 @@ def confine(cfg):
         install_seccomp(bytes.fromhex(cfg["seccomp"]))
 
 
-def serve(code, cfg):
+def serve(code: str, cfg: dict) -> None:
     """Load the candidate's module, say ready, then answer each call with its plain-data result."""
     import builtins
     import json
@@ -233,7 +233,7 @@ def serve(code, cfg):
         send(out, reply)
 
 
-def child_main():
+def child_main() -> None:
     """Entry point of the sandboxed interpreter: read the config line, confine, then run or serve."""
     import json
     import sys

@@ -38,7 +38,7 @@ class HarnessError(Exception):
     """The test code passed the candidate something this harness cannot send (not plain data)."""
 
 
-def make_proxy(to_child, stream, limit, counter):
+def make_proxy(to_child: int, stream: object, limit: int, counter: list) -> tuple:
     """``call(args, kwargs, digest_over)`` and a ``candidate(*args, **kwargs)`` wrapper around it."""
     import builtins
 
@@ -83,7 +83,7 @@ def make_proxy(to_child, stream, limit, counter):
     return call, candidate
 
 
-def failure_reason(exc, source, lineno=None):
+def failure_reason(exc: BaseException, source: str, lineno: int | None = None) -> str:
     """A one-line reason for an exception raised while the tests ran, naming the failing test line (``lineno``: an
     assertion that failed softly, with no traceback of its own)."""
     import traceback
@@ -99,7 +99,7 @@ def failure_reason(exc, source, lineno=None):
     return "%s%s%s" % (type(exc).__name__, (": " + detail) if detail else "", where)
 
 
-def soften_asserts(source):
+def soften_asserts(source: str) -> object:
     """The test code compiled with every ``assert`` made soft: a failing one (or one whose expression raises) is
     recorded by ``__ft_failed__(lineno, message, exception)`` and the tests go on. So the candidate is called with
     the same inputs in the same order whether its answers are right or wrong, and cannot learn from which calls
@@ -150,7 +150,7 @@ def soften_asserts(source):
     return compile(ast.fix_missing_locations(tree), "<tests>", "exec")
 
 
-def judge_main():
+def judge_main() -> None:
     """Read the config line, wait for the candidate to load, run the tests, report one line on the result pipe."""
     import json
     import os

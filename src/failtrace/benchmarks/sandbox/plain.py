@@ -28,7 +28,7 @@ def _sorted(encoded_items):
     return sorted(encoded_items, key=lambda e: json.dumps(e, separators=(",", ":")))
 
 
-def encode(value, canonical=False, depth=0):
+def encode(value: object, canonical: bool = False, depth: int = 0) -> object:
     """The JSON-able form of ``value``; raises NotPlain for anything that is not exactly a plain type."""
     if depth > MAX_DEPTH:
         raise NotPlain("nested deeper than %d levels" % MAX_DEPTH)
@@ -55,7 +55,7 @@ def encode(value, canonical=False, depth=0):
     raise NotPlain("a value of type %s is not plain data" % kind.__name__)
 
 
-def decode(obj, depth=0):
+def decode(obj: object, depth: int = 0) -> object:
     """The value an :func:`encode` output stands for; raises ValueError for anything else."""
     if depth > MAX_DEPTH:
         raise ValueError("nested deeper than %d levels" % MAX_DEPTH)
@@ -85,13 +85,13 @@ def decode(obj, depth=0):
     raise ValueError("not a plain-data encoding: %.80r" % (obj,))
 
 
-def digest(value):
+def digest(value: object) -> str:
     """SHA-256 of the canonical encoding: equal plain values give equal digests."""
     text = json.dumps(encode(value, canonical=True), separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def send(fd, message):
+def send(fd: int, message: dict) -> None:
     """Write one message (a JSON-able dict) as one line; ensure_ascii keeps newlines out of the payload."""
     data = (json.dumps(message, separators=(",", ":"), ensure_ascii=True) + "\n").encode("ascii")
     view = memoryview(data)
@@ -99,7 +99,7 @@ def send(fd, message):
         view = view[os.write(fd, view):]
 
 
-def receive(stream, limit):
+def receive(stream: object, limit: int) -> dict | None:
     """Read one message from a binary stream: None at end of stream; ValueError for an over-long or bad line."""
     line = stream.readline(limit + 1)
     if not line:
