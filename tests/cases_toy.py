@@ -62,7 +62,7 @@ def write_toy_cases(st: Any, lm: Any, info: dict[str, Any]) -> None:
     from failtrace.attribution.engine import relevance_pass
     from failtrace.attribution.inputs import decode_tokens, special_ids
     from failtrace.cases.build import context_of, logit_diff_fn, plain_delta
-    from failtrace.cases.record import Case, MaskingSpec, MethodResult, case_id
+    from failtrace.cases.record import Case, MaskingSpec, CaseMethod, case_id
     from failtrace.models.fingerprint import model_fingerprint
     from failtrace.store.cases import write_case
 
@@ -76,7 +76,7 @@ def write_toy_cases(st: Any, lm: Any, info: dict[str, Any]) -> None:
         rel = relevance_pass(lm.model, ctx, logit_diff_fn(t, c), method="attnlrp").relevance()[0].numpy()
         labels = segment_labels(tok, ctx, special, len(gen["prompt_ids"]), item)
         curve, k, _ = flip_search(lm.model, ctx, rel, special, t, c, spec)
-        method = MethodResult("attnlrp", [float(x) for x in rel], segment_relevance=segment_relevance(rel, labels),
+        method = CaseMethod("attnlrp", [float(x) for x in rel], segment_relevance=segment_relevance(rel, labels),
                               flip_curve=curve, flip_k=k)
         write_case(st, Case(
             case_id=case_id(pair["pair_run_id"], pair["item_id"], fp, {"test": 1}), pair_run_id=pair["pair_run_id"],

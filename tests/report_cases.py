@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from failtrace.cases.record import Case, MaskingSpec, MethodResult
+from failtrace.cases.record import Case, MaskingSpec, CaseMethod
 from failtrace.store.store import StatusRow
 
 METHODS = ("attnlrp", "cp-lrp", "gradxinput", "ig", "attention", "random")
@@ -77,7 +77,7 @@ def make_case(i: int, benchmark: str, category: str | None, pattern: str | None,
         # number is 3 mod 4 was "analysed before it was recorded" (none)
         tops = [] if i % 4 == 3 else [7 if v >= 0 else 8 if i % 3 == 0 else 9 for v in curve]
         texts = [{7: " The" if i % 2 else "\n", 8: " the", 9: "A"}[t] for t in tops]
-        methods[m] = MethodResult(method=m, input_relevance=[float(x) for x in rel],
+        methods[m] = CaseMethod(method=m, input_relevance=[float(x) for x in rel],
                                   hidden_layer_sums=[float(x) for x in rng.normal(0, 1, 4)],
                                   flip_curve=curve, flip_k=k, seconds=0.1, flip_tops=tops, flip_top_texts=texts)
     rel_seg = ["instruction"] if benchmark == "ifeval" else ["query"]

@@ -9,7 +9,7 @@ import duckdb
 import numpy as np
 import pytest
 
-from failtrace.cases.record import Case, MaskingSpec, MethodResult
+from failtrace.cases.record import Case, MaskingSpec, CaseMethod
 from failtrace.errors import FailtraceError
 from failtrace.store import SCHEMA_VERSION, open_store
 from failtrace.store.cases import (
@@ -26,7 +26,7 @@ from failtrace.store.store import RunRecord
 
 def _case(cid: str, n: int = 7, analysis: str = "a1", pair_run: str = "p1", seed: int = 0) -> Case:
     rng = np.random.default_rng(seed)
-    methods = {m: MethodResult(method=m, input_relevance=rng.normal(size=n).tolist(),
+    methods = {m: CaseMethod(method=m, input_relevance=rng.normal(size=n).tolist(),
                                hidden_layer_sums=rng.normal(size=3).tolist() if m == "attnlrp" else [],
                                segment_relevance={"query": 1.5, "answer": -0.25}, flip_curve=[2.0, 1.0, -0.5],
                                flip_k=2 if m == "attnlrp" else None, seconds=0.1,

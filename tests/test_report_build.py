@@ -613,11 +613,11 @@ def test_cases_table_tells_no_flip_from_not_computed(built):
 def test_k_star_label_is_one_rule_for_every_view():
     """k* reads the same in show, the report and the explorer: a curve that ran is "none" without a flip, even a
     one-point curve (nothing maskable: flip_search returns [Δℓ]); a method or curve that is missing is "—"."""
-    from failtrace.cases.record import MethodResult
+    from failtrace.cases.record import CaseMethod
     from failtrace.views.common import k_star_label
 
-    def r(curve: list[float], k: int | None) -> MethodResult:
-        return MethodResult(method="attnlrp", input_relevance=[0.0], flip_curve=curve, flip_k=k)
+    def r(curve: list[float], k: int | None) -> CaseMethod:
+        return CaseMethod(method="attnlrp", input_relevance=[0.0], flip_curve=curve, flip_k=k)
 
     assert [k_star_label(x) for x in (r([2.0, -1.0], 1), r([2.0, 1.5], None), r([2.0], None), r([], None), None)] \
         == ["1", "none", "none", "—", "—"]

@@ -29,7 +29,7 @@ import ray  # a dev dependency (pyproject.toml): a broken install fails here, it
 
 from failtrace.cases.analyse import analyse
 from failtrace.cases.settings import CaseSettings
-from failtrace.scale import ModelSpec, WorkerPool, analyse_on_ray, ensure_ray
+from failtrace.scale import WorkerModel, WorkerPool, analyse_on_ray, ensure_ray
 from failtrace.store import open_store
 from failtrace_testkit.toy import one_thread
 
@@ -77,7 +77,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Any:
             serial = analyse(st, SETTINGS, progress=False)
     assert serial.analysed == len(info["clean"]) and not serial.errors
     assert ensure_ray(2)  # a local cluster as the CLI starts it
-    pool = WorkerPool(ModelSpec(str(root / "model")), 2, name=POOL)
+    pool = WorkerPool(WorkerModel(str(root / "model")), 2, name=POOL)
     yield {"root": root, "serial": root / "serial.duckdb", "pool": pool, "n": len(info["clean"]),
            "model": root / "model"}
     pool.close(force=True)
@@ -143,10 +143,10 @@ import sys, time
 sys.path.insert(0, {src!r})
 import ray
 from failtrace.cases.settings import CaseSettings
-from failtrace.scale import ModelSpec, WorkerPool, analyse_on_ray
+from failtrace.scale import WorkerModel, WorkerPool, analyse_on_ray
 from failtrace.store import open_store
 ray.init(address={address!r}, namespace="failtrace", log_to_driver=False)
-pool = WorkerPool(ModelSpec({model!r}), 2, name={pool!r})  # attaches to the running named workers
+pool = WorkerPool(WorkerModel({model!r}), 2, name={pool!r})  # attaches to the running named workers
 pause_after, seen = int(sys.argv[1]), []
 
 

@@ -26,7 +26,7 @@ from failtrace.errors import FailtraceError
 from failtrace.failures.collect import collect
 from failtrace.failures.pairs import PairSettings, find_pairs
 from failtrace.models.loading import load_model
-from failtrace.scale import ModelSpec, WorkerPool, collect_on_ray, pairs_on_ray
+from failtrace.scale import WorkerModel, WorkerPool, collect_on_ray, pairs_on_ray
 from failtrace.store import open_store
 from failtrace_testkit.toy import OptionedToy, ToyBenchmark, one_thread, save_toy_model, toy_items
 
@@ -72,14 +72,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Any:
         collect(st, _bench(), toy_items(N_ITEMS), lm, progress=False)
         find_pairs(st, SETTINGS, models={lm.name: lm}, benchmarks={"toy": _bench()}, progress=False)
     ray.init(num_cpus=2, include_dashboard=False, namespace="failtrace", log_to_driver=False)
-    pool = WorkerPool(ModelSpec(str(folder)), 2, name=POOL)
+    pool = WorkerPool(WorkerModel(str(folder)), 2, name=POOL)
     yield {"root": root, "folder": folder, "serial": serial, "pool": pool}
     pool.close(force=True)
     ray.shutdown()
 
 
 def _run_both(store: Path, cluster: Any, **kw: Any) -> tuple[Any, Any]:
-    spec = ModelSpec(str(cluster["folder"]))
+    spec = WorkerModel(str(cluster["folder"]))
     with open_store(store) as st:
         c = collect_on_ray(st, kw.pop("bench", _bench()), toy_items(N_ITEMS), spec, 2, pool=cluster["pool"],
                            progress=False, **kw)
@@ -149,7 +149,7 @@ def test_workers_that_must_wait_for_busy_cpus_say_so_before_the_wait(cluster: An
     from failtrace.scale.pool import shortfall_note
 
     assert shortfall_note(2, 1.0, 0, POOL, 900) is None  # both named workers run: nothing new to place
-    spec = ModelSpec(str(cluster["folder"]))
+    spec = WorkerModel(str(cluster["folder"]))
     with pytest.raises(FailtraceError, match=r"did not start within 3 s; does the cluster have 1 free CPUs"):
         WorkerPool(spec, 1, start_timeout=3)
     err = capsys.readouterr().err
@@ -211,11 +211,11 @@ import sys
 sys.path.insert(0, {src!r})
 import ray
 from failtrace.failures.pairs import PairSettings
-from failtrace.scale import ModelSpec, WorkerPool, collect_on_ray, pairs_on_ray
+from failtrace.scale import WorkerModel, WorkerPool, collect_on_ray, pairs_on_ray
 from failtrace.store import open_store
 from failtrace_testkit.toy import ToyBenchmark, toy_items
 ray.init(address={address!r}, namespace="failtrace", log_to_driver=False)
-spec = ModelSpec({folder!r})
+spec = WorkerModel({folder!r})
 pool = WorkerPool(spec, 2, name={pool!r})  # attaches to the running named workers
 bench = ToyBenchmark(mode="contains", max_new_tokens=12, delay=0.05)
 with open_store({store!r}) as st:
@@ -273,7 +273,7 @@ def test_an_item_that_kills_every_worker_is_recorded_as_errored(cluster: Any) ->
     items = [POISON, *toy_items(3)]  # the poison first: q000 is queued behind it on the same worker
     with open_store(store) as st:
         s = collect_on_ray(st, PoisonBenchmark(mode="contains", max_new_tokens=12), items,
-                           ModelSpec(str(cluster["folder"])), 2, pool=cluster["pool"], max_attempts=2,
+                           WorkerModel(str(cluster["folder"])), 2, pool=cluster["pool"], max_attempts=2,
                            progress=False)
         rows = {r["item_id"]: r for r in st.results(s.run_id)}
     assert s.generated == 4 and s.unverifiable == 1, {k: (r["status"], r["reasons"]) for k, r in rows.items()}
@@ -309,7 +309,7 @@ def test_a_failure_whose_pairs_worker_dies_is_unverifiable_and_its_neighbours_ar
     with open_store(store) as st:
         st.con.execute("DELETE FROM pairs")
         st.con.execute("DELETE FROM runs WHERE stage = 'pairs'")
-    pool = WorkerPool(ModelSpec(str(cluster["folder"])), 1, cpus_per_worker=0)  # the module pool holds both CPUs
+    pool = WorkerPool(WorkerModel(str(cluster["folder"])), 1, cpus_per_worker=0)  # the module pool holds both CPUs
     try:
         with open_store(store) as st:
             s = pairs_on_ray(st, SETTINGS, 1, benchmarks={"toy": PoisonBenchmark(mode="contains", max_new_tokens=12)},
@@ -335,7 +335,7 @@ def test_a_budget_beyond_the_context_is_refused_before_a_run_is_recorded(cluster
     store = cluster["root"] / "budget.duckdb"
     with open_store(store) as st:
         with pytest.raises(FailtraceError, match=r"--max-new-tokens 4097 is more than .*window \(4096 tokens\)"):
-            collect_on_ray(st, _bench(), toy_items(2), ModelSpec(str(cluster["folder"])), 2, pool=cluster["pool"],
+            collect_on_ray(st, _bench(), toy_items(2), WorkerModel(str(cluster["folder"])), 2, pool=cluster["pool"],
                            max_new_tokens=4097, progress=False)
         assert st.runs() == []
     assert cluster["pool"].model.context == 4096
@@ -357,7 +357,7 @@ def test_a_prompt_the_template_refuses_is_refused_before_a_run_is_recorded(clust
     store = cluster["root"] / "refused.duckdb"
     with open_store(store) as st:
         with pytest.raises(FailtraceError, match="item 'q001': the model's chat template refused"):
-            collect_on_ray(st, _bench(), toy_items(2), ModelSpec(str(cluster["folder"])), 2, pool=cluster["pool"],
+            collect_on_ray(st, _bench(), toy_items(2), WorkerModel(str(cluster["folder"])), 2, pool=cluster["pool"],
                            progress=False)
         assert st.runs() == [] and asked == [["q000", "q001"]]
 
@@ -367,7 +367,7 @@ def test_ray_paths_check_thinking_rollout_window_and_checker_options_as_serially
     the window; a run's checker options are recorded by collect_on_ray and rebuilt (or checked) by pairs_on_ray."""
     store = cluster["root"] / "checks.duckdb"
     items = toy_items(3, benchmark="toy-optioned", needle="")  # "" is in every text: only mode=never fails it
-    spec = ModelSpec(str(cluster["folder"]))
+    spec = WorkerModel(str(cluster["folder"]))
     with open_store(store) as st:
         with pytest.raises(FailtraceError, match="chat template has no thinking mode"):
             collect_on_ray(st, OptionedToy(mode="never", max_new_tokens=12), items, spec, 2, pool=cluster["pool"],

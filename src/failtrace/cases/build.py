@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from failtrace.benchmarks.base import Item
-from failtrace.cases.record import Case, MethodResult, case_id
+from failtrace.cases.record import Case, CaseMethod, case_id
 from failtrace.cases.settings import CaseSettings
 from failtrace.errors import FailtraceError
 
@@ -133,7 +133,7 @@ def _segments(lm: Any, context: list[int], special: list[bool], prompt_length: i
 
 def _attributions(lm: Any, context: list[int], fixed: list[bool], labels: list[str], target: int,
                   contrast: int, settings: CaseSettings, graph: Any, key: str,
-                  clock: _Clock) -> tuple[dict[str, MethodResult], np.ndarray]:
+                  clock: _Clock) -> tuple[dict[str, CaseMethod], np.ndarray]:
     """Every method's relevance, segment sums, flip curve and k* (``fixed``: positions never masked); also AttnLRP's
     hidden relevance [L+1, n]."""
     from failtrace.analysis.masking import flip_search
@@ -141,7 +141,7 @@ def _attributions(lm: Any, context: list[int], fixed: list[bool], labels: list[s
     from failtrace.attribution.inputs import decode_tokens
 
     fn = logit_diff_fn(target, contrast)
-    methods: dict[str, MethodResult] = {}
+    methods: dict[str, CaseMethod] = {}
     attn_hidden = np.asarray(graph.relevance, dtype=np.float64)
     for method in settings.methods:
         t0 = time.perf_counter()
@@ -149,7 +149,7 @@ def _attributions(lm: Any, context: list[int], fixed: list[bool], labels: list[s
         clock.lap(f"method:{method}")
         flip = flip_search(lm.model, context, rel, fixed, target, contrast, settings.masking)
         clock.lap(f"flip:{method}")
-        methods[method] = MethodResult(
+        methods[method] = CaseMethod(
             method=method, input_relevance=[float(x) for x in rel], hidden_layer_sums=[float(x) for x in sums],
             segment_relevance={k: float(v) for k, v in segment_relevance(rel, labels).items()},
             flip_curve=[float(x) for x in flip.curve], flip_k=flip.k_star, seconds=round(time.perf_counter() - t0, 6),
@@ -158,7 +158,7 @@ def _attributions(lm: Any, context: list[int], fixed: list[bool], labels: list[s
 
 
 def _category_and_pattern(lm: Any, context: list[int], special: list[bool], fixed: list[bool], labels: list[str],
-                          relevant: list[str], target: int, contrast: int, attn: MethodResult,
+                          relevant: list[str], target: int, contrast: int, attn: CaseMethod,
                           attn_hidden: np.ndarray, settings: CaseSettings,
                           clock: _Clock) -> tuple[str, dict[str, Any], str, dict[str, Any]]:
     """Node ablation (never at ``fixed`` positions, as input masking), the category, and the failure pattern."""

@@ -73,7 +73,7 @@ class MaskingSpec:
 
 
 @dataclass
-class MethodResult:
+class CaseMethod:
     """One attribution method's answer for a case.
 
     ``input_relevance``: one value per context token. ``hidden_layer_sums``: per stage (row 0 = embeddings, row l =
@@ -105,7 +105,7 @@ class MethodResult:
         return 0 < len(self.flip_curve) == len(self.flip_tops) == len(self.flip_top_texts)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> MethodResult:
+    def from_dict(cls, d: dict[str, Any]) -> CaseMethod:
         return cls(method=d["method"], input_relevance=[float(x) for x in d["input_relevance"]],
                    hidden_layer_sums=[float(x) for x in d.get("hidden_layer_sums") or []],
                    segment_relevance={str(k): float(v) for k, v in (d.get("segment_relevance") or {}).items()},
@@ -138,7 +138,7 @@ class Case:
     delta_logit: float
     segments: dict[str, list[list[int]]] = field(default_factory=dict)
     relevant_segments: list[str] = field(default_factory=list)  # the segments that should decide the answer
-    methods: dict[str, MethodResult] = field(default_factory=dict)
+    methods: dict[str, CaseMethod] = field(default_factory=dict)
     masking: MaskingSpec = field(default_factory=MaskingSpec)
     category: str | None = None  # "M-IA" | "NC-IA+M-AG" | "NC-IA+AG"
     category_evidence: dict[str, Any] = field(default_factory=dict)
@@ -182,7 +182,7 @@ class Case:
     def from_dict(cls, d: dict[str, Any]) -> Case:
         names = set(cls.__dataclass_fields__)
         kw = {k: v for k, v in d.items() if k in names}
-        kw["methods"] = {m: MethodResult.from_dict(r) for m, r in (d.get("methods") or {}).items()}
+        kw["methods"] = {m: CaseMethod.from_dict(r) for m, r in (d.get("methods") or {}).items()}
         kw["masking"] = MaskingSpec.from_dict(d["masking"]) if d.get("masking") else MaskingSpec()
         return cls(**kw)
 

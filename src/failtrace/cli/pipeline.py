@@ -179,7 +179,7 @@ def _note_run_limits(store: Path, run_id: str, said: int = 0) -> int:
 def _collect_on_ray(bench: Any, items: list[Any], store: Path, model: str, dtype: str, device: str, workers: int,
                     ray_address: str | None, max_new_tokens: int | None, thinking: bool, seed: int, data: str,
                     progress: bool) -> Any:
-    from failtrace.scale import ModelSpec, collect_on_ray
+    from failtrace.scale import WorkerModel, collect_on_ray
     from failtrace.store.store import open_store
 
     made = False  # set once this command's own open created the store (never for one another process made)
@@ -187,7 +187,7 @@ def _collect_on_ray(bench: Any, items: list[Any], store: Path, model: str, dtype
     try:
         with _store_errors(store), open_store(store) as st:
             made = created
-            return collect_on_ray(st, bench, items, ModelSpec(model, dtype, device), workers,
+            return collect_on_ray(st, bench, items, WorkerModel(model, dtype, device), workers,
                                   max_new_tokens=max_new_tokens, thinking=thinking, seed=seed, data=data,
                                   address=ray_address, progress=progress)
     except (FailtraceError, KeyboardInterrupt):

@@ -7,7 +7,7 @@ for GPU clusters.
 
 from failtrace.scale.pool import Task, WorkerPool, ensure_ray
 from failtrace.scale.stages import analyse_on_ray, collect_on_ray, pairs_on_ray
-from failtrace.scale.work import DescribedModel, ModelSpec, ModelWorker, analyse_item, collect_item, pair_item
+from failtrace.scale.work import DescribedModel, WorkerModel, ModelWorker, analyse_item, collect_item, pair_item
 
-__all__ = ["DescribedModel", "ModelSpec", "ModelWorker", "Task", "WorkerPool", "analyse_item", "analyse_on_ray",
+__all__ = ["DescribedModel", "WorkerModel", "ModelWorker", "Task", "WorkerPool", "analyse_item", "analyse_on_ray",
            "collect_item", "collect_on_ray", "ensure_ray", "pair_item", "pairs_on_ray"]

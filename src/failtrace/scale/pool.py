@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from failtrace.errors import FailtraceError
-from failtrace.scale.work import DescribedModel, ModelSpec, ModelWorker
+from failtrace.scale.work import DescribedModel, WorkerModel, ModelWorker
 
 NAMESPACE = "failtrace"  # Ray namespace of failtrace's drivers: named worker pools are found across drivers
 
@@ -213,7 +213,7 @@ class Task:
 class WorkerPool:
     """``workers`` Ray actors holding the model of ``spec`` (see the module docstring)."""
 
-    def __init__(self, spec: ModelSpec, workers: int, *, max_attempts: int = 3, max_restarts: int = 2,
+    def __init__(self, spec: WorkerModel, workers: int, *, max_attempts: int = 3, max_restarts: int = 2,
                  inflight: int = 2, cpus_per_worker: float = 1.0, name: str | None = None,
                  start_timeout: float = 900.0) -> None:
         if workers < 1:

@@ -44,7 +44,7 @@ from failtrace.failures.pairs import (
 from failtrace.progress import progress_bar
 from failtrace.scale.pool import (Task, WorkerPool, check_reachable, cpus_per_worker, ensure_ray, require_ray,
                                  shutdown_ray)
-from failtrace.scale.work import ModelSpec
+from failtrace.scale.work import WorkerModel
 from failtrace.store.records import FINISH_CUT
 from failtrace.store.store import GenerationRecord, ResultsStore, RunRecord
 
@@ -65,7 +65,7 @@ def _died(task: Task) -> str:
 
 @contextlib.contextmanager
 def _cluster(workers: int, address: str | None, pool: WorkerPool | None,
-             max_attempts: int) -> Iterator[Callable[[ModelSpec], WorkerPool]]:
+             max_attempts: int) -> Iterator[Callable[[WorkerModel], WorkerPool]]:
     """Yield ``pool_for(spec)``: the given ``pool``, or one started per model spec; stop what was started here.
 
     Without ``pool`` a local Ray cluster is started at the first ``pool_for`` (unless this process is connected or
@@ -75,9 +75,9 @@ def _cluster(workers: int, address: str | None, pool: WorkerPool | None,
     if pool is None and address:
         check_reachable(address)
     started: list[bool] = []  # [whether this call started the cluster], once it is joined or started
-    pools: dict[ModelSpec, WorkerPool] = {}
+    pools: dict[WorkerModel, WorkerPool] = {}
 
-    def pool_for(spec: ModelSpec) -> WorkerPool:
+    def pool_for(spec: WorkerModel) -> WorkerPool:
         if pool is not None:
             return pool
         if not started:
@@ -116,7 +116,7 @@ def _drive(pool: WorkerPool, tasks: list[Task], label: str, on_result: Callable[
         bar.close()
 
 
-def collect_on_ray(store: ResultsStore, benchmark: Benchmark, items: Sequence[Item], spec: ModelSpec, workers: int,
+def collect_on_ray(store: ResultsStore, benchmark: Benchmark, items: Sequence[Item], spec: WorkerModel, workers: int,
                    *, max_new_tokens: int | None = None, thinking: bool = False, seed: int = 0,
                    data: str | None = None, address: str | None = None, max_attempts: int = 3,
                    progress: bool = True, pool: WorkerPool | None = None,
@@ -183,7 +183,7 @@ def pairs_on_ray(store: ResultsStore, settings: PairSettings | None, workers: in
             # benchmark records no pair run
             if helper is None and all_paired(store, run, failures, settings, summary):
                 continue  # no pool for it (none started at all when every run is done)
-            run_pool = pool_for(ModelSpec(run.model, run.dtype or "float32", device, run.revision, helper))
+            run_pool = pool_for(WorkerModel(run.model, run.dtype or "float32", device, run.revision, helper))
             todo = _pairs_of_run(store, run, failures, run_pool, settings, summary, remaining, address)
             budget = int(run.settings.get("max_new_tokens") or bench.max_new_tokens)
             _pair_rows(store, run, todo, run_pool, settings, bench, budget, summary, progress, on_pair, max_attempts)
@@ -253,8 +253,8 @@ def analyse_on_ray(store: ResultsStore, settings: CaseSettings | None, workers: 
     summary = AnalyseSummary()
     with _cluster(workers, address, pool, max_attempts) as pool_for:
 
-        def spec_of(run: RunRecord) -> ModelSpec:
-            return ModelSpec(run.model, run.dtype or "float32", device, run.revision)
+        def spec_of(run: RunRecord) -> WorkerModel:
+            return WorkerModel(run.model, run.dtype or "float32", device, run.revision)
 
         def model_of(run: RunRecord) -> tuple[Any, str]:
             run_pool = pool_for(spec_of(run))

@@ -20,7 +20,7 @@ from failtrace.benchmarks.base import Benchmark, Item
 
 
 @dataclass(frozen=True)
-class ModelSpec:
+class WorkerModel:
     """What a worker loads: the same arguments ``failtrace collect --model/--dtype/--device`` pass to load_model."""
 
     name: str
@@ -140,7 +140,7 @@ def analyse_item(loaded: Any, settings: Any, pair_row: dict[str, Any], item: Ite
 class ModelWorker:
     """One Ray actor: loads the model once (and the pairs helper, if any), then serves per-item calls."""
 
-    def __init__(self, spec: ModelSpec, threads: int = 1) -> None:
+    def __init__(self, spec: WorkerModel, threads: int = 1) -> None:
         import torch
 
         from failtrace.models.loading import load_model

@@ -15,7 +15,7 @@ import numpy as np
 from failtrace.analysis.ablation_view import ablation_view
 from failtrace.analysis.masking import masking_order
 from failtrace.attribution.normalize import normalize
-from failtrace.cases.record import MaskingSpec, MethodResult
+from failtrace.cases.record import MaskingSpec, CaseMethod
 from failtrace.cases.alternatives import rows as alt_rows
 from failtrace.errors import FailtraceError
 from failtrace.store.alternatives import read as read_alternatives
@@ -93,7 +93,7 @@ def _methods(con: Any, case_id: str, special: list[bool], labels: list[str], mas
         row["segment_relevance"] = _json(row["segment_relevance"],
                                          f"case_methods.segment_relevance of case {case_id} ({row['method']})")
         try:  # flip_tops empty in a table read in its old layout (before version 4)
-            r = MethodResult.from_dict(row)
+            r = CaseMethod.from_dict(row)
         except (TypeError, ValueError, AttributeError) as exc:
             raise FailtraceError(f"case_methods row {row['method']!r} of case {case_id} holds a value of the wrong "
                                  f"shape ({type(exc).__name__}); the store is damaged") from None

@@ -15,7 +15,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from failtrace.cases.record import CATEGORIES, Case, MaskingSpec, MethodResult
+from failtrace.cases.record import CATEGORIES, Case, MaskingSpec, CaseMethod
 from failtrace.errors import FailtraceError
 from failtrace.store.natural import natural_key
 from failtrace.store.records import RECOVERY_CUT, loads
@@ -177,12 +177,12 @@ def load_cases(store: ResultsStore, benchmark: str | None = None, model_fingerpr
     if latest and analysis_id is None:
         keep = _latest_analyses(store)
         rows = [r for r in rows if (r["pair_run_id"], r["analysis_id"]) in keep]
-    methods: dict[str, dict[str, MethodResult]] = {}  # read for the kept cases only (their arrays are the bulk)
+    methods: dict[str, dict[str, CaseMethod]] = {}  # read for the kept cases only (their arrays are the bulk)
     for m in store._rows("SELECT * FROM case_methods WHERE list_contains(?, case_id)", [[r["case_id"] for r in rows]]):
         where = f"case_methods row {m['method']!r} of case {m['case_id']}"
         with shaped(store, where):
             m["segment_relevance"] = _parsed(m["segment_relevance"] or "{}", store, f"{where}, segment_relevance")
-            methods.setdefault(m["case_id"], {})[m["method"]] = MethodResult.from_dict(m)
+            methods.setdefault(m["case_id"], {})[m["method"]] = CaseMethod.from_dict(m)
     overrides = current_overrides(store)
     out = []
     for r in rows:

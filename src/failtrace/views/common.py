@@ -316,7 +316,7 @@ def flip_points(result: Any, n: int, contrast_id: int) -> list[dict[str, Any]]:
     """For k = 1..n, what a method's masking curve says after masking its first k tokens: ``delta_after`` (Δℓ; None
     where the curve was not computed), ``flips`` (k ≤ k*), ``top_after`` (the model's top next token; None in a case
     analysed before it was recorded) and ``top_is_contrast``. ``result``: a :class:`~failtrace.cases.record.
-    MethodResult` (the report and failtrace show have one; the explorer builds one from its row)."""
+    CaseMethod` (the report and failtrace show have one; the explorer builds one from its row)."""
     r = result
     tops = r.flip_tops if r.tops_recorded else []
     return [{"delta_after": float(r.flip_curve[k]) if k < len(r.flip_curve) else None,
