@@ -435,3 +435,34 @@ def test_a_registered_method_is_analysed_shown_and_ordered_like_the_built_in_one
         assert "by-position" in capsys.readouterr().out
     finally:
         ATTRIBUTION_METHODS.pop("by-position")
+
+
+def test_an_analysis_spends_no_pass_on_a_value_it_never_reads(toy: dict[str, Any]) -> None:
+    """The registry's attention and random methods compute the objective's value with a plain forward pass (the
+    record ``failtrace attribute`` writes); an analysis takes Δℓ from its own plain pass, so it asks them not to:
+    random then runs no forward pass at all and attention one (its attention weights). Asked, the value is the
+    plain forward's Δℓ."""
+    from failtrace.attribution.methods import get_method
+    from failtrace.cases.build import logit_diff_fn, method_relevance
+
+    lm = toy["lm"]
+    with open_store(toy["store"]) as st:
+        case = load_cases(st)[0]
+    ids = list(case.token_ids)
+    fn = logit_diff_fn(case.target_id, case.contrast_id)
+    calls = {"n": 0}
+    from failtrace.attribution.engine import base_and_head
+
+    base = base_and_head(lm.model)[0]  # the decoder: every pass runs it, whether through the LM head or not
+    hook = base.register_forward_pre_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+    try:
+        for method, passes in (("random", 0), ("attention", 1)):
+            calls["n"] = 0
+            rel, sums, hidden = method_relevance(lm, method, ids, fn, CaseSettings(), None, case.case_id)
+            assert calls["n"] == passes and len(rel) == len(ids) and sums == [] and hidden is None, method
+    finally:
+        hook.remove()
+    plain = _plain_logits(lm.model, ids)
+    for method in ("random", "attention"):
+        res = get_method(method)(lm.model, ids, fn, seed=3)
+        assert res.value == pytest.approx(float(plain[case.target_id] - plain[case.contrast_id]), abs=1e-4)

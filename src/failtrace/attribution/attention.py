@@ -93,20 +93,23 @@ def _objective_at(model: nn.Module, ids: Sequence[int], objective: Any) -> tuple
         return float(objective(logits)), logits.detach()
 
 
-def attention_method(model: nn.Module, ids: Sequence[int], objective: Any, **_: Any) -> Any:
+def attention_method(model: nn.Module, ids: Sequence[int], objective: Any, *, with_value: bool = True,
+                     **_: Any) -> Any:
     """The ``attention`` entry of the method registry: attention relevance as the input row, plus the objective at
-    the real input (one extra plain forward, so the record's Δℓ is the same as every other method's)."""
+    the real input (one extra plain forward, so the record's Δℓ is the same as every other method's; skipped with
+    ``with_value=False``, as an analysis asks: value NaN, no logits)."""
     from failtrace.attribution.methods import MethodResult
 
     relevance = attention_relevance(model, ids)
-    value, logits = _objective_at(model, ids, objective)
+    value, logits = _objective_at(model, ids, objective) if with_value else (float("nan"), torch.empty(0))
     return MethodResult(relevance[None, :], value, logits, {"note": "raw last-layer attention, mean of heads"})
 
 
-def random_method(model: nn.Module, ids: Sequence[int], objective: Any, *, seed: int = 0, **_: Any) -> Any:
+def random_method(model: nn.Module, ids: Sequence[int], objective: Any, *, seed: int = 0, with_value: bool = True,
+                  **_: Any) -> Any:
     """The ``random`` entry of the method registry: :func:`random_relevance` under ``seed`` as the input row (an
-    analysis passes each case's own seed), plus the objective at the real input."""
+    analysis passes each case's own seed), plus the objective at the real input (not with ``with_value=False``)."""
     from failtrace.attribution.methods import MethodResult
 
-    value, logits = _objective_at(model, ids, objective)
+    value, logits = _objective_at(model, ids, objective) if with_value else (float("nan"), torch.empty(0))
     return MethodResult(random_relevance(len(ids), seed)[None, :], value, logits, {"seed": int(seed)})

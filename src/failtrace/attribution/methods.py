@@ -1,7 +1,8 @@
 """Attribution methods by name: each turns (model, ids, objective) into relevance per (layer, token).
 
 A method is a function ``fn(model, ids, objective, **options) -> MethodResult`` registered under a name; options it
-does not use it ignores (``ig_steps``, ``use_checkpoint``, ``seed`` today). Registering is one line::
+does not use it ignores (``ig_steps``, ``use_checkpoint``, ``seed`` today; ``with_value=False``: the caller
+needs only the relevance, so a method that would spend a pass on the objective's value may return NaN). Registering is one line::
 
     register_method("attention", "failtrace.attribution.attention:attention_method")   # lazy: "module:function"
     register_method("mine", my_function)                                                  # or the function itself

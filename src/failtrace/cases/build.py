@@ -100,7 +100,8 @@ def method_relevance(lm: Any, method: str, ids: list[int], fn: Any, settings: Ca
         return hidden[0].copy(), hidden.sum(axis=1).tolist(), hidden
     from failtrace.attribution.methods import get_method
 
-    res = get_method(method)(lm.model, ids, fn, ig_steps=settings.ig_steps, seed=random_seed(settings, key))
+    res = get_method(method)(lm.model, ids, fn, ig_steps=settings.ig_steps, seed=random_seed(settings, key),
+                             with_value=False)  # the case's Δℓ is the plain forward's: no pass for a value
     rel = np.asarray(res.relevance, dtype=np.float64)
     if rel.ndim != 2 or rel.shape[1] != len(ids):
         raise FailtraceError(f"method {method!r} returned relevance of shape {tuple(rel.shape)}; expected "
