@@ -2,7 +2,8 @@
 
 A method is a function ``fn(model, ids, objective, **options) -> MethodResult`` registered under a name; options it
 does not use it ignores (``ig_steps``, ``use_checkpoint``, ``seed`` today; ``with_value=False``: the caller
-needs only the relevance, so a method that would spend a pass on the objective's value may return NaN). Registering is one line::
+needs only the relevance, so a method that would spend a pass on the objective's value may return NaN).
+Registering is one line::
 
     register_method("attention", "failtrace.attribution.attention:attention_method")   # lazy: "module:function"
     register_method("mine", my_function)                                                  # or the function itself
