@@ -435,6 +435,13 @@ def test_a_registered_method_is_analysed_shown_and_ordered_like_the_built_in_one
         assert "by-position" in capsys.readouterr().out
     finally:
         ATTRIBUTION_METHODS.pop("by-position")
+    # where it is not registered (another process), the store's own methods are still shown, and in the list of
+    # valid ones when a name is wrong
+    assert main(["show", "--store", str(toy["store"]), "--case", cases[0].case_id, "--method", "by-position"]) == 0
+    assert "by-position" in capsys.readouterr().out
+    assert main(["show", "--store", str(toy["store"]), "--method", "by-pos"]) == 2
+    assert capsys.readouterr().err.strip().endswith("valid: attnlrp, cp-lrp, gradxinput, ig, attention, random, "
+                                                    "by-position")
 
 
 def test_an_analysis_spends_no_pass_on_a_value_it_never_reads(toy: dict[str, Any]) -> None:
