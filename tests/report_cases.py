@@ -126,3 +126,21 @@ def sample() -> tuple[list[Case], list[StatusRow], list[dict[str, Any]]]:
     pairs = [{"benchmark": "ifeval", "pair_run_id": "pairs-1", "item_id": f"ifeval/{j}", "status": s,
               "reason": f"reason {j} <b>not bold</b>"} for j, s in enumerate(["clean", "no_target", "no_contrast"])]
     return cases, rows, pairs
+
+
+def tiny_graph(case: Case) -> tuple[Any, list[int], int, int, Any]:
+    """(model, ids, target, contrast, graph): a real AttnLRP graph of a 3-layer tiny Llama over as many token ids as
+    ``case`` has tokens, the model's top two next tokens as target and contrast (the case's tokens label its nodes)."""
+    import torch
+
+    from failtrace.cases.build import logit_diff_fn
+    from failtrace.graph.build import graph_from_ids
+    from failtrace_testkit.tiny import tiny_model
+
+    model = tiny_model("llama", layers=3)
+    ids = [3 + (7 * i) % 120 for i in range(len(case.tokens))]
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0, -1]
+    target, contrast = [int(x) for x in logits.argsort(descending=True)[:2]]
+    g = graph_from_ids(model, ids, logit_diff_fn(target, contrast), tokens=case.tokens, special_mask=case.special_mask)
+    return model, ids, target, contrast, g

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import networkx as nx
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from report_cases import make_case  # noqa: E402
@@ -58,19 +57,13 @@ class _Articles(HTMLParser):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     from failtrace.analysis.categories import node_ablation
-    from failtrace.cases.build import graph_record, logit_diff_fn
-    from failtrace.graph.build import graph_from_ids
-    from failtrace_testkit.tiny import tiny_model
+    from report_cases import tiny_graph
+
+    from failtrace.cases.build import graph_record
 
     nc = make_case(2, "ifeval", "NC-IA+M-AG", "URT", {"attnlrp": None})
     mia = make_case(2, "ifeval", "M-IA", "URT", {"attnlrp": 1}, seed=1)  # same tokens, another id
-    n = len(nc.tokens)
-    model = tiny_model("llama", layers=3)
-    ids = [3 + (7 * i) % 120 for i in range(n)]
-    with torch.no_grad():
-        logits = model(torch.tensor([ids])).logits[0, -1]
-    target, contrast = [int(x) for x in logits.argsort(descending=True)[:2]]
-    g = graph_from_ids(model, ids, logit_diff_fn(target, contrast), tokens=nc.tokens, special_mask=nc.special_mask)
+    model, ids, target, contrast, g = tiny_graph(nc)
     evidence = node_ablation(model, ids, g.relevance, target, contrast, budget=5, special_mask=nc.special_mask)
     for c in (nc, mia):
         c.graph = graph_record(g, g.pruned)

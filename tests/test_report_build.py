@@ -897,22 +897,15 @@ def test_a_stored_graph_is_drawn_as_its_live_graph_is(tmp_path, monkeypatch):
     from matplotlib.collections import LineCollection, PathCollection
 
     import failtrace.report.figures as F
-    from failtrace.cases.build import graph_record, logit_diff_fn
-    from failtrace.graph.build import graph_from_ids
+    from report_cases import tiny_graph
+
+    from failtrace.cases.build import graph_record
     from failtrace.graph.prune import normalised_relevance
     from failtrace.report.graphfig import graph_record_figure
     from failtrace.views.graph_static import graph_figure
-    from failtrace_testkit.tiny import tiny_model
 
     case = make_case(2, "ifeval", "M-IA", "URT", {"attnlrp": 1})
-    n = len(case.tokens)
-    model = tiny_model("llama", layers=3)
-    ids = [3 + (7 * i) % 120 for i in range(n)]
-    with torch.no_grad():
-        logits = model(torch.tensor([ids])).logits[0, -1]
-    target, contrast = [int(x) for x in logits.argsort(descending=True)[:2]]
-    g = graph_from_ids(model, ids, logit_diff_fn(target, contrast), tokens=case.tokens,
-                       special_mask=case.special_mask)
+    g = tiny_graph(case)[-1]
     pruned, record = g.pruned, graph_record(g, g.pruned)
     # the picture of the record can match only where each stage's largest non-special |R| was kept: it is here
     norm = np.nan_to_num(normalised_relevance(g), nan=0.0)
