@@ -261,3 +261,14 @@ def test_a_case_without_stored_settings_uses_analyse_defaults(toy, tmp_path, cap
         assert main(["attribute", "--store", str(store), "--case", case.case_id, "--method", "ig", "--ig-steps",
                      steps, "--json", str(out), "-q"]) == 0
         assert np.allclose(json.loads(out.read_text())["input_relevance"], default, rtol=1e-5, atol=1e-7) == same
+
+
+def test_the_random_baseline_of_a_stored_case_draws_the_order_its_analysis_drew(toy, tmp_path) -> None:
+    """The random baseline's order is seeded per case (the analysis's seed and the case id); ``attribute --method
+    random`` on a stored case used seed 0 and could not reproduce the stored order."""
+    case = next(c for c in toy["cases"] if "random" in c.methods)
+    out = tmp_path / "r.json"
+    assert main(["attribute", "--store", str(toy["store"]), "--case", case.case_id, "--method", "random", "--json",
+                 str(out), "-q"]) == 0
+    rec = json.loads(out.read_text())
+    np.testing.assert_allclose(rec["input_relevance"], case.methods["random"].input_relevance, rtol=0, atol=0)

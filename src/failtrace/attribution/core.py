@@ -29,6 +29,7 @@ def attribute(
     method: str = "attnlrp",
     position: int | None = None,
     ig_steps: int = IG_STEPS,
+    seed: int = 0,
     topk: int = 10,
     use_checkpoint: bool | None = None,
     allow_long: bool = False,
@@ -38,14 +39,14 @@ def attribute(
     ``prompt``: raw text, chat messages (``[{"role", "content"}]``; or a string with ``chat=True``), or token ids.
     ``target`` / ``contrast``: token ids, ``"#ID"`` strings, or strings that encode to exactly one token. A missing
     target means the model's own greedy next token. ``method``: any registered attribution method
-    (:mod:`failtrace.attribution.methods`: attnlrp (default), cp-lrp, gradxinput, ig, ...).
-    An input longer than the model's context is refused unless ``allow_long``.
+    (:mod:`failtrace.attribution.methods`: attnlrp (default), cp-lrp, gradxinput, ig, ...); ``seed``: the random
+    baseline's. An input longer than the model's context is refused unless ``allow_long``.
     """
     run = get_method(method)
     c = prepare_contrast(lm, prompt, target, contrast, answer_prefix=answer_prefix, chat=chat, thinking=thinking,
                          objective=objective, position=position, topk=topk, allow_long=allow_long)
     t0 = time.perf_counter()
-    res = run(lm.model, c.prep.ids, c.fn, ig_steps=ig_steps, use_checkpoint=use_checkpoint)
+    res = run(lm.model, c.prep.ids, c.fn, ig_steps=ig_steps, use_checkpoint=use_checkpoint, seed=seed)
     logits = res.logits
     extra: dict[str, Any] = dict(res.extra)
     extra["seconds"] = round(time.perf_counter() - t0, 4)

@@ -75,15 +75,17 @@ def run_attribute(
         lm = failtrace.load_model(model, dtype=dtype or "float32")
         text: Any = prompt
         ig_steps = ig_steps or IG_STEPS  # a stored case uses its analysis's steps instead
+        seed = 0
     else:
         lm = from_case.load_case_model(stored, model, dtype, note)
         text, answer_prefix, target, contrast = from_case.case_input(stored, objective)
         ig_steps = ig_steps or int(stored.setting("ig_steps"))  # the analysis's, so IG reproduces
+        seed = from_case.random_seed_of(stored)  # and the random baseline's order
     with console.status(f"attributing with {method} ..."):
         attr = failtrace.attribute(
             lm, text, target=target, contrast=contrast,
             answer_prefix=answer_prefix, chat=chat, method=method, objective=objective, position=position,
-            ig_steps=ig_steps, allow_long=allow_long,
+            ig_steps=ig_steps, seed=seed, allow_long=allow_long,
         )
     if stored is not None:  # where the ids came from (collect rendered them with the chat template)
         attr.extra["case"] = from_case.provenance(stored)
@@ -107,7 +109,8 @@ def register(app: typer.Typer) -> None:
         model: Optional[str] = opts.MODEL,
         chat: bool = opts.CHAT,
         answer_prefix: Optional[str] = opts.ANSWER_PREFIX,
-        method: str = typer.Option("attnlrp", "--method", help="attnlrp | cp-lrp | gradxinput | ig | attention"),
+        method: str = typer.Option("attnlrp", "--method", help="attnlrp | cp-lrp | gradxinput | ig | attention | "
+                                                               "random (any registered method)."),
         objective: str = typer.Option("logit_diff", "--objective",
                                       help="logit_diff | max_logit | topk_mean | vocab_mean"),
         position: Optional[int] = opts.POSITION,

@@ -153,6 +153,15 @@ def load_case_model(case: StoredCase, model: str | None, dtype: str | None,
     return lm
 
 
+def random_seed_of(case: StoredCase) -> int:
+    """The random baseline's seed the analysis gave this case (its settings' seed and the case id), so ``--method
+    random`` on a stored case draws the order its analysis drew."""
+    from failtrace.cases.build import random_seed
+    from failtrace.cases.settings import CaseSettings
+
+    return random_seed(CaseSettings(seed=int(case.setting("seed"))), case.case_id)
+
+
 def case_input(case: StoredCase, objective: str) -> tuple[list[int], list[int], str, str | None]:
     """``(prompt ids, answer ids, target, contrast)`` for :func:`failtrace.attribute` / ``build_graph``: the case's
     own ids (the prompt as the chat template rendered it, then the answer so far); the contrast only for the logit
