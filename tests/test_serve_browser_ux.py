@@ -291,3 +291,20 @@ def test_a_context_opened_at_the_prediction_says_what_is_above_and_leads_to_the_
     hint.click()
     page.wait_for_function("() => document.querySelector('#view button.above').classList.contains('gone')")
     assert strip.evaluate("s => s.scrollTop") == 0
+    # a folded segment's tokens are earlier tokens too: counted while its summary is above the visible part
+    page.locator("#strip details.seg summary").first.click()
+    page.wait_for_selector("body[data-ready=case]")
+    page.evaluate("() => FT.redraw()")
+    page.wait_for_selector("body[data-ready=case]")
+    assert page.locator("#strip details.seg:not([open])").count() == 1
+    expected = page.locator("#strip").evaluate("""s => {  // the first token in sight, walked in order
+        const top = s.getBoundingClientRect().top;
+        for (const t of s.querySelectorAll('.tok')) {
+            const shut = t.closest('details:not([open])'), r = (shut ? shut.querySelector('summary') : t)
+                .getBoundingClientRect();
+            if (r.bottom > top) return +t.dataset.p;
+        }
+        return -1; }""")
+    folded = page.locator("#strip details.seg:not([open]) .tok").count()
+    assert expected >= folded > 0 and page.locator("#strip").evaluate("s => s.scrollTop > 0")
+    assert page.locator("#view button.above").inner_text() == f"\u2191 {expected} earlier tokens above: show the start"
