@@ -47,9 +47,9 @@ class Pools:
     """The Ray pools of one model: 1 worker, 2 workers, and 2 workers reniced to 15 (started once, timed)."""
 
     def __init__(self, model: str, label: str) -> None:
-        from failtrace.scale import ModelSpec, WorkerPool
+        from failtrace.scale import WorkerModel, WorkerPool
 
-        self.spec = ModelSpec(model)
+        self.spec = WorkerModel(model)
         self.pools: dict[str, Any] = {}
         for mode, n in (("ray 1", 1), ("ray 2", 2), ("ray 2 nice15", 2)):
             t = time.perf_counter()

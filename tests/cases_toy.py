@@ -77,7 +77,7 @@ def write_toy_cases(st: Any, lm: Any, info: dict[str, Any]) -> None:
         labels = segment_labels(tok, ctx, special, len(gen["prompt_ids"]), item)
         curve, k, _ = flip_search(lm.model, ctx, rel, special, t, c, spec)
         method = CaseMethod("attnlrp", [float(x) for x in rel], segment_relevance=segment_relevance(rel, labels),
-                              flip_curve=curve, flip_k=k)
+                            flip_curve=curve, flip_k=k)
         write_case(st, Case(
             case_id=case_id(pair["pair_run_id"], pair["item_id"], fp, {"test": 1}), pair_run_id=pair["pair_run_id"],
             run_id=info["run_id"], item_id=pair["item_id"], benchmark="toy", model=lm.name, model_fingerprint=fp,

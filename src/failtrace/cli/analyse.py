@@ -72,8 +72,9 @@ def _summary_line(summary: Any, store: Path, workers: Optional[int] = None) -> s
 def analyse_command(
     store: Path = typer.Option(Path(DEFAULT_STORE), "--store", "-s", help="Results store with clean pairs."),
     methods: Optional[str] = typer.Option(None, "--methods",
-                                          help="Comma-separated attribution methods (default all: attnlrp, cp-lrp, "
-                                               "gradxinput, ig, attention, random; attnlrp is required)."),
+                                          help="Comma-separated attribution methods, any registered one (default, "
+                                               "or 'all': attnlrp, cp-lrp, gradxinput, ig, attention, random; "
+                                               "attnlrp is required)."),
     max_k: int = typer.Option(10, "--max-k", help="Mask up to K top-attributed tokens when searching k*.",
                               callback=opts.count(1)),
     ig_steps: int = typer.Option(16, "--ig-steps", help="Integrated-gradients steps per case (method ig), at least "

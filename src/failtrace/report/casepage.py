@@ -25,8 +25,7 @@ from failtrace.views.evidence_html import dl as evidence
 from failtrace.views.verdicts import category_sentence, pattern_sentence
 from failtrace.report.tables import Overrides, effective_category, methods_of
 from failtrace.views.answers import answer_parts, box_note
-from failtrace.views.palette import (CATEGORY_COLORS, OTHER_SEGMENT_COLOR, PATTERN_COLORS, SEGMENT_COLORS,
-                                     SEGMENT_LABEL_COLORS)
+from failtrace.views.palette import CATEGORY_COLORS, OTHER_SEGMENT_COLOR, PATTERN_COLORS, SEGMENT_COLORS
 from failtrace.views.common import CLIP, SUM_NOTE, WHITE_TEXT_ABOVE, heat_ink, masked_caption, masked_rows, mix
 
 _WS = {" ": "·", "\n": "↵", "\t": "→", "\r": "␍"}
