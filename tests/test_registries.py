@@ -52,7 +52,7 @@ def test_a_registered_method_and_objective_run_through_attribute(monkeypatch: py
     assert attr.method == "position-index" and attr.objective == "double_target"
     np.testing.assert_array_equal(attr.input_relevance, np.arange(len(attr.tokens)))
     assert attr.delta_logit == pytest.approx(2 * attr.extra["target_logit"], rel=1e-5)
-    assert seen["options"] == ["ig_steps", "use_checkpoint"]
+    assert seen["options"] == ["ig_steps", "seed", "use_checkpoint"]  # the options the registry documents
     with pytest.raises(FailtraceError, match="unknown method 'nope'; valid: attnlrp, cp-lrp, gradxinput, ig"):
         failtrace.attribute(lm, "abc", target="x", contrast="y", method="nope")
 
@@ -106,3 +106,23 @@ def test_one_benchmark_registry_for_python_cli_and_pipeline() -> None:
     finally:
         registry._REGISTRY.pop("toy-ready")
         registry._REGISTRY.pop("toy-built")
+
+
+def test_a_method_registered_here_is_refused_for_ray_workers_before_any_work(monkeypatch: pytest.MonkeyPatch,
+                                                                            tmp_path) -> None:
+    """Ray workers are fresh interpreters that know the built-in methods only: a method registered in this process
+    would fail in every worker, case by case. ``analyse --workers`` refuses it at once, before a cluster starts or
+    the store is read."""
+    pytest.importorskip("ray")  # the [ray] extra: installed by scripts/setup.sh, so this runs in the suite
+    import ray
+
+    from failtrace.cases.settings import CaseSettings
+    from failtrace.scale import analyse_on_ray
+
+    monkeypatch.setitem(ATTRIBUTION_METHODS, "mine", lambda *a, **k: None)
+    was_up = ray.is_initialized()
+    with pytest.raises(FailtraceError, match=r"^mine is registered in this process only: the --workers processes "
+                                             r"start fresh and know the built-in methods \(attnlrp, .*random\); "
+                                             r"analyse without --workers$"):
+        analyse_on_ray(None, CaseSettings(methods=("attnlrp", "mine")), 2)  # type: ignore[arg-type]
+    assert ray.is_initialized() == was_up

@@ -74,3 +74,5 @@ for _rule in LRP_METHODS:
 register_method("ig", "failtrace.attribution.baselines:ig_method")
 register_method("attention", "failtrace.attribution.attention:attention_method")
 register_method("random", "failtrace.attribution.attention:random_method")
+# what a fresh interpreter knows (a Ray worker): a method registered later exists only in the process that did it
+BUILT_IN_METHODS: tuple[str, ...] = tuple(ATTRIBUTION_METHODS)

@@ -247,6 +247,12 @@ def analyse_on_ray(store: ResultsStore, settings: CaseSettings | None, workers: 
     model's content fingerprint taken from the workers, so the driver never loads weights.
     """
     settings = (settings or CaseSettings()).validate()
+    from failtrace.attribution.methods import BUILT_IN_METHODS
+
+    if own := [m for m in settings.methods if m not in BUILT_IN_METHODS]:
+        raise FailtraceError(f"{', '.join(own)} {'is' if len(own) == 1 else 'are'} registered in this process only: "
+                             f"the --workers processes start fresh and know the built-in methods "
+                             f"({', '.join(BUILT_IN_METHODS)}); analyse without --workers")
     if limit is not None and limit < 1:
         raise FailtraceError(f"--limit must be at least 1, got {limit}")
     t0 = time.perf_counter()
