@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from failtrace.analysis.masking import flip_search, masked_objective, never_masked, top_positions
+from failtrace.analysis.masking import flip_search, never_masked, top_positions
+from failtrace_testkit.reference_masking import masked_objective
 from failtrace.cases.record import MaskingSpec
 from failtrace.errors import FailtraceError
 
