@@ -117,7 +117,8 @@ def test_a_contrast_already_preferred_has_no_k_star(tiny):
 
 
 def test_masked_objective_zeroes_every_chosen_position(tiny):
-    """Each mask set against one plain forward on inputs_embeds with those rows zeroed (sets batched 3 at a time)."""
+    """The test kit's masking reference (the oracle other masking tests use), checked itself: each mask set against
+    one plain forward on inputs_embeds with those rows zeroed (sets batched 3 at a time)."""
     model = tiny("qwen2")
     ids = torch.randint(3, 97, (12,), generator=torch.Generator().manual_seed(4)).tolist()
     masks = [[], [2, 5], [1, 3, 7, 9], [0], [11], list(range(12))]

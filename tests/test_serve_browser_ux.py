@@ -293,10 +293,10 @@ def test_a_context_opened_at_the_prediction_says_what_is_above_and_leads_to_the_
     assert strip.evaluate("s => s.scrollTop") == 0
     # a folded segment's tokens are earlier tokens too: counted while its summary is above the visible part
     page.locator("#strip details.seg summary").first.click()
-    page.wait_for_selector("body[data-ready=case]")
-    page.evaluate("() => FT.redraw()")
-    page.wait_for_selector("body[data-ready=case]")
+    _painted(page, "case", "closed=")  # the fold is kept in the URL (the strip stays as it is)
     assert page.locator("#strip details.seg:not([open])").count() == 1
+    page.locator("#strip").evaluate("s => { s.scrollTop = s.scrollHeight; }")  # back down to the prediction
+    page.wait_for_function("() => !document.querySelector('#view button.above').classList.contains('gone')")
     expected = page.locator("#strip").evaluate("""s => {  // the first token in sight, walked in order
         const top = s.getBoundingClientRect().top;
         for (const t of s.querySelectorAll('.tok')) {
