@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 from failtrace_testkit.toy import toy_loaded
 
@@ -26,6 +27,7 @@ def _without_logits_to_keep(model: Any) -> Any:
     return model
 
 
+@pytest.mark.tf4  # the argument names differ across transformers versions: run on 4.x too
 def test_a_model_without_logits_to_keep_gives_the_same_logits_token_and_attention() -> None:
     from failtrace.attribution.attention import attention_relevance
     from failtrace.attribution.contrast import greedy_token
