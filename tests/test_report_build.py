@@ -986,3 +986,34 @@ def test_a_report_whose_moves_fail_midway_puts_every_file_back_or_keeps_them_and
     assert len(lost) == 1 and all(before[name] == data for name, data in lost.items())
     assert {k: v for k, v in _files(out).items() if not k.startswith(".report-kept-")} == \
         {k: v for k, v in before.items() if k not in lost}
+
+
+def test_a_report_refuses_a_folder_where_a_file_goes_and_a_failed_copy_leaves_no_part(tmp_path: Path,
+                                                                                     monkeypatch) -> None:
+    """A folder named like a file of the report (``index.html/``) took the new file inside it, one level down, and
+    the report said it was written; it is refused now, before anything moves. A copy across file systems that fails
+    midway (a full disk under a linked ``figures/``) left its truncated part in the earlier report."""
+    import errno
+    import shutil
+
+    import failtrace.report.publish as publish
+    from failtrace.errors import FailtraceError
+
+    cases, rows, pairs = sample()
+    out = tmp_path / "r"
+    (out / "index.html").mkdir(parents=True)
+    with pytest.raises(FailtraceError, match=r"index.html is a folder, not a file; move it away"):
+        build_report(cases, rows, out, pairs)
+    assert [p.name for p in out.iterdir()] == ["index.html"] and not any((out / "index.html").iterdir())
+
+    src, dst = tmp_path / "a.png", tmp_path / "elsewhere" / "a.png"
+    src.write_bytes(b"x" * 1000)
+
+    def full_disk(s: str, d: str) -> None:  # shutil.move across file systems: a copy that stops half way
+        Path(d).write_bytes(Path(s).read_bytes()[:300])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shutil, "move", full_disk)
+    with pytest.raises(OSError):
+        publish._move(src, dst)
+    assert not dst.exists() and src.read_bytes() == b"x" * 1000

@@ -84,3 +84,64 @@ def test_an_export_and_a_checkpoint_remove_a_killed_ones_leftovers(tmp_path: Pat
     left = _killed_owner(ck, ".step-")
     saved = save_checkpoint(Saves(), Saves(), ck, 3, {"method": "sft"})
     assert saved.name == "step-3" and not left.exists() and sorted(p.name for p in ck.iterdir()) == ["step-3"]
+
+
+def _swap_setup(tmp_path: Path) -> tuple[Path, Path, list[Path], list[tuple[Path, Path]]]:
+    out, stage = tmp_path / "out", tmp_path / "stage"
+    out.mkdir()
+    (stage / "old").mkdir(parents=True)
+    for i in range(4):
+        (out / f"f{i}.txt").write_text(f"old {i}")
+        (stage / f"f{i}.txt").write_text(f"new {i}")
+    aside = [out / f"f{i}.txt" for i in range(4)]
+    return out, stage, aside, [(stage / f"f{i}.txt", out / f"f{i}.txt") for i in range(4)]
+
+
+def test_a_ctrl_c_between_a_rename_and_its_record_loses_no_file(tmp_path: Path) -> None:
+    """SIGINT arriving right after a rename (before the swap has recorded it) raised at once: that file was neither
+    undone nor in place, and the caller's clean-up then deleted it. The signal now waits until every move is done,
+    then interrupts as usual, with the new files all in place and the old ones all aside."""
+    import pytest
+
+    from failtrace.tempdirs import swap_in
+
+    out, stage, aside, new = _swap_setup(tmp_path)
+    calls = {"n": 0}
+
+    def move(src: Path, dst: Path) -> None:
+        src.replace(dst)
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second old file has just been moved aside
+            os.kill(os.getpid(), __import__("signal").SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        swap_in(aside, new, stage / "old", out, move)
+    assert calls["n"] == 8
+    assert {p.name: p.read_text() for p in out.iterdir()} == {f"f{i}.txt": f"new {i}" for i in range(4)}
+    assert {p.name: p.read_text() for p in (stage / "old").iterdir()} == {f"f{i}.txt": f"old {i}" for i in range(4)}
+
+
+def test_a_second_ctrl_c_while_undoing_a_failed_swap_puts_every_file_back(tmp_path: Path) -> None:
+    """A move fails (a full disk) and the swap undoes the moves; a Ctrl-C then stopped the undoing halfway. Now every
+    old file is back in place first."""
+    import errno
+    import signal
+
+    import pytest
+
+    from failtrace.tempdirs import swap_in
+
+    out, stage, aside, new = _swap_setup(tmp_path)
+    calls = {"n": 0}
+
+    def move(src: Path, dst: Path) -> None:
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        if calls["n"] == 8:  # the first move back
+            os.kill(os.getpid(), signal.SIGINT)
+        src.replace(dst)
+
+    with pytest.raises((KeyboardInterrupt, OSError)):
+        swap_in(aside, new, stage / "old", out, move)
+    assert {p.name: p.read_text() for p in out.iterdir()} == {f"f{i}.txt": f"old {i}" for i in range(4)}

@@ -22,7 +22,7 @@ import re
 import shutil
 import socket
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -95,28 +95,56 @@ class NotPutBack(Exception):
         self.lost, self.cause = lost, cause
 
 
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block ends (in the main thread, where Python runs signal handlers): a few
+    renames that must all happen or all be undone are not cut between a rename and its record. A signal that came
+    meanwhile is raised again at the end, to the handler that was in place, with everything moved or put back.
+    (Blocking the signals in this thread was not enough: another thread of the process, torch's or DuckDB's, takes
+    the signal and Python still runs the handler here.)"""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda signum, _frame: came.append(signum)) for s in held}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)  # None: set outside Python
+        if came:
+            signal.raise_signal(came[0])
+
+
 def swap_in(aside: list[Path], new: list[tuple[Path, Path]], old: Path, out: Path,
             move: Callable[[Path, Path], None]) -> None:
     """All or nothing, for outputs staged in a folder and then moved into place (an export, a report): each file of
     ``aside`` (under ``out``) goes to the same place under ``old``, then each staged file ``(src, dst)`` to ``dst``.
     On any failure every move is undone in reverse and the failure raised again, or :class:`NotPutBack` where some
-    move cannot be undone (``old`` then still holds those files: the caller keeps it and says where)."""
+    move cannot be undone (``old`` then still holds those files: the caller keeps it and says where). Ctrl-C and
+    SIGTERM are held until the moves are all done or all undone (:func:`signals_held`): one arriving between a rename
+    and its record lost the file, and a second one during the undoing lost more."""
     moved: list[tuple[Path, Path]] = []  # (from, to), undone in reverse
-    try:
-        for f in aside:
-            dst = old / f.relative_to(out)
-            move(f, dst)
-            moved.append((f, dst))
-        for src, dst in new:
-            move(src, dst)
-            moved.append((src, dst))
-    except BaseException as exc:
-        lost = []
-        for src, dst in reversed(moved):
-            try:
-                move(dst, src)
-            except OSError:
-                lost.append(src)
-        if lost:
-            raise NotPutBack(lost, exc) from None
-        raise
+    with signals_held():
+        try:
+            for f in aside:
+                dst = old / f.relative_to(out)
+                move(f, dst)
+                moved.append((f, dst))
+            for src, dst in new:
+                move(src, dst)
+                moved.append((src, dst))
+        except BaseException as exc:
+            lost = []
+            for src, dst in reversed(moved):
+                try:
+                    move(dst, src)
+                except OSError:
+                    lost.append(src)
+            if lost:
+                raise NotPutBack(lost, exc) from None
+            raise

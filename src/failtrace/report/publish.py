@@ -73,9 +73,15 @@ class _KeptOld(FailtraceError):
 
 
 def _move(src: Path, dst: Path) -> None:
-    """A rename, or a copy and delete where ``dst`` is on another file system (a linked ``figures/``)."""
+    """A rename, or a copy and delete where ``dst`` is on another file system (a linked ``figures/``). A copy that
+    fails midway (a full disk) leaves no part of itself at ``dst``: the file is still whole at ``src``."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(str(src), str(dst))
+    try:
+        shutil.move(str(src), str(dst))
+    except BaseException:
+        if src.exists() and dst.is_file() and not dst.is_symlink():
+            dst.unlink()
+        raise
 
 
 def _swap_in(stage: Path, out: Path) -> None:
@@ -83,6 +89,10 @@ def _swap_in(stage: Path, out: Path) -> None:
     file back (what cannot go back is kept, :class:`_KeptOld`)."""
     drawn = sorted((f.relative_to(stage) for f in own_files(stage) if f.is_file()),
                    key=lambda rel: rel.name == "index.html")  # the index last: it links the rest
+    for rel in drawn:  # a folder where a file goes: moved into, the report would land a level down
+        if (out / rel).is_dir() and not (out / rel).is_symlink():
+            raise FailtraceError(f"cannot write the report into {out}: {out / rel} is a folder, not a file; move it "
+                                 f"away or write the report into another folder")
     try:
         swap_in(replaced(out, drawn), [(stage / rel, out / rel) for rel in drawn], stage / "old", out, _move)
     except NotPutBack as exc:  # kept under a name no later report sweeps away
