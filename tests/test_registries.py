@@ -126,3 +126,17 @@ def test_a_method_registered_here_is_refused_for_ray_workers_before_any_work(mon
                                              r"analyse without --workers$"):
         analyse_on_ray(None, CaseSettings(methods=("attnlrp", "mine")), 2)  # type: ignore[arg-type]
     assert ray.is_initialized() == was_up
+
+
+def test_method_names_are_lower_case_and_a_bad_seed_is_said_before_any_pass() -> None:
+    """The commands lower-case ``--method``, so a method registered as ``MyMethod`` could be listed but never chosen;
+    names are refused unless lower case. The random baseline's seed is checked before the forward pass (it was
+    numpy's bare ValueError after it, and 1.5 was read as 1)."""
+    for bad in ("MyMethod", " x", "a,b", ""):
+        with pytest.raises(FailtraceError, match="a method name is lower case"):
+            register_method(bad, lambda *a, **k: None)
+    lm = toy_loaded()
+    for seed in (-1, 1.5, None, True):
+        with pytest.raises(FailtraceError, match="seed must be an integer >= 0"):
+            failtrace.attribute(lm, "abc", target="x", contrast="y", method="random", seed=seed)  # type: ignore
+    assert failtrace.attribute(lm, "abc", target="x", contrast="y", method="random", seed=3).extra["seed"] == 3

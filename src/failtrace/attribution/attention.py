@@ -111,5 +111,7 @@ def random_method(model: nn.Module, ids: Sequence[int], objective: Any, *, seed:
     analysis passes each case's own seed), plus the objective at the real input (not with ``with_value=False``)."""
     from failtrace.attribution.methods import MethodResult
 
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise FailtraceError(f"the random baseline's seed must be an integer >= 0, got {seed!r}")
     value, logits = _objective_at(model, ids, objective) if with_value else (float("nan"), torch.empty(0))
     return MethodResult(random_relevance(len(ids), seed)[None, :], value, logits, {"seed": int(seed)})

@@ -44,7 +44,10 @@ ATTRIBUTION_METHODS: dict[str, MethodFn | str] = {}
 
 
 def register_method(name: str, fn: MethodFn | str) -> None:
-    """Make ``fn`` (a function, or ``"module:function"`` imported on first use) available as ``method=name``."""
+    """Make ``fn`` (a function, or ``"module:function"`` imported on first use) available as ``method=name``. Names
+    are lower case, as the commands read them (``--method IG`` is ``ig``)."""
+    if not isinstance(name, str) or not name or name != name.strip().lower() or "," in name:
+        raise FailtraceError(f"a method name is lower case, without spaces or commas: got {name!r}")
     ATTRIBUTION_METHODS[name] = fn
 
 
