@@ -114,8 +114,13 @@ def test_a_ctrl_c_between_a_rename_and_its_record_loses_no_file(tmp_path: Path) 
         if calls["n"] == 2:  # the second old file has just been moved aside
             os.kill(os.getpid(), __import__("signal").SIGINT)
 
-    with pytest.raises(KeyboardInterrupt):
-        swap_in(aside, new, stage / "old", out, move)
+    signal = __import__("signal")
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own (an earlier test may set another)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            swap_in(aside, new, stage / "old", out, move)
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert calls["n"] == 8
     assert {p.name: p.read_text() for p in out.iterdir()} == {f"f{i}.txt": f"new {i}" for i in range(4)}
     assert {p.name: p.read_text() for p in (stage / "old").iterdir()} == {f"f{i}.txt": f"old {i}" for i in range(4)}
@@ -142,6 +147,10 @@ def test_a_second_ctrl_c_while_undoing_a_failed_swap_puts_every_file_back(tmp_pa
             os.kill(os.getpid(), signal.SIGINT)
         src.replace(dst)
 
-    with pytest.raises((KeyboardInterrupt, OSError)):
-        swap_in(aside, new, stage / "old", out, move)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises((KeyboardInterrupt, OSError)):
+            swap_in(aside, new, stage / "old", out, move)
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert {p.name: p.read_text() for p in out.iterdir()} == {f"f{i}.txt": f"old {i}" for i in range(4)}
