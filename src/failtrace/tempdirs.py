@@ -15,6 +15,7 @@ what such a folder staged into place, all or nothing.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import os
@@ -128,6 +129,10 @@ def swap_in(aside: list[Path], new: list[tuple[Path, Path]], old: Path, out: Pat
     move cannot be undone (``old`` then still holds those files: the caller keeps it and says where). Ctrl-C and
     SIGTERM are held until the moves are all done or all undone (:func:`signals_held`): one arriving between a rename
     and its record lost the file, and a second one during the undoing lost more."""
+    for _src, dst in new:  # moved onto a folder, a file would land inside it, a level down, and "succeed"
+        if dst.is_dir() and not dst.is_symlink():
+            raise IsADirectoryError(errno.EISDIR, f"{dst} is a folder, not a file; move it away or write into "
+                                                  f"another folder")
     moved: list[tuple[Path, Path]] = []  # (from, to), undone in reverse
     with signals_held():
         try:

@@ -15,7 +15,6 @@ from failtrace.attribution.record import Attribution
 from failtrace.models.loading import LoadedModel
 
 
-
 def attribute(
     lm: LoadedModel,
     prompt: Prompt,

@@ -33,7 +33,7 @@ def show_command(
 ) -> None:
     """List the analysed cases, or show one (--case or --item): target vs contrast, Δℓ, category and pattern, k* per
     method, the top tokens in masking order with their context, relevance by segment."""
-    from failtrace.store.cases import find_case_id, has_case_tables, load_cases, newest_case_id
+    from failtrace.store.cases import find_case_id, has_case_tables, load_cases, newest_case_id, stored_methods
     from failtrace.store.store import open_store
 
     from failtrace.cases.settings import case_methods  # the registry's methods
@@ -44,8 +44,7 @@ def show_command(
     check_store_path(store, create=False)
     with _store_errors(store), open_store(store, read_only=True) as st:
         if method not in case_methods():  # a method the store holds counts too: registered where it was analysed
-            stored = [r[0] for r in st.con.execute("SELECT DISTINCT method FROM case_methods ORDER BY 1").fetchall()] \
-                if has_case_tables(st) else []
+            stored = stored_methods(st.con) if has_case_tables(st) else []
             if method not in stored:
                 valid = list(case_methods()) + [m for m in stored if m not in case_methods()]
                 raise FailtraceError(f"unknown --method {method!r}; valid: {', '.join(valid)}")

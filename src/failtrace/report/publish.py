@@ -89,10 +89,6 @@ def _swap_in(stage: Path, out: Path) -> None:
     file back (what cannot go back is kept, :class:`_KeptOld`)."""
     drawn = sorted((f.relative_to(stage) for f in own_files(stage) if f.is_file()),
                    key=lambda rel: rel.name == "index.html")  # the index last: it links the rest
-    for rel in drawn:  # a folder where a file goes: moved into, the report would land a level down
-        if (out / rel).is_dir() and not (out / rel).is_symlink():
-            raise FailtraceError(f"cannot write the report into {out}: {out / rel} is a folder, not a file; move it "
-                                 f"away or write the report into another folder")
     try:
         swap_in(replaced(out, drawn), [(stage / rel, out / rel) for rel in drawn], stage / "old", out, _move)
     except NotPutBack as exc:  # kept under a name no later report sweeps away

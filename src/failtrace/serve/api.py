@@ -103,13 +103,12 @@ def meta(request: Request, cur: Cursor) -> dict[str, Any]:
     from failtrace.views.palette import OTHER_SEGMENT_COLOR, SEGMENT_COLORS, SEGMENT_LABEL_COLORS
     from failtrace.views.contrast import ink_on
     from failtrace.views.palette import CATEGORY_COLORS, PATTERN_COLORS
-    from failtrace.cases.settings import in_method_order
+    from failtrace.store.cases import stored_methods
     from failtrace.store.schema import PAIR_STATUS_TEXT
     from failtrace.views.common import BLUE, RED, SPECIAL_BG, WHITE_TEXT_ABOVE
 
     st = _state(request)
-    methods = in_method_order(r[0] for r in cur.execute("SELECT DISTINCT method FROM case_methods").fetchall()) \
-        if st.has_cases else []  # in the registry's order, as every view lists them
+    methods = stored_methods(cur) if st.has_cases else []  # in the registry's order, as every view lists them
     collections = {run_id: describe_collection_settings(dtype, loads(text, f"runs.settings of run {run_id}", st.path)
                                                         if text else {})
                    for run_id, dtype, text in cur.execute("SELECT run_id, dtype, settings FROM runs WHERE "

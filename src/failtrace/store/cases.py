@@ -52,6 +52,14 @@ def _parsed(value: Any, store: ResultsStore | None = None, where: str = "a JSON 
     return loads(value, where, store.path if store is not None else None) if isinstance(value, str) else value
 
 
+def stored_methods(con: Any) -> list[str]:
+    """The attribution methods a store's cases hold, in the registry's order (then any others by name): what
+    ``show --method`` accepts and what the explorer lists, whether or not this process registered them."""
+    from failtrace.cases.settings import in_method_order
+
+    return in_method_order(r[0] for r in con.execute("SELECT DISTINCT method FROM case_methods").fetchall())
+
+
 def has_case_tables(store: ResultsStore) -> bool:
     """False for a version-1 store opened read-only (nothing analysed yet)."""
     tables = {r[0] for r in store.con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
