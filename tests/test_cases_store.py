@@ -336,7 +336,57 @@ def test_an_export_that_cannot_put_files_back_keeps_them_and_says_where(tmp_path
     monkeypatch.setattr(Path, "replace", real)
     kept = Path(str(err.value).rsplit("are in ", 1)[1])
     assert kept.parent.parent == tmp_path / "old" and kept.is_dir()
+    assert kept.parent.name.startswith(".export-kept-")  # it kept the staging name, which the next export swept
     back = {f.name: f.read_bytes() for f in (tmp_path / "old").iterdir() if f.is_file()}
     back.update({f.name: f.read_bytes() for f in kept.iterdir()})
     assert {k: back[k] for k in before} == before  # every earlier file is somewhere, byte for byte
 
+
+
+def test_an_export_killed_while_moving_is_put_back_before_the_next_one(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGKILL in the middle of the moves left the folder half old and half new; the next export's sweep deleted
+    the earlier files the dead one held aside, so a next export that failed too (a full disk) left the mix for good.
+    Now the next export puts them back before it starts, and its own failure leaves the first export whole."""
+    import os
+    import subprocess
+    import sys
+
+    path, out = tmp_path / "s.duckdb", tmp_path / "exp"
+    with open_store(path) as st:
+        write_case(st, _case("c1"))
+    with open_store(path, read_only=True) as st:
+        st.export(out, "jsonl")
+    first = {f.name: f.read_bytes() for f in out.iterdir()}
+    with open_store(path) as st:
+        write_case(st, _case("c2", seed=1))
+    child = f"""
+import os, signal
+from pathlib import Path
+from failtrace.store import open_store
+real, calls = Path.replace, [0]
+def replace(self, target):
+    if ".export-" in str(self) and Path(target).parent == Path({str(out)!r}):
+        calls[0] += 1
+        if calls[0] == 3:  # the third file into place, after every earlier one went aside
+            os.kill(os.getpid(), signal.SIGKILL)
+    return real(self, target)
+Path.replace = replace
+with open_store({str(path)!r}, read_only=True) as st:
+    st.export({str(out)!r}, "jsonl")
+"""
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": src})
+    assert proc.returncode == -9, proc.stderr
+    assert {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()} != first  # a mix, or files missing
+
+    import failtrace.store.export as export
+
+    def full_disk(*_: object) -> list[Path]:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export, "_write_all", full_disk)
+    with open_store(path, read_only=True) as st, pytest.raises(FailtraceError, match="No space left"):
+        st.export(out, "jsonl")
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == first  # whole, and no staging folder left

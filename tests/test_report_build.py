@@ -952,7 +952,7 @@ def test_a_report_whose_moves_fail_midway_puts_every_file_back_or_keeps_them_and
     out = tmp_path / "r"
     build_report(cases, rows, out, pairs, title="the first report")
     before = _files(out)
-    real = publish._move
+    real = publish.move_file
     calls = {"n": 0}
 
     def full_disk(src: Path, dst: Path) -> None:  # the 4th move into the report folder fails
@@ -962,7 +962,7 @@ def test_a_report_whose_moves_fail_midway_puts_every_file_back_or_keeps_them_and
                 raise OSError(errno.ENOSPC, "No space left on device")
         real(src, dst)
 
-    monkeypatch.setattr(publish, "_move", full_disk)
+    monkeypatch.setattr(publish, "move_file", full_disk)
     with pytest.raises(FailtraceError, match="cannot write the report into .*: No space left on device$"):
         build_report(cases[:1], rows, out, pairs, title="the second report")
     assert calls["n"] >= 4 and _files(out) == before  # nothing of the second report, nothing of the first lost
@@ -977,7 +977,7 @@ def test_a_report_whose_moves_fail_midway_puts_every_file_back_or_keeps_them_and
         full_disk(src, dst)
 
     calls["n"] = 0
-    monkeypatch.setattr(publish, "_move", and_no_way_back)
+    monkeypatch.setattr(publish, "move_file", and_no_way_back)
     with pytest.raises(FailtraceError, match=r"1 earlier file\(s\) could not be put back: they are in ") as err:
         build_report(cases[:1], rows, out, pairs, title="the third report")
     kept = [p for p in out.iterdir() if p.name.startswith(".report-kept-")]
@@ -986,6 +986,47 @@ def test_a_report_whose_moves_fail_midway_puts_every_file_back_or_keeps_them_and
     assert len(lost) == 1 and all(before[name] == data for name, data in lost.items())
     assert {k: v for k, v in _files(out).items() if not k.startswith(".report-kept-")} == \
         {k: v for k, v in before.items() if k not in lost}
+
+
+def test_a_report_killed_while_moving_is_put_back_before_the_next_one(tmp_path: Path, monkeypatch) -> None:
+    """SIGKILL in the middle of the moves left an index of one report over pictures of another, and the next
+    report's sweep deleted the earlier files; a next report that failed too left that mix. Now the next report puts
+    the earlier files back before it starts (the journal in its staging folder, failtrace.swap)."""
+    import subprocess
+
+    import failtrace.report.build as build
+
+    cases, rows, pairs = sample()
+    out, second = tmp_path / "r", tmp_path / "second"
+    build_report(cases, rows, out, pairs, title="the first report")
+    build_report(cases[:1], rows, second, pairs, title="the second report")
+    first = _files(out)
+    child = f"""
+import os, shutil, signal
+from pathlib import Path
+import failtrace.report.publish as publish
+real, into = publish.move_file, [0]
+def move(src, dst):
+    if ".report-" not in str(dst):
+        into[0] += 1
+        if into[0] == 2:  # the second new file, every earlier one aside
+            os.kill(os.getpid(), signal.SIGKILL)
+    real(src, dst)
+publish.move_file = move
+publish.published(Path({str(out)!r}), lambda stage: shutil.copytree({str(second)!r}, stage, dirs_exist_ok=True))
+"""
+    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")})
+    assert proc.returncode == -9, proc.stderr
+    assert {k: v for k, v in _files(out).items() if not k.startswith(".report-")} != first
+
+    def full_disk(*_: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(build, "_draw", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        build_report(cases, rows, out, pairs, title="the third report")
+    assert _files(out) == first
 
 
 def test_a_report_refuses_a_folder_where_a_file_goes_and_a_failed_copy_leaves_no_part(tmp_path: Path,
@@ -1009,11 +1050,17 @@ def test_a_report_refuses_a_folder_where_a_file_goes_and_a_failed_copy_leaves_no
     src, dst = tmp_path / "a.png", tmp_path / "elsewhere" / "a.png"
     src.write_bytes(b"x" * 1000)
 
-    def full_disk(s: str, d: str) -> None:  # shutil.move across file systems: a copy that stops half way
+    def other_fs(s: str, d: str) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    def full_disk(s: str, d: str, follow_symlinks: bool = True) -> None:  # a copy that stops half way
         Path(d).write_bytes(Path(s).read_bytes()[:300])
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(shutil, "move", full_disk)
+    monkeypatch.setattr(os, "rename", other_fs)
+    monkeypatch.setattr(shutil, "copy2", full_disk)
     with pytest.raises(OSError):
-        publish._move(src, dst)
+        publish.move_file(src, dst)
+    monkeypatch.undo()
+    assert not any(dst.parent.iterdir())  # neither the file nor a part of it under another name
     assert not dst.exists() and src.read_bytes() == b"x" * 1000

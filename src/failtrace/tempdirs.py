@@ -8,14 +8,14 @@ removes the folder, but nothing runs after SIGKILL (an OOM kill, a killed Ray wo
 of the same kind made in the same parent by a process of the same place removes every such folder whose process is
 gone. Folders of another place (another container or machine sharing the folder), of a live process, and every
 name not exactly of this form (a user's ``.export-2024``) are left alone; a reused process id can only keep an
-orphan longer. Written here because ``tempfile`` names folders at random and keeps no owner. :func:`swap_in` moves
-what such a folder staged into place, all or nothing.
+orphan longer. Written here because ``tempfile`` names folders at random and keeps no owner. An export's or a
+report's staging folder may hold a journal of files half moved into place (``failtrace.swap``): with ``recover`` the
+sweep first puts those files back.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import hashlib
 import os
@@ -23,8 +23,9 @@ import re
 import shutil
 import socket
 import tempfile
-from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from failtrace import swap
 
 
 @functools.lru_cache(maxsize=1)
@@ -66,90 +67,26 @@ def _pattern(kind: str, suffix: str) -> re.Pattern[str]:
     return re.compile(rf"{re.escape(kind)}([0-9]+)-{place()}-[a-z0-9_]{{8}}{re.escape(suffix)}")
 
 
-def sweep_orphans(parent: str | Path, kind: str, suffix: str = "") -> list[str]:
-    """Remove the ``kind`` folders of this place in ``parent`` whose process is gone; returns their names."""
+def sweep_orphans(parent: str | Path, kind: str, suffix: str = "", recover: bool = False) -> list[str]:
+    """Remove the ``kind`` folders of this place in ``parent`` whose process is gone; returns their names. With
+    ``recover`` (an export's, a report's staging) a killed swap's files are put back first (``swap.recover``); only
+    for folders failtrace alone writes into, never a sandbox's."""
     pattern, gone = _pattern(kind, suffix), []
     with contextlib.suppress(OSError):
         for entry in os.scandir(parent):
             m = pattern.fullmatch(entry.name)
             if m and entry.is_dir(follow_symlinks=False) and not _alive(int(m.group(1))):
+                if recover and not swap.recover(Path(entry.path), kind):
+                    continue  # renamed out of the sweep's reach, holding what could not go back
                 remove_tree(entry.path)
                 gone.append(entry.name)
     return gone
 
 
-def owned_tempdir(parent: str | Path | None, kind: str, suffix: str = "") -> Path:
+def owned_tempdir(parent: str | Path | None, kind: str, suffix: str = "", recover: bool = False) -> Path:
     """A new folder ``<kind><pid>-<place>-<random><suffix>`` in ``parent`` (None: the system's temp folder), made
-    after the orphans of ``kind`` there are removed. Private (0700), as ``tempfile.mkdtemp`` makes it; the caller
-    removes it."""
+    after the orphans of ``kind`` there are removed (``recover``: see :func:`sweep_orphans`). Private (0700), as
+    ``tempfile.mkdtemp`` makes it; the caller removes it."""
     where = Path(tempfile.gettempdir() if parent is None else parent)
-    sweep_orphans(where, kind, suffix)
+    sweep_orphans(where, kind, suffix, recover)
     return Path(tempfile.mkdtemp(prefix=f"{kind}{os.getpid()}-{place()}-", suffix=suffix, dir=where))
-
-
-class NotPutBack(Exception):
-    """A :func:`swap_in` failed and some moves could not be undone: ``lost`` are the places their files belong,
-    ``cause`` the failure that started the undoing."""
-
-    def __init__(self, lost: list[Path], cause: BaseException) -> None:
-        super().__init__(f"{len(lost)} file(s) could not be put back")
-        self.lost, self.cause = lost, cause
-
-
-@contextlib.contextmanager
-def signals_held() -> Iterator[None]:
-    """SIGINT and SIGTERM wait until the block ends (in the main thread, where Python runs signal handlers): a few
-    renames that must all happen or all be undone are not cut between a rename and its record. A signal that came
-    meanwhile is raised again at the end, to the handler that was in place, with everything moved or put back.
-    (Blocking the signals in this thread was not enough: another thread of the process, torch's or DuckDB's, takes
-    the signal and Python still runs the handler here.)"""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    came: list[int] = []
-    held = (signal.SIGINT, signal.SIGTERM)
-    previous = {s: signal.signal(s, lambda signum, _frame: came.append(signum)) for s in held}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler if handler is not None else signal.SIG_DFL)  # None: set outside Python
-        if came:
-            signal.raise_signal(came[0])
-
-
-def swap_in(aside: list[Path], new: list[tuple[Path, Path]], old: Path, out: Path,
-            move: Callable[[Path, Path], None]) -> None:
-    """All or nothing, for outputs staged in a folder and then moved into place (an export, a report): each file of
-    ``aside`` (under ``out``) goes to the same place under ``old``, then each staged file ``(src, dst)`` to ``dst``.
-    On any failure every move is undone in reverse and the failure raised again, or :class:`NotPutBack` where some
-    move cannot be undone (``old`` then still holds those files: the caller keeps it and says where). Ctrl-C and
-    SIGTERM are held until the moves are all done or all undone (:func:`signals_held`): one arriving between a rename
-    and its record lost the file, and a second one during the undoing lost more."""
-    for _src, dst in new:  # moved onto a folder, a file would land inside it, a level down, and "succeed"
-        if dst.is_dir() and not dst.is_symlink():
-            raise IsADirectoryError(errno.EISDIR, f"{dst} is a folder, not a file; move it away or write into "
-                                                  f"another folder")
-    moved: list[tuple[Path, Path]] = []  # (from, to), undone in reverse
-    with signals_held():
-        try:
-            for f in aside:
-                dst = old / f.relative_to(out)
-                move(f, dst)
-                moved.append((f, dst))
-            for src, dst in new:
-                move(src, dst)
-                moved.append((src, dst))
-        except BaseException as exc:
-            lost = []
-            for src, dst in reversed(moved):
-                try:
-                    move(dst, src)
-                except OSError:
-                    lost.append(src)
-            if lost:
-                raise NotPutBack(lost, exc) from None
-            raise

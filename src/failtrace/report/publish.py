@@ -2,24 +2,24 @@
 
 Drawn in place, an interrupted ``failtrace report`` left a folder half old and half new: an index of the earlier
 report over CSVs of the new one, a few of the graph pictures deleted and not yet redrawn. Now a report is drawn in
-``OUT/.report-<pid>-<place>-<random>.part`` (a killed run's is removed by the next one, ``tempdirs.owned_tempdir``)
-and its files are moved into place one by one. What they replace goes to the staging folder's ``old/`` first: the
-files of the same names, every graph picture (``figures/graphs/*.png``, the report's own folder: one of a case the
-new report lacks must not stay) and the across-models figures and tables a report draws only when comparisons exist.
-Any other file in OUT (a figure or a table of your own beside the report) is left alone. If a move fails, every file
-goes back; one that cannot is kept in ``OUT/.report-kept-*`` (which no later report removes), and the error says so.
+``OUT/.report-<pid>-<place>-<random>.part`` (a killed run's is put back and removed by the next one:
+``tempdirs.owned_tempdir``, ``failtrace.swap``) and its files are moved into place one by one. What they replace
+goes to the staging folder's ``old/`` first: the files of the same names, every graph picture
+(``figures/graphs/*.png``, the report's own folder: one of a case the new report lacks must not stay) and the
+across-models figures and tables a report draws only when comparisons exist. Any other file in OUT (a figure or a
+table of your own beside the report) is left alone. If a move fails, every file goes back; one that cannot is kept
+in ``OUT/.report-kept-*`` (which no later report removes), and the error says so.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from failtrace.errors import FailtraceError
-from failtrace.tempdirs import NotPutBack, owned_tempdir, swap_in
+from failtrace.swap import NotPutBack, keep, move_file, swap_in
+from failtrace.tempdirs import owned_tempdir
 
 STAGE_KIND, STAGE_SUFFIX = ".report-", ".part"
 OWN_PATTERNS = ("tables/*.csv", "figures/*.png", "figures/graphs/*.png")
@@ -55,7 +55,7 @@ def published(out: Path, draw: Callable[[Path], Path]) -> Path:
     """``draw(stage)`` writes a whole report into a staging folder in ``out``; its files then replace the earlier
     report's. Returns ``out/index.html``."""
     sweep_index_temps(out)
-    stage: Path | None = owned_tempdir(out, STAGE_KIND, suffix=STAGE_SUFFIX)
+    stage: Path | None = owned_tempdir(out, STAGE_KIND, suffix=STAGE_SUFFIX, recover=True)
     try:
         draw(stage)
         _swap_in(stage, out)
@@ -72,28 +72,15 @@ class _KeptOld(FailtraceError):
     """A report failed while moving files into place and some earlier files could not be moved back."""
 
 
-def _move(src: Path, dst: Path) -> None:
-    """A rename, or a copy and delete where ``dst`` is on another file system (a linked ``figures/``). A copy that
-    fails midway (a full disk) leaves no part of itself at ``dst``: the file is still whole at ``src``."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        shutil.move(str(src), str(dst))
-    except BaseException:
-        if src.exists() and dst.is_file() and not dst.is_symlink():
-            dst.unlink()
-        raise
-
-
 def _swap_in(stage: Path, out: Path) -> None:
     """Move the staged report into ``out``, what it replaces into ``stage/old`` first; on a failed move, put every
     file back (what cannot go back is kept, :class:`_KeptOld`)."""
     drawn = sorted((f.relative_to(stage) for f in own_files(stage) if f.is_file()),
                    key=lambda rel: rel.name == "index.html")  # the index last: it links the rest
     try:
-        swap_in(replaced(out, drawn), [(stage / rel, out / rel) for rel in drawn], stage / "old", out, _move)
+        swap_in(replaced(out, drawn), [(stage / rel, out / rel) for rel in drawn], stage, out, move_file)
     except NotPutBack as exc:  # kept under a name no later report sweeps away
-        kept = out / f".report-kept-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-        stage.rename(kept)
+        kept = keep(stage, STAGE_KIND)
         why = exc.cause.strerror if isinstance(exc.cause, OSError) and exc.cause.strerror else exc.cause
         raise _KeptOld(f"cannot write the report into {out}: {why}; {len(exc.lost)} earlier file(s) could not be "
                        f"put back: they are in {kept / 'old'}") from None

@@ -9,7 +9,10 @@ from typing import TYPE_CHECKING, Any
 from failtrace.errors import FailtraceError
 from failtrace.store.records import FINISH_CONTEXT, KEYS, StatusRow, describe_collection_settings, loads
 from failtrace.store.schema import PAIR_STATUSES, TABLES
-from failtrace.tempdirs import NotPutBack, owned_tempdir, swap_in
+from failtrace.swap import NotPutBack, keep, swap_in
+from failtrace.tempdirs import owned_tempdir
+
+STAGE_KIND = ".export-"  # OUT/.export-<pid>-<place>-<random>.part: the staging folder (tempdirs)
 
 if TYPE_CHECKING:
     from failtrace.store.store import ResultsStore
@@ -153,7 +156,7 @@ def export(store: ResultsStore, out_dir: str | Path, fmt: str) -> list[Path]:
                                  f"move it away or export into another folder")
     stage: Path | None = None
     try:
-        stage = owned_tempdir(out, ".export-", suffix=".part")  # a killed export's is removed by the next one
+        stage = owned_tempdir(out, STAGE_KIND, suffix=".part", recover=True)  # a killed export's: put back, removed
         staged = _write_all(store, stage, fmt)
         return _swap_in(staged, out, names, stage)
     except _KeptOld:
@@ -184,8 +187,9 @@ def _swap_in(staged: list[Path], out: Path, names: list[str], stage: Path) -> li
     aside = [out / n for n in [n for n in names if n not in written] + [f.name for f in staged]
              if (out / n).is_file() or (out / n).is_symlink()]
     try:
-        swap_in(aside, [(f, out / f.name) for f in staged], old, out, lambda src, dst: src.replace(dst))
-    except NotPutBack as exc:  # the staging folder is then kept, not removed with what could not go back
+        swap_in(aside, [(f, out / f.name) for f in staged], stage, out, lambda src, dst: src.replace(dst))
+    except NotPutBack as exc:  # the staging folder is then kept, under a name no later export sweeps away
+        old = keep(stage, STAGE_KIND) / "old"
         why = exc.cause.strerror if isinstance(exc.cause, OSError) and exc.cause.strerror else exc.cause
         raise _KeptOld(f"cannot write the export into {out}: {why}; {', '.join(sorted(p.name for p in exc.lost))} "
                        f"could not be put back: the earlier files are in {old}") from None

@@ -1,0 +1,194 @@
+"""Staged files moved into place all or nothing (``failtrace.swap``): Ctrl-C and SIGTERM wait for the moves, and a
+swap killed outright (SIGKILL runs no cleanup) is put back by the next run into the same folder, from its journal."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from failtrace.tempdirs import owned_tempdir
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def _swap_setup(tmp_path: Path) -> tuple[Path, Path, list[Path], list[tuple[Path, Path]]]:
+    out, stage = tmp_path / "out", tmp_path / "stage"
+    out.mkdir()
+    (stage / "old").mkdir(parents=True)
+    for i in range(4):
+        (out / f"f{i}.txt").write_text(f"old {i}")
+        (stage / f"f{i}.txt").write_text(f"new {i}")
+    aside = [out / f"f{i}.txt" for i in range(4)]
+    return out, stage, aside, [(stage / f"f{i}.txt", out / f"f{i}.txt") for i in range(4)]
+
+
+def test_a_ctrl_c_between_a_rename_and_its_record_loses_no_file(tmp_path: Path) -> None:
+    """SIGINT arriving right after a rename (before the swap has recorded it) raised at once: that file was neither
+    undone nor in place, and the caller's clean-up then deleted it. The signal now waits until every move is done,
+    then interrupts as usual, with the new files all in place and the old ones all aside."""
+    from failtrace.swap import swap_in
+
+    out, stage, aside, new = _swap_setup(tmp_path)
+    calls = {"n": 0}
+
+    def move(src: Path, dst: Path) -> None:
+        src.replace(dst)
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second old file has just been moved aside
+            os.kill(os.getpid(), __import__("signal").SIGINT)
+
+    signal = __import__("signal")
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own (an earlier test may set another)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            swap_in(aside, new, stage, out, move)
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert calls["n"] == 8
+    assert {p.name: p.read_text() for p in out.iterdir()} == {f"f{i}.txt": f"new {i}" for i in range(4)}
+    assert {p.name: p.read_text() for p in (stage / "old").iterdir()} == {f"f{i}.txt": f"old {i}" for i in range(4)}
+
+
+def test_a_second_ctrl_c_while_undoing_a_failed_swap_puts_every_file_back(tmp_path: Path) -> None:
+    """A move fails (a full disk) and the swap undoes the moves; a Ctrl-C then stopped the undoing halfway. Now every
+    old file is back in place first."""
+    import errno
+    import signal
+
+    from failtrace.swap import swap_in
+
+    out, stage, aside, new = _swap_setup(tmp_path)
+    calls = {"n": 0}
+
+    def move(src: Path, dst: Path) -> None:
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        if calls["n"] == 8:  # the first move back
+            os.kill(os.getpid(), signal.SIGINT)
+        src.replace(dst)
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises((KeyboardInterrupt, OSError)):
+            swap_in(aside, new, stage, out, move)
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert {p.name: p.read_text() for p in out.iterdir()} == {f"f{i}.txt": f"old {i}" for i in range(4)}
+
+
+# A child process stages 4 new files (f0-f3) over an earlier output (f0-f2 and a file of the user's), and is
+# SIGKILLed at a chosen point of the swap: before the n-th move, right after its rename (before the swap records
+# it), right after the n-th move when undoing a failed one (the 5th, or the 4th with f0 put back first), or just
+# after the swap returned.
+_CHILD = """
+import os, signal, sys
+from pathlib import Path
+from failtrace.swap import move_file, swap_in
+from failtrace.tempdirs import owned_tempdir
+out, when, n = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+stage = owned_tempdir(out, ".export-", ".part")
+for i in range(4):
+    (stage / f"f{i}.txt").write_text(f"new {i}")
+calls = 0
+fail_at = {"undo": 5, "undo-first": 4}.get(when, 0)  # the 2nd or the 1st new file's move fails
+order = [1, 2, 0] if when == "undo-first" else [0, 1, 2]  # f0 the last aside: the first one put back
+def move(src, dst):
+    global calls
+    calls += 1
+    if calls == fail_at:
+        raise OSError(28, "No space left on device")
+    if when == "before" and calls == n:
+        os.kill(os.getpid(), signal.SIGKILL)
+    move_file(src, dst)
+    if when != "before" and calls == n:
+        os.kill(os.getpid(), signal.SIGKILL)
+try:
+    swap_in([out / f"f{i}.txt" for i in order], [(stage / f"f{i}.txt", out / f"f{i}.txt") for i in range(4)],
+            stage, out, move)
+except OSError:
+    pass
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+_OLD = {"f0.txt": "old 0", "f1.txt": "old 1", "f2.txt": "old 2", "mine.txt": "the user's own"}
+
+
+def _killed_swap(out: Path, when: str, n: int, code: str = _CHILD) -> None:
+    out.mkdir()
+    for name, text in _OLD.items():
+        (out / name).write_text(text)
+    proc = subprocess.run([sys.executable, "-c", code, str(out), when, str(n)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": SRC})
+    assert proc.returncode == -9, proc.stderr
+    assert len(list(out.glob(".export-*.part"))) == 1
+
+
+def _files(out: Path) -> dict[str, str]:
+    return {p.name: p.read_text() for p in out.iterdir() if p.is_file()}
+
+
+@pytest.mark.parametrize(("when", "n"), [("before", 1), ("before", 2), ("before", 4), ("before", 6),
+                                         ("after", 1), ("after", 3), ("after", 4), ("after", 7),
+                                         ("undo", 6), ("undo", 7), ("undo-first", 5)])
+def test_a_swap_killed_at_any_point_is_put_back_by_the_next_run(tmp_path: Path, when: str, n: int) -> None:
+    """Killed midway, the folder was half old and half new, and the next run's sweep deleted the earlier files it
+    held aside (so a next run that failed too left the mix for good). Now the next run puts them back first."""
+    out = tmp_path / "out"
+    _killed_swap(out, when, n)
+    if not (when == "before" and n == 1):
+        assert _files(out) != _OLD  # the kill left a mix
+    mine = owned_tempdir(out, ".export-", ".part", recover=True)
+    assert _files(out) == _OLD
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [mine.name]  # the dead run's folder is gone
+
+
+def test_a_swap_killed_after_it_finished_stays_new(tmp_path: Path) -> None:
+    """Once every file is in place the journal is gone: the next run only removes the folder of old files."""
+    out = tmp_path / "out"
+    _killed_swap(out, "done", 0)
+    assert _files(out) == {"mine.txt": "the user's own", **{f"f{i}.txt": f"new {i}" for i in range(4)}}
+    owned_tempdir(out, ".export-", ".part", recover=True)
+    assert _files(out) == {"mine.txt": "the user's own", **{f"f{i}.txt": f"new {i}" for i in range(4)}}
+    assert len([p for p in out.iterdir() if p.is_dir()]) == 1
+
+
+def test_a_copy_across_file_systems_cut_midway_leaves_no_part_and_the_rest_goes_back(tmp_path: Path) -> None:
+    """A linked folder on another file system is copied, not renamed. Killed in the middle of a copy, the part
+    written so far is under a side name; the next run deletes it and puts back every earlier file."""
+    child = _CHILD.replace("import os, signal, sys\n", """import errno, os, shutil, signal, sys
+def other_fs(src, dst):
+    raise OSError(errno.EXDEV, "Invalid cross-device link")
+copies = 0
+def cut(src, dst, follow_symlinks=True):
+    global copies
+    copies += 1
+    if copies == int(sys.argv[3]):
+        open(dst, "w").write("par")
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_copy(src, dst, follow_symlinks=follow_symlinks)
+real_copy, os.rename, shutil.copy2 = shutil.copy2, other_fs, cut
+""")
+    out = tmp_path / "out"
+    _killed_swap(out, "never", 5, code=child)
+    assert any(p.name.endswith(".moving") for p in out.iterdir())
+    owned_tempdir(out, ".export-", ".part", recover=True)
+    assert _files(out) == _OLD
+
+
+def test_a_journal_that_leaves_its_folder_is_not_followed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The journal names paths inside the output folder only; one that does not is refused, nothing is moved, and
+    the dead run's folder is kept (not deleted with what it holds) and named on stderr."""
+    out = tmp_path / "out"
+    _killed_swap(out, "after", 2)
+    stage = next(out.glob(".export-*.part"))
+    (stage / "swap.json").write_text('{"version": 1, "moves": [["../outside.txt", "f0.txt"]]}')
+    (tmp_path / "outside.txt").write_text("not mine to move")
+    owned_tempdir(out, ".export-", ".part", recover=True)
+    kept = [p for p in out.iterdir() if p.name.startswith(".export-kept-")]
+    assert len(kept) == 1 and (kept[0] / "old").is_dir() and not (kept[0] / "swap.json").exists()
+    assert (tmp_path / "outside.txt").read_text() == "not mine to move"
+    assert f"the earlier files are in {kept[0] / 'old'}" in capsys.readouterr().err
