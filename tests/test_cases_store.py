@@ -390,3 +390,34 @@ with open_store({str(path)!r}, read_only=True) as st:
     with open_store(path, read_only=True) as st, pytest.raises(FailtraceError, match="No space left"):
         st.export(out, "jsonl")
     assert {f.name: f.read_bytes() for f in out.iterdir()} == first  # whole, and no staging folder left
+
+
+@pytest.mark.parametrize(("duckdb_says", "line_says"), [("No space left on device", "No space left on device"),
+                                                        ("Permission denied", "Permission denied")])
+def test_a_parquet_export_that_cannot_write_its_file_says_so_about_the_export(tmp_path: Path, duckdb_says: str,
+                                                                              line_says: str) -> None:
+    """DuckDB writes Parquet itself (COPY ... TO), so a full disk there was DuckDB's error, translated as one about
+    the results store ("results store S was not changed ... not committed") with DuckDB's JSON cut midway. It is
+    now the export's own line, as the JSONL export says it."""
+    import duckdb
+
+    path, out = tmp_path / "s.duckdb", tmp_path / "exp"
+    with open_store(path) as st:
+        write_case(st, _case("c1"))
+
+    class Failing:  # DuckDB's connection, whose COPY cannot write its file
+        def __init__(self, con: Any) -> None:
+            self.con = con
+
+        def execute(self, sql: str, *args: Any) -> Any:
+            if sql.startswith("COPY"):
+                raise duckdb.IOException(f'Could not write file "{out}/cases.parquet.part": {duckdb_says}')
+            return self.con.execute(sql, *args)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.con, name)
+
+    with open_store(path, read_only=True) as st, pytest.raises(FailtraceError) as err:
+        st.con._con = Failing(st.con._con)
+        st.export(out, "parquet")
+    assert str(err.value) == f"cannot write the export into {out}: {line_says}" and not out.exists()

@@ -521,3 +521,19 @@ def test_an_option_given_as_another_options_value_is_said(toy: dict[str, Any],
     assert main(["show", "-s", str(toy["store"]), "--item=--store"]) == 2  # written with '=', it is the value
     assert "no such item was collected" in capsys.readouterr().err
     assert sha256(toy["store"]) == toy["sha"]
+
+
+@pytest.mark.parametrize("argv", [["report", "--store", "{toy}", "--no-progress"],
+                                  ["export", "--store", "{toy}", "--format", "jsonl"],
+                                  ["demo", "--no-progress"]], ids=["report", "export", "demo"])
+def test_an_out_folder_that_is_a_link_to_nothing_is_said(toy: dict[str, Any], tmp_path: Path, argv: list[str],
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """`--out L` where L is a symbolic link to a missing folder: the report said "cannot access L: File exists" with
+    a crash log, export "cannot create --out folder L: File exists". Now the link and its target are named."""
+    link = tmp_path / "out"
+    link.symlink_to(tmp_path / "missing")
+    args = [a.replace("{toy}", str(toy["store"])) for a in argv] + ["--out", str(link)]
+    line = _one_error_line(main(args), capsys)
+    assert line == (f"error: --out {link} is a symbolic link to {tmp_path / 'missing'}, which does not exist; create "
+                    f"that folder, fix the link, or give another --out"), line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and sha256(toy["store"]) == toy["sha"]

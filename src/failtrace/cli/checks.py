@@ -117,6 +117,9 @@ def check_output_dir(path: Path | None, option: str) -> None:
     if path is None:
         return
     path = Path(path).expanduser()
+    if path.is_symlink() and not path.exists():  # mkdir would say "File exists" about a path that does not
+        raise FailtraceError(f"{option} {path} is a symbolic link to {os.readlink(path)}, which does not exist; "
+                             f"create that folder, fix the link, or give another {option}")
     if path.exists() and not path.is_dir():
         raise FailtraceError(f"{option} {path} is a file, not a folder; give a folder path (it is created if "
                              f"missing)")

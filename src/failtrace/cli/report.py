@@ -10,7 +10,6 @@ import typer
 
 from failtrace.cli.checks import check_output_dir, check_store_path
 from failtrace.cli.console import count_of
-from failtrace.errors import FailtraceError
 from failtrace.store.store import DEFAULT_STORE
 
 
@@ -27,8 +26,6 @@ def report_command(
     from failtrace.report.build import build_report_from_store
     from failtrace.store.store import open_store
 
-    if out.exists() and not out.is_dir():
-        raise FailtraceError(f"--out {out} is a file; give a folder for the report")
     check_store_path(store, create=False)
     check_output_dir(out, "--out")
     with open_store(store, read_only=True) as st:

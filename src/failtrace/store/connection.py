@@ -13,6 +13,7 @@ Snapshots under a running writer: :mod:`failtrace.store.snapshot` (the copy lock
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import tempfile
@@ -257,13 +258,16 @@ class GuardedConnection:
         self._lock = lock
         self._in_transaction = False
 
-    def _call(self, fn: Any, *args: Any, locked: bool = False) -> Any:
+    def _call(self, fn: Any, *args: Any, locked: bool = False, writes: Path | None = None) -> Any:
         hold = locked and self._lock is not None and not self._in_transaction
         if hold:
             self._lock.acquire()  # type: ignore[union-attr]
         try:
             return fn(*args)
         except Exception as exc:
+            if writes is not None and (is_disk_full(exc) or is_permission_error(exc)):  # the file, not the store
+                code = errno.ENOSPC if is_disk_full(exc) else errno.EACCES
+                raise OSError(code, os.strerror(code), str(writes)) from None
             raise_translated(self._path, exc, "query")
             raise
         finally:
@@ -274,6 +278,12 @@ class GuardedConnection:
         args = (sql,) if params is None else (sql, params)
         self._call(self._con.execute, *args, locked=True)
         return self
+
+    def copy_to(self, query: str, target: Path, options: str) -> None:
+        """``COPY (query) TO target (options)``. A full disk or a refused write of ``target`` is an OSError about
+        that file (the caller says where it writes), not DuckDB's error about the store the rows come from."""
+        quoted = str(target).replace("'", "''")
+        self._call(self._con.execute, f"COPY ({query}) TO '{quoted}' ({options})", locked=True, writes=target)
 
     def executemany(self, sql: str, params: Any) -> GuardedConnection:
         self._call(self._con.executemany, sql, params, locked=True)

@@ -88,8 +88,7 @@ def _write_table(store: ResultsStore, query: str, path: Path, fmt: str, fix: Any
     tmp = path.with_name(path.name + ".part")
     try:
         if fmt == "parquet":
-            target = str(tmp).replace("'", "''")
-            store.con.execute(f"COPY ({query}) TO '{target}' (FORMAT PARQUET)")
+            store.con.copy_to(query, tmp, "FORMAT PARQUET")
         else:
             with tmp.open("w", encoding="utf-8") as fh:
                 for row in store._iter_rows(query):
