@@ -253,3 +253,17 @@ def test_html_script_runs_in_node(graph, tmp_path):
                 frontier.append(b)
     assert out["hoverLit"] == sorted(lit) and len(lit) < at_half.num_nodes
     assert out["pinnedLit"] == len(lit)  # a click pins the highlight after the mouse leaves
+
+
+def test_stage_shares_ignore_a_node_whose_relevance_is_not_finite() -> None:
+    """A NaN node first in its stage made the stage's scale NaN (every node then drawn at full size); later in the
+    list it was skipped by max(). Its place in the list no longer matters: it gets 0 and takes no part in the scale."""
+    import itertools
+
+    from failtrace.views.graph_static import stage_shares
+
+    stage = [(1, 0, float("nan")), (1, 1, -4.0), (1, 2, 1.0), (1, 3, float("inf"))]
+    for order in itertools.permutations(range(4)):
+        nodes = [stage[i] for i in order] + [(0, 0, 3.0)]
+        shares = dict(zip([(s, t) for s, t, _r in nodes], stage_shares(nodes, [False] * 4)))
+        assert shares == {(1, 0): 0.0, (1, 1): 1.0, (1, 2): 0.25, (1, 3): 0.0, (0, 0): 1.0}, order

@@ -8,6 +8,7 @@ readable), one row per stage (embeddings at the bottom, the final layer at the t
 
 from __future__ import annotations
 
+import math
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -91,13 +92,15 @@ def stage_shares(nodes: Sequence[tuple[int, int, float]], special: Sequence[bool
     """Each kept node's |R| over the largest |R| of a non-special kept node in its stage (of every kept node there if
     all are special), at most 1: what a stored graph record can say of :func:`normalised_relevance`, which divides by
     the stage's largest non-special |R| over all tokens. The two agree wherever that token was kept, as it is unless
-    pruning cut it off from the prediction."""
+    pruning cut it off from the prediction. A node whose relevance is not finite gets 0 (it was the stage's whole
+    scale, or none of it, by its place in the list)."""
+    size = [abs(r) if math.isfinite(r) else 0.0 for _s, _t, r in nodes]  # a NaN/inf node: no size, no scale
     by_stage: dict[int, list[tuple[float, bool]]] = {}
-    for s, t, r in nodes:
-        by_stage.setdefault(s, []).append((abs(r), t < len(special) and bool(special[t])))
+    for (s, t, _r), a in zip(nodes, size):
+        by_stage.setdefault(s, []).append((a, t < len(special) and bool(special[t])))
     scale = {s: max((a for a, sp in xs if not sp), default=0.0) or max(a for a, _sp in xs)
              for s, xs in by_stage.items()}
-    return [min(1.0, abs(r) / (scale[s] or 1.0)) for s, _t, r in nodes]
+    return [min(1.0, a / (scale[s] or 1.0)) for (s, _t, _r), a in zip(nodes, size)]
 
 
 def _draw_nodes(ax: Axes, pruned: PrunedGraph, x_of: dict[int, int]) -> None:
