@@ -286,8 +286,10 @@ CLIP = 40  # characters of a token or of its context at most, so one long token 
 
 # What the per-method "Σ input R" column compares to, in every view that prints it.
 SUM_NOTE = ("Σ input R: the relevance summed over the input tokens; for the gradient methods (attnlrp, cp-lrp, "
-            "gradxinput, ig) it is on Δℓ's scale (AttnLRP relaxes conservation, so it keeps part of Δℓ), while "
-            "attention and random are scores on their own scale, of which only the order is used")
+            "gradxinput, ig) it is in Δℓ's units but not equal to Δℓ: AttnLRP relaxes conservation, so it keeps "
+            "part of Δℓ; IG's sum nears Δℓ minus Δℓ at all-zero embeddings only as its steps grow (it can be far "
+            "off at the default 16); gradient × input has no sum rule. attention and random are scores on their "
+            "own scale, of which only the order is used")
 
 
 def clipped_text(text: str, keep_end: bool = False, most: int = CLIP) -> str:
