@@ -343,11 +343,11 @@ def test_an_export_that_cannot_put_files_back_keeps_them_and_says_where(tmp_path
 
 
 
-def test_an_export_killed_while_moving_is_put_back_before_the_next_one(tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """SIGKILL in the middle of the moves left the folder half old and half new; the next export's sweep deleted
-    the earlier files the dead one held aside, so a next export that failed too (a full disk) left the mix for good.
-    Now the next export puts them back before it starts, and its own failure leaves the first export whole."""
+def test_an_export_killed_while_moving_keeps_the_earlier_files_and_says_where(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """SIGKILL in the middle of the moves left the folder half old and half new, and the next export's sweep
+    deleted the earlier files the dead one held aside: a next export that failed too (a full disk) left no copy of
+    them anywhere. Now the next export keeps that folder under a name no export removes and says where."""
     import os
     import subprocess
     import sys
@@ -389,7 +389,12 @@ with open_store({str(path)!r}, read_only=True) as st:
     monkeypatch.setattr(export, "_write_all", full_disk)
     with open_store(path, read_only=True) as st, pytest.raises(FailtraceError, match="No space left"):
         st.export(out, "jsonl")
-    assert {f.name: f.read_bytes() for f in out.iterdir()} == first  # whole, and no staging folder left
+    kept = [p for p in out.iterdir() if p.name.startswith(".export-kept-")]
+    err = capsys.readouterr().err
+    assert len(kept) == 1 and f"the earlier files it had moved aside are in {kept[0] / 'old'}" in err
+    here = {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()}
+    held = {f.name: f.read_bytes() for f in (kept[0] / "old").iterdir()}
+    assert held and all(here.get(name) == data or held.get(name) == data for name, data in first.items())
 
 
 @pytest.mark.parametrize(("duckdb_says", "line_says"), [("No space left on device", "No space left on device"),

@@ -988,10 +988,11 @@ def test_a_report_whose_moves_fail_midway_puts_every_file_back_or_keeps_them_and
         {k: v for k, v in before.items() if k not in lost}
 
 
-def test_a_report_killed_while_moving_is_put_back_before_the_next_one(tmp_path: Path, monkeypatch) -> None:
+def test_a_report_killed_while_moving_keeps_the_earlier_files_and_says_where(tmp_path: Path, monkeypatch,
+                                                                           capsys) -> None:
     """SIGKILL in the middle of the moves left an index of one report over pictures of another, and the next
-    report's sweep deleted the earlier files; a next report that failed too left that mix. Now the next report puts
-    the earlier files back before it starts (the journal in its staging folder, failtrace.swap)."""
+    report's sweep deleted the earlier files the dead one held aside. Now the next report keeps them under
+    ``.report-kept-*`` (which no report removes) and says where (failtrace.swap)."""
     import subprocess
 
     import failtrace.report.build as build
@@ -1026,7 +1027,11 @@ publish.published(Path({str(out)!r}), lambda stage: shutil.copytree({str(second)
     monkeypatch.setattr(build, "_draw", full_disk)
     with pytest.raises(OSError, match="No space left"):
         build_report(cases, rows, out, pairs, title="the third report")
-    assert _files(out) == first
+    kept = [p for p in out.iterdir() if p.name.startswith(".report-kept-")]
+    err = capsys.readouterr().err
+    assert len(kept) == 1 and f"the earlier files it had moved aside are in {kept[0] / 'old'}" in err
+    here, held = _files(out), _files(kept[0] / "old")
+    assert held and all(here.get(name) == data or held.get(name) == data for name, data in first.items())
 
 
 def test_a_report_refuses_a_folder_where_a_file_goes_and_a_failed_copy_leaves_no_part(tmp_path: Path,

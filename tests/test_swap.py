@@ -131,34 +131,56 @@ def _files(out: Path) -> dict[str, str]:
     return {p.name: p.read_text() for p in out.iterdir() if p.is_file()}
 
 
-@pytest.mark.parametrize(("when", "n"), [("before", 1), ("before", 2), ("before", 4), ("before", 6),
+def _kept(out: Path) -> list[Path]:
+    return [p for p in out.iterdir() if p.name.startswith(".export-kept-")]
+
+
+def _no_earlier_file_lost(out: Path) -> None:
+    """Each earlier file is in place unchanged or in the kept folder's old/, byte for byte."""
+    kept = _kept(out)
+    held = _files(kept[0] / "old") if kept else {}
+    here = _files(out)
+    for name, text in _OLD.items():
+        assert here.get(name) == text or held.get(name) == text, (name, here, held)
+
+
+@pytest.mark.parametrize(("when", "n"), [("before", 2), ("before", 4), ("before", 6),
                                          ("after", 1), ("after", 3), ("after", 4), ("after", 7),
                                          ("undo", 6), ("undo", 7), ("undo-first", 5)])
-def test_a_swap_killed_at_any_point_is_put_back_by_the_next_run(tmp_path: Path, when: str, n: int) -> None:
-    """Killed midway, the folder was half old and half new, and the next run's sweep deleted the earlier files it
-    held aside (so a next run that failed too left the mix for good). Now the next run puts them back first."""
+def test_a_swap_killed_midway_keeps_the_earlier_files_and_says_where(tmp_path: Path, when: str, n: int,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Killed midway, the folder was half old and half new, and the next run's sweep deleted the staging folder
+    with the earlier files it held aside. Now the next run keeps that folder under a name no sweep removes and says
+    where; nothing is moved back by itself (see failtrace/swap.py for why)."""
     out = tmp_path / "out"
     _killed_swap(out, when, n)
-    if not (when == "before" and n == 1):
-        assert _files(out) != _OLD  # the kill left a mix
-    mine = owned_tempdir(out, ".export-", ".part", recover=True)
-    assert _files(out) == _OLD
-    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [mine.name]  # the dead run's folder is gone
+    mine = owned_tempdir(out, ".export-", ".part", keep_cut=True)
+    kept = _kept(out)
+    assert len(kept) == 1 and not (kept[0] / "swapping").exists()
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted([mine.name, kept[0].name])
+    _no_earlier_file_lost(out)
+    err = capsys.readouterr().err
+    assert err == (f"failtrace: an earlier run into {out} was killed while moving its files into place, so the folder "
+                   f"may mix old and new files; the earlier files it had moved aside are in {kept[0] / 'old'}\n")
+    owned_tempdir(out, ".export-", ".part", keep_cut=True)
+    assert _kept(out) == kept and capsys.readouterr().err == ""  # said once; no later run removes it
 
 
-def test_a_swap_killed_after_it_finished_stays_new(tmp_path: Path) -> None:
-    """Once every file is in place the journal is gone: the next run only removes the folder of old files."""
+@pytest.mark.parametrize(("when", "n"), [("before", 1), ("done", 0)])
+def test_a_swap_killed_before_its_first_move_aside_or_after_it_ended_leaves_nothing_to_keep(
+        tmp_path: Path, when: str, n: int, capsys: pytest.CaptureFixture[str]) -> None:
+    """Nothing earlier was moved aside yet, or every new file is in place: the folder goes, as any dead run's."""
     out = tmp_path / "out"
-    _killed_swap(out, "done", 0)
-    assert _files(out) == {"mine.txt": "the user's own", **{f"f{i}.txt": f"new {i}" for i in range(4)}}
-    owned_tempdir(out, ".export-", ".part", recover=True)
-    assert _files(out) == {"mine.txt": "the user's own", **{f"f{i}.txt": f"new {i}" for i in range(4)}}
-    assert len([p for p in out.iterdir() if p.is_dir()]) == 1
+    _killed_swap(out, when, n)
+    owned_tempdir(out, ".export-", ".part", keep_cut=True)
+    assert not _kept(out) and len([p for p in out.iterdir() if p.is_dir()]) == 1 and capsys.readouterr().err == ""
+    new = {"mine.txt": "the user's own", **{f"f{i}.txt": f"new {i}" for i in range(4)}}
+    assert _files(out) == (_OLD if when == "before" else new)
 
 
-def test_a_copy_across_file_systems_cut_midway_leaves_no_part_and_the_rest_goes_back(tmp_path: Path) -> None:
-    """A linked folder on another file system is copied, not renamed. Killed in the middle of a copy, the part
-    written so far is under a side name; the next run deletes it and puts back every earlier file."""
+def test_a_copy_across_file_systems_cut_midway_loses_no_earlier_file(tmp_path: Path) -> None:
+    """A linked folder on another file system is copied, not renamed: the copy goes to a side name and is renamed
+    into place, so a file in place is never a part. Killed in the middle of a copy, every earlier file is kept."""
     child = _CHILD.replace("import os, signal, sys\n", """import errno, os, shutil, signal, sys
 def other_fs(src, dst):
     raise OSError(errno.EXDEV, "Invalid cross-device link")
@@ -174,21 +196,32 @@ real_copy, os.rename, shutil.copy2 = shutil.copy2, other_fs, cut
 """)
     out = tmp_path / "out"
     _killed_swap(out, "never", 5, code=child)
-    assert any(p.name.endswith(".moving") for p in out.iterdir())
-    owned_tempdir(out, ".export-", ".part", recover=True)
-    assert _files(out) == _OLD
+    parts = [name for name, text in _files(out).items() if text == "par"]
+    assert len(parts) == 1 and parts[0].endswith(".moving")  # the part is under its side name, never a real one
+    owned_tempdir(out, ".export-", ".part", keep_cut=True)
+    _no_earlier_file_lost(out)
 
 
-def test_a_journal_that_leaves_its_folder_is_not_followed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The journal names paths inside the output folder only; one that does not is refused, nothing is moved, and
-    the dead run's folder is kept (not deleted with what it holds) and named on stderr."""
-    out = tmp_path / "out"
-    _killed_swap(out, "after", 2)
-    stage = next(out.glob(".export-*.part"))
-    (stage / "swap.json").write_text('{"version": 1, "moves": [["../outside.txt", "f0.txt"]]}')
-    (tmp_path / "outside.txt").write_text("not mine to move")
-    owned_tempdir(out, ".export-", ".part", recover=True)
-    kept = [p for p in out.iterdir() if p.name.startswith(".export-kept-")]
-    assert len(kept) == 1 and (kept[0] / "old").is_dir() and not (kept[0] / "swap.json").exists()
-    assert (tmp_path / "outside.txt").read_text() == "not mine to move"
-    assert f"the earlier files are in {kept[0] / 'old'}" in capsys.readouterr().err
+def test_an_undone_swap_removes_the_folders_it_made(tmp_path: Path) -> None:
+    """A failed swap put every file back but left the folders its new files needed (``tables/``,
+    ``figures/graphs/``) in the output folder, empty; a folder that was there before stays."""
+    from failtrace.swap import swap_in
+
+    out, stage = tmp_path / "out", tmp_path / "out" / ".stage"
+    (out / "figures").mkdir(parents=True)
+    (out / "empty-of-mine").mkdir()
+    for rel in ("figures/graphs/a.png", "tables/t.csv", "index.html"):
+        (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+        (stage / rel).write_text("new")
+    new = [(stage / rel, out / rel) for rel in ("figures/graphs/a.png", "tables/t.csv", "index.html")]
+
+    def move(src: Path, dst: Path) -> None:
+        if dst.name == "index.html":
+            raise OSError(28, "No space left on device")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        src.replace(dst)
+
+    with pytest.raises(OSError):
+        swap_in([], new, stage, out, move)
+    assert sorted(p.name for p in out.iterdir()) == [".stage", "empty-of-mine", "figures"]
+    assert list((out / "figures").iterdir()) == [] and (stage / "figures" / "graphs" / "a.png").is_file()

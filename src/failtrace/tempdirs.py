@@ -9,8 +9,8 @@ of the same kind made in the same parent by a process of the same place removes 
 gone. Folders of another place (another container or machine sharing the folder), of a live process, and every
 name not exactly of this form (a user's ``.export-2024``) are left alone; a reused process id can only keep an
 orphan longer. Written here because ``tempfile`` names folders at random and keeps no owner. An export's or a
-report's staging folder may hold a journal of files half moved into place (``failtrace.swap``): with ``recover`` the
-sweep first puts those files back.
+report's staging folder may hold earlier files a SIGKILL cut off halfway through their moves (``failtrace.swap``):
+with ``keep_cut`` the sweep keeps such a folder and says where.
 """
 
 from __future__ import annotations
@@ -67,26 +67,30 @@ def _pattern(kind: str, suffix: str) -> re.Pattern[str]:
     return re.compile(rf"{re.escape(kind)}([0-9]+)-{place()}-[a-z0-9_]{{8}}{re.escape(suffix)}")
 
 
-def sweep_orphans(parent: str | Path, kind: str, suffix: str = "", recover: bool = False) -> list[str]:
+def sweep_orphans(parent: str | Path, kind: str, suffix: str = "", keep_cut: bool = False) -> list[str]:
     """Remove the ``kind`` folders of this place in ``parent`` whose process is gone; returns their names. With
-    ``recover`` (an export's, a report's staging) a killed swap's files are put back first (``swap.recover``); only
-    for folders failtrace alone writes into, never a sandbox's."""
+    ``keep_cut`` (an export's, a report's staging) one whose swap a SIGKILL cut is kept instead (``swap.kept_if_cut``);
+    only for folders failtrace alone writes into, never a sandbox's (its program could write the marker)."""
     pattern, gone = _pattern(kind, suffix), []
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(parent):
-            m = pattern.fullmatch(entry.name)
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return gone
+    for entry in entries:
+        m = pattern.fullmatch(entry.name)
+        with contextlib.suppress(OSError):  # one folder that cannot be read or removed does not stop the rest
             if m and entry.is_dir(follow_symlinks=False) and not _alive(int(m.group(1))):
-                if recover and not swap.recover(Path(entry.path), kind):
-                    continue  # renamed out of the sweep's reach, holding what could not go back
+                if keep_cut and not swap.kept_if_cut(Path(entry.path), kind):
+                    continue  # renamed out of the sweep's reach, holding earlier files
                 remove_tree(entry.path)
                 gone.append(entry.name)
     return gone
 
 
-def owned_tempdir(parent: str | Path | None, kind: str, suffix: str = "", recover: bool = False) -> Path:
+def owned_tempdir(parent: str | Path | None, kind: str, suffix: str = "", keep_cut: bool = False) -> Path:
     """A new folder ``<kind><pid>-<place>-<random><suffix>`` in ``parent`` (None: the system's temp folder), made
-    after the orphans of ``kind`` there are removed (``recover``: see :func:`sweep_orphans`). Private (0700), as
+    after the orphans of ``kind`` there are removed (``keep_cut``: see :func:`sweep_orphans`). Private (0700), as
     ``tempfile.mkdtemp`` makes it; the caller removes it."""
     where = Path(tempfile.gettempdir() if parent is None else parent)
-    sweep_orphans(where, kind, suffix, recover)
+    sweep_orphans(where, kind, suffix, keep_cut)
     return Path(tempfile.mkdtemp(prefix=f"{kind}{os.getpid()}-{place()}-", suffix=suffix, dir=where))

@@ -2,13 +2,13 @@
 
 Drawn in place, an interrupted ``failtrace report`` left a folder half old and half new: an index of the earlier
 report over CSVs of the new one, a few of the graph pictures deleted and not yet redrawn. Now a report is drawn in
-``OUT/.report-<pid>-<place>-<random>.part`` (a killed run's is put back and removed by the next one:
-``tempdirs.owned_tempdir``, ``failtrace.swap``) and its files are moved into place one by one. What they replace
-goes to the staging folder's ``old/`` first: the files of the same names, every graph picture
-(``figures/graphs/*.png``, the report's own folder: one of a case the new report lacks must not stay) and the
-across-models figures and tables a report draws only when comparisons exist. Any other file in OUT (a figure or a
-table of your own beside the report) is left alone. If a move fails, every file goes back; one that cannot is kept
-in ``OUT/.report-kept-*`` (which no later report removes), and the error says so.
+``OUT/.report-<pid>-<place>-<random>.part`` (a killed run's is removed by the next one, or kept and named where a
+SIGKILL cut its moves: ``tempdirs.owned_tempdir``, ``failtrace.swap``) and its files are moved into place one by
+one. What they replace goes to the staging folder's ``old/`` first: the files of the same names, every graph
+picture (``figures/graphs/*.png``, the report's own folder: one of a case the new report lacks must not stay) and
+the across-models figures and tables a report draws only when comparisons exist. Any other file in OUT (a figure or
+a table of your own beside the report) is left alone. If a move fails, every file goes back; one that cannot is
+kept in ``OUT/.report-kept-*`` (which no later report removes), and the error says so.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def published(out: Path, draw: Callable[[Path], Path]) -> Path:
     """``draw(stage)`` writes a whole report into a staging folder in ``out``; its files then replace the earlier
     report's. Returns ``out/index.html``."""
     sweep_index_temps(out)
-    stage: Path | None = owned_tempdir(out, STAGE_KIND, suffix=STAGE_SUFFIX, recover=True)
+    stage: Path | None = owned_tempdir(out, STAGE_KIND, suffix=STAGE_SUFFIX, keep_cut=True)
     try:
         draw(stage)
         _swap_in(stage, out)

@@ -155,7 +155,7 @@ def export(store: ResultsStore, out_dir: str | Path, fmt: str) -> list[Path]:
                                  f"move it away or export into another folder")
     stage: Path | None = None
     try:
-        stage = owned_tempdir(out, STAGE_KIND, suffix=".part", recover=True)  # a killed export's: put back, removed
+        stage = owned_tempdir(out, STAGE_KIND, suffix=".part", keep_cut=True)  # a killed export's is removed
         staged = _write_all(store, stage, fmt)
         return _swap_in(staged, out, names, stage)
     except _KeptOld:
