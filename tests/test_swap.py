@@ -225,3 +225,32 @@ def test_an_undone_swap_removes_the_folders_it_made(tmp_path: Path) -> None:
         swap_in([], new, stage, out, move)
     assert sorted(p.name for p in out.iterdir()) == [".stage", "empty-of-mine", "figures"]
     assert list((out / "figures").iterdir()) == [] and (stage / "figures" / "graphs" / "a.png").is_file()
+
+
+def test_a_failed_undo_names_only_what_is_really_out_of_place(tmp_path: Path) -> None:
+    """A new file whose move back failed was counted as an earlier file not put back (a kept folder, and an error
+    pointing at an empty old/), although the earlier file of its name went back over it. Now only earlier files still
+    held aside are lost, and a new file left in the folder is named as such."""
+    from failtrace.swap import NotPutBack, swap_in
+
+    out, stage, aside, new = _swap_setup(tmp_path)
+    (stage / "extra.txt").write_text("new extra")  # no earlier file of this name
+    new.append((stage / "extra.txt", out / "extra.txt"))
+    calls = {"n": 0}
+
+    def move(src: Path, dst: Path) -> None:
+        calls["n"] += 1
+        if calls["n"] == 9:  # the last move into place fails
+            raise OSError(28, "No space left on device")
+        if stage in dst.parents and dst.parent == stage and dst.name in ("f2.txt", "extra.txt"):
+            raise OSError(5, "Input/output error")  # taking these two new files out again fails
+        src.replace(dst)
+
+    new[-1], new[-2] = new[-2], new[-1]  # extra.txt moves in before f3.txt, whose move fails
+    with pytest.raises(NotPutBack) as err:
+        swap_in(aside, new, stage, out, move)
+    assert err.value.lost == [] and err.value.left == [out / "extra.txt"]
+    assert {p.name: p.read_text() for p in out.iterdir() if p.is_file()} == \
+        {**{f"f{i}.txt": f"old {i}" for i in range(4)}, "extra.txt": "new extra"}
+    assert err.value.said("export", out, None) == (f"cannot write the export into {out}: No space left on device; 1 "
+                                                   f"new file(s) could not be taken out again (extra.txt)")

@@ -28,12 +28,24 @@ MARKER = "swapping"
 
 
 class NotPutBack(Exception):
-    """A :func:`swap_in` failed and some moves could not be undone: ``lost`` are the places their files belong,
-    ``cause`` the failure that started the undoing."""
+    """A :func:`swap_in` failed and some moves could not be undone: ``lost`` are the places of earlier files still
+    held in ``stage/old``, ``left`` new files still in the output folder, ``cause`` the failure that started the
+    undoing."""
 
-    def __init__(self, lost: list[Path], cause: BaseException) -> None:
-        super().__init__(f"{len(lost)} file(s) could not be put back")
-        self.lost, self.cause = lost, cause
+    def __init__(self, lost: list[Path], left: list[Path], cause: BaseException) -> None:
+        super().__init__(f"{len(lost)} earlier file(s) could not be put back, {len(left)} new one(s) not taken out")
+        self.lost, self.left, self.cause = lost, left, cause
+
+    def said(self, what: str, out: Path, old: Path | None) -> str:
+        """The one line a command prints: ``what`` (the export, the report) could not be written into ``out``, why,
+        and where the earlier files are (``old``: the kept folder's ``old/``, where ``lost`` is not empty)."""
+        why = self.cause.strerror if isinstance(self.cause, OSError) and self.cause.strerror else self.cause
+        parts = [f"{len(self.lost)} earlier file(s) could not be put back: they are in {old}"] if self.lost else []
+        if self.left:
+            names = ", ".join(str(p.relative_to(out)) for p in self.left[:5])
+            more = f" and {len(self.left) - 5} more" if len(self.left) > 5 else ""
+            parts.insert(0, f"{len(self.left)} new file(s) could not be taken out again ({names}{more})")
+        return f"cannot write the {what} into {out}: {why}; " + "; ".join(parts)
 
 
 @contextlib.contextmanager
@@ -122,14 +134,19 @@ def swap_in(aside: list[Path], new: list[tuple[Path, Path]], stage: Path, out: P
                 move(src, dst)
                 moved.append((src, dst))
         except BaseException as exc:
-            lost = []
+            stuck = []
             for src, dst in reversed(moved):
                 try:
                     move(dst, src)
                 except OSError:
-                    lost.append(src)
-            if lost:
-                raise NotPutBack(lost, exc) from None
+                    stuck.append((src, dst))
+            if stuck:  # an earlier file put back over a new one that could not be taken out is no loss
+                first_new = len(aside)
+                lost = [src for src, dst in moved[:first_new] if os.path.lexists(dst)]
+                back = {src for src, _dst in moved[:first_new]} - set(lost)
+                left = [dst for src, dst in moved[first_new:] if (src, dst) in stuck and dst not in back]
+                if lost or left:
+                    raise NotPutBack(lost, left, exc) from None
             for folder in made:
                 with contextlib.suppress(OSError):
                     folder.rmdir()  # only an empty one

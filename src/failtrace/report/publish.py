@@ -79,10 +79,9 @@ def _swap_in(stage: Path, out: Path) -> None:
                    key=lambda rel: rel.name == "index.html")  # the index last: it links the rest
     try:
         swap_in(replaced(out, drawn), [(stage / rel, out / rel) for rel in drawn], stage, out, move_file)
-    except NotPutBack as exc:  # kept under a name no later report sweeps away
-        kept = keep(stage, STAGE_KIND)
-        why = exc.cause.strerror if isinstance(exc.cause, OSError) and exc.cause.strerror else exc.cause
-        raise _KeptOld(f"cannot write the report into {out}: {why}; {len(exc.lost)} earlier file(s) could not be "
-                       f"put back: they are in {kept / 'old'}") from None
+    except NotPutBack as exc:  # the earlier files kept under a name no later report sweeps away
+        if not exc.lost:
+            raise FailtraceError(exc.said("report", out, None)) from None
+        raise _KeptOld(exc.said("report", out, keep(stage, STAGE_KIND) / "old")) from None
     except OSError as exc:
         raise FailtraceError(f"cannot write the report into {out}: {exc.strerror or exc}") from None

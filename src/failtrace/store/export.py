@@ -187,11 +187,10 @@ def _swap_in(staged: list[Path], out: Path, names: list[str], stage: Path) -> li
              if (out / n).is_file() or (out / n).is_symlink()]
     try:
         swap_in(aside, [(f, out / f.name) for f in staged], stage, out, lambda src, dst: src.replace(dst))
-    except NotPutBack as exc:  # the staging folder is then kept, under a name no later export sweeps away
-        old = keep(stage, STAGE_KIND) / "old"
-        why = exc.cause.strerror if isinstance(exc.cause, OSError) and exc.cause.strerror else exc.cause
-        raise _KeptOld(f"cannot write the export into {out}: {why}; {', '.join(sorted(p.name for p in exc.lost))} "
-                       f"could not be put back: the earlier files are in {old}") from None
+    except NotPutBack as exc:  # the earlier files kept under a name no later export sweeps away
+        if not exc.lost:
+            raise FailtraceError(exc.said("export", out, None)) from None
+        raise _KeptOld(exc.said("export", out, keep(stage, STAGE_KIND) / "old")) from None
     return [out / f.name for f in staged]
 
 
