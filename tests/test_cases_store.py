@@ -337,6 +337,7 @@ def test_an_export_that_cannot_put_files_back_keeps_them_and_says_where(tmp_path
     kept = Path(str(err.value).rsplit("are in ", 1)[1])
     assert kept.parent.parent == tmp_path / "old" and kept.is_dir()
     assert kept.parent.name.startswith(".export-kept-")  # it kept the staging name, which the next export swept
+    assert not (kept.parent / "swapping").exists()  # named by the error: no later run names it again
     back = {f.name: f.read_bytes() for f in (tmp_path / "old").iterdir() if f.is_file()}
     back.update({f.name: f.read_bytes() for f in kept.iterdir()})
     assert {k: back[k] for k in before} == before  # every earlier file is somewhere, byte for byte
@@ -426,3 +427,51 @@ def test_a_parquet_export_that_cannot_write_its_file_says_so_about_the_export(tm
         st.con._con = Failing(st.con._con)
         st.export(out, "parquet")
     assert str(err.value) == f"cannot write the export into {out}: {line_says}" and not out.exists()
+
+
+def test_a_ctrl_c_during_a_swap_whose_undo_fails_keeps_the_earlier_files(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """A move fails, a move back fails too, and a Ctrl-C came meanwhile: the held Ctrl-C, raised when the moves
+    ended, replaced the error that said where the earlier files were kept, and the export's clean-up then deleted
+    the staging folder holding them. Now the folder is renamed out of every clean-up's reach before the Ctrl-C acts,
+    and the next export names it."""
+    import signal
+
+    path, out = tmp_path / "s.duckdb", tmp_path / "exp"
+    with open_store(path) as st:
+        write_case(st, _case("c1"))
+    with open_store(path, read_only=True) as st:
+        st.export(out, "jsonl")
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    real, calls = Path.replace, {"into": 0}
+
+    def broken(self: Path, target: Any) -> Path:
+        if Path(target).parent == out and ".export-" in str(self):
+            calls["into"] += 1
+            if calls["into"] == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+            if calls["into"] >= 2:  # the second move into place fails, and so does every move back
+                raise OSError(5, "Input/output error")
+        return real(self, target)
+
+    import os
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    monkeypatch.setattr(Path, "replace", broken)
+    try:
+        with open_store(path, read_only=True) as st, pytest.raises(KeyboardInterrupt):
+            st.export(out, "jsonl")
+    finally:
+        monkeypatch.setattr(Path, "replace", real)
+        signal.signal(signal.SIGINT, previous)
+    kept = [p for p in out.iterdir() if p.name.startswith(".export-kept-")]
+    assert len(kept) == 1 and (kept[0] / "swapping").exists()  # kept; no line has named it yet
+    back = {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()}
+    back.update({f.name: f.read_bytes() for f in (kept[0] / "old").iterdir()})
+    assert {k: back.get(k) for k in before} == before  # every earlier file is somewhere, byte for byte
+    capsys.readouterr()
+    with open_store(path, read_only=True) as st:
+        st.export(out, "jsonl")
+    assert f"the earlier files it had moved aside are in {kept[0] / 'old'}" in capsys.readouterr().err
+    assert not (kept[0] / "swapping").exists()

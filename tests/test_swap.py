@@ -1,5 +1,6 @@
-"""Staged files moved into place all or nothing (``failtrace.swap``): Ctrl-C and SIGTERM wait for the moves, and a
-swap killed outright (SIGKILL runs no cleanup) is put back by the next run into the same folder, from its journal."""
+"""Staged files moved into place all or nothing (``failtrace.swap``): Ctrl-C and SIGTERM wait for the moves, and the
+earlier files of a swap killed outright (SIGKILL runs no clean-up) are kept and named by the next run into the same
+folder, never deleted with its staging folder."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def test_a_ctrl_c_between_a_rename_and_its_record_loses_no_file(tmp_path: Path) 
     before = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own (an earlier test may set another)
     try:
         with pytest.raises(KeyboardInterrupt):
-            swap_in(aside, new, stage, out, move)
+            swap_in(aside, new, stage, out, ".export-", move)
     finally:
         signal.signal(signal.SIGINT, before)
     assert calls["n"] == 8
@@ -75,7 +76,7 @@ def test_a_second_ctrl_c_while_undoing_a_failed_swap_puts_every_file_back(tmp_pa
     before = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises((KeyboardInterrupt, OSError)):
-            swap_in(aside, new, stage, out, move)
+            swap_in(aside, new, stage, out, ".export-", move)
     finally:
         signal.signal(signal.SIGINT, before)
     assert {p.name: p.read_text() for p in out.iterdir()} == {f"f{i}.txt": f"old {i}" for i in range(4)}
@@ -109,7 +110,7 @@ def move(src, dst):
         os.kill(os.getpid(), signal.SIGKILL)
 try:
     swap_in([out / f"f{i}.txt" for i in order], [(stage / f"f{i}.txt", out / f"f{i}.txt") for i in range(4)],
-            stage, out, move)
+            stage, out, ".export-", move)
 except OSError:
     pass
 os.kill(os.getpid(), signal.SIGKILL)
@@ -160,7 +161,7 @@ def test_a_swap_killed_midway_keeps_the_earlier_files_and_says_where(tmp_path: P
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted([mine.name, kept[0].name])
     _no_earlier_file_lost(out)
     err = capsys.readouterr().err
-    assert err == (f"failtrace: an earlier run into {out} was killed while moving its files into place, so the folder "
+    assert err == (f"failtrace: an earlier run into {out} was stopped while moving its files into place, so the folder "
                    f"may mix old and new files; the earlier files it had moved aside are in {kept[0] / 'old'}\n")
     owned_tempdir(out, ".export-", ".part", keep_cut=True)
     assert _kept(out) == kept and capsys.readouterr().err == ""  # said once; no later run removes it
@@ -222,7 +223,7 @@ def test_an_undone_swap_removes_the_folders_it_made(tmp_path: Path) -> None:
         src.replace(dst)
 
     with pytest.raises(OSError):
-        swap_in([], new, stage, out, move)
+        swap_in([], new, stage, out, ".export-", move)
     assert sorted(p.name for p in out.iterdir()) == [".stage", "empty-of-mine", "figures"]
     assert list((out / "figures").iterdir()) == [] and (stage / "figures" / "graphs" / "a.png").is_file()
 
@@ -248,9 +249,63 @@ def test_a_failed_undo_names_only_what_is_really_out_of_place(tmp_path: Path) ->
 
     new[-1], new[-2] = new[-2], new[-1]  # extra.txt moves in before f3.txt, whose move fails
     with pytest.raises(NotPutBack) as err:
-        swap_in(aside, new, stage, out, move)
+        swap_in(aside, new, stage, out, ".export-", move)
     assert err.value.lost == [] and err.value.left == [out / "extra.txt"]
     assert {p.name: p.read_text() for p in out.iterdir() if p.is_file()} == \
         {**{f"f{i}.txt": f"old {i}" for i in range(4)}, "extra.txt": "new extra"}
-    assert err.value.said("export", out, None) == (f"cannot write the export into {out}: No space left on device; 1 "
+    assert err.value.said("export", out) == (f"cannot write the export into {out}: No space left on device; 1 "
                                                    f"new file(s) could not be taken out again (extra.txt)")
+
+
+def test_a_copy_across_file_systems_whose_source_cannot_be_deleted_is_no_move(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The copy was in place and the source's delete failed: the move raised but its file stayed at both ends, and
+    the undo (which undoes only moves that returned) left the new file in the output folder."""
+    import errno
+
+    from failtrace.swap import move_file
+
+    src, dst = tmp_path / "stage" / "a.png", tmp_path / "out" / "figures" / "a.png"
+    src.parent.mkdir()
+    src.write_bytes(b"new")
+    real_unlink = os.unlink
+
+    def other_fs(s: object, d: object) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    def stuck(p: object) -> None:
+        if Path(str(p)) == src:
+            raise OSError(errno.EIO, "Input/output error")
+        real_unlink(p)
+
+    monkeypatch.setattr(os, "rename", other_fs)
+    monkeypatch.setattr(os, "unlink", stuck)
+    with pytest.raises(OSError, match="Input/output"):
+        move_file(src, dst)
+    monkeypatch.undo()
+    assert src.read_bytes() == b"new" and not any(dst.parent.iterdir())
+
+
+def test_a_kill_that_left_only_a_part_of_a_copy_aside_keeps_nothing(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Killed while copying the first earlier file aside across file systems: old/ holds only the part under its
+    side name, and the earlier file is still whole in place. Nothing is kept, and no line points at an old/ that
+    holds no earlier file."""
+    from failtrace.tempdirs import place
+
+    out = tmp_path / "out"
+    (out / "figures").mkdir(parents=True)
+    (out / "figures" / "overview.png").write_text("old overview")
+    stage = out / f".report-{dead_pid()}-{place()}-abcdefgh.part"
+    (stage / "old" / "figures").mkdir(parents=True)
+    (stage / "old" / "figures" / ".overview.png.moving").write_text("old ov")
+    (stage / "swapping").write_text("")
+    owned_tempdir(out, ".report-", ".part", keep_cut=True)
+    assert not stage.exists() and not [p for p in out.iterdir() if "kept" in p.name]
+    assert capsys.readouterr().err == "" and (out / "figures" / "overview.png").read_text() == "old overview"
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid

@@ -4,8 +4,9 @@ An export or a report is written into a staging folder inside its ``--out`` (``t
 moved in file by file: each earlier file it replaces goes to the staging folder's ``old/`` first, then each new file
 to its place. A failed move undoes every move in reverse; Ctrl-C and SIGTERM wait. Nothing runs after SIGKILL (an OOM
 kill, ``kill -9``), so while the files move a marker (``<stage>/swapping``) says so: the next export or report into
-the same folder, which removes dead runs' staging folders, keeps one with the marker under a name no sweep removes
-and says where (:func:`kept_if_cut`). The folder may then mix old and new files until a run completes (and a
+the same folder from the same machine and PID namespace (``tempdirs``: only there is a dead process known dead),
+which removes dead runs' staging folders, keeps one with the marker under a name no sweep removes and says where
+(:func:`kept_if_cut`). The folder may then mix old and new files until a run completes (and a
 copy across file systems cut midway leaves its part under a hidden side name, ``.NAME.moving``), but no earlier file
 is deleted. The files are not moved back by themselves: an outside review showed that replaying a dead
 run's moves over a folder that changed since (a later export, a user's edit, a recovery itself cut) can delete
@@ -29,22 +30,27 @@ MARKER = "swapping"
 
 class NotPutBack(Exception):
     """A :func:`swap_in` failed and some moves could not be undone: ``lost`` are the places of earlier files still
-    held in ``stage/old``, ``left`` new files still in the output folder, ``cause`` the failure that started the
-    undoing."""
+    held aside, ``left`` new files still in the output folder, ``cause`` the failure that started the undoing.
+    ``held`` is the folder whose ``old/`` holds the lost files: the staging folder already renamed by :func:`keep`
+    (before anything else can run: a held Ctrl-C then replaces this error), or the staging folder itself where
+    that rename failed (its marker keeps it from every clean-up); None when nothing is lost."""
 
-    def __init__(self, lost: list[Path], left: list[Path], cause: BaseException) -> None:
+    def __init__(self, lost: list[Path], left: list[Path], cause: BaseException, held: Path | None) -> None:
         super().__init__(f"{len(lost)} earlier file(s) could not be put back, {len(left)} new one(s) not taken out")
-        self.lost, self.left, self.cause = lost, left, cause
+        self.lost, self.left, self.cause, self.held = lost, left, cause, held
 
-    def said(self, what: str, out: Path, old: Path | None) -> str:
+    def said(self, what: str, out: Path) -> str:
         """The one line a command prints: ``what`` (the export, the report) could not be written into ``out``, why,
-        and where the earlier files are (``old``: the kept folder's ``old/``, where ``lost`` is not empty)."""
+        and where the earlier files are. Saying it is announcing the kept folder (:func:`announced`)."""
         why = self.cause.strerror if isinstance(self.cause, OSError) and self.cause.strerror else self.cause
-        parts = [f"{len(self.lost)} earlier file(s) could not be put back: they are in {old}"] if self.lost else []
+        parts = []
         if self.left:
             names = ", ".join(str(p.relative_to(out)) for p in self.left[:5])
             more = f" and {len(self.left) - 5} more" if len(self.left) > 5 else ""
-            parts.insert(0, f"{len(self.left)} new file(s) could not be taken out again ({names}{more})")
+            parts.append(f"{len(self.left)} new file(s) could not be taken out again ({names}{more})")
+        if self.lost and self.held is not None:
+            parts.append(f"{len(self.lost)} earlier file(s) could not be put back: they are in {self.held / 'old'}")
+            announced(self.held)
         return f"cannot write the {what} into {out}: {why}; " + "; ".join(parts)
 
 
@@ -92,7 +98,12 @@ def move_file(src: Path, dst: Path) -> None:
         with contextlib.suppress(OSError):
             os.unlink(part)
         raise
-    os.unlink(src)
+    try:
+        os.unlink(src)
+    except BaseException:  # not moved after all: the copy goes, so the move is one to undo or none
+        with contextlib.suppress(OSError):
+            os.unlink(dst)
+        raise
 
 
 def _side_name(dst: Path) -> Path:
@@ -100,26 +111,33 @@ def _side_name(dst: Path) -> Path:
 
 
 def keep(stage: Path, kind: str) -> Path:
-    """Rename a staging folder holding earlier files that could not go back to ``<kind>kept-<time>-<random>``, a
-    name no later sweep removes; returns it."""
+    """Rename a staging folder holding earlier files to ``<kind>kept-<time>-<random>``, a name no sweep removes;
+    returns it. Its marker stays until a line has named the folder (:func:`announced`): a run killed before that
+    has the next sweep name it."""
     for _ in range(100):
         kept = stage.parent / f"{kind}kept-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
         if not os.path.lexists(kept):
             break
     stage.rename(kept)
-    with contextlib.suppress(OSError):
-        (kept / MARKER).unlink()  # done with: the folder is no staging folder any more
     return kept
 
 
-def swap_in(aside: list[Path], new: list[tuple[Path, Path]], stage: Path, out: Path,
+def announced(kept: Path) -> None:
+    """A kept folder has been named to the user: its marker goes."""
+    with contextlib.suppress(OSError):
+        (kept / MARKER).unlink()
+
+
+def swap_in(aside: list[Path], new: list[tuple[Path, Path]], stage: Path, out: Path, kind: str,
             move: Callable[[Path, Path], None] = move_file) -> None:
     """All or nothing, for outputs staged in ``stage`` (a folder inside ``out``) and then moved into place: each
     file of ``aside`` (under ``out``) goes to the same place under ``stage/old``, then each staged file
     ``(src, dst)`` to ``dst``. On any failure every move is undone in reverse and the failure raised again, or
-    :class:`NotPutBack` where some move cannot be undone (``stage/old`` then still holds those files: the caller
-    keeps the folder, :func:`keep`, and says where). Ctrl-C and SIGTERM are held until the moves are all done or all
-    undone (:func:`signals_held`); after a SIGKILL the marker has the next run keep the folder (:func:`kept_if_cut`)."""
+    :class:`NotPutBack` where some move cannot be undone (the staging folder, holding those files in ``old/``, is then
+    renamed out of every clean-up's reach, :func:`keep` with ``kind``, and the error says where). Ctrl-C and
+    SIGTERM are held until the moves are all done or all undone (:func:`signals_held`); after a SIGKILL the marker
+    has the next run keep the folder (:func:`kept_if_cut`). Callers never remove a staging folder that holds the
+    marker."""
     for _src, dst in new:  # moved onto a folder, a file would land inside it, a level down, and "succeed"
         if dst.is_dir() and not dst.is_symlink():
             raise IsADirectoryError(errno.EISDIR, f"{dst} is a folder, not a file; move it away or write into "
@@ -146,7 +164,14 @@ def swap_in(aside: list[Path], new: list[tuple[Path, Path]], stage: Path, out: P
                 back = {src for src, _dst in moved[:first_new]} - set(lost)
                 left = [dst for src, dst in moved[first_new:] if (src, dst) in stuck and dst not in back]
                 if lost or left:
-                    raise NotPutBack(lost, left, exc) from None
+                    held = None
+                    if lost:
+                        held = stage
+                        with contextlib.suppress(OSError):
+                            held = keep(stage, kind)
+                    else:
+                        (stage / MARKER).unlink()
+                    raise NotPutBack(lost, left, exc, held) from None
             for folder in made:
                 with contextlib.suppress(OSError):
                     folder.rmdir()  # only an empty one
@@ -162,17 +187,28 @@ def _missing_folders(places: list[Path], out: Path) -> list[Path]:
     return sorted(missing, key=lambda f: len(f.parts), reverse=True)
 
 
+def _holds_earlier_files(stage: Path) -> bool:
+    """Whether ``stage/old`` holds an earlier file (a part of a copy cut midway, ``.NAME.moving``, is none)."""
+    return any((f.is_symlink() or not f.is_dir()) and not (f.name.startswith(".") and f.name.endswith(".moving"))
+               for f in (stage / "old").rglob("*"))
+
+
 def kept_if_cut(stage: Path, kind: str) -> bool:
     """For the sweep of a dead run's staging folder: True when it can be removed; False when its swap was cut
-    (the marker): it is then renamed out of the sweep's reach (:func:`keep`) and a line on stderr says where."""
-    held = any(f.is_symlink() or not f.is_dir() for f in (stage / "old").rglob("*"))
-    if not (stage / MARKER).is_file() or not held:
+    (the marker) while it held earlier files: it is then renamed out of the sweep's reach (:func:`keep`) and named
+    on stderr (:func:`announce_kept`), or left where it is when the rename fails (a later sweep tries again)."""
+    if not (stage / MARKER).is_file() or not _holds_earlier_files(stage):
         return True  # not cut, or cut before any earlier file was moved aside: nothing to keep
     try:
-        kept = keep(stage, kind)
+        announce_kept(keep(stage, kind))
     except OSError:
-        return False  # left as it is: a later sweep tries again
-    print(f"failtrace: an earlier run into {stage.parent} was killed while moving its files into place, so the "
+        pass
+    return False
+
+
+def announce_kept(kept: Path) -> None:
+    """One line on stderr naming a kept folder that no line has named yet (its marker), then :func:`announced`."""
+    print(f"failtrace: an earlier run into {kept.parent} was stopped while moving its files into place, so the "
           f"folder may mix old and new files; the earlier files it had moved aside are in {kept / 'old'}",
           file=sys.stderr)
-    return False
+    announced(kept)

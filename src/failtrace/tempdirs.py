@@ -69,8 +69,9 @@ def _pattern(kind: str, suffix: str) -> re.Pattern[str]:
 
 def sweep_orphans(parent: str | Path, kind: str, suffix: str = "", keep_cut: bool = False) -> list[str]:
     """Remove the ``kind`` folders of this place in ``parent`` whose process is gone; returns their names. With
-    ``keep_cut`` (an export's, a report's staging) one whose swap a SIGKILL cut is kept instead (``swap.kept_if_cut``);
-    only for folders failtrace alone writes into, never a sandbox's (its program could write the marker)."""
+    ``keep_cut`` (an export's, a report's staging) one whose swap a SIGKILL cut is kept instead (``swap.kept_if_cut``),
+    and a kept folder no line has named yet is named; only for folders failtrace alone writes into, never a
+    sandbox's (its program could write the marker)."""
     pattern, gone = _pattern(kind, suffix), []
     try:
         entries = list(os.scandir(parent))
@@ -79,6 +80,8 @@ def sweep_orphans(parent: str | Path, kind: str, suffix: str = "", keep_cut: boo
     for entry in entries:
         m = pattern.fullmatch(entry.name)
         with contextlib.suppress(OSError):  # one folder that cannot be read or removed does not stop the rest
+            if keep_cut and entry.name.startswith(f"{kind}kept-") and os.path.isfile(Path(entry.path, swap.MARKER)):
+                swap.announce_kept(Path(entry.path))  # kept by a run killed before it could say where
             if m and entry.is_dir(follow_symlinks=False) and not _alive(int(m.group(1))):
                 if keep_cut and not swap.kept_if_cut(Path(entry.path), kind):
                     continue  # renamed out of the sweep's reach, holding earlier files

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from failtrace.errors import FailtraceError
-from failtrace.swap import NotPutBack, keep, move_file, swap_in
+from failtrace.swap import MARKER, NotPutBack, move_file, swap_in
 from failtrace.tempdirs import owned_tempdir
 
 STAGE_KIND, STAGE_SUFFIX = ".report-", ".part"
@@ -55,33 +55,24 @@ def published(out: Path, draw: Callable[[Path], Path]) -> Path:
     """``draw(stage)`` writes a whole report into a staging folder in ``out``; its files then replace the earlier
     report's. Returns ``out/index.html``."""
     sweep_index_temps(out)
-    stage: Path | None = owned_tempdir(out, STAGE_KIND, suffix=STAGE_SUFFIX, keep_cut=True)
+    stage = owned_tempdir(out, STAGE_KIND, suffix=STAGE_SUFFIX, keep_cut=True)
     try:
         draw(stage)
         _swap_in(stage, out)
         return out / "index.html"
-    except _KeptOld:
-        stage = None  # renamed out of the sweep's reach, holding what could not go back: the error says where
-        raise
     finally:
-        if stage is not None:
+        if not (stage / MARKER).exists():  # a marked one holds earlier files that could not go back
             shutil.rmtree(stage, ignore_errors=True)
-
-
-class _KeptOld(FailtraceError):
-    """A report failed while moving files into place and some earlier files could not be moved back."""
 
 
 def _swap_in(stage: Path, out: Path) -> None:
     """Move the staged report into ``out``, what it replaces into ``stage/old`` first; on a failed move, put every
-    file back (what cannot go back is kept, :class:`_KeptOld`)."""
+    file back (what cannot go back is kept, and the error says where: ``swap.NotPutBack``)."""
     drawn = sorted((f.relative_to(stage) for f in own_files(stage) if f.is_file()),
                    key=lambda rel: rel.name == "index.html")  # the index last: it links the rest
     try:
-        swap_in(replaced(out, drawn), [(stage / rel, out / rel) for rel in drawn], stage, out, move_file)
-    except NotPutBack as exc:  # the earlier files kept under a name no later report sweeps away
-        if not exc.lost:
-            raise FailtraceError(exc.said("report", out, None)) from None
-        raise _KeptOld(exc.said("report", out, keep(stage, STAGE_KIND) / "old")) from None
+        swap_in(replaced(out, drawn), [(stage / rel, out / rel) for rel in drawn], stage, out, STAGE_KIND, move_file)
+    except NotPutBack as exc:
+        raise FailtraceError(exc.said("report", out)) from None
     except OSError as exc:
         raise FailtraceError(f"cannot write the report into {out}: {exc.strerror or exc}") from None

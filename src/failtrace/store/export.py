@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from failtrace.errors import FailtraceError
 from failtrace.store.records import FINISH_CONTEXT, KEYS, StatusRow, describe_collection_settings, loads
 from failtrace.store.schema import PAIR_STATUSES, TABLES
-from failtrace.swap import NotPutBack, keep, swap_in
+from failtrace.swap import MARKER, NotPutBack, swap_in
 from failtrace.tempdirs import owned_tempdir
 
 STAGE_KIND = ".export-"  # OUT/.export-<pid>-<place>-<random>.part: the staging folder (tempdirs)
@@ -158,9 +158,6 @@ def export(store: ResultsStore, out_dir: str | Path, fmt: str) -> list[Path]:
         stage = owned_tempdir(out, STAGE_KIND, suffix=".part", keep_cut=True)  # a killed export's is removed
         staged = _write_all(store, stage, fmt)
         return _swap_in(staged, out, names, stage)
-    except _KeptOld:
-        stage = None  # it holds earlier files that could not be put back: kept, and the error says where
-        raise
     except BaseException as exc:
         if created is not None:
             shutil.rmtree(created, ignore_errors=True)
@@ -168,12 +165,8 @@ def export(store: ResultsStore, out_dir: str | Path, fmt: str) -> list[Path]:
             raise FailtraceError(f"cannot write the export into {out}: {exc.strerror or exc}") from None
         raise
     finally:
-        if stage is not None:
-            shutil.rmtree(stage, ignore_errors=True)
-
-
-class _KeptOld(FailtraceError):
-    """An export failed while moving files into place and some earlier files could not be moved back."""
+        if stage is not None and not (stage / MARKER).exists():  # a marked one holds earlier files that could not
+            shutil.rmtree(stage, ignore_errors=True)  # go back (kept, and the error says where: swap.NotPutBack)
 
 
 def _swap_in(staged: list[Path], out: Path, names: list[str], stage: Path) -> list[Path]:
@@ -186,11 +179,9 @@ def _swap_in(staged: list[Path], out: Path, names: list[str], stage: Path) -> li
     aside = [out / n for n in [n for n in names if n not in written] + [f.name for f in staged]
              if (out / n).is_file() or (out / n).is_symlink()]
     try:
-        swap_in(aside, [(f, out / f.name) for f in staged], stage, out, lambda src, dst: src.replace(dst))
+        swap_in(aside, [(f, out / f.name) for f in staged], stage, out, STAGE_KIND, lambda src, dst: src.replace(dst))
     except NotPutBack as exc:  # the earlier files kept under a name no later export sweeps away
-        if not exc.lost:
-            raise FailtraceError(exc.said("export", out, None)) from None
-        raise _KeptOld(exc.said("export", out, keep(stage, STAGE_KIND) / "old")) from None
+        raise FailtraceError(exc.said("export", out)) from None
     return [out / f.name for f in staged]
 
 
