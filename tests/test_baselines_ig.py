@@ -138,3 +138,32 @@ def test_long_inputs_are_checkpointed_with_the_same_result(monkeypatch: pytest.M
     assert v1 == v2 and np.allclose(ckpt, plain, rtol=1e-9, atol=1e-12)
     smollm2 = type("C", (), {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30})()
     assert B.ig_batch_size(smollm2, 4800, checkpointed=True) == 4  # 0.5 GB a point instead of 6
+
+
+def test_ig_reports_the_value_its_sum_tends_to_and_the_views_say_how_close_it_came(toy_lm: Any) -> None:
+    """A run's Σ R was shown against Δℓ alone, but IG's sum tends to f(x) − f(0), and on RMSNorm models it can be
+    far from it at any practical step count. The baseline value is now measured (one forward of zero embeddings,
+    checked here against plain transformers on a model with biases, where f(0) ≠ 0), and the header says what
+    share of f(x) − f(0) the sum reached."""
+    from failtrace.attribution.baselines import ig_method
+    from failtrace.attribution.core import attribute
+    from failtrace.views.common import sum_note, sum_rows
+
+    model = make_tiny("qwen2", dtype=torch.float64, seed=1)  # q/k/v biases: the zero input is not a zero output
+
+    def fn(logits: torch.Tensor) -> torch.Tensor:
+        return objective_value(logits, "logit_diff", TARGET, CONTRAST)
+
+    emb = model.get_input_embeddings()(torch.tensor([IDS]))
+    f0 = _f(model, inputs_embeds=torch.zeros_like(emb))
+    assert abs(f0) > 1e-4
+    res = ig_method(model, IDS, fn, ig_steps=8)
+    assert res.extra["baseline_value"] == pytest.approx(f0, abs=1e-9)
+    assert "baseline_value" not in ig_method(model, IDS, fn, ig_steps=8, with_value=False).extra  # an analysis's
+
+    attr = attribute(toy_lm, "What is two plus two?", TARGET, CONTRAST, method="ig", ig_steps=8, chat=True)
+    goal = attr.delta_logit - attr.extra["baseline_value"]
+    share = f"{100 * attr.relevance_sum / goal:.0f}%"
+    rows = dict(sum_rows(attr))
+    assert rows["IG completeness"] == f"Σ input R is {share} of Δℓ − Δℓ(zero embeddings) = {goal:.4f} at 8 steps"
+    assert f"({goal:.4g} here)" in sum_note(attr) and f"({share} of it)" in sum_note(attr)

@@ -81,11 +81,26 @@ def integrated_gradients(
     return relevance.double().cpu().numpy(), value, logits.float()
 
 
+def baseline_value(model: nn.Module, n_tokens: int, objective: Callable[[torch.Tensor], torch.Tensor]) -> float:
+    """The objective at IG's baseline, every input embedding zero: integrated gradients sum to the objective minus
+    this as the steps grow, so the views can say how far a run's sum is from it (one forward pass)."""
+    base, head = base_and_head(model)
+    weight = model.get_input_embeddings().weight
+    with torch.no_grad():
+        zeros = torch.zeros(1, n_tokens, weight.shape[1], dtype=weight.dtype, device=weight.device)
+        return float(objective(final_logits(model, head, base(inputs_embeds=zeros, use_cache=False)
+                                            .last_hidden_state[0, -1])))
+
+
 def ig_method(model: nn.Module, ids: list[int], objective: Callable[[torch.Tensor], torch.Tensor], *,
-              ig_steps: int = IG_STEPS, **_: object) -> MethodResult:
-    """Integrated gradients as a registered attribution method (input relevance only)."""
+              ig_steps: int = IG_STEPS, with_value: bool = True, **_: object) -> MethodResult:
+    """Integrated gradients as a registered attribution method (input relevance only); with ``with_value`` also
+    the objective at the baseline (``baseline_value`` in the meta; an analysis does not ask for it)."""
     from failtrace.attribution.methods import MethodResult
 
     inp, value, logits = integrated_gradients(model, ids, objective, steps=ig_steps)
-    return MethodResult(inp[None, :], value, logits, {
-        "ig_steps": ig_steps, "hidden_relevance": "input only (integrated gradients explains the embeddings)"})
+    meta: dict[str, object] = {"ig_steps": ig_steps,
+                               "hidden_relevance": "input only (integrated gradients explains the embeddings)"}
+    if with_value:
+        meta["baseline_value"] = baseline_value(model, len(ids), objective)
+    return MethodResult(inp[None, :], value, logits, meta)

@@ -145,6 +145,10 @@ def sum_rows(attr: Attribution) -> list[tuple[str, str]]:
              f"{in_sum:.4f} ({share(in_sum, delta)} of {name})")]
     if attr.method in LRP_FAMILY and math.isfinite(last_sum):
         rows.append(("Σ last-layer R", f"{last_sum:.4f}"))
+    if attr.method == "ig" and "baseline_value" in attr.extra:  # what IG's sum tends to as its steps grow
+        goal = delta - float(attr.extra["baseline_value"])
+        rows.append(("IG completeness", f"Σ input R is {share(in_sum, goal)} of {name} − {name}(zero embeddings) "
+                                        f"= {goal:.4f} at {attr.extra.get('ig_steps', '?')} steps"))
     return rows
 
 
@@ -156,6 +160,11 @@ def sum_note(attr: Attribution) -> str:
     name = METHOD_TITLES.get(attr.method, attr.method)
     if kind:
         return f"{name}: the relevance is {kind}, not a share of {value}; only its order means anything."
+    if attr.method == "ig" and "baseline_value" in attr.extra:  # completeness: Σ R → value(x) − value(0)
+        goal = delta - float(attr.extra["baseline_value"])
+        return (f"{name} add up to {value} minus its value at all-zero embeddings ({goal:.4g} here) only as the "
+                f"steps grow: with {attr.extra.get('ig_steps', '?')} steps the input holds {in_sum:.4g} "
+                f"({share(in_sum, goal)} of it); more --ig-steps bring it closer.")
     if attr.method not in LRP_FAMILY:
         return f"{name} need not add up to {value}: the input holds {share(in_sum, delta)} of it."
     whole = math.isfinite(last_sum) and math.isclose(last_sum, delta, rel_tol=1e-3, abs_tol=1e-6)
