@@ -399,7 +399,9 @@ with open_store({str(path)!r}, read_only=True) as st:
 
 
 @pytest.mark.parametrize(("duckdb_says", "line_says"), [("No space left on device", "No space left on device"),
-                                                        ("Permission denied", "Permission denied")])
+                                                        ("Disk quota exceeded", "Disk quota exceeded"),
+                                                        ("Permission denied", "Permission denied"),
+                                                        ("Read-only file system", "Read-only file system")])
 def test_a_parquet_export_that_cannot_write_its_file_says_so_about_the_export(tmp_path: Path, duckdb_says: str,
                                                                               line_says: str) -> None:
     """DuckDB writes Parquet itself (COPY ... TO), so a full disk there was DuckDB's error, translated as one about
@@ -436,6 +438,7 @@ def test_a_ctrl_c_during_a_swap_whose_undo_fails_keeps_the_earlier_files(tmp_pat
     ended, replaced the error that said where the earlier files were kept, and the export's clean-up then deleted
     the staging folder holding them. Now the folder is renamed out of every clean-up's reach before the Ctrl-C acts,
     and the next export names it."""
+    import os
     import signal
 
     path, out = tmp_path / "s.duckdb", tmp_path / "exp"
@@ -455,8 +458,6 @@ def test_a_ctrl_c_during_a_swap_whose_undo_fails_keeps_the_earlier_files(tmp_pat
                 raise OSError(5, "Input/output error")
         return real(self, target)
 
-    import os
-
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     monkeypatch.setattr(Path, "replace", broken)
     try:
@@ -475,3 +476,40 @@ def test_a_ctrl_c_during_a_swap_whose_undo_fails_keeps_the_earlier_files(tmp_pat
         st.export(out, "jsonl")
     assert f"the earlier files it had moved aside are in {kept[0] / 'old'}" in capsys.readouterr().err
     assert not (kept[0] / "swapping").exists()
+
+
+def test_an_export_whose_undo_and_keep_both_fail_deletes_no_earlier_file(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A move failed, its undo failed, and renaming the staging folder aside failed too: the error named the
+    staging folder's old/ and then the export's clean-up deleted it, earlier files and all. Now a folder that could
+    not be renamed keeps its marker, so nothing removes it, and the error says the next run moves it aside."""
+    import failtrace.swap as swap
+
+    path, out = tmp_path / "s.duckdb", tmp_path / "exp"
+    with open_store(path) as st:
+        write_case(st, _case("c1"))
+    with open_store(path, read_only=True) as st:
+        st.export(out, "jsonl")
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    real, calls = Path.replace, {"into": 0}
+
+    def broken(self: Path, target: Any) -> Path:
+        if Path(target).parent == out and ".export-" in str(self):
+            calls["into"] += 1
+            if calls["into"] >= 2:  # the second move into place fails, and so does every move back
+                raise OSError(5, "Input/output error")
+        return real(self, target)
+
+    def no_rename(stage: Path, kind: str) -> Path:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "replace", broken)
+    monkeypatch.setattr(swap, "keep", no_rename)
+    with open_store(path, read_only=True) as st, pytest.raises(FailtraceError, match="next run into this folder"):
+        st.export(out, "jsonl")
+    monkeypatch.undo()
+    stages = [p for p in out.iterdir() if p.name.startswith(".export-") and p.is_dir()]
+    assert len(stages) == 1 and (stages[0] / "swapping").exists()
+    back = {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()}
+    back.update({f.name: f.read_bytes() for f in (stages[0] / "old").iterdir()})
+    assert {k: back.get(k) for k in before} == before  # every earlier file is somewhere, byte for byte

@@ -537,3 +537,18 @@ def test_an_out_folder_that_is_a_link_to_nothing_is_said(toy: dict[str, Any], tm
     assert line == (f"error: --out {link} is a symbolic link to {tmp_path / 'missing'}, which does not exist; create "
                     f"that folder, fix the link, or give another --out"), line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and sha256(toy["store"]) == toy["sha"]
+
+
+def test_an_out_link_that_is_relative_or_a_loop_is_said_as_such(toy: dict[str, Any], tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """A relative link's target was printed as written ('missing', not where that is), and a loop was called a link
+    to a folder that does not exist."""
+    (tmp_path / "rel").symlink_to("missing")
+    (tmp_path / "loop").symlink_to("loop")
+    base = ["export", "--store", str(toy["store"]), "--format", "jsonl", "--out"]
+    line = _one_error_line(main([*base, str(tmp_path / "rel")]), capsys)
+    assert f"is a symbolic link to {tmp_path / 'missing'}, which does not exist" in line, line
+    line = _one_error_line(main([*base, str(tmp_path / "loop")]), capsys)
+    assert line == (f"error: --out {tmp_path / 'loop'} is a symbolic link that leads back to itself (a loop); fix the "
+                    "link or give another --out"), line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loop", "rel"]

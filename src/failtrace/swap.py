@@ -25,33 +25,41 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from failtrace.errors import FailtraceError
+
 MARKER = "swapping"
 
 
 class NotPutBack(Exception):
     """A :func:`swap_in` failed and some moves could not be undone: ``lost`` are the places of earlier files still
     held aside, ``left`` new files still in the output folder, ``cause`` the failure that started the undoing.
-    ``held`` is the folder whose ``old/`` holds the lost files: the staging folder already renamed by :func:`keep`
-    (before anything else can run: a held Ctrl-C then replaces this error), or the staging folder itself where
-    that rename failed (its marker keeps it from every clean-up); None when nothing is lost."""
+    ``held`` is the folder whose ``old/`` holds the lost files (None when nothing is lost): renamed by :func:`keep`
+    before anything else can run (``renamed``; a held Ctrl-C then replaces this error, and the next run names the
+    folder), or the staging folder itself where that rename failed (its marker keeps it from every clean-up, and the
+    next run's sweep renames it)."""
 
-    def __init__(self, lost: list[Path], left: list[Path], cause: BaseException, held: Path | None) -> None:
+    def __init__(self, lost: list[Path], left: list[Path], cause: BaseException, held: Path | None,
+                 renamed: bool) -> None:
         super().__init__(f"{len(lost)} earlier file(s) could not be put back, {len(left)} new one(s) not taken out")
-        self.lost, self.left, self.cause, self.held = lost, left, cause, held
+        self.lost, self.left, self.cause, self.held, self.renamed = lost, left, cause, held, renamed
 
-    def said(self, what: str, out: Path) -> str:
-        """The one line a command prints: ``what`` (the export, the report) could not be written into ``out``, why,
-        and where the earlier files are. Saying it is announcing the kept folder (:func:`announced`)."""
-        why = self.cause.strerror if isinstance(self.cause, OSError) and self.cause.strerror else self.cause
-        parts = []
-        if self.left:
-            names = ", ".join(str(p.relative_to(out)) for p in self.left[:5])
-            more = f" and {len(self.left) - 5} more" if len(self.left) > 5 else ""
-            parts.append(f"{len(self.left)} new file(s) could not be taken out again ({names}{more})")
-        if self.lost and self.held is not None:
-            parts.append(f"{len(self.lost)} earlier file(s) could not be put back: they are in {self.held / 'old'}")
-            announced(self.held)
-        return f"cannot write the {what} into {out}: {why}; " + "; ".join(parts)
+
+def failure(exc: NotPutBack, what: str, out: Path) -> FailtraceError:
+    """The one-line error of a :class:`NotPutBack`: ``what`` (the export, the report) could not be written into
+    ``out``, why, what is out of place and where the earlier files are. A renamed kept folder counts as named from
+    here on (:func:`announced`); one still under its staging name keeps its marker for the next run's sweep."""
+    why = exc.cause.strerror if isinstance(exc.cause, OSError) and exc.cause.strerror else exc.cause
+    parts = []
+    if exc.left:
+        names = ", ".join(str(p.relative_to(out)) for p in exc.left[:5])
+        more = f" and {len(exc.left) - 5} more" if len(exc.left) > 5 else ""
+        parts.append(f"{len(exc.left)} new file(s) could not be taken out again ({names}{more})")
+    if exc.lost and exc.held is not None:
+        parts.append(f"{len(exc.lost)} earlier file(s) could not be put back: they are in {exc.held / 'old'}"
+                     + ("" if exc.renamed else " (the next run into this folder moves them to a kept folder)"))
+        if exc.renamed:
+            announced(exc.held)
+    return FailtraceError(f"cannot write the {what} into {out}: {why}; " + "; ".join(parts))
 
 
 @contextlib.contextmanager
@@ -114,10 +122,9 @@ def keep(stage: Path, kind: str) -> Path:
     """Rename a staging folder holding earlier files to ``<kind>kept-<time>-<random>``, a name no sweep removes;
     returns it. Its marker stays until a line has named the folder (:func:`announced`): a run killed before that
     has the next sweep name it."""
-    for _ in range(100):
-        kept = stage.parent / f"{kind}kept-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-        if not os.path.lexists(kept):
-            break
+    kept = stage.parent / f"{kind}kept-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(6)}"
+    if os.path.lexists(kept):  # a rename onto an empty folder would succeed quietly
+        raise FileExistsError(errno.EEXIST, "a kept folder of that name exists", str(kept))
     stage.rename(kept)
     return kept
 
@@ -146,7 +153,12 @@ def swap_in(aside: list[Path], new: list[tuple[Path, Path]], stage: Path, out: P
     made = _missing_folders([dst for _src, dst in new], out)
     moved: list[tuple[Path, Path]] = []  # (from, to), undone in reverse
     with signals_held():
-        (stage / MARKER).write_text(f"failtrace is moving staged files into {out}; what they replace is in old/\n")
+        try:  # a marker half written on a full disk is removed, so the staged files are not kept for it
+            (stage / MARKER).write_text(f"failtrace is moving staged files into {out}; what they replace is in old/\n")
+        except BaseException:
+            with contextlib.suppress(OSError):
+                (stage / MARKER).unlink()
+            raise
         try:
             for src, dst in plan:
                 move(src, dst)
@@ -164,14 +176,14 @@ def swap_in(aside: list[Path], new: list[tuple[Path, Path]], stage: Path, out: P
                 back = {src for src, _dst in moved[:first_new]} - set(lost)
                 left = [dst for src, dst in moved[first_new:] if (src, dst) in stuck and dst not in back]
                 if lost or left:
-                    held = None
+                    held, renamed = None, False
                     if lost:
                         held = stage
                         with contextlib.suppress(OSError):
-                            held = keep(stage, kind)
+                            held, renamed = keep(stage, kind), True
                     else:
                         (stage / MARKER).unlink()
-                    raise NotPutBack(lost, left, exc, held) from None
+                    raise NotPutBack(lost, left, exc, held, renamed) from None
             for folder in made:
                 with contextlib.suppress(OSError):
                     folder.rmdir()  # only an empty one

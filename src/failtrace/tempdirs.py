@@ -23,6 +23,7 @@ import re
 import shutil
 import socket
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from failtrace import swap
@@ -84,7 +85,7 @@ def sweep_orphans(parent: str | Path, kind: str, suffix: str = "", keep_cut: boo
                 swap.announce_kept(Path(entry.path))  # kept by a run killed before it could say where
             if m and entry.is_dir(follow_symlinks=False) and not _alive(int(m.group(1))):
                 if keep_cut and not swap.kept_if_cut(Path(entry.path), kind):
-                    continue  # renamed out of the sweep's reach, holding earlier files
+                    continue  # kept: renamed, or left for a later sweep where the rename failed
                 remove_tree(entry.path)
                 gone.append(entry.name)
     return gone
@@ -97,3 +98,16 @@ def owned_tempdir(parent: str | Path | None, kind: str, suffix: str = "", keep_c
     where = Path(tempfile.gettempdir() if parent is None else parent)
     sweep_orphans(where, kind, suffix, keep_cut)
     return Path(tempfile.mkdtemp(prefix=f"{kind}{os.getpid()}-{place()}-", suffix=suffix, dir=where))
+
+
+@contextlib.contextmanager
+def staging(out: Path, kind: str, suffix: str = ".part") -> Iterator[Path]:
+    """A staging folder in ``out`` for files :func:`failtrace.swap.swap_in` moves into place (an export, a report):
+    made after dead runs' ones are swept (a cut one kept, ``keep_cut``) and removed at the end, unless it holds
+    earlier files that could not go back (its marker: the error says where)."""
+    stage = owned_tempdir(out, kind, suffix, keep_cut=True)
+    try:
+        yield stage
+    finally:
+        if not (stage / swap.MARKER).exists():
+            shutil.rmtree(stage, ignore_errors=True)

@@ -8,6 +8,7 @@ because ``os.access`` says yes to root even where writing fails (``/proc``, read
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -118,8 +119,15 @@ def check_output_dir(path: Path | None, option: str) -> None:
         return
     path = Path(path).expanduser()
     if path.is_symlink() and not path.exists():  # mkdir would say "File exists" about a path that does not
-        raise FailtraceError(f"{option} {path} is a symbolic link to {os.readlink(path)}, which does not exist; "
-                             f"create that folder, fix the link, or give another {option}")
+        try:
+            os.stat(path)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise FailtraceError(f"{option} {path} is a symbolic link that leads back to itself (a loop); fix "
+                                     f"the link or give another {option}") from None
+        target = path.parent / os.readlink(path)  # a relative link is read from the link's folder
+        raise FailtraceError(f"{option} {path} is a symbolic link to {target}, which does not exist; create that "
+                             f"folder, fix the link, or give another {option}")
     if path.exists() and not path.is_dir():
         raise FailtraceError(f"{option} {path} is a file, not a folder; give a folder path (it is created if "
                              f"missing)")

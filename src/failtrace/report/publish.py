@@ -13,13 +13,12 @@ kept in ``OUT/.report-kept-*`` (which no later report removes), and the error sa
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 from failtrace.errors import FailtraceError
-from failtrace.swap import MARKER, NotPutBack, move_file, swap_in
-from failtrace.tempdirs import owned_tempdir
+from failtrace.swap import NotPutBack, failure, move_file, swap_in
+from failtrace.tempdirs import staging
 
 STAGE_KIND, STAGE_SUFFIX = ".report-", ".part"
 OWN_PATTERNS = ("tables/*.csv", "figures/*.png", "figures/graphs/*.png")
@@ -55,14 +54,10 @@ def published(out: Path, draw: Callable[[Path], Path]) -> Path:
     """``draw(stage)`` writes a whole report into a staging folder in ``out``; its files then replace the earlier
     report's. Returns ``out/index.html``."""
     sweep_index_temps(out)
-    stage = owned_tempdir(out, STAGE_KIND, suffix=STAGE_SUFFIX, keep_cut=True)
-    try:
+    with staging(out, STAGE_KIND, STAGE_SUFFIX) as stage:
         draw(stage)
         _swap_in(stage, out)
-        return out / "index.html"
-    finally:
-        if not (stage / MARKER).exists():  # a marked one holds earlier files that could not go back
-            shutil.rmtree(stage, ignore_errors=True)
+    return out / "index.html"
 
 
 def _swap_in(stage: Path, out: Path) -> None:
@@ -73,6 +68,6 @@ def _swap_in(stage: Path, out: Path) -> None:
     try:
         swap_in(replaced(out, drawn), [(stage / rel, out / rel) for rel in drawn], stage, out, STAGE_KIND, move_file)
     except NotPutBack as exc:
-        raise FailtraceError(exc.said("report", out)) from None
+        raise failure(exc, "report", out) from None
     except OSError as exc:
         raise FailtraceError(f"cannot write the report into {out}: {exc.strerror or exc}") from None

@@ -245,6 +245,15 @@ def raise_translated(path: Path, exc: BaseException, when: str) -> None:
         raise err from None
 
 
+def _file_errno(exc: BaseException) -> int | None:
+    """The errno a DuckDB error about writing a file names in its text (DuckDB's errors carry none), or None."""
+    text = str(exc)
+    for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EPERM, errno.EACCES):
+        if os.strerror(code) in text:
+            return code
+    return None
+
+
 class GuardedConnection:
     """A DuckDB connection whose storage errors become :class:`FailtraceError` and whose writes hold the copy lock.
 
@@ -265,8 +274,8 @@ class GuardedConnection:
         try:
             return fn(*args)
         except Exception as exc:
-            if writes is not None and (is_disk_full(exc) or is_permission_error(exc)):  # the file, not the store
-                code = errno.ENOSPC if is_disk_full(exc) else errno.EACCES
+            code = _file_errno(exc) if writes is not None else None
+            if code is not None:  # the file written, not the store read
                 raise OSError(code, os.strerror(code), str(writes)) from None
             raise_translated(self._path, exc, "query")
             raise

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 from failtrace.errors import FailtraceError
 from failtrace.store.records import FINISH_CONTEXT, KEYS, StatusRow, describe_collection_settings, loads
 from failtrace.store.schema import PAIR_STATUSES, TABLES
-from failtrace.swap import MARKER, NotPutBack, swap_in
-from failtrace.tempdirs import owned_tempdir
+from failtrace.swap import NotPutBack, failure, swap_in
+from failtrace.tempdirs import staging
 
 STAGE_KIND = ".export-"  # OUT/.export-<pid>-<place>-<random>.part: the staging folder (tempdirs)
 
@@ -153,20 +153,15 @@ def export(store: ResultsStore, out_dir: str | Path, fmt: str) -> list[Path]:
         if (out / name).is_dir() and not (out / name).is_symlink():
             raise FailtraceError(f"cannot write the export into {out}: {out / name} is a folder, not a file; "
                                  f"move it away or export into another folder")
-    stage: Path | None = None
     try:
-        stage = owned_tempdir(out, STAGE_KIND, suffix=".part", keep_cut=True)  # a killed export's is removed
-        staged = _write_all(store, stage, fmt)
-        return _swap_in(staged, out, names, stage)
+        with staging(out, STAGE_KIND) as stage:  # a killed export's is removed, or kept where its moves were cut
+            return _swap_in(_write_all(store, stage, fmt), out, names, stage)
     except BaseException as exc:
         if created is not None:
             shutil.rmtree(created, ignore_errors=True)
         if isinstance(exc, OSError):
             raise FailtraceError(f"cannot write the export into {out}: {exc.strerror or exc}") from None
         raise
-    finally:
-        if stage is not None and not (stage / MARKER).exists():  # a marked one holds earlier files that could not
-            shutil.rmtree(stage, ignore_errors=True)  # go back (kept, and the error says where: swap.NotPutBack)
 
 
 def _swap_in(staged: list[Path], out: Path, names: list[str], stage: Path) -> list[Path]:
@@ -181,7 +176,7 @@ def _swap_in(staged: list[Path], out: Path, names: list[str], stage: Path) -> li
     try:
         swap_in(aside, [(f, out / f.name) for f in staged], stage, out, STAGE_KIND, lambda src, dst: src.replace(dst))
     except NotPutBack as exc:  # the earlier files kept under a name no later export sweeps away
-        raise FailtraceError(exc.said("export", out)) from None
+        raise failure(exc, "export", out) from None
     return [out / f.name for f in staged]
 
 

@@ -135,6 +135,14 @@ def value_row(attr: Attribution) -> tuple[str, str]:
     return value_name(attr), f"{sums(attr)[0]:.4f}"
 
 
+def ig_goal(attr: Attribution) -> float | None:
+    """What integrated gradients' input sum tends to as its steps grow, f(x) − f(zero embeddings); None for other
+    methods and runs that did not measure the baseline (an analysis's)."""
+    if attr.method != "ig" or "baseline_value" not in attr.extra:
+        return None
+    return float(attr.delta_logit) - float(attr.extra["baseline_value"])
+
+
 def sum_rows(attr: Attribution) -> list[tuple[str, str]]:
     """The header rows on relevance sums, true for the attribution's own method: the share of the value explained
     (:func:`value_name`) at the input only for methods in its units, and the last layer's sum only where it is the
@@ -145,8 +153,8 @@ def sum_rows(attr: Attribution) -> list[tuple[str, str]]:
              f"{in_sum:.4f} ({share(in_sum, delta)} of {name})")]
     if attr.method in LRP_FAMILY and math.isfinite(last_sum):
         rows.append(("Σ last-layer R", f"{last_sum:.4f}"))
-    if attr.method == "ig" and "baseline_value" in attr.extra:  # what IG's sum tends to as its steps grow
-        goal = delta - float(attr.extra["baseline_value"])
+    goal = ig_goal(attr)
+    if goal is not None:
         rows.append(("IG completeness", f"Σ input R is {share(in_sum, goal)} of {name} − {name}(zero embeddings) "
                                         f"= {goal:.4f} at {attr.extra.get('ig_steps', '?')} steps"))
     return rows
@@ -160,11 +168,11 @@ def sum_note(attr: Attribution) -> str:
     name = METHOD_TITLES.get(attr.method, attr.method)
     if kind:
         return f"{name}: the relevance is {kind}, not a share of {value}; only its order means anything."
-    if attr.method == "ig" and "baseline_value" in attr.extra:  # completeness: Σ R → value(x) − value(0)
-        goal = delta - float(attr.extra["baseline_value"])
-        return (f"{name} add up to {value} minus its value at all-zero embeddings ({goal:.4g} here) only as the "
-                f"steps grow: with {attr.extra.get('ig_steps', '?')} steps the input holds {in_sum:.4g} "
-                f"({share(in_sum, goal)} of it); more --ig-steps bring it closer.")
+    goal = ig_goal(attr)
+    if goal is not None:
+        return (f"{name} add up to {value} minus its value at all-zero embeddings ({goal:.4g} here) only in the "
+                f"limit of many steps: with {attr.extra.get('ig_steps', '?')} the input holds {in_sum:.4g} "
+                f"({share(in_sum, goal)} of it); on RMSNorm models it can stay far off at any practical count.")
     if attr.method not in LRP_FAMILY:
         return f"{name} need not add up to {value}: the input holds {share(in_sum, delta)} of it."
     whole = math.isfinite(last_sum) and math.isclose(last_sum, delta, rel_tol=1e-3, abs_tol=1e-6)
@@ -296,9 +304,9 @@ CLIP = 40  # characters of a token or of its context at most, so one long token 
 # What the per-method "Σ input R" column compares to, in every view that prints it.
 SUM_NOTE = ("Σ input R: the relevance summed over the input tokens; for the gradient methods (attnlrp, cp-lrp, "
             "gradxinput, ig) it is in Δℓ's units but not equal to Δℓ: AttnLRP relaxes conservation, so it keeps "
-            "part of Δℓ; IG's sum nears Δℓ minus Δℓ at all-zero embeddings only as its steps grow (it can be far "
-            "off at the default 16); gradient × input has no sum rule. attention and random are scores on their "
-            "own scale, of which only the order is used")
+            "part of Δℓ; IG's sum nears Δℓ minus Δℓ at all-zero embeddings only in the limit of many steps (on "
+            "RMSNorm models it can be far off at any practical count); gradient × input has no sum rule. Attention "
+            "and random are scores on their own scale, of which only the order is used")
 
 
 def clipped_text(text: str, keep_end: bool = False, most: int = CLIP) -> str:
