@@ -1,16 +1,16 @@
 """All-or-nothing moves of staged files into place (an export, a report); a swap cut by SIGKILL keeps what it held.
 
-An export or a report is written into a staging folder inside its ``--out`` (``tempdirs.owned_tempdir``) and then
-moved in file by file: each earlier file it replaces goes to the staging folder's ``old/`` first, then each new file
-to its place. A failed move undoes every move in reverse; Ctrl-C and SIGTERM wait. Nothing runs after SIGKILL (an OOM
-kill, ``kill -9``), so while the files move a marker (``<stage>/swapping``) says so: the next export or report into
-the same folder from the same machine and PID namespace (``tempdirs``: only there is a dead process known dead),
-which removes dead runs' staging folders, keeps one with the marker under a name no sweep removes and says where
-(:func:`kept_if_cut`). The folder may then mix old and new files until a run completes (and a
-copy across file systems cut midway leaves its part under a hidden side name, ``.NAME.moving``), but no earlier file
-is deleted. The files are not moved back by themselves: an outside review showed that replaying a dead
-run's moves over a folder that changed since (a later export, a user's edit, a recovery itself cut) can delete
-newer or earlier files, and the gain (a whole earlier output until the next run ends) is small.
+An export or a report is written into a staging folder inside its ``--out`` (``tempdirs.staging``) and then moved in
+file by file: each earlier file it replaces goes to the staging folder's ``old/`` first, then each new file to its
+place. A failed move undoes every move in reverse; Ctrl-C and SIGTERM wait. Nothing runs after SIGKILL (an OOM kill,
+``kill -9``), so while the files move a marker (``<stage>/swapping``) says so, and no clean-up removes a folder that
+holds one. The next export or report into the same folder from the same machine and PID namespace (``tempdirs``:
+only there is a dead process known dead) removes dead runs' staging folders, but keeps one with the marker under a
+name no sweep removes and says where (:func:`kept_if_cut`). The folder may then mix old and new files until a run
+completes (and a copy across file systems cut midway leaves its part under a hidden side name, ``.NAME.moving``),
+but no earlier file is deleted. The files are not moved back by themselves: an outside review showed that replaying
+a dead run's moves over a folder that changed since (a later export, a user's edit, a recovery itself cut) can
+delete newer or earlier files, and the gain (a whole earlier output until the next run ends) is small.
 """
 
 from __future__ import annotations
