@@ -505,7 +505,8 @@ def test_an_export_whose_undo_and_keep_both_fail_deletes_no_earlier_file(tmp_pat
 
     monkeypatch.setattr(Path, "replace", broken)
     monkeypatch.setattr(swap, "keep", no_rename)
-    with open_store(path, read_only=True) as st, pytest.raises(FailtraceError, match="next run into this folder"):
+    said = "next export into this folder from this machine"
+    with open_store(path, read_only=True) as st, pytest.raises(FailtraceError, match=said):
         st.export(out, "jsonl")
     monkeypatch.undo()
     stages = [p for p in out.iterdir() if p.name.startswith(".export-") and p.is_dir()]

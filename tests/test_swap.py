@@ -161,7 +161,7 @@ def test_a_swap_killed_midway_keeps_the_earlier_files_and_says_where(tmp_path: P
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted([mine.name, kept[0].name])
     _no_earlier_file_lost(out)
     err = capsys.readouterr().err
-    assert err == (f"failtrace: an earlier run into {out} was stopped while moving its files into place, so the folder "
+    assert err == (f"failtrace: an earlier run into {out} did not finish moving its files into place, so the folder "
                    f"may mix old and new files; the earlier files it had moved aside are in {kept[0] / 'old'}\n")
     owned_tempdir(out, ".export-", ".part", keep_cut=True)
     assert _kept(out) == kept and capsys.readouterr().err == ""  # said once; no later run removes it
@@ -311,12 +311,64 @@ def dead_pid() -> int:
     return proc.pid
 
 
-def test_a_sweep_goes_on_past_an_orphan_it_cannot_remove_and_kept_names_differ(tmp_path: Path,
-                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """One dead run's folder that cannot be removed stopped the sweep, and the rest stayed; two folders kept in one
-    second by one process got one name (the second rename failed, or went onto the first when it was empty)."""
+def test_keep_refuses_a_name_that_is_taken_and_a_half_written_marker_is_removed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rename onto an existing empty folder succeeds quietly: keep() would have put a staging folder in place of
+    another kept one. And a marker half written on a full disk was left, so the staged files were kept for it."""
+    import errno
+
+    import failtrace.swap as swap
+
+    monkeypatch.setattr(swap.time, "strftime", lambda _fmt: "20261207-120000")
+    monkeypatch.setattr(swap.secrets, "token_hex", lambda _n: "abc")
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    (tmp_path / ".export-kept-20261207-120000-abc").mkdir()
+    with pytest.raises(FileExistsError):
+        swap.keep(stage, ".export-")
+    assert stage.is_dir()
+    monkeypatch.undo()
+
+    (tmp_path / "second").mkdir()
+    out, stage, aside, new = _swap_setup(tmp_path / "second")
+    real = Path.write_text
+
+    def full(self: Path, text: str, *args: object, **kwargs: object) -> int:
+        if self.name == swap.MARKER:
+            real(self, text[:5])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(OSError, match="No space"):
+        swap.swap_in(aside, new, stage, out, ".export-")
+    assert not (stage / swap.MARKER).exists()
+    assert {p.name: p.read_text() for p in out.iterdir()} == {f"f{i}.txt": f"old {i}" for i in range(4)}
+
+
+def test_a_move_that_took_effect_and_still_raised_is_undone(tmp_path: Path) -> None:
+    """A rename that happened and then reported failure (a retried rename on a network file system) was not in the
+    undo's list: the earlier file stayed in old/, the marker went, and the clean-up deleted it."""
+    from failtrace.swap import MARKER, swap_in
+
+    out, stage, aside, new = _swap_setup(tmp_path)
+    calls = {"n": 0}
+
+    def move(src: Path, dst: Path) -> None:
+        calls["n"] += 1
+        src.replace(dst)
+        if calls["n"] == 2:  # the second earlier file is in old/, and the move says it failed
+            raise OSError(5, "Input/output error")
+
+    with pytest.raises(OSError, match="Input/output"):
+        swap_in(aside, new, stage, out, ".export-", move)
+    assert {p.name: p.read_text() for p in out.iterdir()} == {f"f{i}.txt": f"old {i}" for i in range(4)}
+    assert not list((stage / "old").iterdir()) and not (stage / MARKER).exists()
+
+
+def test_a_sweep_goes_on_past_an_orphan_it_cannot_remove(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One dead run's folder that cannot be removed stopped the sweep, and the rest stayed."""
     import failtrace.tempdirs as tempdirs
-    from failtrace.swap import keep
     from failtrace.tempdirs import place
 
     dead = dead_pid()
@@ -333,9 +385,3 @@ def test_a_sweep_goes_on_past_an_orphan_it_cannot_remove_and_kept_names_differ(t
     monkeypatch.setattr(tempdirs, "remove_tree", stuck_first)
     assert tempdirs.sweep_orphans(tmp_path, ".export-", ".part") == [orphans[1].name]
     assert orphans[0].is_dir() and not orphans[1].exists()
-
-    stages = [tmp_path / f"stage{i}" for i in range(2)]
-    for st in stages:
-        st.mkdir()
-    kept = [keep(st, ".export-") for st in stages]
-    assert kept[0] != kept[1] and all(k.is_dir() for k in kept)

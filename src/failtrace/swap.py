@@ -3,14 +3,14 @@
 An export or a report is written into a staging folder inside its ``--out`` (``tempdirs.staging``) and then moved in
 file by file: each earlier file it replaces goes to the staging folder's ``old/`` first, then each new file to its
 place. A failed move undoes every move in reverse; Ctrl-C and SIGTERM wait. Nothing runs after SIGKILL (an OOM kill,
-``kill -9``), so while the files move a marker (``<stage>/swapping``) says so, and no clean-up removes a folder that
-holds one. The next export or report into the same folder from the same machine and PID namespace (``tempdirs``:
-only there is a dead process known dead) removes dead runs' staging folders, but keeps one with the marker under a
-name no sweep removes and says where (:func:`kept_if_cut`). The folder may then mix old and new files until a run
-completes (and a copy across file systems cut midway leaves its part under a hidden side name, ``.NAME.moving``),
-but no earlier file is deleted. The files are not moved back by themselves: an outside review showed that replaying
-a dead run's moves over a folder that changed since (a later export, a user's edit, a recovery itself cut) can
-delete newer or earlier files, and the gain (a whole earlier output until the next run ends) is small.
+``kill -9``), so while the files move a marker (``<stage>/swapping``) says so, and no clean-up removes a marked folder
+that holds earlier files. The next export or report into the same folder from the same machine and PID namespace
+(``tempdirs``: only there is a dead process known dead) removes dead runs' staging folders, but keeps one with the
+marker under a name no sweep removes and says where (:func:`kept_if_cut`). The folder may then mix old and new files
+until a run completes (and a copy across file systems cut midway leaves its part under a hidden side name,
+``.NAME.moving``), but no earlier file is deleted. The files are not moved back by themselves: an outside review
+showed that replaying a dead run's moves over a folder that changed since (a later export, a user's edit, a recovery
+itself cut) can delete newer or earlier files, and the gain (a whole earlier output until the next run ends) is small.
 """
 
 from __future__ import annotations
@@ -56,7 +56,8 @@ def failure(exc: NotPutBack, what: str, out: Path) -> FailtraceError:
         parts.append(f"{len(exc.left)} new file(s) could not be taken out again ({names}{more})")
     if exc.lost and exc.held is not None:
         parts.append(f"{len(exc.lost)} earlier file(s) could not be put back: they are in {exc.held / 'old'}"
-                     + ("" if exc.renamed else " (the next run into this folder moves them to a kept folder)"))
+                     + ("" if exc.renamed else f" (the next {what} into this folder from this machine moves them to a "
+                                               f"kept folder)"))
         if exc.renamed:
             announced(exc.held)
     return FailtraceError(f"cannot write the {what} into {out}: {why}; " + "; ".join(parts))
@@ -139,9 +140,10 @@ def swap_in(aside: list[Path], new: list[tuple[Path, Path]], stage: Path, out: P
             move: Callable[[Path, Path], None] = move_file) -> None:
     """All or nothing, for outputs staged in ``stage`` (a folder inside ``out``) and then moved into place: each
     file of ``aside`` (under ``out``) goes to the same place under ``stage/old``, then each staged file
-    ``(src, dst)`` to ``dst``. On any failure every move is undone in reverse and the failure raised again, or
-    :class:`NotPutBack` where some move cannot be undone (the staging folder, holding those files in ``old/``, is then
-    renamed out of every clean-up's reach, :func:`keep` with ``kind``, and the error says where). Ctrl-C and
+    ``(src, dst)`` to ``dst``. On any failure every move is undone in reverse and the failure raised again (also where
+    an earlier file went back over a new one that could not be taken out), or :class:`NotPutBack` where earlier files
+    are still held aside (the staging folder is renamed out of every clean-up's reach, :func:`keep` with ``kind``, or
+    left marked under its own name where that rename fails) or new files are left in ``out``. Ctrl-C and
     SIGTERM are held until the moves are all done or all undone (:func:`signals_held`); after a SIGKILL the marker
     has the next run keep the folder (:func:`kept_if_cut`). Callers never remove a staging folder that holds the
     marker."""
@@ -164,26 +166,29 @@ def swap_in(aside: list[Path], new: list[tuple[Path, Path]], stage: Path, out: P
                 move(src, dst)
                 moved.append((src, dst))
         except BaseException as exc:
+            if len(moved) < len(plan):  # a move that took effect and still raised (a retried rename) is undone too
+                src, dst = plan[len(moved)]
+                if not os.path.lexists(src) and os.path.lexists(dst):
+                    moved.append((src, dst))
             stuck = []
             for src, dst in reversed(moved):
                 try:
                     move(dst, src)
                 except OSError:
                     stuck.append((src, dst))
-            if stuck:  # an earlier file put back over a new one that could not be taken out is no loss
-                first_new = len(aside)
-                lost = [src for src, dst in moved[:first_new] if os.path.lexists(dst)]
-                back = {src for src, _dst in moved[:first_new]} - set(lost)
-                left = [dst for src, dst in moved[first_new:] if (src, dst) in stuck and dst not in back]
-                if lost or left:
-                    held, renamed = None, False
-                    if lost:
-                        held = stage
-                        with contextlib.suppress(OSError):
-                            held, renamed = keep(stage, kind), True
-                    else:
-                        (stage / MARKER).unlink()
-                    raise NotPutBack(lost, left, exc, held, renamed) from None
+            first_new = len(aside)  # an earlier file put back over a new one that could not be taken out is no loss
+            lost = [src for src, dst in plan[:first_new] if os.path.lexists(dst)]  # still held aside, whatever moved
+            back = {src for src, _dst in moved[:first_new]} - set(lost)
+            left = [dst for src, dst in moved[first_new:] if (src, dst) in stuck and dst not in back]
+            if lost or left:
+                held, renamed = None, False
+                if lost:
+                    held = stage
+                    with contextlib.suppress(OSError):
+                        held, renamed = keep(stage, kind), True
+                else:
+                    (stage / MARKER).unlink()
+                raise NotPutBack(lost, left, exc, held, renamed) from None
             for folder in made:
                 with contextlib.suppress(OSError):
                     folder.rmdir()  # only an empty one
@@ -220,7 +225,7 @@ def kept_if_cut(stage: Path, kind: str) -> bool:
 
 def announce_kept(kept: Path) -> None:
     """One line on stderr naming a kept folder that no line has named yet (its marker), then :func:`announced`."""
-    print(f"failtrace: an earlier run into {kept.parent} was stopped while moving its files into place, so the "
+    print(f"failtrace: an earlier run into {kept.parent} did not finish moving its files into place, so the "
           f"folder may mix old and new files; the earlier files it had moved aside are in {kept / 'old'}",
           file=sys.stderr)
     announced(kept)

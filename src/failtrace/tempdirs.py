@@ -103,8 +103,9 @@ def owned_tempdir(parent: str | Path | None, kind: str, suffix: str = "", keep_c
 @contextlib.contextmanager
 def staging(out: Path, kind: str, suffix: str = ".part") -> Iterator[Path]:
     """A staging folder in ``out`` for files :func:`failtrace.swap.swap_in` moves into place (an export, a report):
-    made after dead runs' ones are swept (a cut one kept, ``keep_cut``) and removed at the end, unless it holds
-    earlier files that could not go back (its marker: the error says where)."""
+    made after dead runs' ones are swept (a cut one kept, ``keep_cut``) and removed at the end, unless it holds the
+    marker (earlier files that could not go back, which the error names, or a marker that could not be removed: the
+    next run's sweep decides)."""
     stage = owned_tempdir(out, kind, suffix, keep_cut=True)
     try:
         yield stage

@@ -8,7 +8,8 @@ one. What they replace goes to the staging folder's ``old/`` first: the files of
 picture (``figures/graphs/*.png``, the report's own folder: one of a case the new report lacks must not stay) and
 the across-models figures and tables a report draws only when comparisons exist. Any other file in OUT (a figure or
 a table of your own beside the report) is left alone. If a move fails, every file goes back; one that cannot is
-kept in ``OUT/.report-kept-*`` (which no later report removes), and the error says so.
+kept in ``OUT/.report-kept-*`` (which no later report removes; where even that rename fails, in its marked
+``.report-*.part`` folder until the next report renames it), and the error says where.
 """
 
 from __future__ import annotations

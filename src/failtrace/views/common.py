@@ -171,7 +171,7 @@ def sum_note(attr: Attribution) -> str:
     goal = ig_goal(attr)
     if goal is not None:
         return (f"{name} add up to {value} minus its value at all-zero embeddings ({goal:.4g} here) only in the "
-                f"limit of many steps: with {attr.extra.get('ig_steps', '?')} the input holds {in_sum:.4g} "
+                f"limit of many steps: with {attr.extra.get('ig_steps', '?')} steps the input holds {in_sum:.4g} "
                 f"({share(in_sum, goal)} of it); on RMSNorm models it can stay far off at any practical count.")
     if attr.method not in LRP_FAMILY:
         return f"{name} need not add up to {value}: the input holds {share(in_sum, delta)} of it."
