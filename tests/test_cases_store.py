@@ -431,6 +431,39 @@ def test_a_parquet_export_that_cannot_write_its_file_says_so_about_the_export(tm
     assert str(err.value) == f"cannot write the export into {out}: {line_says}" and not out.exists()
 
 
+def _one_export(tmp_path: Path) -> tuple[Path, Path, dict[str, bytes]]:
+    """A store with one case, exported as JSONL: (store, export folder, the export's files)."""
+    path, out = tmp_path / "s.duckdb", tmp_path / "exp"
+    with open_store(path) as st:
+        write_case(st, _case("c1"))
+    with open_store(path, read_only=True) as st:
+        st.export(out, "jsonl")
+    return path, out, {f.name: f.read_bytes() for f in out.iterdir()}
+
+
+def _second_move_in_fails(out: Path, at_first: Any = None) -> Any:
+    """A ``Path.replace`` under which the second staged file into ``out`` fails, and so does every move back into
+    ``out`` (``at_first`` runs at the first move in)."""
+    real, calls = Path.replace, {"into": 0}
+
+    def broken(self: Path, target: Any) -> Path:
+        if Path(target).parent == out and ".export-" in str(self):
+            calls["into"] += 1
+            if calls["into"] == 1 and at_first is not None:
+                at_first()
+            if calls["into"] >= 2:
+                raise OSError(5, "Input/output error")
+        return real(self, target)
+
+    return broken
+
+
+def _every_earlier_file_somewhere(out: Path, old: Path, before: dict[str, bytes]) -> None:
+    back = {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()}
+    back.update({f.name: f.read_bytes() for f in old.iterdir()})
+    assert {k: back.get(k) for k in before} == before  # byte for byte, in place or held aside
+
+
 def test_a_ctrl_c_during_a_swap_whose_undo_fails_keeps_the_earlier_files(tmp_path: Path,
                                                                          monkeypatch: pytest.MonkeyPatch,
                                                                          capsys: pytest.CaptureFixture[str]) -> None:
@@ -441,36 +474,18 @@ def test_a_ctrl_c_during_a_swap_whose_undo_fails_keeps_the_earlier_files(tmp_pat
     import os
     import signal
 
-    path, out = tmp_path / "s.duckdb", tmp_path / "exp"
-    with open_store(path) as st:
-        write_case(st, _case("c1"))
-    with open_store(path, read_only=True) as st:
-        st.export(out, "jsonl")
-    before = {f.name: f.read_bytes() for f in out.iterdir()}
-    real, calls = Path.replace, {"into": 0}
-
-    def broken(self: Path, target: Any) -> Path:
-        if Path(target).parent == out and ".export-" in str(self):
-            calls["into"] += 1
-            if calls["into"] == 1:
-                os.kill(os.getpid(), signal.SIGINT)
-            if calls["into"] >= 2:  # the second move into place fails, and so does every move back
-                raise OSError(5, "Input/output error")
-        return real(self, target)
-
+    path, out, before = _one_export(tmp_path)
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    monkeypatch.setattr(Path, "replace", broken)
+    monkeypatch.setattr(Path, "replace", _second_move_in_fails(out, lambda: os.kill(os.getpid(), signal.SIGINT)))
     try:
         with open_store(path, read_only=True) as st, pytest.raises(KeyboardInterrupt):
             st.export(out, "jsonl")
     finally:
-        monkeypatch.setattr(Path, "replace", real)
+        monkeypatch.undo()
         signal.signal(signal.SIGINT, previous)
     kept = [p for p in out.iterdir() if p.name.startswith(".export-kept-")]
     assert len(kept) == 1 and (kept[0] / "swapping").exists()  # kept; no line has named it yet
-    back = {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()}
-    back.update({f.name: f.read_bytes() for f in (kept[0] / "old").iterdir()})
-    assert {k: back.get(k) for k in before} == before  # every earlier file is somewhere, byte for byte
+    _every_earlier_file_somewhere(out, kept[0] / "old", before)
     capsys.readouterr()
     with open_store(path, read_only=True) as st:
         st.export(out, "jsonl")
@@ -485,25 +500,12 @@ def test_an_export_whose_undo_and_keep_both_fail_deletes_no_earlier_file(tmp_pat
     not be renamed keeps its marker, so nothing removes it, and the error says the next run moves it aside."""
     import failtrace.swap as swap
 
-    path, out = tmp_path / "s.duckdb", tmp_path / "exp"
-    with open_store(path) as st:
-        write_case(st, _case("c1"))
-    with open_store(path, read_only=True) as st:
-        st.export(out, "jsonl")
-    before = {f.name: f.read_bytes() for f in out.iterdir()}
-    real, calls = Path.replace, {"into": 0}
-
-    def broken(self: Path, target: Any) -> Path:
-        if Path(target).parent == out and ".export-" in str(self):
-            calls["into"] += 1
-            if calls["into"] >= 2:  # the second move into place fails, and so does every move back
-                raise OSError(5, "Input/output error")
-        return real(self, target)
+    path, out, before = _one_export(tmp_path)
 
     def no_rename(stage: Path, kind: str) -> Path:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(Path, "replace", broken)
+    monkeypatch.setattr(Path, "replace", _second_move_in_fails(out))
     monkeypatch.setattr(swap, "keep", no_rename)
     said = "next export into this folder from this machine"
     with open_store(path, read_only=True) as st, pytest.raises(FailtraceError, match=said):
@@ -511,6 +513,4 @@ def test_an_export_whose_undo_and_keep_both_fail_deletes_no_earlier_file(tmp_pat
     monkeypatch.undo()
     stages = [p for p in out.iterdir() if p.name.startswith(".export-") and p.is_dir()]
     assert len(stages) == 1 and (stages[0] / "swapping").exists()
-    back = {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()}
-    back.update({f.name: f.read_bytes() for f in (stages[0] / "old").iterdir()})
-    assert {k: back.get(k) for k in before} == before  # every earlier file is somewhere, byte for byte
+    _every_earlier_file_somewhere(out, stages[0] / "old", before)
