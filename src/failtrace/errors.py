@@ -7,6 +7,7 @@ exits non-zero, without a traceback. Messages name the bad input and say what wo
 from __future__ import annotations
 
 import errno
+import os
 import re
 
 
@@ -51,10 +52,18 @@ def one_line(message: str) -> str:
                   lambda m: f"{m.group(0)[:80]}… ({len(m.group(0)):,} characters)", joined)
 
 
+_NAMED_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EPERM, errno.EACCES)
+
+
+def errno_named(exc: BaseException) -> int | None:
+    """The errno of ``exc``, or the one whose text its message quotes (DuckDB's errors, and failtrace's lines quoting
+    them, carry none): a full disk or quota, a read-only file system, a refused write; None for any other."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return exc.errno
+    text = str(exc).lower()
+    return next((code for code in _NAMED_ERRNOS if os.strerror(code).lower() in text), None)
+
+
 def is_disk_full(exc: BaseException) -> bool:
-    """ENOSPC/EDQUOT from Python, or the same in a message (DuckDB's errors, and failtrace's lines quoting them,
-    carry no errno): the disk, not the data, is at fault."""
-    if isinstance(exc, OSError):
-        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    text = str(exc)
-    return "No space left on device" in text or "Disk quota exceeded" in text
+    """ENOSPC/EDQUOT, from Python or named in a message: the disk, not the data, is at fault."""
+    return errno_named(exc) in (errno.ENOSPC, errno.EDQUOT)

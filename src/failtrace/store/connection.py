@@ -21,7 +21,7 @@ from pathlib import Path
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from failtrace.errors import FailtraceError, is_disk_full
+from failtrace.errors import FailtraceError, errno_named, is_disk_full
 
 try:  # POSIX only; elsewhere snapshots rely on the validate-and-retry loop alone
     import fcntl
@@ -192,8 +192,7 @@ def is_lock_error(exc: BaseException) -> bool:
 
 def is_permission_error(exc: BaseException) -> bool:
     """DuckDB's open error for a file this process may not open in the asked mode (read-only file, folder, mount)."""
-    text = str(exc).lower()
-    return any(t in text for t in ("permission denied", "operation not permitted", "read-only file system"))
+    return errno_named(exc) in (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def first_line(exc: BaseException, limit: int = 240) -> str:
@@ -245,15 +244,6 @@ def raise_translated(path: Path, exc: BaseException, when: str) -> None:
         raise err from None
 
 
-def _file_errno(exc: BaseException) -> int | None:
-    """The errno a DuckDB error about writing a file names in its text (DuckDB's errors carry none), or None."""
-    text = str(exc)
-    for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EPERM, errno.EACCES):
-        if os.strerror(code) in text:
-            return code
-    return None
-
-
 class GuardedConnection:
     """A DuckDB connection whose storage errors become :class:`FailtraceError` and whose writes hold the copy lock.
 
@@ -274,7 +264,7 @@ class GuardedConnection:
         try:
             return fn(*args)
         except Exception as exc:
-            code = _file_errno(exc) if writes is not None else None
+            code = errno_named(exc) if writes is not None else None
             if code is not None:  # the file written, not the store read
                 raise OSError(code, os.strerror(code), str(writes)) from None
             raise_translated(self._path, exc, "query")
