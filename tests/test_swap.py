@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_tempdirs import dead_pid
 
 from failtrace.tempdirs import owned_tempdir
 
@@ -303,12 +304,6 @@ def test_a_kill_that_left_only_a_part_of_a_copy_aside_keeps_nothing(tmp_path: Pa
     owned_tempdir(out, ".report-", ".part", keep_cut=True)
     assert not stage.exists() and not [p for p in out.iterdir() if "kept" in p.name]
     assert capsys.readouterr().err == "" and (out / "figures" / "overview.png").read_text() == "old overview"
-
-
-def dead_pid() -> int:
-    proc = subprocess.Popen(["true"])
-    proc.wait()
-    return proc.pid
 
 
 def test_keep_refuses_a_name_that_is_taken_and_a_half_written_marker_is_removed(
