@@ -514,3 +514,27 @@ def test_an_export_whose_undo_and_keep_both_fail_deletes_no_earlier_file(tmp_pat
     stages = [p for p in out.iterdir() if p.name.startswith(".export-") and p.is_dir()]
     assert len(stages) == 1 and (stages[0] / "swapping").exists()
     _every_earlier_file_somewhere(out, stages[0] / "old", before)
+
+
+def test_a_failed_export_removes_only_what_it_made_of_a_folder_it_created(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two exports racing into one new folder: the one that fails must not delete the files the other put there
+    (it removes only the empty folders it made), and alone it still leaves no folder behind."""
+    import failtrace.store.export as export
+
+    path = tmp_path / "s.duckdb"
+    with open_store(path) as st:
+        write_case(st, _case("c1"))
+    real = export._write_all
+
+    def other_export_lands_then_fail(store: object, stage: Path, fmt: str) -> list[Path]:
+        real(store, stage, fmt)  # type: ignore[arg-type]
+        (stage.parent / "cases.jsonl").write_text("the other export's\n")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export, "_write_all", other_export_lands_then_fail)
+    out = tmp_path / "new" / "deeper"
+    with open_store(path, read_only=True) as st, pytest.raises(FailtraceError, match="No space left"):
+        st.export(out, "jsonl")
+    assert (out / "cases.jsonl").read_text() == "the other export's\n"
+    assert [f.name for f in out.iterdir()] == ["cases.jsonl"]  # its own staging folder is gone

@@ -380,3 +380,25 @@ def test_a_sweep_goes_on_past_an_orphan_it_cannot_remove(tmp_path: Path, monkeyp
     monkeypatch.setattr(tempdirs, "remove_tree", stuck_first)
     assert tempdirs.sweep_orphans(tmp_path, ".export-", ".part") == [orphans[1].name]
     assert orphans[0].is_dir() and not orphans[1].exists()
+
+
+def test_a_staging_folder_whose_marker_cannot_be_checked_is_left_and_the_run_still_ends(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The clean-up at the end of a finished export or report asks whether the marker exists; a permission error
+    there (a folder made unreadable meanwhile) turned the finished run into an error. Not knowing, it keeps the
+    folder: the next run's sweep decides (a folder it may hold earlier files in is never removed blindly)."""
+    from failtrace.swap import MARKER
+    from failtrace.tempdirs import staging
+
+    real = Path.exists
+
+    def denied(self: Path) -> bool:
+        if self.name == MARKER:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    with staging(tmp_path, ".export-") as stage:
+        (stage / "f.txt").write_text("new")
+        monkeypatch.setattr(Path, "exists", denied)
+    monkeypatch.setattr(Path, "exists", real)
+    assert stage.is_dir() and (stage / "f.txt").read_text() == "new"

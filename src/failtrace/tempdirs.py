@@ -105,10 +105,14 @@ def staging(out: Path, kind: str, suffix: str = ".part") -> Iterator[Path]:
     """A staging folder in ``out`` for files :func:`failtrace.swap.swap_in` moves into place (an export, a report):
     made after dead runs' ones are swept (a cut one kept, ``keep_cut``) and removed at the end, unless it holds the
     marker (earlier files that could not go back, which the error names, or a marker that could not be removed: the
-    next run's sweep decides)."""
+    next run's sweep decides) or where whether it does cannot be told."""
     stage = owned_tempdir(out, kind, suffix, keep_cut=True)
     try:
         yield stage
     finally:
-        if not (stage / swap.MARKER).exists():
+        try:
+            marked = (stage / swap.MARKER).exists()
+        except OSError:  # cannot tell (a folder made unreadable): left, the next run's sweep decides; no error
+            marked = True
+        if not marked:
             shutil.rmtree(stage, ignore_errors=True)

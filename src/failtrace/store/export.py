@@ -130,12 +130,11 @@ def export(store: ResultsStore, out_dir: str | Path, fmt: str) -> list[Path]:
     Parquet keeps JSON-valued columns as JSON text; JSONL parses them into nested objects. All files are written
     into a hidden staging folder inside ``out_dir`` and moved into place only once every one is whole (a move that
     fails puts every file back), so an export that fails (a damaged row, a full disk, Ctrl-C) leaves the folder as
-    it was, and a folder it created is removed. A folder where an export file goes is refused before any writing.
-    A file of an earlier export in the same format whose table this store lacks is removed afterwards (so the folder
-    never mixes two stores); none of these names may be a results store (refused before anything is written).
+    it was, and the folders it created are removed again if empty (another export's files there are left). A
+    folder where an export file goes is refused before any writing. A file of an earlier export in the same format
+    whose table this store lacks is removed afterwards (so the folder never mixes two stores); none of these names
+    may be a results store (refused before anything is written).
     """
-    import shutil
-
     from failtrace.store.connection import refuse_over_stores
 
     fmt = fmt.lower()
@@ -158,10 +157,24 @@ def export(store: ResultsStore, out_dir: str | Path, fmt: str) -> list[Path]:
             return _swap_in(_write_all(store, stage, fmt), out, names, stage)
     except BaseException as exc:
         if created is not None:
-            shutil.rmtree(created, ignore_errors=True)
+            _remove_empty(out, created)
         if isinstance(exc, OSError):
             raise FailtraceError(f"cannot write the export into {out}: {exc.strerror or exc}") from None
         raise
+
+
+def _remove_empty(out: Path, created: Path) -> None:
+    """Remove ``out`` and its parents up to ``created`` while they are empty: a second export racing into the same
+    new folder may have put its files there, and they stay (``rmdir`` refuses a folder that is not empty)."""
+    folder = out
+    while True:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        if folder == created or folder.parent == folder:
+            return
+        folder = folder.parent
 
 
 def _swap_in(staged: list[Path], out: Path, names: list[str], stage: Path) -> list[Path]:
