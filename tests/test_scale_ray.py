@@ -71,11 +71,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Any:
         lm = load_model(str(folder), progress=False)
         collect(st, _bench(), toy_items(N_ITEMS), lm, progress=False)
         find_pairs(st, SETTINGS, models={lm.name: lm}, benchmarks={"toy": _bench()}, progress=False)
+    kept = signal.getsignal(signal.SIGTERM)  # ray.init installs its own; the tests after these get pytest's back
     ray.init(num_cpus=2, include_dashboard=False, namespace="failtrace", log_to_driver=False)
     pool = WorkerPool(WorkerModel(str(folder)), 2, name=POOL)
     yield {"root": root, "folder": folder, "serial": serial, "pool": pool}
     pool.close(force=True)
     ray.shutdown()
+    signal.signal(signal.SIGTERM, kept)
 
 
 def _run_both(store: Path, cluster: Any, **kw: Any) -> tuple[Any, Any]:
