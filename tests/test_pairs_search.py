@@ -191,6 +191,10 @@ def test_rollout_budget_resolves_or_keeps_unbounded_failures(lm: Any) -> None:
     assert res.status == "unbounded"
     longer = PairFinder(lm, PairSettings(top_k=2, rollout_tokens=24)).find(never, item, prompt, comp, 8)
     assert longer.status == "no_target" and "stops at 15 tokens" in longer.reason and longer.hit_length_limit
+    # its positions 8..14 are not walked (a target there is not in the stored answer): the reason says so, and how
+    assert "recovers in all 8 stored completion positions (the 7 after them, up to the continued completion's 15 " \
+        "tokens, are not searched: a target there is not in the stored answer; collect with --max-new-tokens 15 " \
+        "or more to search them)" in longer.reason
     assert longer.tokens_decoded >= 15 - 8  # the continuation counts as decoding (it read 0 when nothing else ran)
     again = PairFinder(lm, PairSettings(top_k=2, rollout_tokens=12)).find(never, item, prompt, comp, 8)
     assert again.status == "unbounded" and (again.continued, again.continued_tokens) == ("length", 12)

@@ -7,7 +7,8 @@ the model's context window minus n, as collection stops generating where the win
 1. The stored completion is checked again; if the checker no longer says ``fail`` the case is ``unverifiable``.
 2. If ``C`` hit the length limit and ``R`` exceeds that limit, ``C`` is first continued greedily up to ``R`` tokens:
    if it then stops and passes, the failure was an artefact of the budget (``unbounded``, said so); if it stops and
-   still fails, the failure is real and the search below treats it as bounded.
+   still fails, the failure is real and the search below treats it as bounded, over ``C``'s own positions (a target
+   after them would not be in the stored answer; the reason says how to search them).
 3. One forward pass over ``P + C[:W-1]`` gives the KV cache and the next-token logits at every walked position,
    ``W = min(m, max_positions)``. Nothing before a position is ever recomputed (the cache is shared by all).
 4. In-order semantics: position p = 0, 1, ..., W-1; at each, the model's top-k alternatives to ``C[p]`` (rank
@@ -55,7 +56,7 @@ from failtrace.failures.generation import (
 from failtrace.failures.order import rank_positions
 from failtrace.failures.pair_types import PairResult, PairSettings, check_models, check_rollout_window, visible
 from failtrace.failures.prefix_rules import FAIL, FINAL, PrefixJudge, fixed_by_text, prefix_text, verdict_key
-from failtrace.failures.search_state import Found, Row, SearchState, fill_pair
+from failtrace.failures.search_state import Found, Row, SearchState, fill_pair, walked_scope
 from failtrace.models.limits import context_length
 from failtrace.store.records import FINISH_CUT, RECOVERY_CUT
 
@@ -358,14 +359,7 @@ class PairFinder:
         res.positions_walked = found.row.p + 1 if found is not None else len(positions)
         if found is not None:
             return self._record(found, state.logits[found.row.p], comp, n, budget, unbounded, res, search, done)
-        if res.positions_decided:  # no later position can recover either: more --max-positions would not help
-            scope = (f"the first {len(live)} of {m} completion positions (from position {len(live)} on, the prefix "
-                     f"{decided})")
-        elif walk < m:
-            scope = (f"the first {walk} of {m} completion positions (capped by max-positions "
-                     f"{self.settings.max_positions})")
-        else:
-            scope = f"all {m} completion positions"
+        scope = walked_scope(m, walk, len(live), decided, self.settings.max_positions, res)
         if unbounded:
             return done("unbounded", f"the completion hit the {max_new_tokens}-token limit and no alternative "
                                      f"recovered in {scope}")

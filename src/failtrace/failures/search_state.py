@@ -79,3 +79,19 @@ def fill_pair(res: PairResult, found: Found, row: Any, target: int, n: int, text
     res.target_logit, res.contrast_logit = float(row[target]), float(row[contrast])
     res.delta_logit = res.target_logit - res.contrast_logit
     res.recovered_completion = found.text
+
+
+def walked_scope(m: int, walk: int, live: int, decided: str | None, max_positions: int, res: PairResult) -> str:
+    """Which of the ``m`` stored completion positions a search without a recovery walked, in words for its reason:
+    cut where the completion's own prefix decides, capped by ``max_positions``, or all (and then whether a
+    continued completion has positions after them that were not searched)."""
+    if res.positions_decided:  # no later position can recover either: more --max-positions would not help
+        return f"the first {live} of {m} completion positions (from position {live} on, the prefix {decided})"
+    if walk < m:
+        return f"the first {walk} of {m} completion positions (capped by max-positions {max_positions})"
+    longer = int(res.continued_tokens or 0)
+    if res.continued == "fail" and longer > m:  # continued to the rollout budget, stopped and still failed
+        return (f"all {m} stored completion positions (the {longer - m} after them, up to the continued "
+                f"completion's {longer} tokens, are not searched: a target there is not in the stored answer; "
+                f"collect with --max-new-tokens {longer} or more to search them)")
+    return f"all {m} completion positions"
