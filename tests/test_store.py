@@ -171,6 +171,22 @@ def test_missing_foreign_and_corrupt_stores_give_clear_errors(tmp_path: Path) ->
         open_store(tmp_path)
 
 
+def test_a_writer_that_may_not_create_leaves_an_empty_duckdb_file_empty(tmp_path: Path) -> None:
+    """``create=False`` (override, compare, analyse, pairs, serve --review) on another program's empty DuckDB file
+    filled it with failtrace's tables and then failed on the missing cases; it is refused as empty, unchanged. A
+    writer that may create (collect) still fills it."""
+    import duckdb
+
+    blank = tmp_path / "blank.duckdb"
+    duckdb.connect(str(blank)).close()
+    before = blank.read_bytes()
+    with pytest.raises(FailtraceError, match=r"results store .*blank.duckdb is empty; run `failtrace collect` first"):
+        open_store(blank, create=False)
+    assert blank.read_bytes() == before
+    with open_store(blank) as st:
+        assert st.con.execute("SELECT count(*) FROM schema_version").fetchone()[0] == 1
+
+
 @pytest.mark.parametrize("read_only", [False, True])
 def test_a_closed_store_says_so(tmp_path: Path, read_only: bool) -> None:
     """Before: reading a store after ``with open_store(...)`` ended (or after ``close()``) was an AttributeError on

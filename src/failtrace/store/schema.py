@@ -317,9 +317,9 @@ def _user_objects(con: Any) -> int:
 
 
 def check_schema(con: Any, path: Any, *, read_only: bool) -> bool:
-    """Refuse a file that is not a failtrace store, is newer, empty for a reader, or damaged (a lost table, or a lost
-    column at the current version). An older one is left as it is (a writer migrates it when it first writes). True:
-    a new, empty file to create."""
+    """Refuse a file that is not a failtrace store, is newer, empty for a reader (``read_only``: also a writer that
+    may not create one), or damaged (a lost table, or a lost column at the current version). An older one is left as
+    it is (a writer migrates it when it first writes). True: a new, empty file to create."""
     from failtrace.errors import FailtraceError
 
     tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}

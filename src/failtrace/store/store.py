@@ -78,6 +78,7 @@ class ResultsStore(RunsTable, ItemsTable, PairsTable):
     def __init__(self, path: str | Path, read_only: bool = False, create: bool = True) -> None:
         self.path = Path(path)
         self.read_only = read_only
+        self.may_create = create  # False: an existing empty DuckDB file is refused as empty, never filled
         self.con: Any = None
         self._snapshot_dir: Path | None = None
         self.snapshot_holder: tuple[str, str] | None = None  # (pid, what) of the writer a snapshot was taken beside
@@ -194,7 +195,7 @@ class ResultsStore(RunsTable, ItemsTable, PairsTable):
     def _check_schema(self, probe: bool = False) -> None:
         """Refuse files that are not failtrace stores or are newer; create the tables in a new (empty) file; note
         an older layout, which the first write migrates (:meth:`_transaction`)."""
-        if check_schema(self.con, self.path, read_only=self.read_only) and not probe:
+        if check_schema(self.con, self.path, read_only=self.read_only or not self.may_create) and not probe:
             self._create()
         elif not self.read_only and not probe:
             version = stored_version(self.con, self.path)
