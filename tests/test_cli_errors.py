@@ -125,6 +125,9 @@ CASES = [
     Case("attr-ig-steps-0", _a("--method", "ig", "--ig-steps", "0"), ["--ig-steps", "0"], early=True),
     Case("attr-ig-steps-negative", _a("--ig-steps", "-5"), ["--ig-steps", "-5"], early=True),
     Case("attr-ig-steps-not-a-number", _a("--ig-steps", "many"), ["--ig-steps"], early=True),
+    Case("attr-ig-steps-without-ig", _a("--ig-steps", "8"), ["--ig-steps", "--method ig", "attnlrp"], early=True),
+    Case("attr-ig-steps-huge", _a("--method", "ig", "--ig-steps", "99999999999"), ["--ig-steps", "10000"],
+         early=True),  # refused before the model loads, not after
     Case("attr-method", _a("--method", "magic"), ["magic", "attnlrp"], early=True),
     Case("attr-objective", _a("--objective", "nope"), ["nope", "logit_diff"], early=True),
     Case("attr-dtype", _a("--dtype", "float8"), ["float8", "bfloat16"], early=True),

@@ -43,6 +43,12 @@ def ig_batch_size(config: Any, n_tokens: int, dtype: torch.dtype = torch.float32
     return max(1, min(most, budget // per_point))
 
 
+def check_ig_steps(steps: object) -> None:
+    """Refuse a step count IG cannot run (a CLI checks it before the model loads)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_IG_STEPS:
+        raise FailtraceError(f"--ig-steps must be a whole number from 1 to {MAX_IG_STEPS}, got {steps!r}")
+
+
 def integrated_gradients(
     model: nn.Module,
     ids: list[int],
@@ -55,8 +61,7 @@ def integrated_gradients(
     Returns per-token relevance, the objective at the real input, and its logits. Alphas are run ``batch`` at a time
     (default: as many as :func:`ig_batch_size` fits in :data:`IG_MEMORY_BUDGET`).
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_IG_STEPS:
-        raise FailtraceError(f"--ig-steps must be a whole number from 1 to {MAX_IG_STEPS}, got {steps!r}")
+    check_ig_steps(steps)
     device = next(model.parameters()).device
     base, head = base_and_head(model)
     emb = model.get_input_embeddings()(torch.tensor([ids], device=device)).detach()[0]

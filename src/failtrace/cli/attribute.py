@@ -30,8 +30,9 @@ def _outputs(attr: object, json_path: Optional[Path], html_path: Optional[Path],
 
 
 def _validate(prompt: str, method: str, objective: str, dtype: str, json_path: Optional[Path],
-              html_path: Optional[Path], png_path: Optional[Path]) -> None:
+              html_path: Optional[Path], png_path: Optional[Path], ig_steps: int | None = None) -> None:
     """Everything that can be checked without the model, checked before loading it."""
+    from failtrace.attribution.baselines import check_ig_steps
     from failtrace.attribution.methods import get_method
     from failtrace.attribution.objective import check_objective
     from failtrace.models.loading import check_dtype
@@ -39,6 +40,11 @@ def _validate(prompt: str, method: str, objective: str, dtype: str, json_path: O
     if not prompt or not prompt.strip():
         raise FailtraceError("the prompt is empty; pass --prompt TEXT")
     get_method(method)
+    if ig_steps is not None:  # IG's alone: elsewhere it would be accepted and silently do nothing
+        if method != "ig":
+            raise FailtraceError(f"--ig-steps sets integrated gradients' steps, which --method {method} does not "
+                                 f"use; drop it, or add --method ig")
+        check_ig_steps(ig_steps)
     check_objective(objective)
     check_dtype(dtype)
     check_outputs((json_path, "--json", "attribution.json"), (html_path, "--html", "attribution.html"),
@@ -60,7 +66,7 @@ def run_attribute(
     from_case.check_case_options(store, case, from_case.hand_options(prompt, target, contrast, chat, answer_prefix,
                                                                       position))
     _validate(prompt if case is None else "stored", method, objective, dtype or "float32", json_path, html_path,
-              png_path)
+              png_path, ig_steps)
     stored = from_case.read_stored_case(store, case) if case is not None and store is not None else None
     import failtrace
     from failtrace.attribution.baselines import IG_STEPS
