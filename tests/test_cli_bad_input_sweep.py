@@ -552,3 +552,32 @@ def test_an_out_link_that_is_relative_or_a_loop_is_said_as_such(toy: dict[str, A
     assert line == (f"error: --out {tmp_path / 'loop'} is a symbolic link that leads back to itself (a loop); fix the "
                     "link or give another --out"), line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["loop", "rel"]
+
+
+def test_a_file_output_linked_into_a_missing_folder_makes_no_folder_there(toy: dict[str, Any], tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """`export-dpo --out L` where L links to a file in a folder that does not exist printed "wrote 5 preference
+    pairs to T" and made T's folders (at the root of the file system, for /nonexistent/dir/x). Now the link and the
+    missing folder are named, nothing is made; a loop is said to be one; a link to a new file in an existing folder
+    is still written through."""
+    link, loop, fine = tmp_path / "l.jsonl", tmp_path / "loop.jsonl", tmp_path / "fine.jsonl"
+    link.symlink_to(tmp_path / "gone" / "deeper" / "x.jsonl")
+    loop.symlink_to(loop)
+    fine.symlink_to(tmp_path / "target.jsonl")
+    base = ["export-dpo", "--store", str(toy["store"]), "--out"]
+    line = _one_error_line(main([*base, str(link)]), capsys)
+    assert line == (f"error: --out {link} is a symbolic link to {tmp_path / 'gone' / 'deeper' / 'x.jsonl'}, whose "
+                    f"folder {tmp_path / 'gone' / 'deeper'} does not exist; create that folder, fix the link, or give "
+                    f"another --out"), line
+    line = _one_error_line(main([*base, str(loop)]), capsys)
+    assert line == (f"error: --out {loop} is a symbolic link that leads back to itself (a loop); fix the link or give "
+                    "another --out"), line
+    assert not (tmp_path / "gone").exists()
+    line = _one_error_line(main(["export-dpo", "--store", str(loop), "--out", str(tmp_path / "p.jsonl")]), capsys)
+    assert line.startswith(f"error: --store {loop} is a symbolic link"), line  # was a RuntimeError's crash log
+    (tmp_path / "p.jsonl.part").mkdir()  # was "cannot access p.jsonl.part: Is a directory" and a crash log
+    line = _one_error_line(main([*base, str(tmp_path / "p.jsonl")]), capsys)
+    assert line == (f"error: cannot write --out {tmp_path / 'p.jsonl'}: {tmp_path / 'p.jsonl.part'} is a folder, "
+                    "where p.jsonl is first written before it is renamed into place; move that folder away"), line
+    assert main([*base, str(fine)]) == 0 and fine.is_symlink() and (tmp_path / "target.jsonl").stat().st_size > 0
+    assert sha256(toy["store"]) == toy["sha"]

@@ -137,6 +137,9 @@ def export_dpo(store: ResultsStore, out: str | Path, benchmark: str | None = Non
     if not direct and path.is_symlink():
         path = path.resolve()
     tmp = path if direct else path.with_name(path.name + ".part")
+    if not direct and tmp.is_dir():
+        raise FailtraceError(f"cannot write --out {path}: {tmp} is a folder, where {path.name} is first written "
+                             f"before it is renamed into place; move that folder away")
     path.parent.mkdir(parents=True, exist_ok=True)  # like every other output: a missing folder is made
     n = 0
     try:

@@ -179,6 +179,11 @@ def _unexpected(exc: BaseException, argv: list[str] | None) -> int:
     """An exception nobody anticipated: the traceback goes to a log file, the terminal gets one line."""
     from failtrace.cli.crashlog import write_crash_log
 
+    if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:  # the user's path, not a bug: no crash log
+        name = str(exc.filename or "")
+        shown = name if len(name) <= 100 else f"{name[:60]}…{name[-30:]}"
+        _error(f"the path {shown} is too long for this file system ({exc.strerror}); give a shorter name")
+        return EXIT_BAD_INPUT
     log = write_crash_log(exc, argv)
     where = f"details in {log}" if log else "no log file could be written"
     text = one_line(str(exc))[:300] or "(no message)"

@@ -66,6 +66,19 @@ def check_not_store_companion(path: Path, option: str) -> None:
                              f"({STORE_COMPANIONS['.' + kind]}); give another path")
 
 
+def _dangling_target(path: Path, option: str) -> Path | None:
+    """Where ``path`` points when it is a symbolic link to nothing (None otherwise); a loop is refused here."""
+    if not path.is_symlink() or path.exists():
+        return None
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise FailtraceError(f"{option} {path} is a symbolic link that leads back to itself (a loop); fix the "
+                                 f"link or give another {option}") from None
+    return path.parent / os.readlink(path)  # a relative link is read from the link's folder
+
+
 def check_output_file(path: Path | None, option: str, example: str = "out.json") -> None:
     """``path`` can be written as a file: it is not a folder, not an existing results store (writing over one would
     destroy it; no option writing a file produces a store), and it or its nearest existing folder is writable."""
@@ -74,6 +87,10 @@ def check_output_file(path: Path | None, option: str, example: str = "out.json")
     path = Path(path).expanduser()
     if path.is_dir():
         raise FailtraceError(f"{option} {path} is a folder; give a file path such as {path / example}")
+    target = _dangling_target(path, option)  # written through: fine into a folder that exists, never one made there
+    if target is not None and not target.parent.is_dir():
+        raise FailtraceError(f"{option} {path} is a symbolic link to {target}, whose folder {target.parent} does not "
+                             f"exist; create that folder, fix the link, or give another {option}")
     from failtrace.store.connection import duckdb_header
 
     if duckdb_header(path):
@@ -118,14 +135,8 @@ def check_output_dir(path: Path | None, option: str) -> None:
     if path is None:
         return
     path = Path(path).expanduser()
-    if path.is_symlink() and not path.exists():  # mkdir would say "File exists" about a path that does not
-        try:
-            os.stat(path)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise FailtraceError(f"{option} {path} is a symbolic link that leads back to itself (a loop); fix "
-                                     f"the link or give another {option}") from None
-        target = path.parent / os.readlink(path)  # a relative link is read from the link's folder
+    target = _dangling_target(path, option)
+    if target is not None:  # mkdir would say "File exists" about a path that does not
         raise FailtraceError(f"{option} {path} is a symbolic link to {target}, which does not exist; create that "
                              f"folder, fix the link, or give another {option}")
     if path.exists() and not path.is_dir():

@@ -199,12 +199,13 @@ def export_dpo_command(
 ) -> None:
     """Token-level preference data (prompt, chosen, rejected + attribution weights) from the clean cases."""
     from failtrace.cases.preferences import export_dpo
-    from failtrace.cli.checks import check_not_the_store, check_output_file
+    from failtrace.cli.checks import check_not_the_store, check_output_file, check_store_path
     from failtrace.store.cases import require_cases
     from failtrace.store.store import open_store
 
-    check_not_the_store(out, store, "--out")
+    check_store_path(store, create=False)  # a link to nothing or a loop: named, before any path is resolved
     check_output_file(out, "--out", "prefs.jsonl")  # before reading the store: one line, not a crash log
+    check_not_the_store(out, store, "--out")
     with open_store(store, read_only=True) as st:
         require_cases(st, benchmark)
         done = export_dpo(st, out, benchmark=benchmark, tail_weight=tail_weight)
