@@ -418,8 +418,9 @@ def test_a_folder_overwritten_in_place_is_a_new_model(run: dict[str, Any], tmp_p
     save_checkpoint(run["lm"].model, run["lm"].tokenizer, out, 99, meta)  # a later step of the same older run
     with open_store(run["store"], read_only=True) as st:  # overwrite ck/ with another run (another lr)
         again = finetune(st, run["lm"], out, FinetuneSettings(method="sft", steps=STEPS, save_every=EVERY, lr=LR / 10))
-    # the older run's step the new one did not write is gone (compare --checkpoints ck/step-* would mix two runs)
-    assert again.replaced == ["step-99"] and not (out / "step-99").exists()
+    # the older run's steps are gone, the one the new run did not write too (compare --checkpoints ck/step-* would
+    # mix two runs); the others were set aside when it started and removed when it finished
+    assert again.replaced == ["step-0", "step-3", "step-6", "step-99"] and not (out / "step-99").exists()
     assert {p.name for p in out.glob("step-*")} == {p.name for p in again.checkpoints}
     with open_store(run["store"]) as st:
         second = compare_checkpoints(st, [folder], progress=False)
@@ -939,3 +940,26 @@ def test_another_runs_step_folder_is_no_step_to_resume_from(run: dict[str, Any],
         again = finetune(st, run["lm"], out, settings)
     assert again.resumed_from is None and again.restarted_over == 3 and again.losses == run["results"]["sft"].losses
     assert all(read_metadata(out / f"step-{k}")["settings"]["lr"] == LR for k in (0, 3, 6))
+
+
+def test_a_new_run_sets_an_earlier_runs_checkpoints_aside_until_it_finishes(run: dict[str, Any], tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run into an --out that held another finished run replaced its step-0 at once, and stopped midway left the
+    folder mixing both runs. Now the earlier run's step folders move whole into OUT/.earlier-run-*/ when the new
+    run starts (said in a note), stay there intact if it is stopped, and are removed once a run finishes."""
+    out = tmp_path / "ck"
+    shutil.copytree(run["results"]["sft"].out, out)
+    earlier = {p.name: (p / "failtrace_checkpoint.json").read_bytes() for p in out.glob("step-*")}
+    notes: list[str] = []
+    with _with_callback(monkeypatch, _steps_callback(stop_after=4)), pytest.raises(KeyboardInterrupt), \
+            open_store(run["store"], read_only=True) as st:
+        finetune(st, run["lm"], out, _settings(lr=LR / 2), on_note=notes.append)
+    assert sorted(p.name for p in out.glob("step-*")) == ["step-0", "step-3"]
+    assert all(read_metadata(p)["settings"]["lr"] == LR / 2 for p in out.glob("step-*"))  # the new run's alone
+    (aside,) = out.glob(".earlier-run-*")
+    assert {p.name: (p / "failtrace_checkpoint.json").read_bytes() for p in aside.glob("step-*")} == earlier
+    assert len(notes) == 1 and str(aside) in notes[0] and "step-0" in notes[0], notes
+    with open_store(run["store"], read_only=True) as st:
+        done = finetune(st, run["lm"], out, _settings(lr=LR / 2))
+    assert done.resumed_from == 3 and not list(out.glob(".earlier-run-*"))
+    assert done.replaced == sorted(earlier) and {p.name for p in out.glob("step-*")} == {"step-0", "step-3", "step-6"}

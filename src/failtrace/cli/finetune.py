@@ -73,7 +73,8 @@ def finetune_command(
     lm = load_model(model, progress=progress)       # the model (a conversion: minutes) and trains
     with open_store(store, read_only=True) as st:
         data = training_data(st, lm, settings)
-    result = finetune(data, lm, out, settings, progress=progress)
+    result = finetune(data, lm, out, settings, progress=progress,
+                      on_note=lambda text: typer.echo(f"note: {text}", err=True))
     resumed = "" if result.resumed_from is None else f"; resumed from step {result.resumed_from}"
     left = f", {result.rejected} left out (a reviewer rejected the pair)" if result.rejected else ""
     typer.echo(f"{method}: {count_of(len(result.trained), 'case')} trained, {len(result.held_out)} held out{left}; "
@@ -89,8 +90,8 @@ def finetune_command(
                    "run's step folder in its place), so this run trained again from step 0; training is "
                    "deterministic: the checkpoints are the ones it would have written")
     if result.replaced:
-        typer.echo(f"note: removed {', '.join(result.replaced)} of an earlier finetune run (other settings) from "
-                   f"{result.out}, so its checkpoints are this run's alone")
+        typer.echo(f"note: removed {', '.join(result.replaced)} of an earlier finetune run from {result.out}, so "
+                   f"its checkpoints are this run's alone")
 
 
 def register(app: typer.Typer) -> None:

@@ -70,6 +70,37 @@ def check_replaceable(out: str | Path, store: str | Path | None = None) -> None:
                                  f"finetune`; saving would replace it. Give another --out, or move it away")
 
 
+EARLIER_PREFIX = ".earlier-run-"  # OUT/.earlier-run-<time>-<hex>/step-N: an earlier run's, until a run finishes
+
+
+def set_aside(out: Path) -> tuple[Path | None, list[str]]:
+    """Move every ``step-N`` in ``out`` (an earlier run's; :func:`check_replaceable` vouched for them) whole into a
+    new ``out/.earlier-run-*`` folder, so a run starting from step 0 never mixes its steps with another run's even
+    when it is stopped midway. Returns the folder (None: nothing to move) and the names moved."""
+    import secrets
+    import time
+
+    steps = sorted(f for f in out.glob("step-*") if numbered(f.name, "step-") is not None) if out.is_dir() else []
+    if not steps:
+        return None, []
+    aside = out / f"{EARLIER_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
+    aside.mkdir()
+    for f in steps:
+        os.replace(f, aside / f.name)
+    return aside, [f.name for f in steps]
+
+
+def drop_set_aside(out: Path) -> list[str]:
+    """Remove every ``.earlier-run-*`` folder of ``out`` (a run into it has finished, so its checkpoints are that
+    run's alone); returns the step names they held."""
+    names: set[str] = set()
+    for folder in out.glob(f"{EARLIER_PREFIX}*"):
+        if folder.is_dir() and not folder.is_symlink():
+            names |= {f.name for f in folder.glob("step-*")}
+            shutil.rmtree(folder)
+    return sorted(names, key=lambda n: numbered(n, "step-") or 0)
+
+
 def save_checkpoint(model: Any, tokenizer: Any, out: str | Path, step: int, meta: dict[str, Any],
                     use_cache: bool | None = None) -> Path:
     """Write ``out/step-<step>/`` (weights in safetensors, tokenizer, metadata) atomically; returns the folder.

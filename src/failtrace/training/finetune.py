@@ -28,6 +28,7 @@ import copy
 import shutil
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -243,14 +244,14 @@ def _take_last_step(trainer: Any, checkpoint: Path) -> None:
 
 
 def finetune(data: TrainingData | ResultsStore, lm: Any, out: str | Path, settings: FinetuneSettings,
-             progress: bool = False) -> FinetuneResult:
+             progress: bool = False, on_note: Callable[[str], None] | None = None) -> FinetuneResult:
     """Train ``lm`` (a :class:`~failtrace.models.LoadedModel`) by ``settings.method`` on ``data`` (or a store's:
     :func:`training_data`); write checkpoints to ``out`` (resuming an interrupted run of the same identity: module
-    docstring)."""
+    docstring). ``on_note`` hears, before training, where an earlier run's checkpoints were set aside."""
     from failtrace.models.fingerprint import model_fingerprint
     from failtrace.models.loading import _quiet_transformers
-    from failtrace.training.checkpoints import (RUN_KEYS, make_save_callback, numbered, save_checkpoint, step_folder,
-                                               vocab_digest)
+    from failtrace.training.checkpoints import (RUN_KEYS, drop_set_aside, make_save_callback, numbered,
+                                               save_checkpoint, set_aside, step_folder, vocab_digest)
     from failtrace.training.resume import (RESUME_DIR, check_resume_dir, finish_resume, resume_point, start_resume,
                                            unresumable_step)
 
@@ -280,6 +281,10 @@ def finetune(data: TrainingData | ResultsStore, lm: Any, out: str | Path, settin
     state, resumed = resume_point(out, identity)
     restarted = unresumable_step(out, identity) if resumed is None else None
     if resumed is None:  # this run starts at step 0; another run's resume state is replaced (or dropped)
+        aside, moved = set_aside(out)  # whole, until this run finishes: a stopped run never leaves a mix of two
+        if aside is not None and on_note is not None:
+            on_note(f"{out} held {', '.join(moved)} of an earlier finetune run: moved to {aside} until this run "
+                    f"finishes, then removed (copy them elsewhere to keep them)")
         saved = [save_checkpoint(lm.model, lm.tokenizer, out, 0, meta | {"loss_history": []})]
         if settings.resume_state:
             start_resume(out, identity)
@@ -305,13 +310,14 @@ def finetune(data: TrainingData | ResultsStore, lm: Any, out: str | Path, settin
             saved.append(save_checkpoint(trainer.model, lm.tokenizer, out, trainer.state.global_step,
                                          meta | {"loss_history": losses}, base_cache))
     finish_resume(out)
-    # A new run replaces another run's checkpoints whole, once it has finished: the older run's later steps, which
-    # it did not overwrite, would otherwise stay beside its own (and compare --checkpoints OUT/step-* mix two runs).
+    # A new run replaces another run's checkpoints whole, once it has finished: set aside when it started (above, or
+    # by the stopped start this run resumed), and any step folder not its own (compare --checkpoints OUT/step-*
+    # must never mix two runs).
     ours = {Path(p).name for p in saved}  # every step folder this run wrote or resumed from; check_replaceable
-    replaced = sorted(f.name for f in out.glob("step-*")
-                      if numbered(f.name, "step-") is not None and f.name not in ours)
-    for name in replaced:  # vouched that each other step-N is a failtrace checkpoint, so another run's
+    stray = sorted(f.name for f in out.glob("step-*") if numbered(f.name, "step-") is not None and f.name not in ours)
+    for name in stray:  # vouched that each other step-N is a failtrace checkpoint, so another run's
         shutil.rmtree(out / name)
+    replaced = sorted(set(stray) | set(drop_set_aside(out)), key=lambda n: numbered(n, "step-") or 0)
     return FinetuneResult(out=out, checkpoints=saved, trained=trained, held_out=held, losses=losses,
                           seconds=time.perf_counter() - t0, resumed_from=resumed, replaced=replaced,
                           rejected=rejected, restarted_over=restarted)

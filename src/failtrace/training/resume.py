@@ -84,14 +84,14 @@ def unresumable_step(out: str | Path, identity: dict[str, Any]) -> int | None:
     """The newest step (> 0) an interrupted run with this ``identity`` saved as a step folder of its own, when
     :func:`resume_point` found nothing to resume it from (e.g. interrupted in the seconds between the step folder
     and the trainer's own checkpoint): the rerun trains from step 0 again, and says so. Another run's step folders
-    left in ``out`` do not count. None otherwise."""
-    from failtrace.training.checkpoints import numbered, training_run_id
+    left in ``out`` do not count; its own set aside by another run's start (``.earlier-run-*``) do. None otherwise."""
+    from failtrace.training.checkpoints import EARLIER_PREFIX, numbered, training_run_id
 
     if not _interrupted_run(out, identity):
         return None
     mine = training_run_id(identity)
-    steps = [n for p in Path(out).glob("step-*") if (n := numbered(p.name, "step-")) is not None and n > 0
-             and _is_step_of(p, mine)]
+    folders = [*Path(out).glob("step-*"), *Path(out).glob(f"{EARLIER_PREFIX}*/step-*")]
+    steps = [n for p in folders if (n := numbered(p.name, "step-")) is not None and n > 0 and _is_step_of(p, mine)]
     return max(steps, default=None)
 
 
