@@ -162,6 +162,12 @@ CASES: dict[str, Case] = {
     "take the host's whole AIO limit (io_setup)": (
         lambda h: toy("import ctypes\nctx = ctypes.c_ulong(0)\n"
                       "ctypes.CDLL(None).syscall(206, 65536, ctypes.byref(ctx))\n"), FAST, lambda r, h: r.violation),
+    "drop a cached file's pages (fadvise DONTNEED: a bit kept across checks)": (
+        lambda h: toy("import os\nfd = os.open('/usr/bin/env', os.O_RDONLY)\n"
+                      "os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)\n"), FAST, lambda r, h: r.violation),
+    "ask whether a page is cached without reading it (preadv2 RWF_NOWAIT)": (
+        lambda h: toy("import os\nfd = os.open('/usr/bin/env', os.O_RDONLY)\n"
+                      "os.preadv(fd, [bytearray(1)], 0, os.RWF_NOWAIT)\n"), FAST, lambda r, h: r.violation),
     "change the host's /dev/null": (  # (writing to it still works: the marker says the write got through)
         lambda h: toy("import os\nopen('/dev/null', 'w').write('still writable')\n"
                       "try:\n    os.utime('/dev/null', (0, 0))\nexcept OSError as e:\n"
@@ -778,3 +784,17 @@ def test_the_first_failure_stays_the_reason_whatever_comes_after() -> None:
                            "assert candidate(1, 2) == 3\ncandidate(object(), 1)\n", limits=FAST)
     assert (unsendable.status, unsendable.reason) == (
         "fail", "AssertionError at test line 1: assert candidate(1, 2) == 3"), unsendable  # not unverifiable
+
+
+def test_the_judge_ends_a_run_at_the_same_moment_whether_or_not_an_answer_was_wrong() -> None:
+    """A candidate that blocks after its answer saw the judge close the pipe just before the wall clock only when an
+    assertion had failed (the judge reported then; otherwise the parent's deadline ended the run a second later): a
+    red team's candidate learned each answer from that. Now the judge reports at that moment either way."""
+    hang = "import time\n\ndef f(x):\n    if x == 1:\n        time.sleep(60)\n    return x\n"
+    limits = SandboxLimits(wall_s=3, cpu_s=3, memory_mb=512, max_output_bytes=1_000_000, disk_mb=16)
+    right = run_tests(hang, "f", "assert candidate(0) == 0\ncandidate(1)\n", limits=limits)
+    wrong = run_tests(hang, "f", "assert candidate(0) == 5\ncandidate(1)\n", limits=limits)
+    assert right.status == wrong.status == "fail"
+    assert right.reason == ("the tests did not finish within the 3 s wall-time limit (stopped by the judge after 2 "
+                            "calls)")
+    assert wrong.reason.startswith("AssertionError at test line 1: assert candidate(0) == 5"), wrong.reason

@@ -156,6 +156,7 @@ def judge_main() -> None:
     import os
     import resource
     import sys
+    import traceback  # here, not at the first failure: its import delay told a candidate its answer was wrong
 
     cfg = json.loads(sys.stdin.readline())
     try:  # not dumpable: a same-user process (degraded mode) cannot open our /proc files (fds, memory)
@@ -169,6 +170,7 @@ def judge_main() -> None:
     sys.set_int_max_str_digits(0)
     stream, result = os.fdopen(cfg["from_child"], "rb"), cfg["result_fd"]
     counter = [0]
+    reserve = [bytearray(8 << 20)]  # given back to report after the tests ran out of memory (huge answers kept)
 
     def report(verdict, reason="", value=None):
         send(result, {"verdict": verdict, "reason": reason, "calls": counter[0], "value": value})
@@ -188,25 +190,27 @@ def judge_main() -> None:
         report("fail", "the candidate did not load: %.500s" % (
             "its process ended first" if hello is None else hello.get("load_error", "no ready message")))
     call, candidate = make_proxy(cfg["to_child"], stream, cfg["max_message"], counter)
-    failed = []  # (calls made before it, reason) of the first soft assertion that failed: the verdict's
+    failed = []  # (calls made before it, exception, line) of the first soft assertion that failed: the verdict's
+    # reason, worded only when the tests end, so a wrong answer costs the next call no more time than a right one
 
     def ft_failed(lineno, message, error):
-        if failed:  # only the first is the verdict's reason
-            return
-        if error is None:
-            error = AssertionError() if message is None else AssertionError(message)
-        failed.append((counter[0], failure_reason(error, cfg["source"], lineno)))
+        if not failed:  # only the first is the verdict's reason
+            if error is None:
+                error = AssertionError() if message is None else AssertionError(message)
+            failed.append((counter[0], error, lineno))
 
-    def fail_with(calls, reason):  # before any call the tests themselves are broken (a NameError, an empty file):
-        # the candidate, in another process, cannot cause that, so there is no verdict on the answer
+    def fail_with(calls, error, lineno=None):  # before any call the tests themselves are broken (a NameError, an
+        # empty file): the candidate, in another process, cannot cause that, so there is no verdict on the answer
         early = calls == 0
         report("error" if early else "fail", ("the tests raised before calling the candidate: " if early else "")
-               + reason)
+               + failure_reason(error, cfg["source"], lineno))
 
-    def out_of_time(_signum, _frame):  # just before the parent's wall clock: a failure already seen is the
-        # verdict's reason (else the parent's "did not finish" is; the candidate got every input up to here either way)
+    def out_of_time(_signum, _frame):  # just before the parent's wall clock, the same moment whether or not a
+        # failure was seen (the pipe closing earlier only after a wrong answer told a waiting candidate so)
         if failed:
             fail_with(*failed[0])
+        report("fail", "the tests did not finish within the %g s wall-time limit (stopped by the judge after %d "
+               "calls)" % (float(cfg["wall_s"]), counter[0]))
 
     if cfg.get("wall_s"):
         import signal
@@ -227,7 +231,10 @@ def judge_main() -> None:
             fail_with(*failed[0])
         report("fail", str(exc))
     except BaseException as exc:  # anything else the test code raised
-        fail_with(*(failed[0] if failed else (counter[0], failure_reason(exc, cfg["source"]))))
+        if isinstance(exc, MemoryError):  # the tests' locals (answers kept) go, so the report can be written
+            reserve.clear()
+            traceback.clear_frames(exc.__traceback__)
+        fail_with(*(failed[0] if failed else (counter[0], exc)))
     if failed:
         fail_with(*failed[0])
     if counter[0] == 0:

@@ -16,7 +16,8 @@ The layers, outermost first (each holds without the ones inside it; none lives i
 * rlimits: CPU seconds, address space, file size, open files, processes, no core dumps;
 * seccomp (x86-64): process creation other than threads, exec, a new session or process group, sockets, signals to
   other processes, ptrace, mounts, namespaces, shared memory and memfds (memory the address-space limit does not
-  count), io_setup (a host-wide limit), fcntl(F_SETLEASE), bpf, io_uring and kernel keyrings kill the whole process
+  count), io_setup (a host-wide limit), fcntl(F_SETLEASE), page-cache state (fadvise, readahead, mincore, cachestat,
+  preadv2/pwritev2 with their RWF_NOWAIT), bpf, io_uring and kernel keyrings kill the whole process
   (SIGSYS), which the parent sees in its exit status: a forbidden call cannot be caught, and the parent records it as
   a violation. A call number newer than the list answers ENOSYS.
 """
@@ -63,6 +64,11 @@ FORBIDDEN_X86_64 = {
     "mounts and namespaces": {"mount": 165, "umount2": 166, "pivot_root": 155, "chroot": 161, "unshare": 272,
                               "setns": 308, "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431,
                               "fsmount": 432, "fspick": 433, "mount_setattr": 442, "open_tree_attr": 467},
+    # bits kept in the host's page cache, which every process shares: a red team's candidate set one by reading a
+    # byte of a cold file, cleared it with fadvise(DONTNEED) and tested it with preadv2(RWF_NOWAIT), so its answers
+    # carried from one check to the next (mincore, readahead and cachestat read or fill the same state)
+    "page-cache state": {"fadvise64": 221, "readahead": 187, "mincore": 27, "cachestat": 451, "preadv2": 327,
+                         "pwritev2": 328},
     "kernel interfaces": {"bpf": 321, "perf_event_open": 298, "userfaultfd": 323, "io_uring_setup": 425,
                           "io_uring_enter": 426, "io_uring_register": 427, "keyctl": 250, "add_key": 248,
                           "request_key": 249},
