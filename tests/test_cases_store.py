@@ -183,7 +183,8 @@ def test_overrides_are_stored_newest_wins_and_checked(tmp_path: Path) -> None:
         assert set_override(st, "abc", "NC-IA+AG", "first look")["case_id"] == "abc123"
         set_override(st, "abc123", "NC-IA+M-AG", "second look")
         with pytest.raises(FailtraceError, match=r"case abc123's category is already NC-IA\+M-AG \(by an override\): "
-                           "give another category"):  # the command line refuses it as the explorer does
+                           r"give another category to override it \(to change only its reason, clear the override "
+                           r"first\)$"):  # the command line refuses it as the explorer does, and says the way on
             set_override(st, "abc123", "NC-IA+M-AG", "third look")
         with pytest.raises(FailtraceError, match=r"case abd999's category is already M-IA: give another"):
             set_override(st, "abd999", "M-IA", "same")

@@ -45,8 +45,10 @@ def set_override(store: ResultsStore, case_id: str, category: str, reason: str) 
     # clears existed can hold a newest override equal to the computed category; "already M-IA" refused the clear)
     clears = newest is not None and category == computed
     if not clears and category == (newest or computed):  # it would be marked overridden and change nothing
+        change = " (to change only its reason, clear the override first)" if newest else ""
         raise UnchangedCategoryError(f"case {cid}'s category is already {category}"
-                                     f"{' (by an override)' if newest else ''}: give another category to override it")
+                                     f"{' (by an override)' if newest else ''}: give another category to override "
+                                     f"it{change}")
     row = {"category": category, "reason": reason.strip(), "created_at": _now(), "cleared": clears}
     with store._transaction():
         if row["cleared"]:  # the computed category counts again, as `override --clear` makes it
