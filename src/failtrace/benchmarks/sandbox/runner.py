@@ -57,7 +57,7 @@ class Ending:
             return f"did not finish within the {limits.wall_s:g} s wall-time limit and was killed"
         if self.violation():
             return ("made a forbidden system call (a new process or session, exec, network, a signal to another "
-                    "process, ptrace, a mount or shared memory) and was killed by the seccomp filter")
+                    "process, ptrace, a mount, shared memory or page-cache state) and was killed by the seccomp filter")
         if self.stopped:
             return "was still running when the tests ended and was killed"
         # by CPU time used, not by signal: util-linux 2.38 unshare exits 1 when its child dies of SIGKILL
