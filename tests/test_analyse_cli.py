@@ -156,7 +156,7 @@ def test_rerunning_an_older_analysis_makes_it_current_again(toy: dict[str, Any],
     assert "now use analysis" not in capsys.readouterr().err  # already the current one: nothing switches
 
     # resuming an older analysis that has work left: its first new case makes it current again
-    assert main([*whole[:-1], "--max-k", "4", "--limit", "1", "--no-progress"]) == 0
+    assert main([*whole[:-3], "--max-k", "4", "--limit", "1", "--no-progress"]) == 0
     third = current()[0]
     assert third not in (first, second) and current()[1] == 1
     assert main(part[:-3] + ["--no-progress"]) == 0  # the second analysis's settings, now without --limit

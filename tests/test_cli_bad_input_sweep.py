@@ -581,3 +581,19 @@ def test_a_file_output_linked_into_a_missing_folder_makes_no_folder_there(toy: d
                     "where p.jsonl is first written before it is renamed into place; move that folder away"), line
     assert main([*base, str(fine)]) == 0 and fine.is_symlink() and (tmp_path / "target.jsonl").stat().st_size > 0
     assert sha256(toy["store"]) == toy["sha"]
+
+
+@pytest.mark.parametrize("argv, twice", [
+    (["show", "--store", "{toy}", "--case", "abc", "--case", "def"], "--case"),
+    (["show", "-s", "{toy}", "--store={toy}"], "--store"),  # a short and a long name of one option
+    (["override", "-s", "{toy}", "--case", "abc", "--category", "M-IA", "--reason", "a", "--reason", "b"],
+     "--reason"),
+], ids=["show-case", "show-store", "override-reason"])
+def test_an_option_given_twice_is_refused_not_the_last_one_kept(toy: dict[str, Any], argv: list[str], twice: str,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """`--store a --store b` silently used b (for `override`, the store written to), `--case X --case Y` showed Y.
+    A repeatable option (`analyse --pair-run`) may still be given many times."""
+    args = [a.replace("{toy}", str(toy["store"])) for a in argv]
+    line = _one_error_line(main(args), capsys)
+    assert line.startswith(f"error: {twice} is given twice; give it once"), line
+    assert sha256(toy["store"]) == toy["sha"]

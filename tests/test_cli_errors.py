@@ -95,12 +95,26 @@ class Case:
     early: bool = field(default=False)
 
 
+def _with(base: list[str], extra: tuple[str, ...]) -> list[str]:
+    """``base`` + ``extra``, where an option ``extra`` sets (``-t X``, ``--out Y``) replaces ``base``'s value for it:
+    an option given twice is refused (the last one no longer wins)."""
+    given = {a for a in extra if a.startswith("-")}
+    kept, i = [], 0
+    while i < len(base):
+        if base[i] in given and i + 1 < len(base) and not base[i + 1].startswith("-"):
+            i += 2
+            continue
+        kept.append(base[i])
+        i += 1
+    return [*kept, *extra]
+
+
 def _a(*extra: str, model: str = "{x}") -> list[str]:
-    return ["attribute", "-p", "hello", "-t", "#70", "-c", "#71", "-q", "-m", model, *extra]
+    return _with(["attribute", "-p", "hello", "-t", "#70", "-c", "#71", "-q", "-m", model], extra)
 
 
 def _g(*extra: str, model: str = "{x}") -> list[str]:
-    return ["graph", "-p", "hello", "-t", "#70", "-c", "#71", "-q", "-m", model, *extra]
+    return _with(["graph", "-p", "hello", "-t", "#70", "-c", "#71", "-q", "-m", model], extra)
 
 
 def _c(*extra: str, data: str = "{w}/items.jsonl", bench: str = "toy-errors", model: str = "{x}",
@@ -113,7 +127,8 @@ def _p(*extra: str, store: str = "{w}/store.duckdb") -> list[str]:
 
 
 def _ft(*extra: str, store: str = "{w}/store.duckdb", model: str = "{x}") -> list[str]:
-    return ["finetune", "-s", store, "--method", "sft", "--out", "{w}/ckpts", "-m", model, "--no-progress", *extra]
+    return _with(["finetune", "-s", store, "--method", "sft", "--out", "{w}/ckpts", "-m", model, "--no-progress"],
+                 extra)
 
 
 def _ifeval(data: str) -> list[str]:

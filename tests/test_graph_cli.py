@@ -136,8 +136,8 @@ def test_summary_off_a_terminal_and_distinct_paths(capsys, bundled):
     two paths from one token that moved at different layers both read ``'·capital' [27] → L29/41``)."""
     from failtrace.graph.metrics import graph_metrics
 
-    assert main(BASE[:-1] + ["--chat", "--answer-prefix", "The capital of France is", "--prompt",
-                             "What is the capital of France?", "--top-k", "8"]) == 0
+    assert main(BASE[:1] + BASE[3:-1] + ["--chat", "--answer-prefix", "The capital of France is", "--prompt",
+                                         "What is the capital of France?", "--top-k", "8"]) == 0
     captured = capsys.readouterr()
     err, out = captured.err, captured.out
     assert "\r" not in err

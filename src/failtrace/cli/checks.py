@@ -173,7 +173,10 @@ def check_store_path(path: Path, *, create: bool) -> None:
 
 def check_not_the_store(path: Path, store: Path, option: str) -> None:
     """An output file must not be the store itself (or its log or lock file): writing it would destroy the store."""
-    out = Path(path).expanduser().resolve()
+    try:
+        out = Path(path).expanduser().resolve()
+    except (RuntimeError, OSError):  # a link loop (RuntimeError before Python 3.13): check_output_file names it
+        return
     store = Path(store).expanduser().resolve()
     same = out.exists() and store.exists() and os.path.samefile(out, store)  # a hard link too
     if same or out in (store, *(store.with_name(store.name + suffix) for suffix in STORE_COMPANIONS)):

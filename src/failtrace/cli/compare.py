@@ -203,8 +203,8 @@ def export_dpo_command(
     from failtrace.store.store import open_store
 
     check_store_path(store, create=False)  # a link to nothing or a loop: named, before any path is resolved
-    check_output_file(out, "--out", "prefs.jsonl")  # before reading the store: one line, not a crash log
     check_not_the_store(out, store, "--out")
+    check_output_file(out, "--out", "prefs.jsonl")  # before reading the store: one line, not a crash log
     with open_store(store, read_only=True) as st:
         require_cases(st, benchmark)
         done = export_dpo(st, out, benchmark=benchmark, tail_weight=tail_weight)

@@ -23,8 +23,9 @@ EMPTY_ALLOWED = frozenset({"--answer-prefix", "--title"})
 
 
 def refuse_empty_values(command: Any, argv: list[str]) -> None:
-    """Refuse ``--option ""`` (or ``--option=``) for any option of the invoked sub-command that takes a value, and
-    an option whose value is the name of another of its options (``--item --store x``: the value was forgotten).
+    """Refuse ``--option ""`` (or ``--option=``) for any option of the invoked sub-command that takes a value, an
+    option whose value is the name of another of its options (``--item --store x``: the value was forgotten), and an
+    option of one value given twice (click keeps the last).
 
     An empty string is never a useful model, store, path or layer range, and typer would silently turn it into a
     default (``Path("")`` is ``.``, the current folder); this runs on the raw command line, before typer converts.
@@ -39,12 +40,21 @@ def refuse_empty_values(command: Any, argv: list[str]) -> None:
     # missing value, which click reported as "unexpected extra argument (s.duckdb)"
     names = {name for p in sub.params if getattr(p, "param_type_name", "") == "option"
              for name in p.opts + p.secondary_opts}
+    # an option that takes one value, given twice (`--store a --store b`): click keeps the last without a word
+    single = {name: max(p.opts, key=len) for p in sub.params if getattr(p, "param_type_name", "") == "option"
+              and not getattr(p, "is_flag", False) and not getattr(p, "multiple", False) for name in p.opts}
+    seen: set[str] = set()
     i = 1
     while i < len(argv):
         arg = argv[i]
         if arg == "--":
             return
         name, eq, value = arg.partition("=")
+        if name in single:
+            if single[name] in seen:
+                raise FailtraceError(f"{single[name]} is given twice; give it once; see 'failtrace {argv[0]} "
+                                     f"--help'")
+            seen.add(single[name])
         if not eq and arg in takes_value:  # the next word is this option's value (whatever it looks like)
             name, value, i = arg, (argv[i + 1] if i + 1 < len(argv) else None), i + 1
         if name in takes_value and name not in EMPTY_ALLOWED and value == "":
