@@ -962,6 +962,12 @@ def test_a_new_run_sets_an_earlier_runs_checkpoints_aside_until_it_finishes(run:
     with open_store(run["store"], read_only=True) as st:
         done = finetune(st, run["lm"], out, _settings(lr=LR / 2))
     assert done.resumed_from == 3 and not list(out.glob(".earlier-run-*"))
+    mine = tmp_path / "mine"  # what failtrace did not write is never set aside (and then deleted), from Python too
+    (mine / "step-1").mkdir(parents=True)
+    (mine / "step-1" / "notes.txt").write_text("a user's")
+    with open_store(run["store"], read_only=True) as st, pytest.raises(FailtraceError, match="not a checkpoint"):
+        finetune(st, run["lm"], mine, _settings(lr=LR / 3))
+    assert (mine / "step-1" / "notes.txt").read_text() == "a user's" and not list(mine.glob(".earlier-run-*"))
     assert done.replaced == sorted(earlier) and {p.name for p in out.glob("step-*")} == {"step-0", "step-3", "step-6"}
 
 

@@ -74,12 +74,13 @@ EARLIER_PREFIX = ".earlier-run-"  # OUT/.earlier-run-<time>-<hex>/step-N: an ear
 
 
 def set_aside(out: Path) -> tuple[Path | None, list[str]]:
-    """Move every ``step-N`` in ``out`` (an earlier run's; :func:`check_replaceable` vouched for them) whole into a
+    """Move every ``step-N`` in ``out`` (an earlier run's, each vouched for by :func:`check_replaceable`) whole into a
     new ``out/.earlier-run-*`` folder, so a run starting from step 0 never mixes its steps with another run's even
     when it is stopped midway. Returns the folder (None: nothing to move) and the names moved."""
     import secrets
     import time
 
+    check_replaceable(out)  # here too, at the moment of moving: only failtrace's own checkpoint folders move
     steps = sorted(f for f in out.glob("step-*") if numbered(f.name, "step-") is not None) if out.is_dir() else []
     if not steps:
         return None, []
