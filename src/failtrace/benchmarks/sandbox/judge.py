@@ -155,6 +155,7 @@ def judge_main() -> None:
     import json
     import os
     import resource
+    import signal
     import sys
     import traceback  # here, not at the first failure: its import delay told a candidate its answer was wrong
 
@@ -173,6 +174,7 @@ def judge_main() -> None:
     reserve = [bytearray(8 << 20)]  # given back to report after the tests ran out of memory (huge answers kept)
 
     def report(verdict, reason="", value=None):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})  # the alarm's report would be a second line
         send(result, {"verdict": verdict, "reason": reason, "calls": counter[0], "value": value})
         os._exit(0)
 
@@ -201,9 +203,15 @@ def judge_main() -> None:
 
     def fail_with(calls, error, lineno=None):  # before any call the tests themselves are broken (a NameError, an
         # empty file): the candidate, in another process, cannot cause that, so there is no verdict on the answer
+        reserve.clear()  # memory to word the reason in: the tests may have kept huge answers (their frames' locals
+        traceback.clear_frames(error.__traceback__)  # go too; the line numbers stay)
+        try:
+            reason = failure_reason(error, cfg["source"], lineno)
+        except MemoryError:
+            reason = "%s (out of memory while wording its reason)" % type(error).__name__
         early = calls == 0
         report("error" if early else "fail", ("the tests raised before calling the candidate: " if early else "")
-               + failure_reason(error, cfg["source"], lineno))
+               + reason)
 
     def out_of_time(_signum, _frame):  # just before the parent's wall clock, the same moment whether or not a
         # failure was seen (the pipe closing earlier only after a wrong answer told a waiting candidate so)
@@ -213,8 +221,6 @@ def judge_main() -> None:
                "calls)" % (float(cfg["wall_s"]), counter[0]))
 
     if cfg.get("wall_s"):
-        import signal
-
         signal.signal(signal.SIGALRM, out_of_time)
         signal.setitimer(signal.ITIMER_REAL, max(0.2, float(cfg["wall_s"]) - 1.0))
     scope = {"__name__": "__tests__", "candidate": candidate, "candidate_call": call, "Digest": Digest,
@@ -230,10 +236,7 @@ def judge_main() -> None:
         if failed:  # an earlier assertion failed first: its reason is the verdict's
             fail_with(*failed[0])
         report("fail", str(exc))
-    except BaseException as exc:  # anything else the test code raised
-        if isinstance(exc, MemoryError):  # the tests' locals (answers kept) go, so the report can be written
-            reserve.clear()
-            traceback.clear_frames(exc.__traceback__)
+    except BaseException as exc:  # anything else the test code raised (a MemoryError too: fail_with frees memory)
         fail_with(*(failed[0] if failed else (counter[0], exc)))
     if failed:
         fail_with(*failed[0])
