@@ -18,8 +18,8 @@ The layers, outermost first (each holds without the ones inside it; none lives i
   other processes, ptrace, mounts, namespaces, shared memory and memfds (memory the address-space limit does not
   count), io_setup (a host-wide limit), fcntl(F_SETLEASE), page-cache state (fadvise, readahead, mincore,
   cachestat, preadv2/pwritev2: RWF_NOWAIT; Python's os.preadv/os.pwritev use them), bpf, io_uring and kernel
-  keyrings kill the whole process (SIGSYS), which the parent sees in its exit status: a forbidden call cannot be caught, and the parent records it as
-  a violation. A call number newer than the list answers ENOSYS.
+  keyrings kill the whole process (SIGSYS), which the parent sees in its exit status: a forbidden call cannot be
+  caught, and the parent records it as a violation. A call number newer than the list answers ENOSYS.
 """
 
 from __future__ import annotations
