@@ -969,31 +969,3 @@ def test_a_new_run_sets_an_earlier_runs_checkpoints_aside_until_it_finishes(run:
         finetune(st, run["lm"], mine, _settings(lr=LR / 3))
     assert (mine / "step-1" / "notes.txt").read_text() == "a user's" and not list(mine.glob(".earlier-run-*"))
     assert done.replaced == sorted(earlier) and {p.name for p in out.glob("step-*")} == {"step-0", "step-3", "step-6"}
-
-
-def test_a_case_analysed_again_after_the_run_keeps_its_items_split(run: dict[str, Any], tmp_path: Path,
-                                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    """The split is by item, but compare looked cases up by id: a case analysed again after the run (a new case id,
-    the same item) was "in neither split", stored without one and left out of the table's columns. Now its item's
-    split holds, and a note on its row says so."""
-    from failtrace.cli import main
-
-    folder = tmp_path / "ck" / "step-0"
-    shutil.copytree(run["results"]["sft"].checkpoints[0], folder)
-    meta_file = folder / "failtrace_checkpoint.json"
-    meta = json.loads(meta_file.read_text())
-    by_item = {**{i: "held-out" for i in meta["held_out_item_ids"]}, **{i: "trained" for i in meta["trained_item_ids"]}}
-    for key in ("trained_case_ids", "held_out_case_ids"):  # the run's case ids are older than the store's now
-        meta[key] = [f"older-{c}" for c in meta[key]]
-    meta_file.write_text(json.dumps(meta))
-    store = tmp_path / "s.duckdb"
-    shutil.copy(run["store"], store)
-    with open_store(store) as st:  # rows other tests stored for these weights would be reused, not recomputed
-        st.con.execute("DROP TABLE IF EXISTS comparisons")
-    assert main(["compare", "-s", str(store), "--checkpoints", str(folder), "--no-progress"]) == 0
-    text = capsys.readouterr().out
-    assert "in neither split" not in text and sum(_ckpt_counts(text, str(folder))) == len(run["cases"])
-    with open_store(store, read_only=True) as st:
-        rows = [r for r in load_comparisons(st) if r["model"] == str(folder)]
-    assert len(rows) == len(run["cases"]) and {r["split"] for r in rows} == {"trained", "held-out"}
-    assert all(r["split"] == by_item[r["item_id"]] and "analysed after the run" in " ".join(r["notes"]) for r in rows)

@@ -67,16 +67,17 @@ def checkpoint_table(rows: list[dict], folders: list[str], summary: CheckpointSu
     contrast (:func:`writes_cell`)."""
     import statistics
 
-    from failtrace.training.checkpoints import split_of
+    from failtrace.training.checkpoints import case_splits
 
     wanted, out = set(summary.case_ids), []
     for folder in folders:
         meta = summary.metas[folder]
+        splits = case_splits(meta)
         mine = [r for r in rows if r["step"] is not None and r["case_id"] in wanted and r["delta_logit"] is not None
                 and r["model_fingerprint"] == summary.fingerprints.get(folder)]
         cells = [folder, str(meta["step"])]
         for split in ("trained", "held-out"):
-            part = [r for r in mine if split_of(meta, r["case_id"], r.get("item_id")) == split]
+            part = [r for r in mine if splits.get(r["case_id"]) == split]
             deltas = [float(r["delta_logit"]) for r in part]
             cells += [str(len(deltas)), f"{statistics.fmean(deltas):+.3f}" if deltas else "-",
                       str(sum(d < 0 for d in deltas)), writes_cell(part)]
@@ -102,14 +103,14 @@ def _print_checkpoints(st: ResultsStore, folders: list[str], summary: Checkpoint
     typer.echo(f"{count_of(summary.cases, 'case')} on {count_of(len(folders), 'checkpoint')} "
                f"({summary.seconds:.1f} s{_reused(summary.skipped)}); corrected = Δℓ < 0; writes = of those, "
                "how many have the contrast as the checkpoint's top next token")
-    from failtrace.training.checkpoints import split_of
+    from failtrace.training.checkpoints import case_splits
 
     by_run: dict[str, list[str]] = {}  # each finetune run's folders: a case's split is its own run's
     for f in folders:
         by_run.setdefault(training_run_id(summary.metas[f]), []).append(f)
     for run_folders in by_run.values():  # stored with split null and a note; the columns count the run's two sets
-        meta = summary.metas[run_folders[0]]
-        unseen = [c for c in summary.case_ids if split_of(meta, c, summary.item_ids.get(c)) is None]
+        splits = case_splits(summary.metas[run_folders[0]])
+        unseen = [c for c in summary.case_ids if c not in splits]
         if unseen:
             verb = "is" if len(unseen) == 1 else "are"
             whose = "" if len(by_run) == 1 else f" of {run_folders[0]}" + (" and the others of its run"

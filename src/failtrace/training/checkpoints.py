@@ -216,15 +216,9 @@ def case_splits(meta: dict[str, Any]) -> dict[str, str]:
     return {**{c: "held-out" for c in meta["held_out_case_ids"]}, **{c: "trained" for c in meta["trained_case_ids"]}}
 
 
-def split_of(meta: dict[str, Any], case_id: str, item_id: str | None = None) -> str | None:
-    """``trained`` / ``held-out`` for a case of the checkpoint's run, else by its item (``item_id``: a case analysed
-    again after the run has a new id but the same item, and the split is by item); None for a case whose item the
-    run never saw in either role (or saw in both)."""
-    split = case_splits(meta).get(case_id)
-    if split is None and item_id is not None:
-        held, trained = item_id in meta.get("held_out_item_ids", ()), item_id in meta.get("trained_item_ids", ())
-        split = None if held == trained else "held-out" if held else "trained"
-    return split
+def split_of(meta: dict[str, Any], case_id: str) -> str | None:
+    """``trained`` / ``held-out`` for a case of the checkpoint's run, None for a case it never saw in either role."""
+    return case_splits(meta).get(case_id)
 
 
 def make_save_callback(tokenizer: Any, out: str | Path, every: int, meta: dict[str, Any],
