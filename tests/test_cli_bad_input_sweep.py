@@ -562,6 +562,8 @@ def test_a_file_output_linked_into_a_missing_folder_makes_no_folder_there(toy: d
     is still written through."""
     link, loop, fine = tmp_path / "l.jsonl", tmp_path / "loop.jsonl", tmp_path / "fine.jsonl"
     link.symlink_to(tmp_path / "gone" / "deeper" / "x.jsonl")
+    chain = tmp_path / "chain.jsonl"  # a link to that link: the end of the chain is what counts
+    chain.symlink_to(link)
     loop.symlink_to(loop)
     fine.symlink_to(tmp_path / "target.jsonl")
     base = ["export-dpo", "--store", str(toy["store"]), "--out"]
@@ -569,6 +571,9 @@ def test_a_file_output_linked_into_a_missing_folder_makes_no_folder_there(toy: d
     assert line == (f"error: --out {link} is a symbolic link to {tmp_path / 'gone' / 'deeper' / 'x.jsonl'}, whose "
                     f"folder {tmp_path / 'gone' / 'deeper'} does not exist; create that folder, fix the link, or give "
                     f"another --out"), line
+    line = _one_error_line(main([*base, str(chain)]), capsys)
+    assert line.startswith(f"error: --out {chain} is a symbolic link to "), line
+    assert f"whose folder {tmp_path / 'gone' / 'deeper'} does not exist" in line, line
     line = _one_error_line(main([*base, str(loop)]), capsys)
     assert line == (f"error: --out {loop} is a symbolic link that leads back to itself (a loop); fix the link or give "
                     "another --out"), line

@@ -74,10 +74,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Any:
     kept = signal.getsignal(signal.SIGTERM)  # ray.init installs its own; the tests after these get pytest's back
     ray.init(num_cpus=2, include_dashboard=False, namespace="failtrace", log_to_driver=False)
     pool = WorkerPool(WorkerModel(str(folder)), 2, name=POOL)
-    yield {"root": root, "folder": folder, "serial": serial, "pool": pool}
-    pool.close(force=True)
-    ray.shutdown()
-    signal.signal(signal.SIGTERM, kept)
+    try:
+        yield {"root": root, "folder": folder, "serial": serial, "pool": pool}
+        pool.close(force=True)
+        ray.shutdown()
+    finally:
+        signal.signal(signal.SIGTERM, kept)
 
 
 def _run_both(store: Path, cluster: Any, **kw: Any) -> tuple[Any, Any]:

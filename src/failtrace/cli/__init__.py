@@ -180,7 +180,7 @@ def _unexpected(exc: BaseException, argv: list[str] | None) -> int:
     from failtrace.cli.crashlog import write_crash_log
 
     if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:  # the user's path, not a bug: no crash log
-        name = str(exc.filename or "")
+        name = str(exc.filename or "(one of the command's paths)")
         shown = name if len(name) <= 100 else f"{name[:60]}…{name[-30:]}"
         _error(f"the path {shown} is too long for this file system ({exc.strerror}); give a shorter name")
         return EXIT_BAD_INPUT

@@ -88,6 +88,12 @@ def check_output_file(path: Path | None, option: str, example: str = "out.json")
     if path.is_dir():
         raise FailtraceError(f"{option} {path} is a folder; give a file path such as {path / example}")
     target = _dangling_target(path, option)  # written through: fine into a folder that exists, never one made there
+    if target is not None:
+        try:
+            target = path.resolve()  # the end of a chain of links (l1 -> l2 -> missing/x), not only the first
+        except (RuntimeError, OSError):  # a loop further along the chain
+            raise FailtraceError(f"{option} {path} is a symbolic link that leads back to itself (a loop); fix the "
+                                 f"link or give another {option}") from None
     if target is not None and not target.parent.is_dir():
         raise FailtraceError(f"{option} {path} is a symbolic link to {target}, whose folder {target.parent} does not "
                              f"exist; create that folder, fix the link, or give another {option}")

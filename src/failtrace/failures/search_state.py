@@ -91,7 +91,8 @@ def walked_scope(m: int, walk: int, live: int, decided: str | None, max_position
         return f"the first {walk} of {m} completion positions (capped by max-positions {max_positions})"
     longer = int(res.continued_tokens or 0)
     if res.continued == "fail" and longer > m:  # continued to the rollout budget, stopped and still failed
+        more = f" and --max-positions {longer}" if longer > max_positions else ""
         return (f"all {m} stored completion positions (the {longer - m} after them, up to the continued "
                 f"completion's {longer} tokens, are not searched: a target there is not in the stored answer; "
-                f"collect with --max-new-tokens {longer} or more to search them)")
+                f"collect with --max-new-tokens {longer} or more{more} to search them)")
     return f"all {m} completion positions"
