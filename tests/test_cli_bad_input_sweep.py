@@ -345,7 +345,7 @@ def test_collect_item_and_a_second_data_file(toy: dict[str, Any], tmp_path: Path
     line = _one_error_line(main([*base, "-d", str(first), "--item", "3", "--item", "9"]), capsys)
     assert line == f"error: no item '9' in {first}; its ids are like '1', '2', '3'", line
     assert not store.exists()
-    assert main([*base, "-d", str(first), "--item", "3", "--item", "1"]) == 0
+    assert main([*base, "-d", str(first), "--item", "3", "--item", " 1 "]) == 0  # pasted with spaces: as --case
     assert "was first collected" not in capsys.readouterr().err
     with open_store(store, read_only=True) as st:
         (run,) = st.runs("collect")
@@ -601,4 +601,44 @@ def test_an_option_given_twice_is_refused_not_the_last_one_kept(toy: dict[str, A
     args = [a.replace("{toy}", str(toy["store"])) for a in argv]
     line = _one_error_line(main(args), capsys)
     assert line.startswith(f"error: {twice} is given twice; give it once"), line
+    assert sha256(toy["store"]) == toy["sha"]
+
+
+def test_item_ids_are_read_without_surrounding_spaces(toy: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    """`show --item " q000"` said "no such item was collected" where `--case` is read without its spaces; an id of
+    only spaces is refused as an empty one is."""
+    from failtrace.store import open_store
+
+    with open_store(toy["store"], read_only=True) as st:
+        item = st.con.execute("SELECT item_id FROM cases ORDER BY item_id LIMIT 1").fetchone()[0]
+    assert main(["show", "-s", str(toy["store"]), "--item", item]) == 0
+    plain = capsys.readouterr().out
+    assert main(["show", "-s", str(toy["store"]), "--item", f" {item}\t"]) == 0
+    assert capsys.readouterr().out == plain and item in plain
+    for argv in (["show", "-s", str(toy["store"]), "--item", "  "],
+                 ["pairs", "-s", str(toy["store"]), "--item", " ", "--no-progress"]):
+        line = _one_error_line(main(argv), capsys)
+        assert "--item" in line and "got only spaces; give an item id" in line, line
+    assert sha256(toy["store"]) == toy["sha"]
+
+
+def test_a_file_output_inside_a_link_to_nothing_is_named(toy: dict[str, Any], tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """`--out dangling/x.jsonl` (a folder on the way is a link to nothing, or a loop) passed the checks and ended in
+    a crash log when the writer made the folder ("File exists"). Now the link is named and nothing is made."""
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone")
+    (tmp_path / "loop").symlink_to("loop")
+    for out, says in ((tmp_path / "dangling" / "x.jsonl", f"{tmp_path / 'dangling'} is a symbolic link to "
+                       f"{tmp_path / 'gone'}, which does not exist; create that folder, fix the link, or give "
+                       "another --out"),
+                      (tmp_path / "dangling" / "deeper" / "x.jsonl", f"{tmp_path / 'dangling'} is a symbolic link"),
+                      (tmp_path / "loop" / "x.jsonl", f"{tmp_path / 'loop'} is a symbolic link that leads back to "
+                       "itself (a loop); fix the link or give another --out")):
+        line = _one_error_line(main(["export-dpo", "--store", str(toy["store"]), "--out", str(out)]), capsys)
+        assert line.startswith(f"error: --out {out}: ") and says in line, line
+    line = _one_error_line(main(["export", "--store", str(toy["store"]), "--format", "jsonl", "--out",
+                                 str(tmp_path / "dangling" / "exp")]), capsys)  # a folder output below one too
+    assert line.startswith(f"error: --out {tmp_path / 'dangling' / 'exp'}: {tmp_path / 'dangling'} is a symbolic "
+                           "link to"), line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling", "loop"] and not (tmp_path / "gone").exists()
     assert sha256(toy["store"]) == toy["sha"]

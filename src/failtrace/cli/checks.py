@@ -16,10 +16,18 @@ from pathlib import Path
 from failtrace.errors import FailtraceError
 
 
-def _nearest_existing(path: Path) -> Path:
-    """``path`` or its closest ancestor that exists (``.`` for a relative path whose parts are all missing)."""
+def _nearest_existing(path: Path, option: str, given: Path) -> Path:
+    """``path`` or its closest ancestor that exists (``.`` for a relative path whose parts are all missing).
+
+    A missing one that is a symbolic link (to nothing, or a loop) is refused: the writer's ``mkdir`` would fail on it
+    with "File exists" after the whole run (``--out dangling/x.jsonl``)."""
     path = path.absolute()
     while not path.exists() and path != path.parent:
+        if path.is_symlink():
+            shown = str(given) if path == given.absolute() else f"{given}: {path}"
+            target = _dangling_target(path, option, shown)
+            raise FailtraceError(f"{option} {shown} is a symbolic link to {target}, which does not exist; create that "
+                                 f"folder, fix the link, or give another {option}")
         path = path.parent
     return path
 
@@ -66,16 +74,17 @@ def check_not_store_companion(path: Path, option: str) -> None:
                              f"({STORE_COMPANIONS['.' + kind]}); give another path")
 
 
-def _dangling_target(path: Path, option: str) -> Path | None:
-    """Where ``path`` points when it is a symbolic link to nothing (None otherwise); a loop is refused here."""
+def _dangling_target(path: Path, option: str, shown: str | None = None) -> Path | None:
+    """Where ``path`` points when it is a symbolic link to nothing (None otherwise); a loop is refused here, named as
+    ``shown`` (the path given, or the given path and which of its folders is the link)."""
     if not path.is_symlink() or path.exists():
         return None
     try:
         os.stat(path)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise FailtraceError(f"{option} {path} is a symbolic link that leads back to itself (a loop); fix the "
-                                 f"link or give another {option}") from None
+            raise FailtraceError(f"{option} {shown or path} is a symbolic link that leads back to itself (a loop); "
+                                 f"fix the link or give another {option}") from None
     return path.parent / os.readlink(path)  # a relative link is read from the link's folder
 
 
@@ -114,7 +123,7 @@ def check_output_file(path: Path | None, option: str, example: str = "out.json")
             raise FailtraceError(f"cannot write {option} {path}: {exc.strerror or exc}; choose a writable "
                                  f"location") from None
         return
-    _probe(_nearest_existing(path.parent), option, path)
+    _probe(_nearest_existing(path.parent, option, path), option, path)
 
 
 def check_outputs(*specs: tuple[Path | None, str, str], pictures_by_suffix: bool = False) -> None:
@@ -150,7 +159,7 @@ def check_output_dir(path: Path | None, option: str) -> None:
                              f"missing)")
     check_not_store_companion(path, option)
     _check_dotdot(path, option)
-    _probe(_nearest_existing(path), option, path)
+    _probe(_nearest_existing(path, option, path), option, path)
 
 
 def check_store_path(path: Path, *, create: bool) -> None:

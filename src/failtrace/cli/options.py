@@ -118,6 +118,17 @@ def one_of(choices: tuple[str, ...] | Callable[[], tuple[str, ...]], *, lower: b
     return check
 
 
+def stripped(value: Any) -> Any:
+    """An id option (``--item``, one value or a list) without surrounding spaces, as ``--case`` is read: a pasted
+    ``" HumanEval/10"`` named no item. Only spaces is refused, as an empty value is."""
+    if value is None:
+        return value
+    out = [v.strip() for v in ([value] if isinstance(value, str) else value)]
+    if any(not v for v in out):
+        raise typer.BadParameter("got only spaces; give an item id")
+    return out[0] if isinstance(value, str) else out
+
+
 PROMPT = typer.Option(None, "--prompt", "-p", help="Prompt text (or the user message with --chat); or use --case.")
 TARGET = typer.Option(None, "--target", "-t",
                       help="Target (wrong) token: one-token string or '#ID'. Default: the model's own next token.")

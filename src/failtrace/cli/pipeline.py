@@ -44,8 +44,8 @@ def collect_command(
     model: str = typer.Option("smollm2-135m-instruct", "--model", "-m", help=opts.MODEL_HELP),
     limit: Optional[int] = typer.Option(None, "--limit", "-n", callback=opts.count(1),
                                         help="Only the first N items of the data."),
-    item: Optional[list[str]] = typer.Option(None, "--item", help="Only the item of this id (repeatable), e.g. "
-                                                                   "--item HumanEval/10."),
+    item: Optional[list[str]] = typer.Option(None, "--item", callback=opts.stripped,
+                                             help="Only the item of this id (repeatable), e.g. --item HumanEval/10."),
     store: Path = typer.Option(Path(DEFAULT_STORE), "--store", "-s", help="Results store (DuckDB file)."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", callback=opts.count(1),
                                                  help="Generation budget (default: the benchmark's)."),
@@ -255,8 +255,8 @@ def pairs_command(
     run: Optional[list[str]] = typer.Option(
         None, "--run", help="Only this collection run: its id or a unique prefix, as `failtrace status` prints it "
                              "(repeatable)."),
-    item: Optional[list[str]] = typer.Option(None, "--item", help="Only this failed item id (repeatable), e.g. "
-                                                                   "--item HumanEval/10."),
+    item: Optional[list[str]] = typer.Option(None, "--item", callback=opts.stripped,
+                                             help="Only this failed item id (repeatable), e.g. --item HumanEval/10."),
     rollout_batch_size: Optional[int] = typer.Option(None, "--rollout-batch-size", callback=opts.count(1),
                                                      help="Rollouts decoded together (default: all k)."),
     try_unbounded: bool = typer.Option(False, "--try-unbounded/--skip-unbounded",

@@ -19,6 +19,7 @@ import typer
 from failtrace.cli.checks import check_store_path
 from failtrace.cli.console import console as _console
 from failtrace.cli.console import store_errors as _store_errors
+from failtrace.cli.options import stripped
 from failtrace.errors import FailtraceError
 from failtrace.store.store import DEFAULT_STORE
 
@@ -26,7 +27,7 @@ from failtrace.store.store import DEFAULT_STORE
 def show_command(
     store: Path = typer.Option(Path(DEFAULT_STORE), "--store", "-s", help="Results store."),
     case: str = typer.Option(None, "--case", help="Case id (or a unique prefix): show this case."),
-    item: str = typer.Option(None, "--item", help="Item id: show its case (one per pair run)."),
+    item: str = typer.Option(None, "--item", callback=stripped, help="Item id: show its case (one per pair run)."),
     method: str = typer.Option("attnlrp", "--method", help="Method whose k* the list shows and whose top tokens a "
                                                            "case lists."),
     benchmark: str = typer.Option(None, "--benchmark", "-b", help="Only this benchmark's cases."),
