@@ -54,9 +54,10 @@ def build_toy_store(store: Path, model_dir: Path, n_items: int = 8, seed: int = 
             "model_dir": model_dir, "store": store}
 
 
-def write_toy_cases(st: Any, lm: Any, info: dict[str, Any]) -> None:
+def write_toy_cases(st: Any, lm: Any, info: dict[str, Any], analysis: int = 1) -> None:
     """Cases of the seed-0 model for the store's clean pairs: Δℓ, AttnLRP relevance, segments, flip curve. (Built
-    here from the analysis functions rather than by ``analyse``, so this test needs only what ``compare`` reads.)"""
+    here from the analysis functions rather than by ``analyse``, so this test needs only what ``compare`` reads.)
+    ``analysis`` 2, 3, ...: the same pairs analysed again (new case ids, a newer analysis)."""
     from failtrace.analysis.masking import flip_search
     from failtrace.analysis.segments import segment_labels, segment_relevance, spans_from_labels
     from failtrace.attribution.engine import relevance_pass
@@ -79,9 +80,11 @@ def write_toy_cases(st: Any, lm: Any, info: dict[str, Any]) -> None:
         method = CaseMethod("attnlrp", [float(x) for x in rel], segment_relevance=segment_relevance(rel, labels),
                             flip_curve=curve, flip_k=k)
         write_case(st, Case(
-            case_id=case_id(pair["pair_run_id"], pair["item_id"], fp, {"test": 1}), pair_run_id=pair["pair_run_id"],
+            case_id=case_id(pair["pair_run_id"], pair["item_id"], fp, {"test": analysis}),
+            pair_run_id=pair["pair_run_id"],
             run_id=info["run_id"], item_id=pair["item_id"], benchmark="toy", model=lm.name, model_fingerprint=fp,
             token_ids=ctx, tokens=decode_tokens(tok, ctx), special_mask=special,
             prompt_length=len(gen["prompt_ids"]), position=len(ctx), target_id=t, target_text=tok.decode([t]),
             contrast_id=c, contrast_text=tok.decode([c]), delta_logit=plain_delta(lm.model, ctx, t, c),
-            segments=spans_from_labels(labels), methods={"attnlrp": method}, masking=spec, analysis_id="test"))
+            segments=spans_from_labels(labels), methods={"attnlrp": method}, masking=spec,
+            analysis_id="test" if analysis == 1 else f"test{analysis}"))

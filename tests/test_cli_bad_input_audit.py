@@ -287,15 +287,17 @@ def test_export_dpo_that_stops_midway_leaves_no_part_file(toy: dict[str, Any], t
     assert out.read_text() == "kept\n" and sorted(p.name for p in tmp_path.iterdir()) == ["d", "prefs.jsonl"]
 
 
-def test_export_dpo_to_stdout_keeps_the_stream_json(toy: dict[str, Any]) -> None:
+@pytest.mark.parametrize("out", ["/dev/stdout", "-"])
+def test_export_dpo_to_stdout_keeps_the_stream_json(toy: dict[str, Any], out: str, tmp_path: Path) -> None:
     """``--out /dev/stdout | consumer``: the records on stdout, the status line on stderr (it was a non-JSON line
-    in the data stream)."""
-    res = subprocess.run([sys.executable, "-m", "failtrace.cli", "export-dpo", "-s", str(toy["store"]), "-o",
-                          "/dev/stdout"], capture_output=True, text=True, env=_env(), timeout=300)
+    in the data stream). ``--out -`` is the same (it wrote a file named '-')."""
+    res = subprocess.run([sys.executable, "-m", "failtrace.cli", "export-dpo", "-s", str(toy["store"]), "-o", out],
+                         capture_output=True, text=True, env=_env(), timeout=300, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     records = [json.loads(line) for line in res.stdout.splitlines()]
     assert len(records) == 5 and all("chosen" in r and "rejected" in r for r in records)
     assert res.stderr.strip() == "wrote 5 preference pairs to /dev/stdout"
+    assert list(tmp_path.iterdir()) == []
 
 
 # ---- --benchmark with no cases -------------------------------------------------------------------------------------

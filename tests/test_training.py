@@ -595,9 +595,11 @@ def test_model_rows_and_checkpoint_rows_never_stand_in_for_each_other(run: dict[
             method="sft", steps=2, save_every=2, lr=LR, held_out=0.7, seed=1))
     step0, step6 = str(dpo.checkpoints[0]), str(dpo.checkpoints[-1])
     # checkpoints first, then the same base model as the reference of --models: its reference rows are written
-    assert main(["compare", "-s", str(store), "--checkpoints", step0, step6, "--no-progress"]) == 0
+    # given last step first (as a shell glob gives step-10 before step-2): the rows still read by step
+    assert main(["compare", "-s", str(store), "--checkpoints", step6, step0, "--no-progress"]) == 0
     trained = sum(c.case_id in dpo.trained for c in run["cases"])
     text = capsys.readouterr().out
+    assert [ln.split()[0] for ln in text.splitlines() if ln.split()[:1] in ([step0], [step6])] == [step0, step6]
     assert _ckpt_counts(text, step0) == _ckpt_counts(text, step6) == (trained, n - trained)
     assert main(["compare", "-s", str(store), "--models", model, step6, "--no-progress"]) == 0
     text = capsys.readouterr().out
@@ -969,3 +971,45 @@ def test_a_new_run_sets_an_earlier_runs_checkpoints_aside_until_it_finishes(run:
         finetune(st, run["lm"], mine, _settings(lr=LR / 3))
     assert (mine / "step-1" / "notes.txt").read_text() == "a user's" and not list(mine.glob(".earlier-run-*"))
     assert done.replaced == sorted(earlier) and {p.name for p in out.glob("step-*")} == {"step-0", "step-3", "step-6"}
+
+
+def test_a_batch_larger_than_the_trained_cases_is_said(run: dict[str, Any], tmp_path: Path) -> None:
+    """`--batch-size 50` on a handful of trained cases was taken without a word: every step trains on all of them,
+    the same as any batch size at least their number."""
+    notes: list[str] = []
+    with open_store(run["store"], read_only=True) as st:
+        done = finetune(st, run["lm"], tmp_path / "ck", _settings(steps=1, save_every=1, batch_size=50),
+                        on_note=notes.append)
+    n = len(done.trained)
+    assert 0 < n < 50 and notes == [f"batch size 50 is more than the {n} trained cases: every step trains on those "
+                                    f"{n}"], notes
+
+
+def test_a_case_analysed_again_after_the_run_keeps_its_pairs_split(run: dict[str, Any], tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """The same pairs analysed again after training get new case ids, so every case was "in neither split" and the
+    table's columns were empty. The run now records its pairs (pair run, item); an unlisted case of a listed pair
+    takes that pair's split. A pair the run never saw (rejected in review) stays in neither: the test above."""
+    from failtrace.cli import main
+    from failtrace.store.cases import load_cases
+
+    store = tmp_path / "s.duckdb"
+    shutil.copy(run["store"], store)
+    dpo = run["results"]["dpo"]
+    with open_store(store) as st:
+        st.con.execute("DROP TABLE IF EXISTS comparisons")
+        write_toy_cases(st, run["lm"], run, analysis=2)
+        again = load_cases(st)
+    assert {c.case_id for c in again}.isdisjoint(dpo.trained + dpo.held_out) and len(again) == len(run["cases"])
+    meta = read_metadata(dpo.checkpoints[-1])
+    old = {c.case_id: (c.pair_run_id, c.item_id) for c in run["cases"]}
+    assert sorted(meta["trained_pairs"]) == sorted(list(old[c]) for c in dpo.trained)
+    assert main(["compare", "-s", str(store), "--checkpoints", str(dpo.checkpoints[-1]), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "neither split" not in text, text
+    assert _ckpt_counts(text, str(dpo.checkpoints[-1])) == (len(dpo.trained), len(dpo.held_out))
+    trained_pairs = {old[c] for c in dpo.trained}
+    with open_store(store, read_only=True) as st:
+        rows = st.con.execute("SELECT c.pair_run_id, c.item_id, m.split FROM comparisons m JOIN cases c USING "
+                              "(case_id)").fetchall()
+    assert len(rows) == len(again) and all((split == "trained") == ((p, i) in trained_pairs) for p, i, split in rows)

@@ -68,7 +68,8 @@ def preference_record(case: Case, item: Any, pair: dict[str, Any], generation: d
     rejected = generation["completion"]
     return {"prompt": _messages(item.prompt), "chosen": [{"role": "assistant", "content": chosen}],
             "rejected": [{"role": "assistant", "content": rejected}],
-            "case_id": case.case_id, "item_id": case.item_id, "benchmark": case.benchmark, "model": case.model,
+            "case_id": case.case_id, "pair_run_id": case.pair_run_id, "item_id": case.item_id,
+            "benchmark": case.benchmark, "model": case.model,
             "model_fingerprint": case.model_fingerprint, "target_text": case.target_text,
             "contrast_text": case.contrast_text, "delta_logit": case.delta_logit,
             "flip_k": case.flip_k("attnlrp"), "category": case.effective_category,

@@ -61,9 +61,9 @@ def writes_cell(rows: list[dict]) -> str:
 
 
 def checkpoint_table(rows: list[dict], folders: list[str], summary: CheckpointSummary) -> list[list[str]]:
-    """Per checkpoint (in --checkpoints order; its rows found by content fingerprint among this call's cases): step,
-    then per split of *its own* run (the folder's metadata: a step-0 row stored for another run is the same model
-    but may sit in another split there) the cases, mean Δℓ, corrected (Δℓ < 0) and how many of those write the
+    """Per checkpoint (in the order of ``folders``; its rows found by content fingerprint among this call's cases):
+    step, then per split of *its own* run (the folder's metadata: a step-0 row stored for another run is the same
+    model but may sit in another split there) the cases, mean Δℓ, corrected (Δℓ < 0) and how many of those write the
     contrast (:func:`writes_cell`)."""
     import statistics
 
@@ -72,7 +72,7 @@ def checkpoint_table(rows: list[dict], folders: list[str], summary: CheckpointSu
     wanted, out = set(summary.case_ids), []
     for folder in folders:
         meta = summary.metas[folder]
-        splits = case_splits(meta)
+        splits = case_splits(meta, summary.pairs)
         mine = [r for r in rows if r["step"] is not None and r["case_id"] in wanted and r["delta_logit"] is not None
                 and r["model_fingerprint"] == summary.fingerprints.get(folder)]
         cells = [folder, str(meta["step"])]
@@ -91,15 +91,20 @@ def _reused(skipped: int) -> str:
 
 
 def _print_checkpoints(st: ResultsStore, folders: list[str], summary: CheckpointSummary) -> None:
-    """A plain-text table (never truncated: checkpoint paths are long), one line per checkpoint."""
+    """A plain-text table (never truncated: checkpoint paths are long), one line per checkpoint, by finetune run
+    (in the order given) and then by step."""
     from failtrace.store.comparisons import load_comparisons
 
+    from failtrace.training.checkpoints import training_run_id
+
+    runs_seen = list(dict.fromkeys(training_run_id(summary.metas[f]) for f in folders))
+    # by run, then by step: a shell glob gives step-0 step-1 step-10 step-2
+    folders = sorted(folders, key=lambda f: (runs_seen.index(training_run_id(summary.metas[f])),
+                                             int(summary.metas[f]["step"])))
     rows = checkpoint_table(load_comparisons(st), folders, summary)
     head = ["checkpoint", "step", "trained", "mean Δℓ", "corrected", "writes", "held-out", "mean Δℓ", "corrected",
             "writes"]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    from failtrace.training.checkpoints import training_run_id
-
     typer.echo(f"{count_of(summary.cases, 'case')} on {count_of(len(folders), 'checkpoint')} "
                f"({summary.seconds:.1f} s{_reused(summary.skipped)}); corrected = Δℓ < 0; writes = of those, "
                "how many have the contrast as the checkpoint's top next token")
@@ -109,15 +114,16 @@ def _print_checkpoints(st: ResultsStore, folders: list[str], summary: Checkpoint
     for f in folders:
         by_run.setdefault(training_run_id(summary.metas[f]), []).append(f)
     for run_folders in by_run.values():  # stored with split null and a note; the columns count the run's two sets
-        splits = case_splits(summary.metas[run_folders[0]])
+        splits = case_splits(summary.metas[run_folders[0]], summary.pairs)
         unseen = [c for c in summary.case_ids if c not in splits]
         if unseen:
             verb = "is" if len(unseen) == 1 else "are"
             whose = "" if len(by_run) == 1 else f" of {run_folders[0]}" + (" and the others of its run"
                                                                              if len(run_folders) > 1 else "")
             typer.echo(f"note: {count_of(len(unseen), 'case')} of the {summary.cases} {verb} in neither split of the "
-                       f"run{whose} (not trained on nor held out as cases: e.g. analysed after it was trained, or left "
-                       "out in review); stored without a split and not counted in its rows' columns")
+                       f"run{whose} (not trained on nor held out, nor is their pair: e.g. left out in review, or "
+                       "searched after the run; or analysed again after a run that did not record its pairs yet); "
+                       "stored without a split and not counted in its rows' columns")
     runs = set(by_run)
     if len(runs) > 1:  # e.g. an --out folder rewritten by a shorter run keeps the longer run's later steps
         methods = sorted({str(summary.metas[f].get("method")) for f in folders})
@@ -191,7 +197,7 @@ def compare_command(
 
 def export_dpo_command(
     store: Path = typer.Option(Path(DEFAULT_STORE), "--store", "-s", help="Results store with analysed cases."),
-    out: Path = typer.Option(Path("prefs.jsonl"), "--out", "-o", help="Output JSONL file."),
+    out: Path = typer.Option(Path("prefs.jsonl"), "--out", "-o", help="Output JSONL file ('-': standard output)."),
     benchmark: Optional[str] = typer.Option(None, "--benchmark", "-b", help="Only cases of this benchmark."),
     tail_weight: float = typer.Option(0.0, "--tail-weight",
                                       help="Weight of response tokens after the decision token (0..1).",
@@ -204,6 +210,8 @@ def export_dpo_command(
     from failtrace.store.store import open_store
 
     check_store_path(store, create=False)  # a link to nothing or a loop: named, before any path is resolved
+    if str(out) == "-":  # the usual name for standard output (it wrote a file named '-')
+        out = Path("/dev/stdout")
     check_not_the_store(out, store, "--out")
     check_output_file(out, "--out", "prefs.jsonl")  # before reading the store: one line, not a crash log
     with open_store(store, read_only=True) as st:

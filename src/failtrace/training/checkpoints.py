@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -207,18 +208,35 @@ def read_metadata(folder: str | Path) -> dict[str, Any]:
     for key in ("trained_case_ids", "held_out_case_ids"):
         if not isinstance(meta[key], list) or not all(isinstance(c, str) for c in meta[key]):
             raise FailtraceError(f"{path}: {key} is not a list of case ids; the checkpoint is damaged")
+    for key in ("trained_pairs", "held_out_pairs"):  # absent from checkpoints written before runs recorded them
+        value = meta.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(p, list) and len(p) == 2 and all(isinstance(x, str)
+                                                                                               for x in p)
+                                                  for p in value):
+            raise FailtraceError(f"{path}: {key} is not a list of [pair run id, item id]; the checkpoint is damaged")
     return meta
 
 
-def case_splits(meta: dict[str, Any]) -> dict[str, str]:
+def case_splits(meta: dict[str, Any], pairs: Mapping[str, tuple[str, str]] | None = None) -> dict[str, str]:
     """Case id -> ``trained`` / ``held-out`` in the checkpoint's run (trained wins, as listed first); built once per
-    run by callers that look many cases up."""
-    return {**{c: "held-out" for c in meta["held_out_case_ids"]}, **{c: "trained" for c in meta["trained_case_ids"]}}
+    run by callers that look many cases up.
+
+    ``pairs`` (case id -> (pair run id, item id)) also places a case the run never listed whose *pair* it trained on
+    or held out (the case analysed again after the run: the same prompt, target and contrast, so the same example).
+    Checkpoints written before runs recorded their pairs lack them; their unlisted cases stay in neither split."""
+    out = {**{c: "held-out" for c in meta["held_out_case_ids"]}, **{c: "trained" for c in meta["trained_case_ids"]}}
+    by_pair = {**{tuple(p): "held-out" for p in meta.get("held_out_pairs") or []},
+               **{tuple(p): "trained" for p in meta.get("trained_pairs") or []}}
+    for case, pair in (pairs or {}).items():
+        if case not in out and tuple(pair) in by_pair:
+            out[case] = by_pair[tuple(pair)]
+    return out
 
 
-def split_of(meta: dict[str, Any], case_id: str) -> str | None:
-    """``trained`` / ``held-out`` for a case of the checkpoint's run, None for a case it never saw in either role."""
-    return case_splits(meta).get(case_id)
+def split_of(meta: dict[str, Any], case_id: str, pair: tuple[str, str] | None = None) -> str | None:
+    """``trained`` / ``held-out`` for a case of the checkpoint's run (by its id, else by its ``pair``: see
+    :func:`case_splits`), None for a case it never saw in either role."""
+    return case_splits(meta, {case_id: pair} if pair else None).get(case_id)
 
 
 def make_save_callback(tokenizer: Any, out: str | Path, every: int, meta: dict[str, Any],

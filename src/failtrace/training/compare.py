@@ -35,6 +35,7 @@ class CheckpointSummary:
 
     cases: int = 0
     case_ids: list[str] = field(default_factory=list)
+    pairs: dict[str, tuple[str, str]] = field(default_factory=dict)  # case id -> (pair run id, item id)
     metas: dict[str, dict[str, Any]] = field(default_factory=dict)
     fingerprints: dict[str, str] = field(default_factory=dict)
     written: dict[str, int] = field(default_factory=dict)
@@ -60,7 +61,7 @@ def checkpoint_row(lm: Any, case: Case, item: Any, name: str, fingerprint: str, 
     from failtrace.training.checkpoints import split_of
 
     row = score_on_case_tokens(lm, case, item, name, fingerprint)
-    split = split_of(meta, case.case_id)
+    split = split_of(meta, case.case_id, (case.pair_run_id, case.item_id))
     if split is None:
         row["notes"] = [*row["notes"], "case not in this run's trained or held-out set"]
     return row | {"step": int(meta["step"]), "split": split, "training_run": run}
@@ -138,7 +139,8 @@ def compare_checkpoints(store: ResultsStore, folders: Sequence[str], *, benchmar
     t0 = time.perf_counter()
     cases = _cases_of(store, bases.pop(), benchmark, limit)
     items = {c.case_id: store.get_item(c.benchmark, c.item_id) for c in cases}
-    summary = CheckpointSummary(cases=len(cases), case_ids=[c.case_id for c in cases], metas=metas)
+    summary = CheckpointSummary(cases=len(cases), case_ids=[c.case_id for c in cases], metas=metas,
+                                pairs={c.case_id: (c.pair_run_id, c.item_id) for c in cases})
     done = done_comparisons(store, checkpoint=True)
     before = set(done)  # what a rerun finds stored (a step-0 shared by two folders of this call is not "before")
     reused: set[tuple[str, str]] = set()  # rows, not folders: two step-0 folders share one model's rows

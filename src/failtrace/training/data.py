@@ -41,6 +41,7 @@ class Example:
     rejected_weights: list[float]
     decision_index: int  # index of the decision token (contrast / target) inside chosen_ids and rejected_ids
     notes: list[str] = field(default_factory=list)
+    pair_run_id: str = ""  # with item_id, the pair: a case analysed again from it is the same example
 
 
 def split_cases(case_ids: Sequence[str], held_out: float, seed: int,
@@ -105,7 +106,7 @@ def build_example(tokenizer: Any, record: dict[str, Any], eos: frozenset[int], t
                    prompt_ids=[int(t) for t in record["prompt_ids"]], chosen_ids=chosen, rejected_ids=rejected,
                    chosen_weights=_weights(record["response_weights"], len(chosen), tail_weight),
                    rejected_weights=_weights(record["response_weights"], len(rejected), tail_weight),
-                   decision_index=d, notes=[note] if note else [])
+                   decision_index=d, notes=[note] if note else [], pair_run_id=str(record.get("pair_run_id") or ""))
 
 
 def load_examples(store: ResultsStore, tokenizer: Any, eos: frozenset[int], model_fingerprint: str,

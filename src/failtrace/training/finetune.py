@@ -247,7 +247,8 @@ def finetune(data: TrainingData | ResultsStore, lm: Any, out: str | Path, settin
              progress: bool = False, on_note: Callable[[str], None] | None = None) -> FinetuneResult:
     """Train ``lm`` (a :class:`~failtrace.models.LoadedModel`) by ``settings.method`` on ``data`` (or a store's:
     :func:`training_data`); write checkpoints to ``out`` (resuming an interrupted run of the same identity: module
-    docstring). ``on_note`` hears, before training, where an earlier run's checkpoints were set aside."""
+    docstring). ``on_note`` hears, before training, where an earlier run's checkpoints were set aside, and a batch
+    size larger than the trained cases."""
     from failtrace.models.fingerprint import model_fingerprint
     from failtrace.models.loading import _quiet_transformers
     from failtrace.training.checkpoints import (RUN_KEYS, drop_set_aside, make_save_callback, numbered,
@@ -265,12 +266,18 @@ def finetune(data: TrainingData | ResultsStore, lm: Any, out: str | Path, settin
     trained, held = split_cases([e.case_id for e in examples], settings.held_out, settings.seed,
                                 items=[f"{e.benchmark}\x1f{e.item_id}" for e in examples])
     by_id = {e.case_id: e for e in examples}
+    if on_note is not None and 0 < len(trained) < settings.batch_size:  # the trainer's batches are never padded out
+        on_note(f"batch size {settings.batch_size} is more than the {len(trained)} trained cases: every step "
+                f"trains on those {len(trained)}")
     meta = {"method": settings.method, "settings": asdict(settings), "base_model": lm.name,
             "base_model_source": lm.source, "base_model_fingerprint": base_fp,
             "base_vocab_digest": vocab_digest(lm.tokenizer), "store": data.store,
             "trained_case_ids": trained, "held_out_case_ids": held,
             "trained_item_ids": [by_id[c].item_id for c in trained],
             "held_out_item_ids": [by_id[c].item_id for c in held], "versions": _versions(),
+            # the pairs (pair run, item) behind the cases: a case analysed again later keeps its pair's split
+            "trained_pairs": [[by_id[c].pair_run_id, by_id[c].item_id] for c in trained],
+            "held_out_pairs": [[by_id[c].pair_run_id, by_id[c].item_id] for c in held],
             "example_notes": {e.case_id: e.notes for e in examples if e.notes},
             "rejected_in_review": rejected}
     out = Path(out)
