@@ -957,3 +957,24 @@ def test_a_write_another_sites_page_could_send_is_refused(toy: dict[str, Any], t
         assert c.post("/api/reviews", content=body, headers=proxied).status_code == 201
         assert c.post("/api/reviews", content=body, headers={"content-type": "application/json"}).status_code == 201
         assert [r["comment"] for r in c.get("/api/reviews").json()["reviews"]] == ["forged"] * 3
+
+
+def test_k_none_meets_a_minimum_up_to_k_plus_one(toy: dict[str, Any], tmp_path: Path) -> None:
+    """k* "none" (no flip within the K tokens masked: k* > K) was left out of every k_min, so a search for hard
+    cases (k* at least 6) found none of the cases that need more than 10 tokens. It meets a minimum up to K + 1
+    (beyond that, whether k* reaches it is unknown) and never a maximum."""
+    store = tmp_path / "s.duckdb"
+    shutil.copy(toy["store"], store)
+    case = toy["cases"][0]
+    curve = case.methods["attnlrp"].flip_curve
+    with open_store(store) as st:  # as a case whose masking never flipped it within its K = len(curve) - 1
+        st.con.execute("UPDATE case_methods SET flip_k = NULL WHERE case_id = ? AND method = 'attnlrp'",
+                       [case.case_id])
+    with TestClient(create_app(store), base_url="http://127.0.0.1") as c:
+        flips = {x.case_id: x.flip_k("attnlrp") for x in toy["cases"] if x.case_id != case.case_id}
+        for bound in (1, len(curve), len(curve) + 1):
+            got = sorted(r["case_id"] for r in _all_rows(c, k_min=bound))
+            want = sorted([i for i, k in flips.items() if k is not None and k >= bound]
+                          + ([case.case_id] if bound <= len(curve) else []))
+            assert got == want, bound
+        assert case.case_id not in {r["case_id"] for r in _all_rows(c, k_max=10**5)}

@@ -27,7 +27,8 @@ latest AS ({CURRENT_ANALYSES_SQL}),
 ov AS (SELECT case_id, arg_max(category, created_at) AS category FROM overrides GROUP BY case_id),
 cs AS (
     SELECT c.case_id, c.pair_run_id, c.item_id, c.category, c.pattern, c.delta_logit AS case_delta,
-           ov.category AS override, m.flip_k AS k_star, coalesce(len(m.flip_curve) > 0, false) AS k_computed
+           ov.category AS override, m.flip_k AS k_star, coalesce(len(m.flip_curve) > 0, false) AS k_computed,
+           len(m.flip_curve) - 1 AS k_tried
     FROM cases c JOIN latest l ON l.pair_run_id = c.pair_run_id AND l.analysis_id = c.analysis_id
     LEFT JOIN ov ON ov.case_id = c.case_id
     LEFT JOIN case_methods m ON m.case_id = c.case_id AND m.method = 'attnlrp'),
@@ -36,7 +37,7 @@ cs AS (
 _NO_CASES_CTE = """
 cs AS (SELECT NULL::VARCHAR AS case_id, NULL::VARCHAR AS pair_run_id, NULL::VARCHAR AS item_id,
        NULL::VARCHAR AS category, NULL::VARCHAR AS pattern, NULL::DOUBLE AS case_delta, NULL::VARCHAR AS override,
-       NULL::INTEGER AS k_star, false AS k_computed WHERE false),
+       NULL::INTEGER AS k_star, false AS k_computed, NULL::INTEGER AS k_tried WHERE false),
 """
 
 _ROWS_CTE = f"""
@@ -45,7 +46,7 @@ rows AS (
            p.pair_run_id, coalesce(p.status, CASE WHEN v.status = 'fail' THEN '{NOT_SEARCHED}' END) AS pair_status,
            p.target_text, p.contrast_text, coalesce(cs.case_delta, p.delta_logit) AS delta_logit,
            cs.case_id, coalesce(cs.override, cs.category) AS category, cs.override IS NOT NULL AS overridden,
-           cs.pattern, cs.k_star, coalesce(cs.k_computed, false) AS k_computed, g.n_tokens
+           cs.pattern, cs.k_star, coalesce(cs.k_computed, false) AS k_computed, cs.k_tried, g.n_tokens
     FROM verdicts v
     JOIN runs r ON r.run_id = v.run_id
     LEFT JOIN generations g ON g.run_id = v.run_id AND g.item_id = v.item_id
@@ -55,7 +56,7 @@ rows AS (
 
 COLUMNS = ("run_id", "item_id", "benchmark", "model", "verdict", "pair_run_id", "pair_status", "target_text",
            "contrast_text", "delta_logit", "case_id", "category", "overridden", "pattern", "k_star", "k_computed",
-           "n_tokens")
+           "k_tried", "n_tokens")
 SORT_COLUMNS = frozenset(COLUMNS) - {"overridden", "k_computed"}
 # facet name (query parameter) -> column of ``rows``
 # pair_run: a collection run searched by several pair runs has one row per failure and pair run; this facet picks one
@@ -102,11 +103,13 @@ def _where(q: TableQuery, skip_facet: str | None = None) -> tuple[str, list[Any]
         if NONE_VALUE in values:
             alts.append(f"{col} IS NULL")
         parts.append("(" + " OR ".join(alts) + ")")
-    for expr, value in (("delta_logit >= ?", q.dl_min), ("delta_logit <= ?", q.dl_max), ("k_star >= ?", q.k_min),
+    # k* "none" (no flip within the K masked, k_tried = K) means k* > K: it meets a minimum up to K + 1
+    for expr, value in (("delta_logit >= ?", q.dl_min), ("delta_logit <= ?", q.dl_max),
+                        ("(k_star >= ? OR (k_computed AND k_star IS NULL AND k_tried + 1 >= ?))", q.k_min),
                         ("k_star <= ?", q.k_max)):
         if value is not None:
             parts.append(expr)
-            params.append(value)
+            params.extend([value] * expr.count("?"))
     if q.has_case is not None:
         parts.append("case_id IS NOT NULL" if q.has_case else "case_id IS NULL")
     if q.search:
