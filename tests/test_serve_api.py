@@ -228,7 +228,7 @@ def test_unknown_ids_404_malformed_422(client: TestClient, toy: dict[str, Any]) 
         assert r.status_code == 404 and r.json()["detail"] == (f"no case has the id {whole[:8]!r}: the API takes whole "
                                                                f"case ids; did you mean {whole}?")
         assert r.headers["X-Failtrace-Case"] == whole  # the explorer follows it (the graph's message was garbled)
-    assert client.get("/api/cases/" + "0" * 24).json()["detail"] == "no such case"  # no case starts so: no hint
+    assert client.get("/api/cases/" + "0" * 24).json()["detail"] == f"no case has the id {'0' * 24!r} in this store"
     for bad in ("bad!id", "x" * 65, "a%20b", "%00"):
         assert client.get(f"/api/cases/{bad}").status_code == 422, bad
     for params in ({"limit": 0}, {"limit": 501}, {"limit": "abc"}, {"offset": -1}, {"sort": "1;drop table cases"},

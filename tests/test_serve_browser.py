@@ -417,6 +417,12 @@ def test_graph_slider_pin_and_export(page: Any, server: dict[str, Any], tmp_path
     stage, pos = key.split(":")
     assert f"pinned {case.graph['stages'][int(stage)]} / pos {pos}:" in page.inner_text("#gsub")
     _shot(page, "graph")
+    # a tooltip near the window's bottom edge opens above the pointer (below it, it ran off the screen)
+    box = page.evaluate("() => { FT.tip({clientX: 20, clientY: innerHeight - 4}, "
+                        "'L9 pos 26\\nrelevance 0.41\\nin 3 edges\\nout 5 edges'); "
+                        "var r = document.getElementById('tip').getBoundingClientRect(); FT.tip(null, ''); "
+                        "return [r.top, r.bottom, r.height, innerHeight]; }")
+    assert box[2] > 40 and 0 <= box[0] and box[1] <= box[3], box
     with page.expect_download() as dl:
         page.click("#export")
     data = json.loads(Path(dl.value.path()).read_text())
@@ -456,7 +462,10 @@ def test_keyboard_errors_crumbs_and_paging_as_a_user_meets_them(page: Any, serve
     crumb = page.inner_text("#nav-crumb")
     assert crumb.strip()
     _open(page, server, "#/case/" + "0" * 24, "case")  # no such case
-    assert "404" in page.inner_text("#error") and page.inner_text("#nav-crumb").strip() == ""
+    # said plainly (it was "404: no such case" in red, no way back): the id, and a link to the cases table
+    assert page.inner_text("#error") == f"no case has the id {'0' * 24!r} in this store"
+    assert page.get_attribute("#error", "class") == "empty" and page.get_attribute("#error-back", "href") == "#/cases"
+    assert page.inner_text("#nav-crumb").strip() == ""
     _open(page, server, "#/case/%E0", "case")  # not valid percent-encoding: a message, not a blank page
     assert page.inner_text("#error") == "malformed link: '%E0' is not valid percent-encoding"
     for link, said in (("#/case/", "no case id after #/case/"), ("#/graph/", "no case id after #/graph/"),

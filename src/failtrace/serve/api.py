@@ -160,7 +160,7 @@ def cases_table(
 WHOLE_ID_HEADER = "X-Failtrace-Case"  # on a 404 for a unique short id: the whole id (the explorer follows it)
 
 
-def _no_case(cur: Any, case_id: str, has_cases: bool, said: str = "no such case") -> HTTPException:
+def _no_case(cur: Any, case_id: str, has_cases: bool, said: str = "") -> HTTPException:
     """A 404 that names the case a short id stands for (the API takes whole ids, the command line prefixes), and
     carries it in the :data:`WHOLE_ID_HEADER` header when only one case starts so."""
     from failtrace.store.cases import case_ids_starting
@@ -170,7 +170,7 @@ def _no_case(cur: Any, case_id: str, has_cases: bool, said: str = "no such case"
         hint = f"did you mean {ids[0]}?" if len(ids) == 1 else f"several start so ({ids[0]}, ...)"
         return HTTPException(404, f"no case has the id {case_id!r}: the API takes whole case ids; {hint}",
                              headers={WHOLE_ID_HEADER: ids[0]} if len(ids) == 1 else None)
-    return HTTPException(404, said)
+    return HTTPException(404, said or f"no case has the id {case_id!r} in this store")
 
 
 @router.get("/api/cases/{case_id}", summary="One case: tokens, relevance per method, flip curves, labels")
@@ -187,7 +187,8 @@ def case_graph(case_id: CASE_ID, request: Request, cur: Cursor) -> dict[str, Any
     has_cases = _state(request).has_cases
     found = casedata.graph_detail(cur, case_id) if has_cases else None
     if found is None:
-        raise _no_case(cur, case_id, has_cases, "no such case, or no graph stored for it")
+        raise _no_case(cur, case_id, has_cases, f"no case has the id {case_id!r} in this store, or no graph is stored "
+                                                "for it")
     return found
 
 

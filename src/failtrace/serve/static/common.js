@@ -218,7 +218,9 @@ var FT = (function () {
     tip = tip || document.getElementById("tip");
     if (!text) { tip.style.display = "none"; return; }
     tip.textContent = text; tip.style.display = "block";
-    tip.style.left = Math.min(ev.clientX + 12, window.innerWidth - 260) + "px"; tip.style.top = (ev.clientY + 14) + "px";
+    tip.style.left = Math.min(ev.clientX + 12, window.innerWidth - 260) + "px";
+    var below = ev.clientY + 14, h = tip.offsetHeight;  // near the window's bottom edge: above the pointer instead
+    tip.style.top = (below + h > window.innerHeight ? Math.max(0, ev.clientY - h - 8) : below) + "px";
   };
 
   FT.crumb = function (nodes) {
@@ -226,9 +228,13 @@ var FT = (function () {
     [].concat(nodes || []).filter(Boolean).forEach(function (n) { c.appendChild(FT.el("span", {class: "sep"}, "›")); c.appendChild(n); });
   };
 
+  /* A failure in red; a 404 (no such case, nothing compared yet) is what the store holds, not a fault: said plainly,
+     with the way back to the cases table */
   FT.error = function (view, err) {
     view.textContent = "";
-    view.appendChild(FT.el("p", {class: "err", id: "error"}, String(err.message || err)));
+    var missing = err && err.status === 404, text = String((err && err.message) || err);
+    view.appendChild(FT.el("p", {class: missing ? "empty" : "err", id: "error"}, missing ? text.replace(/^404: /, "") : text));
+    if (missing) view.appendChild(FT.el("p", {}, [FT.el("a", {href: "#/cases", id: "error-back"}, "← the cases table")]));
   };
   return FT;
 })();
