@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -10,6 +11,7 @@ from failtrace.errors import FailtraceError
 from failtrace.store.store import DEFAULT_STORE
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+GRACE_S = 5  # seconds open requests get to finish once the server is asked to stop
 
 
 def serve_command(
@@ -31,12 +33,11 @@ def serve_command(
     check_store_path(store, create=False)  # a folder, a dangling link: named as every command names them
     require_store(store)  # a missing store is named before a busy port, and nothing is opened before the bind
     port = _check_bind(host, port)
-    hosts = ["127.0.0.1", "localhost", "[::1]", "::1"] + ([] if host in LOOPBACK else ["*"])
-    app = create_app(store, review=review, allowed_hosts=hosts)
-    if host not in LOOPBACK:  # warned only once the address and the store are good: a failure stays one line
+    anywhere = host in ("0.0.0.0", "::")  # every address: the URL to open here is the loopback one
+    app = create_app(store, review=review, allowed_hosts=_host_names(host, anywhere), any_ip=anywhere)
+    if not _loopback(host):  # warned only once the address and the store are good: a failure stays one line
         typer.echo(f"warning: binding {host}: anyone who can reach this address can read the store"
                    + (" and write reviews" if review else ""), err=True)
-    anywhere = host in ("0.0.0.0", "::")  # every address: the URL to open here is the loopback one
     shown = "127.0.0.1" if anywhere else f"[{host}]" if ":" in host else host
     snapshot = app.state.ft.store.snapshot_note  # a writer holds the file: what is shown is the file as it was now
     typer.echo(f"failtrace explorer on http://{shown}:{port}" + (" (and this machine's other addresses)" if anywhere
@@ -44,8 +45,59 @@ def serve_command(
                + f"  ({store}, {'review mode' if review else 'read-only'}"
                + (f"; {snapshot}: later writes are not shown until the explorer is started again)" if snapshot
                   else ")"))
-    uvicorn.run(app, host=host, port=port, log_level="warning")  # returns on Ctrl-C or SIGTERM (after open requests)
+    import logging
+
+    logging.getLogger("uvicorn.error").addFilter(_quiet_stop)
+    # returns on Ctrl-C or SIGTERM, after open requests, or after GRACE_S with a client still sending (it hung)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=GRACE_S)
+    except KeyboardInterrupt:  # a second Ctrl-C during the stop, which uvicorn raises again once it has stopped
+        pass
     typer.echo("failtrace explorer stopped")  # the normal way a server ends: exit 0, store closed
+
+
+def _quiet_stop(record: Any) -> bool:
+    """A logging filter for uvicorn's log: a request cut off by the stop (a client still sending after GRACE_S, or a
+    second Ctrl-C) is one line, not uvicorn's traceback of the cancelled task."""
+    import asyncio
+    import logging
+
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
+        return False  # the line before it already says what happened
+    said = record.getMessage()
+    if said.startswith("Traceback") and ("KeyboardInterrupt" in said or "CancelledError" in said):
+        return False  # the app's shutdown cut short by a second Ctrl-C (Starlette sends its traceback as text)
+    if "timeout graceful shutdown exceeded" in record.getMessage():
+        record.msg, record.args = f"stopped: a request still open after {GRACE_S} s was cut off", ()
+        record.levelno, record.levelname = logging.WARNING, "WARNING"  # the stop was asked for: no error
+    return True
+
+
+def _loopback(host: str) -> bool:
+    """``localhost``, ``::1`` or any address of 127.0.0.0/8."""
+    import ipaddress
+
+    try:
+        return host in LOOPBACK or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_names(host: str, anywhere: bool) -> list[str]:
+    """The Host header names the explorer answers to: the loopback names, the address it is bound to, and bound to
+    every address this machine's own names (and any IP address: ``any_ip``). Never every name: that let a page on
+    another site reach it through DNS rebinding (its own name resolved to this machine)."""
+    import socket
+
+    from failtrace.serve.app import LOOPBACK_HOSTS
+
+    names = [*LOOPBACK_HOSTS]
+    if anywhere:
+        names += [socket.gethostname(), socket.getfqdn()]
+    elif host not in names:
+        names.append(f"[{host}]" if ":" in host else host)
+    return list(dict.fromkeys(n.lower() for n in names if n))
 
 
 def _check_bind(host: str, port: int) -> int:

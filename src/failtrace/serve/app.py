@@ -111,6 +111,8 @@ class ServeState:
             self.refresh_rows()  # reads every row the table shows: a damaged store is refused before review writes
             tables = {r[0] for r in self.store.con.execute(
                 "SELECT table_name FROM information_schema.tables").fetchall()}
+            if "reviews" in tables:
+                self._check_reviews()
             if review and "reviews" in tables:  # an older reviews table gains the contrast columns the reads use
                 self.ensure_reviews()
         except BaseException:
@@ -120,6 +122,18 @@ class ServeState:
         self.has_comparisons = "comparisons" in tables and self.has_cases
         self.compared: dict[str, Any] = {}  # Fig. 4-7 data and the series' names, computed on first use (api)
         self.figures_lock = threading.Lock()
+
+    def _check_reviews(self) -> None:
+        """Refuse a ``reviews`` table that is not failtrace's review log (another program's, in a store): review mode
+        altered it at start, and every read and write of it failed (a 500 on every case page)."""
+        have = {r[0] for r in self.store.con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'reviews'").fetchall()}
+        lacks = [c for c in ("review_id", "pair_run_id", "item_id", "case_id", "decision", "category", "comment",
+                             "created_at") if c not in have]
+        if lacks:
+            raise FailtraceError(f"--store {self.path}: its reviews table lacks {', '.join(lacks)}, so it is not "
+                                 "failtrace's review log (another program's table?); rename that table, or serve "
+                                 "another store")
 
     def ensure_reviews(self) -> None:
         """The reviews table with every column, created on the first review (so opening a store with --review
@@ -253,11 +267,32 @@ class HeadAsGet:
         await self.app({**scope, "method": "GET"}, receive, headers_only)
 
 
-def host_checked(app: Any, allowed_hosts: list[str]) -> Any:
+LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "[::1]", "::1"]
+
+
+def ip_literal(host_header: str) -> bool:
+    """Whether a Host header names an IP address (``10.0.0.5:8765``, ``[fe80::1]:8765``) rather than a name."""
+    import ipaddress
+
+    name = host_header.strip()
+    if name.startswith("["):
+        name = name[1:name.find("]")] if "]" in name else ""
+    elif name.count(":") == 1:
+        name = name.split(":")[0]
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def host_checked(app: Any, allowed_hosts: list[str], any_ip: bool = False) -> Any:
     """``app`` behind Starlette's TrustedHostMiddleware (the DNS-rebinding guard), with its refusal said as every
     other error is: one JSON line naming the Host header and what to do, not a bare text "Invalid host header".
-    Starlette's check itself decides; a request it lets through is marked in its scope, and only an unmarked
-    response (the refusal) is replaced."""
+    Starlette's check itself decides on names; a request it lets through is marked in its scope, and only an
+    unmarked response (the refusal) is replaced. ``any_ip`` (an explorer bound to every address) also lets a Host
+    that is an IP address through: Starlette matches names only, and DNS rebinding needs a name (the attacker's
+    page sends its own), so an address typed by hand is never one."""
     from fastapi.responses import JSONResponse
     from starlette.middleware.trustedhost import TrustedHostMiddleware
 
@@ -271,16 +306,20 @@ def host_checked(app: Any, allowed_hosts: list[str]) -> Any:
         if scope["type"] != "http":
             await checked(scope, receive, send)
             return
+        if any_ip and ip_literal(dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")):
+            await passed(scope, receive, send)
+            return
 
         async def said(message: dict[str, Any]) -> None:
             if scope.get("failtrace.host_ok"):
                 await send(message)
             elif message["type"] == "http.response.body":  # the refusal's body: ours instead, status and all
                 host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")[:80]
+                names = ", ".join(allowed_hosts) + (", or an IP address" if any_ip else "")
                 await JSONResponse({"detail": f"the Host header {host!r} is not a name this explorer answers to "
-                                              f"({', '.join(allowed_hosts)}): it listens on loopback only, so a page "
-                                              "elsewhere cannot reach it by DNS rebinding; a proxy must send one of "
-                                              "these, or start failtrace serve with --host ADDRESS"},
+                                              f"({names}): so a page elsewhere cannot reach it by DNS rebinding; a "
+                                              "proxy must send one of these, or start failtrace serve with --host "
+                                              "ADDRESS"},
                                    status_code=400)(scope, receive, send)
 
         await checked(scope, receive, said)
@@ -311,8 +350,10 @@ def cross_site_write(headers: Any) -> tuple[int, str] | None:
     return None
 
 
-def create_app(store: str | Path, review: bool = False, allowed_hosts: list[str] | None = None) -> Any:
-    """The FastAPI app over ``store``. ``allowed_hosts``: Host header values accepted (default: loopback names)."""
+def create_app(store: str | Path, review: bool = False, allowed_hosts: list[str] | None = None,
+               any_ip: bool = False) -> Any:
+    """The FastAPI app over ``store``. ``allowed_hosts``: Host header values accepted (default: loopback names);
+    ``any_ip``: also any IP address (:func:`host_checked`)."""
     from fastapi import FastAPI
     from fastapi.encoders import jsonable_encoder
     from fastapi.exceptions import RequestValidationError
@@ -340,7 +381,7 @@ def create_app(store: str | Path, review: bool = False, allowed_hosts: list[str]
     app.state.static = load_static()
     app.include_router(router)
     app.include_router(review_router)
-    app.add_middleware(host_checked, allowed_hosts=allowed_hosts or ["127.0.0.1", "localhost", "[::1]", "::1"])
+    app.add_middleware(host_checked, allowed_hosts=allowed_hosts or LOOPBACK_HOSTS, any_ip=any_ip)
     app.add_middleware(HeadAsGet)  # outside the host check: a HEAD is checked as the GET it stands for
 
     # the write routes: on a read-only explorer refused here, before their body is read or parsed
@@ -350,6 +391,9 @@ def create_app(store: str | Path, review: bool = False, allowed_hosts: list[str]
     async def guard(request: Any, call_next: Any) -> Any:
         if request.method == "POST" and not state.review and any(w.match(request.url.path) for w in writes):
             return JSONResponse({"detail": READ_ONLY}, status_code=403)
+        if "transfer-encoding" in request.headers:  # with a Content-Length too, the server read the chunks past it
+            return JSONResponse({"detail": "a chunked body (Transfer-Encoding) is refused: send it with a "
+                                           "Content-Length"}, status_code=411)
         length = request.headers.get("content-length")
         if length is not None and (not (length.isascii() and length.isdigit()) or int(length) > MAX_BODY):
             return JSONResponse({"detail": f"request body over {MAX_BODY} bytes"}, status_code=413)

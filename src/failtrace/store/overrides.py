@@ -8,6 +8,8 @@ differs from the one in force.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from failtrace.cases.record import CATEGORIES
@@ -24,10 +26,12 @@ class UnchangedCategoryError(FailtraceError):
     """An override to the category the case already has: it would be marked as overridden and change nothing."""
 
 
-def set_override(store: ResultsStore, case_id: str, category: str, reason: str) -> dict[str, Any]:
+def set_override(store: ResultsStore, case_id: str, category: str, reason: str,
+                 also: Callable[[], Any] | None = None) -> dict[str, Any]:
     """Record a person's category for a case (kept with the computed one; the newest override wins). Back to the
     computed category, over an override, is a clear: the case is no longer marked overridden (``cleared`` is then
-    True in the returned row), rather than overridden to what it already computes."""
+    True in the returned row), rather than overridden to what it already computes. ``also`` runs inside the same
+    transaction (the explorer's review-log row: both are committed, or neither)."""
     if category not in CATEGORIES:
         raise FailtraceError(f"unknown category {category!r}; valid: {', '.join(CATEGORIES)}")
     if not reason or not reason.strip():
@@ -49,13 +53,19 @@ def set_override(store: ResultsStore, case_id: str, category: str, reason: str) 
         raise UnchangedCategoryError(f"case {cid}'s category is already {category}"
                                      f"{' (by an override)' if newest else ''}: give another category to override "
                                      f"it{change}")
-    row = {"category": category, "reason": reason.strip(), "created_at": _now(), "cleared": clears}
+    # strictly after the case's newest override, even if the clock stepped back: the newest one is the one in force
+    last = store.con.execute("SELECT max(created_at) FROM overrides WHERE case_id = ?", [cid]).fetchone()[0]
+    now = _now()
+    row = {"category": category, "reason": reason.strip(),
+           "created_at": now if last is None or now > last else last + timedelta(microseconds=1), "cleared": clears}
     with store._transaction():
         if row["cleared"]:  # the computed category counts again, as `override --clear` makes it
             store.con.execute("DELETE FROM overrides WHERE case_id = ?", [cid])
         else:
             store.con.execute("INSERT INTO overrides VALUES (?, ?, ?, ?)", [cid, category, row["reason"],
                                                                             row["created_at"]])
+        if also is not None:
+            also()
     return {"case_id": cid, **row}
 
 
