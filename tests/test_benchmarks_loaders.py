@@ -212,3 +212,45 @@ def test_a_file_of_another_benchmark_is_one_complaint_not_the_same_five_times(tm
     assert "line 9: " in message and message.count("missing field") == 1
     assert summarise_problems(["line 1: a", "line 2: b", "line 3: a", "odd"]) == "line 1 and 1 more: a; line 2: b; odd"
     assert summarise_problems([f"line {i}: m{i}" for i in range(8)], shown=5).endswith("line 4: m4; ... and 3 more")
+
+
+def test_a_number_too_long_to_read_costs_its_line_not_the_load(tmp_path: Path) -> None:
+    """An integer of more than 4,300 digits raises a plain ValueError in json.loads (Python's limit on int()), which
+    the loaders did not catch: the whole collect ended in a crash log (exit 70). In JSONL it costs its line; in a
+    JSON file it is one error naming the file."""
+    big = "9" * 5000
+    path = _write_jsonl(tmp_path / "m.jsonl", [json.dumps(_math_record(1)),
+                                               json.dumps(_math_record(2))[:-1] + f', "n": {big}}}',
+                                               json.dumps(_math_record(3))])
+    report = get_benchmark("math").load(str(path))
+    assert [item.id for item in report.items] == ["p1", "p3"]
+    assert report.problems == ["m.jsonl line 2: a number too long to read (Exceeds the limit (4300 digits) for "
+                               "integer string conversion: value has 5000 digits)"], report.problems
+    whole = tmp_path / "m.json"
+    whole.write_text(f'[{json.dumps(_math_record(1))}, {{"problem": "x", "answer": {big}}}]')
+    with pytest.raises(FailtraceError, match=r"m\.json: holds a number too long to read"):
+        get_benchmark("math").load(str(whole))
+
+
+def test_a_parquet_value_python_cannot_represent_is_named(tmp_path: Path) -> None:
+    """A date beyond year 9999 in any column (even one no benchmark reads) raised OverflowError out of the batch's
+    conversion: a crash log. Now one error naming the rows."""
+    import datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    days = (datetime.date(9999, 12, 31) - datetime.date(1970, 1, 1)).days + 10
+    table = pa.table({"problem": ["What is 1 + 1?"], "answer": ["2"], "unique_id": ["p1"],
+                      "when": pa.array([days], type=pa.int32()).cast(pa.date32())})
+    pq.write_table(table, tmp_path / "m.parquet")
+    with pytest.raises(FailtraceError, match=r"m\.parquet: rows 1-1 hold a value Python cannot represent \("):
+        get_benchmark("math").load(str(tmp_path / "m.parquet"))
+
+
+@pytest.mark.parametrize("uid, want", [(0, "0"), ("", "line-1"), (None, "line-1"), ("  ", "line-1")])
+def test_a_falsy_math_id_is_still_an_id(tmp_path: Path, uid: object, want: str) -> None:
+    """`unique_id: 0` was read as no id (a falsy `or`) and the row got its place in the file, `line-1`; an empty
+    or blank id is still none."""
+    path = _write_jsonl(tmp_path / "m.jsonl", [json.dumps({**_math_record(1), "unique_id": uid})])
+    assert [item.id for item in get_benchmark("math").load(str(path)).items] == [want]

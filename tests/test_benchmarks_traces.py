@@ -420,3 +420,40 @@ def test_braces_python_cannot_hash_or_huge_numbers_are_text_not_a_checker_crash(
         assert bench.prefix_final(call, tagged) and bench.check(call, tagged + "</tool_call>").status == "pass"
     huge = '{"name": "get_weather", "arguments": "{\\"days\\": ' + "9" * 5000 + '}"}'
     assert bench.check(call, f"<tool_call>{huge}</tool_call>").status == "fail"  # arguments kept as the string
+
+
+def test_an_expected_action_with_null_keys_is_the_one_that_has_a_value(tmp_path: Path) -> None:
+    """A Parquet struct column (or a hub dataset) gives every row every action key, the others null; each row was
+    refused as "'expected' holds 'tool' and 'answer': give exactly one action". A null key is absent."""
+    path = tmp_path / "t.jsonl"
+    rows = [{"id": "a", "messages": [{"role": "user", "content": "hi"}],
+             "expected": {"tool": "get_order", "arguments": {"id": 1}, "answer": None, "reply": None,
+                          "command": None}},
+            {"id": "b", "messages": [{"role": "user", "content": "hi"}],
+             "expected": {"tool": None, "arguments": None, "answer": "hello", "reply": None, "command": None}}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = get_benchmark("traces").load(str(path))
+    assert report.problems == [] and [i.reference["expected"] for i in report.items] == [
+        {"tool": "get_order", "arguments": {"id": 1}}, {"answer": "hello"}]
+
+
+@pytest.mark.parametrize("name, text", [("traj.json", "\ufeff{}"), ("TRAJ.JSON", "{}")], ids=["bom", "upper-suffix"])
+def test_a_raw_tau_file_with_a_bom_or_an_upper_case_suffix_converts(tmp_path: Path, name: str, text: str) -> None:
+    """A byte-order mark, or `.JSON`, made the raw file read as JSON Lines items: "missing field(s) 'id',
+    'messages', 'expected'" instead of converting it, as it is converted without them."""
+    raw = tmp_path / name
+    raw.write_text(text.replace("{}", json.dumps(_tau_like())), encoding="utf-8")
+    report = TracesBenchmark().load(str(raw))
+    assert [i.id for i in report.items] == ["tau-7-t1-m2", "tau-7-t1-m4", "tau-7-t1-m6"], report.problems
+
+
+def test_tool_calls_that_python_cannot_hash_are_no_calls_not_a_crash(tmp_path: Path) -> None:
+    """`tool_calls` stored as the string "{[1]: 2}" raised TypeError from ast.literal_eval out of the tau-bench
+    converter: a crash log. It holds no call: the turn is read as a plain reply."""
+    traj = _tau_like()
+    traj[0]["traj"][2]["tool_calls"] = "{[1]: 2}"
+    traj[0]["traj"][2]["content"] = "Looking it up."
+    raw = tmp_path / "traj.json"
+    raw.write_text(json.dumps(traj))
+    report = TracesBenchmark().load(str(raw))
+    assert report.items[0].reference["expected"] == {"reply": "Looking it up."}

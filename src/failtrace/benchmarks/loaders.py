@@ -123,6 +123,9 @@ def _jsonl_records(path: Path, fh: IO[bytes], problems: list[str]) -> Iterator[R
         except RecursionError:
             problems.append(f"{path.name} line {lineno}: JSON nested too deeply to read")
             continue
+        except ValueError as exc:  # an integer of more than 4,300 digits (Python's limit on int())
+            problems.append(f"{path.name} line {lineno}: a number too long to read ({str(exc).split(';')[0]})")
+            continue
         if not isinstance(value, dict):
             problems.append(f"{path.name} line {lineno}: expected a JSON object, got {type(value).__name__}")
             continue
@@ -156,6 +159,8 @@ def _iter_json(path: Path, problems: list[str]) -> Iterator[Record]:
             return
         raise FailtraceError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
                              "pass a JSON array of objects, or a JSONL file with one object per line") from exc
+    except ValueError as exc:  # an integer of more than 4,300 digits (Python's limit on int())
+        raise FailtraceError(f"{path}: holds a number too long to read ({str(exc).split(';')[0]})") from None
     if isinstance(value, dict):
         for key in ("data", "items", "rows", "examples"):
             if isinstance(value.get(key), list):
@@ -193,7 +198,12 @@ def _iter_parquet(path: Path, problems: list[str]) -> Iterator[Record]:
             raise FailtraceError(f"{path}: damaged Parquet data after row {row} ({exc})") from None
         if batch is None:
             return
-        for record in batch.to_pylist():
+        try:
+            records = batch.to_pylist()
+        except (OverflowError, ValueError) as exc:  # a date or time out of Python's range, in any column
+            raise FailtraceError(f"{path}: rows {row + 1}-{row + batch.num_rows} hold a value Python cannot "
+                                 f"represent ({exc}); drop or fix that column") from None
+        for record in records:
             row += 1
             yield f"row {row}", record
 

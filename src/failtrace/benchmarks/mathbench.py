@@ -167,7 +167,9 @@ def _to_item(record: dict[str, Any], where: str) -> Item:
                          f"{repr(answer)[:100]}; write it as a string, as MATH does")
     if _gold_answer(record) is None:
         raise ValueError("no reference answer: needs 'answer', or a 'solution' with a \\boxed{} answer")
-    item_id = record.get("unique_id") or record.get("id") or where.replace(" ", "-")
+    # the first id given (0 is an id: `or` took it for none), else the row's place in the file
+    item_id = next((record[k] for k in ("unique_id", "id") if record.get(k) is not None and str(record[k]).strip()),
+                   where.replace(" ", "-"))
     meta: dict[str, Any] = {k: record[k] for k in ("subject", "level", "unique_id", "type") if k in record}
     reference = {"answer": record.get("answer"), "solution": record.get("solution")}
     return Item(id=str(item_id), benchmark="math", prompt=f"{record['problem']}\n\n{INSTRUCTION}",

@@ -31,7 +31,7 @@ def openai_calls(message: dict[str, Any]) -> list[tuple[str, Any]]:
     if isinstance(calls, str):  # some dumps store the list as its Python repr
         try:
             calls = ast.literal_eval(calls)
-        except (ValueError, SyntaxError):
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):  # TypeError: "{[1]: 2}"
             calls = []
     out = []
     for call in calls if isinstance(calls, list) else []:
@@ -67,6 +67,8 @@ def parse_expected(expected: Any) -> dict[str, Any]:
     string with text in it (an empty one could never be met, or never missed: no honest verdict either way)."""
     if not isinstance(expected, dict):
         raise ValueError("'expected' must be an object like {\"tool\": ..., \"arguments\": {...}} or {\"answer\": ...}")
+    # a key whose value is null is absent: a Parquet struct column or a hub dataset gives every row every field
+    expected = {k: v for k, v in expected.items() if v is not None}
     kinds = [k for k in ACTION_KINDS if k in expected]
     if len(kinds) > 1:
         raise ValueError(f"'expected' holds {' and '.join(repr(k) for k in kinds)}: give exactly one action")

@@ -196,7 +196,7 @@ class TracesBenchmark:
 
     def load(self, source: str, limit: int | None = None) -> LoadReport:
         path = Path(source)
-        if path.is_file() and path.suffix in (".json", ".traj"):
+        if path.is_file() and path.suffix.lower() in (".json", ".traj"):
             raw = _read_json(path)
             if _is_raw_trace(raw):
                 converted = convert_trace(raw, path.stem, source)
@@ -296,8 +296,8 @@ def _to_item(record: dict[str, Any], where: str) -> Item:
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        return json.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark, as the item loaders allow
+    except (ValueError, RecursionError):  # not JSON, not UTF-8 (both ValueErrors), an int of more than 4,300 digits
         return None  # e.g. JSON Lines under .json, or not UTF-8: the normal loader reports it precisely
     except OSError as exc:
         raise FailtraceError(f"cannot read {path}: {exc}") from exc
