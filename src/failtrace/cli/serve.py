@@ -90,7 +90,7 @@ def _host_names(host: str, anywhere: bool) -> list[str]:
     another site reach it through DNS rebinding (its own name resolved to this machine)."""
     import socket
 
-    from failtrace.serve.app import LOOPBACK_HOSTS
+    from failtrace.serve.guards import LOOPBACK_HOSTS
 
     names = [*LOOPBACK_HOSTS]
     if anywhere:

@@ -77,7 +77,7 @@ def _facet_values(values: list[str] | None, name: str = "") -> list[str]:
     return values
 
 
-@router.get("/", include_in_schema=False)  # HEAD too, on every GET route (app.HeadAsGet)
+@router.get("/", include_in_schema=False)  # HEAD too, on every GET route (guards.HeadAsGet)
 def index(request: Request) -> Response:
     body, media = request.app.state.static["index.html"]
     return Response(body, media_type=media)
