@@ -340,3 +340,28 @@ def test_the_built_in_items_are_one_source_however_named() -> None:
 
     assert _same_data("builtin:demo", "builtin") and _same_data("BUILTIN", "builtin:demo ")
     assert not _same_data("builtin", "builtinx.jsonl") and not _same_data("builtin", "data/builtin.jsonl")
+
+
+def test_a_run_goes_on_only_with_the_weights_it_began_with(tmp_path: Path, toy32: object) -> None:
+    """The run id depends on the model's name and source, not its weights: a folder trained again in place added the
+    new weights' answers to the old run, without a word. The run now records its weights' content fingerprint and is
+    refused with other weights (the store unchanged); a run recorded before it kept one gets it, once."""
+    from failtrace.models.fingerprint import model_fingerprint
+
+    bench = ToyBenchmark(mode="contains", max_new_tokens=6)
+    items = toy_items(4, needle="-")
+    other = toy_loaded(7, name=toy32.name)  # type: ignore[attr-defined]  # same name and source, other weights
+    path = tmp_path / "s.duckdb"
+    with open_store(path) as st:
+        first = collect(st, bench, items[:2], toy32, progress=False)
+        assert st.get_run(first.run_id).settings["model_fingerprint"] == model_fingerprint(toy32)
+        said = (rf"run {first.run_id} of {other.name} was collected from other weights \(content fingerprint "
+                r"[0-9a-f]{12}, now [0-9a-f]{12}\)")
+        with pytest.raises(FailtraceError, match=said):
+            collect(st, bench, items, other, progress=False)
+        assert st.counts()["generations"] == 2
+        # as a run of an older failtrace, which kept no fingerprint
+        st.con.execute("UPDATE runs SET settings = json_remove(settings, '$.model_fingerprint')")
+        again = collect(st, bench, items, toy32, progress=False)
+        assert again.run_id == first.run_id and again.generated == 2
+        assert st.get_run(first.run_id).settings["model_fingerprint"] == model_fingerprint(toy32)

@@ -159,6 +159,33 @@ class CollectSummary:
         else:
             self.unverifiable += 1
 
+def weights_fingerprint(model: Any) -> str | None:
+    """The content fingerprint of a loaded model (a described one carries its worker's), None when unknown."""
+    known = getattr(model, "content_fingerprint", None)
+    if known is None and hasattr(model, "model") and hasattr(model, "tokenizer"):
+        from failtrace.models.fingerprint import model_fingerprint
+
+        known = model_fingerprint(model)
+    return known
+
+
+def same_weights(store: ResultsStore, run: RunRecord, fingerprint: str | None) -> bool:
+    """Refuse to go on with a run whose generations came from other weights under the same name and settings (the
+    run id depends on the model's name and source, not its weights: a folder trained again in place added the new
+    model's answers to the old model's run, without a word). True when the run was recorded before runs kept their
+    fingerprint (the caller records this one once the run goes on)."""
+    if fingerprint is None:
+        return False
+    run.settings["model_fingerprint"] = fingerprint
+    prior = store.get_run(run.run_id)
+    had = (prior.settings or {}).get("model_fingerprint") if prior is not None else None
+    if had is not None and had != fingerprint:
+        raise FailtraceError(f"run {run.run_id} of {run.model} was collected from other weights (content "
+                             f"fingerprint {had[:12]}, now {fingerprint[:12]}): the model's files changed since; "
+                             "collect into another --store, or load the weights the run began with")
+    return prior is not None and had is None
+
+
 def start_run(store: ResultsStore, run: RunRecord, items: Sequence[Item], stored: dict[str, str]) -> str | None:
     """Record ``run`` (once) and the items it covers. A run resumed with another data file gets that file appended to
     its ``settings["more_data"]`` (the run's ``data`` stays the first file), and the first file is returned so the
@@ -235,12 +262,15 @@ def open_run(store: ResultsStore, benchmark: Benchmark, items: Sequence[Item], m
     check_budget(budget, model.name, window, budget_given, benchmark.name)
     run = collect_run_record(model, benchmark.name, budget, thinking, seed, data, batch_size,
                              checker_options(benchmark))
+    unrecorded = same_weights(store, run, weights_fingerprint(model))
     done = store.done_item_ids(run.run_id)
     todo = [it for it in items if it.id not in done]
     stored = store.check_items(benchmark.name, items)  # the cheap checks first
     if prepare is not None:
         prepare(todo)
     more_data = start_run(store, run, items, stored)
+    if unrecorded:
+        store.set_run_setting(run.run_id, "model_fingerprint", run.settings["model_fingerprint"])
     summary = CollectSummary(run_id=run.run_id, items=len(items), skipped=len(items) - len(todo), generated=0,
                              passed=0, failed=0, unverifiable=0, seconds=0.0, more_data=more_data,
                              first_batch_size=resumed_batch_size(store, run, todo))

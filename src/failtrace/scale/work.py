@@ -42,6 +42,7 @@ class DescribedModel:
     info: dict[str, Any] = field(default_factory=dict)
     context: int | None = None  # the context window (the driver checks budgets against it before recording a run)
     thinking_mode: bool = True  # its chat template reads enable_thinking (the driver checks --thinking against it)
+    content_fingerprint: str | None = None  # its weights' (a collection run records it and resumes only on it)
 
     def describe(self) -> dict[str, Any]:
         """The model's description, as stored next to every result."""
@@ -51,11 +52,12 @@ class DescribedModel:
     def of(cls, loaded: Any) -> DescribedModel:
         """Describe a loaded model for the driver: name, source, versions and context window, no weights."""
         from failtrace.models.chat import has_thinking_mode
+        from failtrace.models.fingerprint import model_fingerprint
         from failtrace.models.limits import context_length
 
         return cls(name=loaded.name, source=loaded.source, dtype=loaded.dtype, device=loaded.device,
                    revision=loaded.revision, info=loaded.describe(), context=context_length(loaded.model),
-                   thinking_mode=has_thinking_mode(loaded.tokenizer))
+                   thinking_mode=has_thinking_mode(loaded.tokenizer), content_fingerprint=model_fingerprint(loaded))
 
 
 def worker_provenance(device: str) -> dict[str, Any]:
