@@ -177,7 +177,8 @@ def test_kstar_and_flip_rate_match_recomputation(built):
     # the lead sentence says it for AttnLRP, of the cases where it was recorded: 3 of the 4 flipped (one case was
     # "analysed before it was recorded"), 1 of them with the contrast on top
     assert (int(lrp["flipped"]), int(lrp["top_recorded"]), int(lrp["contrast_on_top"])) == (4, 3, 1)
-    assert ("flips the prediction in 4 of 5 cases (the paper is quoted as needing about 2 tokens; docs/ANALYSES.md). "
+    assert ("flips the prediction in 4 of 5 cases, with 1.8 tokens masked on average where it does (median 1.5; the "
+            "paper is quoted as needing about 2 tokens, docs/ANALYSES.md). "
             "Of those 4, 3 have the model's top next token at k* recorded (the others were analysed before it was): "
             "it is the contrast in 1 of them." in html.unescape(index.read_text(encoding="utf-8")))
     # where another method flips more cases than AttnLRP the lead says so (it spoke of AttnLRP alone), and the
@@ -557,7 +558,7 @@ def test_one_of_a_kind_is_singular(tmp_path):
     row = status_row("ifeval", "collect-1", "pairs-1", 1, {"clean": 1})
     text = html.unescape(build_report([case], [row], tmp_path / "r").read_text(encoding="utf-8"))
     lead = re.search(r'id="b-ifeval"><h2>ifeval</h2><p class="lead">([^<]*)</p>', text).group(1)
-    assert lead.startswith("1 failure, 1 clean pair, 1 case analysed.") and "of 1 case " in lead
+    assert lead.startswith("1 failure, 1 clean pair, 1 case analysed.") and "of 1 case, " in lead
     assert re.search(r"· ifeval · 1 case · generated", text)
     from failtrace.report.tables import CASE_COLUMNS
 
@@ -767,7 +768,8 @@ def test_the_lead_names_a_method_that_flips_more_than_attnlrp() -> None:
         return html.unescape(re.search(r'<p class="lead">([^<]*)</p>', page).group(1))
 
     assert lead([row("attnlrp", 1), row("cp-lrp", 3), row("ig", 2)]).endswith(
-        "flips the prediction in 1 of 5 cases (the paper is quoted as needing about 2 tokens; docs/ANALYSES.md). "
+        "flips the prediction in 1 of 5 cases, with 1.0 tokens masked on average where it does (median 1.0; the "
+        "paper is quoted as needing about 2 tokens, docs/ANALYSES.md). "
         "cp-lrp flips more of them: 3 of 5 within K = 10.")
     assert "flips more" not in lead([row("attnlrp", 3), row("cp-lrp", 3)])  # a tie is not more
 

@@ -247,3 +247,20 @@ def test_an_override_after_the_clock_stepped_back_is_still_the_newest(toy: dict[
         (again,) = [c for c in load_cases(st) if c.case_id == case.case_id]
     assert again.override["category"] == second, again.override
     assert json.dumps(again.override, default=str)  # (a plain record)
+
+
+def test_the_cases_table_marks_a_rejected_pair(toy: dict[str, Any], tmp_path: Path) -> None:
+    """A rejected pair looked like any other in the explorer's table (only its case page said so), while status and
+    the report now leave it out of their counts. Each row carries the decision in force on its pair, at once."""
+    store = _copy(toy, tmp_path)
+    gone, kept = toy["cases"][0], toy["cases"][1]
+    with TestClient(create_app(store, review=True), base_url="http://127.0.0.1") as c:
+        rows = c.get("/api/table", params={"limit": 500}).json()["rows"]
+        assert {r["review"] for r in rows} == {None}
+        for case, decision in ((gone, "accept"), (gone, "reject"), (kept, "accept")):  # the newest is in force
+            assert c.post("/api/reviews", json={"pair_run_id": case.pair_run_id, "item_id": case.item_id,
+                                                "decision": decision, "comment": ""}).status_code == 201
+        rows = c.get("/api/table", params={"limit": 500}).json()["rows"]
+    review = {r["case_id"]: r["review"] for r in rows if r["case_id"]}
+    assert review[gone.case_id] == "reject" and review[kept.case_id] == "accept"
+    assert sum(v is not None for v in review.values()) == 2

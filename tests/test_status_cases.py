@@ -287,3 +287,59 @@ def test_a_stored_reason_never_reaches_the_terminal_raw(toy: dict[str, Any], tmp
     assert main(["override", "--store", str(path), "--case", case.case_id, "--clear"]) == 0
     out = capsys.readouterr().out
     assert f"override {other} (evil␛[2J␇red) removed" in out and "\x1b" not in out and "\x07" not in out
+
+
+def test_a_rejected_pair_is_shown_but_counted_nowhere(toy: dict[str, Any], tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pair a reviewer rejected in the explorer was left out of export-dpo and finetune, but status, the report's
+    tables and figures and its case list counted it like any other, with no mark. Now status and every report table
+    but the case list leave it out (and say so), and the case list and its page mark it."""
+    import csv
+
+    from fastapi.testclient import TestClient
+
+    from failtrace.serve.app import create_app
+
+    path = tmp_path / "runs.duckdb"
+    shutil.copy(toy["store"], path)
+    with open_store(path, read_only=True) as st:
+        cases = load_cases(st)
+    gone = cases[0]
+    with TestClient(create_app(path, review=True), base_url="http://127.0.0.1") as c:
+        assert c.post("/api/reviews", json={"pair_run_id": gone.pair_run_id, "item_id": gone.item_id,
+                                            "decision": "reject", "comment": "artefact contrast"}).status_code == 201
+        kept = cases[1]
+        assert c.post("/api/reviews", json={"pair_run_id": kept.pair_run_id, "item_id": kept.item_id,
+                                            "decision": "accept", "comment": "fine"}).status_code == 201
+    with open_store(path, read_only=True) as st:
+        again = {c.case_id: c for c in load_cases(st)}
+    assert again[gone.case_id].rejected and again[gone.case_id].review["comment"] == "artefact contrast"
+    assert not again[kept.case_id].rejected and again[kept.case_id].review["decision"] == "accept"
+    counted = [c for c in cases if c.case_id != gone.case_id]
+    out = _status(path, capsys, monkeypatch)
+    row = _cases_row(out)
+    cats = Counter(c.effective_category for c in counted)
+    assert row[1] == str(len(counted)) and row[2:5] == [str(cats[c]) for c in CATEGORIES]
+    assert f"{sum(c.delta_logit for c in counted) / len(counted):+.2f}" in row
+    assert "pair run #1: 1 case whose pair a reviewer rejected (failtrace serve --review) left out of these " \
+        "columns" in " ".join(out.split())
+    assert main(["report", "--store", str(path), "--out", str(tmp_path / "rep")]) == 0
+    capsys.readouterr()
+    tables = tmp_path / "rep" / "tables"
+    with (tables / "categories.csv").open(encoding="utf-8") as fh:
+        assert sum(int(r["cases"]) for r in csv.DictReader(fh)) == len(counted)
+    with (tables / "kstar.csv").open(encoding="utf-8") as fh:
+        assert {int(r["cases"]) for r in csv.DictReader(fh)} == {len(counted)}
+    with (tables / "cases.csv").open(encoding="utf-8") as fh:
+        review = {r["case_id"]: r["review"] for r in csv.DictReader(fh)}
+    assert len(review) == len(cases) and review[gone.case_id] == "reject" and review[kept.case_id] == "accept"
+    page = html.unescape((tmp_path / "rep" / "index.html").read_text(encoding="utf-8"))
+    assert "A reviewer rejected the pair of 1 of them (failtrace serve --review): listed and drawn below, marked, " \
+        "and counted in no table or figure of this report." in page
+    article = page[page.index(f'id="case-{gone.case_id}"'):]
+    article = article[:article.index("</article>")]
+    assert ">rejected</span>" in article and "pair rejected (" in article and "artefact contrast" in article
+    assert main(["show", "--store", str(path)]) == 0  # the list marks it too
+    listed = {ln.split("│")[1].strip(): ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("│")}
+    assert " ✗" in listed[gone.case_id[:12]] and "✗" not in listed[kept.case_id[:12]]

@@ -152,6 +152,8 @@ class Case:
     seconds: dict[str, float] = field(default_factory=dict)  # where the time went (graph, method:X, flip:X, ...)
     graph: dict[str, Any] | None = None  # the pruned graph (see failtrace.store.cases.graph_record); None = not loaded
     override: dict[str, Any] | None = None  # newest person's label: {category, reason, created_at}
+    # the reviewer's decision in force on its pair (failtrace serve --review): {decision, comment, created_at}
+    review: dict[str, Any] | None = None
     # the model's top-k next tokens at the failure point (failtrace.cases.alternatives); None = not recorded
     alternatives: dict[str, Any] | None = None
 
@@ -159,6 +161,11 @@ class Case:
     def effective_category(self) -> str | None:
         """The category a person set with ``failtrace override``, else the computed one."""
         return self.override["category"] if self.override else self.category
+
+    @property
+    def rejected(self) -> bool:
+        """A reviewer rejected its pair: shown, but counted in no table, figure or training set."""
+        return bool(self.review and self.review.get("decision") == "reject")
 
     def segment_labels(self) -> list[str]:
         """One segment name per context token (the inverse of ``segments``)."""

@@ -171,11 +171,12 @@ def _list_table(cases: list[Any], store: Path, method: str, width: int = 100) ->
     t = Table(title=f"analysed cases: {store}" + (f" ({benches[0]})" if one else ""), title_justify="left",
               caption_justify="left",
               caption="failtrace show --case ID (a unique prefix) shows one; * = category set by hand (override); "
+                      "✗ = a reviewer rejected the pair (status and the report leave it out); "
                       f"k*: {method}'s, none = no flip within K, — = {method} not computed")
     k_col = "k*"
     # Columns whose text must never be cut (ids, numbers, labels) keep their width; item, benchmark and the pair
     # give way on a narrow terminal (rich shrinks the columns without a minimum).
-    keep = {"case": 12, "Δℓ": 7, "category": 10, "pattern": 7, k_col: 4}
+    keep = {"case": 12, "Δℓ": 7, "category": 12, "pattern": 7, k_col: 4}
     names = [n for n in ("case", "benchmark", "item", "target → contrast", "Δℓ", "category", "pattern", k_col)
              if not (one and n == "benchmark")]
     # rich does not shrink a no-wrap column below its text, so the free width (less borders and padding, 3
@@ -190,7 +191,8 @@ def _list_table(cases: list[Any], store: Path, method: str, width: int = 100) ->
                      min_width=keep.get(name), max_width=most.get(name), overflow="ellipsis")
     for c, pair in zip(cases, pairs):
         t.add_row(c.case_id[:12], *([] if one else [c.benchmark]), c.item_id, Text(pair), f"{c.delta_logit:.3f}",
-                  (c.effective_category or "—") + ("*" if c.override else ""), c.pattern or "—",
+                  (c.effective_category or "—") + ("*" if c.override else "") + (" ✗" if c.rejected else ""),
+                  c.pattern or "—",
                   k_star_label(c.methods.get(method)))
     return t
 

@@ -57,6 +57,11 @@ def status_command(
     analysed = [(label, cases[r.pair_run_id]) for label, r in zip(labels, paired) if r.pair_run_id in cases]
     if analysed:
         con.print(_cases_table(analysed))
+        for label, s in analysed:
+            if s.get("rejected"):
+                con.print(f"pair run #{label}: {count_of(s['rejected'], 'case')} whose pair a reviewer rejected "
+                          "(failtrace serve --review) left out of these columns, as the report leaves them out; "
+                          "failtrace show still lists them", highlight=False)
         for label, r in zip(labels, paired):  # a newest analysis short of the clean pairs hides any older, whole one
             have, clean = cases.get(r.pair_run_id, {}).get("cases", 0), r.pairs.get("clean", 0)
             if 0 < have < clean:
@@ -167,8 +172,8 @@ def _cases_table(analysed: list[tuple[str, dict[str, Any]]]) -> Any:
             unlabelled.append(f"#{label}: {n_cat} without a category, {n_pat} without a pattern")
         cats = [str(s["categories"].get(c, 0)) for c in CATEGORIES]
         pats = [str(s["patterns"].get(p, 0)) for p in PATTERNS]
-        cells.append([label, str(s["cases"]), *cats, *pats, f"{s['mean_delta']:+.2f}", f"{s['flipped']}/{s['cases']}",
-                      _fmt(s["median_k"])])
+        mean = "-" if s["mean_delta"] is None else f"{s['mean_delta']:+.2f}"
+        cells.append([label, str(s["cases"]), *cats, *pats, mean, f"{s['flipped']}/{s['cases']}", _fmt(s["median_k"])])
     headers = ["#", "cases", *(c.replace("+", "+\n") for c in CATEGORIES),
                *(p.replace("+", "+\n") for p in PATTERNS), "mean\nΔℓ", "k*\nfound", "median\nk*"]
     caption = ("; ".join(f"{name} ({long}): {meaning}" for name, (long, meaning) in CATEGORY_TEXT.items())

@@ -41,15 +41,17 @@ def _data_uri(path: Path) -> str:
 
 def compute_tables(cases: Sequence[Case], status_rows: Sequence[StatusRow],
                    overrides: T.Overrides | None = None) -> dict[str, list[dict[str, Any]]]:
-    """Every table of the report, by name (the CSV file names without ``.csv``)."""
+    """Every table of the report, by name (the CSV file names without ``.csv``). A case whose pair a reviewer
+    rejected is listed in ``cases`` (its ``review`` column says so) and counted in no other table."""
+    counted = [c for c in cases if not c.rejected]
     return {
-        "table1": T.table1_rows(status_rows, cases),
+        "table1": T.table1_rows(status_rows, counted),
         "pair_status": T.pair_status_rows(status_rows),
-        "categories": T.category_rows(cases, overrides),
-        "patterns": T.pattern_rows(cases),
-        "segments": T.segment_rows(cases, overrides),
-        "flip_rate": T.flip_rate_rows(cases),
-        "kstar": T.kstar_rows(cases),
+        "categories": T.category_rows(counted, overrides),
+        "patterns": T.pattern_rows(counted),
+        "segments": T.segment_rows(counted, overrides),
+        "flip_rate": T.flip_rate_rows(counted),
+        "kstar": T.kstar_rows(counted),
         "cases": T.case_rows(cases, overrides),
     }
 

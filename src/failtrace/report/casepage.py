@@ -282,6 +282,11 @@ def case_section(case: Case, overrides: Overrides | None = None, graph_src: str 
              ("tokens", f"{n} ({case.prompt_length} prompt + {n - case.prompt_length} answer)"),
              ("predicts token", f"{case.position} from tokens 0–{case.position - 1}"),
              ("model fingerprint", case.model_fingerprint[:12])]
+    if case.review:  # the reviewer's decision in force on the pair (failtrace serve --review)
+        r = case.review
+        facts.append(("review", f"pair {r['decision']}ed ({r['created_at']} UTC)" + (f": {r['comment']}" if
+                                                                                    r.get("comment") else "")
+                      + ("; counted in no table or figure" if case.rejected else "")))
     facts_html = "".join(f'<div><span class="k">{esc(k)}</span><span class="v">{esc(v)}</span></div>'
                          for k, v in facts)
     lazy = "" if (graph_src or "").startswith("data:") else ' loading="lazy"'  # a file beside the page
@@ -293,7 +298,7 @@ def case_section(case: Case, overrides: Overrides | None = None, graph_src: str 
              if graph_src else '<p class="empty">no pruned graph stored for this case</p>')
     search = " ".join(str(x) for x in (case.item_id, case.benchmark, effective_category(case, overrides),
                                          case.pattern, plain_token(case.target_text), plain_token(case.contrast_text),
-                                         case.case_id))
+                                         case.case_id, "rejected" if case.rejected else ""))
     return (
         f'<article class="case" id="case-{esc(case.case_id)}" data-bench="{esc(case.benchmark)}" '
         f'data-search="{esc(search.lower())}">'
@@ -301,7 +306,9 @@ def case_section(case: Case, overrides: Overrides | None = None, graph_src: str 
         f'<span class="pill tgt">{esc(plain_token(case.target_text))}</span> vs '
         f'<span class="pill ctr">{esc(plain_token(case.contrast_text))}</span> '
         f"{badge(effective_category(case, overrides), CATEGORY_COLORS)} {badge(case.pattern, PATTERN_COLORS)}"
-        f'<span class="id">{esc(case.case_id)}</span></h3>'
+        + ('<span class="rej" title="a reviewer rejected this pair: counted in no table or figure">rejected</span>'
+           if case.rejected else "")
+        + f'<span class="id">{esc(case.case_id)}</span></h3>'
         f'<div class="facts">{facts_html}</div>{_answers(answer)}'
         f'<div class="methods"><span class="note">colour by:</span>{buttons}</div>{_legend(case)}{_strip(case, method)}'
         f"{_case_data(case)}{_masked(case, drawable, method)}"

@@ -129,6 +129,10 @@ def summary_section(t: Mapping[str, Any], figs: Mapping[str, str]) -> str:
     )
 
 
+# beside the category of a case whose pair a reviewer rejected (counted in no table or figure)
+_REJECTED = ' <span class="rej" title="a reviewer rejected this pair: counted in no table or figure">rejected</span>'
+
+
 def _bench_cases_table(t: Mapping[str, Any], bench: str, cases: Sequence[Any] = ()) -> str:
     rows = [r for r in t["cases"] if r["benchmark"] == bench]
     by_id = {c.case_id: c for c in cases}
@@ -142,7 +146,8 @@ def _bench_cases_table(t: Mapping[str, Any], bench: str, cases: Sequence[Any] = 
             f'<td><span class="pill tgt">{esc(plain_token(r["target"]))}</span> vs '
             f'<span class="pill ctr">{esc(plain_token(r["contrast"]))}</span></td>'
             f'<td class="n">{fmt(r["delta_logit"], 2)}</td><td class="n">{r["tokens"]}</td>'
-            f'<td>{badge(r["category"], CATEGORY_COLORS)}{" ✎" if r["override_reason"] else ""}</td>'
+            f'<td>{badge(r["category"], CATEGORY_COLORS)}{" ✎" if r["override_reason"] else ""}'
+            f'{_REJECTED if r.get("review") == "reject" else ""}</td>'
             f'<td>{badge(r["pattern"], PATTERN_COLORS)}</td>{ks}</tr>')
     return ('<div class="scroll"><table class="t"><thead><tr><th>item</th><th>target vs contrast</th>'
             '<th class="n">Δℓ</th><th class="n" title="prompt + the answer up to the wrong token">context tokens</th>'
@@ -221,16 +226,18 @@ def benchmark_section(bench: str, cases: Sequence[Any], t: Mapping[str, Any], fi
     ks = [r for r in t["kstar"] if r["benchmark"] == bench]
     lrp = next((r for r in ks if r["method"] == "attnlrp"), None)
     lead = f"{_failures_and_clean(t1)}, {count_of(len(mine), 'case')} analysed."
+    if gone := sum(bool(getattr(c, "rejected", False)) for c in mine):
+        lead += (f" A reviewer rejected the pair of {gone} of them (failtrace serve --review): listed and drawn below, "
+                 "marked, and counted in no table or figure of this report.")
     for r in t1:  # a newest analysis short of its pair run's clean pairs hides any older, whole one: said here too
         if r.get("pair_run_id") and r.get("cases") and r.get("clean_pairs") and r["cases"] < r["clean_pairs"]:
             lead += (f" The newest analysis of pair run {str(r['pair_run_id'])[:10]} covers {r['cases']} of its "
                      f"{r['clean_pairs']} clean pairs (it stopped early, ran with --limit, or some could not be "
                      "analysed; failtrace status says which, and how an older analysis becomes current again).")
     if lrp and lrp["mean_k_star"] is not None:
-        lead += (f" With AttnLRP, masking on average {lrp['mean_k_star']:.1f} tokens (median "
-                 f"{lrp['median_k_star']:.1f}) flips the prediction in {lrp['flipped']} of "
-                 f"{count_of(lrp['cases'], 'case')} "
-                 "(the paper is quoted as needing about 2 tokens; docs/ANALYSES.md).")
+        lead += (f" With AttnLRP, masking flips the prediction in {lrp['flipped']} of {count_of(lrp['cases'], 'case')}"
+                 f", with {lrp['mean_k_star']:.1f} tokens masked on average where it does (median "
+                 f"{lrp['median_k_star']:.1f}; the paper is quoted as needing about 2 tokens, docs/ANALYSES.md).")
         lead += _top_sentence(lrp["contrast_on_top"], lrp["top_recorded"], lrp["flipped"])
     best = max(ks, key=lambda r: r["flipped"], default=None)
     if lrp and best is not None and best["flipped"] > lrp["flipped"]:  # the lead spoke of AttnLRP alone

@@ -110,11 +110,11 @@ class ServeState:
         self.rows = RowIndex()
         try:
             self.has_cases = has_case_tables(self.store)
-            self.refresh_rows()  # reads every row the table shows: a damaged store is refused before review writes
             tables = {r[0] for r in self.store.con.execute(
                 "SELECT table_name FROM information_schema.tables").fetchall()}
-            if "reviews" in tables:
+            if "reviews" in tables:  # before the table's join reads it
                 self._check_reviews()
+            self.refresh_rows()  # reads every row the table shows: a damaged store is refused before review writes
             if review and "reviews" in tables:  # an older reviews table gains the contrast columns the reads use
                 self.ensure_reviews()
         except BaseException:

@@ -40,23 +40,33 @@ cs AS (SELECT NULL::VARCHAR AS case_id, NULL::VARCHAR AS pair_run_id, NULL::VARC
        NULL::INTEGER AS k_star, false AS k_computed, NULL::INTEGER AS k_tried WHERE false),
 """
 
+# the decision in force on each pair (store/reviews.py: its newest accept or reject); none without a reviews table
+_REVIEWS_CTE = """
+rv AS (SELECT pair_run_id, item_id, arg_max(decision, (created_at, review_id)) AS review FROM reviews
+       WHERE decision IN ('accept', 'reject') GROUP BY pair_run_id, item_id),
+"""
+_NO_REVIEWS_CTE = """
+rv AS (SELECT NULL::VARCHAR AS pair_run_id, NULL::VARCHAR AS item_id, NULL::VARCHAR AS review WHERE false),
+"""
+
 _ROWS_CTE = f"""
 rows AS (
     SELECT v.run_id, v.item_id, r.benchmark, r.model, v.status AS verdict,
            p.pair_run_id, coalesce(p.status, CASE WHEN v.status = 'fail' THEN '{NOT_SEARCHED}' END) AS pair_status,
            p.target_text, p.contrast_text, coalesce(cs.case_delta, p.delta_logit) AS delta_logit,
            cs.case_id, coalesce(cs.override, cs.category) AS category, cs.override IS NOT NULL AS overridden,
-           cs.pattern, cs.k_star, coalesce(cs.k_computed, false) AS k_computed, cs.k_tried, g.n_tokens
+           cs.pattern, cs.k_star, coalesce(cs.k_computed, false) AS k_computed, cs.k_tried, g.n_tokens, rv.review
     FROM verdicts v
     JOIN runs r ON r.run_id = v.run_id
     LEFT JOIN generations g ON g.run_id = v.run_id AND g.item_id = v.item_id
     LEFT JOIN pairs p ON p.run_id = v.run_id AND p.item_id = v.item_id
-    LEFT JOIN cs ON cs.pair_run_id = p.pair_run_id AND cs.item_id = p.item_id)
+    LEFT JOIN cs ON cs.pair_run_id = p.pair_run_id AND cs.item_id = p.item_id
+    LEFT JOIN rv ON rv.pair_run_id = p.pair_run_id AND rv.item_id = p.item_id)
 """
 
 COLUMNS = ("run_id", "item_id", "benchmark", "model", "verdict", "pair_run_id", "pair_status", "target_text",
            "contrast_text", "delta_logit", "case_id", "category", "overridden", "pattern", "k_star", "k_computed",
-           "k_tried", "n_tokens")
+           "k_tried", "n_tokens", "review")
 SORT_COLUMNS = frozenset(COLUMNS) - {"overridden", "k_computed"}
 # facet name (query parameter) -> column of ``rows``
 # pair_run: a collection run searched by several pair runs has one row per failure and pair run; this facet picks one
@@ -82,9 +92,10 @@ class TableQuery:
     offset: int = 0
 
 
-def base_sql(has_cases: bool) -> str:
+def base_sql(has_cases: bool, has_reviews: bool = False) -> str:
     """``WITH ... rows AS (...)``: the joined table every query below selects from."""
-    return "WITH " + (_CASES_CTE if has_cases else _NO_CASES_CTE) + _ROWS_CTE
+    return ("WITH " + (_CASES_CTE if has_cases else _NO_CASES_CTE) + (_REVIEWS_CTE if has_reviews else _NO_REVIEWS_CTE)
+            + _ROWS_CTE)
 
 
 def _where(q: TableQuery, skip_facet: str | None = None) -> tuple[str, list[Any]]:
@@ -130,7 +141,10 @@ class RowIndex:
 
     def refresh(self, store_con: Any, has_cases: bool) -> int:
         """Recompute the join from the store (read through ``store_con``); returns the number of rows."""
-        arrow = store_con.sql(base_sql(has_cases) + f" SELECT {', '.join(COLUMNS)} FROM rows").to_arrow_table()
+        has_reviews = bool(store_con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = "
+                                             "'reviews'").fetchall()[0][0])
+        arrow = store_con.sql(base_sql(has_cases, has_reviews) + f" SELECT {', '.join(COLUMNS)} FROM rows"
+                              ).to_arrow_table()
         cur = self.mem.cursor()
         try:
             cur.register("joined", arrow)

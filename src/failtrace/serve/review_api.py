@@ -96,7 +96,9 @@ def add_review(body: ReviewIn, request: Request) -> dict[str, Any]:
             raise HTTPException(409, f"the pair search found no pair for {body.item_id} (status {pair[0]}): there is "
                                      "no target and contrast to accept or reject")
         case_id = newest_case_id(st.store, run_id, body.item_id) if st.has_cases else None
-        return _insert_review(st, run_id, body.item_id, case_id, body.decision, None, body.comment.strip())
+        row = _insert_review(st, run_id, body.item_id, case_id, body.decision, None, body.comment.strip())
+        st.refresh_rows()  # the table marks a rejected pair
+        return row
 
 
 @router.post("/api/cases/{case_id}/override", status_code=201,

@@ -20,6 +20,7 @@ from failtrace.errors import FailtraceError
 from failtrace.store.natural import natural_key
 from failtrace.store.records import RECOVERY_CUT, loads
 from failtrace.store.records import now as _now
+from failtrace.store.reviews import decisions_in_force, rejected_pairs
 from failtrace.store.shapes import check_shapes, shaped
 
 if TYPE_CHECKING:  # type only: the store's export imports this module
@@ -192,6 +193,7 @@ def load_cases(store: ResultsStore, benchmark: str | None = None, model_fingerpr
             m["segment_relevance"] = _parsed(m["segment_relevance"] or "{}", store, f"{where}, segment_relevance")
             methods.setdefault(m["case_id"], {})[m["method"]] = CaseMethod.from_dict(m)
     overrides = current_overrides(store)
+    decisions = decisions_in_force(store.con)
     out = []
     for r in rows:
         with shaped(store, f"case {r['case_id']}"):
@@ -202,6 +204,7 @@ def load_cases(store: ResultsStore, benchmark: str | None = None, model_fingerpr
             case = Case.from_dict(r)
             case.methods = methods.get(case.case_id, {})
             case.override = overrides.get(case.case_id)
+            case.review = decisions.get((case.pair_run_id, case.item_id))
             check_shapes(case)
             if with_graph:
                 case.graph = load_case_graph(store, case.case_id)
@@ -284,19 +287,27 @@ def newest_case_id(store: ResultsStore, pair_run_id: str, item_id: str) -> str |
 def case_summaries(store: ResultsStore) -> dict[str, dict[str, Any]]:
     """Per pair run, its newest analysis (the cases :func:`load_cases` returns) in a few numbers, read without the
     relevance arrays: ``cases``, ``categories`` and ``patterns`` (name -> count; a person's override wins, as in the
-    report), ``mean_delta`` (Δℓ), ``flipped`` (AttnLRP k* found within K) and ``median_k`` (over those)."""
+    report), ``mean_delta`` (Δℓ; None without a counted case), ``flipped`` (AttnLRP k* found within K) and
+    ``median_k`` (over those). A case whose pair a reviewer rejected is counted in ``rejected`` only, as the report
+    counts it."""
     if not has_case_tables(store):
         return {}
     keep = _latest_analyses(store)
     overrides = current_overrides(store)
+    rejected = rejected_pairs(store.con)
     rows = store.con.execute(
-        "SELECT c.pair_run_id, c.analysis_id, c.case_id, c.category, c.pattern, c.delta_logit, m.flip_k FROM cases c "
+        "SELECT c.pair_run_id, c.analysis_id, c.case_id, c.item_id, c.category, c.pattern, c.delta_logit, m.flip_k "
+        "FROM cases c "
         "LEFT JOIN case_methods m ON m.case_id = c.case_id AND m.method = 'attnlrp'").fetchall()
     out: dict[str, dict[str, Any]] = {}
-    for pair_run, analysis, cid, category, pattern, delta, k in rows:
+    for pair_run, analysis, cid, item, category, pattern, delta, k in rows:
         if (pair_run, analysis) not in keep:
             continue
-        s = out.setdefault(pair_run, {"cases": 0, "categories": {}, "patterns": {}, "deltas": [], "ks": []})
+        s = out.setdefault(pair_run, {"cases": 0, "rejected": 0, "categories": {}, "patterns": {}, "deltas": [],
+                                      "ks": []})
+        if (pair_run, item) in rejected:
+            s["rejected"] += 1
+            continue
         s["cases"] += 1
         category = overrides[cid]["category"] if cid in overrides else category
         s["categories"][category] = s["categories"].get(category, 0) + 1
@@ -306,7 +317,7 @@ def case_summaries(store: ResultsStore) -> dict[str, dict[str, Any]]:
             s["ks"].append(int(k))
     for s in out.values():
         deltas, ks = s.pop("deltas"), s.pop("ks")
-        s["mean_delta"] = statistics.fmean(deltas)
+        s["mean_delta"] = statistics.fmean(deltas) if deltas else None
         s["flipped"] = len(ks)
         s["median_k"] = statistics.median(ks) if ks else None
     return out

@@ -27,12 +27,18 @@ def decision_in_force(con: Any, pair_run_id: str, item_id: str) -> dict[str, Any
     return None if row is None else {"decision": row[0], "comment": row[1], "created_at": row[2]}
 
 
+def decisions_in_force(con: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """(pair run, item) -> the decision in force on that pair (as :func:`decision_in_force` gives it), for every
+    reviewed pair in one query; empty while no review was written."""
+    if not _has_reviews(con):
+        return {}
+    rows = con.execute(
+        "SELECT pair_run_id, item_id, decision, comment, strftime(created_at, '%Y-%m-%d %H:%M:%S') FROM ("
+        "SELECT *, row_number() OVER (PARTITION BY pair_run_id, item_id ORDER BY created_at DESC, review_id DESC) "
+        "AS newest FROM reviews WHERE decision IN (?, ?)) WHERE newest = 1", list(DECISIONS)).fetchall()
+    return {(str(p), str(i)): {"decision": d, "comment": c, "created_at": t} for p, i, d, c, t in rows}
+
+
 def rejected_pairs(con: Any) -> set[tuple[str, str]]:
     """(pair run, item) of every pair whose decision in force is reject; empty while no review was written."""
-    if not _has_reviews(con):
-        return set()
-    rows = con.execute(
-        "SELECT pair_run_id, item_id FROM (SELECT pair_run_id, item_id, decision, row_number() OVER (PARTITION BY "
-        "pair_run_id, item_id ORDER BY created_at DESC, review_id DESC) AS newest FROM reviews "
-        "WHERE decision IN (?, ?)) WHERE newest = 1 AND decision = 'reject'", list(DECISIONS)).fetchall()
-    return {(str(p), str(i)) for p, i in rows}
+    return {pair for pair, d in decisions_in_force(con).items() if d["decision"] == "reject"}

@@ -142,7 +142,9 @@
     var cells = [el("td", {class: "item"}, r.item_id), el("td", {}, r.benchmark), el("td", {title: r.model},
                  String(r.model).split("/").pop()), el("td", {}, r.verdict), el("td", {title: (said ? said[1] : "") +
                  (r.pair_run_id ? (said ? "; " : "") + "pair run " + r.pair_run_id : "") || null},
-                 said ? said[0] : r.pair_status || "—"),
+                 [said ? said[0] : r.pair_status || "—", r.review === "reject" ? el("span", {class: "rej",
+                  title: "a reviewer rejected this pair: export-dpo, finetune, status and the report leave it out"},
+                  "rejected") : null]),
                  el("td", {class: "tx"}, FT.quoted(r.target_text)),
                  el("td", {class: "tx"}, FT.quoted(r.contrast_text)),
                  el("td", {class: "n"}, FT.fmt(r.delta_logit)), el("td", {class: "n", title: kTitle(r)}, r.k_star !== null ? String(r.k_star) : r.k_computed ? "none" : "—"),
