@@ -324,6 +324,7 @@ def test_a_rejected_pair_is_shown_but_counted_nowhere(toy: dict[str, Any], tmp_p
     assert f"{sum(c.delta_logit for c in counted) / len(counted):+.2f}" in row
     assert "pair run #1: 1 case whose pair a reviewer rejected (failtrace serve --review) left out of these " \
         "columns" in " ".join(out.split())
+    assert "newest analysis has" not in out  # the rejected case was analysed: the analysis is whole
     assert main(["report", "--store", str(path), "--out", str(tmp_path / "rep")]) == 0
     capsys.readouterr()
     tables = tmp_path / "rep" / "tables"
@@ -334,7 +335,10 @@ def test_a_rejected_pair_is_shown_but_counted_nowhere(toy: dict[str, Any], tmp_p
     with (tables / "cases.csv").open(encoding="utf-8") as fh:
         review = {r["case_id"]: r["review"] for r in csv.DictReader(fh)}
     assert len(review) == len(cases) and review[gone.case_id] == "reject" and review[kept.case_id] == "accept"
+    with (tables / "table1.csv").open(encoding="utf-8") as fh:  # what the pipeline made: it was analysed
+        assert [int(r["cases"]) for r in csv.DictReader(fh)] == [len(cases)]
     page = html.unescape((tmp_path / "rep" / "index.html").read_text(encoding="utf-8"))
+    assert "covers" not in page.split('id="cases"')[0]  # no "newest analysis covers 4 of its 5 clean pairs"
     assert "A reviewer rejected the pair of 1 of them (failtrace serve --review): listed and drawn below, marked, " \
         "and counted in no table or figure of this report." in page
     article = page[page.index(f'id="case-{gone.case_id}"'):]

@@ -63,7 +63,8 @@ def status_command(
                           "(failtrace serve --review) left out of these columns, as the report leaves them out; "
                           "failtrace show still lists them", highlight=False)
         for label, r in zip(labels, paired):  # a newest analysis short of the clean pairs hides any older, whole one
-            have, clean = cases.get(r.pair_run_id, {}).get("cases", 0), r.pairs.get("clean", 0)
+            mine = cases.get(r.pair_run_id, {})
+            have, clean = mine.get("cases", 0) + mine.get("rejected", 0), r.pairs.get("clean", 0)
             if 0 < have < clean:
                 con.print(f"pair run #{label}: its newest analysis has {have} of {clean} clean pairs (stopped early, "
                           "run with --limit, or some could not be analysed); the tables, show and the report use it "

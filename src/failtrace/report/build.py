@@ -42,10 +42,11 @@ def _data_uri(path: Path) -> str:
 def compute_tables(cases: Sequence[Case], status_rows: Sequence[StatusRow],
                    overrides: T.Overrides | None = None) -> dict[str, list[dict[str, Any]]]:
     """Every table of the report, by name (the CSV file names without ``.csv``). A case whose pair a reviewer
-    rejected is listed in ``cases`` (its ``review`` column says so) and counted in no other table."""
+    rejected is listed in ``cases`` (its ``review`` column says so) and counted in no analysis table (``table1``
+    counts what the pipeline made, so it counts it as analysed)."""
     counted = [c for c in cases if not c.rejected]
     return {
-        "table1": T.table1_rows(status_rows, counted),
+        "table1": T.table1_rows(status_rows, cases),
         "pair_status": T.pair_status_rows(status_rows),
         "categories": T.category_rows(counted, overrides),
         "patterns": T.pattern_rows(counted),
