@@ -211,20 +211,22 @@ def test_trace_segments_cut_short_call_and_special_answer_tokens():
 
 @pytest.mark.parametrize("item_id", ["math-small-add", "py-count-a"])
 def test_only_the_items_own_user_turn_is_cut(item_id):
-    """A one-shot example turn is context: all of it is `query`, never the item's relevant segment, whichever
-    benchmark it imitates (the math shot used to be cut into `problem`, the python shot left whole)."""
+    """A one-shot example turn is context: all of it is `earlier_user`, never the item's relevant segment, whichever
+    benchmark it imitates (the math shot used to be cut into `problem`, the python shot left whole; then all of it was
+    `query`, pooled in the report's segment figure with IFEval's real query)."""
     from failtrace.benchmarks.demo import demo_items
 
     tok = toy_tokenizer()
     item = next(i for i in demo_items() if i.id == item_id)
     shot, own = item.prompt[0]["content"], item.prompt[-1]["content"]
     _ids, labels, texts = _labels_by_char(tok, item, answer="ok")
-    query = _text_of(texts, labels, "query")
-    assert query.startswith(shot) and not query[len(shot):].strip()  # the example's text (+ the own turn's gaps)
+    earlier = _text_of(texts, labels, "earlier_user")
+    assert earlier.strip() == shot.strip() and "earlier_user" not in relevant_segments("demo", item)
+    assert shot not in _text_of(texts, labels, "query")
     relevant = relevant_segments("demo", item)
     assert any(_text_of(texts, labels, name) for name in relevant)
     cut = "".join(t for t, lab in zip(texts, labels) if lab not in ("special", "system", "assistant", "answer",
-                                                                      "query"))
+                                                                      "query", "earlier_user"))
     assert sorted(cut.replace(" ", "")) == sorted(own.replace(" ", ""))  # the own turn is cut whole, as it is
 
 

@@ -2,9 +2,10 @@
 
 Segment names: ``special`` (special ids and chat-template text such as role headers), ``system`` (the system
 message, also a template's default one), the user turn split by the benchmark's segmenter (``instruction``,
-``query``, ``problem``, ``signature``, ``docstring``, ``examples``; user text it does not name is ``query``), agent
-turns (``assistant``, ``tool_call`` inside assistant turns, ``tool_result``), and ``answer`` (the tokens generated
-before the target: positions ``>= prompt_length``).
+``query``, ``problem``, ``signature``, ``docstring``, ``examples``; user text it does not name is ``query``), an
+earlier user turn (``earlier_user``: a one-shot example, say; for agent traces, whose relevant segment is the whole
+conversation's user text, it stays ``query``), agent turns (``assistant``, ``tool_call`` inside assistant turns,
+``tool_result``), and ``answer`` (the tokens generated before the target: positions ``>= prompt_length``).
 
 Tokens are placed on characters exactly: each token's text is the *increase* of the decoded text when the token is
 appended (decode-accumulate), so the tokens' texts concatenate to ``tokenizer.decode(ids)`` (checked; a token that
@@ -25,7 +26,7 @@ from failtrace.analysis.segmenters import SEGMENTERS, Spans
 from failtrace.errors import FailtraceError
 
 SEGMENT_NAMES: tuple[str, ...] = ("special", "system", "instruction", "query", "problem", "signature", "docstring",
-                                  "examples", "assistant", "tool_call", "tool_result", "answer")
+                                  "examples", "assistant", "tool_call", "tool_result", "answer", "earlier_user")
 # The segments that should decide the answer, per benchmark (failure patterns are relative to them).
 RELEVANT_SEGMENTS: dict[str, tuple[str, ...]] = {
     "ifeval": ("instruction",),
@@ -182,7 +183,8 @@ def _char_labels(tokenizer: Any, item: Any, text: str, char_spans: dict[str, Any
             elif idx == last_user:
                 seg = SEGMENTERS.get(getattr(item, "benchmark", ""))
                 parts = seg(item, content) if seg is not None else {}
-            sub = ["query"] * len(content)
+            earlier = idx != last_user and getattr(item, "benchmark", "") != "traces"
+            sub = ["earlier_user" if earlier else "query"] * len(content)  # (a report's "query" was the example too)
             for name, spans in parts.items():
                 for a, b in spans:
                     if not 0 <= a <= b <= len(content):

@@ -11,7 +11,8 @@ from failtrace.views.contrast import darkened_for_white
 # Any two lie ≥ 20 apart in CIELAB (ΔE*76; tests/test_label_contrast.py): as thin underlines, violet and fuchsia
 # (instruction, answer), violet and indigo (instruction, examples) and two oranges (system, docstring) read as one.
 SEGMENT_COLORS = dict(zip(SEGMENT_NAMES, ("#0d9488", "#d97706", "#7c3aed", "#db2777", "#65a30d", "#0284c7", "#664219",
-                                          "#162582", "#be123c", "#0891b2", "#4d7c0f", "#111827"), strict=True))
+                                          "#162582", "#be123c", "#0891b2", "#4d7c0f", "#111827", "#cc99aa"),
+                           strict=True))
 OTHER_SEGMENT_COLOR = "#6b7280"  # a segment name outside the registry (never produced by the segmenters)
 # a segment's label: white text on its colour darkened to WCAG AA (the explorer's segment boxes)
 SEGMENT_LABEL_COLORS = {name: darkened_for_white(c) for name, c in {**SEGMENT_COLORS, "": OTHER_SEGMENT_COLOR}.items()}
