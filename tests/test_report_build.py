@@ -1071,3 +1071,31 @@ def test_a_report_refuses_a_folder_where_a_file_goes_and_a_failed_copy_leaves_no
     monkeypatch.undo()
     assert not any(dst.parent.iterdir())  # neither the file nor a part of it under another name
     assert not dst.exists() and src.read_bytes() == b"x" * 1000
+
+
+def test_a_case_whose_fix_the_page_warns_of_is_marked_in_its_table(tmp_path: Path) -> None:
+    """A case whose fix looks degenerate, or whose contrast lies outside the code the checker ran, was warned of on
+    its own page only: in the benchmark's table (and cases.csv) it read like any other case, and two of the demo's
+    four NC-IA+AG cases are such. Its row now carries the page's warning (⚠, the reason on hover; a CSV column)."""
+    from report_cases import status_row
+
+    from failtrace.views.answers import answer_parts
+
+    loop, fine, outside = (make_case(i, "ifeval", "NC-IA+AG", "OIT", {"attnlrp": None}) for i in range(3))
+    answers = {loop.case_id: {"completion": "a", "reasons": ["no"], "recovered": "say it\n" * 12},
+               fine.case_id: {"completion": "a", "reasons": ["no"], "recovered": "a fine answer"},
+               outside.case_id: {"completion": "a", "reasons": ["no"], "recovered": "x = 1",
+                                 "outside": "the contrast opens the line before the code block"}}
+    row = status_row("ifeval", "collect-1", "pairs-1", 3, {"clean": 3})
+    index = build_report([loop, fine, outside], [row], tmp_path / "r", answers=answers)
+    with (tmp_path / "r" / "tables" / "cases.csv").open(encoding="utf-8") as fh:
+        caveat = {r["case_id"]: r["caveat"] for r in csv.DictReader(fh)}
+    page = [label for label, _t, _n in answer_parts(answers[loop.case_id])]
+    assert "the fix looks degenerate" in page  # what the case page itself says
+    assert caveat[loop.case_id].startswith("the fix looks degenerate: ") and caveat[fine.case_id] == ""
+    assert caveat[outside.case_id] == ("the contrast is not in the checked code: the contrast opens the line before "
+                                       "the code block")
+    text = index.read_text(encoding="utf-8")
+    marks = re.findall(r'href="#case-([^"]+)">[^<]*</a> <span class="warn" title="([^"]*)">⚠</span>', text)
+    assert {cid for cid, _ in marks} == {loop.case_id, outside.case_id}
+    assert html.unescape(dict(marks)[outside.case_id]) == caveat[outside.case_id]

@@ -27,6 +27,7 @@ from failtrace.report.graphfig import graph_record_figure, is_graph_record
 from failtrace.report.pages import benchmark_section, html_table, page, summary_section
 from failtrace.store.connection import refuse_over_stores
 from failtrace.store.store import StatusRow
+from failtrace.views.answers import caveats
 from failtrace.views.common import count_of
 
 GraphSource = Mapping[str, Any] | Callable[[str], Any]  # case_id -> PrunedGraph (or None)
@@ -236,6 +237,8 @@ def _draw(out: Path, cases: list[Case], status_rows: Sequence[StatusRow],
         overrides = {c.case_id: c.override for c in cases if getattr(c, "override", None)}
     benches = T.benchmarks_of(cases, status_rows)
     tables = compute_tables(cases, status_rows, overrides)
+    for row in tables["cases"]:  # what the case page warns of, in its row too (and tables/cases.csv)
+        row["caveat"] = caveats((answers or {}).get(row["case_id"]))
     _write_tables(tables, out, pairs_rows)
     figs = _figures(tables, benches, out / "figures")
     graph_srcs, ablations = _graph_images(cases, graphs, out, int(inline_budget_mb * 2**20), progress)

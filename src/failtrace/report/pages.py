@@ -142,7 +142,8 @@ def _bench_cases_table(t: Mapping[str, Any], bench: str, cases: Sequence[Any] = 
     for r in rows:
         ks = "".join(f'<td class="n">{k_star_label(by_id[r["case_id"]].methods.get(m))}</td>' for m in methods)
         body.append(
-            f'<tr data-bench="{esc(bench)}"><td><a href="#case-{esc(r["case_id"])}">{esc(r["item_id"])}</a></td>'
+            f'<tr data-bench="{esc(bench)}"><td><a href="#case-{esc(r["case_id"])}">{esc(r["item_id"])}</a>'
+            + (f' <span class="warn" title="{esc(r["caveat"])}">⚠</span>' if r.get("caveat") else "") + "</td>"
             f'<td><span class="pill tgt">{esc(plain_token(r["target"]))}</span> vs '
             f'<span class="pill ctr">{esc(plain_token(r["contrast"]))}</span></td>'
             f'<td class="n">{fmt(r["delta_logit"], 2)}</td><td class="n">{r["tokens"]}</td>'
@@ -153,7 +154,9 @@ def _bench_cases_table(t: Mapping[str, Any], bench: str, cases: Sequence[Any] = 
             '<th class="n">Δℓ</th><th class="n" title="prompt + the answer up to the wrong token">context tokens</th>'
             f'<th>category</th><th>pattern</th>{head}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table></div>'
-            '<p class="note">k*: none = masking up to K tokens does not flip it; — = not computed for that method.</p>')
+            '<p class="note">k*: none = masking up to K tokens does not flip it; — = not computed for that method. '
+            "⚠: the case page warns of its fix (it looks degenerate, or the contrast lies outside the code the checker "
+            "ran): the case may explain an artefact of the checker rather than the failure; hover for why.</p>")
 
 
 def _columns(bench: str, t: Mapping[str, Any]) -> str:

@@ -238,7 +238,8 @@ def top_at_k_star(case: Case, method: str) -> bool | None:
 
 # the columns of case_rows before k* per method (its CSV keeps them with no case: a file without a header is no table)
 CASE_COLUMNS = ("case_id", "benchmark", "item_id", "model", "model_fingerprint", "tokens", "position", "target",
-                "contrast", "delta_logit", "category_auto", "category", "override_reason", "pattern", "review")
+                "contrast", "delta_logit", "category_auto", "category", "override_reason", "pattern", "review",
+                "caveat")
 
 
 def case_rows(cases: Sequence[Case], overrides: Overrides | None = None) -> list[dict[str, Any]]:
@@ -254,6 +255,7 @@ def case_rows(cases: Sequence[Case], overrides: Overrides | None = None) -> list
             "category_auto": c.category, "category": effective_category(c, overrides),
             "override_reason": o.get("reason"), "pattern": c.pattern,
             "review": c.review["decision"] if c.review else None,  # the decision in force on its pair
+            "caveat": None,  # the case page's warnings on its fix (report.build fills it in from the answers)
         }
         for m in methods:
             row[f"k_star_{m}"] = c.methods[m].flip_k if m in c.methods else None

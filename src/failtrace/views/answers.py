@@ -116,6 +116,15 @@ def box_note(text: str, note: str) -> str:
     return " · ".join(x for x in (note.strip(), more) if x)
 
 
+def caveats(answer: dict[str, Any] | None) -> str | None:
+    """The warnings :func:`answer_parts` prints under a case's fix, in one line for a table cell (None: none): the
+    fix looks degenerate, or the contrast lies outside the code the checker ran. A case with one may explain an
+    artefact of the checker rather than the failure."""
+    rows = [f"{label}: {text}" for label, text, _ in answer_parts(answer)
+            if label in ("the fix looks degenerate", "the contrast is not in the checked code")]
+    return "; ".join(rows) or None
+
+
 def answer_parts(answer: dict[str, Any] | None) -> list[tuple[str, str, str]]:
     """A case's context from the stages before it, as (label, text, note) rows every view prints the same way: what
     the model wrote, why the checker failed it, and what forcing the contrast gave instead (which passed the checker)
