@@ -204,3 +204,21 @@ def test_verdicts_match_if_verifiable_on_real_items() -> None:
         assert (s.status, lo.status) == expected, where
         outcomes[row["written_to"]] += 1
     assert min(outcomes.values()) >= 4, outcomes
+
+
+def test_an_undetectable_language_is_the_checkers_verdict_not_an_error_line() -> None:
+    """The official language check logs `ERROR:root:Unable to detect language for text ...` (the whole answer) to
+    stderr when langdetect finds none, and counts the instruction as followed: a collect printed those lines amid its
+    progress. The verdict stays the checker's; the line is gone."""
+    import subprocess
+    import sys
+
+    code = ("from failtrace.benchmarks import get_benchmark\n"
+            "from failtrace.benchmarks.base import Item\n"
+            "item = Item(id='1', benchmark='ifeval', prompt='Answer in German.', reference={"
+            "'instruction_id_list': ['language:response_language'], 'kwargs': [{'language': 'de'}]})\n"
+            "print(get_benchmark('ifeval').check(item, '123 456 !!!').status)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "pass"  # the official check counts an undetectable language as followed
+    assert "Unable to detect language" not in res.stderr and "ERROR:root" not in res.stderr, res.stderr
