@@ -12,6 +12,26 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 VerdictStatus = Literal["pass", "fail", "unverifiable"]
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+
+def without_thinking(text: str) -> str:
+    """The answer a checker reads: a reasoning model's text after its thinking block (after the first ``</think>``),
+    nothing when the text opens a block it never closes, as IFEval's own package reads an answer (if_verifiable's
+    ``strip_thinking``); a text that opens no block is returned unchanged. Every check goes through it, so a comma,
+    a code draft or a tool call inside the thinking is never judged as the answer (``--thinking``)."""
+    if THINK_CLOSE in text:
+        return text.split(THINK_CLOSE, 1)[1].lstrip()
+    return "" if text.lstrip().startswith(THINK_OPEN) else text
+
+
+def in_thinking(prefix: str) -> bool:
+    """Whether a completion's prefix may still be inside a thinking block (opened and not closed, or a start of
+    ``<think>`` itself): the answer has not begun, so no prefix rule may decide on it."""
+    if THINK_CLOSE in prefix:
+        return False
+    head = prefix.lstrip()
+    return head.startswith(THINK_OPEN) or (bool(head) and THINK_OPEN.startswith(head))
 
 
 @dataclass

@@ -38,9 +38,12 @@ from failtrace.store.store import GenerationRecord, ResultsStore, RunRecord
 
 
 def safe_check(benchmark: Benchmark, item: Item, completion: str) -> Verdict:
-    """Run the checker; a checker that crashes or answers nonsense gives ``unverifiable`` with the reason."""
+    """Run the checker on the answer (a thinking block left out: :func:`~failtrace.benchmarks.base.
+    without_thinking`); a checker that crashes or answers nonsense gives ``unverifiable`` with the reason."""
+    from failtrace.benchmarks.base import without_thinking
+
     try:
-        verdict = benchmark.check(item, completion)
+        verdict = benchmark.check(item, without_thinking(completion))
     except Exception as exc:  # a checker bug must not end a long run, nor count as pass or fail
         return Verdict("unverifiable", [f"checker raised {type(exc).__name__}: {str(exc)[:300]}"])
     if not isinstance(verdict, Verdict) or verdict.status not in VERDICT_STATUSES:

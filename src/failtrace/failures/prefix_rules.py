@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from failtrace.benchmarks.base import Benchmark, Item
+from failtrace.benchmarks.base import Benchmark, Item, in_thinking, without_thinking
 
 
 def prefix_text(tokenizer: Any, ids: Sequence[int]) -> str:
@@ -53,9 +53,12 @@ class PrefixJudge:
         """True when the checker reads nothing after the text of ``ids`` (False also when the rule itself errs)."""
         if self.final_hook is None or not ids:
             return False
+        text = prefix_text(self.tokenizer, ids)
+        if in_thinking(text):  # the answer has not begun
+            return False
         self.calls += 1
         try:
-            return bool(self.final_hook(self.item, prefix_text(self.tokenizer, ids)))
+            return bool(self.final_hook(self.item, without_thinking(text)))
         except Exception:  # a rule that cannot decide must never end a rollout
             return False
 
@@ -69,9 +72,12 @@ class PrefixJudge:
         """Why every completion starting with ``ids`` fails, or None (also when the rule itself errs)."""
         if self.hook is None or not ids:
             return None
+        text = prefix_text(self.tokenizer, ids)
+        if in_thinking(text):  # the answer has not begun
+            return None
         self.calls += 1
         try:
-            reason = self.hook(self.item, prefix_text(self.tokenizer, ids))
+            reason = self.hook(self.item, without_thinking(text))
         except Exception:  # a rule that cannot decide must never end a rollout
             return None
         return str(reason) if reason else None
@@ -91,6 +97,7 @@ def verdict_key(benchmark: Benchmark, item: Item, text: str) -> str | None:
     """What the checker's status depends on (the benchmark's ``verdict_key`` hook, else the whole text); None when
     the hook errs (then nothing is reused)."""
     hook = getattr(benchmark, "verdict_key", None)
+    text = without_thinking(text)  # what the checker reads (safe_check)
     if hook is None:
         return "text:" + text
     try:
