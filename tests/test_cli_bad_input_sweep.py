@@ -346,6 +346,10 @@ def test_collect_item_and_a_second_data_file(toy: dict[str, Any], tmp_path: Path
     assert line == f"error: no item '9' in {first}; its ids are like '1', '2', '3'", line
     assert not store.exists()
     assert main([*base, "-d", str(first), "--item", "3", "--item", " 1 "]) == 0  # pasted with spaces: as --case
+    padded = tmp_path / "padded.jsonl"  # and an id the data file itself pads is still named by its text
+    padded.write_text(row(" 5 ") + "\n")
+    assert main([*base[:-2], "-s", str(tmp_path / "p.duckdb"), "-d", str(padded), "--item", "5"]) == 0, \
+        capsys.readouterr().err
     assert "was first collected" not in capsys.readouterr().err
     with open_store(store, read_only=True) as st:
         (run,) = st.runs("collect")

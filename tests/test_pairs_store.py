@@ -195,3 +195,19 @@ def test_the_pair_settings_line_tells_apart_runs_that_differ_in_any_id_setting()
     assert lines == ["k=3 Δ>1.0 pos≤8 rollout≤256", "k=3 Δ>1.0 pos≤8 try-unbounded", "k=3 Δ>1.0 pos≤8 sibling=big",
                      "k=3 Δ>1.0 pos≤8 sibling=big (bfloat16)", "k=3 Δ>1.0 pos≤8 sibling=big@v2"]
     assert line({"top_k": 5}) == "k=5" and line({}) == "(settings not recorded)"
+
+
+def test_item_ids_are_matched_without_surrounding_spaces() -> None:
+    """A data file's padded id (`" q1 "`) was collected as it is, and `pairs --item q1` (read without spaces, as
+    --case is) named no failure. The stored id is matched by its text too."""
+    from types import SimpleNamespace
+
+    from failtrace.errors import FailtraceError
+    from failtrace.failures.pairs import run_failures
+
+    rows = [{"item_id": " q1 "}, {"item_id": "q2"}]
+    store = SimpleNamespace(results=lambda run_id, status=None: rows)
+    got = run_failures(store, [SimpleNamespace(run_id="r")], items=["q1"])
+    assert got == {"r": [{"item_id": " q1 "}]}
+    with pytest.raises(FailtraceError, match="--item 'q3' is not a failed item"):
+        run_failures(store, [SimpleNamespace(run_id="r")], items=["q3"])

@@ -125,8 +125,9 @@ def collect_command(
 
 
 def _chosen_items(items: list[Any], wanted: list[str], data: str) -> list[Any]:
-    """The items named by --item, in the data's order; an id the data lacks is an error naming a few it has."""
-    by_id = {it.id: it for it in items}
+    """The items named by --item, in the data's order; an id the data lacks is an error naming a few it has. An id is
+    matched without its surrounding spaces, as --item is read (a data file's ``" padded "`` is ``--item padded``)."""
+    by_id = {it.id.strip(): it for it in items}
     missing = [w for w in dict.fromkeys(wanted) if w not in by_id]
     if missing:
         some = ", ".join(repr(it.id) for it in items[:3])
@@ -134,7 +135,7 @@ def _chosen_items(items: list[Any], wanted: list[str], data: str) -> list[Any]:
                                                                     if len(missing) > 1 else "")
                              + f"; its ids are like {some}")
     chosen = set(wanted)
-    return [it for it in items if it.id in chosen]
+    return [it for it in items if it.id.strip() in chosen]
 
 
 def _note_run_limits(store: Path, run_id: str, said: int = 0) -> int:

@@ -192,13 +192,14 @@ def run_failures(store: ResultsStore, runs: Sequence[RunRecord],
     if not items:
         return rows
     failed = list(dict.fromkeys(r["item_id"] for run_rows in rows.values() for r in run_rows))  # store order
-    known = set(failed)
-    missing = [i for i in items if i not in known]
+    known = {f.strip() for f in failed}  # a stored id is matched without surrounding spaces, as --item is read
+    missing = [i for i in items if i.strip() not in known]
     if missing:
         shown = ", ".join(failed[:5]) + (", ..." if len(failed) > 5 else "")
         raise FailtraceError(f"--item {missing[0]!r} is not a failed item of the selected collection runs "
                              f"({len(failed)} failed: {shown or 'none'})")
-    return {run_id: [r for r in run_rows if r["item_id"] in items] for run_id, run_rows in rows.items()}
+    wanted = {i.strip() for i in items}
+    return {run_id: [r for r in run_rows if r["item_id"].strip() in wanted] for run_id, run_rows in rows.items()}
 
 
 def pair_one(finder: PairFinder, bench: Benchmark, item: Item, row: Mapping[str, Any], budget: int) -> PairResult:
