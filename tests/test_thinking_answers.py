@@ -25,8 +25,12 @@ def test_the_answer_is_what_ifevals_own_package_reads(text: str) -> None:
     assert without_thinking(text).strip() == strip_thinking(text)
 
 
-@pytest.mark.parametrize("text", ["Hello, world", "", "  spaced  ", "x < y and </thin", "I <think> not"])
-def test_a_text_without_a_thinking_block_is_read_unchanged(text: str) -> None:
+@pytest.mark.parametrize("text", ["Hello, world", "", "  spaced  ", "x < y and </thin", "I <think> not",
+                                  "Okay, let me think.</think>\n\nHi there", "<b>Hi</b> uses </think> tags"])
+def test_a_text_that_opens_no_thinking_block_is_read_unchanged(text: str) -> None:
+    """Also one with a `</think>` it never opened: a template that opens the block in the prompt (R1 distills) leaves
+    the completion no mark of where thinking starts, so the prefix rules could not wait for the answer (an outside
+    review of this change); the checker and the rules read such a text whole, as they did before."""
     assert without_thinking(text) == text
 
 
@@ -74,3 +78,7 @@ def test_prefix_rules_wait_for_the_answer() -> None:
     assert judge.decided(ids("<thi")) is None and in_thinking("<thi")
     assert judge.decided(ids("<think>\nHi, then</think>\n\nHi")) is None
     assert judge.decided(ids("<think>\nHi, then</think>\n\nHi, there")) is not None
+    # a block the completion did not open: rules and checker read the text whole, so they agree
+    cut = "Okay, let me think"
+    assert judge.decided(ids(cut)) is not None
+    assert safe_check(get_benchmark("ifeval"), _ifeval_no_comma(), cut + ".</think>\n\nHi there").status == "fail"

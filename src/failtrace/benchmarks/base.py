@@ -16,22 +16,27 @@ THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
 def without_thinking(text: str) -> str:
-    """The answer a checker reads: a reasoning model's text after its thinking block (after the first ``</think>``),
-    nothing when the text opens a block it never closes, as IFEval's own package reads an answer (if_verifiable's
-    ``strip_thinking``); a text that opens no block is returned unchanged. Every check goes through it, so a comma,
-    a code draft or a tool call inside the thinking is never judged as the answer (``--thinking``)."""
-    if THINK_CLOSE in text:
-        return text.split(THINK_CLOSE, 1)[1].lstrip()
-    return "" if text.lstrip().startswith(THINK_OPEN) else text
+    """The answer a checker reads: for a completion that opens a thinking block (``--thinking``: it starts with
+    ``<think>``), the text after the first ``</think>``, or nothing while the block is open, as IFEval's own package
+    reads such an answer (if_verifiable's ``strip_thinking``); any other text unchanged. Every check goes through
+    it, so a comma, a code draft or a tool call inside the thinking is never judged as the answer.
+
+    Only a block the completion opens: a template that opens it in the prompt (DeepSeek-R1 distills; failtrace
+    refuses ``--thinking`` there) leaves the completion no mark of where its thinking starts, and the pair search's
+    prefix rules (:func:`in_thinking`) could not tell; such a text is judged whole, as before, and so is an answer
+    that merely mentions ``</think>``."""
+    if not text.lstrip().startswith(THINK_OPEN):
+        return text
+    return text.split(THINK_CLOSE, 1)[1].lstrip() if THINK_CLOSE in text else ""
 
 
 def in_thinking(prefix: str) -> bool:
     """Whether a completion's prefix may still be inside a thinking block (opened and not closed, or a start of
     ``<think>`` itself): the answer has not begun, so no prefix rule may decide on it."""
-    if THINK_CLOSE in prefix:
-        return False
     head = prefix.lstrip()
-    return head.startswith(THINK_OPEN) or (bool(head) and THINK_OPEN.startswith(head))
+    if head.startswith(THINK_OPEN):
+        return THINK_CLOSE not in head
+    return bool(head) and THINK_OPEN.startswith(head)
 
 
 @dataclass
