@@ -362,6 +362,15 @@ def test_a_run_goes_on_only_with_the_weights_it_began_with(tmp_path: Path, toy32
         assert st.counts()["generations"] == 2
         # as a run of an older failtrace, which kept no fingerprint
         st.con.execute("UPDATE runs SET settings = json_remove(settings, '$.model_fingerprint')")
-        again = collect(st, bench, items, toy32, progress=False)
-        assert again.run_id == first.run_id and again.generated == 2
+        again = collect(st, bench, items[:3], toy32, progress=False)
+        assert again.run_id == first.run_id and again.generated == 1
         assert st.get_run(first.run_id).settings["model_fingerprint"] == model_fingerprint(toy32)
+        # under other library versions a fingerprint proves nothing (transformers 4 and 5 write configs apart): the
+        # run goes on, and the fingerprint now is the one the next resume is held to
+        st.con.execute("UPDATE runs SET settings = json_insert(json_remove(settings, '$.fingerprint_versions'), "
+                       "'$.fingerprint_versions', json('{\"transformers\": \"4.0\"}'))")
+        upgraded = collect(st, bench, items, other, progress=False)
+        assert upgraded.generated == 1 and st.get_run(first.run_id).settings["model_fingerprint"] == \
+            model_fingerprint(other)
+        with pytest.raises(FailtraceError, match="was collected from other weights"):
+            collect(st, bench, items, toy32, progress=False)

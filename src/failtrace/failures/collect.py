@@ -175,13 +175,26 @@ def weights_fingerprint(model: Any) -> str | None:
 def same_weights(store: ResultsStore, run: RunRecord, fingerprint: str | None) -> bool:
     """Refuse to go on with a run whose generations came from other weights under the same name and settings (the
     run id depends on the model's name and source, not its weights: a folder trained again in place added the new
-    model's answers to the old model's run, without a word). True when the run was recorded before runs kept their
-    fingerprint (the caller records this one once the run goes on)."""
+    model's answers to the old model's run, without a word). True when the caller is to record this fingerprint on
+    the run once it goes on: a run recorded before runs kept one, or one begun under other library versions.
+
+    The fingerprint hashes the config and tokenizer as the installed transformers writes them (4.x and 5.x differ),
+    so under other versions than those that computed the recorded one (``settings["fingerprint_versions"]``, else the
+    run's own) a difference proves nothing: the run goes on, and its fingerprint now is recorded for the next resume
+    (an upgrade never locks a store's runs)."""
     if fingerprint is None:
         return False
+    keys = ("transformers", "torch", "failtrace")
+    now = {k: run.versions.get(k) for k in keys}
     run.settings["model_fingerprint"] = fingerprint
+    run.settings["fingerprint_versions"] = now  # the libraries that computed it
     prior = store.get_run(run.run_id)
-    had = (prior.settings or {}).get("model_fingerprint") if prior is not None else None
+    settings = (prior.settings or {}) if prior is not None else {}
+    had = settings.get("model_fingerprint")
+    then = (settings.get("fingerprint_versions") or {k: (prior.versions or {}).get(k) for k in keys}) if prior else {}
+    same_libraries = then == now
+    if had is not None and had != fingerprint and not same_libraries:
+        return True
     if had is not None and had != fingerprint:
         raise FailtraceError(f"run {run.run_id} of {run.model} was collected from other weights (content "
                              f"fingerprint {had[:12]}, now {fingerprint[:12]}): the model's files changed since; "
@@ -273,7 +286,8 @@ def open_run(store: ResultsStore, benchmark: Benchmark, items: Sequence[Item], m
         prepare(todo)
     more_data = start_run(store, run, items, stored)
     if unrecorded:
-        store.set_run_setting(run.run_id, "model_fingerprint", run.settings["model_fingerprint"])
+        for key in ("model_fingerprint", "fingerprint_versions"):
+            store.set_run_setting(run.run_id, key, run.settings[key])
     summary = CollectSummary(run_id=run.run_id, items=len(items), skipped=len(items) - len(todo), generated=0,
                              passed=0, failed=0, unverifiable=0, seconds=0.0, more_data=more_data,
                              first_batch_size=resumed_batch_size(store, run, todo))
