@@ -220,6 +220,12 @@ def test_another_programs_reviews_table_is_named_not_altered(toy: dict[str, Any]
         assert line == (f"error: --store {store}: its reviews table lacks review_id, pair_run_id, item_id, case_id, "
                         "decision, category, comment, created_at, so it is not failtrace's review log (another "
                         "program's table?); rename that table, or serve another store"), line
+    for argv in (["status"], ["show"], ["report", "--out", str(tmp_path / "rep")]):  # they read reviews now too
+        assert main([*argv, "--store", str(store)]) == 2, argv
+        line = capsys.readouterr().err.strip()
+        assert line == ("error: the store's reviews table lacks review_id, pair_run_id, item_id, case_id, decision, "
+                        "category, comment, created_at, so it is not failtrace's review log (another program's "
+                        "table?); rename that table"), (argv, line)
     assert sha256(store) == before
     with duckdb.connect(str(store), read_only=True) as con:
         assert [r[0] for r in con.execute("SELECT column_name FROM information_schema.columns WHERE table_name = "

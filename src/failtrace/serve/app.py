@@ -128,11 +128,9 @@ class ServeState:
     def _check_reviews(self) -> None:
         """Refuse a ``reviews`` table that is not failtrace's review log (another program's, in a store): review mode
         altered it at start, and every read and write of it failed (a 500 on every case page)."""
-        have = {r[0] for r in self.store.con.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = 'reviews'").fetchall()}
-        lacks = [c for c in ("review_id", "pair_run_id", "item_id", "case_id", "decision", "category", "comment",
-                             "created_at") if c not in have]
-        if lacks:
+        from failtrace.store.reviews import foreign_reviews
+
+        if lacks := foreign_reviews(self.store.con):
             raise FailtraceError(f"--store {self.path}: its reviews table lacks {', '.join(lacks)}, so it is not "
                                  "failtrace's review log (another program's table?); rename that table, or serve "
                                  "another store")

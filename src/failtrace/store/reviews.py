@@ -12,9 +12,28 @@ from typing import Any
 DECISIONS = ("accept", "reject")  # the review rows that decide on a pair; the newest one is in force
 
 
+REVIEW_COLUMNS = ("review_id", "pair_run_id", "item_id", "case_id", "decision", "category", "comment", "created_at")
+
+
+def foreign_reviews(con: Any) -> list[str]:
+    """The review-log columns a ``reviews`` table lacks (another program's table in a store), [] for failtrace's own
+    or none at all."""
+    have = {r[0] for r in con.execute("SELECT column_name FROM information_schema.columns WHERE table_name = "
+                                      "'reviews'").fetchall()}
+    return [c for c in REVIEW_COLUMNS if c not in have] if have else []
+
+
 def _has_reviews(con: Any) -> bool:
-    return bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'reviews'")
-                .fetchone()[0])
+    """Whether the store holds a review log; another program's ``reviews`` table is named, not read (every query of
+    it failed as a damaged store)."""
+    from failtrace.errors import FailtraceError
+
+    if not con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'reviews'").fetchall()[0][0]:
+        return False
+    if lacks := foreign_reviews(con):
+        raise FailtraceError(f"the store's reviews table lacks {', '.join(lacks)}, so it is not failtrace's review "
+                             "log (another program's table?); rename that table")
+    return True
 
 
 def decision_in_force(con: Any, pair_run_id: str, item_id: str) -> dict[str, Any] | None:
