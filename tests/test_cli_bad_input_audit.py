@@ -298,6 +298,18 @@ def test_export_dpo_to_stdout_keeps_the_stream_json(toy: dict[str, Any], out: st
     assert len(records) == 5 and all("chosen" in r and "rejected" in r for r in records)
     assert res.stderr.strip() == "wrote 5 preference pairs to /dev/stdout"
     assert list(tmp_path.iterdir()) == []
+    # standard output redirected to a file, appended to: the records are appended (reopening /dev/stdout wrote a
+    # new file through OUT.part and renamed it over the one the shell had opened, losing what it held)
+    log = tmp_path / "all.jsonl"
+    log.write_text('{"kept": 1}\n')
+    with log.open("a") as fh:
+        res = subprocess.run([sys.executable, "-m", "failtrace.cli", "export-dpo", "-s", str(toy["store"]), "-o",
+                              out], stdout=fh, stderr=subprocess.PIPE, text=True, env=_env(), timeout=300,
+                             cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert lines[0] == {"kept": 1} and len(lines) == 6 and all("chosen" in r for r in lines[1:])
+    assert res.stderr.strip() == "wrote 5 preference pairs to /dev/stdout" and sorted(tmp_path.iterdir()) == [log]
 
 
 # ---- --benchmark with no cases -------------------------------------------------------------------------------------

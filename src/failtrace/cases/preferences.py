@@ -24,6 +24,7 @@ every context token (prompt included) for other uses. Format and derivation: doc
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,6 +132,15 @@ def export_dpo(store: ResultsStore, out: str | Path, benchmark: str | None = Non
         raise FailtraceError(f"--tail-weight must be in [0, 1], got {tail_weight}")
     kept, rejected = training_cases(store, cases, f"of benchmark {benchmark!r} " if benchmark else "",
                                     "nothing to write")
+    if str(out) in ("-", "/dev/stdout"):  # the process's own standard output, as it is: reopening /dev/stdout
+        # opened the file it was redirected to anew (`>> all.jsonl` was truncated, or renamed over by OUT.part)
+        n = sum(1 for rec in preference_records(store, kept, tail_weight)
+                if sys.stdout.write(json.dumps(rec, ensure_ascii=False) + "\n") is not None)
+        sys.stdout.flush()
+        if n == 0:
+            raise FailtraceError(f"none of the {len(kept)} cases in {store.path} has a pair with a recovered "
+                                 f"completion")
+        return DpoExport(Path("/dev/stdout"), n, rejected)
     path = Path(out)
     # A pipe, /dev/stdout or a device is written in place: renaming over it would replace it by a regular file. A
     # symbolic link is written through: the rename replaces the file it points at, never the link.

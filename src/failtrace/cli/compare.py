@@ -220,7 +220,7 @@ def export_dpo_command(
     left = (f" ({count_of(done.rejected, 'case')} left out: a reviewer rejected the pair)" if done.rejected else "")
     # written to a pipe or terminal (--out /dev/stdout): the data stream gets the records only
     typer.echo(f"wrote {count_of(done.records, 'preference pair')} to {done.path}{left}",
-               err=not Path(done.path).resolve().is_file())
+               err=str(done.path) == "/dev/stdout" or not Path(done.path).resolve().is_file())
 
 
 def register(app: typer.Typer) -> None:
