@@ -1013,3 +1013,30 @@ def test_a_case_analysed_again_after_the_run_keeps_its_pairs_split(run: dict[str
         rows = st.con.execute("SELECT c.pair_run_id, c.item_id, m.split FROM comparisons m JOIN cases c USING "
                               "(case_id)").fetchall()
     assert len(rows) == len(again) and all((split == "trained") == ((p, i) in trained_pairs) for p, i, split in rows)
+
+
+def test_a_rejected_pair_is_in_no_checkpoint_figure(run: dict[str, Any], tmp_path: Path) -> None:
+    """The report left a pair a reviewer rejected out of its tables and Fig. 1-3, but Fig. 4-7 (across checkpoints)
+    still drew its rows. Now no figure does (tables/fig6_checkpoints.csv is Fig. 6's data)."""
+    import csv
+
+    from fastapi.testclient import TestClient
+
+    from failtrace.report.build import build_report_from_store
+    from failtrace.serve.app import create_app
+    from failtrace.training.compare import compare_checkpoints
+
+    store = tmp_path / "s.duckdb"
+    shutil.copy(run["store"], store)
+    with open_store(store) as st:
+        st.con.execute("DROP TABLE IF EXISTS comparisons")
+        compare_checkpoints(st, [str(p) for p in run["results"]["sft"].checkpoints[:2]], progress=False)
+    gone = run["cases"][0]
+    with TestClient(create_app(store, review=True), base_url="http://127.0.0.1") as c:
+        assert c.post("/api/reviews", json={"pair_run_id": gone.pair_run_id, "item_id": gone.item_id,
+                                            "decision": "reject", "comment": "no"}).status_code == 201
+    with open_store(store, read_only=True) as st:
+        build_report_from_store(st, tmp_path / "rep", graphs=False)
+    with (tmp_path / "rep" / "tables" / "fig6_checkpoints.csv").open(encoding="utf-8") as fh:
+        drawn = {r["case_id"] for r in csv.DictReader(fh)}
+    assert drawn == {c.case_id for c in run["cases"]} - {gone.case_id}

@@ -272,7 +272,9 @@ def build_report_from_store(st: Any, out_dir: str | Path, *, benchmark: str | No
     rows = st.status_rows()
     pairs = st.pairs()
     cases = load_cases(st, benchmark=benchmark, with_graph=graphs)
-    comparisons = [r for r in load_comparisons(st) if benchmark is None or r["benchmark"] == benchmark]
+    gone = {c.case_id for c in cases if c.rejected}  # a pair a reviewer rejected: in no figure, Fig. 4-7 included
+    comparisons = [r for r in load_comparisons(st) if (benchmark is None or r["benchmark"] == benchmark)
+                   and r["case_id"] not in gone]
     if benchmark is not None:
         rows = [r for r in rows if r.benchmark == benchmark]
         pairs = [p for p in pairs if p.get("benchmark") == benchmark]
