@@ -188,11 +188,15 @@ def test_an_override_and_its_review_row_are_committed_together(toy: dict[str, An
     def broken(*args: Any, **kw: Any) -> Any:
         raise RuntimeError("the disk filled up")
 
-    monkeypatch.setattr(review_api, "_insert_review", broken)
     with TestClient(create_app(store, review=True), base_url="http://127.0.0.1") as c:
         url = f"/api/cases/{case.case_id}/override"
-        assert c.post(url, json={"category": other, "comment": "graph shows it"}).status_code == 500
         con = c.app.state.ft.store.con  # (the server holds the store: counted through its own connection)
+        tables = "SELECT count(*) FROM information_schema.tables WHERE table_name = 'reviews'"
+        # refused (the category in force): the store is as it was, no empty review log made
+        assert c.post(url, json={"category": case.category, "comment": "same"}).status_code == 409
+        assert con.execute(tables).fetchall() == [(0,)]
+        monkeypatch.setattr(review_api, "_insert_review", broken)
+        assert c.post(url, json={"category": other, "comment": "graph shows it"}).status_code == 500
         assert con.execute("SELECT count(*) FROM overrides").fetchone()[0] == 0
         assert c.get(f"/api/cases/{case.case_id}").json()["override"] is None  # not in force either
         monkeypatch.setattr(review_api, "_insert_review", real)

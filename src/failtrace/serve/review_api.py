@@ -114,14 +114,15 @@ def add_override(case_id: CASE_ID, body: OverrideIn, request: Request) -> dict[s
         row = st.store.con.execute("SELECT pair_run_id, item_id FROM cases WHERE case_id = ?", [case_id]).fetchone()
         if row is None:
             raise _no_case(st.store.con, case_id, st.has_cases)
-        if not st.has_reviews:  # its table first, on its own: a rolled-back override leaves no half-made log
-            st.ensure_reviews()
-        logged: list[dict[str, Any]] = []  # the review-log row, committed with the override (both or neither)
-        try:
+        logged: list[dict[str, Any]] = []  # the review-log row, committed with the override (both or neither; the
+        try:  # log's table too, made in the same transaction on a store's first review)
             saved = set_override(st.store, case_id, body.category, comment, also=lambda: logged.append(
                 _insert_review(st, row[0], row[1], case_id, "category", body.category, comment)))
         except (SupersededCaseError, UnchangedCategoryError) as exc:  # an older analysis's case page (say which
             raise HTTPException(409, str(exc)) from None  # case the views show), or the category already in force
+        finally:  # a rolled-back first review took its table with it
+            st.has_reviews = bool(st.store.con.execute(
+                "SELECT count(*) FROM information_schema.tables WHERE table_name = 'reviews'").fetchall()[0][0])
         review = logged[0]
         st.refresh_rows()  # the table shows the effective category
     return {"override": {k: str(v) if k == "created_at" else v for k, v in saved.items()}, "review": review}
