@@ -78,9 +78,11 @@ def host_checked(app: Any, allowed_hosts: list[str], any_ip: bool = False) -> An
                 host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")[:80]
                 names = ", ".join(allowed_hosts) + (", or an IP address" if any_ip else "")
                 await JSONResponse({"detail": f"the Host header {host!r} is not a name this explorer answers to "
-                                              f"({names}): so a page elsewhere cannot reach it by DNS rebinding; a "
-                                              "proxy must send one of these, or start failtrace serve with --host "
-                                              "ADDRESS"},
+                                              f"({names}): so a page elsewhere cannot reach it by DNS rebinding; "
+                                              + ("open it by this machine's IP address or name, or start failtrace "
+                                                 "serve with --host that name" if any_ip else
+                                                 "a proxy must send one of these, or start failtrace serve with "
+                                                 "--host ADDRESS")},
                                    status_code=400)(scope, receive, send)
 
         await checked(scope, receive, said)
