@@ -222,3 +222,17 @@ def test_an_undetectable_language_is_the_checkers_verdict_not_an_error_line() ->
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "pass"  # the official check counts an undetectable language as followed
     assert "Unable to detect language" not in res.stderr and "ERROR:root" not in res.stderr, res.stderr
+
+
+def test_kwargs_with_nan_or_infinity_are_named(tmp_path) -> None:
+    """`num_bullets: 1e400` loaded as Infinity: an instruction no answer meets, stored as `Infinity`, which `failtrace
+    export` then wrote into items.jsonl where a strict JSON reader refuses it. The line is refused and named."""
+    path = tmp_path / "i.jsonl"
+    good = {"key": 1, "prompt": "Say hi.", "instruction_id_list": ["detectable_format:number_bullet_lists"],
+            "kwargs": [{"num_bullets": 2}]}
+    bad = {**good, "key": 2}
+    path.write_text(json.dumps(good) + "\n" + json.dumps(bad).replace('"num_bullets": 2', '"num_bullets": 1e400')
+                    + "\n")
+    report = get_benchmark("ifeval").load(str(path))
+    assert [i.id for i in report.items] == ["1"]
+    assert len(report.problems) == 1 and "line 2" in report.problems[0] and "NaN or Infinity" in report.problems[0]

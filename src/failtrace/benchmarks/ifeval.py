@@ -21,6 +21,7 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import threading
 import types
 from collections.abc import Iterator, Sequence
@@ -250,6 +251,10 @@ def _to_item(record: dict[str, Any], where: str) -> Item:
         raise ValueError(f"'kwargs' must be a list of {len(ids)} objects, one per instruction")
     # The hub copy fills every kwargs dict with all keys (nulls for unused ones): drop the nulls.
     clean = [{k: v for k, v in kw.items() if v is not None} for kw in kwargs]
+    for iid, kw in zip(ids, clean):  # Python's json reads NaN/Infinity (1e400 too): never met, and not JSON
+        if any(isinstance(v, float) and not math.isfinite(v) for v in kw.values()):
+            raise ValueError(f"{iid}'s kwargs {_short(str(kw))} hold NaN or Infinity, which is not JSON (a store "
+                             "export would not parse) and no answer meets")
     _check_instructions(ids, clean, record["prompt"])
     return Item(id=str(record["key"]), benchmark="ifeval", prompt=record["prompt"],
                 reference={"instruction_id_list": ids, "kwargs": clean}, meta={"key": record["key"]})
