@@ -57,7 +57,7 @@ def _pattern_ev(relevant_sum: float | None, oit: list[int], decidable: bool = Tr
 
 @pytest.mark.parametrize(("pattern", "evidence", "says", "not_says"), [
     ("OIT", _pattern_ev(-0.105, [2]),
-     ["the relevant segment (instruction) sums to -0.105 (normalised), below −θ = −0.1: it pushes against",
+     ["the relevant segment (instruction) sums to −0.105 (normalised), below −θ = −0.1: it pushes against",
       "outside it, '·water' [2] (query, 69%) is among the 3 strongest supporters", "(OIT)"], ["(URT)"]),
     ("URT", _pattern_ev(0.2, [], segments=("docstring", "examples")),
      ["the relevant segments (docstring, examples) sum to +0.200 (normalised), not below −θ = −0.1: they do not push",
@@ -73,7 +73,7 @@ def _pattern_ev(relevant_sum: float | None, oit: list[int], decidable: bool = Tr
     # holds on the sum alone, and the sentence says what the sum hides
     ("URT", {**_pattern_ev(-0.058, []), "top_supporters": [{"position": 3, "relevance": 1.0, "relevant": True,
                                                             "segment": "instruction", "share": 0.41}]},
-     ["sums to -0.058 (normalised), not below −θ = −0.1: it does not push against the target (URT), in sum only: "
+     ["sums to −0.058 (normalised), not below −θ = −0.1: it does not push against the target (URT), in sum only: "
       "the target's strongest supporter, '·quotes' [3] (41% of the positive relevance), is itself in it"], []),
     ("URT", _pattern_ev(0.2, []), ["(URT)"], ["in sum only"]),  # the strongest supporter outside: nothing hidden
     # the relevant tokens all push towards the target (sum 1.6 above the supporter's 1.0): nothing offsets it

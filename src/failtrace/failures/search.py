@@ -390,4 +390,4 @@ class PairFinder:
                                         f"could not be verified, so it may not be the first recovering choice")
         if res.delta_logit > self.settings.min_delta:
             return done("clean", f"recovered {where}")
-        return done("weak_preference", f"recovered {where}, but Δℓ <= min-delta {self.settings.min_delta}")
+        return done("weak_preference", f"recovered {where}, but Δℓ ≤ --min-delta {self.settings.min_delta}")

@@ -47,6 +47,11 @@ def category_sentence(category: str | None, evidence: Mapping[str, Any] | None) 
             "own")
 
 
+
+def _signed(x: float) -> str:
+    """``+0.200`` / ``−0.105``: a sign always, and the minus sign the threshold beside it is written with."""
+    return f"{x:+.3f}".replace("-", "−")
+
 def pattern_sentence(pattern: str | None, evidence: Mapping[str, Any] | None, tokens: Sequence[str]) -> str:
     """Why the pattern holds: the relevant segments' summed relevance against −θ, and the strongest supporters that
     lie outside them."""
@@ -63,7 +68,7 @@ def pattern_sentence(pattern: str | None, evidence: Mapping[str, Any] | None, to
                else "no content token there" if ev.get("relevant_tokens") == 0 else "its sum is unknown")
         urt = f"URT is undecided for {segs} ({why})"
     elif pattern in ("URT", "URT+OIT"):
-        urt = (f"{segs} sum{'s' if one else ''} to {ev['relevant_sum']:+.3f} (normalised), not below −θ = "
+        urt = (f"{segs} sum{'s' if one else ''} to {_signed(ev['relevant_sum'])} (normalised), not below −θ = "
                f"−{theta:g}: {'it does' if one else 'they do'} not push against the target (URT)")
         first = (ev.get("top_supporters") or [{}])[0]
         if first.get("relevant") and 0 <= first.get("position", -1) < len(tokens):  # what the net sum may hide
@@ -73,7 +78,7 @@ def pattern_sentence(pattern: str | None, evidence: Mapping[str, Any] | None, to
             urt += (f", in sum only: {who}, offset by tokens there that push against the target" if offset
                     else f"; {who}")
     else:
-        urt = (f"{segs} sum{'s' if one else ''} to {ev['relevant_sum']:+.3f} (normalised), below −θ = −{theta:g}: "
+        urt = (f"{segs} sum{'s' if one else ''} to {_signed(ev['relevant_sum'])} (normalised), below −θ = −{theta:g}: "
                f"{'it pushes' if one else 'they push'} against the target")
     offenders = [t for t in ev.get("top_supporters") or [] if t.get("position") in set(ev.get("oit_tokens") or [])]
     m, share = ev.get("m", 3), ev.get("theta_share", 0.05)
