@@ -338,6 +338,20 @@ def test_flip_curves_skip_missing_points_and_carry_svg_tooltips(page: Any, serve
         for ns, text, m in titles:
             k = case.methods[m].flip_k
             assert ns == "http://www.w3.org/2000/svg" and text == f"{m}: k* = {'none' if k is None else k}"
+        # each line in its method's colour (the report's), named in a legend: the others were all one grey, told
+        # apart only by hovering
+        from failtrace.views.palette import METHOD_COLORS
+
+        strokes = page.eval_on_selector_all("#flip g[data-method] > polyline", "ps => ps.map(p => "
+                                            "[p.parentNode.dataset.method, p.getAttribute('stroke')])")
+        assert strokes and all(colour == METHOD_COLORS[m] for m, colour in strokes)
+        assert len({colour for _, colour in strokes}) == len({m for m, _ in strokes}) > 1
+        legend = page.inner_text("#flip-legend")
+        for m in (x for x, _ in strokes):
+            k = case.methods[m].flip_k
+            assert f"{m} (k* {'none' if k is None else k})" in legend, legend
+        last = page.eval_on_selector_all("#flip g[data-method]", "gs => gs[gs.length - 1].dataset.method")
+        assert last == method  # the method of the heatmap is drawn on top
     finally:
         page.unroute(f"**/api/cases/{case.case_id}")
 

@@ -15,12 +15,10 @@ from typing import Any
 
 from failtrace.report.tables import CATEGORIES, PATTERNS
 from failtrace.views.common import literal_text
-from failtrace.views.palette import CATEGORY_COLORS, PATTERN_COLORS
+from failtrace.views.palette import CATEGORY_COLORS, METHOD_COLORS, PATTERN_COLORS
 
-METHOD_STYLE = {  # method -> (colour, line style)
-    "attnlrp": ("#dc2626", "-"), "cp-lrp": ("#f97316", "-"), "gradxinput": ("#2563eb", "-"),
-    "ig": ("#16a34a", "-"), "attention": ("#7c3aed", "-"), "random": ("#6b7280", "--"),
-}
+# method -> (colour, line style): the palette's colour (the explorer's flip curves use it too); random dashed
+METHOD_STYLE = {m: (c, "--" if m == "random" else "-") for m, c in METHOD_COLORS.items()}
 # twelve distinct hues (a figure with more segments than colours drew two segments alike; the explorer's
 # across.js PALETTE is the same list)
 _FALLBACK = ("#0891b2", "#a16207", "#be185d", "#4d7c0f", "#1e40af", "#78716c", "#7c3aed", "#ea580c", "#dc2626",

@@ -102,7 +102,7 @@ def static(name: str, request: Request) -> Response:
 def meta(request: Request, cur: Cursor) -> dict[str, Any]:
     from failtrace.views.palette import OTHER_SEGMENT_COLOR, SEGMENT_COLORS, SEGMENT_LABEL_COLORS
     from failtrace.views.contrast import ink_on
-    from failtrace.views.palette import CATEGORY_COLORS, PATTERN_COLORS
+    from failtrace.views.palette import CATEGORY_COLORS, METHOD_COLORS, PATTERN_COLORS
     from failtrace.store.cases import stored_methods
     from failtrace.store.schema import PAIR_STATUS_TEXT
     from failtrace.views.common import BLUE, RED, SPECIAL_BG, WHITE_TEXT_ABOVE
@@ -132,6 +132,7 @@ def meta(request: Request, cur: Cursor) -> dict[str, Any]:
                        "white_text_above": {"red": WHITE_TEXT_ABOVE[1], "blue": WHITE_TEXT_ABOVE[-1]},
                        "segments": dict(SEGMENT_COLORS), "segment_labels": SEGMENT_LABEL_COLORS,
                        "other_segment": OTHER_SEGMENT_COLOR, "categories": CATEGORY_COLORS, "patterns": PATTERN_COLORS,
+                       "methods": METHOD_COLORS,
                        "ink": {c: ink_on(c) for c in {*CATEGORY_COLORS.values(), *PATTERN_COLORS.values(), "#6b7280"}}}}
 
 

@@ -22,3 +22,7 @@ SEGMENT_LABEL_COLORS = {name: darkened_for_white(c) for name, c in {**SEGMENT_CO
 CATEGORY_COLORS = {"M-IA": "#15803d", "NC-IA+M-AG": "#a16207", "NC-IA+AG": "#52525b", "unlabelled": "#cbd5e1"}
 PATTERN_COLORS = {"URT": "#7c3aed", "OIT": "#0d9488", "URT+OIT": "#db2777", "none": "#9ca3af",
                   "unlabelled": "#cbd5e1"}
+
+# One colour per attribution method: the report's faithfulness figure and the explorer's flip curves
+METHOD_COLORS = {"attnlrp": "#dc2626", "cp-lrp": "#f97316", "gradxinput": "#2563eb", "ig": "#16a34a",
+                 "attention": "#7c3aed", "random": "#6b7280"}

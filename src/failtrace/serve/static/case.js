@@ -130,8 +130,9 @@
       c.methods[m].flip_curve.forEach(function (y, k) {
         if (Number.isFinite(y)) runs[runs.length - 1].push([X(k), Y(y)]); else if (runs[runs.length - 1].length) runs.push([]);
       });
-      var on = m === method, colour = on ? "#111827" : "#cbd5e1";
-      var g = el("g", {"data-method": m});
+      // each method in its colour (the report's faithfulness figure's); the one shown in the heatmap drawn on top
+      var on = m === method, colour = (FT.meta.colors.methods || {})[m] || "#6b7280";
+      var g = el("g", {"data-method": m, opacity: on ? 1 : 0.55});
       g.appendChild(el("title", {}, m + ": k* = " + kLabel(c.methods[m])));
       runs.forEach(function (run) {
         if (run.length === 1) g.appendChild(el("circle", {cx: run[0][0], cy: run[0][1], r: on ? 2.5 : 1.8, fill: colour}));
@@ -140,7 +141,18 @@
       });
       svg.appendChild(g);
     });
+    var on = svg.querySelector('g[data-method="' + method + '"]');
+    if (on) svg.appendChild(on);  // drawn last: on top of the others
     return svg;
+  }
+
+  function curveLegend(c, method) {  // which line is which (the grey lines could only be told apart by hovering)
+    return el("p", {class: "note legend", id: "flip-legend"}, methodsOf(c).filter(function (m) {
+      return c.methods[m].flip_curve.length; }).map(function (m) {
+      return el("span", {"data-method": m, style: m === method ? "font-weight:700" : null}, [
+        el("span", {class: "sw", style: "background:" + ((FT.meta.colors.methods || {})[m] || "#6b7280")}),
+        " " + m + " (k* " + kLabel(c.methods[m]) + ")  "]);
+    }));
   }
 
   /* The tokens the flip curve masked, in its order (mask_order from the server: the case's own masking rule), with
@@ -318,7 +330,7 @@
           "Δℓ after masking each method's top-k tokens (" + (c.masking ? c.masking.rule : "") +
           (c.masking && c.masking.skip_template ? "; never the chat template's own text" : "") +
           "); below 0 the prediction flips. Bold: " + method + "."),
-          curves(c, method), el("p", {class: "note"}, "grey: the other methods (hover a line for its name and k*)"),
+          curves(c, method), curveLegend(c, method),
           methodsTable(c), segmentsTable(c, method)]),
         el("div", {}, [FT.views.alternativesBox(c), labels(c)])]));
       if (FT.meta.has_comparisons) view.appendChild(FT.views.compareSection(c));
