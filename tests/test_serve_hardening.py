@@ -145,8 +145,9 @@ def test_a_stop_does_not_wait_for_a_client_still_sending(toy: dict[str, Any], tm
 
 @pytest.mark.parametrize("host, passes, refused, warned", [
     ("127.0.0.2", ["127.0.0.2:{port}", "localhost:{port}"], ["evil.example", "evil.example:{port}"], False),
-    ("0.0.0.0", ["10.1.2.3:{port}", "[fe80::1]:{port}", "127.0.0.1:{port}", "{hostname}"],
-     ["evil.example", "evil.example:{port}", "10.1.2.3.evil.example"], True),
+    ("0.0.0.0", ["10.1.2.3:{port}", "10.1.2.3", "[fe80::1]:{port}", "127.0.0.1:{port}", "{hostname}"],
+     ["evil.example", "evil.example:{port}", "10.1.2.3.evil.example", "[::1]evil", "1.2.3.4:evil", "[1.2.3.4]",
+      "0x7f.1", "2130706433:{port}"], True),
 ], ids=["loopback-127.0.0.2", "every-address"])
 def test_dns_rebinding_is_refused_on_every_bind(toy: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str], host: str, passes: list[str],

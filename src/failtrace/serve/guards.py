@@ -32,19 +32,19 @@ LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "[::1]", "::1"]
 
 
 def ip_literal(host_header: str) -> bool:
-    """Whether a Host header names an IP address (``10.0.0.5:8765``, ``[fe80::1]:8765``) rather than a name."""
+    """Whether a Host header is an IP address and nothing else (``10.0.0.5``, ``10.0.0.5:8765``, ``[fe80::1]:8765``),
+    not a name: an IPv6 address in brackets, a port of digits only (``[::1]evil`` and ``1.2.3.4:evil`` are not)."""
     import ipaddress
+    import re
 
-    name = host_header.strip()
-    if name.startswith("["):
-        name = name[1:name.find("]")] if "]" in name else ""
-    elif name.count(":") == 1:
-        name = name.split(":")[0]
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::\d{1,5})?|([0-9.]+)(?::\d{1,5})?", host_header.strip())
+    if m is None:
+        return False
     try:
-        ipaddress.ip_address(name)
+        address = ipaddress.ip_address(m.group(1) or m.group(2))
     except ValueError:
         return False
-    return True
+    return address.version == (6 if m.group(1) else 4)
 
 
 def host_checked(app: Any, allowed_hosts: list[str], any_ip: bool = False) -> Any:
@@ -67,7 +67,8 @@ def host_checked(app: Any, allowed_hosts: list[str], any_ip: bool = False) -> An
         if scope["type"] != "http":
             await checked(scope, receive, send)
             return
-        if any_ip and ip_literal(dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")):
+        host = next((v for k, v in scope.get("headers") or [] if k == b"host"), b"")  # the first, as Starlette reads
+        if any_ip and ip_literal(host.decode("latin-1")):
             await passed(scope, receive, send)
             return
 
