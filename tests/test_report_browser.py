@@ -194,6 +194,12 @@ def test_case_filter(page_and_cases):
     page.locator("#case-bench").select_option("")
     page.locator("#case-filter").fill("ifeval/3")
     assert [c.item_id for c in cases if page.locator(f"#case-{c.case_id}").is_visible()] == ["ifeval/3"]
+    # a token typed with its leading space finds the case whose target or contrast it is (shown as ·token): it
+    # found none
+    spaced = next(c for c in cases if c.target_text.startswith(" ") and c.target_text.strip())
+    page.locator("#case-filter").fill(spaced.target_text)
+    seen = [c for c in cases if page.locator(f"#case-{c.case_id}").is_visible()]
+    assert spaced in seen, [c.item_id for c in seen]
     page.locator("#case-filter").fill("")
 
 

@@ -53,8 +53,9 @@
   var box=document.getElementById("case-filter"), sel=document.getElementById("case-bench");
   function filter(){
     var q=(box&&box.value||"").toLowerCase(), bench=sel?sel.value:"", shown=0;
+    var dotted=q.replace(/ /g,"\u00b7");  // a token is searchable as shown (" return" is "·return")
     document.querySelectorAll("article.case").forEach(function(art){
-      var ok=(!q||art.dataset.search.indexOf(q)>=0)&&(!bench||art.dataset.bench===bench);
+      var s=art.dataset.search, ok=(!q||s.indexOf(q)>=0||s.indexOf(dotted)>=0)&&(!bench||art.dataset.bench===bench);
       art.style.display=ok?"":"none"; if(ok) shown++;
     });
     var c=document.getElementById("case-count"); if(c) c.textContent=shown+" shown";
