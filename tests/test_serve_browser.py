@@ -518,8 +518,8 @@ def test_review_mode_records_a_decision(page: Any, server: dict[str, Any]) -> No
                            "document.querySelector('#review').textContent.includes('reject: the contrast')")
     assert "reject: the contrast is also wrong" in page.inner_text("#review")
     assert re.search(r"\d\d:\d\d:\d\d UTC · reject", page.inner_text("#review"))  # whole seconds, in UTC
-    assert re.fullmatch(r"pair rejected \(the decision in force, \S+ \d\d:\d\d:\d\d UTC\); export-dpo and "
-                        r"finetune leave it out", page.inner_text("#rv-in-force"))
+    assert re.fullmatch(r"pair rejected \(the decision in force, \S+ \d\d:\d\d:\d\d UTC\); export-dpo, "
+                        r"finetune, status and the report leave it out", page.inner_text("#rv-in-force"))
     _shot(page, "review")
     rows = [(x["decision"], x["comment"], x["case_id"])  # as the server holds the file
             for x in _api(server, "api/reviews", "review_base")["reviews"]]

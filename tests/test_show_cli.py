@@ -516,8 +516,8 @@ def test_show_says_the_review_decision_in_force(toy: dict[str, Any], tmp_path: P
                            [f"r{n}", case.pair_run_id, case.item_id, case.case_id, decision, f"why {n}\x07", when])
     code, out, _ = _show(capsys, monkeypatch, "--store", str(store), "--case", case.case_id)
     flat = " ".join(out.split())
-    assert code == 0 and ("review: the pair was rejected (2026-12-07 12:00:00 UTC: why 2␇); export-dpo and finetune "
-                          "leave it out") in flat, flat[:800]
+    assert code == 0 and ("review: the pair was rejected (2026-12-07 12:00:00 UTC: why 2␇); export-dpo, finetune, "
+                          "status and the report leave it out") in flat, flat[:800]
     assert "why 1" not in flat and "why 0" not in flat
     code, out, _ = _show(capsys, monkeypatch, "--store", str(toy["store"]), "--case", case.case_id)
     assert "review:" not in out  # no reviews table: nothing said

@@ -226,7 +226,8 @@ def _print_case(con: Any, c: Any, method: str, answer: dict[str, Any] | None = N
     if review is not None:  # the explorer's accept/reject in force on the pair
         head.append(f"\nreview: the pair was {review['decision']}ed ({review['created_at']} UTC"
                     + (f": {prose_line(str(review['comment']))}" if review["comment"] else "") + ")"
-                    + ("; export-dpo and finetune leave it out" if review["decision"] == "reject" else ""))
+                    + ("; export-dpo, finetune, status and the report leave it out" if review["decision"] == "reject"
+                       else ""))
     for label, text, note in answer_parts(answer):  # one line each (↵ for newlines), cut to fit a wide terminal's
         head.append(f"\n{label}: ", style="bold")  # line; the note (where the text stopped) is never cut away
         head.append(clipped_text(prose_line(text), most=max(40, con.width - len(label) - 2 - len(note))) + note)

@@ -204,13 +204,13 @@ var FT = (function () {
   };
 
   /* The review decision in force on a pair (the newest accept or reject), as the case page and the item page say
-     it: "pair rejected (the decision in force, <time> UTC[: comment]); export-dpo and finetune leave it out" (that
+     it: "pair rejected (the decision in force, <time> UTC[: comment]); export-dpo, finetune, status and the report leave it out" (that
      last part for a pair with a case: only cases are training data). */
   FT.decisionSaid = function (d, withComment, hasCase) {
     return [FT.el("strong", {}, "pair " + d.decision + "ed"),
             " (the decision in force, " + String(d.created_at).replace(/\.\d+$/, "") + " UTC" +
             (withComment && d.comment ? ": " + d.comment : "") + ")" +
-            (d.decision === "reject" && hasCase ? "; export-dpo and finetune leave it out" : "")];
+            (d.decision === "reject" && hasCase ? "; export-dpo, finetune, status and the report leave it out" : "")];
   };
 
   var tip = null;
