@@ -402,7 +402,13 @@ def test_graph_slider_pin_and_export(page: Any, server: dict[str, Any], tmp_path
     assert page.inner_text("#mass-value") == "1.00"
     assert (page.locator("circle.n").count(), page.locator("line.e").count()) == _expected_graph(case.graph, 1.0)
     assert _expected_graph(case.graph, 1.0) != _expected_graph(case.graph, 0.80)
+    for asked, drawn in (("7", "1.00"), ("-1", "0.01"), ("abc", "1.00")):  # a hand-edited p: said, not silently
+        _open(page, server, f"#/graph/{case.case_id}?p={asked}", "graph")
+        assert page.inner_text("#graph-note") == (f"p={asked} is not an edge-mass share the slider takes (0.01 to 1; "
+                                                  f"0 reads as 0.01): drawn at {drawn}")
+        assert page.inner_text("#mass-value") == drawn
     _open(page, server, f"#/graph/{case.case_id}?p=0.80", "graph")
+    assert page.locator("#graph-note").count() == 0
     assert page.inner_text("#nav-crumb").replace("›", " ").split() == ["case", case.item_id, "graph"]
     n_hi = page.locator("line.e").count()
     assert (page.locator("circle.n").count(), n_hi) == _expected_graph(case.graph, 0.80)

@@ -164,6 +164,9 @@
       FT.crumb([el("a", {href: "#/case/" + id}, "case " + D.item_id), el("a", {href: "#/graph/" + id}, "graph")]);
       var asked = parseFloat(params.get("p"));  // none: 1, every stored edge, as the report draws it; p=0 is 0.01
       var p = Math.min(1, Math.max(0.01, Number.isFinite(asked) ? asked : 1));
+      // a hand-edited p the slider cannot take was drawn as another one without a word (the table says so of its own)
+      var fixed = params.has("p") && !(asked === p || (asked === 0 && p === 0.01)) ? "p=" + FT.clip(params.get("p"), 40) +
+        " is not an edge-mass share the slider takes (0.01 to 1; 0 reads as 0.01): drawn at " + p.toFixed(2) : null;
       var state = {p: p, pin: params.get("pin"), search: params.get("q") || "", abl: params.get("abl") === "1"};
       function save() {
         var u = new URLSearchParams(); u.set("p", state.p.toFixed(2));
@@ -171,6 +174,7 @@
         FT.go("graph", id, u, true);
       }
       view.textContent = "";
+      if (fixed) view.appendChild(el("p", {class: "note", id: "graph-note"}, fixed));
       var slider = el("input", {type: "range", id: "mass", min: "0.01", max: "1", step: "0.01", value: String(p)});
       var pv = el("span", {id: "mass-value"}), count = el("span", {id: "gcount"}), subInfo = el("span", {id: "gsub", class: "muted"});
       var line = el("div", {class: "gstatus", id: "gstatus"}, [count, " · ", subInfo]);
