@@ -26,8 +26,7 @@ def _nearest_existing(path: Path, option: str, given: Path) -> Path:
         if path.is_symlink():
             shown = str(given) if path == given.absolute() else f"{given}: {path}"
             target = _dangling_target(path, option, shown)
-            raise FailtraceError(f"{option} {shown} is a symbolic link to {target}, which does not exist; create that "
-                                 f"folder, fix the link, or give another {option}")
+            raise _to_nothing(option, shown, target)
         path = path.parent
     return path
 
@@ -83,9 +82,18 @@ def _dangling_target(path: Path, option: str, shown: str | None = None) -> Path 
         os.stat(path)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise FailtraceError(f"{option} {shown or path} is a symbolic link that leads back to itself (a loop); "
-                                 f"fix the link or give another {option}") from None
+            raise _loop(option, shown or path) from None
     return path.parent / os.readlink(path)  # a relative link is read from the link's folder
+
+
+def _loop(option: str, shown: object) -> FailtraceError:
+    return FailtraceError(f"{option} {shown} is a symbolic link that leads back to itself (a loop); fix the link or "
+                          f"give another {option}")
+
+
+def _to_nothing(option: str, shown: object, target: Path | None) -> FailtraceError:
+    return FailtraceError(f"{option} {shown} is a symbolic link to {target}, which does not exist; create that "
+                          f"folder, fix the link, or give another {option}")
 
 
 def check_output_file(path: Path | None, option: str, example: str = "out.json") -> None:
@@ -101,8 +109,7 @@ def check_output_file(path: Path | None, option: str, example: str = "out.json")
         try:
             target = path.resolve()  # the end of a chain of links (l1 -> l2 -> missing/x), not only the first
         except (RuntimeError, OSError):  # a loop further along the chain
-            raise FailtraceError(f"{option} {path} is a symbolic link that leads back to itself (a loop); fix the "
-                                 f"link or give another {option}") from None
+            raise _loop(option, path) from None
     if target is not None and not target.parent.is_dir():
         raise FailtraceError(f"{option} {path} is a symbolic link to {target}, whose folder {target.parent} does not "
                              f"exist; create that folder, fix the link, or give another {option}")
@@ -152,8 +159,7 @@ def check_output_dir(path: Path | None, option: str) -> None:
     path = Path(path).expanduser()
     target = _dangling_target(path, option)
     if target is not None:  # mkdir would say "File exists" about a path that does not
-        raise FailtraceError(f"{option} {path} is a symbolic link to {target}, which does not exist; create that "
-                             f"folder, fix the link, or give another {option}")
+        raise _to_nothing(option, path, target)
     if path.exists() and not path.is_dir():
         raise FailtraceError(f"{option} {path} is a file, not a folder; give a folder path (it is created if "
                              f"missing)")

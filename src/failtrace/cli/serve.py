@@ -68,7 +68,7 @@ def _quiet_stop(record: Any) -> bool:
     said = record.getMessage()
     if said.startswith("Traceback") and ("KeyboardInterrupt" in said or "CancelledError" in said):
         return False  # the app's shutdown cut short by a second Ctrl-C (Starlette sends its traceback as text)
-    if "timeout graceful shutdown exceeded" in record.getMessage():
+    if "timeout graceful shutdown exceeded" in said:
         record.msg, record.args = f"stopped: a request still open after {GRACE_S} s was cut off", ()
         record.levelno, record.levelname = logging.WARNING, "WARNING"  # the stop was asked for: no error
     return True

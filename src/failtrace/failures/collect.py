@@ -192,10 +192,9 @@ def same_weights(store: ResultsStore, run: RunRecord, fingerprint: str | None) -
     settings = (prior.settings or {}) if prior is not None else {}
     had = settings.get("model_fingerprint")
     then = (settings.get("fingerprint_versions") or {k: (prior.versions or {}).get(k) for k in keys}) if prior else {}
-    same_libraries = then == now
-    if had is not None and had != fingerprint and not same_libraries:
-        return True
     if had is not None and had != fingerprint:
+        if then != now:  # other libraries computed it: a difference proves nothing
+            return True
         raise FailtraceError(f"run {run.run_id} of {run.model} was collected from other weights (content "
                              f"fingerprint {had[:12]}, now {fingerprint[:12]}): the model's files changed since; "
                              "collect into another --store, or load the weights the run began with")

@@ -58,6 +58,11 @@ def shown_clipped(tokens: str | list[str], keep_end: bool = False, most: int = C
     return "".join(f'<span class="ws">{c}</span>' if faint else esc(c) for c, faint in chars)
 
 
+# beside a case whose pair a reviewer rejected (counted in no table or figure): its page's heading, its table row
+REJECTED_MARK = (' <span class="rej" title="a reviewer rejected this pair: counted in no table or figure">'
+                 "rejected</span>")
+
+
 def plain_token(tok: str) -> str:
     """A token as plain text with visible whitespace and control characters (for titles and pills)."""
     return visible(tok) or "∅"
@@ -306,8 +311,7 @@ def case_section(case: Case, overrides: Overrides | None = None, graph_src: str 
         f'<span class="pill tgt">{esc(plain_token(case.target_text))}</span> vs '
         f'<span class="pill ctr">{esc(plain_token(case.contrast_text))}</span> '
         f"{badge(effective_category(case, overrides), CATEGORY_COLORS)} {badge(case.pattern, PATTERN_COLORS)}"
-        + ('<span class="rej" title="a reviewer rejected this pair: counted in no table or figure">rejected</span>'
-           if case.rejected else "")
+        + (REJECTED_MARK if case.rejected else "")
         + f'<span class="id">{esc(case.case_id)}</span></h3>'
         f'<div class="facts">{facts_html}</div>{_answers(answer)}'
         f'<div class="methods"><span class="note">colour by:</span>{buttons}</div>{_legend(case)}{_strip(case, method)}'

@@ -14,7 +14,7 @@ from importlib import resources
 from typing import Any
 
 from failtrace.cases.record import CATEGORY_TEXT, PATTERN_TEXT
-from failtrace.report.casepage import badge, esc, fmt, plain_token
+from failtrace.report.casepage import REJECTED_MARK, badge, esc, fmt, plain_token
 from failtrace.report.figures import FAITHFULNESS_WIDTH, segments_width
 from failtrace.views.palette import CATEGORY_COLORS, PATTERN_COLORS
 from failtrace.report.tables import NON_CLEAN
@@ -129,10 +129,6 @@ def summary_section(t: Mapping[str, Any], figs: Mapping[str, str]) -> str:
     )
 
 
-# beside the category of a case whose pair a reviewer rejected (counted in no table or figure)
-_REJECTED = ' <span class="rej" title="a reviewer rejected this pair: counted in no table or figure">rejected</span>'
-
-
 def _bench_cases_table(t: Mapping[str, Any], bench: str, cases: Sequence[Any] = ()) -> str:
     rows = [r for r in t["cases"] if r["benchmark"] == bench]
     by_id = {c.case_id: c for c in cases}
@@ -148,7 +144,7 @@ def _bench_cases_table(t: Mapping[str, Any], bench: str, cases: Sequence[Any] = 
             f'<span class="pill ctr">{esc(plain_token(r["contrast"]))}</span></td>'
             f'<td class="n">{fmt(r["delta_logit"], 2)}</td><td class="n">{r["tokens"]}</td>'
             f'<td>{badge(r["category"], CATEGORY_COLORS)}{" ✎" if r["override_reason"] else ""}'
-            f'{_REJECTED if r.get("review") == "reject" else ""}</td>'
+            f'{REJECTED_MARK if r.get("review") == "reject" else ""}</td>'
             f'<td>{badge(r["pattern"], PATTERN_COLORS)}</td>{ks}</tr>')
     return ('<div class="scroll"><table class="t"><thead><tr><th>item</th><th>target vs contrast</th>'
             '<th class="n">Δℓ</th><th class="n" title="prompt + the answer up to the wrong token">context tokens</th>'

@@ -18,6 +18,7 @@ from typing import Any
 
 from failtrace.store.cases import CURRENT_ANALYSES_SQL
 from failtrace.store.natural import natural_key
+from failtrace.store.reviews import IN_FORCE_SQL, has_review_table
 from failtrace.store.schema import NOT_SEARCHED
 
 # The newest analysis run per pair run (the rule of failtrace.store.cases.load_cases, latest=True), then its cases
@@ -40,10 +41,9 @@ cs AS (SELECT NULL::VARCHAR AS case_id, NULL::VARCHAR AS pair_run_id, NULL::VARC
        NULL::INTEGER AS k_star, false AS k_computed, NULL::INTEGER AS k_tried WHERE false),
 """
 
-# the decision in force on each pair (store/reviews.py: its newest accept or reject); none without a reviews table
-_REVIEWS_CTE = """
-rv AS (SELECT pair_run_id, item_id, arg_max(decision, (created_at, review_id)) AS review FROM reviews
-       WHERE decision IN ('accept', 'reject') GROUP BY pair_run_id, item_id),
+# the decision in force on each pair (store/reviews.py's rule); none without a reviews table
+_REVIEWS_CTE = f"""
+rv AS (SELECT pair_run_id, item_id, decision AS review FROM ({IN_FORCE_SQL})),
 """
 _NO_REVIEWS_CTE = """
 rv AS (SELECT NULL::VARCHAR AS pair_run_id, NULL::VARCHAR AS item_id, NULL::VARCHAR AS review WHERE false),
@@ -141,10 +141,8 @@ class RowIndex:
 
     def refresh(self, store_con: Any, has_cases: bool) -> int:
         """Recompute the join from the store (read through ``store_con``); returns the number of rows."""
-        has_reviews = bool(store_con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = "
-                                             "'reviews'").fetchall()[0][0])
-        arrow = store_con.sql(base_sql(has_cases, has_reviews) + f" SELECT {', '.join(COLUMNS)} FROM rows"
-                              ).to_arrow_table()
+        sql = base_sql(has_cases, has_review_table(store_con))
+        arrow = store_con.sql(sql + f" SELECT {', '.join(COLUMNS)} FROM rows").to_arrow_table()
         cur = self.mem.cursor()
         try:
             cur.register("joined", arrow)

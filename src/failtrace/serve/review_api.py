@@ -106,6 +106,7 @@ def add_review(body: ReviewIn, request: Request) -> dict[str, Any]:
 def add_override(case_id: CASE_ID, body: OverrideIn, request: Request) -> dict[str, Any]:
     from failtrace.store.cases import SupersededCaseError
     from failtrace.store.overrides import UnchangedCategoryError, set_override
+    from failtrace.store.reviews import has_review_table
 
     comment = body.comment.strip()
     if not comment:
@@ -121,8 +122,7 @@ def add_override(case_id: CASE_ID, body: OverrideIn, request: Request) -> dict[s
         except (SupersededCaseError, UnchangedCategoryError) as exc:  # an older analysis's case page (say which
             raise HTTPException(409, str(exc)) from None  # case the views show), or the category already in force
         finally:  # a rolled-back first review took its table with it
-            st.has_reviews = bool(st.store.con.execute(
-                "SELECT count(*) FROM information_schema.tables WHERE table_name = 'reviews'").fetchall()[0][0])
+            st.has_reviews = has_review_table(st.store.con)
         review = logged[0]
         st.refresh_rows()  # the table shows the effective category
     return {"override": {k: str(v) if k == "created_at" else v for k, v in saved.items()}, "review": review}

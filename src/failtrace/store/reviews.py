@@ -10,6 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 DECISIONS = ("accept", "reject")  # the review rows that decide on a pair; the newest one is in force
+# The decision in force on every reviewed pair, one row each (its newest accept or reject): the one rule, read here
+# and by the explorer's cases table (serve/queries.py).
+IN_FORCE_SQL = ("SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY pair_run_id, item_id ORDER BY created_at "
+                "DESC, review_id DESC) AS newest FROM reviews WHERE decision IN ('accept', 'reject')) WHERE newest = 1")
 
 
 REVIEW_COLUMNS = ("review_id", "pair_run_id", "item_id", "case_id", "decision", "category", "comment", "created_at")
@@ -23,12 +27,18 @@ def foreign_reviews(con: Any) -> list[str]:
     return [c for c in REVIEW_COLUMNS if c not in have] if have else []
 
 
+def has_review_table(con: Any) -> bool:
+    """Whether the store has a ``reviews`` table (a review log is made by the first review)."""
+    return bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'reviews'")
+                .fetchall()[0][0])
+
+
 def _has_reviews(con: Any) -> bool:
     """Whether the store holds a review log; another program's ``reviews`` table is named, not read (every query of
     it failed as a damaged store)."""
     from failtrace.errors import FailtraceError
 
-    if not con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'reviews'").fetchall()[0][0]:
+    if not has_review_table(con):
         return False
     if lacks := foreign_reviews(con):
         raise FailtraceError(f"the store's reviews table lacks {', '.join(lacks)}, so it is not failtrace's review "
@@ -51,10 +61,8 @@ def decisions_in_force(con: Any) -> dict[tuple[str, str], dict[str, Any]]:
     reviewed pair in one query; empty while no review was written."""
     if not _has_reviews(con):
         return {}
-    rows = con.execute(
-        "SELECT pair_run_id, item_id, decision, comment, strftime(created_at, '%Y-%m-%d %H:%M:%S') FROM ("
-        "SELECT *, row_number() OVER (PARTITION BY pair_run_id, item_id ORDER BY created_at DESC, review_id DESC) "
-        "AS newest FROM reviews WHERE decision IN (?, ?)) WHERE newest = 1", list(DECISIONS)).fetchall()
+    rows = con.execute("SELECT pair_run_id, item_id, decision, comment, strftime(created_at, '%Y-%m-%d %H:%M:%S') "
+                       f"FROM ({IN_FORCE_SQL})").fetchall()
     return {(str(p), str(i)): {"decision": d, "comment": c, "created_at": t} for p, i, d, c, t in rows}
 
 

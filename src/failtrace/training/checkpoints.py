@@ -210,9 +210,8 @@ def read_metadata(folder: str | Path) -> dict[str, Any]:
             raise FailtraceError(f"{path}: {key} is not a list of case ids; the checkpoint is damaged")
     for key in ("trained_pairs", "held_out_pairs"):  # absent from checkpoints written before runs recorded them
         value = meta.get(key, [])
-        if not isinstance(value, list) or not all(isinstance(p, list) and len(p) == 2 and all(isinstance(x, str)
-                                                                                               for x in p)
-                                                  for p in value):
+        pairs = isinstance(value, list) and all(isinstance(p, list) and len(p) == 2 for p in value)
+        if not pairs or not all(isinstance(x, str) for p in value for x in p):
             raise FailtraceError(f"{path}: {key} is not a list of [pair run id, item id]; the checkpoint is damaged")
     return meta
 
