@@ -253,7 +253,8 @@ def benchmark_section(bench: str, cases: Sequence[Any], t: Mapping[str, Any], fi
                  "Mean normalised segment relevance (Σ over the segment's tokens of R / max|R|, special token "
                  "ids left out) per outcome category. Positive: the segment pushes towards the wrong target; "
                  "negative: towards the contrast. <i>special</i> is the chat template's own text (role headers "
-                 "such as <code>user↵</code>); <i>answer</i> the model's output before the wrong token.")
+                 "such as <code>user↵</code>); <i>answer</i> the model's output before the wrong token; "
+                 "<i>earlier_user</i> a user turn before the item's own (e.g. a worked example).")
         + "</div><div>"
         + figure(figs.get(f"faithfulness:{bench}"), f"faithfulness for {bench}",
                  "Share of cases whose prediction flips (Δℓ &lt; 0) after masking the top-k positively attributed "
